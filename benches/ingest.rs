@@ -1,0 +1,76 @@
+//! Ingest hot path: parsing one line (simd-json tape + envelope + data span) and encoding
+//! the records the committer writes for it.
+//!
+//! `cargo bench --bench ingest`
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use std::hint::black_box;
+
+use ricochet::ingest::parse::LineParser;
+use ricochet::store::{DueKey, EventRecord};
+
+const LINE: &str = r#"{"type":"action_lifecycle","id":"act-1000234","account":"partner-555","time":"2026-04-08T09:00:00Z","data":{"ActionId":"1000.2345.6789","ActionTrackerId":12345,"ActionTrackerName":"Standard Sale Tracker","CampaignId":5678,"MediaPartnerId":555,"State":"PENDING","Amount":250.00,"Currency":"USD","Payout":12.50,"OrderId":"ORD-99812","EventDate":"2026-04-08T09:00:00Z","items":[{"Sku":"SKU-1","Quantity":1,"Price":50.00},{"Sku":"SKU-2","Quantity":2,"Price":100.00}]}}"#;
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ingest");
+    g.throughput(Throughput::Bytes(LINE.len() as u64));
+    let mut p = LineParser::default();
+    g.bench_function("parse_line", |b| {
+        b.iter(|| black_box(p.parse(black_box(LINE.as_bytes())).unwrap()))
+    });
+    // Framing: split a 64 KiB read into lines.
+    let mut chunk = Vec::new();
+    while chunk.len() < 64 * 1024 {
+        chunk.extend_from_slice(LINE.as_bytes());
+        chunk.push(b'\n');
+    }
+    g.throughput(Throughput::Bytes(chunk.len() as u64));
+    g.bench_function("frame_64k", |b| {
+        b.iter(|| {
+            let mut n = 0usize;
+            for line in black_box(&chunk).split(|&b| b == b'\n') {
+                n += line.len();
+            }
+            black_box(n)
+        })
+    });
+    g.finish();
+
+    let ev = p.parse(LINE.as_bytes()).unwrap();
+    let rec = EventRecord {
+        seq: 1 << 40,
+        ext_id: ev.ext_id,
+        etype: ev.etype,
+        account: ev.account,
+        time_ms: 1_775_638_800_000,
+        routes: vec![3],
+        data: Bytes::clone(&ev.data),
+    };
+    let mut g = c.benchmark_group("keys");
+    let mut buf = Vec::with_capacity(1024);
+    g.bench_function("event_record_encode", |b| {
+        b.iter(|| {
+            buf.clear();
+            black_box(&rec).encode(&mut buf);
+            black_box(buf.len())
+        })
+    });
+    let mut encoded = Vec::new();
+    rec.encode(&mut encoded);
+    g.bench_function("event_record_decode", |b| {
+        b.iter(|| black_box(EventRecord::decode(1 << 40, black_box(&encoded)).unwrap()))
+    });
+    let k = DueKey {
+        due_ms: 1_775_638_800_000,
+        seq: 1 << 40,
+        ep: 7,
+    };
+    g.bench_function("due_key_round_trip", |b| {
+        b.iter(|| black_box(DueKey::decode(&black_box(k).encode())))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

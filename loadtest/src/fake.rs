@@ -1,0 +1,337 @@
+//! `ricochet-load fake-ricochet serve --config F`: a deliberately small stand-in for
+//! `ricochet serve`, so `run` can be tested before (or without) the real binary. It
+//! reads the same TOML (only `server.socket`, `server.admin` and each endpoint's
+//! `name`, `events`, `url`, `enabled`), answers the ingest line protocol (`ok`/`dup`/
+//! `err`, in order), POSTs each event's `data` to the routed (enabled) endpoints with
+//! `webhook-id`, retries failures every 200 ms (5 attempts), and serves `GET /health`.
+//! No durability, no templates: plumbing only, never a benchmark.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Deserialize;
+
+use crate::http;
+
+#[derive(Args)]
+pub struct FakeArgs {
+    /// Only `serve` is understood.
+    command: String,
+    #[arg(long)]
+    config: PathBuf,
+    #[arg(long, default_value_t = 4)]
+    delivery_threads: usize,
+}
+
+#[derive(Deserialize)]
+struct Config {
+    server: Server,
+    #[serde(default)]
+    endpoint: Vec<Endpoint>,
+}
+
+#[derive(Deserialize)]
+struct Server {
+    socket: PathBuf,
+    admin: SocketAddr,
+}
+
+#[derive(Deserialize)]
+struct Endpoint {
+    name: String,
+    events: Vec<String>,
+    url: String,
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+struct Line<'a> {
+    #[serde(rename = "type")]
+    ty: String,
+    id: Option<String>,
+    #[serde(borrow)]
+    data: &'a serde_json::value::RawValue,
+}
+
+struct Target {
+    name: String,
+    addr: SocketAddr,
+    path: String,
+}
+
+struct Job {
+    ep: usize,
+    id: Arc<str>,
+    body: Arc<str>,
+    attempt: u32,
+}
+
+struct State {
+    targets: Vec<Target>,
+    routes: HashMap<String, Vec<usize>>,
+    wildcard: Vec<usize>,
+    seen: Mutex<HashSet<String>>,
+    next_id: AtomicU64,
+    jobs: mpsc::Sender<Job>,
+    retries: Mutex<Vec<(Instant, Job)>>,
+}
+
+pub fn main(a: FakeArgs) -> Result<i32> {
+    if a.command != "serve" {
+        bail!("fake-ricochet only understands `serve`");
+    }
+    let text = std::fs::read_to_string(&a.config)
+        .with_context(|| format!("reading {}", a.config.display()))?;
+    let cfg: Config = toml::from_str(&text).context("parsing the config")?;
+    let mut targets = Vec::new();
+    let mut routes: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut wildcard = Vec::new();
+    for (i, e) in cfg.endpoint.iter().enumerate() {
+        let (addr, path) =
+            crate::raw::parse_url(&e.url).with_context(|| format!("endpoint {}", e.name))?;
+        targets.push(Target {
+            name: e.name.clone(),
+            addr,
+            path,
+        });
+        if !e.enabled {
+            continue;
+        }
+        for t in &e.events {
+            if t == "*" {
+                wildcard.push(i);
+            } else {
+                routes.entry(t.clone()).or_default().push(i);
+            }
+        }
+    }
+    let (tx, rx) = mpsc::channel::<Job>();
+    let state = Arc::new(State {
+        targets,
+        routes,
+        wildcard,
+        seen: Mutex::default(),
+        next_id: AtomicU64::new(0),
+        jobs: tx,
+        retries: Mutex::default(),
+    });
+    let rx = Arc::new(Mutex::new(rx));
+    for _ in 0..a.delivery_threads.max(1) {
+        let (state, rx) = (state.clone(), rx.clone());
+        std::thread::spawn(move || deliver_loop(&state, &rx));
+    }
+    {
+        let state = state.clone();
+        std::thread::spawn(move || retry_loop(&state));
+    }
+    let admin = std::net::TcpListener::bind(cfg.server.admin)
+        .with_context(|| format!("binding admin {}", cfg.server.admin))?;
+    {
+        let state = state.clone();
+        std::thread::spawn(move || {
+            for s in admin.incoming().flatten() {
+                let _ = serve_admin(s, &state);
+            }
+        });
+    }
+    let _ = std::fs::remove_file(&cfg.server.socket);
+    let ingest = UnixListener::bind(&cfg.server.socket)
+        .with_context(|| format!("binding {}", cfg.server.socket.display()))?;
+    eprintln!(
+        "fake-ricochet: {} endpoints, socket {}, admin {}",
+        state.targets.len(),
+        cfg.server.socket.display(),
+        cfg.server.admin
+    );
+    for s in ingest.incoming().flatten() {
+        let state = state.clone();
+        std::thread::spawn(move || ingest_conn(s, &state));
+    }
+    Ok(0)
+}
+
+fn ingest_conn(s: UnixStream, state: &State) -> Result<()> {
+    let mut w = BufWriter::with_capacity(64 << 10, s.try_clone()?);
+    let mut r = BufReader::with_capacity(256 << 10, s);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if r.read_until(b'\n', &mut line)? == 0 {
+            w.flush()?;
+            return Ok(());
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<Line>(&line) {
+            Err(e) => writeln!(w, "err invalid {e}")?,
+            Ok(ev) => {
+                let id = ev
+                    .id
+                    .unwrap_or_else(|| format!("fk-{}", state.next_id.fetch_add(1, Relaxed)));
+                if !state.seen.lock().unwrap().insert(id.clone()) {
+                    writeln!(w, "dup {id}")?;
+                } else {
+                    let eps: Vec<usize> = state
+                        .routes
+                        .get(&ev.ty)
+                        .into_iter()
+                        .flatten()
+                        .chain(&state.wildcard)
+                        .copied()
+                        .collect();
+                    let (id_arc, body): (Arc<str>, Arc<str>) =
+                        (id.as_str().into(), ev.data.get().into());
+                    for &ep in &eps {
+                        let _ = state.jobs.send(Job {
+                            ep,
+                            id: id_arc.clone(),
+                            body: body.clone(),
+                            attempt: 1,
+                        });
+                    }
+                    writeln!(w, "ok {id} {}", eps.len())?;
+                }
+            }
+        }
+        if r.buffer().is_empty() {
+            w.flush()?;
+        }
+    }
+}
+
+fn deliver_loop(state: &State, rx: &Mutex<mpsc::Receiver<Job>>) {
+    let mut conns: HashMap<SocketAddr, TcpStream> = HashMap::new();
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        let job = match rx.lock().unwrap().recv() {
+            Ok(j) => j,
+            Err(_) => return,
+        };
+        let t = &state.targets[job.ep];
+        let ok = match post(&mut conns, &mut buf, t, &job) {
+            Ok(status) => (200..300).contains(&status),
+            Err(_) => {
+                conns.remove(&t.addr);
+                false
+            }
+        };
+        if !ok && job.attempt < 5 {
+            let job = Job {
+                attempt: job.attempt + 1,
+                ..job
+            };
+            state
+                .retries
+                .lock()
+                .unwrap()
+                .push((Instant::now() + Duration::from_millis(200), job));
+        }
+    }
+}
+
+fn retry_loop(state: &State) {
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = Instant::now();
+        let due: Vec<Job> = {
+            let mut r = state.retries.lock().unwrap();
+            let (due, wait): (Vec<_>, Vec<_>) = r.drain(..).partition(|(at, _)| *at <= now);
+            *r = wait;
+            due.into_iter().map(|(_, j)| j).collect()
+        };
+        for j in due {
+            let _ = state.jobs.send(j);
+        }
+    }
+}
+
+fn post(
+    conns: &mut HashMap<SocketAddr, TcpStream>,
+    buf: &mut Vec<u8>,
+    t: &Target,
+    job: &Job,
+) -> std::io::Result<u16> {
+    let s = match conns.entry(t.addr) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(v) => {
+            let s = TcpStream::connect_timeout(&t.addr, Duration::from_secs(2))?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            v.insert(s)
+        }
+    };
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let req = format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\nwebhook-id: {}\r\nwebhook-timestamp: {ts}\r\nUser-Agent: ricochet/fake\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        t.path,
+        t.addr,
+        job.id,
+        job.body.len(),
+        job.body
+    );
+    s.write_all(req.as_bytes())?;
+    buf.clear();
+    let mut tmp = [0u8; 4096];
+    loop {
+        if let Some(h) = http::parse_response(buf).map_err(|_| std::io::ErrorKind::InvalidData)? {
+            if buf.len() >= h.head_len + h.content_length {
+                if !h.keep_alive {
+                    conns.remove(&t.addr);
+                }
+                return Ok(h.status);
+            }
+        }
+        let n = s.read(&mut tmp)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+}
+
+fn serve_admin(mut s: TcpStream, state: &State) -> Result<()> {
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 2048];
+    while http::find(&buf, b"\r\n\r\n").is_none() {
+        let n = s.read(&mut tmp)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let mut first = text.lines().next().unwrap_or("").split_whitespace();
+    let (method, path) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
+    let (status, body) = match (method, path) {
+        ("GET", "/health") => (200, r#"{"status":"ok"}"#.to_string()),
+        ("GET", "/v1/endpoints") => {
+            let names: Vec<&str> = state.targets.iter().map(|t| t.name.as_str()).collect();
+            (200, serde_json::to_string(&names).unwrap_or_default())
+        }
+        _ => (404, r#"{"error":"not found"}"#.to_string()),
+    };
+    write!(
+        s,
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        http::reason(status),
+        body.len()
+    )?;
+    Ok(())
+}

@@ -1,0 +1,818 @@
+//! The generator: streams events into ricochet's ingest socket and reads the acks.
+//!
+//! Per connection one writer thread and one reader thread share a ring of send stamps.
+//! The writer formats events into a reused buffer and writes them in large batches
+//! (pipelined, never waiting for acks); ricochet answers every line in order, so the
+//! k-th ack on a connection belongs to the k-th event written there and its latency is
+//! `ack time - ring[k]`. Open loop: with `rate > 0` event `n` is due at `n / rate`
+//! seconds and its stamp is that intended time, so a stalled server shows up as latency
+//! (no coordinated omission). With `rate = 0` the writer goes flat out and the stamp is
+//! the time the line was formatted. The ring also bounds how far the writer may run
+//! ahead of the acks.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hdrhistogram::Histogram;
+
+use crate::http::parse_load_id;
+use crate::ids::Bits;
+use crate::payload::{write_event, Payload};
+use crate::script::unix_micros;
+use crate::stats::{self, Hists, Percentiles};
+
+const RELAXED: Ordering = Ordering::Relaxed;
+
+/// Where ricochet ingests.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Unix(p) => write!(f, "unix:{}", p.display()),
+            Target::Tcp(a) => write!(f, "tcp:{a}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GenConfig {
+    pub target: Target,
+    /// Events per second over all connections; 0 = flat out.
+    pub rate: f64,
+    /// Stop after this many events (0 = only the duration limits).
+    pub events: u64,
+    pub duration: Duration,
+    /// Event `n` gets type `types[n % types.len()]`.
+    pub types: Vec<String>,
+    pub payload: Payload,
+    /// The `<run>` in ids `ld-<run>-<n>`.
+    pub run: String,
+    pub connections: usize,
+    /// Give up on missing acks this long after the last one arrived.
+    pub ack_timeout: Duration,
+    /// Keep retrying the first connect this long (the server may still be starting).
+    pub connect_timeout: Duration,
+    /// Most events in flight (written, not yet acked) per connection; a power of two.
+    pub window: usize,
+}
+
+impl GenConfig {
+    pub fn new(target: Target, run: String) -> GenConfig {
+        GenConfig {
+            target,
+            rate: 0.0,
+            events: 100_000,
+            duration: Duration::from_secs(10),
+            types: vec!["load.e0".into()],
+            payload: Payload::Seed,
+            run,
+            connections: 1,
+            ack_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            window: 1 << 14,
+        }
+    }
+}
+
+/// `load.e0` .. `load.e<E-1>`: the types `run` subscribes endpoint `n` to.
+pub fn endpoint_types(endpoints: u64) -> Vec<String> {
+    (0..endpoints.max(1))
+        .map(|n| format!("load.e{n}"))
+        .collect()
+}
+
+/// A short run tag for ids: 8 hex digits from the clock and the pid.
+pub fn new_run_tag() -> String {
+    let x = unix_micros() ^ (u64::from(std::process::id()) << 40);
+    format!(
+        "{:08x}",
+        (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32
+    )
+}
+
+/// Counters the writers and readers update and the printers read.
+pub struct GenShared {
+    pub sent: AtomicU64,
+    pub acked: AtomicU64,
+    pub ok: AtomicU64,
+    pub dup: AtomicU64,
+    pub err: AtomicU64,
+    /// Sum of `<deliveries>` over `ok` acks.
+    pub deliveries: AtomicU64,
+    /// `ok` acks with zero deliveries (routed nowhere).
+    pub unrouted: AtomicU64,
+    /// `ok`/`dup` acks whose id is not the one expected at that position.
+    pub mismatched: AtomicU64,
+    /// Acks never received.
+    pub missing: AtomicU64,
+    /// Events `n` acked `ok` with at least one delivery.
+    pub accepted: Bits,
+    /// µs since start of the latest ack.
+    last_ack_us: AtomicU64,
+    lat: Vec<Mutex<Hists>>,
+    /// I/O problems and missing acks (a few per connection at most).
+    problems: Mutex<Vec<String>>,
+    /// The first `err` ack lines.
+    err_samples: Mutex<Vec<String>>,
+    readers_done: AtomicUsize,
+}
+
+impl GenShared {
+    /// Ack latency (µs) since the previous call.
+    pub fn ack_interval(&self) -> Histogram<u64> {
+        stats::take_interval(&self.lat)
+    }
+
+    fn note(&self, msg: String) {
+        self.problems
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(msg);
+    }
+
+    fn sample_err(&self, msg: String) {
+        let mut s = self.err_samples.lock().unwrap_or_else(|e| e.into_inner());
+        if s.len() < 8 {
+            s.push(msg);
+        }
+    }
+}
+
+/// The generator's final account.
+#[derive(Debug, Clone)]
+pub struct GenResult {
+    pub sent: u64,
+    pub ok: u64,
+    pub dup: u64,
+    pub err: u64,
+    pub deliveries: u64,
+    pub unrouted: u64,
+    pub mismatched: u64,
+    pub missing: u64,
+    /// From the first write to the last ack.
+    pub elapsed: Duration,
+    pub ack: Percentiles,
+    /// I/O problems, then the first `err` lines.
+    pub notes: Vec<String>,
+    /// Unix µs of the start (so `started_unix_us + elapsed` is the last ack).
+    pub started_unix_us: u64,
+}
+
+impl GenResult {
+    pub fn summary(&self) -> String {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let mut s = format!(
+            "sent {} ok {} dup {} err {} in {:.2}s ({:.0} accepted/s); ack {}",
+            self.sent,
+            self.ok,
+            self.dup,
+            self.err,
+            secs,
+            self.ok as f64 / secs,
+            self.ack.brief()
+        );
+        if self.missing > 0 {
+            s += &format!("; {} acks missing", self.missing);
+        }
+        if self.mismatched > 0 {
+            s += &format!("; {} acks out of order", self.mismatched);
+        }
+        if self.unrouted > 0 {
+            s += &format!("; {} accepted with 0 deliveries", self.unrouted);
+        }
+        s
+    }
+}
+
+/// Per connection: stamps of events in flight and how far each side got.
+struct Conn {
+    ring: Box<[AtomicU64]>,
+    written: AtomicU64,
+    acked: AtomicU64,
+    writer_done: AtomicBool,
+    reader_done: AtomicBool,
+}
+
+/// A running generator.
+pub struct Gen {
+    shared: Arc<GenShared>,
+    threads: Vec<JoinHandle<()>>,
+    started: Instant,
+    started_unix_us: u64,
+    connections: usize,
+}
+
+type Halves = (Box<dyn Read + Send>, Box<dyn Write + Send>);
+
+fn connect_once(target: &Target) -> std::io::Result<Halves> {
+    match target {
+        Target::Unix(path) => {
+            let s = std::os::unix::net::UnixStream::connect(path)?;
+            let w = s.try_clone()?;
+            s.set_read_timeout(Some(Duration::from_millis(100)))?;
+            w.set_write_timeout(Some(Duration::from_millis(200)))?;
+            Ok((Box::new(s), Box::new(w)))
+        }
+        Target::Tcp(addr) => {
+            let s = std::net::TcpStream::connect(addr)?;
+            s.set_nodelay(true)?;
+            let w = s.try_clone()?;
+            s.set_read_timeout(Some(Duration::from_millis(100)))?;
+            w.set_write_timeout(Some(Duration::from_millis(200)))?;
+            Ok((Box::new(s), Box::new(w)))
+        }
+    }
+}
+
+fn connect(target: &Target, timeout: Duration) -> Result<Halves> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match connect_once(target) {
+            Ok(h) => return Ok(h),
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e).with_context(|| format!("connecting to {target}")),
+        }
+    }
+}
+
+impl Gen {
+    /// Connects every connection, then starts the writers and readers.
+    pub fn start(cfg: GenConfig, stop: Arc<AtomicBool>) -> Result<Gen> {
+        if cfg.types.is_empty() {
+            bail!("no event types");
+        }
+        if let Target::Tcp(a) = &cfg.target {
+            if !a.ip().is_loopback() {
+                bail!("refusing to send load to {a}: only loopback targets are allowed");
+            }
+        }
+        let k = cfg.connections.max(1);
+        let mut halves = Vec::with_capacity(k);
+        for _ in 0..k {
+            halves.push(connect(&cfg.target, cfg.connect_timeout)?);
+        }
+        let shared = Arc::new(GenShared {
+            sent: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            ok: AtomicU64::new(0),
+            dup: AtomicU64::new(0),
+            err: AtomicU64::new(0),
+            deliveries: AtomicU64::new(0),
+            unrouted: AtomicU64::new(0),
+            mismatched: AtomicU64::new(0),
+            missing: AtomicU64::new(0),
+            accepted: Bits::default(),
+            last_ack_us: AtomicU64::new(0),
+            lat: (0..k).map(|_| Mutex::default()).collect(),
+            problems: Mutex::default(),
+            err_samples: Mutex::default(),
+            readers_done: AtomicUsize::new(0),
+        });
+        let cfg = Arc::new(cfg);
+        let window = cfg.window.max(2).next_power_of_two();
+        let started = Instant::now();
+        let t0_us = unix_micros();
+        let mut threads = Vec::with_capacity(2 * k);
+        for (c, (r, w)) in halves.into_iter().enumerate() {
+            let conn = Arc::new(Conn {
+                ring: (0..window).map(|_| AtomicU64::new(0)).collect(),
+                written: AtomicU64::new(0),
+                acked: AtomicU64::new(0),
+                writer_done: AtomicBool::new(false),
+                reader_done: AtomicBool::new(false),
+            });
+            let writer = Writer {
+                c: c as u64,
+                k: k as u64,
+                cfg: cfg.clone(),
+                shared: shared.clone(),
+                conn: conn.clone(),
+                stop: stop.clone(),
+                started,
+                t0_us,
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("gen-writer-{c}"))
+                    .spawn(move || writer.run(w))?,
+            );
+            let reader = Reader {
+                c: c as u64,
+                k: k as u64,
+                cfg: cfg.clone(),
+                shared: shared.clone(),
+                conn,
+                started,
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("gen-reader-{c}"))
+                    .spawn(move || reader.run(r))?,
+            );
+        }
+        Ok(Gen {
+            shared,
+            threads,
+            started,
+            started_unix_us: t0_us,
+            connections: k,
+        })
+    }
+
+    pub fn shared(&self) -> &Arc<GenShared> {
+        &self.shared
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Every connection has written its events and heard every ack (or given up).
+    pub fn is_done(&self) -> bool {
+        self.shared.readers_done.load(RELAXED) >= self.connections
+    }
+
+    pub fn join(self) -> GenResult {
+        for t in self.threads {
+            let _ = t.join();
+        }
+        let s = &self.shared;
+        let last = s.last_ack_us.load(RELAXED);
+        GenResult {
+            sent: s.sent.load(RELAXED),
+            ok: s.ok.load(RELAXED),
+            dup: s.dup.load(RELAXED),
+            err: s.err.load(RELAXED),
+            deliveries: s.deliveries.load(RELAXED),
+            unrouted: s.unrouted.load(RELAXED),
+            mismatched: s.mismatched.load(RELAXED),
+            missing: s.missing.load(RELAXED),
+            elapsed: if last > 0 {
+                Duration::from_micros(last)
+            } else {
+                self.started.elapsed()
+            },
+            ack: Percentiles::of(&stats::merge_total(&s.lat)),
+            notes: {
+                let mut n = s.problems.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                n.extend(
+                    s.err_samples
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .iter()
+                        .cloned(),
+                );
+                n
+            },
+            started_unix_us: self.started_unix_us,
+        }
+    }
+}
+
+struct Writer {
+    c: u64,
+    k: u64,
+    cfg: Arc<GenConfig>,
+    shared: Arc<GenShared>,
+    conn: Arc<Conn>,
+    stop: Arc<AtomicBool>,
+    started: Instant,
+    t0_us: u64,
+}
+
+const BATCH: usize = 64 << 10;
+
+impl Writer {
+    fn run(self, mut w: Box<dyn Write + Send>) {
+        if let Err(msg) = self.write_all_events(&mut *w) {
+            self.shared.note(msg);
+        }
+        self.conn.writer_done.store(true, Ordering::Release);
+    }
+
+    /// Writes `buf` (retrying on the write timeout so a stop is noticed), then
+    /// publishes the count of events written.
+    fn flush(&self, w: &mut dyn Write, buf: &mut Vec<u8>, j: u64) -> Result<(), String> {
+        let mut at = 0;
+        while at < buf.len() {
+            match w.write(&buf[at..]) {
+                Ok(0) => return Err("ingest connection closed while writing".into()),
+                Ok(n) => at += n,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    if self.conn.reader_done.load(RELAXED) {
+                        return Err("the ack reader stopped; giving up writing".into());
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("writing events: {e}")),
+            }
+        }
+        buf.clear();
+        let before = self.conn.written.swap(j, Ordering::Release);
+        self.shared.sent.fetch_add(j - before, RELAXED);
+        Ok(())
+    }
+
+    fn write_all_events(&self, w: &mut dyn Write) -> Result<(), String> {
+        let cfg = &*self.cfg;
+        let mask = self.conn.ring.len() as u64 - 1;
+        let window = self.conn.ring.len() as u64;
+        let mut buf = Vec::with_capacity(BATCH + 4096);
+        let mut j: u64 = 0;
+        loop {
+            let n = self.c + j * self.k;
+            if self.stop.load(RELAXED)
+                || (cfg.events > 0 && n >= cfg.events)
+                || self.started.elapsed() >= cfg.duration
+            {
+                break;
+            }
+            if cfg.rate > 0.0 {
+                let due = n as f64 / cfg.rate;
+                let now = self.started.elapsed().as_secs_f64();
+                if now < due {
+                    self.flush(w, &mut buf, j)?;
+                    std::thread::sleep(Duration::from_secs_f64((due - now).min(0.002)));
+                    continue;
+                }
+            }
+            if j - self.conn.acked.load(Ordering::Acquire) >= window {
+                self.flush(w, &mut buf, j)?;
+                while j - self.conn.acked.load(Ordering::Acquire) >= window {
+                    if self.conn.reader_done.load(RELAXED) || self.stop.load(RELAXED) {
+                        return Ok(());
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+            let stamp = if cfg.rate > 0.0 {
+                self.t0_us + (n as f64 * 1e6 / cfg.rate) as u64
+            } else {
+                unix_micros()
+            };
+            self.conn.ring[(j & mask) as usize].store(stamp, RELAXED);
+            let ty = &cfg.types[(n % cfg.types.len() as u64) as usize];
+            write_event(&mut buf, cfg.payload, ty, &cfg.run, n, stamp);
+            j += 1;
+            if buf.len() >= BATCH {
+                self.flush(w, &mut buf, j)?;
+            }
+        }
+        self.flush(w, &mut buf, j)
+    }
+}
+
+struct Reader {
+    c: u64,
+    k: u64,
+    cfg: Arc<GenConfig>,
+    shared: Arc<GenShared>,
+    conn: Arc<Conn>,
+    started: Instant,
+}
+
+/// One parsed ack line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack<'a> {
+    Ok { id: &'a [u8], deliveries: u64 },
+    Dup { id: &'a [u8] },
+    Err,
+    Unknown,
+}
+
+pub fn parse_ack(line: &[u8]) -> Ack<'_> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut parts = line.split(|&b| b == b' ').filter(|p| !p.is_empty());
+    match parts.next() {
+        Some(b"ok") => match (parts.next(), parts.next()) {
+            (Some(id), Some(d)) => match crate::http::parse_digits(d) {
+                Some(deliveries) => Ack::Ok { id, deliveries },
+                None => Ack::Unknown,
+            },
+            _ => Ack::Unknown,
+        },
+        Some(b"dup") => match parts.next() {
+            Some(id) => Ack::Dup { id },
+            None => Ack::Unknown,
+        },
+        Some(b"err") => Ack::Err,
+        _ => Ack::Unknown,
+    }
+}
+
+impl Reader {
+    fn run(self, mut r: Box<dyn Read + Send>) {
+        if let Err(msg) = self.read_acks(&mut *r) {
+            self.shared.note(msg);
+        }
+        self.conn.reader_done.store(true, RELAXED);
+        self.shared.readers_done.fetch_add(1, RELAXED);
+    }
+
+    fn read_acks(&self, r: &mut dyn Read) -> Result<(), String> {
+        let cfg = &*self.cfg;
+        let mask = self.conn.ring.len() as u64 - 1;
+        let window = self.conn.ring.len() as u64;
+        let mut buf: Vec<u8> = vec![0; 256 << 10];
+        let (mut start, mut end) = (0usize, 0usize);
+        let mut k: u64 = 0;
+        let mut last_progress = Instant::now();
+        let mut lats: Vec<u64> = Vec::with_capacity(8192);
+        let run = cfg.run.as_bytes();
+        loop {
+            let done = self.conn.writer_done.load(Ordering::Acquire);
+            let written = self.conn.written.load(Ordering::Acquire);
+            if done && k >= written {
+                return Ok(());
+            }
+            if done && last_progress.elapsed() >= cfg.ack_timeout {
+                self.shared.missing.fetch_add(written - k, RELAXED);
+                return Err(format!(
+                    "connection {}: {} acks still missing {:?} after the last one",
+                    self.c,
+                    written - k,
+                    cfg.ack_timeout
+                ));
+            }
+            if start > 0 && start == end {
+                (start, end) = (0, 0);
+            } else if end == buf.len() {
+                buf.copy_within(start..end, 0);
+                (start, end) = (0, end - start);
+                if end == buf.len() {
+                    return Err("an ack line longer than 256 KiB".into());
+                }
+            }
+            let got = match r.read(&mut buf[end..]) {
+                Ok(0) => {
+                    let missing = written.saturating_sub(k);
+                    self.shared.missing.fetch_add(missing, RELAXED);
+                    return Err(format!(
+                        "connection {}: server closed the connection after {k} acks ({missing} missing)",
+                        self.c
+                    ));
+                }
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => {
+                    let missing = written.saturating_sub(k);
+                    self.shared.missing.fetch_add(missing, RELAXED);
+                    return Err(format!("connection {}: reading acks: {e}", self.c));
+                }
+            };
+            end += got;
+            let now = unix_micros();
+            let (mut ok, mut dup, mut err, mut deliveries, mut unrouted, mut mismatched) =
+                (0, 0, 0, 0, 0, 0);
+            while let Some(nl) = buf[start..end].iter().position(|&b| b == b'\n') {
+                let line = &buf[start..start + nl];
+                start += nl + 1;
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                // The position says which event an ack is for; the id in an ok/dup
+                // ack says so too and wins, so a server that drops or adds ack lines
+                // shifts only the `mismatched` count, never the accounting.
+                let pos_n = self.c + k * self.k;
+                let ack = parse_ack(line);
+                let id_n = match ack {
+                    Ack::Ok { id, .. } | Ack::Dup { id } => parse_load_id(id)
+                        .filter(|(r, n)| *r == run && *n >= self.c && (n - self.c) % self.k == 0)
+                        .map(|(_, n)| n),
+                    Ack::Err | Ack::Unknown => None,
+                };
+                if matches!(ack, Ack::Ok { .. } | Ack::Dup { .. }) && id_n != Some(pos_n) {
+                    mismatched += 1;
+                }
+                let n = id_n.unwrap_or(pos_n);
+                // Its stamp, if still in the ring (else the positional one).
+                let j = (n - self.c) / self.k;
+                let j = if j.abs_diff(k) < window / 2 { j } else { k };
+                let stamp = self.conn.ring[(j & mask) as usize].load(RELAXED);
+                lats.push(now.saturating_sub(stamp));
+                k += 1;
+                match ack {
+                    Ack::Ok { deliveries: d, .. } => {
+                        ok += 1;
+                        deliveries += d;
+                        if d > 0 {
+                            self.shared.accepted.set(n);
+                        } else {
+                            unrouted += 1;
+                        }
+                    }
+                    Ack::Dup { .. } => dup += 1,
+                    Ack::Err => {
+                        err += 1;
+                        self.shared.sample_err(format!(
+                            "ack {k} (event ld-{}-{n}?): {}",
+                            cfg.run,
+                            String::from_utf8_lossy(line)
+                        ));
+                    }
+                    Ack::Unknown => {
+                        err += 1;
+                        self.shared.sample_err(format!(
+                            "ack {k}: unexpected line {:?}",
+                            String::from_utf8_lossy(line)
+                        ));
+                    }
+                }
+            }
+            if !lats.is_empty() {
+                let mut h = self.shared.lat[self.c as usize]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                for &l in &lats {
+                    h.record(l);
+                }
+                drop(h);
+                let acked = lats.len() as u64;
+                lats.clear();
+                last_progress = Instant::now();
+                self.conn.acked.store(k, Ordering::Release);
+                let s = &self.shared;
+                s.acked.fetch_add(acked, RELAXED);
+                s.ok.fetch_add(ok, RELAXED);
+                s.dup.fetch_add(dup, RELAXED);
+                s.err.fetch_add(err, RELAXED);
+                s.deliveries.fetch_add(deliveries, RELAXED);
+                s.unrouted.fetch_add(unrouted, RELAXED);
+                s.mismatched.fetch_add(mismatched, RELAXED);
+                s.last_ack_us
+                    .fetch_max(self.started.elapsed().as_micros() as u64, RELAXED);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn ack_parsing() {
+        assert_eq!(
+            parse_ack(b"ok ld-a-1 2"),
+            Ack::Ok {
+                id: b"ld-a-1",
+                deliveries: 2
+            }
+        );
+        assert_eq!(parse_ack(b"dup ld-a-1\r"), Ack::Dup { id: b"ld-a-1" });
+        assert_eq!(parse_ack(b"err invalid bad type"), Ack::Err);
+        assert_eq!(parse_ack(b"ok ld-a-1"), Ack::Unknown);
+        assert_eq!(parse_ack(b"hello"), Ack::Unknown);
+    }
+
+    /// A fake ingest server answering each line; every 7th is a dup, every 11th an err.
+    fn fake_ingest(path: PathBuf) -> JoinHandle<u64> {
+        let l = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut w = s.try_clone().unwrap();
+            let mut lines = 0u64;
+            let mut out = Vec::new();
+            for line in BufReader::new(s).lines() {
+                let line = line.unwrap();
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                assert!(v["data"]["sent_us"].as_u64().unwrap() > 0);
+                let id = v["id"].as_str().unwrap();
+                lines += 1;
+                out.clear();
+                if lines % 11 == 0 {
+                    out.extend_from_slice(b"err invalid test\n");
+                } else if lines % 7 == 0 {
+                    writeln!(out, "dup {id}").unwrap();
+                } else {
+                    writeln!(out, "ok {id} 1").unwrap();
+                }
+                w.write_all(&out).unwrap();
+            }
+            lines
+        })
+    }
+
+    #[test]
+    fn gen_against_fake_ingest() {
+        let dir = std::env::temp_dir().join(format!("rl-gen-test-{}", new_run_tag()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ingest.sock");
+        let server = fake_ingest(path.clone());
+        let mut cfg = GenConfig::new(Target::Unix(path), "t1".into());
+        cfg.events = 5_000;
+        cfg.window = 256;
+        cfg.types = endpoint_types(4);
+        let gen = Gen::start(cfg, Arc::new(AtomicBool::new(false))).unwrap();
+        let shared = gen.shared().clone();
+        let res = gen.join();
+        drop(shared);
+        assert_eq!(res.sent, 5_000);
+        assert_eq!(res.err, 5_000 / 11);
+        assert_eq!(res.ok + res.dup + res.err, 5_000);
+        assert_eq!(res.missing, 0);
+        assert_eq!(res.mismatched, 0);
+        assert_eq!(res.ack.count, 5_000);
+        assert_eq!(server.join().unwrap(), 5_000);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A server that drops every 50th ack: accounting follows the ids, not positions.
+    #[test]
+    fn gen_survives_dropped_acks() {
+        let dir = std::env::temp_dir().join(format!("rl-gen-test3-{}", new_run_tag()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ingest.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut w = s.try_clone().unwrap();
+            for (i, line) in BufReader::new(s).lines().enumerate() {
+                let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+                if i % 50 != 49 {
+                    writeln!(w, "ok {} 1", v["id"].as_str().unwrap()).unwrap();
+                }
+            }
+        });
+        let mut cfg = GenConfig::new(Target::Unix(path), "t3".into());
+        cfg.events = 1_000;
+        cfg.ack_timeout = Duration::from_millis(500);
+        let gen = Gen::start(cfg, Arc::new(AtomicBool::new(false))).unwrap();
+        let shared = gen.shared().clone();
+        let res = gen.join();
+        assert_eq!((res.sent, res.ok, res.missing), (1_000, 980, 20));
+        assert!(res.mismatched > 0);
+        for n in 0..1_000 {
+            assert_eq!(shared.accepted.get(n), n % 50 != 49, "event {n}");
+        }
+        assert!(
+            res.notes.iter().any(|n| n.contains("acks still missing")),
+            "{:?}",
+            res.notes
+        );
+        drop(shared);
+        server.join().unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn gen_rate_limited_two_connections() {
+        let dir = std::env::temp_dir().join(format!("rl-gen-test2-{}", new_run_tag()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ingest.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let mut hs = Vec::new();
+            for _ in 0..2 {
+                let (s, _) = l.accept().unwrap();
+                hs.push(std::thread::spawn(move || {
+                    let mut w = s.try_clone().unwrap();
+                    for line in BufReader::new(s).lines() {
+                        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+                        writeln!(w, "ok {} 1", v["id"].as_str().unwrap()).unwrap();
+                    }
+                }));
+            }
+            for h in hs {
+                h.join().unwrap();
+            }
+        });
+        let mut cfg = GenConfig::new(Target::Unix(path), "t2".into());
+        cfg.events = 1_000;
+        cfg.rate = 4_000.0;
+        cfg.connections = 2;
+        let t = Instant::now();
+        let gen = Gen::start(cfg, Arc::new(AtomicBool::new(false))).unwrap();
+        let shared = gen.shared().clone();
+        let res = gen.join();
+        assert!(t.elapsed() >= Duration::from_millis(200), "open loop paced");
+        assert_eq!((res.sent, res.ok, res.mismatched), (1_000, 1_000, 0));
+        assert!((0..1_000).all(|n| shared.accepted.get(n)));
+        drop(shared);
+        server.join().unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

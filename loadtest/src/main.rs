@@ -1,0 +1,354 @@
+//! `ricochet-load`: end-to-end load tests for ricochet.
+//!
+//! Layout (one file per concern):
+//! - `main.rs`: CLI and wiring only.
+//! - `sink.rs`: the scriptable HTTP/1.1 receiver (thread-per-core monoio, SO_REUSEPORT);
+//!   `ids.rs`: which event ids it has seen/delivered; `http.rs`: framing.
+//! - `gen.rs`: pipelined NDJSON writer + ack reader; `payload.rs`: the event lines.
+//! - `raw.rs`: bare keep-alive client, the delivery ceiling without ricochet.
+//! - `scenario.rs`: scenario files; `run.rs`: sink + ricochet + gen + drain, measured;
+//!   `procstat.rs`: CPU and peak RSS from /proc; `report.rs`: table and JSON;
+//!   `plot.rs`: SVG charts.
+//! - `fake.rs`: a tiny stand-in for `ricochet serve` used to test `run` itself.
+//!
+//! Data flow of `run`: gen --NDJSON--> ricochet --HTTP--> sink, with gen reading acks
+//! and the sink stamping lag from the `sent_us` the generator put in each event.
+
+mod fake;
+mod gen;
+mod http;
+mod ids;
+mod payload;
+mod plot;
+mod procstat;
+mod raw;
+mod report;
+mod run;
+mod scenario;
+mod script;
+mod sink;
+mod stats;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::script::{parse_duration, Latency, Script};
+use crate::stats::{fmt_count, Percentiles};
+
+#[derive(Parser)]
+#[command(
+    name = "ricochet-load",
+    version,
+    about = "Load generator, sink and raw-ceiling client for ricochet (loopback only)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Scriptable HTTP/1.1 receiver that counts deliveries, duplicates and lag.
+    Sink(SinkArgs),
+    /// Stream events into ricochet's ingest socket and measure ack latency.
+    Gen(GenArgs),
+    /// Bare keep-alive HTTP client loop: the delivery ceiling without ricochet.
+    Raw(RawArgs),
+    /// Run a scenario end to end: sink + ricochet + gen, drained and measured.
+    Run(run::RunArgs),
+    /// Minimal stand-in for `ricochet serve`, only for testing `run` itself.
+    #[command(hide = true, name = "fake-ricochet")]
+    FakeRicochet(fake::FakeArgs),
+}
+
+#[derive(Args)]
+struct SinkArgs {
+    #[arg(long, default_value = "127.0.0.1:8089")]
+    listen: SocketAddr,
+    /// Threads, each with its own runtime and SO_REUSEPORT listener.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Answers by weight, e.g. "200:0.8,500:0.2".
+    #[arg(long, default_value = "200")]
+    script: String,
+    /// Delay before each answer: "0ms", "5ms" or "uniform:1ms-5ms".
+    #[arg(long, default_value = "0ms")]
+    latency: String,
+    /// Share of requests answered by resetting the connection.
+    #[arg(long, default_value_t = 0.0)]
+    reset: f64,
+    /// Share of responses whose body trickles out over ~150 ms.
+    #[arg(long, default_value_t = 0.0)]
+    slow_body: f64,
+    /// Check that event n arrives on /e/<n % E>.
+    #[arg(long)]
+    endpoints: Option<u64>,
+    /// Stop after this long (default: until Ctrl-C).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+}
+
+#[derive(Args)]
+struct GenArgs {
+    /// ricochet's Unix ingest socket.
+    #[arg(long, conflicts_with = "connect", required_unless_present = "connect")]
+    socket: Option<PathBuf>,
+    /// ricochet's TCP ingest address (loopback only).
+    #[arg(long)]
+    connect: Option<SocketAddr>,
+    /// Events per second, open loop; 0 = flat out.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Stop after this many events (0 = only --duration limits).
+    #[arg(long, default_value_t = 100_000)]
+    events: u64,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Spread events over types load.e0..load.e<E-1> (what `run` subscribes endpoints to).
+    #[arg(long, default_value_t = 1)]
+    endpoints: u64,
+    /// Explicit event types, comma separated (overrides --endpoints).
+    #[arg(long, value_delimiter = ',')]
+    types: Vec<String>,
+    /// seed (action lifecycle with 5 items, ~650 bytes) or small.
+    #[arg(long, default_value = "seed")]
+    payload: String,
+    /// Ingest connections, each with its own writer and reader thread.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Run tag in ids ld-<run>-<n> (default: random).
+    #[arg(long)]
+    run: Option<String>,
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    ack_timeout: Duration,
+    /// Most events written but not yet acked, per connection (rounded up to a power of
+    /// two); ack latency under flat-out load is about window / throughput.
+    #[arg(long, default_value_t = 16384)]
+    window: usize,
+}
+
+#[derive(Args)]
+struct RawArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8089/e/0")]
+    url: String,
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    duration: Duration,
+}
+
+/// Set by the first SIGINT/SIGTERM (every loop checks it and winds down with a
+/// report); a second one exits at once.
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone())
+            .context("installing a signal handler")?;
+        signal_hook::flag::register(sig, stop.clone()).context("installing a signal handler")?;
+    }
+    Ok(stop)
+}
+
+/// Raises the open-file limit to its hard maximum: the sink may hold one connection per
+/// endpoint (10,000 in many-endpoints), and ricochet inherits the limit.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    raise_fd_limit();
+    let result = match cli.cmd {
+        Cmd::Sink(a) => cmd_sink(a),
+        Cmd::Gen(a) => cmd_gen(a),
+        Cmd::Raw(a) => cmd_raw(a),
+        Cmd::Run(a) => run::cmd_run(a),
+        Cmd::FakeRicochet(a) => fake::main(a),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("ricochet-load: error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn cmd_sink(a: SinkArgs) -> Result<i32> {
+    let stop = stop_flag()?;
+    let mut cfg = sink::SinkConfig::new(a.listen, Script::parse(&a.script)?);
+    cfg.threads = a.threads;
+    cfg.latency = Latency::parse(&a.latency)?;
+    cfg.reset = a.reset;
+    cfg.slow_body = a.slow_body;
+    cfg.endpoints = a.endpoints;
+    let s = sink::Sink::start(cfg.clone())?;
+    eprintln!(
+        "sink listening on http://{} ({} threads, {} driver, script {}, latency {}, reset {}, slow-body {})",
+        s.addr(),
+        cfg.threads,
+        stats::driver_name(),
+        cfg.script,
+        a.latency,
+        a.reset,
+        a.slow_body
+    );
+    let started = Instant::now();
+    let mut prev = s.shared().counts();
+    let mut tick = started;
+    while !stop.load(Ordering::Relaxed) && a.duration.is_none_or(|d| started.elapsed() < d) {
+        std::thread::sleep(Duration::from_millis(50));
+        if tick.elapsed() < Duration::from_secs(1) {
+            continue;
+        }
+        let dt = tick.elapsed().as_secs_f64();
+        tick = Instant::now();
+        let c = s.shared().counts();
+        let lag = Percentiles::of(&s.shared().lag_interval());
+        println!(
+            "t={:>4.0}s  req/s {:>8.0}  2xx/s {:>8.0}  delivered {:>10}  dup {:>6}  retries {:>8}  conns {:>5}  lag {}",
+            started.elapsed().as_secs_f64(),
+            (c.requests - prev.requests) as f64 / dt,
+            (c.status_2xx - prev.status_2xx) as f64 / dt,
+            c.delivered,
+            c.duplicates,
+            c.retries,
+            c.open_connections,
+            lag.brief()
+        );
+        prev = c;
+    }
+    let lag = Percentiles::of(&s.shared().lag_total());
+    let secs = started.elapsed().as_secs_f64();
+    let c = s.stop();
+    println!("--- sink summary ({secs:.1}s)");
+    println!(
+        "requests {} ({:.0}/s)  2xx {}  3xx {}  4xx {}  5xx {}  resets {}  slow {}  bad {}",
+        fmt_count(c.requests),
+        c.requests as f64 / secs.max(1e-9),
+        c.status_2xx,
+        c.status_3xx,
+        c.status_4xx,
+        c.status_5xx,
+        c.resets,
+        c.slow_bodies,
+        c.bad_requests
+    );
+    println!(
+        "distinct ids {}  delivered {}  duplicates {}  retries {}  misrouted {}  without id {}  connections {}",
+        c.distinct_ids, c.delivered, c.duplicates, c.retries, c.misrouted, c.no_id, c.connections
+    );
+    println!("delivery lag {}", lag.brief());
+    Ok(0)
+}
+
+fn cmd_gen(a: GenArgs) -> Result<i32> {
+    let stop = stop_flag()?;
+    let target = match (a.socket, a.connect) {
+        (Some(p), _) => gen::Target::Unix(p),
+        (None, Some(addr)) => gen::Target::Tcp(addr),
+        (None, None) => anyhow::bail!("give --socket PATH or --connect ADDR"),
+    };
+    let run = a.run.unwrap_or_else(gen::new_run_tag);
+    let mut cfg = gen::GenConfig::new(target, run);
+    cfg.rate = a.rate;
+    cfg.events = a.events;
+    cfg.duration = a.duration;
+    cfg.types = if a.types.is_empty() {
+        gen::endpoint_types(a.endpoints)
+    } else {
+        a.types
+    };
+    cfg.payload = payload::Payload::parse(&a.payload)?;
+    cfg.connections = a.connections;
+    cfg.ack_timeout = a.ack_timeout;
+    cfg.window = a.window;
+    eprintln!(
+        "gen -> {} run {} ({} events max, {:?} max, rate {}, {} connection(s), {} types, {} payload)",
+        cfg.target,
+        cfg.run,
+        cfg.events,
+        cfg.duration,
+        if cfg.rate > 0.0 {
+            format!("{}/s", cfg.rate)
+        } else {
+            "flat out".into()
+        },
+        cfg.connections,
+        cfg.types.len(),
+        a.payload
+    );
+    let g = gen::Gen::start(cfg, stop)?;
+    let shared = g.shared().clone();
+    let mut tick = Instant::now();
+    let (mut prev_sent, mut prev_acked) = (0, 0);
+    while !g.is_done() {
+        std::thread::sleep(Duration::from_millis(50));
+        if tick.elapsed() < Duration::from_secs(1) {
+            continue;
+        }
+        let dt = tick.elapsed().as_secs_f64();
+        tick = Instant::now();
+        let sent = shared.sent.load(Ordering::Relaxed);
+        let acked = shared.acked.load(Ordering::Relaxed);
+        let ack = Percentiles::of(&shared.ack_interval());
+        println!(
+            "t={:>4.0}s  sent/s {:>8.0}  acked/s {:>8.0}  ok {:>10}  dup {:>6}  err {:>6}  in flight {:>7}  ack {}",
+            g.started().elapsed().as_secs_f64(),
+            (sent - prev_sent) as f64 / dt,
+            (acked - prev_acked) as f64 / dt,
+            shared.ok.load(Ordering::Relaxed),
+            shared.dup.load(Ordering::Relaxed),
+            shared.err.load(Ordering::Relaxed),
+            sent - acked,
+            ack.brief()
+        );
+        (prev_sent, prev_acked) = (sent, acked);
+    }
+    drop(shared);
+    let res = g.join();
+    println!("--- gen summary");
+    println!("{}", res.summary());
+    for n in &res.notes {
+        println!("  note: {n}");
+    }
+    Ok(i32::from(res.err > 0 || res.missing > 0))
+}
+
+fn cmd_raw(a: RawArgs) -> Result<i32> {
+    let (addr, path) = raw::parse_url(&a.url)?;
+    eprintln!(
+        "raw -> http://{addr}{path}: {} connections on {} threads for {:?} ({} driver)",
+        a.connections,
+        a.threads,
+        a.duration,
+        stats::driver_name()
+    );
+    let res = raw::run(&raw::RawConfig {
+        addr,
+        path,
+        connections: a.connections,
+        threads: a.threads,
+        duration: a.duration,
+    })?;
+    println!("{}", res.summary());
+    Ok(i32::from(res.requests == 0))
+}

@@ -1,0 +1,152 @@
+//! SVG chart of a run: throughput per second on top, latency percentiles per second
+//! (log scale) below.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use plotters::prelude::*;
+
+use crate::report::Sample;
+
+type Series<'a> = (&'a str, RGBColor, fn(&Sample) -> f64);
+
+/// Drawn in this order: requests under deliveries (equal without retries).
+const THROUGHPUT: &[Series] = &[
+    ("http requests/s", RGBColor(255, 140, 0), |s| {
+        s.requests_per_s
+    }),
+    ("deliveries/s", RGBColor(0, 160, 0), |s| s.deliveries_per_s),
+    ("accepted events/s", BLUE, |s| s.accepted_per_s),
+];
+
+const LATENCY: &[Series] = &[
+    ("ack p50", RGBColor(120, 160, 255), |s| s.ack_p50_ms),
+    ("ack p99", BLUE, |s| s.ack_p99_ms),
+    ("ack p99.9", RGBColor(0, 0, 120), |s| s.ack_p999_ms),
+    ("lag p50", RGBColor(255, 150, 150), |s| s.lag_p50_ms),
+    ("lag p99", RED, |s| s.lag_p99_ms),
+    ("lag p99.9", RGBColor(120, 0, 0), |s| s.lag_p999_ms),
+];
+
+/// Writes the chart for one run's samples to `path`.
+pub fn write_svg(path: &Path, title: &str, samples: &[Sample]) -> Result<()> {
+    let err = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", path.display());
+    let root = SVGBackend::new(path, (1100, 760)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let (top, bottom) = root.split_vertically(380);
+    let t_max = samples.iter().map(|s| s.t_s).fold(1.0f64, f64::max).ceil();
+
+    let y_max = samples
+        .iter()
+        .flat_map(|s| THROUGHPUT.iter().map(move |(_, _, f)| f(s)))
+        .fold(1.0f64, f64::max)
+        * 1.1;
+    let mut chart = ChartBuilder::on(&top)
+        .caption(format!("{title}: throughput"), ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(32)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0f64..t_max, 0f64..y_max)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("per second")
+        .y_label_formatter(&|v| crate::stats::fmt_count(v.max(0.0).round() as u64))
+        .draw()
+        .map_err(|e| err(&e))?;
+    for &(label, color, get) in THROUGHPUT {
+        chart
+            .draw_series(LineSeries::new(
+                samples.iter().map(|s| (s.t_s, get(s))),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| err(&e))?
+            .label(label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+
+    const FLOOR_MS: f64 = 0.01;
+    let l_max = samples
+        .iter()
+        .flat_map(|s| LATENCY.iter().map(move |(_, _, f)| f(s)))
+        .fold(1.0f64, f64::max)
+        * 2.0;
+    let mut chart = ChartBuilder::on(&bottom)
+        .caption(format!("{title}: latency per second"), ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(32)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0f64..t_max, (FLOOR_MS..l_max).log_scale())
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("milliseconds (log)")
+        .draw()
+        .map_err(|e| err(&e))?;
+    for &(label, color, get) in LATENCY {
+        // Seconds without samples (0) are left out rather than drawn at the floor.
+        let points: Vec<(f64, f64)> = samples
+            .iter()
+            .filter(|s| get(s) > 0.0)
+            .map(|s| (s.t_s, get(s).max(FLOOR_MS)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_an_svg() {
+        let samples: Vec<Sample> = (1..=10)
+            .map(|t| Sample {
+                t_s: t as f64,
+                accepted_per_s: 1000.0 * t as f64,
+                deliveries_per_s: 900.0 * t as f64,
+                requests_per_s: 950.0 * t as f64,
+                ack_p50_ms: 0.5,
+                ack_p99_ms: 2.0,
+                ack_p999_ms: 5.0,
+                lag_p50_ms: if t > 2 { 1.0 } else { 0.0 },
+                lag_p99_ms: 4.0,
+                lag_p999_ms: 9.0,
+                ..Default::default()
+            })
+            .collect();
+        let path = std::env::temp_dir().join(format!("rl-plot-{}.svg", std::process::id()));
+        write_svg(&path, "test", &samples).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.starts_with("<svg"));
+        assert!(svg.contains("deliveries/s"));
+        assert!(svg.contains("lag p99.9"));
+        let _ = std::fs::remove_file(path);
+    }
+}

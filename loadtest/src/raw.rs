@@ -1,0 +1,287 @@
+//! The raw ceiling: a bare HTTP/1.1 keep-alive client loop against the sink, with no
+//! ricochet in between. Each thread runs a monoio runtime with its share of the
+//! connections; each connection sends one request, reads the whole response, repeats.
+//! Requests carry the seed payload (with `sent_us: 0`, so the sink records no lag) and
+//! no `webhook-id`.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use hdrhistogram::Histogram;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use serde::Serialize;
+
+use crate::http;
+use crate::payload::{write_data, Payload};
+use crate::stats::{self, Percentiles};
+
+#[derive(Debug, Clone)]
+pub struct RawConfig {
+    pub addr: SocketAddr,
+    pub path: String,
+    pub connections: usize,
+    pub threads: usize,
+    pub duration: Duration,
+}
+
+/// Splits `http://127.0.0.1:PORT/path` into address and path; loopback only.
+pub fn parse_url(url: &str) -> Result<(SocketAddr, String)> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow!("{url:?}: only http:// URLs are supported"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr: SocketAddr = authority
+        .parse()
+        .or_else(|_| {
+            authority
+                .replace("localhost", "127.0.0.1")
+                .parse::<SocketAddr>()
+        })
+        .with_context(|| format!("{url:?}: expected host:port with a literal IP"))?;
+    if !addr.ip().is_loopback() {
+        bail!("refusing to send load to {addr}: only loopback targets are allowed");
+    }
+    Ok((addr, path.to_string()))
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RawResult {
+    pub requests: u64,
+    pub status_2xx: u64,
+    pub status_other: u64,
+    pub errors: u64,
+    pub connects: u64,
+    pub elapsed_s: f64,
+    pub requests_per_s: f64,
+    pub latency: Percentiles,
+}
+
+impl RawResult {
+    pub fn summary(&self) -> String {
+        format!(
+            "{} requests in {:.2}s = {:.0} req/s ({} 2xx, {} other, {} errors, {} connects); latency {}",
+            self.requests,
+            self.elapsed_s,
+            self.requests_per_s,
+            self.status_2xx,
+            self.status_other,
+            self.errors,
+            self.connects,
+            self.latency.brief()
+        )
+    }
+}
+
+struct ThreadTally {
+    requests: u64,
+    s2xx: u64,
+    other: u64,
+    errors: u64,
+    connects: u64,
+    lat: Histogram<u64>,
+}
+
+fn request_bytes(addr: SocketAddr, path: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    write_data(&mut body, Payload::Seed, 0, 0);
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: ricochet-load/raw\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    req
+}
+
+/// Runs the client for `cfg.duration` and sums every thread.
+pub fn run(cfg: &RawConfig) -> Result<RawResult> {
+    if !cfg.addr.ip().is_loopback() {
+        bail!("refusing to send load to {}: loopback only", cfg.addr);
+    }
+    let threads = cfg.threads.max(1);
+    let conns = cfg.connections.max(1);
+    let started = Instant::now();
+    let deadline = started + cfg.duration;
+    let req_bytes = request_bytes(cfg.addr, &cfg.path);
+    let mut handles = Vec::new();
+    for t in 0..threads {
+        let mine = conns / threads + usize::from(t < conns % threads);
+        if mine == 0 {
+            continue;
+        }
+        let (addr, req) = (cfg.addr, req_bytes.clone());
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("raw-{t}"))
+                .spawn(move || stats::block_on(raw_thread(addr, req, mine, deadline)))?,
+        );
+    }
+    let mut out = RawResult::default();
+    let mut lat = stats::new_hist();
+    for h in handles {
+        let tally = h
+            .join()
+            .map_err(|_| anyhow!("raw client thread panicked"))?
+            .context("building the raw client runtime")?;
+        out.requests += tally.requests;
+        out.status_2xx += tally.s2xx;
+        out.status_other += tally.other;
+        out.errors += tally.errors;
+        out.connects += tally.connects;
+        let _ = lat.add(&tally.lat);
+    }
+    out.elapsed_s = started.elapsed().as_secs_f64();
+    out.requests_per_s = out.requests as f64 / out.elapsed_s.max(1e-9);
+    out.latency = Percentiles::of(&lat);
+    Ok(out)
+}
+
+async fn raw_thread(
+    addr: SocketAddr,
+    req: Vec<u8>,
+    conns: usize,
+    deadline: Instant,
+) -> ThreadTally {
+    let tally = Rc::new(RefCell::new(ThreadTally {
+        requests: 0,
+        s2xx: 0,
+        other: 0,
+        errors: 0,
+        connects: 0,
+        lat: stats::new_hist(),
+    }));
+    let req: Rc<[u8]> = req.into();
+    let tasks: Vec<_> = (0..conns)
+        .map(|_| monoio::spawn(raw_conn(addr, req.clone(), deadline, tally.clone())))
+        .collect();
+    for t in tasks {
+        t.await;
+    }
+    Rc::try_unwrap(tally)
+        .ok()
+        .expect("every connection task finished")
+        .into_inner()
+}
+
+/// One connection's loop, reconnecting after errors until the deadline.
+async fn raw_conn(
+    addr: SocketAddr,
+    req: Rc<[u8]>,
+    deadline: Instant,
+    tally: Rc<RefCell<ThreadTally>>,
+) {
+    let mut wbuf: Vec<u8> = Vec::with_capacity(req.len());
+    let mut rbuf: Vec<u8> = Vec::with_capacity(8 << 10);
+    while Instant::now() < deadline {
+        let mut stream = match TcpStream::connect_addr(addr).await {
+            Ok(s) => s,
+            Err(_) => {
+                tally.borrow_mut().errors += 1;
+                monoio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        tally.borrow_mut().connects += 1;
+        rbuf.clear();
+        'conn: while Instant::now() < deadline {
+            let t = Instant::now();
+            wbuf.clear();
+            wbuf.extend_from_slice(&req);
+            let (res, b) = stream.write_all(wbuf).await;
+            wbuf = b;
+            if res.is_err() {
+                tally.borrow_mut().errors += 1;
+                break;
+            }
+            let head = loop {
+                match http::parse_response(&rbuf) {
+                    Ok(Some(h)) if rbuf.len() >= h.head_len + h.content_length => break h,
+                    Ok(_) => {}
+                    Err(_) => {
+                        tally.borrow_mut().errors += 1;
+                        break 'conn;
+                    }
+                }
+                if rbuf.capacity() - rbuf.len() < 1024 {
+                    rbuf.reserve(8 << 10);
+                }
+                let len = rbuf.len();
+                let (res, slice) = stream.read(rbuf.slice_mut(len..)).await;
+                rbuf = slice.into_inner();
+                if !matches!(res, Ok(n) if n > 0) {
+                    tally.borrow_mut().errors += 1;
+                    break 'conn;
+                }
+            };
+            rbuf.drain(..head.head_len + head.content_length);
+            let mut tl = tally.borrow_mut();
+            tl.requests += 1;
+            if (200..300).contains(&head.status) {
+                tl.s2xx += 1;
+            } else {
+                tl.other += 1;
+            }
+            tl.lat
+                .saturating_record((t.elapsed().as_micros() as u64).max(1));
+            drop(tl);
+            if !head.keep_alive {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::script::Script;
+    use crate::sink::{Sink, SinkConfig};
+
+    #[test]
+    fn url_parsing() {
+        let (a, p) = parse_url("http://127.0.0.1:8080/e/1?x=1").unwrap();
+        assert_eq!((a.port(), p.as_str()), (8080, "/e/1?x=1"));
+        assert_eq!(parse_url("http://127.0.0.1:9").unwrap().1, "/");
+        assert!(parse_url("https://127.0.0.1:1/").is_err());
+        assert!(parse_url("http://10.0.0.1:80/").is_err());
+        assert!(parse_url("http://localhost:80/").is_ok());
+    }
+
+    /// Sink and raw client on loopback for one second, bounded.
+    #[test]
+    fn raw_against_sink_for_one_second() {
+        let mut scfg = SinkConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            Script::parse("200:0.9,500:0.1").unwrap(),
+        );
+        scfg.threads = 2;
+        let sink = Sink::start(scfg).unwrap();
+        let res = run(&RawConfig {
+            addr: sink.addr(),
+            path: "/e/0".into(),
+            connections: 4,
+            threads: 2,
+            duration: Duration::from_secs(1),
+        })
+        .unwrap();
+        let counts = sink.stop();
+        assert!(res.requests > 100, "{}", res.summary());
+        assert_eq!(res.errors, 0, "{}", res.summary());
+        assert_eq!(res.connects, 4);
+        assert_eq!(counts.requests, res.requests);
+        assert_eq!(counts.no_id, res.requests);
+        assert_eq!(counts.status_2xx, res.status_2xx);
+        assert!(res.status_other > 0);
+        assert!(counts.body_bytes > 400 * res.requests);
+    }
+}

@@ -1,0 +1,837 @@
+//! `run`: one scenario end to end, measured.
+//!
+//! Per run: start the in-process sink on a free loopback port, write a ricochet config
+//! (one endpoint per event type, `allow_private_networks = true`), start
+//! `ricochet serve` on a fresh temp dir, wait for `GET /health`, run the generator,
+//! end any scripted outage, wait for the drain (the sink has delivered every accepted
+//! id, or the sink went idle, or the drain timeout), read ricochet's CPU and peak RSS
+//! from /proc, stop it, and account for every accepted id.
+
+use std::io::{IsTerminal, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::gen::{self, Gen, GenConfig, GenShared, Target};
+use crate::procstat;
+use crate::raw;
+use crate::report::{self, RunMetrics, Sample};
+use crate::scenario::{Outage, Scenario, BUILT_IN};
+use crate::script::parse_duration;
+use crate::sink::{Sink, SinkConfig, SinkCounts};
+use crate::stats::{self, fmt_count, Percentiles};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// A built-in scenario name (max, many-endpoints, retry-storm, backlog, templates,
+    /// smoke) or a scenario TOML file.
+    #[arg(long, required_unless_present = "list")]
+    scenario: Option<String>,
+    /// List the built-in scenarios and exit.
+    #[arg(long)]
+    list: bool,
+    /// Repeat the scenario; the report shows each run and the median.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Write an SVG of throughput and latency per second (one file per run: NAME-2.svg..).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// The ricochet binary (default: target/release/ricochet under $CARGO_TARGET_DIR,
+    /// /root/.cache/ricochet-target or ./target).
+    #[arg(long)]
+    ricochet: Option<PathBuf>,
+    /// Also measure the raw ceiling (bare client -> same sink) after each run.
+    #[arg(long)]
+    raw: bool,
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    raw_duration: Duration,
+    #[arg(long, default_value_t = 16)]
+    raw_connections: usize,
+    /// Override the scenario's event count.
+    #[arg(long)]
+    events: Option<u64>,
+    /// Override the scenario's send duration.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Override the scenario's rate (events/s, 0 = flat out).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Override the scenario's drain timeout.
+    #[arg(long, value_parser = parse_duration)]
+    drain_timeout: Option<Duration>,
+    /// Longest wait for ricochet's /health.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    startup_timeout: Duration,
+    /// Keep each run's temp dir (config, data, ricochet.log) instead of deleting it.
+    #[arg(long)]
+    keep: bool,
+}
+
+pub fn cmd_run(a: RunArgs) -> Result<i32> {
+    if a.list {
+        for (name, text) in BUILT_IN {
+            let s = Scenario::parse(name, "built in", text)?;
+            println!(
+                "{name:<16} {}",
+                s.description.lines().next().unwrap_or_default()
+            );
+        }
+        return Ok(0);
+    }
+    let name = a.scenario.clone().unwrap_or_default();
+    let mut sc = Scenario::load(&name)?;
+    if let Some(e) = a.events {
+        sc.events = e;
+    }
+    if let Some(d) = a.duration {
+        sc.duration = d;
+    }
+    if let Some(r) = a.rate {
+        sc.rate = r;
+    }
+    if let Some(d) = a.drain_timeout {
+        sc.drain_timeout = d;
+    }
+    let ricochet = resolve_ricochet(a.ricochet.as_deref())?;
+    let stop = crate::stop_flag()?;
+    eprintln!(
+        "scenario {} ({}): {} endpoints, {} events max, {:?} max, rate {}, outage {:?}",
+        sc.name,
+        sc.source,
+        fmt_count(sc.endpoints),
+        fmt_count(sc.events),
+        sc.duration,
+        if sc.rate > 0.0 {
+            format!("{}/s", sc.rate)
+        } else {
+            "flat out".into()
+        },
+        sc.outage
+    );
+    eprintln!(
+        "ricochet {}; sink and raw on the {} driver",
+        ricochet.display(),
+        stats::driver_name()
+    );
+    let mut runs = Vec::new();
+    for i in 1..=a.runs.max(1) {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        eprintln!("--- run {i}/{}", a.runs.max(1));
+        let m = run_once(&sc, &a, i, &ricochet, &stop).with_context(|| format!("run {i}"))?;
+        if let Some(plot) = &a.plot {
+            let path = plot_path(plot, i, a.runs);
+            crate::plot::write_svg(&path, &format!("{} run {i}", sc.name), &m.series)?;
+            eprintln!("plot written to {}", path.display());
+        }
+        if !a.json {
+            eprintln!("{}", one_line(&m));
+        }
+        runs.push(m);
+    }
+    if a.json {
+        let out = serde_json::json!({
+            "scenario": sc.name,
+            "source": sc.source,
+            "description": sc.description,
+            "ricochet": ricochet.display().to_string(),
+            "runs": runs,
+            "median": report::medians(&runs),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "\nscenario {}: {}\n",
+            sc.name,
+            sc.description.replace('\n', " ")
+        );
+        print!("{}", report::table(&runs));
+        for m in &runs {
+            for n in &m.notes {
+                println!("run {}: {n}", m.run);
+            }
+        }
+    }
+    let bad = runs.iter().any(|m| {
+        m.lost > 0 || m.missing_acks > 0 || m.err_acks > 0 || m.misrouted > 0 || m.ack_mismatch > 0
+    });
+    Ok(i32::from(bad || runs.is_empty()))
+}
+
+fn one_line(m: &RunMetrics) -> String {
+    format!(
+        "run {}: accepted {} ({:.0}/s), delivered {} ({:.0}/s), ack {}, lag {}, lost {}, dup {}, drain {:.2}s ({})",
+        m.run,
+        fmt_count(m.accepted),
+        m.accepted_per_s,
+        fmt_count(m.delivered),
+        m.deliveries_per_s,
+        m.ack.brief(),
+        m.lag.brief(),
+        m.lost,
+        m.duplicates,
+        m.drain_s,
+        m.drain_end
+    )
+}
+
+fn plot_path(base: &Path, run: usize, runs: usize) -> PathBuf {
+    if runs <= 1 || run == 1 {
+        return base.to_path_buf();
+    }
+    let stem = base
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "plot".into());
+    base.with_file_name(format!("{stem}-{run}.svg"))
+}
+
+/// `--ricochet`, else the first existing default location.
+pub fn resolve_ricochet(arg: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = arg {
+        if p.is_file() {
+            return Ok(p.to_path_buf());
+        }
+        bail!("--ricochet {}: no such file", p.display());
+    }
+    let mut candidates = Vec::new();
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        candidates.push(PathBuf::from(dir).join("release/ricochet"));
+    }
+    candidates.push(PathBuf::from(
+        "/root/.cache/ricochet-target/release/ricochet",
+    ));
+    candidates.push(PathBuf::from("target/release/ricochet"));
+    candidates.push(PathBuf::from("../target/release/ricochet"));
+    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
+        return Ok(found.clone());
+    }
+    bail!(
+        "no ricochet binary at {}; build it (cargo build --release --bin ricochet) or pass --ricochet PATH",
+        candidates
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// A free loopback port (bound and released at once).
+fn reserve_port() -> Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?)
+}
+
+/// Kills ricochet if a run ends early (error or panic), so no server is left behind.
+struct ChildGuard(Option<Child>);
+
+impl ChildGuard {
+    fn pid(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// SIGTERM (ricochet drains in-flight attempts), SIGKILL after `grace`.
+    fn terminate(&mut self, grace: Duration) -> String {
+        let Some(mut child) = self.0.take() else {
+            return "not running".into();
+        };
+        if let Ok(Some(st)) = child.try_wait() {
+            return format!("had exited: {st}");
+        }
+        // SAFETY: signalling our own child by pid.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = child.try_wait() {
+                return format!("stopped by SIGTERM: {st}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let st = child.wait().map(|s| s.to_string()).unwrap_or_default();
+        format!("killed after {grace:?} without exiting on SIGTERM: {st}")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The last lines of ricochet's log, for error messages.
+fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    let tail = all[all.len().saturating_sub(lines)..].join("\n  ");
+    if tail.is_empty() {
+        format!("(ricochet's log {} is empty)", path.display())
+    } else {
+        format!("last lines of {}:\n  {tail}", path.display())
+    }
+}
+
+/// A one-shot HTTP/1.1 request to the admin API: (status, body).
+pub fn admin_request(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let text = String::from_utf8_lossy(&resp);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            anyhow!(
+                "not an HTTP response from {addr}: {:?}",
+                text.lines().next()
+            )
+        })?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Ok((status, body))
+}
+
+fn wait_health(
+    admin: SocketAddr,
+    child: &mut ChildGuard,
+    timeout: Duration,
+    log: &Path,
+) -> Result<Duration> {
+    let t = Instant::now();
+    let mut last_err = String::new();
+    while t.elapsed() < timeout {
+        if let Some(st) = child.exited() {
+            bail!(
+                "ricochet exited before becoming healthy ({st}); {}",
+                log_tail(log, 30)
+            );
+        }
+        match admin_request(admin, "GET", "/health") {
+            Ok((200, body)) if body.contains("ok") => return Ok(t.elapsed()),
+            Ok((status, body)) => last_err = format!("{status} {body}"),
+            Err(e) => last_err = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!(
+        "ricochet did not answer GET http://{admin}/health with {{\"status\":\"ok\"}} within {timeout:?} (last: {last_err}); {}",
+        log_tail(log, 30)
+    )
+}
+
+/// Builds the per-second samples from counter deltas.
+struct Sampler {
+    started: Instant,
+    last: Instant,
+    prev_sent: u64,
+    prev_ok: u64,
+    prev_sink: SinkCounts,
+    samples: Vec<Sample>,
+}
+
+impl Sampler {
+    fn new(started: Instant) -> Sampler {
+        Sampler {
+            started,
+            last: started,
+            prev_sent: 0,
+            prev_ok: 0,
+            prev_sink: SinkCounts::default(),
+            samples: Vec::new(),
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.last.elapsed() >= Duration::from_secs(1)
+    }
+
+    fn take(&mut self, g: &GenShared, sink: Option<&Sink>) {
+        let dt = self.last.elapsed().as_secs_f64().max(1e-3);
+        self.last = Instant::now();
+        let sent = g.sent.load(Ordering::Relaxed);
+        let ok = g.ok.load(Ordering::Relaxed);
+        let accepted = ok - g.unrouted.load(Ordering::Relaxed);
+        let ack = Percentiles::of(&g.ack_interval());
+        let (c, lag) = match sink {
+            Some(s) => (
+                s.shared().counts(),
+                Percentiles::of(&s.shared().lag_interval()),
+            ),
+            None => (SinkCounts::default(), Percentiles::default()),
+        };
+        let ms = |us: u64| us as f64 / 1e3;
+        self.samples.push(Sample {
+            t_s: self.started.elapsed().as_secs_f64(),
+            sent_per_s: (sent - self.prev_sent) as f64 / dt,
+            accepted_per_s: (ok - self.prev_ok) as f64 / dt,
+            requests_per_s: c.requests.saturating_sub(self.prev_sink.requests) as f64 / dt,
+            deliveries_per_s: c.delivered.saturating_sub(self.prev_sink.delivered) as f64 / dt,
+            ack_p50_ms: ms(ack.p50_us),
+            ack_p99_ms: ms(ack.p99_us),
+            ack_p999_ms: ms(ack.p999_us),
+            lag_p50_ms: ms(lag.p50_us),
+            lag_p99_ms: ms(lag.p99_us),
+            lag_p999_ms: ms(lag.p999_us),
+            pending: accepted.saturating_sub(c.delivered),
+        });
+        self.prev_sent = sent;
+        self.prev_ok = ok;
+        self.prev_sink = c;
+    }
+}
+
+/// Progress on a terminal (indicatif), or a plain line every 5 s otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+    last_line: Instant,
+}
+
+impl Progress {
+    fn new(len: u64, phase: &str) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = if len > 0 {
+                ProgressBar::new(len)
+            } else {
+                ProgressBar::no_length()
+            };
+            let template = if len > 0 {
+                format!("{phase:>6} {{spinner}} [{{elapsed_precise}}] [{{bar:30.cyan/blue}}] {{human_pos}}/{{human_len}} {{msg}}")
+            } else {
+                format!("{phase:>6} {{spinner}} [{{elapsed_precise}}] {{human_pos}} {{msg}}")
+            };
+            if let Ok(style) = ProgressStyle::with_template(&template) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar
+        });
+        Progress {
+            bar,
+            last_line: Instant::now(),
+        }
+    }
+
+    fn update(&mut self, pos: u64, msg: String) {
+        match &self.bar {
+            Some(b) => {
+                b.set_position(pos);
+                b.set_message(msg);
+            }
+            None if self.last_line.elapsed() >= Duration::from_secs(5) => {
+                self.last_line = Instant::now();
+                eprintln!("  {} {msg}", fmt_count(pos));
+            }
+            None => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish();
+        }
+    }
+}
+
+fn rate_of(s: &Sampler, f: fn(&Sample) -> f64) -> f64 {
+    s.samples.last().map_or(0.0, f)
+}
+
+fn run_once(
+    sc: &Scenario,
+    a: &RunArgs,
+    index: usize,
+    ricochet: &Path,
+    stop: &Arc<AtomicBool>,
+) -> Result<RunMetrics> {
+    let tag = gen::new_run_tag();
+    let dir = std::env::temp_dir().join(format!("ricochet-load-{}-{tag}", sc.name));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let result = run_in(sc, a, index, ricochet, stop, &tag, &dir);
+    match &result {
+        Ok(_) if !a.keep => {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        _ => eprintln!("run files kept in {}", dir.display()),
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_in(
+    sc: &Scenario,
+    a: &RunArgs,
+    index: usize,
+    ricochet: &Path,
+    stop: &Arc<AtomicBool>,
+    tag: &str,
+    dir: &Path,
+) -> Result<RunMetrics> {
+    let (data_dir, socket) = (dir.join("data"), dir.join("ingest.sock"));
+    let (config, log) = (dir.join("ricochet.toml"), dir.join("ricochet.log"));
+    let mut sink_cfg = SinkConfig::new("127.0.0.1:0".parse()?, sc.script.clone());
+    sink_cfg.threads = sc.sink_threads;
+    sink_cfg.latency = sc.latency;
+    sink_cfg.reset = sc.reset;
+    sink_cfg.slow_body = sc.slow_body;
+    sink_cfg.endpoints = Some(sc.endpoints);
+    let (mut sink, sink_addr) = if sc.outage == Outage::Refuse {
+        (None, reserve_port()?)
+    } else {
+        let s = Sink::start(sink_cfg.clone()).context("starting the sink")?;
+        let addr = s.addr();
+        (Some(s), addr)
+    };
+    if sc.outage == Outage::Unavailable {
+        if let Some(s) = &sink {
+            s.shared().set_down(true);
+        }
+    }
+    let admin = reserve_port()?;
+    let text = sc.ricochet_config(&data_dir, &socket, admin, sink_addr)?;
+    std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
+    let log_file = std::fs::File::create(&log)?;
+    let mut command = Command::new(ricochet);
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe; it makes the kernel SIGKILL ricochet if this
+    // process dies without cleaning up (e.g. a second Ctrl-C), so no server is orphaned.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let child = command.spawn().with_context(|| {
+        format!(
+            "starting {} serve --config {}",
+            ricochet.display(),
+            config.display()
+        )
+    })?;
+    let mut child = ChildGuard(Some(child));
+    let pid = child.pid();
+    let startup = wait_health(admin, &mut child, a.startup_timeout, &log)?;
+    eprintln!(
+        "ricochet pid {pid} healthy after {:.2}s (admin {admin}, sink http://{sink_addr}, files {})",
+        startup.as_secs_f64(),
+        dir.display()
+    );
+    let load_cpu_before = procstat::self_cpu_seconds();
+
+    // Ingest.
+    let mut gcfg = GenConfig::new(Target::Unix(socket.clone()), tag.to_string());
+    gcfg.rate = sc.rate;
+    gcfg.events = sc.events;
+    gcfg.duration = sc.duration;
+    gcfg.types = gen::endpoint_types(sc.endpoints);
+    gcfg.payload = sc.payload;
+    gcfg.connections = sc.connections;
+    gcfg.window = sc.window;
+    gcfg.ack_timeout = Duration::from_secs(15);
+    gcfg.connect_timeout = Duration::from_secs(10);
+    let gen_stop = Arc::new(AtomicBool::new(false));
+    let g =
+        Gen::start(gcfg, gen_stop.clone()).map_err(|e| anyhow!("{e:#}; {}", log_tail(&log, 20)))?;
+    let gs = g.shared().clone();
+    let mut sampler = Sampler::new(g.started());
+    let planned = if sc.events > 0 {
+        sc.events
+    } else {
+        (sc.rate * sc.duration.as_secs_f64()) as u64
+    };
+    let mut notes = Vec::new();
+    let mut progress = Progress::new(planned, "ingest");
+    while !g.is_done() {
+        std::thread::sleep(Duration::from_millis(100));
+        if stop.load(Ordering::Relaxed) && !gen_stop.swap(true, Ordering::Relaxed) {
+            notes.push("interrupted during ingest".to_string());
+        }
+        if let Some(st) = child.exited() {
+            if !gen_stop.swap(true, Ordering::Relaxed) {
+                notes.push(format!("ricochet exited during ingest ({st})"));
+            }
+        }
+        if sampler.due() {
+            sampler.take(&gs, sink.as_ref());
+        }
+        let delivered = sink.as_ref().map_or(0, |s| s.shared().counts().delivered);
+        progress.update(
+            gs.sent.load(Ordering::Relaxed),
+            format!(
+                "acked {} ({:.0}/s) err {} delivered {} ack p99 {}",
+                fmt_count(gs.acked.load(Ordering::Relaxed)),
+                rate_of(&sampler, |s| s.accepted_per_s),
+                gs.err.load(Ordering::Relaxed),
+                fmt_count(delivered),
+                stats::fmt_us((rate_of(&sampler, |s| s.ack_p99_ms) * 1e3) as u64)
+            ),
+        );
+    }
+    progress.finish();
+    let gres = g.join();
+    notes.extend(gres.notes.iter().cloned());
+    // The last ack, not now: a wait for missing acks is not drain time.
+    let ingest_end_us = gres.started_unix_us + gres.elapsed.as_micros() as u64;
+
+    // End of the outage.
+    match sc.outage {
+        Outage::None => {}
+        Outage::Unavailable => {
+            if let Some(s) = &sink {
+                s.shared().set_down(false);
+            }
+        }
+        Outage::Refuse => {
+            let mut cfg = sink_cfg.clone();
+            cfg.listen = sink_addr;
+            sink = Some(Sink::start(cfg).context("starting the sink after the outage")?);
+        }
+    }
+    let up_at = Instant::now();
+    if sc.outage != Outage::None {
+        eprintln!(
+            "outage over after {:.2}s of ingest; draining",
+            gres.elapsed.as_secs_f64()
+        );
+    }
+
+    // Drain.
+    let accepted = gres.ok - gres.unrouted;
+    let mut progress = Progress::new(accepted, "drain");
+    let mut last_requests = u64::MAX;
+    let mut idle_since = Instant::now();
+    let drain_end = loop {
+        let c = sink
+            .as_ref()
+            .map(|s| s.shared().counts())
+            .unwrap_or_default();
+        if c.delivered >= accepted {
+            break "all accepted events delivered".to_string();
+        }
+        if c.requests != last_requests {
+            last_requests = c.requests;
+            idle_since = Instant::now();
+        } else if idle_since.elapsed() >= sc.drain_idle {
+            break format!("no request for {:?}", sc.drain_idle);
+        }
+        if up_at.elapsed() >= sc.drain_timeout {
+            break format!("drain timeout {:?}", sc.drain_timeout);
+        }
+        if stop.load(Ordering::Relaxed) {
+            break "interrupted".to_string();
+        }
+        if let Some(st) = child.exited() {
+            break format!("ricochet exited ({st})");
+        }
+        if sampler.due() {
+            sampler.take(&gs, sink.as_ref());
+        }
+        progress.update(
+            c.delivered,
+            format!(
+                "delivered of {} ({:.0}/s) retries {} lag p99 {}",
+                fmt_count(accepted),
+                rate_of(&sampler, |s| s.deliveries_per_s),
+                fmt_count(c.retries),
+                stats::fmt_us((rate_of(&sampler, |s| s.lag_p99_ms) * 1e3) as u64)
+            ),
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    progress.finish();
+    sampler.take(&gs, sink.as_ref());
+    let drained = drain_end.starts_with("all");
+    if !drained {
+        notes.push(format!(
+            "drain stopped with {} of {} accepted events delivered: {drain_end}",
+            sink.as_ref().map_or(0, |s| s.shared().counts().delivered),
+            accepted
+        ));
+    }
+
+    // ricochet's resources, then stop it.
+    let cpu = procstat::cpu_seconds(pid);
+    let hwm = procstat::peak_rss_kib(pid);
+    let exit = child.terminate(Duration::from_secs(10));
+    if !exit.starts_with("stopped") {
+        notes.push(format!("ricochet {exit}"));
+    }
+    let load_cpu = match (load_cpu_before, procstat::self_cpu_seconds()) {
+        (Some(b), Some(a)) => Some(a - b),
+        _ => None,
+    };
+
+    // Account for every accepted id.
+    let sink = sink.ok_or_else(|| anyhow!("the sink never started"))?;
+    let shared = sink.shared().clone();
+    let ids = shared.ids.run(tag.as_bytes());
+    let (mut lost, mut undelivered) = (0u64, 0u64);
+    let upper = gres.sent.saturating_mul(sc.connections as u64) + sc.connections as u64;
+    let mut counted = 0;
+    for n in 0..upper {
+        if counted == accepted {
+            break;
+        }
+        if gs.accepted.get(n) {
+            counted += 1;
+            if !ids.seen.get(n) {
+                lost += 1;
+            } else if !ids.delivered.get(n) {
+                undelivered += 1;
+            }
+        }
+    }
+    let c = shared.counts();
+    let lag = Percentiles::of(&shared.lag_total());
+    let (first_us, last_us) = (shared.first_delivery_us(), shared.last_delivery_us());
+    let delivery_window = last_us.saturating_sub(first_us) as f64 / 1e6;
+    let total_window = if last_us > 0 {
+        (last_us.saturating_sub(ingest_end_us) as f64 / 1e6) + gres.elapsed.as_secs_f64()
+    } else {
+        gres.elapsed.as_secs_f64()
+    };
+
+    let (raw_rps, raw_fraction) = if a.raw && !stop.load(Ordering::Relaxed) {
+        let r = raw::run(&raw::RawConfig {
+            addr: sink.addr(),
+            path: "/e/0".into(),
+            connections: a.raw_connections,
+            threads: 1,
+            duration: a.raw_duration,
+        })?;
+        eprintln!("raw ceiling: {}", r.summary());
+        let dps = c.delivered as f64 / delivery_window.max(1e-9);
+        (
+            Some(r.requests_per_s),
+            Some(dps / r.requests_per_s.max(1e-9)),
+        )
+    } else {
+        (None, None)
+    };
+    drop(sink);
+
+    if c.duplicates > 0 {
+        notes.push(format!(
+            "{} duplicate deliveries (2xx for an id already answered 2xx)",
+            c.duplicates
+        ));
+    }
+    if c.misrouted > 0 {
+        notes.push(format!(
+            "{} requests arrived on the wrong endpoint path",
+            c.misrouted
+        ));
+    }
+    if gres.unrouted > 0 {
+        notes.push(format!("{} events acked with 0 deliveries", gres.unrouted));
+    }
+    if lost > 0 {
+        notes.push(format!("{lost} accepted events never reached the sink"));
+    }
+    if gres.mismatched > 0 {
+        notes.push(format!(
+            "{} ok/dup acks named another event than the one at their position (acks lost, added or reordered)",
+            gres.mismatched
+        ));
+    }
+    Ok(RunMetrics {
+        run: index,
+        run_tag: tag.to_string(),
+        events_sent: gres.sent,
+        accepted,
+        dup_acks: gres.dup,
+        err_acks: gres.err,
+        missing_acks: gres.missing,
+        ack_mismatch: gres.mismatched,
+        ingest_s: gres.elapsed.as_secs_f64(),
+        accepted_per_s: accepted as f64 / gres.elapsed.as_secs_f64().max(1e-9),
+        deliveries_expected: gres.deliveries,
+        delivered: c.delivered,
+        requests: c.requests,
+        deliveries_per_s: if delivery_window > 0.0 {
+            c.delivered as f64 / delivery_window
+        } else {
+            0.0
+        },
+        peak_deliveries_per_s: sampler
+            .samples
+            .iter()
+            .map(|s| s.deliveries_per_s)
+            .fold(0.0, f64::max),
+        requests_per_s: c.requests as f64 / total_window.max(1e-9),
+        drain_s: last_us.saturating_sub(ingest_end_us) as f64 / 1e6,
+        drained,
+        drain_end,
+        ack: gres.ack,
+        lag,
+        duplicates: c.duplicates,
+        retries: c.retries,
+        lost,
+        undelivered,
+        misrouted: c.misrouted,
+        status_2xx: c.status_2xx,
+        status_5xx: c.status_5xx,
+        resets: c.resets,
+        ricochet_cpu_s: cpu,
+        ricochet_peak_rss_mib: hwm.map(|k| k as f64 / 1024.0),
+        ricochet_exit: exit,
+        load_tool_cpu_s: load_cpu,
+        raw_requests_per_s: raw_rps,
+        raw_fraction,
+        notes,
+        series: std::mem::take(&mut sampler.samples),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plot_paths() {
+        let p = Path::new("/tmp/out.svg");
+        assert_eq!(plot_path(p, 1, 1), PathBuf::from("/tmp/out.svg"));
+        assert_eq!(plot_path(p, 1, 3), PathBuf::from("/tmp/out.svg"));
+        assert_eq!(plot_path(p, 2, 3), PathBuf::from("/tmp/out-2.svg"));
+    }
+
+    #[test]
+    fn missing_binary_is_a_clear_error() {
+        let e = resolve_ricochet(Some(Path::new("/nonexistent/ricochet"))).unwrap_err();
+        assert!(e.to_string().contains("no such file"));
+    }
+}

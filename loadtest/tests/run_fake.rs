@@ -1,0 +1,165 @@
+//! `ricochet-load run` end to end against the built-in stand-in for `ricochet serve`
+//! (`ricochet-load fake-ricochet`), so the runner's plumbing is tested without the real
+//! binary: sink, config, health wait, gen, outage, drain, accounting and JSON report.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ricochet-load");
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("rl-it-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A `ricochet` executable that runs the fake.
+fn fake_ricochet(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("ricochet");
+    std::fs::write(
+        &p,
+        format!("#!/bin/sh\nexec '{BIN}' fake-ricochet \"$@\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+fn run_json(dir: &Path, scenario: &str, extra: &[&str]) -> (i32, serde_json::Value, String) {
+    let file = dir.join("scenario.toml");
+    std::fs::write(&file, scenario).unwrap();
+    let fake = fake_ricochet(dir);
+    let out = Command::new(BIN)
+        .arg("run")
+        .arg("--scenario")
+        .arg(&file)
+        .arg("--ricochet")
+        .arg(&fake)
+        .arg("--json")
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}); stderr:\n{stderr}"));
+    (out.status.code().unwrap_or(-1), json, stderr)
+}
+
+const SMALL: &str = r#"
+description = "test"
+endpoints = 3
+events = 3000
+duration = "10s"
+rate = 3000
+durability = "batch"
+drain_timeout = "20s"
+drain_idle = "3s"
+[sink]
+script = "200:0.9,500:0.1"
+[endpoint]
+retry = ["1s", "1s", "1s", "1s"]
+"#;
+
+#[test]
+fn run_two_runs_against_fake_ricochet() {
+    let dir = temp_dir("two");
+    let plot = dir.join("out.svg");
+    let (code, v, stderr) = run_json(
+        &dir,
+        SMALL,
+        &["--runs", "2", "--plot", plot.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "stderr:\n{stderr}");
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for r in runs {
+        assert_eq!(r["events_sent"], 3000);
+        assert_eq!(r["accepted"], 3000);
+        assert_eq!(r["lost"], 0);
+        assert_eq!(r["misrouted"], 0);
+        assert_eq!(r["duplicates"], 0);
+        // The fake retries 500s (5 attempts), so a few may stay undelivered.
+        let delivered = r["delivered"].as_u64().unwrap();
+        let undelivered = r["undelivered"].as_u64().unwrap();
+        assert_eq!(delivered + undelivered, 3000);
+        assert!(r["retries"].as_u64().unwrap() > 0);
+        assert!(r["lag"]["count"].as_u64().unwrap() >= delivered);
+        assert!(r["ricochet_cpu_s"].as_f64().is_some());
+        assert!(r["ricochet_peak_rss_mib"].as_f64().unwrap() > 0.0);
+        assert!(!r["series"].as_array().unwrap().is_empty());
+    }
+    assert!(v["median"]["accepted_per_s"].as_f64().unwrap() > 1000.0);
+    assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
+    assert!(dir.join("out-2.svg").is_file());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn run_with_sink_outage() {
+    for mode in ["503", "refuse"] {
+        let dir = temp_dir(&format!("outage-{mode}"));
+        let sc = format!(
+            "description = \"t\"\nendpoints = 2\nevents = 2000\noutage = \"{mode}\"\ndrain_idle = \"3s\"\ndrain_timeout = \"20s\"\n"
+        );
+        let (code, v, stderr) = run_json(&dir, &sc, &[]);
+        assert_eq!(code, 0, "{mode}: stderr:\n{stderr}");
+        let r = &v["runs"][0];
+        assert_eq!(r["accepted"], 2000, "{mode}");
+        assert_eq!(r["delivered"], 2000, "{mode}: {stderr}");
+        assert_eq!(r["drained"], true, "{mode}");
+        if mode == "503" {
+            assert!(r["status_5xx"].as_u64().unwrap() > 0);
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[test]
+fn run_reports_a_missing_binary_clearly() {
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--scenario",
+            "smoke",
+            "--ricochet",
+            "/nonexistent/ricochet",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/ricochet: no such file"), "{err}");
+}
+
+#[test]
+fn run_reports_a_server_that_dies_at_start() {
+    let dir = temp_dir("dies");
+    let bad = dir.join("ricochet");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(
+            &bad,
+            "#!/bin/sh\necho 'config error: unknown key' >&2\nexit 1\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = Command::new(BIN)
+        .args(["run", "--scenario", "smoke", "--ricochet"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("exited before becoming healthy"), "{err}");
+    assert!(err.contains("config error: unknown key"), "{err}");
+    // A failed run keeps its files for inspection and says where.
+    let kept = err
+        .lines()
+        .find_map(|l| l.strip_prefix("run files kept in "))
+        .expect("kept dir reported");
+    assert!(Path::new(kept).join("ricochet.toml").is_file());
+    let _ = std::fs::remove_dir_all(kept);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,599 @@
+//! The committer: the one thread that writes the store.
+//!
+//! It owns group commit, idempotency, routing and the hand-off of due deliveries to the
+//! workers:
+//!
+//! - **Ingest.** Connections send batches of parsed events. Each round the committer
+//!   drains everything queued, checks idempotency keys, routes each event to the enabled
+//!   endpoints subscribed to it, and writes events, idempotency keys and one `due` key per
+//!   delivery in a single write batch — with `durability = sync` one fsync covers the whole
+//!   round. Only then do the acks go back to the connections' workers.
+//! - **Outcomes.** Workers report every attempt's outcome; the committer appends it to the
+//!   attempt log and retires or reschedules the delivery's `due` key in the same rounds.
+//! - **The loader.** The `due` column family is the timer wheel's backing store. A cursor
+//!   splits it: deliveries with a key below the cursor are in some worker's memory, the
+//!   rest only on disk. Every tick the loader moves the cursor up to `now + HORIZON`,
+//!   sending what it passes to the owning workers, but only while fewer than
+//!   `MAX_IN_MEMORY` deliveries are in memory — so a million pending retries cost disk,
+//!   not memory, and a backlog after a restart streams in as it drains.
+//!
+//! It must not do network I/O, and nothing else may write the store.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::config::Durability;
+use crate::shard::{Mailbox, MailboxSender};
+use crate::store::{
+    self, seq_floor, seq_time_ms, AttemptRecord, DueKey, EndpointId, EndpointMeta, EventRecord,
+    Seq, Store,
+};
+use crate::worker::{Job, WorkerMsg};
+
+/// How far ahead of now the loader hands deliveries to workers.
+pub const HORIZON_MS: u64 = 1000;
+/// How often the loader runs.
+const TICK: Duration = Duration::from_millis(50);
+/// Deliveries held in worker memory before the loader stops loading.
+pub const MAX_IN_MEMORY: usize = 100_000;
+/// Rows read per loader page.
+const PAGE: usize = 2048;
+
+/// An event parsed from an ingest line, not yet durable.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub ext_id: Option<String>,
+    pub etype: String,
+    pub account: Option<String>,
+    pub time_ms: Option<u64>,
+    pub data: Bytes,
+}
+
+/// A connection's batch of events: answered with one [`WorkerMsg::Acks`].
+pub struct IngestBatch {
+    pub worker: usize,
+    pub conn: u64,
+    pub ticket: u64,
+    pub events: Vec<NewEvent>,
+}
+
+/// The answer for one event of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckResult {
+    Ok { id: String, deliveries: u32 },
+    Dup { id: String },
+    Unavailable(String),
+}
+
+/// What happens to a delivery after an attempt (or instead of one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Delivered or failed for good: retire the due key.
+    Done,
+    /// Try again at this time.
+    Retry { due_ms: u64 },
+    /// The endpoint is disabled: keep the delivery aside until it is enabled.
+    Paused,
+}
+
+/// A worker's report on one delivery.
+pub struct Outcome {
+    pub event: Arc<EventRecord>,
+    pub ep: EndpointId,
+    /// The due key this job was loaded under; retired now.
+    pub due: DueKey,
+    /// Attempts made including this one.
+    pub attempts: u16,
+    pub attempt: Option<AttemptRecord>,
+    pub next: Next,
+}
+
+/// Messages to the committer.
+pub enum CommitMsg {
+    Ingest(IngestBatch),
+    Outcomes(Vec<Outcome>),
+    EndpointDisabled {
+        ep: EndpointId,
+        reason: String,
+    },
+    /// Flush, sync, and stop; the reply says it is done.
+    Shutdown(crossbeam_channel::Sender<()>),
+}
+
+/// What the committer knows of an endpoint.
+#[derive(Debug, Clone)]
+pub struct RouteInfo {
+    pub id: EndpointId,
+    pub name: String,
+    pub worker: usize,
+    pub events: Vec<String>,
+    pub account: Option<String>,
+    pub min_delay_ms: u64,
+    pub enabled: bool,
+    pub meta: EndpointMeta,
+}
+
+struct Router {
+    by_type: HashMap<String, Vec<EndpointId>>,
+    wildcard: Vec<EndpointId>,
+    eps: HashMap<EndpointId, RouteInfo>,
+}
+
+impl Router {
+    fn new(routes: Vec<RouteInfo>) -> Router {
+        let mut r = Router {
+            by_type: HashMap::new(),
+            wildcard: Vec::new(),
+            eps: HashMap::new(),
+        };
+        for info in routes {
+            for t in &info.events {
+                if t == "*" {
+                    r.wildcard.push(info.id);
+                } else {
+                    r.by_type.entry(t.clone()).or_default().push(info.id);
+                }
+            }
+            r.eps.insert(info.id, info);
+        }
+        r
+    }
+
+    fn route(&self, etype: &str, account: Option<&str>, out: &mut Vec<EndpointId>) {
+        out.clear();
+        let typed = self.by_type.get(etype).map(Vec::as_slice).unwrap_or(&[]);
+        for id in typed.iter().chain(self.wildcard.iter()) {
+            let Some(info) = self.eps.get(id) else {
+                continue;
+            };
+            if !info.enabled || out.contains(id) {
+                continue;
+            }
+            let ok = match (&info.account, account) {
+                (None, _) => true,
+                (Some(want), Some(have)) => want == have,
+                (Some(_), None) => false,
+            };
+            if ok {
+                out.push(*id);
+            }
+        }
+    }
+}
+
+/// Handles to start the committer with.
+pub struct Committer {
+    pub store: Store,
+    pub durability: Durability,
+    pub retention: Duration,
+    pub inbox: Mailbox<CommitMsg>,
+    pub workers: Vec<MailboxSender<WorkerMsg>>,
+    pub routes: Vec<RouteInfo>,
+}
+
+struct State {
+    store: Store,
+    durability: Durability,
+    retention_ms: u64,
+    workers: Vec<MailboxSender<WorkerMsg>>,
+    router: Router,
+    next_seq: Seq,
+    cursor: DueKey,
+    in_memory: usize,
+    /// Per worker: jobs to hand over at the end of the round.
+    out_jobs: Vec<Vec<Job>>,
+    last_sync: Instant,
+    unsynced: bool,
+    poisoned: Option<String>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Committer {
+    /// Runs the committer on the calling thread until shutdown.
+    pub fn run(self) -> Result<(), store::StoreError> {
+        let max = self.store.max_seq()?.unwrap_or(0);
+        let next_seq = (max + 1).max(seq_floor(now_ms()));
+        let n = self.workers.len();
+        let mut st = State {
+            store: self.store,
+            durability: self.durability,
+            retention_ms: self.retention.as_millis() as u64,
+            workers: self.workers,
+            router: Router::new(self.routes),
+            next_seq,
+            cursor: DueKey::MIN,
+            in_memory: 0,
+            out_jobs: (0..n).map(|_| Vec::new()).collect(),
+            last_sync: Instant::now(),
+            unsynced: false,
+            poisoned: None,
+        };
+        let inbox = self.inbox;
+        let mut msgs = Vec::with_capacity(1024);
+        let mut last_load = Instant::now() - TICK;
+        loop {
+            let timeout = TICK.saturating_sub(last_load.elapsed());
+            match inbox.recv_timeout(timeout.max(Duration::from_millis(1))) {
+                Ok(m) => msgs.push(m),
+                Err(true) => return Ok(()),
+                Err(false) => {}
+            }
+            while msgs.len() < 4096 {
+                match inbox.try_recv() {
+                    Some(m) => msgs.push(m),
+                    None => break,
+                }
+            }
+            let mut shutdown = None;
+            st.round(&mut msgs, &mut shutdown);
+            if last_load.elapsed() >= TICK {
+                st.load();
+                last_load = Instant::now();
+            }
+            if st.durability == Durability::Batch
+                && st.unsynced
+                && st.last_sync.elapsed() >= Duration::from_millis(10)
+            {
+                st.sync();
+            }
+            if let Some(reply) = shutdown {
+                if st.unsynced {
+                    st.sync();
+                }
+                let _ = reply.send(());
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl State {
+    fn sync(&mut self) {
+        if let Err(e) = self.store.sync_wal() {
+            tracing::error!(error = %e, "WAL sync failed; refusing further ingest");
+            self.poisoned = Some(format!("WAL sync failed: {e}"));
+        }
+        self.unsynced = false;
+        self.last_sync = Instant::now();
+    }
+
+    /// One group-commit round over `msgs`.
+    fn round(
+        &mut self,
+        msgs: &mut Vec<CommitMsg>,
+        shutdown: &mut Option<crossbeam_channel::Sender<()>>,
+    ) {
+        let now = now_ms();
+        let mut batch = self.store.batch();
+        let mut acks: Vec<(usize, u64, u64, Vec<AckResult>)> = Vec::new();
+        let mut round_ids: HashSet<String> = HashSet::new();
+        let mut routes = Vec::new();
+        let mut jobs_from_ingest: Vec<(usize, Job)> = Vec::new();
+        let mut jobs_from_outcomes: Vec<(usize, Job)> = Vec::new();
+        for msg in msgs.drain(..) {
+            match msg {
+                CommitMsg::Ingest(b) => {
+                    let mut results = Vec::with_capacity(b.events.len());
+                    for ev in b.events {
+                        if let Some(reason) = &self.poisoned {
+                            results.push(AckResult::Unavailable(reason.clone()));
+                            continue;
+                        }
+                        results.push(self.accept(
+                            ev,
+                            now,
+                            &mut batch,
+                            &mut round_ids,
+                            &mut routes,
+                            &mut jobs_from_ingest,
+                        ));
+                    }
+                    acks.push((b.worker, b.conn, b.ticket, results));
+                }
+                CommitMsg::Outcomes(list) => {
+                    for o in list {
+                        self.record(o, &mut batch, &mut jobs_from_outcomes);
+                    }
+                }
+                CommitMsg::EndpointDisabled { ep, reason } => {
+                    if let Some(info) = self.router.eps.get_mut(&ep) {
+                        info.enabled = false;
+                        info.meta.disabled_reason = Some(reason);
+                        let (name, meta) = (info.name.clone(), info.meta.clone());
+                        batch.put_endpoint(&self.store, &name, &meta);
+                    }
+                }
+                CommitMsg::Shutdown(reply) => *shutdown = Some(reply),
+            }
+        }
+        if !batch.is_empty() {
+            let has_events = batch.event_count() > 0;
+            let sync = has_events && self.durability == Durability::Sync;
+            if let Err(e) = self.store.commit(batch, sync) {
+                tracing::error!(error = %e, "store write failed; answering unavailable");
+                let msg = format!("cannot persist: {e}");
+                for (_, _, _, results) in acks.iter_mut() {
+                    for r in results.iter_mut() {
+                        if matches!(r, AckResult::Ok { .. }) {
+                            *r = AckResult::Unavailable(msg.clone());
+                        }
+                    }
+                }
+                jobs_from_ingest.clear();
+                if sync {
+                    // A failed fsync leaves the WAL in an unknown state: stop pretending.
+                    self.poisoned = Some(msg);
+                }
+            } else if has_events && self.durability != Durability::Sync {
+                self.unsynced = true;
+            }
+        }
+        for (worker, job) in jobs_from_ingest.into_iter().chain(jobs_from_outcomes) {
+            self.out_jobs[worker].push(job);
+        }
+        for (worker, conn, ticket, results) in acks {
+            self.workers[worker].send(WorkerMsg::Acks {
+                conn,
+                ticket,
+                results,
+            });
+        }
+        self.flush_jobs();
+    }
+
+    fn flush_jobs(&mut self) {
+        for (w, jobs) in self.out_jobs.iter_mut().enumerate() {
+            if !jobs.is_empty() {
+                self.in_memory += jobs.len();
+                self.workers[w].send(WorkerMsg::Jobs(std::mem::take(jobs)));
+            }
+        }
+    }
+
+    fn accept(
+        &mut self,
+        ev: NewEvent,
+        now: u64,
+        batch: &mut store::Batch,
+        round_ids: &mut HashSet<String>,
+        routes: &mut Vec<EndpointId>,
+        jobs: &mut Vec<(usize, Job)>,
+    ) -> AckResult {
+        if let Some(id) = &ev.ext_id {
+            if round_ids.contains(id) {
+                return AckResult::Dup { id: id.clone() };
+            }
+            match self.store.idem_get(id.as_bytes()) {
+                Ok(Some(seq)) if seq_time_ms(seq) + self.retention_ms > now => {
+                    return AckResult::Dup { id: id.clone() };
+                }
+                Ok(_) => {}
+                Err(e) => return AckResult::Unavailable(format!("cannot check id: {e}")),
+            }
+            round_ids.insert(id.clone());
+        }
+        let seq = self.next_seq.max(seq_floor(now));
+        self.next_seq = seq + 1;
+        self.router.route(&ev.etype, ev.account.as_deref(), routes);
+        let rec = Arc::new(EventRecord {
+            seq,
+            ext_id: ev.ext_id,
+            etype: ev.etype,
+            account: ev.account,
+            time_ms: ev.time_ms.unwrap_or(now),
+            routes: routes.clone(),
+            data: ev.data,
+        });
+        batch.put_event(&self.store, &rec);
+        for &ep in routes.iter() {
+            let info = &self.router.eps[&ep];
+            let due = DueKey {
+                due_ms: now.max(rec.time_ms.saturating_add(info.min_delay_ms)),
+                seq,
+                ep,
+            };
+            batch.put_due(&self.store, due, 0);
+            if due < self.cursor {
+                jobs.push((
+                    info.worker,
+                    Job {
+                        event: rec.clone(),
+                        ep,
+                        due,
+                        attempts: 0,
+                    },
+                ));
+            }
+        }
+        AckResult::Ok {
+            id: rec.display_id(),
+            deliveries: routes.len() as u32,
+        }
+    }
+
+    fn record(&mut self, o: Outcome, batch: &mut store::Batch, jobs: &mut Vec<(usize, Job)>) {
+        self.in_memory = self.in_memory.saturating_sub(1);
+        let seq = o.event.seq;
+        if let Some(a) = &o.attempt {
+            batch.put_attempt(&self.store, seq, o.ep, o.attempts, a);
+        }
+        batch.del_due(&self.store, o.due);
+        match o.next {
+            Next::Done => {}
+            Next::Paused => batch.put_paused(&self.store, o.ep, seq, o.attempts),
+            Next::Retry { due_ms } => {
+                let due = DueKey {
+                    due_ms,
+                    seq,
+                    ep: o.ep,
+                };
+                batch.put_due(&self.store, due, o.attempts);
+                if due < self.cursor {
+                    if let Some(info) = self.router.eps.get(&o.ep) {
+                        jobs.push((
+                            info.worker,
+                            Job {
+                                event: o.event,
+                                ep: o.ep,
+                                due,
+                                attempts: o.attempts,
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves the cursor toward `now + HORIZON_MS`, handing what it passes to workers.
+    fn load(&mut self) {
+        let horizon = now_ms() + HORIZON_MS;
+        let mut cache: HashMap<Seq, Arc<EventRecord>> = HashMap::new();
+        while self.in_memory < MAX_IN_MEMORY {
+            let page = match self.store.due_range(self.cursor, horizon, PAGE) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "loader cannot read the due index");
+                    return;
+                }
+            };
+            let full = page.len() == PAGE;
+            let mut cleanup = self.store.batch();
+            for (key, attempts) in page {
+                self.cursor = successor(key);
+                let Some(info) = self.router.eps.get(&key.ep) else {
+                    // The endpoint no longer exists: nothing can deliver this.
+                    cleanup.del_due(&self.store, key);
+                    continue;
+                };
+                let event = match cache.get(&key.seq) {
+                    Some(e) => e.clone(),
+                    None => match self.store.event(key.seq) {
+                        Ok(Some(e)) => {
+                            let e = Arc::new(e);
+                            cache.insert(key.seq, e.clone());
+                            e
+                        }
+                        Ok(None) => {
+                            cleanup.del_due(&self.store, key);
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, seq = key.seq, "cannot read event");
+                            continue;
+                        }
+                    },
+                };
+                if !info.enabled {
+                    cleanup.del_due(&self.store, key);
+                    cleanup.put_paused(&self.store, key.ep, key.seq, attempts);
+                    continue;
+                }
+                self.out_jobs[info.worker].push(Job {
+                    event,
+                    ep: key.ep,
+                    due: key,
+                    attempts,
+                });
+            }
+            if !cleanup.is_empty() {
+                if let Err(e) = self.store.commit(cleanup, false) {
+                    tracing::warn!(error = %e, "loader clean-up write failed");
+                }
+            }
+            self.flush_jobs();
+            if !full {
+                self.cursor = self.cursor.max(DueKey {
+                    due_ms: horizon,
+                    seq: 0,
+                    ep: 0,
+                });
+                break;
+            }
+            cache.clear();
+        }
+    }
+}
+
+/// The smallest key greater than `k`.
+fn successor(k: DueKey) -> DueKey {
+    if k.ep < u32::MAX {
+        DueKey { ep: k.ep + 1, ..k }
+    } else if k.seq < u64::MAX {
+        DueKey {
+            seq: k.seq + 1,
+            ep: 0,
+            ..k
+        }
+    } else {
+        DueKey {
+            due_ms: k.due_ms + 1,
+            seq: 0,
+            ep: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: u32, events: &[&str], account: Option<&str>) -> RouteInfo {
+        RouteInfo {
+            id,
+            name: format!("e{id}"),
+            worker: 0,
+            events: events.iter().map(|s| s.to_string()).collect(),
+            account: account.map(str::to_string),
+            min_delay_ms: 0,
+            enabled: true,
+            meta: EndpointMeta::default(),
+        }
+    }
+
+    #[test]
+    fn routing_by_type_wildcard_and_account() {
+        let r = Router::new(vec![
+            info(1, &["a"], None),
+            info(2, &["*"], None),
+            info(3, &["a", "b"], Some("p1")),
+        ]);
+        let mut out = Vec::new();
+        r.route("a", None, &mut out);
+        assert_eq!(out, vec![1, 2]);
+        r.route("a", Some("p1"), &mut out);
+        assert_eq!(out, vec![1, 3, 2]);
+        r.route("b", Some("p2"), &mut out);
+        assert_eq!(out, vec![2]);
+    }
+
+    #[test]
+    fn successor_orders_after() {
+        let k = DueKey {
+            due_ms: 5,
+            seq: 7,
+            ep: u32::MAX,
+        };
+        assert!(successor(k) > k);
+        assert!(
+            successor(DueKey {
+                due_ms: 5,
+                seq: 7,
+                ep: 3
+            }) < DueKey {
+                due_ms: 5,
+                seq: 8,
+                ep: 0
+            }
+        );
+    }
+}

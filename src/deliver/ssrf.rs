@@ -1,0 +1,100 @@
+//! SSRF guard: which addresses a postback may connect to.
+//!
+//! Owns the classification of an IP address as public or not. It is applied to the
+//! address actually connected to, after resolution, so DNS rebinding cannot pass. It must
+//! not resolve names.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Whether connecting to `ip` is refused while `allow_private_networks` is off:
+/// loopback, private, link-local, CGNAT, multicast, broadcast, unspecified, documentation
+/// and benchmarking ranges, IPv6 ULA and link-local, and IPv4-mapped/compatible forms.
+pub fn is_blocked(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => blocked_v4(v4),
+        IpAddr::V6(v6) => blocked_v6(v6),
+    }
+}
+
+fn blocked_v4(ip: Ipv4Addr) -> bool {
+    let o = ip.octets();
+    ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_multicast()
+        || ip.is_broadcast()
+        || ip.is_unspecified()
+        || ip.is_documentation()
+        || o[0] == 0                                   // "this network"
+        || (o[0] == 100 && (o[1] & 0xc0) == 64)        // CGNAT 100.64/10
+        || (o[0] == 192 && o[1] == 0 && o[2] == 0)     // IETF protocol assignments
+        || (o[0] == 198 && (o[1] & 0xfe) == 18)        // benchmarking 198.18/15
+        || o[0] >= 240 // reserved
+}
+
+fn blocked_v6(ip: Ipv6Addr) -> bool {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return blocked_v4(v4);
+    }
+    let s = ip.segments();
+    // IPv4-compatible (deprecated) ::a.b.c.d
+    if s[..6] == [0; 6] && !ip.is_loopback() && !ip.is_unspecified() {
+        return blocked_v4(Ipv4Addr::new(
+            (s[6] >> 8) as u8,
+            s[6] as u8,
+            (s[7] >> 8) as u8,
+            s[7] as u8,
+        ));
+    }
+    ip.is_loopback()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || (s[0] & 0xfe00) == 0xfc00 // ULA fc00::/7
+        || (s[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
+        || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
+        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+        || (s[0] == 0x0064 && s[1] == 0xff9b) // NAT64 well-known prefix (may map to private v4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> bool {
+        is_blocked(s.parse().unwrap())
+    }
+
+    #[test]
+    fn classifies() {
+        for s in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "224.0.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "ff02::1",
+        ] {
+            assert!(b(s), "{s} should be blocked");
+        }
+        for s in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(!b(s), "{s} should be allowed");
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! A runnable endpoint: its configuration with every template compiled.
+//!
+//! Owns turning an [`EndpointConfig`] into an [`EndpointSpec`] (URL, header values and
+//! body compiled once, errors naming the endpoint, the field and the position). It must
+//! not do I/O; workers own the endpoint's live state (queue, pool, counters).
+
+use std::sync::Arc;
+
+use crate::config::{EndpointConfig, Format, Method};
+use crate::deliver::http1::{parse_url, Target};
+use crate::store::EndpointId;
+use crate::template::{BodyFormat, Context, Template, TemplateError};
+
+/// A template that failed to compile, located.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("endpoint {endpoint}: field `{field}`: {source}")]
+    Template {
+        endpoint: String,
+        field: String,
+        source: TemplateError,
+    },
+    #[error("{0}")]
+    Field(String),
+}
+
+/// The compiled endpoint, shared read-only by the worker that owns it.
+pub struct EndpointSpec {
+    pub id: EndpointId,
+    pub cfg: EndpointConfig,
+    pub url: Template,
+    /// Parsed once when the URL has no placeholders.
+    pub static_target: Option<Arc<Target>>,
+    pub headers: Vec<(String, Template)>,
+    pub body: Option<Template>,
+    /// Whether any template reads event data (so the event's data must be indexed).
+    pub needs_doc: bool,
+    /// Decoded signing keys (`whsec_` stripped, base64 decoded).
+    pub signing_keys: Vec<Vec<u8>>,
+}
+
+fn body_format(f: Format) -> BodyFormat {
+    match f {
+        Format::Json => BodyFormat::Json,
+        Format::Xml => BodyFormat::Xml,
+        Format::Form => BodyFormat::Form,
+        Format::Text => BodyFormat::Text,
+    }
+}
+
+impl EndpointSpec {
+    /// Validates and compiles; the first error is returned.
+    pub fn compile(id: EndpointId, cfg: EndpointConfig) -> Result<EndpointSpec, EndpointError> {
+        Self::compile_all(id, cfg).map_err(|mut errs| errs.remove(0))
+    }
+
+    /// Validates and compiles, collecting every error.
+    pub fn compile_all(
+        id: EndpointId,
+        cfg: EndpointConfig,
+    ) -> Result<EndpointSpec, Vec<EndpointError>> {
+        let mut errors = Vec::new();
+        if let Err(msg) = cfg.validate() {
+            errors.push(EndpointError::Field(msg));
+        }
+        let name = cfg.name.clone();
+        let mut compile = |field: &str, src: &str, ctx: Context| match Template::compile(src, ctx) {
+            Ok(t) => Some(t),
+            Err(source) => {
+                errors.push(EndpointError::Template {
+                    endpoint: name.clone(),
+                    field: field.to_string(),
+                    source,
+                });
+                None
+            }
+        };
+        let url = compile("url", &cfg.url, Context::Url);
+        let mut headers = Vec::new();
+        for (k, v) in &cfg.headers {
+            if let Some(t) = compile(&format!("headers.{k}"), v, Context::Header) {
+                headers.push((k.clone(), t));
+            }
+        }
+        let body = match (&cfg.body, cfg.method) {
+            (Some(src), m) if m != Method::Get => {
+                compile("body", src, Context::Body(body_format(cfg.format)))
+            }
+            _ => None,
+        };
+        let mut signing_keys = Vec::new();
+        if let Some(secrets) = &cfg.signing_secret {
+            use base64::Engine as _;
+            for s in secrets.split_whitespace() {
+                match s
+                    .strip_prefix("whsec_")
+                    .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                {
+                    Some(k) => signing_keys.push(k),
+                    None => errors.push(EndpointError::Field(format!(
+                        "endpoint {}: field `signing_secret`: each secret must be whsec_<base64>",
+                        cfg.name
+                    ))),
+                }
+            }
+        }
+        let Some(url) = url else {
+            return Err(errors);
+        };
+        let static_target = if url.is_static() {
+            match parse_url(cfg.url.as_bytes()) {
+                Ok(t) => Some(Arc::new(t)),
+                Err(e) => {
+                    errors.push(EndpointError::Field(format!(
+                        "endpoint {}: field `url`: {e}",
+                        cfg.name
+                    )));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let needs_doc = !url.is_static()
+            || headers.iter().any(|(_, t)| !t.is_static())
+            || body.as_ref().is_some_and(|b| !b.is_static())
+            || (cfg.body.is_none() && matches!(cfg.format, Format::Form | Format::Xml));
+        Ok(EndpointSpec {
+            id,
+            cfg,
+            url,
+            static_target,
+            headers,
+            body,
+            needs_doc,
+            signing_keys,
+        })
+    }
+}

@@ -1,0 +1,321 @@
+//! Ingest: the Unix-socket and TCP listeners and the line protocol of SPEC §3.
+//!
+//! Acceptor threads hand each new connection to a worker, round-robin. On its worker a
+//! connection is two tasks: the **reader** frames lines, parses them, and sends each
+//! read's events to the committer as one batch; the **writer** answers every non-blank
+//! line in order once its batch is durable. A connection holds at most
+//! [`MAX_LINES_IN_FLIGHT`] unanswered lines; past that the reader stops reading
+//! (backpressure), so accepted input is never dropped. An oversize line is skipped to its
+//! end and answered `err too_large`; the connection lives on.
+//!
+//! This module must not write the store or route events: that is the committer's job.
+
+pub mod parse;
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io::Write as _;
+use std::rc::Rc;
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
+
+use crate::commit::{AckResult, CommitMsg, IngestBatch};
+use crate::local::LocalNotify;
+use crate::shard::MailboxSender;
+use parse::LineParser;
+
+/// Unanswered lines a connection may have before its reader pauses.
+pub const MAX_LINES_IN_FLIGHT: usize = 65_536;
+const READ_CHUNK: usize = 64 * 1024;
+
+/// One answer slot, in line order.
+enum Slot {
+    /// Already known (`err ...`).
+    Ready(Vec<u8>),
+    /// The n-th event of the batch; answered by the committer.
+    Event(usize),
+}
+
+struct PendingBatch {
+    ticket: u64,
+    slots: Vec<Slot>,
+    /// `None` until the committer answers (always `Some` for batches without events).
+    results: Option<Vec<AckResult>>,
+}
+
+/// State shared by a connection's reader and writer and the worker's mailbox task.
+pub struct ConnShared {
+    pending: RefCell<VecDeque<PendingBatch>>,
+    in_flight: Cell<usize>,
+    reader_done: Cell<bool>,
+    writer_failed: Cell<bool>,
+    writer_wake: LocalNotify,
+    reader_wake: LocalNotify,
+}
+
+impl ConnShared {
+    fn new() -> Self {
+        ConnShared {
+            pending: RefCell::new(VecDeque::new()),
+            in_flight: Cell::new(0),
+            reader_done: Cell::new(false),
+            writer_failed: Cell::new(false),
+            writer_wake: LocalNotify::default(),
+            reader_wake: LocalNotify::default(),
+        }
+    }
+
+    /// The committer's answers for batch `ticket`.
+    pub fn complete(&self, ticket: u64, results: Vec<AckResult>) {
+        if let Some(b) = self
+            .pending
+            .borrow_mut()
+            .iter_mut()
+            .find(|b| b.ticket == ticket)
+        {
+            b.results = Some(results);
+        }
+        self.writer_wake.notify();
+    }
+}
+
+/// What a connection needs from its worker.
+pub struct ConnCtx {
+    pub worker: usize,
+    pub conn: u64,
+    pub max_line_bytes: usize,
+    pub commit: MailboxSender<CommitMsg>,
+}
+
+/// Serves one ingest connection until the peer closes it and every answer is written.
+pub async fn serve_connection<S>(stream: S, ctx: ConnCtx, shared: Rc<ConnShared>)
+where
+    S: Splitable,
+    S::OwnedRead: AsyncReadRent + 'static,
+    S::OwnedWrite: monoio::io::AsyncWriteRent + 'static,
+{
+    let (rd, wr) = stream.into_split();
+    let writer = monoio::spawn(write_acks(wr, shared.clone()));
+    read_lines(rd, &ctx, &shared).await;
+    shared.reader_done.set(true);
+    shared.writer_wake.notify();
+    writer.await;
+}
+
+/// Creates the shared state of a new connection.
+pub fn new_connection() -> Rc<ConnShared> {
+    Rc::new(ConnShared::new())
+}
+
+struct Framer<'a> {
+    ctx: &'a ConnCtx,
+    parser: LineParser,
+    /// Set while skipping the rest of an oversize line.
+    skipping: bool,
+    ticket: u64,
+    slots: Vec<Slot>,
+    events: Vec<crate::commit::NewEvent>,
+}
+
+impl Framer<'_> {
+    fn line(&mut self, mut line: &[u8]) {
+        if self.skipping {
+            self.skipping = false;
+            self.too_large();
+            return;
+        }
+        if let [rest @ .., b'\r'] = line {
+            line = rest;
+        }
+        if line.iter().all(|b| b.is_ascii_whitespace()) {
+            return;
+        }
+        if line.len() > self.ctx.max_line_bytes {
+            self.too_large();
+            return;
+        }
+        match self.parser.parse(line) {
+            Ok(ev) => {
+                self.slots.push(Slot::Event(self.events.len()));
+                self.events.push(ev);
+            }
+            Err(e) => {
+                let mut msg = b"err invalid ".to_vec();
+                msg.extend(e.0.bytes().map(|b| if b == b'\n' { b' ' } else { b }));
+                msg.push(b'\n');
+                self.slots.push(Slot::Ready(msg));
+            }
+        }
+    }
+
+    fn too_large(&mut self) {
+        let msg = format!(
+            "err too_large line exceeds max_line_bytes ({})\n",
+            self.ctx.max_line_bytes
+        );
+        self.slots.push(Slot::Ready(msg.into_bytes()));
+    }
+
+    /// Hands the lines framed so far to the writer (and their events to the committer).
+    fn flush(&mut self, shared: &ConnShared) {
+        if self.slots.is_empty() {
+            return;
+        }
+        self.ticket += 1;
+        let slots = std::mem::take(&mut self.slots);
+        shared.in_flight.set(shared.in_flight.get() + slots.len());
+        let results = if self.events.is_empty() {
+            Some(Vec::new())
+        } else {
+            let events = std::mem::take(&mut self.events);
+            let n = events.len();
+            let sent = self.ctx.commit.send(CommitMsg::Ingest(IngestBatch {
+                worker: self.ctx.worker,
+                conn: self.ctx.conn,
+                ticket: self.ticket,
+                events,
+            }));
+            if sent {
+                None
+            } else {
+                Some(vec![
+                    AckResult::Unavailable("server is shutting down".into());
+                    n
+                ])
+            }
+        };
+        shared.pending.borrow_mut().push_back(PendingBatch {
+            ticket: self.ticket,
+            slots,
+            results,
+        });
+        shared.writer_wake.notify();
+    }
+}
+
+async fn read_lines<R: AsyncReadRent>(mut rd: R, ctx: &ConnCtx, shared: &ConnShared) {
+    let mut framer = Framer {
+        ctx,
+        parser: LineParser::default(),
+        skipping: false,
+        ticket: 0,
+        slots: Vec::new(),
+        events: Vec::new(),
+    };
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    // Bytes of `buf` already searched for a newline.
+    let mut scanned = 0usize;
+    loop {
+        while shared.in_flight.get() >= MAX_LINES_IN_FLIGHT && !shared.writer_failed.get() {
+            shared.reader_wake.wait().await;
+        }
+        if shared.writer_failed.get() {
+            return;
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        let filled = buf.len();
+        let (res, b) = rd.read(buf.slice_mut(filled..)).await;
+        buf = b.into_inner();
+        let n = match res {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "ingest read failed");
+                0
+            }
+        };
+        if n == 0 {
+            if !buf.is_empty() {
+                if framer.skipping {
+                    framer.skipping = false;
+                    framer.too_large();
+                } else {
+                    let last = std::mem::take(&mut buf);
+                    framer.line(&last);
+                }
+            }
+            framer.flush(shared);
+            return;
+        }
+        let mut start = 0usize;
+        let mut from = scanned;
+        while let Some(pos) = memchr(b'\n', &buf[from..]) {
+            let end = from + pos;
+            framer.line(&buf[start..end]);
+            start = end + 1;
+            from = start;
+        }
+        framer.flush(shared);
+        buf.drain(..start);
+        scanned = buf.len();
+        if buf.len() > ctx.max_line_bytes {
+            // The current line is already too long: drop what we have, skip to its end.
+            framer.skipping = true;
+            buf.clear();
+            scanned = 0;
+        }
+    }
+}
+
+fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|&b| b == needle)
+}
+
+async fn write_acks<W: monoio::io::AsyncWriteRent>(mut wr: W, shared: Rc<ConnShared>) {
+    let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
+    loop {
+        let mut answered = 0usize;
+        loop {
+            let ready = matches!(shared.pending.borrow().front(), Some(b) if b.results.is_some());
+            if !ready {
+                break;
+            }
+            let Some(batch) = shared.pending.borrow_mut().pop_front() else {
+                break;
+            };
+            let results = batch.results.unwrap_or_default();
+            for slot in batch.slots {
+                answered += 1;
+                match slot {
+                    Slot::Ready(line) => out.extend_from_slice(&line),
+                    Slot::Event(i) => match results.get(i) {
+                        Some(AckResult::Ok { id, deliveries }) => {
+                            let _ = writeln!(out, "ok {id} {deliveries}");
+                        }
+                        Some(AckResult::Dup { id }) => {
+                            let _ = writeln!(out, "dup {id}");
+                        }
+                        Some(AckResult::Unavailable(msg)) => {
+                            let _ = writeln!(out, "err unavailable {msg}");
+                        }
+                        None => out.extend_from_slice(b"err unavailable no answer\n"),
+                    },
+                }
+            }
+        }
+        if !out.is_empty() {
+            let (res, b) = wr.write_all(out).await;
+            out = b;
+            out.clear();
+            if res.is_err() {
+                shared.writer_failed.set(true);
+                shared.reader_wake.notify();
+                return;
+            }
+        }
+        if answered > 0 {
+            shared
+                .in_flight
+                .set(shared.in_flight.get().saturating_sub(answered));
+            shared.reader_wake.notify();
+            continue;
+        }
+        if shared.reader_done.get() && shared.pending.borrow().is_empty() {
+            let _ = wr.shutdown().await;
+            return;
+        }
+        shared.writer_wake.wait().await;
+    }
+}

@@ -1,0 +1,269 @@
+//! One ingest line → a [`NewEvent`] (SPEC §3).
+//!
+//! simd-json validates the whole line and reads the envelope fields from its tape; the
+//! `data` object is kept as the exact bytes the producer sent (a small scanner finds its
+//! span), so numbers and strings reach the receivers as they came. Buffers are reused
+//! across lines. This module must not allocate for anything but the event it returns.
+
+use bytes::Bytes;
+use simd_json::prelude::*;
+
+use crate::commit::NewEvent;
+use crate::config::valid_event_type;
+
+/// Why a line was rejected (`err invalid <message>`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+fn invalid(msg: impl Into<String>) -> Invalid {
+    Invalid(msg.into())
+}
+
+/// Reusable parser state, one per connection.
+pub struct LineParser {
+    scratch: Vec<u8>,
+    buffers: simd_json::Buffers,
+}
+
+impl Default for LineParser {
+    fn default() -> Self {
+        LineParser {
+            scratch: Vec::with_capacity(4096),
+            buffers: simd_json::Buffers::new(4096),
+        }
+    }
+}
+
+impl LineParser {
+    /// Parses one line (without its line terminator).
+    pub fn parse(&mut self, line: &[u8]) -> Result<NewEvent, Invalid> {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(line);
+        let tape = simd_json::to_tape_with_buffers(&mut self.scratch, &mut self.buffers)
+            .map_err(|e| invalid(format!("not JSON: {e}")))?;
+        let root = tape.as_value();
+        let obj = root
+            .as_object()
+            .ok_or_else(|| invalid("a line must be a JSON object"))?;
+
+        let type_v = obj
+            .get("type")
+            .ok_or_else(|| invalid("missing field `type`"))?;
+        let etype = type_v
+            .as_str()
+            .ok_or_else(|| invalid("field `type` must be a string"))?;
+        if !valid_event_type(etype) {
+            return Err(invalid("field `type` must match [a-z0-9_.-]{1,64}"));
+        }
+        let ext_id = match obj.get("id") {
+            None => None,
+            Some(v) if v.is_null() => None,
+            Some(v) => {
+                let s = v
+                    .as_str()
+                    .ok_or_else(|| invalid("field `id` must be a string"))?;
+                if s.is_empty() || s.len() > 128 || s.bytes().any(|b| b.is_ascii_whitespace()) {
+                    return Err(invalid(
+                        "field `id` must be 1..128 bytes without whitespace",
+                    ));
+                }
+                Some(s.to_string())
+            }
+        };
+        let account = match obj.get("account") {
+            None => None,
+            Some(v) if v.is_null() => None,
+            Some(v) => Some(
+                v.as_str()
+                    .ok_or_else(|| invalid("field `account` must be a string"))?
+                    .to_string(),
+            ),
+        };
+        let time_ms = match obj.get("time") {
+            None => None,
+            Some(v) if v.is_null() => None,
+            Some(v) => {
+                if let Some(s) = v.as_str() {
+                    Some(parse_rfc3339_ms(s).ok_or_else(|| {
+                        invalid("field `time` must be RFC 3339 or Unix milliseconds")
+                    })?)
+                } else if let Some(n) = v.as_u64() {
+                    Some(n)
+                } else {
+                    return Err(invalid(
+                        "field `time` must be RFC 3339 or Unix milliseconds",
+                    ));
+                }
+            }
+        };
+        match obj.get("data") {
+            None => return Err(invalid("missing field `data`")),
+            Some(v) if !v.is_object() => return Err(invalid("field `data` must be an object")),
+            Some(_) => {}
+        }
+        let (start, end) = top_level_value_span(line, b"data")
+            .ok_or_else(|| invalid("field `data` must be written with a plain key"))?;
+        Ok(NewEvent {
+            ext_id,
+            etype: etype.to_string(),
+            account,
+            time_ms,
+            data: Bytes::copy_from_slice(&line[start..end]),
+        })
+    }
+}
+
+/// RFC 3339 → unix milliseconds.
+pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    let ms = t.unix_timestamp_nanos() / 1_000_000;
+    u64::try_from(ms).ok()
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
+/// End (exclusive) of the string starting at `b[i] == '"'`.
+fn skip_string(b: &[u8], mut i: usize) -> Option<usize> {
+    i += 1;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// End (exclusive) of the JSON value starting at `i`.
+fn skip_value(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => skip_string(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            while j < b.len() {
+                match b[j] {
+                    b'"' => {
+                        j = skip_string(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            None
+        }
+        _ => {
+            let mut j = i;
+            while j < b.len() && !matches!(b[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+            {
+                j += 1;
+            }
+            Some(j)
+        }
+    }
+}
+
+/// The byte span of the value of top-level key `key` in a JSON object that is already
+/// known to be valid. The first occurrence wins, as in simd-json's object lookup.
+pub fn top_level_value_span(b: &[u8], key: &[u8]) -> Option<(usize, usize)> {
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    loop {
+        i = skip_ws(b, i);
+        match b.get(i)? {
+            b'}' => return None,
+            b',' => {
+                i += 1;
+                continue;
+            }
+            b'"' => {}
+            _ => return None,
+        }
+        let kend = skip_string(b, i)?;
+        let k = &b[i + 1..kend - 1];
+        i = skip_ws(b, kend);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(b, i + 1);
+        let vend = skip_value(b, i)?;
+        if k == key {
+            return Some((i, vend));
+        }
+        i = vend;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(line: &str) -> Result<NewEvent, Invalid> {
+        LineParser::default().parse(line.as_bytes())
+    }
+
+    #[test]
+    fn full_line() {
+        let e = p(r#"{"type":"action_inquiry","id":"inq-1","account":"partner-555","time":"2026-04-08T10:05:00Z","data":{"Amount": 250.00, "s":"a\"}b"}}"#).unwrap();
+        assert_eq!(e.etype, "action_inquiry");
+        assert_eq!(e.ext_id.as_deref(), Some("inq-1"));
+        assert_eq!(e.account.as_deref(), Some("partner-555"));
+        assert_eq!(e.time_ms, Some(1_775_642_700_000));
+        assert_eq!(&e.data[..], br#"{"Amount": 250.00, "s":"a\"}b"}"#);
+    }
+
+    #[test]
+    fn minimal_and_unix_time() {
+        let e = p(r#"{"data":{},"type":"t","time":1700000000123}"#).unwrap();
+        assert_eq!(e.time_ms, Some(1_700_000_000_123));
+        assert!(e.ext_id.is_none());
+        assert_eq!(&e.data[..], b"{}");
+    }
+
+    #[test]
+    fn rejects_with_reasons() {
+        for (line, needle) in [
+            ("not json", "not JSON"),
+            ("[1]", "object"),
+            (r#"{"data":{}}"#, "`type`"),
+            (r#"{"type":"Bad Type","data":{}}"#, "`type`"),
+            (r#"{"type":5,"data":{}}"#, "`type`"),
+            (r#"{"type":"t"}"#, "`data`"),
+            (r#"{"type":"t","data":[1]}"#, "`data`"),
+            (r#"{"type":"t","data":{},"id":"a b"}"#, "`id`"),
+            (r#"{"type":"t","data":{},"id":""}"#, "`id`"),
+            (r#"{"type":"t","data":{},"account":1}"#, "`account`"),
+            (r#"{"type":"t","data":{},"time":"yesterday"}"#, "`time`"),
+        ] {
+            let err = p(line).unwrap_err().0;
+            assert!(err.contains(needle), "{line}: {err}");
+        }
+        let long = format!(r#"{{"type":"t","data":{{}},"id":"{}"}}"#, "x".repeat(129));
+        assert!(p(&long).is_err());
+    }
+
+    #[test]
+    fn span_finder_skips_nested_keys() {
+        let b = br#"{"x":{"data":1},"arr":["data",{"data":2}],"data" : {"k":[1,{"a":"}"}]} }"#;
+        let (s, e) = top_level_value_span(b, b"data").unwrap();
+        assert_eq!(&b[s..e], br#"{"k":[1,{"a":"}"}]}"#);
+    }
+}

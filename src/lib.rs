@@ -1,0 +1,55 @@
+//! ricochet — a high-throughput postback (webhook) dispatcher.
+//!
+//! # Data flow
+//!
+//! ```text
+//!  producers ──NDJSON──▶ ingest (acceptor threads → worker tasks: frame, parse, batch)
+//!                            │ IngestBatch                       ▲ Acks (after durable)
+//!                            ▼                                   │
+//!                        commit (one thread: idempotency, routing, group commit,
+//!                            │    the loader of due deliveries)   ◀── Outcomes
+//!                            ▼ Jobs                                        │
+//!                        worker N (monoio, thread per core): timer wheel → endpoint
+//!                            queue → lanes (keep-alive HTTP/1.1) ──▶ receivers
+//!                                                                          │
+//!                        store (RocksDB): events = the durable record;     │
+//!                            due index, attempt log, idempotency keys ◀────┘
+//!  admin (own thread): GET /health, GET /v1/events/{id} read the store
+//! ```
+//!
+//! # Layout
+//! - [`config`]: the TOML file, flags and defaults; validation.
+//! - [`runtime`]: monoio runtime per worker, io_uring or legacy driver.
+//! - [`server`]: wires everything for `ricochet serve`; shutdown.
+//! - [`ingest`]: listeners, line framing, parsing, ordered acks, backpressure.
+//! - [`commit`]: the single writer: group commit, idempotency, routing, loader.
+//! - [`store`]: the only code that knows RocksDB: column families and keys.
+//! - [`shard`]: endpoint → worker, cross-thread mailboxes.
+//! - [`worker`]: a core's endpoints, queues, lanes, timer wheel.
+//! - [`schedule`]: retry decisions and the timer wheel.
+//! - [`deliver`]: HTTP/1.1 exchange, request building, DNS, SSRF guard.
+//! - [`endpoint`]: an endpoint's compiled templates.
+//! - [`template`]: template compiler and renderer.
+//! - [`ratelimit`]: token buckets.
+//! - [`admin`]: the admin HTTP API.
+//! - [`client`]: `ricochet send`.
+//! - [`render`]: `ricochet render`.
+//! - [`local`]: single-thread async primitives.
+
+pub mod admin;
+pub mod client;
+pub mod commit;
+pub mod config;
+pub mod deliver;
+pub mod endpoint;
+pub mod ingest;
+pub mod local;
+pub mod ratelimit;
+pub mod render;
+pub mod runtime;
+pub mod schedule;
+pub mod server;
+pub mod shard;
+pub mod store;
+pub mod template;
+pub mod worker;

@@ -1,0 +1,196 @@
+//! The `ricochet` binary: command-line parsing and wiring only.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use ricochet::config::{Config, Driver};
+
+#[derive(Parser)]
+#[command(
+    name = "ricochet",
+    version,
+    about = "High-throughput postback (webhook) dispatcher"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the dispatcher in the foreground.
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// TCP ingest address (same line protocol).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Admin API address.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+        #[arg(long)]
+        workers: Option<usize>,
+        #[arg(long, value_enum)]
+        driver: Option<Driver>,
+    },
+    /// Stream NDJSON events from FILE (or stdin) and print a summary.
+    Send {
+        #[arg(long, conflicts_with = "connect")]
+        socket: Option<PathBuf>,
+        #[arg(long)]
+        connect: Option<String>,
+        /// Print every ack line.
+        #[arg(short, long)]
+        verbose: bool,
+        file: Option<PathBuf>,
+    },
+    /// Validate a config and compile every template.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print the exact HTTP request an endpoint would receive for an event.
+    Render {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        endpoint: String,
+        event_file: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RICOCHET_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Serve {
+            config,
+            data_dir,
+            socket,
+            listen,
+            admin,
+            workers,
+            driver,
+        } => {
+            let mut cfg = match config {
+                Some(p) => Config::load(&p)?,
+                None => Config::default(),
+            };
+            let s = &mut cfg.server;
+            if let Some(v) = data_dir {
+                s.data_dir = v;
+            }
+            if let Some(v) = socket {
+                s.socket = v;
+            }
+            if let Some(v) = listen {
+                s.listen = Some(v);
+            }
+            if let Some(v) = admin {
+                s.admin = v;
+            }
+            if let Some(v) = workers {
+                s.workers = v;
+            }
+            if let Some(v) = driver {
+                s.driver = v;
+            }
+            ricochet::server::serve(cfg)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Send {
+            socket,
+            connect,
+            verbose,
+            file,
+        } => {
+            let target = match (socket, connect) {
+                (_, Some(addr)) => ricochet::client::Target::Tcp(addr),
+                (Some(p), None) => ricochet::client::Target::Unix(p),
+                (None, None) => ricochet::client::Target::Unix(PathBuf::from("ricochet.sock")),
+            };
+            let input: Box<dyn Read + Send> = match file {
+                Some(p) => Box::new(
+                    std::fs::File::open(&p)
+                        .with_context(|| format!("cannot open {}", p.display()))?,
+                ),
+                None => Box::new(std::io::stdin()),
+            };
+            let summary = ricochet::client::send(&target, input, |ack| {
+                if verbose {
+                    println!("{ack}");
+                }
+            })
+            .context("send failed")?;
+            println!("{summary}");
+            Ok(
+                if summary.err > 0 || summary.ok + summary.dup + summary.err < summary.sent {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                },
+            )
+        }
+        Cmd::Check { config } => {
+            let cfg = Config::load(&config)?;
+            match ricochet::server::compile_endpoints(&cfg) {
+                Ok(specs) => {
+                    println!("{}: ok ({} endpoints)", config.display(), specs.len());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => {
+                    for e in errors {
+                        println!("{e}");
+                    }
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Cmd::Render {
+            config,
+            endpoint,
+            event_file,
+        } => {
+            let cfg = Config::load(&config)?;
+            let mut line = Vec::new();
+            match event_file {
+                Some(p) => {
+                    line =
+                        std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?
+                }
+                None => {
+                    std::io::stdin().read_to_end(&mut line)?;
+                }
+            }
+            let out = ricochet::render::render_request(&cfg, &endpoint, &line)?;
+            use std::io::Write as _;
+            std::io::stdout().write_all(&out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

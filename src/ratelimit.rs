@@ -1,0 +1,300 @@
+//! Per-endpoint token bucket enforcing `max_rps`.
+//!
+//! Owns: the arithmetic of "may this endpoint get another request now, and if not, when".
+//! Rate `r` tokens per second, burst (capacity) `r` tokens: one second's worth.
+//!
+//! Must not: read the clock (callers pass `now_ms` or `now_us`), sleep, lock or allocate.
+//! Queueing and timers for requests that must wait belong to the worker.
+//!
+//! Arithmetic: integers only, so nothing drifts. One token is [`UNIT`] micro-tokens; over
+//! `dt` microseconds the bucket gains `dt * r` micro-tokens (exactly `r` tokens per
+//! second), capped at `r * UNIT`. A take costs `UNIT`.
+//!
+//! Guarantee (checked by the property test below): if `k` takes succeed at times
+//! `t_1 <= ... <= t_k` (µs), then `k <= floor((C + (t_k - t_1) * r) / UNIT)` where `C` is
+//! the fill at `t_1` (at most `r * UNIT`). Hence in any window `[t, t + 1000 ms)` at most
+//! `r + floor(999 * r / 1000)` (< `2r`) takes succeed with ms timestamps, and over any
+//! span of `T` seconds at most `r * (T + 1)`: the long-run average never exceeds `r`.
+//! A bucket from [`TokenBucket::new_empty`] starts at `C = 0`, so `T` seconds after its
+//! creation at most `floor(r * T)` takes have succeeded.
+
+/// Micro-tokens per token.
+pub const UNIT: u64 = 1_000_000;
+/// Microseconds per second; with `UNIT` micro-tokens per token, a rate of `r` tokens per
+/// second adds exactly `r` micro-tokens per microsecond.
+const MICROS_PER_SEC: u64 = 1_000_000;
+
+/// A token bucket: at most `rate` requests per second with a burst of one second's worth.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    /// Tokens per second; 0 = unlimited.
+    rate: u32,
+    /// Fill in micro-tokens, at most `rate * UNIT`, as of `last_us`.
+    tokens: u64,
+    /// Time of the last refill (µs). Never moves backwards.
+    last_us: u64,
+}
+
+impl TokenBucket {
+    /// A full bucket (a burst of `rate` is allowed at once). `rate_per_sec == 0` means
+    /// unlimited.
+    pub fn new(rate_per_sec: u32, now_ms: u64) -> Self {
+        TokenBucket {
+            rate: rate_per_sec,
+            tokens: capacity(rate_per_sec),
+            last_us: ms_to_us(now_ms),
+        }
+    }
+
+    /// An empty bucket: the first token arrives `1/rate` s after `now_ms`. Used after a
+    /// restart so a backlog does not go out as one burst.
+    pub fn new_empty(rate_per_sec: u32, now_ms: u64) -> Self {
+        TokenBucket {
+            rate: rate_per_sec,
+            tokens: 0,
+            last_us: ms_to_us(now_ms),
+        }
+    }
+
+    /// The configured rate (tokens per second; 0 = unlimited).
+    pub fn rate(&self) -> u32 {
+        self.rate
+    }
+
+    /// Whether the bucket never limits.
+    pub fn is_unlimited(&self) -> bool {
+        self.rate == 0
+    }
+
+    /// Takes a token if one is available at `now_ms`.
+    pub fn try_take(&mut self, now_ms: u64) -> bool {
+        self.try_take_us(ms_to_us(now_ms))
+    }
+
+    /// [`try_take`](Self::try_take) with a microsecond clock.
+    pub fn try_take_us(&mut self, now_us: u64) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        self.refill(now_us);
+        if self.tokens >= UNIT {
+            self.tokens -= UNIT;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The first millisecond (`>= now_ms`) at which [`try_take`](Self::try_take) will
+    /// succeed if nothing else takes first; `now_ms` when a token is available now.
+    pub fn next_token_at(&self, now_ms: u64) -> u64 {
+        let at_us = self.next_token_at_us(ms_to_us(now_ms));
+        at_us.div_ceil(1000).max(now_ms)
+    }
+
+    /// [`next_token_at`](Self::next_token_at) with a microsecond clock.
+    pub fn next_token_at_us(&self, now_us: u64) -> u64 {
+        if self.rate == 0 {
+            return now_us;
+        }
+        let tokens = self.tokens_at(now_us);
+        if tokens >= UNIT {
+            return now_us;
+        }
+        let wait = (UNIT - tokens).div_ceil(u64::from(self.rate));
+        now_us.max(self.last_us).saturating_add(wait)
+    }
+
+    /// Changes the rate from `now_ms` on. Time before `now_ms` is credited at the old
+    /// rate; the fill is capped at the new capacity. Leaving "unlimited" starts full.
+    pub fn set_rate(&mut self, rate_per_sec: u32, now_ms: u64) {
+        let now_us = ms_to_us(now_ms);
+        if self.rate == 0 {
+            self.tokens = capacity(rate_per_sec);
+        } else {
+            self.refill(now_us);
+            self.tokens = self.tokens.min(capacity(rate_per_sec));
+        }
+        self.last_us = self.last_us.max(now_us);
+        self.rate = rate_per_sec;
+    }
+
+    /// Fill at `now_us` without changing the bucket.
+    fn tokens_at(&self, now_us: u64) -> u64 {
+        let cap = capacity(self.rate);
+        if now_us <= self.last_us || self.tokens >= cap {
+            return self.tokens.min(cap);
+        }
+        // After one second the bucket is full whatever it held: bound `dt` so the
+        // product cannot overflow (1e6 * u32::MAX < 2^63).
+        let dt = (now_us - self.last_us).min(MICROS_PER_SEC);
+        (self.tokens + dt * u64::from(self.rate)).min(cap)
+    }
+
+    fn refill(&mut self, now_us: u64) {
+        if now_us > self.last_us {
+            self.tokens = self.tokens_at(now_us);
+            self.last_us = now_us;
+        }
+    }
+}
+
+fn capacity(rate: u32) -> u64 {
+    u64::from(rate) * UNIT
+}
+
+fn ms_to_us(ms: u64) -> u64 {
+    ms.saturating_mul(1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unlimited_always_takes() {
+        let mut b = TokenBucket::new(0, 0);
+        assert!(b.is_unlimited());
+        assert!((0..100_000).all(|_| b.try_take(5)));
+        assert_eq!(b.next_token_at(7), 7);
+        let mut e = TokenBucket::new_empty(0, 0);
+        assert!(e.try_take(0));
+    }
+
+    #[test]
+    fn burst_then_steady_rate() {
+        let mut b = TokenBucket::new(10, 1_000);
+        assert_eq!((0..20).filter(|_| b.try_take(1_000)).count(), 10);
+        assert_eq!(b.next_token_at(1_000), 1_100);
+        assert!(!b.try_take(1_099));
+        assert!(b.try_take(1_100));
+        assert!(!b.try_take(1_100));
+        // A long pause refills to the burst, never more.
+        assert_eq!((0..50).filter(|_| b.try_take(100_000)).count(), 10);
+    }
+
+    #[test]
+    fn empty_bucket_has_no_burst() {
+        let mut b = TokenBucket::new_empty(4, 0);
+        assert!(!b.try_take(0));
+        assert_eq!(b.next_token_at(0), 250);
+        assert!(!b.try_take(249));
+        assert!(b.try_take(250));
+        assert!(!b.try_take(250));
+        assert_eq!(b.next_token_at(300), 500);
+    }
+
+    #[test]
+    fn non_dividing_rates_do_not_drift() {
+        // 3 per second: tokens at 333.33.. ms intervals; over 1000 s exactly 3000.
+        let mut b = TokenBucket::new_empty(3, 0);
+        let taken = (0..=1_000_000u64).filter(|&ms| b.try_take(ms)).count();
+        assert_eq!(taken, 3000);
+        let mut b = TokenBucket::new_empty(7, 0);
+        // Polled every 3 ms up to 9_999_999 ms: floor(9_999_999 * 7 / 1000) tokens.
+        let taken = (0..10_000_000u64)
+            .step_by(3)
+            .filter(|&ms| b.try_take(ms))
+            .count();
+        assert_eq!(taken, 69_999);
+    }
+
+    #[test]
+    fn huge_rates_and_times_do_not_overflow() {
+        let mut b = TokenBucket::new(u32::MAX, u64::MAX / 2000);
+        assert!(b.try_take(u64::MAX / 2000));
+        assert!(b.try_take(u64::MAX));
+        assert_eq!(b.next_token_at(u64::MAX), u64::MAX);
+        let b = TokenBucket::new_empty(1, u64::MAX);
+        assert_eq!(b.next_token_at(u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn clock_going_backwards_gives_nothing() {
+        let mut b = TokenBucket::new(1, 10_000);
+        assert!(b.try_take(10_000));
+        assert!(!b.try_take(5_000));
+        assert_eq!(b.next_token_at(5_000), 11_000);
+        assert!(!b.try_take(10_999));
+        assert!(b.try_take(11_000));
+    }
+
+    #[test]
+    fn set_rate() {
+        let mut b = TokenBucket::new(100, 0);
+        for _ in 0..100 {
+            assert!(b.try_take(0));
+        }
+        b.set_rate(10, 500); // 50 tokens earned at 100/s, capped to 10
+        assert_eq!(b.rate(), 10);
+        assert_eq!((0..20).filter(|_| b.try_take(500)).count(), 10);
+        b.set_rate(0, 600);
+        assert!((0..1000).all(|_| b.try_take(600)));
+        b.set_rate(5, 700);
+        assert_eq!((0..20).filter(|_| b.try_take(700)).count(), 5);
+        b.set_rate(1000, 700);
+        assert!(!b.try_take(700));
+        assert!(b.try_take(701));
+    }
+
+    #[test]
+    fn microsecond_api() {
+        let mut b = TokenBucket::new_empty(3, 0);
+        assert_eq!(b.next_token_at_us(0), 333_334);
+        assert!(!b.try_take_us(333_333));
+        assert!(b.try_take_us(333_334));
+        assert_eq!(b.next_token_at(334), 667);
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Checks the guarantee in the module doc: between any two successes at
+            /// `t_i <= t_j`, at most `burst + (t_j - t_i) * r` tokens (counting both),
+            /// which bounds every 1-second window by `r + floor(999 r / 1000) < 2r`,
+            /// plus: `next_token_at` is exact.
+            #[test]
+            fn never_exceeds_the_rate(
+                rate in prop_oneof![1u32..5, 1u32..200, Just(1000u32), Just(7u32)],
+                empty in any::<bool>(),
+                start in 0u64..10_000,
+                steps in prop::collection::vec((0u64..400, 1usize..30), 1..200),
+            ) {
+                let mut b = if empty {
+                    TokenBucket::new_empty(rate, start)
+                } else {
+                    TokenBucket::new(rate, start)
+                };
+                let r = u64::from(rate);
+                let mut now = start;
+                let mut successes: Vec<u64> = Vec::new();
+                for (dt, attempts) in steps {
+                    now += dt;
+                    let predicted = b.next_token_at(now);
+                    prop_assert!(predicted >= now);
+                    if predicted > now {
+                        prop_assert!(!b.clone().try_take(predicted - 1));
+                    }
+                    prop_assert!(b.clone().try_take(predicted));
+                    for _ in 0..attempts {
+                        if b.try_take(now) {
+                            successes.push(now);
+                        }
+                    }
+                }
+                let initial = if empty { 0 } else { r };
+                for (i, &ti) in successes.iter().enumerate() {
+                    // Successes in [ti, ti + 1000).
+                    let in_window = successes[i..].iter().take_while(|&&t| t < ti + 1000).count() as u64;
+                    prop_assert!(in_window <= r + 999 * r / 1000, "{} in a second at rate {}", in_window, r);
+                    prop_assert!(in_window < 2 * r || r == 0);
+                    // Everything since creation: initial fill plus what accrued.
+                    let since_start = (i + 1) as u64;
+                    prop_assert!(since_start <= initial + (ti - start) * r / 1000);
+                }
+            }
+        }
+    }
+}

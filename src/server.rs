@@ -1,0 +1,258 @@
+//! `ricochet serve`: wires the store, the committer, the workers, the listeners and the
+//! admin API together, and shuts them down in order.
+//!
+//! Start: open the store, give every configured endpoint its stable id, start the
+//! committer and one worker per core, then bind the listeners. Stop (SIGINT/SIGTERM):
+//! workers finish in-flight attempts (bounded), the committer writes their outcomes and
+//! syncs, and the process exits 0. It must not contain delivery or storage logic.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+
+use crate::commit::{CommitMsg, Committer, RouteInfo};
+use crate::config::Config;
+use crate::deliver::dns::ResolverThread;
+use crate::endpoint::EndpointSpec;
+use crate::runtime;
+use crate::shard::{mailbox, worker_for, MailboxSender};
+use crate::store::{EndpointMeta, Store};
+use crate::worker::{self, WorkerMsg, WorkerSetup};
+
+/// How long workers may take to finish in-flight attempts at shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Compiles every endpoint of `cfg`, collecting all errors as printable lines.
+pub fn compile_endpoints(cfg: &Config) -> Result<Vec<EndpointSpec>, Vec<String>> {
+    let mut errors = cfg.validate();
+    let mut specs = Vec::new();
+    for (i, e) in cfg.endpoints.iter().enumerate() {
+        match EndpointSpec::compile_all(i as u32, e.clone()) {
+            Ok(s) => specs.push(s),
+            Err(errs) => errors.extend(errs.into_iter().map(|e| e.to_string())),
+        }
+    }
+    errors.dedup();
+    if errors.is_empty() {
+        Ok(specs)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Runs the dispatcher until SIGINT/SIGTERM.
+pub fn serve(cfg: Config) -> anyhow::Result<()> {
+    let specs = match compile_endpoints(&cfg) {
+        Ok(s) => s,
+        Err(errors) => bail!("invalid configuration:\n  {}", errors.join("\n  ")),
+    };
+    let s = &cfg.server;
+    let driver = runtime::choose(s.driver)?;
+    std::fs::create_dir_all(&s.data_dir)
+        .with_context(|| format!("cannot create data dir {}", s.data_dir.display()))?;
+    let store = Store::open(&s.data_dir)
+        .with_context(|| format!("cannot open the store in {}", s.data_dir.display()))?;
+
+    // Stable endpoint ids by name.
+    let mut known: HashMap<String, EndpointMeta> = store.endpoints()?.into_iter().collect();
+    let mut next_id = known.values().map(|m| m.id + 1).max().unwrap_or(1);
+    let mut batch = store.batch();
+    let mut specs: Vec<EndpointSpec> = specs
+        .into_iter()
+        .map(|mut spec| {
+            let meta = known.entry(spec.cfg.name.clone()).or_insert_with(|| {
+                let m = EndpointMeta {
+                    id: next_id,
+                    disabled_reason: None,
+                };
+                next_id += 1;
+                batch.put_endpoint(&store, &spec.cfg.name, &m);
+                m
+            });
+            spec.id = meta.id;
+            spec
+        })
+        .collect();
+    store.commit(batch, true)?;
+    specs.sort_by_key(|s| s.id);
+
+    let n = s.worker_count();
+    let mut worker_tx = Vec::new();
+    let mut worker_rx = Vec::new();
+    for _ in 0..n {
+        let (tx, rx) = mailbox::<WorkerMsg>();
+        worker_tx.push(tx);
+        worker_rx.push(rx);
+    }
+    let (commit_tx, commit_rx) = mailbox::<CommitMsg>();
+    let routes: Vec<RouteInfo> = specs
+        .iter()
+        .map(|spec| {
+            let meta = known[&spec.cfg.name].clone();
+            RouteInfo {
+                id: spec.id,
+                name: spec.cfg.name.clone(),
+                worker: worker_for(&spec.cfg.name, n),
+                events: spec.cfg.events.clone(),
+                account: spec.cfg.account.clone(),
+                min_delay_ms: spec.cfg.min_delay.as_millis() as u64,
+                enabled: spec.cfg.enabled && meta.disabled_reason.is_none(),
+                meta,
+            }
+        })
+        .collect();
+    let committer = Committer {
+        store: store.clone(),
+        durability: s.durability,
+        retention: s.retention,
+        inbox: commit_rx,
+        workers: worker_tx.clone(),
+        routes,
+    };
+    let commit_thread = std::thread::Builder::new()
+        .name("ricochet-commit".into())
+        .spawn(move || committer.run())?;
+
+    let resolver = ResolverThread::start();
+    let mut per_worker: Vec<Vec<Arc<EndpointSpec>>> = (0..n).map(|_| Vec::new()).collect();
+    for spec in specs {
+        per_worker[worker_for(&spec.cfg.name, n)].push(Arc::new(spec));
+    }
+    let mut worker_threads = Vec::new();
+    for (idx, (inbox, endpoints)) in worker_rx.into_iter().zip(per_worker).enumerate() {
+        let setup = WorkerSetup {
+            idx,
+            inbox,
+            commit: commit_tx.clone(),
+            endpoints,
+            resolver: resolver.clone(),
+            max_line_bytes: s.max_line_bytes,
+            allow_private_networks: s.allow_private_networks,
+            drain_timeout: DRAIN_TIMEOUT,
+        };
+        worker_threads.push(
+            std::thread::Builder::new()
+                .name(format!("ricochet-worker-{idx}"))
+                .spawn(move || {
+                    if let Err(e) = runtime::block_on(driver, worker::run(setup)) {
+                        tracing::error!(worker = idx, error = %e, "worker failed to start");
+                    }
+                })?,
+        );
+    }
+
+    let stopping = Arc::new(AtomicBool::new(false));
+    let unix = bind_unix(&s.socket)?;
+    spawn_acceptor(
+        "ricochet-accept-unix",
+        worker_tx.clone(),
+        stopping.clone(),
+        move || {
+            unix.accept().map(|(s, _)| {
+                let _ = s.set_nonblocking(true);
+                WorkerMsg::UnixConn(s)
+            })
+        },
+    )?;
+    let mut tcp_addr = None;
+    if let Some(addr) = s.listen {
+        let l = TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+        tcp_addr = Some(l.local_addr()?);
+        spawn_acceptor(
+            "ricochet-accept-tcp",
+            worker_tx.clone(),
+            stopping.clone(),
+            move || {
+                l.accept().map(|(s, _)| {
+                    let _ = s.set_nodelay(true);
+                    let _ = s.set_nonblocking(true);
+                    WorkerMsg::TcpConn(s)
+                })
+            },
+        )?;
+    }
+    let admin_addr = crate::admin::start(s.admin, store.clone(), s.admin_token.clone())
+        .with_context(|| format!("cannot start the admin API on {}", s.admin))?;
+    tracing::info!(
+        socket = %s.socket.display(),
+        tcp = ?tcp_addr,
+        admin = %admin_addr,
+        workers = n,
+        driver = ?driver,
+        durability = ?s.durability,
+        "ricochet ready"
+    );
+
+    wait_for_signal()?;
+    tracing::info!("shutting down: finishing in-flight attempts");
+    stopping.store(true, Ordering::SeqCst);
+    for w in &worker_tx {
+        w.send(WorkerMsg::Shutdown);
+    }
+    for t in worker_threads {
+        let _ = t.join();
+    }
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    commit_tx.send(CommitMsg::Shutdown(tx));
+    let _ = rx.recv_timeout(Duration::from_secs(10));
+    drop(commit_tx);
+    let _ = std::fs::remove_file(&s.socket);
+    drop(commit_thread);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("{} is in use by a running server", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))
+}
+
+fn spawn_acceptor<F>(
+    name: &str,
+    workers: Vec<MailboxSender<WorkerMsg>>,
+    stopping: Arc<AtomicBool>,
+    mut accept: F,
+) -> std::io::Result<()>
+where
+    F: FnMut() -> std::io::Result<WorkerMsg> + Send + 'static,
+{
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let mut next = 0usize;
+            while !stopping.load(Ordering::SeqCst) {
+                match accept() {
+                    Ok(msg) => {
+                        workers[next % workers.len()].send(msg);
+                        next += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            }
+        })?;
+    Ok(())
+}
+
+fn wait_for_signal() -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "signal received");
+    }
+    Ok(())
+}

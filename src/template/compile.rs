@@ -1,0 +1,743 @@
+//! The template compiler: source text → parts.
+//!
+//! Grammar (SPEC §5):
+//! ```text
+//! template    = { literal | escape | placeholder }
+//! escape      = "\{" | "\}" | "\\" | "\""          (writes the second character)
+//! placeholder = "{" (letter | "_") … "}"           (any other "{" is literal text)
+//!             = "{" path "}"
+//!             | "{" "join(" path "," var "," string [ "," string ] ")" "}"
+//! path        = name { "." segment }               (segment: [A-Za-z0-9_-]+)
+//! string      = '"' template-until-unescaped-quote '"'
+//! ```
+//! A `\` before any other character is a literal backslash. Whitespace is allowed
+//! between the arguments of `join`. A sub-template is parsed with the same rules (so
+//! nested joins need no extra escaping); a separator is literal text with the escapes.
+//!
+//! Escaping is decided here. For JSON bodies a small state machine follows the literal
+//! output (in a string / after a backslash) across parts; a placeholder inside a string
+//! literal is written JSON-string-escaped, anywhere else as a JSON value. A join's
+//! sub-template starts in the state of the join and must end in it (as must the
+//! separator), so the decision holds for any number of elements.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+
+use super::doc::Seg;
+use super::{BodyFormat, Context, TemplateError};
+
+/// How a placeholder's value is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Esc {
+    /// JSON body, outside a string: a JSON value (`null` when missing).
+    JsonValue,
+    /// JSON body, inside a string literal: escaped string content.
+    JsonString,
+    Url,
+    Header,
+    Xml,
+    Form,
+    Text,
+}
+
+/// A data-point reference: from the root of the event data, or from the element bound
+/// by an enclosing join (`var` is that join's nesting level).
+#[derive(Clone, Debug)]
+pub(super) struct Path {
+    pub(super) var: Option<u8>,
+    pub(super) segs: Box<[Seg]>,
+}
+
+#[derive(Clone, Debug)]
+pub(super) enum Part {
+    Lit(Bytes),
+    Value { path: Path, esc: Esc },
+    Join(Box<Join>),
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct Join {
+    pub(super) path: Path,
+    /// Nesting level the element variable is bound at.
+    pub(super) slot: u8,
+    pub(super) body: Box<[Part]>,
+    pub(super) sep: Bytes,
+}
+
+/// Joins nest at most this deep.
+pub(super) const MAX_JOIN_DEPTH: usize = 8;
+
+/// Compiles `src`; returns the parts and the number of literal bytes.
+pub(super) fn compile(src: &str, ctx: Context) -> Result<(Vec<Part>, usize), TemplateError> {
+    let mut c = Compiler {
+        src,
+        b: src.as_bytes(),
+        pos: 0,
+        ctx,
+        lits: Vec::with_capacity(src.len()),
+        json: Json::default(),
+        vars: Vec::new(),
+    };
+    let ir = c.seq(None)?;
+    let size = c.lits.len();
+    let lits = Bytes::from(c.lits);
+    Ok((finish(ir, &lits), size))
+}
+
+fn finish(ir: Vec<Ir>, lits: &Bytes) -> Vec<Part> {
+    ir.into_iter()
+        .map(|p| match p {
+            Ir::Lit(r) => Part::Lit(lits.slice(r)),
+            Ir::Value { path, esc } => Part::Value { path, esc },
+            Ir::Join {
+                path,
+                slot,
+                body,
+                sep,
+            } => Part::Join(Box::new(Join {
+                path,
+                slot,
+                body: finish(body, lits).into(),
+                sep: lits.slice(sep),
+            })),
+        })
+        .collect()
+}
+
+enum Ir {
+    Lit(Range<usize>),
+    Value {
+        path: Path,
+        esc: Esc,
+    },
+    Join {
+        path: Path,
+        slot: u8,
+        body: Vec<Ir>,
+        sep: Range<usize>,
+    },
+}
+
+/// Where the literal output of a JSON template stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Json {
+    in_string: bool,
+    /// Inside a string, right after a backslash.
+    escape: bool,
+}
+
+impl Json {
+    #[inline]
+    fn feed(&mut self, b: u8) {
+        if self.in_string {
+            if self.escape {
+                self.escape = false;
+            } else if b == b'\\' {
+                self.escape = true;
+            } else if b == b'"' {
+                self.in_string = false;
+            }
+        } else if b == b'"' {
+            self.in_string = true;
+        }
+    }
+}
+
+struct Compiler<'a> {
+    src: &'a str,
+    b: &'a [u8],
+    pos: usize,
+    ctx: Context,
+    /// Every literal byte of the template (sub-templates and separators included),
+    /// unescaped; frozen into one shared `Bytes` at the end.
+    lits: Vec<u8>,
+    json: Json,
+    /// Join variables in scope, outermost first.
+    vars: Vec<&'a str>,
+}
+
+type Res<T> = Result<T, TemplateError>;
+
+fn is_name_start(b: u8) -> bool {
+    b.is_ascii_alphabetic() || b == b'_'
+}
+
+fn is_seg(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+}
+
+impl<'a> Compiler<'a> {
+    fn error(&self, at: usize, message: impl Into<String>) -> TemplateError {
+        let mut at = at.min(self.src.len());
+        while !self.src.is_char_boundary(at) {
+            at -= 1;
+        }
+        let line_start = self.src[..at].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = self.src[at..].find('\n').map_or(self.src.len(), |i| at + i);
+        let text = self.src[line_start..line_end].trim_end_matches('\r');
+        let before = &self.src[line_start..at];
+        let mut excerpt = String::with_capacity(text.len() * 2 + 2);
+        excerpt.push_str(text);
+        excerpt.push('\n');
+        excerpt.extend(before.chars().map(|c| if c == '\t' { '\t' } else { ' ' }));
+        excerpt.push('^');
+        TemplateError {
+            line: self.src[..line_start].matches('\n').count() + 1,
+            column: before.chars().count() + 1,
+            message: message.into(),
+            excerpt,
+        }
+    }
+
+    /// The character at `at`, for messages.
+    fn char_at(&self, at: usize) -> char {
+        self.src[at..].chars().next().unwrap_or(' ')
+    }
+
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.pos).copied()
+    }
+
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\r' | b'\n') = self.peek() {
+            self.pos += 1;
+        }
+    }
+
+    /// Appends one literal byte that came from source offset `at`.
+    fn lit(&mut self, b: u8, at: usize) -> Res<()> {
+        match self.ctx {
+            Context::Header if (b < 0x20 && b != b'\t') || b == 0x7f => {
+                return Err(self.error(at, "control character in a header template"));
+            }
+            Context::Body(BodyFormat::Json) => self.json.feed(b),
+            _ => {}
+        }
+        self.lits.push(b);
+        Ok(())
+    }
+
+    /// Parses literal text and placeholders up to the end of the source (`sub` = None)
+    /// or up to the unescaped `"` that closes a join sub-template opened at `sub`.
+    fn seq(&mut self, sub: Option<usize>) -> Res<Vec<Ir>> {
+        let mut parts = Vec::new();
+        let mut lit_start = self.lits.len();
+        loop {
+            let Some(c) = self.peek() else {
+                if let Some(open) = sub {
+                    return Err(
+                        self.error(open, "unclosed join sub-template: missing the closing `\"`")
+                    );
+                }
+                break;
+            };
+            match c {
+                b'"' if sub.is_some() => break,
+                b'\\' => match self.b.get(self.pos + 1) {
+                    Some(&e @ (b'{' | b'}' | b'\\' | b'"')) => {
+                        self.lit(e, self.pos)?;
+                        self.pos += 2;
+                    }
+                    _ => {
+                        self.lit(b'\\', self.pos)?;
+                        self.pos += 1;
+                    }
+                },
+                b'{' if self.b.get(self.pos + 1).is_some_and(|&b| is_name_start(b)) => {
+                    if self.lits.len() > lit_start {
+                        parts.push(Ir::Lit(lit_start..self.lits.len()));
+                    }
+                    parts.push(self.placeholder()?);
+                    lit_start = self.lits.len();
+                }
+                _ => {
+                    self.lit(c, self.pos)?;
+                    self.pos += 1;
+                }
+            }
+        }
+        if self.lits.len() > lit_start {
+            parts.push(Ir::Lit(lit_start..self.lits.len()));
+        }
+        Ok(parts)
+    }
+
+    /// The escaping of a placeholder that opens at `open`.
+    fn esc_here(&self, open: usize) -> Res<Esc> {
+        Ok(match self.ctx {
+            Context::Url => Esc::Url,
+            Context::Header => Esc::Header,
+            Context::Body(BodyFormat::Json) if self.json.escape => {
+                return Err(self.error(
+                    open,
+                    "a placeholder cannot follow a `\\` that starts a JSON escape \
+                     (a backslash in the output is written `\\\\\\\\` in the template)",
+                ));
+            }
+            Context::Body(BodyFormat::Json) if self.json.in_string => Esc::JsonString,
+            Context::Body(BodyFormat::Json) => Esc::JsonValue,
+            Context::Body(BodyFormat::Xml) => Esc::Xml,
+            Context::Body(BodyFormat::Form) => Esc::Form,
+            Context::Body(BodyFormat::Text) => Esc::Text,
+        })
+    }
+
+    /// `[A-Za-z0-9_-]*` at `pos`.
+    fn segment(&mut self) -> &'a str {
+        let start = self.pos;
+        while self.peek().is_some_and(is_seg) {
+            self.pos += 1;
+        }
+        &self.src[start..self.pos]
+    }
+
+    /// A dotted path whose first character (a letter or `_`) is at `pos`.
+    fn path_segments(&mut self) -> Res<Vec<&'a str>> {
+        let mut segs = vec![self.segment()];
+        while self.peek() == Some(b'.') {
+            self.pos += 1;
+            let at = self.pos;
+            let s = self.segment();
+            if s.is_empty() {
+                return Err(self.error(at, "expected a field name after `.`"));
+            }
+            segs.push(s);
+        }
+        Ok(segs)
+    }
+
+    fn resolve(&self, segs: &[&str]) -> Path {
+        match self.vars.iter().rposition(|v| *v == segs[0]) {
+            Some(slot) => Path {
+                var: Some(slot as u8),
+                segs: segs[1..].iter().map(|s| Seg::new(s)).collect(),
+            },
+            None => Path {
+                var: None,
+                segs: segs.iter().map(|s| Seg::new(s)).collect(),
+            },
+        }
+    }
+
+    fn expect_close(&mut self, open: usize, what: &str) -> Res<()> {
+        match self.peek() {
+            Some(b'}') => {
+                self.pos += 1;
+                Ok(())
+            }
+            None => Err(self.error(open, "unclosed placeholder: missing `}`")),
+            Some(_) => Err(self.error(
+                self.pos,
+                format!(
+                    "expected {what}`}}` to close the placeholder, found `{}`",
+                    self.char_at(self.pos)
+                ),
+            )),
+        }
+    }
+
+    /// A placeholder whose `{` is at `pos` (followed by a letter or `_`).
+    fn placeholder(&mut self) -> Res<Ir> {
+        let open = self.pos;
+        let esc = self.esc_here(open)?;
+        self.pos += 1;
+        let name_at = self.pos;
+        let segs = self.path_segments()?;
+        if self.peek() == Some(b'(') {
+            if segs.len() > 1 || segs[0] != "join" {
+                return Err(self.error(
+                    name_at,
+                    format!(
+                        "unknown function `{}` (the only function is `join`)",
+                        segs.join(".")
+                    ),
+                ));
+            }
+            self.pos += 1;
+            return self.join(open);
+        }
+        let what = if segs.len() == 1 {
+            "`.`, `(` or "
+        } else {
+            "`.` or "
+        };
+        self.expect_close(open, what)?;
+        Ok(Ir::Value {
+            path: self.resolve(&segs),
+            esc,
+        })
+    }
+
+    fn expect_comma(&mut self, after: &str) -> Res<()> {
+        self.skip_ws();
+        if self.peek() != Some(b',') {
+            return Err(self.error(self.pos, format!("join: expected `,` after {after}")));
+        }
+        self.pos += 1;
+        self.skip_ws();
+        Ok(())
+    }
+
+    /// Checks that a sub-template or separator ended in the JSON state it started in.
+    fn json_balanced(&self, start: Json, at: usize, what: &str) -> Res<()> {
+        if self.json == start {
+            return Ok(());
+        }
+        let msg = if self.json.escape {
+            format!("the join {what} ends with a `\\` that starts a JSON escape")
+        } else if self.json.in_string {
+            format!(
+                "the join {what} leaves a JSON string open (it must end outside a string, \
+                 where the join stands)"
+            )
+        } else {
+            format!(
+                "the join {what} closes the JSON string the join stands in (it must end \
+                 inside it)"
+            )
+        };
+        Err(self.error(at, msg))
+    }
+
+    /// `join(` has been read; `open` is the placeholder's `{`.
+    fn join(&mut self, open: usize) -> Res<Ir> {
+        self.skip_ws();
+        if !self.peek().is_some_and(is_name_start) {
+            return Err(self.error(
+                self.pos,
+                "join: expected the path of an array as the first argument",
+            ));
+        }
+        let segs = self.path_segments()?;
+        let path = self.resolve(&segs);
+        self.expect_comma("the array path")?;
+
+        let var_at = self.pos;
+        if !self.peek().is_some_and(is_name_start) {
+            return Err(self.error(
+                var_at,
+                "join: expected a variable name as the second argument",
+            ));
+        }
+        while self
+            .peek()
+            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            self.pos += 1;
+        }
+        let var = &self.src[var_at..self.pos];
+        self.expect_comma("the variable name")?;
+
+        if self.peek() != Some(b'"') {
+            return Err(self.error(
+                self.pos,
+                "join: expected the sub-template as a quoted string",
+            ));
+        }
+        if self.vars.len() >= MAX_JOIN_DEPTH {
+            return Err(self.error(
+                open,
+                format!("joins are nested more than {MAX_JOIN_DEPTH} deep"),
+            ));
+        }
+        let sub_open = self.pos;
+        self.pos += 1;
+        let slot = self.vars.len() as u8;
+        let start = self.json;
+        self.vars.push(var);
+        let body = self.seq(Some(sub_open))?;
+        self.vars.pop();
+        self.json_balanced(start, self.pos, "sub-template")?;
+        self.pos += 1;
+
+        self.skip_ws();
+        let sep = if self.peek() == Some(b',') {
+            self.pos += 1;
+            self.skip_ws();
+            if self.peek() != Some(b'"') {
+                return Err(self.error(self.pos, "join: expected the separator as a quoted string"));
+            }
+            let sep = self.separator()?;
+            self.json_balanced(start, self.pos - 1, "separator")?;
+            self.skip_ws();
+            sep
+        } else {
+            let at = self.lits.len();
+            self.lits.push(b',');
+            at..at + 1
+        };
+        match self.peek() {
+            Some(b')') => self.pos += 1,
+            None => return Err(self.error(open, "unclosed join: missing `)`")),
+            Some(_) => {
+                return Err(self.error(
+                    self.pos,
+                    format!(
+                        "join: expected `)` after the last argument, found `{}`",
+                        self.char_at(self.pos)
+                    ),
+                ))
+            }
+        }
+        self.expect_close(open, "")?;
+        Ok(Ir::Join {
+            path,
+            slot,
+            body,
+            sep,
+        })
+    }
+
+    /// A quoted separator at `pos`: literal text with the four escapes.
+    fn separator(&mut self) -> Res<Range<usize>> {
+        let open = self.pos;
+        self.pos += 1;
+        let start = self.lits.len();
+        loop {
+            match self.peek() {
+                None => {
+                    return Err(
+                        self.error(open, "unclosed separator string: missing the closing `\"`")
+                    )
+                }
+                Some(b'"') => {
+                    self.pos += 1;
+                    return Ok(start..self.lits.len());
+                }
+                Some(b'\\') => match self.b.get(self.pos + 1) {
+                    Some(&e @ (b'{' | b'}' | b'\\' | b'"')) => {
+                        self.lit(e, self.pos)?;
+                        self.pos += 2;
+                    }
+                    _ => {
+                        self.lit(b'\\', self.pos)?;
+                        self.pos += 1;
+                    }
+                },
+                Some(c) => {
+                    self.lit(c, self.pos)?;
+                    self.pos += 1;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{BodyFormat, Context, Template, TemplateError};
+
+    const JSON: Context = Context::Body(BodyFormat::Json);
+    const TEXT: Context = Context::Body(BodyFormat::Text);
+
+    fn err(src: &str, ctx: Context) -> TemplateError {
+        match Template::compile(src, ctx) {
+            Ok(_) => panic!("{src:?} compiled"),
+            Err(e) => e,
+        }
+    }
+
+    #[track_caller]
+    fn assert_err(src: &str, ctx: Context, line: usize, column: usize, msg: &str) {
+        let e = err(src, ctx);
+        assert_eq!((e.line, e.column), (line, column), "{src:?}: {e}");
+        assert!(
+            e.message.contains(msg),
+            "{src:?}: {:?} lacks {msg:?}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn unclosed_placeholder_points_at_its_brace() {
+        assert_err("abc {OrderId", TEXT, 1, 5, "unclosed placeholder");
+        assert_err("{a.b", TEXT, 1, 1, "unclosed placeholder");
+    }
+
+    #[test]
+    fn bad_character_in_placeholder() {
+        assert_err("x={Order Id}", TEXT, 1, 9, "found ` `");
+        assert_err("{a.}", TEXT, 1, 4, "expected a field name after `.`");
+        assert_err("{a.b(x)}", TEXT, 1, 2, "unknown function `a.b`");
+        // `{` before a non-ASCII letter opens nothing.
+        assert!(Template::compile("{é}", TEXT).unwrap().is_static());
+    }
+
+    #[test]
+    fn unknown_function_names_it_on_the_right_line() {
+        let src = "{\n  \"a\": {upper(Name)}\n}";
+        let e = err(src, JSON);
+        assert_eq!((e.line, e.column), (2, 9));
+        assert_eq!(
+            e.message,
+            "unknown function `upper` (the only function is `join`)"
+        );
+        assert_eq!(e.excerpt, "  \"a\": {upper(Name)}\n        ^");
+        assert_eq!(
+            e.to_string(),
+            "line 2, column 9: unknown function `upper` (the only function is `join`)\n  \"a\": {upper(Name)}\n        ^"
+        );
+    }
+
+    #[test]
+    fn column_counts_characters_and_caret_keeps_tabs() {
+        let e = err("é\t{x", TEXT);
+        assert_eq!((e.line, e.column), (1, 3));
+        assert_eq!(e.excerpt, "é\t{x\n \t^");
+        let e = err("a\r\nb {x", TEXT);
+        assert_eq!((e.line, e.column), (2, 3));
+        assert_eq!(e.excerpt, "b {x\n  ^");
+    }
+
+    #[test]
+    fn bad_join_syntax() {
+        assert_err("{join(}", TEXT, 1, 7, "first argument");
+        assert_err(
+            "{join(items i, \"x\")}",
+            TEXT,
+            1,
+            13,
+            "`,` after the array path",
+        );
+        assert_err("{join(items, 1, \"x\")}", TEXT, 1, 14, "variable name");
+        assert_err(
+            "{join(items, i \"x\")}",
+            TEXT,
+            1,
+            16,
+            "`,` after the variable name",
+        );
+        assert_err(
+            "{join(items, i, x)}",
+            TEXT,
+            1,
+            17,
+            "sub-template as a quoted string",
+        );
+        assert_err(
+            "{join(items, i, \"{i}",
+            TEXT,
+            1,
+            17,
+            "unclosed join sub-template",
+        );
+        assert_err(
+            "{join(items, i, \"{i}\", x)}",
+            TEXT,
+            1,
+            24,
+            "separator as a quoted string",
+        );
+        assert_err(
+            "{join(items, i, \"{i}\", \";)}",
+            TEXT,
+            1,
+            24,
+            "unclosed separator",
+        );
+        assert_err(
+            "{join(items, i, \"{i}\", \";\", \"x\")}",
+            TEXT,
+            1,
+            27,
+            "expected `)`",
+        );
+        assert_err("{join(items, i, \"{i}\"", TEXT, 1, 1, "unclosed join");
+        assert_err(
+            "{join(items, i, \"{i}\")",
+            TEXT,
+            1,
+            1,
+            "unclosed placeholder",
+        );
+        assert_err("{join(items, i, \"{i}\") }", TEXT, 1, 23, "found ` `");
+        assert_err(
+            "{join(items, i, \"{i.}\")}",
+            TEXT,
+            1,
+            21,
+            "field name after `.`",
+        );
+        assert_err(
+            "{join(items, i, \"{nope(i)}\")}",
+            TEXT,
+            1,
+            19,
+            "unknown function `nope`",
+        );
+    }
+
+    #[test]
+    fn join_arguments_may_span_lines() {
+        let src = "[{join(items, i, \n  \"\\{\\\"sku\\\":\\\"{i.sku}\\\"\\}\"\n  , \"; \"\n)}]";
+        assert!(Template::compile(src, JSON).is_ok());
+        let e = err("[{join(items, i,\n  \"{i}\"\n  ; )}]", JSON);
+        assert_eq!((e.line, e.column), (3, 3));
+    }
+
+    #[test]
+    fn joins_nest_eight_deep_at_most() {
+        let mut src = String::from("{x}");
+        for d in 0..8 {
+            src = format!("{{join(a, v{d}, \"{src}\")}}");
+        }
+        // Eight levels: the sub-templates nest without extra escaping.
+        assert!(Template::compile(&src, TEXT).is_ok(), "{src}");
+        let nine = format!("{{join(a, v9, \"{src}\")}}");
+        let e = err(&nine, TEXT);
+        assert!(e.message.contains("nested more than 8 deep"), "{e}");
+    }
+
+    #[test]
+    fn json_placeholder_after_a_pending_backslash_is_refused() {
+        // `\\` writes one backslash: inside a JSON string it would escape the value.
+        assert_err("{\"a\": \"x\\\\{v}\"}", JSON, 1, 11, "follow a `\\`");
+        // Outside JSON it is fine.
+        assert!(Template::compile("x\\\\{v}", TEXT).is_ok());
+        // `\\\\` writes two backslashes: a complete JSON escape.
+        assert!(Template::compile("{\"a\": \"x\\\\\\\\{v}\"}", JSON).is_ok());
+    }
+
+    #[test]
+    fn json_join_must_keep_its_string_state() {
+        assert_err(
+            "[{join(a, i, \"\\\"{i}\")}]",
+            JSON,
+            1,
+            20,
+            "leaves a JSON string open",
+        );
+        assert_err(
+            "\"{join(a, i, \"{i}\\\"\")}\"",
+            JSON,
+            1,
+            20,
+            "closes the JSON string",
+        );
+        assert_err(
+            "[{join(a, i, \"{i}\", \"\\\"\")}]",
+            JSON,
+            1,
+            24,
+            "separator leaves a JSON string open",
+        );
+        // Inside a string, a quoted separator would close it; a plain one is fine.
+        assert!(Template::compile("\"{join(a, i, \"{i}\", \" | \")}\"", JSON).is_ok());
+        // The same sub-templates are fine outside JSON.
+        assert!(Template::compile("[{join(a, i, \"\\\"{i}\")}]", TEXT).is_ok());
+    }
+
+    #[test]
+    fn header_literal_must_not_hold_control_characters() {
+        assert_err(
+            "Bearer x\r\nX-Evil: 1",
+            Context::Header,
+            1,
+            9,
+            "control character",
+        );
+        assert!(Template::compile("Bearer\t{Token}", Context::Header).is_ok());
+    }
+}

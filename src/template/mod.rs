@@ -1,0 +1,153 @@
+//! Request templates (SPEC §5): compiled once when an endpoint is created or changed,
+//! rendered for every delivery.
+//!
+//! Layout:
+//! - [`doc`]: [`Doc`], the event's `data` object as received (`Bytes`) plus a flat index
+//!   of its values; numbers keep their text, strings their escaped form.
+//! - [`compile`]: the template parser. `{path}` and `{join(path, var, "sub", "sep")}`
+//!   placeholders become parts; the escaping of every placeholder is decided here, from
+//!   the [`Context`] (and, for JSON bodies, from whether it stands inside a string literal
+//!   of the template).
+//! - [`render`]: walks the parts into the caller's buffer: literal parts are shared
+//!   `Bytes` copied as they are, values are written through the encoder chosen at compile
+//!   time. Rendering never fails and does not allocate when `out` has the capacity.
+//! - [`escape`]: the byte encoders (URL component, form, XML, header, JSON string).
+//!
+//! Data flow: endpoint config → [`Template::compile`] per URL, header value and body;
+//! event → [`Doc::parse`] once per event; each delivery → [`Template::render`] into a
+//! reused buffer, or [`render_default_body`] when the endpoint has no `body`.
+
+mod compile;
+mod doc;
+mod escape;
+#[cfg(test)]
+mod examples;
+#[cfg(test)]
+mod proptests;
+mod render;
+
+use std::sync::Arc;
+
+pub use doc::{Doc, DocError};
+pub use render::render_default_body;
+
+/// Where a template's output lands; decides the escaping at compile time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Context {
+    /// The endpoint URL: values are percent-encoded as a URL component.
+    Url,
+    /// A header value: values lose every control character.
+    Header,
+    /// The request body, in the endpoint's format.
+    Body(BodyFormat),
+}
+
+/// The endpoint's body `format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFormat {
+    Json,
+    Xml,
+    Form,
+    Text,
+}
+
+/// A template that does not compile, with the position of the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}, column {column}: {message}\n{excerpt}")]
+pub struct TemplateError {
+    /// 1-based line in the template source.
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub column: usize,
+    pub message: String,
+    /// The offending source line, a newline, and a caret under the column.
+    pub excerpt: String,
+}
+
+/// A compiled template. Cheap to clone (the parts are shared), `Send + Sync`.
+#[derive(Clone, Debug)]
+pub struct Template {
+    parts: Arc<[compile::Part]>,
+    is_static: bool,
+    size_hint: usize,
+}
+
+impl Template {
+    /// Compiles `src` for the place its output lands. Errors carry line, column and an
+    /// excerpt with a caret under the problem.
+    pub fn compile(src: &str, ctx: Context) -> Result<Template, TemplateError> {
+        let (parts, size_hint) = compile::compile(src, ctx)?;
+        let is_static = parts.iter().all(|p| matches!(p, compile::Part::Lit(_)));
+        Ok(Template {
+            parts: parts.into(),
+            is_static,
+            size_hint,
+        })
+    }
+
+    /// Appends the rendered text to `out`. Never fails: a missing data point renders
+    /// empty (`null` where a JSON body expects a value).
+    pub fn render(&self, doc: &Doc, out: &mut Vec<u8>) {
+        out.reserve(self.size_hint);
+        render::render(&self.parts, doc, out);
+    }
+
+    /// True when the template has no placeholder at all: it renders the same bytes for
+    /// every event.
+    pub fn is_static(&self) -> bool {
+        self.is_static
+    }
+
+    /// Number of literal bytes (join sub-templates and separators counted once): a
+    /// lower bound for reserving the output buffer.
+    pub fn size_hint(&self) -> usize {
+        self.size_hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync_clone<T: Send + Sync + Clone>() {}
+
+    #[test]
+    fn public_types_are_shareable() {
+        assert_send_sync_clone::<Template>();
+        assert_send_sync_clone::<Doc>();
+        assert_send_sync_clone::<TemplateError>();
+        assert_send_sync_clone::<DocError>();
+    }
+
+    #[test]
+    fn static_flag_and_size_hint() {
+        let t = Template::compile("https://partner.example/ping", Context::Url).unwrap();
+        assert!(t.is_static());
+        assert_eq!(t.size_hint(), "https://partner.example/ping".len());
+        let t = Template::compile("https://x.example/?a={A}", Context::Url).unwrap();
+        assert!(!t.is_static());
+        assert_eq!(t.size_hint(), "https://x.example/?a=".len());
+        // `{1}` and `{ A}` are literal text: still static.
+        let t = Template::compile("{1} { A} \\{A\\}", Context::Body(BodyFormat::Text)).unwrap();
+        assert!(t.is_static());
+    }
+
+    #[test]
+    fn clones_render_the_same_on_other_threads() {
+        let t = Template::compile("{\"id\": {Id}}", Context::Body(BodyFormat::Json)).unwrap();
+        let doc = Arc::new(Doc::parse(bytes::Bytes::from_static(b"{\"Id\": 7.50}")).unwrap());
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let (t, doc) = (t.clone(), Arc::clone(&doc));
+                std::thread::spawn(move || {
+                    let mut out = Vec::new();
+                    t.render(&doc, &mut out);
+                    out
+                })
+            })
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap(), b"{\"id\": 7.50}");
+        }
+    }
+}

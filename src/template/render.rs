@@ -1,0 +1,466 @@
+//! Rendering: compiled parts + [`Doc`] → bytes appended to the caller's buffer.
+//!
+//! Nothing here allocates: literal parts are copied from shared `Bytes`, values are
+//! looked up in the document's index and written through the encoder the compiler
+//! chose, the join variables and look-up hints live on the stack.
+
+use super::compile::{Esc, Part, Path, MAX_JOIN_DEPTH};
+use super::doc::{unescape_chunks, Doc, Hints, Kind, NO_HINTS};
+use super::escape;
+use super::BodyFormat;
+
+struct Cx {
+    /// The element each enclosing join has bound, by nesting level.
+    vars: [u32; MAX_JOIN_DEPTH],
+    hints: Hints,
+}
+
+pub(super) fn render(parts: &[Part], doc: &Doc, out: &mut Vec<u8>) {
+    let mut cx = Cx {
+        vars: [Doc::ROOT; MAX_JOIN_DEPTH],
+        hints: NO_HINTS,
+    };
+    parts_into(parts, doc, &mut cx, out);
+}
+
+fn parts_into(parts: &[Part], doc: &Doc, cx: &mut Cx, out: &mut Vec<u8>) {
+    for part in parts {
+        match part {
+            Part::Lit(b) => out.extend_from_slice(b),
+            Part::Value { path, esc } => {
+                let node = resolve(path, doc, cx);
+                value(doc, node, *esc, out);
+            }
+            Part::Join(j) => {
+                let Some(arr) = resolve(&j.path, doc, cx) else {
+                    continue;
+                };
+                if doc.node(arr).kind != Kind::Array {
+                    continue;
+                }
+                for (k, el) in doc.children(arr).enumerate() {
+                    if k > 0 {
+                        out.extend_from_slice(&j.sep);
+                    }
+                    cx.vars[usize::from(j.slot)] = el;
+                    parts_into(&j.body, doc, cx, out);
+                }
+            }
+        }
+    }
+}
+
+#[inline]
+fn resolve(path: &Path, doc: &Doc, cx: &mut Cx) -> Option<u32> {
+    let mut cur = match path.var {
+        None => Doc::ROOT,
+        Some(slot) => cx.vars[usize::from(slot)],
+    };
+    for seg in path.segs.iter() {
+        cur = match doc.node(cur).kind {
+            Kind::Object => doc.member(cur, seg, &mut cx.hints)?,
+            Kind::Array => doc.nth(cur, seg.index?)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+type Encoder = fn(&[u8], &mut Vec<u8>);
+
+fn text(s: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(s);
+}
+
+/// Writes one value (`None` = missing) the way `esc` says.
+fn value(doc: &Doc, node: Option<u32>, esc: Esc, out: &mut Vec<u8>) {
+    let Some(i) = node else {
+        if esc == Esc::JsonValue {
+            out.extend_from_slice(b"null");
+        }
+        return;
+    };
+    let n = doc.node(i);
+    let raw = doc.text(n);
+    let enc: Encoder = match esc {
+        Esc::JsonValue => {
+            // Strings keep their escaped form, numbers their text, containers their
+            // JSON: all valid JSON already (Doc::parse checked).
+            if n.kind == Kind::String {
+                out.push(b'"');
+                out.extend_from_slice(raw);
+                out.push(b'"');
+            } else {
+                out.extend_from_slice(raw);
+            }
+            return;
+        }
+        Esc::JsonString => {
+            match n.kind {
+                Kind::Null => {}
+                Kind::Array | Kind::Object => escape::json_string(raw, out),
+                _ => out.extend_from_slice(raw),
+            }
+            return;
+        }
+        Esc::Url => escape::url,
+        Esc::Header => escape::header,
+        Esc::Xml => escape::xml,
+        Esc::Form => escape::form,
+        Esc::Text => text,
+    };
+    match n.kind {
+        Kind::Null => {}
+        Kind::String if Doc::is_escaped(n) => unescape_chunks(raw, |c| enc(c, out)),
+        _ => enc(raw, out),
+    }
+}
+
+/// The request body for an endpoint without a `body` template (SPEC §4):
+/// - json and text: the event's `data` exactly as received;
+/// - form: the top-level scalar members, `key=value` joined by `&`, both form-encoded
+///   (null gives an empty value);
+/// - xml: `<event>` with one element per top-level scalar member, named after the key
+///   (characters an XML name cannot hold become `_`), the value XML-escaped.
+///
+/// Objects and arrays are left out of form and xml bodies.
+pub fn render_default_body(format: BodyFormat, doc: &Doc, out: &mut Vec<u8>) {
+    match format {
+        BodyFormat::Json | BodyFormat::Text => out.extend_from_slice(doc.raw()),
+        BodyFormat::Form => {
+            let mut first = true;
+            for c in doc.children(Doc::ROOT) {
+                let n = doc.node(c);
+                if matches!(n.kind, Kind::Array | Kind::Object) {
+                    continue;
+                }
+                if !first {
+                    out.push(b'&');
+                }
+                first = false;
+                doc.key_chunks(n, |k| escape::form(k, out));
+                out.push(b'=');
+                value(doc, Some(c), Esc::Form, out);
+            }
+        }
+        BodyFormat::Xml => {
+            out.extend_from_slice(b"<event>");
+            for c in doc.children(Doc::ROOT) {
+                let n = doc.node(c);
+                if matches!(n.kind, Kind::Array | Kind::Object) {
+                    continue;
+                }
+                out.push(b'<');
+                xml_name(doc, c, out);
+                out.push(b'>');
+                value(doc, Some(c), Esc::Xml, out);
+                out.extend_from_slice(b"</");
+                xml_name(doc, c, out);
+                out.push(b'>');
+            }
+            out.extend_from_slice(b"</event>");
+        }
+    }
+}
+
+/// The member's key as an XML element name: ASCII letters, digits, `_`, `-`, `.` and
+/// non-ASCII characters stay, anything else becomes `_`; a name that would not start
+/// with a letter or `_` gets a leading `_`.
+fn xml_name(doc: &Doc, c: u32, out: &mut Vec<u8>) {
+    let start = out.len();
+    doc.key_chunks(doc.node(c), |k| {
+        for &b in k {
+            let keep = b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.') || b >= 0x80;
+            out.push(if keep { b } else { b'_' });
+        }
+    });
+    match out.get(start) {
+        Some(b) if b.is_ascii_alphabetic() || *b == b'_' || *b >= 0x80 => {}
+        _ => out.insert(start, b'_'),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{BodyFormat, Context, Doc, Template};
+    use bytes::Bytes;
+
+    const JSON: Context = Context::Body(BodyFormat::Json);
+    const XML: Context = Context::Body(BodyFormat::Xml);
+    const FORM: Context = Context::Body(BodyFormat::Form);
+    const TEXT: Context = Context::Body(BodyFormat::Text);
+
+    fn doc(s: &str) -> Doc {
+        Doc::parse(Bytes::copy_from_slice(s.as_bytes())).unwrap()
+    }
+
+    #[track_caller]
+    fn render(src: &str, ctx: Context, data: &str) -> String {
+        let t = Template::compile(src, ctx).unwrap_or_else(|e| panic!("{e}"));
+        let mut out = Vec::new();
+        t.render(&doc(data), &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    const DATA: &str = r#"{
+        "Id": 554433, "Amount": 250.00, "Neg": -1.50e3, "Ok": true, "No": false, "Nil": null,
+        "Name": "Tom \"T\" O'Neil & <Co>\n", "Path": "a/b c?d", "Uni": "caf\u00e9 \u2028",
+        "Customer": {"City": "San Francisco", "Zip": "94105"},
+        "items": [{"sku": "A-1", "qty": 2, "amt": 10.50}, {"sku": "B\"2", "qty": 1, "amt": 5}],
+        "tags": ["x", "y,z"], "Empty": [], "Obj": {"k": [1, "v"]}
+    }"#;
+
+    #[test]
+    fn brace_rule_and_escapes() {
+        assert_eq!(
+            render("{ Id} {1} {\"a\"} } {Id}", TEXT, DATA),
+            "{ Id} {1} {\"a\"} } 554433"
+        );
+        assert_eq!(
+            render(r#"\{Id\} \\ \" \n \x"#, TEXT, DATA),
+            r#"{Id} \ " \n \x"#
+        );
+        assert_eq!(render(r"\\{Id}", TEXT, DATA), r"\554433");
+        assert_eq!(render(r"\{{Id}\}", TEXT, DATA), "{554433}");
+        assert_eq!(
+            render("{_x}|{x-y}|{é}", TEXT, r#"{"_x":1,"x-y":2}"#),
+            "1|2|{é}"
+        );
+    }
+
+    #[test]
+    fn numbers_keep_their_text_everywhere() {
+        assert_eq!(render("{Amount} {Neg}", TEXT, DATA), "250.00 -1.50e3");
+        assert_eq!(
+            render("{\"a\": {Amount}, \"s\": \"{Amount}\"}", JSON, DATA),
+            r#"{"a": 250.00, "s": "250.00"}"#
+        );
+        assert_eq!(render("a={Amount}", Context::Url, DATA), "a=250.00");
+        assert_eq!(render("<a>{Neg}</a>", XML, DATA), "<a>-1.50e3</a>");
+    }
+
+    #[test]
+    fn paths_reach_nested_fields_and_indexes() {
+        assert_eq!(
+            render(
+                "{Customer.City}/{items.1.sku}/{tags.1}/{Obj.k.1}",
+                TEXT,
+                DATA
+            ),
+            "San Francisco/B\"2/y,z/v"
+        );
+        assert_eq!(
+            render("[{items.5.sku}][{Customer.City.x}][{Id.0}]", TEXT, DATA),
+            "[][][]"
+        );
+    }
+
+    #[test]
+    fn missing_and_null_render_empty_or_json_null() {
+        assert_eq!(
+            render("a={Nope}&b={Nil}&c={Customer.Nope}", Context::Url, DATA),
+            "a=&b=&c="
+        );
+        assert_eq!(render("[{Nope}|{Nil}]", TEXT, DATA), "[|]");
+        assert_eq!(render("X-{Nope}", Context::Header, DATA), "X-");
+        assert_eq!(
+            render(
+                "{\"a\": {Nope}, \"b\": {Nil}, \"c\": \"{Nope}\", \"d\": \"x{Nil}y\"}",
+                JSON,
+                DATA
+            ),
+            r#"{"a": null, "b": null, "c": "", "d": "xy"}"#
+        );
+    }
+
+    #[test]
+    fn json_values_outside_strings() {
+        assert_eq!(
+            render(
+                "[{Id},{Name},{Ok},{No},{Customer},{tags},{Empty},{Uni}]",
+                JSON,
+                DATA
+            ),
+            r#"[554433,"Tom \"T\" O'Neil & <Co>\n",true,false,{"City": "San Francisco", "Zip": "94105"},["x", "y,z"],[],"caf\u00e9 \u2028"]"#
+        );
+    }
+
+    #[test]
+    fn json_values_inside_strings() {
+        let out = render(
+            "{\"n\": \"{Name}\", \"i\": \"#{Id}\", \"b\": \"{Ok}\", \"o\": \"{Obj}\", \"{Path}\": 1}",
+            JSON,
+            DATA,
+        );
+        assert_eq!(
+            out,
+            r##"{"n": "Tom \"T\" O'Neil & <Co>\n", "i": "#554433", "b": "true", "o": "{\"k\": [1, \"v\"]}", "a/b c?d": 1}"##
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["o"], "{\"k\": [1, \"v\"]}");
+        assert_eq!(v["n"], "Tom \"T\" O'Neil & <Co>\n");
+    }
+
+    #[test]
+    fn json_string_state_follows_template_escapes() {
+        // `\"` in the template is a quote in the output: it opens and closes strings.
+        assert_eq!(render("\\\"{Id}\\\" {Id}", JSON, DATA), "\"554433\" 554433");
+        // A JSON escape `\\\"` (written `\\\\\\"` in the template) does not end the string.
+        assert_eq!(
+            render("\"a\\\\\\\" {Name}\"", JSON, DATA),
+            "\"a\\\" Tom \\\"T\\\" O'Neil & <Co>\\n\""
+        );
+        // Two strings in a row: the second placeholder is back outside.
+        assert_eq!(render("[\"{Id}\",{Id}]", JSON, DATA), "[\"554433\",554433]");
+    }
+
+    #[test]
+    fn url_encodes_values_not_literals() {
+        assert_eq!(
+            render("https://p.example/x/{Path}?n={Name}&u={Uni}&c={Customer.City}", Context::Url, DATA),
+            "https://p.example/x/a%2Fb%20c%3Fd?n=Tom%20%22T%22%20O%27Neil%20%26%20%3CCo%3E%0A&u=caf%C3%A9%20%E2%80%A8&c=San%20Francisco"
+        );
+    }
+
+    #[test]
+    fn header_strips_control_characters() {
+        assert_eq!(
+            render("v={Name}", Context::Header, DATA),
+            "v=Tom \"T\" O'Neil & <Co>"
+        );
+        assert_eq!(
+            render(
+                "{X}",
+                Context::Header,
+                r#"{"X":"a\r\nSet-Cookie: x=1\u0000\t\u0085b"}"#
+            ),
+            "aSet-Cookie: x=1b"
+        );
+    }
+
+    #[test]
+    fn xml_form_text_bodies() {
+        assert_eq!(render("<n a=\"{Name}\">{Name}</n>", XML, DATA), "<n a=\"Tom &quot;T&quot; O&apos;Neil &amp; &lt;Co&gt;\n\">Tom &quot;T&quot; O&apos;Neil &amp; &lt;Co&gt;\n</n>");
+        assert_eq!(
+            render("n={Name}&p={Path}&u={Uni}", FORM, DATA),
+            "n=Tom+%22T%22+O%27Neil+%26+%3CCo%3E%0A&p=a%2Fb+c%3Fd&u=caf%C3%A9+%E2%80%A8"
+        );
+        assert_eq!(
+            render("{Name}|{Uni}|{Obj}", TEXT, DATA),
+            "Tom \"T\" O'Neil & <Co>\n|café \u{2028}|{\"k\": [1, \"v\"]}"
+        );
+    }
+
+    #[test]
+    fn join_renders_each_element_with_separator() {
+        let src = r#"{"items": [{join(items, i, "\{\"sku\":\"{i.sku}\",\"qty\":{i.qty},\"amt\":{i.amt},\"id\":{Id}\}")}]}"#;
+        let out = render(src, JSON, DATA);
+        assert_eq!(
+            out,
+            r#"{"items": [{"sku":"A-1","qty":2,"amt":10.50,"id":554433},{"sku":"B\"2","qty":1,"amt":5,"id":554433}]}"#
+        );
+        assert_eq!(
+            render("{join(tags, t, \"<{t}>\", \"; \")}", TEXT, DATA),
+            "<x>; <y,z>"
+        );
+        assert_eq!(
+            render("s={join(tags, t, \"{t}\")}", Context::Url, DATA),
+            "s=x,y%2Cz"
+        );
+        assert_eq!(
+            render("[{join(items, i, \"{i.sku}\")}]", JSON, DATA),
+            r#"["A-1","B\"2"]"#
+        );
+        assert_eq!(
+            render("\"{join(items, i, \"{i.sku}\", \" \")}\"", JSON, DATA),
+            r#""A-1 B\"2""#
+        );
+        // Missing, empty, null and non-array values join nothing.
+        for p in ["Nope", "Empty", "Nil", "Id", "Customer"] {
+            assert_eq!(
+                render(&format!("[{{join({p}, i, \"{{i}}\")}}]"), JSON, DATA),
+                "[]",
+                "{p}"
+            );
+        }
+        // Missing field of an element: null in a JSON value position.
+        assert_eq!(
+            render("[{join(items, i, \"{i.nope}\")}]", JSON, DATA),
+            "[null,null]"
+        );
+    }
+
+    #[test]
+    fn nested_joins_scope_and_shadow() {
+        let data = r#"{"Id": 1, "i": "root-i", "orders": [
+            {"Id": 10, "lines": [{"sku": "a"}, {"sku": "b"}]},
+            {"Id": 20, "lines": [{"sku": "c"}]},
+            {"Id": 30, "lines": []}
+        ]}"#;
+        let src = "{join(orders, o, \"{o.Id}:{join(o.lines, l, \"{l.sku}@{o.Id}/{Id}\", \"+\")}\", \" | \")}";
+        assert_eq!(
+            render(src, TEXT, data),
+            "10:a@10/1+b@10/1 | 20:c@20/1 | 30:"
+        );
+        // The inner `i` shadows the outer one; outside its join, `i` is the data's `i`.
+        let src = "{join(orders, i, \"{join(i.lines, i, \"{i.sku}\")}/{i.Id}\", \" \")} {i}";
+        assert_eq!(render(src, TEXT, data), "a,b/10 c/20 /30 root-i");
+        // `{var}` reads a scalar element itself.
+        assert_eq!(
+            render(
+                "{join(xs, x, \"[{x}]\", \"\")}",
+                TEXT,
+                r#"{"xs":[1,"two",null,true]}"#
+            ),
+            "[1][two][][true]"
+        );
+    }
+
+    #[test]
+    fn join_inside_json_string_escapes_elements() {
+        let out = render(
+            "{\"all\": \"{join(tags, t, \"{t}\\\\n\", \"\")}\"}",
+            JSON,
+            r#"{"tags":["a\"b", "c\\d"]}"#,
+        );
+        assert_eq!(out, r#"{"all": "a\"b\nc\\d\n"}"#);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["all"], "a\"b\nc\\d\n");
+    }
+
+    #[test]
+    fn render_appends_and_reuses_the_buffer() {
+        let t = Template::compile("{Id};", TEXT).unwrap();
+        let d = doc(DATA);
+        let mut out = b"x".to_vec();
+        t.render(&d, &mut out);
+        t.render(&d, &mut out);
+        assert_eq!(out, b"x554433;554433;");
+    }
+
+    #[test]
+    fn default_bodies() {
+        let d = doc(
+            r#" {"Id":1, "Name":"a b&c", "Nil":null, "Ok":true, "obj":{"x":1}, "arr":[1],
+                       "1st":"<x>", "a b":"é", "Id":2} "#,
+        );
+        let mut out = Vec::new();
+        super::render_default_body(BodyFormat::Json, &d, &mut out);
+        assert_eq!(out, d.raw().as_ref());
+        out.clear();
+        super::render_default_body(BodyFormat::Text, &d, &mut out);
+        assert_eq!(out, d.raw().as_ref());
+        out.clear();
+        super::render_default_body(BodyFormat::Form, &d, &mut out);
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            "Name=a+b%26c&Nil=&Ok=true&1st=%3Cx%3E&a+b=%C3%A9&Id=2"
+        );
+        out.clear();
+        super::render_default_body(BodyFormat::Xml, &d, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "<event><Name>a b&amp;c</Name><Nil></Nil><Ok>true</Ok><_1st>&lt;x&gt;</_1st><a_b>é</a_b><Id>2</Id></event>"
+        );
+    }
+}

@@ -1,0 +1,582 @@
+//! A worker: one thread, one monoio runtime, one shard of the endpoints.
+//!
+//! A worker owns its endpoints' live state outright — ready queues, delivery lanes with
+//! their keep-alive connections, failure counters, the in-memory timer wheel — and its
+//! share of the ingest connections. Nothing here is shared with another thread: all
+//! cross-core traffic arrives in the worker's mailbox ([`WorkerMsg`]) and leaves through
+//! the committer's.
+//!
+//! The loop, top to bottom: the mailbox task takes new connections, acks and jobs; jobs
+//! due later wait in the timer wheel; due jobs join their endpoint's queue; up to
+//! `max_in_flight` lanes per endpoint take jobs from the queue, each owning one
+//! connection; every attempt's outcome goes back to the committer in batches.
+//!
+//! It must not block: no store access, no blocking DNS, no fsync.
+
+use std::cell::{Cell, OnceCell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::commit::{AckResult, CommitMsg, Next, Outcome};
+use crate::deliver::dns::{Resolver, ResolverThread};
+use crate::deliver::http1::Scheme;
+use crate::deliver::request::{self, Scratch};
+use crate::deliver::{ssrf, ConnSlot, Exchange};
+use crate::endpoint::EndpointSpec;
+use crate::ingest::{self, ConnCtx, ConnShared};
+use crate::local::{yield_now, LocalNotify};
+use crate::schedule::wheel::TimerWheel;
+use crate::schedule::{after_attempt, classify_response, FailClass, Verdict};
+use crate::shard::{Mailbox, MailboxSender};
+use crate::store::{AttemptRecord, DeliveryState, DueKey, EndpointId, EventRecord};
+use crate::template::Doc;
+
+/// How long an idle lane keeps its connection before it exits.
+const LANE_IDLE: Duration = Duration::from_secs(30);
+/// Response bytes kept in the attempt log.
+const LOG_EXCERPT: usize = 1024;
+
+/// One delivery handed to a worker.
+pub struct Job {
+    pub event: Arc<EventRecord>,
+    pub ep: EndpointId,
+    /// The due key it was loaded under (retired when it completes).
+    pub due: DueKey,
+    /// Attempts already made.
+    pub attempts: u16,
+}
+
+/// Messages to a worker.
+pub enum WorkerMsg {
+    UnixConn(std::os::unix::net::UnixStream),
+    TcpConn(std::net::TcpStream),
+    Acks {
+        conn: u64,
+        ticket: u64,
+        results: Vec<AckResult>,
+    },
+    Jobs(Vec<Job>),
+    /// Stop taking work, finish in-flight attempts (bounded), report, exit.
+    Shutdown,
+}
+
+/// Everything a worker starts with.
+pub struct WorkerSetup {
+    pub idx: usize,
+    pub inbox: Mailbox<WorkerMsg>,
+    pub commit: MailboxSender<CommitMsg>,
+    pub endpoints: Vec<Arc<EndpointSpec>>,
+    pub resolver: ResolverThread,
+    pub max_line_bytes: usize,
+    pub allow_private_networks: bool,
+    pub drain_timeout: Duration,
+}
+
+/// An event as a worker holds it: the record plus its data index, built on first use.
+struct WorkEvent {
+    rec: Arc<EventRecord>,
+    doc: OnceCell<Doc>,
+}
+
+impl WorkEvent {
+    fn doc(&self) -> &Doc {
+        self.doc.get_or_init(|| {
+            Doc::parse(self.rec.data.clone()).unwrap_or_else(|e| {
+                tracing::warn!(seq = self.rec.seq, error = %e, "event data does not index; rendering as empty");
+                Doc::parse(Bytes::from_static(b"{}")).expect("empty object parses")
+            })
+        })
+    }
+}
+
+struct WJob {
+    ev: Rc<WorkEvent>,
+    ep: EndpointId,
+    due: DueKey,
+    attempts: u16,
+}
+
+/// An endpoint's live state on its worker.
+struct Ep {
+    spec: Arc<EndpointSpec>,
+    queue: RefCell<VecDeque<WJob>>,
+    lanes: Cell<u32>,
+    idle: RefCell<Vec<Rc<LocalNotify>>>,
+    disabled: Cell<bool>,
+    /// Consecutive failures per class: 3xx, 4xx, 5xx.
+    fails: Cell<[u32; 3]>,
+}
+
+impl Ep {
+    fn max_lanes(&self) -> u32 {
+        if self.spec.cfg.ordered {
+            1
+        } else {
+            self.spec.cfg.max_in_flight
+        }
+    }
+}
+
+struct Worker {
+    idx: usize,
+    commit: MailboxSender<CommitMsg>,
+    conns: RefCell<HashMap<u64, Rc<ConnShared>>>,
+    next_conn: Cell<u64>,
+    endpoints: RefCell<HashMap<EndpointId, Rc<Ep>>>,
+    wheel: RefCell<TimerWheel<WJob>>,
+    timer_wake: LocalNotify,
+    outbox: RefCell<Vec<Outcome>>,
+    flush_scheduled: Cell<bool>,
+    resolver: Resolver,
+    empty_doc: Doc,
+    max_line_bytes: usize,
+    allow_private: bool,
+    stopping: Cell<bool>,
+    active: Cell<usize>,
+    idle_wake: LocalNotify,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs a worker until it is told to shut down.
+pub async fn run(setup: WorkerSetup) {
+    let endpoints = setup
+        .endpoints
+        .into_iter()
+        .map(|spec| {
+            (
+                spec.id,
+                Rc::new(Ep {
+                    spec,
+                    queue: RefCell::new(VecDeque::new()),
+                    lanes: Cell::new(0),
+                    idle: RefCell::new(Vec::new()),
+                    disabled: Cell::new(false),
+                    fails: Cell::new([0; 3]),
+                }),
+            )
+        })
+        .collect();
+    let w = Rc::new(Worker {
+        idx: setup.idx,
+        commit: setup.commit,
+        conns: RefCell::new(HashMap::new()),
+        next_conn: Cell::new(0),
+        endpoints: RefCell::new(endpoints),
+        wheel: RefCell::new(TimerWheel::new(now_ms())),
+        timer_wake: LocalNotify::default(),
+        outbox: RefCell::new(Vec::new()),
+        flush_scheduled: Cell::new(false),
+        resolver: Resolver::new(setup.resolver),
+        empty_doc: Doc::parse(Bytes::from_static(b"{}")).expect("empty object parses"),
+        max_line_bytes: setup.max_line_bytes,
+        allow_private: setup.allow_private_networks,
+        stopping: Cell::new(false),
+        active: Cell::new(0),
+        idle_wake: LocalNotify::default(),
+    });
+    monoio::spawn(timer_loop(w.clone()));
+    let inbox = setup.inbox;
+    while let Some(msg) = inbox.recv().await {
+        if let WorkerMsg::Shutdown = msg {
+            break;
+        }
+        w.handle(msg);
+    }
+    w.stopping.set(true);
+    // Wake idle lanes so they exit; wait (bounded) for attempts in flight.
+    for ep in w.endpoints.borrow().values() {
+        for n in ep.idle.borrow_mut().drain(..) {
+            n.notify();
+        }
+    }
+    let deadline = Instant::now() + setup.drain_timeout;
+    while w.active.get() > 0 && Instant::now() < deadline {
+        let _ = monoio::time::timeout(Duration::from_millis(50), w.idle_wake.wait()).await;
+    }
+    w.flush_outbox();
+    tracing::debug!(
+        worker = w.idx,
+        unfinished = w.active.get(),
+        "worker stopped"
+    );
+}
+
+async fn timer_loop(w: Rc<Worker>) {
+    let mut due = Vec::new();
+    loop {
+        if w.stopping.get() {
+            return;
+        }
+        let now = now_ms();
+        w.wheel.borrow_mut().expire(now, &mut due);
+        for job in due.drain(..) {
+            w.enqueue(job);
+        }
+        let next = w.wheel.borrow().next_due();
+        match next {
+            Some(t) => {
+                let wait = Duration::from_millis(t.saturating_sub(now_ms()).max(1));
+                let _ = monoio::time::timeout(wait, w.timer_wake.wait()).await;
+            }
+            None => {
+                let _ =
+                    monoio::time::timeout(Duration::from_millis(500), w.timer_wake.wait()).await;
+            }
+        }
+    }
+}
+
+impl Worker {
+    fn handle(self: &Rc<Self>, msg: WorkerMsg) {
+        match msg {
+            WorkerMsg::UnixConn(s) => match monoio::net::UnixStream::from_std(s) {
+                Ok(s) => self.spawn_conn(s),
+                Err(e) => tracing::warn!(error = %e, "cannot adopt unix connection"),
+            },
+            WorkerMsg::TcpConn(s) => match monoio::net::TcpStream::from_std(s) {
+                Ok(s) => self.spawn_conn(s),
+                Err(e) => tracing::warn!(error = %e, "cannot adopt tcp connection"),
+            },
+            WorkerMsg::Acks {
+                conn,
+                ticket,
+                results,
+            } => {
+                if let Some(c) = self.conns.borrow().get(&conn) {
+                    c.complete(ticket, results);
+                }
+            }
+            WorkerMsg::Jobs(jobs) => {
+                let now = now_ms();
+                let mut last: Option<Rc<WorkEvent>> = None;
+                let mut woke_timer = false;
+                for j in jobs {
+                    let ev = match &last {
+                        Some(e) if Arc::ptr_eq(&e.rec, &j.event) => e.clone(),
+                        _ => {
+                            let e = Rc::new(WorkEvent {
+                                rec: j.event,
+                                doc: OnceCell::new(),
+                            });
+                            last = Some(e.clone());
+                            e
+                        }
+                    };
+                    let job = WJob {
+                        ev,
+                        ep: j.ep,
+                        due: j.due,
+                        attempts: j.attempts,
+                    };
+                    if job.due.due_ms > now {
+                        self.wheel.borrow_mut().insert(job.due.due_ms, job);
+                        woke_timer = true;
+                    } else {
+                        self.enqueue(job);
+                    }
+                }
+                if woke_timer {
+                    self.timer_wake.notify();
+                }
+            }
+            WorkerMsg::Shutdown => {}
+        }
+    }
+
+    fn spawn_conn<S>(self: &Rc<Self>, stream: S)
+    where
+        S: monoio::io::Splitable + 'static,
+        S::OwnedRead: monoio::io::AsyncReadRent + 'static,
+        S::OwnedWrite: monoio::io::AsyncWriteRent + 'static,
+    {
+        let id = self.next_conn.get() + 1;
+        self.next_conn.set(id);
+        let shared = ingest::new_connection();
+        self.conns.borrow_mut().insert(id, shared.clone());
+        let ctx = ConnCtx {
+            worker: self.idx,
+            conn: id,
+            max_line_bytes: self.max_line_bytes,
+            commit: self.commit.clone(),
+        };
+        let w = self.clone();
+        monoio::spawn(async move {
+            ingest::serve_connection(stream, ctx, shared).await;
+            w.conns.borrow_mut().remove(&id);
+        });
+    }
+
+    fn enqueue(self: &Rc<Self>, job: WJob) {
+        let ep = self.endpoints.borrow().get(&job.ep).cloned();
+        let Some(ep) = ep else {
+            // Not ours (any more): nothing here can deliver it.
+            tracing::warn!(
+                endpoint = job.ep,
+                "job for an unknown endpoint dropped from the due index"
+            );
+            self.report(job, None, Next::Done);
+            return;
+        };
+        if ep.disabled.get() {
+            let attempts = job.attempts;
+            self.report_n(job, None, Next::Paused, attempts);
+            return;
+        }
+        ep.queue.borrow_mut().push_back(job);
+        let idle = ep.idle.borrow_mut().pop();
+        if let Some(n) = idle {
+            n.notify();
+        } else if ep.lanes.get() < ep.max_lanes() {
+            ep.lanes.set(ep.lanes.get() + 1);
+            monoio::spawn(lane(self.clone(), ep));
+        }
+    }
+
+    fn report(self: &Rc<Self>, job: WJob, attempt: Option<AttemptRecord>, next: Next) {
+        let n = job.attempts;
+        self.report_n(job, attempt, next, n);
+    }
+
+    fn report_n(
+        self: &Rc<Self>,
+        job: WJob,
+        attempt: Option<AttemptRecord>,
+        next: Next,
+        attempts: u16,
+    ) {
+        self.outbox.borrow_mut().push(Outcome {
+            event: job.ev.rec.clone(),
+            ep: job.ep,
+            due: job.due,
+            attempts,
+            attempt,
+            next,
+        });
+        if !self.flush_scheduled.replace(true) {
+            let w = self.clone();
+            monoio::spawn(async move {
+                yield_now().await;
+                w.flush_outbox();
+            });
+        }
+    }
+
+    fn flush_outbox(&self) {
+        self.flush_scheduled.set(false);
+        let list = std::mem::take(&mut *self.outbox.borrow_mut());
+        if !list.is_empty() {
+            self.commit.send(CommitMsg::Outcomes(list));
+        }
+    }
+
+    fn disable(self: &Rc<Self>, ep: &Ep, reason: String) {
+        if ep.disabled.replace(true) {
+            return;
+        }
+        tracing::warn!(endpoint = %ep.spec.cfg.name, %reason, "endpoint disabled");
+        self.commit.send(CommitMsg::EndpointDisabled {
+            ep: ep.spec.id,
+            reason,
+        });
+        let queued: Vec<WJob> = ep.queue.borrow_mut().drain(..).collect();
+        for job in queued {
+            self.report(job, None, Next::Paused);
+        }
+    }
+
+    /// Makes one attempt of `job` and reports its outcome.
+    async fn attempt(
+        self: &Rc<Self>,
+        ep: &Ep,
+        job: WJob,
+        slot: &mut ConnSlot,
+        wbuf: &mut Vec<u8>,
+        scratch: &mut Scratch,
+    ) {
+        let spec = ep.spec.clone();
+        let cfg = &spec.cfg;
+        let at_ms = now_ms();
+        let started = Instant::now();
+        let mut rec = AttemptRecord {
+            at_ms,
+            ..AttemptRecord::default()
+        };
+        let doc = if spec.needs_doc {
+            job.ev.doc()
+        } else {
+            &self.empty_doc
+        };
+        wbuf.clear();
+        let verdict = match request::build(&spec, &job.ev.rec, doc, at_ms / 1000, scratch, wbuf) {
+            Err(e) => {
+                rec.error = e.to_string();
+                Verdict::Permanent
+            }
+            Ok(target) => {
+                rec.request_line = request::request_line(&spec, &target);
+                if target.scheme == Scheme::Https {
+                    rec.error = "https delivery is not available in this build yet".into();
+                    Verdict::Failed {
+                        class: FailClass::C5xx,
+                        retry_after: None,
+                    }
+                } else {
+                    match self.resolver.resolve(&target.host).await {
+                        Err(e) => {
+                            rec.error = e.to_string();
+                            Verdict::Permanent
+                        }
+                        Ok(addrs) => match self.pick_addr(&addrs) {
+                            None => {
+                                rec.error = format!(
+                                    "blocked: {} resolves only to private or reserved addresses (allow_private_networks is off)",
+                                    target.host
+                                );
+                                Verdict::Permanent
+                            }
+                            Some(ip) => {
+                                let addr = SocketAddr::new(ip, target.port);
+                                let req = std::mem::take(wbuf);
+                                match monoio::time::timeout(cfg.timeout, slot.exchange(addr, req))
+                                    .await
+                                {
+                                    Err(_) => {
+                                        slot.reset();
+                                        rec.timed_out = true;
+                                        rec.error = format!(
+                                            "timed out after {}",
+                                            crate::config::format_duration(cfg.timeout)
+                                        );
+                                        Verdict::Failed {
+                                            class: FailClass::C5xx,
+                                            retry_after: None,
+                                        }
+                                    }
+                                    Ok((Exchange::Failed(msg), b)) => {
+                                        *wbuf = b;
+                                        rec.error = msg;
+                                        Verdict::Failed {
+                                            class: FailClass::C5xx,
+                                            retry_after: None,
+                                        }
+                                    }
+                                    Ok((
+                                        Exchange::Response {
+                                            status,
+                                            retry_after,
+                                        },
+                                        b,
+                                    )) => {
+                                        *wbuf = b;
+                                        let body = slot.body_excerpt();
+                                        rec.status = status;
+                                        rec.response_excerpt =
+                                            body[..body.len().min(LOG_EXCERPT)].to_vec();
+                                        classify_response(
+                                            &cfg.success,
+                                            cfg.error.as_ref(),
+                                            status,
+                                            body,
+                                            retry_after,
+                                        )
+                                    }
+                                }
+                            }
+                        },
+                    }
+                }
+            }
+        };
+        rec.latency_us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        // Consecutive-failure counters and automatic disabling.
+        match &verdict {
+            Verdict::Delivered => ep.fails.set([0; 3]),
+            Verdict::Failed { class, .. } => {
+                let mut f = ep.fails.get();
+                let i = *class as usize;
+                f[i] += 1;
+                ep.fails.set(f);
+                let (limit, name) = match class {
+                    FailClass::C3xx => (cfg.disable_after.c3xx, "3xx"),
+                    FailClass::C4xx => (cfg.disable_after.c4xx, "4xx"),
+                    FailClass::C5xx => (cfg.disable_after.c5xx, "5xx"),
+                };
+                if f[i] >= limit {
+                    self.disable(ep, format!("{} consecutive {name} failures", f[i]));
+                }
+            }
+            Verdict::Gone => self.disable(ep, "the receiver answered 410 Gone".into()),
+            Verdict::Permanent => {}
+        }
+        let attempts = job.attempts.saturating_add(1);
+        let (mut state, mut next) = after_attempt(cfg, attempts as u32, &verdict, now_ms());
+        if ep.disabled.get() && matches!(next, Next::Retry { .. }) {
+            state = DeliveryState::Paused;
+            next = Next::Paused;
+        }
+        rec.state_after = Some(state);
+        if let Next::Retry { due_ms } = next {
+            rec.next_due_ms = due_ms;
+        }
+        self.report_n(job, Some(rec), next, attempts);
+    }
+
+    fn pick_addr(&self, addrs: &[IpAddr]) -> Option<IpAddr> {
+        addrs
+            .iter()
+            .copied()
+            .find(|ip| self.allow_private || !ssrf::is_blocked(*ip))
+    }
+}
+
+/// A delivery lane: one connection, one attempt at a time, jobs from its endpoint's queue.
+async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
+    let mut slot = ConnSlot::default();
+    let mut wbuf = Vec::with_capacity(4096);
+    let mut scratch = Scratch::default();
+    let me = Rc::new(LocalNotify::default());
+    loop {
+        let job = ep.queue.borrow_mut().pop_front();
+        let Some(job) = job else {
+            if w.stopping.get() {
+                break;
+            }
+            ep.idle.borrow_mut().push(me.clone());
+            if monoio::time::timeout(LANE_IDLE, me.wait()).await.is_err() {
+                ep.idle.borrow_mut().retain(|n| !Rc::ptr_eq(n, &me));
+                if ep.queue.borrow().is_empty() {
+                    break;
+                }
+            }
+            continue;
+        };
+        if w.stopping.get() {
+            // Not started: it stays due in the store and runs after the restart.
+            ep.queue.borrow_mut().push_front(job);
+            break;
+        }
+        if ep.disabled.get() {
+            w.report(job, None, Next::Paused);
+            continue;
+        }
+        w.active.set(w.active.get() + 1);
+        w.attempt(&ep, job, &mut slot, &mut wbuf, &mut scratch)
+            .await;
+        w.active.set(w.active.get() - 1);
+        if w.stopping.get() && w.active.get() == 0 {
+            w.idle_wake.notify();
+        }
+    }
+    ep.lanes.set(ep.lanes.get() - 1);
+}

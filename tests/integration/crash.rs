@@ -1,0 +1,109 @@
+//! kill -9 and restart: no acked event is lost (SPEC §3, §6).
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::harness::*;
+
+fn eps(url: &str) -> String {
+    endpoint("crashy", r#"["t"]"#, url, "retry = [\"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\"]")
+}
+
+#[test]
+fn acked_events_pending_against_a_failing_receiver_survive_kill9() {
+    let rx = TestReceiver::with_script(|_, _| Reply::status(500));
+    let opts = ServerOpts::new(&eps(&rx.url("/")));
+    let mut srv = TestServer::start_with(opts);
+    let mut acked = HashSet::new();
+    {
+        let mut w = std::os::unix::net::UnixStream::connect(&srv.socket).unwrap();
+        let r = BufReader::new(w.try_clone().unwrap());
+        let mut all = String::new();
+        for i in 0..1000 {
+            all.push_str(&event("t", &format!("k-{i}"), r#"{"i":1}"#));
+            all.push('\n');
+        }
+        w.write_all(all.as_bytes()).unwrap();
+        for line in r.lines().take(1000) {
+            let line = line.unwrap();
+            assert!(line.starts_with("ok "), "{line}");
+            acked.insert(line.split(' ').nth(1).unwrap().to_string());
+        }
+    }
+    assert_eq!(acked.len(), 1000);
+    // Some attempts have failed; kill without warning.
+    rx.wait_for(1, Duration::from_secs(10));
+    srv.kill9();
+    let dir = srv.dir.clone();
+    drop(srv);
+    // Restart with the receiver healthy.
+    rx.set_script(|_, _| Reply::status(200));
+    let before = rx.count();
+    let _srv = TestServer::start_in(Arc::clone(&dir), &ServerOpts::new(&eps(&rx.url("/"))));
+    rx.wait_until(
+        Duration::from_secs(60),
+        "every acked id delivered after restart",
+        |r| {
+            let ok: HashSet<&str> = r[before..]
+                .iter()
+                .filter_map(|x| x.header("webhook-id"))
+                .collect();
+            acked.iter().all(|id| ok.contains(id.as_str()))
+        },
+    );
+}
+
+#[test]
+fn kill9_in_the_middle_of_a_pipelined_stream_loses_no_acked_event() {
+    let rx = TestReceiver::start();
+    let mut srv = TestServer::start(&eps(&rx.url("/")));
+    let mut w = std::os::unix::net::UnixStream::connect(&srv.socket).unwrap();
+    let r = BufReader::new(w.try_clone().unwrap());
+    let writer = std::thread::spawn(move || {
+        for i in 0..10_000 {
+            let line = format!("{}\n", event("t", &format!("m-{i}"), r#"{"i":1}"#));
+            if w.write_all(line.as_bytes()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut acked = Vec::new();
+    for line in r.lines() {
+        let Ok(line) = line else { break };
+        if line.starts_with("ok ") {
+            acked.push(line.split(' ').nth(1).unwrap().to_string());
+        }
+        if acked.len() == 3000 {
+            srv.kill9();
+        }
+    }
+    let _ = writer.join();
+    assert!(acked.len() >= 3000, "only {} acks", acked.len());
+    let dir = srv.dir.clone();
+    drop(srv);
+    let _srv = TestServer::start_in(dir, &ServerOpts::new(&eps(&rx.url("/"))));
+    let got = rx.wait_until(Duration::from_secs(60), "every acked id delivered", |r| {
+        let ids: HashSet<&str> = r.iter().filter_map(|x| x.header("webhook-id")).collect();
+        acked.iter().all(|id| ids.contains(id.as_str()))
+    });
+    let total = got.len();
+    let distinct: HashSet<&str> = got.iter().filter_map(|x| x.header("webhook-id")).collect();
+    eprintln!(
+        "kill -9 mid-stream: {} acked, {} requests, {} distinct ids, {} duplicates",
+        acked.len(),
+        total,
+        distinct.len(),
+        total - distinct.len()
+    );
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let rx = TestReceiver::start();
+    let mut srv = TestServer::start(&eps(&rx.url("/")));
+    srv.connect().send(&event("t", "term-1", "{}"));
+    rx.wait_for(1, Duration::from_secs(10));
+    assert_eq!(srv.stop(), Some(0));
+}

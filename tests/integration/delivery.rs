@@ -1,0 +1,225 @@
+//! Outcomes, retries and the attempt log (SPEC §6, §7).
+
+use std::time::Duration;
+
+use crate::harness::*;
+
+fn states(v: &serde_json::Value) -> Vec<String> {
+    v["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["state"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn attempts(v: &serde_json::Value) -> usize {
+    v["deliveries"][0]["attempts"].as_array().unwrap().len()
+}
+
+#[test]
+fn retries_follow_the_schedule_then_deliver() {
+    let rx = TestReceiver::with_script(|_, n| {
+        if n < 2 {
+            Reply::status(500)
+        } else {
+            Reply::status(200)
+        }
+    });
+    let srv = TestServer::start(&endpoint(
+        "flaky",
+        r#"["t"]"#,
+        &rx.url("/"),
+        r#"retry = ["1s", "2s"]"#,
+    ));
+    assert_eq!(srv.connect().send(&event("t", "rt-1", "{}")), "ok rt-1 1");
+    let got = rx.wait_for(3, Duration::from_secs(20));
+    let gap1 = got[1].at - got[0].at;
+    let gap2 = got[2].at - got[1].at;
+    assert!(
+        gap1 >= Duration::from_millis(950) && gap1 < Duration::from_millis(2500),
+        "{gap1:?}"
+    );
+    assert!(
+        gap2 >= Duration::from_millis(1950) && gap2 < Duration::from_millis(3500),
+        "{gap2:?}"
+    );
+    let v = srv.wait_event("rt-1", Duration::from_secs(10), |v| {
+        states(v) == ["delivered"]
+    });
+    assert_eq!(attempts(&v), 3);
+    let a = &v["deliveries"][0]["attempts"];
+    assert_eq!(a[0]["status_code"], 500);
+    assert_eq!(a[2]["status_code"], 200);
+    assert_eq!(a[0]["request"]["method"], "POST");
+    assert_eq!(v["deliveries"][0]["endpoint"], "flaky");
+}
+
+#[test]
+fn retries_exhausted_means_failed() {
+    let rx = TestReceiver::with_script(|_, _| Reply::status(503).body("busy"));
+    let srv = TestServer::start(&endpoint(
+        "down",
+        r#"["t"]"#,
+        &rx.url("/"),
+        r#"retry = ["500ms"]"#,
+    ));
+    srv.connect().send(&event("t", "ex-1", "{}"));
+    let v = srv.wait_event("ex-1", Duration::from_secs(15), |v| states(v) == ["failed"]);
+    assert_eq!(attempts(&v), 2);
+    assert_eq!(
+        v["deliveries"][0]["attempts"][1]["response_excerpt"],
+        "busy"
+    );
+    assert_eq!(rx.count(), 2);
+}
+
+#[test]
+fn body_text_success_rule_and_error_rule() {
+    let rx = TestReceiver::with_script(|r, _| match r.path.as_str() {
+        "/text-ok" => Reply::status(500).body("result: OK"),
+        "/text-no" => Reply::status(200).body("nope"),
+        _ => Reply::status(200).body("ERROR: unknown partner"),
+    });
+    let eps = [
+        endpoint(
+            "text-ok",
+            r#"["t"]"#,
+            &rx.url("/text-ok"),
+            "success = \"OK\"\nretry = \"none\"",
+        ),
+        endpoint(
+            "text-no",
+            r#"["t"]"#,
+            &rx.url("/text-no"),
+            "success = \"OK\"\nretry = \"none\"",
+        ),
+        endpoint(
+            "err-rule",
+            r#"["t"]"#,
+            &rx.url("/err"),
+            "error = \"ERROR\"\nretry = \"none\"",
+        ),
+    ]
+    .join("\n");
+    let srv = TestServer::start(&eps);
+    srv.connect().send(&event("t", "rules-1", "{}"));
+    let v = srv.wait_event("rules-1", Duration::from_secs(10), |v| {
+        states(v).iter().all(|s| s != "pending")
+    });
+    let by_ep: std::collections::HashMap<String, String> = v["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["endpoint"].as_str().unwrap().to_string(),
+                d["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(by_ep["text-ok"], "delivered");
+    assert_eq!(by_ep["text-no"], "failed");
+    assert_eq!(by_ep["err-rule"], "failed");
+}
+
+#[test]
+fn timeout_is_recorded_as_timed_out() {
+    let rx = TestReceiver::with_script(|_, n| {
+        if n == 0 {
+            Reply::status(200).delay(Duration::from_millis(1500))
+        } else {
+            Reply::status(200)
+        }
+    });
+    let srv = TestServer::start(&endpoint(
+        "slow",
+        r#"["t"]"#,
+        &rx.url("/"),
+        "timeout = \"300ms\"\nretry = [\"200ms\"]",
+    ));
+    srv.connect().send(&event("t", "to-1", "{}"));
+    let v = srv.wait_event("to-1", Duration::from_secs(10), |v| {
+        states(v) == ["delivered"]
+    });
+    let a = &v["deliveries"][0]["attempts"];
+    assert_eq!(a[0]["timed_out"], true);
+    assert!(a[0]["status_code"].is_null());
+    assert_eq!(a[1]["timed_out"], false);
+}
+
+#[test]
+fn unresolvable_host_fails_at_once_and_is_never_retried() {
+    let srv = TestServer::start(&endpoint(
+        "nxdomain",
+        r#"["t"]"#,
+        "http://no-such-host.invalid/hook",
+        "retry = [\"100ms\", \"100ms\"]",
+    ));
+    srv.connect().send(&event("t", "nx-1", "{}"));
+    let v = srv.wait_event("nx-1", Duration::from_secs(10), |v| states(v) == ["failed"]);
+    assert_eq!(attempts(&v), 1);
+    assert!(v["deliveries"][0]["attempts"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("resolve"));
+}
+
+#[test]
+fn ssrf_guard_refuses_loopback_by_default() {
+    let rx = TestReceiver::start();
+    let opts = ServerOpts::new(&endpoint("local", r#"["t"]"#, &rx.url("/"), ""))
+        .server("allow_private_networks = false");
+    let srv = TestServer::start_with(opts);
+    srv.connect().send(&event("t", "ssrf-1", "{}"));
+    let v = srv.wait_event("ssrf-1", Duration::from_secs(10), |v| {
+        states(v) == ["failed"]
+    });
+    assert!(v["deliveries"][0]["attempts"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("blocked"));
+    assert_eq!(rx.count(), 0);
+}
+
+#[test]
+fn retry_after_on_429_stretches_the_wait() {
+    let rx = TestReceiver::with_script(|_, n| {
+        if n == 0 {
+            Reply::status(429).header("Retry-After", "2")
+        } else {
+            Reply::status(200)
+        }
+    });
+    let srv = TestServer::start(&endpoint(
+        "limited",
+        r#"["t"]"#,
+        &rx.url("/"),
+        r#"retry = ["1s"]"#,
+    ));
+    srv.connect().send(&event("t", "ra-1", "{}"));
+    let got = rx.wait_for(2, Duration::from_secs(10));
+    let gap = got[1].at - got[0].at;
+    assert!(
+        gap >= Duration::from_millis(1950),
+        "Retry-After: 2 not honoured: {gap:?}"
+    );
+}
+
+#[test]
+fn gone_disables_the_endpoint_and_pauses_its_deliveries() {
+    let rx = TestReceiver::with_script(|_, _| Reply::status(410));
+    let srv = TestServer::start(&endpoint(
+        "gone",
+        r#"["t"]"#,
+        &rx.url("/"),
+        "max_in_flight = 1\nretry = [\"100ms\"]",
+    ));
+    let mut c = srv.connect();
+    c.send(&event("t", "g-1", "{}"));
+    let v = srv.wait_event("g-1", Duration::from_secs(10), |v| states(v) == ["paused"]);
+    assert_eq!(v["deliveries"][0]["attempts"][0]["status_code"], 410);
+    // The endpoint is disabled: a new event is not routed to it, nothing more arrives.
+    assert_eq!(c.send(&event("t", "g-2", "{}")), "ok g-2 0");
+    assert_eq!(rx.count(), 1);
+}

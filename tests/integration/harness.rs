@@ -1,0 +1,546 @@
+//! Test harness: [`TestServer`] runs the real `ricochet` binary on a temporary data dir
+//! and socket; [`TestReceiver`] is a real HTTP/1.1 receiver with a scriptable answer.
+//!
+//! Waiting is always on an event (a log line, a request arriving, a condition variable),
+//! with a deadline only as a failure bound.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ricochet");
+
+/// A request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("body is JSON")
+    }
+}
+
+/// What the receiver answers.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: vec![],
+            body: Vec::new(),
+            delay: Duration::ZERO,
+        }
+    }
+    pub fn body(mut self, b: &str) -> Reply {
+        self.body = b.as_bytes().to_vec();
+        self
+    }
+    pub fn header(mut self, k: &str, v: &str) -> Reply {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+    pub fn delay(mut self, d: Duration) -> Reply {
+        self.delay = d;
+        self
+    }
+}
+
+type Script = Arc<dyn Fn(&Received, usize) -> Reply + Send + Sync>;
+
+struct RecvState {
+    requests: Vec<Received>,
+}
+
+/// A real HTTP/1.1 receiver on 127.0.0.1.
+pub struct TestReceiver {
+    pub addr: SocketAddr,
+    state: Arc<(Mutex<RecvState>, Condvar)>,
+    script: Arc<Mutex<Script>>,
+}
+
+impl TestReceiver {
+    /// Answers 200 OK to everything.
+    pub fn start() -> TestReceiver {
+        Self::with_script(|_, _| Reply::status(200).body("OK"))
+    }
+
+    /// `script(request, n)` decides the answer to the n-th request (0-based).
+    pub fn with_script(
+        script: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static,
+    ) -> TestReceiver {
+        Self::bind("127.0.0.1:0".parse().unwrap(), Arc::new(script))
+    }
+
+    fn bind(addr: SocketAddr, script: Script) -> TestReceiver {
+        let listener = TcpListener::bind(addr).expect("bind receiver");
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new((
+            Mutex::new(RecvState {
+                requests: Vec::new(),
+            }),
+            Condvar::new(),
+        ));
+        let script = Arc::new(Mutex::new(script));
+        let (st, sc) = (state.clone(), script.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let (st, sc) = (st.clone(), sc.clone());
+                std::thread::spawn(move || serve_conn(conn, st, sc));
+            }
+        });
+        TestReceiver {
+            addr,
+            state,
+            script,
+        }
+    }
+
+    pub fn set_script(&self, script: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static) {
+        *self.script.lock().unwrap() = Arc::new(script);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.state.0.lock().unwrap().requests.clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.state.0.lock().unwrap().requests.len()
+    }
+
+    /// Waits until `pred` holds over the requests so far; panics after `timeout`.
+    pub fn wait_until(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        let (lock, cv) = &*self.state;
+        let mut g = lock.lock().unwrap();
+        loop {
+            if pred(&g.requests) {
+                return g.requests.clone();
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                panic!(
+                    "receiver: timed out waiting for {what}; got {} requests",
+                    g.requests.len()
+                );
+            }
+            g = cv.wait_timeout(g, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        self.wait_until(timeout, &format!("{n} requests"), |r| r.len() >= n)
+    }
+
+    /// Distinct `webhook-id`s received.
+    pub fn ids(&self) -> HashMap<String, usize> {
+        let mut m = HashMap::new();
+        for r in self.requests() {
+            if let Some(id) = r.header("webhook-id") {
+                *m.entry(id.to_string()).or_insert(0) += 1;
+            }
+        }
+        m
+    }
+}
+
+fn serve_conn(
+    mut conn: TcpStream,
+    state: Arc<(Mutex<RecvState>, Condvar)>,
+    script: Arc<Mutex<Script>>,
+) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        // Parse a request head.
+        let (head_len, method, path, headers) = loop {
+            let mut hs = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut hs);
+            match req.parse(&buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let headers: Vec<(String, String)> = req
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_string(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
+                        .collect();
+                    break (
+                        n,
+                        req.method.unwrap().to_string(),
+                        req.path.unwrap().to_string(),
+                        headers,
+                    );
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(_) => return,
+            }
+            match conn.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        while buf.len() < head_len + len {
+            match conn.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body = buf[head_len..head_len + len].to_vec();
+        buf.drain(..head_len + len);
+        let req = Received {
+            method,
+            path,
+            headers,
+            body,
+            at: Instant::now(),
+        };
+        let n = {
+            let (lock, cv) = &*state;
+            let mut g = lock.lock().unwrap();
+            g.requests.push(req.clone());
+            cv.notify_all();
+            g.requests.len() - 1
+        };
+        let s = script.lock().unwrap().clone();
+        let reply = s(&req, n);
+        if !reply.delay.is_zero() {
+            std::thread::sleep(reply.delay); // the receiver being slow is the behaviour under test
+        }
+        let mut out = format!(
+            "HTTP/1.1 {} X\r\nContent-Length: {}\r\n",
+            reply.status,
+            reply.body.len()
+        );
+        for (k, v) in &reply.headers {
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+        out.push_str("\r\n");
+        let mut bytes = out.into_bytes();
+        bytes.extend_from_slice(&reply.body);
+        if conn.write_all(&bytes).is_err() {
+            return;
+        }
+    }
+}
+
+/// A running `ricochet serve`.
+pub struct TestServer {
+    pub dir: Arc<tempfile::TempDir>,
+    pub socket: PathBuf,
+    pub admin: SocketAddr,
+    pub tcp: Option<SocketAddr>,
+    pub config_path: PathBuf,
+    child: Option<Child>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// Options for starting a server.
+pub struct ServerOpts {
+    pub endpoints: String,
+    pub server_extra: String,
+    pub tcp: bool,
+    /// Limit on the size of any file the server writes (to simulate a full disk).
+    pub file_size_limit: Option<u64>,
+}
+
+impl ServerOpts {
+    pub fn new(endpoints: &str) -> ServerOpts {
+        ServerOpts {
+            endpoints: endpoints.to_string(),
+            server_extra: String::new(),
+            tcp: false,
+            file_size_limit: None,
+        }
+    }
+    pub fn server(mut self, extra: &str) -> ServerOpts {
+        self.server_extra.push_str(extra);
+        self.server_extra.push('\n');
+        self
+    }
+}
+
+impl TestServer {
+    pub fn start(endpoints: &str) -> TestServer {
+        Self::start_with(ServerOpts::new(endpoints))
+    }
+
+    pub fn start_with(opts: ServerOpts) -> TestServer {
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+        Self::start_in(dir, &opts)
+    }
+
+    /// Starts a server on an existing data dir (for restarts).
+    pub fn start_in(dir: Arc<tempfile::TempDir>, opts: &ServerOpts) -> TestServer {
+        let socket = dir.path().join("ricochet.sock");
+        let config_path = dir.path().join("ricochet.toml");
+        let mut cfg = format!(
+            "[server]\ndata_dir = {:?}\nsocket = {:?}\nadmin = \"127.0.0.1:0\"\nworkers = 2\n{}",
+            dir.path().join("data"),
+            socket,
+            opts.server_extra
+        );
+        if !opts.server_extra.contains("allow_private_networks") {
+            // Test receivers live on loopback.
+            cfg.push_str("allow_private_networks = true\n");
+        }
+        if opts.tcp {
+            cfg.push_str("listen = \"127.0.0.1:0\"\n");
+        }
+        cfg.push('\n');
+        cfg.push_str(&opts.endpoints);
+        std::fs::write(&config_path, cfg).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env("RICOCHET_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(limit) = opts.file_size_limit {
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                    let r = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_FSIZE, &r) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().expect("start ricochet");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("RICOCHET_TEST_LOG").is_some() {
+                    eprintln!("[ricochet] {line}");
+                }
+                if line.contains("ricochet ready") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(line.clone());
+                    }
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let ready = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) => l,
+            Err(_) => panic!(
+                "ricochet did not become ready; log:\n{}",
+                log.lock().unwrap().join("\n")
+            ),
+        };
+        let field = |name: &str| -> Option<String> {
+            let start = ready.find(&format!("{name}="))? + name.len() + 1;
+            let rest = &ready[start..];
+            Some(rest.split_whitespace().next()?.to_string())
+        };
+        let admin: SocketAddr = field("admin").unwrap().parse().unwrap();
+        let tcp = field("tcp").and_then(|t| {
+            t.strip_prefix("Some(")
+                .and_then(|t| t.strip_suffix(')'))
+                .and_then(|t| t.parse().ok())
+        });
+        TestServer {
+            dir,
+            socket,
+            admin,
+            tcp,
+            config_path,
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGKILL);
+            }
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for exit; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        c.wait().ok().and_then(|s| s.code())
+    }
+
+    pub fn connect(&self) -> Conn {
+        Conn::unix(&self.socket)
+    }
+
+    /// GET on the admin API; (status, JSON body).
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        http_get(self.admin, path)
+    }
+
+    /// `GET /v1/events/{id}`, asserting it exists.
+    pub fn event(&self, id: &str) -> serde_json::Value {
+        let (status, v) = self.get(&format!("/v1/events/{id}"));
+        assert_eq!(status, 200, "GET /v1/events/{id}: {v}");
+        v
+    }
+
+    /// Polls the log until `pred` holds for the event (the log is written asynchronously).
+    pub fn wait_event(
+        &self,
+        id: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.event(id);
+            if pred(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "event {id} never reached the expected state: {v:#}"
+            );
+            std::thread::sleep(Duration::from_millis(20)); // polling a remote API: no event to await
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    let mut s = TcpStream::connect(addr).expect("connect admin");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out);
+    let (head, body) = text.split_once("\r\n\r\n").expect("response");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// An ingest connection speaking the line protocol.
+pub struct Conn {
+    w: Box<dyn Write + Send>,
+    r: BufReader<Box<dyn Read + Send>>,
+}
+
+impl Conn {
+    pub fn unix(path: &Path) -> Conn {
+        let s = UnixStream::connect(path).expect("connect socket");
+        let r = s.try_clone().unwrap();
+        Conn {
+            w: Box::new(s),
+            r: BufReader::new(Box::new(r)),
+        }
+    }
+
+    pub fn tcp(addr: SocketAddr) -> Conn {
+        let s = TcpStream::connect(addr).expect("connect tcp");
+        let r = s.try_clone().unwrap();
+        Conn {
+            w: Box::new(s),
+            r: BufReader::new(Box::new(r)),
+        }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.w.write_all(bytes).unwrap();
+    }
+
+    pub fn ack(&mut self) -> String {
+        let mut l = String::new();
+        self.r.read_line(&mut l).unwrap();
+        assert!(!l.is_empty(), "connection closed before an answer");
+        l.trim_end_matches('\n').to_string()
+    }
+
+    /// Sends one line and reads its answer.
+    pub fn send(&mut self, line: &str) -> String {
+        self.send_raw(line.as_bytes());
+        self.send_raw(b"\n");
+        self.ack()
+    }
+}
+
+/// An event line.
+pub fn event(etype: &str, id: &str, data: &str) -> String {
+    format!(r#"{{"type":"{etype}","id":"{id}","data":{data}}}"#)
+}
+
+/// A `[[endpoint]]` table.
+pub fn endpoint(name: &str, events: &str, url: &str, extra: &str) -> String {
+    format!("[[endpoint]]\nname = \"{name}\"\nevents = {events}\nurl = \"{url}\"\n{extra}\n")
+}

@@ -1,0 +1,184 @@
+//! The ingest line protocol (SPEC §3).
+
+use std::io::Write;
+use std::time::Duration;
+
+use crate::harness::*;
+
+#[test]
+fn every_answer_kind_and_the_connection_lives_on() {
+    let rx = TestReceiver::start();
+    let srv = TestServer::start(&endpoint("e1", r#"["t"]"#, &rx.url("/"), ""));
+    let mut c = srv.connect();
+    let ok = c.send(&event("t", "a-1", r#"{"x":1}"#));
+    assert_eq!(ok, "ok a-1 1");
+    assert_eq!(c.send(&event("t", "a-1", r#"{"x":1}"#)), "dup a-1");
+    for (line, code) in [
+        ("not json", "err invalid"),
+        (r#"{"type":"t"}"#, "err invalid"),
+        (r#"{"type":"BAD","data":{}}"#, "err invalid"),
+        (r#"{"type":"t","data":[]}"#, "err invalid"),
+        (r#"{"type":"t","data":{},"id":"has space"}"#, "err invalid"),
+        (
+            r#"{"type":"t","data":{},"time":"not a time"}"#,
+            "err invalid",
+        ),
+    ] {
+        let a = c.send(line);
+        assert!(a.starts_with(code), "{line} → {a}");
+    }
+    // No id: a generated one.
+    let a = c.send(r#"{"type":"t","data":{"n":2}}"#);
+    assert!(a.starts_with("ok evt_") && a.ends_with(" 1"), "{a}");
+    // CRLF and blank lines: blank lines get no answer.
+    c.send_raw(b"\r\n\n   \n");
+    c.send_raw(format!("{}\r\n", event("t", "crlf-1", "{}")).as_bytes());
+    assert_eq!(c.ack(), "ok crlf-1 1");
+    // Still alive after all that.
+    assert_eq!(c.send(&event("t", "a-2", "{}")), "ok a-2 1");
+    rx.wait_until(Duration::from_secs(10), "4 distinct ids", |r| {
+        let ids: std::collections::HashSet<_> =
+            r.iter().filter_map(|x| x.header("webhook-id")).collect();
+        ids.contains("a-1") && ids.contains("crlf-1") && ids.contains("a-2")
+    });
+}
+
+#[test]
+fn oversize_line_is_skipped_and_answered_too_large() {
+    let srv = TestServer::start_with(ServerOpts::new("").server("max_line_bytes = 1000"));
+    let mut c = srv.connect();
+    let big = format!(
+        r#"{{"type":"t","id":"big","data":{{"pad":"{}"}}}}"#,
+        "x".repeat(5000)
+    );
+    c.send_raw(big.as_bytes());
+    c.send_raw(b"\n");
+    c.send_raw(event("t", "after", "{}").as_bytes());
+    c.send_raw(b"\n");
+    let a = c.ack();
+    assert!(a.starts_with("err too_large"), "{a}");
+    assert_eq!(c.ack(), "ok after 0");
+    // A huge line spanning many reads (1 MiB) is skipped too.
+    let huge = format!(
+        r#"{{"type":"t","data":{{"pad":"{}"}}}}"#,
+        "y".repeat(1 << 20)
+    );
+    c.send_raw(huge.as_bytes());
+    c.send_raw(b"\n");
+    assert!(c.ack().starts_with("err too_large"));
+    assert_eq!(c.send(&event("t", "after-2", "{}")), "ok after-2 0");
+}
+
+#[test]
+fn pipelined_10000_lines_answered_in_order() {
+    let rx = TestReceiver::start();
+    let srv = TestServer::start(&endpoint("e1", r#"["t"]"#, &rx.url("/"), ""));
+    let mut c = srv.connect();
+    let mut all = Vec::new();
+    for i in 0..10_000 {
+        if i % 1000 == 999 {
+            all.extend_from_slice(b"garbage\n");
+        } else {
+            all.extend_from_slice(event("t", &format!("p-{i}"), r#"{"i":1}"#).as_bytes());
+            all.push(b'\n');
+        }
+    }
+    // Write everything before reading a single ack (a writer thread, as the socket
+    // buffer cannot hold it all).
+    let mut w = std::os::unix::net::UnixStream::connect(&srv.socket).unwrap();
+    let r = w.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&all).unwrap();
+        w.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let acks: Vec<String> = std::io::BufRead::lines(std::io::BufReader::new(r))
+        .map(|l| l.unwrap())
+        .collect();
+    writer.join().unwrap();
+    assert_eq!(acks.len(), 10_000);
+    for (i, a) in acks.iter().enumerate() {
+        if i % 1000 == 999 {
+            assert!(a.starts_with("err invalid"), "line {i}: {a}");
+        } else {
+            assert_eq!(a, &format!("ok p-{i} 1"), "line {i}");
+        }
+    }
+    drop(c.send(&event("t", "last", "{}")));
+    rx.wait_until(Duration::from_secs(60), "all 9991 ids", |r| {
+        r.iter()
+            .filter_map(|x| x.header("webhook-id"))
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            >= 9991
+    });
+}
+
+#[test]
+fn tcp_listener_speaks_the_same_protocol_and_send_command_works() {
+    let rx = TestReceiver::start();
+    let mut opts = ServerOpts::new(&endpoint("e1", r#"["t"]"#, &rx.url("/"), ""));
+    opts.tcp = true;
+    let srv = TestServer::start_with(opts);
+    let mut c = Conn::tcp(srv.tcp.expect("tcp listener"));
+    assert_eq!(c.send(&event("t", "tcp-1", "{}")), "ok tcp-1 1");
+    // `ricochet send` from a file, pipelined, summary + exit code.
+    let file = srv.dir.path().join("events.ndjson");
+    std::fs::write(
+        &file,
+        format!(
+            "{}\n\n{}\nbad\n",
+            event("t", "s-1", "{}"),
+            event("t", "s-2", "{}")
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["send", "--socket"])
+        .arg(&srv.socket)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "sent 3 ok 2 dup 0 err 1"
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let out = std::process::Command::new(BIN)
+        .args(["send", "-v", "--connect"])
+        .arg(srv.tcp.unwrap().to_string())
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("dup s-1") && text.contains("sent 3 ok 0 dup 2 err 1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn full_disk_answers_unavailable_and_keeps_the_connection() {
+    // Every file the server writes is capped at 4 MiB: the WAL fills up.
+    let mut opts = ServerOpts::new("");
+    opts.file_size_limit = Some(4 << 20);
+    let srv = TestServer::start_with(opts);
+    let mut c = srv.connect();
+    let pad = "z".repeat(200_000);
+    let mut saw_unavailable = false;
+    for i in 0..200 {
+        let a = c.send(&event(
+            "t",
+            &format!("fill-{i}"),
+            &format!(r#"{{"p":"{pad}"}}"#),
+        ));
+        if a.starts_with("err unavailable") {
+            saw_unavailable = true;
+            break;
+        }
+        assert_eq!(a, format!("ok fill-{i} 0"));
+    }
+    assert!(saw_unavailable, "the disk never filled up");
+    // The connection is still answered.
+    let a = c.send(&event("t", "after-full", "{}"));
+    assert!(a.starts_with("err unavailable"), "{a}");
+}
