@@ -19,7 +19,7 @@
 //!
 //! It must not do network I/O, and nothing else may write the store.
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -125,9 +125,9 @@ struct Router {
 impl Router {
     fn new(routes: Vec<RouteInfo>) -> Router {
         let mut r = Router {
-            by_type: HashMap::new(),
+            by_type: HashMap::default(),
             wildcard: Vec::new(),
-            eps: HashMap::new(),
+            eps: HashMap::default(),
         };
         for info in routes {
             for t in &info.events {
@@ -275,7 +275,7 @@ impl State {
         let now = now_ms();
         let mut batch = self.store.batch();
         let mut acks: Vec<(usize, u64, u64, Vec<AckResult>)> = Vec::new();
-        let mut round_ids: HashSet<String> = HashSet::new();
+        let mut round_ids: HashSet<String> = HashSet::default();
         let mut routes = Vec::new();
         let mut jobs_from_ingest: Vec<(usize, Job)> = Vec::new();
         let mut jobs_from_outcomes: Vec<(usize, Job)> = Vec::new();
@@ -415,7 +415,7 @@ impl State {
             }
         }
         AckResult::Ok {
-            id: rec.display_id(),
+            id: rec.display_id().into_owned(),
             deliveries: routes.len() as u32,
         }
     }
@@ -457,7 +457,7 @@ impl State {
     /// Moves the cursor toward `now + HORIZON_MS`, handing what it passes to workers.
     fn load(&mut self) {
         let horizon = now_ms() + HORIZON_MS;
-        let mut cache: HashMap<Seq, Arc<EventRecord>> = HashMap::new();
+        let mut cache: HashMap<Seq, Arc<EventRecord>> = HashMap::default();
         while self.in_memory < MAX_IN_MEMORY {
             let page = match self.store.due_range(self.cursor, horizon, PAGE) {
                 Ok(p) => p,

@@ -31,6 +31,8 @@ pub struct EndpointSpec {
     pub url: Template,
     /// Parsed once when the URL has no placeholders.
     pub static_target: Option<Arc<Target>>,
+    /// `METHOD URL` for the attempt log, when the URL is static.
+    pub static_request_line: Option<Arc<str>>,
     pub headers: Vec<(String, Template)>,
     pub body: Option<Template>,
     /// Whether any template reads event data (so the event's data must be indexed).
@@ -128,11 +130,15 @@ impl EndpointSpec {
             || headers.iter().any(|(_, t)| !t.is_static())
             || body.as_ref().is_some_and(|b| !b.is_static())
             || (cfg.body.is_none() && matches!(cfg.format, Format::Form | Format::Xml));
+        let static_request_line = static_target
+            .as_ref()
+            .map(|t| crate::deliver::request::request_line_of(cfg.method, t).into());
         Ok(EndpointSpec {
             id,
             cfg,
             url,
             static_target,
+            static_request_line,
             headers,
             body,
             needs_doc,

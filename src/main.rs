@@ -10,6 +10,9 @@ use clap::{Parser, Subcommand};
 
 use ricochet::config::{Config, Driver};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "ricochet",

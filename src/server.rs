@@ -54,6 +54,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     let s = &cfg.server;
     let driver = runtime::choose(s.driver)?;
+    crate::deliver::tls::init(s.extra_ca_file.as_deref())?;
     std::fs::create_dir_all(&s.data_dir)
         .with_context(|| format!("cannot create data dir {}", s.data_dir.display()))?;
     let store = Store::open(&s.data_dir)

@@ -134,10 +134,10 @@ pub struct EventRecord {
 
 impl EventRecord {
     /// The id ricochet reports for this event: the producer's id, else `evt_<seq hex>`.
-    pub fn display_id(&self) -> String {
+    pub fn display_id(&self) -> std::borrow::Cow<'_, str> {
         match &self.ext_id {
-            Some(id) => id.clone(),
-            None => generated_id(self.seq),
+            Some(id) => std::borrow::Cow::Borrowed(id),
+            None => std::borrow::Cow::Owned(generated_id(self.seq)),
         }
     }
 
@@ -213,7 +213,7 @@ pub struct AttemptRecord {
     pub error: String,
     pub response_excerpt: Vec<u8>,
     /// The request as sent: method and final URL.
-    pub request_line: String,
+    pub request_line: std::sync::Arc<str>,
 }
 
 impl AttemptRecord {
@@ -247,7 +247,7 @@ impl AttemptRecord {
             state_after: DeliveryState::from_u8(r.u8().ok_or_else(bad)?),
             next_due_ms: r.u64().ok_or_else(bad)?,
             error: r.str().ok_or_else(bad)?.unwrap_or_default(),
-            request_line: r.str().ok_or_else(bad)?.unwrap_or_default(),
+            request_line: r.str().ok_or_else(bad)?.unwrap_or_default().into(),
             response_excerpt: r.0.to_vec(),
         })
     }
@@ -334,6 +334,8 @@ impl Store {
         opts.set_max_background_jobs(2);
         opts.set_bytes_per_sync(1 << 20);
         opts.set_max_total_wal_size(256 << 20);
+        // One memtable budget for all column families.
+        opts.set_db_write_buffer_size(96 << 20);
         let mut cfs = Vec::new();
         for name in ALL_CFS {
             let mut o = Options::default();
@@ -341,7 +343,7 @@ impl Store {
             let mut bb = BlockBasedOptions::default();
             match name {
                 CF_EVENTS | CF_ATTEMPTS => {
-                    o.set_write_buffer_size(64 << 20);
+                    o.set_write_buffer_size(32 << 20);
                 }
                 CF_IDEM => {
                     bb.set_bloom_filter(10.0, false);

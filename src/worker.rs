@@ -14,7 +14,9 @@
 //! It must not block: no store access, no blocking DNS, no fsync.
 
 use std::cell::{Cell, OnceCell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap as HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -24,7 +26,6 @@ use bytes::Bytes;
 
 use crate::commit::{AckResult, CommitMsg, Next, Outcome};
 use crate::deliver::dns::{Resolver, ResolverThread};
-use crate::deliver::http1::Scheme;
 use crate::deliver::request::{self, Scratch};
 use crate::deliver::{ssrf, ConnSlot, Exchange};
 use crate::endpoint::EndpointSpec;
@@ -170,7 +171,7 @@ pub async fn run(setup: WorkerSetup) {
     let w = Rc::new(Worker {
         idx: setup.idx,
         commit: setup.commit,
-        conns: RefCell::new(HashMap::new()),
+        conns: RefCell::new(HashMap::default()),
         next_conn: Cell::new(0),
         endpoints: RefCell::new(endpoints),
         wheel: RefCell::new(TimerWheel::new(now_ms())),
@@ -425,13 +426,7 @@ impl Worker {
             }
             Ok(target) => {
                 rec.request_line = request::request_line(&spec, &target);
-                if target.scheme == Scheme::Https {
-                    rec.error = "https delivery is not available in this build yet".into();
-                    Verdict::Failed {
-                        class: FailClass::C5xx,
-                        retry_after: None,
-                    }
-                } else {
+                {
                     match self.resolver.resolve(&target.host).await {
                         Err(e) => {
                             rec.error = e.to_string();
@@ -448,7 +443,7 @@ impl Worker {
                             Some(ip) => {
                                 let addr = SocketAddr::new(ip, target.port);
                                 let req = std::mem::take(wbuf);
-                                match monoio::time::timeout(cfg.timeout, slot.exchange(addr, req))
+                                match monoio::time::timeout(cfg.timeout, slot.exchange(&target, addr, req))
                                     .await
                                 {
                                     Err(_) => {

@@ -292,6 +292,21 @@ fn log_tail(path: &Path, lines: usize) -> String {
     }
 }
 
+/// The first few panic lines in ricochet's log (a panicked worker may leave the process
+/// alive but deaf, which shows up as missing acks or lost deliveries).
+fn panics_in_log(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        if l.contains("panicked at") && out.len() < 3 {
+            let detail = lines.get(i + 1).copied().unwrap_or_default();
+            out.push(format!("{} {}", l.trim(), detail.trim()));
+        }
+    }
+    out
+}
+
 /// A one-shot HTTP/1.1 request to the admin API: (status, body).
 pub fn admin_request(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
@@ -744,6 +759,9 @@ fn run_in(
     };
     drop(sink);
 
+    for line in panics_in_log(&log) {
+        notes.push(format!("ricochet.log: {line}"));
+    }
     if c.duplicates > 0 {
         notes.push(format!(
             "{} duplicate deliveries (2xx for an id already answered 2xx)",

@@ -10,6 +10,7 @@ pub mod dns;
 pub mod http1;
 pub mod request;
 pub mod ssrf;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
@@ -65,7 +66,15 @@ impl ConnSlot {
     }
 
     /// Sends `req` to `addr` and reads the response. `req` is handed back for reuse.
-    pub async fn exchange(&mut self, addr: SocketAddr, req: Vec<u8>) -> (Exchange, Vec<u8>) {
+    pub async fn exchange(
+        &mut self,
+        target: &http1::Target,
+        addr: SocketAddr,
+        req: Vec<u8>,
+    ) -> (Exchange, Vec<u8>) {
+        if target.scheme == http1::Scheme::Https {
+            return (Exchange::Failed(tls::UNAVAILABLE.to_string()), req);
+        }
         let mut req = req;
         for try_no in 0..2 {
             let reused = matches!(&self.conn, Some(c) if c.addr == addr && c.reusable);

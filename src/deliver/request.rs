@@ -147,14 +147,22 @@ pub fn sign(keys: &[Vec<u8>], id: &str, ts: &str, body: &[u8], out: &mut String)
 }
 
 /// `METHOD URL` of a request, for the attempt log (no headers: they may hold secrets).
-pub fn request_line(spec: &EndpointSpec, target: &Target) -> String {
+pub fn request_line(spec: &EndpointSpec, target: &Target) -> std::sync::Arc<str> {
+    if let Some(line) = &spec.static_request_line {
+        return line.clone();
+    }
+    request_line_of(spec.cfg.method, target).into()
+}
+
+/// `METHOD scheme://host/path?query`.
+pub fn request_line_of(method: Method, target: &Target) -> String {
     let scheme = match target.scheme {
         crate::deliver::http1::Scheme::Http => "http",
         crate::deliver::http1::Scheme::Https => "https",
     };
     format!(
         "{} {scheme}://{}{}",
-        spec.cfg.method.as_str(),
+        method.as_str(),
         target.host_header,
         target.path_and_query
     )

@@ -26,7 +26,7 @@ use crate::shard::MailboxSender;
 use parse::LineParser;
 
 /// Unanswered lines a connection may have before its reader pauses.
-pub const MAX_LINES_IN_FLIGHT: usize = 65_536;
+pub const MAX_LINES_IN_FLIGHT: usize = 4096;
 const READ_CHUNK: usize = 64 * 1024;
 
 /// One answer slot, in line order.
