@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::commit::CommitMsg;
+use crate::shard::MailboxSender;
 use crate::store::{seq_time_ms, DeliveryState, Store};
 
 const MAX_HEAD: usize = 16 * 1024;
@@ -21,13 +23,23 @@ const MAX_HEAD: usize = 16 * 1024;
 struct Admin {
     store: Store,
     token: Option<String>,
+    commit: MailboxSender<CommitMsg>,
 }
 
 /// Binds `addr` and serves the API in the background; returns the bound address.
-pub fn start(addr: SocketAddr, store: Store, token: Option<String>) -> std::io::Result<SocketAddr> {
+pub fn start(
+    addr: SocketAddr,
+    store: Store,
+    token: Option<String>,
+    commit: MailboxSender<CommitMsg>,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
-    let admin = Arc::new(Admin { store, token });
+    let admin = Arc::new(Admin {
+        store,
+        token,
+        commit,
+    });
     std::thread::Builder::new()
         .name("ricochet-admin".into())
         .spawn(move || {
@@ -146,6 +158,9 @@ impl Admin {
                 }
             }
         }
+        if let Some(rest) = path.strip_prefix("/v1/endpoints/") {
+            return self.endpoint_call(method, rest);
+        }
         if let Some(id) = path.strip_prefix("/v1/events/") {
             if method != "GET" {
                 return error(405, "method not allowed");
@@ -163,15 +178,61 @@ impl Admin {
         error(404, "no such resource")
     }
 
+    /// `GET /v1/endpoints/{name}`, `POST /v1/endpoints/{name}/enable|disable`.
+    fn endpoint_call(&self, method: &str, rest: &str) -> Response {
+        let (name, action) = match rest.split_once('/') {
+            Some((n, a)) => (percent_decode(n), Some(a)),
+            None => (percent_decode(rest), None),
+        };
+        let meta = match self.store.endpoints() {
+            Ok(all) => all.into_iter().find(|(n, _)| *n == name).map(|(_, m)| m),
+            Err(e) => return error(500, e.to_string()),
+        };
+        let Some(meta) = meta else {
+            return error(404, format!("no endpoint {name:?}"));
+        };
+        match (method, action) {
+            ("GET", None) => Response {
+                status: 200,
+                body: json!({
+                    "name": name,
+                    "enabled": meta.disabled_reason.is_none(),
+                    "disabled_reason": meta.disabled_reason,
+                    "consecutive_failures": {
+                        "3xx": meta.fails[0], "4xx": meta.fails[1], "5xx": meta.fails[2]
+                    },
+                }),
+            },
+            ("POST", Some("enable")) => {
+                self.commit.send(CommitMsg::EnableEndpoint { ep: meta.id });
+                Response {
+                    status: 200,
+                    body: json!({ "name": name, "enabled": true }),
+                }
+            }
+            ("POST", Some("disable")) => {
+                self.commit.send(CommitMsg::EndpointDisabled {
+                    ep: meta.id,
+                    reason: "disabled over the admin API".into(),
+                });
+                Response {
+                    status: 200,
+                    body: json!({ "name": name, "enabled": false }),
+                }
+            }
+            _ => error(405, "method not allowed"),
+        }
+    }
+
     fn event(&self, id: &str) -> Result<Option<Value>, crate::store::StoreError> {
         let Some(ev) = self.store.event_by_id(id)? else {
             return Ok(None);
         };
-        let names: HashMap<u32, String> = self
+        let eps: HashMap<u32, (String, bool)> = self
             .store
             .endpoints()?
             .into_iter()
-            .map(|(n, m)| (m.id, n))
+            .map(|(n, m)| (m.id, (n, m.disabled_reason.is_some())))
             .collect();
         let attempts = self.store.attempts(ev.seq)?;
         let mut deliveries = Vec::new();
@@ -181,7 +242,12 @@ impl Admin {
                 .last()
                 .and_then(|(_, _, a)| a.state_after)
                 .unwrap_or(DeliveryState::Pending);
-            if self.store.is_paused(*ep, ev.seq)? {
+            let disabled = eps.get(ep).is_some_and(|(_, d)| *d);
+            // A pending or retrying delivery of a disabled endpoint gets no attempt: it
+            // is paused (it moves to the paused set when its due time comes).
+            if self.store.is_paused(*ep, ev.seq)?
+                || (disabled && matches!(state, DeliveryState::Pending | DeliveryState::Retrying))
+            {
                 state = DeliveryState::Paused;
             }
             let list: Vec<Value> = mine
@@ -203,7 +269,7 @@ impl Admin {
                 })
                 .collect();
             deliveries.push(json!({
-                "endpoint": names.get(ep).cloned().unwrap_or_else(|| format!("#{ep}")),
+                "endpoint": eps.get(ep).map(|(n, _)| n.clone()).unwrap_or_else(|| format!("#{ep}")),
                 "state": state.as_str(),
                 "attempts": list,
             }));

@@ -77,6 +77,9 @@ pub enum Next {
     Retry { due_ms: u64 },
     /// The endpoint is disabled: keep the delivery aside until it is enabled.
     Paused,
+    /// The worker dropped a copy made stale by an enable/disable; the store already
+    /// holds the delivery where it belongs. Nothing to write.
+    Stale,
 }
 
 /// A worker's report on one delivery.
@@ -89,6 +92,8 @@ pub struct Outcome {
     pub attempts: u16,
     pub attempt: Option<AttemptRecord>,
     pub next: Next,
+    /// The endpoint's consecutive-failure counters after this attempt.
+    pub fails: [u32; 3],
 }
 
 /// Messages to the committer.
@@ -98,6 +103,10 @@ pub enum CommitMsg {
     EndpointDisabled {
         ep: EndpointId,
         reason: String,
+    },
+    /// Resume an endpoint: its paused deliveries become due now, in order.
+    EnableEndpoint {
+        ep: EndpointId,
     },
     /// Flush, sync, and stop; the reply says it is done.
     Shutdown(crossbeam_channel::Sender<()>),
@@ -188,6 +197,10 @@ struct State {
     last_sync: Instant,
     unsynced: bool,
     poisoned: Option<String>,
+    /// Endpoints whose meta changed this round.
+    dirty: HashSet<EndpointId>,
+    /// Endpoints whose paused deliveries are being moved back to `due`.
+    resuming: Vec<EndpointId>,
 }
 
 fn now_ms() -> u64 {
@@ -216,7 +229,17 @@ impl Committer {
             last_sync: Instant::now(),
             unsynced: false,
             poisoned: None,
+            dirty: HashSet::default(),
+            resuming: Vec::new(),
         };
+        // Enabled endpoints resume any paused deliveries (enabled again in the config).
+        st.resuming = st
+            .router
+            .eps
+            .values()
+            .filter(|i| i.enabled)
+            .map(|i| i.id)
+            .collect();
         let inbox = self.inbox;
         let mut msgs = Vec::with_capacity(1024);
         let mut last_load = Instant::now() - TICK;
@@ -279,6 +302,7 @@ impl State {
         let mut routes = Vec::new();
         let mut jobs_from_ingest: Vec<(usize, Job)> = Vec::new();
         let mut jobs_from_outcomes: Vec<(usize, Job)> = Vec::new();
+        let mut to_pause: Vec<EndpointId> = Vec::new();
         for msg in msgs.drain(..) {
             match msg {
                 CommitMsg::Ingest(b) => {
@@ -305,14 +329,33 @@ impl State {
                     }
                 }
                 CommitMsg::EndpointDisabled { ep, reason } => {
+                    to_pause.push(ep);
                     if let Some(info) = self.router.eps.get_mut(&ep) {
+                        self.workers[info.worker]
+                            .send(WorkerMsg::SetEnabled { ep, enabled: false });
                         info.enabled = false;
                         info.meta.disabled_reason = Some(reason);
-                        let (name, meta) = (info.name.clone(), info.meta.clone());
-                        batch.put_endpoint(&self.store, &name, &meta);
+                        self.dirty.insert(ep);
+                    }
+                }
+                CommitMsg::EnableEndpoint { ep } => {
+                    if let Some(info) = self.router.eps.get_mut(&ep) {
+                        info.enabled = true;
+                        info.meta.disabled_reason = None;
+                        info.meta.fails = [0; 3];
+                        self.dirty.insert(ep);
+                        self.workers[info.worker].send(WorkerMsg::SetEnabled { ep, enabled: true });
+                        if !self.resuming.contains(&ep) {
+                            self.resuming.push(ep);
+                        }
                     }
                 }
                 CommitMsg::Shutdown(reply) => *shutdown = Some(reply),
+            }
+        }
+        for ep in self.dirty.drain() {
+            if let Some(info) = self.router.eps.get(&ep) {
+                batch.put_endpoint(&self.store, &info.name, &info.meta);
             }
         }
         if !batch.is_empty() {
@@ -336,6 +379,9 @@ impl State {
             } else if has_events && self.durability != Durability::Sync {
                 self.unsynced = true;
             }
+        }
+        for ep in to_pause {
+            self.pause_all(ep);
         }
         for (worker, job) in jobs_from_ingest.into_iter().chain(jobs_from_outcomes) {
             self.out_jobs[worker].push(job);
@@ -422,13 +468,34 @@ impl State {
 
     fn record(&mut self, o: Outcome, batch: &mut store::Batch, jobs: &mut Vec<(usize, Job)>) {
         self.in_memory = self.in_memory.saturating_sub(1);
+        if let Some(info) = self.router.eps.get_mut(&o.ep) {
+            if info.meta.fails != o.fails {
+                info.meta.fails = o.fails;
+                self.dirty.insert(o.ep);
+            }
+        }
         let seq = o.event.seq;
+        if o.next == Next::Stale {
+            return;
+        }
         if let Some(a) = &o.attempt {
             batch.put_attempt(&self.store, seq, o.ep, o.attempts, a);
         }
         batch.del_due(&self.store, o.due);
-        match o.next {
-            Next::Done => {}
+        let enabled = self.router.eps.get(&o.ep).is_some_and(|i| i.enabled);
+        let next = match o.next {
+            // Disabled meanwhile: the retry waits in the paused set instead.
+            Next::Retry { .. } if !enabled => Next::Paused,
+            n => n,
+        };
+        match next {
+            Next::Stale => {}
+            Next::Done => {
+                if !enabled {
+                    // Pausing may have moved it aside while this attempt ran.
+                    batch.del_paused(&self.store, o.ep, seq);
+                }
+            }
             Next::Paused => batch.put_paused(&self.store, o.ep, seq, o.attempts),
             Next::Retry { due_ms } => {
                 let due = DueKey {
@@ -454,8 +521,119 @@ impl State {
         }
     }
 
+    /// Moves every pending delivery of a disabled endpoint from `due` to `paused`, so
+    /// none waits out an old retry time once the endpoint is enabled again. Disabling is
+    /// rare, so this scans the whole due index (in pages).
+    fn pause_all(&mut self, ep: EndpointId) {
+        let mut from = DueKey::MIN;
+        let mut moved = 0usize;
+        loop {
+            let page = match self.store.due_range(from, u64::MAX, PAGE * 8) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot scan the due index to pause an endpoint");
+                    return;
+                }
+            };
+            let Some(last) = page.last().map(|(k, _)| *k) else {
+                break;
+            };
+            let full = page.len() == PAGE * 8;
+            let mut batch = self.store.batch();
+            for (key, attempts) in page.into_iter().filter(|(k, _)| k.ep == ep) {
+                batch.del_due(&self.store, key);
+                batch.put_paused(&self.store, ep, key.seq, attempts);
+                moved += 1;
+            }
+            if !batch.is_empty() {
+                if let Err(e) = self.store.commit(batch, false) {
+                    tracing::error!(error = %e, "cannot pause deliveries");
+                    return;
+                }
+            }
+            if !full {
+                break;
+            }
+            from = successor(last);
+        }
+        tracing::info!(
+            endpoint = ep,
+            moved,
+            "paused the deliveries of a disabled endpoint"
+        );
+    }
+
+    /// Moves paused deliveries of resumed endpoints back to `due` (a page per tick),
+    /// due now and in acceptance order.
+    fn resume(&mut self) {
+        let now = now_ms();
+        let mut still = Vec::new();
+        for ep in std::mem::take(&mut self.resuming) {
+            let Some(worker) = self
+                .router
+                .eps
+                .get(&ep)
+                .filter(|i| i.enabled)
+                .map(|i| i.worker)
+            else {
+                continue;
+            };
+            let page = match self.store.paused_of(ep, 0, PAGE) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read paused deliveries");
+                    still.push(ep);
+                    continue;
+                }
+            };
+            if page.is_empty() {
+                continue;
+            }
+            let mut batch = self.store.batch();
+            let mut below_cursor = Vec::new();
+            for &(seq, attempts) in &page {
+                let due = DueKey {
+                    due_ms: now,
+                    seq,
+                    ep,
+                };
+                batch.del_paused(&self.store, ep, seq);
+                batch.put_due(&self.store, due, attempts);
+                if due < self.cursor {
+                    below_cursor.push((due, attempts));
+                }
+            }
+            if let Err(e) = self.store.commit(batch, false) {
+                tracing::error!(error = %e, "cannot resume paused deliveries");
+                still.push(ep);
+                continue;
+            }
+            // Keys below the cursor are never loaded: hand them over now.
+            for (due, attempts) in below_cursor {
+                match self.store.event(due.seq) {
+                    Ok(Some(e)) => self.out_jobs[worker].push(Job {
+                        event: Arc::new(e),
+                        ep,
+                        due,
+                        attempts,
+                    }),
+                    Ok(None) => {}
+                    Err(e) => tracing::error!(error = %e, "cannot read a resumed event"),
+                }
+            }
+            self.flush_jobs();
+            if page.len() == PAGE {
+                still.push(ep);
+            }
+        }
+        self.resuming = still;
+    }
+
     /// Moves the cursor toward `now + HORIZON_MS`, handing what it passes to workers.
     fn load(&mut self) {
+        if !self.resuming.is_empty() {
+            self.resume();
+        }
         let horizon = now_ms() + HORIZON_MS;
         let mut cache: HashMap<Seq, Arc<EventRecord>> = HashMap::default();
         while self.in_memory < MAX_IN_MEMORY {

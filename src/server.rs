@@ -22,7 +22,7 @@ use crate::deliver::dns::ResolverThread;
 use crate::endpoint::EndpointSpec;
 use crate::runtime;
 use crate::shard::{mailbox, worker_for, MailboxSender};
-use crate::store::{EndpointMeta, Store};
+use crate::store::{EndpointMeta, Store, DISABLED_IN_CONFIG};
 use crate::worker::{self, WorkerMsg, WorkerSetup};
 
 /// How long workers may take to finish in-flight attempts at shutdown.
@@ -70,12 +70,24 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             let meta = known.entry(spec.cfg.name.clone()).or_insert_with(|| {
                 let m = EndpointMeta {
                     id: next_id,
-                    disabled_reason: None,
+                    ..EndpointMeta::default()
                 };
                 next_id += 1;
-                batch.put_endpoint(&store, &spec.cfg.name, &m);
                 m
             });
+            // `enabled` in the file disables, and enables again what the file disabled;
+            // an automatic disable (410, disable_after) stays until enabled explicitly.
+            match (spec.cfg.enabled, meta.disabled_reason.as_deref()) {
+                (false, None) => meta.disabled_reason = Some(DISABLED_IN_CONFIG.to_string()),
+                (true, Some(DISABLED_IN_CONFIG)) => meta.disabled_reason = None,
+                (true, Some(reason)) => tracing::warn!(
+                    endpoint = %spec.cfg.name,
+                    %reason,
+                    "endpoint stays disabled until it is enabled over the admin API"
+                ),
+                _ => {}
+            }
+            batch.put_endpoint(&store, &spec.cfg.name, meta);
             spec.id = meta.id;
             spec
         })
@@ -103,7 +115,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
                 events: spec.cfg.events.clone(),
                 account: spec.cfg.account.clone(),
                 min_delay_ms: spec.cfg.min_delay.as_millis() as u64,
-                enabled: spec.cfg.enabled && meta.disabled_reason.is_none(),
+                enabled: meta.disabled_reason.is_none(),
                 meta,
             }
         })
@@ -131,6 +143,10 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             idx,
             inbox,
             commit: commit_tx.clone(),
+            state: endpoints
+                .iter()
+                .map(|e| (e.id, known[&e.cfg.name].clone()))
+                .collect(),
             endpoints,
             resolver: resolver.clone(),
             max_line_bytes: s.max_line_bytes,
@@ -178,8 +194,13 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             },
         )?;
     }
-    let admin_addr = crate::admin::start(s.admin, store.clone(), s.admin_token.clone())
-        .with_context(|| format!("cannot start the admin API on {}", s.admin))?;
+    let admin_addr = crate::admin::start(
+        s.admin,
+        store.clone(),
+        s.admin_token.clone(),
+        commit_tx.clone(),
+    )
+    .with_context(|| format!("cannot start the admin API on {}", s.admin))?;
     tracing::info!(
         socket = %s.socket.display(),
         tcp = ?tcp_addr,

@@ -260,7 +260,13 @@ pub struct EndpointMeta {
     /// Set while the endpoint is disabled, with why.
     #[serde(default)]
     pub disabled_reason: Option<String>,
+    /// Consecutive failures per class (3xx, 4xx, 5xx) when last recorded.
+    #[serde(default)]
+    pub fails: [u32; 3],
 }
+
+/// The reason recorded when the config file says `enabled = false`.
+pub const DISABLED_IN_CONFIG: &str = "disabled in the config file";
 
 /// A key of the `due` column family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

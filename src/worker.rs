@@ -17,6 +17,9 @@ use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap as HashMap;
+
+/// Persisted endpoint state by id, as handed to a worker at start.
+pub type EndpointStates = std::collections::HashMap<EndpointId, EndpointMeta>;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -31,10 +34,11 @@ use crate::deliver::{ssrf, ConnSlot, Exchange};
 use crate::endpoint::EndpointSpec;
 use crate::ingest::{self, ConnCtx, ConnShared};
 use crate::local::{yield_now, LocalNotify};
+use crate::ratelimit::TokenBucket;
 use crate::schedule::wheel::TimerWheel;
 use crate::schedule::{after_attempt, classify_response, FailClass, Verdict};
 use crate::shard::{Mailbox, MailboxSender};
-use crate::store::{AttemptRecord, DeliveryState, DueKey, EndpointId, EventRecord};
+use crate::store::{AttemptRecord, DeliveryState, DueKey, EndpointId, EndpointMeta, EventRecord};
 use crate::template::Doc;
 
 /// How long an idle lane keeps its connection before it exits.
@@ -62,6 +66,11 @@ pub enum WorkerMsg {
         results: Vec<AckResult>,
     },
     Jobs(Vec<Job>),
+    /// An endpoint was enabled (its paused deliveries follow as jobs) or disabled.
+    SetEnabled {
+        ep: EndpointId,
+        enabled: bool,
+    },
     /// Stop taking work, finish in-flight attempts (bounded), report, exit.
     Shutdown,
 }
@@ -72,6 +81,8 @@ pub struct WorkerSetup {
     pub inbox: Mailbox<WorkerMsg>,
     pub commit: MailboxSender<CommitMsg>,
     pub endpoints: Vec<Arc<EndpointSpec>>,
+    /// Persisted state of those endpoints (disabled, failure counters).
+    pub state: EndpointStates,
     pub resolver: ResolverThread,
     pub max_line_bytes: usize,
     pub allow_private_networks: bool,
@@ -100,6 +111,9 @@ struct WJob {
     ep: EndpointId,
     due: DueKey,
     attempts: u16,
+    /// The endpoint's generation when the job arrived; a job from before an
+    /// enable/disable is stale (the store moved the delivery meanwhile).
+    gen: u32,
 }
 
 /// An endpoint's live state on its worker.
@@ -111,6 +125,12 @@ struct Ep {
     disabled: Cell<bool>,
     /// Consecutive failures per class: 3xx, 4xx, 5xx.
     fails: Cell<[u32; 3]>,
+    /// `max_rps`; starts empty so a restart does not burst the backlog.
+    bucket: RefCell<TokenBucket>,
+    /// A lane is waiting for the next token (only one does; the others idle).
+    pacing: Cell<bool>,
+    /// Bumped on every enable/disable.
+    gen: Cell<u32>,
 }
 
 impl Ep {
@@ -151,10 +171,13 @@ pub fn now_ms() -> u64 {
 
 /// Runs a worker until it is told to shut down.
 pub async fn run(setup: WorkerSetup) {
+    let start = now_ms();
     let endpoints = setup
         .endpoints
         .into_iter()
         .map(|spec| {
+            let meta = setup.state.get(&spec.id).cloned().unwrap_or_default();
+            let bucket = TokenBucket::new_empty(spec.cfg.max_rps, start);
             (
                 spec.id,
                 Rc::new(Ep {
@@ -162,8 +185,11 @@ pub async fn run(setup: WorkerSetup) {
                     queue: RefCell::new(VecDeque::new()),
                     lanes: Cell::new(0),
                     idle: RefCell::new(Vec::new()),
-                    disabled: Cell::new(false),
-                    fails: Cell::new([0; 3]),
+                    disabled: Cell::new(meta.disabled_reason.is_some()),
+                    fails: Cell::new(meta.fails),
+                    bucket: RefCell::new(bucket),
+                    pacing: Cell::new(false),
+                    gen: Cell::new(0),
                 }),
             )
         })
@@ -274,11 +300,18 @@ impl Worker {
                             e
                         }
                     };
+                    let gen = self
+                        .endpoints
+                        .borrow()
+                        .get(&j.ep)
+                        .map(|e| e.gen.get())
+                        .unwrap_or(0);
                     let job = WJob {
                         ev,
                         ep: j.ep,
                         due: j.due,
                         attempts: j.attempts,
+                        gen,
                     };
                     if job.due.due_ms > now {
                         self.wheel.borrow_mut().insert(job.due.due_ms, job);
@@ -289,6 +322,15 @@ impl Worker {
                 }
                 if woke_timer {
                     self.timer_wake.notify();
+                }
+            }
+            WorkerMsg::SetEnabled { ep, enabled } => {
+                if let Some(e) = self.endpoints.borrow().get(&ep) {
+                    e.gen.set(e.gen.get().wrapping_add(1));
+                    e.disabled.set(!enabled);
+                    if enabled {
+                        e.fails.set([0; 3]);
+                    }
                 }
             }
             WorkerMsg::Shutdown => {}
@@ -329,6 +371,10 @@ impl Worker {
             self.report(job, None, Next::Done);
             return;
         };
+        if job.gen != ep.gen.get() {
+            self.report(job, None, Next::Stale);
+            return;
+        }
         if ep.disabled.get() {
             let attempts = job.attempts;
             self.report_n(job, None, Next::Paused, attempts);
@@ -356,6 +402,12 @@ impl Worker {
         next: Next,
         attempts: u16,
     ) {
+        let fails = self
+            .endpoints
+            .borrow()
+            .get(&job.ep)
+            .map(|e| e.fails.get())
+            .unwrap_or_default();
         self.outbox.borrow_mut().push(Outcome {
             event: job.ev.rec.clone(),
             ep: job.ep,
@@ -363,6 +415,7 @@ impl Worker {
             attempts,
             attempt,
             next,
+            fails,
         });
         if !self.flush_scheduled.replace(true) {
             let w = self.clone();
@@ -443,8 +496,11 @@ impl Worker {
                             Some(ip) => {
                                 let addr = SocketAddr::new(ip, target.port);
                                 let req = std::mem::take(wbuf);
-                                match monoio::time::timeout(cfg.timeout, slot.exchange(&target, addr, req))
-                                    .await
+                                match monoio::time::timeout(
+                                    cfg.timeout,
+                                    slot.exchange(&target, addr, req),
+                                )
+                                .await
                                 {
                                     Err(_) => {
                                         slot.reset();
@@ -535,6 +591,39 @@ impl Worker {
     }
 }
 
+/// Waits for a `max_rps` token. One lane per endpoint sleeps until the next token time;
+/// the others idle until there is work and no pacer. Returns false when the lane should
+/// re-check its loop (it idled, or the queue emptied while it waited).
+async fn take_token(ep: &Ep, me: &Rc<LocalNotify>) -> bool {
+    loop {
+        let now = now_ms();
+        if ep.bucket.borrow_mut().try_take(now) {
+            return true;
+        }
+        if ep.pacing.get() {
+            ep.idle.borrow_mut().push(me.clone());
+            me.wait().await;
+            return false;
+        }
+        let at = ep.bucket.borrow().next_token_at(now);
+        ep.pacing.set(true);
+        monoio::time::sleep(Duration::from_millis(at.saturating_sub(now).max(1))).await;
+        ep.pacing.set(false);
+        if ep.queue.borrow().is_empty() {
+            return false;
+        }
+        if ep.bucket.borrow_mut().try_take(now_ms()) {
+            // Hand the pacer's role on while work remains.
+            if ep.queue.borrow().len() > 1 {
+                if let Some(n) = ep.idle.borrow_mut().pop() {
+                    n.notify();
+                }
+            }
+            return true;
+        }
+    }
+}
+
 /// A delivery lane: one connection, one attempt at a time, jobs from its endpoint's queue.
 async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
     let mut slot = ConnSlot::default();
@@ -542,6 +631,9 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
     let mut scratch = Scratch::default();
     let me = Rc::new(LocalNotify::default());
     loop {
+        if !ep.queue.borrow().is_empty() && !take_token(&ep, &me).await {
+            continue;
+        }
         let job = ep.queue.borrow_mut().pop_front();
         let Some(job) = job else {
             if w.stopping.get() {
@@ -560,6 +652,10 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
             // Not started: it stays due in the store and runs after the restart.
             ep.queue.borrow_mut().push_front(job);
             break;
+        }
+        if job.gen != ep.gen.get() {
+            w.report(job, None, Next::Stale);
+            continue;
         }
         if ep.disabled.get() {
             w.report(job, None, Next::Paused);

@@ -116,7 +116,7 @@ struct GenArgs {
     /// Explicit event types, comma separated (overrides --endpoints).
     #[arg(long, value_delimiter = ',')]
     types: Vec<String>,
-    /// seed (action lifecycle with 5 items, ~650 bytes) or small.
+    /// seed (action lifecycle with 5 items, ~760 bytes) or small.
     #[arg(long, default_value = "seed")]
     payload: String,
     /// Ingest connections, each with its own writer and reader thread.

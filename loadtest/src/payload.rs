@@ -1,7 +1,7 @@
 //! Event lines the generator writes. `seed` is the action-lifecycle payload of the
 //! brand event-notification doc in `shared/seeds/` (the "操作生命周期事件" section): the
 //! action's campaign, partner, ids, money and dates plus an `items` array of five
-//! (`sku`, `amt`, `cat`, `qty`, `cartamt`, `rbt`, `name`), 640–760 bytes per event.
+//! (`sku`, `amt`, `cat`, `qty`, `cartamt`, `rbt`, `name`), 730–800 bytes per event.
 //! `small` is a three-field payload for measuring per-event overhead.
 //!
 //! Every payload starts with `"sent_us": <unix µs>` so the sink finds the stamp in the

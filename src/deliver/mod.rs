@@ -1,10 +1,12 @@
-//! Delivery: one HTTP/1.1 exchange on a keep-alive connection.
+//! Delivery: one HTTP/1.1 exchange on a keep-alive connection, plain or TLS.
 //!
-//! Owns the connection a delivery lane keeps (connect, write the request, read and parse
-//! the response, decide whether the connection can be reused) and turns what happened
-//! into an [`Exchange`] the worker classifies. A request that fails on a reused idle
-//! connection before any response byte arrived is sent once more on a fresh connection.
-//! It must not decide retries or touch the store.
+//! Owns the connection a delivery lane keeps (connect, TLS handshake for `https://`,
+//! write the request, read and parse the response, decide whether the connection can be
+//! reused) and turns what happened into an [`Exchange`] the worker classifies. A kept
+//! connection is reused only for the same scheme, socket address and, for TLS, SNI name
+//! (the one TLS configuration is process-wide, so it always matches). A request that
+//! fails on a reused idle connection before any response byte arrived is sent once more
+//! on a fresh connection. It must not decide retries or touch the store.
 
 pub mod dns;
 pub mod http1;
@@ -12,6 +14,7 @@ pub mod request;
 pub mod ssrf;
 pub mod tls;
 
+use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
@@ -19,15 +22,15 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use http1::{Progress, ResponseParser, RetryAfter};
+use http1::{Progress, ResponseParser, RetryAfter, Scheme, Target};
 
 /// Bytes of the response body kept for `success`/`error` matching.
 pub const MATCH_LIMIT: usize = 64 * 1024;
 
 /// A kept-alive connection and its reusable buffers.
 pub struct Conn {
-    stream: TcpStream,
-    addr: SocketAddr,
+    stream: Stream,
+    peer: Peer,
     parser: ResponseParser,
     rbuf: Vec<u8>,
     /// False once the server said it will close the connection.
@@ -68,30 +71,35 @@ impl ConnSlot {
     /// Sends `req` to `addr` and reads the response. `req` is handed back for reuse.
     pub async fn exchange(
         &mut self,
-        target: &http1::Target,
+        target: &Target,
         addr: SocketAddr,
         req: Vec<u8>,
     ) -> (Exchange, Vec<u8>) {
-        if target.scheme == http1::Scheme::Https {
-            return (Exchange::Failed(tls::UNAVAILABLE.to_string()), req);
-        }
         let mut req = req;
         for try_no in 0..2 {
-            let reused = matches!(&self.conn, Some(c) if c.addr == addr && c.reusable);
+            let reused =
+                matches!(&self.conn, Some(c) if c.reusable && c.peer.matches(target, addr));
             if !reused {
-                self.conn = None;
-                match TcpStream::connect_addr(addr).await {
+                // The old connection's buffers serve the new one.
+                let (parser, mut rbuf) = match self.conn.take() {
+                    Some(c) => (c.parser, c.rbuf),
+                    None => (
+                        ResponseParser::new(MATCH_LIMIT),
+                        Vec::with_capacity(16 * 1024),
+                    ),
+                };
+                rbuf.clear();
+                match Stream::connect(target, addr).await {
                     Ok(stream) => {
-                        let _ = stream.set_nodelay(true);
                         self.conn = Some(Conn {
                             stream,
-                            addr,
-                            parser: ResponseParser::new(MATCH_LIMIT),
-                            rbuf: Vec::with_capacity(16 * 1024),
+                            peer: Peer::of(target, addr),
+                            parser,
+                            rbuf,
                             reusable: true,
                         });
                     }
-                    Err(e) => return (Exchange::Failed(format!("connect {addr}: {e}")), req),
+                    Err(msg) => return (Exchange::Failed(msg), req),
                 }
             }
             let Some(conn) = self.conn.as_mut() else {
@@ -101,7 +109,7 @@ impl ConnSlot {
             req = b;
             let result = match res {
                 Err(e) => Err((format!("write: {e}"), true)),
-                Ok(_) => read_response(conn).await,
+                Ok(()) => read_response(conn).await,
             };
             match result {
                 Ok((status, retry_after, keep_alive)) => {
@@ -130,6 +138,83 @@ impl ConnSlot {
     }
 }
 
+/// What must match before a kept connection is reused: scheme, socket address and, for
+/// TLS, the SNI name the certificate was checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Peer {
+    scheme: Scheme,
+    addr: SocketAddr,
+    /// The TLS server name; empty for plain HTTP, where any `Host` may share a connection.
+    sni: String,
+}
+
+impl Peer {
+    fn of(target: &Target, addr: SocketAddr) -> Peer {
+        Peer {
+            scheme: target.scheme,
+            addr,
+            sni: match target.scheme {
+                Scheme::Https => target.host.clone(),
+                Scheme::Http => String::new(),
+            },
+        }
+    }
+
+    fn matches(&self, target: &Target, addr: SocketAddr) -> bool {
+        self.scheme == target.scheme
+            && self.addr == addr
+            && (self.scheme == Scheme::Http || self.sni == target.host)
+    }
+}
+
+/// The byte stream under HTTP/1.1.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tls::TlsStream>),
+}
+
+impl Stream {
+    /// Connects to `addr`, with a TLS handshake for `https://`.
+    async fn connect(target: &Target, addr: SocketAddr) -> Result<Stream, String> {
+        let tcp = TcpStream::connect_addr(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        match target.scheme {
+            Scheme::Http => Ok(Stream::Plain(tcp)),
+            Scheme::Https => tls::TlsStream::connect(tls::config().clone(), tcp, &target.host)
+                .await
+                .map(|s| Stream::Tls(Box::new(s))),
+        }
+    }
+
+    async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        match self {
+            Stream::Plain(s) => {
+                let (res, b) = s.write_all(buf).await;
+                (res.map(drop), b)
+            }
+            Stream::Tls(s) => s.write_all(buf).await,
+        }
+    }
+
+    /// Appends what arrives next to `buf` (which has spare capacity); `Ok(0)` at the end.
+    async fn read_append(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        match self {
+            Stream::Plain(s) => {
+                let filled = buf.len();
+                let (res, b) = s.read(buf.slice_mut(filled..)).await;
+                (res, b.into_inner())
+            }
+            Stream::Tls(s) => {
+                let mut buf = buf;
+                let res = s.read_append(&mut buf).await;
+                (res, buf)
+            }
+        }
+    }
+}
+
 /// Reads one response. Errors carry whether no byte of a response had arrived.
 async fn read_response(conn: &mut Conn) -> Result<(u16, Option<Duration>, bool), (String, bool)> {
     conn.parser.reset();
@@ -148,9 +233,7 @@ async fn read_response(conn: &mut Conn) -> Result<(u16, Option<Duration>, bool),
             }
         }
         let buf = reserve(std::mem::take(&mut conn.rbuf));
-        let filled = buf.len();
-        let (res, b) = conn.stream.read(buf.slice_mut(filled..)).await;
-        let mut b = b.into_inner();
+        let (res, mut b) = conn.stream.read_append(buf).await;
         match res {
             Ok(0) => {
                 conn.rbuf = b;
@@ -190,4 +273,42 @@ fn finish(p: &ResponseParser) -> (u16, Option<Duration>, bool) {
             .unwrap_or(Duration::ZERO),
     });
     (p.status(), ra, p.keep_alive())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(url: &str) -> Target {
+        http1::parse_url(url.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn reuse_needs_scheme_address_and_sni_to_match() {
+        let a: SocketAddr = "10.0.0.1:443".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:443".parse().unwrap();
+        let tls = Peer::of(&target("https://a.example/x"), a);
+        assert!(tls.matches(&target("https://a.example/other?q=1"), a));
+        assert!(tls.matches(&target("https://A.example:443/"), a));
+        assert!(
+            !tls.matches(&target("https://b.example/"), a),
+            "SNI differs"
+        );
+        assert!(
+            !tls.matches(&target("https://a.example/"), b),
+            "address differs"
+        );
+        assert!(
+            !tls.matches(&target("http://a.example:443/"), a),
+            "scheme differs"
+        );
+
+        let plain = Peer::of(&target("http://a.example:443/"), a);
+        assert!(
+            plain.matches(&target("http://b.example:443/"), a),
+            "Host is per request"
+        );
+        assert!(!plain.matches(&target("https://a.example/"), a));
+        assert!(!plain.matches(&target("http://a.example:443/"), b));
+    }
 }

@@ -438,6 +438,11 @@ impl TestServer {
         http_get(self.admin, path)
     }
 
+    /// POST on the admin API; (status, JSON body).
+    pub fn post(&self, path: &str) -> (u16, serde_json::Value) {
+        http_call(self.admin, "POST", path)
+    }
+
     /// `GET /v1/events/{id}`, asserting it exists.
     pub fn event(&self, id: &str) -> serde_json::Value {
         let (status, v) = self.get(&format!("/v1/events/{id}"));
@@ -474,10 +479,14 @@ impl Drop for TestServer {
 }
 
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    http_call(addr, "GET", path)
+}
+
+pub fn http_call(addr: SocketAddr, method: &str, path: &str) -> (u16, serde_json::Value) {
     let mut s = TcpStream::connect(addr).expect("connect admin");
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut out = Vec::new();

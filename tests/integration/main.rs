@@ -7,5 +7,7 @@ mod harness;
 
 mod crash;
 mod delivery;
+mod policy;
 mod protocol;
 mod routing;
+mod tls;

@@ -1,0 +1,201 @@
+//! Endpoint policy: rate limits, minimum delay, automatic disabling, signatures, SSRF.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::harness::*;
+
+fn states(v: &serde_json::Value) -> Vec<String> {
+    v["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["state"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn max_rps_holds_every_one_second_window() {
+    let rx = TestReceiver::start();
+    let srv = TestServer::start(&endpoint(
+        "slowpoke",
+        r#"["t"]"#,
+        &rx.url("/"),
+        "max_rps = 5",
+    ));
+    let mut c = srv.connect();
+    for i in 0..30 {
+        assert_eq!(
+            c.send(&event("t", &format!("rps-{i}"), "{}")),
+            format!("ok rps-{i} 1")
+        );
+    }
+    let got = rx.wait_for(30, Duration::from_secs(20));
+    let times: Vec<_> = got.iter().map(|r| r.at).collect();
+    // Burst = one second's worth (5); one more allowed for arrival jitter at a window edge.
+    for (i, t) in times.iter().enumerate() {
+        let in_window = times[i..]
+            .iter()
+            .take_while(|u| **u - *t < Duration::from_secs(1))
+            .count();
+        assert!(
+            in_window <= 6,
+            "{in_window} requests within one second starting at #{i}"
+        );
+    }
+    let span = *times.last().unwrap() - times[0];
+    assert!(
+        span >= Duration::from_millis(5000),
+        "30 requests at 5/s took only {span:?}"
+    );
+}
+
+#[test]
+fn min_delay_holds_back_the_first_attempt() {
+    let rx = TestReceiver::start();
+    let srv = TestServer::start(&endpoint(
+        "later",
+        r#"["t"]"#,
+        &rx.url("/"),
+        "min_delay = \"1500ms\"",
+    ));
+    let mut c = srv.connect();
+    let sent = std::time::Instant::now();
+    c.send(&event("t", "md-1", "{}"));
+    let got = rx.wait_for(1, Duration::from_secs(10));
+    let waited = got[0].at - sent;
+    assert!(
+        waited >= Duration::from_millis(1450),
+        "first attempt after {waited:?}"
+    );
+    // An event whose time is long past is due at once.
+    let old = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - 60_000;
+    let sent = std::time::Instant::now();
+    c.send(&format!(
+        r#"{{"type":"t","id":"md-2","time":{old},"data":{{}}}}"#
+    ));
+    let got = rx.wait_for(2, Duration::from_secs(10));
+    assert!(got[1].at - sent < Duration::from_millis(1000));
+}
+
+fn failing_ep(url: &str) -> String {
+    endpoint(
+        "fragile",
+        r#"["t"]"#,
+        url,
+        "max_in_flight = 1\nretry = [\"30s\"]\ndisable_after = { \"5xx\" = 2 }",
+    )
+}
+
+#[test]
+fn disable_at_threshold_pauses_then_enable_delivers_and_state_survives_kill9() {
+    // Slow failures, so all four events are routed before the endpoint is disabled.
+    let rx = TestReceiver::with_script(|_, _| Reply::status(500).delay(Duration::from_millis(300)));
+    let mut srv = TestServer::start(&failing_ep(&rx.url("/")));
+    let mut c = srv.connect();
+    for i in 0..4 {
+        assert_eq!(
+            c.send(&event("t", &format!("d-{i}"), "{}")),
+            format!("ok d-{i} 1")
+        );
+    }
+    // Two consecutive 5xx → disabled; every delivery paused, none lost.
+    for i in 0..4 {
+        srv.wait_event(&format!("d-{i}"), Duration::from_secs(10), |v| {
+            states(v) == ["paused"]
+        });
+    }
+    assert_eq!(rx.count(), 2);
+    let (status, ep) = srv.get("/v1/endpoints/fragile");
+    assert_eq!(status, 200);
+    assert_eq!(ep["enabled"], false);
+    assert!(
+        ep["disabled_reason"].as_str().unwrap().contains("5xx"),
+        "{ep}"
+    );
+    // A disabled endpoint is not routed to.
+    assert_eq!(c.send(&event("t", "d-late", "{}")), "ok d-late 0");
+
+    // The disabled state and the paused deliveries survive kill -9.
+    srv.kill9();
+    let dir = Arc::clone(&srv.dir);
+    drop(srv);
+    let srv = TestServer::start_in(dir, &ServerOpts::new(&failing_ep(&rx.url("/"))));
+    assert_eq!(srv.get("/v1/endpoints/fragile").1["enabled"], false);
+    assert_eq!(srv.event("d-3")["deliveries"][0]["state"], "paused");
+
+    // Enable with the receiver healthy: all four delivered.
+    rx.set_script(|_, _| Reply::status(200));
+    let (status, _) = srv.post("/v1/endpoints/fragile/enable");
+    assert_eq!(status, 200);
+    for i in 0..4 {
+        srv.wait_event(&format!("d-{i}"), Duration::from_secs(10), |v| {
+            states(v) == ["delivered"]
+        });
+    }
+    assert_eq!(srv.get("/v1/endpoints/fragile").1["enabled"], true);
+}
+
+#[test]
+fn standard_webhooks_signature_verifies_with_an_independent_implementation() {
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    let rx = TestReceiver::start();
+    let secret_a = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let secret_b = "whsec_c2Vjb25kLXNlY3JldC1mb3Itcm90YXRpb24=";
+    let srv = TestServer::start(&endpoint(
+        "signed",
+        r#"["t"]"#,
+        &rx.url("/"),
+        &format!("signing_secret = \"{secret_a} {secret_b}\""),
+    ));
+    srv.connect()
+        .send(&event("t", "sig-1", r#"{"amount": 12.50}"#));
+    let r = &rx.wait_for(1, Duration::from_secs(10))[0];
+    let id = r.header("webhook-id").unwrap();
+    let ts = r.header("webhook-timestamp").unwrap();
+    let sigs: Vec<&str> = r.header("webhook-signature").unwrap().split(' ').collect();
+    assert_eq!(sigs.len(), 2, "one signature per secret");
+    for (secret, sig) in [secret_a, secret_b].iter().zip(&sigs) {
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(secret.strip_prefix("whsec_").unwrap())
+            .unwrap();
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+        mac.update(format!("{id}.{ts}.").as_bytes());
+        mac.update(&r.body);
+        let expected =
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        assert_eq!(*sig, format!("v1,{expected}"));
+    }
+}
+
+#[test]
+fn ssrf_guard_refuses_names_resolving_to_loopback_unless_allowed() {
+    let rx = TestReceiver::start();
+    let url = format!("http://localhost:{}/", rx.addr.port());
+    let srv = TestServer::start_with(
+        ServerOpts::new(&endpoint(
+            "by-name",
+            r#"["t"]"#,
+            &url,
+            "retry = [\"100ms\"]",
+        ))
+        .server("allow_private_networks = false"),
+    );
+    srv.connect().send(&event("t", "ssrf-name", "{}"));
+    let v = srv.wait_event("ssrf-name", Duration::from_secs(10), |v| {
+        states(v) == ["failed"]
+    });
+    let a = &v["deliveries"][0]["attempts"];
+    assert_eq!(a.as_array().unwrap().len(), 1, "blocked is never retried");
+    assert!(a[0]["error"].as_str().unwrap().contains("blocked"));
+    assert_eq!(rx.count(), 0);
+    // With the switch on, the same name is delivered to.
+    let srv2 = TestServer::start(&endpoint("by-name", r#"["t"]"#, &url, ""));
+    srv2.connect().send(&event("t", "ssrf-ok", "{}"));
+    rx.wait_for(1, Duration::from_secs(10));
+}

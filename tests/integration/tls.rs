@@ -1,0 +1,334 @@
+//! HTTPS delivery (SPEC §2 `extra_ca_file`, §4): trust from `extra_ca_file`, SNI, ALPN,
+//! keep-alive and session resumption, and a certificate failure retried with its reason.
+//!
+//! The PKI is made here with rcgen; the receiver is rustls' `ServerConnection` over std
+//! sockets, one thread per connection.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{HandshakeKind, ServerConfig, ServerConnection, StreamOwned};
+
+use crate::harness::*;
+
+/// A CA and a server certificate for `localhost` and 127.0.0.1 that it signed.
+struct Pki {
+    ca_pem: String,
+    leaf: CertificateDer<'static>,
+    leaf_key: Vec<u8>,
+}
+
+fn pki(ca_name: &str) -> Pki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, ca_name);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca = params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf = params.signed_by(&key, &ca, &ca_key).unwrap();
+    Pki {
+        ca_pem: ca.pem(),
+        leaf: leaf.der().clone(),
+        leaf_key: key.serialize_der(),
+    }
+}
+
+/// A request the TLS receiver got, with what it saw of the connection.
+#[derive(Debug, Clone)]
+struct Got {
+    webhook_id: String,
+    /// 1-based number of the TCP connection it came on.
+    conn: usize,
+    resumed: bool,
+    sni: Option<String>,
+    alpn: Option<Vec<u8>>,
+}
+
+#[derive(Default)]
+struct State {
+    connections: usize,
+    requests: Vec<Got>,
+}
+
+/// An HTTPS/1.1 receiver answering 200; with `close_first`, the answer to the very first
+/// request carries `Connection: close` and the connection is closed after it.
+struct TlsReceiver {
+    addr: SocketAddr,
+    state: Arc<(Mutex<State>, Condvar)>,
+}
+
+impl TlsReceiver {
+    fn start(pki: &Pki, close_first: bool) -> TlsReceiver {
+        let key = PrivateKeyDer::Pkcs8(pki.leaf_key.clone().into());
+        let mut cfg =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![pki.leaf.clone()], key)
+                .unwrap();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let cfg = Arc::new(cfg);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new((Mutex::new(State::default()), Condvar::new()));
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for tcp in listener.incoming() {
+                let Ok(tcp) = tcp else { return };
+                let conn_no = {
+                    let mut g = st.0.lock().unwrap();
+                    g.connections += 1;
+                    g.connections
+                };
+                let (cfg, st) = (cfg.clone(), st.clone());
+                std::thread::spawn(move || {
+                    let conn = ServerConnection::new(cfg).unwrap();
+                    serve_conn(StreamOwned::new(conn, tcp), conn_no, close_first, st);
+                });
+            }
+        });
+        TlsReceiver { addr, state }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.addr.port())
+    }
+
+    fn connections(&self) -> usize {
+        self.state.0.lock().unwrap().connections
+    }
+
+    fn requests(&self) -> Vec<Got> {
+        self.state.0.lock().unwrap().requests.clone()
+    }
+
+    /// Waits for `n` requests; panics after `timeout`.
+    fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Got> {
+        let deadline = Instant::now() + timeout;
+        let (lock, cv) = &*self.state;
+        let mut g = lock.lock().unwrap();
+        while g.requests.len() < n {
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "tls receiver: timed out waiting for {n} requests; got {}",
+                g.requests.len()
+            );
+            g = cv.wait_timeout(g, deadline - now).unwrap().0;
+        }
+        g.requests.clone()
+    }
+}
+
+fn serve_conn(
+    mut s: StreamOwned<ServerConnection, TcpStream>,
+    conn_no: usize,
+    close_first: bool,
+    state: Arc<(Mutex<State>, Condvar)>,
+) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let (head_len, id, body_len) = loop {
+            let mut hs = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut hs);
+            match req.parse(&buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let value = |name: &str| {
+                        req.headers
+                            .iter()
+                            .find(|h| h.name.eq_ignore_ascii_case(name))
+                            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+                    };
+                    let len = value("content-length")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0usize);
+                    break (n, value("webhook-id").unwrap_or_default(), len);
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(_) => return,
+            }
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return, // the client closed (or failed the handshake)
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        while buf.len() < head_len + body_len {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..head_len + body_len);
+        let got = Got {
+            webhook_id: id,
+            conn: conn_no,
+            resumed: s.conn.handshake_kind() == Some(HandshakeKind::Resumed),
+            sni: s.conn.server_name().map(str::to_string),
+            alpn: s.conn.alpn_protocol().map(<[u8]>::to_vec),
+        };
+        let first = {
+            let (lock, cv) = &*state;
+            let mut g = lock.lock().unwrap();
+            g.requests.push(got);
+            cv.notify_all();
+            g.requests.len() == 1
+        };
+        let close = close_first && first;
+        let answer: &[u8] = if close {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nOK"
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK"
+        };
+        if s.write_all(answer).and_then(|()| s.flush()).is_err() {
+            return;
+        }
+        if close {
+            s.conn.send_close_notify();
+            let _ = s.flush();
+            return;
+        }
+    }
+}
+
+fn states(v: &serde_json::Value) -> Vec<String> {
+    v["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["state"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn write_ca(dir: &Path, pki: &Pki) -> String {
+    let path = dir.join("ca.pem");
+    std::fs::write(&path, &pki.ca_pem).unwrap();
+    format!("extra_ca_file = {:?}", path)
+}
+
+#[test]
+fn https_with_extra_ca_keep_alive_resumption_and_an_untrusted_partner() {
+    let trusted = pki("ricochet test ca");
+    let stranger = pki("stranger ca");
+    let ca_dir = tempfile::tempdir().unwrap();
+    let rx = TlsReceiver::start(&trusted, true);
+    let bad = TlsReceiver::start(&stranger, false);
+    let eps = [
+        endpoint("secure", r#"["t"]"#, &rx.url("/hook"), "max_in_flight = 1"),
+        endpoint(
+            "stranger",
+            r#"["u"]"#,
+            &bad.url("/hook"),
+            r#"retry = ["500ms"]"#,
+        ),
+    ]
+    .join("\n");
+    let srv =
+        TestServer::start_with(ServerOpts::new(&eps).server(&write_ca(ca_dir.path(), &trusted)));
+    let mut c = srv.connect();
+
+    // First delivery: a full handshake; the receiver closes the connection after it.
+    assert_eq!(c.send(&event("t", "tls-0", "{}")), "ok tls-0 1");
+    srv.wait_event("tls-0", Duration::from_secs(15), |v| {
+        states(v) == ["delivered"]
+    });
+    // The rest share one new connection, which resumes the first session.
+    for i in 1..10 {
+        let id = format!("tls-{i}");
+        assert_eq!(c.send(&event("t", &id, r#"{"n":1}"#)), format!("ok {id} 1"));
+    }
+    let got = rx.wait_for(10, Duration::from_secs(20));
+    let mut ids: Vec<&str> = got.iter().map(|g| g.webhook_id.as_str()).collect();
+    ids.sort_unstable();
+    let mut want: Vec<String> = (0..10).map(|i| format!("tls-{i}")).collect();
+    want.sort_unstable();
+    assert_eq!(ids, want);
+    assert_eq!(
+        rx.connections(),
+        2,
+        "one connection closed by the receiver, one kept alive for nine requests: {got:?}"
+    );
+    for g in &got {
+        assert_eq!(g.sni.as_deref(), Some("localhost"), "{g:?}");
+        assert_eq!(g.alpn.as_deref(), Some(&b"http/1.1"[..]), "{g:?}");
+        assert_eq!(
+            g.resumed,
+            g.conn == 2,
+            "resumed exactly on the second connection: {g:?}"
+        );
+    }
+    srv.wait_event("tls-9", Duration::from_secs(10), |v| {
+        states(v) == ["delivered"]
+    });
+
+    // A certificate from a CA nobody trusts: a failure with its reason, retried, then failed.
+    assert_eq!(c.send(&event("u", "tls-bad", "{}")), "ok tls-bad 1");
+    let v = srv.wait_event("tls-bad", Duration::from_secs(15), |v| {
+        states(v) == ["failed"]
+    });
+    let attempts = v["deliveries"][0]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{v:#}");
+    for a in attempts {
+        let err = a["error"].as_str().unwrap_or_default();
+        assert_eq!(
+            err, "tls handshake with localhost: invalid peer certificate: UnknownIssuer",
+            "{v:#}"
+        );
+    }
+    assert!(
+        bad.requests().is_empty(),
+        "no request crosses a failed handshake"
+    );
+    assert_eq!(bad.connections(), 2);
+}
+
+#[test]
+fn an_unusable_extra_ca_file_stops_the_start_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_ca = dir.path().join("not-a-ca.pem");
+    std::fs::write(&bad_ca, "this is not PEM\n").unwrap();
+    for (ca, expect) in [
+        (bad_ca.clone(), "holds no CERTIFICATE"),
+        (dir.path().join("missing.pem"), "cannot read"),
+    ] {
+        let config = dir.path().join("ricochet.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\ndata_dir = {:?}\nsocket = {:?}\nadmin = \"127.0.0.1:0\"\nextra_ca_file = {:?}\n",
+                dir.path().join("data"),
+                dir.path().join("ricochet.sock"),
+                ca
+            ),
+        )
+        .unwrap();
+        let out = Command::new(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .expect("run ricochet");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "started with {ca:?}: {stderr}");
+        assert!(
+            stderr.contains(&ca.display().to_string()) && stderr.contains(expect),
+            "{stderr}"
+        );
+    }
+}
