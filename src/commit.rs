@@ -38,7 +38,7 @@ pub const HORIZON_MS: u64 = 1000;
 /// How often the loader runs.
 const TICK: Duration = Duration::from_millis(50);
 /// Deliveries held in worker memory before the loader stops loading.
-pub const MAX_IN_MEMORY: usize = 100_000;
+pub const MAX_IN_MEMORY: usize = 50_000;
 /// Rows read per loader page.
 const PAGE: usize = 2048;
 
@@ -173,6 +173,14 @@ impl Router {
     }
 }
 
+/// Spill mode: deliveries of events from `fence` on, with keys below the cursor, stay
+/// on disk; a second scan from `scan` up to the cursor loads them as workers drain.
+#[derive(Debug, Clone, Copy)]
+struct Spill {
+    fence: Seq,
+    scan: DueKey,
+}
+
 /// Handles to start the committer with.
 pub struct Committer {
     pub store: Store,
@@ -191,6 +199,8 @@ struct State {
     router: Router,
     next_seq: Seq,
     cursor: DueKey,
+    /// Set while fresh deliveries spill to disk because workers hold too many.
+    spill: Option<Spill>,
     in_memory: usize,
     /// Per worker: jobs to hand over at the end of the round.
     out_jobs: Vec<Vec<Job>>,
@@ -224,6 +234,7 @@ impl Committer {
             router: Router::new(self.routes),
             next_seq,
             cursor: DueKey::MIN,
+            spill: None,
             in_memory: 0,
             out_jobs: (0..n).map(|_| Vec::new()).collect(),
             last_sync: Instant::now(),
@@ -448,7 +459,22 @@ impl State {
                 ep,
             };
             batch.put_due(&self.store, due, 0);
-            if due < self.cursor {
+            if due < self.cursor
+                && self.spill.is_none()
+                && self.in_memory + jobs.len() >= MAX_IN_MEMORY
+            {
+                // Workers hold enough: from this event on, fresh deliveries wait on disk.
+                self.spill = Some(Spill {
+                    fence: seq,
+                    scan: DueKey {
+                        due_ms: now,
+                        seq: 0,
+                        ep: 0,
+                    },
+                });
+                tracing::debug!(seq, "workers are full: spilling fresh deliveries to disk");
+            }
+            if self.hand_now(due) {
                 jobs.push((
                     info.worker,
                     Job {
@@ -504,7 +530,7 @@ impl State {
                     ep: o.ep,
                 };
                 batch.put_due(&self.store, due, o.attempts);
-                if due < self.cursor {
+                if self.hand_now(due) {
                     if let Some(info) = self.router.eps.get(&o.ep) {
                         jobs.push((
                             info.worker,
@@ -599,7 +625,7 @@ impl State {
                 };
                 batch.del_paused(&self.store, ep, seq);
                 batch.put_due(&self.store, due, attempts);
-                if due < self.cursor {
+                if self.hand_now(due) {
                     below_cursor.push((due, attempts));
                 }
             }
@@ -629,10 +655,117 @@ impl State {
         self.resuming = still;
     }
 
+    /// Whether a delivery written under `k` must go to its worker now because no scan
+    /// will pick it up: below the cursor, and not in the spilled range.
+    fn hand_now(&self, k: DueKey) -> bool {
+        if k >= self.cursor {
+            return false;
+        }
+        match self.spill {
+            Some(sp) => !(k.seq >= sp.fence && k >= sp.scan),
+            None => true,
+        }
+    }
+
+    /// Loads spilled deliveries (keys below the cursor from the fence on) while workers
+    /// have room; leaves spill mode when the scan reaches the cursor.
+    fn load_spilled(&mut self) {
+        let mut cache: HashMap<Seq, Arc<EventRecord>> = HashMap::default();
+        while let Some(sp) = self.spill {
+            if self.in_memory >= MAX_IN_MEMORY {
+                return;
+            }
+            let until = self.cursor.due_ms.saturating_add(1);
+            let page = match self.store.due_range(sp.scan, until, PAGE) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "loader cannot read the due index");
+                    return;
+                }
+            };
+            let full = page.len() == PAGE;
+            let mut cleanup = self.store.batch();
+            let mut reached_cursor = !full;
+            for (key, attempts) in page {
+                if key >= self.cursor {
+                    reached_cursor = true;
+                    break;
+                }
+                if let Some(s) = self.spill.as_mut() {
+                    s.scan = successor(key);
+                }
+                if key.seq >= sp.fence {
+                    self.hand_over(key, attempts, &mut cache, &mut cleanup);
+                }
+            }
+            if !cleanup.is_empty() {
+                if let Err(e) = self.store.commit(cleanup, false) {
+                    tracing::warn!(error = %e, "loader clean-up write failed");
+                }
+            }
+            self.flush_jobs();
+            cache.clear();
+            if reached_cursor {
+                tracing::debug!("spilled deliveries all loaded");
+                self.spill = None;
+            }
+        }
+    }
+
+    /// Sends one loaded delivery to its worker (or pauses/drops it).
+    fn hand_over(
+        &mut self,
+        key: DueKey,
+        attempts: u16,
+        cache: &mut HashMap<Seq, Arc<EventRecord>>,
+        cleanup: &mut store::Batch,
+    ) {
+        let Some(info) = self.router.eps.get(&key.ep) else {
+            // The endpoint no longer exists: nothing can deliver this.
+            cleanup.del_due(&self.store, key);
+            return;
+        };
+        let event = match cache.get(&key.seq) {
+            Some(e) => e.clone(),
+            None => match self.store.event(key.seq) {
+                Ok(Some(e)) => {
+                    let e = Arc::new(e);
+                    cache.insert(key.seq, e.clone());
+                    e
+                }
+                Ok(None) => {
+                    cleanup.del_due(&self.store, key);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, seq = key.seq, "cannot read event");
+                    return;
+                }
+            },
+        };
+        if !info.enabled {
+            cleanup.del_due(&self.store, key);
+            cleanup.put_paused(&self.store, key.ep, key.seq, attempts);
+            return;
+        }
+        self.out_jobs[info.worker].push(Job {
+            event,
+            ep: key.ep,
+            due: key,
+            attempts,
+        });
+    }
+
     /// Moves the cursor toward `now + HORIZON_MS`, handing what it passes to workers.
     fn load(&mut self) {
         if !self.resuming.is_empty() {
             self.resume();
+        }
+        if self.spill.is_some() {
+            self.load_spilled();
+            if self.spill.is_some() {
+                return;
+            }
         }
         let horizon = now_ms() + HORIZON_MS;
         let mut cache: HashMap<Seq, Arc<EventRecord>> = HashMap::default();
@@ -648,40 +781,7 @@ impl State {
             let mut cleanup = self.store.batch();
             for (key, attempts) in page {
                 self.cursor = successor(key);
-                let Some(info) = self.router.eps.get(&key.ep) else {
-                    // The endpoint no longer exists: nothing can deliver this.
-                    cleanup.del_due(&self.store, key);
-                    continue;
-                };
-                let event = match cache.get(&key.seq) {
-                    Some(e) => e.clone(),
-                    None => match self.store.event(key.seq) {
-                        Ok(Some(e)) => {
-                            let e = Arc::new(e);
-                            cache.insert(key.seq, e.clone());
-                            e
-                        }
-                        Ok(None) => {
-                            cleanup.del_due(&self.store, key);
-                            continue;
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, seq = key.seq, "cannot read event");
-                            continue;
-                        }
-                    },
-                };
-                if !info.enabled {
-                    cleanup.del_due(&self.store, key);
-                    cleanup.put_paused(&self.store, key.ep, key.seq, attempts);
-                    continue;
-                }
-                self.out_jobs[info.worker].push(Job {
-                    event,
-                    ep: key.ep,
-                    due: key,
-                    attempts,
-                });
+                self.hand_over(key, attempts, &mut cache, &mut cleanup);
             }
             if !cleanup.is_empty() {
                 if let Err(e) = self.store.commit(cleanup, false) {
