@@ -122,6 +122,7 @@ pub struct RouteInfo {
     pub account: Option<String>,
     pub min_delay_ms: u64,
     pub enabled: bool,
+    pub ordered: bool,
     pub meta: EndpointMeta,
 }
 
@@ -243,6 +244,8 @@ impl Committer {
             dirty: HashSet::default(),
             resuming: Vec::new(),
         };
+        // Ordered endpoints get their held head first, so nothing overtakes it.
+        st.send_holds();
         // Enabled endpoints resume any paused deliveries (enabled again in the config).
         st.resuming = st
             .router
@@ -499,6 +502,17 @@ impl State {
                 info.meta.fails = o.fails;
                 self.dirty.insert(o.ep);
             }
+            if info.ordered {
+                let hold = match (o.next, info.meta.hold) {
+                    (Next::Retry { due_ms }, _) => Some((o.event.seq, due_ms, o.attempts)),
+                    (Next::Done | Next::Paused, Some((s, _, _))) if s == o.event.seq => None,
+                    (_, h) => h,
+                };
+                if hold != info.meta.hold {
+                    info.meta.hold = hold;
+                    self.dirty.insert(o.ep);
+                }
+            }
         }
         let seq = o.event.seq;
         if o.next == Next::Stale {
@@ -653,6 +667,29 @@ impl State {
             }
         }
         self.resuming = still;
+    }
+
+    fn send_holds(&mut self) {
+        let holds: Vec<(EndpointId, usize, (Seq, u64, u16))> = self
+            .router
+            .eps
+            .values()
+            .filter(|i| i.ordered && i.enabled)
+            .filter_map(|i| i.meta.hold.map(|h| (i.id, i.worker, h)))
+            .collect();
+        for (ep, worker, (seq, due_ms, attempts)) in holds {
+            match self.store.event(seq) {
+                Ok(Some(e)) => self.out_jobs[worker].push(Job {
+                    event: Arc::new(e),
+                    ep,
+                    due: DueKey { due_ms, seq, ep },
+                    attempts,
+                }),
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "cannot read an ordered endpoint's head"),
+            }
+        }
+        self.flush_jobs();
     }
 
     /// Whether a delivery written under `k` must go to its worker now because no scan
@@ -833,6 +870,7 @@ mod tests {
             events: events.iter().map(|s| s.to_string()).collect(),
             account: account.map(str::to_string),
             min_delay_ms: 0,
+            ordered: false,
             enabled: true,
             meta: EndpointMeta::default(),
         }

@@ -30,6 +30,7 @@
 //! - [`deliver`]: HTTP/1.1 exchange, request building, DNS, SSRF guard.
 //! - [`endpoint`]: an endpoint's compiled templates.
 //! - [`template`]: template compiler and renderer.
+//! - [`queue`]: an endpoint's ready queue, FIFO or ordered.
 //! - [`ratelimit`]: token buckets.
 //! - [`admin`]: the admin HTTP API.
 //! - [`client`]: `ricochet send`.
@@ -44,6 +45,7 @@ pub mod deliver;
 pub mod endpoint;
 pub mod ingest;
 pub mod local;
+pub mod queue;
 pub mod ratelimit;
 pub mod render;
 pub mod runtime;

@@ -116,6 +116,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
                 account: spec.cfg.account.clone(),
                 min_delay_ms: spec.cfg.min_delay.as_millis() as u64,
                 enabled: meta.disabled_reason.is_none(),
+                ordered: spec.cfg.ordered,
                 meta,
             }
         })

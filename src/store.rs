@@ -263,6 +263,10 @@ pub struct EndpointMeta {
     /// Consecutive failures per class (3xx, 4xx, 5xx) when last recorded.
     #[serde(default)]
     pub fails: [u32; 3],
+    /// `ordered` endpoints: the delivery at the head waiting for its retry, as
+    /// (seq, due_ms, attempts), so a restart puts it back in front.
+    #[serde(default)]
+    pub hold: Option<(Seq, u64, u16)>,
 }
 
 /// The reason recorded when the config file says `enabled = false`.

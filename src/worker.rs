@@ -14,7 +14,6 @@
 //! It must not block: no store access, no blocking DNS, no fsync.
 
 use std::cell::{Cell, OnceCell, RefCell};
-use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap as HashMap;
 
@@ -34,6 +33,7 @@ use crate::deliver::{ssrf, ConnSlot, Exchange};
 use crate::endpoint::EndpointSpec;
 use crate::ingest::{self, ConnCtx, ConnShared};
 use crate::local::{yield_now, LocalNotify};
+use crate::queue::{JobQueue, Queued, Ready};
 use crate::ratelimit::TokenBucket;
 use crate::schedule::wheel::TimerWheel;
 use crate::schedule::{after_attempt, classify_response, FailClass, Verdict};
@@ -116,10 +116,19 @@ struct WJob {
     gen: u32,
 }
 
+impl Queued for WJob {
+    fn seq(&self) -> u64 {
+        self.due.seq
+    }
+    fn due_ms(&self) -> u64 {
+        self.due.due_ms
+    }
+}
+
 /// An endpoint's live state on its worker.
 struct Ep {
     spec: Arc<EndpointSpec>,
-    queue: RefCell<VecDeque<WJob>>,
+    queue: RefCell<JobQueue<WJob>>,
     lanes: Cell<u32>,
     idle: RefCell<Vec<Rc<LocalNotify>>>,
     disabled: Cell<bool>,
@@ -178,11 +187,12 @@ pub async fn run(setup: WorkerSetup) {
         .map(|spec| {
             let meta = setup.state.get(&spec.id).cloned().unwrap_or_default();
             let bucket = TokenBucket::new_empty(spec.cfg.max_rps, start);
+            let queue = JobQueue::new(spec.cfg.ordered);
             (
                 spec.id,
                 Rc::new(Ep {
                     spec,
-                    queue: RefCell::new(VecDeque::new()),
+                    queue: RefCell::new(queue),
                     lanes: Cell::new(0),
                     idle: RefCell::new(Vec::new()),
                     disabled: Cell::new(meta.disabled_reason.is_some()),
@@ -313,7 +323,7 @@ impl Worker {
                         attempts: j.attempts,
                         gen,
                     };
-                    if job.due.due_ms > now {
+                    if job.due.due_ms > now && !self.is_ordered(job.ep) {
                         self.wheel.borrow_mut().insert(job.due.due_ms, job);
                         woke_timer = true;
                     } else {
@@ -360,6 +370,13 @@ impl Worker {
         });
     }
 
+    fn is_ordered(&self, ep: EndpointId) -> bool {
+        self.endpoints
+            .borrow()
+            .get(&ep)
+            .is_some_and(|e| e.spec.cfg.ordered)
+    }
+
     fn enqueue(self: &Rc<Self>, job: WJob) {
         let ep = self.endpoints.borrow().get(&job.ep).cloned();
         let Some(ep) = ep else {
@@ -380,7 +397,12 @@ impl Worker {
             self.report_n(job, None, Next::Paused, attempts);
             return;
         }
-        ep.queue.borrow_mut().push_back(job);
+        let pushed = ep.queue.borrow_mut().push(job);
+        if let Err(stale) = pushed {
+            // A copy of a delivery the queue already holds (or just finished).
+            self.report(stale, None, Next::Stale);
+            return;
+        }
         let idle = ep.idle.borrow_mut().pop();
         if let Some(n) = idle {
             n.notify();
@@ -443,7 +465,7 @@ impl Worker {
             ep: ep.spec.id,
             reason,
         });
-        let queued: Vec<WJob> = ep.queue.borrow_mut().drain(..).collect();
+        let queued: Vec<WJob> = ep.queue.borrow_mut().drain();
         for job in queued {
             self.report(job, None, Next::Paused);
         }
@@ -580,6 +602,22 @@ impl Worker {
         if let Next::Retry { due_ms } = next {
             rec.next_due_ms = due_ms;
         }
+        if cfg.ordered {
+            match next {
+                // The head keeps its place: the ones behind it wait for its retry.
+                Next::Retry { due_ms } => {
+                    let kept = WJob {
+                        ev: job.ev.clone(),
+                        ep: job.ep,
+                        due: DueKey { due_ms, ..job.due },
+                        attempts,
+                        gen: job.gen,
+                    };
+                    let _ = ep.queue.borrow_mut().push(kept);
+                }
+                _ => ep.queue.borrow_mut().completed(job.due.seq),
+            }
+        }
         self.report_n(job, Some(rec), next, attempts);
     }
 
@@ -631,10 +669,28 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
     let mut scratch = Scratch::default();
     let me = Rc::new(LocalNotify::default());
     loop {
-        if !ep.queue.borrow().is_empty() && !take_token(&ep, &me).await {
-            continue;
-        }
-        let job = ep.queue.borrow_mut().pop_front();
+        let ready = ep.queue.borrow().ready(now_ms());
+        let job = match ready {
+            Ready::Now => {
+                if !take_token(&ep, &me).await {
+                    continue;
+                }
+                ep.queue.borrow_mut().pop()
+            }
+            // An ordered head waiting for its retry: wait for it (or for new work).
+            Ready::At(t) => {
+                if w.stopping.get() {
+                    break;
+                }
+                ep.idle.borrow_mut().push(me.clone());
+                let wait = Duration::from_millis(t.saturating_sub(now_ms()).max(1));
+                if monoio::time::timeout(wait, me.wait()).await.is_err() {
+                    ep.idle.borrow_mut().retain(|n| !Rc::ptr_eq(n, &me));
+                }
+                continue;
+            }
+            Ready::Empty => None,
+        };
         let Some(job) = job else {
             if w.stopping.get() {
                 break;
@@ -650,7 +706,7 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
         };
         if w.stopping.get() {
             // Not started: it stays due in the store and runs after the restart.
-            ep.queue.borrow_mut().push_front(job);
+            ep.queue.borrow_mut().unpop(job);
             break;
         }
         if job.gen != ep.gen.get() {

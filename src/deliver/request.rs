@@ -65,21 +65,22 @@ pub fn build(
     let method = spec.cfg.method;
     s.body.clear();
     let has_body = method != Method::Get;
-    if has_body {
+    // json/text passthrough needs no index of the data and no copy: the bytes as received
+    // go straight after the head.
+    let passthrough =
+        has_body && spec.body.is_none() && matches!(spec.cfg.format, Format::Json | Format::Text);
+    if has_body && !passthrough {
         match &spec.body {
             Some(t) => t.render(doc, &mut s.body),
-            // json/text passthrough needs no index of the data: the bytes as received.
-            None if matches!(spec.cfg.format, Format::Json | Format::Text) => {
-                s.body.extend_from_slice(&event.data)
-            }
             None => render_default_body(body_format(spec), doc, &mut s.body),
         }
     }
+    let body: &[u8] = if passthrough { &event.data } else { &s.body };
     let id = event.display_id();
     let mut ts_buf = itoa::Buffer::new();
     let ts = ts_buf.format(timestamp_s);
     if !spec.signing_keys.is_empty() {
-        sign(&spec.signing_keys, &id, ts, &s.body, &mut s.sig);
+        sign(&spec.signing_keys, &id, ts, body, &mut s.sig);
     }
     // Header values rendered into one buffer; ranges point into it.
     s.values.clear();
@@ -108,9 +109,9 @@ pub fn build(
         target.path_and_query.as_bytes(),
         target.host_header.as_bytes(),
         fixed.into_iter().flatten().chain(custom),
-        has_body.then_some(s.body.len()),
+        has_body.then_some(body.len()),
     );
-    out.extend_from_slice(&s.body);
+    out.extend_from_slice(body);
     Ok(target)
 }
 

@@ -199,3 +199,80 @@ fn ssrf_guard_refuses_names_resolving_to_loopback_unless_allowed() {
     srv2.connect().send(&event("t", "ssrf-ok", "{}"));
     rx.wait_for(1, Duration::from_secs(10));
 }
+
+fn ordered_ep(url: &str) -> String {
+    endpoint(
+        "fifo",
+        r#"["t"]"#,
+        url,
+        "ordered = true\nretry = [\"1s\", \"1s\", \"1s\"]",
+    )
+}
+
+fn ids_in_order(r: &[Received]) -> Vec<String> {
+    r.iter()
+        .map(|x| x.header("webhook-id").unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn ordered_endpoint_is_strict_fifo_behind_a_failing_head() {
+    let rx = TestReceiver::with_script(|_, n| {
+        if n == 0 {
+            Reply::status(500)
+        } else {
+            Reply::status(200)
+        }
+    });
+    let srv = TestServer::start(&ordered_ep(&rx.url("/")));
+    let mut c = srv.connect();
+    for i in 0..5 {
+        assert_eq!(
+            c.send(&event("t", &format!("o-{i}"), "{}")),
+            format!("ok o-{i} 1")
+        );
+    }
+    let got = rx.wait_for(6, Duration::from_secs(15));
+    assert_eq!(
+        ids_in_order(&got),
+        ["o-0", "o-0", "o-1", "o-2", "o-3", "o-4"]
+    );
+    assert!(
+        got[1].at - got[0].at >= Duration::from_millis(950),
+        "the head waited for its retry"
+    );
+}
+
+#[test]
+fn ordered_endpoint_keeps_its_order_across_kill9() {
+    let rx = TestReceiver::with_script(|r, _| {
+        if r.header("webhook-id") == Some("k-0") {
+            Reply::status(500)
+        } else {
+            Reply::status(200)
+        }
+    });
+    let ep = endpoint(
+        "fifo",
+        r#"["t"]"#,
+        &rx.url("/"),
+        "ordered = true\nretry = [\"2s\", \"2s\"]",
+    );
+    let mut srv = TestServer::start(&ep);
+    let mut c = srv.connect();
+    for i in 0..4 {
+        c.send(&event("t", &format!("k-{i}"), "{}"));
+    }
+    // The head failed once and waits for its retry; nothing behind it was sent.
+    srv.wait_event("k-0", Duration::from_secs(10), |v| {
+        v["deliveries"][0]["state"] == "retrying"
+    });
+    assert_eq!(ids_in_order(&rx.requests()), ["k-0"]);
+    srv.kill9();
+    let dir = Arc::clone(&srv.dir);
+    drop(srv);
+    rx.set_script(|_, _| Reply::status(200));
+    let _srv = TestServer::start_in(dir, &ServerOpts::new(&ep));
+    let got = rx.wait_for(5, Duration::from_secs(15));
+    assert_eq!(ids_in_order(&got), ["k-0", "k-0", "k-1", "k-2", "k-3"]);
+}

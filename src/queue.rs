@@ -1,0 +1,208 @@
+//! An endpoint's ready queue on its worker: FIFO, or strictly ordered by acceptance.
+//!
+//! Owns the order in which a worker's lanes take an endpoint's deliveries. A FIFO queue
+//! holds due deliveries in arrival order. An ordered queue (`ordered = true`) holds
+//! every known delivery of the endpoint by sequence number — due or not — and offers
+//! only the oldest: while it waits for its retry, the ones behind it wait too. Copies of a
+//! delivery (a retry the worker kept and the same retry loaded again from the store) are
+//! collapsed to the newest, and a copy of a recently finished one is dropped. It must not
+//! do I/O or decide retries.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use rustc_hash::FxHashSet;
+
+/// How many finished sequence numbers an ordered queue remembers to drop late copies.
+const RECENT: usize = 4096;
+
+/// What the queue needs to know of an item.
+pub trait Queued {
+    /// The event's sequence number (acceptance order).
+    fn seq(&self) -> u64;
+    /// When the item may be attempted (unix ms).
+    fn due_ms(&self) -> u64;
+}
+
+/// Whether the queue has work now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ready {
+    Now,
+    /// The head is not due before this time (ordered queues only).
+    At(u64),
+    Empty,
+}
+
+pub enum JobQueue<T> {
+    Fifo(VecDeque<T>),
+    Ordered {
+        items: BTreeMap<u64, T>,
+        /// Recently finished deliveries: a copy arriving now is stale.
+        done: FxHashSet<u64>,
+        done_order: VecDeque<u64>,
+    },
+}
+
+impl<T: Queued> JobQueue<T> {
+    pub fn new(ordered: bool) -> Self {
+        if ordered {
+            JobQueue::Ordered {
+                items: BTreeMap::new(),
+                done: FxHashSet::default(),
+                done_order: VecDeque::new(),
+            }
+        } else {
+            JobQueue::Fifo(VecDeque::new())
+        }
+    }
+
+    /// Adds an item; returns it back when it is a stale copy.
+    pub fn push(&mut self, item: T) -> Result<(), T> {
+        match self {
+            JobQueue::Fifo(q) => {
+                q.push_back(item);
+                Ok(())
+            }
+            JobQueue::Ordered { items, done, .. } => {
+                let seq = item.seq();
+                if done.contains(&seq) {
+                    return Err(item);
+                }
+                match items.get(&seq) {
+                    Some(old) if old.due_ms() >= item.due_ms() => Err(item),
+                    _ => {
+                        items.insert(seq, item);
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether an item can be taken at `now_ms`.
+    pub fn ready(&self, now_ms: u64) -> Ready {
+        match self {
+            JobQueue::Fifo(q) if q.is_empty() => Ready::Empty,
+            JobQueue::Fifo(_) => Ready::Now,
+            JobQueue::Ordered { items, .. } => match items.first_key_value() {
+                None => Ready::Empty,
+                Some((_, head)) if head.due_ms() <= now_ms => Ready::Now,
+                Some((_, head)) => Ready::At(head.due_ms()),
+            },
+        }
+    }
+
+    /// Takes the next item (call after [`ready`](Self::ready) said `Now`).
+    pub fn pop(&mut self) -> Option<T> {
+        match self {
+            JobQueue::Fifo(q) => q.pop_front(),
+            JobQueue::Ordered { items, .. } => items.pop_first().map(|(_, v)| v),
+        }
+    }
+
+    /// Puts back an item that was taken but not attempted.
+    pub fn unpop(&mut self, item: T) {
+        match self {
+            JobQueue::Fifo(q) => q.push_front(item),
+            JobQueue::Ordered { items, .. } => {
+                items.insert(item.seq(), item);
+            }
+        }
+    }
+
+    /// Records that the delivery of `seq` is finished (ordered queues drop later copies).
+    pub fn completed(&mut self, seq: u64) {
+        if let JobQueue::Ordered {
+            done, done_order, ..
+        } = self
+        {
+            if done.insert(seq) {
+                done_order.push_back(seq);
+                if done_order.len() > RECENT {
+                    if let Some(old) = done_order.pop_front() {
+                        done.remove(&old);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            JobQueue::Fifo(q) => q.len(),
+            JobQueue::Ordered { items, .. } => items.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes everything, in queue order.
+    pub fn drain(&mut self) -> Vec<T> {
+        match self {
+            JobQueue::Fifo(q) => q.drain(..).collect(),
+            JobQueue::Ordered { items, .. } => std::mem::take(items).into_values().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq)]
+    struct J(u64, u64);
+    impl Queued for J {
+        fn seq(&self) -> u64 {
+            self.0
+        }
+        fn due_ms(&self) -> u64 {
+            self.1
+        }
+    }
+
+    #[test]
+    fn fifo_keeps_arrival_order() {
+        let mut q = JobQueue::new(false);
+        q.push(J(3, 0)).unwrap();
+        q.push(J(1, 0)).unwrap();
+        assert_eq!(q.ready(0), Ready::Now);
+        assert_eq!(q.pop(), Some(J(3, 0)));
+        assert_eq!(q.pop(), Some(J(1, 0)));
+        assert_eq!(q.ready(0), Ready::Empty);
+    }
+
+    #[test]
+    fn ordered_head_holds_back_the_rest_until_due() {
+        let mut q = JobQueue::new(true);
+        q.push(J(5, 100)).unwrap();
+        q.push(J(2, 500)).unwrap(); // an older delivery waiting for its retry
+        q.push(J(9, 0)).unwrap();
+        assert_eq!(q.ready(200), Ready::At(500));
+        assert_eq!(q.ready(500), Ready::Now);
+        assert_eq!(q.pop(), Some(J(2, 500)));
+        assert_eq!(q.pop(), Some(J(5, 100)));
+    }
+
+    #[test]
+    fn ordered_collapses_copies_and_drops_finished_ones() {
+        let mut q = JobQueue::new(true);
+        q.push(J(4, 100)).unwrap();
+        // The same retry again (from the store): the newer due time wins.
+        assert!(q.push(J(4, 100)).is_err());
+        q.push(J(4, 300)).unwrap();
+        assert!(q.push(J(4, 200)).is_err());
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.pop(), Some(J(4, 300)));
+        q.completed(4);
+        assert!(
+            q.push(J(4, 900)).is_err(),
+            "a copy of a finished delivery is stale"
+        );
+        q.push(J(3, 0)).unwrap();
+        assert_eq!(q.pop(), Some(J(3, 0)));
+        q.push(J(6, 0)).unwrap();
+        q.unpop(J(5, 0));
+        assert_eq!(q.drain(), vec![J(5, 0), J(6, 0)]);
+    }
+}
