@@ -4,14 +4,6 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-fn states(v: &serde_json::Value) -> Vec<String> {
-    v["deliveries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["state"].as_str().unwrap().to_string())
-        .collect()
-}
 
 fn attempts(v: &serde_json::Value) -> usize {
     v["deliveries"][0]["attempts"].as_array().unwrap().len()

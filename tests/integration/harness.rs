@@ -544,6 +544,16 @@ impl Conn {
     }
 }
 
+/// The state of each delivery in a `GET /v1/events/{id}` answer.
+pub fn states(v: &serde_json::Value) -> Vec<String> {
+    v["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["state"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// An event line.
 pub fn event(etype: &str, id: &str, data: &str) -> String {
     format!(r#"{{"type":"{etype}","id":"{id}","data":{data}}}"#)

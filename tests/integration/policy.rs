@@ -5,14 +5,6 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-fn states(v: &serde_json::Value) -> Vec<String> {
-    v["deliveries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["state"].as_str().unwrap().to_string())
-        .collect()
-}
 
 #[test]
 fn max_rps_holds_every_one_second_window() {

@@ -207,14 +207,6 @@ fn serve_conn(
     }
 }
 
-fn states(v: &serde_json::Value) -> Vec<String> {
-    v["deliveries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["state"].as_str().unwrap().to_string())
-        .collect()
-}
 
 fn write_ca(dir: &Path, pki: &Pki) -> String {
     let path = dir.join("ca.pem");
