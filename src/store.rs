@@ -349,7 +349,11 @@ impl Store {
         let mut cfs = Vec::new();
         for name in ALL_CFS {
             let mut o = Options::default();
-            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            // Events and attempts compress well; the small index families are not worth it.
+            o.set_compression_type(match name {
+                CF_EVENTS | CF_ATTEMPTS => rocksdb::DBCompressionType::Lz4,
+                _ => rocksdb::DBCompressionType::None,
+            });
             let mut bb = BlockBasedOptions::default();
             match name {
                 CF_EVENTS | CF_ATTEMPTS => {

@@ -24,6 +24,10 @@ use monoio::net::TcpStream;
 
 use http1::{Progress, ResponseParser, RetryAfter, Scheme, Target};
 
+/// A lane's read buffer starts this small (10,000 idle lanes must stay cheap) and grows
+/// for large responses.
+const RBUF_MIN: usize = 4 * 1024;
+
 /// Bytes of the response body kept for `success`/`error` matching.
 pub const MATCH_LIMIT: usize = 64 * 1024;
 
@@ -85,7 +89,7 @@ impl ConnSlot {
                     Some(c) => (c.parser, c.rbuf),
                     None => (
                         ResponseParser::new(MATCH_LIMIT),
-                        Vec::with_capacity(16 * 1024),
+                        Vec::with_capacity(RBUF_MIN),
                     ),
                 };
                 rbuf.clear();
@@ -260,7 +264,7 @@ async fn read_response(conn: &mut Conn) -> Result<(u16, Option<Duration>, bool),
 
 fn reserve(mut b: Vec<u8>) -> Vec<u8> {
     if b.capacity() - b.len() < 4096 {
-        b.reserve(16 * 1024);
+        b.reserve(RBUF_MIN);
     }
     b
 }
