@@ -7,7 +7,8 @@
 //!   drains everything queued, checks idempotency keys, routes each event to the enabled
 //!   endpoints subscribed to it, and writes events, idempotency keys and one `due` key per
 //!   delivery in a single write batch — with `durability = sync` one fsync covers the whole
-//!   round. Only then do the acks go back to the connections' workers.
+//!   round. Only then do the acks go back: to the connection's worker, or over a channel
+//!   to the admin API's `POST /v1/events`.
 //! - **Outcomes.** Workers report every attempt's outcome; the committer appends it to the
 //!   attempt log and retires or reschedules the delivery's `due` key in the same rounds.
 //! - **The loader.** The `due` column family is the timer wheel's backing store. A cursor
@@ -16,6 +17,10 @@
 //!   sending what it passes to the owning workers, but only while fewer than
 //!   `MAX_IN_MEMORY` deliveries are in memory — so a million pending retries cost disk,
 //!   not memory, and a backlog after a restart streams in as it drains.
+//! - **Metrics.** It counts acks, times each batch from hand-off to durable ack, and
+//!   keeps the number of pending and paused deliveries (counted once at start, then
+//!   moved by every write that adds or retires one); [`CommitMsg::Snapshot`] copies them
+//!   out at the end of a round.
 //!
 //! It must not do network I/O, and nothing else may write the store.
 
@@ -26,6 +31,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::config::Durability;
+use crate::metrics::{CommitSnapshot, Hist};
 use crate::shard::{Mailbox, MailboxSender};
 use crate::store::{
     self, seq_floor, seq_time_ms, AttemptRecord, DueKey, EndpointId, EndpointMeta, EventRecord,
@@ -52,12 +58,24 @@ pub struct NewEvent {
     pub data: Bytes,
 }
 
-/// A connection's batch of events: answered with one [`WorkerMsg::Acks`].
+/// A batch of events, answered once durable with one result per event.
 pub struct IngestBatch {
-    pub worker: usize,
-    pub conn: u64,
-    pub ticket: u64,
+    pub to: AckTo,
     pub events: Vec<NewEvent>,
+    /// When the batch was handed to the committer (for the ack-latency histogram).
+    pub sent_at: Instant,
+}
+
+/// Where a batch's results go.
+pub enum AckTo {
+    /// An ingest connection: one [`WorkerMsg::Acks`] to its worker.
+    Conn {
+        worker: usize,
+        conn: u64,
+        ticket: u64,
+    },
+    /// A caller on another thread (the admin API's `POST /v1/events`).
+    Channel(crossbeam_channel::Sender<Vec<AckResult>>),
 }
 
 /// The answer for one event of a batch.
@@ -110,6 +128,8 @@ pub enum CommitMsg {
     },
     /// Flush, sync, and stop; the reply says it is done.
     Shutdown(crossbeam_channel::Sender<()>),
+    /// Copy the committer's metrics out, at the end of the current round.
+    Snapshot(crossbeam_channel::Sender<CommitSnapshot>),
 }
 
 /// What the committer knows of an endpoint.
@@ -212,6 +232,54 @@ struct State {
     dirty: HashSet<EndpointId>,
     /// Endpoints whose paused deliveries are being moved back to `due`.
     resuming: Vec<EndpointId>,
+    stats: Stats,
+}
+
+/// The committer's own metrics (see [`CommitSnapshot`]).
+struct Stats {
+    acks_ok: u64,
+    acks_dup: u64,
+    acks_unavailable: u64,
+    /// µs from hand-off to durable ack, per event.
+    ack_latency: Hist,
+    /// Keys in `due` plus keys in `paused`: deliveries not yet done.
+    pending: u64,
+    /// Keys in `paused`.
+    paused: u64,
+}
+
+/// Changes to the pending/paused counts made by one write batch; applied only once the
+/// batch is written.
+#[derive(Debug, Default, Clone, Copy)]
+struct Delta {
+    pending: i64,
+    paused: i64,
+}
+
+impl Stats {
+    fn apply(&mut self, d: Delta) {
+        self.pending = self.pending.saturating_add_signed(d.pending);
+        self.paused = self.paused.saturating_add_signed(d.paused);
+    }
+}
+
+/// Counts the deliveries pending in the store (`due` and `paused` keys) and of those the
+/// paused ones. Scans both column families once, at start.
+fn count_pending(store: &Store) -> Result<(u64, u64), store::StoreError> {
+    let due = store.count_due()? as u64;
+    let mut paused = 0u64;
+    for (_, meta) in store.endpoints()? {
+        let mut after = 0;
+        loop {
+            let page = store.paused_of(meta.id, after, PAGE * 8)?;
+            paused += page.len() as u64;
+            match page.last() {
+                Some(&(seq, _)) if page.len() == PAGE * 8 => after = seq + 1,
+                _ => break,
+            }
+        }
+    }
+    Ok((due + paused, paused))
 }
 
 fn now_ms() -> u64 {
@@ -227,6 +295,7 @@ impl Committer {
         let max = self.store.max_seq()?.unwrap_or(0);
         let next_seq = (max + 1).max(seq_floor(now_ms()));
         let n = self.workers.len();
+        let (pending, paused) = count_pending(&self.store)?;
         let mut st = State {
             store: self.store,
             durability: self.durability,
@@ -243,6 +312,14 @@ impl Committer {
             poisoned: None,
             dirty: HashSet::default(),
             resuming: Vec::new(),
+            stats: Stats {
+                acks_ok: 0,
+                acks_dup: 0,
+                acks_unavailable: 0,
+                ack_latency: Hist::micros(),
+                pending,
+                paused,
+            },
         };
         // Ordered endpoints get their held head first, so nothing overtakes it.
         st.send_holds();
@@ -311,7 +388,9 @@ impl State {
     ) {
         let now = now_ms();
         let mut batch = self.store.batch();
-        let mut acks: Vec<(usize, u64, u64, Vec<AckResult>)> = Vec::new();
+        let mut acks: Vec<(AckTo, Instant, Vec<AckResult>)> = Vec::new();
+        let mut delta = Delta::default();
+        let mut snapshots = Vec::new();
         let mut round_ids: HashSet<String> = HashSet::default();
         let mut routes = Vec::new();
         let mut jobs_from_ingest: Vec<(usize, Job)> = Vec::new();
@@ -334,12 +413,16 @@ impl State {
                             &mut routes,
                             &mut jobs_from_ingest,
                         ));
+                        delta.pending += match results.last() {
+                            Some(AckResult::Ok { deliveries, .. }) => *deliveries as i64,
+                            _ => 0,
+                        };
                     }
-                    acks.push((b.worker, b.conn, b.ticket, results));
+                    acks.push((b.to, b.sent_at, results));
                 }
                 CommitMsg::Outcomes(list) => {
                     for o in list {
-                        self.record(o, &mut batch, &mut jobs_from_outcomes);
+                        self.record(o, &mut batch, &mut jobs_from_outcomes, &mut delta);
                     }
                 }
                 CommitMsg::EndpointDisabled { ep, reason } => {
@@ -365,6 +448,7 @@ impl State {
                     }
                 }
                 CommitMsg::Shutdown(reply) => *shutdown = Some(reply),
+                CommitMsg::Snapshot(reply) => snapshots.push(reply),
             }
         }
         for ep in self.dirty.drain() {
@@ -372,13 +456,15 @@ impl State {
                 batch.put_endpoint(&self.store, &info.name, &info.meta);
             }
         }
+        let mut written = true;
         if !batch.is_empty() {
             let has_events = batch.event_count() > 0;
             let sync = has_events && self.durability == Durability::Sync;
             if let Err(e) = self.store.commit(batch, sync) {
+                written = false;
                 tracing::error!(error = %e, "store write failed; answering unavailable");
                 let msg = format!("cannot persist: {e}");
-                for (_, _, _, results) in acks.iter_mut() {
+                for (_, _, results) in acks.iter_mut() {
                     for r in results.iter_mut() {
                         if matches!(r, AckResult::Ok { .. }) {
                             *r = AckResult::Unavailable(msg.clone());
@@ -394,20 +480,64 @@ impl State {
                 self.unsynced = true;
             }
         }
+        if written {
+            self.stats.apply(delta);
+        }
         for ep in to_pause {
             self.pause_all(ep);
         }
         for (worker, job) in jobs_from_ingest.into_iter().chain(jobs_from_outcomes) {
             self.out_jobs[worker].push(job);
         }
-        for (worker, conn, ticket, results) in acks {
-            self.workers[worker].send(WorkerMsg::Acks {
-                conn,
-                ticket,
-                results,
-            });
+        for (to, sent_at, results) in acks {
+            self.count_acks(sent_at, &results);
+            match to {
+                AckTo::Conn {
+                    worker,
+                    conn,
+                    ticket,
+                } => {
+                    self.workers[worker].send(WorkerMsg::Acks {
+                        conn,
+                        ticket,
+                        results,
+                    });
+                }
+                AckTo::Channel(reply) => {
+                    let _ = reply.send(results);
+                }
+            }
         }
         self.flush_jobs();
+        for reply in snapshots {
+            let _ = reply.send(self.snapshot());
+        }
+    }
+
+    fn count_acks(&mut self, sent_at: Instant, results: &[AckResult]) {
+        let st = &mut self.stats;
+        for r in results {
+            match r {
+                AckResult::Ok { .. } => st.acks_ok += 1,
+                AckResult::Dup { .. } => st.acks_dup += 1,
+                AckResult::Unavailable(_) => st.acks_unavailable += 1,
+            }
+        }
+        let us = sent_at.elapsed().as_micros().min(u64::MAX as u128) as u64;
+        st.ack_latency.record_n(us, results.len() as u64);
+    }
+
+    fn snapshot(&self) -> CommitSnapshot {
+        let st = &self.stats;
+        CommitSnapshot {
+            acks_ok: st.acks_ok,
+            acks_dup: st.acks_dup,
+            acks_unavailable: st.acks_unavailable,
+            ack_latency: st.ack_latency.clone(),
+            pending: st.pending,
+            paused: st.paused,
+            endpoints_disabled: self.router.eps.values().filter(|i| !i.enabled).count() as u64,
+        }
     }
 
     fn flush_jobs(&mut self) {
@@ -495,7 +625,13 @@ impl State {
         }
     }
 
-    fn record(&mut self, o: Outcome, batch: &mut store::Batch, jobs: &mut Vec<(usize, Job)>) {
+    fn record(
+        &mut self,
+        o: Outcome,
+        batch: &mut store::Batch,
+        jobs: &mut Vec<(usize, Job)>,
+        delta: &mut Delta,
+    ) {
         self.in_memory = self.in_memory.saturating_sub(1);
         if let Some(info) = self.router.eps.get_mut(&o.ep) {
             if info.meta.fails != o.fails {
@@ -528,15 +664,23 @@ impl State {
             Next::Retry { .. } if !enabled => Next::Paused,
             n => n,
         };
+        // Only for a disabled endpoint (rare): whether pausing already moved this
+        // delivery aside, so the paused count moves exactly.
+        let was_paused = !enabled && self.store.is_paused(o.ep, seq).unwrap_or(false);
         match next {
             Next::Stale => {}
             Next::Done => {
+                delta.pending -= 1;
                 if !enabled {
                     // Pausing may have moved it aside while this attempt ran.
                     batch.del_paused(&self.store, o.ep, seq);
+                    delta.paused -= was_paused as i64;
                 }
             }
-            Next::Paused => batch.put_paused(&self.store, o.ep, seq, o.attempts),
+            Next::Paused => {
+                batch.put_paused(&self.store, o.ep, seq, o.attempts);
+                delta.paused += !was_paused as i64;
+            }
             Next::Retry { due_ms } => {
                 let due = DueKey {
                     due_ms,
@@ -580,10 +724,11 @@ impl State {
             };
             let full = page.len() == PAGE * 8;
             let mut batch = self.store.batch();
+            let mut in_page = 0;
             for (key, attempts) in page.into_iter().filter(|(k, _)| k.ep == ep) {
                 batch.del_due(&self.store, key);
                 batch.put_paused(&self.store, ep, key.seq, attempts);
-                moved += 1;
+                in_page += 1;
             }
             if !batch.is_empty() {
                 if let Err(e) = self.store.commit(batch, false) {
@@ -591,6 +736,8 @@ impl State {
                     return;
                 }
             }
+            moved += in_page;
+            self.stats.paused += in_page as u64;
             if !full {
                 break;
             }
@@ -648,6 +795,10 @@ impl State {
                 still.push(ep);
                 continue;
             }
+            self.stats.apply(Delta {
+                pending: 0,
+                paused: -(page.len() as i64),
+            });
             // Keys below the cursor are never loaded: hand them over now.
             for (due, attempts) in below_cursor {
                 match self.store.event(due.seq) {
@@ -713,15 +864,12 @@ impl State {
                 return;
             }
             let until = self.cursor.due_ms.saturating_add(1);
-            let page = match self.store.due_range(sp.scan, until, PAGE) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!(error = %e, "loader cannot read the due index");
-                    return;
-                }
+            let Some(page) = self.read_due(sp.scan, until) else {
+                return;
             };
             let full = page.len() == PAGE;
             let mut cleanup = self.store.batch();
+            let mut delta = Delta::default();
             let mut reached_cursor = !full;
             for (key, attempts) in page {
                 if key >= self.cursor {
@@ -732,19 +880,37 @@ impl State {
                     s.scan = successor(key);
                 }
                 if key.seq >= sp.fence {
-                    self.hand_over(key, attempts, &mut cache, &mut cleanup);
+                    self.hand_over(key, attempts, &mut cache, &mut cleanup, &mut delta);
                 }
             }
-            if !cleanup.is_empty() {
-                if let Err(e) = self.store.commit(cleanup, false) {
-                    tracing::warn!(error = %e, "loader clean-up write failed");
-                }
-            }
+            self.commit_cleanup(cleanup, delta);
             self.flush_jobs();
             cache.clear();
             if reached_cursor {
                 tracing::debug!("spilled deliveries all loaded");
                 self.spill = None;
+            }
+        }
+    }
+
+    /// Writes the loader's clean-up (deliveries dropped or paused on the way).
+    fn commit_cleanup(&mut self, cleanup: store::Batch, delta: Delta) {
+        if cleanup.is_empty() {
+            return;
+        }
+        match self.store.commit(cleanup, false) {
+            Ok(()) => self.stats.apply(delta),
+            Err(e) => tracing::warn!(error = %e, "loader clean-up write failed"),
+        }
+    }
+
+    /// A page of the due index from `from` to `until_ms`; `None` (logged) on a read error.
+    fn read_due(&self, from: DueKey, until_ms: u64) -> Option<Vec<(DueKey, u16)>> {
+        match self.store.due_range(from, until_ms, PAGE) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::error!(error = %e, "loader cannot read the due index");
+                None
             }
         }
     }
@@ -756,10 +922,12 @@ impl State {
         attempts: u16,
         cache: &mut HashMap<Seq, Arc<EventRecord>>,
         cleanup: &mut store::Batch,
+        delta: &mut Delta,
     ) {
         let Some(info) = self.router.eps.get(&key.ep) else {
             // The endpoint no longer exists: nothing can deliver this.
             cleanup.del_due(&self.store, key);
+            delta.pending -= 1;
             return;
         };
         let event = match cache.get(&key.seq) {
@@ -772,6 +940,7 @@ impl State {
                 }
                 Ok(None) => {
                     cleanup.del_due(&self.store, key);
+                    delta.pending -= 1;
                     return;
                 }
                 Err(e) => {
@@ -783,6 +952,7 @@ impl State {
         if !info.enabled {
             cleanup.del_due(&self.store, key);
             cleanup.put_paused(&self.store, key.ep, key.seq, attempts);
+            delta.paused += 1;
             return;
         }
         self.out_jobs[info.worker].push(Job {
@@ -807,24 +977,17 @@ impl State {
         let horizon = now_ms() + HORIZON_MS;
         let mut cache: HashMap<Seq, Arc<EventRecord>> = HashMap::default();
         while self.in_memory < MAX_IN_MEMORY {
-            let page = match self.store.due_range(self.cursor, horizon, PAGE) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!(error = %e, "loader cannot read the due index");
-                    return;
-                }
+            let Some(page) = self.read_due(self.cursor, horizon) else {
+                return;
             };
             let full = page.len() == PAGE;
             let mut cleanup = self.store.batch();
+            let mut delta = Delta::default();
             for (key, attempts) in page {
                 self.cursor = successor(key);
-                self.hand_over(key, attempts, &mut cache, &mut cleanup);
+                self.hand_over(key, attempts, &mut cache, &mut cleanup, &mut delta);
             }
-            if !cleanup.is_empty() {
-                if let Err(e) = self.store.commit(cleanup, false) {
-                    tracing::warn!(error = %e, "loader clean-up write failed");
-                }
-            }
+            self.commit_cleanup(cleanup, delta);
             self.flush_jobs();
             if !full {
                 self.cursor = self.cursor.max(DueKey {

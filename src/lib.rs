@@ -14,7 +14,9 @@
 //!                                                                          │
 //!                        store (RocksDB): events = the durable record;     │
 //!                            due index, attempt log, idempotency keys ◀────┘
-//!  admin (own thread): GET /health, GET /v1/events/{id} read the store
+//!  admin (own threads): GET /health, /v1/events/{id}, /v1/endpoints read the store;
+//!      POST /v1/events → commit (one-event batch, ack over a channel);
+//!      GET /metrics → Snapshot to every worker and the committer, summed, encoded
 //! ```
 //!
 //! # Layout
@@ -32,7 +34,8 @@
 //! - [`template`]: template compiler and renderer.
 //! - [`queue`]: an endpoint's ready queue, FIFO or ordered.
 //! - [`ratelimit`]: token buckets.
-//! - [`admin`]: the admin HTTP API.
+//! - [`admin`]: the admin HTTP API, one file per resource.
+//! - [`metrics`]: per-thread counters and histograms, snapshots, Prometheus text format.
 //! - [`client`]: `ricochet send`.
 //! - [`render`]: `ricochet render`.
 //! - [`local`]: single-thread async primitives.
@@ -45,6 +48,7 @@ pub mod deliver;
 pub mod endpoint;
 pub mod ingest;
 pub mod local;
+pub mod metrics;
 pub mod queue;
 pub mod ratelimit;
 pub mod render;

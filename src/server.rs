@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
+use crate::admin::AdminSetup;
 use crate::commit::{CommitMsg, Committer, RouteInfo};
 use crate::config::Config;
 use crate::deliver::dns::ResolverThread;
@@ -134,9 +135,10 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         .spawn(move || committer.run())?;
 
     let resolver = ResolverThread::start();
+    let specs: Vec<Arc<EndpointSpec>> = specs.into_iter().map(Arc::new).collect();
     let mut per_worker: Vec<Vec<Arc<EndpointSpec>>> = (0..n).map(|_| Vec::new()).collect();
-    for spec in specs {
-        per_worker[worker_for(&spec.cfg.name, n)].push(Arc::new(spec));
+    for spec in &specs {
+        per_worker[worker_for(&spec.cfg.name, n)].push(spec.clone());
     }
     let mut worker_threads = Vec::new();
     for (idx, (inbox, endpoints)) in worker_rx.into_iter().zip(per_worker).enumerate() {
@@ -195,12 +197,15 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             },
         )?;
     }
-    let admin_addr = crate::admin::start(
-        s.admin,
-        store.clone(),
-        s.admin_token.clone(),
-        commit_tx.clone(),
-    )
+    let admin_addr = crate::admin::start(AdminSetup {
+        addr: s.admin,
+        store: store.clone(),
+        token: s.admin_token.clone(),
+        commit: commit_tx.clone(),
+        workers: worker_tx.clone(),
+        endpoints: specs,
+        max_line_bytes: s.max_line_bytes,
+    })
     .with_context(|| format!("cannot start the admin API on {}", s.admin))?;
     tracing::info!(
         socket = %s.socket.display(),

@@ -11,6 +11,10 @@
 //! `max_in_flight` lanes per endpoint take jobs from the queue, each owning one
 //! connection; every attempt's outcome goes back to the committer in batches.
 //!
+//! Metrics are counted where outcomes are reported (`report_n`): plain integer
+//! adds and histogram records in this worker's own cells, copied out on
+//! [`WorkerMsg::Snapshot`].
+//!
 //! It must not block: no store access, no blocking DNS, no fsync.
 
 use std::cell::{Cell, OnceCell, RefCell};
@@ -33,12 +37,15 @@ use crate::deliver::{ssrf, ConnSlot, Exchange};
 use crate::endpoint::EndpointSpec;
 use crate::ingest::{self, ConnCtx, ConnShared};
 use crate::local::{yield_now, LocalNotify};
+use crate::metrics::{AttemptResult, EndpointCounts, Hist, IngestCounters, WorkerSnapshot};
 use crate::queue::{JobQueue, Queued, Ready};
 use crate::ratelimit::TokenBucket;
 use crate::schedule::wheel::TimerWheel;
 use crate::schedule::{after_attempt, classify_response, FailClass, Verdict};
 use crate::shard::{Mailbox, MailboxSender};
-use crate::store::{AttemptRecord, DeliveryState, DueKey, EndpointId, EndpointMeta, EventRecord};
+use crate::store::{
+    seq_time_ms, AttemptRecord, DeliveryState, DueKey, EndpointId, EndpointMeta, EventRecord,
+};
 use crate::template::Doc;
 
 /// How long an idle lane keeps its connection before it exits.
@@ -71,6 +78,8 @@ pub enum WorkerMsg {
         ep: EndpointId,
         enabled: bool,
     },
+    /// Copy this worker's metrics out.
+    Snapshot(crossbeam_channel::Sender<WorkerSnapshot>),
     /// Stop taking work, finish in-flight attempts (bounded), report, exit.
     Shutdown,
 }
@@ -140,6 +149,8 @@ struct Ep {
     pacing: Cell<bool>,
     /// Bumped on every enable/disable.
     gen: Cell<u32>,
+    /// Delivery outcomes and attempts since start.
+    counts: RefCell<EndpointCounts>,
 }
 
 impl Ep {
@@ -169,6 +180,11 @@ struct Worker {
     stopping: Cell<bool>,
     active: Cell<usize>,
     idle_wake: LocalNotify,
+    ingest_counters: Rc<IngestCounters>,
+    /// µs per attempt.
+    attempt_latency: RefCell<Hist>,
+    /// ms from acceptance to attempt.
+    delivery_lag: RefCell<Hist>,
 }
 
 pub fn now_ms() -> u64 {
@@ -200,6 +216,7 @@ pub async fn run(setup: WorkerSetup) {
                     bucket: RefCell::new(bucket),
                     pacing: Cell::new(false),
                     gen: Cell::new(0),
+                    counts: RefCell::new(EndpointCounts::default()),
                 }),
             )
         })
@@ -221,6 +238,9 @@ pub async fn run(setup: WorkerSetup) {
         stopping: Cell::new(false),
         active: Cell::new(0),
         idle_wake: LocalNotify::default(),
+        ingest_counters: Rc::new(IngestCounters::default()),
+        attempt_latency: RefCell::new(Hist::micros()),
+        delivery_lag: RefCell::new(Hist::millis()),
     });
     monoio::spawn(timer_loop(w.clone()));
     let inbox = setup.inbox;
@@ -343,7 +363,27 @@ impl Worker {
                     }
                 }
             }
+            WorkerMsg::Snapshot(reply) => {
+                let _ = reply.send(self.snapshot());
+            }
             WorkerMsg::Shutdown => {}
+        }
+    }
+
+    fn snapshot(&self) -> WorkerSnapshot {
+        let eps = self.endpoints.borrow();
+        let queued: usize = eps.values().map(|e| e.queue.borrow().len()).sum();
+        WorkerSnapshot {
+            worker: self.idx,
+            endpoints: eps
+                .values()
+                .map(|e| (e.spec.cfg.name.clone(), *e.counts.borrow()))
+                .collect(),
+            rejected_invalid: self.ingest_counters.invalid.get(),
+            rejected_too_large: self.ingest_counters.too_large.get(),
+            in_memory: (self.wheel.borrow().len() + queued + self.active.get()) as u64,
+            attempt_latency: self.attempt_latency.borrow().clone(),
+            delivery_lag: self.delivery_lag.borrow().clone(),
         }
     }
 
@@ -362,6 +402,7 @@ impl Worker {
             conn: id,
             max_line_bytes: self.max_line_bytes,
             commit: self.commit.clone(),
+            counters: self.ingest_counters.clone(),
         };
         let w = self.clone();
         monoio::spawn(async move {
@@ -424,12 +465,13 @@ impl Worker {
         next: Next,
         attempts: u16,
     ) {
-        let fails = self
-            .endpoints
-            .borrow()
-            .get(&job.ep)
-            .map(|e| e.fails.get())
-            .unwrap_or_default();
+        let fails = match self.endpoints.borrow().get(&job.ep) {
+            Some(ep) => {
+                self.count(ep, attempt.as_ref(), next, job.due.seq);
+                ep.fails.get()
+            }
+            None => Default::default(),
+        };
         self.outbox.borrow_mut().push(Outcome {
             event: job.ev.rec.clone(),
             ep: job.ep,
@@ -445,6 +487,32 @@ impl Worker {
                 yield_now().await;
                 w.flush_outbox();
             });
+        }
+    }
+
+    /// Counts a reported outcome: the attempt's result, latency and lag, and what became
+    /// of the delivery. The one place delivery metrics are counted.
+    fn count(&self, ep: &Ep, attempt: Option<&AttemptRecord>, next: Next, seq: u64) {
+        let mut c = ep.counts.borrow_mut();
+        match attempt {
+            Some(a) => {
+                c.attempts[AttemptResult::of(a.status, a.timed_out) as usize] += 1;
+                match a.state_after {
+                    Some(DeliveryState::Delivered) => c.delivered += 1,
+                    Some(DeliveryState::Failed) => c.failed += 1,
+                    Some(DeliveryState::Retrying) => c.retrying += 1,
+                    Some(DeliveryState::Paused) => c.paused += 1,
+                    _ => {}
+                }
+                self.attempt_latency
+                    .borrow_mut()
+                    .record(a.latency_us as u64);
+                self.delivery_lag
+                    .borrow_mut()
+                    .record(a.at_ms.saturating_sub(seq_time_ms(seq)));
+            }
+            None if next == Next::Paused => c.paused += 1,
+            None => {}
         }
     }
 

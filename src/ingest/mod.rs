@@ -20,8 +20,9 @@ use std::rc::Rc;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
 
-use crate::commit::{AckResult, CommitMsg, IngestBatch};
+use crate::commit::{AckResult, AckTo, CommitMsg, IngestBatch};
 use crate::local::LocalNotify;
+use crate::metrics::IngestCounters;
 use crate::shard::MailboxSender;
 use parse::LineParser;
 
@@ -86,6 +87,8 @@ pub struct ConnCtx {
     pub conn: u64,
     pub max_line_bytes: usize,
     pub commit: MailboxSender<CommitMsg>,
+    /// The worker's counters of lines rejected here.
+    pub counters: Rc<IngestCounters>,
 }
 
 /// Serves one ingest connection until the peer closes it and every answer is written.
@@ -141,6 +144,7 @@ impl Framer<'_> {
                 self.events.push(ev);
             }
             Err(e) => {
+                self.ctx.counters.count_invalid();
                 let mut msg = b"err invalid ".to_vec();
                 msg.extend(e.0.bytes().map(|b| if b == b'\n' { b' ' } else { b }));
                 msg.push(b'\n');
@@ -150,6 +154,7 @@ impl Framer<'_> {
     }
 
     fn too_large(&mut self) {
+        self.ctx.counters.count_too_large();
         let msg = format!(
             "err too_large line exceeds max_line_bytes ({})\n",
             self.ctx.max_line_bytes
@@ -171,10 +176,13 @@ impl Framer<'_> {
             let events = std::mem::take(&mut self.events);
             let n = events.len();
             let sent = self.ctx.commit.send(CommitMsg::Ingest(IngestBatch {
-                worker: self.ctx.worker,
-                conn: self.ctx.conn,
-                ticket: self.ticket,
+                to: AckTo::Conn {
+                    worker: self.ctx.worker,
+                    conn: self.ctx.conn,
+                    ticket: self.ticket,
+                },
                 events,
+                sent_at: std::time::Instant::now(),
             }));
             if sent {
                 None

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-
 fn attempts(v: &serde_json::Value) -> usize {
     v["deliveries"][0]["attempts"].as_array().unwrap().len()
 }

@@ -5,6 +5,7 @@
 
 mod harness;
 
+mod admin;
 mod crash;
 mod delivery;
 mod policy;

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-
 #[test]
 fn max_rps_holds_every_one_second_window() {
     let rx = TestReceiver::start();

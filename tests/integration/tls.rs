@@ -207,7 +207,6 @@ fn serve_conn(
     }
 }
 
-
 fn write_ca(dir: &Path, pki: &Pki) -> String {
     let path = dir.join("ca.pem");
     std::fs::write(&path, &pki.ca_pem).unwrap();

@@ -1,0 +1,75 @@
+//! `GET /metrics`: asks every worker and the committer for a snapshot of their own
+//! counters over their mailboxes, waits at most [`SCRAPE_WAIT`] for the answers, sums
+//! them and writes the Prometheus text format ([`crate::metrics::encode`]). A part that
+//! does not answer in time is left out and counted in `ricochet_metrics_unanswered`.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::{Admin, Response};
+use crate::commit::CommitMsg;
+use crate::metrics::{encode, AdminCounts, Scrape};
+use crate::worker::WorkerMsg;
+
+/// The longest a scrape waits for the workers and the committer.
+pub const SCRAPE_WAIT: Duration = Duration::from_secs(1);
+
+impl Admin {
+    pub(super) fn metrics(&self) -> Response {
+        let text = encode(&self.collect(None, true));
+        Response {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            headers: Vec::new(),
+            body: text.into_bytes(),
+        }
+    }
+
+    /// Snapshots of every worker (or only worker `only`) and, with `committer`, of the
+    /// committer; whatever answered within [`SCRAPE_WAIT`].
+    pub(super) fn collect(&self, only: Option<usize>, committer: bool) -> Scrape {
+        let deadline = Instant::now() + SCRAPE_WAIT;
+        let mut unanswered = 0;
+        let (wtx, wrx) = crossbeam_channel::unbounded();
+        let mut asked = 0;
+        for (i, w) in self.workers.iter().enumerate() {
+            if only.is_some_and(|o| o != i) {
+                continue;
+            }
+            if w.send(WorkerMsg::Snapshot(wtx.clone())) {
+                asked += 1;
+            } else {
+                unanswered += 1;
+            }
+        }
+        drop(wtx);
+        let crx = committer.then(|| {
+            let (ctx, crx) = crossbeam_channel::bounded(1);
+            self.commit.send(CommitMsg::Snapshot(ctx));
+            crx
+        });
+        let mut workers = Vec::with_capacity(asked);
+        while workers.len() < asked {
+            match wrx.recv_deadline(deadline) {
+                Ok(s) => workers.push(s),
+                Err(_) => break,
+            }
+        }
+        unanswered += asked - workers.len();
+        let commit = crx.and_then(|rx| rx.recv_deadline(deadline).ok());
+        if committer && commit.is_none() {
+            unanswered += 1;
+        }
+        workers.sort_by_key(|w| w.worker);
+        Scrape {
+            workers,
+            commit,
+            admin: AdminCounts {
+                invalid: self.counts.invalid.load(Ordering::Relaxed),
+                too_large: self.counts.too_large.load(Ordering::Relaxed),
+                unavailable: self.counts.unavailable.load(Ordering::Relaxed),
+            },
+            unanswered,
+        }
+    }
+}

@@ -1,0 +1,511 @@
+//! The admin HTTP API (SPEC §7): health, Prometheus metrics, HTTP ingest, the endpoints'
+//! configuration and state, and the webhook log's `GET /v1/events/{id}`.
+//!
+//! Runs on its own threads with blocking sockets (one per connection, at most
+//! [`MAX_CONNS`]) and reads the store directly, so it never slows a worker. Everything
+//! that changes state goes through the committer's mailbox: an ingested event is a
+//! one-event batch answered over a channel; metrics are snapshots the workers and the
+//! committer send back when asked. Binds loopback by default; with `admin_token` every
+//! `/v1` call needs `Authorization: Bearer <token>` (compared in constant time), while
+//! `/health` and `/metrics` stay open. Request heads are capped at 16 KiB and bodies at
+//! [`MAX_BODY`]; a malformed request is a 4xx, never a panic.
+//!
+//! It must not write the store, and must not block a worker or the committer: every
+//! wait on them is bounded.
+//!
+//! One file per resource: `events.rs` (`/v1/events…`), `endpoints.rs`
+//! (`/v1/endpoints…`), `metrics.rs` (`/metrics`).
+
+mod endpoints;
+mod events;
+mod metrics;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::commit::CommitMsg;
+use crate::endpoint::EndpointSpec;
+use crate::shard::MailboxSender;
+use crate::store::Store;
+use crate::worker::WorkerMsg;
+
+/// Largest request head.
+const MAX_HEAD: usize = 16 * 1024;
+/// Largest request body (1 MiB).
+pub const MAX_BODY: usize = 1 << 20;
+/// Connections served at once; more are answered 503 and closed.
+pub const MAX_CONNS: usize = 64;
+/// How long an idle keep-alive connection (or a stalled request) is kept.
+const IDLE: Duration = Duration::from_secs(30);
+/// How long the remains of a rejected body are read and dropped before closing.
+const DISCARD_WAIT: Duration = Duration::from_secs(2);
+
+/// Everything the admin API starts with.
+pub struct AdminSetup {
+    pub addr: SocketAddr,
+    pub store: Store,
+    pub token: Option<String>,
+    pub commit: MailboxSender<CommitMsg>,
+    pub workers: Vec<MailboxSender<WorkerMsg>>,
+    /// The configured endpoints, compiled.
+    pub endpoints: Vec<Arc<EndpointSpec>>,
+    pub max_line_bytes: usize,
+}
+
+/// Rejects the admin API answers itself (HTTP ingest), for `/metrics`.
+#[derive(Default)]
+struct HttpCounts {
+    invalid: AtomicU64,
+    too_large: AtomicU64,
+    unavailable: AtomicU64,
+}
+
+struct Admin {
+    store: Store,
+    token: Option<String>,
+    commit: MailboxSender<CommitMsg>,
+    workers: Vec<MailboxSender<WorkerMsg>>,
+    /// By name.
+    endpoints: BTreeMap<String, Arc<EndpointSpec>>,
+    max_line_bytes: usize,
+    counts: HttpCounts,
+    conns: AtomicUsize,
+}
+
+/// Binds `setup.addr` and serves the API in the background; returns the bound address.
+pub fn start(setup: AdminSetup) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(setup.addr)?;
+    let local = listener.local_addr()?;
+    let admin = Arc::new(Admin {
+        store: setup.store,
+        token: setup.token,
+        commit: setup.commit,
+        workers: setup.workers,
+        endpoints: setup
+            .endpoints
+            .into_iter()
+            .map(|s| (s.cfg.name.clone(), s))
+            .collect(),
+        max_line_bytes: setup.max_line_bytes,
+        counts: HttpCounts::default(),
+        conns: AtomicUsize::new(0),
+    });
+    std::thread::Builder::new()
+        .name("ricochet-admin".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                if admin.conns.fetch_add(1, Ordering::AcqRel) >= MAX_CONNS {
+                    admin.conns.fetch_sub(1, Ordering::AcqRel);
+                    let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
+                    let busy = error(503, "too many admin connections");
+                    let _ = write_response(&mut conn, &busy, false);
+                    continue;
+                }
+                let mine = admin.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("ricochet-admin-conn".into())
+                    .spawn(move || {
+                        mine.serve(conn);
+                        mine.conns.fetch_sub(1, Ordering::AcqRel);
+                    });
+                if spawned.is_err() {
+                    admin.conns.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+        })?;
+    Ok(local)
+}
+
+/// One parsed request.
+struct Request {
+    method: String,
+    /// The path without the query, still percent-encoded.
+    path: String,
+    auth: Option<String>,
+    close: bool,
+    body: Vec<u8>,
+}
+
+/// A request refused before routing: answer, then drop up to `discard` body bytes.
+struct Reject {
+    resp: Response,
+    discard: usize,
+}
+
+pub(crate) struct Response {
+    status: u16,
+    content_type: &'static str,
+    headers: Vec<(&'static str, &'static str)>,
+    body: Vec<u8>,
+}
+
+fn json_response(status: u16, body: &Value) -> Response {
+    Response {
+        status,
+        content_type: "application/json",
+        headers: Vec::new(),
+        body: serde_json::to_vec(body).unwrap_or_default(),
+    }
+}
+
+fn error(status: u16, msg: impl Into<String>) -> Response {
+    json_response(status, &json!({ "error": msg.into() }))
+}
+
+fn not_yet(what: &str) -> Response {
+    error(501, format!("{what} is not implemented yet"))
+}
+
+fn method_not_allowed() -> Response {
+    error(405, "method not allowed")
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Internal Server Error",
+    }
+}
+
+impl Admin {
+    fn serve(&self, mut conn: TcpStream) {
+        let _ = conn.set_read_timeout(Some(IDLE));
+        let _ = conn.set_write_timeout(Some(IDLE));
+        let mut buf = Vec::with_capacity(4096);
+        loop {
+            let req = match read_request(&mut conn, &mut buf) {
+                Ok(Some(r)) => r,
+                Ok(None) => return,
+                Err(Reject { resp, discard }) => {
+                    if write_response(&mut conn, &resp, false).is_ok() && discard > 0 {
+                        discard_body(&mut conn, discard);
+                    }
+                    return;
+                }
+            };
+            let resp = self.route(&req);
+            if write_response(&mut conn, &resp, !req.close).is_err() || req.close {
+                return;
+            }
+        }
+    }
+
+    fn route(&self, req: &Request) -> Response {
+        let path = req.path.as_str();
+        let method = req.method.as_str();
+        match path {
+            "/health" => return json_response(200, &json!({ "status": "ok" })),
+            "/metrics" if method == "GET" => return self.metrics(),
+            "/metrics" => return method_not_allowed(),
+            _ => {}
+        }
+        if path == "/v1" || path.starts_with("/v1/") {
+            if let Some(token) = &self.token {
+                let given = req
+                    .auth
+                    .as_deref()
+                    .and_then(|a| a.strip_prefix("Bearer "))
+                    .unwrap_or("");
+                if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+                    let mut r = error(401, "missing or wrong bearer token");
+                    r.headers.push(("WWW-Authenticate", "Bearer"));
+                    return r;
+                }
+            }
+        }
+        if path == "/v1/endpoints" {
+            return match method {
+                "GET" => self.list_endpoints(),
+                "POST" => not_yet("creating endpoints over the API"),
+                _ => method_not_allowed(),
+            };
+        }
+        if let Some(rest) = path.strip_prefix("/v1/endpoints/") {
+            return self.endpoint_call(method, rest);
+        }
+        if path == "/v1/events" {
+            return match method {
+                "POST" => self.ingest(&req.body),
+                "GET" => not_yet("the filtered event list"),
+                _ => method_not_allowed(),
+            };
+        }
+        if let Some(rest) = path.strip_prefix("/v1/events/") {
+            if method == "POST" && rest.ends_with("/replay") {
+                return not_yet("replay");
+            }
+            if method != "GET" {
+                return method_not_allowed();
+            }
+            return self.get_event(&percent_decode(rest));
+        }
+        error(404, "no such resource")
+    }
+}
+
+/// Reads one request into `buf` (which keeps any bytes of the next one). `Ok(None)` when
+/// the peer closed (or went idle) between requests.
+fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<Request>, Reject> {
+    let reject = |status, msg: &str| Reject {
+        resp: error(status, msg),
+        discard: 0,
+    };
+    let mut chunk = [0u8; 8192];
+    let (head_len, mut req, content_length, expect_continue) = loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut r = httparse::Request::new(&mut headers);
+        match r.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => {
+                let mut content_length: Option<usize> = None;
+                let mut req = Request {
+                    method: r.method.unwrap_or("").to_string(),
+                    path: r
+                        .path
+                        .unwrap_or("/")
+                        .split('?')
+                        .next()
+                        .unwrap_or("/")
+                        .to_string(),
+                    auth: None,
+                    close: r.version == Some(0),
+                    body: Vec::new(),
+                };
+                let mut expect_continue = false;
+                for h in r.headers.iter() {
+                    let name = h.name;
+                    if name.eq_ignore_ascii_case("content-length") {
+                        let v = std::str::from_utf8(h.value)
+                            .ok()
+                            .map(str::trim)
+                            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                            .and_then(|v| v.parse::<usize>().ok());
+                        match (v, content_length) {
+                            (None, _) => return Err(reject(400, "bad Content-Length")),
+                            (Some(a), Some(b)) if a != b => {
+                                return Err(reject(400, "conflicting Content-Length headers"))
+                            }
+                            (Some(a), _) => content_length = Some(a),
+                        }
+                    } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                        return Err(reject(
+                            411,
+                            "send the body with Content-Length (Transfer-Encoding is not supported)",
+                        ));
+                    } else if name.eq_ignore_ascii_case("authorization") {
+                        req.auth = Some(String::from_utf8_lossy(h.value).into_owned());
+                    } else if name.eq_ignore_ascii_case("connection") {
+                        if h.value.eq_ignore_ascii_case(b"close") {
+                            req.close = true;
+                        } else if h.value.eq_ignore_ascii_case(b"keep-alive") {
+                            req.close = false;
+                        }
+                    } else if name.eq_ignore_ascii_case("expect") {
+                        expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
+                    }
+                }
+                break (n, req, content_length.unwrap_or(0), expect_continue);
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+            Ok(httparse::Status::Partial) => {
+                return Err(reject(431, "request head over 16 KiB"));
+            }
+            Err(_) => return Err(reject(400, "malformed request")),
+        }
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    if content_length > MAX_BODY {
+        let already = buf.len() - head_len;
+        return Err(Reject {
+            resp: error(413, "request body over 1 MiB"),
+            discard: if expect_continue {
+                0
+            } else {
+                content_length - already.min(content_length)
+            },
+        });
+    }
+    let total = head_len + content_length;
+    if buf.len() < total && expect_continue {
+        let cont = b"HTTP/1.1 100 Continue\r\n\r\n";
+        if conn.write_all(cont).is_err() {
+            return Ok(None);
+        }
+    }
+    while buf.len() < total {
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    req.body = buf[head_len..total].to_vec();
+    buf.drain(..total);
+    Ok(Some(req))
+}
+
+/// Reads and drops up to `n` bytes of a rejected body (bounded in time), so the client
+/// gets to read the answer instead of a connection reset.
+fn discard_body(conn: &mut TcpStream, mut n: usize) {
+    let _ = conn.set_read_timeout(Some(DISCARD_WAIT));
+    let deadline = std::time::Instant::now() + DISCARD_WAIT;
+    let mut chunk = [0u8; 16 * 1024];
+    while n > 0 && std::time::Instant::now() < deadline {
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n = n.saturating_sub(k),
+        }
+    }
+    let _ = conn.shutdown(Shutdown::Both);
+}
+
+fn write_response(conn: &mut TcpStream, r: &Response, keep_alive: bool) -> std::io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n",
+        r.status,
+        reason(r.status),
+        r.content_type,
+        r.body.len(),
+        if keep_alive { "keep-alive" } else { "close" }
+    );
+    for (k, v) in &r.headers {
+        head.push_str(k);
+        head.push_str(": ");
+        head.push_str(v);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(&r.body);
+    conn.write_all(&out)
+}
+
+/// RFC 3339 UTC with milliseconds.
+pub fn rfc3339(ms: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helpers() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert_eq!(percent_decode("a%20b%2"), "a b%2");
+        assert_eq!(percent_decode("%é%"), "%é%");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+    }
+
+    /// Runs `read_request` over `raw` sent by a client socket; returns what it made of it.
+    fn read_raw(raw: &[u8]) -> Result<Option<(String, String, Vec<u8>)>, u16> {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let raw = raw.to_vec();
+        let client = std::thread::spawn(move || {
+            let mut c = TcpStream::connect(addr).unwrap();
+            let _ = c.write_all(&raw);
+            let _ = c.shutdown(Shutdown::Write);
+            let mut sink = Vec::new();
+            let _ = c.read_to_end(&mut sink);
+        });
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = Vec::new();
+        let r = read_request(&mut s, &mut buf);
+        drop(s);
+        client.join().unwrap();
+        match r {
+            Ok(Some(r)) => Ok(Some((r.method, r.path, r.body))),
+            Ok(None) => Ok(None),
+            Err(rej) => Err(rej.resp.status),
+        }
+    }
+
+    #[test]
+    fn requests_are_read_or_refused_with_a_status() {
+        let (m, p, b) = read_raw(b"POST /v1/events?x=1 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (m.as_str(), p.as_str(), &b[..]),
+            ("POST", "/v1/events", &b"abc"[..])
+        );
+        assert_eq!(read_raw(b"GARBAGE\x01\r\n\r\n"), Err(400));
+        assert_eq!(
+            read_raw(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
+            Err(400)
+        );
+        assert_eq!(
+            read_raw(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            Err(400)
+        );
+        assert_eq!(
+            read_raw(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Err(411)
+        );
+        assert_eq!(
+            read_raw(b"POST / HTTP/1.1\r\nContent-Length: 1048577\r\n\r\n"),
+            Err(413)
+        );
+        let mut huge = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        huge.extend(std::iter::repeat_n(b'a', MAX_HEAD + 10));
+        assert_eq!(read_raw(&huge), Err(431));
+        // A body cut short by the peer is no request.
+        assert_eq!(
+            read_raw(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc"),
+            Ok(None)
+        );
+    }
+}

@@ -1,0 +1,897 @@
+//! Metrics: the counters and latency histograms each thread keeps for itself, the
+//! snapshots they hand over at scrape time, and the Prometheus text format.
+//!
+//! Owns every metric's name, unit and help text, and the exposition format (text format
+//! 0.0.4). Nothing here is shared between threads: a worker or the committer owns its
+//! counters (plain integers, `Cell`s, `RefCell`s) and [`Hist`]s outright; at scrape the
+//! admin thread asks each of them for a snapshot over its mailbox, sums the replies
+//! ([`Scrape`]) and encodes them ([`encode`]). Latency histograms are exported as
+//! Prometheus **summaries** (quantiles 0.5, 0.9, 0.99, 0.999 over everything since the
+//! process started, plus `_sum` and `_count`), computed from HdrHistograms with two
+//! significant digits.
+//!
+//! It must not do I/O, take locks or use atomics: on the hot path a metric is a plain
+//! integer add or a [`Hist::record`]. [`parse`] is a strict reader of the format for
+//! tests and tools; the server never calls it.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+
+/// Quantiles every summary reports.
+pub const QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
+
+/// A latency histogram with the exact sum of what it recorded.
+#[derive(Clone, Debug)]
+pub struct Hist {
+    h: Histogram<u64>,
+    sum: u64,
+    /// Recorded units per second (1e6 for microseconds).
+    per_s: f64,
+}
+
+impl Hist {
+    /// Microseconds, 1 µs to 1 h (longer values count as 1 h).
+    pub fn micros() -> Hist {
+        Hist::new(3_600_000_000, 1e6)
+    }
+
+    /// Milliseconds, 1 ms to 30 days (longer values count as 30 days).
+    pub fn millis() -> Hist {
+        Hist::new(30 * 86_400_000, 1e3)
+    }
+
+    fn new(high: u64, per_s: f64) -> Hist {
+        Hist {
+            h: Histogram::new_with_bounds(1, high, 2).expect("static histogram bounds are valid"),
+            sum: 0,
+            per_s,
+        }
+    }
+
+    /// Records one value (in the histogram's unit).
+    #[inline]
+    pub fn record(&mut self, v: u64) {
+        self.h.saturating_record(v);
+        self.sum = self.sum.saturating_add(v);
+    }
+
+    /// Records `n` occurrences of `v`.
+    #[inline]
+    pub fn record_n(&mut self, v: u64, n: u64) {
+        self.h.saturating_record_n(v, n);
+        self.sum = self.sum.saturating_add(v.saturating_mul(n));
+    }
+
+    /// Adds another histogram of the same kind.
+    pub fn merge(&mut self, other: &Hist) {
+        if self.h.add(&other.h).is_err() {
+            // Same bounds on both sides, so this cannot happen; never lose the count.
+            for v in other.h.iter_recorded() {
+                self.h
+                    .saturating_record_n(v.value_iterated_to(), v.count_at_value());
+            }
+        }
+        self.sum = self.sum.saturating_add(other.sum);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.h.len()
+    }
+
+    /// The value at quantile `q`, in seconds; `None` while empty.
+    pub fn quantile_s(&self, q: f64) -> Option<f64> {
+        (!self.h.is_empty()).then(|| self.h.value_at_quantile(q) as f64 / self.per_s)
+    }
+
+    pub fn sum_s(&self) -> f64 {
+        self.sum as f64 / self.per_s
+    }
+}
+
+/// What an attempt came back with, for `ricochet_attempts_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptResult {
+    S1xx = 0,
+    S2xx,
+    S3xx,
+    S4xx,
+    S5xx,
+    /// No response within the endpoint's `timeout`.
+    Timeout,
+    /// No response: connection, DNS, SSRF guard or URL error.
+    Error,
+}
+
+impl AttemptResult {
+    pub const ALL: [AttemptResult; 7] = [
+        AttemptResult::S1xx,
+        AttemptResult::S2xx,
+        AttemptResult::S3xx,
+        AttemptResult::S4xx,
+        AttemptResult::S5xx,
+        AttemptResult::Timeout,
+        AttemptResult::Error,
+    ];
+
+    /// Classifies an attempt by its status (0 = no response) and whether it timed out.
+    pub fn of(status: u16, timed_out: bool) -> AttemptResult {
+        match status {
+            _ if timed_out => AttemptResult::Timeout,
+            100..=199 => AttemptResult::S1xx,
+            200..=299 => AttemptResult::S2xx,
+            300..=399 => AttemptResult::S3xx,
+            400..=499 => AttemptResult::S4xx,
+            500..=599 => AttemptResult::S5xx,
+            _ => AttemptResult::Error,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            AttemptResult::S1xx => "1xx",
+            AttemptResult::S2xx => "2xx",
+            AttemptResult::S3xx => "3xx",
+            AttemptResult::S4xx => "4xx",
+            AttemptResult::S5xx => "5xx",
+            AttemptResult::Timeout => "timeout",
+            AttemptResult::Error => "error",
+        }
+    }
+}
+
+/// One endpoint's delivery counters since start, kept by its worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndpointCounts {
+    /// Attempts that delivered.
+    pub delivered: u64,
+    /// Attempts after which the delivery failed for good.
+    pub failed: u64,
+    /// Attempts that failed with a retry scheduled.
+    pub retrying: u64,
+    /// Deliveries set aside because the endpoint is disabled.
+    pub paused: u64,
+    /// Attempts by [`AttemptResult`].
+    pub attempts: [u64; 7],
+}
+
+impl EndpointCounts {
+    pub fn add(&mut self, o: &EndpointCounts) {
+        self.delivered += o.delivered;
+        self.failed += o.failed;
+        self.retrying += o.retrying;
+        self.paused += o.paused;
+        for (a, b) in self.attempts.iter_mut().zip(o.attempts) {
+            *a += b;
+        }
+    }
+
+    pub fn attempts_total(&self) -> u64 {
+        self.attempts.iter().sum()
+    }
+}
+
+/// Lines a worker's ingest connections rejected before the committer saw them. Shared
+/// by a worker and its connections, which run on the same thread.
+#[derive(Debug, Default)]
+pub struct IngestCounters {
+    pub invalid: Cell<u64>,
+    pub too_large: Cell<u64>,
+}
+
+impl IngestCounters {
+    #[inline]
+    pub fn count_invalid(&self) {
+        self.invalid.set(self.invalid.get() + 1);
+    }
+
+    #[inline]
+    pub fn count_too_large(&self) {
+        self.too_large.set(self.too_large.get() + 1);
+    }
+}
+
+/// A worker's metrics at one moment.
+#[derive(Debug, Clone)]
+pub struct WorkerSnapshot {
+    pub worker: usize,
+    /// Per endpoint owned by this worker, by name.
+    pub endpoints: Vec<(String, EndpointCounts)>,
+    pub rejected_invalid: u64,
+    pub rejected_too_large: u64,
+    /// Deliveries in the worker's memory: timer wheel, ready queues and in flight.
+    pub in_memory: u64,
+    /// Attempt latency, µs.
+    pub attempt_latency: Hist,
+    /// Attempt time − event acceptance time, ms.
+    pub delivery_lag: Hist,
+}
+
+/// The committer's metrics at one moment.
+#[derive(Debug, Clone)]
+pub struct CommitSnapshot {
+    pub acks_ok: u64,
+    pub acks_dup: u64,
+    pub acks_unavailable: u64,
+    /// From a batch's hand-off to the committer to its durable ack, µs, per event.
+    pub ack_latency: Hist,
+    /// Deliveries not yet delivered or failed (due, retrying, in flight or paused).
+    pub pending: u64,
+    /// Of those, set aside because their endpoint is disabled.
+    pub paused: u64,
+    pub endpoints_disabled: u64,
+}
+
+impl Default for CommitSnapshot {
+    fn default() -> Self {
+        CommitSnapshot {
+            acks_ok: 0,
+            acks_dup: 0,
+            acks_unavailable: 0,
+            ack_latency: Hist::micros(),
+            pending: 0,
+            paused: 0,
+            endpoints_disabled: 0,
+        }
+    }
+}
+
+/// What the admin API counts itself (HTTP ingest rejects it answers without the
+/// committer).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AdminCounts {
+    pub invalid: u64,
+    pub too_large: u64,
+    pub unavailable: u64,
+}
+
+/// Everything one scrape collected.
+#[derive(Debug, Clone)]
+pub struct Scrape {
+    pub workers: Vec<WorkerSnapshot>,
+    pub commit: Option<CommitSnapshot>,
+    pub admin: AdminCounts,
+    /// Workers and committer that did not answer in time.
+    pub unanswered: usize,
+}
+
+/// Writes one metric family's `# HELP` and `# TYPE` lines.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Writes one sample line.
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(k);
+            out.push_str("=\"");
+            for c in v.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '"' => out.push_str("\\\""),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+        }
+        out.push('}');
+    }
+    out.push(' ');
+    if value.is_nan() {
+        out.push_str("NaN");
+    } else if value.is_infinite() {
+        out.push_str(if value > 0.0 { "+Inf" } else { "-Inf" });
+    } else {
+        let _ = write!(out, "{value}");
+    }
+    out.push('\n');
+}
+
+fn summary(out: &mut String, name: &str, help: &str, h: &Hist) {
+    family(out, name, "summary", help);
+    for q in QUANTILES {
+        let qs = q.to_string();
+        sample(
+            out,
+            name,
+            &[("quantile", &qs)],
+            h.quantile_s(q).unwrap_or(f64::NAN),
+        );
+    }
+    sample(out, &format!("{name}_sum"), &[], h.sum_s());
+    sample(out, &format!("{name}_count"), &[], h.count() as f64);
+}
+
+/// Encodes a scrape in the Prometheus text format (version 0.0.4).
+pub fn encode(s: &Scrape) -> String {
+    let mut out = String::with_capacity(4096);
+    let c = s.commit.clone().unwrap_or_default();
+    let (mut invalid, mut too_large) = (s.admin.invalid, s.admin.too_large);
+    let mut in_memory = 0u64;
+    let mut attempt_latency = Hist::micros();
+    let mut delivery_lag = Hist::millis();
+    let mut eps: BTreeMap<&str, EndpointCounts> = BTreeMap::new();
+    for w in &s.workers {
+        invalid += w.rejected_invalid;
+        too_large += w.rejected_too_large;
+        in_memory += w.in_memory;
+        attempt_latency.merge(&w.attempt_latency);
+        delivery_lag.merge(&w.delivery_lag);
+        for (name, counts) in &w.endpoints {
+            eps.entry(name).or_default().add(counts);
+        }
+    }
+
+    family(
+        &mut out,
+        "ricochet_build_info",
+        "gauge",
+        "Always 1; the version label says which ricochet runs.",
+    );
+    sample(
+        &mut out,
+        "ricochet_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1.0,
+    );
+    family(
+        &mut out,
+        "ricochet_events_ingested_total",
+        "counter",
+        "Events accepted and durable (socket and HTTP ingest).",
+    );
+    sample(
+        &mut out,
+        "ricochet_events_ingested_total",
+        &[],
+        c.acks_ok as f64,
+    );
+    family(
+        &mut out,
+        "ricochet_acks_total",
+        "counter",
+        "Answers to ingested events by kind (ok, dup, err) and error code.",
+    );
+    for (kind, code, n) in [
+        ("ok", "", c.acks_ok),
+        ("dup", "", c.acks_dup),
+        ("err", "invalid", invalid),
+        ("err", "too_large", too_large),
+        (
+            "err",
+            "unavailable",
+            c.acks_unavailable + s.admin.unavailable,
+        ),
+    ] {
+        if code.is_empty() {
+            sample(&mut out, "ricochet_acks_total", &[("kind", kind)], n as f64);
+        } else {
+            sample(
+                &mut out,
+                "ricochet_acks_total",
+                &[("kind", kind), ("code", code)],
+                n as f64,
+            );
+        }
+    }
+    family(
+        &mut out,
+        "ricochet_deliveries_total",
+        "counter",
+        "Delivery outcomes by endpoint: delivered, failed (for good), retrying (a retry is scheduled), paused (endpoint disabled).",
+    );
+    for (name, e) in &eps {
+        for (outcome, n) in [
+            ("delivered", e.delivered),
+            ("failed", e.failed),
+            ("retrying", e.retrying),
+            ("paused", e.paused),
+        ] {
+            sample(
+                &mut out,
+                "ricochet_deliveries_total",
+                &[("endpoint", name), ("outcome", outcome)],
+                n as f64,
+            );
+        }
+    }
+    family(
+        &mut out,
+        "ricochet_attempts_total",
+        "counter",
+        "HTTP attempts by endpoint and result: status class, timeout, or error (no response).",
+    );
+    for (name, e) in &eps {
+        for r in AttemptResult::ALL {
+            sample(
+                &mut out,
+                "ricochet_attempts_total",
+                &[("endpoint", name), ("result", r.label())],
+                e.attempts[r as usize] as f64,
+            );
+        }
+    }
+    family(
+        &mut out,
+        "ricochet_deliveries_pending",
+        "gauge",
+        "Deliveries not yet delivered or failed: waiting, retrying, in flight or paused.",
+    );
+    sample(
+        &mut out,
+        "ricochet_deliveries_pending",
+        &[],
+        c.pending as f64,
+    );
+    family(
+        &mut out,
+        "ricochet_deliveries_in_memory",
+        "gauge",
+        "Pending deliveries held by workers: timer wheels, ready queues and in flight.",
+    );
+    sample(
+        &mut out,
+        "ricochet_deliveries_in_memory",
+        &[],
+        in_memory as f64,
+    );
+    family(
+        &mut out,
+        "ricochet_deliveries_paused",
+        "gauge",
+        "Pending deliveries set aside because their endpoint is disabled.",
+    );
+    sample(&mut out, "ricochet_deliveries_paused", &[], c.paused as f64);
+    family(
+        &mut out,
+        "ricochet_endpoints_disabled",
+        "gauge",
+        "Endpoints disabled (automatically or over the admin API).",
+    );
+    sample(
+        &mut out,
+        "ricochet_endpoints_disabled",
+        &[],
+        c.endpoints_disabled as f64,
+    );
+    summary(
+        &mut out,
+        "ricochet_ack_latency_seconds",
+        "From a batch's hand-off to the committer to its durable ack, per event.",
+        &c.ack_latency,
+    );
+    summary(
+        &mut out,
+        "ricochet_attempt_latency_seconds",
+        "One HTTP attempt: resolve, connect, send, response.",
+        &attempt_latency,
+    );
+    summary(
+        &mut out,
+        "ricochet_delivery_lag_seconds",
+        "Attempt start minus the event's acceptance time, per attempt.",
+        &delivery_lag,
+    );
+    family(
+        &mut out,
+        "ricochet_metrics_unanswered",
+        "gauge",
+        "Workers and committer that did not answer this scrape in time (their numbers are missing).",
+    );
+    sample(
+        &mut out,
+        "ricochet_metrics_unanswered",
+        &[],
+        s.unanswered as f64,
+    );
+    out
+}
+
+/// One sample read back by [`parse`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// A parsed exposition: samples in order and each family's declared type.
+#[derive(Debug, Clone, Default)]
+pub struct Exposition {
+    pub samples: Vec<Sample>,
+    pub types: HashMap<String, String>,
+}
+
+impl Exposition {
+    /// The value of the sample `name` whose labels include all of `labels`, summed over
+    /// every such sample; `None` when there is none.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut found = None;
+        for s in self.samples.iter().filter(|s| s.name == name) {
+            let all = labels
+                .iter()
+                .all(|(k, v)| s.labels.iter().any(|(sk, sv)| sk == k && sv == v));
+            if all {
+                *found.get_or_insert(0.0) += s.value;
+            }
+        }
+        found
+    }
+}
+
+fn valid_metric_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_' || c == b':')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b':')
+}
+
+fn valid_label_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+fn parse_value(s: &str) -> Option<f64> {
+    match s {
+        "NaN" => Some(f64::NAN),
+        "+Inf" | "Inf" => Some(f64::INFINITY),
+        "-Inf" => Some(f64::NEG_INFINITY),
+        _ => s.parse().ok(),
+    }
+}
+
+/// The family a sample belongs to: its name without a summary/histogram suffix when the
+/// stem was declared so.
+fn family_of<'a>(name: &'a str, types: &HashMap<String, String>) -> &'a str {
+    for suffix in ["_sum", "_count", "_bucket"] {
+        if let Some(stem) = name.strip_suffix(suffix) {
+            if matches!(
+                types.get(stem).map(String::as_str),
+                Some("summary" | "histogram")
+            ) {
+                return stem;
+            }
+        }
+    }
+    name
+}
+
+/// Parses the Prometheus text format strictly: valid names, quoted and escaped label
+/// values, numeric values, at most one `# TYPE` per family placed before its samples,
+/// each family's samples contiguous, and no sample repeated.
+pub fn parse(text: &str) -> Result<Exposition, String> {
+    let mut exp = Exposition::default();
+    let mut seen_families: Vec<String> = Vec::new();
+    let mut seen_samples: std::collections::HashSet<(String, Vec<(String, String)>)> =
+        Default::default();
+    for (n, line) in text.lines().enumerate() {
+        let at = |msg: &str| format!("line {}: {msg}: {line:?}", n + 1);
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix('#') {
+            let mut parts = rest.trim_start().splitn(3, ' ');
+            match parts.next() {
+                Some("TYPE") => {
+                    let name = parts.next().ok_or_else(|| at("TYPE without a name"))?;
+                    let kind = parts.next().ok_or_else(|| at("TYPE without a type"))?;
+                    if !valid_metric_name(name) {
+                        return Err(at("bad metric name"));
+                    }
+                    if !matches!(
+                        kind,
+                        "counter" | "gauge" | "summary" | "histogram" | "untyped"
+                    ) {
+                        return Err(at("unknown type"));
+                    }
+                    if exp.types.contains_key(name) {
+                        return Err(at("second TYPE for a family"));
+                    }
+                    if seen_families.iter().any(|f| f == name) {
+                        return Err(at("TYPE after the family's samples"));
+                    }
+                    exp.types.insert(name.to_string(), kind.to_string());
+                }
+                Some("HELP") => {
+                    let name = parts.next().ok_or_else(|| at("HELP without a name"))?;
+                    if !valid_metric_name(name) {
+                        return Err(at("bad metric name"));
+                    }
+                }
+                _ => {} // a plain comment
+            }
+            continue;
+        }
+        // name{labels} value [timestamp]
+        let name_end = line
+            .find(['{', ' '])
+            .ok_or_else(|| at("sample without a value"))?;
+        let name = &line[..name_end];
+        if !valid_metric_name(name) {
+            return Err(at("bad metric name"));
+        }
+        let mut rest = &line[name_end..];
+        let mut labels = Vec::new();
+        if let Some(r) = rest.strip_prefix('{') {
+            let mut chars = r.char_indices().peekable();
+            let close;
+            loop {
+                // Skip a separator.
+                while let Some((_, c)) = chars.peek() {
+                    if *c == ',' || *c == ' ' {
+                        chars.next();
+                    } else {
+                        break;
+                    }
+                }
+                let Some(&(start, c)) = chars.peek() else {
+                    return Err(at("unterminated label set"));
+                };
+                if c == '}' {
+                    close = start;
+                    break;
+                }
+                let mut end = start;
+                while let Some(&(i, c)) = chars.peek() {
+                    if c == '=' {
+                        end = i;
+                        break;
+                    }
+                    chars.next();
+                }
+                let lname = &r[start..end];
+                if !valid_label_name(lname) {
+                    return Err(at("bad label name"));
+                }
+                chars.next(); // '='
+                if chars.next().map(|(_, c)| c) != Some('"') {
+                    return Err(at("label value not quoted"));
+                }
+                let mut value = String::new();
+                loop {
+                    match chars.next() {
+                        None => return Err(at("unterminated label value")),
+                        Some((_, '"')) => break,
+                        Some((_, '\\')) => match chars.next() {
+                            Some((_, '\\')) => value.push('\\'),
+                            Some((_, '"')) => value.push('"'),
+                            Some((_, 'n')) => value.push('\n'),
+                            _ => return Err(at("bad escape in a label value")),
+                        },
+                        Some((_, c)) => value.push(c),
+                    }
+                }
+                if labels.iter().any(|(k, _): &(String, String)| k == lname) {
+                    return Err(at("label repeated"));
+                }
+                labels.push((lname.to_string(), value));
+                match chars.peek() {
+                    Some((_, ',')) | Some((_, '}')) => {}
+                    _ => return Err(at("expected , or } after a label")),
+                }
+            }
+            rest = &r[close + 1..];
+        }
+        let mut fields = rest.split_whitespace();
+        let value = fields
+            .next()
+            .and_then(parse_value)
+            .ok_or_else(|| at("bad value"))?;
+        if let Some(ts) = fields.next() {
+            ts.parse::<i64>().map_err(|_| at("bad timestamp"))?;
+        }
+        if fields.next().is_some() {
+            return Err(at("trailing text"));
+        }
+        let fam = family_of(name, &exp.types).to_string();
+        match exp.types.get(&fam).map(String::as_str) {
+            Some("summary") if fam == name && !labels.iter().any(|(k, _)| k == "quantile") => {
+                return Err(at("summary sample without a quantile"));
+            }
+            Some("counter") if value < 0.0 => return Err(at("negative counter")),
+            _ => {}
+        }
+        match seen_families.last() {
+            Some(last) if *last == fam => {}
+            _ => {
+                if seen_families.contains(&fam) {
+                    return Err(at("family's samples are not contiguous"));
+                }
+                seen_families.push(fam);
+            }
+        }
+        let mut key_labels = labels.clone();
+        key_labels.sort();
+        if !seen_samples.insert((name.to_string(), key_labels)) {
+            return Err(at("sample repeated"));
+        }
+        exp.samples.push(Sample {
+            name: name.to_string(),
+            labels,
+            value,
+        });
+    }
+    Ok(exp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scrape() -> Scrape {
+        let mut lat = Hist::micros();
+        for v in 1..=1000 {
+            lat.record(v * 1000); // 1 ms .. 1 s
+        }
+        let mut lag = Hist::millis();
+        lag.record(250);
+        let counts = EndpointCounts {
+            delivered: 3,
+            failed: 1,
+            retrying: 2,
+            paused: 0,
+            attempts: [0, 3, 0, 0, 3, 0, 0],
+        };
+        let w = |i| WorkerSnapshot {
+            worker: i,
+            endpoints: vec![("a\"b\\c".to_string(), counts), ("plain".into(), counts)],
+            rejected_invalid: 1,
+            rejected_too_large: 2,
+            in_memory: 5,
+            attempt_latency: lat.clone(),
+            delivery_lag: lag.clone(),
+        };
+        let mut ack = Hist::micros();
+        ack.record_n(800, 10);
+        Scrape {
+            workers: vec![w(0), w(1)],
+            commit: Some(CommitSnapshot {
+                acks_ok: 10,
+                acks_dup: 1,
+                acks_unavailable: 0,
+                ack_latency: ack,
+                pending: 7,
+                paused: 2,
+                endpoints_disabled: 1,
+            }),
+            admin: AdminCounts {
+                invalid: 1,
+                ..AdminCounts::default()
+            },
+            unanswered: 0,
+        }
+    }
+
+    #[test]
+    fn output_parses_as_text_format_and_sums_workers() {
+        let text = encode(&scrape());
+        let exp = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(exp.types["ricochet_deliveries_total"], "counter");
+        assert_eq!(exp.types["ricochet_ack_latency_seconds"], "summary");
+        assert_eq!(exp.value("ricochet_events_ingested_total", &[]), Some(10.0));
+        assert_eq!(
+            exp.value(
+                "ricochet_acks_total",
+                &[("kind", "err"), ("code", "invalid")]
+            ),
+            Some(3.0)
+        );
+        assert_eq!(
+            exp.value(
+                "ricochet_deliveries_total",
+                &[("endpoint", "a\"b\\c"), ("outcome", "delivered")]
+            ),
+            Some(6.0)
+        );
+        assert_eq!(
+            exp.value(
+                "ricochet_attempts_total",
+                &[("endpoint", "plain"), ("result", "5xx")]
+            ),
+            Some(6.0)
+        );
+        assert_eq!(exp.value("ricochet_deliveries_in_memory", &[]), Some(10.0));
+        assert_eq!(exp.value("ricochet_deliveries_pending", &[]), Some(7.0));
+        assert_eq!(
+            exp.value("ricochet_attempt_latency_seconds_count", &[]),
+            Some(2000.0)
+        );
+        let p50 = exp
+            .value("ricochet_attempt_latency_seconds", &[("quantile", "0.5")])
+            .unwrap();
+        assert!((0.49..0.51).contains(&p50), "{p50}");
+        let p999 = exp
+            .value("ricochet_attempt_latency_seconds", &[("quantile", "0.999")])
+            .unwrap();
+        assert!((0.99..1.01).contains(&p999), "{p999}");
+        let sum = exp
+            .value("ricochet_attempt_latency_seconds_sum", &[])
+            .unwrap();
+        assert!((sum - 2.0 * 500.5).abs() < 1e-6, "{sum}");
+        assert_eq!(
+            exp.value("ricochet_delivery_lag_seconds_sum", &[]),
+            Some(0.5)
+        );
+        let ack = exp
+            .value("ricochet_ack_latency_seconds", &[("quantile", "0.99")])
+            .unwrap();
+        assert!((0.00079..0.00081).contains(&ack), "{ack}");
+    }
+
+    #[test]
+    fn empty_scrape_is_valid_with_nan_quantiles() {
+        let text = encode(&Scrape {
+            workers: vec![],
+            commit: None,
+            admin: AdminCounts::default(),
+            unanswered: 3,
+        });
+        let exp = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert!(exp
+            .value("ricochet_ack_latency_seconds", &[("quantile", "0.5")])
+            .unwrap()
+            .is_nan());
+        assert_eq!(exp.value("ricochet_metrics_unanswered", &[]), Some(3.0));
+        assert_eq!(
+            exp.value("ricochet_ack_latency_seconds_count", &[]),
+            Some(0.0)
+        );
+    }
+
+    #[test]
+    fn parser_rejects_what_prometheus_rejects() {
+        for bad in [
+            "1abc 1",
+            "a{b=c} 1",
+            "a{b=\"c} 1",
+            "a{b=\"c\\x\"} 1",
+            "a{1b=\"c\"} 1",
+            "a x",
+            "a 1 2 3",
+            "a{b=\"1\",b=\"2\"} 1",
+            "# TYPE a counter\na -1",
+            "# TYPE a summary\na 1",
+            "a 1\n# TYPE a counter",
+            "# TYPE a counter\n# TYPE a gauge",
+            "a 1\nb 1\na{x=\"y\"} 1",
+            "a 1\na 2",
+            "# TYPE a widget",
+        ] {
+            assert!(parse(bad).is_err(), "accepted {bad:?}");
+        }
+        let ok = "# HELP a_total Things.\n# TYPE a_total counter\na_total{x=\"q\\\"\\n\",y=\"\"} 1.5e3 1700000000\n# free comment\nb NaN\nc +Inf\n";
+        let exp = parse(ok).unwrap();
+        assert_eq!(exp.samples[0].labels[0].1, "q\"\n");
+        assert_eq!(exp.value("a_total", &[]), Some(1500.0));
+    }
+
+    #[test]
+    fn attempt_results_classify() {
+        assert_eq!(AttemptResult::of(204, false), AttemptResult::S2xx);
+        assert_eq!(AttemptResult::of(0, true), AttemptResult::Timeout);
+        assert_eq!(AttemptResult::of(0, false), AttemptResult::Error);
+        assert_eq!(AttemptResult::of(503, false), AttemptResult::S5xx);
+        assert_eq!(AttemptResult::of(999, false), AttemptResult::Error);
+    }
+
+    #[test]
+    fn hist_saturates_and_merges() {
+        let mut a = Hist::micros();
+        a.record(u64::MAX / 2);
+        let mut b = Hist::micros();
+        b.record(0);
+        a.merge(&b);
+        assert_eq!(a.count(), 2);
+        assert!(a.quantile_s(1.0).unwrap() <= 3700.0);
+    }
+}

@@ -1,0 +1,560 @@
+//! The admin API: HTTP ingest, endpoints, the bearer token, `/metrics`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use ricochet::metrics::Exposition;
+use serde_json::Value;
+
+use crate::harness::*;
+
+/// A response as read off the wire.
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "status {}: body is not JSON ({e}): {:?}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+    fn text(&self) -> String {
+        String::from_utf8(self.body.clone()).expect("UTF-8 body")
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A keep-alive connection to the admin API.
+struct Http {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Http {
+    fn connect(addr: SocketAddr) -> Http {
+        let s = TcpStream::connect(addr).expect("connect admin");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Http { s, buf: Vec::new() }
+    }
+
+    fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        // The server may answer (413) before reading everything; the answer still comes.
+        let _ = self.s.write_all(&bytes);
+        self.read_response()
+    }
+
+    fn read_response(&mut self) -> Resp {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            let mut hs = [httparse::EMPTY_HEADER; 32];
+            let mut r = httparse::Response::new(&mut hs);
+            if let httparse::Status::Complete(n) = r.parse(&self.buf).expect("HTTP response") {
+                let status = r.code.unwrap();
+                let headers: Vec<(String, String)> = r
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_string(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                let len: usize = headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .map(|(_, v)| v.parse().unwrap())
+                    .unwrap_or(0);
+                while self.buf.len() < n + len {
+                    let k = self.s.read(&mut chunk).expect("read body");
+                    assert!(k > 0, "connection closed inside a response body");
+                    self.buf.extend_from_slice(&chunk[..k]);
+                }
+                let body = self.buf[n..n + len].to_vec();
+                self.buf.drain(..n + len);
+                return Resp {
+                    status,
+                    headers,
+                    body,
+                };
+            }
+            let k = self.s.read(&mut chunk).expect("read head");
+            assert!(k > 0, "connection closed before a response");
+            self.buf.extend_from_slice(&chunk[..k]);
+        }
+    }
+}
+
+fn call(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+    Http::connect(addr).send(method, path, headers, body)
+}
+
+fn post_event(srv: &TestServer, body: &str) -> Resp {
+    call(srv.admin, "POST", "/v1/events", &[], body.as_bytes())
+}
+
+/// `GET /metrics`, parsed strictly.
+fn scrape(srv: &TestServer) -> Exposition {
+    let r = call(srv.admin, "GET", "/metrics", &[], b"");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("text/plain; version=0.0.4")),
+        "{:?}",
+        r.headers
+    );
+    let text = r.text();
+    ricochet::metrics::parse(&text).unwrap_or_else(|e| panic!("/metrics: {e}\n{text}"))
+}
+
+fn metric(m: &Exposition, name: &str, labels: &[(&str, &str)]) -> f64 {
+    m.value(name, labels)
+        .unwrap_or_else(|| panic!("no sample {name}{labels:?}"))
+}
+
+#[test]
+fn http_ingest_accepts_dedups_and_rejects() {
+    let rx = TestReceiver::start();
+    let srv = TestServer::start(&endpoint("sink", r#"["t"]"#, &rx.url("/"), ""));
+
+    let r = post_event(&srv, &event("t", "h-1", r#"{"n": 1.50}"#));
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json(), serde_json::json!({"id": "h-1", "deliveries": 1}));
+    let got = rx.wait_for(1, Duration::from_secs(10));
+    assert_eq!(got[0].header("webhook-id"), Some("h-1"));
+    assert_eq!(
+        got[0].body, br#"{"n": 1.50}"#,
+        "data reaches the receiver as sent"
+    );
+
+    // The same id again: accepted earlier, nothing new scheduled.
+    let r = post_event(&srv, &event("t", "h-1", "{}"));
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"id": "h-1", "duplicate": true})
+    );
+
+    // No id: a generated one, readable in the log; a pretty-printed body is fine.
+    let r = post_event(
+        &srv,
+        "{\n  \"type\": \"t\",\n  \"data\": {\"k\": \"v\"}\n}\n",
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("evt_"), "{id}");
+    let v = srv.wait_event(&id, Duration::from_secs(10), |v| states(v) == ["delivered"]);
+    assert_eq!(v["data"]["k"], "v");
+
+    // Routed nowhere: accepted with zero deliveries.
+    let r = post_event(&srv, &event("other", "h-2", "{}"));
+    assert_eq!((r.status, r.json()["deliveries"].clone()), (202, 0.into()));
+
+    // Invalid events: the socket's reasons, as 400s.
+    for (body, needle) in [
+        ("not json", "not JSON"),
+        ("{\"type\":\"t\",\"data\":", "not JSON"),
+        ("[1,2]", "object"),
+        (r#"{"type":"t"}"#, "`data`"),
+        (r#"{"type":"Bad","data":{}}"#, "`type`"),
+        (r#"{"type":"t","data":{},"id":"a b"}"#, "`id`"),
+        ("", "empty"),
+    ] {
+        let r = post_event(&srv, body);
+        assert_eq!(r.status, 400, "{body:?}: {}", r.text());
+        let msg = r.json()["error"].as_str().unwrap().to_string();
+        assert!(msg.contains(needle), "{body:?}: {msg}");
+    }
+
+    // Bodies over 1 MiB are refused before they are read; the answer still arrives.
+    let big = vec![b'x'; (1 << 20) + 1];
+    let r = call(srv.admin, "POST", "/v1/events", &[], &big);
+    assert_eq!(r.status, 413);
+    assert!(r.json()["error"].as_str().unwrap().contains("1 MiB"));
+
+    // Only the accepted events were delivered, once each.
+    assert_eq!(rx.count(), 2);
+    assert_eq!(srv.event("h-1")["deliveries"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn http_ingest_keeps_max_line_bytes_and_keep_alive() {
+    let rx = TestReceiver::start();
+    let srv = TestServer::start_with(
+        ServerOpts::new(&endpoint("sink", r#"["t"]"#, &rx.url("/"), ""))
+            .server("max_line_bytes = 256"),
+    );
+    let mut http = Http::connect(srv.admin);
+    let big = event("t", "big", &format!(r#"{{"pad":"{}"}}"#, "x".repeat(300)));
+    let r = http.send("POST", "/v1/events", &[], big.as_bytes());
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("max_line_bytes"));
+    // The same connection serves the next requests: bodies are read exactly.
+    let r = http.send(
+        "POST",
+        "/v1/events",
+        &[],
+        event("t", "small", "{}").as_bytes(),
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let r = http.send("GET", "/health", &[], b"");
+    assert_eq!(
+        (r.status, r.json()),
+        (200, serde_json::json!({"status": "ok"}))
+    );
+    // Malformed HTTP and a bad Content-Length are 400s, not a hang or a crash.
+    let mut s = TcpStream::connect(srv.admin).unwrap();
+    s.write_all(b"\x01\x02 nonsense\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 400 "), "{out:?}");
+    let r = call(
+        srv.admin,
+        "POST",
+        "/v1/events",
+        &[("Transfer-Encoding", "chunked")],
+        b"",
+    );
+    assert_eq!(r.status, 411);
+    assert_eq!(call(srv.admin, "GET", "/nope", &[], b"").status, 404);
+    assert_eq!(
+        call(srv.admin, "DELETE", "/v1/events", &[], b"").status,
+        405
+    );
+    // The server is still healthy and delivered the one accepted event.
+    rx.wait_for(1, Duration::from_secs(10));
+    assert_eq!(srv.get("/health").0, 200);
+}
+
+#[test]
+fn idempotency_is_shared_between_socket_and_http() {
+    let rx = TestReceiver::start();
+    let srv = TestServer::start(&endpoint("sink", r#"["t"]"#, &rx.url("/"), ""));
+    let mut c = srv.connect();
+    assert_eq!(c.send(&event("t", "both-1", "{}")), "ok both-1 1");
+    let r = post_event(&srv, &event("t", "both-1", "{}"));
+    assert_eq!(
+        (r.status, r.json()["duplicate"].clone()),
+        (200, true.into())
+    );
+
+    let r = post_event(&srv, &event("t", "both-2", "{}"));
+    assert_eq!(r.status, 202);
+    assert_eq!(c.send(&event("t", "both-2", "{}")), "dup both-2");
+
+    rx.wait_for(2, Duration::from_secs(10));
+    let ids = rx.ids();
+    assert_eq!((ids["both-1"], ids["both-2"]), (1, 1), "{ids:?}");
+}
+
+#[test]
+fn endpoints_list_and_detail_redact_secrets() {
+    let rx = TestReceiver::start();
+    let eps = format!(
+        "{}{}",
+        endpoint(
+            "signed",
+            r#"["t"]"#,
+            &rx.url("/s"),
+            r#"headers = { Authorization = "Bearer top-secret-token", "X-Partner" = "p-{Id}" }
+signing_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+max_rps = 7
+retry = ["1s", "5s"]"#,
+        ),
+        endpoint("plain", r#"["*"]"#, &rx.url("/p"), "enabled = false"),
+    );
+    let srv = TestServer::start(&eps);
+    let mut c = srv.connect();
+    assert_eq!(c.send(&event("t", "e-1", r#"{"Id": 5}"#)), "ok e-1 1");
+    srv.wait_event("e-1", Duration::from_secs(10), |v| {
+        states(v) == ["delivered"]
+    });
+
+    let (status, list) = srv.get("/v1/endpoints");
+    assert_eq!(status, 200);
+    let text = list.to_string();
+    assert!(!text.contains("top-secret-token"), "{text}");
+    assert!(!text.contains("MfKQ9r8"), "{text}");
+    let names: Vec<&str> = list["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["plain", "signed"]);
+
+    let (status, ep) = srv.get("/v1/endpoints/signed");
+    assert_eq!(status, 200, "{ep}");
+    assert_eq!(ep["headers"]["Authorization"], "[redacted]");
+    assert_eq!(ep["headers"]["X-Partner"], "p-{Id}");
+    assert_eq!(ep["signing_secret"], "[redacted]");
+    assert_eq!(ep["url"], rx.url("/s"));
+    assert_eq!(ep["events"], serde_json::json!(["t"]));
+    assert_eq!(ep["max_rps"], 7);
+    assert_eq!(ep["retry"], serde_json::json!(["1s", "5s"]));
+    assert_eq!(ep["method"], "POST");
+    assert_eq!(ep["enabled"], true);
+    assert_eq!(ep["disabled_reason"], Value::Null);
+    assert_eq!(
+        ep["consecutive_failures"],
+        serde_json::json!({"3xx": 0, "4xx": 0, "5xx": 0})
+    );
+    assert_eq!(ep["counters"]["delivered"], 1);
+    assert_eq!(ep["counters"]["attempts"], 1);
+    assert_eq!(ep["counters"]["attempts_by_result"]["2xx"], 1);
+
+    let (_, plain) = srv.get("/v1/endpoints/plain");
+    assert_eq!(plain["enabled"], false);
+    assert_eq!(plain["disabled_reason"], "disabled in the config file");
+    assert_eq!(plain["signing_secret"], Value::Null);
+
+    let (status, err) = srv.get("/v1/endpoints/nope");
+    assert_eq!(status, 404);
+    assert!(err["error"].as_str().unwrap().contains("nope"));
+    assert_eq!(srv.post("/v1/endpoints/signed").0, 405);
+    assert_eq!(srv.post("/v1/endpoints").0, 501);
+}
+
+#[test]
+fn admin_token_guards_v1_but_not_health_or_metrics() {
+    let rx = TestReceiver::start();
+    let srv = TestServer::start_with(
+        ServerOpts::new(&endpoint("sink", r#"["t"]"#, &rx.url("/"), ""))
+            .server("admin_token = \"s3cret\""),
+    );
+    let good = [("Authorization", "Bearer s3cret")];
+    for (method, path, body) in [
+        ("GET", "/v1/endpoints", ""),
+        ("GET", "/v1/endpoints/sink", ""),
+        ("POST", "/v1/endpoints/sink/disable", ""),
+        ("GET", "/v1/events/x", ""),
+        (
+            "POST",
+            "/v1/events",
+            r#"{"type":"t","id":"tok-1","data":{}}"#,
+        ),
+    ] {
+        for headers in [
+            &[][..],
+            &[("Authorization", "Bearer wrong")][..],
+            &[("Authorization", "s3cret")][..],
+            &[("Authorization", "Bearer s3cret2")][..],
+        ] {
+            let r = call(srv.admin, method, path, headers, body.as_bytes());
+            assert_eq!(r.status, 401, "{method} {path} {headers:?}");
+            assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+            assert!(r.json()["error"].as_str().unwrap().contains("token"));
+        }
+    }
+    // Nothing above got through: the endpoint is enabled and the event unknown.
+    let r = call(srv.admin, "GET", "/v1/endpoints/sink", &good, b"");
+    assert_eq!((r.status, r.json()["enabled"].clone()), (200, true.into()));
+    let r = call(srv.admin, "GET", "/v1/events/tok-1", &good, b"");
+    assert_eq!(r.status, 404);
+    // With the token, calls work.
+    let r = call(
+        srv.admin,
+        "POST",
+        "/v1/events",
+        &good,
+        br#"{"type":"t","id":"tok-1","data":{}}"#,
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    rx.wait_for(1, Duration::from_secs(10));
+    // Health and metrics stay open.
+    assert_eq!(call(srv.admin, "GET", "/health", &[], b"").status, 200);
+    let m = scrape(&srv);
+    assert_eq!(metric(&m, "ricochet_events_ingested_total", &[]), 1.0);
+}
+
+#[test]
+fn metrics_count_ingest_deliveries_and_latency() {
+    let rx = TestReceiver::with_script(|r, _| {
+        if r.path.starts_with("/bad") {
+            Reply::status(500)
+        } else {
+            Reply::status(200)
+        }
+    });
+    let eps = format!(
+        "{}{}",
+        endpoint("good", r#"["t"]"#, &rx.url("/good"), ""),
+        endpoint("bad", r#"["t"]"#, &rx.url("/bad"), "retry = \"none\""),
+    );
+    let srv = TestServer::start(&eps);
+
+    let before = scrape(&srv);
+    assert_eq!(metric(&before, "ricochet_events_ingested_total", &[]), 0.0);
+    assert_eq!(
+        metric(
+            &before,
+            "ricochet_deliveries_total",
+            &[("endpoint", "good"), ("outcome", "delivered")]
+        ),
+        0.0
+    );
+    assert_eq!(metric(&before, "ricochet_metrics_unanswered", &[]), 0.0);
+    assert!(metric(
+        &before,
+        "ricochet_attempt_latency_seconds",
+        &[("quantile", "0.5")]
+    )
+    .is_nan());
+
+    let mut c = srv.connect();
+    for i in 0..5 {
+        assert_eq!(
+            c.send(&event("t", &format!("m-{i}"), "{}")),
+            format!("ok m-{i} 2")
+        );
+    }
+    assert_eq!(c.send(&event("t", "m-0", "{}")), "dup m-0");
+    assert!(c.send("{not json").starts_with("err invalid"));
+    assert_eq!(post_event(&srv, &event("t", "m-http", "{}")).status, 202);
+    assert_eq!(post_event(&srv, "nope").status, 400);
+
+    for id in ["m-0", "m-1", "m-2", "m-3", "m-4", "m-http"] {
+        srv.wait_event(id, Duration::from_secs(10), |v| {
+            let mut s = states(v);
+            s.sort();
+            s == ["delivered", "failed"]
+        });
+    }
+    let m = scrape(&srv);
+    let get = |name: &str, labels: &[(&str, &str)]| metric(&m, name, labels);
+    assert_eq!(get("ricochet_events_ingested_total", &[]), 6.0);
+    assert_eq!(get("ricochet_acks_total", &[("kind", "ok")]), 6.0);
+    assert_eq!(get("ricochet_acks_total", &[("kind", "dup")]), 1.0);
+    assert_eq!(
+        get(
+            "ricochet_acks_total",
+            &[("kind", "err"), ("code", "invalid")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        get(
+            "ricochet_acks_total",
+            &[("kind", "err"), ("code", "too_large")]
+        ),
+        0.0
+    );
+    let d = |ep: &str, outcome: &str| {
+        get(
+            "ricochet_deliveries_total",
+            &[("endpoint", ep), ("outcome", outcome)],
+        )
+    };
+    assert_eq!((d("good", "delivered"), d("good", "failed")), (6.0, 0.0));
+    assert_eq!((d("bad", "delivered"), d("bad", "failed")), (0.0, 6.0));
+    assert_eq!(d("bad", "retrying"), 0.0);
+    assert_eq!(
+        get(
+            "ricochet_attempts_total",
+            &[("endpoint", "good"), ("result", "2xx")]
+        ),
+        6.0
+    );
+    assert_eq!(
+        get(
+            "ricochet_attempts_total",
+            &[("endpoint", "bad"), ("result", "5xx")]
+        ),
+        6.0
+    );
+    assert_eq!(get("ricochet_attempts_total", &[]), 12.0);
+    // Everything is done: nothing pending, nothing held in memory.
+    assert_eq!(get("ricochet_deliveries_pending", &[]), 0.0);
+    assert_eq!(get("ricochet_deliveries_in_memory", &[]), 0.0);
+    assert_eq!(get("ricochet_deliveries_paused", &[]), 0.0);
+    // Histograms: one sample per attempt / per acked event, plausible values.
+    assert_eq!(get("ricochet_attempt_latency_seconds_count", &[]), 12.0);
+    assert_eq!(get("ricochet_delivery_lag_seconds_count", &[]), 12.0);
+    assert_eq!(get("ricochet_ack_latency_seconds_count", &[]), 7.0);
+    for name in [
+        "ricochet_attempt_latency_seconds",
+        "ricochet_ack_latency_seconds",
+        "ricochet_delivery_lag_seconds",
+    ] {
+        let p50 = get(name, &[("quantile", "0.5")]);
+        let p999 = get(name, &[("quantile", "0.999")]);
+        assert!(
+            (0.0..10.0).contains(&p50) && p50 <= p999,
+            "{name}: {p50} {p999}"
+        );
+    }
+    assert!(get("ricochet_attempt_latency_seconds_sum", &[]) > 0.0);
+    assert_eq!(get("ricochet_metrics_unanswered", &[]), 0.0);
+}
+
+#[test]
+fn metrics_pending_and_paused_follow_disable_and_enable() {
+    let rx = TestReceiver::start();
+    let srv = TestServer::start(&endpoint(
+        "later",
+        r#"["t"]"#,
+        &rx.url("/"),
+        "min_delay = \"1h\"",
+    ));
+    let mut c = srv.connect();
+    assert_eq!(c.send(&event("t", "p-1", "{}")), "ok p-1 1");
+    assert_eq!(c.send(&event("t", "p-2", "{}")), "ok p-2 1");
+    let m = scrape(&srv);
+    assert_eq!(metric(&m, "ricochet_deliveries_pending", &[]), 2.0);
+    assert_eq!(metric(&m, "ricochet_deliveries_paused", &[]), 0.0);
+    // Due in an hour: on disk, not in a worker's memory.
+    assert_eq!(metric(&m, "ricochet_deliveries_in_memory", &[]), 0.0);
+
+    assert_eq!(srv.post("/v1/endpoints/later/disable").0, 200);
+    // The snapshot is taken after the committer handled the disable.
+    let m = scrape(&srv);
+    assert_eq!(metric(&m, "ricochet_deliveries_pending", &[]), 2.0);
+    assert_eq!(metric(&m, "ricochet_deliveries_paused", &[]), 2.0);
+    assert_eq!(metric(&m, "ricochet_endpoints_disabled", &[]), 1.0);
+
+    // Enabled again, the paused deliveries are due now and go out.
+    assert_eq!(srv.post("/v1/endpoints/later/enable").0, 200);
+    rx.wait_for(2, Duration::from_secs(10));
+    for id in ["p-1", "p-2"] {
+        srv.wait_event(id, Duration::from_secs(10), |v| states(v) == ["delivered"]);
+    }
+    // The log shows them delivered, so the committer has retired them.
+    let m = scrape(&srv);
+    assert_eq!(metric(&m, "ricochet_deliveries_pending", &[]), 0.0);
+    assert_eq!(metric(&m, "ricochet_deliveries_paused", &[]), 0.0);
+    assert_eq!(metric(&m, "ricochet_endpoints_disabled", &[]), 0.0);
+    assert_eq!(
+        metric(
+            &m,
+            "ricochet_deliveries_total",
+            &[("endpoint", "later"), ("outcome", "delivered")]
+        ),
+        2.0
+    );
+}
