@@ -1,5 +1,5 @@
-//! Ingest hot path: parsing one line (simd-json tape + envelope + data span) and encoding
-//! the records the committer writes for it.
+//! Ingest hot path: framing, parsing one line (simd-json tape + envelope + data span),
+//! routing it, and encoding the records the committer writes for it.
 //!
 //! `cargo bench --bench ingest`
 
@@ -7,7 +7,9 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
 
+use ricochet::commit::{RouteInfo, Router};
 use ricochet::ingest::parse::LineParser;
+use ricochet::store::EndpointMeta;
 use ricochet::store::{DueKey, EventRecord};
 
 const LINE: &str = r#"{"type":"action_lifecycle","id":"act-1000234","account":"partner-555","time":"2026-04-08T09:00:00Z","data":{"ActionId":"1000.2345.6789","ActionTrackerId":12345,"ActionTrackerName":"Standard Sale Tracker","CampaignId":5678,"MediaPartnerId":555,"State":"PENDING","Amount":250.00,"Currency":"USD","Payout":12.50,"OrderId":"ORD-99812","EventDate":"2026-04-08T09:00:00Z","items":[{"Sku":"SKU-1","Quantity":1,"Price":50.00},{"Sku":"SKU-2","Quantity":2,"Price":100.00}]}}"#;
@@ -33,6 +35,54 @@ fn bench(c: &mut Criterion) {
                 n += line.len();
             }
             black_box(n)
+        })
+    });
+    // Routing: 16 endpoints over 8 types (two per type, one account-scoped) plus a wildcard.
+    let types = [
+        "action_lifecycle",
+        "action_inquiry",
+        "action_clearing",
+        "tracking_value_request",
+        "job_completed",
+        "publisher_application",
+        "advocate.coupon_created",
+        "other",
+    ];
+    let routes: Vec<RouteInfo> = (0..17u32)
+        .map(|i| RouteInfo {
+            id: i + 1,
+            name: format!("e{i}"),
+            worker: (i % 2) as usize,
+            events: if i == 16 {
+                vec!["*".into()]
+            } else {
+                vec![types[i as usize % 8].into()]
+            },
+            account: (i % 2 == 1).then(|| "partner-555".to_string()),
+            min_delay_ms: 0,
+            enabled: true,
+            ordered: false,
+            meta: EndpointMeta::default(),
+        })
+        .collect();
+    let router = Router::new(routes);
+    let mut out = Vec::new();
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("route", |b| {
+        b.iter(|| {
+            router.route(
+                black_box("action_lifecycle"),
+                black_box(Some("partner-555")),
+                &mut out,
+            );
+            black_box(out.len())
+        })
+    });
+    g.bench_function("parse_and_route", |b| {
+        b.iter(|| {
+            let ev = p.parse(black_box(LINE.as_bytes())).unwrap();
+            router.route(&ev.etype, ev.account.as_deref(), &mut out);
+            black_box(out.len())
         })
     });
     g.finish();

@@ -146,14 +146,15 @@ pub struct RouteInfo {
     pub meta: EndpointMeta,
 }
 
-struct Router {
+/// Event type (and account) → subscribed, enabled endpoints.
+pub struct Router {
     by_type: HashMap<String, Vec<EndpointId>>,
     wildcard: Vec<EndpointId>,
     eps: HashMap<EndpointId, RouteInfo>,
 }
 
 impl Router {
-    fn new(routes: Vec<RouteInfo>) -> Router {
+    pub fn new(routes: Vec<RouteInfo>) -> Router {
         let mut r = Router {
             by_type: HashMap::default(),
             wildcard: Vec::new(),
@@ -172,7 +173,7 @@ impl Router {
         r
     }
 
-    fn route(&self, etype: &str, account: Option<&str>, out: &mut Vec<EndpointId>) {
+    pub fn route(&self, etype: &str, account: Option<&str>, out: &mut Vec<EndpointId>) {
         out.clear();
         let typed = self.by_type.get(etype).map(Vec::as_slice).unwrap_or(&[]);
         for id in typed.iter().chain(self.wildcard.iter()) {
