@@ -1,9 +1,10 @@
 //! `ricochet-load fake-ricochet serve --config F`: a deliberately small stand-in for
 //! `ricochet serve`, so `run` can be tested before (or without) the real binary. It
-//! reads the same TOML (only `server.socket`, `server.admin` and each endpoint's
-//! `name`, `events`, `url`, `enabled`), answers the ingest line protocol (`ok`/`dup`/
+//! reads the same TOML (only `server.socket`, `server.admin`, `server.extra_ca_file` and
+//! each endpoint's `name`, `events`, `url`, `enabled`), answers the ingest line protocol (`ok`/`dup`/
 //! `err`, in order), POSTs each event's `data` to the routed (enabled) endpoints with
-//! `webhook-id`, retries failures every 200 ms (5 attempts), and serves `GET /health`.
+//! `webhook-id` (over TLS for `https://`, trusting only `extra_ca_file`), retries failures
+//! every 200 ms (5 attempts), and serves `GET /health`. It ignores `max_rps`.
 //! No durability, no templates: plumbing only, never a benchmark.
 
 use std::collections::{HashMap, HashSet};
@@ -42,6 +43,7 @@ struct Config {
 struct Server {
     socket: PathBuf,
     admin: SocketAddr,
+    extra_ca_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -70,6 +72,39 @@ struct Target {
     name: String,
     addr: SocketAddr,
     path: String,
+    /// The TLS server name for `https://`.
+    tls: Option<String>,
+}
+
+/// A kept-alive connection to the sink.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+        }
+    }
 }
 
 struct Job {
@@ -81,6 +116,7 @@ struct Job {
 
 struct State {
     targets: Vec<Target>,
+    tls: Option<Arc<rustls::ClientConfig>>,
     routes: HashMap<String, Vec<usize>>,
     wildcard: Vec<usize>,
     seen: Mutex<HashSet<String>>,
@@ -100,12 +136,12 @@ pub fn main(a: FakeArgs) -> Result<i32> {
     let mut routes: HashMap<String, Vec<usize>> = HashMap::new();
     let mut wildcard = Vec::new();
     for (i, e) in cfg.endpoint.iter().enumerate() {
-        let (addr, path) =
-            crate::raw::parse_url(&e.url).with_context(|| format!("endpoint {}", e.name))?;
+        let t = crate::raw::parse_target(&e.url).with_context(|| format!("endpoint {}", e.name))?;
         targets.push(Target {
             name: e.name.clone(),
-            addr,
-            path,
+            addr: t.addr,
+            path: t.path,
+            tls: t.tls.then_some(t.host),
         });
         if !e.enabled {
             continue;
@@ -118,9 +154,17 @@ pub fn main(a: FakeArgs) -> Result<i32> {
             }
         }
     }
+    let tls = match &cfg.server.extra_ca_file {
+        Some(p) => {
+            let pem = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            Some(Arc::new(crate::tls::client_config(&pem)?))
+        }
+        None => None,
+    };
     let (tx, rx) = mpsc::channel::<Job>();
     let state = Arc::new(State {
         targets,
+        tls,
         routes,
         wildcard,
         seen: Mutex::default(),
@@ -214,7 +258,7 @@ fn ingest_conn(s: UnixStream, state: &State) -> Result<()> {
 }
 
 fn deliver_loop(state: &State, rx: &Mutex<mpsc::Receiver<Job>>) {
-    let mut conns: HashMap<SocketAddr, TcpStream> = HashMap::new();
+    let mut conns: HashMap<SocketAddr, Conn> = HashMap::new();
     let mut buf = Vec::with_capacity(4096);
     loop {
         let job = match rx.lock().unwrap().recv() {
@@ -222,7 +266,7 @@ fn deliver_loop(state: &State, rx: &Mutex<mpsc::Receiver<Job>>) {
             Err(_) => return,
         };
         let t = &state.targets[job.ep];
-        let ok = match post(&mut conns, &mut buf, t, &job) {
+        let ok = match post(&mut conns, &mut buf, state.tls.as_ref(), t, &job) {
             Ok(status) => (200..300).contains(&status),
             Err(_) => {
                 conns.remove(&t.addr);
@@ -260,8 +304,9 @@ fn retry_loop(state: &State) {
 }
 
 fn post(
-    conns: &mut HashMap<SocketAddr, TcpStream>,
+    conns: &mut HashMap<SocketAddr, Conn>,
     buf: &mut Vec<u8>,
+    tls: Option<&Arc<rustls::ClientConfig>>,
     t: &Target,
     job: &Job,
 ) -> std::io::Result<u16> {
@@ -271,7 +316,18 @@ fn post(
             let s = TcpStream::connect_timeout(&t.addr, Duration::from_secs(2))?;
             s.set_nodelay(true)?;
             s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            v.insert(s)
+            v.insert(match &t.tls {
+                None => Conn::Plain(s),
+                Some(host) => {
+                    let cfg =
+                        tls.ok_or_else(|| std::io::Error::other("https:// without extra_ca_file"))?;
+                    let name = rustls::pki_types::ServerName::try_from(host.clone())
+                        .map_err(std::io::Error::other)?;
+                    let c = rustls::ClientConnection::new(cfg.clone(), name)
+                        .map_err(std::io::Error::other)?;
+                    Conn::Tls(Box::new(rustls::StreamOwned::new(c, s)))
+                }
+            })
         }
     };
     let ts = std::time::SystemTime::now()
@@ -286,6 +342,7 @@ fn post(
         job.body
     );
     s.write_all(req.as_bytes())?;
+    s.flush()?;
     buf.clear();
     let mut tmp = [0u8; 4096];
     loop {

@@ -3,7 +3,9 @@
 //! Layout (one file per concern):
 //! - `main.rs`: CLI and wiring only.
 //! - `sink.rs`: the scriptable HTTP/1.1 receiver (thread-per-core monoio, SO_REUSEPORT);
-//!   `ids.rs`: which event ids it has seen/delivered; `http.rs`: framing.
+//!   `ids.rs`: which event ids it has seen/delivered; `http.rs`: framing;
+//!   `ratecheck.rs`: per-endpoint one-second windows against `max_rps`;
+//!   `tls.rs`: its HTTPS mode (throwaway CA, rustls over monoio).
 //! - `gen.rs`: pipelined NDJSON writer + ack reader; `payload.rs`: the event lines.
 //! - `raw.rs`: bare keep-alive client, the delivery ceiling without ricochet.
 //! - `scenario.rs`: scenario files; `run.rs`: sink + ricochet + gen + drain, measured;
@@ -21,6 +23,7 @@ mod ids;
 mod payload;
 mod plot;
 mod procstat;
+mod ratecheck;
 mod raw;
 mod report;
 mod run;
@@ -28,6 +31,7 @@ mod scenario;
 mod script;
 mod sink;
 mod stats;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -89,6 +93,17 @@ struct SinkArgs {
     /// Check that event n arrives on /e/<n % E>.
     #[arg(long)]
     endpoints: Option<u64>,
+    /// Serve HTTPS (self-signed CA made at start, leaf for localhost and 127.0.0.1) and
+    /// write the CA certificate (PEM) to this file.
+    #[arg(long, value_name = "CA_PEM_OUT")]
+    tls_ca: Option<PathBuf>,
+    /// Check every endpoint /e/<n> (n < --endpoints) against this many requests/s: count
+    /// one-second windows with more than max_rps + --rate-tolerance arrivals.
+    #[arg(long, requires = "endpoints")]
+    max_rps: Option<u32>,
+    /// Extra arrivals allowed per one-second window for --max-rps (edge jitter).
+    #[arg(long, default_value_t = 1)]
+    rate_tolerance: u32,
     /// Stop after this long (default: until Ctrl-C).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -200,9 +215,20 @@ fn cmd_sink(a: SinkArgs) -> Result<i32> {
     cfg.reset = a.reset;
     cfg.slow_body = a.slow_body;
     cfg.endpoints = a.endpoints;
+    cfg.rate = a.max_rps.filter(|&r| r > 0).map(|max_rps| sink::RateLimit {
+        max_rps,
+        tolerance: a.rate_tolerance,
+    });
+    if let Some(path) = &a.tls_ca {
+        let t = tls::SinkTls::generate()?;
+        std::fs::write(path, &t.ca_pem).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("sink CA certificate written to {}", path.display());
+        cfg.tls = Some(t);
+    }
     let s = sink::Sink::start(cfg.clone())?;
     eprintln!(
-        "sink listening on http://{} ({} threads, {} driver, script {}, latency {}, reset {}, slow-body {})",
+        "sink listening on {}://{} ({} threads, {} driver, script {}, latency {}, reset {}, slow-body {})",
+        if cfg.tls.is_some() { "https" } else { "http" },
         s.addr(),
         cfg.threads,
         stats::driver_name(),
@@ -238,6 +264,7 @@ fn cmd_sink(a: SinkArgs) -> Result<i32> {
     }
     let lag = Percentiles::of(&s.shared().lag_total());
     let secs = started.elapsed().as_secs_f64();
+    let s_rate = s.shared().rate_counts();
     let c = s.stop();
     println!("--- sink summary ({secs:.1}s)");
     println!(
@@ -257,6 +284,31 @@ fn cmd_sink(a: SinkArgs) -> Result<i32> {
         c.distinct_ids, c.delivered, c.duplicates, c.retries, c.misrouted, c.no_id, c.connections
     );
     println!("delivery lag {}", lag.brief());
+    if cfg.tls.is_some() {
+        println!(
+            "tls handshakes {}  tls errors {}",
+            c.tls_handshakes, c.tls_errors
+        );
+    }
+    if let Some(r) = s_rate {
+        println!(
+            "rate check (max_rps {}, limit {} per 1-s window): endpoints {}  arrivals {}  windows over limit {}  endpoints over limit {}  windows over max_rps {}  worst window {}{}  beyond the bucket {} on {} endpoints  (with a new connection: {} windows, {} beyond)",
+            r.max_rps,
+            r.limit,
+            r.endpoints_checked,
+            r.arrivals,
+            r.windows_over_limit,
+            r.endpoints_over_limit,
+            r.windows_over_max_rps,
+            r.worst_window,
+            if r.worst_saturated { "+" } else { "" },
+            r.beyond_bucket,
+            r.endpoints_beyond_bucket,
+            r.windows_over_limit_new_conn,
+            r.beyond_bucket_new_conn
+        );
+        return Ok(i32::from(r.windows_over_limit > 0));
+    }
     Ok(0)
 }
 

@@ -31,9 +31,32 @@ pub struct RawConfig {
 
 /// Splits `http://127.0.0.1:PORT/path` into address and path; loopback only.
 pub fn parse_url(url: &str) -> Result<(SocketAddr, String)> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow!("{url:?}: only http:// URLs are supported"))?;
+    let t = parse_target(url)?;
+    if t.tls {
+        bail!("{url:?}: only http:// URLs are supported");
+    }
+    Ok((t.addr, t.path))
+}
+
+/// A parsed loopback URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlTarget {
+    /// `https://`.
+    pub tls: bool,
+    /// The host as written (`localhost` or the IP): the TLS server name.
+    pub host: String,
+    pub addr: SocketAddr,
+    pub path: String,
+}
+
+/// Splits `http(s)://HOST:PORT/path` (HOST a loopback IP or `localhost`, which means
+/// 127.0.0.1); anything else is refused.
+pub fn parse_target(url: &str) -> Result<UrlTarget> {
+    let (tls, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(r), _) => (false, r),
+        (_, Some(r)) => (true, r),
+        _ => bail!("{url:?}: only http:// and https:// URLs are supported"),
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -49,7 +72,18 @@ pub fn parse_url(url: &str) -> Result<(SocketAddr, String)> {
     if !addr.ip().is_loopback() {
         bail!("refusing to send load to {addr}: only loopback targets are allowed");
     }
-    Ok((addr, path.to_string()))
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    Ok(UrlTarget {
+        tls,
+        host,
+        addr,
+        path: path.to_string(),
+    })
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -255,6 +289,14 @@ mod tests {
         assert!(parse_url("https://127.0.0.1:1/").is_err());
         assert!(parse_url("http://10.0.0.1:80/").is_err());
         assert!(parse_url("http://localhost:80/").is_ok());
+        let t = parse_target("https://localhost:8443/e/3").unwrap();
+        assert!(t.tls);
+        assert_eq!((t.host.as_str(), t.addr.port()), ("localhost", 8443));
+        assert_eq!(t.addr.ip().to_string(), "127.0.0.1");
+        assert_eq!(t.path, "/e/3");
+        assert_eq!(parse_target("https://[::1]:1").unwrap().host, "::1");
+        assert!(parse_target("https://10.0.0.1:443/").is_err());
+        assert!(parse_target("ftp://127.0.0.1:1/").is_err());
     }
 
     /// Sink and raw client on loopback for one second, bounded.

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use crate::ratecheck::RateCounts;
 use crate::stats::{fmt_count, fmt_us, Percentiles};
 
 /// One second of a run.
@@ -30,6 +31,9 @@ pub struct Sample {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RunMetrics {
     pub run: usize,
+    /// "http" or "https" when a run is one of several schemes (`--https`,
+    /// `--https-compare`); empty otherwise.
+    pub label: String,
     pub run_tag: String,
     pub events_sent: u64,
     /// `ok` acks with at least one delivery.
@@ -76,6 +80,12 @@ pub struct RunMetrics {
     pub raw_requests_per_s: Option<f64>,
     /// deliveries/s as a share of the raw ceiling.
     pub raw_fraction: Option<f64>,
+    /// Connections the sink accepted.
+    pub sink_connections: u64,
+    /// TLS handshakes the sink completed (HTTPS runs).
+    pub tls_handshakes: Option<u64>,
+    /// The per-endpoint one-second window check (scenarios with `max_rps > 0`).
+    pub rate_check: Option<RateCounts>,
     pub notes: Vec<String>,
     pub series: Vec<Sample>,
 }
@@ -182,6 +192,69 @@ const ROWS: &[(&str, &str, Unit, Getter)] = &[
     ("raw_fraction", "deliveries / raw", Unit::Share, |m| {
         m.raw_fraction
     }),
+    (
+        "tls_handshakes",
+        "TLS handshakes (sink)",
+        Unit::Count,
+        |m| m.tls_handshakes.map(|n| n as f64),
+    ),
+    (
+        "rate_endpoints_checked",
+        "rate-limited endpoints checked",
+        Unit::Count,
+        |m| m.rate_check.map(|r| r.endpoints_checked as f64),
+    ),
+    (
+        "rate_limit",
+        "rate limit per 1-s window",
+        Unit::Count,
+        |m| m.rate_check.map(|r| r.limit as f64),
+    ),
+    (
+        "rate_windows_over_limit",
+        "1-s windows over the limit",
+        Unit::Count,
+        |m| m.rate_check.map(|r| r.windows_over_limit as f64),
+    ),
+    (
+        "rate_windows_over_limit_new_conn",
+        "  ...with a new connection",
+        Unit::Count,
+        |m| m.rate_check.map(|r| r.windows_over_limit_new_conn as f64),
+    ),
+    (
+        "rate_endpoints_over_limit",
+        "endpoints over the limit",
+        Unit::Count,
+        |m| m.rate_check.map(|r| r.endpoints_over_limit as f64),
+    ),
+    ("rate_worst_window", "worst 1-s window", Unit::Count, |m| {
+        m.rate_check.map(|r| r.worst_window as f64)
+    }),
+    (
+        "rate_windows_over_max_rps",
+        "1-s windows over max_rps",
+        Unit::Count,
+        |m| m.rate_check.map(|r| r.windows_over_max_rps as f64),
+    ),
+    (
+        "rate_beyond_bucket",
+        "arrivals beyond the bucket",
+        Unit::Count,
+        |m| m.rate_check.map(|r| r.beyond_bucket as f64),
+    ),
+    (
+        "rate_beyond_bucket_new_conn",
+        "  ...with a new connection",
+        Unit::Count,
+        |m| m.rate_check.map(|r| r.beyond_bucket_new_conn as f64),
+    ),
+    (
+        "rate_endpoints_beyond_bucket",
+        "endpoints beyond the bucket",
+        Unit::Count,
+        |m| m.rate_check.map(|r| r.endpoints_beyond_bucket as f64),
+    ),
 ];
 
 fn fmt(unit: Unit, v: Option<f64>) -> String {
@@ -224,13 +297,38 @@ pub fn medians(runs: &[RunMetrics]) -> serde_json::Map<String, serde_json::Value
     out
 }
 
-/// The text table: one column per run, plus the median when there are several.
+/// The labels of `runs` in order of first appearance ("" for unlabelled runs).
+pub fn labels(runs: &[RunMetrics]) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for m in runs {
+        if !out.contains(&m.label.as_str()) {
+            out.push(&m.label);
+        }
+    }
+    out
+}
+
+/// The text table: one column per run, plus a median column per label (scheme) when it
+/// has several runs.
 pub fn table(runs: &[RunMetrics]) -> String {
     let mut header = vec!["".to_string()];
-    header.extend(runs.iter().map(|m| format!("run {}", m.run)));
-    let with_median = runs.len() > 1;
-    if with_median {
-        header.push("median".into());
+    header.extend(runs.iter().map(|m| {
+        if m.label.is_empty() {
+            format!("run {}", m.run)
+        } else {
+            format!("run {} {}", m.run, m.label)
+        }
+    }));
+    let median_labels: Vec<&str> = labels(runs)
+        .into_iter()
+        .filter(|l| runs.iter().filter(|m| m.label == *l).count() > 1)
+        .collect();
+    for l in &median_labels {
+        header.push(if l.is_empty() {
+            "median".into()
+        } else {
+            format!("median {l}")
+        });
     }
     let mut rows = vec![header];
     for (_, label, unit, get) in ROWS {
@@ -240,8 +338,13 @@ pub fn table(runs: &[RunMetrics]) -> String {
         }
         let mut row = vec![label.to_string()];
         row.extend(vals.iter().map(|v| fmt(*unit, *v)));
-        if with_median {
-            let mut present: Vec<f64> = vals.iter().flatten().copied().collect();
+        for l in &median_labels {
+            let mut present: Vec<f64> = runs
+                .iter()
+                .zip(&vals)
+                .filter(|(m, _)| m.label == *l)
+                .filter_map(|(_, v)| *v)
+                .collect();
             row.push(fmt(*unit, median(&mut present)));
         }
         rows.push(row);
@@ -300,8 +403,44 @@ mod tests {
         assert!(line.ends_with("2,000"), "{line}");
         // Rows with no value in any run are left out.
         assert!(!t.contains("raw ceiling"));
+        assert!(!t.contains("1-s windows"));
         let m = medians(&runs);
         assert_eq!(m["accepted_per_s"], serde_json::json!(200.0));
         assert_eq!(m["raw_fraction"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn labelled_runs_get_a_median_per_label_and_rate_rows() {
+        let runs: Vec<RunMetrics> = [(1, "http", 10.0), (1, "https", 8.0)]
+            .into_iter()
+            .chain([(2, "http", 30.0), (2, "https", 6.0)])
+            .map(|(run, label, dps)| RunMetrics {
+                run,
+                label: label.into(),
+                deliveries_per_s: dps,
+                rate_check: Some(RateCounts {
+                    max_rps: 2,
+                    limit: 3,
+                    endpoints_checked: 10,
+                    worst_window: 3,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect();
+        let t = table(&runs);
+        let head = t.lines().next().unwrap();
+        assert!(head.contains("run 1 https"), "{t}");
+        assert!(head.ends_with("median http  median https"), "{t}");
+        let line = t.lines().find(|l| l.starts_with("deliveries/s ")).unwrap();
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cells[cells.len() - 2..], ["20", "7"], "{line}");
+        let line = t
+            .lines()
+            .find(|l| l.starts_with("1-s windows over the limit"))
+            .unwrap();
+        assert!(line.ends_with(" 0"), "{line}");
+        assert!(t.contains("worst 1-s window"));
+        assert_eq!(labels(&runs), vec!["http", "https"]);
     }
 }

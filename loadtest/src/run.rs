@@ -6,9 +6,15 @@
 //! end any scripted outage, wait for the drain (the sink has delivered every accepted
 //! id, or the sink went idle, or the drain timeout), read ricochet's CPU and peak RSS
 //! from /proc, stop it, and account for every accepted id.
+//!
+//! `--https` serves the sink over TLS (a CA made per run, written into the run dir and
+//! named in ricochet's `[server] extra_ca_file`; endpoints `https://localhost:PORT/e/<n>`);
+//! `--https-compare` runs every repetition twice, plain HTTP and HTTPS, and reports the
+//! HTTPS/HTTP deliveries/s ratio. Scenarios with `[endpoint] max_rps > 0` also get the
+//! sink's per-endpoint one-second window check ([`crate::ratecheck`]).
 
 use std::io::{IsTerminal, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,7 +32,7 @@ use crate::raw;
 use crate::report::{self, RunMetrics, Sample};
 use crate::scenario::{Outage, Scenario, BUILT_IN};
 use crate::script::parse_duration;
-use crate::sink::{Sink, SinkConfig, SinkCounts};
+use crate::sink::{RateLimit, Sink, SinkConfig, SinkCounts};
 use crate::stats::{self, fmt_count, Percentiles};
 
 #[derive(Args)]
@@ -76,7 +82,38 @@ pub struct RunArgs {
     /// Keep each run's temp dir (config, data, ricochet.log) instead of deleting it.
     #[arg(long)]
     keep: bool,
+    /// Serve the sink over HTTPS (endpoints https://localhost:PORT, ricochet trusts the
+    /// run's CA through [server] extra_ca_file).
+    #[arg(long, conflicts_with = "https_compare")]
+    https: bool,
+    /// Run every repetition twice, plain HTTP then HTTPS (alternating the order on even
+    /// runs), and report HTTPS deliveries/s as a ratio of HTTP's.
+    #[arg(long)]
+    https_compare: bool,
+    /// Override the scenario's [sink] rate_tolerance: arrivals allowed per 1-s window
+    /// above max_rps before the rate check counts a violation.
+    #[arg(long)]
+    rate_tolerance: Option<u32>,
 }
+
+/// How the sink is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// The HTTPS ratio must reach this share of plain HTTP's deliveries/s (issue 4).
+const HTTPS_TARGET: f64 = 0.7;
 
 pub fn cmd_run(a: RunArgs) -> Result<i32> {
     if a.list {
@@ -103,6 +140,9 @@ pub fn cmd_run(a: RunArgs) -> Result<i32> {
     if let Some(d) = a.drain_timeout {
         sc.drain_timeout = d;
     }
+    if let Some(t) = a.rate_tolerance {
+        sc.rate_tolerance = t;
+    }
     let ricochet = resolve_ricochet(a.ricochet.as_deref())?;
     let stop = crate::stop_flag()?;
     eprintln!(
@@ -124,32 +164,73 @@ pub fn cmd_run(a: RunArgs) -> Result<i32> {
         ricochet.display(),
         stats::driver_name()
     );
-    let mut runs = Vec::new();
-    for i in 1..=a.runs.max(1) {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        eprintln!("--- run {i}/{}", a.runs.max(1));
-        let m = run_once(&sc, &a, i, &ricochet, &stop).with_context(|| format!("run {i}"))?;
-        if let Some(plot) = &a.plot {
-            let path = plot_path(plot, i, a.runs);
-            crate::plot::write_svg(&path, &format!("{} run {i}", sc.name), &m.series)?;
-            eprintln!("plot written to {}", path.display());
-        }
-        if !a.json {
-            eprintln!("{}", one_line(&m));
-        }
-        runs.push(m);
+    if sc.max_rps > 0 {
+        eprintln!(
+            "rate check: every endpoint at most {} + {} arrivals per 1-s window",
+            sc.max_rps, sc.rate_tolerance
+        );
     }
+    let schemes: &[Scheme] = if a.https_compare {
+        &[Scheme::Http, Scheme::Https]
+    } else if a.https {
+        &[Scheme::Https]
+    } else {
+        &[Scheme::Http]
+    };
+    let labelled = a.https || a.https_compare;
+    let mut runs = Vec::new();
+    'runs: for i in 1..=a.runs.max(1) {
+        // Alternate which scheme goes first, so neither always runs on a warmer box.
+        let mut order = schemes.to_vec();
+        if i % 2 == 0 {
+            order.reverse();
+        }
+        for scheme in order {
+            if stop.load(Ordering::Relaxed) {
+                break 'runs;
+            }
+            let label = if labelled { scheme.name() } else { "" };
+            eprintln!("--- run {i}/{} {label}", a.runs.max(1));
+            let mut m = run_once(&sc, &a, i, scheme, &ricochet, &stop)
+                .with_context(|| format!("run {i} {label}"))?;
+            m.label = label.to_string();
+            if let Some(plot) = &a.plot {
+                let path = plot_path(plot, i, a.runs, label);
+                crate::plot::write_svg(&path, &format!("{} run {i} {label}", sc.name), &m.series)?;
+                eprintln!("plot written to {}", path.display());
+            }
+            if !a.json {
+                eprintln!("{}", one_line(&m));
+            }
+            runs.push(m);
+        }
+    }
+    let compare = a.https_compare.then(|| https_compare(&runs));
     if a.json {
-        let out = serde_json::json!({
+        let median = if labelled {
+            let by: serde_json::Map<String, serde_json::Value> = report::labels(&runs)
+                .into_iter()
+                .map(|l| {
+                    let subset: Vec<RunMetrics> =
+                        runs.iter().filter(|m| m.label == l).cloned().collect();
+                    (l.to_string(), report::medians(&subset).into())
+                })
+                .collect();
+            serde_json::Value::Object(by)
+        } else {
+            report::medians(&runs).into()
+        };
+        let mut out = serde_json::json!({
             "scenario": sc.name,
             "source": sc.source,
             "description": sc.description,
             "ricochet": ricochet.display().to_string(),
             "runs": runs,
-            "median": report::medians(&runs),
+            "median": median,
         });
+        if let Some(c) = &compare {
+            out["https_compare"] = serde_json::to_value(c)?;
+        }
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!(
@@ -158,22 +239,142 @@ pub fn cmd_run(a: RunArgs) -> Result<i32> {
             sc.description.replace('\n', " ")
         );
         print!("{}", report::table(&runs));
+        if let Some(c) = &compare {
+            print!("{}", c.text());
+        }
         for m in &runs {
             for n in &m.notes {
-                println!("run {}: {n}", m.run);
+                println!("run {}{}: {n}", m.run, label_suffix(m));
             }
         }
     }
     let bad = runs.iter().any(|m| {
-        m.lost > 0 || m.missing_acks > 0 || m.err_acks > 0 || m.misrouted > 0 || m.ack_mismatch > 0
+        m.lost > 0
+            || m.missing_acks > 0
+            || m.err_acks > 0
+            || m.misrouted > 0
+            || m.ack_mismatch > 0
+            || m.rate_check.is_some_and(|r| r.windows_over_limit > 0)
     });
     Ok(i32::from(bad || runs.is_empty()))
 }
 
+fn label_suffix(m: &RunMetrics) -> String {
+    if m.label.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", m.label)
+    }
+}
+
+/// One HTTP/HTTPS pair of runs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ComparePair {
+    pub run: usize,
+    pub http_deliveries_per_s: f64,
+    pub https_deliveries_per_s: f64,
+    /// https / http deliveries/s.
+    pub ratio: f64,
+    pub http_ricochet_cpu_s: Option<f64>,
+    pub https_ricochet_cpu_s: Option<f64>,
+    /// ricochet CPU µs per delivered event.
+    pub http_cpu_us_per_delivery: Option<f64>,
+    pub https_cpu_us_per_delivery: Option<f64>,
+}
+
+/// `--https-compare`: the pairs and their medians.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Compare {
+    pub pairs: Vec<ComparePair>,
+    pub http_deliveries_per_s: Option<f64>,
+    pub https_deliveries_per_s: Option<f64>,
+    /// Median of the per-pair ratios.
+    pub ratio: Option<f64>,
+    pub target: f64,
+}
+
+fn cpu_per_delivery(m: &RunMetrics) -> Option<f64> {
+    m.ricochet_cpu_s
+        .filter(|_| m.delivered > 0)
+        .map(|c| c * 1e6 / m.delivered as f64)
+}
+
+pub fn https_compare(runs: &[RunMetrics]) -> Compare {
+    let mut pairs = Vec::new();
+    let find = |run: usize, label: &str| runs.iter().find(|m| m.run == run && m.label == label);
+    let mut ids: Vec<usize> = runs.iter().map(|m| m.run).collect();
+    ids.dedup();
+    for run in ids {
+        let (Some(h), Some(s)) = (find(run, "http"), find(run, "https")) else {
+            continue;
+        };
+        pairs.push(ComparePair {
+            run,
+            http_deliveries_per_s: h.deliveries_per_s,
+            https_deliveries_per_s: s.deliveries_per_s,
+            ratio: s.deliveries_per_s / h.deliveries_per_s.max(1e-9),
+            http_ricochet_cpu_s: h.ricochet_cpu_s,
+            https_ricochet_cpu_s: s.ricochet_cpu_s,
+            http_cpu_us_per_delivery: cpu_per_delivery(h),
+            https_cpu_us_per_delivery: cpu_per_delivery(s),
+        });
+    }
+    let med = |f: fn(&ComparePair) -> f64| {
+        let mut v: Vec<f64> = pairs.iter().map(f).collect();
+        report::median(&mut v)
+    };
+    Compare {
+        http_deliveries_per_s: med(|p| p.http_deliveries_per_s),
+        https_deliveries_per_s: med(|p| p.https_deliveries_per_s),
+        ratio: med(|p| p.ratio),
+        target: HTTPS_TARGET,
+        pairs,
+    }
+}
+
+impl Compare {
+    pub fn text(&self) -> String {
+        let opt = |v: Option<f64>, d: usize| v.map_or("-".into(), |v| format!("{v:.d$}"));
+        let mut out = String::from("\nhttps vs http (same scenario, events and duration):\n");
+        for p in &self.pairs {
+            out += &format!(
+                "  run {}: deliveries/s {} http, {} https = {:.3}; ricochet CPU {}s vs {}s ({} vs {} us/delivery)\n",
+                p.run,
+                fmt_count(p.http_deliveries_per_s.round() as u64),
+                fmt_count(p.https_deliveries_per_s.round() as u64),
+                p.ratio,
+                opt(p.http_ricochet_cpu_s, 2),
+                opt(p.https_ricochet_cpu_s, 2),
+                opt(p.http_cpu_us_per_delivery, 1),
+                opt(p.https_cpu_us_per_delivery, 1),
+            );
+        }
+        match self.ratio {
+            Some(r) => {
+                out += &format!(
+                    "  https/http deliveries/s ratio {r:.3} (median of {} pair(s); target >= {}: {})\n",
+                    self.pairs.len(),
+                    self.target,
+                    if r >= self.target { "met" } else { "NOT met" }
+                );
+            }
+            None => out += "  no complete http/https pair\n",
+        }
+        out
+    }
+}
+
 fn one_line(m: &RunMetrics) -> String {
+    let rate = m.rate_check.map_or(String::new(), |r| {
+        format!(
+            ", rate windows over {} {} (worst {})",
+            r.limit, r.windows_over_limit, r.worst_window
+        )
+    });
     format!(
-        "run {}: accepted {} ({:.0}/s), delivered {} ({:.0}/s), ack {}, lag {}, lost {}, dup {}, drain {:.2}s ({})",
+        "run {}{}: accepted {} ({:.0}/s), delivered {} ({:.0}/s), ack {}, lag {}, lost {}, dup {}, drain {:.2}s ({})",
         m.run,
+        label_suffix(m),
         fmt_count(m.accepted),
         m.accepted_per_s,
         fmt_count(m.delivered),
@@ -184,18 +385,45 @@ fn one_line(m: &RunMetrics) -> String {
         m.duplicates,
         m.drain_s,
         m.drain_end
-    )
+    ) + &rate
 }
 
-fn plot_path(base: &Path, run: usize, runs: usize) -> PathBuf {
-    if runs <= 1 || run == 1 {
+/// `base` for the first run, `NAME-<run>.svg` for the others; a scheme label other than
+/// the first run's plain `http` adds `-https` (`NAME-https.svg`, `NAME-2-https.svg`).
+fn plot_path(base: &Path, run: usize, runs: usize, label: &str) -> PathBuf {
+    let suffix = if label == "https" { "-https" } else { "" };
+    if (runs <= 1 || run == 1) && suffix.is_empty() {
         return base.to_path_buf();
     }
     let stem = base
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "plot".into());
-    base.with_file_name(format!("{stem}-{run}.svg"))
+    if runs <= 1 || run == 1 {
+        return base.with_file_name(format!("{stem}{suffix}.svg"));
+    }
+    base.with_file_name(format!("{stem}-{run}{suffix}.svg"))
+}
+
+/// The host name for HTTPS endpoint URLs: `localhost` (exercising SNI and the DNS name
+/// in the certificate) when it resolves to 127.0.0.1 first, where the sink listens;
+/// else the IP literal, which the certificate also names.
+fn https_host() -> (&'static str, Option<String>) {
+    let first = ("localhost", 0)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .map(|a| a.ip());
+    if first == Some(IpAddr::V4(Ipv4Addr::LOCALHOST)) {
+        ("localhost", None)
+    } else {
+        (
+            "127.0.0.1",
+            Some(format!(
+                "localhost resolves to {first:?}, not 127.0.0.1 first: HTTPS endpoints use https://127.0.0.1:PORT"
+            )),
+        )
+    }
 }
 
 /// `--ricochet`, else the first existing default location.
@@ -483,13 +711,15 @@ fn run_once(
     sc: &Scenario,
     a: &RunArgs,
     index: usize,
+    scheme: Scheme,
     ricochet: &Path,
     stop: &Arc<AtomicBool>,
 ) -> Result<RunMetrics> {
     let tag = gen::new_run_tag();
-    let dir = std::env::temp_dir().join(format!("ricochet-load-{}-{tag}", sc.name));
+    let dir =
+        std::env::temp_dir().join(format!("ricochet-load-{}-{}-{tag}", sc.name, scheme.name()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let result = run_in(sc, a, index, ricochet, stop, &tag, &dir);
+    let result = run_in(sc, a, index, scheme, ricochet, stop, &tag, &dir);
     match &result {
         Ok(_) if !a.keep => {
             let _ = std::fs::remove_dir_all(&dir);
@@ -504,6 +734,7 @@ fn run_in(
     sc: &Scenario,
     a: &RunArgs,
     index: usize,
+    scheme: Scheme,
     ricochet: &Path,
     stop: &Arc<AtomicBool>,
     tag: &str,
@@ -517,6 +748,20 @@ fn run_in(
     sink_cfg.reset = sc.reset;
     sink_cfg.slow_body = sc.slow_body;
     sink_cfg.endpoints = Some(sc.endpoints);
+    if sc.max_rps > 0 {
+        sink_cfg.rate = Some(RateLimit {
+            max_rps: sc.max_rps,
+            tolerance: sc.rate_tolerance,
+        });
+    }
+    let mut notes = Vec::new();
+    let ca_file = dir.join("sink-ca.pem");
+    if scheme == Scheme::Https {
+        let t = crate::tls::SinkTls::generate()?;
+        std::fs::write(&ca_file, &t.ca_pem)
+            .with_context(|| format!("writing {}", ca_file.display()))?;
+        sink_cfg.tls = Some(t);
+    }
     let (mut sink, sink_addr) = if sc.outage == Outage::Refuse {
         (None, reserve_port()?)
     } else {
@@ -530,7 +775,21 @@ fn run_in(
         }
     }
     let admin = reserve_port()?;
-    let text = sc.ricochet_config(&data_dir, &socket, admin, sink_addr)?;
+    let sink_base = match scheme {
+        Scheme::Http => format!("http://{sink_addr}"),
+        Scheme::Https => {
+            let (host, note) = https_host();
+            notes.extend(note);
+            format!("https://{host}:{}", sink_addr.port())
+        }
+    };
+    let text = sc.ricochet_config(
+        &data_dir,
+        &socket,
+        admin,
+        &sink_base,
+        (scheme == Scheme::Https).then_some(ca_file.as_path()),
+    )?;
     std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
     let log_file = std::fs::File::create(&log)?;
     let mut command = Command::new(ricochet);
@@ -561,7 +820,7 @@ fn run_in(
     let pid = child.pid();
     let startup = wait_health(admin, &mut child, a.startup_timeout, &log)?;
     eprintln!(
-        "ricochet pid {pid} healthy after {:.2}s (admin {admin}, sink http://{sink_addr}, files {})",
+        "ricochet pid {pid} healthy after {:.2}s (admin {admin}, sink {sink_base}, files {})",
         startup.as_secs_f64(),
         dir.display()
     );
@@ -588,7 +847,6 @@ fn run_in(
     } else {
         (sc.rate * sc.duration.as_secs_f64()) as u64
     };
-    let mut notes = Vec::new();
     let mut progress = Progress::new(planned, "ingest");
     while !g.is_done() {
         std::thread::sleep(Duration::from_millis(100));
@@ -740,23 +998,28 @@ fn run_in(
         gres.elapsed.as_secs_f64()
     };
 
-    let (raw_rps, raw_fraction) = if a.raw && !stop.load(Ordering::Relaxed) {
-        let r = raw::run(&raw::RawConfig {
-            addr: sink.addr(),
-            path: "/e/0".into(),
-            connections: a.raw_connections,
-            threads: 1,
-            duration: a.raw_duration,
-        })?;
-        eprintln!("raw ceiling: {}", r.summary());
-        let dps = c.delivered as f64 / delivery_window.max(1e-9);
-        (
-            Some(r.requests_per_s),
-            Some(dps / r.requests_per_s.max(1e-9)),
-        )
-    } else {
-        (None, None)
-    };
+    if a.raw && scheme == Scheme::Https {
+        notes.push("no raw ceiling for an HTTPS run: the raw client speaks plain HTTP".into());
+    }
+    let (raw_rps, raw_fraction) =
+        if a.raw && scheme == Scheme::Http && !stop.load(Ordering::Relaxed) {
+            let r = raw::run(&raw::RawConfig {
+                addr: sink.addr(),
+                path: "/e/0".into(),
+                connections: a.raw_connections,
+                threads: 1,
+                duration: a.raw_duration,
+            })?;
+            eprintln!("raw ceiling: {}", r.summary());
+            let dps = c.delivered as f64 / delivery_window.max(1e-9);
+            (
+                Some(r.requests_per_s),
+                Some(dps / r.requests_per_s.max(1e-9)),
+            )
+        } else {
+            (None, None)
+        };
+    let rate_check = shared.rate_counts();
     drop(sink);
 
     for line in panics_in_log(&log) {
@@ -774,6 +1037,39 @@ fn run_in(
             c.misrouted
         ));
     }
+    if c.tls_errors > 0 {
+        notes.push(format!(
+            "{} TLS connections failed at the sink (handshake or record errors; see ricochet.log)",
+            c.tls_errors
+        ));
+    }
+    if let Some(r) = rate_check {
+        if r.windows_over_limit > 0 {
+            notes.push(format!(
+                "rate check: {} arrivals on {} endpoints had more than {} (max_rps {} + tolerance {}) arrivals in the 1-s window ending at them; worst window {}{}",
+                r.windows_over_limit,
+                r.endpoints_over_limit,
+                r.limit,
+                r.max_rps,
+                r.limit - r.max_rps,
+                r.worst_window,
+                if r.worst_saturated { " or more" } else { "" }
+            ));
+            notes.push(format!(
+                "rate check: {} of those windows hold a request that opened a new connection (late by its setup); {} requests on {} endpoints were beyond a replayed max_rps bucket ({} of them within 1 s of a new connection)",
+                r.windows_over_limit_new_conn,
+                r.beyond_bucket,
+                r.endpoints_beyond_bucket,
+                r.beyond_bucket_new_conn
+            ));
+        }
+        if r.unchecked > 0 {
+            notes.push(format!(
+                "rate check: {} requests on paths other than /e/<n> were not checked",
+                r.unchecked
+            ));
+        }
+    }
     if gres.unrouted > 0 {
         notes.push(format!("{} events acked with 0 deliveries", gres.unrouted));
     }
@@ -788,6 +1084,7 @@ fn run_in(
     }
     Ok(RunMetrics {
         run: index,
+        label: String::new(),
         run_tag: tag.to_string(),
         events_sent: gres.sent,
         accepted,
@@ -830,6 +1127,9 @@ fn run_in(
         load_tool_cpu_s: load_cpu,
         raw_requests_per_s: raw_rps,
         raw_fraction,
+        sink_connections: c.connections,
+        tls_handshakes: (scheme == Scheme::Https).then_some(c.tls_handshakes),
+        rate_check,
         notes,
         series: std::mem::take(&mut sampler.samples),
     })
@@ -842,9 +1142,45 @@ mod tests {
     #[test]
     fn plot_paths() {
         let p = Path::new("/tmp/out.svg");
-        assert_eq!(plot_path(p, 1, 1), PathBuf::from("/tmp/out.svg"));
-        assert_eq!(plot_path(p, 1, 3), PathBuf::from("/tmp/out.svg"));
-        assert_eq!(plot_path(p, 2, 3), PathBuf::from("/tmp/out-2.svg"));
+        assert_eq!(plot_path(p, 1, 1, ""), PathBuf::from("/tmp/out.svg"));
+        assert_eq!(plot_path(p, 1, 3, ""), PathBuf::from("/tmp/out.svg"));
+        assert_eq!(plot_path(p, 2, 3, ""), PathBuf::from("/tmp/out-2.svg"));
+        assert_eq!(plot_path(p, 1, 1, "http"), PathBuf::from("/tmp/out.svg"));
+        assert_eq!(
+            plot_path(p, 1, 1, "https"),
+            PathBuf::from("/tmp/out-https.svg")
+        );
+        assert_eq!(
+            plot_path(p, 2, 2, "https"),
+            PathBuf::from("/tmp/out-2-https.svg")
+        );
+    }
+
+    #[test]
+    fn compare_pairs_runs_by_number() {
+        let m = |run, label: &str, dps, cpu| RunMetrics {
+            run,
+            label: label.into(),
+            deliveries_per_s: dps,
+            delivered: 1000,
+            ricochet_cpu_s: Some(cpu),
+            ..Default::default()
+        };
+        let runs = vec![
+            m(1, "http", 100.0, 1.0),
+            m(1, "https", 90.0, 1.5),
+            m(2, "https", 60.0, 1.5),
+            m(2, "http", 100.0, 1.0),
+        ];
+        let c = https_compare(&runs);
+        assert_eq!(c.pairs.len(), 2);
+        assert!((c.pairs[0].ratio - 0.9).abs() < 1e-9);
+        assert!((c.pairs[1].ratio - 0.6).abs() < 1e-9);
+        assert!((c.ratio.unwrap() - 0.75).abs() < 1e-9);
+        assert_eq!(c.pairs[0].https_cpu_us_per_delivery, Some(1500.0));
+        let t = c.text();
+        assert!(t.contains("ratio 0.750") && t.contains("met)"), "{t}");
+        assert!(https_compare(&runs[..1]).ratio.is_none());
     }
 
     #[test]

@@ -92,6 +92,10 @@ pub struct SinkSection {
     pub reset: f64,
     #[serde(default)]
     pub slow_body: f64,
+    /// Extra arrivals per one-second window the rate check allows above the endpoints'
+    /// `max_rps` (only used when `[endpoint] max_rps > 0`).
+    #[serde(default = "one_u32")]
+    pub rate_tolerance: u32,
 }
 
 impl Default for SinkSection {
@@ -102,6 +106,7 @@ impl Default for SinkSection {
             latency: default_latency(),
             reset: 0.0,
             slow_body: 0.0,
+            rate_tolerance: 1,
         }
     }
 }
@@ -110,6 +115,9 @@ fn one() -> u64 {
     1
 }
 fn one_usize() -> usize {
+    1
+}
+fn one_u32() -> u32 {
     1
 }
 fn two() -> usize {
@@ -173,6 +181,9 @@ pub struct Scenario {
     pub latency: Latency,
     pub reset: f64,
     pub slow_body: f64,
+    /// `[endpoint] max_rps` (0 = unlimited): the sink checks it when > 0.
+    pub max_rps: u32,
+    pub rate_tolerance: u32,
     pub server: toml::Table,
     pub endpoint: toml::Table,
 }
@@ -255,6 +266,16 @@ impl Scenario {
                 );
             }
         }
+        let max_rps = match f.endpoint.get("max_rps") {
+            None => 0,
+            Some(v) => match v.as_integer().map(u32::try_from) {
+                Some(Ok(r)) => r,
+                _ => bail!(
+                    "{}: [endpoint] max_rps must be a non-negative integer",
+                    ctx()
+                ),
+            },
+        };
         let dur =
             |s: &str, what: &str| parse_duration(s).with_context(|| format!("{}: {what}", ctx()));
         Ok(Scenario {
@@ -278,18 +299,23 @@ impl Scenario {
             latency: Latency::parse(&f.sink.latency).with_context(ctx)?,
             reset: f.sink.reset,
             slow_body: f.sink.slow_body,
+            max_rps,
+            rate_tolerance: f.sink.rate_tolerance,
             server: f.server,
             endpoint: f.endpoint,
         })
     }
 
-    /// ricochet's config for this scenario, as TOML text.
+    /// ricochet's config for this scenario, as TOML text. `sink_base` replaces `$SINK`
+    /// in endpoint URLs (`http://127.0.0.1:PORT` or `https://localhost:PORT`);
+    /// `extra_ca_file` (the HTTPS sink's CA) goes into `[server]`.
     pub fn ricochet_config(
         &self,
         data_dir: &Path,
         socket: &Path,
         admin: std::net::SocketAddr,
-        sink: std::net::SocketAddr,
+        sink_base: &str,
+        extra_ca_file: Option<&Path>,
     ) -> Result<String> {
         use toml::Value;
         let mut server = toml::Table::new();
@@ -305,7 +331,13 @@ impl Scenario {
         for (k, v) in &self.server {
             server.insert(k.clone(), v.clone());
         }
-        let base = format!("http://{sink}");
+        if let Some(ca) = extra_ca_file {
+            server.insert(
+                "extra_ca_file".into(),
+                Value::String(ca.display().to_string()),
+            );
+        }
+        let base = sink_base;
         let url_template = self
             .endpoint
             .get("url")
@@ -324,7 +356,7 @@ impl Scenario {
                 "url".into(),
                 Value::String(
                     url_template
-                        .replace("$SINK", &base)
+                        .replace("$SINK", base)
                         .replace("$N", &n.to_string()),
                 ),
             );
@@ -365,6 +397,7 @@ mod tests {
             m.endpoint.get("max_rps").and_then(|v| v.as_integer()),
             Some(2)
         );
+        assert_eq!((m.max_rps, m.rate_tolerance), (2, 1));
         let r = Scenario::load("retry-storm").unwrap();
         assert_eq!(r.script.entries.len(), 2);
         assert_eq!(Scenario::load("backlog").unwrap().events, 1_000_000);
@@ -379,7 +412,8 @@ mod tests {
                 Path::new("/tmp/d"),
                 Path::new("/tmp/s.sock"),
                 "127.0.0.1:7000".parse().unwrap(),
-                "127.0.0.1:9000".parse().unwrap(),
+                "http://127.0.0.1:9000",
+                None,
             )
             .unwrap();
         let v: toml::Table = toml::from_str(&text).unwrap();
@@ -398,6 +432,28 @@ mod tests {
         let body = e3["body"].as_str().unwrap();
         assert!(body.contains("join(items, i,"), "{body}");
         assert!(body.contains("{sent_us}"), "{body}");
+        assert!(!server.contains_key("extra_ca_file"));
+        assert_eq!(s.max_rps, 0);
+
+        // HTTPS: the base and the CA file.
+        let text = s
+            .ricochet_config(
+                Path::new("/tmp/d"),
+                Path::new("/tmp/s.sock"),
+                "127.0.0.1:7000".parse().unwrap(),
+                "https://localhost:9443",
+                Some(Path::new("/tmp/run/sink-ca.pem")),
+            )
+            .unwrap();
+        let v: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(
+            v["server"]["extra_ca_file"].as_str(),
+            Some("/tmp/run/sink-ca.pem")
+        );
+        assert_eq!(
+            v["endpoint"][5]["url"].as_str(),
+            Some("https://localhost:9443/e/5")
+        );
     }
 
     #[test]
@@ -409,6 +465,8 @@ mod tests {
         assert!(Scenario::parse("x", "t", "[server]\nsocket = \"x\"").is_err());
         assert!(Scenario::parse("x", "t", "[endpoint]\nurl = \"http://10.0.0.1/\"").is_err());
         assert!(Scenario::parse("x", "t", "[sink]\nscript = \"abc\"").is_err());
+        assert!(Scenario::parse("x", "t", "[endpoint]\nmax_rps = -1").is_err());
+        assert!(Scenario::parse("x", "t", "[endpoint]\nmax_rps = \"2\"").is_err());
         let ok = Scenario::parse(
             "x",
             "t",
@@ -420,7 +478,8 @@ mod tests {
                 Path::new("/d"),
                 Path::new("/s"),
                 "127.0.0.1:1".parse().unwrap(),
-                "127.0.0.1:2".parse().unwrap(),
+                "http://127.0.0.1:2",
+                None,
             )
             .unwrap();
         assert!(

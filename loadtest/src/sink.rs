@@ -6,6 +6,11 @@
 //! connection, or answers slowly), marks the `webhook-id` in the shared [`IdSet`] and
 //! records the delivery lag `now - sent_us` for first 2xx deliveries. [`Sink`] is the
 //! handle `run` uses in-process; `ricochet-load sink` wraps it with a printer.
+//!
+//! With [`SinkConfig::tls`] every connection is TLS ([`crate::tls::TlsConn`]: rustls
+//! driven by hand on the same monoio connections; same framing and bookkeeping). With
+//! [`SinkConfig::rate`] every request on `/e/<n>` also goes through the per-endpoint
+//! one-second window check of [`crate::ratecheck`].
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -16,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+use std::{future::Future, io};
 
 use anyhow::{anyhow, Context, Result};
 use hdrhistogram::Histogram;
@@ -26,8 +32,10 @@ use serde::Serialize;
 
 use crate::http::{self, FrameError};
 use crate::ids::{IdSet, RunCache};
+use crate::ratecheck::{RateCheck, RateCounts};
 use crate::script::{unix_micros, Latency, Rng, Script};
 use crate::stats::{self, Hists};
+use crate::tls::{SinkTls, TlsConn};
 
 /// Everything the sink needs to start.
 #[derive(Debug, Clone)]
@@ -42,6 +50,18 @@ pub struct SinkConfig {
     pub slow_body: f64,
     /// When known, a request for event `n` must arrive on `/e/<n % endpoints>`.
     pub endpoints: Option<u64>,
+    /// Serve HTTPS with this certificate instead of plain HTTP.
+    pub tls: Option<SinkTls>,
+    /// Check every endpoint's arrivals against its `max_rps` (needs `endpoints`).
+    pub rate: Option<RateLimit>,
+}
+
+/// The per-endpoint rate check's parameters: at most `max_rps + tolerance` arrivals of
+/// one endpoint in any one-second window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub max_rps: u32,
+    pub tolerance: u32,
 }
 
 impl SinkConfig {
@@ -54,6 +74,8 @@ impl SinkConfig {
             reset: 0.0,
             slow_body: 0.0,
             endpoints: None,
+            tls: None,
+            rate: None,
         }
     }
 }
@@ -84,6 +106,8 @@ struct Counters {
     bad_requests: AtomicU64,
     connections: AtomicU64,
     open: AtomicU64,
+    tls_handshakes: AtomicU64,
+    tls_errors: AtomicU64,
 }
 
 /// A snapshot of the sink's counters.
@@ -114,6 +138,10 @@ pub struct SinkCounts {
     pub bad_requests: u64,
     pub connections: u64,
     pub open_connections: u64,
+    /// TLS handshakes completed (TLS mode).
+    pub tls_handshakes: u64,
+    /// TLS connections rustls rejected (handshake or record errors, alerts).
+    pub tls_errors: u64,
 }
 
 const MODE_UP: u8 = 0;
@@ -128,6 +156,7 @@ pub struct SinkShared {
     stop: AtomicBool,
     last_delivery_us: AtomicU64,
     first_delivery_us: AtomicU64,
+    rate: Option<RateCheck>,
 }
 
 impl SinkShared {
@@ -151,8 +180,15 @@ impl SinkShared {
             s.bad_requests += c.bad_requests.load(Relaxed);
             s.connections += c.connections.load(Relaxed);
             s.open_connections += c.open.load(Relaxed);
+            s.tls_handshakes += c.tls_handshakes.load(Relaxed);
+            s.tls_errors += c.tls_errors.load(Relaxed);
         }
         s
+    }
+
+    /// The rate check's findings, when the sink checks rates.
+    pub fn rate_counts(&self) -> Option<RateCounts> {
+        self.rate.as_ref().map(RateCheck::counts)
     }
 
     /// Delivery lag (µs) of every first delivery so far.
@@ -193,6 +229,15 @@ impl Sink {
     /// and starts serving. Returns once every thread is listening.
     pub fn start(cfg: SinkConfig) -> Result<Sink> {
         let threads = cfg.threads.max(1);
+        let rate = match (cfg.rate, cfg.endpoints) {
+            (None, _) => None,
+            (Some(r), Some(e)) if e > 0 => Some(RateCheck::new(e, r.max_rps, r.tolerance)?),
+            (Some(_), _) => {
+                return Err(anyhow!(
+                    "the rate check needs the endpoint count (--endpoints)"
+                ))
+            }
+        };
         let shared = Arc::new(SinkShared {
             counters: (0..threads).map(|_| Counters::default()).collect(),
             lags: (0..threads).map(|_| Mutex::default()).collect(),
@@ -201,6 +246,7 @@ impl Sink {
             stop: AtomicBool::new(false),
             last_delivery_us: AtomicU64::new(0),
             first_delivery_us: AtomicU64::new(0),
+            rate,
         });
         let cfg = Arc::new(cfg);
         let mut sink = Sink {
@@ -321,9 +367,13 @@ impl ThreadCtx {
     }
 
     /// Decides the answer and does all the bookkeeping; no I/O, no await.
-    fn handle(&self, req: &http::Request, buf: &[u8], scratch: &[u8]) -> Answer {
+    /// `opens_conn`: the first request on its connection.
+    fn handle(&self, req: &http::Request, buf: &[u8], scratch: &[u8], opens_conn: bool) -> Answer {
         let c = self.counters();
         c.requests.fetch_add(1, Relaxed);
+        if let Some(rate) = &self.shared.rate {
+            rate.record(http::endpoint_index(&buf[req.path.clone()]), opens_conn);
+        }
         let body = req.body(buf, scratch);
         c.body_bytes.fetch_add(body.len() as u64, Relaxed);
         let mut rng = self.rng.borrow_mut();
@@ -523,10 +573,38 @@ async fn accept_loop(listener: TcpListener, ctx: Rc<ThreadCtx>) {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
                     let guard = OpenGuard::new(&ctx, &stream);
-                    monoio::spawn(async move {
-                        serve_conn(stream, &guard.0).await;
-                        drop(guard);
-                    });
+                    match &ctx.cfg.tls {
+                        None => {
+                            monoio::spawn(async move {
+                                let mut stream = stream;
+                                serve_conn(&mut stream, &guard.0).await;
+                                drop(guard);
+                            });
+                        }
+                        Some(tls) => {
+                            let shared = ctx.shared.clone();
+                            let index = ctx.index;
+                            let counted = Box::new(move || {
+                                shared.counters[index]
+                                    .tls_handshakes
+                                    .fetch_add(1, Relaxed);
+                            });
+                            let Ok(mut conn) = TlsConn::new(stream, tls.server.clone(), counted)
+                            else {
+                                ctx.counters().tls_errors.fetch_add(1, Relaxed);
+                                continue;
+                            };
+                            monoio::spawn(async move {
+                                if serve_conn(&mut conn, &guard.0).await {
+                                    conn.close().await;
+                                }
+                                if conn.failed {
+                                    guard.0.counters().tls_errors.fetch_add(1, Relaxed);
+                                }
+                                drop(guard);
+                            });
+                        }
+                    }
                 }
                 // Out of descriptors or a connection aborted before accept: back off.
                 Err(_) => monoio::time::sleep(Duration::from_millis(5)).await,
@@ -535,19 +613,55 @@ async fn accept_loop(listener: TcpListener, ctx: Rc<ThreadCtx>) {
     }
 }
 
+/// A sink connection's byte stream: plain TCP, or TLS over it ([`TlsConn`]).
+/// Owned buffers in and out, as monoio's io_uring driver wants.
+pub trait SinkStream {
+    /// Appends what arrives next to `buf` (at least one byte; `Ok(0)` at end of stream)
+    /// and hands `buf` back.
+    fn recv_append(&mut self, buf: Vec<u8>) -> impl Future<Output = (io::Result<usize>, Vec<u8>)>;
+    /// Sends all of `buf` and hands it back.
+    fn send_all(&mut self, buf: Vec<u8>) -> impl Future<Output = (io::Result<()>, Vec<u8>)>;
+    /// The TCP connection underneath.
+    fn tcp(&self) -> &TcpStream;
+    /// Ends the stream gracefully when the sink closes it (TLS: close_notify).
+    fn close(&mut self) -> impl Future<Output = ()>;
+}
+
+impl SinkStream for TcpStream {
+    async fn recv_append(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(buf.capacity().max(16 << 10));
+        }
+        let len = buf.len();
+        let (res, slice) = self.read(buf.slice_mut(len..)).await;
+        (res, slice.into_inner())
+    }
+
+    async fn send_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let (res, buf) = self.write_all(buf).await;
+        (res.map(drop), buf)
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+
+    async fn close(&mut self) {}
+}
+
 /// Writes `buf` fully and clears it; false if the peer went away.
-async fn flush(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+async fn flush<S: SinkStream>(stream: &mut S, buf: &mut Vec<u8>) -> bool {
     if buf.is_empty() {
         return true;
     }
-    let (res, b) = stream.write_all(std::mem::take(buf)).await;
+    let (res, b) = stream.send_all(std::mem::take(buf)).await;
     *buf = b;
     buf.clear();
     res.is_ok()
 }
 
 /// Sends a response whose body trickles out in pieces.
-async fn write_slowly(stream: &mut TcpStream, resp: &[u8], out: &mut Vec<u8>) -> bool {
+async fn write_slowly<S: SinkStream>(stream: &mut S, resp: &[u8], out: &mut Vec<u8>) -> bool {
     let body_start = resp.len() - SLOW_BODY.len();
     let piece = SLOW_BODY.len().div_ceil(SLOW_PIECES);
     out.extend_from_slice(&resp[..body_start]);
@@ -585,11 +699,13 @@ fn set_linger_zero(stream: &TcpStream) {
 }
 
 /// One keep-alive connection: frame every buffered request, answer in order (batched
-/// into one write when nothing delays them), then read more.
-async fn serve_conn(mut stream: TcpStream, ctx: &ThreadCtx) {
+/// into one write when nothing delays them), then read more. True when the sink chose to
+/// close (after `Connection: close` or a 400) with everything written.
+async fn serve_conn<S: SinkStream>(stream: &mut S, ctx: &ThreadCtx) -> bool {
     let mut rbuf: Vec<u8> = Vec::with_capacity(16 << 10);
     let mut wbuf: Vec<u8> = Vec::with_capacity(4 << 10);
     let mut scratch: Vec<u8> = Vec::new();
+    let mut served = 0u64;
     loop {
         let mut consumed = 0;
         let mut close = false;
@@ -607,14 +723,15 @@ async fn serve_conn(mut stream: TcpStream, ctx: &ThreadCtx) {
                     break;
                 }
             };
-            let answer = ctx.handle(&req, &rbuf[consumed..], &scratch);
+            let answer = ctx.handle(&req, &rbuf[consumed..], &scratch, served == 0);
+            served += 1;
             consumed += req.consumed;
             let ka = usize::from(!req.keep_alive);
             match answer {
                 Answer::Reset => {
-                    let _ = flush(&mut stream, &mut wbuf).await;
-                    set_linger_zero(&stream);
-                    return;
+                    let _ = flush(stream, &mut wbuf).await;
+                    set_linger_zero(stream.tcp());
+                    return false;
                 }
                 Answer::Respond {
                     status_idx,
@@ -622,18 +739,18 @@ async fn serve_conn(mut stream: TcpStream, ctx: &ThreadCtx) {
                     slow,
                 } => {
                     if !delay.is_zero() {
-                        if !flush(&mut stream, &mut wbuf).await {
-                            return;
+                        if !flush(stream, &mut wbuf).await {
+                            return false;
                         }
                         monoio::time::sleep(delay).await;
                     }
                     match status_idx {
                         Some(i) if slow => {
-                            if !flush(&mut stream, &mut wbuf).await
-                                || !write_slowly(&mut stream, &ctx.responses.slow[i][ka], &mut wbuf)
+                            if !flush(stream, &mut wbuf).await
+                                || !write_slowly(stream, &ctx.responses.slow[i][ka], &mut wbuf)
                                     .await
                             {
-                                return;
+                                return false;
                             }
                         }
                         Some(i) => wbuf.extend_from_slice(&ctx.responses.script[i][ka]),
@@ -646,19 +763,18 @@ async fn serve_conn(mut stream: TcpStream, ctx: &ThreadCtx) {
                 break;
             }
         }
-        if !flush(&mut stream, &mut wbuf).await || close {
-            return;
+        if !flush(stream, &mut wbuf).await {
+            return false;
+        }
+        if close {
+            return true;
         }
         // Keep unparsed bytes at the front, then read more after them.
         rbuf.drain(..consumed);
-        if rbuf.capacity() - rbuf.len() < 4096 {
-            rbuf.reserve(rbuf.capacity().max(16 << 10));
-        }
-        let len = rbuf.len();
-        let (res, slice) = stream.read(rbuf.slice_mut(len..)).await;
-        rbuf = slice.into_inner();
+        let (res, b) = stream.recv_append(std::mem::take(&mut rbuf)).await;
+        rbuf = b;
         match res {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return false,
             Ok(_) => {}
         }
     }
@@ -772,6 +888,156 @@ mod tests {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         s.write_all(b"BROKEN\r\n\r\n").unwrap();
         assert_eq!(read_responses(&mut s, 1), vec![400]);
+    }
+
+    /// A rustls client over a std socket, trusting `ca_pem`.
+    fn tls_client(
+        addr: SocketAddr,
+        ca_pem: &str,
+        name: &str,
+    ) -> rustls::StreamOwned<rustls::ClientConnection, StdStream> {
+        let cfg = Arc::new(crate::tls::client_config(ca_pem.as_bytes()).unwrap());
+        let conn = rustls::ClientConnection::new(
+            cfg,
+            rustls::pki_types::ServerName::try_from(name.to_string()).unwrap(),
+        )
+        .unwrap();
+        let s = StdStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        rustls::StreamOwned::new(conn, s)
+    }
+
+    fn read_tls_responses(
+        s: &mut rustls::StreamOwned<rustls::ClientConnection, StdStream>,
+        n: usize,
+    ) -> Vec<u16> {
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        let mut tmp = [0u8; 4096];
+        while out.len() < n {
+            let k = s.read(&mut tmp).unwrap();
+            assert!(k > 0, "connection closed early");
+            buf.extend_from_slice(&tmp[..k]);
+            while let Some(h) = http::parse_response(&buf).unwrap() {
+                if buf.len() < h.head_len + h.content_length {
+                    break;
+                }
+                out.push(h.status);
+                buf.drain(..h.head_len + h.content_length);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn tls_sink_answers_a_rustls_client() {
+        let tls = crate::tls::SinkTls::generate().unwrap();
+        let mut cfg = SinkConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            Script::parse("200").unwrap(),
+        );
+        cfg.threads = 2;
+        cfg.endpoints = Some(4);
+        cfg.tls = Some(tls.clone());
+        let sink = Sink::start(cfg).unwrap();
+        let body = format!("{{\"sent_us\":{},\"x\":1}}", unix_micros() - 500);
+        let big = format!("{{\"sent_us\":1,\"pad\":\"{}\"}}", "p".repeat(40_000));
+        for (conn, name) in ["localhost", "127.0.0.1"].into_iter().enumerate() {
+            let mut s = tls_client(sink.addr(), &tls.ca_pem, name);
+            // Pipelined, and a large body spanning several TLS records.
+            let mut req = Vec::new();
+            for i in 0..3u64 {
+                let id = conn as u64 * 4 + i;
+                req.extend_from_slice(
+                    format!(
+                        "POST /e/{} HTTP/1.1\r\nHost: x\r\nwebhook-id: ld-s-{id}\r\nContent-Length: {}\r\n\r\n{body}",
+                        id % 4,
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+            }
+            req.extend_from_slice(
+                format!(
+                    "POST /e/{} HTTP/1.1\r\nwebhook-id: ld-s-{}\r\nContent-Length: {}\r\n\r\n{big}",
+                    (conn * 4 + 3) % 4,
+                    conn * 4 + 3,
+                    big.len()
+                )
+                .as_bytes(),
+            );
+            s.write_all(&req).unwrap();
+            s.flush().unwrap();
+            assert_eq!(read_tls_responses(&mut s, 4), vec![200; 4]);
+            assert_eq!(s.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+            // Connection: close ends with a close_notify, then EOF.
+            s.write_all(b"GET /e/0 HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            assert_eq!(read_tls_responses(&mut s, 1), vec![200]);
+            let mut rest = Vec::new();
+            assert_eq!(s.read_to_end(&mut rest).unwrap(), 0);
+        }
+        let c = sink.shared().counts();
+        assert_eq!((c.requests, c.delivered, c.misrouted), (10, 8, 0));
+        assert_eq!((c.tls_handshakes, c.tls_errors), (2, 0));
+        assert_eq!(c.body_bytes as usize, 6 * body.len() + 2 * big.len());
+
+        // A client that does not trust the CA: no answer, counted as a TLS error.
+        let other = crate::tls::SinkTls::generate().unwrap();
+        let mut s = tls_client(sink.addr(), &other.ca_pem, "localhost");
+        assert!(
+            s.write_all(b"GET /e/0 HTTP/1.1\r\n\r\n")
+                .and_then(|_| s.flush())
+                .is_err()
+                || s.read(&mut [0u8; 16]).is_err()
+        );
+        drop(s);
+        let t = std::time::Instant::now();
+        while sink.shared().counts().tls_errors == 0 && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let c = sink.stop();
+        assert_eq!((c.tls_errors, c.tls_handshakes, c.requests), (1, 2, 10));
+        assert_eq!(c.open_connections, 0);
+    }
+
+    #[test]
+    fn rate_check_counts_windows_per_endpoint() {
+        let mut cfg = SinkConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            Script::parse("200").unwrap(),
+        );
+        cfg.endpoints = Some(3);
+        cfg.rate = Some(RateLimit {
+            max_rps: 2,
+            tolerance: 1,
+        });
+        let sink = Sink::start(cfg).unwrap();
+        let mut s = StdStream::connect(sink.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // Five at once to /e/1 (two over the limit of 3), two to /e/2, one elsewhere.
+        let mut req = Vec::new();
+        for path in ["/e/1", "/e/1", "/e/2", "/e/1", "/e/1", "/e/2", "/e/1", "/x"] {
+            req.extend_from_slice(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes());
+        }
+        s.write_all(&req).unwrap();
+        assert_eq!(read_responses(&mut s, 8), vec![200; 8]);
+        let r = sink.shared().rate_counts().unwrap();
+        assert_eq!((r.max_rps, r.limit), (2, 3));
+        assert_eq!((r.endpoints_checked, r.arrivals, r.unchecked), (2, 7, 1));
+        assert_eq!((r.windows_over_limit, r.endpoints_over_limit), (2, 1));
+        assert_eq!(r.worst_window, 5);
+        // Without the endpoint count there is nothing to check against.
+        let mut cfg = SinkConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            Script::parse("200").unwrap(),
+        );
+        cfg.rate = Some(RateLimit {
+            max_rps: 2,
+            tolerance: 1,
+        });
+        assert!(Sink::start(cfg).is_err());
+        assert!(start("200").shared().rate_counts().is_none());
     }
 
     #[test]

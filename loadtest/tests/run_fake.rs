@@ -163,3 +163,63 @@ fn run_reports_a_server_that_dies_at_start() {
     let _ = std::fs::remove_dir_all(kept);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn https_compare_runs_both_schemes() {
+    let dir = temp_dir("https");
+    let sc = "description = \"t\"\nendpoints = 3\nevents = 1500\nrate = 1500\ndrain_idle = \"3s\"\ndrain_timeout = \"20s\"\n";
+    let (code, v, stderr) = run_json(&dir, sc, &["--https-compare"]);
+    assert_eq!(code, 0, "stderr:\n{stderr}");
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0]["label"], "http");
+    assert_eq!(runs[1]["label"], "https");
+    for r in runs {
+        assert_eq!(r["accepted"], 1500, "{stderr}");
+        assert_eq!(r["delivered"], 1500, "{stderr}");
+        assert_eq!(r["lost"], 0);
+    }
+    assert_eq!(runs[0]["tls_handshakes"], serde_json::Value::Null);
+    // The fake keeps one connection per delivery thread.
+    let hs = runs[1]["tls_handshakes"].as_u64().unwrap();
+    assert!((1..=8).contains(&hs), "{hs} handshakes");
+    let c = &v["https_compare"];
+    assert_eq!(c["pairs"].as_array().unwrap().len(), 1);
+    assert!(c["ratio"].as_f64().unwrap() > 0.0);
+    assert_eq!(c["target"], 0.7);
+    assert!(v["median"]["https"]["deliveries_per_s"].as_f64().unwrap() > 0.0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn rate_check_passes_a_slow_feed_and_catches_a_dispatcher_ignoring_max_rps() {
+    // 4 endpoints at 1 event/s each against max_rps = 2: within the limit (the fake
+    // delivers at once, so arrivals follow the generator's 250 ms spacing per endpoint).
+    let dir = temp_dir("rate-ok");
+    let sc = "description = \"t\"\nendpoints = 4\nevents = 12\nrate = 4\ndrain_idle = \"2s\"\ndrain_timeout = \"10s\"\n[endpoint]\nmax_rps = 2\n";
+    let (code, v, stderr) = run_json(&dir, sc, &[]);
+    assert_eq!(code, 0, "stderr:\n{stderr}");
+    let r = &v["runs"][0]["rate_check"];
+    assert_eq!(r["endpoints_checked"], 4, "{v}");
+    assert_eq!(r["arrivals"], 12);
+    assert_eq!(r["windows_over_limit"], 0);
+    assert_eq!(r["limit"], 3);
+    assert!(r["worst_window"].as_u64().unwrap() <= 2);
+    assert_eq!(r["beyond_bucket"], 0);
+    let _ = std::fs::remove_dir_all(dir);
+
+    // The fake ignores max_rps: 200 events at once on one endpoint break it, and the run
+    // fails.
+    let dir = temp_dir("rate-bad");
+    let sc = "description = \"t\"\nendpoints = 1\nevents = 200\nrate = 1000\ndrain_idle = \"2s\"\ndrain_timeout = \"10s\"\n[endpoint]\nmax_rps = 2\n";
+    let (code, v, stderr) = run_json(&dir, sc, &["--rate-tolerance", "2"]);
+    assert_eq!(code, 1, "stderr:\n{stderr}");
+    let r = &v["runs"][0]["rate_check"];
+    assert_eq!(r["limit"], 4);
+    assert_eq!(r["endpoints_over_limit"], 1);
+    assert!(r["windows_over_limit"].as_u64().unwrap() >= 150, "{r}");
+    assert!(r["beyond_bucket"].as_u64().unwrap() >= 150, "{r}");
+    assert_eq!(r["endpoints_beyond_bucket"], 1);
+    assert!(v["runs"][0]["notes"].to_string().contains("rate check"));
+    let _ = std::fs::remove_dir_all(dir);
+}
