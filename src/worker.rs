@@ -689,6 +689,22 @@ impl Worker {
         self.report_n(job, Some(rec), next, attempts);
     }
 
+    /// Connects a rate-limited endpoint's lane before it takes a token (static URLs
+    /// only), so arrivals at the receiver keep the bucket's spacing.
+    async fn warm(&self, ep: &Ep, slot: &mut ConnSlot) {
+        let Some(target) = ep.spec.static_target.clone() else {
+            return;
+        };
+        let Ok(addrs) = self.resolver.resolve(&target.host).await else {
+            return;
+        };
+        let Some(ip) = self.pick_addr(&addrs) else {
+            return;
+        };
+        let addr = SocketAddr::new(ip, target.port);
+        let _ = monoio::time::timeout(ep.spec.cfg.timeout, slot.warm(&target, addr)).await;
+    }
+
     fn pick_addr(&self, addrs: &[IpAddr]) -> Option<IpAddr> {
         addrs
             .iter()
@@ -740,6 +756,9 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
         let ready = ep.queue.borrow().ready(now_ms());
         let job = match ready {
             Ready::Now => {
+                if ep.spec.cfg.max_rps > 0 {
+                    w.warm(&ep, &mut slot).await;
+                }
                 if !take_token(&ep, &me).await {
                     continue;
                 }

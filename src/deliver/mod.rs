@@ -72,6 +72,37 @@ impl ConnSlot {
             .unwrap_or(&[])
     }
 
+    /// Whether a reusable connection to `addr` for `target` is open.
+    pub fn is_open(&self, target: &Target, addr: SocketAddr) -> bool {
+        matches!(&self.conn, Some(c) if c.reusable && c.peer.matches(target, addr))
+    }
+
+    /// Opens the connection ahead of the request, so a rate-limited request goes out
+    /// when its token is taken rather than a connect (and handshake) later. A failure is
+    /// left for [`exchange`](Self::exchange) to meet and report.
+    pub async fn warm(&mut self, target: &Target, addr: SocketAddr) {
+        if self.is_open(target, addr) {
+            return;
+        }
+        let (parser, mut rbuf) = match self.conn.take() {
+            Some(c) => (c.parser, c.rbuf),
+            None => (
+                ResponseParser::new(MATCH_LIMIT),
+                Vec::with_capacity(RBUF_MIN),
+            ),
+        };
+        rbuf.clear();
+        if let Ok(stream) = Stream::connect(target, addr).await {
+            self.conn = Some(Conn {
+                stream,
+                peer: Peer::of(target, addr),
+                parser,
+                rbuf,
+                reusable: true,
+            });
+        }
+    }
+
     /// Sends `req` to `addr` and reads the response. `req` is handed back for reuse.
     pub async fn exchange(
         &mut self,
@@ -81,8 +112,7 @@ impl ConnSlot {
     ) -> (Exchange, Vec<u8>) {
         let mut req = req;
         for try_no in 0..2 {
-            let reused =
-                matches!(&self.conn, Some(c) if c.reusable && c.peer.matches(target, addr));
+            let reused = self.is_open(target, addr);
             if !reused {
                 // The old connection's buffers serve the new one.
                 let (parser, mut rbuf) = match self.conn.take() {
