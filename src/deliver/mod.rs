@@ -81,9 +81,14 @@ impl ConnSlot {
     /// when its token is taken rather than a connect (and handshake) later. A failure is
     /// left for [`exchange`](Self::exchange) to meet and report.
     pub async fn warm(&mut self, target: &Target, addr: SocketAddr) {
-        if self.is_open(target, addr) {
-            return;
+        if !self.is_open(target, addr) {
+            let _ = self.open(target, addr).await;
         }
+    }
+
+    /// Replaces the connection with a fresh one to `addr`; the old one's buffers serve
+    /// the new one.
+    async fn open(&mut self, target: &Target, addr: SocketAddr) -> Result<(), String> {
         let (parser, mut rbuf) = match self.conn.take() {
             Some(c) => (c.parser, c.rbuf),
             None => (
@@ -92,15 +97,15 @@ impl ConnSlot {
             ),
         };
         rbuf.clear();
-        if let Ok(stream) = Stream::connect(target, addr).await {
-            self.conn = Some(Conn {
-                stream,
-                peer: Peer::of(target, addr),
-                parser,
-                rbuf,
-                reusable: true,
-            });
-        }
+        let stream = Stream::connect(target, addr).await?;
+        self.conn = Some(Conn {
+            stream,
+            peer: Peer::of(target, addr),
+            parser,
+            rbuf,
+            reusable: true,
+        });
+        Ok(())
     }
 
     /// Sends `req` to `addr` and reads the response. `req` is handed back for reuse.
@@ -114,26 +119,8 @@ impl ConnSlot {
         for try_no in 0..2 {
             let reused = self.is_open(target, addr);
             if !reused {
-                // The old connection's buffers serve the new one.
-                let (parser, mut rbuf) = match self.conn.take() {
-                    Some(c) => (c.parser, c.rbuf),
-                    None => (
-                        ResponseParser::new(MATCH_LIMIT),
-                        Vec::with_capacity(RBUF_MIN),
-                    ),
-                };
-                rbuf.clear();
-                match Stream::connect(target, addr).await {
-                    Ok(stream) => {
-                        self.conn = Some(Conn {
-                            stream,
-                            peer: Peer::of(target, addr),
-                            parser,
-                            rbuf,
-                            reusable: true,
-                        });
-                    }
-                    Err(msg) => return (Exchange::Failed(msg), req),
+                if let Err(msg) = self.open(target, addr).await {
+                    return (Exchange::Failed(msg), req);
                 }
             }
             let Some(conn) = self.conn.as_mut() else {
