@@ -796,7 +796,7 @@ mod tests {
         Sink::start(cfg).unwrap()
     }
 
-    fn read_responses(s: &mut StdStream, n: usize) -> Vec<u16> {
+    fn read_responses(s: &mut impl Read, n: usize) -> Vec<u16> {
         let mut buf = Vec::new();
         let mut out = Vec::new();
         let mut tmp = [0u8; 4096];
@@ -907,28 +907,6 @@ mod tests {
         rustls::StreamOwned::new(conn, s)
     }
 
-    fn read_tls_responses(
-        s: &mut rustls::StreamOwned<rustls::ClientConnection, StdStream>,
-        n: usize,
-    ) -> Vec<u16> {
-        let mut buf = Vec::new();
-        let mut out = Vec::new();
-        let mut tmp = [0u8; 4096];
-        while out.len() < n {
-            let k = s.read(&mut tmp).unwrap();
-            assert!(k > 0, "connection closed early");
-            buf.extend_from_slice(&tmp[..k]);
-            while let Some(h) = http::parse_response(&buf).unwrap() {
-                if buf.len() < h.head_len + h.content_length {
-                    break;
-                }
-                out.push(h.status);
-                buf.drain(..h.head_len + h.content_length);
-            }
-        }
-        out
-    }
-
     #[test]
     fn tls_sink_answers_a_rustls_client() {
         let tls = crate::tls::SinkTls::generate().unwrap();
@@ -968,12 +946,12 @@ mod tests {
             );
             s.write_all(&req).unwrap();
             s.flush().unwrap();
-            assert_eq!(read_tls_responses(&mut s, 4), vec![200; 4]);
+            assert_eq!(read_responses(&mut s, 4), vec![200; 4]);
             assert_eq!(s.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
             // Connection: close ends with a close_notify, then EOF.
             s.write_all(b"GET /e/0 HTTP/1.1\r\nConnection: close\r\n\r\n")
                 .unwrap();
-            assert_eq!(read_tls_responses(&mut s, 1), vec![200]);
+            assert_eq!(read_responses(&mut s, 1), vec![200]);
             let mut rest = Vec::new();
             assert_eq!(s.read_to_end(&mut rest).unwrap(), 0);
         }

@@ -83,11 +83,11 @@ impl Admin {
         let Some(ev) = self.store.event_by_id(id)? else {
             return Ok(None);
         };
-        let eps: HashMap<u32, (String, bool)> = self
+        let names: HashMap<u32, String> = self
             .store
             .endpoints()?
             .into_iter()
-            .map(|(n, m)| (m.id, (n, m.disabled_reason.is_some())))
+            .map(|(n, m)| (m.id, n))
             .collect();
         let attempts = self.store.attempts(ev.seq)?;
         let mut deliveries = Vec::new();
@@ -97,12 +97,8 @@ impl Admin {
                 .last()
                 .and_then(|(_, _, a)| a.state_after)
                 .unwrap_or(DeliveryState::Pending);
-            let disabled = eps.get(ep).is_some_and(|(_, d)| *d);
-            // A pending or retrying delivery of a disabled endpoint gets no attempt: it
-            // is paused (it moves to the paused set when its due time comes).
-            if self.store.is_paused(*ep, ev.seq)?
-                || (disabled && matches!(state, DeliveryState::Pending | DeliveryState::Retrying))
-            {
+            // Disabling moves every pending delivery to the paused set at once.
+            if self.store.is_paused(*ep, ev.seq)? {
                 state = DeliveryState::Paused;
             }
             let list: Vec<Value> = mine
@@ -124,7 +120,7 @@ impl Admin {
                 })
                 .collect();
             deliveries.push(json!({
-                "endpoint": eps.get(ep).map(|(n, _)| n.clone()).unwrap_or_else(|| format!("#{ep}")),
+                "endpoint": names.get(ep).cloned().unwrap_or_else(|| format!("#{ep}")),
                 "state": state.as_str(),
                 "attempts": list,
             }));

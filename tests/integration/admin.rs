@@ -73,16 +73,7 @@ impl Http {
             let mut r = httparse::Response::new(&mut hs);
             if let httparse::Status::Complete(n) = r.parse(&self.buf).expect("HTTP response") {
                 let status = r.code.unwrap();
-                let headers: Vec<(String, String)> = r
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_string(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect();
+                let headers = owned_headers(r.headers);
                 let len: usize = headers
                     .iter()
                     .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))

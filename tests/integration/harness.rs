@@ -194,16 +194,7 @@ fn serve_conn(
             let mut req = httparse::Request::new(&mut hs);
             match req.parse(&buf) {
                 Ok(httparse::Status::Complete(n)) => {
-                    let headers: Vec<(String, String)> = req
-                        .headers
-                        .iter()
-                        .map(|h| {
-                            (
-                                h.name.to_string(),
-                                String::from_utf8_lossy(h.value).into_owned(),
-                            )
-                        })
-                        .collect();
+                    let headers = owned_headers(req.headers);
                     break (
                         n,
                         req.method.unwrap().to_string(),
@@ -551,6 +542,18 @@ pub fn states(v: &serde_json::Value) -> Vec<String> {
         .unwrap()
         .iter()
         .map(|d| d["state"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Header pairs of a parsed head as owned strings.
+pub fn owned_headers(hs: &[httparse::Header]) -> Vec<(String, String)> {
+    hs.iter()
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
         .collect()
 }
 
