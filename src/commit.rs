@@ -17,6 +17,13 @@
 //!   sending what it passes to the owning workers, but only while fewer than
 //!   `MAX_IN_MEMORY` deliveries are in memory — so a million pending retries cost disk,
 //!   not memory, and a backlog after a restart streams in as it drains.
+//! - **Endpoints and replays.** Creating, replacing and deleting endpoints, and
+//!   replaying deliveries, are committer messages too: the committer is the one writer
+//!   of the store and the router, and tells the owning worker before any job that
+//!   depends on the change.
+//! - **Retention.** Every few seconds it moves the retention floor: events and attempts
+//!   below it are range-deleted, paused deliveries below it expire; due deliveries
+//!   below it expire when the loader reaches them.
 //! - **Metrics.** It counts acks, times each batch from hand-off to durable ack, and
 //!   keeps the number of pending and paused deliveries (counted once at start, then
 //!   moved by every write that adds or retires one); [`CommitMsg::Snapshot`] copies them
@@ -25,17 +32,19 @@
 //! It must not do network I/O, and nothing else may write the store.
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::config::Durability;
+use crate::endpoint::EndpointSpec;
 use crate::metrics::{CommitSnapshot, Hist};
 use crate::shard::{Mailbox, MailboxSender};
 use crate::store::{
-    self, seq_floor, seq_time_ms, AttemptRecord, DueKey, EndpointId, EndpointMeta, EventRecord,
-    Seq, Store,
+    self, seq_floor, seq_time_ms, AttemptRecord, DeliveryState, DueKey, DueVal, EndpointId,
+    EndpointMeta, EndpointSource, EventRecord, Seq, Store, DISABLED_IN_CONFIG, DISABLED_IN_SPEC,
 };
 use crate::worker::{Job, WorkerMsg};
 
@@ -108,6 +117,8 @@ pub struct Outcome {
     pub due: DueKey,
     /// Attempts made including this one.
     pub attempts: u16,
+    /// Attempts made before the delivery's current round (see [`DueVal`]).
+    pub first: u16,
     pub attempt: Option<AttemptRecord>,
     pub next: Next,
     /// The endpoint's consecutive-failure counters after this attempt.
@@ -130,7 +141,58 @@ pub enum CommitMsg {
     Shutdown(crossbeam_channel::Sender<()>),
     /// Copy the committer's metrics out, at the end of the current round.
     Snapshot(crossbeam_channel::Sender<CommitSnapshot>),
+    /// Create or replace an endpoint (compiled by the caller); answered once durable.
+    PutEndpoint {
+        spec: Box<EndpointSpec>,
+        mode: PutMode,
+        reply: crossbeam_channel::Sender<Result<EndpointId, EndpointOpError>>,
+    },
+    /// Delete an endpoint by name; answered once durable.
+    DeleteEndpoint {
+        name: String,
+        reply: crossbeam_channel::Sender<Result<EndpointId, EndpointOpError>>,
+    },
+    /// Schedule deliveries again now: (event, endpoint or every route). Answered once
+    /// durable with what was scheduled per target.
+    Replay {
+        targets: Vec<(Seq, Option<EndpointId>)>,
+        reply: crossbeam_channel::Sender<Vec<ReplayResult>>,
+    },
 }
+
+/// Whether a [`CommitMsg::PutEndpoint`] may create, replace, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    Create,
+    Replace,
+}
+
+/// Why an endpoint operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointOpError {
+    #[error("endpoint {0:?} already exists")]
+    Exists(String),
+    #[error("no endpoint {0:?}")]
+    NotFound(String),
+    #[error("cannot persist: {0}")]
+    Store(String),
+}
+
+/// What a replay of one target did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayResult {
+    /// Deliveries scheduled, by endpoint.
+    Scheduled(Vec<EndpointId>),
+    /// The event is not in the log (unknown, or past retention).
+    NoEvent,
+    /// Nothing to schedule: every targeted delivery is still pending, retrying or paused.
+    Busy,
+    Failed(String),
+}
+
+/// The compiled endpoints by name, as the admin API reads them. Only the committer (and
+/// start-up) writes it.
+pub type Registry = Arc<RwLock<BTreeMap<String, Arc<EndpointSpec>>>>;
 
 /// What the committer knows of an endpoint.
 #[derive(Debug, Clone)]
@@ -147,6 +209,7 @@ pub struct RouteInfo {
 }
 
 /// Event type (and account) → subscribed, enabled endpoints.
+#[derive(Default)]
 pub struct Router {
     by_type: HashMap<String, Vec<EndpointId>>,
     wildcard: Vec<EndpointId>,
@@ -171,6 +234,16 @@ impl Router {
             r.eps.insert(info.id, info);
         }
         r
+    }
+
+    /// Rebuilds the type index after an endpoint was added, changed or removed.
+    fn rebuild(&mut self) {
+        let eps = std::mem::take(&mut self.eps);
+        *self = Router::new(eps.into_values().collect());
+    }
+
+    fn by_name(&self, name: &str) -> Option<&RouteInfo> {
+        self.eps.values().find(|i| i.name == name)
     }
 
     pub fn route(&self, etype: &str, account: Option<&str>, out: &mut Vec<EndpointId>) {
@@ -211,6 +284,7 @@ pub struct Committer {
     pub inbox: Mailbox<CommitMsg>,
     pub workers: Vec<MailboxSender<WorkerMsg>>,
     pub routes: Vec<RouteInfo>,
+    pub registry: Registry,
 }
 
 struct State {
@@ -233,6 +307,12 @@ struct State {
     dirty: HashSet<EndpointId>,
     /// Endpoints whose paused deliveries are being moved back to `due`.
     resuming: Vec<EndpointId>,
+    registry: Registry,
+    /// The id the next new endpoint gets (ids are never reused).
+    next_ep_id: EndpointId,
+    /// A sweep of the due index (from this key, above the loader's cursor) expiring
+    /// deliveries past retention, a page per tick.
+    sweep: Option<DueKey>,
     stats: Stats,
 }
 
@@ -247,6 +327,8 @@ struct Stats {
     pending: u64,
     /// Keys in `paused`.
     paused: u64,
+    /// Deliveries that outlived retention without being delivered.
+    expired: u64,
 }
 
 /// Changes to the pending/paused counts made by one write batch; applied only once the
@@ -255,12 +337,14 @@ struct Stats {
 struct Delta {
     pending: i64,
     paused: i64,
+    expired: u64,
 }
 
 impl Stats {
     fn apply(&mut self, d: Delta) {
         self.pending = self.pending.saturating_add_signed(d.pending);
         self.paused = self.paused.saturating_add_signed(d.paused);
+        self.expired += d.expired;
     }
 }
 
@@ -297,6 +381,13 @@ impl Committer {
         let next_seq = (max + 1).max(seq_floor(now_ms()));
         let n = self.workers.len();
         let (pending, paused) = count_pending(&self.store)?;
+        let next_ep_id = self
+            .store
+            .endpoint_names()?
+            .keys()
+            .map(|id| id + 1)
+            .max()
+            .unwrap_or(1);
         let mut st = State {
             store: self.store,
             durability: self.durability,
@@ -313,6 +404,9 @@ impl Committer {
             poisoned: None,
             dirty: HashSet::default(),
             resuming: Vec::new(),
+            registry: self.registry,
+            next_ep_id,
+            sweep: None,
             stats: Stats {
                 acks_ok: 0,
                 acks_dup: 0,
@@ -320,8 +414,12 @@ impl Committer {
                 ack_latency: Hist::micros(),
                 pending,
                 paused,
+                expired: 0,
             },
         };
+        let retention_every =
+            (self.retention / 8).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        let mut last_retention = Instant::now() - retention_every;
         // Ordered endpoints get their held head first, so nothing overtakes it.
         st.send_holds();
         // Enabled endpoints resume any paused deliveries (enabled again in the config).
@@ -353,6 +451,10 @@ impl Committer {
             if last_load.elapsed() >= TICK {
                 st.load();
                 last_load = Instant::now();
+            }
+            if last_retention.elapsed() >= retention_every {
+                st.retention();
+                last_retention = Instant::now();
             }
             if st.durability == Durability::Batch
                 && st.unsynced
@@ -427,29 +529,23 @@ impl State {
                     }
                 }
                 CommitMsg::EndpointDisabled { ep, reason } => {
-                    to_pause.push(ep);
-                    if let Some(info) = self.router.eps.get_mut(&ep) {
-                        self.workers[info.worker]
-                            .send(WorkerMsg::SetEnabled { ep, enabled: false });
-                        info.enabled = false;
-                        info.meta.disabled_reason = Some(reason);
-                        self.dirty.insert(ep);
+                    if self.disable_ep(ep, reason) {
+                        to_pause.push(ep);
                     }
                 }
-                CommitMsg::EnableEndpoint { ep } => {
-                    if let Some(info) = self.router.eps.get_mut(&ep) {
-                        info.enabled = true;
-                        info.meta.disabled_reason = None;
-                        info.meta.fails = [0; 3];
-                        self.dirty.insert(ep);
-                        self.workers[info.worker].send(WorkerMsg::SetEnabled { ep, enabled: true });
-                        if !self.resuming.contains(&ep) {
-                            self.resuming.push(ep);
-                        }
-                    }
-                }
+                CommitMsg::EnableEndpoint { ep } => self.enable_ep(ep),
                 CommitMsg::Shutdown(reply) => *shutdown = Some(reply),
                 CommitMsg::Snapshot(reply) => snapshots.push(reply),
+                CommitMsg::PutEndpoint { spec, mode, reply } => {
+                    let r = self.put_endpoint(*spec, mode, &mut to_pause);
+                    let _ = reply.send(r);
+                }
+                CommitMsg::DeleteEndpoint { name, reply } => {
+                    let _ = reply.send(self.delete_endpoint(&name));
+                }
+                CommitMsg::Replay { targets, reply } => {
+                    let _ = reply.send(self.replay(targets, now));
+                }
             }
         }
         for ep in self.dirty.drain() {
@@ -537,6 +633,7 @@ impl State {
             ack_latency: st.ack_latency.clone(),
             pending: st.pending,
             paused: st.paused,
+            expired: st.expired,
             endpoints_disabled: self.router.eps.values().filter(|i| !i.enabled).count() as u64,
         }
     }
@@ -592,7 +689,7 @@ impl State {
                 seq,
                 ep,
             };
-            batch.put_due(&self.store, due, 0);
+            batch.put_due(&self.store, due, DueVal::NEW);
             if due < self.cursor
                 && self.spill.is_none()
                 && self.in_memory + jobs.len() >= MAX_IN_MEMORY
@@ -615,7 +712,7 @@ impl State {
                         event: rec.clone(),
                         ep,
                         due,
-                        attempts: 0,
+                        val: DueVal::NEW,
                     },
                 ));
             }
@@ -655,15 +752,44 @@ impl State {
         if o.next == Next::Stale {
             return;
         }
+        let in_round = o.attempts.saturating_sub(o.first);
         if let Some(a) = &o.attempt {
             batch.put_attempt(&self.store, seq, o.ep, o.attempts, a);
+            // The state index follows the delivery.
+            if o.first > 0 && in_round == 1 {
+                batch.clear_state(&self.store, DeliveryState::Pending, o.ep, seq);
+            }
+            match a.state_after {
+                Some(DeliveryState::Retrying) => {
+                    batch.set_state(&self.store, DeliveryState::Retrying, o.ep, seq)
+                }
+                Some(done) => {
+                    if in_round > 1 {
+                        batch.clear_state(&self.store, DeliveryState::Retrying, o.ep, seq);
+                    }
+                    if done == DeliveryState::Failed {
+                        batch.set_state(&self.store, DeliveryState::Failed, o.ep, seq);
+                    }
+                }
+                None => {}
+            }
         }
         batch.del_due(&self.store, o.due);
         let enabled = self.router.eps.get(&o.ep).is_some_and(|i| i.enabled);
         let next = match o.next {
+            // Past retention: it expires instead of waiting for another attempt.
+            Next::Retry { .. } if seq < self.store.retention_floor() => {
+                batch.clear_state(&self.store, DeliveryState::Retrying, o.ep, seq);
+                delta.expired += 1;
+                Next::Done
+            }
             // Disabled meanwhile: the retry waits in the paused set instead.
             Next::Retry { .. } if !enabled => Next::Paused,
             n => n,
+        };
+        let val = DueVal {
+            attempts: o.attempts,
+            first: o.first,
         };
         // Only for a disabled endpoint (rare): whether pausing already moved this
         // delivery aside, so the paused count moves exactly.
@@ -672,14 +798,14 @@ impl State {
             Next::Stale => {}
             Next::Done => {
                 delta.pending -= 1;
-                if !enabled {
-                    // Pausing may have moved it aside while this attempt ran.
-                    batch.del_paused(&self.store, o.ep, seq);
-                    delta.paused -= was_paused as i64;
+                if !enabled && was_paused {
+                    // Pausing moved it aside while this attempt ran.
+                    batch.unpause(&self.store, o.ep, seq);
+                    delta.paused -= 1;
                 }
             }
             Next::Paused => {
-                batch.put_paused(&self.store, o.ep, seq, o.attempts);
+                batch.pause(&self.store, o.ep, seq, val);
                 delta.paused += !was_paused as i64;
             }
             Next::Retry { due_ms } => {
@@ -688,7 +814,7 @@ impl State {
                     seq,
                     ep: o.ep,
                 };
-                batch.put_due(&self.store, due, o.attempts);
+                batch.put_due(&self.store, due, val);
                 if self.hand_now(due) {
                     if let Some(info) = self.router.eps.get(&o.ep) {
                         jobs.push((
@@ -697,7 +823,7 @@ impl State {
                                 event: o.event,
                                 ep: o.ep,
                                 due,
-                                attempts: o.attempts,
+                                val,
                             },
                         ));
                     }
@@ -726,9 +852,9 @@ impl State {
             let full = page.len() == PAGE * 8;
             let mut batch = self.store.batch();
             let mut in_page = 0;
-            for (key, attempts) in page.into_iter().filter(|(k, _)| k.ep == ep) {
+            for (key, val) in page.into_iter().filter(|(k, _)| k.ep == ep) {
                 batch.del_due(&self.store, key);
-                batch.put_paused(&self.store, ep, key.seq, attempts);
+                batch.pause(&self.store, ep, key.seq, val);
                 in_page += 1;
             }
             if !batch.is_empty() {
@@ -779,16 +905,19 @@ impl State {
             }
             let mut batch = self.store.batch();
             let mut below_cursor = Vec::new();
-            for &(seq, attempts) in &page {
+            for &(seq, val) in &page {
                 let due = DueKey {
                     due_ms: now,
                     seq,
                     ep,
                 };
-                batch.del_paused(&self.store, ep, seq);
-                batch.put_due(&self.store, due, attempts);
+                batch.unpause(&self.store, ep, seq);
+                batch.put_due(&self.store, due, val);
+                if val.in_round() > 0 {
+                    batch.set_state(&self.store, DeliveryState::Retrying, ep, seq);
+                }
                 if self.hand_now(due) {
-                    below_cursor.push((due, attempts));
+                    below_cursor.push((due, val));
                 }
             }
             if let Err(e) = self.store.commit(batch, false) {
@@ -797,17 +926,17 @@ impl State {
                 continue;
             }
             self.stats.apply(Delta {
-                pending: 0,
                 paused: -(page.len() as i64),
+                ..Delta::default()
             });
             // Keys below the cursor are never loaded: hand them over now.
-            for (due, attempts) in below_cursor {
+            for (due, val) in below_cursor {
                 match self.store.event(due.seq) {
                     Ok(Some(e)) => self.out_jobs[worker].push(Job {
                         event: Arc::new(e),
                         ep,
                         due,
-                        attempts,
+                        val,
                     }),
                     Ok(None) => {}
                     Err(e) => tracing::error!(error = %e, "cannot read a resumed event"),
@@ -819,6 +948,347 @@ impl State {
             }
         }
         self.resuming = still;
+    }
+
+    /// Disables an endpoint; true when it was enabled (its deliveries must be paused).
+    fn disable_ep(&mut self, ep: EndpointId, reason: String) -> bool {
+        let Some(info) = self.router.eps.get_mut(&ep) else {
+            return false;
+        };
+        self.workers[info.worker].send(WorkerMsg::SetEnabled { ep, enabled: false });
+        let was = info.enabled;
+        info.enabled = false;
+        info.meta.disabled_reason = Some(reason);
+        self.dirty.insert(ep);
+        was
+    }
+
+    /// Enables an endpoint; its paused deliveries resume in order.
+    fn enable_ep(&mut self, ep: EndpointId) {
+        if let Some(info) = self.router.eps.get_mut(&ep) {
+            info.enabled = true;
+            info.meta.disabled_reason = None;
+            info.meta.fails = [0; 3];
+            self.dirty.insert(ep);
+            self.workers[info.worker].send(WorkerMsg::SetEnabled { ep, enabled: true });
+            if !self.resuming.contains(&ep) {
+                self.resuming.push(ep);
+            }
+        }
+    }
+
+    /// Creates or replaces an endpoint: persisted (synced), then the router, the
+    /// registry and the owning worker follow. Queued deliveries stay where they are; the
+    /// worker uses the new spec from the next attempt on.
+    fn put_endpoint(
+        &mut self,
+        mut spec: EndpointSpec,
+        mode: PutMode,
+        to_pause: &mut Vec<EndpointId>,
+    ) -> Result<EndpointId, EndpointOpError> {
+        let name = spec.cfg.name.clone();
+        let existing = self.router.by_name(&name).map(|i| (i.id, i.meta.clone()));
+        let (id, mut meta) = match (mode, existing) {
+            (PutMode::Create, Some(_)) => return Err(EndpointOpError::Exists(name)),
+            (PutMode::Replace, None) => return Err(EndpointOpError::NotFound(name)),
+            (_, Some(e)) => e,
+            (_, None) => {
+                let id = self.next_ep_id;
+                self.next_ep_id += 1;
+                (
+                    id,
+                    EndpointMeta {
+                        id,
+                        ..EndpointMeta::default()
+                    },
+                )
+            }
+        };
+        spec.id = id;
+        meta.id = id;
+        meta.source = EndpointSource::Api;
+        let was_enabled = meta.disabled_reason.is_none();
+        // `enabled = false` disables; `true` lifts only a disable it caused.
+        match (spec.cfg.enabled, meta.disabled_reason.as_deref()) {
+            (false, None) => meta.disabled_reason = Some(DISABLED_IN_SPEC.to_string()),
+            (true, Some(DISABLED_IN_SPEC | DISABLED_IN_CONFIG)) => meta.disabled_reason = None,
+            _ => {}
+        }
+        if !spec.cfg.ordered {
+            meta.hold = None;
+        }
+        let mut batch = self.store.batch();
+        batch.put_endpoint(&self.store, &name, &meta);
+        batch.put_endpoint_config(&self.store, id, &name, &spec.cfg);
+        self.store
+            .commit(batch, true)
+            .map_err(|e| EndpointOpError::Store(e.to_string()))?;
+        let worker = crate::shard::worker_for(&name, self.workers.len());
+        let created = !self.router.eps.contains_key(&id);
+        let now_enabled = meta.disabled_reason.is_none();
+        // A replaced endpoint changes state below, through the usual paths.
+        let (enabled, route_meta) = if created {
+            (now_enabled, meta.clone())
+        } else {
+            let old = &self.router.eps[&id];
+            (old.enabled, old.meta.clone())
+        };
+        self.router.eps.insert(
+            id,
+            RouteInfo {
+                id,
+                name: name.clone(),
+                worker,
+                events: spec.cfg.events.clone(),
+                account: spec.cfg.account.clone(),
+                min_delay_ms: spec.cfg.min_delay.as_millis() as u64,
+                enabled,
+                ordered: spec.cfg.ordered,
+                meta: EndpointMeta {
+                    source: EndpointSource::Api,
+                    hold: meta.hold,
+                    ..route_meta
+                },
+            },
+        );
+        self.router.rebuild();
+        let spec = Arc::new(spec);
+        if let Ok(mut reg) = self.registry.write() {
+            reg.insert(name.clone(), spec.clone());
+        }
+        self.workers[worker].send(WorkerMsg::Upsert {
+            spec,
+            meta: meta.clone(),
+        });
+        if !created && was_enabled && !now_enabled {
+            if self.disable_ep(id, meta.disabled_reason.clone().unwrap_or_default()) {
+                to_pause.push(id);
+            }
+        } else if !created && !was_enabled && now_enabled {
+            self.enable_ep(id);
+        }
+        tracing::info!(endpoint = %name, id, created, "endpoint applied");
+        Ok(id)
+    }
+
+    /// Deletes an endpoint: no new deliveries route to it, its worker drops its queue,
+    /// its paused deliveries go, and due ones are dropped as the loader reaches them.
+    fn delete_endpoint(&mut self, name: &str) -> Result<EndpointId, EndpointOpError> {
+        let Some((id, worker)) = self.router.by_name(name).map(|i| (i.id, i.worker)) else {
+            return Err(EndpointOpError::NotFound(name.to_string()));
+        };
+        let mut paused = 0u64;
+        let mut after = 0;
+        loop {
+            let page = self
+                .store
+                .paused_of(id, after, PAGE * 8)
+                .map_err(|e| EndpointOpError::Store(e.to_string()))?;
+            paused += page.len() as u64;
+            match page.last() {
+                Some(&(seq, _)) if page.len() == PAGE * 8 => after = seq + 1,
+                _ => break,
+            }
+        }
+        let mut batch = self.store.batch();
+        batch.delete_endpoint(&self.store, name, id);
+        self.store
+            .commit(batch, true)
+            .map_err(|e| EndpointOpError::Store(e.to_string()))?;
+        self.stats.apply(Delta {
+            pending: -(paused as i64),
+            paused: -(paused as i64),
+            ..Delta::default()
+        });
+        self.router.eps.remove(&id);
+        self.router.rebuild();
+        self.dirty.remove(&id);
+        self.resuming.retain(|e| *e != id);
+        if let Ok(mut reg) = self.registry.write() {
+            reg.remove(name);
+        }
+        self.workers[worker].send(WorkerMsg::Remove { ep: id });
+        tracing::info!(endpoint = %name, id, paused_dropped = paused, "endpoint deleted");
+        Ok(id)
+    }
+
+    /// Schedules deliveries again, now. A delivery is replayed only when it is done
+    /// (delivered, failed or expired): one still pending, retrying or paused is left as
+    /// it is. Its attempts continue in the same log, with the retry schedule afresh.
+    fn replay(&mut self, targets: Vec<(Seq, Option<EndpointId>)>, now: u64) -> Vec<ReplayResult> {
+        let mut batch = self.store.batch();
+        let mut results = Vec::with_capacity(targets.len());
+        let mut jobs = Vec::new();
+        let mut delta = Delta::default();
+        // Events already rewritten in this batch (a new route), by seq.
+        let mut touched: HashMap<Seq, EventRecord> = HashMap::default();
+        for (seq, only) in targets {
+            let ev = match touched.remove(&seq) {
+                Some(e) => Some(e),
+                None => match self.store.event(seq) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        results.push(ReplayResult::Failed(e.to_string()));
+                        continue;
+                    }
+                },
+            };
+            let Some(mut ev) = ev else {
+                results.push(ReplayResult::NoEvent);
+                continue;
+            };
+            let views = match self.store.deliveries(&ev) {
+                Ok(v) => v,
+                Err(e) => {
+                    results.push(ReplayResult::Failed(e.to_string()));
+                    continue;
+                }
+            };
+            let wanted: Vec<EndpointId> = match only {
+                Some(ep) => vec![ep],
+                None => ev.routes.clone(),
+            };
+            let mut scheduled = Vec::new();
+            for ep in wanted {
+                let Some(info) = self.router.eps.get(&ep) else {
+                    continue;
+                };
+                let attempts = match views.iter().find(|v| v.ep == ep) {
+                    Some(v) => match v.state {
+                        DeliveryState::Delivered
+                        | DeliveryState::Failed
+                        | DeliveryState::Expired => v.attempts,
+                        _ => continue,
+                    },
+                    None if ev.routes.contains(&ep) => continue,
+                    None => {
+                        ev.routes.push(ep);
+                        batch.add_route(&self.store, &ev, ep);
+                        0
+                    }
+                };
+                let val = DueVal {
+                    attempts,
+                    first: attempts,
+                };
+                batch.clear_state(&self.store, DeliveryState::Failed, ep, seq);
+                batch.clear_state(&self.store, DeliveryState::Expired, ep, seq);
+                if attempts > 0 {
+                    batch.set_state(&self.store, DeliveryState::Pending, ep, seq);
+                }
+                delta.pending += 1;
+                if info.enabled {
+                    let due = DueKey {
+                        due_ms: now,
+                        seq,
+                        ep,
+                    };
+                    batch.put_due(&self.store, due, val);
+                    if self.hand_now(due) {
+                        jobs.push((info.worker, ep, due, val));
+                    }
+                } else {
+                    batch.pause(&self.store, ep, seq, val);
+                    delta.paused += 1;
+                }
+                scheduled.push(ep);
+            }
+            results.push(if scheduled.is_empty() {
+                ReplayResult::Busy
+            } else {
+                ReplayResult::Scheduled(scheduled)
+            });
+            touched.insert(seq, ev);
+        }
+        if batch.is_empty() {
+            return results;
+        }
+        if let Err(e) = self.store.commit(batch, true) {
+            let msg = e.to_string();
+            return results
+                .into_iter()
+                .map(|r| match r {
+                    ReplayResult::Scheduled(_) => ReplayResult::Failed(msg.clone()),
+                    r => r,
+                })
+                .collect();
+        }
+        self.stats.apply(delta);
+        for (worker, ep, due, val) in jobs {
+            if let Some(ev) = touched.get(&due.seq) {
+                self.out_jobs[worker].push(Job {
+                    event: Arc::new(ev.clone()),
+                    ep,
+                    due,
+                    val,
+                });
+            }
+        }
+        results
+    }
+
+    /// Moves the retention floor to `now - retention`: events and attempts below it are
+    /// range-deleted, paused deliveries below it expire (due ones expire as the loader
+    /// reaches them), and compactions drop index and idempotency entries below it.
+    fn retention(&mut self) {
+        let cutoff = now_ms().saturating_sub(self.retention_ms);
+        let floor = seq_floor(cutoff);
+        if floor <= self.store.retention_floor() {
+            return;
+        }
+        self.store.set_retention_floor(floor);
+        if self.sweep.is_none() {
+            self.sweep = Some(DueKey::MIN);
+        }
+        let mut batch = self.store.batch();
+        match self.store.has_before(floor) {
+            Ok(true) => batch.delete_before(&self.store, floor),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "retention cannot read the log"),
+        }
+        let mut expired = 0u64;
+        let eps: Vec<EndpointId> = self.router.eps.keys().copied().collect();
+        for ep in eps {
+            let mut after = 0;
+            loop {
+                let page = match self.store.paused_of(ep, after, PAGE) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!(error = %e, "retention cannot read paused deliveries");
+                        break;
+                    }
+                };
+                let full = page.len() == PAGE;
+                let mut more = full;
+                for &(seq, _) in &page {
+                    if seq >= floor {
+                        more = false;
+                        break;
+                    }
+                    batch.unpause(&self.store, ep, seq);
+                    expired += 1;
+                    after = seq + 1;
+                }
+                if !more {
+                    break;
+                }
+            }
+        }
+        if let Err(e) = self.store.commit(batch, false) {
+            tracing::error!(error = %e, "retention delete failed");
+            return;
+        }
+        if let Err(e) = self.store.drop_files_before(floor) {
+            tracing::warn!(error = %e, "retention cannot drop old files");
+        }
+        self.stats.apply(Delta {
+            pending: -(expired as i64),
+            paused: -(expired as i64),
+            expired,
+        });
+        if expired > 0 {
+            tracing::info!(expired, "paused deliveries past retention expired");
+        }
     }
 
     fn send_holds(&mut self) {
@@ -835,7 +1305,7 @@ impl State {
                     event: Arc::new(e),
                     ep,
                     due: DueKey { due_ms, seq, ep },
-                    attempts,
+                    val: DueVal { attempts, first: 0 },
                 }),
                 Ok(None) => {}
                 Err(e) => tracing::error!(error = %e, "cannot read an ordered endpoint's head"),
@@ -872,7 +1342,7 @@ impl State {
             let mut cleanup = self.store.batch();
             let mut delta = Delta::default();
             let mut reached_cursor = !full;
-            for (key, attempts) in page {
+            for (key, val) in page {
                 if key >= self.cursor {
                     reached_cursor = true;
                     break;
@@ -881,7 +1351,7 @@ impl State {
                     s.scan = successor(key);
                 }
                 if key.seq >= sp.fence {
-                    self.hand_over(key, attempts, &mut cache, &mut cleanup, &mut delta);
+                    self.hand_over(key, val, &mut cache, &mut cleanup, &mut delta);
                 }
             }
             self.commit_cleanup(cleanup, delta);
@@ -906,7 +1376,7 @@ impl State {
     }
 
     /// A page of the due index from `from` to `until_ms`; `None` (logged) on a read error.
-    fn read_due(&self, from: DueKey, until_ms: u64) -> Option<Vec<(DueKey, u16)>> {
+    fn read_due(&self, from: DueKey, until_ms: u64) -> Option<Vec<(DueKey, DueVal)>> {
         match self.store.due_range(from, until_ms, PAGE) {
             Ok(p) => Some(p),
             Err(e) => {
@@ -920,7 +1390,7 @@ impl State {
     fn hand_over(
         &mut self,
         key: DueKey,
-        attempts: u16,
+        val: DueVal,
         cache: &mut HashMap<Seq, Arc<EventRecord>>,
         cleanup: &mut store::Batch,
         delta: &mut Delta,
@@ -931,6 +1401,14 @@ impl State {
             delta.pending -= 1;
             return;
         };
+        if key.seq < self.store.retention_floor() {
+            // Past retention (its event is gone or going): expired.
+            cleanup.del_due(&self.store, key);
+            cleanup.clear_state(&self.store, DeliveryState::Retrying, key.ep, key.seq);
+            delta.pending -= 1;
+            delta.expired += 1;
+            return;
+        }
         let event = match cache.get(&key.seq) {
             Some(e) => e.clone(),
             None => match self.store.event(key.seq) {
@@ -952,7 +1430,7 @@ impl State {
         };
         if !info.enabled {
             cleanup.del_due(&self.store, key);
-            cleanup.put_paused(&self.store, key.ep, key.seq, attempts);
+            cleanup.pause(&self.store, key.ep, key.seq, val);
             delta.paused += 1;
             return;
         }
@@ -960,12 +1438,48 @@ impl State {
             event,
             ep: key.ep,
             due: key,
-            attempts,
+            val,
         });
+    }
+
+    /// One page of the expiry sweep: due deliveries above the cursor (so on disk only)
+    /// whose events are past retention expire. Those below the cursor are in a worker
+    /// or spilled, and expire when reported or handed over.
+    fn sweep_expired(&mut self) {
+        let Some(from) = self.sweep else {
+            return;
+        };
+        let from = from.max(self.cursor);
+        let floor = self.store.retention_floor();
+        let Some(page) = self.read_due(from, u64::MAX) else {
+            return;
+        };
+        let mut batch = self.store.batch();
+        let mut delta = Delta::default();
+        for (key, _) in &page {
+            if key.seq < floor {
+                batch.del_due(&self.store, *key);
+                batch.clear_state(&self.store, DeliveryState::Retrying, key.ep, key.seq);
+                delta.pending -= 1;
+                delta.expired += 1;
+            }
+        }
+        self.sweep = match page.last() {
+            Some(&(last, _)) if page.len() == PAGE => Some(successor(last)),
+            _ => None,
+        };
+        if delta.expired > 0 {
+            tracing::debug!(
+                expired = delta.expired,
+                "due deliveries past retention expired"
+            );
+        }
+        self.commit_cleanup(batch, delta);
     }
 
     /// Moves the cursor toward `now + HORIZON_MS`, handing what it passes to workers.
     fn load(&mut self) {
+        self.sweep_expired();
         if !self.resuming.is_empty() {
             self.resume();
         }
@@ -984,9 +1498,9 @@ impl State {
             let full = page.len() == PAGE;
             let mut cleanup = self.store.batch();
             let mut delta = Delta::default();
-            for (key, attempts) in page {
+            for (key, val) in page {
                 self.cursor = successor(key);
-                self.hand_over(key, attempts, &mut cache, &mut cleanup, &mut delta);
+                self.hand_over(key, val, &mut cache, &mut cleanup, &mut delta);
             }
             self.commit_cleanup(cleanup, delta);
             self.flush_jobs();

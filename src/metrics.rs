@@ -221,6 +221,8 @@ pub struct CommitSnapshot {
     pub pending: u64,
     /// Of those, set aside because their endpoint is disabled.
     pub paused: u64,
+    /// Deliveries that outlived retention undelivered, since start.
+    pub expired: u64,
     pub endpoints_disabled: u64,
 }
 
@@ -233,6 +235,7 @@ impl Default for CommitSnapshot {
             ack_latency: Hist::micros(),
             pending: 0,
             paused: 0,
+            expired: 0,
             endpoints_disabled: 0,
         }
     }
@@ -452,6 +455,18 @@ pub fn encode(s: &Scrape) -> String {
         "Pending deliveries set aside because their endpoint is disabled.",
     );
     sample(&mut out, "ricochet_deliveries_paused", &[], c.paused as f64);
+    family(
+        &mut out,
+        "ricochet_deliveries_expired_total",
+        "counter",
+        "Deliveries that outlived the retention period undelivered (their events left the log).",
+    );
+    sample(
+        &mut out,
+        "ricochet_deliveries_expired_total",
+        &[],
+        c.expired as f64,
+    );
     family(
         &mut out,
         "ricochet_endpoints_disabled",
@@ -762,6 +777,7 @@ mod tests {
                 ack_latency: ack,
                 pending: 7,
                 paused: 2,
+                expired: 4,
                 endpoints_disabled: 1,
             }),
             admin: AdminCounts {
@@ -802,6 +818,10 @@ mod tests {
         );
         assert_eq!(exp.value("ricochet_deliveries_in_memory", &[]), Some(10.0));
         assert_eq!(exp.value("ricochet_deliveries_pending", &[]), Some(7.0));
+        assert_eq!(
+            exp.value("ricochet_deliveries_expired_total", &[]),
+            Some(4.0)
+        );
         assert_eq!(
             exp.value("ricochet_attempt_latency_seconds_count", &[]),
             Some(2000.0)

@@ -6,24 +6,24 @@
 //! workers finish in-flight attempts (bounded), the committer writes their outcomes and
 //! syncs, and the process exits 0. It must not contain delivery or storage logic.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
 use crate::admin::AdminSetup;
-use crate::commit::{CommitMsg, Committer, RouteInfo};
+use crate::commit::{CommitMsg, Committer, Registry, RouteInfo};
 use crate::config::Config;
 use crate::deliver::dns::ResolverThread;
 use crate::endpoint::EndpointSpec;
 use crate::runtime;
 use crate::shard::{mailbox, worker_for, MailboxSender};
-use crate::store::{EndpointMeta, Store, DISABLED_IN_CONFIG};
+use crate::store::{EndpointMeta, EndpointSource, Store, DISABLED_IN_CONFIG};
 use crate::worker::{self, WorkerMsg, WorkerSetup};
 
 /// How long workers may take to finish in-flight attempts at shutdown.
@@ -61,40 +61,8 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     let store = Store::open(&s.data_dir)
         .with_context(|| format!("cannot open the store in {}", s.data_dir.display()))?;
 
-    // Stable endpoint ids by name.
-    let mut known: HashMap<String, EndpointMeta> = store.endpoints()?.into_iter().collect();
-    let mut next_id = known.values().map(|m| m.id + 1).max().unwrap_or(1);
-    let mut batch = store.batch();
-    let mut specs: Vec<EndpointSpec> = specs
-        .into_iter()
-        .map(|mut spec| {
-            let meta = known.entry(spec.cfg.name.clone()).or_insert_with(|| {
-                let m = EndpointMeta {
-                    id: next_id,
-                    ..EndpointMeta::default()
-                };
-                next_id += 1;
-                m
-            });
-            // `enabled` in the file disables, and enables again what the file disabled;
-            // an automatic disable (410, disable_after) stays until enabled explicitly.
-            match (spec.cfg.enabled, meta.disabled_reason.as_deref()) {
-                (false, None) => meta.disabled_reason = Some(DISABLED_IN_CONFIG.to_string()),
-                (true, Some(DISABLED_IN_CONFIG)) => meta.disabled_reason = None,
-                (true, Some(reason)) => tracing::warn!(
-                    endpoint = %spec.cfg.name,
-                    %reason,
-                    "endpoint stays disabled until it is enabled over the admin API"
-                ),
-                _ => {}
-            }
-            batch.put_endpoint(&store, &spec.cfg.name, meta);
-            spec.id = meta.id;
-            spec
-        })
-        .collect();
-    store.commit(batch, true)?;
-    specs.sort_by_key(|s| s.id);
+    let specs = apply_endpoints(&store, specs)?;
+    let known: HashMap<String, EndpointMeta> = store.endpoints()?.into_iter().collect();
 
     let n = s.worker_count();
     let mut worker_tx = Vec::new();
@@ -122,6 +90,13 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             }
         })
         .collect();
+    let specs: Vec<Arc<EndpointSpec>> = specs.into_iter().map(Arc::new).collect();
+    let registry: Registry = Arc::new(RwLock::new(
+        specs
+            .iter()
+            .map(|s| (s.cfg.name.clone(), s.clone()))
+            .collect::<BTreeMap<_, _>>(),
+    ));
     let committer = Committer {
         store: store.clone(),
         durability: s.durability,
@@ -129,13 +104,13 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         inbox: commit_rx,
         workers: worker_tx.clone(),
         routes,
+        registry: registry.clone(),
     };
     let commit_thread = std::thread::Builder::new()
         .name("ricochet-commit".into())
         .spawn(move || committer.run())?;
 
     let resolver = ResolverThread::start();
-    let specs: Vec<Arc<EndpointSpec>> = specs.into_iter().map(Arc::new).collect();
     let mut per_worker: Vec<Vec<Arc<EndpointSpec>>> = (0..n).map(|_| Vec::new()).collect();
     for spec in &specs {
         per_worker[worker_for(&spec.cfg.name, n)].push(spec.clone());
@@ -203,7 +178,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         token: s.admin_token.clone(),
         commit: commit_tx.clone(),
         workers: worker_tx.clone(),
-        endpoints: specs,
+        registry,
         max_line_bytes: s.max_line_bytes,
     })
     .with_context(|| format!("cannot start the admin API on {}", s.admin))?;
@@ -234,6 +209,76 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     drop(commit_thread);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Merges the config file's endpoints with the persisted ones, by name: the file's are
+/// created or updated (and keep their ids), endpoints created over the API run on from
+/// their stored definition, and endpoints the file no longer has are deleted. Returns
+/// every endpoint to run, with its stable id.
+fn apply_endpoints(
+    store: &Store,
+    from_file: Vec<EndpointSpec>,
+) -> anyhow::Result<Vec<EndpointSpec>> {
+    let stored = store.stored_endpoints()?;
+    let mut known: HashMap<String, EndpointMeta> = stored
+        .iter()
+        .map(|e| (e.name.clone(), e.meta.clone()))
+        .collect();
+    let mut next_id = store
+        .endpoint_names()?
+        .keys()
+        .map(|id| id + 1)
+        .max()
+        .unwrap_or(1);
+    let in_file: HashSet<String> = from_file.iter().map(|s| s.cfg.name.clone()).collect();
+    let mut batch = store.batch();
+    let mut specs = Vec::new();
+    for mut spec in from_file {
+        let meta = known.entry(spec.cfg.name.clone()).or_insert_with(|| {
+            let m = EndpointMeta {
+                id: next_id,
+                ..EndpointMeta::default()
+            };
+            next_id += 1;
+            m
+        });
+        meta.source = EndpointSource::Config;
+        // `enabled` in the file disables, and enables again what the file disabled;
+        // an automatic disable (410, disable_after) stays until enabled explicitly.
+        match (spec.cfg.enabled, meta.disabled_reason.as_deref()) {
+            (false, None) => meta.disabled_reason = Some(DISABLED_IN_CONFIG.to_string()),
+            (true, Some(DISABLED_IN_CONFIG)) => meta.disabled_reason = None,
+            (true, Some(reason)) => tracing::warn!(
+                endpoint = %spec.cfg.name,
+                %reason,
+                "endpoint stays disabled until it is enabled over the admin API"
+            ),
+            _ => {}
+        }
+        batch.put_endpoint(store, &spec.cfg.name, meta);
+        batch.put_endpoint_config(store, meta.id, &spec.cfg.name, &spec.cfg);
+        spec.id = meta.id;
+        specs.push(spec);
+    }
+    for e in stored.into_iter().filter(|e| !in_file.contains(&e.name)) {
+        match (e.meta.source, e.config) {
+            (EndpointSource::Api, Some(cfg)) => match EndpointSpec::compile(e.meta.id, cfg) {
+                Ok(spec) => specs.push(spec),
+                Err(err) => tracing::error!(
+                    endpoint = %e.name,
+                    error = %err,
+                    "a stored endpoint no longer compiles; it stays stored but does not run"
+                ),
+            },
+            _ => {
+                tracing::info!(endpoint = %e.name, "endpoint left the config file: deleted");
+                batch.delete_endpoint(store, &e.name, e.meta.id);
+            }
+        }
+    }
+    store.commit(batch, true)?;
+    specs.sort_by_key(|s| s.id);
+    Ok(specs)
 }
 
 fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {

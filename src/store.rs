@@ -10,14 +10,27 @@
 //! | `events`      | seq u64 BE                            | [`EventRecord`]             |
 //! | `due`         | due_ms u64 BE ‖ seq u64 BE ‖ ep u32 BE | attempts made so far, u16 LE |
 //! | `attempts`    | seq u64 BE ‖ ep u32 BE ‖ n u16 BE      | [`AttemptRecord`]           |
-//! | `paused`      | ep u32 BE ‖ seq u64 BE                 | attempts made so far, u16 LE |
+//! | `paused`      | ep u32 BE ‖ seq u64 BE                 | [`DueVal`]                  |
 //! | `idem`        | producer id bytes                     | seq u64 BE                  |
 //! | `endpoints`   | endpoint name                         | [`EndpointMeta`] (JSON)     |
+//! |               | `~config/` name                       | its config (JSON)           |
+//! |               | `~name/` ep u32 BE                    | name (every id ever given)  |
+//! | `index`       | see [`IndexKey`]                      | empty                       |
 //!
 //! A delivery (event, endpoint) is pending exactly while it has a key in `due` (or in
 //! `paused` while its endpoint is disabled); each `due` key is written once and removed
 //! once with a single-delete, so the queue leaves no tombstones behind. Big-endian
 //! integers make keys sort numerically, so `due` iterates in due-time order.
+//!
+//! The `index` family makes the webhook log's filters cheap ([`Store::query`]): every
+//! event is indexed by type, account and each endpoint it went to; deliveries in the
+//! rarer states (`retrying`, `failed`, `paused`, `expired`, and `pending` again after a
+//! replay) are indexed by state, per endpoint and overall. `pending` and `delivered`,
+//! the common states, are found through the other indexes and checked one by one.
+//!
+//! Retention: [`Store::set_retention_floor`] moves a floor below which events and
+//! attempts are range-deleted (by the committer) and index and idempotency entries are
+//! dropped by compaction filters; queries never read below it.
 //!
 //! Sequence numbers are time-derived (`unix_ms << 10 | counter`), unique across restarts
 //! and across a wiped data dir, and sort events by acceptance time.
@@ -26,13 +39,17 @@
 //! and only the committer and admin threads read.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use rocksdb::compaction_filter::Decision;
 use rocksdb::{
     BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options,
     ReadOptions, WriteBatch, WriteOptions, DB,
 };
+
+use crate::config::EndpointConfig;
 use serde::{Deserialize, Serialize};
 
 /// Event sequence number: the event's key in the log.
@@ -57,14 +74,21 @@ const CF_ATTEMPTS: &str = "attempts";
 const CF_PAUSED: &str = "paused";
 const CF_IDEM: &str = "idem";
 const CF_ENDPOINTS: &str = "endpoints";
-const ALL_CFS: [&str; 6] = [
+const CF_INDEX: &str = "index";
+const ALL_CFS: [&str; 7] = [
     CF_EVENTS,
     CF_DUE,
     CF_ATTEMPTS,
     CF_PAUSED,
     CF_IDEM,
     CF_ENDPOINTS,
+    CF_INDEX,
 ];
+
+/// Key prefix in `endpoints` of an endpoint's stored configuration.
+const CONFIG_PREFIX: &str = "~config/";
+/// Key prefix in `endpoints` of the name given to an id.
+const NAME_PREFIX: &str = "~name/";
 
 /// Bits of a [`Seq`] below the millisecond timestamp.
 pub const SEQ_COUNTER_BITS: u32 = 10;
@@ -80,7 +104,7 @@ pub fn seq_floor(ms: u64) -> Seq {
 }
 
 /// Delivery states (SPEC §6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 #[repr(u8)]
 pub enum DeliveryState {
@@ -104,6 +128,27 @@ impl DeliveryState {
             _ => return None,
         })
     }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "retrying" => Self::Retrying,
+            "delivered" => Self::Delivered,
+            "failed" => Self::Failed,
+            "paused" => Self::Paused,
+            "expired" => Self::Expired,
+            _ => return None,
+        })
+    }
+
+    /// Whether every delivery in this state has a state-index entry (the rarer states);
+    /// `pending` and `delivered` are found through the other indexes.
+    pub fn fully_indexed(self) -> bool {
+        matches!(
+            self,
+            Self::Retrying | Self::Failed | Self::Paused | Self::Expired
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
@@ -198,6 +243,34 @@ pub fn parse_generated_id(id: &str) -> Option<Seq> {
     u64::from_str_radix(hex, 16).ok()
 }
 
+/// The request an attempt sent, as kept in the attempt log: enough to show it exactly,
+/// without secrets. The standard headers are rebuilt from the record when read
+/// (`webhook-id` from the event, `webhook-timestamp` from `at_ms`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RequestLog {
+    /// A `webhook-signature` header was sent (its value is never kept).
+    pub signed: bool,
+    /// `Content-Type` sent, if any.
+    pub content_type: Option<&'static str>,
+    pub body_len: u32,
+    /// The body was the event's `data` as received (so it is not copied here).
+    pub body_is_data: bool,
+    /// The first [`BODY_EXCERPT`] bytes of a rendered body.
+    pub body_excerpt: Vec<u8>,
+    /// The endpoint's headers as sent, secrets redacted: (name, value) pairs.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Body bytes kept per attempt.
+pub const BODY_EXCERPT: usize = 1024;
+
+const CONTENT_TYPES: [&str; 4] = [
+    "application/json",
+    "application/xml",
+    "application/x-www-form-urlencoded",
+    "text/plain; charset=utf-8",
+];
+
 /// One delivery attempt as stored in the attempt log.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct AttemptRecord {
@@ -214,19 +287,38 @@ pub struct AttemptRecord {
     pub response_excerpt: Vec<u8>,
     /// The request as sent: method and final URL.
     pub request_line: std::sync::Arc<str>,
+    /// The rest of the request as sent.
+    pub request: RequestLog,
 }
+
+/// Offset of `state_after` in an encoded [`AttemptRecord`] (read without decoding it).
+const ATTEMPT_STATE_AT: usize = 1 + 8 + 4 + 2 + 1;
 
 impl AttemptRecord {
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.push(1);
+        out.push(2);
         out.extend_from_slice(&self.at_ms.to_le_bytes());
         out.extend_from_slice(&self.latency_us.to_le_bytes());
         out.extend_from_slice(&self.status.to_le_bytes());
         out.push(self.timed_out as u8);
-        out.push(self.state_after.map(|s| s as u8).unwrap_or(0));
+        out.push(self.state_after.map(|s| s as u8).unwrap_or(u8::MAX));
         out.extend_from_slice(&self.next_due_ms.to_le_bytes());
         put_str(out, Some(&self.error));
         put_str(out, Some(&self.request_line));
+        let r = &self.request;
+        out.push(r.signed as u8 | (r.body_is_data as u8) << 1);
+        let ct = r
+            .content_type
+            .and_then(|c| CONTENT_TYPES.iter().position(|t| *t == c))
+            .map_or(0, |i| i as u8 + 1);
+        out.push(ct);
+        out.extend_from_slice(&r.body_len.to_le_bytes());
+        put_bytes(out, &r.body_excerpt);
+        out.extend_from_slice(&(r.headers.len() as u16).to_le_bytes());
+        for (k, v) in &r.headers {
+            put_str(out, Some(k));
+            put_str(out, Some(v));
+        }
         out.extend_from_slice(&self.response_excerpt);
     }
 
@@ -236,10 +328,11 @@ impl AttemptRecord {
             what: "truncated attempt".into(),
         };
         let mut r = Reader(buf);
-        if r.u8().ok_or_else(bad)? != 1 {
+        let version = r.u8().ok_or_else(bad)?;
+        if version != 2 {
             return Err(bad());
         }
-        Ok(AttemptRecord {
+        let mut a = AttemptRecord {
             at_ms: r.u64().ok_or_else(bad)?,
             latency_us: r.u32().ok_or_else(bad)?,
             status: r.u16().ok_or_else(bad)?,
@@ -248,8 +341,136 @@ impl AttemptRecord {
             next_due_ms: r.u64().ok_or_else(bad)?,
             error: r.str().ok_or_else(bad)?.unwrap_or_default(),
             request_line: r.str().ok_or_else(bad)?.unwrap_or_default().into(),
-            response_excerpt: r.0.to_vec(),
-        })
+            ..AttemptRecord::default()
+        };
+        let flags = r.u8().ok_or_else(bad)?;
+        a.request.signed = flags & 1 != 0;
+        a.request.body_is_data = flags & 2 != 0;
+        let ct = r.u8().ok_or_else(bad)?;
+        a.request.content_type = ct
+            .checked_sub(1)
+            .and_then(|i| CONTENT_TYPES.get(i as usize).copied());
+        a.request.body_len = r.u32().ok_or_else(bad)?;
+        a.request.body_excerpt = r.bytes().ok_or_else(bad)?.to_vec();
+        let n = r.u16().ok_or_else(bad)?;
+        for _ in 0..n {
+            let k = r.str().ok_or_else(bad)?.unwrap_or_default();
+            let v = r.str().ok_or_else(bad)?.unwrap_or_default();
+            a.request.headers.push((k, v));
+        }
+        a.response_excerpt = r.0.to_vec();
+        Ok(a)
+    }
+}
+
+/// The value kept with a pending delivery (in `due` and `paused`): attempts made so far,
+/// and the attempt count when its current round began (0, or the count at its last
+/// replay), so a replayed delivery gets its retry schedule afresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DueVal {
+    pub attempts: u16,
+    pub first: u16,
+}
+
+impl DueVal {
+    pub const NEW: DueVal = DueVal {
+        attempts: 0,
+        first: 0,
+    };
+
+    fn encode(self) -> [u8; 4] {
+        let mut v = [0u8; 4];
+        v[..2].copy_from_slice(&self.attempts.to_le_bytes());
+        v[2..].copy_from_slice(&self.first.to_le_bytes());
+        v
+    }
+
+    fn decode(v: &[u8]) -> DueVal {
+        let at = |i: usize| {
+            v.get(i..i + 2)
+                .and_then(|b| b.try_into().ok())
+                .map(u16::from_le_bytes)
+                .unwrap_or(0)
+        };
+        DueVal {
+            attempts: at(0),
+            first: at(2),
+        }
+    }
+
+    /// Attempts made in the current round (what the retry schedule counts).
+    pub fn in_round(self) -> u16 {
+        self.attempts.saturating_sub(self.first)
+    }
+}
+
+/// Keys of the `index` column family (values are empty). Every key ends in, or for
+/// `StateAll` continues with, the event's sequence number, so a prefix iterated
+/// backwards gives newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexKey<'a> {
+    /// `T` ‖ len u8 ‖ type ‖ seq
+    Type(&'a str),
+    /// `A` ‖ len u16 BE ‖ account ‖ seq
+    Account(&'a str),
+    /// `E` ‖ ep ‖ seq: every delivery.
+    Endpoint(EndpointId),
+    /// `S` ‖ state ‖ ep ‖ seq: deliveries in an indexed state, per endpoint.
+    State(DeliveryState, EndpointId),
+    /// `G` ‖ state ‖ seq ‖ ep: the same, over all endpoints.
+    StateAll(DeliveryState),
+}
+
+impl IndexKey<'_> {
+    /// The bytes before the sequence number.
+    fn prefix(&self) -> Vec<u8> {
+        let mut k = Vec::with_capacity(24);
+        match *self {
+            IndexKey::Type(t) => {
+                let t = &t.as_bytes()[..t.len().min(255)];
+                k.push(b'T');
+                k.push(t.len() as u8);
+                k.extend_from_slice(t);
+            }
+            IndexKey::Account(a) => {
+                let a = &a.as_bytes()[..a.len().min(u16::MAX as usize)];
+                k.push(b'A');
+                k.extend_from_slice(&(a.len() as u16).to_be_bytes());
+                k.extend_from_slice(a);
+            }
+            IndexKey::Endpoint(ep) => {
+                k.push(b'E');
+                k.extend_from_slice(&ep.to_be_bytes());
+            }
+            IndexKey::State(st, ep) => {
+                k.push(b'S');
+                k.push(st as u8);
+                k.extend_from_slice(&ep.to_be_bytes());
+            }
+            IndexKey::StateAll(st) => {
+                k.push(b'G');
+                k.push(st as u8);
+            }
+        }
+        k
+    }
+
+    fn key(&self, seq: Seq, ep: EndpointId) -> Vec<u8> {
+        let mut k = self.prefix();
+        k.extend_from_slice(&seq.to_be_bytes());
+        if let IndexKey::StateAll(_) = self {
+            k.extend_from_slice(&ep.to_be_bytes());
+        }
+        k
+    }
+
+    /// The sequence number in an index key (for the retention filter).
+    fn seq_of(key: &[u8]) -> Option<Seq> {
+        let at = match key.first()? {
+            b'G' => 2,
+            _ => key.len().checked_sub(8)?,
+        };
+        key.get(at..at + 8)?.try_into().ok().map(u64::from_be_bytes)
     }
 }
 
@@ -267,10 +488,44 @@ pub struct EndpointMeta {
     /// (seq, due_ms, attempts), so a restart puts it back in front.
     #[serde(default)]
     pub hold: Option<(Seq, u64, u16)>,
+    /// Where its configuration comes from.
+    #[serde(default)]
+    pub source: EndpointSource,
+}
+
+/// Where an endpoint's configuration comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointSource {
+    /// The config file: applied at every start, removed when the file drops it.
+    #[default]
+    Config,
+    /// Created over the admin API: persisted here only.
+    Api,
+}
+
+impl EndpointSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointSource::Config => "config",
+            EndpointSource::Api => "api",
+        }
+    }
+}
+
+/// An endpoint as persisted.
+#[derive(Debug, Clone)]
+pub struct StoredEndpoint {
+    pub name: String,
+    pub meta: EndpointMeta,
+    /// Absent for endpoints written before configurations were stored.
+    pub config: Option<EndpointConfig>,
 }
 
 /// The reason recorded when the config file says `enabled = false`.
 pub const DISABLED_IN_CONFIG: &str = "disabled in the config file";
+/// The reason recorded when an endpoint created over the API says `enabled = false`.
+pub const DISABLED_IN_SPEC: &str = "disabled by its definition (enabled = false)";
 
 /// A key of the `due` column family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -326,6 +581,8 @@ fn paused_key(ep: EndpointId, seq: Seq) -> [u8; 12] {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<DB>,
+    /// Retention floor: events below this sequence number are gone (or going).
+    floor: Arc<AtomicU64>,
 }
 
 /// A typed write batch: every mutation goes through here.
@@ -335,9 +592,45 @@ pub struct Batch {
     events: usize,
 }
 
+/// A delivery's state as the webhook log shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryView {
+    pub ep: EndpointId,
+    pub state: DeliveryState,
+    pub attempts: u16,
+}
+
+/// A webhook-log query ([`Store::query`]). Filters combine.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub etype: Option<String>,
+    pub account: Option<String>,
+    pub ep: Option<EndpointId>,
+    /// Events with a delivery (to `ep`, if given) in this state.
+    pub state: Option<DeliveryState>,
+    /// Accepted at or after (unix ms).
+    pub since_ms: Option<u64>,
+    /// Accepted before (unix ms).
+    pub until_ms: Option<u64>,
+    /// Only events with a sequence number below this (the cursor).
+    pub before: Option<Seq>,
+    pub limit: usize,
+    /// Candidates examined at most before the page is returned as it is.
+    pub budget: usize,
+}
+
+/// One page of the webhook log, newest first.
+#[derive(Debug, Default)]
+pub struct EventPage {
+    pub events: Vec<(EventRecord, Vec<DeliveryView>)>,
+    /// Continue below this sequence number; `None` when the log is exhausted.
+    pub next: Option<Seq>,
+}
+
 impl Store {
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Store> {
+        let floor = Arc::new(AtomicU64::new(0));
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -351,7 +644,7 @@ impl Store {
             let mut o = Options::default();
             // Events and attempts compress well; the small index families are not worth it.
             o.set_compression_type(match name {
-                CF_EVENTS | CF_ATTEMPTS => rocksdb::DBCompressionType::Lz4,
+                CF_EVENTS | CF_ATTEMPTS | CF_INDEX => rocksdb::DBCompressionType::Lz4,
                 _ => rocksdb::DBCompressionType::None,
             });
             let mut bb = BlockBasedOptions::default();
@@ -364,6 +657,26 @@ impl Store {
                     o.set_write_buffer_size(32 << 20);
                     o.set_memtable_whole_key_filtering(true);
                     o.set_memtable_prefix_bloom_ratio(0.05);
+                    // Keys of events past retention go at compaction.
+                    let f = floor.clone();
+                    o.set_compaction_filter(
+                        "ricochet-idem-retention",
+                        move |_, _: &[u8], v: &[u8]| match v.try_into().map(u64::from_be_bytes) {
+                            Ok(seq) if seq < f.load(Ordering::Relaxed) => Decision::Remove,
+                            _ => Decision::Keep,
+                        },
+                    );
+                }
+                CF_INDEX => {
+                    o.set_write_buffer_size(16 << 20);
+                    let f = floor.clone();
+                    o.set_compaction_filter(
+                        "ricochet-index-retention",
+                        move |_, k: &[u8], _: &[u8]| match IndexKey::seq_of(k) {
+                            Some(seq) if seq < f.load(Ordering::Relaxed) => Decision::Remove,
+                            _ => Decision::Keep,
+                        },
+                    );
                 }
                 _ => {
                     o.set_write_buffer_size(16 << 20);
@@ -373,13 +686,26 @@ impl Store {
             cfs.push(ColumnFamilyDescriptor::new(name, o));
         }
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
-        Ok(Store { db: Arc::new(db) })
+        Ok(Store {
+            db: Arc::new(db),
+            floor,
+        })
     }
 
     fn cf(&self, name: &'static str) -> &ColumnFamily {
         self.db
             .cf_handle(name)
             .expect("column family created at open")
+    }
+
+    /// Moves the retention floor up (never down): events below `seq` are no longer read,
+    /// and compactions drop their index and idempotency entries.
+    pub fn set_retention_floor(&self, seq: Seq) {
+        self.floor.fetch_max(seq, Ordering::Relaxed);
+    }
+
+    pub fn retention_floor(&self) -> Seq {
+        self.floor.load(Ordering::Relaxed)
     }
 
     /// The highest sequence number in the log.
@@ -425,6 +751,9 @@ impl Store {
     }
 
     pub fn event(&self, seq: Seq) -> Result<Option<EventRecord>> {
+        if seq < self.retention_floor() {
+            return Ok(None);
+        }
         match self
             .db
             .get_pinned_cf(self.cf(CF_EVENTS), seq.to_be_bytes())?
@@ -450,8 +779,22 @@ impl Store {
     /// Every attempt of an event, ordered by endpoint then attempt number.
     pub fn attempts(&self, seq: Seq) -> Result<Vec<(EndpointId, u16, AttemptRecord)>> {
         let mut out = Vec::new();
+        self.scan_attempts(seq, |ep, n, v| {
+            out.push((ep, n, AttemptRecord::decode(v)?));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn scan_attempts(
+        &self,
+        seq: Seq,
+        mut f: impl FnMut(EndpointId, u16, &[u8]) -> Result<()>,
+    ) -> Result<()> {
         let prefix = seq.to_be_bytes();
-        let mut it = self.db.raw_iterator_cf(self.cf(CF_ATTEMPTS));
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound((seq + 1).to_be_bytes().to_vec());
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_ATTEMPTS), ro);
         it.seek(prefix);
         while it.valid() {
             let k = it.key().unwrap_or_default();
@@ -460,15 +803,11 @@ impl Store {
             }
             let ep = u32::from_be_bytes(k[8..12].try_into().unwrap_or_default());
             let n = u16::from_be_bytes(k[12..14].try_into().unwrap_or_default());
-            out.push((
-                ep,
-                n,
-                AttemptRecord::decode(it.value().unwrap_or_default())?,
-            ));
+            f(ep, n, it.value().unwrap_or_default())?;
             it.next();
         }
         it.status()?;
-        Ok(out)
+        Ok(())
     }
 
     pub fn is_paused(&self, ep: EndpointId, seq: Seq) -> Result<bool> {
@@ -478,9 +817,174 @@ impl Store {
             .is_some())
     }
 
+    fn has_index(&self, key: IndexKey<'_>, seq: Seq, ep: EndpointId) -> Result<bool> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_INDEX), key.key(seq, ep))?
+            .is_some())
+    }
+
+    /// The state and attempt count of each delivery of `ev`.
+    pub fn deliveries(&self, ev: &EventRecord) -> Result<Vec<DeliveryView>> {
+        // The last attempt per endpoint: (attempts, state after it).
+        let mut last: Vec<(EndpointId, u16, Option<DeliveryState>)> = Vec::new();
+        self.scan_attempts(ev.seq, |ep, n, v| {
+            let st = v
+                .get(ATTEMPT_STATE_AT)
+                .and_then(|b| DeliveryState::from_u8(*b));
+            match last.iter_mut().find(|(e, _, _)| *e == ep) {
+                Some(l) => *l = (ep, n.max(l.1), st),
+                None => last.push((ep, n, st)),
+            }
+            Ok(())
+        })?;
+        let mut out = Vec::with_capacity(ev.routes.len());
+        for &ep in &ev.routes {
+            let (attempts, after) = last
+                .iter()
+                .find(|(e, _, _)| *e == ep)
+                .map_or((0, None), |l| (l.1, l.2));
+            let state = if self.is_paused(ep, ev.seq)? {
+                DeliveryState::Paused
+            } else {
+                match after {
+                    None => DeliveryState::Pending,
+                    Some(DeliveryState::Retrying | DeliveryState::Paused) => {
+                        DeliveryState::Retrying
+                    }
+                    Some(done) => {
+                        // Replayed and not attempted yet?
+                        if self.has_index(
+                            IndexKey::State(DeliveryState::Pending, ep),
+                            ev.seq,
+                            ep,
+                        )? {
+                            DeliveryState::Pending
+                        } else {
+                            done
+                        }
+                    }
+                }
+            };
+            out.push(DeliveryView {
+                ep,
+                state,
+                attempts,
+            });
+        }
+        Ok(out)
+    }
+
+    /// One page of the webhook log. Candidates come from the most selective index the
+    /// query allows (state, endpoint, type, account, else the log itself), newest first;
+    /// each is checked against every filter. At most `q.budget` candidates are examined,
+    /// so a page may come back short with a cursor to continue.
+    pub fn query(&self, q: &EventQuery) -> Result<EventPage> {
+        let lo = q
+            .since_ms
+            .map(seq_floor)
+            .unwrap_or(0)
+            .max(self.retention_floor());
+        let mut hi = q.before.unwrap_or(u64::MAX);
+        if let Some(u) = q.until_ms {
+            hi = hi.min(seq_floor(u));
+        }
+        let mut page = EventPage::default();
+        if hi <= lo || q.limit == 0 {
+            return Ok(page);
+        }
+        let source: Option<IndexKey<'_>> = match (q.state, q.ep, &q.etype, &q.account) {
+            (Some(st), Some(ep), _, _) if st.fully_indexed() => Some(IndexKey::State(st, ep)),
+            (Some(st), None, _, _) if st.fully_indexed() => Some(IndexKey::StateAll(st)),
+            (_, Some(ep), _, _) => Some(IndexKey::Endpoint(ep)),
+            (_, _, Some(t), _) => Some(IndexKey::Type(t)),
+            (_, _, _, Some(a)) => Some(IndexKey::Account(a)),
+            _ => None,
+        };
+        let (cf, prefix) = match &source {
+            Some(k) => (self.cf(CF_INDEX), k.prefix()),
+            None => (self.cf(CF_EVENTS), Vec::new()),
+        };
+        let mut start = prefix.clone();
+        start.extend_from_slice(&(hi - 1).to_be_bytes());
+        start.extend_from_slice(&[0xff; 4]);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(prefix.clone());
+        let mut it = self.db.raw_iterator_cf_opt(cf, ro);
+        it.seek_for_prev(&start);
+        let mut examined = 0usize;
+        let mut last_seq = None;
+        while it.valid() {
+            let k = it.key().unwrap_or_default();
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let seq = match &source {
+                Some(_) => IndexKey::seq_of(k),
+                None => k.try_into().ok().map(u64::from_be_bytes),
+            };
+            let Some(seq) = seq else {
+                it.prev();
+                continue;
+            };
+            if seq < lo {
+                break;
+            }
+            if last_seq == Some(seq) {
+                it.prev();
+                continue;
+            }
+            last_seq = Some(seq);
+            if examined >= q.budget {
+                // Out of budget: the next page starts at this candidate.
+                page.next = Some(seq + 1);
+                return Ok(page);
+            }
+            examined += 1;
+            let ev = match &source {
+                None => Some(EventRecord::decode(seq, it.value().unwrap_or_default())?),
+                Some(_) => self.event(seq)?,
+            };
+            if let Some(ev) = ev {
+                if let Some(views) = self.matches(q, &ev)? {
+                    page.events.push((ev, views));
+                    if page.events.len() == q.limit {
+                        page.next = Some(seq);
+                        return Ok(page);
+                    }
+                }
+            }
+            it.prev();
+        }
+        it.status()?;
+        Ok(page)
+    }
+
+    /// The event's delivery views if it passes every filter of `q`.
+    fn matches(&self, q: &EventQuery, ev: &EventRecord) -> Result<Option<Vec<DeliveryView>>> {
+        if q.etype.as_deref().is_some_and(|t| t != ev.etype)
+            || q.account
+                .as_deref()
+                .is_some_and(|a| ev.account.as_deref() != Some(a))
+            || q.ep.is_some_and(|ep| !ev.routes.contains(&ep))
+        {
+            return Ok(None);
+        }
+        let views = self.deliveries(ev)?;
+        if let Some(st) = q.state {
+            let hit = views
+                .iter()
+                .any(|v| v.state == st && q.ep.is_none_or(|ep| ep == v.ep));
+            if !hit {
+                return Ok(None);
+            }
+        }
+        Ok(Some(views))
+    }
+
     /// Whether a delivery still has a due entry (pending or retrying).
     pub fn due_entries_of(&self, seq: Seq, ep: EndpointId, from_ms: u64) -> Result<bool> {
-        // Used by the admin API only: scans from `from_ms`; a delivery has at most one key.
+        // Used by tests and diagnostics only: scans from `from_ms`.
         let mut it = self.db.raw_iterator_cf(self.cf(CF_DUE));
         it.seek(
             DueKey {
@@ -508,7 +1012,7 @@ impl Store {
         from: DueKey,
         until_ms: u64,
         limit: usize,
-    ) -> Result<Vec<(DueKey, u16)>> {
+    ) -> Result<Vec<(DueKey, DueVal)>> {
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(until_ms.to_be_bytes().to_vec());
         let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_DUE), ro);
@@ -522,7 +1026,7 @@ impl Store {
                     cf: CF_DUE,
                     what: "bad key".into(),
                 })?;
-            out.push((k, read_u16(it.value().unwrap_or_default())));
+            out.push((k, DueVal::decode(it.value().unwrap_or_default())));
             it.next();
         }
         it.status()?;
@@ -539,13 +1043,13 @@ impl Store {
         Ok(n)
     }
 
-    /// Paused deliveries of an endpoint, oldest first, up to `limit`, after `after_seq`.
+    /// Paused deliveries of an endpoint, oldest first, up to `limit`, from `after_seq`.
     pub fn paused_of(
         &self,
         ep: EndpointId,
         after_seq: Seq,
         limit: usize,
-    ) -> Result<Vec<(Seq, u16)>> {
+    ) -> Result<Vec<(Seq, DueVal)>> {
         let mut out = Vec::new();
         let it = self.db.iterator_cf(
             self.cf(CF_PAUSED),
@@ -558,29 +1062,170 @@ impl Store {
             }
             out.push((
                 u64::from_be_bytes(k[4..].try_into().unwrap_or_default()),
-                read_u16(&v),
+                DueVal::decode(&v),
             ));
         }
         Ok(out)
     }
 
-    /// Every persisted endpoint, by name.
-    pub fn endpoints(&self) -> Result<Vec<(String, EndpointMeta)>> {
+    /// Delivery sequence numbers of an endpoint in an indexed state, accepted in
+    /// `[from, to)`, oldest first, up to `limit`.
+    pub fn in_state(
+        &self,
+        state: DeliveryState,
+        ep: EndpointId,
+        from: Seq,
+        to: Seq,
+        limit: usize,
+    ) -> Result<Vec<Seq>> {
+        let key = IndexKey::State(state, ep);
+        let prefix = key.prefix();
+        let mut upper = prefix.clone();
+        upper.extend_from_slice(&to.to_be_bytes());
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(upper);
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_INDEX), ro);
+        it.seek(key.key(from.max(self.retention_floor()), ep));
         let mut out = Vec::new();
+        while it.valid() && out.len() < limit {
+            let k = it.key().unwrap_or_default();
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if let Some(seq) = IndexKey::seq_of(k) {
+                out.push(seq);
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// Every persisted endpoint, by name (state only).
+    pub fn endpoints(&self) -> Result<Vec<(String, EndpointMeta)>> {
+        Ok(self
+            .stored_endpoints()?
+            .into_iter()
+            .map(|e| (e.name, e.meta))
+            .collect())
+    }
+
+    /// Every persisted endpoint with its stored configuration.
+    pub fn stored_endpoints(&self) -> Result<Vec<StoredEndpoint>> {
+        let mut out: Vec<StoredEndpoint> = Vec::new();
+        let mut configs = std::collections::HashMap::new();
         for item in self
             .db
             .iterator_cf(self.cf(CF_ENDPOINTS), IteratorMode::Start)
         {
             let (k, v) = item?;
-            let name = String::from_utf8_lossy(&k).into_owned();
-            let meta: EndpointMeta =
-                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
-                    cf: CF_ENDPOINTS,
-                    what: format!("{name}: {e}"),
-                })?;
-            out.push((name, meta));
+            let key = String::from_utf8_lossy(&k).into_owned();
+            let corrupt = |e: serde_json::Error| StoreError::Corrupt {
+                cf: CF_ENDPOINTS,
+                what: format!("{key}: {e}"),
+            };
+            if let Some(name) = key.strip_prefix(CONFIG_PREFIX) {
+                let cfg: EndpointConfig = serde_json::from_slice(&v).map_err(corrupt)?;
+                configs.insert(name.to_string(), cfg);
+            } else if !key.starts_with('~') {
+                let meta: EndpointMeta = serde_json::from_slice(&v).map_err(corrupt)?;
+                out.push(StoredEndpoint {
+                    name: key,
+                    meta,
+                    config: None,
+                });
+            }
+        }
+        for e in &mut out {
+            e.config = configs.remove(&e.name);
         }
         Ok(out)
+    }
+
+    /// The name every endpoint id was given (deleted ones included).
+    pub fn endpoint_names(&self) -> Result<std::collections::HashMap<EndpointId, String>> {
+        let mut out = std::collections::HashMap::new();
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_ENDPOINTS));
+        it.seek(NAME_PREFIX);
+        while it.valid() {
+            let k = it.key().unwrap_or_default();
+            let Some(id) = k.strip_prefix(NAME_PREFIX.as_bytes()) else {
+                break;
+            };
+            if let Ok(id) = id.try_into().map(u32::from_be_bytes) {
+                out.insert(
+                    id,
+                    String::from_utf8_lossy(it.value().unwrap_or_default()).into_owned(),
+                );
+            }
+            it.next();
+        }
+        it.status()?;
+        for (name, meta) in self.endpoints()? {
+            out.entry(meta.id).or_insert(name);
+        }
+        Ok(out)
+    }
+
+    /// Bytes on disk (SST files) and in memtables per column family.
+    pub fn sizes(&self) -> Vec<(&'static str, u64, u64)> {
+        ALL_CFS
+            .iter()
+            .map(|&name| {
+                let cf = self.cf(name);
+                let prop = |p: &str| {
+                    self.db
+                        .property_int_value_cf(cf, p)
+                        .ok()
+                        .flatten()
+                        .unwrap_or(0)
+                };
+                (
+                    name,
+                    prop("rocksdb.total-sst-files-size"),
+                    prop("rocksdb.cur-size-all-mem-tables"),
+                )
+            })
+            .collect()
+    }
+
+    /// Flushes every memtable to SST files (benchmarks measure sizes on disk).
+    pub fn flush(&self) -> Result<()> {
+        for name in ALL_CFS {
+            self.db.flush_cf(self.cf(name))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the event log or the attempt log still holds a key below `floor`.
+    pub fn has_before(&self, floor: Seq) -> Result<bool> {
+        for cf in [CF_EVENTS, CF_ATTEMPTS] {
+            let mut ro = ReadOptions::default();
+            ro.set_iterate_upper_bound(floor.to_be_bytes().to_vec());
+            let mut it = self.db.raw_iterator_cf_opt(self.cf(cf), ro);
+            it.seek_to_first();
+            if it.valid() {
+                return Ok(true);
+            }
+            it.status()?;
+        }
+        Ok(false)
+    }
+
+    /// Drops whole SST files of events and attempts below `floor` (cheap; the range
+    /// deletes in [`Batch::delete_before`] cover the rest).
+    pub fn drop_files_before(&self, floor: Seq) -> Result<()> {
+        self.db.delete_file_in_range_cf(
+            self.cf(CF_EVENTS),
+            0u64.to_be_bytes(),
+            floor.to_be_bytes(),
+        )?;
+        self.db.delete_file_in_range_cf(
+            self.cf(CF_ATTEMPTS),
+            0u64.to_be_bytes(),
+            floor.to_be_bytes(),
+        )?;
+        Ok(())
     }
 }
 
@@ -594,6 +1239,7 @@ impl Batch {
         self.wb.is_empty()
     }
 
+    /// The event, its idempotency key and its index entries (type, account, endpoints).
     pub fn put_event(&mut self, store: &Store, ev: &EventRecord) {
         self.scratch.clear();
         ev.encode(&mut self.scratch);
@@ -603,12 +1249,36 @@ impl Batch {
             self.wb
                 .put_cf(store.cf(CF_IDEM), id.as_bytes(), ev.seq.to_be_bytes());
         }
+        let index = store.cf(CF_INDEX);
+        self.wb
+            .put_cf(index, IndexKey::Type(&ev.etype).key(ev.seq, 0), []);
+        if let Some(a) = &ev.account {
+            self.wb
+                .put_cf(index, IndexKey::Account(a).key(ev.seq, 0), []);
+        }
+        for &ep in &ev.routes {
+            self.wb
+                .put_cf(index, IndexKey::Endpoint(ep).key(ev.seq, ep), []);
+        }
         self.events += 1;
     }
 
-    pub fn put_due(&mut self, store: &Store, key: DueKey, attempts: u16) {
+    /// Rewrites an event whose routes grew (a replay to a new endpoint), indexing the
+    /// new route.
+    pub fn add_route(&mut self, store: &Store, ev: &EventRecord, ep: EndpointId) {
+        self.scratch.clear();
+        ev.encode(&mut self.scratch);
         self.wb
-            .put_cf(store.cf(CF_DUE), key.encode(), attempts.to_le_bytes());
+            .put_cf(store.cf(CF_EVENTS), ev.seq.to_be_bytes(), &self.scratch);
+        self.wb.put_cf(
+            store.cf(CF_INDEX),
+            IndexKey::Endpoint(ep).key(ev.seq, ep),
+            [],
+        );
+    }
+
+    pub fn put_due(&mut self, store: &Store, key: DueKey, val: DueVal) {
+        self.wb.put_cf(store.cf(CF_DUE), key.encode(), val.encode());
     }
 
     /// Removes a due key. Each key is put once and removed once, so a single-delete.
@@ -633,29 +1303,88 @@ impl Batch {
         );
     }
 
-    pub fn put_paused(&mut self, store: &Store, ep: EndpointId, seq: Seq, attempts: u16) {
-        self.wb.put_cf(
-            store.cf(CF_PAUSED),
-            paused_key(ep, seq),
-            attempts.to_le_bytes(),
-        );
+    /// Records that a delivery is in `state` (an indexed state).
+    pub fn set_state(&mut self, store: &Store, state: DeliveryState, ep: EndpointId, seq: Seq) {
+        let index = store.cf(CF_INDEX);
+        self.wb
+            .put_cf(index, IndexKey::State(state, ep).key(seq, ep), []);
+        self.wb
+            .put_cf(index, IndexKey::StateAll(state).key(seq, ep), []);
     }
 
-    pub fn del_paused(&mut self, store: &Store, ep: EndpointId, seq: Seq) {
+    /// Records that a delivery left `state`.
+    pub fn clear_state(&mut self, store: &Store, state: DeliveryState, ep: EndpointId, seq: Seq) {
+        let index = store.cf(CF_INDEX);
+        self.wb
+            .delete_cf(index, IndexKey::State(state, ep).key(seq, ep));
+        self.wb
+            .delete_cf(index, IndexKey::StateAll(state).key(seq, ep));
+    }
+
+    /// Sets a delivery aside while its endpoint is disabled.
+    pub fn pause(&mut self, store: &Store, ep: EndpointId, seq: Seq, val: DueVal) {
+        self.wb
+            .put_cf(store.cf(CF_PAUSED), paused_key(ep, seq), val.encode());
+        self.set_state(store, DeliveryState::Paused, ep, seq);
+        if val.in_round() > 0 {
+            self.clear_state(store, DeliveryState::Retrying, ep, seq);
+        }
+    }
+
+    /// Takes a delivery out of the paused set (resumed, delivered meanwhile, or expired).
+    pub fn unpause(&mut self, store: &Store, ep: EndpointId, seq: Seq) {
         self.wb.delete_cf(store.cf(CF_PAUSED), paused_key(ep, seq));
+        self.clear_state(store, DeliveryState::Paused, ep, seq);
     }
 
     pub fn put_endpoint(&mut self, store: &Store, name: &str, meta: &EndpointMeta) {
         let v = serde_json::to_vec(meta).unwrap_or_default();
         self.wb.put_cf(store.cf(CF_ENDPOINTS), name.as_bytes(), v);
     }
+
+    /// Stores an endpoint's configuration and the name of its id.
+    pub fn put_endpoint_config(
+        &mut self,
+        store: &Store,
+        id: EndpointId,
+        name: &str,
+        cfg: &EndpointConfig,
+    ) {
+        let cf = store.cf(CF_ENDPOINTS);
+        let v = serde_json::to_vec(cfg).unwrap_or_default();
+        self.wb.put_cf(cf, format!("{CONFIG_PREFIX}{name}"), v);
+        let mut k = NAME_PREFIX.as_bytes().to_vec();
+        k.extend_from_slice(&id.to_be_bytes());
+        self.wb.put_cf(cf, k, name.as_bytes());
+    }
+
+    /// Removes an endpoint (its id's name stays, for the log) and its paused deliveries.
+    pub fn delete_endpoint(&mut self, store: &Store, name: &str, id: EndpointId) {
+        let cf = store.cf(CF_ENDPOINTS);
+        self.wb.delete_cf(cf, name.as_bytes());
+        self.wb.delete_cf(cf, format!("{CONFIG_PREFIX}{name}"));
+        self.wb.delete_range_cf(
+            store.cf(CF_PAUSED),
+            paused_key(id, 0),
+            paused_key(id.saturating_add(1), 0),
+        );
+    }
+
+    /// Range-deletes every event and attempt below `floor` (retention).
+    pub fn delete_before(&mut self, store: &Store, floor: Seq) {
+        self.wb
+            .delete_range_cf(store.cf(CF_EVENTS), 0u64.to_be_bytes(), floor.to_be_bytes());
+        self.wb.delete_range_cf(
+            store.cf(CF_ATTEMPTS),
+            0u64.to_be_bytes(),
+            floor.to_be_bytes(),
+        );
+    }
 }
 
-fn read_u16(v: &[u8]) -> u16 {
-    v.get(..2)
-        .and_then(|b| b.try_into().ok())
-        .map(u16::from_le_bytes)
-        .unwrap_or(0)
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
 }
 
 fn put_str(out: &mut Vec<u8>, s: Option<&str>) {
@@ -693,6 +1422,10 @@ impl<'a> Reader<'a> {
     fn u64(&mut self) -> Option<u64> {
         self.take(8)
             .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+    }
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = self.u32()?;
+        self.take(n as usize)
     }
     /// `Some(None)` for an absent string, `None` when truncated.
     fn str(&mut self) -> Option<Option<String>> {
@@ -742,6 +1475,14 @@ mod tests {
             error: "boom".into(),
             response_excerpt: b"busy".to_vec(),
             request_line: "POST http://x/".into(),
+            request: RequestLog {
+                signed: true,
+                content_type: Some("application/json"),
+                body_len: 12,
+                body_is_data: false,
+                body_excerpt: b"{\"a\": true}".to_vec(),
+                headers: vec![("X-Partner".into(), "555".into())],
+            },
         };
         let mut buf = Vec::new();
         a.encode(&mut buf);
@@ -785,7 +1526,7 @@ mod tests {
                     seq: 100 + round,
                     ep: 1,
                 },
-                0,
+                DueVal::NEW,
             );
             s.commit(b, true).unwrap();
             assert_eq!(
@@ -806,5 +1547,289 @@ mod tests {
         s.commit(b, false).unwrap();
         assert_eq!(s.count_due().unwrap(), 4);
         assert_eq!(s.event_by_id("id-101").unwrap().unwrap().seq, 101);
+    }
+
+    /// A store with `n` events (seq 1000..): type `a` for even seqs, `b` for odd; account
+    /// `p1` for every third; routes [1] and, for odd seqs, also 2. Endpoint 2's deliveries
+    /// of every fifth event failed; endpoint 1's were delivered for seqs ≥ 1000 + n/2.
+    fn filled(n: u64) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut b = s.batch();
+        for i in 0..n {
+            let seq = 1000 + i;
+            let routes = if seq % 2 == 1 { vec![1, 2] } else { vec![1] };
+            let e = EventRecord {
+                seq,
+                ext_id: None,
+                etype: if seq % 2 == 0 { "a" } else { "b" }.into(),
+                account: (seq % 3 == 0).then(|| "p1".to_string()),
+                time_ms: 0,
+                routes: routes.clone(),
+                data: Bytes::from_static(b"{}"),
+            };
+            b.put_event(&s, &e);
+            if routes.contains(&2) && seq % 5 == 0 {
+                let a = AttemptRecord {
+                    state_after: Some(DeliveryState::Failed),
+                    ..AttemptRecord::default()
+                };
+                b.put_attempt(&s, seq, 2, 1, &a);
+                b.set_state(&s, DeliveryState::Failed, 2, seq);
+            }
+            if i >= n / 2 {
+                let a = AttemptRecord {
+                    state_after: Some(DeliveryState::Delivered),
+                    ..AttemptRecord::default()
+                };
+                b.put_attempt(&s, seq, 1, 1, &a);
+            }
+        }
+        s.commit(b, false).unwrap();
+        (dir, s)
+    }
+
+    /// Every page of `q` until the cursor runs out; the sequence numbers in order.
+    fn all_pages(s: &Store, mut q: EventQuery) -> Vec<Seq> {
+        let mut out = Vec::new();
+        loop {
+            let page = s.query(&q).unwrap();
+            out.extend(page.events.iter().map(|(e, _)| e.seq));
+            match page.next {
+                Some(n) => q.before = Some(n),
+                None => return out,
+            }
+        }
+    }
+
+    fn q(limit: usize) -> EventQuery {
+        EventQuery {
+            limit,
+            budget: 1_000_000,
+            ..EventQuery::default()
+        }
+    }
+
+    #[test]
+    fn queries_use_indexes_newest_first_and_page_without_gaps() {
+        let (_d, s) = filled(200);
+        let expect = |f: &dyn Fn(u64) -> bool| -> Vec<Seq> {
+            (1000..1200).rev().filter(|x| f(*x)).collect()
+        };
+        let by_type = all_pages(
+            &s,
+            EventQuery {
+                etype: Some("a".into()),
+                ..q(7)
+            },
+        );
+        assert_eq!(by_type, expect(&|x| x % 2 == 0));
+        let by_account = all_pages(
+            &s,
+            EventQuery {
+                account: Some("p1".into()),
+                ..q(9)
+            },
+        );
+        assert_eq!(by_account, expect(&|x| x % 3 == 0));
+        let by_ep = all_pages(
+            &s,
+            EventQuery {
+                ep: Some(2),
+                ..q(50)
+            },
+        );
+        assert_eq!(by_ep, expect(&|x| x % 2 == 1));
+        let failed = all_pages(
+            &s,
+            EventQuery {
+                ep: Some(2),
+                state: Some(DeliveryState::Failed),
+                ..q(3)
+            },
+        );
+        assert_eq!(failed, expect(&|x| x % 2 == 1 && x % 5 == 0));
+        let failed_any = all_pages(
+            &s,
+            EventQuery {
+                state: Some(DeliveryState::Failed),
+                ..q(4)
+            },
+        );
+        assert_eq!(failed_any, failed);
+        // Filter-checked states and combinations.
+        let delivered = all_pages(
+            &s,
+            EventQuery {
+                state: Some(DeliveryState::Delivered),
+                etype: Some("b".into()),
+                ..q(10)
+            },
+        );
+        assert_eq!(delivered, expect(&|x| x >= 1100 && x % 2 == 1));
+        let pending_on_1 = all_pages(
+            &s,
+            EventQuery {
+                ep: Some(1),
+                state: Some(DeliveryState::Pending),
+                ..q(10)
+            },
+        );
+        assert_eq!(pending_on_1, expect(&|x| x < 1100));
+        // Time window (seq → ms: these seqs are all in ms 0 and 1).
+        let all = all_pages(&s, q(1000));
+        assert_eq!(all.len(), 200);
+        let window = all_pages(
+            &s,
+            EventQuery {
+                since_ms: Some(1),
+                ..q(1000)
+            },
+        );
+        assert_eq!(window, expect(&|x| x >= seq_floor(1)));
+        let none = all_pages(
+            &s,
+            EventQuery {
+                until_ms: Some(0),
+                ..q(1000)
+            },
+        );
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn a_small_budget_returns_short_pages_that_still_cover_everything() {
+        let (_d, s) = filled(100);
+        let mut qu = EventQuery {
+            ep: Some(2),
+            state: Some(DeliveryState::Delivered),
+            budget: 5,
+            ..q(10)
+        };
+        let mut seen = Vec::new();
+        let mut pages = 0;
+        loop {
+            let page = s.query(&qu).unwrap();
+            assert!(page.events.len() <= 10);
+            pages += 1;
+            seen.extend(page.events.iter().map(|(e, _)| e.seq));
+            match page.next {
+                Some(n) => qu.before = Some(n),
+                None => break,
+            }
+        }
+        // Endpoint 2 was never delivered to: nothing matches, but every page was bounded.
+        assert!(seen.is_empty());
+        assert!(pages >= 10, "{pages} pages");
+        qu = EventQuery {
+            ep: Some(1),
+            state: Some(DeliveryState::Delivered),
+            budget: 5,
+            ..q(10)
+        };
+        assert_eq!(all_pages(&s, qu), (1050..1100).rev().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn delivery_states_follow_attempts_pauses_and_replays() {
+        let (_d, s) = filled(10);
+        let ev = s.event(1005).unwrap().unwrap();
+        let st = |s: &Store| -> Vec<(EndpointId, DeliveryState, u16)> {
+            s.deliveries(&ev)
+                .unwrap()
+                .iter()
+                .map(|v| (v.ep, v.state, v.attempts))
+                .collect()
+        };
+        assert_eq!(
+            st(&s),
+            vec![
+                (1, DeliveryState::Delivered, 1),
+                (2, DeliveryState::Failed, 1)
+            ]
+        );
+        // A replay of the failed one: pending again until its next attempt.
+        let mut b = s.batch();
+        b.clear_state(&s, DeliveryState::Failed, 2, 1005);
+        b.set_state(&s, DeliveryState::Pending, 2, 1005);
+        s.commit(b, false).unwrap();
+        assert_eq!(st(&s)[1], (2, DeliveryState::Pending, 1));
+        let mut b = s.batch();
+        b.pause(
+            &s,
+            2,
+            1005,
+            DueVal {
+                attempts: 1,
+                first: 1,
+            },
+        );
+        s.commit(b, false).unwrap();
+        assert_eq!(st(&s)[1].1, DeliveryState::Paused);
+        let mut b = s.batch();
+        b.unpause(&s, 2, 1005);
+        b.clear_state(&s, DeliveryState::Pending, 2, 1005);
+        b.put_attempt(
+            &s,
+            1005,
+            2,
+            2,
+            &AttemptRecord {
+                state_after: Some(DeliveryState::Retrying),
+                ..AttemptRecord::default()
+            },
+        );
+        s.commit(b, false).unwrap();
+        assert_eq!(st(&s)[1], (2, DeliveryState::Retrying, 2));
+    }
+
+    #[test]
+    fn retention_floor_hides_and_deletes_old_events() {
+        let (_d, s) = filled(50);
+        s.set_retention_floor(1020);
+        let mut b = s.batch();
+        b.delete_before(&s, 1020);
+        s.commit(b, false).unwrap();
+        assert!(s.event(1019).unwrap().is_none());
+        assert!(s.event(1020).unwrap().is_some());
+        assert!(s.attempts(1030).unwrap().len() == 1);
+        assert!(s.attempts(1019).unwrap().is_empty());
+        let all = all_pages(&s, q(1000));
+        assert_eq!(all, (1020..1050).rev().collect::<Vec<_>>());
+        // Compaction drops index entries below the floor.
+        s.flush().unwrap();
+        s.db.compact_range_cf(s.cf(CF_INDEX), None::<&[u8]>, None::<&[u8]>);
+        let mut it = s.db.raw_iterator_cf(s.cf(CF_INDEX));
+        it.seek_to_first();
+        while it.valid() {
+            assert!(IndexKey::seq_of(it.key().unwrap()).unwrap() >= 1020);
+            it.next();
+        }
+    }
+
+    #[test]
+    fn endpoint_configs_and_names_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let cfg: EndpointConfig =
+            toml::from_str("name = \"p\"\nevents = [\"t\"]\nurl = \"http://h/\"\n").unwrap();
+        let mut b = s.batch();
+        let meta = EndpointMeta {
+            id: 7,
+            source: EndpointSource::Api,
+            ..EndpointMeta::default()
+        };
+        b.put_endpoint(&s, "p", &meta);
+        b.put_endpoint_config(&s, 7, "p", &cfg);
+        s.commit(b, true).unwrap();
+        let all = s.stored_endpoints().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].meta, meta);
+        assert_eq!(all[0].config.as_ref().unwrap().url, "http://h/");
+        let mut b = s.batch();
+        b.delete_endpoint(&s, "p", 7);
+        s.commit(b, true).unwrap();
+        assert!(s.stored_endpoints().unwrap().is_empty());
+        assert_eq!(s.endpoint_names().unwrap()[&7], "p");
     }
 }

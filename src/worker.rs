@@ -44,7 +44,8 @@ use crate::schedule::wheel::TimerWheel;
 use crate::schedule::{after_attempt, classify_response, FailClass, Verdict};
 use crate::shard::{Mailbox, MailboxSender};
 use crate::store::{
-    seq_time_ms, AttemptRecord, DeliveryState, DueKey, EndpointId, EndpointMeta, EventRecord,
+    seq_time_ms, AttemptRecord, DeliveryState, DueKey, DueVal, EndpointId, EndpointMeta,
+    EventRecord,
 };
 use crate::template::Doc;
 
@@ -59,8 +60,8 @@ pub struct Job {
     pub ep: EndpointId,
     /// The due key it was loaded under (retired when it completes).
     pub due: DueKey,
-    /// Attempts already made.
-    pub attempts: u16,
+    /// Attempts already made, and where the current round began.
+    pub val: DueVal,
 }
 
 /// Messages to a worker.
@@ -77,6 +78,22 @@ pub enum WorkerMsg {
     SetEnabled {
         ep: EndpointId,
         enabled: bool,
+    },
+    /// An endpoint was created or replaced: the next attempt uses this spec. `meta`
+    /// gives a new endpoint its persisted state (a replaced one keeps its own).
+    Upsert {
+        spec: Arc<EndpointSpec>,
+        meta: EndpointMeta,
+    },
+    /// An endpoint was deleted: its queued jobs are dropped (retired in the store).
+    Remove {
+        ep: EndpointId,
+    },
+    /// Make one attempt of `event` with `spec` (no retries, no log) and answer with it.
+    Test {
+        spec: Arc<EndpointSpec>,
+        event: Arc<EventRecord>,
+        reply: crossbeam_channel::Sender<AttemptRecord>,
     },
     /// Copy this worker's metrics out.
     Snapshot(crossbeam_channel::Sender<WorkerSnapshot>),
@@ -120,6 +137,8 @@ struct WJob {
     ep: EndpointId,
     due: DueKey,
     attempts: u16,
+    /// Attempts made before the current round (a replay starts a new one).
+    first: u16,
     /// The endpoint's generation when the job arrived; a job from before an
     /// enable/disable is stale (the store moved the delivery meanwhile).
     gen: u32,
@@ -136,7 +155,10 @@ impl Queued for WJob {
 
 /// An endpoint's live state on its worker.
 struct Ep {
-    spec: Arc<EndpointSpec>,
+    /// Replaced live by [`WorkerMsg::Upsert`]; read afresh for every attempt.
+    spec: RefCell<Arc<EndpointSpec>>,
+    /// Deleted: lanes exit, jobs are dropped.
+    removed: Cell<bool>,
     queue: RefCell<JobQueue<WJob>>,
     lanes: Cell<u32>,
     idle: RefCell<Vec<Rc<LocalNotify>>>,
@@ -154,11 +176,39 @@ struct Ep {
 }
 
 impl Ep {
+    fn new(spec: Arc<EndpointSpec>, meta: &EndpointMeta, now: u64) -> Ep {
+        Ep {
+            bucket: RefCell::new(TokenBucket::new_empty(spec.cfg.max_rps, now)),
+            queue: RefCell::new(JobQueue::new(spec.cfg.ordered)),
+            spec: RefCell::new(spec),
+            removed: Cell::new(false),
+            lanes: Cell::new(0),
+            idle: RefCell::new(Vec::new()),
+            disabled: Cell::new(meta.disabled_reason.is_some()),
+            fails: Cell::new(meta.fails),
+            pacing: Cell::new(false),
+            gen: Cell::new(0),
+            counts: RefCell::new(EndpointCounts::default()),
+        }
+    }
+
+    fn spec(&self) -> Arc<EndpointSpec> {
+        self.spec.borrow().clone()
+    }
+
     fn max_lanes(&self) -> u32 {
-        if self.spec.cfg.ordered {
+        let spec = self.spec.borrow();
+        if spec.cfg.ordered {
             1
         } else {
-            self.spec.cfg.max_in_flight
+            spec.cfg.max_in_flight
+        }
+    }
+
+    /// Wakes every idle lane (to exit, or to re-read the spec).
+    fn wake_lanes(&self) {
+        for n in self.idle.borrow_mut().drain(..) {
+            n.notify();
         }
     }
 }
@@ -202,23 +252,7 @@ pub async fn run(setup: WorkerSetup) {
         .into_iter()
         .map(|spec| {
             let meta = setup.state.get(&spec.id).cloned().unwrap_or_default();
-            let bucket = TokenBucket::new_empty(spec.cfg.max_rps, start);
-            let queue = JobQueue::new(spec.cfg.ordered);
-            (
-                spec.id,
-                Rc::new(Ep {
-                    spec,
-                    queue: RefCell::new(queue),
-                    lanes: Cell::new(0),
-                    idle: RefCell::new(Vec::new()),
-                    disabled: Cell::new(meta.disabled_reason.is_some()),
-                    fails: Cell::new(meta.fails),
-                    bucket: RefCell::new(bucket),
-                    pacing: Cell::new(false),
-                    gen: Cell::new(0),
-                    counts: RefCell::new(EndpointCounts::default()),
-                }),
-            )
+            (spec.id, Rc::new(Ep::new(spec, &meta, start)))
         })
         .collect();
     let w = Rc::new(Worker {
@@ -253,9 +287,7 @@ pub async fn run(setup: WorkerSetup) {
     w.stopping.set(true);
     // Wake idle lanes so they exit; wait (bounded) for attempts in flight.
     for ep in w.endpoints.borrow().values() {
-        for n in ep.idle.borrow_mut().drain(..) {
-            n.notify();
-        }
+        ep.wake_lanes();
     }
     let deadline = Instant::now() + setup.drain_timeout;
     while w.active.get() > 0 && Instant::now() < deadline {
@@ -340,7 +372,8 @@ impl Worker {
                         ev,
                         ep: j.ep,
                         due: j.due,
-                        attempts: j.attempts,
+                        attempts: j.val.attempts,
+                        first: j.val.first,
                         gen,
                     };
                     if job.due.due_ms > now && !self.is_ordered(job.ep) {
@@ -363,6 +396,32 @@ impl Worker {
                     }
                 }
             }
+            WorkerMsg::Upsert { spec, meta } => self.upsert(spec, &meta),
+            WorkerMsg::Remove { ep } => self.remove(ep),
+            WorkerMsg::Test { spec, event, reply } => {
+                let w = self.clone();
+                monoio::spawn(async move {
+                    let ev = WorkEvent {
+                        rec: event,
+                        doc: OnceCell::new(),
+                    };
+                    let mut slot = ConnSlot::default();
+                    let (mut rec, verdict) = w
+                        .try_once(
+                            &spec,
+                            &ev,
+                            &mut slot,
+                            &mut Vec::new(),
+                            &mut Scratch::default(),
+                        )
+                        .await;
+                    rec.state_after = Some(match verdict {
+                        Verdict::Delivered => DeliveryState::Delivered,
+                        _ => DeliveryState::Failed,
+                    });
+                    let _ = reply.send(rec);
+                });
+            }
             WorkerMsg::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
             }
@@ -377,7 +436,7 @@ impl Worker {
             worker: self.idx,
             endpoints: eps
                 .values()
-                .map(|e| (e.spec.cfg.name.clone(), *e.counts.borrow()))
+                .map(|e| (e.spec.borrow().cfg.name.clone(), *e.counts.borrow()))
                 .collect(),
             rejected_invalid: self.ingest_counters.invalid.get(),
             rejected_too_large: self.ingest_counters.too_large.get(),
@@ -415,7 +474,57 @@ impl Worker {
         self.endpoints
             .borrow()
             .get(&ep)
-            .is_some_and(|e| e.spec.cfg.ordered)
+            .is_some_and(|e| e.spec.borrow().cfg.ordered)
+    }
+
+    /// Creates an endpoint, or swaps a live one's spec: queued jobs stay queued and the
+    /// next attempt renders with the new spec. A changed rate limit gets a fresh bucket,
+    /// a changed `ordered` a queue of the other kind (holding the same jobs).
+    fn upsert(self: &Rc<Self>, spec: Arc<EndpointSpec>, meta: &EndpointMeta) {
+        let existing = self.endpoints.borrow().get(&spec.id).cloned();
+        let Some(ep) = existing else {
+            let id = spec.id;
+            self.endpoints
+                .borrow_mut()
+                .insert(id, Rc::new(Ep::new(spec, meta, now_ms())));
+            return;
+        };
+        let old = ep.spec.replace(spec.clone());
+        if old.cfg.max_rps != spec.cfg.max_rps {
+            *ep.bucket.borrow_mut() = TokenBucket::new_empty(spec.cfg.max_rps, now_ms());
+        }
+        if old.cfg.ordered != spec.cfg.ordered {
+            let jobs = ep.queue.borrow_mut().drain();
+            let mut q = JobQueue::new(spec.cfg.ordered);
+            for j in jobs {
+                if let Err(stale) = q.push(j) {
+                    self.report(stale, None, Next::Stale);
+                }
+            }
+            *ep.queue.borrow_mut() = q;
+        }
+        // Idle lanes re-read the spec; lanes over a lowered max_in_flight exit.
+        ep.wake_lanes();
+        if !ep.queue.borrow().is_empty() {
+            while ep.lanes.get() < ep.max_lanes() && ep.lanes.get() < ep.queue.borrow().len() as u32
+            {
+                ep.lanes.set(ep.lanes.get() + 1);
+                monoio::spawn(lane(self.clone(), ep.clone()));
+            }
+        }
+    }
+
+    /// Deletes an endpoint: queued jobs are retired, lanes exit after their attempt.
+    fn remove(self: &Rc<Self>, id: EndpointId) {
+        let Some(ep) = self.endpoints.borrow_mut().remove(&id) else {
+            return;
+        };
+        ep.removed.set(true);
+        let queued = ep.queue.borrow_mut().drain();
+        for job in queued {
+            self.report(job, None, Next::Done);
+        }
+        ep.wake_lanes();
     }
 
     fn enqueue(self: &Rc<Self>, job: WJob) {
@@ -477,6 +586,7 @@ impl Worker {
             ep: job.ep,
             due: job.due,
             attempts,
+            first: job.first,
             attempt,
             next,
             fails,
@@ -528,9 +638,10 @@ impl Worker {
         if ep.disabled.replace(true) {
             return;
         }
-        tracing::warn!(endpoint = %ep.spec.cfg.name, %reason, "endpoint disabled");
+        let spec = ep.spec();
+        tracing::warn!(endpoint = %spec.cfg.name, %reason, "endpoint disabled");
         self.commit.send(CommitMsg::EndpointDisabled {
-            ep: ep.spec.id,
+            ep: spec.id,
             reason,
         });
         let queued: Vec<WJob> = ep.queue.borrow_mut().drain();
@@ -539,16 +650,16 @@ impl Worker {
         }
     }
 
-    /// Makes one attempt of `job` and reports its outcome.
-    async fn attempt(
-        self: &Rc<Self>,
-        ep: &Ep,
-        job: WJob,
+    /// One HTTP attempt of `ev` with `spec`: build, resolve, exchange, classify. Counts
+    /// nothing and decides nothing about the delivery.
+    async fn try_once(
+        &self,
+        spec: &EndpointSpec,
+        ev: &WorkEvent,
         slot: &mut ConnSlot,
         wbuf: &mut Vec<u8>,
         scratch: &mut Scratch,
-    ) {
-        let spec = ep.spec.clone();
+    ) -> (AttemptRecord, Verdict) {
         let cfg = &spec.cfg;
         let at_ms = now_ms();
         let started = Instant::now();
@@ -557,18 +668,19 @@ impl Worker {
             ..AttemptRecord::default()
         };
         let doc = if spec.needs_doc {
-            job.ev.doc()
+            ev.doc()
         } else {
             &self.empty_doc
         };
         wbuf.clear();
-        let verdict = match request::build(&spec, &job.ev.rec, doc, at_ms / 1000, scratch, wbuf) {
+        let verdict = match request::build(spec, &ev.rec, doc, at_ms / 1000, scratch, wbuf) {
             Err(e) => {
                 rec.error = e.to_string();
                 Verdict::Permanent
             }
             Ok(target) => {
-                rec.request_line = request::request_line(&spec, &target);
+                rec.request_line = request::request_line(spec, &target);
+                rec.request = request::log_of(spec, scratch);
                 {
                     match self.resolver.resolve(&target.host).await {
                         Err(e) => {
@@ -640,6 +752,22 @@ impl Worker {
             }
         };
         rec.latency_us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        rec.latency_us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        (rec, verdict)
+    }
+
+    /// Makes one attempt of `job` and reports its outcome.
+    async fn attempt(
+        self: &Rc<Self>,
+        ep: &Ep,
+        job: WJob,
+        slot: &mut ConnSlot,
+        wbuf: &mut Vec<u8>,
+        scratch: &mut Scratch,
+    ) {
+        let spec = ep.spec();
+        let cfg = &spec.cfg;
+        let (mut rec, verdict) = self.try_once(&spec, &job.ev, slot, wbuf, scratch).await;
         // Consecutive-failure counters and automatic disabling.
         match &verdict {
             Verdict::Delivered => ep.fails.set([0; 3]),
@@ -661,7 +789,8 @@ impl Worker {
             Verdict::Permanent => {}
         }
         let attempts = job.attempts.saturating_add(1);
-        let (mut state, mut next) = after_attempt(cfg, attempts as u32, &verdict, now_ms());
+        let in_round = attempts.saturating_sub(job.first);
+        let (mut state, mut next) = after_attempt(cfg, in_round as u32, &verdict, now_ms());
         if ep.disabled.get() && matches!(next, Next::Retry { .. }) {
             state = DeliveryState::Paused;
             next = Next::Paused;
@@ -679,6 +808,7 @@ impl Worker {
                         ep: job.ep,
                         due: DueKey { due_ms, ..job.due },
                         attempts,
+                        first: job.first,
                         gen: job.gen,
                     };
                     let _ = ep.queue.borrow_mut().push(kept);
@@ -692,7 +822,8 @@ impl Worker {
     /// Connects a rate-limited endpoint's lane before it takes a token (static URLs
     /// only), so arrivals at the receiver keep the bucket's spacing.
     async fn warm(&self, ep: &Ep, slot: &mut ConnSlot) {
-        let Some(target) = ep.spec.static_target.clone() else {
+        let spec = ep.spec();
+        let Some(target) = spec.static_target.clone() else {
             return;
         };
         let Ok(addrs) = self.resolver.resolve(&target.host).await else {
@@ -702,7 +833,7 @@ impl Worker {
             return;
         };
         let addr = SocketAddr::new(ip, target.port);
-        let _ = monoio::time::timeout(ep.spec.cfg.timeout, slot.warm(&target, addr)).await;
+        let _ = monoio::time::timeout(spec.cfg.timeout, slot.warm(&target, addr)).await;
     }
 
     fn pick_addr(&self, addrs: &[IpAddr]) -> Option<IpAddr> {
@@ -753,10 +884,14 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
     let mut scratch = Scratch::default();
     let me = Rc::new(LocalNotify::default());
     loop {
+        if ep.removed.get() || ep.lanes.get() > ep.max_lanes() {
+            // Deleted, or one lane too many after max_in_flight was lowered.
+            break;
+        }
         let ready = ep.queue.borrow().ready(now_ms());
         let job = match ready {
             Ready::Now => {
-                if ep.spec.cfg.max_rps > 0 {
+                if ep.spec.borrow().cfg.max_rps > 0 {
                     w.warm(&ep, &mut slot).await;
                 }
                 if !take_token(&ep, &me).await {

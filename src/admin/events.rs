@@ -1,20 +1,32 @@
-//! `/v1/events`: HTTP ingest (`POST /v1/events`) and the webhook log's
-//! `GET /v1/events/{id}`.
+//! `/v1/events…`: HTTP ingest (`POST /v1/events`), the webhook log (`GET /v1/events`
+//! with filters and a cursor, `GET /v1/events/{id}`) and replay.
 //!
 //! Ingest parses the body with the socket's own [`LineParser`] and sends it to the
 //! committer as a one-event batch, so validation, idempotency and durability are the
-//! socket's; the answer comes back over a channel once the event is durable.
+//! socket's; the answer comes back over a channel once the event is durable. The log is
+//! read from the store's indexes ([`Store::query`](crate::store::Store::query)); a
+//! replay is a committer message.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{error, json_response, rfc3339, Admin, Response};
-use crate::commit::{AckResult, AckTo, CommitMsg, IngestBatch};
+use super::{await_reply, error, json_response, rfc3339, Admin, Params, Response};
+use crate::commit::{AckResult, AckTo, CommitMsg, IngestBatch, ReplayResult};
+use crate::deliver::request::{REDACTED, USER_AGENT};
 use crate::ingest::parse::LineParser;
-use crate::store::{seq_time_ms, DeliveryState, StoreError};
+use crate::store::{
+    seq_time_ms, AttemptRecord, DeliveryState, DeliveryView, EndpointId, EventQuery, EventRecord,
+    StoreError, BODY_EXCERPT,
+};
+
+/// Page size of `GET /v1/events` unless `limit` says otherwise, and its maximum.
+const DEFAULT_LIMIT: usize = 50;
+const MAX_LIMIT: usize = 1000;
+/// Index entries one `GET /v1/events` examines at most (a page may come back short,
+/// with a cursor).
+const SCAN_BUDGET: usize = 20_000;
 
 /// How long `POST /v1/events` waits for the committer before answering 503.
 const ACK_WAIT: Duration = Duration::from_secs(10);
@@ -83,57 +95,245 @@ impl Admin {
         let Some(ev) = self.store.event_by_id(id)? else {
             return Ok(None);
         };
-        let names: HashMap<u32, String> = self
-            .store
-            .endpoints()?
-            .into_iter()
-            .map(|(n, m)| (m.id, n))
-            .collect();
+        let names = self.store.endpoint_names()?;
         let attempts = self.store.attempts(ev.seq)?;
-        let mut deliveries = Vec::new();
-        for ep in &ev.routes {
-            let mine: Vec<_> = attempts.iter().filter(|(e, _, _)| e == ep).collect();
-            let mut state = mine
-                .last()
-                .and_then(|(_, _, a)| a.state_after)
-                .unwrap_or(DeliveryState::Pending);
-            // Disabling moves every pending delivery to the paused set at once.
-            if self.store.is_paused(*ep, ev.seq)? {
-                state = DeliveryState::Paused;
-            }
-            let list: Vec<Value> = mine
-                .iter()
-                .map(|(_, n, a)| {
-                    let (method, url) = a.request_line.split_once(' ').unwrap_or(("", ""));
-                    json!({
-                        "n": n,
-                        "at": rfc3339(a.at_ms),
-                        "status_code": (a.status != 0).then_some(a.status),
-                        "timed_out": a.timed_out,
-                        "latency_ms": a.latency_us as f64 / 1000.0,
-                        "error": (!a.error.is_empty()).then_some(&a.error),
-                        "response_excerpt": String::from_utf8_lossy(&a.response_excerpt),
-                        "state_after": a.state_after.map(DeliveryState::as_str),
-                        "next_attempt_at": (a.next_due_ms != 0).then(|| rfc3339(a.next_due_ms)),
-                        "request": { "method": method, "url": url },
-                    })
+        let views = self.store.deliveries(&ev)?;
+        let display_id = ev.display_id();
+        let deliveries: Vec<Value> = views
+            .iter()
+            .map(|v| {
+                let list: Vec<Value> = attempts
+                    .iter()
+                    .filter(|(e, _, _)| *e == v.ep)
+                    .map(|(_, n, a)| attempt_json(&display_id, *n, a, &ev.data))
+                    .collect();
+                json!({
+                    "endpoint": name_of(&names, v.ep),
+                    "state": v.state.as_str(),
+                    "attempts": list,
                 })
-                .collect();
-            deliveries.push(json!({
-                "endpoint": names.get(ep).cloned().unwrap_or_else(|| format!("#{ep}")),
-                "state": state.as_str(),
-                "attempts": list,
-            }));
-        }
-        let data: Value = serde_json::from_slice(&ev.data).unwrap_or(Value::Null);
-        Ok(Some(json!({
-            "id": ev.display_id(),
-            "type": ev.etype,
-            "account": ev.account,
-            "created": rfc3339(seq_time_ms(ev.seq)),
-            "time": rfc3339(ev.time_ms),
-            "data": data,
-            "deliveries": deliveries,
-        })))
+            })
+            .collect();
+        let mut out = summary(&ev, &[], &names);
+        out["data"] = serde_json::from_slice(&ev.data).unwrap_or(Value::Null);
+        out["deliveries"] = Value::Array(deliveries);
+        Ok(Some(out))
     }
+
+    /// `GET /v1/events?type=&endpoint=&account=&status=&since=&until=&limit=&cursor=`.
+    pub(super) fn list_events(&self, p: &Params) -> Response {
+        let limit = match p.get("limit") {
+            None => DEFAULT_LIMIT,
+            Some(l) => match l.parse::<usize>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+                _ => return error(400, format!("limit must be 1..={MAX_LIMIT}, not {l:?}")),
+            },
+        };
+        let state = match p.get("status") {
+            None => None,
+            Some(s) => match DeliveryState::parse(s) {
+                Some(st) => Some(st),
+                None => {
+                    return error(
+                        400,
+                        format!(
+                            "status {s:?} is not a delivery state (pending, retrying, delivered, failed, paused, expired)"
+                        ),
+                    )
+                }
+            },
+        };
+        let ep = match p.get("endpoint") {
+            None => None,
+            Some(name) => match self.endpoint_id(name) {
+                Ok(Some(id)) => Some(id),
+                Ok(None) => return error(404, format!("no endpoint {name:?}")),
+                Err(e) => return error(500, e.to_string()),
+            },
+        };
+        let before = match p.get("cursor").or_else(|| p.get("next")) {
+            None => None,
+            Some(c) => match decode_cursor(c) {
+                Some(seq) => Some(seq),
+                None => return error(400, format!("cursor {c:?} is not one this API gave")),
+            },
+        };
+        let (since_ms, until_ms) = match (p.time_ms("since"), p.time_ms("until")) {
+            (Ok(s), Ok(u)) => (s, u),
+            (Err(r), _) | (_, Err(r)) => return r,
+        };
+        let q = EventQuery {
+            etype: p.get("type").map(str::to_string),
+            account: p.get("account").map(str::to_string),
+            ep,
+            state,
+            since_ms,
+            until_ms,
+            before,
+            limit,
+            budget: SCAN_BUDGET,
+        };
+        let page = match self.store.query(&q) {
+            Ok(p) => p,
+            Err(e) => return error(500, e.to_string()),
+        };
+        let names = match self.store.endpoint_names() {
+            Ok(n) => n,
+            Err(e) => return error(500, e.to_string()),
+        };
+        let events: Vec<Value> = page
+            .events
+            .iter()
+            .map(|(ev, views)| summary(ev, views, &names))
+            .collect();
+        json_response(
+            200,
+            &json!({ "events": events, "next": page.next.map(encode_cursor) }),
+        )
+    }
+
+    /// An endpoint's id by name: a running one, else one the log still remembers.
+    fn endpoint_id(&self, name: &str) -> Result<Option<EndpointId>, StoreError> {
+        if let Some(spec) = self.registry.read().ok().and_then(|r| r.get(name).cloned()) {
+            return Ok(Some(spec.id));
+        }
+        Ok(self
+            .store
+            .endpoint_names()?
+            .into_iter()
+            .filter(|(_, n)| n == name)
+            .map(|(id, _)| id)
+            .max())
+    }
+
+    /// `POST /v1/events/{id}/replay[?endpoint=NAME]`.
+    pub(super) fn replay(&self, id: &str, p: &Params) -> Response {
+        let ev = match self.store.event_by_id(id) {
+            Ok(Some(ev)) => ev,
+            Ok(None) => return error(404, format!("no event {id:?}")),
+            Err(e) => return error(500, e.to_string()),
+        };
+        let only = match p.get("endpoint") {
+            None => None,
+            Some(name) => match self.registry.read().ok().and_then(|r| r.get(name).cloned()) {
+                Some(spec) => Some(spec.id),
+                None => return error(404, format!("no endpoint {name:?}")),
+            },
+        };
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if !self.commit.send(CommitMsg::Replay {
+            targets: vec![(ev.seq, only)],
+            reply: tx,
+        }) {
+            return error(503, "server is shutting down");
+        }
+        let result = match await_reply(rx) {
+            Ok(mut r) => r.pop(),
+            Err(r) => return r,
+        };
+        let names = self.store.endpoint_names().unwrap_or_default();
+        match result {
+            Some(ReplayResult::Scheduled(eps)) => {
+                let scheduled: Vec<String> = eps.iter().map(|ep| name_of(&names, *ep)).collect();
+                json_response(202, &json!({ "id": id, "scheduled": scheduled }))
+            }
+            Some(ReplayResult::NoEvent) => error(404, format!("no event {id:?}")),
+            Some(ReplayResult::Busy) => error(
+                409,
+                "nothing to replay: the deliveries are still pending, retrying or paused (or their endpoints are gone)",
+            ),
+            Some(ReplayResult::Failed(msg)) => error(503, msg),
+            None => error(500, "no answer for the replay"),
+        }
+    }
+}
+
+fn name_of(names: &std::collections::HashMap<EndpointId, String>, ep: EndpointId) -> String {
+    names.get(&ep).cloned().unwrap_or_else(|| format!("#{ep}"))
+}
+
+/// An event as the log lists it: without data, each delivery with its state.
+fn summary(
+    ev: &EventRecord,
+    views: &[DeliveryView],
+    names: &std::collections::HashMap<EndpointId, String>,
+) -> Value {
+    json!({
+        "id": ev.display_id(),
+        "type": ev.etype,
+        "account": ev.account,
+        "created": rfc3339(seq_time_ms(ev.seq)),
+        "time": rfc3339(ev.time_ms),
+        "deliveries": views.iter().map(|v| json!({
+            "endpoint": name_of(names, v.ep),
+            "state": v.state.as_str(),
+            "attempts": v.attempts,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Cursors are opaque to clients: `c` and the sequence number to continue below, in hex.
+fn encode_cursor(seq: u64) -> String {
+    format!("c{seq:x}")
+}
+
+fn decode_cursor(c: &str) -> Option<u64> {
+    u64::from_str_radix(c.strip_prefix('c')?, 16).ok()
+}
+
+/// One attempt as the log shows it, with the request it sent rebuilt from the record:
+/// the standard headers from the event id and the attempt time, the endpoint's headers as
+/// kept (secrets redacted), the body excerpt (or the event's data, when that was the body).
+pub(super) fn attempt_json(event_id: &str, n: u16, a: &AttemptRecord, data: &[u8]) -> Value {
+    let (method, url) = a.request_line.split_once(' ').unwrap_or(("", ""));
+    let mut headers = serde_json::Map::new();
+    if !url.is_empty() {
+        let host = url
+            .split_once("://")
+            .map(|(_, rest)| rest.split('/').next().unwrap_or(rest))
+            .unwrap_or("");
+        headers.insert("Host".into(), json!(host));
+        headers.insert("User-Agent".into(), json!(USER_AGENT));
+        if let Some(ct) = a.request.content_type {
+            headers.insert("Content-Type".into(), json!(ct));
+            headers.insert(
+                "Content-Length".into(),
+                json!(a.request.body_len.to_string()),
+            );
+        }
+        headers.insert("webhook-id".into(), json!(event_id));
+        headers.insert(
+            "webhook-timestamp".into(),
+            json!((a.at_ms / 1000).to_string()),
+        );
+        if a.request.signed {
+            headers.insert("webhook-signature".into(), json!(REDACTED));
+        }
+        for (k, v) in &a.request.headers {
+            headers.insert(k.clone(), json!(v));
+        }
+    }
+    let body: &[u8] = if a.request.body_is_data {
+        &data[..data.len().min(BODY_EXCERPT)]
+    } else {
+        &a.request.body_excerpt
+    };
+    json!({
+        "n": n,
+        "at": rfc3339(a.at_ms),
+        "status_code": (a.status != 0).then_some(a.status),
+        "timed_out": a.timed_out,
+        "latency_ms": a.latency_us as f64 / 1000.0,
+        "error": (!a.error.is_empty()).then_some(&a.error),
+        "response_excerpt": String::from_utf8_lossy(&a.response_excerpt),
+        "state_after": a.state_after.map(DeliveryState::as_str),
+        "next_attempt_at": (a.next_due_ms != 0).then(|| rfc3339(a.next_due_ms)),
+        "request": {
+            "method": method,
+            "url": url,
+            "headers": headers,
+            "body": String::from_utf8_lossy(body),
+            "body_length": a.request.body_len,
+        },
+    })
 }

@@ -1,11 +1,13 @@
-//! The admin HTTP API (SPEC §7): health, Prometheus metrics, HTTP ingest, the endpoints'
-//! configuration and state, and the webhook log's `GET /v1/events/{id}`.
+//! The admin HTTP API (SPEC §7): health, Prometheus metrics, HTTP ingest, endpoints
+//! managed live, the webhook log, replay and recover.
 //!
 //! Runs on its own threads with blocking sockets (one per connection, at most
 //! [`MAX_CONNS`]) and reads the store directly, so it never slows a worker. Everything
-//! that changes state goes through the committer's mailbox: an ingested event is a
-//! one-event batch answered over a channel; metrics are snapshots the workers and the
-//! committer send back when asked. Binds loopback by default; with `admin_token` every
+//! that changes state goes through the committer's mailbox and is answered over a
+//! channel once durable: an ingested event (a one-event batch), an endpoint created,
+//! replaced or deleted, a replay. Metrics are snapshots the workers and the committer
+//! send back when asked; a test delivery is one attempt made by the endpoint's worker.
+//! The compiled endpoints are read from the [`Registry`] the committer keeps. Binds loopback by default; with `admin_token` every
 //! `/v1` call needs `Authorization: Bearer <token>` (compared in constant time), while
 //! `/health` and `/metrics` stay open. Request heads are capped at 16 KiB and bodies at
 //! [`MAX_BODY`]; a malformed request is a 4xx, never a panic.
@@ -14,13 +16,14 @@
 //! wait on them is bounded.
 //!
 //! One file per resource: `events.rs` (`/v1/events…`), `endpoints.rs`
-//! (`/v1/endpoints…`), `metrics.rs` (`/metrics`).
+//! (`/v1/endpoints…`), `metrics.rs` (`/metrics`); `samples.rs` holds the sample events
+//! of test deliveries.
 
 mod endpoints;
 mod events;
 mod metrics;
+mod samples;
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -29,8 +32,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::commit::CommitMsg;
-use crate::endpoint::EndpointSpec;
+use crate::commit::{CommitMsg, Registry};
 use crate::shard::MailboxSender;
 use crate::store::Store;
 use crate::worker::WorkerMsg;
@@ -53,8 +55,8 @@ pub struct AdminSetup {
     pub token: Option<String>,
     pub commit: MailboxSender<CommitMsg>,
     pub workers: Vec<MailboxSender<WorkerMsg>>,
-    /// The configured endpoints, compiled.
-    pub endpoints: Vec<Arc<EndpointSpec>>,
+    /// The running endpoints, compiled (kept by the committer).
+    pub registry: Registry,
     pub max_line_bytes: usize,
 }
 
@@ -71,8 +73,7 @@ struct Admin {
     token: Option<String>,
     commit: MailboxSender<CommitMsg>,
     workers: Vec<MailboxSender<WorkerMsg>>,
-    /// By name.
-    endpoints: BTreeMap<String, Arc<EndpointSpec>>,
+    registry: Registry,
     max_line_bytes: usize,
     counts: HttpCounts,
     conns: AtomicUsize,
@@ -87,11 +88,7 @@ pub fn start(setup: AdminSetup) -> std::io::Result<SocketAddr> {
         token: setup.token,
         commit: setup.commit,
         workers: setup.workers,
-        endpoints: setup
-            .endpoints
-            .into_iter()
-            .map(|s| (s.cfg.name.clone(), s))
-            .collect(),
+        registry: setup.registry,
         max_line_bytes: setup.max_line_bytes,
         counts: HttpCounts::default(),
         conns: AtomicUsize::new(0),
@@ -128,6 +125,8 @@ struct Request {
     method: String,
     /// The path without the query, still percent-encoded.
     path: String,
+    /// The query string (after `?`), still encoded.
+    query: String,
     auth: Option<String>,
     close: bool,
     body: Vec<u8>,
@@ -159,10 +158,6 @@ fn error(status: u16, msg: impl Into<String>) -> Response {
     json_response(status, &json!({ "error": msg.into() }))
 }
 
-fn not_yet(what: &str) -> Response {
-    error(501, format!("{what} is not implemented yet"))
-}
-
 fn method_not_allowed() -> Response {
     error(405, "method not allowed")
 }
@@ -171,11 +166,13 @@ fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",
         200 => "OK",
+        201 => "Created",
         202 => "Accepted",
         400 => "Bad Request",
         401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
         411 => "Length Required",
         413 => "Payload Too Large",
         431 => "Request Header Fields Too Large",
@@ -231,26 +228,33 @@ impl Admin {
                 }
             }
         }
+        let params = Params::parse(&req.query);
         if path == "/v1/endpoints" {
             return match method {
                 "GET" => self.list_endpoints(),
-                "POST" => not_yet("creating endpoints over the API"),
+                "POST" => self.create_endpoint(&req.body),
                 _ => method_not_allowed(),
             };
         }
         if let Some(rest) = path.strip_prefix("/v1/endpoints/") {
-            return self.endpoint_call(method, rest);
+            return self.endpoint_call(method, rest, &params, &req.body);
         }
         if path == "/v1/events" {
             return match method {
                 "POST" => self.ingest(&req.body),
-                "GET" => not_yet("the filtered event list"),
+                "GET" => self.list_events(&params),
                 _ => method_not_allowed(),
             };
         }
         if let Some(rest) = path.strip_prefix("/v1/events/") {
-            if method == "POST" && rest.ends_with("/replay") {
-                return not_yet("replay");
+            if let Some(id) = rest.strip_suffix("/replay") {
+                return match method {
+                    "POST" => self.replay(&percent_decode(id), &params),
+                    _ => method_not_allowed(),
+                };
+            }
+            if rest.contains('/') {
+                return error(404, "no such resource");
             }
             if method != "GET" {
                 return method_not_allowed();
@@ -275,15 +279,15 @@ fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<Reques
         match r.parse(buf) {
             Ok(httparse::Status::Complete(n)) => {
                 let mut content_length: Option<usize> = None;
+                let (path, query) = r
+                    .path
+                    .unwrap_or("/")
+                    .split_once('?')
+                    .unwrap_or((r.path.unwrap_or("/"), ""));
                 let mut req = Request {
                     method: r.method.unwrap_or("").to_string(),
-                    path: r
-                        .path
-                        .unwrap_or("/")
-                        .split('?')
-                        .next()
-                        .unwrap_or("/")
-                        .to_string(),
+                    path: path.to_string(),
+                    query: query.to_string(),
                     auth: None,
                     close: r.version == Some(0),
                     body: Vec::new(),
@@ -413,6 +417,68 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
+
+/// A request's query parameters, decoded (`+` is a space).
+pub(crate) struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn parse(q: &str) -> Params {
+        Params(
+            q.split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                    (
+                        percent_decode(&k.replace('+', " ")),
+                        percent_decode(&v.replace('+', " ")),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// The last value of `key`; empty values count as absent.
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, v)| k == key && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A time given as RFC 3339 or unix milliseconds, as unix ms.
+    pub(crate) fn time_ms(&self, key: &str) -> Result<Option<u64>, Response> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        if let Ok(ms) = v.parse::<u64>() {
+            return Ok(Some(ms));
+        }
+        time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+            .ok()
+            .and_then(|t| u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                error(
+                    400,
+                    format!("{key}: {v:?} is neither RFC 3339 nor unix milliseconds"),
+                )
+            })
+    }
+}
+
+/// Waits for a committer's answer, bounded.
+fn await_reply<T>(rx: crossbeam_channel::Receiver<T>) -> Result<T, Response> {
+    rx.recv_timeout(COMMIT_WAIT).map_err(|_| {
+        error(
+            503,
+            "no answer from the committer in time; the change may or may not be applied",
+        )
+    })
+}
+
+/// How long a call waits for the committer before answering 503.
+const COMMIT_WAIT: Duration = Duration::from_secs(10);
 
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();

@@ -14,7 +14,7 @@ use sha2::Sha256;
 use crate::config::{Format, Method};
 use crate::deliver::http1::{parse_url, write_request_head_iter, Target, UrlError};
 use crate::endpoint::EndpointSpec;
-use crate::store::EventRecord;
+use crate::store::{EventRecord, RequestLog, BODY_EXCERPT};
 use crate::template::{render_default_body, Doc};
 
 /// The `User-Agent` every request carries.
@@ -28,6 +28,10 @@ pub struct Scratch {
     values: Vec<u8>,
     ranges: Vec<(usize, usize)>,
     sig: String,
+    /// Of the last request built: the body was the event's data as received.
+    passthrough: bool,
+    /// Of the last request built: its body length.
+    body_len: usize,
 }
 
 /// A request that cannot be built: never retried.
@@ -76,6 +80,8 @@ pub fn build(
         }
     }
     let body: &[u8] = if passthrough { &event.data } else { &s.body };
+    s.passthrough = passthrough;
+    s.body_len = if has_body { body.len() } else { 0 };
     let id = event.display_id();
     let mut ts_buf = itoa::Buffer::new();
     let ts = ts_buf.format(timestamp_s);
@@ -146,6 +152,43 @@ pub fn sign(keys: &[Vec<u8>], id: &str, ts: &str, body: &[u8], out: &mut String)
         base64::engine::general_purpose::STANDARD.encode_string(mac.finalize().into_bytes(), out);
     }
 }
+
+/// Header names whose values the attempt log never keeps.
+pub const SECRET_HEADERS: [&str; 2] = ["authorization", "proxy-authorization"];
+
+/// What the attempt log keeps of the request [`build`] made last with `s`: the
+/// endpoint's headers as sent (secret values redacted), the body (an excerpt, or a mark
+/// that it was the event's data).
+pub fn log_of(spec: &EndpointSpec, s: &Scratch) -> RequestLog {
+    let has_body = spec.cfg.method != Method::Get;
+    RequestLog {
+        signed: !spec.signing_keys.is_empty(),
+        content_type: has_body.then(|| spec.cfg.format.content_type()),
+        body_len: s.body_len as u32,
+        body_is_data: s.passthrough,
+        body_excerpt: if s.passthrough {
+            Vec::new()
+        } else {
+            s.body[..s.body.len().min(BODY_EXCERPT)].to_vec()
+        },
+        headers: spec
+            .headers
+            .iter()
+            .zip(s.ranges.iter())
+            .map(|((name, _), &(a, b))| {
+                let value = if SECRET_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+                    REDACTED.to_string()
+                } else {
+                    String::from_utf8_lossy(&s.values[a..b]).into_owned()
+                };
+                (name.clone(), value)
+            })
+            .collect(),
+    }
+}
+
+/// What a redacted secret reads as.
+pub const REDACTED: &str = "[redacted]";
 
 /// `METHOD URL` of a request, for the attempt log (no headers: they may hold secrets).
 pub fn request_line(spec: &EndpointSpec, target: &Target) -> std::sync::Arc<str> {

@@ -329,7 +329,8 @@ retry = ["1s", "5s"]"#,
     assert_eq!(status, 404);
     assert!(err["error"].as_str().unwrap().contains("nope"));
     assert_eq!(srv.post("/v1/endpoints/signed").0, 405);
-    assert_eq!(srv.post("/v1/endpoints").0, 501);
+    // An empty body is no endpoint definition.
+    assert_eq!(srv.post("/v1/endpoints").0, 400);
 }
 
 #[test]
