@@ -14,8 +14,11 @@
 //!                                                                          │
 //!                        store (RocksDB): events = the durable record;     │
 //!                            due index, attempt log, idempotency keys ◀────┘
-//!  admin (own threads): GET /health, /v1/events/{id}, /v1/endpoints read the store;
-//!      POST /v1/events → commit (one-event batch, ack over a channel);
+//!  admin (own threads): GET /health, /v1/events[/{id}], /v1/endpoints read the store
+//!      (the log's secondary indexes) and the endpoint registry;
+//!      POST /v1/events, endpoint create/replace/delete, replay → commit (answered over
+//!      a channel once durable) → Upsert/Remove to the owning worker;
+//!      POST …/test → the owning worker (one attempt, answered over a channel);
 //!      GET /metrics → Snapshot to every worker and the committer, summed, encoded
 //! ```
 //!
@@ -24,7 +27,8 @@
 //! - [`runtime`]: monoio runtime per worker, io_uring or legacy driver.
 //! - [`server`]: wires everything for `ricochet serve`; shutdown.
 //! - [`ingest`]: listeners, line framing, parsing, ordered acks, backpressure.
-//! - [`commit`]: the single writer: group commit, idempotency, routing, loader.
+//! - [`commit`]: the single writer: group commit, idempotency, routing, loader,
+//!   endpoint changes, replays, retention.
 //! - [`store`]: the only code that knows RocksDB: column families and keys.
 //! - [`shard`]: endpoint → worker, cross-thread mailboxes.
 //! - [`worker`]: a core's endpoints, queues, lanes, timer wheel.

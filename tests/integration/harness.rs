@@ -566,3 +566,57 @@ pub fn event(etype: &str, id: &str, data: &str) -> String {
 pub fn endpoint(name: &str, events: &str, url: &str, extra: &str) -> String {
     format!("[[endpoint]]\nname = \"{name}\"\nevents = {events}\nurl = \"{url}\"\n{extra}\n")
 }
+
+/// A call on the admin API with a body (sent as given, so malformed JSON can be sent too)
+/// and an optional bearer token; (status, JSON body, `Null` if the body is not JSON).
+pub fn http_json(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut s = TcpStream::connect(addr).expect("connect admin");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body.as_bytes());
+    s.write_all(&req).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out);
+    let (head, body) = text.split_once("\r\n\r\n").expect("response");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+impl TestServer {
+    /// An admin API call with a JSON body (`Null` sends none); (status, JSON body).
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let body = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
+        http_json(self.admin, method, path, &body, None)
+    }
+}
+
+/// An event line with an account.
+pub fn event_for(etype: &str, id: &str, account: &str, data: &str) -> String {
+    format!(r#"{{"type":"{etype}","id":"{id}","account":"{account}","data":{data}}}"#)
+}

@@ -6,6 +6,7 @@
 mod harness;
 
 mod admin;
+mod api;
 mod crash;
 mod delivery;
 mod policy;
