@@ -775,8 +775,11 @@ impl State {
             }
         }
         batch.del_due(&self.store, o.due);
-        let enabled = self.router.eps.get(&o.ep).is_some_and(|i| i.enabled);
+        let known = self.router.eps.get(&o.ep);
+        let enabled = known.is_some_and(|i| i.enabled);
         let next = match o.next {
+            // The endpoint was deleted while this attempt ran: nothing more to do.
+            _ if known.is_none() => Next::Done,
             // Past retention: it expires instead of waiting for another attempt.
             Next::Retry { .. } if seq < self.store.retention_floor() => {
                 batch.clear_state(&self.store, DeliveryState::Retrying, o.ep, seq);
