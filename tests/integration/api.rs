@@ -1,0 +1,1513 @@
+//! The admin API's management calls (SPEC §7): endpoint CRUD applied live and persisted,
+//! test deliveries, the webhook log's filtered and paginated list, replay and recover,
+//! retention, and the bearer token over all of them.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use ricochet::metrics::Exposition;
+use serde_json::{json, Value};
+
+use crate::harness::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Percent-encodes a query parameter value.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// RFC 3339 → unix milliseconds.
+fn ms(rfc3339: &str) -> i64 {
+    let t = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("not RFC 3339: {rfc3339:?}: {e}"));
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// A header of an attempt's `request.headers`, by name in any case.
+fn hdr<'a>(headers: &'a Value, name: &str) -> Option<&'a str> {
+    headers
+        .as_object()
+        .unwrap_or_else(|| panic!("headers is not an object: {headers}"))
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .and_then(|(_, v)| v.as_str())
+}
+
+/// The error message of an error answer.
+fn err_msg(v: &Value) -> String {
+    v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error object: {v}"))
+        .to_string()
+}
+
+/// The first position in `msg`, written `L:C` or `line L, column C`.
+fn position(msg: &str) -> Option<(u32, u32)> {
+    let num = |s: &str| -> Option<(u32, usize)> {
+        let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        Some((s[..end].parse().ok()?, end))
+    };
+    for (i, _) in msg.char_indices() {
+        let rest = &msg[i..];
+        if let Some(r) = rest.strip_prefix("line ") {
+            if let Some((line, n)) = num(r) {
+                if let Some((col, _)) = r[n..].strip_prefix(", column ").and_then(num) {
+                    return Some((line, col));
+                }
+            }
+        }
+        let starts_number = msg[..i]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !c.is_ascii_digit());
+        if starts_number {
+            if let Some((line, n)) = num(rest) {
+                if let Some((col, _)) = rest[n..].strip_prefix(':').and_then(num) {
+                    return Some((line, col));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Polls `f` (a remote API: there is no event to await) until it gives `Ok`; on timeout
+/// the panic shows the last `Err` (what was seen instead).
+fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(seen) => assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last seen: {seen}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every event of `GET /v1/events?{query}` following `next` to the end; checks that no
+/// page holds more than `limit` (when the query sets one). Pages alternate between the
+/// `cursor=` and `next=` spellings.
+fn list_all(srv: &TestServer, query: &str) -> Vec<Value> {
+    let limit: Option<usize> = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("limit="))
+        .map(|l| l.parse().unwrap());
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    for page in 0.. {
+        assert!(page < 10_000, "pagination does not end");
+        let mut path = format!("/v1/events?{query}");
+        if let Some(c) = &cursor {
+            let key = if page % 2 == 0 { "cursor" } else { "next" };
+            path.push_str(&format!("&{key}={}", enc(c)));
+        }
+        let (status, v) = srv.get(&path);
+        assert_eq!(status, 200, "GET {path}: {v}");
+        let events = v["events"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{path}: {v}"));
+        if let Some(limit) = limit {
+            assert!(events.len() <= limit, "{path}: {} > {limit}", events.len());
+        }
+        out.extend(events.iter().cloned());
+        match &v["next"] {
+            Value::Null => return out,
+            Value::String(s) => cursor = Some(s.clone()),
+            other => panic!("{path}: next is {other}"),
+        }
+    }
+    unreachable!()
+}
+
+fn list_ids(srv: &TestServer, query: &str) -> Vec<String> {
+    list_all(srv, query)
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `GET /metrics`, parsed strictly.
+fn scrape(srv: &TestServer) -> Exposition {
+    let text = {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(srv.admin).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        body.to_string()
+    };
+    ricochet::metrics::parse(&text).unwrap_or_else(|e| panic!("/metrics: {e}\n{text}"))
+}
+
+fn metric(m: &Exposition, name: &str) -> f64 {
+    m.value(name, &[])
+        .unwrap_or_else(|| panic!("no sample {name}"))
+}
+
+/// An attempt's `request.body`: the first 1 KiB of the body sent.
+fn assert_excerpt(excerpt: &Value, sent: &[u8]) {
+    let excerpt = excerpt
+        .as_str()
+        .unwrap_or_else(|| panic!("request.body is not a string: {excerpt}"));
+    assert_eq!(
+        excerpt.as_bytes(),
+        &sent[..sent.len().min(1024)],
+        "sent {:?}",
+        String::from_utf8_lossy(sent)
+    );
+}
+
+/// The deliveries of an event as (endpoint, state, attempts), sorted.
+fn deliveries(v: &Value) -> Vec<(String, String, usize)> {
+    let mut d: Vec<_> = v["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let n = match &d["attempts"] {
+                Value::Array(a) => a.len(),
+                n => n.as_u64().unwrap_or_else(|| panic!("attempts: {d}")) as usize,
+            };
+            (
+                d["endpoint"].as_str().unwrap().to_string(),
+                d["state"].as_str().unwrap().to_string(),
+                n,
+            )
+        })
+        .collect();
+    d.sort();
+    d
+}
+
+fn dl(ep: &str, state: &str, attempts: usize) -> (String, String, usize) {
+    (ep.to_string(), state.to_string(), attempts)
+}
+
+/// Waits until the event's deliveries are exactly `want` (sorted by endpoint).
+fn wait_deliveries(srv: &TestServer, id: &str, want: &[(&str, &str, usize)]) -> Value {
+    let want: Vec<_> = want.iter().map(|(e, s, n)| dl(e, s, *n)).collect();
+    srv.wait_event(id, WAIT, |v| deliveries(v) == want)
+}
+
+/// Sends every line over one socket connection, pipelined (a writer thread writes while
+/// this thread reads the acks); returns the acks in order.
+fn send_pipelined(srv: &TestServer, lines: Vec<String>) -> Vec<String> {
+    let w = UnixStream::connect(&srv.socket).unwrap();
+    let r = BufReader::new(w.try_clone().unwrap());
+    let n = lines.len();
+    let writer = std::thread::spawn(move || {
+        let mut w = std::io::BufWriter::new(w);
+        for l in lines {
+            w.write_all(l.as_bytes()).unwrap();
+            w.write_all(b"\n").unwrap();
+        }
+        w.flush().unwrap();
+        w
+    });
+    let acks: Vec<String> = r.lines().take(n).map(|l| l.unwrap()).collect();
+    drop(writer.join().unwrap());
+    assert_eq!(acks.len(), n, "connection closed early");
+    acks
+}
+
+/// A JSON endpoint definition.
+fn ep(name: &str, events: &[&str], url: &str, extra: Value) -> Value {
+    let mut v = json!({ "name": name, "events": events, "url": url });
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    v
+}
+
+/// The endpoint object without its counters (which change as deliveries happen).
+fn without_counters(v: &Value) -> Value {
+    let mut v = v.clone();
+    v.as_object_mut().unwrap().remove("counters");
+    v
+}
+
+fn endpoint_names(srv: &TestServer) -> Vec<String> {
+    let (status, list) = srv.get("/v1/endpoints");
+    assert_eq!(status, 200, "{list}");
+    list["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn endpoint_crud_round_trip_and_routing() {
+    let rx = TestReceiver::start();
+    let srv = TestServer::start(&endpoint("mid", r#"["other"]"#, &rx.url("/mid"), ""));
+
+    let zeta = ep(
+        "zeta",
+        &["t"],
+        &rx.url("/z?k={n}"),
+        json!({"headers": {"X-N": "n-{n}"}, "retry": "none", "max_rps": 5, "min_delay": "0s"}),
+    );
+    let (status, created) = srv.call("POST", "/v1/endpoints", &zeta);
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["name"], "zeta");
+    assert_eq!(created["source"], "api");
+    assert_eq!(created["url"], rx.url("/z?k={n}"));
+    assert_eq!(created["events"], json!(["t"]));
+    assert_eq!(created["headers"], json!({"X-N": "n-{n}"}));
+    assert_eq!(created["retry"], "none");
+    assert_eq!(created["max_rps"], 5);
+    assert_eq!(created["method"], "POST");
+    assert_eq!(created["enabled"], true);
+    assert_eq!(created["disabled_reason"], Value::Null);
+    assert_eq!(
+        created["consecutive_failures"],
+        json!({"3xx": 0, "4xx": 0, "5xx": 0})
+    );
+    let (status, got) = srv.get("/v1/endpoints/zeta");
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(without_counters(&got), without_counters(&created));
+
+    // Created disabled: listed, but not routed to.
+    let alpha = ep(
+        "alpha",
+        &["t"],
+        &rx.url("/alpha"),
+        json!({"enabled": false}),
+    );
+    let (status, a) = srv.call("POST", "/v1/endpoints", &alpha);
+    assert_eq!(status, 201, "{a}");
+    assert_eq!(a["enabled"], false);
+
+    let (status, list) = srv.get("/v1/endpoints");
+    assert_eq!(status, 200);
+    let summary: Vec<(String, String)> = list["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["source"].as_str().unwrap_or("?").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("alpha".to_string(), "api".to_string()),
+            ("mid".to_string(), "config".to_string()),
+            ("zeta".to_string(), "api".to_string()),
+        ]
+    );
+
+    // A name that exists, from the API or from the config file.
+    for name in ["zeta", "mid"] {
+        let (status, v) = srv.call(
+            "POST",
+            "/v1/endpoints",
+            &ep(name, &["t"], &rx.url("/dup"), json!({})),
+        );
+        assert_eq!(status, 409, "{name}: {v}");
+        assert!(err_msg(&v).contains(name), "{v}");
+    }
+
+    // Template errors name the field and the position; nothing is created.
+    for (field, value, line, col) in [
+        // The `"` at column 11 cannot continue the placeholder.
+        ("body", json!(r#"{"a": "{Id"}"#), 1, Some(11)),
+        ("body", json!("{foo(x)}"), 1, None),
+        ("body", json!("{\"a\": 1,\n \"b\": \"{nope(}\"}"), 2, None),
+        ("url", json!("http://example.com/x?{Id"), 1, None),
+    ] {
+        let mut bad = ep("bad-tpl", &["t"], &rx.url("/bad"), json!({}));
+        bad[field] = value.clone();
+        let (status, v) = srv.call("POST", "/v1/endpoints", &bad);
+        assert_eq!(status, 400, "{field} = {value}: {v}");
+        let msg = err_msg(&v);
+        assert!(
+            msg.contains(&format!("`{field}`")),
+            "{field} = {value}: {msg}"
+        );
+        let pos = position(&msg);
+        assert!(
+            pos.is_some_and(|(l, c)| l == line && col.is_none_or(|col| c == col)),
+            "{field} = {value}: position {pos:?}, want line {line} column {col:?}: {msg}"
+        );
+    }
+    let mut bad = ep("bad-tpl", &["t"], &rx.url("/bad"), json!({}));
+    bad["headers"] = json!({"X-Broken": "{Id"});
+    let (status, v) = srv.call("POST", "/v1/endpoints", &bad);
+    assert_eq!(status, 400, "{v}");
+    let msg = err_msg(&v);
+    assert!(
+        msg.contains("X-Broken") || msg.contains("`headers`"),
+        "{msg}"
+    );
+    assert_eq!(srv.get("/v1/endpoints/bad-tpl").0, 404);
+
+    // Unknown keys are named.
+    let mut bad = ep("bad-key", &["t"], &rx.url("/bad"), json!({}));
+    bad["bogus_key"] = json!(1);
+    let (status, v) = srv.call("POST", "/v1/endpoints", &bad);
+    assert_eq!(status, 400, "{v}");
+    assert!(err_msg(&v).contains("bogus_key"), "{v}");
+
+    // Bad values.
+    for (key, value) in [
+        ("name", json!("bad name!")),
+        ("method", json!("FETCH")),
+        ("format", json!("yaml")),
+        ("min_delay", json!("soon")),
+        ("retry", json!("sometimes")),
+        ("events", json!("t")),
+        ("max_rps", json!(-1)),
+        ("success", json!(["999"])),
+    ] {
+        let mut bad = ep("bad-val", &["t"], &rx.url("/bad"), json!({}));
+        bad[key] = value.clone();
+        let (status, v) = srv.call("POST", "/v1/endpoints", &bad);
+        assert_eq!(status, 400, "{key} = {value}: {v}");
+        assert!(!err_msg(&v).is_empty());
+    }
+    let (status, v) = srv.call(
+        "POST",
+        "/v1/endpoints",
+        &json!({"name": "bad-val", "events": ["t"]}),
+    );
+    assert_eq!(status, 400, "missing url: {v}");
+    assert!(err_msg(&v).contains("url"), "{v}");
+    assert_eq!(srv.get("/v1/endpoints/bad-val").0, 404);
+
+    // Bodies that are no JSON object.
+    for body in [r#"{"name": "x","#, "[1, 2]", "", "nope"] {
+        let (status, v) = http_json(srv.admin, "POST", "/v1/endpoints", body, None);
+        assert_eq!(status, 400, "{body:?}: {v}");
+        assert!(!err_msg(&v).is_empty());
+    }
+
+    // Events reach the created endpoint, rendered with its templates.
+    let mut c = srv.connect();
+    assert_eq!(c.send(&event("t", "c-1", r#"{"n": 7}"#)), "ok c-1 1");
+    let got = rx.wait_for(1, WAIT);
+    assert_eq!(got[0].path, "/z?k=7");
+    assert_eq!(got[0].header("X-N"), Some("n-7"));
+    assert_eq!(got[0].header("webhook-id"), Some("c-1"));
+
+    // PUT: a different name in the body, an unknown endpoint, bad keys and templates.
+    let (status, v) = srv.call(
+        "PUT",
+        "/v1/endpoints/zeta",
+        &ep("other", &["t"], &rx.url("/z2"), json!({})),
+    );
+    assert_eq!(status, 400, "{v}");
+    let (status, v) = srv.call(
+        "PUT",
+        "/v1/endpoints/nope",
+        &json!({"events": ["t"], "url": rx.url("/z2")}),
+    );
+    assert_eq!(status, 404, "{v}");
+    let (status, v) = srv.call(
+        "PUT",
+        "/v1/endpoints/zeta",
+        &json!({"events": ["t"], "url": rx.url("/z2"), "bogus_key": true}),
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(err_msg(&v).contains("bogus_key"), "{v}");
+    let (status, v) = srv.call(
+        "PUT",
+        "/v1/endpoints/zeta",
+        &json!({"events": ["t"], "url": rx.url("/z2"), "body": "{\"a\": {Id"}),
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(err_msg(&v).contains("`body`"), "{v}");
+    let (status, v) = http_json(srv.admin, "PUT", "/v1/endpoints/zeta", "{", None);
+    assert_eq!(status, 400, "{v}");
+    // None of that changed it.
+    assert_eq!(
+        without_counters(&srv.get("/v1/endpoints/zeta").1),
+        without_counters(&created)
+    );
+
+    // A PUT without `name` replaces the definition.
+    let (status, put) = srv.call(
+        "PUT",
+        "/v1/endpoints/zeta",
+        &json!({"events": ["t"], "url": rx.url("/z2"), "headers": {"X-N": "m-{n}"}}),
+    );
+    assert_eq!(status, 200, "{put}");
+    assert_eq!(put["name"], "zeta");
+    assert_eq!(put["url"], rx.url("/z2"));
+    assert_eq!(put["headers"], json!({"X-N": "m-{n}"}));
+    assert_eq!(
+        put["retry"], "standard",
+        "PUT replaces: unset keys take their defaults"
+    );
+    assert_eq!(put["source"], "api");
+    assert_eq!(
+        without_counters(&srv.get("/v1/endpoints/zeta").1),
+        without_counters(&put)
+    );
+    assert_eq!(c.send(&event("t", "c-2", r#"{"n": 8}"#)), "ok c-2 1");
+    let got = rx.wait_for(2, WAIT);
+    assert_eq!(got[1].path, "/z2");
+    assert_eq!(got[1].header("X-N"), Some("m-8"));
+
+    // Delete.
+    let (status, v) = srv.call("DELETE", "/v1/endpoints/zeta", &Value::Null);
+    assert_eq!((status, v), (200, json!({"name": "zeta", "deleted": true})));
+    let (status, v) = srv.call("DELETE", "/v1/endpoints/zeta", &Value::Null);
+    assert_eq!(status, 404, "{v}");
+    assert_eq!(srv.get("/v1/endpoints/zeta").0, 404);
+    assert_eq!(
+        srv.call(
+            "PUT",
+            "/v1/endpoints/zeta",
+            &json!({"events": ["t"], "url": rx.url("/z3")})
+        )
+        .0,
+        404
+    );
+    assert_eq!(
+        srv.call("DELETE", "/v1/endpoints/nope", &Value::Null).0,
+        404
+    );
+    assert_eq!(endpoint_names(&srv), ["alpha", "mid"]);
+    // No longer routed to (alpha is disabled, mid takes other types).
+    assert_eq!(c.send(&event("t", "c-3", r#"{"n": 9}"#)), "ok c-3 0");
+
+    // The log keeps what happened before.
+    wait_deliveries(&srv, "c-1", &[("zeta", "delivered", 1)]);
+    wait_deliveries(&srv, "c-2", &[("zeta", "delivered", 1)]);
+    assert_eq!(rx.count(), 2);
+}
+
+#[test]
+fn put_replaces_an_endpoint_live_under_load() {
+    const N: usize = 3000;
+    // R1 is slowish and gets 4 requests at a time, so deliveries queue up behind it.
+    let r1 = TestReceiver::with_script(|_, _| {
+        Reply::status(200)
+            .body("OK")
+            .delay(Duration::from_millis(2))
+    });
+    let r2 = TestReceiver::start();
+    let srv = TestServer::start("");
+    let (status, v) = srv.call(
+        "POST",
+        "/v1/endpoints",
+        &ep(
+            "live",
+            &["s"],
+            &r1.url("/one"),
+            json!({"headers": {"X-Gen": "v1-{n}"}, "max_in_flight": 4}),
+        ),
+    );
+    assert_eq!(status, 201, "{v}");
+
+    let lines: Vec<String> = (0..N)
+        .map(|i| event("s", &format!("s-{i}"), &format!(r#"{{"n": {i}}}"#)))
+        .collect();
+    let w = UnixStream::connect(&srv.socket).unwrap();
+    let r = BufReader::new(w.try_clone().unwrap());
+    let put_done = Arc::new(AtomicBool::new(false));
+    // Writes 0..2000 while R1 works through them and the PUT happens, and the rest once
+    // the PUT has answered.
+    let writer = {
+        let put_done = put_done.clone();
+        std::thread::spawn(move || {
+            let mut w = w;
+            let mut chunk = String::new();
+            for (i, l) in lines.iter().enumerate() {
+                if i == 2000 {
+                    while !put_done.load(Ordering::Acquire) {
+                        std::thread::yield_now();
+                    }
+                }
+                chunk.push_str(l);
+                chunk.push('\n');
+                if i % 50 == 49 || i == N - 1 {
+                    w.write_all(chunk.as_bytes()).unwrap();
+                    chunk.clear();
+                }
+            }
+            w
+        })
+    };
+    let reader = std::thread::spawn(move || {
+        r.lines()
+            .take(N)
+            .map(|l| l.unwrap())
+            .collect::<Vec<String>>()
+    });
+
+    // Under way: R1 has some, the rest queue behind it.
+    r1.wait_for(300, WAIT);
+    let (status, put) = srv.call(
+        "PUT",
+        "/v1/endpoints/live",
+        &json!({"events": ["s"], "url": r2.url("/two"), "headers": {"X-Gen": "v2-{n}"}}),
+    );
+    put_done.store(true, Ordering::Release);
+    assert_eq!(status, 200, "{put}");
+    assert_eq!(put["url"], r2.url("/two"));
+
+    let acks = reader.join().unwrap();
+    drop(writer.join().unwrap());
+    assert_eq!(acks.len(), N);
+    for (i, a) in acks.iter().enumerate() {
+        assert_eq!(a, &format!("ok s-{i} 1"));
+    }
+
+    // Every id arrives exactly once, at one receiver or the other.
+    poll(Duration::from_secs(15), "every id at R1 or R2", || {
+        let (n1, n2) = (r1.ids().len(), r2.ids().len());
+        if n1 + n2 >= N {
+            Ok(())
+        } else {
+            Err(format!("{n1} ids at R1, {n2} at R2"))
+        }
+    });
+    let (ids1, ids2) = (r1.ids(), r2.ids());
+    let mut all: HashMap<String, usize> = HashMap::new();
+    for (id, n) in ids1.iter().chain(ids2.iter()) {
+        *all.entry(id.clone()).or_insert(0) += n;
+    }
+    let missing: Vec<usize> = (0..N)
+        .filter(|i| !all.contains_key(&format!("s-{i}")))
+        .collect();
+    assert!(missing.is_empty(), "never delivered: {missing:?}");
+    let twice: Vec<_> = all.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    assert_eq!(all.len(), N);
+    assert!(ids1.len() >= 300, "{}", ids1.len());
+    assert!(
+        ids2.keys()
+            .any(|id| id[2..].parse::<usize>().unwrap() < 2000),
+        "no delivery queued at the PUT went to the new url (R1 got {})",
+        ids1.len()
+    );
+    // Events accepted after the PUT answered were written after it: the new url only.
+    let late_at_r1: Vec<&String> = ids1
+        .keys()
+        .filter(|id| id[2..].parse::<usize>().unwrap() >= 2000)
+        .collect();
+    assert!(
+        late_at_r1.is_empty(),
+        "sent after the PUT, delivered to the old url: {late_at_r1:?}"
+    );
+    // Each request was rendered wholly from one version: url and header agree.
+    for (rx, gen, path) in [(&r1, "v1", "/one"), (&r2, "v2", "/two")] {
+        for req in rx.requests() {
+            let n = req.json()["n"].as_u64().unwrap();
+            assert_eq!(req.path, path);
+            assert_eq!(
+                req.header("X-Gen"),
+                Some(format!("{gen}-{n}").as_str()),
+                "request to {path} for s-{n}"
+            );
+        }
+    }
+    // The log agrees: all delivered, one attempt each.
+    let v = srv.wait_event("s-2999", WAIT, |v| states(v) == ["delivered"]);
+    assert_eq!(
+        v["deliveries"][0]["attempts"][0]["request"]["url"],
+        r2.url("/two")
+    );
+    let v = srv.wait_event("s-0", WAIT, |v| states(v) == ["delivered"]);
+    assert_eq!(v["deliveries"][0]["attempts"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn endpoints_delete_recreate_and_persist_across_restart() {
+    let rx = TestReceiver::start();
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let opts = ServerOpts::new(&endpoint("cfg", r#"["c"]"#, &rx.url("/cfg"), ""));
+    let mut srv = TestServer::start_in(dir.clone(), &opts);
+
+    let (status, v) = srv.call(
+        "POST",
+        "/v1/endpoints",
+        &ep("keep", &["k"], &rx.url("/keep1"), json!({})),
+    );
+    assert_eq!(status, 201, "{v}");
+    let (status, _) = srv.call("DELETE", "/v1/endpoints/keep", &Value::Null);
+    assert_eq!(status, 200);
+    // The same name again, a different definition.
+    let (status, v) = srv.call(
+        "POST",
+        "/v1/endpoints",
+        &ep(
+            "keep",
+            &["k"],
+            &rx.url("/keep2"),
+            json!({"headers": {"X-V": "2"}}),
+        ),
+    );
+    assert_eq!(status, 201, "{v}");
+    let mut c = srv.connect();
+    assert_eq!(c.send(&event("k", "k-1", "{}")), "ok k-1 1");
+    let got = rx.wait_for(1, WAIT);
+    assert_eq!(
+        (got[0].path.as_str(), got[0].header("X-V")),
+        ("/keep2", Some("2"))
+    );
+    wait_deliveries(&srv, "k-1", &[("keep", "delivered", 1)]);
+
+    // Another one created and deleted; and a PUT, which must persist too.
+    let (status, _) = srv.call(
+        "POST",
+        "/v1/endpoints",
+        &ep("gone", &["g"], &rx.url("/gone"), json!({})),
+    );
+    assert_eq!(status, 201);
+    assert_eq!(
+        srv.call("DELETE", "/v1/endpoints/gone", &Value::Null).0,
+        200
+    );
+    let (status, v) = srv.call(
+        "PUT",
+        "/v1/endpoints/keep",
+        &json!({"name": "keep", "events": ["k"], "url": rx.url("/keep3"), "headers": {"X-V": "3"}}),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(srv.get("/v1/endpoints/cfg").1["source"], "config");
+    drop(c);
+
+    assert_eq!(srv.stop(), Some(0));
+    drop(srv);
+    // Restart with the config file's endpoint changed: applied by name.
+    let opts = ServerOpts::new(&endpoint("cfg", r#"["c"]"#, &rx.url("/cfg2"), ""));
+    let srv = TestServer::start_in(dir.clone(), &opts);
+    assert_eq!(endpoint_names(&srv), ["cfg", "keep"]);
+    let (_, cfg) = srv.get("/v1/endpoints/cfg");
+    assert_eq!(
+        (cfg["source"].clone(), cfg["url"].clone()),
+        (json!("config"), json!(rx.url("/cfg2")))
+    );
+    let (status, keep) = srv.get("/v1/endpoints/keep");
+    assert_eq!(status, 200, "{keep}");
+    assert_eq!(keep["source"], "api");
+    assert_eq!(keep["url"], rx.url("/keep3"));
+    assert_eq!(keep["headers"], json!({"X-V": "3"}));
+    assert_eq!(srv.get("/v1/endpoints/gone").0, 404);
+
+    let mut c = srv.connect();
+    assert_eq!(c.send(&event("k", "k-2", "{}")), "ok k-2 1");
+    assert_eq!(c.send(&event("c", "c-1", "{}")), "ok c-1 1");
+    assert_eq!(c.send(&event("g", "g-1", "{}")), "ok g-1 0");
+    let got = rx.wait_for(3, WAIT);
+    let mut seen: Vec<(String, String)> = got[1..]
+        .iter()
+        .map(|r| (r.path.clone(), r.header("webhook-id").unwrap().to_string()))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("/cfg2".to_string(), "c-1".to_string()),
+            ("/keep3".to_string(), "k-2".to_string())
+        ]
+    );
+    let k2 = got.iter().find(|r| r.path == "/keep3").unwrap();
+    assert_eq!(k2.header("X-V"), Some("3"));
+    // The log from before the restart still names the endpoint.
+    wait_deliveries(&srv, "k-1", &[("keep", "delivered", 1)]);
+    wait_deliveries(&srv, "k-2", &[("keep", "delivered", 1)]);
+    // A name taken by the file cannot be created over the API.
+    let (status, _) = srv.call(
+        "POST",
+        "/v1/endpoints",
+        &ep("cfg", &["c"], &rx.url("/x"), json!({})),
+    );
+    assert_eq!(status, 409);
+}
+
+#[test]
+fn test_call_sends_one_sample_request_outside_the_log() {
+    let ok = TestReceiver::with_script(|_, _| Reply::status(200).body("OK"));
+    let down = TestReceiver::with_script(|_, _| Reply::status(500).body("nope"));
+    let eps = format!(
+        "{}{}",
+        endpoint(
+            "probe",
+            r#"["action_inquiry", "t"]"#,
+            &ok.url("/probe?x=1"),
+            "signing_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\""
+        ),
+        endpoint(
+            "probe-bad",
+            r#"["zz.custom"]"#,
+            &down.url("/bad"),
+            "retry = [\"100ms\"]"
+        ),
+    );
+    let srv = TestServer::start(&eps);
+
+    let (status, v) = srv.post("/v1/endpoints/probe/test");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["endpoint"], "probe");
+    assert_eq!(v["success"], true, "{v}");
+    let ev = &v["event"];
+    assert_eq!(ev["type"], "action_inquiry", "{v}");
+    let id = ev["id"].as_str().expect("event id").to_string();
+    assert!(!id.is_empty());
+    assert!(
+        ev["data"].as_object().is_some_and(|d| !d.is_empty()),
+        "a seed sample, not an empty object: {v}"
+    );
+    let a = &v["attempt"];
+    assert_eq!(a["status_code"], 200, "{v}");
+    assert_eq!(a["timed_out"], false);
+    assert_eq!(a["error"], Value::Null);
+    assert_eq!(a["response_excerpt"], "OK");
+    assert!(a["latency_ms"].as_f64().is_some(), "{a}");
+    ms(a["at"].as_str().expect("at"));
+    assert_eq!(a["request"]["method"], "POST");
+    assert_eq!(a["request"]["url"], ok.url("/probe?x=1"));
+    assert_eq!(
+        hdr(&a["request"]["headers"], "webhook-id"),
+        Some(id.as_str())
+    );
+    assert_eq!(
+        hdr(&a["request"]["headers"], "webhook-signature"),
+        Some("[redacted]")
+    );
+    // The receiver saw exactly that one request by the time the call answered.
+    let got = ok.requests();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].header("webhook-id"), Some(id.as_str()));
+    assert_eq!(got[0].path, "/probe?x=1");
+    assert_eq!(
+        got[0].json(),
+        ev["data"],
+        "no body template: the body is the data"
+    );
+    assert!(got[0]
+        .header("webhook-signature")
+        .is_some_and(|s| s.starts_with("v1,")));
+    assert_excerpt(&a["request"]["body"], &got[0].body);
+
+    // A failing endpoint: success false with the status; a generic sample for an unknown type.
+    let (status, b) = srv.post("/v1/endpoints/probe-bad/test");
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(b["endpoint"], "probe-bad");
+    assert_eq!(b["success"], false, "{b}");
+    assert_eq!(b["event"]["type"], "zz.custom");
+    assert!(b["event"]["data"].is_object(), "{b}");
+    assert_eq!(b["attempt"]["status_code"], 500);
+    assert_eq!(b["attempt"]["response_excerpt"], "nope");
+    let bad_id = b["event"]["id"].as_str().unwrap().to_string();
+    assert_eq!(down.count(), 1);
+
+    // Unknown endpoint.
+    assert_eq!(srv.post("/v1/endpoints/nope/test").0, 404);
+
+    // A real event to the failing endpoint retries after 100ms; a retried test request
+    // would have come in before that event's second attempt finished.
+    let mut c = srv.connect();
+    assert_eq!(
+        c.send(&event("zz.custom", "real-bad", "{}")),
+        "ok real-bad 1"
+    );
+    wait_deliveries(&srv, "real-bad", &[("probe-bad", "failed", 2)]);
+    assert_eq!(
+        down.ids().get(&bad_id),
+        Some(&1),
+        "the test request is not retried"
+    );
+    assert_eq!(down.count(), 3);
+
+    // Neither test event is in the webhook log.
+    assert_eq!(c.send(&event("t", "real-ok", "{}")), "ok real-ok 1");
+    wait_deliveries(&srv, "real-ok", &[("probe", "delivered", 1)]);
+    assert_eq!(list_ids(&srv, ""), ["real-ok", "real-bad"]);
+    assert_eq!(srv.get(&format!("/v1/events/{}", enc(&id))).0, 404);
+    assert_eq!(srv.get(&format!("/v1/events/{}", enc(&bad_id))).0, 404);
+}
+
+#[test]
+fn webhook_log_filters_pages_and_keeps_redacted_requests() {
+    let good = TestReceiver::with_script(|_, _| Reply::status(200).body("OK"));
+    let bad = TestReceiver::with_script(|_, _| Reply::status(500).body("down"));
+    let eps = format!(
+        "{}{}",
+        endpoint(
+            "good",
+            r#"["a", "b"]"#,
+            &good.url("/good?src=log"),
+            r#"headers = { Authorization = "Bearer topsecret", "X-Partner" = "p-{n}" }
+signing_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw""#,
+        ),
+        endpoint("bad", r#"["a"]"#, &bad.url("/bad"), "retry = \"none\""),
+    );
+    let srv = TestServer::start(&eps);
+    let id = |i: usize| format!("log-{i:02}");
+    let etype = |i: usize| if i % 2 == 0 { "a" } else { "b" };
+    let account = |i: usize| if i % 3 == 0 { "acc-x" } else { "acc-y" };
+    let pad = "x".repeat(3000);
+    let mut c = srv.connect();
+    for i in 0..60 {
+        let data = if i == 59 {
+            format!(r#"{{"n":{i},"pad":"{pad}"}}"#)
+        } else {
+            format!(r#"{{"n":{i}}}"#)
+        };
+        let routes = if etype(i) == "a" { 2 } else { 1 };
+        assert_eq!(
+            c.send(&event_for(etype(i), &id(i), account(i), &data)),
+            format!("ok {} {routes}", id(i))
+        );
+        if i == 19 || i == 39 {
+            // Keeps the acceptance times of the three groups apart for since/until.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    for i in 0..60 {
+        if etype(i) == "a" {
+            wait_deliveries(
+                &srv,
+                &id(i),
+                &[("bad", "failed", 1), ("good", "delivered", 1)],
+            );
+        } else {
+            wait_deliveries(&srv, &id(i), &[("good", "delivered", 1)]);
+        }
+    }
+
+    let expect = |pred: &dyn Fn(usize) -> bool| -> Vec<String> {
+        (0..60).rev().filter(|i| pred(*i)).map(id).collect()
+    };
+
+    // Newest first, with the shape of each entry.
+    let all = list_all(&srv, "");
+    let all_ids: Vec<String> = all
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(all_ids, expect(&|_| true));
+    let created: Vec<i64> = all
+        .iter()
+        .map(|e| ms(e["created"].as_str().unwrap()))
+        .collect();
+    assert!(created.windows(2).all(|w| w[0] >= w[1]), "{created:?}");
+    let e0 = all.iter().find(|e| e["id"] == "log-00").unwrap();
+    assert_eq!(
+        (e0["type"].clone(), e0["account"].clone()),
+        (json!("a"), json!("acc-x"))
+    );
+    ms(e0["time"].as_str().unwrap());
+    assert_eq!(
+        deliveries(e0),
+        [dl("bad", "failed", 1), dl("good", "delivered", 1)]
+    );
+    assert!(
+        e0["deliveries"][0]["attempts"].is_u64(),
+        "a count in the list: {e0}"
+    );
+
+    // Filters, alone and combined.
+    let failed_a = expect(&|i| etype(i) == "a");
+    for (query, want) in [
+        ("type=a", failed_a.clone()),
+        ("type=b", expect(&|i| etype(i) == "b")),
+        ("type=zzz", vec![]),
+        ("account=acc-x", expect(&|i| account(i) == "acc-x")),
+        ("account=acc-y", expect(&|i| account(i) == "acc-y")),
+        ("endpoint=bad", failed_a.clone()),
+        ("endpoint=good", expect(&|_| true)),
+        ("status=failed", failed_a.clone()),
+        ("status=delivered", expect(&|_| true)),
+        ("status=pending", vec![]),
+        ("status=retrying", vec![]),
+        ("endpoint=bad&status=failed", failed_a.clone()),
+        ("endpoint=bad&status=delivered", vec![]),
+        ("endpoint=good&status=failed", vec![]),
+        ("type=b&status=failed", vec![]),
+        (
+            "type=b&account=acc-x&endpoint=good&status=delivered",
+            expect(&|i| etype(i) == "b" && account(i) == "acc-x"),
+        ),
+        (
+            "account=acc-x&type=a&limit=3",
+            expect(&|i| etype(i) == "a" && account(i) == "acc-x"),
+        ),
+        ("limit=7", expect(&|_| true)),
+        ("limit=1", expect(&|_| true)),
+        ("limit=1000", expect(&|_| true)),
+    ] {
+        assert_eq!(list_ids(&srv, query), want, "{query}");
+    }
+
+    // since (inclusive) / until (exclusive) on acceptance time, RFC 3339 or unix ms.
+    let created_of = |i: usize| {
+        all.iter().find(|e| e["id"] == id(i).as_str()).unwrap()["created"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (c20, c40) = (created_of(20), created_of(40));
+    let (m20, m40) = (ms(&c20), ms(&c40));
+    assert!(m20 < m40);
+    let created_ms: HashMap<String, i64> = all_ids
+        .iter()
+        .cloned()
+        .zip(created.iter().copied())
+        .collect();
+    let window = |lo: Option<i64>, hi: Option<i64>| -> Vec<String> {
+        all_ids
+            .iter()
+            .filter(|i| {
+                lo.is_none_or(|lo| created_ms[*i] >= lo) && hi.is_none_or(|hi| created_ms[*i] < hi)
+            })
+            .cloned()
+            .collect()
+    };
+    let mid = window(Some(m20), Some(m40));
+    assert!(
+        mid.contains(&id(20)) && !mid.contains(&id(40)) && !mid.contains(&id(19)),
+        "{mid:?}"
+    );
+    for (query, want) in [
+        (format!("since={}&until={m40}", enc(&c20)), mid.clone()),
+        (format!("since={m20}&until={}", enc(&c40)), mid.clone()),
+        (format!("since={}", enc(&c40)), window(Some(m40), None)),
+        (format!("until={m20}"), window(None, Some(m20))),
+        (
+            format!("since={m20}&until={m40}&type=a&limit=4"),
+            window(Some(m20), Some(m40))
+                .into_iter()
+                .filter(|i| failed_a.contains(i))
+                .collect(),
+        ),
+        (format!("since={m40}&until={m20}"), vec![]),
+    ] {
+        assert_eq!(list_ids(&srv, &query), want, "{query}");
+    }
+
+    // Bad parameters.
+    for query in [
+        "limit=0",
+        "limit=1001",
+        "limit=-1",
+        "limit=abc",
+        "status=bogus",
+        "since=yesterday",
+        "until=2026-13-45T00:00:00Z",
+    ] {
+        let (status, v) = srv.get(&format!("/v1/events?{query}"));
+        assert_eq!(status, 400, "{query}: {v}");
+        assert!(!err_msg(&v).is_empty());
+    }
+    let (status, v) = srv.get("/v1/events?endpoint=nope");
+    assert_eq!(status, 404, "{v}");
+    assert!(err_msg(&v).contains("nope"));
+
+    // The request kept per attempt: what was sent, secrets redacted.
+    let d0 = srv.event("log-00");
+    let sent = good
+        .requests()
+        .into_iter()
+        .find(|r| r.header("webhook-id") == Some("log-00"))
+        .unwrap();
+    assert_eq!(sent.header("Authorization"), Some("Bearer topsecret"));
+    assert!(sent
+        .header("webhook-signature")
+        .is_some_and(|s| s.starts_with("v1,")));
+    let gd = d0["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["endpoint"] == "good")
+        .unwrap();
+    let req = &gd["attempts"][0]["request"];
+    assert_eq!(req["method"], "POST");
+    assert_eq!(req["url"], good.url("/good?src=log"));
+    let h = &req["headers"];
+    for name in [
+        "Host",
+        "User-Agent",
+        "Content-Type",
+        "Content-Length",
+        "webhook-id",
+        "webhook-timestamp",
+        "X-Partner",
+    ] {
+        assert_eq!(hdr(h, name), sent.header(name), "{name} in {req}");
+    }
+    assert!(hdr(h, "User-Agent").unwrap().starts_with("ricochet/"));
+    assert_eq!(hdr(h, "X-Partner"), Some("p-0"));
+    assert_eq!(hdr(h, "Authorization"), Some("[redacted]"));
+    assert_eq!(hdr(h, "webhook-signature"), Some("[redacted]"));
+    assert_excerpt(&req["body"], &sent.body);
+    let bd = d0["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["endpoint"] == "bad")
+        .unwrap();
+    assert_eq!(bd["attempts"][0]["status_code"], 500);
+    assert_eq!(bd["attempts"][0]["request"]["url"], bad.url("/bad"));
+    assert_eq!(
+        hdr(&bd["attempts"][0]["request"]["headers"], "webhook-id"),
+        Some("log-00")
+    );
+
+    // The body excerpt is the first 1 KiB.
+    let big = srv.event("log-59");
+    let sent = good
+        .requests()
+        .into_iter()
+        .find(|r| r.header("webhook-id") == Some("log-59"))
+        .unwrap();
+    assert!(sent.body.len() > 3000);
+    let excerpt = big["deliveries"][0]["attempts"][0]["request"]["body"]
+        .as_str()
+        .unwrap();
+    assert_eq!(excerpt.as_bytes(), &sent.body[..1024]);
+
+    // No secret anywhere in the API's answers.
+    let mut texts = vec![
+        srv.get("/v1/endpoints").1.to_string(),
+        d0.to_string(),
+        big.to_string(),
+    ];
+    texts.push(srv.event("log-01").to_string());
+    texts.push(json!(all).to_string());
+    for t in texts {
+        assert!(!t.contains("topsecret"), "{t}");
+        assert!(!t.contains("MfKQ9r8"), "{t}");
+    }
+}
+
+#[test]
+fn pagination_is_stable_while_events_keep_arriving() {
+    let rx = TestReceiver::start();
+    // Deliveries wait an hour: this test is about the log only.
+    let srv = TestServer::start(&endpoint(
+        "hold",
+        r#"["p", "q"]"#,
+        &rx.url("/"),
+        "min_delay = \"1h\"",
+    ));
+    let mut first = Vec::new();
+    let lines: Vec<String> = (0..300)
+        .map(|i| {
+            if i % 6 == 5 {
+                event("q", &format!("q-{i:03}"), "{}")
+            } else {
+                first.push(format!("p-{i:03}"));
+                event("p", &format!("p-{i:03}"), "{}")
+            }
+        })
+        .collect();
+    assert_eq!(first.len(), 250);
+    for a in send_pipelined(&srv, lines) {
+        assert!(a.starts_with("ok ") && a.ends_with(" 1"), "{a}");
+    }
+
+    // The first page, then a writer adds newer events of the same type between pages.
+    let (status, page) = srv.get("/v1/events?type=p&limit=40");
+    assert_eq!(status, 200, "{page}");
+    let mut pages = vec![page];
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tick_tx, tick_rx) = mpsc::channel::<()>();
+    let writer = {
+        let stop = stop.clone();
+        let mut c = srv.connect();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Acquire) {
+                let id = format!("late-{n}");
+                assert_eq!(c.send(&event("p", &id, "{}")), format!("ok {id} 1"));
+                n += 1;
+                let _ = tick_tx.send(());
+            }
+            n
+        })
+    };
+    let mut param = 0;
+    while let Value::String(next) = pages.last().unwrap()["next"].clone() {
+        assert!(pages.len() < 200, "pagination does not end");
+        // At least one more event arrived since the previous page.
+        tick_rx
+            .recv_timeout(WAIT)
+            .expect("the writer makes progress");
+        while tick_rx.try_recv().is_ok() {}
+        let key = ["cursor", "next"][param % 2];
+        param += 1;
+        let path = format!("/v1/events?type=p&limit=40&{key}={}", enc(&next));
+        let (status, page) = srv.get(&path);
+        assert_eq!(status, 200, "{path}: {page}");
+        pages.push(page);
+    }
+    stop.store(true, Ordering::Release);
+    let late = writer.join().unwrap();
+    assert!(
+        late >= pages.len() - 1,
+        "{late} late events over {} pages",
+        pages.len()
+    );
+
+    let mut got: Vec<String> = Vec::new();
+    let mut created: Vec<i64> = Vec::new();
+    for p in &pages {
+        let events = p["events"].as_array().unwrap();
+        assert!(events.len() <= 40, "{}", events.len());
+        for e in events {
+            assert_eq!(e["type"], "p");
+            got.push(e["id"].as_str().unwrap().to_string());
+            created.push(ms(e["created"].as_str().unwrap()));
+        }
+    }
+    let late_seen: Vec<&String> = got.iter().filter(|i| i.starts_with("late-")).collect();
+    assert!(
+        late_seen.is_empty(),
+        "newer than the first page: {late_seen:?}"
+    );
+    let distinct: HashSet<&String> = got.iter().collect();
+    assert_eq!(distinct.len(), got.len(), "an id on two pages");
+    let mut want = first.clone();
+    want.reverse();
+    assert_eq!(got, want, "each of the 250 once, newest first");
+    assert!(created.windows(2).all(|w| w[0] >= w[1]));
+
+    // Once quiet, the list holds the late ones too, newest first.
+    let now = list_ids(&srv, "type=p&limit=1000");
+    assert_eq!(now.len(), 250 + late);
+    let mut want_now: Vec<String> = (0..late).rev().map(|n| format!("late-{n}")).collect();
+    want_now.extend(want);
+    assert_eq!(now, want_now);
+}
+
+#[test]
+fn replay_and_recover_redeliver_failed_deliveries() {
+    let rx = TestReceiver::with_script(|r, _| {
+        if r.path.starts_with("/f") {
+            Reply::status(500)
+        } else {
+            Reply::status(200)
+        }
+    });
+    let eps = [
+        endpoint("flaky", r#"["r", "m"]"#, &rx.url("/f"), "retry = \"none\""),
+        endpoint(
+            "later",
+            r#"["h", "m"]"#,
+            &rx.url("/later"),
+            "min_delay = \"1h\"",
+        ),
+        endpoint("extra", r#"["x"]"#, &rx.url("/x"), ""),
+    ]
+    .concat();
+    let srv = TestServer::start(&eps);
+    let r = |i: usize| format!("r-{i}");
+    let mut c = srv.connect();
+    for i in 0..8 {
+        assert_eq!(c.send(&event("r", &r(i), "{}")), format!("ok r-{i} 1"));
+        if i == 1 || i == 4 {
+            // Keeps r-0..1, r-2..4 and r-5..7 apart in acceptance time for the window.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    assert_eq!(c.send(&event("m", "m-0", "{}")), "ok m-0 2");
+    assert_eq!(c.send(&event("h", "h-0", "{}")), "ok h-0 1");
+    for i in 0..8 {
+        wait_deliveries(&srv, &r(i), &[("flaky", "failed", 1)]);
+    }
+    wait_deliveries(
+        &srv,
+        "m-0",
+        &[("flaky", "failed", 1), ("later", "pending", 0)],
+    );
+    rx.set_script(|_, _| Reply::status(200));
+
+    // Replay a failed delivery: a new attempt in the same delivery, same webhook-id.
+    let (status, v) = srv.post("/v1/events/r-0/replay");
+    assert_eq!(
+        (status, v),
+        (202, json!({"id": "r-0", "scheduled": ["flaky"]}))
+    );
+    let e = wait_deliveries(&srv, "r-0", &[("flaky", "delivered", 2)]);
+    let attempts = &e["deliveries"][0]["attempts"];
+    assert_eq!(
+        (
+            attempts[0]["status_code"].clone(),
+            attempts[1]["status_code"].clone()
+        ),
+        (json!(500), json!(200))
+    );
+    assert_eq!(
+        hdr(&attempts[1]["request"]["headers"], "webhook-id"),
+        Some("r-0")
+    );
+    assert_eq!(rx.ids()["r-0"], 2);
+    let listed = list_all(&srv, "endpoint=flaky&status=delivered");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(deliveries(&listed[0]), [dl("flaky", "delivered", 2)]);
+    // A delivered one can be replayed too.
+    let (status, v) = srv.post("/v1/events/r-0/replay");
+    assert_eq!(
+        (status, v),
+        (202, json!({"id": "r-0", "scheduled": ["flaky"]}))
+    );
+    wait_deliveries(&srv, "r-0", &[("flaky", "delivered", 3)]);
+    assert_eq!(rx.ids()["r-0"], 3);
+
+    // Pending deliveries are not replayed; with another one failed, only that one is.
+    let (status, v) = srv.post("/v1/events/h-0/replay");
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(srv.post("/v1/events/h-0/replay?endpoint=later").0, 409);
+    let (status, v) = srv.post("/v1/events/m-0/replay");
+    assert_eq!(
+        (status, v),
+        (202, json!({"id": "m-0", "scheduled": ["flaky"]}))
+    );
+    wait_deliveries(
+        &srv,
+        "m-0",
+        &[("flaky", "delivered", 2), ("later", "pending", 0)],
+    );
+    // Nor paused ones.
+    assert_eq!(srv.post("/v1/endpoints/later/disable").0, 200);
+    wait_deliveries(&srv, "h-0", &[("later", "paused", 0)]);
+    let (status, v) = srv.post("/v1/events/h-0/replay");
+    assert_eq!(status, 409, "{v}");
+
+    // To an endpoint the event was never routed to: a new delivery, just that one.
+    let (status, v) = srv.post("/v1/events/r-1/replay?endpoint=extra");
+    assert_eq!(
+        (status, v),
+        (202, json!({"id": "r-1", "scheduled": ["extra"]}))
+    );
+    wait_deliveries(
+        &srv,
+        "r-1",
+        &[("extra", "delivered", 1), ("flaky", "failed", 1)],
+    );
+    assert!(rx
+        .requests()
+        .iter()
+        .any(|q| q.path == "/x" && q.header("webhook-id") == Some("r-1")));
+
+    assert_eq!(srv.post("/v1/events/nope/replay").0, 404);
+    assert_eq!(srv.post("/v1/events/r-1/replay?endpoint=nope").0, 404);
+
+    // Recover a window: [created(r-2), created(r-5)) holds r-2..r-4.
+    let all = list_all(&srv, "type=r");
+    let created = |id: &str| {
+        all.iter().find(|e| e["id"] == id).unwrap()["created"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (c2, c5) = (created("r-2"), created("r-5"));
+    assert!(ms(&created("r-1")) < ms(&c2) && ms(&created("r-4")) < ms(&c5));
+    let (status, v) = srv.post(&format!(
+        "/v1/endpoints/flaky/recover?since={}&until={}",
+        enc(&c2),
+        ms(&c5)
+    ));
+    assert_eq!(
+        (status, v),
+        (202, json!({"endpoint": "flaky", "scheduled": 3}))
+    );
+    for i in 2..5 {
+        wait_deliveries(&srv, &r(i), &[("flaky", "delivered", 2)]);
+    }
+    for i in [5, 6, 7] {
+        assert_eq!(
+            deliveries(&srv.event(&r(i))),
+            [dl("flaky", "failed", 1)],
+            "r-{i}"
+        );
+    }
+    // Everything else failed: r-1 and r-5..7.
+    let (status, v) = srv.post("/v1/endpoints/flaky/recover");
+    assert_eq!(
+        (status, v),
+        (202, json!({"endpoint": "flaky", "scheduled": 4}))
+    );
+    for i in [5, 6, 7] {
+        wait_deliveries(&srv, &r(i), &[("flaky", "delivered", 2)]);
+    }
+    wait_deliveries(
+        &srv,
+        "r-1",
+        &[("extra", "delivered", 1), ("flaky", "delivered", 2)],
+    );
+    let (status, v) = srv.post("/v1/endpoints/flaky/recover");
+    assert_eq!(
+        (status, v),
+        (202, json!({"endpoint": "flaky", "scheduled": 0}))
+    );
+    assert_eq!(srv.post("/v1/endpoints/nope/recover").0, 404);
+    assert!(list_ids(&srv, "endpoint=flaky&status=failed").is_empty());
+
+    let ids = rx.ids();
+    for i in 1..8 {
+        let want = if i == 1 { 3 } else { 2 };
+        assert_eq!(ids[&r(i)], want, "r-{i}");
+    }
+}
+
+#[test]
+fn retention_removes_old_events_and_expires_pending_deliveries() {
+    let down = TestReceiver::with_script(|_, _| Reply::status(500));
+    let ok = TestReceiver::start();
+    let eps = [
+        endpoint("stuck", r#"["t"]"#, &down.url("/"), "retry = [\"30s\"]"),
+        endpoint("fine", r#"["d"]"#, &ok.url("/"), ""),
+    ]
+    .concat();
+    let srv = TestServer::start_with(ServerOpts::new(&eps).server("retention = \"2s\""));
+    let mut c = srv.connect();
+    const N: usize = 5;
+    for i in 0..N {
+        assert_eq!(
+            c.send(&event("t", &format!("ret-{i}"), "{}")),
+            format!("ok ret-{i} 1")
+        );
+    }
+    assert_eq!(c.send(&event("d", "d-0", "{}")), "ok d-0 1");
+    for i in 0..N {
+        wait_deliveries(&srv, &format!("ret-{i}"), &[("stuck", "retrying", 1)]);
+    }
+    wait_deliveries(&srv, "d-0", &[("fine", "delivered", 1)]);
+    assert_eq!(c.send(&event("t", "ret-0", "{}")), "dup ret-0");
+    let m = scrape(&srv);
+    assert_eq!(metric(&m, "ricochet_deliveries_expired_total"), 0.0);
+    assert_eq!(metric(&m, "ricochet_deliveries_pending"), N as f64);
+
+    let start = Instant::now();
+    poll(
+        Duration::from_secs(12),
+        "events removed and deliveries expired",
+        || {
+            let status: Vec<u16> = (0..N)
+                .map(|i| srv.get(&format!("/v1/events/ret-{i}")).0)
+                .chain([srv.get("/v1/events/d-0").0])
+                .collect();
+            let m = scrape(&srv);
+            let expired = metric(&m, "ricochet_deliveries_expired_total");
+            let pending = metric(&m, "ricochet_deliveries_pending");
+            if status.iter().all(|s| *s == 404) && expired >= N as f64 && pending == 0.0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "GET ret-0..{N}, d-0: {status:?}; expired_total {expired}; pending {pending}"
+                ))
+            }
+        },
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "removed before the retention passed"
+    );
+    assert!(list_ids(&srv, "").is_empty());
+    // The idempotency keys went with them: the same ids are new events.
+    assert_eq!(c.send(&event("t", "ret-0", "{}")), "ok ret-0 1");
+    assert_eq!(c.send(&event("d", "d-0", "{}")), "ok d-0 1");
+    wait_deliveries(&srv, "d-0", &[("fine", "delivered", 1)]);
+    assert_eq!(ok.ids()["d-0"], 2);
+}
+
+#[test]
+fn admin_token_guards_the_management_calls() {
+    let rx = TestReceiver::start();
+    let srv = TestServer::start_with(
+        ServerOpts::new(&endpoint("sink", r#"["t"]"#, &rx.url("/"), ""))
+            .server("admin_token = \"s3cret\""),
+    );
+    let tok = Some("s3cret");
+    let new_ep = ep("tok-ep", &["t"], &rx.url("/tok"), json!({})).to_string();
+    let put = json!({"events": ["t"], "url": rx.url("/tok2")}).to_string();
+    let calls: Vec<(&str, &str, &str)> = vec![
+        ("POST", "/v1/endpoints", new_ep.as_str()),
+        ("PUT", "/v1/endpoints/sink", put.as_str()),
+        ("DELETE", "/v1/endpoints/sink", ""),
+        ("POST", "/v1/endpoints/sink/test", ""),
+        ("POST", "/v1/endpoints/sink/recover", ""),
+        ("GET", "/v1/events", ""),
+        ("GET", "/v1/events?type=t&limit=5", ""),
+        ("POST", "/v1/events/tk-1/replay", ""),
+        ("POST", "/v1/events/tk-1/replay?endpoint=sink", ""),
+    ];
+    let mut c = srv.connect();
+    assert_eq!(c.send(&event("t", "tk-1", "{}")), "ok tk-1 1");
+    rx.wait_for(1, WAIT);
+    for (method, path, body) in &calls {
+        for token in [None, Some("wrong")] {
+            let (status, v) = http_json(srv.admin, method, path, body, token);
+            assert_eq!(status, 401, "{method} {path} {token:?}: {v}");
+            assert!(err_msg(&v).contains("token"), "{v}");
+        }
+    }
+    // Nothing got through: no test request, no replay, nothing created or changed.
+    let (status, list) = http_json(srv.admin, "GET", "/v1/endpoints", "", tok);
+    assert_eq!(status, 200);
+    assert_eq!(list["endpoints"].as_array().unwrap().len(), 1);
+    assert_eq!(list["endpoints"][0]["url"], rx.url("/"));
+
+    // With the token, each call works.
+    let call = |method: &str, path: &str, body: &str| http_json(srv.admin, method, path, body, tok);
+    let wait_delivered = |n: usize| {
+        poll(WAIT, "tk-1 delivered", || {
+            let (status, v) = call("GET", "/v1/events/tk-1", "");
+            assert_eq!(status, 200, "{v}");
+            let d = deliveries(&v);
+            if d == [dl("sink", "delivered", n)] {
+                Ok(())
+            } else {
+                Err(format!("{d:?}"))
+            }
+        })
+    };
+    wait_delivered(1);
+    assert_eq!(rx.count(), 1);
+    let (status, v) = call("POST", "/v1/endpoints", &new_ep);
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = call("GET", "/v1/events", "");
+    assert_eq!(
+        (status, v["events"].as_array().map(Vec::len)),
+        (200, Some(1)),
+        "{v}"
+    );
+    let (status, v) = call("GET", "/v1/events?type=t&limit=5", "");
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = call("POST", "/v1/endpoints/sink/test", "");
+    assert_eq!((status, v["success"].clone()), (200, json!(true)), "{v}");
+    let (status, v) = call("POST", "/v1/events/tk-1/replay", "");
+    assert_eq!(status, 202, "{v}");
+    wait_delivered(2);
+    let (status, v) = call("POST", "/v1/endpoints/sink/recover", "");
+    assert_eq!(
+        (status, v),
+        (202, json!({"endpoint": "sink", "scheduled": 0}))
+    );
+    let (status, v) = call("PUT", "/v1/endpoints/sink", &put);
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = call("DELETE", "/v1/endpoints/tok-ep", "");
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = call("DELETE", "/v1/endpoints/sink", "");
+    assert_eq!(status, 200, "{v}");
+}
