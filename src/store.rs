@@ -893,14 +893,25 @@ impl Store {
         if hi <= lo || q.limit == 0 {
             return Ok(page);
         }
-        let source: Option<IndexKey<'_>> = match (q.state, q.ep, &q.etype, &q.account) {
-            (Some(st), Some(ep), _, _) if st.fully_indexed() => Some(IndexKey::State(st, ep)),
-            (Some(st), None, _, _) if st.fully_indexed() => Some(IndexKey::StateAll(st)),
-            (_, Some(ep), _, _) => Some(IndexKey::Endpoint(ep)),
-            (_, _, Some(t), _) => Some(IndexKey::Type(t)),
-            (_, _, _, Some(a)) => Some(IndexKey::Account(a)),
-            _ => None,
-        };
+        // Every index the filters allow; with two or more, their intersection is walked
+        // by leapfrogging (each is sorted by sequence number).
+        let mut sources: Vec<IndexKey<'_>> = Vec::new();
+        match (q.state, q.ep) {
+            (Some(st), Some(ep)) if st.fully_indexed() => sources.push(IndexKey::State(st, ep)),
+            (Some(st), None) if st.fully_indexed() => sources.push(IndexKey::StateAll(st)),
+            (_, Some(ep)) => sources.push(IndexKey::Endpoint(ep)),
+            _ => {}
+        }
+        if let Some(t) = &q.etype {
+            sources.push(IndexKey::Type(t));
+        }
+        if let Some(a) = &q.account {
+            sources.push(IndexKey::Account(a));
+        }
+        if sources.len() > 1 {
+            return self.query_intersection(q, &sources, lo, hi);
+        }
+        let source = sources.pop();
         let (cf, prefix) = match &source {
             Some(k) => (self.cf(CF_INDEX), k.prefix()),
             None => (self.cf(CF_EVENTS), Vec::new()),
@@ -957,6 +968,65 @@ impl Store {
             it.prev();
         }
         it.status()?;
+        Ok(page)
+    }
+
+    /// [`Store::query`] over several indexes: a candidate is a sequence number present in
+    /// all of them, found by seeking each index in turn to the largest entry at or below
+    /// the current target (a leapfrog join). Each seek counts against the budget.
+    fn query_intersection(
+        &self,
+        q: &EventQuery,
+        sources: &[IndexKey<'_>],
+        lo: Seq,
+        hi: Seq,
+    ) -> Result<EventPage> {
+        let mut page = EventPage::default();
+        let mut cursors: Vec<IndexCursor<'_>> = sources
+            .iter()
+            .map(|k| IndexCursor::new(self, k.prefix()))
+            .collect();
+        let n = cursors.len();
+        let mut seeks = 0usize;
+        let mut target = hi - 1;
+        'candidates: loop {
+            // Find the largest seq ≤ target in every index.
+            let mut agreed = 0;
+            let mut i = 0;
+            while agreed < n {
+                if seeks >= q.budget {
+                    page.next = Some(target + 1);
+                    return Ok(page);
+                }
+                seeks += 1;
+                let Some(got) = cursors[i].seek_le(target)? else {
+                    break 'candidates;
+                };
+                if got < lo {
+                    break 'candidates;
+                }
+                if got == target {
+                    agreed += 1;
+                } else {
+                    target = got;
+                    agreed = 1;
+                }
+                i = (i + 1) % n;
+            }
+            if let Some(ev) = self.event(target)? {
+                if let Some(views) = self.matches(q, &ev)? {
+                    page.events.push((ev, views));
+                    if page.events.len() == q.limit {
+                        page.next = Some(target);
+                        return Ok(page);
+                    }
+                }
+            }
+            if target == 0 {
+                break;
+            }
+            target -= 1;
+        }
         Ok(page)
     }
 
@@ -1142,10 +1212,13 @@ impl Store {
         Ok(out)
     }
 
-    /// The name every endpoint id was given (deleted ones included).
+    /// The name every endpoint id was given (deleted ones included). Reads only the
+    /// `~name/` keys (data dirs from before they existed fall back to the metas).
     pub fn endpoint_names(&self) -> Result<std::collections::HashMap<EndpointId, String>> {
         let mut out = std::collections::HashMap::new();
-        let mut it = self.db.raw_iterator_cf(self.cf(CF_ENDPOINTS));
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(b"~name0".to_vec()); // '0' follows '/'
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_ENDPOINTS), ro);
         it.seek(NAME_PREFIX);
         while it.valid() {
             let k = it.key().unwrap_or_default();
@@ -1161,8 +1234,10 @@ impl Store {
             it.next();
         }
         it.status()?;
-        for (name, meta) in self.endpoints()? {
-            out.entry(meta.id).or_insert(name);
+        if out.is_empty() {
+            for (name, meta) in self.endpoints()? {
+                out.insert(meta.id, name);
+            }
         }
         Ok(out)
     }
@@ -1226,6 +1301,40 @@ impl Store {
             floor.to_be_bytes(),
         )?;
         Ok(())
+    }
+}
+
+/// A backwards cursor over one index prefix (see [`Store::query_intersection`]).
+struct IndexCursor<'a> {
+    it: rocksdb::DBRawIteratorWithThreadMode<'a, DB>,
+    prefix: Vec<u8>,
+}
+
+impl<'a> IndexCursor<'a> {
+    fn new(store: &'a Store, prefix: Vec<u8>) -> IndexCursor<'a> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(prefix.clone());
+        IndexCursor {
+            it: store.db.raw_iterator_cf_opt(store.cf(CF_INDEX), ro),
+            prefix,
+        }
+    }
+
+    /// The largest sequence number ≤ `seq` in this index.
+    fn seek_le(&mut self, seq: Seq) -> Result<Option<Seq>> {
+        let mut k = self.prefix.clone();
+        k.extend_from_slice(&seq.to_be_bytes());
+        k.extend_from_slice(&[0xff; 4]);
+        self.it.seek_for_prev(&k);
+        if !self.it.valid() {
+            self.it.status()?;
+            return Ok(None);
+        }
+        let key = self.it.key().unwrap_or_default();
+        if !key.starts_with(&self.prefix) {
+            return Ok(None);
+        }
+        Ok(IndexKey::seq_of(key))
     }
 }
 
@@ -1687,6 +1796,58 @@ mod tests {
             },
         );
         assert_eq!(window, expect(&|x| x >= seq_floor(1)));
+        // Intersections of two and three indexes.
+        let type_acct = all_pages(
+            &s,
+            EventQuery {
+                etype: Some("a".into()),
+                account: Some("p1".into()),
+                ..q(4)
+            },
+        );
+        assert_eq!(type_acct, expect(&|x| x % 2 == 0 && x % 3 == 0));
+        let ep_type_acct = all_pages(
+            &s,
+            EventQuery {
+                ep: Some(2),
+                etype: Some("b".into()),
+                account: Some("p1".into()),
+                ..q(5)
+            },
+        );
+        assert_eq!(ep_type_acct, expect(&|x| x % 2 == 1 && x % 3 == 0));
+        let failed_acct = all_pages(
+            &s,
+            EventQuery {
+                state: Some(DeliveryState::Failed),
+                account: Some("p1".into()),
+                ..q(2)
+            },
+        );
+        assert_eq!(
+            failed_acct,
+            expect(&|x| x % 2 == 1 && x % 5 == 0 && x % 3 == 0)
+        );
+        let nothing = all_pages(
+            &s,
+            EventQuery {
+                etype: Some("a".into()),
+                ep: Some(2),
+                ..q(5)
+            },
+        );
+        assert!(nothing.is_empty());
+        // A tiny budget still walks the intersection to the end, page by page.
+        let small = all_pages(
+            &s,
+            EventQuery {
+                etype: Some("a".into()),
+                account: Some("p1".into()),
+                budget: 3,
+                ..q(4)
+            },
+        );
+        assert_eq!(small, type_acct);
         let none = all_pages(
             &s,
             EventQuery {
