@@ -5,13 +5,16 @@
 //! `err`, in order), POSTs each event's `data` to the routed (enabled) endpoints with
 //! `webhook-id` (over TLS for `https://`, trusting only `extra_ca_file`), retries failures
 //! every 200 ms (5 attempts), and serves `GET /health`. It ignores `max_rps`.
-//! No durability, no templates: plumbing only, never a benchmark.
+//! It journals every acked event and every finished delivery to `server.data_dir`
+//! (written before the ack, never synced), so a `kill -9` and a start on the same data
+//! dir resend what was pending and answer `dup` for ids it had acked: enough to test
+//! `run`'s `restart`. No real durability, no templates: plumbing only, never a benchmark.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -44,6 +47,7 @@ struct Server {
     socket: PathBuf,
     admin: SocketAddr,
     extra_ca_file: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -123,6 +127,66 @@ struct State {
     next_id: AtomicU64,
     jobs: mpsc::Sender<Job>,
     retries: Mutex<Vec<(Instant, Job)>>,
+    /// `<data_dir>/fake-journal`, appended with one `write` per record.
+    journal: Option<Mutex<std::fs::File>>,
+}
+
+const ATTEMPTS: u32 = 5;
+
+impl State {
+    /// Appends one journal record (a line) before anything depends on it.
+    fn journal(&self, rec: &str) -> std::io::Result<()> {
+        match &self.journal {
+            Some(f) => f.lock().unwrap().write_all(rec.as_bytes()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The journal's records, one a line, tab separated: `a <id> <ep>,<ep>.. <data>` when an
+/// event is acked, `d <id> <ep>` when its delivery to `ep` ended (2xx or last attempt).
+/// Returns every acked id and the deliveries still pending (torn or unknown lines are
+/// skipped: a torn `a` was never acked, a torn `d` only repeats a delivery).
+fn replay(path: &Path, endpoints: usize) -> Result<(HashSet<String>, Vec<Job>)> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut seen = HashSet::new();
+    let mut acked: Vec<(Arc<str>, usize, Arc<str>)> = Vec::new();
+    let mut done: HashSet<(&str, usize)> = HashSet::new();
+    for line in text.lines() {
+        let mut f = line.splitn(4, '\t');
+        match (f.next(), f.next(), f.next(), f.next()) {
+            (Some("a"), Some(id), Some(eps), Some(data)) => {
+                seen.insert(id.to_string());
+                let (id, data): (Arc<str>, Arc<str>) = (id.into(), data.into());
+                for ep in eps.split(',').filter_map(|e| e.parse::<usize>().ok()) {
+                    if ep < endpoints {
+                        acked.push((id.clone(), ep, data.clone()));
+                    }
+                }
+            }
+            (Some("d"), Some(id), Some(ep), None) => {
+                if let Ok(ep) = ep.parse() {
+                    done.insert((id, ep));
+                }
+            }
+            _ => {}
+        }
+    }
+    let pending = acked
+        .into_iter()
+        .filter(|(id, ep, _)| !done.contains(&(&**id, *ep)))
+        .map(|(id, ep, body)| Job {
+            ep,
+            id,
+            body,
+            attempt: 1,
+        })
+        .collect();
+    Ok((seen, pending))
 }
 
 pub fn main(a: FakeArgs) -> Result<i32> {
@@ -162,15 +226,39 @@ pub fn main(a: FakeArgs) -> Result<i32> {
         None => None,
     };
     let (tx, rx) = mpsc::channel::<Job>();
+    let (mut seen, mut journal) = (HashSet::new(), None);
+    if let Some(dir) = &cfg.server.data_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join("fake-journal");
+        let (ids, pending) = replay(&path, targets.len())?;
+        if !ids.is_empty() {
+            eprintln!(
+                "fake-ricochet: journal has {} events, {} deliveries pending",
+                ids.len(),
+                pending.len()
+            );
+        }
+        seen = ids;
+        for job in pending {
+            let _ = tx.send(job);
+        }
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        journal = Some(Mutex::new(f));
+    }
     let state = Arc::new(State {
         targets,
         tls,
         routes,
         wildcard,
-        seen: Mutex::default(),
+        seen: Mutex::new(seen),
         next_id: AtomicU64::new(0),
         jobs: tx,
         retries: Mutex::default(),
+        journal,
     });
     let rx = Arc::new(Mutex::new(rx));
     for _ in 0..a.delivery_threads.max(1) {
@@ -237,6 +325,12 @@ fn ingest_conn(s: UnixStream, state: &State) -> Result<()> {
                         .chain(&state.wildcard)
                         .copied()
                         .collect();
+                    let eps_list: Vec<String> = eps.iter().map(usize::to_string).collect();
+                    state.journal(&format!(
+                        "a\t{id}\t{}\t{}\n",
+                        eps_list.join(","),
+                        ev.data.get()
+                    ))?;
                     let (id_arc, body): (Arc<str>, Arc<str>) =
                         (id.as_str().into(), ev.data.get().into());
                     for &ep in &eps {
@@ -273,7 +367,9 @@ fn deliver_loop(state: &State, rx: &Mutex<mpsc::Receiver<Job>>) {
                 false
             }
         };
-        if !ok && job.attempt < 5 {
+        if ok || job.attempt >= ATTEMPTS {
+            let _ = state.journal(&format!("d\t{}\t{}\n", job.id, job.ep));
+        } else {
             let job = Job {
                 attempt: job.attempt + 1,
                 ..job

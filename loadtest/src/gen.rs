@@ -85,6 +85,12 @@ impl GenConfig {
     }
 }
 
+/// The ring (most lines in flight per connection) for a configured `window`: at least
+/// 2, rounded up to a power of two.
+pub fn ring_size(window: usize) -> usize {
+    window.max(2).next_power_of_two()
+}
+
 /// `load.e0` .. `load.e<E-1>`: the types `run` subscribes endpoint `n` to.
 pub fn endpoint_types(endpoints: u64) -> Vec<String> {
     (0..endpoints.max(1))
@@ -280,7 +286,7 @@ impl Gen {
             readers_done: AtomicUsize::new(0),
         });
         let cfg = Arc::new(cfg);
-        let window = cfg.window.max(2).next_power_of_two();
+        let window = ring_size(cfg.window);
         let started = Instant::now();
         let t0_us = unix_micros();
         let mut threads = Vec::with_capacity(2 * k);

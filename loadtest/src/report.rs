@@ -27,6 +27,43 @@ pub struct Sample {
     pub pending: u64,
 }
 
+/// The `restart` scenario option: ricochet killed with `kill -9` after ingest and
+/// started again on the same data dir and config.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RestartMetrics {
+    /// Pid of the process killed.
+    pub killed_pid: u32,
+    /// Pid of the restarted process (the drain runs against it).
+    pub pid: u32,
+    /// Accepted events not yet delivered when it was killed.
+    pub backlog_at_kill: u64,
+    /// Spawn of the new process -> first `200 {"status":"ok"}` from `GET /health`.
+    pub health_s: f64,
+    /// Spawn -> first `ok` (or `dup`) ack of the probe event on a fresh ingest connection:
+    /// ready to accept. None when it never came (within `--startup-timeout`).
+    pub first_ack_s: Option<f64>,
+    /// The probe's id (`ld-<run>-<n>`, n above every generated id) and type.
+    pub probe_id: String,
+    pub probe_type: String,
+    /// Lines written for the probe (a retry follows an `err` ack or a lost connection).
+    pub probe_attempts: u32,
+    /// The ack that ended the probe (`ok <id> <deliveries>`, `dup <id>`), or the last
+    /// problem when none came.
+    pub probe_ack: String,
+    /// The probe counts as one more accepted event (in `accepted`, `events_sent`,
+    /// `deliveries_expected` and the loss check; not in the ack latency or accepted/s).
+    pub probe_accepted: bool,
+    /// `<deliveries>` of its `ok` ack.
+    pub probe_deliveries: u64,
+    pub probe_delivered: bool,
+    /// CPU seconds of the killed process (`ricochet_cpu_s` is both processes' sum).
+    pub killed_cpu_s: Option<f64>,
+    /// Peak RSS of the killed process (`ricochet_peak_rss_mib` is the larger of the two).
+    pub killed_peak_rss_mib: Option<f64>,
+    /// Peak RSS (`VmHWM`) of the restarted process, from start through the drain.
+    pub peak_rss_mib: Option<f64>,
+}
+
 /// Everything one run measured.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RunMetrics {
@@ -86,6 +123,8 @@ pub struct RunMetrics {
     pub tls_handshakes: Option<u64>,
     /// The per-endpoint one-second window check (scenarios with `max_rps > 0`).
     pub rate_check: Option<RateCounts>,
+    /// Scenarios with `restart = true` (or `--restart`).
+    pub restart: Option<RestartMetrics>,
     pub notes: Vec<String>,
     pub series: Vec<Sample>,
 }
@@ -95,6 +134,8 @@ enum Unit {
     Count,
     Rate,
     Secs,
+    /// Seconds with milliseconds.
+    Secs3,
     Micros,
     MiB,
     Share,
@@ -183,6 +224,30 @@ const ROWS: &[(&str, &str, Unit, Getter)] = &[
         Unit::MiB,
         |m| m.ricochet_peak_rss_mib,
     ),
+    (
+        "restart_backlog_at_kill",
+        "restart: backlog at kill -9",
+        Unit::Count,
+        |m| m.restart.as_ref().map(|r| r.backlog_at_kill as f64),
+    ),
+    (
+        "restart_health_s",
+        "restart: health after",
+        Unit::Secs3,
+        |m| m.restart.as_ref().map(|r| r.health_s),
+    ),
+    (
+        "restart_first_ack_s",
+        "restart: first ack after",
+        Unit::Secs3,
+        |m| m.restart.as_ref().and_then(|r| r.first_ack_s),
+    ),
+    (
+        "restart_peak_rss_mib",
+        "restart: peak RSS (new pid)",
+        Unit::MiB,
+        |m| m.restart.as_ref().and_then(|r| r.peak_rss_mib),
+    ),
     ("load_tool_cpu_s", "load tool CPU", Unit::Secs, |m| {
         m.load_tool_cpu_s
     }),
@@ -265,6 +330,7 @@ fn fmt(unit: Unit, v: Option<f64>) -> String {
         Unit::Count => fmt_count(v.round() as u64),
         Unit::Rate => fmt_count(v.round() as u64),
         Unit::Secs => format!("{v:.2}s"),
+        Unit::Secs3 => format!("{v:.3}s"),
         Unit::Micros => fmt_us(v.round() as u64),
         Unit::MiB => format!("{v:.1} MiB"),
         Unit::Share => format!("{:.1}%", v * 100.0),
@@ -407,6 +473,43 @@ mod tests {
         let m = medians(&runs);
         assert_eq!(m["accepted_per_s"], serde_json::json!(200.0));
         assert_eq!(m["raw_fraction"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn restart_rows_show_per_run_values_and_medians() {
+        let runs: Vec<RunMetrics> = [(0.5, Some(1.0)), (0.7, Some(3.0)), (0.6, None)]
+            .into_iter()
+            .enumerate()
+            .map(|(i, (health_s, first_ack_s))| RunMetrics {
+                run: i + 1,
+                restart: Some(RestartMetrics {
+                    health_s,
+                    first_ack_s,
+                    backlog_at_kill: 1000,
+                    peak_rss_mib: Some(100.0),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect();
+        let t = table(&runs);
+        let line = t
+            .lines()
+            .find(|l| l.starts_with("restart: health after"))
+            .unwrap();
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cells[3..], ["0.500s", "0.700s", "0.600s", "0.600s"], "{t}");
+        let line = t
+            .lines()
+            .find(|l| l.starts_with("restart: first ack after"))
+            .unwrap();
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cells[4..], ["1.000s", "3.000s", "-", "2.000s"], "{t}");
+        let m = medians(&runs);
+        assert_eq!(m["restart_first_ack_s"], serde_json::json!(2.0));
+        assert_eq!(m["restart_backlog_at_kill"], serde_json::json!(1000.0));
+        // No restart, no rows.
+        assert!(!table(&[RunMetrics::default()]).contains("restart"));
     }
 
     #[test]

@@ -29,7 +29,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::gen::{self, Gen, GenConfig, GenShared, Target};
 use crate::procstat;
 use crate::raw;
-use crate::report::{self, RunMetrics, Sample};
+use crate::report::{self, RestartMetrics, RunMetrics, Sample};
 use crate::scenario::{Outage, Scenario, BUILT_IN};
 use crate::script::parse_duration;
 use crate::sink::{RateLimit, Sink, SinkConfig, SinkCounts};
@@ -76,6 +76,17 @@ pub struct RunArgs {
     /// Override the scenario's drain timeout.
     #[arg(long, value_parser = parse_duration)]
     drain_timeout: Option<Duration>,
+    /// Override the scenario's generator window: most lines in flight (written, not yet
+    /// acked) per ingest connection, rounded up to a power of two. Under flat-out load
+    /// ack latency is about window / throughput, so a small window shows ack latency with
+    /// a bounded producer.
+    #[arg(long)]
+    window: Option<usize>,
+    /// Override the scenario's `restart`: after ingest (before an outage ends) kill -9
+    /// ricochet, start it again on the same data dir, and time its first /health and the
+    /// first ok ack of a probe event. `--restart=false` turns it off.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    restart: Option<bool>,
     /// Longest wait for ricochet's /health.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     startup_timeout: Duration,
@@ -115,6 +126,9 @@ impl Scheme {
 /// The HTTPS ratio must reach this share of plain HTTP's deliveries/s (issue 4).
 const HTTPS_TARGET: f64 = 0.7;
 
+/// backlog: "ready to accept within 5 s after a restart with that backlog".
+const RESTART_TARGET_S: f64 = 5.0;
+
 pub fn cmd_run(a: RunArgs) -> Result<i32> {
     if a.list {
         for (name, text) in BUILT_IN {
@@ -143,21 +157,19 @@ pub fn cmd_run(a: RunArgs) -> Result<i32> {
     if let Some(t) = a.rate_tolerance {
         sc.rate_tolerance = t;
     }
+    if let Some(w) = a.window {
+        sc.window = w.max(2);
+    }
+    if let Some(r) = a.restart {
+        sc.restart = r;
+    }
     let ricochet = resolve_ricochet(a.ricochet.as_deref())?;
     let stop = crate::stop_flag()?;
     eprintln!(
-        "scenario {} ({}): {} endpoints, {} events max, {:?} max, rate {}, outage {:?}",
+        "scenario {} ({}): {}",
         sc.name,
         sc.source,
-        fmt_count(sc.endpoints),
-        fmt_count(sc.events),
-        sc.duration,
-        if sc.rate > 0.0 {
-            format!("{}/s", sc.rate)
-        } else {
-            "flat out".into()
-        },
-        sc.outage
+        settings_text(&sc)
     );
     eprintln!(
         "ricochet {}; sink and raw on the {} driver",
@@ -224,6 +236,7 @@ pub fn cmd_run(a: RunArgs) -> Result<i32> {
             "scenario": sc.name,
             "source": sc.source,
             "description": sc.description,
+            "settings": settings_json(&sc),
             "ricochet": ricochet.display().to_string(),
             "runs": runs,
             "median": median,
@@ -234,9 +247,10 @@ pub fn cmd_run(a: RunArgs) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!(
-            "\nscenario {}: {}\n",
+            "\nscenario {}: {}\nsettings: {}\n",
             sc.name,
-            sc.description.replace('\n', " ")
+            sc.description.replace('\n', " "),
+            settings_text(&sc)
         );
         print!("{}", report::table(&runs));
         if let Some(c) = &compare {
@@ -255,8 +269,60 @@ pub fn cmd_run(a: RunArgs) -> Result<i32> {
             || m.misrouted > 0
             || m.ack_mismatch > 0
             || m.rate_check.is_some_and(|r| r.windows_over_limit > 0)
+            || m.restart.as_ref().is_some_and(|r| r.first_ack_s.is_none())
     });
     Ok(i32::from(bad || runs.is_empty()))
+}
+
+fn rate_text(rate: f64) -> String {
+    if rate > 0.0 {
+        format!("{}/s", rate)
+    } else {
+        "flat out".into()
+    }
+}
+
+/// The scenario as run (after the command-line overrides), for the report header.
+fn settings_text(sc: &Scenario) -> String {
+    let window = gen::ring_size(sc.window);
+    format!(
+        "{} endpoints, {} events max, {:?} max, rate {}, {} connection(s), window {}{}, {} durability, outage {}, drain timeout {:?}{}",
+        fmt_count(sc.endpoints),
+        fmt_count(sc.events),
+        sc.duration,
+        rate_text(sc.rate),
+        sc.connections,
+        fmt_count(window as u64),
+        if window != sc.window {
+            format!(" (asked {}, rounded up to a power of two)", sc.window)
+        } else {
+            String::new()
+        },
+        sc.durability,
+        sc.outage.name(),
+        sc.drain_timeout,
+        if sc.restart {
+            ", kill -9 and restart after ingest"
+        } else {
+            ""
+        }
+    )
+}
+
+/// The same for `--json`.
+fn settings_json(sc: &Scenario) -> serde_json::Value {
+    serde_json::json!({
+        "endpoints": sc.endpoints,
+        "events": sc.events,
+        "duration_s": sc.duration.as_secs_f64(),
+        "rate": sc.rate,
+        "connections": sc.connections,
+        "window": gen::ring_size(sc.window),
+        "durability": sc.durability,
+        "outage": sc.outage.name(),
+        "drain_timeout_s": sc.drain_timeout.as_secs_f64(),
+        "restart": sc.restart,
+    })
 }
 
 fn label_suffix(m: &RunMetrics) -> String {
@@ -386,6 +452,13 @@ fn one_line(m: &RunMetrics) -> String {
         m.drain_s,
         m.drain_end
     ) + &rate
+        + &m.restart.as_ref().map_or(String::new(), |r| {
+            format!(
+                ", restart: health after {:.3}s, first ack after {}",
+                r.health_s,
+                r.first_ack_s.map_or("-".into(), |t| format!("{t:.3}s"))
+            )
+        })
 }
 
 /// `base` for the first run, `NAME-<run>.svg` for the others; a scheme label other than
@@ -497,6 +570,58 @@ impl ChildGuard {
         let st = child.wait().map(|s| s.to_string()).unwrap_or_default();
         format!("killed after {grace:?} without exiting on SIGTERM: {st}")
     }
+
+    /// SIGKILL at once (a crash: nothing is flushed or finished), and reap it.
+    fn kill9(&mut self) -> String {
+        let Some(mut child) = self.0.take() else {
+            return "not running".into();
+        };
+        if let Ok(Some(st)) = child.try_wait() {
+            return format!("had exited: {st}");
+        }
+        let _ = child.kill();
+        match child.wait() {
+            Ok(st) => format!("killed: {st}"),
+            Err(e) => format!("killed, wait failed: {e}"),
+        }
+    }
+}
+
+/// Starts `ricochet serve --config <config>` in its own process group (killed by the
+/// kernel if this process dies), output appended to `log`. Returns it with the instant
+/// just before the spawn, from which startup is timed.
+fn spawn_ricochet(ricochet: &Path, config: &Path, log: &Path) -> Result<(ChildGuard, Instant)> {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let mut command = Command::new(ricochet);
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe; it makes the kernel SIGKILL ricochet if this
+    // process dies without cleaning up (e.g. a second Ctrl-C), so no server is orphaned.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let at = Instant::now();
+    let child = command.spawn().with_context(|| {
+        format!(
+            "starting {} serve --config {}",
+            ricochet.display(),
+            config.display()
+        )
+    })?;
+    Ok((ChildGuard(Some(child)), at))
 }
 
 impl Drop for ChildGuard {
@@ -563,13 +688,16 @@ pub fn admin_request(addr: SocketAddr, method: &str, path: &str) -> Result<(u16,
     Ok((status, body))
 }
 
+/// Polls `GET /health` every `poll` until `{"status":"ok"}`; returns the time since `t`
+/// (the spawn).
 fn wait_health(
     admin: SocketAddr,
     child: &mut ChildGuard,
     timeout: Duration,
     log: &Path,
+    t: Instant,
+    poll: Duration,
 ) -> Result<Duration> {
-    let t = Instant::now();
     let mut last_err = String::new();
     while t.elapsed() < timeout {
         if let Some(st) = child.exited() {
@@ -583,12 +711,234 @@ fn wait_health(
             Ok((status, body)) => last_err = format!("{status} {body}"),
             Err(e) => last_err = e.to_string(),
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(poll);
     }
     bail!(
         "ricochet did not answer GET http://{admin}/health with {{\"status\":\"ok\"}} within {timeout:?} (last: {last_err}); {}",
         log_tail(log, 30)
     )
+}
+
+/// What the restart probe got.
+#[derive(Debug, Default)]
+struct ProbeOutcome {
+    /// Since the spawn, when the `ok`/`dup` ack arrived.
+    after: Option<Duration>,
+    attempts: u32,
+    /// The final ack line, or the last problem.
+    ack: String,
+    /// `ok` with deliveries, or `dup` (an earlier attempt got in).
+    accepted: bool,
+    /// From an `ok` ack.
+    deliveries: u64,
+}
+
+/// Reads one line (without the newline) into `buf`, until `deadline`.
+fn read_ack_line(
+    s: &mut std::os::unix::net::UnixStream,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+) -> std::result::Result<(), String> {
+    let mut tmp = [0u8; 512];
+    while !buf.contains(&b'\n') {
+        if Instant::now() >= deadline {
+            return Err("no ack before the deadline".into());
+        }
+        match s.read(&mut tmp) {
+            Ok(0) => return Err("the server closed the connection without an ack".into()),
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(format!("reading the ack: {e}")),
+        }
+    }
+    let nl = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    buf.truncate(nl);
+    Ok(())
+}
+
+/// Sends one event (`line()` formats it with a fresh stamp) on its own ingest connection
+/// until it is acked `ok` or `dup`: connects every 2 ms while nothing listens, resends
+/// 10 ms after an `err` ack or a lost connection, and gives up `timeout` after `since`
+/// or when `give_up()` says so.
+fn probe_ingest(
+    socket: &Path,
+    id: &str,
+    line: &dyn Fn() -> Vec<u8>,
+    since: Instant,
+    timeout: Duration,
+    give_up: &dyn Fn() -> bool,
+) -> ProbeOutcome {
+    use std::os::unix::net::UnixStream;
+    let deadline = since + timeout;
+    let mut out = ProbeOutcome::default();
+    let mut conn: Option<UnixStream> = None;
+    let mut buf = Vec::with_capacity(256);
+    while Instant::now() < deadline && !give_up() {
+        let s = match &mut conn {
+            Some(s) => s,
+            None => match UnixStream::connect(socket) {
+                Ok(s) => {
+                    let _ = s.set_read_timeout(Some(Duration::from_millis(20)));
+                    let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
+                    conn.insert(s)
+                }
+                Err(e) => {
+                    out.ack = format!("connecting to {}: {e}", socket.display());
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                }
+            },
+        };
+        out.attempts += 1;
+        buf.clear();
+        let sent = s
+            .write_all(&line())
+            .map_err(|e| format!("writing the probe: {e}"))
+            .and_then(|()| read_ack_line(s, &mut buf, deadline));
+        if let Err(e) = sent {
+            out.ack = e;
+            conn = None;
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        let at = since.elapsed();
+        out.ack = String::from_utf8_lossy(&buf).trim().to_string();
+        match gen::parse_ack(&buf) {
+            gen::Ack::Ok {
+                id: got,
+                deliveries,
+            } if got == id.as_bytes() => {
+                out.after = Some(at);
+                out.accepted = deliveries > 0;
+                out.deliveries = deliveries;
+                return out;
+            }
+            gen::Ack::Dup { id: got } if got == id.as_bytes() => {
+                out.after = Some(at);
+                out.accepted = true;
+                return out;
+            }
+            gen::Ack::Err => {}
+            // Another id or an unknown line: start over on a fresh connection.
+            _ => conn = None,
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if out.ack.is_empty() {
+        out.ack = "never sent (stopped)".into();
+    }
+    out
+}
+
+/// What [`restart_ricochet`] needs from the run.
+struct RestartSetup<'a> {
+    sc: &'a Scenario,
+    ricochet: &'a Path,
+    config: &'a Path,
+    log: &'a Path,
+    socket: &'a Path,
+    admin: SocketAddr,
+    tag: &'a str,
+    /// The probe's `n`: above every generated id, so it is one more distinct event.
+    probe_n: u64,
+    timeout: Duration,
+    stop: &'a AtomicBool,
+}
+
+/// `kill -9` the running ricochet, start it again with the same config (same data dir,
+/// socket and admin port), and time, from the spawn, its first healthy `GET /health` and
+/// (concurrently, on its own connection) the first `ok` ack of one probe event shaped
+/// like the generator's. Replaces `child` with the new process.
+fn restart_ricochet(
+    child: &mut ChildGuard,
+    r: &RestartSetup,
+    backlog: u64,
+) -> Result<RestartMetrics> {
+    let killed_pid = child.pid();
+    // Read before the kill: a reaped process has no /proc entry.
+    let killed_cpu_s = procstat::cpu_seconds(killed_pid);
+    let killed_peak_rss_mib = procstat::peak_rss_kib(killed_pid).map(|k| k as f64 / 1024.0);
+    let how = child.kill9();
+    eprintln!(
+        "restart: kill -9 of ricochet pid {killed_pid} with {} accepted events undelivered ({how})",
+        fmt_count(backlog)
+    );
+    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(r.log) {
+        let _ = writeln!(
+            f,
+            "--- ricochet-load: pid {killed_pid} {how}; starting again on the same data dir"
+        );
+    }
+    let (new_child, spawned) = spawn_ricochet(r.ricochet, r.config, r.log)?;
+    *child = new_child;
+    let pid = child.pid();
+
+    let ty = format!("load.e{}", r.probe_n % r.sc.endpoints.max(1));
+    let id = format!("ld-{}-{}", r.tag, r.probe_n);
+    let payload = r.sc.payload;
+    let line = || {
+        let mut buf = Vec::with_capacity(1024);
+        crate::payload::write_event(
+            &mut buf,
+            payload,
+            &ty,
+            r.tag,
+            r.probe_n,
+            crate::script::unix_micros(),
+        );
+        buf
+    };
+    let cancel = AtomicBool::new(false);
+    let give_up = || cancel.load(Ordering::Relaxed) || r.stop.load(Ordering::Relaxed);
+    let (health, probe) = std::thread::scope(|s| {
+        let probe = s.spawn(|| probe_ingest(r.socket, &id, &line, spawned, r.timeout, &give_up));
+        let health = wait_health(
+            r.admin,
+            child,
+            r.timeout,
+            r.log,
+            spawned,
+            Duration::from_millis(5),
+        );
+        if health.is_err() {
+            cancel.store(true, Ordering::Relaxed);
+        }
+        (health, probe.join())
+    });
+    let health = health.context("after the kill -9 restart")?;
+    let probe = probe.map_err(|_| anyhow!("the restart probe thread panicked"))?;
+    eprintln!(
+        "restart: ricochet pid {pid} healthy after {:.3}s, first ack after {} ({} probe attempt(s): {})",
+        health.as_secs_f64(),
+        probe
+            .after
+            .map_or("-".into(), |d| format!("{:.3}s", d.as_secs_f64())),
+        probe.attempts,
+        probe.ack
+    );
+    Ok(RestartMetrics {
+        killed_pid,
+        pid,
+        backlog_at_kill: backlog,
+        health_s: health.as_secs_f64(),
+        first_ack_s: probe.after.map(|d| d.as_secs_f64()),
+        probe_id: id,
+        probe_type: ty,
+        probe_attempts: probe.attempts,
+        probe_ack: probe.ack,
+        probe_accepted: probe.accepted,
+        probe_deliveries: probe.deliveries,
+        probe_delivered: false,
+        killed_cpu_s,
+        killed_peak_rss_mib,
+        peak_rss_mib: None,
+    })
 }
 
 /// Builds the per-second samples from counter deltas.
@@ -791,34 +1141,16 @@ fn run_in(
         (scheme == Scheme::Https).then_some(ca_file.as_path()),
     )?;
     std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
-    let log_file = std::fs::File::create(&log)?;
-    let mut command = Command::new(ricochet);
-    command
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone()?)
-        .stderr(log_file)
-        .process_group(0);
-    // SAFETY: prctl is async-signal-safe; it makes the kernel SIGKILL ricochet if this
-    // process dies without cleaning up (e.g. a second Ctrl-C), so no server is orphaned.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let child = command.spawn().with_context(|| {
-        format!(
-            "starting {} serve --config {}",
-            ricochet.display(),
-            config.display()
-        )
-    })?;
-    let mut child = ChildGuard(Some(child));
+    let (mut child, spawned) = spawn_ricochet(ricochet, &config, &log)?;
     let pid = child.pid();
-    let startup = wait_health(admin, &mut child, a.startup_timeout, &log)?;
+    let startup = wait_health(
+        admin,
+        &mut child,
+        a.startup_timeout,
+        &log,
+        spawned,
+        Duration::from_millis(100),
+    )?;
     eprintln!(
         "ricochet pid {pid} healthy after {:.2}s (admin {admin}, sink {sink_base}, files {})",
         startup.as_secs_f64(),
@@ -879,6 +1211,58 @@ fn run_in(
     notes.extend(gres.notes.iter().cloned());
     // The last ack, not now: a wait for missing acks is not drain time.
     let ingest_end_us = gres.started_unix_us + gres.elapsed.as_micros() as u64;
+    let gen_accepted = gres.ok - gres.unrouted;
+    // Every generated id is below this (connection c sends c, c + k, c + 2k, ..).
+    let id_bound = gres.sent.saturating_mul(sc.connections as u64) + sc.connections as u64;
+
+    // Restart with the backlog in place (before any outage ends).
+    let mut restart = None;
+    if sc.restart {
+        if stop.load(Ordering::Relaxed) {
+            notes.push("restart skipped: interrupted".into());
+        } else if let Some(st) = child.exited() {
+            notes.push(format!("restart skipped: ricochet had exited ({st})"));
+        } else {
+            let delivered = sink.as_ref().map_or(0, |s| {
+                // The probe is accounted for, but not part of the measured deliveries.
+                s.shared().set_untimed(id_bound);
+                s.shared().counts().delivered
+            });
+            let r = restart_ricochet(
+                &mut child,
+                &RestartSetup {
+                    sc,
+                    ricochet,
+                    config: &config,
+                    log: &log,
+                    socket: &socket,
+                    admin,
+                    tag,
+                    probe_n: id_bound,
+                    timeout: a.startup_timeout,
+                    stop,
+                },
+                gen_accepted.saturating_sub(delivered),
+            )?;
+            if let Some(t) = r.first_ack_s.filter(|&t| t > RESTART_TARGET_S) {
+                notes.push(format!(
+                    "restart: first ack after {t:.3}s (target: ready to accept within {RESTART_TARGET_S} s, not met)"
+                ));
+            }
+            if r.first_ack_s.is_none() {
+                notes.push(format!(
+                    "restart: the probe {} was never acked ok within {:?} ({} attempts; last: {})",
+                    r.probe_id, a.startup_timeout, r.probe_attempts, r.probe_ack
+                ));
+            } else if !r.probe_accepted {
+                notes.push(format!(
+                    "restart: the probe {} was acked without a delivery ({})",
+                    r.probe_id, r.probe_ack
+                ));
+            }
+            restart = Some(r);
+        }
+    }
 
     // End of the outage.
     match sc.outage {
@@ -891,10 +1275,21 @@ fn run_in(
         Outage::Refuse => {
             let mut cfg = sink_cfg.clone();
             cfg.listen = sink_addr;
-            sink = Some(Sink::start(cfg).context("starting the sink after the outage")?);
+            let s = Sink::start(cfg).context("starting the sink after the outage")?;
+            if restart.is_some() {
+                s.shared().set_untimed(id_bound);
+            }
+            sink = Some(s);
         }
     }
     let up_at = Instant::now();
+    // With a restart, the drain is timed from the sink coming up (not from the last ack,
+    // which the restart follows).
+    let drain_from_us = if restart.is_some() {
+        crate::script::unix_micros()
+    } else {
+        ingest_end_us
+    };
     if sc.outage != Outage::None {
         eprintln!(
             "outage over after {:.2}s of ingest; draining",
@@ -902,8 +1297,12 @@ fn run_in(
         );
     }
 
-    // Drain.
-    let accepted = gres.ok - gres.unrouted;
+    // Drain. An accepted probe is one more event to deliver.
+    let probe = restart
+        .as_ref()
+        .filter(|r| r.probe_accepted)
+        .map(|_| id_bound);
+    let accepted = gen_accepted + u64::from(probe.is_some());
     let mut progress = Progress::new(accepted, "drain");
     let mut last_requests = u64::MAX;
     let mut idle_since = Instant::now();
@@ -956,9 +1355,18 @@ fn run_in(
         ));
     }
 
-    // ricochet's resources, then stop it.
-    let cpu = procstat::cpu_seconds(pid);
-    let hwm = procstat::peak_rss_kib(pid);
+    // ricochet's resources (both processes' CPU after a restart), then stop it.
+    let pid = child.pid();
+    let mut cpu = procstat::cpu_seconds(pid);
+    let mut hwm = procstat::peak_rss_kib(pid).map(|k| k as f64 / 1024.0);
+    if let Some(r) = &mut restart {
+        r.peak_rss_mib = hwm;
+        cpu = cpu.zip(r.killed_cpu_s).map(|(a, b)| a + b);
+        hwm = match (hwm, r.killed_peak_rss_mib) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
     let exit = child.terminate(Duration::from_secs(10));
     if !exit.starts_with("stopped") {
         notes.push(format!("ricochet {exit}"));
@@ -973,10 +1381,9 @@ fn run_in(
     let shared = sink.shared().clone();
     let ids = shared.ids.run(tag.as_bytes());
     let (mut lost, mut undelivered) = (0u64, 0u64);
-    let upper = gres.sent.saturating_mul(sc.connections as u64) + sc.connections as u64;
     let mut counted = 0;
-    for n in 0..upper {
-        if counted == accepted {
+    for n in 0..id_bound {
+        if counted == gen_accepted {
             break;
         }
         if gs.accepted.get(n) {
@@ -988,12 +1395,22 @@ fn run_in(
             }
         }
     }
+    if let Some(n) = probe {
+        if !ids.seen.get(n) {
+            lost += 1;
+        } else if !ids.delivered.get(n) {
+            undelivered += 1;
+        }
+    }
+    if let Some(r) = &mut restart {
+        r.probe_delivered = probe.is_some_and(|n| ids.delivered.get(n));
+    }
     let c = shared.counts();
     let lag = Percentiles::of(&shared.lag_total());
     let (first_us, last_us) = (shared.first_delivery_us(), shared.last_delivery_us());
     let delivery_window = last_us.saturating_sub(first_us) as f64 / 1e6;
     let total_window = if last_us > 0 {
-        (last_us.saturating_sub(ingest_end_us) as f64 / 1e6) + gres.elapsed.as_secs_f64()
+        (last_us.saturating_sub(drain_from_us) as f64 / 1e6) + gres.elapsed.as_secs_f64()
     } else {
         gres.elapsed.as_secs_f64()
     };
@@ -1086,15 +1503,19 @@ fn run_in(
         run: index,
         label: String::new(),
         run_tag: tag.to_string(),
-        events_sent: gres.sent,
+        events_sent: gres.sent + u64::from(restart.as_ref().is_some_and(|r| r.probe_attempts > 0)),
         accepted,
         dup_acks: gres.dup,
         err_acks: gres.err,
         missing_acks: gres.missing,
         ack_mismatch: gres.mismatched,
         ingest_s: gres.elapsed.as_secs_f64(),
-        accepted_per_s: accepted as f64 / gres.elapsed.as_secs_f64().max(1e-9),
-        deliveries_expected: gres.deliveries,
+        accepted_per_s: gen_accepted as f64 / gres.elapsed.as_secs_f64().max(1e-9),
+        deliveries_expected: gres.deliveries
+            + restart
+                .as_ref()
+                .filter(|r| r.probe_accepted)
+                .map_or(0, |r| r.probe_deliveries),
         delivered: c.delivered,
         requests: c.requests,
         deliveries_per_s: if delivery_window > 0.0 {
@@ -1108,7 +1529,7 @@ fn run_in(
             .map(|s| s.deliveries_per_s)
             .fold(0.0, f64::max),
         requests_per_s: c.requests as f64 / total_window.max(1e-9),
-        drain_s: last_us.saturating_sub(ingest_end_us) as f64 / 1e6,
+        drain_s: last_us.saturating_sub(drain_from_us) as f64 / 1e6,
         drained,
         drain_end,
         ack: gres.ack,
@@ -1122,7 +1543,7 @@ fn run_in(
         status_5xx: c.status_5xx,
         resets: c.resets,
         ricochet_cpu_s: cpu,
-        ricochet_peak_rss_mib: hwm.map(|k| k as f64 / 1024.0),
+        ricochet_peak_rss_mib: hwm,
         ricochet_exit: exit,
         load_tool_cpu_s: load_cpu,
         raw_requests_per_s: raw_rps,
@@ -1130,6 +1551,7 @@ fn run_in(
         sink_connections: c.connections,
         tls_handshakes: (scheme == Scheme::Https).then_some(c.tls_handshakes),
         rate_check,
+        restart,
         notes,
         series: std::mem::take(&mut sampler.samples),
     })

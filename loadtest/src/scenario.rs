@@ -69,6 +69,11 @@ pub struct ScenarioFile {
     /// when the generator is done.
     #[serde(default = "default_outage")]
     pub outage: String,
+    /// When the generator is done (before any outage ends): `kill -9` ricochet, start it
+    /// again on the same data dir and config, and time `/health` and the first `ok` ack
+    /// of a probe event; the drain then runs against the restarted process.
+    #[serde(default)]
+    pub restart: bool,
     #[serde(default)]
     pub sink: SinkSection,
     /// Extra keys for ricochet's `[server]` table.
@@ -158,6 +163,17 @@ pub enum Outage {
     Refuse,
 }
 
+impl Outage {
+    /// As written in a scenario file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outage::None => "none",
+            Outage::Unavailable => "503",
+            Outage::Refuse => "refuse",
+        }
+    }
+}
+
 /// A checked scenario, ready to run.
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -176,6 +192,8 @@ pub struct Scenario {
     pub drain_timeout: Duration,
     pub drain_idle: Duration,
     pub outage: Outage,
+    /// Kill -9 and restart ricochet after ingest (see [`ScenarioFile::restart`]).
+    pub restart: bool,
     pub sink_threads: usize,
     pub script: Script,
     pub latency: Latency,
@@ -294,6 +312,7 @@ impl Scenario {
             drain_timeout: dur(&f.drain_timeout, "drain_timeout")?,
             drain_idle: dur(&f.drain_idle, "drain_idle")?,
             outage,
+            restart: f.restart,
             sink_threads: f.sink.threads.max(1),
             script: Script::parse(&f.sink.script).with_context(ctx)?,
             latency: Latency::parse(&f.sink.latency).with_context(ctx)?,
@@ -400,7 +419,10 @@ mod tests {
         assert_eq!((m.max_rps, m.rate_tolerance), (2, 1));
         let r = Scenario::load("retry-storm").unwrap();
         assert_eq!(r.script.entries.len(), 2);
-        assert_eq!(Scenario::load("backlog").unwrap().events, 1_000_000);
+        let b = Scenario::load("backlog").unwrap();
+        assert_eq!(b.events, 1_000_000);
+        assert!(b.restart, "backlog measures readiness after a restart");
+        assert!(!Scenario::load("max").unwrap().restart);
         assert!(Scenario::load("no-such-scenario").is_err());
     }
 
@@ -454,6 +476,19 @@ mod tests {
             v["endpoint"][5]["url"].as_str(),
             Some("https://localhost:9443/e/5")
         );
+    }
+
+    #[test]
+    fn restart_and_window_keys() {
+        let s = Scenario::parse("x", "t", "events = 10").unwrap();
+        assert!(!s.restart);
+        assert_eq!(s.window, 16384);
+        let s = Scenario::parse("x", "t", "events = 10\nrestart = true\nwindow = 64").unwrap();
+        assert!(s.restart);
+        assert_eq!(s.window, 64);
+        // A window below 2 is raised to 2 (the generator's ring needs two slots).
+        assert_eq!(Scenario::parse("x", "t", "window = 0").unwrap().window, 2);
+        assert!(Scenario::parse("x", "t", "restart = \"yes\"").is_err());
     }
 
     #[test]

@@ -156,6 +156,9 @@ pub struct SinkShared {
     stop: AtomicBool,
     last_delivery_us: AtomicU64,
     first_delivery_us: AtomicU64,
+    /// A generated id's `n` whose delivery is counted but not timed (no lag sample, not
+    /// in the first/last delivery stamps): `run`'s restart probe. `u64::MAX` = none.
+    untimed_n: AtomicU64,
     rate: Option<RateCheck>,
 }
 
@@ -210,6 +213,17 @@ impl SinkShared {
         self.first_delivery_us.load(Relaxed)
     }
 
+    /// Deliveries of `ld-<any run>-<n>` count (delivered, duplicates, ids) but leave the
+    /// delivery window and the lag histogram alone.
+    pub fn set_untimed(&self, n: u64) {
+        self.untimed_n.store(n, Relaxed);
+    }
+
+    fn timed(&self, id: &[u8]) -> bool {
+        let u = self.untimed_n.load(Relaxed);
+        u == u64::MAX || http::parse_load_id(id).is_none_or(|(_, n)| n != u)
+    }
+
     /// While down, every request is answered 503 and nothing counts as delivered.
     pub fn set_down(&self, down: bool) {
         self.mode
@@ -246,6 +260,7 @@ impl Sink {
             stop: AtomicBool::new(false),
             last_delivery_us: AtomicU64::new(0),
             first_delivery_us: AtomicU64::new(0),
+            untimed_n: AtomicU64::new(u64::MAX),
             rate,
         });
         let cfg = Arc::new(cfg);
@@ -438,7 +453,7 @@ impl ThreadCtx {
             if m.first_delivery {
                 c.delivered.fetch_add(1, Relaxed);
             }
-            lag_wanted = m.first_delivery;
+            lag_wanted = m.first_delivery && self.shared.timed(id);
             if let Some(e) = self.cfg.endpoints.filter(|&e| e > 0) {
                 if let (Some((_, n)), Some(path_ep)) = (
                     http::parse_load_id(id),
@@ -859,6 +874,37 @@ mod tests {
     }
 
     use crate::stats::Percentiles;
+
+    #[test]
+    fn an_untimed_id_counts_but_is_not_timed() {
+        let sink = start("200");
+        sink.shared().set_untimed(9);
+        let mut s = StdStream::connect(sink.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let post = |s: &mut StdStream, id: &str, path: &str| {
+            let body = format!("{{\"sent_us\":{},\"x\":1}}", unix_micros() - 1_000);
+            write!(
+                s,
+                "POST {path} HTTP/1.1\r\nHost: x\r\nwebhook-id: {id}\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            assert_eq!(read_responses(s, 1), vec![200]);
+        };
+        post(&mut s, "ld-t-9", "/e/1");
+        assert_eq!(sink.shared().first_delivery_us(), 0);
+        assert_eq!(sink.shared().last_delivery_us(), 0);
+        post(&mut s, "ld-t-5", "/e/1");
+        let first = sink.shared().first_delivery_us();
+        assert!(first > 0);
+        std::thread::sleep(Duration::from_millis(5));
+        post(&mut s, "ld-t-9", "/e/1");
+        assert_eq!(sink.shared().last_delivery_us(), first);
+        let c = sink.shared().counts();
+        assert_eq!((c.delivered, c.duplicates, c.misrouted), (2, 1, 0));
+        assert_eq!(Percentiles::of(&sink.shared().lag_total()).count, 1);
+        assert!(sink.shared().ids.delivered(b"t", 9));
+    }
 
     #[test]
     fn script_down_mode_and_close() {

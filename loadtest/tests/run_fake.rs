@@ -223,3 +223,52 @@ fn rate_check_passes_a_slow_feed_and_catches_a_dispatcher_ignoring_max_rps() {
     assert!(v["runs"][0]["notes"].to_string().contains("rate check"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn restart_after_ingest_is_timed_and_loses_nothing() {
+    // The fake journals acked events to the data dir, so after kill -9 the restarted
+    // process resends the backlog it had when the sink was still answering 503.
+    let dir = temp_dir("restart");
+    let sc = "description = \"t\"\nendpoints = 2\nevents = 1000\noutage = \"503\"\nrestart = true\ndrain_idle = \"3s\"\ndrain_timeout = \"20s\"\n";
+    let (code, v, stderr) = run_json(&dir, sc, &["--runs", "2", "--window", "100"]);
+    assert_eq!(code, 0, "stderr:\n{stderr}");
+    let s = &v["settings"];
+    assert_eq!(s["restart"], true, "{s}");
+    assert_eq!(s["window"], 128, "rounded up to a power of two: {s}");
+    assert_eq!(s["outage"], "503");
+    for r in v["runs"].as_array().unwrap() {
+        let rs = &r["restart"];
+        // The probe is one more event, accepted and delivered like the others.
+        assert_eq!(r["events_sent"], 1001, "{stderr}");
+        assert_eq!(r["accepted"], 1001, "{stderr}");
+        assert_eq!(r["delivered"], 1001, "{stderr}");
+        assert_eq!(r["lost"], 0);
+        assert_eq!(r["undelivered"], 0);
+        assert_eq!(r["drained"], true);
+        assert_eq!(rs["probe_accepted"], true, "{rs}");
+        assert_eq!(rs["probe_delivered"], true, "{rs}");
+        // Above every generated id (events 0..999 on one connection).
+        assert_eq!(
+            rs["probe_id"],
+            format!("ld-{}-1001", r["run_tag"].as_str().unwrap())
+        );
+        assert_eq!(rs["probe_type"], "load.e1", "1001 % 2 endpoints");
+        assert!(rs["probe_ack"].as_str().unwrap().starts_with("ok "), "{rs}");
+        assert_eq!(
+            rs["backlog_at_kill"], 1000,
+            "nothing delivered during the 503s: {rs}"
+        );
+        assert_ne!(rs["pid"], rs["killed_pid"]);
+        let health = rs["health_s"].as_f64().unwrap();
+        let ack = rs["first_ack_s"].as_f64().unwrap();
+        assert!(health > 0.0 && health < 10.0, "{rs}");
+        assert!(ack > 0.0 && ack < 10.0, "{rs}");
+        assert!(rs["peak_rss_mib"].as_f64().unwrap() > 0.0, "{rs}");
+        assert!(rs["killed_cpu_s"].as_f64().is_some(), "{rs}");
+        assert!(r["ricochet_cpu_s"].as_f64().unwrap() >= rs["killed_cpu_s"].as_f64().unwrap());
+        assert!(stderr.contains(&format!("kill -9 of ricochet pid {}", rs["killed_pid"])));
+    }
+    assert!(v["median"]["restart_first_ack_s"].as_f64().unwrap() > 0.0);
+    assert!(v["median"]["restart_health_s"].as_f64().unwrap() > 0.0);
+    let _ = std::fs::remove_dir_all(dir);
+}
