@@ -323,6 +323,8 @@ struct Stats {
     acks_unavailable: u64,
     /// µs from hand-off to durable ack, per event.
     ack_latency: Hist,
+    /// µs per write carrying events (with its fsync under `sync`).
+    commit_time: Hist,
     /// Keys in `due` plus keys in `paused`: deliveries not yet done.
     pending: u64,
     /// Keys in `paused`.
@@ -412,6 +414,7 @@ impl Committer {
                 acks_dup: 0,
                 acks_unavailable: 0,
                 ack_latency: Hist::micros(),
+                commit_time: Hist::micros(),
                 pending,
                 paused,
                 expired: 0,
@@ -557,7 +560,14 @@ impl State {
         if !batch.is_empty() {
             let has_events = batch.event_count() > 0;
             let sync = has_events && self.durability == Durability::Sync;
-            if let Err(e) = self.store.commit(batch, sync) {
+            let started = Instant::now();
+            let result = self.store.commit(batch, sync);
+            if has_events {
+                self.stats
+                    .commit_time
+                    .record(started.elapsed().as_micros() as u64);
+            }
+            if let Err(e) = result {
                 written = false;
                 tracing::error!(error = %e, "store write failed; answering unavailable");
                 let msg = format!("cannot persist: {e}");
@@ -631,6 +641,7 @@ impl State {
             acks_dup: st.acks_dup,
             acks_unavailable: st.acks_unavailable,
             ack_latency: st.ack_latency.clone(),
+            commit_time: st.commit_time.clone(),
             pending: st.pending,
             paused: st.paused,
             expired: st.expired,
@@ -759,19 +770,9 @@ impl State {
             if o.first > 0 && in_round == 1 {
                 batch.clear_state(&self.store, DeliveryState::Pending, o.ep, seq);
             }
-            match a.state_after {
-                Some(DeliveryState::Retrying) => {
-                    batch.set_state(&self.store, DeliveryState::Retrying, o.ep, seq)
-                }
-                Some(done) => {
-                    if in_round > 1 {
-                        batch.clear_state(&self.store, DeliveryState::Retrying, o.ep, seq);
-                    }
-                    if done == DeliveryState::Failed {
-                        batch.set_state(&self.store, DeliveryState::Failed, o.ep, seq);
-                    }
-                }
-                None => {}
+            // `retrying` is not indexed (it churns with every retry); `failed` is.
+            if a.state_after == Some(DeliveryState::Failed) {
+                batch.set_state(&self.store, DeliveryState::Failed, o.ep, seq);
             }
         }
         batch.del_due(&self.store, o.due);
@@ -782,7 +783,6 @@ impl State {
             _ if known.is_none() => Next::Done,
             // Past retention: it expires instead of waiting for another attempt.
             Next::Retry { .. } if seq < self.store.retention_floor() => {
-                batch.clear_state(&self.store, DeliveryState::Retrying, o.ep, seq);
                 delta.expired += 1;
                 Next::Done
             }
@@ -916,9 +916,6 @@ impl State {
                 };
                 batch.unpause(&self.store, ep, seq);
                 batch.put_due(&self.store, due, val);
-                if val.in_round() > 0 {
-                    batch.set_state(&self.store, DeliveryState::Retrying, ep, seq);
-                }
                 if self.hand_now(due) {
                     below_cursor.push((due, val));
                 }
@@ -1407,7 +1404,6 @@ impl State {
         if key.seq < self.store.retention_floor() {
             // Past retention (its event is gone or going): expired.
             cleanup.del_due(&self.store, key);
-            cleanup.clear_state(&self.store, DeliveryState::Retrying, key.ep, key.seq);
             delta.pending -= 1;
             delta.expired += 1;
             return;
@@ -1462,7 +1458,6 @@ impl State {
         for (key, _) in &page {
             if key.seq < floor {
                 batch.del_due(&self.store, *key);
-                batch.clear_state(&self.store, DeliveryState::Retrying, key.ep, key.seq);
                 delta.pending -= 1;
                 delta.expired += 1;
             }

@@ -217,6 +217,9 @@ pub struct CommitSnapshot {
     pub acks_unavailable: u64,
     /// From a batch's hand-off to the committer to its durable ack, µs, per event.
     pub ack_latency: Hist,
+    /// µs per group-commit write that carried events (the write and, with `sync`, the
+    /// fsync).
+    pub commit_time: Hist,
     /// Deliveries not yet delivered or failed (due, retrying, in flight or paused).
     pub pending: u64,
     /// Of those, set aside because their endpoint is disabled.
@@ -233,6 +236,7 @@ impl Default for CommitSnapshot {
             acks_dup: 0,
             acks_unavailable: 0,
             ack_latency: Hist::micros(),
+            commit_time: Hist::micros(),
             pending: 0,
             paused: 0,
             expired: 0,
@@ -484,6 +488,12 @@ pub fn encode(s: &Scrape) -> String {
         "ricochet_ack_latency_seconds",
         "From a batch's hand-off to the committer to its durable ack, per event.",
         &c.ack_latency,
+    );
+    summary(
+        &mut out,
+        "ricochet_commit_seconds",
+        "One group-commit write carrying events: the RocksDB write and, with durability sync, its fsync.",
+        &c.commit_time,
     );
     summary(
         &mut out,
@@ -775,6 +785,7 @@ mod tests {
                 acks_dup: 1,
                 acks_unavailable: 0,
                 ack_latency: ack,
+                commit_time: Hist::micros(),
                 pending: 7,
                 paused: 2,
                 expired: 4,

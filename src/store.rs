@@ -24,9 +24,10 @@
 //!
 //! The `index` family makes the webhook log's filters cheap ([`Store::query`]): every
 //! event is indexed by type, account and each endpoint it went to; deliveries in the
-//! rarer states (`retrying`, `failed`, `paused`, `expired`, and `pending` again after a
-//! replay) are indexed by state, per endpoint and overall. `pending` and `delivered`,
-//! the common states, are found through the other indexes and checked one by one.
+//! rarer, settled states (`failed`, `paused`, `expired`, and `pending` again after a
+//! replay) are indexed by state, per endpoint and overall. `pending`, `retrying` and
+//! `delivered` are found through the other indexes and checked one by one (indexing
+//! `retrying` would cost writes on every retry).
 //!
 //! Retention: [`Store::set_retention_floor`] moves a floor below which events and
 //! attempts are range-deleted (by the committer) and index and idempotency entries are
@@ -140,13 +141,11 @@ impl DeliveryState {
         })
     }
 
-    /// Whether every delivery in this state has a state-index entry (the rarer states);
-    /// `pending` and `delivered` are found through the other indexes.
+    /// Whether every delivery in this state has a state-index entry (the rarer, settled
+    /// states); `pending`, `retrying` (which changes with every retry) and `delivered` are
+    /// found through the other indexes.
     pub fn fully_indexed(self) -> bool {
-        matches!(
-            self,
-            Self::Retrying | Self::Failed | Self::Paused | Self::Expired
-        )
+        matches!(self, Self::Failed | Self::Paused | Self::Expired)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -1435,9 +1434,6 @@ impl Batch {
         self.wb
             .put_cf(store.cf(CF_PAUSED), paused_key(ep, seq), val.encode());
         self.set_state(store, DeliveryState::Paused, ep, seq);
-        if val.in_round() > 0 {
-            self.clear_state(store, DeliveryState::Retrying, ep, seq);
-        }
     }
 
     /// Takes a delivery out of the paused set (resumed, delivered meanwhile, or expired).
