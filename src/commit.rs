@@ -15,7 +15,7 @@
 //!   splits it: deliveries with a key below the cursor are in some worker's memory, the
 //!   rest only on disk. Every tick the loader moves the cursor up to `now + HORIZON`,
 //!   sending what it passes to the owning workers, but only while fewer than
-//!   `MAX_IN_MEMORY` deliveries are in memory — so a million pending retries cost disk,
+//!   a cap of deliveries are in memory ([`in_memory_cap`]) — so a million pending retries cost disk,
 //!   not memory, and a backlog after a restart streams in as it drains.
 //! - **Endpoints and replays.** Creating, replacing and deleting endpoints, and
 //!   replaying deliveries, are committer messages too: the committer is the one writer
@@ -52,8 +52,19 @@ use crate::worker::{Job, WorkerMsg};
 pub const HORIZON_MS: u64 = 1000;
 /// How often the loader runs.
 const TICK: Duration = Duration::from_millis(50);
-/// Deliveries held in worker memory before the loader stops loading.
+/// Deliveries held in worker memory before the loader stops loading, at least…
+pub const MIN_IN_MEMORY: usize = 20_000;
+/// …and at most; in between, [`PER_ENDPOINT_IN_MEMORY`] per endpoint.
 pub const MAX_IN_MEMORY: usize = 50_000;
+/// Deliveries per endpoint the cap allows for, so a rate-limited endpoint with a backlog
+/// keeps a few queued and paces evenly instead of bursting whenever it runs dry.
+pub const PER_ENDPOINT_IN_MEMORY: usize = 5;
+
+/// The in-memory cap for `endpoints` endpoints: memory stays small with few endpoints
+/// (each drains fast), and many endpoints each keep a few deliveries queued.
+pub fn in_memory_cap(endpoints: usize) -> usize {
+    (endpoints * PER_ENDPOINT_IN_MEMORY).clamp(MIN_IN_MEMORY, MAX_IN_MEMORY)
+}
 /// Rows read per loader page.
 const PAGE: usize = 2048;
 
@@ -477,6 +488,10 @@ impl Committer {
 }
 
 impl State {
+    fn cap(&self) -> usize {
+        in_memory_cap(self.router.eps.len())
+    }
+
     fn sync(&mut self) {
         if let Err(e) = self.store.sync_wal() {
             tracing::error!(error = %e, "WAL sync failed; refusing further ingest");
@@ -703,7 +718,7 @@ impl State {
             batch.put_due(&self.store, due, DueVal::NEW);
             if due < self.cursor
                 && self.spill.is_none()
-                && self.in_memory + jobs.len() >= MAX_IN_MEMORY
+                && self.in_memory + jobs.len() >= self.cap()
             {
                 // Workers hold enough: from this event on, fresh deliveries wait on disk.
                 self.spill = Some(Spill {
@@ -1331,7 +1346,7 @@ impl State {
     fn load_spilled(&mut self) {
         let mut cache: HashMap<Seq, Arc<EventRecord>> = HashMap::default();
         while let Some(sp) = self.spill {
-            if self.in_memory >= MAX_IN_MEMORY {
+            if self.in_memory >= self.cap() {
                 return;
             }
             let until = self.cursor.due_ms.saturating_add(1);
@@ -1489,7 +1504,7 @@ impl State {
         }
         let horizon = now_ms() + HORIZON_MS;
         let mut cache: HashMap<Seq, Arc<EventRecord>> = HashMap::default();
-        while self.in_memory < MAX_IN_MEMORY {
+        while self.in_memory < self.cap() {
             let Some(page) = self.read_due(self.cursor, horizon) else {
                 return;
             };
@@ -1566,6 +1581,14 @@ mod tests {
         assert_eq!(out, vec![1, 3, 2]);
         r.route("b", Some("p2"), &mut out);
         assert_eq!(out, vec![2]);
+    }
+
+    #[test]
+    fn in_memory_cap_scales_with_endpoints() {
+        assert_eq!(in_memory_cap(0), MIN_IN_MEMORY);
+        assert_eq!(in_memory_cap(16), MIN_IN_MEMORY);
+        assert_eq!(in_memory_cap(6_000), 30_000);
+        assert_eq!(in_memory_cap(10_000), MAX_IN_MEMORY);
     }
 
     #[test]
