@@ -487,6 +487,9 @@ pub struct EndpointMeta {
     /// (seq, due_ms, attempts), so a restart puts it back in front.
     #[serde(default)]
     pub hold: Option<(Seq, u64, u16)>,
+    /// The held delivery's round start (see [`DueVal`]): nonzero after a replay.
+    #[serde(default)]
+    pub hold_first: u16,
     /// Where its configuration comes from.
     #[serde(default)]
     pub source: EndpointSource,
