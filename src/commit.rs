@@ -1313,20 +1313,33 @@ impl State {
     }
 
     fn send_holds(&mut self) {
-        let holds: Vec<(EndpointId, usize, (Seq, u64, u16), u16)> = self
+        // (worker, due key, value) of every enabled ordered endpoint's held head.
+        let holds: Vec<(usize, DueKey, DueVal)> = self
             .router
             .eps
             .values()
             .filter(|i| i.ordered && i.enabled)
-            .filter_map(|i| i.meta.hold.map(|h| (i.id, i.worker, h, i.meta.hold_first)))
+            .filter_map(|i| {
+                let (seq, due_ms, attempts) = i.meta.hold?;
+                let first = i.meta.hold_first;
+                Some((
+                    i.worker,
+                    DueKey {
+                        due_ms,
+                        seq,
+                        ep: i.id,
+                    },
+                    DueVal { attempts, first },
+                ))
+            })
             .collect();
-        for (ep, worker, (seq, due_ms, attempts), first) in holds {
-            match self.store.event(seq) {
+        for (worker, due, val) in holds {
+            match self.store.event(due.seq) {
                 Ok(Some(e)) => self.out_jobs[worker].push(Job {
                     event: Arc::new(e),
-                    ep,
-                    due: DueKey { due_ms, seq, ep },
-                    val: DueVal { attempts, first },
+                    ep: due.ep,
+                    due,
+                    val,
                 }),
                 Ok(None) => {}
                 Err(e) => tracing::error!(error = %e, "cannot read an ordered endpoint's head"),
