@@ -107,3 +107,77 @@ fn sigterm_drains_and_exits_zero() {
     rx.wait_for(1, Duration::from_secs(10));
     assert_eq!(srv.stop(), Some(0));
 }
+
+/// Endpoint changes and replays answered by the admin API are durable: after kill -9
+/// the API endpoint runs with its replaced definition, its pending deliveries go to the
+/// new URL, and a replay scheduled before the kill still happens.
+#[test]
+fn api_endpoint_changes_and_replays_survive_kill9() {
+    let old = TestReceiver::with_script(|_, _| Reply::status(500));
+    let new = TestReceiver::with_script(|_, _| Reply::status(500));
+    let done = TestReceiver::start();
+    let mut srv = TestServer::start("");
+    let def = |url: &str| {
+        serde_json::json!({
+            "name": "api-ep", "events": ["t"], "url": url, "retry": ["2s"],
+        })
+    };
+    let (status, v) = srv.call("POST", "/v1/endpoints", &def(&old.url("/old")));
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = srv.call(
+        "POST",
+        "/v1/endpoints",
+        &serde_json::json!({
+            "name": "once", "events": ["r"], "url": done.url("/once"), "retry": "none",
+        }),
+    );
+    assert_eq!(status, 201, "{v}");
+    let mut conn = srv.connect();
+    for i in 0..20 {
+        let ack = conn.send(&event("t", &format!("p-{i}"), r#"{"i":1}"#));
+        assert!(ack.starts_with("ok p-") && ack.ends_with(" 1"), "{ack}");
+    }
+    assert!(conn
+        .send(&event("r", "rep-1", "{}"))
+        .starts_with("ok rep-1 1"));
+    // Every first attempt failed at the old URL; the retries wait 2 s.
+    old.wait_for(20, Duration::from_secs(10));
+    done.wait_for(1, Duration::from_secs(10));
+    srv.wait_event("rep-1", Duration::from_secs(10), |v| {
+        states(v) == ["delivered"]
+    });
+    let (status, v) = srv.call("PUT", "/v1/endpoints/api-ep", &def(&new.url("/new")));
+    assert_eq!(status, 200, "{v}");
+    // Take `once` down, then replay: the replay waits paused until it is enabled.
+    assert_eq!(srv.post("/v1/endpoints/once/disable").0, 200);
+    let (status, v) = srv.post("/v1/events/rep-1/replay");
+    assert_eq!(status, 202, "{v}");
+    srv.kill9();
+    let dir = srv.dir.clone();
+    drop(srv);
+
+    new.set_script(|_, _| Reply::status(200));
+    let srv = TestServer::start_in(dir, &ServerOpts::new(""));
+    let (status, ep) = srv.get("/v1/endpoints/api-ep");
+    assert_eq!(status, 200, "{ep}");
+    assert_eq!(ep["url"], new.url("/new"));
+    assert_eq!(ep["source"], "api");
+    // The pending retries go to the replaced URL; none goes back to the old one.
+    let before_old = old.count();
+    assert_eq!(before_old, 20);
+    new.wait_until(Duration::from_secs(15), "every retry at the new URL", |r| {
+        let ids: HashSet<&str> = r.iter().filter_map(|x| x.header("webhook-id")).collect();
+        (0..20).all(|i| ids.contains(format!("p-{i}").as_str()))
+    });
+    assert!(new.requests().iter().all(|r| r.path == "/new"));
+    // The replay survived as a paused delivery of the disabled endpoint.
+    let v = srv.event("rep-1");
+    assert_eq!(states(&v), ["paused"], "{v}");
+    assert_eq!(srv.post("/v1/endpoints/once/enable").0, 200);
+    done.wait_for(2, Duration::from_secs(10));
+    let v = srv.wait_event("rep-1", Duration::from_secs(10), |v| {
+        states(v) == ["delivered"]
+    });
+    assert_eq!(v["deliveries"][0]["attempts"].as_array().unwrap().len(), 2);
+    assert_eq!(old.count(), before_old);
+}
