@@ -57,19 +57,17 @@ mod tests {
 
     #[test]
     fn every_catalogue_type_has_its_sample() {
-        for t in [
-            "action_lifecycle",
-            "action_inquiry",
-            "action_clearing",
-            "tracking_value_request",
-            "job_completed",
-            "publisher_application",
-            "advocate.coupon_created",
-        ] {
-            let s = sample(t);
-            assert_eq!(s.etype, t);
+        assert_eq!(CATALOGUE.len(), 7);
+        for line in CATALOGUE {
+            let ev = LineParser::default().parse(line.trim().as_bytes()).unwrap();
+            let s = sample(&ev.etype);
+            assert_eq!(s.etype, ev.etype);
+            assert_eq!(
+                s.data, ev.data,
+                "the sample is the catalogue's data, byte for byte"
+            );
             let v: Value = serde_json::from_slice(&s.data).unwrap();
-            assert!(v.as_object().is_some_and(|o| !o.is_empty()), "{t}");
+            assert!(v.as_object().is_some_and(|o| !o.is_empty()), "{}", ev.etype);
         }
         let g = sample("*");
         assert_eq!(g.etype, "ricochet.test");

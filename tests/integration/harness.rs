@@ -474,21 +474,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
 }
 
 pub fn http_call(addr: SocketAddr, method: &str, path: &str) -> (u16, serde_json::Value) {
-    let mut s = TcpStream::connect(addr).expect("connect admin");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
-    let text = String::from_utf8_lossy(&out);
-    let (head, body) = text.split_once("\r\n\r\n").expect("response");
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (
-        status,
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-    )
+    http_json(addr, method, path, "", None)
 }
 
 /// An ingest connection speaking the line protocol.
