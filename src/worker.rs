@@ -634,20 +634,22 @@ impl Worker {
         }
     }
 
-    fn disable(self: &Rc<Self>, ep: &Ep, reason: String) {
-        if ep.disabled.replace(true) {
-            return;
-        }
+    /// Tells the committer an endpoint this worker just disabled (`ep.disabled` is
+    /// already set) is disabled: its queued jobs are reported paused, and the outcomes
+    /// reported so far — the attempt that disabled it among them — go first, so the
+    /// committer never sees the endpoint paused before that attempt is in the log.
+    fn announce_disabled(self: &Rc<Self>, ep: &Ep, reason: String) {
         let spec = ep.spec();
         tracing::warn!(endpoint = %spec.cfg.name, %reason, "endpoint disabled");
-        self.commit.send(CommitMsg::EndpointDisabled {
-            ep: spec.id,
-            reason,
-        });
         let queued: Vec<WJob> = ep.queue.borrow_mut().drain();
         for job in queued {
             self.report(job, None, Next::Paused);
         }
+        self.flush_outbox();
+        self.commit.send(CommitMsg::EndpointDisabled {
+            ep: spec.id,
+            reason,
+        });
     }
 
     /// One HTTP attempt of `ev` with `spec`: build, resolve, exchange, classify. Counts
@@ -769,6 +771,7 @@ impl Worker {
         let cfg = &spec.cfg;
         let (mut rec, verdict) = self.try_once(&spec, &job.ev, slot, wbuf, scratch).await;
         // Consecutive-failure counters and automatic disabling.
+        let mut disable = None;
         match &verdict {
             Verdict::Delivered => ep.fails.set([0; 3]),
             Verdict::Failed { class, .. } => {
@@ -782,12 +785,15 @@ impl Worker {
                     FailClass::C5xx => (cfg.disable_after.c5xx, "5xx"),
                 };
                 if f[i] >= limit {
-                    self.disable(ep, format!("{} consecutive {name} failures", f[i]));
+                    disable = Some(format!("{} consecutive {name} failures", f[i]));
                 }
             }
-            Verdict::Gone => self.disable(ep, "the receiver answered 410 Gone".into()),
+            Verdict::Gone => disable = Some("the receiver answered 410 Gone".into()),
             Verdict::Permanent => {}
         }
+        // Disabled from now on (this attempt's retry waits paused); announced once its
+        // outcome is reported.
+        let disable = disable.filter(|_| !ep.disabled.replace(true));
         let attempts = job.attempts.saturating_add(1);
         let in_round = attempts.saturating_sub(job.first);
         let (mut state, mut next) = after_attempt(cfg, in_round as u32, &verdict, now_ms());
@@ -817,6 +823,9 @@ impl Worker {
             }
         }
         self.report_n(job, Some(rec), next, attempts);
+        if let Some(reason) = disable {
+            self.announce_disabled(ep, reason);
+        }
     }
 
     /// Connects a rate-limited endpoint's lane before it takes a token (static URLs
