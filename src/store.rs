@@ -640,7 +640,7 @@ impl Store {
         opts.set_bytes_per_sync(1 << 20);
         opts.set_max_total_wal_size(256 << 20);
         // One memtable budget for all column families.
-        opts.set_db_write_buffer_size(64 << 20);
+        opts.set_db_write_buffer_size(32 << 20);
         let mut cfs = Vec::new();
         for name in ALL_CFS {
             let mut o = Options::default();
