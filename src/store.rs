@@ -640,8 +640,8 @@ impl Store {
         opts.set_bytes_per_sync(1 << 20);
         opts.set_max_total_wal_size(256 << 20);
         // One memtable budget for all column families. 32 MiB saved 15–57 MiB of peak
-        // RSS, but with 10,000 rate-limited endpoints the more frequent flushes stalled
-        // the committer and starved queues into bursts (docs/performance.md).
+        // RSS in paired runs; not adopted yet (docs/performance.md, "A second
+        // experiment").
         opts.set_db_write_buffer_size(64 << 20);
         let mut cfs = Vec::new();
         for name in ALL_CFS {
