@@ -1235,10 +1235,13 @@ impl State {
                 .collect();
         }
         self.stats.apply(delta);
+        // One shared record per event, however many of its deliveries go out.
+        let events: HashMap<Seq, Arc<EventRecord>> =
+            touched.into_iter().map(|(s, e)| (s, Arc::new(e))).collect();
         for (worker, ep, due, val) in jobs {
-            if let Some(ev) = touched.get(&due.seq) {
+            if let Some(ev) = events.get(&due.seq) {
                 self.out_jobs[worker].push(Job {
-                    event: Arc::new(ev.clone()),
+                    event: ev.clone(),
                     ep,
                     due,
                     val,

@@ -1056,30 +1056,6 @@ impl Store {
         Ok(Some(views))
     }
 
-    /// Whether a delivery still has a due entry (pending or retrying).
-    pub fn due_entries_of(&self, seq: Seq, ep: EndpointId, from_ms: u64) -> Result<bool> {
-        // Used by tests and diagnostics only: scans from `from_ms`.
-        let mut it = self.db.raw_iterator_cf(self.cf(CF_DUE));
-        it.seek(
-            DueKey {
-                due_ms: from_ms,
-                seq: 0,
-                ep: 0,
-            }
-            .encode(),
-        );
-        while it.valid() {
-            if let Some(k) = it.key().and_then(DueKey::decode) {
-                if k.seq == seq && k.ep == ep {
-                    return Ok(true);
-                }
-            }
-            it.next();
-        }
-        it.status()?;
-        Ok(false)
-    }
-
     /// Up to `limit` due entries with key ≥ `from` and due time < `until_ms`, in key order.
     pub fn due_range(
         &self,

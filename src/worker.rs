@@ -401,25 +401,7 @@ impl Worker {
             WorkerMsg::Test { spec, event, reply } => {
                 let w = self.clone();
                 monoio::spawn(async move {
-                    let ev = WorkEvent {
-                        rec: event,
-                        doc: OnceCell::new(),
-                    };
-                    let mut slot = ConnSlot::default();
-                    let (mut rec, verdict) = w
-                        .try_once(
-                            &spec,
-                            &ev,
-                            &mut slot,
-                            &mut Vec::new(),
-                            &mut Scratch::default(),
-                        )
-                        .await;
-                    rec.state_after = Some(match verdict {
-                        Verdict::Delivered => DeliveryState::Delivered,
-                        _ => DeliveryState::Failed,
-                    });
-                    let _ = reply.send(rec);
+                    let _ = reply.send(w.test_attempt(&spec, event).await);
                 });
             }
             WorkerMsg::Snapshot(reply) => {
@@ -508,8 +490,7 @@ impl Worker {
         if !ep.queue.borrow().is_empty() {
             while ep.lanes.get() < ep.max_lanes() && ep.lanes.get() < ep.queue.borrow().len() as u32
             {
-                ep.lanes.set(ep.lanes.get() + 1);
-                monoio::spawn(lane(self.clone(), ep.clone()));
+                self.spawn_lane(ep.clone());
             }
         }
     }
@@ -557,9 +538,37 @@ impl Worker {
         if let Some(n) = idle {
             n.notify();
         } else if ep.lanes.get() < ep.max_lanes() {
-            ep.lanes.set(ep.lanes.get() + 1);
-            monoio::spawn(lane(self.clone(), ep));
+            self.spawn_lane(ep);
         }
+    }
+
+    /// Starts one more delivery lane for `ep` (the caller checked `max_lanes`).
+    fn spawn_lane(self: &Rc<Self>, ep: Rc<Ep>) {
+        ep.lanes.set(ep.lanes.get() + 1);
+        monoio::spawn(lane(self.clone(), ep));
+    }
+
+    /// `POST /v1/endpoints/{name}/test`: one attempt on a fresh connection, its state
+    /// `delivered` or `failed`; nothing is counted or reported to the committer.
+    async fn test_attempt(&self, spec: &EndpointSpec, event: Arc<EventRecord>) -> AttemptRecord {
+        let ev = WorkEvent {
+            rec: event,
+            doc: OnceCell::new(),
+        };
+        let (mut rec, verdict) = self
+            .try_once(
+                spec,
+                &ev,
+                &mut ConnSlot::default(),
+                &mut Vec::new(),
+                &mut Scratch::default(),
+            )
+            .await;
+        rec.state_after = Some(match verdict {
+            Verdict::Delivered => DeliveryState::Delivered,
+            _ => DeliveryState::Failed,
+        });
+        rec
     }
 
     fn report(self: &Rc<Self>, job: WJob, attempt: Option<AttemptRecord>, next: Next) {
