@@ -20,6 +20,8 @@ use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
 
+use crate::deliver::OpenReason;
+
 /// Quantiles every summary reports.
 pub const QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
 
@@ -207,6 +209,12 @@ pub struct WorkerSnapshot {
     pub attempt_latency: Hist,
     /// Attempt time − event acceptance time, ms.
     pub delivery_lag: Hist,
+    /// Connections opened by the lanes, by [`OpenReason`] (its `ALL` order).
+    pub connections_opened: [u64; 5],
+    /// Delivery lanes started (each opens its own connection).
+    pub lanes_started: u64,
+    /// Lanes that exited after a spell without work (closing their connection).
+    pub lanes_idle_exits: u64,
 }
 
 /// The committer's metrics at one moment.
@@ -328,7 +336,14 @@ pub fn encode(s: &Scrape) -> String {
     let mut attempt_latency = Hist::micros();
     let mut delivery_lag = Hist::millis();
     let mut eps: BTreeMap<&str, EndpointCounts> = BTreeMap::new();
+    let mut opened = [0u64; 5];
+    let (mut lanes_started, mut lanes_idle_exits) = (0u64, 0u64);
     for w in &s.workers {
+        for (a, b) in opened.iter_mut().zip(w.connections_opened) {
+            *a += b;
+        }
+        lanes_started += w.lanes_started;
+        lanes_idle_exits += w.lanes_idle_exits;
         invalid += w.rejected_invalid;
         too_large += w.rejected_too_large;
         in_memory += w.in_memory;
@@ -428,6 +443,44 @@ pub fn encode(s: &Scrape) -> String {
             );
         }
     }
+    family(
+        &mut out,
+        "ricochet_connections_opened_total",
+        "counter",
+        "Connections the delivery lanes opened, by reason: first (a new lane), peer_closed (the receiver closed the last one), after_error (the last one failed or timed out), stale (a kept connection failed before any response; the request went again), peer_changed (another address).",
+    );
+    for r in OpenReason::ALL {
+        sample(
+            &mut out,
+            "ricochet_connections_opened_total",
+            &[("reason", r.label())],
+            opened[r as usize] as f64,
+        );
+    }
+    family(
+        &mut out,
+        "ricochet_lanes_started_total",
+        "counter",
+        "Delivery lanes started (one connection and one attempt at a time each).",
+    );
+    sample(
+        &mut out,
+        "ricochet_lanes_started_total",
+        &[],
+        lanes_started as f64,
+    );
+    family(
+        &mut out,
+        "ricochet_lanes_idle_exits_total",
+        "counter",
+        "Delivery lanes that exited (closing their connection) after a spell without work.",
+    );
+    sample(
+        &mut out,
+        "ricochet_lanes_idle_exits_total",
+        &[],
+        lanes_idle_exits as f64,
+    );
     family(
         &mut out,
         "ricochet_deliveries_pending",
@@ -775,6 +828,9 @@ mod tests {
             in_memory: 5,
             attempt_latency: lat.clone(),
             delivery_lag: lag.clone(),
+            connections_opened: [16, 0, 2, 1, 0],
+            lanes_started: 16,
+            lanes_idle_exits: 3,
         };
         let mut ack = Hist::micros();
         ack.record_n(800, 10);
@@ -820,6 +876,14 @@ mod tests {
             ),
             Some(6.0)
         );
+        assert_eq!(
+            exp.value(
+                "ricochet_connections_opened_total",
+                &[("reason", "after_error")]
+            ),
+            Some(4.0)
+        );
+        assert_eq!(exp.value("ricochet_lanes_idle_exits_total", &[]), Some(6.0));
         assert_eq!(
             exp.value(
                 "ricochet_attempts_total",

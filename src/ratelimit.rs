@@ -105,6 +105,19 @@ impl TokenBucket {
         now_us.max(self.last_us).saturating_add(wait)
     }
 
+    /// Restarts the bucket empty at `now_ms`: the next token comes one interval
+    /// (`1/rate` s) later. For a request that may have reached the receiver as late as
+    /// `now_ms` (the first one on a new connection waits for the receiver to accept it),
+    /// so the one after it keeps its spacing at the receiver, not only at the sender.
+    pub fn restart_at(&mut self, now_ms: u64) {
+        if self.rate == 0 {
+            return;
+        }
+        let now_us = ms_to_us(now_ms);
+        self.last_us = self.last_us.max(now_us);
+        self.tokens = 0;
+    }
+
     /// Changes the rate from `now_ms` on. Time before `now_ms` is credited at the old
     /// rate; the fill is capped at the new capacity. Leaving "unlimited" starts full.
     pub fn set_rate(&mut self, rate_per_sec: u32, now_ms: u64) {
@@ -150,6 +163,25 @@ fn ms_to_us(ms: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restart_spaces_the_next_token_from_then() {
+        let mut b = TokenBucket::new(2, 0);
+        assert!(b.try_take(0));
+        // The request was answered (and may have arrived) at 1,200 ms: the token the
+        // bucket had from then on is gone, the next is 500 ms after.
+        b.restart_at(1_200);
+        assert!(!b.try_take(1_200));
+        assert_eq!(b.next_token_at(1_200), 1_700);
+        assert!(!b.try_take(1_699));
+        assert!(b.try_take(1_700));
+        // Never moves the clock back; unlimited stays unlimited.
+        b.restart_at(10);
+        assert_eq!(b.next_token_at(1_700), 2_200);
+        let mut u = TokenBucket::new(0, 0);
+        u.restart_at(5);
+        assert!(u.try_take(5));
+    }
 
     #[test]
     fn unlimited_always_takes() {

@@ -33,7 +33,7 @@ use bytes::Bytes;
 use crate::commit::{AckResult, CommitMsg, Next, Outcome};
 use crate::deliver::dns::{Resolver, ResolverThread};
 use crate::deliver::request::{self, Scratch};
-use crate::deliver::{ssrf, ConnSlot, Exchange};
+use crate::deliver::{ssrf, ConnSlot, Exchange, OpenCounts};
 use crate::endpoint::EndpointSpec;
 use crate::ingest::{self, ConnCtx, ConnShared};
 use crate::local::{yield_now, LocalNotify};
@@ -235,6 +235,11 @@ struct Worker {
     attempt_latency: RefCell<Hist>,
     /// ms from acceptance to attempt.
     delivery_lag: RefCell<Hist>,
+    /// Connections the lanes opened, by reason.
+    conn_opens: Rc<OpenCounts>,
+    /// Lanes started, and lanes that exited after [`LANE_IDLE`] without work.
+    lanes_started: Cell<u64>,
+    lanes_idle_exits: Cell<u64>,
 }
 
 pub fn now_ms() -> u64 {
@@ -275,6 +280,9 @@ pub async fn run(setup: WorkerSetup) {
         ingest_counters: Rc::new(IngestCounters::default()),
         attempt_latency: RefCell::new(Hist::micros()),
         delivery_lag: RefCell::new(Hist::millis()),
+        conn_opens: Rc::new(OpenCounts::default()),
+        lanes_started: Cell::new(0),
+        lanes_idle_exits: Cell::new(0),
     });
     monoio::spawn(timer_loop(w.clone()));
     let inbox = setup.inbox;
@@ -425,6 +433,9 @@ impl Worker {
             in_memory: (self.wheel.borrow().len() + queued + self.active.get()) as u64,
             attempt_latency: self.attempt_latency.borrow().clone(),
             delivery_lag: self.delivery_lag.borrow().clone(),
+            connections_opened: self.conn_opens.get(),
+            lanes_started: self.lanes_started.get(),
+            lanes_idle_exits: self.lanes_idle_exits.get(),
         }
     }
 
@@ -545,6 +556,7 @@ impl Worker {
     /// Starts one more delivery lane for `ep` (the caller checked `max_lanes`).
     fn spawn_lane(self: &Rc<Self>, ep: Rc<Ep>) {
         ep.lanes.set(ep.lanes.get() + 1);
+        self.lanes_started.set(self.lanes_started.get() + 1);
         monoio::spawn(lane(self.clone(), ep));
     }
 
@@ -763,7 +775,6 @@ impl Worker {
             }
         };
         rec.latency_us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
-        rec.latency_us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
         (rec, verdict)
     }
 
@@ -779,6 +790,11 @@ impl Worker {
         let spec = ep.spec();
         let cfg = &spec.cfg;
         let (mut rec, verdict) = self.try_once(&spec, &job.ev, slot, wbuf, scratch).await;
+        if cfg.max_rps > 0 && slot.last_was_first() {
+            // It reached the receiver somewhere before now (after the receiver accepted
+            // the connection): pace the next one from here.
+            ep.bucket.borrow_mut().restart_at(now_ms());
+        }
         // Consecutive-failure counters and automatic disabling.
         let mut disable = None;
         match &verdict {
@@ -897,7 +913,7 @@ async fn take_token(ep: &Ep, me: &Rc<LocalNotify>) -> bool {
 
 /// A delivery lane: one connection, one attempt at a time, jobs from its endpoint's queue.
 async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
-    let mut slot = ConnSlot::default();
+    let mut slot = ConnSlot::counted(w.conn_opens.clone());
     let mut wbuf = Vec::with_capacity(4096);
     let mut scratch = Scratch::default();
     let me = Rc::new(LocalNotify::default());
@@ -939,6 +955,7 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
             if monoio::time::timeout(LANE_IDLE, me.wait()).await.is_err() {
                 ep.idle.borrow_mut().retain(|n| !Rc::ptr_eq(n, &me));
                 if ep.queue.borrow().is_empty() {
+                    w.lanes_idle_exits.set(w.lanes_idle_exits.get() + 1);
                     break;
                 }
             }

@@ -14,8 +14,10 @@ pub mod request;
 pub mod ssrf;
 pub mod tls;
 
+use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 use monoio::buf::IoBufMut;
@@ -39,6 +41,8 @@ pub struct Conn {
     rbuf: Vec<u8>,
     /// False once the server said it will close the connection.
     reusable: bool,
+    /// Requests written on it so far.
+    sent: u32,
 }
 
 /// What one exchange produced.
@@ -52,16 +56,99 @@ pub enum Exchange {
     Failed(String),
 }
 
+/// Why a connection was opened (counted per worker, `ricochet_connections_opened_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenReason {
+    /// The slot's first connection: a new lane.
+    First,
+    /// The receiver said it would close the last one (`Connection: close`, HTTP/1.0).
+    PeerClosed,
+    /// The last one failed or timed out.
+    AfterError,
+    /// A kept connection failed before any response byte: the request is sent again.
+    Stale,
+    /// The URL now resolves to another address (or scheme or TLS name).
+    PeerChanged,
+}
+
+impl OpenReason {
+    pub const ALL: [OpenReason; 5] = [
+        OpenReason::First,
+        OpenReason::PeerClosed,
+        OpenReason::AfterError,
+        OpenReason::Stale,
+        OpenReason::PeerChanged,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            OpenReason::First => "first",
+            OpenReason::PeerClosed => "peer_closed",
+            OpenReason::AfterError => "after_error",
+            OpenReason::Stale => "stale",
+            OpenReason::PeerChanged => "peer_changed",
+        }
+    }
+}
+
+/// Connections opened, by [`OpenReason`]; shared by one worker's lanes (one thread).
+#[derive(Debug, Default)]
+pub struct OpenCounts([Cell<u64>; 5]);
+
+impl OpenCounts {
+    fn count(&self, r: OpenReason) {
+        let c = &self.0[r as usize];
+        c.set(c.get() + 1);
+    }
+
+    pub fn get(&self) -> [u64; 5] {
+        std::array::from_fn(|i| self.0[i].get())
+    }
+}
+
 /// A lane's connection slot.
 #[derive(Default)]
 pub struct ConnSlot {
     conn: Option<Conn>,
+    /// The last connection failed (or timed out) and was dropped.
+    failed: bool,
+    /// A request is being sent again after a stale kept connection failed.
+    stale: bool,
+    /// The last request was the first written on its connection.
+    first: bool,
+    counts: Option<Rc<OpenCounts>>,
 }
 
 impl ConnSlot {
+    /// A slot whose connects are counted in `counts`.
+    pub fn counted(counts: Rc<OpenCounts>) -> ConnSlot {
+        ConnSlot {
+            counts: Some(counts),
+            ..ConnSlot::default()
+        }
+    }
+
     /// Forgets the connection (after a timeout or an error).
     pub fn reset(&mut self) {
         self.conn = None;
+        self.failed = true;
+    }
+
+    /// Why the next connect happens, from what became of the last connection.
+    fn open_reason(&self) -> OpenReason {
+        match &self.conn {
+            _ if self.stale => OpenReason::Stale,
+            Some(c) if !c.reusable => OpenReason::PeerClosed,
+            Some(_) => OpenReason::PeerChanged,
+            None if self.failed => OpenReason::AfterError,
+            None => OpenReason::First,
+        }
+    }
+
+    /// Whether the last request was the first on its connection (which the receiver had
+    /// to accept before reading it).
+    pub fn last_was_first(&self) -> bool {
+        self.first
     }
 
     /// The body excerpt of the last response.
@@ -89,6 +176,10 @@ impl ConnSlot {
     /// Replaces the connection with a fresh one to `addr`; the old one's buffers serve
     /// the new one.
     async fn open(&mut self, target: &Target, addr: SocketAddr) -> Result<(), String> {
+        if let Some(c) = &self.counts {
+            c.count(self.open_reason());
+        }
+        self.stale = false;
         let (parser, mut rbuf) = match self.conn.take() {
             Some(c) => (c.parser, c.rbuf),
             None => (
@@ -97,13 +188,21 @@ impl ConnSlot {
             ),
         };
         rbuf.clear();
-        let stream = Stream::connect(target, addr).await?;
+        let stream = match Stream::connect(target, addr).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.failed = true;
+                return Err(e);
+            }
+        };
+        self.failed = false;
         self.conn = Some(Conn {
             stream,
             peer: Peer::of(target, addr),
             parser,
             rbuf,
             reusable: true,
+            sent: 0,
         });
         Ok(())
     }
@@ -116,6 +215,7 @@ impl ConnSlot {
         req: Vec<u8>,
     ) -> (Exchange, Vec<u8>) {
         let mut req = req;
+        self.first = false;
         for try_no in 0..2 {
             let reused = self.is_open(target, addr);
             if !reused {
@@ -126,6 +226,8 @@ impl ConnSlot {
             let Some(conn) = self.conn.as_mut() else {
                 unreachable!("connection set above")
             };
+            self.first = conn.sent == 0;
+            conn.sent += 1;
             let (res, b) = conn.stream.write_all(req).await;
             req = b;
             let result = match res {
@@ -148,7 +250,9 @@ impl ConnSlot {
                 }
                 Err((msg, nothing_received)) => {
                     self.conn = None;
+                    self.failed = true;
                     if reused && nothing_received && try_no == 0 {
+                        self.stale = true;
                         continue; // a stale idle connection: once more on a fresh one
                     }
                     return (Exchange::Failed(msg), req);
@@ -331,5 +435,92 @@ mod tests {
         );
         assert!(!plain.matches(&target("https://a.example/"), a));
         assert!(!plain.matches(&target("http://a.example:443/"), b));
+    }
+}
+
+#[cfg(test)]
+mod reconnect_tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+
+    /// A receiver that serves each connection by a script: for every request, answer
+    /// (keep-alive or `Connection: close`) or drop the connection unanswered.
+    #[derive(Clone, Copy)]
+    enum Step {
+        Keep,
+        Close,
+        Drop,
+    }
+
+    fn receiver(conns: Vec<Vec<Step>>) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for steps in conns {
+                let (s, _) = l.accept().unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut w = s;
+                for step in steps {
+                    // Read one request head (the test requests have no body).
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let conn = match step {
+                        Step::Drop => break,
+                        Step::Keep => "keep-alive",
+                        Step::Close => "close",
+                    };
+                    let _ = write!(
+                        w,
+                        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: {conn}\r\n\r\nok"
+                    );
+                }
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn counts_why_connections_open_and_marks_first_requests() {
+        let addr = receiver(vec![
+            vec![Step::Keep, Step::Close],
+            vec![Step::Keep, Step::Drop],
+            vec![Step::Keep, Step::Keep],
+        ]);
+        let target = http1::parse_url(format!("http://{addr}/x").as_bytes()).unwrap();
+        let counts = Rc::new(OpenCounts::default());
+        let mut slot = ConnSlot::counted(counts.clone());
+        let driver = crate::runtime::choose(crate::config::Driver::Auto).unwrap();
+        let firsts = crate::runtime::block_on(driver, async move {
+            let mut firsts = Vec::new();
+            let mut req = Vec::new();
+            for _ in 0..5 {
+                req.clear();
+                req.extend_from_slice(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n");
+                let (ex, b) = slot.exchange(&target, addr, req).await;
+                req = b;
+                assert!(
+                    matches!(ex, Exchange::Response { status: 200, .. }),
+                    "{ex:?}"
+                );
+                firsts.push(slot.last_was_first());
+            }
+            firsts
+        })
+        .unwrap();
+        // conn 1: first request, then reused (answered with close); conn 2: first, then
+        // the server drops request 4 unanswered and it goes again on conn 3 (stale); 5
+        // reuses conn 3.
+        assert_eq!(firsts, [true, false, true, true, false]);
+        let [first, peer_closed, after_error, stale, peer_changed] = counts.get();
+        assert_eq!(
+            (first, peer_closed, after_error, stale, peer_changed),
+            (1, 1, 0, 1, 0)
+        );
     }
 }
