@@ -102,7 +102,14 @@ impl LineParser {
             Some(v) if !v.is_object() => return Err(invalid("field `data` must be an object")),
             Some(_) => {}
         }
-        let (start, end) = top_level_value_span(line, b"data")
+        // Usually `data` is the last member, and then its value runs to the line's
+        // closing brace: no need to scan it.
+        let (mut n_data, mut last_is_data) = (0, false);
+        for k in obj.keys() {
+            last_is_data = k == "data";
+            n_data += usize::from(last_is_data);
+        }
+        let (start, end) = top_level_value_span(line, b"data", n_data == 1 && last_is_data)
             .ok_or_else(|| invalid("field `data` must be written with a plain key"))?;
         Ok(NewEvent {
             ext_id,
@@ -180,7 +187,9 @@ fn skip_value(b: &[u8], i: usize) -> Option<usize> {
 
 /// The byte span of the value of top-level key `key` in a JSON object that is already
 /// known to be valid. The first occurrence wins, as in simd-json's object lookup.
-pub fn top_level_value_span(b: &[u8], key: &[u8]) -> Option<(usize, usize)> {
+/// `key_is_last`: the caller knows `key` occurs once, as the object's last member, so its
+/// value ends where the object does and is not scanned.
+pub fn top_level_value_span(b: &[u8], key: &[u8], key_is_last: bool) -> Option<(usize, usize)> {
     let mut i = skip_ws(b, 0);
     if b.get(i) != Some(&b'{') {
         return None;
@@ -204,6 +213,14 @@ pub fn top_level_value_span(b: &[u8], key: &[u8]) -> Option<(usize, usize)> {
             return None;
         }
         i = skip_ws(b, i + 1);
+        if k == key && key_is_last {
+            let close = b.iter().rposition(|&c| c == b'}')?;
+            let end = b[..close]
+                .iter()
+                .rposition(|c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r'))?
+                + 1;
+            return (end > i).then_some((i, end));
+        }
         let vend = skip_value(b, i)?;
         if k == key {
             return Some((i, vend));
@@ -263,7 +280,30 @@ mod tests {
     #[test]
     fn span_finder_skips_nested_keys() {
         let b = br#"{"x":{"data":1},"arr":["data",{"data":2}],"data" : {"k":[1,{"a":"}"}]} }"#;
-        let (s, e) = top_level_value_span(b, b"data").unwrap();
+        let (s, e) = top_level_value_span(b, b"data", false).unwrap();
         assert_eq!(&b[s..e], br#"{"k":[1,{"a":"}"}]}"#);
+        // The shortcut for a last member gives the same span, whitespace trimmed.
+        let (s2, e2) = top_level_value_span(b, b"data", true).unwrap();
+        assert_eq!((s2, e2), (s, e));
+    }
+
+    #[test]
+    fn data_span_whether_last_first_or_repeated() {
+        let data = r#"{"a":"}","b":[{"c":{}}],"n":-1.5e3}"#;
+        for line in [
+            format!(r#"{{"type":"t","data":{data}}}"#),
+            format!("{{ \"type\":\"t\", \"data\" :\t{data} \r\n}}  "),
+            format!(r#"{{"data":{data},"type":"t"}}"#),
+            format!(r#"{{"type":"t","data":{data},"id":"x"}}"#),
+        ] {
+            let e = p(&line).unwrap_or_else(|err| panic!("{line}: {err}"));
+            assert_eq!(&e.data[..], data.as_bytes(), "{line}");
+        }
+        // A repeated key: the first one wins (as simd-json's lookup), not the last.
+        let e = p(r#"{"type":"t","data":{"first":1},"data":{"last":2}}"#).unwrap();
+        assert_eq!(&e.data[..], br#"{"first":1}"#);
+        // An escaped key is refused rather than guessed at, last or not.
+        let err = p(r#"{"type":"t","d\u0061ta":{}}"#).unwrap_err().0;
+        assert!(err.contains("plain key"), "{err}");
     }
 }
