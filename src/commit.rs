@@ -521,17 +521,36 @@ impl State {
         let mut jobs_from_ingest: Vec<(usize, Job)> = Vec::new();
         let mut jobs_from_outcomes: Vec<(usize, Job)> = Vec::new();
         let mut to_pause: Vec<EndpointId> = Vec::new();
+        // Every producer id of the round looked up at once, in message order.
+        let known_ids = {
+            let ids: Vec<&[u8]> = msgs
+                .iter()
+                .filter_map(|m| match m {
+                    CommitMsg::Ingest(b) => Some(b.events.iter()),
+                    _ => None,
+                })
+                .flatten()
+                .filter_map(|ev| ev.ext_id.as_deref().map(str::as_bytes))
+                .collect();
+            self.store.idem_get_many(&ids)
+        };
+        let mut known_ids = known_ids.into_iter();
         for msg in msgs.drain(..) {
             match msg {
                 CommitMsg::Ingest(b) => {
                     let mut results = Vec::with_capacity(b.events.len());
                     for ev in b.events {
+                        let known = match &ev.ext_id {
+                            Some(_) => known_ids.next(),
+                            None => None,
+                        };
                         if let Some(reason) = &self.poisoned {
                             results.push(AckResult::Unavailable(reason.clone()));
                             continue;
                         }
                         results.push(self.accept(
                             ev,
+                            known,
                             now,
                             &mut batch,
                             &mut round_ids,
@@ -677,9 +696,13 @@ impl State {
         }
     }
 
+    /// `known`: what the idempotency store held for the event's producer id (looked up
+    /// for the whole round before it started).
+    #[allow(clippy::too_many_arguments)]
     fn accept(
         &mut self,
         ev: NewEvent,
+        known: Option<store::Result<Option<Seq>>>,
         now: u64,
         batch: &mut store::Batch,
         round_ids: &mut HashSet<String>,
@@ -690,7 +713,8 @@ impl State {
             if round_ids.contains(id) {
                 return AckResult::Dup { id: id.clone() };
             }
-            match self.store.idem_get(id.as_bytes()) {
+            let known = known.unwrap_or_else(|| self.store.idem_get(id.as_bytes()));
+            match known {
                 Ok(Some(seq)) if seq_time_ms(seq) + self.retention_ms > now => {
                     return AckResult::Dup { id: id.clone() };
                 }

@@ -754,6 +754,19 @@ impl Store {
             .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
     }
 
+    /// [`idem_get`](Self::idem_get) for many ids at once (one read of the memtables and
+    /// files for the whole set); the answers come in the order of `ids`.
+    pub fn idem_get_many(&self, ids: &[&[u8]]) -> Vec<Result<Option<Seq>>> {
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        self.db
+            .batched_multi_get_cf(self.cf(CF_IDEM), ids.iter().copied(), false)
+            .into_iter()
+            .map(|r| Ok(r?.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))))
+            .collect()
+    }
+
     pub fn event(&self, seq: Seq) -> Result<Option<EventRecord>> {
         if seq < self.retention_floor() {
             return Ok(None);
