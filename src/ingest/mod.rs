@@ -247,14 +247,7 @@ async fn read_lines<R: AsyncReadRent>(mut rd: R, ctx: &ConnCtx, shared: &ConnSha
             framer.flush(shared);
             return;
         }
-        let mut start = 0usize;
-        let mut from = scanned;
-        while let Some(pos) = memchr(b'\n', &buf[from..]) {
-            let end = from + pos;
-            framer.line(&buf[start..end]);
-            start = end + 1;
-            from = start;
-        }
+        let start = split_lines(&buf, scanned, |line| framer.line(line));
         framer.flush(shared);
         buf.drain(..start);
         scanned = buf.len();
@@ -267,8 +260,17 @@ async fn read_lines<R: AsyncReadRent>(mut rd: R, ctx: &ConnCtx, shared: &ConnSha
     }
 }
 
-fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == needle)
+/// Calls `f` with every complete line of `buf` (without its `\n`), looking for line ends
+/// from `scanned` on (the bytes before it are known to hold none). Returns where the
+/// unfinished rest begins.
+pub fn split_lines(buf: &[u8], scanned: usize, mut f: impl FnMut(&[u8])) -> usize {
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', &buf[scanned..]) {
+        let end = scanned + end;
+        f(&buf[start..end]);
+        start = end + 1;
+    }
+    start
 }
 
 async fn write_acks<W: monoio::io::AsyncWriteRent>(mut wr: W, shared: Rc<ConnShared>) {
@@ -325,5 +327,24 @@ async fn write_acks<W: monoio::io::AsyncWriteRent>(mut wr: W, shared: Rc<ConnSha
             return;
         }
         shared.writer_wake.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_lines;
+
+    #[test]
+    fn splits_complete_lines_and_returns_the_rest() {
+        let mut lines = Vec::new();
+        let rest = split_lines(b"a\n\nbc\r\nde", 0, |l| lines.push(l.to_vec()));
+        assert_eq!(lines, [b"a".to_vec(), b"".to_vec(), b"bc\r".to_vec()]);
+        assert_eq!(rest, 7);
+        // Searching from `scanned` still hands whole lines from the start.
+        let mut lines = Vec::new();
+        let rest = split_lines(b"abcdef\ngh", 3, |l| lines.push(l.to_vec()));
+        assert_eq!((lines, rest), (vec![b"abcdef".to_vec()], 7));
+        let rest = split_lines(b"no end", 0, |_| panic!("no complete line"));
+        assert_eq!(rest, 0);
     }
 }
