@@ -1611,6 +1611,26 @@ mod tests {
     }
 
     #[test]
+    fn idem_lookups_in_bulk_answer_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut b = s.batch();
+        b.put_event(&s, &ev(7));
+        s.commit(b, false).unwrap();
+        s.flush().unwrap(); // one id in a file, one in the memtable
+        let mut b = s.batch();
+        b.put_event(&s, &ev(9));
+        s.commit(b, false).unwrap();
+        let got: Vec<Option<Seq>> = s
+            .idem_get_many(&[b"id-9", b"nope", b"id-7", b"id-9"])
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(got, [Some(9), None, Some(7), Some(9)]);
+        assert!(s.idem_get_many(&[]).is_empty());
+    }
+
+    #[test]
     fn reopen_keeps_everything() {
         let dir = tempfile::tempdir().unwrap();
         for round in 0..5u64 {
