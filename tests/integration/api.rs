@@ -142,22 +142,6 @@ fn list_ids(srv: &TestServer, query: &str) -> Vec<String> {
         .collect()
 }
 
-/// `GET /metrics`, parsed strictly.
-fn scrape(srv: &TestServer) -> Exposition {
-    let text = {
-        use std::io::Read;
-        let mut s = std::net::TcpStream::connect(srv.admin).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        let (head, body) = out.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        body.to_string()
-    };
-    ricochet::metrics::parse(&text).unwrap_or_else(|e| panic!("/metrics: {e}\n{text}"))
-}
-
 fn metric(m: &Exposition, name: &str) -> f64 {
     m.value(name, &[])
         .unwrap_or_else(|| panic!("no sample {name}"))
@@ -1394,7 +1378,7 @@ fn retention_removes_old_events_and_expires_pending_deliveries() {
     }
     wait_deliveries(&srv, "d-0", &[("fine", "delivered", 1)]);
     assert_eq!(c.send(&event("t", "ret-0", "{}")), "dup ret-0");
-    let m = scrape(&srv);
+    let m = srv.metrics();
     assert_eq!(metric(&m, "ricochet_deliveries_expired_total"), 0.0);
     assert_eq!(metric(&m, "ricochet_deliveries_pending"), N as f64);
 
@@ -1407,7 +1391,7 @@ fn retention_removes_old_events_and_expires_pending_deliveries() {
                 .map(|i| srv.get(&format!("/v1/events/ret-{i}")).0)
                 .chain([srv.get("/v1/events/d-0").0])
                 .collect();
-            let m = scrape(&srv);
+            let m = srv.metrics();
             let expired = metric(&m, "ricochet_deliveries_expired_total");
             let pending = metric(&m, "ricochet_deliveries_pending");
             if status.iter().all(|s| *s == 404) && expired >= N as f64 && pending == 0.0 {

@@ -95,10 +95,24 @@ impl TestReceiver {
     pub fn with_script(
         script: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static,
     ) -> TestReceiver {
-        Self::bind("127.0.0.1:0".parse().unwrap(), Arc::new(script))
+        Self::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(script),
+            Duration::ZERO,
+        )
     }
 
-    fn bind(addr: SocketAddr, script: Script) -> TestReceiver {
+    /// Answers 200 OK, but reads nothing on a new connection until `delay` after
+    /// accepting it: a loaded receiver slow to take up new connections.
+    pub fn slow_to_start_connections(delay: Duration) -> TestReceiver {
+        Self::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(|_: &Received, _: usize| Reply::status(200).body("OK")),
+            delay,
+        )
+    }
+
+    fn bind(addr: SocketAddr, script: Script, first_read_delay: Duration) -> TestReceiver {
         let listener = TcpListener::bind(addr).expect("bind receiver");
         let addr = listener.local_addr().unwrap();
         let state = Arc::new((
@@ -113,7 +127,11 @@ impl TestReceiver {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { return };
                 let (st, sc) = (st.clone(), sc.clone());
-                std::thread::spawn(move || serve_conn(conn, st, sc));
+                std::thread::spawn(move || {
+                    // The receiver's slowness is the behaviour under test.
+                    std::thread::sleep(first_read_delay);
+                    serve_conn(conn, st, sc)
+                });
             }
         });
         TestReceiver {
@@ -435,6 +453,21 @@ impl TestServer {
     }
 
     /// `GET /v1/events/{id}`, asserting it exists.
+    /// `GET /metrics`, parsed strictly.
+    pub fn metrics(&self) -> ricochet::metrics::Exposition {
+        let text = {
+            let mut s = TcpStream::connect(self.admin).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            let (head, body) = out.split_once("\r\n\r\n").unwrap();
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            body.to_string()
+        };
+        ricochet::metrics::parse(&text).unwrap_or_else(|e| panic!("/metrics: {e}\n{text}"))
+    }
+
     pub fn event(&self, id: &str) -> serde_json::Value {
         let (status, v) = self.get(&format!("/v1/events/{id}"));
         assert_eq!(status, 200, "GET /v1/events/{id}: {v}");

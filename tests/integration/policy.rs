@@ -42,6 +42,45 @@ fn max_rps_holds_every_one_second_window() {
 }
 
 #[test]
+fn max_rps_keeps_spacing_at_a_receiver_slow_to_take_up_a_connection() {
+    // The first request waits 1.2 s in the receiver's socket before it is read, longer
+    // than two token intervals (500 ms at max_rps = 2). Paced only from when requests
+    // leave, the second would follow the first's late arrival at once; paced again from
+    // the first response, it leaves a full interval later.
+    let rx = TestReceiver::slow_to_start_connections(Duration::from_millis(1200));
+    let srv = TestServer::start(&endpoint(
+        "late-reader",
+        r#"["t"]"#,
+        &rx.url("/"),
+        "max_rps = 2\nmax_in_flight = 1",
+    ));
+    let mut c = srv.connect();
+    for i in 0..5 {
+        assert_eq!(
+            c.send(&event("t", &format!("slow-{i}"), "{}")),
+            format!("ok slow-{i} 1")
+        );
+    }
+    let got = rx.wait_for(5, Duration::from_secs(20));
+    for (i, pair) in got.windows(2).enumerate() {
+        let gap = pair[1].at - pair[0].at;
+        assert!(
+            gap >= Duration::from_millis(400),
+            "request {} arrived {gap:?} after request {i} (max_rps = 2)",
+            i + 1
+        );
+    }
+    let m = srv.metrics();
+    for (reason, n) in [("first", 1.0), ("peer_closed", 0.0), ("after_error", 0.0)] {
+        assert_eq!(
+            m.value("ricochet_connections_opened_total", &[("reason", reason)]),
+            Some(n),
+            "connections opened: {reason}"
+        );
+    }
+}
+
+#[test]
 fn min_delay_holds_back_the_first_attempt() {
     let rx = TestReceiver::start();
     let srv = TestServer::start(&endpoint(
