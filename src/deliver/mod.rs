@@ -6,7 +6,10 @@
 //! connection is reused only for the same scheme, socket address and, for TLS, SNI name
 //! (the one TLS configuration is process-wide, so it always matches). A request that
 //! fails on a reused idle connection before any response byte arrived is sent once more
-//! on a fresh connection. It must not decide retries or touch the store.
+//! on a fresh connection. Every connect is counted by why it happened ([`OpenReason`]),
+//! and the slot remembers whether the last request was the first on its connection (the
+//! worker's rate limiter paces from that request's answer). It must not decide retries
+//! or touch the store.
 
 pub mod dns;
 pub mod http1;
