@@ -62,10 +62,12 @@ fn max_rps_keeps_spacing_at_a_receiver_slow_to_take_up_a_connection() {
         );
     }
     let got = rx.wait_for(5, Duration::from_secs(20));
+    // Half an interval of slack for scheduling on a busy machine; without the restart
+    // the second request lands within a millisecond of the first.
     for (i, pair) in got.windows(2).enumerate() {
         let gap = pair[1].at - pair[0].at;
         assert!(
-            gap >= Duration::from_millis(400),
+            gap >= Duration::from_millis(250),
             "request {} arrived {gap:?} after request {i} (max_rps = 2)",
             i + 1
         );
