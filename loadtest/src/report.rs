@@ -119,6 +119,9 @@ pub struct RunMetrics {
     pub raw_fraction: Option<f64>,
     /// Connections the sink accepted.
     pub sink_connections: u64,
+    /// ricochet's own count of the connections it opened (from `/metrics` at the end;
+    /// after a restart, the new process only).
+    pub ricochet_connections: Option<crate::run::ConnectionCounts>,
     /// TLS handshakes the sink completed (HTTPS runs).
     pub tls_handshakes: Option<u64>,
     /// The per-endpoint one-second window check (scenarios with `max_rps > 0`).
@@ -257,6 +260,18 @@ const ROWS: &[(&str, &str, Unit, Getter)] = &[
     ("raw_fraction", "deliveries / raw", Unit::Share, |m| {
         m.raw_fraction
     }),
+    (
+        "ricochet_connections_first",
+        "connections opened (new lanes)",
+        Unit::Count,
+        |m| m.ricochet_connections.as_ref().map(|c| c.first() as f64),
+    ),
+    (
+        "ricochet_connections_reopened",
+        "connections reopened",
+        Unit::Count,
+        |m| m.ricochet_connections.as_ref().map(|c| c.reopened() as f64),
+    ),
     (
         "tls_handshakes",
         "TLS handshakes (sink)",

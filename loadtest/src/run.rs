@@ -660,6 +660,62 @@ fn panics_in_log(path: &Path) -> Vec<String> {
     out
 }
 
+/// What ricochet's `/metrics` says of the delivery connections it opened.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ConnectionCounts {
+    /// `ricochet_connections_opened_total` by its `reason` label, in the order listed.
+    pub by_reason: Vec<(String, u64)>,
+    /// `ricochet_lanes_idle_exits_total`.
+    pub lanes_idle_exits: u64,
+}
+
+impl ConnectionCounts {
+    /// Reads the two families from a Prometheus text exposition; `None` when ricochet
+    /// does not export them.
+    pub fn from_metrics(text: &str) -> Option<ConnectionCounts> {
+        let mut out = ConnectionCounts::default();
+        let mut seen = false;
+        for line in text.lines() {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(v) = value.parse::<f64>() else {
+                continue;
+            };
+            if let Some(labels) = series.strip_prefix("ricochet_connections_opened_total{") {
+                if let Some(reason) = labels
+                    .strip_prefix("reason=\"")
+                    .and_then(|r| r.strip_suffix("\"}"))
+                {
+                    out.by_reason.push((reason.to_string(), v as u64));
+                    seen = true;
+                }
+            } else if series == "ricochet_lanes_idle_exits_total" {
+                out.lanes_idle_exits = v as u64;
+            }
+        }
+        seen.then_some(out)
+    }
+
+    /// Connections opened on a new lane.
+    pub fn first(&self) -> u64 {
+        self.by_reason
+            .iter()
+            .filter(|(r, _)| r == "first")
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Connections opened again for a lane that had one (closed, failed, stale, moved).
+    pub fn reopened(&self) -> u64 {
+        self.by_reason
+            .iter()
+            .filter(|(r, _)| r != "first")
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
 /// A one-shot HTTP/1.1 request to the admin API: (status, body).
 pub fn admin_request(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
@@ -1367,6 +1423,26 @@ fn run_in(
             (a, b) => a.or(b),
         };
     }
+    // Its own count of the connections it opened, and why (the process running now).
+    let ricochet_connections = match admin_request(admin, "GET", "/metrics") {
+        Ok((200, text)) => ConnectionCounts::from_metrics(&text),
+        _ => None,
+    };
+    if let Some(c) = &ricochet_connections {
+        if c.reopened() > 0 {
+            notes.push(format!(
+                "ricochet reopened {} connections ({}) and closed {} idle lanes",
+                c.reopened(),
+                c.by_reason
+                    .iter()
+                    .filter(|(r, n)| r != "first" && *n > 0)
+                    .map(|(r, n)| format!("{r} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                c.lanes_idle_exits
+            ));
+        }
+    }
     let exit = child.terminate(Duration::from_secs(10));
     if !exit.starts_with("stopped") {
         notes.push(format!("ricochet {exit}"));
@@ -1549,6 +1625,7 @@ fn run_in(
         raw_requests_per_s: raw_rps,
         raw_fraction,
         sink_connections: c.connections,
+        ricochet_connections,
         tls_handshakes: (scheme == Scheme::Https).then_some(c.tls_handshakes),
         rate_check,
         restart,
@@ -1560,6 +1637,28 @@ fn run_in(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_counts_from_metrics() {
+        let text = "# HELP ricochet_connections_opened_total x\n\
+            # TYPE ricochet_connections_opened_total counter\n\
+            ricochet_connections_opened_total{reason=\"first\"} 10000\n\
+            ricochet_connections_opened_total{reason=\"peer_closed\"} 0\n\
+            ricochet_connections_opened_total{reason=\"after_error\"} 7\n\
+            ricochet_connections_opened_total{reason=\"stale\"} 2\n\
+            ricochet_lanes_started_total 10000\n\
+            ricochet_lanes_idle_exits_total 3\n";
+        let c = ConnectionCounts::from_metrics(text).unwrap();
+        assert_eq!(
+            (c.first(), c.reopened(), c.lanes_idle_exits),
+            (10_000, 9, 3)
+        );
+        assert_eq!(c.by_reason[2], ("after_error".to_string(), 7));
+        assert_eq!(
+            ConnectionCounts::from_metrics("ricochet_build_info 1\n"),
+            None
+        );
+    }
 
     #[test]
     fn plot_paths() {
