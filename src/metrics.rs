@@ -6,9 +6,10 @@
 //! counters (plain integers, `Cell`s, `RefCell`s) and [`Hist`]s outright; at scrape the
 //! admin thread asks each of them for a snapshot over its mailbox, sums the replies
 //! ([`Scrape`]) and encodes them ([`encode`]). Latency histograms are exported as
-//! Prometheus **summaries** (quantiles 0.5, 0.9, 0.99, 0.999 over everything since the
-//! process started, plus `_sum` and `_count`), computed from HdrHistograms with two
-//! significant digits.
+//! Prometheus **histograms** (SPEC §7): cumulative `_bucket{le}` counts over the fixed
+//! boundaries [`BUCKETS_S`] since the process started, plus `_sum` and `_count`, read
+//! from HdrHistograms with two significant digits (a value within ~1% of a boundary may
+//! land in the neighbouring bucket; `_sum` and `_count` are exact).
 //!
 //! It must not do I/O, take locks or use atomics: on the hot path a metric is a plain
 //! integer add or a [`Hist::record`]. [`parse`] is a strict reader of the format for
@@ -22,8 +23,12 @@ use hdrhistogram::Histogram;
 
 use crate::deliver::OpenReason;
 
-/// Quantiles every summary reports.
-pub const QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
+/// Upper bounds (seconds) of every latency histogram's buckets: 100 µs to a day, about
+/// three per decade, so one set serves a loopback attempt and a day-long retry lag.
+pub const BUCKETS_S: [f64; 23] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0,
+];
 
 /// A latency histogram with the exact sum of what it recorded.
 #[derive(Clone, Debug)]
@@ -90,6 +95,23 @@ impl Hist {
 
     pub fn sum_s(&self) -> f64 {
         self.sum as f64 / self.per_s
+    }
+
+    /// How many recorded values are at most each bound of [`BUCKETS_S`] (cumulative).
+    pub fn buckets(&self) -> [u64; BUCKETS_S.len()] {
+        let mut counts = [0u64; BUCKETS_S.len()];
+        for v in self.h.iter_recorded() {
+            let secs = self.h.highest_equivalent(v.value_iterated_to()) as f64 / self.per_s;
+            // The bucket of the value's whole HdrHistogram range, judged by its upper end
+            // (a value is never counted below a bound it may exceed).
+            if let Some(i) = BUCKETS_S.iter().position(|&b| secs <= b) {
+                counts[i] += v.count_at_value();
+            }
+        }
+        for i in 1..counts.len() {
+            counts[i] += counts[i - 1];
+        }
+        counts
     }
 }
 
@@ -312,17 +334,13 @@ fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
     out.push('\n');
 }
 
-fn summary(out: &mut String, name: &str, help: &str, h: &Hist) {
-    family(out, name, "summary", help);
-    for q in QUANTILES {
-        let qs = q.to_string();
-        sample(
-            out,
-            name,
-            &[("quantile", &qs)],
-            h.quantile_s(q).unwrap_or(f64::NAN),
-        );
+fn histogram(out: &mut String, name: &str, help: &str, h: &Hist) {
+    family(out, name, "histogram", help);
+    let bucket = format!("{name}_bucket");
+    for (b, n) in BUCKETS_S.iter().zip(h.buckets()) {
+        sample(out, &bucket, &[("le", &b.to_string())], n as f64);
     }
+    sample(out, &bucket, &[("le", "+Inf")], h.count() as f64);
     sample(out, &format!("{name}_sum"), &[], h.sum_s());
     sample(out, &format!("{name}_count"), &[], h.count() as f64);
 }
@@ -536,25 +554,25 @@ pub fn encode(s: &Scrape) -> String {
         &[],
         c.endpoints_disabled as f64,
     );
-    summary(
+    histogram(
         &mut out,
         "ricochet_ack_latency_seconds",
         "From a batch's hand-off to the committer to its durable ack, per event.",
         &c.ack_latency,
     );
-    summary(
+    histogram(
         &mut out,
         "ricochet_commit_seconds",
         "One group-commit write carrying events: the RocksDB write and, with durability sync, its fsync.",
         &c.commit_time,
     );
-    summary(
+    histogram(
         &mut out,
         "ricochet_attempt_latency_seconds",
         "One HTTP attempt: resolve, connect, send, response.",
         &attempt_latency,
     );
-    summary(
+    histogram(
         &mut out,
         "ricochet_delivery_lag_seconds",
         "Attempt start minus the event's acceptance time, per attempt.",
@@ -776,6 +794,14 @@ pub fn parse(text: &str) -> Result<Exposition, String> {
             Some("summary") if fam == name && !labels.iter().any(|(k, _)| k == "quantile") => {
                 return Err(at("summary sample without a quantile"));
             }
+            Some("histogram") if fam == name => {
+                return Err(at("histogram sample without a suffix"));
+            }
+            Some("histogram")
+                if name.ends_with("_bucket") && !labels.iter().any(|(k, _)| k == "le") =>
+            {
+                return Err(at("histogram bucket without le"));
+            }
             Some("counter") if value < 0.0 => return Err(at("negative counter")),
             _ => {}
         }
@@ -860,7 +886,7 @@ mod tests {
         let text = encode(&scrape());
         let exp = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(exp.types["ricochet_deliveries_total"], "counter");
-        assert_eq!(exp.types["ricochet_ack_latency_seconds"], "summary");
+        assert_eq!(exp.types["ricochet_ack_latency_seconds"], "histogram");
         assert_eq!(exp.value("ricochet_events_ingested_total", &[]), Some(10.0));
         assert_eq!(
             exp.value(
@@ -901,14 +927,18 @@ mod tests {
             exp.value("ricochet_attempt_latency_seconds_count", &[]),
             Some(2000.0)
         );
-        let p50 = exp
-            .value("ricochet_attempt_latency_seconds", &[("quantile", "0.5")])
-            .unwrap();
-        assert!((0.49..0.51).contains(&p50), "{p50}");
-        let p999 = exp
-            .value("ricochet_attempt_latency_seconds", &[("quantile", "0.999")])
-            .unwrap();
-        assert!((0.99..1.01).contains(&p999), "{p999}");
+        // 1..1000 ms, once per worker: cumulative buckets at the bounds (HdrHistogram's
+        // ~1% ranges may move a value next to a bound across it).
+        let le = |b: &str| {
+            exp.value("ricochet_attempt_latency_seconds_bucket", &[("le", b)])
+                .unwrap()
+        };
+        assert_eq!(le("0.0005"), 0.0);
+        assert!((18.0..=20.0).contains(&le("0.01")), "{}", le("0.01"));
+        assert!((985.0..=1000.0).contains(&le("0.5")), "{}", le("0.5"));
+        assert!((1980.0..=2000.0).contains(&le("1")), "{}", le("1"));
+        assert_eq!(le("2.5"), 2000.0);
+        assert_eq!(le("+Inf"), 2000.0);
         let sum = exp
             .value("ricochet_attempt_latency_seconds_sum", &[])
             .unwrap();
@@ -917,14 +947,15 @@ mod tests {
             exp.value("ricochet_delivery_lag_seconds_sum", &[]),
             Some(0.5)
         );
-        let ack = exp
-            .value("ricochet_ack_latency_seconds", &[("quantile", "0.99")])
-            .unwrap();
-        assert!((0.00079..0.00081).contains(&ack), "{ack}");
+        let ack = |b: &str| {
+            exp.value("ricochet_ack_latency_seconds_bucket", &[("le", b)])
+                .unwrap()
+        };
+        assert_eq!((ack("0.0005"), ack("0.001")), (0.0, 10.0));
     }
 
     #[test]
-    fn empty_scrape_is_valid_with_nan_quantiles() {
+    fn empty_scrape_is_valid_with_empty_histograms() {
         let text = encode(&Scrape {
             workers: vec![],
             commit: None,
@@ -932,10 +963,10 @@ mod tests {
             unanswered: 3,
         });
         let exp = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        assert!(exp
-            .value("ricochet_ack_latency_seconds", &[("quantile", "0.5")])
-            .unwrap()
-            .is_nan());
+        assert_eq!(
+            exp.value("ricochet_ack_latency_seconds_bucket", &[("le", "+Inf")]),
+            Some(0.0)
+        );
         assert_eq!(exp.value("ricochet_metrics_unanswered", &[]), Some(3.0));
         assert_eq!(
             exp.value("ricochet_ack_latency_seconds_count", &[]),

@@ -412,12 +412,14 @@ fn metrics_count_ingest_deliveries_and_latency() {
         0.0
     );
     assert_eq!(metric(&before, "ricochet_metrics_unanswered", &[]), 0.0);
-    assert!(metric(
-        &before,
-        "ricochet_attempt_latency_seconds",
-        &[("quantile", "0.5")]
-    )
-    .is_nan());
+    assert_eq!(
+        metric(
+            &before,
+            "ricochet_attempt_latency_seconds_bucket",
+            &[("le", "+Inf")]
+        ),
+        0.0
+    );
 
     let mut c = srv.connect();
     for i in 0..5 {
@@ -489,17 +491,25 @@ fn metrics_count_ingest_deliveries_and_latency() {
     assert_eq!(get("ricochet_attempt_latency_seconds_count", &[]), 12.0);
     assert_eq!(get("ricochet_delivery_lag_seconds_count", &[]), 12.0);
     assert_eq!(get("ricochet_ack_latency_seconds_count", &[]), 7.0);
-    for name in [
-        "ricochet_attempt_latency_seconds",
-        "ricochet_ack_latency_seconds",
-        "ricochet_delivery_lag_seconds",
+    for (name, n) in [
+        ("ricochet_attempt_latency_seconds", 12.0),
+        ("ricochet_ack_latency_seconds", 7.0),
+        ("ricochet_delivery_lag_seconds", 12.0),
     ] {
-        let p50 = get(name, &[("quantile", "0.5")]);
-        let p999 = get(name, &[("quantile", "0.999")]);
+        // Cumulative buckets: never decreasing, all of them within 10 s (these attempts
+        // and acks are quick; the retries here wait well under that), all by +Inf.
+        let bucket = format!("{name}_bucket");
+        let bounds: Vec<String> = ricochet::metrics::BUCKETS_S
+            .iter()
+            .map(|b| b.to_string())
+            .collect();
+        let counts: Vec<f64> = bounds.iter().map(|b| get(&bucket, &[("le", b)])).collect();
         assert!(
-            (0.0..10.0).contains(&p50) && p50 <= p999,
-            "{name}: {p50} {p999}"
+            counts.windows(2).all(|w| w[0] <= w[1]),
+            "{name}: {counts:?}"
         );
+        assert_eq!(get(&bucket, &[("le", "10")]), n, "{name}: {counts:?}");
+        assert_eq!(get(&bucket, &[("le", "+Inf")]), n, "{name}");
     }
     assert!(get("ricochet_attempt_latency_seconds_sum", &[]) > 0.0);
     assert_eq!(get("ricochet_metrics_unanswered", &[]), 0.0);
