@@ -232,7 +232,7 @@ pub struct WorkerSnapshot {
     /// Attempt time − event acceptance time, ms.
     pub delivery_lag: Hist,
     /// Connections opened by the lanes, by [`OpenReason`] (its `ALL` order).
-    pub connections_opened: [u64; 5],
+    pub connections_opened: [u64; OpenReason::COUNT],
     /// Delivery lanes started (each opens its own connection).
     pub lanes_started: u64,
     /// Lanes that exited after a spell without work (closing their connection).
@@ -354,7 +354,7 @@ pub fn encode(s: &Scrape) -> String {
     let mut attempt_latency = Hist::micros();
     let mut delivery_lag = Hist::millis();
     let mut eps: BTreeMap<&str, EndpointCounts> = BTreeMap::new();
-    let mut opened = [0u64; 5];
+    let mut opened = [0u64; OpenReason::COUNT];
     let (mut lanes_started, mut lanes_idle_exits) = (0u64, 0u64);
     for w in &s.workers {
         for (a, b) in opened.iter_mut().zip(w.connections_opened) {

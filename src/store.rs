@@ -639,9 +639,9 @@ impl Store {
         opts.set_max_background_jobs(2);
         opts.set_bytes_per_sync(1 << 20);
         opts.set_max_total_wal_size(256 << 20);
-        // One memtable budget for all column families. 32 MiB saved 15–57 MiB of peak
-        // RSS in paired runs; not adopted yet (docs/performance.md, "A second
-        // experiment").
+        // One memtable budget for all column families. 32 MiB was measured twice; on the
+        // 16-lane `max` it cost ~10% throughput (compaction doubled) and saved no RSS
+        // (docs/performance.md, "Experiments measured and reverted").
         opts.set_db_write_buffer_size(64 << 20);
         let mut cfs = Vec::new();
         for name in ALL_CFS {

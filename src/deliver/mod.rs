@@ -75,7 +75,8 @@ pub enum OpenReason {
 }
 
 impl OpenReason {
-    pub const ALL: [OpenReason; 5] = [
+    pub const COUNT: usize = 5;
+    pub const ALL: [OpenReason; Self::COUNT] = [
         OpenReason::First,
         OpenReason::PeerClosed,
         OpenReason::AfterError,
@@ -96,7 +97,7 @@ impl OpenReason {
 
 /// Connections opened, by [`OpenReason`]; shared by one worker's lanes (one thread).
 #[derive(Debug, Default)]
-pub struct OpenCounts([Cell<u64>; 5]);
+pub struct OpenCounts([Cell<u64>; OpenReason::COUNT]);
 
 impl OpenCounts {
     fn count(&self, r: OpenReason) {
@@ -104,7 +105,7 @@ impl OpenCounts {
         c.set(c.get() + 1);
     }
 
-    pub fn get(&self) -> [u64; 5] {
+    pub fn get(&self) -> [u64; OpenReason::COUNT] {
         std::array::from_fn(|i| self.0[i].get())
     }
 }
@@ -115,8 +116,6 @@ pub struct ConnSlot {
     conn: Option<Conn>,
     /// The last connection failed (or timed out) and was dropped.
     failed: bool,
-    /// A request is being sent again after a stale kept connection failed.
-    stale: bool,
     /// The last request was the first written on its connection.
     first: bool,
     counts: Option<Rc<OpenCounts>>,
@@ -140,7 +139,6 @@ impl ConnSlot {
     /// Why the next connect happens, from what became of the last connection.
     fn open_reason(&self) -> OpenReason {
         match &self.conn {
-            _ if self.stale => OpenReason::Stale,
             Some(c) if !c.reusable => OpenReason::PeerClosed,
             Some(_) => OpenReason::PeerChanged,
             None if self.failed => OpenReason::AfterError,
@@ -172,17 +170,21 @@ impl ConnSlot {
     /// left for [`exchange`](Self::exchange) to meet and report.
     pub async fn warm(&mut self, target: &Target, addr: SocketAddr) {
         if !self.is_open(target, addr) {
-            let _ = self.open(target, addr).await;
+            let _ = self.open(target, addr, None).await;
         }
     }
 
     /// Replaces the connection with a fresh one to `addr`; the old one's buffers serve
-    /// the new one.
-    async fn open(&mut self, target: &Target, addr: SocketAddr) -> Result<(), String> {
+    /// the new one. `reason`: why, when the caller knows better than the slot's state.
+    async fn open(
+        &mut self,
+        target: &Target,
+        addr: SocketAddr,
+        reason: Option<OpenReason>,
+    ) -> Result<(), String> {
         if let Some(c) = &self.counts {
-            c.count(self.open_reason());
+            c.count(reason.unwrap_or_else(|| self.open_reason()));
         }
-        self.stale = false;
         let (parser, mut rbuf) = match self.conn.take() {
             Some(c) => (c.parser, c.rbuf),
             None => (
@@ -222,7 +224,9 @@ impl ConnSlot {
         for try_no in 0..2 {
             let reused = self.is_open(target, addr);
             if !reused {
-                if let Err(msg) = self.open(target, addr).await {
+                // The second try only follows a stale kept connection.
+                let reason = (try_no > 0).then_some(OpenReason::Stale);
+                if let Err(msg) = self.open(target, addr, reason).await {
                     return (Exchange::Failed(msg), req);
                 }
             }
@@ -255,7 +259,6 @@ impl ConnSlot {
                     self.conn = None;
                     self.failed = true;
                     if reused && nothing_received && try_no == 0 {
-                        self.stale = true;
                         continue; // a stale idle connection: once more on a fresh one
                     }
                     return (Exchange::Failed(msg), req);

@@ -1366,12 +1366,7 @@ fn retention_removes_old_events_and_expires_pending_deliveries() {
     let srv = TestServer::start_with(ServerOpts::new(&eps).server("retention = \"2s\""));
     let mut c = srv.connect();
     const N: usize = 5;
-    for i in 0..N {
-        assert_eq!(
-            c.send(&event("t", &format!("ret-{i}"), "{}")),
-            format!("ok ret-{i} 1")
-        );
-    }
+    c.send_each_ok("t", "ret", N);
     assert_eq!(c.send(&event("d", "d-0", "{}")), "ok d-0 1");
     for i in 0..N {
         wait_deliveries(&srv, &format!("ret-{i}"), &[("stuck", "retrying", 1)]);

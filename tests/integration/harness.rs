@@ -552,6 +552,15 @@ impl Conn {
         self.send_raw(b"\n");
         self.ack()
     }
+
+    /// Sends events `{prefix}-0` .. `{prefix}-{n-1}` of type `etype` with empty data,
+    /// each answered `ok <id> 1` (one subscribed endpoint).
+    pub fn send_each_ok(&mut self, etype: &str, prefix: &str, n: usize) {
+        for i in 0..n {
+            let id = format!("{prefix}-{i}");
+            assert_eq!(self.send(&event(etype, &id, "{}")), format!("ok {id} 1"));
+        }
+    }
 }
 
 /// The state of each delivery in a `GET /v1/events/{id}` answer.

@@ -15,12 +15,7 @@ fn max_rps_holds_every_one_second_window() {
         "max_rps = 5",
     ));
     let mut c = srv.connect();
-    for i in 0..30 {
-        assert_eq!(
-            c.send(&event("t", &format!("rps-{i}"), "{}")),
-            format!("ok rps-{i} 1")
-        );
-    }
+    c.send_each_ok("t", "rps", 30);
     let got = rx.wait_for(30, Duration::from_secs(20));
     let times: Vec<_> = got.iter().map(|r| r.at).collect();
     // Burst = one second's worth (5); one more allowed for arrival jitter at a window edge.
@@ -55,12 +50,7 @@ fn max_rps_keeps_spacing_at_a_receiver_slow_to_take_up_a_connection() {
         "max_rps = 2\nmax_in_flight = 1",
     ));
     let mut c = srv.connect();
-    for i in 0..5 {
-        assert_eq!(
-            c.send(&event("t", &format!("slow-{i}"), "{}")),
-            format!("ok slow-{i} 1")
-        );
-    }
+    c.send_each_ok("t", "slow", 5);
     let got = rx.wait_for(5, Duration::from_secs(20));
     // Half an interval of slack for scheduling on a busy machine; without the restart
     // the second request lands within a millisecond of the first.
@@ -129,12 +119,7 @@ fn disable_at_threshold_pauses_then_enable_delivers_and_state_survives_kill9() {
     let rx = TestReceiver::with_script(|_, _| Reply::status(500).delay(Duration::from_millis(300)));
     let mut srv = TestServer::start(&failing_ep(&rx.url("/")));
     let mut c = srv.connect();
-    for i in 0..4 {
-        assert_eq!(
-            c.send(&event("t", &format!("d-{i}"), "{}")),
-            format!("ok d-{i} 1")
-        );
-    }
+    c.send_each_ok("t", "d", 4);
     // Two consecutive 5xx → disabled; every delivery paused, none lost.
     for i in 0..4 {
         srv.wait_event(&format!("d-{i}"), Duration::from_secs(10), |v| {
@@ -258,12 +243,7 @@ fn ordered_endpoint_is_strict_fifo_behind_a_failing_head() {
     });
     let srv = TestServer::start(&ordered_ep(&rx.url("/")));
     let mut c = srv.connect();
-    for i in 0..5 {
-        assert_eq!(
-            c.send(&event("t", &format!("o-{i}"), "{}")),
-            format!("ok o-{i} 1")
-        );
-    }
+    c.send_each_ok("t", "o", 5);
     let got = rx.wait_for(6, Duration::from_secs(15));
     assert_eq!(
         ids_in_order(&got),
