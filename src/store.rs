@@ -25,13 +25,14 @@
 //! The `index` family makes the webhook log's filters cheap ([`Store::query`]): every
 //! event is indexed by type, account and each endpoint it went to; deliveries in the
 //! rarer, settled states (`failed`, `paused`, `expired`, and `pending` again after a
-//! replay) are indexed by state, per endpoint and overall. The type, account and endpoint
-//! entries of one write batch are grouped: one key per value, ending in the batch's
-//! largest sequence number with that value, whose value lists the batch's other ones (see
-//! [`encode_group`]). Batches take ascending, disjoint ranges of sequence numbers, so the
-//! groups under one prefix never interleave — [`IndexCursor`] relies on it. `pending`, `retrying` and
+//! replay) are indexed by state, per endpoint and overall. `pending`, `retrying` and
 //! `delivered` are found through the other indexes and checked one by one (indexing
-//! `retrying` would cost writes on every retry).
+//! `retrying` would cost writes on every retry). The type, account and endpoint entries
+//! of one write batch are grouped: one key per value, ending in the batch's largest
+//! sequence number with that value, whose value lists the batch's other ones (see
+//! [`encode_group`]). Batches take ascending, disjoint ranges of sequence numbers, so the
+//! groups under one prefix never interleave; the query cursor (`GroupCursor`) relies on
+//! it.
 //!
 //! Retention: [`Store::set_retention_floor`] moves a floor below which events and
 //! attempts are range-deleted (by the committer) and index and idempotency entries are
