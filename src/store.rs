@@ -659,9 +659,11 @@ pub struct Batch {
     wb: WriteBatch,
     scratch: Vec<u8>,
     events: usize,
-    /// The batch's type, account and endpoint index entries by key prefix, written as
-    /// one posting group each when the batch is committed.
-    postings: rustc_hash::FxHashMap<Vec<u8>, Vec<Seq>>,
+    /// The batch's type, account and endpoint index entries by key prefix (allocated
+    /// with room for the sequence number), written as one posting group each when the
+    /// batch is committed: the first member, then any others. With many endpoints most
+    /// groups have one member, which then costs no allocation beyond its key.
+    postings: rustc_hash::FxHashMap<Vec<u8>, (Seq, Vec<Seq>)>,
     /// Reused buffer for a posting's key prefix.
     prefix: Vec<u8>,
 }
@@ -1519,9 +1521,11 @@ impl Batch {
         self.prefix.clear();
         key.write_prefix(&mut self.prefix);
         match self.postings.get_mut(self.prefix.as_slice()) {
-            Some(seqs) => seqs.push(seq),
+            Some((_, more)) => more.push(seq),
             None => {
-                self.postings.insert(self.prefix.clone(), vec![seq]);
+                let mut key = Vec::with_capacity(self.prefix.len() + 8);
+                key.extend_from_slice(&self.prefix);
+                self.postings.insert(key, (seq, Vec::new()));
             }
         }
     }
@@ -1533,15 +1537,20 @@ impl Batch {
             return;
         }
         let index = store.cf(CF_INDEX);
-        for (mut key, mut seqs) in self.postings.drain() {
-            // Already ascending (a batch's events take ascending numbers); kept exact
-            // whatever the caller did.
-            seqs.sort_unstable();
-            seqs.dedup();
-            let Some(&max) = seqs.last() else { continue };
-            key.extend_from_slice(&max.to_be_bytes());
+        for (mut key, (first, mut seqs)) in self.postings.drain() {
             self.scratch.clear();
-            encode_group(&seqs, &mut self.scratch);
+            let max = if seqs.is_empty() {
+                first
+            } else {
+                // Already ascending (a batch's events take ascending numbers); kept
+                // exact whatever the caller did.
+                seqs.push(first);
+                seqs.sort_unstable();
+                seqs.dedup();
+                encode_group(&seqs, &mut self.scratch);
+                seqs[seqs.len() - 1]
+            };
+            key.extend_from_slice(&max.to_be_bytes());
             self.wb.put_cf(index, key, &self.scratch);
         }
     }
