@@ -1002,39 +1002,10 @@ impl Store {
         if let Some(a) = &q.account {
             sources.push(IndexKey::Account(a));
         }
-        if sources.len() > 1 {
-            return self.query_intersection(q, &sources, lo, hi);
+        if !sources.is_empty() {
+            return self.query_indexes(q, &sources, lo, hi);
         }
         let mut examined = 0usize;
-        if let Some(source) = sources.pop() {
-            let mut cursor = IndexCursor::new(self, &source);
-            let mut target = hi - 1;
-            while let Some(seq) = cursor.seek_le(target)? {
-                if seq < lo {
-                    break;
-                }
-                if examined >= q.budget {
-                    // Out of budget: the next page starts at this candidate.
-                    page.next = Some(seq + 1);
-                    return Ok(page);
-                }
-                examined += 1;
-                if let Some(ev) = self.event(seq)? {
-                    if let Some(views) = self.matches(q, &ev)? {
-                        page.events.push((ev, views));
-                        if page.events.len() == q.limit {
-                            page.next = Some(seq);
-                            return Ok(page);
-                        }
-                    }
-                }
-                let Some(next) = seq.checked_sub(1) else {
-                    break;
-                };
-                target = next;
-            }
-            return Ok(page);
-        }
         // No index applies: the event log itself, newest first.
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(hi.to_be_bytes().to_vec());
@@ -1068,10 +1039,11 @@ impl Store {
         Ok(page)
     }
 
-    /// [`Store::query`] over several indexes: a candidate is a sequence number present in
-    /// all of them, found by seeking each index in turn to the largest entry at or below
-    /// the current target (a leapfrog join). Each seek counts against the budget.
-    fn query_intersection(
+    /// [`Store::query`] over one index or several: a candidate is a sequence number
+    /// present in all of them, found by seeking each index in turn to the largest entry
+    /// at or below the current target (a leapfrog join; with one index, every entry is a
+    /// candidate). Each seek counts against the budget.
+    fn query_indexes(
         &self,
         q: &EventQuery,
         sources: &[IndexKey<'_>],
