@@ -1549,7 +1549,10 @@ impl Batch {
             return;
         }
         let index = store.cf(CF_INDEX);
-        for (mut key, (first, mut seqs)) in self.postings.drain() {
+        // In key order: each insert lands next to the one before it in the memtable.
+        let mut groups: Vec<_> = self.postings.drain().collect();
+        groups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (mut key, (first, mut seqs)) in groups {
             self.scratch.clear();
             let max = if seqs.is_empty() {
                 first
