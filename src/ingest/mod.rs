@@ -292,10 +292,18 @@ async fn write_acks<W: monoio::io::AsyncWriteRent>(mut wr: W, shared: Rc<ConnSha
                     Slot::Ready(line) => out.extend_from_slice(&line),
                     Slot::Event(i) => match results.get(i) {
                         Some(AckResult::Ok { id, deliveries }) => {
-                            let _ = writeln!(out, "ok {id} {deliveries}");
+                            out.extend_from_slice(b"ok ");
+                            out.extend_from_slice(id.as_bytes());
+                            out.push(b' ');
+                            out.extend_from_slice(
+                                itoa::Buffer::new().format(*deliveries).as_bytes(),
+                            );
+                            out.push(b'\n');
                         }
                         Some(AckResult::Dup { id }) => {
-                            let _ = writeln!(out, "dup {id}");
+                            out.extend_from_slice(b"dup ");
+                            out.extend_from_slice(id.as_bytes());
+                            out.push(b'\n');
                         }
                         Some(AckResult::Unavailable(msg)) => {
                             let _ = writeln!(out, "err unavailable {msg}");
