@@ -706,43 +706,9 @@ pub struct EventPage {
 /// One block cache for all column families (RocksDB otherwise gives each its own 32 MiB).
 const BLOCK_CACHE_BYTES: usize = 32 << 20;
 
-/// The C allocator's mmap threshold set by [`fix_c_mmap_threshold`].
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const C_MMAP_THRESHOLD: libc::c_int = 1 << 20;
-
-/// RocksDB allocates through the C allocator (ricochet's own heap is mimalloc), its
-/// memtables in 1 MiB arena blocks. glibc's malloc raises its mmap threshold to the size
-/// of every mapped block freed; once a group-commit round's write batch (up to ~14 MiB
-/// flat out) has been freed, memtable blocks come from the heap, which keeps their pages
-/// after the memtable is flushed and dropped. With the threshold fixed at 1 MiB every
-/// memtable block is its own mapping, returned to the kernel with its memtable: peak RSS
-/// at `max` fell from ~340 to ~200 MiB, for ~4% of accepted throughput (page faults on
-/// fresh blocks; docs/performance.md, session 5). Left alone when the user set a
-/// threshold (`GLIBC_TUNABLES=glibc.malloc.mmap_threshold=…` or `MALLOC_MMAP_THRESHOLD_`).
-/// Once per process, before the store opens.
-fn fix_c_mmap_threshold() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-            if tunables.contains("malloc.mmap_threshold")
-                || std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
-            {
-                return;
-            }
-            // SAFETY: mallopt only sets a parameter of the C allocator; it is thread-safe.
-            if unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, C_MMAP_THRESHOLD) } != 1 {
-                tracing::warn!("cannot set the C allocator's mmap threshold");
-            }
-        });
-    }
-}
-
 impl Store {
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Store> {
-        fix_c_mmap_threshold();
         let floor = Arc::new(AtomicU64::new(0));
         let mut opts = Options::default();
         opts.create_if_missing(true);
@@ -752,8 +718,8 @@ impl Store {
         opts.set_max_total_wal_size(256 << 20);
         // One memtable budget for all column families. 32 MiB was measured twice; on the
         // 16-lane `max` it cost ~10% throughput (compaction doubled) and saved no RSS
-        // (docs/performance.md, "Experiments measured and reverted"; both times before
-        // `fix_c_mmap_threshold` let freed memtables leave the heap).
+        // (docs/performance.md, "Experiments measured and reverted"; glibc's heap keeps
+        // freed memtable blocks: docs/operations.md, "Memory").
         opts.set_db_write_buffer_size(64 << 20);
         let block_cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let mut cfs = Vec::new();
