@@ -703,6 +703,17 @@ pub struct EventPage {
     pub next: Option<Seq>,
 }
 
+type Snapshot<'a> = rocksdb::SnapshotWithThreadMode<'a, DB>;
+
+/// Read options for one consistent view (`snap`), or for the latest state.
+fn read_at(snap: Option<&Snapshot<'_>>) -> ReadOptions {
+    let mut ro = ReadOptions::default();
+    if let Some(s) = snap {
+        ro.set_snapshot(s);
+    }
+    ro
+}
+
 /// One block cache for all column families (RocksDB otherwise gives each its own 32 MiB).
 const BLOCK_CACHE_BYTES: usize = 32 << 20;
 
@@ -878,8 +889,31 @@ impl Store {
 
     /// Every attempt of an event, ordered by endpoint then attempt number.
     pub fn attempts(&self, seq: Seq) -> Result<Vec<(EndpointId, u16, AttemptRecord)>> {
+        self.attempts_at(seq, None)
+    }
+
+    /// An event's attempts and the state of each of its deliveries, read from one
+    /// snapshot: an attempt and the state it led to are written together, so they are
+    /// seen together (separate reads could see a delivery paused before its attempt).
+    #[allow(clippy::type_complexity)]
+    pub fn event_view(
+        &self,
+        ev: &EventRecord,
+    ) -> Result<(Vec<(EndpointId, u16, AttemptRecord)>, Vec<DeliveryView>)> {
+        let snap = self.db.snapshot();
+        Ok((
+            self.attempts_at(ev.seq, Some(&snap))?,
+            self.deliveries_at(ev, Some(&snap))?,
+        ))
+    }
+
+    fn attempts_at(
+        &self,
+        seq: Seq,
+        snap: Option<&Snapshot<'_>>,
+    ) -> Result<Vec<(EndpointId, u16, AttemptRecord)>> {
         let mut out = Vec::new();
-        self.scan_attempts(seq, |ep, n, v| {
+        self.scan_attempts(seq, snap, |ep, n, v| {
             out.push((ep, n, AttemptRecord::decode(v)?));
             Ok(())
         })?;
@@ -889,10 +923,11 @@ impl Store {
     fn scan_attempts(
         &self,
         seq: Seq,
+        snap: Option<&Snapshot<'_>>,
         mut f: impl FnMut(EndpointId, u16, &[u8]) -> Result<()>,
     ) -> Result<()> {
         let prefix = seq.to_be_bytes();
-        let mut ro = ReadOptions::default();
+        let mut ro = read_at(snap);
         ro.set_iterate_upper_bound((seq + 1).to_be_bytes().to_vec());
         let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_ATTEMPTS), ro);
         it.seek(prefix);
@@ -911,24 +946,42 @@ impl Store {
     }
 
     pub fn is_paused(&self, ep: EndpointId, seq: Seq) -> Result<bool> {
+        self.is_paused_at(ep, seq, None)
+    }
+
+    fn is_paused_at(&self, ep: EndpointId, seq: Seq, snap: Option<&Snapshot<'_>>) -> Result<bool> {
         Ok(self
             .db
-            .get_pinned_cf(self.cf(CF_PAUSED), paused_key(ep, seq))?
+            .get_pinned_cf_opt(self.cf(CF_PAUSED), paused_key(ep, seq), &read_at(snap))?
             .is_some())
     }
 
-    fn has_index(&self, key: IndexKey<'_>, seq: Seq, ep: EndpointId) -> Result<bool> {
+    fn has_index(
+        &self,
+        key: IndexKey<'_>,
+        seq: Seq,
+        ep: EndpointId,
+        snap: Option<&Snapshot<'_>>,
+    ) -> Result<bool> {
         Ok(self
             .db
-            .get_pinned_cf(self.cf(CF_INDEX), key.key(seq, ep))?
+            .get_pinned_cf_opt(self.cf(CF_INDEX), key.key(seq, ep), &read_at(snap))?
             .is_some())
     }
 
-    /// The state and attempt count of each delivery of `ev`.
+    /// The state and attempt count of each delivery of `ev`, read from one snapshot.
     pub fn deliveries(&self, ev: &EventRecord) -> Result<Vec<DeliveryView>> {
+        self.deliveries_at(ev, Some(&self.db.snapshot()))
+    }
+
+    fn deliveries_at(
+        &self,
+        ev: &EventRecord,
+        snap: Option<&Snapshot<'_>>,
+    ) -> Result<Vec<DeliveryView>> {
         // The last attempt per endpoint: (attempts, state after it).
         let mut last: Vec<(EndpointId, u16, Option<DeliveryState>)> = Vec::new();
-        self.scan_attempts(ev.seq, |ep, n, v| {
+        self.scan_attempts(ev.seq, snap, |ep, n, v| {
             let st = v
                 .get(ATTEMPT_STATE_AT)
                 .and_then(|b| DeliveryState::from_u8(*b));
@@ -944,7 +997,7 @@ impl Store {
                 .iter()
                 .find(|(e, _, _)| *e == ep)
                 .map_or((0, None), |l| (l.1, l.2));
-            let state = if self.is_paused(ep, ev.seq)? {
+            let state = if self.is_paused_at(ep, ev.seq, snap)? {
                 DeliveryState::Paused
             } else {
                 match after {
@@ -958,6 +1011,7 @@ impl Store {
                             IndexKey::State(DeliveryState::Pending, ep),
                             ev.seq,
                             ep,
+                            snap,
                         )? {
                             DeliveryState::Pending
                         } else {
@@ -993,6 +1047,8 @@ impl Store {
         if hi <= lo || q.limit == 0 {
             return Ok(page);
         }
+        // Every candidate's deliveries are read from one view of the store.
+        let snap = self.db.snapshot();
         // Every index the filters allow; with two or more, their intersection is walked
         // by leapfrogging (each is sorted by sequence number).
         let mut sources: Vec<IndexKey<'_>> = Vec::new();
@@ -1009,7 +1065,7 @@ impl Store {
             sources.push(IndexKey::Account(a));
         }
         if !sources.is_empty() {
-            return self.query_indexes(q, &sources, lo, hi);
+            return self.query_indexes(q, &sources, lo, hi, &snap);
         }
         let mut examined = 0usize;
         // No index applies: the event log itself, newest first.
@@ -1032,7 +1088,7 @@ impl Store {
             }
             examined += 1;
             let ev = EventRecord::decode(seq, it.value().unwrap_or_default())?;
-            if let Some(views) = self.matches(q, &ev)? {
+            if let Some(views) = self.matches(q, &ev, &snap)? {
                 page.events.push((ev, views));
                 if page.events.len() == q.limit {
                     page.next = Some(seq);
@@ -1055,6 +1111,7 @@ impl Store {
         sources: &[IndexKey<'_>],
         lo: Seq,
         hi: Seq,
+        snap: &Snapshot<'_>,
     ) -> Result<EventPage> {
         let mut page = EventPage::default();
         let mut cursors: Vec<IndexCursor<'_>> =
@@ -1087,7 +1144,7 @@ impl Store {
                 i = (i + 1) % n;
             }
             if let Some(ev) = self.event(target)? {
-                if let Some(views) = self.matches(q, &ev)? {
+                if let Some(views) = self.matches(q, &ev, snap)? {
                     page.events.push((ev, views));
                     if page.events.len() == q.limit {
                         page.next = Some(target);
@@ -1104,7 +1161,12 @@ impl Store {
     }
 
     /// The event's delivery views if it passes every filter of `q`.
-    fn matches(&self, q: &EventQuery, ev: &EventRecord) -> Result<Option<Vec<DeliveryView>>> {
+    fn matches(
+        &self,
+        q: &EventQuery,
+        ev: &EventRecord,
+        snap: &Snapshot<'_>,
+    ) -> Result<Option<Vec<DeliveryView>>> {
         if q.etype.as_deref().is_some_and(|t| t != ev.etype)
             || q.account
                 .as_deref()
@@ -1113,7 +1175,7 @@ impl Store {
         {
             return Ok(None);
         }
-        let views = self.deliveries(ev)?;
+        let views = self.deliveries_at(ev, Some(snap))?;
         if let Some(st) = q.state {
             let hit = views
                 .iter()
@@ -2222,6 +2284,66 @@ mod tests {
             ..q(10)
         };
         assert_eq!(all_pages(&s, qu), (1050..1100).rev().collect::<Vec<_>>());
+    }
+
+    /// An attempt and the pause it caused are one write; a reader racing that write
+    /// sees both or neither, never a paused delivery without its attempt.
+    #[test]
+    fn event_view_sees_an_attempt_and_its_pause_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let evs: Vec<EventRecord> = (1..=300).map(ev).collect();
+        let mut b = s.batch();
+        for e in &evs {
+            b.put_event(&s, e);
+        }
+        s.commit(b, false).unwrap();
+        // The writer commits event k's attempt once the reader is reading event k.
+        let reading = Arc::new(AtomicU64::new(0));
+        let writer = {
+            let (s, reading) = (s.clone(), reading.clone());
+            std::thread::spawn(move || {
+                for seq in 1..=300 {
+                    while reading.load(Ordering::Acquire) != seq {
+                        std::hint::spin_loop();
+                    }
+                    let mut b = s.batch();
+                    let a = AttemptRecord {
+                        status: 410,
+                        state_after: Some(DeliveryState::Paused),
+                        ..AttemptRecord::default()
+                    };
+                    b.put_attempt(&s, seq, 1, 1, &a);
+                    b.pause(
+                        &s,
+                        1,
+                        seq,
+                        DueVal {
+                            attempts: 1,
+                            first: 0,
+                        },
+                    );
+                    s.commit(b, false).unwrap();
+                }
+            })
+        };
+        for e in &evs {
+            reading.store(e.seq, Ordering::Release);
+            loop {
+                let (attempts, views) = s.event_view(e).unwrap();
+                if views[0].state == DeliveryState::Paused {
+                    assert_eq!(
+                        attempts.len(),
+                        1,
+                        "seq {}: paused without its attempt",
+                        e.seq
+                    );
+                    assert_eq!(attempts[0].2.status, 410);
+                    break;
+                }
+            }
+        }
+        writer.join().unwrap();
     }
 
     #[test]

@@ -96,8 +96,7 @@ impl Admin {
             return Ok(None);
         };
         let names = self.store.endpoint_names()?;
-        let attempts = self.store.attempts(ev.seq)?;
-        let views = self.store.deliveries(&ev)?;
+        let (attempts, views) = self.store.event_view(&ev)?;
         let display_id = ev.display_id();
         let deliveries: Vec<Value> = views
             .iter()
