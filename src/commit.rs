@@ -1390,7 +1390,8 @@ impl State {
     /// Loads spilled deliveries (keys below the cursor from the fence on) while workers
     /// have room; leaves spill mode when the scan reaches the cursor.
     fn load_spilled(&mut self) {
-        let mut cache: HashMap<Seq, Arc<EventRecord>> = HashMap::default();
+        let store = self.store.clone();
+        let mut events = PageEvents::new(&store);
         while let Some(sp) = self.spill {
             if self.in_memory >= self.cap() {
                 return;
@@ -1412,12 +1413,12 @@ impl State {
                     s.scan = successor(key);
                 }
                 if key.seq >= sp.fence {
-                    self.hand_over(key, val, &mut cache, &mut cleanup, &mut delta);
+                    self.hand_over(key, val, &mut events, &mut cleanup, &mut delta);
                 }
             }
             self.commit_cleanup(cleanup, delta);
             self.flush_jobs();
-            cache.clear();
+            events.next_page();
             if reached_cursor {
                 tracing::debug!("spilled deliveries all loaded");
                 self.spill = None;
@@ -1452,7 +1453,7 @@ impl State {
         &mut self,
         key: DueKey,
         val: DueVal,
-        cache: &mut HashMap<Seq, Arc<EventRecord>>,
+        events: &mut PageEvents<'_>,
         cleanup: &mut store::Batch,
         delta: &mut Delta,
     ) {
@@ -1469,24 +1470,17 @@ impl State {
             delta.expired += 1;
             return;
         }
-        let event = match cache.get(&key.seq) {
-            Some(e) => e.clone(),
-            None => match self.store.event(key.seq) {
-                Ok(Some(e)) => {
-                    let e = Arc::new(e);
-                    cache.insert(key.seq, e.clone());
-                    e
-                }
-                Ok(None) => {
-                    cleanup.del_due(&self.store, key);
-                    delta.pending -= 1;
-                    return;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, seq = key.seq, "cannot read event");
-                    return;
-                }
-            },
+        let event = match events.get(key.seq) {
+            Ok(Some(e)) => e,
+            Ok(None) => {
+                cleanup.del_due(&self.store, key);
+                delta.pending -= 1;
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, seq = key.seq, "cannot read event");
+                return;
+            }
         };
         if !info.enabled {
             cleanup.del_due(&self.store, key);
@@ -1549,7 +1543,8 @@ impl State {
             }
         }
         let horizon = now_ms() + HORIZON_MS;
-        let mut cache: HashMap<Seq, Arc<EventRecord>> = HashMap::default();
+        let store = self.store.clone();
+        let mut events = PageEvents::new(&store);
         while self.in_memory < self.cap() {
             let Some(page) = self.read_due(self.cursor, horizon) else {
                 return;
@@ -1559,7 +1554,7 @@ impl State {
             let mut delta = Delta::default();
             for (key, val) in page {
                 self.cursor = successor(key);
-                self.hand_over(key, val, &mut cache, &mut cleanup, &mut delta);
+                self.hand_over(key, val, &mut events, &mut cleanup, &mut delta);
             }
             self.commit_cleanup(cleanup, delta);
             self.flush_jobs();
@@ -1571,8 +1566,40 @@ impl State {
                 });
                 break;
             }
-            cache.clear();
+            events.next_page();
         }
+    }
+}
+
+/// The events of the deliveries the loader hands over: read in order through one
+/// [`store::EventReader`], and shared within a page by the deliveries of one event.
+struct PageEvents<'a> {
+    reader: store::EventReader<'a>,
+    cache: HashMap<Seq, Arc<EventRecord>>,
+}
+
+impl<'a> PageEvents<'a> {
+    fn new(store: &'a Store) -> PageEvents<'a> {
+        PageEvents {
+            reader: store.event_reader(),
+            cache: HashMap::default(),
+        }
+    }
+
+    fn get(&mut self, seq: Seq) -> store::Result<Option<Arc<EventRecord>>> {
+        if let Some(e) = self.cache.get(&seq) {
+            return Ok(Some(e.clone()));
+        }
+        Ok(self.reader.get(seq)?.map(|e| {
+            let e = Arc::new(e);
+            self.cache.insert(seq, e.clone());
+            e
+        }))
+    }
+
+    /// Forgets the page's events (the reader keeps its place).
+    fn next_page(&mut self) {
+        self.cache.clear();
     }
 }
 
