@@ -676,6 +676,14 @@ pub struct DeliveryView {
     pub attempts: u16,
 }
 
+/// One event's attempts (by endpoint, then attempt number) and delivery states, as one
+/// snapshot saw them ([`Store::event_view`]).
+#[derive(Debug)]
+pub struct EventView {
+    pub attempts: Vec<(EndpointId, u16, AttemptRecord)>,
+    pub deliveries: Vec<DeliveryView>,
+}
+
 /// A webhook-log query ([`Store::query`]). Filters combine.
 #[derive(Debug, Clone, Default)]
 pub struct EventQuery {
@@ -881,8 +889,8 @@ impl Store {
             store: self,
             following: false,
             last: None,
-            // Blocks go through the cache: the next pass (retries due a little later)
-            // often reads the same ones again.
+            // Blocks go through the block cache, as for point reads: the scattered
+            // reads of one pass and the runs of the next may share them.
             it: self.db.raw_iterator_cf(self.cf(CF_EVENTS)),
             floor: self.retention_floor(),
         }
@@ -909,16 +917,12 @@ impl Store {
     /// An event's attempts and the state of each of its deliveries, read from one
     /// snapshot: an attempt and the state it led to are written together, so they are
     /// seen together (separate reads could see a delivery paused before its attempt).
-    #[allow(clippy::type_complexity)]
-    pub fn event_view(
-        &self,
-        ev: &EventRecord,
-    ) -> Result<(Vec<(EndpointId, u16, AttemptRecord)>, Vec<DeliveryView>)> {
+    pub fn event_view(&self, ev: &EventRecord) -> Result<EventView> {
         let snap = self.db.snapshot();
-        Ok((
-            self.attempts_at(ev.seq, Some(&snap))?,
-            self.deliveries_at(ev, Some(&snap))?,
-        ))
+        Ok(EventView {
+            attempts: self.attempts_at(ev.seq, Some(&snap))?,
+            deliveries: self.deliveries_at(ev, Some(&snap))?,
+        })
     }
 
     fn attempts_at(
@@ -2462,8 +2466,11 @@ mod tests {
         for e in &evs {
             reading.store(e.seq, Ordering::Release);
             loop {
-                let (attempts, views) = s.event_view(e).unwrap();
-                if views[0].state == DeliveryState::Paused {
+                let EventView {
+                    attempts,
+                    deliveries,
+                } = s.event_view(e).unwrap();
+                if deliveries[0].state == DeliveryState::Paused {
                     assert_eq!(
                         attempts.len(),
                         1,

@@ -18,7 +18,7 @@ use crate::deliver::request::{REDACTED, USER_AGENT};
 use crate::ingest::parse::LineParser;
 use crate::store::{
     seq_time_ms, AttemptRecord, DeliveryState, DeliveryView, EndpointId, EventQuery, EventRecord,
-    StoreError, BODY_EXCERPT,
+    EventView, StoreError, BODY_EXCERPT,
 };
 
 /// Page size of `GET /v1/events` unless `limit` says otherwise, and its maximum.
@@ -96,7 +96,10 @@ impl Admin {
             return Ok(None);
         };
         let names = self.store.endpoint_names()?;
-        let (attempts, views) = self.store.event_view(&ev)?;
+        let EventView {
+            attempts,
+            deliveries: views,
+        } = self.store.event_view(&ev)?;
         let display_id = ev.display_id();
         let deliveries: Vec<Value> = views
             .iter()
