@@ -12,8 +12,14 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ricochet");
 
+/// Read at run time: `cargo test` sets `CARGO_MANIFEST_DIR` for the test process, and a
+/// test binary built in another checkout that shares the target dir (CI's clone) can be
+/// reused here with that checkout's path compiled in.
 fn examples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/examples")
+    let root = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    root.join("docs/examples")
 }
 
 /// One `[[endpoint]]` table of an example config, read line by line (the examples keep
