@@ -114,7 +114,12 @@ pub struct RunMetrics {
     pub ricochet_peak_rss_mib: Option<f64>,
     pub ricochet_exit: String,
     pub load_tool_cpu_s: Option<f64>,
+    /// The raw ceiling: the best of `raw_points`.
     pub raw_requests_per_s: Option<f64>,
+    /// The connection count that gave the ceiling.
+    pub raw_connections: Option<usize>,
+    /// Every raw measurement of the run.
+    pub raw_points: Vec<crate::run::RawPoint>,
     /// deliveries/s as a share of the raw ceiling.
     pub raw_fraction: Option<f64>,
     /// Connections the sink accepted.
@@ -257,6 +262,12 @@ const ROWS: &[(&str, &str, Unit, Getter)] = &[
     ("raw_requests_per_s", "raw ceiling req/s", Unit::Rate, |m| {
         m.raw_requests_per_s
     }),
+    (
+        "raw_connections",
+        "raw ceiling at connections",
+        Unit::Count,
+        |m| m.raw_connections.map(|n| n as f64),
+    ),
     ("raw_fraction", "deliveries / raw", Unit::Share, |m| {
         m.raw_fraction
     }),

@@ -62,8 +62,11 @@ pub struct RunArgs {
     raw: bool,
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     raw_duration: Duration,
-    #[arg(long, default_value_t = 16)]
-    raw_connections: usize,
+    /// Connections of the bare client. Default: both 16 and as many as ricochet opened
+    /// in the run (its lanes), and the ceiling is the better of the two — with few
+    /// connections the bare loop is bound by round-trip latency, not by the machine.
+    #[arg(long)]
+    raw_connections: Option<usize>,
     /// Override the scenario's event count.
     #[arg(long)]
     events: Option<u64>,
@@ -658,6 +661,24 @@ fn panics_in_log(path: &Path) -> Vec<String> {
         }
     }
     out
+}
+
+/// One measurement of the bare client: how many connections, how many requests/s.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct RawPoint {
+    pub connections: usize,
+    pub requests_per_s: f64,
+}
+
+/// The connection counts the raw ceiling is measured at: the one asked for, or else 16
+/// and the number of lanes ricochet opened in the run (at most 1,024) when that differs.
+fn raw_connection_counts(asked: Option<usize>, lanes: usize) -> Vec<usize> {
+    let lanes = lanes.min(1024);
+    match asked {
+        Some(n) => vec![n.max(1)],
+        None if lanes > 0 && lanes != 16 => vec![16, lanes],
+        None => vec![16],
+    }
 }
 
 /// What ricochet's `/metrics` says of the delivery connections it opened.
@@ -1494,24 +1515,35 @@ fn run_in(
     if a.raw && scheme == Scheme::Https {
         notes.push("no raw ceiling for an HTTPS run: the raw client speaks plain HTTP".into());
     }
-    let (raw_rps, raw_fraction) =
-        if a.raw && scheme == Scheme::Http && !stop.load(Ordering::Relaxed) {
+    let mut raw_points = Vec::new();
+    if a.raw && scheme == Scheme::Http && !stop.load(Ordering::Relaxed) {
+        let lanes = ricochet_connections
+            .as_ref()
+            .map_or(0, |c| c.first() as usize);
+        for conns in raw_connection_counts(a.raw_connections, lanes) {
             let r = raw::run(&raw::RawConfig {
                 addr: sink.addr(),
                 path: "/e/0".into(),
-                connections: a.raw_connections,
+                connections: conns,
                 threads: 1,
                 duration: a.raw_duration,
             })?;
-            eprintln!("raw ceiling: {}", r.summary());
-            let dps = c.delivered as f64 / delivery_window.max(1e-9);
-            (
-                Some(r.requests_per_s),
-                Some(dps / r.requests_per_s.max(1e-9)),
-            )
-        } else {
-            (None, None)
-        };
+            eprintln!("raw ceiling, {conns} connections: {}", r.summary());
+            raw_points.push(RawPoint {
+                connections: conns,
+                requests_per_s: r.requests_per_s,
+            });
+        }
+    }
+    let best_raw = raw_points
+        .iter()
+        .copied()
+        .max_by(|a, b| a.requests_per_s.total_cmp(&b.requests_per_s));
+    let raw_rps = best_raw.map(|p| p.requests_per_s);
+    let raw_fraction = raw_rps.map(|r| {
+        let dps = c.delivered as f64 / delivery_window.max(1e-9);
+        dps / r.max(1e-9)
+    });
     let rate_check = shared.rate_counts();
     drop(sink);
 
@@ -1623,6 +1655,8 @@ fn run_in(
         ricochet_exit: exit,
         load_tool_cpu_s: load_cpu,
         raw_requests_per_s: raw_rps,
+        raw_connections: best_raw.map(|p| p.connections),
+        raw_points,
         raw_fraction,
         sink_connections: c.connections,
         ricochet_connections,
@@ -1658,6 +1692,16 @@ mod tests {
             ConnectionCounts::from_metrics("ricochet_build_info 1\n"),
             None
         );
+    }
+
+    #[test]
+    fn raw_ceiling_is_measured_at_16_and_at_ricochets_lane_count() {
+        assert_eq!(raw_connection_counts(None, 256), vec![16, 256]);
+        assert_eq!(raw_connection_counts(None, 16), vec![16]);
+        assert_eq!(raw_connection_counts(None, 0), vec![16]);
+        assert_eq!(raw_connection_counts(None, 10_000), vec![16, 1024]);
+        assert_eq!(raw_connection_counts(Some(64), 256), vec![64]);
+        assert_eq!(raw_connection_counts(Some(0), 256), vec![1]);
     }
 
     #[test]
