@@ -114,11 +114,7 @@ pub struct RunMetrics {
     pub ricochet_peak_rss_mib: Option<f64>,
     pub ricochet_exit: String,
     pub load_tool_cpu_s: Option<f64>,
-    /// The raw ceiling: the best of `raw_points`.
-    pub raw_requests_per_s: Option<f64>,
-    /// The connection count that gave the ceiling.
-    pub raw_connections: Option<usize>,
-    /// Every raw measurement of the run.
+    /// Every raw measurement of the run; the ceiling is the best ([`RunMetrics::raw_ceiling`]).
     pub raw_points: Vec<crate::run::RawPoint>,
     /// deliveries/s as a share of the raw ceiling.
     pub raw_fraction: Option<f64>,
@@ -135,6 +131,13 @@ pub struct RunMetrics {
     pub restart: Option<RestartMetrics>,
     pub notes: Vec<String>,
     pub series: Vec<Sample>,
+}
+
+impl RunMetrics {
+    /// The raw ceiling of the run: the best of its raw measurements.
+    pub fn raw_ceiling(&self) -> Option<crate::run::RawPoint> {
+        crate::run::RawPoint::best(&self.raw_points)
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -260,13 +263,13 @@ const ROWS: &[(&str, &str, Unit, Getter)] = &[
         m.load_tool_cpu_s
     }),
     ("raw_requests_per_s", "raw ceiling req/s", Unit::Rate, |m| {
-        m.raw_requests_per_s
+        m.raw_ceiling().map(|p| p.requests_per_s)
     }),
     (
         "raw_connections",
         "raw ceiling at connections",
         Unit::Count,
-        |m| m.raw_connections.map(|n| n as f64),
+        |m| m.raw_ceiling().map(|p| p.connections as f64),
     ),
     ("raw_fraction", "deliveries / raw", Unit::Share, |m| {
         m.raw_fraction

@@ -670,6 +670,16 @@ pub struct RawPoint {
     pub requests_per_s: f64,
 }
 
+impl RawPoint {
+    /// The ceiling: the point with the most requests/s.
+    pub fn best(points: &[RawPoint]) -> Option<RawPoint> {
+        points
+            .iter()
+            .copied()
+            .max_by(|a, b| a.requests_per_s.total_cmp(&b.requests_per_s))
+    }
+}
+
 /// The connection counts the raw ceiling is measured at: the one asked for, or else 16
 /// and the number of lanes ricochet opened in the run (at most 1,024) when that differs.
 fn raw_connection_counts(asked: Option<usize>, lanes: usize) -> Vec<usize> {
@@ -1535,14 +1545,9 @@ fn run_in(
             });
         }
     }
-    let best_raw = raw_points
-        .iter()
-        .copied()
-        .max_by(|a, b| a.requests_per_s.total_cmp(&b.requests_per_s));
-    let raw_rps = best_raw.map(|p| p.requests_per_s);
-    let raw_fraction = raw_rps.map(|r| {
+    let raw_fraction = RawPoint::best(&raw_points).map(|p| {
         let dps = c.delivered as f64 / delivery_window.max(1e-9);
-        dps / r.max(1e-9)
+        dps / p.requests_per_s.max(1e-9)
     });
     let rate_check = shared.rate_counts();
     drop(sink);
@@ -1654,8 +1659,6 @@ fn run_in(
         ricochet_peak_rss_mib: hwm,
         ricochet_exit: exit,
         load_tool_cpu_s: load_cpu,
-        raw_requests_per_s: raw_rps,
-        raw_connections: best_raw.map(|p| p.connections),
         raw_points,
         raw_fraction,
         sink_connections: c.connections,
@@ -1702,6 +1705,15 @@ mod tests {
         assert_eq!(raw_connection_counts(None, 10_000), vec![16, 1024]);
         assert_eq!(raw_connection_counts(Some(64), 256), vec![64]);
         assert_eq!(raw_connection_counts(Some(0), 256), vec![1]);
+        let p = |connections, requests_per_s| RawPoint {
+            connections,
+            requests_per_s,
+        };
+        assert_eq!(
+            RawPoint::best(&[p(16, 70e3), p(256, 100e3)]),
+            Some(p(256, 100e3))
+        );
+        assert_eq!(RawPoint::best(&[]), None);
     }
 
     #[test]
