@@ -116,8 +116,6 @@ pub struct RunMetrics {
     pub load_tool_cpu_s: Option<f64>,
     /// Every raw measurement of the run; the ceiling is the best ([`RunMetrics::raw_ceiling`]).
     pub raw_points: Vec<crate::run::RawPoint>,
-    /// deliveries/s as a share of the raw ceiling.
-    pub raw_fraction: Option<f64>,
     /// Connections the sink accepted.
     pub sink_connections: u64,
     /// ricochet's own count of the connections it opened (from `/metrics` at the end;
@@ -137,6 +135,12 @@ impl RunMetrics {
     /// The raw ceiling of the run: the best of its raw measurements.
     pub fn raw_ceiling(&self) -> Option<crate::run::RawPoint> {
         crate::run::RawPoint::best(&self.raw_points)
+    }
+
+    /// deliveries/s as a share of the raw ceiling.
+    pub fn raw_fraction(&self) -> Option<f64> {
+        self.raw_ceiling()
+            .map(|p| self.deliveries_per_s / p.requests_per_s.max(1e-9))
     }
 }
 
@@ -272,7 +276,7 @@ const ROWS: &[(&str, &str, Unit, Getter)] = &[
         |m| m.raw_ceiling().map(|p| p.connections as f64),
     ),
     ("raw_fraction", "deliveries / raw", Unit::Share, |m| {
-        m.raw_fraction
+        m.raw_fraction()
     }),
     (
         "ricochet_connections_first",

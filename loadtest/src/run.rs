@@ -1545,10 +1545,6 @@ fn run_in(
             });
         }
     }
-    let raw_fraction = RawPoint::best(&raw_points).map(|p| {
-        let dps = c.delivered as f64 / delivery_window.max(1e-9);
-        dps / p.requests_per_s.max(1e-9)
-    });
     let rate_check = shared.rate_counts();
     drop(sink);
 
@@ -1660,7 +1656,6 @@ fn run_in(
         ricochet_exit: exit,
         load_tool_cpu_s: load_cpu,
         raw_points,
-        raw_fraction,
         sink_connections: c.connections,
         ricochet_connections,
         tls_handshakes: (scheme == Scheme::Https).then_some(c.tls_handshakes),
