@@ -10,7 +10,8 @@
 //! - `raw.rs`: bare keep-alive client, the delivery ceiling without ricochet.
 //! - `scenario.rs`: scenario files; `run.rs`: sink + ricochet + gen + drain, measured;
 //!   `procstat.rs`: CPU and peak RSS from /proc; `report.rs`: table and JSON;
-//!   `plot.rs`: SVG charts.
+//!   `plot.rs`: SVG charts; `sweep.rs`: one scenario at several producer windows, and
+//!   the latency–throughput curve they make.
 //! - `fake.rs`: a tiny stand-in for `ricochet serve` used to test `run` itself.
 //!
 //! Data flow of `run`: gen --NDJSON--> ricochet --HTTP--> sink, with gen reading acks
@@ -31,6 +32,7 @@ mod scenario;
 mod script;
 mod sink;
 mod stats;
+mod sweep;
 mod tls;
 
 use std::net::SocketAddr;
@@ -66,6 +68,8 @@ enum Cmd {
     Raw(RawArgs),
     /// Run a scenario end to end: sink + ricochet + gen, drained and measured.
     Run(run::RunArgs),
+    /// Run a scenario at several generator windows: ack latency against throughput.
+    Sweep(sweep::SweepArgs),
     /// Minimal stand-in for `ricochet serve`, only for testing `run` itself.
     #[command(hide = true, name = "fake-ricochet")]
     FakeRicochet(fake::FakeArgs),
@@ -196,6 +200,7 @@ fn main() {
         Cmd::Gen(a) => cmd_gen(a),
         Cmd::Raw(a) => cmd_raw(a),
         Cmd::Run(a) => run::cmd_run(a),
+        Cmd::Sweep(a) => sweep::cmd_sweep(a),
         Cmd::FakeRicochet(a) => fake::main(a),
     };
     match result {

@@ -35,7 +35,7 @@ use crate::script::parse_duration;
 use crate::sink::{RateLimit, Sink, SinkConfig, SinkCounts};
 use crate::stats::{self, fmt_count, Percentiles};
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct RunArgs {
     /// A built-in scenario name (max, many-endpoints, retry-storm, backlog, templates,
     /// smoke) or a scenario TOML file.
@@ -43,20 +43,20 @@ pub struct RunArgs {
     scenario: Option<String>,
     /// List the built-in scenarios and exit.
     #[arg(long)]
-    list: bool,
+    pub(crate) list: bool,
     /// Repeat the scenario; the report shows each run and the median.
     #[arg(long, default_value_t = 1)]
-    runs: usize,
+    pub(crate) runs: usize,
     /// Print the report as JSON on stdout.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Write an SVG of throughput and latency per second (one file per run: NAME-2.svg..).
     #[arg(long)]
     plot: Option<PathBuf>,
     /// The ricochet binary (default: target/release/ricochet under $CARGO_TARGET_DIR,
     /// /root/.cache/ricochet-target or ./target).
     #[arg(long)]
-    ricochet: Option<PathBuf>,
+    pub(crate) ricochet: Option<PathBuf>,
     /// Also measure the raw ceiling (bare client -> same sink) after each run.
     #[arg(long)]
     raw: bool,
@@ -84,7 +84,7 @@ pub struct RunArgs {
     /// ack latency is about window / throughput, so a small window shows ack latency with
     /// a bounded producer.
     #[arg(long)]
-    window: Option<usize>,
+    pub(crate) window: Option<usize>,
     /// Override the scenario's `restart`: after ingest (before an outage ends) kill -9
     /// ricochet, start it again on the same data dir, and time its first /health and the
     /// first ok ack of a probe event. `--restart=false` turns it off.
@@ -143,83 +143,12 @@ pub fn cmd_run(a: RunArgs) -> Result<i32> {
         }
         return Ok(0);
     }
-    let name = a.scenario.clone().unwrap_or_default();
-    let mut sc = Scenario::load(&name)?;
-    if let Some(e) = a.events {
-        sc.events = e;
-    }
-    if let Some(d) = a.duration {
-        sc.duration = d;
-    }
-    if let Some(r) = a.rate {
-        sc.rate = r;
-    }
-    if let Some(d) = a.drain_timeout {
-        sc.drain_timeout = d;
-    }
-    if let Some(t) = a.rate_tolerance {
-        sc.rate_tolerance = t;
-    }
-    if let Some(w) = a.window {
-        sc.window = w.max(2);
-    }
-    if let Some(r) = a.restart {
-        sc.restart = r;
-    }
+    let sc = scenario_of(&a)?;
     let ricochet = resolve_ricochet(a.ricochet.as_deref())?;
     let stop = crate::stop_flag()?;
-    eprintln!(
-        "scenario {} ({}): {}",
-        sc.name,
-        sc.source,
-        settings_text(&sc)
-    );
-    eprintln!(
-        "ricochet {}; sink and raw on the {} driver",
-        ricochet.display(),
-        stats::driver_name()
-    );
-    if sc.max_rps > 0 {
-        eprintln!(
-            "rate check: every endpoint at most {} + {} arrivals per 1-s window",
-            sc.max_rps, sc.rate_tolerance
-        );
-    }
-    let schemes: &[Scheme] = if a.https_compare {
-        &[Scheme::Http, Scheme::Https]
-    } else if a.https {
-        &[Scheme::Https]
-    } else {
-        &[Scheme::Http]
-    };
+    announce(&sc, &ricochet, false);
+    let runs = measure(&sc, &a, &ricochet, &stop)?;
     let labelled = a.https || a.https_compare;
-    let mut runs = Vec::new();
-    'runs: for i in 1..=a.runs.max(1) {
-        // Alternate which scheme goes first, so neither always runs on a warmer box.
-        let mut order = schemes.to_vec();
-        if i % 2 == 0 {
-            order.reverse();
-        }
-        for scheme in order {
-            if stop.load(Ordering::Relaxed) {
-                break 'runs;
-            }
-            let label = if labelled { scheme.name() } else { "" };
-            eprintln!("--- run {i}/{} {label}", a.runs.max(1));
-            let mut m = run_once(&sc, &a, i, scheme, &ricochet, &stop)
-                .with_context(|| format!("run {i} {label}"))?;
-            m.label = label.to_string();
-            if let Some(plot) = &a.plot {
-                let path = plot_path(plot, i, a.runs, label);
-                crate::plot::write_svg(&path, &format!("{} run {i} {label}", sc.name), &m.series)?;
-                eprintln!("plot written to {}", path.display());
-            }
-            if !a.json {
-                eprintln!("{}", one_line(&m));
-            }
-            runs.push(m);
-        }
-    }
     let compare = a.https_compare.then(|| https_compare(&runs));
     if a.json {
         let median = if labelled {
@@ -253,19 +182,126 @@ pub fn cmd_run(a: RunArgs) -> Result<i32> {
             "\nscenario {}: {}\nsettings: {}\n",
             sc.name,
             sc.description.replace('\n', " "),
-            settings_text(&sc)
+            settings_text(&sc, false)
         );
         print!("{}", report::table(&runs));
         if let Some(c) = &compare {
             print!("{}", c.text());
         }
-        for m in &runs {
-            for n in &m.notes {
-                println!("run {}{}: {n}", m.run, label_suffix(m));
+        print_notes(&runs);
+    }
+    Ok(i32::from(any_bad(&runs) || runs.is_empty()))
+}
+
+/// The scenario `a` names, with its command-line overrides applied.
+pub fn scenario_of(a: &RunArgs) -> Result<Scenario> {
+    let name = a.scenario.clone().unwrap_or_default();
+    let mut sc = Scenario::load(&name)?;
+    if let Some(e) = a.events {
+        sc.events = e;
+    }
+    if let Some(d) = a.duration {
+        sc.duration = d;
+    }
+    if let Some(r) = a.rate {
+        sc.rate = r;
+    }
+    if let Some(d) = a.drain_timeout {
+        sc.drain_timeout = d;
+    }
+    if let Some(t) = a.rate_tolerance {
+        sc.rate_tolerance = t;
+    }
+    if let Some(w) = a.window {
+        sc.window = w.max(2);
+    }
+    if let Some(r) = a.restart {
+        sc.restart = r;
+    }
+    Ok(sc)
+}
+
+/// The header lines every measurement starts with (stderr); `swept` as in
+/// [`settings_text`].
+pub fn announce(sc: &Scenario, ricochet: &Path, swept: bool) {
+    eprintln!(
+        "scenario {} ({}): {}",
+        sc.name,
+        sc.source,
+        settings_text(sc, swept)
+    );
+    eprintln!(
+        "ricochet {}; sink and raw on the {} driver",
+        ricochet.display(),
+        stats::driver_name()
+    );
+    if sc.max_rps > 0 {
+        eprintln!(
+            "rate check: every endpoint at most {} + {} arrivals per 1-s window",
+            sc.max_rps, sc.rate_tolerance
+        );
+    }
+}
+
+/// Runs `sc` `a.runs` times (per scheme with `--https-compare`), writing each run's plot
+/// and, without `--json`, its one-line summary. Stops early on Ctrl-C.
+pub fn measure(
+    sc: &Scenario,
+    a: &RunArgs,
+    ricochet: &Path,
+    stop: &Arc<AtomicBool>,
+) -> Result<Vec<RunMetrics>> {
+    let schemes: &[Scheme] = if a.https_compare {
+        &[Scheme::Http, Scheme::Https]
+    } else if a.https {
+        &[Scheme::Https]
+    } else {
+        &[Scheme::Http]
+    };
+    let labelled = a.https || a.https_compare;
+    let mut runs = Vec::new();
+    'runs: for i in 1..=a.runs.max(1) {
+        // Alternate which scheme goes first, so neither always runs on a warmer box.
+        let mut order = schemes.to_vec();
+        if i % 2 == 0 {
+            order.reverse();
+        }
+        for scheme in order {
+            if stop.load(Ordering::Relaxed) {
+                break 'runs;
             }
+            let label = if labelled { scheme.name() } else { "" };
+            eprintln!("--- run {i}/{} {label}", a.runs.max(1));
+            let mut m = run_once(sc, a, i, scheme, ricochet, stop)
+                .with_context(|| format!("run {i} {label}"))?;
+            m.label = label.to_string();
+            if let Some(plot) = &a.plot {
+                let path = plot_path(plot, i, a.runs, label);
+                crate::plot::write_svg(&path, &format!("{} run {i} {label}", sc.name), &m.series)?;
+                eprintln!("plot written to {}", path.display());
+            }
+            if !a.json {
+                eprintln!("{}", one_line(&m));
+            }
+            runs.push(m);
         }
     }
-    let bad = runs.iter().any(|m| {
+    Ok(runs)
+}
+
+/// The notes runs left (drain ends, panics in ricochet's log, …), a line each.
+pub fn print_notes(runs: &[RunMetrics]) {
+    for m in runs {
+        for n in &m.notes {
+            println!("run {}{}: {n}", m.run, label_suffix(m));
+        }
+    }
+}
+
+/// Whether any run lost, misrouted or mis-acked an event, or broke a rate limit, or
+/// never became ready after its restart: the exit status of `run` and `sweep`.
+pub fn any_bad(runs: &[RunMetrics]) -> bool {
+    runs.iter().any(|m| {
         m.lost > 0
             || m.missing_acks > 0
             || m.err_acks > 0
@@ -273,8 +309,7 @@ pub fn cmd_run(a: RunArgs) -> Result<i32> {
             || m.ack_mismatch > 0
             || m.rate_check.is_some_and(|r| r.windows_over_limit > 0)
             || m.restart.as_ref().is_some_and(|r| r.first_ack_s.is_none())
-    });
-    Ok(i32::from(bad || runs.is_empty()))
+    })
 }
 
 fn rate_text(rate: f64) -> String {
@@ -285,21 +320,27 @@ fn rate_text(rate: f64) -> String {
     }
 }
 
-/// The scenario as run (after the command-line overrides), for the report header.
-fn settings_text(sc: &Scenario) -> String {
+/// The scenario as run (after the command-line overrides), for the report header;
+/// `swept` when `sweep` sets the window run by run.
+fn settings_text(sc: &Scenario, swept: bool) -> String {
     let window = gen::ring_size(sc.window);
     format!(
-        "{} endpoints, {} events max, {:?} max, rate {}, {} connection(s), window {}{}, {} durability, outage {}, drain timeout {:?}{}",
+        "{} endpoints, {} events max, {:?} max, rate {}, {} connection(s), window {}, {} durability, outage {}, drain timeout {:?}{}",
         fmt_count(sc.endpoints),
         fmt_count(sc.events),
         sc.duration,
         rate_text(sc.rate),
         sc.connections,
-        fmt_count(window as u64),
-        if window != sc.window {
-            format!(" (asked {}, rounded up to a power of two)", sc.window)
+        if swept {
+            "by run (swept)".to_string()
+        } else if window != sc.window {
+            format!(
+                "{} (asked {}, rounded up to a power of two)",
+                fmt_count(window as u64),
+                sc.window
+            )
         } else {
-            String::new()
+            fmt_count(window as u64)
         },
         sc.durability,
         sc.outage.name(),

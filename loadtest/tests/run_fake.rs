@@ -272,3 +272,64 @@ fn restart_after_ingest_is_timed_and_loses_nothing() {
     assert!(v["median"]["restart_health_s"].as_f64().unwrap() > 0.0);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn sweep_runs_each_window_and_draws_the_curve() {
+    let dir = temp_dir("sweep");
+    let file = dir.join("scenario.toml");
+    // Closed loop (flat out), so the window bounds what is in flight.
+    std::fs::write(&file, SMALL.replace("rate = 3000", "rate = 0")).unwrap();
+    let fake = fake_ricochet(&dir);
+    let curve = dir.join("curve.svg");
+    let out = Command::new(BIN)
+        .args(["sweep", "--scenario"])
+        .arg(&file)
+        .arg("--ricochet")
+        .arg(&fake)
+        .args(["--windows", "8,3,8", "--json", "--curve"])
+        .arg(&curve)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}); stderr:\n{stderr}"));
+    let points = v["points"].as_array().unwrap();
+    // 3 rounds up to 4; the second 8 is the same window.
+    let windows: Vec<u64> = points
+        .iter()
+        .map(|p| p["window"].as_u64().unwrap())
+        .collect();
+    assert_eq!(windows, vec![4, 8]);
+    for p in points {
+        let w = p["window"].as_u64().unwrap();
+        assert_eq!(p["in_flight"].as_u64().unwrap(), w); // one connection
+        let runs = p["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0]["accepted"], 3000);
+        assert_eq!(runs[0]["lost"], 0);
+        assert!(p["median"]["ack_p99_us"].as_f64().unwrap() > 0.0);
+    }
+    assert!(
+        stderr.contains("=== window 4: 4 lines in flight"),
+        "{stderr}"
+    );
+    let svg = std::fs::read_to_string(&curve).unwrap();
+    assert!(svg.contains("4 in flight") && svg.contains("8 in flight"));
+    // --window belongs to `run`; a sweep refuses it rather than ignore it.
+    let out = Command::new(BIN)
+        .args([
+            "sweep",
+            "--scenario",
+            "max",
+            "--windows",
+            "8",
+            "--window",
+            "8",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--windows, not --window"));
+    let _ = std::fs::remove_dir_all(dir);
+}
