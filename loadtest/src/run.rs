@@ -52,7 +52,7 @@ pub struct RunArgs {
     pub(crate) json: bool,
     /// Write an SVG of throughput and latency per second (one file per run: NAME-2.svg..).
     #[arg(long)]
-    plot: Option<PathBuf>,
+    pub(crate) plot: Option<PathBuf>,
     /// The ricochet binary (default: target/release/ricochet under $CARGO_TARGET_DIR,
     /// /root/.cache/ricochet-target or ./target).
     #[arg(long)]
@@ -103,7 +103,7 @@ pub struct RunArgs {
     /// Run every repetition twice, plain HTTP then HTTPS (alternating the order on even
     /// runs), and report HTTPS deliveries/s as a ratio of HTTP's.
     #[arg(long)]
-    https_compare: bool,
+    pub(crate) https_compare: bool,
     /// Override the scenario's [sink] rate_tolerance: arrivals allowed per 1-s window
     /// above max_rps before the rate check counts a violation.
     #[arg(long)]

@@ -81,6 +81,9 @@ pub fn cmd_sweep(a: SweepArgs) -> Result<i32> {
     if a.run.window.is_some() {
         bail!("sweep takes its windows from --windows, not --window");
     }
+    if a.run.https_compare {
+        bail!("sweep measures one scheme: use --https, or run --https-compare per window");
+    }
     let windows = windows_in_order(&a.windows);
     if windows.is_empty() {
         bail!("--windows: give at least one window");
@@ -105,6 +108,7 @@ pub fn cmd_sweep(a: SweepArgs) -> Result<i32> {
         }
         let mut args = a.run.clone();
         args.window = Some(w);
+        args.plot = a.run.plot.as_deref().map(|p| per_window(p, w));
         let sc = run::scenario_of(&args)?;
         eprintln!(
             "=== window {w}: {} lines in flight",
@@ -149,6 +153,19 @@ pub fn cmd_sweep(a: SweepArgs) -> Result<i32> {
     }
     let all: Vec<RunMetrics> = points.iter().flat_map(|p| p.runs.clone()).collect();
     Ok(i32::from(run::any_bad(&all) || all.is_empty()))
+}
+
+/// `--plot`'s path for one window: `NAME-w<window>.svg`, so windows do not overwrite
+/// each other's plots (`run` then adds its `-2`, `-3` per run).
+fn per_window(plot: &Path, window: usize) -> PathBuf {
+    let stem = plot
+        .file_stem()
+        .map_or_else(|| "plot".into(), |s| s.to_string_lossy().into_owned());
+    let name = match plot.extension() {
+        Some(ext) => format!("{stem}-w{window}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-w{window}"),
+    };
+    plot.with_file_name(name)
 }
 
 /// (header, report row key, how to print it).
@@ -355,6 +372,15 @@ mod tests {
             vec![2, 32, 128, 256]
         );
         assert!(windows_in_order(&[]).is_empty());
+    }
+
+    #[test]
+    fn each_window_gets_its_own_plot() {
+        assert_eq!(
+            per_window(Path::new("/tmp/out/max.svg"), 32),
+            PathBuf::from("/tmp/out/max-w32.svg")
+        );
+        assert_eq!(per_window(Path::new("max"), 8), PathBuf::from("max-w8"));
     }
 
     #[test]

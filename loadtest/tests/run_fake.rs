@@ -288,6 +288,8 @@ fn sweep_runs_each_window_and_draws_the_curve() {
         .arg(&fake)
         .args(["--windows", "8,3,8", "--json", "--curve"])
         .arg(&curve)
+        .arg("--plot")
+        .arg(dir.join("p.svg"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -316,6 +318,9 @@ fn sweep_runs_each_window_and_draws_the_curve() {
     );
     let svg = std::fs::read_to_string(&curve).unwrap();
     assert!(svg.contains("4 in flight") && svg.contains("8 in flight"));
+    // Each window's run plot has its own name.
+    assert!(dir.join("p-w4.svg").is_file() && dir.join("p-w8.svg").is_file());
+    assert!(!dir.join("p.svg").exists());
     // --window belongs to `run`; a sweep refuses it rather than ignore it.
     let out = Command::new(BIN)
         .args([
