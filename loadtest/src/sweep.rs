@@ -169,7 +169,9 @@ fn per_window(plot: &Path, window: usize) -> PathBuf {
 }
 
 /// (header, report row key, how to print it).
-const COLUMNS: &[(&str, &str, fn(f64) -> String)] = &[
+type Column = (&'static str, &'static str, fn(f64) -> String);
+
+const COLUMNS: &[Column] = &[
     ("accepted/s", "accepted_per_s", rate),
     ("deliveries/s", "deliveries_per_s", rate),
     ("ack p50", "ack_p50_us", ms),
