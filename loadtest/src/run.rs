@@ -188,7 +188,7 @@ pub fn cmd_run(a: RunArgs) -> Result<i32> {
         if let Some(c) = &compare {
             print!("{}", c.text());
         }
-        print_notes(&runs);
+        print_notes("", &runs);
     }
     Ok(i32::from(any_bad(&runs) || runs.is_empty()))
 }
@@ -289,11 +289,12 @@ pub fn measure(
     Ok(runs)
 }
 
-/// The notes runs left (drain ends, panics in ricochet's log, …), a line each.
-pub fn print_notes(runs: &[RunMetrics]) {
+/// The notes runs left (drain ends, panics in ricochet's log, …), a line each, after
+/// `prefix` (`sweep` names the window).
+pub fn print_notes(prefix: &str, runs: &[RunMetrics]) {
     for m in runs {
         for n in &m.notes {
-            println!("run {}{}: {n}", m.run, label_suffix(m));
+            println!("{prefix}run {}{}: {n}", m.run, label_suffix(m));
         }
     }
 }
@@ -312,7 +313,7 @@ pub fn any_bad(runs: &[RunMetrics]) -> bool {
     })
 }
 
-fn rate_text(rate: f64) -> String {
+pub fn rate_text(rate: f64) -> String {
     if rate > 0.0 {
         format!("{}/s", rate)
     } else {

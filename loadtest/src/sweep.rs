@@ -139,20 +139,16 @@ pub fn cmd_sweep(a: SweepArgs) -> Result<i32> {
             "\nscenario {} by producer window ({} connection(s), rate {}, medians of {} run(s) each)\n",
             base.name,
             base.connections,
-            if base.rate > 0.0 {
-                format!("{}/s", base.rate)
-            } else {
-                "flat out".into()
-            },
+            run::rate_text(base.rate),
             a.run.runs.max(1)
         );
         print!("{}", table(&points));
         for p in &points {
-            run::print_notes(&p.runs);
+            run::print_notes(&format!("window {}, ", p.window), &p.runs);
         }
     }
-    let all: Vec<RunMetrics> = points.iter().flat_map(|p| p.runs.clone()).collect();
-    Ok(i32::from(run::any_bad(&all) || all.is_empty()))
+    let bad = points.iter().any(|p| run::any_bad(&p.runs));
+    Ok(i32::from(bad || points.is_empty()))
 }
 
 /// `--plot`'s path for one window: `NAME-w<window>.svg`, so windows do not overwrite
