@@ -20,6 +20,7 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::gen;
+use crate::plot::{draw_legend, legend_line};
 use crate::report::{self, RunMetrics};
 use crate::run::{self, RunArgs};
 use crate::stats::fmt_count;
@@ -306,9 +307,7 @@ pub fn write_curve(path: &Path, title: &str, points: &[Point]) -> Result<()> {
             .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
             .map_err(|e| err(&e))?
             .label(label)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+            .legend(legend_line(color));
         chart
             .draw_series(line.iter().map(|&c| Circle::new(c, 4, color.filled())))
             .map_err(|e| err(&e))?;
@@ -327,13 +326,7 @@ pub fn write_curve(path: &Path, title: &str, points: &[Point]) -> Result<()> {
             )
         }))
         .map_err(|e| err(&e))?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
+    draw_legend(&mut chart, SeriesLabelPosition::UpperLeft).map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }
