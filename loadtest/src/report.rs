@@ -355,6 +355,15 @@ const ROWS: &[(&str, &str, Unit, Getter)] = &[
     ),
 ];
 
+/// The value of the row `key` (a [`medians`] key) as the run table prints it.
+pub fn fmt_key(key: &str, v: Option<f64>) -> String {
+    let (_, _, unit, _) = ROWS
+        .iter()
+        .find(|(k, ..)| *k == key)
+        .unwrap_or_else(|| panic!("no report row {key:?}"));
+    fmt(*unit, v)
+}
+
 fn fmt(unit: Unit, v: Option<f64>) -> String {
     let Some(v) = v else {
         return "-".into();
@@ -448,6 +457,12 @@ pub fn table(runs: &[RunMetrics]) -> String {
         }
         rows.push(row);
     }
+    align(&rows)
+}
+
+/// `rows` as text columns: the first left-aligned, the others right-aligned, two spaces
+/// apart, with a rule under the first row (the header).
+pub fn align(rows: &[Vec<String>]) -> String {
     let cols = rows[0].len();
     let widths: Vec<usize> = (0..cols)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))

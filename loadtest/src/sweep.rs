@@ -165,71 +165,35 @@ fn per_window(plot: &Path, window: usize) -> PathBuf {
     plot.with_file_name(name)
 }
 
-/// (header, report row key, how to print it).
-type Column = (&'static str, &'static str, fn(f64) -> String);
-
-const COLUMNS: &[Column] = &[
-    ("accepted/s", "accepted_per_s", rate),
-    ("deliveries/s", "deliveries_per_s", rate),
-    ("ack p50", "ack_p50_us", ms),
-    ("ack p99", "ack_p99_us", ms),
-    ("ack p99.9", "ack_p999_us", ms),
-    ("lag p50", "lag_p50_us", ms),
-    ("lag p99", "lag_p99_us", ms),
-    ("peak RSS", "ricochet_peak_rss_mib", mib),
-    ("lost", "lost", count),
+/// (header, report row key): the columns of the table, each printed as `run` prints
+/// that row.
+const COLUMNS: &[(&str, &str)] = &[
+    ("accepted/s", "accepted_per_s"),
+    ("deliveries/s", "deliveries_per_s"),
+    ("ack p50", "ack_p50_us"),
+    ("ack p99", "ack_p99_us"),
+    ("ack p99.9", "ack_p999_us"),
+    ("lag p50", "lag_p50_us"),
+    ("lag p99", "lag_p99_us"),
+    ("peak RSS", "ricochet_peak_rss_mib"),
+    ("lost", "lost"),
 ];
-
-fn rate(v: f64) -> String {
-    fmt_count(v.round().max(0.0) as u64)
-}
-
-fn ms(us: f64) -> String {
-    format!("{:.2}ms", us / 1000.0)
-}
-
-fn mib(v: f64) -> String {
-    format!("{v:.1} MiB")
-}
-
-fn count(v: f64) -> String {
-    fmt_count(v.max(0.0) as u64)
-}
 
 /// The text table: a row per window, a column per figure (medians over its runs).
 pub fn table(points: &[Point]) -> String {
-    let mut rows = vec![{
-        let mut h = vec!["window".to_string(), "in flight".to_string()];
-        h.extend(COLUMNS.iter().map(|(head, _, _)| head.to_string()));
-        h
-    }];
+    let mut header = vec!["window".to_string(), "in flight".to_string()];
+    header.extend(COLUMNS.iter().map(|(head, _)| head.to_string()));
+    let mut rows = vec![header];
     for p in points {
         let mut r = vec![fmt_count(p.window as u64), fmt_count(p.in_flight as u64)];
         r.extend(
             COLUMNS
                 .iter()
-                .map(|(_, key, show)| p.get(key).map_or("-".into(), show)),
+                .map(|(_, key)| report::fmt_key(key, p.get(key))),
         );
         rows.push(r);
     }
-    let widths: Vec<usize> = (0..rows[0].len())
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for (i, r) in rows.iter().enumerate() {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:>w$}"))
-            .collect();
-        out += line.join("  ").trim_end();
-        out.push('\n');
-        if i == 0 {
-            out += &"-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1));
-            out.push('\n');
-        }
-    }
-    out
+    report::align(&rows)
 }
 
 /// Issue 6's targets for `max`, drawn as a shaded corner: ack p99 at most 5 ms at
@@ -304,7 +268,7 @@ pub fn write_curve(path: &Path, title: &str, points: &[Point]) -> Result<()> {
     for &(label, color, key) in CURVES {
         let line: Vec<(f64, f64)> = points.iter().filter_map(|p| xy(p, key)).collect();
         chart
-            .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(line.iter().copied(), color.stroke_width(2)))
             .map_err(|e| err(&e))?
             .label(label)
             .legend(legend_line(color));
