@@ -8,7 +8,12 @@
 //!   endpoints subscribed to it, and writes events, idempotency keys and one `due` key per
 //!   delivery in a single write batch — with `durability = sync` one fsync covers the whole
 //!   round. Only then do the acks go back: to the connection's worker, or over a channel
-//!   to the admin API's `POST /v1/events`.
+//!   to the admin API's `POST /v1/events`. The round is written first and fsynced
+//!   after its deliveries have gone to the workers, so the fsync is not part of the
+//!   delivery lag (delivery is at-least-once; only the `ok` promises durability). A
+//!   large round's fsync and answers go to the [syncer](crate::syncer) thread, and the
+//!   committer builds the next round meanwhile; a small one it fsyncs itself
+//!   (`State::answer_synced` says why).
 //! - **Outcomes.** Workers report every attempt's outcome; the committer appends it to the
 //!   attempt log and retires or reschedules the delivery's `due` key in the same rounds.
 //! - **The loader.** The `due` column family is the timer wheel's backing store. A cursor
@@ -33,6 +38,7 @@
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -46,6 +52,7 @@ use crate::store::{
     self, seq_floor, seq_time_ms, AttemptRecord, DeliveryState, DueKey, DueVal, EndpointId,
     EndpointMeta, EndpointSource, EventRecord, Seq, Store, DISABLED_IN_CONFIG, DISABLED_IN_SPEC,
 };
+use crate::syncer::{self, AckStats, Answer, Poison, SyncMsg};
 use crate::worker::{Job, WorkerMsg};
 
 /// How far ahead of now the loader hands deliveries to workers.
@@ -69,6 +76,9 @@ pub const PER_ENDPOINT_IN_MEMORY: usize = 5;
 pub fn in_memory_cap(endpoints: usize) -> usize {
     (endpoints * PER_ENDPOINT_IN_MEMORY).clamp(MIN_IN_MEMORY, MAX_IN_MEMORY)
 }
+/// Events in a `sync` round from which its fsync overlaps the next round (the
+/// [syncer](crate::syncer)); smaller rounds are fsynced by the committer itself.
+pub const PIPELINE_MIN_EVENTS: usize = 512;
 /// Rows read per loader page.
 const PAGE: usize = 2048;
 
@@ -300,6 +310,10 @@ pub struct Committer {
     pub workers: Vec<MailboxSender<WorkerMsg>>,
     pub routes: Vec<RouteInfo>,
     pub registry: Registry,
+    /// The [syncer](crate::syncer) thread's inbox, the flag and the count it shares.
+    pub syncer: crossbeam_channel::Sender<SyncMsg>,
+    pub poison: Poison,
+    pub sync_queue: Arc<AtomicUsize>,
 }
 
 struct State {
@@ -317,7 +331,13 @@ struct State {
     out_jobs: Vec<Vec<Job>>,
     last_sync: Instant,
     unsynced: bool,
-    poisoned: Option<String>,
+    /// Set (by the syncer or by `batch`'s own fsync) once an fsync failed.
+    poison: Poison,
+    /// Large rounds' answers under `sync`, and every metrics snapshot, go through the
+    /// syncer.
+    syncer: crossbeam_channel::Sender<SyncMsg>,
+    /// Rounds handed to the syncer and not yet answered.
+    sync_queue: Arc<AtomicUsize>,
     /// Endpoints whose meta changed this round.
     dirty: HashSet<EndpointId>,
     /// Endpoints whose paused deliveries are being moved back to `due`.
@@ -333,13 +353,13 @@ struct State {
 
 /// The committer's own metrics (see [`CommitSnapshot`]).
 struct Stats {
-    acks_ok: u64,
-    acks_dup: u64,
-    acks_unavailable: u64,
-    /// µs from hand-off to durable ack, per event.
-    ack_latency: Hist,
-    /// µs per write carrying events (with its fsync under `sync`).
+    /// The answers the committer sends itself (`batch`, `none`).
+    acks: AckStats,
+    /// µs per write carrying events (the write alone; the fsync is timed apart).
     commit_time: Hist,
+    /// µs per fsync the committer made itself (`batch`'s, small `sync` rounds'; the
+    /// syncer times its own).
+    fsync_time: Hist,
     /// Keys in `due` plus keys in `paused`: deliveries not yet done.
     pending: u64,
     /// Keys in `paused`.
@@ -418,18 +438,18 @@ impl Committer {
             out_jobs: (0..n).map(|_| Vec::new()).collect(),
             last_sync: Instant::now(),
             unsynced: false,
-            poisoned: None,
+            poison: self.poison,
+            syncer: self.syncer,
+            sync_queue: self.sync_queue,
             dirty: HashSet::default(),
             resuming: Vec::new(),
             registry: self.registry,
             next_ep_id,
             sweep: None,
             stats: Stats {
-                acks_ok: 0,
-                acks_dup: 0,
-                acks_unavailable: 0,
-                ack_latency: Hist::micros(),
+                acks: AckStats::default(),
                 commit_time: Hist::micros(),
+                fsync_time: Hist::micros(),
                 pending,
                 paused,
                 expired: 0,
@@ -484,7 +504,10 @@ impl Committer {
                 if st.unsynced {
                     st.sync();
                 }
-                let _ = reply.send(());
+                // After every answer already passed to the syncer.
+                if st.syncer.send(SyncMsg::Shutdown(reply.clone())).is_err() {
+                    let _ = reply.send(());
+                }
                 return Ok(());
             }
         }
@@ -496,10 +519,17 @@ impl State {
         in_memory_cap(self.router.eps.len())
     }
 
+    /// An fsync made on the committer's thread: `batch`'s periodic one, a small `sync`
+    /// round's, the last one at shutdown.
     fn sync(&mut self) {
-        if let Err(e) = self.store.sync_wal() {
+        let started = Instant::now();
+        let result = self.store.sync_wal();
+        self.stats
+            .fsync_time
+            .record(started.elapsed().as_micros() as u64);
+        if let Err(e) = result {
             tracing::error!(error = %e, "WAL sync failed; refusing further ingest");
-            self.poisoned = Some(format!("WAL sync failed: {e}"));
+            let _ = self.poison.set(format!("WAL sync failed: {e}"));
         }
         self.unsynced = false;
         self.last_sync = Instant::now();
@@ -513,7 +543,7 @@ impl State {
     ) {
         let now = now_ms();
         let mut batch = self.store.batch();
-        let mut acks: Vec<(AckTo, Instant, Vec<AckResult>)> = Vec::new();
+        let mut acks: Vec<Answer> = Vec::new();
         let mut delta = Delta::default();
         let mut snapshots = Vec::new();
         let mut round_ids: HashSet<String> = HashSet::default();
@@ -544,7 +574,7 @@ impl State {
                             Some(_) => known_ids.next(),
                             None => None,
                         };
-                        if let Some(reason) = &self.poisoned {
+                        if let Some(reason) = self.poison.get() {
                             results.push(AckResult::Unavailable(reason.clone()));
                             continue;
                         }
@@ -595,11 +625,14 @@ impl State {
             }
         }
         let mut written = true;
+        let mut fsync = false;
+        let events = batch.event_count();
         if !batch.is_empty() {
-            let has_events = batch.event_count() > 0;
-            let sync = has_events && self.durability == Durability::Sync;
+            let has_events = events > 0;
             let started = Instant::now();
-            let result = self.store.commit(batch, sync);
+            // Not synced yet: under `sync` the fsync comes once the round's deliveries
+            // are out (`answer_synced`).
+            let result = self.store.commit(batch, false);
             if has_events {
                 self.stats
                     .commit_time
@@ -608,21 +641,13 @@ impl State {
             if let Err(e) = result {
                 written = false;
                 tracing::error!(error = %e, "store write failed; answering unavailable");
-                let msg = format!("cannot persist: {e}");
-                for (_, _, results) in acks.iter_mut() {
-                    for r in results.iter_mut() {
-                        if matches!(r, AckResult::Ok { .. }) {
-                            *r = AckResult::Unavailable(msg.clone());
-                        }
-                    }
-                }
+                syncer::refuse(&mut acks, &format!("cannot persist: {e}"), false);
                 jobs_from_ingest.clear();
-                if sync {
-                    // A failed fsync leaves the WAL in an unknown state: stop pretending.
-                    self.poisoned = Some(msg);
+            } else if has_events {
+                match self.durability {
+                    Durability::Sync => fsync = true,
+                    _ => self.unsynced = true,
                 }
-            } else if has_events && self.durability != Durability::Sync {
-                self.unsynced = true;
             }
         }
         if written {
@@ -634,57 +659,89 @@ impl State {
         for (worker, job) in jobs_from_ingest.into_iter().chain(jobs_from_outcomes) {
             self.out_jobs[worker].push(job);
         }
-        for (to, sent_at, results) in acks {
-            self.count_acks(sent_at, &results);
-            match to {
-                AckTo::Conn {
-                    worker,
-                    conn,
-                    ticket,
-                } => {
-                    self.workers[worker].send(WorkerMsg::Acks {
-                        conn,
-                        ticket,
-                        results,
-                    });
-                }
-                AckTo::Channel(reply) => {
-                    let _ = reply.send(results);
-                }
+        // Deliveries may start before their events are fsynced: delivery is at-least-once
+        // and an event's `ok` still waits for the fsync. A crash of the process loses
+        // nothing written (the WAL is in the page cache); only an OS crash before the
+        // fsync could deliver an event that was never acked (its producer sends it again:
+        // a duplicate, never a loss).
+        self.flush_jobs();
+        if self.durability == Durability::Sync {
+            self.answer_synced(acks, fsync, events);
+        } else {
+            for a in acks {
+                syncer::send_answer(&self.workers, &mut self.stats.acks, a);
             }
         }
-        self.flush_jobs();
         for reply in snapshots {
-            let _ = reply.send(self.snapshot());
+            let snap = Box::new(self.snapshot());
+            if let Err(e) = self.syncer.send(SyncMsg::Snapshot(snap, reply)) {
+                // No syncer (it stopped): answer with the committer's own figures.
+                if let SyncMsg::Snapshot(snap, reply) = e.into_inner() {
+                    let _ = reply.send(*snap);
+                }
+            }
         }
     }
 
-    fn count_acks(&mut self, sent_at: Instant, results: &[AckResult]) {
-        let st = &mut self.stats;
-        for r in results {
-            match r {
-                AckResult::Ok { .. } => st.acks_ok += 1,
-                AckResult::Dup { .. } => st.acks_dup += 1,
-                AckResult::Unavailable(_) => st.acks_unavailable += 1,
+    /// Under `sync`: answers a round once an fsync covers it. A small round, with the
+    /// syncer idle, is fsynced right here — the next round would be small too, and a
+    /// producer waiting for its acks gains nothing from overlapping them, only the
+    /// hop to another thread. A round of [`PIPELINE_MIN_EVENTS`] or more, or any round
+    /// while the syncer still holds earlier ones, goes to the syncer, and the committer
+    /// goes on to the next round during the fsync.
+    fn answer_synced(&mut self, mut answers: Vec<Answer>, fsync: bool, events: usize) {
+        if answers.is_empty() && !fsync {
+            return;
+        }
+        // Acquire: a syncer that is done has also set the poison, if its fsync failed.
+        let idle = self.sync_queue.load(Ordering::Acquire) == 0;
+        if idle && events < PIPELINE_MIN_EVENTS {
+            if fsync {
+                self.sync();
+            }
+            if let Some(reason) = self.poison.get() {
+                syncer::refuse(&mut answers, reason, true);
+            }
+            for a in answers {
+                syncer::send_answer(&self.workers, &mut self.stats.acks, a);
+            }
+            return;
+        }
+        self.sync_queue.fetch_add(1, Ordering::AcqRel);
+        let round = SyncMsg::Round { answers, fsync };
+        if let Err(e) = self.syncer.send(round) {
+            // The syncer is gone (it only stops at shutdown): do its work here.
+            self.sync_queue.fetch_sub(1, Ordering::AcqRel);
+            if let SyncMsg::Round { mut answers, fsync } = e.into_inner() {
+                if fsync {
+                    self.sync();
+                }
+                if let Some(reason) = self.poison.get() {
+                    syncer::refuse(&mut answers, reason, true);
+                }
+                for a in answers {
+                    syncer::send_answer(&self.workers, &mut self.stats.acks, a);
+                }
             }
         }
-        let us = sent_at.elapsed().as_micros().min(u64::MAX as u128) as u64;
-        st.ack_latency.record_n(us, results.len() as u64);
     }
 
     fn snapshot(&self) -> CommitSnapshot {
         let st = &self.stats;
-        CommitSnapshot {
-            acks_ok: st.acks_ok,
-            acks_dup: st.acks_dup,
-            acks_unavailable: st.acks_unavailable,
-            ack_latency: st.ack_latency.clone(),
+        let mut s = CommitSnapshot {
+            acks_ok: 0,
+            acks_dup: 0,
+            acks_unavailable: 0,
+            ack_latency: Hist::micros(),
             commit_time: st.commit_time.clone(),
+            fsync_time: st.fsync_time.clone(),
             pending: st.pending,
             paused: st.paused,
             expired: st.expired,
             endpoints_disabled: self.router.eps.values().filter(|i| !i.enabled).count() as u64,
-        }
+        };
+        st.acks.add_to(&mut s);
+        s
     }
 
     fn flush_jobs(&mut self) {

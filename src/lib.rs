@@ -8,6 +8,7 @@
 //!                            ▼                                   │
 //!                        commit (one thread: idempotency, routing, group commit,
 //!                            │    the loader of due deliveries)   ◀── Outcomes
+//!                            │ ─ answers ─▶ syncer (one thread: fsync, then Acks)
 //!                            ▼ Jobs                                        │
 //!                        worker N (monoio, thread per core): timer wheel → endpoint
 //!                            queue → lanes (keep-alive HTTP/1.1) ──▶ receivers
@@ -30,6 +31,8 @@
 //! - [`commit`]: the single writer: group commit, idempotency, routing, loader,
 //!   endpoint changes, replays, retention.
 //! - [`store`]: the only code that knows RocksDB: column families and keys.
+//! - [`syncer`]: under `durability = "sync"`, the fsync of each group of rounds and
+//!   the answers it releases.
 //! - [`shard`]: endpoint → worker, cross-thread mailboxes.
 //! - [`worker`]: a core's endpoints, queues, lanes, timer wheel.
 //! - [`schedule`]: retry decisions and the timer wheel.
@@ -61,5 +64,6 @@ pub mod schedule;
 pub mod server;
 pub mod shard;
 pub mod store;
+pub mod syncer;
 pub mod template;
 pub mod worker;

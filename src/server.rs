@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use crate::endpoint::EndpointSpec;
 use crate::runtime;
 use crate::shard::{mailbox, worker_for, MailboxSender};
 use crate::store::{EndpointMeta, EndpointSource, Store, DISABLED_IN_CONFIG};
+use crate::syncer::{Poison, Syncer};
 use crate::worker::{self, WorkerMsg, WorkerSetup};
 
 /// How long workers may take to finish in-flight attempts at shutdown.
@@ -97,6 +98,19 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             .map(|s| (s.cfg.name.clone(), s.clone()))
             .collect::<BTreeMap<_, _>>(),
     ));
+    let poison = Poison::default();
+    let sync_queue = Arc::new(AtomicUsize::new(0));
+    let (sync_tx, sync_rx) = crossbeam_channel::unbounded();
+    let syncer = Syncer::new(
+        store.clone(),
+        worker_tx.clone(),
+        sync_rx,
+        poison.clone(),
+        sync_queue.clone(),
+    );
+    let sync_thread = std::thread::Builder::new()
+        .name("ricochet-sync".into())
+        .spawn(move || syncer.run())?;
     let committer = Committer {
         store: store.clone(),
         durability: s.durability,
@@ -105,6 +119,9 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         workers: worker_tx.clone(),
         routes,
         registry: registry.clone(),
+        syncer: sync_tx,
+        poison,
+        sync_queue,
     };
     let commit_thread = std::thread::Builder::new()
         .name("ricochet-commit".into())
@@ -207,6 +224,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     drop(commit_tx);
     let _ = std::fs::remove_file(&s.socket);
     drop(commit_thread);
+    drop(sync_thread);
     tracing::info!("stopped");
     Ok(())
 }

@@ -41,7 +41,8 @@
 //! Sequence numbers are time-derived (`unix_ms << 10 | counter`), unique across restarts
 //! and across a wiped data dir, and sort events by acceptance time.
 //!
-//! This module must not block a worker's I/O thread: only the committer thread writes,
+//! This module must not block a worker's I/O thread: only the committer thread writes
+//! (the syncer thread fsyncs the WAL the committer wrote),
 //! and only the committer and admin threads read.
 
 use std::path::Path;

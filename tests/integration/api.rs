@@ -192,27 +192,6 @@ fn wait_deliveries(srv: &TestServer, id: &str, want: &[(&str, &str, usize)]) -> 
     srv.wait_event(id, WAIT, |v| deliveries(v) == want)
 }
 
-/// Sends every line over one socket connection, pipelined (a writer thread writes while
-/// this thread reads the acks); returns the acks in order.
-fn send_pipelined(srv: &TestServer, lines: Vec<String>) -> Vec<String> {
-    let w = UnixStream::connect(&srv.socket).unwrap();
-    let r = BufReader::new(w.try_clone().unwrap());
-    let n = lines.len();
-    let writer = std::thread::spawn(move || {
-        let mut w = std::io::BufWriter::new(w);
-        for l in lines {
-            w.write_all(l.as_bytes()).unwrap();
-            w.write_all(b"\n").unwrap();
-        }
-        w.flush().unwrap();
-        w
-    });
-    let acks: Vec<String> = r.lines().take(n).map(|l| l.unwrap()).collect();
-    drop(writer.join().unwrap());
-    assert_eq!(acks.len(), n, "connection closed early");
-    acks
-}
-
 /// A JSON endpoint definition.
 fn ep(name: &str, events: &[&str], url: &str, extra: Value) -> Value {
     let mut v = json!({ "name": name, "events": events, "url": url });

@@ -452,7 +452,6 @@ impl TestServer {
         http_call(self.admin, "POST", path)
     }
 
-    /// `GET /v1/events/{id}`, asserting it exists.
     /// `GET /metrics`, parsed strictly.
     pub fn metrics(&self) -> ricochet::metrics::Exposition {
         let text = {
@@ -468,6 +467,7 @@ impl TestServer {
         ricochet::metrics::parse(&text).unwrap_or_else(|e| panic!("/metrics: {e}\n{text}"))
     }
 
+    /// `GET /v1/events/{id}`, asserting it exists.
     pub fn event(&self, id: &str) -> serde_json::Value {
         let (status, v) = self.get(&format!("/v1/events/{id}"));
         assert_eq!(status, 200, "GET /v1/events/{id}: {v}");
@@ -647,4 +647,28 @@ impl TestServer {
 /// An event line with an account.
 pub fn event_for(etype: &str, id: &str, account: &str, data: &str) -> String {
     format!(r#"{{"type":"{etype}","id":"{id}","account":"{account}","data":{data}}}"#)
+}
+
+/// Sends every line over one socket connection, pipelined (a writer thread writes while
+/// this thread reads the acks); returns the acks in order.
+pub fn send_pipelined(srv: &TestServer, lines: Vec<String>) -> Vec<String> {
+    let w = std::os::unix::net::UnixStream::connect(&srv.socket).unwrap();
+    let r = std::io::BufReader::new(w.try_clone().unwrap());
+    let n = lines.len();
+    let writer = std::thread::spawn(move || {
+        let mut w = std::io::BufWriter::new(w);
+        for l in lines {
+            std::io::Write::write_all(&mut w, l.as_bytes()).unwrap();
+            std::io::Write::write_all(&mut w, b"\n").unwrap();
+        }
+        std::io::Write::flush(&mut w).unwrap();
+        w
+    });
+    let acks: Vec<String> = std::io::BufRead::lines(r)
+        .take(n)
+        .map(|l| l.unwrap())
+        .collect();
+    drop(writer.join().unwrap());
+    assert_eq!(acks.len(), n, "connection closed early");
+    acks
 }

@@ -1,0 +1,401 @@
+//! The syncer: the thread that makes the committer's rounds durable and answers them.
+//!
+//! Under `durability = "sync"` the committer writes a round without an fsync and hands
+//! the round's deliveries to the workers. A large round (or any round while earlier ones
+//! are still here) then comes here with its answers, and the committer goes on to the
+//! next round while this thread fsyncs the WAL; small rounds with nothing queued here
+//! the committer fsyncs itself (`commit::State::answer_synced` says why). One fsync
+//! covers every round written before it started, so the rounds that queue up while one
+//! fsync runs are all covered by the next (group commit across rounds). The rules:
+//!
+//! - answers go out in the order their rounds were written, each only after an fsync
+//!   that started after its round's write. A `dup` therefore never goes out before the
+//!   original it names is durable, whichever round wrote that original;
+//! - a round that wrote no events (only `dup`s, or its write failed) needs no fsync of
+//!   its own, but still waits behind the rounds before it;
+//! - after a failed fsync the WAL's state is unknown: every `ok` and `dup` of that group
+//!   and of every later round becomes `unavailable`, and the committer (which reads the
+//!   same [`Poison`]) refuses further ingest until a restart.
+//!
+//! Under `batch` and `none` the committer answers directly and nothing here waits; the
+//! thread still merges its counters into [`CommitMsg::Snapshot`] replies.
+//!
+//! It owns the answer counters and the ack-latency histogram of the answers it sends,
+//! and the fsync-time histogram. It must not write the store (it only syncs the WAL)
+//! and makes no routing or scheduling decision.
+//!
+//! [`CommitMsg::Snapshot`]: crate::commit::CommitMsg::Snapshot
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::commit::{AckResult, AckTo};
+use crate::metrics::{CommitSnapshot, Hist};
+use crate::shard::MailboxSender;
+use crate::store::Store;
+use crate::worker::WorkerMsg;
+
+/// Set once, with the reason, when an fsync failed: ingest is refused from then on.
+pub type Poison = Arc<OnceLock<String>>;
+
+/// One batch's answers: where they go, when the batch was handed to the committer, and
+/// one result per event.
+pub type Answer = (AckTo, Instant, Vec<AckResult>);
+
+/// Messages to the syncer, in the order the committer wrote its rounds.
+pub enum SyncMsg {
+    /// A round's answers; `fsync` when the round wrote events.
+    Round { answers: Vec<Answer>, fsync: bool },
+    /// The committer's metrics; the syncer adds its own and replies.
+    Snapshot(Box<CommitSnapshot>, Sender<CommitSnapshot>),
+    /// Answer everything before this, then stop; the reply says it is done.
+    Shutdown(Sender<()>),
+}
+
+/// Answer counters and latency: the committer keeps one (answers it sends directly),
+/// the syncer another.
+#[derive(Clone)]
+pub struct AckStats {
+    pub ok: u64,
+    pub dup: u64,
+    pub unavailable: u64,
+    /// µs from hand-off to the committer to the answer, per event.
+    pub latency: Hist,
+}
+
+impl Default for AckStats {
+    fn default() -> Self {
+        AckStats {
+            ok: 0,
+            dup: 0,
+            unavailable: 0,
+            latency: Hist::micros(),
+        }
+    }
+}
+
+impl AckStats {
+    /// Adds these counts to a snapshot.
+    pub fn add_to(&self, s: &mut CommitSnapshot) {
+        s.acks_ok += self.ok;
+        s.acks_dup += self.dup;
+        s.acks_unavailable += self.unavailable;
+        s.ack_latency.merge(&self.latency);
+    }
+}
+
+/// Counts one batch's answers and sends them where they go.
+pub fn send_answer(workers: &[MailboxSender<WorkerMsg>], stats: &mut AckStats, a: Answer) {
+    let (to, sent_at, results) = a;
+    for r in &results {
+        match r {
+            AckResult::Ok { .. } => stats.ok += 1,
+            AckResult::Dup { .. } => stats.dup += 1,
+            AckResult::Unavailable(_) => stats.unavailable += 1,
+        }
+    }
+    let us = sent_at.elapsed().as_micros().min(u64::MAX as u128) as u64;
+    stats.latency.record_n(us, results.len() as u64);
+    match to {
+        AckTo::Conn {
+            worker,
+            conn,
+            ticket,
+        } => {
+            workers[worker].send(WorkerMsg::Acks {
+                conn,
+                ticket,
+                results,
+            });
+        }
+        AckTo::Channel(reply) => {
+            let _ = reply.send(results);
+        }
+    }
+}
+
+/// Turns the `ok` (and, with `dups`, the `dup`) answers of `answers` into `unavailable`.
+pub fn refuse(answers: &mut [Answer], reason: &str, dups: bool) {
+    for (_, _, results) in answers.iter_mut() {
+        for r in results.iter_mut() {
+            let hit = match r {
+                AckResult::Ok { .. } => true,
+                AckResult::Dup { .. } => dups,
+                AckResult::Unavailable(_) => false,
+            };
+            if hit {
+                *r = AckResult::Unavailable(reason.to_string());
+            }
+        }
+    }
+}
+
+/// What fsyncs the WAL; [`Store`] in the server, a fake in tests.
+pub trait Wal: Send + 'static {
+    fn sync(&self) -> Result<(), String>;
+}
+
+impl Wal for Store {
+    fn sync(&self) -> Result<(), String> {
+        self.sync_wal().map_err(|e| e.to_string())
+    }
+}
+
+/// The syncer thread's state.
+pub struct Syncer<W: Wal> {
+    wal: W,
+    workers: Vec<MailboxSender<WorkerMsg>>,
+    inbox: Receiver<SyncMsg>,
+    poison: Poison,
+    /// Rounds queued here and not yet answered (the committer counts them in).
+    queue: Arc<AtomicUsize>,
+    acks: AckStats,
+    fsync_time: Hist,
+}
+
+impl<W: Wal> Syncer<W> {
+    pub fn new(
+        wal: W,
+        workers: Vec<MailboxSender<WorkerMsg>>,
+        inbox: Receiver<SyncMsg>,
+        poison: Poison,
+        queue: Arc<AtomicUsize>,
+    ) -> Syncer<W> {
+        Syncer {
+            wal,
+            workers,
+            inbox,
+            poison,
+            queue,
+            acks: AckStats::default(),
+            fsync_time: Hist::micros(),
+        }
+    }
+
+    /// Runs until [`SyncMsg::Shutdown`] or until the committer drops its sender.
+    pub fn run(mut self) {
+        let mut group = Vec::new();
+        loop {
+            match self.inbox.recv() {
+                Ok(m) => group.push(m),
+                Err(_) => return,
+            }
+            group.extend(self.inbox.try_iter());
+            if self.step(&mut group) {
+                return;
+            }
+        }
+    }
+
+    /// Handles one group of messages (everything queued): one fsync if any round in it
+    /// needs one, then every answer and reply in order. True after a shutdown.
+    fn step(&mut self, group: &mut Vec<SyncMsg>) -> bool {
+        let needs = group
+            .iter()
+            .any(|m| matches!(m, SyncMsg::Round { fsync: true, .. }));
+        if needs && self.poison.get().is_none() {
+            let started = Instant::now();
+            let result = self.wal.sync();
+            self.fsync_time
+                .record(started.elapsed().as_micros().min(u64::MAX as u128) as u64);
+            if let Err(e) = result {
+                tracing::error!(error = %e, "WAL sync failed; refusing further ingest");
+                let _ = self.poison.set(format!("WAL sync failed: {e}"));
+            }
+        }
+        let mut stop = false;
+        for m in group.drain(..) {
+            match m {
+                SyncMsg::Round { mut answers, .. } => {
+                    if let Some(reason) = self.poison.get() {
+                        refuse(&mut answers, reason, true);
+                    }
+                    for a in answers {
+                        send_answer(&self.workers, &mut self.acks, a);
+                    }
+                    // Release: the poison above is visible to whoever sees the count drop.
+                    self.queue.fetch_sub(1, Ordering::AcqRel);
+                }
+                SyncMsg::Snapshot(mut s, reply) => {
+                    self.acks.add_to(&mut s);
+                    s.fsync_time.merge(&self.fsync_time);
+                    let _ = reply.send(*s);
+                }
+                SyncMsg::Shutdown(reply) => {
+                    let _ = reply.send(());
+                    stop = true;
+                }
+            }
+        }
+        stop
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts fsyncs; fails from the `fail_from`-th on.
+    #[derive(Clone)]
+    struct FakeWal {
+        syncs: Arc<AtomicUsize>,
+        fail_from: usize,
+    }
+
+    impl Wal for FakeWal {
+        fn sync(&self) -> Result<(), String> {
+            let n = self.syncs.fetch_add(1, Ordering::SeqCst) + 1;
+            if n >= self.fail_from {
+                Err("EIO".into())
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    fn answer(results: Vec<AckResult>) -> (Answer, crossbeam_channel::Receiver<Vec<AckResult>>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        ((AckTo::Channel(tx), Instant::now(), results), rx)
+    }
+
+    fn ok(id: &str) -> AckResult {
+        AckResult::Ok {
+            id: id.into(),
+            deliveries: 1,
+        }
+    }
+
+    fn dup(id: &str) -> AckResult {
+        AckResult::Dup { id: id.into() }
+    }
+
+    /// A syncer, its fsync count, its poison, and its queue count (set to `rounds`, as
+    /// the committer would count them in).
+    fn syncer(
+        fail_from: usize,
+        rounds: usize,
+    ) -> (Syncer<FakeWal>, Arc<AtomicUsize>, Poison, Arc<AtomicUsize>) {
+        let syncs = Arc::new(AtomicUsize::new(0));
+        let poison = Poison::default();
+        let queue = Arc::new(AtomicUsize::new(rounds));
+        let (_, rx) = crossbeam_channel::unbounded();
+        let s = Syncer::new(
+            FakeWal {
+                syncs: syncs.clone(),
+                fail_from,
+            },
+            Vec::new(),
+            rx,
+            poison.clone(),
+            queue.clone(),
+        );
+        (s, syncs, poison, queue)
+    }
+
+    #[test]
+    fn one_fsync_covers_every_round_queued_and_answers_keep_their_order() {
+        let (mut s, syncs, _, queue) = syncer(usize::MAX, 3);
+        let (a1, r1) = answer(vec![ok("a"), ok("b")]);
+        let (a2, r2) = answer(vec![dup("a")]);
+        let (a3, r3) = answer(vec![ok("c")]);
+        let mut group = vec![
+            SyncMsg::Round {
+                answers: vec![a1],
+                fsync: true,
+            },
+            SyncMsg::Round {
+                answers: vec![a2],
+                fsync: false,
+            },
+            SyncMsg::Round {
+                answers: vec![a3],
+                fsync: true,
+            },
+        ];
+        assert!(!s.step(&mut group));
+        assert_eq!(syncs.load(Ordering::SeqCst), 1);
+        assert_eq!(r1.try_recv().unwrap(), vec![ok("a"), ok("b")]);
+        assert_eq!(r2.try_recv().unwrap(), vec![dup("a")]);
+        assert_eq!(r3.try_recv().unwrap(), vec![ok("c")]);
+        assert_eq!((s.acks.ok, s.acks.dup), (3, 1));
+        assert_eq!(queue.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn rounds_without_events_need_no_fsync() {
+        let (mut s, syncs, _, queue) = syncer(usize::MAX, 1);
+        let (a, r) = answer(vec![dup("x")]);
+        let mut group = vec![SyncMsg::Round {
+            answers: vec![a],
+            fsync: false,
+        }];
+        s.step(&mut group);
+        assert_eq!(syncs.load(Ordering::SeqCst), 0);
+        assert_eq!(r.try_recv().unwrap(), vec![dup("x")]);
+        assert_eq!(queue.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_failed_fsync_refuses_its_group_and_every_later_answer() {
+        let (mut s, syncs, poison, queue) = syncer(2, 3);
+        let (a1, r1) = answer(vec![ok("a")]);
+        s.step(&mut vec![SyncMsg::Round {
+            answers: vec![a1],
+            fsync: true,
+        }]);
+        assert_eq!(r1.try_recv().unwrap(), vec![ok("a")]);
+        let (a2, r2) = answer(vec![ok("b"), dup("a")]);
+        s.step(&mut vec![SyncMsg::Round {
+            answers: vec![a2],
+            fsync: true,
+        }]);
+        assert!(poison.get().unwrap().contains("EIO"));
+        let refused = r2.try_recv().unwrap();
+        assert!(refused
+            .iter()
+            .all(|r| matches!(r, AckResult::Unavailable(m) if m.contains("WAL sync failed"))));
+        // Later rounds are refused without another fsync attempt.
+        let (a3, r3) = answer(vec![dup("a")]);
+        s.step(&mut vec![SyncMsg::Round {
+            answers: vec![a3],
+            fsync: true,
+        }]);
+        assert_eq!(syncs.load(Ordering::SeqCst), 2);
+        assert!(matches!(
+            r3.try_recv().unwrap()[0],
+            AckResult::Unavailable(_)
+        ));
+        assert_eq!((s.acks.ok, s.acks.unavailable), (1, 3));
+        assert_eq!(queue.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn snapshots_get_the_syncers_counts_and_shutdown_stops_after_the_answers() {
+        let (mut s, _, _, _) = syncer(usize::MAX, 1);
+        let (a, r) = answer(vec![ok("a")]);
+        let (snap_tx, snap_rx) = crossbeam_channel::bounded(1);
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
+        let base = CommitSnapshot {
+            acks_ok: 5,
+            ..Default::default()
+        };
+        let mut group = vec![
+            SyncMsg::Round {
+                answers: vec![a],
+                fsync: true,
+            },
+            SyncMsg::Snapshot(Box::new(base), snap_tx),
+            SyncMsg::Shutdown(stop_tx),
+        ];
+        assert!(s.step(&mut group));
+        assert_eq!(r.try_recv().unwrap(), vec![ok("a")]);
+        let snap = snap_rx.try_recv().unwrap();
+        assert_eq!(snap.acks_ok, 6);
+        assert_eq!(snap.ack_latency.count(), 1);
+        assert_eq!(snap.fsync_time.count(), 1);
+        stop_rx.try_recv().unwrap();
+    }
+}
