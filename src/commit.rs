@@ -52,7 +52,7 @@ use crate::store::{
     self, seq_floor, seq_time_ms, AttemptRecord, DeliveryState, DueKey, DueVal, EndpointId,
     EndpointMeta, EndpointSource, EventRecord, Seq, Store, DISABLED_IN_CONFIG, DISABLED_IN_SPEC,
 };
-use crate::syncer::{self, AckStats, Answer, Poison, SyncMsg};
+use crate::syncer::{self, AckStats, Answer, Poison, SharedStats, SyncMsg};
 use crate::worker::{Job, WorkerMsg};
 
 /// How far ahead of now the loader hands deliveries to workers.
@@ -310,10 +310,12 @@ pub struct Committer {
     pub workers: Vec<MailboxSender<WorkerMsg>>,
     pub routes: Vec<RouteInfo>,
     pub registry: Registry,
-    /// The [syncer](crate::syncer) thread's inbox, the flag and the count it shares.
+    /// The [syncer](crate::syncer) thread's inbox, and the flag, count and stats it
+    /// shares.
     pub syncer: crossbeam_channel::Sender<SyncMsg>,
     pub poison: Poison,
     pub sync_queue: Arc<AtomicUsize>,
+    pub sync_stats: SharedStats,
 }
 
 struct State {
@@ -333,11 +335,12 @@ struct State {
     unsynced: bool,
     /// Set (by the syncer or by `batch`'s own fsync) once an fsync failed.
     poison: Poison,
-    /// Large rounds' answers under `sync`, and every metrics snapshot, go through the
-    /// syncer.
+    /// Large rounds' answers under `sync` go through the syncer.
     syncer: crossbeam_channel::Sender<SyncMsg>,
     /// Rounds handed to the syncer and not yet answered.
     sync_queue: Arc<AtomicUsize>,
+    /// What the syncer counted, for snapshots.
+    sync_stats: SharedStats,
     /// Endpoints whose meta changed this round.
     dirty: HashSet<EndpointId>,
     /// Endpoints whose paused deliveries are being moved back to `due`.
@@ -441,6 +444,7 @@ impl Committer {
             poison: self.poison,
             syncer: self.syncer,
             sync_queue: self.sync_queue,
+            sync_stats: self.sync_stats,
             dirty: HashSet::default(),
             resuming: Vec::new(),
             registry: self.registry,
@@ -673,13 +677,7 @@ impl State {
             }
         }
         for reply in snapshots {
-            let snap = Box::new(self.snapshot());
-            if let Err(e) = self.syncer.send(SyncMsg::Snapshot(snap, reply)) {
-                // No syncer (it stopped): answer with the committer's own figures.
-                if let SyncMsg::Snapshot(snap, reply) = e.into_inner() {
-                    let _ = reply.send(*snap);
-                }
-            }
+            let _ = reply.send(self.snapshot());
         }
     }
 
@@ -741,6 +739,9 @@ impl State {
             endpoints_disabled: self.router.eps.values().filter(|i| !i.enabled).count() as u64,
         };
         st.acks.add_to(&mut s);
+        if let Ok(sync) = self.sync_stats.lock() {
+            sync.add_to(&mut s);
+        }
         s
     }
 

@@ -24,7 +24,7 @@ use crate::endpoint::EndpointSpec;
 use crate::runtime;
 use crate::shard::{mailbox, worker_for, MailboxSender};
 use crate::store::{EndpointMeta, EndpointSource, Store, DISABLED_IN_CONFIG};
-use crate::syncer::{Poison, Syncer};
+use crate::syncer::{Poison, SharedStats, Syncer};
 use crate::worker::{self, WorkerMsg, WorkerSetup};
 
 /// How long workers may take to finish in-flight attempts at shutdown.
@@ -100,6 +100,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     ));
     let poison = Poison::default();
     let sync_queue = Arc::new(AtomicUsize::new(0));
+    let sync_stats = SharedStats::default();
     let (sync_tx, sync_rx) = crossbeam_channel::unbounded();
     let syncer = Syncer::new(
         store.clone(),
@@ -107,6 +108,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         sync_rx,
         poison.clone(),
         sync_queue.clone(),
+        sync_stats.clone(),
     );
     let sync_thread = std::thread::Builder::new()
         .name("ricochet-sync".into())
@@ -122,6 +124,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         syncer: sync_tx,
         poison,
         sync_queue,
+        sync_stats,
     };
     let commit_thread = std::thread::Builder::new()
         .name("ricochet-commit".into())

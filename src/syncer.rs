@@ -17,17 +17,15 @@
 //!   and of every later round becomes `unavailable`, and the committer (which reads the
 //!   same [`Poison`]) refuses further ingest until a restart.
 //!
-//! Under `batch` and `none` the committer answers directly and nothing here waits; the
-//! thread still merges its counters into [`CommitMsg::Snapshot`] replies.
+//! Under `batch` and `none` the committer answers directly and this thread idles.
 //!
-//! It owns the answer counters and the ack-latency histogram of the answers it sends,
-//! and the fsync-time histogram. It must not write the store (it only syncs the WAL)
-//! and makes no routing or scheduling decision.
-//!
-//! [`CommitMsg::Snapshot`]: crate::commit::CommitMsg::Snapshot
+//! It counts the answers it sends (and their latency) and times its fsyncs in
+//! [`SyncStats`], which the committer reads under a lock when it takes a metrics
+//! snapshot, so a slow fsync never holds a scrape up. It must not write the store (it
+//! only syncs the WAL) and makes no routing or scheduling decision.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -49,8 +47,6 @@ pub type Answer = (AckTo, Instant, Vec<AckResult>);
 pub enum SyncMsg {
     /// A round's answers; `fsync` when the round wrote events.
     Round { answers: Vec<Answer>, fsync: bool },
-    /// The committer's metrics; the syncer adds its own and replies.
-    Snapshot(Box<CommitSnapshot>, Sender<CommitSnapshot>),
     /// Answer everything before this, then stop; the reply says it is done.
     Shutdown(Sender<()>),
 }
@@ -86,6 +82,34 @@ impl AckStats {
         s.ack_latency.merge(&self.latency);
     }
 }
+
+/// What the syncer has counted: its answers and its fsyncs.
+pub struct SyncStats {
+    pub acks: AckStats,
+    /// µs per fsync.
+    pub fsync_time: Hist,
+}
+
+impl Default for SyncStats {
+    fn default() -> Self {
+        SyncStats {
+            acks: AckStats::default(),
+            fsync_time: Hist::micros(),
+        }
+    }
+}
+
+impl SyncStats {
+    /// Adds these counts to a snapshot.
+    pub fn add_to(&self, s: &mut CommitSnapshot) {
+        self.acks.add_to(s);
+        s.fsync_time.merge(&self.fsync_time);
+    }
+}
+
+/// [`SyncStats`] shared between the syncer (which writes them) and the committer (which
+/// reads them into its snapshots).
+pub type SharedStats = Arc<Mutex<SyncStats>>;
 
 /// Counts one batch's answers and sends them where they go.
 pub fn send_answer(workers: &[MailboxSender<WorkerMsg>], stats: &mut AckStats, a: Answer) {
@@ -152,8 +176,7 @@ pub struct Syncer<W: Wal> {
     poison: Poison,
     /// Rounds queued here and not yet answered (the committer counts them in).
     queue: Arc<AtomicUsize>,
-    acks: AckStats,
-    fsync_time: Hist,
+    stats: SharedStats,
 }
 
 impl<W: Wal> Syncer<W> {
@@ -163,6 +186,7 @@ impl<W: Wal> Syncer<W> {
         inbox: Receiver<SyncMsg>,
         poison: Poison,
         queue: Arc<AtomicUsize>,
+        stats: SharedStats,
     ) -> Syncer<W> {
         Syncer {
             wal,
@@ -170,8 +194,7 @@ impl<W: Wal> Syncer<W> {
             inbox,
             poison,
             queue,
-            acks: AckStats::default(),
-            fsync_time: Hist::micros(),
+            stats,
         }
     }
 
@@ -196,15 +219,19 @@ impl<W: Wal> Syncer<W> {
         let needs = group
             .iter()
             .any(|m| matches!(m, SyncMsg::Round { fsync: true, .. }));
+        let mut fsync_us = None;
         if needs && self.poison.get().is_none() {
             let started = Instant::now();
             let result = self.wal.sync();
-            self.fsync_time
-                .record(started.elapsed().as_micros().min(u64::MAX as u128) as u64);
+            fsync_us = Some(started.elapsed().as_micros().min(u64::MAX as u128) as u64);
             if let Err(e) = result {
                 tracing::error!(error = %e, "WAL sync failed; refusing further ingest");
                 let _ = self.poison.set(format!("WAL sync failed: {e}"));
             }
+        }
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(us) = fsync_us {
+            stats.fsync_time.record(us);
         }
         let mut stop = false;
         for m in group.drain(..) {
@@ -214,15 +241,10 @@ impl<W: Wal> Syncer<W> {
                         refuse(&mut answers, reason, true);
                     }
                     for a in answers {
-                        send_answer(&self.workers, &mut self.acks, a);
+                        send_answer(&self.workers, &mut stats.acks, a);
                     }
                     // Release: the poison above is visible to whoever sees the count drop.
                     self.queue.fetch_sub(1, Ordering::AcqRel);
-                }
-                SyncMsg::Snapshot(mut s, reply) => {
-                    self.acks.add_to(&mut s);
-                    s.fsync_time.merge(&self.fsync_time);
-                    let _ = reply.send(*s);
                 }
                 SyncMsg::Shutdown(reply) => {
                     let _ = reply.send(());
@@ -273,7 +295,7 @@ mod tests {
     }
 
     /// A syncer, its fsync count, its poison, and its queue count (set to `rounds`, as
-    /// the committer would count them in).
+    /// the committer would count them in); its stats are `s.stats`.
     fn syncer(
         fail_from: usize,
         rounds: usize,
@@ -291,6 +313,7 @@ mod tests {
             rx,
             poison.clone(),
             queue.clone(),
+            SharedStats::default(),
         );
         (s, syncs, poison, queue)
     }
@@ -320,7 +343,9 @@ mod tests {
         assert_eq!(r1.try_recv().unwrap(), vec![ok("a"), ok("b")]);
         assert_eq!(r2.try_recv().unwrap(), vec![dup("a")]);
         assert_eq!(r3.try_recv().unwrap(), vec![ok("c")]);
-        assert_eq!((s.acks.ok, s.acks.dup), (3, 1));
+        let st = s.stats.lock().unwrap();
+        assert_eq!((st.acks.ok, st.acks.dup), (3, 1));
+        assert_eq!(st.fsync_time.count(), 1);
         assert_eq!(queue.load(Ordering::SeqCst), 0);
     }
 
@@ -368,34 +393,33 @@ mod tests {
             r3.try_recv().unwrap()[0],
             AckResult::Unavailable(_)
         ));
-        assert_eq!((s.acks.ok, s.acks.unavailable), (1, 3));
+        let st = s.stats.lock().unwrap();
+        assert_eq!((st.acks.ok, st.acks.unavailable), (1, 3));
         assert_eq!(queue.load(Ordering::SeqCst), 0);
     }
 
     #[test]
-    fn snapshots_get_the_syncers_counts_and_shutdown_stops_after_the_answers() {
+    fn stats_reach_a_snapshot_and_shutdown_stops_after_the_answers() {
         let (mut s, _, _, _) = syncer(usize::MAX, 1);
         let (a, r) = answer(vec![ok("a")]);
-        let (snap_tx, snap_rx) = crossbeam_channel::bounded(1);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
-        let base = CommitSnapshot {
-            acks_ok: 5,
-            ..Default::default()
-        };
         let mut group = vec![
             SyncMsg::Round {
                 answers: vec![a],
                 fsync: true,
             },
-            SyncMsg::Snapshot(Box::new(base), snap_tx),
             SyncMsg::Shutdown(stop_tx),
         ];
         assert!(s.step(&mut group));
         assert_eq!(r.try_recv().unwrap(), vec![ok("a")]);
-        let snap = snap_rx.try_recv().unwrap();
+        stop_rx.try_recv().unwrap();
+        let mut snap = CommitSnapshot {
+            acks_ok: 5,
+            ..Default::default()
+        };
+        s.stats.lock().unwrap().add_to(&mut snap);
         assert_eq!(snap.acks_ok, 6);
         assert_eq!(snap.ack_latency.count(), 1);
         assert_eq!(snap.fsync_time.count(), 1);
-        stop_rx.try_recv().unwrap();
     }
 }
