@@ -29,10 +29,11 @@
 //! - **Retention.** Every few seconds it moves the retention floor: events and attempts
 //!   below it are range-deleted, paused deliveries below it expire; due deliveries
 //!   below it expire when the loader reaches them.
-//! - **Metrics.** It counts acks, times each batch from hand-off to durable ack, and
-//!   keeps the number of pending and paused deliveries (counted once at start, then
-//!   moved by every write that adds or retires one); [`CommitMsg::Snapshot`] copies them
-//!   out at the end of a round.
+//! - **Metrics.** It counts the acks it sends, times each batch from hand-off to durable
+//!   ack, times its writes and its own fsyncs, and keeps the number of pending and
+//!   paused deliveries (counted once at start, then moved by every write that adds or
+//!   retires one); [`CommitMsg::Snapshot`] copies them out at the end of a round, with
+//!   what the syncer counted added.
 //!
 //! It must not do network I/O, and nothing else may write the store.
 
