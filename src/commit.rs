@@ -39,7 +39,7 @@
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -53,7 +53,7 @@ use crate::store::{
     self, seq_floor, seq_time_ms, AttemptRecord, DeliveryState, DueKey, DueVal, EndpointId,
     EndpointMeta, EndpointSource, EventRecord, Seq, Store, DISABLED_IN_CONFIG, DISABLED_IN_SPEC,
 };
-use crate::syncer::{self, AckStats, Answer, Poison, SharedStats, SyncMsg};
+use crate::syncer::{self, AckStats, Answer, SyncMsg};
 use crate::worker::{Job, WorkerMsg};
 
 /// How far ahead of now the loader hands deliveries to workers.
@@ -311,12 +311,9 @@ pub struct Committer {
     pub workers: Vec<MailboxSender<WorkerMsg>>,
     pub routes: Vec<RouteInfo>,
     pub registry: Registry,
-    /// The [syncer](crate::syncer) thread's inbox, and the flag, count and stats it
-    /// shares.
+    /// The [syncer](crate::syncer) thread's inbox, and what it shares with the committer.
     pub syncer: crossbeam_channel::Sender<SyncMsg>,
-    pub poison: Poison,
-    pub sync_queue: Arc<AtomicUsize>,
-    pub sync_stats: SharedStats,
+    pub sync: syncer::Shared,
 }
 
 struct State {
@@ -334,14 +331,11 @@ struct State {
     out_jobs: Vec<Vec<Job>>,
     last_sync: Instant,
     unsynced: bool,
-    /// Set (by the syncer or by `batch`'s own fsync) once an fsync failed.
-    poison: Poison,
     /// Large rounds' answers under `sync` go through the syncer.
     syncer: crossbeam_channel::Sender<SyncMsg>,
-    /// Rounds handed to the syncer and not yet answered.
-    sync_queue: Arc<AtomicUsize>,
-    /// What the syncer counted, for snapshots.
-    sync_stats: SharedStats,
+    /// The poison (set by whichever fsync failed), the rounds queued at the syncer, and
+    /// what it counted.
+    sync: syncer::Shared,
     /// Endpoints whose meta changed this round.
     dirty: HashSet<EndpointId>,
     /// Endpoints whose paused deliveries are being moved back to `due`.
@@ -442,10 +436,8 @@ impl Committer {
             out_jobs: (0..n).map(|_| Vec::new()).collect(),
             last_sync: Instant::now(),
             unsynced: false,
-            poison: self.poison,
             syncer: self.syncer,
-            sync_queue: self.sync_queue,
-            sync_stats: self.sync_stats,
+            sync: self.sync,
             dirty: HashSet::default(),
             resuming: Vec::new(),
             registry: self.registry,
@@ -534,7 +526,7 @@ impl State {
             .record(started.elapsed().as_micros() as u64);
         if let Err(e) = result {
             tracing::error!(error = %e, "WAL sync failed; refusing further ingest");
-            let _ = self.poison.set(format!("WAL sync failed: {e}"));
+            let _ = self.sync.poison.set(format!("WAL sync failed: {e}"));
         }
         self.unsynced = false;
         self.last_sync = Instant::now();
@@ -579,7 +571,7 @@ impl State {
                             Some(_) => known_ids.next(),
                             None => None,
                         };
-                        if let Some(reason) = self.poison.get() {
+                        if let Some(reason) = self.sync.poison.get() {
                             results.push(AckResult::Unavailable(reason.clone()));
                             continue;
                         }
@@ -688,40 +680,37 @@ impl State {
     /// hop to another thread. A round of [`PIPELINE_MIN_EVENTS`] or more, or any round
     /// while the syncer still holds earlier ones, goes to the syncer, and the committer
     /// goes on to the next round during the fsync.
-    fn answer_synced(&mut self, mut answers: Vec<Answer>, fsync: bool, events: usize) {
+    fn answer_synced(&mut self, answers: Vec<Answer>, fsync: bool, events: usize) {
         if answers.is_empty() && !fsync {
             return;
         }
         // Acquire: a syncer that is done has also set the poison, if its fsync failed.
-        let idle = self.sync_queue.load(Ordering::Acquire) == 0;
+        let idle = self.sync.queue.load(Ordering::Acquire) == 0;
         if idle && events < PIPELINE_MIN_EVENTS {
-            if fsync {
-                self.sync();
-            }
-            if let Some(reason) = self.poison.get() {
-                syncer::refuse(&mut answers, reason, true);
-            }
-            for a in answers {
-                syncer::send_answer(&self.workers, &mut self.stats.acks, a);
-            }
+            self.sync_and_answer(answers, fsync);
             return;
         }
-        self.sync_queue.fetch_add(1, Ordering::AcqRel);
+        self.sync.queue.fetch_add(1, Ordering::AcqRel);
         let round = SyncMsg::Round { answers, fsync };
         if let Err(e) = self.syncer.send(round) {
             // The syncer is gone (it only stops at shutdown): do its work here.
-            self.sync_queue.fetch_sub(1, Ordering::AcqRel);
-            if let SyncMsg::Round { mut answers, fsync } = e.into_inner() {
-                if fsync {
-                    self.sync();
-                }
-                if let Some(reason) = self.poison.get() {
-                    syncer::refuse(&mut answers, reason, true);
-                }
-                for a in answers {
-                    syncer::send_answer(&self.workers, &mut self.stats.acks, a);
-                }
+            self.sync.queue.fetch_sub(1, Ordering::AcqRel);
+            if let SyncMsg::Round { answers, fsync } = e.into_inner() {
+                self.sync_and_answer(answers, fsync);
             }
+        }
+    }
+
+    /// Fsyncs on this thread (if the round wrote events), then answers.
+    fn sync_and_answer(&mut self, mut answers: Vec<Answer>, fsync: bool) {
+        if fsync {
+            self.sync();
+        }
+        if let Some(reason) = self.sync.poison.get() {
+            syncer::refuse(&mut answers, reason, true);
+        }
+        for a in answers {
+            syncer::send_answer(&self.workers, &mut self.stats.acks, a);
         }
     }
 
@@ -740,7 +729,7 @@ impl State {
             endpoints_disabled: self.router.eps.values().filter(|i| !i.enabled).count() as u64,
         };
         st.acks.add_to(&mut s);
-        if let Ok(sync) = self.sync_stats.lock() {
+        if let Ok(sync) = self.sync.stats.lock() {
             sync.add_to(&mut s);
         }
         s

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use crate::endpoint::EndpointSpec;
 use crate::runtime;
 use crate::shard::{mailbox, worker_for, MailboxSender};
 use crate::store::{EndpointMeta, EndpointSource, Store, DISABLED_IN_CONFIG};
-use crate::syncer::{Poison, SharedStats, Syncer};
+use crate::syncer::{self, Syncer};
 use crate::worker::{self, WorkerMsg, WorkerSetup};
 
 /// How long workers may take to finish in-flight attempts at shutdown.
@@ -98,18 +98,9 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             .map(|s| (s.cfg.name.clone(), s.clone()))
             .collect::<BTreeMap<_, _>>(),
     ));
-    let poison = Poison::default();
-    let sync_queue = Arc::new(AtomicUsize::new(0));
-    let sync_stats = SharedStats::default();
+    let sync = syncer::Shared::default();
     let (sync_tx, sync_rx) = crossbeam_channel::unbounded();
-    let syncer = Syncer::new(
-        store.clone(),
-        worker_tx.clone(),
-        sync_rx,
-        poison.clone(),
-        sync_queue.clone(),
-        sync_stats.clone(),
-    );
+    let syncer = Syncer::new(store.clone(), worker_tx.clone(), sync_rx, sync.clone());
     let sync_thread = std::thread::Builder::new()
         .name("ricochet-sync".into())
         .spawn(move || syncer.run())?;
@@ -122,9 +113,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         routes,
         registry: registry.clone(),
         syncer: sync_tx,
-        poison,
-        sync_queue,
-        sync_stats,
+        sync,
     };
     let commit_thread = std::thread::Builder::new()
         .name("ricochet-commit".into())

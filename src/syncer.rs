@@ -107,9 +107,17 @@ impl SyncStats {
     }
 }
 
-/// [`SyncStats`] shared between the syncer (which writes them) and the committer (which
-/// reads them into its snapshots).
-pub type SharedStats = Arc<Mutex<SyncStats>>;
+/// What the committer and the syncer share.
+#[derive(Clone, Default)]
+pub struct Shared {
+    /// Set by whichever fsync failed first.
+    pub poison: Poison,
+    /// Rounds queued at the syncer and not yet answered: the committer counts them in,
+    /// the syncer out.
+    pub queue: Arc<AtomicUsize>,
+    /// Written by the syncer, read into the committer's snapshots.
+    pub stats: Arc<Mutex<SyncStats>>,
+}
 
 /// Counts one batch's answers and sends them where they go.
 pub fn send_answer(workers: &[MailboxSender<WorkerMsg>], stats: &mut AckStats, a: Answer) {
@@ -173,10 +181,7 @@ pub struct Syncer<W: Wal> {
     wal: W,
     workers: Vec<MailboxSender<WorkerMsg>>,
     inbox: Receiver<SyncMsg>,
-    poison: Poison,
-    /// Rounds queued here and not yet answered (the committer counts them in).
-    queue: Arc<AtomicUsize>,
-    stats: SharedStats,
+    shared: Shared,
 }
 
 impl<W: Wal> Syncer<W> {
@@ -184,17 +189,13 @@ impl<W: Wal> Syncer<W> {
         wal: W,
         workers: Vec<MailboxSender<WorkerMsg>>,
         inbox: Receiver<SyncMsg>,
-        poison: Poison,
-        queue: Arc<AtomicUsize>,
-        stats: SharedStats,
+        shared: Shared,
     ) -> Syncer<W> {
         Syncer {
             wal,
             workers,
             inbox,
-            poison,
-            queue,
-            stats,
+            shared,
         }
     }
 
@@ -220,16 +221,16 @@ impl<W: Wal> Syncer<W> {
             .iter()
             .any(|m| matches!(m, SyncMsg::Round { fsync: true, .. }));
         let mut fsync_us = None;
-        if needs && self.poison.get().is_none() {
+        if needs && self.shared.poison.get().is_none() {
             let started = Instant::now();
             let result = self.wal.sync();
             fsync_us = Some(started.elapsed().as_micros().min(u64::MAX as u128) as u64);
             if let Err(e) = result {
                 tracing::error!(error = %e, "WAL sync failed; refusing further ingest");
-                let _ = self.poison.set(format!("WAL sync failed: {e}"));
+                let _ = self.shared.poison.set(format!("WAL sync failed: {e}"));
             }
         }
-        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stats = self.shared.stats.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(us) = fsync_us {
             stats.fsync_time.record(us);
         }
@@ -237,14 +238,14 @@ impl<W: Wal> Syncer<W> {
         for m in group.drain(..) {
             match m {
                 SyncMsg::Round { mut answers, .. } => {
-                    if let Some(reason) = self.poison.get() {
+                    if let Some(reason) = self.shared.poison.get() {
                         refuse(&mut answers, reason, true);
                     }
                     for a in answers {
                         send_answer(&self.workers, &mut stats.acks, a);
                     }
                     // Release: the poison above is visible to whoever sees the count drop.
-                    self.queue.fetch_sub(1, Ordering::AcqRel);
+                    self.shared.queue.fetch_sub(1, Ordering::AcqRel);
                 }
                 SyncMsg::Shutdown(reply) => {
                     let _ = reply.send(());
@@ -295,14 +296,14 @@ mod tests {
     }
 
     /// A syncer, its fsync count, its poison, and its queue count (set to `rounds`, as
-    /// the committer would count them in); its stats are `s.stats`.
+    /// the committer would count them in); its stats are `s.shared.stats`.
     fn syncer(
         fail_from: usize,
         rounds: usize,
     ) -> (Syncer<FakeWal>, Arc<AtomicUsize>, Poison, Arc<AtomicUsize>) {
         let syncs = Arc::new(AtomicUsize::new(0));
-        let poison = Poison::default();
-        let queue = Arc::new(AtomicUsize::new(rounds));
+        let shared = Shared::default();
+        shared.queue.store(rounds, Ordering::SeqCst);
         let (_, rx) = crossbeam_channel::unbounded();
         let s = Syncer::new(
             FakeWal {
@@ -311,11 +312,9 @@ mod tests {
             },
             Vec::new(),
             rx,
-            poison.clone(),
-            queue.clone(),
-            SharedStats::default(),
+            shared.clone(),
         );
-        (s, syncs, poison, queue)
+        (s, syncs, shared.poison, shared.queue)
     }
 
     #[test]
@@ -343,7 +342,7 @@ mod tests {
         assert_eq!(r1.try_recv().unwrap(), vec![ok("a"), ok("b")]);
         assert_eq!(r2.try_recv().unwrap(), vec![dup("a")]);
         assert_eq!(r3.try_recv().unwrap(), vec![ok("c")]);
-        let st = s.stats.lock().unwrap();
+        let st = s.shared.stats.lock().unwrap();
         assert_eq!((st.acks.ok, st.acks.dup), (3, 1));
         assert_eq!(st.fsync_time.count(), 1);
         assert_eq!(queue.load(Ordering::SeqCst), 0);
@@ -393,7 +392,7 @@ mod tests {
             r3.try_recv().unwrap()[0],
             AckResult::Unavailable(_)
         ));
-        let st = s.stats.lock().unwrap();
+        let st = s.shared.stats.lock().unwrap();
         assert_eq!((st.acks.ok, st.acks.unavailable), (1, 3));
         assert_eq!(queue.load(Ordering::SeqCst), 0);
     }
@@ -417,7 +416,7 @@ mod tests {
             acks_ok: 5,
             ..Default::default()
         };
-        s.stats.lock().unwrap().add_to(&mut snap);
+        s.shared.stats.lock().unwrap().add_to(&mut snap);
         assert_eq!(snap.acks_ok, 6);
         assert_eq!(snap.ack_latency.count(), 1);
         assert_eq!(snap.fsync_time.count(), 1);
