@@ -99,6 +99,93 @@ fn kill9_in_the_middle_of_a_pipelined_stream_loses_no_acked_event() {
     );
 }
 
+/// Two connections race the same ids in the same order, pipelined, and the server is
+/// killed mid-stream: an id answered `dup` on either connection was durable when that
+/// answer went out, so after the restart every id answered `ok` or `dup` arrives. The
+/// receiver fails every attempt until the kill, so nothing counts that was delivered
+/// before it.
+#[test]
+fn kill9_while_two_connections_race_the_same_ids_loses_no_answered_id() {
+    let rx = TestReceiver::with_script(|_, _| Reply::status(500));
+    let eps = endpoint(
+        "crashy",
+        r#"["t"]"#,
+        &rx.url("/"),
+        r#"retry = ["1s", "1s", "1s", "1s"]
+disable_after = { "3xx" = 1000000, "4xx" = 1000000, "5xx" = 1000000 }"#,
+    );
+    let mut srv = TestServer::start(&eps);
+    const N: usize = 10_000;
+    let (tx, answers) = std::sync::mpsc::channel::<String>();
+    let mut writers = Vec::new();
+    for _ in 0..2 {
+        let mut w = std::os::unix::net::UnixStream::connect(&srv.socket).unwrap();
+        let r = BufReader::new(w.try_clone().unwrap());
+        writers.push(std::thread::spawn(move || {
+            for i in 0..N {
+                let line = format!("{}\n", event("t", &format!("r-{i}"), r#"{"i":1}"#));
+                if w.write_all(line.as_bytes()).is_err() {
+                    break;
+                }
+            }
+        }));
+        let tx = tx.clone();
+        writers.push(std::thread::spawn(move || {
+            for line in r.lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    drop(tx);
+    let mut answered = HashSet::new();
+    let (mut lines, mut dups) = (0, 0);
+    for line in answers {
+        lines += 1;
+        let mut parts = line.split(' ');
+        match (parts.next(), parts.next()) {
+            (Some("ok"), Some(id)) => {
+                answered.insert(id.to_string());
+            }
+            (Some("dup"), Some(id)) => {
+                answered.insert(id.to_string());
+                dups += 1;
+            }
+            _ => panic!("unexpected answer {line:?}"),
+        }
+        if lines == 8000 {
+            srv.kill9();
+        }
+    }
+    for t in writers {
+        let _ = t.join();
+    }
+    assert!(lines >= 8000, "only {lines} answers");
+    assert!(dups > 0, "the connections never raced for an id");
+    let dir = srv.dir.clone();
+    drop(srv);
+    rx.set_script(|_, _| Reply::status(200));
+    let before = rx.count();
+    let _srv = TestServer::start_in(dir, &ServerOpts::new(&eps));
+    rx.wait_until(
+        Duration::from_secs(60),
+        "every answered id delivered",
+        |r| {
+            let ids: HashSet<&str> = r[before..]
+                .iter()
+                .filter_map(|x| x.header("webhook-id"))
+                .collect();
+            answered.iter().all(|id| ids.contains(id.as_str()))
+        },
+    );
+    eprintln!(
+        "kill -9 with raced ids: {} ids answered, {dups} of the answers dup",
+        answered.len()
+    );
+}
+
 #[test]
 fn sigterm_drains_and_exits_zero() {
     let rx = TestReceiver::start();
