@@ -355,7 +355,7 @@ struct Stats {
     acks: AckStats,
     /// µs per write carrying events (the write alone; the fsync is timed apart).
     commit_time: Hist,
-    /// µs per fsync the committer made itself (`batch`'s, small `sync` rounds'; the
+    /// µs per fsync the committer made itself (small `sync` rounds', the last one; the
     /// syncer times its own).
     fsync_time: Hist,
     /// Keys in `due` plus keys in `paused`: deliveries not yet done.
@@ -495,7 +495,7 @@ impl Committer {
                 && st.unsynced
                 && st.last_sync.elapsed() >= Duration::from_millis(10)
             {
-                st.sync();
+                st.sync_in_background();
             }
             if let Some(reply) = shutdown {
                 if st.unsynced {
@@ -516,8 +516,8 @@ impl State {
         in_memory_cap(self.router.eps.len())
     }
 
-    /// An fsync made on the committer's thread: `batch`'s periodic one, a small `sync`
-    /// round's, the last one at shutdown.
+    /// An fsync made on the committer's thread: a small `sync` round's, the last one at
+    /// shutdown, and any the syncer can no longer take.
     fn sync(&mut self) {
         let started = Instant::now();
         let result = self.store.sync_wal();
@@ -527,6 +527,22 @@ impl State {
         if let Err(e) = result {
             tracing::error!(error = %e, "WAL sync failed; refusing further ingest");
             let _ = self.sync.poison.set(format!("WAL sync failed: {e}"));
+        }
+        self.unsynced = false;
+        self.last_sync = Instant::now();
+    }
+
+    /// `batch`'s periodic fsync, on the syncer's thread: the committer does not wait.
+    fn sync_in_background(&mut self) {
+        self.sync.queue.fetch_add(1, Ordering::AcqRel);
+        let round = SyncMsg::Round {
+            answers: Vec::new(),
+            fsync: true,
+        };
+        if self.syncer.send(round).is_err() {
+            self.sync.queue.fetch_sub(1, Ordering::AcqRel);
+            self.sync();
+            return;
         }
         self.unsynced = false;
         self.last_sync = Instant::now();

@@ -17,7 +17,9 @@
 //!   and of every later round becomes `unavailable`, and the committer (which reads the
 //!   same [`Poison`]) refuses further ingest until a restart.
 //!
-//! Under `batch` and `none` the committer answers directly and this thread idles.
+//! Under `batch` the committer answers as soon as a round is written, and every ~10 ms
+//! sends an empty round with `fsync` set: the periodic fsync runs here too, and the
+//! committer does not wait for it. Under `none` this thread idles.
 //!
 //! It counts the answers it sends (and their latency) and times its fsyncs in
 //! [`SyncStats`], which the committer reads under a lock when it takes a metrics

@@ -467,6 +467,20 @@ impl TestServer {
         ricochet::metrics::parse(&text).unwrap_or_else(|e| panic!("/metrics: {e}\n{text}"))
     }
 
+    /// Polls `/metrics` until the unlabelled sample `name` satisfies `pred` (metrics have
+    /// no push notification); panics after `timeout`. Returns the value.
+    pub fn wait_metric(&self, name: &str, timeout: Duration, pred: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.metrics().value(name, &[]);
+            match v {
+                Some(v) if pred(v) => return v,
+                _ if Instant::now() >= deadline => panic!("{name} is {v:?} after {timeout:?}"),
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
     /// `GET /v1/events/{id}`, asserting it exists.
     pub fn event(&self, id: &str) -> serde_json::Value {
         let (status, v) = self.get(&format!("/v1/events/{id}"));

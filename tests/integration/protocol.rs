@@ -163,14 +163,11 @@ fn same_ids_raced_on_two_pipelined_connections_are_accepted_once() {
         got.iter().filter_map(|r| r.header("webhook-id")).collect();
     assert_eq!(ids.len(), N);
     // Every delivery settled, and nothing more arrived: the `dup`s scheduled nothing.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while srv.metrics().value("ricochet_deliveries_pending", &[]) != Some(0.0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "deliveries still pending"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    srv.wait_metric(
+        "ricochet_deliveries_pending",
+        Duration::from_secs(30),
+        |n| n == 0.0,
+    );
     assert_eq!(rx.count(), N);
 }
 
