@@ -58,19 +58,29 @@ fn acked_events_pending_survive_kill9(durability: &str) {
     srv.kill9();
     let dir = srv.dir.clone();
     drop(srv);
-    // Restart with the receiver healthy.
+    restart_healthy_until_all_arrive(&rx, dir, &opts(), &acked);
+}
+
+/// Restarts on `dir` with the receiver answering 200, and waits until every id of `ids`
+/// has arrived since.
+fn restart_healthy_until_all_arrive(
+    rx: &TestReceiver,
+    dir: Arc<tempfile::TempDir>,
+    opts: &ServerOpts,
+    ids: &HashSet<String>,
+) {
     rx.set_script(|_, _| Reply::status(200));
     let before = rx.count();
-    let _srv = TestServer::start_in(Arc::clone(&dir), &opts());
+    let _srv = TestServer::start_in(dir, opts);
     rx.wait_until(
         Duration::from_secs(60),
         "every acked id delivered after restart",
         |r| {
-            let ok: HashSet<&str> = r[before..]
+            let got: HashSet<&str> = r[before..]
                 .iter()
                 .filter_map(|x| x.header("webhook-id"))
                 .collect();
-            acked.iter().all(|id| ok.contains(id.as_str()))
+            ids.iter().all(|id| got.contains(id.as_str()))
         },
     );
 }
@@ -186,20 +196,7 @@ disable_after = { "3xx" = 1000000, "4xx" = 1000000, "5xx" = 1000000 }"#,
     assert!(dups > 0, "the connections never raced for an id");
     let dir = srv.dir.clone();
     drop(srv);
-    rx.set_script(|_, _| Reply::status(200));
-    let before = rx.count();
-    let _srv = TestServer::start_in(dir, &ServerOpts::new(&eps));
-    rx.wait_until(
-        Duration::from_secs(60),
-        "every answered id delivered",
-        |r| {
-            let ids: HashSet<&str> = r[before..]
-                .iter()
-                .filter_map(|x| x.header("webhook-id"))
-                .collect();
-            answered.iter().all(|id| ids.contains(id.as_str()))
-        },
-    );
+    restart_healthy_until_all_arrive(&rx, dir, &ServerOpts::new(&eps), &answered);
     eprintln!(
         "kill -9 with raced ids: {} ids answered, {dups} of the answers dup",
         answered.len()
