@@ -534,16 +534,7 @@ impl State {
 
     /// `batch`'s periodic fsync, on the syncer's thread: the committer does not wait.
     fn sync_in_background(&mut self) {
-        self.sync.queue.fetch_add(1, Ordering::AcqRel);
-        let round = SyncMsg::Round {
-            answers: Vec::new(),
-            fsync: true,
-        };
-        if self.syncer.send(round).is_err() {
-            self.sync.queue.fetch_sub(1, Ordering::AcqRel);
-            self.sync();
-            return;
-        }
+        self.hand_to_syncer(Vec::new(), true);
         self.unsynced = false;
         self.last_sync = Instant::now();
     }
@@ -704,8 +695,14 @@ impl State {
         let idle = self.sync.queue.load(Ordering::Acquire) == 0;
         if idle && events < PIPELINE_MIN_EVENTS {
             self.sync_and_answer(answers, fsync);
-            return;
+        } else {
+            self.hand_to_syncer(answers, fsync);
         }
+    }
+
+    /// Queues a round (its answers, and whether it needs an fsync) at the syncer, counted
+    /// in [`syncer::Shared::queue`] until it is answered.
+    fn hand_to_syncer(&mut self, answers: Vec<Answer>, fsync: bool) {
         self.sync.queue.fetch_add(1, Ordering::AcqRel);
         let round = SyncMsg::Round { answers, fsync };
         if let Err(e) = self.syncer.send(round) {

@@ -55,7 +55,6 @@ pub enum SyncMsg {
 
 /// Answer counters and latency: the committer keeps one (answers it sends directly),
 /// the syncer another.
-#[derive(Clone)]
 pub struct AckStats {
     pub ok: u64,
     pub dup: u64,

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::report::Sample;
@@ -50,6 +51,20 @@ where
         .draw()
 }
 
+/// A chart builder on `area` in the style every chart here shares: its caption, margin
+/// and label areas.
+pub fn styled_chart<'a, 'b, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    caption: &str,
+) -> ChartBuilder<'a, 'b, DB> {
+    let mut b = ChartBuilder::on(area);
+    b.caption(caption, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(32)
+        .y_label_area_size(80);
+    b
+}
+
 /// Writes the chart for one run's samples to `path`.
 pub fn write_svg(path: &Path, title: &str, samples: &[Sample]) -> Result<()> {
     let err = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", path.display());
@@ -63,11 +78,7 @@ pub fn write_svg(path: &Path, title: &str, samples: &[Sample]) -> Result<()> {
         .flat_map(|s| THROUGHPUT.iter().map(move |(_, _, f)| f(s)))
         .fold(1.0f64, f64::max)
         * 1.1;
-    let mut chart = ChartBuilder::on(&top)
-        .caption(format!("{title}: throughput"), ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(32)
-        .y_label_area_size(80)
+    let mut chart = styled_chart(&top, &format!("{title}: throughput"))
         .build_cartesian_2d(0f64..t_max, 0f64..y_max)
         .map_err(|e| err(&e))?;
     chart
@@ -95,11 +106,7 @@ pub fn write_svg(path: &Path, title: &str, samples: &[Sample]) -> Result<()> {
         .flat_map(|s| LATENCY.iter().map(move |(_, _, f)| f(s)))
         .fold(1.0f64, f64::max)
         * 2.0;
-    let mut chart = ChartBuilder::on(&bottom)
-        .caption(format!("{title}: latency per second"), ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(32)
-        .y_label_area_size(80)
+    let mut chart = styled_chart(&bottom, &format!("{title}: latency per second"))
         .build_cartesian_2d(0f64..t_max, (FLOOR_MS..l_max).log_scale())
         .map_err(|e| err(&e))?;
     chart

@@ -20,7 +20,7 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::gen;
-use crate::plot::{draw_legend, legend_line};
+use crate::plot::{draw_legend, legend_line, styled_chart};
 use crate::report::{self, RunMetrics};
 use crate::run::{self, RunArgs};
 use crate::stats::fmt_count;
@@ -233,11 +233,7 @@ pub fn write_curve(path: &Path, title: &str, points: &[Point]) -> Result<()> {
     let (y_lo, y_hi) = (y_min / 2.0, y_max * 2.0);
     let root = SVGBackend::new(path, (1100, 640)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(16)
-        .x_label_area_size(36)
-        .y_label_area_size(80)
+    let mut chart = styled_chart(&root, title)
         .build_cartesian_2d(0f64..x_max, (y_lo..y_hi).log_scale())
         .map_err(|e| err(&e))?;
     chart
