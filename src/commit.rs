@@ -4,7 +4,8 @@
 //! workers:
 //!
 //! - **Ingest.** Connections send batches of parsed events. Each round the committer
-//!   drains everything queued, checks idempotency keys, routes each event to the enabled
+//!   drains what is queued (up to [`ROUND_ITEMS`] events and outcomes), checks
+//!   idempotency keys, routes each event to the enabled
 //!   endpoints subscribed to it, and writes events, idempotency keys and one `due` key per
 //!   delivery in a single write batch — with `durability = sync` one fsync covers the whole
 //!   round. Only then do the acks go back: to the connection's worker, or over a channel
@@ -55,6 +56,13 @@ use crate::store::{
 };
 use crate::syncer::{self, AckStats, Answer, SyncMsg};
 use crate::worker::{Job, WorkerMsg};
+
+/// A round stops taking messages once they carry this many events and outcomes, so a
+/// flat-out producer's backlog is written as several moderate batches rather than one
+/// that grows to many MiB (glibc keeps the high-water mark of the C++ heap).
+const ROUND_ITEMS: usize = 2048;
+/// …or this many messages.
+const ROUND_MSGS: usize = 4096;
 
 /// How far ahead of now the loader hands deliveries to workers.
 pub const HORIZON_MS: u64 = 1000;
@@ -184,6 +192,28 @@ pub enum CommitMsg {
         targets: Vec<(Seq, Option<EndpointId>)>,
         reply: crossbeam_channel::Sender<Vec<ReplayResult>>,
     },
+}
+
+impl CommitMsg {
+    /// Events plus attempt outcomes: what a message adds to a round's write batch.
+    fn items(&self) -> usize {
+        match self {
+            CommitMsg::Ingest(b) => b.events.len(),
+            CommitMsg::Outcomes(list) => list.len(),
+            _ => 1,
+        }
+    }
+}
+
+/// Adds waiting messages (from `next`) to a round until it holds [`ROUND_MSGS`] messages
+/// or [`ROUND_ITEMS`] events and outcomes. The rest wait for the next round.
+fn fill_round(msgs: &mut Vec<CommitMsg>, mut next: impl FnMut() -> Option<CommitMsg>) {
+    let mut items: usize = msgs.iter().map(CommitMsg::items).sum();
+    while msgs.len() < ROUND_MSGS && items < ROUND_ITEMS {
+        let Some(m) = next() else { break };
+        items += m.items();
+        msgs.push(m);
+    }
 }
 
 /// Whether a [`CommitMsg::PutEndpoint`] may create, replace, or both.
@@ -475,12 +505,7 @@ impl Committer {
                 Err(true) => return Ok(()),
                 Err(false) => {}
             }
-            while msgs.len() < 4096 {
-                match inbox.try_recv() {
-                    Some(m) => msgs.push(m),
-                    None => break,
-                }
-            }
+            fill_round(&mut msgs, || inbox.try_recv());
             let mut shutdown = None;
             st.round(&mut msgs, &mut shutdown);
             if last_load.elapsed() >= TICK {
@@ -1699,6 +1724,54 @@ mod tests {
             enabled: true,
             meta: EndpointMeta::default(),
         }
+    }
+
+    fn ingest(events: usize) -> CommitMsg {
+        let ev = NewEvent {
+            ext_id: None,
+            etype: "t".into(),
+            account: None,
+            time_ms: None,
+            data: Bytes::from_static(b"{}"),
+        };
+        CommitMsg::Ingest(IngestBatch {
+            to: AckTo::Conn {
+                worker: 0,
+                conn: 0,
+                ticket: 0,
+            },
+            events: vec![ev; events],
+            sent_at: Instant::now(),
+        })
+    }
+
+    #[test]
+    fn a_round_stops_taking_messages_at_its_item_cap() {
+        // 1,000 events per message: the third message crosses the cap, the fourth waits.
+        let mut waiting: std::collections::VecDeque<_> = (0..5).map(|_| ingest(1000)).collect();
+        let mut msgs = vec![waiting.pop_front().unwrap()];
+        fill_round(&mut msgs, || waiting.pop_front());
+        assert_eq!(msgs.len(), 3);
+        assert_eq!(waiting.len(), 2);
+        // A message larger than the cap on its own still makes a round.
+        let mut msgs = vec![ingest(ROUND_ITEMS * 2)];
+        let mut more = Some(ingest(1));
+        fill_round(&mut msgs, || more.take());
+        assert_eq!(msgs.len(), 1);
+        assert!(more.is_some());
+        // Small messages (a disable notice counts 1) stop at the message cap.
+        let mut msgs = Vec::new();
+        fill_round(&mut msgs, || {
+            Some(CommitMsg::EndpointDisabled {
+                ep: 1,
+                reason: String::new(),
+            })
+        });
+        assert_eq!(msgs.len(), ROUND_ITEMS.min(ROUND_MSGS));
+        // Nothing waiting: the round is what it has.
+        let mut msgs = vec![ingest(3)];
+        fill_round(&mut msgs, || None);
+        assert_eq!(msgs.len(), 1);
     }
 
     #[test]

@@ -124,6 +124,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     for spec in &specs {
         per_worker[worker_for(&spec.cfg.name, n)].push(spec.clone());
     }
+    let line_budget = Arc::new(crate::ingest::LineBudget::default());
     let mut worker_threads = Vec::new();
     for (idx, (inbox, endpoints)) in worker_rx.into_iter().zip(per_worker).enumerate() {
         let setup = WorkerSetup {
@@ -137,6 +138,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             endpoints,
             resolver: resolver.clone(),
             max_line_bytes: s.max_line_bytes,
+            line_budget: line_budget.clone(),
             allow_private_networks: s.allow_private_networks,
             drain_timeout: DRAIN_TIMEOUT,
         };

@@ -111,6 +111,8 @@ pub struct WorkerSetup {
     pub state: EndpointStates,
     pub resolver: ResolverThread,
     pub max_line_bytes: usize,
+    /// The unanswered-line budget every worker's ingest connections share.
+    pub line_budget: Arc<ingest::LineBudget>,
     pub allow_private_networks: bool,
     pub drain_timeout: Duration,
 }
@@ -231,6 +233,7 @@ struct Worker {
     active: Cell<usize>,
     idle_wake: LocalNotify,
     ingest_counters: Rc<IngestCounters>,
+    line_budget: Arc<ingest::LineBudget>,
     /// µs per attempt.
     attempt_latency: RefCell<Hist>,
     /// ms from acceptance to attempt.
@@ -278,6 +281,7 @@ pub async fn run(setup: WorkerSetup) {
         active: Cell::new(0),
         idle_wake: LocalNotify::default(),
         ingest_counters: Rc::new(IngestCounters::default()),
+        line_budget: setup.line_budget,
         attempt_latency: RefCell::new(Hist::micros()),
         delivery_lag: RefCell::new(Hist::millis()),
         conn_opens: Rc::new(OpenCounts::default()),
@@ -447,7 +451,7 @@ impl Worker {
     {
         let id = self.next_conn.get() + 1;
         self.next_conn.set(id);
-        let shared = ingest::new_connection();
+        let shared = ingest::new_connection(self.line_budget.clone());
         self.conns.borrow_mut().insert(id, shared.clone());
         let ctx = ConnCtx {
             worker: self.idx,

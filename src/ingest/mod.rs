@@ -3,10 +3,12 @@
 //! Acceptor threads hand each new connection to a worker, round-robin. On its worker a
 //! connection is two tasks: the **reader** frames lines, parses them, and sends each
 //! read's events to the committer as one batch; the **writer** answers every non-blank
-//! line in order once its batch is durable. A connection holds at most
-//! [`MAX_LINES_IN_FLIGHT`] unanswered lines; past that the reader stops reading
-//! (backpressure), so accepted input is never dropped. An oversize line is skipped to its
-//! end and answered `err too_large`; the connection lives on.
+//! line in order once its batch is durable. All connections together share
+//! [`MAX_LINES_IN_FLIGHT`] unanswered lines, split evenly among the connections that have
+//! any ([`LineBudget`]), with at least [`MIN_LINES_PER_CONNECTION`] each; past its share a
+//! connection's reader stops reading (backpressure), so accepted input is never dropped.
+//! An oversize line is skipped to its end and answered `err too_large`; the connection
+//! lives on.
 //!
 //! This module must not write the store or route events: that is the committer's job.
 
@@ -16,6 +18,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io::Write as _;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
@@ -26,8 +30,12 @@ use crate::metrics::IngestCounters;
 use crate::shard::MailboxSender;
 use parse::LineParser;
 
-/// Unanswered lines a connection may have before its reader pauses.
-pub const MAX_LINES_IN_FLIGHT: usize = 4096;
+/// Unanswered lines all ingest connections together may hold before readers pause: one
+/// busy producer may use all of them, two get half each, and so on.
+pub const MAX_LINES_IN_FLIGHT: usize = 8192;
+/// Unanswered lines a connection may hold however many others are busy (so many
+/// producers are bounded by this times their number).
+pub const MIN_LINES_PER_CONNECTION: usize = 512;
 const READ_CHUNK: usize = 64 * 1024;
 
 /// One answer slot, in line order.
@@ -45,10 +53,28 @@ struct PendingBatch {
     results: Option<Vec<AckResult>>,
 }
 
+/// The process-wide split of [`MAX_LINES_IN_FLIGHT`]: how many connections, on every
+/// worker, have unanswered lines. A connection touches it when it becomes busy or idle,
+/// not per line. A reader paused at its share always has lines of its own in flight, so
+/// its own acks wake it to look again; no connection waits on another worker.
+#[derive(Debug, Default)]
+pub struct LineBudget {
+    busy: AtomicUsize,
+}
+
+impl LineBudget {
+    /// Unanswered lines one busy connection may hold now.
+    pub fn per_connection(&self) -> usize {
+        (MAX_LINES_IN_FLIGHT / self.busy.load(Ordering::Relaxed).max(1))
+            .max(MIN_LINES_PER_CONNECTION)
+    }
+}
+
 /// State shared by a connection's reader and writer and the worker's mailbox task.
 pub struct ConnShared {
     pending: RefCell<VecDeque<PendingBatch>>,
     in_flight: Cell<usize>,
+    budget: Arc<LineBudget>,
     reader_done: Cell<bool>,
     writer_failed: Cell<bool>,
     writer_wake: LocalNotify,
@@ -56,15 +82,34 @@ pub struct ConnShared {
 }
 
 impl ConnShared {
-    fn new() -> Self {
+    fn new(budget: Arc<LineBudget>) -> Self {
         ConnShared {
             pending: RefCell::new(VecDeque::new()),
             in_flight: Cell::new(0),
+            budget,
             reader_done: Cell::new(false),
             writer_failed: Cell::new(false),
             writer_wake: LocalNotify::default(),
             reader_wake: LocalNotify::default(),
         }
+    }
+
+    /// Sets the unanswered-line count, counting the connection busy while it is not 0.
+    fn set_in_flight(&self, n: usize) {
+        match (self.in_flight.replace(n), n) {
+            (0, 1..) => {
+                self.budget.busy.fetch_add(1, Ordering::Relaxed);
+            }
+            (1.., 0) => {
+                self.budget.busy.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether the reader must wait for answers before reading more.
+    fn over_share(&self) -> bool {
+        self.in_flight.get() >= self.budget.per_connection()
     }
 
     /// The committer's answers for batch `ticket`.
@@ -78,6 +123,13 @@ impl ConnShared {
             b.results = Some(results);
         }
         self.writer_wake.notify();
+    }
+}
+
+impl Drop for ConnShared {
+    /// A connection that ends with lines unanswered (its peer gone) is no longer busy.
+    fn drop(&mut self) {
+        self.set_in_flight(0);
     }
 }
 
@@ -106,9 +158,9 @@ where
     writer.await;
 }
 
-/// Creates the shared state of a new connection.
-pub fn new_connection() -> Rc<ConnShared> {
-    Rc::new(ConnShared::new())
+/// Creates the shared state of a new connection, drawing on `budget`.
+pub fn new_connection(budget: Arc<LineBudget>) -> Rc<ConnShared> {
+    Rc::new(ConnShared::new(budget))
 }
 
 struct Framer<'a> {
@@ -169,7 +221,7 @@ impl Framer<'_> {
         }
         self.ticket += 1;
         let slots = std::mem::take(&mut self.slots);
-        shared.in_flight.set(shared.in_flight.get() + slots.len());
+        shared.set_in_flight(shared.in_flight.get() + slots.len());
         let results = if self.events.is_empty() {
             Some(Vec::new())
         } else {
@@ -215,7 +267,7 @@ async fn read_lines<R: AsyncReadRent>(mut rd: R, ctx: &ConnCtx, shared: &ConnSha
     // Bytes of `buf` already searched for a newline.
     let mut scanned = 0usize;
     loop {
-        while shared.in_flight.get() >= MAX_LINES_IN_FLIGHT && !shared.writer_failed.get() {
+        while shared.over_share() && !shared.writer_failed.get() {
             shared.reader_wake.wait().await;
         }
         if shared.writer_failed.get() {
@@ -324,9 +376,7 @@ async fn write_acks<W: monoio::io::AsyncWriteRent>(mut wr: W, shared: Rc<ConnSha
             }
         }
         if answered > 0 {
-            shared
-                .in_flight
-                .set(shared.in_flight.get().saturating_sub(answered));
+            shared.set_in_flight(shared.in_flight.get().saturating_sub(answered));
             shared.reader_wake.notify();
             continue;
         }
@@ -340,7 +390,46 @@ async fn write_acks<W: monoio::io::AsyncWriteRent>(mut wr: W, shared: Rc<ConnSha
 
 #[cfg(test)]
 mod tests {
-    use super::split_lines;
+    use super::*;
+
+    #[test]
+    fn busy_connections_split_the_line_budget() {
+        let budget = Arc::new(LineBudget::default());
+        assert_eq!(budget.per_connection(), MAX_LINES_IN_FLIGHT);
+        let a = new_connection(budget.clone());
+        let b = new_connection(budget.clone());
+        // Open but idle connections take no share.
+        assert_eq!(budget.per_connection(), MAX_LINES_IN_FLIGHT);
+        a.set_in_flight(10);
+        assert_eq!(budget.per_connection(), MAX_LINES_IN_FLIGHT);
+        a.set_in_flight(MAX_LINES_IN_FLIGHT);
+        assert!(a.over_share());
+        b.set_in_flight(1);
+        assert_eq!(budget.per_connection(), MAX_LINES_IN_FLIGHT / 2);
+        assert!(!b.over_share());
+        // Answered down to zero: idle again, the other gets everything back.
+        a.set_in_flight(0);
+        assert_eq!(budget.per_connection(), MAX_LINES_IN_FLIGHT);
+        a.set_in_flight(5);
+        // A connection dropped with lines unanswered gives its share back.
+        drop(b);
+        assert_eq!(budget.busy.load(Ordering::Relaxed), 1);
+        drop(a);
+        assert_eq!(budget.busy.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn every_connection_keeps_a_floor_however_many_are_busy() {
+        let budget = Arc::new(LineBudget::default());
+        let many: Vec<_> = (0..100).map(|_| new_connection(budget.clone())).collect();
+        for c in &many {
+            c.set_in_flight(1);
+        }
+        assert_eq!(budget.per_connection(), MIN_LINES_PER_CONNECTION);
+        assert!(!many[0].over_share());
+        many[0].set_in_flight(MIN_LINES_PER_CONNECTION);
+        assert!(many[0].over_share());
+    }
 
     #[test]
     fn splits_complete_lines_and_returns_the_rest() {

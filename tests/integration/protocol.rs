@@ -71,6 +71,47 @@ fn oversize_line_is_skipped_and_answered_too_large() {
 }
 
 #[test]
+fn a_producer_that_never_reads_its_acks_does_not_hold_up_another() {
+    let rx = TestReceiver::start();
+    let srv = TestServer::start(&endpoint("e1", r#"["t"]"#, &rx.url("/"), ""));
+    // The flooder writes 40,000 lines and reads nothing: its unread acks fill its socket,
+    // so it keeps every line ricochet reads in flight, up to the whole shared budget.
+    let pad = "x".repeat(40);
+    let mut all = Vec::new();
+    for i in 0..40_000 {
+        all.extend_from_slice(event("t", &format!("flood-{pad}-{i}"), "{}").as_bytes());
+        all.push(b'\n');
+    }
+    let mut flooder = std::os::unix::net::UnixStream::connect(&srv.socket).unwrap();
+    let keep = flooder.try_clone().unwrap();
+    std::thread::spawn(move || {
+        // Blocks once ricochet stops reading; fails when the server goes at the end.
+        let _ = flooder.write_all(&all);
+    });
+    srv.wait_metric(
+        "ricochet_events_ingested_total",
+        Duration::from_secs(30),
+        |v| v >= 8192.0,
+    );
+    // Another producer still gets each line answered at once.
+    let other = std::os::unix::net::UnixStream::connect(&srv.socket).unwrap();
+    other
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut c = std::io::BufReader::new(other.try_clone().unwrap());
+    let mut w = other;
+    for i in 0..20 {
+        let id = format!("other-{i}");
+        w.write_all(event("t", &id, "{}").as_bytes()).unwrap();
+        w.write_all(b"\n").unwrap();
+        let mut ack = String::new();
+        std::io::BufRead::read_line(&mut c, &mut ack).expect("an answer within 20 s");
+        assert_eq!(ack.trim_end(), format!("ok {id} 1"));
+    }
+    drop(keep);
+}
+
+#[test]
 fn pipelined_10000_lines_answered_in_order() {
     let rx = TestReceiver::start();
     let srv = TestServer::start(&endpoint("e1", r#"["t"]"#, &rx.url("/"), ""));
