@@ -726,8 +726,8 @@ fn read_at(snap: Option<&Snapshot<'_>>) -> ReadOptions {
 /// One block cache for all column families (RocksDB otherwise gives each its own 32 MiB).
 /// Small on purpose: the loader reads events back in order (one block serves the events
 /// next to each other, and the iterator holds it while it does), and the OS page cache
-/// keeps the compressed blocks anyway. 32 MiB, measured against this: peak RSS 20–55 MiB
-/// higher at `max`, `retry-storm` and `backlog`, no faster (docs/performance.md, session 12).
+/// keeps the compressed blocks anyway. 32 MiB, measured against this: peak RSS 20–30 MiB
+/// higher at `max` and `backlog`, no faster (docs/performance.md, session 12).
 const BLOCK_CACHE_BYTES: usize = 8 << 20;
 
 impl Store {
