@@ -544,15 +544,8 @@ impl State {
     /// An fsync made on the committer's thread: a small `sync` round's, the last one at
     /// shutdown, and any the syncer can no longer take.
     fn sync(&mut self) {
-        let started = Instant::now();
-        let result = self.store.sync_wal();
-        self.stats
-            .fsync_time
-            .record(started.elapsed().as_micros() as u64);
-        if let Err(e) = result {
-            tracing::error!(error = %e, "WAL sync failed; refusing further ingest");
-            let _ = self.sync.poison.set(format!("WAL sync failed: {e}"));
-        }
+        let us = syncer::fsync(&self.store, &self.sync.poison);
+        self.stats.fsync_time.record(us);
         self.unsynced = false;
         self.last_sync = Instant::now();
     }
@@ -740,31 +733,28 @@ impl State {
     }
 
     /// Fsyncs on this thread (if the round wrote events), then answers.
-    fn sync_and_answer(&mut self, mut answers: Vec<Answer>, fsync: bool) {
+    fn sync_and_answer(&mut self, answers: Vec<Answer>, fsync: bool) {
         if fsync {
             self.sync();
         }
-        if let Some(reason) = self.sync.poison.get() {
-            syncer::refuse(&mut answers, reason, true);
-        }
-        for a in answers {
-            syncer::send_answer(&self.workers, &mut self.stats.acks, a);
-        }
+        syncer::release(
+            &self.workers,
+            &mut self.stats.acks,
+            &self.sync.poison,
+            answers,
+        );
     }
 
     fn snapshot(&self) -> CommitSnapshot {
         let st = &self.stats;
         let mut s = CommitSnapshot {
-            acks_ok: 0,
-            acks_dup: 0,
-            acks_unavailable: 0,
-            ack_latency: Hist::micros(),
             commit_time: st.commit_time.clone(),
             fsync_time: st.fsync_time.clone(),
             pending: st.pending,
             paused: st.paused,
             expired: st.expired,
             endpoints_disabled: self.router.eps.values().filter(|i| !i.enabled).count() as u64,
+            ..CommitSnapshot::default()
         };
         st.acks.add_to(&mut s);
         if let Ok(sync) = self.sync.stats.lock() {

@@ -150,6 +150,34 @@ pub fn send_answer(workers: &[MailboxSender<WorkerMsg>], stats: &mut AckStats, a
     }
 }
 
+/// Sends a round's answers once an fsync covers it; after a failed fsync (`poison` set)
+/// its `ok`s and `dup`s go out as `unavailable`.
+pub fn release(
+    workers: &[MailboxSender<WorkerMsg>],
+    stats: &mut AckStats,
+    poison: &Poison,
+    mut answers: Vec<Answer>,
+) {
+    if let Some(reason) = poison.get() {
+        refuse(&mut answers, reason, true);
+    }
+    for a in answers {
+        send_answer(workers, stats, a);
+    }
+}
+
+/// Fsyncs the WAL and returns the µs it took; a failure is logged and sets `poison`.
+pub fn fsync(wal: &impl Wal, poison: &Poison) -> u64 {
+    let started = Instant::now();
+    let result = wal.sync();
+    let us = started.elapsed().as_micros().min(u64::MAX as u128) as u64;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "WAL sync failed; refusing further ingest");
+        let _ = poison.set(format!("WAL sync failed: {e}"));
+    }
+    us
+}
+
 /// Turns the `ok` (and, with `dups`, the `dup`) answers of `answers` into `unavailable`.
 pub fn refuse(answers: &mut [Answer], reason: &str, dups: bool) {
     for (_, _, results) in answers.iter_mut() {
@@ -221,16 +249,8 @@ impl<W: Wal> Syncer<W> {
         let needs = group
             .iter()
             .any(|m| matches!(m, SyncMsg::Round { fsync: true, .. }));
-        let mut fsync_us = None;
-        if needs && self.shared.poison.get().is_none() {
-            let started = Instant::now();
-            let result = self.wal.sync();
-            fsync_us = Some(started.elapsed().as_micros().min(u64::MAX as u128) as u64);
-            if let Err(e) = result {
-                tracing::error!(error = %e, "WAL sync failed; refusing further ingest");
-                let _ = self.shared.poison.set(format!("WAL sync failed: {e}"));
-            }
-        }
+        let fsync_us = (needs && self.shared.poison.get().is_none())
+            .then(|| fsync(&self.wal, &self.shared.poison));
         let mut stats = self.shared.stats.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(us) = fsync_us {
             stats.fsync_time.record(us);
@@ -238,13 +258,8 @@ impl<W: Wal> Syncer<W> {
         let mut stop = false;
         for m in group.drain(..) {
             match m {
-                SyncMsg::Round { mut answers, .. } => {
-                    if let Some(reason) = self.shared.poison.get() {
-                        refuse(&mut answers, reason, true);
-                    }
-                    for a in answers {
-                        send_answer(&self.workers, &mut stats.acks, a);
-                    }
+                SyncMsg::Round { answers, .. } => {
+                    release(&self.workers, &mut stats.acks, &self.shared.poison, answers);
                     // Release: the poison above is visible to whoever sees the count drop.
                     self.shared.queue.fetch_sub(1, Ordering::AcqRel);
                 }
