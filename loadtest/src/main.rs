@@ -23,6 +23,7 @@ mod http;
 mod ids;
 mod payload;
 mod plot;
+mod probe;
 mod procstat;
 mod ratecheck;
 mod raw;
@@ -70,9 +71,22 @@ enum Cmd {
     Run(run::RunArgs),
     /// Run a scenario at several generator windows: ack latency against throughput.
     Sweep(sweep::SweepArgs),
+    /// Probe the machine as every `run` does at its start: fdatasync latency, a fixed CPU
+    /// work and memory latency (compare before a benchmark; `machine:` in a run report).
+    Machine(MachineArgs),
     /// Minimal stand-in for `ricochet serve`, only for testing `run` itself.
     #[command(hide = true, name = "fake-ricochet")]
     FakeRicochet(fake::FakeArgs),
+}
+
+#[derive(Args)]
+struct MachineArgs {
+    /// Directory to probe fdatasync in (its filesystem is what counts; default: the temp dir).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print the probes as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -201,6 +215,7 @@ fn main() {
         Cmd::Raw(a) => cmd_raw(a),
         Cmd::Run(a) => run::cmd_run(a),
         Cmd::Sweep(a) => sweep::cmd_sweep(a),
+        Cmd::Machine(a) => cmd_machine(a),
         Cmd::FakeRicochet(a) => fake::main(a),
     };
     match result {
@@ -388,6 +403,26 @@ fn cmd_gen(a: GenArgs) -> Result<i32> {
         println!("  note: {n}");
     }
     Ok(i32::from(res.err > 0 || res.missing > 0))
+}
+
+fn cmd_machine(a: MachineArgs) -> Result<i32> {
+    let dir = a.dir.unwrap_or_else(std::env::temp_dir);
+    let p = probe::measure(&dir).with_context(|| format!("probing {}", dir.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&p)?);
+    } else {
+        println!(
+            "4-KiB append + fdatasync in {}: p50 {:.1}us  p99 {:.1}us\n\
+             fixed CPU work: {:.2}ms\n\
+             random load over 32 MiB: {:.1}ns",
+            dir.display(),
+            p.fdatasync_p50_us,
+            p.fdatasync_p99_us,
+            p.cpu_us / 1e3,
+            p.mem_ns
+        );
+    }
+    Ok(0)
 }
 
 fn cmd_raw(a: RawArgs) -> Result<i32> {

@@ -114,6 +114,8 @@ pub struct RunMetrics {
     pub ricochet_peak_rss_mib: Option<f64>,
     pub ricochet_exit: String,
     pub load_tool_cpu_s: Option<f64>,
+    /// The machine's state at the run's start ([`crate::probe`]).
+    pub machine: Option<crate::probe::MachineProbe>,
     /// Every raw measurement of the run; the ceiling is the best ([`RunMetrics::raw_ceiling`]).
     pub raw_points: Vec<crate::run::RawPoint>,
     /// Connections the sink accepted.
@@ -152,7 +154,10 @@ enum Unit {
     /// Seconds with milliseconds.
     Secs3,
     Micros,
+    /// Microseconds with one decimal (CPU per event, the fsync probe).
+    MicrosFrac,
     MiB,
+    Nanos,
     Share,
 }
 
@@ -234,6 +239,16 @@ const ROWS: &[(&str, &str, Unit, Getter)] = &[
         m.ricochet_cpu_s
     }),
     (
+        "ricochet_cpu_us_per_event",
+        "ricochet CPU per accepted event",
+        Unit::MicrosFrac,
+        |m| {
+            m.ricochet_cpu_s
+                .filter(|_| m.accepted > 0)
+                .map(|s| s * 1e6 / m.accepted as f64)
+        },
+    ),
+    (
         "ricochet_peak_rss_mib",
         "ricochet peak RSS",
         Unit::MiB,
@@ -266,6 +281,30 @@ const ROWS: &[(&str, &str, Unit, Getter)] = &[
     ("load_tool_cpu_s", "load tool CPU", Unit::Secs, |m| {
         m.load_tool_cpu_s
     }),
+    (
+        "machine_fdatasync_p50_us",
+        "machine: 4-KiB append + fdatasync p50",
+        Unit::MicrosFrac,
+        |m| m.machine.map(|p| p.fdatasync_p50_us),
+    ),
+    (
+        "machine_fdatasync_p99_us",
+        "machine: 4-KiB append + fdatasync p99",
+        Unit::MicrosFrac,
+        |m| m.machine.map(|p| p.fdatasync_p99_us),
+    ),
+    (
+        "machine_cpu_us",
+        "machine: fixed CPU work",
+        Unit::Micros,
+        |m| m.machine.map(|p| p.cpu_us),
+    ),
+    (
+        "machine_mem_ns",
+        "machine: random load over 32 MiB",
+        Unit::Nanos,
+        |m| m.machine.map(|p| p.mem_ns),
+    ),
     ("raw_requests_per_s", "raw ceiling req/s", Unit::Rate, |m| {
         m.raw_ceiling().map(|p| p.requests_per_s)
     }),
@@ -374,6 +413,8 @@ fn fmt(unit: Unit, v: Option<f64>) -> String {
         Unit::Secs => format!("{v:.2}s"),
         Unit::Secs3 => format!("{v:.3}s"),
         Unit::Micros => fmt_us(v.round() as u64),
+        Unit::MicrosFrac => format!("{v:.1}us"),
+        Unit::Nanos => format!("{v:.1}ns"),
         Unit::MiB => format!("{v:.1} MiB"),
         Unit::Share => format!("{:.1}%", v * 100.0),
     }

@@ -1234,6 +1234,10 @@ fn run_in(
         });
     }
     let mut notes = Vec::new();
+    // Before anything of the run starts, so the probes see the machine alone.
+    let machine = crate::probe::measure(dir)
+        .map_err(|e| notes.push(format!("machine probe failed: {e}")))
+        .ok();
     let ca_file = dir.join("sink-ca.pem");
     if scheme == Scheme::Https {
         let t = crate::tls::SinkTls::generate()?;
@@ -1697,6 +1701,7 @@ fn run_in(
         ricochet_peak_rss_mib: hwm,
         ricochet_exit: exit,
         load_tool_cpu_s: load_cpu,
+        machine,
         raw_points,
         sink_connections: c.connections,
         ricochet_connections,
