@@ -44,7 +44,7 @@ pub struct MachineProbe {
     pub mem_ns: f64,
 }
 
-/// Runs both probes, the fsync one in `dir` (its file is removed afterwards).
+/// Runs the three probes, the fsync one in `dir` (its file is removed afterwards).
 pub fn measure(dir: &Path) -> std::io::Result<MachineProbe> {
     let (fdatasync_p50_us, fdatasync_p99_us) = fdatasync(dir, FSYNC_APPENDS)?;
     Ok(MachineProbe {
