@@ -15,7 +15,6 @@
 
 use std::time::Instant;
 
-use bytes::Bytes;
 use ricochet::store::{seq_floor, EventRecord, Seq, Store};
 
 const EVENTS: u64 = 200_000;
@@ -36,15 +35,15 @@ fn event(i: u64) -> EventRecord {
         data.push(char::from(b'a' + (i % 26) as u8));
     }
     data.push_str(r#""}"#);
-    EventRecord {
-        seq: seq_of(i),
-        ext_id: Some(format!("ev-{i}")),
-        etype: "action_lifecycle".into(),
-        account: Some(format!("acct-{}", i % 1000)),
-        time_ms: 1_772_323_200_000 + i / PER_MS,
-        routes: vec![(i % 16) as u32 + 1],
-        data: Bytes::from(data),
-    }
+    EventRecord::new(
+        seq_of(i),
+        Some(&format!("ev-{i}")),
+        "action_lifecycle",
+        Some(&format!("acct-{}", i % 1000)),
+        1_772_323_200_000 + i / PER_MS,
+        &[(i % 16) as u32 + 1],
+        data.as_bytes(),
+    )
 }
 
 fn main() {
@@ -76,12 +75,15 @@ fn main() {
             let started = Instant::now();
             if *way == "point reads" {
                 for seq in seqs {
-                    checksum += store.event(seq).expect("read").map_or(0, |e| e.data.len());
+                    checksum += store
+                        .event(seq)
+                        .expect("read")
+                        .map_or(0, |e| e.data().len());
                 }
             } else {
                 let mut r = store.event_reader();
                 for seq in seqs {
-                    checksum += r.get(seq).expect("read").map_or(0, |e| e.data.len());
+                    checksum += r.get(seq).expect("read").map_or(0, |e| e.data().len());
                 }
             }
             times.push(started.elapsed().as_nanos() as f64 / reads as f64);

@@ -278,15 +278,17 @@ impl Gen {
         let seq = seq_floor(m.ms);
         let data = payload(m.etype, i, m.ms, &mut m.rng);
         let body_len = data.len() as u32;
-        let ev = EventRecord {
+        let ev = EventRecord::new(
             seq,
-            ext_id: m.has_id.then(|| format!("{}-{i}", &m.etype[..3])),
-            etype: m.etype.to_string(),
-            account: m.account.map(account_name),
-            time_ms: m.ms - m.rng.below(5_000),
-            routes: m.routes.clone(),
-            data,
-        };
+            m.has_id
+                .then(|| format!("{}-{i}", &m.etype[..3]))
+                .as_deref(),
+            m.etype,
+            m.account.map(account_name).as_deref(),
+            m.ms - m.rng.below(5_000),
+            &m.routes,
+            &data,
+        );
         b.put_event(store, &ev);
         counts.add(&m);
         for (k, &ep) in m.routes.iter().enumerate() {

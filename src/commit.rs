@@ -802,20 +802,20 @@ impl State {
         let seq = self.next_seq.max(seq_floor(now));
         self.next_seq = seq + 1;
         self.router.route(&ev.etype, ev.account.as_deref(), routes);
-        let rec = Arc::new(EventRecord {
+        let rec = Arc::new(EventRecord::new(
             seq,
-            ext_id: ev.ext_id,
-            etype: ev.etype,
-            account: ev.account,
-            time_ms: ev.time_ms.unwrap_or(now),
-            routes: routes.clone(),
-            data: ev.data,
-        });
+            ev.ext_id.as_deref(),
+            &ev.etype,
+            ev.account.as_deref(),
+            ev.time_ms.unwrap_or(now),
+            routes,
+            &ev.data,
+        ));
         batch.put_event(&self.store, &rec);
         for &ep in routes.iter() {
             let info = &self.router.eps[&ep];
             let due = DueKey {
-                due_ms: now.max(rec.time_ms.saturating_add(info.min_delay_ms)),
+                due_ms: now.max(rec.time_ms().saturating_add(info.min_delay_ms)),
                 seq,
                 ep,
             };
@@ -1267,7 +1267,7 @@ impl State {
             };
             let wanted: Vec<EndpointId> = match only {
                 Some(ep) => vec![ep],
-                None => ev.routes.clone(),
+                None => ev.routes().collect(),
             };
             let mut scheduled = Vec::new();
             for ep in wanted {
@@ -1281,9 +1281,9 @@ impl State {
                         | DeliveryState::Expired => v.attempts,
                         _ => continue,
                     },
-                    None if ev.routes.contains(&ep) => continue,
+                    None if ev.has_route(ep) => continue,
                     None => {
-                        ev.routes.push(ep);
+                        ev = ev.with_route(ep);
                         batch.add_route(&self.store, &ev, ep);
                         0
                     }

@@ -33,16 +33,16 @@ pub fn render_request(cfg: &Config, endpoint: &str, input: &[u8]) -> anyhow::Res
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as u64;
-    let rec = EventRecord {
-        seq: seq_floor(now),
-        ext_id: ev.ext_id,
-        etype: ev.etype,
-        account: ev.account,
-        time_ms: ev.time_ms.unwrap_or(now),
-        routes: vec![],
-        data: ev.data,
-    };
-    let doc = Doc::parse(rec.data.clone())
+    let rec = EventRecord::new(
+        seq_floor(now),
+        ev.ext_id.as_deref(),
+        &ev.etype,
+        ev.account.as_deref(),
+        ev.time_ms.unwrap_or(now),
+        &[],
+        &ev.data,
+    );
+    let doc = Doc::parse(rec.data_bytes())
         .unwrap_or_else(|_| Doc::parse(Bytes::from_static(b"{}")).expect("empty object parses"));
     let mut out = Vec::new();
     build(

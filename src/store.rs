@@ -166,71 +166,191 @@ impl DeliveryState {
     }
 }
 
-/// One accepted event as stored in the log.
-#[derive(Debug, Clone, PartialEq)]
+/// One accepted event, held as its record in `events`: one buffer, read through
+/// accessors. The record's fields, in order: version `1` u8, event time u64 LE, type,
+/// producer id, account (each a string: u32 LE length, `u32::MAX` for none, then the
+/// bytes), the routes (u16 LE count, then u32 LE endpoint ids) and the `data` JSON
+/// exactly as received, to the end.
+///
+/// Every loaded delivery holds its event (through an `Arc`), so the in-memory form is the
+/// stored one: two allocations per event (the `Arc` and the bytes) instead of one per
+/// field, nothing to encode again at commit and nothing to take apart when the loader
+/// reads an event back. [`EventRecord::from_raw`] checks the whole layout once, so the
+/// accessors only walk it.
+#[derive(Clone, PartialEq)]
 pub struct EventRecord {
     pub seq: Seq,
-    /// The producer's idempotency key, if it gave one.
-    pub ext_id: Option<String>,
-    pub etype: String,
-    pub account: Option<String>,
-    /// Event time (the producer's `time`, else arrival), unix ms.
-    pub time_ms: u64,
-    /// Endpoints this event was routed to when it was accepted.
-    pub routes: Vec<EndpointId>,
-    /// The `data` JSON exactly as received.
-    pub data: Bytes,
+    raw: Bytes,
 }
 
-impl EventRecord {
-    /// The id ricochet reports for this event: the producer's id, else `evt_<seq hex>`.
-    pub fn display_id(&self) -> std::borrow::Cow<'_, str> {
-        match &self.ext_id {
-            Some(id) => std::borrow::Cow::Borrowed(id),
-            None => std::borrow::Cow::Owned(generated_id(self.seq)),
-        }
-    }
+/// Bytes before the type: version, event time.
+const EVENT_HEAD: usize = 1 + 8;
 
-    pub fn encode(&self, out: &mut Vec<u8>) {
+impl EventRecord {
+    /// Encodes a new event.
+    pub fn new(
+        seq: Seq,
+        ext_id: Option<&str>,
+        etype: &str,
+        account: Option<&str>,
+        time_ms: u64,
+        routes: &[EndpointId],
+        data: &[u8],
+    ) -> EventRecord {
+        let strs = etype.len() + ext_id.map_or(0, str::len) + account.map_or(0, str::len);
+        let mut out =
+            Vec::with_capacity(EVENT_HEAD + 12 + strs + 2 + 4 * routes.len() + data.len());
         out.push(1); // version
-        out.extend_from_slice(&self.time_ms.to_le_bytes());
-        put_str(out, Some(&self.etype));
-        put_str(out, self.ext_id.as_deref());
-        put_str(out, self.account.as_deref());
-        out.extend_from_slice(&(self.routes.len() as u16).to_le_bytes());
-        for r in &self.routes {
+        out.extend_from_slice(&time_ms.to_le_bytes());
+        put_str(&mut out, Some(etype));
+        put_str(&mut out, ext_id);
+        put_str(&mut out, account);
+        out.extend_from_slice(&(routes.len() as u16).to_le_bytes());
+        for r in routes {
             out.extend_from_slice(&r.to_le_bytes());
         }
-        out.extend_from_slice(&self.data);
+        out.extend_from_slice(data);
+        EventRecord {
+            seq,
+            raw: Bytes::from(out),
+        }
     }
 
+    /// Takes a stored record (copied out of RocksDB's buffer), checking its layout.
     pub fn decode(seq: Seq, buf: &[u8]) -> Result<EventRecord> {
+        EventRecord::from_raw(seq, Bytes::copy_from_slice(buf))
+    }
+
+    /// Takes a stored record, checking its layout: the version, every length, and that
+    /// the strings are UTF-8.
+    pub fn from_raw(seq: Seq, raw: Bytes) -> Result<EventRecord> {
         let bad = |what: &str| StoreError::Corrupt {
             cf: CF_EVENTS,
             what: format!("event {seq}: {what}"),
         };
-        let mut r = Reader(buf);
+        let mut r = Reader(&raw);
         if r.u8().ok_or_else(|| bad("empty"))? != 1 {
             return Err(bad("unknown version"));
         }
-        let time_ms = r.u64().ok_or_else(|| bad("time"))?;
-        let etype = r.str().ok_or_else(|| bad("type"))?.unwrap_or_default();
-        let ext_id = r.str().ok_or_else(|| bad("id"))?;
-        let account = r.str().ok_or_else(|| bad("account"))?;
-        let n = r.u16().ok_or_else(|| bad("routes"))?;
-        let mut routes = Vec::with_capacity(n as usize);
-        for _ in 0..n {
-            routes.push(r.u32().ok_or_else(|| bad("route"))?);
+        r.u64().ok_or_else(|| bad("time"))?;
+        for what in ["type", "id", "account"] {
+            if let Some(b) = r.str_bytes().ok_or_else(|| bad(what))? {
+                std::str::from_utf8(b).map_err(|_| bad(what))?;
+            }
         }
-        Ok(EventRecord {
-            seq,
-            ext_id,
-            etype,
-            account,
-            time_ms,
-            routes,
-            data: Bytes::copy_from_slice(r.0),
-        })
+        let n = r.u16().ok_or_else(|| bad("routes"))?;
+        r.take(4 * n as usize).ok_or_else(|| bad("route"))?;
+        Ok(EventRecord { seq, raw })
+    }
+
+    /// The stored record: what `events` holds under this event's key.
+    pub fn encoded(&self) -> &[u8] {
+        &self.raw
+    }
+
+    /// A reader past the event time, at the type.
+    fn fields(&self) -> Reader<'_> {
+        Reader(&self.raw[EVENT_HEAD..])
+    }
+
+    /// The string field `i` (0 type, 1 producer id, 2 account).
+    fn string(&self, i: usize) -> Option<&str> {
+        let mut r = self.fields();
+        for _ in 0..i {
+            r.str_bytes();
+        }
+        // Checked in `from_raw`; `new` writes strings.
+        r.str_bytes()
+            .flatten()
+            .map(|b| std::str::from_utf8(b).unwrap_or_default())
+    }
+
+    /// Event time (the producer's `time`, else arrival), unix ms.
+    pub fn time_ms(&self) -> u64 {
+        u64::from_le_bytes(self.raw[1..EVENT_HEAD].try_into().expect("8 bytes"))
+    }
+
+    pub fn etype(&self) -> &str {
+        self.string(0).unwrap_or_default()
+    }
+
+    /// The producer's idempotency key, if it gave one.
+    pub fn ext_id(&self) -> Option<&str> {
+        self.string(1)
+    }
+
+    pub fn account(&self) -> Option<&str> {
+        self.string(2)
+    }
+
+    /// The routes' count and bytes, and where `data` begins.
+    fn routes_and_data(&self) -> (&[u8], usize) {
+        let mut r = self.fields();
+        for _ in 0..3 {
+            r.str_bytes();
+        }
+        let n = r.u16().unwrap_or(0) as usize;
+        let routes = r.take(4 * n).unwrap_or_default();
+        (routes, self.raw.len() - r.0.len())
+    }
+
+    /// Endpoints this event was routed to (when it was accepted, and any a replay added).
+    pub fn routes(&self) -> impl ExactSizeIterator<Item = EndpointId> + Clone + '_ {
+        self.routes_and_data()
+            .0
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    }
+
+    pub fn has_route(&self, ep: EndpointId) -> bool {
+        self.routes().any(|r| r == ep)
+    }
+
+    /// The same event routed to `ep` as well (a replay to a new endpoint).
+    pub fn with_route(&self, ep: EndpointId) -> EventRecord {
+        let mut routes: Vec<EndpointId> = self.routes().collect();
+        routes.push(ep);
+        EventRecord::new(
+            self.seq,
+            self.ext_id(),
+            self.etype(),
+            self.account(),
+            self.time_ms(),
+            &routes,
+            self.data(),
+        )
+    }
+
+    /// The `data` JSON exactly as received.
+    pub fn data(&self) -> &[u8] {
+        &self.raw[self.routes_and_data().1..]
+    }
+
+    /// [`EventRecord::data`] as shared bytes (no copy).
+    pub fn data_bytes(&self) -> Bytes {
+        self.raw.slice(self.routes_and_data().1..)
+    }
+
+    /// The id ricochet reports for this event: the producer's id, else `evt_<seq hex>`.
+    pub fn display_id(&self) -> std::borrow::Cow<'_, str> {
+        match self.ext_id() {
+            Some(id) => std::borrow::Cow::Borrowed(id),
+            None => std::borrow::Cow::Owned(generated_id(self.seq)),
+        }
+    }
+}
+
+impl std::fmt::Debug for EventRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventRecord")
+            .field("seq", &self.seq)
+            .field("ext_id", &self.ext_id())
+            .field("etype", &self.etype())
+            .field("account", &self.account())
+            .field("time_ms", &self.time_ms())
+            .field("routes", &self.routes().collect::<Vec<_>>())
+            .field("data", &String::from_utf8_lossy(self.data()))
+            .finish()
     }
 }
 
@@ -909,7 +1029,7 @@ impl Store {
             }
         }
         match parse_generated_id(id) {
-            Some(seq) => Ok(self.event(seq)?.filter(|e| e.ext_id.is_none())),
+            Some(seq) => Ok(self.event(seq)?.filter(|e| e.ext_id().is_none())),
             None => Ok(None),
         }
     }
@@ -1014,8 +1134,8 @@ impl Store {
             }
             Ok(())
         })?;
-        let mut out = Vec::with_capacity(ev.routes.len());
-        for &ep in &ev.routes {
+        let mut out = Vec::with_capacity(ev.routes().len());
+        for ep in ev.routes() {
             let (attempts, after) = last
                 .iter()
                 .find(|(e, _, _)| *e == ep)
@@ -1190,11 +1310,11 @@ impl Store {
         ev: &EventRecord,
         snap: &Snapshot<'_>,
     ) -> Result<Option<Vec<DeliveryView>>> {
-        if q.etype.as_deref().is_some_and(|t| t != ev.etype)
+        if q.etype.as_deref().is_some_and(|t| t != ev.etype())
             || q.account
                 .as_deref()
-                .is_some_and(|a| ev.account.as_deref() != Some(a))
-            || q.ep.is_some_and(|ep| !ev.routes.contains(&ep))
+                .is_some_and(|a| ev.account() != Some(a))
+            || q.ep.is_some_and(|ep| !ev.has_route(ep))
         {
             return Ok(None);
         }
@@ -1643,19 +1763,17 @@ impl Batch {
 
     /// The event, its idempotency key and its index entries (type, account, endpoints).
     pub fn put_event(&mut self, store: &Store, ev: &EventRecord) {
-        self.scratch.clear();
-        ev.encode(&mut self.scratch);
         self.wb
-            .put_cf(store.cf(CF_EVENTS), ev.seq.to_be_bytes(), &self.scratch);
-        if let Some(id) = &ev.ext_id {
+            .put_cf(store.cf(CF_EVENTS), ev.seq.to_be_bytes(), ev.encoded());
+        if let Some(id) = ev.ext_id() {
             self.wb
                 .put_cf(store.cf(CF_IDEM), id.as_bytes(), ev.seq.to_be_bytes());
         }
-        self.post(IndexKey::Type(&ev.etype), ev.seq);
-        if let Some(a) = &ev.account {
+        self.post(IndexKey::Type(ev.etype()), ev.seq);
+        if let Some(a) = ev.account() {
             self.post(IndexKey::Account(a), ev.seq);
         }
-        for &ep in &ev.routes {
+        for ep in ev.routes() {
             self.post(IndexKey::Endpoint(ep), ev.seq);
         }
         self.events += 1;
@@ -1706,10 +1824,8 @@ impl Batch {
     /// Rewrites an event whose routes grew (a replay to a new endpoint), indexing the
     /// new route.
     pub fn add_route(&mut self, store: &Store, ev: &EventRecord, ep: EndpointId) {
-        self.scratch.clear();
-        ev.encode(&mut self.scratch);
         self.wb
-            .put_cf(store.cf(CF_EVENTS), ev.seq.to_be_bytes(), &self.scratch);
+            .put_cf(store.cf(CF_EVENTS), ev.seq.to_be_bytes(), ev.encoded());
         self.wb.put_cf(
             store.cf(CF_INDEX),
             IndexKey::EndpointAdded(ep).key(ev.seq, ep),
@@ -1864,6 +1980,14 @@ impl<'a> Reader<'a> {
         let n = self.u32()?;
         self.take(n as usize)
     }
+    /// A string's bytes: `Some(None)` for an absent string, `None` when truncated.
+    fn str_bytes(&mut self) -> Option<Option<&'a [u8]>> {
+        let n = self.u32()?;
+        if n == u32::MAX {
+            return Some(None);
+        }
+        self.take(n as usize).map(Some)
+    }
     /// `Some(None)` for an absent string, `None` when truncated.
     fn str(&mut self) -> Option<Option<String>> {
         let n = self.u32()?;
@@ -1880,24 +2004,64 @@ mod tests {
     use super::*;
 
     fn ev(seq: Seq) -> EventRecord {
-        EventRecord {
+        EventRecord::new(
             seq,
-            ext_id: Some(format!("id-{seq}")),
-            etype: "action_inquiry".into(),
-            account: None,
-            time_ms: 1_700_000_000_000,
-            routes: vec![1, 7],
-            data: Bytes::from_static(br#"{"a":1.50}"#),
-        }
+            Some(&format!("id-{seq}")),
+            "action_inquiry",
+            None,
+            1_700_000_000_000,
+            &[1, 7],
+            br#"{"a":1.50}"#,
+        )
     }
 
     #[test]
     fn event_record_round_trip() {
         let e = ev(42);
-        let mut buf = Vec::new();
-        e.encode(&mut buf);
-        assert_eq!(EventRecord::decode(42, &buf).unwrap(), e);
-        assert!(EventRecord::decode(42, &buf[..5]).is_err());
+        let back = EventRecord::decode(42, e.encoded()).unwrap();
+        assert_eq!(back, e);
+        assert_eq!(back.ext_id(), Some("id-42"));
+        assert_eq!(back.etype(), "action_inquiry");
+        assert_eq!(back.account(), None);
+        assert_eq!(back.time_ms(), 1_700_000_000_000);
+        assert_eq!(back.routes().collect::<Vec<_>>(), [1, 7]);
+        assert_eq!(back.data(), br#"{"a":1.50}"#);
+        assert_eq!(back.data_bytes(), Bytes::from_static(br#"{"a":1.50}"#));
+        assert_eq!(back.display_id(), "id-42");
+        // Cut anywhere inside the fields before `data`: refused, never read past the end.
+        let head = e.encoded().len() - e.data().len();
+        for cut in 0..head {
+            assert!(
+                EventRecord::decode(42, &e.encoded()[..cut]).is_err(),
+                "cut {cut}"
+            );
+        }
+        let mut bad = e.encoded().to_vec();
+        bad[EVENT_HEAD + 4] = 0xff; // the type's first byte: not UTF-8
+        assert!(EventRecord::decode(42, &bad).is_err());
+        bad[0] = 2;
+        assert!(EventRecord::decode(42, &bad).is_err());
+    }
+
+    #[test]
+    fn an_event_gains_a_route_and_keeps_the_rest() {
+        let e = EventRecord::new(9, None, "t", Some("acct"), 5, &[], b"[]");
+        assert_eq!(e.display_id(), generated_id(9));
+        assert!(!e.has_route(4));
+        let e2 = e.with_route(4).with_route(6);
+        assert_eq!(e2.routes().collect::<Vec<_>>(), [4, 6]);
+        assert!(e2.has_route(6));
+        assert_eq!(
+            (
+                e2.seq,
+                e2.ext_id(),
+                e2.etype(),
+                e2.account(),
+                e2.time_ms(),
+                e2.data()
+            ),
+            (9, None, "t", Some("acct"), 5, &b"[]"[..])
+        );
     }
 
     #[test]
@@ -2016,15 +2180,15 @@ mod tests {
         for i in 0..n {
             let seq = 1000 + i;
             let routes = if seq % 2 == 1 { vec![1, 2] } else { vec![1] };
-            let e = EventRecord {
+            let e = EventRecord::new(
                 seq,
-                ext_id: None,
-                etype: if seq % 2 == 0 { "a" } else { "b" }.into(),
-                account: (seq % 3 == 0).then(|| "p1".to_string()),
-                time_ms: 0,
-                routes: routes.clone(),
-                data: Bytes::from_static(b"{}"),
-            };
+                None,
+                if seq % 2 == 0 { "a" } else { "b" },
+                (seq % 3 == 0).then_some("p1"),
+                0,
+                &routes,
+                b"{}",
+            );
             b.put_event(&s, &e);
             if routes.contains(&2) && seq % 5 == 0 {
                 let a = AttemptRecord {
@@ -2132,29 +2296,29 @@ mod tests {
     fn grouped_indexes_answer_like_a_scan_across_batches() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        let mk = |seq: Seq| EventRecord {
-            seq,
-            ext_id: None,
-            etype: ["a", "b", "c"][(seq % 3) as usize].into(),
-            account: (seq % 4 != 0).then(|| format!("p{}", seq % 2)),
-            time_ms: 0,
-            routes: if seq % 5 == 0 { vec![1, 2] } else { vec![1] },
-            data: Bytes::from_static(b"{}"),
+        let mk = |seq: Seq| {
+            EventRecord::new(
+                seq,
+                None,
+                ["a", "b", "c"][(seq % 3) as usize],
+                (seq % 4 != 0).then(|| format!("p{}", seq % 2)).as_deref(),
+                0,
+                if seq % 5 == 0 { &[1, 2] } else { &[1] },
+                b"{}",
+            )
         };
         let mut all: Vec<EventRecord> = Vec::new();
         // Old layout: one index key per entry, empty value.
         for seq in 900..940 {
             let e = mk(seq);
             let mut b = s.batch();
-            b.scratch.clear();
-            e.encode(&mut b.scratch);
-            b.wb.put_cf(s.cf(CF_EVENTS), seq.to_be_bytes(), &b.scratch);
+            b.wb.put_cf(s.cf(CF_EVENTS), seq.to_be_bytes(), e.encoded());
             let index = s.cf(CF_INDEX);
-            b.wb.put_cf(index, IndexKey::Type(&e.etype).key(seq, 0), []);
-            if let Some(a) = &e.account {
+            b.wb.put_cf(index, IndexKey::Type(e.etype()).key(seq, 0), []);
+            if let Some(a) = e.account() {
                 b.wb.put_cf(index, IndexKey::Account(a).key(seq, 0), []);
             }
-            for &ep in &e.routes {
+            for ep in e.routes() {
                 b.wb.put_cf(index, IndexKey::Endpoint(ep).key(seq, ep), []);
             }
             s.commit(b, false).unwrap();
@@ -2175,16 +2339,15 @@ mod tests {
         // Routes to endpoint 3 added later to events in the middle of groups.
         // (`all` holds the 40 old-layout events, then the grouped ones.)
         for at in [43, 50, 71, 20] {
-            let e = &mut all[at];
-            e.routes.push(3);
+            all[at] = all[at].with_route(3);
+            let e = &all[at];
             let mut b = s.batch();
             b.add_route(&s, e, 3);
             s.commit(b, false).unwrap();
         }
         // Endpoint 3 also in a later group of its own.
         let mut b = s.batch();
-        let mut e = mk(5000);
-        e.routes = vec![3];
+        let e = EventRecord::new(5000, None, "c", Some("p0"), 0, &[3], b"{}");
         b.put_event(&s, &e);
         all.push(e);
         s.commit(b, false).unwrap();
@@ -2240,11 +2403,9 @@ mod tests {
             let mut want: Vec<Seq> = all
                 .iter()
                 .filter(|e| {
-                    f.etype.as_deref().is_none_or(|t| t == e.etype)
-                        && f.account
-                            .as_deref()
-                            .is_none_or(|a| e.account.as_deref() == Some(a))
-                        && f.ep.is_none_or(|ep| e.routes.contains(&ep))
+                    f.etype.as_deref().is_none_or(|t| t == e.etype())
+                        && f.account.as_deref().is_none_or(|a| e.account() == Some(a))
+                        && f.ep.is_none_or(|ep| e.has_route(ep))
                         && f.before.is_none_or(|b| e.seq < b)
                 })
                 .map(|e| e.seq)

@@ -126,7 +126,7 @@ struct WorkEvent {
 impl WorkEvent {
     fn doc(&self) -> &Doc {
         self.doc.get_or_init(|| {
-            Doc::parse(self.rec.data.clone()).unwrap_or_else(|e| {
+            Doc::parse(self.rec.data_bytes()).unwrap_or_else(|e| {
                 tracing::warn!(seq = self.rec.seq, error = %e, "event data does not index; rendering as empty");
                 Doc::parse(Bytes::from_static(b"{}")).expect("empty object parses")
             })

@@ -203,15 +203,15 @@ impl Admin {
         let sample = super::samples::sample(&etype);
         let now = crate::worker::now_ms();
         let seq = seq_floor(now);
-        let event = Arc::new(EventRecord {
+        let event = Arc::new(EventRecord::new(
             seq,
-            ext_id: Some(format!("test_{seq:016x}")),
-            etype: sample.etype.clone(),
-            account: spec.cfg.account.clone().or(sample.account.clone()),
-            time_ms: now,
-            routes: vec![spec.id],
-            data: sample.data.clone(),
-        });
+            Some(&format!("test_{seq:016x}")),
+            &sample.etype,
+            spec.cfg.account.as_deref().or(sample.account.as_deref()),
+            now,
+            &[spec.id],
+            &sample.data,
+        ));
         let (tx, rx) = crossbeam_channel::bounded(1);
         let worker = worker_for(&spec.cfg.name, self.workers.len());
         if !self.workers[worker].send(WorkerMsg::Test {
@@ -231,12 +231,12 @@ impl Admin {
                 "endpoint": spec.cfg.name,
                 "event": {
                     "id": id,
-                    "type": event.etype,
-                    "account": event.account,
-                    "data": serde_json::from_slice::<Value>(&event.data).unwrap_or(Value::Null),
+                    "type": event.etype(),
+                    "account": event.account(),
+                    "data": serde_json::from_slice::<Value>(event.data()).unwrap_or(Value::Null),
                 },
                 "success": attempt.state_after == Some(DeliveryState::Delivered),
-                "attempt": attempt_json(&id, 1, &attempt, &event.data),
+                "attempt": attempt_json(&id, 1, &attempt, event.data()),
             }),
         )
     }

@@ -107,7 +107,7 @@ impl Admin {
                 let list: Vec<Value> = attempts
                     .iter()
                     .filter(|(e, _, _)| *e == v.ep)
-                    .map(|(_, n, a)| attempt_json(&display_id, *n, a, &ev.data))
+                    .map(|(_, n, a)| attempt_json(&display_id, *n, a, ev.data()))
                     .collect();
                 json!({
                     "endpoint": name_of(&names, v.ep),
@@ -117,7 +117,7 @@ impl Admin {
             })
             .collect();
         let mut out = summary(&ev, &[], &names);
-        out["data"] = serde_json::from_slice(&ev.data).unwrap_or(Value::Null);
+        out["data"] = serde_json::from_slice(ev.data()).unwrap_or(Value::Null);
         out["deliveries"] = Value::Array(deliveries);
         Ok(Some(out))
     }
@@ -262,10 +262,10 @@ fn summary(
 ) -> Value {
     json!({
         "id": ev.display_id(),
-        "type": ev.etype,
-        "account": ev.account,
+        "type": ev.etype(),
+        "account": ev.account(),
         "created": rfc3339(seq_time_ms(ev.seq)),
-        "time": rfc3339(ev.time_ms),
+        "time": rfc3339(ev.time_ms()),
         "deliveries": views.iter().map(|v| json!({
             "endpoint": name_of(names, v.ep),
             "state": v.state.as_str(),

@@ -79,7 +79,7 @@ pub fn build(
             None => render_default_body(body_format(spec), doc, &mut s.body),
         }
     }
-    let body: &[u8] = if passthrough { &event.data } else { &s.body };
+    let body: &[u8] = if passthrough { event.data() } else { &s.body };
     s.passthrough = passthrough;
     s.body_len = if has_body { body.len() } else { 0 };
     let id = event.display_id();
