@@ -175,7 +175,7 @@ impl DeliveryState {
 /// Every loaded delivery holds its event (through an `Arc`), so the in-memory form is the
 /// stored one: two allocations per event (the `Arc` and the bytes) instead of one per
 /// field, nothing to encode again at commit and nothing to take apart when the loader
-/// reads an event back. [`EventRecord::from_raw`] checks the whole layout once, so the
+/// reads an event back. [`EventRecord::decode`] checks the whole layout once, so the
 /// accessors only walk it.
 #[derive(Clone, PartialEq)]
 pub struct EventRecord {
@@ -216,19 +216,14 @@ impl EventRecord {
         }
     }
 
-    /// Takes a stored record (copied out of RocksDB's buffer), checking its layout.
+    /// Takes a stored record, checking its layout (the version, every length, and that
+    /// the strings are UTF-8) before copying it out of RocksDB's buffer.
     pub fn decode(seq: Seq, buf: &[u8]) -> Result<EventRecord> {
-        EventRecord::from_raw(seq, Bytes::copy_from_slice(buf))
-    }
-
-    /// Takes a stored record, checking its layout: the version, every length, and that
-    /// the strings are UTF-8.
-    pub fn from_raw(seq: Seq, raw: Bytes) -> Result<EventRecord> {
         let bad = |what: &str| StoreError::Corrupt {
             cf: CF_EVENTS,
             what: format!("event {seq}: {what}"),
         };
-        let mut r = Reader(&raw);
+        let mut r = Reader(buf);
         if r.u8().ok_or_else(|| bad("empty"))? != 1 {
             return Err(bad("unknown version"));
         }
@@ -240,7 +235,10 @@ impl EventRecord {
         }
         let n = r.u16().ok_or_else(|| bad("routes"))?;
         r.take(4 * n as usize).ok_or_else(|| bad("route"))?;
-        Ok(EventRecord { seq, raw })
+        Ok(EventRecord {
+            seq,
+            raw: Bytes::copy_from_slice(buf),
+        })
     }
 
     /// The stored record: what `events` holds under this event's key.
@@ -259,7 +257,7 @@ impl EventRecord {
         for _ in 0..i {
             r.str_bytes();
         }
-        // Checked in `from_raw`; `new` writes strings.
+        // Checked in `decode`; `new` writes strings.
         r.str_bytes()
             .flatten()
             .map(|b| std::str::from_utf8(b).unwrap_or_default())
