@@ -72,7 +72,7 @@ const TICK: Duration = Duration::from_millis(50);
 ///
 /// A lower floor saves memory but costs CPU: measured with 20,000, `max` peaked ~40 MiB
 /// lower, while `retry-storm` and `backlog` spent 14–30% more CPU (more fresh
-/// deliveries spilled to disk and read back) — see docs/performance.md.
+/// deliveries spilled to disk and read back) — see docs/perf/history.md, sessions 2 and 7.
 pub const MIN_IN_MEMORY: usize = 50_000;
 /// …and at most; in between, [`PER_ENDPOINT_IN_MEMORY`] per endpoint.
 pub const MAX_IN_MEMORY: usize = 100_000;

@@ -845,7 +845,7 @@ fn read_at(snap: Option<&Snapshot<'_>>) -> ReadOptions {
 /// Small on purpose: the loader reads events back in order (one block serves the events
 /// next to each other, and the iterator holds it while it does), and the OS page cache
 /// keeps the compressed blocks anyway. 32 MiB, measured against this: peak RSS 20–30 MiB
-/// higher at `max` and `backlog`, no faster (docs/performance.md, session 12).
+/// higher at `max` and `backlog`, no faster (docs/perf/history.md#budget, session 12).
 const BLOCK_CACHE_BYTES: usize = 8 << 20;
 
 impl Store {
@@ -860,7 +860,7 @@ impl Store {
         opts.set_max_total_wal_size(256 << 20);
         // One memtable budget for all column families. 32 MiB was measured twice; on the
         // 16-lane `max` it cost ~10% throughput (compaction doubled) and saved no RSS
-        // (docs/performance.md, "Experiments measured and reverted"; glibc's heap keeps
+        // (docs/perf/history.md#reverted-s3; glibc's heap keeps
         // freed memtable blocks: docs/operations.md, "Memory").
         opts.set_db_write_buffer_size(64 << 20);
         let block_cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);

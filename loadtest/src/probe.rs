@@ -5,7 +5,7 @@
 //! it shares with its neighbours: what a memtable insert mostly waits on).
 //!
 //! The same build gives figures a quarter apart on this kind of shared VM from one
-//! session to the next (docs/performance.md, "Session 13"); the probes put the state of
+//! session to the next (docs/perf/history.md#slow, session 13); the probes put the state of
 //! the machine beside each run's figures, so runs from different hours can be read
 //! against each other. They measure before the sink, ricochet and the generator start,
 //! and take ~0.5–1 s together (most of it shuffling the memory probe's cycle). This
