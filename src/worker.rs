@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::commit::{AckResult, CommitMsg, Next, Outcome};
-use crate::deliver::dns::{Resolver, ResolverThread};
+use crate::deliver::dns::{ResolveFailure, Resolver, ResolverThread};
 use crate::deliver::request::{self, Scratch};
 use crate::deliver::{ssrf, ConnSlot, Exchange, OpenCounts};
 use crate::endpoint::EndpointSpec;
@@ -703,7 +703,7 @@ impl Worker {
         let verdict = match request::build(spec, &ev.rec, doc, at_ms / 1000, scratch, wbuf) {
             Err(e) => {
                 rec.error = e.to_string();
-                Verdict::Permanent
+                Verdict::Permanent { class: None }
             }
             Ok(target) => {
                 rec.request_line = request::request_line(spec, &target);
@@ -712,7 +712,17 @@ impl Worker {
                     match self.resolver.resolve(&target.host).await {
                         Err(e) => {
                             rec.error = e.to_string();
-                            Verdict::Permanent
+                            match e.failure {
+                                // SPEC §6: a host that does not resolve is never retried.
+                                ResolveFailure::NotFound => Verdict::Permanent {
+                                    class: Some(FailClass::C5xx),
+                                },
+                                // The resolver could not answer now: a network error.
+                                ResolveFailure::Transient => Verdict::Failed {
+                                    class: FailClass::C5xx,
+                                    retry_after: None,
+                                },
+                            }
                         }
                         Ok(addrs) => match self.pick_addr(&addrs) {
                             None => {
@@ -720,7 +730,7 @@ impl Worker {
                                     "blocked: {} resolves only to private or reserved addresses (allow_private_networks is off)",
                                     target.host
                                 );
-                                Verdict::Permanent
+                                Verdict::Permanent { class: None }
                             }
                             Some(ip) => {
                                 let addr = SocketAddr::new(ip, target.port);
@@ -803,7 +813,10 @@ impl Worker {
         let mut disable = None;
         match &verdict {
             Verdict::Delivered => ep.fails.set([0; 3]),
-            Verdict::Failed { class, .. } => {
+            Verdict::Failed { class, .. }
+            | Verdict::Permanent {
+                class: Some(class), ..
+            } => {
                 let mut f = ep.fails.get();
                 let i = *class as usize;
                 f[i] += 1;
@@ -818,7 +831,7 @@ impl Worker {
                 }
             }
             Verdict::Gone => disable = Some("the receiver answered 410 Gone".into()),
-            Verdict::Permanent => {}
+            Verdict::Permanent { class: None } => {}
         }
         // Disabled from now on (this attempt's retry waits paused); announced once its
         // outcome is reported.

@@ -4,10 +4,16 @@
 //! each worker's answer cache. Workers ask through [`Resolver::resolve`], which answers
 //! IP literals and cached names at once and otherwise awaits the thread's reply. It must
 //! not decide whether an address may be used: that is the SSRF guard's job.
+//!
+//! A failed look-up says whether the name does not exist ([`ResolveFailure::NotFound`]:
+//! SPEC §6 never retries such a delivery) or the resolver could not answer now
+//! ([`ResolveFailure::Transient`]: a network error, retried on the schedule).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::{IpAddr, ToSocketAddrs};
+use std::net::IpAddr;
+
+use dns_lookup::{AddrInfoHints, LookupErrorKind, SockType};
 use std::time::{Duration, Instant};
 
 use crate::local::oneshot;
@@ -23,6 +29,37 @@ const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 pub struct ResolveError {
     pub host: String,
     pub reason: String,
+    pub failure: ResolveFailure,
+}
+
+/// Whether a failed look-up is final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResolveFailure {
+    /// The name does not exist or has no addresses (NXDOMAIN, NODATA).
+    NotFound,
+    /// The resolver could not answer now (a timeout, SERVFAIL, no resolver reachable).
+    Transient,
+}
+
+impl ResolveFailure {
+    /// What a `getaddrinfo` error means for the delivery. Only "no such name" and "no
+    /// addresses" are final; anything else may pass.
+    fn of(kind: LookupErrorKind) -> ResolveFailure {
+        match kind {
+            LookupErrorKind::NoName | LookupErrorKind::NoData => ResolveFailure::NotFound,
+            _ => ResolveFailure::Transient,
+        }
+    }
+}
+
+/// RFC 6761 §6.4: names under `.invalid` never resolve, and resolvers should say so at
+/// once instead of asking the network.
+fn is_special_invalid(host: &str) -> bool {
+    let h = host.strip_suffix('.').unwrap_or(host).as_bytes();
+    let tail = b"invalid";
+    h.len() >= tail.len()
+        && h[h.len() - tail.len()..].eq_ignore_ascii_case(tail)
+        && (h.len() == tail.len() || h[h.len() - tail.len() - 1] == b'.')
 }
 
 type Answer = Result<Vec<IpAddr>, ResolveError>;
@@ -56,22 +93,42 @@ impl ResolverThread {
 }
 
 fn lookup(host: &str) -> Answer {
-    match (host, 0u16).to_socket_addrs() {
+    let fail = |reason: String, failure| {
+        Err(ResolveError {
+            host: host.to_string(),
+            reason,
+            failure,
+        })
+    };
+    if is_special_invalid(host) {
+        return fail(
+            "names under .invalid never resolve (RFC 6761)".into(),
+            ResolveFailure::NotFound,
+        );
+    }
+    let hints = AddrInfoHints {
+        socktype: SockType::Stream.into(),
+        ..AddrInfoHints::default()
+    };
+    match dns_lookup::getaddrinfo(Some(host), None, Some(hints)) {
         Ok(addrs) => {
-            let v: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
+            let mut v: Vec<IpAddr> = Vec::new();
+            for a in addrs.flatten() {
+                let ip = a.sockaddr.ip();
+                if !v.contains(&ip) {
+                    v.push(ip);
+                }
+            }
             if v.is_empty() {
-                Err(ResolveError {
-                    host: host.to_string(),
-                    reason: "no addresses".into(),
-                })
+                fail("no addresses".into(), ResolveFailure::NotFound)
             } else {
                 Ok(v)
             }
         }
-        Err(e) => Err(ResolveError {
-            host: host.to_string(),
-            reason: e.to_string(),
-        }),
+        Err(e) => {
+            let failure = ResolveFailure::of(e.kind());
+            fail(std::io::Error::from(e).to_string(), failure)
+        }
     }
 }
 
@@ -112,6 +169,7 @@ impl Resolver {
             Err(ResolveError {
                 host: host.to_string(),
                 reason: "resolver stopped".into(),
+                failure: ResolveFailure::Transient,
             })
         });
         let ttl = if answer.is_ok() { TTL } else { NEGATIVE_TTL };
@@ -119,5 +177,49 @@ impl Resolver {
             .borrow_mut()
             .insert(host.to_string(), (answer.clone(), Instant::now() + ttl));
         answer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_no_such_name_is_final() {
+        assert_eq!(
+            ResolveFailure::of(LookupErrorKind::NoName),
+            ResolveFailure::NotFound
+        );
+        assert_eq!(
+            ResolveFailure::of(LookupErrorKind::NoData),
+            ResolveFailure::NotFound
+        );
+        for k in [
+            LookupErrorKind::Again,
+            LookupErrorKind::Fail,
+            LookupErrorKind::System,
+            LookupErrorKind::Memory,
+            LookupErrorKind::IO,
+        ] {
+            assert_eq!(ResolveFailure::of(k), ResolveFailure::Transient, "{k:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_names_fail_at_once_without_the_network() {
+        for h in ["x.invalid", "a.b.INVALID", "invalid", "x.invalid."] {
+            assert!(is_special_invalid(h), "{h}");
+            let e = lookup(h).unwrap_err();
+            assert_eq!(e.failure, ResolveFailure::NotFound, "{h}");
+        }
+        for h in ["notinvalid", "invalid.example", "x.invalidx", "example.com"] {
+            assert!(!is_special_invalid(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn localhost_resolves_to_loopback() {
+        let v = lookup("localhost").unwrap();
+        assert!(v.iter().all(|ip| ip.is_loopback()), "{v:?}");
     }
 }

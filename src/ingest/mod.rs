@@ -303,13 +303,21 @@ async fn read_lines<R: AsyncReadRent>(mut rd: R, ctx: &ConnCtx, shared: &ConnSha
         framer.flush(shared);
         buf.drain(..start);
         scanned = buf.len();
-        if buf.len() > ctx.max_line_bytes {
+        if unfinished_too_long(&buf, ctx.max_line_bytes) {
             // The current line is already too long: drop what we have, skip to its end.
             framer.skipping = true;
             buf.clear();
             scanned = 0;
         }
     }
+}
+
+/// Whether the unfinished line in `buf` is already over the limit. A line's length does
+/// not count its terminator, so a trailing `\r` (the first half of a `\r\n` whose `\n`
+/// is still on its way) is not held against it: the answer must not depend on where
+/// the producer's bytes were split between reads.
+fn unfinished_too_long(buf: &[u8], max_line_bytes: usize) -> bool {
+    buf.len() > max_line_bytes + usize::from(buf.last() == Some(&b'\r'))
 }
 
 /// Calls `f` with every complete line of `buf` (without its `\n`), looking for line ends
@@ -443,5 +451,23 @@ mod tests {
         assert_eq!((lines, rest), (vec![b"abcdef".to_vec()], 7));
         let rest = split_lines(b"no end", 0, |_| panic!("no complete line"));
         assert_eq!(rest, 0);
+    }
+
+    #[test]
+    fn a_trailing_cr_is_not_held_against_an_unfinished_line() {
+        let line = vec![b'x'; 200];
+        assert!(!unfinished_too_long(&line, 200));
+        let mut with_cr = line.clone();
+        with_cr.push(b'\r');
+        // The `\n` of this `\r\n` may arrive in the next read: still a 200-byte line.
+        assert!(!unfinished_too_long(&with_cr, 200));
+        with_cr.push(b'y');
+        assert!(unfinished_too_long(&with_cr, 200));
+        let mut over = line.clone();
+        over.push(b'z');
+        assert!(unfinished_too_long(&over, 200));
+        let mut cr_over = over.clone();
+        cr_over.push(b'\r');
+        assert!(unfinished_too_long(&cr_over, 200));
     }
 }

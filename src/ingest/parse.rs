@@ -20,6 +20,33 @@ fn invalid(msg: impl Into<String>) -> Invalid {
     Invalid(msg.into())
 }
 
+/// SPEC §3: an `id` is 1..128 bytes without whitespace. "Whitespace" is Unicode's
+/// (U+00A0, U+2028, …, not only ASCII), and control characters are refused too: the id is
+/// written into the ack line and into every request's `webhook-id` header, where neither
+/// may appear. Ids of the form ricochet generates (`evt_` + 16 hex digits) are reserved,
+/// so a producer's id never names another event.
+fn check_event_id(id: &str) -> Result<(), Invalid> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(invalid("field `id` must be 1..128 bytes"));
+    }
+    let bad = if id.is_ascii() {
+        id.bytes().any(|b| b <= b' ' || b == 0x7f)
+    } else {
+        id.chars().any(|c| c.is_whitespace() || c.is_control())
+    };
+    if bad {
+        return Err(invalid(
+            "field `id` must not contain whitespace or control characters",
+        ));
+    }
+    if crate::store::parse_generated_id(id).is_some() {
+        return Err(invalid(
+            "field `id`: ids of the form evt_<16 hex digits> are reserved for generated ids",
+        ));
+    }
+    Ok(())
+}
+
 /// Reusable parser state, one per connection.
 pub struct LineParser {
     scratch: Vec<u8>,
@@ -63,11 +90,7 @@ impl LineParser {
                 let s = v
                     .as_str()
                     .ok_or_else(|| invalid("field `id` must be a string"))?;
-                if s.is_empty() || s.len() > 128 || s.bytes().any(|b| b.is_ascii_whitespace()) {
-                    return Err(invalid(
-                        "field `id` must be 1..128 bytes without whitespace",
-                    ));
-                }
+                check_event_id(s)?;
                 Some(s.to_string())
             }
         };
@@ -275,6 +298,42 @@ mod tests {
         }
         let long = format!(r#"{{"type":"t","data":{{}},"id":"{}"}}"#, "x".repeat(129));
         assert!(p(&long).is_err());
+    }
+
+    #[test]
+    fn ids_refuse_any_whitespace_controls_and_the_generated_form() {
+        for id in [
+            r"a\u00a0b", // no-break space
+            r"v\u000bt", // vertical tab (not ASCII whitespace to Rust)
+            r"n\u0085l", // next line
+            r"l\u2028s", // line separator
+            r"c\u0001x", // a C0 control
+            r"d\u007fx", // DEL
+            r"e\u009bx", // a C1 control
+            r"tab\tid",
+            "evt_00000000000000ab",
+            "evt_00000000000000AB",
+        ] {
+            let line = format!(r#"{{"type":"t","data":{{}},"id":"{id}"}}"#);
+            let err = p(&line).unwrap_err().0;
+            assert!(err.contains("`id`"), "{id}: {err}");
+        }
+        for id in [
+            "ünïcödé-ïd",
+            "a/b:c#d",
+            "evt_abc",
+            "evt_00000000000000abc",
+            "x_00000000000000ab",
+        ] {
+            let line = format!(r#"{{"type":"t","data":{{}},"id":"{id}"}}"#);
+            let e = p(&line).unwrap_or_else(|err| panic!("{id}: {err}"));
+            assert_eq!(e.ext_id.as_deref(), Some(id));
+        }
+        let id128 = "é".repeat(64);
+        let line = format!(r#"{{"type":"t","data":{{}},"id":"{id128}"}}"#);
+        assert!(p(&line).is_ok());
+        let line = format!(r#"{{"type":"t","data":{{}},"id":"{id128}x"}}"#);
+        assert!(p(&line).unwrap_err().0.contains("1..128 bytes"));
     }
 
     #[test]

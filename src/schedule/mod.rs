@@ -38,7 +38,12 @@ pub enum Verdict {
     /// `410 Gone`: the endpoint is disabled at once.
     Gone,
     /// Never retried: malformed URL, unresolvable host, blocked by the SSRF guard.
-    Permanent,
+    /// `class` is the class it counts toward for automatic disabling: a host that does
+    /// not resolve is a network error (5xx); a malformed URL or a blocked target is the
+    /// endpoint's own setting and counts toward none.
+    Permanent {
+        class: Option<FailClass>,
+    },
 }
 
 /// Classifies a response by the endpoint's `success` and `error` rules.
@@ -81,8 +86,13 @@ pub fn after_attempt(
 ) -> (DeliveryState, Next) {
     match verdict {
         Verdict::Delivered => (DeliveryState::Delivered, Next::Done),
-        Verdict::Permanent => (DeliveryState::Failed, Next::Done),
-        Verdict::Gone => (DeliveryState::Paused, Next::Paused),
+        Verdict::Permanent { .. } => (DeliveryState::Failed, Next::Done),
+        // The endpoint is disabled (the worker does that): the delivery waits paused for
+        // its next attempt, unless it has none left.
+        Verdict::Gone => match cfg.retry.wait_after(attempts_made) {
+            None => (DeliveryState::Failed, Next::Done),
+            Some(_) => (DeliveryState::Paused, Next::Paused),
+        },
         Verdict::Failed { retry_after, .. } => match cfg.retry.wait_after(attempts_made) {
             None => (DeliveryState::Failed, Next::Done),
             Some(wait) => {
@@ -175,7 +185,27 @@ mod tests {
             (DeliveryState::Failed, Next::Done)
         );
         assert_eq!(
-            after_attempt(&c, 1, &Verdict::Permanent, 0),
+            after_attempt(&c, 1, &Verdict::Permanent { class: None }, 0),
+            (DeliveryState::Failed, Next::Done)
+        );
+    }
+
+    #[test]
+    fn gone_pauses_only_a_delivery_with_attempts_left() {
+        let c = cfg(RetryPolicy::List(vec![Duration::from_secs(1)]));
+        assert_eq!(
+            after_attempt(&c, 1, &Verdict::Gone, 0),
+            (DeliveryState::Paused, Next::Paused)
+        );
+        // Its schedule is spent: failed, as any other last failure; enabling the
+        // endpoint again does not bring it back.
+        assert_eq!(
+            after_attempt(&c, 2, &Verdict::Gone, 0),
+            (DeliveryState::Failed, Next::Done)
+        );
+        let none = cfg(RetryPolicy::None);
+        assert_eq!(
+            after_attempt(&none, 1, &Verdict::Gone, 0),
             (DeliveryState::Failed, Next::Done)
         );
     }

@@ -157,6 +157,39 @@ fn unresolvable_host_fails_at_once_and_is_never_retried() {
 }
 
 #[test]
+fn a_host_that_does_not_resolve_counts_toward_disabling() {
+    let srv = TestServer::start(&endpoint(
+        "nx-disable",
+        r#"["t"]"#,
+        "http://gone-away.invalid/hook",
+        "max_in_flight = 1\ndisable_after = { \"5xx\" = 2 }",
+    ));
+    let mut c = srv.connect();
+    c.send(&event("t", "nd-1", "{}"));
+    srv.wait_event("nd-1", Duration::from_secs(10), |v| states(v) == ["failed"]);
+    c.send(&event("t", "nd-2", "{}"));
+    srv.wait_event("nd-2", Duration::from_secs(10), |v| states(v) == ["failed"]);
+    // Two in a row: a network error each, so the endpoint is disabled and the next
+    // event is not routed to it (its deliveries would wait paused, not fail).
+    // (The disable reaches the router just after the outcome: poll for it.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let (status, v) = srv.get("/v1/endpoints/nx-disable");
+        assert_eq!(status, 200);
+        if v["enabled"] == false || std::time::Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(v["enabled"], false, "{v}");
+    assert!(
+        v["disabled_reason"].as_str().unwrap().contains("5xx"),
+        "{v}"
+    );
+    assert_eq!(c.send(&event("t", "nd-3", "{}")), "ok nd-3 0");
+}
+
+#[test]
 fn ssrf_guard_refuses_loopback_by_default() {
     let rx = TestReceiver::start();
     let opts = ServerOpts::new(&endpoint("local", r#"["t"]"#, &rx.url("/"), ""))
@@ -213,4 +246,29 @@ fn gone_disables_the_endpoint_and_pauses_its_deliveries() {
     // The endpoint is disabled: a new event is not routed to it, nothing more arrives.
     assert_eq!(c.send(&event("t", "g-2", "{}")), "ok g-2 0");
     assert_eq!(rx.count(), 1);
+}
+
+#[test]
+fn gone_on_the_last_attempt_fails_the_delivery() {
+    let rx = TestReceiver::with_script(|_, _| Reply::status(410));
+    let srv = TestServer::start(&endpoint(
+        "gone-once",
+        r#"["t"]"#,
+        &rx.url("/"),
+        "max_in_flight = 1\nretry = \"none\"",
+    ));
+    let mut c = srv.connect();
+    c.send(&event("t", "g-1", "{}"));
+    // No attempt left by its schedule: failed, not paused for an attempt it may not make.
+    let v = srv.wait_event("g-1", Duration::from_secs(10), |v| states(v) == ["failed"]);
+    assert_eq!(v["deliveries"][0]["attempts"].as_array().unwrap().len(), 1);
+    // The endpoint is disabled all the same; enabling it does not bring the delivery back.
+    assert_eq!(c.send(&event("t", "g-2", "{}")), "ok g-2 0");
+    assert_eq!(srv.post("/v1/endpoints/gone-once/enable").0, 200);
+    assert_eq!(c.send(&event("t", "g-3", "{}")), "ok g-3 1");
+    srv.wait_event("g-3", Duration::from_secs(10), |v| states(v) == ["failed"]);
+    let v = srv.event("g-1");
+    assert_eq!(states(&v), ["failed"]);
+    assert_eq!(v["deliveries"][0]["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(rx.count(), 2);
 }

@@ -20,6 +20,16 @@ fn every_answer_kind_and_the_connection_lives_on() {
         (r#"{"type":"BAD","data":{}}"#, "err invalid"),
         (r#"{"type":"t","data":[]}"#, "err invalid"),
         (r#"{"type":"t","data":{},"id":"has space"}"#, "err invalid"),
+        // Any Unicode whitespace, and control characters: the id goes into the ack
+        // line and the `webhook-id` header.
+        (r#"{"type":"t","data":{},"id":"nb\u00a0sp"}"#, "err invalid"),
+        (r#"{"type":"t","data":{},"id":"v\u000bt"}"#, "err invalid"),
+        (r#"{"type":"t","data":{},"id":"c\u0001x"}"#, "err invalid"),
+        // The form of generated ids is reserved.
+        (
+            r#"{"type":"t","data":{},"id":"evt_0000000000000001"}"#,
+            "err invalid",
+        ),
         (
             r#"{"type":"t","data":{},"time":"not a time"}"#,
             "err invalid",
