@@ -18,7 +18,9 @@
 //! output (in a string / after a backslash) across parts; a placeholder inside a string
 //! literal is written JSON-string-escaped, anywhere else as a JSON value. A join's
 //! sub-template starts in the state of the join and must end in it (as must the
-//! separator), so the decision holds for any number of elements.
+//! separator), so the decision holds for any number of elements. A JSON body is then
+//! checked to be valid JSON under those readings ([`super::json_check`]), so it renders
+//! valid JSON for any data.
 
 use std::ops::Range;
 
@@ -76,10 +78,15 @@ pub(super) fn compile(src: &str, ctx: Context) -> Result<(Vec<Part>, usize), Tem
         pos: 0,
         ctx,
         lits: Vec::with_capacity(src.len()),
+        lit_at: Vec::with_capacity(src.len()),
         json: Json::default(),
         vars: Vec::new(),
     };
     let ir = c.seq(None)?;
+    if ctx == Context::Body(BodyFormat::Json) {
+        super::json_check::check(src, &ir, &c.lits, &c.lit_at)
+            .map_err(|bad| c.error(bad.at, bad.message))?;
+    }
     let size = c.lits.len();
     let lits = Bytes::from(c.lits);
     Ok((finish(ir, &lits), size))
@@ -89,12 +96,13 @@ fn finish(ir: Vec<Ir>, lits: &Bytes) -> Vec<Part> {
     ir.into_iter()
         .map(|p| match p {
             Ir::Lit(r) => Part::Lit(lits.slice(r)),
-            Ir::Value { path, esc } => Part::Value { path, esc },
+            Ir::Value { path, esc, .. } => Part::Value { path, esc },
             Ir::Join {
                 path,
                 slot,
                 body,
                 sep,
+                ..
             } => Part::Join(Box::new(Join {
                 path,
                 slot,
@@ -105,17 +113,27 @@ fn finish(ir: Vec<Ir>, lits: &Bytes) -> Vec<Part> {
         .collect()
 }
 
-enum Ir {
+/// A part before the literal bytes are frozen: literal text is a range of
+/// `Compiler::lits`. Placeholders keep their source offsets for the json body check.
+pub(super) enum Ir {
     Lit(Range<usize>),
     Value {
         path: Path,
         esc: Esc,
+        /// Source offset of the `{`.
+        at: usize,
     },
     Join {
         path: Path,
         slot: u8,
         body: Vec<Ir>,
         sep: Range<usize>,
+        /// Source offset of the `{`.
+        at: usize,
+        /// Source offset of the `"` that closes the sub-template.
+        body_end: usize,
+        /// Source offset of the separator's opening `"` (of the `{` for the default).
+        sep_at: usize,
     },
 }
 
@@ -152,6 +170,8 @@ struct Compiler<'a> {
     /// Every literal byte of the template (sub-templates and separators included),
     /// unescaped; frozen into one shared `Bytes` at the end.
     lits: Vec<u8>,
+    /// The source offset each byte of `lits` came from (for the json body check).
+    lit_at: Vec<usize>,
     json: Json,
     /// Join variables in scope, outermost first.
     vars: Vec<&'a str>,
@@ -216,6 +236,7 @@ impl<'a> Compiler<'a> {
             _ => {}
         }
         self.lits.push(b);
+        self.lit_at.push(at);
         Ok(())
     }
 
@@ -367,6 +388,7 @@ impl<'a> Compiler<'a> {
         Ok(Ir::Value {
             path: self.resolve(&segs),
             esc,
+            at: open,
         })
     }
 
@@ -450,15 +472,18 @@ impl<'a> Compiler<'a> {
         let body = self.seq(Some(sub_open))?;
         self.vars.pop();
         self.json_balanced(start, self.pos, "sub-template")?;
+        let body_end = self.pos;
         self.pos += 1;
 
         self.skip_ws();
+        let mut sep_at = open;
         let sep = if self.peek() == Some(b',') {
             self.pos += 1;
             self.skip_ws();
             if self.peek() != Some(b'"') {
                 return Err(self.error(self.pos, "join: expected the separator as a quoted string"));
             }
+            sep_at = self.pos;
             let sep = self.separator()?;
             self.json_balanced(start, self.pos - 1, "separator")?;
             self.skip_ws();
@@ -466,6 +491,7 @@ impl<'a> Compiler<'a> {
         } else {
             let at = self.lits.len();
             self.lits.push(b',');
+            self.lit_at.push(open);
             at..at + 1
         };
         match self.peek() {
@@ -487,6 +513,9 @@ impl<'a> Compiler<'a> {
             slot,
             body,
             sep,
+            at: open,
+            body_end,
+            sep_at,
         })
     }
 
@@ -671,7 +700,7 @@ mod tests {
 
     #[test]
     fn join_arguments_may_span_lines() {
-        let src = "[{join(items, i, \n  \"\\{\\\"sku\\\":\\\"{i.sku}\\\"\\}\"\n  , \"; \"\n)}]";
+        let src = "[{join(items, i, \n  \"\\{\\\"sku\\\":\\\"{i.sku}\\\"\\}\"\n  , \",\n \"\n)}]";
         assert!(Template::compile(src, JSON).is_ok());
         let e = err("[{join(items, i,\n  \"{i}\"\n  ; )}]", JSON);
         assert_eq!((e.line, e.column), (3, 3));

@@ -8,6 +8,9 @@
 //!   placeholders become parts; the escaping of every placeholder is decided here, from
 //!   the [`Context`] (and, for JSON bodies, from whether it stands inside a string literal
 //!   of the template).
+//! - [`json_check`]: the compile-time check that a json body is valid JSON with each
+//!   placeholder read as one value (or string content) and each join as a whole array
+//!   or object, so every rendered json body is valid JSON (SPEC §5).
 //! - [`render`]: walks the parts into the caller's buffer: literal parts are shared
 //!   `Bytes` copied as they are, values are written through the encoder chosen at compile
 //!   time. Rendering never fails and does not allocate when `out` has the capacity.
@@ -22,6 +25,7 @@ mod doc;
 mod escape;
 #[cfg(test)]
 mod examples;
+mod json_check;
 #[cfg(test)]
 mod proptests;
 mod render;

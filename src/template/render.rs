@@ -304,7 +304,10 @@ mod tests {
     #[test]
     fn json_string_state_follows_template_escapes() {
         // `\"` in the template is a quote in the output: it opens and closes strings.
-        assert_eq!(render("\\\"{Id}\\\" {Id}", JSON, DATA), "\"554433\" 554433");
+        assert_eq!(
+            render("[\\\"{Id}\\\", {Id}]", JSON, DATA),
+            "[\"554433\", 554433]"
+        );
         // A JSON escape `\\\"` (written `\\\\\\"` in the template) does not end the string.
         assert_eq!(
             render("\"a\\\\\\\" {Name}\"", JSON, DATA),
