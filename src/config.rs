@@ -1,9 +1,19 @@
 //! Configuration: the TOML file of SPEC §2, command-line overrides and defaults.
 //!
 //! Owns parsing (serde, `deny_unknown_fields` so an unknown key is an error that names
-//! it), value grammars (durations, response rules, retry schedules) and `validate()`.
+//! it), value grammars (durations, response rules, retry schedules) and the checks that
+//! need no template compilation ([`EndpointConfig::validate`], and the file-level ones:
+//! `[server]` values, duplicate names).
+//!
+//! A file is read leniently ([`ConfigFile`]): it is parsed into a spanned TOML document
+//! first, then `[server]` and each `[[endpoint]]` are deserialised on their own, and a bad
+//! value is dropped and reported before the rest is deserialised again, so one run
+//! reports every problem of every endpoint, each with the endpoint, the field and its
+//! line:column. Only a TOML syntax error ends the reading at once.
+//!
 //! It must not compile templates or touch the network or disk beyond reading the file:
-//! the endpoint module turns an [`EndpointConfig`] into a runnable endpoint.
+//! the endpoint module turns an [`EndpointConfig`] into a runnable endpoint (and calls
+//! `validate` itself, so the checks run once).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,10 +32,64 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Not TOML: nothing can be read past a syntax error.
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
-    #[error("{0}")]
-    Invalid(String),
+    /// Every problem found, one per line.
+    #[error("{}", lines(.0))]
+    Invalid(Vec<Problem>),
+}
+
+fn lines(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(Problem::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A place in a configuration file: 1-based line and column (in characters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub line: usize,
+    pub column: usize,
+}
+
+/// One problem of a configuration file. The message names the endpoint (or `server`)
+/// and the field; `at` is where the offending value (or key) starts, when known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: String,
+    pub at: Option<Position>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    /// `FILE:LINE:COLUMN: MESSAGE`, or `FILE: MESSAGE` without a position.
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self.at {
+            Some(p) => write!(f, "{}:{}:{}: {}", self.file, p.line, p.column, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+/// `SCOPE: field `PATH`: MESSAGE` for a value that failed to deserialise, `PATH` in
+/// `serde_path_to_error` form (`timeout`, `headers.X-Partner`, `retry[1]`). The field is
+/// left out where the message names it already (an unknown or missing key) or there is
+/// none (`.`, the whole table).
+pub fn field_message(scope: &str, path: &str, message: &str) -> String {
+    // An unknown key's path ends in the key itself, which the message names.
+    let path = if message.starts_with("unknown field") {
+        path.rsplit_once('.').map_or("", |(parent, _)| parent)
+    } else {
+        path
+    };
+    if path.is_empty() || path == "." {
+        format!("{scope}: {message}")
+    } else {
+        format!("{scope}: field `{path}`: {message}")
+    }
 }
 
 /// The whole configuration file.
@@ -504,12 +568,14 @@ mod ordered_headers {
     }
 }
 
-/// Headers ricochet sets itself; an endpoint may not override them.
-const RESERVED_HEADERS: [&str; 8] = [
+/// Headers ricochet sets itself on every request (SPEC §4); an endpoint may not
+/// override them (a second one would be sent, not a replacement).
+const RESERVED_HEADERS: [&str; 9] = [
     "host",
     "content-length",
     "transfer-encoding",
     "connection",
+    "user-agent",
     "webhook-id",
     "webhook-timestamp",
     "webhook-signature",
@@ -532,64 +598,70 @@ pub fn valid_event_type(s: &str) -> bool {
 }
 
 impl EndpointConfig {
-    /// Checks every field that does not need template compilation. Errors name the
-    /// endpoint and the field.
+    /// Checks every field that needs no template compilation. `Err` holds every problem
+    /// found, one per line, each naming the endpoint and the field. The signing secrets
+    /// are checked where they are decoded, when the endpoint is compiled.
     pub fn validate(&self) -> Result<(), String> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+
+    /// What [`validate`](Self::validate) reports, one message per problem.
+    pub fn problems(&self) -> Vec<String> {
         let n = &self.name;
+        let mut out = Vec::new();
         if !valid_endpoint_name(n) {
-            return Err(format!(
+            // The name itself is the problem: quote it.
+            out.push(format!(
                 "endpoint {n:?}: field `name`: must match [A-Za-z0-9_.-]{{1,64}}"
             ));
         }
         if self.events.is_empty() {
-            return Err(format!(
+            out.push(format!(
                 "endpoint {n}: field `events`: must list at least one event type or \"*\""
             ));
         }
         for e in &self.events {
             if e != "*" && !valid_event_type(e) {
-                return Err(format!(
+                out.push(format!(
                     "endpoint {n}: field `events`: {e:?} is not an event type ([a-z0-9_.-]{{1,64}} or \"*\")"
                 ));
             }
         }
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            return Err(format!(
-                "endpoint {n}: field `url`: must start with http:// or https://"
+            // Word for word what compiling a URL without placeholders says, so the
+            // problem reads once.
+            out.push(format!(
+                "endpoint {n}: field `url`: {}",
+                crate::deliver::http1::UrlError::UnsupportedScheme
             ));
         }
         if self.max_in_flight == 0 {
-            return Err(format!(
+            out.push(format!(
                 "endpoint {n}: field `max_in_flight`: must be at least 1"
             ));
         }
         if self.timeout.is_zero() {
-            return Err(format!("endpoint {n}: field `timeout`: must be positive"));
+            out.push(format!("endpoint {n}: field `timeout`: must be positive"));
         }
         if self.method == Method::Get && self.body.is_some() {
-            return Err(format!(
+            out.push(format!(
                 "endpoint {n}: field `body`: a GET request has no body"
             ));
         }
         for (k, _) in &self.headers {
             if k.is_empty() || !k.bytes().all(is_token_byte) {
-                return Err(format!(
+                out.push(format!(
                     "endpoint {n}: field `headers`: {k:?} is not a valid header name"
                 ));
-            }
-            if RESERVED_HEADERS.contains(&k.to_ascii_lowercase().as_str()) {
-                return Err(format!(
-                    "endpoint {n}: field `headers`: {k:?} is set by ricochet and cannot be overridden"
+            } else if RESERVED_HEADERS.contains(&k.to_ascii_lowercase().as_str()) {
+                out.push(format!(
+                    "endpoint {n}: field `headers.{k}`: {k} is set by ricochet on every request and cannot be given"
                 ));
-            }
-        }
-        if let Some(secret) = &self.signing_secret {
-            for s in secret.split_whitespace() {
-                if !s.starts_with("whsec_") {
-                    return Err(format!(
-                        "endpoint {n}: field `signing_secret`: each secret must look like whsec_<base64>"
-                    ));
-                }
             }
         }
         for (class, v) in [
@@ -598,12 +670,12 @@ impl EndpointConfig {
             ("5xx", self.disable_after.c5xx),
         ] {
             if v == 0 {
-                return Err(format!(
+                out.push(format!(
                     "endpoint {n}: field `disable_after.{class}`: must be at least 1"
                 ));
             }
         }
-        Ok(())
+        out
     }
 
     /// Whether this endpoint subscribes to an event of `event_type` for `account`.
@@ -622,42 +694,321 @@ fn is_token_byte(b: u8) -> bool {
 }
 
 impl Config {
-    /// Reads and parses a file; unknown keys and bad values are errors naming them.
+    /// Reads and parses a file; unknown keys and bad values are errors naming them (all
+    /// of them, see [`ConfigFile`]).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        ConfigFile::read(path)?.into_config()
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        ConfigFile::parse(text, origin)?.into_config()
+    }
+}
+
+/// A configuration file read leniently: what deserialised, every problem found on the
+/// way, and where each key of each endpoint stands, so that the problems found later,
+/// when the endpoints are compiled, can be located too ([`ConfigFile::locate`]).
+pub struct ConfigFile {
+    /// `[server]` (the defaults of its bad values) and every endpoint that deserialised
+    /// (a bad value of an optional key dropped for its default).
+    pub config: Config,
+    /// Problems found reading: values that do not deserialise, unknown or missing keys,
+    /// bad `[server]` values, duplicate endpoint names. Each endpoint's own checks and its
+    /// templates are left to compilation.
+    pub problems: Vec<Problem>,
+    origin: String,
+    /// The keys of each endpoint of `config.endpoints`, in the same order.
+    endpoint_keys: Vec<Keys>,
+}
+
+impl ConfigFile {
+    /// Reads and parses a file. `Err` only when it cannot be read or is not TOML.
+    pub fn read(path: &Path) -> Result<ConfigFile, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::parse(&text, &path.display().to_string())
+        ConfigFile::parse(&text, &path.display().to_string())
     }
 
-    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
+    /// Parses `text` (`origin` names it in messages). `Err` only when it is not TOML.
+    pub fn parse(text: &str, origin: &str) -> Result<ConfigFile, ConfigError> {
+        let root = toml::de::DeTable::parse(text).map_err(|e| ConfigError::Parse {
             path: origin.to_string(),
             message: e.to_string(),
-        })
+        })?;
+        let lines = LineIndex::new(text);
+        let mut file = ConfigFile {
+            config: Config::default(),
+            problems: Vec::new(),
+            origin: origin.to_string(),
+            endpoint_keys: Vec::new(),
+        };
+        let mut server_keys = Keys::default();
+        for (key, value) in root.into_inner() {
+            match key.get_ref().as_ref() {
+                "server" => {
+                    server_keys = Keys::of(&value, &lines);
+                    let (server, bad) = lenient::<ServerConfig>(value);
+                    file.report(&lines, "server", &server_keys, bad);
+                    if let Some(server) = server {
+                        file.config.server = server;
+                    }
+                }
+                "endpoint" => {
+                    let at = lines.position(value.span().start);
+                    let toml::de::DeValue::Array(items) = value.into_inner() else {
+                        file.problems.push(Problem {
+                            file: file.origin.clone(),
+                            at: Some(at),
+                            message: "`endpoint` must be an array of tables: begin each endpoint with [[endpoint]]".into(),
+                        });
+                        continue;
+                    };
+                    for (i, item) in items.into_iter().enumerate() {
+                        let scope = match item
+                            .get_ref()
+                            .get("name")
+                            .and_then(|n| n.get_ref().as_str())
+                        {
+                            Some(name) => format!("endpoint {name}"),
+                            None => format!("endpoint #{}", i + 1),
+                        };
+                        let keys = Keys::of(&item, &lines);
+                        let (endpoint, bad) = lenient::<EndpointConfig>(item);
+                        file.report(&lines, &scope, &keys, bad);
+                        if let Some(endpoint) = endpoint {
+                            file.config.endpoints.push(endpoint);
+                            file.endpoint_keys.push(keys);
+                        }
+                    }
+                }
+                other => file.problems.push(Problem {
+                    file: file.origin.clone(),
+                    at: Some(lines.position(key.span().start)),
+                    message: format!("unknown key `{other}`, expected `server` or `endpoint`"),
+                }),
+            }
+        }
+        file.check_server(&server_keys);
+        file.check_names();
+        Ok(file)
     }
 
-    /// Every field check that needs no template compilation; all problems, not the first.
-    pub fn validate(&self) -> Vec<String> {
-        let mut errors = Vec::new();
-        let s = &self.server;
+    /// Locates a message about `config.endpoints[index]`: at the field it names
+    /// (`` field `url` ``), else at the endpoint's table.
+    pub fn locate(&self, index: usize, message: String) -> Problem {
+        let keys = self.endpoint_keys.get(index);
+        let at = match named_field(&message) {
+            Some(field) => keys.and_then(|k| k.find(field)),
+            None => keys.and_then(|k| k.table),
+        };
+        Problem {
+            file: self.origin.clone(),
+            at,
+            message,
+        }
+    }
+
+    /// The configuration, or every problem found reading it.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        if self.problems.is_empty() {
+            Ok(self.config)
+        } else {
+            Err(ConfigError::Invalid(self.problems))
+        }
+    }
+
+    fn report(&mut self, lines: &LineIndex, scope: &str, keys: &Keys, bad: Vec<BadValue>) {
+        for b in bad {
+            let at = match &b.span {
+                Some(span) => Some(lines.position(span.start)),
+                None => keys.find(&b.path),
+            };
+            self.problems.push(Problem {
+                file: self.origin.clone(),
+                at,
+                message: field_message(scope, &b.path, &b.message),
+            });
+        }
+    }
+
+    /// The `[server]` values that deserialise but make no sense.
+    fn check_server(&mut self, keys: &Keys) {
+        let s = &self.config.server;
+        let mut bad = Vec::new();
         if s.max_line_bytes < 64 {
-            errors.push("server: field `max_line_bytes`: must be at least 64".to_string());
+            bad.push(("max_line_bytes", "must be at least 64"));
         }
         if s.retention < Duration::from_secs(1) {
-            errors.push("server: field `retention`: must be at least 1s".to_string());
+            bad.push(("retention", "must be at least 1s"));
         }
+        for (field, msg) in bad {
+            self.problems.push(Problem {
+                file: self.origin.clone(),
+                at: keys.find(field),
+                message: format!("server: field `{field}`: {msg}"),
+            });
+        }
+    }
+
+    /// Every endpoint named like one before it.
+    fn check_names(&mut self) {
         let mut seen = BTreeMap::new();
-        for e in &self.endpoints {
-            if let Err(msg) = e.validate() {
-                errors.push(msg);
-            }
-            if seen.insert(e.name.clone(), ()).is_some() {
-                errors.push(format!("endpoint {}: field `name`: duplicate name", e.name));
+        let mut dups = Vec::new();
+        for (i, e) in self.config.endpoints.iter().enumerate() {
+            if seen.insert(e.name.as_str(), ()).is_some() {
+                dups.push((
+                    i,
+                    format!("endpoint {}: field `name`: duplicate name", e.name),
+                ));
             }
         }
-        errors
+        for (i, msg) in dups {
+            let p = self.locate(i, msg);
+            self.problems.push(p);
+        }
+    }
+}
+
+/// The field a message names: the text of its first `` field `…` ``.
+fn named_field(message: &str) -> Option<&str> {
+    let rest = &message[message.find("field `")? + "field `".len()..];
+    Some(&rest[..rest.find('`')?])
+}
+
+/// Where a table and each value in it start, by path: `key`, `table.key`, `list[i]`.
+#[derive(Default)]
+struct Keys {
+    table: Option<Position>,
+    fields: Vec<(String, Position)>,
+}
+
+impl Keys {
+    fn of(value: &toml::Spanned<toml::de::DeValue<'_>>, lines: &LineIndex) -> Keys {
+        fn walk(
+            path: &str,
+            v: &toml::Spanned<toml::de::DeValue<'_>>,
+            lines: &LineIndex,
+            out: &mut Vec<(String, Position)>,
+        ) {
+            out.push((path.to_string(), lines.position(v.span().start)));
+            match v.get_ref() {
+                toml::de::DeValue::Table(t) => {
+                    for (k, v) in t {
+                        walk(&format!("{path}.{}", k.get_ref()), v, lines, out);
+                    }
+                }
+                toml::de::DeValue::Array(a) => {
+                    for (i, v) in a.iter().enumerate() {
+                        walk(&format!("{path}[{i}]"), v, lines, out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut fields = Vec::new();
+        if let toml::de::DeValue::Table(t) = value.get_ref() {
+            for (k, v) in t {
+                walk(k.get_ref(), v, lines, &mut fields);
+            }
+        }
+        Keys {
+            table: Some(lines.position(value.span().start)),
+            fields,
+        }
+    }
+
+    /// The value at `path`, else the nearest enclosing one that is known, else the table.
+    fn find(&self, path: &str) -> Option<Position> {
+        let mut path = path;
+        loop {
+            if let Some((_, at)) = self.fields.iter().find(|(p, _)| p == path) {
+                return Some(*at);
+            }
+            match path.rfind(['.', '[']) {
+                Some(cut) => path = &path[..cut],
+                None => return self.table,
+            }
+        }
+    }
+}
+
+/// Byte offsets to line:column.
+struct LineIndex<'t> {
+    text: &'t str,
+    /// Where each line starts.
+    starts: Vec<usize>,
+}
+
+impl<'t> LineIndex<'t> {
+    fn new(text: &'t str) -> LineIndex<'t> {
+        let mut starts = vec![0];
+        starts.extend(memchr::memchr_iter(b'\n', text.as_bytes()).map(|i| i + 1));
+        LineIndex { text, starts }
+    }
+
+    fn position(&self, offset: usize) -> Position {
+        let offset = offset.min(self.text.len());
+        let line = self.starts.partition_point(|&s| s <= offset);
+        let start = self.starts[line - 1];
+        let column = self
+            .text
+            .get(start..offset)
+            .map_or(offset - start, |s| s.chars().count())
+            + 1;
+        Position { line, column }
+    }
+}
+
+/// A value that did not deserialise: the path to it, where it is, what is wrong.
+struct BadValue {
+    path: String,
+    span: Option<std::ops::Range<usize>>,
+    message: String,
+}
+
+/// Deserialises a table; on an error, drops the offending top-level key and tries again,
+/// so every bad value is reported, not only the first. Returns the value when what
+/// remains deserialises (the dropped keys take their defaults) and every bad value.
+/// A required key dropped ends it: its "missing field" error would only repeat the
+/// problem already reported.
+fn lenient<T: serde::de::DeserializeOwned>(
+    mut value: toml::Spanned<toml::de::DeValue<'_>>,
+) -> (Option<T>, Vec<BadValue>) {
+    let mut bad = Vec::new();
+    let mut dropped: Vec<String> = Vec::new();
+    loop {
+        let de = toml::de::ValueDeserializer::from(value.clone());
+        let err = match serde_path_to_error::deserialize::<_, T>(de) {
+            Ok(v) => return (Some(v), bad),
+            Err(e) => e,
+        };
+        let path = err.path().to_string();
+        let top = match err.path().iter().next() {
+            Some(serde_path_to_error::Segment::Map { key }) => Some(key.clone()),
+            _ => None,
+        };
+        let inner = err.into_inner();
+        let message = inner.message().to_string();
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next());
+        if missing.is_some_and(|m| dropped.iter().any(|d| d == m)) {
+            return (None, bad);
+        }
+        bad.push(BadValue {
+            path,
+            span: inner.span(),
+            message,
+        });
+        let (Some(key), toml::de::DeValue::Table(table)) = (top, value.get_mut()) else {
+            return (None, bad);
+        };
+        if table.remove(key.as_str()).is_none() {
+            return (None, bad);
+        }
+        dropped.push(key);
     }
 }
 
@@ -719,7 +1070,7 @@ ordered = false
 enabled = true
 "#;
         let c = Config::parse(text, "t").unwrap();
-        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        c.endpoints[0].validate().unwrap();
         let e = &c.endpoints[0];
         assert_eq!(e.headers[0].0, "Authorization");
         assert_eq!(e.retry.wait_after(3), Some(Duration::from_secs(30)));
@@ -757,7 +1108,197 @@ enabled = true
             "t",
         )
         .unwrap();
-        assert!(c.validate()[0].contains("`name`"));
+        assert!(c.endpoints[0].validate().unwrap_err().contains("`name`"));
+    }
+
+    /// Each problem as `LINE:COLUMN: MESSAGE`.
+    fn problems(text: &str) -> Vec<String> {
+        ConfigFile::parse(text, "f.toml")
+            .unwrap()
+            .problems
+            .iter()
+            .map(|p| {
+                let at = p.at.expect("located");
+                format!("{}:{}: {}", at.line, at.column, p.message)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_bad_value_of_every_endpoint_is_reported_where_it_is() {
+        let text = r#"[server]
+retention = "7 days"
+workers = 2
+
+[[endpoint]]
+name = "a"
+events = ["t"]
+url = "http://h/a"
+timeout = "10sec"
+max_rps = -1
+
+[[endpoint]]
+name = "b"
+events = ["t"]
+url = "http://h/b"
+method = "DELETE"
+retries = 3
+
+[[endpoint]]
+name = "c"
+events = "t"
+headers = { X-Ok = "1", X-Bad = 2 }
+
+[[endpoint]]
+name = "d"
+events = ["t"]
+
+[[endpoint]]
+name = "ok"
+events = ["t"]
+url = "http://h/ok"
+disable_after = { "4xx" = "many" }
+"#;
+        let got = problems(text);
+        assert_eq!(
+            got,
+            [
+                r#"2:13: server: field `retention`: bad duration unit in "7 days" (expected ms, s, m, h or d)"#,
+                r#"9:11: endpoint a: field `timeout`: bad duration unit in "10sec" (expected ms, s, m, h or d)"#,
+                "10:11: endpoint a: field `max_rps`: invalid value: integer `-1`, expected u32",
+                "16:10: endpoint b: field `method`: unknown variant `DELETE`, expected one of `GET`, `POST`, `PUT`, `PATCH`",
+                "17:1: endpoint b: unknown field `retries`, expected one of `name`, `events`, `account`, `url`, `method`, `format`, `body`, `headers`, `min_delay`, `max_rps`, `max_in_flight`, `timeout`, `success`, `error`, `retry`, `disable_after`, `signing_secret`, `ordered`, `enabled`",
+                "21:10: endpoint c: field `events`: invalid type: string \"t\", expected a sequence",
+                "22:33: endpoint c: field `headers.X-Bad`: invalid type: integer `2`, expected a string",
+                "24:1: endpoint d: missing field `url`",
+                "32:27: endpoint ok: field `disable_after.4xx`: invalid type: string \"many\", expected u32",
+            ],
+            "{got:#?}"
+        );
+        // What deserialised once the bad values were dropped is kept: a, b and ok.
+        let file = ConfigFile::parse(text, "f.toml").unwrap();
+        let names: Vec<&str> = file
+            .config
+            .endpoints
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(names, ["a", "b", "ok"]);
+        assert_eq!(file.config.server.workers, 2);
+        let err = file.into_config().unwrap_err().to_string();
+        assert_eq!(err.lines().count(), 9, "{err}");
+        assert!(
+            err.starts_with("f.toml:2:13: server: field `retention`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn problems_found_later_are_located_by_their_field() {
+        let text = "[[endpoint]]\nname = \"a\"\nevents = [\"t\"]\nurl = \"http://h/\"\nheaders = { X-A = \"1\", X-B = \"{Id\" }\nretry = [\"1s\", \"2s\"]\n\n[[endpoint]]\nname = \"a\"\nevents = [\"t\"]\nurl = \"http://h/\"\n";
+        let file = ConfigFile::parse(text, "f.toml").unwrap();
+        let at = |i: usize, msg: &str| {
+            let p = file.locate(i, msg.to_string());
+            p.at.map(|a| (a.line, a.column))
+        };
+        assert_eq!(at(0, "endpoint a: field `headers.X-B`: bad"), Some((5, 30)));
+        assert_eq!(at(0, "endpoint a: field `retry[1]`: bad"), Some((6, 16)));
+        // Unknown below a known key: the key; no field: the table.
+        assert_eq!(at(0, "endpoint a: field `headers.X-C`: bad"), Some((5, 11)));
+        assert_eq!(at(0, "endpoint a: field `timeout`: bad"), Some((1, 1)));
+        assert_eq!(at(0, "endpoint a: bad"), Some((1, 1)));
+        assert_eq!(
+            problems(text),
+            ["9:8: endpoint a: field `name`: duplicate name"]
+        );
+        assert_eq!(
+            file.locate(0, "endpoint a: field `url`: bad".into())
+                .to_string(),
+            "f.toml:4:7: endpoint a: field `url`: bad"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_end_the_reading() {
+        let Err(ConfigError::Parse { path, message }) =
+            ConfigFile::parse("[[endpoint]]\nname = \"a\nevents = []\n", "f.toml")
+        else {
+            panic!("parsed");
+        };
+        assert_eq!(path, "f.toml");
+        assert!(message.contains("line 2"), "{message}");
+        assert!(problems("[servre]\nx = 1\n")[0].starts_with("1:2: unknown key `servre`"));
+        assert!(problems("endpoint = 3\n")[0].starts_with("1:12: `endpoint` must be an array"));
+    }
+
+    #[test]
+    fn headers_keep_the_file_order() {
+        let c = Config::parse(
+            "[[endpoint]]\nname = \"a\"\nevents = [\"t\"]\nurl = \"http://h/\"\nheaders = { Z-First = \"1\", A-Second = \"2\", M-Third = \"3\" }\n\n[[endpoint]]\nname = \"b\"\nevents = [\"t\"]\nurl = \"http://h/\"\n[endpoint.headers]\nZz = \"1\"\nAa = \"2\"\n",
+            "t",
+        )
+        .unwrap();
+        let names = |i: usize| -> Vec<String> {
+            c.endpoints[i]
+                .headers
+                .iter()
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        assert_eq!(names(0), ["Z-First", "A-Second", "M-Third"]);
+        assert_eq!(names(1), ["Zz", "Aa"]);
+    }
+
+    #[test]
+    fn ricochets_own_headers_are_reserved() {
+        for name in [
+            "User-Agent",
+            "user-agent",
+            "webhook-id",
+            "Content-Type",
+            "Host",
+        ] {
+            let mut e: EndpointConfig =
+                toml::from_str("name=\"a\"\nevents=[\"t\"]\nurl=\"http://h/\"\n").unwrap();
+            e.headers = vec![(name.to_string(), "mine".to_string())];
+            let err = e.validate().unwrap_err();
+            assert_eq!(
+                err,
+                format!("endpoint a: field `headers.{name}`: {name} is set by ricochet on every request and cannot be given")
+            );
+        }
+    }
+
+    #[test]
+    fn validate_reports_every_problem() {
+        let mut e: EndpointConfig =
+            toml::from_str("name=\"a\"\nevents=[\"T\"]\nurl=\"ftp://h/\"\nmax_in_flight=0\n")
+                .unwrap();
+        e.disable_after.c4xx = 0;
+        let err = e.validate().unwrap_err();
+        let fields: Vec<&str> = err.lines().filter_map(named_field).collect();
+        assert_eq!(
+            fields,
+            ["events", "url", "max_in_flight", "disable_after.4xx"],
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn field_messages() {
+        assert_eq!(field_message("server", ".", "m"), "server: m");
+        assert_eq!(
+            field_message("endpoint a", "timeout", "m"),
+            "endpoint a: field `timeout`: m"
+        );
+        assert_eq!(
+            field_message("endpoint a", "retries", "unknown field `retries`"),
+            "endpoint a: unknown field `retries`"
+        );
+        assert_eq!(
+            field_message("endpoint a", "disable_after.6xx", "unknown field `6xx`"),
+            "endpoint a: field `disable_after`: unknown field `6xx`"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use ricochet::config::{Config, Driver};
+use ricochet::config::{Config, ConfigFile, Driver};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -100,9 +100,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             workers,
             driver,
         } => {
-            let mut cfg = match config {
-                Some(p) => Config::load(&p)?,
-                None => Config::default(),
+            let (mut cfg, specs) = match config {
+                Some(p) => ricochet::server::load(&p)?,
+                None => (Config::default(), Vec::new()),
             };
             let s = &mut cfg.server;
             if let Some(v) = data_dir {
@@ -123,7 +123,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(v) = driver {
                 s.driver = v;
             }
-            ricochet::server::serve(cfg)?;
+            ricochet::server::serve(cfg, specs)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Send {
@@ -160,15 +160,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
         }
         Cmd::Check { config } => {
-            let cfg = Config::load(&config)?;
-            match ricochet::server::compile_endpoints(&cfg) {
+            let file = ConfigFile::read(&config)?;
+            match ricochet::server::compile_endpoints(&file) {
                 Ok(specs) => {
                     println!("{}: ok ({} endpoints)", config.display(), specs.len());
                     Ok(ExitCode::SUCCESS)
                 }
-                Err(errors) => {
-                    for e in errors {
-                        println!("{e}");
+                Err(problems) => {
+                    for p in problems {
+                        println!("{p}");
                     }
                     Ok(ExitCode::FAILURE)
                 }

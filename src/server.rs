@@ -18,9 +18,9 @@ use anyhow::{bail, Context as _};
 
 use crate::admin::AdminSetup;
 use crate::commit::{CommitMsg, Committer, Registry, RouteInfo};
-use crate::config::Config;
+use crate::config::{Config, ConfigFile, Problem};
 use crate::deliver::dns::ResolverThread;
-use crate::endpoint::EndpointSpec;
+use crate::endpoint::{EndpointError, EndpointSpec};
 use crate::runtime;
 use crate::shard::{mailbox, worker_for, MailboxSender};
 use crate::store::{EndpointMeta, EndpointSource, Store, DISABLED_IN_CONFIG};
@@ -30,30 +30,57 @@ use crate::worker::{self, WorkerMsg, WorkerSetup};
 /// How long workers may take to finish in-flight attempts at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Compiles every endpoint of `cfg`, collecting all errors as printable lines.
-pub fn compile_endpoints(cfg: &Config) -> Result<Vec<EndpointSpec>, Vec<String>> {
-    let mut errors = cfg.validate();
+/// Compiles every endpoint of a configuration file: the problems found reading it and
+/// every endpoint's own (its checks and templates, which compilation runs once), each
+/// located in the file, each once.
+pub fn compile_endpoints(file: &ConfigFile) -> Result<Vec<EndpointSpec>, Vec<Problem>> {
+    let mut problems = file.problems.clone();
     let mut specs = Vec::new();
-    for (i, e) in cfg.endpoints.iter().enumerate() {
+    for (i, e) in file.config.endpoints.iter().enumerate() {
         match EndpointSpec::compile_all(i as u32, e.clone()) {
             Ok(s) => specs.push(s),
-            Err(errs) => errors.extend(errs.into_iter().map(|e| e.to_string())),
+            Err(errs) => {
+                for err in errs {
+                    match err {
+                        // `validate` reports every problem of the endpoint, one per line.
+                        EndpointError::Field(msgs) => {
+                            problems.extend(msgs.lines().map(|m| file.locate(i, m.to_string())))
+                        }
+                        template => problems.push(file.locate(i, template.to_string())),
+                    }
+                }
+            }
         }
     }
-    errors.dedup();
-    if errors.is_empty() {
+    let mut seen = HashSet::new();
+    problems.retain(|p| seen.insert(p.to_string()));
+    // In file order (stable: one place's problems keep theirs).
+    problems.sort_by_key(|p| p.at.map_or((usize::MAX, 0), |a| (a.line, a.column)));
+    if problems.is_empty() {
         Ok(specs)
     } else {
-        Err(errors)
+        Err(problems)
     }
 }
 
-/// Runs the dispatcher until SIGINT/SIGTERM.
-pub fn serve(cfg: Config) -> anyhow::Result<()> {
-    let specs = match compile_endpoints(&cfg) {
-        Ok(s) => s,
-        Err(errors) => bail!("invalid configuration:\n  {}", errors.join("\n  ")),
-    };
+/// Reads and compiles a configuration file; every problem, one per line, in the error.
+pub fn load(path: &Path) -> anyhow::Result<(Config, Vec<EndpointSpec>)> {
+    let file = ConfigFile::read(path)?;
+    match compile_endpoints(&file) {
+        Ok(specs) => Ok((file.config, specs)),
+        Err(problems) => {
+            let text: Vec<String> = problems.iter().map(Problem::to_string).collect();
+            bail!(
+                "invalid configuration:\n  {}",
+                text.join("\n").replace('\n', "\n  ")
+            )
+        }
+    }
+}
+
+/// Runs the dispatcher until SIGINT/SIGTERM. `specs` are `cfg`'s endpoints, compiled
+/// ([`load`]).
+pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
     let s = &cfg.server;
     let driver = runtime::choose(s.driver)?;
     crate::deliver::tls::init(s.extra_ca_file.as_deref())?;

@@ -5,9 +5,11 @@
 //! `signing_secret` and `Authorization` header values redacted) plus its live state from
 //! the store (`enabled`, `disabled_reason`, `consecutive_failures`, `source`) and its
 //! owning worker's counters since start. A create or replace body is the same keys as
-//! JSON; it is compiled here (a bad field or template is a 400 naming it and its
-//! position) and applied by the committer, which persists it and hands it to the
-//! owning worker live.
+//! JSON, read straight from the bytes (so `headers` keep the body's order, and a bad
+//! value's error names its field's path); it is compiled here (a bad field or template
+//! is a 400 naming it and its position) and applied by the committer, which persists it
+//! and hands it to the owning worker live. Where a body carries the redaction marker
+//! where `GET` shows one, the stored secret is kept, so read-edit-write works.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +21,8 @@ use super::{
     await_reply, error, json_response, method_not_allowed, percent_decode, Admin, Params, Response,
 };
 use crate::commit::{CommitMsg, EndpointOpError, PutMode, ReplayResult};
-use crate::config::EndpointConfig;
-use crate::endpoint::EndpointSpec;
+use crate::config::{field_message, EndpointConfig};
+use crate::endpoint::{EndpointError, EndpointSpec};
 use crate::metrics::{AttemptResult, EndpointCounts};
 use crate::shard::worker_for;
 use crate::store::{seq_floor, DeliveryState, EndpointMeta, EventRecord};
@@ -55,7 +57,7 @@ impl Admin {
             Err(_) => return error(500, "endpoint registry unavailable"),
         };
         let scrape = self.collect(None, false);
-        let list: Vec<Value> = specs
+        let list: Vec<View> = specs
             .iter()
             .map(|spec| {
                 let meta = metas
@@ -66,7 +68,7 @@ impl Admin {
                 describe(spec, meta, counts.as_ref())
             })
             .collect();
-        json_response(200, &json!({ "endpoints": list }))
+        json_response(200, &List { endpoints: list })
     }
 
     /// `POST /v1/endpoints`.
@@ -79,34 +81,15 @@ impl Admin {
 
     /// Parses, compiles and applies an endpoint definition; returns its name.
     fn put(&self, body: &[u8], path_name: Option<&str>, mode: PutMode) -> Result<String, Response> {
-        let mut v: Value =
-            serde_json::from_slice(body).map_err(|e| error(400, format!("invalid JSON: {e}")))?;
-        let Some(obj) = v.as_object_mut() else {
-            return Err(error(
-                400,
-                "the body must be a JSON object of endpoint keys",
-            ));
-        };
-        if let Some(path_name) = path_name {
-            match obj.get("name") {
-                None => {
-                    obj.insert("name".into(), json!(path_name));
-                }
-                Some(n) if n.as_str() == Some(path_name) => {}
-                Some(n) => {
-                    return Err(error(
-                        400,
-                        format!("the body's name {n} differs from the path's {path_name:?}"),
-                    ))
-                }
-            }
+        let mut cfg = parse_definition(body, path_name).map_err(|m| error(400, m))?;
+        let stored = path_name.and_then(|n| self.spec(n));
+        if let Err(missing) = keep_redacted(&mut cfg, stored.as_ref().map(|s| &s.cfg)) {
+            return Err(match (mode, &stored) {
+                (PutMode::Replace, None) => error(404, format!("no endpoint {:?}", cfg.name)),
+                _ => error(400, missing),
+            });
         }
-        let cfg: EndpointConfig =
-            serde_json::from_value(v).map_err(|e| error(400, format!("invalid endpoint: {e}")))?;
-        let spec = EndpointSpec::compile_all(0, cfg).map_err(|errs| {
-            let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-            error(400, msgs.join("\n"))
-        })?;
+        let spec = EndpointSpec::compile_all(0, cfg).map_err(|errs| error(400, messages(errs)))?;
         let name = spec.cfg.name.clone();
         let (tx, rx) = crossbeam_channel::bounded(1);
         let sent = self.commit.send(CommitMsg::PutEndpoint {
@@ -292,6 +275,181 @@ impl Admin {
     }
 }
 
+/// Keys `GET` adds to an endpoint's config keys (its live state): a definition may
+/// carry them back, as read, and they are ignored.
+const READ_ONLY_KEYS: [&str; 4] = [
+    "source",
+    "disabled_reason",
+    "consecutive_failures",
+    "counters",
+];
+
+/// Parses a create or replace body into an endpoint definition. Read straight from the
+/// bytes, so `headers` keep the body's order, and with the path of every error tracked:
+/// a bad value is an error naming its field (`` field `timeout` ``, `` field
+/// `headers.X-Partner` ``) and its position in the body. `path_name` (a `PUT`'s) stands in
+/// for a missing `name`, and must equal a given one.
+fn parse_definition(body: &[u8], path_name: Option<&str>) -> Result<EndpointConfig, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
+    let Some(obj) = v.as_object() else {
+        return Err("the body must be a JSON object of endpoint keys".into());
+    };
+    let given = obj.get("name");
+    if let (Some(path_name), Some(n)) = (path_name, given) {
+        if n.as_str() != Some(path_name) {
+            return Err(format!(
+                "the body's name {n} differs from the path's {path_name:?}"
+            ));
+        }
+    }
+    let scope = match given.and_then(Value::as_str).or(path_name) {
+        Some(name) => format!("endpoint {name}"),
+        None => "endpoint".to_string(),
+    };
+    let seed = Definition {
+        name: if given.is_none() { path_name } else { None },
+    };
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let mut track = serde_path_to_error::Track::new();
+    let cfg = serde::de::DeserializeSeed::deserialize(
+        seed,
+        serde_path_to_error::Deserializer::new(&mut de, &mut track),
+    )
+    .map_err(|e| field_message(&scope, &track.path().to_string(), &e.to_string()))?;
+    Ok(cfg)
+}
+
+/// Deserialises an [`EndpointConfig`] from a JSON object, skipping [`READ_ONLY_KEYS`]
+/// and putting `name` first when given.
+struct Definition<'a> {
+    name: Option<&'a str>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Definition<'_> {
+    type Value = EndpointConfig;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<EndpointConfig, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Definition<'_> {
+    type Value = EndpointConfig;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object of endpoint keys")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<EndpointConfig, A::Error> {
+        use serde::Deserialize as _;
+        EndpointConfig::deserialize(serde::de::value::MapAccessDeserializer::new(Entries {
+            name: self.name.map(str::to_string),
+            name_next: false,
+            inner: map,
+        }))
+    }
+}
+
+/// The body's entries as [`Definition`] hands them on.
+struct Entries<A> {
+    /// `name` to hand on before the body's entries.
+    name: Option<String>,
+    /// The key just handed on was `name`: its value comes from `name`.
+    name_next: bool,
+    inner: A,
+}
+
+impl<'de, A: serde::de::MapAccess<'de>> serde::de::MapAccess<'de> for Entries<A> {
+    type Error = A::Error;
+
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, A::Error> {
+        use serde::de::IntoDeserializer as _;
+        if self.name.is_some() {
+            self.name_next = true;
+            return seed.deserialize("name".into_deserializer()).map(Some);
+        }
+        while let Some(key) = self.inner.next_key::<String>()? {
+            if READ_ONLY_KEYS.contains(&key.as_str()) {
+                self.inner.next_value::<serde::de::IgnoredAny>()?;
+                continue;
+            }
+            return seed.deserialize(key.into_deserializer()).map(Some);
+        }
+        Ok(None)
+    }
+
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, A::Error> {
+        use serde::de::IntoDeserializer as _;
+        if self.name_next {
+            self.name_next = false;
+            let name = self.name.take().unwrap_or_default();
+            return seed.deserialize(name.into_deserializer());
+        }
+        self.inner.next_value_seed(seed)
+    }
+}
+
+/// Puts the stored secrets back where a definition carries the redaction marker `GET`
+/// shows in their place: a secret header's value (matched by name in any case) or
+/// `signing_secret`, exactly `[redacted]`. So an endpoint read, edited and written back
+/// keeps its secrets. `Err` names a marker with no stored value behind it.
+fn keep_redacted(cfg: &mut EndpointConfig, stored: Option<&EndpointConfig>) -> Result<(), String> {
+    let name = cfg.name.clone();
+    let missing = |field: &str| {
+        format!(
+            "endpoint {name}: field `{field}`: {REDACTED:?} keeps the stored value, and there \
+             is none (give the value itself)"
+        )
+    };
+    for (k, v) in cfg.headers.iter_mut() {
+        if v != REDACTED || !SECRET_HEADERS.iter().any(|s| k.eq_ignore_ascii_case(s)) {
+            continue;
+        }
+        let kept = stored.and_then(|s| {
+            s.headers
+                .iter()
+                .find(|(sk, _)| sk.eq_ignore_ascii_case(k))
+                .map(|(_, sv)| sv.clone())
+        });
+        match kept {
+            Some(value) => *v = value,
+            None => return Err(missing(&format!("headers.{k}"))),
+        }
+    }
+    if cfg.signing_secret.as_deref() == Some(REDACTED) {
+        match stored.and_then(|s| s.signing_secret.clone()) {
+            Some(secret) => cfg.signing_secret = Some(secret),
+            None => return Err(missing("signing_secret")),
+        }
+    }
+    Ok(())
+}
+
+/// Compilation errors, one message per line, each once.
+fn messages(errs: Vec<EndpointError>) -> String {
+    let mut out: Vec<String> = Vec::new();
+    for e in errs {
+        let text = e.to_string();
+        let lines: Vec<String> = match e {
+            // `validate` reports every problem of the endpoint, one per line.
+            EndpointError::Field(_) => text.lines().map(str::to_string).collect(),
+            EndpointError::Template { .. } => vec![text],
+        };
+        for m in lines {
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+    }
+    out.join("\n")
+}
+
 fn op_error(e: EndpointOpError) -> Response {
     match e {
         EndpointOpError::Exists(_) => error(409, e.to_string()),
@@ -309,62 +467,65 @@ fn counts_of(workers: &[crate::metrics::WorkerSnapshot], name: &str) -> Option<E
         .map(|(_, c)| *c)
 }
 
-/// The endpoint as JSON: config keys (redacted) and live state.
+/// The endpoint as `GET` shows it: its config keys in definition order (secrets
+/// redacted, `headers` in their order, `enabled` as it is now) and its live state.
+#[derive(serde::Serialize)]
+struct View {
+    #[serde(flatten)]
+    cfg: EndpointConfig,
+    source: &'static str,
+    disabled_reason: Option<String>,
+    consecutive_failures: Value,
+    counters: Value,
+}
+
+/// Every running endpoint, for `GET /v1/endpoints`.
+#[derive(serde::Serialize)]
+struct List {
+    endpoints: Vec<View>,
+}
+
 fn describe(
     spec: &EndpointSpec,
     meta: Option<&EndpointMeta>,
     counts: Option<&EndpointCounts>,
-) -> Value {
-    let mut v = serde_json::to_value(&spec.cfg).unwrap_or_else(|_| json!({}));
-    redact(&mut v);
+) -> View {
     let default = EndpointMeta::default();
     let meta = meta.unwrap_or(&default);
-    if let Some(obj) = v.as_object_mut() {
-        obj.insert("name".into(), json!(spec.cfg.name));
-        obj.insert("source".into(), json!(meta.source.as_str()));
-        obj.insert("enabled".into(), json!(meta.disabled_reason.is_none()));
-        obj.insert("disabled_reason".into(), json!(meta.disabled_reason));
-        obj.insert(
-            "consecutive_failures".into(),
-            json!({ "3xx": meta.fails[0], "4xx": meta.fails[1], "5xx": meta.fails[2] }),
-        );
-        obj.insert(
-            "counters".into(),
-            counts.map_or(Value::Null, |c| {
-                let attempts: serde_json::Map<String, Value> = AttemptResult::ALL
-                    .iter()
-                    .map(|r| (r.label().to_string(), json!(c.attempts[*r as usize])))
-                    .collect();
-                json!({
-                    "delivered": c.delivered,
-                    "failed": c.failed,
-                    "retrying": c.retrying,
-                    "paused": c.paused,
-                    "attempts": c.attempts_total(),
-                    "attempts_by_result": attempts,
-                })
-            }),
-        );
+    let mut cfg = spec.cfg.clone();
+    redact(&mut cfg);
+    cfg.enabled = meta.disabled_reason.is_none();
+    View {
+        cfg,
+        source: meta.source.as_str(),
+        disabled_reason: meta.disabled_reason.clone(),
+        consecutive_failures: json!({ "3xx": meta.fails[0], "4xx": meta.fails[1], "5xx": meta.fails[2] }),
+        counters: counts.map_or(Value::Null, |c| {
+            let attempts: serde_json::Map<String, Value> = AttemptResult::ALL
+                .iter()
+                .map(|r| (r.label().to_string(), json!(c.attempts[*r as usize])))
+                .collect();
+            json!({
+                "delivered": c.delivered,
+                "failed": c.failed,
+                "retrying": c.retrying,
+                "paused": c.paused,
+                "attempts": c.attempts_total(),
+                "attempts_by_result": attempts,
+            })
+        }),
     }
-    v
 }
 
-/// Replaces secrets in a serialized endpoint config: `signing_secret` and the values of
-/// `Authorization`-like headers.
-fn redact(v: &mut Value) {
-    let Some(obj) = v.as_object_mut() else {
-        return;
-    };
-    if let Some(s) = obj.get_mut("signing_secret") {
-        if !s.is_null() {
-            *s = json!(REDACTED);
-        }
+/// Replaces the secrets of an endpoint definition by [`REDACTED`]: `signing_secret` and
+/// the values of `Authorization`-like headers.
+fn redact(cfg: &mut EndpointConfig) {
+    if cfg.signing_secret.is_some() {
+        cfg.signing_secret = Some(REDACTED.to_string());
     }
-    if let Some(Value::Object(headers)) = obj.get_mut("headers") {
-        for (k, val) in headers.iter_mut() {
-            if SECRET_HEADERS.iter().any(|s| k.eq_ignore_ascii_case(s)) {
-                *val = json!(REDACTED);
-            }
+    for (k, v) in cfg.headers.iter_mut() {
+        if SECRET_HEADERS.iter().any(|s| k.eq_ignore_ascii_case(s)) {
+            *v = REDACTED.to_string();
         }
     }
 }
@@ -393,7 +554,7 @@ mod tests {
             fails: [0, 2, 0],
             ..EndpointMeta::default()
         };
-        let v = describe(&spec, Some(&meta), None);
+        let v = serde_json::to_value(describe(&spec, Some(&meta), None)).unwrap();
         let text = v.to_string();
         assert!(!text.contains("abc"), "{text}");
         assert!(!text.contains("MfKQ"), "{text}");
@@ -406,5 +567,142 @@ mod tests {
         assert_eq!(v["timeout"], "10s");
         assert_eq!(v["success"], "2xx");
         assert!(v["counters"].is_null());
+    }
+
+    #[test]
+    fn describe_keeps_the_header_order() {
+        let mut cfg = parse_definition(
+            br#"{"name":"p","events":["t"],"url":"http://h/","headers":{"Z-First":"1","A-Second":"2","M-Third":"3"}}"#,
+            None,
+        )
+        .unwrap();
+        let names: Vec<&str> = cfg.headers.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["Z-First", "A-Second", "M-Third"]);
+        cfg.headers
+            .push(("Authorization".into(), "Bearer x".into()));
+        let spec = EndpointSpec::compile(1, cfg).unwrap();
+        let text = serde_json::to_string(&describe(&spec, None, None)).unwrap();
+        assert!(
+            text.contains(r#""headers":{"Z-First":"1","A-Second":"2","M-Third":"3","Authorization":"[redacted]"}"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        for (body, want) in [
+            (
+                r#"{"name":"p","events":["t"],"url":"http://h/","timeout":"10 s"}"#,
+                "endpoint p: field `timeout`: bad duration unit in \"10 s\"",
+            ),
+            (
+                r#"{"name":"p","events":["t"],"url":"http://h/","max_rps":-1}"#,
+                "endpoint p: field `max_rps`: invalid value: integer `-1`, expected u32",
+            ),
+            (
+                r#"{"name":"p","events":["t"],"url":"http://h/","headers":{"X":1}}"#,
+                "endpoint p: field `headers.X`: invalid type: integer `1`",
+            ),
+            (
+                r#"{"name":"p","events":["t"],"url":"http://h/","retry":["1s","soon"]}"#,
+                "endpoint p: field `retry`: ",
+            ),
+            (
+                r#"{"name":"p","events":["t"],"url":"http://h/","disable_after":{"4xx":"x"}}"#,
+                "endpoint p: field `disable_after.4xx`: invalid type",
+            ),
+            (
+                r#"{"name":"p","events":["t"],"url":"http://h/","bogus":1}"#,
+                "endpoint p: unknown field `bogus`",
+            ),
+            (
+                r#"{"name":"p","events":["t"]}"#,
+                "endpoint p: missing field `url`",
+            ),
+        ] {
+            let err = parse_definition(body.as_bytes(), None).unwrap_err();
+            assert!(err.starts_with(want), "{body}: {err}");
+        }
+        // A position in the body comes with a bad value.
+        let err = parse_definition(br#"{"name":"p","timeout":"x"}"#, None).unwrap_err();
+        assert!(err.ends_with("at line 1 column 26"), "{err}");
+    }
+
+    #[test]
+    fn a_definition_takes_the_path_name_and_drops_what_get_adds() {
+        let body = br#"{"events":["t"],"url":"http://h/","source":"api","enabled":false,
+            "disabled_reason":"x","consecutive_failures":{"3xx":0},"counters":null}"#;
+        let cfg = parse_definition(body, Some("from-path")).unwrap();
+        assert_eq!(cfg.name, "from-path");
+        assert!(!cfg.enabled);
+        let err = parse_definition(
+            br#"{"name":"a","events":["t"],"url":"http://h/"}"#,
+            Some("b"),
+        )
+        .unwrap_err();
+        assert!(err.contains("differs"), "{err}");
+        assert!(parse_definition(b"[1]", None).is_err());
+    }
+
+    #[test]
+    fn redacted_secrets_keep_the_stored_ones() {
+        let stored = parse_definition(
+            br#"{"name":"p","events":["t"],"url":"http://h/","headers":{"Authorization":"Bearer real","X":"1"},"signing_secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}"#,
+            None,
+        )
+        .unwrap();
+        let mut cfg = parse_definition(
+            br#"{"name":"p","events":["t"],"url":"http://h/2","headers":{"authorization":"[redacted]","X":"[redacted]"},"signing_secret":"[redacted]"}"#,
+            None,
+        )
+        .unwrap();
+        keep_redacted(&mut cfg, Some(&stored)).unwrap();
+        assert_eq!(
+            cfg.headers,
+            [
+                ("authorization".to_string(), "Bearer real".to_string()),
+                // Not a secret header: GET never redacts it, so the marker is its value.
+                ("X".to_string(), "[redacted]".to_string()),
+            ]
+        );
+        assert_eq!(cfg.signing_secret, stored.signing_secret);
+
+        // Nothing stored to keep.
+        let mut fresh = cfg.clone();
+        fresh.signing_secret = Some(REDACTED.into());
+        let err = keep_redacted(&mut fresh, None).unwrap_err();
+        assert!(err.contains("field `signing_secret`"), "{err}");
+        let mut no_auth = stored.clone();
+        no_auth.headers.retain(|(k, _)| k != "Authorization");
+        let mut cfg = parse_definition(
+            br#"{"name":"p","events":["t"],"url":"http://h/","headers":{"Proxy-Authorization":"[redacted]"}}"#,
+            None,
+        )
+        .unwrap();
+        let err = keep_redacted(&mut cfg, Some(&no_auth)).unwrap_err();
+        assert!(err.contains("field `headers.Proxy-Authorization`"), "{err}");
+    }
+
+    #[test]
+    fn compile_messages_come_once_each() {
+        let cfg = parse_definition(
+            br#"{"name":"p","events":["t"],"url":"http://h/","signing_secret":"nope also-nope","max_in_flight":0,"headers":{"User-Agent":"mine"}}"#,
+            None,
+        )
+        .unwrap();
+        let Err(errs) = EndpointSpec::compile_all(0, cfg) else {
+            panic!("compiled");
+        };
+        let msg = messages(errs);
+        let lines: Vec<&str> = msg.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "endpoint p: field `max_in_flight`: must be at least 1",
+                "endpoint p: field `headers.User-Agent`: User-Agent is set by ricochet on every request and cannot be given",
+                "endpoint p: field `signing_secret`: each secret must be whsec_<base64>",
+            ],
+            "{msg}"
+        );
     }
 }

@@ -7,10 +7,12 @@
 //! channel once durable: an ingested event (a one-event batch), an endpoint created,
 //! replaced or deleted, a replay. Metrics are snapshots the workers and the committer
 //! send back when asked; a test delivery is one attempt made by the endpoint's worker.
-//! The compiled endpoints are read from the [`Registry`] the committer keeps. Binds loopback by default; with `admin_token` every
-//! `/v1` call needs `Authorization: Bearer <token>` (compared in constant time), while
-//! `/health` and `/metrics` stay open. Request heads are capped at 16 KiB and bodies at
-//! [`MAX_BODY`]; a malformed request is a 4xx, never a panic.
+//! The compiled endpoints are read from the [`Registry`] the committer keeps. Binds
+//! loopback by default; with `admin_token` every `/v1` call needs
+//! `Authorization: Bearer <token>` (the scheme in any case, the token compared in
+//! constant time), while `/health` (GET, HEAD) and `/metrics` stay open. Request heads
+//! are capped at 16 KiB and bodies at [`MAX_BODY`]; a malformed request is a 4xx, never
+//! a panic.
 //!
 //! It must not write the store, and must not block a worker or the committer: every
 //! wait on them is bounded.
@@ -30,7 +32,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::commit::{CommitMsg, Registry};
 use crate::shard::MailboxSender;
@@ -102,7 +104,7 @@ pub fn start(setup: AdminSetup) -> std::io::Result<SocketAddr> {
                     admin.conns.fetch_sub(1, Ordering::AcqRel);
                     let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
                     let busy = error(503, "too many admin connections");
-                    let _ = write_response(&mut conn, &busy, false);
+                    let _ = write_response(&mut conn, &busy, false, true);
                     continue;
                 }
                 let mine = admin.clone();
@@ -145,7 +147,9 @@ pub(crate) struct Response {
     body: Vec<u8>,
 }
 
-fn json_response(status: u16, body: &Value) -> Response {
+/// `body` as JSON. Objects keep the order they serialise in (a `Value`'s keys are
+/// sorted; a struct's fields and an ordered map's entries are not).
+fn json_response(status: u16, body: &impl serde::Serialize) -> Response {
     Response {
         status,
         content_type: "application/json",
@@ -162,24 +166,21 @@ fn method_not_allowed() -> Response {
     error(405, "method not allowed")
 }
 
+/// The standard reason phrase of `status` (RFC 9110).
 fn reason(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        411 => "Length Required",
-        413 => "Payload Too Large",
-        431 => "Request Header Fields Too Large",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        _ => "Internal Server Error",
-    }
+    http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Unknown")
+}
+
+/// The token of an `Authorization: Bearer <token>` header; the scheme is
+/// case-insensitive (RFC 7235), spaces may separate it from the token.
+fn bearer_token(auth: &str) -> Option<&str> {
+    let (scheme, token) = auth.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
 }
 
 impl Admin {
@@ -192,14 +193,15 @@ impl Admin {
                 Ok(Some(r)) => r,
                 Ok(None) => return,
                 Err(Reject { resp, discard }) => {
-                    if write_response(&mut conn, &resp, false).is_ok() && discard > 0 {
+                    if write_response(&mut conn, &resp, false, true).is_ok() && discard > 0 {
                         discard_body(&mut conn, discard);
                     }
                     return;
                 }
             };
             let resp = self.route(&req);
-            if write_response(&mut conn, &resp, !req.close).is_err() || req.close {
+            let body = req.method != "HEAD";
+            if write_response(&mut conn, &resp, !req.close, body).is_err() || req.close {
                 return;
             }
         }
@@ -209,18 +211,17 @@ impl Admin {
         let path = req.path.as_str();
         let method = req.method.as_str();
         match path {
-            "/health" => return json_response(200, &json!({ "status": "ok" })),
+            "/health" if matches!(method, "GET" | "HEAD") => {
+                return json_response(200, &json!({ "status": "ok" }))
+            }
+            "/health" => return method_not_allowed(),
             "/metrics" if method == "GET" => return self.metrics(),
             "/metrics" => return method_not_allowed(),
             _ => {}
         }
         if path == "/v1" || path.starts_with("/v1/") {
             if let Some(token) = &self.token {
-                let given = req
-                    .auth
-                    .as_deref()
-                    .and_then(|a| a.strip_prefix("Bearer "))
-                    .unwrap_or("");
+                let given = req.auth.as_deref().and_then(bearer_token).unwrap_or("");
                 if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
                     let mut r = error(401, "missing or wrong bearer token");
                     r.headers.push(("WWW-Authenticate", "Bearer"));
@@ -382,7 +383,14 @@ fn discard_body(conn: &mut TcpStream, mut n: usize) {
     let _ = conn.shutdown(Shutdown::Both);
 }
 
-fn write_response(conn: &mut TcpStream, r: &Response, keep_alive: bool) -> std::io::Result<()> {
+/// Writes `r`; without `body` (an answer to `HEAD`) only its head, whose
+/// `Content-Length` is still the body's.
+fn write_response(
+    conn: &mut TcpStream,
+    r: &Response,
+    keep_alive: bool,
+    body: bool,
+) -> std::io::Result<()> {
     let mut head = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n",
         r.status,
@@ -399,7 +407,9 @@ fn write_response(conn: &mut TcpStream, r: &Response, keep_alive: bool) -> std::
     }
     head.push_str("\r\n");
     let mut out = head.into_bytes();
-    out.extend_from_slice(&r.body);
+    if body {
+        out.extend_from_slice(&r.body);
+    }
     conn.write_all(&out)
 }
 
@@ -513,6 +523,49 @@ mod tests {
         assert_eq!(percent_decode("a%20b%2"), "a b%2");
         assert_eq!(percent_decode("%é%"), "%é%");
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn every_status_sent_has_its_reason_phrase() {
+        assert_eq!(reason(504), "Gateway Timeout");
+        assert_eq!(reason(500), "Internal Server Error");
+        assert_eq!(reason(431), "Request Header Fields Too Large");
+        // Every literal status the API answers with, wherever it is written.
+        let sources = [
+            include_str!("mod.rs"),
+            include_str!("endpoints.rs"),
+            include_str!("events.rs"),
+            include_str!("metrics.rs"),
+        ];
+        let mut seen = 0;
+        for src in sources {
+            for call in ["error(", "json_response(", "status: "] {
+                for (i, _) in src.match_indices(call) {
+                    let rest = &src[i + call.len()..];
+                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                    if digits.len() == 3 {
+                        let status: u16 = digits.parse().unwrap();
+                        let want = http::StatusCode::from_u16(status)
+                            .unwrap()
+                            .canonical_reason()
+                            .unwrap_or_else(|| panic!("{status} is no standard status"));
+                        assert_eq!(reason(status), want);
+                        seen += 1;
+                    }
+                }
+            }
+        }
+        assert!(seen > 20, "found only {seen} statuses");
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer tok"), Some("tok"));
+        assert_eq!(bearer_token("bearer tok"), Some("tok"));
+        assert_eq!(bearer_token("BEARER  tok"), Some("tok"));
+        assert_eq!(bearer_token("Basic tok"), None);
+        assert_eq!(bearer_token("Bearertok"), None);
+        assert_eq!(bearer_token("tok"), None);
     }
 
     /// Runs `read_request` over `raw` sent by a client socket; returns what it made of it.

@@ -560,3 +560,75 @@ fn metrics_pending_and_paused_follow_disable_and_enable() {
         2.0
     );
 }
+
+#[test]
+fn health_answers_get_and_head_only() {
+    let srv = TestServer::start("");
+    let mut http = Http::connect(srv.admin);
+    let r = http.send("GET", "/health", &[], b"");
+    assert_eq!(
+        (r.status, r.json()),
+        (200, serde_json::json!({"status": "ok"}))
+    );
+    let length = r.body.len().to_string();
+    // HEAD: the same head, no body; the connection stays usable.
+    http.s
+        .write_all(b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(http.s.read(&mut byte).unwrap(), 1, "closed inside the head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.contains(&format!("Content-Length: {length}\r\n")),
+        "{head}"
+    );
+    let r = http.send("GET", "/health", &[], b"");
+    assert_eq!(r.status, 200, "no body bytes were left behind by HEAD");
+    for method in ["POST", "PUT", "DELETE"] {
+        let r = call(srv.admin, method, "/health", &[], b"");
+        assert_eq!(r.status, 405, "{method}");
+        assert!(r.json()["error"].is_string());
+    }
+}
+
+#[test]
+fn bearer_scheme_is_case_insensitive_and_statuses_have_their_reasons() {
+    let srv = TestServer::start_with(ServerOpts::new("").server("admin_token = \"s3cret\""));
+    for auth in [
+        "Bearer s3cret",
+        "bearer s3cret",
+        "BEARER s3cret",
+        "Bearer  s3cret",
+    ] {
+        let r = call(
+            srv.admin,
+            "GET",
+            "/v1/endpoints",
+            &[("Authorization", auth)],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{auth}: {}", r.text());
+    }
+    for auth in ["Basic s3cret", "bearer S3CRET", "bearers3cret"] {
+        let r = call(
+            srv.admin,
+            "GET",
+            "/v1/endpoints",
+            &[("Authorization", auth)],
+            b"",
+        );
+        assert_eq!(r.status, 401, "{auth}");
+    }
+    // The status line's reason phrase is the status's own.
+    let mut s = TcpStream::connect(srv.admin).unwrap();
+    s.write_all(b"GET /v1/nothing HTTP/1.1\r\nHost: x\r\nAuthorization: bearer s3cret\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 404 Not Found\r\n"), "{out}");
+}

@@ -350,7 +350,10 @@ fn endpoint_crud_round_trip_and_routing() {
         bad[key] = value.clone();
         let (status, v) = srv.call("POST", "/v1/endpoints", &bad);
         assert_eq!(status, 400, "{key} = {value}: {v}");
-        assert!(!err_msg(&v).is_empty());
+        assert!(
+            err_msg(&v).contains(&format!("field `{key}`")),
+            "{key} = {value}: {v}"
+        );
     }
     let (status, v) = srv.call(
         "POST",
@@ -1468,4 +1471,218 @@ fn admin_token_guards_the_management_calls() {
     assert_eq!(status, 200, "{v}");
     let (status, v) = call("DELETE", "/v1/endpoints/sink", "");
     assert_eq!(status, 200, "{v}");
+}
+
+/// `GET` on the admin API, the body as sent (key order and all).
+fn get_raw(srv: &TestServer, path: &str) -> (u16, String) {
+    use std::io::Read as _;
+    let mut s = std::net::TcpStream::connect(srv.admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("response");
+    (
+        head.split(' ').nth(1).unwrap().parse().unwrap(),
+        body.to_string(),
+    )
+}
+
+#[test]
+fn bad_values_are_400s_naming_the_field_each_once() {
+    let rx = TestReceiver::start();
+    let srv = TestServer::start("");
+    let base = |extra: &str| {
+        format!(
+            r#"{{"name":"f","events":["t"],"url":"{}"{extra}}}"#,
+            rx.url("/f")
+        )
+    };
+    for (extra, want) in [
+        (
+            r#","timeout":"10 s""#,
+            r#"endpoint f: field `timeout`: bad duration unit in "10 s""#,
+        ),
+        (
+            r#","max_rps":-1"#,
+            "endpoint f: field `max_rps`: invalid value: integer `-1`, expected u32",
+        ),
+        (
+            r#","headers":{"X-Ok":"1","X":1}"#,
+            "endpoint f: field `headers.X`: invalid type: integer `1`, expected a string",
+        ),
+        (
+            r#","disable_after":{"4xx":"x"}"#,
+            "endpoint f: field `disable_after.4xx`: invalid type",
+        ),
+        (
+            r#","headers":{"User-Agent":"mine"}"#,
+            "endpoint f: field `headers.User-Agent`: User-Agent is set by ricochet on every request and cannot be given",
+        ),
+        (
+            r#","headers":{"user-agent":"mine"}"#,
+            "endpoint f: field `headers.user-agent`: user-agent is set by ricochet",
+        ),
+    ] {
+        let (status, v) = http_json(srv.admin, "POST", "/v1/endpoints", &base(extra), None);
+        assert_eq!(status, 400, "{extra}: {v}");
+        let msg = err_msg(&v);
+        assert!(msg.starts_with(want), "{extra}: {msg}");
+    }
+    // Every problem, each once: the signing secret's message is not repeated.
+    let (status, v) = http_json(
+        srv.admin,
+        "POST",
+        "/v1/endpoints",
+        &base(r#","signing_secret":"nope","max_in_flight":0"#),
+        None,
+    );
+    assert_eq!(status, 400, "{v}");
+    let msg = err_msg(&v);
+    let lines: Vec<&str> = msg.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "endpoint f: field `max_in_flight`: must be at least 1",
+            "endpoint f: field `signing_secret`: each secret must be whsec_<base64>",
+        ],
+        "{msg}"
+    );
+    assert_eq!(srv.get("/v1/endpoints/f").0, 404);
+}
+
+#[test]
+fn headers_arrive_in_the_order_they_were_given() {
+    let rx = TestReceiver::start();
+    let srv = TestServer::start(&endpoint(
+        "from-file",
+        r#"["t"]"#,
+        &rx.url("/file"),
+        r#"headers = { "Z-First" = "1", "A-Second" = "2", "M-Third" = "3" }"#,
+    ));
+    // Sent as written: a JSON object's order is the order the receiver sees.
+    let body = format!(
+        r#"{{"name":"from-api","events":["t"],"url":"{}","headers":{{"Z-First":"1","A-Second":"2","M-Third":"3"}}}}"#,
+        rx.url("/api")
+    );
+    let (status, v) = http_json(srv.admin, "POST", "/v1/endpoints", &body, None);
+    assert_eq!(status, 201, "{v}");
+    for name in ["from-api", "from-file"] {
+        let (status, text) = get_raw(&srv, &format!("/v1/endpoints/{name}"));
+        assert_eq!(status, 200, "{text}");
+        assert!(
+            text.contains(r#""headers":{"Z-First":"1","A-Second":"2","M-Third":"3"}"#),
+            "{name}: {text}"
+        );
+    }
+    let mut c = srv.connect();
+    assert_eq!(c.send(&event("t", "ord-1", "{}")), "ok ord-1 2");
+    let got = rx.wait_for(2, WAIT);
+    for r in &got {
+        let mine: Vec<&str> = r
+            .headers
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| ["Z-First", "A-Second", "M-Third"].contains(k))
+            .collect();
+        assert_eq!(mine, ["Z-First", "A-Second", "M-Third"], "{}", r.path);
+        // ricochet's own User-Agent, once.
+        let agents = r
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("user-agent"))
+            .count();
+        assert_eq!(agents, 1, "{:?}", r.headers);
+    }
+}
+
+#[test]
+fn a_definition_read_edited_and_written_back_keeps_its_secrets() {
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    let rx = TestReceiver::start();
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let srv = TestServer::start(&endpoint(
+        "filed",
+        r#"["other"]"#,
+        &rx.url("/filed"),
+        r#"headers = { Authorization = "Bearer file-token" }"#,
+    ));
+    let created = ep(
+        "rt",
+        &["t"],
+        &rx.url("/v1"),
+        json!({
+            "headers": {"Authorization": "Bearer real-token", "X-Plain": "p"},
+            "signing_secret": secret,
+        }),
+    );
+    let (status, v) = srv.call("POST", "/v1/endpoints", &created);
+    assert_eq!(status, 201, "{v}");
+
+    // GET, edit, PUT back as read (live state and all).
+    let (status, mut def) = srv.get("/v1/endpoints/rt");
+    assert_eq!(status, 200, "{def}");
+    assert_eq!(def["headers"]["Authorization"], "[redacted]");
+    assert_eq!(def["signing_secret"], "[redacted]");
+    def["url"] = json!(rx.url("/v2"));
+    let (status, put) = srv.call("PUT", "/v1/endpoints/rt", &def);
+    assert_eq!(status, 200, "{put}");
+    assert_eq!(put["url"], rx.url("/v2"));
+    assert_eq!(put["headers"]["Authorization"], "[redacted]");
+
+    let mut c = srv.connect();
+    assert_eq!(c.send(&event("t", "rt-1", r#"{"a": 1}"#)), "ok rt-1 1");
+    let r = &rx.wait_for(1, WAIT)[0];
+    assert_eq!(r.path, "/v2");
+    assert_eq!(r.header("Authorization"), Some("Bearer real-token"));
+    assert_eq!(r.header("X-Plain"), Some("p"));
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(
+        format!(
+            "rt-1.{}.",
+            r.header("webhook-timestamp").expect("webhook-timestamp")
+        )
+        .as_bytes(),
+    );
+    mac.update(&r.body);
+    let want = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    assert_eq!(
+        r.header("webhook-signature"),
+        Some(format!("v1,{want}").as_str())
+    );
+
+    // The same for an endpoint of the config file.
+    let (_, mut def) = srv.get("/v1/endpoints/filed");
+    def["events"] = json!(["t2"]);
+    let (status, v) = srv.call("PUT", "/v1/endpoints/filed", &def);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(c.send(&event("t2", "rt-2", "{}")), "ok rt-2 1");
+    let got = rx.wait_for(2, WAIT);
+    assert_eq!(got[1].path, "/filed");
+    assert_eq!(got[1].header("Authorization"), Some("Bearer file-token"));
+
+    // A marker with nothing stored behind it is refused, and changes nothing.
+    let mut def = srv.get("/v1/endpoints/rt").1;
+    def["headers"] = json!({"Proxy-Authorization": "[redacted]"});
+    let (status, v) = srv.call("PUT", "/v1/endpoints/rt", &def);
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        err_msg(&v).contains("field `headers.Proxy-Authorization`"),
+        "{v}"
+    );
+    let mut fresh = ep("fresh", &["t"], &rx.url("/f"), json!({}));
+    fresh["signing_secret"] = json!("[redacted]");
+    let (status, v) = srv.call("POST", "/v1/endpoints", &fresh);
+    assert_eq!(status, 400, "{v}");
+    assert!(err_msg(&v).contains("field `signing_secret`"), "{v}");
+    assert_eq!(srv.get("/v1/endpoints/fresh").0, 404);
+    assert_eq!(srv.get("/v1/endpoints/rt").1["url"], rx.url("/v2"));
 }

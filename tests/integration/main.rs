@@ -7,6 +7,7 @@ mod harness;
 
 mod admin;
 mod api;
+mod check;
 mod crash;
 mod delivery;
 mod policy;

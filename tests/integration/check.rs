@@ -1,0 +1,223 @@
+//! `ricochet check` (SPEC §1): every error of every endpoint in one run, each with the
+//! endpoint, the field and its line:column in the file, each once; and `serve` refusing
+//! the same file with the same messages.
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::harness::BIN;
+
+/// Runs the binary in a scratch directory (nothing it might create lands in the repo);
+/// panics if it has not exited within `limit`.
+fn run(args: &[&str], limit: Duration) -> Output {
+    let cwd = tempfile::tempdir().expect("temp dir");
+    let child = Command::new(BIN)
+        .args(args)
+        .current_dir(cwd.path())
+        .env("RICOCHET_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ricochet");
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait for ricochet"),
+        Err(_) => {
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            panic!("ricochet {args:?} still running after {limit:?}");
+        }
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Where `needle` starts in `text`, as the 1-based line:column of the character after
+/// `after` within that occurrence (the value after the key).
+fn pos(text: &str, needle: &str, after: &str) -> String {
+    let at = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle:?} not in the config"));
+    let at = at + needle.find(after).expect("`after` is in `needle`") + after.len();
+    let line = text[..at].matches('\n').count() + 1;
+    let col = text[..at].rsplit('\n').next().unwrap().chars().count() + 1;
+    format!("{line}:{col}")
+}
+
+const BROKEN: &str = r#"[server]
+admin = "127.0.0.1:0"
+
+[[endpoint]]
+name = "dur"
+events = ["t"]
+url = "http://127.0.0.1:9/d"
+timeout = "10sec"
+
+[[endpoint]]
+name = "tpl"
+events = ["t"]
+url = "http://127.0.0.1:9/t?id={Id"
+
+[[endpoint]]
+name = "verb"
+events = ["t"]
+url = "http://127.0.0.1:9/v"
+method = "DELETE"
+
+[[endpoint]]
+name = "agent"
+events = ["t"]
+url = "http://127.0.0.1:9/a"
+headers = { "X-Fine" = "1", "User-Agent" = "mine" }
+
+[[endpoint]]
+name = "secret"
+events = ["t"]
+url = "http://127.0.0.1:9/s"
+signing_secret = "not-a-secret"
+max_in_flight = 0
+
+[[endpoint]]
+name = "fine"
+events = ["t"]
+url = "http://127.0.0.1:9/f"
+"#;
+
+#[test]
+fn check_reports_every_endpoint_error_with_field_and_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.toml");
+    std::fs::write(&path, BROKEN).unwrap();
+    let p = path.to_str().unwrap();
+    let out = run(&["check", "--config", p], Duration::from_secs(30));
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+
+    // Each error: FILE:LINE:COLUMN: endpoint NAME: field `F`: ...
+    let want = [
+        (
+            pos(BROKEN, "timeout = \"10sec\"", "= "),
+            "endpoint dur: field `timeout`: bad duration unit in \"10sec\"",
+        ),
+        (
+            pos(BROKEN, "url = \"http://127.0.0.1:9/t?id={Id\"", "= "),
+            "endpoint tpl: field `url`: ",
+        ),
+        (
+            pos(BROKEN, "method = \"DELETE\"", "= "),
+            "endpoint verb: field `method`: unknown variant `DELETE`",
+        ),
+        (
+            pos(BROKEN, "\"User-Agent\" = \"mine\"", "= "),
+            "endpoint agent: field `headers.User-Agent`: User-Agent is set by ricochet",
+        ),
+        (
+            pos(BROKEN, "signing_secret = \"not-a-secret\"", "= "),
+            "endpoint secret: field `signing_secret`: each secret must be whsec_<base64>",
+        ),
+        (
+            pos(BROKEN, "max_in_flight = 0", "= "),
+            "endpoint secret: field `max_in_flight`: must be at least 1",
+        ),
+    ];
+    let errors: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with(&format!("{p}:")))
+        .collect();
+    for (at, msg) in &want {
+        let prefix = format!("{p}:{at}: {msg}");
+        let n = errors.iter().filter(|l| l.starts_with(&prefix)).count();
+        assert_eq!(n, 1, "want exactly one {prefix:?} in:\n{stdout}");
+    }
+    assert_eq!(errors.len(), want.len(), "unexpected errors:\n{stdout}");
+    // The template error also says where in the template, with a caret.
+    assert!(
+        stdout.contains("endpoint tpl: field `url`: line 1, column "),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("endpoint fine"), "{stdout}");
+}
+
+#[test]
+fn serve_refuses_a_bad_config_with_the_same_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.toml");
+    // The same endpoints, with the data dir and socket in the scratch directory; its
+    // errors are compared with what `check` says of this very file.
+    let config = BROKEN.replacen(
+        "[server]\n",
+        &format!(
+            "[server]\ndata_dir = {:?}\nsocket = {:?}\n",
+            dir.path().join("data"),
+            dir.path().join("s.sock")
+        ),
+        1,
+    );
+    std::fs::write(&path, &config).unwrap();
+    let p = path.to_str().unwrap();
+    let check = run(&["check", "--config", p], Duration::from_secs(30));
+    assert_eq!(check.status.code(), Some(1));
+    let errors: Vec<String> = text(&check.stdout)
+        .lines()
+        .filter(|l| l.starts_with(&format!("{p}:")))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(errors.len(), 6, "{}", text(&check.stdout));
+
+    let serve = run(&["serve", "--config", p], Duration::from_secs(30));
+    let stderr = text(&serve.stderr);
+    assert_eq!(serve.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("invalid configuration"), "{stderr}");
+    for e in &errors {
+        assert_eq!(stderr.matches(e.as_str()).count(), 1, "{e:?} in:\n{stderr}");
+    }
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing is created for a bad config"
+    );
+}
+
+#[test]
+fn check_accepts_a_good_config_and_stops_at_a_syntax_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[[endpoint]]\nname = \"a\"\nevents = [\"t\"]\nurl = \"http://h/{Id}\"\nheaders = { X-A = \"{Id}\" }\n\n[[endpoint]]\nname = \"b\"\nevents = [\"*\"]\nurl = \"https://h/\"\n",
+    )
+    .unwrap();
+    let out = run(
+        &["check", "--config", good.to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("ok (2 endpoints)"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // Not TOML: one error, where it is; nothing past it can be read.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[endpoint]]\nname = \"a\nevents = [\"t\"]\n\n[[endpoint]]\nname = \"b\"\ntimeout = \"x\"\n",
+    )
+    .unwrap();
+    let out = run(
+        &["check", "--config", bad.to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(all.contains("line 2"), "{all}");
+    assert!(!all.contains("timeout"), "{all}");
+}
