@@ -52,7 +52,8 @@ use crate::metrics::{CommitSnapshot, Hist};
 use crate::shard::{Mailbox, MailboxSender};
 use crate::store::{
     self, seq_floor, seq_time_ms, AttemptRecord, DeliveryState, DueKey, DueVal, EndpointId,
-    EndpointMeta, EndpointSource, EventRecord, Seq, Store, DISABLED_IN_CONFIG, DISABLED_IN_SPEC,
+    EndpointMeta, EndpointSource, EventRecord, Seq, Store, DISABLED_DOES_NOT_COMPILE,
+    DISABLED_IN_CONFIG, DISABLED_IN_SPEC,
 };
 use crate::syncer::{self, AckStats, Answer, SyncMsg};
 use crate::worker::{Job, WorkerMsg};
@@ -1145,6 +1146,14 @@ impl State {
         meta.source = EndpointSource::Api;
         let was_enabled = meta.disabled_reason.is_none();
         // `enabled = false` disables; `true` lifts only a disable it caused.
+        // A definition that compiles replaces one that did not: it decides alone.
+        if meta
+            .disabled_reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with(DISABLED_DOES_NOT_COMPILE))
+        {
+            meta.disabled_reason = None;
+        }
         match (spec.cfg.enabled, meta.disabled_reason.as_deref()) {
             (false, None) => meta.disabled_reason = Some(DISABLED_IN_SPEC.to_string()),
             (true, Some(DISABLED_IN_SPEC | DISABLED_IN_CONFIG)) => meta.disabled_reason = None,

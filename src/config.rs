@@ -632,7 +632,13 @@ impl EndpointConfig {
                 ));
             }
         }
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+        // Schemes are case-insensitive (RFC 3986 §3.1), as `parse_url` reads them.
+        let scheme_is = |p: &str| {
+            self.url
+                .get(..p.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(p))
+        };
+        if !(scheme_is("http://") || scheme_is("https://")) {
             // Word for word what compiling a URL without placeholders says, so the
             // problem reads once.
             out.push(format!(
@@ -1282,6 +1288,20 @@ disable_after = { "4xx" = "many" }
             ["events", "url", "max_in_flight", "disable_after.4xx"],
             "{err}"
         );
+    }
+
+    #[test]
+    fn url_schemes_are_case_insensitive() {
+        for url in ["HTTP://h/", "Https://h/x", "http://h/", "https://h/"] {
+            let e: EndpointConfig =
+                toml::from_str(&format!("name=\"a\"\nevents=[\"t\"]\nurl=\"{url}\"\n")).unwrap();
+            e.validate().unwrap_or_else(|err| panic!("{url}: {err}"));
+        }
+        for url in ["ftp://h/", "http:/h/", "httpx://h/", "HTTP:"] {
+            let e: EndpointConfig =
+                toml::from_str(&format!("name=\"a\"\nevents=[\"t\"]\nurl=\"{url}\"\n")).unwrap();
+            assert!(e.validate().unwrap_err().contains("field `url`"), "{url}");
+        }
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub struct EndpointSpec {
     pub needs_doc: bool,
     /// Decoded signing keys (`whsec_` stripped, base64 decoded).
     pub signing_keys: Vec<Vec<u8>>,
+    /// Why this stored definition does not compile, for an endpoint kept only so that
+    /// its deliveries wait ([`EndpointSpec::not_compiling`]); `None` for a runnable one.
+    pub broken: Option<String>,
 }
 
 fn body_format(f: Format) -> BodyFormat {
@@ -143,6 +146,27 @@ impl EndpointSpec {
             body,
             needs_doc,
             signing_keys,
+            broken: None,
         })
+    }
+
+    /// An endpoint whose stored definition no longer compiles (a newer version checks
+    /// templates more strictly). It keeps its id and definition, so the admin API shows
+    /// it and a `PUT` can replace it, and its deliveries wait paused instead of being
+    /// dropped; it is disabled, and nothing runs its templates: they are empty stand-ins.
+    pub fn not_compiling(id: EndpointId, cfg: EndpointConfig, error: String) -> EndpointSpec {
+        let url = Template::compile("", Context::Url).expect("an empty template compiles");
+        EndpointSpec {
+            id,
+            cfg,
+            url,
+            static_target: None,
+            static_request_line: None,
+            headers: Vec::new(),
+            body: None,
+            needs_doc: false,
+            signing_keys: Vec::new(),
+            broken: Some(error),
+        }
     }
 }

@@ -23,7 +23,9 @@ use crate::deliver::dns::ResolverThread;
 use crate::endpoint::{EndpointError, EndpointSpec};
 use crate::runtime;
 use crate::shard::{mailbox, worker_for, MailboxSender};
-use crate::store::{EndpointMeta, EndpointSource, Store, DISABLED_IN_CONFIG};
+use crate::store::{
+    EndpointMeta, EndpointSource, Store, DISABLED_DOES_NOT_COMPILE, DISABLED_IN_CONFIG,
+};
 use crate::syncer::{self, Syncer};
 use crate::worker::{self, WorkerMsg, WorkerSetup};
 
@@ -112,7 +114,7 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
                 events: spec.cfg.events.clone(),
                 account: spec.cfg.account.clone(),
                 min_delay_ms: spec.cfg.min_delay.as_millis() as u64,
-                enabled: meta.disabled_reason.is_none(),
+                enabled: meta.disabled_reason.is_none() && spec.broken.is_none(),
                 ordered: spec.cfg.ordered,
                 meta,
             }
@@ -301,14 +303,29 @@ fn apply_endpoints(
     }
     for e in stored.into_iter().filter(|e| !in_file.contains(&e.name)) {
         match (e.meta.source, e.config) {
-            (EndpointSource::Api, Some(cfg)) => match EndpointSpec::compile(e.meta.id, cfg) {
-                Ok(spec) => specs.push(spec),
-                Err(err) => tracing::error!(
-                    endpoint = %e.name,
-                    error = %err,
-                    "a stored endpoint no longer compiles; it stays stored but does not run"
-                ),
-            },
+            (EndpointSource::Api, Some(cfg)) => {
+                match EndpointSpec::compile(e.meta.id, cfg.clone()) {
+                    Ok(spec) => specs.push(spec),
+                    Err(err) => {
+                        // Kept, disabled: its deliveries wait paused (the loader would drop
+                        // those of an endpoint it does not know) until a definition that
+                        // compiles replaces it.
+                        tracing::error!(
+                            endpoint = %e.name,
+                            error = %err,
+                            "a stored endpoint no longer compiles: it is disabled and its \
+                             deliveries wait; PUT a definition that compiles to run it again"
+                        );
+                        let mut meta = e.meta.clone();
+                        if meta.disabled_reason.is_none() {
+                            meta.disabled_reason =
+                                Some(format!("{DISABLED_DOES_NOT_COMPILE}: {err}"));
+                            batch.put_endpoint(store, &e.name, &meta);
+                        }
+                        specs.push(EndpointSpec::not_compiling(e.meta.id, cfg, err.to_string()));
+                    }
+                }
+            }
             _ => {
                 tracing::info!(endpoint = %e.name, "endpoint left the config file: deleted");
                 batch.delete_endpoint(store, &e.name, e.meta.id);

@@ -714,6 +714,9 @@ pub struct StoredEndpoint {
 pub const DISABLED_IN_CONFIG: &str = "disabled in the config file";
 /// The reason recorded when an endpoint created over the API says `enabled = false`.
 pub const DISABLED_IN_SPEC: &str = "disabled by its definition (enabled = false)";
+/// The start of the reason recorded when an endpoint's stored definition no longer
+/// compiles (a newer version checks templates more strictly); the error follows.
+pub const DISABLED_DOES_NOT_COMPILE: &str = "its stored definition no longer compiles";
 
 /// A key of the `due` column family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

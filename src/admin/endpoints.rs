@@ -154,14 +154,25 @@ impl Admin {
                     Err(r) => r,
                 };
             }
-            (_, None) => return method_not_allowed(),
+            (_, None) => return method_not_allowed("GET, PUT, DELETE"),
             ("POST", Some("enable" | "disable" | "test" | "recover")) => {}
-            (_, Some("enable" | "disable" | "test" | "recover")) => return method_not_allowed(),
+            (_, Some("enable" | "disable" | "test" | "recover")) => {
+                return method_not_allowed("POST")
+            }
             _ => return error(404, "no such resource"),
         }
         let Some(spec) = self.spec(&name) else {
             return error(404, format!("no endpoint {name:?}"));
         };
+        if let (Some(why), Some("enable" | "test")) = (&spec.broken, action) {
+            return error(
+                409,
+                format!(
+                    "endpoint {name}: its stored definition no longer compiles; PUT one that \
+                     compiles first: {why}"
+                ),
+            );
+        }
         match action {
             Some("enable") => {
                 self.commit.send(CommitMsg::EnableEndpoint { ep: spec.id });

@@ -162,8 +162,11 @@ fn error(status: u16, msg: impl Into<String>) -> Response {
     json_response(status, &json!({ "error": msg.into() }))
 }
 
-fn method_not_allowed() -> Response {
-    error(405, "method not allowed")
+/// 405, with the methods the resource takes (RFC 9110 §15.5.6: `Allow` is required).
+fn method_not_allowed(allow: &'static str) -> Response {
+    let mut r = error(405, format!("method not allowed (allowed: {allow})"));
+    r.headers.push(("Allow", allow));
+    r
 }
 
 /// The standard reason phrase of `status` (RFC 9110).
@@ -214,9 +217,9 @@ impl Admin {
             "/health" if matches!(method, "GET" | "HEAD") => {
                 return json_response(200, &json!({ "status": "ok" }))
             }
-            "/health" => return method_not_allowed(),
+            "/health" => return method_not_allowed("GET, HEAD"),
             "/metrics" if method == "GET" => return self.metrics(),
-            "/metrics" => return method_not_allowed(),
+            "/metrics" => return method_not_allowed("GET"),
             _ => {}
         }
         if path == "/v1" || path.starts_with("/v1/") {
@@ -234,7 +237,7 @@ impl Admin {
             return match method {
                 "GET" => self.list_endpoints(),
                 "POST" => self.create_endpoint(&req.body),
-                _ => method_not_allowed(),
+                _ => method_not_allowed("GET, POST"),
             };
         }
         if let Some(rest) = path.strip_prefix("/v1/endpoints/") {
@@ -244,21 +247,21 @@ impl Admin {
             return match method {
                 "POST" => self.ingest(&req.body),
                 "GET" => self.list_events(&params),
-                _ => method_not_allowed(),
+                _ => method_not_allowed("GET, POST"),
             };
         }
         if let Some(rest) = path.strip_prefix("/v1/events/") {
             if let Some(id) = rest.strip_suffix("/replay") {
                 return match method {
                     "POST" => self.replay(&percent_decode(id), &params),
-                    _ => method_not_allowed(),
+                    _ => method_not_allowed("POST"),
                 };
             }
             if rest.contains('/') {
                 return error(404, "no such resource");
             }
             if method != "GET" {
-                return method_not_allowed();
+                return method_not_allowed("GET");
             }
             return self.get_event(&percent_decode(rest));
         }

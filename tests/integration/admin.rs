@@ -593,6 +593,21 @@ fn health_answers_get_and_head_only() {
         let r = call(srv.admin, method, "/health", &[], b"");
         assert_eq!(r.status, 405, "{method}");
         assert!(r.json()["error"].is_string());
+        assert_eq!(r.header("allow"), Some("GET, HEAD"), "{method}");
+    }
+    // Every 405 says what the resource takes (RFC 9110: `Allow` is required).
+    for (method, path, allow) in [
+        ("DELETE", "/v1/events", "GET, POST"),
+        ("PUT", "/v1/endpoints", "GET, POST"),
+        ("POST", "/v1/endpoints/x", "GET, PUT, DELETE"),
+        ("GET", "/v1/endpoints/x/enable", "POST"),
+        ("GET", "/v1/events/x/replay", "POST"),
+        ("DELETE", "/v1/events/x", "GET"),
+        ("POST", "/metrics", "GET"),
+    ] {
+        let r = call(srv.admin, method, path, &[], b"");
+        assert_eq!(r.status, 405, "{method} {path}");
+        assert_eq!(r.header("allow"), Some(allow), "{method} {path}");
     }
 }
 

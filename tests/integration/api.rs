@@ -1686,3 +1686,84 @@ fn a_definition_read_edited_and_written_back_keeps_its_secrets() {
     assert_eq!(srv.get("/v1/endpoints/fresh").0, 404);
     assert_eq!(srv.get("/v1/endpoints/rt").1["url"], rx.url("/v2"));
 }
+
+/// A newer version may check templates more strictly than the one that stored an
+/// endpoint. Such an endpoint is kept, disabled with the reason, its deliveries waiting
+/// paused; a `PUT` of a definition that compiles runs it again, deliveries included.
+#[test]
+fn a_stored_endpoint_that_no_longer_compiles_waits_for_a_fixed_definition() {
+    // The receiver fails at first, so the event's delivery is still pending at the stop.
+    let rx = TestReceiver::with_script(|_, n| Reply::status(if n == 0 { 500 } else { 200 }));
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let opts = ServerOpts::new("");
+    let mut srv = TestServer::start_in(dir.clone(), &opts);
+    let (status, v) = srv.call(
+        "POST",
+        "/v1/endpoints",
+        &ep(
+            "legacy",
+            &["t"],
+            &rx.url("/legacy"),
+            json!({"body": "{\"id\": {Id}}", "retry": ["1s"]}),
+        ),
+    );
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(
+        srv.connect().send(&event("t", "l-1", r#"{"Id":"a"}"#)),
+        "ok l-1 1"
+    );
+    wait_deliveries(&srv, "l-1", &[("legacy", "retrying", 1)]);
+    srv.kill9();
+    drop(srv);
+
+    // What an older version could have stored: a json body that is not JSON.
+    {
+        let store = ricochet::store::Store::open(&dir.path().join("data")).unwrap();
+        let stored = store.stored_endpoints().unwrap();
+        let legacy = stored.iter().find(|e| e.name == "legacy").unwrap();
+        let mut cfg = legacy.config.clone().unwrap();
+        cfg.body = Some("hello {Id}".into());
+        let mut batch = store.batch();
+        batch.put_endpoint_config(&store, legacy.meta.id, "legacy", &cfg);
+        store.commit(batch, true).unwrap();
+    }
+
+    let srv = TestServer::start_in(dir.clone(), &opts);
+    let (status, v) = srv.get("/v1/endpoints/legacy");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["enabled"], false, "{v}");
+    assert_eq!(v["body"], "hello {Id}");
+    let reason = v["disabled_reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("its stored definition no longer compiles")
+            && reason.contains("field `body`"),
+        "{reason}"
+    );
+    // Its delivery waits, paused; it cannot be enabled or tested as it is.
+    wait_deliveries(&srv, "l-1", &[("legacy", "paused", 1)]);
+    let (status, v) = srv.call("POST", "/v1/endpoints/legacy/enable", &Value::Null);
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(
+        srv.call("POST", "/v1/endpoints/legacy/test", &Value::Null)
+            .0,
+        409
+    );
+    assert_eq!(rx.count(), 1);
+
+    // A definition that compiles: the endpoint runs again and its delivery arrives.
+    let (status, v) = srv.call(
+        "PUT",
+        "/v1/endpoints/legacy",
+        &ep(
+            "legacy",
+            &["t"],
+            &rx.url("/legacy"),
+            json!({"body": "{\"id\": \"{Id}\"}", "retry": ["1s"]}),
+        ),
+    );
+    assert_eq!(status, 200, "{v}");
+    wait_deliveries(&srv, "l-1", &[("legacy", "delivered", 2)]);
+    let got = rx.requests();
+    assert_eq!(got[1].body, br#"{"id": "a"}"#);
+    assert_eq!(srv.get("/v1/endpoints/legacy").1["enabled"], true);
+}

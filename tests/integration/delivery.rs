@@ -190,6 +190,16 @@ fn a_host_that_does_not_resolve_counts_toward_disabling() {
 }
 
 #[test]
+fn an_upper_case_scheme_is_a_scheme() {
+    let rx = TestReceiver::start();
+    let url = rx.url("/up").replacen("http://", "HTTP://", 1);
+    let srv = TestServer::start(&endpoint("upper", r#"["t"]"#, &url, ""));
+    assert_eq!(srv.connect().send(&event("t", "up-1", "{}")), "ok up-1 1");
+    let got = rx.wait_for(1, Duration::from_secs(10));
+    assert_eq!(got[0].path, "/up");
+}
+
+#[test]
 fn ssrf_guard_refuses_loopback_by_default() {
     let rx = TestReceiver::start();
     let opts = ServerOpts::new(&endpoint("local", r#"["t"]"#, &rx.url("/"), ""))
