@@ -394,6 +394,9 @@ pub enum ParseError {
     /// The peer closed the connection in the middle of a response.
     #[error("connection closed mid-response")]
     Truncated,
+    /// A status code outside 100–599 (RFC 9110 §15: it has no class to act on).
+    #[error("invalid status code {0:03}")]
+    InvalidStatus(u16),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -689,6 +692,9 @@ impl ResponseParser {
         info: HeadInfo,
         request_was_head: bool,
     ) -> Result<(), ParseError> {
+        if !(100..600).contains(&code) {
+            return Err(ParseError::InvalidStatus(code));
+        }
         if code == 101 {
             return Err(ParseError::UnexpectedUpgrade);
         }
@@ -1383,6 +1389,24 @@ mod tests {
         assert_eq!((o.status, o.excerpt.as_slice()), (201, &b"ok"[..]));
         let r = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n";
         assert_eq!(one(r), Err(ParseError::UnexpectedUpgrade));
+    }
+
+    #[test]
+    fn status_codes_outside_100_to_599_are_refused() {
+        for (r, code) in [
+            (&b"HTTP/1.1 000 Zero\r\nContent-Length: 2\r\n\r\nOK"[..], 0),
+            (b"HTTP/1.1 099 X\r\nContent-Length: 0\r\n\r\n", 99),
+            (b"HTTP/1.1 600 X\r\nContent-Length: 0\r\n\r\n", 600),
+            (b"HTTP/1.1 999 X\r\nContent-Length: 0\r\n\r\n", 999),
+        ] {
+            assert_eq!(one(r), Err(ParseError::InvalidStatus(code)));
+        }
+        assert_eq!(
+            ParseError::InvalidStatus(0).to_string(),
+            "invalid status code 000"
+        );
+        let o = one(b"HTTP/1.1 599 X\r\nContent-Length: 0\r\n\r\n").unwrap();
+        assert_eq!(o.status, 599);
     }
 
     #[test]

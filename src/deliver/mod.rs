@@ -357,7 +357,11 @@ async fn read_response(conn: &mut Conn) -> Result<(u16, Option<Duration>, bool),
                 Ok((used, progress)) => {
                     conn.rbuf.drain(..used);
                     if progress == Progress::Done {
-                        return Ok(finish(&conn.parser));
+                        let (status, retry_after, keep_alive) = finish(&conn.parser);
+                        // Bytes past the end of the response answer no request of ours:
+                        // the connection is out of step with the receiver, and reusing
+                        // it would read them as the next request's answer.
+                        return Ok((status, retry_after, keep_alive && conn.rbuf.is_empty()));
                     }
                 }
                 Err(e) => return Err((format!("bad response: {e}"), false)),

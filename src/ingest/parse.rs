@@ -47,6 +47,9 @@ fn check_event_id(id: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// 9999-12-31T23:59:59.999Z in Unix milliseconds: the last time RFC 3339 can write.
+const MAX_TIME_MS: u64 = 253_402_300_799_999;
+
 /// Reusable parser state, one per connection.
 pub struct LineParser {
     scratch: Vec<u8>,
@@ -120,6 +123,13 @@ impl LineParser {
                 }
             }
         };
+        // RFC 3339 ends at year 9999, and the log shows times in it: a later one is a
+        // mistake (microseconds, say), and would hold its deliveries for ever.
+        if time_ms.is_some_and(|t| t > MAX_TIME_MS) {
+            return Err(invalid(
+                "field `time` is after 9999-12-31T23:59:59.999Z (Unix milliseconds expected)",
+            ));
+        }
         match obj.get("data") {
             None => return Err(invalid("missing field `data`")),
             Some(v) if !v.is_object() => return Err(invalid("field `data` must be an object")),
@@ -334,6 +344,24 @@ mod tests {
         assert!(p(&line).is_ok());
         let line = format!(r#"{{"type":"t","data":{{}},"id":"{id128}x"}}"#);
         assert!(p(&line).unwrap_err().0.contains("1..128 bytes"));
+    }
+
+    #[test]
+    fn times_past_year_9999_are_refused() {
+        let at = |t: &str| p(&format!(r#"{{"type":"t","data":{{}},"time":{t}}}"#));
+        assert_eq!(at("253402300799999").unwrap().time_ms, Some(MAX_TIME_MS));
+        assert_eq!(
+            at(r#""9999-12-31T23:59:59.999Z""#).unwrap().time_ms,
+            Some(MAX_TIME_MS)
+        );
+        // Microseconds by mistake, and the largest integers.
+        for t in [
+            "1796290522969350",
+            "253402300800000",
+            "18446744073709551615",
+        ] {
+            assert!(at(t).unwrap_err().0.contains("9999-12-31"), "{t}");
+        }
     }
 
     #[test]

@@ -190,6 +190,43 @@ fn a_host_that_does_not_resolve_counts_toward_disabling() {
 }
 
 #[test]
+fn bytes_after_a_response_are_never_the_next_requests_answer() {
+    // The first request gets two responses in one write (a broken receiver); the second
+    // gets 503. Reusing the connection would read the stray 200 as the second's answer.
+    let rx = TestReceiver::with_script(|_, n| match n {
+        0 => Reply::status(200)
+            .body("OK")
+            .then_raw(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK"),
+        1 => Reply::status(503),
+        _ => Reply::status(200).body("OK").then_raw(b"junk"),
+    });
+    let srv = TestServer::start(&endpoint(
+        "stray",
+        r#"["t"]"#,
+        &rx.url("/"),
+        "max_in_flight = 1\nretry = \"none\"",
+    ));
+    let mut c = srv.connect();
+    c.send(&event("t", "st-1", "{}"));
+    srv.wait_event("st-1", Duration::from_secs(10), |v| {
+        states(v) == ["delivered"]
+    });
+    c.send(&event("t", "st-2", "{}"));
+    let v = srv.wait_event("st-2", Duration::from_secs(10), |v| states(v) == ["failed"]);
+    assert_eq!(v["deliveries"][0]["attempts"][0]["status_code"], 503, "{v}");
+    c.send(&event("t", "st-3", "{}"));
+    srv.wait_event("st-3", Duration::from_secs(10), |v| {
+        states(v) == ["delivered"]
+    });
+    c.send(&event("t", "st-4", "{}"));
+    srv.wait_event("st-4", Duration::from_secs(10), |v| {
+        states(v) == ["delivered"]
+    });
+    // Each request reached the receiver, each answered by its own response.
+    assert_eq!(rx.count(), 4);
+}
+
+#[test]
 fn an_upper_case_scheme_is_a_scheme() {
     let rx = TestReceiver::start();
     let url = rx.url("/up").replacen("http://", "HTTP://", 1);

@@ -47,6 +47,9 @@ pub struct Reply {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub delay: Duration,
+    /// Raw bytes written right after the response, in the same write (a broken
+    /// receiver: a second response, or junk).
+    pub after: Vec<u8>,
 }
 
 impl Reply {
@@ -56,7 +59,12 @@ impl Reply {
             headers: vec![],
             body: Vec::new(),
             delay: Duration::ZERO,
+            after: Vec::new(),
         }
+    }
+    pub fn then_raw(mut self, b: &[u8]) -> Reply {
+        self.after = b.to_vec();
+        self
     }
     pub fn body(mut self, b: &str) -> Reply {
         self.body = b.as_bytes().to_vec();
@@ -271,6 +279,7 @@ fn serve_conn(
         out.push_str("\r\n");
         let mut bytes = out.into_bytes();
         bytes.extend_from_slice(&reply.body);
+        bytes.extend_from_slice(&reply.after);
         if conn.write_all(&bytes).is_err() {
             return;
         }
