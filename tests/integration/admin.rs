@@ -614,11 +614,14 @@ fn health_answers_get_and_head_only() {
 #[test]
 fn bearer_scheme_is_case_insensitive_and_statuses_have_their_reasons() {
     let srv = TestServer::start_with(ServerOpts::new("").server("admin_token = \"s3cret\""));
-    for auth in [
-        "Bearer s3cret",
-        "bearer s3cret",
-        "BEARER s3cret",
-        "Bearer  s3cret",
+    for (auth, status) in [
+        ("Bearer s3cret", 200),
+        ("bearer s3cret", 200),
+        ("BEARER s3cret", 200),
+        ("Bearer  s3cret", 200),
+        ("Basic s3cret", 401),
+        ("bearer S3CRET", 401),
+        ("bearers3cret", 401),
     ] {
         let r = call(
             srv.admin,
@@ -627,17 +630,7 @@ fn bearer_scheme_is_case_insensitive_and_statuses_have_their_reasons() {
             &[("Authorization", auth)],
             b"",
         );
-        assert_eq!(r.status, 200, "{auth}: {}", r.text());
-    }
-    for auth in ["Basic s3cret", "bearer S3CRET", "bearers3cret"] {
-        let r = call(
-            srv.admin,
-            "GET",
-            "/v1/endpoints",
-            &[("Authorization", auth)],
-            b"",
-        );
-        assert_eq!(r.status, 401, "{auth}");
+        assert_eq!(r.status, status, "{auth}: {}", r.text());
     }
     // The status line's reason phrase is the status's own.
     let mut s = TcpStream::connect(srv.admin).unwrap();
