@@ -347,6 +347,18 @@ mod tests {
     }
 
     #[test]
+    fn integers_past_64_bits_in_data_are_json_and_pass_as_they_came() {
+        let data = r#"{"n":123456789012345678901234567890,"m":-98765432109876543210}"#;
+        let e = p(&format!(r#"{{"type":"t","data":{data}}}"#)).unwrap();
+        assert_eq!(&e.data[..], data.as_bytes());
+        // Not a time, though: `time` is Unix milliseconds.
+        let err = p(r#"{"type":"t","data":{},"time":123456789012345678901234567890}"#)
+            .unwrap_err()
+            .0;
+        assert!(err.contains("`time`"), "{err}");
+    }
+
+    #[test]
     fn times_past_year_9999_are_refused() {
         let at = |t: &str| p(&format!(r#"{{"type":"t","data":{{}},"time":{t}}}"#));
         assert_eq!(at("253402300799999").unwrap().time_ms, Some(MAX_TIME_MS));
