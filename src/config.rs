@@ -2,7 +2,7 @@
 //!
 //! Owns parsing (serde, `deny_unknown_fields` so an unknown key is an error that names
 //! it), value grammars (durations, response rules, retry schedules) and the checks that
-//! need no template compilation ([`EndpointConfig::validate`], and the file-level ones:
+//! need no template compilation ([`EndpointConfig::problems`], and the file-level ones:
 //! `[server]` values, duplicate names).
 //!
 //! A file is read leniently ([`ConfigFile`]): it is parsed into a spanned TOML document
@@ -13,7 +13,7 @@
 //!
 //! It must not compile templates or touch the network or disk beyond reading the file:
 //! the endpoint module turns an [`EndpointConfig`] into a runnable endpoint (and calls
-//! `validate` itself, so the checks run once).
+//! `problems` itself, so the checks run once).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -598,19 +598,9 @@ pub fn valid_event_type(s: &str) -> bool {
 }
 
 impl EndpointConfig {
-    /// Checks every field that needs no template compilation. `Err` holds every problem
-    /// found, one per line, each naming the endpoint and the field. The signing secrets
-    /// are checked where they are decoded, when the endpoint is compiled.
-    pub fn validate(&self) -> Result<(), String> {
-        let problems = self.problems();
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("\n"))
-        }
-    }
-
-    /// What [`validate`](Self::validate) reports, one message per problem.
+    /// Checks every field that needs no template compilation: every problem found, one
+    /// message each, naming the endpoint and the field. The signing secrets are checked
+    /// where they are decoded, when the endpoint is compiled.
     pub fn problems(&self) -> Vec<String> {
         let n = &self.name;
         let mut out = Vec::new();
@@ -639,8 +629,8 @@ impl EndpointConfig {
                 .is_some_and(|s| s.eq_ignore_ascii_case(p))
         };
         if !(scheme_is("http://") || scheme_is("https://")) {
-            // Word for word what compiling a URL without placeholders says, so the
-            // problem reads once.
+            // In the words a rendered URL's check uses (compiling leaves the scheme to
+            // this check).
             out.push(format!(
                 "endpoint {n}: field `url`: {}",
                 crate::deliver::http1::UrlError::UnsupportedScheme
@@ -1022,6 +1012,13 @@ fn lenient<T: serde::de::DeserializeOwned>(
 mod tests {
     use super::*;
 
+    /// An endpoint's problems, one per line; there must be some.
+    fn refused(e: &EndpointConfig) -> String {
+        let p = e.problems();
+        assert!(!p.is_empty(), "{} has no problem", e.name);
+        p.join("\n")
+    }
+
     #[test]
     fn durations_round_trip() {
         for (s, ms) in [
@@ -1076,7 +1073,7 @@ ordered = false
 enabled = true
 "#;
         let c = Config::parse(text, "t").unwrap();
-        c.endpoints[0].validate().unwrap();
+        assert_eq!(c.endpoints[0].problems(), Vec::<String>::new());
         let e = &c.endpoints[0];
         assert_eq!(e.headers[0].0, "Authorization");
         assert_eq!(e.retry.wait_after(3), Some(Duration::from_secs(30)));
@@ -1114,7 +1111,7 @@ enabled = true
             "t",
         )
         .unwrap();
-        assert!(c.endpoints[0].validate().unwrap_err().contains("`name`"));
+        assert!(refused(&c.endpoints[0]).contains("`name`"));
     }
 
     /// Each problem as `LINE:COLUMN: MESSAGE`.
@@ -1267,7 +1264,7 @@ disable_after = { "4xx" = "many" }
             let mut e: EndpointConfig =
                 toml::from_str("name=\"a\"\nevents=[\"t\"]\nurl=\"http://h/\"\n").unwrap();
             e.headers = vec![(name.to_string(), "mine".to_string())];
-            let err = e.validate().unwrap_err();
+            let err = refused(&e);
             assert_eq!(
                 err,
                 format!("endpoint a: field `headers.{name}`: {name} is set by ricochet on every request and cannot be given")
@@ -1281,7 +1278,7 @@ disable_after = { "4xx" = "many" }
             toml::from_str("name=\"a\"\nevents=[\"T\"]\nurl=\"ftp://h/\"\nmax_in_flight=0\n")
                 .unwrap();
         e.disable_after.c4xx = 0;
-        let err = e.validate().unwrap_err();
+        let err = refused(&e);
         let fields: Vec<&str> = err.lines().filter_map(named_field).collect();
         assert_eq!(
             fields,
@@ -1295,12 +1292,12 @@ disable_after = { "4xx" = "many" }
         for url in ["HTTP://h/", "Https://h/x", "http://h/", "https://h/"] {
             let e: EndpointConfig =
                 toml::from_str(&format!("name=\"a\"\nevents=[\"t\"]\nurl=\"{url}\"\n")).unwrap();
-            e.validate().unwrap_or_else(|err| panic!("{url}: {err}"));
+            assert_eq!(e.problems(), Vec::<String>::new(), "{url}");
         }
         for url in ["ftp://h/", "http:/h/", "httpx://h/", "HTTP:"] {
             let e: EndpointConfig =
                 toml::from_str(&format!("name=\"a\"\nevents=[\"t\"]\nurl=\"{url}\"\n")).unwrap();
-            assert!(e.validate().unwrap_err().contains("field `url`"), "{url}");
+            assert!(refused(&e).contains("field `url`"), "{url}");
         }
     }
 

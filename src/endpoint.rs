@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use crate::config::{EndpointConfig, Format, Method};
-use crate::deliver::http1::{parse_url, Target};
+use crate::deliver::http1::{parse_url, Target, UrlError};
 use crate::store::EndpointId;
 use crate::template::{BodyFormat, Context, Template, TemplateError};
 
@@ -64,10 +64,11 @@ impl EndpointSpec {
         id: EndpointId,
         cfg: EndpointConfig,
     ) -> Result<EndpointSpec, Vec<EndpointError>> {
-        let mut errors = Vec::new();
-        if let Err(msg) = cfg.validate() {
-            errors.push(EndpointError::Field(msg));
-        }
+        let mut errors: Vec<EndpointError> = cfg
+            .problems()
+            .into_iter()
+            .map(EndpointError::Field)
+            .collect();
         let name = cfg.name.clone();
         let mut compile = |field: &str, src: &str, ctx: Context| match Template::compile(src, ctx) {
             Ok(t) => Some(t),
@@ -96,17 +97,19 @@ impl EndpointSpec {
         let mut signing_keys = Vec::new();
         if let Some(secrets) = &cfg.signing_secret {
             use base64::Engine as _;
-            for s in secrets.split_whitespace() {
-                match s
-                    .strip_prefix("whsec_")
-                    .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-                {
-                    Some(k) => signing_keys.push(k),
-                    None => errors.push(EndpointError::Field(format!(
-                        "endpoint {}: field `signing_secret`: each secret must be whsec_<base64>",
-                        cfg.name
-                    ))),
-                }
+            let decoded: Option<Vec<Vec<u8>>> = secrets
+                .split_whitespace()
+                .map(|s| {
+                    s.strip_prefix("whsec_")
+                        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                })
+                .collect();
+            match decoded {
+                Some(keys) => signing_keys = keys,
+                None => errors.push(EndpointError::Field(format!(
+                    "endpoint {}: field `signing_secret`: each secret must be whsec_<base64>",
+                    cfg.name
+                ))),
             }
         }
         let Some(url) = url else {
@@ -115,6 +118,8 @@ impl EndpointSpec {
         let static_target = if url.is_static() {
             match parse_url(cfg.url.as_bytes()) {
                 Ok(t) => Some(Arc::new(t)),
+                // `problems` has reported the scheme, for static and templated URLs alike.
+                Err(UrlError::UnsupportedScheme) => None,
                 Err(e) => {
                     errors.push(EndpointError::Field(format!(
                         "endpoint {}: field `url`: {e}",

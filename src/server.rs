@@ -20,7 +20,7 @@ use crate::admin::AdminSetup;
 use crate::commit::{CommitMsg, Committer, Registry, RouteInfo};
 use crate::config::{Config, ConfigFile, Problem};
 use crate::deliver::dns::ResolverThread;
-use crate::endpoint::{EndpointError, EndpointSpec};
+use crate::endpoint::EndpointSpec;
 use crate::runtime;
 use crate::shard::{mailbox, worker_for, MailboxSender};
 use crate::store::{
@@ -41,21 +41,9 @@ pub fn compile_endpoints(file: &ConfigFile) -> Result<Vec<EndpointSpec>, Vec<Pro
     for (i, e) in file.config.endpoints.iter().enumerate() {
         match EndpointSpec::compile_all(i as u32, e.clone()) {
             Ok(s) => specs.push(s),
-            Err(errs) => {
-                for err in errs {
-                    match err {
-                        // `validate` reports every problem of the endpoint, one per line.
-                        EndpointError::Field(msgs) => {
-                            problems.extend(msgs.lines().map(|m| file.locate(i, m.to_string())))
-                        }
-                        template => problems.push(file.locate(i, template.to_string())),
-                    }
-                }
-            }
+            Err(errs) => problems.extend(errs.into_iter().map(|e| file.locate(i, e.to_string()))),
         }
     }
-    let mut seen = HashSet::new();
-    problems.retain(|p| seen.insert(p.to_string()));
     // In file order (stable: one place's problems keep theirs).
     problems.sort_by_key(|p| p.at.map_or((usize::MAX, 0), |a| (a.line, a.column)));
     if problems.is_empty() {
@@ -114,7 +102,8 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
                 events: spec.cfg.events.clone(),
                 account: spec.cfg.account.clone(),
                 min_delay_ms: spec.cfg.min_delay.as_millis() as u64,
-                enabled: meta.disabled_reason.is_none() && spec.broken.is_none(),
+                // A stored definition that no longer compiles has a reason (`apply_endpoints`).
+                enabled: meta.disabled_reason.is_none(),
                 ordered: spec.cfg.ordered,
                 meta,
             }

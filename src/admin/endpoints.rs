@@ -442,23 +442,10 @@ fn keep_redacted(cfg: &mut EndpointConfig, stored: Option<&EndpointConfig>) -> R
     Ok(())
 }
 
-/// Compilation errors, one message per line, each once.
+/// Compilation errors, one message per line.
 fn messages(errs: Vec<EndpointError>) -> String {
-    let mut out: Vec<String> = Vec::new();
-    for e in errs {
-        let text = e.to_string();
-        let lines: Vec<String> = match e {
-            // `validate` reports every problem of the endpoint, one per line.
-            EndpointError::Field(_) => text.lines().map(str::to_string).collect(),
-            EndpointError::Template { .. } => vec![text],
-        };
-        for m in lines {
-            if !out.contains(&m) {
-                out.push(m);
-            }
-        }
-    }
-    out.join("\n")
+    let lines: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    lines.join("\n")
 }
 
 fn op_error(e: EndpointOpError) -> Response {
