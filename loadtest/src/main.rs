@@ -9,7 +9,8 @@
 //! - `gen.rs`: pipelined NDJSON writer + ack reader; `payload.rs`: the event lines.
 //! - `raw.rs`: bare keep-alive client, the delivery ceiling without ricochet.
 //! - `scenario.rs`: scenario files; `run.rs`: sink + ricochet + gen + drain, measured;
-//!   `procstat.rs`: CPU and peak RSS from /proc; `report.rs`: table and JSON;
+//!   `procstat.rs`: CPU and peak RSS from /proc; `cost.rs`: CPU per unit of work in
+//!   each phase (ingest, drain, raw), by thread group; `report.rs`: table and JSON;
 //!   `plot.rs`: SVG charts; `sweep.rs`: one scenario at several producer windows, and
 //!   the latency–throughput curve they make.
 //! - `fake.rs`: a tiny stand-in for `ricochet serve` used to test `run` itself.
@@ -17,6 +18,7 @@
 //! Data flow of `run`: gen --NDJSON--> ricochet --HTTP--> sink, with gen reading acks
 //! and the sink stamping lag from the `sent_us` the generator put in each event.
 
+mod cost;
 mod fake;
 mod gen;
 mod http;

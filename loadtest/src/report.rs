@@ -129,6 +129,8 @@ pub struct RunMetrics {
     pub rate_check: Option<RateCounts>,
     /// Scenarios with `restart = true` (or `--restart`).
     pub restart: Option<RestartMetrics>,
+    /// CPU per unit of work in each phase ([`crate::cost`]).
+    pub cost: crate::cost::CostBreakdown,
     pub notes: Vec<String>,
     pub series: Vec<Sample>,
 }
@@ -281,6 +283,107 @@ const ROWS: &[(&str, &str, Unit, Getter)] = &[
     ("load_tool_cpu_s", "load tool CPU", Unit::Secs, |m| {
         m.load_tool_cpu_s
     }),
+    (
+        "cost_ingest_machine_busy",
+        "ingest: machine busy",
+        Unit::Share,
+        |m| m.cost.ingest.as_ref().map(|c| c.machine_busy),
+    ),
+    (
+        "cost_ingest_ricochet_net_us",
+        "ingest: ricochet CPU per event, net of deliveries",
+        Unit::MicrosFrac,
+        |m| m.cost.ingest_net_ricochet_us(),
+    ),
+    (
+        "cost_ingest_machine_net_us",
+        "ingest: machine CPU per event, net of deliveries",
+        Unit::MicrosFrac,
+        |m| m.cost.ingest_net_machine_us(),
+    ),
+    (
+        "cost_drain_machine_busy",
+        "drain: machine busy",
+        Unit::Share,
+        |m| m.cost.drain.as_ref().map(|c| c.machine_busy),
+    ),
+    (
+        "cost_drain_machine_us",
+        "drain: machine CPU per delivery",
+        Unit::MicrosFrac,
+        |m| m.cost.drain.as_ref().map(|c| c.machine_us),
+    ),
+    (
+        "cost_drain_ricochet_us",
+        "drain: ricochet CPU per delivery",
+        Unit::MicrosFrac,
+        |m| m.cost.drain.as_ref().and_then(|c| c.ricochet_us),
+    ),
+    (
+        "cost_drain_workers_us",
+        "drain: - its workers",
+        Unit::MicrosFrac,
+        |m| m.cost.drain.as_ref().and_then(|c| c.ricochet_workers_us),
+    ),
+    (
+        "cost_drain_workers_kernel_us",
+        "drain: - its workers, kernel",
+        Unit::MicrosFrac,
+        |m| {
+            m.cost
+                .drain
+                .as_ref()
+                .and_then(|c| c.ricochet_workers_kernel_us)
+        },
+    ),
+    (
+        "cost_drain_committer_us",
+        "drain: - committer + syncer",
+        Unit::MicrosFrac,
+        |m| m.cost.drain.as_ref().and_then(|c| c.ricochet_committer_us),
+    ),
+    (
+        "cost_drain_rocksdb_us",
+        "drain: - RocksDB threads",
+        Unit::MicrosFrac,
+        |m| m.cost.drain.as_ref().and_then(|c| c.ricochet_rocksdb_us),
+    ),
+    (
+        "cost_drain_sink_us",
+        "drain: sink CPU per delivery",
+        Unit::MicrosFrac,
+        |m| m.cost.drain.as_ref().and_then(|c| c.sink_us),
+    ),
+    (
+        "cost_raw_machine_us",
+        "raw: machine CPU per request",
+        Unit::MicrosFrac,
+        |m| m.cost.raw.as_ref().map(|c| c.machine_us),
+    ),
+    (
+        "cost_raw_client_us",
+        "raw: client CPU per request",
+        Unit::MicrosFrac,
+        |m| m.cost.raw.as_ref().and_then(|c| c.load_other_us),
+    ),
+    (
+        "cost_raw_client_kernel_us",
+        "raw: - kernel",
+        Unit::MicrosFrac,
+        |m| m.cost.raw.as_ref().and_then(|c| c.load_other_kernel_us),
+    ),
+    (
+        "cost_raw_sink_us",
+        "raw: sink CPU per request",
+        Unit::MicrosFrac,
+        |m| m.cost.raw.as_ref().and_then(|c| c.sink_us),
+    ),
+    (
+        "cost_machine_bound_per_s",
+        "end-to-end rate the machine allows at these costs",
+        Unit::Rate,
+        |m| m.cost.machine_bound_per_s(),
+    ),
     (
         "machine_fdatasync_p50_us",
         "machine: 4-KiB append + fdatasync p50",

@@ -26,6 +26,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::cost;
 use crate::gen::{self, Gen, GenConfig, GenShared, Target};
 use crate::procstat;
 use crate::raw;
@@ -1290,6 +1291,9 @@ fn run_in(
         dir.display()
     );
     let load_cpu_before = procstat::self_cpu_seconds();
+    let delivered_now =
+        |sink: &Option<Sink>| sink.as_ref().map_or(0, |s| s.shared().counts().delivered);
+    let mark_start = (cost::Mark::take(Some(pid)), delivered_now(&sink));
 
     // Ingest.
     let mut gcfg = GenConfig::new(Target::Unix(socket.clone()), tag.to_string());
@@ -1341,6 +1345,7 @@ fn run_in(
     }
     progress.finish();
     let gres = g.join();
+    let mark_ingest = (cost::Mark::take(Some(pid)), delivered_now(&sink));
     notes.extend(gres.notes.iter().cloned());
     // The last ack, not now: a wait for missing acks is not drain time.
     let ingest_end_us = gres.started_unix_us + gres.elapsed.as_micros() as u64;
@@ -1490,6 +1495,7 @@ fn run_in(
 
     // ricochet's resources (both processes' CPU after a restart), then stop it.
     let pid = child.pid();
+    let mark_drain = (cost::Mark::take(Some(pid)), delivered_now(&sink));
     let mut cpu = procstat::cpu_seconds(pid);
     let mut hwm = procstat::peak_rss_kib(pid).map(|k| k as f64 / 1024.0);
     if let Some(r) = &mut restart {
@@ -1571,12 +1577,28 @@ fn run_in(
     if a.raw && scheme == Scheme::Https {
         notes.push("no raw ceiling for an HTTPS run: the raw client speaks plain HTTP".into());
     }
+    // CPU per unit of work: ingest per accepted event; the drain per delivery, when one
+    // process ran it from the end of ingest with the sink up throughout.
+    let mut costs = cost::CostBreakdown {
+        ingest: cost::PhaseCost::between(
+            &mark_start.0,
+            &mark_ingest.0,
+            gen_accepted,
+            mark_ingest.1 - mark_start.1,
+        ),
+        ..Default::default()
+    };
+    if restart.is_none() && sc.outage == Outage::None {
+        let drained = mark_drain.1 - mark_ingest.1;
+        costs.drain = cost::PhaseCost::between(&mark_ingest.0, &mark_drain.0, drained, drained);
+    }
     let mut raw_points = Vec::new();
     if a.raw && scheme == Scheme::Http && !stop.load(Ordering::Relaxed) {
         let lanes = ricochet_connections
             .as_ref()
             .map_or(0, |c| c.first() as usize);
         for conns in raw_connection_counts(a.raw_connections, lanes) {
+            let before = cost::Mark::take(None);
             let r = raw::run(&raw::RawConfig {
                 addr: sink.addr(),
                 path: "/e/0".into(),
@@ -1585,6 +1607,14 @@ fn run_in(
                 duration: a.raw_duration,
             })?;
             eprintln!("raw ceiling, {conns} connections: {}", r.summary());
+            // The cost of the best measurement is the raw phase's.
+            if raw_points
+                .iter()
+                .all(|p: &RawPoint| p.requests_per_s < r.requests_per_s)
+            {
+                costs.raw =
+                    cost::PhaseCost::between(&before, &cost::Mark::take(None), r.requests, 0);
+            }
             raw_points.push(RawPoint {
                 connections: conns,
                 requests_per_s: r.requests_per_s,
@@ -1708,6 +1738,7 @@ fn run_in(
         tls_handshakes: (scheme == Scheme::Https).then_some(c.tls_handshakes),
         rate_check,
         restart,
+        cost: costs,
         notes,
         series: std::mem::take(&mut sampler.samples),
     })
