@@ -150,7 +150,9 @@ pub struct CostBreakdown {
 impl CostBreakdown {
     /// The machine's busy time per accepted event during ingest, less the deliveries
     /// made meanwhile priced at the drain's cost per delivery: what accepting an event
-    /// costs (generator, ingest, commit, fsync).
+    /// costs (generator, ingest, commit, fsync). An estimate that leans low: a drain's
+    /// deliveries read their events back from RocksDB, and deliveries handed over from
+    /// memory during ingest cost less.
     pub fn ingest_net_machine_us(&self) -> Option<f64> {
         let (i, d) = (self.ingest.as_ref()?, self.drain.as_ref()?);
         let net = i.machine_us - i.deliveries as f64 * d.machine_us / i.units as f64;
@@ -167,7 +169,9 @@ impl CostBreakdown {
 
     /// The end-to-end rate (events accepted and delivered per second) the machine's
     /// cores allow when every event costs [`Self::ingest_net_machine_us`] to accept and
-    /// the drain's machine time to deliver: the bound the measured figure sits under.
+    /// the drain's machine time to deliver. Where the CPU is what bounds a run, its
+    /// deliveries/s come close to this; where something else does (rate limits, waiting
+    /// for retries), they stay below it.
     pub fn machine_bound_per_s(&self) -> Option<f64> {
         let d = self.drain.as_ref()?;
         Some(d.cores * 1e6 / (self.ingest_net_machine_us()? + d.machine_us))

@@ -1578,7 +1578,8 @@ fn run_in(
         notes.push("no raw ceiling for an HTTPS run: the raw client speaks plain HTTP".into());
     }
     // CPU per unit of work: ingest per accepted event; the drain per delivery, when one
-    // process ran it from the end of ingest with the sink up throughout.
+    // process ran it from the end of ingest with the sink up throughout and every
+    // request was a first delivery (with retries, a drain is mostly waiting for them).
     let mut costs = cost::CostBreakdown {
         ingest: cost::PhaseCost::between(
             &mark_start.0,
@@ -1588,7 +1589,7 @@ fn run_in(
         ),
         ..Default::default()
     };
-    if restart.is_none() && sc.outage == Outage::None {
+    if restart.is_none() && sc.outage == Outage::None && c.retries == 0 {
         let drained = mark_drain.1 - mark_ingest.1;
         costs.drain = cost::PhaseCost::between(&mark_ingest.0, &mark_drain.0, drained, drained);
     }
