@@ -380,7 +380,7 @@ const ROWS: &[(&str, &str, Unit, Getter)] = &[
     ),
     (
         "cost_machine_bound_per_s",
-        "end-to-end rate the machine allows at these costs",
+        "end-to-end rate the CPU allows at these costs",
         Unit::Rate,
         |m| m.cost.machine_bound_per_s(),
     ),
