@@ -68,6 +68,8 @@ pub struct PhaseCost {
     pub units: u64,
     /// Deliveries the sink counted during the phase.
     pub deliveries: u64,
+    /// Requests the sink counted during the phase (failed attempts and retries too).
+    pub requests: u64,
     /// Cores the machine has (from `/proc/stat`).
     pub cores: f64,
     /// Busy share of all the machine's cores.
@@ -89,8 +91,15 @@ pub struct PhaseCost {
 }
 
 impl PhaseCost {
-    /// The phase from `a` to `b`, which did `units` of work and `deliveries` deliveries.
-    pub fn between(a: &Mark, b: &Mark, units: u64, deliveries: u64) -> Option<PhaseCost> {
+    /// The phase from `a` to `b`, which did `units` of work, and in which the sink
+    /// counted `deliveries` deliveries out of `requests` requests.
+    pub fn between(
+        a: &Mark,
+        b: &Mark,
+        units: u64,
+        deliveries: u64,
+        requests: u64,
+    ) -> Option<PhaseCost> {
         let (ma, mb) = (a.machine?, b.machine?);
         let seconds = b.at?.duration_since(a.at?).as_secs_f64();
         if units == 0 || seconds <= 0.0 {
@@ -104,6 +113,7 @@ impl PhaseCost {
             seconds,
             units,
             deliveries,
+            requests,
             cores: all as f64 / tps / seconds,
             machine_busy: busy as f64 / (all.max(1)) as f64,
             machine_us: per(busy),
@@ -140,21 +150,32 @@ impl PhaseCost {
 pub struct CostBreakdown {
     /// From the generator's start to its last ack; per accepted event.
     pub ingest: Option<PhaseCost>,
-    /// From the end of ingest to the last delivery, same process (no restart, no
-    /// outage); per delivery.
+    /// From the end of ingest (or of the outage, in the process that drains after a
+    /// restart) to the last delivery, when every request in it was answered with a
+    /// delivery; per delivery.
     pub drain: Option<PhaseCost>,
     /// The raw ceiling's best measurement; per request.
     pub raw: Option<PhaseCost>,
 }
 
 impl CostBreakdown {
+    /// The ingest phase and the drain, when every request of the ingest phase was a
+    /// delivery (failed attempts during ingest have no price here).
+    fn priced(&self) -> Option<(&PhaseCost, &PhaseCost)> {
+        let i = self
+            .ingest
+            .as_ref()
+            .filter(|i| i.requests == i.deliveries)?;
+        Some((i, self.drain.as_ref()?))
+    }
+
     /// The machine's busy time per accepted event during ingest, less the deliveries
     /// made meanwhile priced at the drain's cost per delivery: what accepting an event
     /// costs (generator, ingest, commit, fsync). An estimate that leans low: a drain's
     /// deliveries read their events back from RocksDB, and deliveries handed over from
     /// memory during ingest cost less.
     pub fn ingest_net_machine_us(&self) -> Option<f64> {
-        let (i, d) = (self.ingest.as_ref()?, self.drain.as_ref()?);
+        let (i, d) = self.priced()?;
         let net = i.machine_us - i.deliveries as f64 * d.machine_us / i.units as f64;
         (net > 0.0).then_some(net)
     }
@@ -162,7 +183,7 @@ impl CostBreakdown {
     /// ricochet's own CPU per accepted event during ingest, net of the deliveries made
     /// meanwhile (priced at ricochet's drain cost per delivery).
     pub fn ingest_net_ricochet_us(&self) -> Option<f64> {
-        let (i, d) = (self.ingest.as_ref()?, self.drain.as_ref()?);
+        let (i, d) = self.priced()?;
         let net = i.ricochet_us? - i.deliveries as f64 * d.ricochet_us? / i.units as f64;
         (net > 0.0).then_some(net)
     }
@@ -212,7 +233,7 @@ mod tests {
             (20 * t, 20 * t),
             &[("workers", 5 * t, 5 * t), ("committer", 2 * t, 0)],
         );
-        let i = PhaseCost::between(&a, &b, 500_000, 200_000).unwrap();
+        let i = PhaseCost::between(&a, &b, 500_000, 200_000, 200_000).unwrap();
         assert!((i.cores - 2.0).abs() < 1e-9, "{i:?}");
         assert!((i.machine_busy - 1.0).abs() < 1e-9);
         assert!((i.machine_us - 40.0).abs() < 1e-9);
@@ -228,9 +249,9 @@ mod tests {
             (40 * t, 40 * t),
             &[("workers", 10 * t, 10 * t), ("committer", 4 * t, 0)],
         );
-        let d = PhaseCost::between(&b, &c, 800_000, 800_000).unwrap();
+        let d = PhaseCost::between(&b, &c, 800_000, 800_000, 800_000).unwrap();
         assert!((d.machine_us - 25.0).abs() < 1e-9);
-        let cb = CostBreakdown {
+        let mut cb = CostBreakdown {
             ingest: Some(i),
             drain: Some(d),
             raw: None,
@@ -242,14 +263,19 @@ mod tests {
         assert!((bound - 2e6 / 55.0).abs() < 1e-6, "{bound}");
         // ricochet: 24 µs per event in ingest less 0.4 × 15 µs per delivery.
         assert!((cb.ingest_net_ricochet_us().unwrap() - 18.0).abs() < 1e-9);
+        // Failed requests during ingest (an outage): no price, no bound.
+        cb.ingest.as_mut().unwrap().requests = 300_000;
+        assert_eq!(cb.ingest_net_machine_us(), None);
+        assert_eq!(cb.ingest_net_ricochet_us(), None);
+        assert_eq!(cb.machine_bound_per_s(), None);
     }
 
     #[test]
     fn no_work_or_no_counters_is_no_figure() {
         let a = mark(0, (0, 0), &[]);
         let b = mark(1, (100, 200), &[]);
-        assert_eq!(PhaseCost::between(&a, &b, 0, 0), None);
-        assert_eq!(PhaseCost::between(&a, &Mark::default(), 10, 0), None);
+        assert_eq!(PhaseCost::between(&a, &b, 0, 0, 0), None);
+        assert_eq!(PhaseCost::between(&a, &Mark::default(), 10, 0, 0), None);
         assert_eq!(CostBreakdown::default().machine_bound_per_s(), None);
     }
 

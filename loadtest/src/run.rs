@@ -1291,9 +1291,14 @@ fn run_in(
         dir.display()
     );
     let load_cpu_before = procstat::self_cpu_seconds();
-    let delivered_now =
-        |sink: &Option<Sink>| sink.as_ref().map_or(0, |s| s.shared().counts().delivered);
-    let mark_start = (cost::Mark::take(Some(pid)), delivered_now(&sink));
+    // (deliveries, requests) the sink has counted so far.
+    let sink_now = |sink: &Option<Sink>| {
+        sink.as_ref().map_or((0, 0), |s| {
+            let c = s.shared().counts();
+            (c.delivered, c.requests)
+        })
+    };
+    let mark_start = (cost::Mark::take(Some(pid)), sink_now(&sink));
 
     // Ingest.
     let mut gcfg = GenConfig::new(Target::Unix(socket.clone()), tag.to_string());
@@ -1345,7 +1350,7 @@ fn run_in(
     }
     progress.finish();
     let gres = g.join();
-    let mark_ingest = (cost::Mark::take(Some(pid)), delivered_now(&sink));
+    let mark_ingest = (cost::Mark::take(Some(pid)), sink_now(&sink));
     notes.extend(gres.notes.iter().cloned());
     // The last ack, not now: a wait for missing acks is not drain time.
     let ingest_end_us = gres.started_unix_us + gres.elapsed.as_micros() as u64;
@@ -1421,6 +1426,8 @@ fn run_in(
         }
     }
     let up_at = Instant::now();
+    // The drain's counters start here: the process that drains, the sink that answers.
+    let mark_up = (cost::Mark::take(Some(child.pid())), sink_now(&sink));
     // With a restart, the drain is timed from the sink coming up (not from the last ack,
     // which the restart follows).
     let drain_from_us = if restart.is_some() {
@@ -1495,7 +1502,7 @@ fn run_in(
 
     // ricochet's resources (both processes' CPU after a restart), then stop it.
     let pid = child.pid();
-    let mark_drain = (cost::Mark::take(Some(pid)), delivered_now(&sink));
+    let mark_drain = (cost::Mark::take(Some(pid)), sink_now(&sink));
     let mut cpu = procstat::cpu_seconds(pid);
     let mut hwm = procstat::peak_rss_kib(pid).map(|k| k as f64 / 1024.0);
     if let Some(r) = &mut restart {
@@ -1577,21 +1584,28 @@ fn run_in(
     if a.raw && scheme == Scheme::Https {
         notes.push("no raw ceiling for an HTTPS run: the raw client speaks plain HTTP".into());
     }
-    // CPU per unit of work: ingest per accepted event; the drain per delivery, when one
-    // process ran it from the end of ingest with the sink up throughout and every
-    // request was a first delivery (with retries, a drain is mostly waiting for them).
+    // CPU per unit of work: ingest per accepted event; the drain (from the end of ingest,
+    // or of the outage) per delivery, when every request in it was answered with a
+    // delivery — a drain with failures in it is mostly waiting for their retries.
     let mut costs = cost::CostBreakdown {
         ingest: cost::PhaseCost::between(
             &mark_start.0,
             &mark_ingest.0,
             gen_accepted,
-            mark_ingest.1 - mark_start.1,
+            mark_ingest.1 .0 - mark_start.1 .0,
+            mark_ingest.1 .1 - mark_start.1 .1,
         ),
         ..Default::default()
     };
-    if restart.is_none() && sc.outage == Outage::None && c.retries == 0 {
-        let drained = mark_drain.1 - mark_ingest.1;
-        costs.drain = cost::PhaseCost::between(&mark_ingest.0, &mark_drain.0, drained, drained);
+    let drain_deliveries = mark_drain.1 .0.saturating_sub(mark_up.1 .0);
+    if mark_drain.1 .1.saturating_sub(mark_up.1 .1) == drain_deliveries {
+        costs.drain = cost::PhaseCost::between(
+            &mark_up.0,
+            &mark_drain.0,
+            drain_deliveries,
+            drain_deliveries,
+            drain_deliveries,
+        );
     }
     let mut raw_points = Vec::new();
     if a.raw && scheme == Scheme::Http && !stop.load(Ordering::Relaxed) {
@@ -1614,7 +1628,7 @@ fn run_in(
                 .all(|p: &RawPoint| p.requests_per_s < r.requests_per_s)
             {
                 costs.raw =
-                    cost::PhaseCost::between(&before, &cost::Mark::take(None), r.requests, 0);
+                    cost::PhaseCost::between(&before, &cost::Mark::take(None), r.requests, 0, 0);
             }
             raw_points.push(RawPoint {
                 connections: conns,
