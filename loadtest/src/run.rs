@@ -1298,7 +1298,7 @@ fn run_in(
             (c.delivered, c.requests)
         })
     };
-    let mark_start = (cost::Mark::take(Some(pid)), sink_now(&sink));
+    let (mark_start, sink_at_start) = (cost::Mark::take(Some(pid)), sink_now(&sink));
 
     // Ingest.
     let mut gcfg = GenConfig::new(Target::Unix(socket.clone()), tag.to_string());
@@ -1350,7 +1350,7 @@ fn run_in(
     }
     progress.finish();
     let gres = g.join();
-    let mark_ingest = (cost::Mark::take(Some(pid)), sink_now(&sink));
+    let (mark_ingest, sink_at_ingest_end) = (cost::Mark::take(Some(pid)), sink_now(&sink));
     notes.extend(gres.notes.iter().cloned());
     // The last ack, not now: a wait for missing acks is not drain time.
     let ingest_end_us = gres.started_unix_us + gres.elapsed.as_micros() as u64;
@@ -1427,7 +1427,7 @@ fn run_in(
     }
     let up_at = Instant::now();
     // The drain's counters start here: the process that drains, the sink that answers.
-    let mark_up = (cost::Mark::take(Some(child.pid())), sink_now(&sink));
+    let (mark_up, sink_at_up) = (cost::Mark::take(Some(child.pid())), sink_now(&sink));
     // With a restart, the drain is timed from the sink coming up (not from the last ack,
     // which the restart follows).
     let drain_from_us = if restart.is_some() {
@@ -1502,7 +1502,7 @@ fn run_in(
 
     // ricochet's resources (both processes' CPU after a restart), then stop it.
     let pid = child.pid();
-    let mark_drain = (cost::Mark::take(Some(pid)), sink_now(&sink));
+    let (mark_drain, sink_at_drain_end) = (cost::Mark::take(Some(pid)), sink_now(&sink));
     let mut cpu = procstat::cpu_seconds(pid);
     let mut hwm = procstat::peak_rss_kib(pid).map(|k| k as f64 / 1024.0);
     if let Some(r) = &mut restart {
@@ -1589,19 +1589,19 @@ fn run_in(
     // delivery — a drain with failures in it is mostly waiting for their retries.
     let mut costs = cost::CostBreakdown {
         ingest: cost::PhaseCost::between(
-            &mark_start.0,
-            &mark_ingest.0,
+            &mark_start,
+            &mark_ingest,
             gen_accepted,
-            mark_ingest.1 .0 - mark_start.1 .0,
-            mark_ingest.1 .1 - mark_start.1 .1,
+            sink_at_ingest_end.0 - sink_at_start.0,
+            sink_at_ingest_end.1 - sink_at_start.1,
         ),
         ..Default::default()
     };
-    let drain_deliveries = mark_drain.1 .0.saturating_sub(mark_up.1 .0);
-    if mark_drain.1 .1.saturating_sub(mark_up.1 .1) == drain_deliveries {
+    let drain_deliveries = sink_at_drain_end.0.saturating_sub(sink_at_up.0);
+    if sink_at_drain_end.1.saturating_sub(sink_at_up.1) == drain_deliveries {
         costs.drain = cost::PhaseCost::between(
-            &mark_up.0,
-            &mark_drain.0,
+            &mark_up,
+            &mark_drain,
             drain_deliveries,
             drain_deliveries,
             drain_deliveries,
