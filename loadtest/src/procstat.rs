@@ -4,10 +4,11 @@
 /// fields 14 and 15, in clock ticks).
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    cpu_seconds_from_stat(&stat, clock_ticks())
+    cpu_seconds_from_stat(&stat, ticks_per_second())
 }
 
-fn clock_ticks() -> f64 {
+/// Clock ticks per second (`_SC_CLK_TCK`), the unit of `/proc`'s CPU times.
+pub fn ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 {
@@ -129,11 +130,6 @@ fn machine_ticks_from(stat: &str) -> Option<(u64, u64)> {
     let all: u64 = v.iter().take(8).sum();
     let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
     Some((all - idle, all))
-}
-
-/// Clock ticks per second (`_SC_CLK_TCK`).
-pub fn ticks_per_second() -> f64 {
-    clock_ticks()
 }
 
 #[cfg(test)]

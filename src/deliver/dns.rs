@@ -12,9 +12,9 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use dns_lookup::{AddrInfoHints, LookupErrorKind, SockType};
-use std::time::{Duration, Instant};
 
 use crate::local::oneshot;
 
