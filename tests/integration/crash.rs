@@ -133,7 +133,9 @@ fn kill9_in_the_middle_of_a_pipelined_stream_loses_no_acked_event() {
 /// killed mid-stream: an id answered `dup` on either connection was durable when that
 /// answer went out, so after the restart every id answered `ok` or `dup` arrives. The
 /// receiver fails every attempt until the kill, so nothing counts that was delivered
-/// before it.
+/// before it. The kill waits until both connections have been answered: on a loaded
+/// machine one producer thread may get far ahead of the other, and a kill before the
+/// second was answered at all would test no race.
 #[test]
 fn kill9_while_two_connections_race_the_same_ids_loses_no_answered_id() {
     let rx = TestReceiver::with_script(|_, _| Reply::status(500));
@@ -146,9 +148,9 @@ disable_after = { "3xx" = 1000000, "4xx" = 1000000, "5xx" = 1000000 }"#,
     );
     let mut srv = TestServer::start(&eps);
     const N: usize = 10_000;
-    let (tx, answers) = std::sync::mpsc::channel::<String>();
+    let (tx, answers) = std::sync::mpsc::channel::<(usize, String)>();
     let mut writers = Vec::new();
-    for _ in 0..2 {
+    for conn in 0..2 {
         let mut w = std::os::unix::net::UnixStream::connect(&srv.socket).unwrap();
         let r = BufReader::new(w.try_clone().unwrap());
         writers.push(std::thread::spawn(move || {
@@ -163,7 +165,7 @@ disable_after = { "3xx" = 1000000, "4xx" = 1000000, "5xx" = 1000000 }"#,
         writers.push(std::thread::spawn(move || {
             for line in r.lines() {
                 let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
+                if tx.send((conn, line)).is_err() {
                     break;
                 }
             }
@@ -171,9 +173,20 @@ disable_after = { "3xx" = 1000000, "4xx" = 1000000, "5xx" = 1000000 }"#,
     }
     drop(tx);
     let mut answered = HashSet::new();
-    let (mut lines, mut dups) = (0, 0);
-    for line in answers {
+    let (mut lines, mut dups, mut per_conn) = (0, 0, [0usize; 2]);
+    let mut killed = false;
+    loop {
+        // Before the kill an answer is never far off; after it the readers end and the
+        // channel closes.
+        let (conn, line) = match answers.recv_timeout(Duration::from_secs(30)) {
+            Ok(answer) => answer,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("no answer for 30 s: {per_conn:?} answers per connection")
+            }
+        };
         lines += 1;
+        per_conn[conn] += 1;
         let mut parts = line.split(' ');
         match (parts.next(), parts.next()) {
             (Some("ok"), Some(id)) => {
@@ -185,20 +198,24 @@ disable_after = { "3xx" = 1000000, "4xx" = 1000000, "5xx" = 1000000 }"#,
             }
             _ => panic!("unexpected answer {line:?}"),
         }
-        if lines == 8000 {
+        // Mid-stream: at least 8,000 answers in all and 1,000 on each connection, so
+        // both connections were answered and at least one is still sending.
+        if !killed && lines >= 8000 && per_conn.iter().all(|&n| n >= 1000) {
             srv.kill9();
+            killed = true;
         }
     }
     for t in writers {
         let _ = t.join();
     }
-    assert!(lines >= 8000, "only {lines} answers");
+    assert!(killed, "never killed: {per_conn:?} answers per connection");
     assert!(dups > 0, "the connections never raced for an id");
     let dir = srv.dir.clone();
     drop(srv);
     restart_healthy_until_all_arrive(&rx, dir, &ServerOpts::new(&eps), &answered);
     eprintln!(
-        "kill -9 with raced ids: {} ids answered, {dups} of the answers dup",
+        "kill -9 with raced ids: {} ids answered, {dups} of the answers dup, \
+         {per_conn:?} answers per connection",
         answered.len()
     );
 }
