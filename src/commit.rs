@@ -51,9 +51,8 @@ use crate::endpoint::EndpointSpec;
 use crate::metrics::{CommitSnapshot, Hist};
 use crate::shard::{Mailbox, MailboxSender};
 use crate::store::{
-    self, seq_floor, seq_time_ms, AttemptRecord, DeliveryState, DueKey, DueVal, EndpointId,
-    EndpointMeta, EndpointSource, EventRecord, Seq, Store, DISABLED_DOES_NOT_COMPILE,
-    DISABLED_IN_CONFIG, DISABLED_IN_SPEC,
+    self, seq_floor, seq_time_ms, AttemptRecord, DeliveryState, DisabledBy, DueKey, DueVal,
+    EndpointId, EndpointMeta, EndpointSource, EventRecord, Seq, Store,
 };
 use crate::syncer::{self, AckStats, Answer, SyncMsg};
 use crate::worker::{Job, WorkerMsg};
@@ -177,9 +176,12 @@ pub struct Outcome {
 pub enum CommitMsg {
     Ingest(IngestBatch),
     Outcomes(Vec<Outcome>),
+    /// Disable an endpoint: `detail` is the receiver's answer for
+    /// [`DisabledBy::Receiver`], `None` for a cause whose words are fixed.
     EndpointDisabled {
         ep: EndpointId,
-        reason: String,
+        by: DisabledBy,
+        detail: Option<String>,
     },
     /// Resume an endpoint: its paused deliveries become due now, in order.
     EnableEndpoint {
@@ -637,8 +639,12 @@ impl State {
                         self.record(o, &mut batch, &mut jobs_from_outcomes, &mut delta);
                     }
                 }
-                CommitMsg::EndpointDisabled { ep, reason } => {
-                    if self.disable_ep(ep, reason) {
+                CommitMsg::EndpointDisabled { ep, by, detail } => {
+                    let disabled = |m: &mut EndpointMeta| match &detail {
+                        Some(d) => m.disable_because(by, d),
+                        None => m.disable(by),
+                    };
+                    if self.disable_ep(ep, disabled) {
                         to_pause.push(ep);
                     }
                 }
@@ -1087,15 +1093,16 @@ impl State {
         self.resuming = still;
     }
 
-    /// Disables an endpoint; true when it was enabled (its deliveries must be paused).
-    fn disable_ep(&mut self, ep: EndpointId, reason: String) -> bool {
+    /// Disables an endpoint, `disable` recording why in its state; true when it was
+    /// enabled (its deliveries must be paused).
+    fn disable_ep(&mut self, ep: EndpointId, disable: impl FnOnce(&mut EndpointMeta)) -> bool {
         let Some(info) = self.router.eps.get_mut(&ep) else {
             return false;
         };
         self.workers[info.worker].send(WorkerMsg::SetEnabled { ep, enabled: false });
         let was = info.enabled;
         info.enabled = false;
-        info.meta.disabled_reason = Some(reason);
+        disable(&mut info.meta);
         self.dirty.insert(ep);
         was
     }
@@ -1104,7 +1111,7 @@ impl State {
     fn enable_ep(&mut self, ep: EndpointId) {
         if let Some(info) = self.router.eps.get_mut(&ep) {
             info.enabled = true;
-            info.meta.disabled_reason = None;
+            info.meta.enable();
             info.meta.fails = [0; 3];
             self.dirty.insert(ep);
             self.workers[info.worker].send(WorkerMsg::SetEnabled { ep, enabled: true });
@@ -1144,19 +1151,15 @@ impl State {
         spec.id = id;
         meta.id = id;
         meta.source = EndpointSource::Api;
-        let was_enabled = meta.disabled_reason.is_none();
+        let was_enabled = !meta.is_disabled();
         // `enabled = false` disables; `true` lifts only a disable it caused.
         // A definition that compiles replaces one that did not: it decides alone.
-        if meta
-            .disabled_reason
-            .as_deref()
-            .is_some_and(|r| r.starts_with(DISABLED_DOES_NOT_COMPILE))
-        {
-            meta.disabled_reason = None;
+        if meta.disabled_by() == Some(DisabledBy::NotCompiling) {
+            meta.enable();
         }
-        match (spec.cfg.enabled, meta.disabled_reason.as_deref()) {
-            (false, None) => meta.disabled_reason = Some(DISABLED_IN_SPEC.to_string()),
-            (true, Some(DISABLED_IN_SPEC | DISABLED_IN_CONFIG)) => meta.disabled_reason = None,
+        match (spec.cfg.enabled, meta.disabled_by()) {
+            (false, None) => meta.disable(DisabledBy::Definition),
+            (true, Some(DisabledBy::Definition | DisabledBy::Config)) => meta.enable(),
             _ => {}
         }
         if !spec.cfg.ordered {
@@ -1170,7 +1173,7 @@ impl State {
             .map_err(|e| EndpointOpError::Store(e.to_string()))?;
         let worker = crate::shard::worker_for(&name, self.workers.len());
         let created = !self.router.eps.contains_key(&id);
-        let now_enabled = meta.disabled_reason.is_none();
+        let now_enabled = !meta.is_disabled();
         // A replaced endpoint changes state below, through the usual paths.
         let (enabled, route_meta) = if created {
             (now_enabled, meta.clone())
@@ -1206,7 +1209,7 @@ impl State {
             meta: meta.clone(),
         });
         if !created && was_enabled && !now_enabled {
-            if self.disable_ep(id, meta.disabled_reason.clone().unwrap_or_default()) {
+            if self.disable_ep(id, |m| m.copy_disabled_from(&meta)) {
                 to_pause.push(id);
             }
         } else if !created && !was_enabled && now_enabled {
@@ -1792,7 +1795,8 @@ mod tests {
         fill_round(&mut msgs, || {
             Some(CommitMsg::EndpointDisabled {
                 ep: 1,
-                reason: String::new(),
+                by: DisabledBy::Admin,
+                detail: None,
             })
         });
         assert_eq!(msgs.len(), ROUND_ITEMS.min(ROUND_MSGS));

@@ -23,9 +23,7 @@ use crate::deliver::dns::ResolverThread;
 use crate::endpoint::EndpointSpec;
 use crate::runtime;
 use crate::shard::{mailbox, worker_for, MailboxSender};
-use crate::store::{
-    EndpointMeta, EndpointSource, Store, DISABLED_DOES_NOT_COMPILE, DISABLED_IN_CONFIG,
-};
+use crate::store::{DisabledBy, EndpointMeta, EndpointSource, Store};
 use crate::syncer::{self, Syncer};
 use crate::worker::{self, WorkerMsg, WorkerSetup};
 
@@ -103,7 +101,7 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
                 account: spec.cfg.account.clone(),
                 min_delay_ms: spec.cfg.min_delay.as_millis() as u64,
                 // A stored definition that no longer compiles has a reason (`apply_endpoints`).
-                enabled: meta.disabled_reason.is_none(),
+                enabled: !meta.is_disabled(),
                 ordered: spec.cfg.ordered,
                 meta,
             }
@@ -275,12 +273,12 @@ fn apply_endpoints(
         meta.source = EndpointSource::Config;
         // `enabled` in the file disables, and enables again what the file disabled;
         // an automatic disable (410, disable_after) stays until enabled explicitly.
-        match (spec.cfg.enabled, meta.disabled_reason.as_deref()) {
-            (false, None) => meta.disabled_reason = Some(DISABLED_IN_CONFIG.to_string()),
-            (true, Some(DISABLED_IN_CONFIG)) => meta.disabled_reason = None,
-            (true, Some(reason)) => tracing::warn!(
+        match (spec.cfg.enabled, meta.disabled_by()) {
+            (false, None) => meta.disable(DisabledBy::Config),
+            (true, Some(DisabledBy::Config)) => meta.enable(),
+            (true, Some(_)) => tracing::warn!(
                 endpoint = %spec.cfg.name,
-                %reason,
+                reason = meta.disabled_reason.as_deref().unwrap_or_default(),
                 "endpoint stays disabled until it is enabled over the admin API"
             ),
             _ => {}
@@ -306,9 +304,8 @@ fn apply_endpoints(
                              deliveries wait; PUT a definition that compiles to run it again"
                         );
                         let mut meta = e.meta.clone();
-                        if meta.disabled_reason.is_none() {
-                            meta.disabled_reason =
-                                Some(format!("{DISABLED_DOES_NOT_COMPILE}: {err}"));
+                        if !meta.is_disabled() {
+                            meta.disable_because(DisabledBy::NotCompiling, &err.to_string());
                             batch.put_endpoint(store, &e.name, &meta);
                         }
                         specs.push(EndpointSpec::not_compiling(e.meta.id, cfg, err.to_string()));

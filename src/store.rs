@@ -663,9 +663,14 @@ pub fn decode_group(max: Seq, value: &[u8], out: &mut Vec<Seq>) -> Result<()> {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct EndpointMeta {
     pub id: EndpointId,
-    /// Set while the endpoint is disabled, with why.
+    /// Set while the endpoint is disabled, with why, in words (the admin API shows it).
+    /// Change it only through [`EndpointMeta::disable`] and [`EndpointMeta::enable`].
     #[serde(default)]
     pub disabled_reason: Option<String>,
+    /// Who disabled it; absent in records written before it was stored (see
+    /// [`EndpointMeta::disabled_by`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_by: Option<DisabledBy>,
     /// Consecutive failures per class (3xx, 4xx, 5xx) when last recorded.
     #[serde(default)]
     pub fails: [u32; 3],
@@ -710,13 +715,98 @@ pub struct StoredEndpoint {
     pub config: Option<EndpointConfig>,
 }
 
-/// The reason recorded when the config file says `enabled = false`.
-pub const DISABLED_IN_CONFIG: &str = "disabled in the config file";
-/// The reason recorded when an endpoint created over the API says `enabled = false`.
-pub const DISABLED_IN_SPEC: &str = "disabled by its definition (enabled = false)";
-/// The start of the reason recorded when an endpoint's stored definition no longer
-/// compiles (a newer version checks templates more strictly); the error follows.
-pub const DISABLED_DOES_NOT_COMPILE: &str = "its stored definition no longer compiles";
+/// Who disabled an endpoint: it decides what may enable it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisabledBy {
+    /// The config file says `enabled = false`; the file saying `true` enables it again.
+    Config,
+    /// A definition sent over the API says `enabled = false`; a definition saying
+    /// `true` (or the config file) enables it again.
+    Definition,
+    /// Its stored definition no longer compiles (a newer version checks templates more
+    /// strictly); any definition that compiles replaces it and decides alone.
+    NotCompiling,
+    /// The receiver's answers (`410 Gone`, `disable_after`): only an explicit enable.
+    Receiver,
+    /// `POST /v1/endpoints/{name}/disable`: only an explicit enable.
+    Admin,
+}
+
+impl DisabledBy {
+    /// The reason shown, in words (a detail may follow, see
+    /// [`EndpointMeta::disable_because`]).
+    pub fn words(self) -> &'static str {
+        match self {
+            DisabledBy::Config => LEGACY_IN_CONFIG,
+            DisabledBy::Definition => LEGACY_IN_SPEC,
+            DisabledBy::Admin => LEGACY_ADMIN,
+            DisabledBy::NotCompiling => LEGACY_NOT_COMPILING,
+            DisabledBy::Receiver => "disabled by the receiver's answers",
+        }
+    }
+
+    /// The cause of a disable recorded before causes were stored, from the words this
+    /// program wrote then: the only place a reason's text is read.
+    fn from_legacy_reason(reason: &str) -> DisabledBy {
+        match reason {
+            LEGACY_IN_CONFIG => DisabledBy::Config,
+            LEGACY_IN_SPEC => DisabledBy::Definition,
+            LEGACY_ADMIN => DisabledBy::Admin,
+            r if r.starts_with(LEGACY_NOT_COMPILING) => DisabledBy::NotCompiling,
+            _ => DisabledBy::Receiver,
+        }
+    }
+}
+
+// The words of the fixed reasons. They are also how records written before
+// `disabled_by` existed tell their cause, so they never change.
+const LEGACY_IN_CONFIG: &str = "disabled in the config file";
+const LEGACY_IN_SPEC: &str = "disabled by its definition (enabled = false)";
+const LEGACY_ADMIN: &str = "disabled over the admin API";
+const LEGACY_NOT_COMPILING: &str = "its stored definition no longer compiles";
+
+impl EndpointMeta {
+    pub fn is_disabled(&self) -> bool {
+        self.disabled_reason.is_some()
+    }
+
+    /// Who disabled it, `None` while it is enabled.
+    pub fn disabled_by(&self) -> Option<DisabledBy> {
+        let reason = self.disabled_reason.as_deref()?;
+        Some(
+            self.disabled_by
+                .unwrap_or_else(|| DisabledBy::from_legacy_reason(reason)),
+        )
+    }
+
+    /// Disables it, with the cause's words as the reason.
+    pub fn disable(&mut self, by: DisabledBy) {
+        self.disabled_reason = Some(by.words().to_string());
+        self.disabled_by = Some(by);
+    }
+
+    /// Disables it with a detail: the receiver's answer is the whole reason (`410 Gone`,
+    /// the failures counted); a compile error follows the cause's words.
+    pub fn disable_because(&mut self, by: DisabledBy, detail: &str) {
+        self.disabled_reason = Some(match by {
+            DisabledBy::Receiver => detail.to_string(),
+            _ => format!("{}: {detail}", by.words()),
+        });
+        self.disabled_by = Some(by);
+    }
+
+    pub fn enable(&mut self) {
+        self.disabled_reason = None;
+        self.disabled_by = None;
+    }
+
+    /// Takes `other`'s disabled state (cause and reason) as it is.
+    pub fn copy_disabled_from(&mut self, other: &EndpointMeta) {
+        self.disabled_reason = other.disabled_reason.clone();
+        self.disabled_by = other.disabled_by;
+    }
+}
 
 /// A key of the `due` column family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -2003,6 +2093,61 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endpoints_disabled_cause_is_stored_and_old_records_are_read_by_their_words() {
+        let mut meta = EndpointMeta::default();
+        assert_eq!(meta.disabled_by(), None);
+        meta.disable_because(DisabledBy::Receiver, "410 Gone");
+        assert_eq!(meta.disabled_reason.as_deref(), Some("410 Gone"));
+        assert_eq!(meta.disabled_by(), Some(DisabledBy::Receiver));
+        // A receiver's words that look like a fixed cause's are still the receiver's.
+        meta.disable_because(DisabledBy::Receiver, LEGACY_IN_CONFIG);
+        let json = serde_json::to_string(&meta).unwrap();
+        assert!(json.contains(r#""disabled_by":"receiver""#), "{json}");
+        let back: EndpointMeta = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.disabled_by(), Some(DisabledBy::Receiver));
+        meta.disable_because(DisabledBy::NotCompiling, "body: 1:2: unknown data point");
+        assert_eq!(
+            meta.disabled_reason.as_deref(),
+            Some("its stored definition no longer compiles: body: 1:2: unknown data point")
+        );
+        meta.enable();
+        assert_eq!(
+            (meta.disabled_reason.as_deref(), meta.disabled_by()),
+            (None, None)
+        );
+        let json = serde_json::to_string(&meta).unwrap();
+        assert!(!json.contains("disabled_by"), "{json}");
+
+        // Records written before the cause was stored: read from the words written then.
+        let old = |reason: &str| {
+            let json = serde_json::json!({ "id": 3, "disabled_reason": reason });
+            serde_json::from_value::<EndpointMeta>(json)
+                .unwrap()
+                .disabled_by()
+        };
+        assert_eq!(old("disabled in the config file"), Some(DisabledBy::Config));
+        assert_eq!(
+            old("disabled by its definition (enabled = false)"),
+            Some(DisabledBy::Definition)
+        );
+        assert_eq!(old("disabled over the admin API"), Some(DisabledBy::Admin));
+        assert_eq!(
+            old("its stored definition no longer compiles: x"),
+            Some(DisabledBy::NotCompiling)
+        );
+        assert_eq!(old("5 consecutive 5xx"), Some(DisabledBy::Receiver));
+        for by in [
+            DisabledBy::Config,
+            DisabledBy::Definition,
+            DisabledBy::Admin,
+        ] {
+            let mut m = EndpointMeta::default();
+            m.disable(by);
+            assert_eq!(old(m.disabled_reason.as_deref().unwrap()), Some(by));
+        }
+    }
 
     fn ev(seq: Seq) -> EventRecord {
         EventRecord::new(

@@ -44,8 +44,8 @@ use crate::schedule::wheel::TimerWheel;
 use crate::schedule::{after_attempt, classify_response, FailClass, Verdict};
 use crate::shard::{Mailbox, MailboxSender};
 use crate::store::{
-    seq_time_ms, AttemptRecord, DeliveryState, DueKey, DueVal, EndpointId, EndpointMeta,
-    EventRecord,
+    seq_time_ms, AttemptRecord, DeliveryState, DisabledBy, DueKey, DueVal, EndpointId,
+    EndpointMeta, EventRecord,
 };
 use crate::template::Doc;
 
@@ -186,7 +186,7 @@ impl Ep {
             removed: Cell::new(false),
             lanes: Cell::new(0),
             idle: RefCell::new(Vec::new()),
-            disabled: Cell::new(meta.disabled_reason.is_some()),
+            disabled: Cell::new(meta.is_disabled()),
             fails: Cell::new(meta.fails),
             pacing: Cell::new(false),
             gen: Cell::new(0),
@@ -673,7 +673,8 @@ impl Worker {
         self.flush_outbox();
         self.commit.send(CommitMsg::EndpointDisabled {
             ep: spec.id,
-            reason,
+            by: DisabledBy::Receiver,
+            detail: Some(reason),
         });
     }
 

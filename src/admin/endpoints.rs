@@ -25,7 +25,7 @@ use crate::config::{field_message, EndpointConfig};
 use crate::endpoint::{EndpointError, EndpointSpec};
 use crate::metrics::{AttemptResult, EndpointCounts};
 use crate::shard::worker_for;
-use crate::store::{seq_floor, DeliveryState, EndpointMeta, EventRecord};
+use crate::store::{seq_floor, DeliveryState, DisabledBy, EndpointMeta, EventRecord};
 use crate::worker::WorkerMsg;
 
 pub use crate::deliver::request::REDACTED;
@@ -181,7 +181,8 @@ impl Admin {
             Some("disable") => {
                 self.commit.send(CommitMsg::EndpointDisabled {
                     ep: spec.id,
-                    reason: "disabled over the admin API".into(),
+                    by: DisabledBy::Admin,
+                    detail: None,
                 });
                 json_response(200, &json!({ "name": name, "enabled": false }))
             }
@@ -492,7 +493,7 @@ fn describe(
     let meta = meta.unwrap_or(&default);
     let mut cfg = spec.cfg.clone();
     redact(&mut cfg);
-    cfg.enabled = meta.disabled_reason.is_none();
+    cfg.enabled = !meta.is_disabled();
     View {
         cfg,
         source: meta.source.as_str(),

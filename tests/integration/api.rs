@@ -708,6 +708,62 @@ fn endpoints_delete_recreate_and_persist_across_restart() {
     assert_eq!(status, 409);
 }
 
+/// A definition's `enabled = true` lifts only the disable a definition caused; a
+/// disable over the admin API (like an automatic one) waits for an explicit enable, also
+/// after a kill -9 (who disabled it is part of the stored state).
+#[test]
+fn a_definition_enables_only_what_a_definition_disabled() {
+    let rx = TestReceiver::start();
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let opts = ServerOpts::new("");
+    let mut srv = TestServer::start_in(dir.clone(), &opts);
+    let def = |enabled: bool| ep("d", &["t"], &rx.url("/d"), json!({ "enabled": enabled }));
+    let state = |srv: &TestServer| {
+        let (status, v) = srv.get("/v1/endpoints/d");
+        assert_eq!(status, 200, "{v}");
+        (v["enabled"].clone(), v["disabled_reason"].clone())
+    };
+
+    let (status, v) = srv.call("POST", "/v1/endpoints", &def(false));
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(
+        state(&srv),
+        (
+            json!(false),
+            json!("disabled by its definition (enabled = false)")
+        )
+    );
+    let (status, v) = srv.call("PUT", "/v1/endpoints/d", &def(true));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(state(&srv), (json!(true), Value::Null));
+
+    assert_eq!(srv.post("/v1/endpoints/d/disable").0, 200);
+    poll(WAIT, "the disable", || match state(&srv) {
+        (Value::Bool(false), r) => Ok(r),
+        seen => Err(format!("{seen:?}")),
+    });
+    srv.kill9();
+    drop(srv);
+    let srv = TestServer::start_in(dir, &opts);
+    let (status, v) = srv.call("PUT", "/v1/endpoints/d", &def(true));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        state(&srv),
+        (json!(false), json!("disabled over the admin API"))
+    );
+    let mut c = srv.connect();
+    assert_eq!(c.send(&event("t", "en-1", "{}")), "ok en-1 0");
+
+    assert_eq!(srv.post("/v1/endpoints/d/enable").0, 200);
+    poll(WAIT, "the enable", || match state(&srv) {
+        (Value::Bool(true), _) => Ok(()),
+        seen => Err(format!("{seen:?}")),
+    });
+    assert_eq!(c.send(&event("t", "en-2", "{}")), "ok en-2 1");
+    let got = rx.wait_for(1, WAIT);
+    assert_eq!(got[0].header("webhook-id"), Some("en-2"));
+}
+
 #[test]
 fn test_call_sends_one_sample_request_outside_the_log() {
     let ok = TestReceiver::with_script(|_, _| Reply::status(200).body("OK"));
