@@ -8,7 +8,9 @@
 //! seconds and its stamp is that intended time, so a stalled server shows up as latency
 //! (no coordinated omission). With `rate = 0` the writer goes flat out and the stamp is
 //! the time the line was formatted. The ring also bounds how far the writer may run
-//! ahead of the acks.
+//! ahead of the acks. With a `linger` (Kafka's `linger.ms`), a rate-limited writer waits
+//! at least that long between writes and sends what fell due meanwhile in one write, as
+//! a batching producer does; each event's latency still counts from its due time.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
@@ -65,6 +67,9 @@ pub struct GenConfig {
     pub connect_timeout: Duration,
     /// Most events in flight (written, not yet acked) per connection; a power of two.
     pub window: usize,
+    /// With `rate > 0`: the least time between a connection's writes (zero: each event
+    /// goes out as soon as it is due).
+    pub linger: Duration,
 }
 
 impl GenConfig {
@@ -81,6 +86,7 @@ impl GenConfig {
             ack_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             window: 1 << 14,
+            linger: Duration::ZERO,
         }
     }
 }
@@ -459,7 +465,9 @@ impl Writer {
                 let now = self.started.elapsed().as_secs_f64();
                 if now < due {
                     self.flush(w, &mut buf, j)?;
-                    std::thread::sleep(Duration::from_secs_f64((due - now).min(0.002)));
+                    // Until it is due (looking again after 2 ms at most), or the linger.
+                    let wait = (due - now).min(0.002).max(cfg.linger.as_secs_f64());
+                    std::thread::sleep(Duration::from_secs_f64(wait));
                     continue;
                 }
             }
@@ -822,6 +830,49 @@ mod tests {
         assert!((0..1_000).all(|n| shared.accepted.get(n)));
         drop(shared);
         server.join().unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// With a linger the writer sends what fell due meanwhile together: 400 events over
+    /// 100 ms with a 20 ms linger arrive in a handful of reads, not hundreds.
+    #[test]
+    fn gen_linger_batches_writes() {
+        let dir = std::env::temp_dir().join(format!("rl-gen-linger-{}", new_run_tag()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ingest.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut w = s.try_clone().unwrap();
+            let (mut buf, mut pending, mut reads) = (vec![0u8; 1 << 20], Vec::new(), 0);
+            loop {
+                let n = s.read(&mut buf).unwrap();
+                if n == 0 {
+                    return reads;
+                }
+                reads += 1;
+                pending.extend_from_slice(&buf[..n]);
+                while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                    let v: serde_json::Value = serde_json::from_slice(&pending[..end]).unwrap();
+                    writeln!(w, "ok {} 1", v["id"].as_str().unwrap()).unwrap();
+                    pending.drain(..=end);
+                }
+            }
+        });
+        let mut cfg = GenConfig::new(Target::Unix(path), "tl".into());
+        cfg.events = 400;
+        cfg.rate = 4_000.0;
+        cfg.linger = Duration::from_millis(20);
+        cfg.payload = Payload::parse("small").unwrap();
+        let t = Instant::now();
+        let res = Gen::start(cfg, Arc::new(AtomicBool::new(false)))
+            .unwrap()
+            .join();
+        assert!(t.elapsed() >= Duration::from_millis(90), "open loop paced");
+        assert_eq!((res.sent, res.ok, res.mismatched), (400, 400, 0));
+        let reads = server.join().unwrap();
+        // 100 ms in writes at least 20 ms apart: 6 at most, with room for a split read.
+        assert!((1..=12).contains(&reads), "{reads} reads");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -166,6 +166,10 @@ struct GenArgs {
     /// two); ack latency under flat-out load is about window / throughput.
     #[arg(long, default_value_t = 16384)]
     window: usize,
+    /// With --rate: the least time between a connection's writes, so what falls due
+    /// meanwhile goes out in one write (Kafka's linger.ms); 0s sends each event when due.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    linger: Duration,
 }
 
 #[derive(Args)]
@@ -355,6 +359,7 @@ fn cmd_gen(a: GenArgs) -> Result<i32> {
     cfg.connections = a.connections;
     cfg.ack_timeout = a.ack_timeout;
     cfg.window = a.window;
+    cfg.linger = a.linger;
     eprintln!(
         "gen -> {} run {} ({} events max, {:?} max, rate {}, {} connection(s), {} types, {} payload)",
         cfg.target,

@@ -86,6 +86,12 @@ pub struct RunArgs {
     /// a bounded producer.
     #[arg(long)]
     pub(crate) window: Option<usize>,
+    /// Override the scenario's linger: with a rate, the least time between a
+    /// connection's writes, so what falls due meanwhile goes out in one write, as a
+    /// batching producer sends (Kafka's linger.ms). Latency still counts from each
+    /// event's due time.
+    #[arg(long, value_parser = parse_duration)]
+    linger: Option<Duration>,
     /// Override the scenario's `restart`: after ingest (before an outage ends) kill -9
     /// ricochet, start it again on the same data dir, and time its first /health and the
     /// first ok ack of a probe event. `--restart=false` turns it off.
@@ -216,6 +222,9 @@ pub fn scenario_of(a: &RunArgs) -> Result<Scenario> {
     if let Some(w) = a.window {
         sc.window = w.max(2);
     }
+    if let Some(l) = a.linger {
+        sc.linger = l;
+    }
     if let Some(r) = a.restart {
         sc.restart = r;
     }
@@ -327,11 +336,16 @@ pub fn rate_text(rate: f64) -> String {
 fn settings_text(sc: &Scenario, swept: bool) -> String {
     let window = gen::ring_size(sc.window);
     format!(
-        "{} endpoints, {} events max, {:?} max, rate {}, {} connection(s), window {}, {} durability, outage {}, drain timeout {:?}{}",
+        "{} endpoints, {} events max, {:?} max, rate {}{}, {} connection(s), window {}, {} durability, outage {}, drain timeout {:?}{}",
         fmt_count(sc.endpoints),
         fmt_count(sc.events),
         sc.duration,
         rate_text(sc.rate),
+        if sc.rate > 0.0 && !sc.linger.is_zero() {
+            format!(" (linger {:?})", sc.linger)
+        } else {
+            String::new()
+        },
         sc.connections,
         if swept {
             "by run (swept)".to_string()
@@ -364,6 +378,7 @@ fn settings_json(sc: &Scenario) -> serde_json::Value {
         "rate": sc.rate,
         "connections": sc.connections,
         "window": gen::ring_size(sc.window),
+        "linger_s": sc.linger.as_secs_f64(),
         "durability": sc.durability,
         "outage": sc.outage.name(),
         "drain_timeout_s": sc.drain_timeout.as_secs_f64(),
@@ -1309,6 +1324,7 @@ fn run_in(
     gcfg.payload = sc.payload;
     gcfg.connections = sc.connections;
     gcfg.window = sc.window;
+    gcfg.linger = sc.linger;
     gcfg.ack_timeout = Duration::from_secs(15);
     gcfg.connect_timeout = Duration::from_secs(10);
     let gen_stop = Arc::new(AtomicBool::new(false));

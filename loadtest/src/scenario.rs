@@ -52,6 +52,10 @@ pub struct ScenarioFile {
     /// Most events in flight (written, not acked) per connection.
     #[serde(default = "default_window")]
     pub window: usize,
+    /// With a rate: the least time between a connection's writes, so what falls due
+    /// meanwhile goes out in one write (a batching producer); "0s" = each event at once.
+    #[serde(default = "zero_duration")]
+    pub linger: String,
     /// ricochet `[server] workers`.
     #[serde(default = "two")]
     pub workers: usize,
@@ -131,6 +135,9 @@ fn two() -> usize {
 fn default_window() -> usize {
     16384
 }
+fn zero_duration() -> String {
+    "0s".into()
+}
 fn default_duration() -> String {
     "20s".into()
 }
@@ -187,6 +194,7 @@ pub struct Scenario {
     pub payload: Payload,
     pub connections: usize,
     pub window: usize,
+    pub linger: Duration,
     pub workers: usize,
     pub durability: String,
     pub drain_timeout: Duration,
@@ -307,6 +315,7 @@ impl Scenario {
             payload: Payload::parse(&f.payload).with_context(ctx)?,
             connections: f.connections.max(1),
             window: f.window.max(2),
+            linger: dur(&f.linger, "linger")?,
             workers: f.workers.max(1),
             durability: f.durability,
             drain_timeout: dur(&f.drain_timeout, "drain_timeout")?,
@@ -424,6 +433,16 @@ mod tests {
         assert!(b.restart, "backlog measures readiness after a restart");
         assert!(!Scenario::load("max").unwrap().restart);
         assert!(Scenario::load("no-such-scenario").is_err());
+        // The linger: none unless a file sets one; a bad one names the key.
+        assert!(Scenario::load("max").unwrap().linger.is_zero());
+        let l = Scenario::parse(
+            "l",
+            "test",
+            "description = \"x\"\nrate = 10\nlinger = \"5ms\"\n",
+        );
+        assert_eq!(l.unwrap().linger, Duration::from_millis(5));
+        let bad = Scenario::parse("l", "test", "description = \"x\"\nlinger = \"soon\"\n");
+        assert!(format!("{:#}", bad.unwrap_err()).contains("linger"));
     }
 
     #[test]
