@@ -664,7 +664,8 @@ pub fn decode_group(max: Seq, value: &[u8], out: &mut Vec<Seq>) -> Result<()> {
 pub struct EndpointMeta {
     pub id: EndpointId,
     /// Set while the endpoint is disabled, with why, in words (the admin API shows it).
-    /// Change it only through [`EndpointMeta::disable`] and [`EndpointMeta::enable`].
+    /// Change it only through the methods that keep it and `disabled_by` together
+    /// ([`EndpointMeta::disable`], [`EndpointMeta::enable`] and their kin).
     #[serde(default)]
     pub disabled_reason: Option<String>,
     /// Who disabled it; absent in records written before it was stored (see
