@@ -705,6 +705,27 @@ mod tests {
         assert_eq!(parse_ack(b"hello"), Ack::Unknown);
     }
 
+    /// A fresh temp dir for a test's ingest socket, removed when dropped.
+    struct TestSocket {
+        dir: PathBuf,
+        path: PathBuf,
+    }
+
+    impl TestSocket {
+        fn new(tag: &str) -> TestSocket {
+            let dir = std::env::temp_dir().join(format!("rl-gen-{tag}-{}", new_run_tag()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("ingest.sock");
+            TestSocket { dir, path }
+        }
+    }
+
+    impl Drop for TestSocket {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
     /// A fake ingest server answering each line; every 7th is a dup, every 11th an err.
     fn fake_ingest(path: PathBuf) -> JoinHandle<u64> {
         let l = UnixListener::bind(&path).unwrap();
@@ -735,9 +756,8 @@ mod tests {
 
     #[test]
     fn gen_against_fake_ingest() {
-        let dir = std::env::temp_dir().join(format!("rl-gen-test-{}", new_run_tag()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("ingest.sock");
+        let sock = TestSocket::new("test");
+        let path = sock.path.clone();
         let server = fake_ingest(path.clone());
         let mut cfg = GenConfig::new(Target::Unix(path), "t1".into());
         cfg.events = 5_000;
@@ -754,15 +774,13 @@ mod tests {
         assert_eq!(res.mismatched, 0);
         assert_eq!(res.ack.count, 5_000);
         assert_eq!(server.join().unwrap(), 5_000);
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     /// A server that drops every 50th ack: accounting follows the ids, not positions.
     #[test]
     fn gen_survives_dropped_acks() {
-        let dir = std::env::temp_dir().join(format!("rl-gen-test3-{}", new_run_tag()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("ingest.sock");
+        let sock = TestSocket::new("test3");
+        let path = sock.path.clone();
         let l = UnixListener::bind(&path).unwrap();
         let server = std::thread::spawn(move || {
             let (s, _) = l.accept().unwrap();
@@ -792,14 +810,12 @@ mod tests {
         );
         drop(shared);
         server.join().unwrap();
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
     fn gen_rate_limited_two_connections() {
-        let dir = std::env::temp_dir().join(format!("rl-gen-test2-{}", new_run_tag()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("ingest.sock");
+        let sock = TestSocket::new("test2");
+        let path = sock.path.clone();
         let l = UnixListener::bind(&path).unwrap();
         let server = std::thread::spawn(move || {
             let mut hs = Vec::new();
@@ -830,16 +846,14 @@ mod tests {
         assert!((0..1_000).all(|n| shared.accepted.get(n)));
         drop(shared);
         server.join().unwrap();
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     /// With a linger the writer sends what fell due meanwhile together: 400 events over
     /// 100 ms with a 20 ms linger arrive in a handful of reads, not hundreds.
     #[test]
     fn gen_linger_batches_writes() {
-        let dir = std::env::temp_dir().join(format!("rl-gen-linger-{}", new_run_tag()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("ingest.sock");
+        let sock = TestSocket::new("linger");
+        let path = sock.path.clone();
         let l = UnixListener::bind(&path).unwrap();
         let server = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
@@ -873,6 +887,5 @@ mod tests {
         let reads = server.join().unwrap();
         // 100 ms in writes at least 20 ms apart: 6 at most, with room for a split read.
         assert!((1..=12).contains(&reads), "{reads} reads");
-        let _ = std::fs::remove_dir_all(dir);
     }
 }
