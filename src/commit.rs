@@ -640,11 +640,7 @@ impl State {
                     }
                 }
                 CommitMsg::EndpointDisabled { ep, by, detail } => {
-                    let disabled = |m: &mut EndpointMeta| match &detail {
-                        Some(d) => m.disable_because(by, d),
-                        None => m.disable(by),
-                    };
-                    if self.disable_ep(ep, disabled) {
+                    if self.disable_ep(ep, by, detail.as_deref()) {
                         to_pause.push(ep);
                     }
                 }
@@ -1093,16 +1089,19 @@ impl State {
         self.resuming = still;
     }
 
-    /// Disables an endpoint, `disable` recording why in its state; true when it was
-    /// enabled (its deliveries must be paused).
-    fn disable_ep(&mut self, ep: EndpointId, disable: impl FnOnce(&mut EndpointMeta)) -> bool {
+    /// Disables an endpoint (`detail` as in [`CommitMsg::EndpointDisabled`]); true when
+    /// it was enabled (its deliveries must be paused).
+    fn disable_ep(&mut self, ep: EndpointId, by: DisabledBy, detail: Option<&str>) -> bool {
         let Some(info) = self.router.eps.get_mut(&ep) else {
             return false;
         };
         self.workers[info.worker].send(WorkerMsg::SetEnabled { ep, enabled: false });
         let was = info.enabled;
         info.enabled = false;
-        disable(&mut info.meta);
+        match detail {
+            Some(d) => info.meta.disable_because(by, d),
+            None => info.meta.disable(by),
+        }
         self.dirty.insert(ep);
         was
     }
@@ -1209,7 +1208,9 @@ impl State {
             meta: meta.clone(),
         });
         if !created && was_enabled && !now_enabled {
-            if self.disable_ep(id, |m| m.copy_disabled_from(&meta)) {
+            // Only `enabled = false` disables here, and its words are the whole reason.
+            let by = meta.disabled_by().unwrap_or(DisabledBy::Definition);
+            if self.disable_ep(id, by, None) {
                 to_pause.push(id);
             }
         } else if !created && !was_enabled && now_enabled {

@@ -801,12 +801,6 @@ impl EndpointMeta {
         self.disabled_reason = None;
         self.disabled_by = None;
     }
-
-    /// Takes `other`'s disabled state (cause and reason) as it is.
-    pub fn copy_disabled_from(&mut self, other: &EndpointMeta) {
-        self.disabled_reason = other.disabled_reason.clone();
-        self.disabled_by = other.disabled_by;
-    }
 }
 
 /// A key of the `due` column family.
