@@ -90,6 +90,10 @@ pub struct RunMetrics {
     pub requests: u64,
     /// Delivered / (first delivery .. last delivery).
     pub deliveries_per_s: f64,
+    /// Distinct events / (first .. last first attempt), when some requests were
+    /// retries and the receiver was up throughout: throughput with the retries left out
+    /// (`retry-storm`'s target compares it with `max`'s deliveries/s).
+    pub first_attempts_per_s: Option<f64>,
     /// The best one-second delivery rate.
     pub peak_deliveries_per_s: f64,
     pub requests_per_s: f64,
@@ -203,6 +207,12 @@ const ROWS: &[(&str, &str, Unit, Getter)] = &[
     ("deliveries_per_s", "deliveries/s", Unit::Rate, |m| {
         Some(m.deliveries_per_s)
     }),
+    (
+        "first_attempts_per_s",
+        "first attempts/s",
+        Unit::Rate,
+        |m| m.first_attempts_per_s,
+    ),
     (
         "peak_deliveries_per_s",
         "deliveries/s, best 1s",
@@ -662,9 +672,28 @@ mod tests {
         // Rows with no value in any run are left out.
         assert!(!t.contains("raw ceiling"));
         assert!(!t.contains("1-s windows"));
+        assert!(!t.contains("first attempts/s"));
         let m = medians(&runs);
         assert_eq!(m["accepted_per_s"], serde_json::json!(200.0));
         assert_eq!(m["raw_fraction"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn first_attempts_row_only_where_a_run_has_it() {
+        let runs: Vec<RunMetrics> = [Some(900.0), None, Some(700.0)]
+            .into_iter()
+            .map(|f| RunMetrics {
+                first_attempts_per_s: f,
+                ..Default::default()
+            })
+            .collect();
+        let t = table(&runs);
+        let line = t
+            .lines()
+            .find(|l| l.starts_with("first attempts/s"))
+            .unwrap();
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cells[2..], ["900", "-", "700", "800"], "{t}");
     }
 
     #[test]

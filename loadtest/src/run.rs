@@ -1591,6 +1591,16 @@ fn run_in(
     let lag = Percentiles::of(&shared.lag_total());
     let (first_us, last_us) = (shared.first_delivery_us(), shared.last_delivery_us());
     let delivery_window = last_us.saturating_sub(first_us) as f64 / 1e6;
+    // First attempts: a scenario's throughput with its retries left out. Only where
+    // the receiver was up throughout (an outage's first attempts are its 503s).
+    let first_attempts_per_s = match shared.first_attempt_window_us() {
+        (from, to) if to > from && sc.outage == Outage::None && c.retries > 0 => {
+            let probe_seen = probe.is_some_and(|n| ids.seen.get(n));
+            let n = c.distinct_ids.saturating_sub(probe_seen as u64);
+            Some(n as f64 / ((to - from) as f64 / 1e6))
+        }
+        _ => None,
+    };
     let total_window = if last_us > 0 {
         (last_us.saturating_sub(drain_from_us) as f64 / 1e6) + gres.elapsed.as_secs_f64()
     } else {
@@ -1739,6 +1749,7 @@ fn run_in(
         } else {
             0.0
         },
+        first_attempts_per_s,
         peak_deliveries_per_s: sampler
             .samples
             .iter()

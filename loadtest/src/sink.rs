@@ -156,6 +156,10 @@ pub struct SinkShared {
     stop: AtomicBool,
     last_delivery_us: AtomicU64,
     first_delivery_us: AtomicU64,
+    /// Unix µs of the first and the latest first attempt (a request for an id not seen
+    /// before), whatever its answer.
+    first_attempt_us: AtomicU64,
+    last_first_attempt_us: AtomicU64,
     /// A generated id's `n` whose delivery is counted but not timed (no lag sample, not
     /// in the first/last delivery stamps): `run`'s restart probe. `u64::MAX` = none.
     untimed_n: AtomicU64,
@@ -213,6 +217,15 @@ impl SinkShared {
         self.first_delivery_us.load(Relaxed)
     }
 
+    /// Unix µs of the first and of the latest first attempt, (0, 0) before any: the
+    /// window of first attempts, retries and re-deliveries left out.
+    pub fn first_attempt_window_us(&self) -> (u64, u64) {
+        (
+            self.first_attempt_us.load(Relaxed),
+            self.last_first_attempt_us.load(Relaxed),
+        )
+    }
+
     /// Deliveries of `ld-<any run>-<n>` count (delivered, duplicates, ids) but leave the
     /// delivery window and the lag histogram alone.
     pub fn set_untimed(&self, n: u64) {
@@ -260,6 +273,8 @@ impl Sink {
             stop: AtomicBool::new(false),
             last_delivery_us: AtomicU64::new(0),
             first_delivery_us: AtomicU64::new(0),
+            first_attempt_us: AtomicU64::new(0),
+            last_first_attempt_us: AtomicU64::new(0),
             untimed_n: AtomicU64::new(u64::MAX),
             rate,
         });
@@ -431,18 +446,30 @@ impl ThreadCtx {
         }
     }
 
-    /// Id bookkeeping and, for a first delivery, the lag sample.
+    /// Id bookkeeping, the first-attempt window and, for a first delivery, the lag
+    /// sample.
     fn mark(&self, req: &http::Request, buf: &[u8], body: &[u8], delivered: bool) {
         let c = self.counters();
         let mut lag_wanted = delivered;
+        // The clock, read once for the stamps below.
+        let mut now = None;
         if let Some(r) = &req.webhook_id {
             let id = &buf[r.clone()];
             let m = self
                 .shared
                 .ids
                 .mark(&mut self.cache.borrow_mut(), id, delivered);
+            let timed = self.shared.timed(id);
             if m.first_seen {
                 c.distinct.fetch_add(1, Relaxed);
+                if timed {
+                    let t = *now.get_or_insert_with(unix_micros);
+                    self.shared.last_first_attempt_us.fetch_max(t, Relaxed);
+                    let _ = self
+                        .shared
+                        .first_attempt_us
+                        .compare_exchange(0, t, Relaxed, Relaxed);
+                }
             }
             if m.retry {
                 c.retries.fetch_add(1, Relaxed);
@@ -453,7 +480,7 @@ impl ThreadCtx {
             if m.first_delivery {
                 c.delivered.fetch_add(1, Relaxed);
             }
-            lag_wanted = m.first_delivery && self.shared.timed(id);
+            lag_wanted = m.first_delivery && timed;
             if let Some(e) = self.cfg.endpoints.filter(|&e| e > 0) {
                 if let (Some((_, n)), Some(path_ep)) = (
                     http::parse_load_id(id),
@@ -470,7 +497,7 @@ impl ThreadCtx {
         if !lag_wanted {
             return;
         }
-        let now = unix_micros();
+        let now = now.unwrap_or_else(unix_micros);
         if req.webhook_id.is_some() {
             self.shared.last_delivery_us.fetch_max(now, Relaxed);
             let _ = self
@@ -894,15 +921,23 @@ mod tests {
         post(&mut s, "ld-t-9", "/e/1");
         assert_eq!(sink.shared().first_delivery_us(), 0);
         assert_eq!(sink.shared().last_delivery_us(), 0);
+        assert_eq!(sink.shared().first_attempt_window_us(), (0, 0));
         post(&mut s, "ld-t-5", "/e/1");
         let first = sink.shared().first_delivery_us();
         assert!(first > 0);
+        assert_eq!(sink.shared().first_attempt_window_us(), (first, first));
         std::thread::sleep(Duration::from_millis(5));
         post(&mut s, "ld-t-9", "/e/1");
         assert_eq!(sink.shared().last_delivery_us(), first);
+        // A second request for a timed id is no first attempt.
+        post(&mut s, "ld-t-5", "/e/1");
+        assert_eq!(sink.shared().first_attempt_window_us(), (first, first));
+        post(&mut s, "ld-t-13", "/e/1");
+        let (from, to) = sink.shared().first_attempt_window_us();
+        assert!(from == first && to > first, "{from} {to} {first}");
         let c = sink.shared().counts();
-        assert_eq!((c.delivered, c.duplicates, c.misrouted), (2, 1, 0));
-        assert_eq!(Percentiles::of(&sink.shared().lag_total()).count, 1);
+        assert_eq!((c.delivered, c.duplicates, c.misrouted), (3, 2, 0));
+        assert_eq!(Percentiles::of(&sink.shared().lag_total()).count, 2);
         assert!(sink.shared().ids.delivered(b"t", 9));
     }
 
