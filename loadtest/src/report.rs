@@ -647,6 +647,15 @@ pub fn align(rows: &[Vec<String>]) -> String {
 mod tests {
     use super::*;
 
+    /// The cells of the table's row that starts with `label`.
+    fn row<'a>(t: &'a str, label: &str) -> Vec<&'a str> {
+        t.lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("no row {label:?} in\n{t}"))
+            .split_whitespace()
+            .collect()
+    }
+
     #[test]
     fn median_odd_even_empty() {
         assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
@@ -688,11 +697,7 @@ mod tests {
             })
             .collect();
         let t = table(&runs);
-        let line = t
-            .lines()
-            .find(|l| l.starts_with("first attempts/s"))
-            .unwrap();
-        let cells: Vec<&str> = line.split_whitespace().collect();
+        let cells = row(&t, "first attempts/s");
         assert_eq!(cells[2..], ["900", "-", "700", "800"], "{t}");
     }
 
@@ -714,17 +719,9 @@ mod tests {
             })
             .collect();
         let t = table(&runs);
-        let line = t
-            .lines()
-            .find(|l| l.starts_with("restart: health after"))
-            .unwrap();
-        let cells: Vec<&str> = line.split_whitespace().collect();
+        let cells = row(&t, "restart: health after");
         assert_eq!(cells[3..], ["0.500s", "0.700s", "0.600s", "0.600s"], "{t}");
-        let line = t
-            .lines()
-            .find(|l| l.starts_with("restart: first ack after"))
-            .unwrap();
-        let cells: Vec<&str> = line.split_whitespace().collect();
+        let cells = row(&t, "restart: first ack after");
         assert_eq!(cells[4..], ["1.000s", "3.000s", "-", "2.000s"], "{t}");
         let m = medians(&runs);
         assert_eq!(m["restart_first_ack_s"], serde_json::json!(2.0));
@@ -756,9 +753,8 @@ mod tests {
         let head = t.lines().next().unwrap();
         assert!(head.contains("run 1 https"), "{t}");
         assert!(head.ends_with("median http  median https"), "{t}");
-        let line = t.lines().find(|l| l.starts_with("deliveries/s ")).unwrap();
-        let cells: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(cells[cells.len() - 2..], ["20", "7"], "{line}");
+        let cells = row(&t, "deliveries/s ");
+        assert_eq!(cells[cells.len() - 2..], ["20", "7"], "{t}");
         let line = t
             .lines()
             .find(|l| l.starts_with("1-s windows over the limit"))
