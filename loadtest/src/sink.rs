@@ -459,7 +459,8 @@ impl ThreadCtx {
                 .shared
                 .ids
                 .mark(&mut self.cache.borrow_mut(), id, delivered);
-            let timed = self.shared.timed(id);
+            // Only a first request or a first delivery is stamped or timed.
+            let timed = (m.first_seen || m.first_delivery) && self.shared.timed(id);
             if m.first_seen {
                 c.distinct.fetch_add(1, Relaxed);
                 if timed {
