@@ -22,7 +22,9 @@
 //!   rest only on disk. Every tick the loader moves the cursor up to `now + HORIZON`,
 //!   sending what it passes to the owning workers, but only while fewer than
 //!   a cap of deliveries are in memory ([`in_memory_cap`]) — so a million pending retries cost disk,
-//!   not memory, and a backlog after a restart streams in as it drains.
+//!   not memory, and a backlog after a restart streams in as it drains. A retry due
+//!   within seconds keeps its event in memory from the failed attempt (`Waiting`, up to
+//!   16 MiB), so the loader hands it over without reading the event back.
 //! - **Endpoints and replays.** Creating, replacing and deleting endpoints, and
 //!   replaying deliveries, are committer messages too: the committer is the one writer
 //!   of the store and the router, and tells the owning worker before any job that
@@ -392,7 +394,82 @@ struct State {
     /// A sweep of the due index (from this key, above the loader's cursor) expiring
     /// deliveries past retention, a page per tick.
     sweep: Option<DueKey>,
+    /// Events of retries due soon, kept from their failed attempt for the loader.
+    waiting: Waiting,
     stats: Stats,
+}
+
+/// How far ahead a retry's event is kept in memory for the loader ([`Waiting`]).
+const WAITING_WITHIN_MS: u64 = 10_000;
+/// At most this many bytes of events are kept so.
+const WAITING_BYTES: usize = 16 << 20;
+
+/// The events of deliveries whose retry falls due soon, kept from the failed attempt
+/// (which had the event in hand) so the loader hands the retry over without reading the
+/// event back from the store. Only a shortcut: a retry whose event is not here (too far
+/// out, over the cap, dropped after a restart) is read from the store as before.
+#[derive(Default)]
+struct Waiting {
+    /// Per event: the event, its retries not yet handed over, and the latest one's due time.
+    events: HashMap<Seq, (Arc<EventRecord>, u32, u64)>,
+    /// The kept events' encoded size.
+    bytes: usize,
+    /// The loader's due time when entries were last purged.
+    purged_ms: u64,
+}
+
+impl Waiting {
+    fn keep(&mut self, event: Arc<EventRecord>, due_ms: u64, cursor_ms: u64) {
+        if due_ms > cursor_ms + WAITING_WITHIN_MS {
+            return;
+        }
+        let full = self.bytes >= WAITING_BYTES;
+        match self.events.entry(event.seq) {
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                let (_, n, last) = o.get_mut();
+                *n += 1;
+                *last = (*last).max(due_ms);
+            }
+            std::collections::hash_map::Entry::Vacant(v) if !full => {
+                self.bytes += event.encoded().len();
+                v.insert((event, 1, due_ms));
+            }
+            std::collections::hash_map::Entry::Vacant(_) => {}
+        }
+    }
+
+    /// The event of a retry the loader hands over, if kept.
+    fn take(&mut self, seq: Seq) -> Option<Arc<EventRecord>> {
+        let std::collections::hash_map::Entry::Occupied(mut o) = self.events.entry(seq) else {
+            return None;
+        };
+        let (_, n, _) = o.get_mut();
+        *n -= 1;
+        Some(if *n == 0 {
+            let e = o.remove().0;
+            self.bytes -= e.encoded().len();
+            e
+        } else {
+            o.get().0.clone()
+        })
+    }
+
+    /// Forgets events whose retries the loader has all passed (those left went another
+    /// way: paused, deleted, expired), once a second of due time.
+    fn purge(&mut self, cursor_ms: u64) {
+        if cursor_ms < self.purged_ms + 1000 {
+            return;
+        }
+        self.purged_ms = cursor_ms;
+        let bytes = &mut self.bytes;
+        self.events.retain(|_, (e, _, last)| {
+            let keep = *last >= cursor_ms;
+            if !keep {
+                *bytes -= e.encoded().len();
+            }
+            keep
+        });
+    }
 }
 
 /// The committer's own metrics (see [`CommitSnapshot`]).
@@ -489,6 +566,7 @@ impl Committer {
             registry: self.registry,
             next_ep_id,
             sweep: None,
+            waiting: Waiting::default(),
             stats: Stats {
                 acks: AckStats::default(),
                 commit_time: Hist::micros(),
@@ -969,6 +1047,9 @@ impl State {
                             },
                         ));
                     }
+                } else if self.spill.is_none() {
+                    // (While spilling, the workers already hold the most memory allowed.)
+                    self.waiting.keep(o.event, due_ms, self.cursor.due_ms);
                 }
             }
         }
@@ -1574,7 +1655,11 @@ impl State {
             delta.expired += 1;
             return;
         }
-        let event = match events.get(key.seq) {
+        let event = match self
+            .waiting
+            .take(key.seq)
+            .map_or_else(|| events.get(key.seq), |e| Ok(Some(e)))
+        {
             Ok(Some(e)) => e,
             Ok(None) => {
                 cleanup.del_due(&self.store, key);
@@ -1647,6 +1732,7 @@ impl State {
             }
         }
         let horizon = now_ms() + HORIZON_MS;
+        self.waiting.purge(self.cursor.due_ms);
         let store = self.store.clone();
         let mut events = PageEvents::new(&store);
         while self.in_memory < self.cap() {
@@ -1829,6 +1915,54 @@ mod tests {
         assert_eq!(in_memory_cap(16), MIN_IN_MEMORY);
         assert_eq!(in_memory_cap(16_000), 80_000);
         assert_eq!(in_memory_cap(30_000), MAX_IN_MEMORY);
+    }
+
+    #[test]
+    fn waiting_keeps_soon_retries_events_until_each_retry_is_taken() {
+        let ev = |seq| Arc::new(EventRecord::new(seq, None, "t", None, 0, &[1, 2], b"{}"));
+        let size = ev(1).encoded().len();
+        let mut w = Waiting::default();
+        // Event 1 waits for two retries (two endpoints), event 2 for one; event 3's
+        // retry is too far out to keep.
+        w.keep(ev(1), 2_000, 1_000);
+        w.keep(ev(1), 5_000, 1_000);
+        w.keep(ev(2), 3_000, 1_000);
+        w.keep(ev(3), 1_000 + WAITING_WITHIN_MS + 1, 1_000);
+        assert_eq!(w.bytes, 2 * size);
+        assert!(w.take(3).is_none());
+        assert_eq!(w.take(1).map(|e| e.seq), Some(1));
+        assert_eq!(w.bytes, 2 * size, "event 1 still waits for a retry");
+        assert_eq!(w.take(1).map(|e| e.seq), Some(1));
+        assert!(w.take(1).is_none());
+        assert_eq!(w.bytes, size);
+        // Event 2's retry left another way (its endpoint was deleted): once the loader
+        // has passed its due time by a second's purge, it is forgotten.
+        w.purge(3_000);
+        assert_eq!(w.events.len(), 1, "not past it yet");
+        w.purge(3_500);
+        assert_eq!(w.events.len(), 1, "purged at most once a second");
+        w.purge(4_001);
+        assert!(w.events.is_empty());
+        assert_eq!(w.bytes, 0);
+    }
+
+    #[test]
+    fn waiting_keeps_nothing_new_once_full() {
+        let big = vec![b'x'; 1 << 20];
+        let ev = |seq| Arc::new(EventRecord::new(seq, None, "t", None, 0, &[1], &big));
+        let mut w = Waiting::default();
+        let mut seq = 0;
+        while w.bytes < WAITING_BYTES {
+            seq += 1;
+            w.keep(ev(seq), 10, 0);
+        }
+        let full = w.bytes;
+        w.keep(ev(seq + 1), 10, 0);
+        assert_eq!(w.bytes, full);
+        assert!(w.take(seq + 1).is_none());
+        // A second retry of a kept event is still counted.
+        w.keep(ev(seq), 10, 0);
+        assert!(w.take(seq).is_some() && w.take(seq).is_some());
     }
 
     #[test]

@@ -20,7 +20,9 @@
 //! A delivery (event, endpoint) is pending exactly while it has a key in `due` (or in
 //! `paused` while its endpoint is disabled); each `due` key is written once and removed
 //! once with a single-delete, so the queue leaves no tombstones behind. Big-endian
-//! integers make keys sort numerically, so `due` iterates in due-time order.
+//! integers make keys sort numerically, so `due` iterates in due-time order. A write
+//! batch puts its attempt records and its `due` changes in key order (whatever order
+//! they were added in), so each memtable insert searches from the one before it.
 //!
 //! The `index` family makes the webhook log's filters cheap ([`Store::query`]): every
 //! event is indexed by type, account and each endpoint it went to; deliveries in the
@@ -873,6 +875,13 @@ pub struct Batch {
     postings: rustc_hash::FxHashMap<Vec<u8>, (Seq, Vec<Seq>)>,
     /// Reused buffer for a posting's key prefix.
     prefix: Vec<u8>,
+    /// The batch's attempt records: keys with their value's place in `attempt_bytes`,
+    /// written in key order when the batch is committed (see [`Batch::write_sorted`]).
+    attempts: Vec<([u8; 14], u32, u32)>,
+    attempt_bytes: Vec<u8>,
+    /// The batch's puts (with the value) and removals of due keys, written in key order
+    /// too.
+    due: Vec<([u8; 20], Option<[u8; 4]>)>,
 }
 
 /// A delivery's state as the webhook log shows it.
@@ -1041,12 +1050,16 @@ impl Store {
             events: 0,
             postings: Default::default(),
             prefix: Vec::with_capacity(64),
+            attempts: Vec::new(),
+            attempt_bytes: Vec::new(),
+            due: Vec::new(),
         }
     }
 
     /// Writes a batch atomically; `sync` fsyncs the WAL before returning.
     pub fn commit(&self, mut batch: Batch, sync: bool) -> Result<()> {
         batch.write_postings(self);
+        batch.write_sorted(self);
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
         self.db.write_opt(batch.wb, &wo)?;
@@ -1844,7 +1857,7 @@ impl Batch {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.wb.is_empty()
+        self.wb.is_empty() && self.attempts.is_empty() && self.due.is_empty()
     }
 
     /// The event, its idempotency key and its index entries (type, account, endpoints).
@@ -1920,12 +1933,14 @@ impl Batch {
     }
 
     pub fn put_due(&mut self, store: &Store, key: DueKey, val: DueVal) {
-        self.wb.put_cf(store.cf(CF_DUE), key.encode(), val.encode());
+        let _ = store;
+        self.due.push((key.encode(), Some(val.encode())));
     }
 
     /// Removes a due key. Each key is put once and removed once, so a single-delete.
     pub fn del_due(&mut self, store: &Store, key: DueKey) {
-        self.wb.single_delete_cf(store.cf(CF_DUE), key.encode());
+        let _ = store;
+        self.due.push((key.encode(), None));
     }
 
     pub fn put_attempt(
@@ -1936,13 +1951,41 @@ impl Batch {
         n: u16,
         rec: &AttemptRecord,
     ) {
-        self.scratch.clear();
-        rec.encode(&mut self.scratch);
-        self.wb.put_cf(
-            store.cf(CF_ATTEMPTS),
-            attempt_key(seq, ep, n),
-            &self.scratch,
-        );
+        let _ = store;
+        let start = self.attempt_bytes.len();
+        rec.encode(&mut self.attempt_bytes);
+        let len = self.attempt_bytes.len() - start;
+        self.attempts
+            .push((attempt_key(seq, ep, n), start as u32, len as u32));
+    }
+
+    /// Writes the batch's attempt records and due-key changes, each in key order. A
+    /// round's outcomes are for events of several ages (first attempts of new events,
+    /// retries of older ones) and its retries fall due at several times, so in arrival
+    /// order each insert lands far from the one before it in the memtable's skiplist; in
+    /// key order each search starts next to the last one.
+    fn write_sorted(&mut self, store: &Store) {
+        if !self.attempts.is_empty() {
+            let cf = store.cf(CF_ATTEMPTS);
+            // Stable: a key written twice keeps its last value.
+            self.attempts.sort_by_key(|a| a.0);
+            for (key, start, len) in self.attempts.drain(..) {
+                let v = &self.attempt_bytes[start as usize..(start + len) as usize];
+                self.wb.put_cf(cf, key, v);
+            }
+            self.attempt_bytes.clear();
+        }
+        if !self.due.is_empty() {
+            let cf = store.cf(CF_DUE);
+            // Stable: a key removed and put again in one batch stays put.
+            self.due.sort_by_key(|a| a.0);
+            for (key, val) in self.due.drain(..) {
+                match val {
+                    Some(v) => self.wb.put_cf(cf, key, v),
+                    None => self.wb.single_delete_cf(cf, key),
+                }
+            }
+        }
     }
 
     /// Records that a delivery is in `state` (an indexed state).
@@ -2229,6 +2272,67 @@ mod tests {
         let mut buf = Vec::new();
         a.encode(&mut buf);
         assert_eq!(AttemptRecord::decode(&buf).unwrap(), a);
+    }
+
+    #[test]
+    fn a_batchs_attempts_and_due_changes_land_whatever_order_they_were_added_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let rec = |status: u16| AttemptRecord {
+            at_ms: 1,
+            latency_us: 2,
+            status,
+            timed_out: false,
+            state_after: None,
+            next_due_ms: 0,
+            error: String::new(),
+            response_excerpt: Vec::new(),
+            request_line: format!("POST /{status}").into(),
+            request: RequestLog::default(),
+        };
+        let key = |due_ms, seq, ep| DueKey { due_ms, seq, ep };
+        let val = |attempts| DueVal { attempts, first: 0 };
+        let mut b = s.batch();
+        b.put_due(&s, key(50, 9, 1), val(1));
+        b.put_due(&s, key(70, 9, 2), val(1));
+        b.put_due(&s, key(60, 3, 1), val(1));
+        s.commit(b, false).unwrap();
+
+        // Attempts added newest event first and out of attempt order; due changes out
+        // of key order, one key removed and put again, one put and removed.
+        let mut b = s.batch();
+        b.put_attempt(&s, 9, 2, 2, &rec(502));
+        b.put_attempt(&s, 3, 1, 1, &rec(500));
+        b.put_attempt(&s, 9, 2, 1, &rec(501));
+        b.put_attempt(&s, 9, 1, 1, &rec(200));
+        b.del_due(&s, key(70, 9, 2));
+        b.put_due(&s, key(80, 9, 2), val(2));
+        b.del_due(&s, key(60, 3, 1));
+        b.put_due(&s, key(60, 3, 1), val(2));
+        b.put_due(&s, key(10, 4, 1), val(1));
+        b.del_due(&s, key(10, 4, 1));
+        assert!(!b.is_empty());
+        s.commit(b, false).unwrap();
+
+        let statuses = |seq| -> Vec<(EndpointId, u16, u16)> {
+            s.attempts(seq)
+                .unwrap()
+                .into_iter()
+                .map(|(ep, n, a)| (ep, n, a.status))
+                .collect()
+        };
+        assert_eq!(statuses(9), [(1, 1, 200), (2, 1, 501), (2, 2, 502)]);
+        assert_eq!(statuses(3), [(1, 1, 500)]);
+        let due: Vec<(DueKey, u16)> = s
+            .due_range(DueKey::MIN, u64::MAX, 100)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k, v.attempts))
+            .collect();
+        assert_eq!(
+            due,
+            [(key(50, 9, 1), 1), (key(60, 3, 1), 2), (key(80, 9, 2), 2)]
+        );
     }
 
     #[test]
