@@ -1950,26 +1950,26 @@ impl Batch {
         );
     }
 
-    pub fn put_due(&mut self, store: &Store, key: DueKey, val: DueVal) {
-        let _ = store;
+    /// Adds a due key. This and the other `due` and attempt writes go into the batch
+    /// when it is committed ([`Batch::write_sorted`]); they take the store like every
+    /// other write, though they need it only then.
+    pub fn put_due(&mut self, _store: &Store, key: DueKey, val: DueVal) {
         self.due.push((key.encode(), Some(val.encode())));
     }
 
     /// Removes a due key. Each key is put once and removed once, so a single-delete.
-    pub fn del_due(&mut self, store: &Store, key: DueKey) {
-        let _ = store;
+    pub fn del_due(&mut self, _store: &Store, key: DueKey) {
         self.due.push((key.encode(), None));
     }
 
     pub fn put_attempt(
         &mut self,
-        store: &Store,
+        _store: &Store,
         seq: Seq,
         ep: EndpointId,
         n: u16,
         rec: &AttemptRecord,
     ) {
-        let _ = store;
         let start = self.attempt_bytes.len();
         rec.encode(&mut self.attempt_bytes);
         let len = self.attempt_bytes.len() - start;
@@ -1981,7 +1981,8 @@ impl Batch {
     /// round's outcomes are for events of several ages (first attempts of new events,
     /// retries of older ones) and its retries fall due at several times, so in arrival
     /// order each insert lands far from the one before it in the memtable's skiplist; in
-    /// key order each search starts next to the last one.
+    /// key order consecutive searches walk the same nodes, and with the insert hints
+    /// (`hinted`) each starts from the last one of its stream.
     fn write_sorted(&mut self, store: &Store) {
         if !self.attempts.is_empty() {
             let cf = store.cf(CF_ATTEMPTS);
