@@ -41,6 +41,7 @@
 //! It must not do network I/O, and nothing else may write the store.
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
@@ -410,12 +411,20 @@ const WAITING_BYTES: usize = 16 << 20;
 /// out, over the cap, dropped after a restart) is read from the store as before.
 #[derive(Default)]
 struct Waiting {
-    /// Per event: the event, its retries not yet handed over, and the latest one's due time.
-    events: HashMap<Seq, (Arc<EventRecord>, u32, u64)>,
+    events: HashMap<Seq, Kept>,
     /// The kept events' encoded size.
     bytes: usize,
     /// The loader's due time when entries were last purged.
     purged_ms: u64,
+}
+
+/// An event kept in [`Waiting`].
+struct Kept {
+    event: Arc<EventRecord>,
+    /// Its retries not yet handed over.
+    retries: u32,
+    /// The latest one's due time.
+    last_due_ms: u64,
 }
 
 impl Waiting {
@@ -425,32 +434,35 @@ impl Waiting {
         }
         let full = self.bytes >= WAITING_BYTES;
         match self.events.entry(event.seq) {
-            std::collections::hash_map::Entry::Occupied(mut o) => {
-                let (_, n, last) = o.get_mut();
-                *n += 1;
-                *last = (*last).max(due_ms);
+            Entry::Occupied(mut o) => {
+                let k = o.get_mut();
+                k.retries += 1;
+                k.last_due_ms = k.last_due_ms.max(due_ms);
             }
-            std::collections::hash_map::Entry::Vacant(v) if !full => {
+            Entry::Vacant(v) if !full => {
                 self.bytes += event.encoded().len();
-                v.insert((event, 1, due_ms));
+                v.insert(Kept {
+                    event,
+                    retries: 1,
+                    last_due_ms: due_ms,
+                });
             }
-            std::collections::hash_map::Entry::Vacant(_) => {}
+            Entry::Vacant(_) => {}
         }
     }
 
     /// The event of a retry the loader hands over, if kept.
     fn take(&mut self, seq: Seq) -> Option<Arc<EventRecord>> {
-        let std::collections::hash_map::Entry::Occupied(mut o) = self.events.entry(seq) else {
+        let Entry::Occupied(mut o) = self.events.entry(seq) else {
             return None;
         };
-        let (_, n, _) = o.get_mut();
-        *n -= 1;
-        Some(if *n == 0 {
-            let e = o.remove().0;
+        o.get_mut().retries -= 1;
+        Some(if o.get().retries == 0 {
+            let e = o.remove().event;
             self.bytes -= e.encoded().len();
             e
         } else {
-            o.get().0.clone()
+            o.get().event.clone()
         })
     }
 
@@ -462,10 +474,10 @@ impl Waiting {
         }
         self.purged_ms = cursor_ms;
         let bytes = &mut self.bytes;
-        self.events.retain(|_, (e, _, last)| {
-            let keep = *last >= cursor_ms;
+        self.events.retain(|_, k| {
+            let keep = k.last_due_ms >= cursor_ms;
             if !keep {
-                *bytes -= e.encoded().len();
+                *bytes -= k.event.encoded().len();
             }
             keep
         });

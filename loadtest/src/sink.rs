@@ -147,6 +147,25 @@ pub struct SinkCounts {
 const MODE_UP: u8 = 0;
 const MODE_503: u8 = 1;
 
+/// The first and the latest of a kind of moment (unix µs; 0 before any), stamped by
+/// every sink thread.
+#[derive(Default)]
+struct Window {
+    first: AtomicU64,
+    last: AtomicU64,
+}
+
+impl Window {
+    fn stamp(&self, t: u64) {
+        self.last.fetch_max(t, Relaxed);
+        let _ = self.first.compare_exchange(0, t, Relaxed, Relaxed);
+    }
+
+    fn get(&self) -> (u64, u64) {
+        (self.first.load(Relaxed), self.last.load(Relaxed))
+    }
+}
+
 /// State shared by the sink threads and its handle.
 pub struct SinkShared {
     counters: Vec<Counters>,
@@ -154,12 +173,10 @@ pub struct SinkShared {
     pub ids: IdSet,
     mode: AtomicU8,
     stop: AtomicBool,
-    last_delivery_us: AtomicU64,
-    first_delivery_us: AtomicU64,
-    /// Unix µs of the first and the latest first attempt (a request for an id not seen
-    /// before), whatever its answer.
-    first_attempt_us: AtomicU64,
-    last_first_attempt_us: AtomicU64,
+    /// First deliveries.
+    deliveries: Window,
+    /// First attempts: requests for an id not seen before, whatever their answer.
+    first_attempts: Window,
     /// A generated id's `n` whose delivery is counted but not timed (no lag sample, not
     /// in the first/last delivery stamps): `run`'s restart probe. `u64::MAX` = none.
     untimed_n: AtomicU64,
@@ -210,20 +227,17 @@ impl SinkShared {
 
     /// Unix µs of the latest first delivery (0 before any).
     pub fn last_delivery_us(&self) -> u64 {
-        self.last_delivery_us.load(Relaxed)
+        self.deliveries.get().1
     }
 
     pub fn first_delivery_us(&self) -> u64 {
-        self.first_delivery_us.load(Relaxed)
+        self.deliveries.get().0
     }
 
     /// Unix µs of the first and of the latest first attempt, (0, 0) before any: the
     /// window of first attempts, retries and re-deliveries left out.
     pub fn first_attempt_window_us(&self) -> (u64, u64) {
-        (
-            self.first_attempt_us.load(Relaxed),
-            self.last_first_attempt_us.load(Relaxed),
-        )
+        self.first_attempts.get()
     }
 
     /// Deliveries of `ld-<any run>-<n>` count (delivered, duplicates, ids) but leave the
@@ -271,10 +285,8 @@ impl Sink {
             ids: IdSet::default(),
             mode: AtomicU8::new(MODE_UP),
             stop: AtomicBool::new(false),
-            last_delivery_us: AtomicU64::new(0),
-            first_delivery_us: AtomicU64::new(0),
-            first_attempt_us: AtomicU64::new(0),
-            last_first_attempt_us: AtomicU64::new(0),
+            deliveries: Window::default(),
+            first_attempts: Window::default(),
             untimed_n: AtomicU64::new(u64::MAX),
             rate,
         });
@@ -465,11 +477,7 @@ impl ThreadCtx {
                 c.distinct.fetch_add(1, Relaxed);
                 if timed {
                     let t = *now.get_or_insert_with(unix_micros);
-                    self.shared.last_first_attempt_us.fetch_max(t, Relaxed);
-                    let _ = self
-                        .shared
-                        .first_attempt_us
-                        .compare_exchange(0, t, Relaxed, Relaxed);
+                    self.shared.first_attempts.stamp(t);
                 }
             }
             if m.retry {
@@ -500,11 +508,7 @@ impl ThreadCtx {
         }
         let now = now.unwrap_or_else(unix_micros);
         if req.webhook_id.is_some() {
-            self.shared.last_delivery_us.fetch_max(now, Relaxed);
-            let _ = self
-                .shared
-                .first_delivery_us
-                .compare_exchange(0, now, Relaxed, Relaxed);
+            self.shared.deliveries.stamp(now);
         }
         let sent = http::find_sent_us_json(body)
             .or_else(|| http::find_sent_us_query(&buf[req.path.clone()]))
