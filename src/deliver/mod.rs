@@ -193,7 +193,9 @@ impl ConnSlot {
             ),
         };
         rbuf.clear();
-        let stream = match Stream::connect(target, addr).await {
+        // Boxed: the connect and TLS handshake futures are large, and a future held
+        // inline makes every request's future as large (moved on each attempt).
+        let stream = match Box::pin(Stream::connect(target, addr)).await {
             Ok(s) => s,
             Err(e) => {
                 self.failed = true;
