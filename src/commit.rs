@@ -175,6 +175,33 @@ pub struct Outcome {
     pub fails: [u32; 3],
 }
 
+/// About what a round's messages write ([`store::event_write_estimate`],
+/// [`store::outcome_write_estimate`]): the round's write batch starts this large instead
+/// of doubling its way there, a copy of all it holds each time.
+fn round_bytes(msgs: &[CommitMsg]) -> usize {
+    msgs.iter()
+        .map(|m| match m {
+            CommitMsg::Ingest(b) => b
+                .events
+                .iter()
+                .map(|e| {
+                    store::event_write_estimate(
+                        e.data.len(),
+                        e.ext_id.as_ref().map_or(0, String::len),
+                        e.etype.len(),
+                        e.account.as_ref().map_or(0, String::len),
+                    )
+                })
+                .sum(),
+            CommitMsg::Outcomes(list) => list
+                .iter()
+                .map(|o| store::outcome_write_estimate(o.attempt.as_ref()))
+                .sum(),
+            _ => 0,
+        })
+        .sum()
+}
+
 /// Messages to the committer.
 pub enum CommitMsg {
     Ingest(IngestBatch),
@@ -547,6 +574,7 @@ fn now_ms() -> u64 {
 impl Committer {
     /// Runs the committer on the calling thread until shutdown.
     pub fn run(self) -> Result<(), store::StoreError> {
+        store::quiet_perf_counters();
         let max = self.store.max_seq()?.unwrap_or(0);
         let next_seq = (max + 1).max(seq_floor(now_ms()));
         let n = self.workers.len();
@@ -672,7 +700,7 @@ impl State {
         shutdown: &mut Option<crossbeam_channel::Sender<()>>,
     ) {
         let now = now_ms();
-        let mut batch = self.store.batch();
+        let mut batch = self.store.batch_sized(round_bytes(msgs));
         let mut acks: Vec<Answer> = Vec::new();
         let mut delta = Delta::default();
         let mut snapshots = Vec::new();

@@ -959,6 +959,37 @@ fn hinted(prefix: usize) -> Result<Options> {
     ))?)
 }
 
+/// A little over what a new event with these parts adds to a write batch: its record,
+/// its idempotency key, its due key and its share of the index, for one route (each
+/// further route adds a due key and a posting). For sizing a batch up front.
+pub fn event_write_estimate(data: usize, id: usize, etype: usize, account: usize) -> usize {
+    data + 2 * id + etype + account + 128
+}
+
+/// A little over what one attempt's outcome adds to a write batch: its attempt record,
+/// the due key it retires and the one a retry adds.
+pub fn outcome_write_estimate(rec: Option<&AttemptRecord>) -> usize {
+    192 + rec.map_or(0, |a| {
+        a.request_line.len()
+            + a.error.len()
+            + a.response_excerpt.len()
+            + a.request.body_excerpt.len()
+            + a.request
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len() + 8)
+                .sum::<usize>()
+    })
+}
+
+/// Turns RocksDB's per-thread performance counters off for the calling thread. They are
+/// on by default (`kEnableCount`): every key comparison in a memtable insert or read
+/// then also bumps a thread-local counter nothing reads. Called by the threads that
+/// write and read the store hardest (the committer, the syncer).
+pub fn quiet_perf_counters() {
+    rocksdb::perf::set_perf_stats(rocksdb::perf::PerfStatsLevel::Disable);
+}
+
 impl Store {
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Store> {
@@ -1062,8 +1093,18 @@ impl Store {
     }
 
     pub fn batch(&self) -> Batch {
+        self.batch_sized(0)
+    }
+
+    /// A batch whose write buffer starts with room for `bytes` (an estimate of what the
+    /// caller will write), so it is not copied each time it doubles as it fills.
+    pub fn batch_sized(&self, bytes: usize) -> Batch {
         Batch {
-            wb: WriteBatch::default(),
+            wb: if bytes == 0 {
+                WriteBatch::default()
+            } else {
+                WriteBatch::with_capacity_bytes(bytes)
+            },
             scratch: Vec::with_capacity(1024),
             events: 0,
             postings: Default::default(),
@@ -2291,6 +2332,65 @@ mod tests {
         let mut buf = Vec::new();
         a.encode(&mut buf);
         assert_eq!(AttemptRecord::decode(&buf).unwrap(), a);
+    }
+
+    #[test]
+    fn the_write_estimates_cover_what_events_and_outcomes_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let data = br#"{"ActionId":"ACT-1","Amount":19.99,"items":[]}"#.repeat(16);
+        let (id, etype, account) = ("ld-run-123456", "action.created", "partner-555");
+        let rec = AttemptRecord {
+            at_ms: 1_764_000_000_000,
+            latency_us: 900,
+            status: 500,
+            timed_out: false,
+            state_after: Some(DeliveryState::Retrying),
+            next_due_ms: 1_764_000_001_000,
+            error: "upstream said no".into(),
+            response_excerpt: b"{\"error\":\"busy\"}".to_vec(),
+            request_line: "POST http://partner.example/pb?oid=ORD-1".into(),
+            request: RequestLog {
+                headers: vec![("X-Partner".into(), "555".into())],
+                ..RequestLog::default()
+            },
+        };
+        let mut b = s.batch();
+        let mut estimate = 0;
+        for seq in 1..=200u64 {
+            let ev = EventRecord::new(seq, Some(id), etype, Some(account), 1, &[3], &data);
+            b.put_event(&s, &ev);
+            let due = DueKey {
+                due_ms: 1,
+                seq,
+                ep: 3,
+            };
+            b.put_due(&s, due, DueVal::NEW);
+            estimate += event_write_estimate(data.len(), id.len(), etype.len(), account.len());
+            // Its first attempt failed: the record, the due key retired, a retry's added.
+            b.put_attempt(&s, seq, 3, 1, &rec);
+            b.del_due(&s, due);
+            b.put_due(
+                &s,
+                DueKey { due_ms: 2, ..due },
+                DueVal {
+                    attempts: 1,
+                    first: 0,
+                },
+            );
+            estimate += outcome_write_estimate(Some(&rec));
+        }
+        b.write_postings(&s);
+        b.write_sorted(&s);
+        let written = b.wb.size_in_bytes();
+        assert!(
+            written <= estimate,
+            "wrote {written} bytes, estimated {estimate}"
+        );
+        assert!(
+            estimate < written * 5 / 4,
+            "estimated {estimate} for {written} bytes"
+        );
     }
 
     #[test]

@@ -230,6 +230,7 @@ impl<W: Wal> Syncer<W> {
 
     /// Runs until [`SyncMsg::Shutdown`] or until the committer drops its sender.
     pub fn run(mut self) {
+        crate::store::quiet_perf_counters();
         let mut group = Vec::new();
         loop {
             match self.inbox.recv() {
