@@ -736,12 +736,14 @@ impl Worker {
                             Some(ip) => {
                                 let addr = SocketAddr::new(ip, target.port);
                                 let req = std::mem::take(wbuf);
-                                match monoio::time::timeout(
-                                    cfg.timeout,
-                                    slot.exchange(&target, addr, req),
-                                )
-                                .await
-                                {
+                                // Pinned where it is made: the timeout holds a pointer
+                                // to it instead of a copy.
+                                let answer = {
+                                    let exchange =
+                                        std::pin::pin!(slot.exchange(&target, addr, req));
+                                    monoio::time::timeout(cfg.timeout, exchange).await
+                                };
+                                match answer {
                                     Err(_) => {
                                         slot.reset();
                                         rec.timed_out = true;

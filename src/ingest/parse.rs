@@ -77,16 +77,36 @@ impl LineParser {
             .as_object()
             .ok_or_else(|| invalid("a line must be a JSON object"))?;
 
-        let type_v = obj
-            .get("type")
-            .ok_or_else(|| invalid("missing field `type`"))?;
+        // One pass over the members; the first of a repeated key wins, as in a look-up.
+        let (mut type_v, mut id_v, mut account_v, mut time_v, mut data_v) =
+            (None, None, None, None, None);
+        let (mut n_data, mut last_is_data) = (0, false);
+        for (k, v) in obj.iter() {
+            last_is_data = k == "data";
+            let slot = match k {
+                "type" => &mut type_v,
+                "id" => &mut id_v,
+                "account" => &mut account_v,
+                "time" => &mut time_v,
+                "data" => {
+                    n_data += 1;
+                    &mut data_v
+                }
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(v);
+            }
+        }
+
+        let type_v = type_v.ok_or_else(|| invalid("missing field `type`"))?;
         let etype = type_v
             .as_str()
             .ok_or_else(|| invalid("field `type` must be a string"))?;
         if !valid_event_type(etype) {
             return Err(invalid("field `type` must match [a-z0-9_.-]{1,64}"));
         }
-        let ext_id = match obj.get("id") {
+        let ext_id = match id_v {
             None => None,
             Some(v) if v.is_null() => None,
             Some(v) => {
@@ -97,7 +117,7 @@ impl LineParser {
                 Some(s.to_string())
             }
         };
-        let account = match obj.get("account") {
+        let account = match account_v {
             None => None,
             Some(v) if v.is_null() => None,
             Some(v) => Some(
@@ -106,7 +126,7 @@ impl LineParser {
                     .to_string(),
             ),
         };
-        let time_ms = match obj.get("time") {
+        let time_ms = match time_v {
             None => None,
             Some(v) if v.is_null() => None,
             Some(v) => {
@@ -130,18 +150,13 @@ impl LineParser {
                 "field `time` is after 9999-12-31T23:59:59.999Z (Unix milliseconds expected)",
             ));
         }
-        match obj.get("data") {
+        match data_v {
             None => return Err(invalid("missing field `data`")),
             Some(v) if !v.is_object() => return Err(invalid("field `data` must be an object")),
             Some(_) => {}
         }
         // Usually `data` is the last member, and then its value runs to the line's
         // closing brace: no need to scan it.
-        let (mut n_data, mut last_is_data) = (0, false);
-        for k in obj.keys() {
-            last_is_data = k == "data";
-            n_data += usize::from(last_is_data);
-        }
         let (start, end) = top_level_value_span(line, b"data", n_data == 1 && last_is_data)
             .ok_or_else(|| invalid("field `data` must be written with a plain key"))?;
         Ok(NewEvent {
@@ -171,14 +186,13 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 /// End (exclusive) of the string starting at `b[i] == '"'`.
 fn skip_string(b: &[u8], mut i: usize) -> Option<usize> {
     i += 1;
-    while i < b.len() {
-        match b[i] {
-            b'\\' => i += 2,
-            b'"' => return Some(i + 1),
-            _ => i += 1,
+    loop {
+        let j = i + memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
+        if b[j] == b'"' {
+            return Some(j + 1);
         }
+        i = j + 2; // past the escaped byte
     }
-    None
 }
 
 /// End (exclusive) of the JSON value starting at `i`.
@@ -398,9 +412,24 @@ mod tests {
             let e = p(&line).unwrap_or_else(|err| panic!("{line}: {err}"));
             assert_eq!(&e.data[..], data.as_bytes(), "{line}");
         }
+        // Strings with escaped quotes and backslashes before and inside `data`.
+        let data = r#"{"q":"a\"}\\","r":"\\"}"#;
+        for line in [
+            format!(r#"{{"id":"x\"y\\","type":"t","data":{data}}}"#),
+            format!(r#"{{"id":"x\"y\\","data":{data},"type":"t"}}"#),
+        ] {
+            let e = p(&line).unwrap_or_else(|err| panic!("{line}: {err}"));
+            assert_eq!(&e.data[..], data.as_bytes(), "{line}");
+            assert_eq!(e.ext_id.as_deref(), Some("x\"y\\"), "{line}");
+        }
         // A repeated key: the first one wins (as simd-json's lookup), not the last.
         let e = p(r#"{"type":"t","data":{"first":1},"data":{"last":2}}"#).unwrap();
         assert_eq!(&e.data[..], br#"{"first":1}"#);
+        let e = p(r#"{"type":"first","id":"a","type":"second","id":"b","data":{}}"#).unwrap();
+        assert_eq!(
+            (e.etype.as_str(), e.ext_id.as_deref()),
+            ("first", Some("a"))
+        );
         // An escaped key is refused rather than guessed at, last or not.
         let err = p(r#"{"type":"t","d\u0061ta":{}}"#).unwrap_err().0;
         assert!(err.contains("plain key"), "{err}");
