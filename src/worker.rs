@@ -31,7 +31,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::commit::{AckResult, CommitMsg, Next, Outcome};
-use crate::deliver::dns::{ResolveFailure, Resolver, ResolverThread};
+use crate::deliver::dns::{ResolveError, ResolveFailure, Resolver, ResolverThread};
+use crate::deliver::http1::Target;
 use crate::deliver::request::{self, Scratch};
 use crate::deliver::{ssrf, ConnSlot, Exchange, OpenCounts};
 use crate::endpoint::EndpointSpec;
@@ -710,7 +711,7 @@ impl Worker {
                 rec.request_line = request::request_line(spec, &target);
                 rec.request = request::log_of(spec, scratch);
                 {
-                    match self.resolver.resolve(&target.host).await {
+                    match self.address(&target).await {
                         Err(e) => {
                             rec.error = e.to_string();
                             match e.failure {
@@ -725,68 +726,65 @@ impl Worker {
                                 },
                             }
                         }
-                        Ok(addrs) => match self.pick_addr(&addrs) {
-                            None => {
-                                rec.error = format!(
-                                    "blocked: {} resolves only to private or reserved addresses (allow_private_networks is off)",
-                                    target.host
-                                );
-                                Verdict::Permanent { class: None }
-                            }
-                            Some(ip) => {
-                                let addr = SocketAddr::new(ip, target.port);
-                                let req = std::mem::take(wbuf);
-                                // Pinned where it is made: the timeout holds a pointer
-                                // to it instead of a copy.
-                                let answer = {
-                                    let exchange =
-                                        std::pin::pin!(slot.exchange(&target, addr, req));
-                                    monoio::time::timeout(cfg.timeout, exchange).await
-                                };
-                                match answer {
-                                    Err(_) => {
-                                        slot.reset();
-                                        rec.timed_out = true;
-                                        rec.error = format!(
-                                            "timed out after {}",
-                                            crate::config::format_duration(cfg.timeout)
-                                        );
-                                        Verdict::Failed {
-                                            class: FailClass::C5xx,
-                                            retry_after: None,
-                                        }
-                                    }
-                                    Ok((Exchange::Failed(msg), b)) => {
-                                        *wbuf = b;
-                                        rec.error = msg;
-                                        Verdict::Failed {
-                                            class: FailClass::C5xx,
-                                            retry_after: None,
-                                        }
-                                    }
-                                    Ok((
-                                        Exchange::Response {
-                                            status,
-                                            retry_after,
-                                        },
-                                        b,
-                                    )) => {
-                                        *wbuf = b;
-                                        let body = slot.body_excerpt();
-                                        rec.status = status;
-                                        rec.response_excerpt =
-                                            body[..body.len().min(LOG_EXCERPT)].to_vec();
-                                        classify_response(
-                                            &cfg.success,
-                                            cfg.error.as_ref(),
-                                            status,
-                                            body,
-                                            retry_after,
-                                        )
+                        Ok(None) => {
+                            rec.error = format!(
+                                "blocked: {} resolves only to private or reserved addresses (allow_private_networks is off)",
+                                target.host
+                            );
+                            Verdict::Permanent { class: None }
+                        }
+                        Ok(Some(ip)) => {
+                            let addr = SocketAddr::new(ip, target.port);
+                            let req = std::mem::take(wbuf);
+                            // Pinned where it is made: the timeout holds a pointer
+                            // to it instead of a copy.
+                            let answer = {
+                                let exchange = std::pin::pin!(slot.exchange(&target, addr, req));
+                                monoio::time::timeout(cfg.timeout, exchange).await
+                            };
+                            match answer {
+                                Err(_) => {
+                                    slot.reset();
+                                    rec.timed_out = true;
+                                    rec.error = format!(
+                                        "timed out after {}",
+                                        crate::config::format_duration(cfg.timeout)
+                                    );
+                                    Verdict::Failed {
+                                        class: FailClass::C5xx,
+                                        retry_after: None,
                                     }
                                 }
+                                Ok((Exchange::Failed(msg), b)) => {
+                                    *wbuf = b;
+                                    rec.error = msg;
+                                    Verdict::Failed {
+                                        class: FailClass::C5xx,
+                                        retry_after: None,
+                                    }
+                                }
+                                Ok((
+                                    Exchange::Response {
+                                        status,
+                                        retry_after,
+                                    },
+                                    b,
+                                )) => {
+                                    *wbuf = b;
+                                    let body = slot.body_excerpt();
+                                    rec.status = status;
+                                    rec.response_excerpt =
+                                        body[..body.len().min(LOG_EXCERPT)].to_vec();
+                                    classify_response(
+                                        &cfg.success,
+                                        cfg.error.as_ref(),
+                                        status,
+                                        body,
+                                        retry_after,
+                                    )
+                                }
                             }
-                        },
+                        }
                     }
                 }
             }
@@ -880,21 +878,26 @@ impl Worker {
         let Some(target) = spec.static_target.clone() else {
             return;
         };
-        let Ok(addrs) = self.resolver.resolve(&target.host).await else {
-            return;
-        };
-        let Some(ip) = self.pick_addr(&addrs) else {
+        let Ok(Some(ip)) = self.address(&target).await else {
             return;
         };
         let addr = SocketAddr::new(ip, target.port);
         let _ = monoio::time::timeout(spec.cfg.timeout, slot.warm(&target, addr)).await;
     }
 
-    fn pick_addr(&self, addrs: &[IpAddr]) -> Option<IpAddr> {
-        addrs
-            .iter()
-            .copied()
-            .find(|ip| self.allow_private || !ssrf::is_blocked(*ip))
+    /// Where to connect for `target`: its IP literal, else the first address its name
+    /// resolves to that the SSRF guard allows; `Ok(None)` when the guard blocks them all.
+    async fn address(&self, target: &Target) -> Result<Option<IpAddr>, ResolveError> {
+        let allowed = |ip: &IpAddr| self.allow_private || !ssrf::is_blocked(*ip);
+        match target.ip {
+            Some(ip) => Ok(Some(ip).filter(allowed)),
+            None => Ok(self
+                .resolver
+                .resolve(&target.host)
+                .await?
+                .into_iter()
+                .find(allowed)),
+        }
     }
 }
 

@@ -183,6 +183,8 @@ pub struct Target {
     /// Request target: path and query, `/` when the URL has no path; fragment dropped;
     /// non-ASCII bytes percent-encoded.
     pub path_and_query: String,
+    /// `host` as an address when it is an IP literal: nothing to resolve.
+    pub ip: Option<std::net::IpAddr>,
 }
 
 /// Why [`parse_url`] refused a URL.
@@ -311,6 +313,7 @@ pub fn parse_url(url: &[u8]) -> Result<Target, UrlError> {
     }
 
     Ok(Target {
+        ip: host.parse().ok(),
         scheme,
         host,
         port,
@@ -1181,14 +1184,17 @@ mod tests {
         assert_eq!((t.host.as_str(), t.port), ("127.0.0.1", 8080));
         assert_eq!(t.host_header, "127.0.0.1:8080");
         assert_eq!(t.path_and_query, "/");
+        assert_eq!(t.ip, Some([127, 0, 0, 1].into()));
 
         let t = parse_url(b"HTTP://h:80?q=1").unwrap();
+        assert_eq!(t.ip, None, "a name is resolved, not parsed");
         assert_eq!(t.scheme, Scheme::Http);
         assert_eq!(t.host_header, "h");
         assert_eq!(t.path_and_query, "/?q=1");
 
         let t = parse_url(b"http://[::1]:8080/x").unwrap();
         assert_eq!(t.host, "::1");
+        assert_eq!(t.ip, Some(std::net::Ipv6Addr::LOCALHOST.into()));
         assert_eq!(t.port, 8080);
         assert_eq!(t.host_header, "[::1]:8080");
 
