@@ -710,79 +710,76 @@ impl Worker {
             Ok(target) => {
                 rec.request_line = request::request_line(spec, &target);
                 rec.request = request::log_of(spec, scratch);
-                {
-                    match self.address(&target).await {
-                        Err(e) => {
-                            rec.error = e.to_string();
-                            match e.failure {
-                                // SPEC §6: a host that does not resolve is never retried.
-                                ResolveFailure::NotFound => Verdict::Permanent {
-                                    class: Some(FailClass::C5xx),
-                                },
-                                // The resolver could not answer now: a network error.
-                                ResolveFailure::Transient => Verdict::Failed {
-                                    class: FailClass::C5xx,
-                                    retry_after: None,
-                                },
-                            }
+                match self.address(&target).await {
+                    Err(e) => {
+                        rec.error = e.to_string();
+                        match e.failure {
+                            // SPEC §6: a host that does not resolve is never retried.
+                            ResolveFailure::NotFound => Verdict::Permanent {
+                                class: Some(FailClass::C5xx),
+                            },
+                            // The resolver could not answer now: a network error.
+                            ResolveFailure::Transient => Verdict::Failed {
+                                class: FailClass::C5xx,
+                                retry_after: None,
+                            },
                         }
-                        Ok(None) => {
-                            rec.error = format!(
+                    }
+                    Ok(None) => {
+                        rec.error = format!(
                                 "blocked: {} resolves only to private or reserved addresses (allow_private_networks is off)",
                                 target.host
                             );
-                            Verdict::Permanent { class: None }
-                        }
-                        Ok(Some(ip)) => {
-                            let addr = SocketAddr::new(ip, target.port);
-                            let req = std::mem::take(wbuf);
-                            // Pinned where it is made: the timeout holds a pointer
-                            // to it instead of a copy.
-                            let answer = {
-                                let exchange = std::pin::pin!(slot.exchange(&target, addr, req));
-                                monoio::time::timeout(cfg.timeout, exchange).await
-                            };
-                            match answer {
-                                Err(_) => {
-                                    slot.reset();
-                                    rec.timed_out = true;
-                                    rec.error = format!(
-                                        "timed out after {}",
-                                        crate::config::format_duration(cfg.timeout)
-                                    );
-                                    Verdict::Failed {
-                                        class: FailClass::C5xx,
-                                        retry_after: None,
-                                    }
+                        Verdict::Permanent { class: None }
+                    }
+                    Ok(Some(ip)) => {
+                        let addr = SocketAddr::new(ip, target.port);
+                        let req = std::mem::take(wbuf);
+                        // Pinned where it is made: the timeout holds a pointer
+                        // to it instead of a copy.
+                        let answer = {
+                            let exchange = std::pin::pin!(slot.exchange(&target, addr, req));
+                            monoio::time::timeout(cfg.timeout, exchange).await
+                        };
+                        match answer {
+                            Err(_) => {
+                                slot.reset();
+                                rec.timed_out = true;
+                                rec.error = format!(
+                                    "timed out after {}",
+                                    crate::config::format_duration(cfg.timeout)
+                                );
+                                Verdict::Failed {
+                                    class: FailClass::C5xx,
+                                    retry_after: None,
                                 }
-                                Ok((Exchange::Failed(msg), b)) => {
-                                    *wbuf = b;
-                                    rec.error = msg;
-                                    Verdict::Failed {
-                                        class: FailClass::C5xx,
-                                        retry_after: None,
-                                    }
+                            }
+                            Ok((Exchange::Failed(msg), b)) => {
+                                *wbuf = b;
+                                rec.error = msg;
+                                Verdict::Failed {
+                                    class: FailClass::C5xx,
+                                    retry_after: None,
                                 }
-                                Ok((
-                                    Exchange::Response {
-                                        status,
-                                        retry_after,
-                                    },
-                                    b,
-                                )) => {
-                                    *wbuf = b;
-                                    let body = slot.body_excerpt();
-                                    rec.status = status;
-                                    rec.response_excerpt =
-                                        body[..body.len().min(LOG_EXCERPT)].to_vec();
-                                    classify_response(
-                                        &cfg.success,
-                                        cfg.error.as_ref(),
-                                        status,
-                                        body,
-                                        retry_after,
-                                    )
-                                }
+                            }
+                            Ok((
+                                Exchange::Response {
+                                    status,
+                                    retry_after,
+                                },
+                                b,
+                            )) => {
+                                *wbuf = b;
+                                let body = slot.body_excerpt();
+                                rec.status = status;
+                                rec.response_excerpt = body[..body.len().min(LOG_EXCERPT)].to_vec();
+                                classify_response(
+                                    &cfg.success,
+                                    cfg.error.as_ref(),
+                                    status,
+                                    body,
+                                    retry_after,
+                                )
                             }
                         }
                     }

@@ -1,9 +1,10 @@
 //! Host name resolution off the workers.
 //!
 //! Owns a resolver thread (the system resolver blocks, so it never runs on a worker) and
-//! each worker's answer cache. Workers ask through [`Resolver::resolve`], which answers
-//! IP literals and cached names at once and otherwise awaits the thread's reply. It must
-//! not decide whether an address may be used: that is the SSRF guard's job.
+//! each worker's answer cache. Workers ask through [`Resolver::resolve`] for names only
+//! (an IP literal is parsed once, with its URL: `http1::Target::ip`); it answers cached
+//! names at once and otherwise awaits the thread's reply. It must not decide whether an
+//! address may be used: that is the SSRF guard's job.
 //!
 //! A failed look-up says whether the name does not exist ([`ResolveFailure::NotFound`]:
 //! SPEC §6 never retries such a delivery) or the resolver could not answer now
@@ -146,11 +147,10 @@ impl Resolver {
         }
     }
 
-    /// The addresses of `host` (an IP literal or a name).
+    /// The addresses of the name `host` (an IP literal never gets here: the worker takes
+    /// [`Target::ip`](crate::deliver::http1::Target::ip); the system resolver would
+    /// answer one anyway).
     pub async fn resolve(&self, host: &str) -> Answer {
-        if let Ok(ip) = host.parse::<IpAddr>() {
-            return Ok(vec![ip]);
-        }
         if let Some((answer, until)) = self.cache.borrow().get(host) {
             if *until > Instant::now() {
                 return answer.clone();
