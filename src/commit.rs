@@ -310,6 +310,26 @@ pub struct RouteInfo {
     pub meta: EndpointMeta,
 }
 
+impl RouteInfo {
+    /// When a delivery not yet attempted, of an event at `time_ms`, falls due: at its
+    /// event time plus `min_delay`, not before `now`, and on an `ordered` endpoint not
+    /// before any delivery given a due time before it (SPEC §6: acceptance order).
+    /// Returns the previous bound when `meta` changed (to be persisted, or restored if
+    /// the round that changed it is not written).
+    fn first_due(&mut self, time_ms: u64, now: u64) -> (u64, Option<u64>) {
+        let mut due_ms = now.max(time_ms.saturating_add(self.min_delay_ms));
+        if !self.ordered {
+            return (due_ms, None);
+        }
+        due_ms = due_ms.max(self.meta.first_due_ms);
+        if due_ms > now && due_ms > self.meta.first_due_ms {
+            let before = std::mem::replace(&mut self.meta.first_due_ms, due_ms);
+            return (due_ms, Some(before));
+        }
+        (due_ms, None)
+    }
+}
+
 /// Event type (and account) → subscribed, enabled endpoints.
 #[derive(Default)]
 pub struct Router {
@@ -416,6 +436,9 @@ struct State {
     dirty: HashSet<EndpointId>,
     /// Endpoints whose paused deliveries are being moved back to `due`.
     resuming: Vec<EndpointId>,
+    /// `ordered` endpoints whose first-attempt bound this round's events moved, with the
+    /// bound before: put back if the round is not written.
+    first_due_before: Vec<(EndpointId, u64)>,
     registry: Registry,
     /// The id the next new endpoint gets (ids are never reused).
     next_ep_id: EndpointId,
@@ -603,6 +626,7 @@ impl Committer {
             sync: self.sync,
             dirty: HashSet::default(),
             resuming: Vec::new(),
+            first_due_before: Vec::new(),
             registry: self.registry,
             next_ep_id,
             sweep: None,
@@ -799,6 +823,11 @@ impl State {
             if let Err(e) = result {
                 written = false;
                 tracing::error!(error = %e, "store write failed; answering unavailable");
+                for (ep, before) in self.first_due_before.drain(..) {
+                    if let Some(info) = self.router.eps.get_mut(&ep) {
+                        info.meta.first_due_ms = before;
+                    }
+                }
                 syncer::refuse(&mut acks, &format!("cannot persist: {e}"), false);
                 jobs_from_ingest.clear();
             } else if has_events {
@@ -808,6 +837,7 @@ impl State {
                 }
             }
         }
+        self.first_due_before.clear();
         if written {
             self.stats.apply(delta);
         }
@@ -949,12 +979,20 @@ impl State {
         ));
         batch.put_event(&self.store, &rec);
         for &ep in routes.iter() {
-            let info = &self.router.eps[&ep];
-            let due = DueKey {
-                due_ms: now.max(rec.time_ms().saturating_add(info.min_delay_ms)),
-                seq,
-                ep,
-            };
+            let info = self
+                .router
+                .eps
+                .get_mut(&ep)
+                .expect("the router routes to known endpoints");
+            let worker = info.worker;
+            let (due_ms, moved) = info.first_due(rec.time_ms(), now);
+            if let Some(before) = moved {
+                self.dirty.insert(ep);
+                if !self.first_due_before.iter().any(|&(e, _)| e == ep) {
+                    self.first_due_before.push((ep, before));
+                }
+            }
+            let due = DueKey { due_ms, seq, ep };
             batch.put_due(&self.store, due, DueVal::NEW);
             if due < self.cursor
                 && self.spill.is_none()
@@ -973,7 +1011,7 @@ impl State {
             }
             if self.hand_now(due) {
                 jobs.push((
-                    info.worker,
+                    worker,
                     Job {
                         event: rec.clone(),
                         ep,
@@ -1096,8 +1134,9 @@ impl State {
     }
 
     /// Moves every pending delivery of a disabled endpoint from `due` to `paused`, so
-    /// none waits out an old retry time once the endpoint is enabled again. Disabling is
-    /// rare, so this scans the whole due index (in pages).
+    /// none waits out an old retry time once the endpoint is enabled again (a first
+    /// attempt still keeps its `min_delay`: see `resume`). Disabling is rare, so this
+    /// scans the whole due index (in pages).
     fn pause_all(&mut self, ep: EndpointId) {
         let mut from = DueKey::MIN;
         let mut moved = 0usize;
@@ -1140,8 +1179,9 @@ impl State {
         );
     }
 
-    /// Moves paused deliveries of resumed endpoints back to `due` (a page per tick),
-    /// due now and in acceptance order.
+    /// Moves paused deliveries of resumed endpoints back to `due` (a page per tick), in
+    /// acceptance order: a retry is due now, a delivery not yet attempted when it would
+    /// have been (event time + `min_delay`, SPEC §2: no attempt before it).
     fn resume(&mut self) {
         let now = now_ms();
         let mut still = Vec::new();
@@ -1168,20 +1208,43 @@ impl State {
             }
             let mut batch = self.store.batch();
             let mut below_cursor = Vec::new();
+            let mut first_due_before = None;
+            let mut events = self.store.event_reader();
             for &(seq, val) in &page {
-                let due = DueKey {
-                    due_ms: now,
-                    seq,
-                    ep,
-                };
+                let mut event = None;
+                let mut due_ms = now;
+                if val.attempts == 0 {
+                    match events.get(seq) {
+                        Ok(Some(e)) => {
+                            let info = self.router.eps.get_mut(&ep).expect("looked up above");
+                            let moved;
+                            (due_ms, moved) = info.first_due(e.time_ms(), now);
+                            if first_due_before.is_none() {
+                                first_due_before = moved;
+                            }
+                            event = Some(e);
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::error!(error = %e, "cannot read a paused event"),
+                    }
+                }
+                let due = DueKey { due_ms, seq, ep };
                 batch.unpause(&self.store, ep, seq);
                 batch.put_due(&self.store, due, val);
                 if self.hand_now(due) {
-                    below_cursor.push((due, val));
+                    below_cursor.push((due, val, event));
                 }
+            }
+            drop(events);
+            let info = self.router.eps.get_mut(&ep).expect("looked up above");
+            if first_due_before.is_some() {
+                batch.put_endpoint(&self.store, &info.name, &info.meta);
             }
             if let Err(e) = self.store.commit(batch, false) {
                 tracing::error!(error = %e, "cannot resume paused deliveries");
+                if let Some(before) = first_due_before {
+                    info.meta.first_due_ms = before;
+                }
                 still.push(ep);
                 continue;
             }
@@ -1190,8 +1253,12 @@ impl State {
                 ..Delta::default()
             });
             // Keys below the cursor are never loaded: hand them over now.
-            for (due, val) in below_cursor {
-                match self.store.event(due.seq) {
+            for (due, val, event) in below_cursor {
+                let event = match event {
+                    Some(e) => Ok(Some(e)),
+                    None => self.store.event(due.seq),
+                };
+                match event {
                     Ok(Some(e)) => self.out_jobs[worker].push(Job {
                         event: Arc::new(e),
                         ep,
@@ -1230,6 +1297,11 @@ impl State {
     /// Enables an endpoint; its paused deliveries resume in order.
     fn enable_ep(&mut self, ep: EndpointId) {
         if let Some(info) = self.router.eps.get_mut(&ep) {
+            if !info.enabled {
+                // Every delivery of the endpoint is paused: resuming them in acceptance
+                // order builds the first-attempt bound afresh (see `resume`).
+                info.meta.first_due_ms = 0;
+            }
             info.enabled = true;
             info.meta.enable();
             info.meta.fails = [0; 3];
@@ -1882,6 +1954,34 @@ mod tests {
             enabled: true,
             meta: EndpointMeta::default(),
         }
+    }
+
+    #[test]
+    fn first_due_keeps_acceptance_order_only_on_ordered_endpoints() {
+        let now = 1_000_000;
+        let mut free = info(1, &["t"], None);
+        free.min_delay_ms = 500;
+        assert_eq!(free.first_due(now + 10_000, now), (now + 10_500, None));
+        assert_eq!(free.first_due(now - 60_000, now), (now, None));
+        assert_eq!(free.meta.first_due_ms, 0);
+
+        let mut fifo = info(2, &["t"], None);
+        fifo.ordered = true;
+        fifo.min_delay_ms = 500;
+        // Due now: nothing to remember.
+        assert_eq!(fifo.first_due(now - 60_000, now), (now, None));
+        assert_eq!(fifo.meta.first_due_ms, 0);
+        // Due later: remembered (with the bound before), and it bounds later ones.
+        assert_eq!(fifo.first_due(now + 10_000, now), (now + 10_500, Some(0)));
+        assert_eq!(fifo.first_due(now - 60_000, now), (now + 10_500, None));
+        assert_eq!(
+            fifo.first_due(now + 20_000, now),
+            (now + 20_500, Some(now + 10_500))
+        );
+        // Once the bound has passed, it holds nothing back.
+        let later = now + 30_000;
+        assert_eq!(fifo.first_due(later - 60_000, later), (later, None));
+        assert_eq!(fifo.meta.first_due_ms, now + 20_500);
     }
 
     fn ingest(events: usize) -> CommitMsg {

@@ -685,9 +685,18 @@ pub struct EndpointMeta {
     /// The held delivery's round start (see [`DueVal`]): nonzero after a replay.
     #[serde(default)]
     pub hold_first: u16,
+    /// `ordered` endpoints: the latest first-attempt due time given to a delivery while
+    /// it was in the future, so that one accepted later is never due before it (an
+    /// earlier event time can put it there), after a restart too. 0 if none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub first_due_ms: u64,
     /// Where its configuration comes from.
     #[serde(default)]
     pub source: EndpointSource,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Where an endpoint's configuration comes from.

@@ -104,6 +104,41 @@ fn min_delay_holds_back_the_first_attempt() {
     assert!(got[1].at - sent < Duration::from_millis(1000));
 }
 
+#[test]
+fn an_endpoint_enabled_again_still_keeps_min_delay() {
+    // Paused before its first attempt was due, a delivery keeps its event time +
+    // min_delay when the endpoint is enabled again (only retries resume at once).
+    let rx = TestReceiver::start();
+    let srv = TestServer::start(&endpoint(
+        "later",
+        r#"["t"]"#,
+        &rx.url("/"),
+        "min_delay = \"4s\"",
+    ));
+    let mut c = srv.connect();
+    let sent = std::time::Instant::now();
+    assert!(c.send(&event("t", "md-pause", "{}")).starts_with("ok "));
+    assert_eq!(srv.post("/v1/endpoints/later/disable").0, 200);
+    srv.wait_event("md-pause", Duration::from_secs(10), |v| {
+        states(v) == ["paused"]
+    });
+    assert_eq!(srv.post("/v1/endpoints/later/enable").0, 200);
+    srv.wait_event("md-pause", Duration::from_secs(10), |v| {
+        states(v) == ["pending"]
+    });
+    assert!(
+        sent.elapsed() < Duration::from_millis(3500),
+        "too slow to tell: paused and enabled again after {:?}",
+        sent.elapsed()
+    );
+    let got = rx.wait_for(1, Duration::from_secs(15));
+    let waited = got[0].at - sent;
+    assert!(
+        waited >= Duration::from_millis(3950),
+        "first attempt {waited:?} after the event, min_delay 4s"
+    );
+}
+
 fn failing_ep(url: &str) -> String {
     endpoint(
         "fragile",
@@ -287,4 +322,81 @@ fn ordered_endpoint_keeps_its_order_across_kill9() {
     let _srv = TestServer::start_in(dir, &ServerOpts::new(&ep));
     let got = rx.wait_for(5, Duration::from_secs(15));
     assert_eq!(ids_in_order(&got), ["k-0", "k-0", "k-1", "k-2", "k-3"]);
+}
+
+#[test]
+fn ordered_endpoint_keeps_acceptance_order_against_event_times_across_kill9() {
+    // The first event's time is ahead, the second's long past: acceptance order still
+    // holds, and the first's due time bounds the second's after a kill -9 between them.
+    let rx = TestReceiver::start();
+    let ep = ordered_ep(&rx.url("/"));
+    let mut srv = TestServer::start(&ep);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let sent = std::time::Instant::now();
+    let line =
+        |id: &str, time: String| format!(r#"{{"type":"t","id":"{id}","time":{time},"data":{{}}}}"#);
+    // The first in RFC 3339, the second in Unix milliseconds.
+    let ahead = time::OffsetDateTime::from_unix_timestamp_nanos((now as i128 + 3000) * 1_000_000)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    assert!(srv
+        .connect()
+        .send(&line("ahead", format!("{ahead:?}")))
+        .starts_with("ok "));
+    srv.kill9();
+    let dir = Arc::clone(&srv.dir);
+    drop(srv);
+    let srv = TestServer::start_in(dir, &ServerOpts::new(&ep));
+    assert!(srv
+        .connect()
+        .send(&line("past", (now - 60_000).to_string()))
+        .starts_with("ok "));
+    let got = rx.wait_for(2, Duration::from_secs(15));
+    assert_eq!(ids_in_order(&got), ["ahead", "past"]);
+    let waited = got[0].at - sent;
+    assert!(
+        waited >= Duration::from_millis(2950),
+        "the first event's time is 3 s ahead; delivered after {waited:?}"
+    );
+}
+
+#[test]
+fn a_success_resets_the_failure_counts_and_4xx_has_its_own_threshold() {
+    // 400, 400, 200, 400, 400: never three 4xx in a row, still enabled; one more 400
+    // makes three. (A 5xx threshold of 1 shows that the classes are counted apart.)
+    let rx = TestReceiver::with_script(|_, n| {
+        if n == 2 {
+            Reply::status(200)
+        } else {
+            Reply::status(400)
+        }
+    });
+    let srv = TestServer::start(&endpoint(
+        "picky",
+        r#"["t"]"#,
+        &rx.url("/"),
+        "max_in_flight = 1\nretry = \"none\"\ndisable_after = { \"4xx\" = 3, \"5xx\" = 1 }",
+    ));
+    let mut c = srv.connect();
+    let settled = |v: &serde_json::Value| matches!(states(v).as_slice(), [s] if s == "failed" || s == "delivered");
+    for i in 0..5 {
+        let id = format!("p-{i}");
+        c.send(&event("t", &id, "{}"));
+        srv.wait_event(&id, Duration::from_secs(10), settled);
+    }
+    let (_, ep) = srv.get("/v1/endpoints/picky");
+    assert_eq!(ep["enabled"], true, "{ep}");
+    assert_eq!(ep["consecutive_failures"]["4xx"], 2, "{ep}");
+    c.send(&event("t", "p-5", "{}"));
+    srv.wait_event("p-5", Duration::from_secs(10), settled);
+    let ep = srv.wait_endpoint("picky", Duration::from_secs(10), |v| v["enabled"] == false);
+    assert!(
+        ep["disabled_reason"].as_str().unwrap().contains("4xx"),
+        "{ep}"
+    );
+    assert_eq!(rx.count(), 6);
 }
