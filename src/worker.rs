@@ -710,7 +710,7 @@ impl Worker {
             Ok(target) => {
                 rec.request_line = request::request_line(spec, &target);
                 rec.request = request::log_of(spec, scratch);
-                match self.address(&target).await {
+                match self.address(&target, cfg.timeout).await {
                     Err(e) => {
                         rec.error = e.to_string();
                         match e.failure {
@@ -723,6 +723,14 @@ impl Worker {
                                 class: FailClass::C5xx,
                                 retry_after: None,
                             },
+                            // The look-up took the attempt's whole `timeout`.
+                            ResolveFailure::TimedOut => {
+                                rec.timed_out = true;
+                                Verdict::Failed {
+                                    class: FailClass::C5xx,
+                                    retry_after: None,
+                                }
+                            }
                         }
                     }
                     Ok(None) => {
@@ -735,11 +743,17 @@ impl Worker {
                     Ok(Some(ip)) => {
                         let addr = SocketAddr::new(ip, target.port);
                         let req = std::mem::take(wbuf);
+                        // `timeout` is the whole attempt's: a name's look-up took
+                        // some of it.
+                        let left = match target.ip {
+                            Some(_) => cfg.timeout,
+                            None => cfg.timeout.saturating_sub(started.elapsed()),
+                        };
                         // Pinned where it is made: the timeout holds a pointer
                         // to it instead of a copy.
                         let answer = {
                             let exchange = std::pin::pin!(slot.exchange(&target, addr, req));
-                            monoio::time::timeout(cfg.timeout, exchange).await
+                            monoio::time::timeout(left, exchange).await
                         };
                         match answer {
                             Err(_) => {
@@ -875,7 +889,7 @@ impl Worker {
         let Some(target) = spec.static_target.clone() else {
             return;
         };
-        let Ok(Some(ip)) = self.address(&target).await else {
+        let Ok(Some(ip)) = self.address(&target, spec.cfg.timeout).await else {
             return;
         };
         let addr = SocketAddr::new(ip, target.port);
@@ -883,14 +897,19 @@ impl Worker {
     }
 
     /// Where to connect for `target`: its IP literal, else the first address its name
-    /// resolves to that the SSRF guard allows; `Ok(None)` when the guard blocks them all.
-    async fn address(&self, target: &Target) -> Result<Option<IpAddr>, ResolveError> {
+    /// resolves to (`within` this long) that the SSRF guard allows; `Ok(None)` when the
+    /// guard blocks them all.
+    async fn address(
+        &self,
+        target: &Target,
+        within: Duration,
+    ) -> Result<Option<IpAddr>, ResolveError> {
         let allowed = |ip: &IpAddr| self.allow_private || !ssrf::is_blocked(*ip);
         match target.ip {
             Some(ip) => Ok(Some(ip).filter(allowed)),
             None => Ok(self
                 .resolver
-                .resolve(&target.host)
+                .resolve(&target.host, within)
                 .await?
                 .into_iter()
                 .find(allowed)),

@@ -7,12 +7,16 @@
 //! address may be used: that is the SSRF guard's job.
 //!
 //! A failed look-up says whether the name does not exist ([`ResolveFailure::NotFound`]:
-//! SPEC §6 never retries such a delivery) or the resolver could not answer now
-//! ([`ResolveFailure::Transient`]: a network error, retried on the schedule).
+//! SPEC §6 never retries such a delivery), the resolver could not answer now
+//! ([`ResolveFailure::Transient`]: a network error, retried on the schedule), or did not
+//! answer within the attempt's time ([`ResolveFailure::TimedOut`]: the look-up is part of
+//! the attempt, whose `timeout` covers connect, send and response, SPEC §2). A late
+//! answer still fills the cache for the next attempt.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use dns_lookup::{AddrInfoHints, LookupErrorKind, SockType};
@@ -40,6 +44,8 @@ pub enum ResolveFailure {
     NotFound,
     /// The resolver could not answer now (a timeout, SERVFAIL, no resolver reachable).
     Transient,
+    /// No answer within the time the attempt had for it.
+    TimedOut,
 }
 
 impl ResolveFailure {
@@ -79,6 +85,11 @@ pub struct ResolverThread {
 impl ResolverThread {
     /// Starts the resolver thread.
     pub fn start() -> ResolverThread {
+        Self::with_lookup(lookup)
+    }
+
+    /// Starts the resolver thread with `lookup` in place of the system resolver.
+    fn with_lookup(lookup: impl Fn(&str) -> Answer + Send + 'static) -> ResolverThread {
         let (tx, rx) = crossbeam_channel::unbounded::<Query>();
         std::thread::Builder::new()
             .name("ricochet-dns".into())
@@ -133,30 +144,34 @@ fn lookup(host: &str) -> Answer {
     }
 }
 
+type Cache = Rc<RefCell<HashMap<String, (Answer, Instant)>>>;
+
 /// A worker's resolver: the thread plus a local cache.
 pub struct Resolver {
     thread: ResolverThread,
-    cache: RefCell<HashMap<String, (Answer, Instant)>>,
+    cache: Cache,
 }
 
 impl Resolver {
     pub fn new(thread: ResolverThread) -> Resolver {
         Resolver {
             thread,
-            cache: RefCell::new(HashMap::new()),
+            cache: Cache::default(),
         }
     }
 
-    /// The addresses of the name `host` (an IP literal never gets here: the worker takes
+    /// The addresses of the name `host`, if the answer comes `within` this long (an IP
+    /// literal never gets here: the worker takes
     /// [`Target::ip`](crate::deliver::http1::Target::ip); the system resolver would
-    /// answer one anyway).
-    pub async fn resolve(&self, host: &str) -> Answer {
+    /// answer one anyway). Must run on a monoio runtime with timers: a late answer is
+    /// awaited by a task of its own, which caches it.
+    pub async fn resolve(&self, host: &str, within: Duration) -> Answer {
         if let Some((answer, until)) = self.cache.borrow().get(host) {
             if *until > Instant::now() {
                 return answer.clone();
             }
         }
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         let sent = self
             .thread
             .tx
@@ -165,19 +180,47 @@ impl Resolver {
                 reply: tx,
             })
             .is_ok();
-        let answer = if sent { rx.await } else { None }.unwrap_or_else(|| {
+        let reply = if sent {
+            match monoio::time::timeout(within, &mut rx).await {
+                Ok(reply) => reply,
+                Err(_) => {
+                    let (cache, name) = (self.cache.clone(), host.to_string());
+                    monoio::spawn(async move {
+                        if let Some(answer) = rx.await {
+                            remember(&cache, name, answer);
+                        }
+                    });
+                    return Err(ResolveError {
+                        host: host.to_string(),
+                        reason: format!(
+                            "no answer within {}",
+                            crate::config::format_duration(within)
+                        ),
+                        failure: ResolveFailure::TimedOut,
+                    });
+                }
+            }
+        } else {
+            None
+        };
+        let answer = reply.unwrap_or_else(|| {
             Err(ResolveError {
                 host: host.to_string(),
                 reason: "resolver stopped".into(),
                 failure: ResolveFailure::Transient,
             })
         });
-        let ttl = if answer.is_ok() { TTL } else { NEGATIVE_TTL };
-        self.cache
-            .borrow_mut()
-            .insert(host.to_string(), (answer.clone(), Instant::now() + ttl));
+        remember(&self.cache, host.to_string(), answer.clone());
         answer
     }
+}
+
+/// Caches `answer` for its time to live.
+fn remember(cache: &Cache, host: String, answer: Answer) {
+    let ttl = if answer.is_ok() { TTL } else { NEGATIVE_TTL };
+    cache
+        .borrow_mut()
+        .insert(host, (answer, Instant::now() + ttl));
 }
 
 #[cfg(test)]
@@ -215,6 +258,50 @@ mod tests {
         for h in ["notinvalid", "invalid.example", "x.invalidx", "example.com"] {
             assert!(!is_special_invalid(h), "{h}");
         }
+    }
+
+    #[test]
+    fn a_late_answer_times_out_and_is_cached_when_it_comes() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let (open, gate) = crossbeam_channel::bounded::<()>(0);
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counted = asked.clone();
+        // Answers once the test opens the gate (dropping `open`), at once after that.
+        let thread = ResolverThread::with_lookup(move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let _ = gate.recv();
+            Ok(vec![IpAddr::from([192, 0, 2, 7])])
+        });
+        let driver = crate::runtime::choose(crate::config::Driver::Auto).unwrap();
+        crate::runtime::block_on(driver, async move {
+            let r = Resolver::new(thread);
+            let e = r
+                .resolve("slow.example", Duration::from_millis(50))
+                .await
+                .unwrap_err();
+            assert_eq!(e.failure, ResolveFailure::TimedOut);
+            assert_eq!(
+                e.to_string(),
+                "cannot resolve slow.example: no answer within 50ms"
+            );
+            assert_eq!(asked.load(Ordering::SeqCst), 1);
+            drop(open);
+            // Answered now: from the late reply's cache entry, or from a second look-up.
+            let v = r
+                .resolve("slow.example", Duration::from_secs(10))
+                .await
+                .unwrap();
+            assert_eq!(v, [IpAddr::from([192, 0, 2, 7])]);
+            // Either way, the answer is cached now.
+            let n = asked.load(Ordering::SeqCst);
+            assert!(n <= 2, "{n} look-ups");
+            r.resolve("slow.example", Duration::from_millis(1))
+                .await
+                .unwrap();
+            assert_eq!(asked.load(Ordering::SeqCst), n);
+        })
+        .unwrap();
     }
 
     #[test]
