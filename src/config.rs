@@ -839,6 +839,13 @@ impl ConfigFile {
         if s.retention < Duration::from_secs(1) {
             bad.push(("retention", "must be at least 1s"));
         }
+        // An empty token would be matched by a request without one.
+        if s.admin_token.as_deref() == Some("") {
+            bad.push((
+                "admin_token",
+                "must not be empty (leave it out for an API without a token)",
+            ));
+        }
         for (field, msg) in bad {
             self.problems.push(Problem {
                 file: self.origin.clone(),
@@ -1112,6 +1119,15 @@ enabled = true
         )
         .unwrap();
         assert!(refused(&c.endpoints[0]).contains("`name`"));
+    }
+
+    #[test]
+    fn an_empty_admin_token_is_refused() {
+        assert_eq!(
+            problems("[server]\nadmin_token = \"\"\n"),
+            ["2:15: server: field `admin_token`: must not be empty (leave it out for an API without a token)"]
+        );
+        assert!(problems("[server]\nadmin_token = \"s3cret\"\n").is_empty());
     }
 
     /// Each problem as `LINE:COLUMN: MESSAGE`.

@@ -4,7 +4,7 @@
 //! receiver sees (the `webhook-timestamp` and signature are those of "now"). It must not
 //! start a server or touch a data dir.
 
-use anyhow::{anyhow, bail};
+use anyhow::anyhow;
 use bytes::Bytes;
 
 use crate::config::Config;
@@ -14,8 +14,9 @@ use crate::ingest::parse::LineParser;
 use crate::store::{seq_floor, EventRecord};
 use crate::template::Doc;
 
-/// Renders the request `endpoint` of `cfg` would receive for the event in `input`
-/// (one ingest line, SPEC §3).
+/// Renders the request `endpoint` of `cfg` would receive for the event in `input`: one
+/// event as an ingest line has it (SPEC §3), on one line or pretty-printed over several,
+/// as `POST /v1/events` takes it.
 pub fn render_request(cfg: &Config, endpoint: &str, input: &[u8]) -> anyhow::Result<Vec<u8>> {
     let ep = cfg
         .endpoints
@@ -24,9 +25,6 @@ pub fn render_request(cfg: &Config, endpoint: &str, input: &[u8]) -> anyhow::Res
         .ok_or_else(|| anyhow!("no endpoint named {endpoint:?} in the config"))?;
     let spec = EndpointSpec::compile(0, ep.clone())?;
     let line = input.trim_ascii();
-    if line.contains(&b'\n') {
-        bail!("the event file must hold exactly one JSON event (one line)");
-    }
     let ev = LineParser::default()
         .parse(line)
         .map_err(|e| anyhow!("invalid event: {e}"))?;
@@ -54,4 +52,47 @@ pub fn render_request(cfg: &Config, endpoint: &str, input: &[u8]) -> anyhow::Res
         &mut out,
     )?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[[endpoint]]
+name = "partner"
+events = ["sale"]
+url = "http://partner.example/hook"
+"#;
+
+    fn body(request: &[u8]) -> &[u8] {
+        let at = request
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("head ends");
+        &request[at + 4..]
+    }
+
+    #[test]
+    fn an_event_pretty_printed_over_several_lines_renders_like_one_line() {
+        let cfg = Config::parse(CONFIG, "test").unwrap();
+        let one = render_request(
+            &cfg,
+            "partner",
+            br#"{"type":"sale","id":"s-1","data":{"amount":12.50}}"#,
+        )
+        .unwrap();
+        let pretty =
+            b"{\n  \"type\": \"sale\",\n  \"id\": \"s-1\",\n  \"data\": {\"amount\": 12.50}\n}\n";
+        let many = render_request(&cfg, "partner", pretty).unwrap();
+        assert_eq!(body(&one), br#"{"amount":12.50}"#);
+        assert_eq!(body(&many), br#"{"amount": 12.50}"#);
+        // Two events are not one.
+        let two = b"{\"type\":\"sale\",\"data\":{}}\n{\"type\":\"sale\",\"data\":{}}\n";
+        let err = render_request(&cfg, "partner", two)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("invalid event: not JSON"), "{err}");
+        assert!(render_request(&cfg, "nobody", pretty).is_err());
+    }
 }
