@@ -1,11 +1,11 @@
 //! `ricochet check` (SPEC §1): every error of every endpoint in one run, each with the
-//! endpoint, the field and its line:column in the file, each once; and `serve` refusing
-//! the same file with the same messages.
+//! endpoint, the field and its line:column in the file, each once; `serve` refusing
+//! the same file with the same messages; and `serve`'s flags winning over the file.
 
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::harness::BIN;
+use crate::harness::{endpoint, event, ServerOpts, TestReceiver, TestServer, BIN};
 
 /// Runs the binary in a scratch directory (nothing it might create lands in the repo);
 /// panics if it has not exited within `limit`.
@@ -220,4 +220,46 @@ fn check_accepts_a_good_config_and_stops_at_a_syntax_error() {
     let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(all.contains("line 2"), "{all}");
     assert!(!all.contains("timeout"), "{all}");
+}
+
+#[test]
+fn serve_flags_win_over_the_config_file() {
+    let rx = TestReceiver::start();
+    let flags = tempfile::tempdir().expect("temp dir");
+    let (data, socket) = (flags.path().join("data"), flags.path().join("flag.sock"));
+    // The file says 2 workers, the default driver, no TCP listener, and its own data dir
+    // and socket; the flags say otherwise.
+    let srv = TestServer::start_with(
+        ServerOpts::new(&endpoint("e", r#"["t"]"#, &rx.url("/"), ""))
+            .arg("--data-dir")
+            .arg(data.to_str().unwrap())
+            .arg("--socket")
+            .arg(socket.to_str().unwrap())
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--workers")
+            .arg("1")
+            .arg("--driver")
+            .arg("legacy"),
+    );
+    for want in [
+        "workers=1",
+        "driver=Legacy",
+        &format!("socket={}", socket.display()),
+    ] {
+        assert!(srv.ready.contains(want), "{want} in {}", srv.ready);
+    }
+    assert_eq!(
+        srv.connect().send(&event("t", "flag-1", "{}")),
+        "ok flag-1 1"
+    );
+    let tcp = srv.tcp.expect("--listen opens the TCP listener");
+    let mut c = crate::harness::Conn::tcp(tcp);
+    assert_eq!(c.send(&event("t", "flag-2", "{}")), "ok flag-2 1");
+    rx.wait_for(2, Duration::from_secs(10));
+    assert!(data.join("CURRENT").exists(), "RocksDB in the --data-dir");
+    assert!(
+        !srv.dir.path().join("data").exists(),
+        "the file's data_dir is not used"
+    );
 }

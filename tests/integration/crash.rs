@@ -24,6 +24,13 @@ fn batch_durability_acked_events_survive_kill9() {
     acked_events_pending_survive_kill9("batch");
 }
 
+/// `none` never fsyncs, and acks once the WAL is written: a killed process still loses
+/// nothing acked (only an OS crash could).
+#[test]
+fn none_durability_acked_events_survive_kill9() {
+    acked_events_pending_survive_kill9("none");
+}
+
 /// 1,000 events acked while the receiver fails, kill -9, restart with the receiver
 /// healthy: every acked id arrives.
 fn acked_events_pending_survive_kill9(durability: &str) {
@@ -50,11 +57,16 @@ fn acked_events_pending_survive_kill9(durability: &str) {
     assert_eq!(acked.len(), 1000);
     // Some attempts have failed; kill without warning.
     rx.wait_for(1, Duration::from_secs(10));
-    srv.wait_metric(
-        "ricochet_fsync_seconds_count",
-        Duration::from_secs(10),
-        |n| n >= 1.0,
-    );
+    if durability == "none" {
+        let fsyncs = srv.metrics().value("ricochet_fsync_seconds_count", &[]);
+        assert_eq!(fsyncs.unwrap_or(0.0), 0.0, "fsyncs under durability = none");
+    } else {
+        srv.wait_metric(
+            "ricochet_fsync_seconds_count",
+            Duration::from_secs(10),
+            |n| n >= 1.0,
+        );
+    }
     srv.kill9();
     let dir = srv.dir.clone();
     drop(srv);

@@ -171,17 +171,9 @@ fn a_host_that_does_not_resolve_counts_toward_disabling() {
     srv.wait_event("nd-2", Duration::from_secs(10), |v| states(v) == ["failed"]);
     // Two in a row: a network error each, so the endpoint is disabled and the next
     // event is not routed to it (its deliveries would wait paused, not fail).
-    // (The disable reaches the router just after the outcome: poll for it.)
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let v = loop {
-        let (status, v) = srv.get("/v1/endpoints/nx-disable");
-        assert_eq!(status, 200);
-        if v["enabled"] == false || std::time::Instant::now() > deadline {
-            break v;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(v["enabled"], false, "{v}");
+    let v = srv.wait_endpoint("nx-disable", Duration::from_secs(10), |v| {
+        v["enabled"] == false
+    });
     assert!(
         v["disabled_reason"].as_str().unwrap().contains("5xx"),
         "{v}"
@@ -318,4 +310,74 @@ fn gone_on_the_last_attempt_fails_the_delivery() {
     assert_eq!(states(&v), ["failed"]);
     assert_eq!(v["deliveries"][0]["attempts"].as_array().unwrap().len(), 1);
     assert_eq!(rx.count(), 2);
+}
+
+#[test]
+fn retry_after_as_an_http_date_on_503_stretches_the_wait() {
+    // Four seconds ahead, to the second: 3–4 s after the answer, past the scheduled 2 s
+    // and within its cap (twice the scheduled wait).
+    let rx = TestReceiver::with_script(|_, n| {
+        if n == 0 {
+            let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(4);
+            // IMF-fixdate (RFC 9110 §5.6.7): Sun, 06 Nov 1994 08:49:37 GMT
+            let date = format!(
+                "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+                &at.weekday().to_string()[..3],
+                at.day(),
+                &at.month().to_string()[..3],
+                at.year(),
+                at.hour(),
+                at.minute(),
+                at.second()
+            );
+            Reply::status(503).header("Retry-After", &date)
+        } else {
+            Reply::status(200)
+        }
+    });
+    let srv = TestServer::start(&endpoint(
+        "busy",
+        r#"["t"]"#,
+        &rx.url("/"),
+        r#"retry = ["2s"]"#,
+    ));
+    srv.connect().send(&event("t", "ra-date", "{}"));
+    let got = rx.wait_for(2, Duration::from_secs(15));
+    let gap = got[1].at - got[0].at;
+    assert!(
+        gap >= Duration::from_millis(2900) && gap < Duration::from_millis(4900),
+        "Retry-After 3–4 s ahead, retry scheduled in 2 s, cap 4 s: waited {gap:?}"
+    );
+}
+
+#[test]
+fn a_redirect_is_an_answer_not_followed_and_counts_as_3xx() {
+    let rx = TestReceiver::with_script(|r, _| {
+        if r.path == "/moved" {
+            Reply::status(200)
+        } else {
+            Reply::status(302).header("Location", "/moved")
+        }
+    });
+    let srv = TestServer::start(&endpoint(
+        "moving",
+        r#"["t"]"#,
+        &rx.url("/hook"),
+        "retry = \"none\"\ndisable_after = { \"3xx\" = 2 }",
+    ));
+    let mut c = srv.connect();
+    c.send(&event("t", "r-1", "{}"));
+    let v = srv.wait_event("r-1", Duration::from_secs(10), |v| states(v) == ["failed"]);
+    assert_eq!(v["deliveries"][0]["attempts"][0]["status_code"], 302);
+    assert_eq!(srv.get("/v1/endpoints/moving").1["enabled"], true);
+    c.send(&event("t", "r-2", "{}"));
+    srv.wait_event("r-2", Duration::from_secs(10), |v| states(v) == ["failed"]);
+    // Two consecutive 3xx reach the threshold; nothing ever went to the Location.
+    let ep = srv.wait_endpoint("moving", Duration::from_secs(10), |v| v["enabled"] == false);
+    assert!(
+        ep["disabled_reason"].as_str().unwrap().contains("3xx"),
+        "{ep}"
+    );
+    let paths: Vec<String> = rx.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, ["/hook", "/hook"]);
 }

@@ -293,6 +293,8 @@ pub struct TestServer {
     pub admin: SocketAddr,
     pub tcp: Option<SocketAddr>,
     pub config_path: PathBuf,
+    /// The server's "ricochet ready" log line (what it listens on, its driver).
+    pub ready: String,
     child: Option<Child>,
     log: Arc<Mutex<Vec<String>>>,
 }
@@ -304,6 +306,8 @@ pub struct ServerOpts {
     pub tcp: bool,
     /// Limit on the size of any file the server writes (to simulate a full disk).
     pub file_size_limit: Option<u64>,
+    /// Command-line arguments after `serve --config FILE`.
+    pub args: Vec<String>,
 }
 
 impl ServerOpts {
@@ -313,7 +317,12 @@ impl ServerOpts {
             server_extra: String::new(),
             tcp: false,
             file_size_limit: None,
+            args: Vec::new(),
         }
+    }
+    pub fn arg(mut self, a: impl Into<String>) -> ServerOpts {
+        self.args.push(a.into());
+        self
     }
     pub fn server(mut self, extra: &str) -> ServerOpts {
         self.server_extra.push_str(extra);
@@ -356,6 +365,7 @@ impl TestServer {
         cmd.arg("serve")
             .arg("--config")
             .arg(&config_path)
+            .args(&opts.args)
             .env("RICOCHET_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -413,12 +423,15 @@ impl TestServer {
                 .and_then(|t| t.strip_suffix(')'))
                 .and_then(|t| t.parse().ok())
         });
+        // A `--socket` flag wins over the file.
+        let socket = field("socket").map(PathBuf::from).unwrap_or(socket);
         TestServer {
             dir,
             socket,
             admin,
             tcp,
             config_path,
+            ready,
             child: Some(child),
             log,
         }
@@ -513,6 +526,31 @@ impl TestServer {
             assert!(
                 Instant::now() < deadline,
                 "event {id} never reached the expected state: {v:#}"
+            );
+            std::thread::sleep(Duration::from_millis(20)); // polling a remote API: no event to await
+        }
+    }
+}
+
+impl TestServer {
+    /// Polls `GET /v1/endpoints/{name}` until `pred` holds (a disable decided by a
+    /// worker reaches the store just after the outcome that caused it).
+    pub fn wait_endpoint(
+        &self,
+        name: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, v) = self.get(&format!("/v1/endpoints/{name}"));
+            assert_eq!(status, 200, "GET /v1/endpoints/{name}: {v}");
+            if pred(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "endpoint {name} never reached the expected state: {v:#}"
             );
             std::thread::sleep(Duration::from_millis(20)); // polling a remote API: no event to await
         }

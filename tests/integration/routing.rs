@@ -93,3 +93,50 @@ fn request_shape_headers_and_passthrough_body() {
     assert_eq!(r.header("authorization"), Some("Bearer abc"));
     assert_eq!(r.header("x-partner"), Some("p-1"));
 }
+
+#[test]
+fn default_bodies_and_content_types_by_format() {
+    let rx = TestReceiver::start();
+    let eps = [("form", "form"), ("xml", "xml"), ("text", "text")]
+        .map(|(name, format)| {
+            endpoint(
+                name,
+                r#"["t"]"#,
+                &rx.url(&format!("/{name}")),
+                &format!("format = \"{format}\""),
+            )
+        })
+        .join("\n");
+    let srv = TestServer::start(&eps);
+    let data = r#"{"ActionId":"A-1","Amount":12.50,"Note":"a&b <c>","Items":[1],"Nil":null}"#;
+    assert_eq!(srv.connect().send(&event("t", "f-1", data)), "ok f-1 3");
+    let mut got = rx.wait_for(3, Duration::from_secs(10));
+    got.sort_by(|a, b| a.path.cmp(&b.path));
+    let seen: Vec<(&str, &str, String)> = got
+        .iter()
+        .map(|r| {
+            (
+                r.path.as_str(),
+                r.header("Content-Type").unwrap(),
+                String::from_utf8(r.body.clone()).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                "/form",
+                "application/x-www-form-urlencoded",
+                "ActionId=A-1&Amount=12.50&Note=a%26b+%3Cc%3E&Nil=".to_string()
+            ),
+            ("/text", "text/plain; charset=utf-8", data.to_string()),
+            (
+                "/xml",
+                "application/xml",
+                "<event><ActionId>A-1</ActionId><Amount>12.50</Amount><Note>a&amp;b &lt;c&gt;</Note><Nil></Nil></event>"
+                    .to_string()
+            ),
+        ]
+    );
+}
