@@ -245,24 +245,32 @@ fn ssrf_guard_refuses_loopback_by_default() {
     assert_eq!(rx.count(), 0);
 }
 
-#[test]
-fn retry_after_on_429_stretches_the_wait() {
-    let rx = TestReceiver::with_script(|_, n| {
-        if n == 0 {
-            Reply::status(429).header("Retry-After", "2")
-        } else {
-            Reply::status(200)
-        }
-    });
+/// The wait between a first answer `first` and the retry after it, with `retry` as the
+/// endpoint's one scheduled wait.
+fn retry_gap(first: impl Fn() -> Reply + Send + Sync + 'static, retry: &str) -> Duration {
+    let rx = TestReceiver::with_script(
+        move |_, n| {
+            if n == 0 {
+                first()
+            } else {
+                Reply::status(200)
+            }
+        },
+    );
     let srv = TestServer::start(&endpoint(
         "limited",
         r#"["t"]"#,
         &rx.url("/"),
-        r#"retry = ["1s"]"#,
+        &format!("retry = [{retry:?}]"),
     ));
     srv.connect().send(&event("t", "ra-1", "{}"));
-    let got = rx.wait_for(2, Duration::from_secs(10));
-    let gap = got[1].at - got[0].at;
+    let got = rx.wait_for(2, Duration::from_secs(15));
+    got[1].at - got[0].at
+}
+
+#[test]
+fn retry_after_on_429_stretches_the_wait() {
+    let gap = retry_gap(|| Reply::status(429).header("Retry-After", "2"), "1s");
     assert!(
         gap >= Duration::from_millis(1950),
         "Retry-After: 2 not honoured: {gap:?}"
@@ -316,8 +324,8 @@ fn gone_on_the_last_attempt_fails_the_delivery() {
 fn retry_after_as_an_http_date_on_503_stretches_the_wait() {
     // Four seconds ahead, to the second: 3–4 s after the answer, past the scheduled 2 s
     // and within its cap (twice the scheduled wait).
-    let rx = TestReceiver::with_script(|_, n| {
-        if n == 0 {
+    let gap = retry_gap(
+        || {
             let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(4);
             // IMF-fixdate (RFC 9110 §5.6.7): Sun, 06 Nov 1994 08:49:37 GMT
             let date = format!(
@@ -331,19 +339,9 @@ fn retry_after_as_an_http_date_on_503_stretches_the_wait() {
                 at.second()
             );
             Reply::status(503).header("Retry-After", &date)
-        } else {
-            Reply::status(200)
-        }
-    });
-    let srv = TestServer::start(&endpoint(
-        "busy",
-        r#"["t"]"#,
-        &rx.url("/"),
-        r#"retry = ["2s"]"#,
-    ));
-    srv.connect().send(&event("t", "ra-date", "{}"));
-    let got = rx.wait_for(2, Duration::from_secs(15));
-    let gap = got[1].at - got[0].at;
+        },
+        "2s",
+    );
     assert!(
         gap >= Duration::from_millis(2900) && gap < Duration::from_millis(4900),
         "Retry-After 3–4 s ahead, retry scheduled in 2 s, cap 4 s: waited {gap:?}"

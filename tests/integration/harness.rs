@@ -517,22 +517,9 @@ impl TestServer {
         timeout: Duration,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let v = self.event(id);
-            if pred(&v) {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "event {id} never reached the expected state: {v:#}"
-            );
-            std::thread::sleep(Duration::from_millis(20)); // polling a remote API: no event to await
-        }
+        self.poll(&format!("/v1/events/{id}"), timeout, pred)
     }
-}
 
-impl TestServer {
     /// Polls `GET /v1/endpoints/{name}` until `pred` holds (a disable decided by a
     /// worker reaches the store just after the outcome that caused it).
     pub fn wait_endpoint(
@@ -541,16 +528,26 @@ impl TestServer {
         timeout: Duration,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
+        self.poll(&format!("/v1/endpoints/{name}"), timeout, pred)
+    }
+
+    /// Polls `GET path` (which must answer 200) until `pred` holds for its JSON.
+    fn poll(
+        &self,
+        path: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let deadline = Instant::now() + timeout;
         loop {
-            let (status, v) = self.get(&format!("/v1/endpoints/{name}"));
-            assert_eq!(status, 200, "GET /v1/endpoints/{name}: {v}");
+            let (status, v) = self.get(path);
+            assert_eq!(status, 200, "GET {path}: {v}");
             if pred(&v) {
                 return v;
             }
             assert!(
                 Instant::now() < deadline,
-                "endpoint {name} never reached the expected state: {v:#}"
+                "GET {path} never reached the expected state: {v:#}"
             );
             std::thread::sleep(Duration::from_millis(20)); // polling a remote API: no event to await
         }
@@ -649,6 +646,14 @@ pub fn owned_headers(hs: &[httparse::Header]) -> Vec<(String, String)> {
 /// An event line.
 pub fn event(etype: &str, id: &str, data: &str) -> String {
     format!(r#"{{"type":"{etype}","id":"{id}","data":{data}}}"#)
+}
+
+/// The wall clock in Unix milliseconds (what an event's `time` is written in).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 /// A `[[endpoint]]` table.

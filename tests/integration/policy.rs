@@ -91,11 +91,7 @@ fn min_delay_holds_back_the_first_attempt() {
         "first attempt after {waited:?}"
     );
     // An event whose time is long past is due at once.
-    let old = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-        - 60_000;
+    let old = unix_ms() - 60_000;
     let sent = std::time::Instant::now();
     c.send(&format!(
         r#"{{"type":"t","id":"md-2","time":{old},"data":{{}}}}"#
@@ -331,10 +327,7 @@ fn ordered_endpoint_keeps_acceptance_order_against_event_times_across_kill9() {
     let rx = TestReceiver::start();
     let ep = ordered_ep(&rx.url("/"));
     let mut srv = TestServer::start(&ep);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let now = unix_ms();
     let sent = std::time::Instant::now();
     let line =
         |id: &str, time: String| format!(r#"{{"type":"t","id":"{id}","time":{time},"data":{{}}}}"#);
