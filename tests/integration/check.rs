@@ -1,6 +1,7 @@
 //! `ricochet check` (SPEC §1): every error of every endpoint in one run, each with the
 //! endpoint, the field and its line:column in the file, each once; `serve` refusing
-//! the same file with the same messages; and `serve`'s flags winning over the file.
+//! the same file with the same messages; `serve`'s flags winning over the file; and
+//! `render` reading its event from standard input.
 
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -10,16 +11,30 @@ use crate::harness::{endpoint, event, ServerOpts, TestReceiver, TestServer, BIN}
 /// Runs the binary in a scratch directory (nothing it might create lands in the repo);
 /// panics if it has not exited within `limit`.
 fn run(args: &[&str], limit: Duration) -> Output {
+    run_with_input(args, None, limit)
+}
+
+/// [`run`], with `input` on its standard input.
+fn run_with_input(args: &[&str], input: Option<&[u8]>, limit: Duration) -> Output {
     let cwd = tempfile::tempdir().expect("temp dir");
-    let child = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args(args)
         .current_dir(cwd.path())
         .env("RICOCHET_LOG", "warn")
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("run ricochet");
+    if let Some(input) = input {
+        // Dropped after the write: the end of input.
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        std::io::Write::write_all(&mut stdin, input).expect("write stdin");
+    }
     let pid = child.id() as i32;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -261,5 +276,40 @@ fn serve_flags_win_over_the_config_file() {
     assert!(
         !srv.dir.path().join("data").exists(),
         "the file's data_dir is not used"
+    );
+}
+
+#[test]
+fn render_reads_the_event_from_standard_input() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("r.toml");
+    std::fs::write(
+        &config,
+        endpoint(
+            "partner",
+            r#"["sale"]"#,
+            "http://partner.example/hook",
+            "format = \"form\"",
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let args = ["render", "--config", config, "--endpoint", "partner"];
+    // Pretty-printed, as a file would be.
+    let input =
+        b"{\n  \"type\": \"sale\",\n  \"id\": \"s-1\",\n  \"data\": {\"amount\": 12.5}\n}\n";
+    let out = run_with_input(&args, Some(input), Duration::from_secs(30));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let req = text(&out.stdout);
+    assert!(req.starts_with("POST /hook HTTP/1.1\r\n"), "{req}");
+    assert!(req.contains("\r\nwebhook-id: s-1\r\n"), "{req}");
+    assert!(req.ends_with("\r\n\r\namount=12.5"), "{req}");
+    // Nothing on standard input is not an event.
+    let out = run_with_input(&args, Some(b""), Duration::from_secs(30));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("invalid event"),
+        "{}",
+        text(&out.stderr)
     );
 }
