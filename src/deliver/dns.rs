@@ -1,10 +1,11 @@
 //! Host name resolution off the workers.
 //!
-//! Owns a resolver thread (the system resolver blocks, so it never runs on a worker) and
-//! each worker's answer cache. Workers ask through [`Resolver::resolve`] for names only
-//! (an IP literal is parsed once, with its URL: `http1::Target::ip`); it answers cached
-//! names at once and otherwise awaits the thread's reply. It must not decide whether an
-//! address may be used: that is the SSRF guard's job.
+//! Owns the resolver threads (the system resolver blocks, so it never runs on a worker)
+//! and each worker's answer cache. Workers ask through [`Resolver::resolve`] for names
+//! only (an IP literal is parsed once, with its URL: `http1::Target::ip`); it answers
+//! cached names at once and otherwise awaits a thread's reply. A few threads share the
+//! queue, so one name whose resolver does not answer holds up only its own look-ups. It
+//! must not decide whether an address may be used: that is the SSRF guard's job.
 //!
 //! A failed look-up says whether the name does not exist ([`ResolveFailure::NotFound`]:
 //! SPEC §6 never retries such a delivery), the resolver could not answer now
@@ -27,6 +28,9 @@ use crate::local::oneshot;
 const TTL: Duration = Duration::from_secs(30);
 /// How long a failed look-up is remembered.
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+/// Threads asking the system resolver: a slow name's look-ups (the system resolver's own
+/// timeouts are seconds) leave the others free to answer.
+const THREADS: usize = 4;
 
 /// Why a name did not resolve.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -76,30 +80,37 @@ struct Query {
     reply: oneshot::Sender<Answer>,
 }
 
-/// Cloneable handle to the resolver thread.
+/// Cloneable handle to the resolver threads.
 #[derive(Clone)]
 pub struct ResolverThread {
     tx: crossbeam_channel::Sender<Query>,
 }
 
 impl ResolverThread {
-    /// Starts the resolver thread.
+    /// Starts the resolver threads.
     pub fn start() -> ResolverThread {
-        Self::with_lookup(lookup)
+        Self::with_lookup(THREADS, lookup)
     }
 
-    /// Starts the resolver thread with `lookup` in place of the system resolver.
-    fn with_lookup(lookup: impl Fn(&str) -> Answer + Send + 'static) -> ResolverThread {
+    /// Starts `threads` threads answering with `lookup` (the system resolver, or a test's).
+    fn with_lookup(
+        threads: usize,
+        lookup: impl Fn(&str) -> Answer + Send + Sync + 'static,
+    ) -> ResolverThread {
         let (tx, rx) = crossbeam_channel::unbounded::<Query>();
-        std::thread::Builder::new()
-            .name("ricochet-dns".into())
-            .spawn(move || {
-                for q in rx {
-                    let answer = lookup(&q.host);
-                    q.reply.send(answer);
-                }
-            })
-            .expect("spawn resolver thread");
+        let lookup = std::sync::Arc::new(lookup);
+        for _ in 0..threads {
+            let (rx, lookup) = (rx.clone(), lookup.clone());
+            std::thread::Builder::new()
+                .name("ricochet-dns".into())
+                .spawn(move || {
+                    for q in rx {
+                        let answer = lookup(&q.host);
+                        q.reply.send(answer);
+                    }
+                })
+                .expect("spawn resolver thread");
+        }
         ResolverThread { tx }
     }
 }
@@ -268,7 +279,7 @@ mod tests {
         let asked = Arc::new(AtomicUsize::new(0));
         let counted = asked.clone();
         // Answers once the test opens the gate (dropping `open`), at once after that.
-        let thread = ResolverThread::with_lookup(move |_| {
+        let thread = ResolverThread::with_lookup(1, move |_| {
             counted.fetch_add(1, Ordering::SeqCst);
             let _ = gate.recv();
             Ok(vec![IpAddr::from([192, 0, 2, 7])])
@@ -300,6 +311,36 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(asked.load(Ordering::SeqCst), n);
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn a_name_that_does_not_answer_holds_up_only_its_own_look_ups() {
+        let (open, gate) = crossbeam_channel::bounded::<()>(0);
+        let thread = ResolverThread::with_lookup(THREADS, move |host| {
+            if host == "stuck.example" {
+                let _ = gate.recv();
+            }
+            Ok(vec![IpAddr::from([192, 0, 2, 8])])
+        });
+        let driver = crate::runtime::choose(crate::config::Driver::Auto).unwrap();
+        crate::runtime::block_on(driver, async move {
+            let r = Resolver::new(thread);
+            for _ in 0..THREADS - 1 {
+                let e = r
+                    .resolve("stuck.example", Duration::from_millis(20))
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.failure, ResolveFailure::TimedOut);
+            }
+            // Every thread but one is stuck on the name: another still resolves.
+            let v = r
+                .resolve("quick.example", Duration::from_secs(10))
+                .await
+                .unwrap();
+            assert_eq!(v, [IpAddr::from([192, 0, 2, 8])]);
+            drop(open);
         })
         .unwrap();
     }
