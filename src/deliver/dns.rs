@@ -4,8 +4,9 @@
 //! and each worker's answer cache. Workers ask through [`Resolver::resolve`] for names
 //! only (an IP literal is parsed once, with its URL: `http1::Target::ip`); it answers
 //! cached names at once and otherwise awaits a thread's reply. A few threads share the
-//! queue, so one name whose resolver does not answer holds up only its own look-ups. It
-//! must not decide whether an address may be used: that is the SSRF guard's job.
+//! queue, and a name asked for again while its look-up runs waits for that one, so one
+//! name whose resolver does not answer holds up only its own look-ups. It must not
+//! decide whether an address may be used: that is the SSRF guard's job.
 //!
 //! A failed look-up says whether the name does not exist ([`ResolveFailure::NotFound`]:
 //! SPEC §6 never retries such a delivery), the resolver could not answer now
@@ -99,19 +100,57 @@ impl ResolverThread {
     ) -> ResolverThread {
         let (tx, rx) = crossbeam_channel::unbounded::<Query>();
         let lookup = std::sync::Arc::new(lookup);
+        let running = std::sync::Arc::new(Running::default());
         for _ in 0..threads {
-            let (rx, lookup) = (rx.clone(), lookup.clone());
+            let (rx, lookup, running) = (rx.clone(), lookup.clone(), running.clone());
             std::thread::Builder::new()
                 .name("ricochet-dns".into())
                 .spawn(move || {
                     for q in rx {
-                        let answer = lookup(&q.host);
-                        q.reply.send(answer);
+                        if let Some(host) = running.join(q) {
+                            let answer = lookup(&host);
+                            running.finish(&host, answer);
+                        }
                     }
                 })
                 .expect("spawn resolver thread");
         }
         ResolverThread { tx }
+    }
+}
+
+/// The names being looked up, each with everyone waiting for its answer.
+#[derive(Default)]
+struct Running(std::sync::Mutex<HashMap<String, Vec<oneshot::Sender<Answer>>>>);
+
+impl Running {
+    /// Joins `q` to the look-up of its name if one is running; else starts one and
+    /// returns the name for the caller to look up.
+    fn join(&self, q: Query) -> Option<String> {
+        let mut running = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match running.get_mut(&q.host) {
+            Some(waiters) => {
+                waiters.push(q.reply);
+                None
+            }
+            None => {
+                running.insert(q.host.clone(), vec![q.reply]);
+                Some(q.host)
+            }
+        }
+    }
+
+    /// Answers everyone waiting for `host`.
+    fn finish(&self, host: &str, answer: Answer) {
+        let waiters = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(host)
+            .unwrap_or_default();
+        for reply in waiters {
+            reply.send(answer.clone());
+        }
     }
 }
 
@@ -327,14 +366,14 @@ mod tests {
         let driver = crate::runtime::choose(crate::config::Driver::Auto).unwrap();
         crate::runtime::block_on(driver, async move {
             let r = Resolver::new(thread);
-            for _ in 0..THREADS - 1 {
+            // More attempts than threads ask for the name: they wait for one look-up.
+            for _ in 0..2 * THREADS {
                 let e = r
                     .resolve("stuck.example", Duration::from_millis(20))
                     .await
                     .unwrap_err();
                 assert_eq!(e.failure, ResolveFailure::TimedOut);
             }
-            // Every thread but one is stuck on the name: another still resolves.
             let v = r
                 .resolve("quick.example", Duration::from_secs(10))
                 .await
