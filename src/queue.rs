@@ -5,8 +5,9 @@
 //! every known delivery of the endpoint by sequence number — due or not — and offers
 //! only the oldest: while it waits for its retry, the ones behind it wait too. Copies of a
 //! delivery (a retry the worker kept and the same retry loaded again from the store) are
-//! collapsed to the newest, and a copy of a recently finished one is dropped. It must not
-//! do I/O or decide retries.
+//! collapsed to the newest, and a copy of a recently finished one is dropped — also one
+//! that came in while its delivery was being attempted. Every copy dropped is handed
+//! back, for the worker to report. It must not do I/O or decide retries.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -55,12 +56,13 @@ impl<T: Queued> JobQueue<T> {
         }
     }
 
-    /// Adds an item; returns it back when it is a stale copy.
-    pub fn push(&mut self, item: T) -> Result<(), T> {
+    /// Adds an item; returns it back when it is a stale copy, or the older copy it
+    /// replaced.
+    pub fn push(&mut self, item: T) -> Result<Option<T>, T> {
         match self {
             JobQueue::Fifo(q) => {
                 q.push_back(item);
-                Ok(())
+                Ok(None)
             }
             JobQueue::Ordered { items, done, .. } => {
                 let seq = item.seq();
@@ -69,10 +71,7 @@ impl<T: Queued> JobQueue<T> {
                 }
                 match items.get(&seq) {
                     Some(old) if old.due_ms() >= item.due_ms() => Err(item),
-                    _ => {
-                        items.insert(seq, item);
-                        Ok(())
-                    }
+                    _ => Ok(items.insert(seq, item)),
                 }
             }
         }
@@ -109,21 +108,26 @@ impl<T: Queued> JobQueue<T> {
         }
     }
 
-    /// Records that the delivery of `seq` is finished (ordered queues drop later copies).
-    pub fn completed(&mut self, seq: u64) {
-        if let JobQueue::Ordered {
-            done, done_order, ..
+    /// Records that the delivery of `seq` is finished (ordered queues drop later copies);
+    /// returns a copy of it that came in while it was being attempted (stale now).
+    pub fn completed(&mut self, seq: u64) -> Option<T> {
+        let JobQueue::Ordered {
+            items,
+            done,
+            done_order,
         } = self
-        {
-            if done.insert(seq) {
-                done_order.push_back(seq);
-                if done_order.len() > RECENT {
-                    if let Some(old) = done_order.pop_front() {
-                        done.remove(&old);
-                    }
+        else {
+            return None;
+        };
+        if done.insert(seq) {
+            done_order.push_back(seq);
+            if done_order.len() > RECENT {
+                if let Some(old) = done_order.pop_front() {
+                    done.remove(&old);
                 }
             }
         }
+        items.remove(&seq)
     }
 
     pub fn len(&self) -> usize {
@@ -204,5 +208,29 @@ mod tests {
         q.push(J(6, 0)).unwrap();
         q.unpop(J(5, 0));
         assert_eq!(q.drain(), vec![J(5, 0), J(6, 0)]);
+    }
+
+    #[test]
+    fn ordered_drops_a_copy_that_came_in_during_the_attempt() {
+        // After a restart the held head is handed over first, and the loader loads the
+        // same delivery again from the store, which may arrive while it is in flight.
+        let mut q = JobQueue::new(true);
+        q.push(J(7, 100)).unwrap();
+        q.push(J(8, 100)).unwrap();
+        assert_eq!(q.pop(), Some(J(7, 100)));
+        assert_eq!(q.push(J(7, 100)), Ok(None), "not queued: taken in as new");
+        // Delivered: the copy is stale, handed back, and 8 is next.
+        assert_eq!(q.completed(7), Some(J(7, 100)));
+        assert_eq!(q.pop(), Some(J(8, 100)));
+        // Failed again: its kept retry replaces the copy, which is handed back.
+        q.push(J(8, 100)).unwrap();
+        assert_eq!(q.push(J(8, 400)), Ok(Some(J(8, 100))));
+        assert_eq!(q.drain(), vec![J(8, 400)]);
+        assert_eq!(q.completed(8), None);
+        // A FIFO queue keeps no copies apart.
+        let mut f = JobQueue::new(false);
+        assert_eq!(f.push(J(1, 0)), Ok(None));
+        assert_eq!(f.completed(1), None);
+        assert_eq!(f.len(), 1);
     }
 }

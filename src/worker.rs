@@ -495,7 +495,7 @@ impl Worker {
             let jobs = ep.queue.borrow_mut().drain();
             let mut q = JobQueue::new(spec.cfg.ordered);
             for j in jobs {
-                if let Err(stale) = q.push(j) {
+                if let Err(stale) | Ok(Some(stale)) = q.push(j) {
                     self.report(stale, None, Next::Stale);
                 }
             }
@@ -545,10 +545,15 @@ impl Worker {
             return;
         }
         let pushed = ep.queue.borrow_mut().push(job);
-        if let Err(stale) = pushed {
+        match pushed {
             // A copy of a delivery the queue already holds (or just finished).
-            self.report(stale, None, Next::Stale);
-            return;
+            Err(stale) => {
+                self.report(stale, None, Next::Stale);
+                return;
+            }
+            // An older copy it replaced.
+            Ok(Some(stale)) => self.report(stale, None, Next::Stale),
+            Ok(None) => {}
         }
         let idle = ep.idle.borrow_mut().pop();
         if let Some(n) = idle {
@@ -871,9 +876,21 @@ impl Worker {
                         first: job.first,
                         gen: job.gen,
                     };
-                    let _ = ep.queue.borrow_mut().push(kept);
+                    // A copy loaded from the store meanwhile is handed back (reported:
+                    // the committer counts what it handed over); the kept retry itself
+                    // was never handed over, so it goes unreported if a copy stays.
+                    let pushed = ep.queue.borrow_mut().push(kept);
+                    if let Ok(Some(stale)) = pushed {
+                        self.report(stale, None, Next::Stale);
+                    }
                 }
-                _ => ep.queue.borrow_mut().completed(job.due.seq),
+                _ => {
+                    // A copy that came in during the attempt must not run again.
+                    let copy = ep.queue.borrow_mut().completed(job.due.seq);
+                    if let Some(stale) = copy {
+                        self.report(stale, None, Next::Stale);
+                    }
+                }
             }
         }
         self.report_n(job, Some(rec), next, attempts);

@@ -393,3 +393,43 @@ fn a_success_resets_the_failure_counts_and_4xx_has_its_own_threshold() {
     );
     assert_eq!(rx.count(), 6);
 }
+
+#[test]
+fn an_ordered_head_due_during_downtime_is_attempted_once_after_restart() {
+    // After a restart the held head is handed over at once, and the loader loads the same
+    // delivery from the store: a copy that arrives during the (slow) attempt must not
+    // be attempted again once it is delivered.
+    let rx = TestReceiver::with_script(|_, _| Reply::status(500));
+    let ep = endpoint(
+        "fifo",
+        r#"["t"]"#,
+        &rx.url("/"),
+        "ordered = true\nretry = [\"1s\", \"1s\"]",
+    );
+    let mut srv = TestServer::start(&ep);
+    srv.connect().send(&event("t", "once", "{}"));
+    srv.wait_event("once", Duration::from_secs(10), |v| {
+        v["deliveries"][0]["state"] == "retrying"
+    });
+    srv.kill9();
+    // Down for longer than the retry wait: the retry is overdue at the restart.
+    std::thread::sleep(Duration::from_millis(1500));
+    rx.set_script(|_, _| Reply::status(200).delay(Duration::from_millis(500)));
+    let dir = Arc::clone(&srv.dir);
+    drop(srv);
+    let srv = TestServer::start_in(dir, &ServerOpts::new(&ep));
+    rx.wait_for(2, Duration::from_secs(10));
+    let v = srv.wait_event("once", Duration::from_secs(10), |v| {
+        v["deliveries"][0]["state"] == "delivered"
+    });
+    // Anything sent twice would have arrived by now: the stale copy would go right after
+    // the first answer, and the log shows that answer.
+    srv.connect().send(&event("t", "after", "{}"));
+    let got = rx.wait_for(3, Duration::from_secs(10));
+    assert_eq!(ids_in_order(&got), ["once", "once", "after"]);
+    assert_eq!(
+        v["deliveries"][0]["attempts"].as_array().unwrap().len(),
+        2,
+        "{v}"
+    );
+}
