@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::TcpListener;
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,7 +73,11 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
     let s = &cfg.server;
     let driver = runtime::choose(s.driver)?;
     crate::deliver::tls::init(s.extra_ca_file.as_deref())?;
-    std::fs::create_dir_all(&s.data_dir)
+    // Owner only: the store holds endpoint definitions with their secrets, and events.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&s.data_dir)
         .with_context(|| format!("cannot create data dir {}", s.data_dir.display()))?;
     let store = Store::open(&s.data_dir)
         .with_context(|| format!("cannot open the store in {}", s.data_dir.display()))?;
@@ -324,7 +329,15 @@ fn apply_endpoints(
 }
 
 fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        // Only a socket left by an earlier run is removed, never another file.
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            bail!(
+                "{} exists and is not a socket: give `socket` a free path",
+                path.display()
+            );
+        }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             bail!("{} is in use by a running server", path.display());
         }

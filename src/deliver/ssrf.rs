@@ -8,7 +8,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Whether connecting to `ip` is refused while `allow_private_networks` is off:
 /// loopback, private, link-local, CGNAT, multicast, broadcast, unspecified, documentation
-/// and benchmarking ranges, IPv6 ULA and link-local, and IPv4-mapped/compatible forms.
+/// and benchmarking ranges, IPv6 ULA and link-local, and the IPv6 forms that carry an
+/// IPv4 address (mapped, compatible, translated, 6to4, Teredo, NAT64) by the address they
+/// carry.
 pub fn is_blocked(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => blocked_v4(v4),
@@ -32,19 +34,32 @@ fn blocked_v4(ip: Ipv4Addr) -> bool {
         || o[0] >= 240 // reserved
 }
 
+/// The IPv4 address in segments 6 and 7 (or any two given).
+fn v4_of(hi: u16, lo: u16) -> Ipv4Addr {
+    Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)
+}
+
 fn blocked_v6(ip: Ipv6Addr) -> bool {
     if let Some(v4) = ip.to_ipv4_mapped() {
         return blocked_v4(v4);
     }
     let s = ip.segments();
+    // IPv4-translated (SIIT, RFC 2765) ::ffff:0:a.b.c.d
+    if s[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        return blocked_v4(v4_of(s[6], s[7]));
+    }
+    // 6to4 (RFC 3056) 2002:AABB:CCDD::/48 carries a.b.c.d after the prefix.
+    if s[0] == 0x2002 {
+        return blocked_v4(v4_of(s[1], s[2]));
+    }
+    // Teredo (RFC 4380) 2001:0::/32: the client's address, inverted, in the last 32 bits;
+    // the server's in segments 2 and 3.
+    if s[0] == 0x2001 && s[1] == 0 {
+        return blocked_v4(v4_of(!s[6], !s[7])) || blocked_v4(v4_of(s[2], s[3]));
+    }
     // IPv4-compatible (deprecated) ::a.b.c.d
     if s[..6] == [0; 6] && !ip.is_loopback() && !ip.is_unspecified() {
-        return blocked_v4(Ipv4Addr::new(
-            (s[6] >> 8) as u8,
-            s[6] as u8,
-            (s[7] >> 8) as u8,
-            s[7] as u8,
-        ));
+        return blocked_v4(v4_of(s[6], s[7]));
     }
     ip.is_loopback()
         || ip.is_unspecified()
@@ -84,6 +99,16 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
             "ff02::1",
+            // IPv4-translated, 6to4 and Teredo forms of private addresses.
+            "::ffff:0:7f00:1",
+            "::ffff:0:a00:1",
+            "2002:7f00:1::1",
+            "2002:a00:1::1",
+            "2002:c0a8:101::",
+            // Teredo: server 65.54.227.120, client 127.0.0.1 (inverted: 80ff:fffe).
+            "2001:0:4136:e378:8000:63bf:80ff:fffe",
+            // Teredo: server 10.0.0.1, client 8.8.8.8 (inverted: f7f7:f7f7).
+            "2001:0:a00:1:8000:63bf:f7f7:f7f7",
         ] {
             assert!(b(s), "{s} should be blocked");
         }
@@ -93,6 +118,10 @@ mod tests {
             "100.128.0.1",
             "2606:4700::1111",
             "::ffff:8.8.8.8",
+            "::ffff:0:808:808",
+            "2002:808:808::1",
+            "2001:0:4136:e378:8000:63bf:f7f7:f7f7",
+            "2001:4860:4860::8888",
         ] {
             assert!(!b(s), "{s} should be allowed");
         }

@@ -273,6 +273,10 @@ fn serve_flags_win_over_the_config_file() {
     assert_eq!(c.send(&event("t", "flag-2", "{}")), "ok flag-2 1");
     rx.wait_for(2, Duration::from_secs(10));
     assert!(data.join("CURRENT").exists(), "RocksDB in the --data-dir");
+    // The store holds endpoint secrets: a data dir ricochet creates is its owner's only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&data).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "data dir mode {mode:o}");
     assert!(
         !srv.dir.path().join("data").exists(),
         "the file's data_dir is not used"
@@ -312,4 +316,29 @@ fn render_reads_the_event_from_standard_input() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn serve_never_removes_a_file_that_is_not_a_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, "keep me").unwrap();
+    let config = dir.path().join("r.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ndata_dir = {:?}\nsocket = {:?}\nadmin = \"127.0.0.1:0\"\n",
+            dir.path().join("data"),
+            file
+        ),
+    )
+    .unwrap();
+    let serve = run(
+        &["serve", "--config", config.to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    let stderr = text(&serve.stderr);
+    assert_eq!(serve.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("exists and is not a socket"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
 }
