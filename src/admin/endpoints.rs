@@ -410,15 +410,27 @@ impl<'de, A: serde::de::MapAccess<'de>> serde::de::MapAccess<'de> for Entries<A>
 /// Puts the stored secrets back where a definition carries the redaction marker `GET`
 /// shows in their place: a secret header's value (matched by name in any case) or
 /// `signing_secret`, exactly `[redacted]`. So an endpoint read, edited and written back
-/// keeps its secrets. `Err` names a marker with no stored value behind it.
+/// keeps its secrets. `Err` names a marker with no stored value behind it, or one whose
+/// secret would go somewhere else: a `url` with another scheme, host or port than the
+/// stored one's must come with its secrets given again (else whoever may change an
+/// endpoint could send them, and signatures made with them, to a host of their own).
 fn keep_redacted(cfg: &mut EndpointConfig, stored: Option<&EndpointConfig>) -> Result<(), String> {
     let name = cfg.name.clone();
+    let moved = stored.is_some_and(|s| !same_origin(&s.url, &cfg.url));
     let missing = |field: &str| {
-        format!(
-            "endpoint {name}: field `{field}`: {REDACTED:?} keeps the stored value, and there \
-             is none (give the value itself)"
-        )
+        if moved {
+            format!(
+                "endpoint {name}: field `{field}`: {REDACTED:?} keeps the stored value only \
+                 while `url` keeps its scheme, host and port (give the value itself)"
+            )
+        } else {
+            format!(
+                "endpoint {name}: field `{field}`: {REDACTED:?} keeps the stored value, and \
+                 there is none (give the value itself)"
+            )
+        }
     };
+    let stored = stored.filter(|_| !moved);
     for (k, v) in cfg.headers.iter_mut() {
         if v != REDACTED || !SECRET_HEADERS.iter().any(|s| k.eq_ignore_ascii_case(s)) {
             continue;
@@ -441,6 +453,19 @@ fn keep_redacted(cfg: &mut EndpointConfig, stored: Option<&EndpointConfig>) -> R
         }
     }
     Ok(())
+}
+
+/// Whether two URL templates send to the same scheme, host and port: the text before
+/// the path, compared without regard to case.
+fn same_origin(a: &str, b: &str) -> bool {
+    fn origin(url: &str) -> &str {
+        let start = url.find("://").map_or(0, |i| i + 3);
+        let end = url[start..]
+            .find(['/', '?', '#'])
+            .map_or(url.len(), |i| start + i);
+        &url[..end]
+    }
+    origin(a).eq_ignore_ascii_case(origin(b))
 }
 
 /// Compilation errors, one message per line.
@@ -531,6 +556,25 @@ fn redact(cfg: &mut EndpointConfig) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn same_origin_is_scheme_host_and_port() {
+        use super::same_origin;
+        let base = "https://Partner.example:8443/hook?a=1";
+        assert!(same_origin(base, "HTTPS://partner.example:8443/other"));
+        assert!(same_origin(base, "https://partner.example:8443"));
+        assert!(same_origin("http://h/{ActionId}", "http://h?x={Id}"));
+        for other in [
+            "http://partner.example:8443/hook",
+            "https://partner.example/hook",
+            "https://partner.example:8444/hook",
+            "https://evil.example:8443/hook",
+            "https://partner.example:8443.evil.example/hook",
+            "https://{host}/hook",
+        ] {
+            assert!(!same_origin(base, other), "{other}");
+        }
+    }
+
     use super::*;
     use crate::config::EndpointConfig;
 

@@ -1725,6 +1725,33 @@ fn a_definition_read_edited_and_written_back_keeps_its_secrets() {
     assert_eq!(got[1].path, "/filed");
     assert_eq!(got[1].header("Authorization"), Some("Bearer file-token"));
 
+    // Sent elsewhere (another port here), the secrets must be given again: the markers
+    // are refused, and nothing changes.
+    let elsewhere = TestReceiver::start();
+    let mut def = srv.get("/v1/endpoints/rt").1;
+    def["url"] = json!(elsewhere.url("/stolen"));
+    let (status, v) = srv.call("PUT", "/v1/endpoints/rt", &def);
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        err_msg(&v).contains("field `headers.Authorization`")
+            && err_msg(&v).contains("keeps its scheme, host and port"),
+        "{v}"
+    );
+    assert_eq!(srv.get("/v1/endpoints/rt").1["url"], rx.url("/v2"));
+    def["headers"]["Authorization"] = json!("Bearer new-token");
+    let (status, v) = srv.call("PUT", "/v1/endpoints/rt", &def);
+    assert_eq!(status, 400, "{v}");
+    assert!(err_msg(&v).contains("field `signing_secret`"), "{v}");
+    def["signing_secret"] = json!("whsec_bmV3LXNlY3JldC1rZXktMzItYnl0ZXMtbG9uZyE=");
+    let (status, v) = srv.call("PUT", "/v1/endpoints/rt", &def);
+    assert_eq!(status, 200, "{v}");
+    def["url"] = json!(rx.url("/v2"));
+    def["headers"]["Authorization"] = json!("Bearer real-token");
+    def["signing_secret"] = json!(secret);
+    let (status, v) = srv.call("PUT", "/v1/endpoints/rt", &def);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(elsewhere.count(), 0);
+
     // A marker with nothing stored behind it is refused, and changes nothing.
     let mut def = srv.get("/v1/endpoints/rt").1;
     def["headers"] = json!({"Proxy-Authorization": "[redacted]"});
