@@ -10,9 +10,11 @@
 //! The compiled endpoints are read from the [`Registry`] the committer keeps. Binds
 //! loopback by default; with `admin_token` every `/v1` call needs
 //! `Authorization: Bearer <token>` (the scheme in any case, the token compared in
-//! constant time), while `/health` (GET, HEAD) and `/metrics` stay open. Request heads
-//! are capped at 16 KiB and bodies at [`MAX_BODY`]; a malformed request is a 4xx, never
-//! a panic.
+//! constant time), while `/health` (GET, HEAD) and `/metrics` stay open. Web pages may
+//! not drive it: a request with an `Origin` header (which browsers send with any
+//! cross-site POST) is refused, and on a loopback address so is a `Host` that is not a
+//! loopback name (a page whose name was rebound to 127.0.0.1). Request heads are capped
+//! at 16 KiB and bodies at [`MAX_BODY`]; a malformed request is a 4xx, never a panic.
 //!
 //! It must not write the store, and must not block a worker or the committer: every
 //! wait on them is bounded.
@@ -73,6 +75,8 @@ struct HttpCounts {
 struct Admin {
     store: Store,
     token: Option<String>,
+    /// Bound to a loopback address: `Host` must name this machine's loopback.
+    loopback: bool,
     commit: MailboxSender<CommitMsg>,
     workers: Vec<MailboxSender<WorkerMsg>>,
     registry: Registry,
@@ -88,6 +92,7 @@ pub fn start(setup: AdminSetup) -> std::io::Result<SocketAddr> {
     let admin = Arc::new(Admin {
         store: setup.store,
         token: setup.token,
+        loopback: local.ip().is_loopback(),
         commit: setup.commit,
         workers: setup.workers,
         registry: setup.registry,
@@ -130,6 +135,10 @@ struct Request {
     /// The query string (after `?`), still encoded.
     query: String,
     auth: Option<String>,
+    /// The `Host` header, if any.
+    host: Option<String>,
+    /// Whether an `Origin` header came (a browser's request).
+    origin: bool,
     close: bool,
     body: Vec<u8>,
 }
@@ -177,6 +186,28 @@ fn reason(status: u16) -> &'static str {
         .unwrap_or("Unknown")
 }
 
+/// Whether a `Host` header names the loopback: `localhost` (or a name under it),
+/// 127.0.0.0/8 or `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((ip, port)) if port.is_empty() || port.starts_with(':') => ip,
+            _ => return false,
+        }
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .get(name.len().saturating_sub(10)..)
+            .is_some_and(|t| t.eq_ignore_ascii_case(".localhost"))
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The token of an `Authorization: Bearer <token>` header; the scheme is
 /// case-insensitive (RFC 7235), spaces may separate it from the token.
 fn bearer_token(auth: &str) -> Option<&str> {
@@ -211,6 +242,18 @@ impl Admin {
     }
 
     fn route(&self, req: &Request) -> Response {
+        if req.origin {
+            return error(
+                403,
+                "requests from web pages (with an Origin header) are refused",
+            );
+        }
+        if self.loopback && !req.host.as_deref().is_none_or(is_loopback_host) {
+            return error(
+                403,
+                "the Host header must name this machine's loopback (localhost, 127.0.0.1, [::1])",
+            );
+        }
         let path = req.path.as_str();
         let method = req.method.as_str();
         match path {
@@ -293,6 +336,8 @@ fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<Reques
                     path: path.to_string(),
                     query: query.to_string(),
                     auth: None,
+                    host: None,
+                    origin: false,
                     close: r.version == Some(0),
                     body: Vec::new(),
                 };
@@ -319,6 +364,10 @@ fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<Reques
                         ));
                     } else if name.eq_ignore_ascii_case("authorization") {
                         req.auth = Some(String::from_utf8_lossy(h.value).into_owned());
+                    } else if name.eq_ignore_ascii_case("host") {
+                        req.host = Some(String::from_utf8_lossy(h.value).into_owned());
+                    } else if name.eq_ignore_ascii_case("origin") {
+                        req.origin = true;
                     } else if name.eq_ignore_ascii_case("connection") {
                         if h.value.eq_ignore_ascii_case(b"close") {
                             req.close = true;
@@ -517,6 +566,37 @@ fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_host_names() {
+        for h in [
+            "localhost",
+            "LOCALHOST:7878",
+            "localhost.",
+            "api.localhost:80",
+            "127.0.0.1",
+            "127.0.0.1:7878",
+            "127.9.8.7:1",
+            "[::1]",
+            "[::1]:7878",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in [
+            "",
+            "x",
+            "evil.example",
+            "evil.example:7878",
+            "localhost.evil.example",
+            "notlocalhost",
+            "10.0.0.1:7878",
+            "[::2]:7878",
+            "[::1]x",
+            "127.0.0.1.evil.example",
+        ] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+    }
 
     #[test]
     fn helpers() {

@@ -52,7 +52,7 @@ impl Http {
 
     fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
         let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n",
             body.len()
         );
         for (k, v) in headers {
@@ -566,7 +566,7 @@ fn health_answers_get_and_head_only() {
     let length = r.body.len().to_string();
     // HEAD: the same head, no body; the connection stays usable.
     http.s
-        .write_all(b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"HEAD /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -627,9 +627,56 @@ fn bearer_scheme_is_case_insensitive_and_statuses_have_their_reasons() {
     }
     // The status line's reason phrase is the status's own.
     let mut s = TcpStream::connect(srv.admin).unwrap();
-    s.write_all(b"GET /v1/nothing HTTP/1.1\r\nHost: x\r\nAuthorization: bearer s3cret\r\nConnection: close\r\n\r\n")
+    s.write_all(b"GET /v1/nothing HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: bearer s3cret\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 404 Not Found\r\n"), "{out}");
+}
+
+#[test]
+fn web_pages_cannot_drive_the_admin_api() {
+    let srv = TestServer::start("");
+    let status = |head: &str, body: &str| -> u16 {
+        let mut s = TcpStream::connect(srv.admin).expect("connect admin");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let req = format!(
+            "{head}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out.split(' ').nth(1).unwrap().parse().unwrap()
+    };
+    let port = srv.admin.port();
+    // A page's cross-site "simple" POST (text/plain, no preflight): refused, nothing made.
+    let ep = r#"{"name":"exfil","events":["*"],"url":"https://attacker.example/collect"}"#;
+    let post = format!(
+        "POST /v1/endpoints HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://attacker.example\r\nContent-Type: text/plain\r\n"
+    );
+    assert_eq!(status(&post, ep), 403);
+    assert_eq!(srv.get("/v1/endpoints/exfil").0, 404);
+    // A page whose name was rebound to 127.0.0.1 reads the log: refused.
+    let rebound = format!("GET /v1/events HTTP/1.1\r\nHost: rebind.attacker.example:{port}\r\n");
+    assert_eq!(status(&rebound, ""), 403);
+    assert_eq!(
+        status("GET /health HTTP/1.1\r\nHost: evil.example\r\n", ""),
+        403
+    );
+    // Loopback names, and HTTP/1.0 without a Host, pass.
+    for host in [
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+        "127.0.0.1".into(),
+    ] {
+        assert_eq!(
+            status(&format!("GET /health HTTP/1.1\r\nHost: {host}\r\n"), ""),
+            200,
+            "{host}"
+        );
+    }
+    assert_eq!(status("GET /health HTTP/1.0\r\n", ""), 200);
+    let post = post.replace("Origin: http://attacker.example\r\n", "");
+    assert_eq!(status(&post, ep), 201);
 }
