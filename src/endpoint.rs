@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::config::{EndpointConfig, Format, Method};
 use crate::deliver::http1::{parse_url, Target, UrlError};
+use crate::deliver::request::SECRET_HEADERS;
 use crate::store::EndpointId;
 use crate::template::{BodyFormat, Context, Template, TemplateError};
 
@@ -70,27 +71,32 @@ impl EndpointSpec {
             .map(EndpointError::Field)
             .collect();
         let name = cfg.name.clone();
-        let mut compile = |field: &str, src: &str, ctx: Context| match Template::compile(src, ctx) {
-            Ok(t) => Some(t),
-            Err(source) => {
-                errors.push(EndpointError::Template {
-                    endpoint: name.clone(),
-                    field: field.to_string(),
-                    source,
-                });
-                None
+        // `secret`: the template holds a secret, which its error must not print.
+        let mut compile = |field: &str, src: &str, ctx: Context, secret: bool| {
+            match Template::compile(src, ctx) {
+                Ok(t) => Some(t),
+                Err(source) => {
+                    errors.push(EndpointError::Template {
+                        endpoint: name.clone(),
+                        field: field.to_string(),
+                        source: if secret { source.masked() } else { source },
+                    });
+                    None
+                }
             }
         };
-        let url = compile("url", &cfg.url, Context::Url);
+        let url = compile("url", &cfg.url, Context::Url, false);
         let mut headers = Vec::new();
         for (k, v) in &cfg.headers {
-            if let Some(t) = compile(&format!("headers.{k}"), v, Context::Header) {
+            // A secret header's error must not print its value.
+            let secret = SECRET_HEADERS.iter().any(|h| k.eq_ignore_ascii_case(h));
+            if let Some(t) = compile(&format!("headers.{k}"), v, Context::Header, secret) {
                 headers.push((k.clone(), t));
             }
         }
         let body = match (&cfg.body, cfg.method) {
             (Some(src), m) if m != Method::Get => {
-                compile("body", src, Context::Body(body_format(cfg.format)))
+                compile("body", src, Context::Body(body_format(cfg.format)), false)
             }
             _ => None,
         };
@@ -173,5 +179,42 @@ impl EndpointSpec {
             signing_keys: Vec::new(),
             broken: Some(error),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_headers_template_error_does_not_print_the_secret() {
+        let cfg = crate::config::Config::parse(
+            r#"
+[[endpoint]]
+name = "p"
+events = ["t"]
+url = "http://partner.example/hook"
+headers = { Authorization = "Bearer s3cr3t-t0ken {Id", X-Trace = "trace-v4lue {Id" }
+"#,
+            "t",
+        )
+        .unwrap();
+        let errs = EndpointSpec::compile_all(0, cfg.endpoints[0].clone())
+            .err()
+            .expect("both headers fail");
+        let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 2, "{text:?}");
+        let auth = text
+            .iter()
+            .find(|t| t.contains("headers.Authorization"))
+            .unwrap();
+        assert!(!auth.contains("s3cr3t"), "{auth}");
+        // The caret still points where the problem is.
+        assert!(
+            auth.ends_with("********************\n                    ^"),
+            "{auth}"
+        );
+        let other = text.iter().find(|t| t.contains("headers.X-Trace")).unwrap();
+        assert!(other.contains("trace-v4lue {Id"), "{other}");
     }
 }

@@ -68,6 +68,23 @@ pub struct TemplateError {
     pub excerpt: String,
 }
 
+impl TemplateError {
+    /// The same error with the source line in its excerpt masked (`*` for each
+    /// character, tabs kept so the caret still points at the column): for templates that
+    /// hold secrets, such as an `Authorization` header's, whose errors are printed and
+    /// logged.
+    pub fn masked(mut self) -> TemplateError {
+        if let Some((source, caret)) = self.excerpt.split_once('\n') {
+            let stars: String = source
+                .chars()
+                .map(|c| if c == '\t' { '\t' } else { '*' })
+                .collect();
+            self.excerpt = format!("{stars}\n{caret}");
+        }
+        self
+    }
+}
+
 /// A compiled template. Cheap to clone (the parts are shared), `Send + Sync`.
 #[derive(Clone, Debug)]
 pub struct Template {
