@@ -448,6 +448,8 @@ pub struct ResponseParser {
     chunk: Chunk,
     /// Partial head gathered across reads; empty when the head came in one piece.
     head_buf: Vec<u8>,
+    /// Bytes of blank lines dropped before this head (they count toward its limit).
+    blank: usize,
     /// Trailer bytes seen so far (bounded by `MAX_HEAD_BYTES`).
     trailer_len: usize,
     received_any: bool,
@@ -478,6 +480,7 @@ impl ResponseParser {
             state: State::Head,
             chunk: Chunk::TrailerStart,
             head_buf: Vec::new(),
+            blank: 0,
             trailer_len: 0,
             received_any: false,
             status: 0,
@@ -493,6 +496,7 @@ impl ResponseParser {
         self.state = State::Head;
         self.chunk = Chunk::TrailerStart;
         self.head_buf.clear();
+        self.blank = 0;
         self.trailer_len = 0;
         self.received_any = false;
         self.status = 0;
@@ -646,7 +650,7 @@ impl ResponseParser {
                 }
                 Ok(httparse::Status::Partial) => {
                     self.head_buf.extend_from_slice(data);
-                    Ok(None)
+                    self.drop_blank_lines()
                 }
                 Err(e) => Err(ParseError::Head(e)),
             };
@@ -657,6 +661,9 @@ impl ResponseParser {
         let old = self.head_buf.len();
         let take = data.len().min(MAX_HEAD_BYTES - old);
         self.head_buf.extend_from_slice(&data[..take]);
+        if self.head_buf.iter().all(|&b| b == b'\r' || b == b'\n') {
+            return self.drop_blank_lines();
+        }
         if !has_blank_line(&self.head_buf[old.saturating_sub(2)..]) {
             return if self.head_buf.len() >= MAX_HEAD_BYTES {
                 Err(ParseError::HeadTooLarge)
@@ -687,6 +694,21 @@ impl ResponseParser {
         }
     }
 
+    /// While the buffered head holds nothing but blank lines (which may precede a head,
+    /// and which httparse skips), drops them: a receiver dribbling them a byte at a time
+    /// would otherwise make every byte re-parse all the ones before it. They still count
+    /// toward the head's limit.
+    fn drop_blank_lines(&mut self) -> Result<Option<usize>, ParseError> {
+        if self.head_buf.iter().all(|&b| b == b'\r' || b == b'\n') {
+            self.blank += self.head_buf.len();
+            self.head_buf.clear();
+        }
+        if self.blank + self.head_buf.len() >= MAX_HEAD_BYTES {
+            return Err(ParseError::HeadTooLarge);
+        }
+        Ok(None)
+    }
+
     /// Applies a parsed head: skips `1xx`, records status and headers, picks the framing.
     fn on_head(
         &mut self,
@@ -695,6 +717,7 @@ impl ResponseParser {
         info: HeadInfo,
         request_was_head: bool,
     ) -> Result<(), ParseError> {
+        self.blank = 0;
         if !(100..600).contains(&code) {
             return Err(ParseError::InvalidStatus(code));
         }
@@ -711,7 +734,8 @@ impl ResponseParser {
         self.keep_alive = if minor >= 1 {
             !info.close
         } else {
-            info.keep_alive_token && !info.close
+            // HTTP/1.0 with Transfer-Encoding: faulty framing (RFC 9112 §6.1), close after.
+            info.keep_alive_token && !info.close && info.chunked.is_none()
         };
         self.state = if request_was_head || code == 204 || code == 304 {
             State::Done
@@ -908,8 +932,11 @@ fn read_head(resp: &httparse::Response<'_, '_>) -> Result<(u16, u8, HeadInfo), P
                 .split(|&b| b == b',')
                 .map(trim)
                 .rfind(|t| !t.is_empty());
-            // Only the last Transfer-Encoding field decides (codings apply in order).
-            info.chunked = Some(last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")));
+            // Only the last coding decides (codings apply in order); an empty field
+            // names none and changes nothing.
+            if let Some(last) = last {
+                info.chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+            }
         } else if name.eq_ignore_ascii_case(b"connection") {
             for token in h.value.split(|&b| b == b',').map(trim) {
                 if token.eq_ignore_ascii_case(b"close") {
@@ -925,15 +952,12 @@ fn read_head(resp: &httparse::Response<'_, '_>) -> Result<(u16, u8, HeadInfo), P
     Ok((code, minor, info))
 }
 
+/// Trims whitespace, CR and LF included: a folded field (obs-fold, which responses may
+/// still carry) keeps its line break inside the value, and it counts as a space.
 fn trim(s: &[u8]) -> &[u8] {
-    let start = s
-        .iter()
-        .position(|&b| b != b' ' && b != b'\t')
-        .unwrap_or(s.len());
-    let end = s
-        .iter()
-        .rposition(|&b| b != b' ' && b != b'\t')
-        .map_or(start, |i| i + 1);
+    let ws = |b: u8| matches!(b, b' ' | b'\t' | b'\r' | b'\n');
+    let start = s.iter().position(|&b| !ws(b)).unwrap_or(s.len());
+    let end = s.iter().rposition(|&b| !ws(b)).map_or(start, |i| i + 1);
     &s[start..end]
 }
 
@@ -1308,6 +1332,54 @@ mod tests {
 
     fn one(input: &[u8]) -> Result<Outcome, ParseError> {
         run(&mut ResponseParser::new(64 * 1024), input, &[], false, true)
+    }
+
+    #[test]
+    fn blank_lines_dribbled_before_a_head_are_dropped_not_reparsed() {
+        let mut p = ResponseParser::new(16);
+        for i in 0..2000 {
+            let b: &[u8] = if i % 2 == 0 { b"\r" } else { b"\n" };
+            assert_eq!(p.feed(b, false), Ok((1, Progress::NeedMore)));
+            assert!(p.head_buf.is_empty(), "blank byte {i} buffered");
+        }
+        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(p.feed(r, false), Ok((r.len(), Progress::Done)));
+        assert_eq!(p.status(), 200);
+        // They still count toward the head's limit.
+        p.reset();
+        let mut n = 0;
+        let err = loop {
+            match p.feed(b"\n", false) {
+                Ok(_) => n += 1,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err, ParseError::HeadTooLarge);
+        assert_eq!(n, MAX_HEAD_BYTES - 1);
+    }
+
+    #[test]
+    fn framing_that_hides_or_misleads() {
+        // A folded Connection field still says close.
+        let o = one(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive,\r\n close\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap();
+        assert!(!o.keep_alive);
+        // A folded Transfer-Encoding still ends in chunked.
+        let o = one(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip,\r\n chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!((o.excerpt.as_slice(), o.keep_alive), (&b"ok"[..], true));
+        // An empty Transfer-Encoding field names no coding: chunked still holds.
+        let o = one(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding:\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+            .unwrap();
+        assert_eq!((o.excerpt.as_slice(), o.keep_alive), (&b"ok"[..], true));
+        // HTTP/1.0 with Transfer-Encoding: read, then close (RFC 9112 §6.1).
+        let o = one(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+            .unwrap();
+        assert_eq!((o.status, o.keep_alive), (200, false));
     }
 
     #[test]
