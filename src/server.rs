@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::TcpListener;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -331,7 +331,6 @@ fn apply_endpoints(
 fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         // Only a socket left by an earlier run is removed, never another file.
-        use std::os::unix::fs::FileTypeExt;
         if !meta.file_type().is_socket() {
             bail!(
                 "{} exists and is not a socket: give `socket` a free path",

@@ -199,10 +199,10 @@ fn is_loopback_host(host: &str) -> bool {
         host.rsplit_once(':').map_or(host, |(name, _)| name)
     };
     let name = name.strip_suffix('.').unwrap_or(name);
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .get(name.len().saturating_sub(10)..)
-            .is_some_and(|t| t.eq_ignore_ascii_case(".localhost"))
+    // `localhost` itself, or any name under it (its last label).
+    name.rsplit('.')
+        .next()
+        .is_some_and(|label| label.eq_ignore_ascii_case("localhost"))
         || name
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())

@@ -230,28 +230,13 @@ impl Resolver {
                 reply: tx,
             })
             .is_ok();
-        let reply = if sent {
+        let reply = if !sent {
+            None
+        } else {
             match monoio::time::timeout(within, &mut rx).await {
                 Ok(reply) => reply,
-                Err(_) => {
-                    let (cache, name) = (self.cache.clone(), host.to_string());
-                    monoio::spawn(async move {
-                        if let Some(answer) = rx.await {
-                            remember(&cache, name, answer);
-                        }
-                    });
-                    return Err(ResolveError {
-                        host: host.to_string(),
-                        reason: format!(
-                            "no answer within {}",
-                            crate::config::format_duration(within)
-                        ),
-                        failure: ResolveFailure::TimedOut,
-                    });
-                }
+                Err(_) => return self.too_late(host, within, rx),
             }
-        } else {
-            None
         };
         let answer = reply.unwrap_or_else(|| {
             Err(ResolveError {
@@ -262,6 +247,27 @@ impl Resolver {
         });
         remember(&self.cache, host.to_string(), answer.clone());
         answer
+    }
+}
+
+impl Resolver {
+    /// A look-up that took longer than `within`: its answer, when it comes, is cached by
+    /// a task of its own.
+    fn too_late(&self, host: &str, within: Duration, rx: oneshot::Receiver<Answer>) -> Answer {
+        let (cache, name) = (self.cache.clone(), host.to_string());
+        monoio::spawn(async move {
+            if let Some(answer) = rx.await {
+                remember(&cache, name, answer);
+            }
+        });
+        Err(ResolveError {
+            host: host.to_string(),
+            reason: format!(
+                "no answer within {}",
+                crate::config::format_duration(within)
+            ),
+            failure: ResolveFailure::TimedOut,
+        })
     }
 }
 

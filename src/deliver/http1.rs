@@ -650,7 +650,7 @@ impl ResponseParser {
                 }
                 Ok(httparse::Status::Partial) => {
                     self.head_buf.extend_from_slice(data);
-                    self.drop_blank_lines()
+                    self.drop_blank_lines().map(|()| None)
                 }
                 Err(e) => Err(ParseError::Head(e)),
             };
@@ -661,8 +661,9 @@ impl ResponseParser {
         let old = self.head_buf.len();
         let take = data.len().min(MAX_HEAD_BYTES - old);
         self.head_buf.extend_from_slice(&data[..take]);
-        if self.head_buf.iter().all(|&b| b == b'\r' || b == b'\n') {
-            return self.drop_blank_lines();
+        self.drop_blank_lines()?;
+        if self.head_buf.is_empty() {
+            return Ok(None);
         }
         if !has_blank_line(&self.head_buf[old.saturating_sub(2)..]) {
             return if self.head_buf.len() >= MAX_HEAD_BYTES {
@@ -698,15 +699,15 @@ impl ResponseParser {
     /// and which httparse skips), drops them: a receiver dribbling them a byte at a time
     /// would otherwise make every byte re-parse all the ones before it. They still count
     /// toward the head's limit.
-    fn drop_blank_lines(&mut self) -> Result<Option<usize>, ParseError> {
+    fn drop_blank_lines(&mut self) -> Result<(), ParseError> {
         if self.head_buf.iter().all(|&b| b == b'\r' || b == b'\n') {
             self.blank += self.head_buf.len();
             self.head_buf.clear();
+            if self.blank >= MAX_HEAD_BYTES {
+                return Err(ParseError::HeadTooLarge);
+            }
         }
-        if self.blank + self.head_buf.len() >= MAX_HEAD_BYTES {
-            return Err(ParseError::HeadTooLarge);
-        }
-        Ok(None)
+        Ok(())
     }
 
     /// Applies a parsed head: skips `1xx`, records status and headers, picks the framing.
