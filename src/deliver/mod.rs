@@ -6,7 +6,8 @@
 //! connection is reused only for the same scheme, socket address and, for TLS, SNI name
 //! (the one TLS configuration is process-wide, so it always matches). A request that
 //! fails on a reused idle connection before any response byte arrived is sent once more
-//! on a fresh connection. Every connect is counted by why it happened ([`OpenReason`]),
+//! on a fresh connection; one on which the receiver sent anything while it was idle is
+//! not reused. Every connect is counted by why it happened ([`OpenReason`]),
 //! and the slot remembers whether the last request was the first on its connection (the
 //! worker's rate limiter paces from that request's answer). It must not decide retries
 //! or touch the store.
@@ -20,8 +21,9 @@ pub mod tls;
 use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
@@ -32,6 +34,12 @@ use http1::{Progress, ResponseParser, RetryAfter, Scheme, Target};
 /// A lane's read buffer starts this small (10,000 idle lanes must stay cheap) and grows
 /// for large responses.
 const RBUF_MIN: usize = 4 * 1024;
+
+/// A kept connection idle at least this long is checked for anything the receiver sent
+/// meanwhile before it is reused ([`Stream::is_quiet`]). Receivers speak unasked when an
+/// idle timeout closes the connection, seconds after the last answer; a connection busy
+/// enough to be reused sooner skips the check's system call (~0.6 µs here).
+const QUIET_CHECK_AFTER: Duration = Duration::from_millis(50);
 
 /// Bytes of the response body kept for `success`/`error` matching.
 pub const MATCH_LIMIT: usize = 64 * 1024;
@@ -46,6 +54,8 @@ pub struct Conn {
     reusable: bool,
     /// Requests written on it so far.
     sent: u32,
+    /// When the last response was read.
+    idle_since: Instant,
 }
 
 /// What one exchange produced.
@@ -68,7 +78,8 @@ pub enum OpenReason {
     PeerClosed,
     /// The last one failed or timed out.
     AfterError,
-    /// A kept connection failed before any response byte: the request is sent again.
+    /// A kept connection failed before any response byte (the request is sent again),
+    /// or the receiver sent something on it while it was idle.
     Stale,
     /// The URL now resolves to another address (or scheme or TLS name).
     PeerChanged,
@@ -111,7 +122,6 @@ impl OpenCounts {
 }
 
 /// A lane's connection slot.
-#[derive(Default)]
 pub struct ConnSlot {
     conn: Option<Conn>,
     /// The last connection failed (or timed out) and was dropped.
@@ -119,6 +129,20 @@ pub struct ConnSlot {
     /// The last request was the first written on its connection.
     first: bool,
     counts: Option<Rc<OpenCounts>>,
+    /// [`QUIET_CHECK_AFTER`]; tests lower it.
+    quiet_after: Duration,
+}
+
+impl Default for ConnSlot {
+    fn default() -> ConnSlot {
+        ConnSlot {
+            conn: None,
+            failed: false,
+            first: false,
+            counts: None,
+            quiet_after: QUIET_CHECK_AFTER,
+        }
+    }
 }
 
 impl ConnSlot {
@@ -163,6 +187,14 @@ impl ConnSlot {
     /// Whether a reusable connection to `addr` for `target` is open.
     pub fn is_open(&self, target: &Target, addr: SocketAddr) -> bool {
         matches!(&self.conn, Some(c) if c.reusable && c.peer.matches(target, addr))
+    }
+
+    /// Whether the kept connection's receiver sent something since its last response
+    /// (checked only once it has been idle for `quiet_after`).
+    fn spoke_while_idle(&self) -> bool {
+        self.conn
+            .as_ref()
+            .is_some_and(|c| c.idle_since.elapsed() >= self.quiet_after && !c.stream.is_quiet())
     }
 
     /// Opens the connection ahead of the request, so a rate-limited request goes out
@@ -210,6 +242,7 @@ impl ConnSlot {
             rbuf,
             reusable: true,
             sent: 0,
+            idle_since: Instant::now(),
         });
         Ok(())
     }
@@ -224,10 +257,15 @@ impl ConnSlot {
         let mut req = req;
         self.first = false;
         for try_no in 0..2 {
-            let reused = self.is_open(target, addr);
+            let mut reused = self.is_open(target, addr);
+            let mut stale = try_no > 0; // the second try only follows a stale connection
+            if reused && self.spoke_while_idle() {
+                // It spoke while idle: whatever it sent answers no request of ours.
+                reused = false;
+                stale = true;
+            }
             if !reused {
-                // The second try only follows a stale kept connection.
-                let reason = (try_no > 0).then_some(OpenReason::Stale);
+                let reason = stale.then_some(OpenReason::Stale);
                 if let Err(msg) = self.open(target, addr, reason).await {
                     return (Exchange::Failed(msg), req);
                 }
@@ -248,6 +286,7 @@ impl ConnSlot {
                     if let Some(c) = self.conn.as_mut() {
                         // The excerpt stays readable; the stream is replaced next time.
                         c.reusable = keep_alive;
+                        c.idle_since = Instant::now();
                     }
                     return (
                         Exchange::Response {
@@ -319,6 +358,30 @@ impl Stream {
                 .await
                 .map(|s| Stream::Tls(Box::new(s))),
         }
+    }
+
+    /// Whether the receiver has sent nothing since the last response was read: no byte,
+    /// no end of stream, no reset. Bytes that arrive on an idle connection (a `408`
+    /// before an idle-timeout close, say) answer no request of ours, and a connection
+    /// that carried them must not be reused: they would be read as the next request's
+    /// answer. One non-blocking `MSG_PEEK` of one byte, which leaves the socket as it was.
+    fn is_quiet(&self) -> bool {
+        let fd = match self {
+            Stream::Plain(s) => s.as_raw_fd(),
+            Stream::Tls(s) if s.has_unread() => return false,
+            Stream::Tls(s) => s.tcp().as_raw_fd(),
+        };
+        let mut byte = 0u8;
+        // SAFETY: `fd` is the open socket `self` owns, and the buffer is one valid byte.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                (&raw mut byte).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
     }
 
     async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
@@ -455,6 +518,7 @@ mod reconnect_tests {
     use super::*;
     use std::io::{BufRead, BufReader, Write};
     use std::net::TcpListener;
+    use std::sync::mpsc;
 
     /// A receiver that serves each connection by a script: for every request, answer
     /// (keep-alive or `Connection: close`) or drop the connection unanswered.
@@ -463,9 +527,17 @@ mod reconnect_tests {
         Keep,
         Close,
         Drop,
+        /// Answer with keep-alive; then, once told, send a `408` unasked and say so.
+        KeepThenStray,
     }
 
+    type Stray = (mpsc::Receiver<()>, mpsc::Sender<()>);
+
     fn receiver(conns: Vec<Vec<Step>>) -> SocketAddr {
+        receiver_with(conns, None)
+    }
+
+    fn receiver_with(conns: Vec<Vec<Step>>, stray: Option<Stray>) -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         std::thread::spawn(move || {
@@ -484,13 +556,21 @@ mod reconnect_tests {
                     }
                     let conn = match step {
                         Step::Drop => break,
-                        Step::Keep => "keep-alive",
+                        Step::Keep | Step::KeepThenStray => "keep-alive",
                         Step::Close => "close",
                     };
                     let _ = write!(
                         w,
                         "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: {conn}\r\n\r\nok"
                     );
+                    if let (Step::KeepThenStray, Some((go, sent))) = (step, &stray) {
+                        go.recv().unwrap();
+                        let _ = write!(
+                            w,
+                            "HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n"
+                        );
+                        sent.send(()).unwrap();
+                    }
                 }
             }
         });
@@ -533,6 +613,53 @@ mod reconnect_tests {
         assert_eq!(
             (first, peer_closed, after_error, stale, peer_changed),
             (1, 1, 0, 1, 0)
+        );
+    }
+
+    #[test]
+    fn a_connection_that_spoke_while_idle_is_not_reused() {
+        let (go_tx, go_rx) = mpsc::channel();
+        let (sent_tx, sent_rx) = mpsc::channel();
+        let addr = receiver_with(
+            vec![vec![Step::KeepThenStray, Step::Keep], vec![Step::Keep]],
+            Some((go_rx, sent_tx)),
+        );
+        let target = http1::parse_url(format!("http://{addr}/x").as_bytes()).unwrap();
+        let counts = Rc::new(OpenCounts::default());
+        let mut slot = ConnSlot::counted(counts.clone());
+        slot.quiet_after = Duration::ZERO;
+        let driver = crate::runtime::choose(crate::config::Driver::Auto).unwrap();
+        let statuses = crate::runtime::block_on(driver, async move {
+            let mut statuses = Vec::new();
+            let mut req = Vec::new();
+            for i in 0..2 {
+                if i == 1 {
+                    // The 408 is in the socket before the second request is written
+                    // (loopback delivers it within the receiver's write).
+                    go_tx.send(()).unwrap();
+                    sent_rx.recv().unwrap();
+                }
+                req.clear();
+                req.extend_from_slice(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n");
+                let (ex, b) = slot.exchange(&target, addr, req).await;
+                req = b;
+                match ex {
+                    Exchange::Response { status, .. } => statuses.push(status),
+                    other => panic!("{other:?}"),
+                }
+            }
+            statuses
+        })
+        .unwrap();
+        assert_eq!(
+            statuses,
+            [200, 200],
+            "the unasked 408 was read as an answer"
+        );
+        let [first, peer_closed, after_error, stale, peer_changed] = counts.get();
+        assert_eq!(
+            (first, peer_closed, after_error, stale, peer_changed),
+            (1, 0, 0, 1, 0)
         );
     }
 }

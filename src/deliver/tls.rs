@@ -206,6 +206,17 @@ impl TlsStream {
         self.tls.alpn_protocol()
     }
 
+    /// The TCP stream under the session.
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// Whether the server sent more than the session has consumed: ciphertext read but
+    /// not yet handed to rustls, or the socket's end.
+    pub fn has_unread(&self) -> bool {
+        self.rpos < self.rbuf.len() || self.eof
+    }
+
     async fn handshake(&mut self) -> io::Result<()> {
         while self.tls.is_handshaking() {
             if self.tls.wants_write() {
