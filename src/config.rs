@@ -24,6 +24,8 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
+use crate::deliver::request::{REDACTED, SECRET_HEADERS};
+
 /// Errors while loading or validating a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -102,8 +104,8 @@ pub struct Config {
     pub endpoints: Vec<EndpointConfig>,
 }
 
-/// `[server]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// `[server]`. Its `Debug` shows `admin_token` as [`REDACTED`].
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub data_dir: PathBuf,
@@ -215,8 +217,8 @@ impl Format {
     }
 }
 
-/// One `[[endpoint]]`.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+/// One `[[endpoint]]`. Its `Debug` shows the secrets as [`redacted`](Self::redacted) does.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     pub name: String,
@@ -255,6 +257,48 @@ pub struct EndpointConfig {
     pub ordered: bool,
     #[serde(default = "default_true")]
     pub enabled: bool,
+}
+
+impl EndpointConfig {
+    /// A copy with the secrets replaced by [`REDACTED`]: `signing_secret` and the values
+    /// of `Authorization`-like headers ([`SECRET_HEADERS`]).
+    pub fn redacted(&self) -> EndpointConfig {
+        let mut cfg = self.clone();
+        if cfg.signing_secret.is_some() {
+            cfg.signing_secret = Some(REDACTED.to_string());
+        }
+        for (k, v) in cfg.headers.iter_mut() {
+            if SECRET_HEADERS.iter().any(|s| k.eq_ignore_ascii_case(s)) {
+                *v = REDACTED.to_string();
+            }
+        }
+        cfg
+    }
+}
+
+/// Debug output for a config struct: its serialized fields, so a field added later is
+/// shown without being listed here, and a secret only as the caller redacted it.
+fn debug_as_json<T: Serialize>(f: &mut fmt::Formatter<'_>, name: &str, v: &T) -> fmt::Result {
+    match serde_json::to_string(v) {
+        Ok(json) => write!(f, "{name} {json}"),
+        Err(_) => write!(f, "{name} {{..}}"),
+    }
+}
+
+impl fmt::Debug for EndpointConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        debug_as_json(f, "EndpointConfig", &self.redacted())
+    }
+}
+
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = self.clone();
+        if s.admin_token.is_some() {
+            s.admin_token = Some(REDACTED.to_string());
+        }
+        debug_as_json(f, "ServerConfig", &s)
+    }
 }
 
 fn default_method() -> Method {
@@ -729,11 +773,11 @@ impl ConfigFile {
 
     /// Parses `text` (`origin` names it in messages). `Err` only when it is not TOML.
     pub fn parse(text: &str, origin: &str) -> Result<ConfigFile, ConfigError> {
+        let lines = LineIndex::new(text);
         let root = toml::de::DeTable::parse(text).map_err(|e| ConfigError::Parse {
             path: origin.to_string(),
-            message: e.to_string(),
+            message: syntax_error(&lines, &e),
         })?;
-        let lines = LineIndex::new(text);
         let mut file = ConfigFile {
             config: Config::default(),
             problems: Vec::new(),
@@ -964,6 +1008,19 @@ impl<'t> LineIndex<'t> {
     }
 }
 
+/// A TOML syntax error as `line:column: what`, like every other problem of a file. The
+/// line itself is not quoted (toml's own message does): it may be the line of a secret.
+fn syntax_error(lines: &LineIndex, e: &toml::de::Error) -> String {
+    let what = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let Position { line, column } = lines.position(span.start);
+            format!("TOML syntax error at {line}:{column}: {what}")
+        }
+        None => format!("TOML syntax error: {what}"),
+    }
+}
+
 /// A value that did not deserialise: the path to it, where it is, what is wrong.
 struct BadValue {
     path: String,
@@ -1122,6 +1179,27 @@ enabled = true
     }
 
     #[test]
+    fn debug_output_shows_no_secret() {
+        let text = "[server]\nadmin_token = \"tok-s3cret\"\n\n[[endpoint]]\nname = \"a\"\nevents = [\"t\"]\nurl = \"http://h/\"\nheaders = { authorization = \"Bearer abc-s3cret\", X-Partner = \"p1\" }\nsigning_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n";
+        let cfg: Config = toml::from_str(text).unwrap();
+        let shown = format!("{cfg:?}");
+        for secret in ["tok-s3cret", "abc-s3cret", "MfKQ9r8GKYqr"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        // Everything else is there, and the secrets are marked.
+        for seen in [
+            "\"name\":\"a\"",
+            "\"X-Partner\":\"p1\"",
+            "\"admin_token\":\"[redacted]\"",
+        ] {
+            assert!(shown.contains(seen), "{seen} not in {shown}");
+        }
+        assert_eq!(shown.matches(REDACTED).count(), 3, "{shown}");
+        // Redaction works on a copy.
+        assert_eq!(cfg.endpoints[0].headers[0].1, "Bearer abc-s3cret");
+    }
+
+    #[test]
     fn an_empty_admin_token_is_refused() {
         assert_eq!(
             problems("[server]\nadmin_token = \"\"\n"),
@@ -1245,7 +1323,21 @@ disable_after = { "4xx" = "many" }
             panic!("parsed");
         };
         assert_eq!(path, "f.toml");
-        assert!(message.contains("line 2"), "{message}");
+        assert_eq!(
+            message,
+            "TOML syntax error at 2:10: invalid basic string, expected `\"`"
+        );
+        // The line is not quoted: it may hold a secret.
+        let Err(ConfigError::Parse { message, .. }) =
+            ConfigFile::parse("[server]\nadmin_token = \"s3cret\" x\n", "f.toml")
+        else {
+            panic!("parsed");
+        };
+        assert!(
+            message.starts_with("TOML syntax error at 2:24: "),
+            "{message}"
+        );
+        assert!(!message.contains("s3cret"), "{message}");
         assert!(problems("[servre]\nx = 1\n")[0].starts_with("1:2: unknown key `servre`"));
         assert!(problems("endpoint = 3\n")[0].starts_with("1:12: `endpoint` must be an array"));
     }

@@ -516,8 +516,7 @@ fn describe(
 ) -> View {
     let default = EndpointMeta::default();
     let meta = meta.unwrap_or(&default);
-    let mut cfg = spec.cfg.clone();
-    redact(&mut cfg);
+    let mut cfg = spec.cfg.redacted();
     cfg.enabled = !meta.is_disabled();
     View {
         cfg,
@@ -538,19 +537,6 @@ fn describe(
                 "attempts_by_result": attempts,
             })
         }),
-    }
-}
-
-/// Replaces the secrets of an endpoint definition by [`REDACTED`]: `signing_secret` and
-/// the values of `Authorization`-like headers.
-fn redact(cfg: &mut EndpointConfig) {
-    if cfg.signing_secret.is_some() {
-        cfg.signing_secret = Some(REDACTED.to_string());
-    }
-    for (k, v) in cfg.headers.iter_mut() {
-        if SECRET_HEADERS.iter().any(|s| k.eq_ignore_ascii_case(s)) {
-            *v = REDACTED.to_string();
-        }
     }
 }
 
