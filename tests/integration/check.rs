@@ -233,7 +233,7 @@ fn check_accepts_a_good_config_and_stops_at_a_syntax_error() {
     );
     assert_eq!(out.status.code(), Some(1));
     let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
-    assert!(all.contains("line 2"), "{all}");
+    assert!(all.contains("TOML syntax error at 2:10: "), "{all}");
     assert!(!all.contains("timeout"), "{all}");
 }
 
