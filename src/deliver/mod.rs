@@ -38,7 +38,8 @@ const RBUF_MIN: usize = 4 * 1024;
 /// A kept connection idle at least this long is checked for anything the receiver sent
 /// meanwhile before it is reused ([`Stream::is_quiet`]). Receivers speak unasked when an
 /// idle timeout closes the connection, seconds after the last answer; a connection busy
-/// enough to be reused sooner skips the check's system call (~0.6 µs here).
+/// enough to be reused sooner skips the check's system call (0.45–0.6 µs here:
+/// docs/perf/history.md, session 21).
 const QUIET_CHECK_AFTER: Duration = Duration::from_millis(50);
 
 /// Bytes of the response body kept for `success`/`error` matching.
