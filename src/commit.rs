@@ -213,9 +213,13 @@ pub enum CommitMsg {
         by: DisabledBy,
         detail: Option<String>,
     },
-    /// Resume an endpoint: its paused deliveries become due now, in order.
-    EnableEndpoint {
+    /// The admin API enables (its paused deliveries become due, in order) or disables
+    /// an endpoint. Answered once the endpoint's record is written and synced, so an
+    /// answered call survives kill -9; `Err` is the store's refusal.
+    SetEnabled {
         ep: EndpointId,
+        enabled: bool,
+        reply: crossbeam_channel::Sender<Result<(), String>>,
     },
     /// Flush, sync, and stop; the reply says it is done.
     Shutdown(crossbeam_channel::Sender<()>),
@@ -786,7 +790,14 @@ impl State {
                         to_pause.push(ep);
                     }
                 }
-                CommitMsg::EnableEndpoint { ep } => self.enable_ep(ep),
+                CommitMsg::SetEnabled { ep, enabled, reply } => {
+                    if enabled {
+                        self.enable_ep(ep);
+                    } else if self.disable_ep(ep, DisabledBy::Admin, None) {
+                        to_pause.push(ep);
+                    }
+                    let _ = reply.send(self.persist_endpoint(ep));
+                }
                 CommitMsg::Shutdown(reply) => *shutdown = Some(reply),
                 CommitMsg::Snapshot(reply) => snapshots.push(reply),
                 CommitMsg::PutEndpoint { spec, mode, reply } => {
@@ -1277,13 +1288,26 @@ impl State {
         self.resuming = still;
     }
 
+    /// Writes an endpoint's record now, synced (for an answer that must survive a crash).
+    fn persist_endpoint(&mut self, ep: EndpointId) -> Result<(), String> {
+        let Some(info) = self.router.eps.get(&ep) else {
+            return Ok(()); // deleted meanwhile: nothing left to keep
+        };
+        let mut batch = self.store.batch();
+        batch.put_endpoint(&self.store, &info.name, &info.meta);
+        self.store.commit(batch, true).map_err(|e| e.to_string())
+    }
+
     /// Disables an endpoint (`detail` as in [`CommitMsg::EndpointDisabled`]); true when
-    /// it was enabled (its deliveries must be paused).
+    /// it was enabled (its deliveries must be paused). Disabling a disabled endpoint
+    /// only updates why: its worker is not told again.
     fn disable_ep(&mut self, ep: EndpointId, by: DisabledBy, detail: Option<&str>) -> bool {
         let Some(info) = self.router.eps.get_mut(&ep) else {
             return false;
         };
-        self.workers[info.worker].send(WorkerMsg::SetEnabled { ep, enabled: false });
+        if info.enabled {
+            self.workers[info.worker].send(WorkerMsg::SetEnabled { ep, enabled: false });
+        }
         let was = info.enabled;
         info.enabled = false;
         match detail {
@@ -1294,14 +1318,17 @@ impl State {
         was
     }
 
-    /// Enables an endpoint; its paused deliveries resume in order.
+    /// Enables an endpoint; its paused deliveries resume in order. Enabling an enabled
+    /// endpoint changes nothing: telling its worker would drop the retries it holds
+    /// (they belong to the old generation) with nothing paused to bring them back.
     fn enable_ep(&mut self, ep: EndpointId) {
         if let Some(info) = self.router.eps.get_mut(&ep) {
-            if !info.enabled {
-                // Every delivery of the endpoint is paused: resuming them in acceptance
-                // order builds the first-attempt bound afresh (see `resume`).
-                info.meta.first_due_ms = 0;
+            if info.enabled {
+                return;
             }
+            // Every delivery of the endpoint is paused: resuming them in acceptance
+            // order builds the first-attempt bound afresh (see `resume`).
+            info.meta.first_due_ms = 0;
             info.enabled = true;
             info.meta.enable();
             info.meta.fails = [0; 3];

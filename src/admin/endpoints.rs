@@ -25,7 +25,7 @@ use crate::config::{field_message, EndpointConfig};
 use crate::endpoint::{EndpointError, EndpointSpec};
 use crate::metrics::{AttemptResult, EndpointCounts};
 use crate::shard::worker_for;
-use crate::store::{seq_floor, DeliveryState, DisabledBy, EndpointMeta, EventRecord};
+use crate::store::{seq_floor, DeliveryState, EndpointMeta, EventRecord};
 use crate::worker::WorkerMsg;
 
 pub use crate::deliver::request::REDACTED;
@@ -174,17 +174,19 @@ impl Admin {
             );
         }
         match action {
-            Some("enable") => {
-                self.commit.send(CommitMsg::EnableEndpoint { ep: spec.id });
-                json_response(200, &json!({ "name": name, "enabled": true }))
-            }
-            Some("disable") => {
-                self.commit.send(CommitMsg::EndpointDisabled {
+            Some(a @ ("enable" | "disable")) => {
+                let enabled = a == "enable";
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                self.commit.send(CommitMsg::SetEnabled {
                     ep: spec.id,
-                    by: DisabledBy::Admin,
-                    detail: None,
+                    enabled,
+                    reply: tx,
                 });
-                json_response(200, &json!({ "name": name, "enabled": false }))
+                match await_reply(rx) {
+                    Ok(Ok(())) => json_response(200, &json!({ "name": name, "enabled": enabled })),
+                    Ok(Err(e)) => error(503, format!("cannot store the change: {e}")),
+                    Err(r) => r,
+                }
             }
             Some("test") => self.test(&spec),
             _ => self.recover(&spec, params),

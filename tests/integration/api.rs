@@ -764,6 +764,42 @@ fn a_definition_enables_only_what_a_definition_disabled() {
     assert_eq!(got[0].header("webhook-id"), Some("en-2"));
 }
 
+/// `enable` and `disable` answer once the change is stored: a kill -9 right after the
+/// answer keeps it. Enabling an endpoint that is enabled changes nothing, and its
+/// retries go on (they used to be dropped, and waited for a restart).
+#[test]
+fn enable_and_disable_answer_once_stored_and_enabling_an_enabled_endpoint_keeps_its_retries() {
+    let rx = TestReceiver::with_script(|_, n| Reply::status(if n < 3 { 500 } else { 200 }));
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let opts = ServerOpts::new(&endpoint(
+        "r",
+        r#"["t"]"#,
+        &rx.url("/r"),
+        r#"retry = ["1s", "1s", "1s", "1s"]"#,
+    ));
+    let mut srv = TestServer::start_in(dir.clone(), &opts);
+    assert_eq!(srv.connect().send(&event("t", "re-1", "{}")), "ok re-1 1");
+    wait_deliveries(&srv, "re-1", &[("r", "retrying", 2)]);
+    let (status, v) = srv.post("/v1/endpoints/r/enable");
+    assert_eq!((status, &v), (200, &json!({"name": "r", "enabled": true})));
+    rx.wait_for(4, WAIT);
+    wait_deliveries(&srv, "re-1", &[("r", "delivered", 4)]);
+
+    let enabled = |srv: &TestServer| srv.get("/v1/endpoints/r").1["enabled"].clone();
+    assert_eq!(srv.post("/v1/endpoints/r/disable").0, 200);
+    assert_eq!(enabled(&srv), json!(false));
+    srv.kill9();
+    drop(srv);
+    let mut srv = TestServer::start_in(dir.clone(), &opts);
+    assert_eq!(enabled(&srv), json!(false));
+    assert_eq!(srv.post("/v1/endpoints/r/enable").0, 200);
+    assert_eq!(enabled(&srv), json!(true));
+    srv.kill9();
+    drop(srv);
+    let srv = TestServer::start_in(dir, &opts);
+    assert_eq!(enabled(&srv), json!(true));
+}
+
 #[test]
 fn test_call_sends_one_sample_request_outside_the_log() {
     let ok = TestReceiver::with_script(|_, _| Reply::status(200).body("OK"));
