@@ -24,7 +24,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
-use crate::deliver::request::{REDACTED, SECRET_HEADERS};
+use crate::deliver::request::{is_secret_header, REDACTED};
 
 /// Errors while loading or validating a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -261,14 +261,14 @@ pub struct EndpointConfig {
 
 impl EndpointConfig {
     /// A copy with the secrets replaced by [`REDACTED`]: `signing_secret` and the values
-    /// of `Authorization`-like headers ([`SECRET_HEADERS`]).
+    /// of `Authorization`-like headers ([`is_secret_header`]).
     pub fn redacted(&self) -> EndpointConfig {
         let mut cfg = self.clone();
         if cfg.signing_secret.is_some() {
             cfg.signing_secret = Some(REDACTED.to_string());
         }
         for (k, v) in cfg.headers.iter_mut() {
-            if SECRET_HEADERS.iter().any(|s| k.eq_ignore_ascii_case(s)) {
+            if is_secret_header(k) {
                 *v = REDACTED.to_string();
             }
         }

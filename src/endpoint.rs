@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::config::{EndpointConfig, Format, Method};
 use crate::deliver::http1::{parse_url, Target, UrlError};
-use crate::deliver::request::SECRET_HEADERS;
+use crate::deliver::request::is_secret_header;
 use crate::store::EndpointId;
 use crate::template::{BodyFormat, Context, Template, TemplateError};
 
@@ -88,8 +88,7 @@ impl EndpointSpec {
         let url = compile("url", &cfg.url, Context::Url, false);
         let mut headers = Vec::new();
         for (k, v) in &cfg.headers {
-            // A secret header's error must not print its value.
-            let secret = SECRET_HEADERS.iter().any(|h| k.eq_ignore_ascii_case(h));
+            let secret = is_secret_header(k);
             if let Some(t) = compile(&format!("headers.{k}"), v, Context::Header, secret) {
                 headers.push((k.clone(), t));
             }

@@ -28,8 +28,8 @@ use crate::shard::worker_for;
 use crate::store::{seq_floor, DeliveryState, EndpointMeta, EventRecord};
 use crate::worker::WorkerMsg;
 
+use crate::deliver::request::is_secret_header;
 pub use crate::deliver::request::REDACTED;
-use crate::deliver::request::SECRET_HEADERS;
 
 /// Failed deliveries scheduled per committer message by `recover`.
 const RECOVER_PAGE: usize = 1000;
@@ -419,22 +419,17 @@ impl<'de, A: serde::de::MapAccess<'de>> serde::de::MapAccess<'de> for Entries<A>
 fn keep_redacted(cfg: &mut EndpointConfig, stored: Option<&EndpointConfig>) -> Result<(), String> {
     let name = cfg.name.clone();
     let moved = stored.is_some_and(|s| !same_origin(&s.url, &cfg.url));
+    let why = if moved {
+        "keeps the stored value only while `url` keeps its scheme, host and port"
+    } else {
+        "keeps the stored value, and there is none"
+    };
     let missing = |field: &str| {
-        if moved {
-            format!(
-                "endpoint {name}: field `{field}`: {REDACTED:?} keeps the stored value only \
-                 while `url` keeps its scheme, host and port (give the value itself)"
-            )
-        } else {
-            format!(
-                "endpoint {name}: field `{field}`: {REDACTED:?} keeps the stored value, and \
-                 there is none (give the value itself)"
-            )
-        }
+        format!("endpoint {name}: field `{field}`: {REDACTED:?} {why} (give the value itself)")
     };
     let stored = stored.filter(|_| !moved);
     for (k, v) in cfg.headers.iter_mut() {
-        if v != REDACTED || !SECRET_HEADERS.iter().any(|s| k.eq_ignore_ascii_case(s)) {
+        if v != REDACTED || !is_secret_header(k) {
             continue;
         }
         let kept = stored.and_then(|s| {

@@ -156,6 +156,11 @@ pub fn sign(keys: &[Vec<u8>], id: &str, ts: &str, body: &[u8], out: &mut String)
 /// Header names whose values the attempt log never keeps.
 pub const SECRET_HEADERS: [&str; 2] = ["authorization", "proxy-authorization"];
 
+/// Whether a header's value is a secret ([`SECRET_HEADERS`], by name in any case).
+pub fn is_secret_header(name: &str) -> bool {
+    SECRET_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
 /// What the attempt log keeps of the request [`build`] made last with `s`: the
 /// endpoint's headers as sent (secret values redacted), the body (an excerpt, or a mark
 /// that it was the event's data).
@@ -176,7 +181,7 @@ pub fn log_of(spec: &EndpointSpec, s: &Scratch) -> RequestLog {
             .iter()
             .zip(s.ranges.iter())
             .map(|((name, _), &(a, b))| {
-                let value = if SECRET_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+                let value = if is_secret_header(name) {
                     REDACTED.to_string()
                 } else {
                     String::from_utf8_lossy(&s.values[a..b]).into_owned()
