@@ -71,6 +71,9 @@ const ROUND_MSGS: usize = 4096;
 pub const HORIZON_MS: u64 = 1000;
 /// How often the loader runs.
 const TICK: Duration = Duration::from_millis(50);
+/// How long a disable waits for the worker to say which attempts are in flight (it
+/// answers from its mailbox task, within a moment unless the process is stopping).
+const IN_FLIGHT_ANSWER: Duration = Duration::from_secs(2);
 /// With `durability = "batch"`, the longest a write waits for its fsync (SPEC §2).
 const BATCH_SYNC_EVERY: Duration = Duration::from_millis(10);
 
@@ -440,6 +443,13 @@ struct State {
     dirty: HashSet<EndpointId>,
     /// Endpoints whose paused deliveries are being moved back to `due`.
     resuming: Vec<EndpointId>,
+    /// Endpoints enabled while deliveries they paused may still be in the paused set:
+    /// an outcome reported before the pause looks there (see `record`). Left once
+    /// their paused set is empty.
+    settling: HashSet<EndpointId>,
+    /// Endpoints disabled this round, with their worker's answer to come: which of
+    /// their deliveries are in flight (those keep their due keys; see `pause_all`).
+    pausing: HashMap<EndpointId, crossbeam_channel::Receiver<Vec<u64>>>,
     /// `ordered` endpoints whose first-attempt bound this round's events moved, with the
     /// bound before: put back if the round is not written.
     first_due_before: Vec<(EndpointId, u64)>,
@@ -630,6 +640,8 @@ impl Committer {
             sync: self.sync,
             dirty: HashSet::default(),
             resuming: Vec::new(),
+            settling: HashSet::default(),
+            pausing: HashMap::default(),
             first_due_before: Vec::new(),
             registry: self.registry,
             next_ep_id,
@@ -736,7 +748,11 @@ impl State {
         let mut routes = Vec::new();
         let mut jobs_from_ingest: Vec<(usize, Job)> = Vec::new();
         let mut jobs_from_outcomes: Vec<(usize, Job)> = Vec::new();
-        let mut to_pause: Vec<EndpointId> = Vec::new();
+        // Answered after the round's deliveries are paused: a client that hears a
+        // disable answered and enables again is then behind every outcome the
+        // worker had reported before it paused.
+        let mut enable_replies = Vec::new();
+        let mut put_replies = Vec::new();
         // Every producer id of the round looked up at once, in message order.
         let known_ids = {
             let ids: Vec<&[u8]> = msgs
@@ -786,23 +802,20 @@ impl State {
                     }
                 }
                 CommitMsg::EndpointDisabled { ep, by, detail } => {
-                    if self.disable_ep(ep, by, detail.as_deref()) {
-                        to_pause.push(ep);
-                    }
+                    self.disable_ep(ep, by, detail.as_deref());
                 }
                 CommitMsg::SetEnabled { ep, enabled, reply } => {
                     if enabled {
                         self.enable_ep(ep);
-                    } else if self.disable_ep(ep, DisabledBy::Admin, None) {
-                        to_pause.push(ep);
+                    } else {
+                        self.disable_ep(ep, DisabledBy::Admin, None);
                     }
-                    let _ = reply.send(self.persist_endpoint(ep));
+                    enable_replies.push((ep, reply));
                 }
                 CommitMsg::Shutdown(reply) => *shutdown = Some(reply),
                 CommitMsg::Snapshot(reply) => snapshots.push(reply),
                 CommitMsg::PutEndpoint { spec, mode, reply } => {
-                    let r = self.put_endpoint(*spec, mode, &mut to_pause);
-                    let _ = reply.send(r);
+                    put_replies.push((reply, self.put_endpoint(*spec, mode)));
                 }
                 CommitMsg::DeleteEndpoint { name, reply } => {
                     let _ = reply.send(self.delete_endpoint(&name));
@@ -852,11 +865,17 @@ impl State {
         if written {
             self.stats.apply(delta);
         }
-        for ep in to_pause {
-            self.pause_all(ep);
+        // Deliveries of an endpoint paused this round, or disabled, are in the paused
+        // set now (or will be, once a running attempt ends): their jobs go nowhere.
+        let paused_now: Vec<EndpointId> = self.pausing.keys().copied().collect();
+        for (ep, in_flight) in std::mem::take(&mut self.pausing) {
+            self.pause_all(ep, &in_flight);
         }
         for (worker, job) in jobs_from_ingest.into_iter().chain(jobs_from_outcomes) {
-            self.out_jobs[worker].push(job);
+            let enabled = self.router.eps.get(&job.ep).is_some_and(|i| i.enabled);
+            if enabled && !paused_now.contains(&job.ep) {
+                self.out_jobs[worker].push(job);
+            }
         }
         // Deliveries may start before their events are fsynced: delivery is at-least-once
         // and an event's `ok` still waits for the fsync. A crash of the process loses
@@ -870,6 +889,12 @@ impl State {
             for a in acks {
                 syncer::send_answer(&self.workers, &mut self.stats.acks, a);
             }
+        }
+        for (ep, reply) in enable_replies {
+            let _ = reply.send(self.persist_endpoint(ep));
+        }
+        for (reply, r) in put_replies {
+            let _ = reply.send(r);
         }
         for reply in snapshots {
             let _ = reply.send(self.snapshot());
@@ -1100,15 +1125,21 @@ impl State {
             attempts: o.attempts,
             first: o.first,
         };
-        // Only for a disabled endpoint (rare): whether pausing already moved this
-        // delivery aside, so the paused count moves exactly.
-        let was_paused = !enabled && self.store.is_paused(o.ep, seq).unwrap_or(false);
+        // Only around a disable (rare): whether pausing moved this delivery aside after
+        // its outcome was reported, so the paused set and count move exactly.
+        let was_paused = (!enabled || next == Next::Paused || self.settling.contains(&o.ep))
+            && self.store.is_paused(o.ep, seq).unwrap_or(false);
+        // Enabled again before its paused copy was resumed: it is resumed with this
+        // attempt counted.
+        let next = match next {
+            Next::Retry { .. } if was_paused => Next::Paused,
+            n => n,
+        };
         match next {
             Next::Stale => {}
             Next::Done => {
                 delta.pending -= 1;
-                if !enabled && was_paused {
-                    // Pausing moved it aside while this attempt ran.
+                if was_paused {
                     batch.unpause(&self.store, o.ep, seq);
                     delta.paused -= 1;
                 }
@@ -1116,6 +1147,11 @@ impl State {
             Next::Paused => {
                 batch.pause(&self.store, o.ep, seq, val);
                 delta.paused += !was_paused as i64;
+                // Reported while its worker still had the endpoint disabled, recorded
+                // after it was enabled: it goes back with the others.
+                if enabled && !self.resuming.contains(&o.ep) {
+                    self.resuming.push(o.ep);
+                }
             }
             Next::Retry { due_ms } => {
                 let due = DueKey {
@@ -1148,7 +1184,20 @@ impl State {
     /// none waits out an old retry time once the endpoint is enabled again (a first
     /// attempt still keeps its `min_delay`: see `resume`). Disabling is rare, so this
     /// scans the whole due index (in pages).
-    fn pause_all(&mut self, ep: EndpointId) {
+    ///
+    /// A delivery whose attempt is in flight keeps its due key: the attempt's outcome
+    /// moves it (a retry of a disabled endpoint is paused then), so an enable before
+    /// that outcome does not bring back a second copy beside the attempt's own retry.
+    /// `in_flight` is the worker's answer saying which those are; without one in time,
+    /// everything is paused.
+    fn pause_all(&mut self, ep: EndpointId, in_flight: &crossbeam_channel::Receiver<Vec<u64>>) {
+        let running: HashSet<u64> = match in_flight.recv_timeout(IN_FLIGHT_ANSWER) {
+            Ok(seqs) => seqs.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(endpoint = ep, error = %e, "no answer from the worker on attempts in flight; pausing them too");
+                HashSet::default()
+            }
+        };
         let mut from = DueKey::MIN;
         let mut moved = 0usize;
         loop {
@@ -1165,7 +1214,10 @@ impl State {
             let full = page.len() == PAGE * 8;
             let mut batch = self.store.batch();
             let mut in_page = 0;
-            for (key, val) in page.into_iter().filter(|(k, _)| k.ep == ep) {
+            let mine = page
+                .into_iter()
+                .filter(|(k, _)| k.ep == ep && !running.contains(&k.seq));
+            for (key, val) in mine {
                 batch.del_due(&self.store, key);
                 batch.pause(&self.store, ep, key.seq, val);
                 in_page += 1;
@@ -1186,6 +1238,7 @@ impl State {
         tracing::info!(
             endpoint = ep,
             moved,
+            in_flight = running.len(),
             "paused the deliveries of a disabled endpoint"
         );
     }
@@ -1204,6 +1257,7 @@ impl State {
                 .filter(|i| i.enabled)
                 .map(|i| i.worker)
             else {
+                self.settling.remove(&ep);
                 continue;
             };
             let page = match self.store.paused_of(ep, 0, PAGE) {
@@ -1215,6 +1269,7 @@ impl State {
                 }
             };
             if page.is_empty() {
+                self.settling.remove(&ep);
                 continue;
             }
             let mut batch = self.store.batch();
@@ -1283,6 +1338,8 @@ impl State {
             self.flush_jobs();
             if page.len() == PAGE {
                 still.push(ep);
+            } else {
+                self.settling.remove(&ep);
             }
         }
         self.resuming = still;
@@ -1298,24 +1355,28 @@ impl State {
         self.store.commit(batch, true).map_err(|e| e.to_string())
     }
 
-    /// Disables an endpoint (`detail` as in [`CommitMsg::EndpointDisabled`]); true when
-    /// it was enabled (its deliveries must be paused). Disabling a disabled endpoint
-    /// only updates why: its worker is not told again.
-    fn disable_ep(&mut self, ep: EndpointId, by: DisabledBy, detail: Option<&str>) -> bool {
+    /// Disables an endpoint (`detail` as in [`CommitMsg::EndpointDisabled`]). If it was
+    /// enabled, its worker is told, and its deliveries are paused at the end of the
+    /// round. Disabling a disabled endpoint only updates why.
+    fn disable_ep(&mut self, ep: EndpointId, by: DisabledBy, detail: Option<&str>) {
         let Some(info) = self.router.eps.get_mut(&ep) else {
-            return false;
+            return;
         };
         if info.enabled {
-            self.workers[info.worker].send(WorkerMsg::SetEnabled { ep, enabled: false });
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            self.workers[info.worker].send(WorkerMsg::SetEnabled {
+                ep,
+                enabled: false,
+                in_flight: Some(tx),
+            });
+            self.pausing.insert(ep, rx);
         }
-        let was = info.enabled;
         info.enabled = false;
         match detail {
             Some(d) => info.meta.disable_because(by, d),
             None => info.meta.disable(by),
         }
         self.dirty.insert(ep);
-        was
     }
 
     /// Enables an endpoint; its paused deliveries resume in order. Enabling an enabled
@@ -1333,10 +1394,15 @@ impl State {
             info.meta.enable();
             info.meta.fails = [0; 3];
             self.dirty.insert(ep);
-            self.workers[info.worker].send(WorkerMsg::SetEnabled { ep, enabled: true });
+            self.workers[info.worker].send(WorkerMsg::SetEnabled {
+                ep,
+                enabled: true,
+                in_flight: None,
+            });
             if !self.resuming.contains(&ep) {
                 self.resuming.push(ep);
             }
+            self.settling.insert(ep);
         }
     }
 
@@ -1347,7 +1413,6 @@ impl State {
         &mut self,
         mut spec: EndpointSpec,
         mode: PutMode,
-        to_pause: &mut Vec<EndpointId>,
     ) -> Result<EndpointId, EndpointOpError> {
         let name = spec.cfg.name.clone();
         let existing = self.router.by_name(&name).map(|i| (i.id, i.meta.clone()));
@@ -1430,9 +1495,7 @@ impl State {
         if !created && was_enabled && !now_enabled {
             // Only `enabled = false` disables here, and its words are the whole reason.
             let by = meta.disabled_by().unwrap_or(DisabledBy::Definition);
-            if self.disable_ep(id, by, None) {
-                to_pause.push(id);
-            }
+            self.disable_ep(id, by, None);
         } else if !created && !was_enabled && now_enabled {
             self.enable_ep(id);
         }
@@ -1473,6 +1536,8 @@ impl State {
         self.router.rebuild();
         self.dirty.remove(&id);
         self.resuming.retain(|e| *e != id);
+        self.settling.remove(&id);
+        self.pausing.remove(&id);
         if let Ok(mut reg) = self.registry.write() {
             reg.remove(name);
         }

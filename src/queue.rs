@@ -6,7 +6,8 @@
 //! only the oldest: while it waits for its retry, the ones behind it wait too. Copies of a
 //! delivery (a retry the worker kept and the same retry loaded again from the store) are
 //! collapsed to the newest, and a copy of a recently finished one is dropped — also one
-//! that came in while its delivery was being attempted. Every copy dropped is handed
+//! that came in while its delivery was being attempted. A paused delivery is not
+//! finished: the copy that comes back when its endpoint is enabled is taken in. Every copy dropped is handed
 //! back, for the worker to report. It must not do I/O or decide retries.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -130,6 +131,16 @@ impl<T: Queued> JobQueue<T> {
         items.remove(&seq)
     }
 
+    /// Takes out a copy of `seq` that came in while it was being attempted, without
+    /// marking it finished: the attempt paused the delivery, which comes back as a new
+    /// copy once its endpoint is enabled.
+    pub fn forget(&mut self, seq: u64) -> Option<T> {
+        match self {
+            JobQueue::Fifo(_) => None,
+            JobQueue::Ordered { items, .. } => items.remove(&seq),
+        }
+    }
+
     pub fn len(&self) -> usize {
         match self {
             JobQueue::Fifo(q) => q.len(),
@@ -227,6 +238,13 @@ mod tests {
         assert_eq!(q.push(J(8, 400)), Ok(Some(J(8, 100))));
         assert_eq!(q.drain(), vec![J(8, 400)]);
         assert_eq!(q.completed(8), None);
+        // Paused: its copy goes, and the copy that comes back on enable is taken in.
+        q.push(J(9, 100)).unwrap();
+        assert_eq!(q.pop(), Some(J(9, 100)));
+        q.push(J(9, 100)).unwrap();
+        assert_eq!(q.forget(9), Some(J(9, 100)));
+        assert_eq!(q.push(J(9, 900)), Ok(None), "not finished: a resumed copy runs");
+        assert_eq!(q.drain(), vec![J(9, 900)]);
         // A FIFO queue keeps no copies apart.
         let mut f = JobQueue::new(false);
         assert_eq!(f.push(J(1, 0)), Ok(None));

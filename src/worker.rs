@@ -75,10 +75,14 @@ pub enum WorkerMsg {
         results: Vec<AckResult>,
     },
     Jobs(Vec<Job>),
-    /// An endpoint was enabled (its paused deliveries follow as jobs) or disabled.
+    /// An endpoint was enabled (its paused deliveries follow as jobs) or disabled. The
+    /// store moved its deliveries meanwhile, so the jobs held for it are dropped; an
+    /// attempt in flight goes on, and its outcome stands. A disable asks which
+    /// deliveries are in flight (`in_flight`): the committer leaves those where they are.
     SetEnabled {
         ep: EndpointId,
         enabled: bool,
+        in_flight: Option<crossbeam_channel::Sender<Vec<u64>>>,
     },
     /// An endpoint was created or replaced: the next attempt uses this spec. `meta`
     /// gives a new endpoint its persisted state (a replaced one keeps its own).
@@ -174,6 +178,8 @@ struct Ep {
     pacing: Cell<bool>,
     /// Bumped on every enable/disable.
     gen: Cell<u32>,
+    /// Per lane, the sequence number of the delivery it is attempting.
+    attempting: RefCell<Vec<Rc<Cell<Option<u64>>>>>,
     /// Delivery outcomes and attempts since start.
     counts: RefCell<EndpointCounts>,
 }
@@ -191,6 +197,7 @@ impl Ep {
             fails: Cell::new(meta.fails),
             pacing: Cell::new(false),
             gen: Cell::new(0),
+            attempting: RefCell::new(Vec::new()),
             counts: RefCell::new(EndpointCounts::default()),
         }
     }
@@ -206,6 +213,15 @@ impl Ep {
         } else {
             spec.cfg.max_in_flight
         }
+    }
+
+    /// The deliveries whose attempts are in flight.
+    fn in_flight(&self) -> Vec<u64> {
+        self.attempting
+            .borrow()
+            .iter()
+            .filter_map(|c| c.get())
+            .collect()
     }
 
     /// Wakes every idle lane (to exit, or to re-read the spec).
@@ -400,13 +416,31 @@ impl Worker {
                     self.timer_wake.notify();
                 }
             }
-            WorkerMsg::SetEnabled { ep, enabled } => {
-                if let Some(e) = self.endpoints.borrow().get(&ep) {
+            WorkerMsg::SetEnabled {
+                ep,
+                enabled,
+                in_flight,
+            } => {
+                let e = self.endpoints.borrow().get(&ep).cloned();
+                let mut running = Vec::new();
+                if let Some(e) = e {
                     e.gen.set(e.gen.get().wrapping_add(1));
                     e.disabled.set(!enabled);
                     if enabled {
                         e.fails.set([0; 3]);
                     }
+                    // The store moved what is queued (paused or resumed it afresh).
+                    let stale = e.queue.borrow_mut().drain();
+                    for job in stale {
+                        self.report(job, None, Next::Stale);
+                    }
+                    running = e.in_flight();
+                }
+                if let Some(reply) = in_flight {
+                    // Outcomes reported so far go before the answer, so the committer
+                    // has them before anything it does after this disable.
+                    self.flush_outbox();
+                    let _ = reply.send(running);
                 }
             }
             WorkerMsg::Upsert { spec, meta } => self.upsert(spec, &meta),
@@ -866,7 +900,10 @@ impl Worker {
         }
         if cfg.ordered {
             match next {
-                // The head keeps its place: the ones behind it wait for its retry.
+                // The head keeps its place: the ones behind it wait for its retry. An
+                // attempt's outcome stands across an enable/disable (the store left an
+                // attempt in flight where it was), so its retry is of the current
+                // generation.
                 Next::Retry { due_ms } => {
                     let kept = WJob {
                         ev: job.ev.clone(),
@@ -874,7 +911,7 @@ impl Worker {
                         due: DueKey { due_ms, ..job.due },
                         attempts,
                         first: job.first,
-                        gen: job.gen,
+                        gen: ep.gen.get(),
                     };
                     // A copy loaded from the store meanwhile is handed back (reported:
                     // the committer counts what it handed over); the kept retry itself
@@ -885,8 +922,14 @@ impl Worker {
                     }
                 }
                 _ => {
-                    // A copy that came in during the attempt must not run again.
-                    let copy = ep.queue.borrow_mut().completed(job.due.seq);
+                    // A copy that came in during the attempt must not run again. A
+                    // paused delivery is not finished: it comes back on enable.
+                    let mut q = ep.queue.borrow_mut();
+                    let copy = match next {
+                        Next::Paused => q.forget(job.due.seq),
+                        _ => q.completed(job.due.seq),
+                    };
+                    drop(q);
                     if let Some(stale) = copy {
                         self.report(stale, None, Next::Stale);
                     }
@@ -973,6 +1016,8 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
     let mut wbuf = Vec::with_capacity(4096);
     let mut scratch = Scratch::default();
     let me = Rc::new(LocalNotify::default());
+    let attempting = Rc::new(Cell::new(None));
+    ep.attempting.borrow_mut().push(attempting.clone());
     loop {
         if ep.removed.get() || ep.lanes.get() > ep.max_lanes() {
             // Deleted, or one lane too many after max_in_flight was lowered.
@@ -1031,12 +1076,17 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
             continue;
         }
         w.active.set(w.active.get() + 1);
+        attempting.set(Some(job.due.seq));
         w.attempt(&ep, job, &mut slot, &mut wbuf, &mut scratch)
             .await;
+        attempting.set(None);
         w.active.set(w.active.get() - 1);
         if w.stopping.get() && w.active.get() == 0 {
             w.idle_wake.notify();
         }
     }
     ep.lanes.set(ep.lanes.get() - 1);
+    ep.attempting
+        .borrow_mut()
+        .retain(|c| !Rc::ptr_eq(c, &attempting));
 }

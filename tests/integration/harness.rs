@@ -80,6 +80,34 @@ impl Reply {
     }
 }
 
+/// A door a receiver's script can wait at: [`wait`](Gate::wait) blocks until the test
+/// calls [`open`](Gate::open). Holds an attempt in flight while the test acts.
+#[derive(Clone, Default)]
+pub struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Gate {
+    pub fn new() -> Gate {
+        Gate::default()
+    }
+
+    /// Blocks until the gate is open (at most a minute: a test that forgets to open it
+    /// fails instead of hanging).
+    pub fn wait(&self) {
+        let (lock, cv) = &*self.0;
+        let g = lock.lock().unwrap();
+        let (g, _) = cv
+            .wait_timeout_while(g, Duration::from_secs(60), |open| !*open)
+            .unwrap();
+        assert!(*g, "the gate was never opened");
+    }
+
+    pub fn open(&self) {
+        let (lock, cv) = &*self.0;
+        *lock.lock().unwrap() = true;
+        cv.notify_all();
+    }
+}
+
 type Script = Arc<dyn Fn(&Received, usize) -> Reply + Send + Sync>;
 
 struct RecvState {

@@ -433,3 +433,127 @@ fn an_ordered_head_due_during_downtime_is_attempted_once_after_restart() {
         "{v}"
     );
 }
+
+/// The status codes of a delivery's attempts, in the log's order.
+fn attempt_statuses(v: &serde_json::Value) -> Vec<u64> {
+    v["deliveries"][0]["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status_code"].as_u64().unwrap_or(0))
+        .collect()
+}
+
+/// A receiver whose first request waits at `gate`, then answers 500; every other
+/// request gets 200 at once.
+fn first_held_then_500(gate: &Gate) -> TestReceiver {
+    let gate = gate.clone();
+    TestReceiver::with_script(move |_, n| {
+        if n == 0 {
+            gate.wait();
+            Reply::status(500)
+        } else {
+            Reply::status(200)
+        }
+    })
+}
+
+#[test]
+fn an_attempt_running_across_disable_and_enable_stays_one_delivery() {
+    // Disabling moves an endpoint's deliveries aside and enabling brings them back; one
+    // whose attempt was still running must not come back as a second copy beside the
+    // retry that attempt schedules.
+    let gate = Gate::new();
+    let rx = first_held_then_500(&gate);
+    let srv = TestServer::start(&endpoint(
+        "span",
+        r#"["t"]"#,
+        &rx.url("/"),
+        "retry = [\"300ms\", \"300ms\"]",
+    ));
+    assert_eq!(srv.connect().send(&event("t", "s-0", "{}")), "ok s-0 1");
+    rx.wait_for(1, Duration::from_secs(10));
+    assert_eq!(srv.post("/v1/endpoints/span/disable").0, 200);
+    assert_eq!(srv.post("/v1/endpoints/span/enable").0, 200);
+    gate.open();
+    let v = srv.wait_event("s-0", Duration::from_secs(10), |v| {
+        states(v) == ["delivered"] && attempt_statuses(v) == [500, 200]
+    });
+    assert_eq!(
+        rx.count(),
+        2,
+        "the held attempt and its retry, nothing else: {v}"
+    );
+}
+
+/// An ordered endpoint whose head `h-0` fails once while `h-1` waits behind it; `act`
+/// disables and enables it around that failure. The head must go again first.
+fn ordered_head_goes_first_after(
+    rx: &TestReceiver,
+    extra: &str,
+    act: impl FnOnce(&TestServer),
+) -> TestServer {
+    let srv = TestServer::start(&endpoint(
+        "fifo",
+        r#"["t"]"#,
+        &rx.url("/"),
+        &format!("ordered = true\nretry = [\"300ms\", \"300ms\"]\n{extra}"),
+    ));
+    srv.connect().send_each_ok("t", "h", 2);
+    act(&srv);
+    let got = rx.wait_for(3, Duration::from_secs(10));
+    assert_eq!(ids_in_order(&got), ["h-0", "h-0", "h-1"]);
+    for id in ["h-0", "h-1"] {
+        srv.wait_event(id, Duration::from_secs(10), |v| {
+            states(v) == ["delivered"]
+        });
+    }
+    assert_eq!(
+        attempt_statuses(&srv.event("h-0")),
+        [500, 200],
+        "{}",
+        srv.event("h-0")
+    );
+    srv
+}
+
+#[test]
+fn an_ordered_head_that_failed_while_disabled_goes_first_once_enabled() {
+    let gate = Gate::new();
+    let rx = first_held_then_500(&gate);
+    ordered_head_goes_first_after(&rx, "", |srv| {
+        rx.wait_for(1, Duration::from_secs(10));
+        assert_eq!(srv.post("/v1/endpoints/fifo/disable").0, 200);
+        gate.open();
+        srv.wait_event("h-0", Duration::from_secs(10), |v| {
+            states(v) == ["paused"] && attempt_statuses(v) == [500]
+        });
+        assert_eq!(srv.post("/v1/endpoints/fifo/enable").0, 200);
+    });
+}
+
+#[test]
+fn an_ordered_head_running_across_disable_and_enable_keeps_its_place() {
+    let gate = Gate::new();
+    let rx = first_held_then_500(&gate);
+    ordered_head_goes_first_after(&rx, "", |srv| {
+        rx.wait_for(1, Duration::from_secs(10));
+        assert_eq!(srv.post("/v1/endpoints/fifo/disable").0, 200);
+        assert_eq!(srv.post("/v1/endpoints/fifo/enable").0, 200);
+        gate.open();
+    });
+}
+
+#[test]
+fn an_ordered_endpoint_disabled_by_its_receiver_sends_its_head_first_once_enabled() {
+    let rx = TestReceiver::with_script(|_, n| Reply::status(if n == 0 { 500 } else { 200 }));
+    ordered_head_goes_first_after(&rx, "disable_after = { \"5xx\" = 1 }", |srv| {
+        srv.wait_endpoint("fifo", Duration::from_secs(10), |e| {
+            e["enabled"] == false
+        });
+        srv.wait_event("h-0", Duration::from_secs(10), |v| {
+            states(v) == ["paused"]
+        });
+        assert_eq!(srv.post("/v1/endpoints/fifo/enable").0, 200);
+    });
+}
