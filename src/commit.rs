@@ -661,7 +661,8 @@ impl Committer {
         let mut last_retention = Instant::now() - retention_every;
         // Ordered endpoints get their held head first, so nothing overtakes it.
         st.send_holds();
-        // Enabled endpoints resume any paused deliveries (enabled again in the config).
+        // Enabled endpoints resume any paused deliveries (enabled again in the config);
+        // an ordered one holds back new deliveries meanwhile.
         st.resuming = st
             .router
             .eps
@@ -669,6 +670,12 @@ impl Committer {
             .filter(|i| i.enabled)
             .map(|i| i.id)
             .collect();
+        for i in st.router.eps.values().filter(|i| i.enabled && i.ordered) {
+            st.workers[i.worker].send(WorkerMsg::HoldNewFrom {
+                ep: i.id,
+                seq: Some(st.next_seq),
+            });
+        }
         let inbox = self.inbox;
         let mut msgs = Vec::with_capacity(1024);
         let mut last_load = Instant::now() - TICK;
@@ -1260,6 +1267,7 @@ impl State {
                 self.settling.remove(&ep);
                 continue;
             };
+            let ordered = self.router.eps.get(&ep).is_some_and(|i| i.ordered);
             let page = match self.store.paused_of(ep, 0, PAGE) {
                 Ok(p) => p,
                 Err(e) => {
@@ -1269,7 +1277,7 @@ impl State {
                 }
             };
             if page.is_empty() {
-                self.settling.remove(&ep);
+                self.resumed(ep, worker, ordered);
                 continue;
             }
             let mut batch = self.store.batch();
@@ -1339,10 +1347,19 @@ impl State {
             if page.len() == PAGE {
                 still.push(ep);
             } else {
-                self.settling.remove(&ep);
+                self.resumed(ep, worker, ordered);
             }
         }
         self.resuming = still;
+    }
+
+    /// Every paused delivery of `ep` is handed over (or due in the store): an ordered
+    /// endpoint's newer deliveries may go now.
+    fn resumed(&mut self, ep: EndpointId, worker: usize, ordered: bool) {
+        self.settling.remove(&ep);
+        if ordered {
+            self.workers[worker].send(WorkerMsg::HoldNewFrom { ep, seq: None });
+        }
     }
 
     /// Writes an endpoint's record now, synced (for an answer that must survive a crash).
@@ -1399,6 +1416,13 @@ impl State {
                 enabled: true,
                 in_flight: None,
             });
+            if info.ordered {
+                // Events accepted from now on wait behind the paused ones.
+                self.workers[info.worker].send(WorkerMsg::HoldNewFrom {
+                    ep,
+                    seq: Some(self.next_seq),
+                });
+            }
             if !self.resuming.contains(&ep) {
                 self.resuming.push(ep);
             }

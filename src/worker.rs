@@ -84,6 +84,12 @@ pub enum WorkerMsg {
         enabled: bool,
         in_flight: Option<crossbeam_channel::Sender<Vec<u64>>>,
     },
+    /// An ordered endpoint was enabled: its paused deliveries are on their way, so those
+    /// accepted from `seq` on wait until they are all handed over (`None`).
+    HoldNewFrom {
+        ep: EndpointId,
+        seq: Option<u64>,
+    },
     /// An endpoint was created or replaced: the next attempt uses this spec. `meta`
     /// gives a new endpoint its persisted state (a replaced one keeps its own).
     Upsert {
@@ -428,6 +434,10 @@ impl Worker {
                     e.disabled.set(!enabled);
                     if enabled {
                         e.fails.set([0; 3]);
+                        // Tokens saved up while disabled are not a burst to send: the
+                        // backlog starts at the rate, as after a restart.
+                        let rate = e.spec.borrow().cfg.max_rps;
+                        *e.bucket.borrow_mut() = TokenBucket::new_empty(rate, now_ms());
                     }
                     // The store moved what is queued (paused or resumed it afresh).
                     let stale = e.queue.borrow_mut().drain();
@@ -441,6 +451,15 @@ impl Worker {
                     // has them before anything it does after this disable.
                     self.flush_outbox();
                     let _ = reply.send(running);
+                }
+            }
+            WorkerMsg::HoldNewFrom { ep, seq } => {
+                let e = self.endpoints.borrow().get(&ep).cloned();
+                if let Some(e) = e {
+                    e.queue.borrow_mut().hold_from(seq);
+                    if seq.is_none() && !e.queue.borrow().is_empty() {
+                        self.kick(e);
+                    }
                 }
             }
             WorkerMsg::Upsert { spec, meta } => self.upsert(spec, &meta),
@@ -589,6 +608,11 @@ impl Worker {
             Ok(Some(stale)) => self.report(stale, None, Next::Stale),
             Ok(None) => {}
         }
+        self.kick(ep);
+    }
+
+    /// Puts a lane to work on `ep`'s queue: an idle one, else a new one if allowed.
+    fn kick(self: &Rc<Self>, ep: Rc<Ep>) {
         let idle = ep.idle.borrow_mut().pop();
         if let Some(n) = idle {
             n.notify();
