@@ -259,7 +259,11 @@ mod tests {
         assert_eq!(q.pop(), Some(J(9, 100)));
         q.push(J(9, 100)).unwrap();
         assert_eq!(q.forget(9), Some(J(9, 100)));
-        assert_eq!(q.push(J(9, 900)), Ok(None), "not finished: a resumed copy runs");
+        assert_eq!(
+            q.push(J(9, 900)),
+            Ok(None),
+            "not finished: a resumed copy runs"
+        );
         assert_eq!(q.drain(), vec![J(9, 900)]);
         // Held back from 20 on: 12 may go, 20 waits until the hold is lifted.
         q.hold_from(Some(20));

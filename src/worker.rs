@@ -880,9 +880,15 @@ impl Worker {
         let cfg = &spec.cfg;
         let (mut rec, verdict) = self.try_once(&spec, &job.ev, slot, wbuf, scratch).await;
         if cfg.max_rps > 0 && slot.last_was_first() {
+            let now = now_ms();
+            let mut bucket = ep.bucket.borrow_mut();
             // It reached the receiver somewhere before now (after the receiver accepted
             // the connection): pace the next one from here.
-            ep.bucket.borrow_mut().restart_at(now_ms());
+            bucket.restart_at(now);
+            if slot.last_was_resent() {
+                // The receiver may have counted the first send too: it owes a token.
+                bucket.charge(now);
+            }
         }
         // Consecutive-failure counters and automatic disabling.
         let mut disable = None;

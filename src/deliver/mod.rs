@@ -129,6 +129,9 @@ pub struct ConnSlot {
     failed: bool,
     /// The last request was the first written on its connection.
     first: bool,
+    /// The last exchange wrote its request twice: the kept connection broke before
+    /// any answer, and it went again on a new one.
+    resent: bool,
     counts: Option<Rc<OpenCounts>>,
     /// [`QUIET_CHECK_AFTER`]; tests lower it.
     quiet_after: Duration,
@@ -140,6 +143,7 @@ impl Default for ConnSlot {
             conn: None,
             failed: false,
             first: false,
+            resent: false,
             counts: None,
             quiet_after: QUIET_CHECK_AFTER,
         }
@@ -175,6 +179,12 @@ impl ConnSlot {
     /// to accept before reading it).
     pub fn last_was_first(&self) -> bool {
         self.first
+    }
+
+    /// Whether the last exchange sent its request a second time (on a new connection,
+    /// after the kept one broke before any answer): the receiver may have seen both.
+    pub fn last_was_resent(&self) -> bool {
+        self.resent
     }
 
     /// The body excerpt of the last response.
@@ -257,6 +267,7 @@ impl ConnSlot {
     ) -> (Exchange, Vec<u8>) {
         let mut req = req;
         self.first = false;
+        self.resent = false;
         for try_no in 0..2 {
             let mut reused = self.is_open(target, addr);
             let mut stale = try_no > 0; // the second try only follows a stale connection
@@ -275,6 +286,7 @@ impl ConnSlot {
                 unreachable!("connection set above")
             };
             self.first = conn.sent == 0;
+            self.resent = try_no > 0;
             conn.sent += 1;
             let (res, b) = conn.stream.write_all(req).await;
             req = b;

@@ -50,6 +50,8 @@ pub struct Reply {
     /// Raw bytes written right after the response, in the same write (a broken
     /// receiver: a second response, or junk).
     pub after: Vec<u8>,
+    /// Close the connection instead of answering.
+    pub hang_up: bool,
 }
 
 impl Reply {
@@ -60,6 +62,14 @@ impl Reply {
             body: Vec::new(),
             delay: Duration::ZERO,
             after: Vec::new(),
+            hang_up: false,
+        }
+    }
+    /// No answer: the receiver closes the connection once it has read the request.
+    pub fn hang_up() -> Reply {
+        Reply {
+            hang_up: true,
+            ..Reply::status(0)
         }
     }
     pub fn then_raw(mut self, b: &[u8]) -> Reply {
@@ -293,6 +303,9 @@ fn serve_conn(
         };
         let s = script.lock().unwrap().clone();
         let reply = s(&req, n);
+        if reply.hang_up {
+            return;
+        }
         if !reply.delay.is_zero() {
             std::thread::sleep(reply.delay); // the receiver being slow is the behaviour under test
         }

@@ -504,9 +504,7 @@ fn ordered_head_goes_first_after(
     let got = rx.wait_for(3, Duration::from_secs(10));
     assert_eq!(ids_in_order(&got), ["h-0", "h-0", "h-1"]);
     for id in ["h-0", "h-1"] {
-        srv.wait_event(id, Duration::from_secs(10), |v| {
-            states(v) == ["delivered"]
-        });
+        srv.wait_event(id, Duration::from_secs(10), |v| states(v) == ["delivered"]);
     }
     assert_eq!(
         attempt_statuses(&srv.event("h-0")),
@@ -551,12 +549,8 @@ fn an_ordered_endpoint_disabled_by_its_receiver_sends_its_head_first_once_enable
     let rx = first_held_then_500(&gate);
     ordered_head_goes_first_after(&rx, "disable_after = { \"5xx\" = 1 }", |srv| {
         gate.open();
-        srv.wait_endpoint("fifo", Duration::from_secs(10), |e| {
-            e["enabled"] == false
-        });
-        srv.wait_event("h-0", Duration::from_secs(10), |v| {
-            states(v) == ["paused"]
-        });
+        srv.wait_endpoint("fifo", Duration::from_secs(10), |e| e["enabled"] == false);
+        srv.wait_event("h-0", Duration::from_secs(10), |v| states(v) == ["paused"]);
         assert_eq!(srv.post("/v1/endpoints/fifo/enable").0, 200);
     });
 }
@@ -595,12 +589,7 @@ fn an_ordered_endpoint_enabled_again_sends_its_paused_deliveries_before_new_ones
 #[test]
 fn an_endpoint_enabled_again_starts_at_its_rate_not_with_a_saved_burst() {
     let rx = TestReceiver::start();
-    let srv = TestServer::start(&endpoint(
-        "paced",
-        r#"["t"]"#,
-        &rx.url("/"),
-        "max_rps = 5",
-    ));
+    let srv = TestServer::start(&endpoint("paced", r#"["t"]"#, &rx.url("/"), "max_rps = 5"));
     srv.connect().send_each_ok("t", "p", 20);
     rx.wait_for(3, Duration::from_secs(10));
     assert_eq!(srv.post("/v1/endpoints/paced/disable").0, 200);
@@ -609,6 +598,49 @@ fn an_endpoint_enabled_again_starts_at_its_rate_not_with_a_saved_burst() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(srv.post("/v1/endpoints/paced/enable").0, 200);
     let got = rx.wait_for(20, Duration::from_secs(20));
+    let times: Vec<_> = got.iter().map(|r| r.at).collect();
+    for (i, t) in times.iter().enumerate() {
+        let in_window = times[i..]
+            .iter()
+            .take_while(|u| **u - *t < Duration::from_secs(1))
+            .count();
+        assert!(
+            in_window <= 6,
+            "{in_window} requests within one second starting at #{i}"
+        );
+    }
+}
+
+#[test]
+fn max_rps_counts_a_request_sent_again_after_its_connection_broke() {
+    // Every request on a kept connection is read and then hung up on, so it goes again
+    // on a new connection: two requests at the receiver per token, unless the second
+    // one is paid for.
+    let rx = TestReceiver::with_script(|_, n| {
+        if n % 2 == 1 {
+            Reply::hang_up()
+        } else {
+            Reply::status(200)
+        }
+    });
+    let srv = TestServer::start(&endpoint(
+        "paced",
+        r#"["t"]"#,
+        &rx.url("/"),
+        "max_rps = 5\nmax_in_flight = 1",
+    ));
+    srv.connect().send_each_ok("t", "r", 12);
+    for i in 0..12 {
+        srv.wait_event(&format!("r-{i}"), Duration::from_secs(20), |v| {
+            states(v) == ["delivered"]
+        });
+    }
+    let got = rx.requests();
+    assert!(
+        got.len() >= 20,
+        "most attempts were sent twice: {}",
+        got.len()
+    );
     let times: Vec<_> = got.iter().map(|r| r.at).collect();
     for (i, t) in times.iter().enumerate() {
         let in_window = times[i..]
