@@ -5,6 +5,22 @@ use std::time::Duration;
 
 use crate::harness::*;
 
+/// The arrival times of `got`, asserting that no one-second window holds more than `max`.
+fn at_most_per_second(got: &[Received], max: usize) -> Vec<std::time::Instant> {
+    let times: Vec<_> = got.iter().map(|r| r.at).collect();
+    for (i, t) in times.iter().enumerate() {
+        let in_window = times[i..]
+            .iter()
+            .take_while(|u| **u - *t < Duration::from_secs(1))
+            .count();
+        assert!(
+            in_window <= max,
+            "{in_window} requests within one second starting at #{i}"
+        );
+    }
+    times
+}
+
 #[test]
 fn max_rps_holds_every_one_second_window() {
     let rx = TestReceiver::start();
@@ -17,18 +33,8 @@ fn max_rps_holds_every_one_second_window() {
     let mut c = srv.connect();
     c.send_each_ok("t", "rps", 30);
     let got = rx.wait_for(30, Duration::from_secs(20));
-    let times: Vec<_> = got.iter().map(|r| r.at).collect();
     // Burst = one second's worth (5); one more allowed for arrival jitter at a window edge.
-    for (i, t) in times.iter().enumerate() {
-        let in_window = times[i..]
-            .iter()
-            .take_while(|u| **u - *t < Duration::from_secs(1))
-            .count();
-        assert!(
-            in_window <= 6,
-            "{in_window} requests within one second starting at #{i}"
-        );
-    }
+    let times = at_most_per_second(&got, 6);
     let span = *times.last().unwrap() - times[0];
     assert!(
         span >= Duration::from_millis(5000),
@@ -598,17 +604,7 @@ fn an_endpoint_enabled_again_starts_at_its_rate_not_with_a_saved_burst() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(srv.post("/v1/endpoints/paced/enable").0, 200);
     let got = rx.wait_for(20, Duration::from_secs(20));
-    let times: Vec<_> = got.iter().map(|r| r.at).collect();
-    for (i, t) in times.iter().enumerate() {
-        let in_window = times[i..]
-            .iter()
-            .take_while(|u| **u - *t < Duration::from_secs(1))
-            .count();
-        assert!(
-            in_window <= 6,
-            "{in_window} requests within one second starting at #{i}"
-        );
-    }
+    at_most_per_second(&got, 6);
 }
 
 #[test]
@@ -641,15 +637,5 @@ fn max_rps_counts_a_request_sent_again_after_its_connection_broke() {
         "most attempts were sent twice: {}",
         got.len()
     );
-    let times: Vec<_> = got.iter().map(|r| r.at).collect();
-    for (i, t) in times.iter().enumerate() {
-        let in_window = times[i..]
-            .iter()
-            .take_while(|u| **u - *t < Duration::from_secs(1))
-            .count();
-        assert!(
-            in_window <= 6,
-            "{in_window} requests within one second starting at #{i}"
-        );
-    }
+    at_most_per_second(&got, 6);
 }
