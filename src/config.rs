@@ -261,7 +261,7 @@ pub struct EndpointConfig {
 
 impl EndpointConfig {
     /// A copy with the secrets replaced by [`REDACTED`]: `signing_secret` and the values
-    /// of `Authorization`-like headers ([`is_secret_header`]).
+    /// of secret headers (`Authorization`, `X-Api-Key` …: [`is_secret_header`]).
     pub fn redacted(&self) -> EndpointConfig {
         let mut cfg = self.clone();
         if cfg.signing_secret.is_some() {

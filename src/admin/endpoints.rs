@@ -2,7 +2,7 @@
 //! recover.
 //!
 //! An endpoint reads as its config keys (the `[[endpoint]]` table as JSON, with
-//! `signing_secret` and `Authorization` header values redacted) plus its live state from
+//! `signing_secret` and secret header values redacted) plus its live state from
 //! the store (`enabled`, `disabled_reason`, `consecutive_failures`, `source`) and its
 //! owning worker's counters since start. A create or replace body is the same keys as
 //! JSON, read straight from the bytes (so `headers` keep the body's order, and a bad

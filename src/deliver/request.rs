@@ -153,12 +153,74 @@ pub fn sign(keys: &[Vec<u8>], id: &str, ts: &str, body: &[u8], out: &mut String)
     }
 }
 
-/// Header names whose values the attempt log never keeps.
-pub const SECRET_HEADERS: [&str; 2] = ["authorization", "proxy-authorization"];
-
-/// Whether a header's value is a secret ([`SECRET_HEADERS`], by name in any case).
+/// Whether a header's value is a secret, so the attempt log, an endpoint's definition
+/// as read back and a template error never show it. By the name, in any case:
+/// `Authorization`, `Proxy-Authorization`, `Cookie`, and any name with a word that
+/// says "credential" ([`is_secret_name`]: `X-Api-Key`, `X-Auth-Token`, `Api-Secret`,
+/// `X-Signature` …). `Idempotency-Key` is the one `…-Key` that is not.
 pub fn is_secret_header(name: &str) -> bool {
-    SECRET_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h))
+    !name.eq_ignore_ascii_case("idempotency-key") && is_secret_name(name)
+}
+
+/// Words that make a header or query parameter name a credential's: a name is split at
+/// `-`, `_`, `.` and lower-to-upper case changes (`apiKey` is `api`, `key`).
+const SECRET_WORDS: [&str; 16] = [
+    "auth",
+    "authorization",
+    "bearer",
+    "cookie",
+    "credential",
+    "credentials",
+    "jwt",
+    "key",
+    "pass",
+    "passphrase",
+    "pwd",
+    "session",
+    "sig",
+    "signature",
+    "apikey",
+    "private",
+];
+
+/// Parts of a word that make it a credential's wherever they stand (`accesstoken`,
+/// `clientsecret`, `x-password`).
+const SECRET_PARTS: [&str; 3] = ["token", "secret", "passw"];
+
+/// Whether `name` (a header's or a query parameter's) names a credential: one of its
+/// words is in [`SECRET_WORDS`] or holds one of [`SECRET_PARTS`].
+pub fn is_secret_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    let mut start = 0;
+    for i in 0..=b.len() {
+        let boundary = i == b.len()
+            || !b[i].is_ascii_alphanumeric()
+            || (i > start && b[i].is_ascii_uppercase() && b[i - 1].is_ascii_lowercase());
+        if !boundary {
+            continue;
+        }
+        if i > start && is_secret_word(&b[start..i]) {
+            return true;
+        }
+        start = if i < b.len() && b[i].is_ascii_alphanumeric() {
+            i
+        } else {
+            i + 1
+        };
+    }
+    false
+}
+
+fn is_secret_word(word: &[u8]) -> bool {
+    SECRET_WORDS
+        .iter()
+        .any(|w| word.eq_ignore_ascii_case(w.as_bytes()))
+        || SECRET_PARTS.iter().any(|p| contains_ci(word, p.as_bytes()))
+}
+
+fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// What the attempt log keeps of the request [`build`] made last with `s`: the
@@ -203,23 +265,127 @@ pub fn request_line(spec: &EndpointSpec, target: &Target) -> std::sync::Arc<str>
     request_line_of(spec.cfg.method, target).into()
 }
 
-/// `METHOD scheme://host/path?query`.
+/// `METHOD scheme://host/path?query`, the values of the query's credentials
+/// ([`is_secret_name`]: `?token=…`, `?api_key=…`) replaced by [`REDACTED`].
 pub fn request_line_of(method: Method, target: &Target) -> String {
     let scheme = match target.scheme {
         crate::deliver::http1::Scheme::Http => "http",
         crate::deliver::http1::Scheme::Https => "https",
     };
-    format!(
-        "{} {scheme}://{}{}",
-        method.as_str(),
-        target.host_header,
-        target.path_and_query
-    )
+    let mut line = format!("{} {scheme}://{}", method.as_str(), target.host_header);
+    push_redacted_target(&mut line, &target.path_and_query);
+    line
+}
+
+/// Appends `path?query` to `out` with the values of secret query parameters redacted.
+fn push_redacted_target(out: &mut String, path_and_query: &str) {
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        out.push_str(path_and_query);
+        return;
+    };
+    out.push_str(path);
+    out.push('?');
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((name, value)) if !value.is_empty() && is_secret_name(&percent_decoded(name)) => {
+                out.push_str(name);
+                out.push('=');
+                out.push_str(REDACTED);
+            }
+            _ => out.push_str(pair),
+        }
+    }
+}
+
+/// A query parameter's name with `%XX` escapes and `+` decoded (as far as they make
+/// UTF-8; the rest is kept as written), so `api%5Fkey` is judged as `api_key`.
+fn percent_decoded(name: &str) -> std::borrow::Cow<'_, str> {
+    if !name.contains(['%', '+']) {
+        return name.into();
+    }
+    let b = name.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let escaped = match b.get(i + 1..i + 3) {
+            Some(&[h, l]) if b[i] == b'%' => hex(h).zip(hex(l)).map(|(h, l)| (h * 16 + l) as u8),
+            _ => None,
+        };
+        match escaped {
+            Some(c) => {
+                out.push(c);
+                i += 3;
+            }
+            None => {
+                out.push(if b[i] == b'+' { b' ' } else { b[i] });
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned().into()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_header_names() {
+        for name in [
+            "Authorization",
+            "proxy-authorization",
+            "Cookie",
+            "X-Api-Key",
+            "x_api_key",
+            "ApiKey",
+            "X-Auth-Token",
+            "X-Access-Token",
+            "X-Client-Secret",
+            "X-Signature",
+            "X-Password",
+            "Private-Token",
+            "SessionId",
+        ] {
+            assert!(is_secret_header(name), "{name} is a secret's name");
+        }
+        for name in [
+            "Idempotency-Key",
+            "X-Partner",
+            "X-Author",
+            "X-Keyword",
+            "Monkey",
+            "Content-Language",
+            "X-Event-Type",
+            "X-Passenger",
+        ] {
+            assert!(!is_secret_header(name), "{name} is not a secret's name");
+        }
+    }
+
+    #[test]
+    fn the_request_line_redacts_the_query_s_credentials_only() {
+        let line = |url: &str| {
+            let t = crate::deliver::http1::parse_url(url.as_bytes()).unwrap();
+            request_line_of(Method::Post, &t)
+        };
+        assert_eq!(
+            line("http://h:8080/pb?clickid=C1&token=s3cr3t&amount=9.5&apiKey=k&sid=7"),
+            "POST http://h:8080/pb?clickid=C1&token=[redacted]&amount=9.5&apiKey=[redacted]&sid=7"
+        );
+        assert_eq!(
+            line("https://h/pb?api%5Fkey=k&access_token=t&sig=abc&flag&token="),
+            "POST https://h/pb?api%5Fkey=[redacted]&access_token=[redacted]&sig=[redacted]&flag&token="
+        );
+        assert_eq!(line("http://h/a/b"), "POST http://h/a/b");
+        assert_eq!(
+            line("http://h/?author=x&keyword=y"),
+            "POST http://h/?author=x&keyword=y"
+        );
+    }
 
     #[test]
     fn standard_webhooks_test_vector() {

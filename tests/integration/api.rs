@@ -912,8 +912,8 @@ fn webhook_log_filters_pages_and_keeps_redacted_requests() {
         endpoint(
             "good",
             r#"["a", "b"]"#,
-            &good.url("/good?src=log"),
-            r#"headers = { Authorization = "Bearer topsecret", "X-Partner" = "p-{n}" }
+            &good.url("/good?src=log&token=t0p"),
+            r#"headers = { Authorization = "Bearer topsecret", "X-Partner" = "p-{n}", "X-Api-Key" = "k3y" }
 signing_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw""#,
         ),
         endpoint("bad", r#"["a"]"#, &bad.url("/bad"), "retry = \"none\""),
@@ -1088,6 +1088,8 @@ signing_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw""#,
         .find(|r| r.header("webhook-id") == Some("log-00"))
         .unwrap();
     assert_eq!(sent.header("Authorization"), Some("Bearer topsecret"));
+    assert_eq!(sent.header("X-Api-Key"), Some("k3y"));
+    assert_eq!(sent.path, "/good?src=log&token=t0p");
     assert!(sent
         .header("webhook-signature")
         .is_some_and(|s| s.starts_with("v1,")));
@@ -1099,7 +1101,7 @@ signing_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw""#,
         .unwrap();
     let req = &gd["attempts"][0]["request"];
     assert_eq!(req["method"], "POST");
-    assert_eq!(req["url"], good.url("/good?src=log"));
+    assert_eq!(req["url"], good.url("/good?src=log&token=[redacted]"));
     let h = &req["headers"];
     for name in [
         "Host",
@@ -1115,8 +1117,12 @@ signing_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw""#,
     assert!(hdr(h, "User-Agent").unwrap().starts_with("ricochet/"));
     assert_eq!(hdr(h, "X-Partner"), Some("p-0"));
     assert_eq!(hdr(h, "Authorization"), Some("[redacted]"));
+    assert_eq!(hdr(h, "X-Api-Key"), Some("[redacted]"));
     assert_eq!(hdr(h, "webhook-signature"), Some("[redacted]"));
     assert_excerpt(&req["body"], &sent.body);
+    let def = srv.get("/v1/endpoints/good").1;
+    assert_eq!(def["headers"]["X-Api-Key"], "[redacted]", "{def}");
+    assert_eq!(def["headers"]["X-Partner"], "p-{n}", "{def}");
     let bd = d0["deliveries"]
         .as_array()
         .unwrap()
