@@ -2,13 +2,14 @@
 //! managed live, the webhook log, replay and recover.
 //!
 //! Runs on its own threads with blocking sockets (one per connection, at most
-//! [`MAX_CONNS`]) and reads the store directly, so it never slows a worker. Everything
-//! that changes state goes through the committer's mailbox and is answered over a
-//! channel once durable: an ingested event (a one-event batch), an endpoint created,
-//! replaced or deleted, a replay. Metrics are snapshots the workers and the committer
-//! send back when asked; a test delivery is one attempt made by the endpoint's worker.
-//! The compiled endpoints are read from the [`Registry`] the committer keeps. Binds
-//! loopback by default; with `admin_token` every `/v1` call needs
+//! [`MAX_CONNS`]: one more closes the connection idle longest, and a request must arrive
+//! within 10 s of its first byte) and reads the store directly, so it never slows a
+//! worker. Everything that changes state goes through the committer's mailbox and is
+//! answered over a channel once durable: an ingested event (a one-event batch), an
+//! endpoint created, replaced or deleted, a replay. Metrics are snapshots the workers and
+//! the committer send back when asked; a test delivery is one attempt made by the
+//! endpoint's worker. The compiled endpoints are read from the [`Registry`] the committer
+//! keeps. Binds loopback by default; with `admin_token` every `/v1` call needs
 //! `Authorization: Bearer <token>` (the scheme in any case, the token compared in
 //! constant time), while `/health` (GET, HEAD) and `/metrics` stay open. Web pages may
 //! not drive it: a request with an `Origin` header (which browsers send with any
@@ -28,11 +29,12 @@ mod events;
 mod metrics;
 mod samples;
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
@@ -45,10 +47,14 @@ use crate::worker::WorkerMsg;
 const MAX_HEAD: usize = 16 * 1024;
 /// Largest request body (1 MiB).
 pub const MAX_BODY: usize = 1 << 20;
-/// Connections served at once; more are answered 503 and closed.
+/// Connections served at once. One more closes the connection idle longest (waiting for
+/// its first or next request) to take its place; with none idle it is answered 503.
 pub const MAX_CONNS: usize = 64;
-/// How long an idle keep-alive connection (or a stalled request) is kept.
+/// How long a connection waits for its first or next request.
 const IDLE: Duration = Duration::from_secs(30);
+/// How long one request may take to arrive, from its first byte to its last: a request
+/// trickled in slower (slowloris) is answered 408 and its connection closed.
+const REQUEST_TIME: Duration = Duration::from_secs(10);
 /// How long the remains of a rejected body are read and dropped before closing.
 const DISCARD_WAIT: Duration = Duration::from_secs(2);
 
@@ -83,6 +89,52 @@ struct Admin {
     max_line_bytes: usize,
     counts: HttpCounts,
     conns: AtomicUsize,
+    idle: IdleConns,
+}
+
+/// The connections waiting for their first or next request, oldest first, each as a
+/// second handle on its socket: a new connection that finds every slot taken shuts the
+/// oldest down (its thread's read then ends) and takes its place.
+#[derive(Default)]
+struct IdleConns {
+    inner: Mutex<(u64, VecDeque<(u64, TcpStream)>)>,
+}
+
+impl IdleConns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, VecDeque<(u64, TcpStream)>)> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Enters `conn` as idle; its ticket, or `None` if no second handle could be made
+    /// (it then cannot be evicted).
+    fn park(&self, conn: &TcpStream) -> Option<u64> {
+        let handle = conn.try_clone().ok()?;
+        let mut g = self.lock();
+        g.0 += 1;
+        let ticket = g.0;
+        g.1.push_back((ticket, handle));
+        Some(ticket)
+    }
+
+    /// Takes the connection out of the idle list; false if it was evicted meanwhile.
+    fn unpark(&self, ticket: Option<u64>) -> bool {
+        let Some(ticket) = ticket else { return true };
+        let mut g = self.lock();
+        let Some(i) = g.1.iter().position(|(t, _)| *t == ticket) else {
+            return false;
+        };
+        g.1.remove(i);
+        true
+    }
+
+    /// Shuts down the connection idle longest; false if none is idle.
+    fn evict_oldest(&self) -> bool {
+        let oldest = self.lock().1.pop_front();
+        oldest.is_some_and(|(_, c)| {
+            let _ = c.shutdown(Shutdown::Both);
+            true
+        })
+    }
 }
 
 /// Binds `setup.addr` and serves the API in the background; returns the bound address.
@@ -99,13 +151,16 @@ pub fn start(setup: AdminSetup) -> std::io::Result<SocketAddr> {
         max_line_bytes: setup.max_line_bytes,
         counts: HttpCounts::default(),
         conns: AtomicUsize::new(0),
+        idle: IdleConns::default(),
     });
     std::thread::Builder::new()
         .name("ricochet-admin".into())
         .spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
-                if admin.conns.fetch_add(1, Ordering::AcqRel) >= MAX_CONNS {
+                if admin.conns.fetch_add(1, Ordering::AcqRel) >= MAX_CONNS
+                    && !admin.idle.evict_oldest()
+                {
                     admin.conns.fetch_sub(1, Ordering::AcqRel);
                     let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
                     let busy = error(503, "too many admin connections");
@@ -219,11 +274,25 @@ fn bearer_token(auth: &str) -> Option<&str> {
 
 impl Admin {
     fn serve(&self, mut conn: TcpStream) {
-        let _ = conn.set_read_timeout(Some(IDLE));
         let _ = conn.set_write_timeout(Some(IDLE));
         let mut buf = Vec::with_capacity(4096);
+        let mut chunk = [0u8; 8192];
         loop {
-            let req = match read_request(&mut conn, &mut buf) {
+            if buf.is_empty() {
+                // Idle until the next request's first bytes: evictable meanwhile.
+                let ticket = self.idle.park(&conn);
+                let _ = conn.set_read_timeout(Some(IDLE));
+                let read = conn.read(&mut chunk);
+                if !self.idle.unpark(ticket) {
+                    return;
+                }
+                match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let deadline = Instant::now() + REQUEST_TIME;
+            let req = match read_request(&mut conn, &mut buf, deadline) {
                 Ok(Some(r)) => r,
                 Ok(None) => return,
                 Err(Reject { resp, discard }) => {
@@ -314,7 +383,13 @@ impl Admin {
 
 /// Reads one request into `buf` (which keeps any bytes of the next one). `Ok(None)` when
 /// the peer closed (or went idle) between requests.
-fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<Request>, Reject> {
+/// Reads one request into `buf` (which may hold its first bytes, or more) by `deadline`.
+/// `Ok(None)`: the peer closed or failed before a whole request.
+fn read_request(
+    conn: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+) -> Result<Option<Request>, Reject> {
     let reject = |status, msg: &str| Reject {
         resp: error(status, msg),
         discard: 0,
@@ -386,9 +461,9 @@ fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<Reques
             }
             Err(_) => return Err(reject(400, "malformed request")),
         }
-        match conn.read(&mut chunk) {
-            Ok(0) | Err(_) => return Ok(None),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        match read_by(conn, &mut chunk, deadline)? {
+            None => return Ok(None),
+            Some(n) => buf.extend_from_slice(&chunk[..n]),
         }
     };
     if content_length > MAX_BODY {
@@ -410,9 +485,9 @@ fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<Reques
         }
     }
     while buf.len() < total {
-        match conn.read(&mut chunk) {
-            Ok(0) | Err(_) => return Ok(None),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        match read_by(conn, &mut chunk, deadline)? {
+            None => return Ok(None),
+            Some(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
     req.body = buf[head_len..total].to_vec();
@@ -420,13 +495,46 @@ fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<Reques
     Ok(Some(req))
 }
 
+/// One read that gives up at `deadline` with a 408; `None` when the peer closed or failed.
+fn read_by(
+    conn: &mut TcpStream,
+    chunk: &mut [u8],
+    deadline: Instant,
+) -> Result<Option<usize>, Reject> {
+    let too_slow = || Reject {
+        resp: error(
+            408,
+            format!("request not complete within {} s", REQUEST_TIME.as_secs()),
+        ),
+        discard: 0,
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(too_slow());
+    }
+    let _ = conn.set_read_timeout(Some(left));
+    match conn.read(chunk) {
+        Ok(0) => Ok(None),
+        Ok(n) => Ok(Some(n)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Err(too_slow())
+        }
+        Err(_) => Ok(None),
+    }
+}
+
 /// Reads and drops up to `n` bytes of a rejected body (bounded in time), so the client
 /// gets to read the answer instead of a connection reset.
 fn discard_body(conn: &mut TcpStream, mut n: usize) {
     let _ = conn.set_read_timeout(Some(DISCARD_WAIT));
-    let deadline = std::time::Instant::now() + DISCARD_WAIT;
+    let deadline = Instant::now() + DISCARD_WAIT;
     let mut chunk = [0u8; 16 * 1024];
-    while n > 0 && std::time::Instant::now() < deadline {
+    while n > 0 && Instant::now() < deadline {
         match conn.read(&mut chunk) {
             Ok(0) | Err(_) => break,
             Ok(k) => n = n.saturating_sub(k),
@@ -665,7 +773,7 @@ mod tests {
         });
         let (mut s, _) = l.accept().unwrap();
         let mut buf = Vec::new();
-        let r = read_request(&mut s, &mut buf);
+        let r = read_request(&mut s, &mut buf, Instant::now() + Duration::from_secs(5));
         drop(s);
         client.join().unwrap();
         match r {
@@ -673,6 +781,62 @@ mod tests {
             Ok(None) => Ok(None),
             Err(rej) => Err(rej.resp.status),
         }
+    }
+
+    #[test]
+    fn a_request_trickled_in_past_its_deadline_is_answered_408() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (done, stop) = std::sync::mpsc::channel::<()>();
+        // A byte every 20 ms: each read finds one, the request is never complete.
+        let client = std::thread::spawn(move || {
+            let mut c = TcpStream::connect(addr).unwrap();
+            for b in b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: "
+                .iter()
+                .cycle()
+            {
+                if c.write_all(&[*b]).is_err()
+                    || stop.recv_timeout(Duration::from_millis(20)).is_ok()
+                {
+                    return;
+                }
+            }
+        });
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = Vec::new();
+        let start = Instant::now();
+        let r = read_request(&mut s, &mut buf, start + Duration::from_millis(300));
+        let waited = start.elapsed();
+        done.send(()).unwrap();
+        client.join().unwrap();
+        assert_eq!(r.err().map(|r| r.resp.status), Some(408));
+        assert!(waited >= Duration::from_millis(300), "{waited:?}");
+        assert!(buf.len() > 1, "the bytes trickled in: {}", buf.len());
+    }
+
+    #[test]
+    fn the_connection_idle_longest_is_evicted_first() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let pair = || {
+            let c = TcpStream::connect(addr).unwrap();
+            (c, l.accept().unwrap().0)
+        };
+        let idle = IdleConns::default();
+        let (mut c1, s1) = pair();
+        let (_c2, s2) = pair();
+        let (_c3, s3) = pair();
+        let t1 = idle.park(&s1);
+        let t2 = idle.park(&s2);
+        let t3 = idle.park(&s3);
+        assert!(idle.unpark(t2), "a request came on the second");
+        assert!(idle.evict_oldest());
+        assert!(!idle.unpark(t1), "the first was evicted");
+        let mut b = [0u8; 1];
+        assert_eq!(c1.read(&mut b).unwrap(), 0, "its client sees the close");
+        assert!(idle.evict_oldest());
+        assert!(!idle.unpark(t3));
+        assert!(!idle.evict_oldest(), "none idle");
     }
 
     #[test]

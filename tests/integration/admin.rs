@@ -680,3 +680,30 @@ fn web_pages_cannot_drive_the_admin_api() {
     let post = post.replace("Origin: http://attacker.example\r\n", "");
     assert_eq!(status(&post, ep), 201);
 }
+
+#[test]
+fn a_new_connection_takes_the_slot_of_the_one_idle_longest_when_all_are_taken() {
+    let srv = TestServer::start("");
+    let max = ricochet::admin::MAX_CONNS;
+    // Every slot taken by a keep-alive connection that made one call and waits.
+    let mut held: Vec<Http> = (0..max)
+        .map(|_| {
+            let mut h = Http::connect(srv.admin);
+            assert_eq!(h.send("GET", "/health", &[], b"").status, 200);
+            h
+        })
+        .collect();
+    // The first connection calls again: it is now the most recently busy.
+    assert_eq!(held[0].send("GET", "/health", &[], b"").status, 200);
+
+    // One more is served, and the one idle longest (the second) is closed for it.
+    let mut extra = Http::connect(srv.admin);
+    assert_eq!(extra.send("GET", "/health", &[], b"").status, 200);
+    let mut b = [0u8; 1];
+    assert_eq!(held[1].s.read(&mut b).expect("closed, not timed out"), 0);
+
+    // The others still work, on their own connections.
+    assert_eq!(held[0].send("GET", "/health", &[], b"").status, 200);
+    assert_eq!(held[2].send("GET", "/health", &[], b"").status, 200);
+    assert_eq!(extra.send("GET", "/health", &[], b"").status, 200);
+}
