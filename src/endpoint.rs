@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::config::{EndpointConfig, Format, Method};
 use crate::deliver::http1::{parse_url, Target, UrlError};
-use crate::deliver::request::is_secret_header;
+use crate::deliver::request::{is_secret_header, mask_query_secrets};
 use crate::store::EndpointId;
 use crate::template::{BodyFormat, Context, Template, TemplateError};
 
@@ -54,6 +54,17 @@ fn body_format(f: Format) -> BodyFormat {
     }
 }
 
+/// How much of a template its compile error may print.
+#[derive(Clone, Copy)]
+enum Secret {
+    /// All of it.
+    No,
+    /// None of it: the template is a secret (an `Authorization` header's).
+    Whole,
+    /// All but the values of credential-named query parameters (a URL's `?token=…`).
+    QueryValues,
+}
+
 impl EndpointSpec {
     /// Validates and compiles; the first error is returned.
     pub fn compile(id: EndpointId, cfg: EndpointConfig) -> Result<EndpointSpec, EndpointError> {
@@ -72,31 +83,42 @@ impl EndpointSpec {
             .collect();
         let name = cfg.name.clone();
         // `secret`: the template holds a secret, which its error must not print.
-        let mut compile = |field: &str, src: &str, ctx: Context, secret: bool| {
+        let mut compile = |field: &str, src: &str, ctx: Context, secret: Secret| {
             match Template::compile(src, ctx) {
                 Ok(t) => Some(t),
                 Err(source) => {
                     errors.push(EndpointError::Template {
                         endpoint: name.clone(),
                         field: field.to_string(),
-                        source: if secret { source.masked() } else { source },
+                        source: match secret {
+                            Secret::No => source,
+                            Secret::Whole => source.masked(),
+                            Secret::QueryValues => source.masked_with(mask_query_secrets),
+                        },
                     });
                     None
                 }
             }
         };
-        let url = compile("url", &cfg.url, Context::Url, false);
+        let url = compile("url", &cfg.url, Context::Url, Secret::QueryValues);
         let mut headers = Vec::new();
         for (k, v) in &cfg.headers {
-            let secret = is_secret_header(k);
+            let secret = if is_secret_header(k) {
+                Secret::Whole
+            } else {
+                Secret::No
+            };
             if let Some(t) = compile(&format!("headers.{k}"), v, Context::Header, secret) {
                 headers.push((k.clone(), t));
             }
         }
         let body = match (&cfg.body, cfg.method) {
-            (Some(src), m) if m != Method::Get => {
-                compile("body", src, Context::Body(body_format(cfg.format)), false)
-            }
+            (Some(src), m) if m != Method::Get => compile(
+                "body",
+                src,
+                Context::Body(body_format(cfg.format)),
+                Secret::No,
+            ),
             _ => None,
         };
         let mut signing_keys = Vec::new();
@@ -215,5 +237,31 @@ headers = { Authorization = "Bearer s3cr3t-t0ken {Id", X-Trace = "trace-v4lue {I
         );
         let other = text.iter().find(|t| t.contains("headers.X-Trace")).unwrap();
         assert!(other.contains("trace-v4lue {Id"), "{other}");
+    }
+
+    #[test]
+    fn a_url_template_error_does_not_print_its_query_credentials() {
+        let cfg = crate::config::Config::parse(
+            r#"
+[[endpoint]]
+name = "p"
+events = ["t"]
+url = "http://partner.example/pb?token=s3cr3t&oid={OrderId"
+"#,
+            "t",
+        )
+        .unwrap();
+        let err = EndpointSpec::compile(0, cfg.endpoints[0].clone())
+            .err()
+            .expect("the url fails")
+            .to_string();
+        assert!(!err.contains("s3cr3t"), "{err}");
+        assert!(
+            err.ends_with(&format!(
+                "http://partner.example/pb?token=******&oid={{OrderId\n{}^",
+                " ".repeat(43)
+            )),
+            "{err}"
+        );
     }
 }

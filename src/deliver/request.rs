@@ -279,25 +279,49 @@ pub fn request_line_of(method: Method, target: &Target) -> String {
 
 /// Appends `path?query` to `out` with the values of secret query parameters redacted.
 fn push_redacted_target(out: &mut String, path_and_query: &str) {
-    let Some((path, query)) = path_and_query.split_once('?') else {
-        out.push_str(path_and_query);
-        return;
-    };
-    out.push_str(path);
-    out.push('?');
-    for (i, pair) in query.split('&').enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
-        match pair.split_once('=') {
-            Some((name, value)) if !value.is_empty() && is_secret_name(&percent_decoded(name)) => {
-                out.push_str(name);
-                out.push('=');
-                out.push_str(REDACTED);
-            }
-            _ => out.push_str(pair),
-        }
+    let mut kept = 0;
+    for value in secret_query_values(path_and_query) {
+        out.push_str(&path_and_query[kept..value.start]);
+        out.push_str(REDACTED);
+        kept = value.end;
     }
+    out.push_str(&path_and_query[kept..]);
+}
+
+/// A URL template's line with the values of its credential-named query parameters
+/// masked, one `*` per character, so an error's caret keeps its column.
+pub fn mask_query_secrets(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut kept = 0;
+    for value in secret_query_values(line) {
+        out.push_str(&line[kept..value.start]);
+        out.extend(line[value.clone()].chars().map(|_| '*'));
+        kept = value.end;
+    }
+    out.push_str(&line[kept..]);
+    out
+}
+
+/// The byte ranges of the non-empty values, in `url`'s query (after its first `?`), of
+/// the parameters whose names are a credential's ([`is_secret_name`]).
+fn secret_query_values(url: &str) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let query_at = url.find('?').map_or(url.len(), |i| i + 1);
+    url[query_at..]
+        .split('&')
+        .scan(query_at, |at, pair| {
+            let start = *at;
+            *at += pair.len() + 1;
+            Some(match pair.split_once('=') {
+                Some((name, value))
+                    if !value.is_empty() && is_secret_name(&percent_decoded(name)) =>
+                {
+                    let v = start + name.len() + 1;
+                    Some(v..v + value.len())
+                }
+                _ => None,
+            })
+        })
+        .flatten()
 }
 
 /// A query parameter's name with `%XX` escapes and `+` decoded (as far as they make
@@ -385,6 +409,16 @@ mod tests {
             line("http://h/?author=x&keyword=y"),
             "POST http://h/?author=x&keyword=y"
         );
+    }
+
+    #[test]
+    fn a_url_line_s_query_credentials_are_masked_in_place() {
+        assert_eq!(
+            mask_query_secrets("https://h/pb?oid={OrderId}&api_key=s3cr3t&x={Bad"),
+            "https://h/pb?oid={OrderId}&api_key=******&x={Bad"
+        );
+        assert_eq!(mask_query_secrets("https://h/pb/{Id"), "https://h/pb/{Id");
+        assert_eq!(mask_query_secrets("?token=é€&sig="), "?token=**&sig=");
     }
 
     #[test]

@@ -73,13 +73,21 @@ impl TemplateError {
     /// character, tabs kept so the caret still points at the column): for templates that
     /// hold secrets, such as an `Authorization` header's, whose errors are printed and
     /// logged.
-    pub fn masked(mut self) -> TemplateError {
-        if let Some((source, caret)) = self.excerpt.split_once('\n') {
-            let stars: String = source
+    pub fn masked(self) -> TemplateError {
+        self.masked_with(|source| {
+            source
                 .chars()
                 .map(|c| if c == '\t' { '\t' } else { '*' })
-                .collect();
-            self.excerpt = format!("{stars}\n{caret}");
+                .collect()
+        })
+    }
+
+    /// The same error with the source line in its excerpt passed through `mask`, which
+    /// must keep every character's column (so the caret still points at the problem):
+    /// for templates that hold a secret in part, such as a URL's `?token=…`.
+    pub fn masked_with(mut self, mask: impl FnOnce(&str) -> String) -> TemplateError {
+        if let Some((source, caret)) = self.excerpt.split_once('\n') {
+            self.excerpt = format!("{}\n{caret}", mask(source));
         }
         self
     }
