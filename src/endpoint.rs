@@ -82,7 +82,7 @@ impl EndpointSpec {
             .map(EndpointError::Field)
             .collect();
         let name = cfg.name.clone();
-        // `secret`: the template holds a secret, which its error must not print.
+        // `secret`: how much of the template its error may print.
         let mut compile = |field: &str, src: &str, ctx: Context, secret: Secret| {
             match Template::compile(src, ctx) {
                 Ok(t) => Some(t),

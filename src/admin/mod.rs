@@ -381,10 +381,9 @@ impl Admin {
     }
 }
 
-/// Reads one request into `buf` (which keeps any bytes of the next one). `Ok(None)` when
-/// the peer closed (or went idle) between requests.
-/// Reads one request into `buf` (which may hold its first bytes, or more) by `deadline`.
-/// `Ok(None)`: the peer closed or failed before a whole request.
+/// Reads one request into `buf` by `deadline` (`buf` may hold its first bytes already,
+/// and keeps any bytes of the next one). `Ok(None)`: the peer closed or failed before a
+/// whole request.
 fn read_request(
     conn: &mut TcpStream,
     buf: &mut Vec<u8>,
