@@ -1,20 +1,26 @@
 //! Per-endpoint token bucket enforcing `max_rps`.
 //!
 //! Owns: the arithmetic of "may this endpoint get another request now, and if not, when".
-//! Rate `r` tokens per second, burst (capacity) `r` tokens: one second's worth.
+//! Rate `r` tokens per second; a burst (capacity) of two tokens, or of 10 ms worth at
+//! rates over 200/s ([`burst`]). So `max_rps = r` means what it says to a receiver that
+//! counts per second: at most `r + 1` requests in any one-second window (`r`-and-a-bit
+//! above 200/s), never the `2r - 1` a one-second burst allows after an idle second. The
+//! second token absorbs a late wake-up (a sleeping lane wakes on a millisecond timer)
+//! without losing rate.
 //!
 //! Must not: read the clock (callers pass `now_ms` or `now_us`), sleep, lock or allocate.
 //! Queueing and timers for requests that must wait belong to the worker.
 //!
 //! Arithmetic: integers only, so nothing drifts. One token is [`UNIT`] micro-tokens; over
 //! `dt` microseconds the bucket gains `dt * r` micro-tokens (exactly `r` tokens per
-//! second), capped at `r * UNIT`. A take costs `UNIT`.
+//! second), capped at `burst(r)`. A take costs `UNIT`.
 //!
 //! Guarantee (checked by the property test below): if `k` takes succeed at times
 //! `t_1 <= ... <= t_k` (µs), then `k <= floor((C + (t_k - t_1) * r) / UNIT)` where `C` is
-//! the fill at `t_1` (at most `r * UNIT`). Hence in any window `[t, t + 1000 ms)` at most
-//! `r + floor(999 * r / 1000)` (< `2r`) takes succeed with ms timestamps, and over any
-//! span of `T` seconds at most `r * (T + 1)`: the long-run average never exceeds `r`.
+//! the fill at `t_1` (at most `burst(r)`). Hence in any window `[t, t + 1000 ms)` at most
+//! `burst(r) / UNIT + floor(999 * r / 1000)` takes succeed with ms timestamps: `r + 1`
+//! for `r <= 200` (`r` for `r = 1`), and over any span of `T` seconds at most
+//! `r * T + burst(r) / UNIT`: the long-run average never exceeds `r`.
 //! A bucket from [`TokenBucket::new_empty`] starts at `C = 0`, so `T` seconds after its
 //! creation at most `floor(r * T)` takes have succeeded.
 
@@ -24,24 +30,23 @@ pub const UNIT: u64 = 1_000_000;
 /// second adds exactly `r` micro-tokens per microsecond.
 const MICROS_PER_SEC: u64 = 1_000_000;
 
-/// A token bucket: at most `rate` requests per second with a burst of one second's worth.
+/// A token bucket: at most `rate` requests per second, with a burst of [`burst`].
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
     /// Tokens per second; 0 = unlimited.
     rate: u32,
-    /// Fill in micro-tokens, at most `rate * UNIT`, as of `last_us`.
+    /// Fill in micro-tokens, at most [`burst`]`(rate)`, as of `last_us`.
     tokens: u64,
     /// Time of the last refill (µs). Never moves backwards.
     last_us: u64,
 }
 
 impl TokenBucket {
-    /// A full bucket (a burst of `rate` is allowed at once). `rate_per_sec == 0` means
-    /// unlimited.
+    /// A full bucket (a burst is allowed at once). `rate_per_sec == 0` means unlimited.
     pub fn new(rate_per_sec: u32, now_ms: u64) -> Self {
         TokenBucket {
             rate: rate_per_sec,
-            tokens: capacity(rate_per_sec),
+            tokens: burst(rate_per_sec),
             last_us: ms_to_us(now_ms),
         }
     }
@@ -143,10 +148,10 @@ impl TokenBucket {
     pub fn set_rate(&mut self, rate_per_sec: u32, now_ms: u64) {
         let now_us = ms_to_us(now_ms);
         if self.rate == 0 {
-            self.tokens = capacity(rate_per_sec);
+            self.tokens = burst(rate_per_sec);
         } else {
             self.refill(now_us);
-            self.tokens = self.tokens.min(capacity(rate_per_sec));
+            self.tokens = self.tokens.min(burst(rate_per_sec));
         }
         self.last_us = self.last_us.max(now_us);
         self.rate = rate_per_sec;
@@ -154,12 +159,13 @@ impl TokenBucket {
 
     /// Fill at `now_us` without changing the bucket.
     fn tokens_at(&self, now_us: u64) -> u64 {
-        let cap = capacity(self.rate);
+        let cap = burst(self.rate);
         if now_us <= self.last_us || self.tokens >= cap {
             return self.tokens.min(cap);
         }
-        // After one second the bucket is full whatever it held: bound `dt` so the
-        // product cannot overflow (1e6 * u32::MAX < 2^63).
+        // After one second the bucket is full whatever it held (the burst is at most a
+        // second's worth): bound `dt` so the product cannot overflow (1e6 * u32::MAX <
+        // 2^63).
         let dt = (now_us - self.last_us).min(MICROS_PER_SEC);
         (self.tokens + dt * u64::from(self.rate)).min(cap)
     }
@@ -172,8 +178,12 @@ impl TokenBucket {
     }
 }
 
-fn capacity(rate: u32) -> u64 {
-    u64::from(rate) * UNIT
+/// The most a bucket of `rate` holds, in micro-tokens: two tokens, or 10 ms worth when
+/// that is more (over 200/s), so a lane woken by a millisecond timer finds what accrued
+/// meanwhile. At most one second's worth (for `rate` 1: one token).
+pub fn burst(rate: u32) -> u64 {
+    let rate = u64::from(rate);
+    (2 * UNIT).max(rate * UNIT / 100).min(rate.max(1) * UNIT)
 }
 
 fn ms_to_us(ms: u64) -> u64 {
@@ -207,7 +217,7 @@ mod tests {
     fn a_charge_is_paid_from_the_fill_or_delays_the_next_token() {
         // 4/s: a token every 250 ms.
         let mut b = TokenBucket::new(4, 0);
-        assert_eq!((0..4).filter(|_| b.try_take(0)).count(), 4);
+        assert_eq!((0..4).filter(|_| b.try_take(0)).count(), 2);
         b.restart_at(100);
         b.charge(100);
         // Owed one token: the next comes two intervals after the restart.
@@ -217,7 +227,7 @@ mod tests {
         // With a token in hand, the charge takes it.
         let mut full = TokenBucket::new(4, 0);
         full.charge(0);
-        assert_eq!((0..4).filter(|_| full.try_take(0)).count(), 3);
+        assert_eq!((0..4).filter(|_| full.try_take(0)).count(), 1);
         TokenBucket::new(0, 0).charge(5);
     }
 
@@ -234,13 +244,57 @@ mod tests {
     #[test]
     fn burst_then_steady_rate() {
         let mut b = TokenBucket::new(10, 1_000);
-        assert_eq!((0..20).filter(|_| b.try_take(1_000)).count(), 10);
+        assert_eq!((0..20).filter(|_| b.try_take(1_000)).count(), 2);
         assert_eq!(b.next_token_at(1_000), 1_100);
         assert!(!b.try_take(1_099));
         assert!(b.try_take(1_100));
         assert!(!b.try_take(1_100));
         // A long pause refills to the burst, never more.
-        assert_eq!((0..50).filter(|_| b.try_take(100_000)).count(), 10);
+        assert_eq!((0..50).filter(|_| b.try_take(100_000)).count(), 2);
+    }
+
+    #[test]
+    fn the_burst_is_two_tokens_or_ten_milliseconds_worth() {
+        assert_eq!(burst(1), UNIT);
+        assert_eq!(burst(2), 2 * UNIT);
+        assert_eq!(burst(200), 2 * UNIT);
+        assert_eq!(burst(1_000), 10 * UNIT);
+        assert_eq!(burst(50_000), 500 * UNIT);
+    }
+
+    #[test]
+    fn a_second_holds_at_most_the_rate_plus_one() {
+        for rate in [1u32, 2, 5, 50, 200] {
+            // Full at the start, polled every millisecond for 10 s.
+            let mut b = TokenBucket::new(rate, 0);
+            let taken: Vec<u64> = (0..10_000u64).filter(|&ms| b.try_take(ms)).collect();
+            let most = (0..taken.len())
+                .map(|i| {
+                    taken[i..]
+                        .iter()
+                        .take_while(|&&t| t < taken[i] + 1000)
+                        .count()
+                })
+                .max()
+                .unwrap();
+            let bound = if rate == 1 { 1 } else { rate as usize + 1 };
+            assert!(most <= bound, "{most} in a second at {rate}/s");
+        }
+    }
+
+    #[test]
+    fn a_late_wake_up_loses_no_rate() {
+        // A lane that sleeps until the next token and wakes 1 ms late every time.
+        let mut b = TokenBucket::new_empty(200, 0);
+        let mut now = 0;
+        let mut taken = 0;
+        while now < 10_000 {
+            now = b.next_token_at(now) + 1;
+            if b.try_take(now) {
+                taken += 1;
+            }
+        }
+        assert!(taken >= 1_998, "{taken} in 10 s at 200/s");
     }
 
     #[test]
@@ -291,17 +345,15 @@ mod tests {
 
     #[test]
     fn set_rate() {
-        let mut b = TokenBucket::new(100, 0);
-        for _ in 0..100 {
-            assert!(b.try_take(0));
-        }
-        b.set_rate(10, 500); // 50 tokens earned at 100/s, capped to 10
+        let mut b = TokenBucket::new(1_000, 0);
+        assert_eq!((0..100).filter(|_| b.try_take(0)).count(), 10);
+        b.set_rate(10, 500); // 500 tokens earned at 1,000/s, capped to the new burst of 2
         assert_eq!(b.rate(), 10);
-        assert_eq!((0..20).filter(|_| b.try_take(500)).count(), 10);
+        assert_eq!((0..20).filter(|_| b.try_take(500)).count(), 2);
         b.set_rate(0, 600);
         assert!((0..1000).all(|_| b.try_take(600)));
         b.set_rate(5, 700);
-        assert_eq!((0..20).filter(|_| b.try_take(700)).count(), 5);
+        assert_eq!((0..20).filter(|_| b.try_take(700)).count(), 2);
         b.set_rate(1000, 700);
         assert!(!b.try_take(700));
         assert!(b.try_take(701));
@@ -323,8 +375,8 @@ mod tests {
         proptest! {
             /// Checks the guarantee in the module doc: between any two successes at
             /// `t_i <= t_j`, at most `burst + (t_j - t_i) * r` tokens (counting both),
-            /// which bounds every 1-second window by `r + floor(999 r / 1000) < 2r`,
-            /// plus: `next_token_at` is exact.
+            /// which bounds every 1-second window by `burst + floor(999 r / 1000)`:
+            /// `r + 1` up to 200/s, plus: `next_token_at` is exact.
             #[test]
             fn never_exceeds_the_rate(
                 rate in prop_oneof![1u32..5, 1u32..200, Just(1000u32), Just(7u32)],
@@ -354,11 +406,13 @@ mod tests {
                         }
                     }
                 }
-                let initial = if empty { 0 } else { r };
+                let cap = burst(rate) / UNIT;
+                let initial = if empty { 0 } else { cap };
                 for (i, &ti) in successes.iter().enumerate() {
                     // Successes in [ti, ti + 1000).
                     let in_window = successes[i..].iter().take_while(|&&t| t < ti + 1000).count() as u64;
-                    prop_assert!(in_window <= r + 999 * r / 1000, "{} in a second at rate {}", in_window, r);
+                    prop_assert!(in_window <= cap + 999 * r / 1000, "{} in a second at rate {}", in_window, r);
+                    prop_assert!(in_window <= r + 1 || r > 200, "{} in a second at rate {}", in_window, r);
                     prop_assert!(in_window < 2 * r || r == 0);
                     // Everything since creation: initial fill plus what accrued.
                     let since_start = (i + 1) as u64;

@@ -7,21 +7,18 @@
 //! request counts (retries, 5xx and resets included): ricochet's token bucket governs
 //! attempts, not distinct events.
 //!
-//! `limit = max_rps + tolerance`. ricochet's bucket has a burst of one second's worth
-//! (`max_rps`) and starts empty, so a steadily backlogged endpoint gets one request
-//! every `1/max_rps` s and a window holds `max_rps` of them; the default tolerance of 1
-//! absorbs the few ms of jitter (scheduling, loopback, the sink's read batching) that
-//! can slide one more arrival in at a window edge. The bucket's own worst case, after
-//! an idle second has refilled it, is `max_rps + floor(0.999 * max_rps)` = `2 max_rps
-//! - 1` per window: equal to `max_rps + 1` at `max_rps = 2`; for larger rates with idle
-//! gaps set the tolerance to `max_rps - 1` to check exactly that bound.
+//! `limit = max_rps + tolerance`. ricochet's bucket has a burst of two tokens (10 ms
+//! worth above 200/s) and starts empty, so a steadily backlogged endpoint gets one
+//! request every `1/max_rps` s and a window holds `max_rps` of them; the default
+//! tolerance of 1 absorbs the few ms of jitter (scheduling, loopback, the sink's read
+//! batching) that can slide one more arrival in at a window edge. The bucket's own worst
+//! case, after an idle gap has refilled it, is `max_rps + 1` per window up to 200/s.
 //!
 //! A second, finer check replays every endpoint's arrivals through the bucket itself
 //! (GCRA: rate `max_rps`, burst `max_rps`, full at the first arrival, which is lenient
-//! against ricochet's empty start) and counts arrivals that found it empty, allowing
-//! each arrival [`BUCKET_SLACK_US`] of earliness for jitter. It tells a burst the bucket
-//! permits (a refill after an idle gap: up to `2 max_rps` in a closed second) from
-//! traffic no `max_rps` bucket could have sent, over spans of any length.
+//! against ricochet's empty start and its burst of two) and counts arrivals that found
+//! it empty, allowing each arrival [`BUCKET_SLACK_US`] of earliness for jitter. It
+//! tells traffic no `max_rps` bucket could have sent, over spans of any length.
 //!
 //! Both findings are also counted when the second before the offending arrival held a
 //! request that opened a new connection (`*_new_conn`). The bucket paces when ricochet

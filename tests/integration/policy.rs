@@ -33,7 +33,8 @@ fn max_rps_holds_every_one_second_window() {
     let mut c = srv.connect();
     c.send_each_ok("t", "rps", 30);
     let got = rx.wait_for(30, Duration::from_secs(20));
-    // Burst = one second's worth (5); one more allowed for arrival jitter at a window edge.
+    // The bucket starts empty: 5 a second; one more allowed for arrival jitter at a
+    // window edge.
     let times = at_most_per_second(&got, 6);
     let span = *times.last().unwrap() - times[0];
     assert!(
@@ -602,8 +603,37 @@ fn an_endpoint_enabled_again_starts_at_its_rate_not_with_a_saved_burst() {
     // Disabled for longer than the bucket takes to fill (1 s at 5/s): the behaviour
     // under test is what the enable does with that time.
     std::thread::sleep(Duration::from_millis(1500));
+    let enabled_at = std::time::Instant::now();
     assert_eq!(srv.post("/v1/endpoints/paced/enable").0, 200);
     let got = rx.wait_for(20, Duration::from_secs(20));
+    at_most_per_second(&got, 6);
+    // The first request after the enable waits one interval (200 ms) for its token.
+    let first = got
+        .iter()
+        .find(|r| r.at > enabled_at)
+        .expect("requests after the enable");
+    let waited = first.at - enabled_at;
+    assert!(
+        waited >= Duration::from_millis(195),
+        "the first request after the enable came {waited:?} after it"
+    );
+}
+
+#[test]
+fn max_rps_sends_no_burst_after_an_idle_second() {
+    // A receiver that counts per second must not see more than max_rps (+1 for a window
+    // edge) in any second, even after the endpoint was idle long enough to fill its
+    // bucket: the burst is two tokens, not a second's worth.
+    let rx = TestReceiver::start();
+    let srv = TestServer::start(&endpoint("paced", r#"["t"]"#, &rx.url("/"), "max_rps = 5"));
+    let mut c = srv.connect();
+    c.send_each_ok("t", "first", 1);
+    rx.wait_for(1, Duration::from_secs(10));
+    // Idle for longer than a second's worth of tokens takes to accrue: the behaviour
+    // under test is what the bucket does with that time.
+    std::thread::sleep(Duration::from_millis(1500));
+    c.send_each_ok("t", "then", 20);
+    let got = rx.wait_for(21, Duration::from_secs(20));
     at_most_per_second(&got, 6);
 }
 
