@@ -294,7 +294,8 @@ pub enum ReplayResult {
     Scheduled(Vec<EndpointId>),
     /// The event is not in the log (unknown, or past retention).
     NoEvent,
-    /// Nothing to schedule: every targeted delivery is still pending, retrying or paused.
+    /// Nothing to schedule: every targeted delivery is pending, paused, or retrying where
+    /// a replay leaves it (see `replay`).
     Busy,
     Failed(String),
 }
@@ -1570,9 +1571,11 @@ impl State {
         Ok(id)
     }
 
-    /// Schedules deliveries again, now. A delivery is replayed only when it is done
-    /// (delivered, failed or expired): one still pending, retrying or paused is left as
-    /// it is. Its attempts continue in the same log, with the retry schedule afresh.
+    /// Schedules deliveries again, now. A done one (delivered, failed or expired) gets a
+    /// new round of attempts with the retry schedule afresh; a retrying one whose retry
+    /// waits on disk ([`Self::retry_on_disk`]) has it moved to now, its schedule going
+    /// on. Pending and paused ones, a retry a worker holds, and an ordered endpoint's
+    /// retrying head are left as they are. Attempts continue in the same log.
     fn replay(&mut self, targets: Vec<(Seq, Option<EndpointId>)>, now: u64) -> Vec<ReplayResult> {
         let mut batch = self.store.batch();
         let mut results = Vec::with_capacity(targets.len());
@@ -1616,6 +1619,26 @@ impl State {
                         DeliveryState::Delivered
                         | DeliveryState::Failed
                         | DeliveryState::Expired => v.attempts,
+                        DeliveryState::Retrying if info.enabled && !info.ordered => {
+                            // Its retry now, where it waits on disk only; one a worker
+                            // holds (due within the loader's horizon, or in flight) is
+                            // left alone, as is an ordered endpoint's held head.
+                            let Some((old, val)) = self.retry_on_disk(seq, ep, v.attempts) else {
+                                continue;
+                            };
+                            batch.del_due(&self.store, old);
+                            let due = DueKey {
+                                due_ms: now,
+                                seq,
+                                ep,
+                            };
+                            batch.put_due(&self.store, due, val);
+                            if self.hand_now(due) {
+                                jobs.push((info.worker, ep, due, val));
+                            }
+                            scheduled.push(ep);
+                            continue;
+                        }
                         _ => continue,
                     },
                     None if ev.has_route(ep) => continue,
@@ -1786,6 +1809,33 @@ impl State {
             }
         }
         self.flush_jobs();
+    }
+
+    /// The due entry of delivery (`seq`, `ep`) waiting for its retry after attempt
+    /// `attempts`, if it is on disk only (at or above the loader's cursor): the key its
+    /// last attempt scheduled. `None` when that attempt did not leave it retrying there
+    /// (a worker holds it, or an enable moved it to now).
+    fn retry_on_disk(&self, seq: Seq, ep: EndpointId, attempts: u16) -> Option<(DueKey, DueVal)> {
+        let last = self
+            .store
+            .attempts(seq)
+            .ok()?
+            .into_iter()
+            .find(|(e, n, _)| *e == ep && *n == attempts)?
+            .2;
+        if last.state_after != Some(DeliveryState::Retrying) || last.next_due_ms == 0 {
+            return None;
+        }
+        let key = DueKey {
+            due_ms: last.next_due_ms,
+            seq,
+            ep,
+        };
+        if key < self.cursor {
+            return None;
+        }
+        let found = self.store.due_range(key, key.due_ms + 1, 1).ok()?;
+        found.into_iter().next().filter(|(k, _)| *k == key)
     }
 
     /// Whether a delivery written under `k` must go to its worker now because no scan

@@ -242,7 +242,7 @@ impl Admin {
             Some(ReplayResult::NoEvent) => error(404, format!("no event {id:?}")),
             Some(ReplayResult::Busy) => error(
                 409,
-                "nothing to replay: the deliveries are still pending, retrying or paused (or their endpoints are gone)",
+                "nothing to replay: the deliveries are pending, paused, an ordered endpoint's retrying head, or retrying within the second (or their endpoints are gone)",
             ),
             Some(ReplayResult::Failed(msg)) => error(503, msg),
             None => error(500, "no answer for the replay"),

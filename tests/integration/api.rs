@@ -1264,6 +1264,61 @@ fn pagination_is_stable_while_events_keep_arriving() {
 }
 
 #[test]
+fn replay_sends_a_retrying_delivery_now_and_its_schedule_goes_on() {
+    // The first attempt fails and its retry waits an hour; the receiver then recovers.
+    let rx = TestReceiver::with_script(|_, n| Reply::status(if n == 0 { 500 } else { 200 }));
+    let eps = [
+        endpoint(
+            "slow-retry",
+            r#"["t"]"#,
+            &rx.url("/s"),
+            r#"retry = ["1h", "1h"]"#,
+        ),
+        endpoint(
+            "in-order",
+            r#"["o"]"#,
+            &rx.url("/o"),
+            "retry = [\"1h\"]\nordered = true",
+        ),
+    ]
+    .concat();
+    let srv = TestServer::start(&eps);
+    let mut c = srv.connect();
+    assert_eq!(c.send(&event("t", "rt-0", "{}")), "ok rt-0 1");
+    wait_deliveries(&srv, "rt-0", &[("slow-retry", "retrying", 1)]);
+
+    let (status, v) = srv.post("/v1/events/rt-0/replay");
+    assert_eq!(
+        (status, v),
+        (202, json!({"id": "rt-0", "scheduled": ["slow-retry"]}))
+    );
+    let e = wait_deliveries(&srv, "rt-0", &[("slow-retry", "delivered", 2)]);
+    let attempts = &e["deliveries"][0]["attempts"];
+    assert_eq!(attempts[0]["status_code"], 500);
+    assert_eq!(attempts[1]["status_code"], 200);
+    assert_eq!(rx.ids()["rt-0"], 2);
+
+    // A replayed retry that fails again goes on with the schedule's next wait.
+    rx.set_script(|_, _| Reply::status(500));
+    assert_eq!(c.send(&event("t", "rt-1", "{}")), "ok rt-1 1");
+    wait_deliveries(&srv, "rt-1", &[("slow-retry", "retrying", 1)]);
+    assert_eq!(srv.post("/v1/events/rt-1/replay").0, 202);
+    let e = wait_deliveries(&srv, "rt-1", &[("slow-retry", "retrying", 2)]);
+    let second = &e["deliveries"][0]["attempts"][1];
+    assert_eq!(second["state_after"], "retrying", "{second}");
+    assert!(!second["next_attempt_at"].is_null(), "{second}");
+    // Its last retry was spent: a failure now would be final, so it is `failed`.
+    assert_eq!(srv.post("/v1/events/rt-1/replay").0, 202);
+    wait_deliveries(&srv, "rt-1", &[("slow-retry", "failed", 3)]);
+
+    // An ordered endpoint's retrying head keeps its place: not replayed.
+    assert_eq!(c.send(&event("o", "ord-0", "{}")), "ok ord-0 1");
+    wait_deliveries(&srv, "ord-0", &[("in-order", "retrying", 1)]);
+    let (status, v) = srv.post("/v1/events/ord-0/replay");
+    assert_eq!(status, 409, "{v}");
+}
+
+#[test]
 fn replay_and_recover_redeliver_failed_deliveries() {
     let rx = TestReceiver::with_script(|r, _| {
         if r.path.starts_with("/f") {
