@@ -1632,10 +1632,7 @@ impl State {
                                 seq,
                                 ep,
                             };
-                            batch.put_due(&self.store, due, val);
-                            if self.hand_now(due) {
-                                jobs.push((info.worker, ep, due, val));
-                            }
+                            self.put_due_now(&mut batch, &mut jobs, info.worker, due, val);
                             scheduled.push(ep);
                             continue;
                         }
@@ -1664,10 +1661,7 @@ impl State {
                         seq,
                         ep,
                     };
-                    batch.put_due(&self.store, due, val);
-                    if self.hand_now(due) {
-                        jobs.push((info.worker, ep, due, val));
-                    }
+                    self.put_due_now(&mut batch, &mut jobs, info.worker, due, val);
                 } else {
                     batch.pause(&self.store, ep, seq, val);
                     delta.paused += 1;
@@ -1809,6 +1803,22 @@ impl State {
             }
         }
         self.flush_jobs();
+    }
+
+    /// Writes a replayed delivery's `due` entry, and queues it for its worker when no
+    /// scan will pick it up ([`Self::hand_now`]).
+    fn put_due_now(
+        &self,
+        batch: &mut store::Batch,
+        jobs: &mut Vec<(usize, EndpointId, DueKey, DueVal)>,
+        worker: usize,
+        due: DueKey,
+        val: DueVal,
+    ) {
+        batch.put_due(&self.store, due, val);
+        if self.hand_now(due) {
+            jobs.push((worker, due.ep, due, val));
+        }
     }
 
     /// The due entry of delivery (`seq`, `ep`) waiting for its retry after attempt
