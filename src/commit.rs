@@ -1844,7 +1844,10 @@ impl State {
         if key < self.cursor {
             return None;
         }
-        let found = self.store.due_range(key, key.due_ms + 1, 1).ok()?;
+        let found = self
+            .store
+            .due_range(key, key.due_ms.saturating_add(1), 1)
+            .ok()?;
         found.into_iter().next().filter(|(k, _)| *k == key)
     }
 
