@@ -59,6 +59,7 @@ fn bench(c: &mut Criterion) {
             min_delay_ms: 0,
             enabled: true,
             ordered: false,
+            holds_retries: false,
             meta: EndpointMeta::default(),
         })
         .collect();

@@ -315,6 +315,11 @@ pub struct RouteInfo {
     pub min_delay_ms: u64,
     pub enabled: bool,
     pub ordered: bool,
+    /// Its worker may hold a retry whose `due` key is still on disk: the endpoint is
+    /// `ordered` (the head's retry stays in its queue), or was since this process
+    /// started (a `PUT` to `ordered = false` moves that retry into the FIFO queue). A
+    /// replay then leaves its retries alone.
+    pub holds_retries: bool,
     pub meta: EndpointMeta,
 }
 
@@ -1484,11 +1489,11 @@ impl State {
         let created = !self.router.eps.contains_key(&id);
         let now_enabled = !meta.is_disabled();
         // A replaced endpoint changes state below, through the usual paths.
-        let (enabled, route_meta) = if created {
-            (now_enabled, meta.clone())
+        let (enabled, route_meta, held) = if created {
+            (now_enabled, meta.clone(), false)
         } else {
             let old = &self.router.eps[&id];
-            (old.enabled, old.meta.clone())
+            (old.enabled, old.meta.clone(), old.holds_retries)
         };
         self.router.eps.insert(
             id,
@@ -1501,6 +1506,7 @@ impl State {
                 min_delay_ms: spec.cfg.min_delay.as_millis() as u64,
                 enabled,
                 ordered: spec.cfg.ordered,
+                holds_retries: spec.cfg.ordered || held,
                 meta: EndpointMeta {
                     source: EndpointSource::Api,
                     hold: meta.hold,
@@ -1619,7 +1625,7 @@ impl State {
                         DeliveryState::Delivered
                         | DeliveryState::Failed
                         | DeliveryState::Expired => v.attempts,
-                        DeliveryState::Retrying if info.enabled && !info.ordered => {
+                        DeliveryState::Retrying if info.enabled && !info.holds_retries => {
                             // Its retry now, where it waits on disk only; one a worker
                             // holds (due within the loader's horizon, or in flight) is
                             // left alone, as is an ordered endpoint's held head.
@@ -2130,6 +2136,7 @@ mod tests {
             account: account.map(str::to_string),
             min_delay_ms: 0,
             ordered: false,
+            holds_retries: false,
             enabled: true,
             meta: EndpointMeta::default(),
         }

@@ -179,11 +179,12 @@ impl TokenBucket {
 }
 
 /// The most a bucket of `rate` holds, in micro-tokens: two tokens, or 10 ms worth when
-/// that is more (over 200/s), so a lane woken by a millisecond timer finds what accrued
-/// meanwhile. At most one second's worth (for `rate` 1: one token).
+/// that is more (over 200/s, in whole tokens), so a lane woken by a millisecond timer
+/// finds what accrued meanwhile. At most one second's worth (for `rate` 1: one token).
+/// Whole tokens keep the window bound exact: a fraction would add to the accrual's.
 pub fn burst(rate: u32) -> u64 {
     let rate = u64::from(rate);
-    (2 * UNIT).max(rate * UNIT / 100).min(rate.max(1) * UNIT)
+    (rate / 100).max(2).min(rate.max(1)) * UNIT
 }
 
 fn ms_to_us(ms: u64) -> u64 {
@@ -260,6 +261,8 @@ mod tests {
         assert_eq!(burst(200), 2 * UNIT);
         assert_eq!(burst(1_000), 10 * UNIT);
         assert_eq!(burst(50_000), 500 * UNIT);
+        assert_eq!(burst(250), 2 * UNIT);
+        assert_eq!(burst(350), 3 * UNIT);
     }
 
     #[test]
@@ -379,7 +382,7 @@ mod tests {
             /// `r + 1` up to 200/s, plus: `next_token_at` is exact.
             #[test]
             fn never_exceeds_the_rate(
-                rate in prop_oneof![1u32..5, 1u32..200, Just(1000u32), Just(7u32)],
+                rate in prop_oneof![1u32..5, 1u32..200, 201u32..2_000, Just(1000u32), Just(7u32)],
                 empty in any::<bool>(),
                 start in 0u64..10_000,
                 steps in prop::collection::vec((0u64..400, 1usize..30), 1..200),

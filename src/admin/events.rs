@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::{await_reply, error, json_response, rfc3339, Admin, Params, Response};
 use crate::commit::{AckResult, AckTo, CommitMsg, IngestBatch, ReplayResult};
-use crate::deliver::request::{REDACTED, USER_AGENT};
+use crate::deliver::request::{is_secret_header, redact_query, REDACTED, USER_AGENT};
 use crate::ingest::parse::LineParser;
 use crate::store::{
     seq_time_ms, AttemptRecord, DeliveryState, DeliveryView, EndpointId, EventQuery, EventRecord,
@@ -311,7 +311,14 @@ pub(super) fn attempt_json(event_id: &str, n: u16, a: &AttemptRecord, data: &[u8
         if a.request.signed {
             headers.insert("webhook-signature".into(), json!(REDACTED));
         }
+        // Redacted again as they are read: a record written before a header's name
+        // counted as a secret keeps its value.
         for (k, v) in &a.request.headers {
+            let v = if is_secret_header(k) {
+                REDACTED
+            } else {
+                v.as_str()
+            };
             headers.insert(k.clone(), json!(v));
         }
     }
@@ -332,7 +339,7 @@ pub(super) fn attempt_json(event_id: &str, n: u16, a: &AttemptRecord, data: &[u8
         "next_attempt_at": (a.next_due_ms != 0).then(|| rfc3339(a.next_due_ms)),
         "request": {
             "method": method,
-            "url": url,
+            "url": redact_query(url),
             "headers": headers,
             "body": String::from_utf8_lossy(body),
             "body_length": a.request.body_len,

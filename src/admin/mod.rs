@@ -2,8 +2,8 @@
 //! managed live, the webhook log, replay and recover.
 //!
 //! Runs on its own threads with blocking sockets (one per connection, at most
-//! [`MAX_CONNS`]: one more closes the connection idle longest, and a request must arrive
-//! within 10 s of its first byte) and reads the store directly, so it never slows a
+//! [`MAX_CONNS`]: one more closes the connection idle longest if it has waited a second,
+//! and a request must arrive within 10 s of its first byte) and reads the store directly, so it never slows a
 //! worker. Everything that changes state goes through the committer's mailbox and is
 //! answered over a channel once durable: an ingested event (a one-event batch), an
 //! endpoint created, replaced or deleted, a replay. Metrics are snapshots the workers and
@@ -48,7 +48,8 @@ const MAX_HEAD: usize = 16 * 1024;
 /// Largest request body (1 MiB).
 pub const MAX_BODY: usize = 1 << 20;
 /// Connections served at once. One more closes the connection idle longest (waiting for
-/// its first or next request) to take its place; with none idle it is answered 503.
+/// its first or next request for at least `EVICTABLE_AFTER`) to take its place; with
+/// none such it is answered 503.
 pub const MAX_CONNS: usize = 64;
 /// How long a connection waits for its first or next request.
 const IDLE: Duration = Duration::from_secs(30);
@@ -92,16 +93,23 @@ struct Admin {
     idle: IdleConns,
 }
 
-/// The connections waiting for their first or next request, oldest first, each as a
-/// second handle on its socket: a new connection that finds every slot taken shuts the
-/// oldest down (its thread's read then ends) and takes its place.
+/// How long a connection must have waited for a request before a new connection may
+/// take its slot: one that just connected, or just got its answer, is about to send.
+const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
+
+/// One idle connection: its ticket, since when it waits, a second handle on its socket.
+type Parked = (u64, Instant, TcpStream);
+
+/// The connections waiting for their first or next request, oldest first: a new
+/// connection that finds every slot taken shuts the reading side of the oldest down (its
+/// thread's read then ends) and takes its place.
 #[derive(Default)]
 struct IdleConns {
-    inner: Mutex<(u64, VecDeque<(u64, TcpStream)>)>,
+    inner: Mutex<(u64, VecDeque<Parked>)>,
 }
 
 impl IdleConns {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, VecDeque<(u64, TcpStream)>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, VecDeque<Parked>)> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -112,7 +120,7 @@ impl IdleConns {
         let mut g = self.lock();
         g.0 += 1;
         let ticket = g.0;
-        g.1.push_back((ticket, handle));
+        g.1.push_back((ticket, Instant::now(), handle));
         Some(ticket)
     }
 
@@ -120,18 +128,26 @@ impl IdleConns {
     fn unpark(&self, ticket: Option<u64>) -> bool {
         let Some(ticket) = ticket else { return true };
         let mut g = self.lock();
-        let Some(i) = g.1.iter().position(|(t, _)| *t == ticket) else {
+        let Some(i) = g.1.iter().position(|(t, _, _)| *t == ticket) else {
             return false;
         };
         g.1.remove(i);
         true
     }
 
-    /// Shuts down the connection idle longest; false if none is idle.
-    fn evict_oldest(&self) -> bool {
-        let oldest = self.lock().1.pop_front();
-        oldest.is_some_and(|(_, c)| {
-            let _ = c.shutdown(Shutdown::Both);
+    /// Ends the wait of the connection idle longest, if it has waited `min_idle`; false
+    /// if none has. Only reading is shut: a request that arrived at that moment (its
+    /// thread read it) is still answered, on a connection that then closes.
+    fn evict_oldest(&self, min_idle: Duration) -> bool {
+        let oldest = {
+            let mut g = self.lock();
+            match g.1.front() {
+                Some((_, since, _)) if since.elapsed() >= min_idle => g.1.pop_front(),
+                _ => None,
+            }
+        };
+        oldest.is_some_and(|(_, _, c)| {
+            let _ = c.shutdown(Shutdown::Read);
             true
         })
     }
@@ -159,7 +175,7 @@ pub fn start(setup: AdminSetup) -> std::io::Result<SocketAddr> {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
                 if admin.conns.fetch_add(1, Ordering::AcqRel) >= MAX_CONNS
-                    && !admin.idle.evict_oldest()
+                    && !admin.idle.evict_oldest(EVICTABLE_AFTER)
                 {
                     admin.conns.fetch_sub(1, Ordering::AcqRel);
                     let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
@@ -277,15 +293,15 @@ impl Admin {
         let _ = conn.set_write_timeout(Some(IDLE));
         let mut buf = Vec::with_capacity(4096);
         let mut chunk = [0u8; 8192];
+        // Evicted for a new connection: the request read as it happened is the last.
+        let mut last = false;
         loop {
             if buf.is_empty() {
                 // Idle until the next request's first bytes: evictable meanwhile.
                 let ticket = self.idle.park(&conn);
                 let _ = conn.set_read_timeout(Some(IDLE));
                 let read = conn.read(&mut chunk);
-                if !self.idle.unpark(ticket) {
-                    return;
-                }
+                last = !self.idle.unpark(ticket);
                 match read {
                     Ok(0) | Err(_) => return,
                     Ok(n) => buf.extend_from_slice(&chunk[..n]),
@@ -304,7 +320,8 @@ impl Admin {
             };
             let resp = self.route(&req);
             let body = req.method != "HEAD";
-            if write_response(&mut conn, &resp, !req.close, body).is_err() || req.close {
+            let close = req.close || last;
+            if write_response(&mut conn, &resp, !close, body).is_err() || close {
                 return;
             }
         }
@@ -822,20 +839,30 @@ mod tests {
             (c, l.accept().unwrap().0)
         };
         let idle = IdleConns::default();
-        let (mut c1, s1) = pair();
+        let (mut c1, mut s1) = pair();
         let (_c2, s2) = pair();
         let (_c3, s3) = pair();
         let t1 = idle.park(&s1);
         let t2 = idle.park(&s2);
         let t3 = idle.park(&s3);
         assert!(idle.unpark(t2), "a request came on the second");
-        assert!(idle.evict_oldest());
+        assert!(
+            !idle.evict_oldest(Duration::from_secs(3600)),
+            "none has waited an hour"
+        );
+        assert!(idle.evict_oldest(Duration::ZERO));
         assert!(!idle.unpark(t1), "the first was evicted");
+        // Its reading side is shut: its thread's read ends; it could still answer.
         let mut b = [0u8; 1];
-        assert_eq!(c1.read(&mut b).unwrap(), 0, "its client sees the close");
-        assert!(idle.evict_oldest());
+        assert_eq!(s1.read(&mut b).unwrap(), 0);
+        (&s1).write_all(b"HTTP/1.1 503 x\r\n\r\n").unwrap();
+        drop(s1);
+        let mut got = Vec::new();
+        c1.read_to_end(&mut got).unwrap();
+        assert!(got.starts_with(b"HTTP/1.1 503"), "{got:?}");
+        assert!(idle.evict_oldest(Duration::ZERO));
         assert!(!idle.unpark(t3));
-        assert!(!idle.evict_oldest(), "none idle");
+        assert!(!idle.evict_oldest(Duration::ZERO), "none idle");
     }
 
     #[test]

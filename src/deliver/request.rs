@@ -59,7 +59,7 @@ pub fn build(
                 Ok(t) => Arc::new(t),
                 Err(source) => {
                     return Err(BuildError::MalformedUrl {
-                        url: String::from_utf8_lossy(&s.url).into_owned(),
+                        url: redact_query(&String::from_utf8_lossy(&s.url)),
                         source,
                     })
                 }
@@ -277,7 +277,15 @@ pub fn request_line_of(method: Method, target: &Target) -> String {
     line
 }
 
-/// Appends `path?query` to `out` with the values of secret query parameters redacted.
+/// `url` with the values of its credential-named query parameters redacted.
+pub fn redact_query(url: &str) -> String {
+    let mut out = String::with_capacity(url.len());
+    push_redacted_target(&mut out, url);
+    out
+}
+
+/// Appends `path?query` (or a whole URL) to `out` with the values of secret query
+/// parameters redacted.
 fn push_redacted_target(out: &mut String, path_and_query: &str) {
     let mut kept = 0;
     for value in secret_query_values(path_and_query) {
@@ -409,6 +417,30 @@ mod tests {
             line("http://h/?author=x&keyword=y"),
             "POST http://h/?author=x&keyword=y"
         );
+    }
+
+    #[test]
+    fn a_malformed_url_s_error_does_not_carry_its_query_credentials() {
+        let cfg = crate::config::Config::parse(
+            r#"
+[[endpoint]]
+name = "p"
+events = ["t"]
+url = "http://{Host}.example/pb?token=s3cr3t&oid={Oid}"
+"#,
+            "t",
+        )
+        .unwrap();
+        let spec = EndpointSpec::compile(0, cfg.endpoints[0].clone()).unwrap();
+        let data = br#"{"Host": "bad host", "Oid": "o-1"}"#;
+        let event = EventRecord::new(1, Some("e-1"), "t", None, 0, &[0], data);
+        let doc = Doc::parse(bytes::Bytes::from_static(data)).unwrap();
+        let mut s = Scratch::default();
+        let err = build(&spec, &event, &doc, 0, &mut s, &mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("s3cr3t"), "{err}");
+        assert!(err.contains("token=[redacted]&oid=o-1"), "{err}");
     }
 
     #[test]

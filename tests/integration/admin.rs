@@ -686,6 +686,7 @@ fn a_new_connection_takes_the_slot_of_an_idle_one_when_all_are_taken() {
     let srv = TestServer::start("");
     let max = ricochet::admin::MAX_CONNS;
     // Every slot taken by a keep-alive connection that made one call and waits.
+    let first_answered = std::time::Instant::now();
     let mut held: Vec<Http> = (0..max)
         .map(|_| {
             let mut h = Http::connect(srv.admin);
@@ -693,6 +694,16 @@ fn a_new_connection_takes_the_slot_of_an_idle_one_when_all_are_taken() {
             h
         })
         .collect();
+    // None has waited a second for its next request yet (they were answered just now,
+    // unless this machine took most of a second for 64 calls): a newcomer gets 503.
+    if first_answered.elapsed() < Duration::from_millis(800) {
+        assert_eq!(
+            Http::connect(srv.admin)
+                .send("GET", "/health", &[], b"")
+                .status,
+            503
+        );
+    }
     // Each held connection's end is watched: the one closed reports itself.
     let (closed_tx, closed) = std::sync::mpsc::channel();
     for (i, h) in held.iter().enumerate() {
@@ -705,6 +716,11 @@ fn a_new_connection_takes_the_slot_of_an_idle_one_when_all_are_taken() {
             }
         });
     }
+
+    // A connection that has just been answered is about to send again: none may be
+    // closed for a newcomer until it has waited a second. The behaviour under test is
+    // what happens after that wait.
+    std::thread::sleep(Duration::from_millis(1100));
 
     // One more is served, and one idle connection (the one idle longest: which one that
     // is, the unit test of the idle list checks) is closed for it.

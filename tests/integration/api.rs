@@ -1319,6 +1319,41 @@ fn replay_sends_a_retrying_delivery_now_and_its_schedule_goes_on() {
 }
 
 #[test]
+fn replay_leaves_alone_a_retry_a_formerly_ordered_endpoint_s_worker_holds() {
+    // An ordered endpoint's worker keeps its head's retry; switched to `ordered =
+    // false`, it sends that retry at once. The receiver holds that second request while
+    // the test replays: a copy beside it would be a third request.
+    let gate = Gate::new();
+    let held = gate.clone();
+    let rx = TestReceiver::with_script(move |_, n| match n {
+        0 => Reply::status(500),
+        1 => {
+            held.wait();
+            Reply::status(200)
+        }
+        _ => Reply::status(200),
+    });
+    let srv = TestServer::start(&endpoint(
+        "in-order",
+        r#"["o"]"#,
+        &rx.url("/o"),
+        "retry = [\"1h\"]\nordered = true",
+    ));
+    assert_eq!(srv.connect().send(&event("o", "ord-0", "{}")), "ok ord-0 1");
+    wait_deliveries(&srv, "ord-0", &[("in-order", "retrying", 1)]);
+    let mut def = srv.get("/v1/endpoints/in-order").1;
+    def["ordered"] = json!(false);
+    let (status, v) = srv.call("PUT", "/v1/endpoints/in-order", &def);
+    assert_eq!(status, 200, "{v}");
+    rx.wait_for(2, WAIT);
+    let (status, v) = srv.post("/v1/events/ord-0/replay");
+    assert_eq!(status, 409, "{v}");
+    gate.open();
+    wait_deliveries(&srv, "ord-0", &[("in-order", "delivered", 2)]);
+    assert_eq!(rx.ids()["ord-0"], 2);
+}
+
+#[test]
 fn replay_and_recover_redeliver_failed_deliveries() {
     let rx = TestReceiver::with_script(|r, _| {
         if r.path.starts_with("/f") {
