@@ -884,6 +884,13 @@ impl State {
         for (ep, in_flight) in std::mem::take(&mut self.pausing) {
             self.pause_all(ep, &in_flight);
         }
+        if !paused_now.is_empty() {
+            // Also those queued earlier in the round (a replay's, a resume page's): the
+            // pause just moved their due entries aside, as none is in flight yet.
+            for queued in &mut self.out_jobs {
+                queued.retain(|job| !paused_now.contains(&job.ep));
+            }
+        }
         for (worker, job) in jobs_from_ingest.into_iter().chain(jobs_from_outcomes) {
             let enabled = self.router.eps.get(&job.ep).is_some_and(|i| i.enabled);
             if enabled && !paused_now.contains(&job.ep) {
