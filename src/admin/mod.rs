@@ -3,8 +3,8 @@
 //!
 //! Runs on its own threads with blocking sockets (one per connection, at most
 //! [`MAX_CONNS`]: one more closes the connection idle longest if it has waited a second,
-//! and a request must arrive within 10 s of its first byte) and reads the store directly, so it never slows a
-//! worker. Everything that changes state goes through the committer's mailbox and is
+//! and a request must arrive within 10 s of its first byte) and reads the store
+//! directly, so it never slows a worker. Everything that changes state goes through the committer's mailbox and is
 //! answered over a channel once durable: an ingested event (a one-event batch), an
 //! endpoint created, replaced or deleted, a replay. Metrics are snapshots the workers and
 //! the committer send back when asked; a test delivery is one attempt made by the
@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::commit::{CommitMsg, Registry};
+use crate::deliver::http1::percent_decode;
 use crate::shard::MailboxSender;
 use crate::store::Store;
 use crate::worker::WorkerMsg;
@@ -665,27 +666,6 @@ fn await_reply<T>(rx: crossbeam_channel::Receiver<T>) -> Result<T, Response> {
 
 /// How long a call waits for the committer before answering 503.
 const COMMIT_WAIT: Duration = Duration::from_secs(10);
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 #[cfg(test)]
 mod tests {

@@ -213,6 +213,29 @@ pub enum UrlError {
     },
 }
 
+/// `%XX` escapes decoded (as far as they make UTF-8; anything else is kept as written).
+/// `+` is left alone: a query's callers turn it into a space first.
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Parses an absolute `http://` or `https://` URL (scheme case-insensitive).
 ///
 /// Refuses other schemes, a missing host, userinfo, a bad port, and whitespace or

@@ -12,7 +12,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::config::{Format, Method};
-use crate::deliver::http1::{parse_url, write_request_head_iter, Target, UrlError};
+use crate::deliver::http1::{parse_url, percent_decode, write_request_head_iter, Target, UrlError};
 use crate::endpoint::EndpointSpec;
 use crate::store::{EventRecord, RequestLog, BODY_EXCERPT};
 use crate::template::{render_default_body, Doc};
@@ -287,78 +287,51 @@ pub fn redact_query(url: &str) -> String {
 /// Appends `path?query` (or a whole URL) to `out` with the values of secret query
 /// parameters redacted.
 fn push_redacted_target(out: &mut String, path_and_query: &str) {
-    let mut kept = 0;
-    for value in secret_query_values(path_and_query) {
-        out.push_str(&path_and_query[kept..value.start]);
-        out.push_str(REDACTED);
-        kept = value.end;
-    }
-    out.push_str(&path_and_query[kept..]);
+    rewrite_secret_values(out, path_and_query, |out, _| out.push_str(REDACTED));
 }
 
 /// A URL template's line with the values of its credential-named query parameters
 /// masked, one `*` per character, so an error's caret keeps its column.
 pub fn mask_query_secrets(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
-    let mut kept = 0;
-    for value in secret_query_values(line) {
-        out.push_str(&line[kept..value.start]);
-        out.extend(line[value.clone()].chars().map(|_| '*'));
-        kept = value.end;
-    }
-    out.push_str(&line[kept..]);
+    rewrite_secret_values(&mut out, line, |out, value| {
+        out.extend(value.chars().map(|_| '*'))
+    });
     out
 }
 
-/// The byte ranges of the non-empty values, in `url`'s query (after its first `?`), of
-/// the parameters whose names are a credential's ([`is_secret_name`]).
-fn secret_query_values(url: &str) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
-    let query_at = url.find('?').map_or(url.len(), |i| i + 1);
-    url[query_at..]
-        .split('&')
-        .scan(query_at, |at, pair| {
-            let start = *at;
-            *at += pair.len() + 1;
-            Some(match pair.split_once('=') {
-                Some((name, value))
-                    if !value.is_empty() && is_secret_name(&percent_decoded(name)) =>
-                {
-                    let v = start + name.len() + 1;
-                    Some(v..v + value.len())
-                }
-                _ => None,
-            })
-        })
-        .flatten()
-}
-
-/// A query parameter's name with `%XX` escapes and `+` decoded (as far as they make
-/// UTF-8; the rest is kept as written), so `api%5Fkey` is judged as `api_key`.
-fn percent_decoded(name: &str) -> std::borrow::Cow<'_, str> {
-    if !name.contains(['%', '+']) {
-        return name.into();
-    }
-    let b = name.as_bytes();
-    let hex = |c: u8| (c as char).to_digit(16);
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let escaped = match b.get(i + 1..i + 3) {
-            Some(&[h, l]) if b[i] == b'%' => hex(h).zip(hex(l)).map(|(h, l)| (h * 16 + l) as u8),
-            _ => None,
-        };
-        match escaped {
-            Some(c) => {
-                out.push(c);
-                i += 3;
+/// Appends `url` to `out`, each non-empty value of a credential-named query parameter
+/// (after the first `?`; [`is_secret_name`]) written by `replace` instead.
+fn rewrite_secret_values(out: &mut String, url: &str, replace: impl Fn(&mut String, &str)) {
+    let Some((head, query)) = url.split_once('?') else {
+        out.push_str(url);
+        return;
+    };
+    out.push_str(head);
+    out.push('?');
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((name, value)) if !value.is_empty() && is_secret_param(name) => {
+                out.push_str(name);
+                out.push('=');
+                replace(out, value);
             }
-            None => {
-                out.push(if b[i] == b'+' { b' ' } else { b[i] });
-                i += 1;
-            }
+            _ => out.push_str(pair),
         }
     }
-    String::from_utf8_lossy(&out).into_owned().into()
+}
+
+/// Whether a query parameter's name, as written (`api%5Fkey`, `api+key`), is a
+/// credential's.
+fn is_secret_param(name: &str) -> bool {
+    if name.contains(['%', '+']) {
+        is_secret_name(&percent_decode(&name.replace('+', " ")))
+    } else {
+        is_secret_name(name)
+    }
 }
 
 #[cfg(test)]
