@@ -240,6 +240,36 @@ headers = { Authorization = "Bearer s3cr3t-t0ken {Id", X-Trace = "trace-v4lue {I
     }
 
     #[test]
+    fn a_secret_template_error_s_message_does_not_quote_it() {
+        let err = |url: &str, header: &str| {
+            let cfg = crate::config::Config::parse(
+                &format!(
+                    "[[endpoint]]\nname = \"p\"\nevents = [\"t\"]\nurl = \"{url}\"\n\
+                     headers = {{ X-Api-Key = \"{header}\" }}\n"
+                ),
+                "t",
+            )
+            .unwrap();
+            EndpointSpec::compile(0, cfg.endpoints[0].clone())
+                .err()
+                .expect("the template fails")
+                .to_string()
+        };
+        // A secret header's: the function's name and the character found are masked.
+        let e = err("http://h/pb", "k3y-{s3cr3tfn(x)}");
+        assert!(!e.contains("s3cr3tfn"), "{e}");
+        assert!(e.contains("unknown function `********`"), "{e}");
+        let e = err("http://h/pb", "k3y-{ab!}");
+        assert!(e.contains("found `*`"), "{e}");
+        // A URL's query credential: masked where the problem lies in its value…
+        let e = err("http://h/pb?token=ab{s3cr3tfn(x)}", "k");
+        assert!(!e.contains("s3cr3tfn"), "{e}");
+        // …but not elsewhere in the URL.
+        let e = err("http://h/pb?token=ab&oid={Order!}", "k");
+        assert!(e.contains("found `!`"), "{e}");
+    }
+
+    #[test]
     fn a_url_template_error_does_not_print_its_query_credentials() {
         let cfg = crate::config::Config::parse(
             r#"

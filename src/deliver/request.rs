@@ -164,11 +164,12 @@ pub fn is_secret_header(name: &str) -> bool {
 
 /// Words that make a header or query parameter name a credential's: a name is split at
 /// `-`, `_`, `.` and lower-to-upper case changes (`apiKey` is `api`, `key`).
-const SECRET_WORDS: [&str; 16] = [
+const SECRET_WORDS: [&str; 17] = [
     "auth",
     "authorization",
     "bearer",
     "cookie",
+    "hmac",
     "credential",
     "credentials",
     "jwt",
@@ -212,6 +213,9 @@ pub fn is_secret_name(name: &str) -> bool {
 }
 
 fn is_secret_word(word: &[u8]) -> bool {
+    // A numbered word is the word's (`key2`, `secret_v2` is `secret`, `v2`).
+    let digits = word.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    let word = &word[..word.len() - digits];
     SECRET_WORDS
         .iter()
         .any(|w| word.eq_ignore_ascii_case(w.as_bytes()))
@@ -354,6 +358,10 @@ mod tests {
             "X-Password",
             "Private-Token",
             "SessionId",
+            "X-Hmac",
+            "X-Key2",
+            "Api-Key-1",
+            "X-Sig256",
         ] {
             assert!(is_secret_header(name), "{name} is a secret's name");
         }
@@ -366,6 +374,9 @@ mod tests {
             "Content-Language",
             "X-Event-Type",
             "X-Passenger",
+            "X-Page2",
+            "X-V2",
+            "X-Account-Id",
         ] {
             assert!(!is_secret_header(name), "{name} is not a secret's name");
         }

@@ -207,7 +207,17 @@ impl<'a> Compiler<'a> {
             column: before.chars().count() + 1,
             message: message.into(),
             excerpt,
+            quoted: None,
         }
+    }
+
+    /// An error whose message quotes `quoted`, a piece of the source, between
+    /// backticks: `before` + `quoted` + `after`.
+    fn error_quoting(&self, at: usize, before: &str, quoted: &str, after: &str) -> TemplateError {
+        let mut e = self.error(at, format!("{before}`{quoted}`{after}"));
+        let start = before.len() + 1;
+        e.quoted = Some(start..start + quoted.len());
+        e
     }
 
     /// The character at `at`, for messages.
@@ -349,12 +359,11 @@ impl<'a> Compiler<'a> {
                 Ok(())
             }
             None => Err(self.error(open, "unclosed placeholder: missing `}`")),
-            Some(_) => Err(self.error(
+            Some(_) => Err(self.error_quoting(
                 self.pos,
-                format!(
-                    "expected {what}`}}` to close the placeholder, found `{}`",
-                    self.char_at(self.pos)
-                ),
+                &format!("expected {what}`}}` to close the placeholder, found "),
+                &self.char_at(self.pos).to_string(),
+                "",
             )),
         }
     }
@@ -368,12 +377,11 @@ impl<'a> Compiler<'a> {
         let segs = self.path_segments()?;
         if self.peek() == Some(b'(') {
             if segs.len() > 1 || segs[0] != "join" {
-                return Err(self.error(
+                return Err(self.error_quoting(
                     name_at,
-                    format!(
-                        "unknown function `{}` (the only function is `join`)",
-                        segs.join(".")
-                    ),
+                    "unknown function ",
+                    &segs.join("."),
+                    " (the only function is `join`)",
                 ));
             }
             self.pos += 1;
@@ -498,12 +506,11 @@ impl<'a> Compiler<'a> {
             Some(b')') => self.pos += 1,
             None => return Err(self.error(open, "unclosed join: missing `)`")),
             Some(_) => {
-                return Err(self.error(
+                return Err(self.error_quoting(
                     self.pos,
-                    format!(
-                        "join: expected `)` after the last argument, found `{}`",
-                        self.char_at(self.pos)
-                    ),
+                    "join: expected `)` after the last argument, found ",
+                    &self.char_at(self.pos).to_string(),
+                    "",
                 ))
             }
         }

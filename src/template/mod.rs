@@ -66,6 +66,9 @@ pub struct TemplateError {
     pub message: String,
     /// The offending source line, a newline, and a caret under the column.
     pub excerpt: String,
+    /// The part of `message` that quotes the source (a character found, a function's
+    /// name), masked with the excerpt when the problem lies in a masked part.
+    pub(crate) quoted: Option<std::ops::Range<usize>>,
 }
 
 impl TemplateError {
@@ -85,9 +88,18 @@ impl TemplateError {
     /// The same error with the source line in its excerpt passed through `mask`, which
     /// must keep every character's column (so the caret still points at the problem):
     /// for templates that hold a secret in part, such as a URL's `?token=…`.
+    /// When the problem's own column is masked, so is what the message quotes of it.
     pub fn masked_with(mut self, mask: impl FnOnce(&str) -> String) -> TemplateError {
         if let Some((source, caret)) = self.excerpt.split_once('\n') {
-            self.excerpt = format!("{}\n{caret}", mask(source));
+            let masked = mask(source);
+            let col = self.column - 1;
+            let hidden = source.chars().nth(col) != masked.chars().nth(col);
+            if let Some(q) = self.quoted.clone().filter(|_| hidden) {
+                let stars = "*".repeat(self.message[q.clone()].chars().count());
+                self.message.replace_range(q, &stars);
+                self.quoted = None;
+            }
+            self.excerpt = format!("{masked}\n{caret}");
         }
         self
     }
