@@ -3,8 +3,9 @@
 //!
 //! Start: open the store, give every configured endpoint its stable id, start the
 //! committer and one worker per core, then bind the listeners. Stop (SIGINT/SIGTERM):
-//! workers finish in-flight attempts (bounded), the committer writes their outcomes and
-//! syncs, and the process exits 0. It must not contain delivery or storage logic.
+//! workers stop reading ingest connections, answer every line already read and finish
+//! in-flight attempts (bounded), the committer writes their outcomes and syncs, and the
+//! process exits 0. It must not contain delivery or storage logic.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::TcpListener;
@@ -226,7 +227,7 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
     );
 
     wait_for_signal()?;
-    tracing::info!("shutting down: finishing in-flight attempts");
+    tracing::info!("shutting down: answering the lines read, finishing in-flight attempts");
     stopping.store(true, Ordering::SeqCst);
     for w in &worker_tx {
         w.send(WorkerMsg::Shutdown);

@@ -37,7 +37,7 @@ use crate::deliver::request::{self, Scratch};
 use crate::deliver::{ssrf, ConnSlot, Exchange, OpenCounts};
 use crate::endpoint::EndpointSpec;
 use crate::ingest::{self, ConnCtx, ConnShared};
-use crate::local::{yield_now, LocalNotify};
+use crate::local::{first, yield_now, Either, LocalNotify};
 use crate::metrics::{AttemptResult, EndpointCounts, Hist, IngestCounters, WorkerSnapshot};
 use crate::queue::{JobQueue, Queued, Ready};
 use crate::ratelimit::TokenBucket;
@@ -320,13 +320,32 @@ pub async fn run(setup: WorkerSetup) {
         w.handle(msg);
     }
     w.stopping.set(true);
-    // Wake idle lanes so they exit; wait (bounded) for attempts in flight.
+    // Ingest connections read no more; wake idle lanes so they exit. Then wait (bounded)
+    // for attempts in flight and for the answers to every line already read, which
+    // come through the inbox.
+    for c in w.conns.borrow().values() {
+        c.stop();
+    }
     for ep in w.endpoints.borrow().values() {
         ep.wake_lanes();
     }
     let deadline = Instant::now() + setup.drain_timeout;
-    while w.active.get() > 0 && Instant::now() < deadline {
-        let _ = monoio::time::timeout(Duration::from_millis(50), w.idle_wake.wait()).await;
+    let mut inbox_open = true;
+    while w.active.get() > 0 || !w.conns.borrow().is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let idle = monoio::time::timeout(left, w.idle_wake.wait());
+        if !inbox_open {
+            let _ = idle.await;
+            continue;
+        }
+        match first(inbox.recv(), idle).await {
+            Either::Left(Some(WorkerMsg::Shutdown)) | Either::Right(_) => {}
+            Either::Left(Some(msg)) => w.handle(msg),
+            Either::Left(None) => inbox_open = false,
+        }
     }
     w.flush_outbox();
     tracing::debug!(
@@ -514,10 +533,16 @@ impl Worker {
             commit: self.commit.clone(),
             counters: self.ingest_counters.clone(),
         };
+        if self.stopping.get() {
+            shared.stop();
+        }
         let w = self.clone();
         monoio::spawn(async move {
             ingest::serve_connection(stream, ctx, shared).await;
             w.conns.borrow_mut().remove(&id);
+            if w.stopping.get() {
+                w.idle_wake.notify();
+            }
         });
     }
 

@@ -8,7 +8,9 @@
 //! any ([`LineBudget`]), with at least [`MIN_LINES_PER_CONNECTION`] each; past its share a
 //! connection's reader stops reading (backpressure), so accepted input is never dropped.
 //! An oversize line is skipped to its end and answered `err too_large`; the connection
-//! lives on.
+//! lives on. At shutdown ([`ConnShared::stop`]) a reader stops reading at once (a line
+//! still arriving is left unanswered, so it was not accepted), and the writer answers
+//! every line read before it closes the connection.
 //!
 //! This module must not write the store or route events: that is the committer's job.
 
@@ -25,7 +27,7 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
 
 use crate::commit::{AckResult, AckTo, CommitMsg, IngestBatch};
-use crate::local::LocalNotify;
+use crate::local::{first, Either, LocalNotify};
 use crate::metrics::IngestCounters;
 use crate::shard::MailboxSender;
 use parse::LineParser;
@@ -77,8 +79,11 @@ pub struct ConnShared {
     budget: Arc<LineBudget>,
     reader_done: Cell<bool>,
     writer_failed: Cell<bool>,
+    /// Set at shutdown: read no more.
+    stopped: Cell<bool>,
     writer_wake: LocalNotify,
     reader_wake: LocalNotify,
+    stop_wake: LocalNotify,
 }
 
 impl ConnShared {
@@ -89,9 +94,20 @@ impl ConnShared {
             budget,
             reader_done: Cell::new(false),
             writer_failed: Cell::new(false),
+            stopped: Cell::new(false),
             writer_wake: LocalNotify::default(),
             reader_wake: LocalNotify::default(),
+            stop_wake: LocalNotify::default(),
         }
+    }
+
+    /// Shutdown: the reader stops reading (a read under way is cancelled, and an
+    /// unfinished line is dropped unanswered); the lines it framed are still answered,
+    /// once durable, before the connection closes.
+    pub fn stop(&self) {
+        self.stopped.set(true);
+        self.stop_wake.notify();
+        self.reader_wake.notify();
     }
 
     /// Sets the unanswered-line count, counting the connection busy while it is not 0.
@@ -266,18 +282,23 @@ async fn read_lines<R: AsyncReadRent>(mut rd: R, ctx: &ConnCtx, shared: &ConnSha
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     // Bytes of `buf` already searched for a newline.
     let mut scanned = 0usize;
+    let halted = || shared.writer_failed.get() || shared.stopped.get();
     loop {
-        while shared.over_share() && !shared.writer_failed.get() {
+        while shared.over_share() && !halted() {
             shared.reader_wake.wait().await;
         }
-        if shared.writer_failed.get() {
+        if halted() {
             return;
         }
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
         let filled = buf.len();
-        let (res, b) = rd.read(buf.slice_mut(filled..)).await;
+        let read = rd.read(buf.slice_mut(filled..));
+        // Cancelled by a stop: what the read would have brought is not taken.
+        let Either::Left((res, b)) = first(read, shared.stop_wake.wait()).await else {
+            return;
+        };
         buf = b.into_inner();
         let n = match res {
             Ok(n) => n,
@@ -287,14 +308,13 @@ async fn read_lines<R: AsyncReadRent>(mut rd: R, ctx: &ConnCtx, shared: &ConnSha
             }
         };
         if n == 0 {
-            if !buf.is_empty() {
-                if framer.skipping {
-                    framer.skipping = false;
-                    framer.too_large();
-                } else {
-                    let last = std::mem::take(&mut buf);
-                    framer.line(&last);
-                }
+            if framer.skipping {
+                // An oversize last line (whether or not part of it is still buffered).
+                framer.skipping = false;
+                framer.too_large();
+            } else if !buf.is_empty() {
+                let last = std::mem::take(&mut buf);
+                framer.line(&last);
             }
             framer.flush(shared);
             return;

@@ -241,6 +241,90 @@ fn sigterm_drains_and_exits_zero() {
     assert_eq!(srv.stop(), Some(0));
 }
 
+/// SIGTERM while producers stream pipelined lines, on the Unix socket and over TCP: the
+/// server stops reading, answers every line it read (each once durable), then closes. So
+/// after a restart every answered id is a `dup`, and the first id never answered was
+/// never accepted either: a producer that resends its unanswered lines loses nothing
+/// and duplicates nothing.
+#[test]
+fn sigterm_answers_every_line_it_read_before_it_closes() {
+    let rx = TestReceiver::start();
+    let eps = eps(&rx.url("/"));
+    let mut opts = ServerOpts::new(&eps);
+    opts.tcp = true;
+    let mut srv = TestServer::start_with(opts);
+    let tcp = srv.tcp.expect("tcp listener");
+    let mut conns = Vec::new();
+    for (name, stream) in [("unix", Conn::unix(&srv.socket)), ("tcp", Conn::tcp(tcp))] {
+        let Conn { mut w, r } = stream;
+        let writer = std::thread::spawn(move || {
+            for i in 0..50_000 {
+                let line = format!("{}\n", event("t", &format!("{name}-{i}"), r#"{"i":1}"#));
+                if w.write_all(line.as_bytes()).is_err() {
+                    break;
+                }
+            }
+        });
+        conns.push((name, r, writer));
+    }
+    // Both connections answered, so both have lines in flight when the signal comes.
+    let mut readers = Vec::new();
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
+    for (name, r, writer) in conns {
+        let first_tx = first_tx.clone();
+        readers.push(std::thread::spawn(move || {
+            let mut answered = Vec::new();
+            for line in r.lines() {
+                let Ok(line) = line else { break };
+                answered.push(line);
+                if answered.len() == 1000 {
+                    first_tx.send(()).unwrap();
+                }
+            }
+            let _ = writer.join();
+            (name, answered)
+        }));
+    }
+    for _ in 0..2 {
+        first_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("1,000 answers on each connection");
+    }
+    srv.terminate();
+    let answered: Vec<(&str, Vec<String>)> =
+        readers.into_iter().map(|r| r.join().unwrap()).collect();
+    assert_eq!(srv.wait_exit(), Some(0));
+    let dir = srv.dir.clone();
+    drop(srv);
+    let srv = TestServer::start_in(dir, &ServerOpts::new(&eps));
+    let mut c = srv.connect();
+    for (name, lines) in &answered {
+        for (i, line) in lines.iter().enumerate() {
+            assert_eq!(
+                line,
+                &format!("ok {name}-{i} 1"),
+                "{name}: answers in order"
+            );
+        }
+        let n = lines.len();
+        assert!(
+            n < 50_000,
+            "{name}: the signal came before the end of the stream"
+        );
+        for i in [0, n / 2, n - 1] {
+            let id = format!("{name}-{i}");
+            assert_eq!(c.send(&event("t", &id, "{}")), format!("dup {id}"));
+        }
+        let id = format!("{name}-{n}");
+        assert_eq!(
+            c.send(&event("t", &id, "{}")),
+            format!("ok {id} 1"),
+            "{name}: the first line not answered was not accepted"
+        );
+        eprintln!("{name}: {n} lines answered before the close");
+    }
+}
+
 /// Endpoint changes and replays answered by the admin API are durable: after kill -9
 /// the API endpoint runs with its replaced definition, its pending deliveries go to the
 /// new URL, and a replay scheduled before the kill still happens.

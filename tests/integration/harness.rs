@@ -494,10 +494,22 @@ impl TestServer {
 
     /// SIGTERM and wait for exit; returns the exit code.
     pub fn stop(&mut self) -> Option<i32> {
-        let mut c = self.child.take()?;
-        unsafe {
-            libc::kill(c.id() as i32, libc::SIGTERM);
+        self.terminate();
+        self.wait_exit()
+    }
+
+    /// SIGTERM, without waiting for the exit.
+    pub fn terminate(&self) {
+        if let Some(c) = &self.child {
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
         }
+    }
+
+    /// Waits for the server to exit; returns the exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
         c.wait().ok().and_then(|s| s.code())
     }
 
@@ -611,8 +623,8 @@ pub fn http_call(addr: SocketAddr, method: &str, path: &str) -> (u16, serde_json
 
 /// An ingest connection speaking the line protocol.
 pub struct Conn {
-    w: Box<dyn Write + Send>,
-    r: BufReader<Box<dyn Read + Send>>,
+    pub w: Box<dyn Write + Send>,
+    pub r: BufReader<Box<dyn Read + Send>>,
 }
 
 impl Conn {

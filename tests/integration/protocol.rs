@@ -1,6 +1,6 @@
 //! The ingest line protocol (SPEC §3).
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,6 +78,26 @@ fn oversize_line_is_skipped_and_answered_too_large() {
     c.send_raw(b"\n");
     assert!(c.ack().starts_with("err too_large"));
     assert_eq!(c.send(&event("t", "after-2", "{}")), "ok after-2 0");
+}
+
+/// A last line without its newline is answered when the producer closes its side,
+/// an oversize one too: whether it spanned one read or many.
+#[test]
+fn an_oversize_last_line_without_a_newline_is_answered_at_eof() {
+    let srv = TestServer::start_with(ServerOpts::new("").server("max_line_bytes = 100"));
+    for size in [230, 70_000] {
+        let mut s = std::os::unix::net::UnixStream::connect(&srv.socket).unwrap();
+        let first = format!("{}\n", event("t", &format!("a{size}"), "{}"));
+        let big = format!(r#"{{"type":"t","data":{{"pad":"{}"}}}}"#, "x".repeat(size));
+        s.write_all(format!("{first}{big}").as_bytes()).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{size}: {out:?}");
+        assert_eq!(lines[0], format!("ok a{size} 0"));
+        assert!(lines[1].starts_with("err too_large"), "{size}: {out:?}");
+    }
 }
 
 #[test]
