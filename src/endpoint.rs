@@ -142,8 +142,8 @@ impl EndpointSpec {
         let Some(url) = url else {
             return Err(errors);
         };
-        let static_target = if url.is_static() {
-            match parse_url(cfg.url.as_bytes()) {
+        let static_target = if let Some(literal) = url.literal() {
+            match parse_url(&literal) {
                 Ok(t) => Some(Arc::new(t)),
                 // `problems` has reported the scheme, for static and templated URLs alike.
                 Err(UrlError::UnsupportedScheme) => None,
@@ -237,6 +237,23 @@ headers = { Authorization = "Bearer s3cr3t-t0ken {Id", X-Trace = "trace-v4lue {I
         );
         let other = text.iter().find(|t| t.contains("headers.X-Trace")).unwrap();
         assert!(other.contains("trace-v4lue {Id"), "{other}");
+    }
+
+    #[test]
+    fn a_url_without_placeholders_has_its_escapes_written_out() {
+        let cfg = crate::config::Config::parse(
+            r#"
+[[endpoint]]
+name = "p"
+events = ["t"]
+url = 'http://h/y?a=\{A\}&b=\\&c=\"'
+"#,
+            "t",
+        )
+        .unwrap();
+        let spec = EndpointSpec::compile(0, cfg.endpoints[0].clone()).unwrap();
+        let target = spec.static_target.expect("a static URL");
+        assert_eq!(target.path_and_query, r#"/y?a={A}&b=\&c=""#);
     }
 
     #[test]

@@ -139,6 +139,20 @@ impl Template {
         self.is_static
     }
 
+    /// What a template without placeholders renders (its escapes written out, as
+    /// `\{` becomes `{`); `None` when it has placeholders.
+    pub fn literal(&self) -> Option<Vec<u8>> {
+        self.is_static.then(|| {
+            self.parts
+                .iter()
+                .flat_map(|p| match p {
+                    compile::Part::Lit(b) => b.iter().copied(),
+                    _ => unreachable!("a static template has only literals"),
+                })
+                .collect()
+        })
+    }
+
     /// Number of literal bytes (join sub-templates and separators counted once): a
     /// lower bound for reserving the output buffer.
     pub fn size_hint(&self) -> usize {
