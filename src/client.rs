@@ -36,12 +36,36 @@ impl std::fmt::Display for Summary {
     }
 }
 
+/// A send that broke off, with what was counted until then.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct SendError {
+    /// Lines written and answers read before the failure.
+    pub summary: Summary,
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// Sends every line of `input`; `on_ack` sees each answer line.
 pub fn send(
     target: &Target,
     input: Box<dyn Read + Send>,
+    on_ack: impl FnMut(&str),
+) -> Result<Summary, SendError> {
+    let mut summary = Summary::default();
+    match stream(target, input, on_ack, &mut summary) {
+        Ok(()) => Ok(summary),
+        Err(source) => Err(SendError { summary, source }),
+    }
+}
+
+/// [`send`], counting into `summary` as it goes.
+fn stream(
+    target: &Target,
+    input: Box<dyn Read + Send>,
     mut on_ack: impl FnMut(&str),
-) -> std::io::Result<Summary> {
+    summary: &mut Summary,
+) -> std::io::Result<()> {
     let (reader, writer): (Box<dyn Read>, Box<dyn Write + Send>);
     let shutdown: Box<dyn Fn() + Send>;
     match target {
@@ -66,37 +90,42 @@ pub fn send(
             writer = Box::new(w);
         }
     }
-    let pump = std::thread::spawn(move || -> std::io::Result<u64> {
+    // Returns the lines it wrote (a line counts once handed to the socket's buffer),
+    // and the error that stopped it, if any.
+    let pump = std::thread::spawn(move || -> (u64, std::io::Result<()>) {
         let mut out = BufWriter::with_capacity(256 * 1024, writer);
         let mut input = BufReader::with_capacity(256 * 1024, input);
         let mut line = Vec::new();
         let mut sent = 0u64;
-        loop {
-            line.clear();
-            if input.read_until(b'\n', &mut line)? == 0 {
-                break;
+        let res = (|| {
+            loop {
+                line.clear();
+                if input.read_until(b'\n', &mut line)? == 0 {
+                    break;
+                }
+                if line.iter().all(|b| b.is_ascii_whitespace()) {
+                    continue;
+                }
+                if line.last() != Some(&b'\n') {
+                    line.push(b'\n');
+                }
+                out.write_all(&line)?;
+                sent += 1;
             }
-            if line.iter().all(|b| b.is_ascii_whitespace()) {
-                continue;
-            }
-            if line.last() != Some(&b'\n') {
-                line.push(b'\n');
-            }
-            out.write_all(&line)?;
-            sent += 1;
-        }
-        out.flush()?;
+            out.flush()
+        })();
         drop(out);
         shutdown();
-        Ok(sent)
+        (sent, res)
     });
-    let mut summary = Summary::default();
     let mut acks = BufReader::new(reader);
     let mut line = String::new();
-    loop {
+    let read = loop {
         line.clear();
-        if acks.read_line(&mut line)? == 0 {
-            break;
+        match acks.read_line(&mut line) {
+            Ok(0) => break Ok(()),
+            Ok(_) => {}
+            Err(e) => break Err(e),
         }
         let l = line.trim_end();
         match l.split(' ').next() {
@@ -105,9 +134,10 @@ pub fn send(
             _ => summary.err += 1,
         }
         on_ack(l);
-    }
-    summary.sent = pump
+    };
+    let (sent, written) = pump
         .join()
-        .map_err(|_| std::io::Error::other("writer thread panicked"))??;
-    Ok(summary)
+        .map_err(|_| std::io::Error::other("writer thread panicked"))?;
+    summary.sent = sent;
+    read.and(written)
 }

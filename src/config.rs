@@ -29,10 +29,10 @@ use crate::deliver::request::{is_secret_header, REDACTED};
 /// Errors while loading or validating a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Not TOML: nothing can be read past a syntax error.
     #[error("{path}: {message}")]
@@ -363,7 +363,11 @@ impl Matcher {
             }
             return Ok(Matcher::Status(code));
         }
-        if b.len() == 3 && (b'1'..=b'5').contains(&b[0]) && b[1..].eq_ignore_ascii_case(b"xx") {
+        if b.len() == 3 && b[0].is_ascii_digit() && b[1..].eq_ignore_ascii_case(b"xx") {
+            if !(b'1'..=b'5').contains(&b[0]) {
+                // A typo for a class, not a body text to look for.
+                return Err(format!("{s:?} is not an HTTP status class (1xx to 5xx)"));
+            }
             return Ok(Matcher::Class(b[0] - b'0'));
         }
         if s.is_empty() {
@@ -764,9 +768,9 @@ pub struct ConfigFile {
 impl ConfigFile {
     /// Reads and parses a file. `Err` only when it cannot be read or is not TOML.
     pub fn read(path: &Path) -> Result<ConfigFile, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         ConfigFile::parse(&text, &path.display().to_string())
     }
@@ -876,19 +880,30 @@ impl ConfigFile {
     /// The `[server]` values that deserialise but make no sense.
     fn check_server(&mut self, keys: &Keys) {
         let s = &self.config.server;
-        let mut bad = Vec::new();
+        let mut bad: Vec<(&str, String)> = Vec::new();
         if s.max_line_bytes < 64 {
-            bad.push(("max_line_bytes", "must be at least 64"));
+            bad.push(("max_line_bytes", "must be at least 64".into()));
         }
         if s.retention < Duration::from_secs(1) {
-            bad.push(("retention", "must be at least 1s"));
+            bad.push(("retention", "must be at least 1s".into()));
         }
         // An empty token would be matched by a request without one.
         if s.admin_token.as_deref() == Some("") {
             bad.push((
                 "admin_token",
-                "must not be empty (leave it out for an API without a token)",
+                "must not be empty (leave it out for an API without a token)".into(),
             ));
+        }
+        for (field, path) in [("data_dir", &s.data_dir), ("socket", &s.socket)] {
+            if path.as_os_str().is_empty() {
+                bad.push((field, "must not be empty".into()));
+            }
+        }
+        // Read here, so `check` refuses what `serve` would.
+        if let Some(path) = &s.extra_ca_file {
+            if let Err(e) = crate::deliver::tls::check_ca_file(path) {
+                bad.push(("extra_ca_file", e.to_string()));
+            }
         }
         for (field, msg) in bad {
             self.problems.push(Problem {
@@ -1208,6 +1223,30 @@ enabled = true
         assert!(problems("[server]\nadmin_token = \"s3cret\"\n").is_empty());
     }
 
+    #[test]
+    fn server_paths_serve_would_refuse_are_refused() {
+        assert_eq!(
+            problems("[server]\ndata_dir = \"\"\nsocket = \"\"\n"),
+            [
+                "2:12: server: field `data_dir`: must not be empty",
+                "3:10: server: field `socket`: must not be empty"
+            ]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "hello\n").unwrap();
+        for (path, says) in [(&missing, "cannot read"), (&not_pem, "no CERTIFICATE")] {
+            let p = problems(&format!("[server]\nextra_ca_file = {:?}\n", path));
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert!(
+                p[0].starts_with("2:17: server: field `extra_ca_file`: "),
+                "{p:?}"
+            );
+            assert!(p[0].contains(says), "{p:?}");
+        }
+    }
+
     /// Each problem as `LINE:COLUMN: MESSAGE`.
     fn problems(text: &str) -> Vec<String> {
         ConfigFile::parse(text, "f.toml")
@@ -1436,6 +1475,12 @@ disable_after = { "4xx" = "many" }
         assert!(!r.matches(200, b"ok"));
         assert_eq!(Matcher::parse("200").unwrap(), Matcher::Status(200));
         assert_eq!(Matcher::parse("4XX").unwrap(), Matcher::Class(4));
+        for typo in ["6xx", "0xx", "9XX"] {
+            let e = Matcher::parse(typo).unwrap_err();
+            assert!(e.contains("not an HTTP status class"), "{typo}: {e}");
+        }
+        // Body texts that only look like numbers stay body texts.
+        assert_eq!(Matcher::parse("1").unwrap(), Matcher::Body("1".into()));
     }
 
     #[test]

@@ -15,11 +15,11 @@ use crate::template::{BodyFormat, Context, Template, TemplateError};
 /// A template that failed to compile, located.
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
-    #[error("endpoint {endpoint}: field `{field}`: {source}")]
+    #[error("endpoint {endpoint}: field `{field}`: {error}")]
     Template {
         endpoint: String,
         field: String,
-        source: TemplateError,
+        error: TemplateError,
     },
     #[error("{0}")]
     Field(String),
@@ -86,14 +86,14 @@ impl EndpointSpec {
         let mut compile = |field: &str, src: &str, ctx: Context, secret: Secret| {
             match Template::compile(src, ctx) {
                 Ok(t) => Some(t),
-                Err(source) => {
+                Err(error) => {
                     errors.push(EndpointError::Template {
                         endpoint: name.clone(),
                         field: field.to_string(),
-                        source: match secret {
-                            Secret::No => source,
-                            Secret::Whole => source.masked(),
-                            Secret::QueryValues => source.masked_with(mask_query_secrets),
+                        error: match secret {
+                            Secret::No => error,
+                            Secret::Whole => error.masked(),
+                            Secret::QueryValues => error.masked_with(mask_query_secrets),
                         },
                     });
                     None

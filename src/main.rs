@@ -144,12 +144,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ),
                 None => Box::new(std::io::stdin()),
             };
-            let summary = ricochet::client::send(&target, input, |ack| {
+            let sent = ricochet::client::send(&target, input, |ack| {
                 if verbose {
                     println!("{ack}");
                 }
-            })
-            .context("send failed")?;
+            });
+            let summary = match sent {
+                Ok(s) => s,
+                Err(e) => {
+                    // What was answered before the break still counts for the producer.
+                    println!("{}", e.summary);
+                    return Err(anyhow::Error::new(e.source).context("send failed"));
+                }
+            };
             println!("{summary}");
             Ok(
                 if summary.err > 0 || summary.ok + summary.dup + summary.err < summary.sent {

@@ -37,8 +37,8 @@ pub struct Scratch {
 /// A request that cannot be built: never retried.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("malformed URL {url:?}: {source}")]
-    MalformedUrl { url: String, source: UrlError },
+    #[error("malformed URL {url:?}: {error}")]
+    MalformedUrl { url: String, error: UrlError },
 }
 
 /// Appends the full request (head and body) to `out`; returns where it goes.
@@ -57,10 +57,10 @@ pub fn build(
             spec.url.render(doc, &mut s.url);
             match parse_url(&s.url) {
                 Ok(t) => Arc::new(t),
-                Err(source) => {
+                Err(error) => {
                     return Err(BuildError::MalformedUrl {
                         url: redact_query(&String::from_utf8_lossy(&s.url)),
-                        source,
+                        error,
                     })
                 }
             }

@@ -37,8 +37,8 @@ static CONFIG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
 /// Why the TLS client configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsInitError {
-    #[error("cannot read extra_ca_file {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
+    #[error("cannot read extra_ca_file {path}: {error}")]
+    Read { path: PathBuf, error: io::Error },
     #[error("extra_ca_file {path} is not valid PEM: {reason}")]
     Pem { path: PathBuf, reason: String },
     #[error("extra_ca_file {path} holds no CERTIFICATE block")]
@@ -108,11 +108,17 @@ pub fn with_roots(roots: RootCertStore) -> Result<ClientConfig, TlsInitError> {
     Ok(cfg)
 }
 
+/// Reads the PEM file at `path` as [`init`] would; returns how many certificates it
+/// holds.
+pub fn check_ca_file(path: &Path) -> Result<usize, TlsInitError> {
+    add_ca_file(&mut RootCertStore::empty(), path)
+}
+
 /// Adds every certificate in the PEM file at `path`; returns how many.
 fn add_ca_file(roots: &mut RootCertStore, path: &Path) -> Result<usize, TlsInitError> {
-    let pem = std::fs::read(path).map_err(|source| TlsInitError::Read {
+    let pem = std::fs::read(path).map_err(|error| TlsInitError::Read {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     add_ca_pem(roots, &pem).map_err(|e| match e {
         CaPemError::Pem(reason) => TlsInitError::Pem {

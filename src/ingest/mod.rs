@@ -213,9 +213,10 @@ impl Framer<'_> {
             }
             Err(e) => {
                 self.ctx.counters.count_invalid();
-                let mut msg = b"err invalid ".to_vec();
-                msg.extend(e.0.bytes().map(|b| if b == b'\n' { b' ' } else { b }));
-                msg.push(b'\n');
+                let mut msg = String::from("err invalid ");
+                push_printable(&mut msg, &e.0);
+                msg.push('\n');
+                let msg = msg.into_bytes();
                 self.slots.push(Slot::Ready(msg));
             }
         }
@@ -328,6 +329,18 @@ async fn read_lines<R: AsyncReadRent>(mut rd: R, ctx: &ConnCtx, shared: &ConnSha
             framer.skipping = true;
             buf.clear();
             scanned = 0;
+        }
+    }
+}
+
+/// Appends `text` with its control characters (the parser's message may quote an input
+/// byte) written as `\u{1b}`, so an answer stays one printable line.
+fn push_printable(out: &mut String, text: &str) {
+    for c in text.chars() {
+        if c.is_control() {
+            let _ = std::fmt::Write::write_fmt(out, format_args!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
         }
     }
 }
@@ -457,6 +470,13 @@ mod tests {
         assert!(!many[0].over_share());
         many[0].set_in_flight(MIN_LINES_PER_CONNECTION);
         assert!(many[0].over_share());
+    }
+
+    #[test]
+    fn answers_quote_control_characters_escaped() {
+        let mut out = String::new();
+        push_printable(&mut out, "bad ('\x1b') at 3\nnext\u{85}é");
+        assert_eq!(out, "bad ('\\u{1b}') at 3\\u{a}next\\u{85}é");
     }
 
     #[test]

@@ -131,8 +131,13 @@ impl LineParser {
             Some(v) if v.is_null() => None,
             Some(v) => {
                 if let Some(s) = v.as_str() {
-                    Some(parse_rfc3339_ms(s).ok_or_else(|| {
-                        invalid("field `time` must be RFC 3339 or Unix milliseconds")
+                    Some(parse_rfc3339_ms(s).map_err(|e| match e {
+                        TimeError::BeforeEpoch => {
+                            invalid("field `time` is before 1970-01-01T00:00:00Z")
+                        }
+                        TimeError::Syntax => {
+                            invalid("field `time` must be RFC 3339 or Unix milliseconds")
+                        }
                     })?)
                 } else if let Some(n) = v.as_u64() {
                     Some(n)
@@ -169,11 +174,20 @@ impl LineParser {
     }
 }
 
+/// Why an RFC 3339 time was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeError {
+    Syntax,
+    /// A valid time before the Unix epoch: times are kept as unsigned milliseconds.
+    BeforeEpoch,
+}
+
 /// RFC 3339 → unix milliseconds.
-pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
-    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+pub fn parse_rfc3339_ms(s: &str) -> Result<u64, TimeError> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| TimeError::Syntax)?;
     let ms = t.unix_timestamp_nanos() / 1_000_000;
-    u64::try_from(ms).ok()
+    u64::try_from(ms).map_err(|_| TimeError::BeforeEpoch)
 }
 
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
@@ -373,6 +387,23 @@ mod tests {
             .unwrap_err()
             .0;
         assert!(err.contains("`time`"), "{err}");
+    }
+
+    #[test]
+    fn times_before_1970_are_refused_as_such() {
+        let at = |t: &str| p(&format!(r#"{{"type":"t","data":{{}},"time":{t}}}"#));
+        assert_eq!(at(r#""1970-01-01T00:00:00Z""#).unwrap().time_ms, Some(0));
+        for t in [r#""1969-12-31T23:59:59Z""#, r#""0001-01-01T00:00:00Z""#] {
+            assert_eq!(
+                at(t).unwrap_err().0,
+                "field `time` is before 1970-01-01T00:00:00Z",
+                "{t}"
+            );
+        }
+        assert!(at(r#""yesterday""#)
+            .unwrap_err()
+            .0
+            .contains("must be RFC 3339"));
     }
 
     #[test]

@@ -242,6 +242,11 @@ impl<'a> Compiler<'a> {
             Context::Header if (b < 0x20 && b != b'\t') || b == 0x7f => {
                 return Err(self.error(at, "control character in a header template"));
             }
+            // Never valid in a URL, whatever the placeholders render: every delivery
+            // would fail as a malformed URL.
+            Context::Url if b <= b' ' || b == 0x7f => {
+                return Err(self.error(at, "whitespace or control character in a URL"));
+            }
             Context::Body(BodyFormat::Json) => self.json.feed(b),
             _ => {}
         }
@@ -630,6 +635,20 @@ mod tests {
     #[test]
     fn bad_join_syntax() {
         assert_err("{join(}", TEXT, 1, 7, "first argument");
+        assert_err(
+            "http://h/x y?a={A}",
+            Context::Url,
+            1,
+            11,
+            "whitespace or control",
+        );
+        assert_err(
+            "http://h/x?a={A}\t",
+            Context::Url,
+            1,
+            17,
+            "whitespace or control",
+        );
         assert_err(
             "{join(items i, \"x\")}",
             TEXT,

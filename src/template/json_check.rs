@@ -1118,7 +1118,7 @@ mod tests {
             Context::Body(BodyFormat::Form),
             Context::Body(BodyFormat::Text),
         ] {
-            assert!(Template::compile("hello {X} [1, ", ctx).is_ok(), "{ctx:?}");
+            assert!(Template::compile("hello{X}[1,", ctx).is_ok(), "{ctx:?}");
         }
     }
 }

@@ -325,6 +325,54 @@ fn sigterm_answers_every_line_it_read_before_it_closes() {
     }
 }
 
+/// `ricochet send` whose server stops mid-stream still prints its summary: what it
+/// wrote, and the answers it read before the connection closed (exit 1).
+#[test]
+fn send_prints_its_summary_when_the_server_stops_mid_stream() {
+    let rx = TestReceiver::start();
+    let mut srv = TestServer::start(&eps(&rx.url("/")));
+    let file = srv.dir.path().join("events.ndjson");
+    let lines: String = (0..200_000)
+        .map(|i| format!("{}\n", event("t", &format!("s-{i}"), "{}")))
+        .collect();
+    std::fs::write(&file, lines).unwrap();
+    let mut send = std::process::Command::new(BIN)
+        .args(["send", "-v", "--socket"])
+        .arg(&srv.socket)
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(send.stdout.take().unwrap());
+    let mut printed = Vec::new();
+    let mut line = String::new();
+    while out.read_line(&mut line).unwrap() > 0 {
+        printed.push(line.trim_end().to_string());
+        line.clear();
+        if printed.len() == 1000 {
+            srv.terminate();
+        }
+    }
+    let status = send.wait().unwrap();
+    assert_eq!(srv.wait_exit(), Some(0));
+    let summary = printed.pop().expect("a summary line");
+    let oks = printed.iter().filter(|l| l.starts_with("ok ")).count();
+    assert_eq!(oks, printed.len(), "only ok answers before the summary");
+    assert!(
+        oks < 200_000,
+        "the server stopped before the end ({oks} answered)"
+    );
+    let sent: usize = summary
+        .strip_prefix("sent ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a summary: {summary:?}"));
+    assert_eq!(summary, format!("sent {sent} ok {oks} dup 0 err 0"));
+    assert!(sent >= oks, "{summary}");
+    assert_eq!(status.code(), Some(1), "{summary}");
+}
+
 /// Endpoint changes and replays answered by the admin API are durable: after kill -9
 /// the API endpoint runs with its replaced definition, its pending deliveries go to the
 /// new URL, and a replay scheduled before the kill still happens.
