@@ -1155,6 +1155,16 @@ impl State {
             Next::Retry { .. } if was_paused => Next::Paused,
             n => n,
         };
+        // Deleted meanwhile and not settled by this outcome: it ends failed.
+        let settled = o.attempt.as_ref().is_some_and(|a| {
+            matches!(
+                a.state_after,
+                Some(DeliveryState::Delivered | DeliveryState::Failed)
+            )
+        });
+        if known.is_none() && !settled {
+            batch.fail_dropped(&self.store, o.ep, seq);
+        }
         match next {
             Next::Stale => {}
             Next::Done => {
@@ -1542,31 +1552,69 @@ impl State {
     }
 
     /// Deletes an endpoint: no new deliveries route to it, its worker drops its queue,
-    /// its paused deliveries go, and due ones are dropped as the loader reaches them.
+    /// and every delivery still pending ends `failed` (nothing can deliver it): the
+    /// paused ones and those waiting on disk at once, those a worker holds when it hands
+    /// them back, and those in spilled pages as the loader reaches them. Deleting is
+    /// rare, so this scans the due index beyond the loader's cursor.
     fn delete_endpoint(&mut self, name: &str) -> Result<EndpointId, EndpointOpError> {
         let Some((id, worker)) = self.router.by_name(name).map(|i| (i.id, i.worker)) else {
             return Err(EndpointOpError::NotFound(name.to_string()));
         };
+        let store_err = |e: store::StoreError| EndpointOpError::Store(e.to_string());
+        let mut batch = self.store.batch();
         let mut paused = 0u64;
         let mut after = 0;
         loop {
             let page = self
                 .store
                 .paused_of(id, after, PAGE * 8)
-                .map_err(|e| EndpointOpError::Store(e.to_string()))?;
+                .map_err(store_err)?;
+            for &(seq, _) in &page {
+                batch.clear_state(&self.store, DeliveryState::Paused, id, seq);
+                batch.fail_dropped(&self.store, id, seq);
+            }
             paused += page.len() as u64;
             match page.last() {
                 Some(&(seq, _)) if page.len() == PAGE * 8 => after = seq + 1,
                 _ => break,
             }
         }
-        let mut batch = self.store.batch();
+        // On disk only (at or beyond the cursor): no worker holds these, except an
+        // ordered endpoint's head, whose retry its worker keeps (and reports when it
+        // drops its queue).
+        let held = self
+            .router
+            .eps
+            .get(&id)
+            .and_then(|i| i.meta.hold)
+            .map(|(seq, _, _)| seq);
+        let mut due = 0u64;
+        let mut from = self.cursor;
+        loop {
+            let page = self
+                .store
+                .due_range(from, u64::MAX, PAGE * 8)
+                .map_err(store_err)?;
+            let Some(last) = page.last().map(|(k, _)| *k) else {
+                break;
+            };
+            for (key, _) in page
+                .iter()
+                .filter(|(k, _)| k.ep == id && Some(k.seq) != held)
+            {
+                batch.del_due(&self.store, *key);
+                batch.fail_dropped(&self.store, id, key.seq);
+                due += 1;
+            }
+            if page.len() < PAGE * 8 {
+                break;
+            }
+            from = successor(last);
+        }
         batch.delete_endpoint(&self.store, name, id);
-        self.store
-            .commit(batch, true)
-            .map_err(|e| EndpointOpError::Store(e.to_string()))?;
+        self.store.commit(batch, true).map_err(store_err)?;
         self.stats.apply(Delta {
-            pending: -(paused as i64),
+            pending: -((paused + due) as i64),
             paused: -(paused as i64),
             ..Delta::default()
         });
@@ -1580,7 +1628,7 @@ impl State {
             reg.remove(name);
         }
         self.workers[worker].send(WorkerMsg::Remove { ep: id });
-        tracing::info!(endpoint = %name, id, paused_dropped = paused, "endpoint deleted");
+        tracing::info!(endpoint = %name, id, paused_failed = paused, due_failed = due, "endpoint deleted");
         Ok(id)
     }
 
@@ -1949,6 +1997,7 @@ impl State {
         let Some(info) = self.router.eps.get(&key.ep) else {
             // The endpoint no longer exists: nothing can deliver this.
             cleanup.del_due(&self.store, key);
+            cleanup.fail_dropped(&self.store, key.ep, key.seq);
             delta.pending -= 1;
             return;
         };

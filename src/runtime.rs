@@ -33,6 +33,12 @@ pub fn legacy_forced() -> bool {
 /// Resolves `auto` and the environment override.
 pub fn choose(driver: Driver) -> Result<Effective, RuntimeError> {
     if legacy_forced() {
+        if driver != Driver::Legacy {
+            tracing::info!(
+                configured = ?driver,
+                "MONOIO_FORCE_LEGACY_DRIVER=1: the legacy driver, whatever `driver` says"
+            );
+        }
         return Ok(Effective::Legacy);
     }
     match driver {

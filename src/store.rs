@@ -1311,6 +1311,17 @@ impl Store {
                 DeliveryState::Paused
             } else {
                 match after {
+                    // Dropped unsettled, its endpoint deleted ([`Batch::fail_dropped`]).
+                    None | Some(DeliveryState::Retrying | DeliveryState::Paused)
+                        if self.has_index(
+                            IndexKey::State(DeliveryState::Failed, ep),
+                            ev.seq,
+                            ep,
+                            snap,
+                        )? =>
+                    {
+                        DeliveryState::Failed
+                    }
                     None => DeliveryState::Pending,
                     Some(DeliveryState::Retrying | DeliveryState::Paused) => {
                         DeliveryState::Retrying
@@ -2080,6 +2091,13 @@ impl Batch {
         self.wb
             .put_cf(store.cf(CF_PAUSED), paused_key(ep, seq), val.encode());
         self.set_state(store, DeliveryState::Paused, ep, seq);
+    }
+
+    /// Records as `failed` a delivery dropped before an attempt settled it (its endpoint
+    /// was deleted): the state index says so, as no attempt record does, and the
+    /// delivery's state reads `failed` ([`Store::event_view`]).
+    pub fn fail_dropped(&mut self, store: &Store, ep: EndpointId, seq: Seq) {
+        self.set_state(store, DeliveryState::Failed, ep, seq);
     }
 
     /// Takes a delivery out of the paused set (resumed, delivered meanwhile, or expired).

@@ -1982,3 +1982,68 @@ fn a_stored_endpoint_that_no_longer_compiles_waits_for_a_fixed_definition() {
     assert_eq!(got[1].body, br#"{"id": "a"}"#);
     assert_eq!(srv.get("/v1/endpoints/legacy").1["enabled"], true);
 }
+
+/// A deleted endpoint's deliveries still pending end `failed` (nothing can deliver them),
+/// whichever way they waited: a retry on disk, a first attempt held by `min_delay`, a
+/// paused one. The log's filters and the pending count agree.
+#[test]
+fn a_deleted_endpoint_s_pending_deliveries_end_failed() {
+    let rx = TestReceiver::with_script(|_, _| Reply::status(500));
+    let srv = TestServer::start("");
+    for (name, etype, extra) in [
+        ("retrying", "r", json!({"retry": ["1h"]})),
+        ("waiting", "w", json!({"min_delay": "1h"})),
+        ("paused", "p", json!({"min_delay": "1h"})),
+        ("soon", "s", json!({"retry": ["1s", "1s"]})),
+    ] {
+        let (status, v) = srv.call(
+            "POST",
+            "/v1/endpoints",
+            &ep(name, &[etype], &rx.url("/"), extra),
+        );
+        assert_eq!(status, 201, "{v}");
+    }
+    let mut c = srv.connect();
+    for (etype, id) in [("r", "d-r"), ("w", "d-w"), ("p", "d-p"), ("s", "d-s")] {
+        assert_eq!(c.send(&event(etype, id, "{}")), format!("ok {id} 1"));
+    }
+    srv.wait_event("d-r", WAIT, |v| states(v) == ["retrying"]);
+    srv.wait_event("d-s", WAIT, |v| states(v) == ["retrying"]);
+    assert_eq!(srv.post("/v1/endpoints/paused/disable").0, 200);
+    srv.wait_event("d-p", WAIT, |v| states(v) == ["paused"]);
+    assert_eq!(states(&srv.event("d-w")), ["pending"]);
+
+    for name in ["retrying", "waiting", "paused", "soon"] {
+        assert_eq!(
+            srv.call("DELETE", &format!("/v1/endpoints/{name}"), &Value::Null)
+                .0,
+            200
+        );
+    }
+    for id in ["d-r", "d-w", "d-p"] {
+        assert_eq!(states(&srv.event(id)), ["failed"], "{id}");
+    }
+    // Its retry due within the loader's second is its worker's: failed once the worker
+    // hands it back.
+    srv.wait_event("d-s", WAIT, |v| states(v) == ["failed"]);
+    let ids = |query: &str| -> Vec<String> {
+        list_all(&srv, query)
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids("status=failed"), ["d-s", "d-p", "d-w", "d-r"]);
+    assert_eq!(ids("status=failed&endpoint=retrying"), ["d-r"]);
+    for state in ["pending", "retrying", "paused"] {
+        assert!(ids(&format!("status={state}")).is_empty(), "{state}");
+    }
+    srv.wait_metric("ricochet_deliveries_pending", WAIT, |v| v == 0.0);
+    for (id, n) in [("d-r", 1), ("d-w", 0), ("d-p", 0)] {
+        let v = srv.event(id);
+        assert_eq!(
+            v["deliveries"][0]["attempts"].as_array().unwrap().len(),
+            n,
+            "{id}"
+        );
+    }
+}
