@@ -211,6 +211,28 @@ pub enum UrlError {
         /// Byte offset in the URL.
         position: usize,
     },
+    /// A `.` or `..` path segment (also as `%2E`): receivers resolve it to another path,
+    /// so a value rendered into the path could point the request elsewhere.
+    #[error("the path has a `.` or `..` segment")]
+    DotSegment,
+}
+
+/// Whether `path` (up to its query) has a segment that is `.` or `..`, dots written
+/// plain or as `%2E`.
+fn has_dot_segment(path: &[u8]) -> bool {
+    let path = path.split(|&b| b == b'?').next().unwrap_or_default();
+    path.split(|&b| b == b'/').any(|seg| {
+        let (mut dots, mut i) = (0, 0);
+        while i < seg.len() {
+            match seg[i..] {
+                [b'.', ..] => i += 1,
+                [b'%', b'2', e, ..] if e | 0x20 == b'e' => i += 3,
+                _ => return false,
+            }
+            dots += 1;
+        }
+        dots == 1 || dots == 2
+    })
 }
 
 /// `%XX` escapes decoded (as far as they make UTF-8; anything else is kept as written).
@@ -261,6 +283,9 @@ pub fn parse_url(url: &[u8]) -> Result<Target, UrlError> {
     let mut tail = &rest[auth_end..];
     if let Some(hash) = tail.iter().position(|&b| b == b'#') {
         tail = &tail[..hash];
+    }
+    if has_dot_segment(tail) {
+        return Err(UrlError::DotSegment);
     }
     if authority.contains(&b'@') {
         return Err(UrlError::UserInfo);
@@ -1217,6 +1242,34 @@ mod tests {
         assert!(!is_token(b""));
         assert!(!is_token(b"Bad Name"));
         assert!(!is_token(b"a:b"));
+    }
+
+    #[test]
+    fn a_dot_segment_in_the_path_is_refused() {
+        for url in [
+            "http://h/users/../hook",
+            "http://h/users/./hook",
+            "http://h/a/..",
+            "http://h/a/%2E%2e/b?x=1",
+            "http://h/a/.%2E",
+            "http://h/..?q",
+        ] {
+            assert_eq!(
+                parse_url(url.as_bytes()).err(),
+                Some(UrlError::DotSegment),
+                "{url}"
+            );
+        }
+        for url in [
+            "http://h/a/.../b",
+            "http://h/a/..b/c",
+            "http://h/v1.2/x",
+            "http://h/a?x=../..",
+            "http://h/a#../..",
+            "http://h/%2E%2Ex",
+        ] {
+            assert!(parse_url(url.as_bytes()).is_ok(), "{url}");
+        }
     }
 
     #[test]
