@@ -202,6 +202,11 @@ pub enum UrlError {
     /// Host with characters outside `[A-Za-z0-9.-_]`, or a malformed IPv6 literal.
     #[error("invalid host")]
     InvalidHost,
+    /// A host name with non-ASCII characters (an internationalized one).
+    #[error(
+        "invalid host: write an internationalized host name in its ASCII form (IDNA, `xn--…`)"
+    )]
+    NonAsciiHost,
     /// Port that is not a number in 1..=65535.
     #[error("invalid port")]
     InvalidPort,
@@ -323,6 +328,9 @@ pub fn parse_url(url: &[u8]) -> Result<Target, UrlError> {
             .iter()
             .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
     {
+        if !host.is_ascii() && std::str::from_utf8(host).is_ok() {
+            return Err(UrlError::NonAsciiHost);
+        }
         return Err(UrlError::InvalidHost);
     }
     let port = match port {
@@ -1242,6 +1250,18 @@ mod tests {
         assert!(!is_token(b""));
         assert!(!is_token(b"Bad Name"));
         assert!(!is_token(b"a:b"));
+    }
+
+    #[test]
+    fn an_internationalized_host_is_refused_with_a_hint() {
+        let e = parse_url("http://bücher.example/pb".as_bytes()).unwrap_err();
+        assert_eq!(e, UrlError::NonAsciiHost);
+        assert!(e.to_string().contains("xn--"), "{e}");
+        assert!(parse_url(b"http://xn--bcher-kva.example/pb").is_ok());
+        assert_eq!(
+            parse_url(b"http://a b/").unwrap_err(),
+            UrlError::InvalidChar { position: 8 }
+        );
     }
 
     #[test]
