@@ -184,6 +184,9 @@ struct Framer<'a> {
     parser: LineParser,
     /// Set while skipping the rest of an oversize line.
     skipping: bool,
+    /// No line framed yet: a UTF-8 byte order mark before the first one is dropped (a
+    /// file saved with one, sent as it is; RFC 8259 §8.1 lets a parser ignore it).
+    at_start: bool,
     ticket: u64,
     slots: Vec<Slot>,
     events: Vec<crate::commit::NewEvent>,
@@ -191,6 +194,11 @@ struct Framer<'a> {
 
 impl Framer<'_> {
     fn line(&mut self, mut line: &[u8]) {
+        if std::mem::take(&mut self.at_start) {
+            if let [0xEF, 0xBB, 0xBF, rest @ ..] = line {
+                line = rest;
+            }
+        }
         if self.skipping {
             self.skipping = false;
             self.too_large();
@@ -276,6 +284,7 @@ async fn read_lines<R: AsyncReadRent>(mut rd: R, ctx: &ConnCtx, shared: &ConnSha
         ctx,
         parser: LineParser::default(),
         skipping: false,
+        at_start: true,
         ticket: 0,
         slots: Vec::new(),
         events: Vec::new(),

@@ -80,6 +80,20 @@ fn oversize_line_is_skipped_and_answered_too_large() {
     assert_eq!(c.send(&event("t", "after-2", "{}")), "ok after-2 0");
 }
 
+/// A byte order mark before a connection's first line is dropped (a file saved with
+/// one and sent as it is); anywhere else it is part of the line, which is not JSON.
+#[test]
+fn a_byte_order_mark_before_the_first_line_is_ignored() {
+    let srv = TestServer::start_with(ServerOpts::new(""));
+    let mut c = srv.connect();
+    c.send_raw("\u{FEFF}".as_bytes());
+    assert_eq!(c.send(&event("t", "bom-1", "{}")), "ok bom-1 0");
+    c.send_raw("\u{FEFF}".as_bytes());
+    assert!(c
+        .send(&event("t", "bom-2", "{}"))
+        .starts_with("err invalid"));
+}
+
 /// A last line without its newline is answered when the producer closes its side,
 /// an oversize one too: whether it spanned one read or many.
 #[test]
