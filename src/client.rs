@@ -5,10 +5,12 @@
 //! lines are never held back waiting for answers. It must not parse events: the server
 //! validates them and answers `err` for bad ones.
 
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Where to send.
 #[derive(Debug, Clone)]
@@ -38,12 +40,11 @@ impl std::fmt::Display for Summary {
 
 /// A send that broke off, with what was counted until then.
 #[derive(Debug, thiserror::Error)]
-#[error("{source}")]
+#[error("{error}")]
 pub struct SendError {
     /// Lines written and answers read before the failure.
     pub summary: Summary,
-    #[source]
-    pub source: std::io::Error,
+    pub error: std::io::Error,
 }
 
 /// Sends every line of `input`; `on_ack` sees each answer line.
@@ -55,9 +56,12 @@ pub fn send(
     let mut summary = Summary::default();
     match stream(target, input, on_ack, &mut summary) {
         Ok(()) => Ok(summary),
-        Err(source) => Err(SendError { summary, source }),
+        Err(error) => Err(SendError { summary, error }),
     }
 }
+
+/// Lines gathered before a write (fewer when the input has nothing more at hand).
+const CHUNK: usize = 256 * 1024;
 
 /// [`send`], counting into `summary` as it goes.
 fn stream(
@@ -67,14 +71,14 @@ fn stream(
     summary: &mut Summary,
 ) -> std::io::Result<()> {
     let (reader, writer): (Box<dyn Read>, Box<dyn Write + Send>);
-    let shutdown: Box<dyn Fn() + Send>;
+    let shutdown: Arc<dyn Fn(Shutdown) + Send + Sync>;
     match target {
         Target::Unix(p) => {
             let s = UnixStream::connect(p)?;
             let w = s.try_clone()?;
             let sd = s.try_clone()?;
-            shutdown = Box::new(move || {
-                let _ = sd.shutdown(Shutdown::Write);
+            shutdown = Arc::new(move |how| {
+                let _ = sd.shutdown(how);
             });
             reader = Box::new(s);
             writer = Box::new(w);
@@ -83,41 +87,27 @@ fn stream(
             let s = TcpStream::connect(a)?;
             let w = s.try_clone()?;
             let sd = s.try_clone()?;
-            shutdown = Box::new(move || {
-                let _ = sd.shutdown(Shutdown::Write);
+            shutdown = Arc::new(move |how| {
+                let _ = sd.shutdown(how);
             });
             reader = Box::new(s);
             writer = Box::new(w);
         }
     }
-    // Returns the lines it wrote (a line counts once handed to the socket's buffer),
-    // and the error that stopped it, if any.
-    let pump = std::thread::spawn(move || -> (u64, std::io::Result<()>) {
-        let mut out = BufWriter::with_capacity(256 * 1024, writer);
-        let mut input = BufReader::with_capacity(256 * 1024, input);
-        let mut line = Vec::new();
-        let mut sent = 0u64;
-        let res = (|| {
-            loop {
-                line.clear();
-                if input.read_until(b'\n', &mut line)? == 0 {
-                    break;
-                }
-                if line.iter().all(|b| b.is_ascii_whitespace()) {
-                    continue;
-                }
-                if line.last() != Some(&b'\n') {
-                    line.push(b'\n');
-                }
-                out.write_all(&line)?;
-                sent += 1;
+    // Lines whose newline the socket took, and whether the input is all written.
+    let sent = Arc::new(AtomicU64::new(0));
+    let input_done = Arc::new(AtomicBool::new(false));
+    let pump = {
+        let (sent, input_done, shutdown) = (sent.clone(), input_done.clone(), shutdown.clone());
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let res = pump(input, writer, &sent);
+            if res.is_ok() {
+                input_done.store(true, Ordering::SeqCst);
             }
-            out.flush()
-        })();
-        drop(out);
-        shutdown();
-        (sent, res)
-    });
+            shutdown(Shutdown::Write);
+            res
+        })
+    };
     let mut acks = BufReader::new(reader);
     let mut line = String::new();
     let read = loop {
@@ -135,9 +125,80 @@ fn stream(
         }
         on_ack(l);
     };
-    let (sent, written) = pump
-        .join()
-        .map_err(|_| std::io::Error::other("writer thread panicked"))?;
-    summary.sent = sent;
-    read.and(written)
+    // The input was all written before the server could see its end, so a server that
+    // answered to the end leaves the writer finishing. Otherwise the connection broke
+    // (the server stopped, say): the writer may be waiting for input that never comes,
+    // so it is not waited for.
+    let res = if input_done.load(Ordering::SeqCst) {
+        let written = pump
+            .join()
+            .map_err(|_| std::io::Error::other("writer thread panicked"))?;
+        read.and(written)
+    } else if pump.is_finished() {
+        // It stopped on an error of its own (the input's, the socket's).
+        let written = pump
+            .join()
+            .map_err(|_| std::io::Error::other("writer thread panicked"))?;
+        read.and(written).and(Err(closed_early()))
+    } else {
+        shutdown(Shutdown::Both);
+        read.and(Err(closed_early()))
+    };
+    summary.sent = sent.load(Ordering::SeqCst);
+    res
+}
+
+fn closed_early() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        "the server closed the connection before every line was sent",
+    )
+}
+
+/// Copies `input`'s non-blank lines to `out`, each ending in `\n`, in chunks of up to
+/// [`CHUNK`] bytes: a chunk goes out when full or when the input has nothing more at
+/// hand (a slow producer's lines are not held back). Counts into `sent` every line
+/// whose newline the socket took.
+fn pump(
+    input: Box<dyn Read + Send>,
+    mut out: Box<dyn Write + Send>,
+    sent: &AtomicU64,
+) -> std::io::Result<()> {
+    let mut input = BufReader::with_capacity(CHUNK, input);
+    let mut chunk = Vec::with_capacity(CHUNK + 4096);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let eof = input.read_until(b'\n', &mut line)? == 0;
+        if !eof && !line.iter().all(|b| b.is_ascii_whitespace()) {
+            chunk.extend_from_slice(&line);
+            if chunk.last() != Some(&b'\n') {
+                chunk.push(b'\n');
+            }
+        }
+        if eof || chunk.len() >= CHUNK || input.buffer().is_empty() {
+            write_counted(&mut out, &chunk, sent)?;
+            chunk.clear();
+        }
+        if eof {
+            return out.flush();
+        }
+    }
+}
+
+/// Writes all of `buf`, adding to `sent` the newlines each write took.
+fn write_counted(out: &mut dyn Write, mut buf: &[u8], sent: &AtomicU64) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match out.write(buf) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                let lines = memchr::memchr_iter(b'\n', &buf[..n]).count() as u64;
+                sent.fetch_add(lines, Ordering::SeqCst);
+                buf = &buf[n..];
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

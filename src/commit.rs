@@ -689,14 +689,19 @@ impl Committer {
             let unsynced_for =
                 (st.durability == Durability::Batch && st.unsynced).then(|| st.last_sync.elapsed());
             let timeout = idle_wait(last_load.elapsed(), unsynced_for);
-            match inbox.recv_timeout(timeout) {
-                Ok(m) => msgs.push(m),
-                Err(true) => return Ok(()),
-                Err(false) => {}
+            // (Messages carried over from the last round go first, without waiting.)
+            if msgs.is_empty() {
+                match inbox.recv_timeout(timeout) {
+                    Ok(m) => msgs.push(m),
+                    Err(true) => return Ok(()),
+                    Err(false) => {}
+                }
             }
             fill_round(&mut msgs, || inbox.try_recv());
+            let later = split_before_delete(&mut msgs);
             let mut shutdown = None;
             st.round(&mut msgs, &mut shutdown);
+            msgs.extend(later);
             if last_load.elapsed() >= TICK {
                 st.load();
                 last_load = Instant::now();
@@ -722,6 +727,21 @@ impl Committer {
                 return Ok(());
             }
         }
+    }
+}
+
+/// Cuts `msgs` before its first endpoint deletion that is not its first message, and
+/// returns the rest: a deletion starts a round of its own, so what came before it (an
+/// event routed to the endpoint, an outcome moving one of its deliveries) is written
+/// before the deletion looks for the endpoint's pending deliveries in the store.
+fn split_before_delete(msgs: &mut Vec<CommitMsg>) -> Vec<CommitMsg> {
+    match msgs
+        .iter()
+        .skip(1)
+        .position(|m| matches!(m, CommitMsg::DeleteEndpoint { .. }))
+    {
+        Some(i) => msgs.split_off(i + 1),
+        None => Vec::new(),
     }
 }
 
@@ -1554,8 +1574,10 @@ impl State {
     /// Deletes an endpoint: no new deliveries route to it, its worker drops its queue,
     /// and every delivery still pending ends `failed` (nothing can deliver it): the
     /// paused ones and those waiting on disk at once, those a worker holds when it hands
-    /// them back, and those in spilled pages as the loader reaches them. Deleting is
-    /// rare, so this scans the due index beyond the loader's cursor.
+    /// them back, and those in spilled pages as the loader reaches them (for an endpoint
+    /// that was `ordered` since the start, those on disk too). Deleting is rare, so this
+    /// scans the due index beyond the loader's cursor, in one write. It runs first in
+    /// its round ([`split_before_delete`]): the store it scans holds everything before.
     fn delete_endpoint(&mut self, name: &str) -> Result<EndpointId, EndpointOpError> {
         let Some((id, worker)) = self.router.by_name(name).map(|i| (i.id, i.worker)) else {
             return Err(EndpointOpError::NotFound(name.to_string()));
@@ -1579,37 +1601,31 @@ impl State {
                 _ => break,
             }
         }
-        // On disk only (at or beyond the cursor): no worker holds these, except an
-        // ordered endpoint's head, whose retry its worker keeps (and reports when it
-        // drops its queue).
-        let held = self
-            .router
-            .eps
-            .get(&id)
-            .and_then(|i| i.meta.hold)
-            .map(|(seq, _, _)| seq);
+        // On disk only (at or beyond the cursor): no worker holds these. Except where
+        // an endpoint ordered at some time since the start keeps its head's retry
+        // (which its worker reports when it drops its queue): those wait for the loader.
+        let holds_retries = self.router.eps.get(&id).is_some_and(|i| i.holds_retries);
         let mut due = 0u64;
         let mut from = self.cursor;
-        loop {
-            let page = self
-                .store
-                .due_range(from, u64::MAX, PAGE * 8)
-                .map_err(store_err)?;
-            let Some(last) = page.last().map(|(k, _)| *k) else {
-                break;
-            };
-            for (key, _) in page
-                .iter()
-                .filter(|(k, _)| k.ep == id && Some(k.seq) != held)
-            {
-                batch.del_due(&self.store, *key);
-                batch.fail_dropped(&self.store, id, key.seq);
-                due += 1;
+        if !holds_retries {
+            loop {
+                let page = self
+                    .store
+                    .due_range(from, u64::MAX, PAGE * 8)
+                    .map_err(store_err)?;
+                let Some(last) = page.last().map(|(k, _)| *k) else {
+                    break;
+                };
+                for (key, _) in page.iter().filter(|(k, _)| k.ep == id) {
+                    batch.del_due(&self.store, *key);
+                    batch.fail_dropped(&self.store, id, key.seq);
+                    due += 1;
+                }
+                if page.len() < PAGE * 8 {
+                    break;
+                }
+                from = successor(last);
             }
-            if page.len() < PAGE * 8 {
-                break;
-            }
-            from = successor(last);
         }
         batch.delete_endpoint(&self.store, name, id);
         self.store.commit(batch, true).map_err(store_err)?;
@@ -2168,6 +2184,37 @@ fn successor(k: DueKey) -> DueKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deletion_starts_a_round_of_its_own() {
+        let (snap, _) = crossbeam_channel::unbounded();
+        let (del, _) = crossbeam_channel::unbounded();
+        let s = || CommitMsg::Snapshot(snap.clone());
+        let d = |n: &str| CommitMsg::DeleteEndpoint {
+            name: n.into(),
+            reply: del.clone(),
+        };
+        let kinds = |m: &[CommitMsg]| -> Vec<String> {
+            m.iter()
+                .map(|m| match m {
+                    CommitMsg::DeleteEndpoint { name, .. } => format!("delete {name}"),
+                    _ => "other".into(),
+                })
+                .collect()
+        };
+        let mut msgs = vec![s(), s(), d("a"), s(), d("b")];
+        let later = split_before_delete(&mut msgs);
+        assert_eq!(kinds(&msgs), ["other", "other"]);
+        assert_eq!(kinds(&later), ["delete a", "other", "delete b"]);
+        // A deletion that opens the round goes with what follows, up to the next one.
+        let mut msgs = later;
+        let later = split_before_delete(&mut msgs);
+        assert_eq!(kinds(&msgs), ["delete a", "other"]);
+        assert_eq!(kinds(&later), ["delete b"]);
+        let mut msgs = vec![s(), s()];
+        assert!(split_before_delete(&mut msgs).is_empty());
+        assert_eq!(msgs.len(), 2);
+    }
 
     #[test]
     fn an_idle_committer_wakes_for_batch_fsyncs() {

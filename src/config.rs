@@ -124,6 +124,26 @@ pub struct ServerConfig {
     pub extra_ca_file: Option<PathBuf>,
 }
 
+impl ServerConfig {
+    /// What `serve` would refuse on this machine that the file's own checks do not
+    /// look at (they run for `render` too): an empty `data_dir` or `socket` (after the
+    /// flags), an `extra_ca_file` it cannot read as PEM certificates. Field and message.
+    pub fn startup_problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        for (field, path) in [("data_dir", &self.data_dir), ("socket", &self.socket)] {
+            if path.as_os_str().is_empty() {
+                out.push((field, "must not be empty".to_string()));
+            }
+        }
+        if let Some(path) = &self.extra_ca_file {
+            if let Err(e) = crate::deliver::tls::check_ca_file(path) {
+                out.push(("extra_ca_file", e.to_string()));
+            }
+        }
+        out
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -363,17 +383,29 @@ impl Matcher {
             }
             return Ok(Matcher::Status(code));
         }
-        if b.len() == 3 && b[0].is_ascii_digit() && b[1..].eq_ignore_ascii_case(b"xx") {
-            if !(b'1'..=b'5').contains(&b[0]) {
-                // A typo for a class, not a body text to look for.
-                return Err(format!("{s:?} is not an HTTP status class (1xx to 5xx)"));
-            }
+        if b.len() == 3 && (b'1'..=b'5').contains(&b[0]) && b[1..].eq_ignore_ascii_case(b"xx") {
             return Ok(Matcher::Class(b[0] - b'0'));
         }
         if s.is_empty() {
             return Err("empty response rule".into());
         }
         Ok(Matcher::Body(s.to_string()))
+    }
+
+    /// A body text that reads as a typo for a status class (`6xx`, `0xx`): refused as
+    /// a problem of the definition, not when it is read, so a definition stored before
+    /// this check still loads (and is disabled as not compiling).
+    fn class_typo(&self) -> Option<String> {
+        match self {
+            Matcher::Body(s)
+                if s.len() == 3
+                    && s.as_bytes()[0].is_ascii_digit()
+                    && s.as_bytes()[1..].eq_ignore_ascii_case(b"xx") =>
+            {
+                Some(format!("{s:?} is not an HTTP status class (1xx to 5xx)"))
+            }
+            _ => None,
+        }
     }
 
     fn as_string(&self) -> String {
@@ -670,6 +702,19 @@ impl EndpointConfig {
                 ));
             }
         }
+        let rules = [
+            ("success", Some(&self.success)),
+            ("error", self.error.as_ref()),
+        ];
+        for (field, rule) in rules {
+            for typo in rule
+                .iter()
+                .flat_map(|r| r.0.iter())
+                .filter_map(Matcher::class_typo)
+            {
+                out.push(format!("endpoint {n}: field `{field}`: {typo}"));
+            }
+        }
         // Schemes are case-insensitive (RFC 3986 §3.1), as `parse_url` reads them.
         let scheme_is = |p: &str| {
             self.url
@@ -763,6 +808,8 @@ pub struct ConfigFile {
     origin: String,
     /// The keys of each endpoint of `config.endpoints`, in the same order.
     endpoint_keys: Vec<Keys>,
+    /// Where `[server]`'s keys are.
+    server_keys: Keys,
 }
 
 impl ConfigFile {
@@ -787,6 +834,7 @@ impl ConfigFile {
             problems: Vec::new(),
             origin: origin.to_string(),
             endpoint_keys: Vec::new(),
+            server_keys: Keys::default(),
         };
         let mut server_keys = Keys::default();
         for (key, value) in root.into_inner() {
@@ -835,6 +883,7 @@ impl ConfigFile {
             }
         }
         file.check_server(&server_keys);
+        file.server_keys = server_keys;
         file.check_names();
         Ok(file)
     }
@@ -877,6 +926,21 @@ impl ConfigFile {
         }
     }
 
+    /// What `serve` would refuse in `[server]` on this machine ([`ServerConfig::
+    /// startup_problems`]), located in the file: for `check`.
+    pub fn startup_problems(&self) -> Vec<Problem> {
+        self.config
+            .server
+            .startup_problems()
+            .into_iter()
+            .map(|(field, msg)| Problem {
+                file: self.origin.clone(),
+                at: self.server_keys.find(field),
+                message: format!("server: field `{field}`: {msg}"),
+            })
+            .collect()
+    }
+
     /// The `[server]` values that deserialise but make no sense.
     fn check_server(&mut self, keys: &Keys) {
         let s = &self.config.server;
@@ -893,17 +957,6 @@ impl ConfigFile {
                 "admin_token",
                 "must not be empty (leave it out for an API without a token)".into(),
             ));
-        }
-        for (field, path) in [("data_dir", &s.data_dir), ("socket", &s.socket)] {
-            if path.as_os_str().is_empty() {
-                bad.push((field, "must not be empty".into()));
-            }
-        }
-        // Read here, so `check` refuses what `serve` would.
-        if let Some(path) = &s.extra_ca_file {
-            if let Err(e) = crate::deliver::tls::check_ca_file(path) {
-                bad.push(("extra_ca_file", e.to_string()));
-            }
         }
         for (field, msg) in bad {
             self.problems.push(Problem {
@@ -1225,6 +1278,17 @@ enabled = true
 
     #[test]
     fn server_paths_serve_would_refuse_are_refused() {
+        let problems = |text: &str| -> Vec<String> {
+            let file = ConfigFile::parse(text, "f.toml").unwrap();
+            assert!(file.problems.is_empty(), "the file itself is fine");
+            file.startup_problems()
+                .iter()
+                .map(|p| {
+                    let at = p.at.expect("located");
+                    format!("{}:{}: {}", at.line, at.column, p.message)
+                })
+                .collect()
+        };
         assert_eq!(
             problems("[server]\ndata_dir = \"\"\nsocket = \"\"\n"),
             [
@@ -1476,9 +1540,23 @@ disable_after = { "4xx" = "many" }
         assert_eq!(Matcher::parse("200").unwrap(), Matcher::Status(200));
         assert_eq!(Matcher::parse("4XX").unwrap(), Matcher::Class(4));
         for typo in ["6xx", "0xx", "9XX"] {
-            let e = Matcher::parse(typo).unwrap_err();
+            let e = Matcher::parse(typo).unwrap().class_typo().unwrap();
             assert!(e.contains("not an HTTP status class"), "{typo}: {e}");
         }
+        assert_eq!(Matcher::parse("4xx").unwrap().class_typo(), None);
+        // A stored definition with one still reads (it was a body text before); it is a
+        // problem of the definition, so it does not compile.
+        let cfg: EndpointConfig = serde_json::from_str(
+            r#"{"name":"a","events":["t"],"url":"http://h/","success":"6xx","error":["0xx"]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.problems(),
+            [
+                "endpoint a: field `success`: \"6xx\" is not an HTTP status class (1xx to 5xx)",
+                "endpoint a: field `error`: \"0xx\" is not an HTTP status class (1xx to 5xx)"
+            ]
+        );
         // Body texts that only look like numbers stay body texts.
         assert_eq!(Matcher::parse("1").unwrap(), Matcher::Body("1".into()));
     }

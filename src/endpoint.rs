@@ -19,7 +19,7 @@ pub enum EndpointError {
     Template {
         endpoint: String,
         field: String,
-        error: TemplateError,
+        error: Box<TemplateError>,
     },
     #[error("{0}")]
     Field(String),
@@ -90,11 +90,11 @@ impl EndpointSpec {
                     errors.push(EndpointError::Template {
                         endpoint: name.clone(),
                         field: field.to_string(),
-                        error: match secret {
+                        error: Box::new(match secret {
                             Secret::No => error,
                             Secret::Whole => error.masked(),
                             Secret::QueryValues => error.masked_with(mask_query_secrets),
-                        },
+                        }),
                     });
                     None
                 }

@@ -2097,6 +2097,8 @@ impl Batch {
     /// was deleted): the state index says so, as no attempt record does, and the
     /// delivery's state reads `failed` ([`Store::event_view`]).
     pub fn fail_dropped(&mut self, store: &Store, ep: EndpointId, seq: Seq) {
+        // A replayed one dropped before its attempt is not pending any more either.
+        self.clear_state(store, DeliveryState::Pending, ep, seq);
         self.set_state(store, DeliveryState::Failed, ep, seq);
     }
 

@@ -648,6 +648,10 @@ impl Worker {
 
     /// Starts one more delivery lane for `ep` (the caller checked `max_lanes`).
     fn spawn_lane(self: &Rc<Self>, ep: Rc<Ep>) {
+        // Stopping: jobs that come now stay due in the store for the next start.
+        if self.stopping.get() {
+            return;
+        }
         ep.lanes.set(ep.lanes.get() + 1);
         self.lanes_started.set(self.lanes_started.get() + 1);
         monoio::spawn(lane(self.clone(), ep));

@@ -12,7 +12,9 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::config::{Format, Method};
-use crate::deliver::http1::{parse_url, percent_decode, write_request_head_iter, Target, UrlError};
+use crate::deliver::http1::{
+    has_dot_segment, parse_url, percent_decode, write_request_head_iter, Target, UrlError,
+};
 use crate::endpoint::EndpointSpec;
 use crate::store::{EventRecord, RequestLog, BODY_EXCERPT};
 use crate::template::{render_default_body, Doc};
@@ -55,7 +57,16 @@ pub fn build(
         None => {
             s.url.clear();
             spec.url.render(doc, &mut s.url);
-            match parse_url(&s.url) {
+            // A value rendered as a whole `.` or `..` segment would send the request
+            // to another path: such a URL is malformed.
+            let parsed = parse_url(&s.url).and_then(|t| {
+                if has_dot_segment(t.path_and_query.as_bytes()) {
+                    Err(UrlError::DotSegment)
+                } else {
+                    Ok(t)
+                }
+            });
+            match parsed {
                 Ok(t) => Arc::new(t),
                 Err(error) => {
                     return Err(BuildError::MalformedUrl {
@@ -425,6 +436,51 @@ url = "http://{Host}.example/pb?token=s3cr3t&oid={Oid}"
             .to_string();
         assert!(!err.contains("s3cr3t"), "{err}");
         assert!(err.contains("token=[redacted]&oid=o-1"), "{err}");
+    }
+
+    #[test]
+    fn a_value_rendered_as_a_dot_segment_makes_a_malformed_url() {
+        let cfg = crate::config::Config::parse(
+            r#"
+[[endpoint]]
+name = "p"
+events = ["t"]
+url = "http://h.example/users/{U}/hook"
+"#,
+            "t",
+        )
+        .unwrap();
+        let spec = EndpointSpec::compile(0, cfg.endpoints[0].clone()).unwrap();
+        let attempt = |data: &'static [u8]| {
+            let event = EventRecord::new(1, Some("e-1"), "t", None, 0, &[0], data);
+            let doc = Doc::parse(bytes::Bytes::from_static(data)).unwrap();
+            build(
+                &spec,
+                &event,
+                &doc,
+                0,
+                &mut Scratch::default(),
+                &mut Vec::new(),
+            )
+        };
+        for data in [&br#"{"U": ".."}"#[..], br#"{"U": "."}"#] {
+            match attempt(data) {
+                Err(BuildError::MalformedUrl { error, .. }) => {
+                    assert_eq!(error, UrlError::DotSegment)
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let t = attempt(br#"{"U": "a..b"}"#).unwrap();
+        assert_eq!(t.path_and_query, "/users/a..b/hook");
+        // A static URL is sent as the operator wrote it.
+        let cfg = crate::config::Config::parse(
+            "[[endpoint]]\nname = \"p\"\nevents = [\"t\"]\nurl = \"http://h/a/../b\"\n",
+            "t",
+        )
+        .unwrap();
+        let spec = EndpointSpec::compile(0, cfg.endpoints[0].clone()).unwrap();
+        assert_eq!(spec.static_target.unwrap().path_and_query, "/a/../b");
     }
 
     #[test]

@@ -333,7 +333,13 @@ async fn read_lines<R: AsyncReadRent>(mut rd: R, ctx: &ConnCtx, shared: &ConnSha
         framer.flush(shared);
         buf.drain(..start);
         scanned = buf.len();
-        if unfinished_too_long(&buf, ctx.max_line_bytes) {
+        // (A byte order mark before the first line does not count: it is dropped.)
+        let bom = if framer.at_start && buf.starts_with(&[0xEF, 0xBB, 0xBF]) {
+            3
+        } else {
+            0
+        };
+        if unfinished_too_long(&buf, ctx.max_line_bytes + bom) {
             // The current line is already too long: drop what we have, skip to its end.
             framer.skipping = true;
             buf.clear();

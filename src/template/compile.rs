@@ -216,7 +216,7 @@ impl<'a> Compiler<'a> {
     fn error_quoting(&self, at: usize, before: &str, quoted: &str, after: &str) -> TemplateError {
         let mut e = self.error(at, format!("{before}`{quoted}`{after}"));
         let start = before.len() + 1;
-        e.quoted = Some(start..start + quoted.len());
+        e.quoted = Some((start as u32, (start + quoted.len()) as u32));
         e
     }
 

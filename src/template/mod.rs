@@ -68,7 +68,8 @@ pub struct TemplateError {
     pub excerpt: String,
     /// The part of `message` that quotes the source (a character found, a function's
     /// name), masked with the excerpt when the problem lies in a masked part.
-    pub(crate) quoted: Option<std::ops::Range<usize>>,
+    /// (Byte offsets, start and end.)
+    pub(crate) quoted: Option<(u32, u32)>,
 }
 
 impl TemplateError {
@@ -94,7 +95,8 @@ impl TemplateError {
             let masked = mask(source);
             let col = self.column - 1;
             let hidden = source.chars().nth(col) != masked.chars().nth(col);
-            if let Some(q) = self.quoted.clone().filter(|_| hidden) {
+            if let Some((a, b)) = self.quoted.filter(|_| hidden) {
+                let q = a as usize..b as usize;
                 let stars = "*".repeat(self.message[q.clone()].chars().count());
                 self.message.replace_range(q, &stars);
                 self.quoted = None;

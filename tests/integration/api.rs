@@ -1995,6 +1995,7 @@ fn a_deleted_endpoint_s_pending_deliveries_end_failed() {
         ("waiting", "w", json!({"min_delay": "1h"})),
         ("paused", "p", json!({"min_delay": "1h"})),
         ("soon", "s", json!({"retry": ["1s", "1s"]})),
+        ("replayed", "x", json!({"retry": "none"})),
     ] {
         let (status, v) = srv.call(
             "POST",
@@ -2004,7 +2005,13 @@ fn a_deleted_endpoint_s_pending_deliveries_end_failed() {
         assert_eq!(status, 201, "{v}");
     }
     let mut c = srv.connect();
-    for (etype, id) in [("r", "d-r"), ("w", "d-w"), ("p", "d-p"), ("s", "d-s")] {
+    for (etype, id) in [
+        ("r", "d-r"),
+        ("w", "d-w"),
+        ("p", "d-p"),
+        ("s", "d-s"),
+        ("x", "d-x"),
+    ] {
         assert_eq!(c.send(&event(etype, id, "{}")), format!("ok {id} 1"));
     }
     srv.wait_event("d-r", WAIT, |v| states(v) == ["retrying"]);
@@ -2012,15 +2019,20 @@ fn a_deleted_endpoint_s_pending_deliveries_end_failed() {
     assert_eq!(srv.post("/v1/endpoints/paused/disable").0, 200);
     srv.wait_event("d-p", WAIT, |v| states(v) == ["paused"]);
     assert_eq!(states(&srv.event("d-w")), ["pending"]);
+    // Failed, then replayed while disabled: pending again (paused), until the delete.
+    srv.wait_event("d-x", WAIT, |v| states(v) == ["failed"]);
+    assert_eq!(srv.post("/v1/endpoints/replayed/disable").0, 200);
+    assert_eq!(srv.post("/v1/events/d-x/replay").0, 202);
+    srv.wait_event("d-x", WAIT, |v| states(v) == ["paused"]);
 
-    for name in ["retrying", "waiting", "paused", "soon"] {
+    for name in ["retrying", "waiting", "paused", "soon", "replayed"] {
         assert_eq!(
             srv.call("DELETE", &format!("/v1/endpoints/{name}"), &Value::Null)
                 .0,
             200
         );
     }
-    for id in ["d-r", "d-w", "d-p"] {
+    for id in ["d-r", "d-w", "d-p", "d-x"] {
         assert_eq!(states(&srv.event(id)), ["failed"], "{id}");
     }
     // Its retry due within the loader's second is its worker's: failed once the worker
@@ -2032,7 +2044,7 @@ fn a_deleted_endpoint_s_pending_deliveries_end_failed() {
             .map(|e| e["id"].as_str().unwrap().to_string())
             .collect()
     };
-    assert_eq!(ids("status=failed"), ["d-s", "d-p", "d-w", "d-r"]);
+    assert_eq!(ids("status=failed"), ["d-x", "d-s", "d-p", "d-w", "d-r"]);
     assert_eq!(ids("status=failed&endpoint=retrying"), ["d-r"]);
     for state in ["pending", "retrying", "paused"] {
         assert!(ids(&format!("status={state}")).is_empty(), "{state}");

@@ -299,6 +299,47 @@ fn tcp_listener_speaks_the_same_protocol_and_send_command_works() {
     );
 }
 
+/// `ricochet send` fed by a slow producer sends each line when it comes, not when its
+/// buffer fills or the input ends: the answer arrives while the producer still waits.
+#[test]
+fn send_passes_a_slow_producer_s_lines_on_at_once() {
+    let srv = TestServer::start(&endpoint("e", r#"["t"]"#, "http://127.0.0.1:9/", ""));
+    let mut send = std::process::Command::new(BIN)
+        .args(["send", "-v", "--socket"])
+        .arg(&srv.socket)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = send.stdin.take().unwrap();
+    let stdout = send.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    for i in 0..3 {
+        stdin
+            .write_all(format!("{}\n", event("t", &format!("slow-{i}"), "{}")).as_bytes())
+            .unwrap();
+        stdin.flush().unwrap();
+        // The producer waits for the answer before it writes the next line.
+        let answer = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("an answer while the input is still open");
+        assert_eq!(answer, format!("ok slow-{i} 1"));
+    }
+    drop(stdin);
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(30)).unwrap(),
+        "sent 3 ok 3 dup 0 err 0"
+    );
+    assert_eq!(send.wait().unwrap().code(), Some(0));
+}
+
 #[test]
 fn full_disk_answers_unavailable_and_keeps_the_connection() {
     // Every file the server writes is capped at 4 MiB: the WAL fills up.
