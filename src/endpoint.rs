@@ -203,13 +203,28 @@ impl EndpointSpec {
     }
 }
 
+/// The first endpoint of a config file's text (for tests).
+#[cfg(test)]
+pub(crate) fn first_endpoint(toml: &str) -> EndpointConfig {
+    let cfg = crate::config::Config::parse(toml, "t").expect("the config parses");
+    cfg.endpoints[0].clone()
+}
+
+/// Endpoint `p` for events `t` at `url` (a TOML string, quotes included), for tests.
+#[cfg(test)]
+pub(crate) fn url_endpoint(url: &str) -> EndpointConfig {
+    first_endpoint(&format!(
+        "[[endpoint]]\nname = \"p\"\nevents = [\"t\"]\nurl = {url}\n"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_secret_headers_template_error_does_not_print_the_secret() {
-        let cfg = crate::config::Config::parse(
+        let cfg = first_endpoint(
             r#"
 [[endpoint]]
 name = "p"
@@ -217,10 +232,8 @@ events = ["t"]
 url = "http://partner.example/hook"
 headers = { Authorization = "Bearer s3cr3t-t0ken {Id", X-Trace = "trace-v4lue {Id" }
 "#,
-            "t",
-        )
-        .unwrap();
-        let errs = EndpointSpec::compile_all(0, cfg.endpoints[0].clone())
+        );
+        let errs = EndpointSpec::compile_all(0, cfg)
             .err()
             .expect("both headers fail");
         let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
@@ -241,17 +254,8 @@ headers = { Authorization = "Bearer s3cr3t-t0ken {Id", X-Trace = "trace-v4lue {I
 
     #[test]
     fn a_url_without_placeholders_has_its_escapes_written_out() {
-        let cfg = crate::config::Config::parse(
-            r#"
-[[endpoint]]
-name = "p"
-events = ["t"]
-url = 'http://h/y?a=\{A\}&b=\\&c=\"'
-"#,
-            "t",
-        )
-        .unwrap();
-        let spec = EndpointSpec::compile(0, cfg.endpoints[0].clone()).unwrap();
+        let cfg = url_endpoint(r#"'http://h/y?a=\{A\}&b=\\&c=\"'"#);
+        let spec = EndpointSpec::compile(0, cfg).unwrap();
         let target = spec.static_target.expect("a static URL");
         assert_eq!(target.path_and_query, r#"/y?a={A}&b=\&c=""#);
     }
@@ -259,15 +263,11 @@ url = 'http://h/y?a=\{A\}&b=\\&c=\"'
     #[test]
     fn a_secret_template_error_s_message_does_not_quote_it() {
         let err = |url: &str, header: &str| {
-            let cfg = crate::config::Config::parse(
-                &format!(
-                    "[[endpoint]]\nname = \"p\"\nevents = [\"t\"]\nurl = \"{url}\"\n\
+            let cfg = first_endpoint(&format!(
+                "[[endpoint]]\nname = \"p\"\nevents = [\"t\"]\nurl = \"{url}\"\n\
                      headers = {{ X-Api-Key = \"{header}\" }}\n"
-                ),
-                "t",
-            )
-            .unwrap();
-            EndpointSpec::compile(0, cfg.endpoints[0].clone())
+            ));
+            EndpointSpec::compile(0, cfg)
                 .err()
                 .expect("the template fails")
                 .to_string()
@@ -288,17 +288,8 @@ url = 'http://h/y?a=\{A\}&b=\\&c=\"'
 
     #[test]
     fn a_url_template_error_does_not_print_its_query_credentials() {
-        let cfg = crate::config::Config::parse(
-            r#"
-[[endpoint]]
-name = "p"
-events = ["t"]
-url = "http://partner.example/pb?token=s3cr3t&oid={OrderId"
-"#,
-            "t",
-        )
-        .unwrap();
-        let err = EndpointSpec::compile(0, cfg.endpoints[0].clone())
+        let cfg = url_endpoint(r#""http://partner.example/pb?token=s3cr3t&oid={OrderId""#);
+        let err = EndpointSpec::compile(0, cfg)
             .err()
             .expect("the url fails")
             .to_string();

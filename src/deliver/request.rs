@@ -352,6 +352,7 @@ fn is_secret_param(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::endpoint::{first_endpoint, url_endpoint};
 
     #[test]
     fn secret_header_names() {
@@ -416,17 +417,8 @@ mod tests {
 
     #[test]
     fn a_malformed_url_s_error_does_not_carry_its_query_credentials() {
-        let cfg = crate::config::Config::parse(
-            r#"
-[[endpoint]]
-name = "p"
-events = ["t"]
-url = "http://{Host}.example/pb?token=s3cr3t&oid={Oid}"
-"#,
-            "t",
-        )
-        .unwrap();
-        let spec = EndpointSpec::compile(0, cfg.endpoints[0].clone()).unwrap();
+        let cfg = url_endpoint(r#""http://{Host}.example/pb?token=s3cr3t&oid={Oid}""#);
+        let spec = EndpointSpec::compile(0, cfg).unwrap();
         let data = br#"{"Host": "bad host", "Oid": "o-1"}"#;
         let event = EventRecord::new(1, Some("e-1"), "t", None, 0, &[0], data);
         let doc = Doc::parse(bytes::Bytes::from_static(data)).unwrap();
@@ -440,17 +432,8 @@ url = "http://{Host}.example/pb?token=s3cr3t&oid={Oid}"
 
     #[test]
     fn a_value_rendered_as_a_dot_segment_makes_a_malformed_url() {
-        let cfg = crate::config::Config::parse(
-            r#"
-[[endpoint]]
-name = "p"
-events = ["t"]
-url = "http://h.example/users/{U}/hook"
-"#,
-            "t",
-        )
-        .unwrap();
-        let spec = EndpointSpec::compile(0, cfg.endpoints[0].clone()).unwrap();
+        let cfg = url_endpoint(r#""http://h.example/users/{U}/hook""#);
+        let spec = EndpointSpec::compile(0, cfg).unwrap();
         let attempt = |data: &'static [u8]| {
             let event = EventRecord::new(1, Some("e-1"), "t", None, 0, &[0], data);
             let doc = Doc::parse(bytes::Bytes::from_static(data)).unwrap();
@@ -474,12 +457,10 @@ url = "http://h.example/users/{U}/hook"
         let t = attempt(br#"{"U": "a..b"}"#).unwrap();
         assert_eq!(t.path_and_query, "/users/a..b/hook");
         // A static URL is sent as the operator wrote it.
-        let cfg = crate::config::Config::parse(
+        let cfg = first_endpoint(
             "[[endpoint]]\nname = \"p\"\nevents = [\"t\"]\nurl = \"http://h/a/../b\"\n",
-            "t",
-        )
-        .unwrap();
-        let spec = EndpointSpec::compile(0, cfg.endpoints[0].clone()).unwrap();
+        );
+        let spec = EndpointSpec::compile(0, cfg).unwrap();
         assert_eq!(spec.static_target.unwrap().path_and_query, "/a/../b");
     }
 
