@@ -702,13 +702,15 @@ impl Committer {
             let mut shutdown = None;
             st.round(&mut msgs, &mut shutdown);
             msgs.extend(later);
-            if last_load.elapsed() >= TICK {
-                st.load();
-                last_load = Instant::now();
-            }
+            // Retention first: the floor it moves is what the loader expires by (at
+            // start, before the first load, a delivery past retention is not sent).
             if last_retention.elapsed() >= retention_every {
                 st.retention();
                 last_retention = Instant::now();
+            }
+            if last_load.elapsed() >= TICK {
+                st.load();
+                last_load = Instant::now();
             }
             if st.durability == Durability::Batch
                 && st.unsynced

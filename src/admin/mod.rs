@@ -219,6 +219,8 @@ struct Request {
 struct Reject {
     resp: Response,
     discard: usize,
+    /// An event too large for `POST /v1/events` (counted as the socket's `too_large`).
+    event_too_large: bool,
 }
 
 pub(crate) struct Response {
@@ -312,7 +314,14 @@ impl Admin {
             let req = match read_request(&mut conn, &mut buf, deadline) {
                 Ok(Some(r)) => r,
                 Ok(None) => return,
-                Err(Reject { resp, discard }) => {
+                Err(Reject {
+                    resp,
+                    discard,
+                    event_too_large,
+                }) => {
+                    if event_too_large {
+                        self.counts.too_large.fetch_add(1, Ordering::Relaxed);
+                    }
                     if write_response(&mut conn, &resp, false, true).is_ok() && discard > 0 {
                         discard_body(&mut conn, discard);
                     }
@@ -408,6 +417,7 @@ fn read_request(
     deadline: Instant,
 ) -> Result<Option<Request>, Reject> {
     let reject = |status, msg: &str| Reject {
+        event_too_large: false,
         resp: error(status, msg),
         discard: 0,
     };
@@ -486,6 +496,7 @@ fn read_request(
     if content_length > MAX_BODY {
         let already = buf.len() - head_len;
         return Err(Reject {
+            event_too_large: req.method == "POST" && req.path == "/v1/events",
             resp: error(413, "request body over 1 MiB"),
             discard: if expect_continue {
                 0
@@ -519,6 +530,7 @@ fn read_by(
     deadline: Instant,
 ) -> Result<Option<usize>, Reject> {
     let too_slow = || Reject {
+        event_too_large: false,
         resp: error(
             408,
             format!("request not complete within {} s", REQUEST_TIME.as_secs()),

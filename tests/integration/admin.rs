@@ -185,6 +185,12 @@ fn http_ingest_accepts_dedups_and_rejects() {
     let r = call(srv.admin, "POST", "/v1/events", &[], &big);
     assert_eq!(r.status, 413);
     assert!(r.json()["error"].as_str().unwrap().contains("1 MiB"));
+    // Counted as the socket's `err too_large` would be.
+    let too_large = [("kind", "err"), ("code", "too_large")];
+    assert_eq!(
+        metric(&srv.metrics(), "ricochet_acks_total", &too_large),
+        1.0
+    );
 
     // Only the accepted events were delivered, once each.
     assert_eq!(rx.count(), 2);

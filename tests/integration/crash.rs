@@ -373,6 +373,33 @@ fn send_prints_its_summary_when_the_server_stops_mid_stream() {
     assert_eq!(status.code(), Some(1), "{summary}");
 }
 
+/// A delivery whose event passed `retention` while the server was down expires at the
+/// restart; it is not sent first.
+#[test]
+fn a_delivery_past_retention_at_a_restart_expires_unsent() {
+    let rx = TestReceiver::with_script(|_, _| Reply::status(500));
+    let eps = endpoint("e", r#"["t"]"#, &rx.url("/"), "retry = [\"2s\", \"2s\"]");
+    let opts = ServerOpts::new(&eps).server("retention = \"3s\"");
+    let mut srv = TestServer::start_with(opts.clone());
+    assert_eq!(srv.connect().send(&event("t", "old", "{}")), "ok old 1");
+    srv.wait_event("old", Duration::from_secs(10), |v| {
+        states(v) == ["retrying"]
+    });
+    assert_eq!(srv.stop(), Some(0));
+    // Down for longer than the retention (the time passing is what is tested).
+    std::thread::sleep(Duration::from_secs(4));
+    let dir = srv.dir.clone();
+    drop(srv);
+    let srv = TestServer::start_in(dir, &opts);
+    srv.wait_metric(
+        "ricochet_deliveries_expired_total",
+        Duration::from_secs(10),
+        |v| v >= 1.0,
+    );
+    assert_eq!(rx.count(), 1, "only the first attempt, before the stop");
+    assert_eq!(srv.get("/v1/events/old").0, 404);
+}
+
 /// Endpoint changes and replays answered by the admin API are durable: after kill -9
 /// the API endpoint runs with its replaced definition, its pending deliveries go to the
 /// new URL, and a replay scheduled before the kill still happens.

@@ -341,6 +341,7 @@ pub struct TestServer {
 }
 
 /// Options for starting a server.
+#[derive(Clone)]
 pub struct ServerOpts {
     pub endpoints: String,
     pub server_extra: String,
