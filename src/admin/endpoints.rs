@@ -241,6 +241,9 @@ impl Admin {
     /// `POST /v1/endpoints/{name}/recover?since=&until=`: replays every failed delivery
     /// of the endpoint among events accepted in the window.
     fn recover(&self, spec: &EndpointSpec, params: &Params) -> Response {
+        if let Err(r) = params.only(&["since", "until"]) {
+            return r;
+        }
         let since = match params.time_ms("since") {
             Ok(t) => t.map(seq_floor).unwrap_or(0),
             Err(r) => return r,

@@ -210,6 +210,9 @@ impl Admin {
 
     /// `POST /v1/events/{id}/replay[?endpoint=NAME]`.
     pub(super) fn replay(&self, id: &str, p: &Params) -> Response {
+        if let Err(r) = p.only(&["endpoint"]) {
+            return r;
+        }
         let ev = match self.store.event_by_id(id) {
             Ok(Some(ev)) => ev,
             Ok(None) => return error(404, format!("no event {id:?}")),

@@ -645,6 +645,22 @@ impl Params {
             .map(|(_, v)| v.as_str())
     }
 
+    /// 400 naming the first parameter not in `known`: for calls that change things,
+    /// where a misspelt filter would widen what they do (`recover?sinec=…` would
+    /// re-deliver every failed delivery).
+    pub(crate) fn only(&self, known: &[&str]) -> Result<(), Response> {
+        match self.0.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+            None => Ok(()),
+            Some((k, _)) => Err(error(
+                400,
+                format!(
+                    "unknown query parameter {k:?} (this call takes {})",
+                    known.join(", ")
+                ),
+            )),
+        }
+    }
+
     /// A time given as RFC 3339 or unix milliseconds, as unix ms.
     pub(crate) fn time_ms(&self, key: &str) -> Result<Option<u64>, Response> {
         let Some(v) = self.get(key) else {
@@ -682,6 +698,16 @@ const COMMIT_WAIT: Duration = Duration::from_secs(10);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calls_that_change_things_refuse_unknown_parameters() {
+        let p = Params::parse("since=1&until=2");
+        assert!(p.only(&["since", "until"]).is_ok());
+        let p = Params::parse("sinec=1");
+        let r = p.only(&["since", "until"]).unwrap_err();
+        assert_eq!(r.status, 400);
+        assert!(Params::parse("").only(&[]).is_ok());
+    }
 
     #[test]
     fn loopback_host_names() {

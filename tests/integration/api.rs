@@ -1476,6 +1476,11 @@ fn replay_and_recover_redeliver_failed_deliveries() {
     };
     let (c2, c5) = (created("r-2"), created("r-5"));
     assert!(ms(&created("r-1")) < ms(&c2) && ms(&created("r-4")) < ms(&c5));
+    // A misspelt window is refused, not taken as no window (which would recover all).
+    let (status, v) = srv.post(&format!("/v1/endpoints/flaky/recover?sinec={}", ms(&c2)));
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("\"sinec\""), "{v}");
+    assert_eq!(srv.post("/v1/events/r-1/replay?endpiont=flaky").0, 400);
     let (status, v) = srv.post(&format!(
         "/v1/endpoints/flaky/recover?since={}&until={}",
         enc(&c2),
