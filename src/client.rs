@@ -125,34 +125,24 @@ fn stream(
         }
         on_ack(l);
     };
-    // The input was all written before the server could see its end, so a server that
-    // answered to the end leaves the writer finishing. Otherwise the connection broke
-    // (the server stopped, say): the writer may be waiting for input that never comes,
-    // so it is not waited for.
-    let res = if input_done.load(Ordering::SeqCst) {
+    // The writer is done (its error, if any, says why), or finishing: it wrote all the
+    // input before the server could see its end. Otherwise the connection broke (the
+    // server stopped, say) while the writer may wait for input that never comes: it
+    // is not waited for.
+    let res = if input_done.load(Ordering::SeqCst) || pump.is_finished() {
         let written = pump
             .join()
             .map_err(|_| std::io::Error::other("writer thread panicked"))?;
         read.and(written)
-    } else if pump.is_finished() {
-        // It stopped on an error of its own (the input's, the socket's).
-        let written = pump
-            .join()
-            .map_err(|_| std::io::Error::other("writer thread panicked"))?;
-        read.and(written).and(Err(closed_early()))
     } else {
         shutdown(Shutdown::Both);
-        read.and(Err(closed_early()))
+        read.and(Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "the server closed the connection before every line was sent",
+        )))
     };
     summary.sent = sent.load(Ordering::SeqCst);
     res
-}
-
-fn closed_early() -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::ConnectionAborted,
-        "the server closed the connection before every line was sent",
-    )
 }
 
 /// Copies `input`'s non-blank lines to `out`, each ending in `\n`, in chunks of up to

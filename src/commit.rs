@@ -1250,42 +1250,30 @@ impl State {
                 HashSet::default()
             }
         };
-        let mut from = DueKey::MIN;
+        let mine = match self.store.due_of(ep, DueKey::MIN) {
+            Ok(keys) => keys,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot scan the due index to pause an endpoint");
+                return;
+            }
+        };
+        let mine: Vec<_> = mine
+            .into_iter()
+            .filter(|(k, _)| !running.contains(&k.seq))
+            .collect();
         let mut moved = 0usize;
-        loop {
-            let page = match self.store.due_range(from, u64::MAX, PAGE * 8) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot scan the due index to pause an endpoint");
-                    return;
-                }
-            };
-            let Some(last) = page.last().map(|(k, _)| *k) else {
-                break;
-            };
-            let full = page.len() == PAGE * 8;
+        for page in mine.chunks(PAGE * 8) {
             let mut batch = self.store.batch();
-            let mut in_page = 0;
-            let mine = page
-                .into_iter()
-                .filter(|(k, _)| k.ep == ep && !running.contains(&k.seq));
-            for (key, val) in mine {
+            for &(key, val) in page {
                 batch.del_due(&self.store, key);
                 batch.pause(&self.store, ep, key.seq, val);
-                in_page += 1;
             }
-            if !batch.is_empty() {
-                if let Err(e) = self.store.commit(batch, false) {
-                    tracing::error!(error = %e, "cannot pause deliveries");
-                    return;
-                }
+            if let Err(e) = self.store.commit(batch, false) {
+                tracing::error!(error = %e, "cannot pause deliveries");
+                return;
             }
-            moved += in_page;
-            self.stats.paused += in_page as u64;
-            if !full {
-                break;
-            }
-            from = successor(last);
+            moved += page.len();
+            self.stats.paused += page.len() as u64;
         }
         tracing::info!(
             endpoint = ep,
@@ -1607,28 +1595,16 @@ impl State {
         // an endpoint ordered at some time since the start keeps its head's retry
         // (which its worker reports when it drops its queue): those wait for the loader.
         let holds_retries = self.router.eps.get(&id).is_some_and(|i| i.holds_retries);
-        let mut due = 0u64;
-        let mut from = self.cursor;
-        if !holds_retries {
-            loop {
-                let page = self
-                    .store
-                    .due_range(from, u64::MAX, PAGE * 8)
-                    .map_err(store_err)?;
-                let Some(last) = page.last().map(|(k, _)| *k) else {
-                    break;
-                };
-                for (key, _) in page.iter().filter(|(k, _)| k.ep == id) {
-                    batch.del_due(&self.store, *key);
-                    batch.fail_dropped(&self.store, id, key.seq);
-                    due += 1;
-                }
-                if page.len() < PAGE * 8 {
-                    break;
-                }
-                from = successor(last);
-            }
+        let on_disk = if holds_retries {
+            Vec::new()
+        } else {
+            self.store.due_of(id, self.cursor).map_err(store_err)?
+        };
+        for (key, _) in &on_disk {
+            batch.del_due(&self.store, *key);
+            batch.fail_dropped(&self.store, id, key.seq);
         }
+        let due = on_disk.len() as u64;
         batch.delete_endpoint(&self.store, name, id);
         self.store.commit(batch, true).map_err(store_err)?;
         self.stats.apply(Delta {

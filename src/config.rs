@@ -127,7 +127,8 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// What `serve` would refuse on this machine that the file's own checks do not
     /// look at (they run for `render` too): an empty `data_dir` or `socket` (after the
-    /// flags), an `extra_ca_file` it cannot read as PEM certificates. Field and message.
+    /// flags), an `extra_ca_file` it cannot read as PEM certificates. The field, and
+    /// the message that names it.
     pub fn startup_problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         for (field, path) in [("data_dir", &self.data_dir), ("socket", &self.socket)] {
@@ -140,7 +141,9 @@ impl ServerConfig {
                 out.push(("extra_ca_file", e.to_string()));
             }
         }
-        out
+        out.into_iter()
+            .map(|(field, msg)| (field, format!("server: field `{field}`: {msg}")))
+            .collect()
     }
 }
 
@@ -933,10 +936,10 @@ impl ConfigFile {
             .server
             .startup_problems()
             .into_iter()
-            .map(|(field, msg)| Problem {
+            .map(|(field, message)| Problem {
                 file: self.origin.clone(),
                 at: self.server_keys.find(field),
-                message: format!("server: field `{field}`: {msg}"),
+                message,
             })
             .collect()
     }

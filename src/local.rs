@@ -66,28 +66,6 @@ impl Future for YieldNow {
     }
 }
 
-/// Which of two futures finished first.
-pub enum Either<A, B> {
-    Left(A),
-    Right(B),
-}
-
-/// Runs `a` and `b` until one finishes (`a` is polled first); the other is dropped.
-pub async fn first<A: Future, B: Future>(a: A, b: B) -> Either<A::Output, B::Output> {
-    let mut a = std::pin::pin!(a);
-    let mut b = std::pin::pin!(b);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(x) = a.as_mut().poll(cx) {
-            return Poll::Ready(Either::Left(x));
-        }
-        if let Poll::Ready(y) = b.as_mut().poll(cx) {
-            return Poll::Ready(Either::Right(y));
-        }
-        Poll::Pending
-    })
-    .await
-}
-
 /// A cross-thread one-shot reply that a monoio task can await (used for DNS answers).
 pub mod oneshot {
     use std::future::Future;

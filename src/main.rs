@@ -123,14 +123,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(v) = driver {
                 s.driver = v;
             }
-            let problems = s.startup_problems();
-            if !problems.is_empty() {
-                let text: Vec<String> = problems
-                    .iter()
-                    .map(|(field, msg)| format!("server: field `{field}`: {msg}"))
-                    .collect();
-                anyhow::bail!("invalid configuration:\n  {}", text.join("\n  "));
-            }
             ricochet::server::serve(cfg, specs)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -176,21 +168,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Check { config } => {
             let file = ConfigFile::read(&config)?;
-            let (specs, mut problems) = match ricochet::server::compile_endpoints(&file) {
-                Ok(specs) => (specs, Vec::new()),
-                Err(problems) => (Vec::new(), problems),
-            };
-            // And what `serve` would refuse on this machine (a missing extra_ca_file…).
-            problems.extend(file.startup_problems());
-            problems.sort_by_key(|p| p.at.map_or((usize::MAX, 0), |a| (a.line, a.column)));
-            if problems.is_empty() {
-                println!("{}: ok ({} endpoints)", config.display(), specs.len());
-                return Ok(ExitCode::SUCCESS);
+            match ricochet::server::check(&file) {
+                Ok(specs) => {
+                    println!("{}: ok ({} endpoints)", config.display(), specs.len());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(problems) => {
+                    for p in problems {
+                        println!("{p}");
+                    }
+                    Ok(ExitCode::FAILURE)
+                }
             }
-            for p in problems {
-                println!("{p}");
-            }
-            Ok(ExitCode::FAILURE)
         }
         Cmd::Render {
             config,

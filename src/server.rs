@@ -36,7 +36,18 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// every endpoint's own (its checks and templates, which compilation runs once), each
 /// located in the file, each once.
 pub fn compile_endpoints(file: &ConfigFile) -> Result<Vec<EndpointSpec>, Vec<Problem>> {
+    compile_with(file, Vec::new())
+}
+
+/// `ricochet check`: [`compile_endpoints`], and what `serve` would also refuse on this
+/// machine ([`ConfigFile::startup_problems`]: a missing `extra_ca_file`…).
+pub fn check(file: &ConfigFile) -> Result<Vec<EndpointSpec>, Vec<Problem>> {
+    compile_with(file, file.startup_problems())
+}
+
+fn compile_with(file: &ConfigFile, more: Vec<Problem>) -> Result<Vec<EndpointSpec>, Vec<Problem>> {
     let mut problems = file.problems.clone();
+    problems.extend(more);
     let mut specs = Vec::new();
     for (i, e) in file.config.endpoints.iter().enumerate() {
         match EndpointSpec::compile_all(i as u32, e.clone()) {
@@ -58,20 +69,28 @@ pub fn load(path: &Path) -> anyhow::Result<(Config, Vec<EndpointSpec>)> {
     let file = ConfigFile::read(path)?;
     match compile_endpoints(&file) {
         Ok(specs) => Ok((file.config, specs)),
-        Err(problems) => {
-            let text: Vec<String> = problems.iter().map(Problem::to_string).collect();
-            bail!(
-                "invalid configuration:\n  {}",
-                text.join("\n").replace('\n', "\n  ")
-            )
-        }
+        Err(problems) => Err(invalid(problems.iter().map(Problem::to_string))),
     }
+}
+
+/// The error of a configuration with `problems`, one per line.
+fn invalid(problems: impl Iterator<Item = String>) -> anyhow::Error {
+    let text: Vec<String> = problems.collect();
+    anyhow::anyhow!(
+        "invalid configuration:\n  {}",
+        text.join("\n").replace('\n', "\n  ")
+    )
 }
 
 /// Runs the dispatcher until SIGINT/SIGTERM. `specs` are `cfg`'s endpoints, compiled
 /// ([`load`]).
 pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
     let s = &cfg.server;
+    // Checked here, after the flags (`--data-dir` may fill in an empty `data_dir`).
+    let problems = s.startup_problems();
+    if !problems.is_empty() {
+        return Err(invalid(problems.into_iter().map(|(_, msg)| msg)));
+    }
     let driver = runtime::choose(s.driver)?;
     crate::deliver::tls::init(s.extra_ca_file.as_deref())?;
     // Owner only: the store holds endpoint definitions with their secrets, and events.

@@ -1535,6 +1535,30 @@ impl Store {
         Ok(out)
     }
 
+    /// Every due entry of endpoint `ep` with key ≥ `from`, in key order. The index is
+    /// ordered by time, not by endpoint, so this scans it from `from` to the end: for
+    /// the rare calls that move all of an endpoint's deliveries (disable, delete).
+    pub fn due_of(&self, ep: EndpointId, from: DueKey) -> Result<Vec<(DueKey, DueVal)>> {
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_DUE));
+        it.seek(from.encode());
+        let mut out = Vec::new();
+        while it.valid() {
+            let k = it
+                .key()
+                .and_then(DueKey::decode)
+                .ok_or(StoreError::Corrupt {
+                    cf: CF_DUE,
+                    what: "bad key".into(),
+                })?;
+            if k.ep == ep {
+                out.push((k, DueVal::decode(it.value().unwrap_or_default())));
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
     /// Number of keys in `due` (pending deliveries), for tests and diagnostics. Scans.
     pub fn count_due(&self) -> Result<usize> {
         let mut n = 0;

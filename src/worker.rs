@@ -37,7 +37,7 @@ use crate::deliver::request::{self, Scratch};
 use crate::deliver::{ssrf, ConnSlot, Exchange, OpenCounts};
 use crate::endpoint::EndpointSpec;
 use crate::ingest::{self, ConnCtx, ConnShared};
-use crate::local::{first, yield_now, Either, LocalNotify};
+use crate::local::{yield_now, LocalNotify};
 use crate::metrics::{AttemptResult, EndpointCounts, Hist, IngestCounters, WorkerSnapshot};
 use crate::queue::{JobQueue, Queued, Ready};
 use crate::ratelimit::TokenBucket;
@@ -341,10 +341,14 @@ pub async fn run(setup: WorkerSetup) {
             let _ = idle.await;
             continue;
         }
-        match first(inbox.recv(), idle).await {
-            Either::Left(Some(WorkerMsg::Shutdown)) | Either::Right(_) => {}
-            Either::Left(Some(msg)) => w.handle(msg),
-            Either::Left(None) => inbox_open = false,
+        monoio::select! {
+            biased;
+            msg = inbox.recv() => match msg {
+                Some(WorkerMsg::Shutdown) => {}
+                Some(msg) => w.handle(msg),
+                None => inbox_open = false,
+            },
+            _ = idle => {}
         }
     }
     w.flush_outbox();

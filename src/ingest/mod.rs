@@ -27,7 +27,7 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
 
 use crate::commit::{AckResult, AckTo, CommitMsg, IngestBatch};
-use crate::local::{first, Either, LocalNotify};
+use crate::local::LocalNotify;
 use crate::metrics::IngestCounters;
 use crate::shard::MailboxSender;
 use parse::LineParser;
@@ -39,6 +39,8 @@ pub const MAX_LINES_IN_FLIGHT: usize = 8192;
 /// producers are bounded by this times their number).
 pub const MIN_LINES_PER_CONNECTION: usize = 512;
 const READ_CHUNK: usize = 64 * 1024;
+/// A UTF-8 byte order mark: ignored before a connection's first line.
+const BOM: &[u8] = &[0xEF, 0xBB, 0xBF];
 
 /// One answer slot, in line order.
 enum Slot {
@@ -195,9 +197,7 @@ struct Framer<'a> {
 impl Framer<'_> {
     fn line(&mut self, mut line: &[u8]) {
         if std::mem::take(&mut self.at_start) {
-            if let [0xEF, 0xBB, 0xBF, rest @ ..] = line {
-                line = rest;
-            }
+            line = line.strip_prefix(BOM).unwrap_or(line);
         }
         if self.skipping {
             self.skipping = false;
@@ -304,10 +304,11 @@ async fn read_lines<R: AsyncReadRent>(mut rd: R, ctx: &ConnCtx, shared: &ConnSha
             buf.reserve(READ_CHUNK);
         }
         let filled = buf.len();
-        let read = rd.read(buf.slice_mut(filled..));
-        // Cancelled by a stop: what the read would have brought is not taken.
-        let Either::Left((res, b)) = first(read, shared.stop_wake.wait()).await else {
-            return;
+        let (res, b) = monoio::select! {
+            biased;
+            read = rd.read(buf.slice_mut(filled..)) => read,
+            // Cancelled by a stop: what the read would have brought is not taken.
+            _ = shared.stop_wake.wait() => return,
         };
         buf = b.into_inner();
         let n = match res {
@@ -334,8 +335,8 @@ async fn read_lines<R: AsyncReadRent>(mut rd: R, ctx: &ConnCtx, shared: &ConnSha
         buf.drain(..start);
         scanned = buf.len();
         // (A byte order mark before the first line does not count: it is dropped.)
-        let bom = if framer.at_start && buf.starts_with(&[0xEF, 0xBB, 0xBF]) {
-            3
+        let bom = if framer.at_start && buf.starts_with(BOM) {
+            BOM.len()
         } else {
             0
         };
