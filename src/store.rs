@@ -719,6 +719,18 @@ impl EndpointSource {
     }
 }
 
+/// The entry a `due` iterator is at.
+fn due_entry(it: &rocksdb::DBRawIteratorWithThreadMode<'_, DB>) -> Result<(DueKey, DueVal)> {
+    let k = it
+        .key()
+        .and_then(DueKey::decode)
+        .ok_or(StoreError::Corrupt {
+            cf: CF_DUE,
+            what: "bad key".into(),
+        })?;
+    Ok((k, DueVal::decode(it.value().unwrap_or_default())))
+}
+
 /// An endpoint as persisted.
 #[derive(Debug, Clone)]
 pub struct StoredEndpoint {
@@ -1521,14 +1533,7 @@ impl Store {
         it.seek(from.encode());
         let mut out = Vec::new();
         while it.valid() && out.len() < limit {
-            let k = it
-                .key()
-                .and_then(DueKey::decode)
-                .ok_or(StoreError::Corrupt {
-                    cf: CF_DUE,
-                    what: "bad key".into(),
-                })?;
-            out.push((k, DueVal::decode(it.value().unwrap_or_default())));
+            out.push(due_entry(&it)?);
             it.next();
         }
         it.status()?;
@@ -1543,15 +1548,9 @@ impl Store {
         it.seek(from.encode());
         let mut out = Vec::new();
         while it.valid() {
-            let k = it
-                .key()
-                .and_then(DueKey::decode)
-                .ok_or(StoreError::Corrupt {
-                    cf: CF_DUE,
-                    what: "bad key".into(),
-                })?;
+            let (k, v) = due_entry(&it)?;
             if k.ep == ep {
-                out.push((k, DueVal::decode(it.value().unwrap_or_default())));
+                out.push((k, v));
             }
             it.next();
         }
