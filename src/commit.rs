@@ -1574,23 +1574,7 @@ impl State {
         };
         let store_err = |e: store::StoreError| EndpointOpError::Store(e.to_string());
         let mut batch = self.store.batch();
-        let mut paused = 0u64;
-        let mut after = 0;
-        loop {
-            let page = self
-                .store
-                .paused_of(id, after, PAGE * 8)
-                .map_err(store_err)?;
-            for &(seq, _) in &page {
-                batch.clear_state(&self.store, DeliveryState::Paused, id, seq);
-                batch.fail_dropped(&self.store, id, seq);
-            }
-            paused += page.len() as u64;
-            match page.last() {
-                Some(&(seq, _)) if page.len() == PAGE * 8 => after = seq + 1,
-                _ => break,
-            }
-        }
+        let paused = self.store.fail_paused(&mut batch, id).map_err(store_err)?;
         // On disk only (at or beyond the cursor): no worker holds these. Except where
         // an endpoint ordered at some time since the start keeps its head's retry
         // (which its worker reports when it drops its queue): those wait for the loader.

@@ -25,7 +25,7 @@ use crate::deliver::dns::ResolverThread;
 use crate::endpoint::EndpointSpec;
 use crate::runtime;
 use crate::shard::{mailbox, worker_for, MailboxSender};
-use crate::store::{DisabledBy, EndpointMeta, EndpointSource, Store};
+use crate::store::{DisabledBy, DueKey, EndpointId, EndpointMeta, EndpointSource, Store};
 use crate::syncer::{self, Syncer};
 use crate::worker::{self, WorkerMsg, WorkerSetup};
 
@@ -287,6 +287,11 @@ fn apply_endpoints(
     let in_file: HashSet<String> = from_file.iter().map(|s| s.cfg.name.clone()).collect();
     let mut batch = store.batch();
     let mut specs = Vec::new();
+    // Endpoints disabled and deleted here: their deliveries are paused and failed in
+    // this write, as a disable or delete over the API does at once (nothing is in
+    // flight yet), not as each falls due.
+    let mut disabled: HashSet<EndpointId> = HashSet::new();
+    let mut removed: HashSet<EndpointId> = HashSet::new();
     for mut spec in from_file {
         let meta = known.entry(spec.cfg.name.clone()).or_insert_with(|| {
             let m = EndpointMeta {
@@ -300,7 +305,10 @@ fn apply_endpoints(
         // `enabled` in the file disables, and enables again what the file disabled;
         // an automatic disable (410, disable_after) stays until enabled explicitly.
         match (spec.cfg.enabled, meta.disabled_by()) {
-            (false, None) => meta.disable(DisabledBy::Config),
+            (false, None) => {
+                meta.disable(DisabledBy::Config);
+                disabled.insert(meta.id);
+            }
             (true, Some(DisabledBy::Config)) => meta.enable(),
             (true, Some(_)) => tracing::warn!(
                 endpoint = %spec.cfg.name,
@@ -333,16 +341,36 @@ fn apply_endpoints(
                         if !meta.is_disabled() {
                             meta.disable_because(DisabledBy::NotCompiling, &err.to_string());
                             batch.put_endpoint(store, &e.name, &meta);
+                            disabled.insert(meta.id);
                         }
                         specs.push(EndpointSpec::not_compiling(e.meta.id, cfg, err.to_string()));
                     }
                 }
             }
             _ => {
-                tracing::info!(endpoint = %e.name, "endpoint left the config file: deleted");
+                let paused = store.fail_paused(&mut batch, e.meta.id)?;
+                tracing::info!(endpoint = %e.name, paused_failed = paused, "endpoint left the config file: deleted");
                 batch.delete_endpoint(store, &e.name, e.meta.id);
+                removed.insert(e.meta.id);
             }
         }
+    }
+    if !disabled.is_empty() || !removed.is_empty() {
+        let waiting = store.due_where(DueKey::MIN, |ep| {
+            disabled.contains(&ep) || removed.contains(&ep)
+        })?;
+        for &(key, val) in &waiting {
+            batch.del_due(store, key);
+            if removed.contains(&key.ep) {
+                batch.fail_dropped(store, key.ep, key.seq);
+            } else {
+                batch.pause(store, key.ep, key.seq, val);
+            }
+        }
+        tracing::info!(
+            moved = waiting.len(),
+            "deliveries of endpoints disabled or removed by the config file paused or failed"
+        );
     }
     store.commit(batch, true)?;
     specs.sort_by_key(|s| s.id);

@@ -719,6 +719,9 @@ impl EndpointSource {
     }
 }
 
+/// Paused deliveries read at a time by the scans that move all of an endpoint's.
+const PAUSED_PAGE: usize = 4096;
+
 /// The entry a `due` iterator is at.
 fn due_entry(it: &rocksdb::DBRawIteratorWithThreadMode<'_, DB>) -> Result<(DueKey, DueVal)> {
     let k = it
@@ -1544,18 +1547,48 @@ impl Store {
     /// ordered by time, not by endpoint, so this scans it from `from` to the end: for
     /// the rare calls that move all of an endpoint's deliveries (disable, delete).
     pub fn due_of(&self, ep: EndpointId, from: DueKey) -> Result<Vec<(DueKey, DueVal)>> {
+        self.due_where(from, |e| e == ep)
+    }
+
+    /// Every due entry with key ≥ `from` whose endpoint `mine` picks, in key order: one
+    /// scan for several endpoints (at start, those the config file removed or disabled).
+    pub fn due_where(
+        &self,
+        from: DueKey,
+        mut mine: impl FnMut(EndpointId) -> bool,
+    ) -> Result<Vec<(DueKey, DueVal)>> {
         let mut it = self.db.raw_iterator_cf(self.cf(CF_DUE));
         it.seek(from.encode());
         let mut out = Vec::new();
         while it.valid() {
             let (k, v) = due_entry(&it)?;
-            if k.ep == ep {
+            if mine(k.ep) {
                 out.push((k, v));
             }
             it.next();
         }
         it.status()?;
         Ok(out)
+    }
+
+    /// Ends `failed`, in `batch`, every paused delivery of `ep`, whose endpoint is being
+    /// deleted ([`Batch::delete_endpoint`] drops the paused keys themselves). Returns
+    /// how many.
+    pub fn fail_paused(&self, batch: &mut Batch, ep: EndpointId) -> Result<u64> {
+        let mut failed = 0u64;
+        let mut after = 0;
+        loop {
+            let page = self.paused_of(ep, after, PAUSED_PAGE)?;
+            for &(seq, _) in &page {
+                batch.clear_state(self, DeliveryState::Paused, ep, seq);
+                batch.fail_dropped(self, ep, seq);
+            }
+            failed += page.len() as u64;
+            match page.last() {
+                Some(&(seq, _)) if page.len() == PAUSED_PAGE => after = seq + 1,
+                _ => return Ok(failed),
+            }
+        }
     }
 
     /// Number of keys in `due` (pending deliveries), for tests and diagnostics. Scans.

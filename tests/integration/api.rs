@@ -2064,3 +2064,67 @@ fn a_deleted_endpoint_s_pending_deliveries_end_failed() {
         );
     }
 }
+
+/// The config file deletes the endpoints it no longer has and disables those it sets
+/// `enabled = false`, at start. Their deliveries waiting on disk end `failed` and
+/// `paused` there and then, as a delete or a disable over the API does: not as each
+/// falls due, an hour later here. The log's filters and the counts agree.
+#[test]
+fn config_file_removal_and_disable_settle_waiting_deliveries_at_start() {
+    let rx = TestReceiver::with_script(|_, _| Reply::status(500));
+    let retry = r#"retry = ["1h"]"#;
+    let waits = r#"min_delay = "1h""#;
+    let off = |extra: &str| {
+        endpoint(
+            "off",
+            r#"["o"]"#,
+            &rx.url("/o"),
+            &format!("{retry}\n{extra}"),
+        )
+    };
+    let first = [
+        endpoint("gone", r#"["g"]"#, &rx.url("/g"), retry),
+        endpoint("gone-waiting", r#"["w"]"#, &rx.url("/w"), waits),
+        endpoint("gone-paused", r#"["p"]"#, &rx.url("/p"), waits),
+        off(""),
+    ]
+    .concat();
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut srv = TestServer::start_in(dir.clone(), &ServerOpts::new(&first));
+    let mut c = srv.connect();
+    for (etype, id) in [("g", "g-1"), ("w", "w-1"), ("p", "p-1"), ("o", "o-1")] {
+        assert_eq!(c.send(&event(etype, id, "{}")), format!("ok {id} 1"));
+    }
+    srv.wait_event("g-1", WAIT, |v| states(v) == ["retrying"]);
+    srv.wait_event("o-1", WAIT, |v| states(v) == ["retrying"]);
+    assert_eq!(srv.post("/v1/endpoints/gone-paused/disable").0, 200);
+    srv.wait_event("p-1", WAIT, |v| states(v) == ["paused"]);
+    assert_eq!(states(&srv.event("w-1")), ["pending"]);
+    drop(c);
+    assert_eq!(srv.stop(), Some(0));
+
+    let srv = TestServer::start_in(dir, &ServerOpts::new(&off("enabled = false")));
+    for id in ["g-1", "w-1", "p-1"] {
+        assert_eq!(states(&srv.event(id)), ["failed"], "{id}");
+    }
+    assert_eq!(states(&srv.event("o-1")), ["paused"]);
+    let ids = |query: &str| -> Vec<String> {
+        list_all(&srv, query)
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids("status=failed"), ["p-1", "w-1", "g-1"]);
+    assert_eq!(ids("status=paused"), ["o-1"]);
+    for state in ["pending", "retrying"] {
+        assert!(ids(&format!("status={state}")).is_empty(), "{state}");
+    }
+    let m = srv.metrics();
+    assert_eq!(m.value("ricochet_deliveries_pending", &[]), Some(1.0));
+    assert_eq!(m.value("ricochet_deliveries_paused", &[]), Some(1.0));
+    // Enabled again, its paused retry goes out at once, not an hour after its attempt.
+    assert_eq!(srv.post("/v1/endpoints/off/enable").0, 200);
+    srv.wait_event("o-1", WAIT, |v| {
+        v["deliveries"][0]["attempts"].as_array().unwrap().len() == 2
+    });
+}
