@@ -465,10 +465,33 @@ struct State {
     /// A sweep of the due index (from this key, above the loader's cursor) expiring
     /// deliveries past retention, a page per tick.
     sweep: Option<DueKey>,
+    /// Deleted endpoints whose pending deliveries are still being failed, a page each
+    /// per tick.
+    dropping: Vec<Dropping>,
     /// Events of retries due soon, kept from their failed attempt for the loader.
     waiting: Waiting,
     stats: Stats,
 }
+
+/// A deleted endpoint whose pending deliveries are being failed: its paused ones, then
+/// those waiting in `due` beyond the loader's cursor, no more than [`DROP_SCAN`] keys
+/// read per page, so a deletion with a large backlog neither holds the committer nor
+/// builds one huge write. Persisted as [`Store::deleting`] until done.
+#[derive(Debug)]
+struct Dropping {
+    ep: EndpointId,
+    name: String,
+    /// The paused set from this sequence number on; `None` once it is empty.
+    paused_from: Option<Seq>,
+    /// The due index from this key on; `None` once scanned (or, for an endpoint whose
+    /// worker may hold its head's retry, never: the loader fails those as they fall
+    /// due, see [`State::delete_endpoint`]).
+    due_from: Option<DueKey>,
+    failed: u64,
+}
+
+/// Keys read per page of a deletion ([`Dropping`]).
+const DROP_SCAN: usize = PAGE * 2;
 
 /// How far ahead a retry's event is kept in memory for the loader ([`Waiting`]).
 const WAITING_WITHIN_MS: u64 = 10_000;
@@ -593,10 +616,11 @@ impl Stats {
 fn count_pending(store: &Store) -> Result<(u64, u64), store::StoreError> {
     let due = store.count_due()? as u64;
     let mut paused = 0u64;
-    for (_, meta) in store.endpoints()? {
+    let ids = store.endpoints()?.into_iter().map(|(_, meta)| meta.id);
+    for id in ids.chain(store.deleting()?) {
         let mut after = 0;
         loop {
-            let page = store.paused_of(meta.id, after, PAGE * 8)?;
+            let page = store.paused_of(id, after, PAGE * 8)?;
             paused += page.len() as u64;
             match page.last() {
                 Some(&(seq, _)) if page.len() == PAGE * 8 => after = seq + 1,
@@ -652,6 +676,7 @@ impl Committer {
             registry: self.registry,
             next_ep_id,
             sweep: None,
+            dropping: Vec::new(),
             waiting: Waiting::default(),
             stats: Stats {
                 acks: AckStats::default(),
@@ -665,6 +690,21 @@ impl Committer {
         let retention_every =
             (self.retention / 8).clamp(Duration::from_millis(100), Duration::from_secs(60));
         let mut last_retention = Instant::now() - retention_every;
+        // Deletions not finished before the stop (or made by the config file): nothing
+        // is in a worker yet, so all of the due index is theirs to scan.
+        let names = st.store.endpoint_names()?;
+        st.dropping = st
+            .store
+            .deleting()?
+            .into_iter()
+            .map(|ep| Dropping {
+                ep,
+                name: names.get(&ep).cloned().unwrap_or_default(),
+                paused_from: Some(0),
+                due_from: Some(DueKey::MIN),
+                failed: 0,
+            })
+            .collect();
         // Ordered endpoints get their held head first, so nothing overtakes it.
         st.send_holds();
         // Enabled endpoints resume any paused deliveries (enabled again in the config);
@@ -1563,39 +1603,35 @@ impl State {
 
     /// Deletes an endpoint: no new deliveries route to it, its worker drops its queue,
     /// and every delivery still pending ends `failed` (nothing can deliver it): the
-    /// paused ones and those waiting on disk at once, those a worker holds when it hands
-    /// them back, and those in spilled pages as the loader reaches them (for an endpoint
-    /// that was `ordered` since the start, those on disk too). Deleting is rare, so this
-    /// scans the due index beyond the loader's cursor, in one write. It runs first in
-    /// its round ([`split_before_delete`]): the store it scans holds everything before.
+    /// paused ones and those waiting on disk in pages from this write on
+    /// ([`Dropping`]), those a worker holds when it hands them back, and those in
+    /// spilled pages as the loader reaches them (for an endpoint that was `ordered` at
+    /// some time since the start, those on disk too). It runs first in its round
+    /// ([`split_before_delete`]): the store it scans holds everything before.
     fn delete_endpoint(&mut self, name: &str) -> Result<EndpointId, EndpointOpError> {
         let Some((id, worker)) = self.router.by_name(name).map(|i| (i.id, i.worker)) else {
             return Err(EndpointOpError::NotFound(name.to_string()));
         };
         let store_err = |e: store::StoreError| EndpointOpError::Store(e.to_string());
-        let mut batch = self.store.batch();
-        let paused = self.store.fail_paused(&mut batch, id).map_err(store_err)?;
-        // On disk only (at or beyond the cursor): no worker holds these. Except where
-        // an endpoint ordered at some time since the start keeps its head's retry
+        // Those on disk only (at or beyond the cursor): no worker holds these. Except
+        // where an endpoint ordered at some time since the start keeps its head's retry
         // (which its worker reports when it drops its queue): those wait for the loader.
         let holds_retries = self.router.eps.get(&id).is_some_and(|i| i.holds_retries);
-        let on_disk = if holds_retries {
-            Vec::new()
-        } else {
-            self.store.due_of(id, self.cursor).map_err(store_err)?
+        let mut dropping = Dropping {
+            ep: id,
+            name: name.to_string(),
+            paused_from: Some(0),
+            due_from: (!holds_retries).then_some(self.cursor),
+            failed: 0,
         };
-        for (key, _) in &on_disk {
-            batch.del_due(&self.store, *key);
-            batch.fail_dropped(&self.store, id, key.seq);
-        }
-        let due = on_disk.len() as u64;
+        let mut batch = self.store.batch();
+        let mut delta = Delta::default();
         batch.delete_endpoint(&self.store, name, id);
+        // The first page in the deletion's own write: a small backlog is done with it.
+        self.drop_page(&mut dropping, &mut batch, &mut delta)
+            .map_err(store_err)?;
         self.store.commit(batch, true).map_err(store_err)?;
-        self.stats.apply(Delta {
-            pending: -((paused + due) as i64),
-            paused: -(paused as i64),
-            ..Delta::default()
-        });
+        self.stats.apply(delta);
         self.router.eps.remove(&id);
         self.router.rebuild();
         self.dirty.remove(&id);
@@ -1606,8 +1642,83 @@ impl State {
             reg.remove(name);
         }
         self.workers[worker].send(WorkerMsg::Remove { ep: id });
-        tracing::info!(endpoint = %name, id, paused_failed = paused, due_failed = due, "endpoint deleted");
+        tracing::info!(endpoint = %name, id, "endpoint deleted");
+        self.dropped(dropping);
         Ok(id)
+    }
+
+    /// One page of a deletion: fails, in `batch`, up to [`DROP_SCAN`] paused
+    /// deliveries, or those among the next [`DROP_SCAN`] keys of the due index (from
+    /// the loader's cursor on: those below it are in a worker or spilled). Ends the
+    /// deletion in `batch` when nothing is left.
+    fn drop_page(
+        &self,
+        d: &mut Dropping,
+        batch: &mut store::Batch,
+        delta: &mut Delta,
+    ) -> store::Result<()> {
+        if let Some(from) = d.paused_from {
+            let page = self.store.paused_of(d.ep, from, DROP_SCAN)?;
+            for &(seq, _) in &page {
+                batch.unpause(&self.store, d.ep, seq);
+                batch.fail_dropped(&self.store, d.ep, seq);
+            }
+            let n = page.len() as i64;
+            (delta.pending, delta.paused) = (delta.pending - n, delta.paused - n);
+            d.failed += n as u64;
+            d.paused_from = match page.last() {
+                Some(&(seq, _)) if page.len() == DROP_SCAN => Some(seq + 1),
+                _ => None,
+            };
+            if d.paused_from.is_some() {
+                return Ok(());
+            }
+        }
+        if let Some(from) = d.due_from {
+            let (page, next) = self
+                .store
+                .due_where(from.max(self.cursor), DROP_SCAN, |ep| ep == d.ep)?;
+            for &(key, _) in &page {
+                batch.del_due(&self.store, key);
+                batch.fail_dropped(&self.store, d.ep, key.seq);
+            }
+            delta.pending -= page.len() as i64;
+            d.failed += page.len() as u64;
+            d.due_from = next;
+        }
+        if d.paused_from.is_none() && d.due_from.is_none() {
+            batch.deleted(&self.store, d.ep);
+        }
+        Ok(())
+    }
+
+    /// Keeps a deletion for the next tick if it is not done; logs it if it is.
+    fn dropped(&mut self, d: Dropping) {
+        if d.paused_from.is_some() || d.due_from.is_some() {
+            self.dropping.push(d);
+        } else {
+            tracing::info!(endpoint = %d.name, id = d.ep, failed = d.failed, "a deleted endpoint's pending deliveries failed");
+        }
+    }
+
+    /// A page of every deletion under way ([`Dropping`]), each in its own write.
+    fn drop_deleted(&mut self) {
+        for mut d in std::mem::take(&mut self.dropping) {
+            let mut batch = self.store.batch();
+            let mut delta = Delta::default();
+            let before = (d.paused_from, d.due_from, d.failed);
+            let result = self
+                .drop_page(&mut d, &mut batch, &mut delta)
+                .and_then(|()| self.store.commit(batch, false));
+            match result {
+                Ok(()) => self.stats.apply(delta),
+                Err(e) => {
+                    tracing::error!(error = %e, endpoint = %d.name, "cannot fail a deleted endpoint's deliveries; trying again");
+                    (d.paused_from, d.due_from, d.failed) = before;
+                }
+            }
+            self.dropped(d);
+        }
     }
 
     /// Schedules deliveries again, now. A done one (delivered, failed or expired) gets a
@@ -2053,6 +2164,9 @@ impl State {
     /// Moves the cursor toward `now + HORIZON_MS`, handing what it passes to workers.
     fn load(&mut self) {
         self.sweep_expired();
+        if !self.dropping.is_empty() {
+            self.drop_deleted();
+        }
         if !self.resuming.is_empty() {
             self.resume();
         }

@@ -287,11 +287,9 @@ fn apply_endpoints(
     let in_file: HashSet<String> = from_file.iter().map(|s| s.cfg.name.clone()).collect();
     let mut batch = store.batch();
     let mut specs = Vec::new();
-    // Endpoints disabled and deleted here: their deliveries are paused and failed in
-    // this write, as a disable or delete over the API does at once (nothing is in
-    // flight yet), not as each falls due.
+    // Endpoints disabled here: their deliveries waiting are paused at once, as a
+    // disable over the API does (nothing is in flight yet), not as each falls due.
     let mut disabled: HashSet<EndpointId> = HashSet::new();
-    let mut removed: HashSet<EndpointId> = HashSet::new();
     for mut spec in from_file {
         let meta = known.entry(spec.cfg.name.clone()).or_insert_with(|| {
             let m = EndpointMeta {
@@ -348,33 +346,43 @@ fn apply_endpoints(
                 }
             }
             _ => {
-                let paused = store.fail_paused(&mut batch, e.meta.id)?;
-                tracing::info!(endpoint = %e.name, paused_failed = paused, "endpoint left the config file: deleted");
+                tracing::info!(endpoint = %e.name, "endpoint left the config file: deleted");
+                // Its pending deliveries are failed by the committer (`Store::deleting`).
                 batch.delete_endpoint(store, &e.name, e.meta.id);
-                removed.insert(e.meta.id);
             }
         }
-    }
-    if !disabled.is_empty() || !removed.is_empty() {
-        let waiting = store.due_where(DueKey::MIN, |ep| {
-            disabled.contains(&ep) || removed.contains(&ep)
-        })?;
-        for &(key, val) in &waiting {
-            batch.del_due(store, key);
-            if removed.contains(&key.ep) {
-                batch.fail_dropped(store, key.ep, key.seq);
-            } else {
-                batch.pause(store, key.ep, key.seq, val);
-            }
-        }
-        tracing::info!(
-            moved = waiting.len(),
-            "deliveries of endpoints disabled or removed by the config file paused or failed"
-        );
     }
     store.commit(batch, true)?;
+    if !disabled.is_empty() {
+        pause_waiting(store, &disabled)?;
+    }
     specs.sort_by_key(|s| s.id);
     Ok(specs)
+}
+
+/// Moves every due delivery of the `disabled` endpoints to their paused sets, a page
+/// per write. (Should the process stop half-way, the loader pauses the rest as they
+/// fall due.)
+fn pause_waiting(store: &Store, disabled: &HashSet<EndpointId>) -> anyhow::Result<()> {
+    const SCAN: usize = 16_384;
+    let mut from = Some(DueKey::MIN);
+    let mut moved = 0;
+    while let Some(at) = from {
+        let (page, next) = store.due_where(at, SCAN, |ep| disabled.contains(&ep))?;
+        let mut batch = store.batch();
+        for &(key, val) in &page {
+            batch.del_due(store, key);
+            batch.pause(store, key.ep, key.seq, val);
+        }
+        store.commit(batch, false)?;
+        moved += page.len();
+        from = next;
+    }
+    tracing::info!(
+        moved,
+        "deliveries of endpoints disabled in the config file paused"
+    );
+    Ok(())
 }
 
 fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {

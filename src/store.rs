@@ -99,6 +99,8 @@ const ALL_CFS: [&str; 7] = [
 const CONFIG_PREFIX: &str = "~config/";
 /// Key prefix in `endpoints` of the name given to an id.
 const NAME_PREFIX: &str = "~name/";
+/// `~deleting/<id>`: an endpoint deleted whose pending deliveries are not all failed yet.
+const DELETING_PREFIX: &str = "~deleting/";
 
 /// Bits of a [`Seq`] below the millisecond timestamp.
 pub const SEQ_COUNTER_BITS: u32 = 10;
@@ -719,8 +721,8 @@ impl EndpointSource {
     }
 }
 
-/// Paused deliveries read at a time by the scans that move all of an endpoint's.
-const PAUSED_PAGE: usize = 4096;
+/// Due entries found by a paged scan, and the key to go on from (`None`: the end).
+pub type DuePage = (Vec<(DueKey, DueVal)>, Option<DueKey>);
 
 /// The entry a `due` iterator is at.
 fn due_entry(it: &rocksdb::DBRawIteratorWithThreadMode<'_, DB>) -> Result<(DueKey, DueVal)> {
@@ -1547,48 +1549,56 @@ impl Store {
     /// ordered by time, not by endpoint, so this scans it from `from` to the end: for
     /// the rare calls that move all of an endpoint's deliveries (disable, delete).
     pub fn due_of(&self, ep: EndpointId, from: DueKey) -> Result<Vec<(DueKey, DueVal)>> {
-        self.due_where(from, |e| e == ep)
+        Ok(self.due_where(from, usize::MAX, |e| e == ep)?.0)
     }
 
-    /// Every due entry with key ≥ `from` whose endpoint `mine` picks, in key order: one
-    /// scan for several endpoints (at start, those the config file removed or disabled).
+    /// The due entries whose endpoint `mine` picks among the first `scan` keys ≥ `from`,
+    /// in key order, and the key to go on from (`None` at the end of the index): the
+    /// index is ordered by time, so moving all of some endpoints' deliveries scans it
+    /// in pages this way.
     pub fn due_where(
         &self,
         from: DueKey,
+        scan: usize,
         mut mine: impl FnMut(EndpointId) -> bool,
-    ) -> Result<Vec<(DueKey, DueVal)>> {
+    ) -> Result<DuePage> {
         let mut it = self.db.raw_iterator_cf(self.cf(CF_DUE));
         it.seek(from.encode());
         let mut out = Vec::new();
+        let mut scanned = 0;
         while it.valid() {
             let (k, v) = due_entry(&it)?;
+            if scanned == scan {
+                return Ok((out, Some(k)));
+            }
+            scanned += 1;
             if mine(k.ep) {
                 out.push((k, v));
             }
             it.next();
         }
         it.status()?;
-        Ok(out)
+        Ok((out, None))
     }
 
-    /// Ends `failed`, in `batch`, every paused delivery of `ep`, whose endpoint is being
-    /// deleted ([`Batch::delete_endpoint`] drops the paused keys themselves). Returns
-    /// how many.
-    pub fn fail_paused(&self, batch: &mut Batch, ep: EndpointId) -> Result<u64> {
-        let mut failed = 0u64;
-        let mut after = 0;
-        loop {
-            let page = self.paused_of(ep, after, PAUSED_PAGE)?;
-            for &(seq, _) in &page {
-                batch.clear_state(self, DeliveryState::Paused, ep, seq);
-                batch.fail_dropped(self, ep, seq);
+    /// Endpoints deleted whose pending deliveries are still being failed, by id
+    /// ([`Batch::delete_endpoint`]).
+    pub fn deleting(&self) -> Result<Vec<EndpointId>> {
+        let mut out = Vec::new();
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_ENDPOINTS));
+        it.seek(DELETING_PREFIX);
+        while it.valid() {
+            let k = it.key().unwrap_or_default();
+            let Some(id) = k.strip_prefix(DELETING_PREFIX.as_bytes()) else {
+                break;
+            };
+            if let Ok(id) = id.try_into().map(u32::from_be_bytes) {
+                out.push(id);
             }
-            failed += page.len() as u64;
-            match page.last() {
-                Some(&(seq, _)) if page.len() == PAUSED_PAGE => after = seq + 1,
-                _ => return Ok(failed),
-            }
+            it.next();
         }
+        it.status()?;
+        Ok(out)
     }
 
     /// Number of keys in `due` (pending deliveries), for tests and diagnostics. Scans.
@@ -2185,16 +2195,19 @@ impl Batch {
         self.wb.put_cf(cf, k, name.as_bytes());
     }
 
-    /// Removes an endpoint (its id's name stays, for the log) and its paused deliveries.
+    /// Removes an endpoint (its id's name stays, for the log) and records that its
+    /// pending deliveries are to be failed ([`Store::deleting`]): the committer does
+    /// that in pages, and [`Batch::deleted`] ends it.
     pub fn delete_endpoint(&mut self, store: &Store, name: &str, id: EndpointId) {
         let cf = store.cf(CF_ENDPOINTS);
         self.wb.delete_cf(cf, name.as_bytes());
         self.wb.delete_cf(cf, format!("{CONFIG_PREFIX}{name}"));
-        self.wb.delete_range_cf(
-            store.cf(CF_PAUSED),
-            paused_key(id, 0),
-            paused_key(id.saturating_add(1), 0),
-        );
+        self.wb.put_cf(cf, deleting_key(id), []);
+    }
+
+    /// Every pending delivery of deleted endpoint `id` is failed.
+    pub fn deleted(&mut self, store: &Store, id: EndpointId) {
+        self.wb.delete_cf(store.cf(CF_ENDPOINTS), deleting_key(id));
     }
 
     /// Range-deletes every event and attempt below `floor` (retention).
@@ -2207,6 +2220,12 @@ impl Batch {
             floor.to_be_bytes(),
         );
     }
+}
+
+fn deleting_key(id: EndpointId) -> Vec<u8> {
+    let mut k = DELETING_PREFIX.as_bytes().to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {

@@ -473,3 +473,61 @@ fn api_endpoint_changes_and_replays_survive_kill9() {
     assert_eq!(v["deliveries"][0]["attempts"].as_array().unwrap().len(), 2);
     assert_eq!(old.count(), before_old);
 }
+
+/// Deleting an endpoint fails its pending deliveries in pages after the DELETE is
+/// answered (a large backlog neither holds the server nor builds one huge write). A
+/// kill -9 half-way loses none of that: after the restart the rest are failed too, the
+/// paused ones and those waiting in the due index alike, and nothing stays pending.
+#[test]
+fn a_deletion_killed_half_way_fails_the_rest_after_the_restart() {
+    let n = 20_000;
+    // API endpoints, so that the config file of the restart does not delete them.
+    let mut srv = TestServer::start("");
+    for name in ["due-big", "paused-big"] {
+        let def = serde_json::json!({
+            "name": name, "events": ["t"], "url": "http://127.0.0.1:9/", "min_delay": "1h",
+        });
+        let (status, body) = srv.call("POST", "/v1/endpoints", &def);
+        assert_eq!(status, 201, "{body}");
+    }
+    let lines: Vec<String> = (0..n)
+        .map(|i| event("t", &format!("b-{i}"), "{}"))
+        .collect();
+    let acks = send_pipelined(&srv, lines);
+    assert!(acks.iter().all(|a| a.ends_with(" 2")), "{:?}", &acks[..3]);
+    assert_eq!(srv.post("/v1/endpoints/paused-big/disable").0, 200);
+    srv.wait_metric("ricochet_deliveries_paused", Duration::from_secs(30), |v| {
+        v == n as f64
+    });
+    for name in ["paused-big", "due-big"] {
+        let path = format!("/v1/endpoints/{name}");
+        assert_eq!(srv.call("DELETE", &path, &serde_json::Value::Null).0, 200);
+    }
+    // Pages of a few thousand a tick: most are still pending here.
+    let left = srv
+        .metrics()
+        .value("ricochet_deliveries_pending", &[])
+        .unwrap();
+    assert!(left > n as f64, "{left} pending");
+    srv.kill9();
+
+    let srv = TestServer::start_in(srv.dir.clone(), &ServerOpts::new(""));
+    srv.wait_metric(
+        "ricochet_deliveries_pending",
+        Duration::from_secs(60),
+        |v| v == 0.0,
+    );
+    assert_eq!(
+        srv.metrics().value("ricochet_deliveries_paused", &[]),
+        Some(0.0)
+    );
+    for state in ["pending", "paused"] {
+        let (status, v) = srv.get(&format!("/v1/events?status={state}&limit=1"));
+        assert_eq!(status, 200);
+        assert_eq!(v["events"], serde_json::json!([]), "{state}");
+    }
+    for i in [0, n / 2, n - 1] {
+        let id = format!("b-{i}");
+        assert_eq!(states(&srv.event(&id)), ["failed", "failed"], "{id}");
+    }
+}
