@@ -955,11 +955,19 @@ impl ConfigFile {
             bad.push(("retention", "must be at least 1s".into()));
         }
         // An empty token would be matched by a request without one.
-        if s.admin_token.as_deref() == Some("") {
-            bad.push((
+        match s.admin_token.as_deref() {
+            Some("") => bad.push((
                 "admin_token",
                 "must not be empty (leave it out for an API without a token)".into(),
-            ));
+            )),
+            // A request's `Authorization` value is read trimmed: no request could match.
+            Some(t) if t.trim() != t || t.chars().any(char::is_control) => bad.push((
+                "admin_token",
+                "must not begin or end with whitespace, nor hold control characters (no \
+                 request could send it)"
+                    .into(),
+            )),
+            _ => {}
         }
         for (field, msg) in bad {
             self.problems.push(Problem {
@@ -1277,6 +1285,15 @@ enabled = true
             ["2:15: server: field `admin_token`: must not be empty (leave it out for an API without a token)"]
         );
         assert!(problems("[server]\nadmin_token = \"s3cret\"\n").is_empty());
+        for t in [" ", "s3cr3t ", "\\ts3cr3t", "s3\\u0007cr3t"] {
+            let p = problems(&format!("[server]\nadmin_token = \"{t}\"\n"));
+            assert_eq!(p.len(), 1, "{t:?}");
+            assert!(
+                p[0].contains("must not begin or end with whitespace"),
+                "{p:?}"
+            );
+            assert!(!p[0].contains("cr3t"), "the token is not quoted: {p:?}");
+        }
     }
 
     #[test]

@@ -235,6 +235,13 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
         max_line_bytes: s.max_line_bytes,
     })
     .with_context(|| format!("cannot start the admin API on {}", s.admin))?;
+    if !admin_addr.ip().is_loopback() && s.admin_token.is_none() {
+        tracing::warn!(
+            admin = %admin_addr,
+            "the admin API listens beyond the loopback with no admin_token: whoever reaches \
+             it can read the events and change the endpoints (set admin_token)"
+        );
+    }
     tracing::info!(
         socket = %s.socket.display(),
         tcp = ?tcp_addr,

@@ -1142,6 +1142,8 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
         attempting.set(Some(job.due.seq));
         w.attempt(&ep, job, &mut slot, &mut wbuf, &mut scratch)
             .await;
+        scratch.trim();
+        request::trim(&mut wbuf);
         attempting.set(None);
         w.active.set(w.active.get() - 1);
         if w.stopping.get() && w.active.get() == 0 {

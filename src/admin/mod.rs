@@ -13,8 +13,9 @@
 //! `Authorization: Bearer <token>` (the scheme in any case, the token compared in
 //! constant time), while `/health` (GET, HEAD) and `/metrics` stay open. Web pages may
 //! not drive it: a request with an `Origin` header (which browsers send with any
-//! cross-site POST) is refused, and on a loopback address so is a `Host` that is not a
-//! loopback name (a page whose name was rebound to 127.0.0.1). Request heads are capped
+//! cross-site POST) is refused, and on a connection to a loopback address (bound to one, or
+//! to a wildcard address) so is a `Host` that is not a loopback name (a page whose
+//! name was rebound to 127.0.0.1). Request heads are capped
 //! at 16 KiB and bodies at [`MAX_BODY`]; a malformed request is a 4xx, never a panic.
 //!
 //! It must not write the store, and must not block a worker or the committer: every
@@ -83,8 +84,6 @@ struct HttpCounts {
 struct Admin {
     store: Store,
     token: Option<String>,
-    /// Bound to a loopback address: `Host` must name this machine's loopback.
-    loopback: bool,
     commit: MailboxSender<CommitMsg>,
     workers: Vec<MailboxSender<WorkerMsg>>,
     registry: Registry,
@@ -161,7 +160,6 @@ pub fn start(setup: AdminSetup) -> std::io::Result<SocketAddr> {
     let admin = Arc::new(Admin {
         store: setup.store,
         token: setup.token,
-        loopback: local.ip().is_loopback(),
         commit: setup.commit,
         workers: setup.workers,
         registry: setup.registry,
@@ -294,6 +292,9 @@ fn bearer_token(auth: &str) -> Option<&str> {
 impl Admin {
     fn serve(&self, mut conn: TcpStream) {
         let _ = conn.set_write_timeout(Some(IDLE));
+        // Reached through a loopback address (also when bound to a wildcard one):
+        // `Host` must name this machine's loopback.
+        let loopback = conn.local_addr().is_ok_and(|a| a.ip().is_loopback());
         let mut buf = Vec::with_capacity(4096);
         let mut chunk = [0u8; 8192];
         // Evicted for a new connection: the request read as it happened is the last.
@@ -328,7 +329,7 @@ impl Admin {
                     return;
                 }
             };
-            let resp = self.route(&req);
+            let resp = self.route(&req, loopback);
             let body = req.method != "HEAD";
             let close = req.close || last;
             if write_response(&mut conn, &resp, !close, body).is_err() || close {
@@ -337,14 +338,14 @@ impl Admin {
         }
     }
 
-    fn route(&self, req: &Request) -> Response {
+    fn route(&self, req: &Request, loopback: bool) -> Response {
         if req.origin {
             return error(
                 403,
                 "requests from web pages (with an Origin header) are refused",
             );
         }
-        if self.loopback && !req.host.as_deref().is_none_or(is_loopback_host) {
+        if loopback && !req.host.as_deref().is_none_or(is_loopback_host) {
             return error(
                 403,
                 "the Host header must name this machine's loopback (localhost, 127.0.0.1, [::1])",
@@ -465,8 +466,15 @@ fn read_request(
                             "send the body with Content-Length (Transfer-Encoding is not supported)",
                         ));
                     } else if name.eq_ignore_ascii_case("authorization") {
+                        if req.auth.is_some() {
+                            return Err(reject(400, "more than one Authorization header"));
+                        }
                         req.auth = Some(String::from_utf8_lossy(h.value).into_owned());
                     } else if name.eq_ignore_ascii_case("host") {
+                        // RFC 9112 §3.2: more than one is a 400.
+                        if req.host.is_some() {
+                            return Err(reject(400, "more than one Host header"));
+                        }
                         req.host = Some(String::from_utf8_lossy(h.value).into_owned());
                     } else if name.eq_ignore_ascii_case("origin") {
                         req.origin = true;

@@ -36,11 +36,44 @@ pub struct Scratch {
     body_len: usize,
 }
 
-/// A request that cannot be built: never retried.
+/// The longest rendered URL sent (receivers commonly refuse 8 KiB and more).
+pub const MAX_URL_BYTES: usize = 64 << 10;
+/// The most bytes all of an endpoint's rendered header values may take together.
+pub const MAX_HEADER_BYTES: usize = 64 << 10;
+/// The largest rendered body sent. A body passed through as received is the event's
+/// `data` (at most `max_line_bytes`); a template can make a body far larger than its
+/// event (a `join` whose elements each read a large field), and such a one stops here
+/// instead of taking the process's memory.
+pub const MAX_BODY_BYTES: usize = 8 << 20;
+
+impl Scratch {
+    /// Gives back what an unusually large request made the buffers grow to, so a lane
+    /// keeps no more than [`KEEP_BYTES`] a buffer between attempts.
+    pub fn trim(&mut self) {
+        for b in [&mut self.url, &mut self.body, &mut self.values] {
+            trim(b);
+        }
+    }
+}
+
+/// What a reusable request buffer keeps between attempts ([`trim`]).
+pub const KEEP_BYTES: usize = 256 << 10;
+
+/// Shrinks `buf` to [`KEEP_BYTES`] if it grew beyond.
+pub fn trim(buf: &mut Vec<u8>) {
+    if buf.capacity() > KEEP_BYTES {
+        buf.clear();
+        buf.shrink_to(KEEP_BYTES);
+    }
+}
+
+/// A request that cannot be built: never retried (the same event renders the same).
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("malformed URL {url:?}: {error}")]
     MalformedUrl { url: String, error: UrlError },
+    #[error("the rendered {part} is over {} KiB: not sent", limit >> 10)]
+    TooLarge { part: &'static str, limit: usize },
 }
 
 /// Appends the full request (head and body) to `out`; returns where it goes.
@@ -56,7 +89,9 @@ pub fn build(
         Some(t) => t.clone(),
         None => {
             s.url.clear();
-            spec.url.render(doc, &mut s.url);
+            spec.url
+                .render_within(doc, &mut s.url, MAX_URL_BYTES)
+                .map_err(|_| too_large("URL", MAX_URL_BYTES))?;
             // A value rendered as a whole `.` or `..` segment would send the request
             // to another path: such a URL is malformed.
             let parsed = parse_url(&s.url).and_then(|t| {
@@ -85,9 +120,15 @@ pub fn build(
     let passthrough =
         has_body && spec.body.is_none() && matches!(spec.cfg.format, Format::Json | Format::Text);
     if has_body && !passthrough {
-        match &spec.body {
-            Some(t) => t.render(doc, &mut s.body),
-            None => render_default_body(body_format(spec), doc, &mut s.body),
+        let fits = match &spec.body {
+            Some(t) => t.render_within(doc, &mut s.body, MAX_BODY_BYTES).is_ok(),
+            None => {
+                render_default_body(body_format(spec), doc, &mut s.body);
+                s.body.len() <= MAX_BODY_BYTES
+            }
+        };
+        if !fits {
+            return Err(too_large("body", MAX_BODY_BYTES));
         }
     }
     let body: &[u8] = if passthrough { event.data() } else { &s.body };
@@ -104,7 +145,8 @@ pub fn build(
     s.ranges.clear();
     for (_, t) in &spec.headers {
         let start = s.values.len();
-        t.render(doc, &mut s.values);
+        t.render_within(doc, &mut s.values, MAX_HEADER_BYTES)
+            .map_err(|_| too_large("header values", MAX_HEADER_BYTES))?;
         s.ranges.push((start, s.values.len()));
     }
     let fixed: [Option<(&[u8], &[u8])>; 5] = [
@@ -130,6 +172,10 @@ pub fn build(
     );
     out.extend_from_slice(body);
     Ok(target)
+}
+
+fn too_large(part: &'static str, limit: usize) -> BuildError {
+    BuildError::TooLarge { part, limit }
 }
 
 fn body_format(spec: &EndpointSpec) -> crate::template::BodyFormat {
@@ -462,6 +508,69 @@ mod tests {
         );
         let spec = EndpointSpec::compile(0, cfg).unwrap();
         assert_eq!(spec.static_target.unwrap().path_and_query, "/a/../b");
+    }
+
+    /// One small event whose join reads a large field for every element of a long
+    /// array would render a body of hundreds of MiB: rendering stops just past the
+    /// limit, and the request is not built (never retried: it renders the same again).
+    #[test]
+    fn an_amplifying_join_stops_at_the_size_limit() {
+        let toml = |extra: &str| {
+            format!("[[endpoint]]\nname = \"p\"\nevents = [\"t\"]\nurl = \"http://h/x\"\n{extra}\n")
+        };
+        let big = "x".repeat(20_000);
+        let items = vec!["0"; 10_000].join(",");
+        let data = format!(r#"{{"Oid": "{big}", "items": [{items}]}}"#);
+        let event = EventRecord::new(1, Some("e-1"), "t", None, 0, &[0], data.as_bytes());
+        let doc = Doc::parse(bytes::Bytes::from(data.clone())).unwrap();
+        let build_with = |extra: &str, s: &mut Scratch| {
+            let spec = EndpointSpec::compile(0, first_endpoint(&toml(extra))).unwrap();
+            build(&spec, &event, &doc, 0, s, &mut Vec::new())
+        };
+        let mut s = Scratch::default();
+        let body = r#"format = "text"
+body = '{join(items, i, "{i}:{Oid}")}'"#;
+        match build_with(body, &mut s) {
+            Err(BuildError::TooLarge {
+                part: "body",
+                limit,
+            }) => assert_eq!(limit, MAX_BODY_BYTES),
+            other => panic!("{other:?}"),
+        }
+        // It stopped one element past the limit, not after all 10,000 (200 MB).
+        assert!(s.body.len() <= MAX_BODY_BYTES + 20_010, "{}", s.body.len());
+        assert_eq!(
+            build_with(body, &mut s).unwrap_err().to_string(),
+            "the rendered body is over 8192 KiB: not sent"
+        );
+        s.trim();
+        assert!(s.body.capacity() <= KEEP_BYTES);
+        // The same in a header value and in the URL.
+        let header = r#"headers = { X-All = '{join(items, i, "{Oid}")}' }"#;
+        assert!(matches!(
+            build_with(header, &mut s),
+            Err(BuildError::TooLarge {
+                part: "header values",
+                ..
+            })
+        ));
+        let spec = EndpointSpec::compile(
+            0,
+            url_endpoint(r#""http://h/x?all={join(items, i, \"{Oid}\")}""#),
+        )
+        .unwrap();
+        assert!(matches!(
+            build(&spec, &event, &doc, 0, &mut s, &mut Vec::new()),
+            Err(BuildError::TooLarge { part: "URL", .. })
+        ));
+        // A body up to the limit is sent.
+        let few = r#"{"Oid": "abc", "items": [1, 2]}"#;
+        let event = EventRecord::new(1, Some("e-1"), "t", None, 0, &[0], few.as_bytes());
+        let doc = Doc::parse(bytes::Bytes::from_static(few.as_bytes())).unwrap();
+        let spec = EndpointSpec::compile(0, first_endpoint(&toml(body))).unwrap();
+        let mut out = Vec::new();
+        build(&spec, &event, &doc, 0, &mut s, &mut out).unwrap();
+        assert!(out.ends_with(b"1:abc,2:abc"));
     }
 
     #[test]

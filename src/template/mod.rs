@@ -33,7 +33,7 @@ mod render;
 use std::sync::Arc;
 
 pub use doc::{Doc, DocError};
-pub use render::render_default_body;
+pub use render::{render_default_body, Overflow};
 
 /// Where a template's output lands; decides the escaping at compile time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,11 +128,22 @@ impl Template {
         })
     }
 
-    /// Appends the rendered text to `out`. Never fails: a missing data point renders
-    /// empty (`null` where a JSON body expects a value).
+    /// Appends the rendered text to `out`. A missing data point renders empty (`null`
+    /// where a JSON body expects a value).
     pub fn render(&self, doc: &Doc, out: &mut Vec<u8>) {
-        out.reserve(self.size_hint);
-        render::render(&self.parts, doc, out);
+        let _ = self.render_within(doc, out, usize::MAX);
+    }
+
+    /// [`Template::render`], stopping with [`Overflow`] once `out` is longer than
+    /// `max_len` (what it holds then is cut short anywhere).
+    pub fn render_within(
+        &self,
+        doc: &Doc,
+        out: &mut Vec<u8>,
+        max_len: usize,
+    ) -> Result<(), Overflow> {
+        out.reserve(self.size_hint.min(max_len.saturating_sub(out.len())));
+        render::render(&self.parts, doc, out, max_len)
     }
 
     /// True when the template has no placeholder at all: it renders the same bytes for

@@ -13,17 +13,33 @@ struct Cx {
     /// The element each enclosing join has bound, by nesting level.
     vars: [u32; MAX_JOIN_DEPTH],
     hints: Hints,
+    /// The longest `out` may grow.
+    max_len: usize,
 }
 
-pub(super) fn render(parts: &[Part], doc: &Doc, out: &mut Vec<u8>) {
+/// `out` would have grown past the length allowed ([`render`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overflow;
+
+/// Appends the rendering to `out`, stopping with [`Overflow`] as soon as `out` is
+/// longer than `max_len`: a join over a long array can multiply an event's size (each
+/// element may read a large top-level field), so the check runs after every part, not
+/// once at the end.
+pub(super) fn render(
+    parts: &[Part],
+    doc: &Doc,
+    out: &mut Vec<u8>,
+    max_len: usize,
+) -> Result<(), Overflow> {
     let mut cx = Cx {
         vars: [Doc::ROOT; MAX_JOIN_DEPTH],
         hints: NO_HINTS,
+        max_len,
     };
-    parts_into(parts, doc, &mut cx, out);
+    parts_into(parts, doc, &mut cx, out)
 }
 
-fn parts_into(parts: &[Part], doc: &Doc, cx: &mut Cx, out: &mut Vec<u8>) {
+fn parts_into(parts: &[Part], doc: &Doc, cx: &mut Cx, out: &mut Vec<u8>) -> Result<(), Overflow> {
     for part in parts {
         match part {
             Part::Lit(b) => out.extend_from_slice(b),
@@ -43,11 +59,15 @@ fn parts_into(parts: &[Part], doc: &Doc, cx: &mut Cx, out: &mut Vec<u8>) {
                         out.extend_from_slice(&j.sep);
                     }
                     cx.vars[usize::from(j.slot)] = el;
-                    parts_into(&j.body, doc, cx, out);
+                    parts_into(&j.body, doc, cx, out)?;
                 }
             }
         }
+        if out.len() > cx.max_len {
+            return Err(Overflow);
+        }
     }
+    Ok(())
 }
 
 #[inline]

@@ -685,6 +685,35 @@ fn web_pages_cannot_drive_the_admin_api() {
     assert_eq!(status("GET /health HTTP/1.0\r\n", ""), 200);
     let post = post.replace("Origin: http://attacker.example\r\n", "");
     assert_eq!(status(&post, ep), 201);
+    // Two Host headers (the last a loopback one), two Authorization headers: 400.
+    let two = "GET /health HTTP/1.1\r\nHost: evil.example\r\nHost: localhost\r\n";
+    assert_eq!(status(two, ""), 400);
+    let two = "GET /health HTTP/1.1\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n";
+    assert_eq!(status(two, ""), 400);
+}
+
+/// Bound to a wildcard address, the API is reached over the loopback too: there a
+/// `Host` that is not a loopback name is refused as well (a rebound page's request).
+#[test]
+fn a_wildcard_admin_checks_host_on_its_loopback_connections() {
+    let srv = TestServer::start_with(ServerOpts::new("").arg("--admin").arg("0.0.0.0:0"));
+    let port = srv.admin.port();
+    let status = |host: &str| -> u16 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect admin");
+        let req =
+            format!("GET /v1/endpoints HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out.split(' ').nth(1).unwrap().parse().unwrap()
+    };
+    assert_eq!(status(&format!("rebind.attacker.example:{port}")), 403);
+    assert_eq!(status(&format!("localhost:{port}")), 200);
+    assert!(
+        srv.log().contains("no admin_token"),
+        "a warning for an API open beyond the loopback:\n{}",
+        srv.log()
+    );
 }
 
 #[test]
