@@ -1153,13 +1153,17 @@ impl State {
         delta: &mut Delta,
     ) {
         self.in_memory = self.in_memory.saturating_sub(1);
+        // A retry past retention expires below: it is no ordered endpoint's head.
+        let expires =
+            matches!(o.next, Next::Retry { .. }) && o.event.seq < self.store.retention_floor();
         if let Some(info) = self.router.eps.get_mut(&o.ep) {
             if info.meta.fails != o.fails {
                 info.meta.fails = o.fails;
                 self.dirty.insert(o.ep);
             }
             if info.ordered {
-                let hold = match (o.next, info.meta.hold) {
+                let next = if expires { Next::Done } else { o.next };
+                let hold = match (next, info.meta.hold) {
                     (Next::Retry { due_ms }, _) => Some((o.event.seq, due_ms, o.attempts)),
                     (Next::Done | Next::Paused, Some((s, _, _))) if s == o.event.seq => None,
                     (_, h) => h,
@@ -1195,7 +1199,7 @@ impl State {
             // The endpoint was deleted while this attempt ran: nothing more to do.
             _ if known.is_none() => Next::Done,
             // Past retention: it expires instead of waiting for another attempt.
-            Next::Retry { .. } if seq < self.store.retention_floor() => {
+            Next::Retry { .. } if expires => {
                 delta.expired += 1;
                 Next::Done
             }
@@ -2090,7 +2094,7 @@ impl State {
             delta.pending -= 1;
             return;
         };
-        if key.seq < self.store.retention_floor() {
+        if key.seq < self.store.retention_floor() && !self.worker_may_hold(key.ep) {
             // Past retention (its event is gone or going): expired.
             cleanup.del_due(&self.store, key);
             delta.pending -= 1;
@@ -2127,6 +2131,17 @@ impl State {
         });
     }
 
+    /// Whether endpoint `ep`'s worker may hold a retry whose due key is still on disk
+    /// (an enabled endpoint `ordered` at some time since the start keeps its head's
+    /// retry itself). Such a key past retention is the worker's to expire, when the
+    /// retry's turn comes; expiring it here too would retire it, and count it, twice.
+    fn worker_may_hold(&self, ep: EndpointId) -> bool {
+        self.router
+            .eps
+            .get(&ep)
+            .is_some_and(|i| i.holds_retries && i.enabled)
+    }
+
     /// One page of the expiry sweep: due deliveries above the cursor (so on disk only)
     /// whose events are past retention expire. Those below the cursor are in a worker
     /// or spilled, and expire when reported or handed over.
@@ -2142,7 +2157,7 @@ impl State {
         let mut batch = self.store.batch();
         let mut delta = Delta::default();
         for (key, _) in &page {
-            if key.seq < floor {
+            if key.seq < floor && !self.worker_may_hold(key.ep) {
                 batch.del_due(&self.store, *key);
                 delta.pending -= 1;
                 delta.expired += 1;

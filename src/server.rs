@@ -183,6 +183,7 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
             line_budget: line_budget.clone(),
             allow_private_networks: s.allow_private_networks,
             drain_timeout: DRAIN_TIMEOUT,
+            retention: store.floor_reader(),
         };
         worker_threads.push(
             std::thread::Builder::new()

@@ -736,6 +736,17 @@ fn due_entry(it: &rocksdb::DBRawIteratorWithThreadMode<'_, DB>) -> Result<(DueKe
     Ok((k, DueVal::decode(it.value().unwrap_or_default())))
 }
 
+/// Reads the retention floor ([`Store::floor_reader`]): events below it are gone.
+#[derive(Clone, Debug)]
+pub struct FloorReader(Arc<AtomicU64>);
+
+impl FloorReader {
+    /// Whether event `seq` is below the retention floor.
+    pub fn is_past(&self, seq: Seq) -> bool {
+        seq < self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// An endpoint as persisted.
 #[derive(Debug, Clone)]
 pub struct StoredEndpoint {
@@ -1104,6 +1115,12 @@ impl Store {
 
     pub fn retention_floor(&self) -> Seq {
         self.floor.load(Ordering::Relaxed)
+    }
+
+    /// The retention floor to read where the store itself is not (the workers: a
+    /// delivery they hold whose event passed it expires instead of being attempted).
+    pub fn floor_reader(&self) -> FloorReader {
+        FloorReader(self.floor.clone())
     }
 
     /// The highest sequence number in the log.

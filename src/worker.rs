@@ -46,7 +46,7 @@ use crate::schedule::{after_attempt, classify_response, FailClass, Verdict};
 use crate::shard::{Mailbox, MailboxSender};
 use crate::store::{
     seq_time_ms, AttemptRecord, DeliveryState, DisabledBy, DueKey, DueVal, EndpointId,
-    EndpointMeta, EventRecord,
+    EndpointMeta, EventRecord, FloorReader,
 };
 use crate::template::Doc;
 
@@ -126,6 +126,8 @@ pub struct WorkerSetup {
     pub line_budget: Arc<ingest::LineBudget>,
     pub allow_private_networks: bool,
     pub drain_timeout: Duration,
+    /// Deliveries whose event passed it expire instead of their next attempt.
+    pub retention: FloorReader,
 }
 
 /// An event as a worker holds it: the record plus its data index, built on first use.
@@ -252,6 +254,7 @@ struct Worker {
     empty_doc: Doc,
     max_line_bytes: usize,
     allow_private: bool,
+    retention: FloorReader,
     stopping: Cell<bool>,
     active: Cell<usize>,
     idle_wake: LocalNotify,
@@ -300,6 +303,7 @@ pub async fn run(setup: WorkerSetup) {
         empty_doc: Doc::parse(Bytes::from_static(b"{}")).expect("empty object parses"),
         max_line_bytes: setup.max_line_bytes,
         allow_private: setup.allow_private_networks,
+        retention: setup.retention,
         stopping: Cell::new(false),
         active: Cell::new(0),
         idle_wake: LocalNotify::default(),
@@ -684,6 +688,19 @@ impl Worker {
         rec
     }
 
+    /// Reports `job` expired without an attempt: a retry past the retention floor,
+    /// which the committer retires as expired. An ordered endpoint's queue moves on.
+    fn expire(self: &Rc<Self>, ep: &Ep, job: WJob) {
+        if ep.spec().cfg.ordered {
+            let copy = ep.queue.borrow_mut().completed(job.due.seq);
+            if let Some(stale) = copy {
+                self.report(stale, None, Next::Stale);
+            }
+        }
+        let now = now_ms();
+        self.report(job, None, Next::Retry { due_ms: now });
+    }
+
     fn report(self: &Rc<Self>, job: WJob, attempt: Option<AttemptRecord>, next: Next) {
         let n = job.attempts;
         self.report_n(job, attempt, next, n);
@@ -957,6 +974,11 @@ impl Worker {
             state = DeliveryState::Paused;
             next = Next::Paused;
         }
+        // Past retention, a retry is not kept: the committer expires it (SPEC §2).
+        let expires = matches!(next, Next::Retry { .. }) && self.retention.is_past(job.due.seq);
+        if expires {
+            state = DeliveryState::Expired;
+        }
         rec.state_after = Some(state);
         if let Next::Retry { due_ms } = next {
             rec.next_due_ms = due_ms;
@@ -967,7 +989,7 @@ impl Worker {
                 // attempt's outcome stands across an enable/disable (the store left an
                 // attempt in flight where it was), so its retry is of the current
                 // generation.
-                Next::Retry { due_ms } => {
+                Next::Retry { due_ms } if !expires => {
                     let kept = WJob {
                         ev: job.ev.clone(),
                         ep: job.ep,
@@ -1136,6 +1158,12 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
         }
         if ep.disabled.get() {
             w.report(job, None, Next::Paused);
+            continue;
+        }
+        if w.retention.is_past(job.due.seq) {
+            // Its event is gone (a delivery held here past `retention`: an ordered
+            // endpoint's queue, a slow endpoint's backlog): it expires unsent.
+            w.expire(&ep, job);
             continue;
         }
         w.active.set(w.active.get() + 1);

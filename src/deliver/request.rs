@@ -223,6 +223,7 @@ pub fn is_secret_header(name: &str) -> bool {
 /// `-`, `_`, `.` and lower-to-upper case changes (`apiKey` is `api`, `key`).
 const SECRET_WORDS: [&str; 17] = [
     "auth",
+    "authentication",
     "authorization",
     "bearer",
     "cookie",
@@ -237,13 +238,12 @@ const SECRET_WORDS: [&str; 17] = [
     "session",
     "sig",
     "signature",
-    "apikey",
     "private",
 ];
 
 /// Parts of a word that make it a credential's wherever they stand (`accesstoken`,
-/// `clientsecret`, `x-password`).
-const SECRET_PARTS: [&str; 3] = ["token", "secret", "passw"];
+/// `clientsecret`, `x-password`, `XAPIKEY`).
+const SECRET_PARTS: [&str; 4] = ["token", "secret", "passw", "apikey"];
 
 /// Whether `name` (a header's or a query parameter's) names a credential: one of its
 /// words is in [`SECRET_WORDS`] or holds one of [`SECRET_PARTS`].
@@ -370,10 +370,11 @@ fn rewrite_secret_values(out: &mut String, url: &str, replace: impl Fn(&mut Stri
     };
     out.push_str(head);
     out.push('?');
-    for (i, pair) in query.split('&').enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
+    // Parameters are separated by `&`, and by `;` for the receivers that take it.
+    let mut rest = query;
+    loop {
+        let end = rest.find(['&', ';']).unwrap_or(rest.len());
+        let pair = &rest[..end];
         match pair.split_once('=') {
             Some((name, value)) if !value.is_empty() && is_secret_param(name) => {
                 out.push_str(name);
@@ -382,6 +383,11 @@ fn rewrite_secret_values(out: &mut String, url: &str, replace: impl Fn(&mut Stri
             }
             _ => out.push_str(pair),
         }
+        let Some(sep) = rest[end..].chars().next() else {
+            return;
+        };
+        out.push(sep);
+        rest = &rest[end + 1..];
     }
 }
 
@@ -420,6 +426,9 @@ mod tests {
             "X-Key2",
             "Api-Key-1",
             "X-Sig256",
+            "Authentication",
+            "X-Authentication",
+            "XAPIKEY",
         ] {
             assert!(is_secret_header(name), "{name} is a secret's name");
         }
@@ -455,6 +464,10 @@ mod tests {
             "POST https://h/pb?api%5Fkey=[redacted]&access_token=[redacted]&sig=[redacted]&flag&token="
         );
         assert_eq!(line("http://h/a/b"), "POST http://h/a/b");
+        assert_eq!(
+            line("http://h/pb?a=1;token=t;b=2&sig=s"),
+            "POST http://h/pb?a=1;token=[redacted];b=2&sig=[redacted]"
+        );
         assert_eq!(
             line("http://h/?author=x&keyword=y"),
             "POST http://h/?author=x&keyword=y"

@@ -1585,6 +1585,55 @@ fn retention_removes_old_events_and_expires_pending_deliveries() {
     assert_eq!(ok.ids()["d-0"], 2);
 }
 
+/// Deliveries a worker holds also expire when their event passes retention: an ordered
+/// endpoint's queue behind a retrying head, and a slow endpoint's backlog waiting for a
+/// lane. None is sent after its event is gone, and each is counted once.
+#[test]
+fn deliveries_a_worker_holds_expire_unsent_past_retention() {
+    let down = TestReceiver::with_script(|_, _| Reply::status(500));
+    let slow =
+        TestReceiver::with_script(|_, _| Reply::status(200).delay(Duration::from_millis(1500)));
+    let retries = format!("retry = [{}]", vec!["\"1s\""; 20].join(", "));
+    let eps = [
+        endpoint(
+            "ord",
+            r#"["o"]"#,
+            &down.url("/"),
+            &format!("ordered = true\n{retries}"),
+        ),
+        endpoint("slow", r#"["s"]"#, &slow.url("/"), "max_in_flight = 1"),
+    ]
+    .concat();
+    let srv = TestServer::start_with(ServerOpts::new(&eps).server("retention = \"2s\""));
+    let mut c = srv.connect();
+    c.send_each_ok("o", "o", 3);
+    c.send_each_ok("s", "s", 4);
+    poll(Duration::from_secs(20), "all seven expired", || {
+        let m = srv.metrics();
+        let expired = metric(&m, "ricochet_deliveries_expired_total");
+        let pending = metric(&m, "ricochet_deliveries_pending");
+        if pending == 0.0 {
+            Ok(())
+        } else {
+            Err(format!("expired_total {expired}; pending {pending}"))
+        }
+    });
+    // The ordered head was attempted until it expired; those behind it never were.
+    let ids = down.ids();
+    assert_eq!(ids.keys().collect::<Vec<_>>(), ["o-0"], "{ids:?}");
+    // Each slow attempt takes 1.5 s: the first two went out before their event passed
+    // the floor (2 s, moved every 250 ms), the last never.
+    let sent = slow.ids();
+    assert!(!sent.contains_key("s-3"), "{sent:?}");
+    assert!(sent.values().all(|n| *n == 1), "{sent:?}");
+    let m = srv.metrics();
+    assert_eq!(
+        metric(&m, "ricochet_deliveries_expired_total") as usize + sent.len(),
+        7,
+        "every delivery ends once: {sent:?}"
+    );
+}
+
 #[test]
 fn admin_token_guards_the_management_calls() {
     let rx = TestReceiver::start();
