@@ -25,6 +25,38 @@ pub enum EndpointError {
     Field(String),
 }
 
+/// What makes a URL template with placeholders unable to ever make a valid URL, judged
+/// from its authority (after `scheme://`, up to the first `/`, `?` or `#`): an `@`
+/// (credentials, refused as in a static URL) or a bracketed IPv6 host with a
+/// placeholder in it (a value's colons are percent-encoded). Every delivery would fail,
+/// so the endpoint is refused instead, with the column.
+fn templated_authority_problem(src: &str) -> Option<String> {
+    let start = src.find("://")? + 3;
+    let rest = &src[start..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let column = |i: usize| src[..start + i].chars().count() + 1;
+    if let Some(i) = authority.find('@') {
+        return Some(format!(
+            "credentials in the URL are not supported (column {})",
+            column(i)
+        ));
+    }
+    if let (Some(open), Some(brace)) = (authority.find('['), authority.find('{')) {
+        if brace > open
+            && authority[open..]
+                .find(']')
+                .is_none_or(|close| brace < open + close)
+        {
+            return Some(format!(
+                "an IPv6 host cannot come from a placeholder (column {}): its colons would be \
+                 percent-encoded",
+                column(brace)
+            ));
+        }
+    }
+    None
+}
+
 /// The compiled endpoint, shared read-only by the worker that owns it.
 pub struct EndpointSpec {
     pub id: EndpointId,
@@ -156,6 +188,12 @@ impl EndpointSpec {
                 }
             }
         } else {
+            if let Some(problem) = templated_authority_problem(&cfg.url) {
+                errors.push(EndpointError::Field(format!(
+                    "endpoint {}: field `url`: {problem}",
+                    cfg.name
+                )));
+            }
             None
         };
         if !errors.is_empty() {
@@ -258,6 +296,36 @@ headers = { Authorization = "Bearer s3cr3t-t0ken {Id", X-Trace = "trace-v4lue {I
         let spec = EndpointSpec::compile(0, cfg).unwrap();
         let target = spec.static_target.expect("a static URL");
         assert_eq!(target.path_and_query, r#"/y?a={A}&b=\&c=""#);
+    }
+
+    /// A templated URL that no data could make valid is refused when compiled, not
+    /// failed at every delivery.
+    #[test]
+    fn a_templated_url_that_can_never_be_valid_is_refused() {
+        let err = |url: &str| match EndpointSpec::compile(0, url_endpoint(url)) {
+            Err(e) => e.to_string(),
+            Ok(_) => String::new(),
+        };
+        assert_eq!(
+            err(r#"'http://{User}@127.0.0.1:20401/ui'"#),
+            "endpoint p: field `url`: credentials in the URL are not supported (column 14)"
+        );
+        assert!(
+            err(r#"'http://[{V6}]:20401/x'"#)
+                .contains("an IPv6 host cannot come from a placeholder (column 9)"),
+            "{}",
+            err(r#"'http://[{V6}]:20401/x'"#)
+        );
+        // Placeholders elsewhere in the authority, and `@` or `[` after it, are fine.
+        for ok in [
+            r#"'http://{Host}:8080/x'"#,
+            r#"'http://h:{Port}/x'"#,
+            r#"'http://[::1]:8080/{P}'"#,
+            r#"'http://h/x?to=a@b.c&k={K}'"#,
+            r#"'http://h/{P}/[a]'"#,
+        ] {
+            assert_eq!(err(ok), "", "{ok}");
+        }
     }
 
     #[test]
