@@ -1,7 +1,7 @@
 //! `ricochet-load fake-ricochet serve --config F`: a deliberately small stand-in for
 //! `ricochet serve`, so `run` can be tested before (or without) the real binary. It
 //! reads the same TOML (only `server.socket`, `server.admin`, `server.extra_ca_file` and
-//! each endpoint's `name`, `events`, `url`, `enabled`), answers the ingest line protocol (`ok`/`dup`/
+//! each endpoint's `name`, `events`, `account`, `url`, `enabled`), answers the ingest line protocol (`ok`/`dup`/
 //! `err`, in order), POSTs each event's `data` to the routed (enabled) endpoints with
 //! `webhook-id` (over TLS for `https://`, trusting only `extra_ca_file`), retries failures
 //! every 200 ms (5 attempts), and serves `GET /health`. It ignores `max_rps`.
@@ -54,6 +54,8 @@ struct Server {
 struct Endpoint {
     name: String,
     events: Vec<String>,
+    /// Only events with this account (as ricochet: an event without one does not match).
+    account: Option<String>,
     url: String,
     #[serde(default = "yes")]
     enabled: bool,
@@ -68,6 +70,7 @@ struct Line<'a> {
     #[serde(rename = "type")]
     ty: String,
     id: Option<String>,
+    account: Option<String>,
     #[serde(borrow)]
     data: &'a serde_json::value::RawValue,
 }
@@ -78,6 +81,8 @@ struct Target {
     path: String,
     /// The TLS server name for `https://`.
     tls: Option<String>,
+    /// The endpoint's `account` filter.
+    account: Option<String>,
 }
 
 /// A kept-alive connection to the sink.
@@ -206,6 +211,7 @@ pub fn main(a: FakeArgs) -> Result<i32> {
             addr: t.addr,
             path: t.path,
             tls: t.tls.then_some(t.host),
+            account: e.account.clone(),
         });
         if !e.enabled {
             continue;
@@ -324,6 +330,10 @@ fn ingest_conn(s: UnixStream, state: &State) -> Result<()> {
                         .flatten()
                         .chain(&state.wildcard)
                         .copied()
+                        .filter(|&ep| match &state.targets[ep].account {
+                            None => true,
+                            Some(want) => ev.account.as_deref() == Some(want.as_str()),
+                        })
                         .collect();
                     let eps_list: Vec<String> = eps.iter().map(usize::to_string).collect();
                     state.journal(&format!(

@@ -25,7 +25,7 @@ use hdrhistogram::Histogram;
 
 use crate::http::parse_load_id;
 use crate::ids::Bits;
-use crate::payload::{write_event, Payload};
+use crate::payload::{write_event, EventKey, Payload};
 use crate::script::unix_micros;
 use crate::stats::{self, Hists, Percentiles};
 
@@ -57,6 +57,8 @@ pub struct GenConfig {
     pub duration: Duration,
     /// Event `n` gets type `types[n % types.len()]`.
     pub types: Vec<String>,
+    /// Event `n` gets account `accounts[n % accounts.len()]`; none when empty.
+    pub accounts: Vec<String>,
     pub payload: Payload,
     /// The `<run>` in ids `ld-<run>-<n>`.
     pub run: String,
@@ -80,6 +82,7 @@ impl GenConfig {
             events: 100_000,
             duration: Duration::from_secs(10),
             types: vec!["load.e0".into()],
+            accounts: Vec::new(),
             payload: Payload::Seed,
             run,
             connections: 1,
@@ -102,6 +105,22 @@ pub fn endpoint_types(endpoints: u64) -> Vec<String> {
     (0..endpoints.max(1))
         .map(|n| format!("load.e{n}"))
         .collect()
+}
+
+/// `acct-0` .. `acct-<E-1>`: the accounts `run` filters endpoint `n` on (event `n`
+/// carries `acct-<n % E>`, the same index as its type).
+pub fn endpoint_accounts(endpoints: u64) -> Vec<String> {
+    (0..endpoints.max(1)).map(|n| format!("acct-{n}")).collect()
+}
+
+/// The type and account of event `n` (see [`GenConfig::types`], [`GenConfig::accounts`]).
+pub fn event_key<'a>(types: &'a [String], accounts: &'a [String], n: u64) -> EventKey<'a> {
+    let pick =
+        |v: &[String]| -> Option<usize> { (!v.is_empty()).then(|| (n % v.len() as u64) as usize) };
+    EventKey {
+        ty: pick(types).map_or("", |i| types[i].as_str()),
+        account: pick(accounts).map(|i| accounts[i].as_str()),
+    }
 }
 
 /// A short run tag for ids: 8 hex digits from the clock and the pid.
@@ -486,8 +505,8 @@ impl Writer {
                 unix_micros()
             };
             self.conn.ring[(j & mask) as usize].store(stamp, RELAXED);
-            let ty = &cfg.types[(n % cfg.types.len() as u64) as usize];
-            write_event(&mut buf, cfg.payload, ty, &cfg.run, n, stamp);
+            let key = event_key(&cfg.types, &cfg.accounts, n);
+            write_event(&mut buf, cfg.payload, key, &cfg.run, n, stamp);
             j += 1;
             if buf.len() >= BATCH {
                 self.flush(w, &mut buf, j)?;
@@ -691,6 +710,19 @@ mod tests {
     use std::os::unix::net::UnixListener;
 
     #[test]
+    fn events_spread_types_and_accounts_alike() {
+        let (types, accounts) = (endpoint_types(3), endpoint_accounts(3));
+        for n in 0..9 {
+            let k = event_key(&types, &accounts, n);
+            assert_eq!(k.ty, format!("load.e{}", n % 3));
+            assert_eq!(k.account, Some(format!("acct-{}", n % 3)).as_deref());
+        }
+        let k = event_key(&types, &[], 4);
+        assert_eq!((k.ty, k.account), ("load.e1", None));
+        assert_eq!(endpoint_accounts(0), vec!["acct-0".to_string()]);
+    }
+
+    #[test]
     fn ack_parsing() {
         assert_eq!(
             parse_ack(b"ok ld-a-1 2"),
@@ -739,6 +771,8 @@ mod tests {
                 let v: serde_json::Value = serde_json::from_str(&line).unwrap();
                 assert!(v["data"]["sent_us"].as_u64().unwrap() > 0);
                 let id = v["id"].as_str().unwrap();
+                let n: u64 = id.rsplit('-').next().unwrap().parse().unwrap();
+                assert_eq!(v["account"], format!("acct-{}", n % 4));
                 lines += 1;
                 out.clear();
                 if lines % 11 == 0 {
@@ -763,6 +797,7 @@ mod tests {
         cfg.events = 5_000;
         cfg.window = 256;
         cfg.types = endpoint_types(4);
+        cfg.accounts = endpoint_accounts(4);
         let gen = Gen::start(cfg, Arc::new(AtomicBool::new(false))).unwrap();
         let shared = gen.shared().clone();
         let res = gen.join();

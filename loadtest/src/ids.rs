@@ -37,6 +37,32 @@ impl Bits {
         Some(words[(bit / 64) as usize].fetch_or(mask, Relaxed) & mask != 0)
     }
 
+    /// How many bits below `limit` are set.
+    pub fn count_below(&self, limit: u64) -> u64 {
+        let mut total = 0;
+        for (c, chunk) in self.chunks.iter().enumerate() {
+            let base = c as u64 * CHUNK_BITS;
+            if base >= limit {
+                break;
+            }
+            let Some(words) = chunk.get() else {
+                continue;
+            };
+            let bits = (limit - base).min(CHUNK_BITS);
+            let full = (bits / 64) as usize;
+            total += words[..full]
+                .iter()
+                .map(|w| u64::from(w.load(Relaxed).count_ones()))
+                .sum::<u64>();
+            let rest = bits % 64;
+            if rest > 0 {
+                let mask = (1u64 << rest) - 1;
+                total += u64::from((words[full].load(Relaxed) & mask).count_ones());
+            }
+        }
+        total
+    }
+
     pub fn get(&self, n: u64) -> bool {
         let Some(chunk) = self.chunks.get((n / CHUNK_BITS) as usize) else {
             return false;
@@ -54,6 +80,20 @@ impl Bits {
 pub struct RunIds {
     pub seen: Bits,
     pub delivered: Bits,
+    /// The highest `n` seen plus one (0 before any).
+    seen_bound: AtomicU64,
+}
+
+/// The ids of one run tag the sink never saw below the highest it saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunGaps {
+    pub tag: String,
+    /// The highest `n` seen.
+    pub highest: u64,
+    /// Distinct `n` seen (all of them `<= highest`).
+    pub seen: u64,
+    /// `highest + 1 - seen`: numbers below the highest never seen.
+    pub missing: u64,
 }
 
 /// What the sink learned from one request's id.
@@ -122,6 +162,7 @@ impl IdSet {
                 };
                 match ids.seen.set(n) {
                     Some(was_seen) => {
+                        ids.seen_bound.fetch_max(n + 1, Relaxed);
                         let was_delivered = if delivered {
                             ids.delivered.set(n).unwrap_or(false)
                         } else {
@@ -140,6 +181,28 @@ impl IdSet {
             first_delivery: delivered && !was_delivered,
             retry: was_seen && !was_delivered,
         }
+    }
+
+    /// Per run tag (in order of first appearance): the ids missing below the highest
+    /// seen. The generator numbers a run's events 0, 1, 2, .. with no gaps (connection
+    /// `c` of `k` sends `c, c + k, ..`), so a gap is an event that never arrived — except
+    /// up to `k - 1` at the very top when a duration, not an event count, ended the run.
+    pub fn gaps(&self) -> Vec<RunGaps> {
+        let runs = self.runs.read().unwrap_or_else(|e| e.into_inner());
+        runs.iter()
+            .filter_map(|(tag, ids)| {
+                let bound = ids.seen_bound.load(Relaxed);
+                (bound > 0).then(|| {
+                    let seen = ids.seen.count_below(bound);
+                    RunGaps {
+                        tag: String::from_utf8_lossy(tag).into_owned(),
+                        highest: bound - 1,
+                        seen,
+                        missing: bound - seen,
+                    }
+                })
+            })
+            .collect()
     }
 
     fn mark_other(&self, id: &[u8], delivered: bool) -> (bool, bool) {
@@ -175,6 +238,63 @@ mod tests {
         }
         assert!(!b.get(1));
         assert_eq!(b.set(CHUNKS as u64 * CHUNK_BITS), None);
+    }
+
+    #[test]
+    fn count_below_counts_set_bits_across_chunks() {
+        let b = Bits::default();
+        assert_eq!(b.count_below(1_000), 0);
+        for n in [
+            0,
+            5,
+            63,
+            64,
+            127,
+            CHUNK_BITS - 1,
+            CHUNK_BITS,
+            CHUNK_BITS + 70,
+        ] {
+            b.set(n);
+        }
+        assert_eq!(b.count_below(0), 0);
+        assert_eq!(b.count_below(5), 1);
+        assert_eq!(b.count_below(6), 2);
+        assert_eq!(b.count_below(64), 3);
+        assert_eq!(b.count_below(128), 5);
+        assert_eq!(b.count_below(CHUNK_BITS), 6);
+        assert_eq!(b.count_below(CHUNK_BITS + 70), 7);
+        assert_eq!(b.count_below(u64::MAX), 8);
+    }
+
+    #[test]
+    fn gaps_below_the_highest_id_per_run() {
+        let set = IdSet::default();
+        let mut cache = RunCache::default();
+        assert!(set.gaps().is_empty());
+        // Run a: 0..10 without 3 and 7, 5 twice. Run b: only 4 (0..4 missing).
+        for n in (0..10).filter(|n| *n != 3 && *n != 7).chain([5]) {
+            set.mark(&mut cache, format!("ld-a-{n}").as_bytes(), n % 2 == 0);
+        }
+        set.mark(&mut cache, b"ld-b-4", true);
+        set.mark(&mut cache, b"evt_1", true);
+        let g = set.gaps();
+        assert_eq!(
+            g,
+            vec![
+                RunGaps {
+                    tag: "a".into(),
+                    highest: 9,
+                    seen: 8,
+                    missing: 2
+                },
+                RunGaps {
+                    tag: "b".into(),
+                    highest: 4,
+                    seen: 1,
+                    missing: 4
+                },
+            ]
+        );
     }
 
     #[test]

@@ -47,7 +47,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::script::{parse_duration, Latency, Script};
+use crate::script::{
+    parse_duration, parse_positive, parse_positive_u64, parse_probability, Latency, Script,
+};
 use crate::stats::{fmt_count, Percentiles};
 
 #[derive(Parser)]
@@ -63,15 +65,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Scriptable HTTP/1.1 receiver that counts deliveries, duplicates and lag.
+    /// Scriptable HTTP/1.1 receiver that counts deliveries, duplicates, missing ids and lag.
+    #[command(
+        after_help = "Missing ids: per run tag of the generator's ids ld-<run>-<n>, the numbers below the highest n seen that never arrived (after a run ended by --duration rather than --events, up to connections - 1 of them at the top were never sent).\n\nExit status: 0 (also when stopped by Ctrl-C, its normal end without --duration); 1 when the --max-rps check found a 1-s window over the limit; 2 on errors (e.g. the port is in use)."
+    )]
     Sink(SinkArgs),
     /// Stream events into ricochet's ingest socket and measure ack latency.
+    #[command(
+        after_help = "Exit status: 0; 1 when an event got an `err` ack or no ack; 130 when interrupted (SIGINT/SIGTERM); 2 on errors."
+    )]
     Gen(GenArgs),
     /// Bare keep-alive HTTP client loop: the delivery ceiling without ricochet.
     Raw(RawArgs),
     /// Run a scenario end to end: sink + ricochet + gen, drained and measured.
+    #[command(after_help = RUN_EXIT_STATUS)]
     Run(run::RunArgs),
     /// Run a scenario at several generator windows: ack latency against throughput.
+    #[command(after_help = RUN_EXIT_STATUS)]
     Sweep(sweep::SweepArgs),
     /// Probe the machine as every `run` does at its start: fdatasync latency, a fixed CPU
     /// work and memory latency (compare before a benchmark; `machine:` in a run report).
@@ -80,6 +90,19 @@ enum Cmd {
     #[command(hide = true, name = "fake-ricochet")]
     FakeRicochet(fake::FakeArgs),
 }
+
+/// The exit status `run` and `sweep` document in `--help`.
+const RUN_EXIT_STATUS: &str = "Exit status:
+  0    every run passed
+  1    a run failed: it lost an accepted event (never seen by the sink); left one
+       undelivered (seen, never answered 2xx) although the scenario's sink answers every
+       request 2xx once up (a script with failing statuses or resets, and finite
+       retries, leaves some undelivered by design: reported, not a failure); got `err`
+       acks, missed acks or acks out of place; saw a misrouted delivery; had a 1-s window
+       over the rate limit; or never got the probe acked after a restart
+  2    an error (ricochet missing, dying at start, not becoming healthy, ...)
+  130  interrupted (SIGINT/SIGTERM): the runs finished so far are reported
+A run's temp dir is kept when it failed (1, 2) or was interrupted, or with --keep.";
 
 #[derive(Args)]
 struct MachineArgs {
@@ -95,20 +118,24 @@ struct MachineArgs {
 struct SinkArgs {
     #[arg(long, default_value = "127.0.0.1:8089")]
     listen: SocketAddr,
-    /// Threads, each with its own runtime and SO_REUSEPORT listener.
-    #[arg(long, default_value_t = 1)]
+    /// Threads, each with its own runtime and SO_REUSEPORT listener (a port another
+    /// process already listens on is refused).
+    #[arg(long, default_value_t = 1, value_parser = parse_positive)]
     threads: usize,
-    /// Answers by weight, e.g. "200:0.8,500:0.2".
+    /// Answers by weight, e.g. "200:0.8,500:0.2" (statuses 100..=599).
     #[arg(long, default_value = "200")]
     script: String,
-    /// Delay before each answer: "0ms", "5ms" or "uniform:1ms-5ms".
+    /// Delay before each answer: "0ms", "5ms" or "uniform:1ms-5ms". The delay runs on
+    /// monoio's timer, which has 1-ms ticks: it rounds each deadline up to the next tick
+    /// and sleeps whole milliseconds, so a delay d lasts d to d + 2 ms, about d + 1 ms on
+    /// average ("5ms" answers after a median of about 6 ms).
     #[arg(long, default_value = "0ms")]
     latency: String,
-    /// Share of requests answered by resetting the connection.
-    #[arg(long, default_value_t = 0.0)]
+    /// Share of requests answered by resetting the connection (0 to 1).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
     reset: f64,
-    /// Share of responses whose body trickles out over ~150 ms.
-    #[arg(long, default_value_t = 0.0)]
+    /// Share of responses whose body trickles out over ~150 ms (0 to 1).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
     slow_body: f64,
     /// Check that event n arrives on /e/<n % E>.
     #[arg(long)]
@@ -145,17 +172,23 @@ struct GenArgs {
     events: u64,
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
-    /// Spread events over types load.e0..load.e<E-1> (what `run` subscribes endpoints to).
-    #[arg(long, default_value_t = 1)]
+    /// Spread events over types load.e0..load.e<E-1> and accounts acct-0..acct-<E-1>
+    /// (event n: load.e<n % E>, acct-<n % E>; what `run` subscribes endpoint n to).
+    #[arg(long, default_value_t = 1, value_parser = parse_positive_u64)]
     endpoints: u64,
-    /// Explicit event types, comma separated (overrides --endpoints).
+    /// Explicit event types, comma separated (overrides --endpoints' types; events then
+    /// carry no account unless --accounts is given).
     #[arg(long, value_delimiter = ',')]
     types: Vec<String>,
+    /// Explicit accounts, comma separated: event n carries account n % (their count).
+    /// Overrides --endpoints' accounts.
+    #[arg(long, value_delimiter = ',')]
+    accounts: Vec<String>,
     /// seed (action lifecycle with 5 items, ~760 bytes) or small.
     #[arg(long, default_value = "seed")]
     payload: String,
     /// Ingest connections, each with its own writer and reader thread.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = parse_positive)]
     connections: usize,
     /// Run tag in ids ld-<run>-<n> (default: random).
     #[arg(long)]
@@ -164,7 +197,7 @@ struct GenArgs {
     ack_timeout: Duration,
     /// Most events written but not yet acked, per connection (rounded up to a power of
     /// two); ack latency under flat-out load is about window / throughput.
-    #[arg(long, default_value_t = 16384)]
+    #[arg(long, default_value_t = 16384, value_parser = parse_positive)]
     window: usize,
     /// With --rate: the least time between a connection's writes, so what falls due
     /// meanwhile goes out in one write (Kafka's linger.ms); 0s sends each event when due.
@@ -176,9 +209,9 @@ struct GenArgs {
 struct RawArgs {
     #[arg(long, default_value = "http://127.0.0.1:8089/e/0")]
     url: String,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = parse_positive)]
     connections: usize,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = parse_positive)]
     threads: usize,
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     duration: Duration,
@@ -291,7 +324,9 @@ fn cmd_sink(a: SinkArgs) -> Result<i32> {
     let lag = Percentiles::of(&s.shared().lag_total());
     let secs = started.elapsed().as_secs_f64();
     let s_rate = s.shared().rate_counts();
+    let shared = s.shared().clone();
     let c = s.stop();
+    let s_ids_gaps = shared.ids.gaps();
     println!("--- sink summary ({secs:.1}s)");
     println!(
         "requests {} ({:.0}/s)  2xx {}  3xx {}  4xx {}  5xx {}  resets {}  slow {}  bad {}",
@@ -309,6 +344,19 @@ fn cmd_sink(a: SinkArgs) -> Result<i32> {
         "distinct ids {}  delivered {}  duplicates {}  retries {}  misrouted {}  without id {}  connections {}",
         c.distinct_ids, c.delivered, c.duplicates, c.retries, c.misrouted, c.no_id, c.connections
     );
+    let gaps = s_ids_gaps;
+    if gaps.is_empty() {
+        println!("missing ids -  (no generator ids ld-<run>-<n> seen)");
+    } else {
+        println!(
+            "missing ids {}  (never seen, below the highest id seen per run; {})",
+            gaps.iter().map(|g| g.missing).sum::<u64>(),
+            gaps.iter()
+                .map(|g| format!("run {}: {} of 0..={} missing", g.tag, g.missing, g.highest))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     println!("delivery lag {}", lag.brief());
     if cfg.tls.is_some() {
         println!(
@@ -350,6 +398,11 @@ fn cmd_gen(a: GenArgs) -> Result<i32> {
     cfg.rate = a.rate;
     cfg.events = a.events;
     cfg.duration = a.duration;
+    cfg.accounts = match (a.accounts.is_empty(), a.types.is_empty()) {
+        (false, _) => a.accounts,
+        (true, true) => gen::endpoint_accounts(a.endpoints),
+        (true, false) => Vec::new(),
+    };
     cfg.types = if a.types.is_empty() {
         gen::endpoint_types(a.endpoints)
     } else {
@@ -361,7 +414,7 @@ fn cmd_gen(a: GenArgs) -> Result<i32> {
     cfg.window = a.window;
     cfg.linger = a.linger;
     eprintln!(
-        "gen -> {} run {} ({} events max, {:?} max, rate {}, {} connection(s), {} types, {} payload)",
+        "gen -> {} run {} ({} events max, {:?} max, rate {}, {} connection(s), {} types, {} accounts, {} payload)",
         cfg.target,
         cfg.run,
         cfg.events,
@@ -373,9 +426,10 @@ fn cmd_gen(a: GenArgs) -> Result<i32> {
         },
         cfg.connections,
         cfg.types.len(),
+        cfg.accounts.len(),
         a.payload
     );
-    let g = gen::Gen::start(cfg, stop)?;
+    let g = gen::Gen::start(cfg, stop.clone())?;
     let shared = g.shared().clone();
     let mut tick = Instant::now();
     let (mut prev_sent, mut prev_acked) = (0, 0);
@@ -408,6 +462,9 @@ fn cmd_gen(a: GenArgs) -> Result<i32> {
     println!("{}", res.summary());
     for n in &res.notes {
         println!("  note: {n}");
+    }
+    if stop.load(Ordering::Relaxed) {
+        return Ok(run::EXIT_INTERRUPTED);
     }
     Ok(i32::from(res.err > 0 || res.missing > 0))
 }

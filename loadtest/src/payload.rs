@@ -105,14 +105,35 @@ fn write_seed(buf: &mut Vec<u8>, n: u64) {
     buf.extend_from_slice(b"]}");
 }
 
-/// Appends one ingest line: `{"type":..,"id":"ld-<run>-<n>","data":{..}}\n`.
-pub fn write_event(buf: &mut Vec<u8>, kind: Payload, ty: &str, run: &str, n: u64, sent_us: u64) {
+/// What an event line is about: its type and, when given, its account.
+#[derive(Debug, Clone, Copy)]
+pub struct EventKey<'a> {
+    pub ty: &'a str,
+    pub account: Option<&'a str>,
+}
+
+/// Appends one ingest line:
+/// `{"type":..,"id":"ld-<run>-<n>"[,"account":..],"data":{..}}\n` (`data` last, as
+/// producers are told to write it). Types and accounts are written as given: plain
+/// tokens, no JSON escaping.
+pub fn write_event(
+    buf: &mut Vec<u8>,
+    kind: Payload,
+    key: EventKey,
+    run: &str,
+    n: u64,
+    sent_us: u64,
+) {
     buf.extend_from_slice(b"{\"type\":\"");
-    buf.extend_from_slice(ty.as_bytes());
+    buf.extend_from_slice(key.ty.as_bytes());
     buf.extend_from_slice(b"\",\"id\":\"ld-");
     buf.extend_from_slice(run.as_bytes());
     buf.push(b'-');
     push_u64(buf, n);
+    if let Some(account) = key.account {
+        buf.extend_from_slice(b"\",\"account\":\"");
+        buf.extend_from_slice(account.as_bytes());
+    }
     buf.extend_from_slice(b"\",\"data\":");
     write_data(buf, kind, n, sent_us);
     buf.extend_from_slice(b"}\n");
@@ -148,13 +169,30 @@ mod tests {
     #[test]
     fn event_lines() {
         let mut buf = Vec::new();
-        write_event(&mut buf, Payload::Small, "load.e3", "ab12", 7, 99);
+        let key = EventKey {
+            ty: "load.e3",
+            account: Some("acct-3"),
+        };
+        write_event(&mut buf, Payload::Small, key, "ab12", 7, 99);
         assert_eq!(buf.last(), Some(&b'\n'));
         assert_eq!(buf.iter().filter(|&&b| b == b'\n').count(), 1);
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
         assert_eq!(v["type"], "load.e3");
         assert_eq!(v["id"], "ld-ab12-7");
+        assert_eq!(v["account"], "acct-3");
         assert_eq!(v["data"]["sent_us"], 99);
+        let text = String::from_utf8_lossy(&buf);
+        assert!(text.contains("\"account\":\"acct-3\",\"data\":{"), "{text}");
+        // Without an account the member is left out.
+        buf.clear();
+        let key = EventKey {
+            ty: "t",
+            account: None,
+        };
+        write_event(&mut buf, Payload::Small, key, "ab12", 8, 99);
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert!(v.get("account").is_none());
+        assert_eq!(v["type"], "t");
         assert!(Payload::parse("big").is_err());
     }
 }

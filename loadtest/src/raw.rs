@@ -7,6 +7,8 @@
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -96,6 +98,8 @@ pub struct RawResult {
     pub elapsed_s: f64,
     pub requests_per_s: f64,
     pub latency: Percentiles,
+    /// The first error's text (connect, write, read or framing), when any.
+    pub first_error: Option<String>,
 }
 
 impl RawResult {
@@ -110,7 +114,36 @@ impl RawResult {
             self.errors,
             self.connects,
             self.latency.brief()
-        )
+        ) + &self
+            .first_error
+            .as_ref()
+            .map_or(String::new(), |e| format!("; first error: {e}"))
+    }
+}
+
+/// How long the client keeps trying when no connection has succeeded yet: then the
+/// target is taken to be unreachable and the run ends with the first error.
+pub const GIVE_UP_WITHOUT_CONNECTION: Duration = Duration::from_secs(1);
+
+/// What every thread's connections share.
+struct RawShared {
+    started: Instant,
+    /// Connections made by all threads.
+    connects: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl RawShared {
+    fn error(&self, what: impl FnOnce() -> String) {
+        let mut e = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
+        if e.is_none() {
+            *e = Some(what());
+        }
+    }
+
+    /// No connection yet, and long enough trying.
+    fn unreachable(&self) -> bool {
+        self.connects.load(Relaxed) == 0 && self.started.elapsed() >= GIVE_UP_WITHOUT_CONNECTION
     }
 }
 
@@ -136,15 +169,24 @@ fn request_bytes(addr: SocketAddr, path: &str) -> Vec<u8> {
     req
 }
 
-/// Runs the client for `cfg.duration` and sums every thread.
+/// Runs the client for `cfg.duration` and sums every thread. Fails, with the first
+/// connect error, when no connection succeeds within [`GIVE_UP_WITHOUT_CONNECTION`].
 pub fn run(cfg: &RawConfig) -> Result<RawResult> {
     if !cfg.addr.ip().is_loopback() {
         bail!("refusing to send load to {}: loopback only", cfg.addr);
     }
-    let threads = cfg.threads.max(1);
-    let conns = cfg.connections.max(1);
+    if cfg.threads == 0 || cfg.connections == 0 {
+        bail!("the raw client needs at least one thread and one connection");
+    }
+    let threads = cfg.threads;
+    let conns = cfg.connections;
     let started = Instant::now();
     let deadline = started + cfg.duration;
+    let shared = Arc::new(RawShared {
+        started,
+        connects: AtomicU64::new(0),
+        first_error: Mutex::new(None),
+    });
     let req_bytes = request_bytes(cfg.addr, &cfg.path);
     let mut handles = Vec::new();
     for t in 0..threads {
@@ -152,11 +194,11 @@ pub fn run(cfg: &RawConfig) -> Result<RawResult> {
         if mine == 0 {
             continue;
         }
-        let (addr, req) = (cfg.addr, req_bytes.clone());
+        let (addr, req, shared) = (cfg.addr, req_bytes.clone(), shared.clone());
         handles.push(
             std::thread::Builder::new()
                 .name(format!("raw-{t}"))
-                .spawn(move || stats::block_on(raw_thread(addr, req, mine, deadline)))?,
+                .spawn(move || stats::block_on(raw_thread(addr, req, mine, deadline, shared)))?,
         );
     }
     let mut out = RawResult::default();
@@ -176,6 +218,20 @@ pub fn run(cfg: &RawConfig) -> Result<RawResult> {
     out.elapsed_s = started.elapsed().as_secs_f64();
     out.requests_per_s = out.requests as f64 / out.elapsed_s.max(1e-9);
     out.latency = Percentiles::of(&lat);
+    out.first_error = shared
+        .first_error
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if out.connects == 0 {
+        bail!(
+            "no connection to {} succeeded ({} attempts in {:.1}s): {}",
+            cfg.addr,
+            out.errors,
+            out.elapsed_s,
+            out.first_error.as_deref().unwrap_or("no attempt made")
+        );
+    }
     Ok(out)
 }
 
@@ -184,6 +240,7 @@ async fn raw_thread(
     req: Vec<u8>,
     conns: usize,
     deadline: Instant,
+    shared: Arc<RawShared>,
 ) -> ThreadTally {
     let tally = Rc::new(RefCell::new(ThreadTally {
         requests: 0,
@@ -195,7 +252,15 @@ async fn raw_thread(
     }));
     let req: Rc<[u8]> = req.into();
     let tasks: Vec<_> = (0..conns)
-        .map(|_| monoio::spawn(raw_conn(addr, req.clone(), deadline, tally.clone())))
+        .map(|_| {
+            monoio::spawn(raw_conn(
+                addr,
+                req.clone(),
+                deadline,
+                tally.clone(),
+                shared.clone(),
+            ))
+        })
         .collect();
     for t in tasks {
         t.await;
@@ -206,25 +271,32 @@ async fn raw_thread(
         .into_inner()
 }
 
-/// One connection's loop, reconnecting after errors until the deadline.
+/// One connection's loop, reconnecting after errors until the deadline, or until
+/// [`GIVE_UP_WITHOUT_CONNECTION`] when no connection of the run ever succeeded.
 async fn raw_conn(
     addr: SocketAddr,
     req: Rc<[u8]>,
     deadline: Instant,
     tally: Rc<RefCell<ThreadTally>>,
+    shared: Arc<RawShared>,
 ) {
     let mut wbuf: Vec<u8> = Vec::with_capacity(req.len());
     let mut rbuf: Vec<u8> = Vec::with_capacity(8 << 10);
     while Instant::now() < deadline {
         let mut stream = match TcpStream::connect_addr(addr).await {
             Ok(s) => s,
-            Err(_) => {
+            Err(e) => {
                 tally.borrow_mut().errors += 1;
+                shared.error(|| format!("connecting to {addr}: {e}"));
+                if shared.unreachable() {
+                    return;
+                }
                 monoio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
+        shared.connects.fetch_add(1, Relaxed);
         tally.borrow_mut().connects += 1;
         rbuf.clear();
         'conn: while Instant::now() < deadline {
@@ -233,16 +305,18 @@ async fn raw_conn(
             wbuf.extend_from_slice(&req);
             let (res, b) = stream.write_all(wbuf).await;
             wbuf = b;
-            if res.is_err() {
+            if let Err(e) = res {
                 tally.borrow_mut().errors += 1;
+                shared.error(|| format!("writing a request: {e}"));
                 break;
             }
             let head = loop {
                 match http::parse_response(&rbuf) {
                     Ok(Some(h)) if rbuf.len() >= h.head_len + h.content_length => break h,
                     Ok(_) => {}
-                    Err(_) => {
+                    Err(e) => {
                         tally.borrow_mut().errors += 1;
+                        shared.error(|| format!("a malformed response: {e:?}"));
                         break 'conn;
                     }
                 }
@@ -252,9 +326,18 @@ async fn raw_conn(
                 let len = rbuf.len();
                 let (res, slice) = stream.read(rbuf.slice_mut(len..)).await;
                 rbuf = slice.into_inner();
-                if !matches!(res, Ok(n) if n > 0) {
-                    tally.borrow_mut().errors += 1;
-                    break 'conn;
+                match res {
+                    Ok(n) if n > 0 => {}
+                    Ok(_) => {
+                        tally.borrow_mut().errors += 1;
+                        shared.error(|| "the server closed the connection mid-response".into());
+                        break 'conn;
+                    }
+                    Err(e) => {
+                        tally.borrow_mut().errors += 1;
+                        shared.error(|| format!("reading a response: {e}"));
+                        break 'conn;
+                    }
                 }
             };
             rbuf.drain(..head.head_len + head.content_length);
@@ -297,6 +380,37 @@ mod tests {
         assert_eq!(parse_target("https://[::1]:1").unwrap().host, "::1");
         assert!(parse_target("https://10.0.0.1:443/").is_err());
         assert!(parse_target("ftp://127.0.0.1:1/").is_err());
+    }
+
+    /// Nothing listens: the run ends after about a second with the connect error.
+    #[test]
+    fn raw_against_nothing_stops_early_with_the_error() {
+        // A port that was free a moment ago (bound and released).
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let t = Instant::now();
+        let err = run(&RawConfig {
+            addr,
+            path: "/".into(),
+            connections: 4,
+            threads: 1,
+            duration: Duration::from_secs(30),
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        assert!(err.contains("no connection"), "{err}");
+        assert!(err.to_lowercase().contains("refused"), "{err}");
+        let bad = RawConfig {
+            addr,
+            path: "/".into(),
+            connections: 0,
+            threads: 1,
+            duration: Duration::from_secs(1),
+        };
+        assert!(run(&bad).is_err());
     }
 
     /// Sink and raw client on loopback for one second, bounded.

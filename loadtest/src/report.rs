@@ -11,6 +11,8 @@ use crate::stats::{fmt_count, fmt_us, Percentiles};
 pub struct Sample {
     /// Seconds since the generator started.
     pub t_s: f64,
+    /// Seconds the sample covers: a second or a little more, less for the last one.
+    pub span_s: f64,
     pub sent_per_s: f64,
     pub accepted_per_s: f64,
     /// Every HTTP request the sink got (retries included).
@@ -73,8 +75,11 @@ pub struct RunMetrics {
     pub label: String,
     pub run_tag: String,
     pub events_sent: u64,
-    /// `ok` acks with at least one delivery.
+    /// Every `ok` ack (and the restart probe, when it was accepted).
     pub accepted: u64,
+    /// Of those, `ok` acks with 0 deliveries (routed to no enabled endpoint): not
+    /// expected at the sink, so outside the lost/undelivered check.
+    pub ok_no_delivery: u64,
     pub dup_acks: u64,
     pub err_acks: u64,
     pub missing_acks: u64,
@@ -82,23 +87,28 @@ pub struct RunMetrics {
     pub ack_mismatch: u64,
     /// First write to last ack.
     pub ingest_s: f64,
+    /// `ok` acks over first write -> last ack (the probe left out).
     pub accepted_per_s: f64,
     /// Sum of `<deliveries>` in the acks.
     pub deliveries_expected: u64,
     /// Distinct events answered 2xx by the sink.
     pub delivered: u64,
     pub requests: u64,
-    /// Delivered / (first delivery .. last delivery).
+    /// Delivered / (start -> last delivery): the start is the generator's first write,
+    /// or the sink coming up after an outage (the restart probe left out).
     pub deliveries_per_s: f64,
     /// Distinct events / (first .. last first attempt), when some requests were
     /// retries and the receiver was up throughout: throughput with the retries left out
     /// (`retry-storm`'s target compares it with `max`'s deliveries/s).
     pub first_attempts_per_s: Option<f64>,
-    /// The best one-second delivery rate.
-    pub peak_deliveries_per_s: f64,
+    /// The best delivery rate of a whole per-second sample; None when no sample spanned
+    /// a full second.
+    pub peak_deliveries_per_s: Option<f64>,
+    /// Requests (retries and failures included) / (start -> last request), the same
+    /// start as `deliveries_per_s` (after an outage: only requests since it ended).
     pub requests_per_s: f64,
-    /// From the end of ingest (or of the outage) to the last delivery.
-    pub drain_s: f64,
+    /// From the end of ingest (or of the outage) to the last delivery; None without one.
+    pub drain_s: Option<f64>,
     pub drained: bool,
     pub drain_end: String,
     pub ack: Percentiles,
@@ -111,9 +121,19 @@ pub struct RunMetrics {
     /// Accepted and seen, never answered 2xx (e.g. every retry got a scripted 500).
     pub undelivered: u64,
     pub misrouted: u64,
+    /// The scenario's sink answers every request 2xx once up (no failing script entry,
+    /// no resets), so `undelivered > 0` fails the run.
+    pub all_deliveries_expected: bool,
     pub status_2xx: u64,
+    pub status_4xx: u64,
     pub status_5xx: u64,
     pub resets: u64,
+    /// Responses whose body the sink sent slowly.
+    pub slow_bodies: u64,
+    /// Stopped by SIGINT/SIGTERM.
+    pub interrupted: bool,
+    /// The run's temp dir, when it was kept (`--keep`, a failure, an interruption).
+    pub run_dir: Option<String>,
     pub ricochet_cpu_s: Option<f64>,
     pub ricochet_peak_rss_mib: Option<f64>,
     pub ricochet_exit: String,
@@ -177,9 +197,18 @@ const ROWS: &[(&str, &str, Unit, Getter)] = &[
     ("accepted", "accepted (ok)", Unit::Count, |m| {
         Some(m.accepted as f64)
     }),
-    ("accepted_per_s", "accepted events/s", Unit::Rate, |m| {
-        Some(m.accepted_per_s)
-    }),
+    (
+        "ok_no_delivery",
+        "  ...of them ok with 0 deliveries",
+        Unit::Count,
+        |m| Some(m.ok_no_delivery as f64),
+    ),
+    (
+        "accepted_per_s",
+        "accepted events/s (first write -> last ack)",
+        Unit::Rate,
+        |m| Some(m.accepted_per_s),
+    ),
     ("err_acks", "err acks", Unit::Count, |m| {
         Some(m.err_acks as f64)
     }),
@@ -193,20 +222,23 @@ const ROWS: &[(&str, &str, Unit, Getter)] = &[
         Some(m.ack_mismatch as f64)
     }),
     ("ack_p50_us", "ack latency p50", Unit::Micros, |m| {
-        Some(m.ack.p50_us as f64)
+        (m.ack.count > 0).then_some(m.ack.p50_us as f64)
     }),
     ("ack_p99_us", "ack latency p99", Unit::Micros, |m| {
-        Some(m.ack.p99_us as f64)
+        (m.ack.count > 0).then_some(m.ack.p99_us as f64)
     }),
     ("ack_p999_us", "ack latency p99.9", Unit::Micros, |m| {
-        Some(m.ack.p999_us as f64)
+        (m.ack.count > 0).then_some(m.ack.p999_us as f64)
     }),
     ("delivered", "delivered (distinct)", Unit::Count, |m| {
         Some(m.delivered as f64)
     }),
-    ("deliveries_per_s", "deliveries/s", Unit::Rate, |m| {
-        Some(m.deliveries_per_s)
-    }),
+    (
+        "deliveries_per_s",
+        "deliveries/s (start -> last delivery)",
+        Unit::Rate,
+        |m| Some(m.deliveries_per_s),
+    ),
     (
         "first_attempts_per_s",
         "first attempts/s",
@@ -215,23 +247,38 @@ const ROWS: &[(&str, &str, Unit, Getter)] = &[
     ),
     (
         "peak_deliveries_per_s",
-        "deliveries/s, best 1s",
+        "deliveries/s, best whole 1-s sample",
         Unit::Rate,
-        |m| Some(m.peak_deliveries_per_s),
+        |m| m.peak_deliveries_per_s,
     ),
-    ("requests_per_s", "http requests/s", Unit::Rate, |m| {
-        Some(m.requests_per_s)
+    (
+        "requests_per_s",
+        "http requests/s (start -> last request)",
+        Unit::Rate,
+        |m| Some(m.requests_per_s),
+    ),
+    ("status_4xx", "4xx answers", Unit::Count, |m| {
+        Some(m.status_4xx as f64)
+    }),
+    ("status_5xx", "5xx answers", Unit::Count, |m| {
+        Some(m.status_5xx as f64)
+    }),
+    ("resets", "connection resets (sink)", Unit::Count, |m| {
+        Some(m.resets as f64)
+    }),
+    ("slow_bodies", "slow bodies (sink)", Unit::Count, |m| {
+        Some(m.slow_bodies as f64)
     }),
     ("lag_p50_us", "delivery lag p50", Unit::Micros, |m| {
-        Some(m.lag.p50_us as f64)
+        (m.lag.count > 0).then_some(m.lag.p50_us as f64)
     }),
     ("lag_p99_us", "delivery lag p99", Unit::Micros, |m| {
-        Some(m.lag.p99_us as f64)
+        (m.lag.count > 0).then_some(m.lag.p99_us as f64)
     }),
     ("lag_p999_us", "delivery lag p99.9", Unit::Micros, |m| {
-        Some(m.lag.p999_us as f64)
+        (m.lag.count > 0).then_some(m.lag.p999_us as f64)
     }),
-    ("drain_s", "drain time", Unit::Secs, |m| Some(m.drain_s)),
+    ("drain_s", "drain time", Unit::Secs, |m| m.drain_s),
     ("retries", "retried requests", Unit::Count, |m| {
         Some(m.retries as f64)
     }),
@@ -241,9 +288,12 @@ const ROWS: &[(&str, &str, Unit, Getter)] = &[
     ("lost", "lost (never seen)", Unit::Count, |m| {
         Some(m.lost as f64)
     }),
-    ("undelivered", "undelivered (no 2xx)", Unit::Count, |m| {
-        Some(m.undelivered as f64)
-    }),
+    (
+        "undelivered",
+        "undelivered (seen, no 2xx)",
+        Unit::Count,
+        |m| Some(m.undelivered as f64),
+    ),
     ("misrouted", "misrouted", Unit::Count, |m| {
         Some(m.misrouted as f64)
     }),
@@ -507,6 +557,19 @@ const ROWS: &[(&str, &str, Unit, Getter)] = &[
     ),
 ];
 
+/// Rows every run has, shown as `-` when a run had nothing to measure (no ack, no
+/// delivery, no whole second); the other rows are left out when no run has them.
+const ALWAYS_SHOWN: &[&str] = &[
+    "ack_p50_us",
+    "ack_p99_us",
+    "ack_p999_us",
+    "peak_deliveries_per_s",
+    "lag_p50_us",
+    "lag_p99_us",
+    "lag_p999_us",
+    "drain_s",
+];
+
 /// The value of the row `key` (a [`medians`] key) as the run table prints it.
 pub fn fmt_key(key: &str, v: Option<f64>) -> String {
     let (_, _, unit, _) = ROWS
@@ -593,9 +656,9 @@ pub fn table(runs: &[RunMetrics]) -> String {
         });
     }
     let mut rows = vec![header];
-    for (_, label, unit, get) in ROWS {
+    for (key, label, unit, get) in ROWS {
         let vals: Vec<Option<f64>> = runs.iter().map(get).collect();
-        if vals.iter().all(Option::is_none) {
+        if vals.iter().all(Option::is_none) && !ALWAYS_SHOWN.contains(key) {
             continue;
         }
         let mut row = vec![label.to_string()];
@@ -654,6 +717,33 @@ mod tests {
             .unwrap_or_else(|| panic!("no row {label:?} in\n{t}"))
             .split_whitespace()
             .collect()
+    }
+
+    #[test]
+    fn no_delivery_shows_dashes_not_zeros() {
+        let t = table(&[RunMetrics::default()]);
+        for label in [
+            "delivery lag p50",
+            "delivery lag p99.9",
+            "drain time",
+            "ack latency p99",
+        ] {
+            assert_eq!(row(&t, label).last(), Some(&"-"), "{label}: {t}");
+        }
+        let with = RunMetrics {
+            drain_s: Some(1.5),
+            lag: Percentiles {
+                count: 3,
+                p50_us: 800,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let t = table(&[with]);
+        assert_eq!(row(&t, "drain time").last(), Some(&"1.50s"), "{t}");
+        assert_eq!(row(&t, "delivery lag p50").last(), Some(&"800us"), "{t}");
+        // Rows of optional features stay out.
+        assert!(!t.contains("raw ceiling"));
     }
 
     #[test]
@@ -753,7 +843,7 @@ mod tests {
         let head = t.lines().next().unwrap();
         assert!(head.contains("run 1 https"), "{t}");
         assert!(head.ends_with("median http  median https"), "{t}");
-        let cells = row(&t, "deliveries/s ");
+        let cells = row(&t, "deliveries/s (");
         assert_eq!(cells[cells.len() - 2..], ["20", "7"], "{t}");
         let line = t
             .lines()

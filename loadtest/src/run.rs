@@ -32,7 +32,7 @@ use crate::procstat;
 use crate::raw;
 use crate::report::{self, RestartMetrics, RunMetrics, Sample};
 use crate::scenario::{Outage, Scenario, BUILT_IN};
-use crate::script::parse_duration;
+use crate::script::{parse_duration, parse_positive};
 use crate::sink::{RateLimit, Sink, SinkConfig, SinkCounts};
 use crate::stats::{self, fmt_count, Percentiles};
 
@@ -46,12 +46,14 @@ pub struct RunArgs {
     #[arg(long)]
     pub(crate) list: bool,
     /// Repeat the scenario; the report shows each run and the median.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = parse_positive)]
     pub(crate) runs: usize,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub(crate) json: bool,
     /// Write an SVG of throughput and latency per second (one file per run: NAME-2.svg..).
+    /// The paths are checked for writing before the first run; a chart that fails to
+    /// draw later is reported and the table or JSON still printed.
     #[arg(long)]
     pub(crate) plot: Option<PathBuf>,
     /// The ricochet binary (default: target/release/ricochet under $CARGO_TARGET_DIR,
@@ -66,7 +68,7 @@ pub struct RunArgs {
     /// Connections of the bare client. Default: both 16 and as many as ricochet opened
     /// in the run (its lanes), and the ceiling is the better of the two — with few
     /// connections the bare loop is bound by round-trip latency, not by the machine.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_positive)]
     raw_connections: Option<usize>,
     /// Override the scenario's event count.
     #[arg(long)]
@@ -84,7 +86,7 @@ pub struct RunArgs {
     /// acked) per ingest connection, rounded up to a power of two. Under flat-out load
     /// ack latency is about window / throughput, so a small window shows ack latency with
     /// a bounded producer.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_positive)]
     pub(crate) window: Option<usize>,
     /// Override the scenario's linger: with a rate, the least time between a
     /// connection's writes, so what falls due meanwhile goes out in one write, as a
@@ -100,13 +102,15 @@ pub struct RunArgs {
     /// Longest wait for ricochet's /health.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     startup_timeout: Duration,
-    /// Keep each run's temp dir (config, data, ricochet.log) instead of deleting it.
+    /// Keep each run's temp dir (config, data, ricochet.log) instead of deleting it. It
+    /// is kept anyway when the run fails (an error, or a finding that makes the exit
+    /// status 1) or is interrupted.
     #[arg(long)]
     keep: bool,
     /// Serve the sink over HTTPS (endpoints https://localhost:PORT, ricochet trusts the
     /// run's CA through [server] extra_ca_file).
     #[arg(long, conflicts_with = "https_compare")]
-    https: bool,
+    pub(crate) https: bool,
     /// Run every repetition twice, plain HTTP then HTTPS (alternating the order on even
     /// runs), and report HTTPS deliveries/s as a ratio of HTTP's.
     #[arg(long)]
@@ -152,9 +156,16 @@ pub fn cmd_run(a: RunArgs) -> Result<i32> {
     }
     let sc = scenario_of(&a)?;
     let ricochet = resolve_ricochet(a.ricochet.as_deref())?;
+    if let Some(plot) = &a.plot {
+        check_plot_paths(plot, a.runs, a.https, a.https_compare)?;
+    }
     let stop = crate::stop_flag()?;
     announce(&sc, &ricochet, false);
     let runs = measure(&sc, &a, &ricochet, &stop)?;
+    if runs.is_empty() && stop.load(Ordering::Relaxed) {
+        eprintln!("ricochet-load: interrupted before any run completed");
+        return Ok(EXIT_INTERRUPTED);
+    }
     let labelled = a.https || a.https_compare;
     let compare = a.https_compare.then(|| https_compare(&runs));
     if a.json {
@@ -197,7 +208,56 @@ pub fn cmd_run(a: RunArgs) -> Result<i32> {
         }
         print_notes("", &runs);
     }
-    Ok(i32::from(any_bad(&runs) || runs.is_empty()))
+    Ok(exit_status(&runs, stop.load(Ordering::Relaxed)))
+}
+
+/// The exit status of an interrupted `run`, `sweep` or `gen` (SIGINT/SIGTERM), as a shell
+/// reports a command killed by SIGINT.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// `run`'s and `sweep`'s exit status: 130 when interrupted, else 1 when any run failed
+/// ([`run_failed`]) or none ran, else 0.
+pub fn exit_status(runs: &[RunMetrics], interrupted: bool) -> i32 {
+    if interrupted {
+        EXIT_INTERRUPTED
+    } else {
+        i32::from(any_bad(runs) || runs.is_empty())
+    }
+}
+
+/// Every SVG `--plot` will write for these runs and schemes.
+fn plot_paths(plot: &Path, runs: usize, https: bool, https_compare: bool) -> Vec<PathBuf> {
+    let labels: &[&str] = if https_compare {
+        &["http", "https"]
+    } else if https {
+        &["https"]
+    } else {
+        &[""]
+    };
+    let mut out = Vec::new();
+    for i in 1..=runs.max(1) {
+        for l in labels {
+            out.push(plot_path(plot, i, runs, l));
+        }
+    }
+    out
+}
+
+/// Fails now, not after the runs, when a `--plot` file cannot be written: opens each
+/// for appending (creating it, which is undone, when it did not exist).
+pub fn check_plot_paths(plot: &Path, runs: usize, https: bool, https_compare: bool) -> Result<()> {
+    for path in plot_paths(plot, runs, https, https_compare) {
+        let existed = path.exists();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .with_context(|| format!("--plot: cannot write {}", path.display()))?;
+        if !existed {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    Ok(())
 }
 
 /// The scenario `a` names, with its command-line overrides applied.
@@ -282,13 +342,37 @@ pub fn measure(
             }
             let label = if labelled { scheme.name() } else { "" };
             eprintln!("--- run {i}/{} {label}", a.runs.max(1));
-            let mut m = run_once(sc, a, i, scheme, ricochet, stop)
-                .with_context(|| format!("run {i} {label}"))?;
+            let mut m = match run_once(sc, a, i, scheme, ricochet, stop) {
+                Ok(m) => m,
+                // Ctrl-C while ricochet starts (or in a restart): report what ran.
+                Err(e) if stop.load(Ordering::Relaxed) => {
+                    eprintln!(
+                        "run {i}{}: interrupted: {e:#}",
+                        if label.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" {label}")
+                        }
+                    );
+                    break 'runs;
+                }
+                Err(e) => return Err(e.context(format!("run {i} {label}"))),
+            };
             m.label = label.to_string();
             if let Some(plot) = &a.plot {
                 let path = plot_path(plot, i, a.runs, label);
-                crate::plot::write_svg(&path, &format!("{} run {i} {label}", sc.name), &m.series)?;
-                eprintln!("plot written to {}", path.display());
+                match crate::plot::write_svg(
+                    &path,
+                    &format!("{} run {i} {label}", sc.name),
+                    &m.series,
+                ) {
+                    Ok(()) => eprintln!("plot written to {}", path.display()),
+                    Err(e) => {
+                        let msg = format!("plot {} not written: {e:#}", path.display());
+                        eprintln!("ricochet-load: {msg}");
+                        m.notes.push(msg);
+                    }
+                }
             }
             if !a.json {
                 eprintln!("{}", one_line(&m));
@@ -309,18 +393,36 @@ pub fn print_notes(prefix: &str, runs: &[RunMetrics]) {
     }
 }
 
-/// Whether any run lost, misrouted or mis-acked an event, or broke a rate limit, or
-/// never became ready after its restart: the exit status of `run` and `sweep`.
+/// Whether any run failed ([`run_failed`]): the exit status of `run` and `sweep`.
 pub fn any_bad(runs: &[RunMetrics]) -> bool {
-    runs.iter().any(|m| {
-        m.lost > 0
-            || m.missing_acks > 0
-            || m.err_acks > 0
-            || m.misrouted > 0
-            || m.ack_mismatch > 0
-            || m.rate_check.is_some_and(|r| r.windows_over_limit > 0)
-            || m.restart.as_ref().is_some_and(|r| r.first_ack_s.is_none())
-    })
+    runs.iter().any(run_failed)
+}
+
+/// Whether a run lost, misrouted or mis-acked an event, left an event undelivered where
+/// the scenario expects every delivery to succeed ([`RunMetrics::all_deliveries_expected`]),
+/// broke a rate limit, or never became ready after its restart.
+pub fn run_failed(m: &RunMetrics) -> bool {
+    m.lost > 0
+        || (m.undelivered > 0 && m.all_deliveries_expected)
+        || m.missing_acks > 0
+        || m.err_acks > 0
+        || m.misrouted > 0
+        || m.ack_mismatch > 0
+        || m.rate_check.is_some_and(|r| r.windows_over_limit > 0)
+        || m.restart.as_ref().is_some_and(|r| r.first_ack_s.is_none())
+}
+
+/// Whether the scenario's sink answers every request with a 2xx once it is up (a
+/// script of 2xx statuses only, no resets): then an accepted event that reached the sink
+/// and never got a 2xx was given up by ricochet, a failure. A script with failures (and
+/// finite retries) leaves some undelivered by design.
+pub fn all_deliveries_expected(sc: &Scenario) -> bool {
+    sc.reset == 0.0
+        && sc
+            .script
+            .entries
+            .iter()
+            .all(|e| (200..300).contains(&e.status) || e.weight == 0.0)
 }
 
 pub fn rate_text(rate: f64) -> String {
@@ -499,18 +601,29 @@ fn one_line(m: &RunMetrics) -> String {
         )
     });
     format!(
-        "run {}{}: accepted {} ({:.0}/s), delivered {} ({:.0}/s), ack {}, lag {}, lost {}, dup {}, drain {:.2}s ({})",
+        "run {}{}: accepted {} ({:.0}/s{}), delivered {} ({:.0}/s), ack {}, lag {}, lost {}, undelivered {}{}, dup {}, drain {} ({})",
         m.run,
         label_suffix(m),
         fmt_count(m.accepted),
         m.accepted_per_s,
+        if m.ok_no_delivery > 0 {
+            format!(", {} with 0 deliveries", fmt_count(m.ok_no_delivery))
+        } else {
+            String::new()
+        },
         fmt_count(m.delivered),
         m.deliveries_per_s,
         m.ack.brief(),
         m.lag.brief(),
         m.lost,
+        m.undelivered,
+        if m.undelivered > 0 && !m.all_deliveries_expected {
+            " (the script fails some answers)"
+        } else {
+            ""
+        },
         m.duplicates,
-        m.drain_s,
+        m.drain_s.map_or("-".into(), |d| format!("{d:.2}s")),
         m.drain_end
     ) + &rate
         + &m.restart.as_ref().map_or(String::new(), |r| {
@@ -834,7 +947,7 @@ pub fn admin_request(addr: SocketAddr, method: &str, path: &str) -> Result<(u16,
 }
 
 /// Polls `GET /health` every `poll` until `{"status":"ok"}`; returns the time since `t`
-/// (the spawn).
+/// (the spawn). Gives up at once when `stop` is set (Ctrl-C).
 fn wait_health(
     admin: SocketAddr,
     child: &mut ChildGuard,
@@ -842,9 +955,16 @@ fn wait_health(
     log: &Path,
     t: Instant,
     poll: Duration,
+    stop: &AtomicBool,
 ) -> Result<Duration> {
     let mut last_err = String::new();
     while t.elapsed() < timeout {
+        if stop.load(Ordering::Relaxed) {
+            bail!(
+                "interrupted while waiting for ricochet to become healthy (after {:.2}s)",
+                t.elapsed().as_secs_f64()
+            );
+        }
         if let Some(st) = child.exited() {
             bail!(
                 "ricochet exited before becoming healthy ({st}); {}",
@@ -1024,7 +1144,8 @@ fn restart_ricochet(
     *child = new_child;
     let pid = child.pid();
 
-    let ty = format!("load.e{}", r.probe_n % r.sc.endpoints.max(1));
+    let ep = r.probe_n % r.sc.endpoints.max(1);
+    let (ty, account) = (format!("load.e{ep}"), format!("acct-{ep}"));
     let id = format!("ld-{}-{}", r.tag, r.probe_n);
     let payload = r.sc.payload;
     let line = || {
@@ -1032,7 +1153,10 @@ fn restart_ricochet(
         crate::payload::write_event(
             &mut buf,
             payload,
-            &ty,
+            crate::payload::EventKey {
+                ty: &ty,
+                account: Some(&account),
+            },
             r.tag,
             r.probe_n,
             crate::script::unix_micros(),
@@ -1050,6 +1174,7 @@ fn restart_ricochet(
             r.log,
             spawned,
             Duration::from_millis(5),
+            r.stop,
         );
         if health.is_err() {
             cancel.store(true, Ordering::Relaxed);
@@ -1094,6 +1219,9 @@ struct Sampler {
     prev_ok: u64,
     prev_sink: SinkCounts,
     samples: Vec<Sample>,
+    /// The latest sample's ack latency and delivery lag (count 0: none in it).
+    last_ack: Percentiles,
+    last_lag: Percentiles,
 }
 
 impl Sampler {
@@ -1105,6 +1233,8 @@ impl Sampler {
             prev_ok: 0,
             prev_sink: SinkCounts::default(),
             samples: Vec::new(),
+            last_ack: Percentiles::default(),
+            last_lag: Percentiles::default(),
         }
     }
 
@@ -1127,8 +1257,11 @@ impl Sampler {
             None => (SinkCounts::default(), Percentiles::default()),
         };
         let ms = |us: u64| us as f64 / 1e3;
+        self.last_ack = ack;
+        self.last_lag = lag;
         self.samples.push(Sample {
             t_s: self.started.elapsed().as_secs_f64(),
+            span_s: dt,
             sent_per_s: (sent - self.prev_sent) as f64 / dt,
             accepted_per_s: (ok - self.prev_ok) as f64 / dt,
             requests_per_s: c.requests.saturating_sub(self.prev_sink.requests) as f64 / dt,
@@ -1198,8 +1331,41 @@ impl Progress {
     }
 }
 
-fn rate_of(s: &Sampler, f: fn(&Sample) -> f64) -> f64 {
-    s.samples.last().map_or(0.0, f)
+/// A rate of the latest sample for the progress line; `-` before the first.
+fn rate_of(s: &Sampler, f: fn(&Sample) -> f64) -> String {
+    s.samples
+        .last()
+        .map_or("-".into(), |x| format!("{:.0}", f(x)))
+}
+
+/// A percentile of the latest sample for the progress line; `-` when it had none.
+fn pct_of(p: &Percentiles, f: fn(&Percentiles) -> u64) -> String {
+    if p.count == 0 {
+        "-".into()
+    } else {
+        stats::fmt_us(f(p))
+    }
+}
+
+/// `count` per second over unix µs `from_us` → `to_us`; 0 for an empty window (nothing
+/// happened after the start).
+fn rate_over(count: u64, from_us: u64, to_us: u64) -> f64 {
+    let secs = to_us.saturating_sub(from_us) as f64 / 1e6;
+    if secs > 0.0 {
+        count as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+/// The best delivery rate over a whole sample (a second or a little more), `None` when
+/// no sample spanned a full second (the last one, at the drain's end, is shorter).
+fn best_full_second(samples: &[Sample]) -> Option<f64> {
+    samples
+        .iter()
+        .filter(|s| s.span_s >= 0.999)
+        .map(|s| s.deliveries_per_s)
+        .reduce(f64::max)
 }
 
 fn run_once(
@@ -1214,12 +1380,18 @@ fn run_once(
     let dir =
         std::env::temp_dir().join(format!("ricochet-load-{}-{}-{tag}", sc.name, scheme.name()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let result = run_in(sc, a, index, scheme, ricochet, stop, &tag, &dir);
-    match &result {
-        Ok(_) if !a.keep => {
-            let _ = std::fs::remove_dir_all(&dir);
+    let mut result = run_in(sc, a, index, scheme, ricochet, stop, &tag, &dir);
+    let failed = match &result {
+        Ok(m) => run_failed(m),
+        Err(_) => true,
+    };
+    if a.keep || failed || stop.load(Ordering::Relaxed) {
+        eprintln!("run files kept in {}", dir.display());
+        if let Ok(m) = &mut result {
+            m.run_dir = Some(dir.display().to_string());
         }
-        _ => eprintln!("run files kept in {}", dir.display()),
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
     }
     result
 }
@@ -1299,6 +1471,7 @@ fn run_in(
         &log,
         spawned,
         Duration::from_millis(100),
+        stop,
     )?;
     eprintln!(
         "ricochet pid {pid} healthy after {:.2}s (admin {admin}, sink {sink_base}, files {})",
@@ -1321,6 +1494,7 @@ fn run_in(
     gcfg.events = sc.events;
     gcfg.duration = sc.duration;
     gcfg.types = gen::endpoint_types(sc.endpoints);
+    gcfg.accounts = gen::endpoint_accounts(sc.endpoints);
     gcfg.payload = sc.payload;
     gcfg.connections = sc.connections;
     gcfg.window = sc.window;
@@ -1355,12 +1529,12 @@ fn run_in(
         progress.update(
             gs.sent.load(Ordering::Relaxed),
             format!(
-                "acked {} ({:.0}/s) err {} delivered {} ack p99 {}",
+                "acked {} ({}/s) err {} delivered {} ack p99 {}",
                 fmt_count(gs.acked.load(Ordering::Relaxed)),
                 rate_of(&sampler, |s| s.accepted_per_s),
                 gs.err.load(Ordering::Relaxed),
                 fmt_count(delivered),
-                stats::fmt_us((rate_of(&sampler, |s| s.ack_p99_ms) * 1e3) as u64)
+                pct_of(&sampler.last_ack, |p| p.p99_us)
             ),
         );
     }
@@ -1370,6 +1544,7 @@ fn run_in(
     notes.extend(gres.notes.iter().cloned());
     // The last ack, not now: a wait for missing acks is not drain time.
     let ingest_end_us = gres.started_unix_us + gres.elapsed.as_micros() as u64;
+    // `ok` acks that routed to at least one endpoint: the events the sink should get.
     let gen_accepted = gres.ok - gres.unrouted;
     // Every generated id is below this (connection c sends c, c + k, c + 2k, ..).
     let id_bound = gres.sent.saturating_mul(sc.connections as u64) + sc.connections as u64;
@@ -1442,6 +1617,7 @@ fn run_in(
         }
     }
     let up_at = Instant::now();
+    let up_unix_us = crate::script::unix_micros();
     // The drain's counters start here: the process that drains, the sink that answers.
     let (mark_up, sink_at_up) = (cost::Mark::take(Some(child.pid())), sink_now(&sink));
     // With a restart, the drain is timed from the sink coming up (not from the last ack,
@@ -1463,8 +1639,8 @@ fn run_in(
         .as_ref()
         .filter(|r| r.probe_accepted)
         .map(|_| id_bound);
-    let accepted = gen_accepted + u64::from(probe.is_some());
-    let mut progress = Progress::new(accepted, "drain");
+    let to_deliver = gen_accepted + u64::from(probe.is_some());
+    let mut progress = Progress::new(to_deliver, "drain");
     let mut last_requests = u64::MAX;
     let mut idle_since = Instant::now();
     let drain_end = loop {
@@ -1472,7 +1648,7 @@ fn run_in(
             .as_ref()
             .map(|s| s.shared().counts())
             .unwrap_or_default();
-        if c.delivered >= accepted {
+        if c.delivered >= to_deliver {
             break "all accepted events delivered".to_string();
         }
         if c.requests != last_requests {
@@ -1496,11 +1672,11 @@ fn run_in(
         progress.update(
             c.delivered,
             format!(
-                "delivered of {} ({:.0}/s) retries {} lag p99 {}",
-                fmt_count(accepted),
+                "delivered of {} ({}/s) retries {} lag p99 {}",
+                fmt_count(to_deliver),
                 rate_of(&sampler, |s| s.deliveries_per_s),
                 fmt_count(c.retries),
-                stats::fmt_us((rate_of(&sampler, |s| s.lag_p99_ms) * 1e3) as u64)
+                pct_of(&sampler.last_lag, |p| p.p99_us)
             ),
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -1508,13 +1684,8 @@ fn run_in(
     progress.finish();
     sampler.take(&gs, sink.as_ref());
     let drained = drain_end.starts_with("all");
-    if !drained {
-        notes.push(format!(
-            "drain stopped with {} of {} accepted events delivered: {drain_end}",
-            sink.as_ref().map_or(0, |s| s.shared().counts().delivered),
-            accepted
-        ));
-    }
+    // Deliveries go on until ricochet is stopped below: the note names both counts.
+    let delivered_at_drain_end = sink.as_ref().map_or(0, |s| s.shared().counts().delivered);
 
     // ricochet's resources (both processes' CPU after a restart), then stop it.
     let pid = child.pid();
@@ -1588,9 +1759,30 @@ fn run_in(
         r.probe_delivered = probe.is_some_and(|n| ids.delivered.get(n));
     }
     let c = shared.counts();
+    if !drained {
+        notes.push(format!(
+            "drain stopped ({drain_end}) with {} of {} events to deliver delivered; {} by the end of the run (ricochet delivers until it has stopped), as in \"delivered (distinct)\"",
+            fmt_count(delivered_at_drain_end),
+            fmt_count(to_deliver),
+            fmt_count(c.delivered),
+        ));
+    }
     let lag = Percentiles::of(&shared.lag_total());
-    let (first_us, last_us) = (shared.first_delivery_us(), shared.last_delivery_us());
-    let delivery_window = last_us.saturating_sub(first_us) as f64 / 1e6;
+    let last_us = shared.last_delivery_us();
+    // The rates' common start: the generator's first write, or, where the sink was down
+    // during ingest, the moment it came up (nothing was delivered before). Deliveries/s
+    // runs from there to the last delivery, http requests/s to the last request (the
+    // same instant when no request failed), counting only what came after the start.
+    let (rates_from_us, before) = if sc.outage == Outage::None {
+        (gres.started_unix_us, sink_at_start)
+    } else {
+        (up_unix_us, sink_at_up)
+    };
+    let probe_delivered = probe.is_some_and(|n| ids.delivered.get(n));
+    let timed_deliveries = c
+        .delivered
+        .saturating_sub(before.0)
+        .saturating_sub(u64::from(probe_delivered));
     // First attempts: a scenario's throughput with its retries left out. Only where
     // the receiver was up throughout (an outage's first attempts are its 503s).
     let first_attempts_per_s = match shared.first_attempt_window_us() {
@@ -1600,11 +1792,6 @@ fn run_in(
             Some(n as f64 / ((to - from) as f64 / 1e6))
         }
         _ => None,
-    };
-    let total_window = if last_us > 0 {
-        (last_us.saturating_sub(drain_from_us) as f64 / 1e6) + gres.elapsed.as_secs_f64()
-    } else {
-        gres.elapsed.as_secs_f64()
     };
 
     if a.raw && scheme == Scheme::Https {
@@ -1617,7 +1804,7 @@ fn run_in(
         ingest: cost::PhaseCost::between(
             &mark_start,
             &mark_ingest,
-            gen_accepted,
+            gres.ok,
             sink_at_ingest_end.0 - sink_at_start.0,
             sink_at_ingest_end.1 - sink_at_start.1,
         ),
@@ -1640,13 +1827,19 @@ fn run_in(
             .map_or(0, |c| c.first() as usize);
         for conns in raw_connection_counts(a.raw_connections, lanes) {
             let before = cost::Mark::take(None);
-            let r = raw::run(&raw::RawConfig {
+            let r = match raw::run(&raw::RawConfig {
                 addr: sink.addr(),
                 path: "/e/0".into(),
                 connections: conns,
                 threads: 1,
                 duration: a.raw_duration,
-            })?;
+            }) {
+                Ok(r) => r,
+                Err(e) => {
+                    notes.push(format!("raw ceiling at {conns} connections failed: {e:#}"));
+                    continue;
+                }
+            };
             eprintln!("raw ceiling, {conns} connections: {}", r.summary());
             // The cost of the best measurement is the raw phase's.
             if raw_points
@@ -1714,10 +1907,24 @@ fn run_in(
         }
     }
     if gres.unrouted > 0 {
-        notes.push(format!("{} events acked with 0 deliveries", gres.unrouted));
+        notes.push(format!(
+            "{} events acked ok with 0 deliveries (routed to no enabled endpoint): in accepted, not expected at the sink",
+            gres.unrouted
+        ));
     }
     if lost > 0 {
         notes.push(format!("{lost} accepted events never reached the sink"));
+    }
+    let all_expected = all_deliveries_expected(sc);
+    if undelivered > 0 {
+        notes.push(format!(
+            "{undelivered} accepted events reached the sink but never got a 2xx{}",
+            if all_expected {
+                " although the sink answers every request with a 2xx (a failure)"
+            } else {
+                " (the scenario's script fails some answers: expected with finite retries)"
+            }
+        ));
     }
     if gres.mismatched > 0 {
         notes.push(format!(
@@ -1730,13 +1937,14 @@ fn run_in(
         label: String::new(),
         run_tag: tag.to_string(),
         events_sent: gres.sent + u64::from(restart.as_ref().is_some_and(|r| r.probe_attempts > 0)),
-        accepted,
+        accepted: gres.ok + u64::from(probe.is_some()),
+        ok_no_delivery: gres.unrouted,
         dup_acks: gres.dup,
         err_acks: gres.err,
         missing_acks: gres.missing,
         ack_mismatch: gres.mismatched,
         ingest_s: gres.elapsed.as_secs_f64(),
-        accepted_per_s: gen_accepted as f64 / gres.elapsed.as_secs_f64().max(1e-9),
+        accepted_per_s: gres.ok as f64 / gres.elapsed.as_secs_f64().max(1e-9),
         deliveries_expected: gres.deliveries
             + restart
                 .as_ref()
@@ -1744,19 +1952,15 @@ fn run_in(
                 .map_or(0, |r| r.probe_deliveries),
         delivered: c.delivered,
         requests: c.requests,
-        deliveries_per_s: if delivery_window > 0.0 {
-            c.delivered as f64 / delivery_window
-        } else {
-            0.0
-        },
+        deliveries_per_s: rate_over(timed_deliveries, rates_from_us, last_us),
         first_attempts_per_s,
-        peak_deliveries_per_s: sampler
-            .samples
-            .iter()
-            .map(|s| s.deliveries_per_s)
-            .fold(0.0, f64::max),
-        requests_per_s: c.requests as f64 / total_window.max(1e-9),
-        drain_s: last_us.saturating_sub(drain_from_us) as f64 / 1e6,
+        peak_deliveries_per_s: best_full_second(&sampler.samples),
+        requests_per_s: rate_over(
+            c.requests.saturating_sub(before.1),
+            rates_from_us,
+            shared.last_request_us(),
+        ),
+        drain_s: (last_us > 0).then(|| last_us.saturating_sub(drain_from_us) as f64 / 1e6),
         drained,
         drain_end,
         ack: gres.ack,
@@ -1766,9 +1970,14 @@ fn run_in(
         lost,
         undelivered,
         misrouted: c.misrouted,
+        all_deliveries_expected: all_expected,
         status_2xx: c.status_2xx,
+        status_4xx: c.status_4xx,
         status_5xx: c.status_5xx,
         resets: c.resets,
+        slow_bodies: c.slow_bodies,
+        interrupted: stop.load(Ordering::Relaxed),
+        run_dir: None,
         ricochet_cpu_s: cpu,
         ricochet_peak_rss_mib: hwm,
         ricochet_exit: exit,
@@ -1873,6 +2082,91 @@ mod tests {
         let t = c.text();
         assert!(t.contains("ratio 0.750") && t.contains("met)"), "{t}");
         assert!(https_compare(&runs[..1]).ratio.is_none());
+    }
+
+    #[test]
+    fn rates_share_a_start() {
+        // 5,000 events at 2,000/s from t = 1 s: the last delivery at 3.5 s. Without
+        // failures the requests are the deliveries and end at the same moment.
+        assert_eq!(rate_over(5_000, 1_000_000, 3_500_000), 2_000.0);
+        assert_eq!(
+            rate_over(5_000, 1_000_000, 3_500_000),
+            rate_over(5_000, 1_000_000, 3_500_000)
+        );
+        // A first delivery 0.6 s late no longer shortens the window: still <= the rate.
+        assert!(rate_over(5_000, 1_000_000, 3_500_100) <= 2_000.0);
+        // Nothing after the start (or no delivery at all, last = 0): 0, not infinity.
+        assert_eq!(rate_over(10, 5_000_000, 5_000_000), 0.0);
+        assert_eq!(rate_over(0, 5_000_000, 0), 0.0);
+    }
+
+    #[test]
+    fn best_second_needs_a_whole_sample() {
+        let s = |span_s, deliveries_per_s| Sample {
+            span_s,
+            deliveries_per_s,
+            ..Default::default()
+        };
+        // The short last sample (a burst over 0.2 s) is no 1-s window.
+        let samples = [s(1.0, 900.0), s(1.08, 1_100.0), s(0.2, 5_000.0)];
+        assert_eq!(best_full_second(&samples), Some(1_100.0));
+        assert_eq!(best_full_second(&[s(0.4, 2_000.0)]), None);
+        assert_eq!(best_full_second(&[]), None);
+    }
+
+    #[test]
+    fn undelivered_fails_only_where_every_answer_is_a_2xx() {
+        let sc = |script: &str, reset: f64| {
+            let mut s = Scenario::parse("x", "t", "events = 10").unwrap();
+            s.script = crate::script::Script::parse(script).unwrap();
+            s.reset = reset;
+            s
+        };
+        assert!(all_deliveries_expected(&sc("200", 0.0)));
+        assert!(all_deliveries_expected(&sc("200:0.5,204:0.5", 0.0)));
+        assert!(!all_deliveries_expected(&sc("200:0.8,500:0.2", 0.0)));
+        assert!(!all_deliveries_expected(&sc("200", 0.01)));
+        assert!(!all_deliveries_expected(&sc("404", 0.0)));
+        let m = |undelivered, all_deliveries_expected, lost| RunMetrics {
+            undelivered,
+            all_deliveries_expected,
+            lost,
+            ..Default::default()
+        };
+        assert!(!run_failed(&m(0, true, 0)));
+        assert!(run_failed(&m(3, true, 0)));
+        assert!(!run_failed(&m(3, false, 0)));
+        assert!(run_failed(&m(0, false, 1)));
+        assert_eq!(exit_status(&[m(0, true, 0)], false), 0);
+        assert_eq!(exit_status(&[m(3, true, 0)], false), 1);
+        assert_eq!(exit_status(&[], false), 1);
+        // Interrupted wins, whatever the runs found.
+        assert_eq!(exit_status(&[m(0, true, 1)], true), EXIT_INTERRUPTED);
+        assert_eq!(exit_status(&[], true), EXIT_INTERRUPTED);
+    }
+
+    #[test]
+    fn plot_paths_are_checked_before_the_run() {
+        let dir = std::env::temp_dir().join(format!("rl-plotcheck-{}", gen::new_run_tag()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let plot = dir.join("out.svg");
+        assert_eq!(
+            super::plot_paths(&plot, 2, false, true),
+            vec![
+                dir.join("out.svg"),
+                dir.join("out-https.svg"),
+                dir.join("out-2.svg"),
+                dir.join("out-2-https.svg")
+            ]
+        );
+        check_plot_paths(&plot, 2, false, true).unwrap();
+        // The check leaves no files behind.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        let err = check_plot_paths(&dir.join("no/such/dir/out.svg"), 1, false, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--plot: cannot write"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

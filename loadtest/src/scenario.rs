@@ -216,7 +216,7 @@ pub struct Scenario {
 
 /// Keys `run` writes itself and a scenario may not set.
 const RESERVED_SERVER: &[&str] = &["data_dir", "socket", "admin"];
-const RESERVED_ENDPOINT: &[&str] = &["name", "events"];
+const RESERVED_ENDPOINT: &[&str] = &["name", "events", "account"];
 
 impl Scenario {
     /// `name_or_path` is a file path, or the name of a scenario on disk or built in.
@@ -264,6 +264,14 @@ impl Scenario {
         }
         if !(f.rate.is_finite() && f.rate >= 0.0) {
             bail!("{}: rate must be >= 0", ctx());
+        }
+        for (key, v) in [("reset", f.sink.reset), ("slow_body", f.sink.slow_body)] {
+            if !(0.0..=1.0).contains(&v) {
+                bail!(
+                    "{}: [sink] {key} is a share of requests: 0 to 1, not {v}",
+                    ctx()
+                );
+            }
         }
         for k in RESERVED_SERVER {
             if f.server.contains_key(*k) {
@@ -380,6 +388,9 @@ impl Scenario {
                 "events".into(),
                 Value::Array(vec![Value::String(format!("load.e{n}"))]),
             );
+            // Event n carries type load.e<n % E> and account acct-<n % E>: both filters
+            // match for exactly one endpoint.
+            e.insert("account".into(), Value::String(format!("acct-{n}")));
             e.insert(
                 "url".into(),
                 Value::String(
@@ -470,6 +481,25 @@ mod tests {
             e3["events"].as_array().unwrap()[0].as_str(),
             Some("load.e3")
         );
+        assert_eq!(e3["account"].as_str(), Some("acct-3"));
+        // The generator's event n routes to endpoint n % E, by type and by account.
+        let (types, accounts) = (
+            crate::gen::endpoint_types(s.endpoints),
+            crate::gen::endpoint_accounts(s.endpoints),
+        );
+        for n in 0..3 * s.endpoints {
+            let k = crate::gen::event_key(&types, &accounts, n);
+            let routed: Vec<usize> = eps
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| {
+                    e["events"].as_array().unwrap()[0].as_str() == Some(k.ty)
+                        && e["account"].as_str() == k.account
+                })
+                .map(|(i, _)| i)
+                .collect();
+            assert_eq!(routed, vec![(n % s.endpoints) as usize], "event {n}");
+        }
         let body = e3["body"].as_str().unwrap();
         assert!(body.contains("join(items, i,"), "{body}");
         assert!(body.contains("{sent_us}"), "{body}");
@@ -516,10 +546,14 @@ mod tests {
         assert!(Scenario::parse("x", "t", "endpoints = 0").is_err());
         assert!(Scenario::parse("x", "t", "outage = \"maybe\"").is_err());
         assert!(Scenario::parse("x", "t", "[endpoint]\nname = \"x\"").is_err());
+        assert!(Scenario::parse("x", "t", "[endpoint]\naccount = \"x\"").is_err());
         assert!(Scenario::parse("x", "t", "[server]\nsocket = \"x\"").is_err());
         assert!(Scenario::parse("x", "t", "[endpoint]\nurl = \"http://10.0.0.1/\"").is_err());
         assert!(Scenario::parse("x", "t", "[sink]\nscript = \"abc\"").is_err());
         assert!(Scenario::parse("x", "t", "[endpoint]\nmax_rps = -1").is_err());
+        assert!(Scenario::parse("x", "t", "[sink]\nreset = 1.5").is_err());
+        assert!(Scenario::parse("x", "t", "[sink]\nslow_body = -0.1").is_err());
+        assert!(Scenario::parse("x", "t", "[sink]\nscript = \"999\"").is_err());
         assert!(Scenario::parse("x", "t", "[endpoint]\nmax_rps = \"2\"").is_err());
         let ok = Scenario::parse(
             "x",

@@ -31,6 +31,35 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// A share of requests for a command-line flag: a number in `[0, 1]`.
+pub fn parse_probability(s: &str) -> Result<f64> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .with_context(|| format!("{s:?} is not a number"))?;
+    if !(0.0..=1.0).contains(&v) {
+        bail!("{s} is not a probability: expected a share between 0 and 1 (e.g. 0.01)");
+    }
+    Ok(v)
+}
+
+/// A count for a command-line flag that must be at least 1.
+pub fn parse_positive(s: &str) -> Result<usize> {
+    let v: usize = s
+        .trim()
+        .parse()
+        .with_context(|| format!("{s:?} is not a whole number"))?;
+    if v == 0 {
+        bail!("must be at least 1");
+    }
+    Ok(v)
+}
+
+/// [`parse_positive`] for `u64` flags.
+pub fn parse_positive_u64(s: &str) -> Result<u64> {
+    parse_positive(s).map(|v| v as u64)
+}
+
 /// One scripted answer: an HTTP status and its share of requests.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScriptEntry {
@@ -59,8 +88,8 @@ impl Script {
             let status: u16 = status
                 .parse()
                 .with_context(|| format!("bad script entry {part:?}: status is not a number"))?;
-            if !(100..=999).contains(&status) {
-                bail!("bad script entry {part:?}: status must be 100..=999");
+            if !(100..=599).contains(&status) {
+                bail!("bad script entry {part:?}: status must be an HTTP status, 100..=599");
             }
             let weight: f64 = weight
                 .parse()
@@ -228,6 +257,31 @@ mod tests {
         assert!(Script::parse("200:-1").is_err());
         assert!(Script::parse("200:0").is_err());
         assert!(Script::parse("42:1").is_err());
+        assert!(Script::parse("999").is_err());
+        assert!(Script::parse("600:1").is_err());
+        assert!(Script::parse("599,100").is_ok());
+    }
+
+    #[test]
+    fn flag_values() {
+        assert_eq!(parse_probability("0").unwrap(), 0.0);
+        assert_eq!(parse_probability("1").unwrap(), 1.0);
+        assert_eq!(parse_probability("0.25").unwrap(), 0.25);
+        for bad in ["1.5", "2", "-0.1", "NaN", "x", ""] {
+            assert!(parse_probability(bad).is_err(), "{bad}");
+        }
+        assert!(parse_probability("1.5")
+            .unwrap_err()
+            .to_string()
+            .contains("between 0 and 1"));
+        assert_eq!(parse_positive("3").unwrap(), 3);
+        assert_eq!(parse_positive_u64("16").unwrap(), 16);
+        assert!(parse_positive("0")
+            .unwrap_err()
+            .to_string()
+            .contains("at least 1"));
+        assert!(parse_positive("-1").is_err());
+        assert!(parse_positive_u64("0").is_err());
     }
 
     #[test]

@@ -108,6 +108,8 @@ struct Counters {
     open: AtomicU64,
     tls_handshakes: AtomicU64,
     tls_errors: AtomicU64,
+    /// Unix µs of this thread's latest request (0 before any).
+    last_request_us: AtomicU64,
 }
 
 /// A snapshot of the sink's counters.
@@ -225,11 +227,21 @@ impl SinkShared {
         stats::take_interval(&self.lags)
     }
 
+    /// Unix µs of the latest request, whatever its answer (0 before any).
+    pub fn last_request_us(&self) -> u64 {
+        self.counters
+            .iter()
+            .map(|c| c.last_request_us.load(Relaxed))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Unix µs of the latest first delivery (0 before any).
     pub fn last_delivery_us(&self) -> u64 {
         self.deliveries.get().1
     }
 
+    #[cfg(test)]
     pub fn first_delivery_us(&self) -> u64 {
         self.deliveries.get().0
     }
@@ -279,6 +291,9 @@ impl Sink {
                 ))
             }
         };
+        if cfg.listen.port() != 0 {
+            ensure_port_free(cfg.listen)?;
+        }
         let shared = Arc::new(SinkShared {
             counters: (0..threads).map(|_| Counters::default()).collect(),
             lags: (0..threads).map(|_| Mutex::default()).collect(),
@@ -413,6 +428,9 @@ impl ThreadCtx {
     fn handle(&self, req: &http::Request, buf: &[u8], scratch: &[u8], opens_conn: bool) -> Answer {
         let c = self.counters();
         c.requests.fetch_add(1, Relaxed);
+        // The clock, read once per request for every stamp below.
+        let now = unix_micros();
+        c.last_request_us.fetch_max(now, Relaxed);
         if let Some(rate) = &self.shared.rate {
             rate.record(http::endpoint_index(&buf[req.path.clone()]), opens_conn);
         }
@@ -424,7 +442,7 @@ impl ThreadCtx {
             (None, 503)
         } else if self.cfg.reset > 0.0 && rng.next_f64() < self.cfg.reset {
             c.resets.fetch_add(1, Relaxed);
-            self.mark(req, buf, body, false);
+            self.mark(req, buf, body, false, now);
             return Answer::Reset;
         } else {
             let idx = self.cfg.script.pick(rng.next_f64());
@@ -437,7 +455,7 @@ impl ThreadCtx {
             _ => &c.s5xx,
         }
         .fetch_add(1, Relaxed);
-        self.mark(req, buf, body, (200..300).contains(&status));
+        self.mark(req, buf, body, (200..300).contains(&status), now);
 
         let delay = if self.cfg.latency.is_zero() {
             Duration::ZERO
@@ -459,12 +477,10 @@ impl ThreadCtx {
     }
 
     /// Id bookkeeping, the first-attempt window and, for a first delivery, the lag
-    /// sample.
-    fn mark(&self, req: &http::Request, buf: &[u8], body: &[u8], delivered: bool) {
+    /// sample; `now` is the request's arrival (unix µs).
+    fn mark(&self, req: &http::Request, buf: &[u8], body: &[u8], delivered: bool, now: u64) {
         let c = self.counters();
         let mut lag_wanted = delivered;
-        // The clock, read once for the stamps below.
-        let mut now = None;
         if let Some(r) = &req.webhook_id {
             let id = &buf[r.clone()];
             let m = self
@@ -476,8 +492,7 @@ impl ThreadCtx {
             if m.first_seen {
                 c.distinct.fetch_add(1, Relaxed);
                 if timed {
-                    let t = *now.get_or_insert_with(unix_micros);
-                    self.shared.first_attempts.stamp(t);
+                    self.shared.first_attempts.stamp(now);
                 }
             }
             if m.retry {
@@ -506,7 +521,6 @@ impl ThreadCtx {
         if !lag_wanted {
             return;
         }
-        let now = now.unwrap_or_else(unix_micros);
         if req.webhook_id.is_some() {
             self.shared.deliveries.stamp(now);
         }
@@ -519,6 +533,23 @@ impl ThreadCtx {
                 .unwrap_or_else(|e| e.into_inner());
             lags.record(now.saturating_sub(sent));
         }
+    }
+}
+
+/// Refuses a port another process listens on. The sink's own listeners use
+/// SO_REUSEPORT, which would let it join (and split the traffic with) another sink's
+/// SO_REUSEPORT group on the same port without a word; a plain bind (no SO_REUSEPORT)
+/// fails while anything listens there, and is closed again before the sink binds.
+fn ensure_port_free(addr: SocketAddr) -> Result<()> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(probe) => {
+            drop(probe);
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(anyhow!(
+            "cannot listen on {addr}: the port is already in use by another process (another sink?); the sink does not share a port"
+        )),
+        Err(e) => Err(anyhow!("cannot listen on {addr}: {e}")),
     }
 }
 
@@ -1102,6 +1133,20 @@ mod tests {
         });
         assert!(Sink::start(cfg).is_err());
         assert!(start("200").shared().rate_counts().is_none());
+    }
+
+    #[test]
+    fn a_second_sink_on_a_taken_port_is_refused() {
+        let first = start("200");
+        let mut cfg = SinkConfig::new(first.addr(), Script::parse("200").unwrap());
+        cfg.threads = 2;
+        let err = Sink::start(cfg).err().expect("the port is taken");
+        assert!(err.to_string().contains("already in use"), "{err}");
+        // Once the first is gone, the port can be had again.
+        let addr = first.addr();
+        drop(first);
+        let again = Sink::start(SinkConfig::new(addr, Script::parse("200").unwrap()));
+        assert!(again.is_ok(), "{:?}", again.err());
     }
 
     #[test]

@@ -91,6 +91,15 @@ pub fn cmd_sweep(a: SweepArgs) -> Result<i32> {
     }
     let base = run::scenario_of(&a.run)?;
     let ricochet = run::resolve_ricochet(a.run.ricochet.as_deref())?;
+    // Unwritable chart paths fail now, not after the runs.
+    if let Some(plot) = &a.run.plot {
+        for &w in &windows {
+            run::check_plot_paths(&per_window(plot, w), a.run.runs, a.run.https, false)?;
+        }
+    }
+    if let Some(curve) = &a.curve {
+        run::check_plot_paths(curve, 1, false, false)?;
+    }
     let stop = crate::stop_flag()?;
     run::announce(&base, &ricochet, true);
     eprintln!(
@@ -121,8 +130,11 @@ pub fn cmd_sweep(a: SweepArgs) -> Result<i32> {
         }
     }
     if let Some(path) = &a.curve {
-        write_curve(path, &format!("{} by producer window", base.name), &points)?;
-        eprintln!("curve written to {}", path.display());
+        match write_curve(path, &format!("{} by producer window", base.name), &points) {
+            Ok(()) => eprintln!("curve written to {}", path.display()),
+            // The table still follows.
+            Err(e) => eprintln!("ricochet-load: curve {} not written: {e:#}", path.display()),
+        }
     }
     if a.run.json {
         let out = serde_json::json!({
@@ -148,8 +160,11 @@ pub fn cmd_sweep(a: SweepArgs) -> Result<i32> {
             run::print_notes(&format!("window {}, ", p.window), &p.runs);
         }
     }
-    let bad = points.iter().any(|p| run::any_bad(&p.runs));
-    Ok(i32::from(bad || points.is_empty()))
+    let runs: Vec<_> = points.iter().flat_map(|p| p.runs.iter().cloned()).collect();
+    Ok(run::exit_status(
+        &runs,
+        stop.load(std::sync::atomic::Ordering::Relaxed),
+    ))
 }
 
 /// `--plot`'s path for one window: `NAME-w<window>.svg`, so windows do not overwrite
@@ -304,9 +319,11 @@ mod tests {
                 p50_us: ack_p99_us / 3,
                 p99_us: ack_p99_us,
                 p999_us: ack_p99_us * 2,
+                count: 1_000,
                 ..Default::default()
             },
             lag: Percentiles {
+                count: 1_000,
                 p50_us: 900,
                 p99_us: 4_000,
                 ..Default::default()

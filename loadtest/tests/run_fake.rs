@@ -74,6 +74,11 @@ fn run_two_runs_against_fake_ricochet() {
     let runs = v["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2);
     for r in runs {
+        // Passed: its temp dir is gone.
+        assert!(r["run_dir"].is_null(), "{}", r["run_dir"]);
+        // Without failures requests/s and deliveries/s share their start; here 500s
+        // add requests, so requests/s is the larger.
+        assert!(r["requests_per_s"].as_f64().unwrap() >= r["deliveries_per_s"].as_f64().unwrap());
         assert_eq!(r["events_sent"], 3000);
         assert_eq!(r["accepted"], 3000);
         assert_eq!(r["lost"], 0);
@@ -221,6 +226,16 @@ fn rate_check_passes_a_slow_feed_and_catches_a_dispatcher_ignoring_max_rps() {
     assert!(r["beyond_bucket"].as_u64().unwrap() >= 150, "{r}");
     assert_eq!(r["endpoints_beyond_bucket"], 1);
     assert!(v["runs"][0]["notes"].to_string().contains("rate check"));
+    // A failed run keeps its temp dir (config, log) and names it.
+    let kept = v["runs"][0]["run_dir"]
+        .as_str()
+        .expect("a failed run keeps its dir");
+    assert!(Path::new(kept).join("ricochet.toml").is_file(), "{kept}");
+    assert!(
+        stderr.contains(&format!("run files kept in {kept}")),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(kept);
     let _ = std::fs::remove_dir_all(dir);
 }
 
