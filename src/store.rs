@@ -1601,16 +1601,25 @@ impl Store {
     /// Endpoints deleted whose pending deliveries are still being failed, by id
     /// ([`Batch::delete_endpoint`]).
     pub fn deleting(&self) -> Result<Vec<EndpointId>> {
+        Ok(self
+            .by_id(DELETING_PREFIX)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// Every `<prefix><id>` entry of `endpoints` (the id big-endian), with its value.
+    fn by_id(&self, prefix: &str) -> Result<Vec<(EndpointId, Vec<u8>)>> {
         let mut out = Vec::new();
         let mut it = self.db.raw_iterator_cf(self.cf(CF_ENDPOINTS));
-        it.seek(DELETING_PREFIX);
+        it.seek(prefix);
         while it.valid() {
             let k = it.key().unwrap_or_default();
-            let Some(id) = k.strip_prefix(DELETING_PREFIX.as_bytes()) else {
+            let Some(id) = k.strip_prefix(prefix.as_bytes()) else {
                 break;
             };
             if let Ok(id) = id.try_into().map(u32::from_be_bytes) {
-                out.push(id);
+                out.push((id, it.value().unwrap_or_default().to_vec()));
             }
             it.next();
         }
@@ -1730,25 +1739,11 @@ impl Store {
     /// The name every endpoint id was given (deleted ones included). Reads only the
     /// `~name/` keys (data dirs from before they existed fall back to the metas).
     pub fn endpoint_names(&self) -> Result<std::collections::HashMap<EndpointId, String>> {
-        let mut out = std::collections::HashMap::new();
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(b"~name0".to_vec()); // '0' follows '/'
-        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_ENDPOINTS), ro);
-        it.seek(NAME_PREFIX);
-        while it.valid() {
-            let k = it.key().unwrap_or_default();
-            let Some(id) = k.strip_prefix(NAME_PREFIX.as_bytes()) else {
-                break;
-            };
-            if let Ok(id) = id.try_into().map(u32::from_be_bytes) {
-                out.insert(
-                    id,
-                    String::from_utf8_lossy(it.value().unwrap_or_default()).into_owned(),
-                );
-            }
-            it.next();
-        }
-        it.status()?;
+        let mut out: std::collections::HashMap<EndpointId, String> = self
+            .by_id(NAME_PREFIX)?
+            .into_iter()
+            .map(|(id, name)| (id, String::from_utf8_lossy(&name).into_owned()))
+            .collect();
         if out.is_empty() {
             for (name, meta) in self.endpoints()? {
                 out.insert(meta.id, name);

@@ -103,6 +103,13 @@ fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<T, Strin
 /// Every event of `GET /v1/events?{query}` following `next` to the end; checks that no
 /// page holds more than `limit` (when the query sets one). Pages alternate between the
 /// `cursor=` and `next=` spellings.
+/// Sends one empty event per `(type, id)`, each answered as routed to one endpoint.
+fn send_routed_once(c: &mut Conn, events: &[(&str, &str)]) {
+    for (etype, id) in events {
+        assert_eq!(c.send(&event(etype, id, "{}")), format!("ok {id} 1"));
+    }
+}
+
 fn list_all(srv: &TestServer, query: &str) -> Vec<Value> {
     let limit: Option<usize> = query
         .split('&')
@@ -2059,15 +2066,16 @@ fn a_deleted_endpoint_s_pending_deliveries_end_failed() {
         assert_eq!(status, 201, "{v}");
     }
     let mut c = srv.connect();
-    for (etype, id) in [
-        ("r", "d-r"),
-        ("w", "d-w"),
-        ("p", "d-p"),
-        ("s", "d-s"),
-        ("x", "d-x"),
-    ] {
-        assert_eq!(c.send(&event(etype, id, "{}")), format!("ok {id} 1"));
-    }
+    send_routed_once(
+        &mut c,
+        &[
+            ("r", "d-r"),
+            ("w", "d-w"),
+            ("p", "d-p"),
+            ("s", "d-s"),
+            ("x", "d-x"),
+        ],
+    );
     srv.wait_event("d-r", WAIT, |v| states(v) == ["retrying"]);
     srv.wait_event("d-s", WAIT, |v| states(v) == ["retrying"]);
     assert_eq!(srv.post("/v1/endpoints/paused/disable").0, 200);
@@ -2141,9 +2149,10 @@ fn config_file_removal_and_disable_settle_waiting_deliveries_at_start() {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let mut srv = TestServer::start_in(dir.clone(), &ServerOpts::new(&first));
     let mut c = srv.connect();
-    for (etype, id) in [("g", "g-1"), ("w", "w-1"), ("p", "p-1"), ("o", "o-1")] {
-        assert_eq!(c.send(&event(etype, id, "{}")), format!("ok {id} 1"));
-    }
+    send_routed_once(
+        &mut c,
+        &[("g", "g-1"), ("w", "w-1"), ("p", "p-1"), ("o", "o-1")],
+    );
     srv.wait_event("g-1", WAIT, |v| states(v) == ["retrying"]);
     srv.wait_event("o-1", WAIT, |v| states(v) == ["retrying"]);
     assert_eq!(srv.post("/v1/endpoints/gone-paused/disable").0, 200);
