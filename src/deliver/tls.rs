@@ -176,6 +176,25 @@ pub struct TlsStream {
     eof: bool,
 }
 
+/// A plain-words hint after a handshake error whose own text is terse.
+fn hint(e: &io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    match e.get_ref().and_then(|e| e.downcast_ref::<Error>()) {
+        Some(Error::InvalidCertificate(CertificateError::UnknownIssuer)) => {
+            " (no trusted root issued it: for a private CA, add it to extra_ca_file)"
+        }
+        // webpki's name for a certificate with `CA:TRUE` presented as the server's own,
+        // as `openssl req -x509` makes by default.
+        Some(Error::InvalidCertificate(CertificateError::Other(o)))
+            if o.to_string().contains("CaUsedAsEndEntity") =>
+        {
+            " (the server presents a CA certificate as its own: it needs a leaf certificate \
+             (CA:FALSE) issued by a CA, and that CA in extra_ca_file)"
+        }
+        _ => "",
+    }
+}
+
 impl TlsStream {
     /// Runs the handshake with `host` (SNI and certificate name) on `tcp`. The error is
     /// the reason an attempt records, e.g.
@@ -202,7 +221,7 @@ impl TlsStream {
             Err(e) => {
                 // Tell the server why (rustls queued an alert), as far as the socket allows.
                 let _ = s.flush().await;
-                Err(format!("tls handshake with {host}: {e}"))
+                Err(format!("tls handshake with {host}: {e}{}", hint(&e)))
             }
         }
     }
@@ -527,8 +546,38 @@ mod tests {
         });
         assert_eq!(
             err.as_deref(),
-            Some("tls handshake with localhost: invalid peer certificate: UnknownIssuer")
+            Some(
+                "tls handshake with localhost: invalid peer certificate: UnknownIssuer (no \
+                 trusted root issued it: for a private CA, add it to extra_ca_file)"
+            )
         );
+    }
+
+    /// What `openssl req -x509` makes by default: a self-signed certificate with
+    /// `CA:TRUE`, served as the server's own. Trusted or not, webpki refuses it; the
+    /// error says what to do.
+    #[test]
+    fn a_ca_certificate_served_as_the_server_s_own_is_explained() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap();
+        let pki = Pki {
+            leaf: ca.der().clone(),
+            leaf_key: key.serialize_der(),
+            ca,
+        };
+        let addr = server(&pki, |mut s| {
+            let _ = std::io::Read::read(&mut s, &mut [0u8; 1]);
+        });
+        let config = trusting(&pki.ca);
+        let err = block_on(async move {
+            let tcp = TcpStream::connect_addr(addr).await.unwrap();
+            TlsStream::connect(config, tcp, "localhost").await.err()
+        })
+        .unwrap();
+        assert!(err.contains("CaUsedAsEndEntity"), "{err}");
+        assert!(err.ends_with("it needs a leaf certificate (CA:FALSE) issued by a CA, and that CA in extra_ca_file)"), "{err}");
     }
 
     #[test]

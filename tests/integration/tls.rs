@@ -278,7 +278,9 @@ fn https_with_extra_ca_keep_alive_resumption_and_an_untrusted_partner() {
     for a in attempts {
         let err = a["error"].as_str().unwrap_or_default();
         assert_eq!(
-            err, "tls handshake with localhost: invalid peer certificate: UnknownIssuer",
+            err,
+            "tls handshake with localhost: invalid peer certificate: UnknownIssuer (no \
+             trusted root issued it: for a private CA, add it to extra_ca_file)",
             "{v:#}"
         );
     }
