@@ -1156,6 +1156,11 @@ impl State {
         // A retry past retention expires below: it is no ordered endpoint's head.
         let expires =
             matches!(o.next, Next::Retry { .. }) && o.event.seq < self.store.retention_floor();
+        // A retry an ordered endpoint's worker kept may have expired already: its key
+        // retired by the loader or the sweep, or never written (the floor passed while
+        // the outcome that kept it was on its way). Nothing is left to retire or count.
+        let retired =
+            expires && !batch.puts_due(o.due) && !self.store.has_due(o.due).unwrap_or(true);
         if let Some(info) = self.router.eps.get_mut(&o.ep) {
             if info.meta.fails != o.fails {
                 info.meta.fails = o.fails;
@@ -1177,7 +1182,7 @@ impl State {
             }
         }
         let seq = o.event.seq;
-        if o.next == Next::Stale {
+        if o.next == Next::Stale || retired {
             return;
         }
         let in_round = o.attempts.saturating_sub(o.first);
@@ -2094,7 +2099,7 @@ impl State {
             delta.pending -= 1;
             return;
         };
-        if key.seq < self.store.retention_floor() && !self.worker_may_hold(key.ep) {
+        if key.seq < self.store.retention_floor() {
             // Past retention (its event is gone or going): expired.
             cleanup.del_due(&self.store, key);
             delta.pending -= 1;
@@ -2131,17 +2136,6 @@ impl State {
         });
     }
 
-    /// Whether endpoint `ep`'s worker may hold a retry whose due key is still on disk
-    /// (an enabled endpoint `ordered` at some time since the start keeps its head's
-    /// retry itself). Such a key past retention is the worker's to expire, when the
-    /// retry's turn comes; expiring it here too would retire it, and count it, twice.
-    fn worker_may_hold(&self, ep: EndpointId) -> bool {
-        self.router
-            .eps
-            .get(&ep)
-            .is_some_and(|i| i.holds_retries && i.enabled)
-    }
-
     /// One page of the expiry sweep: due deliveries above the cursor (so on disk only)
     /// whose events are past retention expire. Those below the cursor are in a worker
     /// or spilled, and expire when reported or handed over.
@@ -2157,7 +2151,7 @@ impl State {
         let mut batch = self.store.batch();
         let mut delta = Delta::default();
         for (key, _) in &page {
-            if key.seq < floor && !self.worker_may_hold(key.ep) {
+            if key.seq < floor {
                 batch.del_due(&self.store, *key);
                 delta.pending -= 1;
                 delta.expired += 1;

@@ -1289,6 +1289,14 @@ impl Store {
         Ok(())
     }
 
+    /// Whether `key` is in the due index.
+    pub fn has_due(&self, key: DueKey) -> Result<bool> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_DUE), key.encode())?
+            .is_some())
+    }
+
     pub fn is_paused(&self, ep: EndpointId, seq: Seq) -> Result<bool> {
         self.is_paused_at(ep, seq, None)
     }
@@ -2094,6 +2102,16 @@ impl Batch {
     /// other write, though they need it only then.
     pub fn put_due(&mut self, _store: &Store, key: DueKey, val: DueVal) {
         self.due.push((key.encode(), Some(val.encode())));
+    }
+
+    /// Whether this batch puts `key` in the due index (and does not remove it again).
+    pub fn puts_due(&self, key: DueKey) -> bool {
+        let k = key.encode();
+        self.due
+            .iter()
+            .rev()
+            .find(|(d, _)| *d == k)
+            .is_some_and(|(_, v)| v.is_some())
     }
 
     /// Removes a due key. Each key is put once and removed once, so a single-delete.

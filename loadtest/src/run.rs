@@ -1247,7 +1247,7 @@ impl Sampler {
         self.last = Instant::now();
         let sent = g.sent.load(Ordering::Relaxed);
         let ok = g.ok.load(Ordering::Relaxed);
-        let accepted = ok - g.unrouted.load(Ordering::Relaxed);
+        let accepted = ok.saturating_sub(g.unrouted.load(Ordering::Relaxed));
         let ack = Percentiles::of(&g.ack_interval());
         let (c, lag) = match sink {
             Some(s) => (

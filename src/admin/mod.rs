@@ -294,7 +294,10 @@ impl Admin {
         let _ = conn.set_write_timeout(Some(IDLE));
         // Reached through a loopback address (also when bound to a wildcard one):
         // `Host` must name this machine's loopback.
-        let loopback = conn.local_addr().is_ok_and(|a| a.ip().is_loopback());
+        // (`to_canonical`: on a dual-stack `[::]` bind, 127.0.0.1 is `::ffff:127.0.0.1`.)
+        let loopback = conn
+            .local_addr()
+            .is_ok_and(|a| a.ip().to_canonical().is_loopback());
         let mut buf = Vec::with_capacity(4096);
         let mut chunk = [0u8; 8192];
         // Evicted for a new connection: the request read as it happened is the last.

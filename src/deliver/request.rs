@@ -370,10 +370,11 @@ fn rewrite_secret_values(out: &mut String, url: &str, replace: impl Fn(&mut Stri
     };
     out.push_str(head);
     out.push('?');
-    // Parameters are separated by `&`, and by `;` for the receivers that take it.
+    // Parameters are separated by `&`, and by `;` for the receivers that take it where
+    // a `name=` follows (else the `;` is part of the value: `token=ab;cd` is one).
     let mut rest = query;
     loop {
-        let end = rest.find(['&', ';']).unwrap_or(rest.len());
+        let end = param_end(rest);
         let pair = &rest[..end];
         match pair.split_once('=') {
             Some((name, value)) if !value.is_empty() && is_secret_param(name) => {
@@ -389,6 +390,22 @@ fn rewrite_secret_values(out: &mut String, url: &str, replace: impl Fn(&mut Stri
         out.push(sep);
         rest = &rest[end + 1..];
     }
+}
+
+/// Where the query parameter at the start of `q` ends: at the first `&`, or at a `;`
+/// followed by another `name=` parameter.
+fn param_end(q: &str) -> usize {
+    let amp = q.find('&').unwrap_or(q.len());
+    let mut from = 0;
+    while let Some(i) = q[from..amp].find(';').map(|i| from + i) {
+        let next = &q[i + 1..];
+        let seg = &next[..next.find(['&', ';']).unwrap_or(next.len())];
+        if seg.contains('=') {
+            return i;
+        }
+        from = i + 1;
+    }
+    amp
 }
 
 /// Whether a query parameter's name, as written (`api%5Fkey`, `api+key`), is a
@@ -467,6 +484,11 @@ mod tests {
         assert_eq!(
             line("http://h/pb?a=1;token=t;b=2&sig=s"),
             "POST http://h/pb?a=1;token=[redacted];b=2&sig=[redacted]"
+        );
+        // A `;` not followed by a parameter is part of the value.
+        assert_eq!(
+            line("http://h/pb?token=ab;cd&x=1;y"),
+            "POST http://h/pb?token=[redacted]&x=1;y"
         );
         assert_eq!(
             line("http://h/?author=x&keyword=y"),

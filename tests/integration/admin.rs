@@ -696,7 +696,17 @@ fn web_pages_cannot_drive_the_admin_api() {
 /// `Host` that is not a loopback name is refused as well (a rebound page's request).
 #[test]
 fn a_wildcard_admin_checks_host_on_its_loopback_connections() {
-    let srv = TestServer::start_with(ServerOpts::new("").arg("--admin").arg("0.0.0.0:0"));
+    wildcard_admin_checks_host("0.0.0.0:0");
+}
+
+/// The same bound to `[::]` (dual-stack: 127.0.0.1 arrives as `::ffff:127.0.0.1`).
+#[test]
+fn a_dual_stack_wildcard_admin_checks_host_on_its_loopback_connections() {
+    wildcard_admin_checks_host("[::]:0");
+}
+
+fn wildcard_admin_checks_host(bind: &str) {
+    let srv = TestServer::start_with(ServerOpts::new("").arg("--admin").arg(bind));
     let port = srv.admin.port();
     let status = |host: &str| -> u16 {
         let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect admin");
