@@ -160,6 +160,8 @@ pub enum Next {
     /// The worker dropped a copy made stale by an enable/disable; the store already
     /// holds the delivery where it belongs. Nothing to write.
     Stale,
+    /// Its event passed retention before its next attempt: it expires.
+    Expired,
 }
 
 /// A worker's report on one delivery.
@@ -477,10 +479,9 @@ struct State {
 /// those waiting in `due` beyond the loader's cursor, no more than [`DROP_SCAN`] keys
 /// read per page, so a deletion with a large backlog neither holds the committer nor
 /// builds one huge write. Persisted as [`Store::deleting`] until done.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 struct Dropping {
     ep: EndpointId,
-    name: String,
     /// The paused set from this sequence number on; `None` once it is empty.
     paused_from: Option<Seq>,
     /// The due index from this key on; `None` once scanned (or, for an endpoint whose
@@ -488,6 +489,22 @@ struct Dropping {
     /// due, see [`State::delete_endpoint`]).
     due_from: Option<DueKey>,
     failed: u64,
+}
+
+impl Dropping {
+    /// From the start of the paused set, and of the due index from `due_from` on.
+    fn new(ep: EndpointId, due_from: Option<DueKey>) -> Dropping {
+        Dropping {
+            ep,
+            paused_from: Some(0),
+            due_from,
+            failed: 0,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.paused_from.is_none() && self.due_from.is_none()
+    }
 }
 
 /// Keys read per page of a deletion ([`Dropping`]).
@@ -692,18 +709,11 @@ impl Committer {
         let mut last_retention = Instant::now() - retention_every;
         // Deletions not finished before the stop (or made by the config file): nothing
         // is in a worker yet, so all of the due index is theirs to scan.
-        let names = st.store.endpoint_names()?;
         st.dropping = st
             .store
             .deleting()?
             .into_iter()
-            .map(|ep| Dropping {
-                ep,
-                name: names.get(&ep).cloned().unwrap_or_default(),
-                paused_from: Some(0),
-                due_from: Some(DueKey::MIN),
-                failed: 0,
-            })
+            .map(|ep| Dropping::new(ep, Some(DueKey::MIN)))
             .collect();
         // Ordered endpoints get their held head first, so nothing overtakes it.
         st.send_holds();
@@ -1153,9 +1163,13 @@ impl State {
         delta: &mut Delta,
     ) {
         self.in_memory = self.in_memory.saturating_sub(1);
-        // A retry past retention expires below: it is no ordered endpoint's head.
-        let expires =
-            matches!(o.next, Next::Retry { .. }) && o.event.seq < self.store.retention_floor();
+        // Expired by its worker, or a retry whose event passed retention meanwhile: it
+        // is no ordered endpoint's head, and expires below.
+        let expires = match o.next {
+            Next::Expired => true,
+            Next::Retry { .. } => o.event.seq < self.store.retention_floor(),
+            _ => false,
+        };
         // A retry an ordered endpoint's worker kept may have expired already: its key
         // retired by the loader or the sweep, or never written (the floor passed while
         // the outcome that kept it was on its way). Nothing is left to retire or count.
@@ -1204,7 +1218,7 @@ impl State {
             // The endpoint was deleted while this attempt ran: nothing more to do.
             _ if known.is_none() => Next::Done,
             // Past retention: it expires instead of waiting for another attempt.
-            Next::Retry { .. } if expires => {
+            Next::Retry { .. } | Next::Expired if expires => {
                 delta.expired += 1;
                 Next::Done
             }
@@ -1238,7 +1252,7 @@ impl State {
         }
         match next {
             Next::Stale => {}
-            Next::Done => {
+            Next::Done | Next::Expired => {
                 delta.pending -= 1;
                 if was_paused {
                     batch.unpause(&self.store, o.ep, seq);
@@ -1299,30 +1313,14 @@ impl State {
                 HashSet::default()
             }
         };
-        let mine = match self.store.due_of(ep, DueKey::MIN) {
-            Ok(keys) => keys,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot scan the due index to pause an endpoint");
-                return;
-            }
-        };
-        let mine: Vec<_> = mine
-            .into_iter()
-            .filter(|(k, _)| !running.contains(&k.seq))
-            .collect();
-        let mut moved = 0usize;
-        for page in mine.chunks(PAGE * 8) {
-            let mut batch = self.store.batch();
-            for &(key, val) in page {
-                batch.del_due(&self.store, key);
-                batch.pause(&self.store, ep, key.seq, val);
-            }
-            if let Err(e) = self.store.commit(batch, false) {
-                tracing::error!(error = %e, "cannot pause deliveries");
-                return;
-            }
-            moved += page.len();
-            self.stats.paused += page.len() as u64;
+        let mut moved = 0;
+        let result = self
+            .store
+            .pause_due(|k| k.ep == ep && !running.contains(&k.seq), &mut moved);
+        self.stats.paused += moved;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cannot pause deliveries");
+            return;
         }
         tracing::info!(
             endpoint = ep,
@@ -1626,13 +1624,7 @@ impl State {
         // where an endpoint ordered at some time since the start keeps its head's retry
         // (which its worker reports when it drops its queue): those wait for the loader.
         let holds_retries = self.router.eps.get(&id).is_some_and(|i| i.holds_retries);
-        let mut dropping = Dropping {
-            ep: id,
-            name: name.to_string(),
-            paused_from: Some(0),
-            due_from: (!holds_retries).then_some(self.cursor),
-            failed: 0,
-        };
+        let mut dropping = Dropping::new(id, (!holds_retries).then_some(self.cursor));
         let mut batch = self.store.batch();
         let mut delta = Delta::default();
         batch.delete_endpoint(&self.store, name, id);
@@ -1686,7 +1678,7 @@ impl State {
         if let Some(from) = d.due_from {
             let (page, next) = self
                 .store
-                .due_where(from.max(self.cursor), DROP_SCAN, |ep| ep == d.ep)?;
+                .due_where(from.max(self.cursor), DROP_SCAN, |k| k.ep == d.ep)?;
             for &(key, _) in &page {
                 batch.del_due(&self.store, key);
                 batch.fail_dropped(&self.store, d.ep, key.seq);
@@ -1695,7 +1687,7 @@ impl State {
             d.failed += page.len() as u64;
             d.due_from = next;
         }
-        if d.paused_from.is_none() && d.due_from.is_none() {
+        if d.done() {
             batch.deleted(&self.store, d.ep);
         }
         Ok(())
@@ -1703,30 +1695,37 @@ impl State {
 
     /// Keeps a deletion for the next tick if it is not done; logs it if it is.
     fn dropped(&mut self, d: Dropping) {
-        if d.paused_from.is_some() || d.due_from.is_some() {
-            self.dropping.push(d);
+        if d.done() {
+            tracing::info!(
+                id = d.ep,
+                failed = d.failed,
+                "a deleted endpoint's pending deliveries failed"
+            );
         } else {
-            tracing::info!(endpoint = %d.name, id = d.ep, failed = d.failed, "a deleted endpoint's pending deliveries failed");
+            self.dropping.push(d);
         }
     }
 
-    /// A page of every deletion under way ([`Dropping`]), each in its own write.
+    /// A page of every deletion under way ([`Dropping`]), each in its own write; one
+    /// whose write fails stays where it was, for the next tick.
     fn drop_deleted(&mut self) {
-        for mut d in std::mem::take(&mut self.dropping) {
+        for d in std::mem::take(&mut self.dropping) {
+            let mut next = d;
             let mut batch = self.store.batch();
             let mut delta = Delta::default();
-            let before = (d.paused_from, d.due_from, d.failed);
             let result = self
-                .drop_page(&mut d, &mut batch, &mut delta)
+                .drop_page(&mut next, &mut batch, &mut delta)
                 .and_then(|()| self.store.commit(batch, false));
             match result {
-                Ok(()) => self.stats.apply(delta),
+                Ok(()) => {
+                    self.stats.apply(delta);
+                    self.dropped(next);
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, endpoint = %d.name, "cannot fail a deleted endpoint's deliveries; trying again");
-                    (d.paused_from, d.due_from, d.failed) = before;
+                    tracing::error!(error = %e, id = d.ep, "cannot fail a deleted endpoint's deliveries; trying again");
+                    self.dropping.push(d);
                 }
             }
-            self.dropped(d);
         }
     }
 

@@ -25,7 +25,7 @@ use crate::deliver::dns::ResolverThread;
 use crate::endpoint::EndpointSpec;
 use crate::runtime;
 use crate::shard::{mailbox, worker_for, MailboxSender};
-use crate::store::{DisabledBy, DueKey, EndpointId, EndpointMeta, EndpointSource, Store};
+use crate::store::{DisabledBy, EndpointId, EndpointMeta, EndpointSource, Store};
 use crate::syncer::{self, Syncer};
 use crate::worker::{self, WorkerMsg, WorkerSetup};
 
@@ -362,35 +362,13 @@ fn apply_endpoints(
     }
     store.commit(batch, true)?;
     if !disabled.is_empty() {
-        pause_waiting(store, &disabled)?;
+        // (Should the process stop half-way, the loader pauses the rest as they fall due.)
+        let mut moved = 0;
+        store.pause_due(|k| disabled.contains(&k.ep), &mut moved)?;
+        tracing::info!(moved, "deliveries of endpoints disabled at start paused");
     }
     specs.sort_by_key(|s| s.id);
     Ok(specs)
-}
-
-/// Moves every due delivery of the `disabled` endpoints to their paused sets, a page
-/// per write. (Should the process stop half-way, the loader pauses the rest as they
-/// fall due.)
-fn pause_waiting(store: &Store, disabled: &HashSet<EndpointId>) -> anyhow::Result<()> {
-    const SCAN: usize = 16_384;
-    let mut from = Some(DueKey::MIN);
-    let mut moved = 0;
-    while let Some(at) = from {
-        let (page, next) = store.due_where(at, SCAN, |ep| disabled.contains(&ep))?;
-        let mut batch = store.batch();
-        for &(key, val) in &page {
-            batch.del_due(store, key);
-            batch.pause(store, key.ep, key.seq, val);
-        }
-        store.commit(batch, false)?;
-        moved += page.len();
-        from = next;
-    }
-    tracing::info!(
-        moved,
-        "deliveries of endpoints disabled in the config file paused"
-    );
-    Ok(())
 }
 
 fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {

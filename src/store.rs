@@ -721,6 +721,9 @@ impl EndpointSource {
     }
 }
 
+/// Keys of the due index read per write by [`Store::pause_due`].
+const PAUSE_SCAN: usize = 16_384;
+
 /// Due entries found by a paged scan, and the key to go on from (`None`: the end).
 pub type DuePage = (Vec<(DueKey, DueVal)>, Option<DueKey>);
 
@@ -1570,22 +1573,14 @@ impl Store {
         Ok(out)
     }
 
-    /// Every due entry of endpoint `ep` with key ≥ `from`, in key order. The index is
-    /// ordered by time, not by endpoint, so this scans it from `from` to the end: for
-    /// the rare calls that move all of an endpoint's deliveries (disable, delete).
-    pub fn due_of(&self, ep: EndpointId, from: DueKey) -> Result<Vec<(DueKey, DueVal)>> {
-        Ok(self.due_where(from, usize::MAX, |e| e == ep)?.0)
-    }
-
-    /// The due entries whose endpoint `mine` picks among the first `scan` keys ≥ `from`,
-    /// in key order, and the key to go on from (`None` at the end of the index): the
-    /// index is ordered by time, so moving all of some endpoints' deliveries scans it
-    /// in pages this way.
+    /// The due entries `mine` picks among the first `scan` keys ≥ `from`, in key order,
+    /// and the key to go on from (`None` at the end of the index): the index is ordered
+    /// by time, so moving all of some endpoints' deliveries scans it in pages this way.
     pub fn due_where(
         &self,
         from: DueKey,
         scan: usize,
-        mut mine: impl FnMut(EndpointId) -> bool,
+        mut mine: impl FnMut(&DueKey) -> bool,
     ) -> Result<DuePage> {
         let mut it = self.db.raw_iterator_cf(self.cf(CF_DUE));
         it.seek(from.encode());
@@ -1597,13 +1592,33 @@ impl Store {
                 return Ok((out, Some(k)));
             }
             scanned += 1;
-            if mine(k.ep) {
+            if mine(&k) {
                 out.push((k, v));
             }
             it.next();
         }
         it.status()?;
         Ok((out, None))
+    }
+
+    /// Moves every due delivery `pick` chooses to its endpoint's paused set, a write
+    /// per [`PAUSE_SCAN`] keys read (a disable's: rare, and a large backlog must not
+    /// make one huge write). `moved` counts what is written, also when a later page
+    /// fails.
+    pub fn pause_due(&self, mut pick: impl FnMut(&DueKey) -> bool, moved: &mut u64) -> Result<()> {
+        let mut from = Some(DueKey::MIN);
+        while let Some(at) = from {
+            let (page, next) = self.due_where(at, PAUSE_SCAN, &mut pick)?;
+            let mut batch = self.batch();
+            for &(key, val) in &page {
+                batch.del_due(self, key);
+                batch.pause(self, key.ep, key.seq, val);
+            }
+            self.commit(batch, false)?;
+            *moved += page.len() as u64;
+            from = next;
+        }
+        Ok(())
     }
 
     /// Endpoints deleted whose pending deliveries are still being failed, by id

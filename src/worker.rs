@@ -688,17 +688,28 @@ impl Worker {
         rec
     }
 
-    /// Reports `job` expired without an attempt: a retry past the retention floor,
-    /// which the committer retires as expired. An ordered endpoint's queue moves on.
+    /// Reports `job` expired without an attempt (its event passed retention). An
+    /// ordered endpoint's queue moves on.
     fn expire(self: &Rc<Self>, ep: &Ep, job: WJob) {
         if ep.spec().cfg.ordered {
-            let copy = ep.queue.borrow_mut().completed(job.due.seq);
-            if let Some(stale) = copy {
-                self.report(stale, None, Next::Stale);
-            }
+            self.leave_ordered(ep, job.due.seq, Next::Expired);
         }
-        let now = now_ms();
-        self.report(job, None, Next::Retry { due_ms: now });
+        self.report(job, None, Next::Expired);
+    }
+
+    /// An ordered endpoint's head `seq` leaves its place, `next` being its outcome: a
+    /// copy that came in meanwhile must not run again. A paused delivery is not
+    /// finished: it comes back on enable.
+    fn leave_ordered(self: &Rc<Self>, ep: &Ep, seq: u64, next: Next) {
+        let mut q = ep.queue.borrow_mut();
+        let copy = match next {
+            Next::Paused => q.forget(seq),
+            _ => q.completed(seq),
+        };
+        drop(q);
+        if let Some(stale) = copy {
+            self.report(stale, None, Next::Stale);
+        }
     }
 
     fn report(self: &Rc<Self>, job: WJob, attempt: Option<AttemptRecord>, next: Next) {
@@ -974,10 +985,10 @@ impl Worker {
             state = DeliveryState::Paused;
             next = Next::Paused;
         }
-        // Past retention, a retry is not kept: the committer expires it (SPEC §2).
-        let expires = matches!(next, Next::Retry { .. }) && self.retention.is_past(job.due.seq);
-        if expires {
+        // Past retention, a retry is not kept: it expires (SPEC §2).
+        if matches!(next, Next::Retry { .. }) && self.retention.is_past(job.due.seq) {
             state = DeliveryState::Expired;
+            next = Next::Expired;
         }
         rec.state_after = Some(state);
         if let Next::Retry { due_ms } = next {
@@ -989,7 +1000,7 @@ impl Worker {
                 // attempt's outcome stands across an enable/disable (the store left an
                 // attempt in flight where it was), so its retry is of the current
                 // generation.
-                Next::Retry { due_ms } if !expires => {
+                Next::Retry { due_ms } => {
                     let kept = WJob {
                         ev: job.ev.clone(),
                         ep: job.ep,
@@ -1006,19 +1017,7 @@ impl Worker {
                         self.report(stale, None, Next::Stale);
                     }
                 }
-                _ => {
-                    // A copy that came in during the attempt must not run again. A
-                    // paused delivery is not finished: it comes back on enable.
-                    let mut q = ep.queue.borrow_mut();
-                    let copy = match next {
-                        Next::Paused => q.forget(job.due.seq),
-                        _ => q.completed(job.due.seq),
-                    };
-                    drop(q);
-                    if let Some(stale) = copy {
-                        self.report(stale, None, Next::Stale);
-                    }
-                }
+                _ => self.leave_ordered(ep, job.due.seq, next),
             }
         }
         self.report_n(job, Some(rec), next, attempts);
