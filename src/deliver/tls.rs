@@ -532,24 +532,28 @@ mod tests {
         assert_eq!(got, b"pong");
     }
 
+    /// The error of a handshake with `host` against a server presenting `served`'s
+    /// leaf, trusting `trusted` only.
+    fn handshake_error(served: &Pki, trusted: &rcgen::Certificate, host: &'static str) -> String {
+        let addr = server(served, |mut s| {
+            let _ = std::io::Read::read(&mut s, &mut [0u8; 1]);
+        });
+        let config = trusting(trusted);
+        block_on(async move {
+            let tcp = TcpStream::connect_addr(addr).await.unwrap();
+            TlsStream::connect(config, tcp, host).await.err()
+        })
+        .expect("the handshake fails")
+    }
+
     #[test]
     fn untrusted_certificate_fails_the_handshake_with_its_reason() {
         let pki_a = pki("partner ca");
         let other = pki("our ca");
-        let addr = server(&pki_a, |mut s| {
-            let _ = std::io::Read::read(&mut s, &mut [0u8; 1]);
-        });
-        let config = trusting(&other.ca);
-        let err = block_on(async move {
-            let tcp = TcpStream::connect_addr(addr).await.unwrap();
-            TlsStream::connect(config, tcp, "localhost").await.err()
-        });
         assert_eq!(
-            err.as_deref(),
-            Some(
-                "tls handshake with localhost: invalid peer certificate: UnknownIssuer (no \
-                 trusted root issued it: for a private CA, add it to extra_ca_file)"
-            )
+            handshake_error(&pki_a, &other.ca, "localhost"),
+            "tls handshake with localhost: invalid peer certificate: UnknownIssuer (no \
+             trusted root issued it: for a private CA, add it to extra_ca_file)"
         );
     }
 
@@ -567,15 +571,7 @@ mod tests {
             leaf_key: key.serialize_der(),
             ca,
         };
-        let addr = server(&pki, |mut s| {
-            let _ = std::io::Read::read(&mut s, &mut [0u8; 1]);
-        });
-        let config = trusting(&pki.ca);
-        let err = block_on(async move {
-            let tcp = TcpStream::connect_addr(addr).await.unwrap();
-            TlsStream::connect(config, tcp, "localhost").await.err()
-        })
-        .unwrap();
+        let err = handshake_error(&pki, &pki.ca, "localhost");
         assert!(err.contains("CaUsedAsEndEntity"), "{err}");
         assert!(err.ends_with("it needs a leaf certificate (CA:FALSE) issued by a CA, and that CA in extra_ca_file)"), "{err}");
     }
@@ -583,17 +579,7 @@ mod tests {
     #[test]
     fn wrong_name_fails_the_handshake_with_its_reason() {
         let pki = pki("test ca");
-        let addr = server(&pki, |mut s| {
-            let _ = std::io::Read::read(&mut s, &mut [0u8; 1]);
-        });
-        let config = trusting(&pki.ca);
-        let err = block_on(async move {
-            let tcp = TcpStream::connect_addr(addr).await.unwrap();
-            TlsStream::connect(config, tcp, "partner.example")
-                .await
-                .err()
-        })
-        .unwrap();
+        let err = handshake_error(&pki, &pki.ca, "partner.example");
         assert!(
             err.starts_with("tls handshake with partner.example: invalid peer certificate: certificate not valid for name"),
             "{err}"
