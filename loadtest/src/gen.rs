@@ -81,7 +81,7 @@ impl GenConfig {
             rate: 0.0,
             events: 100_000,
             duration: Duration::from_secs(10),
-            types: vec!["load.e0".into()],
+            types: vec![endpoint_type(0)],
             accounts: Vec::new(),
             payload: Payload::Seed,
             run,
@@ -100,17 +100,25 @@ pub fn ring_size(window: usize) -> usize {
     window.max(2).next_power_of_two()
 }
 
+/// `load.e<n>`: the type `run` subscribes endpoint `n` to.
+pub fn endpoint_type(n: u64) -> String {
+    format!("load.e{n}")
+}
+
+/// `acct-<n>`: the account `run` filters endpoint `n` on.
+pub fn endpoint_account(n: u64) -> String {
+    format!("acct-{n}")
+}
+
 /// `load.e0` .. `load.e<E-1>`: the types `run` subscribes endpoint `n` to.
 pub fn endpoint_types(endpoints: u64) -> Vec<String> {
-    (0..endpoints.max(1))
-        .map(|n| format!("load.e{n}"))
-        .collect()
+    (0..endpoints.max(1)).map(endpoint_type).collect()
 }
 
 /// `acct-0` .. `acct-<E-1>`: the accounts `run` filters endpoint `n` on (event `n`
 /// carries `acct-<n % E>`, the same index as its type).
 pub fn endpoint_accounts(endpoints: u64) -> Vec<String> {
-    (0..endpoints.max(1)).map(|n| format!("acct-{n}")).collect()
+    (0..endpoints.max(1)).map(endpoint_account).collect()
 }
 
 /// The type and account of event `n` (see [`GenConfig::types`], [`GenConfig::accounts`]).

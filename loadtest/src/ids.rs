@@ -37,30 +37,27 @@ impl Bits {
         Some(words[(bit / 64) as usize].fetch_or(mask, Relaxed) & mask != 0)
     }
 
-    /// How many bits below `limit` are set.
-    pub fn count_below(&self, limit: u64) -> u64 {
-        let mut total = 0;
-        for (c, chunk) in self.chunks.iter().enumerate() {
-            let base = c as u64 * CHUNK_BITS;
-            if base >= limit {
-                break;
-            }
-            let Some(words) = chunk.get() else {
-                continue;
-            };
-            let bits = (limit - base).min(CHUNK_BITS);
-            let full = (bits / 64) as usize;
-            total += words[..full]
-                .iter()
-                .map(|w| u64::from(w.load(Relaxed).count_ones()))
-                .sum::<u64>();
-            let rest = bits % 64;
-            if rest > 0 {
-                let mask = (1u64 << rest) - 1;
-                total += u64::from((words[full].load(Relaxed) & mask).count_ones());
-            }
-        }
-        total
+    /// How many bits are set.
+    pub fn count(&self) -> u64 {
+        self.chunks
+            .iter()
+            .filter_map(OnceLock::get)
+            .flat_map(|words| words.iter())
+            .map(|w| u64::from(w.load(Relaxed).count_ones()))
+            .sum()
+    }
+
+    /// The highest set bit, `None` when none is.
+    pub fn highest(&self) -> Option<u64> {
+        self.chunks.iter().enumerate().rev().find_map(|(c, chunk)| {
+            let words = chunk.get()?;
+            words.iter().enumerate().rev().find_map(|(i, w)| {
+                let w = w.load(Relaxed);
+                (w != 0).then(|| {
+                    c as u64 * CHUNK_BITS + i as u64 * 64 + u64::from(63 - w.leading_zeros())
+                })
+            })
+        })
     }
 
     pub fn get(&self, n: u64) -> bool {
@@ -80,8 +77,6 @@ impl Bits {
 pub struct RunIds {
     pub seen: Bits,
     pub delivered: Bits,
-    /// The highest `n` seen plus one (0 before any).
-    seen_bound: AtomicU64,
 }
 
 /// The ids of one run tag the sink never saw below the highest it saw.
@@ -90,9 +85,7 @@ pub struct RunGaps {
     pub tag: String,
     /// The highest `n` seen.
     pub highest: u64,
-    /// Distinct `n` seen (all of them `<= highest`).
-    pub seen: u64,
-    /// `highest + 1 - seen`: numbers below the highest never seen.
+    /// `highest + 1 -` the distinct `n` seen: numbers below the highest never seen.
     pub missing: u64,
 }
 
@@ -162,7 +155,6 @@ impl IdSet {
                 };
                 match ids.seen.set(n) {
                     Some(was_seen) => {
-                        ids.seen_bound.fetch_max(n + 1, Relaxed);
                         let was_delivered = if delivered {
                             ids.delivered.set(n).unwrap_or(false)
                         } else {
@@ -191,15 +183,13 @@ impl IdSet {
         let runs = self.runs.read().unwrap_or_else(|e| e.into_inner());
         runs.iter()
             .filter_map(|(tag, ids)| {
-                let bound = ids.seen_bound.load(Relaxed);
-                (bound > 0).then(|| {
-                    let seen = ids.seen.count_below(bound);
-                    RunGaps {
-                        tag: String::from_utf8_lossy(tag).into_owned(),
-                        highest: bound - 1,
-                        seen,
-                        missing: bound - seen,
-                    }
+                // Count before looking for the highest: bits are only ever set, so every
+                // bit counted is then at or below the highest found.
+                let seen = ids.seen.count();
+                ids.seen.highest().map(|highest| RunGaps {
+                    tag: String::from_utf8_lossy(tag).into_owned(),
+                    highest,
+                    missing: (highest + 1).saturating_sub(seen),
                 })
             })
             .collect()
@@ -241,10 +231,11 @@ mod tests {
     }
 
     #[test]
-    fn count_below_counts_set_bits_across_chunks() {
+    fn count_and_highest_across_chunks() {
         let b = Bits::default();
-        assert_eq!(b.count_below(1_000), 0);
-        for n in [
+        assert_eq!(b.count(), 0);
+        assert_eq!(b.highest(), None);
+        for (i, n) in [
             0,
             5,
             63,
@@ -253,17 +244,21 @@ mod tests {
             CHUNK_BITS - 1,
             CHUNK_BITS,
             CHUNK_BITS + 70,
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
             b.set(n);
+            assert_eq!(b.count(), i as u64 + 1);
+            assert_eq!(b.highest(), Some(n));
         }
-        assert_eq!(b.count_below(0), 0);
-        assert_eq!(b.count_below(5), 1);
-        assert_eq!(b.count_below(6), 2);
-        assert_eq!(b.count_below(64), 3);
-        assert_eq!(b.count_below(128), 5);
-        assert_eq!(b.count_below(CHUNK_BITS), 6);
-        assert_eq!(b.count_below(CHUNK_BITS + 70), 7);
-        assert_eq!(b.count_below(u64::MAX), 8);
+        b.set(5);
+        assert_eq!(b.count(), 8);
+        assert_eq!(b.highest(), Some(CHUNK_BITS + 70));
+        let top = CHUNKS as u64 * CHUNK_BITS - 1;
+        b.set(top);
+        assert_eq!(b.count(), 9);
+        assert_eq!(b.highest(), Some(top));
     }
 
     #[test]
@@ -284,13 +279,11 @@ mod tests {
                 RunGaps {
                     tag: "a".into(),
                     highest: 9,
-                    seen: 8,
                     missing: 2
                 },
                 RunGaps {
                     tag: "b".into(),
                     highest: 4,
-                    seen: 1,
                     missing: 4
                 },
             ]

@@ -326,7 +326,7 @@ fn cmd_sink(a: SinkArgs) -> Result<i32> {
     let s_rate = s.shared().rate_counts();
     let shared = s.shared().clone();
     let c = s.stop();
-    let s_ids_gaps = shared.ids.gaps();
+    let gaps = shared.ids.gaps();
     println!("--- sink summary ({secs:.1}s)");
     println!(
         "requests {} ({:.0}/s)  2xx {}  3xx {}  4xx {}  5xx {}  resets {}  slow {}  bad {}",
@@ -344,7 +344,6 @@ fn cmd_sink(a: SinkArgs) -> Result<i32> {
         "distinct ids {}  delivered {}  duplicates {}  retries {}  misrouted {}  without id {}  connections {}",
         c.distinct_ids, c.delivered, c.duplicates, c.retries, c.misrouted, c.no_id, c.connections
     );
-    let gaps = s_ids_gaps;
     if gaps.is_empty() {
         println!("missing ids -  (no generator ids ld-<run>-<n> seen)");
     } else {

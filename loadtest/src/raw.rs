@@ -152,7 +152,6 @@ struct ThreadTally {
     s2xx: u64,
     other: u64,
     errors: u64,
-    connects: u64,
     lat: Histogram<u64>,
 }
 
@@ -212,9 +211,9 @@ pub fn run(cfg: &RawConfig) -> Result<RawResult> {
         out.status_2xx += tally.s2xx;
         out.status_other += tally.other;
         out.errors += tally.errors;
-        out.connects += tally.connects;
         let _ = lat.add(&tally.lat);
     }
+    out.connects = shared.connects.load(Relaxed);
     out.elapsed_s = started.elapsed().as_secs_f64();
     out.requests_per_s = out.requests as f64 / out.elapsed_s.max(1e-9);
     out.latency = Percentiles::of(&lat);
@@ -247,7 +246,6 @@ async fn raw_thread(
         s2xx: 0,
         other: 0,
         errors: 0,
-        connects: 0,
         lat: stats::new_hist(),
     }));
     let req: Rc<[u8]> = req.into();
@@ -297,7 +295,6 @@ async fn raw_conn(
         };
         let _ = stream.set_nodelay(true);
         shared.connects.fetch_add(1, Relaxed);
-        tally.borrow_mut().connects += 1;
         rbuf.clear();
         'conn: while Instant::now() < deadline {
             let t = Instant::now();

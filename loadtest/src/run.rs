@@ -217,45 +217,56 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 
 /// `run`'s and `sweep`'s exit status: 130 when interrupted, else 1 when any run failed
 /// ([`run_failed`]) or none ran, else 0.
-pub fn exit_status(runs: &[RunMetrics], interrupted: bool) -> i32 {
+pub fn exit_status<'a>(runs: impl IntoIterator<Item = &'a RunMetrics>, interrupted: bool) -> i32 {
     if interrupted {
-        EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED;
+    }
+    let mut runs = runs.into_iter().peekable();
+    i32::from(runs.peek().is_none() || runs.any(run_failed))
+}
+
+/// The schemes each repetition runs (`--https`, `--https-compare`), with the label its
+/// runs and plots carry: none when only plain HTTP runs.
+fn scheme_labels(https: bool, https_compare: bool) -> &'static [(Scheme, &'static str)] {
+    if https_compare {
+        &[(Scheme::Http, "http"), (Scheme::Https, "https")]
+    } else if https {
+        &[(Scheme::Https, "https")]
     } else {
-        i32::from(any_bad(runs) || runs.is_empty())
+        &[(Scheme::Http, "")]
     }
 }
 
 /// Every SVG `--plot` will write for these runs and schemes.
 fn plot_paths(plot: &Path, runs: usize, https: bool, https_compare: bool) -> Vec<PathBuf> {
-    let labels: &[&str] = if https_compare {
-        &["http", "https"]
-    } else if https {
-        &["https"]
-    } else {
-        &[""]
-    };
     let mut out = Vec::new();
-    for i in 1..=runs.max(1) {
-        for l in labels {
+    for i in 1..=runs {
+        for (_, l) in scheme_labels(https, https_compare) {
             out.push(plot_path(plot, i, runs, l));
         }
     }
     out
 }
 
-/// Fails now, not after the runs, when a `--plot` file cannot be written: opens each
-/// for appending (creating it, which is undone, when it did not exist).
+/// Fails now, not after the runs, when a `--plot` file cannot be written.
 pub fn check_plot_paths(plot: &Path, runs: usize, https: bool, https_compare: bool) -> Result<()> {
     for path in plot_paths(plot, runs, https, https_compare) {
-        let existed = path.exists();
-        std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&path)
+        check_writable(&path)
             .with_context(|| format!("--plot: cannot write {}", path.display()))?;
-        if !existed {
-            let _ = std::fs::remove_file(&path);
-        }
+    }
+    Ok(())
+}
+
+/// Whether `path` can be written: opens it for appending (creating it, which is undone,
+/// when it did not exist).
+pub fn check_writable(path: &Path) -> std::io::Result<()> {
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
     }
     Ok(())
 }
@@ -321,39 +332,24 @@ pub fn measure(
     ricochet: &Path,
     stop: &Arc<AtomicBool>,
 ) -> Result<Vec<RunMetrics>> {
-    let schemes: &[Scheme] = if a.https_compare {
-        &[Scheme::Http, Scheme::Https]
-    } else if a.https {
-        &[Scheme::Https]
-    } else {
-        &[Scheme::Http]
-    };
-    let labelled = a.https || a.https_compare;
+    let schemes = scheme_labels(a.https, a.https_compare);
     let mut runs = Vec::new();
-    'runs: for i in 1..=a.runs.max(1) {
+    'runs: for i in 1..=a.runs {
         // Alternate which scheme goes first, so neither always runs on a warmer box.
         let mut order = schemes.to_vec();
         if i % 2 == 0 {
             order.reverse();
         }
-        for scheme in order {
+        for (scheme, label) in order {
             if stop.load(Ordering::Relaxed) {
                 break 'runs;
             }
-            let label = if labelled { scheme.name() } else { "" };
-            eprintln!("--- run {i}/{} {label}", a.runs.max(1));
+            eprintln!("--- run {i}/{} {label}", a.runs);
             let mut m = match run_once(sc, a, i, scheme, ricochet, stop) {
                 Ok(m) => m,
                 // Ctrl-C while ricochet starts (or in a restart): report what ran.
                 Err(e) if stop.load(Ordering::Relaxed) => {
-                    eprintln!(
-                        "run {i}{}: interrupted: {e:#}",
-                        if label.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" {label}")
-                        }
-                    );
+                    eprintln!("run {i}{}: interrupted: {e:#}", label_suffix(label));
                     break 'runs;
                 }
                 Err(e) => return Err(e.context(format!("run {i} {label}"))),
@@ -388,14 +384,9 @@ pub fn measure(
 pub fn print_notes(prefix: &str, runs: &[RunMetrics]) {
     for m in runs {
         for n in &m.notes {
-            println!("{prefix}run {}{}: {n}", m.run, label_suffix(m));
+            println!("{prefix}run {}{}: {n}", m.run, label_suffix(&m.label));
         }
     }
-}
-
-/// Whether any run failed ([`run_failed`]): the exit status of `run` and `sweep`.
-pub fn any_bad(runs: &[RunMetrics]) -> bool {
-    runs.iter().any(run_failed)
 }
 
 /// Whether a run lost, misrouted or mis-acked an event, left an event undelivered where
@@ -488,11 +479,12 @@ fn settings_json(sc: &Scenario) -> serde_json::Value {
     })
 }
 
-fn label_suffix(m: &RunMetrics) -> String {
-    if m.label.is_empty() {
+/// ` <label>`, or nothing for an unlabelled run.
+fn label_suffix(label: &str) -> String {
+    if label.is_empty() {
         String::new()
     } else {
-        format!(" {}", m.label)
+        format!(" {label}")
     }
 }
 
@@ -603,7 +595,7 @@ fn one_line(m: &RunMetrics) -> String {
     format!(
         "run {}{}: accepted {} ({:.0}/s{}), delivered {} ({:.0}/s), ack {}, lag {}, lost {}, undelivered {}{}, dup {}, drain {} ({})",
         m.run,
-        label_suffix(m),
+        label_suffix(&m.label),
         fmt_count(m.accepted),
         m.accepted_per_s,
         if m.ok_no_delivery > 0 {
@@ -1144,8 +1136,8 @@ fn restart_ricochet(
     *child = new_child;
     let pid = child.pid();
 
-    let ep = r.probe_n % r.sc.endpoints.max(1);
-    let (ty, account) = (format!("load.e{ep}"), format!("acct-{ep}"));
+    let ep = r.probe_n % r.sc.endpoints;
+    let (ty, account) = (gen::endpoint_type(ep), gen::endpoint_account(ep));
     let id = format!("ld-{}-{}", r.tag, r.probe_n);
     let payload = r.sc.payload;
     let line = || {
@@ -1623,7 +1615,7 @@ fn run_in(
     // With a restart, the drain is timed from the sink coming up (not from the last ack,
     // which the restart follows).
     let drain_from_us = if restart.is_some() {
-        crate::script::unix_micros()
+        up_unix_us
     } else {
         ingest_end_us
     };
@@ -1755,8 +1747,9 @@ fn run_in(
             undelivered += 1;
         }
     }
+    let probe_delivered = probe.is_some_and(|n| ids.delivered.get(n));
     if let Some(r) = &mut restart {
-        r.probe_delivered = probe.is_some_and(|n| ids.delivered.get(n));
+        r.probe_delivered = probe_delivered;
     }
     let c = shared.counts();
     if !drained {
@@ -1778,7 +1771,6 @@ fn run_in(
     } else {
         (up_unix_us, sink_at_up)
     };
-    let probe_delivered = probe.is_some_and(|n| ids.delivered.get(n));
     let timed_deliveries = c
         .delivered
         .saturating_sub(before.0)
@@ -1789,7 +1781,7 @@ fn run_in(
         (from, to) if to > from && sc.outage == Outage::None && c.retries > 0 => {
             let probe_seen = probe.is_some_and(|n| ids.seen.get(n));
             let n = c.distinct_ids.saturating_sub(probe_seen as u64);
-            Some(n as f64 / ((to - from) as f64 / 1e6))
+            Some(rate_over(n, from, to))
         }
         _ => None,
     };
@@ -2087,12 +2079,9 @@ mod tests {
     #[test]
     fn rates_share_a_start() {
         // 5,000 events at 2,000/s from t = 1 s: the last delivery at 3.5 s. Without
-        // failures the requests are the deliveries and end at the same moment.
+        // failures the requests are the deliveries and end at the same moment, so both
+        // rates come out the same.
         assert_eq!(rate_over(5_000, 1_000_000, 3_500_000), 2_000.0);
-        assert_eq!(
-            rate_over(5_000, 1_000_000, 3_500_000),
-            rate_over(5_000, 1_000_000, 3_500_000)
-        );
         // A first delivery 0.6 s late no longer shortens the window: still <= the rate.
         assert!(rate_over(5_000, 1_000_000, 3_500_100) <= 2_000.0);
         // Nothing after the start (or no delivery at all, last = 0): 0, not infinity.

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::payload::Payload;
-use crate::script::{parse_duration, Latency, Script};
+use crate::script::{check_share, parse_duration, Latency, Script};
 
 /// Compiled-in scenarios: (name, file text).
 pub const BUILT_IN: &[(&str, &str)] = &[
@@ -266,12 +266,7 @@ impl Scenario {
             bail!("{}: rate must be >= 0", ctx());
         }
         for (key, v) in [("reset", f.sink.reset), ("slow_body", f.sink.slow_body)] {
-            if !(0.0..=1.0).contains(&v) {
-                bail!(
-                    "{}: [sink] {key} is a share of requests: 0 to 1, not {v}",
-                    ctx()
-                );
-            }
+            check_share(v).with_context(|| format!("{}: [sink] {key}", ctx()))?;
         }
         for k in RESERVED_SERVER {
             if f.server.contains_key(*k) {
@@ -386,11 +381,14 @@ impl Scenario {
             e.insert("name".into(), Value::String(format!("load-e{n}")));
             e.insert(
                 "events".into(),
-                Value::Array(vec![Value::String(format!("load.e{n}"))]),
+                Value::Array(vec![Value::String(crate::gen::endpoint_type(n))]),
             );
             // Event n carries type load.e<n % E> and account acct-<n % E>: both filters
             // match for exactly one endpoint.
-            e.insert("account".into(), Value::String(format!("acct-{n}")));
+            e.insert(
+                "account".into(),
+                Value::String(crate::gen::endpoint_account(n)),
+            );
             e.insert(
                 "url".into(),
                 Value::String(

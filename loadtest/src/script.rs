@@ -37,8 +37,13 @@ pub fn parse_probability(s: &str) -> Result<f64> {
         .trim()
         .parse()
         .with_context(|| format!("{s:?} is not a number"))?;
+    check_share(v)
+}
+
+/// `v` when it is a share (of requests): a number in `[0, 1]`.
+pub fn check_share(v: f64) -> Result<f64> {
     if !(0.0..=1.0).contains(&v) {
-        bail!("{s} is not a probability: expected a share between 0 and 1 (e.g. 0.01)");
+        bail!("expected a share between 0 and 1 (e.g. 0.01), not {v}");
     }
     Ok(v)
 }

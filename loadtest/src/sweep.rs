@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use plotters::prelude::*;
 use serde::Serialize;
@@ -98,7 +98,8 @@ pub fn cmd_sweep(a: SweepArgs) -> Result<i32> {
         }
     }
     if let Some(curve) = &a.curve {
-        run::check_plot_paths(curve, 1, false, false)?;
+        run::check_writable(curve)
+            .with_context(|| format!("--curve: cannot write {}", curve.display()))?;
     }
     let stop = crate::stop_flag()?;
     run::announce(&base, &ricochet, true);
@@ -153,16 +154,15 @@ pub fn cmd_sweep(a: SweepArgs) -> Result<i32> {
             base.name,
             base.connections,
             run::rate_text(base.rate),
-            a.run.runs.max(1)
+            a.run.runs
         );
         print!("{}", table(&points));
         for p in &points {
             run::print_notes(&format!("window {}, ", p.window), &p.runs);
         }
     }
-    let runs: Vec<_> = points.iter().flat_map(|p| p.runs.iter().cloned()).collect();
     Ok(run::exit_status(
-        &runs,
+        points.iter().flat_map(|p| &p.runs),
         stop.load(std::sync::atomic::Ordering::Relaxed),
     ))
 }
