@@ -5,8 +5,9 @@
 //! every known delivery of the endpoint by sequence number — due or not — and offers
 //! only the oldest: while it waits for its retry, the ones behind it wait too. Copies of a
 //! delivery (a retry the worker kept and the same retry loaded again from the store) are
-//! collapsed to the newest, and a copy of a recently finished one is dropped — also one
-//! that came in while its delivery was being attempted. A paused delivery is not
+//! collapsed to the newest — at the same due time, to the one the store handed over, so
+//! that no kept retry outlives its copy — and a copy of a recently finished one is
+//! dropped — also one that came in while its delivery was being attempted. A paused delivery is not
 //! finished: the copy that comes back when its endpoint is enabled is taken in. Every copy dropped is handed
 //! back, for the worker to report. It must not do I/O or decide retries.
 
@@ -23,6 +24,12 @@ pub trait Queued {
     fn seq(&self) -> u64;
     /// When the item may be attempted (unix ms).
     fn due_ms(&self) -> u64;
+    /// A retry the worker kept for itself, never handed over by the store: the store's
+    /// copy of it, handed over in its time, replaces it, and it is never handed back
+    /// (nothing counted it).
+    fn kept(&self) -> bool {
+        false
+    }
 }
 
 /// Whether the queue has work now.
@@ -61,7 +68,7 @@ impl<T: Queued> JobQueue<T> {
     }
 
     /// Adds an item; returns it back when it is a stale copy, or the older copy it
-    /// replaced.
+    /// replaced (never a kept one).
     pub fn push(&mut self, item: T) -> Result<Option<T>, T> {
         match self {
             JobQueue::Fifo(q) => {
@@ -74,8 +81,13 @@ impl<T: Queued> JobQueue<T> {
                     return Err(item);
                 }
                 match items.get(&seq) {
-                    Some(old) if old.due_ms() >= item.due_ms() => Err(item),
-                    _ => Ok(items.insert(seq, item)),
+                    Some(old)
+                        if old.due_ms() > item.due_ms()
+                            || (old.due_ms() == item.due_ms() && !old.kept()) =>
+                    {
+                        Err(item)
+                    }
+                    _ => Ok(items.insert(seq, item).filter(|old| !old.kept())),
                 }
             }
         }
@@ -280,5 +292,54 @@ mod tests {
         assert_eq!(f.push(J(1, 0)), Ok(None));
         assert_eq!(f.completed(1), None);
         assert_eq!(f.len(), 1);
+    }
+
+    #[derive(Debug, PartialEq)]
+    struct K {
+        seq: u64,
+        due: u64,
+        kept: bool,
+    }
+
+    impl Queued for K {
+        fn seq(&self) -> u64 {
+            self.seq
+        }
+        fn due_ms(&self) -> u64 {
+            self.due
+        }
+        fn kept(&self) -> bool {
+            self.kept
+        }
+    }
+
+    #[test]
+    fn ordered_prefers_the_store_s_copy_of_a_kept_retry() {
+        let kept = |due| K {
+            seq: 3,
+            due,
+            kept: true,
+        };
+        let copy = |due| K {
+            seq: 3,
+            due,
+            kept: false,
+        };
+        let mut q = JobQueue::new(true);
+        // The worker keeps its head's retry; the store's copy of it arrives: the copy
+        // stays, and the kept one is not handed back (nothing counted it).
+        assert_eq!(q.push(kept(500)), Ok(None));
+        assert_eq!(q.push(copy(500)), Ok(None));
+        assert_eq!(q.drain(), vec![copy(500)]);
+        // A copy of an older retry is stale against the kept one.
+        q.push(kept(500)).unwrap();
+        assert_eq!(q.push(copy(200)), Err(copy(200)));
+        // A kept retry behind its own copy (an equal due time) is the one dropped.
+        let mut q = JobQueue::new(true);
+        q.push(copy(500)).unwrap();
+        assert_eq!(q.push(kept(500)), Err(kept(500)));
+        // A later kept retry replaces a copy, which is handed back to be reported.
+        assert_eq!(q.push(kept(900)), Ok(Some(copy(500))));
+        assert_eq!(q.drain(), vec![kept(900)]);
     }
 }

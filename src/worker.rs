@@ -157,6 +157,10 @@ struct WJob {
     /// The endpoint's generation when the job arrived; a job from before an
     /// enable/disable is stale (the store moved the delivery meanwhile).
     gen: u32,
+    /// An ordered endpoint's head retry, kept by the worker when it failed: the store
+    /// hands over its copy in its time (which then replaces it), so it is never
+    /// reported without an attempt — nothing counted it.
+    kept: bool,
 }
 
 impl Queued for WJob {
@@ -165,6 +169,9 @@ impl Queued for WJob {
     }
     fn due_ms(&self) -> u64 {
         self.due.due_ms
+    }
+    fn kept(&self) -> bool {
+        self.kept
     }
 }
 
@@ -437,6 +444,7 @@ impl Worker {
                         attempts: j.val.attempts,
                         first: j.val.first,
                         gen,
+                        kept: false,
                     };
                     if job.due.due_ms > now && !self.is_ordered(job.ep) {
                         self.wheel.borrow_mut().insert(job.due.due_ms, job);
@@ -563,7 +571,9 @@ impl Worker {
 
     /// Creates an endpoint, or swaps a live one's spec: queued jobs stay queued and the
     /// next attempt renders with the new spec. A changed rate limit gets a fresh bucket,
-    /// a changed `ordered` a queue of the other kind (holding the same jobs).
+    /// a changed `ordered` a queue of the other kind: holding the same jobs, except that
+    /// a FIFO queue holds due ones only (the rest wait in the timer wheel) and no kept
+    /// retry (its copy in the store keeps its time).
     fn upsert(self: &Rc<Self>, spec: Arc<EndpointSpec>, meta: &EndpointMeta) {
         let existing = self.endpoints.borrow().get(&spec.id).cloned();
         let Some(ep) = existing else {
@@ -580,12 +590,29 @@ impl Worker {
         if old.cfg.ordered != spec.cfg.ordered {
             let jobs = ep.queue.borrow_mut().drain();
             let mut q = JobQueue::new(spec.cfg.ordered);
+            let now = now_ms();
+            let mut timed = false;
             for j in jobs {
+                if !spec.cfg.ordered {
+                    // A FIFO queue holds due jobs only. A kept retry goes: the store's
+                    // copy of it comes in its time, as every retry's does.
+                    if j.kept {
+                        continue;
+                    }
+                    if j.due.due_ms > now {
+                        self.wheel.borrow_mut().insert(j.due.due_ms, j);
+                        timed = true;
+                        continue;
+                    }
+                }
                 if let Err(stale) | Ok(Some(stale)) = q.push(j) {
                     self.report(stale, None, Next::Stale);
                 }
             }
             *ep.queue.borrow_mut() = q;
+            if timed {
+                self.timer_wake.notify();
+            }
         }
         // Idle lanes re-read the spec; lanes over a lowered max_in_flight exit.
         ep.wake_lanes();
@@ -724,6 +751,10 @@ impl Worker {
         next: Next,
         attempts: u16,
     ) {
+        if job.kept && attempt.is_none() && next == Next::Stale {
+            // Never handed over: the committer has nothing to count.
+            return;
+        }
         let fails = match self.endpoints.borrow().get(&job.ep) {
             Some(ep) => {
                 self.count(ep, attempt.as_ref(), next, job.due.seq);
@@ -994,7 +1025,9 @@ impl Worker {
         if let Next::Retry { due_ms } = next {
             rec.next_due_ms = due_ms;
         }
-        if cfg.ordered {
+        // Read now, not from the spec the attempt began with: a `PUT` that switched
+        // `ordered` meanwhile already rebuilt the queue.
+        if ep.spec().cfg.ordered {
             match next {
                 // The head keeps its place: the ones behind it wait for its retry. An
                 // attempt's outcome stands across an enable/disable (the store left an
@@ -1008,6 +1041,7 @@ impl Worker {
                         attempts,
                         first: job.first,
                         gen: ep.gen.get(),
+                        kept: true,
                     };
                     // A copy loaded from the store meanwhile is handed back (reported:
                     // the committer counts what it handed over); the kept retry itself

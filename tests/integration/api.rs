@@ -1326,18 +1326,50 @@ fn replay_sends_a_retrying_delivery_now_and_its_schedule_goes_on() {
 }
 
 #[test]
-fn replay_leaves_alone_a_retry_a_formerly_ordered_endpoint_s_worker_holds() {
-    // An ordered endpoint's worker keeps its head's retry; switched to `ordered =
-    // false`, it sends that retry at once. The receiver holds that second request while
-    // the test replays: a copy beside it would be a third request.
-    let gate = Gate::new();
-    let held = gate.clone();
-    let rx = TestReceiver::with_script(move |_, n| match n {
+fn an_ordered_head_s_retry_keeps_its_time_once_the_endpoint_is_no_longer_ordered() {
+    // The worker keeps an ordered head's retry; switched to `ordered = false`, that
+    // retry still waits for its time, and goes once: the store's copy is the one sent.
+    let rx = TestReceiver::with_script(|_, n| match n {
         0 => Reply::status(500),
-        1 => {
-            held.wait();
-            Reply::status(200)
-        }
+        _ => Reply::status(200),
+    });
+    let srv = TestServer::start(&endpoint(
+        "in-order",
+        r#"["o"]"#,
+        &rx.url("/o"),
+        "retry = [\"3s\"]\nordered = true",
+    ));
+    let mut c = srv.connect();
+    assert_eq!(c.send(&event("o", "ord-0", "{}")), "ok ord-0 1");
+    wait_deliveries(&srv, "ord-0", &[("in-order", "retrying", 1)]);
+    let mut def = srv.get("/v1/endpoints/in-order").1;
+    def["ordered"] = json!(false);
+    let (status, v) = srv.call("PUT", "/v1/endpoints/in-order", &def);
+    assert_eq!(status, 200, "{v}");
+    // No longer held back by the retrying head.
+    assert_eq!(c.send(&event("o", "ord-1", "{}")), "ok ord-1 1");
+    wait_deliveries(&srv, "ord-1", &[("in-order", "delivered", 1)]);
+    wait_deliveries(&srv, "ord-0", &[("in-order", "delivered", 2)]);
+    // A second copy of the retry would have gone at the same time as the first.
+    assert_eq!(c.send(&event("o", "ord-2", "{}")), "ok ord-2 1");
+    wait_deliveries(&srv, "ord-2", &[("in-order", "delivered", 1)]);
+    let got: Vec<Received> = rx
+        .requests()
+        .into_iter()
+        .filter(|r| r.header("webhook-id") == Some("ord-0"))
+        .collect();
+    assert_eq!(got.len(), 2, "the retry went once");
+    let waited = got[1].at - got[0].at;
+    assert!(
+        waited >= Duration::from_millis(2900),
+        "the retry kept its time: sent {waited:?} after the first attempt"
+    );
+}
+
+#[test]
+fn replay_brings_forward_a_retry_of_an_endpoint_no_longer_ordered() {
+    let rx = TestReceiver::with_script(|_, n| match n {
+        0 => Reply::status(500),
         _ => Reply::status(200),
     });
     let srv = TestServer::start(&endpoint(
@@ -1348,14 +1380,18 @@ fn replay_leaves_alone_a_retry_a_formerly_ordered_endpoint_s_worker_holds() {
     ));
     assert_eq!(srv.connect().send(&event("o", "ord-0", "{}")), "ok ord-0 1");
     wait_deliveries(&srv, "ord-0", &[("in-order", "retrying", 1)]);
+    // Its place in the order is kept: not replayed.
+    assert_eq!(srv.post("/v1/events/ord-0/replay").0, 409);
     let mut def = srv.get("/v1/endpoints/in-order").1;
     def["ordered"] = json!(false);
     let (status, v) = srv.call("PUT", "/v1/endpoints/in-order", &def);
     assert_eq!(status, 200, "{v}");
-    rx.wait_for(2, WAIT);
+    // Now it waits on disk like any retry, and a replay sends it at once.
     let (status, v) = srv.post("/v1/events/ord-0/replay");
-    assert_eq!(status, 409, "{v}");
-    gate.open();
+    assert_eq!(
+        (status, v),
+        (202, json!({"id": "ord-0", "scheduled": ["in-order"]}))
+    );
     wait_deliveries(&srv, "ord-0", &[("in-order", "delivered", 2)]);
     assert_eq!(rx.ids()["ord-0"], 2);
 }
