@@ -139,17 +139,19 @@ impl EndpointSpec {
         let mut signing_keys = Vec::new();
         if let Some(secrets) = &cfg.signing_secret {
             use base64::Engine as _;
+            // An empty key would sign with no secret at all: refused, as is an empty list.
             let decoded: Option<Vec<Vec<u8>>> = secrets
                 .split_whitespace()
                 .map(|s| {
                     s.strip_prefix("whsec_")
                         .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                        .filter(|k| !k.is_empty())
                 })
                 .collect();
             match decoded {
-                Some(keys) => signing_keys = keys,
-                None => errors.push(EndpointError::Field(format!(
-                    "endpoint {}: field `signing_secret`: each secret must be whsec_<base64>",
+                Some(keys) if !keys.is_empty() => signing_keys = keys,
+                _ => errors.push(EndpointError::Field(format!(
+                    "endpoint {}: field `signing_secret`: each secret must be whsec_<base64> of a non-empty key",
                     cfg.name
                 ))),
             }
@@ -271,6 +273,32 @@ headers = { Authorization = "Bearer s3cr3t-t0ken {Id", X-Trace = "trace-v4lue {I
         );
         let other = text.iter().find(|t| t.contains("headers.X-Trace")).unwrap();
         assert!(other.contains("trace-v4lue {Id"), "{other}");
+    }
+
+    #[test]
+    fn an_empty_signing_key_is_refused() {
+        let with_secret = |secret: &str| {
+            let mut cfg = url_endpoint("'http://h/'");
+            cfg.signing_secret = Some(secret.to_string());
+            EndpointSpec::compile(0, cfg).map(|s| s.signing_keys.len())
+        };
+        assert_eq!(
+            with_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").ok(),
+            Some(1)
+        );
+        for bad in [
+            "whsec_",
+            "",
+            " ",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw whsec_",
+        ] {
+            let err = with_secret(bad).err().map(|e| e.to_string());
+            assert_eq!(
+                err.as_deref(),
+                Some("endpoint p: field `signing_secret`: each secret must be whsec_<base64> of a non-empty key"),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

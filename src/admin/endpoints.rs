@@ -729,7 +729,7 @@ mod tests {
             [
                 "endpoint p: field `max_in_flight`: must be at least 1",
                 "endpoint p: field `headers.User-Agent`: User-Agent is set by ricochet on every request and cannot be given",
-                "endpoint p: field `signing_secret`: each secret must be whsec_<base64>",
+                "endpoint p: field `signing_secret`: each secret must be whsec_<base64> of a non-empty key",
             ],
             "{msg}"
         );

@@ -72,7 +72,7 @@ pub fn trim(buf: &mut Vec<u8>) {
 pub enum BuildError {
     #[error("malformed URL {url:?}: {error}")]
     MalformedUrl { url: String, error: UrlError },
-    #[error("the rendered {part} is over {} KiB: not sent", limit >> 10)]
+    #[error("{part} over {} KiB after rendering: not sent", limit >> 10)]
     TooLarge { part: &'static str, limit: usize },
 }
 
@@ -576,7 +576,7 @@ body = '{join(items, i, "{i}:{Oid}")}'"#;
         assert!(s.body.len() <= MAX_BODY_BYTES + 20_010, "{}", s.body.len());
         assert_eq!(
             build_with(body, &mut s).unwrap_err().to_string(),
-            "the rendered body is over 8192 KiB: not sent"
+            "body over 8192 KiB after rendering: not sent"
         );
         s.trim();
         assert!(s.body.capacity() <= KEEP_BYTES);

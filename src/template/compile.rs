@@ -242,6 +242,11 @@ impl<'a> Compiler<'a> {
             Context::Header if (b < 0x20 && b != b'\t') || b == 0x7f => {
                 return Err(self.error(at, "control character in a header template"));
             }
+            // A C1 control (U+0080..U+009F, `C2 80`..`C2 9F`): removed from values, so
+            // refused in the literal text too.
+            Context::Header if (0x80..=0x9f).contains(&b) && at > 0 && self.b[at - 1] == 0xc2 => {
+                return Err(self.error(at - 1, "control character in a header template"));
+            }
             // Never valid in a URL, whatever the placeholders render: every delivery
             // would fail as a malformed URL.
             Context::Url if b <= b' ' || b == 0x7f => {
@@ -794,5 +799,7 @@ mod tests {
             "control character",
         );
         assert!(Template::compile("Bearer\t{Token}", Context::Header).is_ok());
+        assert_err("é\u{85}x", Context::Header, 1, 2, "control character");
+        assert!(Template::compile("é\u{a0}\u{100}{Token}", Context::Header).is_ok());
     }
 }

@@ -62,25 +62,38 @@ pub(super) fn form(s: &[u8], out: &mut Vec<u8>) {
 }
 
 /// XML character data and attribute values: the five special characters become entity
-/// references, CR becomes `&#13;` (a parser would otherwise normalise it away), and the
-/// C0 controls XML 1.0 cannot represent at all are dropped.
+/// references, CR, LF and tab character references (a parser would otherwise normalise
+/// them, to LF in text and to spaces in an attribute value), and what XML 1.0 cannot
+/// represent at all (the other C0 controls, U+FFFE, U+FFFF) is dropped.
 pub(super) fn xml(s: &[u8], out: &mut Vec<u8>) {
     let mut run = 0;
-    for (i, &b) in s.iter().enumerate() {
-        let rep: &[u8] = match b {
-            b'&' => b"&amp;",
-            b'<' => b"&lt;",
-            b'>' => b"&gt;",
-            b'"' => b"&quot;",
-            b'\'' => b"&apos;",
-            b'\r' => b"&#13;",
-            b'\t' | b'\n' => continue,
-            0..=0x1f => b"",
-            _ => continue,
+    let mut i = 0;
+    while i < s.len() {
+        let (rep, len): (&[u8], usize) = match s[i] {
+            b'&' => (b"&amp;", 1),
+            b'<' => (b"&lt;", 1),
+            b'>' => (b"&gt;", 1),
+            b'"' => (b"&quot;", 1),
+            b'\'' => (b"&apos;", 1),
+            // As references, so an attribute value keeps them (a parser normalises
+            // literal ones to spaces there).
+            b'\r' => (b"&#13;", 1),
+            b'\n' => (b"&#10;", 1),
+            b'\t' => (b"&#9;", 1),
+            0..=0x1f => (b"", 1),
+            // U+FFFE and U+FFFF are no XML characters either.
+            0xef if s.get(i + 1) == Some(&0xbf) && matches!(s.get(i + 2), Some(0xbe | 0xbf)) => {
+                (b"", 3)
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
         };
         out.extend_from_slice(&s[run..i]);
         out.extend_from_slice(rep);
-        run = i + 1;
+        i += len;
+        run = i;
     }
     out.extend_from_slice(&s[run..]);
 }
@@ -169,8 +182,11 @@ mod tests {
     #[test]
     fn xml_escapes_and_drops_what_xml_cannot_hold() {
         assert_eq!(
-            run(xml, "<a href=\"x\">Tom & Jerry's</a>\r\n\t\u{1}\u{8}"),
-            "pre|&lt;a href=&quot;x&quot;&gt;Tom &amp; Jerry&apos;s&lt;/a&gt;&#13;\n\t"
+            run(
+                xml,
+                "<a href=\"x\">Tom & Jerry's</a>\r\n\t\u{1}\u{8}\u{fffe}\u{ffff}\u{fffd}é"
+            ),
+            "pre|&lt;a href=&quot;x&quot;&gt;Tom &amp; Jerry&apos;s&lt;/a&gt;&#13;&#10;&#9;\u{fffd}é"
         );
     }
 

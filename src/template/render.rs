@@ -363,7 +363,7 @@ mod tests {
 
     #[test]
     fn xml_form_text_bodies() {
-        assert_eq!(render("<n a=\"{Name}\">{Name}</n>", XML, DATA), "<n a=\"Tom &quot;T&quot; O&apos;Neil &amp; &lt;Co&gt;\n\">Tom &quot;T&quot; O&apos;Neil &amp; &lt;Co&gt;\n</n>");
+        assert_eq!(render("<n a=\"{Name}\">{Name}</n>", XML, DATA), "<n a=\"Tom &quot;T&quot; O&apos;Neil &amp; &lt;Co&gt;&#10;\">Tom &quot;T&quot; O&apos;Neil &amp; &lt;Co&gt;&#10;</n>");
         assert_eq!(
             render("n={Name}&p={Path}&u={Uni}", FORM, DATA),
             "n=Tom+%22T%22+O%27Neil+%26+%3CCo%3E%0A&p=a%2Fb+c%3Fd&u=caf%C3%A9+%E2%80%A8"

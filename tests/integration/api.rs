@@ -1833,7 +1833,7 @@ fn bad_values_are_400s_naming_the_field_each_once() {
         lines,
         [
             "endpoint f: field `max_in_flight`: must be at least 1",
-            "endpoint f: field `signing_secret`: each secret must be whsec_<base64>",
+            "endpoint f: field `signing_secret`: each secret must be whsec_<base64> of a non-empty key",
         ],
         "{msg}"
     );
