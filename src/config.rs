@@ -447,14 +447,17 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 impl<'de> Deserialize<'de> for ResponseRule {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
-        #[serde(untagged)]
+        #[serde(
+            untagged,
+            expecting = "expected a status (\"200\" or 200), a class (\"2xx\"), body text, or a list of them"
+        )]
         enum Raw {
             One(String),
             Num(u16),
             Many(Vec<StrOrNum>),
         }
         #[derive(Deserialize)]
-        #[serde(untagged)]
+        #[serde(untagged, expecting = "expected a status, a class or body text")]
         enum StrOrNum {
             S(String),
             N(u16),
@@ -526,7 +529,10 @@ impl RetryPolicy {
 impl<'de> Deserialize<'de> for RetryPolicy {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
-        #[serde(untagged)]
+        #[serde(
+            untagged,
+            expecting = "expected standard, hourly, none or a list of durations ([\"1s\", \"5m\"])"
+        )]
         enum Raw {
             Name(String),
             List(Vec<String>),
@@ -745,8 +751,15 @@ impl EndpointConfig {
                 "endpoint {n}: field `body`: a GET request has no body"
             ));
         }
-        for (k, _) in &self.headers {
-            if k.is_empty() || !k.bytes().all(is_token_byte) {
+        for (i, (k, _)) in self.headers.iter().enumerate() {
+            if self.headers[..i]
+                .iter()
+                .any(|(seen, _)| seen.eq_ignore_ascii_case(k))
+            {
+                out.push(format!(
+                    "endpoint {n}: field `headers.{k}`: given twice (header names are case-insensitive)"
+                ));
+            } else if k.is_empty() || !k.bytes().all(is_token_byte) {
                 out.push(format!(
                     "endpoint {n}: field `headers`: {k:?} is not a valid header name"
                 ));
@@ -1500,6 +1513,48 @@ disable_after = { "4xx" = "many" }
                 err,
                 format!("endpoint a: field `headers.{name}`: {name} is set by ricochet on every request and cannot be given")
             );
+        }
+    }
+
+    #[test]
+    fn a_header_given_twice_is_refused() {
+        let mut e: EndpointConfig =
+            toml::from_str("name=\"a\"\nevents=[\"t\"]\nurl=\"http://h/\"\n").unwrap();
+        e.headers = [("X-A", "1"), ("X-B", "2"), ("x-a", "3")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .to_vec();
+        assert_eq!(
+            refused(&e),
+            "endpoint a: field `headers.x-a`: given twice (header names are case-insensitive)"
+        );
+        // The same name twice in a JSON definition, which a JSON object does not refuse.
+        let d: EndpointConfig = serde_json::from_str(
+            r#"{"name":"a","events":["t"],"url":"http://h/","headers":{"X-A":"1","X-A":"2"}}"#,
+        )
+        .unwrap();
+        assert!(refused(&d).contains("`headers.X-A`: given twice"));
+    }
+
+    #[test]
+    fn untagged_values_are_explained_when_they_fit_no_form() {
+        let err = |field: &str| {
+            let text = format!(
+                "[[endpoint]]\nname = \"a\"\nevents = [\"t\"]\nurl = \"http://h/\"\n{field}\n"
+            );
+            Config::parse(&text, "t")
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let retry = err("retry = 5");
+        assert!(
+            retry.contains("expected standard, hourly, none or a list of durations"),
+            "{retry}"
+        );
+        let success = err("success = true");
+        assert!(success.contains("expected a status"), "{success}");
+        for e in [retry, success] {
+            assert!(!e.contains("untagged"), "{e}");
         }
     }
 

@@ -7,13 +7,15 @@
 //! delivery (a retry the worker kept and the same retry loaded again from the store) are
 //! collapsed to the newest — at the same due time, to the one the store handed over, so
 //! that no kept retry outlives its copy — and a copy of a recently finished one is
-//! dropped — also one that came in while its delivery was being attempted. A paused delivery is not
-//! finished: the copy that comes back when its endpoint is enabled is taken in. Every copy dropped is handed
-//! back, for the worker to report. It must not do I/O or decide retries.
+//! dropped — also one that came in while its delivery was being attempted — unless it
+//! starts a new round (a replay: as many attempts as the finished one made). A paused
+//! delivery is not finished: the copy that comes back when its endpoint is enabled is
+//! taken in. Every copy dropped is handed back, for the worker to report. It must not
+//! do I/O or decide retries.
 
 use std::collections::{BTreeMap, VecDeque};
 
-use rustc_hash::FxHashSet;
+use rustc_hash::FxHashMap;
 
 /// How many finished sequence numbers an ordered queue remembers to drop late copies.
 const RECENT: usize = 4096;
@@ -30,6 +32,11 @@ pub trait Queued {
     fn kept(&self) -> bool {
         false
     }
+    /// Attempts made before this copy was handed over: fewer than a finished
+    /// delivery's own make a late copy of it; as many or more, a new round (a replay).
+    fn attempts(&self) -> u16 {
+        0
+    }
 }
 
 /// Whether the queue has work now.
@@ -45,9 +52,10 @@ pub enum JobQueue<T> {
     Fifo(VecDeque<T>),
     Ordered {
         items: BTreeMap<u64, T>,
-        /// Recently finished deliveries: a copy arriving now is stale.
-        done: FxHashSet<u64>,
-        done_order: VecDeque<u64>,
+        /// Recently finished deliveries, with the attempts each had made: a copy
+        /// with fewer arriving now is stale.
+        done: FxHashMap<u64, u16>,
+        done_order: VecDeque<(u64, u16)>,
         /// Held back from this sequence number on: older deliveries are still coming.
         hold_from: Option<u64>,
     },
@@ -58,7 +66,7 @@ impl<T: Queued> JobQueue<T> {
         if ordered {
             JobQueue::Ordered {
                 items: BTreeMap::new(),
-                done: FxHashSet::default(),
+                done: FxHashMap::default(),
                 done_order: VecDeque::new(),
                 hold_from: None,
             }
@@ -77,8 +85,13 @@ impl<T: Queued> JobQueue<T> {
             }
             JobQueue::Ordered { items, done, .. } => {
                 let seq = item.seq();
-                if done.contains(&seq) {
-                    return Err(item);
+                match done.get(&seq) {
+                    Some(&made) if item.attempts() < made => return Err(item),
+                    // A new round of a finished delivery (a replay): it runs.
+                    Some(_) => {
+                        done.remove(&seq);
+                    }
+                    None => {}
                 }
                 match items.get(&seq) {
                     Some(old)
@@ -136,9 +149,10 @@ impl<T: Queued> JobQueue<T> {
         }
     }
 
-    /// Records that the delivery of `seq` is finished (ordered queues drop later copies);
-    /// returns a copy of it that came in while it was being attempted (stale now).
-    pub fn completed(&mut self, seq: u64) -> Option<T> {
+    /// Records that the delivery of `seq` is finished after `attempts` attempts (ordered
+    /// queues drop later copies with fewer; `u16::MAX`: every copy); returns a copy of
+    /// it that came in while it was being attempted (stale now).
+    pub fn completed(&mut self, seq: u64, attempts: u16) -> Option<T> {
         let JobQueue::Ordered {
             items,
             done,
@@ -148,10 +162,12 @@ impl<T: Queued> JobQueue<T> {
         else {
             return None;
         };
-        if done.insert(seq) {
-            done_order.push_back(seq);
-            if done_order.len() > RECENT {
-                if let Some(old) = done_order.pop_front() {
+        done.insert(seq, attempts);
+        done_order.push_back((seq, attempts));
+        if done_order.len() > RECENT {
+            if let Some((old, n)) = done_order.pop_front() {
+                // Unless it finished again since.
+                if done.get(&old) == Some(&n) {
                     done.remove(&old);
                 }
             }
@@ -237,7 +253,7 @@ mod tests {
         assert!(q.push(J(4, 200)).is_err());
         assert_eq!(q.len(), 1);
         assert_eq!(q.pop(), Some(J(4, 300)));
-        q.completed(4);
+        q.completed(4, 1);
         assert!(
             q.push(J(4, 900)).is_err(),
             "a copy of a finished delivery is stale"
@@ -259,13 +275,13 @@ mod tests {
         assert_eq!(q.pop(), Some(J(7, 100)));
         assert_eq!(q.push(J(7, 100)), Ok(None), "not queued: taken in as new");
         // Delivered: the copy is stale, handed back, and 8 is next.
-        assert_eq!(q.completed(7), Some(J(7, 100)));
+        assert_eq!(q.completed(7, 1), Some(J(7, 100)));
         assert_eq!(q.pop(), Some(J(8, 100)));
         // Failed again: its kept retry replaces the copy, which is handed back.
         q.push(J(8, 100)).unwrap();
         assert_eq!(q.push(J(8, 400)), Ok(Some(J(8, 100))));
         assert_eq!(q.drain(), vec![J(8, 400)]);
-        assert_eq!(q.completed(8), None);
+        assert_eq!(q.completed(8, 1), None);
         // Paused: its copy goes, and the copy that comes back on enable is taken in.
         q.push(J(9, 100)).unwrap();
         assert_eq!(q.pop(), Some(J(9, 100)));
@@ -290,7 +306,7 @@ mod tests {
         // A FIFO queue keeps no copies apart.
         let mut f = JobQueue::new(false);
         assert_eq!(f.push(J(1, 0)), Ok(None));
-        assert_eq!(f.completed(1), None);
+        assert_eq!(f.completed(1, 1), None);
         assert_eq!(f.len(), 1);
     }
 
@@ -299,6 +315,7 @@ mod tests {
         seq: u64,
         due: u64,
         kept: bool,
+        attempts: u16,
     }
 
     impl Queued for K {
@@ -311,6 +328,9 @@ mod tests {
         fn kept(&self) -> bool {
             self.kept
         }
+        fn attempts(&self) -> u16 {
+            self.attempts
+        }
     }
 
     #[test]
@@ -319,11 +339,13 @@ mod tests {
             seq: 3,
             due,
             kept: true,
+            attempts: 1,
         };
         let copy = |due| K {
             seq: 3,
             due,
             kept: false,
+            attempts: 1,
         };
         let mut q = JobQueue::new(true);
         // The worker keeps its head's retry; the store's copy of it arrives: the copy
@@ -341,5 +363,29 @@ mod tests {
         // A later kept retry replaces a copy, which is handed back to be reported.
         assert_eq!(q.push(kept(900)), Ok(Some(copy(500))));
         assert_eq!(q.drain(), vec![kept(900)]);
+    }
+
+    #[test]
+    fn ordered_takes_a_new_round_of_a_finished_delivery() {
+        let job = |attempts| K {
+            seq: 5,
+            due: 0,
+            kept: false,
+            attempts,
+        };
+        let mut q = JobQueue::new(true);
+        q.push(job(0)).unwrap();
+        assert_eq!(q.pop(), Some(job(0)));
+        q.completed(5, 1);
+        // A late copy of the finished round is stale; a replay (as many attempts as it
+        // made) runs, and once it finishes, a copy of it is stale in turn.
+        assert_eq!(q.push(job(0)), Err(job(0)));
+        assert_eq!(q.push(job(1)), Ok(None));
+        assert_eq!(q.pop(), Some(job(1)));
+        q.completed(5, 2);
+        assert_eq!(q.push(job(1)), Err(job(1)));
+        // Expired: every copy is stale.
+        q.completed(5, u16::MAX);
+        assert_eq!(q.push(job(9)), Err(job(9)));
     }
 }

@@ -968,6 +968,18 @@ pub struct EventPage {
     pub next: Option<Seq>,
 }
 
+impl EventPage {
+    /// Called with one more match in hand: whether the page already holds `limit`, and
+    /// then a cursor below its last event (a page that takes the last match has none).
+    fn full(&mut self, limit: usize) -> bool {
+        if self.events.len() < limit {
+            return false;
+        }
+        self.next = self.events.last().map(|(e, _)| e.seq);
+        true
+    }
+}
+
 type Snapshot<'a> = rocksdb::SnapshotWithThreadMode<'a, DB>;
 
 /// Read options for one consistent view (`snap`), or for the latest state.
@@ -1455,11 +1467,10 @@ impl Store {
             examined += 1;
             let ev = EventRecord::decode(seq, it.value().unwrap_or_default())?;
             if let Some(views) = self.matches(q, &ev, &snap)? {
-                page.events.push((ev, views));
-                if page.events.len() == q.limit {
-                    page.next = Some(seq);
+                if page.full(q.limit) {
                     return Ok(page);
                 }
+                page.events.push((ev, views));
             }
             it.prev();
         }
@@ -1511,11 +1522,10 @@ impl Store {
             }
             if let Some(ev) = self.event(target)? {
                 if let Some(views) = self.matches(q, &ev, snap)? {
-                    page.events.push((ev, views));
-                    if page.events.len() == q.limit {
-                        page.next = Some(target);
+                    if page.full(q.limit) {
                         return Ok(page);
                     }
+                    page.events.push((ev, views));
                 }
             }
             if target == 0 {

@@ -173,6 +173,9 @@ impl Queued for WJob {
     fn kept(&self) -> bool {
         self.kept
     }
+    fn attempts(&self) -> u16 {
+        self.attempts
+    }
 }
 
 /// An endpoint's live state on its worker.
@@ -719,19 +722,20 @@ impl Worker {
     /// ordered endpoint's queue moves on.
     fn expire(self: &Rc<Self>, ep: &Ep, job: WJob) {
         if ep.spec().cfg.ordered {
-            self.leave_ordered(ep, job.due.seq, Next::Expired);
+            self.leave_ordered(ep, job.due.seq, Next::Expired, u16::MAX);
         }
         self.report(job, None, Next::Expired);
     }
 
-    /// An ordered endpoint's head `seq` leaves its place, `next` being its outcome: a
-    /// copy that came in meanwhile must not run again. A paused delivery is not
-    /// finished: it comes back on enable.
-    fn leave_ordered(self: &Rc<Self>, ep: &Ep, seq: u64, next: Next) {
+    /// An ordered endpoint's head `seq` leaves its place after `attempts` attempts,
+    /// `next` being its outcome: a copy that came in meanwhile must not run again (a
+    /// replay, a new round, may). A paused delivery is not finished: it comes back on
+    /// enable.
+    fn leave_ordered(self: &Rc<Self>, ep: &Ep, seq: u64, next: Next, attempts: u16) {
         let mut q = ep.queue.borrow_mut();
         let copy = match next {
             Next::Paused => q.forget(seq),
-            _ => q.completed(seq),
+            _ => q.completed(seq, attempts),
         };
         drop(q);
         if let Some(stale) = copy {
@@ -1051,7 +1055,7 @@ impl Worker {
                         self.report(stale, None, Next::Stale);
                     }
                 }
-                _ => self.leave_ordered(ep, job.due.seq, next),
+                _ => self.leave_ordered(ep, job.due.seq, next, attempts),
             }
         }
         self.report_n(job, Some(rec), next, attempts);

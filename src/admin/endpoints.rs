@@ -154,7 +154,7 @@ impl Admin {
                     Err(r) => r,
                 };
             }
-            (_, None) => return method_not_allowed("GET, PUT, DELETE"),
+            (_, None) => return method_not_allowed("GET, HEAD, PUT, DELETE"),
             ("POST", Some("enable" | "disable" | "test" | "recover")) => {}
             (_, Some("enable" | "disable" | "test" | "recover")) => {
                 return method_not_allowed("POST")

@@ -124,6 +124,11 @@ impl Admin {
 
     /// `GET /v1/events?type=&endpoint=&account=&status=&since=&until=&limit=&cursor=`.
     pub(super) fn list_events(&self, p: &Params) -> Response {
+        if let Err(r) = p.only(&[
+            "type", "account", "endpoint", "status", "since", "until", "limit", "cursor", "next",
+        ]) {
+            return r;
+        }
         let limit = match p.get("limit") {
             None => DEFAULT_LIMIT,
             Some(l) => match l.parse::<usize>() {

@@ -355,14 +355,16 @@ impl Admin {
             );
         }
         let path = req.path.as_str();
-        let method = req.method.as_str();
+        // HEAD is GET without the body (RFC 9110 §9.3.2): `serve` leaves the body out.
+        let method = match req.method.as_str() {
+            "HEAD" => "GET",
+            m => m,
+        };
         match path {
-            "/health" if matches!(method, "GET" | "HEAD") => {
-                return json_response(200, &json!({ "status": "ok" }))
-            }
+            "/health" if method == "GET" => return json_response(200, &json!({ "status": "ok" })),
             "/health" => return method_not_allowed("GET, HEAD"),
             "/metrics" if method == "GET" => return self.metrics(),
-            "/metrics" => return method_not_allowed("GET"),
+            "/metrics" => return method_not_allowed("GET, HEAD"),
             _ => {}
         }
         if path == "/v1" || path.starts_with("/v1/") {
@@ -380,7 +382,7 @@ impl Admin {
             return match method {
                 "GET" => self.list_endpoints(),
                 "POST" => self.create_endpoint(&req.body),
-                _ => method_not_allowed("GET, POST"),
+                _ => method_not_allowed("GET, HEAD, POST"),
             };
         }
         if let Some(rest) = path.strip_prefix("/v1/endpoints/") {
@@ -390,7 +392,7 @@ impl Admin {
             return match method {
                 "POST" => self.ingest(&req.body),
                 "GET" => self.list_events(&params),
-                _ => method_not_allowed("GET, POST"),
+                _ => method_not_allowed("GET, HEAD, POST"),
             };
         }
         if let Some(rest) = path.strip_prefix("/v1/events/") {
@@ -404,7 +406,7 @@ impl Admin {
                 return error(404, "no such resource");
             }
             if method != "GET" {
-                return method_not_allowed("GET");
+                return method_not_allowed("GET, HEAD");
             }
             return self.get_event(&percent_decode(rest));
         }
@@ -432,11 +434,11 @@ fn read_request(
         match r.parse(buf) {
             Ok(httparse::Status::Complete(n)) => {
                 let mut content_length: Option<usize> = None;
-                let (path, query) = r
-                    .path
-                    .unwrap_or("/")
-                    .split_once('?')
-                    .unwrap_or((r.path.unwrap_or("/"), ""));
+                // The absolute form (`GET http://host/path`, RFC 9112 §3.2.2): its
+                // authority stands for `Host`.
+                let (target, authority) = split_absolute(r.path.unwrap_or("/"));
+                let (path, query) = target.split_once('?').unwrap_or((target, ""));
+                let path = if path.is_empty() { "/" } else { path };
                 let mut req = Request {
                     method: r.method.unwrap_or("").to_string(),
                     path: path.to_string(),
@@ -482,20 +484,34 @@ fn read_request(
                     } else if name.eq_ignore_ascii_case("origin") {
                         req.origin = true;
                     } else if name.eq_ignore_ascii_case("connection") {
-                        if h.value.eq_ignore_ascii_case(b"close") {
-                            req.close = true;
-                        } else if h.value.eq_ignore_ascii_case(b"keep-alive") {
-                            req.close = false;
+                        // A list of options (`TE, close`): `close` wins.
+                        for opt in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                            if opt.eq_ignore_ascii_case(b"close") {
+                                req.close = true;
+                                break;
+                            } else if opt.eq_ignore_ascii_case(b"keep-alive") {
+                                req.close = false;
+                            }
                         }
                     } else if name.eq_ignore_ascii_case("expect") {
                         expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
                     }
+                }
+                if let Some(a) = authority {
+                    req.host = Some(a.to_string());
+                }
+                // RFC 9112 §3.2: an HTTP/1.1 request without one is a 400.
+                if r.version == Some(1) && req.host.is_none() {
+                    return Err(reject(400, "missing Host header"));
                 }
                 break (n, req, content_length.unwrap_or(0), expect_continue);
             }
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
             Ok(httparse::Status::Partial) => {
                 return Err(reject(431, "request head over 16 KiB"));
+            }
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(reject(431, "more than 64 header fields"));
             }
             Err(_) => return Err(reject(400, "malformed request")),
         }
@@ -532,6 +548,23 @@ fn read_request(
     req.body = buf[head_len..total].to_vec();
     buf.drain(..total);
     Ok(Some(req))
+}
+
+/// A request target in absolute form split into its origin form and its authority
+/// (`http://h:1/p?q` → (`/p?q`, `h:1`); the path may come out empty, for `/`); any
+/// other target as it is.
+fn split_absolute(target: &str) -> (&str, Option<&str>) {
+    let rest = ["http://", "https://"].iter().find_map(|scheme| {
+        target
+            .get(..scheme.len())
+            .filter(|s| s.eq_ignore_ascii_case(scheme))
+            .map(|s| &target[s.len()..])
+    });
+    let Some(rest) = rest else {
+        return (target, None);
+    };
+    let i = rest.find(['/', '?']).unwrap_or(rest.len());
+    (&rest[i..], Some(&rest[..i]))
 }
 
 /// One read that gives up at `deadline` with a 408; `None` when the peer closed or failed.
@@ -656,20 +689,26 @@ impl Params {
             .map(|(_, v)| v.as_str())
     }
 
-    /// 400 naming the first parameter not in `known`: for calls that change things,
-    /// where a misspelt filter would widen what they do (`recover?sinec=…` would
-    /// re-deliver every failed delivery).
+    /// 400 naming the first parameter not in `known`, or given twice: a misspelt
+    /// filter would widen what a call does (`recover?sinec=…` would re-deliver every
+    /// failed delivery, `GET /v1/events?stauts=failed` list the whole log), and of two
+    /// values one would be ignored.
     pub(crate) fn only(&self, known: &[&str]) -> Result<(), Response> {
-        match self.0.iter().find(|(k, _)| !known.contains(&k.as_str())) {
-            None => Ok(()),
-            Some((k, _)) => Err(error(
-                400,
-                format!(
-                    "unknown query parameter {k:?} (this call takes {})",
-                    known.join(", ")
-                ),
-            )),
+        for (i, (k, _)) in self.0.iter().enumerate() {
+            if !known.contains(&k.as_str()) {
+                return Err(error(
+                    400,
+                    format!(
+                        "unknown query parameter {k:?} (this call takes {})",
+                        known.join(", ")
+                    ),
+                ));
+            }
+            if self.0[..i].iter().any(|(seen, _)| seen == k) {
+                return Err(error(400, format!("query parameter {k:?} given twice")));
+            }
         }
+        Ok(())
     }
 
     /// A time given as RFC 3339 or unix milliseconds, as unix ms.
@@ -711,13 +750,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn calls_that_change_things_refuse_unknown_parameters() {
+    fn unknown_and_repeated_parameters_are_refused() {
         let p = Params::parse("since=1&until=2");
         assert!(p.only(&["since", "until"]).is_ok());
         let p = Params::parse("sinec=1");
         let r = p.only(&["since", "until"]).unwrap_err();
         assert_eq!(r.status, 400);
         assert!(Params::parse("").only(&[]).is_ok());
+        let r = Params::parse("since=1&until=2&since=3")
+            .only(&["since", "until"])
+            .unwrap_err();
+        assert_eq!(
+            (r.status, String::from_utf8(r.body).unwrap()),
+            (
+                400,
+                r#"{"error":"query parameter \"since\" given twice"}"#.to_string()
+            )
+        );
     }
 
     #[test]
@@ -806,6 +855,10 @@ mod tests {
 
     /// Runs `read_request` over `raw` sent by a client socket; returns what it made of it.
     fn read_raw(raw: &[u8]) -> Result<Option<(String, String, Vec<u8>)>, u16> {
+        read_req(raw).map(|r| r.map(|r| (r.method, r.path, r.body)))
+    }
+
+    fn read_req(raw: &[u8]) -> Result<Option<Request>, u16> {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let raw = raw.to_vec();
@@ -821,11 +874,7 @@ mod tests {
         let r = read_request(&mut s, &mut buf, Instant::now() + Duration::from_secs(5));
         drop(s);
         client.join().unwrap();
-        match r {
-            Ok(Some(r)) => Ok(Some((r.method, r.path, r.body))),
-            Ok(None) => Ok(None),
-            Err(rej) => Err(rej.resp.status),
-        }
+        r.map_err(|rej| rej.resp.status)
     }
 
     #[test]
@@ -895,29 +944,71 @@ mod tests {
     }
 
     #[test]
+    fn connection_host_and_target_forms() {
+        let req = |raw: &str| read_req(raw.as_bytes()).unwrap().unwrap();
+        let close = |conn: &str| {
+            req(&format!(
+                "GET / HTTP/1.1\r\nHost: h\r\nConnection: {conn}\r\n\r\n"
+            ))
+            .close
+        };
+        assert!(close("close"));
+        assert!(close("TE, close"));
+        assert!(close("keep-alive ,CLOSE"));
+        assert!(!close("keep-alive"));
+        assert!(!close("TE"));
+        assert!(req("GET / HTTP/1.0\r\n\r\n").close);
+        assert!(!req("GET / HTTP/1.0\r\nConnection: te, Keep-Alive\r\n\r\n").close);
+        // HTTP/1.1 needs a Host; HTTP/1.0 does not.
+        assert_eq!(read_raw(b"GET / HTTP/1.1\r\n\r\n").err(), Some(400));
+        // The absolute form: its authority is the Host.
+        let r = req(
+            "GET http://127.0.0.1:7878/v1/events?limit=2 HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+        );
+        assert_eq!(
+            (r.path.as_str(), r.query.as_str(), r.host.as_deref()),
+            ("/v1/events", "limit=2", Some("127.0.0.1:7878"))
+        );
+        let r = req("GET HTTP://localhost HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            (r.path.as_str(), r.host.as_deref()),
+            ("/", Some("localhost"))
+        );
+        // More header fields than are read: 431, as a head too large.
+        let mut many = "GET / HTTP/1.1\r\nHost: h\r\n".to_string();
+        for i in 0..64 {
+            many.push_str(&format!("X-{i}: 1\r\n"));
+        }
+        assert_eq!(read_raw(format!("{many}\r\n").as_bytes()).err(), Some(431));
+    }
+
+    #[test]
     fn requests_are_read_or_refused_with_a_status() {
-        let (m, p, b) = read_raw(b"POST /v1/events?x=1 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
-            .unwrap()
-            .unwrap();
+        let (m, p, b) =
+            read_raw(b"POST /v1/events?x=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc")
+                .unwrap()
+                .unwrap();
         assert_eq!(
             (m.as_str(), p.as_str(), &b[..]),
             ("POST", "/v1/events", &b"abc"[..])
         );
         assert_eq!(read_raw(b"GARBAGE\x01\r\n\r\n"), Err(400));
         assert_eq!(
-            read_raw(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
+            read_raw(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: x\r\n\r\n"),
             Err(400)
         );
         assert_eq!(
-            read_raw(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            read_raw(
+                b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+            ),
             Err(400)
         );
         assert_eq!(
-            read_raw(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            read_raw(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"),
             Err(411)
         );
         assert_eq!(
-            read_raw(b"POST / HTTP/1.1\r\nContent-Length: 1048577\r\n\r\n"),
+            read_raw(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1048577\r\n\r\n"),
             Err(413)
         );
         let mut huge = b"GET / HTTP/1.1\r\nX: ".to_vec();
@@ -925,7 +1016,7 @@ mod tests {
         assert_eq!(read_raw(&huge), Err(431));
         // A body cut short by the peer is no request.
         assert_eq!(
-            read_raw(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc"),
+            read_raw(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc"),
             Ok(None)
         );
     }

@@ -19,7 +19,8 @@ use std::time::{Duration, SystemTime};
 
 /// Largest response head (status line + headers + blank line) accepted, in bytes.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// Most response headers accepted.
+/// Response headers read into a stack array; a head with more is parsed again into a
+/// heap one (its size limit bounds how many it can have).
 pub const MAX_HEADERS: usize = 64;
 /// Longest chunk-size line (digits + extensions) accepted, in bytes.
 const MAX_CHUNK_LINE: u32 = 4 * 1024;
@@ -429,7 +430,7 @@ impl RetryAfter {
 /// Why a response could not be parsed. The connection is unusable after any of these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
-    /// The status line or a header is malformed (or more than [`MAX_HEADERS`] headers).
+    /// The status line or a header is malformed.
     #[error("malformed response head: {0}")]
     Head(httparse::Error),
     /// The head is longer than [`MAX_HEAD_BYTES`].
@@ -682,31 +683,19 @@ impl ResponseParser {
         data: &[u8],
         request_was_head: bool,
     ) -> Result<Option<usize>, ParseError> {
-        let mut config = httparse::ParserConfig::default();
-        config
-            .allow_spaces_after_header_name_in_responses(true)
-            .allow_obsolete_multiline_headers_in_responses(true);
-        // Uninitialized: httparse fills only what it parses (no 2 KiB memset per response).
-        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-
         if self.head_buf.is_empty() {
             // Fast path: the whole head is in this read; parse it in place.
-            let mut resp = httparse::Response::new(&mut []);
-            return match config.parse_response_with_uninit_headers(&mut resp, data, &mut headers) {
-                Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD_BYTES => {
-                    let (code, minor, info) = read_head(&resp)?;
+            return match parse_head_in(data)? {
+                Some((n, _)) if n > MAX_HEAD_BYTES => Err(ParseError::HeadTooLarge),
+                Some((n, (code, minor, info))) => {
                     self.on_head(code, minor, info, request_was_head)?;
                     Ok(Some(n))
                 }
-                Ok(httparse::Status::Complete(_)) => Err(ParseError::HeadTooLarge),
-                Ok(httparse::Status::Partial) if data.len() >= MAX_HEAD_BYTES => {
-                    Err(ParseError::HeadTooLarge)
-                }
-                Ok(httparse::Status::Partial) => {
+                None if data.len() >= MAX_HEAD_BYTES => Err(ParseError::HeadTooLarge),
+                None => {
                     self.head_buf.extend_from_slice(data);
                     self.drop_blank_lines().map(|()| None)
                 }
-                Err(e) => Err(ParseError::Head(e)),
             };
         }
 
@@ -726,25 +715,13 @@ impl ResponseParser {
                 Ok(None)
             };
         }
-        let mut resp = httparse::Response::new(&mut []);
-        let parsed = match config.parse_response_with_uninit_headers(
-            &mut resp,
-            &self.head_buf,
-            &mut headers,
-        ) {
-            Ok(httparse::Status::Complete(n)) => read_head(&resp).map(|h| Some((n, h))),
-            Ok(httparse::Status::Partial) if self.head_buf.len() >= MAX_HEAD_BYTES => {
-                Err(ParseError::HeadTooLarge)
-            }
-            Ok(httparse::Status::Partial) => Ok(None),
-            Err(e) => Err(ParseError::Head(e)),
-        };
-        match parsed? {
+        match parse_head_in(&self.head_buf)? {
             Some((n, (code, minor, info))) => {
                 self.head_buf.clear();
                 self.on_head(code, minor, info, request_was_head)?;
                 Ok(Some(n - old))
             }
+            None if self.head_buf.len() >= MAX_HEAD_BYTES => Err(ParseError::HeadTooLarge),
             None => Ok(None),
         }
     }
@@ -959,6 +936,44 @@ fn hex_value(b: u8) -> Option<u8> {
 }
 
 /// Status code, minor version and the headers ricochet cares about.
+/// Parses the response head at the start of `buf` and reads what matters of it, with
+/// its length; `Ok(None)` while it is incomplete.
+fn parse_head_in(buf: &[u8]) -> Result<Option<(usize, (u16, u8, HeadInfo))>, ParseError> {
+    // Uninitialized: httparse fills only what it parses (no 2 KiB memset per response).
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    match parse_head_with(buf, &mut headers) {
+        Err(ParseError::Head(httparse::Error::TooManyHeaders)) => {
+            // Rare (behind some proxies): as many as a head within the size limit can
+            // hold (a header line takes at least 4 bytes), on the heap.
+            let mut many = Vec::new();
+            many.resize_with(MAX_HEAD_BYTES / 4, MaybeUninit::uninit);
+            match parse_head_with(buf, &mut many) {
+                Err(ParseError::Head(httparse::Error::TooManyHeaders)) => {
+                    Err(ParseError::HeadTooLarge)
+                }
+                r => r,
+            }
+        }
+        r => r,
+    }
+}
+
+fn parse_head_with<'b>(
+    buf: &'b [u8],
+    headers: &mut [MaybeUninit<httparse::Header<'b>>],
+) -> Result<Option<(usize, (u16, u8, HeadInfo))>, ParseError> {
+    let mut config = httparse::ParserConfig::default();
+    config
+        .allow_spaces_after_header_name_in_responses(true)
+        .allow_obsolete_multiline_headers_in_responses(true);
+    let mut resp = httparse::Response::new(&mut []);
+    match config.parse_response_with_uninit_headers(&mut resp, buf, headers) {
+        Ok(httparse::Status::Complete(n)) => read_head(&resp).map(|h| Some((n, h))),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(ParseError::Head(e)),
+    }
+}
+
 fn read_head(resp: &httparse::Response<'_, '_>) -> Result<(u16, u8, HeadInfo), ParseError> {
     let code = resp.code.ok_or(ParseError::Head(httparse::Error::Status))?;
     let minor = resp
@@ -1670,15 +1685,23 @@ mod tests {
             one(b"HTTP/1.1 2x0 OK\r\n\r\n"),
             Err(ParseError::Head(_))
         ));
+        // More headers than the stack array holds: read all the same, as long as the
+        // head is within its size limit.
         let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
         for i in 0..=MAX_HEADERS {
             many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
         }
-        many.extend_from_slice(b"\r\n");
-        assert_eq!(
-            one(&many),
-            Err(ParseError::Head(httparse::Error::TooManyHeaders))
-        );
+        many.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+        assert_eq!(one(&many).map(|o| o.status), Ok(200));
+        let cuts: Vec<usize> = (1..many.len()).step_by(97).collect();
+        let cut = run(&mut ResponseParser::new(10), &many, &cuts, false, true);
+        assert_eq!(cut.map(|o| o.status), Ok(200));
+        let mut most = b"HTTP/1.1 200 OK\r\n".to_vec();
+        while most.len() < MAX_HEAD_BYTES - 32 {
+            most.extend_from_slice(b"a:\r\n");
+        }
+        most.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+        assert_eq!(one(&most).map(|o| o.status), Ok(200));
 
         let mut big = b"HTTP/1.1 200 OK\r\nX-Big: ".to_vec();
         big.extend(std::iter::repeat_n(b'a', MAX_HEAD_BYTES));

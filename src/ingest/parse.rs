@@ -65,13 +65,38 @@ impl Default for LineParser {
     }
 }
 
+/// A JSON syntax error in plain words, with where it was found (simd-json's own
+/// `Display` names its internal variants).
+fn json_error(e: &simd_json::Error) -> String {
+    use simd_json::ErrorType as E;
+    let what = match e.error() {
+        E::Eof => "the text ends inside a value",
+        E::TrailingData | E::InternalError => {
+            "not one JSON value (something follows it, or it is cut)"
+        }
+        E::InvalidUtf8 => "invalid UTF-8",
+        E::InvalidEscape | E::InvalidUnicodeEscape | E::InvalidUnicodeCodepoint => {
+            "a bad escape in a string"
+        }
+        E::InvalidNumber | E::InvalidExponent => "a bad number",
+        E::UnterminatedString => "an unterminated string",
+        E::DepthLimitExceeded => "nested too deep",
+        E::KeyMustBeAString | E::ExpectedObjectKey => "an object key that is not a string",
+        _ => "a syntax error",
+    };
+    match e.character() {
+        Some(c) if !c.is_control() => format!("{what} (at byte {}, {c:?})", e.index()),
+        _ => format!("{what} (at byte {})", e.index()),
+    }
+}
+
 impl LineParser {
     /// Parses one line (without its line terminator).
     pub fn parse(&mut self, line: &[u8]) -> Result<NewEvent, Invalid> {
         self.scratch.clear();
         self.scratch.extend_from_slice(line);
         let tape = simd_json::to_tape_with_buffers(&mut self.scratch, &mut self.buffers)
-            .map_err(|e| invalid(format!("not JSON: {e}")))?;
+            .map_err(|e| invalid(format!("not JSON: {}", json_error(&e))))?;
         let root = tape.as_value();
         let obj = root
             .as_object()
@@ -336,6 +361,22 @@ mod tests {
         ] {
             let err = p(line).unwrap_err().0;
             assert!(err.contains(needle), "{line}: {err}");
+        }
+        // In plain words, not simd-json's variant names.
+        for line in [
+            r#"{"type":"t","data":{}} {"type":"t","data":{}}"#,
+            r#"{"type":"t","data":{}"#,
+            r#"{"type":"t","data":{}}}"#,
+            r#"{"type":"t","data":{"a":1.e}}"#,
+            r#"{"type":"t","data":{"a":"\q"}}"#,
+        ] {
+            let err = p(line).unwrap_err().0;
+            assert!(err.starts_with("not JSON: "), "{line}: {err}");
+            assert!(err.contains("(at byte "), "{line}: {err}");
+            assert!(
+                !err.contains("Error") && !err.contains("character"),
+                "{line}: {err}"
+            );
         }
         let long = format!(r#"{{"type":"t","data":{{}},"id":"{}"}}"#, "x".repeat(129));
         assert!(p(&long).is_err());

@@ -596,13 +596,14 @@ fn health_answers_get_and_head_only() {
     }
     // Every 405 says what the resource takes (RFC 9110: `Allow` is required).
     for (method, path, allow) in [
-        ("DELETE", "/v1/events", "GET, POST"),
-        ("PUT", "/v1/endpoints", "GET, POST"),
-        ("POST", "/v1/endpoints/x", "GET, PUT, DELETE"),
+        ("DELETE", "/v1/events", "GET, HEAD, POST"),
+        ("PUT", "/v1/endpoints", "GET, HEAD, POST"),
+        ("POST", "/v1/endpoints/x", "GET, HEAD, PUT, DELETE"),
         ("GET", "/v1/endpoints/x/enable", "POST"),
+        ("HEAD", "/v1/endpoints/x/enable", "POST"),
         ("GET", "/v1/events/x/replay", "POST"),
-        ("DELETE", "/v1/events/x", "GET"),
-        ("POST", "/metrics", "GET"),
+        ("DELETE", "/v1/events/x", "GET, HEAD"),
+        ("POST", "/metrics", "GET, HEAD"),
     ] {
         let r = call(srv.admin, method, path, &[], b"");
         assert_eq!(r.status, 405, "{method} {path}");
