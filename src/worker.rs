@@ -402,11 +402,14 @@ impl Worker {
     fn handle(self: &Rc<Self>, msg: WorkerMsg) {
         match msg {
             WorkerMsg::UnixConn(s) => match monoio::net::UnixStream::from_std(s) {
-                Ok(s) => self.spawn_conn(s),
+                Ok(s) => self.spawn_conn(s, None),
                 Err(e) => tracing::warn!(error = %e, "cannot adopt unix connection"),
             },
             WorkerMsg::TcpConn(s) => match monoio::net::TcpStream::from_std(s) {
-                Ok(s) => self.spawn_conn(s),
+                Ok(s) => {
+                    let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
+                    self.spawn_conn(s, Some(fd))
+                }
                 Err(e) => tracing::warn!(error = %e, "cannot adopt tcp connection"),
             },
             WorkerMsg::Acks {
@@ -535,7 +538,8 @@ impl Worker {
         }
     }
 
-    fn spawn_conn<S>(self: &Rc<Self>, stream: S)
+    /// Serves an ingest connection; `tcp_fd` is a TCP one's socket (for its close).
+    fn spawn_conn<S>(self: &Rc<Self>, stream: S, tcp_fd: Option<std::os::fd::RawFd>)
     where
         S: monoio::io::Splitable + 'static,
         S::OwnedRead: monoio::io::AsyncReadRent + 'static,
@@ -551,6 +555,7 @@ impl Worker {
             max_line_bytes: self.max_line_bytes,
             commit: self.commit.clone(),
             counters: self.ingest_counters.clone(),
+            tcp_fd,
         };
         if self.stopping.get() {
             shared.stop();

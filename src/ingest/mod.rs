@@ -10,7 +10,9 @@
 //! An oversize line is skipped to its end and answered `err too_large`; the connection
 //! lives on. At shutdown ([`ConnShared::stop`]) a reader stops reading at once (a line
 //! still arriving is left unanswered, so it was not accepted), and the writer answers
-//! every line read before it closes the connection.
+//! every line read before it shuts the connection's write side; over TCP what the peer
+//! still sends is then read and dropped until the answers have reached it (bounded), so
+//! the close is no reset that would drop answers still queued.
 //!
 //! This module must not write the store or route events: that is the committer's job.
 
@@ -39,6 +41,10 @@ pub const MAX_LINES_IN_FLIGHT: usize = 8192;
 /// producers are bounded by this times their number).
 pub const MIN_LINES_PER_CONNECTION: usize = 512;
 const READ_CHUNK: usize = 64 * 1024;
+/// Longest a stopped TCP connection waits for its answers to reach the peer ([`linger`]).
+const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often [`linger`] looks at the socket while nothing arrives.
+const LINGER_LOOK: std::time::Duration = std::time::Duration::from_millis(20);
 /// A UTF-8 byte order mark: ignored before a connection's first line.
 const BOM: &[u8] = &[0xEF, 0xBB, 0xBF];
 
@@ -159,6 +165,9 @@ pub struct ConnCtx {
     pub commit: MailboxSender<CommitMsg>,
     /// The worker's counters of lines rejected here.
     pub counters: Rc<IngestCounters>,
+    /// A TCP connection's socket, read for its unsent bytes before the close after a
+    /// stop ([`linger`]); `None` for a Unix one (its close loses no queued answer).
+    pub tcp_fd: Option<std::os::fd::RawFd>,
 }
 
 /// Serves one ingest connection until the peer closes it and every answer is written.
@@ -168,12 +177,48 @@ where
     S::OwnedRead: AsyncReadRent + 'static,
     S::OwnedWrite: monoio::io::AsyncWriteRent + 'static,
 {
-    let (rd, wr) = stream.into_split();
+    let (mut rd, wr) = stream.into_split();
     let writer = monoio::spawn(write_acks(wr, shared.clone()));
-    read_lines(rd, &ctx, &shared).await;
+    read_lines(&mut rd, &ctx, &shared).await;
     shared.reader_done.set(true);
     shared.writer_wake.notify();
     writer.await;
+    if let Some(fd) = ctx
+        .tcp_fd
+        .filter(|_| shared.stopped.get() && !shared.writer_failed.get())
+    {
+        linger(&mut rd, fd).await;
+    }
+}
+
+/// After a stop, the answers written and the write side shut: reads and drops what the
+/// TCP peer still sends until every answer has reached it (nothing left unacknowledged
+/// in the socket), or it closes, for at most [`LINGER`]. A close with input unread is a
+/// reset, and a reset drops the answers still queued in the socket.
+async fn linger<R: AsyncReadRent>(rd: &mut R, fd: std::os::fd::RawFd) {
+    let deadline = std::time::Instant::now() + LINGER;
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || unsent(fd) == Some(0) {
+            return;
+        }
+        buf.clear();
+        match monoio::time::timeout(left.min(LINGER_LOOK), rd.read(buf)).await {
+            Ok((Ok(n), b)) if n > 0 => buf = b,
+            Ok(_) => return,
+            // Nothing came meanwhile: look at the socket again.
+            Err(_) => buf = Vec::with_capacity(READ_CHUNK),
+        }
+    }
+}
+
+/// Bytes written to TCP socket `fd` that its peer has not acknowledged yet.
+fn unsent(fd: std::os::fd::RawFd) -> Option<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int; `fd` is the connection's open socket.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) };
+    (r == 0).then_some(n.max(0) as usize)
 }
 
 /// Creates the shared state of a new connection, drawing on `budget`.
@@ -279,7 +324,7 @@ impl Framer<'_> {
     }
 }
 
-async fn read_lines<R: AsyncReadRent>(mut rd: R, ctx: &ConnCtx, shared: &ConnShared) {
+async fn read_lines<R: AsyncReadRent>(rd: &mut R, ctx: &ConnCtx, shared: &ConnShared) {
     let mut framer = Framer {
         ctx,
         parser: LineParser::default(),
