@@ -4,8 +4,9 @@
 //! connection is two tasks: the **reader** frames lines, parses them, and sends each
 //! read's events to the committer as one batch; the **writer** answers every non-blank
 //! line in order once its batch is durable. All connections together share
-//! [`MAX_LINES_IN_FLIGHT`] unanswered lines, split evenly among the connections that have
-//! any ([`LineBudget`]), with at least [`MIN_LINES_PER_CONNECTION`] each; past its share a
+//! [`MAX_LINES_IN_FLIGHT`] unanswered lines and [`MAX_BYTES_IN_FLIGHT`] bytes of them,
+//! split evenly among the connections that have any ([`LineBudget`]), with at least
+//! [`MIN_LINES_PER_CONNECTION`] and [`MIN_BYTES_PER_CONNECTION`] each; past either share a
 //! connection's reader stops reading (backpressure), so accepted input is never dropped.
 //! An oversize line is skipped to its end and answered `err too_large`; the connection
 //! lives on. At shutdown ([`ConnShared::stop`]) a reader stops reading at once (a line
@@ -40,6 +41,13 @@ pub const MAX_LINES_IN_FLIGHT: usize = 8192;
 /// Unanswered lines a connection may hold however many others are busy (so many
 /// producers are bounded by this times their number).
 pub const MIN_LINES_PER_CONNECTION: usize = 512;
+/// Bytes of unanswered lines all ingest connections together may hold before readers
+/// pause, split as the lines are: with large events the lines alone would let memory
+/// grow with their size (8,192 lines of 1 MiB).
+pub const MAX_BYTES_IN_FLIGHT: usize = 64 << 20;
+/// Bytes of unanswered lines a connection may hold however many others are busy. A
+/// connection with none in flight always reads, so a line of `max_line_bytes` goes.
+pub const MIN_BYTES_PER_CONNECTION: usize = 1 << 20;
 const READ_CHUNK: usize = 64 * 1024;
 /// Longest a stopped TCP connection waits for its answers to reach the peer ([`linger`]).
 const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
@@ -59,6 +67,8 @@ enum Slot {
 struct PendingBatch {
     ticket: u64,
     slots: Vec<Slot>,
+    /// The bytes of its events' lines.
+    bytes: usize,
     /// `None` until the committer answers (always `Some` for batches without events).
     results: Option<Vec<AckResult>>,
 }
@@ -75,8 +85,16 @@ pub struct LineBudget {
 impl LineBudget {
     /// Unanswered lines one busy connection may hold now.
     pub fn per_connection(&self) -> usize {
-        (MAX_LINES_IN_FLIGHT / self.busy.load(Ordering::Relaxed).max(1))
-            .max(MIN_LINES_PER_CONNECTION)
+        (MAX_LINES_IN_FLIGHT / self.busy()).max(MIN_LINES_PER_CONNECTION)
+    }
+
+    /// Bytes of unanswered lines one busy connection may hold now.
+    pub fn bytes_per_connection(&self) -> usize {
+        (MAX_BYTES_IN_FLIGHT / self.busy()).max(MIN_BYTES_PER_CONNECTION)
+    }
+
+    fn busy(&self) -> usize {
+        self.busy.load(Ordering::Relaxed).max(1)
     }
 }
 
@@ -84,6 +102,8 @@ impl LineBudget {
 pub struct ConnShared {
     pending: RefCell<VecDeque<PendingBatch>>,
     in_flight: Cell<usize>,
+    /// The bytes of those lines.
+    in_flight_bytes: Cell<usize>,
     budget: Arc<LineBudget>,
     reader_done: Cell<bool>,
     writer_failed: Cell<bool>,
@@ -99,6 +119,7 @@ impl ConnShared {
         ConnShared {
             pending: RefCell::new(VecDeque::new()),
             in_flight: Cell::new(0),
+            in_flight_bytes: Cell::new(0),
             budget,
             reader_done: Cell::new(false),
             writer_failed: Cell::new(false),
@@ -134,6 +155,7 @@ impl ConnShared {
     /// Whether the reader must wait for answers before reading more.
     fn over_share(&self) -> bool {
         self.in_flight.get() >= self.budget.per_connection()
+            || self.in_flight_bytes.get() >= self.budget.bytes_per_connection()
     }
 
     /// The committer's answers for batch `ticket`.
@@ -236,6 +258,8 @@ struct Framer<'a> {
     at_start: bool,
     ticket: u64,
     slots: Vec<Slot>,
+    /// The bytes of the events in `slots` (what they hold in memory until answered).
+    bytes: usize,
     events: Vec<crate::commit::NewEvent>,
 }
 
@@ -261,6 +285,7 @@ impl Framer<'_> {
         }
         match self.parser.parse(line) {
             Ok(ev) => {
+                self.bytes += line.len();
                 self.slots.push(Slot::Event(self.events.len()));
                 self.events.push(ev);
             }
@@ -291,7 +316,11 @@ impl Framer<'_> {
         }
         self.ticket += 1;
         let slots = std::mem::take(&mut self.slots);
+        let bytes = std::mem::take(&mut self.bytes);
         shared.set_in_flight(shared.in_flight.get() + slots.len());
+        shared
+            .in_flight_bytes
+            .set(shared.in_flight_bytes.get() + bytes);
         let results = if self.events.is_empty() {
             Some(Vec::new())
         } else {
@@ -318,6 +347,7 @@ impl Framer<'_> {
         shared.pending.borrow_mut().push_back(PendingBatch {
             ticket: self.ticket,
             slots,
+            bytes,
             results,
         });
         shared.writer_wake.notify();
@@ -332,6 +362,7 @@ async fn read_lines<R: AsyncReadRent>(rd: &mut R, ctx: &ConnCtx, shared: &ConnSh
         at_start: true,
         ticket: 0,
         slots: Vec::new(),
+        bytes: 0,
         events: Vec::new(),
     };
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
@@ -431,6 +462,7 @@ async fn write_acks<W: monoio::io::AsyncWriteRent>(mut wr: W, shared: Rc<ConnSha
     let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
     loop {
         let mut answered = 0usize;
+        let mut answered_bytes = 0usize;
         loop {
             let ready = matches!(shared.pending.borrow().front(), Some(b) if b.results.is_some());
             if !ready {
@@ -440,6 +472,7 @@ async fn write_acks<W: monoio::io::AsyncWriteRent>(mut wr: W, shared: Rc<ConnSha
                 break;
             };
             let results = batch.results.unwrap_or_default();
+            answered_bytes += batch.bytes;
             for slot in batch.slots {
                 answered += 1;
                 match slot {
@@ -479,6 +512,9 @@ async fn write_acks<W: monoio::io::AsyncWriteRent>(mut wr: W, shared: Rc<ConnSha
         }
         if answered > 0 {
             shared.set_in_flight(shared.in_flight.get().saturating_sub(answered));
+            shared
+                .in_flight_bytes
+                .set(shared.in_flight_bytes.get().saturating_sub(answered_bytes));
             shared.reader_wake.notify();
             continue;
         }
@@ -518,6 +554,26 @@ mod tests {
         assert_eq!(budget.busy.load(Ordering::Relaxed), 1);
         drop(a);
         assert_eq!(budget.busy.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn large_lines_pause_a_reader_by_their_bytes() {
+        let budget = Arc::new(LineBudget::default());
+        let a = new_connection(budget.clone());
+        a.set_in_flight(10);
+        a.in_flight_bytes.set(MAX_BYTES_IN_FLIGHT - 1);
+        assert!(!a.over_share());
+        a.in_flight_bytes.set(MAX_BYTES_IN_FLIGHT);
+        assert!(a.over_share(), "10 lines, but 64 MiB of them");
+        // Two busy: half the bytes each, never less than the floor.
+        let b = new_connection(budget.clone());
+        b.set_in_flight(1);
+        assert_eq!(budget.bytes_per_connection(), MAX_BYTES_IN_FLIGHT / 2);
+        let many: Vec<_> = (0..200).map(|_| new_connection(budget.clone())).collect();
+        for c in &many {
+            c.set_in_flight(1);
+        }
+        assert_eq!(budget.bytes_per_connection(), MIN_BYTES_PER_CONNECTION);
     }
 
     #[test]
