@@ -19,6 +19,15 @@ pub enum Target {
     Tcp(String),
 }
 
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Unix(p) => write!(f, "the socket {}", p.display()),
+            Target::Tcp(a) => write!(f, "{a}"),
+        }
+    }
+}
+
 /// Counts of lines sent and answers received.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Summary {
@@ -72,9 +81,12 @@ fn stream(
 ) -> std::io::Result<()> {
     let (reader, writer): (Box<dyn Read>, Box<dyn Write + Send>);
     let shutdown: Arc<dyn Fn(Shutdown) + Send + Sync>;
+    let cannot_connect = |e: std::io::Error| {
+        std::io::Error::new(e.kind(), format!("cannot connect to {target}: {e}"))
+    };
     match target {
         Target::Unix(p) => {
-            let s = UnixStream::connect(p)?;
+            let s = UnixStream::connect(p).map_err(cannot_connect)?;
             let w = s.try_clone()?;
             let sd = s.try_clone()?;
             shutdown = Arc::new(move |how| {
@@ -84,7 +96,7 @@ fn stream(
             writer = Box::new(w);
         }
         Target::Tcp(a) => {
-            let s = TcpStream::connect(a)?;
+            let s = TcpStream::connect(a).map_err(cannot_connect)?;
             let w = s.try_clone()?;
             let sd = s.try_clone()?;
             shutdown = Arc::new(move |how| {
@@ -114,6 +126,13 @@ fn stream(
         line.clear();
         match acks.read_line(&mut line) {
             Ok(0) => break Ok(()),
+            Ok(_) if !line.ends_with('\n') => {
+                // The connection ended inside an answer: no answer, not counted.
+                break Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the connection ended inside an answer ({:?})", line),
+                ));
+            }
             Ok(_) => {}
             Err(e) => break Err(e),
         }
@@ -191,4 +210,47 @@ fn write_counted(out: &mut dyn Write, mut buf: &[u8], sent: &AtomicU64) -> std::
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn an_answer_cut_off_by_the_close_is_not_counted() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            // Everything read (so the close is no reset), then one and a half answers.
+            let mut all = Vec::new();
+            s.read_to_end(&mut all).unwrap();
+            s.write_all(b"ok a 0\nok b").unwrap();
+        });
+        let input = Box::new(std::io::Cursor::new(b"{}\n{}\n{}\n".to_vec()));
+        let mut seen = Vec::new();
+        let err = send(&Target::Tcp(addr.to_string()), input, |a| {
+            seen.push(a.to_string())
+        })
+        .unwrap_err();
+        server.join().unwrap();
+        assert_eq!(seen, ["ok a 0"]);
+        assert_eq!((err.summary.ok, err.summary.err), (1, 0));
+        assert!(
+            err.error.to_string().contains("inside an answer"),
+            "{}",
+            err.error
+        );
+    }
+
+    #[test]
+    fn a_failed_connect_names_its_target() {
+        let input = Box::new(std::io::empty());
+        let err = send(&Target::Unix("/nonexistent/r.sock".into()), input, |_| {}).unwrap_err();
+        assert_eq!(
+            err.error.to_string(),
+            "cannot connect to the socket /nonexistent/r.sock: No such file or directory (os error 2)"
+        );
+    }
 }

@@ -104,6 +104,10 @@ pub struct Config {
     pub endpoints: Vec<EndpointConfig>,
 }
 
+/// Most workers `workers` may ask for: one per core, and no machine this runs on has
+/// more.
+pub const MAX_WORKERS: usize = 1024;
+
 /// `[server]`. Its `Debug` shows `admin_token` as [`REDACTED`].
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -967,6 +971,16 @@ impl ConfigFile {
         if s.retention < Duration::from_secs(1) {
             bad.push(("retention", "must be at least 1s".into()));
         }
+        if s.workers > MAX_WORKERS {
+            bad.push((
+                "workers",
+                format!("must be at most {MAX_WORKERS} (one per core; 0 = every core)"),
+            ));
+        }
+        // The admin API would find its address taken by the TCP listener.
+        if s.listen == Some(s.admin) && s.admin.port() != 0 {
+            bad.push(("listen", format!("{} is also `admin`", s.admin)));
+        }
         // An empty token would be matched by a request without one.
         match s.admin_token.as_deref() {
             Some("") => bad.push((
@@ -1289,6 +1303,21 @@ enabled = true
         assert_eq!(shown.matches(REDACTED).count(), 3, "{shown}");
         // Redaction works on a copy.
         assert_eq!(cfg.endpoints[0].headers[0].1, "Bearer abc-s3cret");
+    }
+
+    #[test]
+    fn a_tcp_listener_on_the_admin_address_and_absurd_workers_are_refused() {
+        assert_eq!(
+            problems("[server]\nadmin = \"127.0.0.1:7000\"\nlisten = \"127.0.0.1:7000\"\n"),
+            ["3:10: server: field `listen`: 127.0.0.1:7000 is also `admin`"]
+        );
+        assert!(
+            problems("[server]\nadmin = \"127.0.0.1:0\"\nlisten = \"127.0.0.1:0\"\n").is_empty()
+        );
+        assert_eq!(
+            problems("[server]\nworkers = 100000\n"),
+            ["2:11: server: field `workers`: must be at most 1024 (one per core; 0 = every core)"]
+        );
     }
 
     #[test]

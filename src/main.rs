@@ -1,6 +1,6 @@
 //! The `ricochet` binary: command-line parsing and wiring only.
 
-use std::io::Read;
+use std::io::{Read, Write as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,7 +40,8 @@ enum Cmd {
         /// Admin API address.
         #[arg(long)]
         admin: Option<SocketAddr>,
-        #[arg(long)]
+        /// Worker threads (0 = one per core).
+        #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=ricochet::config::MAX_WORKERS as u64))]
         workers: Option<usize>,
         #[arg(long, value_enum)]
         driver: Option<Driver>,
@@ -71,9 +72,30 @@ enum Cmd {
     },
 }
 
+/// Standard error for the log, dropping what it cannot write: with stderr closed (a log
+/// pipe's reader gone) the server runs on, where tracing-subscriber would report the
+/// failed write with `eprintln!`, which panics then.
+struct LogSink;
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
+/// Prints a line on stdout; a closed stdout (`ricochet send -v | head`) drops it.
+fn say(line: impl std::fmt::Display) {
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogSink)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RICOCHET_LOG")
@@ -83,7 +105,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -138,6 +160,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, None) => ricochet::client::Target::Unix(PathBuf::from("ricochet.sock")),
             };
             let input: Box<dyn Read + Send> = match file {
+                // `-` is stdin, as for most tools.
+                Some(p) if p.as_os_str() == "-" => Box::new(std::io::stdin()),
                 Some(p) => Box::new(
                     std::fs::File::open(&p)
                         .with_context(|| format!("cannot open {}", p.display()))?,
@@ -146,18 +170,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let sent = ricochet::client::send(&target, input, |ack| {
                 if verbose {
-                    println!("{ack}");
+                    say(ack);
                 }
             });
             let summary = match sent {
                 Ok(s) => s,
                 Err(e) => {
                     // What was answered before the break still counts for the producer.
-                    println!("{}", e.summary);
+                    say(&e.summary);
                     return Err(anyhow::Error::new(e.error).context("send failed"));
                 }
             };
-            println!("{summary}");
+            say(&summary);
             Ok(
                 if summary.err > 0 || summary.ok + summary.dup + summary.err < summary.sent {
                     ExitCode::FAILURE
@@ -170,12 +194,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let file = ConfigFile::read(&config)?;
             match ricochet::server::check(&file) {
                 Ok(specs) => {
-                    println!("{}: ok ({} endpoints)", config.display(), specs.len());
+                    say(format_args!(
+                        "{}: ok ({} endpoints)",
+                        config.display(),
+                        specs.len()
+                    ));
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(problems) => {
                     for p in problems {
-                        println!("{p}");
+                        say(p);
                     }
                     Ok(ExitCode::FAILURE)
                 }
@@ -198,8 +226,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             let out = ricochet::render::render_request(&cfg, &endpoint, &line)?;
-            use std::io::Write as _;
-            std::io::stdout().write_all(&out)?;
+            if let Some(why) = &out.not_routed {
+                let _ = writeln!(std::io::stderr(), "note: {why}");
+            }
+            std::io::stdout().write_all(&out.request)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -14,10 +14,18 @@ use crate::ingest::parse::LineParser;
 use crate::store::{seq_floor, EventRecord};
 use crate::template::Doc;
 
+/// The request, and why the endpoint would not get this event at all, if it would not
+/// (its type or account is not the endpoint's).
+#[derive(Debug)]
+pub struct Rendered {
+    pub request: Vec<u8>,
+    pub not_routed: Option<String>,
+}
+
 /// Renders the request `endpoint` of `cfg` would receive for the event in `input`: one
 /// event as an ingest line has it (SPEC §3), on one line or pretty-printed over several,
 /// as `POST /v1/events` takes it.
-pub fn render_request(cfg: &Config, endpoint: &str, input: &[u8]) -> anyhow::Result<Vec<u8>> {
+pub fn render_request(cfg: &Config, endpoint: &str, input: &[u8]) -> anyhow::Result<Rendered> {
     let ep = cfg
         .endpoints
         .iter()
@@ -28,6 +36,20 @@ pub fn render_request(cfg: &Config, endpoint: &str, input: &[u8]) -> anyhow::Res
     let ev = LineParser::default()
         .parse(line)
         .map_err(|e| anyhow!("invalid event: {e}"))?;
+    let not_routed = if !ep.events.iter().any(|t| t == "*" || *t == ev.etype) {
+        Some(format!(
+            "{endpoint} would not receive this event: its type {:?} is not in the endpoint's events {:?}",
+            ev.etype, ep.events
+        ))
+    } else {
+        match (&ep.account, &ev.account) {
+            (Some(want), got) if got.as_deref() != Some(want.as_str()) => Some(format!(
+                "{endpoint} would not receive this event: the endpoint takes account {want:?} only, and the event's is {}",
+                got.as_deref().map_or("unset".to_string(), |a| format!("{a:?}"))
+            )),
+            _ => None,
+        }
+    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as u64;
@@ -51,7 +73,10 @@ pub fn render_request(cfg: &Config, endpoint: &str, input: &[u8]) -> anyhow::Res
         &mut Scratch::default(),
         &mut out,
     )?;
-    Ok(out)
+    Ok(Rendered {
+        request: out,
+        not_routed,
+    })
 }
 
 #[cfg(test)]
@@ -81,10 +106,11 @@ url = "http://partner.example/hook"
             "partner",
             br#"{"type":"sale","id":"s-1","data":{"amount":12.50}}"#,
         )
-        .unwrap();
+        .unwrap()
+        .request;
         let pretty =
             b"{\n  \"type\": \"sale\",\n  \"id\": \"s-1\",\n  \"data\": {\"amount\": 12.50}\n}\n";
-        let many = render_request(&cfg, "partner", pretty).unwrap();
+        let many = render_request(&cfg, "partner", pretty).unwrap().request;
         assert_eq!(body(&one), br#"{"amount":12.50}"#);
         assert_eq!(body(&many), br#"{"amount": 12.50}"#);
         // Two events are not one.
@@ -94,5 +120,31 @@ url = "http://partner.example/hook"
             .to_string();
         assert!(err.starts_with("invalid event: not JSON"), "{err}");
         assert!(render_request(&cfg, "nobody", pretty).is_err());
+    }
+
+    #[test]
+    fn an_event_the_endpoint_would_not_get_says_so() {
+        let cfg = Config::parse(&format!("{CONFIG}account = \"acct-1\"\n"), "test").unwrap();
+        let note = |event: &str| {
+            render_request(&cfg, "partner", event.as_bytes())
+                .unwrap()
+                .not_routed
+        };
+        assert_eq!(
+            note(r#"{"type":"sale","account":"acct-1","data":{}}"#),
+            None
+        );
+        assert_eq!(
+            note(r#"{"type":"refund","account":"acct-1","data":{}}"#).as_deref(),
+            Some(
+                r#"partner would not receive this event: its type "refund" is not in the endpoint's events ["sale"]"#
+            )
+        );
+        assert_eq!(
+            note(r#"{"type":"sale","data":{}}"#).as_deref(),
+            Some(
+                r#"partner would not receive this event: the endpoint takes account "acct-1" only, and the event's is unset"#
+            )
+        );
     }
 }

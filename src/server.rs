@@ -197,6 +197,8 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
 
     let stopping = Arc::new(AtomicBool::new(false));
     let unix = bind_unix(&s.socket)?;
+    // Ours from here on: removed when `serve` returns, also on a failed start.
+    let _socket_file = SocketFile(s.socket.clone());
     spawn_acceptor(
         "ricochet-accept-unix",
         worker_tx.clone(),
@@ -265,7 +267,7 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
     commit_tx.send(CommitMsg::Shutdown(tx));
     let _ = rx.recv_timeout(Duration::from_secs(10));
     drop(commit_tx);
-    let _ = std::fs::remove_file(&s.socket);
+    drop(_socket_file);
     drop(commit_thread);
     drop(sync_thread);
     tracing::info!("stopped");
@@ -368,6 +370,15 @@ fn apply_endpoints(
     }
     specs.sort_by_key(|s| s.id);
     Ok(specs)
+}
+
+/// The ingest socket's file, removed when dropped.
+struct SocketFile(std::path::PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {

@@ -65,10 +65,20 @@ impl Default for LineParser {
     }
 }
 
-/// A JSON syntax error in plain words, with where it was found (simd-json's own
-/// `Display` names its internal variants).
-fn json_error(e: &simd_json::Error) -> String {
+/// A JSON syntax error in `line` in plain words, with where it was found (simd-json's
+/// own `Display` names its internal variants, and its first pass finds bad UTF-8 and raw
+/// control characters without saying where).
+fn json_error(e: &simd_json::Error, line: &[u8]) -> String {
     use simd_json::ErrorType as E;
+    if let Err(u) = std::str::from_utf8(line) {
+        return format!("invalid UTF-8 (at byte {})", u.valid_up_to());
+    }
+    if let Some(at) = line
+        .iter()
+        .position(|&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r'))
+    {
+        return format!("a raw control character (at byte {at}): escape it (\\u00XX)");
+    }
     let what = match e.error() {
         E::Eof => "the text ends inside a value",
         E::TrailingData | E::InternalError => {
@@ -96,7 +106,7 @@ impl LineParser {
         self.scratch.clear();
         self.scratch.extend_from_slice(line);
         let tape = simd_json::to_tape_with_buffers(&mut self.scratch, &mut self.buffers)
-            .map_err(|e| invalid(format!("not JSON: {}", json_error(&e))))?;
+            .map_err(|e| invalid(format!("not JSON: {}", json_error(&e, line))))?;
         let root = tape.as_value();
         let obj = root
             .as_object()
@@ -362,7 +372,18 @@ mod tests {
             let err = p(line).unwrap_err().0;
             assert!(err.contains(needle), "{line}: {err}");
         }
-        // In plain words, not simd-json's variant names.
+        // In plain words, not simd-json's variant names, and where.
+        assert_eq!(
+            p("{\"type\":\"t\",\"data\":{\"a\":\"\u{1}\"}}")
+                .unwrap_err()
+                .0,
+            "not JSON: a raw control character (at byte 25): escape it (\\u00XX)"
+        );
+        let bad_utf8 = LineParser::default()
+            .parse(b"{\"type\":\"t\",\"data\":{\"a\":\"\xff\"}}")
+            .unwrap_err()
+            .0;
+        assert_eq!(bad_utf8, "not JSON: invalid UTF-8 (at byte 25)");
         for line in [
             r#"{"type":"t","data":{}} {"type":"t","data":{}}"#,
             r#"{"type":"t","data":{}"#,

@@ -340,6 +340,31 @@ fn sigterm_answers_every_line_it_read_before_it_closes() {
     }
 }
 
+/// A server whose stderr closed (its log pipe's reader gone) runs on and stops as
+/// usual: the log lines it cannot write are dropped.
+#[test]
+fn a_closed_stderr_does_not_stop_the_server() {
+    let rx = TestReceiver::start();
+    let mut opts = ServerOpts::new(&eps(&rx.url("/")));
+    opts.close_stderr = true;
+    let mut srv = TestServer::start_with(opts);
+    // Logged at INFO, after the pipe closed.
+    let (status, v) = http_json(
+        srv.admin,
+        "POST",
+        "/v1/endpoints",
+        &format!(
+            r#"{{"name":"late","events":["t"],"url":"{}"}}"#,
+            rx.url("/late")
+        ),
+        None,
+    );
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(srv.connect().send(&event("t", "after", "{}")), "ok after 2");
+    rx.wait_for(2, Duration::from_secs(10));
+    assert_eq!(srv.stop(), Some(0));
+}
+
 /// `ricochet send` whose server stops mid-stream still prints its summary: what it
 /// wrote, and the answers it read before the connection closed (exit 1).
 #[test]

@@ -350,6 +350,9 @@ pub struct ServerOpts {
     pub file_size_limit: Option<u64>,
     /// Command-line arguments after `serve --config FILE`.
     pub args: Vec<String>,
+    /// Stop reading the server's stderr once it is ready, closing the pipe (a log
+    /// reader gone).
+    pub close_stderr: bool,
 }
 
 impl ServerOpts {
@@ -360,6 +363,7 @@ impl ServerOpts {
             tcp: false,
             file_size_limit: None,
             args: Vec::new(),
+            close_stderr: false,
         }
     }
     pub fn arg(mut self, a: impl Into<String>) -> ServerOpts {
@@ -432,6 +436,7 @@ impl TestServer {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let log2 = log.clone();
+        let close_stderr = opts.close_stderr;
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
@@ -439,12 +444,16 @@ impl TestServer {
                 if std::env::var_os("RICOCHET_TEST_LOG").is_some() {
                     eprintln!("[ricochet] {line}");
                 }
-                if line.contains("ricochet ready") {
+                let ready = line.contains("ricochet ready");
+                if ready {
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(line.clone());
                     }
                 }
                 log2.lock().unwrap().push(line);
+                if ready && close_stderr {
+                    break;
+                }
             }
         });
         let ready = match rx.recv_timeout(Duration::from_secs(60)) {
