@@ -10,6 +10,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::{await_reply, error, json_response, rfc3339, Admin, Params, Response};
@@ -85,13 +86,25 @@ impl Admin {
     /// `GET /v1/events/{id}`.
     pub(super) fn get_event(&self, id: &str) -> Response {
         match self.event(id) {
-            Ok(Some(v)) => json_response(200, &v),
+            Ok(Some((v, ev))) => {
+                // `data` exactly as received: through a `Value`, a number beyond what
+                // an f64 holds would come out changed.
+                #[derive(serde::Serialize)]
+                struct WithData<'a> {
+                    #[serde(flatten)]
+                    rest: Value,
+                    data: Option<&'a RawValue>,
+                }
+                let data = serde_json::from_slice::<&RawValue>(ev.data()).ok();
+                json_response(200, &WithData { rest: v, data })
+            }
             Ok(None) => error(404, format!("no event {id:?}")),
             Err(e) => error(500, e.to_string()),
         }
     }
 
-    fn event(&self, id: &str) -> Result<Option<Value>, StoreError> {
+    /// The event's page without its `data`, and the event.
+    fn event(&self, id: &str) -> Result<Option<(Value, EventRecord)>, StoreError> {
         let Some(ev) = self.store.event_by_id(id)? else {
             return Ok(None);
         };
@@ -117,9 +130,8 @@ impl Admin {
             })
             .collect();
         let mut out = summary(&ev, &[], &names);
-        out["data"] = serde_json::from_slice(ev.data()).unwrap_or(Value::Null);
         out["deliveries"] = Value::Array(deliveries);
-        Ok(Some(out))
+        Ok(Some((out, ev)))
     }
 
     /// `GET /v1/events?type=&endpoint=&account=&status=&since=&until=&limit=&cursor=`.

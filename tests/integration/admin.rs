@@ -561,6 +561,19 @@ fn metrics_pending_and_paused_follow_disable_and_enable() {
 }
 
 #[test]
+fn an_event_s_data_reads_back_exactly_as_received() {
+    let srv = TestServer::start("");
+    let data = r#"{"n": 123456789012345678901234567890, "f": 1.10, "e": 1E2, "s": "\u00e9"}"#;
+    let line = format!(r#"{{"type":"t","id":"exact","data":{data}}}"#);
+    assert_eq!(srv.connect().send(&line), "ok exact 0");
+    let r = call(srv.admin, "GET", "/v1/events/exact", &[], b"");
+    assert_eq!(r.status, 200);
+    let body = String::from_utf8(r.body.clone()).unwrap();
+    assert!(body.contains(&format!(r#""data":{data}"#)), "{body}");
+    assert_eq!(r.json()["id"], "exact");
+}
+
+#[test]
 fn health_answers_get_and_head_only() {
     let srv = TestServer::start("");
     let mut http = Http::connect(srv.admin);
