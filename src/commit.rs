@@ -178,6 +178,9 @@ pub struct Outcome {
     pub next: Next,
     /// The endpoint's consecutive-failure counters after this attempt.
     pub fails: [u32; 3],
+    /// Whether the job was handed over (counted in memory); an ordered endpoint's
+    /// worker also reports retries it kept itself.
+    pub handed: bool,
 }
 
 /// About what a round's messages write ([`store::event_write_estimate`],
@@ -316,10 +319,12 @@ pub struct RouteInfo {
     pub account: Option<String>,
     pub min_delay_ms: u64,
     pub enabled: bool,
-    /// Strict FIFO. Its worker then keeps its head's retry while the `due` key is still
-    /// on disk (a replay leaves its retries alone); once `ordered = false` arrives,
-    /// it drops that retry and waits for the store's copy like any endpoint.
     pub ordered: bool,
+    /// Its worker may hold a retry whose `due` key is still on disk: the endpoint is
+    /// `ordered` (the head's retry stays in its queue), or was since this process
+    /// started (a `PUT` to `ordered = false` moves that retry into the FIFO queue). A
+    /// replay then leaves its retries alone.
+    pub holds_retries: bool,
     pub meta: EndpointMeta,
 }
 
@@ -1160,7 +1165,9 @@ impl State {
         jobs: &mut Vec<(usize, Job)>,
         delta: &mut Delta,
     ) {
-        self.in_memory = self.in_memory.saturating_sub(1);
+        if o.handed {
+            self.in_memory = self.in_memory.saturating_sub(1);
+        }
         // Expired by its worker, or a retry whose event passed retention meanwhile: it
         // is no ordered endpoint's head, and expires below.
         let expires = match o.next {
@@ -1561,11 +1568,11 @@ impl State {
         let created = !self.router.eps.contains_key(&id);
         let now_enabled = !meta.is_disabled();
         // A replaced endpoint changes state below, through the usual paths.
-        let (enabled, route_meta) = if created {
-            (now_enabled, meta.clone())
+        let (enabled, route_meta, held) = if created {
+            (now_enabled, meta.clone(), false)
         } else {
             let old = &self.router.eps[&id];
-            (old.enabled, old.meta.clone())
+            (old.enabled, old.meta.clone(), old.holds_retries)
         };
         self.router.eps.insert(
             id,
@@ -1578,6 +1585,7 @@ impl State {
                 min_delay_ms: spec.cfg.min_delay.as_millis() as u64,
                 enabled,
                 ordered: spec.cfg.ordered,
+                holds_retries: spec.cfg.ordered || held,
                 meta: EndpointMeta {
                     source: EndpointSource::Api,
                     hold: meta.hold,
@@ -1609,8 +1617,8 @@ impl State {
     /// and every delivery still pending ends `failed` (nothing can deliver it): the
     /// paused ones and those waiting on disk in pages from this write on
     /// ([`Dropping`]), those a worker holds when it hands them back, and those in
-    /// spilled pages as the loader reaches them (for an `ordered` endpoint, those on
-    /// disk too). It runs first in its round
+    /// spilled pages as the loader reaches them (for an endpoint that was `ordered` at
+    /// some time since the start, those on disk too). It runs first in its round
     /// ([`split_before_delete`]): the store it scans holds everything before.
     fn delete_endpoint(&mut self, name: &str) -> Result<EndpointId, EndpointOpError> {
         let Some((id, worker)) = self.router.by_name(name).map(|i| (i.id, i.worker)) else {
@@ -1618,10 +1626,10 @@ impl State {
         };
         let store_err = |e: store::StoreError| EndpointOpError::Store(e.to_string());
         // Those on disk only (at or beyond the cursor): no worker holds these. Except
-        // where an ordered endpoint keeps its head's retry (which its worker reports
-        // when it drops its queue): those wait for the loader.
-        let ordered = self.router.eps.get(&id).is_some_and(|i| i.ordered);
-        let mut dropping = Dropping::new(id, (!ordered).then_some(self.cursor));
+        // where an endpoint ordered at some time since the start keeps its head's retry
+        // (which its worker reports when it drops its queue): those wait for the loader.
+        let holds_retries = self.router.eps.get(&id).is_some_and(|i| i.holds_retries);
+        let mut dropping = Dropping::new(id, (!holds_retries).then_some(self.cursor));
         let mut batch = self.store.batch();
         let mut delta = Delta::default();
         batch.delete_endpoint(&self.store, name, id);
@@ -1774,7 +1782,7 @@ impl State {
                         DeliveryState::Delivered
                         | DeliveryState::Failed
                         | DeliveryState::Expired => v.attempts,
-                        DeliveryState::Retrying if info.enabled && !info.ordered => {
+                        DeliveryState::Retrying if info.enabled && !info.holds_retries => {
                             // Its retry now, where it waits on disk only; one a worker
                             // holds (due within the loader's horizon, or in flight) is
                             // left alone, as is an ordered endpoint's held head.
@@ -2320,6 +2328,7 @@ mod tests {
             account: account.map(str::to_string),
             min_delay_ms: 0,
             ordered: false,
+            holds_retries: false,
             enabled: true,
             meta: EndpointMeta::default(),
         }

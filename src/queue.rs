@@ -85,13 +85,10 @@ impl<T: Queued> JobQueue<T> {
             }
             JobQueue::Ordered { items, done, .. } => {
                 let seq = item.seq();
-                match done.get(&seq) {
-                    Some(&made) if item.attempts() < made => return Err(item),
-                    // A new round of a finished delivery (a replay): it runs.
-                    Some(_) => {
-                        done.remove(&seq);
-                    }
-                    None => {}
+                // A new round of a finished delivery (a replay) runs; the entry stays, so
+                // a late copy of the finished round is still dropped after it.
+                if done.get(&seq).is_some_and(|&made| item.attempts() < made) {
+                    return Err(item);
                 }
                 match items.get(&seq) {
                     Some(old)
@@ -381,6 +378,11 @@ mod tests {
         // made) runs, and once it finishes, a copy of it is stale in turn.
         assert_eq!(q.push(job(0)), Err(job(0)));
         assert_eq!(q.push(job(1)), Ok(None));
+        assert_eq!(
+            q.push(job(0)),
+            Err(job(0)),
+            "still late after the replay came"
+        );
         assert_eq!(q.pop(), Some(job(1)));
         q.completed(5, 2);
         assert_eq!(q.push(job(1)), Err(job(1)));

@@ -128,6 +128,7 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
                 // A stored definition that no longer compiles has a reason (`apply_endpoints`).
                 enabled: !meta.is_disabled(),
                 ordered: spec.cfg.ordered,
+                holds_retries: spec.cfg.ordered,
                 meta,
             }
         })

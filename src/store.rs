@@ -966,9 +966,28 @@ pub struct EventPage {
     pub events: Vec<(EventRecord, Vec<DeliveryView>)>,
     /// Continue below this sequence number; `None` when the log is exhausted.
     pub next: Option<Seq>,
+    /// The work count (candidates examined, or index seeks) when the page filled.
+    filled_at: Option<usize>,
 }
 
+/// How much further a full page looks for one more match, to answer `next: null` when
+/// it holds the last ones; past this it gives a cursor (whose page may be empty).
+const LOOK_AHEAD: usize = 256;
+
 impl EventPage {
+    fn push(&mut self, ev: EventRecord, views: Vec<DeliveryView>, limit: usize, work: usize) {
+        self.events.push((ev, views));
+        if self.events.len() == limit {
+            self.filled_at = Some(work);
+        }
+    }
+
+    /// Whether a full page has looked [`LOOK_AHEAD`] further, at work count `work`, and
+    /// so ends with a cursor.
+    fn looked_ahead(&mut self, limit: usize, work: usize) -> bool {
+        self.filled_at.is_some_and(|at| work >= at + LOOK_AHEAD) && self.full(limit)
+    }
+
     /// Called with one more match in hand: whether the page already holds `limit`, and
     /// then a cursor below its last event (a page that takes the last match has none).
     fn full(&mut self, limit: usize) -> bool {
@@ -1464,13 +1483,16 @@ impl Store {
                 page.next = Some(seq + 1);
                 return Ok(page);
             }
+            if page.looked_ahead(q.limit, examined) {
+                return Ok(page);
+            }
             examined += 1;
             let ev = EventRecord::decode(seq, it.value().unwrap_or_default())?;
             if let Some(views) = self.matches(q, &ev, &snap)? {
                 if page.full(q.limit) {
                     return Ok(page);
                 }
-                page.events.push((ev, views));
+                page.push(ev, views, q.limit, examined);
             }
             it.prev();
         }
@@ -1505,6 +1527,9 @@ impl Store {
                     page.next = Some(target + 1);
                     return Ok(page);
                 }
+                if page.looked_ahead(q.limit, seeks) {
+                    return Ok(page);
+                }
                 seeks += 1;
                 let Some(got) = cursors[i].seek_le(target)? else {
                     break 'candidates;
@@ -1525,7 +1550,7 @@ impl Store {
                     if page.full(q.limit) {
                         return Ok(page);
                     }
-                    page.events.push((ev, views));
+                    page.push(ev, views, q.limit, seeks);
                 }
             }
             if target == 0 {

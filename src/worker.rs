@@ -780,6 +780,7 @@ impl Worker {
             attempt,
             next,
             fails,
+            handed: !job.kept,
         });
         if !self.flush_scheduled.replace(true) {
             let w = self.clone();

@@ -170,6 +170,9 @@ impl Admin {
                 Err(e) => return error(500, e.to_string()),
             },
         };
+        if p.get("cursor").is_some() && p.get("next").is_some() {
+            return error(400, "give the cursor as `cursor` or as `next`, not both");
+        }
         let before = match p.get("cursor").or_else(|| p.get("next")) {
             None => None,
             Some(c) => match decode_cursor(c) {

@@ -450,6 +450,8 @@ fn read_request(
                     body: Vec::new(),
                 };
                 let mut expect_continue = false;
+                // What the `Connection` headers say, if anything.
+                let mut close: Option<bool> = None;
                 for h in r.headers.iter() {
                     let name = h.name;
                     if name.eq_ignore_ascii_case("content-length") {
@@ -484,18 +486,21 @@ fn read_request(
                     } else if name.eq_ignore_ascii_case("origin") {
                         req.origin = true;
                     } else if name.eq_ignore_ascii_case("connection") {
-                        // A list of options (`TE, close`): `close` wins.
+                        // A list of options (`TE, close`), or several headers: `close`
+                        // wins; `keep-alive` keeps an HTTP/1.0 connection open.
                         for opt in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                             if opt.eq_ignore_ascii_case(b"close") {
-                                req.close = true;
-                                break;
+                                close = Some(true);
                             } else if opt.eq_ignore_ascii_case(b"keep-alive") {
-                                req.close = false;
+                                close.get_or_insert(false);
                             }
                         }
                     } else if name.eq_ignore_ascii_case("expect") {
                         expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
                     }
+                }
+                if let Some(c) = close {
+                    req.close = c;
                 }
                 if let Some(a) = authority {
                     req.host = Some(a.to_string());
@@ -957,6 +962,10 @@ mod tests {
         assert!(close("keep-alive ,CLOSE"));
         assert!(!close("keep-alive"));
         assert!(!close("TE"));
+        assert!(
+            req("GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n")
+                .close
+        );
         assert!(req("GET / HTTP/1.0\r\n\r\n").close);
         assert!(!req("GET / HTTP/1.0\r\nConnection: te, Keep-Alive\r\n\r\n").close);
         // HTTP/1.1 needs a Host; HTTP/1.0 does not.

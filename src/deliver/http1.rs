@@ -935,7 +935,6 @@ fn hex_value(b: u8) -> Option<u8> {
     }
 }
 
-/// Status code, minor version and the headers ricochet cares about.
 /// Parses the response head at the start of `buf` and reads what matters of it, with
 /// its length; `Ok(None)` while it is incomplete.
 fn parse_head_in(buf: &[u8]) -> Result<Option<(usize, (u16, u8, HeadInfo))>, ParseError> {
@@ -943,11 +942,13 @@ fn parse_head_in(buf: &[u8]) -> Result<Option<(usize, (u16, u8, HeadInfo))>, Par
     let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     match parse_head_with(buf, &mut headers) {
         Err(ParseError::Head(httparse::Error::TooManyHeaders)) => {
-            // Rare (behind some proxies): as many as a head within the size limit can
-            // hold (a header line takes at least 4 bytes), on the heap.
+            // Rare (behind some proxies): one slot per line of the head, on the heap.
+            let head = &buf[..buf.len().min(MAX_HEAD_BYTES)];
+            let lines = memchr::memchr_iter(b'\n', head).count();
             let mut many = Vec::new();
-            many.resize_with(MAX_HEAD_BYTES / 4, MaybeUninit::uninit);
+            many.resize_with(lines + 1, MaybeUninit::uninit);
             match parse_head_with(buf, &mut many) {
+                // More header lines than the head's size limit has room for.
                 Err(ParseError::Head(httparse::Error::TooManyHeaders)) => {
                     Err(ParseError::HeadTooLarge)
                 }
@@ -974,6 +975,7 @@ fn parse_head_with<'b>(
     }
 }
 
+/// Status code, minor version and the headers ricochet cares about.
 fn read_head(resp: &httparse::Response<'_, '_>) -> Result<(u16, u8, HeadInfo), ParseError> {
     let code = resp.code.ok_or(ParseError::Head(httparse::Error::Status))?;
     let minor = resp
@@ -1698,7 +1700,7 @@ mod tests {
         assert_eq!(cut.map(|o| o.status), Ok(200));
         let mut most = b"HTTP/1.1 200 OK\r\n".to_vec();
         while most.len() < MAX_HEAD_BYTES - 32 {
-            most.extend_from_slice(b"a:\r\n");
+            most.extend_from_slice(b"a:\n");
         }
         most.extend_from_slice(b"Content-Length: 0\r\n\r\n");
         assert_eq!(one(&most).map(|o| o.status), Ok(200));

@@ -322,6 +322,7 @@ fn sigterm_answers_every_line_it_read_before_it_closes() {
             );
         }
         let n = lines.len();
+        assert!(n > 0, "{name}: no line answered");
         assert!(
             n < 1_000_000,
             "{name}: the signal came before the end of the stream"
