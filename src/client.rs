@@ -161,6 +161,16 @@ fn stream(
         )))
     };
     summary.sent = sent.load(Ordering::SeqCst);
+    let answered = summary.ok + summary.dup + summary.err;
+    if res.is_ok() && answered > summary.sent {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{answered} answers to {} lines: the other end does not speak the line protocol",
+                summary.sent
+            ),
+        ));
+    }
     res
 }
 
@@ -239,6 +249,27 @@ mod tests {
         assert_eq!((err.summary.ok, err.summary.err), (1, 0));
         assert!(
             err.error.to_string().contains("inside an answer"),
+            "{}",
+            err.error
+        );
+    }
+
+    #[test]
+    fn more_answers_than_lines_is_an_error() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut all = Vec::new();
+            s.read_to_end(&mut all).unwrap();
+            s.write_all(b"ok a 0\nok b 0\nok c 0\n").unwrap();
+        });
+        let input = Box::new(std::io::Cursor::new(b"{}\n".to_vec()));
+        let err = send(&Target::Tcp(addr.to_string()), input, |_| {}).unwrap_err();
+        server.join().unwrap();
+        assert_eq!((err.summary.sent, err.summary.ok), (1, 3));
+        assert!(
+            err.error.to_string().starts_with("3 answers to 1 lines"),
             "{}",
             err.error
         );

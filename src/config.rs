@@ -104,6 +104,14 @@ pub struct Config {
     pub endpoints: Vec<EndpointConfig>,
 }
 
+/// Whether two listeners would bind the same address: one port (not 0, which picks a
+/// free one) on one IP, or on any IP where one of them is the wildcard.
+pub fn addresses_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 /// Most workers `workers` may ask for: one per core, and no machine this runs on has
 /// more.
 pub const MAX_WORKERS: usize = 1024;
@@ -144,6 +152,13 @@ impl ServerConfig {
             if let Err(e) = crate::deliver::tls::check_ca_file(path) {
                 out.push(("extra_ca_file", e.to_string()));
             }
+        }
+        // The admin API would find its address taken by the TCP listener.
+        if self.listen.is_some_and(|l| addresses_clash(l, self.admin)) {
+            out.push((
+                "listen",
+                format!("binds the port of `admin` ({})", self.admin),
+            ));
         }
         out.into_iter()
             .map(|(field, msg)| (field, format!("server: field `{field}`: {msg}")))
@@ -977,10 +992,6 @@ impl ConfigFile {
                 format!("must be at most {MAX_WORKERS} (one per core; 0 = every core)"),
             ));
         }
-        // The admin API would find its address taken by the TCP listener.
-        if s.listen == Some(s.admin) && s.admin.port() != 0 {
-            bad.push(("listen", format!("{} is also `admin`", s.admin)));
-        }
         // An empty token would be matched by a request without one.
         match s.admin_token.as_deref() {
             Some("") => bad.push((
@@ -1307,13 +1318,30 @@ enabled = true
 
     #[test]
     fn a_tcp_listener_on_the_admin_address_and_absurd_workers_are_refused() {
+        // Checked with the flags applied, at start as by `check`.
+        let startup = |text: &str| -> Vec<String> {
+            ConfigFile::parse(text, "f.toml")
+                .unwrap()
+                .startup_problems()
+                .iter()
+                .map(|p| {
+                    let at = p.at.expect("located");
+                    format!("{}:{}: {}", at.line, at.column, p.message)
+                })
+                .collect()
+        };
+        let clash = |admin: &str, listen: &str| {
+            startup(&format!(
+                "[server]\nadmin = \"{admin}\"\nlisten = \"{listen}\"\n"
+            ))
+        };
         assert_eq!(
-            problems("[server]\nadmin = \"127.0.0.1:7000\"\nlisten = \"127.0.0.1:7000\"\n"),
-            ["3:10: server: field `listen`: 127.0.0.1:7000 is also `admin`"]
+            clash("127.0.0.1:7000", "127.0.0.1:7000"),
+            ["3:10: server: field `listen`: binds the port of `admin` (127.0.0.1:7000)"]
         );
-        assert!(
-            problems("[server]\nadmin = \"127.0.0.1:0\"\nlisten = \"127.0.0.1:0\"\n").is_empty()
-        );
+        assert_eq!(clash("127.0.0.1:7000", "0.0.0.0:7000").len(), 1);
+        assert!(clash("127.0.0.1:7000", "127.0.0.2:7000").is_empty());
+        assert!(clash("127.0.0.1:0", "127.0.0.1:0").is_empty());
         assert_eq!(
             problems("[server]\nworkers = 100000\n"),
             ["2:11: server: field `workers`: must be at most 1024 (one per core; 0 = every core)"]

@@ -36,23 +36,29 @@ pub fn render_request(cfg: &Config, endpoint: &str, input: &[u8]) -> anyhow::Res
     let ev = LineParser::default()
         .parse(line)
         .map_err(|e| anyhow!("invalid event: {e}"))?;
-    let not_routed = (!ep.routes(&ev.etype, ev.account.as_deref())).then(|| {
-        let why = if ep.routes(&ev.etype, ep.account.as_deref()) {
-            format!(
-                "the endpoint takes account {:?} only, and the event's is {}",
-                ep.account.as_deref().unwrap_or_default(),
-                ev.account
-                    .as_deref()
-                    .map_or("unset".to_string(), |a| format!("{a:?}"))
-            )
-        } else {
-            format!(
-                "its type {:?} is not in the endpoint's events {:?}",
-                ev.etype, ep.events
-            )
-        };
-        format!("{endpoint} would not receive this event: {why}")
-    });
+    let not_routed = if !ep.enabled {
+        Some(format!(
+            "{endpoint} would not receive this event: it is disabled (enabled = false)"
+        ))
+    } else {
+        (!ep.routes(&ev.etype, ev.account.as_deref())).then(|| {
+            let why = if ep.routes(&ev.etype, ep.account.as_deref()) {
+                format!(
+                    "the endpoint takes account {:?} only, and the event's is {}",
+                    ep.account.as_deref().unwrap_or_default(),
+                    ev.account
+                        .as_deref()
+                        .map_or("unset".to_string(), |a| format!("{a:?}"))
+                )
+            } else {
+                format!(
+                    "its type {:?} is not in the endpoint's events {:?}",
+                    ev.etype, ep.events
+                )
+            };
+            format!("{endpoint} would not receive this event: {why}")
+        })
+    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as u64;

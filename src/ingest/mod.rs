@@ -410,6 +410,14 @@ async fn read_lines<R: AsyncReadRent>(rd: &mut R, ctx: &ConnCtx, shared: &ConnSh
         framer.flush(shared);
         buf.drain(..start);
         scanned = buf.len();
+        // A large line's buffers go back once nothing more is pending (a producer still
+        // streaming large lines keeps them): an idle connection keeps a read's worth.
+        if buf.is_empty() {
+            framer.parser.trim();
+            if buf.capacity() > parse::KEEP_BYTES {
+                buf = Vec::with_capacity(READ_CHUNK);
+            }
+        }
         // (A byte order mark before the first line does not count: it is dropped.)
         let bom = if framer.at_start && buf.starts_with(BOM) {
             BOM.len()

@@ -100,7 +100,18 @@ fn json_error(e: &simd_json::Error, line: &[u8]) -> String {
     }
 }
 
+/// Bytes of buffers a [`LineParser`] keeps between lines; a larger line's are given
+/// back ([`LineParser::trim`]), so an idle connection does not hold its largest line's.
+pub const KEEP_BYTES: usize = 256 << 10;
+
 impl LineParser {
+    /// Gives back buffers grown past [`KEEP_BYTES`] for a large line.
+    pub fn trim(&mut self) {
+        if self.scratch.capacity() > KEEP_BYTES {
+            *self = LineParser::default();
+        }
+    }
+
     /// Parses one line (without its line terminator).
     pub fn parse(&mut self, line: &[u8]) -> Result<NewEvent, Invalid> {
         self.scratch.clear();
@@ -344,6 +355,17 @@ mod tests {
         assert_eq!(e.account.as_deref(), Some("partner-555"));
         assert_eq!(e.time_ms, Some(1_775_642_700_000));
         assert_eq!(&e.data[..], br#"{"Amount": 250.00, "s":"a\"}b"}"#);
+    }
+
+    #[test]
+    fn a_large_line_s_buffers_are_given_back() {
+        let mut parser = LineParser::default();
+        let big = format!(r#"{{"type":"t","data":{{"p":"{}"}}}}"#, "a".repeat(900_000));
+        parser.parse(big.as_bytes()).unwrap();
+        assert!(parser.scratch.capacity() > KEEP_BYTES);
+        parser.trim();
+        assert!(parser.scratch.capacity() <= KEEP_BYTES);
+        parser.parse(br#"{"type":"t","data":{}}"#).unwrap();
     }
 
     #[test]
