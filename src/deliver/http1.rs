@@ -935,9 +935,13 @@ fn hex_value(b: u8) -> Option<u8> {
     }
 }
 
+/// A parsed response head: its length, and its status code, minor version and what
+/// [`read_head`] reads of its headers.
+type ParsedHead = (usize, (u16, u8, HeadInfo));
+
 /// Parses the response head at the start of `buf` and reads what matters of it, with
 /// its length; `Ok(None)` while it is incomplete.
-fn parse_head_in(buf: &[u8]) -> Result<Option<(usize, (u16, u8, HeadInfo))>, ParseError> {
+fn parse_head_in(buf: &[u8]) -> Result<Option<ParsedHead>, ParseError> {
     // Uninitialized: httparse fills only what it parses (no 2 KiB memset per response).
     let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     match parse_head_with(buf, &mut headers) {
@@ -962,7 +966,7 @@ fn parse_head_in(buf: &[u8]) -> Result<Option<(usize, (u16, u8, HeadInfo))>, Par
 fn parse_head_with<'b>(
     buf: &'b [u8],
     headers: &mut [MaybeUninit<httparse::Header<'b>>],
-) -> Result<Option<(usize, (u16, u8, HeadInfo))>, ParseError> {
+) -> Result<Option<ParsedHead>, ParseError> {
     let mut config = httparse::ParserConfig::default();
     config
         .allow_spaces_after_header_name_in_responses(true)
