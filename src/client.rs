@@ -227,24 +227,31 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
 
-    #[test]
-    fn an_answer_cut_off_by_the_close_is_not_counted() {
+    /// Sends `lines` to a fake server that reads everything (so its close is no reset)
+    /// and then answers `answers`; returns the error and the answers seen.
+    fn against(lines: &[u8], answers: &'static [u8]) -> (SendError, Vec<String>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let server = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
-            // Everything read (so the close is no reset), then one and a half answers.
             let mut all = Vec::new();
             s.read_to_end(&mut all).unwrap();
-            s.write_all(b"ok a 0\nok b").unwrap();
+            s.write_all(answers).unwrap();
         });
-        let input = Box::new(std::io::Cursor::new(b"{}\n{}\n{}\n".to_vec()));
+        let input = Box::new(std::io::Cursor::new(lines.to_vec()));
         let mut seen = Vec::new();
         let err = send(&Target::Tcp(addr.to_string()), input, |a| {
             seen.push(a.to_string())
         })
         .unwrap_err();
         server.join().unwrap();
+        (err, seen)
+    }
+
+    #[test]
+    fn an_answer_cut_off_by_the_close_is_not_counted() {
+        // One and a half answers.
+        let (err, seen) = against(b"{}\n{}\n{}\n", b"ok a 0\nok b");
         assert_eq!(seen, ["ok a 0"]);
         assert_eq!((err.summary.ok, err.summary.err), (1, 0));
         assert!(
@@ -256,17 +263,7 @@ mod tests {
 
     #[test]
     fn more_answers_than_lines_is_an_error() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let server = std::thread::spawn(move || {
-            let (mut s, _) = l.accept().unwrap();
-            let mut all = Vec::new();
-            s.read_to_end(&mut all).unwrap();
-            s.write_all(b"ok a 0\nok b 0\nok c 0\n").unwrap();
-        });
-        let input = Box::new(std::io::Cursor::new(b"{}\n".to_vec()));
-        let err = send(&Target::Tcp(addr.to_string()), input, |_| {}).unwrap_err();
-        server.join().unwrap();
+        let (err, _) = against(b"{}\n", b"ok a 0\nok b 0\nok c 0\n");
         assert_eq!((err.summary.sent, err.summary.ok), (1, 3));
         assert!(
             err.error.to_string().starts_with("3 answers to 1 lines"),

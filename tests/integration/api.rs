@@ -1338,10 +1338,9 @@ fn replay_sends_a_retrying_delivery_now_and_its_schedule_goes_on() {
     assert_eq!(status, 409, "{v}");
 }
 
-#[test]
-fn an_ordered_head_s_retry_keeps_its_time_once_the_endpoint_is_no_longer_ordered() {
-    // The worker keeps an ordered head's retry; switched to `ordered = false`, that
-    // retry still waits for its time, and goes once: the store's copy is the one sent.
+/// An ordered endpoint `in-order` whose receiver fails the first request: `ord-0` sent
+/// and retrying, its retry `retry` later.
+fn ordered_head_retrying(retry: &str) -> (TestReceiver, TestServer) {
     let rx = TestReceiver::with_script(|_, n| match n {
         0 => Reply::status(500),
         _ => Reply::status(200),
@@ -1350,15 +1349,28 @@ fn an_ordered_head_s_retry_keeps_its_time_once_the_endpoint_is_no_longer_ordered
         "in-order",
         r#"["o"]"#,
         &rx.url("/o"),
-        "retry = [\"3s\"]\nordered = true",
+        &format!("retry = [\"{retry}\"]\nordered = true"),
     ));
-    let mut c = srv.connect();
-    assert_eq!(c.send(&event("o", "ord-0", "{}")), "ok ord-0 1");
+    assert_eq!(srv.connect().send(&event("o", "ord-0", "{}")), "ok ord-0 1");
     wait_deliveries(&srv, "ord-0", &[("in-order", "retrying", 1)]);
+    (rx, srv)
+}
+
+/// `PUT`s `in-order` back with `ordered = false`.
+fn switch_off_ordered(srv: &TestServer) {
     let mut def = srv.get("/v1/endpoints/in-order").1;
     def["ordered"] = json!(false);
     let (status, v) = srv.call("PUT", "/v1/endpoints/in-order", &def);
     assert_eq!(status, 200, "{v}");
+}
+
+#[test]
+fn an_ordered_head_s_retry_keeps_its_time_once_the_endpoint_is_no_longer_ordered() {
+    // The worker keeps an ordered head's retry; switched to `ordered = false`, that
+    // retry still waits for its time, and goes once: the store's copy is the one sent.
+    let (rx, srv) = ordered_head_retrying("3s");
+    let mut c = srv.connect();
+    switch_off_ordered(&srv);
     // No longer held back by the retrying head.
     assert_eq!(c.send(&event("o", "ord-1", "{}")), "ok ord-1 1");
     wait_deliveries(&srv, "ord-1", &[("in-order", "delivered", 1)]);
@@ -1420,24 +1432,10 @@ fn replay_and_recover_deliver_again_on_an_ordered_endpoint() {
 
 #[test]
 fn replay_leaves_alone_a_retry_of_an_endpoint_no_longer_ordered() {
-    let rx = TestReceiver::with_script(|_, n| match n {
-        0 => Reply::status(500),
-        _ => Reply::status(200),
-    });
-    let srv = TestServer::start(&endpoint(
-        "in-order",
-        r#"["o"]"#,
-        &rx.url("/o"),
-        "retry = [\"1h\"]\nordered = true",
-    ));
-    assert_eq!(srv.connect().send(&event("o", "ord-0", "{}")), "ok ord-0 1");
-    wait_deliveries(&srv, "ord-0", &[("in-order", "retrying", 1)]);
+    let (rx, srv) = ordered_head_retrying("1h");
     // Its place in the order is kept: not replayed.
     assert_eq!(srv.post("/v1/events/ord-0/replay").0, 409);
-    let mut def = srv.get("/v1/endpoints/in-order").1;
-    def["ordered"] = json!(false);
-    let (status, v) = srv.call("PUT", "/v1/endpoints/in-order", &def);
-    assert_eq!(status, 200, "{v}");
+    switch_off_ordered(&srv);
     // An attempt of the head's retry may still be under way on the worker, so a
     // replay still leaves it to its time; it is not sent early either.
     let (status, v) = srv.post("/v1/events/ord-0/replay");
