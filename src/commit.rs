@@ -21,7 +21,8 @@
 //!   splits it: deliveries with a key below the cursor are in some worker's memory, the
 //!   rest only on disk. Every tick the loader moves the cursor up to `now + HORIZON`,
 //!   sending what it passes to the owning workers, but only while fewer than
-//!   a cap of deliveries are in memory ([`in_memory_cap`]) — so a million pending retries cost disk,
+//!   a cap of deliveries are in memory ([`in_memory_cap`], and [`MAX_IN_MEMORY_BYTES`]
+//!   of their events) — so a million pending retries cost disk,
 //!   not memory, and a backlog after a restart streams in as it drains. A retry due
 //!   within seconds keeps its event in memory from the failed attempt (`Waiting`, up to
 //!   16 MiB), so the loader hands it over without reading the event back.
@@ -98,6 +99,12 @@ pub const MAX_IN_MEMORY: usize = 100_000;
 /// Deliveries per endpoint the cap allows for, so a rate-limited endpoint with a backlog
 /// keeps a few queued and paces evenly instead of bursting whenever it runs dry.
 pub const PER_ENDPOINT_IN_MEMORY: usize = 5;
+
+/// Bytes of events the deliveries held in worker memory may come to (each delivery
+/// counting its event): with large events the count alone would let memory grow with
+/// their size (50,000 deliveries of 1 MB events). Typical events stay far below it
+/// (50,000 of 2 KB are 100 MB).
+pub const MAX_IN_MEMORY_BYTES: usize = 128 << 20;
 
 /// The in-memory cap for `endpoints` endpoints: a floor for few endpoints (each drains
 /// fast), and a few deliveries queued per endpoint when there are many.
@@ -441,6 +448,8 @@ struct State {
     /// Set while fresh deliveries spill to disk because workers hold too many.
     spill: Option<Spill>,
     in_memory: usize,
+    /// The encoded size of their events (an event counted once per delivery).
+    in_memory_bytes: usize,
     /// Per worker: jobs to hand over at the end of the round.
     out_jobs: Vec<Vec<Job>>,
     last_sync: Instant,
@@ -683,6 +692,7 @@ impl Committer {
             cursor: DueKey::MIN,
             spill: None,
             in_memory: 0,
+            in_memory_bytes: 0,
             out_jobs: (0..n).map(|_| Vec::new()).collect(),
             last_sync: Instant::now(),
             unsynced: false,
@@ -803,6 +813,12 @@ fn split_before_delete(msgs: &mut Vec<CommitMsg>) -> Vec<CommitMsg> {
 impl State {
     fn cap(&self) -> usize {
         in_memory_cap(self.router.eps.len())
+    }
+
+    /// Whether workers hold as many deliveries as they may, `more` about to be handed
+    /// over: [`in_memory_cap`] of them, or [`MAX_IN_MEMORY_BYTES`] of their events.
+    fn workers_full(&self, more: usize) -> bool {
+        self.in_memory + more >= self.cap() || self.in_memory_bytes >= MAX_IN_MEMORY_BYTES
     }
 
     /// An fsync made on the committer's thread: a small `sync` round's, the last one at
@@ -1064,6 +1080,7 @@ impl State {
         for (w, jobs) in self.out_jobs.iter_mut().enumerate() {
             if !jobs.is_empty() {
                 self.in_memory += jobs.len();
+                self.in_memory_bytes += jobs.iter().map(|j| j.event.encoded().len()).sum::<usize>();
                 self.workers[w].send(WorkerMsg::Jobs(std::mem::take(jobs)));
             }
         }
@@ -1125,10 +1142,7 @@ impl State {
             }
             let due = DueKey { due_ms, seq, ep };
             batch.put_due(&self.store, due, DueVal::NEW);
-            if due < self.cursor
-                && self.spill.is_none()
-                && self.in_memory + jobs.len() >= self.cap()
-            {
+            if due < self.cursor && self.spill.is_none() && self.workers_full(jobs.len()) {
                 // Workers hold enough: from this event on, fresh deliveries wait on disk.
                 self.spill = Some(Spill {
                     fence: seq,
@@ -1167,6 +1181,7 @@ impl State {
     ) {
         if o.handed {
             self.in_memory = self.in_memory.saturating_sub(1);
+            self.in_memory_bytes = self.in_memory_bytes.saturating_sub(o.event.encoded().len());
         }
         // Expired by its worker, or a retry whose event passed retention meanwhile: it
         // is no ordered endpoint's head, and expires below.
@@ -2032,7 +2047,7 @@ impl State {
         let store = self.store.clone();
         let mut events = PageEvents::new(&store);
         while let Some(sp) = self.spill {
-            if self.in_memory >= self.cap() {
+            if self.workers_full(0) {
                 return;
             }
             let until = self.cursor.due_ms.saturating_add(1);
@@ -2193,7 +2208,7 @@ impl State {
         self.waiting.purge(self.cursor.due_ms);
         let store = self.store.clone();
         let mut events = PageEvents::new(&store);
-        while self.in_memory < self.cap() {
+        while !self.workers_full(0) {
             let Some(page) = self.read_due(self.cursor, horizon) else {
                 return;
             };

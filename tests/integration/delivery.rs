@@ -379,3 +379,48 @@ fn a_redirect_is_an_answer_not_followed_and_counts_as_3xx() {
     let paths: Vec<String> = rx.requests().into_iter().map(|r| r.path).collect();
     assert_eq!(paths, ["/hook", "/hook"]);
 }
+
+/// Deliveries of large events waiting for a slow receiver: workers hold no more than
+/// about 128 MiB of their events; the rest wait on disk and all go once it answers.
+#[test]
+fn large_events_waiting_for_a_slow_receiver_are_held_on_disk_past_a_byte_cap() {
+    const EVENTS: usize = 2000;
+    let gate = Gate::new();
+    let held = gate.clone();
+    let rx = TestReceiver::with_script(move |_, _| {
+        held.wait();
+        Reply::status(200)
+    });
+    let srv = TestServer::start(&endpoint(
+        "slow",
+        r#"["t"]"#,
+        &rx.url("/"),
+        "max_in_flight = 1\ntimeout = \"60s\"",
+    ));
+    let pad = "a".repeat(100_000);
+    let mut c = srv.connect();
+    for i in 0..EVENTS {
+        let id = format!("big-{i}");
+        assert_eq!(
+            c.send(&event("t", &id, &format!(r#"{{"p":"{pad}"}}"#))),
+            format!("ok {id} 1")
+        );
+    }
+    // 2,000 events of 100 KB: 200 MB; workers take about 128 MiB of them.
+    let in_memory = srv
+        .metrics()
+        .value("ricochet_deliveries_in_memory", &[])
+        .unwrap();
+    assert!(
+        (1000.0..1500.0).contains(&in_memory),
+        "{in_memory} deliveries in memory"
+    );
+    gate.open();
+    srv.wait_metric(
+        "ricochet_deliveries_pending",
+        Duration::from_secs(60),
+        |n| n == 0.0,
+    );
+    let ids = rx.ids();
+    assert_eq!(ids.len(), EVENTS, "every delivery arrived");
+}
