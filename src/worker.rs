@@ -158,8 +158,8 @@ struct WJob {
     /// enable/disable is stale (the store moved the delivery meanwhile).
     gen: u32,
     /// An ordered endpoint's head retry, kept by the worker when it failed: the store
-    /// hands over its copy in its time (which then replaces it), so it is never
-    /// reported without an attempt — nothing counted it.
+    /// hands over its copy in its time (which then replaces it). Nothing counted it as
+    /// handed over, and its reports say so (`Outcome::handed`).
     kept: bool,
 }
 
@@ -760,10 +760,6 @@ impl Worker {
         next: Next,
         attempts: u16,
     ) {
-        if job.kept && attempt.is_none() && next == Next::Stale {
-            // Never handed over: the committer has nothing to count.
-            return;
-        }
         let fails = match self.endpoints.borrow().get(&job.ep) {
             Some(ep) => {
                 self.count(ep, attempt.as_ref(), next, job.due.seq);

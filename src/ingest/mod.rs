@@ -152,6 +152,19 @@ impl ConnShared {
         }
     }
 
+    /// `lines` more unanswered lines holding `bytes` of events (the reader framed them).
+    fn take(&self, lines: usize, bytes: usize) {
+        self.set_in_flight(self.in_flight.get() + lines);
+        self.in_flight_bytes.set(self.in_flight_bytes.get() + bytes);
+    }
+
+    /// `lines` holding `bytes` answered (the writer wrote them).
+    fn give_back(&self, lines: usize, bytes: usize) {
+        self.set_in_flight(self.in_flight.get().saturating_sub(lines));
+        self.in_flight_bytes
+            .set(self.in_flight_bytes.get().saturating_sub(bytes));
+    }
+
     /// Whether the reader must wait for answers before reading more.
     fn over_share(&self) -> bool {
         self.in_flight.get() >= self.budget.per_connection()
@@ -317,10 +330,7 @@ impl Framer<'_> {
         self.ticket += 1;
         let slots = std::mem::take(&mut self.slots);
         let bytes = std::mem::take(&mut self.bytes);
-        shared.set_in_flight(shared.in_flight.get() + slots.len());
-        shared
-            .in_flight_bytes
-            .set(shared.in_flight_bytes.get() + bytes);
+        shared.take(slots.len(), bytes);
         let results = if self.events.is_empty() {
             Some(Vec::new())
         } else {
@@ -519,10 +529,7 @@ async fn write_acks<W: monoio::io::AsyncWriteRent>(mut wr: W, shared: Rc<ConnSha
             }
         }
         if answered > 0 {
-            shared.set_in_flight(shared.in_flight.get().saturating_sub(answered));
-            shared
-                .in_flight_bytes
-                .set(shared.in_flight_bytes.get().saturating_sub(answered_bytes));
+            shared.give_back(answered, answered_bytes);
             shared.reader_wake.notify();
             continue;
         }
