@@ -72,6 +72,12 @@ const ROUND_MSGS: usize = 4096;
 pub const HORIZON_MS: u64 = 1000;
 /// How often the loader runs.
 const TICK: Duration = Duration::from_millis(50);
+
+/// How often the retention floor moves: an eighth of the retention, between 100 ms and
+/// a minute.
+fn retention_every(retention: Duration) -> Duration {
+    (retention / 8).clamp(Duration::from_millis(100), Duration::from_secs(60))
+}
 /// How long a disable waits for the worker to say which attempts are in flight (it
 /// answers from its mailbox task, within a moment unless the process is stopping).
 const IN_FLIGHT_ANSWER: Duration = Duration::from_secs(2);
@@ -339,11 +345,15 @@ impl RouteInfo {
     /// When a delivery not yet attempted, of an event at `time_ms`, falls due: at its
     /// event time plus `min_delay`, not before `now`, and on an `ordered` endpoint not
     /// before any delivery given a due time before it (SPEC §6: acceptance order).
+    /// One due only at or after `expires_ms` is never attempted (its event is past
+    /// retention by then: see `State::never_due_from`), so it holds nothing back:
+    /// an event stamped a month ahead would otherwise hold every later one until it
+    /// expired too.
     /// Returns the previous bound when `meta` changed (to be persisted, or restored if
     /// the round that changed it is not written).
-    fn first_due(&mut self, time_ms: u64, now: u64) -> (u64, Option<u64>) {
+    fn first_due(&mut self, time_ms: u64, now: u64, expires_ms: u64) -> (u64, Option<u64>) {
         let mut due_ms = now.max(time_ms.saturating_add(self.min_delay_ms));
-        if !self.ordered {
+        if !self.ordered || due_ms >= expires_ms {
             return (due_ms, None);
         }
         due_ms = due_ms.max(self.meta.first_due_ms);
@@ -717,8 +727,7 @@ impl Committer {
                 expired: 0,
             },
         };
-        let retention_every =
-            (self.retention / 8).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        let retention_every = retention_every(self.retention);
         let mut last_retention = Instant::now() - retention_every;
         // Deletions not finished before the stop (or made by the config file): nothing
         // is in a worker yet, so all of the due index is theirs to scan.
@@ -811,6 +820,17 @@ fn split_before_delete(msgs: &mut Vec<CommitMsg>) -> Vec<CommitMsg> {
 }
 
 impl State {
+    /// A first attempt of event `seq` due at or after this is never made: the retention
+    /// floor has passed the event by then (it moves every `retention_every`, and the
+    /// loader and the workers check it before an attempt), with a second pass and a
+    /// second to spare.
+    fn never_due_from(&self, seq: Seq) -> u64 {
+        let every = retention_every(Duration::from_millis(self.retention_ms)).as_millis() as u64;
+        seq_time_ms(seq)
+            .saturating_add(self.retention_ms)
+            .saturating_add(2 * every + 1000)
+    }
+
     fn cap(&self) -> usize {
         in_memory_cap(self.router.eps.len())
     }
@@ -956,7 +976,9 @@ impl State {
                         info.meta.first_due_ms = before;
                     }
                 }
-                syncer::refuse(&mut acks, &format!("cannot persist: {e}"), false);
+                // Every answer of the round, the `dup`s too: a repeat of an id first
+                // seen in this round names an event that was not written.
+                syncer::refuse(&mut acks, &format!("cannot persist: {e}"), true);
                 jobs_from_ingest.clear();
             } else if has_events {
                 match self.durability {
@@ -1126,6 +1148,7 @@ impl State {
             &ev.data,
         ));
         batch.put_event(&self.store, &rec);
+        let never = self.never_due_from(seq);
         for &ep in routes.iter() {
             let info = self
                 .router
@@ -1133,7 +1156,7 @@ impl State {
                 .get_mut(&ep)
                 .expect("the router routes to known endpoints");
             let worker = info.worker;
-            let (due_ms, moved) = info.first_due(rec.time_ms(), now);
+            let (due_ms, moved) = info.first_due(rec.time_ms(), now, never);
             if let Some(before) = moved {
                 self.dirty.insert(ep);
                 if !self.first_due_before.iter().any(|&(e, _)| e == ep) {
@@ -1390,9 +1413,10 @@ impl State {
                 if val.attempts == 0 {
                     match events.get(seq) {
                         Ok(Some(e)) => {
+                            let never = self.never_due_from(seq);
                             let info = self.router.eps.get_mut(&ep).expect("looked up above");
                             let moved;
-                            (due_ms, moved) = info.first_due(e.time_ms(), now);
+                            (due_ms, moved) = info.first_due(e.time_ms(), now, never);
                             if first_due_before.is_none() {
                                 first_due_before = moved;
                             }
@@ -2354,26 +2378,47 @@ mod tests {
         let now = 1_000_000;
         let mut free = info(1, &["t"], None);
         free.min_delay_ms = 500;
-        assert_eq!(free.first_due(now + 10_000, now), (now + 10_500, None));
-        assert_eq!(free.first_due(now - 60_000, now), (now, None));
+        let never = u64::MAX;
+        assert_eq!(
+            free.first_due(now + 10_000, now, never),
+            (now + 10_500, None)
+        );
+        assert_eq!(free.first_due(now - 60_000, now, never), (now, None));
         assert_eq!(free.meta.first_due_ms, 0);
 
         let mut fifo = info(2, &["t"], None);
         fifo.ordered = true;
         fifo.min_delay_ms = 500;
         // Due now: nothing to remember.
-        assert_eq!(fifo.first_due(now - 60_000, now), (now, None));
+        assert_eq!(fifo.first_due(now - 60_000, now, never), (now, None));
         assert_eq!(fifo.meta.first_due_ms, 0);
         // Due later: remembered (with the bound before), and it bounds later ones.
-        assert_eq!(fifo.first_due(now + 10_000, now), (now + 10_500, Some(0)));
-        assert_eq!(fifo.first_due(now - 60_000, now), (now + 10_500, None));
         assert_eq!(
-            fifo.first_due(now + 20_000, now),
+            fifo.first_due(now + 10_000, now, never),
+            (now + 10_500, Some(0))
+        );
+        assert_eq!(
+            fifo.first_due(now - 60_000, now, never),
+            (now + 10_500, None)
+        );
+        assert_eq!(
+            fifo.first_due(now + 20_000, now, never),
             (now + 20_500, Some(now + 10_500))
         );
         // Once the bound has passed, it holds nothing back.
         let later = now + 30_000;
-        assert_eq!(fifo.first_due(later - 60_000, later), (later, None));
+        assert_eq!(fifo.first_due(later - 60_000, later, never), (later, None));
+        assert_eq!(fifo.meta.first_due_ms, now + 20_500);
+        // One due after its event expires holds nothing back, nor is held.
+        let expires = later + 60_000;
+        assert_eq!(
+            fifo.first_due(later + 3_600_000, later, expires),
+            (later + 3_600_500, None)
+        );
+        assert_eq!(
+            fifo.first_due(later - 60_000, later, expires),
+            (later, None)
+        );
         assert_eq!(fifo.meta.first_due_ms, now + 20_500);
     }
 

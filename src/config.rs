@@ -414,10 +414,11 @@ impl Matcher {
         Ok(Matcher::Body(s.to_string()))
     }
 
-    /// A body text that reads as a typo for a status class (`6xx`, `0xx`): refused as
-    /// a problem of the definition, not when it is read, so a definition stored before
-    /// this check still loads (and is disabled as not compiling).
-    fn class_typo(&self) -> Option<String> {
+    /// A body text that reads as a typo for a status class (`6xx`, `0xx`) or for a list
+    /// of statuses (`"2xx,3xx"`): refused as a problem of the definition, not when it is
+    /// read, so a definition stored before this check still loads (and is disabled as
+    /// not compiling).
+    fn typo(&self) -> Option<String> {
         match self {
             Matcher::Body(s)
                 if s.len() == 3
@@ -426,8 +427,40 @@ impl Matcher {
             {
                 Some(format!("{s:?} is not an HTTP status class (1xx to 5xx)"))
             }
+            // `"2xx,3xx"` or `"200 201"`: a list written as one string would be a body
+            // text no receiver sends; the user meant a TOML/JSON list.
+            Matcher::Body(s) if Self::reads_as_list(s) => {
+                let items: Vec<String> = s
+                    .split(|c: char| c == ',' || c.is_ascii_whitespace())
+                    .filter(|t| !t.is_empty())
+                    .map(|t| format!("{t:?}"))
+                    .collect();
+                Some(format!(
+                    "{s:?} reads as a list of statuses written as one body text: write [{}]",
+                    items.join(", ")
+                ))
+            }
             _ => None,
         }
+    }
+
+    /// Two or more comma- or space-separated items, each a status or a status class.
+    fn reads_as_list(s: &str) -> bool {
+        let mut n = 0;
+        for t in s.split(|c: char| c == ',' || c.is_ascii_whitespace()) {
+            if t.is_empty() {
+                continue;
+            }
+            let b = t.as_bytes();
+            let status_like = b.len() == 3
+                && b[0].is_ascii_digit()
+                && (b[1..].iter().all(u8::is_ascii_digit) || b[1..].eq_ignore_ascii_case(b"xx"));
+            if !status_like {
+                return false;
+            }
+            n += 1;
+        }
+        n >= 2
     }
 
     fn as_string(&self) -> String {
@@ -738,7 +771,7 @@ impl EndpointConfig {
             for typo in rule
                 .iter()
                 .flat_map(|r| r.0.iter())
-                .filter_map(Matcher::class_typo)
+                .filter_map(Matcher::typo)
             {
                 out.push(format!("endpoint {n}: field `{field}`: {typo}"));
             }
@@ -1672,10 +1705,21 @@ disable_after = { "4xx" = "many" }
         assert_eq!(Matcher::parse("200").unwrap(), Matcher::Status(200));
         assert_eq!(Matcher::parse("4XX").unwrap(), Matcher::Class(4));
         for typo in ["6xx", "0xx", "9XX"] {
-            let e = Matcher::parse(typo).unwrap().class_typo().unwrap();
+            let e = Matcher::parse(typo).unwrap().typo().unwrap();
             assert!(e.contains("not an HTTP status class"), "{typo}: {e}");
         }
-        assert_eq!(Matcher::parse("4xx").unwrap().class_typo(), None);
+        assert_eq!(Matcher::parse("4xx").unwrap().typo(), None);
+        for list in ["2xx,3xx", "200, 201", "2xx 304"] {
+            let e = Matcher::parse(list).unwrap().typo().unwrap();
+            assert!(e.contains("reads as a list"), "{list}: {e}");
+        }
+        assert_eq!(
+            Matcher::parse("2xx,3xx").unwrap().typo().unwrap(),
+            "\"2xx,3xx\" reads as a list of statuses written as one body text: write [\"2xx\", \"3xx\"]"
+        );
+        for text in ["OK 200", "200", "status 200, 201", "2xx,"] {
+            assert_eq!(Matcher::parse(text).unwrap().typo(), None, "{text}");
+        }
         // A stored definition with one still reads (it was a body text before); it is a
         // problem of the definition, so it does not compile.
         let cfg: EndpointConfig = serde_json::from_str(

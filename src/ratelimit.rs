@@ -110,17 +110,21 @@ impl TokenBucket {
         now_us.max(self.last_us).saturating_add(wait)
     }
 
-    /// Restarts the bucket empty at `now_ms`: the next token comes one interval
-    /// (`1/rate` s) later. For a request that may have reached the receiver as late as
-    /// `now_ms` (the first one on a new connection waits for the receiver to accept it),
+    /// Makes the bucket hold, at `now_ms`, no more than it would had it been empty at
+    /// `at_ms` (`<= now_ms`): the next token comes at least one interval (`1/rate` s)
+    /// after `at_ms`. For a request that may have reached the receiver as late as
+    /// `at_ms` (the first one on a new connection waits for the receiver to accept it),
     /// so the one after it keeps its spacing at the receiver, not only at the sender.
-    pub fn restart_at(&mut self, now_ms: u64) {
+    pub fn restart_at(&mut self, at_ms: u64, now_ms: u64) {
         if self.rate == 0 {
             return;
         }
-        let now_us = ms_to_us(now_ms);
-        self.last_us = self.last_us.max(now_us);
-        self.tokens = 0;
+        let now_us = ms_to_us(now_ms).max(self.last_us);
+        self.refill(now_us);
+        let since_us = now_us.saturating_sub(ms_to_us(at_ms));
+        self.tokens = self
+            .tokens
+            .min(since_us.saturating_mul(u64::from(self.rate)));
     }
 
     /// Counts a request that went out without a token (sent again on a new connection
@@ -201,17 +205,31 @@ mod tests {
         assert!(b.try_take(0));
         // The request was answered (and may have arrived) at 1,200 ms: the token the
         // bucket had from then on is gone, the next is 500 ms after.
-        b.restart_at(1_200);
+        b.restart_at(1_200, 1_200);
         assert!(!b.try_take(1_200));
         assert_eq!(b.next_token_at(1_200), 1_700);
         assert!(!b.try_take(1_699));
         assert!(b.try_take(1_700));
         // Never moves the clock back; unlimited stays unlimited.
-        b.restart_at(10);
+        b.restart_at(10, 1_700);
         assert_eq!(b.next_token_at(1_700), 2_200);
         let mut u = TokenBucket::new(0, 0);
-        u.restart_at(5);
+        u.restart_at(5, 5);
         assert!(u.try_take(5));
+    }
+
+    #[test]
+    fn a_restart_in_the_past_keeps_what_accrued_since() {
+        // 20/s: a token every 50 ms.
+        let mut b = TokenBucket::new_empty(20, 0);
+        assert!(b.try_take(50));
+        assert!(!b.try_take(90)); // 0.8 token held as of 90
+                                  // Empty as of 30: 1.2 tokens would have accrued since, more than it holds.
+        b.restart_at(30, 90);
+        assert_eq!(b.next_token_at(90), 100);
+        // Empty as of 80: 0.2 token since; the next is a whole interval after 80.
+        b.restart_at(80, 90);
+        assert_eq!(b.next_token_at(90), 130);
     }
 
     #[test]
@@ -219,7 +237,7 @@ mod tests {
         // 4/s: a token every 250 ms.
         let mut b = TokenBucket::new(4, 0);
         assert_eq!((0..4).filter(|_| b.try_take(0)).count(), 2);
-        b.restart_at(100);
+        b.restart_at(100, 100);
         b.charge(100);
         // Owed one token: the next comes two intervals after the restart.
         assert_eq!(b.next_token_at(100), 600);

@@ -317,7 +317,9 @@ fn apply_endpoints(
                 meta.disable(DisabledBy::Config);
                 disabled.insert(meta.id);
             }
-            (true, Some(DisabledBy::Config)) => meta.enable(),
+            // The file's definition replaces one disabled by an API `PUT`: it lifts that
+            // disable as a `PUT` with `enabled = true` would.
+            (true, Some(DisabledBy::Config | DisabledBy::Definition)) => meta.enable(),
             (true, Some(_)) => tracing::warn!(
                 endpoint = %spec.cfg.name,
                 reason = meta.disabled_reason.as_deref().unwrap_or_default(),

@@ -23,7 +23,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 /// Persisted endpoint state by id, as handed to a worker at start.
 pub type EndpointStates = std::collections::HashMap<EndpointId, EndpointMeta>;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -194,6 +194,10 @@ struct Ep {
     bucket: RefCell<TokenBucket>,
     /// A lane is waiting for the next token (only one does; the others idle).
     pacing: Cell<bool>,
+    /// The shortest time from a request to its answer seen so far (ms): how long the
+    /// receiver takes to answer once it has a request, with no wait for it to accept a
+    /// connection in it. `None` until an answer came.
+    answers_within: Cell<Option<u64>>,
     /// Bumped on every enable/disable.
     gen: Cell<u32>,
     /// Per lane, the sequence number of the delivery it is attempting.
@@ -214,6 +218,7 @@ impl Ep {
             disabled: Cell::new(meta.is_disabled()),
             fails: Cell::new(meta.fails),
             pacing: Cell::new(false),
+            answers_within: Cell::new(None),
             gen: Cell::new(0),
             attempting: RefCell::new(Vec::new()),
             counts: RefCell::new(EndpointCounts::default()),
@@ -689,6 +694,22 @@ impl Worker {
         }
     }
 
+    /// A rate-limited endpoint's lane took a token and goes to send: when work remains
+    /// and no other lane waits for the next token, one more is started (up to
+    /// `max_in_flight`). Jobs that arrived while lanes idled for tokens woke those
+    /// lanes instead of starting new ones, so without this the lanes in flight, not
+    /// `max_rps`, would bound the rate of a slow receiver (two lanes answering in
+    /// 200 ms made 20/s into 10/s).
+    fn keep_a_lane_for_the_next_token(self: &Rc<Self>, ep: &Rc<Ep>) {
+        if !ep.queue.borrow().is_empty()
+            && ep.idle.borrow().is_empty()
+            && !ep.pacing.get()
+            && ep.lanes.get() < ep.max_lanes()
+        {
+            self.spawn_lane(ep.clone());
+        }
+    }
+
     /// Starts one more delivery lane for `ep` (the caller checked `max_lanes`).
     fn spawn_lane(self: &Rc<Self>, ep: Rc<Ep>) {
         // Stopping: jobs that come now stay due in the store for the next start.
@@ -871,7 +892,7 @@ impl Worker {
             Ok(target) => {
                 rec.request_line = request::request_line(spec, &target);
                 rec.request = request::log_of(spec, scratch);
-                match self.address(&target, cfg.timeout).await {
+                match self.addresses(&target, cfg.timeout).await {
                     Err(e) => {
                         rec.error = e.to_string();
                         match e.failure {
@@ -901,8 +922,7 @@ impl Worker {
                             );
                         Verdict::Permanent { class: None }
                     }
-                    Ok(Some(ip)) => {
-                        let addr = SocketAddr::new(ip, target.port);
+                    Ok(Some(addrs)) => {
                         let req = std::mem::take(wbuf);
                         // `timeout` is the whole attempt's: a name's look-up took
                         // some of it.
@@ -913,7 +933,8 @@ impl Worker {
                         // Pinned where it is made: the timeout holds a pointer
                         // to it instead of a copy.
                         let answer = {
-                            let exchange = std::pin::pin!(slot.exchange(&target, addr, req));
+                            let exchange =
+                                std::pin::pin!(slot.exchange(&target, addrs.as_slice(), req));
                             monoio::time::timeout(left, exchange).await
                         };
                         match answer {
@@ -977,16 +998,25 @@ impl Worker {
         let spec = ep.spec();
         let cfg = &spec.cfg;
         let (mut rec, verdict) = self.try_once(&spec, &job.ev, slot, wbuf, scratch).await;
+        let answered_ms = (rec.status != 0).then_some(u64::from(rec.latency_us) / 1000);
         if cfg.max_rps > 0 && slot.last_was_first() {
             let now = now_ms();
             let mut bucket = ep.bucket.borrow_mut();
-            // It reached the receiver somewhere before now (after the receiver accepted
-            // the connection): pace the next one from here.
-            bucket.restart_at(now);
+            // It reached the receiver only once the receiver accepted the connection,
+            // which a loaded receiver may do late: pace the next one from its arrival,
+            // at the latest its answer less the least time the receiver has taken to
+            // answer (so a receiver that closes every connection and answers in 200 ms
+            // keeps its rate: pacing from the answer itself cut 20/s to 11.6/s).
+            let answers_within = ep.answers_within.get().unwrap_or(0);
+            bucket.restart_at(now.saturating_sub(answers_within), now);
             if slot.last_was_resent() {
                 // The receiver may have counted the first send too: it owes a token.
                 bucket.charge(now);
             }
+        }
+        if let Some(ms) = answered_ms {
+            let least = ep.answers_within.get().map_or(ms, |m| m.min(ms));
+            ep.answers_within.set(Some(least));
         }
         // Consecutive-failure counters and automatic disabling.
         let mut disable = None;
@@ -1006,7 +1036,7 @@ impl Worker {
                     FailClass::C5xx => (cfg.disable_after.c5xx, "5xx"),
                 };
                 if f[i] >= limit {
-                    disable = Some(format!("{} consecutive {name} failures", f[i]));
+                    disable = Some(format!("{} {name} failures since the last success", f[i]));
                 }
             }
             Verdict::Gone => disable = Some("the receiver answered 410 Gone".into()),
@@ -1073,30 +1103,44 @@ impl Worker {
         let Some(target) = spec.static_target.clone() else {
             return;
         };
-        let Ok(Some(ip)) = self.address(&target, spec.cfg.timeout).await else {
+        let Ok(Some(addrs)) = self.addresses(&target, spec.cfg.timeout).await else {
             return;
         };
-        let addr = SocketAddr::new(ip, target.port);
-        let _ = monoio::time::timeout(spec.cfg.timeout, slot.warm(&target, addr)).await;
+        let _ = monoio::time::timeout(spec.cfg.timeout, slot.warm(&target, addrs.as_slice())).await;
     }
 
-    /// Where to connect for `target`: its IP literal, else the first address its name
-    /// resolves to (`within` this long) that the SSRF guard allows; `Ok(None)` when the
-    /// guard blocks them all.
-    async fn address(
+    /// Where to connect for `target`: its IP literal, else the addresses its name
+    /// resolves to (`within` this long) that the SSRF guard allows, in the resolver's
+    /// order; `Ok(None)` when the guard blocks them all.
+    async fn addresses(
         &self,
         target: &Target,
         within: Duration,
-    ) -> Result<Option<IpAddr>, ResolveError> {
+    ) -> Result<Option<Addrs>, ResolveError> {
         let allowed = |ip: &IpAddr| self.allow_private || !ssrf::is_blocked(*ip);
         match target.ip {
-            Some(ip) => Ok(Some(ip).filter(allowed)),
-            None => Ok(self
-                .resolver
-                .resolve(&target.host, within)
-                .await?
-                .into_iter()
-                .find(allowed)),
+            Some(ip) => Ok(Some(ip).filter(allowed).map(Addrs::One)),
+            None => {
+                let mut ips = self.resolver.resolve(&target.host, within).await?;
+                ips.retain(allowed);
+                Ok((!ips.is_empty()).then_some(Addrs::Many(ips)))
+            }
+        }
+    }
+}
+
+/// The addresses an attempt may connect to: an IP literal's (no allocation), or a
+/// name's.
+enum Addrs {
+    One(IpAddr),
+    Many(Vec<IpAddr>),
+}
+
+impl Addrs {
+    fn as_slice(&self) -> &[IpAddr] {
+        match self {
+            Addrs::One(ip) => std::slice::from_ref(ip),
+            Addrs::Many(v) => v,
         }
     }
 }
@@ -1156,7 +1200,11 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
                 if !take_token(&ep, &me).await {
                     continue;
                 }
-                ep.queue.borrow_mut().pop()
+                let job = ep.queue.borrow_mut().pop();
+                if ep.spec.borrow().cfg.max_rps > 0 {
+                    w.keep_a_lane_for_the_next_token(&ep);
+                }
+                job
             }
             // An ordered head waiting for its retry: wait for it (or for new work).
             Ready::At(t) => {

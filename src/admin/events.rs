@@ -86,17 +86,30 @@ impl Admin {
     /// `GET /v1/events/{id}`.
     pub(super) fn get_event(&self, id: &str) -> Response {
         match self.event(id) {
-            Ok(Some((v, ev))) => {
+            Ok(Some((mut v, ev))) => {
                 // `data` exactly as received: through a `Value`, a number beyond what
-                // an f64 holds would come out changed.
+                // an f64 holds would come out changed. Before the deliveries, as the
+                // page is read (the summary's last key, so taking it moves no other).
                 #[derive(serde::Serialize)]
                 struct WithData<'a> {
                     #[serde(flatten)]
                     rest: Value,
                     data: Option<&'a RawValue>,
+                    deliveries: Value,
                 }
+                let deliveries = v
+                    .as_object_mut()
+                    .and_then(|m| m.remove("deliveries"))
+                    .unwrap_or(Value::Null);
                 let data = serde_json::from_slice::<&RawValue>(ev.data()).ok();
-                json_response(200, &WithData { rest: v, data })
+                json_response(
+                    200,
+                    &WithData {
+                        rest: v,
+                        data,
+                        deliveries,
+                    },
+                )
             }
             Ok(None) => error(404, format!("no event {id:?}")),
             Err(e) => error(500, e.to_string()),

@@ -74,6 +74,16 @@ fn is_special_invalid(host: &str) -> bool {
         && (h.len() == tail.len() || h[h.len() - tail.len() - 1] == b'.')
 }
 
+/// RFC 6761 §6.3: `localhost` and names under it are the loopback addresses, answered
+/// without asking the network (a trailing dot or not).
+fn is_special_localhost(host: &str) -> bool {
+    let h = host.strip_suffix('.').unwrap_or(host).as_bytes();
+    let tail = b"localhost";
+    h.len() >= tail.len()
+        && h[h.len() - tail.len()..].eq_ignore_ascii_case(tail)
+        && (h.len() == tail.len() || h[h.len() - tail.len() - 1] == b'.')
+}
+
 type Answer = Result<Vec<IpAddr>, ResolveError>;
 
 struct Query {
@@ -167,6 +177,12 @@ fn lookup(host: &str) -> Answer {
             "names under .invalid never resolve (RFC 6761)".into(),
             ResolveFailure::NotFound,
         );
+    }
+    if is_special_localhost(host) {
+        return Ok(vec![
+            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ]);
     }
     let hints = AddrInfoHints {
         socktype: SockType::Stream.into(),
@@ -301,6 +317,29 @@ mod tests {
             LookupErrorKind::IO,
         ] {
             assert_eq!(ResolveFailure::of(k), ResolveFailure::Transient, "{k:?}");
+        }
+    }
+
+    #[test]
+    fn localhost_names_are_loopback_without_the_network() {
+        for h in ["localhost", "LocalHost.", "api.localhost", "a.b.localhost."] {
+            assert!(is_special_localhost(h), "{h}");
+            assert_eq!(
+                lookup(h).unwrap(),
+                [
+                    "127.0.0.1".parse::<IpAddr>().unwrap(),
+                    "::1".parse().unwrap()
+                ],
+                "{h}"
+            );
+        }
+        for h in [
+            "notlocalhost",
+            "localhost.example",
+            "localhostx",
+            "example.com",
+        ] {
+            assert!(!is_special_localhost(h), "{h}");
         }
     }
 

@@ -357,7 +357,14 @@ pub fn parse_url(url: &[u8]) -> Result<Target, UrlError> {
         path_and_query.push('/');
     }
     for &b in tail {
-        if b.is_ascii() {
+        // Non-ASCII, and the ASCII a request target may not hold (RFC 3986 §3.3–3.4)
+        // that a template's literal text can: percent-encoded, as browsers do.
+        if b.is_ascii()
+            && !matches!(
+                b,
+                b'"' | b'<' | b'>' | b'\\' | b'^' | b'`' | b'{' | b'|' | b'}'
+            )
+        {
             path_and_query.push(b as char);
         } else {
             const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -368,7 +375,8 @@ pub fn parse_url(url: &[u8]) -> Result<Target, UrlError> {
     }
 
     Ok(Target {
-        ip: host.parse().ok(),
+        // `127.0.0.1.` is the address, as browsers read it (a name would go to DNS).
+        ip: host.strip_suffix('.').unwrap_or(&host).parse().ok(),
         scheme,
         host,
         port,
@@ -1281,6 +1289,23 @@ mod tests {
             parse_url(b"http://a b/").unwrap_err(),
             UrlError::InvalidChar { position: 8 }
         );
+    }
+
+    #[test]
+    fn characters_a_request_target_may_not_hold_are_encoded() {
+        let t = parse_url(b"http://h/a\"b<c>d\\e^f`g{1}|h/caf\xc3\xa9?q=\"x\"<y>&z=%41").unwrap();
+        assert_eq!(
+            t.path_and_query,
+            "/a%22b%3Cc%3Ed%5Ce%5Ef%60g%7B1%7D%7Ch/caf%C3%A9?q=%22x%22%3Cy%3E&z=%41"
+        );
+    }
+
+    #[test]
+    fn an_address_with_a_trailing_dot_is_the_address() {
+        let t = parse_url(b"http://127.0.0.1.:8080/x").unwrap();
+        assert_eq!(t.ip, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(t.host_header, "127.0.0.1.:8080");
+        assert_eq!(parse_url(b"http://example.com./").unwrap().ip, None);
     }
 
     #[test]

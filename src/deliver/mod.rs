@@ -3,11 +3,14 @@
 //! Owns the connection a delivery lane keeps (connect, TLS handshake for `https://`,
 //! write the request, read and parse the response, decide whether the connection can be
 //! reused) and turns what happened into an [`Exchange`] the worker classifies. A kept
-//! connection is reused only for the same scheme, socket address and, for TLS, SNI name
-//! (the one TLS configuration is process-wide, so it always matches). A request that
-//! fails on a reused idle connection before any response byte arrived is sent once more
-//! on a fresh connection; one on which the receiver sent anything while it was idle is
-//! not reused. Every connect is counted by why it happened ([`OpenReason`]),
+//! connection is reused only for the same scheme and port, an address the host still
+//! resolves to and, for TLS, the same SNI name (the one TLS configuration is
+//! process-wide, so it always matches); a new one tries the host's addresses in turn
+//! until one connects, the one that connected last first. A request that fails on a
+//! reused idle connection before any response byte arrived, or is answered `408` and
+//! closed there, is sent once more on a fresh connection; one on which the receiver sent
+//! anything while it was idle is not reused, and one it said it would close is shut as
+//! soon as its response is read. Every connect is counted by why it happened ([`OpenReason`]),
 //! and the slot remembers whether the last request was the first on its connection (the
 //! worker's rate limiter paces from that request's answer). It must not decide retries
 //! or touch the store.
@@ -20,7 +23,7 @@ pub mod tls;
 
 use std::cell::Cell;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
@@ -79,8 +82,9 @@ pub enum OpenReason {
     PeerClosed,
     /// The last one failed or timed out.
     AfterError,
-    /// A kept connection failed before any response byte (the request is sent again),
-    /// or the receiver sent something on it while it was idle.
+    /// A kept connection failed before any response byte, or answered `408` and closed
+    /// (the request is sent again), or the receiver sent something on it while it was
+    /// idle.
     Stale,
     /// The URL now resolves to another address (or scheme or TLS name).
     PeerChanged,
@@ -130,11 +134,14 @@ pub struct ConnSlot {
     /// The last request was the first written on its connection.
     first: bool,
     /// The last exchange wrote its request twice: the kept connection broke before
-    /// any answer, and it went again on a new one.
+    /// any answer (or answered `408` and closed), and it went again on a new one.
     resent: bool,
     counts: Option<Rc<OpenCounts>>,
     /// [`QUIET_CHECK_AFTER`]; tests lower it.
     quiet_after: Duration,
+    /// The address the last connection was made to: tried first among a name's
+    /// addresses next time, so one that refuses is not met on every reconnect.
+    last_good: Option<IpAddr>,
 }
 
 impl Default for ConnSlot {
@@ -146,6 +153,7 @@ impl Default for ConnSlot {
             resent: false,
             counts: None,
             quiet_after: QUIET_CHECK_AFTER,
+            last_good: None,
         }
     }
 }
@@ -182,7 +190,8 @@ impl ConnSlot {
     }
 
     /// Whether the last exchange sent its request a second time (on a new connection,
-    /// after the kept one broke before any answer): the receiver may have seen both.
+    /// after the kept one broke before any answer or answered `408` and closed): the
+    /// receiver may have seen both.
     pub fn last_was_resent(&self) -> bool {
         self.resent
     }
@@ -195,9 +204,9 @@ impl ConnSlot {
             .unwrap_or(&[])
     }
 
-    /// Whether a reusable connection to `addr` for `target` is open.
-    pub fn is_open(&self, target: &Target, addr: SocketAddr) -> bool {
-        matches!(&self.conn, Some(c) if c.reusable && c.peer.matches(target, addr))
+    /// Whether a reusable connection for `target` to one of `ips` is open.
+    pub fn is_open(&self, target: &Target, ips: &[IpAddr]) -> bool {
+        matches!(&self.conn, Some(c) if c.reusable && c.peer.matches(target, ips))
     }
 
     /// Whether the kept connection's receiver sent something since its last response
@@ -211,18 +220,20 @@ impl ConnSlot {
     /// Opens the connection ahead of the request, so a rate-limited request goes out
     /// when its token is taken rather than a connect (and handshake) later. A failure is
     /// left for [`exchange`](Self::exchange) to meet and report.
-    pub async fn warm(&mut self, target: &Target, addr: SocketAddr) {
-        if !self.is_open(target, addr) {
-            let _ = self.open(target, addr, None).await;
+    pub async fn warm(&mut self, target: &Target, ips: &[IpAddr]) {
+        if !self.is_open(target, ips) {
+            let _ = self.open(target, ips, None).await;
         }
     }
 
-    /// Replaces the connection with a fresh one to `addr`; the old one's buffers serve
-    /// the new one. `reason`: why, when the caller knows better than the slot's state.
+    /// Replaces the connection with a fresh one to the first of `ips` that takes it
+    /// (the one that took the last, then the others in their order: RFC 1123 §2.3); the
+    /// old one's buffers serve the new one. `reason`: why, when the caller knows better
+    /// than the slot's state.
     async fn open(
         &mut self,
         target: &Target,
-        addr: SocketAddr,
+        ips: &[IpAddr],
         reason: Option<OpenReason>,
     ) -> Result<(), String> {
         if let Some(c) = &self.counts {
@@ -236,16 +247,37 @@ impl ConnSlot {
             ),
         };
         rbuf.clear();
+        let order = connect_order(self.last_good, ips);
         // Boxed: the connect and TLS handshake futures are large, and a future held
         // inline makes every request's future as large (moved on each attempt).
-        let stream = match Box::pin(Stream::connect(target, addr)).await {
-            Ok(s) => s,
+        let connected = Box::pin(async {
+            // Only a failed connect moves on to the next address: a TLS failure is the
+            // receiver's certificate or protocol, not where it was reached.
+            let mut errors = String::new();
+            for ip in order {
+                let addr = SocketAddr::new(ip, target.port);
+                match Stream::connect_tcp(addr).await {
+                    Ok(tcp) => return Stream::over(target, tcp).await.map(|s| (s, addr)),
+                    Err(e) => {
+                        if !errors.is_empty() {
+                            errors.push_str("; ");
+                        }
+                        errors.push_str(&e);
+                    }
+                }
+            }
+            Err(errors)
+        })
+        .await;
+        let (stream, addr) = match connected {
+            Ok(c) => c,
             Err(e) => {
                 self.failed = true;
                 return Err(e);
             }
         };
         self.failed = false;
+        self.last_good = Some(addr.ip());
         self.conn = Some(Conn {
             stream,
             peer: Peer::of(target, addr),
@@ -258,18 +290,19 @@ impl ConnSlot {
         Ok(())
     }
 
-    /// Sends `req` to `addr` and reads the response. `req` is handed back for reuse.
+    /// Sends `req` to one of `ips` (at `target`'s port) and reads the response. `req`
+    /// is handed back for reuse.
     pub async fn exchange(
         &mut self,
         target: &Target,
-        addr: SocketAddr,
+        ips: &[IpAddr],
         req: Vec<u8>,
     ) -> (Exchange, Vec<u8>) {
         let mut req = req;
         self.first = false;
         self.resent = false;
         for try_no in 0..2 {
-            let mut reused = self.is_open(target, addr);
+            let mut reused = self.is_open(target, ips);
             let mut stale = try_no > 0; // the second try only follows a stale connection
             if reused && self.spoke_while_idle() {
                 // It spoke while idle: whatever it sent answers no request of ours.
@@ -278,7 +311,7 @@ impl ConnSlot {
             }
             if !reused {
                 let reason = stale.then_some(OpenReason::Stale);
-                if let Err(msg) = self.open(target, addr, reason).await {
+                if let Err(msg) = self.open(target, ips, reason).await {
                     return (Exchange::Failed(msg), req);
                 }
             }
@@ -291,15 +324,37 @@ impl ConnSlot {
             let (res, b) = conn.stream.write_all(req).await;
             req = b;
             let result = match res {
+                // A receiver may answer before it has read the whole request (a `413`
+                // to a large body) and close: the answer is in the socket even though
+                // the write broke (RFC 9112 §9.5), and it is the attempt's outcome. Not
+                // on a reused connection: what is there may be what the receiver sent
+                // as it closed the idle connection, and the request goes again anyway.
+                Err(e) if !reused && closed_under(&e) => match read_response(conn).await {
+                    Ok((status, retry_after, _)) => Ok((status, retry_after, false)),
+                    Err((_, true)) => Err((format!("write: {e}"), true)),
+                    Err(partial) => Err(partial),
+                },
                 Err(e) => Err((format!("write: {e}"), true)),
                 Ok(()) => read_response(conn).await,
             };
             match result {
+                // A `408` that closes a kept connection is the receiver closing it for
+                // idleness (sent just before our request arrived, or without reading
+                // it): the request may go again on a new one (RFC 9110 §15.5.9).
+                Ok((408, _, false)) if reused && try_no == 0 => {
+                    self.conn = None;
+                    continue;
+                }
                 Ok((status, retry_after, keep_alive)) => {
                     if let Some(c) = self.conn.as_mut() {
-                        // The excerpt stays readable; the stream is replaced next time.
+                        // The excerpt stays readable; the stream is replaced next time,
+                        // and one the receiver will close is shut now (RFC 9112 §9.6),
+                        // not left open until the lane's next request.
                         c.reusable = keep_alive;
                         c.idle_since = Instant::now();
+                        if !keep_alive {
+                            c.stream.shutdown();
+                        }
                     }
                     return (
                         Exchange::Response {
@@ -323,8 +378,8 @@ impl ConnSlot {
     }
 }
 
-/// What must match before a kept connection is reused: scheme, socket address and, for
-/// TLS, the SNI name the certificate was checked against.
+/// What must match before a kept connection is reused: scheme, port, an address the
+/// host resolves to now and, for TLS, the SNI name the certificate was checked against.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Peer {
     scheme: Scheme,
@@ -345,9 +400,10 @@ impl Peer {
         }
     }
 
-    fn matches(&self, target: &Target, addr: SocketAddr) -> bool {
+    fn matches(&self, target: &Target, ips: &[IpAddr]) -> bool {
         self.scheme == target.scheme
-            && self.addr == addr
+            && self.addr.port() == target.port
+            && ips.contains(&self.addr.ip())
             && (self.scheme == Scheme::Http || self.sni == target.host)
     }
 }
@@ -359,12 +415,17 @@ enum Stream {
 }
 
 impl Stream {
-    /// Connects to `addr`, with a TLS handshake for `https://`.
-    async fn connect(target: &Target, addr: SocketAddr) -> Result<Stream, String> {
+    /// The TCP connection to `addr`.
+    async fn connect_tcp(addr: SocketAddr) -> Result<TcpStream, String> {
         let tcp = TcpStream::connect_addr(addr)
             .await
             .map_err(|e| format!("connect {addr}: {e}"))?;
         let _ = tcp.set_nodelay(true);
+        Ok(tcp)
+    }
+
+    /// The stream over a connected `tcp`: with a TLS handshake for `https://`.
+    async fn over(target: &Target, tcp: TcpStream) -> Result<Stream, String> {
         match target.scheme {
             Scheme::Http => Ok(Stream::Plain(tcp)),
             Scheme::Https => tls::TlsStream::connect(tls::config().clone(), tcp, &target.host)
@@ -397,6 +458,17 @@ impl Stream {
         n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
     }
 
+    /// Ends the connection both ways (a FIN to the receiver); the socket itself is
+    /// closed when the stream is dropped.
+    fn shutdown(&self) {
+        let fd = match self {
+            Stream::Plain(s) => s.as_raw_fd(),
+            Stream::Tls(s) => s.tcp().as_raw_fd(),
+        };
+        // SAFETY: `fd` is the open socket `self` owns; no operation is pending on it.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    }
+
     async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         match self {
             Stream::Plain(s) => {
@@ -422,6 +494,17 @@ impl Stream {
             }
         }
     }
+}
+
+/// Whether a write failed because the receiver closed or reset the connection (so what
+/// it sent before is readable, and nothing more will come).
+fn closed_under(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+    )
 }
 
 /// Reads one response. Errors carry whether no byte of a response had arrived.
@@ -471,6 +554,14 @@ async fn read_response(conn: &mut Conn) -> Result<(u16, Option<Duration>, bool),
     }
 }
 
+/// The order to try a name's addresses in: the one connected last first (while the name
+/// still has it), then the rest as resolved.
+fn connect_order(last_good: Option<IpAddr>, ips: &[IpAddr]) -> impl Iterator<Item = IpAddr> + '_ {
+    let good = last_good.filter(|ip| ips.contains(ip));
+    good.into_iter()
+        .chain(ips.iter().copied().filter(move |ip| Some(*ip) != good))
+}
+
 fn reserve(mut b: Vec<u8>) -> Vec<u8> {
     if b.capacity() - b.len() < 4096 {
         b.reserve(RBUF_MIN);
@@ -499,12 +590,12 @@ mod tests {
     #[test]
     fn reuse_needs_scheme_address_and_sni_to_match() {
         let a: SocketAddr = "10.0.0.1:443".parse().unwrap();
-        let b: SocketAddr = "10.0.0.2:443".parse().unwrap();
+        let b = &["10.0.0.2".parse::<IpAddr>().unwrap()][..];
         let tls = Peer::of(&target("https://a.example/x"), a);
-        assert!(tls.matches(&target("https://a.example/other?q=1"), a));
-        assert!(tls.matches(&target("https://A.example:443/"), a));
+        assert!(tls.matches(&target("https://a.example/other?q=1"), &[a.ip()]));
+        assert!(tls.matches(&target("https://A.example:443/"), &[a.ip()]));
         assert!(
-            !tls.matches(&target("https://b.example/"), a),
+            !tls.matches(&target("https://b.example/"), &[a.ip()]),
             "SNI differs"
         );
         assert!(
@@ -512,17 +603,25 @@ mod tests {
             "address differs"
         );
         assert!(
-            !tls.matches(&target("http://a.example:443/"), a),
+            !tls.matches(&target("http://a.example:443/"), &[a.ip()]),
             "scheme differs"
         );
 
         let plain = Peer::of(&target("http://a.example:443/"), a);
         assert!(
-            plain.matches(&target("http://b.example:443/"), a),
+            plain.matches(&target("http://b.example:443/"), &[a.ip()]),
             "Host is per request"
         );
-        assert!(!plain.matches(&target("https://a.example/"), a));
+        assert!(!plain.matches(&target("https://a.example/"), &[a.ip()]));
         assert!(!plain.matches(&target("http://a.example:443/"), b));
+        assert!(
+            !plain.matches(&target("http://a.example:80/"), &[a.ip()]),
+            "port differs"
+        );
+        assert!(
+            plain.matches(&target("http://a.example:443/"), &[b[0], a.ip()]),
+            "one of a name's addresses"
+        );
     }
 }
 
@@ -540,8 +639,12 @@ mod reconnect_tests {
         Keep,
         Close,
         Drop,
-        /// Answer with keep-alive; then, once told, send a `408` unasked and say so.
+        /// Answer with keep-alive; then, once told, send a `408` unasked that closes the
+        /// connection, say so, and close it.
         KeepThenStray,
+        /// Answer `Connection: close` and keep the socket open; report whether the
+        /// client closed its side within 10 s.
+        CloseAndWatch,
     }
 
     type Stray = (mpsc::Receiver<()>, mpsc::Sender<()>);
@@ -570,7 +673,7 @@ mod reconnect_tests {
                     let conn = match step {
                         Step::Drop => break,
                         Step::Keep | Step::KeepThenStray => "keep-alive",
-                        Step::Close => "close",
+                        Step::Close | Step::CloseAndWatch => "close",
                     };
                     let _ = write!(
                         w,
@@ -580,9 +683,19 @@ mod reconnect_tests {
                         go.recv().unwrap();
                         let _ = write!(
                             w,
-                            "HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n"
+                            "HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
                         );
                         sent.send(()).unwrap();
+                        break;
+                    }
+                    if let (Step::CloseAndWatch, Some((_, closed))) = (step, &stray) {
+                        w.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                            .unwrap();
+                        let mut rest = String::new();
+                        let eof = matches!(r.read_line(&mut rest), Ok(0));
+                        if eof {
+                            closed.send(()).unwrap();
+                        }
                     }
                 }
             }
@@ -607,7 +720,7 @@ mod reconnect_tests {
             for _ in 0..5 {
                 req.clear();
                 req.extend_from_slice(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n");
-                let (ex, b) = slot.exchange(&target, addr, req).await;
+                let (ex, b) = slot.exchange(&target, &[addr.ip()], req).await;
                 req = b;
                 assert!(
                     matches!(ex, Exchange::Response { status: 200, .. }),
@@ -634,7 +747,7 @@ mod reconnect_tests {
         let (go_tx, go_rx) = mpsc::channel();
         let (sent_tx, sent_rx) = mpsc::channel();
         let addr = receiver_with(
-            vec![vec![Step::KeepThenStray, Step::Keep], vec![Step::Keep]],
+            vec![vec![Step::KeepThenStray], vec![Step::Keep]],
             Some((go_rx, sent_tx)),
         );
         let target = http1::parse_url(format!("http://{addr}/x").as_bytes()).unwrap();
@@ -654,7 +767,7 @@ mod reconnect_tests {
                 }
                 req.clear();
                 req.extend_from_slice(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n");
-                let (ex, b) = slot.exchange(&target, addr, req).await;
+                let (ex, b) = slot.exchange(&target, &[addr.ip()], req).await;
                 req = b;
                 match ex {
                     Exchange::Response { status, .. } => statuses.push(status),
@@ -674,5 +787,161 @@ mod reconnect_tests {
             (first, peer_closed, after_error, stale, peer_changed),
             (1, 0, 0, 1, 0)
         );
+    }
+
+    #[test]
+    fn an_unasked_408_on_a_busy_kept_connection_sends_the_request_again() {
+        // Reused sooner than the idle check runs, the 408 already in the socket is read
+        // as the answer: the request goes again on a new connection.
+        let (go_tx, go_rx) = mpsc::channel();
+        let (sent_tx, sent_rx) = mpsc::channel();
+        let addr = receiver_with(
+            vec![vec![Step::KeepThenStray], vec![Step::Keep]],
+            Some((go_rx, sent_tx)),
+        );
+        let target = http1::parse_url(format!("http://{addr}/x").as_bytes()).unwrap();
+        let counts = Rc::new(OpenCounts::default());
+        let mut slot = ConnSlot::counted(counts.clone());
+        slot.quiet_after = Duration::from_secs(3600);
+        let driver = crate::runtime::choose(crate::config::Driver::Auto).unwrap();
+        let (statuses, resent) = crate::runtime::block_on(driver, async move {
+            let mut statuses = Vec::new();
+            let mut req = Vec::new();
+            for i in 0..2 {
+                if i == 1 {
+                    go_tx.send(()).unwrap();
+                    sent_rx.recv().unwrap();
+                }
+                req.clear();
+                req.extend_from_slice(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n");
+                let (ex, b) = slot.exchange(&target, &[addr.ip()], req).await;
+                req = b;
+                match ex {
+                    Exchange::Response { status, .. } => statuses.push(status),
+                    other => panic!("{other:?}"),
+                }
+            }
+            (statuses, slot.last_was_resent())
+        })
+        .unwrap();
+        assert_eq!(
+            statuses,
+            [200, 200],
+            "the unasked 408 was taken as the answer"
+        );
+        assert!(resent, "the second request went twice");
+        let [first, _, _, stale, _] = counts.get();
+        assert_eq!((first, stale), (1, 1));
+    }
+
+    #[test]
+    fn a_connection_the_receiver_will_close_is_shut_once_answered() {
+        let (_go_tx, go_rx) = mpsc::channel();
+        let (closed_tx, closed_rx) = mpsc::channel();
+        let addr = receiver_with(vec![vec![Step::CloseAndWatch]], Some((go_rx, closed_tx)));
+        let target = http1::parse_url(format!("http://{addr}/x").as_bytes()).unwrap();
+        let mut slot = ConnSlot::default();
+        let driver = crate::runtime::choose(crate::config::Driver::Auto).unwrap();
+        let slot = crate::runtime::block_on(driver, async move {
+            let req = b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n".to_vec();
+            let (ex, _) = slot.exchange(&target, &[addr.ip()], req).await;
+            assert!(
+                matches!(ex, Exchange::Response { status: 200, .. }),
+                "{ex:?}"
+            );
+            slot
+        })
+        .unwrap();
+        // The slot (and its connection's parser, for the excerpt) is still held here.
+        assert_eq!(slot.body_excerpt(), b"ok");
+        closed_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the receiver saw no end of the connection it closes");
+    }
+
+    #[test]
+    fn an_answer_sent_before_the_request_was_read_is_the_outcome() {
+        // The receiver reads the head of a large request, answers 413 and closes with
+        // the body unread (a reset): the write breaks, the 413 is in the socket.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                line.clear();
+            }
+            let mut w = s;
+            let _ = write!(
+                w,
+                "HTTP/1.1 413 Content Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig"
+            );
+            drop(r);
+            drop(w);
+        });
+        let target = http1::parse_url(format!("http://{addr}/x").as_bytes()).unwrap();
+        let mut slot = ConnSlot::default();
+        let driver = crate::runtime::choose(crate::config::Driver::Auto).unwrap();
+        let ex = crate::runtime::block_on(driver, async move {
+            let body = vec![b'x'; 16 << 20];
+            let mut req = format!(
+                "POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            req.extend_from_slice(&body);
+            slot.exchange(&target, &[addr.ip()], req).await.0
+        })
+        .unwrap();
+        assert!(
+            matches!(ex, Exchange::Response { status: 413, .. }),
+            "{ex:?}"
+        );
+    }
+
+    #[test]
+    fn a_name_s_next_address_is_tried_when_one_refuses() {
+        // The receiver listens on 127.0.0.1 only: 127.0.0.2 (loopback too) refuses.
+        let addr = receiver(vec![vec![Step::Keep, Step::Close], vec![Step::Keep]]);
+        let refusing: IpAddr = "127.0.0.2".parse().unwrap();
+        let ips = [refusing, addr.ip()];
+        let target = http1::parse_url(format!("http://{addr}/x").as_bytes()).unwrap();
+        let counts = Rc::new(OpenCounts::default());
+        let mut slot = ConnSlot::counted(counts.clone());
+        let driver = crate::runtime::choose(crate::config::Driver::Auto).unwrap();
+        let (statuses, failed) = crate::runtime::block_on(driver, async move {
+            let mut statuses = Vec::new();
+            for _ in 0..3 {
+                let req = b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n".to_vec();
+                match slot.exchange(&target, &ips, req).await.0 {
+                    Exchange::Response { status, .. } => statuses.push(status),
+                    other => panic!("{other:?}"),
+                }
+            }
+            let req = b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n".to_vec();
+            let failed = slot.exchange(&target, &[refusing], req).await.0;
+            (statuses, failed)
+        })
+        .unwrap();
+        // Three answers over two connections, both to the address that takes them.
+        assert_eq!(statuses, [200, 200, 200]);
+        let [first, peer_closed, ..] = counts.get();
+        assert_eq!((first, peer_closed), (1, 1));
+        match failed {
+            Exchange::Failed(msg) => assert!(msg.contains("127.0.0.2"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_address_that_connected_last_is_tried_first() {
+        let [a, b, c]: [IpAddr; 3] = ["10.0.0.1", "10.0.0.2", "::1"].map(|s| s.parse().unwrap());
+        let order = |last, ips: &[IpAddr]| connect_order(last, ips).collect::<Vec<_>>();
+        assert_eq!(order(None, &[a, b, c]), [a, b, c]);
+        assert_eq!(order(Some(b), &[a, b, c]), [b, a, c]);
+        assert_eq!(order(Some(c), &[a, b, c]), [c, a, b]);
+        // No longer among the name's addresses: the resolver's order.
+        assert_eq!(order(Some(c), &[a, b]), [a, b]);
     }
 }

@@ -8,7 +8,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Whether connecting to `ip` is refused while `allow_private_networks` is off:
 /// loopback, private, link-local, CGNAT, multicast, broadcast, unspecified, documentation
-/// and benchmarking ranges, IPv6 ULA and link-local, and the IPv6 forms that carry an
+/// and benchmarking ranges, IPv6 ULA and link-local, IPv6 discard-only, ORCHID and SRv6
+/// ranges, and the IPv6 forms that carry an
 /// IPv4 address (mapped, compatible, translated, 6to4, Teredo, NAT64) by the address they
 /// carry.
 pub fn is_blocked(ip: IpAddr) -> bool {
@@ -68,6 +69,11 @@ fn blocked_v6(ip: Ipv6Addr) -> bool {
         || (s[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
         || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
         || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+        || (s[0] == 0x3fff && s[1] < 0x1000) // documentation 3fff::/20 (RFC 9637)
+        || (s[0] == 0x2001 && s[1] == 0x0002 && s[2] == 0) // benchmarking 2001:2::/48
+        || (s[0] == 0x2001 && (s[1] & 0xfff0) == 0x0010) // ORCHID 2001:10::/28
+        || s[..4] == [0x0100, 0, 0, 0] // discard-only 100::/64 (RFC 6666)
+        || s[0] == 0x5f00 // SRv6 SIDs 5f00::/16 (RFC 9602)
         || (s[0] == 0x0064 && s[1] == 0xff9b) // NAT64 well-known prefix (may map to private v4)
 }
 
@@ -109,6 +115,14 @@ mod tests {
             "2001:0:4136:e378:8000:63bf:80ff:fffe",
             // Teredo: server 10.0.0.1, client 8.8.8.8 (inverted: f7f7:f7f7).
             "2001:0:a00:1:8000:63bf:f7f7:f7f7",
+            // IANA special-purpose ranges not globally reachable.
+            "2001:db8::1",
+            "3fff::1",
+            "3fff:fff:ffff::1",
+            "2001:2::1",
+            "2001:10::1",
+            "100::1",
+            "5f00::1",
         ] {
             assert!(b(s), "{s} should be blocked");
         }
@@ -122,6 +136,10 @@ mod tests {
             "2002:808:808::1",
             "2001:0:4136:e378:8000:63bf:f7f7:f7f7",
             "2001:4860:4860::8888",
+            "3fff:1000::1",
+            "2001:3::1",
+            "100:0:0:1::1",
+            "5f01::1",
         ] {
             assert!(!b(s), "{s} should be allowed");
         }

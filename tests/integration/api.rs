@@ -669,6 +669,14 @@ fn endpoints_delete_recreate_and_persist_across_restart() {
     );
     assert_eq!(status, 200, "{v}");
     assert_eq!(srv.get("/v1/endpoints/cfg").1["source"], "config");
+    // The file's endpoint disabled by a definition over the API: the file's definition
+    // (enabled by default) replaces it at the next start, and lifts that disable too.
+    let (status, v) = srv.call(
+        "PUT",
+        "/v1/endpoints/cfg",
+        &json!({"name": "cfg", "events": ["c"], "url": rx.url("/cfg"), "enabled": false}),
+    );
+    assert_eq!((status, v["enabled"].clone()), (200, json!(false)), "{v}");
     drop(c);
 
     assert_eq!(srv.stop(), Some(0));
@@ -681,6 +689,11 @@ fn endpoints_delete_recreate_and_persist_across_restart() {
     assert_eq!(
         (cfg["source"].clone(), cfg["url"].clone()),
         (json!("config"), json!(rx.url("/cfg2")))
+    );
+    assert_eq!(
+        (cfg["enabled"].clone(), cfg["disabled_reason"].clone()),
+        (json!(true), Value::Null),
+        "{cfg}"
     );
     let (status, keep) = srv.get("/v1/endpoints/keep");
     assert_eq!(status, 200, "{keep}");

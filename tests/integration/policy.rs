@@ -80,6 +80,44 @@ fn max_rps_keeps_spacing_at_a_receiver_slow_to_take_up_a_connection() {
 }
 
 #[test]
+fn max_rps_is_reached_at_a_slow_receiver_that_closes_every_connection() {
+    // Every answer comes after 200 ms and closes its connection, so every request is
+    // the first on a new one. Paced again from each answer, 20/s fell to ~11.6/s (40
+    // requests over ~3.4 s); paced by the bucket alone they take 39 intervals, 1.95 s.
+    let rx = TestReceiver::with_script(|_, _| {
+        Reply::status(200)
+            .header("Connection", "close")
+            .delay(Duration::from_millis(200))
+    });
+    let srv = TestServer::start(&endpoint(
+        "closer",
+        r#"["t"]"#,
+        &rx.url("/"),
+        "max_rps = 20",
+    ));
+    srv.connect().send_each_ok("t", "c", 40);
+    let got = rx.wait_for(40, Duration::from_secs(20));
+    // A new connection per request adds jitter at the receiver: r + 2.
+    let times = at_most_per_second(&got, 22);
+    let span = *times.last().unwrap() - times[0];
+    assert!(
+        span < Duration::from_millis(2800),
+        "40 requests at max_rps = 20 took {span:?}; gaps {:?}",
+        times
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_millis())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        srv.metrics().value(
+            "ricochet_connections_opened_total",
+            &[("reason", "after_error")]
+        ),
+        Some(0.0)
+    );
+}
+
+#[test]
 fn min_delay_holds_back_the_first_attempt() {
     let rx = TestReceiver::start();
     let srv = TestServer::start(&endpoint(
@@ -291,6 +329,26 @@ fn ordered_endpoint_is_strict_fifo_behind_a_failing_head() {
         got[1].at - got[0].at >= Duration::from_millis(950),
         "the head waited for its retry"
     );
+}
+
+#[test]
+fn ordered_endpoint_is_not_held_by_an_event_that_expires_before_it_is_due() {
+    // An event stamped an hour ahead, with a retention of 30 s, expires before it falls
+    // due: it is never attempted, so the events after it do not wait an hour for it.
+    let rx = TestReceiver::start();
+    let srv = TestServer::start_with(
+        ServerOpts::new(&ordered_ep(&rx.url("/"))).server("retention = \"30s\""),
+    );
+    let mut c = srv.connect();
+    let ahead = unix_ms() + 3_600_000;
+    let ack = c.send(&format!(
+        r#"{{"type":"t","id":"skewed","time":{ahead},"data":{{}}}}"#
+    ));
+    assert!(ack.starts_with("ok skewed 1"), "{ack}");
+    c.send_each_ok("t", "after", 3);
+    let got = rx.wait_for(3, Duration::from_secs(15));
+    assert_eq!(ids_in_order(&got), ["after-0", "after-1", "after-2"]);
+    assert_eq!(states(&srv.event("skewed")), ["pending"]);
 }
 
 #[test]
@@ -634,7 +692,17 @@ fn max_rps_sends_no_burst_after_an_idle_second() {
     std::thread::sleep(Duration::from_millis(1500));
     c.send_each_ok("t", "then", 20);
     let got = rx.wait_for(21, Duration::from_secs(20));
-    at_most_per_second(&got, 6);
+    // Sent, the burst and the next second hold 2 + 4 (r + 1 in any second). Received,
+    // one more fits when the burst reaches the receiver a little late (a loaded machine
+    // delays its thread): the window then starts at the burst and reaches one token
+    // further. A bucket that kept a second's worth would show 10.
+    at_most_per_second(&got, 7);
+    // And the burst is two: the third after the idle spell waits a token (200 ms).
+    let third = got[3].at - got[1].at;
+    assert!(
+        third >= Duration::from_millis(100),
+        "three requests within {third:?} after an idle spell"
+    );
 }
 
 #[test]
