@@ -1006,7 +1006,8 @@ impl Worker {
             // which a loaded receiver may do late: pace the next one from its arrival,
             // at the latest its answer less the least time the receiver has taken to
             // answer (so a receiver that closes every connection and answers in 200 ms
-            // keeps its rate: pacing from the answer itself cut 20/s to 11.6/s).
+            // keeps its rate: pacing from the answer itself lost a token's worth with
+            // every answer).
             let answers_within = ep.answers_within.get().unwrap_or(0);
             bucket.restart_at(now.saturating_sub(answers_within), now);
             if slot.last_was_resent() {

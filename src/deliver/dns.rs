@@ -67,8 +67,13 @@ impl ResolveFailure {
 /// RFC 6761 §6.4: names under `.invalid` never resolve, and resolvers should say so at
 /// once instead of asking the network.
 fn is_special_invalid(host: &str) -> bool {
+    is_or_under(host, b"invalid")
+}
+
+/// Whether `host` is the name `tail` or a name under it (case-insensitive, a trailing
+/// dot or not).
+fn is_or_under(host: &str, tail: &[u8]) -> bool {
     let h = host.strip_suffix('.').unwrap_or(host).as_bytes();
-    let tail = b"invalid";
     h.len() >= tail.len()
         && h[h.len() - tail.len()..].eq_ignore_ascii_case(tail)
         && (h.len() == tail.len() || h[h.len() - tail.len() - 1] == b'.')
@@ -77,11 +82,7 @@ fn is_special_invalid(host: &str) -> bool {
 /// RFC 6761 §6.3: `localhost` and names under it are the loopback addresses, answered
 /// without asking the network (a trailing dot or not).
 fn is_special_localhost(host: &str) -> bool {
-    let h = host.strip_suffix('.').unwrap_or(host).as_bytes();
-    let tail = b"localhost";
-    h.len() >= tail.len()
-        && h[h.len() - tail.len()..].eq_ignore_ascii_case(tail)
-        && (h.len() == tail.len() || h[h.len() - tail.len() - 1] == b'.')
+    is_or_under(host, b"localhost")
 }
 
 type Answer = Result<Vec<IpAddr>, ResolveError>;

@@ -338,7 +338,14 @@ pub fn parse_url(url: &[u8]) -> Result<Target, UrlError> {
     };
 
     // Every byte is ASCII here except in the path; the host checks above made sure.
-    let host = String::from_utf8_lossy(host).to_ascii_lowercase();
+    let mut host = String::from_utf8_lossy(host).to_ascii_lowercase();
+    // `127.0.0.1.` is the address, as browsers read it (a name would go to DNS): the
+    // dot goes, so `Host` and the TLS server name are the address's.
+    let ip = host.strip_suffix('.').and_then(|h| h.parse().ok());
+    if ip.is_some() {
+        host.pop();
+    }
+    let ip = ip.or_else(|| host.parse().ok());
     let mut host_header = String::with_capacity(host.len() + 8);
     if v6 {
         host_header.push('[');
@@ -375,8 +382,7 @@ pub fn parse_url(url: &[u8]) -> Result<Target, UrlError> {
     }
 
     Ok(Target {
-        // `127.0.0.1.` is the address, as browsers read it (a name would go to DNS).
-        ip: host.strip_suffix('.').unwrap_or(&host).parse().ok(),
+        ip,
         scheme,
         host,
         port,
@@ -1304,7 +1310,10 @@ mod tests {
     fn an_address_with_a_trailing_dot_is_the_address() {
         let t = parse_url(b"http://127.0.0.1.:8080/x").unwrap();
         assert_eq!(t.ip, Some("127.0.0.1".parse().unwrap()));
-        assert_eq!(t.host_header, "127.0.0.1.:8080");
+        assert_eq!(
+            (t.host.as_str(), t.host_header.as_str()),
+            ("127.0.0.1", "127.0.0.1:8080")
+        );
         assert_eq!(parse_url(b"http://example.com./").unwrap().ip, None);
     }
 

@@ -742,8 +742,10 @@ mod reconnect_tests {
         );
     }
 
-    #[test]
-    fn a_connection_that_spoke_while_idle_is_not_reused() {
+    /// Two requests on one slot; between them the receiver sends an unasked `408` that
+    /// closes the connection. The statuses answered, whether the second went twice, and
+    /// the connects by reason.
+    fn around_a_stray_408(quiet_after: Duration) -> (Vec<u16>, bool, [u64; OpenReason::COUNT]) {
         let (go_tx, go_rx) = mpsc::channel();
         let (sent_tx, sent_rx) = mpsc::channel();
         let addr = receiver_with(
@@ -753,9 +755,9 @@ mod reconnect_tests {
         let target = http1::parse_url(format!("http://{addr}/x").as_bytes()).unwrap();
         let counts = Rc::new(OpenCounts::default());
         let mut slot = ConnSlot::counted(counts.clone());
-        slot.quiet_after = Duration::ZERO;
+        slot.quiet_after = quiet_after;
         let driver = crate::runtime::choose(crate::config::Driver::Auto).unwrap();
-        let statuses = crate::runtime::block_on(driver, async move {
+        let (statuses, resent) = crate::runtime::block_on(driver, async move {
             let mut statuses = Vec::new();
             let mut req = Vec::new();
             for i in 0..2 {
@@ -774,15 +776,25 @@ mod reconnect_tests {
                     other => panic!("{other:?}"),
                 }
             }
-            statuses
+            (statuses, slot.last_was_resent())
         })
         .unwrap();
+        (statuses, resent, counts.get())
+    }
+
+    #[test]
+    fn a_connection_that_spoke_while_idle_is_not_reused() {
+        let (statuses, resent, counts) = around_a_stray_408(Duration::ZERO);
         assert_eq!(
             statuses,
             [200, 200],
             "the unasked 408 was read as an answer"
         );
-        let [first, peer_closed, after_error, stale, peer_changed] = counts.get();
+        assert!(
+            !resent,
+            "the idle check kept the request from the closed connection"
+        );
+        let [first, peer_closed, after_error, stale, peer_changed] = counts;
         assert_eq!(
             (first, peer_closed, after_error, stale, peer_changed),
             (1, 0, 0, 1, 0)
@@ -793,44 +805,14 @@ mod reconnect_tests {
     fn an_unasked_408_on_a_busy_kept_connection_sends_the_request_again() {
         // Reused sooner than the idle check runs, the 408 already in the socket is read
         // as the answer: the request goes again on a new connection.
-        let (go_tx, go_rx) = mpsc::channel();
-        let (sent_tx, sent_rx) = mpsc::channel();
-        let addr = receiver_with(
-            vec![vec![Step::KeepThenStray], vec![Step::Keep]],
-            Some((go_rx, sent_tx)),
-        );
-        let target = http1::parse_url(format!("http://{addr}/x").as_bytes()).unwrap();
-        let counts = Rc::new(OpenCounts::default());
-        let mut slot = ConnSlot::counted(counts.clone());
-        slot.quiet_after = Duration::from_secs(3600);
-        let driver = crate::runtime::choose(crate::config::Driver::Auto).unwrap();
-        let (statuses, resent) = crate::runtime::block_on(driver, async move {
-            let mut statuses = Vec::new();
-            let mut req = Vec::new();
-            for i in 0..2 {
-                if i == 1 {
-                    go_tx.send(()).unwrap();
-                    sent_rx.recv().unwrap();
-                }
-                req.clear();
-                req.extend_from_slice(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n");
-                let (ex, b) = slot.exchange(&target, &[addr.ip()], req).await;
-                req = b;
-                match ex {
-                    Exchange::Response { status, .. } => statuses.push(status),
-                    other => panic!("{other:?}"),
-                }
-            }
-            (statuses, slot.last_was_resent())
-        })
-        .unwrap();
+        let (statuses, resent, counts) = around_a_stray_408(Duration::from_secs(3600));
         assert_eq!(
             statuses,
             [200, 200],
             "the unasked 408 was taken as the answer"
         );
         assert!(resent, "the second request went twice");
-        let [first, _, _, stale, _] = counts.get();
+        let [first, _, _, stale, _] = counts;
         assert_eq!((first, stale), (1, 1));
     }
 
