@@ -431,7 +431,7 @@ impl Matcher {
             // text no receiver sends; the user meant a TOML/JSON list.
             Matcher::Body(s) if Self::reads_as_list(s) => {
                 let items: Vec<String> = s
-                    .split(|c: char| c == ',' || c.is_ascii_whitespace())
+                    .split(Self::list_separator)
                     .filter(|t| !t.is_empty())
                     .map(|t| format!("{t:?}"))
                     .collect();
@@ -444,10 +444,15 @@ impl Matcher {
         }
     }
 
-    /// Two or more comma- or space-separated items, each a status or a status class.
+    /// What separates the items of a list written as one text: `,` `;` `|` or spaces.
+    fn list_separator(c: char) -> bool {
+        matches!(c, ',' | ';' | '|') || c.is_ascii_whitespace()
+    }
+
+    /// Two or more separated items, each a status or a status class.
     fn reads_as_list(s: &str) -> bool {
         let mut n = 0;
-        for t in s.split(|c: char| c == ',' || c.is_ascii_whitespace()) {
+        for t in s.split(Self::list_separator) {
             if t.is_empty() {
                 continue;
             }
@@ -1709,7 +1714,7 @@ disable_after = { "4xx" = "many" }
             assert!(e.contains("not an HTTP status class"), "{typo}: {e}");
         }
         assert_eq!(Matcher::parse("4xx").unwrap().typo(), None);
-        for list in ["2xx,3xx", "200, 201", "2xx 304"] {
+        for list in ["2xx,3xx", "200, 201", "2xx 304", "2xx;3xx", "200|204"] {
             let e = Matcher::parse(list).unwrap().typo().unwrap();
             assert!(e.contains("reads as a list"), "{list}: {e}");
         }
