@@ -223,8 +223,9 @@ mod tests {
         // 20/s: a token every 50 ms.
         let mut b = TokenBucket::new_empty(20, 0);
         assert!(b.try_take(50));
-        assert!(!b.try_take(90)); // 0.8 token held as of 90
-                                  // Empty as of 30: 1.2 tokens would have accrued since, more than it holds.
+        // 0.8 token held as of 90.
+        assert!(!b.try_take(90));
+        // Empty as of 30: 1.2 tokens would have accrued since, more than it holds.
         b.restart_at(30, 90);
         assert_eq!(b.next_token_at(90), 100);
         // Empty as of 80: 0.2 token since; the next is a whole interval after 80.

@@ -12,8 +12,8 @@
 //! anything while it was idle is not reused, and one it said it would close is shut as
 //! soon as its response is read. Every connect is counted by why it happened ([`OpenReason`]),
 //! and the slot remembers whether the last request was the first on its connection (the
-//! worker's rate limiter paces from that request's answer). It must not decide retries
-//! or touch the store.
+//! worker's rate limiter paces the next from that request's estimated arrival). It must
+//! not decide retries or touch the store.
 
 pub mod dns;
 pub mod http1;
