@@ -701,12 +701,8 @@ impl Worker {
     /// `max_rps`, would bound the rate of a slow receiver (two lanes answering in
     /// 200 ms made 20/s into 10/s).
     fn keep_a_lane_for_the_next_token(self: &Rc<Self>, ep: &Rc<Ep>) {
-        if !ep.queue.borrow().is_empty()
-            && ep.idle.borrow().is_empty()
-            && !ep.pacing.get()
-            && ep.lanes.get() < ep.max_lanes()
-        {
-            self.spawn_lane(ep.clone());
+        if !ep.queue.borrow().is_empty() && ep.idle.borrow().is_empty() && !ep.pacing.get() {
+            self.kick(ep.clone());
         }
     }
 

@@ -86,26 +86,22 @@ impl Admin {
     /// `GET /v1/events/{id}`.
     pub(super) fn get_event(&self, id: &str) -> Response {
         match self.event(id) {
-            Ok(Some((mut v, ev))) => {
+            Ok(Some((head, deliveries, ev))) => {
                 // `data` exactly as received: through a `Value`, a number beyond what
-                // an f64 holds would come out changed. Before the deliveries, as the
-                // page is read (the summary's last key, so taking it moves no other).
+                // an f64 holds would come out changed. Between the event's fields and
+                // its deliveries, as the page is read.
                 #[derive(serde::Serialize)]
-                struct WithData<'a> {
+                struct Page<'a> {
                     #[serde(flatten)]
-                    rest: Value,
+                    head: Value,
                     data: Option<&'a RawValue>,
-                    deliveries: Value,
+                    deliveries: Vec<Value>,
                 }
-                let deliveries = v
-                    .as_object_mut()
-                    .and_then(|m| m.remove("deliveries"))
-                    .unwrap_or(Value::Null);
                 let data = serde_json::from_slice::<&RawValue>(ev.data()).ok();
                 json_response(
                     200,
-                    &WithData {
-                        rest: v,
+                    &Page {
+                        head,
                         data,
                         deliveries,
                     },
@@ -116,8 +112,8 @@ impl Admin {
         }
     }
 
-    /// The event's page without its `data`, and the event.
-    fn event(&self, id: &str) -> Result<Option<(Value, EventRecord)>, StoreError> {
+    /// The event's fields ([`head`]), its deliveries with their attempts, and the event.
+    fn event(&self, id: &str) -> Result<Option<(Value, Vec<Value>, EventRecord)>, StoreError> {
         let Some(ev) = self.store.event_by_id(id)? else {
             return Ok(None);
         };
@@ -142,9 +138,7 @@ impl Admin {
                 })
             })
             .collect();
-        let mut out = summary(&ev, &[], &names);
-        out["deliveries"] = Value::Array(deliveries);
-        Ok(Some((out, ev)))
+        Ok(Some((head(&ev), deliveries, ev)))
     }
 
     /// `GET /v1/events?type=&endpoint=&account=&status=&since=&until=&limit=&cursor=`.
@@ -290,24 +284,35 @@ fn name_of(names: &std::collections::HashMap<EndpointId, String>, ep: EndpointId
     names.get(&ep).cloned().unwrap_or_else(|| format!("#{ep}"))
 }
 
-/// An event as the log lists it: without data, each delivery with its state.
-fn summary(
-    ev: &EventRecord,
-    views: &[DeliveryView],
-    names: &std::collections::HashMap<EndpointId, String>,
-) -> Value {
+/// An event's own fields, as the log and its page show them.
+fn head(ev: &EventRecord) -> Value {
     json!({
         "id": ev.display_id(),
         "type": ev.etype(),
         "account": ev.account(),
         "created": rfc3339(seq_time_ms(ev.seq)),
         "time": rfc3339(ev.time_ms()),
-        "deliveries": views.iter().map(|v| json!({
-            "endpoint": name_of(names, v.ep),
-            "state": v.state.as_str(),
-            "attempts": v.attempts,
-        })).collect::<Vec<_>>(),
     })
+}
+
+/// An event as the log lists it: without data, each delivery with its state.
+fn summary(
+    ev: &EventRecord,
+    views: &[DeliveryView],
+    names: &std::collections::HashMap<EndpointId, String>,
+) -> Value {
+    let mut out = head(ev);
+    out["deliveries"] = views
+        .iter()
+        .map(|v| {
+            json!({
+                "endpoint": name_of(names, v.ep),
+                "state": v.state.as_str(),
+                "attempts": v.attempts,
+            })
+        })
+        .collect();
+    out
 }
 
 /// Cursors are opaque to clients: `c` and the sequence number to continue below, in hex.
