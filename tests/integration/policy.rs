@@ -653,6 +653,33 @@ fn an_ordered_endpoint_enabled_again_sends_its_paused_deliveries_before_new_ones
 }
 
 #[test]
+fn an_event_accepted_right_after_an_enable_waits_for_paused_deliveries_due_later() {
+    // The paused deliveries fall due 2 s from now (their events are stamped then); one
+    // accepted before the tick that moves them back must still go after them.
+    let rx = TestReceiver::start();
+    let srv = TestServer::start(&ordered_ep(&rx.url("/")));
+    let mut c = srv.connect();
+    let ahead = unix_ms() + 2_000;
+    for i in 0..3 {
+        let ack = c.send(&format!(
+            r#"{{"type":"t","id":"old-{i}","time":{ahead},"data":{{}}}}"#
+        ));
+        assert!(ack.starts_with(&format!("ok old-{i} 1")), "{ack}");
+    }
+    assert_eq!(srv.post("/v1/endpoints/fifo/disable").0, 200);
+    srv.wait_event("old-2", Duration::from_secs(10), |v| {
+        states(v) == ["paused"]
+    });
+    assert_eq!(srv.post("/v1/endpoints/fifo/enable").0, 200);
+    c.send_each_ok("t", "new", 3);
+    let got = rx.wait_for(6, Duration::from_secs(10));
+    assert_eq!(
+        ids_in_order(&got),
+        ["old-0", "old-1", "old-2", "new-0", "new-1", "new-2"]
+    );
+}
+
+#[test]
 fn an_endpoint_enabled_again_starts_at_its_rate_not_with_a_saved_burst() {
     let rx = TestReceiver::start();
     let srv = TestServer::start(&endpoint("paced", r#"["t"]"#, &rx.url("/"), "max_rps = 5"));
