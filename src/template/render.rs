@@ -183,21 +183,50 @@ pub fn render_default_body(format: BodyFormat, doc: &Doc, out: &mut Vec<u8>) {
     }
 }
 
-/// The member's key as an XML element name: ASCII letters, digits, `_`, `-`, `.` and
-/// non-ASCII characters stay, anything else becomes `_`; a name that would not start
-/// with a letter or `_` gets a leading `_`.
+/// The member's key as an XML element name (XML 1.0 `Name`, without `:`): characters
+/// a name cannot hold become `_`, and a name that would not start with a letter or `_`
+/// (or another character a name may start with) gets a leading `_`.
 fn xml_name(doc: &Doc, c: u32, out: &mut Vec<u8>) {
     let start = out.len();
-    doc.key_chunks(doc.node(c), |k| {
-        for &b in k {
-            let keep = b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.') || b >= 0x80;
-            out.push(if keep { b } else { b'_' });
+    doc.key_chunks(doc.node(c), |k| out.extend_from_slice(k));
+    if out[start..].is_ascii() {
+        for b in &mut out[start..] {
+            if !(b.is_ascii_alphanumeric() || matches!(*b, b'_' | b'-' | b'.')) {
+                *b = b'_';
+            }
         }
-    });
-    match out.get(start) {
-        Some(b) if b.is_ascii_alphabetic() || *b == b'_' || *b >= 0x80 => {}
-        _ => out.insert(start, b'_'),
+    } else {
+        let key = String::from_utf8_lossy(&out[start..]).into_owned();
+        out.truncate(start);
+        let mut buf = [0; 4];
+        for ch in key.chars() {
+            let ch = if xml_name_char(ch) { ch } else { '_' };
+            out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+        }
     }
+    let first = std::str::from_utf8(&out[start..])
+        .ok()
+        .and_then(|s| s.chars().next());
+    if !first.is_some_and(xml_name_start_char) {
+        out.insert(start, b'_');
+    }
+}
+
+/// XML 1.0 (fifth edition) `NameStartChar`, less `:` (a namespace prefix's mark).
+fn xml_name_start_char(ch: char) -> bool {
+    matches!(ch,
+        'A'..='Z' | '_' | 'a'..='z' | '\u{C0}'..='\u{D6}' | '\u{D8}'..='\u{F6}'
+        | '\u{F8}'..='\u{2FF}' | '\u{370}'..='\u{37D}' | '\u{37F}'..='\u{1FFF}'
+        | '\u{200C}'..='\u{200D}' | '\u{2070}'..='\u{218F}' | '\u{2C00}'..='\u{2FEF}'
+        | '\u{3001}'..='\u{D7FF}' | '\u{F900}'..='\u{FDCF}' | '\u{FDF0}'..='\u{FFFD}'
+        | '\u{10000}'..='\u{EFFFF}')
+}
+
+/// XML 1.0 (fifth edition) `NameChar`, less `:`.
+fn xml_name_char(ch: char) -> bool {
+    xml_name_start_char(ch)
+        || matches!(ch,
+            '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
 }
 
 #[cfg(test)]
@@ -484,6 +513,26 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "<event><Name>a b&amp;c</Name><Nil></Nil><Ok>true</Ok><_1st>&lt;x&gt;</_1st><a_b>é</a_b><Id>2</Id></event>"
+        );
+    }
+
+    #[test]
+    fn default_xml_names_hold_only_what_an_xml_name_may() {
+        // No-break and ideographic spaces, `×`, `;` (U+037E), an arrow, NEL, a line
+        // separator: none is a name character. `·`, a combining mark and `‿` are, but
+        // may not start one. CJK, accented letters and `·` inside a name stay.
+        let d = doc(
+            r#"{"Kunden Nr":1, "订单　号":2, "Preis×Menge":3, "a;b":4,
+                "x←y":5, "nl":6, "l s":7, "·a":8, "́b":9, "‿c":10,
+                "Straße·Nr":11, "ключ":12, "":13, "a:b":14}"#,
+        );
+        let mut out = Vec::new();
+        super::render_default_body(BodyFormat::Xml, &d, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "<event><Kunden_Nr>1</Kunden_Nr><订单_号>2</订单_号><Preis_Menge>3</Preis_Menge>\
+             <a_b>4</a_b><x_y>5</x_y><n_l>6</n_l><l_s>7</l_s><_·a>8</_·a><_\u{301}b>9</_\u{301}b>\
+             <_‿c>10</_‿c><Straße·Nr>11</Straße·Nr><ключ>12</ключ><_>13</_><a_b>14</a_b></event>"
         );
     }
 }
