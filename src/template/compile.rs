@@ -87,6 +87,16 @@ pub(super) fn compile(src: &str, ctx: Context) -> Result<(Vec<Part>, usize), Tem
         super::json_check::check(src, &ir, &c.lits, &c.lit_at)
             .map_err(|bad| c.error(bad.at, bad.message))?;
     }
+    if ctx == Context::Url && ir.iter().any(|p| !matches!(p, Ir::Lit(_))) {
+        if let Some(at) = literal_dot_segment(&ir, &c.lits, &c.lit_at) {
+            return Err(c.error(
+                at,
+                "a `.` or `..` path segment: a rendered URL's path may have none (receivers \
+                 resolve it to another path), so every delivery would fail; write the path \
+                 it stands for",
+            ));
+        }
+    }
     let size = c.lits.len();
     let lits = Bytes::from(c.lits);
     Ok((finish(ir, &lits), size))
@@ -111,6 +121,53 @@ fn finish(ir: Vec<Ir>, lits: &Bytes) -> Vec<Part> {
             })),
         })
         .collect()
+}
+
+/// The source offset of a path segment of a URL template that is literal text only and
+/// reads `.` or `..` (dots plain or `%2E`): rendered, it is such a segment whatever the
+/// placeholders give, since a value never renders a `/` (it is percent-encoded). A
+/// placeholder is a segment's text of unknown content, so a segment holding one is not
+/// judged here (the rendered URL is, at each delivery).
+fn literal_dot_segment(ir: &[Ir], lits: &[u8], lit_at: &[usize]) -> Option<usize> {
+    // The URL as literal bytes with their source offsets, a placeholder as `None`.
+    let mut shape: Vec<Option<(u8, usize)>> = Vec::new();
+    for p in ir {
+        match p {
+            Ir::Lit(r) => shape.extend(r.clone().map(|i| Some((lits[i], lit_at[i])))),
+            _ => shape.push(None),
+        }
+    }
+    let byte = |i: usize| shape.get(i).copied().flatten().map(|(b, _)| b);
+    let scheme_end = (0..shape.len()).find(|&i| {
+        byte(i) == Some(b':') && byte(i + 1) == Some(b'/') && byte(i + 2) == Some(b'/')
+    })? + 3;
+    let is = |i: usize, set: &[u8]| byte(i).is_some_and(|b| set.contains(&b));
+    let path_start = (scheme_end..shape.len()).find(|&i| is(i, b"/?#"))?;
+    let path_end = (path_start..shape.len())
+        .find(|&i| is(i, b"?#"))
+        .unwrap_or(shape.len());
+    let path = &shape[path_start..path_end];
+    path.split(|x| matches!(x, Some((b'/', _))))
+        .find_map(|seg| {
+            let text: Option<Vec<u8>> = seg.iter().map(|x| x.map(|(b, _)| b)).collect();
+            let text = text?;
+            is_dot_segment(&text).then(|| seg[0].map(|(_, at)| at))?
+        })
+}
+
+/// `.` or `..`, each dot written plain or as `%2E`.
+fn is_dot_segment(seg: &[u8]) -> bool {
+    let mut rest = seg;
+    let mut dots = 0;
+    while !rest.is_empty() {
+        rest = match rest {
+            [b'.', r @ ..] => r,
+            [b'%', b'2', e, r @ ..] if e | 0x20 == b'e' => r,
+            _ => return false,
+        };
+        dots += 1;
+    }
+    dots == 1 || dots == 2
 }
 
 /// A part before the literal bytes are frozen: literal text is a range of
@@ -625,6 +682,33 @@ mod tests {
             e.to_string(),
             "line 2, column 9: unknown function `upper` (the only function is `join`)\n  \"a\": {upper(Name)}\n        ^"
         );
+    }
+
+    #[test]
+    fn a_literal_dot_segment_in_a_rendered_url_is_refused() {
+        const URL: Context = Context::Url;
+        let msg = "a `.` or `..` path segment";
+        assert_err("http://h/a/../b/{A}", URL, 1, 12, msg);
+        assert_err("http://h/a/..?x={A}", URL, 1, 12, msg);
+        assert_err("http://h/./x/{A}", URL, 1, 10, msg);
+        assert_err("http://{H}/%2e%2E/x", URL, 1, 12, msg);
+        assert_err("http://h/{A}/..", URL, 1, 14, msg);
+        assert_err("http://h/{join(a, i, \"{i}\", \"/\")}/./", URL, 1, 35, msg);
+        // A segment with a placeholder in it, dots in the query or within a segment,
+        // a `/` inside a join's text: judged per delivery, or no dot segment at all.
+        for ok in [
+            "http://h/a/..{A}/b",
+            "http://h/{A}../b",
+            "http://h/a/...?b={A}",
+            "http://h/a/.x/{A}",
+            "http://h/a?x=/../&y={A}",
+            "http://h/a#/../{A}",
+            "http://h/{join(a, i, \"/../{i}\")}",
+            // A URL without placeholders is sent as written.
+            "http://h/a/../b",
+        ] {
+            Template::compile(ok, URL).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        }
     }
 
     #[test]

@@ -521,11 +521,9 @@ mod tests {
         // No-break and ideographic spaces, `×`, `;` (U+037E), an arrow, NEL, a line
         // separator: none is a name character. `·`, a combining mark and `‿` are, but
         // may not start one. CJK, accented letters and `·` inside a name stay.
-        let d = doc(
-            r#"{"Kunden Nr":1, "订单　号":2, "Preis×Menge":3, "a;b":4,
+        let d = doc(r#"{"Kunden Nr":1, "订单　号":2, "Preis×Menge":3, "a;b":4,
                 "x←y":5, "nl":6, "l s":7, "·a":8, "́b":9, "‿c":10,
-                "Straße·Nr":11, "ключ":12, "":13, "a:b":14}"#,
-        );
+                "Straße·Nr":11, "ключ":12, "":13, "a:b":14}"#);
         let mut out = Vec::new();
         super::render_default_body(BodyFormat::Xml, &d, &mut out);
         assert_eq!(
