@@ -751,7 +751,6 @@ impl Committer {
             },
         };
         let retention_every = retention_every(self.retention);
-        let mut last_retention = Instant::now() - retention_every;
         // Deletions not finished before the stop (or made by the config file): nothing
         // is in a worker yet, so all of the due index is theirs to scan.
         st.dropping = st
@@ -760,6 +759,10 @@ impl Committer {
             .into_iter()
             .map(|ep| Dropping::new(ep, Some(DueKey::MIN)))
             .collect();
+        // Retention first: a held head whose event passed retention while the process
+        // was down is not sent (its event is gone), like every other such delivery.
+        st.retention();
+        let mut last_retention = Instant::now();
         // Ordered endpoints get their held head first, so nothing overtakes it.
         st.send_holds();
         // Enabled endpoints resume any paused deliveries (enabled again in the config);
@@ -797,8 +800,8 @@ impl Committer {
             let mut shutdown = None;
             st.round(&mut msgs, &mut shutdown);
             msgs.extend(later);
-            // Retention first: the floor it moves is what the loader expires by (at
-            // start, before the first load, a delivery past retention is not sent).
+            // Retention before the load: the floor it moves is what the loader expires
+            // by (at start it ran before anything was handed over).
             if last_retention.elapsed() >= retention_every {
                 st.retention();
                 last_retention = Instant::now();

@@ -418,8 +418,24 @@ fn send_prints_its_summary_when_the_server_stops_mid_stream() {
 /// restart; it is not sent first.
 #[test]
 fn a_delivery_past_retention_at_a_restart_expires_unsent() {
+    past_retention_at_a_restart("");
+}
+
+/// The same for an ordered endpoint's retrying head, which is handed to its worker
+/// first at a restart.
+#[test]
+fn an_ordered_head_past_retention_at_a_restart_expires_unsent() {
+    past_retention_at_a_restart("ordered = true");
+}
+
+fn past_retention_at_a_restart(extra: &str) {
     let rx = TestReceiver::with_script(|_, _| Reply::status(500));
-    let eps = endpoint("e", r#"["t"]"#, &rx.url("/"), "retry = [\"2s\", \"2s\"]");
+    let eps = endpoint(
+        "e",
+        r#"["t"]"#,
+        &rx.url("/"),
+        &format!("retry = [\"2s\", \"2s\"]\n{extra}"),
+    );
     let opts = ServerOpts::new(&eps).server("retention = \"3s\"");
     let mut srv = TestServer::start_with(opts.clone());
     assert_eq!(srv.connect().send(&event("t", "old", "{}")), "ok old 1");
