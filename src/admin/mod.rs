@@ -694,12 +694,22 @@ impl Params {
             .map(|(_, v)| v.as_str())
     }
 
-    /// 400 naming the first parameter not in `known`, or given twice: a misspelt
-    /// filter would widen what a call does (`recover?sinec=…` would re-deliver every
-    /// failed delivery, `GET /v1/events?stauts=failed` list the whole log), and of two
+    /// 400 naming the first parameter not in `known`, given twice, or given without a
+    /// value (`cursor` aside: an empty one is the first page): a misspelt filter would
+    /// widen what a call does (`recover?sinec=…` would re-deliver every failed delivery,
+    /// `GET /v1/events?stauts=failed` list the whole log), as would one whose value a
+    /// script left empty (`replay?endpoint=$EP` with `EP` unset, every endpoint); of two
     /// values one would be ignored.
     pub(crate) fn only(&self, known: &[&str]) -> Result<(), Response> {
-        for (i, (k, _)) in self.0.iter().enumerate() {
+        for (i, (k, v)) in self.0.iter().enumerate() {
+            if v.is_empty() && k != "cursor" && known.contains(&k.as_str()) {
+                return Err(error(
+                    400,
+                    format!(
+                        "query parameter {k:?} has no value (leave it out to not filter by it)"
+                    ),
+                ));
+            }
             if !known.contains(&k.as_str()) {
                 return Err(error(
                     400,
@@ -762,6 +772,20 @@ mod tests {
         let r = p.only(&["since", "until"]).unwrap_err();
         assert_eq!(r.status, 400);
         assert!(Params::parse("").only(&[]).is_ok());
+        // A parameter without a value, as a script with an unset variable sends it.
+        for q in ["endpoint=", "endpoint", "since=&until=2"] {
+            let r = Params::parse(q)
+                .only(&["endpoint", "since", "until"])
+                .unwrap_err();
+            assert_eq!(r.status, 400, "{q}");
+            assert!(
+                String::from_utf8(r.body).unwrap().contains("has no value"),
+                "{q}"
+            );
+        }
+        assert!(Params::parse("cursor=&limit=5")
+            .only(&["cursor", "limit"])
+            .is_ok());
         let r = Params::parse("since=1&until=2&since=3")
             .only(&["since", "until"])
             .unwrap_err();

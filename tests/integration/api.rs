@@ -1571,6 +1571,11 @@ fn replay_and_recover_redeliver_failed_deliveries() {
 
     assert_eq!(srv.post("/v1/events/nope/replay").0, 404);
     assert_eq!(srv.post("/v1/events/r-1/replay?endpoint=nope").0, 404);
+    // A name left empty (a script's unset variable) is not "every endpoint".
+    let (status, v) = srv.post("/v1/events/r-1/replay?endpoint=");
+    assert_eq!(status, 400, "{v}");
+    let (status, v) = srv.post("/v1/endpoints/flaky/recover?since=");
+    assert_eq!(status, 400, "{v}");
 
     // Recover a window: [created(r-2), created(r-5)) holds r-2..r-4.
     let all = list_all(&srv, "type=r");
