@@ -651,12 +651,21 @@ fn write_response(
     conn.write_all(&out)
 }
 
-/// RFC 3339 UTC with milliseconds.
+/// RFC 3339 UTC with exactly three digits of milliseconds, so that times of one width
+/// sort as text (`…:39.670Z` before `…:39.671Z`).
 pub fn rfc3339(ms: u64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -799,6 +808,15 @@ mod tests {
     }
 
     #[test]
+    fn times_have_three_digits_of_milliseconds() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_796_000_479_670), "2026-11-30T01:01:19.670Z");
+        assert_eq!(rfc3339(1_796_000_479_700), "2026-11-30T01:01:19.700Z");
+        assert_eq!(rfc3339(1_796_000_479_001), "2026-11-30T01:01:19.001Z");
+        assert_eq!(rfc3339(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+    }
+
+    #[test]
     fn loopback_host_names() {
         for h in [
             "localhost",
@@ -836,7 +854,6 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"ab"));
         assert_eq!(percent_decode("a%20b%2"), "a b%2");
         assert_eq!(percent_decode("%é%"), "%é%");
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
     }
 
     #[test]
