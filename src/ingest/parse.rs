@@ -54,6 +54,9 @@ const MAX_TIME_MS: u64 = 253_402_300_799_999;
 pub struct LineParser {
     scratch: Vec<u8>,
     buffers: simd_json::Buffers,
+    /// A line's copy with its numbers beyond the f64 range written as `0.0`, parsed
+    /// again when simd-json refuses one (empty otherwise).
+    in_range: Vec<u8>,
 }
 
 impl Default for LineParser {
@@ -61,6 +64,7 @@ impl Default for LineParser {
         LineParser {
             scratch: Vec::with_capacity(4096),
             buffers: simd_json::Buffers::new(4096),
+            in_range: Vec::new(),
         }
     }
 }
@@ -78,6 +82,10 @@ fn json_error(e: &simd_json::Error, line: &[u8]) -> String {
         .position(|&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r'))
     {
         return format!("a raw control character (at byte {at}): escape it (\\u00XX)");
+    }
+    // simd-json places string errors at byte 0: find them.
+    if let Some(found) = string_error(line) {
+        return found;
     }
     let what = match e.error() {
         E::Eof => "the text ends inside a value",
@@ -100,6 +108,146 @@ fn json_error(e: &simd_json::Error, line: &[u8]) -> String {
     }
 }
 
+/// The first problem inside a string of `line` (valid UTF-8, no raw control character
+/// but tab, CR or LF), in plain words with its byte offset: a raw tab or line break, an
+/// unknown escape, a `\\u` without four hex digits, a surrogate without its other half.
+fn string_error(line: &[u8]) -> Option<String> {
+    let hex4 = |at: usize| {
+        let h = line.get(at..at + 4)?;
+        let h = std::str::from_utf8(h).ok()?;
+        (h.bytes().all(|b| b.is_ascii_hexdigit())).then(|| u16::from_str_radix(h, 16).ok())?
+    };
+    let mut i = 0;
+    let mut in_string = false;
+    while i < line.len() {
+        let b = line[i];
+        if !in_string {
+            in_string = b == b'"';
+            i += 1;
+            continue;
+        }
+        match b {
+            b'"' => in_string = false,
+            b'\t' | b'\n' | b'\r' => {
+                return Some(format!(
+                    "a raw tab or line break in a string (at byte {i}): escape it (\\t, \\n, \\r)"
+                ))
+            }
+            b'\\' => match line.get(i + 1) {
+                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 1,
+                Some(b'u') => {
+                    let Some(u) = hex4(i + 2) else {
+                        return Some(format!(
+                            "a bad escape in a string (at byte {i}): \\u takes four hex digits"
+                        ));
+                    };
+                    match u {
+                        0xD800..=0xDBFF => {
+                            let low = (line.get(i + 6..i + 8) == Some(b"\\u"))
+                                .then(|| hex4(i + 8))
+                                .flatten();
+                            if !low.is_some_and(|l| (0xDC00..=0xDFFF).contains(&l)) {
+                                return Some(format!(
+                                    "a bad escape in a string (at byte {i}): a high surrogate without its low half"
+                                ));
+                            }
+                            i += 11;
+                        }
+                        0xDC00..=0xDFFF => {
+                            return Some(format!(
+                                "a bad escape in a string (at byte {i}): a low surrogate without its high half"
+                            ))
+                        }
+                        _ => i += 5,
+                    }
+                }
+                _ => return Some(format!("a bad escape in a string (at byte {i})")),
+            },
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Writes every number of `line` that is beyond the f64 range (`1e309`, a 400-digit
+/// integer) as `0.0` padded with spaces, in place: simd-json refuses such numbers,
+/// although RFC 8259 allows them. Returns whether it wrote any. (`data` is kept as the
+/// producer's bytes, so its receivers get the number as it came; an envelope field given
+/// such a number is refused by its type check, as `0.0` would be.)
+fn write_huge_numbers_in_range(line: &mut [u8]) -> bool {
+    let mut changed = false;
+    let mut i = 0;
+    let mut in_string = false;
+    while i < line.len() {
+        let b = line[i];
+        if in_string {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            // Outside strings only numbers have digits.
+            b'-' | b'0'..=b'9' => {
+                let end = line[i..]
+                    .iter()
+                    .position(|c| !matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                    .map_or(line.len(), |n| i + n);
+                let huge = std::str::from_utf8(&line[i..end])
+                    .ok()
+                    .filter(|t| is_json_number(t))
+                    .and_then(|t| t.parse::<f64>().ok())
+                    .is_some_and(f64::is_infinite);
+                if huge && end - i >= 3 {
+                    line[i..i + 3].copy_from_slice(b"0.0");
+                    line[i + 3..end].fill(b' ');
+                    changed = true;
+                }
+                i = end;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    changed
+}
+
+/// RFC 8259's number: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+fn is_json_number(t: &str) -> bool {
+    let b = t.strip_prefix('-').unwrap_or(t).as_bytes();
+    let digits = |b: &[u8]| b.iter().take_while(|c| c.is_ascii_digit()).count();
+    let int = digits(b);
+    if int == 0 || (int > 1 && b[0] == b'0') {
+        return false;
+    }
+    let mut rest = &b[int..];
+    if let [b'.', r @ ..] = rest {
+        let n = digits(r);
+        if n == 0 {
+            return false;
+        }
+        rest = &r[n..];
+    }
+    if let [b'e' | b'E', r @ ..] = rest {
+        let r = r
+            .strip_prefix(b"+")
+            .or_else(|| r.strip_prefix(b"-"))
+            .unwrap_or(r);
+        let n = digits(r);
+        if n == 0 {
+            return false;
+        }
+        rest = &r[n..];
+    }
+    rest.is_empty()
+}
+
 /// Bytes of buffers a [`LineParser`] keeps between lines; a larger line's are given
 /// back ([`LineParser::trim`]), so an idle connection does not hold its largest line's.
 pub const KEEP_BYTES: usize = 256 << 10;
@@ -107,7 +255,7 @@ pub const KEEP_BYTES: usize = 256 << 10;
 impl LineParser {
     /// Gives back buffers grown past [`KEEP_BYTES`] for a large line.
     pub fn trim(&mut self) {
-        if self.scratch.capacity() > KEEP_BYTES {
+        if self.scratch.capacity() > KEEP_BYTES || self.in_range.capacity() > 0 {
             *self = LineParser::default();
         }
     }
@@ -116,8 +264,25 @@ impl LineParser {
     pub fn parse(&mut self, line: &[u8]) -> Result<NewEvent, Invalid> {
         self.scratch.clear();
         self.scratch.extend_from_slice(line);
-        let tape = simd_json::to_tape_with_buffers(&mut self.scratch, &mut self.buffers)
-            .map_err(|e| invalid(format!("not JSON: {}", json_error(&e, line))))?;
+        let tape = match simd_json::to_tape_with_buffers(&mut self.scratch, &mut self.buffers) {
+            Ok(tape) => tape,
+            Err(e) => {
+                let refused = || invalid(format!("not JSON: {}", json_error(&e, line)));
+                if !matches!(
+                    e.error(),
+                    simd_json::ErrorType::InvalidNumber | simd_json::ErrorType::InvalidExponent
+                ) {
+                    return Err(refused());
+                }
+                self.in_range.clear();
+                self.in_range.extend_from_slice(line);
+                if !write_huge_numbers_in_range(&mut self.in_range) {
+                    return Err(refused());
+                }
+                simd_json::to_tape_with_buffers(&mut self.in_range, &mut self.buffers)
+                    .map_err(|e| invalid(format!("not JSON: {}", json_error(&e, line))))?
+            }
+        };
         let root = tape.as_value();
         let obj = root
             .as_object()
@@ -366,6 +531,55 @@ mod tests {
         parser.trim();
         assert!(parser.scratch.capacity() <= KEEP_BYTES);
         parser.parse(br#"{"type":"t","data":{}}"#).unwrap();
+    }
+
+    #[test]
+    fn numbers_beyond_the_f64_range_are_taken_as_they_came() {
+        let big = "9".repeat(401);
+        let data = format!(
+            r#"{{"N":1e309, "M":-1E+400,"s":"1e309 \" 2e999","B":{big},"a":[1.8e308],"t":1e-400}}"#
+        );
+        let e = p(&format!(r#"{{"type":"t","data":{data},"id":"x"}}"#)).unwrap();
+        assert_eq!(&e.data[..], data.as_bytes());
+        assert_eq!(e.ext_id.as_deref(), Some("x"));
+        // In an envelope field such a number is the wrong type, as any number would be.
+        let err = p(r#"{"type":"t","time":1e400,"data":{}}"#).unwrap_err().0;
+        assert!(err.contains("`time`"), "{err}");
+        // A number that is not one is still refused, where it is.
+        let err = p(r#"{"type":"t","data":{"a":1e309,"b":01}}"#)
+            .unwrap_err()
+            .0;
+        assert!(err.starts_with("not JSON: a bad number"), "{err}");
+    }
+
+    #[test]
+    fn string_errors_say_where_they_are() {
+        for (line, want) in [
+            (
+                "{\"type\":\"t\",\"data\":{\"a\":\"x\ty\"}}",
+                "not JSON: a raw tab or line break in a string (at byte 26): escape it (\\t, \\n, \\r)",
+            ),
+            (
+                r#"{"type":"t","data":{"a":"x\qy"}}"#,
+                "not JSON: a bad escape in a string (at byte 26)",
+            ),
+            (
+                r#"{"type":"t","data":{"a":"x\u12"}}"#,
+                "not JSON: a bad escape in a string (at byte 26): \\u takes four hex digits",
+            ),
+            (
+                r#"{"type":"t","data":{"a":"\ud800x"}}"#,
+                "not JSON: a bad escape in a string (at byte 25): a high surrogate without its low half",
+            ),
+            (
+                r#"{"type":"t","data":{"a":"\ud83d\ude00\udc00"}}"#,
+                "not JSON: a bad escape in a string (at byte 37): a low surrogate without its high half",
+            ),
+        ] {
+            assert_eq!(p(line).unwrap_err().0, want, "{line}");
+        }
+        // A tab between values is whitespace.
+        assert!(p("{\"type\":\"t\",\t\"data\":{}}").is_ok());
     }
 
     #[test]
