@@ -1192,9 +1192,11 @@ impl State {
             let due = DueKey { due_ms, seq, ep };
             batch.put_due(&self.store, due, DueVal::NEW);
             if due < self.cursor && self.spill.is_none() && self.workers_full(jobs.len()) {
-                // Workers hold enough: from this event on, fresh deliveries wait on disk.
+                // Workers hold enough: from the next event on, fresh deliveries wait on
+                // disk. This one's routes all go to their workers (some already have):
+                // a fence at this event would load those again from disk.
                 self.spill = Some(Spill {
-                    fence: seq,
+                    fence: seq + 1,
                     scan: DueKey {
                         due_ms: now,
                         seq: 0,

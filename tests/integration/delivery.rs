@@ -424,3 +424,51 @@ fn large_events_waiting_for_a_slow_receiver_are_held_on_disk_past_a_byte_cap() {
     let ids = rx.ids();
     assert_eq!(ids.len(), EVENTS, "every delivery arrived");
 }
+
+/// Workers hold at most 50,000 deliveries; past that, fresh ones wait on disk for the
+/// loader. The cut falls inside one event's fan-out here (520 endpoints × 100 events):
+/// the routes handed over before it must not be loaded again from disk.
+#[test]
+fn an_event_whose_fan_out_fills_the_workers_is_delivered_once_per_endpoint() {
+    const ENDPOINTS: usize = 520;
+    const EVENTS: usize = 100;
+    let gate = Gate::new();
+    let held = gate.clone();
+    let rx = TestReceiver::with_script(move |_, _| {
+        held.wait();
+        Reply::status(200)
+    });
+    let eps: String = (0..ENDPOINTS)
+        .map(|i| {
+            endpoint(
+                &format!("e{i}"),
+                r#"["t"]"#,
+                &rx.url(&format!("/e{i}")),
+                "max_in_flight = 1",
+            )
+        })
+        .collect();
+    let srv = TestServer::start(&eps);
+    // Every delivery is accepted while the first of each endpoint is held: the workers
+    // fill up during event 96.
+    let mut c = srv.connect();
+    for i in 0..EVENTS {
+        assert_eq!(
+            c.send(&event("t", &format!("f-{i}"), "{}")),
+            format!("ok f-{i} {ENDPOINTS}")
+        );
+    }
+    gate.open();
+    srv.wait_metric("ricochet_deliveries_pending", Duration::from_secs(60), |v| {
+        v == 0.0
+    });
+    let got = rx.requests();
+    let mut seen = std::collections::HashSet::new();
+    let dups: Vec<String> = got
+        .iter()
+        .map(|r| format!("{} {}", r.path, r.header("webhook-id").unwrap()))
+        .filter(|k| !seen.insert(k.clone()))
+        .collect();
+    assert_eq!(dups.len(), 0, "sent twice: {:?}…", &dups[..dups.len().min(5)]);
+    assert_eq!(got.len(), ENDPOINTS * EVENTS);
+}
