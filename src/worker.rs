@@ -1250,6 +1250,33 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
             w.expire(&ep, job);
             continue;
         }
+        // A first attempt waits for `min_delay` as it is now: one a `PUT` made longer
+        // holds what was scheduled under the shorter one (SPEC §2: no attempt before the
+        // event's time plus `min_delay`). Its due key stays; after a restart it is
+        // loaded at that time and waits here again.
+        if job.attempts == 0 {
+            let (min_delay, ordered) = {
+                let spec = ep.spec.borrow();
+                (spec.cfg.min_delay.as_millis() as u64, spec.cfg.ordered)
+            };
+            let not_before = job.ev.rec.time_ms().saturating_add(min_delay);
+            let now = now_ms();
+            if not_before > now {
+                if ordered {
+                    // The head stays the head; the lane waits for it like for a retry.
+                    ep.queue.borrow_mut().unpop(job);
+                    ep.idle.borrow_mut().push(me.clone());
+                    let wait = Duration::from_millis(not_before - now);
+                    if monoio::time::timeout(wait, me.wait()).await.is_err() {
+                        ep.idle.borrow_mut().retain(|n| !Rc::ptr_eq(n, &me));
+                    }
+                } else {
+                    w.wheel.borrow_mut().insert(not_before, job);
+                    w.timer_wake.notify();
+                }
+                continue;
+            }
+        }
         w.active.set(w.active.get() + 1);
         attempting.set(Some(job.due.seq));
         w.attempt(&ep, job, &mut slot, &mut wbuf, &mut scratch)

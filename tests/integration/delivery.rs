@@ -459,9 +459,11 @@ fn an_event_whose_fan_out_fills_the_workers_is_delivered_once_per_endpoint() {
         );
     }
     gate.open();
-    srv.wait_metric("ricochet_deliveries_pending", Duration::from_secs(60), |v| {
-        v == 0.0
-    });
+    srv.wait_metric(
+        "ricochet_deliveries_pending",
+        Duration::from_secs(60),
+        |v| v == 0.0,
+    );
     let got = rx.requests();
     let mut seen = std::collections::HashSet::new();
     let dups: Vec<String> = got
@@ -469,6 +471,11 @@ fn an_event_whose_fan_out_fills_the_workers_is_delivered_once_per_endpoint() {
         .map(|r| format!("{} {}", r.path, r.header("webhook-id").unwrap()))
         .filter(|k| !seen.insert(k.clone()))
         .collect();
-    assert_eq!(dups.len(), 0, "sent twice: {:?}…", &dups[..dups.len().min(5)]);
+    assert_eq!(
+        dups.len(),
+        0,
+        "sent twice: {:?}…",
+        &dups[..dups.len().min(5)]
+    );
     assert_eq!(got.len(), ENDPOINTS * EVENTS);
 }

@@ -147,6 +147,47 @@ fn min_delay_holds_back_the_first_attempt() {
 }
 
 #[test]
+fn a_min_delay_made_longer_holds_deliveries_already_scheduled() {
+    // Scheduled under 1 s, attempted under the 3 s a PUT set meanwhile; on an ordered
+    // endpoint the one behind waits too.
+    for ordered in [false, true] {
+        let rx = TestReceiver::start();
+        let srv = TestServer::start(&endpoint(
+            "later",
+            r#"["t"]"#,
+            &rx.url("/"),
+            &format!("min_delay = \"1s\"\nordered = {ordered}"),
+        ));
+        let mut c = srv.connect();
+        let sent = std::time::Instant::now();
+        c.send_each_ok("t", "md", 2);
+        let (status, v) = srv.call(
+            "PUT",
+            "/v1/endpoints/later",
+            &serde_json::json!({
+                "name": "later", "events": ["t"], "url": rx.url("/"),
+                "min_delay": "3s", "ordered": ordered,
+            }),
+        );
+        assert_eq!(status, 200, "{v}");
+        assert!(
+            sent.elapsed() < Duration::from_millis(900),
+            "too slow to tell: the PUT answered {:?} after the events",
+            sent.elapsed()
+        );
+        let got = rx.wait_for(2, Duration::from_secs(10));
+        for r in &got {
+            let waited = r.at - sent;
+            assert!(
+                waited >= Duration::from_millis(2950),
+                "ordered = {ordered}: attempted {waited:?} after the event, min_delay 3s"
+            );
+        }
+        assert_eq!(ids_in_order(&got).len(), 2);
+    }
+}
+
+#[test]
 fn an_endpoint_enabled_again_still_keeps_min_delay() {
     // Paused before its first attempt was due, a delivery keeps its event time +
     // min_delay when the endpoint is enabled again (only retries resume at once).
