@@ -323,17 +323,71 @@ fn parse_definition(body: &[u8], path_name: Option<&str>) -> Result<EndpointConf
         Some(name) => format!("endpoint {name}"),
         None => "endpoint".to_string(),
     };
-    let seed = Definition {
-        name: if given.is_none() { path_name } else { None },
-    };
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let mut track = serde_path_to_error::Track::new();
-    let cfg = serde::de::DeserializeSeed::deserialize(
-        seed,
-        serde_path_to_error::Deserializer::new(&mut de, &mut track),
-    )
-    .map_err(|e| field_message(&scope, &track.path().to_string(), &e.to_string()))?;
-    Ok(cfg)
+    let name = if given.is_none() { path_name } else { None };
+    // On an error, the offending key is dropped and the rest read again, so that every
+    // bad key is reported, not only the first (as `check` does for the file). Positions
+    // are the body's for the first; the others name their field.
+    let mut problems: Vec<String> = Vec::new();
+    let mut rest: Option<(serde_json::Map<String, Value>, Vec<String>)> = None;
+    loop {
+        let text;
+        let bytes = match &rest {
+            None => body,
+            Some((obj, _)) => {
+                text = serde_json::to_vec(obj).expect("a JSON value serialises");
+                &text[..]
+            }
+        };
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let mut track = serde_path_to_error::Track::new();
+        let err = match serde::de::DeserializeSeed::deserialize(
+            Definition { name },
+            serde_path_to_error::Deserializer::new(&mut de, &mut track),
+        ) {
+            Ok(cfg) if problems.is_empty() => return Ok(cfg),
+            Ok(_) => break,
+            Err(e) => e,
+        };
+        let path = track.path();
+        let message = match &rest {
+            None => err.to_string(),
+            Some(_) => without_position(&err),
+        };
+        let (obj, dropped) = rest.get_or_insert_with(|| (obj.clone(), Vec::new()));
+        // A required key dropped: its "missing field" would repeat what was said.
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next());
+        if missing.is_some_and(|m| dropped.iter().any(|d| d == m)) {
+            break;
+        }
+        problems.push(field_message(&scope, &path.to_string(), &message));
+        // (An unknown key is named by its message: the body's keys reach the
+        // definition through `Entries`, past what the path tracks.)
+        let unknown = message
+            .strip_prefix("unknown field `")
+            .and_then(|m| m.split('`').next());
+        let top = match (path.iter().next(), unknown) {
+            (Some(serde_path_to_error::Segment::Map { key }), _) => key.clone(),
+            (_, Some(key)) => key.to_string(),
+            _ => break,
+        };
+        if obj.shift_remove(&top).is_none() {
+            break;
+        }
+        dropped.push(top);
+    }
+    Err(problems.join("\n"))
+}
+
+/// A JSON error's message without serde_json's " at line L column C" (which would
+/// point into a body rewritten to read the rest).
+fn without_position(e: &serde_json::Error) -> String {
+    let m = e.to_string();
+    match m.rfind(" at line ") {
+        Some(i) if e.line() > 0 => m[..i].to_string(),
+        _ => m,
+    }
 }
 
 /// Deserialises an [`EndpointConfig`] from a JSON object, skipping [`READ_ONLY_KEYS`]
@@ -654,7 +708,39 @@ mod tests {
         }
         // A position in the body comes with a bad value.
         let err = parse_definition(br#"{"name":"p","timeout":"x"}"#, None).unwrap_err();
-        assert!(err.ends_with("at line 1 column 26"), "{err}");
+        let first = err.lines().next().unwrap();
+        assert!(first.ends_with("at line 1 column 26"), "{err}");
+    }
+
+    #[test]
+    fn every_bad_key_of_a_definition_is_reported() {
+        let body = br#"{"name":"x","events":["t"],"url":"http://h/","foo":1,"bar":2,
+            "max_rps":"five","timeout":"ten"}"#;
+        let err = parse_definition(body, None).unwrap_err();
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 4, "{err}");
+        assert!(
+            lines[0].starts_with("endpoint x: unknown field `foo`"),
+            "{err}"
+        );
+        assert!(lines[0].ends_with("at line 1 column 50"), "{err}");
+        assert!(
+            lines[1].starts_with("endpoint x: unknown field `bar`"),
+            "{err}"
+        );
+        assert!(
+            lines[2].starts_with("endpoint x: field `max_rps`: "),
+            "{err}"
+        );
+        assert!(
+            lines[3].starts_with("endpoint x: field `timeout`: "),
+            "{err}"
+        );
+        assert!(!lines[1..].iter().any(|l| l.contains(" at line ")), "{err}");
+        // A bad required key is reported once, not again as missing.
+        let err = parse_definition(br#"{"name":"x","events":"t","url":7}"#, None).unwrap_err();
+        assert_eq!(err.lines().count(), 2, "{err}");
+        assert!(!err.contains("missing"), "{err}");
     }
 
     #[test]
