@@ -37,6 +37,14 @@ pub struct Summary {
     pub err: u64,
 }
 
+impl Summary {
+    /// Lines written that got no answer (the last ones sent): the connection ended
+    /// before the server answered them, so they may or may not have been accepted.
+    pub fn unanswered(&self) -> u64 {
+        self.sent.saturating_sub(self.ok + self.dup + self.err)
+    }
+}
+
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(

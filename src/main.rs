@@ -173,22 +173,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     say(ack);
                 }
             });
+            let unanswered = |s: &ricochet::client::Summary| {
+                let n = s.unanswered();
+                if n > 0 {
+                    eprintln!(
+                        "the last {n} lines sent got no answer: they may or may not have \
+                         been accepted; send them again (a line whose id was accepted \
+                         answers `dup`)"
+                    );
+                }
+            };
             let summary = match sent {
                 Ok(s) => s,
                 Err(e) => {
                     // What was answered before the break still counts for the producer.
                     say(&e.summary);
+                    unanswered(&e.summary);
                     return Err(anyhow::Error::new(e.error).context("send failed"));
                 }
             };
             say(&summary);
-            Ok(
-                if summary.err > 0 || summary.ok + summary.dup + summary.err < summary.sent {
-                    ExitCode::FAILURE
-                } else {
-                    ExitCode::SUCCESS
-                },
-            )
+            unanswered(&summary);
+            Ok(if summary.err > 0 || summary.unanswered() > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Cmd::Check { config } => {
             let file = ConfigFile::read(&config)?;
