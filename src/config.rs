@@ -914,7 +914,7 @@ impl ConfigFile {
             match key.get_ref().as_ref() {
                 "server" => {
                     server_keys = Keys::of(&value, &lines);
-                    let (server, bad) = lenient::<ServerConfig>(value);
+                    let (server, bad) = lenient::<ServerConfig>(value, |_| None);
                     file.report(&lines, "server", &server_keys, bad);
                     if let Some(server) = server {
                         file.config.server = server;
@@ -940,7 +940,11 @@ impl ConfigFile {
                             None => format!("endpoint #{}", i + 1),
                         };
                         let keys = Keys::of(&item, &lines);
-                        let (endpoint, bad) = lenient::<EndpointConfig>(item);
+                        let (endpoint, bad) = lenient::<EndpointConfig>(item, |key| match key {
+                            "events" => Some(r#"["*"]"#),
+                            "url" => Some(r#""http://missing-url.invalid/""#),
+                            _ => None,
+                        });
                         file.report(&lines, &scope, &keys, bad);
                         if let Some(endpoint) = endpoint {
                             file.config.endpoints.push(endpoint);
@@ -1187,9 +1191,13 @@ struct BadValue {
 /// so every bad value is reported, not only the first. Returns the value when what
 /// remains deserialises (the dropped keys take their defaults) and every bad value.
 /// A required key dropped ends it: its "missing field" error would only repeat the
-/// problem already reported.
+/// problem already reported. A required key missing from the start is reported and,
+/// when `stand_in` gives TOML for it, read as that, so that the rest is still checked
+/// (an endpoint without `events` still has its templates compiled); the value is then
+/// only for checking, and the problem reported refuses the file.
 fn lenient<T: serde::de::DeserializeOwned>(
     mut value: toml::Spanned<toml::de::DeValue<'_>>,
+    stand_in: fn(&str) -> Option<&'static str>,
 ) -> (Option<T>, Vec<BadValue>) {
     let mut bad = Vec::new();
     let mut dropped: Vec<String> = Vec::new();
@@ -1212,11 +1220,22 @@ fn lenient<T: serde::de::DeserializeOwned>(
         if missing.is_some_and(|m| dropped.iter().any(|d| d == m)) {
             return (None, bad);
         }
+        let stand_in = missing.and_then(|m| Some((m.to_string(), stand_in(m)?)));
         bad.push(BadValue {
             path,
             span: inner.span(),
             message,
         });
+        if let (Some((key, text)), toml::de::DeValue::Table(table)) = (stand_in, value.get_mut()) {
+            let v = toml::de::DeValue::parse(text).expect("a stand-in is TOML");
+            let k = toml::Spanned::new(0..0, std::borrow::Cow::Owned(key.clone()));
+            if table.insert(k, v).is_none() {
+                // (Dropped if it turns out bad after all: it is not the user's.)
+                dropped.push(key);
+                continue;
+            }
+            return (None, bad);
+        }
         let (Some(key), toml::de::DeValue::Table(table)) = (top, value.get_mut()) else {
             return (None, bad);
         };
@@ -1503,7 +1522,9 @@ disable_after = { "4xx" = "many" }
             ],
             "{got:#?}"
         );
-        // What deserialised once the bad values were dropped is kept: a, b and ok.
+        // What deserialised once the bad values were dropped is kept: a, b and ok; and
+        // d, read with a stand-in for its missing `url`, so that its other fields are
+        // checked too (the problem reported refuses the file all the same).
         let file = ConfigFile::parse(text, "f.toml").unwrap();
         let names: Vec<&str> = file
             .config
@@ -1511,7 +1532,7 @@ disable_after = { "4xx" = "many" }
             .iter()
             .map(|e| e.name.as_str())
             .collect();
-        assert_eq!(names, ["a", "b", "ok"]);
+        assert_eq!(names, ["a", "b", "d", "ok"]);
         assert_eq!(file.config.server.workers, 2);
         let err = file.into_config().unwrap_err().to_string();
         assert_eq!(err.lines().count(), 9, "{err}");

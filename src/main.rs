@@ -226,7 +226,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let cfg = Config::load(&config)?;
             let mut line = Vec::new();
-            match event_file {
+            match event_file.filter(|p| p.as_os_str() != "-") {
                 Some(p) => {
                     line =
                         std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?

@@ -101,6 +101,11 @@ signing_secret = "not-a-secret"
 max_in_flight = 0
 
 [[endpoint]]
+name = "noevents"
+url = "http://127.0.0.1:9/n"
+body = "{Id"
+
+[[endpoint]]
 name = "fine"
 events = ["t"]
 url = "http://127.0.0.1:9/f"
@@ -141,6 +146,15 @@ fn check_reports_every_endpoint_error_with_field_and_position() {
         (
             pos(BROKEN, "max_in_flight = 0", "= "),
             "endpoint secret: field `max_in_flight`: must be at least 1",
+        ),
+        // A required key missing: said, and the rest is checked all the same.
+        (
+            pos(BROKEN, "[[endpoint]]\nname = \"noevents\"", ""),
+            "endpoint noevents: missing field `events`",
+        ),
+        (
+            pos(BROKEN, "body = \"{Id\"", "= "),
+            "endpoint noevents: field `body`: ",
         ),
     ];
     let errors: Vec<&str> = stdout
@@ -185,7 +199,7 @@ fn serve_refuses_a_bad_config_with_the_same_messages() {
         .filter(|l| l.starts_with(&format!("{p}:")))
         .map(str::to_string)
         .collect();
-    assert_eq!(errors.len(), 6, "{}", text(&check.stdout));
+    assert_eq!(errors.len(), 8, "{}", text(&check.stdout));
 
     let serve = run(&["serve", "--config", p], Duration::from_secs(30));
     let stderr = text(&serve.stderr);
@@ -308,6 +322,17 @@ fn render_reads_the_event_from_standard_input() {
     assert!(req.starts_with("POST /hook HTTP/1.1\r\n"), "{req}");
     assert!(req.contains("\r\nwebhook-id: s-1\r\n"), "{req}");
     assert!(req.ends_with("\r\n\r\namount=12.5"), "{req}");
+    // `-` for the file is standard input too, as for most tools.
+    let dash = [&args[..], &["-"]].concat();
+    let out = run_with_input(&dash, Some(input), Duration::from_secs(30));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let untimed = |r: &str| {
+        r.split("\r\n")
+            .filter(|l| !l.starts_with("webhook-timestamp:"))
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    };
+    assert_eq!(untimed(&text(&out.stdout)), untimed(&req));
     // Nothing on standard input is not an event.
     let out = run_with_input(&args, Some(b""), Duration::from_secs(30));
     assert!(!out.status.success());
