@@ -371,11 +371,18 @@ pub async fn run(setup: WorkerSetup) {
         }
     }
     w.flush_outbox();
-    tracing::debug!(
-        worker = w.idx,
-        unfinished = w.active.get(),
-        "worker stopped"
-    );
+    let unfinished = w.active.get();
+    if unfinished > 0 {
+        // Their due keys stay: they are made again at the next start, and a receiver
+        // that got the request meanwhile gets it twice.
+        tracing::warn!(
+            worker = w.idx,
+            unfinished,
+            bound = ?setup.drain_timeout,
+            "attempts still in flight at the shutdown bound were abandoned; they are made again at the next start"
+        );
+    }
+    tracing::debug!(worker = w.idx, unfinished, "worker stopped");
 }
 
 async fn timer_loop(w: Rc<Worker>) {
