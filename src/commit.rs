@@ -352,29 +352,13 @@ impl RouteInfo {
     /// Returns the previous bound when `meta` changed (to be persisted, or restored if
     /// the round that changed it is not written).
     fn first_due(&mut self, time_ms: u64, now: u64, expires_ms: u64) -> (u64, Option<u64>) {
-        let mut bound = self.meta.first_due_ms;
-        let r = self.first_due_under(&mut bound, time_ms, now, expires_ms);
-        self.meta.first_due_ms = bound;
-        r
-    }
-
-    /// [`first_due`](Self::first_due) under another bound than the endpoint's own: a
-    /// resume after an enable gives its paused deliveries their times afresh (see
-    /// `State::resume_from`).
-    fn first_due_under(
-        &self,
-        bound: &mut u64,
-        time_ms: u64,
-        now: u64,
-        expires_ms: u64,
-    ) -> (u64, Option<u64>) {
         let mut due_ms = now.max(time_ms.saturating_add(self.min_delay_ms));
         if !self.ordered || due_ms >= expires_ms {
             return (due_ms, None);
         }
-        due_ms = due_ms.max(*bound);
-        if due_ms > now && due_ms > *bound {
-            let before = std::mem::replace(bound, due_ms);
+        due_ms = due_ms.max(self.meta.first_due_ms);
+        if due_ms > now && due_ms > self.meta.first_due_ms {
+            let before = std::mem::replace(&mut self.meta.first_due_ms, due_ms);
             return (due_ms, Some(before));
         }
         (due_ms, None)
@@ -489,12 +473,6 @@ struct State {
     dirty: HashSet<EndpointId>,
     /// Endpoints whose paused deliveries are being moved back to `due`.
     resuming: Vec<EndpointId>,
-    /// Ordered endpoints enabled again, with the first-attempt bound their paused
-    /// deliveries are given due times under, built afresh in acceptance order as pages
-    /// are moved back. The endpoint's own bound is left as it was (at least every
-    /// paused first attempt's due time), so an event accepted meanwhile falls due after
-    /// them all; it is raised to this one as it grows.
-    resume_from: HashMap<EndpointId, u64>,
     /// Endpoints enabled while deliveries they paused may still be in the paused set:
     /// an outcome reported before the pause looks there (see `record`). Left once
     /// their paused set is empty.
@@ -732,7 +710,6 @@ impl Committer {
             sync: self.sync,
             dirty: HashSet::default(),
             resuming: Vec::new(),
-            resume_from: HashMap::default(),
             settling: HashSet::default(),
             pausing: HashMap::default(),
             first_due_before: Vec::new(),
@@ -938,6 +915,7 @@ impl State {
                             &mut round_ids,
                             &mut routes,
                             &mut jobs_from_ingest,
+                            &mut delta,
                         ));
                         delta.pending += match results.last() {
                             Some(AckResult::Ok { deliveries, .. }) => *deliveries as i64,
@@ -1146,6 +1124,7 @@ impl State {
         round_ids: &mut HashSet<String>,
         routes: &mut Vec<EndpointId>,
         jobs: &mut Vec<(usize, Job)>,
+        delta: &mut Delta,
     ) -> AckResult {
         if let Some(id) = &ev.ext_id {
             if round_ids.contains(id) {
@@ -1182,6 +1161,15 @@ impl State {
                 .get_mut(&ep)
                 .expect("the router routes to known endpoints");
             let worker = info.worker;
+            if info.ordered && self.resuming.contains(&ep) {
+                // Its paused deliveries are being given due times in acceptance order
+                // (`resume`), a page a tick: this one joins them, behind, and is given
+                // its time in the same pass. Due now, it would overtake those that fall
+                // due later (a future `time`, a `min_delay`).
+                batch.pause(&self.store, ep, seq, DueVal::NEW);
+                delta.paused += 1;
+                continue;
+            }
             let (due_ms, moved) = info.first_due(rec.time_ms(), now, never);
             if let Some(before) = moved {
                 self.dirty.insert(ep);
@@ -1416,7 +1404,6 @@ impl State {
                 .map(|i| i.worker)
             else {
                 self.settling.remove(&ep);
-                self.resume_from.remove(&ep);
                 continue;
             };
             let ordered = self.router.eps.get(&ep).is_some_and(|i| i.ordered);
@@ -1434,8 +1421,7 @@ impl State {
             }
             let mut batch = self.store.batch();
             let mut below_cursor = Vec::new();
-            let fresh = self.resume_from.get(&ep).copied();
-            let mut bound = fresh.unwrap_or_else(|| self.router.eps[&ep].meta.first_due_ms);
+            let mut first_due_before = None;
             let mut events = self.store.event_reader();
             for &(seq, val) in &page {
                 let mut event = None;
@@ -1444,12 +1430,12 @@ impl State {
                     match events.get(seq) {
                         Ok(Some(e)) => {
                             let never = self.never_due_from(seq);
-                            (due_ms, _) = self.router.eps[&ep].first_due_under(
-                                &mut bound,
-                                e.time_ms(),
-                                now,
-                                never,
-                            );
+                            let info = self.router.eps.get_mut(&ep).expect("looked up above");
+                            let moved;
+                            (due_ms, moved) = info.first_due(e.time_ms(), now, never);
+                            if first_due_before.is_none() {
+                                first_due_before = moved;
+                            }
                             event = Some(e);
                         }
                         Ok(None) => {}
@@ -1465,19 +1451,16 @@ impl State {
             }
             drop(events);
             let info = self.router.eps.get_mut(&ep).expect("looked up above");
-            let bound_before = info.meta.first_due_ms;
-            if bound > bound_before {
-                info.meta.first_due_ms = bound;
+            if first_due_before.is_some() {
                 batch.put_endpoint(&self.store, &info.name, &info.meta);
             }
             if let Err(e) = self.store.commit(batch, false) {
                 tracing::error!(error = %e, "cannot resume paused deliveries");
-                info.meta.first_due_ms = bound_before;
+                if let Some(before) = first_due_before {
+                    info.meta.first_due_ms = before;
+                }
                 still.push(ep);
                 continue;
-            }
-            if fresh.is_some() {
-                self.resume_from.insert(ep, bound);
             }
             self.stats.apply(Delta {
                 paused: -(page.len() as i64),
@@ -1514,7 +1497,6 @@ impl State {
     /// endpoint's newer deliveries may go now.
     fn resumed(&mut self, ep: EndpointId, worker: usize, ordered: bool) {
         self.settling.remove(&ep);
-        self.resume_from.remove(&ep);
         if ordered {
             self.workers[worker].send(WorkerMsg::HoldNewFrom { ep, seq: None });
         }
@@ -1563,9 +1545,8 @@ impl State {
                 return;
             }
             // Every delivery of the endpoint is paused: resuming them in acceptance
-            // order gives them due times under a bound built afresh (see `resume`),
-            // while new events stay behind the endpoint's own.
-            self.resume_from.insert(ep, 0);
+            // order builds the first-attempt bound afresh (see `resume`).
+            info.meta.first_due_ms = 0;
             info.enabled = true;
             info.meta.enable();
             info.meta.fails = [0; 3];
@@ -1716,7 +1697,6 @@ impl State {
         self.router.rebuild();
         self.dirty.remove(&id);
         self.resuming.retain(|e| *e != id);
-        self.resume_from.remove(&id);
         self.settling.remove(&id);
         self.pausing.remove(&id);
         if let Ok(mut reg) = self.registry.write() {

@@ -721,6 +721,36 @@ fn an_event_accepted_right_after_an_enable_waits_for_paused_deliveries_due_later
 }
 
 #[test]
+fn an_ordered_endpoint_enabled_again_forgets_a_first_attempt_time_it_no_longer_has() {
+    // Accepted under min_delay = 1h, the first event set the endpoint's order bound an
+    // hour ahead. Under min_delay = 0 and enabled again, it goes at once; so must the
+    // events after it, instead of waiting out the hour that no delivery has any more.
+    let rx = TestReceiver::start();
+    let def = |delay: &str| {
+        serde_json::json!({
+            "name": "fifo", "events": ["t"], "url": rx.url("/"),
+            "ordered": true, "min_delay": delay,
+        })
+    };
+    let srv = TestServer::start("");
+    let (status, v) = srv.call("POST", "/v1/endpoints", &def("1h"));
+    assert_eq!(status, 201, "{v}");
+    let mut c = srv.connect();
+    c.send_each_ok("t", "old", 1);
+    let (status, v) = srv.call("PUT", "/v1/endpoints/fifo", &def("0s"));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(srv.post("/v1/endpoints/fifo/disable").0, 200);
+    srv.wait_event("old-0", Duration::from_secs(10), |v| {
+        states(v) == ["paused"]
+    });
+    assert_eq!(srv.post("/v1/endpoints/fifo/enable").0, 200);
+    rx.wait_for(1, Duration::from_secs(10));
+    c.send_each_ok("t", "new", 2);
+    let got = rx.wait_for(3, Duration::from_secs(10));
+    assert_eq!(ids_in_order(&got), ["old-0", "new-0", "new-1"]);
+}
+
+#[test]
 fn an_endpoint_enabled_again_starts_at_its_rate_not_with_a_saved_burst() {
     let rx = TestReceiver::start();
     let srv = TestServer::start(&endpoint("paced", r#"["t"]"#, &rx.url("/"), "max_rps = 5"));
