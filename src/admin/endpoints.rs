@@ -241,7 +241,7 @@ impl Admin {
     /// `POST /v1/endpoints/{name}/recover?since=&until=`: replays every failed delivery
     /// of the endpoint among events accepted in the window.
     fn recover(&self, spec: &EndpointSpec, params: &Params) -> Response {
-        if let Err(r) = params.only(&["since", "until"]) {
+        if let Err(r) = params.only_with_values(&["since", "until"]) {
             return r;
         }
         let since = match params.time_ms("since") {

@@ -237,7 +237,7 @@ impl Admin {
 
     /// `POST /v1/events/{id}/replay[?endpoint=NAME]`.
     pub(super) fn replay(&self, id: &str, p: &Params) -> Response {
-        if let Err(r) = p.only(&["endpoint"]) {
+        if let Err(r) = p.only_with_values(&["endpoint"]) {
             return r;
         }
         let ev = match self.store.event_by_id(id) {
