@@ -127,6 +127,15 @@ impl TokenBucket {
             .min(since_us.saturating_mul(u64::from(self.rate)));
     }
 
+    /// Returns a token taken for a request that did not go out after all (its delivery
+    /// was not due yet): the fill is as if it had not been taken, up to the burst.
+    pub fn give_back(&mut self) {
+        if self.rate == 0 {
+            return;
+        }
+        self.tokens = (self.tokens + UNIT).min(burst(self.rate));
+    }
+
     /// Counts a request that went out without a token (sent again on a new connection
     /// after the kept one broke under it): it is paid from the fill at `now_ms`, and
     /// what the fill lacks moves the next token later, as if it had been taken.
@@ -198,6 +207,21 @@ fn ms_to_us(ms: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_given_back_can_be_taken_again_but_adds_no_burst() {
+        let mut b = TokenBucket::new_empty(2, 0);
+        assert!(b.try_take(500));
+        assert!(!b.try_take(500));
+        b.give_back();
+        assert!(b.try_take(500));
+        assert!(!b.try_take(500));
+        // A full bucket stays at its burst (2 tokens at this rate).
+        let mut full = TokenBucket::new(2, 0);
+        full.give_back();
+        assert!(full.try_take(0) && full.try_take(0));
+        assert!(!full.try_take(0));
+    }
 
     #[test]
     fn restart_spaces_the_next_token_from_then() {

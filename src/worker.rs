@@ -1267,8 +1267,15 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
                 (spec.cfg.min_delay.as_millis() as u64, spec.cfg.ordered)
             };
             let not_before = job.ev.rec.time_ms().saturating_add(min_delay);
-            let now = now_ms();
+            // (Due by its own time, it is due by the delay's: the usual case.)
+            let now = if not_before > job.due.due_ms {
+                now_ms()
+            } else {
+                u64::MAX
+            };
             if not_before > now {
+                // The token taken for it (under `max_rps`) is not spent.
+                ep.bucket.borrow_mut().give_back();
                 if ordered {
                     // The head stays the head; the lane waits for it like for a retry.
                     ep.queue.borrow_mut().unpop(job);
