@@ -173,13 +173,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     say(ack);
                 }
             });
-            let unanswered = |s: &ricochet::client::Summary| {
-                let n = s.unanswered();
-                if n > 0 {
+            // Where a producer resumes: the answers came in order, so every line from
+            // the first unanswered one on (sent or not) is to be sent again.
+            let unanswered = |s: &ricochet::client::Summary, broke: bool| {
+                if broke || s.unanswered() > 0 {
                     eprintln!(
-                        "the last {n} lines sent got no answer: they may or may not have \
-                         been accepted; send them again (a line whose id was accepted \
-                         answers `dup`)"
+                        "no answer to the input's non-blank lines from number {} on ({} of \
+                         them were sent): they may or may not have been accepted; send \
+                         them again from there (a line whose id was accepted answers `dup`)",
+                        s.ok + s.dup + s.err + 1,
+                        s.unanswered()
                     );
                 }
             };
@@ -188,12 +191,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => {
                     // What was answered before the break still counts for the producer.
                     say(&e.summary);
-                    unanswered(&e.summary);
+                    unanswered(&e.summary, true);
                     return Err(anyhow::Error::new(e.error).context("send failed"));
                 }
             };
             say(&summary);
-            unanswered(&summary);
+            unanswered(&summary, false);
             Ok(if summary.err > 0 || summary.unanswered() > 0 {
                 ExitCode::FAILURE
             } else {

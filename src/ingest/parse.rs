@@ -55,7 +55,7 @@ pub struct LineParser {
     scratch: Vec<u8>,
     buffers: simd_json::Buffers,
     /// A line's copy with its numbers beyond the f64 range written as `0.0`, parsed
-    /// again when simd-json refuses one (empty otherwise).
+    /// again when simd-json refuses one (unused by other lines).
     in_range: Vec<u8>,
 }
 
@@ -83,9 +83,16 @@ fn json_error(e: &simd_json::Error, line: &[u8]) -> String {
     {
         return format!("a raw control character (at byte {at}): escape it (\\u00XX)");
     }
-    // simd-json places string errors at byte 0: find them.
-    if let Some(found) = string_error(line) {
-        return found;
+    // simd-json places string errors at byte 0: find them (one before where simd-json
+    // stopped, not a later one past an earlier error of another kind).
+    if let Some((at, found)) = string_error(line) {
+        let in_a_string = matches!(
+            e.error(),
+            E::InvalidEscape | E::InvalidUnicodeEscape | E::InvalidUnicodeCodepoint
+        );
+        if in_a_string || e.index() == 0 || at <= e.index() {
+            return found;
+        }
     }
     let what = match e.error() {
         E::Eof => "the text ends inside a value",
@@ -111,7 +118,7 @@ fn json_error(e: &simd_json::Error, line: &[u8]) -> String {
 /// The first problem inside a string of `line` (valid UTF-8, no raw control character
 /// but tab, CR or LF), in plain words with its byte offset: a raw tab or line break, an
 /// unknown escape, a `\\u` without four hex digits, a surrogate without its other half.
-fn string_error(line: &[u8]) -> Option<String> {
+fn string_error(line: &[u8]) -> Option<(usize, String)> {
     let hex4 = |at: usize| {
         let h = line.get(at..at + 4)?;
         let h = std::str::from_utf8(h).ok()?;
@@ -129,16 +136,22 @@ fn string_error(line: &[u8]) -> Option<String> {
         match b {
             b'"' => in_string = false,
             b'\t' | b'\n' | b'\r' => {
-                return Some(format!(
+                return Some((
+                    i,
+                    format!(
                     "a raw tab or line break in a string (at byte {i}): escape it (\\t, \\n, \\r)"
+                ),
                 ))
             }
             b'\\' => match line.get(i + 1) {
                 Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 1,
                 Some(b'u') => {
                     let Some(u) = hex4(i + 2) else {
-                        return Some(format!(
-                            "a bad escape in a string (at byte {i}): \\u takes four hex digits"
+                        return Some((
+                            i,
+                            format!(
+                                "a bad escape in a string (at byte {i}): \\u takes four hex digits"
+                            ),
                         ));
                     };
                     match u {
@@ -147,21 +160,21 @@ fn string_error(line: &[u8]) -> Option<String> {
                                 .then(|| hex4(i + 8))
                                 .flatten();
                             if !low.is_some_and(|l| (0xDC00..=0xDFFF).contains(&l)) {
-                                return Some(format!(
+                                return Some((i, format!(
                                     "a bad escape in a string (at byte {i}): a high surrogate without its low half"
-                                ));
+                                )));
                             }
                             i += 11;
                         }
                         0xDC00..=0xDFFF => {
-                            return Some(format!(
+                            return Some((i, format!(
                                 "a bad escape in a string (at byte {i}): a low surrogate without its high half"
-                            ))
+                            )))
                         }
                         _ => i += 5,
                     }
                 }
-                _ => return Some(format!("a bad escape in a string (at byte {i})")),
+                _ => return Some((i, format!("a bad escape in a string (at byte {i})"))),
             },
             _ => {}
         }
@@ -255,7 +268,7 @@ pub const KEEP_BYTES: usize = 256 << 10;
 impl LineParser {
     /// Gives back buffers grown past [`KEEP_BYTES`] for a large line.
     pub fn trim(&mut self) {
-        if self.scratch.capacity() > KEEP_BYTES || self.in_range.capacity() > 0 {
+        if self.scratch.capacity() > KEEP_BYTES || self.in_range.capacity() > KEEP_BYTES {
             *self = LineParser::default();
         }
     }
@@ -578,6 +591,9 @@ mod tests {
         ] {
             assert_eq!(p(line).unwrap_err().0, want, "{line}");
         }
+        // An earlier error of another kind is the one reported.
+        let err = p(r#"{"type":"t","data":{"a":x,"b":"\q"}}"#).unwrap_err().0;
+        assert!(!err.contains("escape"), "{err}");
         // A tab between values is whitespace.
         assert!(p("{\"type\":\"t\",\t\"data\":{}}").is_ok());
     }
