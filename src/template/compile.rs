@@ -125,18 +125,30 @@ fn finish(ir: Vec<Ir>, lits: &Bytes) -> Vec<Part> {
 
 /// The source offset of a path segment of a URL template that is literal text only and
 /// reads `.` or `..` (dots plain or `%2E`): rendered, it is such a segment whatever the
-/// placeholders give, since a value never renders a `/` (it is percent-encoded). A
-/// placeholder is a segment's text of unknown content, so a segment holding one is not
-/// judged here (the rendered URL is, at each delivery).
+/// values give, since a value never renders a `/` (it is percent-encoded). A value is a
+/// segment's text of unknown content, so a segment holding one is not judged here (the
+/// rendered URL is, at each delivery). A join's literal text counts as the template's,
+/// as rendered for two elements (`{join(a, i, "{i}/../")}` is refused; one that renders
+/// such a segment only for some other count of elements is judged per delivery).
 fn literal_dot_segment(ir: &[Ir], lits: &[u8], lit_at: &[usize]) -> Option<usize> {
-    // The URL as literal bytes with their source offsets, a placeholder as `None`.
-    let mut shape: Vec<Option<(u8, usize)>> = Vec::new();
-    for p in ir {
-        match p {
-            Ir::Lit(r) => shape.extend(r.clone().map(|i| Some((lits[i], lit_at[i])))),
-            _ => shape.push(None),
+    // The URL as literal bytes with their source offsets, a value as `None`, a join as
+    // two elements and its separator (its literal text is the template's too).
+    fn shape_of(ir: &[Ir], lits: &[u8], lit_at: &[usize], out: &mut Vec<Option<(u8, usize)>>) {
+        let lit = |r: &Range<usize>| r.clone().map(|i| Some((lits[i], lit_at[i])));
+        for p in ir {
+            match p {
+                Ir::Lit(r) => out.extend(lit(r)),
+                Ir::Value { .. } => out.push(None),
+                Ir::Join { body, sep, .. } => {
+                    shape_of(body, lits, lit_at, out);
+                    out.extend(lit(sep));
+                    shape_of(body, lits, lit_at, out);
+                }
+            }
         }
     }
+    let mut shape = Vec::new();
+    shape_of(ir, lits, lit_at, &mut shape);
     let byte = |i: usize| shape.get(i).copied().flatten().map(|(b, _)| b);
     let scheme_end = (0..shape.len()).find(|&i| {
         byte(i) == Some(b':') && byte(i + 1) == Some(b'/') && byte(i + 2) == Some(b'/')
@@ -694,8 +706,12 @@ mod tests {
         assert_err("http://{H}/%2e%2E/x", URL, 1, 12, msg);
         assert_err("http://h/{A}/..", URL, 1, 14, msg);
         assert_err("http://h/{join(a, i, \"{i}\", \"/\")}/./", URL, 1, 35, msg);
+        // Within a join's literal text (as rendered for two elements).
+        assert_err("http://h/{join(l, i, \"{i}/../\")}end", URL, 1, 27, msg);
+        assert_err("http://h/{join(l, i, \"..\", \"/\")}/c", URL, 1, 23, msg);
         // A segment with a placeholder in it, dots in the query or within a segment,
-        // a `/` inside a join's text: judged per delivery, or no dot segment at all.
+        // a join that puts what follows in the query: judged per delivery, or no dot
+        // segment at all.
         for ok in [
             "http://h/a/..{A}/b",
             "http://h/{A}../b",
@@ -703,7 +719,8 @@ mod tests {
             "http://h/a/.x/{A}",
             "http://h/a?x=/../&y={A}",
             "http://h/a#/../{A}",
-            "http://h/{join(a, i, \"/../{i}\")}",
+            "http://h/{join(a, i, \"/..{i}\")}",
+            "http://h/{join(a, i, \"?x={i}\", \"&\")}/../",
             // A URL without placeholders is sent as written.
             "http://h/a/../b",
         ] {
