@@ -353,29 +353,61 @@ fn parse_definition(body: &[u8], path_name: Option<&str>) -> Result<EndpointConf
             None => err.to_string(),
             Some(_) => without_position(&err),
         };
-        let (obj, dropped) = rest.get_or_insert_with(|| (obj.clone(), Vec::new()));
-        // A required key dropped: its "missing field" would repeat what was said.
-        let missing = message
-            .strip_prefix("missing field `")
-            .and_then(|m| m.split('`').next());
-        if missing.is_some_and(|m| dropped.iter().any(|d| d == m)) {
-            break;
+        let first_pass = rest.is_none();
+        let (obj, stood_in) = rest.get_or_insert_with(|| (obj.clone(), Vec::new()));
+        let quoted = |prefix: &str| {
+            message
+                .strip_prefix(prefix)
+                .and_then(|m| m.split('`').next())
+                .map(str::to_string)
+        };
+        // A required key missing, or dropped below for its bad value: a stand-in lets
+        // the rest be checked (said once, and never used: the definition is refused).
+        if let Some(key) = quoted("missing field `") {
+            let stand_in = match key.as_str() {
+                "events" => serde_json::json!(["*"]),
+                "url" => Value::from("http://missing-url.invalid/"),
+                _ => Value::Null,
+            };
+            if stand_in.is_null() || stood_in.contains(&key) {
+                if !stood_in.contains(&key) {
+                    problems.push(field_message(&scope, &path.to_string(), &message));
+                }
+                break;
+            }
+            if !obj.contains_key(&key) {
+                problems.push(field_message(&scope, &path.to_string(), &message));
+            }
+            obj.insert(key.clone(), stand_in);
+            stood_in.push(key);
+            continue;
         }
         problems.push(field_message(&scope, &path.to_string(), &message));
+        // A key given twice: the rewritten body holds it once (the last), read again.
+        if quoted("duplicate field `").is_some() && first_pass {
+            continue;
+        }
         // (An unknown key is named by its message: the body's keys reach the
         // definition through `Entries`, past what the path tracks.)
-        let unknown = message
-            .strip_prefix("unknown field `")
-            .and_then(|m| m.split('`').next());
-        let top = match (path.iter().next(), unknown) {
+        let top = match (path.iter().next(), quoted("unknown field `")) {
             (Some(serde_path_to_error::Segment::Map { key }), _) => key.clone(),
-            (_, Some(key)) => key.to_string(),
+            (_, Some(key)) => key,
             _ => break,
         };
+        let required = matches!(top.as_str(), "events" | "url");
         if obj.shift_remove(&top).is_none() {
             break;
         }
-        dropped.push(top);
+        if required {
+            // Its "missing field" comes next: stood in without saying it again.
+            let stand_in = if top == "events" {
+                serde_json::json!(["*"])
+            } else {
+                Value::from("http://missing-url.invalid/")
+            };
+            obj.insert(top.clone(), stand_in);
+            stood_in.push(top);
+        }
     }
     Err(problems.join("\n"))
 }
@@ -741,6 +773,24 @@ mod tests {
         let err = parse_definition(br#"{"name":"x","events":"t","url":7}"#, None).unwrap_err();
         assert_eq!(err.lines().count(), 2, "{err}");
         assert!(!err.contains("missing"), "{err}");
+        // Nor does it hide another that is missing, or what follows a duplicate.
+        let err = parse_definition(br#"{"name":"x","events":"t"}"#, None).unwrap_err();
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 2, "{err}");
+        assert!(lines[0].starts_with("endpoint x: field `events`"), "{err}");
+        assert_eq!(lines[1], "endpoint x: missing field `url`", "{err}");
+        let err = parse_definition(
+            br#"{"name":"x","events":["t"],"url":"http://h/","timeout":"1s","timeout":"x"}"#,
+            None,
+        )
+        .unwrap_err();
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 2, "{err}");
+        assert!(lines[0].contains("duplicate field `timeout`"), "{err}");
+        assert!(
+            lines[1].starts_with("endpoint x: field `timeout`: bad duration"),
+            "{err}"
+        );
     }
 
     #[test]
