@@ -212,8 +212,15 @@ fn xml_name(doc: &Doc, c: u32, out: &mut Vec<u8>) {
     }
 }
 
-/// XML 1.0 (fifth edition) `NameStartChar`, less `:` (a namespace prefix's mark).
+/// XML 1.0 (fifth edition) `NameStartChar`, less `:` (a namespace prefix's mark), and
+/// beyond ASCII only a letter: parsers on the fourth edition's rules (expat, so
+/// Python's) refuse much of what the fifth allows (symbols, emoji, joiners).
 fn xml_name_start_char(ch: char) -> bool {
+    (ch.is_ascii() || ch.is_alphabetic()) && xml5_name_start_char(ch)
+}
+
+/// XML 1.0 (fifth edition) `NameStartChar`, less `:`.
+fn xml5_name_start_char(ch: char) -> bool {
     matches!(ch,
         'A'..='Z' | '_' | 'a'..='z' | '\u{C0}'..='\u{D6}' | '\u{D8}'..='\u{F6}'
         | '\u{F8}'..='\u{2FF}' | '\u{370}'..='\u{37D}' | '\u{37F}'..='\u{1FFF}'
@@ -222,11 +229,12 @@ fn xml_name_start_char(ch: char) -> bool {
         | '\u{10000}'..='\u{EFFFF}')
 }
 
-/// XML 1.0 (fifth edition) `NameChar`, less `:`.
+/// XML 1.0 (fifth edition) `NameChar`, less `:`, and beyond ASCII only a letter, `·`
+/// or a combining mark (as for [`xml_name_start_char`]: expat refuses `‿`, superscript
+/// digits and the like).
 fn xml_name_char(ch: char) -> bool {
     xml_name_start_char(ch)
-        || matches!(ch,
-            '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
+        || matches!(ch, '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}')
 }
 
 #[cfg(test)]
@@ -519,18 +527,21 @@ mod tests {
     #[test]
     fn default_xml_names_hold_only_what_an_xml_name_may() {
         // No-break and ideographic spaces, `×`, `;` (U+037E), an arrow, NEL, a line
-        // separator: none is a name character. `·`, a combining mark and `‿` are, but
-        // may not start one. CJK, accented letters and `·` inside a name stay.
-        let d = doc(r#"{"Kunden Nr":1, "订单　号":2, "Preis×Menge":3, "a;b":4,
-                "x←y":5, "nl":6, "l s":7, "·a":8, "́b":9, "‿c":10,
-                "Straße·Nr":11, "ключ":12, "":13, "a:b":14}"#);
+        // separator, an emoji, a joiner, `‿`: none is kept. `·` and a combining mark
+        // are, but may not start a name. CJK, accented letters and `·` inside stay.
+        let d = doc(
+            r#"{"Kunden\u00a0Nr":1, "订单\u3000号":2, "Preis×Menge":3, "a\u037eb":4,
+                "x←y":5, "n\u0085l":6, "l\u2028s":7, "·a":8, "\u0301b":9, "‿c":10,
+                "Straße·Nr":11, "ключ":12, "":13, "a:b":14, "\ud83d\ude00x":15, "a\u200db":16}"#,
+        );
         let mut out = Vec::new();
         super::render_default_body(BodyFormat::Xml, &d, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "<event><Kunden_Nr>1</Kunden_Nr><订单_号>2</订单_号><Preis_Menge>3</Preis_Menge>\
              <a_b>4</a_b><x_y>5</x_y><n_l>6</n_l><l_s>7</l_s><_·a>8</_·a><_\u{301}b>9</_\u{301}b>\
-             <_‿c>10</_‿c><Straße·Nr>11</Straße·Nr><ключ>12</ключ><_>13</_><a_b>14</a_b></event>"
+             <_c>10</_c><Straße·Nr>11</Straße·Nr><ключ>12</ключ><_>13</_><a_b>14</a_b>\
+             <_x>15</_x><a_b>16</a_b></event>"
         );
     }
 }
