@@ -743,7 +743,7 @@ impl Committer {
         // Ordered endpoints get their held head first, so nothing overtakes it.
         st.send_holds();
         // Enabled endpoints resume any paused deliveries (enabled again in the config);
-        // an ordered one holds back new deliveries meanwhile.
+        // an ordered one's new deliveries join them meanwhile (see `accept`).
         st.resuming = st
             .router
             .eps
@@ -751,12 +751,6 @@ impl Committer {
             .filter(|i| i.enabled)
             .map(|i| i.id)
             .collect();
-        for i in st.router.eps.values().filter(|i| i.enabled && i.ordered) {
-            st.workers[i.worker].send(WorkerMsg::HoldNewFrom {
-                ep: i.id,
-                seq: Some(st.next_seq),
-            });
-        }
         let inbox = self.inbox;
         let mut msgs = Vec::with_capacity(1024);
         let mut last_load = Instant::now() - TICK;
@@ -1406,7 +1400,6 @@ impl State {
                 self.settling.remove(&ep);
                 continue;
             };
-            let ordered = self.router.eps.get(&ep).is_some_and(|i| i.ordered);
             let page = match self.store.paused_of(ep, 0, PAGE) {
                 Ok(p) => p,
                 Err(e) => {
@@ -1416,7 +1409,7 @@ impl State {
                 }
             };
             if page.is_empty() {
-                self.resumed(ep, worker, ordered);
+                self.resumed(ep);
                 continue;
             }
             let mut batch = self.store.batch();
@@ -1487,19 +1480,16 @@ impl State {
             if page.len() == PAGE {
                 still.push(ep);
             } else {
-                self.resumed(ep, worker, ordered);
+                self.resumed(ep);
             }
         }
         self.resuming = still;
     }
 
     /// Every paused delivery of `ep` is handed over (or due in the store): an ordered
-    /// endpoint's newer deliveries may go now.
-    fn resumed(&mut self, ep: EndpointId, worker: usize, ordered: bool) {
+    /// endpoint's new deliveries are given due times as they come again.
+    fn resumed(&mut self, ep: EndpointId) {
         self.settling.remove(&ep);
-        if ordered {
-            self.workers[worker].send(WorkerMsg::HoldNewFrom { ep, seq: None });
-        }
     }
 
     /// Writes an endpoint's record now, synced (for an answer that must survive a crash).
@@ -1556,13 +1546,7 @@ impl State {
                 enabled: true,
                 in_flight: None,
             });
-            if info.ordered {
-                // Events accepted from now on wait behind the paused ones.
-                self.workers[info.worker].send(WorkerMsg::HoldNewFrom {
-                    ep,
-                    seq: Some(self.next_seq),
-                });
-            }
+            // Events accepted from now on join the paused ones (see `accept`).
             if !self.resuming.contains(&ep) {
                 self.resuming.push(ep);
             }

@@ -940,11 +940,7 @@ impl ConfigFile {
                             None => format!("endpoint #{}", i + 1),
                         };
                         let keys = Keys::of(&item, &lines);
-                        let (endpoint, bad) = lenient::<EndpointConfig>(item, |key| match key {
-                            "events" => Some(r#"["*"]"#),
-                            "url" => Some(r#""http://missing-url.invalid/""#),
-                            _ => None,
-                        });
+                        let (endpoint, bad) = lenient::<EndpointConfig>(item, stand_in);
                         file.report(&lines, &scope, &keys, bad);
                         if let Some(endpoint) = endpoint {
                             file.config.endpoints.push(endpoint);
@@ -1185,6 +1181,17 @@ struct BadValue {
     path: String,
     span: Option<std::ops::Range<usize>>,
     message: String,
+}
+
+/// What stands in for a required endpoint key that is missing (or dropped for a bad
+/// value) while the rest of its definition is checked, as text that is TOML and JSON
+/// alike. Never run: the problem reported refuses the definition.
+pub fn stand_in(key: &str) -> Option<&'static str> {
+    match key {
+        "events" => Some(r#"["*"]"#),
+        "url" => Some(r#""http://missing-url.invalid/""#),
+        _ => None,
+    }
 }
 
 /// Deserialises a table; on an error, drops the offending top-level key and tries again,

@@ -56,8 +56,6 @@ pub enum JobQueue<T> {
         /// with fewer arriving now is stale.
         done: FxHashMap<u64, u16>,
         done_order: VecDeque<(u64, u16)>,
-        /// Held back from this sequence number on: older deliveries are still coming.
-        hold_from: Option<u64>,
     },
 }
 
@@ -68,7 +66,6 @@ impl<T: Queued> JobQueue<T> {
                 items: BTreeMap::new(),
                 done: FxHashMap::default(),
                 done_order: VecDeque::new(),
-                hold_from: None,
             }
         } else {
             JobQueue::Fifo(VecDeque::new())
@@ -103,25 +100,13 @@ impl<T: Queued> JobQueue<T> {
         }
     }
 
-    /// Holds back items from `seq` on (ordered queues only) until called with `None`:
-    /// older deliveries are still on their way (an endpoint's paused deliveries, after
-    /// it is enabled), and newer ones must not overtake them.
-    pub fn hold_from(&mut self, seq: Option<u64>) {
-        if let JobQueue::Ordered { hold_from, .. } = self {
-            *hold_from = seq;
-        }
-    }
-
     /// Whether an item can be taken at `now_ms` (a held-back head is none).
     pub fn ready(&self, now_ms: u64) -> Ready {
         match self {
             JobQueue::Fifo(q) if q.is_empty() => Ready::Empty,
             JobQueue::Fifo(_) => Ready::Now,
-            JobQueue::Ordered {
-                items, hold_from, ..
-            } => match items.first_key_value() {
+            JobQueue::Ordered { items, .. } => match items.first_key_value() {
                 None => Ready::Empty,
-                Some((&seq, _)) if hold_from.is_some_and(|from| seq >= from) => Ready::Empty,
                 Some((_, head)) if head.due_ms() <= now_ms => Ready::Now,
                 Some((_, head)) => Ready::At(head.due_ms()),
             },
@@ -290,16 +275,6 @@ mod tests {
             "not finished: a resumed copy runs"
         );
         assert_eq!(q.drain(), vec![J(9, 900)]);
-        // Held back from 20 on: 12 may go, 20 waits until the hold is lifted.
-        q.hold_from(Some(20));
-        q.push(J(20, 0)).unwrap();
-        assert_eq!(q.ready(0), Ready::Empty);
-        q.push(J(12, 0)).unwrap();
-        assert_eq!(q.ready(0), Ready::Now);
-        assert_eq!(q.pop(), Some(J(12, 0)));
-        assert_eq!(q.ready(0), Ready::Empty);
-        q.hold_from(None);
-        assert_eq!(q.pop(), Some(J(20, 0)));
         // A FIFO queue keeps no copies apart.
         let mut f = JobQueue::new(false);
         assert_eq!(f.push(J(1, 0)), Ok(None));

@@ -84,12 +84,6 @@ pub enum WorkerMsg {
         enabled: bool,
         in_flight: Option<crossbeam_channel::Sender<Vec<u64>>>,
     },
-    /// An ordered endpoint was enabled: its paused deliveries are on their way, so those
-    /// accepted from `seq` on wait until they are all handed over (`None`).
-    HoldNewFrom {
-        ep: EndpointId,
-        seq: Option<u64>,
-    },
     /// An endpoint was created or replaced: the next attempt uses this spec. `meta`
     /// gives a new endpoint its persisted state (a replaced one keeps its own).
     Upsert {
@@ -504,15 +498,6 @@ impl Worker {
                     // has them before anything it does after this disable.
                     self.flush_outbox();
                     let _ = reply.send(running);
-                }
-            }
-            WorkerMsg::HoldNewFrom { ep, seq } => {
-                let e = self.endpoints.borrow().get(&ep).cloned();
-                if let Some(e) = e {
-                    e.queue.borrow_mut().hold_from(seq);
-                    if seq.is_none() && !e.queue.borrow().is_empty() {
-                        self.kick(e);
-                    }
                 }
             }
             WorkerMsg::Upsert { spec, meta } => self.upsert(spec, &meta),

@@ -361,28 +361,20 @@ fn parse_definition(body: &[u8], path_name: Option<&str>) -> Result<EndpointConf
                 .and_then(|m| m.split('`').next())
                 .map(str::to_string)
         };
-        // A required key missing, or dropped below for its bad value: a stand-in lets
-        // the rest be checked (said once, and never used: the definition is refused).
+        // A required key missing, or dropped below for its bad value, is stood in for so
+        // that the rest is checked (never used: the definition is refused).
+        let stand_in = |key: &str| {
+            crate::config::stand_in(key)
+                .map(|text| serde_json::from_str::<Value>(text).expect("a stand-in is JSON"))
+                .filter(|_| !stood_in.iter().any(|k| k == key))
+        };
+        problems.push(field_message(&scope, &path.to_string(), &message));
         if let Some(key) = quoted("missing field `") {
-            let stand_in = match key.as_str() {
-                "events" => serde_json::json!(["*"]),
-                "url" => Value::from("http://missing-url.invalid/"),
-                _ => Value::Null,
-            };
-            if stand_in.is_null() || stood_in.contains(&key) {
-                if !stood_in.contains(&key) {
-                    problems.push(field_message(&scope, &path.to_string(), &message));
-                }
-                break;
-            }
-            if !obj.contains_key(&key) {
-                problems.push(field_message(&scope, &path.to_string(), &message));
-            }
-            obj.insert(key.clone(), stand_in);
+            let Some(v) = stand_in(&key) else { break };
+            obj.insert(key.clone(), v);
             stood_in.push(key);
             continue;
         }
-        problems.push(field_message(&scope, &path.to_string(), &message));
         // A key given twice: the rewritten body holds it once (the last), read again.
         if quoted("duplicate field `").is_some() && first_pass {
             continue;
@@ -394,18 +386,12 @@ fn parse_definition(body: &[u8], path_name: Option<&str>) -> Result<EndpointConf
             (_, Some(key)) => key,
             _ => break,
         };
-        let required = matches!(top.as_str(), "events" | "url");
         if obj.shift_remove(&top).is_none() {
             break;
         }
-        if required {
-            // Its "missing field" comes next: stood in without saying it again.
-            let stand_in = if top == "events" {
-                serde_json::json!(["*"])
-            } else {
-                Value::from("http://missing-url.invalid/")
-            };
-            obj.insert(top.clone(), stand_in);
+        // A required key dropped comes back stood in for: no "missing field" repeats it.
+        if let Some(v) = stand_in(&top) {
+            obj.insert(top.clone(), v);
             stood_in.push(top);
         }
     }

@@ -69,6 +69,11 @@ impl Default for LineParser {
     }
 }
 
+/// `err invalid not JSON: …` for a line simd-json refused.
+fn not_json(e: &simd_json::Error, line: &[u8]) -> Invalid {
+    invalid(format!("not JSON: {}", json_error(e, line)))
+}
+
 /// A JSON syntax error in `line` in plain words, with where it was found (simd-json's
 /// own `Display` names its internal variants, and its first pass finds bad UTF-8 and raw
 /// control characters without saying where).
@@ -191,20 +196,12 @@ fn string_error(line: &[u8]) -> Option<(usize, String)> {
 fn write_huge_numbers_in_range(line: &mut [u8]) -> bool {
     let mut changed = false;
     let mut i = 0;
-    let mut in_string = false;
     while i < line.len() {
-        let b = line[i];
-        if in_string {
-            match b {
-                b'\\' => i += 1,
-                b'"' => in_string = false,
-                _ => {}
+        match line[i] {
+            b'"' => {
+                i = skip_string(line, i).unwrap_or(line.len());
+                continue;
             }
-            i += 1;
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
             // Outside strings only numbers have digits.
             b'-' | b'0'..=b'9' => {
                 let end = line[i..]
@@ -280,7 +277,7 @@ impl LineParser {
         let tape = match simd_json::to_tape_with_buffers(&mut self.scratch, &mut self.buffers) {
             Ok(tape) => tape,
             Err(e) => {
-                let refused = || invalid(format!("not JSON: {}", json_error(&e, line)));
+                let refused = || not_json(&e, line);
                 if !matches!(
                     e.error(),
                     simd_json::ErrorType::InvalidNumber | simd_json::ErrorType::InvalidExponent
@@ -293,7 +290,7 @@ impl LineParser {
                     return Err(refused());
                 }
                 simd_json::to_tape_with_buffers(&mut self.in_range, &mut self.buffers)
-                    .map_err(|e| invalid(format!("not JSON: {}", json_error(&e, line))))?
+                    .map_err(|e| not_json(&e, line))?
             }
         };
         let root = tape.as_value();
