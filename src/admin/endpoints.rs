@@ -132,6 +132,11 @@ impl Admin {
             Some((n, a)) => (percent_decode(n), Some(a)),
             None => (percent_decode(rest), None),
         };
+        if action != Some("recover") {
+            if let Err(r) = params.only(&[]) {
+                return r;
+            }
+        }
         match (method, action) {
             ("GET", None) => return self.read_endpoint(&name, 200),
             ("PUT", None) => {

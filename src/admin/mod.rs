@@ -379,10 +379,15 @@ impl Admin {
         }
         let params = Params::parse(&req.query);
         if path == "/v1/endpoints" {
+            if !matches!(method, "GET" | "POST") {
+                return method_not_allowed("GET, HEAD, POST");
+            }
+            if let Err(r) = params.only(&[]) {
+                return r;
+            }
             return match method {
                 "GET" => self.list_endpoints(),
-                "POST" => self.create_endpoint(&req.body),
-                _ => method_not_allowed("GET, HEAD, POST"),
+                _ => self.create_endpoint(&req.body),
             };
         }
         if let Some(rest) = path.strip_prefix("/v1/endpoints/") {
@@ -390,7 +395,10 @@ impl Admin {
         }
         if path == "/v1/events" {
             return match method {
-                "POST" => self.ingest(&req.body),
+                "POST" => match params.only(&[]) {
+                    Ok(()) => self.ingest(&req.body),
+                    Err(r) => r,
+                },
                 "GET" => self.list_events(&params),
                 _ => method_not_allowed("GET, HEAD, POST"),
             };
@@ -407,6 +415,9 @@ impl Admin {
             }
             if method != "GET" {
                 return method_not_allowed("GET, HEAD");
+            }
+            if let Err(r) = params.only(&[]) {
+                return r;
             }
             return self.get_event(&percent_decode(rest));
         }
@@ -706,16 +717,19 @@ impl Params {
     /// 400 naming the first parameter not in `known`, or given twice: a misspelt
     /// filter would widen what a call does (`recover?sinec=…` would re-deliver every
     /// failed delivery, `GET /v1/events?stauts=failed` list the whole log), and of two
-    /// values one would be ignored.
+    /// values one would be ignored. A call that takes none passes `&[]`: a filter it
+    /// ignored (`GET /v1/endpoints?enabled=false`) would answer something else than
+    /// was asked.
     pub(crate) fn only(&self, known: &[&str]) -> Result<(), Response> {
         for (i, (k, _)) in self.0.iter().enumerate() {
             if !known.contains(&k.as_str()) {
+                let takes = match known {
+                    [] => "none".to_string(),
+                    _ => known.join(", "),
+                };
                 return Err(error(
                     400,
-                    format!(
-                        "unknown query parameter {k:?} (this call takes {})",
-                        known.join(", ")
-                    ),
+                    format!("unknown query parameter {k:?} (this call takes {takes})"),
                 ));
             }
             if self.0[..i].iter().any(|(seen, _)| seen == k) {

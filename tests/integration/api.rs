@@ -1112,6 +1112,19 @@ signing_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw""#,
     let (status, v) = srv.get("/v1/events?endpoint=nope");
     assert_eq!(status, 404, "{v}");
     assert!(err_msg(&v).contains("nope"));
+    // A call that takes no parameter refuses one, rather than answering as if it had
+    // applied it (a filter it does not have, here).
+    for (status, v) in [
+        srv.get("/v1/endpoints?enabled=false"),
+        srv.get("/v1/events/log-00?endpoint=good"),
+        srv.get("/v1/endpoints/good?x=1"),
+        srv.post("/v1/endpoints/good/disable?until=tomorrow"),
+    ] {
+        assert_eq!(status, 400, "{v}");
+        assert!(err_msg(&v).contains("takes none"), "{v}");
+    }
+    let (_, ep) = srv.get("/v1/endpoints/good");
+    assert_eq!(ep["enabled"], true, "{ep}");
 
     // The request kept per attempt: what was sent, secrets redacted.
     let d0 = srv.event("log-00");
