@@ -11,6 +11,12 @@
 //! ahead of the acks. With a `linger` (Kafka's `linger.ms`), a rate-limited writer waits
 //! at least that long between writes and sends what fell due meanwhile in one write, as
 //! a batching producer does; each event's latency still counts from its due time.
+//!
+//! A connection that stops writing before its share is sent (its events up to `events`,
+//! or until `duration` ends) for any reason but a stop (the server closed the
+//! connection, stopped reading or stopped acking) makes the result's
+//! [`GenResult::shortfall`]: sending fewer events than asked is a failure, even when every
+//! line written was acked.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
@@ -163,6 +169,8 @@ pub struct GenShared {
     /// The first `err` ack lines.
     err_samples: Mutex<Vec<String>>,
     readers_done: AtomicUsize,
+    /// Connections whose writer stopped before sending its share, not told to stop.
+    cut_short: AtomicUsize,
 }
 
 impl GenShared {
@@ -204,9 +212,18 @@ pub struct GenResult {
     pub notes: Vec<String>,
     /// Unix µs of the start (so `started_unix_us + elapsed` is the last ack).
     pub started_unix_us: u64,
+    /// Fewer events sent than asked (by `events`, or before `duration` ended) because a
+    /// connection stopped writing early (the server closed it, stopped reading or
+    /// stopped acking): how many were sent of how many. None after a stop (Ctrl-C).
+    pub shortfall: Option<String>,
 }
 
 impl GenResult {
+    /// An `err` ack, a missing ack, or fewer events sent than asked.
+    pub fn failed(&self) -> bool {
+        self.err > 0 || self.missing > 0 || self.shortfall.is_some()
+    }
+
     pub fn summary(&self) -> String {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         let mut s = format!(
@@ -248,6 +265,9 @@ pub struct Gen {
     started: Instant,
     started_unix_us: u64,
     connections: usize,
+    /// The configured `events` and `duration`, for the shortfall message.
+    events: u64,
+    duration: Duration,
 }
 
 type Halves = (Box<dyn Read + Send>, Box<dyn Write + Send>);
@@ -317,6 +337,7 @@ impl Gen {
             problems: Mutex::default(),
             err_samples: Mutex::default(),
             readers_done: AtomicUsize::new(0),
+            cut_short: AtomicUsize::new(0),
         });
         let cfg = Arc::new(cfg);
         let window = ring_size(cfg.window);
@@ -366,6 +387,8 @@ impl Gen {
             started,
             started_unix_us: t0_us,
             connections: k,
+            events: cfg.events,
+            duration: cfg.duration,
         })
     }
 
@@ -388,6 +411,14 @@ impl Gen {
         }
         let s = &self.shared;
         let last = s.last_ack_us.load(RELAXED);
+        let shortfall = shortfall(
+            s.sent.load(RELAXED),
+            self.events,
+            self.duration,
+            self.started.elapsed(),
+            s.cut_short.load(RELAXED),
+            self.connections,
+        );
         GenResult {
             sent: s.sent.load(RELAXED),
             ok: s.ok.load(RELAXED),
@@ -416,8 +447,40 @@ impl Gen {
                 n
             },
             started_unix_us: self.started_unix_us,
+            shortfall,
         }
     }
+}
+
+/// The message for `cut` of `connections` connections that stopped writing early:
+/// `sent` of `events` (or, with no event count, after `elapsed` of `duration`).
+fn shortfall(
+    sent: u64,
+    events: u64,
+    duration: Duration,
+    elapsed: Duration,
+    cut: usize,
+    connections: usize,
+) -> Option<String> {
+    if cut == 0 {
+        return None;
+    }
+    let sent_of = if events > 0 {
+        format!(
+            "sent {} of {} events",
+            stats::fmt_count(sent),
+            stats::fmt_count(events)
+        )
+    } else {
+        format!(
+            "sent {} events, stopping after {:.2}s of the {duration:?} asked",
+            stats::fmt_count(sent),
+            elapsed.as_secs_f64()
+        )
+    };
+    Some(format!(
+        "{sent_of}: {cut} of {connections} connection(s) stopped sending early because the server closed the connection or stopped reading or acking (see the notes)"
+    ))
 }
 
 struct Writer {
@@ -438,7 +501,18 @@ impl Writer {
         if let Err(msg) = self.write_all_events(&mut *w) {
             self.shared.note(msg);
         }
+        if !self.stop.load(RELAXED) && !self.sent_its_share() {
+            self.shared.cut_short.fetch_add(1, RELAXED);
+        }
         self.conn.writer_done.store(true, Ordering::Release);
+    }
+
+    /// Whether this connection has written every event of its share (`events`), or
+    /// wrote until `duration` ended.
+    fn sent_its_share(&self) -> bool {
+        let next = self.c + self.conn.written.load(Ordering::Acquire) * self.k;
+        (self.cfg.events > 0 && next >= self.cfg.events)
+            || self.started.elapsed() >= self.cfg.duration
     }
 
     /// Writes `buf` (retrying on the write timeout so a stop is noticed), then
@@ -889,6 +963,81 @@ mod tests {
         assert!((0..1_000).all(|n| shared.accepted.get(n)));
         drop(shared);
         server.join().unwrap();
+    }
+
+    /// A server that acks the first `after` lines, then closes the connection.
+    fn closing_ingest(path: PathBuf, after: usize) -> JoinHandle<()> {
+        let l = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut w = s.try_clone().unwrap();
+            for line in BufReader::new(s).lines().take(after) {
+                let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+                writeln!(w, "ok {} 1", v["id"].as_str().unwrap()).unwrap();
+            }
+        })
+    }
+
+    /// With a rate nothing is in flight when the server closes, so no ack is missing:
+    /// the events never sent are what fails the run.
+    #[test]
+    fn a_server_closing_early_is_a_shortfall() {
+        let sock = TestSocket::new("closes");
+        let server = closing_ingest(sock.path.clone(), 1_000);
+        let mut cfg = GenConfig::new(Target::Unix(sock.path.clone()), "tc".into());
+        cfg.events = 5_000;
+        cfg.rate = 20_000.0;
+        let res = Gen::start(cfg, Arc::new(AtomicBool::new(false)))
+            .unwrap()
+            .join();
+        server.join().unwrap();
+        assert!(res.sent < 5_000 && res.ok == 1_000, "{}", res.summary());
+        let s = res.shortfall.clone().expect("a shortfall");
+        assert!(
+            s.starts_with(&format!(
+                "sent {} of 5,000 events",
+                stats::fmt_count(res.sent)
+            )),
+            "{s}"
+        );
+        assert!(res.failed());
+
+        // Only a duration: stopped long before it ended.
+        let sock = TestSocket::new("closes-d");
+        let server = closing_ingest(sock.path.clone(), 200);
+        let mut cfg = GenConfig::new(Target::Unix(sock.path.clone()), "td".into());
+        cfg.events = 0;
+        cfg.rate = 2_000.0;
+        cfg.duration = Duration::from_secs(5);
+        let t = Instant::now();
+        let res = Gen::start(cfg, Arc::new(AtomicBool::new(false)))
+            .unwrap()
+            .join();
+        server.join().unwrap();
+        assert!(t.elapsed() < Duration::from_secs(4));
+        let s = res.shortfall.expect("a shortfall");
+        assert!(s.contains("of the 5s asked"), "{s}");
+    }
+
+    #[test]
+    fn a_stop_or_a_complete_share_is_no_shortfall() {
+        assert_eq!(
+            shortfall(5_000, 5_000, Duration::ZERO, Duration::ZERO, 0, 1),
+            None
+        );
+        let sock = TestSocket::new("stop");
+        let server = closing_ingest(sock.path.clone(), usize::MAX);
+        let mut cfg = GenConfig::new(Target::Unix(sock.path.clone()), "ts".into());
+        cfg.events = 0;
+        cfg.rate = 2_000.0;
+        let stop = Arc::new(AtomicBool::new(false));
+        let gen = Gen::start(cfg, stop.clone()).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        stop.store(true, Ordering::Relaxed);
+        let res = gen.join();
+        server.join().unwrap();
+        assert_eq!(res.shortfall, None);
+        assert!(!res.failed(), "{}", res.summary());
     }
 
     /// With a linger the writer sends what fell due meanwhile together: 400 events over

@@ -67,12 +67,12 @@ struct Cli {
 enum Cmd {
     /// Scriptable HTTP/1.1 receiver that counts deliveries, duplicates, missing ids and lag.
     #[command(
-        after_help = "Missing ids: per run tag of the generator's ids ld-<run>-<n>, the numbers below the highest n seen that never arrived (after a run ended by --duration rather than --events, up to connections - 1 of them at the top were never sent).\n\nExit status: 0 (also when stopped by Ctrl-C, its normal end without --duration); 1 when the --max-rps check found a 1-s window over the limit; 2 on errors (e.g. the port is in use)."
+        after_help = "A delivery (first 2xx for an id) or a duplicate (a 2xx for an id already answered 2xx, as the receiver sees it: also when the sender never read the first, e.g. its attempt timed out) is counted, and its lag (arrival - sent_us) stamped, when the request arrives: before --latency and before the answer is written, so the lag leaves out the sink's own latency.\n\nMissing ids: per run tag of the generator's ids ld-<run>-<n>, the numbers below the highest n seen that never arrived (after a run ended by --duration rather than --events, up to connections - 1 of them at the top were never sent).\n\nExit status: 0 (also when stopped by Ctrl-C, its normal end without --duration); 1 when the --max-rps check found a 1-s window over the limit; 2 on errors (e.g. the port is in use)."
     )]
     Sink(SinkArgs),
     /// Stream events into ricochet's ingest socket and measure ack latency.
     #[command(
-        after_help = "Exit status: 0; 1 when an event got an `err` ack or no ack; 130 when interrupted (SIGINT/SIGTERM); 2 on errors."
+        after_help = "Exit status: 0; 1 when an event got an `err` ack or no ack, or fewer events were sent than asked (by --events, or before --duration ended) because the server closed the connection or stopped reading; 130 when interrupted (SIGINT/SIGTERM); 2 on errors."
     )]
     Gen(GenArgs),
     /// Bare keep-alive HTTP client loop: the delivery ceiling without ricochet.
@@ -98,10 +98,13 @@ const RUN_EXIT_STATUS: &str = "Exit status:
        undelivered (seen, never answered 2xx) although the scenario's sink answers every
        request 2xx once up (a script with failing statuses or resets, and finite
        retries, leaves some undelivered by design: reported, not a failure); got `err`
-       acks, missed acks or acks out of place; saw a misrouted delivery; had a 1-s window
-       over the rate limit; or never got the probe acked after a restart
+       acks, missed acks or acks out of place; sent fewer events than asked because
+       ricochet closed the ingest connection (or stopped reading); saw a misrouted
+       delivery; had a 1-s window over the rate limit; or never got the probe acked
+       after a restart
   2    an error (ricochet missing, dying at start, not becoming healthy, ...)
-  130  interrupted (SIGINT/SIGTERM): the runs finished so far are reported
+  130  interrupted (SIGINT/SIGTERM): the runs so far are reported, the interrupted one
+       marked and left out of the median
 A run's temp dir is kept when it failed (1, 2) or was interrupted, or with --keep.";
 
 #[derive(Args)]
@@ -125,7 +128,8 @@ struct SinkArgs {
     /// Answers by weight, e.g. "200:0.8,500:0.2" (statuses 100..=599).
     #[arg(long, default_value = "200")]
     script: String,
-    /// Delay before each answer: "0ms", "5ms" or "uniform:1ms-5ms". The delay runs on
+    /// Delay before each answer (after the delivery is counted and its lag stamped):
+    /// "0ms", "5ms" or "uniform:1ms-5ms". The delay runs on
     /// monoio's timer, which has 1-ms ticks: it rounds each deadline up to the next tick
     /// and sleeps whole milliseconds, so a delay d lasts d to d + 2 ms, about d + 1 ms on
     /// average ("5ms" answers after a median of about 6 ms).
@@ -164,7 +168,9 @@ struct GenArgs {
     /// ricochet's TCP ingest address (loopback only).
     #[arg(long)]
     connect: Option<SocketAddr>,
-    /// Events per second, open loop; 0 = flat out.
+    /// Events per second, open loop; 0 = flat out. With a rate each event's stamp
+    /// (`sent_us`, from which ack latency and the sink's delivery lag count) is its
+    /// scheduled send time, so both include time the generator held the event.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
     /// Stop after this many events (0 = only --duration limits).
@@ -462,10 +468,13 @@ fn cmd_gen(a: GenArgs) -> Result<i32> {
     for n in &res.notes {
         println!("  note: {n}");
     }
+    if let Some(s) = &res.shortfall {
+        eprintln!("ricochet-load: gen failed: {s}");
+    }
     if stop.load(Ordering::Relaxed) {
         return Ok(run::EXIT_INTERRUPTED);
     }
-    Ok(i32::from(res.err > 0 || res.missing > 0))
+    Ok(i32::from(res.failed()))
 }
 
 fn cmd_machine(a: MachineArgs) -> Result<i32> {

@@ -1,5 +1,6 @@
 //! SVG chart of a run: throughput per second on top, latency percentiles per second
-//! (log scale) below.
+//! (log scale) below. A series with a single sample (an ingest under a second) is
+//! drawn as a dot: a one-point line would not show.
 
 use std::path::Path;
 
@@ -65,6 +66,19 @@ pub fn styled_chart<'a, 'b, DB: DrawingBackend>(
     b
 }
 
+/// A line through `points` in `color`, 2 px wide; a lone point gets a dot instead, as a
+/// one-point line draws nothing.
+fn line<DB: DrawingBackend>(
+    points: Vec<(f64, f64)>,
+    color: RGBColor,
+) -> LineSeries<DB, (f64, f64)> {
+    if points.len() == 1 {
+        LineSeries::new(points, color.filled().stroke_width(2)).point_size(4)
+    } else {
+        LineSeries::new(points, color.stroke_width(2))
+    }
+}
+
 /// Writes the chart for one run's samples to `path`.
 pub fn write_svg(path: &Path, title: &str, samples: &[Sample]) -> Result<()> {
     let err = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", path.display());
@@ -90,9 +104,9 @@ pub fn write_svg(path: &Path, title: &str, samples: &[Sample]) -> Result<()> {
         .map_err(|e| err(&e))?;
     for &(label, color, get) in THROUGHPUT {
         chart
-            .draw_series(LineSeries::new(
-                samples.iter().map(|s| (s.t_s, get(s))),
-                color.stroke_width(2),
+            .draw_series(line(
+                samples.iter().map(|s| (s.t_s, get(s))).collect(),
+                color,
             ))
             .map_err(|e| err(&e))?
             .label(label)
@@ -123,7 +137,7 @@ pub fn write_svg(path: &Path, title: &str, samples: &[Sample]) -> Result<()> {
             .map(|s| (s.t_s, get(s).max(FLOOR_MS)))
             .collect();
         chart
-            .draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .draw_series(line(points, color))
             .map_err(|e| err(&e))?
             .label(label)
             .legend(legend_line(color));
@@ -160,6 +174,35 @@ mod tests {
         assert!(svg.starts_with("<svg"));
         assert!(svg.contains("deliveries/s"));
         assert!(svg.contains("lag p99.9"));
+        // Lines only: no dots.
+        assert!(!svg.contains("<circle"), "dots on a 10-sample chart");
         let _ = std::fs::remove_file(path);
+    }
+
+    /// An ingest under a second leaves one sample: every series must still show.
+    #[test]
+    fn a_lone_sample_is_drawn_as_a_dot() {
+        let samples = [Sample {
+            t_s: 0.6,
+            span_s: 0.6,
+            accepted_per_s: 5_000.0,
+            deliveries_per_s: 4_000.0,
+            requests_per_s: 4_500.0,
+            ack_p50_ms: 0.5,
+            ack_p99_ms: 2.0,
+            ack_p999_ms: 5.0,
+            lag_p50_ms: 1.0,
+            lag_p99_ms: 4.0,
+            lag_p999_ms: 9.0,
+            ..Default::default()
+        }];
+        let path = std::env::temp_dir().join(format!("rl-plot1-{}.svg", std::process::id()));
+        write_svg(&path, "one", &samples).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        // 3 throughput series and 6 latency series, a dot each.
+        assert_eq!(svg.matches("<circle").count(), 9, "{svg}");
+        // In the series' colour (deliveries/s: rgb(0, 160, 0)).
+        assert!(svg.contains("fill=\"#00A000\""), "{svg}");
     }
 }

@@ -1,5 +1,6 @@
 //! What a run measured, the per-second series, and how it is shown: a table with one
-//! column per run and a median column, or JSON for machines.
+//! column per run and a median column, or JSON for machines. An interrupted run
+//! (SIGINT/SIGTERM) is shown as such and left out of every median.
 
 use serde::Serialize;
 
@@ -85,6 +86,10 @@ pub struct RunMetrics {
     pub missing_acks: u64,
     /// ok/dup acks whose id is not the event at their position.
     pub ack_mismatch: u64,
+    /// Set when the generator sent fewer events than asked (by count, or before its
+    /// duration ended) because the server closed the connection or stopped reading: how
+    /// many of how many. Fails the run.
+    pub ingest_cut_short: Option<String>,
     /// First write to last ack.
     pub ingest_s: f64,
     /// `ok` acks over first write -> last ack (the probe left out).
@@ -112,11 +117,14 @@ pub struct RunMetrics {
     pub drained: bool,
     pub drain_end: String,
     pub ack: Percentiles,
+    /// Arrival at the sink of the request answered the first 2xx (before the sink's
+    /// latency) - the event's `sent_us` (with a rate: its scheduled send time).
     pub lag: Percentiles,
-    /// 2xx answers for events already answered 2xx.
+    /// 2xx answers for events already answered 2xx, as the sink saw them (a 2xx ricochet
+    /// never read, its attempt timed out, included).
     pub duplicates: u64,
     pub retries: u64,
-    /// Accepted, never seen by the sink.
+    /// Accepted, never seen by the sink (seen without a 2xx: `undelivered`).
     pub lost: u64,
     /// Accepted and seen, never answered 2xx (e.g. every retry got a scripted 500).
     pub undelivered: u64,
@@ -130,7 +138,8 @@ pub struct RunMetrics {
     pub resets: u64,
     /// Responses whose body the sink sent slowly.
     pub slow_bodies: u64,
-    /// Stopped by SIGINT/SIGTERM.
+    /// Stopped by SIGINT/SIGTERM: its figures end where it stopped, and it is left out
+    /// of the medians.
     pub interrupted: bool,
     /// The run's temp dir, when it was kept (`--keep`, a failure, an interruption).
     pub run_dir: Option<String>,
@@ -609,15 +618,77 @@ pub fn median(values: &mut [f64]) -> Option<f64> {
     })
 }
 
-/// Per row key, the median over runs that have the value.
+/// The runs a median is taken over: those not interrupted.
+fn completed(runs: &[RunMetrics]) -> impl Iterator<Item = &RunMetrics> {
+    runs.iter().filter(|m| !m.interrupted)
+}
+
+/// Per row key, the median over the completed runs that have the value, and under
+/// `runs_in_median` the numbers of the runs it is taken over (interrupted runs are left
+/// out).
 pub fn medians(runs: &[RunMetrics]) -> serde_json::Map<String, serde_json::Value> {
     let mut out = serde_json::Map::new();
     for (key, _, _, get) in ROWS {
-        let mut vals: Vec<f64> = runs.iter().filter_map(get).collect();
+        let mut vals: Vec<f64> = completed(runs).filter_map(get).collect();
         let v = median(&mut vals)
             .and_then(serde_json::Number::from_f64)
             .map_or(serde_json::Value::Null, serde_json::Value::Number);
         out.insert((*key).into(), v);
+    }
+    let numbers: Vec<usize> = completed(runs).map(|m| m.run).collect();
+    out.insert("runs_in_median".into(), numbers.into());
+    out
+}
+
+/// `--json`'s `median` for these runs: [`medians`], or null when no run completed.
+pub fn median_json(runs: &[RunMetrics]) -> serde_json::Value {
+    if completed(runs).next().is_none() {
+        return serde_json::Value::Null;
+    }
+    medians(runs).into()
+}
+
+/// `run 1, 3` (`runs` when several), with the label after.
+fn run_list(numbers: &[usize], label: &str) -> String {
+    let list: Vec<String> = numbers.iter().map(usize::to_string).collect();
+    format!(
+        "run{} {}{}",
+        if numbers.len() > 1 { "s" } else { "" },
+        list.join(", "),
+        if label.is_empty() {
+            String::new()
+        } else {
+            format!(" {label}")
+        }
+    )
+}
+
+/// A line per label with interrupted runs: left out of the median, or no median at
+/// all when no run completed.
+fn interruptions(runs: &[RunMetrics]) -> String {
+    let mut out = String::new();
+    for l in labels(runs) {
+        let of_label = || runs.iter().filter(|m| m.label == l);
+        let stopped: Vec<usize> = of_label()
+            .filter(|m| m.interrupted)
+            .map(|m| m.run)
+            .collect();
+        if stopped.is_empty() {
+            continue;
+        }
+        let done: Vec<usize> = of_label()
+            .filter(|m| !m.interrupted)
+            .map(|m| m.run)
+            .collect();
+        out += &format!("{} interrupted: ", run_list(&stopped, l));
+        out += &if done.is_empty() {
+            "no run completed, so no median\n".to_string()
+        } else {
+            format!(
+                "left out of the median, which is of the completed {}\n",
+                run_list(&done, "")
+            )
+        };
     }
     out
 }
@@ -633,20 +704,27 @@ pub fn labels(runs: &[RunMetrics]) -> Vec<&str> {
     out
 }
 
-/// The text table: one column per run, plus a median column per label (scheme) when it
-/// has several runs.
+/// The text table: one column per run (an interrupted one headed so), plus a median
+/// column per label (scheme) when it has several runs, taken over its completed runs
+/// (none when no run completed); a line under the table says which runs were left out.
 pub fn table(runs: &[RunMetrics]) -> String {
     let mut header = vec!["".to_string()];
     header.extend(runs.iter().map(|m| {
-        if m.label.is_empty() {
-            format!("run {}", m.run)
-        } else {
-            format!("run {} {}", m.run, m.label)
+        let mut h = format!("run {}", m.run);
+        if !m.label.is_empty() {
+            h = format!("{h} {}", m.label);
         }
+        if m.interrupted {
+            h += " (interrupted)";
+        }
+        h
     }));
     let median_labels: Vec<&str> = labels(runs)
         .into_iter()
-        .filter(|l| runs.iter().filter(|m| m.label == *l).count() > 1)
+        .filter(|l| {
+            runs.iter().filter(|m| m.label == *l).count() > 1
+                && completed(runs).any(|m| m.label == *l)
+        })
         .collect();
     for l in &median_labels {
         header.push(if l.is_empty() {
@@ -667,14 +745,14 @@ pub fn table(runs: &[RunMetrics]) -> String {
             let mut present: Vec<f64> = runs
                 .iter()
                 .zip(&vals)
-                .filter(|(m, _)| m.label == *l)
+                .filter(|(m, _)| m.label == *l && !m.interrupted)
                 .filter_map(|(_, v)| *v)
                 .collect();
             row.push(fmt(*unit, median(&mut present)));
         }
         rows.push(row);
     }
-    align(&rows)
+    align(&rows) + &interruptions(runs)
 }
 
 /// `rows` as text columns: the first left-aligned, the others right-aligned, two spaces
@@ -818,6 +896,47 @@ mod tests {
         assert_eq!(m["restart_backlog_at_kill"], serde_json::json!(1000.0));
         // No restart, no rows.
         assert!(!table(&[RunMetrics::default()]).contains("restart"));
+    }
+
+    /// `run --runs 3` interrupted in run 2: the median is run 1's, not the mean of a
+    /// complete and a truncated run, in the table and the JSON.
+    #[test]
+    fn an_interrupted_run_is_marked_and_left_out_of_the_median() {
+        let m = |run, deliveries_per_s, interrupted| RunMetrics {
+            run,
+            deliveries_per_s,
+            interrupted,
+            ..Default::default()
+        };
+        let runs = vec![m(1, 3_000.0, false), m(2, 1_000.0, true)];
+        let t = table(&runs);
+        let head = t.lines().next().unwrap();
+        assert!(head.contains("run 2 (interrupted)"), "{t}");
+        assert!(head.ends_with("median"), "{t}");
+        let cells = row(&t, "deliveries/s (");
+        assert_eq!(cells[cells.len() - 3..], ["3,000", "1,000", "3,000"], "{t}");
+        assert!(
+            t.contains(
+                "run 2 interrupted: left out of the median, which is of the completed run 1"
+            ),
+            "{t}"
+        );
+        let j = median_json(&runs);
+        assert_eq!(j["deliveries_per_s"], serde_json::json!(3_000.0));
+        assert_eq!(j["runs_in_median"], serde_json::json!([1]));
+        // No run completed: no median, and the table says so.
+        let runs = vec![m(1, 3_000.0, true), m(2, 1_000.0, true)];
+        assert_eq!(median_json(&runs), serde_json::Value::Null);
+        let t = table(&runs);
+        assert!(!t.lines().next().unwrap().contains("median"), "{t}");
+        assert!(
+            t.contains("runs 1, 2 interrupted: no run completed, so no median"),
+            "{t}"
+        );
+        // Without interruptions nothing changes.
+        let runs = vec![m(1, 3_000.0, false), m(2, 1_000.0, false)];
+        assert_eq!(row(&table(&runs), "deliveries/s (").last(), Some(&"2,000"));
+        assert!(!table(&runs).contains("interrupted"));
     }
 
     #[test]

@@ -45,7 +45,8 @@ pub struct RunArgs {
     /// List the built-in scenarios and exit.
     #[arg(long)]
     pub(crate) list: bool,
-    /// Repeat the scenario; the report shows each run and the median.
+    /// Repeat the scenario; the report shows each run and the median of the completed
+    /// runs (an interrupted run is marked and left out).
     #[arg(long, default_value_t = 1, value_parser = parse_positive)]
     pub(crate) runs: usize,
     /// Print the report as JSON on stdout.
@@ -168,19 +169,21 @@ pub fn cmd_run(a: RunArgs) -> Result<i32> {
     }
     let labelled = a.https || a.https_compare;
     let compare = a.https_compare.then(|| https_compare(&runs));
+    let interrupted = stop.load(Ordering::Relaxed);
     if a.json {
+        // Over the completed runs only; null where none completed.
         let median = if labelled {
             let by: serde_json::Map<String, serde_json::Value> = report::labels(&runs)
                 .into_iter()
                 .map(|l| {
                     let subset: Vec<RunMetrics> =
                         runs.iter().filter(|m| m.label == l).cloned().collect();
-                    (l.to_string(), report::medians(&subset).into())
+                    (l.to_string(), report::median_json(&subset))
                 })
                 .collect();
             serde_json::Value::Object(by)
         } else {
-            report::medians(&runs).into()
+            report::median_json(&runs)
         };
         let mut out = serde_json::json!({
             "scenario": sc.name,
@@ -188,6 +191,7 @@ pub fn cmd_run(a: RunArgs) -> Result<i32> {
             "description": sc.description,
             "settings": settings_json(&sc),
             "ricochet": ricochet.display().to_string(),
+            "interrupted": interrupted,
             "runs": runs,
             "median": median,
         });
@@ -208,7 +212,7 @@ pub fn cmd_run(a: RunArgs) -> Result<i32> {
         }
         print_notes("", &runs);
     }
-    Ok(exit_status(&runs, stop.load(Ordering::Relaxed)))
+    Ok(exit_status(&runs, interrupted))
 }
 
 /// The exit status of an interrupted `run`, `sweep` or `gen` (SIGINT/SIGTERM), as a shell
@@ -391,9 +395,11 @@ pub fn print_notes(prefix: &str, runs: &[RunMetrics]) {
 
 /// Whether a run lost, misrouted or mis-acked an event, left an event undelivered where
 /// the scenario expects every delivery to succeed ([`RunMetrics::all_deliveries_expected`]),
-/// broke a rate limit, or never became ready after its restart.
+/// sent fewer events than asked because ricochet closed the ingest connection, broke a
+/// rate limit, or never became ready after its restart.
 pub fn run_failed(m: &RunMetrics) -> bool {
     m.lost > 0
+        || m.ingest_cut_short.is_some()
         || (m.undelivered > 0 && m.all_deliveries_expected)
         || m.missing_acks > 0
         || m.err_acks > 0
@@ -401,6 +407,40 @@ pub fn run_failed(m: &RunMetrics) -> bool {
         || m.ack_mismatch > 0
         || m.rate_check.is_some_and(|r| r.windows_over_limit > 0)
         || m.restart.as_ref().is_some_and(|r| r.first_ack_s.is_none())
+}
+
+/// The notes for accepted events the sink never saw (`lost`) or never answered 2xx
+/// (`undelivered`): in an interrupted run they are the interrupt's, not losses or retries
+/// given up.
+fn accounting_notes(
+    lost: u64,
+    undelivered: u64,
+    all_expected: bool,
+    interrupted: bool,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if interrupted {
+        if lost + undelivered > 0 {
+            out.push(format!(
+                "interrupted: by then {lost} accepted events were not yet seen by the sink and {undelivered} not yet answered 2xx (the interrupt's doing, not losses or retries given up)"
+            ));
+        }
+        return out;
+    }
+    if lost > 0 {
+        out.push(format!("{lost} accepted events never reached the sink"));
+    }
+    if undelivered > 0 {
+        out.push(format!(
+            "{undelivered} accepted events reached the sink but never got a 2xx{}",
+            if all_expected {
+                " although the sink answers every request with a 2xx (a failure)"
+            } else {
+                " (the scenario's script fails some answers: expected with finite retries)"
+            }
+        ));
+    }
+    out
 }
 
 /// Whether the scenario's sink answers every request with a 2xx once it is up (a
@@ -520,9 +560,13 @@ fn cpu_per_delivery(m: &RunMetrics) -> Option<f64> {
         .map(|c| c * 1e6 / m.delivered as f64)
 }
 
+/// The HTTP/HTTPS pairs of completed runs (an interrupted run pairs with nothing).
 pub fn https_compare(runs: &[RunMetrics]) -> Compare {
     let mut pairs = Vec::new();
-    let find = |run: usize, label: &str| runs.iter().find(|m| m.run == run && m.label == label);
+    let find = |run: usize, label: &str| {
+        runs.iter()
+            .find(|m| m.run == run && m.label == label && !m.interrupted)
+    };
     let mut ids: Vec<usize> = runs.iter().map(|m| m.run).collect();
     ids.dedup();
     for run in ids {
@@ -609,7 +653,9 @@ fn one_line(m: &RunMetrics) -> String {
         m.lag.brief(),
         m.lost,
         m.undelivered,
-        if m.undelivered > 0 && !m.all_deliveries_expected {
+        if m.undelivered > 0 && m.interrupted {
+            " (interrupted)"
+        } else if m.undelivered > 0 && !m.all_deliveries_expected {
             " (the script fails some answers)"
         } else {
             ""
@@ -1534,6 +1580,9 @@ fn run_in(
     let gres = g.join();
     let (mark_ingest, sink_at_ingest_end) = (cost::Mark::take(Some(pid)), sink_now(&sink));
     notes.extend(gres.notes.iter().cloned());
+    if let Some(s) = &gres.shortfall {
+        notes.push(format!("ingest cut short (a failure): {s}"));
+    }
     // The last ack, not now: a wait for missing acks is not drain time.
     let ingest_end_us = gres.started_unix_us + gres.elapsed.as_micros() as u64;
     // `ok` acks that routed to at least one endpoint: the events the sink should get.
@@ -1904,20 +1953,14 @@ fn run_in(
             gres.unrouted
         ));
     }
-    if lost > 0 {
-        notes.push(format!("{lost} accepted events never reached the sink"));
-    }
     let all_expected = all_deliveries_expected(sc);
-    if undelivered > 0 {
-        notes.push(format!(
-            "{undelivered} accepted events reached the sink but never got a 2xx{}",
-            if all_expected {
-                " although the sink answers every request with a 2xx (a failure)"
-            } else {
-                " (the scenario's script fails some answers: expected with finite retries)"
-            }
-        ));
-    }
+    let interrupted = stop.load(Ordering::Relaxed);
+    notes.extend(accounting_notes(
+        lost,
+        undelivered,
+        all_expected,
+        interrupted,
+    ));
     if gres.mismatched > 0 {
         notes.push(format!(
             "{} ok/dup acks named another event than the one at their position (acks lost, added or reordered)",
@@ -1935,6 +1978,7 @@ fn run_in(
         err_acks: gres.err,
         missing_acks: gres.missing,
         ack_mismatch: gres.mismatched,
+        ingest_cut_short: gres.shortfall.clone(),
         ingest_s: gres.elapsed.as_secs_f64(),
         accepted_per_s: gres.ok as f64 / gres.elapsed.as_secs_f64().max(1e-9),
         deliveries_expected: gres.deliveries
@@ -1968,7 +2012,7 @@ fn run_in(
         status_5xx: c.status_5xx,
         resets: c.resets,
         slow_bodies: c.slow_bodies,
-        interrupted: stop.load(Ordering::Relaxed),
+        interrupted,
         run_dir: None,
         ricochet_cpu_s: cpu,
         ricochet_peak_rss_mib: hwm,
@@ -2132,6 +2176,51 @@ mod tests {
         // Interrupted wins, whatever the runs found.
         assert_eq!(exit_status(&[m(0, true, 1)], true), EXIT_INTERRUPTED);
         assert_eq!(exit_status(&[], true), EXIT_INTERRUPTED);
+    }
+
+    #[test]
+    fn an_interrupted_run_blames_the_interrupt_not_retries() {
+        let notes = accounting_notes(5, 700, false, true);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].starts_with("interrupted: "), "{notes:?}");
+        assert!(notes[0].contains("5 accepted events") && notes[0].contains("700 not yet"));
+        assert!(
+            !notes[0].contains("expected with finite retries"),
+            "{notes:?}"
+        );
+        assert!(accounting_notes(0, 0, false, true).is_empty());
+        // Complete runs keep their notes.
+        let notes = accounting_notes(1, 2, false, false);
+        assert!(notes[0].contains("1 accepted events never reached the sink"));
+        assert!(notes[1].contains("expected with finite retries"));
+        assert!(accounting_notes(0, 2, true, false)[0].contains("(a failure)"));
+        // An interrupted run pairs with nothing in --https-compare.
+        let m = |run, label: &str, interrupted| RunMetrics {
+            run,
+            label: label.into(),
+            deliveries_per_s: 100.0,
+            interrupted,
+            ..Default::default()
+        };
+        let c = https_compare(&[
+            m(1, "http", false),
+            m(1, "https", false),
+            m(2, "https", true),
+        ]);
+        assert_eq!(c.pairs.len(), 1);
+        let c = https_compare(&[m(2, "https", false), m(2, "http", true)]);
+        assert!(c.pairs.is_empty() && c.ratio.is_none());
+    }
+
+    #[test]
+    fn ingest_cut_short_fails_the_run() {
+        let m = RunMetrics {
+            all_deliveries_expected: true,
+            ingest_cut_short: Some("sent 1,000 of 5,000 events".into()),
+            ..Default::default()
+        };
+        assert!(run_failed(&m));
+        assert_eq!(exit_status(&[m], false), 1);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!
 //! Per request it frames the request, draws an answer from the script (or resets the
 //! connection, or answers slowly), marks the `webhook-id` in the shared [`IdSet`] and
-//! records the delivery lag `now - sent_us` for first 2xx deliveries. [`Sink`] is the
+//! records the delivery lag `now - sent_us` for first 2xx deliveries, `now` being the
+//! request's arrival: before the scripted latency and the answer. [`Sink`] is the
 //! handle `run` uses in-process; `ricochet-load sink` wraps it with a printer.
 //!
 //! With [`SinkConfig::tls`] every connection is TLS ([`crate::tls::TlsConn`]: rustls
