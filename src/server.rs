@@ -236,6 +236,7 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
         workers: worker_tx.clone(),
         registry,
         max_line_bytes: s.max_line_bytes,
+        stopping: stopping.clone(),
     })
     .with_context(|| format!("cannot start the admin API on {}", s.admin))?;
     if !admin_addr.ip().is_loopback() && s.admin_token.is_none() {

@@ -33,7 +33,7 @@ mod samples;
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,10 @@ pub struct AdminSetup {
     /// The running endpoints, compiled (kept by the committer).
     pub registry: Registry,
     pub max_line_bytes: usize,
+    /// Set once a shutdown begins: from then on every call that changes something
+    /// answers 503, as the ingest sockets stop taking lines (reads still answer while
+    /// in-flight attempts drain).
+    pub stopping: Arc<AtomicBool>,
 }
 
 /// Rejects the admin API answers itself (HTTP ingest), for `/metrics`.
@@ -88,6 +92,7 @@ struct Admin {
     workers: Vec<MailboxSender<WorkerMsg>>,
     registry: Registry,
     max_line_bytes: usize,
+    stopping: Arc<AtomicBool>,
     counts: HttpCounts,
     conns: AtomicUsize,
     idle: IdleConns,
@@ -164,6 +169,7 @@ pub fn start(setup: AdminSetup) -> std::io::Result<SocketAddr> {
         workers: setup.workers,
         registry: setup.registry,
         max_line_bytes: setup.max_line_bytes,
+        stopping: setup.stopping,
         counts: HttpCounts::default(),
         conns: AtomicUsize::new(0),
         idle: IdleConns::default(),
@@ -376,6 +382,14 @@ impl Admin {
                     return r;
                 }
             }
+        }
+        // A shutdown takes no new work: an event taken now would wait for the next
+        // start, and a replay's or an enable's deliveries too.
+        if self.stopping.load(Ordering::SeqCst) && !matches!(method, "GET") {
+            if path == "/v1/events" && method == "POST" {
+                self.counts.unavailable.fetch_add(1, Ordering::Relaxed);
+            }
+            return error(503, "server is shutting down");
         }
         let params = Params::parse(&req.query);
         if path == "/v1/endpoints" {

@@ -241,6 +241,51 @@ fn sigterm_drains_and_exits_zero() {
     assert_eq!(srv.stop(), Some(0));
 }
 
+/// Once a shutdown begins the admin API takes no new work either: while an attempt in
+/// flight holds the drain open, `POST /v1/events` (and every other call that changes
+/// something) answers 503, as the ingest socket refuses lines; reads still answer.
+#[test]
+fn a_shutdown_refuses_http_ingest_while_attempts_drain() {
+    let gate = Gate::new();
+    let held = gate.clone();
+    let rx = TestReceiver::with_script(move |_, _| {
+        held.wait();
+        Reply::status(200)
+    });
+    let mut srv = TestServer::start(&endpoint(
+        "slow",
+        r#"["t"]"#,
+        &rx.url("/"),
+        "timeout = \"30s\"",
+    ));
+    assert_eq!(
+        srv.connect().send(&event("t", "held-1", "{}")),
+        "ok held-1 1"
+    );
+    rx.wait_for(1, Duration::from_secs(10));
+    srv.terminate();
+    srv.wait_log("shutting down", Duration::from_secs(10));
+    let (status, v) = http_json(
+        srv.admin,
+        "POST",
+        "/v1/events",
+        &event("t", "late-1", "{}"),
+        None,
+    );
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (503, Some("server is shutting down")),
+        "{v}"
+    );
+    let (status, v) = srv.post("/v1/endpoints/slow/disable");
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(srv.get("/v1/events/late-1").0, 404);
+    assert_eq!(srv.event("held-1")["id"], "held-1");
+    gate.open();
+    assert_eq!(srv.wait_exit(), Some(0));
+    assert_eq!(rx.count(), 1);
+}
+
 /// A reader that takes at most 4 KiB per read, 2 ms apart: a producer slow to read its
 /// answers.
 struct SlowReader(Box<dyn Read + Send>);

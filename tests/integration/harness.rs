@@ -566,6 +566,19 @@ impl TestServer {
         }
     }
 
+    /// Polls the server's log (collected as it writes it) until a line contains `text`;
+    /// panics after `timeout`.
+    pub fn wait_log(&self, text: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} in the log after {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// `GET /v1/events/{id}`, asserting it exists.
     pub fn event(&self, id: &str) -> serde_json::Value {
         let (status, v) = self.get(&format!("/v1/events/{id}"));
