@@ -14,6 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::events::attempt_json;
@@ -227,19 +228,36 @@ impl Admin {
             return error(504, "the test attempt did not finish in time");
         };
         let id = event.display_id();
+        // `data` exactly as the sample has it (`250.00`, not `250.0`), as the request
+        // sent it: through a `Value` its numbers would be rewritten.
+        #[derive(serde::Serialize)]
+        struct Sent<'a> {
+            id: &'a str,
+            #[serde(rename = "type")]
+            etype: &'a str,
+            account: Option<&'a str>,
+            data: Option<&'a RawValue>,
+        }
+        #[derive(serde::Serialize)]
+        struct Answer<'a> {
+            endpoint: &'a str,
+            event: Sent<'a>,
+            success: bool,
+            attempt: Value,
+        }
         json_response(
             200,
-            &json!({
-                "endpoint": spec.cfg.name,
-                "event": {
-                    "id": id,
-                    "type": event.etype(),
-                    "account": event.account(),
-                    "data": serde_json::from_slice::<Value>(event.data()).unwrap_or(Value::Null),
+            &Answer {
+                endpoint: &spec.cfg.name,
+                event: Sent {
+                    id: &id,
+                    etype: event.etype(),
+                    account: event.account(),
+                    data: serde_json::from_slice::<&RawValue>(event.data()).ok(),
                 },
-                "success": attempt.state_after == Some(DeliveryState::Delivered),
-                "attempt": attempt_json(&id, 1, &attempt, event.data()),
-            }),
+                success: attempt.state_after == Some(DeliveryState::Delivered),
+                attempt: attempt_json(&id, 1, &attempt, event.data()),
+            },
         )
     }
 

@@ -846,7 +846,8 @@ fn test_call_sends_one_sample_request_outside_the_log() {
     );
     let srv = TestServer::start(&eps);
 
-    let (status, v) = srv.post("/v1/endpoints/probe/test");
+    let (status, raw) = http_raw(srv.admin, "POST", "/v1/endpoints/probe/test", "", None);
+    let v: Value = serde_json::from_str(&raw).unwrap();
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["endpoint"], "probe");
     assert_eq!(v["success"], true, "{v}");
@@ -889,6 +890,12 @@ fn test_call_sends_one_sample_request_outside_the_log() {
         .header("webhook-signature")
         .is_some_and(|s| s.starts_with("v1,")));
     assert_excerpt(&a["request"]["body"], &got[0].body);
+    // The answer shows the data as sent, number for number (`250.00` stays `250.00`).
+    let sent = String::from_utf8(got[0].body.clone()).unwrap();
+    assert!(
+        raw.contains(&format!(r#""data":{sent}"#)),
+        "{sent} is not in {raw}"
+    );
 
     // A failing endpoint: success false with the status; a generic sample for an unknown type.
     let (status, b) = srv.post("/v1/endpoints/probe-bad/test");

@@ -746,6 +746,21 @@ pub fn http_json(
     body: &str,
     token: Option<&str>,
 ) -> (u16, serde_json::Value) {
+    let (status, body) = http_raw(addr, method, path, body, token);
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// [`http_json`] with the answer's body as text, exactly as sent.
+pub fn http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect admin");
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let auth = token
@@ -763,10 +778,7 @@ pub fn http_json(
     let text = String::from_utf8_lossy(&out);
     let (head, body) = text.split_once("\r\n\r\n").expect("response");
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (
-        status,
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-    )
+    (status, body.to_string())
 }
 
 impl TestServer {
