@@ -300,6 +300,21 @@ fn tcp_listener_speaks_the_same_protocol_and_send_command_works() {
         text.contains("dup s-1") && text.contains("sent 3 ok 0 dup 2 err 1"),
         "{text}"
     );
+    // No server: nothing was sent, so nothing is in doubt.
+    let out = std::process::Command::new(BIN)
+        .args(["send", "--socket"])
+        .arg(srv.dir.path().join("no.sock"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the input's non-blank lines from number 1 on were not sent")
+            && stderr.contains("cannot connect")
+            && !stderr.contains("may or may not"),
+        "{stderr}"
+    );
 }
 
 /// `ricochet send` fed by a slow producer sends each line when it comes, not when its
