@@ -37,6 +37,8 @@
 //! - [`worker`]: a core's endpoints, queues, lanes, timer wheel.
 //! - [`schedule`]: retry decisions and the timer wheel.
 //! - [`deliver`]: HTTP/1.1 exchange, request building, DNS, SSRF guard.
+//! - [`fdlimit`]: the open-file limit, raised at start, and the delivery sockets'
+//!   share of it.
 //! - [`endpoint`]: an endpoint's compiled templates.
 //! - [`template`]: template compiler and renderer.
 //! - [`queue`]: an endpoint's ready queue, FIFO or ordered.
@@ -53,6 +55,7 @@ pub mod commit;
 pub mod config;
 pub mod deliver;
 pub mod endpoint;
+pub mod fdlimit;
 pub mod ingest;
 pub mod local;
 pub mod metrics;

@@ -14,7 +14,7 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
@@ -90,6 +90,15 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
     let problems = s.startup_problems();
     if !problems.is_empty() {
         return Err(invalid(problems.into_iter().map(|(_, msg)| msg)));
+    }
+    match crate::fdlimit::init() {
+        Ok((before, now, budget)) => tracing::info!(
+            open_files = now,
+            raised_from = before,
+            delivery_sockets = budget,
+            "open-file limit"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
     }
     let driver = runtime::choose(s.driver)?;
     crate::deliver::tls::init(s.extra_ca_file.as_deref())?;
@@ -257,8 +266,8 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
     );
 
     wait_for_signal()?;
-    tracing::info!("shutting down: answering the lines read, finishing in-flight attempts");
     stopping.store(true, Ordering::SeqCst);
+    tracing::info!("shutting down: answering the lines read, finishing in-flight attempts");
     for w in &worker_tx {
         w.send(WorkerMsg::Shutdown);
     }
@@ -416,6 +425,10 @@ where
         .name(name.into())
         .spawn(move || {
             let mut next = 0usize;
+            // Failures since the last warning, and when that was: out of descriptors,
+            // accept fails every 50 ms until some are free; one warning each 10 s.
+            let mut failed = 0u64;
+            let mut warned: Option<Instant> = None;
             while !stopping.load(Ordering::SeqCst) {
                 match accept() {
                     Ok(msg) => {
@@ -423,7 +436,13 @@ where
                         next += 1;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
+                        failed += 1;
+                        if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                            tracing::warn!(error = %e, failures = failed, "accept failed");
+                            failed = 0;
+                            warned = Some(Instant::now());
+                        }
+                        // The connection waits in the listen backlog meanwhile.
                         std::thread::sleep(Duration::from_millis(50));
                     }
                 }

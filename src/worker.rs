@@ -52,6 +52,24 @@ use crate::template::Doc;
 
 /// How long an idle lane keeps its connection before it exits.
 const LANE_IDLE: Duration = Duration::from_secs(30);
+
+/// A delivery held back for want of a socket ([`Tried::NotSent`]) goes again this much
+/// later.
+const NOT_SENT_PAUSE: Duration = Duration::from_secs(1);
+
+/// At most one warning about deliveries held back for want of a socket this often.
+const NOT_SENT_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// What one try at an attempt came to.
+enum Tried {
+    /// The attempt was made (or failed before any request could be built or sent for
+    /// a reason of the endpoint's or the receiver's): its record and verdict.
+    Made(AttemptRecord, Verdict),
+    /// No request could leave this machine: no socket to be had (the open-file budget
+    /// in use, or the kernel out of descriptors or memory). Not an attempt: nothing is
+    /// logged or counted against the endpoint, and the delivery goes again later.
+    NotSent(String),
+}
 /// Response bytes kept in the attempt log.
 const LOG_EXCERPT: usize = 1024;
 
@@ -251,6 +269,9 @@ impl Ep {
 
 struct Worker {
     idx: usize,
+    /// Deliveries held back for want of a socket since the last warning, and when that
+    /// was ([`Worker::not_sent`]).
+    not_sent: Cell<(u64, Option<Instant>)>,
     commit: MailboxSender<CommitMsg>,
     conns: RefCell<HashMap<u64, Rc<ConnShared>>>,
     next_conn: Cell<u64>,
@@ -314,6 +335,7 @@ pub async fn run(setup: WorkerSetup) {
         allow_private: setup.allow_private_networks,
         retention: setup.retention,
         stopping: Cell::new(false),
+        not_sent: Cell::new((0, None)),
         active: Cell::new(0),
         idle_wake: LocalNotify::default(),
         ingest_counters: Rc::new(IngestCounters::default()),
@@ -716,7 +738,7 @@ impl Worker {
             rec: event,
             doc: OnceCell::new(),
         };
-        let (mut rec, verdict) = self
+        let tried = self
             .try_once(
                 spec,
                 &ev,
@@ -725,6 +747,17 @@ impl Worker {
                 &mut Scratch::default(),
             )
             .await;
+        let (mut rec, verdict) = match tried {
+            Tried::Made(rec, verdict) => (rec, verdict),
+            Tried::NotSent(error) => (
+                AttemptRecord {
+                    at_ms: now_ms(),
+                    error,
+                    ..AttemptRecord::default()
+                },
+                Verdict::Permanent { class: None },
+            ),
+        };
         rec.state_after = Some(match verdict {
             Verdict::Delivered => DeliveryState::Delivered,
             _ => DeliveryState::Failed,
@@ -858,7 +891,7 @@ impl Worker {
         slot: &mut ConnSlot,
         wbuf: &mut Vec<u8>,
         scratch: &mut Scratch,
-    ) -> (AttemptRecord, Verdict) {
+    ) -> Tried {
         let cfg = &spec.cfg;
         let at_ms = now_ms();
         let started = Instant::now();
@@ -946,6 +979,10 @@ impl Worker {
                                     retry_after: None,
                                 }
                             }
+                            Ok((Exchange::NotSent(msg), b)) => {
+                                *wbuf = b;
+                                return Tried::NotSent(msg);
+                            }
                             Ok((
                                 Exchange::Response {
                                     status,
@@ -971,10 +1008,11 @@ impl Worker {
             }
         };
         rec.latency_us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
-        (rec, verdict)
+        Tried::Made(rec, verdict)
     }
 
-    /// Makes one attempt of `job` and reports its outcome.
+    /// Makes one attempt of `job` and reports its outcome; hands the job back when no
+    /// request could leave this machine ([`Tried::NotSent`]).
     async fn attempt(
         self: &Rc<Self>,
         ep: &Ep,
@@ -982,10 +1020,16 @@ impl Worker {
         slot: &mut ConnSlot,
         wbuf: &mut Vec<u8>,
         scratch: &mut Scratch,
-    ) {
+    ) -> Option<WJob> {
         let spec = ep.spec();
         let cfg = &spec.cfg;
-        let (mut rec, verdict) = self.try_once(&spec, &job.ev, slot, wbuf, scratch).await;
+        let (mut rec, verdict) = match self.try_once(&spec, &job.ev, slot, wbuf, scratch).await {
+            Tried::Made(rec, verdict) => (rec, verdict),
+            Tried::NotSent(why) => {
+                self.not_sent(&cfg.name, &why);
+                return Some(job);
+            }
+        };
         let answered_ms = (rec.status != 0).then_some(u64::from(rec.latency_us) / 1000);
         if cfg.max_rps > 0 && slot.last_was_first() {
             let now = now_ms();
@@ -1083,6 +1127,25 @@ impl Worker {
         if let Some(reason) = disable {
             self.announce_disabled(ep, reason);
         }
+        None
+    }
+
+    /// Counts a delivery held back for want of a socket, and says so at most every
+    /// [`NOT_SENT_WARN_EVERY`] (under exhaustion it happens for every job).
+    fn not_sent(&self, endpoint: &str, why: &str) {
+        let (count, last) = self.not_sent.get();
+        let count = count + 1;
+        if last.is_some_and(|t| t.elapsed() < NOT_SENT_WARN_EVERY) {
+            self.not_sent.set((count, last));
+            return;
+        }
+        tracing::warn!(
+            endpoint,
+            held_back = count,
+            retry_in = ?NOT_SENT_PAUSE,
+            "deliveries held back: no socket to be had ({why}); not counted as attempts"
+        );
+        self.not_sent.set((0, Some(Instant::now())));
     }
 
     /// Connects a rate-limited endpoint's lane before it takes a token (static URLs
@@ -1167,6 +1230,23 @@ async fn take_token(ep: &Ep, me: &Rc<LocalNotify>) -> bool {
     }
 }
 
+/// Holds `job` back until `until` (unix ms): an ordered endpoint's head stays the head
+/// and this lane waits for it, as for a retry; any other waits in the timer wheel and
+/// rejoins the queue then.
+async fn hold(w: &Rc<Worker>, ep: &Rc<Ep>, me: &Rc<LocalNotify>, job: WJob, until: u64) {
+    if ep.spec().cfg.ordered {
+        ep.queue.borrow_mut().unpop(job);
+        ep.idle.borrow_mut().push(me.clone());
+        let wait = Duration::from_millis(until.saturating_sub(now_ms()).max(1));
+        if monoio::time::timeout(wait, me.wait()).await.is_err() {
+            ep.idle.borrow_mut().retain(|n| !Rc::ptr_eq(n, me));
+        }
+    } else {
+        w.wheel.borrow_mut().insert(until, job);
+        w.timer_wake.notify();
+    }
+}
+
 /// A delivery lane: one connection, one attempt at a time, jobs from its endpoint's queue.
 async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
     let mut slot = ConnSlot::counted(w.conn_opens.clone());
@@ -1247,10 +1327,7 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
         // event's time plus `min_delay`). Its due key stays; after a restart it is
         // loaded at that time and waits here again.
         if job.attempts == 0 {
-            let (min_delay, ordered) = {
-                let spec = ep.spec.borrow();
-                (spec.cfg.min_delay.as_millis() as u64, spec.cfg.ordered)
-            };
+            let min_delay = ep.spec.borrow().cfg.min_delay.as_millis() as u64;
             let not_before = job.ev.rec.time_ms().saturating_add(min_delay);
             // (Due by its own time, it is due by the delay's: the usual case.)
             let now = if not_before > job.due.due_ms {
@@ -1261,24 +1338,14 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
             if not_before > now {
                 // The token taken for it (under `max_rps`) is not spent.
                 ep.bucket.borrow_mut().give_back();
-                if ordered {
-                    // The head stays the head; the lane waits for it like for a retry.
-                    ep.queue.borrow_mut().unpop(job);
-                    ep.idle.borrow_mut().push(me.clone());
-                    let wait = Duration::from_millis(not_before - now);
-                    if monoio::time::timeout(wait, me.wait()).await.is_err() {
-                        ep.idle.borrow_mut().retain(|n| !Rc::ptr_eq(n, &me));
-                    }
-                } else {
-                    w.wheel.borrow_mut().insert(not_before, job);
-                    w.timer_wake.notify();
-                }
+                hold(&w, &ep, &me, job, not_before).await;
                 continue;
             }
         }
         w.active.set(w.active.get() + 1);
         attempting.set(Some(job.due.seq));
-        w.attempt(&ep, job, &mut slot, &mut wbuf, &mut scratch)
+        let not_sent = w
+            .attempt(&ep, job, &mut slot, &mut wbuf, &mut scratch)
             .await;
         scratch.trim();
         request::trim(&mut wbuf);
@@ -1286,6 +1353,19 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
         w.active.set(w.active.get() - 1);
         if w.stopping.get() && w.active.get() == 0 {
             w.idle_wake.notify();
+        }
+        if let Some(job) = not_sent {
+            // No socket to be had: it goes again once some may be free, the token it
+            // took unspent. Its due key stays, so a stop meanwhile loses nothing.
+            ep.bucket.borrow_mut().give_back();
+            hold(
+                &w,
+                &ep,
+                &me,
+                job,
+                now_ms() + NOT_SENT_PAUSE.as_millis() as u64,
+            )
+            .await;
         }
     }
     ep.lanes.set(ep.lanes.get() - 1);

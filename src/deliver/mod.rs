@@ -34,6 +34,8 @@ use monoio::net::TcpStream;
 
 use http1::{Progress, ResponseParser, RetryAfter, Scheme, Target};
 
+use crate::fdlimit::Permit;
+
 /// A lane's read buffer starts this small (10,000 idle lanes must stay cheap) and grows
 /// for large responses.
 const RBUF_MIN: usize = 4 * 1024;
@@ -60,6 +62,8 @@ pub struct Conn {
     sent: u32,
     /// When the last response was read.
     idle_since: Instant,
+    /// Its share of the process's delivery sockets ([`crate::fdlimit`]).
+    _permit: Permit,
 }
 
 /// What one exchange produced.
@@ -71,6 +75,24 @@ pub enum Exchange {
     },
     /// Connect, write or read failed, or the response was malformed.
     Failed(String),
+    /// No request left: this machine could not make a socket for it (the delivery
+    /// sockets the open-file limit allows are in use, or the kernel refused one for
+    /// want of descriptors or memory). Nothing about the receiver; not an attempt.
+    NotSent(String),
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug)]
+struct OpenError {
+    msg: String,
+    /// For want of this machine's resources: nothing was sent anywhere.
+    local: bool,
+}
+
+impl OpenError {
+    fn remote(msg: String) -> OpenError {
+        OpenError { msg, local: false }
+    }
 }
 
 /// Why a connection was opened (counted per worker, `ricochet_connections_opened_total`).
@@ -235,10 +257,7 @@ impl ConnSlot {
         target: &Target,
         ips: &[IpAddr],
         reason: Option<OpenReason>,
-    ) -> Result<(), String> {
-        if let Some(c) = &self.counts {
-            c.count(reason.unwrap_or_else(|| self.open_reason()));
-        }
+    ) -> Result<(), OpenError> {
         let (parser, mut rbuf) = match self.conn.take() {
             Some(c) => (c.parser, c.rbuf),
             None => (
@@ -247,6 +266,19 @@ impl ConnSlot {
             ),
         };
         rbuf.clear();
+        // (The old connection's permit went with it, just above.)
+        let Some(permit) = Permit::take() else {
+            return Err(OpenError {
+                msg: format!(
+                    "not sent: the {} delivery sockets the open-file limit leaves are all open",
+                    Permit::budget()
+                ),
+                local: true,
+            });
+        };
+        if let Some(c) = &self.counts {
+            c.count(reason.unwrap_or_else(|| self.open_reason()));
+        }
         let order = connect_order(self.last_good, ips);
         // Boxed: the connect and TLS handshake futures are large, and a future held
         // inline makes every request's future as large (moved on each attempt).
@@ -257,16 +289,23 @@ impl ConnSlot {
             for ip in order {
                 let addr = SocketAddr::new(ip, target.port);
                 match Stream::connect_tcp(addr).await {
-                    Ok(tcp) => return Stream::over(target, tcp).await.map(|s| (s, addr)),
+                    Ok(tcp) => {
+                        return Stream::over(target, tcp)
+                            .await
+                            .map(|s| (s, addr))
+                            .map_err(OpenError::remote)
+                    }
+                    // No socket to be had: the next address would fare no better.
+                    Err(e) if e.local => return Err(e),
                     Err(e) => {
                         if !errors.is_empty() {
                             errors.push_str("; ");
                         }
-                        errors.push_str(&e);
+                        errors.push_str(&e.msg);
                     }
                 }
             }
-            Err(errors)
+            Err(OpenError::remote(errors))
         })
         .await;
         let (stream, addr) = match connected {
@@ -286,6 +325,7 @@ impl ConnSlot {
             reusable: true,
             sent: 0,
             idle_since: Instant::now(),
+            _permit: permit,
         });
         Ok(())
     }
@@ -311,8 +351,13 @@ impl ConnSlot {
             }
             if !reused {
                 let reason = stale.then_some(OpenReason::Stale);
-                if let Err(msg) = self.open(target, ips, reason).await {
-                    return (Exchange::Failed(msg), req);
+                if let Err(e) = self.open(target, ips, reason).await {
+                    // On a second try the first may have reached the receiver.
+                    let ex = match e.local && try_no == 0 {
+                        true => Exchange::NotSent(e.msg),
+                        false => Exchange::Failed(e.msg),
+                    };
+                    return (ex, req);
                 }
             }
             let Some(conn) = self.conn.as_mut() else {
@@ -416,10 +461,11 @@ enum Stream {
 
 impl Stream {
     /// The TCP connection to `addr`.
-    async fn connect_tcp(addr: SocketAddr) -> Result<TcpStream, String> {
-        let tcp = TcpStream::connect_addr(addr)
-            .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
+    async fn connect_tcp(addr: SocketAddr) -> Result<TcpStream, OpenError> {
+        let tcp = TcpStream::connect_addr(addr).await.map_err(|e| OpenError {
+            msg: format!("connect {addr}: {e}"),
+            local: crate::fdlimit::is_local_exhaustion(&e),
+        })?;
         let _ = tcp.set_nodelay(true);
         Ok(tcp)
     }

@@ -479,3 +479,70 @@ fn an_event_whose_fan_out_fills_the_workers_is_delivered_once_per_endpoint() {
     );
     assert_eq!(got.len(), ENDPOINTS * EVENTS);
 }
+
+/// Endpoints whose `max_in_flight` add up past the open-file limit: the delivery
+/// sockets stop at their budget (the limit less a reserve), so the store keeps its
+/// descriptors and no attempt fails for want of one. Deliveries beyond the budget are
+/// held back, not counted as attempts, and all arrive once sockets are free; ingest
+/// goes on throughout.
+#[test]
+fn delivery_sockets_stay_within_the_open_file_limit() {
+    const EVENTS: usize = 150;
+    const ENDPOINTS: usize = 4;
+    let gate = Gate::new();
+    let held = gate.clone();
+    let rx = TestReceiver::with_script(move |_, _| {
+        held.wait();
+        Reply::status(200)
+    });
+    let eps: String = (0..ENDPOINTS)
+        .map(|i| {
+            endpoint(
+                &format!("fd{i}"),
+                r#"["t"]"#,
+                &rx.url("/"),
+                "max_in_flight = 150\ntimeout = \"60s\"\nretry = [\"1s\", \"1s\", \"1s\"]",
+            )
+        })
+        .collect();
+    let mut opts = ServerOpts::new(&eps);
+    // A budget of 256 delivery sockets, for 600 wanted.
+    opts.open_files_limit = Some(512);
+    let srv = TestServer::start_with(opts);
+    let mut c = srv.connect();
+    for i in 0..EVENTS {
+        let id = format!("fd-{i}");
+        assert_eq!(
+            c.send(&event("t", &id, "{}")),
+            format!("ok {id} {ENDPOINTS}")
+        );
+    }
+    rx.wait_for(256, Duration::from_secs(20));
+    srv.wait_log("deliveries held back", Duration::from_secs(20));
+    // Ingest goes on while every delivery socket is in use.
+    assert_eq!(
+        c.send(&event("t", "fd-late", "{}")),
+        format!("ok fd-late {ENDPOINTS}")
+    );
+    gate.open();
+    srv.wait_metric(
+        "ricochet_deliveries_pending",
+        Duration::from_secs(60),
+        |v| v == 0.0,
+    );
+    for i in (0..EVENTS)
+        .map(|i| format!("fd-{i}"))
+        .chain(["fd-late".into()])
+    {
+        let v = srv.event(&i);
+        for d in v["deliveries"].as_array().unwrap() {
+            assert_eq!(d["state"], "delivered", "{v}");
+            assert_eq!(
+                d["attempts"].as_array().unwrap().len(),
+                1,
+                "one attempt, none failed for want of a socket: {v}"
+            );
+        }
+    }
+    assert_eq!(rx.count(), (EVENTS + 1) * ENDPOINTS);
+}

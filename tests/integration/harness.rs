@@ -348,6 +348,8 @@ pub struct ServerOpts {
     pub tcp: bool,
     /// Limit on the size of any file the server writes (to simulate a full disk).
     pub file_size_limit: Option<u64>,
+    /// RLIMIT_NOFILE for the server, soft and hard.
+    pub open_files_limit: Option<u64>,
     /// Command-line arguments after `serve --config FILE`.
     pub args: Vec<String>,
     /// Stop reading the server's stderr once it is ready, closing the pipe (a log
@@ -362,6 +364,7 @@ impl ServerOpts {
             server_extra: String::new(),
             tcp: false,
             file_size_limit: None,
+            open_files_limit: None,
             args: Vec::new(),
             close_stderr: false,
         }
@@ -425,6 +428,20 @@ impl TestServer {
                         rlim_max: limit,
                     };
                     if libc::setrlimit(libc::RLIMIT_FSIZE, &r) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        if let Some(limit) = opts.open_files_limit {
+            unsafe {
+                cmd.pre_exec(move || {
+                    let r = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                     Ok(())

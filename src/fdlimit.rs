@@ -1,0 +1,147 @@
+//! The process's open-file limit: raised at start, and shared out so that delivery
+//! connections cannot take the descriptors the store needs.
+//!
+//! Owns the budget of outgoing (delivery) sockets: at most the open-file limit less a
+//! reserve for RocksDB (its WAL, table files, flush and compaction outputs), ingest and
+//! admin connections, listeners and the runtimes' own descriptors. A lane takes a
+//! [`Permit`] before it connects and the permit goes with the connection. Without it,
+//! endpoints × `max_in_flight` could exhaust the descriptors: a WAL that cannot be
+//! opened leaves RocksDB refusing writes until a restart, and a socket that cannot be
+//! made would count as the receiver's failure. It must not decide what a lane does
+//! without a permit (the worker holds the job back; see `worker`).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The delivery sockets of every worker.
+static SOCKETS: Budget = Budget::new(usize::MAX);
+
+/// Sockets open against how many may be.
+#[derive(Debug)]
+pub struct Budget {
+    open: AtomicUsize,
+    max: AtomicUsize,
+}
+
+/// Raises the soft open-file limit to the hard one (a server with thousands of
+/// endpoints needs more than the usual 1,024) and sets the delivery budget from it.
+/// Returns (the limit before, the limit now, the budget).
+pub fn init() -> std::io::Result<(u64, u64, usize)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit for the call to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: a valid rlimit, within the hard limit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    let budget = budget_for(lim.rlim_cur);
+    SOCKETS.max.store(budget, Ordering::Release);
+    Ok((before, lim.rlim_cur, budget))
+}
+
+/// The delivery sockets a limit of `limit` open files leaves: a quarter is kept for
+/// everything else, at least 256 and at most 16,384 descriptors.
+pub fn budget_for(limit: u64) -> usize {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let reserve = (limit / 4).clamp(256, 16_384);
+    limit.saturating_sub(reserve).max(1)
+}
+
+impl Budget {
+    const fn new(max: usize) -> Budget {
+        Budget {
+            open: AtomicUsize::new(0),
+            max: AtomicUsize::new(max),
+        }
+    }
+
+    /// A permit for one more socket, unless the budget is in use.
+    fn take(&'static self) -> Option<Permit> {
+        let max = self.max.load(Ordering::Acquire);
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Permit(self))
+    }
+}
+
+/// One delivery socket's share of the budget, given back when dropped.
+#[derive(Debug)]
+pub struct Permit(&'static Budget);
+
+impl Permit {
+    /// A permit for one more delivery socket, unless the budget is in use.
+    pub fn take() -> Option<Permit> {
+        SOCKETS.take()
+    }
+
+    /// The budget (`usize::MAX` until [`init`]).
+    pub fn budget() -> usize {
+        SOCKETS.max.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Whether a failure to make a socket is this machine's want of resources (open-file
+/// limits, kernel memory) rather than anything about the receiver.
+pub fn is_local_exhaustion(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_keeps_a_reserve() {
+        assert_eq!(budget_for(1024), 768);
+        assert_eq!(budget_for(256), 1);
+        assert_eq!(budget_for(20_000), 15_000);
+        assert_eq!(budget_for(1 << 20), (1 << 20) - 16_384);
+    }
+
+    #[test]
+    fn permits_are_counted_and_given_back() {
+        let budget: &'static Budget = Box::leak(Box::new(Budget::new(2)));
+        let a = budget.take().expect("first");
+        let b = budget.take().expect("second");
+        assert!(budget.take().is_none(), "the budget is in use");
+        drop(a);
+        assert!(budget.take().is_some());
+        drop(b);
+        assert_eq!(budget.open.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn want_of_descriptors_is_local() {
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert!(is_local_exhaustion(&std::io::Error::from_raw_os_error(
+                errno
+            )));
+        }
+        assert!(!is_local_exhaustion(&std::io::Error::from_raw_os_error(
+            libc::ECONNREFUSED
+        )));
+    }
+}
