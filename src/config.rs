@@ -649,9 +649,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ))
         }
     };
-    ms.map(Duration::from_millis)
-        .ok_or_else(|| format!("duration {s:?} is too large"))
+    ms.filter(|&ms| ms <= MAX_DURATION_MS)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("duration {s:?} is too large (at most 36500d)"))
 }
+
+/// The longest duration any key takes: 100 years. Past it a deadline overflows (a
+/// `timeout` of `u64::MAX` ms stopped the worker that armed it; a retry wait wrapped
+/// round to 1 ms), and no wait that long means anything for a delivery.
+const MAX_DURATION_MS: u64 = 36_500 * 86_400_000;
 
 /// Formats a duration in the largest unit that divides it.
 pub fn format_duration(d: Duration) -> String {
@@ -1279,6 +1285,15 @@ mod tests {
         assert!(parse_duration("15").is_err());
         assert!(parse_duration("15w").is_err());
         assert!(parse_duration("s").is_err());
+        // At most 100 years: a deadline past that overflows.
+        assert_eq!(
+            parse_duration("36500d").unwrap(),
+            Duration::from_secs(36_500 * 86_400)
+        );
+        for s in ["36501d", "18446744073709551615ms", "10000000000000s"] {
+            let e = parse_duration(s).unwrap_err();
+            assert!(e.contains("at most 36500d"), "{s}: {e}");
+        }
     }
 
     #[test]
