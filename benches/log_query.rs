@@ -29,6 +29,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -862,6 +863,7 @@ fn run_http(store: &Store, queries: &[Query], reps: usize) -> Vec<Vec<f64>> {
         workers: Vec::new(),
         registry: Arc::new(RwLock::new(BTreeMap::new())),
         max_line_bytes: 1 << 20,
+        stopping: Arc::new(AtomicBool::new(false)),
     })
     .expect("start admin API");
     let mut conn = TcpStream::connect(addr).expect("connect admin API");

@@ -176,6 +176,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // Where a producer resumes: the answers came in order, so every line from
             // the first unanswered one on (sent or not) is to be sent again.
             let unanswered = |s: &ricochet::client::Summary, broke: bool| {
+                if s.ok + s.dup + s.err > s.sent {
+                    // More answers than lines: not the line protocol, no place to resume.
+                    return;
+                }
                 if broke && s.unanswered() == 0 {
                     // Nothing is in doubt: the lines from there on never left.
                     eprintln!(

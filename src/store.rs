@@ -1762,6 +1762,23 @@ impl Store {
             .collect())
     }
 
+    /// One endpoint's persisted state, by name (a point read: `GET` of one endpoint
+    /// must not cost a scan of thousands).
+    pub fn endpoint_meta(&self, name: &str) -> Result<Option<EndpointMeta>> {
+        let Some(v) = self
+            .db
+            .get_pinned_cf(self.cf(CF_ENDPOINTS), name.as_bytes())?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&v)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                cf: CF_ENDPOINTS,
+                what: format!("{name}: {e}"),
+            })
+    }
+
     /// Every persisted endpoint with its stored configuration.
     pub fn stored_endpoints(&self) -> Result<Vec<StoredEndpoint>> {
         let mut out: Vec<StoredEndpoint> = Vec::new();

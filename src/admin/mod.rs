@@ -17,6 +17,9 @@
 //! to a wildcard address) so is a `Host` that is not a loopback name (a page whose
 //! name was rebound to 127.0.0.1). Request heads are capped
 //! at 16 KiB and bodies at [`MAX_BODY`]; a malformed request is a 4xx, never a panic.
+//! Only the event list, `replay` and `recover` take query parameters; another `/v1`
+//! call given one answers 400 rather than ignore a filter it does not have. From a
+//! shutdown's signal on, every `/v1` call but a `GET` answers 503: no new work.
 //!
 //! It must not write the store, and must not block a worker or the committer: every
 //! wait on them is bounded.

@@ -1130,8 +1130,25 @@ signing_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw""#,
         assert_eq!(status, 400, "{v}");
         assert!(err_msg(&v).contains("takes none"), "{v}");
     }
+    let (status, v) = http_json(
+        srv.admin,
+        "POST",
+        "/v1/events?endpoint=good",
+        &event("t", "param-1", "{}"),
+        None,
+    );
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(srv.get("/v1/events/param-1").0, 404, "not ingested");
+    let (status, v) = http_json(srv.admin, "DELETE", "/v1/endpoints/good?force=1", "", None);
+    assert_eq!(status, 400, "{v}");
     let (_, ep) = srv.get("/v1/endpoints/good");
-    assert_eq!(ep["enabled"], true, "{ep}");
+    assert_eq!(ep["enabled"], true, "neither disabled nor deleted: {ep}");
+    // A call that does not exist is still a 404 or a 405, parameters or not.
+    assert_eq!(srv.post("/v1/endpoints/good/bogus?x=1").0, 404);
+    assert_eq!(
+        http_json(srv.admin, "PATCH", "/v1/endpoints/good?x=1", "", None).0,
+        405
+    );
 
     // The request kept per attempt: what was sent, secrets redacted.
     let d0 = srv.event("log-00");

@@ -279,6 +279,11 @@ fn a_shutdown_refuses_http_ingest_while_attempts_drain() {
     );
     let (status, v) = srv.post("/v1/endpoints/slow/disable");
     assert_eq!(status, 503, "{v}");
+    let (status, v) = srv.post("/v1/events/held-1/replay");
+    assert_eq!(status, 503, "{v}");
+    let (status, v) = http_json(srv.admin, "DELETE", "/v1/endpoints/slow", "", None);
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(srv.get("/v1/endpoints/slow").1["enabled"], true);
     assert_eq!(srv.get("/v1/events/late-1").0, 404);
     assert_eq!(srv.event("held-1")["id"], "held-1");
     gate.open();
