@@ -12,11 +12,13 @@
 //! at least that long between writes and sends what fell due meanwhile in one write, as
 //! a batching producer does; each event's latency still counts from its due time.
 //!
-//! A connection that stops writing before its share is sent (its events up to `events`,
-//! or until `duration` ends) for any reason but a stop (the server closed the
-//! connection, stopped reading or stopped acking) makes the result's
+//! Each writer says why it stopped ([`End`]): its share was sent (its events up to
+//! `events`, or it was still writing when `duration` ended), it was told to stop
+//! (Ctrl-C), or it was cut short: the server closed the connection, stopped reading or
+//! stopped acking (even when `duration` ended while the writer waited on it), or the
+//! harness said the server is gone ([`Gen::abort`]). A cut makes the result's
 //! [`GenResult::shortfall`]: sending fewer events than asked is a failure, even when every
-//! line written was acked.
+//! line written was acked. Only a stop is not one.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
@@ -169,8 +171,12 @@ pub struct GenShared {
     /// The first `err` ack lines.
     err_samples: Mutex<Vec<String>>,
     readers_done: AtomicUsize,
-    /// Connections whose writer stopped before sending its share, not told to stop.
+    /// Connections whose writer ended [`End::Cut`].
     cut_short: AtomicUsize,
+    /// The earliest `at` (µs since start) of those cuts; `u64::MAX` while none.
+    first_cut_us: AtomicU64,
+    /// Set by [`Gen::abort`]: the server is gone, stop writing.
+    aborted: AtomicBool,
 }
 
 impl GenShared {
@@ -213,8 +219,9 @@ pub struct GenResult {
     /// Unix µs of the start (so `started_unix_us + elapsed` is the last ack).
     pub started_unix_us: u64,
     /// Fewer events sent than asked (by `events`, or before `duration` ended) because a
-    /// connection stopped writing early (the server closed it, stopped reading or
-    /// stopped acking): how many were sent of how many. None after a stop (Ctrl-C).
+    /// connection was cut short (the server closed it, stopped reading or stopped
+    /// acking, or [`Gen::abort`]): how many were sent of how many. None after a stop
+    /// (Ctrl-C).
     pub shortfall: Option<String>,
 }
 
@@ -254,6 +261,8 @@ struct Conn {
     ring: Box<[AtomicU64]>,
     written: AtomicU64,
     acked: AtomicU64,
+    /// µs since start of the writer's last successful write (0 before the first).
+    last_write_us: AtomicU64,
     writer_done: AtomicBool,
     reader_done: AtomicBool,
 }
@@ -338,6 +347,8 @@ impl Gen {
             err_samples: Mutex::default(),
             readers_done: AtomicUsize::new(0),
             cut_short: AtomicUsize::new(0),
+            first_cut_us: AtomicU64::new(u64::MAX),
+            aborted: AtomicBool::new(false),
         });
         let cfg = Arc::new(cfg);
         let window = ring_size(cfg.window);
@@ -349,6 +360,7 @@ impl Gen {
                 ring: (0..window).map(|_| AtomicU64::new(0)).collect(),
                 written: AtomicU64::new(0),
                 acked: AtomicU64::new(0),
+                last_write_us: AtomicU64::new(0),
                 writer_done: AtomicBool::new(false),
                 reader_done: AtomicBool::new(false),
             });
@@ -405,6 +417,14 @@ impl Gen {
         self.shared.readers_done.load(RELAXED) >= self.connections
     }
 
+    /// The server is gone (its process exited): stop writing. Unlike a stop (Ctrl-C), a
+    /// connection that had not sent its share by then is cut short, as when the server
+    /// closes it, whichever the writer notices first. The readers still take the acks
+    /// already on the way (until the connection closes or the ack timeout).
+    pub fn abort(&self) {
+        self.shared.aborted.store(true, RELAXED);
+    }
+
     pub fn join(self) -> GenResult {
         for t in self.threads {
             let _ = t.join();
@@ -415,8 +435,8 @@ impl Gen {
             s.sent.load(RELAXED),
             self.events,
             self.duration,
-            self.started.elapsed(),
             s.cut_short.load(RELAXED),
+            Duration::from_micros(s.first_cut_us.load(RELAXED)),
             self.connections,
         );
         GenResult {
@@ -452,14 +472,15 @@ impl Gen {
     }
 }
 
-/// The message for `cut` of `connections` connections that stopped writing early:
-/// `sent` of `events` (or, with no event count, after `elapsed` of `duration`).
+/// The message for `cut` of `connections` connections cut short, the first of them
+/// having last written at `first_cut`: `sent` of `events` (or, with no event count,
+/// when writing stopped of `duration`).
 fn shortfall(
     sent: u64,
     events: u64,
     duration: Duration,
-    elapsed: Duration,
     cut: usize,
+    first_cut: Duration,
     connections: usize,
 ) -> Option<String> {
     if cut == 0 {
@@ -475,11 +496,11 @@ fn shortfall(
         format!(
             "sent {} events, stopping after {:.2}s of the {duration:?} asked",
             stats::fmt_count(sent),
-            elapsed.as_secs_f64()
+            first_cut.as_secs_f64()
         )
     };
     Some(format!(
-        "{sent_of}: {cut} of {connections} connection(s) stopped sending early because the server closed the connection or stopped reading or acking (see the notes)"
+        "{sent_of}: {cut} of {connections} connection(s) stopped sending early because the server closed the connection, stopped reading or acking, or is gone (see the notes)"
     ))
 }
 
@@ -496,48 +517,85 @@ struct Writer {
 
 const BATCH: usize = 64 << 10;
 
+/// Why a connection's writer stopped.
+#[derive(Debug)]
+enum End {
+    /// It wrote every event of its share (`events`).
+    Events,
+    /// It was still writing when `duration` ended.
+    Duration,
+    /// Told to stop (Ctrl-C): not a shortfall.
+    Stopped,
+    /// Cut short: the server closed the connection, stopped reading or acking (the
+    /// reader gave up), or [`Gen::abort`]. `at`: its last successful write, since the
+    /// start; `why` goes to the notes.
+    Cut { at: Duration, why: String },
+}
+
 impl Writer {
     fn run(self, mut w: Box<dyn Write + Send>) {
-        if let Err(msg) = self.write_all_events(&mut *w) {
-            self.shared.note(msg);
-        }
-        if !self.stop.load(RELAXED) && !self.sent_its_share() {
+        if let End::Cut { at, why } = self.write_all_events(&mut *w) {
+            self.shared.note(why);
             self.shared.cut_short.fetch_add(1, RELAXED);
+            self.shared
+                .first_cut_us
+                .fetch_min(at.as_micros() as u64, RELAXED);
         }
         self.conn.writer_done.store(true, Ordering::Release);
     }
 
-    /// Whether this connection has written every event of its share (`events`), or
-    /// wrote until `duration` ended.
-    fn sent_its_share(&self) -> bool {
-        let next = self.c + self.conn.written.load(Ordering::Acquire) * self.k;
-        (self.cfg.events > 0 && next >= self.cfg.events)
-            || self.started.elapsed() >= self.cfg.duration
+    /// A cut now, for `why`.
+    fn cut(&self, why: String) -> End {
+        End::Cut {
+            at: Duration::from_micros(self.conn.last_write_us.load(RELAXED)),
+            why: format!(
+                "connection {}: {why}, having written {} events",
+                self.c,
+                stats::fmt_count(self.conn.written.load(RELAXED))
+            ),
+        }
     }
 
-    /// Writes `buf` (retrying on the write timeout so a stop is noticed), then
-    /// publishes the count of events written.
-    fn flush(&self, w: &mut dyn Write, buf: &mut Vec<u8>, j: u64) -> Result<(), String> {
+    /// Whether to stop writing before the share is sent: told to (Ctrl-C, checked
+    /// first: a stop is never a cut), aborted, or the reader gave up.
+    fn halted(&self) -> Option<End> {
+        if self.stop.load(RELAXED) {
+            Some(End::Stopped)
+        } else if self.shared.aborted.load(RELAXED) {
+            Some(self.cut("aborted: the server is gone".into()))
+        } else if self.conn.reader_done.load(RELAXED) {
+            Some(self.cut(
+                "stopped writing: the server closed the connection or stopped reading or acking"
+                    .into(),
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Writes `buf` (retrying on the write timeout so a stop, an abort or a reader that
+    /// gave up is noticed), then publishes the count of events written.
+    fn flush(&self, w: &mut dyn Write, buf: &mut Vec<u8>, j: u64) -> Result<(), End> {
         let mut at = 0;
         while at < buf.len() {
             match w.write(&buf[at..]) {
-                Ok(0) => return Err("ingest connection closed while writing".into()),
-                Ok(n) => at += n,
+                Ok(0) => return Err(self.cut("ingest connection closed while writing".into())),
+                Ok(n) => {
+                    at += n;
+                    self.conn
+                        .last_write_us
+                        .store(self.started.elapsed().as_micros() as u64, RELAXED);
+                }
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    // The server is not reading. Keep trying unless told to stop or
-                    // the reader has given up on it (no ack for the ack timeout).
-                    if self.conn.reader_done.load(RELAXED) {
-                        return Err(format!(
-                            "connection {}: gave up writing (the server stopped reading and acking)",
-                            self.c
-                        ));
-                    }
-                    if self.stop.load(RELAXED) {
-                        return Err(format!("connection {}: stopped while writing", self.c));
+                    // The server is not reading. Keep trying unless told to stop,
+                    // aborted, or the reader has given up on it (no ack for the ack
+                    // timeout).
+                    if let Some(end) = self.halted() {
+                        return Err(end);
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("writing events: {e}")),
+                Err(e) => return Err(self.cut(format!("writing events: {e}"))),
             }
         }
         buf.clear();
@@ -546,7 +604,15 @@ impl Writer {
         Ok(())
     }
 
-    fn write_all_events(&self, w: &mut dyn Write) -> Result<(), String> {
+    /// Writes this connection's share and says why it stopped: decided where it
+    /// stopped, never from the clock afterwards.
+    fn write_all_events(&self, w: &mut dyn Write) -> End {
+        match self.write_events(w) {
+            Ok(end) | Err(end) => end,
+        }
+    }
+
+    fn write_events(&self, w: &mut dyn Write) -> Result<End, End> {
         let cfg = &*self.cfg;
         let mask = self.conn.ring.len() as u64 - 1;
         let window = self.conn.ring.len() as u64;
@@ -554,12 +620,21 @@ impl Writer {
         let mut j: u64 = 0;
         loop {
             let n = self.c + j * self.k;
-            if self.stop.load(RELAXED)
-                || self.conn.reader_done.load(RELAXED)
-                || (cfg.events > 0 && n >= cfg.events)
-                || self.started.elapsed() >= cfg.duration
-            {
-                break;
+            let end = if cfg.events > 0 && n >= cfg.events {
+                Some(End::Events)
+            } else if self.started.elapsed() >= cfg.duration {
+                Some(End::Duration)
+            } else {
+                self.halted()
+            };
+            if let Some(end) = end {
+                // What is formatted goes out too; failing to send it cuts a share that
+                // was otherwise complete.
+                let flushed = self.flush(w, &mut buf, j);
+                return match (end, flushed) {
+                    (End::Events | End::Duration, Err(e)) => Err(e),
+                    (end, _) => Ok(end),
+                };
             }
             if cfg.rate > 0.0 {
                 let due = n as f64 / cfg.rate;
@@ -574,9 +649,11 @@ impl Writer {
             }
             if j - self.conn.acked.load(Ordering::Acquire) >= window {
                 self.flush(w, &mut buf, j)?;
+                // Waiting on the server's acks: one that never comes cuts the share
+                // short, even if `duration` ends meanwhile.
                 while j - self.conn.acked.load(Ordering::Acquire) >= window {
-                    if self.conn.reader_done.load(RELAXED) || self.stop.load(RELAXED) {
-                        return Ok(());
+                    if let Some(end) = self.halted() {
+                        return Err(end);
                     }
                     std::thread::sleep(Duration::from_micros(200));
                 }
@@ -594,7 +671,6 @@ impl Writer {
                 self.flush(w, &mut buf, j)?;
             }
         }
-        self.flush(w, &mut buf, j)
     }
 }
 
@@ -890,6 +966,7 @@ mod tests {
         assert_eq!(res.missing, 0);
         assert_eq!(res.mismatched, 0);
         assert_eq!(res.ack.count, 5_000);
+        assert_eq!(res.shortfall, None);
         assert_eq!(server.join().unwrap(), 5_000);
     }
 
@@ -961,6 +1038,7 @@ mod tests {
         assert!(t.elapsed() >= Duration::from_millis(200), "open loop paced");
         assert_eq!((res.sent, res.ok, res.mismatched), (1_000, 1_000, 0));
         assert!((0..1_000).all(|n| shared.accepted.get(n)));
+        assert_eq!(res.shortfall, None);
         drop(shared);
         server.join().unwrap();
     }
@@ -978,20 +1056,44 @@ mod tests {
         })
     }
 
-    /// With a rate nothing is in flight when the server closes, so no ack is missing:
-    /// the events never sent are what fails the run.
+    /// A server that acks every line for `open`, then shuts the connection.
+    fn ingest_closing_at(path: PathBuf, open: Duration) -> JoinHandle<()> {
+        let l = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let (r, mut w) = (s.try_clone().unwrap(), s.try_clone().unwrap());
+            let acker = std::thread::spawn(move || {
+                for line in BufReader::new(r).lines() {
+                    let Ok(line) = line else { return };
+                    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                    writeln!(w, "ok {} 1", v["id"].as_str().unwrap()).unwrap();
+                }
+            });
+            std::thread::sleep(open);
+            s.shutdown(std::net::Shutdown::Both).unwrap();
+            acker.join().unwrap();
+        })
+    }
+
+    /// With a 200 ms linger the writes go out 200 ms apart and the server closes between
+    /// two (at 300 ms), so nothing is in flight then and no ack is missing: the events
+    /// never sent are what fails the run.
     #[test]
     fn a_server_closing_early_is_a_shortfall() {
         let sock = TestSocket::new("closes");
-        let server = closing_ingest(sock.path.clone(), 1_000);
+        let server = ingest_closing_at(sock.path.clone(), Duration::from_millis(300));
         let mut cfg = GenConfig::new(Target::Unix(sock.path.clone()), "tc".into());
         cfg.events = 5_000;
-        cfg.rate = 20_000.0;
+        cfg.rate = 5_000.0;
+        cfg.linger = Duration::from_millis(200);
         let res = Gen::start(cfg, Arc::new(AtomicBool::new(false)))
             .unwrap()
             .join();
         server.join().unwrap();
-        assert!(res.sent < 5_000 && res.ok == 1_000, "{}", res.summary());
+        // Event 0 at once, then what fell due by about 200 ms.
+        assert!((900..2_000).contains(&res.sent), "{}", res.summary());
+        assert_eq!(res.ok, res.sent, "{}", res.summary());
+        assert_eq!(res.missing, 0, "{}", res.summary());
         let s = res.shortfall.clone().expect("a shortfall");
         assert!(
             s.starts_with(&format!(
@@ -1020,11 +1122,174 @@ mod tests {
     }
 
     #[test]
-    fn a_stop_or_a_complete_share_is_no_shortfall() {
+    fn the_shortfall_says_what_was_sent_of_what_was_asked() {
         assert_eq!(
-            shortfall(5_000, 5_000, Duration::ZERO, Duration::ZERO, 0, 1),
+            shortfall(1_000, 5_000, Duration::ZERO, 0, Duration::ZERO, 1),
             None
         );
+        let s = shortfall(1_000, 5_000, Duration::ZERO, 1, Duration::ZERO, 2).unwrap();
+        assert!(
+            s.starts_with("sent 1,000 of 5,000 events: 1 of 2 connection(s)"),
+            "{s}"
+        );
+        let s = shortfall(
+            1_000,
+            0,
+            Duration::from_secs(5),
+            2,
+            Duration::from_millis(250),
+            2,
+        )
+        .unwrap();
+        assert!(
+            s.starts_with("sent 1,000 events, stopping after 0.25s of the 5s asked: 2 of 2"),
+            "{s}"
+        );
+    }
+
+    /// A share sent in full is no shortfall, flat out and with a rate, limited by
+    /// `events` and by `duration` alone.
+    #[test]
+    fn a_complete_share_is_no_shortfall_in_each_mode() {
+        for (rate, events) in [(0.0, 3_000), (0.0, 0), (5_000.0, 500), (5_000.0, 0)] {
+            let mode = format!("rate {rate}, events {events}");
+            let sock = TestSocket::new("whole");
+            let server = closing_ingest(sock.path.clone(), usize::MAX);
+            let mut cfg = GenConfig::new(Target::Unix(sock.path.clone()), "tw".into());
+            cfg.rate = rate;
+            cfg.events = events;
+            cfg.duration = Duration::from_millis(if events > 0 { 10_000 } else { 300 });
+            let res = Gen::start(cfg, Arc::new(AtomicBool::new(false)))
+                .unwrap()
+                .join();
+            server.join().unwrap();
+            assert_eq!(res.shortfall, None, "{mode}: {}", res.summary());
+            assert!(!res.failed(), "{mode}: {}", res.summary());
+            assert!(res.notes.is_empty(), "{mode}: {:?}", res.notes);
+            if events > 0 {
+                assert_eq!(res.sent, events, "{mode}");
+            } else {
+                assert!(res.sent > 0, "{mode}");
+            }
+            assert_eq!(res.ok, res.sent, "{mode}");
+        }
+    }
+
+    /// A server that acks the first `acked` lines, then holds the connection open until
+    /// told, still reading (and dropping) lines when `reads`, else reading nothing more.
+    fn stalling_ingest(
+        path: PathBuf,
+        acked: usize,
+        reads: bool,
+    ) -> (JoinHandle<()>, std::sync::mpsc::Sender<()>) {
+        let l = UnixListener::bind(&path).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut w = s.try_clone().unwrap();
+            let mut lines = BufReader::new(s).lines();
+            for line in lines.by_ref().take(acked) {
+                let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+                writeln!(w, "ok {} 1", v["id"].as_str().unwrap()).unwrap();
+            }
+            if reads {
+                for line in lines {
+                    if line.is_err() {
+                        break;
+                    }
+                }
+            }
+            let _ = rx.recv();
+        });
+        (server, tx)
+    }
+
+    /// A server that stops reading (the writer blocks in a write) or stops acking (the
+    /// writer waits on its window) cuts the share short even when the reader gives up
+    /// only after `duration` ended, and the message gives when writing stopped, not
+    /// when the generator was joined.
+    #[test]
+    fn a_server_that_stalls_is_a_shortfall_even_past_the_duration() {
+        for reads in [false, true] {
+            let sock = TestSocket::new("stalls");
+            let (server, release) = stalling_ingest(sock.path.clone(), 500, reads);
+            let mut cfg = GenConfig::new(Target::Unix(sock.path.clone()), "tt".into());
+            cfg.events = 0;
+            cfg.duration = Duration::from_millis(600);
+            cfg.ack_timeout = Duration::from_secs(1);
+            if reads {
+                cfg.window = 1_024;
+            }
+            let t = Instant::now();
+            let res = Gen::start(cfg, Arc::new(AtomicBool::new(false)))
+                .unwrap()
+                .join();
+            assert!(t.elapsed() >= Duration::from_secs(1), "waited for the acks");
+            let _ = release.send(());
+            server.join().unwrap();
+            assert_eq!(res.ok, 500, "reads {reads}: {}", res.summary());
+            let s = res
+                .shortfall
+                .clone()
+                .unwrap_or_else(|| panic!("reads {reads}: no shortfall: {}", res.summary()));
+            let after: f64 = s
+                .split("stopping after ")
+                .nth(1)
+                .and_then(|r| r.split("s of the 600ms asked").next())
+                .and_then(|x| x.parse().ok())
+                .unwrap_or_else(|| panic!("{s}"));
+            assert!(after < 0.5, "reads {reads}: {s}");
+            assert!(
+                res.notes.iter().any(|n| n.contains("stopped writing")),
+                "reads {reads}: {:?}",
+                res.notes
+            );
+        }
+    }
+
+    /// [`Gen::abort`] (the server is gone) cuts short a writer that has not noticed it
+    /// yet (asleep in a 500 ms linger); a stop in the same place is no shortfall.
+    #[test]
+    fn an_abort_is_a_shortfall_a_stop_is_not() {
+        for abort in [true, false] {
+            let sock = TestSocket::new("abort");
+            let server = closing_ingest(sock.path.clone(), usize::MAX);
+            let mut cfg = GenConfig::new(Target::Unix(sock.path.clone()), "ta".into());
+            cfg.events = 5_000;
+            cfg.rate = 1_000.0;
+            cfg.linger = Duration::from_millis(500);
+            let stop = Arc::new(AtomicBool::new(false));
+            let gen = Gen::start(cfg, stop.clone()).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            if abort {
+                gen.abort();
+            } else {
+                stop.store(true, Ordering::Relaxed);
+            }
+            let res = gen.join();
+            server.join().unwrap();
+            // What was due at the start went out; the writer slept through the rest.
+            assert!(res.sent < 100, "{abort}: {}", res.summary());
+            assert_eq!((res.ok, res.missing), (res.sent, 0), "{abort}");
+            if abort {
+                let s = res.shortfall.clone().expect("a shortfall");
+                let want = format!("sent {} of 5,000 events: 1 of 1", res.sent);
+                assert!(s.starts_with(&want), "{s}");
+                assert!(res.failed());
+                assert!(
+                    res.notes.iter().any(|n| n.contains("aborted")),
+                    "{:?}",
+                    res.notes
+                );
+            } else {
+                assert_eq!(res.shortfall, None);
+                assert!(!res.failed(), "{}", res.summary());
+            }
+        }
+    }
+
+    #[test]
+    fn a_stop_is_no_shortfall() {
         let sock = TestSocket::new("stop");
         let server = closing_ingest(sock.path.clone(), usize::MAX);
         let mut cfg = GenConfig::new(Target::Unix(sock.path.clone()), "ts".into());
@@ -1076,6 +1341,7 @@ mod tests {
             .join();
         assert!(t.elapsed() >= Duration::from_millis(90), "open loop paced");
         assert_eq!((res.sent, res.ok, res.mismatched), (400, 400, 0));
+        assert_eq!(res.shortfall, None);
         let reads = server.join().unwrap();
         // 100 ms in writes at least 20 ms apart: 6 at most, with room for a split read.
         assert!((1..=12).contains(&reads), "{reads} reads");

@@ -72,7 +72,7 @@ enum Cmd {
     Sink(SinkArgs),
     /// Stream events into ricochet's ingest socket and measure ack latency.
     #[command(
-        after_help = "Exit status: 0; 1 when an event got an `err` ack or no ack, or fewer events were sent than asked (by --events, or before --duration ended) because the server closed the connection or stopped reading; 130 when interrupted (SIGINT/SIGTERM); 2 on errors."
+        after_help = "Exit status: 0; 1 when an event got an `err` ack or no ack, or fewer events were sent than asked (by --events, or before --duration ended) because the server closed the connection or stopped reading or acking; 130 when interrupted (SIGINT/SIGTERM); 2 on errors."
     )]
     Gen(GenArgs),
     /// Bare keep-alive HTTP client loop: the delivery ceiling without ricochet.
@@ -99,7 +99,7 @@ const RUN_EXIT_STATUS: &str = "Exit status:
        request 2xx once up (a script with failing statuses or resets, and finite
        retries, leaves some undelivered by design: reported, not a failure); got `err`
        acks, missed acks or acks out of place; sent fewer events than asked because
-       ricochet closed the ingest connection (or stopped reading); saw a misrouted
+       ricochet closed the ingest connection, stopped reading or acking, or exited; saw a misrouted
        delivery; had a 1-s window over the rate limit; or never got the probe acked
        after a restart
   2    an error (ricochet missing, dying at start, not becoming healthy, ...)

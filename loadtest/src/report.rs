@@ -87,8 +87,8 @@ pub struct RunMetrics {
     /// ok/dup acks whose id is not the event at their position.
     pub ack_mismatch: u64,
     /// Set when the generator sent fewer events than asked (by count, or before its
-    /// duration ended) because the server closed the connection or stopped reading: how
-    /// many of how many. Fails the run.
+    /// duration ended) because the server closed the connection, stopped reading or
+    /// acking, or exited: how many of how many. Fails the run.
     pub ingest_cut_short: Option<String>,
     /// First write to last ack.
     pub ingest_s: f64,
@@ -665,7 +665,7 @@ fn run_list(numbers: &[usize], label: &str) -> String {
 
 /// A line per label with interrupted runs: left out of the median, or no median at
 /// all when no run completed.
-fn interruptions(runs: &[RunMetrics]) -> String {
+pub fn interruptions(runs: &[RunMetrics]) -> String {
     let mut out = String::new();
     for l in labels(runs) {
         let of_label = || runs.iter().filter(|m| m.label == l);

@@ -395,8 +395,9 @@ pub fn print_notes(prefix: &str, runs: &[RunMetrics]) {
 
 /// Whether a run lost, misrouted or mis-acked an event, left an event undelivered where
 /// the scenario expects every delivery to succeed ([`RunMetrics::all_deliveries_expected`]),
-/// sent fewer events than asked because ricochet closed the ingest connection, broke a
-/// rate limit, or never became ready after its restart.
+/// sent fewer events than asked because ricochet closed the ingest connection (or stopped
+/// reading or acking, or exited), broke a rate limit, or never became ready after its
+/// restart.
 pub fn run_failed(m: &RunMetrics) -> bool {
     m.lost > 0
         || m.ingest_cut_short.is_some()
@@ -1434,6 +1435,40 @@ fn run_once(
     result
 }
 
+/// What `run` has told the generator during ingest, so each note is made once.
+#[derive(Default)]
+struct IngestWatch {
+    interrupted: bool,
+    exited: bool,
+}
+
+impl IngestWatch {
+    /// Notes an interrupt (the generator shares `stop` and winds down by itself, with no
+    /// shortfall), and when ricochet has exited (`exited` gives its status) aborts the
+    /// generator: a connection that had not sent its share is then cut short (a
+    /// failure) whether or not its writer noticed the closed socket first.
+    fn check(
+        &mut self,
+        g: &Gen,
+        stop: &AtomicBool,
+        exited: impl FnOnce() -> Option<String>,
+        notes: &mut Vec<String>,
+    ) {
+        if stop.load(Ordering::Relaxed) && !self.interrupted {
+            self.interrupted = true;
+            notes.push("interrupted during ingest".to_string());
+        }
+        if self.exited {
+            return;
+        }
+        if let Some(st) = exited() {
+            self.exited = true;
+            g.abort();
+            notes.push(format!("ricochet exited during ingest ({st})"));
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_in(
     sc: &Scenario,
@@ -1539,9 +1574,9 @@ fn run_in(
     gcfg.linger = sc.linger;
     gcfg.ack_timeout = Duration::from_secs(15);
     gcfg.connect_timeout = Duration::from_secs(10);
-    let gen_stop = Arc::new(AtomicBool::new(false));
-    let g =
-        Gen::start(gcfg, gen_stop.clone()).map_err(|e| anyhow!("{e:#}; {}", log_tail(&log, 20)))?;
+    // The generator sees a real interrupt itself (no shortfall); ricochet exiting is an
+    // abort (a shortfall for every connection that had not sent its share).
+    let g = Gen::start(gcfg, stop.clone()).map_err(|e| anyhow!("{e:#}; {}", log_tail(&log, 20)))?;
     let gs = g.shared().clone();
     let mut sampler = Sampler::new(g.started());
     let planned = if sc.events > 0 {
@@ -1550,16 +1585,15 @@ fn run_in(
         (sc.rate * sc.duration.as_secs_f64()) as u64
     };
     let mut progress = Progress::new(planned, "ingest");
+    let mut watch = IngestWatch::default();
     while !g.is_done() {
         std::thread::sleep(Duration::from_millis(100));
-        if stop.load(Ordering::Relaxed) && !gen_stop.swap(true, Ordering::Relaxed) {
-            notes.push("interrupted during ingest".to_string());
-        }
-        if let Some(st) = child.exited() {
-            if !gen_stop.swap(true, Ordering::Relaxed) {
-                notes.push(format!("ricochet exited during ingest ({st})"));
-            }
-        }
+        watch.check(
+            &g,
+            stop,
+            || child.exited().map(|st| st.to_string()),
+            &mut notes,
+        );
         if sampler.due() {
             sampler.take(&gs, sink.as_ref());
         }
@@ -2221,6 +2255,61 @@ mod tests {
         };
         assert!(run_failed(&m));
         assert_eq!(exit_status(&[m], false), 1);
+    }
+
+    /// While ingesting, ricochet exiting aborts the generator (a writer asleep in its
+    /// linger, that has not seen the socket close, is cut short: a failure), and an
+    /// interrupt stops it with no shortfall; each is noted once.
+    #[test]
+    fn ricochet_exiting_during_ingest_cuts_it_short_an_interrupt_does_not() {
+        use std::io::{BufRead, BufReader, Write};
+        for exits in [true, false] {
+            let dir = std::env::temp_dir().join(format!("rl-watch-{}", gen::new_run_tag()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("ingest.sock");
+            let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+            // Acks every line until the generator closes the connection.
+            let server = std::thread::spawn(move || {
+                let (s, _) = l.accept().unwrap();
+                let mut w = s.try_clone().unwrap();
+                for line in BufReader::new(s).lines() {
+                    let Ok(line) = line else { return };
+                    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                    writeln!(w, "ok {} 1", v["id"].as_str().unwrap()).unwrap();
+                }
+            });
+            let mut cfg = GenConfig::new(Target::Unix(path), "tw".into());
+            cfg.events = 5_000;
+            cfg.rate = 1_000.0;
+            cfg.linger = Duration::from_millis(500);
+            let stop = Arc::new(AtomicBool::new(false));
+            let g = Gen::start(cfg, stop.clone()).unwrap();
+            let (mut watch, mut notes) = (IngestWatch::default(), Vec::new());
+            watch.check(&g, &stop, || None, &mut notes);
+            assert!(notes.is_empty(), "{notes:?}");
+            std::thread::sleep(Duration::from_millis(100));
+            if !exits {
+                stop.store(true, Ordering::Relaxed);
+            }
+            for _ in 0..2 {
+                let status = exits.then(|| "signal: 9 (SIGKILL)".to_string());
+                watch.check(&g, &stop, || status, &mut notes);
+            }
+            let res = g.join();
+            server.join().unwrap();
+            let _ = std::fs::remove_dir_all(&dir);
+            if exits {
+                assert_eq!(
+                    notes,
+                    vec!["ricochet exited during ingest (signal: 9 (SIGKILL))".to_string()]
+                );
+                let s = res.shortfall.expect("a shortfall");
+                assert!(s.contains("of 5,000 events"), "{s}");
+            } else {
+                assert_eq!(notes, vec!["interrupted during ingest".to_string()]);
+                assert_eq!(res.shortfall, None, "{}", res.summary());
+            }
+        }
     }
 
     #[test]

@@ -46,7 +46,8 @@ pub struct Point {
     pub window: usize,
     /// In flight in all: window × connections.
     pub in_flight: usize,
-    pub median: serde_json::Map<String, serde_json::Value>,
+    /// Over the completed runs, as `run --json`'s `median`: null when none completed.
+    pub median: serde_json::Value,
     pub runs: Vec<RunMetrics>,
 }
 
@@ -55,7 +56,7 @@ impl Point {
         Point {
             window,
             in_flight: window * connections,
-            median: report::medians(&runs),
+            median: report::median_json(&runs),
             runs,
         }
     }
@@ -194,7 +195,9 @@ const COLUMNS: &[(&str, &str)] = &[
     ("lost", "lost"),
 ];
 
-/// The text table: a row per window, a column per figure (medians over its runs).
+/// The text table: a row per window, a column per figure (medians over its completed
+/// runs), then, as under `run`'s table, a line per window with interrupted runs (left
+/// out of its median, or no median when none completed).
 pub fn table(points: &[Point]) -> String {
     let mut header = vec!["window".to_string(), "in flight".to_string()];
     header.extend(COLUMNS.iter().map(|(head, _)| head.to_string()));
@@ -208,7 +211,13 @@ pub fn table(points: &[Point]) -> String {
         );
         rows.push(r);
     }
-    report::align(&rows)
+    let mut out = report::align(&rows);
+    for p in points {
+        for line in report::interruptions(&p.runs).lines() {
+            out += &format!("window {}: {line}\n", fmt_count(p.window as u64));
+        }
+    }
+    out
 }
 
 /// Issue 6's targets for `max`, drawn as a shaded corner: ack p99 at most 5 ms at
@@ -383,6 +392,49 @@ mod tests {
         );
         assert!(lines[3].contains("32,768") && lines[3].contains("250.00ms"));
         assert!(lines[3].contains("120.5 MiB"));
+    }
+
+    /// As in `run`: interrupted runs are left out of a window's median; a window with no
+    /// completed run has a null median (not a map of nulls) and says why under the table.
+    #[test]
+    fn a_window_whose_runs_were_all_interrupted_has_no_median() {
+        let stopped = |run| RunMetrics {
+            run,
+            interrupted: true,
+            ..run_at(50_000.0, 9_000)
+        };
+        let points = vec![
+            Point::new(
+                32,
+                1,
+                vec![
+                    RunMetrics {
+                        run: 1,
+                        ..run_at(40_000.0, 3_000)
+                    },
+                    stopped(2),
+                ],
+            ),
+            Point::new(64, 1, vec![stopped(1)]),
+        ];
+        let json = serde_json::to_value(&points).unwrap();
+        assert_eq!(json[0]["median"]["accepted_per_s"], 40_000.0);
+        assert_eq!(json[0]["median"]["runs_in_median"], serde_json::json!([1]));
+        assert_eq!(json[1]["median"], serde_json::Value::Null, "{}", json[1]);
+        assert_eq!(points[1].get("accepted_per_s"), None);
+        let t = table(&points);
+        assert!(
+            t.contains("window 32: run 2 interrupted: left out of the median, which is of the completed run 1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("window 64: run 1 interrupted: no run completed, so no median"),
+            "{t}"
+        );
+        // Without interruptions, no such line.
+        assert!(!table(&points[..0]).contains("interrupted"));
+        let t = table(&[Point::new(32, 1, vec![run_at(40_000.0, 3_000)])]);
+        assert!(!t.contains("interrupted"), "{t}");
     }
 
     #[test]

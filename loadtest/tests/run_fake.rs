@@ -169,6 +169,56 @@ fn run_reports_a_server_that_dies_at_start() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Ricochet exiting mid-ingest while the generator's writer sleeps in a 3 s linger (so
+/// it has not written to the closed socket yet) still cuts the ingest short: a failure,
+/// not a run that passes on the one event it sent.
+#[test]
+fn ricochet_exiting_during_ingest_is_a_cut_short_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("exits");
+    let dies = dir.join("ricochet");
+    std::fs::write(
+        &dies,
+        format!("#!/bin/sh\n'{BIN}' fake-ricochet \"$@\" &\nsleep 1.5\nkill -9 $!\nexit 3\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&dies, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let file = dir.join("scenario.toml");
+    std::fs::write(
+        &file,
+        "description = \"t\"\nendpoints = 1\nevents = 100000\nrate = 1000\nlinger = \"3s\"\nduration = \"30s\"\ndrain_idle = \"1s\"\ndrain_timeout = \"3s\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--json", "--scenario"])
+        .arg(&file)
+        .arg("--ricochet")
+        .arg(&dies)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}); stderr:\n{stderr}"));
+    let r = &v["runs"][0];
+    let cut = r["ingest_cut_short"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not cut short: {r}\nstderr:\n{stderr}"));
+    assert!(cut.contains("of 100,000 events"), "{cut}");
+    assert_eq!(r["interrupted"], false);
+    assert!(
+        r["notes"]
+            .to_string()
+            .contains("ricochet exited during ingest"),
+        "{}",
+        r["notes"]
+    );
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    if let Some(kept) = r["run_dir"].as_str() {
+        let _ = std::fs::remove_dir_all(kept);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn https_compare_runs_both_schemes() {
     let dir = temp_dir("https");
