@@ -258,6 +258,8 @@ impl ConnSlot {
         ips: &[IpAddr],
         reason: Option<OpenReason>,
     ) -> Result<(), OpenError> {
+        // Why, read before the old connection goes.
+        let reason = reason.unwrap_or_else(|| self.open_reason());
         let (parser, mut rbuf) = match self.conn.take() {
             Some(c) => (c.parser, c.rbuf),
             None => (
@@ -277,7 +279,7 @@ impl ConnSlot {
             });
         };
         if let Some(c) = &self.counts {
-            c.count(reason.unwrap_or_else(|| self.open_reason()));
+            c.count(reason);
         }
         let order = connect_order(self.last_good, ips);
         // Boxed: the connect and TLS handshake futures are large, and a future held

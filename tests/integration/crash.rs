@@ -246,12 +246,7 @@ fn sigterm_drains_and_exits_zero() {
 /// something) answers 503, as the ingest socket refuses lines; reads still answer.
 #[test]
 fn a_shutdown_refuses_http_ingest_while_attempts_drain() {
-    let gate = Gate::new();
-    let held = gate.clone();
-    let rx = TestReceiver::with_script(move |_, _| {
-        held.wait();
-        Reply::status(200)
-    });
+    let (rx, gate) = TestReceiver::gated();
     let mut srv = TestServer::start(&endpoint(
         "slow",
         r#"["t"]"#,

@@ -385,12 +385,7 @@ fn a_redirect_is_an_answer_not_followed_and_counts_as_3xx() {
 #[test]
 fn large_events_waiting_for_a_slow_receiver_are_held_on_disk_past_a_byte_cap() {
     const EVENTS: usize = 2000;
-    let gate = Gate::new();
-    let held = gate.clone();
-    let rx = TestReceiver::with_script(move |_, _| {
-        held.wait();
-        Reply::status(200)
-    });
+    let (rx, gate) = TestReceiver::gated();
     let srv = TestServer::start(&endpoint(
         "slow",
         r#"["t"]"#,
@@ -432,12 +427,7 @@ fn large_events_waiting_for_a_slow_receiver_are_held_on_disk_past_a_byte_cap() {
 fn an_event_whose_fan_out_fills_the_workers_is_delivered_once_per_endpoint() {
     const ENDPOINTS: usize = 520;
     const EVENTS: usize = 100;
-    let gate = Gate::new();
-    let held = gate.clone();
-    let rx = TestReceiver::with_script(move |_, _| {
-        held.wait();
-        Reply::status(200)
-    });
+    let (rx, gate) = TestReceiver::gated();
     let eps: String = (0..ENDPOINTS)
         .map(|i| {
             endpoint(
@@ -489,12 +479,7 @@ fn an_event_whose_fan_out_fills_the_workers_is_delivered_once_per_endpoint() {
 fn delivery_sockets_stay_within_the_open_file_limit() {
     const EVENTS: usize = 150;
     const ENDPOINTS: usize = 4;
-    let gate = Gate::new();
-    let held = gate.clone();
-    let rx = TestReceiver::with_script(move |_, _| {
-        held.wait();
-        Reply::status(200)
-    });
+    let (rx, gate) = TestReceiver::gated();
     let eps: String = (0..ENDPOINTS)
         .map(|i| {
             endpoint(

@@ -148,6 +148,18 @@ impl TestReceiver {
         )
     }
 
+    /// Holds every request until the gate it returns is opened, then answers 200: the
+    /// attempts stay in flight while the test acts.
+    pub fn gated() -> (TestReceiver, Gate) {
+        let gate = Gate::new();
+        let held = gate.clone();
+        let rx = TestReceiver::with_script(move |_, _| {
+            held.wait();
+            Reply::status(200)
+        });
+        (rx, gate)
+    }
+
     /// Answers 200 OK, but reads nothing on a new connection until `delay` after
     /// accepting it: a loaded receiver slow to take up new connections.
     pub fn slow_to_start_connections(delay: Duration) -> TestReceiver {
@@ -419,30 +431,25 @@ impl TestServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        if let Some(limit) = opts.file_size_limit {
+        let limits = [
+            (libc::RLIMIT_FSIZE, opts.file_size_limit),
+            (libc::RLIMIT_NOFILE, opts.open_files_limit),
+        ];
+        if limits.iter().any(|(_, l)| l.is_some()) {
+            // SAFETY: only async-signal-safe calls between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
+                    // Past RLIMIT_FSIZE a write fails with EFBIG instead of a signal.
                     libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-                    let r = libc::rlimit {
-                        rlim_cur: limit,
-                        rlim_max: limit,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_FSIZE, &r) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        if let Some(limit) = opts.open_files_limit {
-            unsafe {
-                cmd.pre_exec(move || {
-                    let r = libc::rlimit {
-                        rlim_cur: limit,
-                        rlim_max: limit,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
-                        return Err(std::io::Error::last_os_error());
+                    for (resource, limit) in limits {
+                        let Some(limit) = limit else { continue };
+                        let r = libc::rlimit {
+                            rlim_cur: limit,
+                            rlim_max: limit,
+                        };
+                        if libc::setrlimit(resource, &r) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
                     }
                     Ok(())
                 });
