@@ -92,6 +92,13 @@ impl Permit {
     pub fn budget() -> usize {
         SOCKETS.max.load(Ordering::Acquire)
     }
+
+    /// Whether nine tenths of the budget or more are in use: an idle connection then
+    /// holds a socket another endpoint may be waiting for.
+    pub fn scarce() -> bool {
+        let max = SOCKETS.max.load(Ordering::Acquire);
+        SOCKETS.open.load(Ordering::Acquire) >= max - max / 10
+    }
 }
 
 impl Drop for Permit {

@@ -53,8 +53,8 @@ use crate::template::Doc;
 /// How long an idle lane keeps its connection before it exits.
 const LANE_IDLE: Duration = Duration::from_secs(30);
 
-/// A delivery held back for want of a socket ([`Tried::NotSent`]) goes again this much
-/// later.
+/// A lane whose delivery found no socket ([`Tried::NotSent`]) waits this long before it
+/// tries again.
 const NOT_SENT_PAUSE: Duration = Duration::from_secs(1);
 
 /// At most one warning about deliveries held back for want of a socket this often.
@@ -1294,7 +1294,13 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
                 break;
             }
             ep.idle.borrow_mut().push(me.clone());
-            if monoio::time::timeout(LANE_IDLE, me.wait()).await.is_err() {
+            // With sockets scarce an idle lane gives its connection up soon: endpoints
+            // held back for want of one get it within a pause, not a lane's lifetime.
+            let idle_for = match crate::fdlimit::Permit::scarce() {
+                true => NOT_SENT_PAUSE,
+                false => LANE_IDLE,
+            };
+            if monoio::time::timeout(idle_for, me.wait()).await.is_err() {
                 ep.idle.borrow_mut().retain(|n| !Rc::ptr_eq(n, &me));
                 if ep.queue.borrow().is_empty() {
                     w.lanes_idle_exits.set(w.lanes_idle_exits.get() + 1);
@@ -1355,17 +1361,13 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
             w.idle_wake.notify();
         }
         if let Some(job) = not_sent {
-            // No socket to be had: it goes again once some may be free, the token it
-            // took unspent. Its due key stays, so a stop meanwhile loses nothing.
+            // No socket to be had: the job keeps its place and this lane waits before
+            // it tries again, the token it took unspent (each lane tries once a pause,
+            // rather than every queued job once a pause). Its due key stays, so a stop
+            // meanwhile loses nothing.
             ep.bucket.borrow_mut().give_back();
-            hold(
-                &w,
-                &ep,
-                &me,
-                job,
-                now_ms() + NOT_SENT_PAUSE.as_millis() as u64,
-            )
-            .await;
+            ep.queue.borrow_mut().unpop(job);
+            monoio::time::sleep(NOT_SENT_PAUSE).await;
         }
     }
     ep.lanes.set(ep.lanes.get() - 1);
