@@ -38,10 +38,15 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Answers read, of every kind.
+    pub fn answered(&self) -> u64 {
+        self.ok + self.dup + self.err
+    }
+
     /// Lines written that got no answer (the last ones sent): the connection ended
     /// before the server answered them, so they may or may not have been accepted.
     pub fn unanswered(&self) -> u64 {
-        self.sent.saturating_sub(self.ok + self.dup + self.err)
+        self.sent.saturating_sub(self.answered())
     }
 }
 
@@ -169,7 +174,7 @@ fn stream(
         )))
     };
     summary.sent = sent.load(Ordering::SeqCst);
-    let answered = summary.ok + summary.dup + summary.err;
+    let answered = summary.answered();
     if res.is_ok() && answered > summary.sent {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,

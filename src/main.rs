@@ -176,7 +176,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // Where a producer resumes: the answers came in order, so every line from
             // the first unanswered one on (sent or not) is to be sent again.
             let unanswered = |s: &ricochet::client::Summary, broke: bool| {
-                if s.ok + s.dup + s.err > s.sent {
+                if s.answered() > s.sent {
                     // More answers than lines: not the line protocol, no place to resume.
                     return;
                 }
@@ -185,14 +185,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     eprintln!(
                         "the input's non-blank lines from number {} on were not sent; send \
                          them from there",
-                        s.ok + s.dup + s.err + 1
+                        s.answered() + 1
                     );
                 } else if broke || s.unanswered() > 0 {
                     eprintln!(
                         "no answer to the input's non-blank lines from number {} on ({} of \
                          them were sent): they may or may not have been accepted; send \
                          them again from there (a line whose id was accepted answers `dup`)",
-                        s.ok + s.dup + s.err + 1,
+                        s.answered() + 1,
                         s.unanswered()
                     );
                 }

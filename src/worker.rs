@@ -70,6 +70,7 @@ enum Tried {
     /// logged or counted against the endpoint, and the delivery goes again later.
     NotSent(String),
 }
+
 /// Response bytes kept in the attempt log.
 const LOG_EXCERPT: usize = 1024;
 
@@ -1026,7 +1027,7 @@ impl Worker {
         let (mut rec, verdict) = match self.try_once(&spec, &job.ev, slot, wbuf, scratch).await {
             Tried::Made(rec, verdict) => (rec, verdict),
             Tried::NotSent(why) => {
-                self.not_sent(&cfg.name, &why);
+                self.not_sent(&why);
                 return Some(job);
             }
         };
@@ -1132,15 +1133,16 @@ impl Worker {
 
     /// Counts a delivery held back for want of a socket, and says so at most every
     /// [`NOT_SENT_WARN_EVERY`] (under exhaustion it happens for every job).
-    fn not_sent(&self, endpoint: &str, why: &str) {
+    fn not_sent(&self, why: &str) {
         let (count, last) = self.not_sent.get();
         let count = count + 1;
         if last.is_some_and(|t| t.elapsed() < NOT_SENT_WARN_EVERY) {
             self.not_sent.set((count, last));
             return;
         }
+        // The count is the worker's, over every endpoint: none is named.
         tracing::warn!(
-            endpoint,
+            worker = self.idx,
             held_back = count,
             retry_in = ?NOT_SENT_PAUSE,
             "deliveries held back: no socket to be had ({why}); not counted as attempts"
