@@ -121,6 +121,13 @@ pub enum WorkerMsg {
     },
     /// Copy this worker's metrics out.
     Snapshot(crossbeam_channel::Sender<WorkerSnapshot>),
+    /// Copy one endpoint's counters out (`None`: this worker has no such endpoint), for
+    /// the admin API's view of one endpoint: a whole snapshot copies every endpoint's
+    /// name.
+    Counts {
+        ep: EndpointId,
+        reply: crossbeam_channel::Sender<Option<EndpointCounts>>,
+    },
     /// Stop taking work, finish in-flight attempts (bounded), report, exit.
     Shutdown,
 }
@@ -533,6 +540,10 @@ impl Worker {
             }
             WorkerMsg::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
+            }
+            WorkerMsg::Counts { ep, reply } => {
+                let counts = self.endpoints.borrow().get(&ep).map(|e| *e.counts.borrow());
+                let _ = reply.send(counts);
             }
             WorkerMsg::Shutdown => {}
         }

@@ -57,7 +57,7 @@ impl Admin {
             Ok(r) => r.values().cloned().collect(),
             Err(_) => return error(500, "endpoint registry unavailable"),
         };
-        let scrape = self.collect(None, false);
+        let scrape = self.collect(false);
         // By name, so that the list costs linear time in the endpoints (a scan per
         // endpoint took 10 s for 50,000).
         let metas: HashMap<&str, &EndpointMeta> =
@@ -121,9 +121,7 @@ impl Admin {
             Ok(m) => m,
             Err(r) => return r,
         };
-        let worker = worker_for(name, self.workers.len());
-        let scrape = self.collect(Some(worker), false);
-        let counts = counts_of(&scrape.workers, name);
+        let counts = self.counts(worker_for(name, self.workers.len()), spec.id);
         json_response(status, &describe(&spec, meta.as_ref(), counts.as_ref()))
     }
 
@@ -586,15 +584,6 @@ fn op_error(e: EndpointOpError) -> Response {
         EndpointOpError::NotFound(_) => error(404, e.to_string()),
         EndpointOpError::Store(_) => error(503, e.to_string()),
     }
-}
-
-/// An endpoint's counters from whichever snapshot holds it.
-fn counts_of(workers: &[crate::metrics::WorkerSnapshot], name: &str) -> Option<EndpointCounts> {
-    workers
-        .iter()
-        .flat_map(|w| w.endpoints.iter())
-        .find(|(n, _)| n == name)
-        .map(|(_, c)| *c)
 }
 
 /// The endpoint as `GET` shows it: its config keys in definition order (secrets

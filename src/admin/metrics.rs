@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::{Admin, Response};
 use crate::commit::CommitMsg;
-use crate::metrics::{encode, AdminCounts, Scrape};
+use crate::metrics::{encode, AdminCounts, EndpointCounts, Scrape};
+use crate::store::EndpointId;
 use crate::worker::WorkerMsg;
 
 /// The longest a scrape waits for the workers and the committer.
@@ -16,7 +17,7 @@ pub const SCRAPE_WAIT: Duration = Duration::from_secs(1);
 
 impl Admin {
     pub(super) fn metrics(&self) -> Response {
-        let text = encode(&self.collect(None, true));
+        let text = encode(&self.collect(true));
         Response {
             status: 200,
             content_type: "text/plain; version=0.0.4; charset=utf-8",
@@ -25,17 +26,24 @@ impl Admin {
         }
     }
 
-    /// Snapshots of every worker (or only worker `only`) and, with `committer`, of the
-    /// committer; whatever answered within [`SCRAPE_WAIT`].
-    pub(super) fn collect(&self, only: Option<usize>, committer: bool) -> Scrape {
+    /// One endpoint's counters from its worker, if it answers within [`SCRAPE_WAIT`]
+    /// and knows the endpoint.
+    pub(super) fn counts(&self, worker: usize, ep: EndpointId) -> Option<EndpointCounts> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        if !self.workers.get(worker)?.send(WorkerMsg::Counts { ep, reply }) {
+            return None;
+        }
+        rx.recv_timeout(SCRAPE_WAIT).ok().flatten()
+    }
+
+    /// Snapshots of every worker and, with `committer`, of the committer; whatever
+    /// answered within [`SCRAPE_WAIT`].
+    pub(super) fn collect(&self, committer: bool) -> Scrape {
         let deadline = Instant::now() + SCRAPE_WAIT;
         let mut unanswered = 0;
         let (wtx, wrx) = crossbeam_channel::unbounded();
         let mut asked = 0;
-        for (i, w) in self.workers.iter().enumerate() {
-            if only.is_some_and(|o| o != i) {
-                continue;
-            }
+        for w in &self.workers {
             if w.send(WorkerMsg::Snapshot(wtx.clone())) {
                 asked += 1;
             } else {
