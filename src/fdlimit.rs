@@ -9,7 +9,17 @@
 //! opened leaves RocksDB refusing writes until a restart, and a socket that cannot be
 //! made would count as the receiver's failure. It must not decide what a lane does
 //! without a permit (the worker holds the job back; see `worker`).
+//!
+//! The last tenth of the budget is shared out: from nine tenths in use, a holder (an
+//! endpoint) gets another socket only while it holds fewer than are still free. One
+//! endpoint whose receiver hangs, with a large `max_in_flight`, would otherwise take
+//! every socket and hold back every other endpoint's deliveries; with the rule it
+//! stops at nine tenths, the others share what is left, and as its attempts time out
+//! it shrinks towards an even share (k such endpoints hold at most k/(k+1) of the budget
+//! between them once it is scarce).
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The delivery sockets of every worker.
@@ -66,26 +76,52 @@ impl Budget {
         }
     }
 
-    /// A permit for one more socket, unless the budget is in use.
-    fn take(&'static self) -> Option<Permit> {
+    /// A permit for one more socket for a holder with `held` open, unless the budget is
+    /// in use or (nine tenths of it in use) the holder has its share.
+    fn take(&'static self, held: usize) -> bool {
         let max = self.max.load(Ordering::Acquire);
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
+                allows(n, max, held).then_some(n + 1)
             })
-            .ok()
-            .map(|_| Permit(self))
+            .is_ok()
     }
 }
 
-/// One delivery socket's share of the budget, given back when dropped.
+/// Whether, with `open` of `max` sockets open, a holder of `held` of them gets one more.
+fn allows(open: usize, max: usize, held: usize) -> bool {
+    open < max && (open < max - max / 10 || held < max - open)
+}
+
+/// One delivery socket's share of the budget, given back when dropped (to the budget,
+/// and to its holder's count).
 #[derive(Debug)]
-pub struct Permit(&'static Budget);
+pub struct Permit {
+    budget: &'static Budget,
+    holder: Option<Rc<Cell<usize>>>,
+}
 
 impl Permit {
-    /// A permit for one more delivery socket, unless the budget is in use.
-    pub fn take() -> Option<Permit> {
-        SOCKETS.take()
+    /// A permit for one more delivery socket, for `holder` (an endpoint's count of the
+    /// sockets it holds, which the permit raises while it lives) or for no one in
+    /// particular, unless the budget is in use or the holder has its share of the
+    /// last tenth.
+    pub fn take(holder: Option<&Rc<Cell<usize>>>) -> Option<Permit> {
+        Self::take_from(&SOCKETS, holder)
+    }
+
+    fn take_from(budget: &'static Budget, holder: Option<&Rc<Cell<usize>>>) -> Option<Permit> {
+        let held = holder.map_or(0, |h| h.get());
+        if !budget.take(held) {
+            return None;
+        }
+        if let Some(h) = holder {
+            h.set(held + 1);
+        }
+        Some(Permit {
+            budget,
+            holder: holder.cloned(),
+        })
     }
 
     /// The budget (`usize::MAX` until [`init`]).
@@ -103,7 +139,10 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.budget.open.fetch_sub(1, Ordering::AcqRel);
+        if let Some(h) = &self.holder {
+            h.set(h.get() - 1);
+        }
     }
 }
 
@@ -131,12 +170,46 @@ mod tests {
     #[test]
     fn permits_are_counted_and_given_back() {
         let budget: &'static Budget = Box::leak(Box::new(Budget::new(2)));
-        let a = budget.take().expect("first");
-        let b = budget.take().expect("second");
-        assert!(budget.take().is_none(), "the budget is in use");
+        let held = Rc::new(Cell::new(0));
+        let a = Permit::take_from(budget, Some(&held)).expect("first");
+        let b = Permit::take_from(budget, None).expect("second");
+        assert_eq!(held.get(), 1);
+        assert!(
+            Permit::take_from(budget, None).is_none(),
+            "the budget is in use"
+        );
         drop(a);
-        assert!(budget.take().is_some());
+        assert_eq!(held.get(), 0);
+        assert!(Permit::take_from(budget, Some(&held)).is_some());
         drop(b);
+        assert_eq!(budget.open.load(Ordering::Acquire), 0);
+        assert_eq!(held.get(), 0);
+    }
+
+    #[test]
+    fn the_last_tenth_is_shared_out() {
+        let budget: &'static Budget = Box::leak(Box::new(Budget::new(100)));
+        // One holder alone takes nine tenths, and no more.
+        let hog = Rc::new(Cell::new(0));
+        let mut hogs: Vec<Permit> =
+            std::iter::from_fn(|| Permit::take_from(budget, Some(&hog))).collect();
+        assert_eq!(hogs.len(), 90);
+        // Another gets sockets while it holds fewer than are free: 5 of the 10.
+        let other = Rc::new(Cell::new(0));
+        let others: Vec<Permit> =
+            std::iter::from_fn(|| Permit::take_from(budget, Some(&other))).collect();
+        assert_eq!(others.len(), 5);
+        // The first, once some of its sockets close, gets none back while the budget
+        // is scarce and it holds more than are free; the other gets them.
+        hogs.truncate(85);
+        assert_eq!(hog.get(), 85);
+        assert!(Permit::take_from(budget, Some(&hog)).is_none());
+        let more: Vec<Permit> =
+            std::iter::from_fn(|| Permit::take_from(budget, Some(&other))).collect();
+        assert_eq!((more.len(), other.get()), (3, 8));
+        assert!(allows(65, 100, 4) && !allows(95, 100, 5) && !allows(100, 100, 0));
+        drop((others, more, hogs));
+        assert_eq!((hog.get(), other.get()), (0, 0));
         assert_eq!(budget.open.load(Ordering::Acquire), 0);
     }
 

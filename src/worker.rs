@@ -224,6 +224,8 @@ struct Ep {
     attempting: RefCell<Vec<Rc<Cell<Option<u64>>>>>,
     /// Delivery outcomes and attempts since start.
     counts: RefCell<EndpointCounts>,
+    /// Delivery sockets its lanes hold (their share of the budget: [`crate::fdlimit`]).
+    sockets: Rc<Cell<usize>>,
 }
 
 impl Ep {
@@ -242,6 +244,7 @@ impl Ep {
             gen: Cell::new(0),
             attempting: RefCell::new(Vec::new()),
             counts: RefCell::new(EndpointCounts::default()),
+            sockets: Rc::new(Cell::new(0)),
         }
     }
 
@@ -1262,7 +1265,7 @@ async fn hold(w: &Rc<Worker>, ep: &Rc<Ep>, me: &Rc<LocalNotify>, job: WJob, unti
 
 /// A delivery lane: one connection, one attempt at a time, jobs from its endpoint's queue.
 async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
-    let mut slot = ConnSlot::counted(w.conn_opens.clone());
+    let mut slot = ConnSlot::for_endpoint(w.conn_opens.clone(), ep.sockets.clone());
     let mut wbuf = Vec::with_capacity(4096);
     let mut scratch = Scratch::default();
     let me = Rc::new(LocalNotify::default());

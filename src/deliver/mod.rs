@@ -159,6 +159,9 @@ pub struct ConnSlot {
     /// any answer (or answered `408` and closed), and it went again on a new one.
     resent: bool,
     counts: Option<Rc<OpenCounts>>,
+    /// The delivery sockets its endpoint holds, for the budget's share-out
+    /// ([`crate::fdlimit`]).
+    held: Option<Rc<Cell<usize>>>,
     /// [`QUIET_CHECK_AFTER`]; tests lower it.
     quiet_after: Duration,
     /// The address the last connection was made to: tried first among a name's
@@ -174,6 +177,7 @@ impl Default for ConnSlot {
             first: false,
             resent: false,
             counts: None,
+            held: None,
             quiet_after: QUIET_CHECK_AFTER,
             last_good: None,
         }
@@ -185,6 +189,16 @@ impl ConnSlot {
     pub fn counted(counts: Rc<OpenCounts>) -> ConnSlot {
         ConnSlot {
             counts: Some(counts),
+            ..ConnSlot::default()
+        }
+    }
+
+    /// A slot whose connects are counted in `counts`, and whose socket counts among
+    /// the `held` ones of its endpoint.
+    pub fn for_endpoint(counts: Rc<OpenCounts>, held: Rc<Cell<usize>>) -> ConnSlot {
+        ConnSlot {
+            counts: Some(counts),
+            held: Some(held),
             ..ConnSlot::default()
         }
     }
@@ -269,10 +283,11 @@ impl ConnSlot {
         };
         rbuf.clear();
         // (The old connection's permit went with it, just above.)
-        let Some(permit) = Permit::take() else {
+        let Some(permit) = Permit::take(self.held.as_ref()) else {
             return Err(OpenError {
                 msg: format!(
-                    "not sent: the {} delivery sockets the open-file limit leaves are all open",
+                    "not sent: the {} delivery sockets the open-file limit leaves are in use \
+                     (or, nine tenths of them in use, this endpoint has its share)",
                     Permit::budget()
                 ),
                 local: true,

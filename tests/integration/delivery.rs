@@ -502,7 +502,8 @@ fn delivery_sockets_stay_within_the_open_file_limit() {
             format!("ok {id} {ENDPOINTS}")
         );
     }
-    rx.wait_for(256, Duration::from_secs(20));
+    // Nine tenths of the budget at least (the last tenth is shared out by need).
+    rx.wait_for(256 - 25, Duration::from_secs(20));
     srv.wait_log("deliveries held back", Duration::from_secs(20));
     // Ingest goes on while every delivery socket is in use.
     assert_eq!(
@@ -530,4 +531,45 @@ fn delivery_sockets_stay_within_the_open_file_limit() {
         }
     }
     assert_eq!(rx.count(), (EVENTS + 1) * ENDPOINTS);
+}
+
+/// An endpoint whose receiver hangs, with more lanes than there are delivery sockets,
+/// does not hold back the others: from nine tenths of the budget in use it gets no more
+/// sockets, and another endpoint's deliveries go out while its attempts wait.
+#[test]
+fn an_endpoint_that_hangs_leaves_sockets_for_the_others() {
+    const STUCK: usize = 300;
+    const OTHERS: usize = 40;
+    let (stuck, gate) = TestReceiver::gated();
+    let fine = TestReceiver::start();
+    let eps = endpoint(
+        "hog",
+        r#"["slow"]"#,
+        &stuck.url("/"),
+        "max_in_flight = 400\ntimeout = \"60s\"",
+    ) + &endpoint("other", r#"["fast"]"#, &fine.url("/"), "max_in_flight = 8");
+    let mut opts = ServerOpts::new(&eps);
+    // A budget of 256 delivery sockets.
+    opts.open_files_limit = Some(512);
+    let srv = TestServer::start_with(opts);
+    let mut c = srv.connect();
+    c.send_each_ok("slow", "hog", STUCK);
+    // The hog holds nine tenths of the budget, its receiver answering none.
+    stuck.wait_for(256 - 25, Duration::from_secs(20));
+    srv.wait_log("deliveries held back", Duration::from_secs(20));
+    c.send_each_ok("fast", "other", OTHERS);
+    fine.wait_for(OTHERS, Duration::from_secs(20));
+    assert!(
+        stuck.count() < 256,
+        "the hog got the shared tenth too: {}",
+        stuck.count()
+    );
+    gate.open();
+    srv.wait_metric(
+        "ricochet_deliveries_pending",
+        Duration::from_secs(60),
+        |v| v == 0.0,
+    );
+    assert_eq!(stuck.ids().len(), STUCK);
+    assert_eq!(fine.ids().len(), OTHERS);
 }
