@@ -81,6 +81,11 @@ impl fmt::Display for Problem {
 /// left out where the message names it already (an unknown or missing key) or there is
 /// none (`.`, the whole table).
 pub fn field_message(scope: &str, path: &str, message: &str) -> String {
+    let message = if is_secret_path(path) {
+        without_value(message)
+    } else {
+        std::borrow::Cow::Borrowed(message)
+    };
     // An unknown key's path ends in the key itself, which the message names.
     let path = if message.starts_with("unknown field") {
         path.rsplit_once('.').map_or("", |(parent, _)| parent)
@@ -92,6 +97,33 @@ pub fn field_message(scope: &str, path: &str, message: &str) -> String {
     } else {
         format!("{scope}: field `{path}`: {message}")
     }
+}
+
+/// Whether a field's value may be a secret (`admin_token`, `signing_secret`, a header's
+/// value): an error about it must not quote it (it goes to logs, terminals and API
+/// answers).
+fn is_secret_path(path: &str) -> bool {
+    let first = path.split(['.', '[']).next().unwrap_or("");
+    matches!(first, "admin_token" | "signing_secret" | "headers")
+}
+
+/// A deserialiser's message with the offending value left out: `invalid type: string
+/// "Bearer x", expected a table` becomes `invalid type: string, expected a table`.
+fn without_value(message: &str) -> std::borrow::Cow<'_, str> {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        let Some(rest) = message.strip_prefix(prefix) else {
+            continue;
+        };
+        let (Some(quote), Some(expected)) = (rest.find(['"', '`']), rest.rfind(", expected "))
+        else {
+            continue;
+        };
+        if quote < expected {
+            let kind = rest[..quote].trim_end();
+            return format!("{prefix}{kind}{}", &rest[expected..]).into();
+        }
+    }
+    std::borrow::Cow::Borrowed(message)
 }
 
 /// The whole configuration file.
@@ -1723,6 +1755,50 @@ disable_after = { "4xx" = "many" }
                 toml::from_str(&format!("name=\"a\"\nevents=[\"t\"]\nurl=\"{url}\"\n")).unwrap();
             assert!(refused(&e).contains("field `url`"), "{url}");
         }
+    }
+
+    #[test]
+    fn errors_about_secrets_do_not_quote_them() {
+        let m = |path, msg| field_message("endpoint a", path, msg);
+        assert_eq!(
+            m(
+                "headers",
+                "invalid type: string \"Authorization: Bearer s3, expected x\", expected a table"
+            ),
+            "endpoint a: field `headers`: invalid type: string, expected a table"
+        );
+        assert_eq!(
+            m(
+                "headers.X-Api-Key",
+                "invalid type: integer `123`, expected a string"
+            ),
+            "endpoint a: field `headers.X-Api-Key`: invalid type: integer, expected a string"
+        );
+        assert_eq!(
+            m(
+                "signing_secret",
+                "invalid type: floating point `1.5`, expected a string"
+            ),
+            "endpoint a: field `signing_secret`: invalid type: floating point, expected a string"
+        );
+        assert_eq!(
+            field_message(
+                "server",
+                "admin_token",
+                "invalid value: integer `7`, expected x"
+            ),
+            "server: field `admin_token`: invalid value: integer, expected x"
+        );
+        // Other fields' values are quoted, as they help.
+        assert_eq!(
+            m("timeout", "invalid type: integer `5`, expected a string"),
+            "endpoint a: field `timeout`: invalid type: integer `5`, expected a string"
+        );
+        // Nothing quoted: unchanged.
+        assert_eq!(
+            m("headers", "invalid type: sequence, expected a table"),
+            "endpoint a: field `headers`: invalid type: sequence, expected a table"
+        );
     }
 
     #[test]

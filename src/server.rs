@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::TcpListener;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -103,11 +103,27 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
     let driver = runtime::choose(s.driver)?;
     crate::deliver::tls::init(s.extra_ca_file.as_deref())?;
     // Owner only: the store holds endpoint definitions with their secrets, and events.
+    // Every file the store makes is owner-only too (the process's umask is 077 from
+    // here on; the socket gets the mode the umask it started with gives), so a data dir
+    // that already existed open to others does not show its files' contents.
+    // SAFETY: umask cannot fail; no other thread creates files yet.
+    let umask = unsafe { libc::umask(0o077) };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&s.data_dir)
         .with_context(|| format!("cannot create data dir {}", s.data_dir.display()))?;
+    if let Ok(meta) = std::fs::metadata(&s.data_dir) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                data_dir = %s.data_dir.display(),
+                mode = format_args!("{mode:04o}"),
+                "the data dir is open to other users, and it holds the endpoints' secrets: \
+                 `chmod 700` it (files made before this start may be readable by them)"
+            );
+        }
+    }
     let store = Store::open(&s.data_dir)
         .with_context(|| format!("cannot open the store in {}", s.data_dir.display()))?;
 
@@ -206,7 +222,7 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
     }
 
     let stopping = Arc::new(AtomicBool::new(false));
-    let unix = bind_unix(&s.socket)?;
+    let unix = bind_unix(&s.socket, 0o777 & !umask)?;
     // Ours from here on: removed when `serve` returns, also on a failed start.
     let _socket_file = SocketFile(s.socket.clone());
     spawn_acceptor(
@@ -394,7 +410,9 @@ impl Drop for SocketFile {
     }
 }
 
-fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
+/// Binds the ingest socket at `path`, with `mode` (the one the umask `serve` started
+/// with gives).
+fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         // Only a socket left by an earlier run is removed, never another file.
         if !meta.file_type().is_socket() {
@@ -409,7 +427,11 @@ fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
         std::fs::remove_file(path)
             .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
     }
-    UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    Ok(listener)
 }
 
 fn spawn_acceptor<F>(

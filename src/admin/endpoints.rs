@@ -725,7 +725,7 @@ mod tests {
             ),
             (
                 r#"{"name":"p","events":["t"],"url":"http://h/","headers":{"X":1}}"#,
-                "endpoint p: field `headers.X`: invalid type: integer `1`",
+                "endpoint p: field `headers.X`: invalid type: integer, expected a string",
             ),
             (
                 r#"{"name":"p","events":["t"],"url":"http://h/","retry":["1s","soon"]}"#,

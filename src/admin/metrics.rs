@@ -30,7 +30,11 @@ impl Admin {
     /// and knows the endpoint.
     pub(super) fn counts(&self, worker: usize, ep: EndpointId) -> Option<EndpointCounts> {
         let (reply, rx) = crossbeam_channel::bounded(1);
-        if !self.workers.get(worker)?.send(WorkerMsg::Counts { ep, reply }) {
+        if !self
+            .workers
+            .get(worker)?
+            .send(WorkerMsg::Counts { ep, reply })
+        {
             return None;
         }
         rx.recv_timeout(SCRAPE_WAIT).ok().flatten()

@@ -1903,7 +1903,16 @@ fn bad_values_are_400s_naming_the_field_each_once() {
         ),
         (
             r#","headers":{"X-Ok":"1","X":1}"#,
-            "endpoint f: field `headers.X`: invalid type: integer `1`, expected a string",
+            "endpoint f: field `headers.X`: invalid type: integer, expected a string",
+        ),
+        // A secret of the wrong type is not quoted back (the answer may reach logs).
+        (
+            r#","headers":"Authorization: Bearer s3cret-26""#,
+            "endpoint f: field `headers`: invalid type: string, expected a table",
+        ),
+        (
+            r#","signing_secret":12345678"#,
+            "endpoint f: field `signing_secret`: invalid type: integer, expected",
         ),
         (
             r#","disable_after":{"4xx":"x"}"#,
@@ -1922,6 +1931,7 @@ fn bad_values_are_400s_naming_the_field_each_once() {
         assert_eq!(status, 400, "{extra}: {v}");
         let msg = err_msg(&v);
         assert!(msg.starts_with(want), "{extra}: {msg}");
+        assert!(!msg.contains("s3cret") && !msg.contains("12345678"), "{msg}");
     }
     // Every problem, each once: the signing secret's message is not repeated.
     let (status, v) = http_json(

@@ -297,6 +297,43 @@ fn serve_flags_win_over_the_config_file() {
     );
 }
 
+/// A data dir that already exists open to others keeps its mode, but the files the
+/// store makes in it are owner-only (they hold the endpoints' secrets) and the start
+/// warns; the socket's mode still follows the umask the server started with.
+#[test]
+fn a_data_dir_open_to_others_gets_owner_only_files_and_a_warning() {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
+    std::fs::DirBuilder::new()
+        .mode(0o755)
+        .create(dir.path().join("data"))
+        .unwrap();
+    let mut opts = ServerOpts::new(&endpoint(
+        "e",
+        r#"["t"]"#,
+        "http://127.0.0.1:9/",
+        "headers = { Authorization = \"Bearer s3cret-0644\" }",
+    ));
+    opts.umask = Some(0o022);
+    let srv = TestServer::start_in(dir.clone(), &opts);
+    srv.wait_log(
+        "the data dir is open to other users",
+        Duration::from_secs(10),
+    );
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let data = dir.path().join("data");
+    assert_eq!(mode(&data), 0o755, "an existing dir keeps its mode");
+    let files: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(files.len() >= 4, "{files:?}");
+    for f in files {
+        assert_eq!(mode(&f) & 0o077, 0, "{} is {:o}", f.display(), mode(&f));
+    }
+    assert_eq!(mode(&dir.path().join("ricochet.sock")), 0o755);
+}
+
 #[test]
 fn render_reads_the_event_from_standard_input() {
     let dir = tempfile::tempdir().expect("temp dir");

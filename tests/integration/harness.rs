@@ -362,6 +362,8 @@ pub struct ServerOpts {
     pub file_size_limit: Option<u64>,
     /// RLIMIT_NOFILE for the server, soft and hard.
     pub open_files_limit: Option<u64>,
+    /// The umask the server starts with.
+    pub umask: Option<libc::mode_t>,
     /// Command-line arguments after `serve --config FILE`.
     pub args: Vec<String>,
     /// Stop reading the server's stderr once it is ready, closing the pipe (a log
@@ -377,6 +379,7 @@ impl ServerOpts {
             tcp: false,
             file_size_limit: None,
             open_files_limit: None,
+            umask: None,
             args: Vec::new(),
             close_stderr: false,
         }
@@ -435,12 +438,16 @@ impl TestServer {
             (libc::RLIMIT_FSIZE, opts.file_size_limit),
             (libc::RLIMIT_NOFILE, opts.open_files_limit),
         ];
-        if limits.iter().any(|(_, l)| l.is_some()) {
+        let umask = opts.umask;
+        if limits.iter().any(|(_, l)| l.is_some()) || umask.is_some() {
             // SAFETY: only async-signal-safe calls between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
                     // Past RLIMIT_FSIZE a write fails with EFBIG instead of a signal.
                     libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                    if let Some(mask) = umask {
+                        libc::umask(mask);
+                    }
                     for (resource, limit) in limits {
                         let Some(limit) = limit else { continue };
                         let r = libc::rlimit {
