@@ -861,6 +861,7 @@ fn run_http(store: &Store, queries: &[Query], reps: usize) -> Vec<Vec<f64>> {
         token: None,
         commit,
         workers: Vec::new(),
+        finals: ricochet::metrics::final_snapshots(0),
         registry: Arc::new(RwLock::new(BTreeMap::new())),
         max_line_bytes: 1 << 20,
         stopping: Arc::new(AtomicBool::new(false)),

@@ -239,6 +239,16 @@ pub struct WorkerSnapshot {
     pub lanes_idle_exits: u64,
 }
 
+/// Per worker, the snapshot it took as it stopped: a scrape during a shutdown reads it
+/// for a worker that has finished (its counters would otherwise drop out of the sums,
+/// which Prometheus reads as a reset).
+pub type FinalSnapshots = std::sync::Arc<Vec<std::sync::Mutex<Option<WorkerSnapshot>>>>;
+
+/// Empty final snapshots for `workers` workers.
+pub fn final_snapshots(workers: usize) -> FinalSnapshots {
+    std::sync::Arc::new((0..workers).map(|_| std::sync::Mutex::new(None)).collect())
+}
+
 /// The committer's metrics at one moment.
 #[derive(Debug, Clone)]
 pub struct CommitSnapshot {

@@ -131,6 +131,7 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
     let known: HashMap<String, EndpointMeta> = store.endpoints()?.into_iter().collect();
 
     let n = s.worker_count();
+    let finals = crate::metrics::final_snapshots(n);
     let mut worker_tx = Vec::new();
     let mut worker_rx = Vec::new();
     for _ in 0..n {
@@ -196,6 +197,7 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
     for (idx, (inbox, endpoints)) in worker_rx.into_iter().zip(per_worker).enumerate() {
         let setup = WorkerSetup {
             idx,
+            finals: finals.clone(),
             inbox,
             commit: commit_tx.clone(),
             state: endpoints
@@ -259,6 +261,7 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
         token: s.admin_token.clone(),
         commit: commit_tx.clone(),
         workers: worker_tx.clone(),
+        finals,
         registry,
         max_line_bytes: s.max_line_bytes,
         stopping: stopping.clone(),

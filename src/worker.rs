@@ -38,7 +38,9 @@ use crate::deliver::{ssrf, ConnSlot, Exchange, OpenCounts};
 use crate::endpoint::EndpointSpec;
 use crate::ingest::{self, ConnCtx, ConnShared};
 use crate::local::{yield_now, LocalNotify};
-use crate::metrics::{AttemptResult, EndpointCounts, Hist, IngestCounters, WorkerSnapshot};
+use crate::metrics::{
+    AttemptResult, EndpointCounts, FinalSnapshots, Hist, IngestCounters, WorkerSnapshot,
+};
 use crate::queue::{JobQueue, Queued, Ready};
 use crate::ratelimit::TokenBucket;
 use crate::schedule::wheel::TimerWheel;
@@ -140,6 +142,8 @@ pub struct WorkerSetup {
     pub endpoints: Vec<Arc<EndpointSpec>>,
     /// Persisted state of those endpoints (disabled, failure counters).
     pub state: EndpointStates,
+    /// Where it leaves its last snapshot as it stops (at its `idx`).
+    pub finals: FinalSnapshots,
     pub resolver: ResolverThread,
     pub max_line_bytes: usize,
     /// The unanswered-line budget every worker's ingest connections share.
@@ -409,6 +413,13 @@ pub async fn run(setup: WorkerSetup) {
             "attempts still in flight at the shutdown bound were abandoned; they are made again at the next start"
         );
     }
+    // Before the inbox closes: a scrape that finds it closed reads this instead.
+    if let Some(slot) = setup.finals.get(w.idx) {
+        if let Ok(mut last) = slot.lock() {
+            *last = Some(w.snapshot());
+        }
+    }
+    drop(inbox);
     tracing::debug!(worker = w.idx, unfinished, "worker stopped");
 }
 

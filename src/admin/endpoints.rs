@@ -121,7 +121,7 @@ impl Admin {
             Ok(m) => m,
             Err(r) => return r,
         };
-        let counts = self.counts(worker_for(name, self.workers.len()), spec.id);
+        let counts = self.counts(worker_for(name, self.workers.len()), spec.id, name);
         json_response(status, &describe(&spec, meta.as_ref(), counts.as_ref()))
     }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::{Admin, Response};
 use crate::commit::CommitMsg;
-use crate::metrics::{encode, AdminCounts, EndpointCounts, Scrape};
+use crate::metrics::{encode, AdminCounts, EndpointCounts, Scrape, WorkerSnapshot};
 use crate::store::EndpointId;
 use crate::worker::WorkerMsg;
 
@@ -26,18 +26,35 @@ impl Admin {
         }
     }
 
-    /// One endpoint's counters from its worker, if it answers within [`SCRAPE_WAIT`]
-    /// and knows the endpoint.
-    pub(super) fn counts(&self, worker: usize, ep: EndpointId) -> Option<EndpointCounts> {
+    /// One endpoint's counters from its worker (if it answers within [`SCRAPE_WAIT`],
+    /// or has stopped and left its last snapshot), if it knows the endpoint.
+    pub(super) fn counts(
+        &self,
+        worker: usize,
+        ep: EndpointId,
+        name: &str,
+    ) -> Option<EndpointCounts> {
         let (reply, rx) = crossbeam_channel::bounded(1);
-        if !self
+        if self
             .workers
             .get(worker)?
             .send(WorkerMsg::Counts { ep, reply })
         {
-            return None;
+            match rx.recv_timeout(SCRAPE_WAIT) {
+                Ok(counts) => return counts,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => return None,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {}
+            }
         }
-        rx.recv_timeout(SCRAPE_WAIT).ok().flatten()
+        let last = self.final_snapshot(worker)?;
+        last.endpoints
+            .into_iter()
+            .find_map(|(n, c)| (n == name).then_some(c))
+    }
+
+    /// The snapshot worker `i` left as it stopped, if it has.
+    fn final_snapshot(&self, i: usize) -> Option<WorkerSnapshot> {
+        self.finals.get(i)?.lock().ok()?.clone()
     }
 
     /// Snapshots of every worker and, with `committer`, of the committer; whatever
@@ -50,8 +67,6 @@ impl Admin {
         for w in &self.workers {
             if w.send(WorkerMsg::Snapshot(wtx.clone())) {
                 asked += 1;
-            } else {
-                unanswered += 1;
             }
         }
         drop(wtx);
@@ -60,14 +75,24 @@ impl Admin {
             self.commit.send(CommitMsg::Snapshot(ctx));
             crx
         });
-        let mut workers = Vec::with_capacity(asked);
+        let mut workers = Vec::with_capacity(self.workers.len());
         while workers.len() < asked {
             match wrx.recv_deadline(deadline) {
                 Ok(s) => workers.push(s),
                 Err(_) => break,
             }
         }
-        unanswered += asked - workers.len();
+        // A worker that did not answer has stopped (a shutdown) and left its last
+        // snapshot, or is stuck: then it is left out, and counted.
+        for i in 0..self.workers.len() {
+            if workers.iter().any(|w| w.worker == i) {
+                continue;
+            }
+            match self.final_snapshot(i) {
+                Some(last) => workers.push(last),
+                None => unanswered += 1,
+            }
+        }
         let commit = crx.and_then(|rx| rx.recv_deadline(deadline).ok());
         if committer && commit.is_none() {
             unanswered += 1;

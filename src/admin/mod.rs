@@ -44,6 +44,7 @@ use serde_json::json;
 
 use crate::commit::{CommitMsg, Registry};
 use crate::deliver::http1::percent_decode;
+use crate::metrics::FinalSnapshots;
 use crate::shard::MailboxSender;
 use crate::store::Store;
 use crate::worker::WorkerMsg;
@@ -71,6 +72,8 @@ pub struct AdminSetup {
     pub token: Option<String>,
     pub commit: MailboxSender<CommitMsg>,
     pub workers: Vec<MailboxSender<WorkerMsg>>,
+    /// The workers' last snapshots, left as they stop.
+    pub finals: FinalSnapshots,
     /// The running endpoints, compiled (kept by the committer).
     pub registry: Registry,
     pub max_line_bytes: usize,
@@ -93,6 +96,7 @@ struct Admin {
     token: Option<String>,
     commit: MailboxSender<CommitMsg>,
     workers: Vec<MailboxSender<WorkerMsg>>,
+    finals: FinalSnapshots,
     registry: Registry,
     max_line_bytes: usize,
     stopping: Arc<AtomicBool>,
@@ -170,6 +174,7 @@ pub fn start(setup: AdminSetup) -> std::io::Result<SocketAddr> {
         token: setup.token,
         commit: setup.commit,
         workers: setup.workers,
+        finals: setup.finals,
         registry: setup.registry,
         max_line_bytes: setup.max_line_bytes,
         stopping: setup.stopping,

@@ -286,6 +286,60 @@ fn a_shutdown_refuses_http_ingest_while_attempts_drain() {
     assert_eq!(rx.count(), 1);
 }
 
+/// While a shutdown waits for one worker's attempts, the other worker has stopped:
+/// `/metrics` and an endpoint's counters still show what it did (its last snapshot), so
+/// no counter goes down (Prometheus would read a reset) and none is left out.
+#[test]
+fn counters_of_a_stopped_worker_stay_in_the_metrics_while_the_other_drains() {
+    let (held, gate) = TestReceiver::gated();
+    let fine = TestReceiver::start();
+    // One endpoint on each of the two workers.
+    let name_on = |w: usize| {
+        (0..)
+            .map(|i| format!("ep{i}"))
+            .find(|n| ricochet::shard::worker_for(n, 2) == w)
+            .unwrap()
+    };
+    let (slow, quick) = (name_on(0), name_on(1));
+    let mut opts = ServerOpts::new(
+        &(endpoint(&slow, r#"["slow"]"#, &held.url("/"), "timeout = \"30s\"")
+            + &endpoint(&quick, r#"["quick"]"#, &fine.url("/"), "")),
+    );
+    opts.log_filter = Some("info,ricochet::worker=debug".into());
+    let mut srv = TestServer::start_with(opts);
+    let mut c = srv.connect();
+    c.send_each_ok("quick", "q", 20);
+    c.send_each_ok("slow", "s", 1);
+    fine.wait_for(20, Duration::from_secs(10));
+    held.wait_for(1, Duration::from_secs(10));
+    let attempts = |m: &ricochet::metrics::Exposition, ep: &str| {
+        m.value("ricochet_attempts_total", &[("endpoint", ep)])
+    };
+    srv.wait_metric("ricochet_deliveries_total", Duration::from_secs(10), |v| {
+        v == 20.0
+    });
+    let before = srv.metrics();
+    assert_eq!(attempts(&before, &quick), Some(20.0));
+    srv.terminate();
+    srv.wait_log("worker stopped worker=1", Duration::from_secs(10));
+    let during = srv.metrics();
+    assert_eq!(during.value("ricochet_metrics_unanswered", &[]), Some(0.0));
+    assert_eq!(attempts(&during, &quick), Some(20.0));
+    for name in [
+        "ricochet_lanes_started_total",
+        "ricochet_attempt_latency_seconds_count",
+        "ricochet_connections_opened_total",
+    ] {
+        let (b, d) = (before.value(name, &[]), during.value(name, &[]));
+        assert!(b.is_some() && d >= b, "{name}: {b:?} before, {d:?} during");
+    }
+    let (status, v) = srv.get(&format!("/v1/endpoints/{quick}"));
+    assert_eq!(status, 200);
+    assert_eq!(v["counters"]["attempts"], 20, "{v}");
+    gate.open();
+    assert_eq!(srv.wait_exit(), Some(0));
+}
+
 /// A reader that takes at most 4 KiB per read, 2 ms apart: a producer slow to read its
 /// answers.
 struct SlowReader(Box<dyn Read + Send>);

@@ -364,6 +364,8 @@ pub struct ServerOpts {
     pub open_files_limit: Option<u64>,
     /// The umask the server starts with.
     pub umask: Option<libc::mode_t>,
+    /// `RICOCHET_LOG` (default `info`).
+    pub log_filter: Option<String>,
     /// Command-line arguments after `serve --config FILE`.
     pub args: Vec<String>,
     /// Stop reading the server's stderr once it is ready, closing the pipe (a log
@@ -380,6 +382,7 @@ impl ServerOpts {
             file_size_limit: None,
             open_files_limit: None,
             umask: None,
+            log_filter: None,
             args: Vec::new(),
             close_stderr: false,
         }
@@ -430,7 +433,7 @@ impl TestServer {
             .arg("--config")
             .arg(&config_path)
             .args(&opts.args)
-            .env("RICOCHET_LOG", "info")
+            .env("RICOCHET_LOG", opts.log_filter.as_deref().unwrap_or("info"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
