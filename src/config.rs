@@ -1570,7 +1570,7 @@ disable_after = { "4xx" = "many" }
                 "16:10: endpoint b: field `method`: unknown variant `DELETE`, expected one of `GET`, `POST`, `PUT`, `PATCH`",
                 "17:1: endpoint b: unknown field `retries`, expected one of `name`, `events`, `account`, `url`, `method`, `format`, `body`, `headers`, `min_delay`, `max_rps`, `max_in_flight`, `timeout`, `success`, `error`, `retry`, `disable_after`, `signing_secret`, `ordered`, `enabled`",
                 "21:10: endpoint c: field `events`: invalid type: string \"t\", expected a sequence",
-                "22:33: endpoint c: field `headers.X-Bad`: invalid type: integer `2`, expected a string",
+                "22:33: endpoint c: field `headers.X-Bad`: invalid type: integer, expected a string",
                 "24:1: endpoint d: missing field `url`",
                 "32:27: endpoint ok: field `disable_after.4xx`: invalid type: string \"many\", expected u32",
             ],

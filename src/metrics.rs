@@ -237,6 +237,8 @@ pub struct WorkerSnapshot {
     pub lanes_started: u64,
     /// Lanes that exited after a spell without work (closing their connection).
     pub lanes_idle_exits: u64,
+    /// Times a delivery was held back a second for want of a socket (not attempts).
+    pub holds: u64,
 }
 
 /// Per worker, the snapshot it took as it stopped: a scrape during a shutdown reads it
@@ -367,13 +369,14 @@ pub fn encode(s: &Scrape) -> String {
     let mut delivery_lag = Hist::millis();
     let mut eps: BTreeMap<&str, EndpointCounts> = BTreeMap::new();
     let mut opened = [0u64; OpenReason::COUNT];
-    let (mut lanes_started, mut lanes_idle_exits) = (0u64, 0u64);
+    let (mut lanes_started, mut lanes_idle_exits, mut holds) = (0u64, 0u64, 0u64);
     for w in &s.workers {
         for (a, b) in opened.iter_mut().zip(w.connections_opened) {
             *a += b;
         }
         lanes_started += w.lanes_started;
         lanes_idle_exits += w.lanes_idle_exits;
+        holds += w.holds;
         invalid += w.rejected_invalid;
         too_large += w.rejected_too_large;
         in_memory += w.in_memory;
@@ -477,7 +480,7 @@ pub fn encode(s: &Scrape) -> String {
         &mut out,
         "ricochet_connections_opened_total",
         "counter",
-        "Connections the delivery lanes opened, by reason: first (a new lane), peer_closed (the receiver closed the last one), after_error (the last one failed or timed out), stale (a kept connection failed before any response; the request went again), peer_changed (another address).",
+        "Connections the delivery lanes opened (made, not tried), by reason: first (a new lane), peer_closed (the receiver closed the last one), after_error (the last one failed or timed out), stale (a kept connection failed before any response; the request went again), peer_changed (another address).",
     );
     for r in OpenReason::ALL {
         sample(
@@ -511,6 +514,15 @@ pub fn encode(s: &Scrape) -> String {
         &[],
         lanes_idle_exits as f64,
     );
+    family(
+        &mut out,
+        "ricochet_delivery_holds_total",
+        "counter",
+        "Times a delivery was held back a second for want of a socket (the open-file \
+         limit's budget in use, or the kernel out of descriptors or socket memory); not \
+         attempts.",
+    );
+    sample(&mut out, "ricochet_delivery_holds_total", &[], holds as f64);
     family(
         &mut out,
         "ricochet_deliveries_pending",
@@ -875,6 +887,7 @@ mod tests {
             connections_opened: [16, 0, 2, 1, 0],
             lanes_started: 16,
             lanes_idle_exits: 3,
+            holds: 4,
         };
         let mut ack = Hist::micros();
         ack.record_n(800, 10);
@@ -929,6 +942,7 @@ mod tests {
             Some(4.0)
         );
         assert_eq!(exp.value("ricochet_lanes_idle_exits_total", &[]), Some(6.0));
+        assert_eq!(exp.value("ricochet_delivery_holds_total", &[]), Some(8.0));
         assert_eq!(
             exp.value(
                 "ricochet_attempts_total",

@@ -314,6 +314,8 @@ struct Worker {
     /// Lanes started, and lanes that exited after [`LANE_IDLE`] without work.
     lanes_started: Cell<u64>,
     lanes_idle_exits: Cell<u64>,
+    /// Deliveries held back for want of a socket, since start.
+    holds: Cell<u64>,
 }
 
 pub fn now_ms() -> u64 {
@@ -360,6 +362,7 @@ pub async fn run(setup: WorkerSetup) {
         conn_opens: Rc::new(OpenCounts::default()),
         lanes_started: Cell::new(0),
         lanes_idle_exits: Cell::new(0),
+        holds: Cell::new(0),
     });
     monoio::spawn(timer_loop(w.clone()));
     let inbox = setup.inbox;
@@ -580,6 +583,7 @@ impl Worker {
             connections_opened: self.conn_opens.get(),
             lanes_started: self.lanes_started.get(),
             lanes_idle_exits: self.lanes_idle_exits.get(),
+            holds: self.holds.get(),
         }
     }
 
@@ -1159,18 +1163,21 @@ impl Worker {
     /// Counts a delivery held back for want of a socket, and says so at most every
     /// [`NOT_SENT_WARN_EVERY`] (under exhaustion it happens for every job).
     fn not_sent(&self, why: &str) {
+        self.holds.set(self.holds.get() + 1);
         let (count, last) = self.not_sent.get();
         let count = count + 1;
         if last.is_some_and(|t| t.elapsed() < NOT_SENT_WARN_EVERY) {
             self.not_sent.set((count, last));
             return;
         }
-        // The count is the worker's, over every endpoint: none is named.
+        // The count is the worker's, over every endpoint: none is named. It counts
+        // holds, not deliveries: one held again a second later counts again.
         tracing::warn!(
             worker = self.idx,
-            held_back = count,
+            holds_since_last_warning = count,
             retry_in = ?NOT_SENT_PAUSE,
-            "deliveries held back: no socket to be had ({why}); not counted as attempts"
+            "deliveries held back: no socket to be had ({why}); not counted as attempts \
+             (ricochet_delivery_holds_total counts every hold)"
         );
         self.not_sent.set((0, Some(Instant::now())));
     }

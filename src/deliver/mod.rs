@@ -293,9 +293,6 @@ impl ConnSlot {
                 local: true,
             });
         };
-        if let Some(c) = &self.counts {
-            c.count(reason);
-        }
         let order = connect_order(self.last_good, ips);
         // Boxed: the connect and TLS handshake futures are large, and a future held
         // inline makes every request's future as large (moved on each attempt).
@@ -332,6 +329,10 @@ impl ConnSlot {
                 return Err(e);
             }
         };
+        // Counted once made: a refused connect opened nothing.
+        if let Some(c) = &self.counts {
+            c.count(reason);
+        }
         self.failed = false;
         self.last_good = Some(addr.ip());
         self.conn = Some(Conn {

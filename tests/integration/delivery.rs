@@ -505,6 +505,8 @@ fn delivery_sockets_stay_within_the_open_file_limit() {
     // Nine tenths of the budget at least (the last tenth is shared out by need).
     rx.wait_for(256 - 25, Duration::from_secs(20));
     srv.wait_log("deliveries held back", Duration::from_secs(20));
+    let holds = srv.metrics().value("ricochet_delivery_holds_total", &[]);
+    assert!(holds >= Some(1.0), "{holds:?}");
     // Ingest goes on while every delivery socket is in use.
     assert_eq!(
         c.send(&event("t", "fd-late", "{}")),
@@ -572,4 +574,31 @@ fn an_endpoint_that_hangs_leaves_sockets_for_the_others() {
     );
     assert_eq!(stuck.ids().len(), STUCK);
     assert_eq!(fine.ids().len(), OTHERS);
+}
+
+/// A connect the receiver refuses opens no connection: `ricochet_connections_opened_total`
+/// counts connections made, not tries (it counted every refused one as `after_error`).
+#[test]
+fn refused_connects_are_not_counted_as_connections_opened() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let srv = TestServer::start(&endpoint(
+        "nobody",
+        r#"["t"]"#,
+        &format!("http://127.0.0.1:{port}/"),
+        "retry = \"none\"\nmax_in_flight = 1",
+    ));
+    srv.connect().send_each_ok("t", "refused", 3);
+    srv.wait_metric("ricochet_deliveries_total", Duration::from_secs(20), |v| {
+        v == 3.0
+    });
+    let m = srv.metrics();
+    assert_eq!(
+        m.value("ricochet_attempts_total", &[("result", "error")]),
+        Some(3.0)
+    );
+    assert_eq!(m.value("ricochet_connections_opened_total", &[]), Some(0.0));
 }
