@@ -524,6 +524,61 @@ struct State {
     /// Events of retries due soon, kept from their failed attempt for the loader.
     waiting: Waiting,
     stats: Stats,
+    write_failures: WriteFailures,
+}
+
+/// Rounds the store refused to write (a full disk), logged at most every
+/// [`WRITE_FAILURE_LOG_EVERY`] with what they cost, and once more when writes succeed
+/// again: one line per round flooded the log (hundreds a second).
+#[derive(Default)]
+struct WriteFailures {
+    /// Since the last line logged.
+    rounds: u64,
+    lines: u64,
+    outcomes: u64,
+    last_logged: Option<Instant>,
+}
+
+const WRITE_FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl WriteFailures {
+    fn failed(&mut self, e: &store::StoreError, lines: u64, outcomes: u64) {
+        self.rounds += 1;
+        self.lines += lines;
+        self.outcomes += outcomes;
+        if self
+            .last_logged
+            .is_some_and(|t| t.elapsed() < WRITE_FAILURE_LOG_EVERY)
+        {
+            return;
+        }
+        tracing::error!(
+            error = %e,
+            rounds = self.rounds,
+            lines_refused = self.lines,
+            outcomes_unrecorded = self.outcomes,
+            "store write failed (counts since the last such line): the lines are answered \
+             `unavailable`; deliveries whose attempt outcome was not recorded are made again \
+             after a restart"
+        );
+        *self = WriteFailures {
+            last_logged: Some(Instant::now()),
+            ..WriteFailures::default()
+        };
+    }
+
+    fn succeeded(&mut self) {
+        if self.last_logged.is_none() {
+            return;
+        }
+        tracing::warn!(
+            rounds = self.rounds,
+            lines_refused = self.lines,
+            outcomes_unrecorded = self.outcomes,
+            "store writes succeed again (the counts are those since the last failure logged)"
+        );
+        *self = WriteFailures::default();
+    }
 }
 
 /// A deleted endpoint whose pending deliveries are being failed: its paused ones, then
@@ -747,6 +802,7 @@ impl Committer {
             sweep: None,
             dropping: Vec::new(),
             waiting: Waiting::default(),
+            write_failures: WriteFailures::default(),
             stats: Stats {
                 acks: AckStats::default(),
                 commit_time: Hist::micros(),
@@ -903,6 +959,7 @@ impl State {
         // worker had reported before it paused.
         let mut enable_replies = Vec::new();
         let mut put_replies = Vec::new();
+        let mut outcomes = 0u64;
         // Every producer id of the round looked up at once, in message order.
         let known_ids = {
             let ids: Vec<&[u8]> = msgs
@@ -948,6 +1005,7 @@ impl State {
                     acks.push((b.to, b.sent_at, results));
                 }
                 CommitMsg::Outcomes(list) => {
+                    outcomes += list.len() as u64;
                     for o in list {
                         self.record(o, &mut batch, &mut jobs_from_outcomes, &mut delta);
                     }
@@ -997,7 +1055,8 @@ impl State {
             }
             if let Err(e) = result {
                 written = false;
-                tracing::error!(error = %e, "store write failed; answering unavailable");
+                let lines = acks.iter().map(|(_, _, r)| r.len() as u64).sum();
+                self.write_failures.failed(&e, lines, outcomes);
                 for (ep, before) in self.first_due_before.drain(..) {
                     if let Some(info) = self.router.eps.get_mut(&ep) {
                         info.meta.first_due_ms = before;
@@ -1007,10 +1066,13 @@ impl State {
                 // seen in this round names an event that was not written.
                 syncer::refuse(&mut acks, &format!("cannot persist: {e}"), true);
                 jobs_from_ingest.clear();
-            } else if has_events {
-                match self.durability {
-                    Durability::Sync => fsync = true,
-                    _ => self.unsynced = true,
+            } else {
+                self.write_failures.succeeded();
+                if has_events {
+                    match self.durability {
+                        Durability::Sync => fsync = true,
+                        _ => self.unsynced = true,
+                    }
                 }
             }
         }
@@ -1764,10 +1826,13 @@ impl State {
     /// Keeps a deletion for the next tick if it is not done; logs it if it is.
     fn dropped(&mut self, d: Dropping) {
         if d.done() {
+            // By id: the name is gone with the endpoint (the `endpoint deleted` line
+            // gives both). Those its worker held fail as it drops them, not counted here.
             tracing::info!(
                 id = d.ep,
-                failed = d.failed,
-                "a deleted endpoint's pending deliveries failed"
+                failed_in_store = d.failed,
+                "a deleted endpoint's deliveries waiting in the store failed (those its \
+                 worker held fail as it drops them)"
             );
         } else {
             self.dropping.push(d);

@@ -381,6 +381,16 @@ fn full_disk_answers_unavailable_and_keeps_the_connection() {
     }
     assert!(saw_unavailable, "the disk never filled up");
     // The connection is still answered.
-    let a = c.send(&event("t", "after-full", "{}"));
-    assert!(a.starts_with("err unavailable"), "{a}");
+    for i in 0..20 {
+        let a = c.send(&event("t", &format!("after-full-{i}"), "{}"));
+        assert!(a.starts_with("err unavailable"), "{a}");
+    }
+    // The failures are logged at most every 10 s, with counts (one line per refused
+    // round flooded the log).
+    let failures = srv.log().matches("store write failed").count();
+    assert!(
+        (1..=3).contains(&failures),
+        "{failures} lines for 21 refused rounds:\n{}",
+        srv.log()
+    );
 }
