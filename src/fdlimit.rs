@@ -4,7 +4,10 @@
 //! Owns the budget of outgoing (delivery) sockets: at most the open-file limit less a
 //! reserve for RocksDB (its WAL, table files, flush and compaction outputs), ingest and
 //! admin connections, listeners and the runtimes' own descriptors. A lane takes a
-//! [`Permit`] before it connects and the permit goes with the connection. Without it,
+//! [`Permit`] before it connects and the permit goes with the connection. Ingest
+//! connections have a budget of their own, half the reserve ([`ConnPermit`]): producers
+//! that leave hundreds of connections open would otherwise take the store's
+//! descriptors. Without it,
 //! endpoints × `max_in_flight` could exhaust the descriptors: a WAL that cannot be
 //! opened leaves RocksDB refusing writes until a restart, and a socket that cannot be
 //! made would count as the receiver's failure. It must not decide what a lane does
@@ -24,6 +27,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The delivery sockets of every worker.
 static SOCKETS: Budget = Budget::new(usize::MAX);
+/// Ingest connections (Unix socket and TCP).
+static INGEST: Budget = Budget::new(usize::MAX);
 
 /// Sockets open against how many may be.
 #[derive(Debug)]
@@ -57,15 +62,30 @@ pub fn init() -> std::io::Result<(u64, u64, usize)> {
     }
     let budget = budget_for(lim.rlim_cur);
     SOCKETS.max.store(budget, Ordering::Release);
+    INGEST
+        .max
+        .store(ingest_budget_for(lim.rlim_cur), Ordering::Release);
     Ok((before, lim.rlim_cur, budget))
 }
 
-/// The delivery sockets a limit of `limit` open files leaves: a quarter is kept for
-/// everything else, at least 256 and at most 16,384 descriptors.
+/// Descriptors kept from delivery sockets: a quarter of the limit, at least 256 and at
+/// most 16,384.
+fn reserve_for(limit: usize) -> usize {
+    (limit / 4).clamp(256, 16_384)
+}
+
+/// The delivery sockets a limit of `limit` open files leaves: everything but the
+/// reserve.
 pub fn budget_for(limit: u64) -> usize {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let reserve = (limit / 4).clamp(256, 16_384);
-    limit.saturating_sub(reserve).max(1)
+    limit.saturating_sub(reserve_for(limit)).max(1)
+}
+
+/// The ingest connections a limit of `limit` open files allows: half the reserve (the
+/// other half is the store's, the admin API's and the process's own).
+pub fn ingest_budget_for(limit: u64) -> usize {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    reserve_for(limit).min(limit) / 2
 }
 
 impl Budget {
@@ -146,6 +166,35 @@ impl Drop for Permit {
     }
 }
 
+/// One ingest connection's share of its budget, given back when dropped. It travels
+/// with the connection from the accepting thread to its worker.
+#[derive(Debug)]
+pub struct ConnPermit(&'static Budget);
+
+impl ConnPermit {
+    /// A permit for one more ingest connection, unless as many are open as the limit
+    /// allows.
+    pub fn take() -> Option<ConnPermit> {
+        Self::take_from(&INGEST)
+    }
+
+    fn take_from(budget: &'static Budget) -> Option<ConnPermit> {
+        // Made only once taken: a permit dropped gives its count back.
+        budget.take(0).then(|| ConnPermit(budget))
+    }
+
+    /// The ingest budget (`usize::MAX` until [`init`]).
+    pub fn budget() -> usize {
+        INGEST.max.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Whether a failure to make a socket is this machine's want of resources (open-file
 /// limits, kernel memory) rather than anything about the receiver.
 pub fn is_local_exhaustion(e: &std::io::Error) -> bool {
@@ -165,6 +214,10 @@ mod tests {
         assert_eq!(budget_for(256), 1);
         assert_eq!(budget_for(20_000), 15_000);
         assert_eq!(budget_for(1 << 20), (1 << 20) - 16_384);
+        assert_eq!(ingest_budget_for(1024), 128);
+        assert_eq!(ingest_budget_for(20_000), 2_500);
+        assert_eq!(ingest_budget_for(1 << 20), 8_192);
+        assert_eq!(ingest_budget_for(100), 50);
     }
 
     #[test]
@@ -184,6 +237,21 @@ mod tests {
         drop(b);
         assert_eq!(budget.open.load(Ordering::Acquire), 0);
         assert_eq!(held.get(), 0);
+    }
+
+    #[test]
+    fn ingest_permits_are_counted_and_a_refusal_takes_none() {
+        let budget: &'static Budget = Box::leak(Box::new(Budget::new(2)));
+        let a = ConnPermit::take_from(budget).expect("first");
+        let b = ConnPermit::take_from(budget).expect("second");
+        for _ in 0..3 {
+            assert!(ConnPermit::take_from(budget).is_none());
+        }
+        assert_eq!(budget.open.load(Ordering::Acquire), 2);
+        drop(a);
+        let c = ConnPermit::take_from(budget).expect("one given back");
+        drop((b, c));
+        assert_eq!(budget.open.load(Ordering::Acquire), 0);
     }
 
     #[test]

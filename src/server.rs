@@ -23,11 +23,12 @@ use crate::commit::{CommitMsg, Committer, Registry, RouteInfo};
 use crate::config::{Config, ConfigFile, Problem};
 use crate::deliver::dns::ResolverThread;
 use crate::endpoint::EndpointSpec;
+use crate::fdlimit::ConnPermit;
 use crate::runtime;
 use crate::shard::{mailbox, worker_for, MailboxSender};
 use crate::store::{DisabledBy, EndpointId, EndpointMeta, EndpointSource, Store};
 use crate::syncer::{self, Syncer};
-use crate::worker::{self, WorkerMsg, WorkerSetup};
+use crate::worker::{self, IngestStream, WorkerMsg, WorkerSetup};
 
 /// How long workers may take to finish in-flight attempts at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -96,6 +97,7 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
             open_files = now,
             raised_from = before,
             delivery_sockets = budget,
+            ingest_connections = ConnPermit::budget(),
             "open-file limit"
         ),
         Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
@@ -234,7 +236,7 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
         move || {
             unix.accept().map(|(s, _)| {
                 let _ = s.set_nonblocking(true);
-                WorkerMsg::UnixConn(s)
+                IngestStream::Unix(s)
             })
         },
     )?;
@@ -250,7 +252,7 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
                 l.accept().map(|(s, _)| {
                     let _ = s.set_nodelay(true);
                     let _ = s.set_nonblocking(true);
-                    WorkerMsg::TcpConn(s)
+                    IngestStream::Tcp(s)
                 })
             },
         )?;
@@ -444,7 +446,7 @@ fn spawn_acceptor<F>(
     mut accept: F,
 ) -> std::io::Result<()>
 where
-    F: FnMut() -> std::io::Result<WorkerMsg> + Send + 'static,
+    F: FnMut() -> std::io::Result<IngestStream> + Send + 'static,
 {
     std::thread::Builder::new()
         .name(name.into())
@@ -454,10 +456,34 @@ where
             // accept fails every 50 ms until some are free; one warning each 10 s.
             let mut failed = 0u64;
             let mut warned: Option<Instant> = None;
+            // Connections closed at once for want of an ingest permit, likewise.
+            let mut refused = 0u64;
+            let mut warned_refused: Option<Instant> = None;
             while !stopping.load(Ordering::SeqCst) {
                 match accept() {
-                    Ok(msg) => {
-                        workers[next % workers.len()].send(msg);
+                    Ok(conn) => {
+                        let Some(permit) = ConnPermit::take() else {
+                            // Closed unanswered: the producer sees the connection end
+                            // and can try again (one left waiting in the backlog would
+                            // hang without a word).
+                            drop(conn);
+                            refused += 1;
+                            if warned_refused.is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+                            {
+                                tracing::warn!(
+                                    open = ConnPermit::budget(),
+                                    closed = refused,
+                                    "ingest connection closed at once: as many are open as \
+                                     the open-file limit allows (half of what it keeps from \
+                                     delivery sockets); close idle producers' connections \
+                                     or raise the limit"
+                                );
+                                refused = 0;
+                                warned_refused = Some(Instant::now());
+                            }
+                            continue;
+                        };
+                        workers[next % workers.len()].send(WorkerMsg::Conn(conn, permit));
                         next += 1;
                     }
                     Err(e) => {

@@ -36,6 +36,7 @@ use crate::deliver::http1::Target;
 use crate::deliver::request::{self, Scratch};
 use crate::deliver::{ssrf, ConnSlot, Exchange, OpenCounts};
 use crate::endpoint::EndpointSpec;
+use crate::fdlimit::ConnPermit;
 use crate::ingest::{self, ConnCtx, ConnShared};
 use crate::local::{yield_now, LocalNotify};
 use crate::metrics::{
@@ -86,10 +87,17 @@ pub struct Job {
     pub val: DueVal,
 }
 
+/// An accepted ingest connection.
+pub enum IngestStream {
+    Unix(std::os::unix::net::UnixStream),
+    Tcp(std::net::TcpStream),
+}
+
 /// Messages to a worker.
 pub enum WorkerMsg {
-    UnixConn(std::os::unix::net::UnixStream),
-    TcpConn(std::net::TcpStream),
+    /// An ingest connection to serve, with its share of the ingest budget (held until
+    /// it closes).
+    Conn(IngestStream, ConnPermit),
     Acks {
         conn: u64,
         ticket: u64,
@@ -454,17 +462,21 @@ async fn timer_loop(w: Rc<Worker>) {
 impl Worker {
     fn handle(self: &Rc<Self>, msg: WorkerMsg) {
         match msg {
-            WorkerMsg::UnixConn(s) => match monoio::net::UnixStream::from_std(s) {
-                Ok(s) => self.spawn_conn(s, None),
-                Err(e) => tracing::warn!(error = %e, "cannot adopt unix connection"),
-            },
-            WorkerMsg::TcpConn(s) => match monoio::net::TcpStream::from_std(s) {
-                Ok(s) => {
-                    let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
-                    self.spawn_conn(s, Some(fd))
+            WorkerMsg::Conn(IngestStream::Unix(s), permit) => {
+                match monoio::net::UnixStream::from_std(s) {
+                    Ok(s) => self.spawn_conn(s, None, permit),
+                    Err(e) => tracing::warn!(error = %e, "cannot adopt unix connection"),
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot adopt tcp connection"),
-            },
+            }
+            WorkerMsg::Conn(IngestStream::Tcp(s), permit) => {
+                match monoio::net::TcpStream::from_std(s) {
+                    Ok(s) => {
+                        let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
+                        self.spawn_conn(s, Some(fd), permit)
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot adopt tcp connection"),
+                }
+            }
             WorkerMsg::Acks {
                 conn,
                 ticket,
@@ -587,9 +599,14 @@ impl Worker {
         }
     }
 
-    /// Serves an ingest connection; `tcp_fd` is a TCP one's socket (for its close).
-    fn spawn_conn<S>(self: &Rc<Self>, stream: S, tcp_fd: Option<std::os::fd::RawFd>)
-    where
+    /// Serves an ingest connection; `tcp_fd` is a TCP one's socket (for its close). Its
+    /// `permit` is given back when it closes.
+    fn spawn_conn<S>(
+        self: &Rc<Self>,
+        stream: S,
+        tcp_fd: Option<std::os::fd::RawFd>,
+        permit: ConnPermit,
+    ) where
         S: monoio::io::Splitable + 'static,
         S::OwnedRead: monoio::io::AsyncReadRent + 'static,
         S::OwnedWrite: monoio::io::AsyncWriteRent + 'static,
@@ -612,6 +629,7 @@ impl Worker {
         let w = self.clone();
         monoio::spawn(async move {
             ingest::serve_connection(stream, ctx, shared).await;
+            drop(permit);
             w.conns.borrow_mut().remove(&id);
             if w.stopping.get() {
                 w.idle_wake.notify();

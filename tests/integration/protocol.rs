@@ -394,3 +394,73 @@ fn full_disk_answers_unavailable_and_keeps_the_connection() {
         srv.log()
     );
 }
+
+/// Ingest connections have a budget of their own (half of what the open-file limit
+/// keeps from delivery sockets): producers that leave hundreds of connections open
+/// cannot take the store's descriptors (RocksDB then refused every write until a
+/// restart). One over the budget is closed at once, unanswered, and a warning says why;
+/// once one closes, a new one is served.
+#[test]
+fn ingest_connections_beyond_their_budget_are_closed_at_once() {
+    let mut opts = ServerOpts::new("");
+    opts.tcp = true;
+    // A reserve of 256 descriptors: 128 ingest connections.
+    opts.open_files_limit = Some(512);
+    let srv = TestServer::start_with(opts);
+    let tcp = srv.tcp.unwrap();
+    let mut open: Vec<Conn> = (0..128)
+        .map(|i| match i % 2 {
+            0 => srv.connect(),
+            _ => Conn::tcp(tcp),
+        })
+        .collect();
+    // Each is served (the permits were taken at accept, in order).
+    for (i, c) in open.iter_mut().enumerate() {
+        let id = format!("held-{i}");
+        assert_eq!(c.send(&event("t", &id, "{}")), format!("ok {id} 0"));
+    }
+    let over = |unix: bool| {
+        let mut s: Box<dyn ReadWrite> = match unix {
+            // A read timeout: a connection answered instead of closed stays open.
+            true => {
+                let u = std::os::unix::net::UnixStream::connect(&srv.socket).unwrap();
+                u.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                Box::new(u)
+            }
+            false => {
+                let t = std::net::TcpStream::connect(tcp).unwrap();
+                t.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                Box::new(t)
+            }
+        };
+        let _ = s.write_all(format!("{}\n", event("t", "over", "{}")).as_bytes());
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    assert_eq!(over(true), "", "closed unanswered");
+    assert_eq!(over(false), "", "closed unanswered");
+    srv.wait_log("ingest connection closed at once", Duration::from_secs(10));
+    // The event was not accepted.
+    assert_eq!(srv.get("/v1/events/over").0, 404);
+    // One closes; its permit comes back when the server has seen it close.
+    drop(open.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = srv.connect();
+        c.send_raw(format!("{}\n", event("t", "after", "{}")).as_bytes());
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut c.r, &mut line);
+        if !line.is_empty() {
+            assert_eq!(line.trim_end(), "ok after 0");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no connection served after one closed"
+        );
+    }
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
