@@ -503,8 +503,10 @@ where
 }
 
 fn wait_for_signal() -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    // SIGHUP too: a closed terminal (or ssh session) stops the server as politely as
+    // Ctrl-C; by default it killed it on the spot, leaving the socket file behind.
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "signal received");
     }

@@ -221,24 +221,34 @@ pub fn is_secret_header(name: &str) -> bool {
 
 /// Words that make a header or query parameter name a credential's: a name is split at
 /// `-`, `_`, `.` and lower-to-upper case changes (`apiKey` is `api`, `key`).
-const SECRET_WORDS: [&str; 17] = [
+const SECRET_WORDS: [&str; 27] = [
     "auth",
     "authentication",
+    "authn",
+    "authorisation",
     "authorization",
+    "authz",
     "bearer",
     "cookie",
-    "hmac",
+    "cred",
+    "creds",
     "credential",
     "credentials",
+    "hmac",
     "jwt",
     "key",
+    "otp",
     "pass",
+    "passcode",
     "passphrase",
+    "pin",
+    "private",
     "pwd",
     "session",
+    "sessid",
+    "sessionid",
     "sig",
     "signature",
-    "private",
 ];
 
 /// Parts of a word that make it a credential's wherever they stand (`accesstoken`,
@@ -446,6 +456,13 @@ mod tests {
             "Authentication",
             "X-Authentication",
             "XAPIKEY",
+            "X-Passcode",
+            "X-Pin",
+            "X-OTP",
+            "X-Authn",
+            "X-Authorisation",
+            "X-Cred",
+            "sessionid",
         ] {
             assert!(is_secret_header(name), "{name} is a secret's name");
         }
@@ -461,6 +478,11 @@ mod tests {
             "X-Page2",
             "X-V2",
             "X-Account-Id",
+            "X-Spinner",
+            "X-Side",
+            "X-Code",
+            // In postbacks a sub-id (`sid`, `subid`), not a session's.
+            "X-Sid",
         ] {
             assert!(!is_secret_header(name), "{name} is not a secret's name");
         }

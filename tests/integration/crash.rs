@@ -340,6 +340,31 @@ fn counters_of_a_stopped_worker_stay_in_the_metrics_while_the_other_drains() {
     assert_eq!(srv.wait_exit(), Some(0));
 }
 
+/// SIGHUP (a closed terminal) stops the server as SIGTERM does: in-flight attempts
+/// finish, the socket file goes, exit 0 (it killed it on the spot).
+#[test]
+fn a_hangup_stops_the_server_politely() {
+    let (rx, gate) = TestReceiver::gated();
+    let mut srv = TestServer::start(&endpoint("e", r#"["t"]"#, &rx.url("/"), ""));
+    srv.connect().send_each_ok("t", "hup", 1);
+    rx.wait_for(1, Duration::from_secs(10));
+    srv.signal(libc::SIGHUP);
+    srv.wait_log("shutting down", Duration::from_secs(10));
+    gate.open();
+    assert_eq!(srv.wait_exit(), Some(0));
+    assert!(!srv.socket.exists(), "the socket file is removed");
+    assert_eq!(
+        states(&srv_event_after_restart(srv, "hup-0")),
+        ["delivered"]
+    );
+}
+
+/// The event `id` as a server restarted on `srv`'s data dir shows it.
+fn srv_event_after_restart(srv: TestServer, id: &str) -> serde_json::Value {
+    let again = TestServer::start_in(srv.dir.clone(), &ServerOpts::new(""));
+    again.event(id)
+}
+
 /// A reader that takes at most 4 KiB per read, 2 ms apart: a producer slow to read its
 /// answers.
 struct SlowReader(Box<dyn Read + Send>);

@@ -544,9 +544,14 @@ impl TestServer {
 
     /// SIGTERM, without waiting for the exit.
     pub fn terminate(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    pub fn signal(&self, sig: i32) {
         if let Some(c) = &self.child {
+            // SAFETY: a signal to our own child.
             unsafe {
-                libc::kill(c.id() as i32, libc::SIGTERM);
+                libc::kill(c.id() as i32, sig);
             }
         }
     }
