@@ -527,9 +527,9 @@ struct State {
     write_failures: WriteFailures,
 }
 
-/// Rounds the store refused to write (a full disk), logged at most every
-/// [`WRITE_FAILURE_LOG_EVERY`] with what they cost, and once more when writes succeed
-/// again: one line per round flooded the log (hundreds a second).
+/// Writes the store refused (a full disk), logged at most every
+/// [`WRITE_FAILURE_LOG_EVERY`] with what they cost, and once when writes succeed after a
+/// failure was logged: one line per round flooded the log (hundreds a second).
 #[derive(Default)]
 struct WriteFailures {
     /// Since the last line logged.
@@ -537,6 +537,8 @@ struct WriteFailures {
     lines: u64,
     outcomes: u64,
     last_logged: Option<Instant>,
+    /// A failure was logged and no success since.
+    announced: bool,
 }
 
 const WRITE_FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -563,12 +565,13 @@ impl WriteFailures {
         );
         *self = WriteFailures {
             last_logged: Some(Instant::now()),
+            announced: true,
             ..WriteFailures::default()
         };
     }
 
     fn succeeded(&mut self) {
-        if self.last_logged.is_none() {
+        if !self.announced {
             return;
         }
         tracing::warn!(
@@ -577,7 +580,12 @@ impl WriteFailures {
             outcomes_unrecorded = self.outcomes,
             "store writes succeed again (the counts are those since the last failure logged)"
         );
-        *self = WriteFailures::default();
+        // The rate limit holds across a success: writes that fail and succeed by turns
+        // log a pair of lines per interval at most.
+        *self = WriteFailures {
+            last_logged: self.last_logged,
+            ..WriteFailures::default()
+        };
     }
 }
 
@@ -2044,7 +2052,9 @@ impl State {
             }
         }
         if let Err(e) = self.store.commit(batch, false) {
-            tracing::error!(error = %e, "retention delete failed");
+            // Logged with the rounds' failures, as rarely (under a full disk a short
+            // retention failed every 128 ms).
+            self.write_failures.failed(&e, 0, 0);
             return;
         }
         if let Err(e) = self.store.drop_files_before(floor) {
@@ -2574,6 +2584,43 @@ mod tests {
         assert_eq!(out, vec![1, 3, 2]);
         r.route("b", Some("p2"), &mut out);
         assert_eq!(out, vec![2]);
+    }
+
+    #[test]
+    fn write_failures_are_logged_at_most_once_an_interval_also_by_turns() {
+        let e = store::StoreError::Corrupt {
+            cf: "events",
+            what: "a stand-in for a full disk".into(),
+        };
+        let mut w = WriteFailures::default();
+        w.failed(&e, 3, 1);
+        assert!(w.announced && w.last_logged.is_some());
+        assert_eq!(
+            (w.rounds, w.lines, w.outcomes),
+            (0, 0, 0),
+            "logged: counted afresh"
+        );
+        w.failed(&e, 2, 0);
+        assert_eq!(
+            (w.rounds, w.lines),
+            (1, 2),
+            "within the interval: counted, not logged"
+        );
+        w.succeeded();
+        assert!(
+            !w.announced && w.last_logged.is_some(),
+            "the limit holds across it"
+        );
+        // Failing again at once is counted, not logged, and the next success says
+        // nothing either.
+        w.failed(&e, 1, 0);
+        assert!(!w.announced);
+        w.succeeded();
+        assert_eq!(w.rounds, 1);
+        // An interval later it is logged again.
+        w.last_logged = Some(Instant::now() - WRITE_FAILURE_LOG_EVERY);
+        w.failed(&e, 1, 0);
+        assert!(w.announced && w.rounds == 0);
     }
 
     #[test]

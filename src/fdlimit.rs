@@ -4,22 +4,26 @@
 //! Owns the budget of outgoing (delivery) sockets: at most the open-file limit less a
 //! reserve for RocksDB (its WAL, table files, flush and compaction outputs), ingest and
 //! admin connections, listeners and the runtimes' own descriptors. A lane takes a
-//! [`Permit`] before it connects and the permit goes with the connection. Ingest
-//! connections have a budget of their own, half the reserve ([`ConnPermit`]): producers
-//! that leave hundreds of connections open would otherwise take the store's
-//! descriptors. Without it,
+//! [`Permit`] before it connects and the permit goes with the connection. Without it,
 //! endpoints × `max_in_flight` could exhaust the descriptors: a WAL that cannot be
 //! opened leaves RocksDB refusing writes until a restart, and a socket that cannot be
 //! made would count as the receiver's failure. It must not decide what a lane does
 //! without a permit (the worker holds the job back; see `worker`).
 //!
-//! The last tenth of the budget is shared out: from nine tenths in use, a holder (an
-//! endpoint) gets another socket only while it holds fewer than are still free. One
-//! endpoint whose receiver hangs, with a large `max_in_flight`, would otherwise take
-//! every socket and hold back every other endpoint's deliveries; with the rule it
-//! stops at nine tenths, the others share what is left, and as its attempts time out
-//! it shrinks towards an even share (k such endpoints hold at most k/(k+1) of the budget
-//! between them once it is scarce).
+//! The last tenth of the delivery budget is kept for endpoints that hold few sockets:
+//! from nine tenths in use, a holder (an endpoint) gets another only while it holds
+//! fewer than a hundredth of the budget (at least one). One endpoint whose receiver
+//! hangs, with a large `max_in_flight`, would otherwise take every socket and hold back
+//! every other endpoint's deliveries (and a rule by what is still free let a few such
+//! endpoints take it all, each up to what the last had left); with this one, hung
+//! endpoints share nine tenths and at least ten others still get sockets. The cost:
+//! when every endpoint that wants sockets holds many, the last tenth stays unused.
+//!
+//! Ingest connections have a budget of their own, half the reserve ([`ConnPermit`]):
+//! producers that leave hundreds of connections open would otherwise take the store's
+//! descriptors. The other half is the store's (RocksDB keeps every table file open: a
+//! store of thousands of table files needs a higher limit), the admin API's (at most 64
+//! connections) and the process's own.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -29,6 +33,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 static SOCKETS: Budget = Budget::new(usize::MAX);
 /// Ingest connections (Unix socket and TCP).
 static INGEST: Budget = Budget::new(usize::MAX);
+/// Ingest connections closed for want of a permit, since start.
+static INGEST_REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Sockets open against how many may be.
 #[derive(Debug)]
@@ -108,9 +114,10 @@ impl Budget {
     }
 }
 
-/// Whether, with `open` of `max` sockets open, a holder of `held` of them gets one more.
+/// Whether, with `open` of `max` sockets open, a holder of `held` of them gets one more:
+/// in the last tenth, only while it holds fewer than a hundredth of `max` (at least 1).
 fn allows(open: usize, max: usize, held: usize) -> bool {
-    open < max && (open < max - max / 10 || held < max - open)
+    open < max && (open < max - max / 10 || held < (max / 100).max(1))
 }
 
 /// One delivery socket's share of the budget, given back when dropped (to the budget,
@@ -175,7 +182,16 @@ impl ConnPermit {
     /// A permit for one more ingest connection, unless as many are open as the limit
     /// allows.
     pub fn take() -> Option<ConnPermit> {
-        Self::take_from(&INGEST)
+        let permit = Self::take_from(&INGEST);
+        if permit.is_none() {
+            INGEST_REFUSED.fetch_add(1, Ordering::Relaxed);
+        }
+        permit
+    }
+
+    /// Ingest connections refused a permit since start.
+    pub fn refused() -> u64 {
+        INGEST_REFUSED.load(Ordering::Relaxed)
     }
 
     fn take_from(budget: &'static Budget) -> Option<ConnPermit> {
@@ -255,29 +271,39 @@ mod tests {
     }
 
     #[test]
-    fn the_last_tenth_is_shared_out() {
-        let budget: &'static Budget = Box::leak(Box::new(Budget::new(100)));
-        // One holder alone takes nine tenths, and no more.
+    fn the_last_tenth_is_kept_for_endpoints_holding_few() {
+        let budget: &'static Budget = Box::leak(Box::new(Budget::new(1000)));
+        let take_all = |h: &Rc<Cell<usize>>| -> Vec<Permit> {
+            std::iter::from_fn(|| Permit::take_from(budget, Some(h))).collect()
+        };
+        // One holder alone takes nine tenths, and no more; a second that wants as
+        // many gets a hundredth.
         let hog = Rc::new(Cell::new(0));
-        let mut hogs: Vec<Permit> =
-            std::iter::from_fn(|| Permit::take_from(budget, Some(&hog))).collect();
-        assert_eq!(hogs.len(), 90);
-        // Another gets sockets while it holds fewer than are free: 5 of the 10.
-        let other = Rc::new(Cell::new(0));
-        let others: Vec<Permit> =
-            std::iter::from_fn(|| Permit::take_from(budget, Some(&other))).collect();
-        assert_eq!(others.len(), 5);
-        // The first, once some of its sockets close, gets none back while the budget
-        // is scarce and it holds more than are free; the other gets them.
-        hogs.truncate(85);
-        assert_eq!(hog.get(), 85);
+        let mut hogs = take_all(&hog);
+        assert_eq!(hogs.len(), 900);
+        let hog2 = Rc::new(Cell::new(0));
+        let hogs2 = take_all(&hog2);
+        assert_eq!(hogs2.len(), 10);
+        // Nine more get as many each: then the budget is in use.
+        let rest: Vec<(Rc<Cell<usize>>, Vec<Permit>)> = (0..9)
+            .map(|_| {
+                let h = Rc::new(Cell::new(0));
+                let p = take_all(&h);
+                (h, p)
+            })
+            .collect();
+        assert!(rest.iter().all(|(h, p)| h.get() == 10 && p.len() == 10));
+        assert_eq!(budget.open.load(Ordering::Acquire), 1000);
+        assert!(Permit::take_from(budget, None).is_none());
+        // Sockets that close go to those holding few, not back to the first.
+        hogs.truncate(850);
         assert!(Permit::take_from(budget, Some(&hog)).is_none());
-        let more: Vec<Permit> =
-            std::iter::from_fn(|| Permit::take_from(budget, Some(&other))).collect();
-        assert_eq!((more.len(), other.get()), (3, 8));
-        assert!(allows(65, 100, 4) && !allows(95, 100, 5) && !allows(100, 100, 0));
-        drop((others, more, hogs));
-        assert_eq!((hog.get(), other.get()), (0, 0));
+        let light = Rc::new(Cell::new(0));
+        assert_eq!(take_all(&light).len(), 10);
+        assert!(allows(899, 1000, 500) && !allows(900, 1000, 10) && allows(900, 1000, 9));
+        assert!(allows(9, 10, 0) && !allows(9, 10, 1) && !allows(10, 10, 0));
+        drop((hogs, hogs2, rest));
+        assert_eq!((hog.get(), hog2.get(), light.get()), (0, 0, 0));
         assert_eq!(budget.open.load(Ordering::Acquire), 0);
     }
 

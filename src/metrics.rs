@@ -11,8 +11,12 @@
 //! from HdrHistograms with two significant digits (a value within ~1% of a boundary may
 //! land in the neighbouring bucket; `_sum` and `_count` are exact).
 //!
-//! It must not do I/O, take locks or use atomics: on the hot path a metric is a plain
-//! integer add or a [`Hist::record`]. [`parse`] is a strict reader of the format for
+//! It must not do I/O, take locks or use atomics on the hot path: a metric is a plain
+//! integer add or a [`Hist::record`]. The one thing shared is [`FinalSnapshots`]: each
+//! worker writes its slot once, as it stops, and a scrape reads it for a worker that
+//! has stopped (a shutdown's drain), so its counters stay in the sums. (Ingest
+//! connections refused a permit are an atomic of [`crate::fdlimit`], counted off the
+//! hot path, in the accepting threads.) [`parse`] is a strict reader of the format for
 //! tests and tools; the server never calls it.
 
 use std::cell::Cell;
@@ -296,6 +300,8 @@ pub struct AdminCounts {
     pub invalid: u64,
     pub too_large: u64,
     pub unavailable: u64,
+    /// Ingest connections closed at once for want of a permit ([`crate::fdlimit`]).
+    pub ingest_refused: u64,
 }
 
 /// Everything one scrape collected.
@@ -513,6 +519,19 @@ pub fn encode(s: &Scrape) -> String {
         "ricochet_lanes_idle_exits_total",
         &[],
         lanes_idle_exits as f64,
+    );
+    family(
+        &mut out,
+        "ricochet_ingest_connections_refused_total",
+        "counter",
+        "Ingest connections closed at once, unanswered: as many were open as the open-file \
+         limit allows for ingest.",
+    );
+    sample(
+        &mut out,
+        "ricochet_ingest_connections_refused_total",
+        &[],
+        s.admin.ingest_refused as f64,
     );
     family(
         &mut out,

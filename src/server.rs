@@ -2,7 +2,8 @@
 //! admin API together, and shuts them down in order.
 //!
 //! Start: open the store, give every configured endpoint its stable id, start the
-//! committer and one worker per core, then bind the listeners. Stop (SIGINT/SIGTERM):
+//! committer and one worker per core, then bind the listeners. Stop (SIGINT/SIGTERM, and
+//! SIGHUP unless it is ignored):
 //! workers stop reading ingest connections, answer every line already read and finish
 //! in-flight attempts (bounded), the committer writes their outcomes and syncs, and the
 //! process exits 0. It must not contain delivery or storage logic.
@@ -83,9 +84,10 @@ fn invalid(problems: impl Iterator<Item = String>) -> anyhow::Error {
     )
 }
 
-/// Runs the dispatcher until SIGINT/SIGTERM. `specs` are `cfg`'s endpoints, compiled
+/// Runs the dispatcher until SIGINT/SIGTERM (or SIGHUP, unless ignored). `specs` are `cfg`'s endpoints, compiled
 /// ([`load`]).
 pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
+    let signals = stop_signals()?;
     let s = &cfg.server;
     // Checked here, after the flags (`--data-dir` may fill in an empty `data_dir`).
     let problems = s.startup_problems();
@@ -121,8 +123,9 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
             tracing::warn!(
                 data_dir = %s.data_dir.display(),
                 mode = format_args!("{mode:04o}"),
-                "the data dir is open to other users, and it holds the endpoints' secrets: \
-                 `chmod 700` it (files made before this start may be readable by them)"
+                "the data dir is open to its group or others, and it holds the endpoints' \
+                 secrets: `chmod 700` it (the files ricochet makes are owner-only; files \
+                 made there before may not be)"
             );
         }
     }
@@ -226,9 +229,10 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
     }
 
     let stopping = Arc::new(AtomicBool::new(false));
-    let unix = bind_unix(&s.socket, 0o777 & !umask)?;
+    let unix = bind_unix(&s.socket)?;
     // Ours from here on: removed when `serve` returns, also on a failed start.
     let _socket_file = SocketFile(s.socket.clone());
+    set_socket_mode(&s.socket, 0o777 & !umask)?;
     spawn_acceptor(
         "ricochet-accept-unix",
         worker_tx.clone(),
@@ -286,7 +290,7 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
         "ricochet ready"
     );
 
-    wait_for_signal()?;
+    wait_for_signal(signals);
     stopping.store(true, Ordering::SeqCst);
     tracing::info!("shutting down: answering the lines read, finishing in-flight attempts");
     for w in &worker_tx {
@@ -415,9 +419,19 @@ impl Drop for SocketFile {
     }
 }
 
-/// Binds the ingest socket at `path`, with `mode` (the one the umask `serve` started
-/// with gives).
-fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
+/// Gives the ingest socket at `path` the mode the umask `serve` started with gives (its
+/// own umask is 077 by then), if `path` is still that socket (not a link put there).
+fn set_socket_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+    let meta = std::fs::symlink_metadata(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if !meta.file_type().is_socket() {
+        bail!("{} is no longer the socket just bound", path.display());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))
+}
+
+fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         // Only a socket left by an earlier run is removed, never another file.
         if !meta.file_type().is_socket() {
@@ -432,11 +446,30 @@ fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
         std::fs::remove_file(path)
             .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
     }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
-    Ok(listener)
+    UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))
+}
+
+/// Warns that ingest connections are being closed for want of a permit: at most every
+/// 10 s over both listeners, with the count since the last warning
+/// (`ricochet_ingest_connections_refused_total` has them all).
+fn warn_refused() {
+    static LAST: std::sync::Mutex<(u64, Option<Instant>)> = std::sync::Mutex::new((0, None));
+    let Ok(mut last) = LAST.lock() else { return };
+    let total = ConnPermit::refused();
+    if last
+        .1
+        .is_some_and(|t| t.elapsed() < Duration::from_secs(10))
+    {
+        return;
+    }
+    tracing::warn!(
+        open = ConnPermit::budget(),
+        closed = total - last.0,
+        "ingest connections closed at once: as many are open as the open-file limit \
+         allows (half of what it keeps from delivery sockets); close idle producers' \
+         connections or raise the limit"
+    );
+    *last = (total, Some(Instant::now()));
 }
 
 fn spawn_acceptor<F>(
@@ -456,9 +489,6 @@ where
             // accept fails every 50 ms until some are free; one warning each 10 s.
             let mut failed = 0u64;
             let mut warned: Option<Instant> = None;
-            // Connections closed at once for want of an ingest permit, likewise.
-            let mut refused = 0u64;
-            let mut warned_refused: Option<Instant> = None;
             while !stopping.load(Ordering::SeqCst) {
                 match accept() {
                     Ok(conn) => {
@@ -467,20 +497,7 @@ where
                             // and can try again (one left waiting in the backlog would
                             // hang without a word).
                             drop(conn);
-                            refused += 1;
-                            if warned_refused.is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
-                            {
-                                tracing::warn!(
-                                    open = ConnPermit::budget(),
-                                    closed = refused,
-                                    "ingest connection closed at once: as many are open as \
-                                     the open-file limit allows (half of what it keeps from \
-                                     delivery sockets); close idle producers' connections \
-                                     or raise the limit"
-                                );
-                                refused = 0;
-                                warned_refused = Some(Instant::now());
-                            }
+                            warn_refused();
                             continue;
                         };
                         workers[next % workers.len()].send(WorkerMsg::Conn(conn, permit));
@@ -502,13 +519,32 @@ where
     Ok(())
 }
 
-fn wait_for_signal() -> anyhow::Result<()> {
+/// Whether `sig` is ignored (as `nohup` leaves SIGHUP).
+fn ignored(sig: libc::c_int) -> bool {
+    // SAFETY: reads the current action into a zeroed struct; changes nothing.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
+/// The signals that stop the server, caught from the start of `serve` on: one that
+/// came before it was ready (a supervisor's stop right after the start) then waits for
+/// it, instead of killing it on the spot.
+fn stop_signals() -> anyhow::Result<signal_hook::iterator::Signals> {
     // SIGHUP too: a closed terminal (or ssh session) stops the server as politely as
-    // Ctrl-C; by default it killed it on the spot, leaving the socket file behind.
+    // Ctrl-C; by default it killed it on the spot, leaving the socket file behind. Not
+    // when it is ignored (`nohup`): then the server is meant to outlive the terminal.
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    let mut stop_on = vec![SIGINT, SIGTERM];
+    if !ignored(SIGHUP) {
+        stop_on.push(SIGHUP);
+    }
+    Ok(signal_hook::iterator::Signals::new(stop_on)?)
+}
+
+fn wait_for_signal(mut signals: signal_hook::iterator::Signals) {
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "signal received");
     }
-    Ok(())
 }

@@ -4,7 +4,9 @@
 //! their keep-alive connections, failure counters, the in-memory timer wheel — and its
 //! share of the ingest connections. Nothing here is shared with another thread: all
 //! cross-core traffic arrives in the worker's mailbox ([`WorkerMsg`]) and leaves through
-//! the committer's.
+//! the committer's (as it stops, it also leaves its last metrics snapshot in its slot
+//! of [`FinalSnapshots`]; its delivery and ingest sockets count against process-wide
+//! budgets, [`crate::fdlimit`]).
 //!
 //! The loop, top to bottom: the mailbox task takes new connections, acks and jobs; jobs
 //! due later wait in the timer wheel; due jobs join their endpoint's queue; up to

@@ -1,7 +1,8 @@
 //! `GET /metrics`: asks every worker and the committer for a snapshot of their own
 //! counters over their mailboxes, waits at most [`SCRAPE_WAIT`] for the answers, sums
 //! them and writes the Prometheus text format ([`crate::metrics::encode`]). A part that
-//! does not answer in time is left out and counted in `ricochet_metrics_unanswered`.
+//! does not answer in time is left out and counted in `ricochet_metrics_unanswered`; a
+//! worker that has stopped (a shutdown's drain) is read from the snapshot it left.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -105,6 +106,7 @@ impl Admin {
                 invalid: self.counts.invalid.load(Ordering::Relaxed),
                 too_large: self.counts.too_large.load(Ordering::Relaxed),
                 unavailable: self.counts.unavailable.load(Ordering::Relaxed),
+                ingest_refused: crate::fdlimit::ConnPermit::refused(),
             },
             unanswered,
         }

@@ -361,14 +361,30 @@ fn push_redacted_target(out: &mut String, path_and_query: &str) {
     rewrite_secret_values(out, path_and_query, |out, _| out.push_str(REDACTED));
 }
 
-/// A URL template's line with the values of its credential-named query parameters
-/// masked, one `*` per character, so an error's caret keeps its column.
+/// A URL template's line with the values of its credential-named query parameters (and
+/// any userinfo) masked, one `*` per character, so an error's caret keeps its column.
 pub fn mask_query_secrets(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
-    rewrite_secret_values(&mut out, line, |out, value| {
+    rewrite_secret_values(&mut out, &mask_userinfo(line), |out, value| {
         out.extend(value.chars().map(|_| '*'))
     });
     out
+}
+
+/// `line` with the userinfo of a URL's authority (`user:password@`, which ricochet
+/// refuses, but a template error shows the line first) masked, one `*` per character.
+fn mask_userinfo(line: &str) -> std::borrow::Cow<'_, str> {
+    let Some(start) = line.find("://").map(|i| i + 3) else {
+        return line.into();
+    };
+    let authority_end = line[start..]
+        .find(['/', '?', '#'])
+        .map_or(line.len(), |i| start + i);
+    let Some(at) = line[start..authority_end].rfind('@').map(|i| start + i) else {
+        return line.into();
+    };
+    let stars: String = line[start..at].chars().map(|_| '*').collect();
+    format!("{}{stars}{}", &line[..start], &line[at..]).into()
 }
 
 /// Appends `url` to `out`, each non-empty value of a credential-named query parameter
@@ -637,6 +653,11 @@ body = '{join(items, i, "{i}:{Oid}")}'"#;
             "https://h/pb?oid={OrderId}&api_key=******&x={Bad"
         );
         assert_eq!(mask_query_secrets("https://h/pb/{Id"), "https://h/pb/{Id");
+        assert_eq!(
+            mask_query_secrets("http://user:pw@h:1/x/{bad?token=t"),
+            "http://*******@h:1/x/{bad?token=*"
+        );
+        assert_eq!(mask_query_secrets("http://h/a@b/{x"), "http://h/a@b/{x");
         assert_eq!(mask_query_secrets("?token=é€&sig="), "?token=**&sig=");
     }
 

@@ -317,7 +317,7 @@ fn a_data_dir_open_to_others_gets_owner_only_files_and_a_warning() {
     opts.umask = Some(0o022);
     let srv = TestServer::start_in(dir.clone(), &opts);
     srv.wait_log(
-        "the data dir is open to other users",
+        "the data dir is open to its group or others",
         Duration::from_secs(10),
     );
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;

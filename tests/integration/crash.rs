@@ -359,6 +359,21 @@ fn a_hangup_stops_the_server_politely() {
     );
 }
 
+/// Under `nohup` (SIGHUP ignored) a hangup leaves the server running: the first signal
+/// it takes is the SIGTERM after it.
+#[test]
+fn a_hangup_is_ignored_under_nohup() {
+    let mut opts = ServerOpts::new("");
+    opts.nohup = true;
+    let mut srv = TestServer::start_with(opts);
+    srv.signal(libc::SIGHUP);
+    srv.terminate();
+    assert_eq!(srv.wait_exit(), Some(0));
+    let log = srv.log();
+    assert!(log.contains("signal received signal=15"), "{log}");
+    assert!(!log.contains("signal received signal=1 "), "{log}");
+}
+
 /// The event `id` as a server restarted on `srv`'s data dir shows it.
 fn srv_event_after_restart(srv: TestServer, id: &str) -> serde_json::Value {
     let again = TestServer::start_in(srv.dir.clone(), &ServerOpts::new(""));

@@ -352,6 +352,26 @@ pub struct TestServer {
     log: Arc<Mutex<Vec<String>>>,
 }
 
+/// Raises this test process's soft open-file limit to its hard one, once: tests that run
+/// side by side hold hundreds of sockets each (receivers holding delivery connections,
+/// producers' connections), over a usual soft limit of 1,024.
+fn raise_open_files_limit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: valid rlimit structs for the calls to read and write.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+                lim.rlim_cur = lim.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+        }
+    });
+}
+
 /// Options for starting a server.
 #[derive(Clone)]
 pub struct ServerOpts {
@@ -366,6 +386,8 @@ pub struct ServerOpts {
     pub umask: Option<libc::mode_t>,
     /// `RICOCHET_LOG` (default `info`).
     pub log_filter: Option<String>,
+    /// Start with SIGHUP ignored, as `nohup` does.
+    pub nohup: bool,
     /// Command-line arguments after `serve --config FILE`.
     pub args: Vec<String>,
     /// Stop reading the server's stderr once it is ready, closing the pipe (a log
@@ -383,6 +405,7 @@ impl ServerOpts {
             open_files_limit: None,
             umask: None,
             log_filter: None,
+            nohup: false,
             args: Vec::new(),
             close_stderr: false,
         }
@@ -410,6 +433,7 @@ impl TestServer {
 
     /// Starts a server on an existing data dir (for restarts).
     pub fn start_in(dir: Arc<tempfile::TempDir>, opts: &ServerOpts) -> TestServer {
+        raise_open_files_limit();
         let socket = dir.path().join("ricochet.sock");
         let config_path = dir.path().join("ricochet.toml");
         let mut cfg = format!(
@@ -441,8 +465,8 @@ impl TestServer {
             (libc::RLIMIT_FSIZE, opts.file_size_limit),
             (libc::RLIMIT_NOFILE, opts.open_files_limit),
         ];
-        let umask = opts.umask;
-        if limits.iter().any(|(_, l)| l.is_some()) || umask.is_some() {
+        let (umask, nohup) = (opts.umask, opts.nohup);
+        if limits.iter().any(|(_, l)| l.is_some()) || umask.is_some() || nohup {
             // SAFETY: only async-signal-safe calls between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
@@ -450,6 +474,9 @@ impl TestServer {
                     libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
                     if let Some(mask) = umask {
                         libc::umask(mask);
+                    }
+                    if nohup {
+                        libc::signal(libc::SIGHUP, libc::SIG_IGN);
                     }
                     for (resource, limit) in limits {
                         let Some(limit) = limit else { continue };

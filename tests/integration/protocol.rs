@@ -387,7 +387,9 @@ fn full_disk_answers_unavailable_and_keeps_the_connection() {
     }
     // The failures are logged at most every 10 s, with counts (one line per refused
     // round flooded the log).
-    let failures = srv.log().matches("store write failed").count();
+    let log = srv.log();
+    assert!(log.contains("lines_refused="), "{log}");
+    let failures = log.matches("store write failed").count();
     assert!(
         (1..=3).contains(&failures),
         "{failures} lines for 21 refused rounds:\n{}",
@@ -440,7 +442,12 @@ fn ingest_connections_beyond_their_budget_are_closed_at_once() {
     };
     assert_eq!(over(true), "", "closed unanswered");
     assert_eq!(over(false), "", "closed unanswered");
-    srv.wait_log("ingest connection closed at once", Duration::from_secs(10));
+    srv.wait_log("ingest connections closed at once", Duration::from_secs(10));
+    assert_eq!(
+        srv.metrics()
+            .value("ricochet_ingest_connections_refused_total", &[]),
+        Some(2.0)
+    );
     // The event was not accepted.
     assert_eq!(srv.get("/v1/events/over").0, 404);
     // One closes; its permit comes back when the server has seen it close.
@@ -448,7 +455,10 @@ fn ingest_connections_beyond_their_budget_are_closed_at_once() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let mut c = srv.connect();
-        c.send_raw(format!("{}\n", event("t", "after", "{}")).as_bytes());
+        // Refused until the server has seen the close: the write may meet a closed
+        // socket.
+        let _ =
+            c.w.write_all(format!("{}\n", event("t", "after", "{}")).as_bytes());
         let mut line = String::new();
         let _ = std::io::BufRead::read_line(&mut c.r, &mut line);
         if !line.is_empty() {
@@ -459,6 +469,8 @@ fn ingest_connections_beyond_their_budget_are_closed_at_once() {
             std::time::Instant::now() < deadline,
             "no connection served after one closed"
         );
+        // A poll of what the server shows only by serving again.
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
