@@ -352,23 +352,14 @@ pub struct TestServer {
     log: Arc<Mutex<Vec<String>>>,
 }
 
-/// Raises this test process's soft open-file limit to its hard one, once: tests that run
-/// side by side hold hundreds of sockets each (receivers holding delivery connections,
-/// producers' connections), over a usual soft limit of 1,024.
+/// Raises this test process's soft open-file limit to its hard one, once (as `serve`
+/// does for itself): tests that run side by side hold hundreds of sockets each
+/// (receivers holding delivery connections, producers' connections), over a usual soft
+/// limit of 1,024.
 fn raise_open_files_limit() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: valid rlimit structs for the calls to read and write.
-        unsafe {
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-                lim.rlim_cur = lim.rlim_max;
-                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-            }
-        }
+        let _ = ricochet::fdlimit::init();
     });
 }
 
