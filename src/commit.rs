@@ -525,6 +525,8 @@ struct State {
     waiting: Waiting,
     stats: Stats,
     write_failures: WriteFailures,
+    /// Retention writes that failed since the last line logged, and when that was.
+    retention_failures: (u64, Option<Instant>),
 }
 
 /// Writes the store refused (a full disk), logged at most every
@@ -572,6 +574,24 @@ impl WriteFailures {
 
     fn succeeded(&mut self) {
         if !self.announced {
+            // Failures counted but not logged (within the interval after a success
+            // line) are reported once the interval has passed.
+            if self.rounds > 0
+                && self
+                    .last_logged
+                    .is_none_or(|t| t.elapsed() >= WRITE_FAILURE_LOG_EVERY)
+            {
+                tracing::warn!(
+                    rounds = self.rounds,
+                    lines_refused = self.lines,
+                    outcomes_unrecorded = self.outcomes,
+                    "store writes failed for a moment and succeed again"
+                );
+                *self = WriteFailures {
+                    last_logged: Some(Instant::now()),
+                    ..WriteFailures::default()
+                };
+            }
             return;
         }
         tracing::warn!(
@@ -811,6 +831,7 @@ impl Committer {
             dropping: Vec::new(),
             waiting: Waiting::default(),
             write_failures: WriteFailures::default(),
+            retention_failures: (0, None),
             stats: Stats {
                 acks: AckStats::default(),
                 commit_time: Hist::micros(),
@@ -2052,9 +2073,15 @@ impl State {
             }
         }
         if let Err(e) = self.store.commit(batch, false) {
-            // Logged with the rounds' failures, as rarely (under a full disk a short
-            // retention failed every 128 ms).
-            self.write_failures.failed(&e, 0, 0);
+            // At most every interval (under a full disk a short retention failed every
+            // 128 ms), with how many failed since.
+            let (count, last) = &mut self.retention_failures;
+            *count += 1;
+            if last.is_none_or(|t| t.elapsed() >= WRITE_FAILURE_LOG_EVERY) {
+                tracing::error!(error = %e, failures = *count, "retention delete failed");
+                *count = 0;
+                *last = Some(Instant::now());
+            }
             return;
         }
         if let Err(e) = self.store.drop_files_before(floor) {
@@ -2612,13 +2639,19 @@ mod tests {
             "the limit holds across it"
         );
         // Failing again at once is counted, not logged, and the next success says
-        // nothing either.
+        // nothing either, until the interval has passed: then it reports the count.
         w.failed(&e, 1, 0);
         assert!(!w.announced);
         w.succeeded();
         assert_eq!(w.rounds, 1);
-        // An interval later it is logged again.
-        w.last_logged = Some(Instant::now() - WRITE_FAILURE_LOG_EVERY);
+        let Some(interval_ago) = Instant::now().checked_sub(WRITE_FAILURE_LOG_EVERY) else {
+            return; // a clock too young to go back an interval
+        };
+        w.last_logged = Some(interval_ago);
+        w.succeeded();
+        assert_eq!(w.rounds, 0, "reported");
+        // And a failure an interval later is logged again.
+        w.last_logged = Some(interval_ago);
         w.failed(&e, 1, 0);
         assert!(w.announced && w.rounds == 0);
     }

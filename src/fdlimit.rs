@@ -15,9 +15,11 @@
 //! fewer than a hundredth of the budget (at least one). One endpoint whose receiver
 //! hangs, with a large `max_in_flight`, would otherwise take every socket and hold back
 //! every other endpoint's deliveries (and a rule by what is still free let a few such
-//! endpoints take it all, each up to what the last had left); with this one, hung
-//! endpoints share nine tenths and at least ten others still get sockets. The cost:
-//! when every endpoint that wants sockets holds many, the last tenth stays unused.
+//! endpoints take it all, each up to what the last had left); with this one, the last
+//! tenth goes at most a hundredth to each endpoint, so at least ten share it, answering
+//! or not. About ten more endpoints hanging at once still fill it, until their attempts
+//! time out. The cost: when every endpoint that wants sockets holds many, the last
+//! tenth stays unused.
 //!
 //! Ingest connections have a budget of their own, half the reserve ([`ConnPermit`]):
 //! producers that leave hundreds of connections open would otherwise take the store's

@@ -293,8 +293,8 @@ impl Default for CommitSnapshot {
     }
 }
 
-/// What the admin API counts itself (HTTP ingest rejects it answers without the
-/// committer).
+/// What the admin thread reads itself: HTTP ingest rejects it answers without the
+/// committer, and the ingest connections the accepting threads refused.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AdminCounts {
     pub invalid: u64,

@@ -415,7 +415,11 @@ struct SocketFile(std::path::PathBuf);
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        // Only while it is still a socket: never another file put in its place.
+        let is_socket = std::fs::symlink_metadata(&self.0).is_ok_and(|m| m.file_type().is_socket());
+        if is_socket {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 }
 

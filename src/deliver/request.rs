@@ -377,13 +377,29 @@ fn mask_userinfo(line: &str) -> std::borrow::Cow<'_, str> {
     let Some(start) = line.find("://").map(|i| i + 3) else {
         return line.into();
     };
+    // The authority ends at `/`, `?` or `#` outside a placeholder (`{default(P, "a/b")}`
+    // is one).
+    let mut depth = 0usize;
     let authority_end = line[start..]
-        .find(['/', '?', '#'])
-        .map_or(line.len(), |i| start + i);
+        .char_indices()
+        .find(|&(_, c)| {
+            match c {
+                '{' => depth += 1,
+                '}' => depth = depth.saturating_sub(1),
+                '/' | '?' | '#' if depth == 0 => return true,
+                _ => {}
+            }
+            false
+        })
+        .map_or(line.len(), |(i, _)| start + i);
     let Some(at) = line[start..authority_end].rfind('@').map(|i| start + i) else {
         return line.into();
     };
-    let stars: String = line[start..at].chars().map(|_| '*').collect();
+    // A tab stays a tab, as the caret line keeps it.
+    let stars: String = line[start..at]
+        .chars()
+        .map(|c| if c == '\t' { c } else { '*' })
+        .collect();
     format!("{}{stars}{}", &line[..start], &line[at..]).into()
 }
 
@@ -658,6 +674,10 @@ body = '{join(items, i, "{i}:{Oid}")}'"#;
             "http://*******@h:1/x/{bad?token=*"
         );
         assert_eq!(mask_query_secrets("http://h/a@b/{x"), "http://h/a@b/{x");
+        assert_eq!(
+            mask_query_secrets(r#"https://u:{default(P, "a/b")}@h/{x"#),
+            "https://*********************@h/{x"
+        );
         assert_eq!(mask_query_secrets("?token=é€&sig="), "?token=**&sig=");
     }
 

@@ -457,7 +457,7 @@ impl TestServer {
             (libc::RLIMIT_NOFILE, opts.open_files_limit),
         ];
         let (umask, nohup) = (opts.umask, opts.nohup);
-        if limits.iter().any(|(_, l)| l.is_some()) || umask.is_some() || nohup {
+        {
             // SAFETY: only async-signal-safe calls between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
@@ -466,9 +466,10 @@ impl TestServer {
                     if let Some(mask) = umask {
                         libc::umask(mask);
                     }
-                    if nohup {
-                        libc::signal(libc::SIGHUP, libc::SIG_IGN);
-                    }
+                    // Set either way: a test runner started under `nohup` would
+                    // otherwise pass its ignored SIGHUP on to every server.
+                    let hup = if nohup { libc::SIG_IGN } else { libc::SIG_DFL };
+                    libc::signal(libc::SIGHUP, hup);
                     for (resource, limit) in limits {
                         let Some(limit) = limit else { continue };
                         let r = libc::rlimit {
