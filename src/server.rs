@@ -84,7 +84,8 @@ fn invalid(problems: impl Iterator<Item = String>) -> anyhow::Error {
     )
 }
 
-/// Runs the dispatcher until SIGINT/SIGTERM (or SIGHUP, unless ignored). `specs` are `cfg`'s endpoints, compiled
+/// Runs the dispatcher until SIGINT/SIGTERM (or SIGHUP, unless ignored); a second one
+/// ends the process at once. `specs` are `cfg`'s endpoints, compiled
 /// ([`load`]).
 pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
     let signals = stop_signals()?;
@@ -543,6 +544,15 @@ fn stop_signals() -> anyhow::Result<signal_hook::iterator::Signals> {
     let mut stop_on = vec![SIGINT, SIGTERM];
     if !ignored(SIGHUP) {
         stop_on.push(SIGHUP);
+    }
+    // A second one ends the process at once (Ctrl-C twice, a supervisor out of
+    // patience), as a kill -9 would: nothing acked is lost, attempts in flight are made
+    // again at the next start. The first sets the flag; the default action then applies
+    // to the next.
+    let again = Arc::new(AtomicBool::new(false));
+    for &sig in &stop_on {
+        signal_hook::flag::register_conditional_default(sig, again.clone())?;
+        signal_hook::flag::register(sig, again.clone())?;
     }
     Ok(signal_hook::iterator::Signals::new(stop_on)?)
 }

@@ -359,6 +359,28 @@ fn a_hangup_stops_the_server_politely() {
     );
 }
 
+/// A second stop signal ends the server at once, as a kill -9 would (Ctrl-C twice): the
+/// attempt the drain was waiting for is made again at the next start. (A second signal
+/// was ignored: the drain ran its course.)
+#[test]
+fn a_second_signal_ends_the_drain_at_once() {
+    let (rx, gate) = TestReceiver::gated();
+    let eps = endpoint("e", r#"["t"]"#, &rx.url("/"), "timeout = \"60s\"");
+    let mut srv = TestServer::start(&eps);
+    srv.connect().send_each_ok("t", "twice", 1);
+    rx.wait_for(1, Duration::from_secs(10));
+    srv.terminate();
+    srv.wait_log("shutting down", Duration::from_secs(10));
+    srv.signal(libc::SIGINT);
+    assert_eq!(srv.wait_exit(), None, "killed by the second signal");
+    gate.open();
+    let again = TestServer::start_in(srv.dir.clone(), &ServerOpts::new(&eps));
+    rx.wait_for(2, Duration::from_secs(20));
+    again.wait_event("twice-0", Duration::from_secs(10), |v| {
+        states(v) == ["delivered"]
+    });
+}
+
 /// Under `nohup` (SIGHUP ignored) a hangup leaves the server running: the first signal
 /// it takes is the SIGTERM after it.
 #[test]
