@@ -59,6 +59,7 @@ use crate::store::{
     EndpointId, EndpointMeta, EndpointSource, EventRecord, Seq, Store,
 };
 use crate::syncer::{self, AckStats, Answer, SyncMsg};
+use crate::tally::Tally;
 use crate::worker::{Job, WorkerMsg};
 
 /// A round stops taking messages once they carry this many events and outcomes, so a
@@ -525,8 +526,8 @@ struct State {
     waiting: Waiting,
     stats: Stats,
     write_failures: WriteFailures,
-    /// Retention writes that failed since the last line logged, and when that was.
-    retention_failures: (u64, Option<Instant>),
+    /// Retention writes that failed since the last line logged.
+    retention_failures: Tally,
 }
 
 /// Writes the store refused (a full disk), logged at most every
@@ -831,7 +832,7 @@ impl Committer {
             dropping: Vec::new(),
             waiting: Waiting::default(),
             write_failures: WriteFailures::default(),
-            retention_failures: (0, None),
+            retention_failures: Tally::default(),
             stats: Stats {
                 acks: AckStats::default(),
                 commit_time: Hist::micros(),
@@ -2075,12 +2076,8 @@ impl State {
         if let Err(e) = self.store.commit(batch, false) {
             // At most every interval (under a full disk a short retention failed every
             // 128 ms), with how many failed since.
-            let (count, last) = &mut self.retention_failures;
-            *count += 1;
-            if last.is_none_or(|t| t.elapsed() >= WRITE_FAILURE_LOG_EVERY) {
-                tracing::error!(error = %e, failures = *count, "retention delete failed");
-                *count = 0;
-                *last = Some(Instant::now());
+            if let Some(failures) = self.retention_failures.note(WRITE_FAILURE_LOG_EVERY) {
+                tracing::error!(error = %e, failures, "retention delete failed");
             }
             return;
         }

@@ -104,15 +104,27 @@ impl Budget {
         }
     }
 
-    /// A permit for one more socket for a holder with `held` open, unless the budget is
-    /// in use or (nine tenths of it in use) the holder has its share.
-    fn take(&'static self, held: usize) -> bool {
+    /// One more unit for a holder with `held` open, unless the budget is in use or
+    /// (nine tenths of it in use) the holder has its share.
+    fn take(&'static self, held: usize) -> Option<Share> {
         let max = self.max.load(Ordering::Acquire);
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 allows(n, max, held).then_some(n + 1)
             })
-            .is_ok()
+            .ok()
+            // Made only once taken: a share dropped gives its count back.
+            .map(|_| Share(self))
+    }
+}
+
+/// One unit of a budget, given back when dropped.
+#[derive(Debug)]
+struct Share(&'static Budget);
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -126,7 +138,7 @@ fn allows(open: usize, max: usize, held: usize) -> bool {
 /// and to its holder's count).
 #[derive(Debug)]
 pub struct Permit {
-    budget: &'static Budget,
+    _share: Share,
     holder: Option<Rc<Cell<usize>>>,
 }
 
@@ -141,14 +153,12 @@ impl Permit {
 
     fn take_from(budget: &'static Budget, holder: Option<&Rc<Cell<usize>>>) -> Option<Permit> {
         let held = holder.map_or(0, |h| h.get());
-        if !budget.take(held) {
-            return None;
-        }
+        let share = budget.take(held)?;
         if let Some(h) = holder {
             h.set(held + 1);
         }
         Some(Permit {
-            budget,
+            _share: share,
             holder: holder.cloned(),
         })
     }
@@ -168,7 +178,6 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.budget.open.fetch_sub(1, Ordering::AcqRel);
         if let Some(h) = &self.holder {
             h.set(h.get() - 1);
         }
@@ -178,7 +187,9 @@ impl Drop for Permit {
 /// One ingest connection's share of its budget, given back when dropped. It travels
 /// with the connection from the accepting thread to its worker.
 #[derive(Debug)]
-pub struct ConnPermit(&'static Budget);
+pub struct ConnPermit {
+    _share: Share,
+}
 
 impl ConnPermit {
     /// A permit for one more ingest connection, unless as many are open as the limit
@@ -197,19 +208,12 @@ impl ConnPermit {
     }
 
     fn take_from(budget: &'static Budget) -> Option<ConnPermit> {
-        // Made only once taken: a permit dropped gives its count back.
-        budget.take(0).then(|| ConnPermit(budget))
+        budget.take(0).map(|_share| ConnPermit { _share })
     }
 
     /// The ingest budget (`usize::MAX` until [`init`]).
     pub fn budget() -> usize {
         INGEST.max.load(Ordering::Acquire)
-    }
-}
-
-impl Drop for ConnPermit {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

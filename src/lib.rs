@@ -37,8 +37,8 @@
 //! - [`worker`]: a core's endpoints, queues, lanes, timer wheel.
 //! - [`schedule`]: retry decisions and the timer wheel.
 //! - [`deliver`]: HTTP/1.1 exchange, request building, DNS, SSRF guard.
-//! - [`fdlimit`]: the open-file limit, raised at start, and the delivery sockets'
-//!   share of it.
+//! - [`fdlimit`]: the open-file limit, raised at start, and the delivery sockets' and
+//!   ingest connections' shares of it.
 //! - [`endpoint`]: an endpoint's compiled templates.
 //! - [`template`]: template compiler and renderer.
 //! - [`queue`]: an endpoint's ready queue, FIFO or ordered.
@@ -48,6 +48,7 @@
 //! - [`client`]: `ricochet send`.
 //! - [`render`]: `ricochet render`.
 //! - [`local`]: single-thread async primitives.
+//! - [`tally`]: counts for warnings logged at most once an interval.
 
 pub mod admin;
 pub mod client;
@@ -68,5 +69,6 @@ pub mod server;
 pub mod shard;
 pub mod store;
 pub mod syncer;
+pub mod tally;
 pub mod template;
 pub mod worker;

@@ -15,7 +15,7 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
@@ -29,6 +29,7 @@ use crate::runtime;
 use crate::shard::{mailbox, worker_for, MailboxSender};
 use crate::store::{DisabledBy, EndpointId, EndpointMeta, EndpointSource, Store};
 use crate::syncer::{self, Syncer};
+use crate::tally::Tally;
 use crate::worker::{self, IngestStream, WorkerMsg, WorkerSetup};
 
 /// How long workers may take to finish in-flight attempts at shutdown.
@@ -417,19 +418,21 @@ struct SocketFile(std::path::PathBuf);
 impl Drop for SocketFile {
     fn drop(&mut self) {
         // Only while it is still a socket: never another file put in its place.
-        let is_socket = std::fs::symlink_metadata(&self.0).is_ok_and(|m| m.file_type().is_socket());
-        if is_socket {
+        if is_socket(&self.0) {
             let _ = std::fs::remove_file(&self.0);
         }
     }
 }
 
+/// Whether `path` itself (not what a link there points to) is a socket.
+fn is_socket(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
 /// Gives the ingest socket at `path` the mode the umask `serve` started with gives (its
 /// own umask is 077 by then), if `path` is still that socket (not a link put there).
 fn set_socket_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
-    let meta = std::fs::symlink_metadata(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    if !meta.file_type().is_socket() {
+    if !is_socket(path) {
         bail!("{} is no longer the socket just bound", path.display());
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
@@ -458,23 +461,20 @@ fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
 /// 10 s over both listeners, with the count since the last warning
 /// (`ricochet_ingest_connections_refused_total` has them all).
 fn warn_refused() {
-    static LAST: std::sync::Mutex<(u64, Option<Instant>)> = std::sync::Mutex::new((0, None));
-    let Ok(mut last) = LAST.lock() else { return };
-    let total = ConnPermit::refused();
-    if last
-        .1
-        .is_some_and(|t| t.elapsed() < Duration::from_secs(10))
-    {
+    static REFUSED: std::sync::Mutex<Tally> = std::sync::Mutex::new(Tally::new());
+    let Ok(mut tally) = REFUSED.lock() else {
         return;
-    }
+    };
+    let Some(closed) = tally.note(Duration::from_secs(10)) else {
+        return;
+    };
     tracing::warn!(
         open = ConnPermit::budget(),
-        closed = total - last.0,
+        closed,
         "ingest connections closed at once: as many are open as the open-file limit \
          allows (half of what it keeps from delivery sockets); close idle producers' \
          connections or raise the limit"
     );
-    *last = (total, Some(Instant::now()));
 }
 
 fn spawn_acceptor<F>(
@@ -490,10 +490,9 @@ where
         .name(name.into())
         .spawn(move || {
             let mut next = 0usize;
-            // Failures since the last warning, and when that was: out of descriptors,
-            // accept fails every 50 ms until some are free; one warning each 10 s.
-            let mut failed = 0u64;
-            let mut warned: Option<Instant> = None;
+            // Out of descriptors, accept fails every 50 ms until some are free: one
+            // warning each 10 s, with the failures since the last.
+            let mut failed = Tally::default();
             while !stopping.load(Ordering::SeqCst) {
                 match accept() {
                     Ok(conn) => {
@@ -509,11 +508,8 @@ where
                         next += 1;
                     }
                     Err(e) => {
-                        failed += 1;
-                        if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                            tracing::warn!(error = %e, failures = failed, "accept failed");
-                            failed = 0;
-                            warned = Some(Instant::now());
+                        if let Some(failures) = failed.note(Duration::from_secs(10)) {
+                            tracing::warn!(error = %e, failures, "accept failed");
                         }
                         // The connection waits in the listen backlog meanwhile.
                         std::thread::sleep(Duration::from_millis(50));

@@ -53,6 +53,7 @@ use crate::store::{
     seq_time_ms, AttemptRecord, DeliveryState, DisabledBy, DueKey, DueVal, EndpointId,
     EndpointMeta, EventRecord, FloorReader,
 };
+use crate::tally::Tally;
 use crate::template::Doc;
 
 /// How long an idle lane keeps its connection before it exits.
@@ -294,9 +295,9 @@ impl Ep {
 
 struct Worker {
     idx: usize,
-    /// Deliveries held back for want of a socket since the last warning, and when that
-    /// was ([`Worker::not_sent`]).
-    not_sent: Cell<(u64, Option<Instant>)>,
+    /// Deliveries held back for want of a socket since the last warning
+    /// ([`Worker::not_sent`]).
+    not_sent: Cell<Tally>,
     commit: MailboxSender<CommitMsg>,
     conns: RefCell<HashMap<u64, Rc<ConnShared>>>,
     next_conn: Cell<u64>,
@@ -362,7 +363,7 @@ pub async fn run(setup: WorkerSetup) {
         allow_private: setup.allow_private_networks,
         retention: setup.retention,
         stopping: Cell::new(false),
-        not_sent: Cell::new((0, None)),
+        not_sent: Cell::new(Tally::default()),
         active: Cell::new(0),
         idle_wake: LocalNotify::default(),
         ingest_counters: Rc::new(IngestCounters::default()),
@@ -1184,12 +1185,10 @@ impl Worker {
     /// [`NOT_SENT_WARN_EVERY`] (under exhaustion it happens for every job).
     fn not_sent(&self, why: &str) {
         self.holds.set(self.holds.get() + 1);
-        let (count, last) = self.not_sent.get();
-        let count = count + 1;
-        if last.is_some_and(|t| t.elapsed() < NOT_SENT_WARN_EVERY) {
-            self.not_sent.set((count, last));
-            return;
-        }
+        let mut tally = self.not_sent.get();
+        let due = tally.note(NOT_SENT_WARN_EVERY);
+        self.not_sent.set(tally);
+        let Some(count) = due else { return };
         // The count is the worker's, over every endpoint: none is named. It counts
         // holds, not deliveries: one held again a second later counts again.
         tracing::warn!(
@@ -1199,7 +1198,6 @@ impl Worker {
             "deliveries held back: no socket to be had ({why}); not counted as attempts \
              (ricochet_delivery_holds_total counts every hold)"
         );
-        self.not_sent.set((0, Some(Instant::now())));
     }
 
     /// Connects a rate-limited endpoint's lane before it takes a token (static URLs
