@@ -23,9 +23,10 @@
 //!
 //! Ingest connections have a budget of their own, half the reserve ([`ConnPermit`]):
 //! producers that leave hundreds of connections open would otherwise take the store's
-//! descriptors. The other half is the store's (RocksDB keeps every table file open: a
-//! store of thousands of table files needs a higher limit), the admin API's (at most 64
-//! connections) and the process's own.
+//! descriptors. The other half is the store's, the admin API's (at most 64 connections)
+//! and the process's own: the store keeps at most [`store_files_for`] table files open
+//! at once (RocksDB would otherwise keep every table file of a large store open, and a
+//! store that grew past the limit could not open its next WAL or flush output).
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -38,6 +39,12 @@ static INGEST: Budget = Budget::new(usize::MAX);
 /// Ingest connections closed for want of a permit, since start.
 static INGEST_REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// Descriptors of the store's half of the reserve that are not its table files: the
+/// admin API's connections (at most 64) and the process's own (standard streams,
+/// listeners, io_uring and event descriptors, and RocksDB's WAL, manifest, lock and info
+/// log, which it keeps outside its count of table files).
+const NOT_TABLE_FILES: usize = 96;
+
 /// Sockets open against how many may be.
 #[derive(Debug)]
 pub struct Budget {
@@ -45,10 +52,24 @@ pub struct Budget {
     max: AtomicUsize,
 }
 
+/// What [`init`] found and set.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The soft open-file limit the process started with…
+    pub before: u64,
+    /// …and the one it runs with.
+    pub now: u64,
+    /// Delivery sockets ([`Permit`]).
+    pub sockets: usize,
+    /// Ingest connections ([`ConnPermit`]).
+    pub ingest: usize,
+    /// Table files the store may keep open ([`store_files_for`]).
+    pub store_files: usize,
+}
+
 /// Raises the soft open-file limit to the hard one (a server with thousands of
-/// endpoints needs more than the usual 1,024) and sets the delivery budget from it.
-/// Returns (the limit before, the limit now, the budget).
-pub fn init() -> std::io::Result<(u64, u64, usize)> {
+/// endpoints needs more than the usual 1,024) and sets the budgets from it.
+pub fn init() -> std::io::Result<Limits> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -68,12 +89,16 @@ pub fn init() -> std::io::Result<(u64, u64, usize)> {
             lim.rlim_cur = lim.rlim_max;
         }
     }
-    let budget = budget_for(lim.rlim_cur);
-    SOCKETS.max.store(budget, Ordering::Release);
-    INGEST
-        .max
-        .store(ingest_budget_for(lim.rlim_cur), Ordering::Release);
-    Ok((before, lim.rlim_cur, budget))
+    let limits = Limits {
+        before,
+        now: lim.rlim_cur,
+        sockets: budget_for(lim.rlim_cur),
+        ingest: ingest_budget_for(lim.rlim_cur),
+        store_files: store_files_for(lim.rlim_cur),
+    };
+    SOCKETS.max.store(limits.sockets, Ordering::Release);
+    INGEST.max.store(limits.ingest, Ordering::Release);
+    Ok(limits)
 }
 
 /// Descriptors kept from delivery sockets: a quarter of the limit, at least 256 and at
@@ -94,6 +119,18 @@ pub fn budget_for(limit: u64) -> usize {
 pub fn ingest_budget_for(limit: u64) -> usize {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     reserve_for(limit).min(limit) / 2
+}
+
+/// The table files the store may keep open at a limit of `limit` open files: half the
+/// reserve less what is not table files, at least 32 (RocksDB's `max_open_files`; it
+/// counts ten more for its own files, so 32 leaves 22 table files open, the rest
+/// reopened as needed). A store with more table files than this reads a little slower,
+/// instead of running out of descriptors.
+pub fn store_files_for(limit: u64) -> usize {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    (reserve_for(limit).min(limit) / 2)
+        .saturating_sub(NOT_TABLE_FILES)
+        .max(32)
 }
 
 impl Budget {
@@ -240,6 +277,11 @@ mod tests {
         assert_eq!(ingest_budget_for(20_000), 2_500);
         assert_eq!(ingest_budget_for(1 << 20), 8_192);
         assert_eq!(ingest_budget_for(100), 50);
+        assert_eq!(store_files_for(1024), 32);
+        assert_eq!(store_files_for(4096), 416);
+        assert_eq!(store_files_for(20_000), 2_404);
+        assert_eq!(store_files_for(1 << 20), 8_096);
+        assert_eq!(store_files_for(100), 32);
     }
 
     #[test]

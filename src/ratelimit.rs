@@ -8,7 +8,9 @@
 //! second token absorbs a late wake-up (a sleeping lane wakes on a millisecond timer)
 //! without losing rate.
 //!
-//! Must not: read the clock (callers pass `now_ms` or `now_us`), sleep, lock or allocate.
+//! Must not: read the clock (callers pass `now_ms` or `now_us`, from a clock that never
+//! steps back: a bucket set a wall clock's step ahead of its next reading would hold its
+//! next token back that long), sleep, lock or allocate.
 //! Queueing and timers for requests that must wait belong to the worker.
 //!
 //! Arithmetic: integers only, so nothing drifts. One token is [`UNIT`] micro-tokens; over

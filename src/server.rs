@@ -90,22 +90,30 @@ fn invalid(problems: impl Iterator<Item = String>) -> anyhow::Error {
 /// ([`load`]).
 pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
     let signals = stop_signals()?;
+    end_on_panic();
     let s = &cfg.server;
     // Checked here, after the flags (`--data-dir` may fill in an empty `data_dir`).
     let problems = s.startup_problems();
     if !problems.is_empty() {
         return Err(invalid(problems.into_iter().map(|(_, msg)| msg)));
     }
-    match crate::fdlimit::init() {
-        Ok((before, now, budget)) => tracing::info!(
-            open_files = now,
-            raised_from = before,
-            delivery_sockets = budget,
-            ingest_connections = ConnPermit::budget(),
-            "open-file limit"
-        ),
-        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
-    }
+    let store_files = match crate::fdlimit::init() {
+        Ok(l) => {
+            tracing::info!(
+                open_files = l.now,
+                raised_from = l.before,
+                delivery_sockets = l.sockets,
+                ingest_connections = l.ingest,
+                store_table_files = l.store_files,
+                "open-file limit"
+            );
+            Some(l.store_files)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit");
+            None
+        }
+    };
     let driver = runtime::choose(s.driver)?;
     crate::deliver::tls::init(s.extra_ca_file.as_deref())?;
     // Owner only: the store holds endpoint definitions with their secrets, and events.
@@ -131,7 +139,7 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
             );
         }
     }
-    let store = Store::open(&s.data_dir)
+    let store = Store::open_limited(&s.data_dir, store_files)
         .with_context(|| format!("cannot open the store in {}", s.data_dir.display()))?;
 
     let specs = apply_endpoints(&store, specs)?;
@@ -529,6 +537,24 @@ fn ignored(sig: libc::c_int) -> bool {
     }
 }
 
+/// Makes a panic on any thread end the process at once, as a kill -9 would, once it is
+/// printed and logged. A worker (or the committer) that died alone would leave its
+/// endpoints unattempted and its producers unanswered while the rest ran on, its share
+/// of the in-memory budget never given back; the store is the record, and a restart
+/// (by the supervisor) resumes everything from it, losing nothing acked.
+fn end_on_panic() {
+    let print = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        print(info);
+        tracing::error!(
+            thread = std::thread::current().name().unwrap_or("?"),
+            "a thread panicked: ending the process; what was acked is in the store, and a \
+             restart resumes it"
+        );
+        std::process::abort();
+    }));
+}
+
 /// The signals that stop the server, caught from the start of `serve` on: one that
 /// came before it was ready (a supervisor's stop right after the start) then waits for
 /// it, instead of killing it on the spot.
@@ -556,5 +582,38 @@ fn stop_signals() -> anyhow::Result<signal_hook::iterator::Signals> {
 fn wait_for_signal(mut signals: signal_hook::iterator::Signals) {
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "signal received");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Set in the child this test runs: it panics there, on another thread.
+    const CHILD: &str = "RICOCHET_TEST_PANIC_CHILD";
+
+    #[test]
+    fn a_panic_on_any_thread_ends_the_process() {
+        if std::env::var_os(CHILD).is_some() {
+            super::end_on_panic();
+            let _ = std::thread::Builder::new()
+                .name("ricochet-w0".into())
+                .spawn(|| panic!("worker bug"))
+                .unwrap()
+                .join();
+            // Not reached with the hook: the panic aborted the process.
+            std::process::exit(0);
+        }
+        use std::os::unix::process::ExitStatusExt;
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "server::tests::a_panic_on_any_thread_ends_the_process",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{stderr}");
+        assert!(stderr.contains("worker bug"), "{stderr}");
     }
 }

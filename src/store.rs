@@ -1062,8 +1062,15 @@ pub fn quiet_perf_counters() {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store in `dir`.
+    /// Opens (creating if needed) the store in `dir`, every table file kept open.
     pub fn open(dir: &Path) -> Result<Store> {
+        Store::open_limited(dir, None)
+    }
+
+    /// Opens (creating if needed) the store in `dir`, keeping at most `table_files` of
+    /// its table files open at once (RocksDB's `max_open_files`; the server's share of
+    /// the open-file limit, [`crate::fdlimit::store_files_for`]). `None`: all of them.
+    pub fn open_limited(dir: &Path, table_files: Option<usize>) -> Result<Store> {
         let floor = Arc::new(AtomicU64::new(0));
         let mut opts = Options::default();
         opts.create_if_missing(true);
@@ -1071,6 +1078,9 @@ impl Store {
         opts.set_max_background_jobs(2);
         opts.set_bytes_per_sync(1 << 20);
         opts.set_max_total_wal_size(256 << 20);
+        if let Some(n) = table_files {
+            opts.set_max_open_files(i32::try_from(n).unwrap_or(i32::MAX));
+        }
         // One memtable budget for all column families. 32 MiB was measured twice; on the
         // 16-lane `max` it cost ~10% throughput (compaction doubled) and saved no RSS
         // (docs/perf/history.md#reverted-s3; glibc's heap keeps
@@ -2533,6 +2543,33 @@ mod tests {
         let mut buf = Vec::new();
         a.encode(&mut buf);
         assert_eq!(AttemptRecord::decode(&buf).unwrap(), a);
+    }
+
+    /// `max_open_files` as RocksDB recorded it in the newest OPTIONS file of `dir`.
+    fn recorded_max_open_files(dir: &Path) -> String {
+        let newest = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.file_name().into_string().unwrap()))
+            .filter(|n| n.starts_with("OPTIONS-"))
+            .max_by_key(|n| n[8..].parse::<u64>().unwrap_or(0))
+            .expect("an OPTIONS file");
+        let text = std::fs::read_to_string(dir.join(newest)).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("max_open_files="))
+            .expect("max_open_files recorded");
+        line.trim()
+            .trim_start_matches("max_open_files=")
+            .to_string()
+    }
+
+    #[test]
+    fn a_limited_store_keeps_at_most_its_share_of_table_files_open() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open_limited(dir.path(), Some(40)).unwrap());
+        assert_eq!(recorded_max_open_files(dir.path()), "40");
+        drop(Store::open(dir.path()).unwrap());
+        assert_eq!(recorded_max_open_files(dir.path()), "-1");
     }
 
     #[test]

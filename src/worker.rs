@@ -244,9 +244,9 @@ struct Ep {
 }
 
 impl Ep {
-    fn new(spec: Arc<EndpointSpec>, meta: &EndpointMeta, now: u64) -> Ep {
+    fn new(spec: Arc<EndpointSpec>, meta: &EndpointMeta) -> Ep {
         Ep {
-            bucket: RefCell::new(TokenBucket::new_empty(spec.cfg.max_rps, now)),
+            bucket: RefCell::new(TokenBucket::new_empty(spec.cfg.max_rps, mono_ms())),
             queue: RefCell::new(JobQueue::new(spec.cfg.ordered)),
             spec: RefCell::new(spec),
             removed: Cell::new(false),
@@ -336,15 +336,24 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds on a clock that never steps back (counted from its first reading), for
+/// what only measures intervals: the `max_rps` buckets. On the wall clock, a clock set
+/// back an hour would hold a paced endpoint's next request back an hour.
+fn mono_ms() -> u64 {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
 /// Runs a worker until it is told to shut down.
 pub async fn run(setup: WorkerSetup) {
-    let start = now_ms();
     let endpoints = setup
         .endpoints
         .into_iter()
         .map(|spec| {
             let meta = setup.state.get(&spec.id).cloned().unwrap_or_default();
-            (spec.id, Rc::new(Ep::new(spec, &meta, start)))
+            (spec.id, Rc::new(Ep::new(spec, &meta)))
         })
         .collect();
     let w = Rc::new(Worker {
@@ -546,7 +555,7 @@ impl Worker {
                         // Tokens saved up while disabled are not a burst to send: the
                         // backlog starts at the rate, as after a restart.
                         let rate = e.spec.borrow().cfg.max_rps;
-                        *e.bucket.borrow_mut() = TokenBucket::new_empty(rate, now_ms());
+                        *e.bucket.borrow_mut() = TokenBucket::new_empty(rate, mono_ms());
                     }
                     // The store moved what is queued (paused or resumed it afresh).
                     let stale = e.queue.borrow_mut().drain();
@@ -658,12 +667,12 @@ impl Worker {
             let id = spec.id;
             self.endpoints
                 .borrow_mut()
-                .insert(id, Rc::new(Ep::new(spec, meta, now_ms())));
+                .insert(id, Rc::new(Ep::new(spec, meta)));
             return;
         };
         let old = ep.spec.replace(spec.clone());
         if old.cfg.max_rps != spec.cfg.max_rps {
-            *ep.bucket.borrow_mut() = TokenBucket::new_empty(spec.cfg.max_rps, now_ms());
+            *ep.bucket.borrow_mut() = TokenBucket::new_empty(spec.cfg.max_rps, mono_ms());
         }
         if old.cfg.ordered != spec.cfg.ordered {
             let jobs = ep.queue.borrow_mut().drain();
@@ -1083,7 +1092,7 @@ impl Worker {
         };
         let answered_ms = (rec.status != 0).then_some(u64::from(rec.latency_us) / 1000);
         if cfg.max_rps > 0 && slot.last_was_first() {
-            let now = now_ms();
+            let now = mono_ms();
             let mut bucket = ep.bucket.borrow_mut();
             // It reached the receiver only once the receiver accepted the connection,
             // which a loaded receiver may do late: pace the next one from its arrival,
@@ -1254,7 +1263,7 @@ impl Addrs {
 /// re-check its loop (it idled, or the queue emptied while it waited).
 async fn take_token(ep: &Ep, me: &Rc<LocalNotify>) -> bool {
     loop {
-        let now = now_ms();
+        let now = mono_ms();
         if ep.bucket.borrow_mut().try_take(now) {
             return true;
         }
@@ -1270,7 +1279,7 @@ async fn take_token(ep: &Ep, me: &Rc<LocalNotify>) -> bool {
         if ep.queue.borrow().is_empty() {
             return false;
         }
-        if ep.bucket.borrow_mut().try_take(now_ms()) {
+        if ep.bucket.borrow_mut().try_take(mono_ms()) {
             // Hand the pacer's role on while work remains.
             if ep.queue.borrow().len() > 1 {
                 if let Some(n) = ep.idle.borrow_mut().pop() {

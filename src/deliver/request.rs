@@ -373,9 +373,13 @@ pub fn mask_query_secrets(line: &str) -> String {
 
 /// `line` with the userinfo of a URL's authority (`user:password@`, which ricochet
 /// refuses, but a template error shows the line first) masked, one `*` per character.
+/// Without a `scheme://` the authority is taken to start the line (after a `//`, if
+/// any): a URL missing its scheme is refused too, and its error shows the line.
 fn mask_userinfo(line: &str) -> std::borrow::Cow<'_, str> {
-    let Some(start) = line.find("://").map(|i| i + 3) else {
-        return line.into();
+    let start = match line.find("://") {
+        Some(i) => i + 3,
+        None if line.starts_with("//") => 2,
+        None => 0,
     };
     // The authority ends at `/`, `?` or `#` outside a placeholder (`{default(P, "a/b")}`
     // is one).
@@ -679,6 +683,10 @@ body = '{join(items, i, "{i}:{Oid}")}'"#;
             "https://*********************@h/{x"
         );
         assert_eq!(mask_query_secrets("?token=é€&sig="), "?token=**&sig=");
+        // Without a scheme (refused, but the line is shown first).
+        assert_eq!(mask_query_secrets("user:pw@h:1/{bad"), "*******@h:1/{bad");
+        assert_eq!(mask_query_secrets("//u:pw@h/{bad"), "//****@h/{bad");
+        assert_eq!(mask_query_secrets("h:1/a@b/{x"), "h:1/a@b/{x");
     }
 
     #[test]

@@ -27,6 +27,9 @@ const SLOTS: usize = 1 << BITS;
 pub const LEVELS: usize = 6;
 /// An emptied slot keeping more capacity than this (in items) gives it back.
 const KEEP_CAPACITY: usize = 1024;
+/// A clock this far (ms) or less behind the wheel's is taken as the same time; further
+/// behind, the wheel [rewinds](TimerWheel::rewind).
+pub const STEP_BACK_MS: u64 = 100;
 
 /// A hierarchical timer wheel keyed by due time in milliseconds.
 #[derive(Debug)]
@@ -99,11 +102,42 @@ impl<T> TimerWheel<T> {
         (!self.overflow.is_empty()).then_some(self.overflow_min)
     }
 
+    /// Sets the wheel's clock back to `now_ms` if that is more than [`STEP_BACK_MS`]
+    /// behind it (the wall clock was set back), placing every waiting item again: an
+    /// item inserted from then on waits until its due time instead of firing at once as
+    /// if already past, and a waiting one keeps its due time. O(n), on such a step only;
+    /// smaller steps back change nothing (an item then fires at most that much early).
+    pub fn rewind(&mut self, now_ms: u64) {
+        if now_ms.saturating_add(STEP_BACK_MS) >= self.elapsed {
+            return;
+        }
+        let mut items = Vec::with_capacity(self.len);
+        // Due times in `past`, the slots and `overflow` do not overlap, and each due time
+        // sits in one slot in insertion order: a stable sort keeps ties in that order.
+        items.append(&mut self.past);
+        for slot in &mut self.slots {
+            items.append(slot);
+        }
+        items.append(&mut self.overflow);
+        items.sort_by_key(|&(due, _)| due);
+        self.elapsed = now_ms;
+        self.occupied = [0; LEVELS];
+        self.slot_min.fill(u64::MAX);
+        self.past_min = u64::MAX;
+        self.overflow_min = u64::MAX;
+        self.len = 0;
+        for (due, item) in items {
+            self.insert(due, item);
+        }
+    }
+
     /// Moves every item due at or before `now_ms` into `out`, in due order, items with the
     /// same due time in insertion order. Also fires items inserted with a due time
-    /// already past, whatever `now_ms` is. Time never runs backwards: a `now_ms` before
-    /// an earlier call's changes nothing else.
+    /// already past, whatever `now_ms` is. A `now_ms` more than [`STEP_BACK_MS`] before
+    /// an earlier call's [rewinds](Self::rewind) the wheel first; a smaller step back
+    /// changes nothing else.
     pub fn expire(&mut self, now_ms: u64, out: &mut Vec<T>) {
+        self.rewind(now_ms);
         if !self.past.is_empty() {
             // Past items are all due before every wheel item.
             if !self.past.is_sorted_by_key(|&(due, _)| due) {
@@ -286,13 +320,41 @@ mod tests {
         w.insert(5, 1);
         w.insert(9_000, 22);
         assert_eq!(w.next_due(), Some(5));
-        // Even an expire "before" them fires past items.
-        assert_eq!(expire(&mut w, 0), [1, 2, 22]);
+        // Even an expire "before" them (by no more than a small step back) fires past
+        // items.
+        assert_eq!(expire(&mut w, 10_000 - STEP_BACK_MS), [1, 2, 22]);
         assert_eq!(expire(&mut w, 10_005), [3]);
         // Due exactly at the last expired millisecond is in the past now.
         w.insert(10_005, 4);
         assert_eq!(w.next_due(), Some(10_005));
         assert_eq!(expire(&mut w, 10_005), [4]);
+    }
+
+    #[test]
+    fn a_clock_set_back_rewinds_the_wheel_and_due_times_hold() {
+        let hour = 3_600_000;
+        let t = 1_775_642_700_000;
+        let mut w = TimerWheel::new(t);
+        w.insert(t + 5_000, "waiting");
+        w.insert(t + 2 * hour, "far");
+        assert!(expire(&mut w, t + 1_000).is_empty());
+        // The clock is set back an hour: a retry scheduled 15 s from the new time waits
+        // 15 s, not firing at once as if past; waiting items keep their due times.
+        let back = t + 1_000 - hour;
+        w.insert(back + 15_000, "retry"); // before the rewind: past, fires at once
+        assert_eq!(expire(&mut w, back), Vec::<&str>::new());
+        w.insert(back + 15_000, "retry2");
+        assert_eq!(w.len(), 4);
+        assert_eq!(w.next_due(), Some(back + 15_000));
+        assert_eq!(expire(&mut w, back + 14_999), Vec::<&str>::new());
+        assert_eq!(expire(&mut w, back + 15_000), ["retry", "retry2"]);
+        assert_eq!(expire(&mut w, t + 4_999), Vec::<&str>::new());
+        assert_eq!(expire(&mut w, t + 5_000), ["waiting"]);
+        // A small step back changes nothing: a past item still fires at once.
+        w.insert(t + 4_990, "late");
+        assert_eq!(expire(&mut w, t + 4_950), ["late"]);
+        assert_eq!(expire(&mut w, t + 2 * hour), ["far"]);
+        assert!(w.is_empty());
     }
 
     #[test]
@@ -380,6 +442,8 @@ mod tests {
             Insert(i64),
             /// Advance `now` by this much and expire.
             Expire(u64),
+            /// Set `now` back by this much (more than a small step), and expire.
+            Back(u64),
             /// Check `next_due`.
             Peek,
         }
@@ -402,6 +466,8 @@ mod tests {
                 2 => prop_oneof![0u64..3, 0u64..100, 0u64..10_000, 0u64..(1 << 37)]
                     .prop_map(Op::Expire),
                 1 => Just(Op::Peek),
+                1 => prop_oneof![STEP_BACK_MS + 1..STEP_BACK_MS + 3, 101u64..(1 << 30)]
+                    .prop_map(Op::Back),
             ]
         }
 
@@ -424,8 +490,15 @@ mod tests {
                             model.insert((due, seq), seq);
                             seq += 1;
                         }
-                        Op::Expire(dt) => {
-                            now += dt;
+                        Op::Expire(dt) | Op::Back(dt) => {
+                            if let Op::Back(_) = op {
+                                if now < dt {
+                                    continue;
+                                }
+                                now -= dt;
+                            } else {
+                                now += dt;
+                            }
                             let mut out = Vec::new();
                             w.expire(now, &mut out);
                             let keep = model.split_off(&(now + 1, 0));
