@@ -766,6 +766,19 @@ const RESERVED_HEADERS: [&str; 9] = [
     "content-type",
 ];
 
+/// Headers about the connection or the body's encoding, which ricochet manages: the
+/// hop-by-hop ones of RFC 9110 §7.6.1 (`TE` and `Upgrade` need a `Connection` option,
+/// which cannot be given either) and `Content-Encoding` (the body is sent as rendered,
+/// never compressed, so the header would misdescribe it).
+const CONNECTION_HEADERS: [&str; 6] = [
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-encoding",
+];
+
 /// Whether `s` is a valid endpoint name: `[A-Za-z0-9_.-]{1,64}`.
 pub fn valid_endpoint_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
@@ -861,6 +874,10 @@ impl EndpointConfig {
             } else if RESERVED_HEADERS.contains(&k.to_ascii_lowercase().as_str()) {
                 out.push(format!(
                     "endpoint {n}: field `headers.{k}`: {k} is set by ricochet on every request and cannot be given"
+                ));
+            } else if CONNECTION_HEADERS.contains(&k.to_ascii_lowercase().as_str()) {
+                out.push(format!(
+                    "endpoint {n}: field `headers.{k}`: {k} is about the connection or the body's encoding, which ricochet manages, and cannot be given"
                 ));
             }
         }
@@ -1684,6 +1701,31 @@ disable_after = { "4xx" = "many" }
                 format!("endpoint a: field `headers.{name}`: {name} is set by ricochet on every request and cannot be given")
             );
         }
+    }
+
+    #[test]
+    fn connection_headers_are_refused() {
+        for name in [
+            "TE",
+            "Upgrade",
+            "keep-alive",
+            "Proxy-Connection",
+            "Trailer",
+            "Content-Encoding",
+        ] {
+            let mut e: EndpointConfig =
+                toml::from_str("name=\"a\"\nevents=[\"t\"]\nurl=\"http://h/\"\n").unwrap();
+            e.headers = vec![(name.to_string(), "x".to_string())];
+            assert_eq!(
+                refused(&e),
+                format!("endpoint a: field `headers.{name}`: {name} is about the connection or the body's encoding, which ricochet manages, and cannot be given")
+            );
+        }
+        // `Expect: 100-continue` works (the interim answer is read past).
+        let mut e: EndpointConfig =
+            toml::from_str("name=\"a\"\nevents=[\"t\"]\nurl=\"http://h/\"\n").unwrap();
+        e.headers = vec![("Expect".to_string(), "100-continue".to_string())];
+        assert!(e.problems().is_empty());
     }
 
     #[test]

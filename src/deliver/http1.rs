@@ -223,23 +223,29 @@ pub enum UrlError {
     DotSegment,
 }
 
-/// Whether `path` (up to its query) has a segment that is `.` or `..`, dots written
-/// plain or as `%2E`. A rendered URL's path must have none ([`UrlError::DotSegment`]);
+/// Whether `path` (up to its query) has a segment that is `.` or `..`
+/// ([`is_dot_segment`]). A rendered URL's path must have none ([`UrlError::DotSegment`]);
 /// a static one is the operator's own and is sent as written.
 pub fn has_dot_segment(path: &[u8]) -> bool {
     let path = path.split(|&b| b == b'?').next().unwrap_or_default();
-    path.split(|&b| b == b'/').any(|seg| {
-        let (mut dots, mut i) = (0, 0);
-        while i < seg.len() {
-            match seg[i..] {
-                [b'.', ..] => i += 1,
-                [b'%', b'2', e, ..] if e | 0x20 == b'e' => i += 3,
-                _ => return false,
-            }
-            dots += 1;
+    path.split(|&b| b == b'/').any(is_dot_segment)
+}
+
+/// Whether a path segment is `.` or `..`, each dot written plain or as `%2E`, also with
+/// `;parameters` after it: RFC 3986 resolves only the bare ones, but common receivers
+/// (Tomcat, Jetty, Spring) drop a segment's parameters before they resolve it.
+pub fn is_dot_segment(seg: &[u8]) -> bool {
+    let seg = seg.split(|&b| b == b';').next().unwrap_or_default();
+    let (mut dots, mut i) = (0, 0);
+    while i < seg.len() {
+        match seg[i..] {
+            [b'.', ..] => i += 1,
+            [b'%', b'2', e, ..] if e | 0x20 == b'e' => i += 3,
+            _ => return false,
         }
-        dots == 1 || dots == 2
-    })
+        dots += 1;
+    }
+    dots == 1 || dots == 2
 }
 
 /// `%XX` escapes decoded (as far as they make UTF-8; anything else is kept as written).
@@ -391,7 +397,14 @@ pub fn parse_url(url: &[u8]) -> Result<Target, UrlError> {
     })
 }
 
+/// A port's digits (RFC 3986 allows leading zeros, and browsers and curl read `:08080`
+/// as 8080; `Host` then carries the number).
 fn parse_port(digits: &[u8]) -> Result<u16, UrlError> {
+    let first = digits
+        .iter()
+        .position(|&d| d != b'0')
+        .unwrap_or(digits.len());
+    let digits = &digits[first.min(digits.len().saturating_sub(1))..];
     if digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
         return Err(UrlError::InvalidPort);
     }
@@ -1326,6 +1339,8 @@ mod tests {
             "http://h/a/%2E%2e/b?x=1",
             "http://h/a/.%2E",
             "http://h/..?q",
+            "http://h/p/..;v=1/q",
+            "http://h/p/.;x",
         ] {
             let t = parse_url(url.as_bytes()).unwrap();
             assert!(has_dot_segment(t.path_and_query.as_bytes()), "{url}");
@@ -1337,6 +1352,8 @@ mod tests {
             "http://h/a?x=../..",
             "http://h/a#../..",
             "http://h/%2E%2Ex",
+            "http://h/p/;..",
+            "http://h/p/..x;y",
         ] {
             let t = parse_url(url.as_bytes()).unwrap();
             assert!(!has_dot_segment(t.path_and_query.as_bytes()), "{url}");
@@ -1382,6 +1399,12 @@ mod tests {
 
         let t = parse_url(b"http://h#only-fragment").unwrap();
         assert_eq!(t.path_and_query, "/");
+
+        // Leading zeros in a port, as browsers and curl take them.
+        let t = parse_url(b"http://h:08080/x").unwrap();
+        assert_eq!((t.port, t.host_header.as_str()), (8080, "h:8080"));
+        let t = parse_url(b"http://h:0080/x").unwrap();
+        assert_eq!((t.port, t.host_header.as_str()), (80, "h"));
     }
 
     #[test]
@@ -1401,6 +1424,8 @@ mod tests {
             (b"http://h:8x/", InvalidPort),
             (b"http://h:123456/", InvalidPort),
             (b"http://h:1:2/", InvalidPort),
+            (b"http://h:00/", InvalidPort),
+            (b"http://h:0065536/", InvalidPort),
             (b"http://[::1/", InvalidHost),
             (b"http://[zz]/", InvalidHost),
             (b"http://[::1]x/", InvalidHost),

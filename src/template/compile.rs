@@ -28,6 +28,7 @@ use bytes::Bytes;
 
 use super::doc::Seg;
 use super::{BodyFormat, Context, TemplateError};
+use crate::deliver::http1::is_dot_segment;
 
 /// How a placeholder's value is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,7 +89,17 @@ pub(super) fn compile(src: &str, ctx: Context) -> Result<(Vec<Part>, usize), Tem
             .map_err(|bad| c.error(bad.at, bad.message))?;
     }
     if ctx == Context::Url && ir.iter().any(|p| !matches!(p, Ir::Lit(_))) {
-        if let Some(at) = literal_dot_segment(&ir, &c.lits, &c.lit_at) {
+        let mut shape = Vec::new();
+        url_shape(&ir, &c.lits, &c.lit_at, &mut shape);
+        if let Some(at) = placeholder_in_fragment(&shape) {
+            return Err(c.error(
+                at,
+                "a `#` before a placeholder: it starts the URL's fragment, which is never \
+                 sent, so what follows would never reach the receiver; write `%23` for a \
+                 `#` the receiver should get",
+            ));
+        }
+        if let Some(at) = literal_dot_segment(&shape) {
             return Err(c.error(
                 at,
                 "a `.` or `..` path segment: a rendered URL's path may have none (receivers \
@@ -123,32 +134,33 @@ fn finish(ir: Vec<Ir>, lits: &Bytes) -> Vec<Part> {
         .collect()
 }
 
+/// A URL template as literal bytes with their source offsets, a value as `None`, a join
+/// as two elements and its separator (its literal text is the template's too).
+type Shape = Vec<Option<(u8, usize)>>;
+
+fn url_shape(ir: &[Ir], lits: &[u8], lit_at: &[usize], out: &mut Shape) {
+    let lit = |r: &Range<usize>| r.clone().map(|i| Some((lits[i], lit_at[i])));
+    for p in ir {
+        match p {
+            Ir::Lit(r) => out.extend(lit(r)),
+            Ir::Value { .. } => out.push(None),
+            Ir::Join { body, sep, .. } => {
+                url_shape(body, lits, lit_at, out);
+                out.extend(lit(sep));
+                url_shape(body, lits, lit_at, out);
+            }
+        }
+    }
+}
+
 /// The source offset of a path segment of a URL template that is literal text only and
-/// reads `.` or `..` (dots plain or `%2E`): rendered, it is such a segment whatever the
+/// reads `.` or `..` ([`is_dot_segment`]): rendered, it is such a segment whatever the
 /// values give, since a value never renders a `/` (it is percent-encoded). A value is a
 /// segment's text of unknown content, so a segment holding one is not judged here (the
 /// rendered URL is, at each delivery). A join's literal text counts as the template's,
 /// as rendered for two elements (`{join(a, i, "{i}/../")}` is refused; one that renders
 /// such a segment only for some other count of elements is judged per delivery).
-fn literal_dot_segment(ir: &[Ir], lits: &[u8], lit_at: &[usize]) -> Option<usize> {
-    // The URL as literal bytes with their source offsets, a value as `None`, a join as
-    // two elements and its separator (its literal text is the template's too).
-    fn shape_of(ir: &[Ir], lits: &[u8], lit_at: &[usize], out: &mut Vec<Option<(u8, usize)>>) {
-        let lit = |r: &Range<usize>| r.clone().map(|i| Some((lits[i], lit_at[i])));
-        for p in ir {
-            match p {
-                Ir::Lit(r) => out.extend(lit(r)),
-                Ir::Value { .. } => out.push(None),
-                Ir::Join { body, sep, .. } => {
-                    shape_of(body, lits, lit_at, out);
-                    out.extend(lit(sep));
-                    shape_of(body, lits, lit_at, out);
-                }
-            }
-        }
-    }
-    let mut shape = Vec::new();
-    shape_of(ir, lits, lit_at, &mut shape);
+fn literal_dot_segment(shape: &Shape) -> Option<usize> {
     let byte = |i: usize| shape.get(i).copied().flatten().map(|(b, _)| b);
     let scheme_end = (0..shape.len()).find(|&i| {
         byte(i) == Some(b':') && byte(i + 1) == Some(b'/') && byte(i + 2) == Some(b'/')
@@ -167,19 +179,16 @@ fn literal_dot_segment(ir: &[Ir], lits: &[u8], lit_at: &[usize]) -> Option<usize
         })
 }
 
-/// `.` or `..`, each dot written plain or as `%2E`.
-fn is_dot_segment(seg: &[u8]) -> bool {
-    let mut rest = seg;
-    let mut dots = 0;
-    while !rest.is_empty() {
-        rest = match rest {
-            [b'.', r @ ..] => r,
-            [b'%', b'2', e, r @ ..] if e | 0x20 == b'e' => r,
-            _ => return false,
-        };
-        dots += 1;
+/// The source offset of a URL template's first literal `#` when a placeholder follows
+/// it: the fragment is never sent, so those values would never reach the receiver (a
+/// `#` in a join's separator or sub-template cuts the URL off at the second element).
+fn placeholder_in_fragment(shape: &Shape) -> Option<usize> {
+    let hash = shape.iter().position(|x| matches!(x, Some((b'#', _))))?;
+    if shape[hash + 1..].contains(&None) {
+        shape[hash].map(|(_, at)| at)
+    } else {
+        None
     }
-    dots == 1 || dots == 2
 }
 
 /// A part before the literal bytes are frozen: literal text is a range of
@@ -718,11 +727,39 @@ mod tests {
             "http://h/a/...?b={A}",
             "http://h/a/.x/{A}",
             "http://h/a?x=/../&y={A}",
-            "http://h/a#/../{A}",
+            "http://h/a/{A}#/../",
             "http://h/{join(a, i, \"/..{i}\")}",
             "http://h/{join(a, i, \"?x={i}\", \"&\")}/../",
             // A URL without placeholders is sent as written.
             "http://h/a/../b",
+        ] {
+            Template::compile(ok, URL).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        }
+        // With `;parameters`, as receivers that drop them before resolving see it.
+        assert_err("http://h/p/..;v=1/{A}", URL, 1, 12, msg);
+    }
+
+    #[test]
+    fn a_placeholder_in_a_url_s_fragment_is_refused() {
+        const URL: Context = Context::Url;
+        let msg = "a `#` before a placeholder";
+        assert_err("http://h/pb#{Oid}", URL, 1, 12, msg);
+        assert_err("http://h/pb?a={A}#x&b={B}", URL, 1, 18, msg);
+        // A join's separator: the second element would be cut off, and all after it.
+        assert_err(
+            "http://h/pb?skus={join(items, i, \"{i}\", \"#\")}&oid={Oid}",
+            URL,
+            1,
+            42,
+            msg,
+        );
+        assert_err("http://h/{join(a, i, \"#{i}\")}", URL, 1, 23, msg);
+        // A fragment after every placeholder is never sent and loses nothing; `%23` is a
+        // `#` the receiver gets.
+        for ok in [
+            "http://h/pb?a={A}#top",
+            "http://h/pb?a={A}%23{B}",
+            "http://h/pb#frag",
         ] {
             Template::compile(ok, URL).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
         }
