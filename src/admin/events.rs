@@ -331,18 +331,19 @@ pub(super) fn attempt_json(event_id: &str, n: u16, a: &AttemptRecord, data: &[u8
     let (method, url) = a.request_line.split_once(' ').unwrap_or(("", ""));
     let mut headers = serde_json::Map::new();
     if !url.is_empty() {
-        let host = url
-            .split_once("://")
-            .map(|(_, rest)| rest.split('/').next().unwrap_or(rest))
-            .unwrap_or("");
+        // As sent: without a default port, and the rest in the order of the wire.
+        let host = match crate::deliver::http1::parse_url(url.as_bytes()) {
+            Ok(t) => t.host_header,
+            Err(_) => url
+                .split_once("://")
+                .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(rest))
+                .unwrap_or("")
+                .to_string(),
+        };
         headers.insert("Host".into(), json!(host));
         headers.insert("User-Agent".into(), json!(USER_AGENT));
         if let Some(ct) = a.request.content_type {
             headers.insert("Content-Type".into(), json!(ct));
-            headers.insert(
-                "Content-Length".into(),
-                json!(a.request.body_len.to_string()),
-            );
         }
         headers.insert("webhook-id".into(), json!(event_id));
         headers.insert(
@@ -361,6 +362,12 @@ pub(super) fn attempt_json(event_id: &str, n: u16, a: &AttemptRecord, data: &[u8
                 v.as_str()
             };
             headers.insert(k.clone(), json!(v));
+        }
+        if a.request.content_type.is_some() {
+            headers.insert(
+                "Content-Length".into(),
+                json!(a.request.body_len.to_string()),
+            );
         }
     }
     let body: &[u8] = if a.request.body_is_data {
@@ -386,4 +393,26 @@ pub(super) fn attempt_json(event_id: &str, n: u16, a: &AttemptRecord, data: &[u8
             "body_length": a.request.body_len,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_attempt_s_host_is_the_one_sent() {
+        for (url, host) in [
+            ("http://h:80/pb?x=1", "h"),
+            ("https://H.example:443/pb", "h.example"),
+            ("http://h:8080?x=1", "h:8080"),
+            ("http://[::1]:9/p", "[::1]:9"),
+        ] {
+            let a = AttemptRecord {
+                request_line: format!("GET {url}").into(),
+                ..AttemptRecord::default()
+            };
+            let v = attempt_json("e", 1, &a, b"{}");
+            assert_eq!(v["request"]["headers"]["Host"], host, "{url}");
+        }
+    }
 }

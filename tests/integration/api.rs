@@ -1184,6 +1184,10 @@ signing_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw""#,
     ] {
         assert_eq!(hdr(h, name), sent.header(name), "{name} in {req}");
     }
+    // In the order of the wire.
+    let logged: Vec<&str> = h.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    let wire: Vec<&str> = sent.headers.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(logged, wire);
     assert!(hdr(h, "User-Agent").unwrap().starts_with("ricochet/"));
     assert_eq!(hdr(h, "X-Partner"), Some("p-0"));
     assert_eq!(hdr(h, "Authorization"), Some("[redacted]"));
