@@ -1413,7 +1413,9 @@ impl Store {
                         DeliveryState::Retrying
                     }
                     Some(done) => {
-                        // Replayed and not attempted yet?
+                        // Replayed and not attempted yet? Or dropped so, its endpoint
+                        // deleted (a replay clears the `failed` entry, so one there now
+                        // is the drop's)?
                         if self.has_index(
                             IndexKey::State(DeliveryState::Pending, ep),
                             ev.seq,
@@ -1421,6 +1423,15 @@ impl Store {
                             snap,
                         )? {
                             DeliveryState::Pending
+                        } else if done != DeliveryState::Failed
+                            && self.has_index(
+                                IndexKey::State(DeliveryState::Failed, ep),
+                                ev.seq,
+                                ep,
+                                snap,
+                            )?
+                        {
+                            DeliveryState::Failed
                         } else {
                             done
                         }
@@ -3304,6 +3315,26 @@ mod tests {
         );
         s.commit(b, false).unwrap();
         assert_eq!(st(&s)[1], (2, DeliveryState::Retrying, 2));
+        // A replay of the delivered one, paused, then dropped with its endpoint: failed
+        // (it was the last attempt's `delivered` again, and `status=failed` missed it).
+        let mut b = s.batch();
+        b.set_state(&s, DeliveryState::Pending, 1, 1005);
+        b.pause(
+            &s,
+            1,
+            1005,
+            DueVal {
+                attempts: 1,
+                first: 1,
+            },
+        );
+        s.commit(b, false).unwrap();
+        assert_eq!(st(&s)[0].1, DeliveryState::Paused);
+        let mut b = s.batch();
+        b.unpause(&s, 1, 1005);
+        b.fail_dropped(&s, 1, 1005);
+        s.commit(b, false).unwrap();
+        assert_eq!(st(&s)[0], (1, DeliveryState::Failed, 1));
     }
 
     #[test]

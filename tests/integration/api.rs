@@ -2204,19 +2204,22 @@ fn a_stored_endpoint_that_no_longer_compiles_waits_for_a_fixed_definition() {
 /// paused one. The log's filters and the pending count agree.
 #[test]
 fn a_deleted_endpoint_s_pending_deliveries_end_failed() {
-    let rx = TestReceiver::with_script(|_, _| Reply::status(500));
+    let rx = TestReceiver::with_script(|r, _| {
+        Reply::status(if r.path.starts_with("/ok") { 200 } else { 500 })
+    });
     let srv = TestServer::start("");
-    for (name, etype, extra) in [
-        ("retrying", "r", json!({"retry": ["1h"]})),
-        ("waiting", "w", json!({"min_delay": "1h"})),
-        ("paused", "p", json!({"min_delay": "1h"})),
-        ("soon", "s", json!({"retry": ["1s", "1s"]})),
-        ("replayed", "x", json!({"retry": "none"})),
+    for (name, etype, extra, path) in [
+        ("retrying", "r", json!({"retry": ["1h"]}), "/"),
+        ("waiting", "w", json!({"min_delay": "1h"}), "/"),
+        ("paused", "p", json!({"min_delay": "1h"}), "/"),
+        ("soon", "s", json!({"retry": ["1s", "1s"]}), "/"),
+        ("replayed", "x", json!({"retry": "none"}), "/"),
+        ("redone", "y", json!({}), "/ok"),
     ] {
         let (status, v) = srv.call(
             "POST",
             "/v1/endpoints",
-            &ep(name, &[etype], &rx.url("/"), extra),
+            &ep(name, &[etype], &rx.url(path), extra),
         );
         assert_eq!(status, 201, "{v}");
     }
@@ -2229,6 +2232,7 @@ fn a_deleted_endpoint_s_pending_deliveries_end_failed() {
             ("p", "d-p"),
             ("s", "d-s"),
             ("x", "d-x"),
+            ("y", "d-y"),
         ],
     );
     srv.wait_event("d-r", WAIT, |v| states(v) == ["retrying"]);
@@ -2241,15 +2245,23 @@ fn a_deleted_endpoint_s_pending_deliveries_end_failed() {
     assert_eq!(srv.post("/v1/endpoints/replayed/disable").0, 200);
     assert_eq!(srv.post("/v1/events/d-x/replay").0, 202);
     srv.wait_event("d-x", WAIT, |v| states(v) == ["paused"]);
+    // Delivered, then replayed while disabled: the same, though its last attempt was a
+    // success (it read `delivered` again after the delete, and `status=failed` missed it).
+    srv.wait_event("d-y", WAIT, |v| states(v) == ["delivered"]);
+    assert_eq!(srv.post("/v1/endpoints/redone/disable").0, 200);
+    assert_eq!(srv.post("/v1/events/d-y/replay").0, 202);
+    srv.wait_event("d-y", WAIT, |v| states(v) == ["paused"]);
 
-    for name in ["retrying", "waiting", "paused", "soon", "replayed"] {
+    for name in [
+        "retrying", "waiting", "paused", "soon", "replayed", "redone",
+    ] {
         assert_eq!(
             srv.call("DELETE", &format!("/v1/endpoints/{name}"), &Value::Null)
                 .0,
             200
         );
     }
-    for id in ["d-r", "d-w", "d-p", "d-x"] {
+    for id in ["d-r", "d-w", "d-p", "d-x", "d-y"] {
         assert_eq!(states(&srv.event(id)), ["failed"], "{id}");
     }
     // Its retry due within the loader's second is its worker's: failed once the worker
@@ -2261,8 +2273,12 @@ fn a_deleted_endpoint_s_pending_deliveries_end_failed() {
             .map(|e| e["id"].as_str().unwrap().to_string())
             .collect()
     };
-    assert_eq!(ids("status=failed"), ["d-x", "d-s", "d-p", "d-w", "d-r"]);
+    assert_eq!(
+        ids("status=failed"),
+        ["d-y", "d-x", "d-s", "d-p", "d-w", "d-r"]
+    );
     assert_eq!(ids("status=failed&endpoint=retrying"), ["d-r"]);
+    assert_eq!(ids("status=failed&endpoint=redone"), ["d-y"]);
     for state in ["pending", "retrying", "paused"] {
         assert!(ids(&format!("status={state}")).is_empty(), "{state}");
     }
