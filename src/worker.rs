@@ -1331,6 +1331,11 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
                     continue;
                 }
                 let job = ep.queue.borrow_mut().pop();
+                if job.is_none() {
+                    // Another lane took the work while this one waited: the token is
+                    // not spent.
+                    ep.bucket.borrow_mut().give_back();
+                }
                 if ep.spec.borrow().cfg.max_rps > 0 {
                     w.keep_a_lane_for_the_next_token(&ep);
                 }
