@@ -44,7 +44,7 @@
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -524,10 +524,78 @@ struct State {
     dropping: Vec<Dropping>,
     /// Events of retries due soon, kept from their failed attempt for the loader.
     waiting: Waiting,
+    /// The ordered endpoints' held heads handed over at start ([`Self::send_holds`])
+    /// under keys the loader has not reached yet: when it does, it skips them (their
+    /// worker has them), until it is past them. A second copy was harmless while the
+    /// endpoint stayed ordered (its queue takes one copy of a delivery), but one made
+    /// `ordered = false` meanwhile sent the head twice.
+    holds_sent: Vec<DueKey>,
     stats: Stats,
     write_failures: WriteFailures,
     /// Retention writes that failed since the last line logged.
     retention_failures: Tally,
+    scrub: Scrub,
+}
+
+/// How long the store must have had no write before it is scrubbed
+/// ([`Store::scrub_below`]).
+const SCRUB_IDLE: Duration = Duration::from_secs(60);
+
+/// When to scrub the store: once per idle spell of [`SCRUB_IDLE`] (no write at all), on
+/// a thread of its own so that the committer answers producers meanwhile.
+struct Scrub {
+    /// The store's last write as last seen, and since when.
+    seen: u64,
+    since: Instant,
+    /// Scrubbed (or begun) since that write.
+    done: bool,
+    /// A scrub is running.
+    running: Arc<AtomicBool>,
+}
+
+impl Scrub {
+    fn new() -> Scrub {
+        Scrub {
+            seen: 0,
+            since: Instant::now(),
+            done: false,
+            running: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Begins a scrub below `floor` if the store has had no write for `idle` and has not
+    /// been scrubbed since its last write. Returns whether it began one.
+    fn tick(&mut self, store: &Store, floor: Seq, idle: Duration) -> bool {
+        let last = store.last_write();
+        if last != self.seen {
+            (self.seen, self.since, self.done) = (last, Instant::now(), false);
+            return false;
+        }
+        if self.done || self.since.elapsed() < idle || self.running.load(Ordering::Acquire) {
+            return false;
+        }
+        self.done = true;
+        self.running.store(true, Ordering::Release);
+        let (store, running) = (store.clone(), self.running.clone());
+        let spawned = std::thread::Builder::new()
+            .name("ricochet-scrub".into())
+            .spawn(move || {
+                let began = Instant::now();
+                match store.scrub_below(floor) {
+                    Ok(()) => tracing::debug!(
+                        ms = began.elapsed().as_millis() as u64,
+                        "idle store scrubbed: memtables flushed, what retention deleted compacted away"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "cannot scrub the idle store"),
+                }
+                running.store(false, Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start a thread to scrub the idle store");
+            self.running.store(false, Ordering::Release);
+        }
+        true
+    }
 }
 
 /// Writes the store refused (a full disk), logged at most every
@@ -831,8 +899,10 @@ impl Committer {
             sweep: None,
             dropping: Vec::new(),
             waiting: Waiting::default(),
+            holds_sent: Vec::new(),
             write_failures: WriteFailures::default(),
             retention_failures: Tally::default(),
+            scrub: Scrub::new(),
             stats: Stats {
                 acks: AckStats::default(),
                 commit_time: Hist::micros(),
@@ -895,6 +965,8 @@ impl Committer {
             if last_load.elapsed() >= TICK {
                 st.load();
                 last_load = Instant::now();
+                let floor = st.store.retention_floor();
+                st.scrub.tick(&st.store, floor, SCRUB_IDLE);
             }
             if st.durability == Durability::Batch
                 && st.unsynced
@@ -1064,8 +1136,9 @@ impl State {
                 }
             }
         }
-        for ep in self.dirty.drain() {
-            if let Some(info) = self.router.eps.get(&ep) {
+        let dirtied: Vec<EndpointId> = self.dirty.drain().collect();
+        for ep in &dirtied {
+            if let Some(info) = self.router.eps.get(ep) {
                 batch.put_endpoint(&self.store, &info.name, &info.meta);
             }
         }
@@ -1096,6 +1169,13 @@ impl State {
                 // seen in this round names an event that was not written.
                 syncer::refuse(&mut acks, &format!("cannot persist: {e}"), true);
                 jobs_from_ingest.clear();
+                // Retries under keys never written: the delivery keeps its old key, and
+                // is made again after a restart (as the failure's log line says). Handed
+                // on, its retry chain would run beside that key, and leave it pending.
+                jobs_from_outcomes.clear();
+                // The endpoint records (a disable and its reason, failure counts) are
+                // written with the next round that succeeds.
+                self.dirty.extend(dirtied);
             } else {
                 self.write_failures.succeeded();
                 if has_events {
@@ -2117,12 +2197,17 @@ impl State {
             .collect();
         for (worker, due, val) in holds {
             match self.store.event(due.seq) {
-                Ok(Some(e)) => self.out_jobs[worker].push(Job {
-                    event: Arc::new(e),
-                    ep: due.ep,
-                    due,
-                    val,
-                }),
+                Ok(Some(e)) => {
+                    self.out_jobs[worker].push(Job {
+                        event: Arc::new(e),
+                        ep: due.ep,
+                        due,
+                        val,
+                    });
+                    if due >= self.cursor {
+                        self.holds_sent.push(due);
+                    }
+                }
                 Ok(None) => {}
                 Err(e) => tracing::error!(error = %e, "cannot read an ordered endpoint's head"),
             }
@@ -2258,6 +2343,11 @@ impl State {
         cleanup: &mut store::Batch,
         delta: &mut Delta,
     ) {
+        if let Some(i) = self.holds_sent.iter().position(|&k| k == key) {
+            // Handed over at start; its worker reports it.
+            self.holds_sent.swap_remove(i);
+            return;
+        }
         let Some(info) = self.router.eps.get(&key.ep) else {
             // The endpoint no longer exists: nothing can deliver this.
             cleanup.del_due(&self.store, key);
@@ -2338,6 +2428,10 @@ impl State {
 
     /// Moves the cursor toward `now + HORIZON_MS`, handing what it passes to workers.
     fn load(&mut self) {
+        if !self.holds_sent.is_empty() {
+            let cursor = self.cursor;
+            self.holds_sent.retain(|&k| k >= cursor);
+        }
         self.sweep_expired();
         if !self.dropping.is_empty() {
             self.drop_deleted();
@@ -2608,6 +2702,48 @@ mod tests {
         assert_eq!(out, vec![1, 3, 2]);
         r.route("b", Some("p2"), &mut out);
         assert_eq!(out, vec![2]);
+    }
+
+    #[test]
+    fn an_idle_store_is_scrubbed_once_per_idle_spell() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let write = |seq: u64| {
+            let mut b = store.batch();
+            let e = EventRecord::new(seq, None, "a", None, 0, &[1], b"{}");
+            b.put_event(&store, &e);
+            store.commit(b, false).unwrap();
+        };
+        let wal_bytes = || -> u64 {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+                .map(|e| e.metadata().unwrap().len())
+                .sum()
+        };
+        let mut scrub = Scrub::new();
+        let idle = Duration::from_millis(20);
+        write(1);
+        // A write seen: the spell starts; not idle long enough yet.
+        assert!(!scrub.tick(&store, 0, idle));
+        assert!(!scrub.tick(&store, 0, idle));
+        std::thread::sleep(idle);
+        assert!(wal_bytes() > 0);
+        assert!(scrub.tick(&store, 0, idle));
+        let began = Instant::now();
+        while scrub.running.load(Ordering::Acquire) {
+            assert!(began.elapsed() < Duration::from_secs(10), "the scrub ends");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(wal_bytes(), 0, "the memtables were flushed, the WAL let go");
+        // Once per spell: idle on, no second scrub; a write starts a new spell.
+        std::thread::sleep(idle);
+        assert!(!scrub.tick(&store, 0, idle));
+        write(2);
+        assert!(!scrub.tick(&store, 0, idle));
+        std::thread::sleep(idle);
+        assert!(scrub.tick(&store, 0, idle));
     }
 
     #[test]

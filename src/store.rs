@@ -1078,6 +1078,12 @@ impl Store {
         opts.set_max_background_jobs(2);
         opts.set_bytes_per_sync(1 << 20);
         opts.set_max_total_wal_size(256 << 20);
+        // RocksDB's own log (`LOG`: a line per flush and compaction, ~4 MB an hour at
+        // 2,000 events/s, and a statistics dump every 10 minutes) grows for as long as
+        // the process runs, and each start keeps the last one (up to 1,000): rolled at
+        // 8 MiB, with the 4 before it kept, it takes at most 40 MiB.
+        opts.set_max_log_file_size(8 << 20);
+        opts.set_keep_log_file_num(4);
         if let Some(n) = table_files {
             opts.set_max_open_files(i32::try_from(n).unwrap_or(i32::MAX));
         }
@@ -1878,6 +1884,33 @@ impl Store {
         Ok(())
     }
 
+    /// RocksDB's sequence number of the last write: unchanged while nothing is written.
+    pub fn last_write(&self) -> u64 {
+        self.db.latest_sequence_number()
+    }
+
+    /// Takes off the disk what retention deleted below `floor`, for a store that has
+    /// been idle: flushes every memtable, so the WAL files that hold them (events and
+    /// attempts included) are deleted, then compacts the event and attempt logs below
+    /// `floor` (their range deletes then drop the data from the table files) and the due
+    /// index (its deleted keys slow every scan of it until a compaction). Under traffic
+    /// flushes and compactions do this on their own; idle, nothing would, and a WAL kept
+    /// events past retention for as long as the store was idle. Blocks for as long as
+    /// that takes: not for a thread that answers producers.
+    pub fn scrub_below(&self, floor: Seq) -> Result<()> {
+        self.flush()?;
+        for cf in [CF_EVENTS, CF_ATTEMPTS] {
+            self.db.compact_range_cf(
+                self.cf(cf),
+                Some(0u64.to_be_bytes()),
+                Some(floor.to_be_bytes()),
+            );
+        }
+        self.db
+            .compact_range_cf(self.cf(CF_DUE), None::<&[u8]>, None::<&[u8]>);
+        Ok(())
+    }
+
     /// Whether the event log or the attempt log still holds a key below `floor`.
     pub fn has_before(&self, floor: Seq) -> Result<bool> {
         for cf in [CF_EVENTS, CF_ATTEMPTS] {
@@ -2556,8 +2589,8 @@ mod tests {
         assert_eq!(AttemptRecord::decode(&buf).unwrap(), a);
     }
 
-    /// `max_open_files` as RocksDB recorded it in the newest OPTIONS file of `dir`.
-    fn recorded_max_open_files(dir: &Path) -> String {
+    /// An option as RocksDB recorded it in the newest OPTIONS file of `dir`.
+    fn recorded_option(dir: &Path, name: &str) -> String {
         let newest = std::fs::read_dir(dir)
             .unwrap()
             .filter_map(|e| e.ok().map(|e| e.file_name().into_string().unwrap()))
@@ -2565,22 +2598,76 @@ mod tests {
             .max_by_key(|n| n[8..].parse::<u64>().unwrap_or(0))
             .expect("an OPTIONS file");
         let text = std::fs::read_to_string(dir.join(newest)).unwrap();
+        let prefix = format!("{name}=");
         let line = text
             .lines()
-            .find(|l| l.trim_start().starts_with("max_open_files="))
-            .expect("max_open_files recorded");
-        line.trim()
-            .trim_start_matches("max_open_files=")
-            .to_string()
+            .find(|l| l.trim_start().starts_with(&prefix))
+            .expect("option recorded");
+        line.trim().trim_start_matches(&prefix).to_string()
+    }
+
+    #[test]
+    fn a_scrub_takes_what_retention_deleted_off_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let marker = b"scrub-marker-9f3c";
+        let mut b = s.batch();
+        for seq in 1000..1100u64 {
+            let data = format!(
+                r#"{{"m":"{}-{seq}"}}"#,
+                std::str::from_utf8(marker).unwrap()
+            );
+            let e = EventRecord::new(seq, None, "a", None, 0, &[1], data.as_bytes());
+            b.put_event(&s, &e);
+            b.put_attempt(
+                &s,
+                seq,
+                1,
+                1,
+                &AttemptRecord {
+                    state_after: Some(DeliveryState::Delivered),
+                    response_excerpt: marker.to_vec(),
+                    ..AttemptRecord::default()
+                },
+            );
+        }
+        s.commit(b, true).unwrap();
+        let on_disk = || -> usize {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| std::fs::read(e.unwrap().path()).unwrap_or_default())
+                .map(|bytes| bytes.windows(marker.len()).filter(|w| *w == marker).count())
+                .sum()
+        };
+        // Retention deletes them: gone for reads, still in the WAL.
+        s.set_retention_floor(1100);
+        let mut b = s.batch();
+        b.delete_before(&s, 1100);
+        s.commit(b, true).unwrap();
+        assert!(s.event(1050).unwrap().is_none());
+        assert!(on_disk() > 0);
+        let written = s.last_write();
+        s.scrub_below(1100).unwrap();
+        assert_eq!(on_disk(), 0);
+        // A scrub writes nothing: an idle store stays idle.
+        assert_eq!(s.last_write(), written);
     }
 
     #[test]
     fn a_limited_store_keeps_at_most_its_share_of_table_files_open() {
         let dir = tempfile::tempdir().unwrap();
         drop(Store::open_limited(dir.path(), Some(40)).unwrap());
-        assert_eq!(recorded_max_open_files(dir.path()), "40");
+        assert_eq!(recorded_option(dir.path(), "max_open_files"), "40");
         drop(Store::open(dir.path()).unwrap());
-        assert_eq!(recorded_max_open_files(dir.path()), "-1");
+        assert_eq!(recorded_option(dir.path(), "max_open_files"), "-1");
+    }
+
+    #[test]
+    fn rocksdb_s_own_log_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        assert_eq!(recorded_option(dir.path(), "max_log_file_size"), "8388608");
+        assert_eq!(recorded_option(dir.path(), "keep_log_file_num"), "4");
     }
 
     #[test]

@@ -541,6 +541,48 @@ fn an_ordered_head_due_during_downtime_is_attempted_once_after_restart() {
     );
 }
 
+/// After a restart an ordered endpoint's held head is handed over at once, while its key
+/// waits in the store for the loader. Made `ordered = false` before the loader gets
+/// there, the head is sent once: the loader's copy went to the timer wheel beside the
+/// first, and both were sent.
+#[test]
+fn an_ordered_head_handed_over_at_start_is_sent_once_after_ordered_is_turned_off() {
+    let rx = TestReceiver::with_script(|_, _| Reply::status(500));
+    let ep = endpoint(
+        "fifo",
+        r#"["t"]"#,
+        &rx.url("/"),
+        "ordered = true\nretry = [\"4s\"]",
+    );
+    let mut srv = TestServer::start(&ep);
+    srv.connect().send(&event("t", "head", "{}"));
+    srv.wait_event("head", Duration::from_secs(10), |v| {
+        v["deliveries"][0]["state"] == "retrying"
+    });
+    srv.kill9();
+    rx.set_script(|_, _| Reply::status(200));
+    let dir = Arc::clone(&srv.dir);
+    drop(srv);
+    let srv = TestServer::start_in(dir, &ServerOpts::new(&ep));
+    let (status, v) = srv.call(
+        "PUT",
+        "/v1/endpoints/fifo",
+        &serde_json::json!({
+            "events": ["t"], "url": rx.url("/"), "ordered": false, "retry": ["4s"]
+        }),
+    );
+    assert_eq!(status, 200, "{v}");
+    let v = srv.wait_event("head", Duration::from_secs(15), |v| {
+        v["deliveries"][0]["state"] == "delivered"
+    });
+    // A second copy would be due with the first, so sent by now; anything sent after
+    // the next event is sent after that.
+    srv.connect().send(&event("t", "after", "{}"));
+    let got = rx.wait_for(3, Duration::from_secs(10));
+    assert_eq!(ids_in_order(&got), ["head", "head", "after"]);
+    assert_eq!(attempt_statuses(&v), [500, 200]);
+}
+
 /// The status codes of a delivery's attempts, in the log's order.
 fn attempt_statuses(v: &serde_json::Value) -> Vec<u64> {
     v["deliveries"][0]["attempts"]
