@@ -3375,17 +3375,16 @@ mod tests {
         b.set_state(&s, DeliveryState::Pending, 2, 1005);
         s.commit(b, false).unwrap();
         assert_eq!(st(&s)[1], (2, DeliveryState::Pending, 1));
-        let mut b = s.batch();
-        b.pause(
-            &s,
-            2,
-            1005,
-            DueVal {
+        let pause = |ep: EndpointId| {
+            let mut b = s.batch();
+            let val = DueVal {
                 attempts: 1,
                 first: 1,
-            },
-        );
-        s.commit(b, false).unwrap();
+            };
+            b.pause(&s, ep, 1005, val);
+            s.commit(b, false).unwrap();
+        };
+        pause(2);
         assert_eq!(st(&s)[1].1, DeliveryState::Paused);
         let mut b = s.batch();
         b.unpause(&s, 2, 1005);
@@ -3406,16 +3405,8 @@ mod tests {
         // (it was the last attempt's `delivered` again, and `status=failed` missed it).
         let mut b = s.batch();
         b.set_state(&s, DeliveryState::Pending, 1, 1005);
-        b.pause(
-            &s,
-            1,
-            1005,
-            DueVal {
-                attempts: 1,
-                first: 1,
-            },
-        );
         s.commit(b, false).unwrap();
+        pause(1);
         assert_eq!(st(&s)[0].1, DeliveryState::Paused);
         let mut b = s.batch();
         b.unpause(&s, 1, 1005);

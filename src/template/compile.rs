@@ -733,7 +733,7 @@ mod tests {
             // A URL without placeholders is sent as written.
             "http://h/a/../b",
         ] {
-            Template::compile(ok, URL).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+            assert_url_compiles(ok);
         }
         // With `;parameters`, as receivers that drop them before resolving see it.
         assert_err("http://h/p/..;v=1/{A}", URL, 1, 12, msg);
@@ -761,8 +761,12 @@ mod tests {
             "http://h/pb?a={A}%23{B}",
             "http://h/pb#frag",
         ] {
-            Template::compile(ok, URL).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+            assert_url_compiles(ok);
         }
+    }
+
+    fn assert_url_compiles(url: &str) {
+        Template::compile(url, Context::Url).unwrap_or_else(|e| panic!("{url:?}: {e}"));
     }
 
     #[test]
