@@ -43,7 +43,7 @@
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::collections::hash_map::Entry;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -529,7 +529,7 @@ struct State {
     /// worker has them), until it is past them. A second copy was harmless while the
     /// endpoint stayed ordered (its queue takes one copy of a delivery), but one made
     /// `ordered = false` meanwhile sent the head twice.
-    holds_sent: Vec<DueKey>,
+    holds_sent: BTreeSet<DueKey>,
     stats: Stats,
     write_failures: WriteFailures,
     /// Retention writes that failed since the last line logged.
@@ -899,7 +899,7 @@ impl Committer {
             sweep: None,
             dropping: Vec::new(),
             waiting: Waiting::default(),
-            holds_sent: Vec::new(),
+            holds_sent: BTreeSet::new(),
             write_failures: WriteFailures::default(),
             retention_failures: Tally::default(),
             scrub: Scrub::new(),
@@ -2205,7 +2205,7 @@ impl State {
                         val,
                     });
                     if due >= self.cursor {
-                        self.holds_sent.push(due);
+                        self.holds_sent.insert(due);
                     }
                 }
                 Ok(None) => {}
@@ -2343,9 +2343,8 @@ impl State {
         cleanup: &mut store::Batch,
         delta: &mut Delta,
     ) {
-        if let Some(i) = self.holds_sent.iter().position(|&k| k == key) {
+        if !self.holds_sent.is_empty() && self.holds_sent.remove(&key) {
             // Handed over at start; its worker reports it.
-            self.holds_sent.swap_remove(i);
             return;
         }
         let Some(info) = self.router.eps.get(&key.ep) else {
@@ -2429,8 +2428,7 @@ impl State {
     /// Moves the cursor toward `now + HORIZON_MS`, handing what it passes to workers.
     fn load(&mut self) {
         if !self.holds_sent.is_empty() {
-            let cursor = self.cursor;
-            self.holds_sent.retain(|&k| k >= cursor);
+            self.holds_sent = self.holds_sent.split_off(&self.cursor);
         }
         self.sweep_expired();
         if !self.dropping.is_empty() {
@@ -2731,11 +2729,14 @@ mod tests {
         std::thread::sleep(idle);
         assert!(wal_bytes() > 0);
         assert!(scrub.tick(&store, 0, idle));
-        let began = Instant::now();
-        while scrub.running.load(Ordering::Acquire) {
-            assert!(began.elapsed() < Duration::from_secs(10), "the scrub ends");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        let ended = |scrub: &Scrub| {
+            let began = Instant::now();
+            while scrub.running.load(Ordering::Acquire) {
+                assert!(began.elapsed() < Duration::from_secs(10), "the scrub ends");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        ended(&scrub);
         assert_eq!(wal_bytes(), 0, "the memtables were flushed, the WAL let go");
         // Once per spell: idle on, no second scrub; a write starts a new spell.
         std::thread::sleep(idle);
@@ -2744,6 +2745,7 @@ mod tests {
         assert!(!scrub.tick(&store, 0, idle));
         std::thread::sleep(idle);
         assert!(scrub.tick(&store, 0, idle));
+        ended(&scrub);
     }
 
     #[test]

@@ -859,7 +859,7 @@ impl EndpointConfig {
                 "endpoint {n}: field `body`: a GET request has no body"
             ));
         }
-        for (i, (k, _)) in self.headers.iter().enumerate() {
+        for (i, (k, v)) in self.headers.iter().enumerate() {
             if self.headers[..i]
                 .iter()
                 .any(|(seen, _)| seen.eq_ignore_ascii_case(k))
@@ -878,6 +878,13 @@ impl EndpointConfig {
             } else if CONNECTION_HEADERS.contains(&k.to_ascii_lowercase().as_str()) {
                 out.push(format!(
                     "endpoint {n}: field `headers.{k}`: {k} is about the connection or the body's encoding, which ricochet manages, and cannot be given"
+                ));
+            } else if k.eq_ignore_ascii_case("expect")
+                && (self.method == Method::Get || !v.trim().eq_ignore_ascii_case("100-continue"))
+            {
+                // RFC 9110 §10.1.1: the only expectation, and only with content.
+                out.push(format!(
+                    "endpoint {n}: field `headers.{k}`: only `100-continue` may be expected, and only of a request with a body (not GET)"
                 ));
             }
         }
@@ -1721,11 +1728,17 @@ disable_after = { "4xx" = "many" }
                 format!("endpoint a: field `headers.{name}`: {name} is about the connection or the body's encoding, which ricochet manages, and cannot be given")
             );
         }
-        // `Expect: 100-continue` works (the interim answer is read past).
+        // `Expect: 100-continue` works (the interim answer is read past), with a body.
         let mut e: EndpointConfig =
             toml::from_str("name=\"a\"\nevents=[\"t\"]\nurl=\"http://h/\"\n").unwrap();
         e.headers = vec![("Expect".to_string(), "100-continue".to_string())];
         assert!(e.problems().is_empty());
+        let refused_expect = "endpoint a: field `headers.Expect`: only `100-continue` may be expected, and only of a request with a body (not GET)";
+        e.headers = vec![("Expect".to_string(), "x".to_string())];
+        assert_eq!(refused(&e), refused_expect);
+        e.headers = vec![("Expect".to_string(), "100-continue".to_string())];
+        e.method = Method::Get;
+        assert_eq!(refused(&e), refused_expect);
     }
 
     #[test]

@@ -33,11 +33,21 @@ fn templated_authority_problem(src: &str) -> Option<String> {
     let start = src.find("://")? + 3;
     let rest = &src[start..];
     let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let at = authority.find('@')?;
-    Some(format!(
-        "credentials in the URL are not supported (column {})",
-        src[..start + at].chars().count() + 1
-    ))
+    if let Some(at) = authority.find('@') {
+        return Some(format!(
+            "credentials in the URL are not supported (column {})",
+            src[..start + at].chars().count() + 1
+        ));
+    }
+    if authority.contains(['{', '\\']) {
+        return None; // Rendered (or written with escapes): judged per delivery.
+    }
+    // Literal: every rendered URL has it, so its faults (a bad port, no host) are the
+    // template's, not a delivery's.
+    match parse_url(format!("{}/", &src[..start + authority.len()]).as_bytes()) {
+        Ok(_) | Err(UrlError::UnsupportedScheme) => None,
+        Err(e) => Some(e.to_string()),
+    }
 }
 
 /// The compiled endpoint, shared read-only by the worker that owns it.
@@ -322,8 +332,20 @@ headers = { Authorization = "Bearer s3cr3t-t0ken {Id", X-Trace = "trace-v4lue {I
             err(r#"'http://{User}@127.0.0.1:20401/ui'"#),
             "endpoint p: field `url`: credentials in the URL are not supported (column 14)"
         );
+        // A literal authority no delivery could send to: its fault, as without
+        // placeholders.
+        for (url, why) in [
+            (r#"'http://127.0.0.1:99999/p?x={A}'"#, "invalid port"),
+            (r#"'http://127.0.0.1:abc/p/{A}'"#, "invalid port"),
+            (r#"'http:///p{A}'"#, "missing host"),
+            (r#"'http://:23301/p?x={A}'"#, "missing host"),
+            (r#"'http://[]/p{A}'"#, "invalid host"),
+        ] {
+            assert_eq!(err(url), format!("endpoint p: field `url`: {why}"), "{url}");
+        }
         // Placeholders elsewhere in the authority, and `@` or `[` after it, are fine.
         for ok in [
+            r#"'http://127.0.0.1:023301/p/{A}'"#,
             r#"'http://{Host}:8080/x'"#,
             r#"'http://h:{Port}/x'"#,
             r#"'http://[::1]:8080/{P}'"#,

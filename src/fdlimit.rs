@@ -39,10 +39,9 @@ static INGEST: Budget = Budget::new(usize::MAX);
 /// Ingest connections closed for want of a permit, since start.
 static INGEST_REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Descriptors of the store's half of the reserve that are not its table files: the
-/// admin API's connections (at most 64) and the process's own (standard streams,
-/// listeners, io_uring and event descriptors, and RocksDB's WAL, manifest, lock and info
-/// log, which it keeps outside its count of table files).
+/// Descriptors of the store's half of the reserve that are not RocksDB's: the admin
+/// API's connections (at most 64) and the process's own (standard streams, listeners,
+/// io_uring and event descriptors, the resolver's sockets).
 const NOT_TABLE_FILES: usize = 96;
 
 /// Sockets open against how many may be.
@@ -121,11 +120,11 @@ pub fn ingest_budget_for(limit: u64) -> usize {
     reserve_for(limit).min(limit) / 2
 }
 
-/// The table files the store may keep open at a limit of `limit` open files: half the
-/// reserve less what is not table files, at least 32 (RocksDB's `max_open_files`; it
-/// counts ten more for its own files, so 32 leaves 22 table files open, the rest
-/// reopened as needed). A store with more table files than this reads a little slower,
-/// instead of running out of descriptors.
+/// The store's `max_open_files` at a limit of `limit` open files: half the reserve less
+/// what is not table files, at least 32. RocksDB keeps ten of them for its own files
+/// (its WAL, manifest, info log), so 32 leaves 22 table files open, the rest reopened
+/// as needed: a store with more table files reads a little slower, instead of running
+/// out of descriptors.
 pub fn store_files_for(limit: u64) -> usize {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     (reserve_for(limit).min(limit) / 2)

@@ -537,17 +537,30 @@ fn ignored(sig: libc::c_int) -> bool {
     }
 }
 
-/// Makes a panic on any thread end the process at once, as a kill -9 would, once it is
-/// printed and logged. A worker (or the committer) that died alone would leave its
-/// endpoints unattempted and its producers unanswered while the rest ran on, its share
-/// of the in-memory budget never given back; the store is the record, and a restart
-/// (by the supervisor) resumes everything from it, losing nothing acked.
+/// The thread that answers one admin connection: a panic there ends that request only.
+pub const ADMIN_CONN_THREAD: &str = "ricochet-admin-conn";
+
+/// Makes a panic (a bug) end the process at once, with SIGABRT, once it is printed and
+/// logged, unless it is in a thread answering one admin connection. A worker (or the
+/// committer) that died alone would leave its endpoints unattempted and its producers
+/// unanswered while the rest ran on, its share of the in-memory budget never given
+/// back; the store is the record, and a restart (by the supervisor) resumes everything
+/// from it, losing nothing acked, as after a kill -9.
 fn end_on_panic() {
     let print = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         print(info);
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("?");
+        if name == ADMIN_CONN_THREAD {
+            tracing::error!(
+                thread = name,
+                "a thread panicked: its admin request is dropped"
+            );
+            return;
+        }
         tracing::error!(
-            thread = std::thread::current().name().unwrap_or("?"),
+            thread = name,
             "a thread panicked: ending the process; what was acked is in the store, and a \
              restart resumes it"
         );
@@ -594,6 +607,13 @@ mod tests {
     fn a_panic_on_any_thread_ends_the_process() {
         if std::env::var_os(CHILD).is_some() {
             super::end_on_panic();
+            // One admin request's thread: that request only.
+            let admin = std::thread::Builder::new()
+                .name(super::ADMIN_CONN_THREAD.into())
+                .spawn(|| panic!("admin bug"))
+                .unwrap()
+                .join();
+            assert!(admin.is_err());
             let _ = std::thread::Builder::new()
                 .name("ricochet-w0".into())
                 .spawn(|| panic!("worker bug"))
@@ -614,6 +634,7 @@ mod tests {
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{stderr}");
+        assert!(stderr.contains("admin bug"), "{stderr}");
         assert!(stderr.contains("worker bug"), "{stderr}");
     }
 }

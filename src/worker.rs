@@ -1380,17 +1380,21 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
             ep.queue.borrow_mut().unpop(job);
             break;
         }
+        // Not attempted (the token taken for it, under `max_rps`, is not spent):
         if job.gen != ep.gen.get() {
+            ep.bucket.borrow_mut().give_back();
             w.report(job, None, Next::Stale);
             continue;
         }
         if ep.disabled.get() {
+            ep.bucket.borrow_mut().give_back();
             w.report(job, None, Next::Paused);
             continue;
         }
         if w.retention.is_past(job.due.seq) {
             // Its event is gone (a delivery held here past `retention`: an ordered
             // endpoint's queue, a slow endpoint's backlog): it expires unsent.
+            ep.bucket.borrow_mut().give_back();
             w.expire(&ep, job);
             continue;
         }

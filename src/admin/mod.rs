@@ -198,7 +198,7 @@ pub fn start(setup: AdminSetup) -> std::io::Result<SocketAddr> {
                 }
                 let mine = admin.clone();
                 let spawned = std::thread::Builder::new()
-                    .name("ricochet-admin-conn".into())
+                    .name(crate::server::ADMIN_CONN_THREAD.into())
                     .spawn(move || {
                         mine.serve(conn);
                         mine.conns.fetch_sub(1, Ordering::AcqRel);

@@ -373,13 +373,30 @@ pub fn mask_query_secrets(line: &str) -> String {
 
 /// `line` with the userinfo of a URL's authority (`user:password@`, which ricochet
 /// refuses, but a template error shows the line first) masked, one `*` per character.
-/// Without a `scheme://` the authority is taken to start the line (after a `//`, if
-/// any): a URL missing its scheme is refused too, and its error shows the line.
+/// The authority is taken to start after a leading scheme, with or without its `:`,
+/// and the slashes or backslashes after it, so a mistyped or missing scheme
+/// (`http:/u:pw@h`, `http//u:pw@h`, `//u:pw@h`, `u:pw@h`) is masked too: such a URL is
+/// refused, and its error shows the line.
 fn mask_userinfo(line: &str) -> std::borrow::Cow<'_, str> {
-    let start = match line.find("://") {
-        Some(i) => i + 3,
-        None if line.starts_with("//") => 2,
-        None => 0,
+    let b = line.as_bytes();
+    let slashes = |from: usize| {
+        b[from..]
+            .iter()
+            .take_while(|&&c| matches!(c, b'/' | b'\\'))
+            .count()
+    };
+    // A scheme is letters (and `+-.`) then a `:` or a slash; `user:pw@h` has none (no
+    // slash follows its `:`).
+    let start = match b
+        .iter()
+        .position(|&c| !(c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.')))
+    {
+        Some(n) if n > 0 && b[0].is_ascii_alphabetic() => match b[n] {
+            b':' if slashes(n + 1) > 0 => n + 1 + slashes(n + 1),
+            b'/' | b'\\' => n + slashes(n),
+            _ => 0,
+        },
+        _ => slashes(0),
     };
     // The authority ends at `/`, `?` or `#` outside a placeholder (`{default(P, "a/b")}`
     // is one).
@@ -687,6 +704,17 @@ body = '{join(items, i, "{i}:{Oid}")}'"#;
         assert_eq!(mask_query_secrets("user:pw@h:1/{bad"), "*******@h:1/{bad");
         assert_eq!(mask_query_secrets("//u:pw@h/{bad"), "//****@h/{bad");
         assert_eq!(mask_query_secrets("h:1/a@b/{x"), "h:1/a@b/{x");
+        // A mistyped scheme.
+        assert_eq!(mask_query_secrets("http:/u:pw@h/{bad"), "http:/****@h/{bad");
+        assert_eq!(mask_query_secrets("http//u:pw@h/{bad"), "http//****@h/{bad");
+        assert_eq!(
+            mask_query_secrets("https:\\\\u:pw@h/{x"),
+            "https:\\\\****@h/{x"
+        );
+        assert_eq!(
+            mask_query_secrets("http:///u:pw@h/{bad"),
+            "http:///****@h/{bad"
+        );
     }
 
     #[test]

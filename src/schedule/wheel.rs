@@ -341,7 +341,7 @@ mod tests {
         // The clock is set back an hour: a retry scheduled 15 s from the new time waits
         // 15 s, not firing at once as if past; waiting items keep their due times.
         let back = t + 1_000 - hour;
-        w.insert(back + 15_000, "retry"); // before the rewind: past, fires at once
+        w.insert(back + 15_000, "retry"); // before the rewind: in the past list, placed again by it
         assert_eq!(expire(&mut w, back), Vec::<&str>::new());
         w.insert(back + 15_000, "retry2");
         assert_eq!(w.len(), 4);

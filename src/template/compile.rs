@@ -173,7 +173,13 @@ fn literal_dot_segment(shape: &Shape) -> Option<usize> {
     let path = &shape[path_start..path_end];
     path.split(|x| matches!(x, Some((b'/', _))))
         .find_map(|seg| {
-            let text: Option<Vec<u8>> = seg.iter().map(|x| x.map(|(b, _)| b)).collect();
+            // Up to its first literal `;`: what follows is parameters, whatever values
+            // they hold (`..;v={V}`).
+            let cut = seg
+                .iter()
+                .position(|x| matches!(x, Some((b';', _))))
+                .unwrap_or(seg.len());
+            let text: Option<Vec<u8>> = seg[..cut].iter().map(|x| x.map(|(b, _)| b)).collect();
             let text = text?;
             is_dot_segment(&text).then(|| seg[0].map(|(_, at)| at))?
         })
@@ -737,6 +743,14 @@ mod tests {
         }
         // With `;parameters`, as receivers that drop them before resolving see it.
         assert_err("http://h/p/..;v=1/{A}", URL, 1, 12, msg);
+        assert_err("http://h/p/..;v={V}/x", URL, 1, 12, msg);
+        for ok in [
+            "http://h/p/{A};..",
+            "http://h/p/..{A};x",
+            "http://h/p/;..{A}",
+        ] {
+            assert_url_compiles(ok);
+        }
     }
 
     #[test]
