@@ -1123,13 +1123,22 @@ impl Worker {
                 let i = *class as usize;
                 f[i] += 1;
                 ep.fails.set(f);
-                let (limit, name) = match class {
-                    FailClass::C3xx => (cfg.disable_after.c3xx, "3xx"),
-                    FailClass::C4xx => (cfg.disable_after.c4xx, "4xx"),
-                    FailClass::C5xx => (cfg.disable_after.c5xx, "5xx"),
+                let (limit, name, counted) = match class {
+                    FailClass::C3xx => (cfg.disable_after.c3xx, "3xx", ""),
+                    FailClass::C4xx => (cfg.disable_after.c4xx, "4xx", ""),
+                    // Not only 5xx answers: the reason says what counted.
+                    FailClass::C5xx => (
+                        cfg.disable_after.c5xx,
+                        "5xx",
+                        " (5xx answers, network errors and timeouts count as 5xx, and so \
+                         do other answers the success and error rules refuse)",
+                    ),
                 };
                 if f[i] >= limit {
-                    disable = Some(format!("{} {name} failures since the last success", f[i]));
+                    disable = Some(format!(
+                        "{} {name} failures since the last success{counted}",
+                        f[i]
+                    ));
                 }
             }
             Verdict::Gone => disable = Some("the receiver answered 410 Gone".into()),
