@@ -1690,6 +1690,11 @@ disable_after = { "4xx" = "many" }
         assert_eq!(names(1), ["Zz", "Aa"]);
     }
 
+    /// Endpoint `a` for events `t` at `http://h/`, every other key its default.
+    fn plain_endpoint() -> EndpointConfig {
+        toml::from_str("name=\"a\"\nevents=[\"t\"]\nurl=\"http://h/\"\n").unwrap()
+    }
+
     #[test]
     fn ricochets_own_headers_are_reserved() {
         for name in [
@@ -1699,8 +1704,7 @@ disable_after = { "4xx" = "many" }
             "Content-Type",
             "Host",
         ] {
-            let mut e: EndpointConfig =
-                toml::from_str("name=\"a\"\nevents=[\"t\"]\nurl=\"http://h/\"\n").unwrap();
+            let mut e = plain_endpoint();
             e.headers = vec![(name.to_string(), "mine".to_string())];
             let err = refused(&e);
             assert_eq!(
@@ -1720,8 +1724,7 @@ disable_after = { "4xx" = "many" }
             "Trailer",
             "Content-Encoding",
         ] {
-            let mut e: EndpointConfig =
-                toml::from_str("name=\"a\"\nevents=[\"t\"]\nurl=\"http://h/\"\n").unwrap();
+            let mut e = plain_endpoint();
             e.headers = vec![(name.to_string(), "x".to_string())];
             assert_eq!(
                 refused(&e),
@@ -1729,8 +1732,7 @@ disable_after = { "4xx" = "many" }
             );
         }
         // `Expect: 100-continue` works (the interim answer is read past), with a body.
-        let mut e: EndpointConfig =
-            toml::from_str("name=\"a\"\nevents=[\"t\"]\nurl=\"http://h/\"\n").unwrap();
+        let mut e = plain_endpoint();
         e.headers = vec![("Expect".to_string(), "100-continue".to_string())];
         assert!(e.problems().is_empty());
         let refused_expect = "endpoint a: field `headers.Expect`: only `100-continue` may be expected, and only of a request with a body (not GET)";
@@ -1743,8 +1745,7 @@ disable_after = { "4xx" = "many" }
 
     #[test]
     fn a_header_given_twice_is_refused() {
-        let mut e: EndpointConfig =
-            toml::from_str("name=\"a\"\nevents=[\"t\"]\nurl=\"http://h/\"\n").unwrap();
+        let mut e = plain_endpoint();
         e.headers = [("X-A", "1"), ("X-B", "2"), ("x-a", "3")]
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .to_vec();

@@ -1389,22 +1389,24 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
             ep.queue.borrow_mut().unpop(job);
             break;
         }
-        // Not attempted (the token taken for it, under `max_rps`, is not spent):
-        if job.gen != ep.gen.get() {
+        // Not to be attempted: stale, paused, or (its event gone: a delivery held here
+        // past `retention`, in an ordered endpoint's queue or a slow endpoint's
+        // backlog) expired unsent. The token taken for it, under `max_rps`, is not spent.
+        let unsent = if job.gen != ep.gen.get() {
+            Some(Next::Stale)
+        } else if ep.disabled.get() {
+            Some(Next::Paused)
+        } else if w.retention.is_past(job.due.seq) {
+            Some(Next::Expired)
+        } else {
+            None
+        };
+        if let Some(next) = unsent {
             ep.bucket.borrow_mut().give_back();
-            w.report(job, None, Next::Stale);
-            continue;
-        }
-        if ep.disabled.get() {
-            ep.bucket.borrow_mut().give_back();
-            w.report(job, None, Next::Paused);
-            continue;
-        }
-        if w.retention.is_past(job.due.seq) {
-            // Its event is gone (a delivery held here past `retention`: an ordered
-            // endpoint's queue, a slow endpoint's backlog): it expires unsent.
-            ep.bucket.borrow_mut().give_back();
-            w.expire(&ep, job);
+            match next {
+                Next::Expired => w.expire(&ep, job),
+                next => w.report(job, None, next),
+            }
             continue;
         }
         // A first attempt waits for `min_delay` as it is now: one a `PUT` made longer
