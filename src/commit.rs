@@ -60,7 +60,7 @@ use crate::store::{
 };
 use crate::syncer::{self, AckStats, Answer, SyncMsg};
 use crate::tally::Tally;
-use crate::worker::{Job, WorkerMsg};
+use crate::worker::{now_ms, Job, WorkerMsg};
 
 /// A round stops taking messages once they carry this many events and outcomes, so a
 /// flat-out producer's backlog is written as several moderate batches rather than one
@@ -849,13 +849,6 @@ fn count_pending(store: &Store) -> Result<(u64, u64), store::StoreError> {
         }
     }
     Ok((due + paused, paused))
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Committer {

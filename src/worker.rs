@@ -329,6 +329,8 @@ struct Worker {
     holds: Cell<u64>,
 }
 
+/// Milliseconds since the Unix epoch on the wall clock: event times, due times and the
+/// retention cut-off (the workers' and the committer's one reading of it).
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -99,6 +99,14 @@ pub(super) fn compile(src: &str, ctx: Context) -> Result<(Vec<Part>, usize), Tem
                  `#` the receiver should get",
             ));
         }
+        if let Some(at) = hash_in_join(&ir, &c.lits, &c.lit_at, false) {
+            return Err(c.error(
+                at,
+                "a `#` in a join's text: it starts the URL's fragment, which is never \
+                 sent, so the elements after the first would never reach the receiver; \
+                 write `%23` for a `#` the receiver should get",
+            ));
+        }
         if let Some(at) = literal_dot_segment(&shape) {
             return Err(c.error(
                 at,
@@ -195,6 +203,20 @@ fn placeholder_in_fragment(shape: &Shape) -> Option<usize> {
     } else {
         None
     }
+}
+
+/// The source offset of the first literal `#` in a join's sub-template or separator
+/// (`inside`: `ir` is a join's sub-template). Rendered for two elements, the second comes
+/// after it, in the fragment, which is never sent; [`placeholder_in_fragment`] has
+/// already refused those with a placeholder after the `#`, this the rest
+/// (`{join(a, i, "x", "#")}`).
+fn hash_in_join(ir: &[Ir], lits: &[u8], lit_at: &[usize], inside: bool) -> Option<usize> {
+    let hash = |r: &Range<usize>| r.clone().find(|&i| lits[i] == b'#').map(|i| lit_at[i]);
+    ir.iter().find_map(|p| match p {
+        Ir::Lit(r) if inside => hash(r),
+        Ir::Join { body, sep, .. } => hash_in_join(body, lits, lit_at, true).or_else(|| hash(sep)),
+        _ => None,
+    })
 }
 
 /// A part before the literal bytes are frozen: literal text is a range of
@@ -764,6 +786,17 @@ mod tests {
             msg,
         );
         assert_err("http://h/{join(a, i, \"#{i}\")}", URL, 1, 23, msg);
+        // A `#` in a join's text with no placeholder after it: the elements after the
+        // first are in the fragment all the same.
+        let msg = "a `#` in a join's text";
+        assert_err(
+            "http://h/p?x={A}&s={join(a, i, \"x\", \"#\")}",
+            URL,
+            1,
+            38,
+            msg,
+        );
+        assert_err("http://h/p?x={A}&s={join(a, i, \"x#\")}", URL, 1, 34, msg);
         // A fragment after every placeholder is never sent and loses nothing; `%23` is a
         // `#` the receiver gets.
         assert_urls_compile(&[
