@@ -856,7 +856,7 @@ fn run_deep(store: &Store, walks: usize) -> Vec<Vec<f64>> {
 fn run_http(store: &Store, queries: &[Query], reps: usize) -> Vec<Vec<f64>> {
     let (commit, _commit_rx) = mailbox();
     let addr = admin::start(AdminSetup {
-        addr: "127.0.0.1:0".parse().unwrap(),
+        listener: std::net::TcpListener::bind("127.0.0.1:0").expect("bind admin API"),
         store: store.clone(),
         token: None,
         commit,

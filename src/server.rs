@@ -142,6 +142,23 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
     let store = Store::open_limited(&s.data_dir, store_files)
         .with_context(|| format!("cannot open the store in {}", s.data_dir.display()))?;
 
+    // Every listener is bound before the config file's endpoints are applied: a start
+    // refused for a socket path, a port in use or an admin address must change nothing
+    // in the store (it deleted the endpoints the file left out, failing their pending
+    // deliveries, and then refused to run).
+    let unix = bind_unix(&s.socket)?;
+    // Ours from here on: removed when `serve` returns, also on a failed start.
+    let _socket_file = SocketFile(s.socket.clone());
+    set_socket_mode(&s.socket, 0o777 & !umask)?;
+    let tcp = match s.listen {
+        Some(addr) => {
+            Some(TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?)
+        }
+        None => None,
+    };
+    let admin_listener = TcpListener::bind(s.admin)
+        .with_context(|| format!("cannot start the admin API on {}", s.admin))?;
+
     let specs = apply_endpoints(&store, specs)?;
     let known: HashMap<String, EndpointMeta> = store.endpoints()?.into_iter().collect();
 
@@ -239,10 +256,6 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
     }
 
     let stopping = Arc::new(AtomicBool::new(false));
-    let unix = bind_unix(&s.socket)?;
-    // Ours from here on: removed when `serve` returns, also on a failed start.
-    let _socket_file = SocketFile(s.socket.clone());
-    set_socket_mode(&s.socket, 0o777 & !umask)?;
     spawn_acceptor(
         "ricochet-accept-unix",
         worker_tx.clone(),
@@ -255,8 +268,7 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
         },
     )?;
     let mut tcp_addr = None;
-    if let Some(addr) = s.listen {
-        let l = TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    if let Some(l) = tcp {
         tcp_addr = Some(l.local_addr()?);
         spawn_acceptor(
             "ricochet-accept-tcp",
@@ -265,6 +277,9 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
             move || {
                 l.accept().map(|(s, _)| {
                     let _ = s.set_nodelay(true);
+                    if let Err(e) = keep_alive(&s) {
+                        tracing::debug!(error = %e, "cannot set TCP keepalive on an ingest connection");
+                    }
                     let _ = s.set_nonblocking(true);
                     IngestStream::Tcp(s)
                 })
@@ -272,7 +287,7 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
         )?;
     }
     let admin_addr = crate::admin::start(AdminSetup {
-        addr: s.admin,
+        listener: admin_listener,
         store: store.clone(),
         token: s.admin_token.clone(),
         commit: commit_tx.clone(),
@@ -494,12 +509,11 @@ fn spawn_acceptor<F>(
 where
     F: FnMut() -> std::io::Result<IngestStream> + Send + 'static,
 {
+    let listener = name.to_string();
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
             let mut next = 0usize;
-            // Out of descriptors, accept fails every 50 ms until some are free: one
-            // warning each 10 s, with the failures since the last.
             let mut failed = Tally::default();
             while !stopping.load(Ordering::SeqCst) {
                 match accept() {
@@ -515,17 +529,65 @@ where
                         workers[next % workers.len()].send(WorkerMsg::Conn(conn, permit));
                         next += 1;
                     }
-                    Err(e) => {
-                        if let Some(failures) = failed.note(Duration::from_secs(10)) {
-                            tracing::warn!(error = %e, failures, "accept failed");
-                        }
-                        // The connection waits in the listen backlog meanwhile.
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
+                    Err(e) => after_failed_accept(&mut failed, &e, &listener),
                 }
             }
         })?;
     Ok(())
+}
+
+/// TCP keepalive for an ingest connection, [`KEEPALIVE_IDLE`] idle, then a probe every
+/// [`KEEPALIVE_INTERVAL`], [`KEEPALIVE_PROBES`] unanswered ending it: a producer whose
+/// host vanished (or a NAT that forgot the flow) no longer holds its connection permit
+/// and descriptor forever, waiting in a read no byte will end. A live producer answers
+/// the probes however long it is quiet.
+fn keep_alive(s: &std::net::TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let set = |level: libc::c_int, name: libc::c_int, v: u32| {
+        let v = libc::c_int::try_from(v).unwrap_or(libc::c_int::MAX);
+        // SAFETY: an int option of the right size on the connection's open socket.
+        let r = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                level,
+                name,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    set(
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPIDLE,
+        KEEPALIVE_IDLE.as_secs() as u32,
+    )?;
+    set(
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPINTVL,
+        KEEPALIVE_INTERVAL.as_secs() as u32,
+    )?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, KEEPALIVE_PROBES)?;
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)
+}
+
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_PROBES: u32 = 6;
+
+/// After a listener's `accept` failed (out of descriptors, mostly): one warning each
+/// 10 s with the failures since the last, and a pause of 50 ms before the next try, so
+/// that a shortage does not spin a core while it lasts (the connection waits in the
+/// listen backlog meanwhile).
+pub(crate) fn after_failed_accept(failed: &mut Tally, e: &std::io::Error, listener: &str) {
+    if let Some(failures) = failed.note(Duration::from_secs(10)) {
+        tracing::warn!(error = %e, failures, listener, "accept failed");
+    }
+    std::thread::sleep(Duration::from_millis(50));
 }
 
 /// Whether `sig` is ignored (as `nohup` leaves SIGHUP).

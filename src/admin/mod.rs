@@ -36,6 +36,7 @@ mod samples;
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -67,7 +68,9 @@ const DISCARD_WAIT: Duration = Duration::from_secs(2);
 
 /// Everything the admin API starts with.
 pub struct AdminSetup {
-    pub addr: SocketAddr,
+    /// Bound by the caller before anything else starts (a start that cannot bind it
+    /// changes nothing).
+    pub listener: TcpListener,
     pub store: Store,
     pub token: Option<String>,
     pub commit: MailboxSender<CommitMsg>,
@@ -109,8 +112,12 @@ struct Admin {
 /// take its slot: one that just connected, or just got its answer, is about to send.
 const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
 
-/// One idle connection: its ticket, since when it waits, a second handle on its socket.
-type Parked = (u64, Instant, TcpStream);
+/// One idle connection: its ticket, since when it waits, its socket's descriptor (not a
+/// second handle: that would be a second descriptor for every idle connection, beyond
+/// the reserve counted for the API). The descriptor stays the connection's while it is
+/// listed: its thread takes it out of the list before it closes the socket, and an
+/// eviction shuts it down under the list's lock.
+type Parked = (u64, Instant, RawFd);
 
 /// The connections waiting for their first or next request, oldest first: a new
 /// connection that finds every slot taken shuts the reading side of the oldest down (its
@@ -125,20 +132,18 @@ impl IdleConns {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Enters `conn` as idle; its ticket, or `None` if no second handle could be made
-    /// (it then cannot be evicted).
-    fn park(&self, conn: &TcpStream) -> Option<u64> {
-        let handle = conn.try_clone().ok()?;
+    /// Enters `conn` as idle; its ticket. The caller takes it out ([`Self::unpark`])
+    /// before `conn` is closed.
+    fn park(&self, conn: &TcpStream) -> u64 {
         let mut g = self.lock();
         g.0 += 1;
         let ticket = g.0;
-        g.1.push_back((ticket, Instant::now(), handle));
-        Some(ticket)
+        g.1.push_back((ticket, Instant::now(), conn.as_raw_fd()));
+        ticket
     }
 
     /// Takes the connection out of the idle list; false if it was evicted meanwhile.
-    fn unpark(&self, ticket: Option<u64>) -> bool {
-        let Some(ticket) = ticket else { return true };
+    fn unpark(&self, ticket: u64) -> bool {
         let mut g = self.lock();
         let Some(i) = g.1.iter().position(|(t, _, _)| *t == ticket) else {
             return false;
@@ -151,23 +156,34 @@ impl IdleConns {
     /// if none has. Only reading is shut: a request that arrived at that moment (its
     /// thread read it) is still answered, on a connection that then closes.
     fn evict_oldest(&self, min_idle: Duration) -> bool {
-        let oldest = {
-            let mut g = self.lock();
-            match g.1.front() {
-                Some((_, since, _)) if since.elapsed() >= min_idle => g.1.pop_front(),
-                _ => None,
-            }
+        let mut g = self.lock();
+        let oldest = match g.1.front() {
+            Some((_, since, _)) if since.elapsed() >= min_idle => g.1.pop_front(),
+            _ => None,
         };
-        oldest.is_some_and(|(_, _, c)| {
-            let _ = c.shutdown(Shutdown::Read);
+        oldest.is_some_and(|(_, _, fd)| {
+            // SAFETY: `fd` is still the idle connection's open socket: it was listed
+            // until just now, under the lock still held, and its thread closes it only
+            // after taking it out of the list under the same lock.
+            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
             true
         })
     }
 }
 
-/// Binds `setup.addr` and serves the API in the background; returns the bound address.
+/// A taken connection slot ([`MAX_CONNS`]): given back when its thread ends, also by a
+/// panic (which drops that request only), so that no slot is lost for good.
+struct ConnSlot<'a>(&'a AtomicUsize);
+
+impl Drop for ConnSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves the API on `setup.listener` in the background; returns its address.
 pub fn start(setup: AdminSetup) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(setup.addr)?;
+    let listener = setup.listener;
     let local = listener.local_addr()?;
     let admin = Arc::new(Admin {
         store: setup.store,
@@ -185,8 +201,15 @@ pub fn start(setup: AdminSetup) -> std::io::Result<SocketAddr> {
     std::thread::Builder::new()
         .name("ricochet-admin".into())
         .spawn(move || {
+            let mut failed = crate::tally::Tally::default();
             for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
+                let mut conn = match conn {
+                    Ok(c) => c,
+                    Err(e) => {
+                        crate::server::after_failed_accept(&mut failed, &e, "admin");
+                        continue;
+                    }
+                };
                 if admin.conns.fetch_add(1, Ordering::AcqRel) >= MAX_CONNS
                     && !admin.idle.evict_oldest(EVICTABLE_AFTER)
                 {
@@ -200,8 +223,8 @@ pub fn start(setup: AdminSetup) -> std::io::Result<SocketAddr> {
                 let spawned = std::thread::Builder::new()
                     .name(crate::server::ADMIN_CONN_THREAD.into())
                     .spawn(move || {
+                        let _slot = ConnSlot(&mine.conns);
                         mine.serve(conn);
-                        mine.conns.fetch_sub(1, Ordering::AcqRel);
                     });
                 if spawned.is_err() {
                     admin.conns.fetch_sub(1, Ordering::AcqRel);
@@ -783,6 +806,14 @@ impl Params {
             return Ok(None);
         };
         if let Ok(ms) = v.parse::<u64>() {
+            // Past the year 9999 nothing is logged, and such a value is no millisecond
+            // time (nanoseconds, a typo): refused, not wrapped into some other time.
+            if ms > crate::ingest::parse::MAX_TIME_MS {
+                return Err(error(
+                    400,
+                    format!("{key}: {v:?} is after 9999-12-31T23:59:59.999Z (unix milliseconds expected)"),
+                ));
+            }
             return Ok(Some(ms));
         }
         time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
@@ -1027,6 +1058,19 @@ mod tests {
         assert!(idle.evict_oldest(Duration::ZERO));
         assert!(!idle.unpark(t3));
         assert!(!idle.evict_oldest(Duration::ZERO), "none idle");
+    }
+
+    #[test]
+    fn a_connection_s_slot_comes_back_when_its_thread_panics() {
+        let conns = Arc::new(AtomicUsize::new(2));
+        let c = conns.clone();
+        let ended = std::thread::spawn(move || {
+            let _slot = ConnSlot(&c);
+            panic!("a bug answering one request");
+        })
+        .join();
+        assert!(ended.is_err());
+        assert_eq!(conns.load(Ordering::Acquire), 1);
     }
 
     #[test]

@@ -264,14 +264,15 @@ pub fn new_connection(budget: Arc<LineBudget>) -> Rc<ConnShared> {
 struct Framer<'a> {
     ctx: &'a ConnCtx,
     parser: LineParser,
-    /// Set while skipping the rest of an oversize line.
-    skipping: bool,
+    /// What the rest of a line dropped for its length gets.
+    skipping: Skip,
     /// No line framed yet: a UTF-8 byte order mark before the first one is dropped (a
     /// file saved with one, sent as it is; RFC 8259 §8.1 lets a parser ignore it).
     at_start: bool,
     ticket: u64,
     slots: Vec<Slot>,
-    /// The bytes of the events in `slots` (what they hold in memory until answered).
+    /// The bytes `slots` hold in memory until answered: their events' lines, and the
+    /// `err` answers made here (a read of short bad lines is mostly answers).
     bytes: usize,
     events: Vec<crate::commit::NewEvent>,
 }
@@ -281,15 +282,18 @@ impl Framer<'_> {
         if std::mem::take(&mut self.at_start) {
             line = line.strip_prefix(BOM).unwrap_or(line);
         }
-        if self.skipping {
-            self.skipping = false;
-            self.too_large();
-            return;
+        match std::mem::take(&mut self.skipping) {
+            Skip::No => {}
+            Skip::Blank if is_blank(line) => return,
+            Skip::Blank | Skip::TooLarge => {
+                self.too_large();
+                return;
+            }
         }
         if let [rest @ .., b'\r'] = line {
             line = rest;
         }
-        if line.iter().all(|b| b.is_ascii_whitespace()) {
+        if is_blank(line) {
             return;
         }
         if line.len() > self.ctx.max_line_bytes {
@@ -308,6 +312,7 @@ impl Framer<'_> {
                 push_printable(&mut msg, &e.0);
                 msg.push('\n');
                 let msg = msg.into_bytes();
+                self.bytes += msg.len();
                 self.slots.push(Slot::Ready(msg));
             }
         }
@@ -319,6 +324,7 @@ impl Framer<'_> {
             "err too_large line exceeds max_line_bytes ({})\n",
             self.ctx.max_line_bytes
         );
+        self.bytes += msg.len();
         self.slots.push(Slot::Ready(msg.into_bytes()));
     }
 
@@ -368,7 +374,7 @@ async fn read_lines<R: AsyncReadRent>(rd: &mut R, ctx: &ConnCtx, shared: &ConnSh
     let mut framer = Framer {
         ctx,
         parser: LineParser::default(),
-        skipping: false,
+        skipping: Skip::No,
         at_start: true,
         ticket: 0,
         slots: Vec::new(),
@@ -386,13 +392,10 @@ async fn read_lines<R: AsyncReadRent>(rd: &mut R, ctx: &ConnCtx, shared: &ConnSh
         if halted() {
             return;
         }
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
-        let filled = buf.len();
+        let window = read_window(&mut buf);
         let (res, b) = monoio::select! {
             biased;
-            read = rd.read(buf.slice_mut(filled..)) => read,
+            read = rd.read(buf.slice_mut(window)) => read,
             // Cancelled by a stop: what the read would have brought is not taken.
             _ = shared.stop_wake.wait() => return,
         };
@@ -405,10 +408,10 @@ async fn read_lines<R: AsyncReadRent>(rd: &mut R, ctx: &ConnCtx, shared: &ConnSh
             }
         };
         if n == 0 {
-            if framer.skipping {
+            if framer.skipping != Skip::No {
                 // An oversize last line (whether or not part of it is still buffered).
-                framer.skipping = false;
-                framer.too_large();
+                let last = std::mem::take(&mut buf);
+                framer.line(&last);
             } else if !buf.is_empty() {
                 let last = std::mem::take(&mut buf);
                 framer.line(&last);
@@ -420,14 +423,10 @@ async fn read_lines<R: AsyncReadRent>(rd: &mut R, ctx: &ConnCtx, shared: &ConnSh
         framer.flush(shared);
         buf.drain(..start);
         scanned = buf.len();
-        // A large line's buffers go back once nothing more is pending (a producer still
-        // streaming large lines keeps them): an idle connection keeps a read's worth.
         if buf.is_empty() {
             framer.parser.trim();
-            if buf.capacity() > parse::KEEP_BYTES {
-                buf = Vec::with_capacity(READ_CHUNK);
-            }
         }
+        settle(&mut buf);
         // (A byte order mark before the first line does not count: it is dropped.)
         let bom = if framer.at_start && buf.starts_with(BOM) {
             BOM.len()
@@ -435,11 +434,54 @@ async fn read_lines<R: AsyncReadRent>(rd: &mut R, ctx: &ConnCtx, shared: &ConnSh
             0
         };
         if unfinished_too_long(&buf, ctx.max_line_bytes + bom) {
-            // The current line is already too long: drop what we have, skip to its end.
-            framer.skipping = true;
+            // The current line is already too long: drop what we have, skip to its end
+            // (a blank one stays blank until a byte of its rest is not).
+            framer.skipping = match framer.skipping {
+                Skip::No | Skip::Blank if is_blank(&buf[bom..]) => Skip::Blank,
+                _ => Skip::TooLarge,
+            };
             buf.clear();
             scanned = 0;
         }
+    }
+}
+
+/// What the rest of a line dropped for its length (its end not read yet) gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Skip {
+    #[default]
+    No,
+    /// Whitespace so far: no answer if the rest is whitespace too, as for any blank
+    /// line, whatever its length (the answer must not depend on how reads split it).
+    Blank,
+    /// `err too_large`.
+    TooLarge,
+}
+
+/// A line of whitespace only (blank lines get no answer).
+fn is_blank(line: &[u8]) -> bool {
+    line.iter().all(u8::is_ascii_whitespace)
+}
+
+/// Where the next read goes in `buf`, its unfinished rest kept: at most [`READ_CHUNK`]
+/// after it, however far a long line grew the buffer. The line budget is checked
+/// between reads, so what one read brings is what a connection may run past its share
+/// (a read filling a 2 MiB buffer could bring 100,000 short lines at once).
+fn read_window(buf: &mut Vec<u8>) -> std::ops::Range<usize> {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+    buf.len()..buf.capacity().min(buf.len() + READ_CHUNK)
+}
+
+/// After framing: a buffer a large line grew past [`parse::KEEP_BYTES`] goes back once
+/// what is left of it is small (a producer still streaming large lines keeps it), so
+/// a connection holds a read's worth again.
+fn settle(buf: &mut Vec<u8>) {
+    if buf.capacity() > parse::KEEP_BYTES && buf.len() <= READ_CHUNK / 4 {
+        let mut small = Vec::with_capacity(READ_CHUNK);
+        small.extend_from_slice(buf);
+        *buf = small;
     }
 }
 
@@ -623,6 +665,36 @@ mod tests {
         assert_eq!((lines, rest), (vec![b"abcdef".to_vec()], 7));
         let rest = split_lines(b"no end", 0, |_| panic!("no complete line"));
         assert_eq!(rest, 0);
+    }
+
+    #[test]
+    fn a_read_brings_at_most_a_chunk_however_large_the_buffer_grew() {
+        let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+        assert_eq!(read_window(&mut buf), 0..READ_CHUNK);
+        // A long line grew it to 2 MiB; framed, 10 bytes of the next line are left.
+        let mut buf: Vec<u8> = Vec::with_capacity(2 << 20);
+        buf.extend_from_slice(b"0123456789");
+        let w = read_window(&mut buf);
+        assert_eq!(w, 10..10 + READ_CHUNK);
+        // Still growing for a line longer than what is free.
+        let mut buf = vec![b'x'; READ_CHUNK - 100];
+        let w = read_window(&mut buf);
+        assert_eq!(w.start, READ_CHUNK - 100);
+        assert!(w.len() >= READ_CHUNK / 4 && w.len() <= READ_CHUNK, "{w:?}");
+        assert!(buf.capacity() >= w.end);
+    }
+
+    #[test]
+    fn a_large_line_s_buffer_goes_back_once_little_is_left() {
+        let mut buf: Vec<u8> = Vec::with_capacity(2 << 20);
+        buf.extend_from_slice(&[b'y'; 1000]);
+        settle(&mut buf);
+        assert_eq!((buf.len(), buf.capacity()), (1000, READ_CHUNK));
+        assert!(buf.iter().all(|&b| b == b'y'));
+        // Still a large line's worth pending: kept.
+        let mut buf = vec![b'z'; parse::KEEP_BYTES + 1];
+        settle(&mut buf);
+        assert_eq!(buf.len(), parse::KEEP_BYTES + 1);
     }
 
     #[test]

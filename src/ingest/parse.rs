@@ -48,7 +48,7 @@ fn check_event_id(id: &str) -> Result<(), Invalid> {
 }
 
 /// 9999-12-31T23:59:59.999Z in Unix milliseconds: the last time RFC 3339 can write.
-const MAX_TIME_MS: u64 = 253_402_300_799_999;
+pub const MAX_TIME_MS: u64 = 253_402_300_799_999;
 
 /// Reusable parser state, one per connection.
 pub struct LineParser {

@@ -733,6 +733,50 @@ fn endpoints_delete_recreate_and_persist_across_restart() {
     assert_eq!(status, 409);
 }
 
+/// A start that is refused (its admin address in use, here) changes nothing in the
+/// store: the endpoint its file leaves out is not deleted, and its pending delivery is
+/// still retrying at the next start (it was failed, and the endpoint gone).
+#[test]
+fn a_refused_start_deletes_no_endpoint() {
+    let rx = TestReceiver::with_script(|_, _| Reply::status(500));
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let opts = ServerOpts::new(&endpoint(
+        "p",
+        r#"["t"]"#,
+        &rx.url("/p"),
+        r#"retry = ["1h"]"#,
+    ));
+    let mut srv = TestServer::start_in(dir.clone(), &opts);
+    let mut c = srv.connect();
+    assert_eq!(c.send(&event("t", "rs-1", "{}")), "ok rs-1 1");
+    rx.wait_for(1, WAIT);
+    srv.wait_event("rs-1", WAIT, |v| states(v) == ["retrying"]);
+    assert_eq!(srv.stop(), Some(0));
+
+    // The same data dir, a file without the endpoint, an admin address taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let file = std::fs::read_to_string(&srv.config_path).unwrap();
+    let without = file.split("[[endpoint]]").next().unwrap().replace(
+        "admin = \"127.0.0.1:0\"",
+        &format!("admin = \"{}\"", taken.local_addr().unwrap()),
+    );
+    let refused_cfg = dir.path().join("refused.toml");
+    std::fs::write(&refused_cfg, without).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&refused_cfg)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot start the admin API"), "{stderr}");
+    assert!(!stderr.contains("deleted"), "{stderr}");
+
+    let srv = TestServer::start_in(dir, &opts);
+    assert_eq!(srv.get("/v1/endpoints/p").0, 200);
+    assert_eq!(states(&srv.event("rs-1")), ["retrying"]);
+}
+
 /// A definition's `enabled = true` lifts only the disable a definition caused; a
 /// disable over the admin API (like an automatic one) waits for an explicit enable, also
 /// after a kill -9 (who disabled it is part of the stored state).
@@ -1109,6 +1153,9 @@ signing_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw""#,
         "status=bogus",
         "since=yesterday",
         "until=2026-13-45T00:00:00Z",
+        // Past the year 9999 (2^54 wrapped to 0: an empty log; nanoseconds).
+        "until=18014398509481984",
+        "since=1795441637365000000",
         "stauts=failed",
         "type=a&type=b",
     ] {

@@ -561,6 +561,14 @@ impl TestServer {
         self.wait_exit()
     }
 
+    /// The server's open descriptors (`/proc/<pid>/fd`).
+    pub fn open_fds(&self) -> usize {
+        let pid = self.child.as_ref().expect("running").id();
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("the server's descriptors")
+            .count()
+    }
+
     /// SIGTERM, without waiting for the exit.
     pub fn terminate(&self) {
         self.signal(libc::SIGTERM);

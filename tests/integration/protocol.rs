@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
@@ -78,6 +78,39 @@ fn oversize_line_is_skipped_and_answered_too_large() {
     c.send_raw(b"\n");
     assert!(c.ack().starts_with("err too_large"));
     assert_eq!(c.send(&event("t", "after-2", "{}")), "ok after-2 0");
+}
+
+/// A line of whitespace only is blank however long it is and however the reads split
+/// it: no answer (it was answered `too_large` when a read ended past `max_line_bytes`
+/// inside it). One with a non-blank byte past the limit is too large, also at the end.
+#[test]
+fn a_long_blank_line_gets_no_answer_however_it_is_split() {
+    let srv = TestServer::start_with(ServerOpts::new("").server("max_line_bytes = 100"));
+    let mut c = srv.connect();
+    // 200,000 bytes: more than one read takes, so a read ends inside the line.
+    let blank = " \t".repeat(100_000);
+    c.send_raw(format!("{blank}\r\n").as_bytes());
+    assert_eq!(c.send(&event("t", "after-blank", "{}")), "ok after-blank 0");
+    c.send_raw(format!("{blank}x\n").as_bytes());
+    let a = c.ack();
+    assert!(a.starts_with("err too_large"), "{a}");
+    assert_eq!(c.send(&event("t", "after-x", "{}")), "ok after-x 0");
+    // At the end of the stream: blank, no answer; with a byte, too large.
+    for (tail, answers) in [("", 1), ("x", 2)] {
+        let mut s = std::os::unix::net::UnixStream::connect(&srv.socket).unwrap();
+        let first = format!("{}\n", event("t", &format!("eof{answers}"), "{}"));
+        s.write_all(format!("{first}{blank}{tail}").as_bytes())
+            .unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), answers, "{tail:?}: {out:?}");
+        assert_eq!(lines[0], format!("ok eof{answers} 0"));
+        if answers == 2 {
+            assert!(lines[1].starts_with("err too_large"), "{out:?}");
+        }
+    }
 }
 
 /// A byte order mark before a connection's first line is dropped (a file saved with
@@ -319,6 +352,46 @@ fn tcp_listener_speaks_the_same_protocol_and_send_command_works() {
 
 /// `ricochet send` fed by a slow producer sends each line when it comes, not when its
 /// buffer fills or the input ends: the answer arrives while the producer still waits.
+/// A TCP producer's connection has keepalive on (a producer whose host vanished would
+/// otherwise hold its connection permit forever): the server's side of it shows the
+/// keepalive timer in /proc/net/tcp once the answer is acknowledged.
+#[test]
+fn a_tcp_ingest_connection_is_kept_alive_by_probes() {
+    let mut opts = ServerOpts::new("");
+    opts.tcp = true;
+    let srv = TestServer::start_with(opts);
+    let server = srv.tcp.expect("tcp listener");
+    let s = std::net::TcpStream::connect(server).unwrap();
+    let client = s.local_addr().unwrap();
+    let mut c = Conn {
+        w: Box::new(s.try_clone().unwrap()),
+        r: std::io::BufReader::new(Box::new(s)),
+    };
+    assert_eq!(c.send(&event("t", "ka-1", "{}")), "ok ka-1 0");
+    // The server's socket: local = the listener's port, remote = ours. Its timer is
+    // the retransmit one (1) until our side acknowledges the answer, then keepalive (2;
+    // 0 without it).
+    let (local, remote) = (
+        format!(":{:04X}", server.port()),
+        format!(":{:04X}", client.port()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let timer = loop {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let row = table
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() > 5 && f[1].ends_with(&local) && f[2].ends_with(&remote))
+            .expect("the server's side of the connection");
+        let timer = row[5].split(':').next().unwrap().to_string();
+        if timer != "01" || Instant::now() > deadline {
+            break timer;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(timer, "02", "the server's side has no keepalive timer");
+}
+
 #[test]
 fn send_passes_a_slow_producer_s_lines_on_at_once() {
     let srv = TestServer::start(&endpoint("e", r#"["t"]"#, "http://127.0.0.1:9/", ""));
