@@ -472,8 +472,49 @@ impl Matcher {
                     items.join(", ")
                 ))
             }
+            // `"200 "`, `"20x"`, `"200-299"`, `">=200"`, `"2xx or 3xx"`: a status rule
+            // mistyped, which as body text no receiver's body holds, so that every
+            // answer (the 200s too) would fail and count toward `disable_after`.
+            Matcher::Body(s) if Self::reads_as_status(s) => {
+                let t = s.trim();
+                Some(match Matcher::parse(t) {
+                    Ok(m @ (Matcher::Status(_) | Matcher::Class(_))) => format!(
+                        "{s:?} has spaces around a status rule: write {:?} (as it is, it would \
+                         be a body text)",
+                        m.as_string()
+                    ),
+                    _ => format!(
+                        "{s:?} reads as a status rule but is none: a status is three digits \
+                         (\"200\"), a class a digit and xx (\"2xx\"), several a list \
+                         ([\"200\", \"204\"]); as it is, it would be a body text"
+                    ),
+                })
+            }
             _ => None,
         }
+    }
+
+    /// Made of status-like words only (three characters, the first a digit, the others
+    /// digits, `x` or `*`), with separators (spaces, `,;|-/<>=+~`) or `or`, `and`, `to`
+    /// between them: no body text a receiver sends, a status rule mistyped. Body texts
+    /// with any other word (`"OK 200"`) or number (`"1"`, `"-1"`) stay body texts.
+    fn reads_as_status(s: &str) -> bool {
+        let separator = |c: char| Self::list_separator(c) || "-/<>=+~".contains(c);
+        let mut statuses = 0;
+        let only = s.split(separator).filter(|w| !w.is_empty()).all(|w| {
+            let b = w.as_bytes();
+            let status_like = b.len() == 3
+                && b[0].is_ascii_digit()
+                && b[1..]
+                    .iter()
+                    .all(|c| c.is_ascii_digit() || matches!(c, b'x' | b'X' | b'*'));
+            statuses += usize::from(status_like);
+            status_like
+                || ["or", "and", "to"]
+                    .iter()
+                    .any(|x| w.eq_ignore_ascii_case(x))
+        });
+        only && statuses > 0
     }
 
     /// What separates the items of a list written as one text: `,` `;` `|` or spaces.
@@ -521,6 +562,11 @@ impl ResponseRule {
             Matcher::Class(c) => status / 100 == *c as u16,
             Matcher::Body(text) => contains(body, text.as_bytes()),
         })
+    }
+
+    /// The rule as written in a definition (`"2xx"`, `["200","OK"]`), for messages.
+    pub fn describe(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
     }
 
     /// Whether any clause looks at the body (so the body excerpt must be kept).
@@ -1897,8 +1943,42 @@ disable_after = { "4xx" = "many" }
             Matcher::parse("2xx,3xx").unwrap().typo().unwrap(),
             "\"2xx,3xx\" reads as a list of statuses written as one body text: write [\"2xx\", \"3xx\"]"
         );
-        for text in ["OK 200", "200", "status 200, 201", "2xx,"] {
+        for text in [
+            "OK 200",
+            "200",
+            "status 200, 201",
+            "1",
+            "-1",
+            "0",
+            "OK",
+            "2000",
+            "or",
+        ] {
             assert_eq!(Matcher::parse(text).unwrap().typo(), None, "{text}");
+        }
+        // A status rule mistyped: as body text, every answer would fail.
+        for typo in [
+            "20x",
+            "200-299",
+            "2xx/3xx",
+            "2xx or 3xx",
+            ">=200",
+            "2**",
+            "2xx,",
+            "200 to 299",
+        ] {
+            let e = Matcher::parse(typo).unwrap().typo().unwrap();
+            assert!(
+                e.contains("reads as a status rule but is none"),
+                "{typo}: {e}"
+            );
+        }
+        for (padded, write) in [("200 ", "200"), (" 2xx", "2xx"), ("\t204", "204")] {
+            let e = Matcher::parse(padded).unwrap().typo().unwrap();
+            assert!(
+                e.contains(&format!("spaces around a status rule: write {write:?}")),
+                "{padded:?}: {e}"
+            );
         }
         // A stored definition with one still reads (it was a body text before); it is a
         // problem of the definition, so it does not compile.

@@ -76,6 +76,23 @@ pub fn classify_response(
     }
 }
 
+/// Why the rules refused a response whose status alone does not say so (1xx, 2xx), or
+/// that the `error` rule matched: the attempt log's `error` for it (a `200` logged as
+/// failed with no word of why sent operators looking at the receiver). `None` when the
+/// response is a success, or a failure its status explains.
+pub fn refused_by_rules(
+    success: &ResponseRule,
+    error: Option<&ResponseRule>,
+    status: u16,
+    body: &[u8],
+) -> Option<String> {
+    if let Some(e) = error.filter(|e| e.matches(status, body)) {
+        return Some(format!("the error rule {} matched", e.describe()));
+    }
+    (status < 300 && !success.matches(status, body))
+        .then(|| format!("the success rule {} did not match", success.describe()))
+}
+
 /// The delivery's state and next step after `attempts_made` attempts, the last of which
 /// ended with `verdict` at `now_ms`.
 pub fn after_attempt(
@@ -115,6 +132,29 @@ pub fn after_attempt(
 mod tests {
     use super::*;
     use crate::config::{Matcher, RetryPolicy};
+
+    #[test]
+    fn a_response_the_rules_refuse_says_which_rule() {
+        let rule = |s: &str| -> ResponseRule { serde_json::from_str(s).unwrap() };
+        let (ok, text) = (rule(r#""2xx""#), rule(r#"["200", "OK"]"#));
+        let error = rule(r#""ERROR""#);
+        assert_eq!(
+            refused_by_rules(&text, None, 204, b"fine").as_deref(),
+            Some(r#"the success rule ["200","OK"] did not match"#)
+        );
+        assert_eq!(
+            refused_by_rules(&ok, Some(&error), 200, b"ERROR: no such order").as_deref(),
+            Some(r#"the error rule "ERROR" matched"#)
+        );
+        assert_eq!(
+            refused_by_rules(&ok, Some(&error), 500, b"ERROR").as_deref(),
+            Some(r#"the error rule "ERROR" matched"#)
+        );
+        // A success; a failure its status explains.
+        assert_eq!(refused_by_rules(&ok, Some(&error), 200, b"ok"), None);
+        assert_eq!(refused_by_rules(&ok, None, 503, b""), None);
+        assert_eq!(refused_by_rules(&text, None, 404, b""), None);
+    }
 
     fn cfg(retry: RetryPolicy) -> EndpointConfig {
         let mut c: EndpointConfig =

@@ -762,8 +762,9 @@ fn an_idle_admin_connection_holds_one_descriptor() {
         })
         .collect();
     // Each thread waits for its next request once it has answered; a second handle
-    // appeared as it began to wait. Watched for half a second, the count stays at one
-    // descriptor a connection (a few spare for anything else the server opens).
+    // appeared as it began to wait. Watched for half a second, the count stays near one
+    // descriptor a connection (with two it reaches 2n; what else the server opens
+    // meanwhile, a table file, a log, stays well under n/2).
     let watch = Instant::now();
     let mut most = 0;
     while watch.elapsed() < Duration::from_millis(500) {
@@ -771,7 +772,7 @@ fn an_idle_admin_connection_holds_one_descriptor() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(most >= n, "the connections are open: {most}");
-    assert!(most <= n + 3, "{most} descriptors for {n} idle connections");
+    assert!(most < n + n / 2, "{most} descriptors for {n} idle connections");
 }
 
 #[test]

@@ -112,6 +112,19 @@ fn body_text_success_rule_and_error_rule() {
     assert_eq!(by_ep["text-ok"], "delivered");
     assert_eq!(by_ep["text-no"], "failed");
     assert_eq!(by_ep["err-rule"], "failed");
+    // A 200 refused says which rule refused it.
+    let errors: std::collections::HashMap<String, serde_json::Value> = v["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let name = d["endpoint"].as_str().unwrap().to_string();
+            (name, d["attempts"][0]["error"].clone())
+        })
+        .collect();
+    assert_eq!(errors["text-ok"], serde_json::Value::Null);
+    assert_eq!(errors["text-no"], "the success rule \"OK\" did not match");
+    assert_eq!(errors["err-rule"], "the error rule \"ERROR\" matched");
 }
 
 #[test]
