@@ -755,9 +755,34 @@ pub fn format_duration(d: Duration) -> String {
 
 mod duration_str {
     use super::*;
+
+    /// A duration string; a bare number is refused with the string it likely meant
+    /// (`min_delay = 30`, as a form that asks for seconds has it, is `"30s"`).
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        parse_duration(&s).map_err(de::Error::custom)
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Duration;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a duration such as \"15s\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Duration, E> {
+                parse_duration(s).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Duration, E> {
+                Err(E::custom(unitless(n)))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Duration, E> {
+                Err(E::custom(unitless(n)))
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<Duration, E> {
+                Err(E::custom(unitless(n)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+
+    fn unitless(n: impl std::fmt::Display) -> String {
+        format!("a duration is a string with its unit: write \"{n}s\" (or ms, m, h, d), not {n}")
     }
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format_duration(*d))
@@ -1110,10 +1135,21 @@ impl ConfigFile {
     /// What `serve` would refuse in `[server]` on this machine ([`ServerConfig::
     /// startup_problems`]), located in the file: for `check`.
     pub fn startup_problems(&self) -> Vec<Problem> {
+        self.startup_problems_of(|_| true)
+    }
+
+    /// [`ConfigFile::startup_problems`] of the keys no `serve` flag sets (so they stand
+    /// as the file wrote them): `serve` reports those located, as `check` does.
+    pub fn file_only_startup_problems(&self) -> Vec<Problem> {
+        self.startup_problems_of(|field| field == "extra_ca_file")
+    }
+
+    fn startup_problems_of(&self, which: impl Fn(&str) -> bool) -> Vec<Problem> {
         self.config
             .server
             .startup_problems()
             .into_iter()
+            .filter(|(field, _)| which(field))
             .map(|(field, message)| Problem {
                 file: self.origin.clone(),
                 at: self.server_keys.find(field),
@@ -1593,6 +1629,21 @@ enabled = true
                 format!("{}:{}: {}", at.line, at.column, p.message)
             })
             .collect()
+    }
+
+    #[test]
+    fn a_duration_without_its_unit_says_what_to_write() {
+        let text = "[[endpoint]]\nname = \"a\"\nevents = [\"t\"]\nurl = \"http://h/a\"\n\
+                    min_delay = 30\ntimeout = 2.5\n";
+        assert_eq!(
+            problems(text),
+            [
+                "5:13: endpoint a: field `min_delay`: a duration is a string with its unit: \
+                 write \"30s\" (or ms, m, h, d), not 30",
+                "6:11: endpoint a: field `timeout`: a duration is a string with its unit: \
+                 write \"2.5s\" (or ms, m, h, d), not 2.5",
+            ]
+        );
     }
 
     #[test]

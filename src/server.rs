@@ -70,7 +70,9 @@ fn compile_with(file: &ConfigFile, more: Vec<Problem>) -> Result<Vec<EndpointSpe
 /// Reads and compiles a configuration file; every problem, one per line, in the error.
 pub fn load(path: &Path) -> anyhow::Result<(Config, Vec<EndpointSpec>)> {
     let file = ConfigFile::read(path)?;
-    match compile_endpoints(&file) {
+    // What no flag changes is reported located, as `check` does; the rest once the
+    // flags are applied (`serve`).
+    match compile_with(&file, file.file_only_startup_problems()) {
         Ok(specs) => Ok((file.config, specs)),
         Err(problems) => Err(invalid(problems.iter().map(Problem::to_string))),
     }
@@ -139,8 +141,15 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
             );
         }
     }
+    let _lock = lock_data_dir(&s.data_dir)?;
+    let new_store = !s.data_dir.join("CURRENT").exists();
     let store = Store::open_limited(&s.data_dir, store_files)
         .with_context(|| format!("cannot open the store in {}", s.data_dir.display()))?;
+    if new_store {
+        // Said, because a mistyped `--data-dir` starts on an empty store as well: no API
+        // endpoints, nothing pending.
+        tracing::info!(data_dir = %s.data_dir.display(), "created a new store");
+    }
 
     // Every listener is bound before the config file's endpoints are applied: a start
     // refused for a socket path, a port in use or an admin address must change nothing
@@ -269,7 +278,16 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
     )?;
     let mut tcp_addr = None;
     if let Some(l) = tcp {
-        tcp_addr = Some(l.local_addr()?);
+        let addr = l.local_addr()?;
+        tcp_addr = Some(addr);
+        if !addr.ip().to_canonical().is_loopback() {
+            tracing::warn!(
+                listen = %addr,
+                "TCP ingest listens beyond the loopback: whoever reaches it can send events \
+                 (the line protocol has no authentication; use a firewall or a loopback \
+                 address)"
+            );
+        }
         spawn_acceptor(
             "ricochet-accept-tcp",
             worker_tx.clone(),
@@ -588,6 +606,37 @@ pub(crate) fn after_failed_accept(failed: &mut Tally, e: &std::io::Error, listen
         tracing::warn!(error = %e, failures, listener, "accept failed");
     }
     std::thread::sleep(Duration::from_millis(50));
+}
+
+/// Takes the data dir for this process: an exclusive lock on `ricochet.lock` in it,
+/// held while the returned file is open. A second `serve` on the same dir is refused
+/// with that said (RocksDB's own lock refused it with "While lock file: …/LOCK:
+/// Resource temporarily unavailable").
+fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("ricochet.lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on the descriptor of a file this function opened.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            bail!(
+                "the data dir {} is in use by another running ricochet serve: stop it first, \
+                 or give this one another data dir",
+                dir.display()
+            );
+        }
+        return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+    }
+    Ok(file)
 }
 
 /// Whether `sig` is ignored (as `nohup` leaves SIGHUP).

@@ -750,7 +750,7 @@ mod tests {
         // A position in the body comes with a bad value.
         let err = parse_definition(br#"{"name":"p","timeout":"x"}"#, None).unwrap_err();
         let first = err.lines().next().unwrap();
-        assert!(first.ends_with("at line 1 column 26"), "{err}");
+        assert!(first.ends_with("at line 1 column 25"), "{err}");
     }
 
     #[test]

@@ -772,7 +772,10 @@ fn an_idle_admin_connection_holds_one_descriptor() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(most >= n, "the connections are open: {most}");
-    assert!(most < n + n / 2, "{most} descriptors for {n} idle connections");
+    assert!(
+        most < n + n / 2,
+        "{most} descriptors for {n} idle connections"
+    );
 }
 
 #[test]

@@ -777,6 +777,42 @@ fn a_refused_start_deletes_no_endpoint() {
     assert_eq!(states(&srv.event("rs-1")), ["retrying"]);
 }
 
+/// A second `serve` on a data dir in use is refused with that said, and the first runs
+/// on; a start on an empty data dir says it created a new store (a mistyped
+/// `--data-dir` starts empty), a restart does not.
+#[test]
+fn a_data_dir_in_use_is_refused_and_a_new_store_is_announced() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let opts = ServerOpts::new("");
+    let mut srv = TestServer::start_in(dir.clone(), &opts);
+    assert!(srv.log().contains("created a new store"), "{}", srv.log());
+    let second = dir.path().join("second.toml");
+    std::fs::write(
+        &second,
+        format!(
+            "[server]\ndata_dir = {:?}\nsocket = {:?}\nadmin = \"127.0.0.1:0\"\n",
+            dir.path().join("data"),
+            dir.path().join("second.sock"),
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&second)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is in use by another running ricochet serve"),
+        "{stderr}"
+    );
+    assert_eq!(srv.connect().send(&event("t", "du-1", "{}")), "ok du-1 0");
+    assert_eq!(srv.stop(), Some(0));
+    let srv = TestServer::start_in(dir, &opts);
+    assert!(!srv.log().contains("created a new store"), "{}", srv.log());
+}
+
 /// A definition's `enabled = true` lifts only the disable a definition caused; a
 /// disable over the admin API (like an automatic one) waits for an explicit enable, also
 /// after a kill -9 (who disabled it is part of the stored state).
@@ -1817,9 +1853,17 @@ fn deliveries_a_worker_holds_expire_unsent_past_retention() {
             Err(format!("expired_total {expired}; pending {pending}"))
         }
     });
-    // The ordered head was attempted until it expired; those behind it never were.
-    let ids = down.ids();
-    assert_eq!(ids.keys().collect::<Vec<_>>(), ["o-0"], "{ids:?}");
+    // The ordered head was attempted until it expired; those behind it were not while
+    // it was. (One may be attempted once it leads, when the retention floor, which moves
+    // in steps, passed the head's event a step before its own: the three are accepted
+    // within a millisecond or so, and a step can fall between them.)
+    let order: Vec<String> = down
+        .requests()
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap().to_string())
+        .collect();
+    assert_eq!(order.first().map(String::as_str), Some("o-0"), "{order:?}");
+    assert!(order.windows(2).all(|w| w[0] <= w[1]), "{order:?}");
     // Each slow attempt takes 1.5 s: the first two went out before their event passed
     // the floor (2 s, moved every 250 ms), the last never.
     let sent = slow.ids();

@@ -323,5 +323,8 @@ fn an_unusable_extra_ca_file_stops_the_start_naming_the_file() {
             stderr.contains(&ca.display().to_string()) && stderr.contains(expect),
             "{stderr}"
         );
+        // Located in the file, as `check` says it.
+        let at = format!("{}:5:17: server: field `extra_ca_file`", config.display());
+        assert!(stderr.contains(&at), "{stderr}");
     }
 }
