@@ -864,6 +864,7 @@ fn run_http(store: &Store, queries: &[Query], reps: usize) -> Vec<Vec<f64>> {
         finals: ricochet::metrics::final_snapshots(0),
         registry: Arc::new(RwLock::new(BTreeMap::new())),
         max_line_bytes: 1 << 20,
+        retention: std::time::Duration::from_secs(7 * 86_400),
         stopping: Arc::new(AtomicBool::new(false)),
     })
     .expect("start admin API");

@@ -394,6 +394,23 @@ fn default_true() -> bool {
     true
 }
 
+impl EndpointConfig {
+    /// A `min_delay` not shorter than the server's `retention`: every delivery would
+    /// expire (its event passing retention, counted from acceptance) before its first
+    /// attempt is due. Refused in the file and over the API alike.
+    pub fn min_delay_problem(&self, retention: Duration) -> Option<String> {
+        (self.min_delay >= retention).then(|| {
+            format!(
+                "endpoint {}: field `min_delay`: {} is not shorter than `retention` ({}): \
+                 every delivery would expire before its first attempt",
+                self.name,
+                format_duration(self.min_delay),
+                format_duration(retention)
+            )
+        })
+    }
+}
+
 /// Consecutive-failure thresholds per status class (SPEC §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -658,6 +675,11 @@ impl RetryPolicy {
             RetryPolicy::None => None,
             RetryPolicy::List(waits) => waits.get(idx).copied(),
         }
+    }
+
+    /// How long after the first attempt the last retry falls due: the waits added up.
+    pub fn span(&self) -> Duration {
+        (1..).map_while(|n| self.wait_after(n)).sum()
     }
 }
 
@@ -1091,7 +1113,21 @@ impl ConfigFile {
         file.check_server(&server_keys);
         file.server_keys = server_keys;
         file.check_names();
+        file.check_min_delays();
         Ok(file)
+    }
+
+    /// An endpoint whose `min_delay` is not shorter than the server's `retention` would
+    /// never attempt a delivery: each expires (its event passes retention, counted from
+    /// acceptance) before its first attempt is due.
+    fn check_min_delays(&mut self) {
+        let retention = self.config.server.retention;
+        for i in 0..self.config.endpoints.len() {
+            if let Some(message) = self.config.endpoints[i].min_delay_problem(retention) {
+                let problem = self.locate(i, message);
+                self.problems.push(problem);
+            }
+        }
     }
 
     /// Locates a message about `config.endpoints[index]`: at the field it names
@@ -1632,6 +1668,21 @@ enabled = true
     }
 
     #[test]
+    fn a_min_delay_not_shorter_than_the_retention_is_refused() {
+        let text = "[server]\nretention = \"1h\"\n\n[[endpoint]]\nname = \"a\"\n\
+                    events = [\"t\"]\nurl = \"http://h/a\"\nmin_delay = \"60m\"\n\n\
+                    [[endpoint]]\nname = \"b\"\nevents = [\"t\"]\nurl = \"http://h/b\"\n\
+                    min_delay = \"59m\"\n";
+        assert_eq!(
+            problems(text),
+            [
+                "8:13: endpoint a: field `min_delay`: 1h is not shorter than `retention` (1h): \
+              every delivery would expire before its first attempt"
+            ]
+        );
+    }
+
+    #[test]
     fn a_duration_without_its_unit_says_what_to_write() {
         let text = "[[endpoint]]\nname = \"a\"\nevents = [\"t\"]\nurl = \"http://h/a\"\n\
                     min_delay = 30\ntimeout = 2.5\n";
@@ -2050,6 +2101,9 @@ disable_after = { "4xx" = "many" }
 
     #[test]
     fn schedules() {
+        assert_eq!(RetryPolicy::Standard.span(), Duration::from_secs(111_105));
+        assert_eq!(RetryPolicy::Hourly.span(), Duration::from_secs(71 * 3600));
+        assert_eq!(RetryPolicy::None.span(), Duration::ZERO);
         let s = RetryPolicy::Standard;
         assert_eq!(s.wait_after(1), Some(Duration::from_secs(15)));
         assert_eq!(s.wait_after(4), Some(Duration::from_secs(180)));

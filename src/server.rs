@@ -169,6 +169,18 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
         .with_context(|| format!("cannot start the admin API on {}", s.admin))?;
 
     let specs = apply_endpoints(&store, specs)?;
+    for spec in &specs {
+        let lasts = spec.cfg.min_delay + spec.cfg.retry.span();
+        if lasts >= s.retention {
+            tracing::warn!(
+                endpoint = %spec.cfg.name,
+                schedule = %crate::config::format_duration(lasts),
+                retention = %crate::config::format_duration(s.retention),
+                "the endpoint's min_delay and retry schedule run past the retention: retries \
+                 due after it expire unsent"
+            );
+        }
+    }
     let known: HashMap<String, EndpointMeta> = store.endpoints()?.into_iter().collect();
 
     let n = s.worker_count();
@@ -248,6 +260,7 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
             endpoints,
             resolver: resolver.clone(),
             max_line_bytes: s.max_line_bytes,
+            retention_for_ingest: s.retention,
             line_budget: line_budget.clone(),
             allow_private_networks: s.allow_private_networks,
             drain_timeout: DRAIN_TIMEOUT,
@@ -313,6 +326,7 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
         finals,
         registry,
         max_line_bytes: s.max_line_bytes,
+        retention: s.retention,
         stopping: stopping.clone(),
     })
     .with_context(|| format!("cannot start the admin API on {}", s.admin))?;

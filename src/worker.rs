@@ -157,6 +157,8 @@ pub struct WorkerSetup {
     pub finals: FinalSnapshots,
     pub resolver: ResolverThread,
     pub max_line_bytes: usize,
+    /// The server's `retention`: how far ahead an event's `time` may be.
+    pub retention_for_ingest: Duration,
     /// The unanswered-line budget every worker's ingest connections share.
     pub line_budget: Arc<ingest::LineBudget>,
     pub allow_private_networks: bool,
@@ -309,6 +311,7 @@ struct Worker {
     resolver: Resolver,
     empty_doc: Doc,
     max_line_bytes: usize,
+    retention_for_ingest: Duration,
     allow_private: bool,
     retention: FloorReader,
     stopping: Cell<bool>,
@@ -371,6 +374,7 @@ pub async fn run(setup: WorkerSetup) {
         resolver: Resolver::new(setup.resolver),
         empty_doc: Doc::parse(Bytes::from_static(b"{}")).expect("empty object parses"),
         max_line_bytes: setup.max_line_bytes,
+        retention_for_ingest: setup.retention_for_ingest,
         allow_private: setup.allow_private_networks,
         retention: setup.retention,
         stopping: Cell::new(false),
@@ -633,6 +637,7 @@ impl Worker {
             worker: self.idx,
             conn: id,
             max_line_bytes: self.max_line_bytes,
+            retention: self.retention_for_ingest,
             commit: self.commit.clone(),
             counters: self.ingest_counters.clone(),
             tcp_fd,

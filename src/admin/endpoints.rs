@@ -89,6 +89,9 @@ impl Admin {
     /// Parses, compiles and applies an endpoint definition; returns its name.
     fn put(&self, body: &[u8], path_name: Option<&str>, mode: PutMode) -> Result<String, Response> {
         let mut cfg = parse_definition(body, path_name).map_err(|m| error(400, m))?;
+        if let Some(problem) = cfg.min_delay_problem(self.retention) {
+            return Err(error(400, problem));
+        }
         let stored = path_name.and_then(|n| self.spec(n));
         if let Err(missing) = keep_redacted(&mut cfg, stored.as_ref().map(|s| &s.cfg)) {
             return Err(match (mode, &stored) {

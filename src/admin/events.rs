@@ -48,7 +48,7 @@ impl Admin {
             self.counts.invalid.fetch_add(1, Ordering::Relaxed);
             return error(400, "empty body: send one event as a JSON object");
         }
-        let ev = match LineParser::default().parse(body) {
+        let ev = match LineParser::for_ingest(self.retention).parse(body) {
             Ok(ev) => ev,
             Err(e) => {
                 self.counts.invalid.fetch_add(1, Ordering::Relaxed);

@@ -80,6 +80,8 @@ pub struct AdminSetup {
     /// The running endpoints, compiled (kept by the committer).
     pub registry: Registry,
     pub max_line_bytes: usize,
+    /// The server's `retention`: how far ahead a posted event's `time` may be.
+    pub retention: Duration,
     /// Set once a shutdown begins: from then on every call that changes something
     /// answers 503, as the ingest sockets stop taking lines (reads still answer while
     /// in-flight attempts drain).
@@ -102,6 +104,7 @@ struct Admin {
     finals: FinalSnapshots,
     registry: Registry,
     max_line_bytes: usize,
+    retention: Duration,
     stopping: Arc<AtomicBool>,
     counts: HttpCounts,
     conns: AtomicUsize,
@@ -193,6 +196,7 @@ pub fn start(setup: AdminSetup) -> std::io::Result<SocketAddr> {
         finals: setup.finals,
         registry: setup.registry,
         max_line_bytes: setup.max_line_bytes,
+        retention: setup.retention,
         stopping: setup.stopping,
         counts: HttpCounts::default(),
         conns: AtomicUsize::new(0),

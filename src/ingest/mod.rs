@@ -197,6 +197,8 @@ pub struct ConnCtx {
     pub worker: usize,
     pub conn: u64,
     pub max_line_bytes: usize,
+    /// The server's `retention` ([`parse::LineParser::for_ingest`]).
+    pub retention: std::time::Duration,
     pub commit: MailboxSender<CommitMsg>,
     /// The worker's counters of lines rejected here.
     pub counters: Rc<IngestCounters>,
@@ -373,7 +375,7 @@ impl Framer<'_> {
 async fn read_lines<R: AsyncReadRent>(rd: &mut R, ctx: &ConnCtx, shared: &ConnShared) {
     let mut framer = Framer {
         ctx,
-        parser: LineParser::default(),
+        parser: LineParser::for_ingest(ctx.retention),
         skipping: Skip::No,
         at_start: true,
         ticket: 0,

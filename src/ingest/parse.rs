@@ -57,6 +57,8 @@ pub struct LineParser {
     /// A line's copy with its numbers beyond the f64 range written as `0.0`, parsed
     /// again when simd-json refuses one (unused by other lines).
     in_range: Vec<u8>,
+    /// How far ahead of now an event's `time` may be ([`LineParser::for_ingest`]).
+    max_ahead_ms: Option<u64>,
 }
 
 impl Default for LineParser {
@@ -65,6 +67,20 @@ impl Default for LineParser {
             scratch: Vec::with_capacity(4096),
             buffers: simd_json::Buffers::new(4096),
             in_range: Vec::new(),
+            max_ahead_ms: None,
+        }
+    }
+}
+
+impl LineParser {
+    /// A parser for events to accept, with the server's `retention`: an event whose
+    /// `time` is further ahead than that is refused, since it would pass retention
+    /// (counted from its acceptance) before its first attempt is due (at its time), and
+    /// so expire unsent, with only a counter to say so.
+    pub fn for_ingest(retention: std::time::Duration) -> LineParser {
+        LineParser {
+            max_ahead_ms: Some(retention.as_millis() as u64),
+            ..LineParser::default()
         }
     }
 }
@@ -375,6 +391,15 @@ impl LineParser {
             return Err(invalid(
                 "field `time` is after 9999-12-31T23:59:59.999Z (Unix milliseconds expected)",
             ));
+        }
+        if let (Some(t), Some(ahead)) = (time_ms, self.max_ahead_ms) {
+            if t > crate::worker::now_ms().saturating_add(ahead) {
+                return Err(invalid(format!(
+                    "field `time` is more than the retention ({}) ahead: its deliveries \
+                     would expire before their first attempt",
+                    crate::config::format_duration(std::time::Duration::from_millis(ahead))
+                )));
+            }
         }
         match data_v {
             None => return Err(invalid("missing field `data`")),
@@ -733,6 +758,27 @@ mod tests {
         ] {
             assert!(at(t).unwrap_err().0.contains("9999-12-31"), "{t}");
         }
+    }
+
+    #[test]
+    fn a_time_further_ahead_than_the_retention_is_refused_at_ingest() {
+        let line = |t: u64| format!(r#"{{"type":"t","data":{{}},"time":{t}}}"#);
+        let now = crate::worker::now_ms();
+        let mut ingest = LineParser::for_ingest(std::time::Duration::from_secs(3600));
+        let e = ingest.parse(line(now + 7_200_000).as_bytes()).unwrap_err();
+        assert_eq!(
+            e.0,
+            "field `time` is more than the retention (1h) ahead: its deliveries would \
+             expire before their first attempt"
+        );
+        let soon = now + 1_800_000;
+        assert_eq!(
+            ingest.parse(line(soon).as_bytes()).unwrap().time_ms,
+            Some(soon)
+        );
+        // Other parsers (`render`, the samples) take any time.
+        let far = now + 7_200_000;
+        assert_eq!(p(&line(far)).unwrap().time_ms, Some(far));
     }
 
     #[test]

@@ -376,14 +376,16 @@ fn ordered_endpoint_is_strict_fifo_behind_a_failing_head() {
 
 #[test]
 fn ordered_endpoint_is_not_held_by_an_event_that_expires_before_it_is_due() {
-    // An event stamped an hour ahead, with a retention of 30 s, expires before it falls
-    // due: it is never attempted, so the events after it do not wait an hour for it.
+    // An event stamped 19.5 s ahead, with a `min_delay` of 7 s and a retention of 20 s,
+    // falls due after the retention floor has surely passed it (the floor moves every
+    // 2.5 s; the committer allows two moves and a second): it is never attempted, so
+    // the events after it, due in 7 s, do not wait the 20 s until it expires. (An event
+    // stamped further ahead than the retention is refused at ingest.)
     let rx = TestReceiver::start();
-    let srv = TestServer::start_with(
-        ServerOpts::new(&ordered_ep(&rx.url("/"))).server("retention = \"30s\""),
-    );
+    let ep = ordered_ep(&rx.url("/")) + "min_delay = \"7s\"\n";
+    let srv = TestServer::start_with(ServerOpts::new(&ep).server("retention = \"20s\""));
     let mut c = srv.connect();
-    let ahead = unix_ms() + 3_600_000;
+    let ahead = unix_ms() + 19_500;
     let ack = c.send(&format!(
         r#"{{"type":"t","id":"skewed","time":{ahead},"data":{{}}}}"#
     ));

@@ -113,6 +113,52 @@ fn a_long_blank_line_gets_no_answer_however_it_is_split() {
     }
 }
 
+/// An event whose `time` is further ahead than the retention is refused (it would
+/// expire before its first attempt, unsent), on the socket and over the API alike; so
+/// is an endpoint whose `min_delay` is as long; a retry schedule longer is warned of.
+#[test]
+fn an_event_or_endpoint_that_would_expire_unsent_is_refused() {
+    // `standard` retries for 31 h: said at start.
+    let ep = endpoint("e", r#"["x"]"#, "http://127.0.0.1:9/", "");
+    let srv = TestServer::start_with(ServerOpts::new(&ep).server("retention = \"1h\""));
+    let log = srv.log();
+    assert!(
+        log.contains("run past the retention") && log.contains("schedule=111105s"),
+        "{log}"
+    );
+    let mut c = srv.connect();
+    let at = |id: &str, ahead_ms: u64| {
+        format!(
+            r#"{{"type":"t","id":"{id}","time":{},"data":{{}}}}"#,
+            unix_ms() + ahead_ms
+        )
+    };
+    let a = c.send(&at("late", 2 * 3_600_000));
+    assert!(
+        a.starts_with("err invalid field `time` is more than the retention (1h) ahead"),
+        "{a}"
+    );
+    assert_eq!(c.send(&at("soon", 60_000)), "ok soon 0");
+    let (status, v) = http_json(
+        srv.admin,
+        "POST",
+        "/v1/events",
+        &at("late-api", 2 * 3_600_000),
+        None,
+    );
+    assert_eq!(status, 400, "{v}"); // So is an endpoint whose min_delay is not shorter than the retention.
+    let def = r#"{"name":"slow","events":["t"],"url":"http://127.0.0.1:9/","min_delay":"1h"}"#;
+    let (status, v) = http_json(srv.admin, "POST", "/v1/endpoints", def, None);
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("field `min_delay`: 1h is not shorter than `retention` (1h)"),
+        "{v}"
+    );
+}
+
 /// A byte order mark before a connection's first line is dropped (a file saved with
 /// one and sent as it is); anywhere else it is part of the line, which is not JSON.
 #[test]
