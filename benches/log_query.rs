@@ -865,6 +865,7 @@ fn run_http(store: &Store, queries: &[Query], reps: usize) -> Vec<Vec<f64>> {
         registry: Arc::new(RwLock::new(BTreeMap::new())),
         max_line_bytes: 1 << 20,
         retention: std::time::Duration::from_secs(7 * 86_400),
+        allow_private_networks: false,
         stopping: Arc::new(AtomicBool::new(false)),
     })
     .expect("start admin API");

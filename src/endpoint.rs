@@ -30,9 +30,7 @@ pub enum EndpointError {
 /// (credentials, refused as in a static URL). Every delivery would fail, so the
 /// endpoint is refused instead, with the column.
 fn templated_authority_problem(src: &str) -> Option<String> {
-    let start = src.find("://")? + 3;
-    let rest = &src[start..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let (start, authority) = authority(src)?;
     if let Some(at) = authority.find('@') {
         return Some(format!(
             "credentials in the URL are not supported (column {})",
@@ -48,6 +46,40 @@ fn templated_authority_problem(src: &str) -> Option<String> {
         Ok(_) | Err(UrlError::UnsupportedScheme) => None,
         Err(e) => Some(e.to_string()),
     }
+}
+
+/// A URL (template)'s authority, after `scheme://` up to the first `/`, `?` or `#`,
+/// and where it starts.
+fn authority(src: &str) -> Option<(usize, &str)> {
+    let start = src.find("://")? + 3;
+    let rest = &src[start..];
+    Some((
+        start,
+        &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())],
+    ))
+}
+
+/// With the SSRF guard on (`allow_private_networks` off), a URL whose host is written as
+/// an address the guard refuses (`http://127.0.0.1/pb`, `http://10.0.0.5/pb`) would fail
+/// every delivery: the problem saying so, for `check`, `serve` and the API. A host that
+/// is a name (`localhost` too) or a placeholder is judged at each delivery, once
+/// resolved, as the guard must (a name may resolve elsewhere tomorrow).
+pub fn guarded_url_problem(cfg: &EndpointConfig) -> Option<String> {
+    let (start, authority) = authority(&cfg.url)?;
+    if authority.contains(['{', '\\']) {
+        return None;
+    }
+    let target = parse_url(format!("{}/", &cfg.url[..start + authority.len()]).as_bytes()).ok()?;
+    let ip = target
+        .ip
+        .filter(|ip| crate::deliver::ssrf::is_blocked(*ip))?;
+    Some(format!(
+        "endpoint {}: field `url`: {ip} is a loopback, private or reserved address, which \
+         the SSRF guard refuses while `allow_private_networks` is off: every delivery would \
+         fail (for a receiver on this machine or network, set `allow_private_networks = \
+         true` under [server])",
+        cfg.name
+    ))
 }
 
 /// The compiled endpoint, shared read-only by the worker that owns it.

@@ -23,7 +23,7 @@ use crate::admin::AdminSetup;
 use crate::commit::{CommitMsg, Committer, Registry, RouteInfo};
 use crate::config::{Config, ConfigFile, Problem};
 use crate::deliver::dns::ResolverThread;
-use crate::endpoint::EndpointSpec;
+use crate::endpoint::{guarded_url_problem, EndpointSpec};
 use crate::fdlimit::ConnPermit;
 use crate::runtime;
 use crate::shard::{mailbox, worker_for, MailboxSender};
@@ -52,10 +52,14 @@ fn compile_with(file: &ConfigFile, more: Vec<Problem>) -> Result<Vec<EndpointSpe
     let mut problems = file.problems.clone();
     problems.extend(more);
     let mut specs = Vec::new();
+    let guarded = !file.config.server.allow_private_networks;
     for (i, e) in file.config.endpoints.iter().enumerate() {
         match EndpointSpec::compile_all(i as u32, e.clone()) {
             Ok(s) => specs.push(s),
             Err(errs) => problems.extend(errs.into_iter().map(|e| file.locate(i, e.to_string()))),
+        }
+        if let Some(p) = guarded.then(|| guarded_url_problem(e)).flatten() {
+            problems.push(file.locate(i, p));
         }
     }
     // In file order (stable: one place's problems keep theirs).
@@ -327,6 +331,7 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
         registry,
         max_line_bytes: s.max_line_bytes,
         retention: s.retention,
+        allow_private_networks: s.allow_private_networks,
         stopping: stopping.clone(),
     })
     .with_context(|| format!("cannot start the admin API on {}", s.admin))?;

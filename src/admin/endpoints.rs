@@ -92,6 +92,11 @@ impl Admin {
         if let Some(problem) = cfg.min_delay_problem(self.retention) {
             return Err(error(400, problem));
         }
+        if !self.allow_private_networks {
+            if let Some(problem) = crate::endpoint::guarded_url_problem(&cfg) {
+                return Err(error(400, problem));
+            }
+        }
         let stored = path_name.and_then(|n| self.spec(n));
         if let Err(missing) = keep_redacted(&mut cfg, stored.as_ref().map(|s| &s.cfg)) {
             return Err(match (mode, &stored) {

@@ -82,6 +82,8 @@ pub struct AdminSetup {
     pub max_line_bytes: usize,
     /// The server's `retention`: how far ahead a posted event's `time` may be.
     pub retention: Duration,
+    /// The SSRF guard's switch: off, a definition whose URL is a refused address is.
+    pub allow_private_networks: bool,
     /// Set once a shutdown begins: from then on every call that changes something
     /// answers 503, as the ingest sockets stop taking lines (reads still answer while
     /// in-flight attempts drain).
@@ -105,6 +107,7 @@ struct Admin {
     registry: Registry,
     max_line_bytes: usize,
     retention: Duration,
+    allow_private_networks: bool,
     stopping: Arc<AtomicBool>,
     counts: HttpCounts,
     conns: AtomicUsize,
@@ -197,6 +200,7 @@ pub fn start(setup: AdminSetup) -> std::io::Result<SocketAddr> {
         registry: setup.registry,
         max_line_bytes: setup.max_line_bytes,
         retention: setup.retention,
+        allow_private_networks: setup.allow_private_networks,
         stopping: setup.stopping,
         counts: HttpCounts::default(),
         conns: AtomicUsize::new(0),

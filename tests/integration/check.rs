@@ -69,6 +69,7 @@ fn pos(text: &str, needle: &str, after: &str) -> String {
 
 const BROKEN: &str = r#"[server]
 admin = "127.0.0.1:0"
+allow_private_networks = true
 
 [[endpoint]]
 name = "dur"

@@ -241,13 +241,38 @@ fn an_upper_case_scheme_is_a_scheme() {
     assert_eq!(got[0].path, "/up");
 }
 
+/// With the guard on (the default), a URL written with a loopback address is refused
+/// by `check` and over the API (every delivery would fail); a host the event's data
+/// fills in is judged at each delivery, and a loopback one fails it, unretried.
 #[test]
 fn ssrf_guard_refuses_loopback_by_default() {
     let rx = TestReceiver::start();
-    let opts = ServerOpts::new(&endpoint("local", r#"["t"]"#, &rx.url("/"), ""))
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("guarded.toml");
+    std::fs::write(&cfg, endpoint("local", r#"["t"]"#, &rx.url("/"), "")).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(
+            "4:7: endpoint local: field `url`: 127.0.0.1 is a loopback, private or \
+                       reserved address, which the SSRF guard refuses"
+        ),
+        "{said}"
+    );
+    let url = format!("http://{{H}}:{}/", rx.addr.port());
+    let opts = ServerOpts::new(&endpoint("local", r#"["t"]"#, &url, ""))
         .server("allow_private_networks = false");
     let srv = TestServer::start_with(opts);
-    srv.connect().send(&event("t", "ssrf-1", "{}"));
+    let def = serde_json::json!({ "name": "lit", "events": ["t"], "url": rx.url("/") });
+    let (status, v) = srv.call("POST", "/v1/endpoints", &def);
+    assert_eq!(status, 400, "{v}");
+    srv.connect()
+        .send(&event("t", "ssrf-1", r#"{"H":"127.0.0.1"}"#));
     let v = srv.wait_event("ssrf-1", Duration::from_secs(10), |v| {
         states(v) == ["failed"]
     });
