@@ -304,6 +304,8 @@ pub enum EndpointOpError {
     NotFound(String),
     #[error("cannot persist: {0}")]
     Store(String),
+    #[error("there are {0} endpoints, the most there may be (an event routed to every one must fit its record): delete one first")]
+    TooMany(usize),
 }
 
 /// What a replay of one target did.
@@ -1762,6 +1764,9 @@ impl State {
             (PutMode::Create, Some(_)) => return Err(EndpointOpError::Exists(name)),
             (PutMode::Replace, None) => return Err(EndpointOpError::NotFound(name)),
             (_, Some(e)) => e,
+            (_, None) if self.router.eps.len() >= store::MAX_ROUTES => {
+                return Err(EndpointOpError::TooMany(store::MAX_ROUTES))
+            }
             (_, None) => {
                 let id = self.next_ep_id;
                 self.next_ep_id += 1;
@@ -2033,6 +2038,9 @@ impl State {
                         _ => continue,
                     },
                     None if ev.has_route(ep) => continue,
+                    // The record holds no more routes (it has deleted endpoints' too):
+                    // not replayed to this one.
+                    None if ev.routes().len() >= store::MAX_ROUTES => continue,
                     None => {
                         ev = ev.with_route(ep);
                         batch.add_route(&self.store, &ev, ep);

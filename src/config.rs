@@ -1236,6 +1236,16 @@ impl ConfigFile {
 
     /// Every endpoint named like one before it.
     fn check_names(&mut self) {
+        if let Some(e) = self.config.endpoints.get(crate::store::MAX_ROUTES) {
+            let message = format!(
+                "endpoint {}: more than {} endpoints, the most there may be (an event routed \
+                 to every one must fit its record)",
+                e.name,
+                crate::store::MAX_ROUTES
+            );
+            let problem = self.locate(crate::store::MAX_ROUTES, message);
+            self.problems.push(problem);
+        }
         let mut seen = BTreeMap::new();
         let mut dups = Vec::new();
         for (i, e) in self.config.endpoints.iter().enumerate() {
@@ -1680,6 +1690,29 @@ enabled = true
               every delivery would expire before its first attempt"
             ]
         );
+    }
+
+    #[test]
+    fn more_endpoints_than_a_record_holds_routes_for_are_refused() {
+        let n = crate::store::MAX_ROUTES + 1;
+        let mut text = String::with_capacity(n * 48);
+        for i in 0..n {
+            text.push_str(&format!(
+                "[[endpoint]]\nname = \"e{i}\"\nevents = [\"t\"]\nurl = \"http://h/\"\n"
+            ));
+        }
+        let got = problems(&text);
+        assert_eq!(got.len(), 1, "{:?}", &got[..got.len().min(3)]);
+        assert!(
+            got[0].starts_with(&format!(
+                "{}:1: endpoint e65535: more than 65535 endpoints",
+                4 * (n - 1) + 1
+            )),
+            "{got:?}"
+        );
+        // One fewer is fine.
+        let fewer = text.rsplit_once("[[endpoint]]").unwrap().0;
+        assert!(problems(fewer).is_empty());
     }
 
     #[test]

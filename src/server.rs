@@ -461,6 +461,15 @@ fn apply_endpoints(
             }
         }
     }
+    if specs.len() > crate::store::MAX_ROUTES {
+        // Before anything is written: the start changes nothing.
+        bail!(
+            "{} endpoints (the config file's and those created over the API), more than \
+             the {} there may be (an event routed to every one must fit its record)",
+            specs.len(),
+            crate::store::MAX_ROUTES
+        );
+    }
     store.commit(batch, true)?;
     if !disabled.is_empty() {
         // (Should the process stop half-way, the loader pauses the rest as they fall due.)

@@ -191,6 +191,10 @@ pub struct EventRecord {
 /// Bytes before the type: version, event time.
 const EVENT_HEAD: usize = 1 + 8;
 
+/// The most routes an event record holds (their count is a `u16`), and so the most
+/// endpoints there may be: an event routed to every one of them must fit.
+pub const MAX_ROUTES: usize = u16::MAX as usize;
+
 impl EventRecord {
     /// Encodes a new event.
     pub fn new(
@@ -210,6 +214,9 @@ impl EventRecord {
         put_str(&mut out, Some(etype));
         put_str(&mut out, ext_id);
         put_str(&mut out, account);
+        // At most MAX_ROUTES endpoints exist, and a replay adds none past it: past it the
+        // count would wrap and the route ids be read as the data.
+        assert!(routes.len() <= MAX_ROUTES, "{} routes", routes.len());
         out.extend_from_slice(&(routes.len() as u16).to_le_bytes());
         for r in routes {
             out.extend_from_slice(&r.to_le_bytes());
@@ -3191,6 +3198,16 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_record_holds_the_most_routes_there_may_be() {
+        let routes: Vec<EndpointId> = (1..=MAX_ROUTES as u32).collect();
+        let e = EventRecord::new(7, None, "t", None, 0, &routes, b"{\"k\":1}");
+        let back = EventRecord::decode(7, e.encoded()).unwrap();
+        assert_eq!(back.routes().len(), MAX_ROUTES);
+        assert_eq!(back.routes().last(), Some(MAX_ROUTES as u32));
+        assert_eq!(back.data(), b"{\"k\":1}");
     }
 
     #[test]

@@ -588,7 +588,7 @@ fn messages(errs: Vec<EndpointError>) -> String {
 
 fn op_error(e: EndpointOpError) -> Response {
     match e {
-        EndpointOpError::Exists(_) => error(409, e.to_string()),
+        EndpointOpError::Exists(_) | EndpointOpError::TooMany(_) => error(409, e.to_string()),
         EndpointOpError::NotFound(_) => error(404, e.to_string()),
         EndpointOpError::Store(_) => error(503, e.to_string()),
     }
