@@ -791,20 +791,28 @@ mod duration_str {
                 parse_duration(s).map_err(E::custom)
             }
             fn visit_u64<E: de::Error>(self, n: u64) -> Result<Duration, E> {
-                Err(E::custom(unitless(n)))
+                Err(E::custom(unitless(&format!("{n}s"), n)))
             }
             fn visit_i64<E: de::Error>(self, n: i64) -> Result<Duration, E> {
-                Err(E::custom(unitless(n)))
+                match u64::try_from(n) {
+                    Ok(n) => self.visit_u64(n),
+                    Err(_) => Err(E::custom(format!("a duration cannot be negative ({n})"))),
+                }
             }
             fn visit_f64<E: de::Error>(self, n: f64) -> Result<Duration, E> {
-                Err(E::custom(unitless(n)))
+                if n < 0.0 {
+                    return Err(E::custom(format!("a duration cannot be negative ({n})")));
+                }
+                // Whole units only: a fraction of a second is written in milliseconds.
+                let ms = (n * 1000.0).round();
+                Err(E::custom(unitless(&format!("{ms}ms"), n)))
             }
         }
         d.deserialize_any(V)
     }
 
-    fn unitless(n: impl std::fmt::Display) -> String {
-        format!("a duration is a string with its unit: write \"{n}s\" (or ms, m, h, d), not {n}")
+    fn unitless(write: &str, n: impl std::fmt::Display) -> String {
+        format!("a duration is a string with its unit: write \"{write}\" (units ms, s, m, h, d), not {n}")
     }
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format_duration(*d))
@@ -1717,15 +1725,16 @@ enabled = true
 
     #[test]
     fn a_duration_without_its_unit_says_what_to_write() {
-        let text = "[[endpoint]]\nname = \"a\"\nevents = [\"t\"]\nurl = \"http://h/a\"\n\
-                    min_delay = 30\ntimeout = 2.5\n";
+        let text = "[server]\nretention = -5\n\n[[endpoint]]\nname = \"a\"\nevents = [\"t\"]\n\
+                    url = \"http://h/a\"\nmin_delay = 30\ntimeout = 2.5\n";
         assert_eq!(
             problems(text),
             [
-                "5:13: endpoint a: field `min_delay`: a duration is a string with its unit: \
-                 write \"30s\" (or ms, m, h, d), not 30",
-                "6:11: endpoint a: field `timeout`: a duration is a string with its unit: \
-                 write \"2.5s\" (or ms, m, h, d), not 2.5",
+                "2:13: server: field `retention`: a duration cannot be negative (-5)",
+                "8:13: endpoint a: field `min_delay`: a duration is a string with its unit: \
+                 write \"30s\" (units ms, s, m, h, d), not 30",
+                "9:11: endpoint a: field `timeout`: a duration is a string with its unit: \
+                 write \"2500ms\" (units ms, s, m, h, d), not 2.5",
             ]
         );
     }

@@ -1,8 +1,10 @@
 //! `ricochet serve`: wires the store, the committer, the workers, the listeners and the
 //! admin API together, and shuts them down in order.
 //!
-//! Start: open the store, give every configured endpoint its stable id, start the
-//! committer and one worker per core, then bind the listeners. Stop (SIGINT/SIGTERM, and
+//! Start: lock the data dir (`ricochet.lock`), open the store, bind the listeners (a
+//! start refused there changes nothing in the store), give every configured endpoint
+//! its stable id, start the committer and one worker per core, then accept on the
+//! listeners. Stop (SIGINT/SIGTERM, and
 //! SIGHUP unless it is ignored):
 //! workers stop reading ingest connections, answer every line already read and finish
 //! in-flight attempts (bounded), the committer writes their outcomes and syncs, and the
@@ -175,7 +177,15 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
     let specs = apply_endpoints(&store, specs)?;
     for spec in &specs {
         let lasts = spec.cfg.min_delay + spec.cfg.retry.span();
-        if lasts >= s.retention {
+        if let Some(problem) = spec.cfg.min_delay_problem(s.retention) {
+            // An endpoint created over the API before the retention was shortened (the
+            // file's are refused): it runs, and says what it will do.
+            tracing::error!(
+                endpoint = %spec.cfg.name,
+                "{problem}: no delivery of it will be made until its min_delay is shortened \
+                 (PUT) or the retention lengthened"
+            );
+        } else if lasts >= s.retention {
             tracing::warn!(
                 endpoint = %spec.cfg.name,
                 schedule = %crate::config::format_duration(lasts),

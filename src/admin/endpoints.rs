@@ -89,14 +89,6 @@ impl Admin {
     /// Parses, compiles and applies an endpoint definition; returns its name.
     fn put(&self, body: &[u8], path_name: Option<&str>, mode: PutMode) -> Result<String, Response> {
         let mut cfg = parse_definition(body, path_name).map_err(|m| error(400, m))?;
-        if let Some(problem) = cfg.min_delay_problem(self.retention) {
-            return Err(error(400, problem));
-        }
-        if !self.allow_private_networks {
-            if let Some(problem) = crate::endpoint::guarded_url_problem(&cfg) {
-                return Err(error(400, problem));
-            }
-        }
         let stored = path_name.and_then(|n| self.spec(n));
         if let Err(missing) = keep_redacted(&mut cfg, stored.as_ref().map(|s| &s.cfg)) {
             return Err(match (mode, &stored) {
@@ -104,7 +96,20 @@ impl Admin {
                 _ => error(400, missing),
             });
         }
-        let spec = EndpointSpec::compile_all(0, cfg).map_err(|errs| error(400, messages(errs)))?;
+        // What the server's settings make of it, reported with the compile's problems
+        // (each of them, as the file's are).
+        let mut more: Vec<String> = cfg.min_delay_problem(self.retention).into_iter().collect();
+        if !self.allow_private_networks {
+            more.extend(crate::endpoint::guarded_url_problem(&cfg));
+        }
+        let spec = match EndpointSpec::compile_all(0, cfg) {
+            Ok(spec) if more.is_empty() => spec,
+            Ok(_) => return Err(error(400, more.join("\n"))),
+            Err(errs) => {
+                more.insert(0, messages(errs));
+                return Err(error(400, more.join("\n")));
+            }
+        };
         let name = spec.cfg.name.clone();
         let (tx, rx) = crossbeam_channel::bounded(1);
         let sent = self.commit.send(CommitMsg::PutEndpoint {

@@ -410,11 +410,9 @@ async fn read_lines<R: AsyncReadRent>(rd: &mut R, ctx: &ConnCtx, shared: &ConnSh
             }
         };
         if n == 0 {
-            if framer.skipping != Skip::No {
-                // An oversize last line (whether or not part of it is still buffered).
-                let last = std::mem::take(&mut buf);
-                framer.line(&last);
-            } else if !buf.is_empty() {
+            // The last line, without its newline; or the rest of an oversize one, whether
+            // or not part of it is still buffered.
+            if framer.skipping != Skip::No || !buf.is_empty() {
                 let last = std::mem::take(&mut buf);
                 framer.line(&last);
             }

@@ -282,7 +282,11 @@ impl LineParser {
     /// Gives back buffers grown past [`KEEP_BYTES`] for a large line.
     pub fn trim(&mut self) {
         if self.scratch.capacity() > KEEP_BYTES || self.in_range.capacity() > KEEP_BYTES {
-            *self = LineParser::default();
+            // Its settings stay (a reset parser took any `time` after a large line).
+            *self = LineParser {
+                max_ahead_ms: self.max_ahead_ms,
+                ..LineParser::default()
+            };
         }
     }
 
@@ -779,6 +783,15 @@ mod tests {
         // Other parsers (`render`, the samples) take any time.
         let far = now + 7_200_000;
         assert_eq!(p(&line(far)).unwrap().time_ms, Some(far));
+        // Still so once a large line's buffers went back.
+        let big = format!(
+            r#"{{"type":"t","data":{{"pad":"{}"}}}}"#,
+            "x".repeat(KEEP_BYTES)
+        );
+        ingest.parse(big.as_bytes()).unwrap();
+        ingest.trim();
+        assert!(ingest.scratch.capacity() <= KEEP_BYTES);
+        assert!(ingest.parse(line(far).as_bytes()).is_err());
     }
 
     #[test]

@@ -3,53 +3,9 @@
 //! the same file with the same messages; `serve`'s flags winning over the file; and
 //! `render` reading its event from standard input.
 
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::harness::{endpoint, event, ServerOpts, TestReceiver, TestServer, BIN};
-
-/// Runs the binary in a scratch directory (nothing it might create lands in the repo);
-/// panics if it has not exited within `limit`.
-fn run(args: &[&str], limit: Duration) -> Output {
-    run_with_input(args, None, limit)
-}
-
-/// [`run`], with `input` on its standard input.
-fn run_with_input(args: &[&str], input: Option<&[u8]>, limit: Duration) -> Output {
-    let cwd = tempfile::tempdir().expect("temp dir");
-    let mut child = Command::new(BIN)
-        .args(args)
-        .current_dir(cwd.path())
-        .env("RICOCHET_LOG", "warn")
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run ricochet");
-    if let Some(input) = input {
-        // Dropped after the write: the end of input.
-        let mut stdin = child.stdin.take().expect("piped stdin");
-        std::io::Write::write_all(&mut stdin, input).expect("write stdin");
-    }
-    let pid = child.id() as i32;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => out.expect("wait for ricochet"),
-        Err(_) => {
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-            panic!("ricochet {args:?} still running after {limit:?}");
-        }
-    }
-}
+use crate::harness::{endpoint, event, run, run_with_input, ServerOpts, TestReceiver, TestServer};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

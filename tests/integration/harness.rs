@@ -892,3 +892,50 @@ pub fn send_pipelined(srv: &TestServer, lines: Vec<String>) -> Vec<String> {
     assert_eq!(acks.len(), n, "connection closed early");
     acks
 }
+
+/// Runs the binary in a scratch directory (nothing it might create lands in the repo);
+/// panics if it has not exited within `limit`.
+pub fn run(args: &[&str], limit: Duration) -> std::process::Output {
+    run_with_input(args, None, limit)
+}
+
+/// [`run`], with `input` on its standard input.
+pub fn run_with_input(
+    args: &[&str],
+    input: Option<&[u8]>,
+    limit: Duration,
+) -> std::process::Output {
+    let cwd = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(cwd.path())
+        .env("RICOCHET_LOG", "warn")
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ricochet");
+    if let Some(input) = input {
+        // Dropped after the write: the end of input.
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        std::io::Write::write_all(&mut stdin, input).expect("write stdin");
+    }
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait for ricochet"),
+        Err(_) => {
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            panic!("ricochet {args:?} still running after {limit:?}");
+        }
+    }
+}

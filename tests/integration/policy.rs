@@ -376,13 +376,14 @@ fn ordered_endpoint_is_strict_fifo_behind_a_failing_head() {
 
 #[test]
 fn ordered_endpoint_is_not_held_by_an_event_that_expires_before_it_is_due() {
-    // An event stamped 19.5 s ahead, with a `min_delay` of 7 s and a retention of 20 s,
+    // An event stamped 19.5 s ahead, with a `min_delay` of 10 s and a retention of 20 s,
     // falls due after the retention floor has surely passed it (the floor moves every
-    // 2.5 s; the committer allows two moves and a second): it is never attempted, so
-    // the events after it, due in 7 s, do not wait the 20 s until it expires. (An event
-    // stamped further ahead than the retention is refused at ingest.)
+    // 2.5 s; the committer allows two moves and a second: 26 s after acceptance, 3.5 s
+    // before it is due): it is never attempted, so the events after it, due in 10 s,
+    // do not wait the 20 s until it expires. (An event stamped further ahead than the
+    // retention is refused at ingest.)
     let rx = TestReceiver::start();
-    let ep = ordered_ep(&rx.url("/")) + "min_delay = \"7s\"\n";
+    let ep = ordered_ep(&rx.url("/")) + "min_delay = \"10s\"\n";
     let srv = TestServer::start_with(ServerOpts::new(&ep).server("retention = \"20s\""));
     let mut c = srv.connect();
     let ahead = unix_ms() + 19_500;

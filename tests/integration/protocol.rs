@@ -146,7 +146,8 @@ fn an_event_or_endpoint_that_would_expire_unsent_is_refused() {
         &at("late-api", 2 * 3_600_000),
         None,
     );
-    assert_eq!(status, 400, "{v}"); // So is an endpoint whose min_delay is not shorter than the retention.
+    assert_eq!(status, 400, "{v}");
+    // So is an endpoint whose min_delay is not shorter than the retention.
     let def = r#"{"name":"slow","events":["t"],"url":"http://127.0.0.1:9/","min_delay":"1h"}"#;
     let (status, v) = http_json(srv.admin, "POST", "/v1/endpoints", def, None);
     assert_eq!(status, 400, "{v}");
@@ -396,8 +397,6 @@ fn tcp_listener_speaks_the_same_protocol_and_send_command_works() {
     );
 }
 
-/// `ricochet send` fed by a slow producer sends each line when it comes, not when its
-/// buffer fills or the input ends: the answer arrives while the producer still waits.
 /// A TCP producer's connection has keepalive on (a producer whose host vanished would
 /// otherwise hold its connection permit forever): the server's side of it shows the
 /// keepalive timer in /proc/net/tcp once the answer is acknowledged.
@@ -438,6 +437,8 @@ fn a_tcp_ingest_connection_is_kept_alive_by_probes() {
     assert_eq!(timer, "02", "the server's side has no keepalive timer");
 }
 
+/// `ricochet send` fed by a slow producer sends each line when it comes, not when its
+/// buffer fills or the input ends: the answer arrives while the producer still waits.
 #[test]
 fn send_passes_a_slow_producer_s_lines_on_at_once() {
     let srv = TestServer::start(&endpoint("e", r#"["t"]"#, "http://127.0.0.1:9/", ""));
