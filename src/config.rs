@@ -512,11 +512,12 @@ impl Matcher {
     }
 
     /// Made of status-like words only (three characters, the first a digit, the others
-    /// digits, `x` or `*`), with separators (spaces, `,;|-/<>=+~`) or `or`, `and`, `to`
-    /// between them: no body text a receiver sends, a status rule mistyped. Body texts
-    /// with any other word (`"OK 200"`) or number (`"1"`, `"-1"`) stay body texts.
+    /// digits, `x` or `*`), with separators (spaces, `,;|-/<>=+~.`, brackets and quotes)
+    /// or `or`, `and`, `to` between them: no body text a receiver sends, a status rule
+    /// mistyped (`"200..299"`, `"[200]"`, a list quoted whole). Body texts with any other
+    /// word (`"OK 200"`) or number (`"1"`, `"-1"`, `"1.0"`) stay body texts.
     fn reads_as_status(s: &str) -> bool {
-        let separator = |c: char| Self::list_separator(c) || "-/<>=+~".contains(c);
+        let separator = |c: char| Self::list_separator(c) || "-/<>=+~.[]\"'".contains(c);
         let mut statuses = 0;
         let only = s.split(separator).filter(|w| !w.is_empty()).all(|w| {
             let b = w.as_bytes();
@@ -2097,6 +2098,9 @@ disable_after = { "4xx" = "many" }
             "OK",
             "2000",
             "or",
+            "1.0",
+            r#"{"ok":true}"#,
+            "1|OK",
         ] {
             assert_eq!(Matcher::parse(text).unwrap().typo(), None, "{text}");
         }
@@ -2110,6 +2114,10 @@ disable_after = { "4xx" = "many" }
             "2**",
             "2xx,",
             "200 to 299",
+            "200..299",
+            "[200]",
+            r#"["200"]"#,
+            "2xx.",
         ] {
             let e = Matcher::parse(typo).unwrap().typo().unwrap();
             assert!(

@@ -72,6 +72,7 @@ pub fn guarded_url_problem(cfg: &EndpointConfig) -> Option<String> {
     let target = parse_url(format!("{}/", &cfg.url[..start + authority.len()]).as_bytes()).ok()?;
     let ip = target
         .ip
+        .or_else(|| inet_aton(&target.host).map(std::net::IpAddr::V4))
         .filter(|ip| crate::deliver::ssrf::is_blocked(*ip))?;
     Some(format!(
         "endpoint {}: field `url`: {ip} is a loopback, private or reserved address, which \
@@ -80,6 +81,29 @@ pub fn guarded_url_problem(cfg: &EndpointConfig) -> Option<String> {
          true` under [server])",
         cfg.name
     ))
+}
+
+/// A host in one of the IPv4 forms the resolver takes as an address without asking DNS
+/// (`127.1`, `2130706433`, `0x7f000001`, `0177.0.0.1`: inet_aton's), which the URL
+/// parser leaves as a name: the address it stands for.
+fn inet_aton(host: &str) -> Option<std::net::Ipv4Addr> {
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b'.' || b == b'x' || b == b'X')
+    {
+        return None;
+    }
+    extern "C" {
+        // glibc's, as getaddrinfo applies it to a numeric host (the `libc` crate does
+        // not declare it).
+        fn inet_aton(cp: *const libc::c_char, inp: *mut libc::in_addr) -> libc::c_int;
+    }
+    let c = std::ffi::CString::new(host).ok()?;
+    let mut addr = libc::in_addr { s_addr: 0 };
+    // SAFETY: a NUL-terminated string and an in_addr for the result.
+    (unsafe { inet_aton(c.as_ptr(), &mut addr) } != 0)
+        .then(|| std::net::Ipv4Addr::from(u32::from_be(addr.s_addr)))
 }
 
 /// The compiled endpoint, shared read-only by the worker that owns it.
@@ -286,6 +310,42 @@ pub(crate) fn url_endpoint(url: &str) -> EndpointConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_written_with_a_refused_address_is_a_problem_with_the_guard_on() {
+        let problem = |url: &str| {
+            let cfg = first_endpoint(&format!(
+                "[[endpoint]]\nname = \"p\"\nevents = [\"t\"]\nurl = {url:?}\n"
+            ));
+            guarded_url_problem(&cfg)
+        };
+        for url in [
+            "http://127.0.0.1:8080/pb",
+            "https://[::1]/pb?x={X}",
+            "http://10.1.2.3/pb",
+            "http://169.254.169.254/latest",
+            "http://[::ffff:127.0.0.1]/",
+            // The IPv4 forms the resolver reads as addresses.
+            "http://127.1/",
+            "http://2130706433/",
+            "http://0x7f000001/",
+            "http://0177.0.0.1/",
+            "http://0/",
+        ] {
+            let p = problem(url).unwrap_or_else(|| panic!("{url} passed"));
+            assert!(p.contains("which the SSRF guard refuses"), "{url}: {p}");
+        }
+        for url in [
+            "http://93.184.216.34/pb",
+            "http://partner.example/pb",
+            "http://localhost:8080/pb",
+            "http://{Host}/pb",
+            "http://beef.example/",
+            "http://1e100.net/",
+        ] {
+            assert_eq!(problem(url), None, "{url}");
+        }
+    }
 
     #[test]
     fn a_secret_headers_template_error_does_not_print_the_secret() {

@@ -148,13 +148,13 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
         }
     }
     let _lock = lock_data_dir(&s.data_dir)?;
-    let new_store = !s.data_dir.join("CURRENT").exists();
     let store = Store::open_limited(&s.data_dir, store_files)
         .with_context(|| format!("cannot open the store in {}", s.data_dir.display()))?;
-    if new_store {
-        // Said, because a mistyped `--data-dir` starts on an empty store as well: no API
-        // endpoints, nothing pending.
-        tracing::info!(data_dir = %s.data_dir.display(), "created a new store");
+    // Said, because a mistyped `--data-dir` starts on an empty store as well: no API
+    // endpoints, nothing pending. (By what it holds, not whether it existed: a refused
+    // start may have created it.)
+    if store.max_seq()?.is_none() && store.endpoint_names()?.is_empty() {
+        tracing::info!(data_dir = %s.data_dir.display(), "the store is empty: a new data dir");
     }
 
     // Every listener is bound before the config file's endpoints are applied: a start

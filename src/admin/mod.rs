@@ -818,27 +818,32 @@ impl Params {
         let Some(v) = self.get(key) else {
             return Ok(None);
         };
-        if let Ok(ms) = v.parse::<u64>() {
-            // Past the year 9999 nothing is logged, and such a value is no millisecond
-            // time (nanoseconds, a typo): refused, not wrapped into some other time.
-            if ms > crate::ingest::parse::MAX_TIME_MS {
-                return Err(error(
-                    400,
-                    format!("{key}: {v:?} is after 9999-12-31T23:59:59.999Z (unix milliseconds expected)"),
-                ));
+        let ms = match v.parse::<u64>() {
+            Ok(ms) => ms,
+            Err(_) => {
+                time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+                    .ok()
+                    .and_then(|t| u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok())
+                    .ok_or_else(|| {
+                        error(
+                            400,
+                            format!("{key}: {v:?} is neither RFC 3339 nor unix milliseconds"),
+                        )
+                    })?
             }
-            return Ok(Some(ms));
+        };
+        // Past the year 9999 (UTC) nothing is logged, and such a value is no millisecond
+        // time (nanoseconds, a typo; an offset west of 9999-12-31T23:59:59): refused, not
+        // wrapped into some other time.
+        if ms > crate::ingest::parse::MAX_TIME_MS {
+            return Err(error(
+                400,
+                format!(
+                    "{key}: {v:?} is after 9999-12-31T23:59:59.999Z (unix milliseconds expected)"
+                ),
+            ));
         }
-        time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
-            .ok()
-            .and_then(|t| u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok())
-            .map(Some)
-            .ok_or_else(|| {
-                error(
-                    400,
-                    format!("{key}: {v:?} is neither RFC 3339 nor unix milliseconds"),
-                )
-            })
+        Ok(Some(ms))
     }
 }
 

@@ -776,14 +776,33 @@ fn a_refused_start_deletes_no_endpoint() {
 }
 
 /// A second `serve` on a data dir in use is refused with that said, and the first runs
-/// on; a start on an empty data dir says it created a new store (a mistyped
-/// `--data-dir` starts empty), a restart does not.
+/// on; a start on an empty store says so (a mistyped `--data-dir` starts empty), also
+/// after a refused start created it; a restart with events does not.
 #[test]
-fn a_data_dir_in_use_is_refused_and_a_new_store_is_announced() {
+fn a_data_dir_in_use_is_refused_and_an_empty_store_is_announced() {
     let dir = Arc::new(tempfile::tempdir().unwrap());
+    let empty = "the store is empty: a new data dir";
+    // A start refused (its admin port taken) on the fresh dir: the store exists now.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused = dir.path().join("refused.toml");
+    std::fs::write(
+        &refused,
+        format!(
+            "[server]\ndata_dir = {:?}\nsocket = {:?}\nadmin = \"{}\"\n",
+            dir.path().join("data"),
+            dir.path().join("refused.sock"),
+            taken.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = run(
+        &["serve", "--config", refused.to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(1));
     let opts = ServerOpts::new("");
     let mut srv = TestServer::start_in(dir.clone(), &opts);
-    assert!(srv.log().contains("created a new store"), "{}", srv.log());
+    assert!(srv.log().contains(empty), "{}", srv.log());
     let second = dir.path().join("second.toml");
     std::fs::write(
         &second,
@@ -807,7 +826,7 @@ fn a_data_dir_in_use_is_refused_and_a_new_store_is_announced() {
     assert_eq!(srv.connect().send(&event("t", "du-1", "{}")), "ok du-1 0");
     assert_eq!(srv.stop(), Some(0));
     let srv = TestServer::start_in(dir, &opts);
-    assert!(!srv.log().contains("created a new store"), "{}", srv.log());
+    assert!(!srv.log().contains(empty), "{}", srv.log());
 }
 
 /// A definition's `enabled = true` lifts only the disable a definition caused; a
@@ -1189,6 +1208,7 @@ signing_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw""#,
         // Past the year 9999 (2^54 wrapped to 0: an empty log; nanoseconds).
         "until=18014398509481984",
         "since=1795441637365000000",
+        "until=9999-12-31T23:59:59-01:00",
         "stauts=failed",
         "type=a&type=b",
     ] {
