@@ -784,39 +784,26 @@ fn a_data_dir_in_use_is_refused_and_an_empty_store_is_announced() {
     let empty = "the store is empty: a new data dir";
     // A start refused (its admin port taken) on the fresh dir: the store exists now.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let refused = dir.path().join("refused.toml");
-    std::fs::write(
-        &refused,
-        format!(
-            "[server]\ndata_dir = {:?}\nsocket = {:?}\nadmin = \"{}\"\n",
+    // A `serve` beside the test server's, on its data dir: `name`'s socket and config.
+    let serve_beside = |name: &str, admin: String| {
+        let cfg = dir.path().join(format!("{name}.toml"));
+        let text = format!(
+            "[server]\ndata_dir = {:?}\nsocket = {:?}\nadmin = \"{admin}\"\n",
             dir.path().join("data"),
-            dir.path().join("refused.sock"),
-            taken.local_addr().unwrap()
-        ),
-    )
-    .unwrap();
-    let out = run(
-        &["serve", "--config", refused.to_str().unwrap()],
-        Duration::from_secs(30),
-    );
+            dir.path().join(format!("{name}.sock")),
+        );
+        std::fs::write(&cfg, text).unwrap();
+        run(
+            &["serve", "--config", cfg.to_str().unwrap()],
+            Duration::from_secs(30),
+        )
+    };
+    let out = serve_beside("refused", taken.local_addr().unwrap().to_string());
     assert_eq!(out.status.code(), Some(1));
     let opts = ServerOpts::new("");
     let mut srv = TestServer::start_in(dir.clone(), &opts);
     assert!(srv.log().contains(empty), "{}", srv.log());
-    let second = dir.path().join("second.toml");
-    std::fs::write(
-        &second,
-        format!(
-            "[server]\ndata_dir = {:?}\nsocket = {:?}\nadmin = \"127.0.0.1:0\"\n",
-            dir.path().join("data"),
-            dir.path().join("second.sock"),
-        ),
-    )
-    .unwrap();
-    let out = run(
-        &["serve", "--config", second.to_str().unwrap()],
-        Duration::from_secs(30),
-    );
+    let out = serve_beside("second", "127.0.0.1:0".into());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
