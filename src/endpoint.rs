@@ -37,12 +37,9 @@ fn templated_authority_problem(src: &str) -> Option<String> {
             src[..start + at].chars().count() + 1
         ));
     }
-    if authority.contains(['{', '\\']) {
-        return None; // Rendered (or written with escapes): judged per delivery.
-    }
     // Literal: every rendered URL has it, so its faults (a bad port, no host) are the
     // template's, not a delivery's.
-    match parse_url(format!("{}/", &src[..start + authority.len()]).as_bytes()) {
+    match literal_authority(src)? {
         Ok(_) | Err(UrlError::UnsupportedScheme) => None,
         Err(e) => Some(e.to_string()),
     }
@@ -59,17 +56,26 @@ fn authority(src: &str) -> Option<(usize, &str)> {
     ))
 }
 
+/// A URL (template) cut after its authority and parsed, when the authority is literal
+/// text, which every rendered URL then has; `None` when a placeholder (or an escape)
+/// writes it: that is judged per delivery.
+fn literal_authority(src: &str) -> Option<Result<Target, UrlError>> {
+    let (start, authority) = authority(src)?;
+    if authority.contains(['{', '\\']) {
+        return None;
+    }
+    Some(parse_url(
+        format!("{}/", &src[..start + authority.len()]).as_bytes(),
+    ))
+}
+
 /// With the SSRF guard on (`allow_private_networks` off), a URL whose host is written as
 /// an address the guard refuses (`http://127.0.0.1/pb`, `http://10.0.0.5/pb`) would fail
 /// every delivery: the problem saying so, for `check`, `serve` and the API. A host that
 /// is a name (`localhost` too) or a placeholder is judged at each delivery, once
 /// resolved, as the guard must (a name may resolve elsewhere tomorrow).
 pub fn guarded_url_problem(cfg: &EndpointConfig) -> Option<String> {
-    let (start, authority) = authority(&cfg.url)?;
-    if authority.contains(['{', '\\']) {
-        return None;
-    }
-    let target = parse_url(format!("{}/", &cfg.url[..start + authority.len()]).as_bytes()).ok()?;
+    let target = literal_authority(&cfg.url)?.ok()?;
     let ip = target
         .ip
         .or_else(|| inet_aton(&target.host).map(std::net::IpAddr::V4))

@@ -47,7 +47,7 @@ use crate::metrics::{
 use crate::queue::{JobQueue, Queued, Ready};
 use crate::ratelimit::TokenBucket;
 use crate::schedule::wheel::TimerWheel;
-use crate::schedule::{after_attempt, classify_response, refused_by_rules, FailClass, Verdict};
+use crate::schedule::{after_attempt, classify_response, FailClass, Verdict};
 use crate::shard::{Mailbox, MailboxSender};
 use crate::store::{
     seq_time_ms, AttemptRecord, DeliveryState, DisabledBy, DueKey, DueVal, EndpointId,
@@ -1061,22 +1061,15 @@ impl Worker {
                                 let body = slot.body_excerpt();
                                 rec.status = status;
                                 rec.response_excerpt = body[..body.len().min(LOG_EXCERPT)].to_vec();
-                                let verdict = classify_response(
+                                let (verdict, why) = classify_response(
                                     &cfg.success,
                                     cfg.error.as_ref(),
                                     status,
                                     body,
                                     retry_after,
                                 );
-                                if verdict != Verdict::Delivered {
-                                    if let Some(why) = refused_by_rules(
-                                        &cfg.success,
-                                        cfg.error.as_ref(),
-                                        status,
-                                        body,
-                                    ) {
-                                        rec.error = why;
-                                    }
+                                if let Some(why) = why {
+                                    rec.error = why;
                                 }
                                 verdict
                             }

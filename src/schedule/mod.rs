@@ -46,51 +46,44 @@ pub enum Verdict {
     },
 }
 
-/// Classifies a response by the endpoint's `success` and `error` rules.
+/// Classifies a response by the endpoint's `success` and `error` rules (each searched
+/// at most once), with why the rules refused it when its status alone does not say so
+/// (1xx, 2xx) or the `error` rule matched: the attempt log's `error` for it (a `200`
+/// logged as failed with no word of why sent operators looking at the receiver).
 pub fn classify_response(
     success: &ResponseRule,
     error: Option<&ResponseRule>,
     status: u16,
     body: &[u8],
     retry_after: Option<Duration>,
-) -> Verdict {
-    let ok = success.matches(status, body) && !error.is_some_and(|e| e.matches(status, body));
-    if ok {
-        return Verdict::Delivered;
+) -> (Verdict, Option<String>) {
+    let error_hit = error.filter(|e| e.matches(status, body));
+    if error_hit.is_none() && success.matches(status, body) {
+        return (Verdict::Delivered, None);
     }
+    let why = match error_hit {
+        Some(e) => Some(format!("the error rule {} matched", e.describe())),
+        None => {
+            (status < 300).then(|| format!("the success rule {} did not match", success.describe()))
+        }
+    };
     if status == 410 {
-        return Verdict::Gone;
+        return (Verdict::Gone, why);
     }
     let class = match status / 100 {
         3 => FailClass::C3xx,
         4 => FailClass::C4xx,
         _ => FailClass::C5xx,
     };
-    Verdict::Failed {
+    let verdict = Verdict::Failed {
         class,
         retry_after: if status == 429 || status == 503 {
             retry_after
         } else {
             None
         },
-    }
-}
-
-/// Why the rules refused a response whose status alone does not say so (1xx, 2xx), or
-/// that the `error` rule matched: the attempt log's `error` for it (a `200` logged as
-/// failed with no word of why sent operators looking at the receiver). `None` when the
-/// response is a success, or a failure its status explains.
-pub fn refused_by_rules(
-    success: &ResponseRule,
-    error: Option<&ResponseRule>,
-    status: u16,
-    body: &[u8],
-) -> Option<String> {
-    if let Some(e) = error.filter(|e| e.matches(status, body)) {
-        return Some(format!("the error rule {} matched", e.describe()));
-    }
-    (status < 300 && !success.matches(status, body))
-        .then(|| format!("the success rule {} did not match", success.describe()))
+    };
+    (verdict, why)
 }
 
 /// The delivery's state and next step after `attempts_made` attempts, the last of which
@@ -133,6 +126,16 @@ mod tests {
     use super::*;
     use crate::config::{Matcher, RetryPolicy};
 
+    /// What [`classify_response`] says refused a response.
+    fn refused_by_rules(
+        success: &ResponseRule,
+        error: Option<&ResponseRule>,
+        status: u16,
+        body: &[u8],
+    ) -> Option<String> {
+        classify_response(success, error, status, body, None).1
+    }
+
     #[test]
     fn a_response_the_rules_refuse_says_which_rule() {
         let rule = |s: &str| -> ResponseRule { serde_json::from_str(s).unwrap() };
@@ -168,33 +171,36 @@ mod tests {
         let ok = ResponseRule(vec![Matcher::Class(2)]);
         let err = ResponseRule(vec![Matcher::Body("ERROR".into())]);
         assert_eq!(
-            classify_response(&ok, None, 200, b"", None),
+            classify_response(&ok, None, 200, b"", None).0,
             Verdict::Delivered
         );
         assert_eq!(
-            classify_response(&ok, Some(&err), 200, b"ERROR: no", None),
+            classify_response(&ok, Some(&err), 200, b"ERROR: no", None).0,
             Verdict::Failed {
                 class: FailClass::C5xx,
                 retry_after: None
             }
         );
-        assert_eq!(classify_response(&ok, None, 410, b"", None), Verdict::Gone);
         assert_eq!(
-            classify_response(&ok, None, 404, b"", Some(Duration::from_secs(9))),
+            classify_response(&ok, None, 410, b"", None).0,
+            Verdict::Gone
+        );
+        assert_eq!(
+            classify_response(&ok, None, 404, b"", Some(Duration::from_secs(9))).0,
             Verdict::Failed {
                 class: FailClass::C4xx,
                 retry_after: None
             }
         );
         assert_eq!(
-            classify_response(&ok, None, 429, b"", Some(Duration::from_secs(9))),
+            classify_response(&ok, None, 429, b"", Some(Duration::from_secs(9))).0,
             Verdict::Failed {
                 class: FailClass::C4xx,
                 retry_after: Some(Duration::from_secs(9))
             }
         );
         assert_eq!(
-            classify_response(&ok, None, 302, b"", None),
+            classify_response(&ok, None, 302, b"", None).0,
             Verdict::Failed {
                 class: FailClass::C3xx,
                 retry_after: None
