@@ -1111,12 +1111,14 @@ impl State {
                     self.disable_ep(ep, by, detail.as_deref());
                 }
                 CommitMsg::SetEnabled { ep, enabled, reply } => {
+                    // As it was, to go back to if the change cannot be stored.
+                    let before = self.router.eps.get(&ep).map(|i| i.meta.clone());
                     if enabled {
                         self.enable_ep(ep);
                     } else {
                         self.disable_ep(ep, DisabledBy::Admin, None);
                     }
-                    enable_replies.push((ep, reply));
+                    enable_replies.push((ep, before, reply));
                 }
                 CommitMsg::Shutdown(reply) => *shutdown = Some(reply),
                 CommitMsg::Snapshot(reply) => snapshots.push(reply),
@@ -1217,8 +1219,17 @@ impl State {
                 syncer::send_answer(&self.workers, &mut self.stats.acks, a);
             }
         }
-        for (ep, reply) in enable_replies {
-            let _ = reply.send(self.persist_endpoint(ep));
+        // Latest first: a change that cannot be stored is undone (a 503 leaves the
+        // endpoint as it was, and as the store still has it), and two changes of one
+        // endpoint in a round are undone back to the first one's state.
+        for (ep, before, reply) in enable_replies.into_iter().rev() {
+            let result = self.persist_endpoint(ep);
+            if result.is_err() {
+                if let Some(before) = before {
+                    self.restore_enabled(ep, before);
+                }
+            }
+            let _ = reply.send(result);
         }
         for (reply, r) in put_replies {
             let _ = reply.send(r);
@@ -1686,6 +1697,27 @@ impl State {
     /// endpoint's new deliveries are given due times as they come again.
     fn resumed(&mut self, ep: EndpointId) {
         self.settling.remove(&ep);
+    }
+
+    /// Undoes an enable or disable whose record could not be stored: the endpoint is
+    /// enabled or disabled again as `before` has it (its worker told, its deliveries
+    /// paused or resumed as by any change), then its record is `before` (the reason,
+    /// the failure counts). Its record stays dirty: written with a round that succeeds,
+    /// the same as the store already holds.
+    fn restore_enabled(&mut self, ep: EndpointId, before: EndpointMeta) {
+        let Some(info) = self.router.eps.get(&ep) else {
+            return;
+        };
+        if info.enabled == before.is_disabled() {
+            match before.disabled_by() {
+                None => self.enable_ep(ep),
+                Some(by) => self.disable_ep(ep, by, None),
+            }
+        }
+        if let Some(info) = self.router.eps.get_mut(&ep) {
+            info.meta = before;
+        }
+        self.dirty.insert(ep);
     }
 
     /// Writes an endpoint's record now, synced (for an answer that must survive a crash).

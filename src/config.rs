@@ -686,30 +686,39 @@ impl RetryPolicy {
 
 impl<'de> Deserialize<'de> for RetryPolicy {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(
-            untagged,
-            expecting = "expected standard, hourly, none or a list of durations ([\"1s\", \"5m\"])"
-        )]
-        enum Raw {
-            Name(String),
-            List(Vec<String>),
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = RetryPolicy;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("standard, hourly, none or a list of durations ([\"1s\", \"5m\"])")
+            }
+            fn visit_str<E: de::Error>(self, n: &str) -> Result<RetryPolicy, E> {
+                match n {
+                    "standard" => Ok(RetryPolicy::Standard),
+                    "hourly" => Ok(RetryPolicy::Hourly),
+                    "none" => Ok(RetryPolicy::None),
+                    other => Err(E::custom(format!(
+                        "unknown retry schedule {other:?} (expected standard, hourly, none or a list of durations)"
+                    ))),
+                }
+            }
+            // Each wait read as any duration field is, so `retry = [30, 60]` gets the
+            // same hint as `timeout = 30`, at the item (`retry[0]`).
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<RetryPolicy, A::Error> {
+                struct Wait(Duration);
+                impl<'de> Deserialize<'de> for Wait {
+                    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Wait, D::Error> {
+                        duration_str::deserialize(d).map(Wait)
+                    }
+                }
+                let mut waits = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+                while let Some(Wait(w)) = seq.next_element()? {
+                    waits.push(w);
+                }
+                Ok(RetryPolicy::List(waits))
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::Name(n) => match n.as_str() {
-                "standard" => Ok(RetryPolicy::Standard),
-                "hourly" => Ok(RetryPolicy::Hourly),
-                "none" => Ok(RetryPolicy::None),
-                other => Err(de::Error::custom(format!(
-                    "unknown retry schedule {other:?} (expected standard, hourly, none or a list of durations)"
-                ))),
-            },
-            Raw::List(l) => l
-                .iter()
-                .map(|s| parse_duration(s).map_err(de::Error::custom))
-                .collect::<Result<Vec<_>, _>>()
-                .map(RetryPolicy::List),
-        }
+        d.deserialize_any(V)
     }
 }
 
@@ -1727,7 +1736,8 @@ enabled = true
     #[test]
     fn a_duration_without_its_unit_says_what_to_write() {
         let text = "[server]\nretention = -5\n\n[[endpoint]]\nname = \"a\"\nevents = [\"t\"]\n\
-                    url = \"http://h/a\"\nmin_delay = 30\ntimeout = 2.5\n";
+                    url = \"http://h/a\"\nmin_delay = 30\ntimeout = 2.5\n\
+                    retry = [\"30s\", 60]\n";
         assert_eq!(
             problems(text),
             [
@@ -1736,6 +1746,8 @@ enabled = true
                  write \"30s\" (units ms, s, m, h, d), not 30",
                 "9:11: endpoint a: field `timeout`: a duration is a string with its unit: \
                  write \"2500ms\" (units ms, s, m, h, d), not 2.5",
+                "10:17: endpoint a: field `retry[1]`: a duration is a string with its unit: \
+                 write \"60s\" (units ms, s, m, h, d), not 60",
             ]
         );
     }

@@ -26,11 +26,16 @@
 //! descriptors. The other half is the store's, the admin API's (at most 64 connections)
 //! and the process's own: the store keeps at most [`store_files_for`] table files open
 //! at once (RocksDB would otherwise keep every table file of a large store open, and a
-//! store that grew past the limit could not open its next WAL or flush output).
+//! store that grew past the limit could not open its next WAL or flush output). When
+//! the limit is reached anyway, every listener (ingest and admin) backs off the same
+//! way ([`after_failed_accept`]).
 
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::tally::Tally;
 
 /// The delivery sockets of every worker.
 static SOCKETS: Budget = Budget::new(usize::MAX);
@@ -260,6 +265,17 @@ pub fn is_local_exhaustion(e: &std::io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
+}
+
+/// After a listener's `accept` failed (out of descriptors, mostly): one warning each
+/// 10 s with the failures since the last, and a pause of 50 ms before the next try, so
+/// that a shortage does not spin a core while it lasts (the connection waits in the
+/// listen backlog meanwhile).
+pub fn after_failed_accept(failed: &mut Tally, e: &std::io::Error, listener: &str) {
+    if let Some(failures) = failed.note(Duration::from_secs(10)) {
+        tracing::warn!(error = %e, failures, listener, "accept failed");
+    }
+    std::thread::sleep(Duration::from_millis(50));
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use crate::commit::{CommitMsg, Committer, Registry, RouteInfo};
 use crate::config::{Config, ConfigFile, Problem};
 use crate::deliver::dns::ResolverThread;
 use crate::endpoint::{guarded_url_problem, EndpointSpec};
-use crate::fdlimit::ConnPermit;
+use crate::fdlimit::{self, ConnPermit};
 use crate::runtime;
 use crate::shard::{mailbox, worker_for, MailboxSender};
 use crate::store::{DisabledBy, EndpointId, EndpointMeta, EndpointSource, Store};
@@ -585,7 +585,7 @@ where
                         workers[next % workers.len()].send(WorkerMsg::Conn(conn, permit));
                         next += 1;
                     }
-                    Err(e) => after_failed_accept(&mut failed, &e, &listener),
+                    Err(e) => fdlimit::after_failed_accept(&mut failed, &e, &listener),
                 }
             }
         })?;
@@ -634,17 +634,6 @@ fn keep_alive(s: &std::net::TcpStream) -> std::io::Result<()> {
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_PROBES: u32 = 6;
-
-/// After a listener's `accept` failed (out of descriptors, mostly): one warning each
-/// 10 s with the failures since the last, and a pause of 50 ms before the next try, so
-/// that a shortage does not spin a core while it lasts (the connection waits in the
-/// listen backlog meanwhile).
-pub(crate) fn after_failed_accept(failed: &mut Tally, e: &std::io::Error, listener: &str) {
-    if let Some(failures) = failed.note(Duration::from_secs(10)) {
-        tracing::warn!(error = %e, failures, listener, "accept failed");
-    }
-    std::thread::sleep(Duration::from_millis(50));
-}
 
 /// Takes the data dir for this process: an exclusive lock on `ricochet.lock` in it,
 /// held while the returned file is open. A second `serve` on the same dir is refused

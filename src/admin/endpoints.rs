@@ -212,7 +212,11 @@ impl Admin {
                 });
                 match await_reply(rx) {
                     Ok(Ok(())) => json_response(200, &json!({ "name": name, "enabled": enabled })),
-                    Ok(Err(e)) => error(503, format!("cannot store the change: {e}")),
+                    // Not stored, not made: the committer undid it.
+                    Ok(Err(e)) => error(
+                        503,
+                        format!("cannot store the change, so it was not made: {e}"),
+                    ),
                     Err(r) => r,
                 }
             }
@@ -742,7 +746,7 @@ mod tests {
             ),
             (
                 r#"{"name":"p","events":["t"],"url":"http://h/","retry":["1s","soon"]}"#,
-                "endpoint p: field `retry`: ",
+                "endpoint p: field `retry[1]`: bad duration \"soon\"",
             ),
             (
                 r#"{"name":"p","events":["t"],"url":"http://h/","disable_after":{"4xx":"x"}}"#,

@@ -19,7 +19,7 @@ use crate::deliver::request::{is_secret_header, redact_query, REDACTED, USER_AGE
 use crate::ingest::parse::LineParser;
 use crate::store::{
     seq_time_ms, AttemptRecord, DeliveryState, DeliveryView, EndpointId, EventQuery, EventRecord,
-    EventView, StoreError, BODY_EXCERPT,
+    StoreError, BODY_EXCERPT,
 };
 
 /// Page size of `GET /v1/events` unless `limit` says otherwise, and its maximum.
@@ -118,17 +118,15 @@ impl Admin {
             return Ok(None);
         };
         let names = self.store.endpoint_names()?;
-        let EventView {
-            attempts,
-            deliveries: views,
-        } = self.store.event_view(&ev)?;
+        let view = self.store.event_view(&ev)?;
         let display_id = ev.display_id();
-        let deliveries: Vec<Value> = views
+        let deliveries: Vec<Value> = view
+            .deliveries
             .iter()
             .map(|v| {
-                let list: Vec<Value> = attempts
+                let list: Vec<Value> = view
+                    .attempts_of(v.ep)
                     .iter()
-                    .filter(|(e, _, _)| *e == v.ep)
                     .map(|(_, n, a)| attempt_json(&display_id, *n, a, ev.data()))
                     .collect();
                 json!({

@@ -214,7 +214,7 @@ pub fn start(setup: AdminSetup) -> std::io::Result<SocketAddr> {
                 let mut conn = match conn {
                     Ok(c) => c,
                     Err(e) => {
-                        crate::server::after_failed_accept(&mut failed, &e, "admin");
+                        crate::fdlimit::after_failed_accept(&mut failed, &e, "admin");
                         continue;
                     }
                 };

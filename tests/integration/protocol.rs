@@ -517,6 +517,55 @@ fn full_disk_answers_unavailable_and_keeps_the_connection() {
     );
 }
 
+/// An enable or disable the store cannot take (a full disk) is not made: the 503 means
+/// the endpoint is as it was, live as in the store (it stayed disabled in memory while
+/// the store, and `GET`, still said enabled, until a restart undid it).
+#[test]
+fn a_disable_the_full_disk_cannot_store_is_not_made() {
+    let rx = TestReceiver::start();
+    let mut opts = ServerOpts::new(&format!(
+        "{}{}",
+        endpoint("a", r#"["t"]"#, &rx.url("/a"), ""),
+        endpoint("b", r#"["t"]"#, &rx.url("/b"), "enabled = false\n")
+    ));
+    opts.file_size_limit = Some(4 << 20);
+    let srv = TestServer::start_with(opts);
+    let (_, b_before) = srv.get("/v1/endpoints/b");
+    assert_eq!(b_before["enabled"], false, "{b_before}");
+    let mut c = srv.connect();
+    let pad = "z".repeat(200_000);
+    let full = (0..200).any(|i| {
+        c.send(&event(
+            "u",
+            &format!("fill-{i}"),
+            &format!(r#"{{"p":"{pad}"}}"#),
+        ))
+        .starts_with("err unavailable")
+    });
+    assert!(full, "the disk never filled up");
+    let (status, body) = srv.post("/v1/endpoints/a/disable");
+    assert_eq!(status, 503, "{body}");
+    let msg = body["error"].as_str().unwrap_or_default();
+    assert!(
+        msg.starts_with("cannot store the change, so it was not made: "),
+        "{msg}"
+    );
+    let (status, ep) = srv.get("/v1/endpoints/a");
+    assert_eq!(status, 200);
+    assert_eq!(ep["enabled"], true, "{ep}");
+    // And an enable: not made either, its reason kept.
+    let (status, body) = srv.post("/v1/endpoints/b/enable");
+    assert_eq!(status, 503, "{body}");
+    let (_, b_after) = srv.get("/v1/endpoints/b");
+    assert_eq!(b_after["enabled"], false, "{b_after}");
+    assert_eq!(b_after["disabled_reason"], b_before["disabled_reason"]);
+    // Live as well: the committer counts one endpoint disabled, `b`.
+    assert_eq!(
+        srv.metrics().value("ricochet_endpoints_disabled", &[]),
+        Some(1.0)
+    );
+}
+
 /// Ingest connections have a budget of their own (half of what the open-file limit
 /// keeps from delivery sockets): producers that leave hundreds of connections open
 /// cannot take the store's descriptors (RocksDB then refused every write until a
