@@ -1827,6 +1827,7 @@ impl State {
         }
         if !spec.cfg.ordered {
             meta.hold = None;
+            meta.hold_first = 0;
         }
         let mut batch = self.store.batch();
         batch.put_endpoint(&self.store, &name, &meta);
@@ -2229,6 +2230,16 @@ impl State {
             })
             .collect();
         for (worker, due, val) in holds {
+            // A head whose due entry is gone is no longer waiting (delivered, failed or
+            // expired since it was recorded): sending it would repeat it.
+            match self.store.has_due(due) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read an ordered endpoint's head");
+                    continue;
+                }
+            }
             match self.store.event(due.seq) {
                 Ok(Some(e)) => {
                     self.out_jobs[worker].push(Job {

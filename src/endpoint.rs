@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::config::{EndpointConfig, Format, Method};
 use crate::deliver::http1::{parse_url, Target, UrlError};
-use crate::deliver::request::{is_secret_header, mask_query_secrets};
+use crate::deliver::request::{is_secret_header, mask_form_secrets, mask_query_secrets};
 use crate::store::EndpointId;
 use crate::template::{BodyFormat, Context, Template, TemplateError};
 
@@ -150,6 +150,8 @@ enum Secret {
     Whole,
     /// All but the values of credential-named query parameters (a URL's `?token=…`).
     QueryValues,
+    /// All but the values of credential-named fields of a form body (`api_key=…&`).
+    FormValues,
 }
 
 impl EndpointSpec {
@@ -181,6 +183,7 @@ impl EndpointSpec {
                             Secret::No => error,
                             Secret::Whole => error.masked(),
                             Secret::QueryValues => error.masked_with(mask_query_secrets),
+                            Secret::FormValues => error.masked_with(mask_form_secrets),
                         }),
                     });
                     None
@@ -204,7 +207,12 @@ impl EndpointSpec {
                 "body",
                 src,
                 Context::Body(body_format(cfg.format)),
-                Secret::No,
+                // A form body is a query: its credential-named fields are masked.
+                if cfg.format == Format::Form {
+                    Secret::FormValues
+                } else {
+                    Secret::No
+                },
             ),
             _ => None,
         };

@@ -174,7 +174,7 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
     let admin_listener = TcpListener::bind(s.admin)
         .with_context(|| format!("cannot start the admin API on {}", s.admin))?;
 
-    let specs = apply_endpoints(&store, specs)?;
+    let specs = apply_endpoints(&store, specs, !s.allow_private_networks)?;
     for spec in &specs {
         let lasts = spec.cfg.min_delay + spec.cfg.retry.span();
         if let Some(problem) = spec.cfg.min_delay_problem(s.retention) {
@@ -345,7 +345,7 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
         stopping: stopping.clone(),
     })
     .with_context(|| format!("cannot start the admin API on {}", s.admin))?;
-    if !admin_addr.ip().is_loopback() && s.admin_token.is_none() {
+    if !admin_addr.ip().to_canonical().is_loopback() && s.admin_token.is_none() {
         tracing::warn!(
             admin = %admin_addr,
             "the admin API listens beyond the loopback with no admin_token: whoever reaches \
@@ -384,11 +384,14 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
 
 /// Merges the config file's endpoints with the persisted ones, by name: the file's are
 /// created or updated (and keep their ids), endpoints created over the API run on from
-/// their stored definition, and endpoints the file no longer has are deleted. Returns
-/// every endpoint to run, with its stable id.
+/// their stored definition (disabled, their deliveries paused, while it no longer
+/// compiles or, `guarded`, its URL is an address the SSRF guard refuses), and
+/// endpoints the file named once and no longer has are deleted. Returns every endpoint
+/// to run, with its stable id.
 fn apply_endpoints(
     store: &Store,
     from_file: Vec<EndpointSpec>,
+    guarded: bool,
 ) -> anyhow::Result<Vec<EndpointSpec>> {
     let stored = store.stored_endpoints()?;
     let mut known: HashMap<String, EndpointMeta> = stored
@@ -416,7 +419,22 @@ fn apply_endpoints(
             next_id += 1;
             m
         });
+        if meta.source == EndpointSource::Api && !meta.from_file {
+            tracing::warn!(
+                endpoint = %spec.cfg.name,
+                "an endpoint created over the admin API is named by the config file: the \
+                 file's definition replaces it, and it is deleted at a start whose file no \
+                 longer lists it"
+            );
+        }
         meta.source = EndpointSource::Config;
+        meta.from_file = true;
+        // The held head is an ordered endpoint's only: kept from an earlier ordered
+        // run, it would be sent again at the next ordered start, delivered or not.
+        if !spec.cfg.ordered {
+            meta.hold = None;
+            meta.hold_first = 0;
+        }
         // `enabled` in the file disables, and enables again what the file disabled;
         // an automatic disable (410, disable_after) stays until enabled explicitly.
         match (spec.cfg.enabled, meta.disabled_by()) {
@@ -440,32 +458,57 @@ fn apply_endpoints(
         specs.push(spec);
     }
     for e in stored.into_iter().filter(|e| !in_file.contains(&e.name)) {
-        match (e.meta.source, e.config) {
-            (EndpointSource::Api, Some(cfg)) => {
-                match EndpointSpec::compile(e.meta.id, cfg.clone()) {
-                    Ok(spec) => specs.push(spec),
-                    Err(err) => {
-                        // Kept, disabled: its deliveries wait paused (the loader would drop
-                        // those of an endpoint it does not know) until a definition that
-                        // compiles replaces it.
-                        tracing::error!(
-                            endpoint = %e.name,
-                            error = %err,
-                            "a stored endpoint no longer compiles: it is disabled and its \
-                             deliveries wait; PUT a definition that compiles to run it again"
-                        );
-                        let mut meta = e.meta.clone();
-                        if !meta.is_disabled() {
-                            meta.disable_because(DisabledBy::NotCompiling, &err.to_string());
-                            batch.put_endpoint(store, &e.name, &meta);
-                            disabled.insert(meta.id);
+        match (e.meta.is_the_file_s(), e.config) {
+            (false, Some(cfg)) => {
+                // What `POST` would refuse now: a definition that no longer compiles, or
+                // a URL the SSRF guard refuses (turned on since it was made: every
+                // delivery would fail, its retries with it).
+                let refused = match EndpointSpec::compile(e.meta.id, cfg.clone()) {
+                    Ok(spec) => match guarded.then(|| guarded_url_problem(&cfg)).flatten() {
+                        None => {
+                            if e.meta.disabled_by() == Some(DisabledBy::NotCompiling) {
+                                // The cause is gone (a version or a setting changed back).
+                                tracing::warn!(
+                                    endpoint = %e.name,
+                                    "a stored endpoint disabled as not compiling passes the \
+                                     checks again: it is enabled, its deliveries resume"
+                                );
+                                let mut meta = e.meta.clone();
+                                meta.enable();
+                                batch.put_endpoint(store, &e.name, &meta);
+                            }
+                            specs.push(spec);
+                            continue;
                         }
-                        specs.push(EndpointSpec::not_compiling(e.meta.id, cfg, err.to_string()));
-                    }
+                        Some(problem) => problem,
+                    },
+                    Err(err) => err.to_string(),
+                };
+                // Kept, disabled: its deliveries wait paused (the loader would drop
+                // those of an endpoint it does not know) until a definition that passes
+                // replaces it, or a start where this one passes.
+                tracing::error!(
+                    endpoint = %e.name,
+                    error = %refused,
+                    "a stored endpoint no longer compiles or passes the checks: it is \
+                     disabled and its deliveries wait; PUT a definition that passes to run \
+                     it again (a start where this one passes runs it again too)"
+                );
+                let mut meta = e.meta.clone();
+                if !meta.is_disabled() {
+                    meta.disable_because(DisabledBy::NotCompiling, &refused);
+                    batch.put_endpoint(store, &e.name, &meta);
+                    disabled.insert(meta.id);
                 }
+                specs.push(EndpointSpec::not_compiling(e.meta.id, cfg, refused));
             }
             _ => {
-                tracing::info!(endpoint = %e.name, "endpoint left the config file: deleted");
+                tracing::warn!(
+                    endpoint = %e.name,
+                    "endpoint left the config file: deleted; its pending deliveries end \
+                     failed (an endpoint of that name made again is a new one: replay \
+                     them by event)"
+                );
                 // Its pending deliveries are failed by the committer (`Store::deleting`).
                 batch.delete_endpoint(store, &e.name, e.meta.id);
             }

@@ -719,6 +719,19 @@ pub struct EndpointMeta {
     /// Where its configuration comes from.
     #[serde(default)]
     pub source: EndpointSource,
+    /// The config file listed it at a start: it is the file's, replaced over the API
+    /// since or not, and deleted at a start whose file no longer lists it (an endpoint
+    /// created over the API and never named by the file runs on). Records written
+    /// before this was kept have it false: their `source` says the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_file: bool,
+}
+
+impl EndpointMeta {
+    /// Whether the config file owns it ([`EndpointMeta::from_file`]).
+    pub fn is_the_file_s(&self) -> bool {
+        self.from_file || self.source == EndpointSource::Config
+    }
 }
 
 fn is_zero(v: &u64) -> bool {

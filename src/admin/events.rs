@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 
 use super::{await_reply, error, json_response, rfc3339, Admin, Params, Response};
 use crate::commit::{AckResult, AckTo, CommitMsg, IngestBatch, ReplayResult};
-use crate::deliver::request::{is_secret_header, redact_query, REDACTED, USER_AGENT};
+use crate::config::Format;
+use crate::deliver::request::{is_secret_header, redact_form, redact_query, REDACTED, USER_AGENT};
 use crate::ingest::parse::LineParser;
 use crate::store::{
     seq_time_ms, AttemptRecord, DeliveryState, DeliveryView, EndpointId, EventQuery, EventRecord,
@@ -373,6 +374,12 @@ pub(super) fn attempt_json(event_id: &str, n: u16, a: &AttemptRecord, data: &[u8
     } else {
         &a.request.body_excerpt
     };
+    let body = String::from_utf8_lossy(body);
+    // A form body is a query: its credential-named fields are redacted as the URL's.
+    let body = match a.request.content_type {
+        Some(ct) if ct == Format::Form.content_type() => redact_form(&body).into(),
+        _ => body,
+    };
     json!({
         "n": n,
         "at": rfc3339(a.at_ms),
@@ -387,7 +394,7 @@ pub(super) fn attempt_json(event_id: &str, n: u16, a: &AttemptRecord, data: &[u8
             "method": method,
             "url": redact_query(url),
             "headers": headers,
-            "body": String::from_utf8_lossy(body),
+            "body": body,
             "body_length": a.request.body_len,
         },
     })

@@ -303,17 +303,40 @@ fn reason(status: u16) -> &'static str {
         .unwrap_or("Unknown")
 }
 
-/// Whether a `Host` header names the loopback: `localhost` (or a name under it),
-/// 127.0.0.0/8 or `[::1]`, with or without a port.
-fn is_loopback_host(host: &str) -> bool {
+/// The host of a `Host` header without its port; `None` when the header is not `host`
+/// or `host:port` (RFC 9112 §3.2 asks for a 400 then): a port is digits only, an IPv6
+/// address is in brackets.
+fn host_name(host: &str) -> Option<&str> {
     let host = host.trim();
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        match rest.split_once(']') {
-            Some((ip, port)) if port.is_empty() || port.starts_with(':') => ip,
-            _ => return false,
-        }
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']')?;
+        (
+            ip,
+            if after.is_empty() {
+                None
+            } else {
+                Some(after.strip_prefix(':')?)
+            },
+        )
     } else {
-        host.rsplit_once(':').map_or(host, |(name, _)| name)
+        match host.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        }
+    };
+    let port_ok = port.is_none_or(|p| p.bytes().all(|b| b.is_ascii_digit()));
+    let name_ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~:%!$&'()*+;=".contains(&b));
+    (port_ok && name_ok).then_some(name)
+}
+
+/// Whether a `Host` header names the loopback: `localhost` (or a name under it),
+/// 127.0.0.0/8 or `[::1]` (`[::ffff:127.0.0.1]` too), with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let Some(name) = host_name(host) else {
+        return false;
     };
     let name = name.strip_suffix('.').unwrap_or(name);
     // `localhost` itself, or any name under it (its last label).
@@ -322,7 +345,7 @@ fn is_loopback_host(host: &str) -> bool {
         .is_some_and(|label| label.eq_ignore_ascii_case("localhost"))
         || name
             .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 /// The token of an `Authorization: Bearer <token>` header; the scheme is
@@ -392,6 +415,9 @@ impl Admin {
                 403,
                 "requests from web pages (with an Origin header) are refused",
             );
+        }
+        if req.host.as_deref().is_some_and(|h| host_name(h).is_none()) {
+            return error(400, "malformed Host header (expected host or host:port)");
         }
         if loopback && !req.host.as_deref().is_none_or(is_loopback_host) {
             return error(
@@ -917,6 +943,8 @@ mod tests {
             "127.9.8.7:1",
             "[::1]",
             "[::1]:7878",
+            "[::ffff:127.0.0.1]:7878",
+            "localhost:",
         ] {
             assert!(is_loopback_host(h), "{h}");
         }
@@ -931,9 +959,27 @@ mod tests {
             "[::2]:7878",
             "[::1]x",
             "127.0.0.1.evil.example",
+            // Not a port after the colon (malformed: a 400 before this is asked).
+            "127.0.0.1:evil.example",
+            "localhost:@evil.example",
+            "127.0.0.1:7878, evil",
+            "[::1]:x",
+            "localhost:7878:1",
         ] {
             assert!(!is_loopback_host(h), "{h}");
         }
+        for h in [
+            "127.0.0.1:evil.example",
+            "a b",
+            "[::1",
+            "[::1]7878",
+            "x/y",
+            "localhost:80:1",
+        ] {
+            assert_eq!(host_name(h), None, "{h}");
+        }
+        assert_eq!(host_name(" api.example:8080 "), Some("api.example"));
+        assert_eq!(host_name("[::1]:1"), Some("::1"));
     }
 
     #[test]

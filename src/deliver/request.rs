@@ -433,6 +433,29 @@ fn rewrite_secret_values(out: &mut String, url: &str, replace: impl Fn(&mut Stri
     };
     out.push_str(head);
     out.push('?');
+    rewrite_secret_params(out, query, replace);
+}
+
+/// A form body (`application/x-www-form-urlencoded`, a query's syntax) with the values
+/// of its credential-named fields redacted, as a URL's query is: `api_key=…&oid=1`.
+pub fn redact_form(body: &str) -> String {
+    let mut out = String::with_capacity(body.len());
+    rewrite_secret_params(&mut out, body, |out, _| out.push_str(REDACTED));
+    out
+}
+
+/// A form body template's line with the values of its credential-named fields masked,
+/// one `*` per character (see [`mask_query_secrets`]).
+pub fn mask_form_secrets(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    rewrite_secret_params(&mut out, line, |out, value| {
+        out.extend(value.chars().map(|_| '*'))
+    });
+    out
+}
+
+/// Appends `query` (`a=1&b=2`) with the values of secret parameters rewritten.
+fn rewrite_secret_params(out: &mut String, query: &str, replace: impl Fn(&mut String, &str)) {
     // Parameters are separated by `&`, and by `;` for the receivers that take it where
     // a `name=` follows (else the `;` is part of the value: `token=ab;cd` is one).
     let mut rest = query;
@@ -681,6 +704,20 @@ body = '{join(items, i, "{i}:{Oid}")}'"#;
         let mut out = Vec::new();
         build(&spec, &event, &doc, 0, &mut s, &mut out).unwrap();
         assert!(out.ends_with(b"1:abc,2:abc"));
+    }
+
+    #[test]
+    fn a_form_body_s_credential_fields_are_redacted_as_a_query_s() {
+        assert_eq!(
+            redact_form("api_key=k1&password=p%20w&oid=o1&token=&x"),
+            "api_key=[redacted]&password=[redacted]&oid=o1&token=&x"
+        );
+        assert_eq!(redact_form("oid=1&amount=2.50"), "oid=1&amount=2.50");
+        assert_eq!(redact_form(r#"{"api_key":"k"}"#), r#"{"api_key":"k"}"#);
+        assert_eq!(
+            mask_form_secrets("api_key=s3&oid={OrderId}&x={Bad"),
+            "api_key=**&oid={OrderId}&x={Bad"
+        );
     }
 
     #[test]

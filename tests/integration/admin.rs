@@ -703,6 +703,18 @@ fn web_pages_cannot_drive_the_admin_api() {
         );
     }
     assert_eq!(status("GET /health HTTP/1.0\r\n", ""), 200);
+    // A loopback name before a colon that no port follows: malformed, 400 (it passed).
+    for host in [
+        "127.0.0.1:evil.example",
+        "localhost:@evil.example",
+        "[::1]:x",
+    ] {
+        assert_eq!(
+            status(&format!("GET /health HTTP/1.1\r\nHost: {host}\r\n"), ""),
+            400,
+            "{host}"
+        );
+    }
     let post = post.replace("Origin: http://attacker.example\r\n", "");
     assert_eq!(status(&post, ep), 201);
     // Two Host headers (the last a loopback one), two Authorization headers: 400.

@@ -816,6 +816,97 @@ fn a_data_dir_in_use_is_refused_and_an_empty_store_is_announced() {
     assert!(!srv.log().contains(empty), "{}", srv.log());
 }
 
+/// A file endpoint replaced over the API is still the file's: a start whose file no
+/// longer lists it deletes it (it ran on as an API endpoint, its deliveries still going
+/// to the API's URL). An endpoint created over the API that the file comes to name is
+/// taken over with a warning, and is the file's from then on.
+#[test]
+fn an_endpoint_is_the_file_s_once_the_file_names_it_whoever_replaced_it_since() {
+    let rx = TestReceiver::start();
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let in_file = |names: &[&str]| {
+        let text: String = names
+            .iter()
+            .map(|n| endpoint(n, r#"["t"]"#, &rx.url(&format!("/{n}")), ""))
+            .collect();
+        ServerOpts::new(&text)
+    };
+    let mut srv = TestServer::start_in(dir.clone(), &in_file(&["f"]));
+    let (status, v) = srv.call(
+        "PUT",
+        "/v1/endpoints/f",
+        &ep("f", &["t"], &rx.url("/f-api"), json!({})),
+    );
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = srv.call(
+        "POST",
+        "/v1/endpoints",
+        &ep("a", &["t"], &rx.url("/a"), json!({})),
+    );
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(srv.stop(), Some(0));
+    drop(srv);
+
+    // `f` left the file: deleted, though replaced over the API. `a` never was the
+    // file's: it runs on. Then the file names `a`.
+    let mut srv = TestServer::start_in(dir.clone(), &in_file(&["a"]));
+    assert_eq!(srv.get("/v1/endpoints/f").0, 404);
+    assert!(
+        srv.log().contains("endpoint left the config file: deleted"),
+        "{}",
+        srv.log()
+    );
+    assert!(
+        srv.log()
+            .contains("an endpoint created over the admin API is named by the config file"),
+        "{}",
+        srv.log()
+    );
+    assert_eq!(srv.get("/v1/endpoints/a").1["source"], "config");
+    assert_eq!(srv.stop(), Some(0));
+    drop(srv);
+
+    // With `a` gone from the file as well, nothing is left.
+    let srv = TestServer::start_in(dir, &in_file(&[]));
+    assert_eq!(srv.get("/v1/endpoints/a").0, 404);
+    assert_eq!(endpoint_names(&srv), Vec::<String>::new());
+}
+
+/// A form body is a query's syntax: the attempt log redacts its credential-named
+/// fields as it does the URL's query, and an error in its template masks them (both
+/// showed the partner's key).
+#[test]
+fn a_form_body_s_credential_fields_are_redacted_in_the_log_and_in_errors() {
+    let rx = TestReceiver::start();
+    let srv = TestServer::start(&endpoint(
+        "form",
+        r#"["t"]"#,
+        &rx.url("/f"),
+        "format = \"form\"\nbody = \"api_key=K3Y&oid={oid}\"",
+    ));
+    assert_eq!(
+        srv.connect().send(&event("t", "fb-1", r#"{"oid":"o1"}"#)),
+        "ok fb-1 1"
+    );
+    let got = rx.wait_for(1, WAIT);
+    assert_eq!(String::from_utf8_lossy(&got[0].body), "api_key=K3Y&oid=o1");
+    let v = srv.wait_event("fb-1", WAIT, |v| states(v) == ["delivered"]);
+    let logged = &v["deliveries"][0]["attempts"][0]["request"]["body"];
+    assert_eq!(logged, "api_key=[redacted]&oid=o1", "{v}");
+
+    let def = ep(
+        "bad",
+        &["t"],
+        &rx.url("/b"),
+        json!({ "format": "form", "body": "api_key=K3Y&oid={oid" }),
+    );
+    let (status, v) = srv.call("POST", "/v1/endpoints", &def);
+    assert_eq!(status, 400, "{v}");
+    let msg = err_msg(&v);
+    assert!(!msg.contains("K3Y"), "{msg}");
+    assert!(msg.contains("api_key=***&oid={oid"), "{msg}");
+}
+
 /// A definition's `enabled = true` lifts only the disable a definition caused; a
 /// disable over the admin API (like an automatic one) waits for an explicit enable, also
 /// after a kill -9 (who disabled it is part of the stored state).

@@ -336,6 +336,46 @@ fn ssrf_guard_refuses_names_resolving_to_loopback_unless_allowed() {
     rx.wait_for(1, Duration::from_secs(10));
 }
 
+/// An endpoint made over the API with the guard off, its URL a loopback address, is
+/// disabled at a start with the guard on, its retrying delivery paused (it was run, and
+/// every delivery failed as `blocked`, never retried); a start with the guard off again
+/// runs it, and the delivery goes.
+#[test]
+fn a_stored_endpoint_the_ssrf_guard_refuses_waits_disabled_until_it_passes() {
+    let rx = TestReceiver::with_script(|_, _| Reply::status(500));
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let open = ServerOpts::new("");
+    let mut srv = TestServer::start_in(dir.clone(), &open);
+    let def = serde_json::json!({
+        "name": "loop", "events": ["t"], "url": rx.url("/"), "retry": ["1s", "1s", "1s"]
+    });
+    let (status, v) = srv.call("POST", "/v1/endpoints", &def);
+    assert_eq!(status, 201, "{v}");
+    srv.connect().send(&event("t", "g-1", "{}"));
+    srv.wait_event("g-1", Duration::from_secs(10), |v| {
+        states(v) == ["retrying"]
+    });
+    assert_eq!(srv.stop(), Some(0));
+    drop(srv);
+
+    let guarded = ServerOpts::new("").server("allow_private_networks = false");
+    let mut srv = TestServer::start_in(dir.clone(), &guarded);
+    let (_, ep) = srv.get("/v1/endpoints/loop");
+    assert_eq!(ep["enabled"], false, "{ep}");
+    let reason = ep["disabled_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("the SSRF guard refuses"), "{reason}");
+    srv.wait_event("g-1", Duration::from_secs(10), |v| states(v) == ["paused"]);
+    assert_eq!(srv.stop(), Some(0));
+    drop(srv);
+
+    rx.set_script(|_, _| Reply::status(200));
+    let srv = TestServer::start_in(dir, &open);
+    assert_eq!(srv.get("/v1/endpoints/loop").1["enabled"], true);
+    srv.wait_event("g-1", Duration::from_secs(10), |v| {
+        states(v) == ["delivered"]
+    });
+}
+
 fn ordered_ep(url: &str) -> String {
     endpoint(
         "fifo",
@@ -585,6 +625,45 @@ fn an_ordered_head_handed_over_at_start_is_sent_once_after_ordered_is_turned_off
     let got = rx.wait_for(3, Duration::from_secs(10));
     assert_eq!(ids_in_order(&got), ["head", "head", "after"]);
     assert_eq!(attempt_statuses(&v), [500, 200]);
+}
+
+/// An ordered endpoint's head, delivered in a run with `ordered = false` in the file, is
+/// not sent again when the file makes it ordered once more: the held head recorded by
+/// the first run was kept by the file's start (a `PUT` dropped it), and the next ordered
+/// start sent it a second time, overwriting its attempt in the log.
+#[test]
+fn a_head_delivered_while_not_ordered_is_not_sent_again_when_ordered_returns() {
+    let rx = TestReceiver::with_script(|_, _| Reply::status(500));
+    let ep = |ordered: bool| {
+        endpoint(
+            "fifo",
+            r#"["t"]"#,
+            &rx.url("/"),
+            &format!("ordered = {ordered}\nretry = [\"1s\"]"),
+        )
+    };
+    let mut srv = TestServer::start(&ep(true));
+    srv.connect().send(&event("t", "head", "{}"));
+    srv.wait_event("head", Duration::from_secs(10), |v| {
+        v["deliveries"][0]["state"] == "retrying"
+    });
+    assert_eq!(srv.stop(), Some(0));
+    rx.set_script(|_, _| Reply::status(200));
+    let dir = Arc::clone(&srv.dir);
+    drop(srv);
+    let mut srv = TestServer::start_in(dir.clone(), &ServerOpts::new(&ep(false)));
+    srv.wait_event("head", Duration::from_secs(10), |v| {
+        v["deliveries"][0]["state"] == "delivered"
+    });
+    assert_eq!(srv.stop(), Some(0));
+    drop(srv);
+    let srv = TestServer::start_in(dir, &ServerOpts::new(&ep(true)));
+    // A stale head goes at start, before anything sent after it.
+    srv.connect().send(&event("t", "after", "{}"));
+    let got = rx.wait_for(3, Duration::from_secs(10));
+    assert_eq!(ids_in_order(&got), ["head", "head", "after"]);
+    let v = srv.event("head");
+    assert_eq!(attempt_statuses(&v), [500, 200], "{v}");
 }
 
 /// The status codes of a delivery's attempts, in the log's order.
