@@ -17,7 +17,7 @@ use crate::deliver::http1::{
 };
 use crate::endpoint::EndpointSpec;
 use crate::store::{EventRecord, RequestLog, BODY_EXCERPT};
-use crate::template::{render_default_body, Doc};
+use crate::template::{render_default_body, Doc, Overflow};
 
 /// The `User-Agent` every request carries.
 pub const USER_AGENT: &str = concat!("ricochet/", env!("CARGO_PKG_VERSION"));
@@ -74,6 +74,12 @@ pub enum BuildError {
     MalformedUrl { url: String, error: UrlError },
     #[error("{part} over {} KiB after rendering: not sent", limit >> 10)]
     TooLarge { part: &'static str, limit: usize },
+    #[error(
+        "{part}: its joins render more than {} parts for this event (joins nested over \
+         one array?): not sent",
+        crate::template::MAX_JOIN_PARTS
+    )]
+    TooMuchWork { part: &'static str },
 }
 
 /// Appends the full request (head and body) to `out`; returns where it goes.
@@ -91,7 +97,7 @@ pub fn build(
             s.url.clear();
             spec.url
                 .render_within(doc, &mut s.url, MAX_URL_BYTES)
-                .map_err(|_| too_large("URL", MAX_URL_BYTES))?;
+                .map_err(|o| too_large(o, "URL", MAX_URL_BYTES))?;
             // A value rendered as a whole `.` or `..` segment would send the request
             // to another path: such a URL is malformed.
             let parsed = parse_url(&s.url).and_then(|t| {
@@ -121,15 +127,17 @@ pub fn build(
         has_body && spec.body.is_none() && matches!(spec.cfg.format, Format::Json | Format::Text);
     if has_body && !passthrough {
         let fits = match &spec.body {
-            Some(t) => t.render_within(doc, &mut s.body, MAX_BODY_BYTES).is_ok(),
+            Some(t) => t.render_within(doc, &mut s.body, MAX_BODY_BYTES),
             None => {
                 render_default_body(body_format(spec), doc, &mut s.body);
-                s.body.len() <= MAX_BODY_BYTES
+                if s.body.len() <= MAX_BODY_BYTES {
+                    Ok(())
+                } else {
+                    Err(Overflow::Length)
+                }
             }
         };
-        if !fits {
-            return Err(too_large("body", MAX_BODY_BYTES));
-        }
+        fits.map_err(|o| too_large(o, "body", MAX_BODY_BYTES))?;
     }
     let body: &[u8] = if passthrough { event.data() } else { &s.body };
     s.passthrough = passthrough;
@@ -146,7 +154,7 @@ pub fn build(
     for (_, t) in &spec.headers {
         let start = s.values.len();
         t.render_within(doc, &mut s.values, MAX_HEADER_BYTES)
-            .map_err(|_| too_large("header values", MAX_HEADER_BYTES))?;
+            .map_err(|o| too_large(o, "header values", MAX_HEADER_BYTES))?;
         s.ranges.push((start, s.values.len()));
     }
     let fixed: [Option<(&[u8], &[u8])>; 5] = [
@@ -174,8 +182,12 @@ pub fn build(
     Ok(target)
 }
 
-fn too_large(part: &'static str, limit: usize) -> BuildError {
-    BuildError::TooLarge { part, limit }
+/// The error of a render that stopped: too long, or too much work for its joins.
+fn too_large(why: Overflow, part: &'static str, limit: usize) -> BuildError {
+    match why {
+        Overflow::Length => BuildError::TooLarge { part, limit },
+        Overflow::Work => BuildError::TooMuchWork { part },
+    }
 }
 
 fn body_format(spec: &EndpointSpec) -> crate::template::BodyFormat {

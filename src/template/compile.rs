@@ -107,6 +107,14 @@ pub(super) fn compile(src: &str, ctx: Context) -> Result<(Vec<Part>, usize), Tem
                  write `%23` for a `#` the receiver should get",
             ));
         }
+        if let Some(at) = stray_percent(&shape) {
+            return Err(c.error(
+                at,
+                "a `%` that two hex digits do not follow: a value after it would complete \
+                 the escape (`%2{x}` with `F` sends `%2F`, a `/`), and `%zz` is no valid \
+                 request target; write `%25` for a `%` the receiver should get",
+            ));
+        }
         if let Some(at) = literal_dot_segment(&shape) {
             return Err(c.error(
                 at,
@@ -159,6 +167,24 @@ fn url_shape(ir: &[Ir], lits: &[u8], lit_at: &[usize], out: &mut Shape) {
             }
         }
     }
+}
+
+/// The source offset of a literal `%` in a URL template with placeholders that two
+/// literal hex digits do not follow (a URL without placeholders is the operator's own,
+/// sent as written). A value right after it would complete the escape with its first
+/// characters, so the value would not be one segment or query value as written.
+fn stray_percent(shape: &Shape) -> Option<usize> {
+    let hex = |i: usize| {
+        shape
+            .get(i)
+            .copied()
+            .flatten()
+            .is_some_and(|(b, _)| b.is_ascii_hexdigit())
+    };
+    shape.iter().enumerate().find_map(|(i, x)| match x {
+        Some((b'%', at)) if !(hex(i + 1) && hex(i + 2)) => Some(*at),
+        _ => None,
+    })
 }
 
 /// The source offset of a path segment of a URL template that is literal text only and
@@ -392,6 +418,20 @@ impl<'a> Compiler<'a> {
                         self.pos += 1;
                     }
                 },
+                // SPEC §5: a letter after `{` opens a placeholder. A name is ASCII, so
+                // one opened by another letter (`{Übertrag}`) is refused, as the same
+                // letter later in a name is, not sent as text.
+                b'{' if self.src[self.pos + 1..]
+                    .chars()
+                    .next()
+                    .is_some_and(|c| !c.is_ascii() && c.is_alphabetic()) =>
+                {
+                    return Err(self.error(
+                        self.pos + 1,
+                        "a data point's name is ASCII letters, digits, `_` and `-`; write \
+                         `\\{` for a `{` the output should have",
+                    ));
+                }
                 b'{' if self.b.get(self.pos + 1).is_some_and(|&b| is_name_start(b)) => {
                     if self.lits.len() > lit_start {
                         parts.push(Ir::Lit(lit_start..self.lits.len()));
@@ -713,8 +753,16 @@ mod tests {
         assert_err("x={Order Id}", TEXT, 1, 9, "found ` `");
         assert_err("{a.}", TEXT, 1, 4, "expected a field name after `.`");
         assert_err("{a.b(x)}", TEXT, 1, 2, "unknown function `a.b`");
-        // `{` before a non-ASCII letter opens nothing.
-        assert!(Template::compile("{é}", TEXT).unwrap().is_static());
+        // `{` before a letter opens a placeholder (SPEC §5), a non-ASCII one too: the
+        // name is refused where it starts, as it is when such a letter comes later
+        // (`{é}` was sent as text, `{Wäh}` refused).
+        assert_err("?u={Übertrag}", TEXT, 1, 5, "a data point's name is ASCII");
+        assert_err("{é}", TEXT, 1, 2, "write `\\{` for a `{`");
+        assert_err("?w={Währung}", TEXT, 1, 6, "found `ä`");
+        // Other characters after `{` open nothing: digits, symbols, combining marks.
+        assert!(Template::compile("{1é} {€} {\u{301}}", TEXT)
+            .unwrap()
+            .is_static());
     }
 
     #[test]
@@ -769,6 +817,33 @@ mod tests {
             "http://h/p/..{A};x",
             "http://h/p/;..{A}",
         ]);
+    }
+
+    #[test]
+    fn a_percent_no_two_hex_digits_follow_is_refused_in_a_templated_url() {
+        for (src, col) in [
+            ("http://h/files/%2{x}", 16),
+            ("http://h/p?q=%{y}", 14),
+            ("http://h/p?q=%zz&v={v}", 14),
+            ("http://h/{p}?q=100%", 19),
+            (r#"http://h/?a={join(xs, x, "{x}%", ",")}"#, 30),
+        ] {
+            assert_err(
+                src,
+                Context::Url,
+                1,
+                col,
+                "a `%` that two hex digits do not follow",
+            );
+        }
+        for ok in [
+            "http://h/a%20b/{p}?q=%2F{x}",
+            "http://h/%7e%7E?x={x}",
+            // Without placeholders: the operator's own, sent as written.
+            "http://h/p?q=100%",
+        ] {
+            assert!(Template::compile(ok, Context::Url).is_ok(), "{ok}");
+        }
     }
 
     #[test]

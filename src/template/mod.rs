@@ -33,7 +33,7 @@ mod render;
 use std::sync::Arc;
 
 pub use doc::{Doc, DocError};
-pub use render::{render_default_body, Overflow};
+pub use render::{render_default_body, Overflow, MAX_JOIN_PARTS};
 
 /// Where a template's output lands; decides the escaping at compile time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,7 +135,8 @@ impl Template {
     }
 
     /// [`Template::render`], stopping with [`Overflow`] once `out` is longer than
-    /// `max_len` (what it holds then is cut short anywhere).
+    /// `max_len`, or its joins have rendered [`MAX_JOIN_PARTS`] parts (what `out` holds
+    /// then is cut short anywhere).
     pub fn render_within(
         &self,
         doc: &Doc,

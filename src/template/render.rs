@@ -15,16 +15,33 @@ struct Cx {
     hints: Hints,
     /// The longest `out` may grow.
     max_len: usize,
+    /// Parts a join's elements may still render ([`MAX_JOIN_PARTS`]).
+    join_parts_left: usize,
 }
 
-/// `out` would have grown past the length allowed ([`render`]).
+/// The most parts the elements of a render's joins may render, all joins together:
+/// about 50 ms of a worker at worst. The output's length bounds the work of parts that
+/// write; this bounds the rest. Joins nested over one array (`{join(items, i,
+/// "{join(items, j, …)}", …)}`) render n² (up to n⁸) parts, most writing nothing when a
+/// data point is missing: 30,000 elements took 11 s with an empty body, the worker's
+/// ingest and deliveries stopped meanwhile. A join over every element of the largest
+/// event (a 1 MiB line holds at most ~500,000) with 8 parts each stays within it.
+pub const MAX_JOIN_PARTS: usize = 1 << 22;
+
+/// Why a render stopped ([`render`]): a request that would not be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Overflow;
+pub enum Overflow {
+    /// `out` would have grown past the length allowed.
+    Length,
+    /// Its joins would have rendered more than [`MAX_JOIN_PARTS`] parts.
+    Work,
+}
 
 /// Appends the rendering to `out`, stopping with [`Overflow`] as soon as `out` is
-/// longer than `max_len`: a join over a long array can multiply an event's size (each
-/// element may read a large top-level field), so the check runs after every part, not
-/// once at the end.
+/// longer than `max_len` (a join over a long array can multiply an event's size: each
+/// element may read a large top-level field, so the check runs after every part, not
+/// once at the end), or once its joins' elements have rendered [`MAX_JOIN_PARTS`]
+/// parts.
 pub(super) fn render(
     parts: &[Part],
     doc: &Doc,
@@ -35,6 +52,7 @@ pub(super) fn render(
         vars: [Doc::ROOT; MAX_JOIN_DEPTH],
         hints: NO_HINTS,
         max_len,
+        join_parts_left: MAX_JOIN_PARTS,
     };
     parts_into(parts, doc, &mut cx, out)
 }
@@ -55,6 +73,11 @@ fn parts_into(parts: &[Part], doc: &Doc, cx: &mut Cx, out: &mut Vec<u8>) -> Resu
                     continue;
                 }
                 for (k, el) in doc.children(arr).enumerate() {
+                    // At least one per element: a body of nothing costs its loop too.
+                    cx.join_parts_left = cx
+                        .join_parts_left
+                        .checked_sub(j.body.len().max(1))
+                        .ok_or(Overflow::Work)?;
                     if k > 0 {
                         out.extend_from_slice(&j.sep);
                     }
@@ -64,7 +87,7 @@ fn parts_into(parts: &[Part], doc: &Doc, cx: &mut Cx, out: &mut Vec<u8>) -> Resu
             }
         }
         if out.len() > cx.max_len {
-            return Err(Overflow);
+            return Err(Overflow::Length);
         }
     }
     Ok(())
@@ -240,6 +263,7 @@ fn xml_name_char(ch: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::super::{BodyFormat, Context, Doc, Template};
+    use super::Overflow;
     use bytes::Bytes;
 
     const JSON: Context = Context::Body(BodyFormat::Json);
@@ -280,9 +304,11 @@ mod tests {
         assert_eq!(render(r"\\{Id}", TEXT, DATA), r"\554433");
         assert_eq!(render(r"\{{Id}\}", TEXT, DATA), "{554433}");
         assert_eq!(
-            render("{_x}|{x-y}|{é}", TEXT, r#"{"_x":1,"x-y":2}"#),
-            "1|2|{é}"
+            render("{_x}|{x-y}|{1é}", TEXT, r#"{"_x":1,"x-y":2}"#),
+            "1|2|{1é}"
         );
+        // A non-ASCII letter opens a placeholder too, whose name is refused.
+        assert!(Template::compile("{é}", TEXT).is_err());
     }
 
     #[test]
@@ -474,6 +500,37 @@ mod tests {
             ),
             "[1][two][][true]"
         );
+    }
+
+    /// Joins nested over one array render n² parts, writing nothing when the data point
+    /// they read is missing: the output's length bounds none of that work, the join
+    /// budget does. A long join that writes stays within it.
+    #[test]
+    fn joins_nested_over_one_array_stop_at_the_join_budget() {
+        let items = |n: usize| format!(r#"{{"items":[{}]}}"#, vec!["0"; n].join(","));
+        let nested = Template::compile(
+            r#"{join(items, i, "{join(items, j, "{nothing}", "")}", "")}"#,
+            TEXT,
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        // 30,000² = 900 million parts (11 s unbounded): stopped after the budget.
+        let d = doc(&items(30_000));
+        assert_eq!(
+            nested.render_within(&d, &mut out, usize::MAX),
+            Err(Overflow::Work)
+        );
+        assert!(out.is_empty());
+        // 1,000² = 1 million: within it.
+        let d = doc(&items(1_000));
+        assert_eq!(nested.render_within(&d, &mut out, usize::MAX), Ok(()));
+        // One join over 500,000 elements, 8 parts each: 4 million, within it.
+        let long = Template::compile(r#"{join(items, i, "{i}{i}{i}{i}{i}{i}{i}{i}", ",")}"#, TEXT)
+            .unwrap();
+        let d = doc(&items(500_000));
+        out.clear();
+        assert_eq!(long.render_within(&d, &mut out, usize::MAX), Ok(()));
+        assert_eq!(out.len(), 500_000 * 9 - 1);
     }
 
     #[test]

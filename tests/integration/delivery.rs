@@ -654,3 +654,47 @@ fn refused_connects_are_not_counted_as_connections_opened() {
     );
     assert_eq!(m.value("ricochet_connections_opened_total", &[]), Some(0.0));
 }
+
+/// Joins nested over one array render n² parts, most writing nothing: one event made its
+/// worker render for seconds (ingest and every delivery of that worker waiting), and
+/// was then delivered with an empty body. It now fails at once, never retried, saying
+/// why; the same event's other endpoint gets it.
+#[test]
+fn a_render_past_the_join_budget_fails_its_delivery_and_nothing_else() {
+    let rx = TestReceiver::start();
+    let nested = r#"format = "text"
+body = '{join(items, i, "{join(items, j, "{nothing}", "")}", "")}'
+retry = ["1s"]"#;
+    let srv = TestServer::start(&format!(
+        "{}{}",
+        endpoint("nested", r#"["t"]"#, &rx.url("/nested"), nested),
+        endpoint("plain", r#"["t"]"#, &rx.url("/plain"), "")
+    ));
+    let items = vec!["0"; 3_000].join(",");
+    let data = format!(r#"{{"items":[{items}]}}"#);
+    assert_eq!(
+        srv.connect().send(&event("t", "nest-1", &data)),
+        "ok nest-1 2"
+    );
+    let v = srv.wait_event("nest-1", Duration::from_secs(10), |v| {
+        let mut s = states(v);
+        s.sort();
+        s == ["delivered", "failed"]
+    });
+    let nested = v["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["endpoint"] == "nested")
+        .unwrap();
+    let a = nested["attempts"].as_array().unwrap();
+    assert_eq!(a.len(), 1, "never retried: {v}");
+    let error = a[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("body: its joins render more than 4194304 parts"),
+        "{error}"
+    );
+    let got = rx.wait_for(1, Duration::from_secs(10));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].path, "/plain");
+}
