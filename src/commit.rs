@@ -200,6 +200,15 @@ pub struct Outcome {
 /// About what a round's messages write ([`store::event_write_estimate`],
 /// [`store::outcome_write_estimate`]): the round's write batch starts this large instead
 /// of doubling its way there, a copy of all it holds each time.
+/// An endpoint's record as enabling it makes it: no disable, no failures counted, and
+/// no first-attempt bound (every delivery of it is paused: resuming them in acceptance
+/// order builds the bound afresh, see `State::resume`).
+fn enabled_afresh(meta: &mut EndpointMeta) {
+    meta.first_due_ms = 0;
+    meta.enable();
+    meta.fails = [0; 3];
+}
+
 fn round_bytes(msgs: &[CommitMsg]) -> usize {
     msgs.iter()
         .map(|m| match m {
@@ -1111,14 +1120,20 @@ impl State {
                     self.disable_ep(ep, by, detail.as_deref());
                 }
                 CommitMsg::SetEnabled { ep, enabled, reply } => {
-                    // As it was, to go back to if the change cannot be stored.
-                    let before = self.router.eps.get(&ep).map(|i| i.meta.clone());
+                    // Stored (synced) first, then made: a change the store cannot take is
+                    // not made at all (undoing one already told to the worker would leave
+                    // the jobs it dropped waiting for a restart).
+                    if let Err(e) = self.store_enabled(ep, enabled) {
+                        let _ = reply.send(Err(e));
+                        continue;
+                    }
                     if enabled {
                         self.enable_ep(ep);
                     } else {
                         self.disable_ep(ep, DisabledBy::Admin, None);
                     }
-                    enable_replies.push((ep, before, reply));
+                    // Answered once the round is done: a disable's deliveries are paused.
+                    enable_replies.push(reply);
                 }
                 CommitMsg::Shutdown(reply) => *shutdown = Some(reply),
                 CommitMsg::Snapshot(reply) => snapshots.push(reply),
@@ -1219,17 +1234,8 @@ impl State {
                 syncer::send_answer(&self.workers, &mut self.stats.acks, a);
             }
         }
-        // Latest first: a change that cannot be stored is undone (a 503 leaves the
-        // endpoint as it was, and as the store still has it), and two changes of one
-        // endpoint in a round are undone back to the first one's state.
-        for (ep, before, reply) in enable_replies.into_iter().rev() {
-            let result = self.persist_endpoint(ep);
-            if result.is_err() {
-                if let Some(before) = before {
-                    self.restore_enabled(ep, before);
-                }
-            }
-            let _ = reply.send(result);
+        for reply in enable_replies {
+            let _ = reply.send(Ok(()));
         }
         for (reply, r) in put_replies {
             let _ = reply.send(r);
@@ -1699,34 +1705,22 @@ impl State {
         self.settling.remove(&ep);
     }
 
-    /// Undoes an enable or disable whose record could not be stored: the endpoint is
-    /// enabled or disabled again as `before` has it (its worker told, its deliveries
-    /// paused or resumed as by any change), then its record is `before` (the reason,
-    /// the failure counts). Its record stays dirty: written with a round that succeeds,
-    /// the same as the store already holds.
-    fn restore_enabled(&mut self, ep: EndpointId, before: EndpointMeta) {
-        let Some(info) = self.router.eps.get(&ep) else {
-            return;
-        };
-        if info.enabled == before.is_disabled() {
-            match before.disabled_by() {
-                None => self.enable_ep(ep),
-                Some(by) => self.disable_ep(ep, by, None),
-            }
-        }
-        if let Some(info) = self.router.eps.get_mut(&ep) {
-            info.meta = before;
-        }
-        self.dirty.insert(ep);
-    }
-
-    /// Writes an endpoint's record now, synced (for an answer that must survive a crash).
-    fn persist_endpoint(&mut self, ep: EndpointId) -> Result<(), String> {
+    /// Writes an endpoint's record as an enable or a disable over the API makes it, synced,
+    /// before the change is made ([`Self::enable_ep`], [`Self::disable_ep`] then make the
+    /// same record): an answered change survives a crash, and one the store cannot
+    /// take is not made.
+    fn store_enabled(&mut self, ep: EndpointId, enabled: bool) -> Result<(), String> {
         let Some(info) = self.router.eps.get(&ep) else {
             return Ok(()); // deleted meanwhile: nothing left to keep
         };
+        let mut meta = info.meta.clone();
+        match (enabled, info.enabled) {
+            (true, true) => return Ok(()), // enabling an enabled endpoint changes nothing
+            (true, false) => enabled_afresh(&mut meta),
+            (false, _) => meta.disable(DisabledBy::Admin),
+        }
         let mut batch = self.store.batch();
-        batch.put_endpoint(&self.store, &info.name, &info.meta);
+        batch.put_endpoint(&self.store, &info.name, &meta);
         self.store.commit(batch, true).map_err(|e| e.to_string())
     }
 
@@ -1762,12 +1756,8 @@ impl State {
             if info.enabled {
                 return;
             }
-            // Every delivery of the endpoint is paused: resuming them in acceptance
-            // order builds the first-attempt bound afresh (see `resume`).
-            info.meta.first_due_ms = 0;
             info.enabled = true;
-            info.meta.enable();
-            info.meta.fails = [0; 3];
+            enabled_afresh(&mut info.meta);
             self.dirty.insert(ep);
             self.workers[info.worker].send(WorkerMsg::SetEnabled {
                 ep,

@@ -422,9 +422,10 @@ fn apply_endpoints(
         if meta.source == EndpointSource::Api && !meta.from_file {
             tracing::warn!(
                 endpoint = %spec.cfg.name,
-                "an endpoint created over the admin API is named by the config file: the \
-                 file's definition replaces it, and it is deleted at a start whose file no \
-                 longer lists it"
+                "the config file names an endpoint stored as made over the admin API (or a \
+                 file endpoint an older version stored so once replaced over it): the \
+                 file's definition replaces it, and a start whose file no longer lists it \
+                 deletes it"
             );
         }
         meta.source = EndpointSource::Config;
@@ -463,7 +464,8 @@ fn apply_endpoints(
                 // What `POST` would refuse now: a definition that no longer compiles, or
                 // a URL the SSRF guard refuses (turned on since it was made: every
                 // delivery would fail, its retries with it).
-                let refused = match EndpointSpec::compile(e.meta.id, cfg.clone()) {
+                // (Whether it compiles, and the reason.)
+                let (compiles, refused) = match EndpointSpec::compile(e.meta.id, cfg.clone()) {
                     Ok(spec) => match guarded.then(|| guarded_url_problem(&cfg)).flatten() {
                         None => {
                             if e.meta.disabled_by() == Some(DisabledBy::NotCompiling) {
@@ -480,9 +482,9 @@ fn apply_endpoints(
                             specs.push(spec);
                             continue;
                         }
-                        Some(problem) => problem,
+                        Some(problem) => (true, problem),
                     },
-                    Err(err) => err.to_string(),
+                    Err(err) => (false, err.to_string()),
                 };
                 // Kept, disabled: its deliveries wait paused (the loader would drop
                 // those of an endpoint it does not know) until a definition that passes
@@ -496,7 +498,11 @@ fn apply_endpoints(
                 );
                 let mut meta = e.meta.clone();
                 if !meta.is_disabled() {
-                    meta.disable_because(DisabledBy::NotCompiling, &refused);
+                    if compiles {
+                        meta.disable_refused(&refused);
+                    } else {
+                        meta.disable_because(DisabledBy::NotCompiling, &refused);
+                    }
                     batch.put_endpoint(store, &e.name, &meta);
                     disabled.insert(meta.id);
                 }

@@ -877,6 +877,14 @@ impl EndpointMeta {
         self.disabled_by = Some(by);
     }
 
+    /// Disables it as its stored definition, which compiles, is refused now by a check
+    /// it no longer passes (the SSRF guard's): [`DisabledBy::NotCompiling`], as what
+    /// lifts it is the same (a definition that passes), its reason saying why.
+    pub fn disable_refused(&mut self, why: &str) {
+        self.disabled_reason = Some(format!("its stored definition is refused now: {why}"));
+        self.disabled_by = Some(DisabledBy::NotCompiling);
+    }
+
     pub fn enable(&mut self) {
         self.disabled_reason = None;
         self.disabled_by = None;

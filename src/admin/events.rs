@@ -375,7 +375,8 @@ pub(super) fn attempt_json(event_id: &str, n: u16, a: &AttemptRecord, data: &[u8
         &a.request.body_excerpt
     };
     let body = String::from_utf8_lossy(body);
-    // A form body is a query: its credential-named fields are redacted as the URL's.
+    // A form body is a query: its credential-named fields are redacted as the URL's
+    // (written so since; again here for records written before).
     let body = match a.request.content_type {
         Some(ct) if ct == Format::Form.content_type() => redact_form(&body).into(),
         _ => body,

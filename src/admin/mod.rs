@@ -112,6 +112,8 @@ struct Admin {
     counts: HttpCounts,
     conns: AtomicUsize,
     idle: IdleConns,
+    /// What each worker and the committer last answered a scrape (`metrics.rs`).
+    last_seen: Mutex<metrics::LastSeen>,
 }
 
 /// How long a connection must have waited for a request before a new connection may
@@ -205,6 +207,7 @@ pub fn start(setup: AdminSetup) -> std::io::Result<SocketAddr> {
         counts: HttpCounts::default(),
         conns: AtomicUsize::new(0),
         idle: IdleConns::default(),
+        last_seen: Mutex::default(),
     });
     std::thread::Builder::new()
         .name("ricochet-admin".into())
@@ -325,7 +328,9 @@ fn host_name(host: &str) -> Option<&str> {
         }
     };
     let port_ok = port.is_none_or(|p| p.bytes().all(|b| b.is_ascii_digit()));
-    let name_ok = !name.is_empty()
+    // Empty is allowed (RFC 9112 §3.2: for a target without an authority); with a port,
+    // a name must come before it.
+    let name_ok = (!name.is_empty() || port.is_none())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._~:%!$&'()*+;=".contains(&b));
@@ -979,6 +984,8 @@ mod tests {
             assert_eq!(host_name(h), None, "{h}");
         }
         assert_eq!(host_name(" api.example:8080 "), Some("api.example"));
+        assert_eq!(host_name(""), Some(""));
+        assert_eq!(host_name(":80"), None);
         assert_eq!(host_name("[::1]:1"), Some("::1"));
     }
 

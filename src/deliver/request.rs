@@ -17,7 +17,7 @@ use crate::deliver::http1::{
 };
 use crate::endpoint::EndpointSpec;
 use crate::store::{EventRecord, RequestLog, BODY_EXCERPT};
-use crate::template::{render_default_body, Doc, Overflow};
+use crate::template::{render_default_body, Doc, Overflow, RenderBudget};
 
 /// The `User-Agent` every request carries.
 pub const USER_AGENT: &str = concat!("ricochet/", env!("CARGO_PKG_VERSION"));
@@ -75,9 +75,9 @@ pub enum BuildError {
     #[error("{part} over {} KiB after rendering: not sent", limit >> 10)]
     TooLarge { part: &'static str, limit: usize },
     #[error(
-        "{part}: its joins render more than {} parts for this event (joins nested over \
-         one array?): not sent",
-        crate::template::MAX_JOIN_PARTS
+        "{part}: rendering this event takes more than {} steps (joins nested over one \
+         array?): not sent",
+        crate::template::MAX_RENDER_STEPS
     )]
     TooMuchWork { part: &'static str },
 }
@@ -91,13 +91,15 @@ pub fn build(
     s: &mut Scratch,
     out: &mut Vec<u8>,
 ) -> Result<Arc<Target>, BuildError> {
+    // One budget for all the request's templates.
+    let mut budget = RenderBudget::new();
     let target = match &spec.static_target {
         Some(t) => t.clone(),
         None => {
             s.url.clear();
             spec.url
-                .render_within(doc, &mut s.url, MAX_URL_BYTES)
-                .map_err(|o| too_large(o, "URL", MAX_URL_BYTES))?;
+                .render_within(doc, &mut s.url, MAX_URL_BYTES, &mut budget)
+                .map_err(|o| render_error(o, "URL", MAX_URL_BYTES))?;
             // A value rendered as a whole `.` or `..` segment would send the request
             // to another path: such a URL is malformed.
             let parsed = parse_url(&s.url).and_then(|t| {
@@ -127,7 +129,7 @@ pub fn build(
         has_body && spec.body.is_none() && matches!(spec.cfg.format, Format::Json | Format::Text);
     if has_body && !passthrough {
         let fits = match &spec.body {
-            Some(t) => t.render_within(doc, &mut s.body, MAX_BODY_BYTES),
+            Some(t) => t.render_within(doc, &mut s.body, MAX_BODY_BYTES, &mut budget),
             None => {
                 render_default_body(body_format(spec), doc, &mut s.body);
                 if s.body.len() <= MAX_BODY_BYTES {
@@ -137,7 +139,7 @@ pub fn build(
                 }
             }
         };
-        fits.map_err(|o| too_large(o, "body", MAX_BODY_BYTES))?;
+        fits.map_err(|o| render_error(o, "body", MAX_BODY_BYTES))?;
     }
     let body: &[u8] = if passthrough { event.data() } else { &s.body };
     s.passthrough = passthrough;
@@ -153,8 +155,8 @@ pub fn build(
     s.ranges.clear();
     for (_, t) in &spec.headers {
         let start = s.values.len();
-        t.render_within(doc, &mut s.values, MAX_HEADER_BYTES)
-            .map_err(|o| too_large(o, "header values", MAX_HEADER_BYTES))?;
+        t.render_within(doc, &mut s.values, MAX_HEADER_BYTES, &mut budget)
+            .map_err(|o| render_error(o, "header values", MAX_HEADER_BYTES))?;
         s.ranges.push((start, s.values.len()));
     }
     let fixed: [Option<(&[u8], &[u8])>; 5] = [
@@ -182,8 +184,8 @@ pub fn build(
     Ok(target)
 }
 
-/// The error of a render that stopped: too long, or too much work for its joins.
-fn too_large(why: Overflow, part: &'static str, limit: usize) -> BuildError {
+/// The error of a render that stopped: too long, or too much work.
+fn render_error(why: Overflow, part: &'static str, limit: usize) -> BuildError {
     match why {
         Overflow::Length => BuildError::TooLarge { part, limit },
         Overflow::Work => BuildError::TooMuchWork { part },
@@ -318,6 +320,11 @@ pub fn log_of(spec: &EndpointSpec, s: &Scratch) -> RequestLog {
         body_is_data: s.passthrough,
         body_excerpt: if s.passthrough {
             Vec::new()
+        } else if has_body && spec.cfg.format == Format::Form {
+            // A form body is a query: its credential-named fields are redacted before
+            // the record is written, as the URL's query is.
+            let excerpt = &s.body[..s.body.len().min(BODY_EXCERPT)];
+            redact_form(&String::from_utf8_lossy(excerpt)).into_bytes()
         } else {
             s.body[..s.body.len().min(BODY_EXCERPT)].to_vec()
         },
@@ -457,12 +464,31 @@ pub fn redact_form(body: &str) -> String {
 }
 
 /// A form body template's line with the values of its credential-named fields masked,
-/// one `*` per character (see [`mask_query_secrets`]).
+/// one `*` per character (see [`mask_query_secrets`]). A template's line is not a body:
+/// a field may start inside a join's text (`{join(l, i, "api_key=…&{i}")}`), so every
+/// `name=` counts, its name the name characters before the `=`, its value what follows
+/// up to a `&`, a quote, a brace or a space.
 pub fn mask_form_secrets(line: &str) -> String {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || "_.-%+[]~".contains(c);
+    let ends_value = |c: char| matches!(c, '&' | ';' | '"' | '{' | '}') || c.is_whitespace();
     let mut out = String::with_capacity(line.len());
-    rewrite_secret_params(&mut out, line, |out, value| {
-        out.extend(value.chars().map(|_| '*'))
-    });
+    let mut masking = false;
+    for (i, c) in line.char_indices() {
+        if masking && ends_value(c) {
+            masking = false;
+        }
+        out.push(if masking { '*' } else { c });
+        if c == '=' && !masking {
+            let before = &line[..i];
+            let start = before
+                .char_indices()
+                .rev()
+                .take_while(|&(_, c)| is_name(c))
+                .last()
+                .map_or(i, |(j, _)| j);
+            masking = start < i && is_secret_param(&line[start..i]);
+        }
+    }
     out
 }
 
@@ -718,6 +744,25 @@ body = '{join(items, i, "{i}:{Oid}")}'"#;
         assert!(out.ends_with(b"1:abc,2:abc"));
     }
 
+    /// The attempt record holds a form body's credentials redacted: the store never
+    /// has them (it did, and the log redacted them only as it read them).
+    #[test]
+    fn a_form_body_is_written_to_the_attempt_log_redacted() {
+        let toml = "[[endpoint]]\nname = \"p\"\nevents = [\"t\"]\nurl = \"http://h/x\"\n\
+                    format = \"form\"\nbody = \"api_key=K3Y&oid={oid}\"\n";
+        let spec = EndpointSpec::compile(0, first_endpoint(toml)).unwrap();
+        let data = r#"{"oid":"o1"}"#;
+        let event = EventRecord::new(1, Some("e-1"), "t", None, 0, &[0], data.as_bytes());
+        let doc = Doc::parse(bytes::Bytes::from(data)).unwrap();
+        let mut s = Scratch::default();
+        let mut wire = Vec::new();
+        build(&spec, &event, &doc, 0, &mut s, &mut wire).unwrap();
+        assert!(wire.ends_with(b"api_key=K3Y&oid=o1"));
+        let log = log_of(&spec, &s);
+        assert_eq!(log.body_excerpt, b"api_key=[redacted]&oid=o1");
+        assert_eq!(log.body_len, 18);
+    }
+
     #[test]
     fn a_form_body_s_credential_fields_are_redacted_as_a_query_s() {
         assert_eq!(
@@ -729,6 +774,15 @@ body = '{join(items, i, "{i}:{Oid}")}'"#;
         assert_eq!(
             mask_form_secrets("api_key=s3&oid={OrderId}&x={Bad"),
             "api_key=**&oid={OrderId}&x={Bad"
+        );
+        // A field that starts in a join's text; one written by a placeholder stays.
+        assert_eq!(
+            mask_form_secrets(r#"x={join(l, i, "api_key=SEK_10&{i}", "&")}&token={T}&y={bad("#),
+            r#"x={join(l, i, "api_key=******&{i}", "&")}&token={T}&y={bad("#
+        );
+        assert_eq!(
+            mask_form_secrets("a=1;pass%77ord=pw x"),
+            "a=1;pass%77ord=** x"
         );
     }
 

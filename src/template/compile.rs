@@ -107,7 +107,7 @@ pub(super) fn compile(src: &str, ctx: Context) -> Result<(Vec<Part>, usize), Tem
                  write `%23` for a `#` the receiver should get",
             ));
         }
-        if let Some(at) = stray_percent(&shape) {
+        if let Some(at) = stray_percent(&ir, &c.lits, &c.lit_at) {
             return Err(c.error(
                 at,
                 "a `%` that two hex digits do not follow: a value after it would complete \
@@ -169,21 +169,24 @@ fn url_shape(ir: &[Ir], lits: &[u8], lit_at: &[usize], out: &mut Shape) {
     }
 }
 
-/// The source offset of a literal `%` in a URL template with placeholders that two
-/// literal hex digits do not follow (a URL without placeholders is the operator's own,
-/// sent as written). A value right after it would complete the escape with its first
-/// characters, so the value would not be one segment or query value as written.
-fn stray_percent(shape: &Shape) -> Option<usize> {
-    let hex = |i: usize| {
-        shape
-            .get(i)
-            .copied()
-            .flatten()
-            .is_some_and(|(b, _)| b.is_ascii_hexdigit())
+/// The source offset of a literal `%` in a URL template with placeholders that two hex
+/// digits of the same literal text do not follow (a URL without placeholders is the
+/// operator's own, sent as written). A value after it would complete the escape with
+/// its first characters, so the value would not be one segment or query value as
+/// written; and hex digits from a join's text may not be there (an empty array renders
+/// none of it).
+fn stray_percent(ir: &[Ir], lits: &[u8], lit_at: &[usize]) -> Option<usize> {
+    let run = |r: &Range<usize>| {
+        let b = &lits[r.clone()];
+        let hex = |i: usize| b.get(i).is_some_and(|c| c.is_ascii_hexdigit());
+        (0..b.len())
+            .find(|&i| b[i] == b'%' && !(hex(i + 1) && hex(i + 2)))
+            .map(|i| lit_at[r.start + i])
     };
-    shape.iter().enumerate().find_map(|(i, x)| match x {
-        Some((b'%', at)) if !(hex(i + 1) && hex(i + 2)) => Some(*at),
-        _ => None,
+    ir.iter().find_map(|p| match p {
+        Ir::Lit(r) => run(r),
+        Ir::Value { .. } => None,
+        Ir::Join { body, sep, .. } => stray_percent(body, lits, lit_at).or_else(|| run(sep)),
     })
 }
 
@@ -827,6 +830,8 @@ mod tests {
             ("http://h/p?q=%zz&v={v}", 14),
             ("http://h/{p}?q=100%", 19),
             (r#"http://h/?a={join(xs, x, "{x}%", ",")}"#, 30),
+            // Hex digits from a join's text: an empty array renders none of them.
+            (r#"http://h/?a=%{join(xs, x, "41", "")}{y}"#, 13),
         ] {
             assert_err(
                 src,

@@ -112,9 +112,11 @@ impl Seg {
 /// Number of look-up hints kept during one render (direct-mapped by object index).
 pub(super) const HINTS: usize = 8;
 
-/// Per object, the member after the last one found, so look-ups made in document order (the common
-/// case: templates list fields in the order the data has them) cost one comparison.
-/// Any search order finds the same member, since duplicates are shadowed at parse time.
+/// Per object, the member last found, where the next look-up starts: the same field
+/// again (a top-level field read for every element of a join) costs one comparison,
+/// and the next in document order (the common case: templates list fields in the order
+/// the data has them) two. Any search order finds the same member, since duplicates
+/// are shadowed at parse time.
 pub(super) type Hints = [(u32, u32); HINTS];
 
 pub(super) const NO_HINTS: Hints = [(u32::MAX, 0); HINTS];
@@ -181,12 +183,13 @@ impl Doc {
         }
     }
 
-    /// The `i`th element of the array at `arr`.
-    pub(super) fn nth(&self, arr: u32, i: u32) -> Option<u32> {
+    /// The `i`th element of the array at `arr`; `visited` counts the elements passed.
+    pub(super) fn nth(&self, arr: u32, i: u32, visited: &mut usize) -> Option<u32> {
         let end = self.node(arr).next;
         let mut c = arr + 1;
         let mut k = 0;
         while c < end {
+            *visited += 1;
             if k == i {
                 return Some(c);
             }
@@ -196,9 +199,16 @@ impl Doc {
         None
     }
 
-    /// The member of the object at `obj` whose key is `seg`.
+    /// The member of the object at `obj` whose key is `seg`; `visited` counts the
+    /// members compared.
     #[inline]
-    pub(super) fn member(&self, obj: u32, seg: &Seg, hints: &mut Hints) -> Option<u32> {
+    pub(super) fn member(
+        &self,
+        obj: u32,
+        seg: &Seg,
+        hints: &mut Hints,
+        visited: &mut usize,
+    ) -> Option<u32> {
         let end = self.node(obj).next;
         let first = obj + 1;
         if first >= end {
@@ -212,10 +222,11 @@ impl Doc {
         };
         let mut c = start;
         loop {
+            *visited += 1;
             let n = self.node(c);
             if n.key_hash == seg.hash && n.flags & SHADOWED == 0 && self.key_is(n, &seg.name) {
-                // Next time, start right after this member (wrapping to the first).
-                hints[slot] = (obj, if n.next >= end { first } else { n.next });
+                // Next time, start at this member.
+                hints[slot] = (obj, c);
                 return Some(c);
             }
             c = n.next;
@@ -794,8 +805,8 @@ mod tests {
         for s in path.split('.') {
             let seg = Seg::new(s);
             cur = match d.node(cur).kind {
-                Kind::Object => d.member(cur, &seg, &mut hints)?,
-                Kind::Array => d.nth(cur, seg.index?)?,
+                Kind::Object => d.member(cur, &seg, &mut hints, &mut 0)?,
+                Kind::Array => d.nth(cur, seg.index?, &mut 0)?,
                 _ => return None,
             };
         }
@@ -838,10 +849,12 @@ mod tests {
             .collect();
         for i in order {
             let seg = Seg::new(&keys[i]);
-            let m = d.member(Doc::ROOT, &seg, &mut hints).unwrap();
+            let m = d.member(Doc::ROOT, &seg, &mut hints, &mut 0).unwrap();
             assert_eq!(d.text(d.node(m)), format!("v{}", keys[i]).as_bytes());
         }
-        assert!(d.member(Doc::ROOT, &Seg::new("k40"), &mut hints).is_none());
+        assert!(d
+            .member(Doc::ROOT, &Seg::new("k40"), &mut hints, &mut 0)
+            .is_none());
     }
 
     #[test]

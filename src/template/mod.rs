@@ -33,7 +33,7 @@ mod render;
 use std::sync::Arc;
 
 pub use doc::{Doc, DocError};
-pub use render::{render_default_body, Overflow, MAX_JOIN_PARTS};
+pub use render::{render_default_body, Overflow, RenderBudget, MAX_RENDER_STEPS};
 
 /// Where a template's output lands; decides the escaping at compile time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,22 +129,24 @@ impl Template {
     }
 
     /// Appends the rendered text to `out`. A missing data point renders empty (`null`
-    /// where a JSON body expects a value).
+    /// where a JSON body expects a value). A render past [`MAX_RENDER_STEPS`] stops
+    /// there, `out` cut short anywhere (requests use [`Template::render_within`]).
     pub fn render(&self, doc: &Doc, out: &mut Vec<u8>) {
-        let _ = self.render_within(doc, out, usize::MAX);
+        let _ = self.render_within(doc, out, usize::MAX, &mut RenderBudget::new());
     }
 
     /// [`Template::render`], stopping with [`Overflow`] once `out` is longer than
-    /// `max_len`, or its joins have rendered [`MAX_JOIN_PARTS`] parts (what `out` holds
-    /// then is cut short anywhere).
+    /// `max_len`, or `budget` is spent (what `out` holds then is cut short anywhere).
+    /// One budget goes through every template of a request.
     pub fn render_within(
         &self,
         doc: &Doc,
         out: &mut Vec<u8>,
         max_len: usize,
+        budget: &mut RenderBudget,
     ) -> Result<(), Overflow> {
         out.reserve(self.size_hint.min(max_len.saturating_sub(out.len())));
-        render::render(&self.parts, doc, out, max_len)
+        render::render(&self.parts, doc, out, max_len, budget)
     }
 
     /// True when the template has no placeholder at all: it renders the same bytes for

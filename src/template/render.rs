@@ -15,46 +15,75 @@ struct Cx {
     hints: Hints,
     /// The longest `out` may grow.
     max_len: usize,
-    /// Parts a join's elements may still render ([`MAX_JOIN_PARTS`]).
-    join_parts_left: usize,
+    /// Steps the render may still take ([`RenderBudget`]).
+    steps_left: usize,
 }
 
-/// The most parts the elements of a render's joins may render, all joins together:
-/// about 50 ms of a worker at worst. The output's length bounds the work of parts that
-/// write; this bounds the rest. Joins nested over one array (`{join(items, i,
-/// "{join(items, j, …)}", …)}`) render n² (up to n⁸) parts, most writing nothing when a
-/// data point is missing: 30,000 elements took 11 s with an empty body, the worker's
-/// ingest and deliveries stopped meanwhile. A join over every element of the largest
-/// event (a 1 MiB line holds at most ~500,000) with 8 parts each stays within it.
-pub const MAX_JOIN_PARTS: usize = 1 << 22;
+/// The most steps one request's renders may take, its URL, headers and body together:
+/// a step is a part a join's element renders, or a member or element passed while a
+/// data point is looked up. About 50 ms of a worker at worst. The output's length
+/// bounds the work of parts that write; this bounds the rest. Joins nested over one
+/// array (`{join(items, i, "{join(items, j, …)}", …)}`) render n² (up to n⁸) parts,
+/// most writing nothing when a data point is missing: 30,000 elements took 11 s with an
+/// empty body, the worker's ingest and deliveries stopped meanwhile; and a look-up
+/// passes every member of a large object when the key is missing. A join over every
+/// element of the largest event (a 1 MiB line holds at most ~500,000) with 8 parts
+/// each stays within it.
+pub const MAX_RENDER_STEPS: usize = 1 << 22;
+
+/// What one request's renders may still take ([`MAX_RENDER_STEPS`] to begin with):
+/// passed to each of its templates in turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RenderBudget(usize);
+
+impl RenderBudget {
+    pub fn new() -> RenderBudget {
+        RenderBudget(MAX_RENDER_STEPS)
+    }
+}
+
+impl Default for RenderBudget {
+    fn default() -> RenderBudget {
+        RenderBudget::new()
+    }
+}
 
 /// Why a render stopped ([`render`]): a request that would not be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Overflow {
     /// `out` would have grown past the length allowed.
     Length,
-    /// Its joins would have rendered more than [`MAX_JOIN_PARTS`] parts.
+    /// The request's renders would have taken more than [`MAX_RENDER_STEPS`] steps.
     Work,
 }
 
 /// Appends the rendering to `out`, stopping with [`Overflow`] as soon as `out` is
 /// longer than `max_len` (a join over a long array can multiply an event's size: each
 /// element may read a large top-level field, so the check runs after every part, not
-/// once at the end), or once its joins' elements have rendered [`MAX_JOIN_PARTS`]
-/// parts.
+/// once at the end), or once `budget` is spent.
 pub(super) fn render(
     parts: &[Part],
     doc: &Doc,
     out: &mut Vec<u8>,
     max_len: usize,
+    budget: &mut RenderBudget,
 ) -> Result<(), Overflow> {
     let mut cx = Cx {
         vars: [Doc::ROOT; MAX_JOIN_DEPTH],
         hints: NO_HINTS,
         max_len,
-        join_parts_left: MAX_JOIN_PARTS,
+        steps_left: budget.0,
     };
-    parts_into(parts, doc, &mut cx, out)
+    let result = parts_into(parts, doc, &mut cx, out);
+    budget.0 = cx.steps_left;
+    result
+}
+
+/// Takes `n` steps from what is left.
+#[inline]
+fn spend(cx: &mut Cx, n: usize) -> Result<(), Overflow> {
+    cx.steps_left = cx.steps_left.checked_sub(n).ok_or(Overflow::Work)?;
+    Ok(())
 }
 
 fn parts_into(parts: &[Part], doc: &Doc, cx: &mut Cx, out: &mut Vec<u8>) -> Result<(), Overflow> {
@@ -62,11 +91,11 @@ fn parts_into(parts: &[Part], doc: &Doc, cx: &mut Cx, out: &mut Vec<u8>) -> Resu
         match part {
             Part::Lit(b) => out.extend_from_slice(b),
             Part::Value { path, esc } => {
-                let node = resolve(path, doc, cx);
+                let node = resolve(path, doc, cx)?;
                 value(doc, node, *esc, out);
             }
             Part::Join(j) => {
-                let Some(arr) = resolve(&j.path, doc, cx) else {
+                let Some(arr) = resolve(&j.path, doc, cx)? else {
                     continue;
                 };
                 if doc.node(arr).kind != Kind::Array {
@@ -74,10 +103,7 @@ fn parts_into(parts: &[Part], doc: &Doc, cx: &mut Cx, out: &mut Vec<u8>) -> Resu
                 }
                 for (k, el) in doc.children(arr).enumerate() {
                     // At least one per element: a body of nothing costs its loop too.
-                    cx.join_parts_left = cx
-                        .join_parts_left
-                        .checked_sub(j.body.len().max(1))
-                        .ok_or(Overflow::Work)?;
+                    spend(cx, j.body.len().max(1))?;
                     if k > 0 {
                         out.extend_from_slice(&j.sep);
                     }
@@ -93,16 +119,25 @@ fn parts_into(parts: &[Part], doc: &Doc, cx: &mut Cx, out: &mut Vec<u8>) -> Resu
     Ok(())
 }
 
+/// The node `path` names (`None`: missing), its look-up's steps spent.
 #[inline]
-fn resolve(path: &Path, doc: &Doc, cx: &mut Cx) -> Option<u32> {
+fn resolve(path: &Path, doc: &Doc, cx: &mut Cx) -> Result<Option<u32>, Overflow> {
+    let mut visited = 0;
+    let found = lookup(path, doc, cx, &mut visited);
+    spend(cx, visited)?;
+    Ok(found)
+}
+
+#[inline]
+fn lookup(path: &Path, doc: &Doc, cx: &mut Cx, visited: &mut usize) -> Option<u32> {
     let mut cur = match path.var {
         None => Doc::ROOT,
         Some(slot) => cx.vars[usize::from(slot)],
     };
     for seg in path.segs.iter() {
         cur = match doc.node(cur).kind {
-            Kind::Object => doc.member(cur, seg, &mut cx.hints)?,
-            Kind::Array => doc.nth(cur, seg.index?)?,
+            Kind::Object => doc.member(cur, seg, &mut cx.hints, visited)?,
+            Kind::Array => doc.nth(cur, seg.index?, visited)?,
             _ => return None,
         };
     }
@@ -263,7 +298,7 @@ fn xml_name_char(ch: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::super::{BodyFormat, Context, Doc, Template};
-    use super::Overflow;
+    use super::{Overflow, RenderBudget, MAX_RENDER_STEPS};
     use bytes::Bytes;
 
     const JSON: Context = Context::Body(BodyFormat::Json);
@@ -503,11 +538,14 @@ mod tests {
     }
 
     /// Joins nested over one array render n² parts, writing nothing when the data point
-    /// they read is missing: the output's length bounds none of that work, the join
+    /// they read is missing: the output's length bounds none of that work, the render
     /// budget does. A long join that writes stays within it.
     #[test]
-    fn joins_nested_over_one_array_stop_at_the_join_budget() {
+    fn joins_nested_over_one_array_stop_at_the_render_budget() {
         let items = |n: usize| format!(r#"{{"items":[{}]}}"#, vec!["0"; n].join(","));
+        let within = |t: &Template, d: &Doc, out: &mut Vec<u8>| {
+            t.render_within(d, out, usize::MAX, &mut RenderBudget::new())
+        };
         let nested = Template::compile(
             r#"{join(items, i, "{join(items, j, "{nothing}", "")}", "")}"#,
             TEXT,
@@ -516,21 +554,66 @@ mod tests {
         let mut out = Vec::new();
         // 30,000² = 900 million parts (11 s unbounded): stopped after the budget.
         let d = doc(&items(30_000));
-        assert_eq!(
-            nested.render_within(&d, &mut out, usize::MAX),
-            Err(Overflow::Work)
-        );
+        assert_eq!(within(&nested, &d, &mut out), Err(Overflow::Work));
         assert!(out.is_empty());
         // 1,000² = 1 million: within it.
         let d = doc(&items(1_000));
-        assert_eq!(nested.render_within(&d, &mut out, usize::MAX), Ok(()));
+        assert_eq!(within(&nested, &d, &mut out), Ok(()));
         // One join over 500,000 elements, 8 parts each: 4 million, within it.
         let long = Template::compile(r#"{join(items, i, "{i}{i}{i}{i}{i}{i}{i}{i}", ",")}"#, TEXT)
             .unwrap();
         let d = doc(&items(500_000));
         out.clear();
-        assert_eq!(long.render_within(&d, &mut out, usize::MAX), Ok(()));
+        assert_eq!(within(&long, &d, &mut out), Ok(()));
         assert_eq!(out.len(), 500_000 * 9 - 1);
+    }
+
+    /// A look-up passes members until it finds its key, every one when the key is
+    /// missing: a top-level field missing from a large object, read for every element of
+    /// a join, is as much work as nested joins, and counts against the same budget. A
+    /// field that is there is found again at once.
+    #[test]
+    fn look_ups_count_against_the_render_budget() {
+        let keys: Vec<String> = (0..20_000).map(|k| format!(r#""k{k}":0"#)).collect();
+        let data = format!(
+            r#"{{{},"Oid":"o","items":[{}]}}"#,
+            keys.join(","),
+            vec!["0"; 20_000].join(",")
+        );
+        let d = doc(&data);
+        let mut out = Vec::new();
+        let mut budget = RenderBudget::new();
+        let missing = Template::compile(r#"{join(items, i, "{i}:{Nope}")}"#, TEXT).unwrap();
+        // 20,000 elements × 20,002 members passed.
+        assert_eq!(
+            missing.render_within(&d, &mut out, usize::MAX, &mut budget),
+            Err(Overflow::Work)
+        );
+        // The last member, read for every element: found where the last look-up did.
+        let there = Template::compile(r#"{join(items, i, "{i}:{Oid}")}"#, TEXT).unwrap();
+        let mut budget = RenderBudget::new();
+        out.clear();
+        assert_eq!(
+            there.render_within(&d, &mut out, usize::MAX, &mut budget),
+            Ok(())
+        );
+        let spent = MAX_RENDER_STEPS - budget.0;
+        // Per element: its 3 parts, `i` (no look-up), `Oid` (1 member compared); and
+        // the first `Oid` and `items` look-ups pass the object once each.
+        assert!(spent <= 20_000 * 4 + 2 * 20_002 + 10, "{spent} steps");
+        // One budget goes through the templates of a request: what one spent, the next
+        // has not.
+        let mut small = RenderBudget(10);
+        assert_eq!(
+            Template::compile("{a}{b}{c}", TEXT).unwrap().render_within(
+                &doc(r#"{"a":1,"b":2,"c":3}"#),
+                &mut out,
+                usize::MAX,
+                &mut small
+            ),
+            Ok(())
+        );
+        assert!(small.0 < 10);
     }
 
     #[test]

@@ -858,7 +858,7 @@ fn an_endpoint_is_the_file_s_once_the_file_names_it_whoever_replaced_it_since() 
     );
     assert!(
         srv.log()
-            .contains("an endpoint created over the admin API is named by the config file"),
+            .contains("the config file names an endpoint stored as made over the admin API"),
         "{}",
         srv.log()
     );

@@ -660,7 +660,7 @@ fn refused_connects_are_not_counted_as_connections_opened() {
 /// was then delivered with an empty body. It now fails at once, never retried, saying
 /// why; the same event's other endpoint gets it.
 #[test]
-fn a_render_past_the_join_budget_fails_its_delivery_and_nothing_else() {
+fn a_render_past_the_render_budget_fails_its_delivery_and_nothing_else() {
     let rx = TestReceiver::start();
     let nested = r#"format = "text"
 body = '{join(items, i, "{join(items, j, "{nothing}", "")}", "")}'
@@ -691,7 +691,7 @@ retry = ["1s"]"#;
     assert_eq!(a.len(), 1, "never retried: {v}");
     let error = a[0]["error"].as_str().unwrap_or_default();
     assert!(
-        error.starts_with("body: its joins render more than 4194304 parts"),
+        error.starts_with("body: rendering this event takes more than 4194304 steps"),
         "{error}"
     );
     let got = rx.wait_for(1, Duration::from_secs(10));
