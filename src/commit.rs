@@ -197,9 +197,6 @@ pub struct Outcome {
     pub handed: bool,
 }
 
-/// About what a round's messages write ([`store::event_write_estimate`],
-/// [`store::outcome_write_estimate`]): the round's write batch starts this large instead
-/// of doubling its way there, a copy of all it holds each time.
 /// An endpoint's record as enabling it makes it: no disable, no failures counted, and
 /// no first-attempt bound (every delivery of it is paused: resuming them in acceptance
 /// order builds the bound afresh, see `State::resume`).
@@ -209,6 +206,9 @@ fn enabled_afresh(meta: &mut EndpointMeta) {
     meta.fails = [0; 3];
 }
 
+/// About what a round's messages write ([`store::event_write_estimate`],
+/// [`store::outcome_write_estimate`]): the round's write batch starts this large instead
+/// of doubling its way there, a copy of all it holds each time.
 fn round_bytes(msgs: &[CommitMsg]) -> usize {
     msgs.iter()
         .map(|m| match m {
@@ -521,6 +521,11 @@ struct State {
     /// Endpoints disabled this round, with their worker's answer to come: which of
     /// their deliveries are in flight (those keep their due keys; see `pause_all`).
     pausing: HashMap<EndpointId, crossbeam_channel::Receiver<Vec<u64>>>,
+    /// Disabled endpoints whose pause the store refused (a full disk), with their
+    /// attempts in flight then: tried again each tick while they stay disabled.
+    pause_again: Vec<(EndpointId, HashSet<u64>)>,
+    /// Those refusals, logged at most every 10 s.
+    pause_failures: Tally,
     /// `ordered` endpoints whose first-attempt bound this round's events moved, with the
     /// bound before: put back if the round is not written.
     first_due_before: Vec<(EndpointId, u64)>,
@@ -897,6 +902,8 @@ impl Committer {
             resuming: Vec::new(),
             settling: HashSet::default(),
             pausing: HashMap::default(),
+            pause_again: Vec::new(),
+            pause_failures: Tally::default(),
             first_due_before: Vec::new(),
             registry: self.registry,
             next_ep_id,
@@ -1579,13 +1586,29 @@ impl State {
                 HashSet::default()
             }
         };
+        self.pause_due_of(ep, running);
+    }
+
+    /// Moves `ep`'s deliveries from `due` to `paused`, but those in `running`. Refused by
+    /// the store (a full disk: the jobs its worker dropped at the disable would wait in
+    /// `due` below the cursor until a restart), it is tried again each tick while the
+    /// endpoint stays disabled ([`Self::pause_again`]).
+    fn pause_due_of(&mut self, ep: EndpointId, running: HashSet<u64>) {
         let mut moved = 0;
         let result = self
             .store
             .pause_due(|k| k.ep == ep && !running.contains(&k.seq), &mut moved);
         self.stats.paused += moved;
         if let Err(e) = result {
-            tracing::error!(error = %e, "cannot pause deliveries");
+            if let Some(failures) = self.pause_failures.note(Duration::from_secs(10)) {
+                tracing::error!(
+                    endpoint = ep,
+                    error = %e,
+                    failures,
+                    "cannot pause deliveries: tried again each tick while the endpoint stays disabled"
+                );
+            }
+            self.pause_again.push((ep, running));
             return;
         }
         tracing::info!(
@@ -1594,6 +1617,17 @@ impl State {
             in_flight = running.len(),
             "paused the deliveries of a disabled endpoint"
         );
+    }
+
+    /// Pauses the store refused before, for endpoints still disabled. One enabled again
+    /// meanwhile is left: what its worker dropped waits for a restart, as the full-disk
+    /// advice says (docs/operations.md).
+    fn pause_again(&mut self) {
+        for (ep, running) in std::mem::take(&mut self.pause_again) {
+            if self.router.eps.get(&ep).is_some_and(|i| !i.enabled) {
+                self.pause_due_of(ep, running);
+            }
+        }
     }
 
     /// Moves paused deliveries of resumed endpoints back to `due` (a page per tick), in
@@ -2461,6 +2495,9 @@ impl State {
 
     /// Moves the cursor toward `now + HORIZON_MS`, handing what it passes to workers.
     fn load(&mut self) {
+        if !self.pause_again.is_empty() {
+            self.pause_again();
+        }
         if !self.holds_sent.is_empty() {
             self.holds_sent = self.holds_sent.split_off(&self.cursor);
         }

@@ -212,7 +212,7 @@ impl Admin {
                 });
                 match await_reply(rx) {
                     Ok(Ok(())) => json_response(200, &json!({ "name": name, "enabled": enabled })),
-                    // Not stored, not made: the committer undid it.
+                    // Not stored, so not made: the committer writes the record first.
                     Ok(Err(e)) => error(
                         503,
                         format!("cannot store the change, so it was not made: {e}"),

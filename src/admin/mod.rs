@@ -424,7 +424,9 @@ impl Admin {
         if req.host.as_deref().is_some_and(|h| host_name(h).is_none()) {
             return error(400, "malformed Host header (expected host or host:port)");
         }
-        if loopback && !req.host.as_deref().is_none_or(is_loopback_host) {
+        // An empty `Host` is as none (a browser always names the host it asks).
+        let host = req.host.as_deref().filter(|h| !h.trim().is_empty());
+        if loopback && !host.is_none_or(is_loopback_host) {
             return error(
                 403,
                 "the Host header must name this machine's loopback (localhost, 127.0.0.1, [::1])",

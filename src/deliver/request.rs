@@ -76,7 +76,7 @@ pub enum BuildError {
     TooLarge { part: &'static str, limit: usize },
     #[error(
         "{part}: rendering this event takes more than {} steps (joins nested over one \
-         array?): not sent",
+         array, or a look-up in a large object for every element?): not sent",
         crate::template::MAX_RENDER_STEPS
     )]
     TooMuchWork { part: &'static str },
@@ -387,7 +387,7 @@ pub fn mask_query_secrets(line: &str) -> String {
     rewrite_secret_values(&mut out, &mask_userinfo(line), |out, value| {
         out.extend(value.chars().map(|_| '*'))
     });
-    out
+    mask_union(line, &out, &mask_named_values(line))
 }
 
 /// `line` with the userinfo of a URL's authority (`user:password@`, which ricochet
@@ -464,23 +464,45 @@ pub fn redact_form(body: &str) -> String {
 }
 
 /// A form body template's line with the values of its credential-named fields masked,
-/// one `*` per character (see [`mask_query_secrets`]). A template's line is not a body:
-/// a field may start inside a join's text (`{join(l, i, "api_key=…&{i}")}`), so every
-/// `name=` counts, its name the name characters before the `=`, its value what follows
-/// up to a `&`, a quote, a brace or a space.
+/// one `*` per character (see [`mask_query_secrets`]): each field's whole value, up to
+/// its `&`, placeholders and joins included (`api_key={join(…)}`, `api_key="…"`), and
+/// also a `name=` that starts inside a join's text (`{join(l, i, "api_key=…&{i}")}`).
 pub fn mask_form_secrets(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    rewrite_secret_params(&mut out, line, |out, value| {
+        out.extend(value.chars().map(|_| '*'))
+    });
+    mask_union(line, &out, &mask_named_values(line))
+}
+
+/// `line` with every character masked that either mask masked (both keep its
+/// characters where they are, one `*` for one character).
+fn mask_union(line: &str, a: &str, b: &str) -> String {
+    line.chars()
+        .zip(a.chars().zip(b.chars()))
+        .map(|(c, (x, y))| if x != c || y != c { '*' } else { c })
+        .collect()
+}
+
+/// A template's line is not a query: a parameter may start inside a join's text, after
+/// a quote. Every `name=` counts here, its name the name characters before the `=`,
+/// its value what follows up to a `&`, a `;`, a quote that ends the join's text (not
+/// one escaped, `\"`) or a space, placeholders in it included (`api_key={i}SEK`); a
+/// secret's value masked, one `*` per character.
+fn mask_named_values(line: &str) -> String {
     let is_name = |c: char| c.is_ascii_alphanumeric() || "_.-%+[]~".contains(c);
-    let ends_value = |c: char| matches!(c, '&' | ';' | '"' | '{' | '}') || c.is_whitespace();
     let mut out = String::with_capacity(line.len());
     let mut masking = false;
+    let mut prev = '\0';
     for (i, c) in line.char_indices() {
-        if masking && ends_value(c) {
+        let ends_value = matches!(c, '&' | ';') || c.is_whitespace() || (c == '"' && prev != '\\');
+        prev = c;
+        if masking && ends_value {
             masking = false;
         }
         out.push(if masking { '*' } else { c });
         if c == '=' && !masking {
-            let before = &line[..i];
-            let start = before
+            let start = line[..i]
                 .char_indices()
                 .rev()
                 .take_while(|&(_, c)| is_name(c))
@@ -775,14 +797,36 @@ body = '{join(items, i, "{i}:{Oid}")}'"#;
             mask_form_secrets("api_key=s3&oid={OrderId}&x={Bad"),
             "api_key=**&oid={OrderId}&x={Bad"
         );
-        // A field that starts in a join's text; one written by a placeholder stays.
+        // A field that starts in a join's text; a whole value, placeholders and joins
+        // in it too (R2: a quote or a join right after the `=`).
         assert_eq!(
-            mask_form_secrets(r#"x={join(l, i, "api_key=SEK_10&{i}", "&")}&token={T}&y={bad("#),
-            r#"x={join(l, i, "api_key=******&{i}", "&")}&token={T}&y={bad("#
+            mask_form_secrets(r#"x={join(l, i, "api_key=SEK_10&{i}", "&")}&y={bad("#),
+            r#"x={join(l, i, "api_key=******&{i}", "&")}&y={bad("#
+        );
+        assert_eq!(
+            mask_form_secrets(r#"api_key={join(l, i, "SEK2{i}", "")}&x={bad("#),
+            r#"api_key=***************************&x={bad("#
+        );
+        assert_eq!(
+            mask_form_secrets(r#"api_key="SEK6"&x={bad("#),
+            r#"api_key=******&x={bad("#
+        );
+        assert_eq!(
+            mask_form_secrets("api_key=SEK14 plus&x"),
+            "api_key=**********&x"
+        );
+        // In a join's text: an escaped quote, a placeholder in the value.
+        assert_eq!(
+            mask_form_secrets(r#"x={join(l, i, "api_key=\"SEK7\"&{i}", "&")}"#),
+            r#"x={join(l, i, "api_key=********&{i}", "&")}"#
+        );
+        assert_eq!(
+            mask_form_secrets(r#"x={join(l, i, "api_key={i}SEK15", "&")}"#),
+            r#"x={join(l, i, "api_key=********", "&")}"#
         );
         assert_eq!(
             mask_form_secrets("a=1;pass%77ord=pw x"),
-            "a=1;pass%77ord=** x"
+            "a=1;pass%77ord=****"
         );
     }
 
@@ -793,6 +837,11 @@ body = '{join(items, i, "{i}:{Oid}")}'"#;
             "https://h/pb?oid={OrderId}&api_key=******&x={Bad"
         );
         assert_eq!(mask_query_secrets("https://h/pb/{Id"), "https://h/pb/{Id");
+        // A parameter in a join's text (R2: it showed).
+        assert_eq!(
+            mask_query_secrets(r#"https://h/?x={join(l, i, "token=SEK3&{i}", "&")}&y={bad("#),
+            r#"https://h/?x={join(l, i, "token=****&{i}", "&")}&y={bad("#
+        );
         assert_eq!(
             mask_query_secrets("http://user:pw@h:1/x/{bad?token=t"),
             "http://*******@h:1/x/{bad?token=*"

@@ -703,6 +703,8 @@ fn web_pages_cannot_drive_the_admin_api() {
         );
     }
     assert_eq!(status("GET /health HTTP/1.0\r\n", ""), 200);
+    // An empty `Host` is allowed (RFC 9112 §3.2), as none is.
+    assert_eq!(status("GET /health HTTP/1.1\r\nHost: \r\n", ""), 200);
     // A loopback name before a colon that no port follows: malformed, 400 (it passed).
     for host in [
         "127.0.0.1:evil.example",
