@@ -384,9 +384,7 @@ fn push_redacted_target(out: &mut String, path_and_query: &str) {
 /// any userinfo) masked, one `*` per character, so an error's caret keeps its column.
 pub fn mask_query_secrets(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
-    rewrite_secret_values(&mut out, &mask_userinfo(line), |out, value| {
-        out.extend(value.chars().map(|_| '*'))
-    });
+    rewrite_secret_values(&mut out, &mask_userinfo(line), push_stars);
     mask_union(line, &out, &mask_named_values(line))
 }
 
@@ -469,10 +467,13 @@ pub fn redact_form(body: &str) -> String {
 /// also a `name=` that starts inside a join's text (`{join(l, i, "api_key=…&{i}")}`).
 pub fn mask_form_secrets(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
-    rewrite_secret_params(&mut out, line, |out, value| {
-        out.extend(value.chars().map(|_| '*'))
-    });
+    rewrite_secret_params(&mut out, line, push_stars);
     mask_union(line, &out, &mask_named_values(line))
+}
+
+/// One `*` per character of `value`.
+fn push_stars(out: &mut String, value: &str) {
+    out.extend(value.chars().map(|_| '*'));
 }
 
 /// `line` with every character masked that either mask masked (both keep its

@@ -15,10 +15,8 @@ struct Cx {
     hints: Hints,
     /// The longest `out` may grow.
     max_len: usize,
-    /// Steps the render may still take ([`RenderBudget`]).
-    steps_left: usize,
-    /// Members and elements its look-ups have passed: eight are a step.
-    passed: usize,
+    /// What the render may still take, in eighths of a step ([`RenderBudget`]).
+    left: usize,
 }
 
 /// The most steps one request's renders may take, its URL, headers and body together:
@@ -35,13 +33,27 @@ struct Cx {
 pub const MAX_RENDER_STEPS: usize = 1 << 22;
 
 /// What one request's renders may still take ([`MAX_RENDER_STEPS`] to begin with):
-/// passed to each of its templates in turn.
+/// passed to each of its templates in turn. Kept in eighths of a step, the cost of a
+/// member or element passed in a look-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RenderBudget(usize);
 
+/// A part a join's element renders, in eighths of a step.
+const PART: usize = 8;
+
 impl RenderBudget {
     pub fn new() -> RenderBudget {
-        RenderBudget(MAX_RENDER_STEPS)
+        RenderBudget::steps(MAX_RENDER_STEPS)
+    }
+
+    /// A budget of `n` steps.
+    pub const fn steps(n: usize) -> RenderBudget {
+        RenderBudget(n * PART)
+    }
+
+    /// The steps left, a part of one counting whole.
+    pub fn steps_left(&self) -> usize {
+        self.0.div_ceil(PART)
     }
 }
 
@@ -75,18 +87,17 @@ pub(super) fn render(
         vars: [Doc::ROOT; MAX_JOIN_DEPTH],
         hints: NO_HINTS,
         max_len,
-        steps_left: budget.0,
-        passed: 0,
+        left: budget.0,
     };
     let result = parts_into(parts, doc, &mut cx, out);
-    budget.0 = cx.steps_left;
+    budget.0 = cx.left;
     result
 }
 
-/// Takes `n` steps from what is left.
+/// Takes `eighths` of a step from what is left.
 #[inline]
-fn spend(cx: &mut Cx, n: usize) -> Result<(), Overflow> {
-    cx.steps_left = cx.steps_left.checked_sub(n).ok_or(Overflow::Work)?;
+fn spend(cx: &mut Cx, eighths: usize) -> Result<(), Overflow> {
+    cx.left = cx.left.checked_sub(eighths).ok_or(Overflow::Work)?;
     Ok(())
 }
 
@@ -107,7 +118,7 @@ fn parts_into(parts: &[Part], doc: &Doc, cx: &mut Cx, out: &mut Vec<u8>) -> Resu
                 }
                 for (k, el) in doc.children(arr).enumerate() {
                     // At least one per element: a body of nothing costs its loop too.
-                    spend(cx, j.body.len().max(1))?;
+                    spend(cx, PART * j.body.len().max(1))?;
                     if k > 0 {
                         out.extend_from_slice(&j.sep);
                     }
@@ -123,14 +134,13 @@ fn parts_into(parts: &[Part], doc: &Doc, cx: &mut Cx, out: &mut Vec<u8>) -> Resu
     Ok(())
 }
 
-/// The node `path` names (`None`: missing), its look-up's steps spent.
+/// The node `path` names (`None`: missing), an eighth of a step spent per member or
+/// element its look-up passed.
 #[inline]
 fn resolve(path: &Path, doc: &Doc, cx: &mut Cx) -> Result<Option<u32>, Overflow> {
     let mut visited = 0;
     let found = lookup(path, doc, cx, &mut visited);
-    let before = cx.passed;
-    cx.passed += visited;
-    spend(cx, (cx.passed >> 3) - (before >> 3))?;
+    spend(cx, visited)?;
     Ok(found)
 }
 
@@ -603,7 +613,7 @@ mod tests {
             there.render_within(&d, &mut out, usize::MAX, &mut budget),
             Ok(())
         );
-        let spent = MAX_RENDER_STEPS - budget.0;
+        let spent = MAX_RENDER_STEPS - budget.steps_left();
         // Per element: its 3 parts, `i` (no look-up), `Oid` (1 member compared, an
         // eighth of a step); and the first `Oid` and `items` look-ups pass the object
         // once each.
@@ -630,12 +640,12 @@ mod tests {
         // has not.
         let three = Template::compile(r#"{join(xs, x, "{x}")}"#, TEXT).unwrap();
         let d = doc(r#"{"xs":[1,2,3]}"#);
-        let mut small = RenderBudget(5);
+        let mut small = RenderBudget::steps(5);
         assert_eq!(
             three.render_within(&d, &mut out, usize::MAX, &mut small),
             Ok(())
         );
-        assert_eq!(small, RenderBudget(2));
+        assert_eq!(small.steps_left(), 2);
         assert_eq!(
             three.render_within(&d, &mut out, usize::MAX, &mut small),
             Err(Overflow::Work)
