@@ -26,6 +26,55 @@ pub(super) struct LastSeen {
     commit: Option<CommitSnapshot>,
 }
 
+impl LastSeen {
+    /// Completes one collection of `workers_total` workers' snapshots (`workers`, those
+    /// that answered) and, for a scrape, the committer's (`commit`, `None` if it did not
+    /// answer): remembers what answered; a worker that did not has stopped and left its
+    /// final snapshot (`finals`), read as such, or is late and counts as unanswered, read
+    /// for a scrape as it last answered (the endpoint list, which asks no committer,
+    /// shows none instead); a late committer likewise. Returns the parts unanswered.
+    fn complete(
+        &mut self,
+        workers_total: usize,
+        workers: &mut Vec<WorkerSnapshot>,
+        commit: Option<&mut Option<CommitSnapshot>>,
+        finals: impl Fn(usize) -> Option<WorkerSnapshot>,
+    ) -> usize {
+        let scrape = commit.is_some();
+        let mut unanswered = 0;
+        self.workers.resize(workers_total, None);
+        for w in workers.iter() {
+            if let Some(slot) = self.workers.get_mut(w.worker) {
+                *slot = Some(w.clone());
+            }
+        }
+        for i in 0..workers_total {
+            if workers.iter().any(|w| w.worker == i) {
+                continue;
+            }
+            match finals(i) {
+                Some(last) => workers.push(last),
+                None => {
+                    unanswered += 1;
+                    if scrape {
+                        workers.extend(self.workers[i].clone());
+                    }
+                }
+            }
+        }
+        if let Some(commit) = commit {
+            match commit {
+                Some(c) => self.commit = Some(c.clone()),
+                None => {
+                    unanswered += 1;
+                    *commit = self.commit.clone();
+                }
+            }
+        }
+        unanswered
+    }
+}
+
 impl Admin {
     pub(super) fn metrics(&self) -> Response {
         let text = encode(&self.collect(true));
@@ -73,7 +122,6 @@ impl Admin {
     /// each part that did not.
     pub(super) fn collect(&self, committer: bool) -> Scrape {
         let deadline = Instant::now() + SCRAPE_WAIT;
-        let mut unanswered = 0;
         let (wtx, wrx) = crossbeam_channel::unbounded();
         let mut asked = 0;
         for w in &self.workers {
@@ -95,40 +143,16 @@ impl Admin {
             }
         }
         let mut commit = crx.and_then(|rx| rx.recv_deadline(deadline).ok());
-        let mut seen = self.last_seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.workers.resize(self.workers.len(), None);
-        for w in &workers {
-            if let Some(slot) = seen.workers.get_mut(w.worker) {
-                *slot = Some(w.clone());
-            }
-        }
-        // A worker that did not answer has stopped (a shutdown) and left its last
-        // snapshot, or is late: then it counts as unanswered, read as it last answered.
-        for i in 0..self.workers.len() {
-            if workers.iter().any(|w| w.worker == i) {
-                continue;
-            }
-            match self.final_snapshot(i) {
-                Some(last) => workers.push(last),
-                None => {
-                    unanswered += 1;
-                    // (The endpoint list, which asks no committer, shows none instead.)
-                    if committer {
-                        workers.extend(seen.workers[i].clone());
-                    }
-                }
-            }
-        }
-        if committer {
-            match &commit {
-                Some(c) => seen.commit = Some(c.clone()),
-                None => {
-                    unanswered += 1;
-                    commit = seen.commit.clone();
-                }
-            }
-        }
-        drop(seen);
+        let unanswered = self
+            .last_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .complete(
+                self.workers.len(),
+                &mut workers,
+                committer.then_some(&mut commit),
+                |i| self.final_snapshot(i),
+            );
         workers.sort_by_key(|w| w.worker);
         Scrape {
             workers,
@@ -141,5 +165,94 @@ impl Admin {
             },
             unanswered,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deliver::OpenReason;
+
+    fn worker(worker: usize, in_memory: u64) -> WorkerSnapshot {
+        WorkerSnapshot {
+            worker,
+            endpoints: Vec::new(),
+            rejected_invalid: 0,
+            rejected_too_large: 0,
+            in_memory,
+            attempt_latency: crate::metrics::Hist::micros(),
+            delivery_lag: crate::metrics::Hist::millis(),
+            connections_opened: [0; OpenReason::COUNT],
+            lanes_started: 0,
+            lanes_idle_exits: 0,
+            holds: 0,
+        }
+    }
+
+    fn commit(pending: u64) -> CommitSnapshot {
+        CommitSnapshot {
+            pending,
+            ..CommitSnapshot::default()
+        }
+    }
+
+    /// (worker, in_memory) of each snapshot, by worker.
+    fn read(workers: &[WorkerSnapshot]) -> Vec<(usize, u64)> {
+        let mut v: Vec<_> = workers.iter().map(|w| (w.worker, w.in_memory)).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_late_part_is_read_from_the_snapshot_it_last_gave_and_counted_unanswered() {
+        let mut seen = LastSeen::default();
+        let none = |_| None;
+        let (mut ws, mut c) = (vec![worker(0, 5), worker(1, 7)], Some(commit(40)));
+        assert_eq!(seen.complete(2, &mut ws, Some(&mut c), none), 0);
+
+        // Worker 1 and the committer late: their counters stay where they were, so no
+        // counter reads 0 for one scrape and no gauge clears.
+        let (mut ws, mut c) = (vec![worker(0, 6)], None);
+        assert_eq!(seen.complete(2, &mut ws, Some(&mut c), none), 2);
+        assert_eq!(read(&ws), [(0, 6), (1, 7)]);
+        assert_eq!(c.map(|c| c.pending), Some(40));
+
+        // Back in time: their new figures, remembered in turn.
+        let (mut ws, mut c) = (vec![worker(1, 9), worker(0, 6)], Some(commit(41)));
+        assert_eq!(seen.complete(2, &mut ws, Some(&mut c), none), 0);
+        assert_eq!(read(&ws), [(0, 6), (1, 9)]);
+        let (mut ws, mut c) = (Vec::new(), None);
+        assert_eq!(seen.complete(2, &mut ws, Some(&mut c), none), 3);
+        assert_eq!(read(&ws), [(0, 6), (1, 9)]);
+        assert_eq!(c.map(|c| c.pending), Some(41));
+    }
+
+    #[test]
+    fn a_part_that_never_answered_is_left_out_and_a_stopped_worker_read_as_it_stopped() {
+        let mut seen = LastSeen::default();
+        let (mut ws, mut c) = (vec![worker(1, 3)], None);
+        assert_eq!(seen.complete(3, &mut ws, Some(&mut c), |_| None), 3);
+        assert_eq!(read(&ws), [(1, 3)]);
+        assert!(c.is_none());
+
+        // Worker 1 has stopped (a shutdown): its final snapshot, and it is not late.
+        let finals = |i| (i == 1).then(|| worker(1, 4));
+        let (mut ws, mut c) = (vec![worker(0, 1), worker(2, 2)], Some(commit(0)));
+        assert_eq!(seen.complete(3, &mut ws, Some(&mut c), finals), 0);
+        assert_eq!(read(&ws), [(0, 1), (1, 4), (2, 2)]);
+    }
+
+    #[test]
+    fn the_endpoint_list_counts_a_late_worker_but_shows_none_of_its_old_figures() {
+        let mut seen = LastSeen::default();
+        let mut ws = vec![worker(0, 5), worker(1, 7)];
+        assert_eq!(seen.complete(2, &mut ws, None, |_| None), 0);
+        let mut ws = vec![worker(0, 5)];
+        assert_eq!(seen.complete(2, &mut ws, None, |_| None), 1);
+        assert_eq!(read(&ws), [(0, 5)]);
+        // What it answered then is what a scrape reads while it is late.
+        let (mut ws, mut c) = (Vec::new(), Some(commit(0)));
+        assert_eq!(seen.complete(2, &mut ws, Some(&mut c), |_| None), 2);
+        assert_eq!(read(&ws), [(0, 5), (1, 7)]);
     }
 }
