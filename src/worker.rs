@@ -1152,7 +1152,13 @@ impl Worker {
                     ));
                 }
             }
-            Verdict::Gone => disable = Some("the receiver answered 410 Gone".into()),
+            Verdict::Gone => {
+                // A 4xx failure too: the counts show what led to the disable.
+                let mut f = ep.fails.get();
+                f[FailClass::C4xx as usize] += 1;
+                ep.fails.set(f);
+                disable = Some("the receiver answered 410 Gone".into());
+            }
             Verdict::Permanent { class: None } => {}
         }
         // Disabled from now on (this attempt's retry waits paused); announced once its

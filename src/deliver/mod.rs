@@ -47,6 +47,14 @@ const RBUF_MIN: usize = 4 * 1024;
 /// docs/perf/history.md, session 21).
 const QUIET_CHECK_AFTER: Duration = Duration::from_millis(50);
 
+/// A kept connection that fails with no answer (or answers `408` and closes) at most this
+/// long after the request was written was closed by the receiver for idleness as the
+/// request crossed it: the request goes again at once on a new connection, as the same
+/// attempt. Later than that, the receiver had the request (it may have acted on it) and
+/// the failure is the attempt's outcome, retried only by the schedule. A round trip on
+/// any real path is well inside it.
+const RESEND_WITHIN: Duration = Duration::from_secs(1);
+
 /// Bytes of the response body kept for `success`/`error` matching.
 pub const MATCH_LIMIT: usize = 64 * 1024;
 
@@ -164,6 +172,8 @@ pub struct ConnSlot {
     held: Option<Rc<Cell<usize>>>,
     /// [`QUIET_CHECK_AFTER`]; tests lower it.
     quiet_after: Duration,
+    /// [`RESEND_WITHIN`]; tests lower it.
+    resend_within: Duration,
     /// The address the last connection was made to: tried first among a name's
     /// addresses next time, so one that refuses is not met on every reconnect.
     last_good: Option<IpAddr>,
@@ -179,6 +189,7 @@ impl Default for ConnSlot {
             counts: None,
             held: None,
             quiet_after: QUIET_CHECK_AFTER,
+            resend_within: RESEND_WITHIN,
             last_good: None,
         }
     }
@@ -384,15 +395,17 @@ impl ConnSlot {
             self.first = conn.sent == 0;
             self.resent = try_no > 0;
             conn.sent += 1;
+            let sent_at = Instant::now();
             let (res, b) = conn.stream.write_all(req).await;
             req = b;
+            let broke = res.is_err();
             let result = match res {
                 // A receiver may answer before it has read the whole request (a `413`
                 // to a large body) and close: the answer is in the socket even though
-                // the write broke (RFC 9112 §9.5), and it is the attempt's outcome. Not
-                // on a reused connection: what is there may be what the receiver sent
-                // as it closed the idle connection, and the request goes again anyway.
-                Err(e) if !reused && closed_under(&e) => match read_response(conn).await {
+                // the write broke (RFC 9112 §9.5), and it is the attempt's outcome, on
+                // a kept connection too (where a `408` the receiver sent as it closed
+                // the idle connection is told apart below, as after any write).
+                Err(e) if closed_under(&e) => match read_response(conn).await {
                     Ok((status, retry_after, _)) => Ok((status, retry_after, false)),
                     Err((_, true)) => Err((format!("write: {e}"), true)),
                     Err(partial) => Err(partial),
@@ -400,11 +413,20 @@ impl ConnSlot {
                 Err(e) => Err((format!("write: {e}"), true)),
                 Ok(()) => read_response(conn).await,
             };
+            let ended = Instant::now();
+            // The receiver closed the kept connection for idleness as the request
+            // crossed it: the write broke (an incomplete request is not acted on), or
+            // the close came within a round trip's allowance. Not a receiver that
+            // took the request, worked on it and then closed unanswered: that is the
+            // attempt's outcome, as on a new connection.
+            let crossed = reused
+                && try_no == 0
+                && (broke || ended.duration_since(sent_at) < self.resend_within);
             match result {
                 // A `408` that closes a kept connection is the receiver closing it for
                 // idleness (sent just before our request arrived, or without reading
                 // it): the request may go again on a new one (RFC 9110 §15.5.9).
-                Ok((408, _, false)) if reused && try_no == 0 => {
+                Ok((408, _, false)) if crossed => {
                     self.conn = None;
                     continue;
                 }
@@ -430,7 +452,7 @@ impl ConnSlot {
                 Err((msg, nothing_received)) => {
                     self.conn = None;
                     self.failed = true;
-                    if reused && nothing_received && try_no == 0 {
+                    if crossed && nothing_received {
                         continue; // a stale idle connection: once more on a fresh one
                     }
                     return (Exchange::Failed(msg), req);
@@ -709,6 +731,12 @@ mod reconnect_tests {
         /// Answer `Connection: close` and keep the socket open; report whether the
         /// client closed its side within 10 s.
         CloseAndWatch,
+        /// Take the request, work on it this long, then close unanswered.
+        DropAfter(Duration),
+        /// Take the request, work on it this long, then answer `408` and close.
+        Late408(Duration),
+        /// Answer `413` and close as soon as the head is read, the body unread.
+        Early413,
     }
 
     type Stray = (mpsc::Receiver<()>, mpsc::Sender<()>);
@@ -736,6 +764,25 @@ mod reconnect_tests {
                     }
                     let conn = match step {
                         Step::Drop => break,
+                        Step::DropAfter(d) => {
+                            std::thread::sleep(d);
+                            break;
+                        }
+                        Step::Late408(d) => {
+                            std::thread::sleep(d);
+                            let _ = write!(
+                                w,
+                                "HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            );
+                            break;
+                        }
+                        Step::Early413 => {
+                            let _ = write!(
+                                w,
+                                "HTTP/1.1 413 Content Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig"
+                            );
+                            break;
+                        }
                         Step::Keep | Step::KeepThenStray => "keep-alive",
                         Step::Close | Step::CloseAndWatch => "close",
                     };
@@ -944,6 +991,82 @@ mod reconnect_tests {
             matches!(ex, Exchange::Response { status: 413, .. }),
             "{ex:?}"
         );
+    }
+
+    /// Two exchanges on one slot against `steps` on the first connection, then a second
+    /// connection that answers 200: the second exchange's outcome, whether it was
+    /// sent again, and the connects by reason. The second request carries `body`.
+    fn second_on_a_kept_connection(
+        steps: Vec<Step>,
+        body: usize,
+    ) -> (Exchange, bool, [u64; OpenReason::COUNT]) {
+        let addr = receiver(vec![steps, vec![Step::Keep]]);
+        let target = http1::parse_url(format!("http://{addr}/x").as_bytes()).unwrap();
+        let counts = Rc::new(OpenCounts::default());
+        let mut slot = ConnSlot::counted(counts.clone());
+        slot.resend_within = Duration::from_millis(100);
+        let driver = crate::runtime::choose(crate::config::Driver::Auto).unwrap();
+        let (ex, resent) = crate::runtime::block_on(driver, async move {
+            let req = b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n".to_vec();
+            let (ex, _) = slot.exchange(&target, &[addr.ip()], req).await;
+            assert!(
+                matches!(ex, Exchange::Response { status: 200, .. }),
+                "{ex:?}"
+            );
+            let mut req = format!("POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: {body}\r\n\r\n")
+                .into_bytes();
+            req.resize(req.len() + body, b'x');
+            let (ex, _) = slot.exchange(&target, &[addr.ip()], req).await;
+            (ex, slot.last_was_resent())
+        })
+        .unwrap();
+        (ex, resent, counts.get())
+    }
+
+    #[test]
+    fn a_kept_connection_closed_unanswered_after_the_request_was_taken_is_not_sent_again() {
+        // The receiver had the request 300 ms (three times the allowance for a close
+        // crossing it) before closing: it may have acted on it. Sending it again at
+        // once, outside the schedule and the log, was a second postback (`retry =
+        // "none"` too).
+        let (ex, resent, counts) = second_on_a_kept_connection(
+            vec![Step::Keep, Step::DropAfter(Duration::from_millis(300))],
+            0,
+        );
+        assert!(matches!(ex, Exchange::Failed(_)), "{ex:?}");
+        assert!(!resent);
+        let [first, _, _, stale, _] = counts;
+        assert_eq!((first, stale), (1, 0));
+        // A late `408` likewise is the receiver's answer.
+        let (ex, resent, _) = second_on_a_kept_connection(
+            vec![Step::Keep, Step::Late408(Duration::from_millis(300))],
+            0,
+        );
+        assert!(
+            matches!(ex, Exchange::Response { status: 408, .. }),
+            "{ex:?}"
+        );
+        assert!(!resent);
+        // Closed at once (the idle close crossing the request): sent again.
+        let (ex, resent, counts) = second_on_a_kept_connection(vec![Step::Keep, Step::Drop], 0);
+        assert!(
+            matches!(ex, Exchange::Response { status: 200, .. }),
+            "{ex:?}"
+        );
+        assert!(resent);
+        assert_eq!(counts[OpenReason::Stale as usize], 1);
+    }
+
+    #[test]
+    fn an_answer_before_the_request_was_read_is_the_outcome_on_a_kept_connection_too() {
+        let (ex, resent, counts) =
+            second_on_a_kept_connection(vec![Step::Keep, Step::Early413], 16 << 20);
+        assert!(
+            matches!(ex, Exchange::Response { status: 413, .. }),
+            "{ex:?}"
+        );
+        assert!(!resent, "the whole request went again on a new connection");
+        assert_eq!(counts[OpenReason::Stale as usize], 0);
     }
 
     #[test]

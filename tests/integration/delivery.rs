@@ -331,6 +331,13 @@ fn gone_disables_the_endpoint_and_pauses_its_deliveries() {
     // The endpoint is disabled: a new event is not routed to it, nothing more arrives.
     assert_eq!(c.send(&event("t", "g-2", "{}")), "ok g-2 0");
     assert_eq!(rx.count(), 1);
+    // The reason, and the failure that led to it among the counts (a 4xx).
+    let (_, ep) = srv.get("/v1/endpoints/gone");
+    assert_eq!(
+        ep["disabled_reason"], "the receiver answered 410 Gone",
+        "{ep}"
+    );
+    assert_eq!(ep["consecutive_failures"]["4xx"], 1, "{ep}");
 }
 
 #[test]
