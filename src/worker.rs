@@ -442,6 +442,26 @@ pub async fn run(setup: WorkerSetup) {
             "attempts still in flight at the shutdown bound were abandoned; they are made again at the next start"
         );
     }
+    let (conns, lines) = w
+        .conns
+        .borrow()
+        .values()
+        .map(|c| c.unanswered())
+        .filter(|&n| n > 0)
+        .fold((0, 0), |(c, l), n| (c + 1, l + n));
+    if lines > 0 {
+        // Their producers did not read their answers in time (a full socket): the
+        // lines were read, so most were accepted, and the producers cannot tell which.
+        tracing::warn!(
+            worker = w.idx,
+            connections = conns,
+            lines,
+            bound = ?setup.drain_timeout,
+            "ingest lines left unanswered at the shutdown bound (their producers did not \
+             read the answers): they may have been accepted; sent again, one with an `id` \
+             answers `dup`, one without is a second event"
+        );
+    }
     // Before the inbox closes: a scrape that finds it closed reads this instead.
     if let Some(slot) = setup.finals.get(w.idx) {
         if let Ok(mut last) = slot.lock() {

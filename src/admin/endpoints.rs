@@ -293,12 +293,11 @@ impl Admin {
         if let Err(r) = params.only_with_values(&["since", "until"]) {
             return r;
         }
-        let since = match params.time_ms("since") {
-            Ok(t) => t.map(seq_floor).unwrap_or(0),
-            Err(r) => return r,
-        };
-        let until = match params.time_ms("until") {
-            Ok(t) => t.map(seq_floor).unwrap_or(u64::MAX),
+        let (since, until) = match params.window() {
+            Ok((s, u)) => (
+                s.map(seq_floor).unwrap_or(0),
+                u.map(seq_floor).unwrap_or(u64::MAX),
+            ),
             Err(r) => return r,
         };
         let mut from = since;

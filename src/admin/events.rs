@@ -186,9 +186,9 @@ impl Admin {
                 None => return error(400, format!("cursor {c:?} is not one this API gave")),
             },
         };
-        let (since_ms, until_ms) = match (p.time_ms("since"), p.time_ms("until")) {
-            (Ok(s), Ok(u)) => (s, u),
-            (Err(r), _) | (_, Err(r)) => return r,
+        let (since_ms, until_ms) = match p.window() {
+            Ok(w) => w,
+            Err(r) => return r,
         };
         let q = EventQuery {
             etype: p.get("type").map(str::to_string),

@@ -868,6 +868,18 @@ impl Params {
         // Past the year 9999 (UTC) nothing is logged, and such a value is no millisecond
         // time (nanoseconds, a typo; an offset west of 9999-12-31T23:59:59): refused, not
         // wrapped into some other time.
+        // Unix seconds (a receiver's `webhook-timestamp`, say) read as milliseconds would
+        // be a time in 1970 and widen the window to the whole log: a `recover` would send
+        // every failed delivery again. 0 (the beginning) is meant as written.
+        if ms != 0 && crate::ingest::parse::looks_like_seconds(ms) {
+            return Err(error(
+                400,
+                format!(
+                    "{key}: {v:?} is before 1973-03-03 as unix milliseconds: unix seconds? \
+                     (unix milliseconds or RFC 3339 expected; 0 for the beginning)"
+                ),
+            ));
+        }
         if ms > crate::ingest::parse::MAX_TIME_MS {
             return Err(error(
                 400,
@@ -877,6 +889,22 @@ impl Params {
             ));
         }
         Ok(Some(ms))
+    }
+
+    /// `since` and `until` ([`Self::time_ms`]), refused when `since` is later than
+    /// `until` (a window that holds nothing is a mistake, not an empty answer).
+    pub(crate) fn window(&self) -> Result<(Option<u64>, Option<u64>), Response> {
+        let since = self.time_ms("since")?;
+        let until = self.time_ms("until")?;
+        if let (Some(s), Some(u)) = (since, until) {
+            if s > u {
+                return Err(error(
+                    400,
+                    format!("since ({}) is after until ({})", rfc3339(s), rfc3339(u)),
+                ));
+            }
+        }
+        Ok((since, until))
     }
 }
 
@@ -927,6 +955,37 @@ mod tests {
                 r#"{"error":"query parameter \"since\" given twice"}"#.to_string()
             )
         );
+    }
+
+    #[test]
+    fn a_window_in_unix_seconds_or_upside_down_is_refused() {
+        let window = |q: &str| {
+            Params::parse(q)
+                .window()
+                .map_err(|r| (r.status, String::from_utf8(r.body).unwrap()))
+        };
+        // A receiver's `webhook-timestamp` (seconds) read as milliseconds was 1970-01-21:
+        // the whole log.
+        let (status, body) = window("since=1796465842").unwrap_err();
+        assert_eq!(status, 400);
+        assert!(body.contains("unix seconds?"), "{body}");
+        assert!(window("until=99999999999").is_err());
+        assert_eq!(window("since=0").unwrap(), (Some(0), None));
+        assert_eq!(
+            window("since=1796465842111&until=2026-12-31T00:00:00Z").unwrap(),
+            (Some(1_796_465_842_111), Some(1_798_675_200_000))
+        );
+        let (status, body) =
+            window("since=2026-12-02T00:00:00Z&until=2026-12-01T00:00:00Z").unwrap_err();
+        assert_eq!(status, 400);
+        assert!(
+            body.contains(
+                "since (2026-12-02T00:00:00.000Z) is after until (2026-12-01T00:00:00.000Z)"
+            ),
+            "{body}"
+        );
+        // An empty window of one instant is no mistake: `until` is exclusive.
+        assert!(window("since=1796465842111&until=1796465842111").is_ok());
     }
 
     #[test]

@@ -165,6 +165,11 @@ impl ConnShared {
             .set(self.in_flight_bytes.get().saturating_sub(bytes));
     }
 
+    /// Lines read and not yet answered.
+    pub fn unanswered(&self) -> usize {
+        self.in_flight.get()
+    }
+
     /// Whether the reader must wait for answers before reading more.
     fn over_share(&self) -> bool {
         self.in_flight.get() >= self.budget.per_connection()

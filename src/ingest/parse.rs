@@ -50,6 +50,16 @@ fn check_event_id(id: &str) -> Result<(), Invalid> {
 /// 9999-12-31T23:59:59.999Z in Unix milliseconds: the last time RFC 3339 can write.
 pub const MAX_TIME_MS: u64 = 253_402_300_799_999;
 
+/// 1973-03-03T09:46:40Z in Unix milliseconds. A smaller number is far likelier Unix
+/// seconds (any time from then until the year 5138) than a millisecond time in 1970–73:
+/// read as milliseconds it would put an event's time, or a window's edge, decades back.
+pub const MIN_MS_TIME: u64 = 100_000_000_000;
+
+/// Whether `n`, given as Unix milliseconds, looks like Unix seconds ([`MIN_MS_TIME`]).
+pub fn looks_like_seconds(n: u64) -> bool {
+    n < MIN_MS_TIME
+}
+
 /// Reusable parser state, one per connection.
 pub struct LineParser {
     scratch: Vec<u8>,
@@ -130,9 +140,31 @@ fn json_error(e: &simd_json::Error, line: &[u8]) -> String {
         E::KeyMustBeAString | E::ExpectedObjectKey => "an object key that is not a string",
         _ => "a syntax error",
     };
-    match e.character() {
-        Some(c) if !c.is_control() => format!("{what} (at byte {}, {c:?})", e.index()),
-        _ => format!("{what} (at byte {})", e.index()),
+    // simd-json places trailing data at the last byte of the value before it: the
+    // position given is the first byte that follows, past whitespace.
+    let mut at = e.index();
+    if matches!(e.error(), E::TrailingData | E::InternalError)
+        && matches!(line.get(at), Some(b'}' | b']'))
+    {
+        if let Some(n) = line.get(at + 1..).and_then(|rest| {
+            rest.iter()
+                .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        }) {
+            at += 1 + n;
+        }
+    }
+    // The character there, whole (simd-json gives its byte, read as Latin-1: a
+    // no-break space showed as 'Â'); the line is valid UTF-8 by now.
+    let c = std::str::from_utf8(line)
+        .ok()
+        .and_then(|s| {
+            s.char_indices()
+                .find(|&(i, c)| i <= at && at < i + c.len_utf8())
+        })
+        .map(|(_, c)| c);
+    match c {
+        Some(c) if !c.is_control() => format!("{what} (at byte {at}, {c:?})"),
+        _ => format!("{what} (at byte {at})"),
     }
 }
 
@@ -318,25 +350,25 @@ impl LineParser {
             .as_object()
             .ok_or_else(|| invalid("a line must be a JSON object"))?;
 
-        // One pass over the members; the first of a repeated key wins, as in a look-up.
+        // One pass over the members. A field of the envelope given twice is refused:
+        // JSON leaves it to each parser which one counts (RFC 8259 §4), so a gateway
+        // checking the last `type` or `account` would pass what ricochet routes by the
+        // first.
         let (mut type_v, mut id_v, mut account_v, mut time_v, mut data_v) =
             (None, None, None, None, None);
-        let (mut n_data, mut last_is_data) = (0, false);
+        let mut last_is_data = false;
         for (k, v) in obj.iter() {
             last_is_data = k == "data";
-            let slot = match k {
-                "type" => &mut type_v,
-                "id" => &mut id_v,
-                "account" => &mut account_v,
-                "time" => &mut time_v,
-                "data" => {
-                    n_data += 1;
-                    &mut data_v
-                }
+            let (slot, name) = match k {
+                "type" => (&mut type_v, "type"),
+                "id" => (&mut id_v, "id"),
+                "account" => (&mut account_v, "account"),
+                "time" => (&mut time_v, "time"),
+                "data" => (&mut data_v, "data"),
                 _ => continue,
             };
-            if slot.is_none() {
-                *slot = Some(v);
+            if slot.replace(v).is_some() {
+                return Err(invalid(format!("field `{name}` is given more than once")));
             }
         }
 
@@ -381,6 +413,12 @@ impl LineParser {
                         }
                     })?)
                 } else if let Some(n) = v.as_u64() {
+                    if looks_like_seconds(n) {
+                        return Err(invalid(
+                            "field `time` is before 1973-03-03 as Unix milliseconds: Unix \
+                             seconds? (Unix milliseconds or RFC 3339 expected)",
+                        ));
+                    }
                     Some(n)
                 } else {
                     return Err(invalid(
@@ -412,7 +450,7 @@ impl LineParser {
         }
         // Usually `data` is the last member, and then its value runs to the line's
         // closing brace: no need to scan it.
-        let (start, end) = top_level_value_span(line, b"data", n_data == 1 && last_is_data)
+        let (start, end) = top_level_value_span(line, b"data", last_is_data)
             .ok_or_else(|| invalid("field `data` must be written with a plain key"))?;
         Ok(NewEvent {
             ext_id,
@@ -679,6 +717,18 @@ mod tests {
         }
         let long = format!(r#"{{"type":"t","data":{{}},"id":"{}"}}"#, "x".repeat(129));
         assert!(p(&long).is_err());
+        // The position and character are what follows the value, whole: not the
+        // value's last byte, nor one byte of a character read as Latin-1 ('Â').
+        assert_eq!(
+            p("{\"type\":\"t\",\"data\":{}} \r {\"x\":1}")
+                .unwrap_err()
+                .0,
+            "not JSON: not one JSON value (something follows it, or it is cut) (at byte 25, '{')"
+        );
+        let err = p("\u{a0}{\"type\":\"t\",\"data\":{}}").unwrap_err().0;
+        assert!(err.ends_with("(at byte 0, '\\u{a0}')"), "{err}");
+        let err = p("{\"type\":\"t\",\"data\":{}}é").unwrap_err().0;
+        assert!(err.ends_with("(at byte 22, 'é')"), "{err}");
     }
 
     #[test]
@@ -744,6 +794,27 @@ mod tests {
             .unwrap_err()
             .0
             .contains("must be RFC 3339"));
+    }
+
+    #[test]
+    fn a_number_time_that_looks_like_unix_seconds_is_refused() {
+        let at = |t: &str| p(&format!(r#"{{"type":"t","data":{{}},"time":{t}}}"#));
+        // The seed's 2024-04-08T10:05:00Z in seconds, which read as milliseconds was
+        // 1970-01-20T19:42:50.700Z.
+        for t in ["1712570700", "0", "99999999999"] {
+            let err = at(t).unwrap_err().0;
+            assert!(err.contains("Unix seconds?"), "{t}: {err}");
+        }
+        assert_eq!(at("100000000000").unwrap().time_ms, Some(MIN_MS_TIME));
+        assert_eq!(
+            at("1712570700000").unwrap().time_ms,
+            Some(1_712_570_700_000)
+        );
+        // Written as RFC 3339, a time in 1970 is what it says.
+        assert_eq!(
+            at(r#""1970-01-20T19:42:50.700Z""#).unwrap().time_ms,
+            Some(1_712_570_700)
+        );
     }
 
     #[test]
@@ -826,14 +897,37 @@ mod tests {
             assert_eq!(&e.data[..], data.as_bytes(), "{line}");
             assert_eq!(e.ext_id.as_deref(), Some("x\"y\\"), "{line}");
         }
-        // A repeated key: the first one wins (as simd-json's lookup), not the last.
-        let e = p(r#"{"type":"t","data":{"first":1},"data":{"last":2}}"#).unwrap();
-        assert_eq!(&e.data[..], br#"{"first":1}"#);
-        let e = p(r#"{"type":"first","id":"a","type":"second","id":"b","data":{}}"#).unwrap();
-        assert_eq!(
-            (e.etype.as_str(), e.ext_id.as_deref()),
-            ("first", Some("a"))
-        );
+        // A field of the envelope given twice is refused, whichever a parser would keep;
+        // an escaped spelling is the same key. Repeats inside `data` are its own.
+        for (line, field) in [
+            (
+                r#"{"type":"t","data":{"first":1},"data":{"last":2}}"#,
+                "data",
+            ),
+            (
+                r#"{"type":"first","id":"a","type":"second","data":{}}"#,
+                "type",
+            ),
+            (r#"{"type":"t","id":"a","data":{},"id":"b"}"#, "id"),
+            (
+                r#"{"type":"t","account":"a","account":null,"data":{}}"#,
+                "account",
+            ),
+            (
+                r#"{"type":"t","time":"2026-01-01T00:00:00Z","time":2,"data":{}}"#,
+                "time",
+            ),
+            (r#"{"type":"t","\u0074ype":"u","data":{}}"#, "type"),
+        ] {
+            let err = p(line).unwrap_err().0;
+            assert_eq!(
+                err,
+                format!("field `{field}` is given more than once"),
+                "{line}"
+            );
+        }
+        let e = p(r#"{"type":"t","data":{"k":1,"k":2},"x":1,"x":2}"#).unwrap();
+        assert_eq!(&e.data[..], br#"{"k":1,"k":2}"#);
         // An escaped key is refused rather than guessed at, last or not.
         let err = p(r#"{"type":"t","d\u0061ta":{}}"#).unwrap_err().0;
         assert!(err.contains("plain key"), "{err}");

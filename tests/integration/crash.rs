@@ -505,6 +505,67 @@ fn sigterm_answers_every_line_it_read_before_it_closes() {
     }
 }
 
+/// A producer that reads no answer until the server is gone: the lines the server read
+/// but could not answer within the shutdown bound (the socket full of answers) were
+/// accepted all the same. The log says how many, so an operator knows that producer's
+/// unanswered lines are not all unaccepted: here exactly those lines come back `dup`.
+#[test]
+fn lines_left_unanswered_at_the_shutdown_bound_are_counted_in_the_log() {
+    let rx = TestReceiver::start();
+    let eps = eps(&rx.url("/"));
+    let mut srv = TestServer::start(&eps);
+    let Conn { mut w, r } = srv.connect();
+    let writer = std::thread::spawn(move || {
+        for i in 0..1_000_000 {
+            let line = format!("{}\n", event("t", &format!("u-{i}"), "{}"));
+            if w.write_all(line.as_bytes()).is_err() {
+                break;
+            }
+        }
+    });
+    // The answers fill the socket and the server stops reading.
+    srv.wait_metric(
+        "ricochet_events_ingested_total",
+        Duration::from_secs(60),
+        |n| n >= 8000.0,
+    );
+    srv.terminate();
+    assert_eq!(srv.wait_exit(), Some(0));
+    let answered = r.lines().map_while(Result::ok).count();
+    let _ = writer.join();
+    let log = srv.log();
+    let warned = log
+        .lines()
+        .find(|l| l.contains("ingest lines left unanswered at the shutdown bound"))
+        .unwrap_or_else(|| panic!("no warning:\n{log}"));
+    let lines: usize = warned
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("lines="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{warned}"));
+    assert!(lines > 0, "{warned}");
+    let dir = srv.dir.clone();
+    drop(srv);
+    let srv = TestServer::start_in(dir, &ServerOpts::new(&eps));
+    let mut c = srv.connect();
+    let accepted = answered + lines;
+    for i in [answered - 1, answered, accepted - 1] {
+        let id = format!("u-{i}");
+        assert_eq!(
+            c.send(&event("t", &id, "{}")),
+            format!("dup {id}"),
+            "{warned}"
+        );
+    }
+    let id = format!("u-{accepted}");
+    assert_eq!(
+        c.send(&event("t", &id, "{}")),
+        format!("ok {id} 1"),
+        "{warned}: the line after those was not accepted"
+    );
+    eprintln!("{answered} lines answered, {lines} accepted unanswered");
+}
+
 /// A server whose stderr closed (its log pipe's reader gone) runs on and stops as
 /// usual: the log lines it cannot write are dropped.
 #[test]
