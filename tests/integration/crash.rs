@@ -514,20 +514,30 @@ fn lines_left_unanswered_at_the_shutdown_bound_are_counted_in_the_log() {
     let rx = TestReceiver::start();
     let eps = eps(&rx.url("/"));
     let mut srv = TestServer::start(&eps);
-    let Conn { mut w, r } = srv.connect();
+    let mut w = std::os::unix::net::UnixStream::connect(&srv.socket).unwrap();
+    let r = BufReader::new(w.try_clone().unwrap());
+    // A write that waits this long: the server has stopped reading, for its unanswered
+    // lines are at their bound and its answers fill the socket.
+    w.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let (stalled_tx, stalled) = std::sync::mpsc::channel();
     let writer = std::thread::spawn(move || {
         for i in 0..1_000_000 {
             let line = format!("{}\n", event("t", &format!("u-{i}"), "{}"));
-            if w.write_all(line.as_bytes()).is_err() {
-                break;
+            if let Err(e) = w.write_all(line.as_bytes()) {
+                let _ = stalled_tx.send(e.kind());
+                return;
             }
         }
     });
-    // The answers fill the socket and the server stops reading.
-    srv.wait_metric(
-        "ricochet_events_ingested_total",
-        Duration::from_secs(60),
-        |n| n >= 8000.0,
+    let kind = stalled
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the producer's writes never stalled");
+    assert!(
+        matches!(
+            kind,
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{kind:?}"
     );
     srv.terminate();
     assert_eq!(srv.wait_exit(), Some(0));
