@@ -1126,13 +1126,17 @@ impl Worker {
             let now = mono_ms();
             let mut bucket = ep.bucket.borrow_mut();
             // It reached the receiver only once the receiver accepted the connection,
-            // which a loaded receiver may do late: pace the next one from its arrival,
-            // at the latest its answer less the least time the receiver has taken to
-            // answer (so a receiver that closes every connection and answers in 200 ms
-            // keeps its rate: pacing from the answer itself lost a token's worth with
-            // every answer).
-            let answers_within = ep.answers_within.get().unwrap_or(0);
-            bucket.restart_at(now.saturating_sub(answers_within), now);
+            // which a loaded receiver may do late, and the next request on the same
+            // connection would land right behind it: pace that one from its arrival, at
+            // the latest its answer less the least time the receiver has taken to
+            // answer. Only when the connection stays open: one the receiver closed (or
+            // that failed) takes the next request to a new connection, accepted in turn,
+            // and pacing it from a guess at the arrival cost a receiver that closes every
+            // connection, its answer times varying, a quarter of its rate and more.
+            if slot.is_kept() {
+                let answers_within = ep.answers_within.get().unwrap_or(0);
+                bucket.restart_at(now.saturating_sub(answers_within), now);
+            }
             if slot.last_was_resent() {
                 // The receiver may have counted the first send too: it owes a token.
                 bucket.charge(now);

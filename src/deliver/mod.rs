@@ -251,6 +251,12 @@ impl ConnSlot {
             .unwrap_or(&[])
     }
 
+    /// Whether the last exchange left its connection open for the next request (not
+    /// closed by the receiver, not failed).
+    pub fn is_kept(&self) -> bool {
+        matches!(&self.conn, Some(c) if c.reusable)
+    }
+
     /// Whether a reusable connection for `target` to one of `ips` is open.
     pub fn is_open(&self, target: &Target, ips: &[IpAddr]) -> bool {
         matches!(&self.conn, Some(c) if c.reusable && c.peer.matches(target, ips))

@@ -118,6 +118,58 @@ fn max_rps_is_reached_at_a_slow_receiver_that_closes_every_connection() {
     );
 }
 
+/// The arrival times at `rx` of `n` requests of an endpoint with `extra` settings,
+/// `n` events sent at once.
+fn arrivals(rx: &TestReceiver, extra: &str, n: usize) -> Vec<std::time::Instant> {
+    let srv = TestServer::start(&endpoint("paced", r#"["t"]"#, &rx.url("/"), extra));
+    srv.connect().send_each_ok("t", "p", n);
+    let mut times: Vec<_> = rx
+        .wait_for(n, Duration::from_secs(30))
+        .iter()
+        .map(|r| r.at)
+        .collect();
+    times.sort();
+    times
+}
+
+#[test]
+fn max_rps_is_reached_at_a_receiver_that_closes_every_connection_whatever_its_answer_times() {
+    // Every other answer takes 400 ms, and each closes its connection. Each request
+    // being the first on its connection, the bucket restarted as of its estimated
+    // arrival (the answer less the fastest answer), so every slow answer pushed the next
+    // token back: 50 requests at max_rps = 10 took 6.73 and 6.83 s on the code before,
+    // 4.90 s after (49 intervals). The next request goes on a new connection anyway:
+    // paced by the bucket alone.
+    let rx = TestReceiver::with_script(|_, i| {
+        let slow = Duration::from_millis(if i % 2 == 1 { 400 } else { 0 });
+        Reply::status(200).header("Connection", "close").delay(slow)
+    });
+    let times = arrivals(&rx, "max_rps = 10\nretry = \"none\"", 50);
+    let span = *times.last().unwrap() - times[0];
+    eprintln!("50 requests at max_rps = 10: {span:?}");
+    assert!(
+        span < Duration::from_millis(5800),
+        "50 requests at max_rps = 10 took {span:?}"
+    );
+    at_most_per_second(&rx.requests(), 12);
+}
+
+#[test]
+fn max_rps_is_reached_at_a_receiver_that_never_answers() {
+    // Each attempt times out and its connection is dropped: the bucket restarted as of
+    // the timeout, so 12 requests at max_rps = 4 with a 1 s timeout took 4.75 s (twice)
+    // on the code before, 2.75 s after (11 intervals).
+    let rx = TestReceiver::with_script(|_, _| Reply::status(200).delay(Duration::from_secs(5)));
+    let times = arrivals(&rx, "max_rps = 4\ntimeout = \"1s\"\nretry = \"none\"", 12);
+    let span = *times.last().unwrap() - times[0];
+    eprintln!("12 requests at max_rps = 4: {span:?}");
+    assert!(
+        span < Duration::from_millis(3600),
+        "12 requests at max_rps = 4 took {span:?}"
+    );
+    at_most_per_second(&rx.requests(), 6);
+}
+
 #[test]
 fn min_delay_holds_back_the_first_attempt() {
     let rx = TestReceiver::start();
