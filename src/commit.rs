@@ -256,11 +256,12 @@ pub enum CommitMsg {
     Shutdown(crossbeam_channel::Sender<()>),
     /// Copy the committer's metrics out, at the end of the current round.
     Snapshot(crossbeam_channel::Sender<CommitSnapshot>),
-    /// Create or replace an endpoint (compiled by the caller); answered once durable.
+    /// Create or replace an endpoint (compiled by the caller); answered once durable
+    /// with its id and its record as written.
     PutEndpoint {
         spec: Box<EndpointSpec>,
         mode: PutMode,
-        reply: crossbeam_channel::Sender<Result<EndpointId, EndpointOpError>>,
+        reply: crossbeam_channel::Sender<Result<(EndpointId, EndpointMeta), EndpointOpError>>,
     },
     /// Delete an endpoint by name; answered once durable.
     DeleteEndpoint {
@@ -1813,7 +1814,7 @@ impl State {
         &mut self,
         mut spec: EndpointSpec,
         mode: PutMode,
-    ) -> Result<EndpointId, EndpointOpError> {
+    ) -> Result<(EndpointId, EndpointMeta), EndpointOpError> {
         let name = spec.cfg.name.clone();
         let existing = self.router.by_name(&name).map(|i| (i.id, i.meta.clone()));
         let (id, mut meta) = match (mode, existing) {
@@ -1901,7 +1902,7 @@ impl State {
             self.enable_ep(id);
         }
         tracing::info!(endpoint = %name, id, created, "endpoint applied");
-        Ok(id)
+        Ok((id, meta))
     }
 
     /// Deletes an endpoint: no new deliveries route to it, its worker drops its queue,

@@ -890,9 +890,13 @@ const CONNECTION_HEADERS: [&str; 6] = [
     "content-encoding",
 ];
 
-/// Whether `s` is a valid endpoint name: `[A-Za-z0-9_.-]{1,64}`.
+/// Whether `s` is a valid endpoint name: `[A-Za-z0-9_.-]{1,64}`, but not `.` or `..`,
+/// which HTTP clients drop from a URL's path (RFC 3986 §5.2.4): the admin API's
+/// `/v1/endpoints/..` would be out of their reach.
 pub fn valid_endpoint_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
+        && s != "."
+        && s != ".."
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
@@ -915,7 +919,8 @@ impl EndpointConfig {
         if !valid_endpoint_name(n) {
             // The name itself is the problem: quote it.
             out.push(format!(
-                "endpoint {n:?}: field `name`: must match [A-Za-z0-9_.-]{{1,64}}"
+                "endpoint {n:?}: field `name`: must match [A-Za-z0-9_.-]{{1,64}}, and not be \
+                 `.` or `..` (HTTP clients drop those from a URL's path)"
             ));
         }
         if self.events.is_empty() {
@@ -2191,5 +2196,28 @@ disable_after = { "4xx" = "many" }
         e.account = None;
         e.events = vec!["*".into()];
         assert!(e.routes("anything", None));
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::valid_endpoint_name;
+
+    #[test]
+    fn endpoint_names_are_the_pattern_but_dot_segments() {
+        for ok in [
+            "a",
+            "partner-555.inquiries",
+            "...",
+            ".a",
+            "a.",
+            "_",
+            &"x".repeat(64),
+        ] {
+            assert!(valid_endpoint_name(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "a b", "a/b", "é", &"x".repeat(65)] {
+            assert!(!valid_endpoint_name(bad), "{bad}");
+        }
     }
 }

@@ -452,14 +452,18 @@ pub async fn run(setup: WorkerSetup) {
     if lines > 0 {
         // Their producers did not read their answers in time (a full socket): the
         // lines were read, so most were accepted, and the producers cannot tell which.
+        // Counted whole per batch of answers (one partly written counts in full); over
+        // TCP the close resets a connection with input unread, which also drops the
+        // answers written but not yet read: there the producer may miss more.
         tracing::warn!(
             worker = w.idx,
             connections = conns,
             lines,
             bound = ?setup.drain_timeout,
             "ingest lines left unanswered at the shutdown bound (their producers did not \
-             read the answers): they may have been accepted; sent again, one with an `id` \
-             answers `dup`, one without is a second event"
+             read the answers; over TCP the reset at the close may drop more): they may \
+             have been accepted; sent again, one with an `id` answers `dup`, one without \
+             is a second event"
         );
     }
     // Before the inbox closes: a scrape that finds it closed reads this instead.

@@ -72,7 +72,7 @@ impl Admin {
             .iter()
             .map(|spec| {
                 let name = spec.cfg.name.as_str();
-                describe(spec, metas.get(name).copied(), counts.get(name))
+                describe(&spec.cfg, metas.get(name).copied(), counts.get(name))
             })
             .collect();
         json_response(200, &List { endpoints: list })
@@ -80,14 +80,18 @@ impl Admin {
 
     /// `POST /v1/endpoints`.
     pub(super) fn create_endpoint(&self, body: &[u8]) -> Response {
-        match self.put(body, None, PutMode::Create) {
-            Ok(name) => self.read_endpoint(&name, 201),
-            Err(r) => r,
-        }
+        self.put(body, None, PutMode::Create).unwrap_or_else(|r| r)
     }
 
-    /// Parses, compiles and applies an endpoint definition; returns its name.
-    fn put(&self, body: &[u8], path_name: Option<&str>, mode: PutMode) -> Result<String, Response> {
+    /// Parses, compiles and applies an endpoint definition; answers with the endpoint
+    /// as applied (201 created, 200 replaced). Described from what this call committed,
+    /// not read back after: another client's write in between is not this answer's.
+    fn put(
+        &self,
+        body: &[u8],
+        path_name: Option<&str>,
+        mode: PutMode,
+    ) -> Result<Response, Response> {
         let mut cfg = parse_definition(body, path_name).map_err(|m| error(400, m))?;
         let stored = path_name.and_then(|n| self.spec(n));
         if let Err(missing) = keep_redacted(&mut cfg, stored.as_ref().map(|s| &s.cfg)) {
@@ -111,6 +115,7 @@ impl Admin {
             }
         };
         let name = spec.cfg.name.clone();
+        let applied = spec.cfg.clone();
         let (tx, rx) = crossbeam_channel::bounded(1);
         let sent = self.commit.send(CommitMsg::PutEndpoint {
             spec: Box::new(spec),
@@ -121,7 +126,17 @@ impl Admin {
             return Err(error(503, "server is shutting down"));
         }
         match await_reply(rx)? {
-            Ok(_) => Ok(name),
+            Ok((id, meta)) => {
+                let counts = self.counts(worker_for(&name, self.workers.len()), id, &name);
+                let status = match mode {
+                    PutMode::Create => 201,
+                    _ => 200,
+                };
+                Ok(json_response(
+                    status,
+                    &describe(&applied, Some(&meta), counts.as_ref()),
+                ))
+            }
             Err(e) => Err(op_error(e)),
         }
     }
@@ -135,7 +150,7 @@ impl Admin {
             Err(r) => return r,
         };
         let counts = self.counts(worker_for(name, self.workers.len()), spec.id, name);
-        json_response(status, &describe(&spec, meta.as_ref(), counts.as_ref()))
+        json_response(status, &describe(&spec.cfg, meta.as_ref(), counts.as_ref()))
     }
 
     /// `/v1/endpoints/{name}` and `/v1/endpoints/{name}/{action}`.
@@ -163,10 +178,9 @@ impl Admin {
         match (method, action) {
             ("GET", None) => return self.read_endpoint(&name, 200),
             ("PUT", None) => {
-                return match self.put(body, Some(&name), PutMode::Replace) {
-                    Ok(name) => self.read_endpoint(&name, 200),
-                    Err(r) => r,
-                }
+                return self
+                    .put(body, Some(&name), PutMode::Replace)
+                    .unwrap_or_else(|r| r)
             }
             ("DELETE", None) => {
                 let (tx, rx) = crossbeam_channel::bounded(1);
@@ -566,10 +580,28 @@ fn keep_redacted(cfg: &mut EndpointConfig, stored: Option<&EndpointConfig>) -> R
             None => return Err(missing(&format!("headers.{k}"))),
         }
     }
-    if cfg.signing_secret.as_deref() == Some(REDACTED) {
-        match stored.and_then(|s| s.signing_secret.clone()) {
-            Some(secret) => cfg.signing_secret = Some(secret),
-            None => return Err(missing("signing_secret")),
+    // The secrets are a list separated by spaces, and the marker stands for the stored
+    // ones, alone or among new ones: `[redacted] whsec_new` adds a secret for a rotation
+    // without sending the old ones again.
+    if let Some(secrets) = &cfg.signing_secret {
+        if secrets.split_whitespace().any(|w| w == REDACTED) {
+            let Some(kept) = stored.and_then(|s| s.signing_secret.as_deref()) else {
+                return Err(missing("signing_secret"));
+            };
+            let mut out: Vec<&str> = Vec::new();
+            for w in secrets.split_whitespace() {
+                let add: Vec<&str> = if w == REDACTED {
+                    kept.split_whitespace().collect()
+                } else {
+                    vec![w]
+                };
+                for w in add {
+                    if !out.contains(&w) {
+                        out.push(w);
+                    }
+                }
+            }
+            cfg.signing_secret = Some(out.join(" "));
         }
     }
     Ok(())
@@ -621,13 +653,13 @@ struct List {
 }
 
 fn describe(
-    spec: &EndpointSpec,
+    cfg: &EndpointConfig,
     meta: Option<&EndpointMeta>,
     counts: Option<&EndpointCounts>,
 ) -> View {
     let default = EndpointMeta::default();
     let meta = meta.unwrap_or(&default);
-    let mut cfg = spec.cfg.redacted();
+    let mut cfg = cfg.redacted();
     cfg.enabled = !meta.is_disabled();
     View {
         cfg,
@@ -694,7 +726,7 @@ mod tests {
             fails: [0, 2, 0],
             ..EndpointMeta::default()
         };
-        let v = serde_json::to_value(describe(&spec, Some(&meta), None)).unwrap();
+        let v = serde_json::to_value(describe(&spec.cfg, Some(&meta), None)).unwrap();
         let text = v.to_string();
         assert!(!text.contains("abc"), "{text}");
         assert!(!text.contains("MfKQ"), "{text}");
@@ -721,7 +753,7 @@ mod tests {
         cfg.headers
             .push(("Authorization".into(), "Bearer x".into()));
         let spec = EndpointSpec::compile(1, cfg).unwrap();
-        let text = serde_json::to_string(&describe(&spec, None, None)).unwrap();
+        let text = serde_json::to_string(&describe(&spec.cfg, None, None)).unwrap();
         assert!(
             text.contains(r#""headers":{"Z-First":"1","A-Second":"2","M-Third":"3","Authorization":"[redacted]"}"#),
             "{text}"
@@ -856,6 +888,27 @@ mod tests {
             ]
         );
         assert_eq!(cfg.signing_secret, stored.signing_secret);
+
+        // A rotation: the marker among new secrets stands for the stored ones, in its
+        // place; the marker twice, or a secret given again, once.
+        let old = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        for (given, kept) in [
+            (
+                "[redacted] whsec_bmV3bmV3bmV3",
+                format!("{old} whsec_bmV3bmV3bmV3"),
+            ),
+            (
+                "whsec_bmV3bmV3bmV3  [redacted]",
+                format!("whsec_bmV3bmV3bmV3 {old}"),
+            ),
+            (&format!("[redacted] {old} [redacted]"), old.to_string()),
+        ] {
+            let mut c = cfg.clone();
+            c.url = "http://h/".into();
+            c.signing_secret = Some(given.to_string());
+            keep_redacted(&mut c, Some(&stored)).unwrap();
+            assert_eq!(c.signing_secret.as_deref(), Some(kept.as_str()), "{given}");
+        }
 
         // Nothing stored to keep.
         let mut fresh = cfg.clone();

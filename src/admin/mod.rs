@@ -852,6 +852,19 @@ impl Params {
             return Ok(None);
         };
         let ms = match v.parse::<u64>() {
+            // Unix seconds (a receiver's `webhook-timestamp`, say) read as milliseconds
+            // would be a time in 1970 and widen the window to the whole log: a
+            // `recover` would send every failed delivery again. 0 (the beginning) is
+            // meant as written, and so is an RFC 3339 time, whatever its year.
+            Ok(ms) if ms != 0 && crate::ingest::parse::looks_like_seconds(ms) => {
+                return Err(error(
+                    400,
+                    format!(
+                        "{key}: {v:?} is before 1973-03-03 as unix milliseconds: unix seconds? \
+                         (unix milliseconds or RFC 3339 expected; 0 for the beginning)"
+                    ),
+                ));
+            }
             Ok(ms) => ms,
             Err(_) => {
                 time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
@@ -868,18 +881,6 @@ impl Params {
         // Past the year 9999 (UTC) nothing is logged, and such a value is no millisecond
         // time (nanoseconds, a typo; an offset west of 9999-12-31T23:59:59): refused, not
         // wrapped into some other time.
-        // Unix seconds (a receiver's `webhook-timestamp`, say) read as milliseconds would
-        // be a time in 1970 and widen the window to the whole log: a `recover` would send
-        // every failed delivery again. 0 (the beginning) is meant as written.
-        if ms != 0 && crate::ingest::parse::looks_like_seconds(ms) {
-            return Err(error(
-                400,
-                format!(
-                    "{key}: {v:?} is before 1973-03-03 as unix milliseconds: unix seconds? \
-                     (unix milliseconds or RFC 3339 expected; 0 for the beginning)"
-                ),
-            ));
-        }
         if ms > crate::ingest::parse::MAX_TIME_MS {
             return Err(error(
                 400,
@@ -971,6 +972,11 @@ mod tests {
         assert!(body.contains("unix seconds?"), "{body}");
         assert!(window("until=99999999999").is_err());
         assert_eq!(window("since=0").unwrap(), (Some(0), None));
+        // Written as RFC 3339, a time in 1970 is what it says.
+        assert_eq!(
+            window("since=1970-01-01T00:00:00.001Z").unwrap(),
+            (Some(1), None)
+        );
         assert_eq!(
             window("since=1796465842111&until=2026-12-31T00:00:00Z").unwrap(),
             (Some(1_796_465_842_111), Some(1_798_675_200_000))

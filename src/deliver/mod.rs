@@ -404,7 +404,6 @@ impl ConnSlot {
             let sent_at = Instant::now();
             let (res, b) = conn.stream.write_all(req).await;
             req = b;
-            let broke = res.is_err();
             let result = match res {
                 // A receiver may answer before it has read the whole request (a `413`
                 // to a large body) and close: the answer is in the socket even though
@@ -419,15 +418,13 @@ impl ConnSlot {
                 Err(e) => Err((format!("write: {e}"), true)),
                 Ok(()) => read_response(conn).await,
             };
-            let ended = Instant::now();
             // The receiver closed the kept connection for idleness as the request
-            // crossed it: the write broke (an incomplete request is not acted on), or
-            // the close came within a round trip's allowance. Not a receiver that
-            // took the request, worked on it and then closed unanswered: that is the
-            // attempt's outcome, as on a new connection.
-            let crossed = reused
-                && try_no == 0
-                && (broke || ended.duration_since(sent_at) < self.resend_within);
+            // crossed it: the close (a broken write, no answer, or a `408`) came within
+            // a round trip's allowance of the request. Not a receiver that took the
+            // request (or its head: a large body may still be on its way), worked on
+            // it and then closed unanswered: that is the attempt's outcome, as on a new
+            // connection.
+            let crossed = reused && try_no == 0 && sent_at.elapsed() < self.resend_within;
             match result {
                 // A `408` that closes a kept connection is the receiver closing it for
                 // idleness (sent just before our request arrived, or without reading
@@ -1053,6 +1050,14 @@ mod reconnect_tests {
             "{ex:?}"
         );
         assert!(!resent);
+        // So is a close that breaks the write of a large body: the receiver had its
+        // head 300 ms.
+        let (ex, resent, _) = second_on_a_kept_connection(
+            vec![Step::Keep, Step::DropAfter(Duration::from_millis(300))],
+            16 << 20,
+        );
+        assert!(matches!(ex, Exchange::Failed(_)), "{ex:?}");
+        assert!(!resent, "sent again after its head had been read");
         // Closed at once (the idle close crossing the request): sent again.
         let (ex, resent, counts) = second_on_a_kept_connection(vec![Step::Keep, Step::Drop], 0);
         assert!(

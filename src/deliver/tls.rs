@@ -189,7 +189,13 @@ fn hint(e: &io::Error) -> &'static str {
             if o.to_string().contains("CaUsedAsEndEntity") =>
         {
             " (the server presents a CA certificate as its own: it needs a leaf certificate \
-             (CA:FALSE) issued by a CA, and that CA in extra_ca_file)"
+             (CA:FALSE) issued by a CA, and that CA in extra_ca_file, or a self-signed \
+             leaf in extra_ca_file itself)"
+        }
+        // What came back is no TLS record: a plain-HTTP answer, say.
+        Some(Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) => {
+            " (the receiver does not speak TLS on this port: plain HTTP? check the URL's \
+             scheme and port)"
         }
         _ => "",
     }
@@ -573,7 +579,35 @@ mod tests {
         };
         let err = handshake_error(&pki, &pki.ca, "localhost");
         assert!(err.contains("CaUsedAsEndEntity"), "{err}");
-        assert!(err.ends_with("it needs a leaf certificate (CA:FALSE) issued by a CA, and that CA in extra_ca_file)"), "{err}");
+        assert!(err.ends_with("it needs a leaf certificate (CA:FALSE) issued by a CA, and that CA in extra_ca_file, or a self-signed leaf in extra_ca_file itself)"), "{err}");
+    }
+
+    /// An `https://` URL to a plain-HTTP port: the answer is no TLS record, and the error
+    /// says what that likely means.
+    #[test]
+    fn a_plain_http_answer_to_the_handshake_is_explained() {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        });
+        let config = trusting(&pki("test ca").ca);
+        let err = block_on(async move {
+            let tcp = TcpStream::connect_addr(addr).await.unwrap();
+            TlsStream::connect(config, tcp, "localhost").await.err()
+        })
+        .expect("the handshake fails");
+        assert!(err.contains("InvalidContentType"), "{err}");
+        assert!(
+            err.ends_with("plain HTTP? check the URL's scheme and port)"),
+            "{err}"
+        );
     }
 
     #[test]

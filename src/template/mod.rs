@@ -57,7 +57,7 @@ pub enum BodyFormat {
 
 /// A template that does not compile, with the position of the problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}, column {column}: {message}\n{excerpt}")]
+#[error("line {line}, column {column}: {message}\n{}", excerpt_window(.excerpt, *.column))]
 pub struct TemplateError {
     /// 1-based line in the template source.
     pub line: usize,
@@ -105,6 +105,41 @@ impl TemplateError {
         }
         self
     }
+}
+
+/// Characters of the source line shown on each side of the problem's column; a longer
+/// line is cut to them (`…` where cut), so an error in a 900 KB one-line body is not a
+/// 900 KB message.
+const EXCERPT_SIDE: usize = 70;
+
+/// `excerpt` (a source line, a newline, a caret line) as shown: the source line cut to
+/// [`EXCERPT_SIDE`] characters either side of `column` (1-based), the caret moved with
+/// it. Cut when shown, after any masking, which needs the whole line.
+fn excerpt_window(excerpt: &str, column: usize) -> std::borrow::Cow<'_, str> {
+    let Some((source, caret)) = excerpt.split_once('\n') else {
+        return excerpt.into();
+    };
+    let len = source.chars().count();
+    if len <= 2 * EXCERPT_SIDE + 20 {
+        return excerpt.into();
+    }
+    let col = column.saturating_sub(1).min(len);
+    let start = col.saturating_sub(EXCERPT_SIDE);
+    let end = (col + EXCERPT_SIDE).min(len);
+    let mut out = String::with_capacity(4 * (end - start) + 8);
+    if start > 0 {
+        out.push('…');
+    }
+    out.extend(source.chars().skip(start).take(end - start));
+    if end < len {
+        out.push('…');
+    }
+    out.push('\n');
+    if start > 0 {
+        out.push(' ');
+    }
+    out.extend(caret.chars().skip(start));
+    out.into()
 }
 
 /// A compiled template. Cheap to clone (the parts are shared), `Send + Sync`.
@@ -188,6 +223,31 @@ mod tests {
         assert_send_sync_clone::<Doc>();
         assert_send_sync_clone::<TemplateError>();
         assert_send_sync_clone::<DocError>();
+    }
+
+    #[test]
+    fn a_long_line_s_error_shows_the_part_around_the_problem() {
+        // A 900 KB one-line body with a bad placeholder near its start and one near its
+        // end: the message was the whole line and a caret line as long.
+        let pad = "x".repeat(900_000);
+        for src in [format!("ab{{Bad( {pad}"), format!("{pad}{{Bad(}} tail")] {
+            let e = Template::compile(&src, Context::Body(BodyFormat::Text)).unwrap_err();
+            let text = e.to_string();
+            assert!(text.len() < 400, "{} bytes", text.len());
+            let mut lines = text.lines().skip(1);
+            let (shown, caret) = (lines.next().unwrap(), lines.next().unwrap());
+            // The caret still stands under the problem's character.
+            let at = caret.chars().count() - 1;
+            assert_eq!(caret.chars().last(), Some('^'), "{caret}");
+            assert_eq!(
+                shown.chars().nth(at),
+                src.chars().nth(e.column - 1),
+                "{shown}\n{caret}"
+            );
+        }
+        // A line of ordinary length is shown whole.
+        let e = Template::compile("{\"a\": {B(}}", Context::Body(BodyFormat::Json)).unwrap_err();
+        assert!(e.to_string().ends_with("{\"a\": {B(}}\n       ^"), "{e}");
     }
 
     #[test]

@@ -2550,3 +2550,58 @@ fn config_file_removal_and_disable_settle_waiting_deliveries_at_start() {
         v["deliveries"][0]["attempts"].as_array().unwrap().len() == 2
     });
 }
+
+/// Clients writing one name at once: each `POST`/`PUT` answer shows the definition that
+/// call applied. It was read back after the write, so it could show another client's
+/// (a 201 with the other's URL), or a 404 for a create a `DELETE` had just undone.
+#[test]
+fn a_create_or_replace_answers_with_what_it_applied_whoever_writes_next() {
+    let srv = TestServer::start("");
+    let admin = srv.admin;
+    let def = |url: &str| format!(r#"{{"name":"r","events":["t"],"url":"{url}"}}"#);
+    let creator = std::thread::spawn(move || {
+        let mut wrong = Vec::new();
+        for _ in 0..300 {
+            let (status, v) = http_json(
+                admin,
+                "POST",
+                "/v1/endpoints",
+                &def("http://a.example/"),
+                None,
+            );
+            match status {
+                201 if v["url"] == "http://a.example/" => {}
+                409 => {}
+                _ => wrong.push(format!("POST {status} {v}")),
+            }
+            http_json(admin, "DELETE", "/v1/endpoints/r", "", None);
+        }
+        wrong
+    });
+    let replacer = std::thread::spawn(move || {
+        let mut wrong = Vec::new();
+        for _ in 0..300 {
+            let (status, v) = http_json(
+                admin,
+                "PUT",
+                "/v1/endpoints/r",
+                &def("http://b.example/"),
+                None,
+            );
+            match status {
+                200 if v["url"] == "http://b.example/" => {}
+                404 => {}
+                _ => wrong.push(format!("PUT {status} {v}")),
+            }
+        }
+        wrong
+    });
+    let mut wrong = creator.join().unwrap();
+    wrong.extend(replacer.join().unwrap());
+    assert!(
+        wrong.is_empty(),
+        "{} answers not the caller's: {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(3)]
+    );
+}
