@@ -450,8 +450,8 @@ pub async fn run(setup: WorkerSetup) {
         .filter(|&n| n > 0)
         .fold((0, 0), |(c, l), n| (c + 1, l + n));
     if lines > 0 {
-        // Their producers did not read their answers in time (a full socket): the
-        // lines were read, so most were accepted, and the producers cannot tell which.
+        // Read, so most were accepted, and their producers cannot tell which: their
+        // answers were not read in time (a full socket), or were not yet durable.
         // Counted whole per batch of answers (one partly written counts in full); over
         // TCP the close resets a connection with input unread, which also drops the
         // answers written but not yet read: there the producer may miss more.
@@ -460,10 +460,10 @@ pub async fn run(setup: WorkerSetup) {
             connections = conns,
             lines,
             bound = ?setup.drain_timeout,
-            "ingest lines left unanswered at the shutdown bound (their producers did not \
-             read the answers; over TCP the reset at the close may drop more): they may \
-             have been accepted; sent again, one with an `id` answers `dup`, one without \
-             is a second event"
+            "ingest lines left unanswered at the shutdown bound (answers their producers \
+             did not read, or not yet durable; over TCP the reset at the close may drop \
+             more): they may have been accepted; sent again, one with an `id` answers \
+             `dup`, one without is a second event"
         );
     }
     // Before the inbox closes: a scrape that finds it closed reads this instead.
@@ -984,6 +984,9 @@ impl Worker {
         scratch: &mut Scratch,
     ) -> Tried {
         let cfg = &spec.cfg;
+        // An attempt that ends before a request is written (a template, a look-up or the
+        // SSRF guard refusing) leaves no connection flags of the last one behind.
+        slot.begin_attempt();
         let at_ms = now_ms();
         let started = Instant::now();
         let mut rec = AttemptRecord {

@@ -80,13 +80,18 @@ impl Admin {
 
     /// `POST /v1/endpoints`.
     pub(super) fn create_endpoint(&self, body: &[u8]) -> Response {
-        self.put(body, None, PutMode::Create).unwrap_or_else(|r| r)
+        self.put(body, None, PutMode::Create)
     }
 
     /// Parses, compiles and applies an endpoint definition; answers with the endpoint
     /// as applied (201 created, 200 replaced). Described from what this call committed,
     /// not read back after: another client's write in between is not this answer's.
-    fn put(
+    fn put(&self, body: &[u8], path_name: Option<&str>, mode: PutMode) -> Response {
+        self.try_put(body, path_name, mode)
+            .unwrap_or_else(|refused| refused)
+    }
+
+    fn try_put(
         &self,
         body: &[u8],
         path_name: Option<&str>,
@@ -130,7 +135,7 @@ impl Admin {
                 let counts = self.counts(worker_for(&name, self.workers.len()), id, &name);
                 let status = match mode {
                     PutMode::Create => 201,
-                    _ => 200,
+                    PutMode::Replace => 200,
                 };
                 Ok(json_response(
                     status,
@@ -141,7 +146,7 @@ impl Admin {
         }
     }
 
-    fn read_endpoint(&self, name: &str, status: u16) -> Response {
+    fn read_endpoint(&self, name: &str) -> Response {
         let Some(spec) = self.spec(name) else {
             return error(404, format!("no endpoint {name:?}"));
         };
@@ -150,7 +155,7 @@ impl Admin {
             Err(r) => return r,
         };
         let counts = self.counts(worker_for(name, self.workers.len()), spec.id, name);
-        json_response(status, &describe(&spec.cfg, meta.as_ref(), counts.as_ref()))
+        json_response(200, &describe(&spec.cfg, meta.as_ref(), counts.as_ref()))
     }
 
     /// `/v1/endpoints/{name}` and `/v1/endpoints/{name}/{action}`.
@@ -176,12 +181,8 @@ impl Admin {
             }
         }
         match (method, action) {
-            ("GET", None) => return self.read_endpoint(&name, 200),
-            ("PUT", None) => {
-                return self
-                    .put(body, Some(&name), PutMode::Replace)
-                    .unwrap_or_else(|r| r)
-            }
+            ("GET", None) => return self.read_endpoint(&name),
+            ("PUT", None) => return self.put(body, Some(&name), PutMode::Replace),
             ("DELETE", None) => {
                 let (tx, rx) = crossbeam_channel::bounded(1);
                 if !self.commit.send(CommitMsg::DeleteEndpoint {

@@ -847,7 +847,7 @@ impl Params {
     }
 
     /// A time given as RFC 3339 or unix milliseconds, as unix ms.
-    pub(crate) fn time_ms(&self, key: &str) -> Result<Option<u64>, Response> {
+    fn time_ms(&self, key: &str) -> Result<Option<u64>, Response> {
         let Some(v) = self.get(key) else {
             return Ok(None);
         };

@@ -359,16 +359,16 @@ impl LineParser {
         let mut last_is_data = false;
         for (k, v) in obj.iter() {
             last_is_data = k == "data";
-            let (slot, name) = match k {
-                "type" => (&mut type_v, "type"),
-                "id" => (&mut id_v, "id"),
-                "account" => (&mut account_v, "account"),
-                "time" => (&mut time_v, "time"),
-                "data" => (&mut data_v, "data"),
+            let slot = match k {
+                "type" => &mut type_v,
+                "id" => &mut id_v,
+                "account" => &mut account_v,
+                "time" => &mut time_v,
+                "data" => &mut data_v,
                 _ => continue,
             };
             if slot.replace(v).is_some() {
-                return Err(invalid(format!("field `{name}` is given more than once")));
+                return Err(invalid(format!("field `{k}` is given more than once")));
             }
         }
 
