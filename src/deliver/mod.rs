@@ -409,7 +409,8 @@ impl ConnSlot {
             self.first = conn.sent == 0;
             self.resent = try_no > 0;
             conn.sent += 1;
-            let sent_at = Instant::now();
+            // (Only a kept connection's first try may go again: only it reads the clock.)
+            let sent_at = (reused && try_no == 0).then(Instant::now);
             let (res, b) = conn.stream.write_all(req).await;
             req = b;
             let result = match res {
@@ -432,12 +433,13 @@ impl ConnSlot {
             // request (or its head: a large body may still be on its way), worked on
             // it and then closed unanswered: that is the attempt's outcome, as on a new
             // connection.
-            let crossed = reused && try_no == 0 && sent_at.elapsed() < self.resend_within;
+            let within = self.resend_within;
+            let crossed = || sent_at.is_some_and(|t| t.elapsed() < within);
             match result {
                 // A `408` that closes a kept connection is the receiver closing it for
                 // idleness (sent just before our request arrived, or without reading
                 // it): the request may go again on a new one (RFC 9110 §15.5.9).
-                Ok((408, _, false)) if crossed => {
+                Ok((408, _, false)) if crossed() => {
                     self.conn = None;
                     continue;
                 }
@@ -463,7 +465,7 @@ impl ConnSlot {
                 Err((msg, nothing_received)) => {
                     self.conn = None;
                     self.failed = true;
-                    if crossed && nothing_received {
+                    if nothing_received && crossed() {
                         continue; // a stale idle connection: once more on a fresh one
                     }
                     return (Exchange::Failed(msg), req);
