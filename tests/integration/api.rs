@@ -2558,44 +2558,39 @@ fn config_file_removal_and_disable_settle_waiting_deliveries_at_start() {
 fn a_create_or_replace_answers_with_what_it_applied_whoever_writes_next() {
     let srv = TestServer::start("");
     let admin = srv.admin;
-    let def = |url: &str| format!(r#"{{"name":"r","events":["t"],"url":"{url}"}}"#);
-    let creator = std::thread::spawn(move || {
-        let mut wrong = Vec::new();
-        for _ in 0..300 {
-            let (status, v) = http_json(
-                admin,
-                "POST",
-                "/v1/endpoints",
-                &def("http://a.example/"),
-                None,
-            );
-            match status {
-                201 if v["url"] == "http://a.example/" => {}
-                409 => {}
-                _ => wrong.push(format!("POST {status} {v}")),
+    // 300 calls of `method` on `path` with url `url`, each answered `ok` showing that url
+    // or `other` (409 or 404: the name taken or gone), then a `DELETE` with `delete`;
+    // the answers that were neither.
+    let writer = move |method: &'static str,
+                       path: &'static str,
+                       url: &'static str,
+                       ok: u16,
+                       other: u16,
+                       delete: bool| {
+        std::thread::spawn(move || {
+            let def = format!(r#"{{"name":"r","events":["t"],"url":"{url}"}}"#);
+            let mut wrong = Vec::new();
+            for _ in 0..300 {
+                let (status, v) = http_json(admin, method, path, &def, None);
+                if !(status == ok && v["url"] == url || status == other) {
+                    wrong.push(format!("{method} {status} {v}"));
+                }
+                if delete {
+                    http_json(admin, "DELETE", "/v1/endpoints/r", "", None);
+                }
             }
-            http_json(admin, "DELETE", "/v1/endpoints/r", "", None);
-        }
-        wrong
-    });
-    let replacer = std::thread::spawn(move || {
-        let mut wrong = Vec::new();
-        for _ in 0..300 {
-            let (status, v) = http_json(
-                admin,
-                "PUT",
-                "/v1/endpoints/r",
-                &def("http://b.example/"),
-                None,
-            );
-            match status {
-                200 if v["url"] == "http://b.example/" => {}
-                404 => {}
-                _ => wrong.push(format!("PUT {status} {v}")),
-            }
-        }
-        wrong
-    });
+            wrong
+        })
+    };
+    let creator = writer("POST", "/v1/endpoints", "http://a.example/", 201, 409, true);
+    let replacer = writer(
+        "PUT",
+        "/v1/endpoints/r",
+        "http://b.example/",
+        200,
+        404,
+        false,
+    );
     let mut wrong = creator.join().unwrap();
     wrong.extend(replacer.join().unwrap());
     assert!(
