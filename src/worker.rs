@@ -1054,12 +1054,29 @@ impl Worker {
                         };
                         match answer {
                             Err(_) => {
+                                let in_body = slot.in_body();
                                 slot.reset();
                                 rec.timed_out = true;
                                 rec.error = format!(
                                     "timed out after {}",
                                     crate::config::format_duration(cfg.timeout)
                                 );
+                                // The answer had begun: say how far it came.
+                                if let Some((status, got, left)) = in_body {
+                                    use std::fmt::Write as _;
+                                    let _ = match left {
+                                        Some(left) => write!(
+                                            rec.error,
+                                            " in the body of a {status} response ({got} of its \
+                                             {} bytes read)",
+                                            got + left
+                                        ),
+                                        None => write!(
+                                            rec.error,
+                                            " in the body of a {status} response ({got} bytes read)"
+                                        ),
+                                    };
+                                }
                                 Verdict::Failed {
                                     class: FailClass::C5xx,
                                     retry_after: None,

@@ -573,6 +573,18 @@ impl ResponseParser {
         }
     }
 
+    /// A response whose head came and whose body has not ended: its status, the body
+    /// bytes read, and how many a `Content-Length` still awaits. For an attempt that
+    /// timed out there (a `Content-Length` counted in characters, say), so its error
+    /// says what arrived rather than only that time ran out.
+    pub fn in_body(&self) -> Option<(u16, u64, Option<u64>)> {
+        match self.state {
+            State::Length(left) => Some((self.status, self.body_len, Some(left))),
+            State::Chunked | State::Close => Some((self.status, self.body_len, None)),
+            State::Head | State::Done => None,
+        }
+    }
+
     /// Prepares for the next response; keeps the buffers' capacity.
     pub fn reset(&mut self) {
         self.state = State::Head;

@@ -231,6 +231,12 @@ impl ConnSlot {
         }
     }
 
+    /// The response the connection was reading when an attempt ran out of time, if its
+    /// head had come: [`ResponseParser::in_body`]. Read before [`Self::reset`].
+    pub fn in_body(&self) -> Option<(u16, u64, Option<u64>)> {
+        self.conn.as_ref().and_then(|c| c.parser.in_body())
+    }
+
     /// Forgets what the last exchange did ([`Self::last_was_first`],
     /// [`Self::last_was_resent`]), for an attempt that may end before it writes a request.
     pub fn begin_attempt(&mut self) {

@@ -705,3 +705,35 @@ retry = ["1s"]"#;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].path, "/plain");
 }
+
+/// An answer whose body stops short of its `Content-Length` (a length counted in
+/// characters, say) times out; the attempt's error says the head came and how much of
+/// the body, where it said only that time ran out.
+#[test]
+fn a_timeout_in_an_answer_s_body_says_how_far_it_came() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf);
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nok");
+        // Held open past the attempt's timeout, then dropped.
+        let _ = s.read(&mut buf);
+    });
+    let srv = TestServer::start(&endpoint(
+        "short",
+        r#"["t"]"#,
+        &format!("http://{addr}/"),
+        "timeout = \"500ms\"\nretry = \"none\"",
+    ));
+    srv.connect().send(&event("t", "s-1", "{}"));
+    let v = srv.wait_event("s-1", Duration::from_secs(10), |v| states(v) == ["failed"]);
+    let a = &v["deliveries"][0]["attempts"][0];
+    assert_eq!(a["timed_out"], true, "{a}");
+    assert_eq!(
+        a["error"], "timed out after 500ms in the body of a 200 response (2 of its 100 bytes read)",
+        "{a}"
+    );
+}
