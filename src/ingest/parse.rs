@@ -125,6 +125,24 @@ fn json_error(e: &simd_json::Error, line: &[u8]) -> String {
             return found;
         }
     }
+    // A whole value with something after it, said at the first byte that follows:
+    // simd-json places it at the value's last byte, or at byte 0 when what follows
+    // opens a string.
+    let mut values =
+        serde_json::Deserializer::from_slice(line).into_iter::<serde::de::IgnoredAny>();
+    if let Some(Ok(_)) = values.next() {
+        let end = values.byte_offset();
+        if let Some(n) = line[end..]
+            .iter()
+            .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        {
+            return at_char(
+                "not one JSON value (something follows it, or it is cut)",
+                end + n,
+                line,
+            );
+        }
+    }
     let what = match e.error() {
         E::Eof => "the text ends inside a value",
         E::TrailingData | E::InternalError => {
@@ -140,21 +158,12 @@ fn json_error(e: &simd_json::Error, line: &[u8]) -> String {
         E::KeyMustBeAString | E::ExpectedObjectKey => "an object key that is not a string",
         _ => "a syntax error",
     };
-    // simd-json places trailing data at the last byte of the value before it: the
-    // position given is the first byte that follows, past whitespace.
-    let mut at = e.index();
-    if matches!(e.error(), E::TrailingData | E::InternalError)
-        && matches!(line.get(at), Some(b'}' | b']'))
-    {
-        if let Some(n) = line.get(at + 1..).and_then(|rest| {
-            rest.iter()
-                .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-        }) {
-            at += 1 + n;
-        }
-    }
-    // The character there, whole (simd-json gives its byte, read as Latin-1: a
-    // no-break space showed as 'Â'); the line is valid UTF-8 by now.
+    at_char(what, e.index(), line)
+}
+
+/// `what` with the byte offset `at` in `line` (valid UTF-8) and the character there,
+/// whole (simd-json gives its byte, read as Latin-1: a no-break space showed as 'Â').
+fn at_char(what: &str, at: usize, line: &[u8]) -> String {
     let c = std::str::from_utf8(line)
         .ok()
         .and_then(|s| {
@@ -729,6 +738,17 @@ mod tests {
         assert!(err.ends_with("(at byte 0, '\\u{a0}')"), "{err}");
         let err = p("{\"type\":\"t\",\"data\":{}}é").unwrap_err().0;
         assert!(err.ends_with("(at byte 22, 'é')"), "{err}");
+        // What follows opens a string (simd-json put it at byte 0, "a syntax error").
+        for (line, at) in [
+            ("{\"type\":\"t\",\"data\":{}}\"", 22),
+            ("{\"type\":\"t\",\"data\":{}} \"abc", 23),
+        ] {
+            assert_eq!(
+                p(line).unwrap_err().0,
+                format!("not JSON: not one JSON value (something follows it, or it is cut) (at byte {at}, '\"')"),
+                "{line}"
+            );
+        }
     }
 
     #[test]
