@@ -47,9 +47,9 @@ const RBUF_MIN: usize = 4 * 1024;
 /// docs/perf/history.md, session 21).
 const QUIET_CHECK_AFTER: Duration = Duration::from_millis(50);
 
-/// A kept connection that fails with no answer (or answers `408` and closes) at most this
-/// long after the request was written was closed by the receiver for idleness as the
-/// request crossed it: the request goes again at once on a new connection, as the same
+/// A kept connection that fails with no answer (a broken write, a close or a reset), or
+/// answers `408` and closes, at most this long after the request was begun was closed
+/// by the receiver for idleness as the request crossed it: the request goes again at once on a new connection, as the same
 /// attempt. Later than that, the receiver had the request (it may have acted on it) and
 /// the failure is the attempt's outcome, retried only by the schedule. A round trip on
 /// any real path is well inside it.
