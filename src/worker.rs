@@ -1057,26 +1057,12 @@ impl Worker {
                                 let in_body = slot.in_body();
                                 slot.reset();
                                 rec.timed_out = true;
-                                rec.error = format!(
-                                    "timed out after {}",
-                                    crate::config::format_duration(cfg.timeout)
-                                );
                                 // The answer had begun: say how far it came.
-                                if let Some((status, got, left)) = in_body {
-                                    use std::fmt::Write as _;
-                                    let _ = match left {
-                                        Some(left) => write!(
-                                            rec.error,
-                                            " in the body of a {status} response ({got} of its \
-                                             {} bytes read)",
-                                            got + left
-                                        ),
-                                        None => write!(
-                                            rec.error,
-                                            " in the body of a {status} response ({got} bytes read)"
-                                        ),
-                                    };
-                                }
+                                rec.error = format!(
+                                    "timed out after {}{}",
+                                    crate::config::format_duration(cfg.timeout),
+                                    in_body.map(|b| format!(" {b}")).unwrap_or_default()
+                                );
                                 Verdict::Failed {
                                     class: FailClass::C5xx,
                                     retry_after: None,
@@ -1171,43 +1157,44 @@ impl Worker {
             ep.answers_within.set(Some(least));
         }
         // Consecutive-failure counters and automatic disabling.
-        let mut disable = None;
-        match &verdict {
-            Verdict::Delivered => ep.fails.set([0; 3]),
+        // The failure's class, counted; a `410` is a 4xx failure that disables at once.
+        let failed = match &verdict {
+            Verdict::Delivered => {
+                ep.fails.set([0; 3]);
+                None
+            }
             Verdict::Failed { class, .. }
             | Verdict::Permanent {
                 class: Some(class), ..
-            } => {
-                let mut f = ep.fails.get();
-                let i = *class as usize;
-                f[i] += 1;
-                ep.fails.set(f);
-                let (limit, name, counted) = match class {
-                    FailClass::C3xx => (cfg.disable_after.c3xx, "3xx", ""),
-                    FailClass::C4xx => (cfg.disable_after.c4xx, "4xx", ""),
-                    // Not only 5xx answers: the reason says what counted.
-                    FailClass::C5xx => (
-                        cfg.disable_after.c5xx,
-                        "5xx",
-                        " (5xx answers, network errors and timeouts count as 5xx, and so \
-                         do other answers the success and error rules refuse)",
-                    ),
-                };
-                if f[i] >= limit {
-                    disable = Some(format!(
-                        "{} {name} failures since the last success{counted}",
-                        f[i]
-                    ));
-                }
-            }
-            Verdict::Gone => {
-                // A 4xx failure too: the counts show what led to the disable.
-                let mut f = ep.fails.get();
-                f[FailClass::C4xx as usize] += 1;
-                ep.fails.set(f);
+            } => Some(*class),
+            Verdict::Gone => Some(FailClass::C4xx),
+            Verdict::Permanent { class: None } => None,
+        };
+        let mut disable = None;
+        if let Some(class) = failed {
+            let mut f = ep.fails.get();
+            let i = class as usize;
+            f[i] += 1;
+            ep.fails.set(f);
+            let (limit, name, counted) = match class {
+                FailClass::C3xx => (cfg.disable_after.c3xx, "3xx", ""),
+                FailClass::C4xx => (cfg.disable_after.c4xx, "4xx", ""),
+                // Not only 5xx answers: the reason says what counted.
+                FailClass::C5xx => (
+                    cfg.disable_after.c5xx,
+                    "5xx",
+                    " (5xx answers, network errors and timeouts count as 5xx, and so \
+                     do other answers the success and error rules refuse)",
+                ),
+            };
+            if matches!(verdict, Verdict::Gone) {
                 disable = Some("the receiver answered 410 Gone".into());
+            } else if f[i] >= limit {
+                disable = Some(format!(
+                    "{} {name} failures since the last success{counted}",
+                    f[i]
+                ));
             }
-            Verdict::Permanent { class: None } => {}
         }
         // Disabled from now on (this attempt's retry waits paused); announced once its
         // outcome is reported.

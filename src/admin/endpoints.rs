@@ -590,13 +590,9 @@ fn keep_redacted(cfg: &mut EndpointConfig, stored: Option<&EndpointConfig>) -> R
                 return Err(missing("signing_secret"));
             };
             let mut out: Vec<&str> = Vec::new();
-            for w in secrets.split_whitespace() {
-                let add: Vec<&str> = if w == REDACTED {
-                    kept.split_whitespace().collect()
-                } else {
-                    vec![w]
-                };
-                for w in add {
+            for given in secrets.split_whitespace() {
+                let given = if given == REDACTED { kept } else { given };
+                for w in given.split_whitespace() {
                     if !out.contains(&w) {
                         out.push(w);
                     }

@@ -542,6 +542,31 @@ pub struct ResponseParser {
     body_len: u64,
 }
 
+/// Where a response stood, its head read and its body not ended
+/// ([`ResponseParser::in_body`]); shown as `in the body of a 200 response (2 of its 100
+/// bytes read)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InBody {
+    pub status: u16,
+    /// Body bytes read.
+    pub read: u64,
+    /// The body's length, when a `Content-Length` gave it.
+    pub total: Option<u64>,
+}
+
+impl std::fmt::Display for InBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let InBody { status, read, .. } = self;
+        match self.total {
+            Some(total) => write!(
+                f,
+                "in the body of a {status} response ({read} of its {total} bytes read)"
+            ),
+            None => write!(f, "in the body of a {status} response ({read} bytes read)"),
+        }
+    }
+}
+
 /// Framing and connection facts read from one response head.
 struct HeadInfo {
     content_length: Option<u64>,
@@ -573,16 +598,20 @@ impl ResponseParser {
         }
     }
 
-    /// A response whose head came and whose body has not ended: its status, the body
-    /// bytes read, and how many a `Content-Length` still awaits. For an attempt that
+    /// A response whose head came and whose body has not ended. For an attempt that
     /// timed out there (a `Content-Length` counted in characters, say), so its error
     /// says what arrived rather than only that time ran out.
-    pub fn in_body(&self) -> Option<(u16, u64, Option<u64>)> {
-        match self.state {
-            State::Length(left) => Some((self.status, self.body_len, Some(left))),
-            State::Chunked | State::Close => Some((self.status, self.body_len, None)),
-            State::Head | State::Done => None,
-        }
+    pub fn in_body(&self) -> Option<InBody> {
+        let total = match self.state {
+            State::Length(left) => Some(self.body_len + left),
+            State::Chunked | State::Close => None,
+            State::Head | State::Done => return None,
+        };
+        Some(InBody {
+            status: self.status,
+            read: self.body_len,
+            total,
+        })
     }
 
     /// Prepares for the next response; keeps the buffers' capacity.

@@ -233,7 +233,7 @@ impl ConnSlot {
 
     /// The response the connection was reading when an attempt ran out of time, if its
     /// head had come: [`ResponseParser::in_body`]. Read before [`Self::reset`].
-    pub fn in_body(&self) -> Option<(u16, u64, Option<u64>)> {
+    pub fn in_body(&self) -> Option<http1::InBody> {
         self.conn.as_ref().and_then(|c| c.parser.in_body())
     }
 
