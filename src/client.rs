@@ -66,7 +66,43 @@ impl std::fmt::Display for Summary {
 pub struct SendError {
     /// Lines written and answers read before the failure.
     pub summary: Summary,
+    /// The writer was still writing when the connection broke: lines after the
+    /// `sent` ones may have reached the server too.
+    pub sent_at_least: bool,
     pub error: std::io::Error,
+}
+
+/// Where a producer resumes after a send, if anywhere: the answers came in order, so
+/// every line from the first unanswered one on (sent or not) is to be sent again.
+/// `broke`: the connection broke off; `sent_exact`: `summary.sent` counts every line
+/// the connection took (after a break the writer may still have been writing).
+pub fn resume_advice(summary: &Summary, broke: bool, sent_exact: bool) -> Option<String> {
+    if summary.answered() > summary.sent {
+        // More answers than lines: not the line protocol, no place to resume.
+        return None;
+    }
+    let from = summary.answered() + 1;
+    let n = summary.unanswered();
+    if broke && sent_exact && n == 0 {
+        // Nothing is in doubt: the lines from there on never left.
+        return Some(format!(
+            "the input's non-blank lines from number {from} on were not sent; send them \
+             from there"
+        ));
+    }
+    if !broke && n == 0 {
+        return None;
+    }
+    let sent = match (sent_exact, n) {
+        (true, n) => format!("{n} of them were sent"),
+        (false, 0) => "some of them may have been sent".to_string(),
+        (false, n) => format!("at least {n} of them were sent"),
+    };
+    Some(format!(
+        "no answer to the input's non-blank lines from number {from} on ({sent}): they may \
+         or may not have been accepted; send them again from there (a line whose id was \
+         accepted answers `dup`)"
+    ))
 }
 
 /// Sends every line of `input`; `on_ack` sees each answer line.
@@ -76,9 +112,14 @@ pub fn send(
     on_ack: impl FnMut(&str),
 ) -> Result<Summary, SendError> {
     let mut summary = Summary::default();
-    match stream(target, input, on_ack, &mut summary) {
+    let mut sent_at_least = false;
+    match stream(target, input, on_ack, &mut summary, &mut sent_at_least) {
         Ok(()) => Ok(summary),
-        Err(error) => Err(SendError { summary, error }),
+        Err(error) => Err(SendError {
+            summary,
+            sent_at_least,
+            error,
+        }),
     }
 }
 
@@ -91,6 +132,7 @@ fn stream(
     input: Box<dyn Read + Send>,
     mut on_ack: impl FnMut(&str),
     summary: &mut Summary,
+    sent_at_least: &mut bool,
 ) -> std::io::Result<()> {
     let (reader, writer): (Box<dyn Read>, Box<dyn Write + Send>);
     let shutdown: Arc<dyn Fn(Shutdown) + Send + Sync>;
@@ -173,6 +215,7 @@ fn stream(
         // server read and answered (`sent 20989 ok 22710`): every line answered was
         // sent.
         summary.sent = sent.load(Ordering::SeqCst).max(summary.answered());
+        *sent_at_least = true;
         read.and(Err(std::io::Error::new(
             std::io::ErrorKind::ConnectionAborted,
             "the server closed the connection before every line was sent",
@@ -193,32 +236,67 @@ fn stream(
 
 /// Copies `input`'s non-blank lines to `out`, each ending in `\n`, in chunks of up to
 /// [`CHUNK`] bytes: a chunk goes out when full or when the input has nothing more at
-/// hand (a slow producer's lines are not held back). Counts into `sent` every line
-/// whose newline the socket took.
+/// hand (a slow producer's lines are not held back). A line goes out in pieces as it is
+/// read, so a line of any length costs one chunk of memory (the server answers one over
+/// its `max_line_bytes` with `err too_large`); only a line's leading whitespace is held
+/// until it is known not to be blank. Counts into `sent` every line whose newline the
+/// socket took.
 fn pump(
-    input: Box<dyn Read + Send>,
+    mut input: Box<dyn Read + Send>,
     mut out: Box<dyn Write + Send>,
     sent: &AtomicU64,
 ) -> std::io::Result<()> {
-    let mut input = BufReader::with_capacity(CHUNK, input);
-    let mut chunk = Vec::with_capacity(CHUNK + 4096);
-    let mut line = Vec::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut chunk = Vec::with_capacity(2 * CHUNK);
+    // The current line's leading whitespace, and whether it has more than that.
+    let mut lead = Vec::new();
+    let mut in_line = false;
     loop {
-        line.clear();
-        let eof = input.read_until(b'\n', &mut line)? == 0;
-        if !eof && !line.iter().all(|b| b.is_ascii_whitespace()) {
-            chunk.extend_from_slice(&line);
-            if chunk.last() != Some(&b'\n') {
+        let n = match input.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            if in_line {
                 chunk.push(b'\n');
             }
-        }
-        if eof || chunk.len() >= CHUNK || input.buffer().is_empty() {
             write_counted(&mut out, &chunk, sent)?;
-            chunk.clear();
-        }
-        if eof {
             return out.flush();
         }
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let end = memchr::memchr(b'\n', rest);
+            let part = &rest[..end.unwrap_or(rest.len())];
+            if in_line {
+                chunk.extend_from_slice(part);
+            } else if part.iter().any(|&b| !crate::ingest::is_blank_byte(b)) {
+                chunk.extend_from_slice(&lead);
+                chunk.extend_from_slice(part);
+                lead.clear();
+                in_line = true;
+            } else {
+                lead.extend_from_slice(part);
+            }
+            match end {
+                Some(at) => {
+                    if in_line {
+                        chunk.push(b'\n');
+                    }
+                    lead.clear();
+                    in_line = false;
+                    rest = &rest[at + 1..];
+                }
+                None => rest = &[],
+            }
+            if chunk.len() >= CHUNK {
+                write_counted(&mut out, &chunk, sent)?;
+                chunk.clear();
+            }
+        }
+        // The input has nothing more at hand for now: what is gathered goes out.
+        write_counted(&mut out, &chunk, sent)?;
+        chunk.clear();
     }
 }
 
@@ -287,6 +365,86 @@ mod tests {
             "{}",
             err.error
         );
+    }
+
+    #[test]
+    fn resume_advice_claims_nothing_unsent_that_may_have_been_written() {
+        let s = |sent, ok| Summary {
+            sent,
+            ok,
+            dup: 0,
+            err: 0,
+        };
+        assert_eq!(resume_advice(&s(5, 5), false, true), None);
+        assert_eq!(resume_advice(&s(3, 5), true, true), None);
+        let advice = |sum, broke, exact| resume_advice(&sum, broke, exact).unwrap();
+        assert!(advice(s(5, 5), true, true)
+            .starts_with("the input's non-blank lines from number 6 on were not sent"));
+        // The writer was still writing: what it wrote last was not counted.
+        let a = advice(s(5, 5), true, false);
+        assert!(a.starts_with("no answer to the input's non-blank lines from number 6 on (some of them may have been sent): they may or may not"), "{a}");
+        let a = advice(s(7, 5), true, false);
+        assert!(
+            a.contains("from number 6 on (at least 2 of them were sent)"),
+            "{a}"
+        );
+        let a = advice(s(7, 5), false, true);
+        assert!(a.contains("from number 6 on (2 of them were sent)"), "{a}");
+    }
+
+    /// Input handed out `step` bytes per read.
+    struct Trickle(std::io::Cursor<Vec<u8>>, usize);
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.1);
+            self.0.read(&mut buf[..n])
+        }
+    }
+
+    /// Records every write it is given.
+    #[derive(Clone, Default)]
+    struct Writes(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+    impl Write for Writes {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn pumped(input: &[u8], step: usize) -> (Vec<Vec<u8>>, u64) {
+        let out = Writes::default();
+        let sent = AtomicU64::new(0);
+        let input = Box::new(Trickle(std::io::Cursor::new(input.to_vec()), step));
+        pump(input, Box::new(out.clone()), &sent).unwrap();
+        let writes = out.0.lock().unwrap().clone();
+        (writes, sent.load(Ordering::SeqCst))
+    }
+
+    #[test]
+    fn blank_lines_are_dropped_however_the_reads_split_them() {
+        let input = b"  \t\r\n{\"a\":1}\r\n\n \x0c\n   \t  {}\n\t\t\n{\"last\":2}";
+        let want = b"{\"a\":1}\r\n \x0c\n   \t  {}\n{\"last\":2}\n";
+        for step in [1, 2, 3, 5, 8, 1000] {
+            let (writes, sent) = pumped(input, step);
+            assert_eq!(writes.concat(), want, "read {step} bytes at a time");
+            assert_eq!(sent, 4);
+        }
+    }
+
+    #[test]
+    fn a_long_line_goes_out_in_pieces() {
+        // 3 MiB in one line: written as it is read, never gathered whole.
+        let mut input = b"{\"pad\":\"".to_vec();
+        input.resize(3 << 20, b'x');
+        input.extend_from_slice(b"\"}\n{}\n");
+        let (writes, sent) = pumped(&input, usize::MAX);
+        assert_eq!(writes.concat(), input);
+        assert_eq!(sent, 2);
+        let largest = writes.iter().map(Vec::len).max().unwrap();
+        assert!(largest <= 2 * CHUNK, "a write of {largest} bytes");
     }
 
     #[test]

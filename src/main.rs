@@ -173,28 +173,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     say(ack);
                 }
             });
-            // Where a producer resumes: the answers came in order, so every line from
-            // the first unanswered one on (sent or not) is to be sent again.
-            let unanswered = |s: &ricochet::client::Summary, broke: bool| {
-                if s.answered() > s.sent {
-                    // More answers than lines: not the line protocol, no place to resume.
-                    return;
-                }
-                if broke && s.unanswered() == 0 {
-                    // Nothing is in doubt: the lines from there on never left.
-                    eprintln!(
-                        "the input's non-blank lines from number {} on were not sent; send \
-                         them from there",
-                        s.answered() + 1
-                    );
-                } else if broke || s.unanswered() > 0 {
-                    eprintln!(
-                        "no answer to the input's non-blank lines from number {} on ({} of \
-                         them were sent): they may or may not have been accepted; send \
-                         them again from there (a line whose id was accepted answers `dup`)",
-                        s.answered() + 1,
-                        s.unanswered()
-                    );
+            let unanswered = |s: &ricochet::client::Summary, broke: bool, sent_exact: bool| {
+                if let Some(advice) = ricochet::client::resume_advice(s, broke, sent_exact) {
+                    eprintln!("{advice}");
                 }
             };
             let summary = match sent {
@@ -202,12 +183,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => {
                     // What was answered before the break still counts for the producer.
                     say(&e.summary);
-                    unanswered(&e.summary, true);
+                    unanswered(&e.summary, true, !e.sent_at_least);
                     return Err(anyhow::Error::new(e.error).context("send failed"));
                 }
             };
             say(&summary);
-            unanswered(&summary, false);
+            unanswered(&summary, false, true);
             Ok(if summary.err > 0 || summary.unanswered() > 0 {
                 ExitCode::FAILURE
             } else {

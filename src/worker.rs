@@ -80,6 +80,31 @@ enum Tried {
 /// Response bytes kept in the attempt log.
 const LOG_EXCERPT: usize = 1024;
 
+/// The first `max` bytes of `body`, less a UTF-8 character the cut would split (the log
+/// shows the excerpt as text, where half a character would read as U+FFFD). A body
+/// that is not UTF-8 is cut where `max` falls.
+fn excerpt(body: &[u8], max: usize) -> &[u8] {
+    if body.len() <= max {
+        return body;
+    }
+    let cut = &body[..max];
+    // The last character's first byte is within 3 bytes of the cut.
+    for back in 1..=max.min(3) {
+        let b = cut[max - back];
+        if b & 0xC0 != 0x80 {
+            let len = match b {
+                0xF8.. => 1, // never a first byte: not UTF-8
+                0xF0.. => 4,
+                0xE0.. => 3,
+                0xC0.. => 2,
+                _ => 1,
+            };
+            return if len > back { &cut[..max - back] } else { cut };
+        }
+    }
+    cut
+}
+
 /// One delivery handed to a worker.
 pub struct Job {
     pub event: Arc<EventRecord>,
@@ -1090,7 +1115,7 @@ impl Worker {
                                 *wbuf = b;
                                 let body = slot.body_excerpt();
                                 rec.status = status;
-                                rec.response_excerpt = body[..body.len().min(LOG_EXCERPT)].to_vec();
+                                rec.response_excerpt = excerpt(body, LOG_EXCERPT).to_vec();
                                 let (verdict, why) = classify_response(
                                     &cfg.success,
                                     cfg.error.as_ref(),
@@ -1507,4 +1532,33 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
     ep.attempting
         .borrow_mut()
         .retain(|c| !Rc::ptr_eq(c, &attempting));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::excerpt;
+
+    #[test]
+    fn an_excerpt_does_not_split_a_character() {
+        // "é" is 2 bytes, "€" 3, "😀" 4: cut inside each, and just after each.
+        for ch in ["é", "€", "😀"] {
+            let body = format!("ab{ch}cd");
+            let n = ch.len();
+            for max in 3..2 + n {
+                assert_eq!(excerpt(body.as_bytes(), max), b"ab", "{ch} cut at {max}");
+            }
+            assert_eq!(
+                excerpt(body.as_bytes(), 2 + n),
+                format!("ab{ch}").as_bytes()
+            );
+        }
+        assert_eq!(excerpt(b"abc", 3), b"abc");
+        assert_eq!(excerpt(b"abcd", 2), b"ab");
+        // Not UTF-8: cut where the limit falls.
+        assert_eq!(
+            excerpt(&[0xff, 0x80, 0x80, 0x80, 0x80], 3),
+            &[0xff, 0x80, 0x80]
+        );
+        assert_eq!(excerpt(&[0x80; 8], 1), &[0x80]);
+    }
 }

@@ -465,7 +465,13 @@ enum Skip {
 
 /// A line of whitespace only (blank lines get no answer).
 fn is_blank(line: &[u8]) -> bool {
-    line.iter().all(u8::is_ascii_whitespace)
+    line.iter().all(|&b| is_blank_byte(b))
+}
+
+/// Whitespace as JSON has it (space, tab, carriage return; a newline ends the line): a
+/// line of other control characters, such as a form feed, is not blank but invalid.
+pub fn is_blank_byte(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r')
 }
 
 /// Where the next read goes in `buf`, its unfinished rest kept: at most [`READ_CHUNK`]

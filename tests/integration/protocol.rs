@@ -45,6 +45,11 @@ fn every_answer_kind_and_the_connection_lives_on() {
     c.send_raw(b"\r\n\n   \n");
     c.send_raw(format!("{}\r\n", event("t", "crlf-1", "{}")).as_bytes());
     assert_eq!(c.ack(), "ok crlf-1 1");
+    // Other control characters are not blank: JSON's whitespace is space, tab, CR, LF.
+    for line in ["\x0c", "\x0b", " \x0c\t"] {
+        let a = c.send(line);
+        assert!(a.starts_with("err invalid"), "{line:?} → {a}");
+    }
     // Still alive after all that.
     assert_eq!(c.send(&event("t", "a-2", "{}")), "ok a-2 1");
     rx.wait_until(Duration::from_secs(10), "4 distinct ids", |r| {
