@@ -1401,6 +1401,7 @@ struct BadValue {
 /// alike. Never run: the problem reported refuses the definition.
 pub fn stand_in(key: &str) -> Option<&'static str> {
     match key {
+        "name" => Some(r#""missing-name""#),
         "events" => Some(r#"["*"]"#),
         "url" => Some(r#""http://missing-url.invalid/""#),
         _ => None,
