@@ -312,6 +312,79 @@ fn check_example(ty: &str) {
     }
 }
 
+/// The text of the `[[endpoint]]` table named `name` in `toml`.
+fn table<'a>(toml: &'a str, name: &str) -> &'a str {
+    toml.split("[[endpoint]]")
+        .skip(1)
+        .find(|t| {
+            t.lines()
+                .any(|l| quoted(l.trim(), "name").as_deref() == Some(name))
+        })
+        .unwrap_or_else(|| panic!("no endpoint {name}"))
+}
+
+/// The data paths a template text refers to: `{A.b}` and `{join(items, …)}`'s `items`.
+fn refs(text: &str) -> BTreeSet<String> {
+    let path = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || "_.-".contains(*c))
+            .collect()
+    };
+    let mut out = BTreeSet::new();
+    for (i, _) in text.match_indices('{') {
+        let rest = &text[i + 1..];
+        if let Some(args) = rest.strip_prefix("join(") {
+            out.insert(path(args.trim_start()));
+        } else if rest.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+            out.insert(path(rest));
+        }
+    }
+    out
+}
+
+/// The data points of an event's `data`: every leaf's dotted path, an array counting as
+/// one point (joined whole).
+fn data_points(v: &Value, at: &str, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            for (k, v) in m {
+                let p = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                data_points(v, &p, out);
+            }
+        }
+        _ => out.push(at.to_string()),
+    }
+}
+
+/// docs/templates.md: `<type>-get` and `<type>-post` carry every data point, each
+/// written out or inside an object written whole.
+fn check_every_point_is_carried(ty: &str) {
+    let dir = examples_dir();
+    let toml = std::fs::read_to_string(dir.join(format!("{ty}.toml"))).expect("config");
+    let line: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("events").join(format!("{ty}.json"))).expect("event"),
+    )
+    .expect("event JSON");
+    let mut points = Vec::new();
+    data_points(&line["data"], "", &mut points);
+    for name in [format!("{ty}-get"), format!("{ty}-post")] {
+        let refs = refs(table(&toml, &name));
+        let missing: Vec<&String> = points
+            .iter()
+            .filter(|p| {
+                !refs
+                    .iter()
+                    .any(|r| r == *p || p.starts_with(&format!("{r}.")))
+            })
+            .collect();
+        assert!(missing.is_empty(), "{name} leaves out {missing:?}");
+    }
+}
+
 /// Every example config has its sample event and the other way round.
 #[test]
 fn catalogue_is_complete() {
@@ -329,6 +402,9 @@ fn catalogue_is_complete() {
     assert_eq!(configs, events);
     let listed: BTreeSet<String> = TYPES.iter().map(|t| t.to_string()).collect();
     assert_eq!(configs, listed, "TYPES below lists every example");
+    for ty in TYPES {
+        check_every_point_is_carried(ty);
+    }
 }
 
 const TYPES: [&str; 7] = [

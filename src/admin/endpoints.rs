@@ -827,10 +827,13 @@ mod tests {
         let err = parse_definition(br#"{"name":"x","events":"t","url":7}"#, None).unwrap_err();
         assert_eq!(err.lines().count(), 2, "{err}");
         assert!(!err.contains("missing"), "{err}");
-        let err = parse_definition(br#"{"name":5,"events":["t"],"url":"http://h/"}"#, None)
-            .unwrap_err();
+        let err =
+            parse_definition(br#"{"name":5,"events":["t"],"url":"http://h/"}"#, None).unwrap_err();
         assert_eq!(err.lines().count(), 1, "{err}");
-        assert!(err.starts_with("endpoint: field `name`: invalid type"), "{err}");
+        assert!(
+            err.starts_with("endpoint: field `name`: invalid type"),
+            "{err}"
+        );
         // Nor does it hide another that is missing, or what follows a duplicate.
         let err = parse_definition(br#"{"name":"x","events":"t"}"#, None).unwrap_err();
         let lines: Vec<&str> = err.lines().collect();

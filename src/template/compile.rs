@@ -88,7 +88,19 @@ pub(super) fn compile(src: &str, ctx: Context) -> Result<(Vec<Part>, usize), Tem
         super::json_check::check(src, &ir, &c.lits, &c.lit_at)
             .map_err(|bad| c.error(bad.at, bad.message))?;
     }
-    if ctx == Context::Url && ir.iter().any(|p| !matches!(p, Ir::Lit(_))) {
+    let templated = ir.iter().any(|p| !matches!(p, Ir::Lit(_)));
+    // A form body is percent-encoded as a URL's query is, with the same trap.
+    if ctx == Context::Body(BodyFormat::Form) && templated {
+        if let Some(at) = stray_percent(&ir, &c.lits, &c.lit_at) {
+            return Err(c.error(
+                at,
+                "a `%` that two hex digits do not follow: a value after it would complete \
+                 the escape (`%2{x}` with `F` sends `%2F`, a `/`), and `%zz` is no valid \
+                 form encoding; write `%25` for a `%` the receiver should get",
+            ));
+        }
+    }
+    if ctx == Context::Url && templated {
         let mut shape = Vec::new();
         url_shape(&ir, &c.lits, &c.lit_at, &mut shape);
         if let Some(at) = placeholder_in_fragment(&shape) {
@@ -314,6 +326,11 @@ struct Compiler<'a> {
 
 type Res<T> = Result<T, TemplateError>;
 
+/// Said of a non-ASCII letter in a placeholder's name, where it starts or later.
+const NAME_IS_ASCII: &str =
+    "a data point's name is ASCII letters, digits, `_` and `-`; write `\\{` for a `{` the \
+     output should have";
+
 fn is_name_start(b: u8) -> bool {
     b.is_ascii_alphabetic() || b == b'_'
 }
@@ -387,6 +404,13 @@ impl<'a> Compiler<'a> {
             Context::Url if b <= b' ' || b == 0x7f => {
                 return Err(self.error(at, "whitespace or control character in a URL"));
             }
+            // A space or invisible character pasted with the URL (a no-break space, a
+            // zero-width space) would be sent percent-encoded in every request.
+            Context::Url if b >= 0xc2 => {
+                if let Some(named) = super::invisible(self.char_at(at)) {
+                    return Err(self.error(at, format!("{named} in a URL")));
+                }
+            }
             Context::Body(BodyFormat::Json) => self.json.feed(b),
             _ => {}
         }
@@ -429,11 +453,7 @@ impl<'a> Compiler<'a> {
                     .next()
                     .is_some_and(|c| !c.is_ascii() && c.is_alphabetic()) =>
                 {
-                    return Err(self.error(
-                        self.pos + 1,
-                        "a data point's name is ASCII letters, digits, `_` and `-`; write \
-                         `\\{` for a `{` the output should have",
-                    ));
+                    return Err(self.error(self.pos + 1, NAME_IS_ASCII));
                 }
                 b'{' if self.b.get(self.pos + 1).is_some_and(|&b| is_name_start(b)) => {
                     if self.lits.len() > lit_start {
@@ -518,12 +538,27 @@ impl<'a> Compiler<'a> {
                 Ok(())
             }
             None => Err(self.error(open, "unclosed placeholder: missing `}`")),
-            Some(_) => Err(self.error_quoting(
-                self.pos,
-                &format!("expected {what}`}}` to close the placeholder, found "),
-                &self.char_at(self.pos).to_string(),
-                "",
-            )),
+            Some(_) => {
+                let c = self.char_at(self.pos);
+                let after_name = self.pos > 0 && is_seg(self.b[self.pos - 1]);
+                if after_name && !c.is_ascii() && c.is_alphabetic() {
+                    return Err(self.error(self.pos, NAME_IS_ASCII));
+                }
+                Err(self.error_found(
+                    self.pos,
+                    &format!("expected {what}`}}` to close the placeholder, found "),
+                ))
+            }
+        }
+    }
+
+    /// An error at `at` whose message ends in the character found there: quoted, or
+    /// named by its code point when it would not show (a no-break space).
+    fn error_found(&self, at: usize, before: &str) -> TemplateError {
+        let c = self.char_at(at);
+        match super::invisible(c) {
+            Some(named) => self.error(at, format!("{before}{named}")),
+            None => self.error_quoting(at, before, &c.to_string(), ""),
         }
     }
 
@@ -665,11 +700,9 @@ impl<'a> Compiler<'a> {
             Some(b')') => self.pos += 1,
             None => return Err(self.error(open, "unclosed join: missing `)`")),
             Some(_) => {
-                return Err(self.error_quoting(
+                return Err(self.error_found(
                     self.pos,
                     "join: expected `)` after the last argument, found ",
-                    &self.char_at(self.pos).to_string(),
-                    "",
                 ))
             }
         }
@@ -761,7 +794,11 @@ mod tests {
         // (`{é}` was sent as text, `{Wäh}` refused).
         assert_err("?u={Übertrag}", TEXT, 1, 5, "a data point's name is ASCII");
         assert_err("{é}", TEXT, 1, 2, "write `\\{` for a `{`");
-        assert_err("?w={Währung}", TEXT, 1, 6, "found `ä`");
+        assert_err("?w={Währung}", TEXT, 1, 6, "a data point's name is ASCII");
+        // After a join's `)` it is only a character found.
+        assert_err("{join(a, i, \"x\")ä}", TEXT, 1, 17, "found `ä`");
+        // One that would not show is named.
+        assert_err("{Id\u{a0}}", TEXT, 1, 4, "found U+00A0 (a no-break space)");
         // Other characters after `{` open nothing: digits, symbols, combining marks.
         assert!(Template::compile("{1é} {€} {\u{301}}", TEXT)
             .unwrap()
@@ -852,6 +889,17 @@ mod tests {
     }
 
     #[test]
+    fn a_percent_no_two_hex_digits_follow_is_refused_in_a_templated_form_body() {
+        const FORM: Context = Context::Body(BodyFormat::Form);
+        for (src, col) in [("path=%2{x}", 6), ("a=%zz&b={x}", 3), ("a={x}%", 6)] {
+            assert_err(src, FORM, 1, col, "a `%` that two hex digits do not follow");
+        }
+        for ok in ["a=%2F&b={x}", "a=100%"] {
+            assert!(Template::compile(ok, FORM).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
     fn a_placeholder_in_a_url_s_fragment_is_refused() {
         const URL: Context = Context::Url;
         let msg = "a `#` before a placeholder";
@@ -890,6 +938,31 @@ mod tests {
         for url in urls {
             Template::compile(url, Context::Url).unwrap_or_else(|e| panic!("{url:?}: {e}"));
         }
+    }
+
+    #[test]
+    fn a_space_or_invisible_character_pasted_into_a_url_is_refused() {
+        for (url, named) in [
+            (
+                "http://h/pb?oid={OrderId}\u{a0}",
+                "U+00A0 (a no-break space)",
+            ),
+            (
+                "http://h/pb?oid={\u{200b}OrderId}",
+                "U+200B (a zero-width space)",
+            ),
+            ("http://h/pb\u{3000}?a={A}", "U+3000 (an ideographic space)"),
+            ("\u{feff}http://h/pb", "U+FEFF (a byte order mark)"),
+        ] {
+            let e = err(url, Context::Url);
+            assert_eq!(e.message, format!("{named} in a URL"), "{url:?}");
+            let at = url
+                .find(|c: char| super::super::invisible(c).is_some())
+                .unwrap();
+            assert_eq!(e.column, url[..at].chars().count() + 1, "{url:?}");
+        }
+        // Other non-ASCII text is sent percent-encoded, as before.
+        assert_urls_compile(&["http://h/café?q={Q}&w=€"]);
     }
 
     #[test]

@@ -190,7 +190,10 @@ impl<'a> Check<'a> {
             Tok::Byte(b'\n' | b'\r') => "a line break".into(),
             Tok::Byte(b'\t') => "a tab".into(),
             Tok::Byte(b) if b < 0x20 || b == 0x7f => "a control character".into(),
-            Tok::Byte(b) => format!("`{}`", self.ch(cur, b)),
+            Tok::Byte(b) => {
+                let c = self.ch(cur, b);
+                super::invisible(c).unwrap_or_else(|| format!("`{c}`"))
+            }
             Tok::Value(_) => "a placeholder".into(),
             Tok::Join(_) => "a join".into(),
             Tok::End => match cur.piece {
@@ -804,6 +807,14 @@ mod tests {
         refused("{\"a\" 1}", 1, 6, "expected `:` after the member name");
         refused("{\"a\": 1 \"b\": 2}", 1, 9, "expected `,` or `}`");
         refused("[é]", 1, 2, "found `é`");
+        // One that would not show is named: it looks like a space JSON allows.
+        refused(
+            "{\"a\": 1,\u{a0}\"b\": 2}",
+            1,
+            9,
+            "expected a member name in double quotes, found U+00A0 (a no-break space)",
+        );
+        refused("\u{feff}{}", 1, 1, "found U+FEFF (a byte order mark)");
         // A line and column on a later line.
         refused(
             "{\n  \"a\": 1,\n  \"b\": hello\n}",

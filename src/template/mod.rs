@@ -57,7 +57,7 @@ pub enum BodyFormat {
 
 /// A template that does not compile, with the position of the problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}, column {column}: {message}\n{}", excerpt_window(.excerpt, *.column))]
+#[error("line {line}, column {column}: {message}\n{}", excerpt_window(.excerpt))]
 pub struct TemplateError {
     /// 1-based line in the template source.
     pub line: usize,
@@ -113,20 +113,26 @@ impl TemplateError {
 const EXCERPT_SIDE: usize = 70;
 
 /// `excerpt` (a source line, a newline, a caret line) as shown: the source line cut to
-/// [`EXCERPT_SIDE`] characters either side of `column` (1-based), the caret moved with
-/// it. Cut when shown, after any masking, which needs the whole line.
-fn excerpt_window(excerpt: &str, column: usize) -> std::borrow::Cow<'_, str> {
+/// [`EXCERPT_SIDE`] characters either side of the caret's column, and the caret put
+/// under the problem by the columns the characters before it take on a terminal (two
+/// for most CJK characters, none for a combining mark). Cut when shown, after any
+/// masking, which needs the whole line.
+fn excerpt_window(excerpt: &str) -> String {
     let Some((source, caret)) = excerpt.split_once('\n') else {
-        return excerpt.into();
+        return excerpt.to_string();
     };
     let len = source.chars().count();
-    if len <= 2 * EXCERPT_SIDE + 20 {
-        return excerpt.into();
-    }
-    let col = column.saturating_sub(1).min(len);
-    let start = col.saturating_sub(EXCERPT_SIDE);
-    let end = (col + EXCERPT_SIDE).min(len);
-    let mut out = String::with_capacity(4 * (end - start) + 8);
+    // The caret line has one character per source character before the caret.
+    let col = caret.chars().count().saturating_sub(1).min(len);
+    let (start, end) = if len <= 2 * EXCERPT_SIDE + 20 {
+        (0, len)
+    } else {
+        (
+            col.saturating_sub(EXCERPT_SIDE),
+            (col + EXCERPT_SIDE).min(len),
+        )
+    };
+    let mut out = String::with_capacity(4 * (end - start) + 2 * (col - start.min(col)) + 8);
     if start > 0 {
         out.push('…');
     }
@@ -138,8 +144,48 @@ fn excerpt_window(excerpt: &str, column: usize) -> std::borrow::Cow<'_, str> {
     if start > 0 {
         out.push(' ');
     }
-    out.extend(caret.chars().skip(start));
-    out.into()
+    for c in source.chars().skip(start).take(col.saturating_sub(start)) {
+        match c {
+            '\t' => out.push('\t'),
+            c => {
+                let w = unicode_width::UnicodeWidthChar::width(c).unwrap_or(1);
+                out.extend(std::iter::repeat_n(' ', w));
+            }
+        }
+    }
+    out.push('^');
+    out
+}
+
+/// A character that would not show in a message (a no-break space looks like a space
+/// JSON allows, a zero-width space like nothing), named by its code point: `U+00A0 (a
+/// no-break space)`. `None` for ASCII and for characters that show.
+pub(crate) fn invisible(c: char) -> Option<String> {
+    let what = match c {
+        '\u{a0}' => "a no-break space",
+        '\u{202f}' => "a narrow no-break space",
+        '\u{3000}' => "an ideographic space",
+        '\u{200b}' => "a zero-width space",
+        '\u{200c}' => "a zero-width non-joiner",
+        '\u{200d}' => "a zero-width joiner",
+        '\u{2060}' => "a word joiner",
+        '\u{feff}' => "a byte order mark",
+        '\u{ad}' => "a soft hyphen",
+        '\u{2028}' => "a line separator",
+        '\u{2029}' => "a paragraph separator",
+        c if c.is_ascii() => return None,
+        c if c.is_whitespace() => "a space",
+        c if c.is_control() => "a control character",
+        '\u{61c}'
+        | '\u{180e}'
+        | '\u{200e}'
+        | '\u{200f}'
+        | '\u{202a}'..='\u{202e}'
+        | '\u{2061}'..='\u{2064}'
+        | '\u{2066}'..='\u{206f}' => "an invisible formatting character",
+        _ => return None,
+    };
+    Some(format!("U+{:04X} ({what})", c as u32))
 }
 
 /// A compiled template. Cheap to clone (the parts are shared), `Send + Sync`.
@@ -248,6 +294,24 @@ mod tests {
         // A line of ordinary length is shown whole.
         let e = Template::compile("{\"a\": {B(}}", Context::Body(BodyFormat::Json)).unwrap_err();
         assert!(e.to_string().ends_with("{\"a\": {B(}}\n       ^"), "{e}");
+    }
+
+    #[test]
+    fn the_caret_stands_under_the_problem_on_a_terminal() {
+        // CJK characters take two columns, a combining mark none.
+        let e = Template::compile(
+            "{\"备注说明\": {upper(x)}}",
+            Context::Body(BodyFormat::Json),
+        )
+        .unwrap_err();
+        assert_eq!(e.column, 11);
+        assert!(
+            e.to_string()
+                .ends_with("{\"备注说明\": {upper(x)}}\n              ^"),
+            "{e}"
+        );
+        let e = Template::compile("e\u{301} {Bad(", Context::Body(BodyFormat::Text)).unwrap_err();
+        assert!(e.to_string().ends_with("\n   ^"), "{e}");
     }
 
     #[test]
