@@ -616,10 +616,15 @@ impl<'de> Deserialize<'de> for ResponseRule {
             N(u16),
         }
         let parse = |s: String| Matcher::parse(&s).map_err(de::Error::custom);
+        // A number is a status, never body text (`99` would match no answer).
+        let status = |n: u16| match n {
+            100..=599 => Ok(Matcher::Status(n)),
+            _ => Err(de::Error::custom(format!("status {n} is not an HTTP status"))),
+        };
         let raw = Raw::deserialize(d)?;
         let v = match raw {
             Raw::One(s) => vec![parse(s)?],
-            Raw::Num(n) => vec![parse(n.to_string())?],
+            Raw::Num(n) => vec![status(n)?],
             Raw::Many(list) => {
                 if list.is_empty() {
                     return Err(de::Error::custom("empty response rule list"));
@@ -627,7 +632,7 @@ impl<'de> Deserialize<'de> for ResponseRule {
                 list.into_iter()
                     .map(|x| match x {
                         StrOrNum::S(s) => parse(s),
-                        StrOrNum::N(n) => parse(n.to_string()),
+                        StrOrNum::N(n) => status(n),
                     })
                     .collect::<Result<_, _>>()?
             }
@@ -2165,6 +2170,13 @@ disable_after = { "4xx" = "many" }
         );
         // Body texts that only look like numbers stay body texts.
         assert_eq!(Matcher::parse("1").unwrap(), Matcher::Body("1".into()));
+        // A number is a status: one that is none is refused, not read as body text.
+        let rule = |v: &str| serde_json::from_str::<ResponseRule>(v).map_err(|e| e.to_string());
+        assert_eq!(rule("204").unwrap(), ResponseRule(vec![Matcher::Status(204)]));
+        for (v, bad) in [("99", 99), ("0", 0), ("1000", 1000), ("[200, 99]", 99)] {
+            let e = rule(v).unwrap_err();
+            assert!(e.starts_with(&format!("status {bad} is not an HTTP status")), "{v}: {e}");
+        }
     }
 
     #[test]

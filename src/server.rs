@@ -15,7 +15,7 @@ use std::net::TcpListener;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -163,7 +163,7 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
     // deliveries, and then refused to run).
     let unix = bind_unix(&s.socket)?;
     // Ours from here on: removed when `serve` returns, also on a failed start.
-    let _socket_file = SocketFile(s.socket.clone());
+    let _socket_file = SocketFile::bound(&s.socket);
     set_socket_mode(&s.socket, 0o777 & !umask)?;
     let tcp = match s.listen {
         Some(addr) => {
@@ -540,16 +540,37 @@ fn apply_endpoints(
     Ok(specs)
 }
 
-/// The ingest socket's file, removed when dropped.
-struct SocketFile(std::path::PathBuf);
+/// The ingest socket's file, removed when dropped if it is still the one bound.
+struct SocketFile {
+    path: std::path::PathBuf,
+    /// The bound socket's device and inode.
+    id: Option<(u64, u64)>,
+}
+
+impl SocketFile {
+    fn bound(path: &Path) -> SocketFile {
+        SocketFile {
+            path: path.to_path_buf(),
+            id: socket_id(path),
+        }
+    }
+}
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        // Only while it is still a socket: never another file put in its place.
-        if is_socket(&self.0) {
-            let _ = std::fs::remove_file(&self.0);
+        // Only while it is still our socket: never another file put in its place, nor
+        // the socket of a server started on the path after ours was removed.
+        if self.id.is_some() && socket_id(&self.path) == self.id {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
+}
+
+/// The device and inode of the socket at `path` (not what a link there points to).
+fn socket_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).ok()?;
+    m.file_type().is_socket().then(|| (m.dev(), m.ino()))
 }
 
 /// Whether `path` itself (not what a link there points to) is a socket.
@@ -769,14 +790,54 @@ fn stop_signals() -> anyhow::Result<signal_hook::iterator::Signals> {
     }
     // A second one ends the process at once (Ctrl-C twice, a supervisor out of
     // patience), as a kill -9 would: nothing acked is lost, attempts in flight are made
-    // again at the next start. The first sets the flag; the default action then applies
-    // to the next.
-    let again = Arc::new(AtomicBool::new(false));
+    // again at the next start. Not one within `ONE_STOP` of the first: `timeout` and
+    // other tools signal the process and then its group, so one stop can arrive twice.
     for &sig in &stop_on {
-        signal_hook::flag::register_conditional_default(sig, again.clone())?;
-        signal_hook::flag::register(sig, again.clone())?;
+        // SAFETY: the handler only reads the clock, touches an atomic, writes to
+        // stderr and ends the process: all async-signal-safe.
+        unsafe { signal_hook::low_level::register(sig, move || on_stop_signal(sig)) }?;
     }
     Ok(signal_hook::iterator::Signals::new(stop_on)?)
+}
+
+/// Stop signals this close after the first are the same stop, sent twice.
+const ONE_STOP: Duration = Duration::from_millis(100);
+
+/// The monotonic time of the first stop signal, in ns (0: none yet).
+static FIRST_STOP_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Run in the signal handler: notes the first stop signal; a later one ends the process
+/// with the signal's default action, said on stderr first.
+fn on_stop_signal(sig: libc::c_int) {
+    if !is_second_stop(&FIRST_STOP_NS, monotonic_ns()) {
+        return;
+    }
+    const SAID: &[u8] = b"ricochet: a second stop signal: ending at once (what was acked is \
+        kept; attempts in flight are made again at the next start)\n";
+    // SAFETY: write(2) on stderr is async-signal-safe; `SAID` is a valid buffer.
+    unsafe { libc::write(2, SAID.as_ptr().cast(), SAID.len()) };
+    let _ = signal_hook::low_level::emulate_default_handler(sig);
+}
+
+/// Whether a stop signal at `now_ns` is a second stop: not the first (noted in `first`),
+/// nor within [`ONE_STOP`] of it.
+fn is_second_stop(first: &AtomicU64, now_ns: u64) -> bool {
+    let now = now_ns.max(1);
+    match first.compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst) {
+        Ok(_) => false,
+        Err(at) => now.saturating_sub(at) >= ONE_STOP.as_nanos() as u64,
+    }
+}
+
+/// `CLOCK_MONOTONIC` in ns (async-signal-safe, unlike `Instant` in general).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; clock_gettime is async-signal-safe.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn wait_for_signal(mut signals: signal_hook::iterator::Signals) {
@@ -787,6 +848,18 @@ fn wait_for_signal(mut signals: signal_hook::iterator::Signals) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn one_stop_sent_twice_is_not_a_second_stop() {
+        let first = std::sync::atomic::AtomicU64::new(0);
+        let ms = 1_000_000;
+        assert!(!super::is_second_stop(&first, 5_000 * ms));
+        // `timeout` signals the process, then its group: the same stop.
+        assert!(!super::is_second_stop(&first, 5_000 * ms + 20));
+        assert!(!super::is_second_stop(&first, 5_099 * ms));
+        assert!(super::is_second_stop(&first, 5_100 * ms));
+        assert!(super::is_second_stop(&first, 9_000 * ms));
+    }
+
     /// Set in the child this test runs: it panics there, on another thread.
     const CHILD: &str = "RICOCHET_TEST_PANIC_CHILD";
 

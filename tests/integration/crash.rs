@@ -340,6 +340,21 @@ fn counters_of_a_stopped_worker_stay_in_the_metrics_while_the_other_drains() {
     assert_eq!(srv.wait_exit(), Some(0));
 }
 
+/// A stopping server removes its socket file only while it is the socket it bound: not
+/// the one another server bound at the path after ours was removed (by a deploy
+/// script's `rm -f`, say), which it deleted, leaving that server unreachable.
+#[test]
+fn a_stopping_server_leaves_another_server_s_socket_at_its_path() {
+    let mut srv = TestServer::start("");
+    std::fs::remove_file(&srv.socket).unwrap();
+    let other = std::os::unix::net::UnixListener::bind(&srv.socket).unwrap();
+    srv.terminate();
+    assert_eq!(srv.wait_exit(), Some(0));
+    assert!(srv.socket.exists(), "the other server's socket is still there");
+    std::os::unix::net::UnixStream::connect(&srv.socket).unwrap();
+    drop(other);
+}
+
 /// SIGHUP (a closed terminal) stops the server as SIGTERM does: in-flight attempts
 /// finish, the socket file goes, exit 0 (it killed it on the spot).
 #[test]
@@ -371,8 +386,12 @@ fn a_second_signal_ends_the_drain_at_once() {
     rx.wait_for(1, Duration::from_secs(10));
     srv.terminate();
     srv.wait_log("shutting down", Duration::from_secs(10));
+    // Not within 100 ms of the first: that is the same stop sent twice (below). The
+    // time between them is the behaviour here.
+    std::thread::sleep(Duration::from_millis(150));
     srv.signal(libc::SIGINT);
     assert_eq!(srv.wait_exit(), None, "killed by the second signal");
+    assert!(srv.log().contains("a second stop signal: ending at once"), "{}", srv.log());
     gate.open();
     let again = TestServer::start_in(srv.dir.clone(), &ServerOpts::new(&eps));
     rx.wait_for(2, Duration::from_secs(20));
