@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::ingest::BOM;
+
 /// Where to send.
 #[derive(Debug, Clone)]
 pub enum Target {
@@ -242,10 +244,11 @@ fn stream(
 /// until it is known not to be blank. Counts into `sent` every line whose newline the
 /// socket took.
 fn pump(
-    mut input: Box<dyn Read + Send>,
+    input: Box<dyn Read + Send>,
     mut out: Box<dyn Write + Send>,
     sent: &AtomicU64,
 ) -> std::io::Result<()> {
+    let mut input = SkipBom::new(input);
     let mut buf = vec![0u8; CHUNK];
     let mut chunk = Vec::with_capacity(2 * CHUNK);
     // The current line's leading whitespace, and whether it has more than that.
@@ -297,6 +300,52 @@ fn pump(
         // The input has nothing more at hand for now: what is gathered goes out.
         write_counted(&mut out, &chunk, sent)?;
         chunk.clear();
+    }
+}
+
+/// Reads `inner` without a UTF-8 byte order mark at its start: the server drops one
+/// before a connection's first line, so a first line of a mark and whitespace is blank
+/// there, and must not be counted as sent here.
+struct SkipBom<R> {
+    inner: R,
+    /// The first bytes, read to look for the mark; handed out first when they are not.
+    head: Vec<u8>,
+    checked: bool,
+}
+
+impl<R: Read> SkipBom<R> {
+    fn new(inner: R) -> SkipBom<R> {
+        SkipBom {
+            inner,
+            head: Vec::new(),
+            checked: false,
+        }
+    }
+}
+
+impl<R: Read> Read for SkipBom<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if !self.checked {
+            while self.head.len() < BOM.len() && BOM.starts_with(&self.head) {
+                let mut b = [0u8; 3];
+                let n = self.inner.read(&mut b[..BOM.len() - self.head.len()])?;
+                if n == 0 {
+                    break;
+                }
+                self.head.extend_from_slice(&b[..n]);
+            }
+            if self.head == BOM {
+                self.head.clear();
+            }
+            self.checked = true;
+        }
+        if !self.head.is_empty() {
+            let n = self.head.len().min(buf.len());
+            buf[..n].copy_from_slice(&self.head[..n]);
+            self.head.drain(..n);
+            return Ok(n);
+        }
+        self.inner.read(buf)
     }
 }
 
@@ -432,6 +481,30 @@ mod tests {
             assert_eq!(writes.concat(), want, "read {step} bytes at a time");
             assert_eq!(sent, 4);
         }
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_first_line_is_not_sent() {
+        // The server drops it: a first line of a mark alone is blank there.
+        for step in [1, 2, 3, 1000] {
+            let (writes, sent) = pumped(b"\xef\xbb\xbf\n{}\n", step);
+            assert_eq!(
+                (writes.concat(), sent),
+                (b"{}\n".to_vec(), 1),
+                "step {step}"
+            );
+            let (writes, _) = pumped(b"\xef\xbb\xbf{\"a\":1}\n", step);
+            assert_eq!(writes.concat(), b"{\"a\":1}\n", "step {step}");
+            // Anything else is sent as it is, a mark later on too.
+            let (writes, _) = pumped(b"\xef\xbb{}\n\xef\xbb\xbf\n", step);
+            assert_eq!(
+                writes.concat(),
+                b"\xef\xbb{}\n\xef\xbb\xbf\n",
+                "step {step}"
+            );
+        }
+        let (writes, sent) = pumped(b"\xef\xbb", 1);
+        assert_eq!((writes.concat(), sent), (b"\xef\xbb\n".to_vec(), 1));
     }
 
     #[test]

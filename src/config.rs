@@ -154,7 +154,9 @@ pub const MAX_WORKERS: usize = 1024;
 pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub socket: PathBuf,
+    #[serde(deserialize_with = "socket_addr_opt")]
     pub listen: Option<SocketAddr>,
+    #[serde(deserialize_with = "socket_addr")]
     pub admin: SocketAddr,
     pub admin_token: Option<String>,
     /// 0 = one per available core.
@@ -166,6 +168,27 @@ pub struct ServerConfig {
     pub retention: Duration,
     pub allow_private_networks: bool,
     pub extra_ca_file: Option<PathBuf>,
+}
+
+/// An IP address and port; a host name is said to be one (it is not resolved).
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(|_| {
+        let hint = if s
+            .rsplit_once(':')
+            .is_some_and(|(h, _)| h.parse::<std::net::IpAddr>().is_err())
+        {
+            ": an IP address and port, such as 127.0.0.1:7878 or [::1]:7878 (a host name \
+             is not resolved)"
+        } else {
+            ": an IP address and port, such as 127.0.0.1:7878 or [::1]:7878"
+        };
+        de::Error::custom(format!("{s:?} is no socket address{hint}"))
+    })
+}
+
+fn socket_addr_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    socket_addr(d).map(Some)
 }
 
 impl ServerConfig {
@@ -181,7 +204,12 @@ impl ServerConfig {
             }
         }
         if let Some(path) = &self.extra_ca_file {
-            if let Err(e) = crate::deliver::tls::check_ca_file(path) {
+            if path.as_os_str().is_empty() {
+                out.push((
+                    "extra_ca_file",
+                    "must not be empty (leave it out for none)".to_string(),
+                ));
+            } else if let Err(e) = crate::deliver::tls::check_ca_file(path) {
                 out.push(("extra_ca_file", e.to_string()));
             }
         }
@@ -395,6 +423,14 @@ fn default_true() -> bool {
 }
 
 impl EndpointConfig {
+    /// How long its deliveries may run (`min_delay` and the whole retry schedule), when
+    /// that passes `retention`: retries due after it expire unsent. A warning, not a
+    /// problem (the first attempts are made).
+    pub fn outlasts(&self, retention: Duration) -> Option<Duration> {
+        let lasts = self.min_delay + self.retry.span();
+        (lasts >= retention).then_some(lasts)
+    }
+
     /// A `min_delay` not shorter than the server's `retention`: every delivery would
     /// expire (its event passing retention, counted from acceptance) before its first
     /// attempt is due. Refused in the file and over the API alike.
@@ -413,7 +449,11 @@ impl EndpointConfig {
 
 /// Consecutive-failure thresholds per status class (SPEC §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(
+    deny_unknown_fields,
+    default,
+    expecting = "a table of consecutive failures per class, such as { 4xx = 20, 5xx = 50 }"
+)]
 pub struct DisableAfter {
     #[serde(rename = "3xx")]
     pub c3xx: u32,
@@ -619,7 +659,9 @@ impl<'de> Deserialize<'de> for ResponseRule {
         // A number is a status, never body text (`99` would match no answer).
         let status = |n: u16| match n {
             100..=599 => Ok(Matcher::Status(n)),
-            _ => Err(de::Error::custom(format!("status {n} is not an HTTP status"))),
+            _ => Err(de::Error::custom(format!(
+                "status {n} is not an HTTP status"
+            ))),
         };
         let raw = Raw::deserialize(d)?;
         let v = match raw {
@@ -742,6 +784,9 @@ impl Serialize for RetryPolicy {
     }
 }
 
+/// The shortest `retention`.
+const MIN_RETENTION: Duration = Duration::from_secs(1);
+
 /// Parses `500ms`, `15s`, `3m`, `2h`, `7d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -758,6 +803,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => n.checked_mul(60_000),
         "h" => n.checked_mul(3_600_000),
         "d" => n.checked_mul(86_400_000),
+        // `1.5s`, `1h30m`: the unit is fine, the form is not.
+        _ if unit.starts_with('.') => {
+            return Err(format!(
+                "duration {s:?} has a fraction: write it in a smaller unit (1.5s is 1500ms)"
+            ))
+        }
+        _ if ["ms", "s", "m", "h", "d"].iter().any(|u| {
+            unit.starts_with(u) && unit[u.len()..].starts_with(|c: char| c.is_ascii_digit())
+        }) =>
+        {
+            return Err(format!(
+                "duration {s:?} has two units: write it in one (1h30m is 90m)"
+            ))
+        }
         _ => {
             return Err(format!(
                 "bad duration unit in {s:?} (expected ms, s, m, h or d)"
@@ -1096,6 +1155,16 @@ impl ConfigFile {
         for (key, value) in root.into_inner() {
             match key.get_ref().as_ref() {
                 "server" => {
+                    if !matches!(value.get_ref(), toml::de::DeValue::Table(_)) {
+                        file.problems.push(Problem {
+                            file: file.origin.clone(),
+                            at: Some(lines.position(value.span().start)),
+                            message: "`server` is one table: begin it with [server] (not \
+                                      [[server]], nor `server = ...`)"
+                                .into(),
+                        });
+                        continue;
+                    }
                     server_keys = Keys::of(&value, &lines);
                     let (server, bad) = lenient::<ServerConfig>(value, |_| None);
                     file.report(&lines, "server", &server_keys, bad);
@@ -1150,12 +1219,39 @@ impl ConfigFile {
     /// acceptance) before its first attempt is due.
     fn check_min_delays(&mut self) {
         let retention = self.config.server.retention;
+        if retention < MIN_RETENTION {
+            // Refused itself: compared with it, a `min_delay` the file may not even
+            // give (`0ms` by default) would be reported too.
+            return;
+        }
         for i in 0..self.config.endpoints.len() {
             if let Some(message) = self.config.endpoints[i].min_delay_problem(retention) {
                 let problem = self.locate(i, message);
                 self.problems.push(problem);
             }
         }
+    }
+
+    /// What `check` warns of but does not refuse: endpoints whose retry schedule runs
+    /// past the retention (`serve` warns of them too, as it starts).
+    pub fn warnings(&self) -> Vec<Problem> {
+        let retention = self.config.server.retention;
+        (0..self.config.endpoints.len())
+            .filter_map(|i| {
+                let e = &self.config.endpoints[i];
+                let lasts = e.outlasts(retention)?;
+                Some(self.locate(
+                    i,
+                    format!(
+                        "warning: endpoint {}: its min_delay and retry schedule ({}) run past \
+                         `retention` ({}): retries due after it expire unsent",
+                        e.name,
+                        format_duration(lasts),
+                        format_duration(retention)
+                    ),
+                ))
+            })
+            .collect()
     }
 
     /// Locates a message about `config.endpoints[index]`: at the field it names
@@ -1229,7 +1325,7 @@ impl ConfigFile {
         if s.max_line_bytes < 64 {
             bad.push(("max_line_bytes", "must be at least 64".into()));
         }
-        if s.retention < Duration::from_secs(1) {
+        if s.retention < MIN_RETENTION {
             bad.push(("retention", "must be at least 1s".into()));
         }
         if s.workers > MAX_WORKERS {
@@ -1399,6 +1495,35 @@ struct BadValue {
     path: String,
     span: Option<std::ops::Range<usize>>,
     message: String,
+}
+
+/// The log filter for `RICOCHET_LOG`'s value (tracing's env-filter syntax): `info` when
+/// it is unset or empty, and when a directive is a bare word that is no level
+/// (`verbose` would be read as a target's name and silence every log, errors
+/// included), with the reason to warn of.
+pub fn log_filter(value: Option<&str>) -> (String, Option<String>) {
+    const DEFAULT: &str = "info";
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return (DEFAULT.into(), None);
+    };
+    let bare = v.split(',').map(str::trim).find(|d| {
+        !d.is_empty()
+            && !d.contains(['=', '[', ':'])
+            && !d.starts_with("ricochet")
+            && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d))
+            && d.parse::<u8>().is_err()
+    });
+    match bare {
+        Some(d) => (
+            DEFAULT.into(),
+            Some(format!(
+                "RICOCHET_LOG: `{d}` is no level (off, error, warn, info, debug, trace) and \
+                 no target=level: logging at {DEFAULT}"
+            )),
+        ),
+        None => (v.to_string(), None),
+    }
 }
 
 /// What stands in for a required endpoint key that is missing (or dropped for a bad
@@ -1745,6 +1870,51 @@ enabled = true
     }
 
     #[test]
+    fn misplaced_tables_and_addresses_are_said_plainly() {
+        for (text, want) in [
+            ("[[server]]\ndata_dir = \"x\"\n", "1:1: `server` is one table: begin it with [server]"),
+            ("server = 5\n", "1:10: `server` is one table"),
+            (
+                "[server]\nadmin = \"localhost:7878\"\n",
+                "2:9: server: field `admin`: \"localhost:7878\" is no socket address: an IP \
+                 address and port, such as 127.0.0.1:7878 or [::1]:7878 (a host name is not \
+                 resolved)",
+            ),
+            (
+                "[[endpoint]]\nname = \"a\"\nevents = [\"t\"]\nurl = \"http://h/\"\ndisable_after = 5\n",
+                "5:17: endpoint a: field `disable_after`: invalid type: integer `5`, expected a \
+                 table of consecutive failures per class",
+            ),
+        ] {
+            let got = problems(text);
+            assert_eq!(got.len(), 1, "{text}: {got:?}");
+            assert!(got[0].starts_with(want), "{text}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn a_retention_too_short_is_reported_once() {
+        let text = "[server]\nretention = \"0s\"\n\n[[endpoint]]\nname = \"a\"\nevents = [\"t\"]\n\
+                    url = \"http://h/a\"\n";
+        assert_eq!(
+            problems(text),
+            ["2:13: server: field `retention`: must be at least 1s"]
+        );
+    }
+
+    #[test]
+    fn a_fraction_or_two_units_in_a_duration_are_said_as_such() {
+        let e = parse_duration("1.5s").unwrap_err();
+        assert!(e.contains("has a fraction"), "{e}");
+        for two in ["1h30m", "2m30s", "1s500ms"] {
+            let e = parse_duration(two).unwrap_err();
+            assert!(e.contains("has two units"), "{two}: {e}");
+        }
+        let e = parse_duration("10sec").unwrap_err();
+        assert!(e.starts_with("bad duration unit"), "{e}");
+    }
+
+    #[test]
     fn a_duration_without_its_unit_says_what_to_write() {
         let text = "[server]\nretention = -5\n\n[[endpoint]]\nname = \"a\"\nevents = [\"t\"]\n\
                     url = \"http://h/a\"\nmin_delay = 30\ntimeout = 2.5\n\
@@ -1976,6 +2146,26 @@ disable_after = { "4xx" = "many" }
     }
 
     #[test]
+    fn a_log_filter_that_would_silence_every_log_is_not_used() {
+        assert_eq!(log_filter(None), ("info".into(), None));
+        assert_eq!(log_filter(Some("  ")), ("info".into(), None));
+        for ok in [
+            "debug",
+            "WARN",
+            "ricochet=debug,warn",
+            "info,rocksdb=off",
+            "ricochet::deliver=trace",
+        ] {
+            assert_eq!(log_filter(Some(ok)), (ok.to_string(), None), "{ok}");
+        }
+        for bad in ["verbose", "debug,loud"] {
+            let (filter, warn) = log_filter(Some(bad));
+            assert_eq!(filter, "info");
+            assert!(warn.unwrap().contains("is no level"), "{bad}");
+        }
+    }
+
+    #[test]
     fn untagged_values_are_explained_when_they_fit_no_form() {
         let err = |field: &str| {
             let text = format!(
@@ -2172,10 +2362,16 @@ disable_after = { "4xx" = "many" }
         assert_eq!(Matcher::parse("1").unwrap(), Matcher::Body("1".into()));
         // A number is a status: one that is none is refused, not read as body text.
         let rule = |v: &str| serde_json::from_str::<ResponseRule>(v).map_err(|e| e.to_string());
-        assert_eq!(rule("204").unwrap(), ResponseRule(vec![Matcher::Status(204)]));
+        assert_eq!(
+            rule("204").unwrap(),
+            ResponseRule(vec![Matcher::Status(204)])
+        );
         for (v, bad) in [("99", 99), ("0", 0), ("1000", 1000), ("[200, 99]", 99)] {
             let e = rule(v).unwrap_err();
-            assert!(e.starts_with(&format!("status {bad} is not an HTTP status")), "{v}: {e}");
+            assert!(
+                e.starts_with(&format!("status {bad} is not an HTTP status")),
+                "{v}: {e}"
+            );
         }
     }
 

@@ -26,38 +26,50 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the dispatcher in the foreground.
+    /// Run the dispatcher in the foreground (SIGTERM or Ctrl-C stops it politely).
     Serve {
+        /// The config file: `[server]` and the `[[endpoint]]`s. Without it, the defaults
+        /// and no file endpoints (a start without it deletes the endpoints an earlier
+        /// file gave).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The store's directory [default: ./ricochet-data, or the file's `data_dir`].
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// The ingest Unix socket [default: ./ricochet.sock, or the file's `socket`].
         #[arg(long)]
         socket: Option<PathBuf>,
-        /// TCP ingest address (same line protocol).
+        /// TCP ingest address, IP:PORT (same line protocol) [default: none, or the file's `listen`].
         #[arg(long)]
         listen: Option<SocketAddr>,
-        /// Admin API address.
+        /// Admin API address, IP:PORT [default: 127.0.0.1:7878, or the file's `admin`].
         #[arg(long)]
         admin: Option<SocketAddr>,
-        /// Worker threads (0 = one per core).
+        /// Worker threads (0 = one per core) [default: 0, or the file's `workers`].
         #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=ricochet::config::MAX_WORKERS as u64))]
         workers: Option<usize>,
+        /// The I/O driver [default: auto: io_uring where the kernel allows].
         #[arg(long, value_enum)]
         driver: Option<Driver>,
     },
-    /// Stream NDJSON events from FILE (or stdin) and print a summary.
+    /// Stream NDJSON events from FILE (or stdin) and print a summary
+    /// (`sent N ok N dup N err N`). Exit 0 when every line was answered `ok` or `dup`,
+    /// 1 otherwise (the first `err` answers are said on stderr).
     Send {
+        /// The server's Unix socket [default: ./ricochet.sock].
         #[arg(long, conflicts_with = "connect")]
         socket: Option<PathBuf>,
+        /// The server's TCP listener, HOST:PORT, instead of the socket.
         #[arg(long)]
         connect: Option<String>,
-        /// Print every ack line.
+        /// Print every answer line.
         #[arg(short, long)]
         verbose: bool,
+        /// One event per line; `-` or none: standard input.
         file: Option<PathBuf>,
     },
-    /// Validate a config and compile every template.
+    /// Validate a config and compile every template: every problem, one per line with
+    /// its line:column, on stdout (exit 1); warnings too.
     Check {
         #[arg(long)]
         config: PathBuf,
@@ -94,14 +106,20 @@ fn say(line: impl std::fmt::Display) {
 }
 
 fn main() -> ExitCode {
+    let value = std::env::var("RICOCHET_LOG").ok();
+    let (directives, mut warn) = ricochet::config::log_filter(value.as_deref());
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+        warn = Some(format!("RICOCHET_LOG: {e}: logging at info"));
+        tracing_subscriber::EnvFilter::new("info")
+    });
     tracing_subscriber::fmt()
         .with_writer(|| LogSink)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RICOCHET_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .init();
+    if let Some(w) = warn {
+        tracing::warn!("{w}");
+    }
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
@@ -168,11 +186,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ),
                 None => Box::new(std::io::stdin()),
             };
+            // Without `-v`, the first `err` answers go to stderr with their line's
+            // number among the non-blank lines (the answers come in their order).
+            const ERRS_SHOWN: u64 = 10;
+            let (mut answers, mut errs) = (0u64, 0u64);
             let sent = ricochet::client::send(&target, input, |ack| {
+                answers += 1;
                 if verbose {
                     say(ack);
+                } else if ack.starts_with("err") {
+                    errs += 1;
+                    if errs <= ERRS_SHOWN {
+                        eprintln!("non-blank line {answers}: {ack}");
+                    }
                 }
             });
+            if errs > ERRS_SHOWN {
+                eprintln!(
+                    "… and {} more `err` answers (`-v` prints every answer)",
+                    errs - ERRS_SHOWN
+                );
+            }
             let unanswered = |s: &ricochet::client::Summary, broke: bool, sent_exact: bool| {
                 if let Some(advice) = ricochet::client::resume_advice(s, broke, sent_exact) {
                     eprintln!("{advice}");
@@ -196,9 +230,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Cmd::Check { config } => {
-            let file = ConfigFile::read(&config)?;
+            let file = match ConfigFile::read(&config) {
+                Ok(file) => file,
+                // A problem of the file, said where the others are (stdout, exit 1).
+                Err(e @ ricochet::config::ConfigError::Parse { .. }) => {
+                    say(e);
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(e) => return Err(e.into()),
+            };
             match ricochet::server::check(&file) {
                 Ok(specs) => {
+                    for w in file.warnings() {
+                        say(w);
+                    }
                     say(format_args!(
                         "{}: ok ({} endpoints)",
                         config.display(),

@@ -176,7 +176,6 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
 
     let specs = apply_endpoints(&store, specs, !s.allow_private_networks)?;
     for spec in &specs {
-        let lasts = spec.cfg.min_delay + spec.cfg.retry.span();
         if let Some(problem) = spec.cfg.min_delay_problem(s.retention) {
             // An endpoint created over the API before the retention was shortened (the
             // file's are refused): it runs, and says what it will do.
@@ -185,7 +184,7 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
                 "{problem}: no delivery of it will be made until its min_delay is shortened \
                  (PUT) or the retention lengthened"
             );
-        } else if lasts >= s.retention {
+        } else if let Some(lasts) = spec.cfg.outlasts(s.retention) {
             tracing::warn!(
                 endpoint = %spec.cfg.name,
                 schedule = %crate::config::format_duration(lasts),
@@ -511,9 +510,9 @@ fn apply_endpoints(
             _ => {
                 tracing::warn!(
                     endpoint = %e.name,
-                    "endpoint left the config file: deleted; its pending deliveries end \
-                     failed (an endpoint of that name made again is a new one: replay \
-                     them by event)"
+                    "endpoint left the config file (or `serve` was started without \
+                     --config): deleted; its pending deliveries end failed (an endpoint of \
+                     that name made again is a new one: replay them by event)"
                 );
                 // Its pending deliveries are failed by the committer (`Store::deleting`).
                 batch.delete_endpoint(store, &e.name, e.meta.id);

@@ -54,7 +54,7 @@ const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
 /// How often [`linger`] looks at the socket while nothing arrives.
 const LINGER_LOOK: std::time::Duration = std::time::Duration::from_millis(20);
 /// A UTF-8 byte order mark: ignored before a connection's first line.
-const BOM: &[u8] = &[0xEF, 0xBB, 0xBF];
+pub(crate) const BOM: &[u8] = &[0xEF, 0xBB, 0xBF];
 
 /// One answer slot, in line order.
 enum Slot {

@@ -852,7 +852,9 @@ fn an_endpoint_is_the_file_s_once_the_file_names_it_whoever_replaced_it_since() 
     let mut srv = TestServer::start_in(dir.clone(), &in_file(&["a"]));
     assert_eq!(srv.get("/v1/endpoints/f").0, 404);
     assert!(
-        srv.log().contains("endpoint left the config file: deleted"),
+        srv.log().contains(
+            "endpoint left the config file (or `serve` was started without --config): deleted"
+        ),
         "{}",
         srv.log()
     );

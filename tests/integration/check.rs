@@ -203,9 +203,43 @@ fn check_accepts_a_good_config_and_stops_at_a_syntax_error() {
         Duration::from_secs(30),
     );
     assert_eq!(out.status.code(), Some(1));
-    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
-    assert!(all.contains("TOML syntax error at 2:10: "), "{all}");
-    assert!(!all.contains("timeout"), "{all}");
+    // On stdout, as every other problem of the file is.
+    let said = text(&out.stdout);
+    assert!(
+        said.starts_with(&format!("{}: TOML syntax error at 2:10: ", bad.display())),
+        "{said}"
+    );
+    assert!(!said.contains("timeout"), "{said}");
+}
+
+/// `check` warns, as `serve` does when it starts, of an endpoint whose retry schedule
+/// runs past the retention (retries due after it expire unsent), and still passes it.
+#[test]
+fn check_warns_of_a_schedule_that_runs_past_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[server]\nretention = \"1d\"\n\n[[endpoint]]\nname = \"a\"\nevents = [\"t\"]\nurl = \"http://h/\"\n\n[[endpoint]]\nname = \"b\"\nevents = [\"t\"]\nurl = \"http://h/\"\nretry = [\"1h\"]\n",
+    )
+    .unwrap();
+    let out = run(
+        &["check", "--config", path.to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert_eq!(
+        said.lines().collect::<Vec<_>>(),
+        [
+            format!(
+                "{}:4:1: warning: endpoint a: its min_delay and retry schedule (111105s) run \
+                 past `retention` (1d): retries due after it expire unsent",
+                path.display()
+            ),
+            format!("{}: ok (2 endpoints)", path.display()),
+        ],
+    );
 }
 
 #[test]

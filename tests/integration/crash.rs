@@ -350,7 +350,10 @@ fn a_stopping_server_leaves_another_server_s_socket_at_its_path() {
     let other = std::os::unix::net::UnixListener::bind(&srv.socket).unwrap();
     srv.terminate();
     assert_eq!(srv.wait_exit(), Some(0));
-    assert!(srv.socket.exists(), "the other server's socket is still there");
+    assert!(
+        srv.socket.exists(),
+        "the other server's socket is still there"
+    );
     std::os::unix::net::UnixStream::connect(&srv.socket).unwrap();
     drop(other);
 }
@@ -391,7 +394,11 @@ fn a_second_signal_ends_the_drain_at_once() {
     std::thread::sleep(Duration::from_millis(150));
     srv.signal(libc::SIGINT);
     assert_eq!(srv.wait_exit(), None, "killed by the second signal");
-    assert!(srv.log().contains("a second stop signal: ending at once"), "{}", srv.log());
+    assert!(
+        srv.log().contains("a second stop signal: ending at once"),
+        "{}",
+        srv.log()
+    );
     gate.open();
     let again = TestServer::start_in(srv.dir.clone(), &ServerOpts::new(&eps));
     rx.wait_for(2, Duration::from_secs(20));

@@ -371,9 +371,14 @@ fn tcp_listener_speaks_the_same_protocol_and_send_command_works() {
         "sent 3 ok 2 dup 0 err 1"
     );
     assert_eq!(out.status.code(), Some(1));
-    // Every line answered: nothing to send again.
+    // Every line answered: nothing to send again. The `err` is said, with its line
+    // among the non-blank ones.
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("no answer"), "{stderr}");
+    assert!(
+        stderr.contains("non-blank line 3: err invalid not JSON"),
+        "{stderr}"
+    );
     let out = std::process::Command::new(BIN)
         .args(["send", "-v", "--connect"])
         .arg(srv.tcp.unwrap().to_string())
