@@ -568,6 +568,8 @@ struct Scrub {
     done: bool,
     /// A scrub is running.
     running: Arc<AtomicBool>,
+    /// The last scrub's thread, joined at [`Scrub::stop`].
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Scrub {
@@ -577,6 +579,19 @@ impl Scrub {
             since: Instant::now(),
             done: false,
             running: Arc::new(AtomicBool::new(false)),
+            thread: None,
+        }
+    }
+
+    /// At shutdown: a scrub still running is cut short (RocksDB's background work
+    /// cancelled; a compaction cut short is dropped, nothing of the log with it) and its
+    /// thread joined, so the process does not exit with it inside RocksDB.
+    fn stop(&mut self, store: &Store) {
+        if self.running.load(Ordering::Acquire) {
+            store.cancel_background_work();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 
@@ -607,9 +622,12 @@ impl Scrub {
                 }
                 running.store(false, Ordering::Release);
             });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "cannot start a thread to scrub the idle store");
-            self.running.store(false, Ordering::Release);
+        match spawned {
+            Ok(t) => self.thread = Some(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a thread to scrub the idle store");
+                self.running.store(false, Ordering::Release);
+            }
         }
         true
     }
@@ -994,6 +1012,7 @@ impl Committer {
                 if st.syncer.send(SyncMsg::Shutdown(reply.clone())).is_err() {
                     let _ = reply.send(());
                 }
+                st.scrub.stop(&st.store);
                 return Ok(());
             }
         }
@@ -2810,6 +2829,7 @@ mod tests {
         };
         ended(&scrub);
         assert_eq!(wal_bytes(), 0, "the memtables were flushed, the WAL let go");
+        assert!(scrub.thread.is_some(), "kept to be joined");
         // Once per spell: idle on, no second scrub; a write starts a new spell.
         std::thread::sleep(idle);
         assert!(!scrub.tick(&store, 0, idle));
@@ -2818,6 +2838,13 @@ mod tests {
         std::thread::sleep(idle);
         assert!(scrub.tick(&store, 0, idle));
         ended(&scrub);
+        // A scrub under way at shutdown is stopped and its thread joined.
+        write(3);
+        assert!(!scrub.tick(&store, 0, idle));
+        std::thread::sleep(idle);
+        assert!(scrub.tick(&store, 0, idle));
+        scrub.stop(&store);
+        assert!(scrub.thread.is_none() && !scrub.running.load(Ordering::Acquire));
     }
 
     #[test]

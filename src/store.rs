@@ -1994,6 +1994,13 @@ impl Store {
         Ok(())
     }
 
+    /// Stops RocksDB's background work (flushes, compactions, a manual compaction under
+    /// way) and waits for it: at shutdown only, as nothing is flushed or compacted
+    /// after it.
+    pub fn cancel_background_work(&self) {
+        self.db.cancel_all_background_work(true);
+    }
+
     /// Whether the event log or the attempt log still holds a key below `floor`.
     pub fn has_before(&self, floor: Seq) -> Result<bool> {
         for cf in [CF_EVENTS, CF_ATTEMPTS] {
