@@ -89,14 +89,21 @@ pub(super) fn compile(src: &str, ctx: Context) -> Result<(Vec<Part>, usize), Tem
             .map_err(|bad| c.error(bad.at, bad.message))?;
     }
     let templated = ir.iter().any(|p| !matches!(p, Ir::Lit(_)));
-    // A form body is percent-encoded as a URL's query is, with the same trap.
-    if ctx == Context::Body(BodyFormat::Form) && templated {
+    // A URL, and a form body (percent-encoded as a URL's query is), with placeholders.
+    let percent_encoded = match ctx {
+        Context::Url => Some("request target"),
+        Context::Body(BodyFormat::Form) => Some("form encoding"),
+        _ => None,
+    };
+    if let Some(what) = percent_encoded.filter(|_| templated) {
         if let Some(at) = stray_percent(&ir, &c.lits, &c.lit_at) {
             return Err(c.error(
                 at,
-                "a `%` that two hex digits do not follow: a value after it would complete \
-                 the escape (`%2{x}` with `F` sends `%2F`, a `/`), and `%zz` is no valid \
-                 form encoding; write `%25` for a `%` the receiver should get",
+                format!(
+                    "a `%` that two hex digits do not follow: a value after it would \
+                     complete the escape (`%2{{x}}` with `F` sends `%2F`, a `/`), and `%zz` \
+                     is no valid {what}; write `%25` for a `%` the receiver should get"
+                ),
             ));
         }
     }
@@ -117,14 +124,6 @@ pub(super) fn compile(src: &str, ctx: Context) -> Result<(Vec<Part>, usize), Tem
                 "a `#` in a join's text: it starts the URL's fragment, which is never \
                  sent, so the elements after the first would never reach the receiver; \
                  write `%23` for a `#` the receiver should get",
-            ));
-        }
-        if let Some(at) = stray_percent(&ir, &c.lits, &c.lit_at) {
-            return Err(c.error(
-                at,
-                "a `%` that two hex digits do not follow: a value after it would complete \
-                 the escape (`%2{x}` with `F` sends `%2F`, a `/`), and `%zz` is no valid \
-                 request target; write `%25` for a `%` the receiver should get",
             ));
         }
         if let Some(at) = literal_dot_segment(&shape) {
