@@ -67,6 +67,9 @@ pub struct LineParser {
     /// A line's copy with its numbers beyond the f64 range written as `0.0`, parsed
     /// again when simd-json refuses one (unused by other lines).
     in_range: Vec<u8>,
+    /// A line's copy with its unpaired surrogate escapes written as `\ufffd` (the
+    /// event's data is taken from it), when simd-json refuses one.
+    paired: Vec<u8>,
     /// How far ahead of now an event's `time` may be ([`LineParser::for_ingest`]).
     max_ahead_ms: Option<u64>,
 }
@@ -77,6 +80,7 @@ impl Default for LineParser {
             scratch: Vec::with_capacity(4096),
             buffers: simd_json::Buffers::new(4096),
             in_range: Vec::new(),
+            paired: Vec::new(),
             max_ahead_ms: None,
         }
     }
@@ -179,12 +183,11 @@ fn at_char(what: &str, at: usize, line: &[u8]) -> String {
 
 /// The first problem inside a string of `line` (valid UTF-8, no raw control character
 /// but tab, CR or LF), in plain words with its byte offset: a raw tab or line break, an
-/// unknown escape, a `\\u` without four hex digits, a surrogate without its other half.
+/// unknown escape, a `\\u` without four hex digits.
 fn string_error(line: &[u8]) -> Option<(usize, String)> {
     let hex4 = |at: usize| {
-        let h = line.get(at..at + 4)?;
-        let h = std::str::from_utf8(h).ok()?;
-        (h.bytes().all(|b| b.is_ascii_hexdigit())).then(|| u16::from_str_radix(h, 16).ok())?
+        line.get(at..at + 4)
+            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
     };
     let mut i = 0;
     let mut in_string = false;
@@ -207,34 +210,16 @@ fn string_error(line: &[u8]) -> Option<(usize, String)> {
             }
             b'\\' => match line.get(i + 1) {
                 Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 1,
+                // (A surrogate without its other half is read as U+FFFD before this
+                // is asked: [`write_unpaired_surrogates_as_replacement`].)
+                Some(b'u') if hex4(i + 2) => i += 5,
                 Some(b'u') => {
-                    let Some(u) = hex4(i + 2) else {
-                        return Some((
-                            i,
-                            format!(
-                                "a bad escape in a string (at byte {i}): \\u takes four hex digits"
-                            ),
-                        ));
-                    };
-                    match u {
-                        0xD800..=0xDBFF => {
-                            let low = (line.get(i + 6..i + 8) == Some(b"\\u"))
-                                .then(|| hex4(i + 8))
-                                .flatten();
-                            if !low.is_some_and(|l| (0xDC00..=0xDFFF).contains(&l)) {
-                                return Some((i, format!(
-                                    "a bad escape in a string (at byte {i}): a high surrogate without its low half"
-                                )));
-                            }
-                            i += 11;
-                        }
-                        0xDC00..=0xDFFF => {
-                            return Some((i, format!(
-                                "a bad escape in a string (at byte {i}): a low surrogate without its high half"
-                            )))
-                        }
-                        _ => i += 5,
-                    }
+                    return Some((
+                        i,
+                        format!(
+                            "a bad escape in a string (at byte {i}): \\u takes four hex digits"
+                        ),
+                    ))
                 }
                 _ => return Some((i, format!("a bad escape in a string (at byte {i})"))),
             },
@@ -243,6 +228,44 @@ fn string_error(line: &[u8]) -> Option<(usize, String)> {
         i += 1;
     }
     None
+}
+
+/// Writes every `\uXXXX` escape of `line` that is half of a surrogate pair without its
+/// other half as `\ufffd` (U+FFFD, the replacement character), in place: the same
+/// length. Returns whether it wrote any.
+fn write_unpaired_surrogates_as_replacement(line: &mut [u8]) -> bool {
+    let unit = |line: &[u8], at: usize| -> Option<u16> {
+        let h = line.get(at..at + 6)?.strip_prefix(b"\\u")?;
+        u16::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()
+    };
+    let mut changed = false;
+    let mut i = 0;
+    let mut in_string = false;
+    while i < line.len() {
+        match line[i] {
+            b'"' => in_string = !in_string,
+            b'\\' if in_string => {
+                match unit(line, i) {
+                    Some(0xD800..=0xDBFF)
+                        if unit(line, i + 6).is_some_and(|l| (0xDC00..=0xDFFF).contains(&l)) =>
+                    {
+                        i += 12;
+                        continue;
+                    }
+                    Some(0xD800..=0xDFFF) => {
+                        line[i..i + 6].copy_from_slice(b"\\ufffd");
+                        changed = true;
+                        i += 6;
+                        continue;
+                    }
+                    _ => i += 1, // the escaped byte is skipped below
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    changed
 }
 
 /// Writes every number of `line` that is beyond the f64 range (`1e309`, a 400-digit
@@ -322,7 +345,10 @@ pub const KEEP_BYTES: usize = 256 << 10;
 impl LineParser {
     /// Gives back buffers grown past [`KEEP_BYTES`] for a large line.
     pub fn trim(&mut self) {
-        if self.scratch.capacity() > KEEP_BYTES || self.in_range.capacity() > KEEP_BYTES {
+        if [&self.scratch, &self.in_range, &self.paired]
+            .iter()
+            .any(|b| b.capacity() > KEEP_BYTES)
+        {
             // Its settings stay (a reset parser took any `time` after a large line).
             *self = LineParser {
                 max_ahead_ms: self.max_ahead_ms,
@@ -333,142 +359,168 @@ impl LineParser {
 
     /// Parses one line (without its line terminator).
     pub fn parse(&mut self, line: &[u8]) -> Result<NewEvent, Invalid> {
+        let max_ahead_ms = self.max_ahead_ms;
         self.scratch.clear();
         self.scratch.extend_from_slice(line);
-        let tape = match simd_json::to_tape_with_buffers(&mut self.scratch, &mut self.buffers) {
-            Ok(tape) => tape,
-            Err(e) => {
-                let refused = || not_json(&e, line);
-                if !matches!(
-                    e.error(),
-                    simd_json::ErrorType::InvalidNumber | simd_json::ErrorType::InvalidExponent
-                ) {
-                    return Err(refused());
-                }
-                self.in_range.clear();
-                self.in_range.extend_from_slice(line);
-                if !write_huge_numbers_in_range(&mut self.in_range) {
-                    return Err(refused());
-                }
-                simd_json::to_tape_with_buffers(&mut self.in_range, &mut self.buffers)
-                    .map_err(|e| not_json(&e, line))?
-            }
+        let e = match simd_json::to_tape_with_buffers(&mut self.scratch, &mut self.buffers) {
+            Ok(tape) => return event(tape, line, max_ahead_ms),
+            Err(e) => e,
         };
-        let root = tape.as_value();
-        let obj = root
-            .as_object()
-            .ok_or_else(|| invalid("a line must be a JSON object"))?;
-
-        // One pass over the members. A field of the envelope given twice is refused:
-        // JSON leaves it to each parser which one counts (RFC 8259 §4), so a gateway
-        // checking the last `type` or `account` would pass what ricochet routes by the
-        // first.
-        let (mut type_v, mut id_v, mut account_v, mut time_v, mut data_v) =
-            (None, None, None, None, None);
-        let mut last_is_data = false;
-        for (k, v) in obj.iter() {
-            last_is_data = k == "data";
-            let slot = match k {
-                "type" => &mut type_v,
-                "id" => &mut id_v,
-                "account" => &mut account_v,
-                "time" => &mut time_v,
-                "data" => &mut data_v,
-                _ => continue,
-            };
-            if slot.replace(v).is_some() {
-                return Err(invalid(format!("field `{k}` is given more than once")));
+        // A `\ud83d` without its other half (a character cut in two, as a JavaScript
+        // `substring` leaves it): JSON's grammar allows it, simd-json does not, and most
+        // receivers' parsers would refuse the body. Read as U+FFFD, in the data kept
+        // too (the escape is as long).
+        self.paired.clear();
+        self.paired.extend_from_slice(line);
+        let (line, e) = if write_unpaired_surrogates_as_replacement(&mut self.paired) {
+            self.scratch.clear();
+            self.scratch.extend_from_slice(&self.paired);
+            match simd_json::to_tape_with_buffers(&mut self.scratch, &mut self.buffers) {
+                Ok(tape) => return event(tape, &self.paired, max_ahead_ms),
+                Err(e) => (&self.paired[..], e),
             }
+        } else {
+            (line, e)
+        };
+        // A number beyond the f64 range: read with it written in range, `data` kept as
+        // the producer's bytes.
+        if !matches!(
+            e.error(),
+            simd_json::ErrorType::InvalidNumber | simd_json::ErrorType::InvalidExponent
+        ) {
+            return Err(not_json(&e, line));
         }
-
-        let type_v = type_v.ok_or_else(|| invalid("missing field `type`"))?;
-        let etype = type_v
-            .as_str()
-            .ok_or_else(|| invalid("field `type` must be a string"))?;
-        if !valid_event_type(etype) {
-            return Err(invalid("field `type` must match [a-z0-9_.-]{1,64}"));
+        self.in_range.clear();
+        self.in_range.extend_from_slice(line);
+        if !write_huge_numbers_in_range(&mut self.in_range) {
+            return Err(not_json(&e, line));
         }
-        let ext_id = match id_v {
-            None => None,
-            Some(v) if v.is_null() => None,
-            Some(v) => {
-                let s = v
-                    .as_str()
-                    .ok_or_else(|| invalid("field `id` must be a string"))?;
-                check_event_id(s)?;
-                Some(s.to_string())
-            }
+        let tape = simd_json::to_tape_with_buffers(&mut self.in_range, &mut self.buffers)
+            .map_err(|e| not_json(&e, line))?;
+        event(tape, line, max_ahead_ms)
+    }
+}
+
+/// The event of a parsed line: the envelope checked, `data` taken from `line`'s bytes.
+fn event(
+    tape: simd_json::tape::Tape<'_>,
+    line: &[u8],
+    max_ahead_ms: Option<u64>,
+) -> Result<NewEvent, Invalid> {
+    let root = tape.as_value();
+    let obj = root
+        .as_object()
+        .ok_or_else(|| invalid("a line must be a JSON object"))?;
+
+    // One pass over the members. A field of the envelope given twice is refused:
+    // JSON leaves it to each parser which one counts (RFC 8259 §4), so a gateway
+    // checking the last `type` or `account` would pass what ricochet routes by the
+    // first.
+    let (mut type_v, mut id_v, mut account_v, mut time_v, mut data_v) =
+        (None, None, None, None, None);
+    let mut last_is_data = false;
+    for (k, v) in obj.iter() {
+        last_is_data = k == "data";
+        let slot = match k {
+            "type" => &mut type_v,
+            "id" => &mut id_v,
+            "account" => &mut account_v,
+            "time" => &mut time_v,
+            "data" => &mut data_v,
+            _ => continue,
         };
-        let account = match account_v {
-            None => None,
-            Some(v) if v.is_null() => None,
-            Some(v) => Some(
-                v.as_str()
-                    .ok_or_else(|| invalid("field `account` must be a string"))?
-                    .to_string(),
-            ),
-        };
-        let time_ms = match time_v {
-            None => None,
-            Some(v) if v.is_null() => None,
-            Some(v) => {
-                if let Some(s) = v.as_str() {
-                    Some(parse_rfc3339_ms(s).map_err(|e| match e {
-                        TimeError::BeforeEpoch => {
-                            invalid("field `time` is before 1970-01-01T00:00:00Z")
-                        }
-                        TimeError::Syntax => {
-                            invalid("field `time` must be RFC 3339 or Unix milliseconds")
-                        }
-                    })?)
-                } else if let Some(n) = v.as_u64() {
-                    if looks_like_seconds(n) {
-                        return Err(invalid(
-                            "field `time` is before 1973-03-03 as Unix milliseconds: Unix \
-                             seconds? (Unix milliseconds or RFC 3339 expected)",
-                        ));
+        if slot.replace(v).is_some() {
+            return Err(invalid(format!("field `{k}` is given more than once")));
+        }
+    }
+
+    let type_v = type_v.ok_or_else(|| invalid("missing field `type`"))?;
+    let etype = type_v
+        .as_str()
+        .ok_or_else(|| invalid("field `type` must be a string"))?;
+    if !valid_event_type(etype) {
+        return Err(invalid("field `type` must match [a-z0-9_.-]{1,64}"));
+    }
+    let ext_id = match id_v {
+        None => None,
+        Some(v) if v.is_null() => None,
+        Some(v) => {
+            let s = v
+                .as_str()
+                .ok_or_else(|| invalid("field `id` must be a string"))?;
+            check_event_id(s)?;
+            Some(s.to_string())
+        }
+    };
+    let account = match account_v {
+        None => None,
+        Some(v) if v.is_null() => None,
+        Some(v) => Some(
+            v.as_str()
+                .ok_or_else(|| invalid("field `account` must be a string"))?
+                .to_string(),
+        ),
+    };
+    let time_ms = match time_v {
+        None => None,
+        Some(v) if v.is_null() => None,
+        Some(v) => {
+            if let Some(s) = v.as_str() {
+                Some(parse_rfc3339_ms(s).map_err(|e| match e {
+                    TimeError::BeforeEpoch => {
+                        invalid("field `time` is before 1970-01-01T00:00:00Z")
                     }
-                    Some(n)
-                } else {
+                    TimeError::Syntax => {
+                        invalid("field `time` must be RFC 3339 or Unix milliseconds")
+                    }
+                })?)
+            } else if let Some(n) = v.as_u64() {
+                if looks_like_seconds(n) {
                     return Err(invalid(
-                        "field `time` must be RFC 3339 or Unix milliseconds",
+                        "field `time` is before 1973-03-03 as Unix milliseconds: Unix \
+                             seconds? (Unix milliseconds or RFC 3339 expected)",
                     ));
                 }
-            }
-        };
-        // RFC 3339 ends at year 9999, and the log shows times in it: a later one is a
-        // mistake (microseconds, say), and would hold its deliveries for ever.
-        if time_ms.is_some_and(|t| t > MAX_TIME_MS) {
-            return Err(invalid(
-                "field `time` is after 9999-12-31T23:59:59.999Z (Unix milliseconds expected)",
-            ));
-        }
-        if let (Some(t), Some(ahead)) = (time_ms, self.max_ahead_ms) {
-            if t > crate::worker::now_ms().saturating_add(ahead) {
-                return Err(invalid(format!(
-                    "field `time` is more than the retention ({}) ahead: its deliveries \
-                     would expire before their first attempt",
-                    crate::config::format_duration(std::time::Duration::from_millis(ahead))
-                )));
+                Some(n)
+            } else {
+                return Err(invalid(
+                    "field `time` must be RFC 3339 or Unix milliseconds",
+                ));
             }
         }
-        match data_v {
-            None => return Err(invalid("missing field `data`")),
-            Some(v) if !v.is_object() => return Err(invalid("field `data` must be an object")),
-            Some(_) => {}
-        }
-        // Usually `data` is the last member, and then its value runs to the line's
-        // closing brace: no need to scan it.
-        let (start, end) = top_level_value_span(line, b"data", last_is_data)
-            .ok_or_else(|| invalid("field `data` must be written with a plain key"))?;
-        Ok(NewEvent {
-            ext_id,
-            etype: etype.to_string(),
-            account,
-            time_ms,
-            data: Bytes::copy_from_slice(&line[start..end]),
-        })
+    };
+    // RFC 3339 ends at year 9999, and the log shows times in it: a later one is a
+    // mistake (microseconds, say), and would hold its deliveries for ever.
+    if time_ms.is_some_and(|t| t > MAX_TIME_MS) {
+        return Err(invalid(
+            "field `time` is after 9999-12-31T23:59:59.999Z (Unix milliseconds expected)",
+        ));
     }
+    if let (Some(t), Some(ahead)) = (time_ms, max_ahead_ms) {
+        if t > crate::worker::now_ms().saturating_add(ahead) {
+            return Err(invalid(format!(
+                "field `time` is more than the retention ({}) ahead: its deliveries \
+                     would expire before their first attempt",
+                crate::config::format_duration(std::time::Duration::from_millis(ahead))
+            )));
+        }
+    }
+    match data_v {
+        None => return Err(invalid("missing field `data`")),
+        Some(v) if !v.is_object() => return Err(invalid("field `data` must be an object")),
+        Some(_) => {}
+    }
+    // Usually `data` is the last member, and then its value runs to the line's
+    // closing brace: no need to scan it.
+    let (start, end) = top_level_value_span(line, b"data", last_is_data)
+        .ok_or_else(|| invalid("field `data` must be written with a plain key"))?;
+    Ok(NewEvent {
+        ext_id,
+        etype: etype.to_string(),
+        account,
+        time_ms,
+        data: Bytes::copy_from_slice(&line[start..end]),
+    })
 }
 
 /// Why an RFC 3339 time was refused.
@@ -639,6 +691,34 @@ mod tests {
     }
 
     #[test]
+    fn a_surrogate_without_its_other_half_is_read_as_the_replacement_character() {
+        for (raw, kept) in [
+            (r#""\ud83d""#, r#""\ufffd""#),
+            (r#""ab\uDC00c""#, r#""ab\ufffdc""#),
+            (r#""\ud83d\ude00\udc00""#, r#""\ud83d\ude00\ufffd""#),
+            (r#""\ud83d\u0041""#, r#""\ufffd\u0041""#),
+            (r#""\ud83d\ud83d\ude00""#, r#""\ufffd\ud83d\ude00""#),
+            (r#""\\ud83d""#, r#""\\ud83d""#),
+        ] {
+            let line = format!(r#"{{"type":"t","data":{{"name":{raw},"n":1e400}}}}"#);
+            let ev = p(&line).unwrap_or_else(|e| panic!("{raw}: {}", e.0));
+            let want = format!(r#"{{"name":{kept},"n":1e400}}"#);
+            assert_eq!(&ev.data[..], want.as_bytes(), "{raw}");
+        }
+        // In a key too, and the envelope reads on.
+        let ev = p(r#"{"type":"t","id":"a","data":{"\udc00":1}}"#).unwrap();
+        assert_eq!(
+            (ev.ext_id.as_deref(), &ev.data[..]),
+            (Some("a"), &br#"{"\ufffd":1}"#[..])
+        );
+        // Another error still refuses the line, and says where.
+        let err = p(r#"{"type":"t","data":{"a":"\ud83d","b":x}}"#)
+            .unwrap_err()
+            .0;
+        assert!(err.starts_with("not JSON: "), "{err}");
+    }
+
+    #[test]
     fn string_errors_say_where_they_are() {
         for (line, want) in [
             (
@@ -652,14 +732,6 @@ mod tests {
             (
                 r#"{"type":"t","data":{"a":"x\u12"}}"#,
                 "not JSON: a bad escape in a string (at byte 26): \\u takes four hex digits",
-            ),
-            (
-                r#"{"type":"t","data":{"a":"\ud800x"}}"#,
-                "not JSON: a bad escape in a string (at byte 25): a high surrogate without its low half",
-            ),
-            (
-                r#"{"type":"t","data":{"a":"\ud83d\ude00\udc00"}}"#,
-                "not JSON: a bad escape in a string (at byte 37): a low surrogate without its high half",
             ),
         ] {
             assert_eq!(p(line).unwrap_err().0, want, "{line}");
