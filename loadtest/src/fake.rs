@@ -1,10 +1,12 @@
 //! `ricochet-load fake-ricochet serve --config F`: a deliberately small stand-in for
 //! `ricochet serve`, so `run` can be tested before (or without) the real binary. It
 //! reads the same TOML (only `server.socket`, `server.admin`, `server.extra_ca_file` and
-//! each endpoint's `name`, `events`, `account`, `url`, `enabled`), answers the ingest line protocol (`ok`/`dup`/
+//! each endpoint's `name`, `events`, `account`, `url`, `enabled`, `timeout`), answers the ingest line protocol (`ok`/`dup`/
 //! `err`, in order), POSTs each event's `data` to the routed (enabled) endpoints with
 //! `webhook-id` (over TLS for `https://`, trusting only `extra_ca_file`), retries failures
-//! every 200 ms (5 attempts), and serves `GET /health`. It ignores `max_rps`.
+//! every 200 ms (5 attempts; an attempt waits `timeout` for its answer, 5 s by default),
+//! and serves `GET /health` and `GET /metrics` (`ricochet_deliveries_pending` only). It
+//! ignores `max_rps`.
 //! It journals every acked event and every finished delivery to `server.data_dir`
 //! (written before the ack, never synced), so a `kill -9` and a start on the same data
 //! dir resend what was pending and answer `dup` for ids it had acked: enough to test
@@ -59,6 +61,8 @@ struct Endpoint {
     url: String,
     #[serde(default = "yes")]
     enabled: bool,
+    /// How long an attempt waits for its answer (`5s` when not given).
+    timeout: Option<String>,
 }
 
 fn yes() -> bool {
@@ -83,6 +87,8 @@ struct Target {
     tls: Option<String>,
     /// The endpoint's `account` filter.
     account: Option<String>,
+    /// How long an attempt waits for its answer.
+    timeout: Duration,
 }
 
 /// A kept-alive connection to the sink.
@@ -132,6 +138,8 @@ struct State {
     next_id: AtomicU64,
     jobs: mpsc::Sender<Job>,
     retries: Mutex<Vec<(Instant, Job)>>,
+    /// Deliveries not ended yet (2xx, or their last attempt).
+    pending: AtomicU64,
     /// `<data_dir>/fake-journal`, appended with one `write` per record.
     journal: Option<Mutex<std::fs::File>>,
 }
@@ -212,6 +220,11 @@ pub fn main(a: FakeArgs) -> Result<i32> {
             path: t.path,
             tls: t.tls.then_some(t.host),
             account: e.account.clone(),
+            timeout: match &e.timeout {
+                Some(t) => crate::script::parse_duration(t)
+                    .with_context(|| format!("endpoint {}: timeout", e.name))?,
+                None => Duration::from_secs(5),
+            },
         });
         if !e.enabled {
             continue;
@@ -232,7 +245,7 @@ pub fn main(a: FakeArgs) -> Result<i32> {
         None => None,
     };
     let (tx, rx) = mpsc::channel::<Job>();
-    let (mut seen, mut journal) = (HashSet::new(), None);
+    let (mut seen, mut journal, mut restored) = (HashSet::new(), None, 0u64);
     if let Some(dir) = &cfg.server.data_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join("fake-journal");
@@ -245,6 +258,7 @@ pub fn main(a: FakeArgs) -> Result<i32> {
             );
         }
         seen = ids;
+        restored = pending.len() as u64;
         for job in pending {
             let _ = tx.send(job);
         }
@@ -264,6 +278,7 @@ pub fn main(a: FakeArgs) -> Result<i32> {
         next_id: AtomicU64::new(0),
         jobs: tx,
         retries: Mutex::default(),
+        pending: AtomicU64::new(restored),
         journal,
     });
     let rx = Arc::new(Mutex::new(rx));
@@ -343,6 +358,7 @@ fn ingest_conn(s: UnixStream, state: &State) -> Result<()> {
                     ))?;
                     let (id_arc, body): (Arc<str>, Arc<str>) =
                         (id.as_str().into(), ev.data.get().into());
+                    state.pending.fetch_add(eps.len() as u64, Relaxed);
                     for &ep in &eps {
                         let _ = state.jobs.send(Job {
                             ep,
@@ -379,6 +395,7 @@ fn deliver_loop(state: &State, rx: &Mutex<mpsc::Receiver<Job>>) {
         };
         if ok || job.attempt >= ATTEMPTS {
             let _ = state.journal(&format!("d\t{}\t{}\n", job.id, job.ep));
+            state.pending.fetch_sub(1, Relaxed);
         } else {
             let job = Job {
                 attempt: job.attempt + 1,
@@ -421,7 +438,7 @@ fn post(
         std::collections::hash_map::Entry::Vacant(v) => {
             let s = TcpStream::connect_timeout(&t.addr, Duration::from_secs(2))?;
             s.set_nodelay(true)?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.set_read_timeout(Some(t.timeout))?;
             v.insert(match &t.tls {
                 None => Conn::Plain(s),
                 Some(host) => {
@@ -484,6 +501,13 @@ fn serve_admin(mut s: TcpStream, state: &State) -> Result<()> {
     let (method, path) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
     let (status, body) = match (method, path) {
         ("GET", "/health") => (200, r#"{"status":"ok"}"#.to_string()),
+        ("GET", "/metrics") => (
+            200,
+            format!(
+                "ricochet_deliveries_pending {}\n",
+                state.pending.load(Relaxed)
+            ),
+        ),
         ("GET", "/v1/endpoints") => {
             let names: Vec<&str> = state.targets.iter().map(|t| t.name.as_str()).collect();
             (200, serde_json::to_string(&names).unwrap_or_default())

@@ -160,6 +160,9 @@ pub struct RunMetrics {
     pub tls_handshakes: Option<u64>,
     /// The per-endpoint one-second window check (scenarios with `max_rps > 0`).
     pub rate_check: Option<RateCounts>,
+    /// `ricochet_deliveries_pending` when ricochet was stopped after a complete drain
+    /// (deliveries it still retried although the sink had answered 2xx).
+    pub ricochet_pending_at_end: Option<u64>,
     /// Scenarios with `restart = true` (or `--restart`).
     pub restart: Option<RestartMetrics>,
     /// CPU per unit of work in each phase ([`crate::cost`]).

@@ -957,6 +957,14 @@ impl ConnectionCounts {
     }
 }
 
+/// The value of an unlabelled series in a Prometheus text exposition.
+fn metric_value(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let v = l.strip_prefix(name)?.strip_prefix(' ')?;
+        v.trim().parse::<f64>().ok().map(|v| v as u64)
+    })
+}
+
 /// A one-shot HTTP/1.1 request to the admin API: (status, body).
 pub fn admin_request(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
@@ -1775,6 +1783,42 @@ fn run_in(
             (a, b) => a.or(b),
         };
     }
+    // Every id had a 2xx at the sink, but ricochet may still hold deliveries whose 2xx
+    // it did not read (a timeout, a reset): their resends are duplicates the receiver
+    // gets. Waited for as the drain is (until none is pending, or no request came for
+    // `drain_idle`), so that `duplicates` counts them; what is left is said.
+    let pending_at_end = if drained {
+        let requests = || sink.as_ref().map_or(0, |s| s.shared().counts().requests);
+        let (mut last_requests, mut idle_since) = (requests(), Instant::now());
+        loop {
+            let pending = match admin_request(admin, "GET", "/metrics") {
+                Ok((200, text)) => metric_value(&text, "ricochet_deliveries_pending"),
+                _ => None,
+            };
+            let now = requests();
+            if now != last_requests {
+                (last_requests, idle_since) = (now, Instant::now());
+            }
+            if pending.is_none_or(|p| p == 0)
+                || idle_since.elapsed() >= sc.drain_idle
+                || up_at.elapsed() >= sc.drain_timeout
+                || stop.load(Ordering::Relaxed)
+                || child.exited().is_some()
+            {
+                break pending;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    } else {
+        None
+    };
+    if let Some(n) = pending_at_end.filter(|&n| n > 0) {
+        notes.push(format!(
+            "ricochet still had {n} deliveries pending when it was stopped, though the sink \
+             had answered every id 2xx: attempts whose answer it did not read (timed out, \
+             reset), whose resends would be duplicates not counted here"
+        ));
+    }
     // Its own count of the connections it opened, and why (the process running now).
     let ricochet_connections = match admin_request(admin, "GET", "/metrics") {
         Ok((200, text)) => ConnectionCounts::from_metrics(&text),
@@ -1844,7 +1888,8 @@ fn run_in(
         ));
     }
     let lag = Percentiles::of(&shared.lag_total());
-    let last_us = shared.last_delivery_us();
+    // Both before the raw ceiling below, whose requests reach the same sink.
+    let (last_us, last_request_us) = (shared.last_delivery_us(), shared.last_request_us());
     // The rates' common start: the generator's first write, or, where the sink was down
     // during ingest, the moment it came up (nothing was delivered before). Deliveries/s
     // runs from there to the last delivery, http requests/s to the last request (the
@@ -2028,8 +2073,9 @@ fn run_in(
         requests_per_s: rate_over(
             c.requests.saturating_sub(before.1),
             rates_from_us,
-            shared.last_request_us(),
+            last_request_us,
         ),
+        ricochet_pending_at_end: pending_at_end,
         drain_s: (last_us > 0).then(|| last_us.saturating_sub(drain_from_us) as f64 / 1e6),
         drained,
         drain_end,

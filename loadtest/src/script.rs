@@ -142,7 +142,10 @@ impl std::fmt::Display for Script {
             if i > 0 {
                 f.write_str(",")?;
             }
-            write!(f, "{}:{}", e.status, e.weight)?;
+            // Six decimals at most: normalising 0.7 gives 0.7000000000000001.
+            let w = format!("{:.6}", e.weight);
+            let w = w.trim_end_matches('0').trim_end_matches('.');
+            write!(f, "{}:{}", e.status, if w.is_empty() { "0" } else { w })?;
         }
         Ok(())
     }
@@ -265,6 +268,20 @@ mod tests {
         assert!(Script::parse("999").is_err());
         assert!(Script::parse("600:1").is_err());
         assert!(Script::parse("599,100").is_ok());
+    }
+
+    #[test]
+    fn a_script_shows_its_weights_as_written() {
+        let s = Script::parse("200:0.7,500:0.2,404:0.1").unwrap();
+        assert_eq!(s.to_string(), "200:0.7,500:0.2,404:0.1");
+        assert_eq!(
+            Script::parse("200:2,500:1").unwrap().to_string(),
+            "200:0.666667,500:0.333333"
+        );
+        assert_eq!(
+            Script::parse("200,500:0").unwrap().to_string(),
+            "200:1,500:0"
+        );
     }
 
     #[test]

@@ -68,7 +68,19 @@ fn run_two_runs_against_fake_ricochet() {
     let (code, v, stderr) = run_json(
         &dir,
         SMALL,
-        &["--runs", "2", "--plot", plot.to_str().unwrap()],
+        &[
+            "--runs",
+            "2",
+            "--plot",
+            plot.to_str().unwrap(),
+            // The raw client's requests reach the same sink after the run's: not in the
+            // run's requests/s (its window ran to the raw phase's last request).
+            "--raw",
+            "--raw-duration",
+            "1s",
+            "--raw-connections",
+            "4",
+        ],
     );
     assert_eq!(code, 0, "stderr:\n{stderr}");
     let runs = v["runs"].as_array().unwrap();
@@ -98,6 +110,39 @@ fn run_two_runs_against_fake_ricochet() {
     assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
     assert!(dir.join("out-2.svg").is_file());
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Attempts that time out at ricochet while the sink answers them 2xx: every resend is
+/// a duplicate the receiver gets. The run waits while ricochet still has deliveries
+/// pending, so it counts them (it stopped ricochet once every id had one 2xx, and
+/// counted none).
+#[test]
+fn resends_after_every_id_had_a_2xx_are_counted_as_duplicates() {
+    let dir = temp_dir("late-dups");
+    let (code, json, stderr) = run_json(
+        &dir,
+        r#"
+description = "the sink answers after the endpoint's timeout"
+endpoints = 1
+events = 4
+duration = "10s"
+rate = 100
+durability = "batch"
+drain_timeout = "30s"
+drain_idle = "3s"
+[sink]
+latency = "500ms"
+[endpoint]
+timeout = "300ms"
+"#,
+        &[],
+    );
+    let run = &json["runs"][0];
+    // Five attempts each (the fake's), all reaching the sink: four repeats an event.
+    assert_eq!(run["duplicates"], 16, "{stderr}");
+    assert_eq!(run["ricochet_pending_at_end"], 0, "{stderr}");
+    assert_ne!(code, -1);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
