@@ -239,21 +239,32 @@ fn stream(
 /// Copies `input`'s non-blank lines to `out`, each ending in `\n`, in chunks of up to
 /// [`CHUNK`] bytes: a chunk goes out when full or when the input has nothing more at
 /// hand (a slow producer's lines are not held back). A line goes out in pieces as it is
-/// read, so a line of any length costs one chunk of memory (the server answers one over
-/// its `max_line_bytes` with `err too_large`); only a line's leading whitespace is held
-/// until it is known not to be blank. Counts into `sent` every line whose newline the
-/// socket took.
+/// read, so a line of any length costs a chunk or two of memory (the server answers
+/// one over its `max_line_bytes` with `err too_large`, and gives a blank one, however
+/// long, no answer). Counts into `sent` every non-blank line whose newline the socket
+/// took.
+///
+/// What the server sees as a connection's first line is the input's first line: the
+/// server drops a byte order mark before it (and then judges it blank or not), so a
+/// blank first line is sent as a bare newline, uncounted, rather than dropped, which
+/// would make the next line the first (its mark dropped, where the server would have
+/// refused it).
 fn pump(
     input: Box<dyn Read + Send>,
-    mut out: Box<dyn Write + Send>,
+    out: Box<dyn Write + Send>,
     sent: &AtomicU64,
 ) -> std::io::Result<()> {
-    let mut input = SkipBom::new(input);
+    let mut input = input;
+    let mut out = Counted::new(out, sent);
     let mut buf = vec![0u8; CHUNK];
-    let mut chunk = Vec::with_capacity(2 * CHUNK);
-    // The current line's leading whitespace, and whether it has more than that.
+    // The current line's leading whitespace (and a first line's mark), held until the
+    // line is known not to be blank; sent on, uncounted, once it would pass a chunk.
     let mut lead = Vec::new();
+    let mut lead_sent = false;
     let mut in_line = false;
+    let mut first = true;
+    // The input's first bytes, looked at for a byte order mark.
+    let mut head = 0usize;
     loop {
         let n = match input.read(&mut buf) {
             Ok(n) => n,
@@ -261,109 +272,146 @@ fn pump(
             Err(e) => return Err(e),
         };
         if n == 0 {
-            if in_line {
-                chunk.push(b'\n');
+            if first && (1..BOM.len()).contains(&head) {
+                // The input ended inside what began as a mark: text, not blank.
+                out.push(&lead);
+                in_line = true;
             }
-            write_counted(&mut out, &chunk, sent)?;
+            if in_line {
+                out.end_line(true);
+            } else if lead_sent {
+                out.end_line(false);
+            }
+            out.write_all()?;
             return out.flush();
         }
         let mut rest = &buf[..n];
         while !rest.is_empty() {
             let end = memchr::memchr(b'\n', rest);
             let part = &rest[..end.unwrap_or(rest.len())];
+            // A first line's mark (possibly split across reads) is held as its lead; a
+            // part of one that the next byte does not complete is the line's own text.
+            let mut body = part;
+            if first && head < BOM.len() {
+                while head < BOM.len() && body.first() == Some(&BOM[head]) {
+                    lead.push(BOM[head]);
+                    body = &body[1..];
+                    head += 1;
+                }
+                if head < BOM.len() && (!body.is_empty() || end.is_some()) {
+                    if head > 0 {
+                        out.push(&lead);
+                        lead.clear();
+                        in_line = true;
+                    }
+                    head = BOM.len();
+                }
+            }
             if in_line {
-                chunk.extend_from_slice(part);
-            } else if part.iter().any(|&b| !crate::ingest::is_blank_byte(b)) {
-                chunk.extend_from_slice(&lead);
-                chunk.extend_from_slice(part);
+                out.push(body);
+            } else if body.iter().any(|&b| !crate::ingest::is_blank_byte(b)) {
+                out.push(&lead);
+                out.push(body);
                 lead.clear();
                 in_line = true;
+            } else if lead_sent {
+                out.push(body);
             } else {
-                lead.extend_from_slice(part);
+                lead.extend_from_slice(body);
+                if lead.len() >= CHUNK {
+                    // Long whitespace: on to the server, whose answer (none if the line
+                    // stays blank) this need not guess.
+                    out.push(&lead);
+                    lead.clear();
+                    lead_sent = true;
+                }
             }
             match end {
                 Some(at) => {
                     if in_line {
-                        chunk.push(b'\n');
+                        out.end_line(true);
+                    } else if lead_sent || first {
+                        // Blank, and so for the server, which does not answer it.
+                        out.end_line(false);
                     }
                     lead.clear();
-                    in_line = false;
+                    (in_line, lead_sent, first) = (false, false, false);
+                    head = BOM.len();
                     rest = &rest[at + 1..];
                 }
                 None => rest = &[],
             }
-            if chunk.len() >= CHUNK {
-                write_counted(&mut out, &chunk, sent)?;
-                chunk.clear();
+            if out.pending() >= CHUNK {
+                out.write_all()?;
             }
         }
         // The input has nothing more at hand for now: what is gathered goes out.
-        write_counted(&mut out, &chunk, sent)?;
-        chunk.clear();
+        out.write_all()?;
     }
 }
 
-/// Reads `inner` without a UTF-8 byte order mark at its start: the server drops one
-/// before a connection's first line, so a first line of a mark and whitespace is blank
-/// there, and must not be counted as sent here.
-struct SkipBom<R> {
-    inner: R,
-    /// The first bytes, read to look for the mark; handed out first when they are not.
-    head: Vec<u8>,
-    checked: bool,
+/// The bytes [`pump`] gathers for the socket, and which of their newlines end a line the
+/// server answers: `sent` counts those once the socket has taken them.
+struct Counted<'a> {
+    out: Box<dyn Write + Send>,
+    sent: &'a AtomicU64,
+    buf: Vec<u8>,
+    /// Offsets in `buf` of the newlines that count, in order.
+    ends: std::collections::VecDeque<usize>,
 }
 
-impl<R: Read> SkipBom<R> {
-    fn new(inner: R) -> SkipBom<R> {
-        SkipBom {
-            inner,
-            head: Vec::new(),
-            checked: false,
+impl<'a> Counted<'a> {
+    fn new(out: Box<dyn Write + Send>, sent: &'a AtomicU64) -> Counted<'a> {
+        Counted {
+            out,
+            sent,
+            buf: Vec::with_capacity(2 * CHUNK),
+            ends: std::collections::VecDeque::new(),
         }
     }
-}
 
-impl<R: Read> Read for SkipBom<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if !self.checked {
-            while self.head.len() < BOM.len() && BOM.starts_with(&self.head) {
-                let mut b = [0u8; 3];
-                let n = self.inner.read(&mut b[..BOM.len() - self.head.len()])?;
-                if n == 0 {
-                    break;
+    fn push(&mut self, b: &[u8]) {
+        self.buf.extend_from_slice(b);
+    }
+
+    /// Ends the line with a newline, counted if the server answers the line.
+    fn end_line(&mut self, counts: bool) {
+        if counts {
+            self.ends.push_back(self.buf.len());
+        }
+        self.buf.push(b'\n');
+    }
+
+    fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Writes everything gathered, counting the lines whose newline each write took.
+    fn write_all(&mut self) -> std::io::Result<()> {
+        let mut done = 0;
+        while done < self.buf.len() {
+            match self.out.write(&self.buf[done..]) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    done += n;
+                    let mut lines = 0;
+                    while self.ends.front().is_some_and(|&e| e < done) {
+                        self.ends.pop_front();
+                        lines += 1;
+                    }
+                    self.sent.fetch_add(lines, Ordering::SeqCst);
                 }
-                self.head.extend_from_slice(&b[..n]);
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
-            if self.head == BOM {
-                self.head.clear();
-            }
-            self.checked = true;
         }
-        if !self.head.is_empty() {
-            let n = self.head.len().min(buf.len());
-            buf[..n].copy_from_slice(&self.head[..n]);
-            self.head.drain(..n);
-            return Ok(n);
-        }
-        self.inner.read(buf)
+        self.buf.clear();
+        Ok(())
     }
-}
 
-/// Writes all of `buf`, adding to `sent` the newlines each write took.
-fn write_counted(out: &mut dyn Write, mut buf: &[u8], sent: &AtomicU64) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        match out.write(buf) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                let lines = memchr::memchr_iter(b'\n', &buf[..n]).count() as u64;
-                sent.fetch_add(lines, Ordering::SeqCst);
-                buf = &buf[n..];
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -474,8 +522,10 @@ mod tests {
 
     #[test]
     fn blank_lines_are_dropped_however_the_reads_split_them() {
+        // The first line is blank: a bare newline, uncounted, for the server's first
+        // line (below); the others are dropped.
         let input = b"  \t\r\n{\"a\":1}\r\n\n \x0c\n   \t  {}\n\t\t\n{\"last\":2}";
-        let want = b"{\"a\":1}\r\n \x0c\n   \t  {}\n{\"last\":2}\n";
+        let want = b"\n{\"a\":1}\r\n \x0c\n   \t  {}\n{\"last\":2}\n";
         for step in [1, 2, 3, 5, 8, 1000] {
             let (writes, sent) = pumped(input, step);
             assert_eq!(writes.concat(), want, "read {step} bytes at a time");
@@ -484,27 +534,53 @@ mod tests {
     }
 
     #[test]
-    fn a_byte_order_mark_before_the_first_line_is_not_sent() {
-        // The server drops it: a first line of a mark alone is blank there.
-        for step in [1, 2, 3, 1000] {
-            let (writes, sent) = pumped(b"\xef\xbb\xbf\n{}\n", step);
-            assert_eq!(
-                (writes.concat(), sent),
-                (b"{}\n".to_vec(), 1),
-                "step {step}"
-            );
-            let (writes, _) = pumped(b"\xef\xbb\xbf{\"a\":1}\n", step);
-            assert_eq!(writes.concat(), b"{\"a\":1}\n", "step {step}");
-            // Anything else is sent as it is, a mark later on too.
-            let (writes, _) = pumped(b"\xef\xbb{}\n\xef\xbb\xbf\n", step);
-            assert_eq!(
-                writes.concat(),
-                b"\xef\xbb{}\n\xef\xbb\xbf\n",
-                "step {step}"
-            );
+    fn the_server_s_first_line_is_the_input_s_first_line() {
+        // The server drops a mark before a connection's first line, and then judges it:
+        // the same bytes reach it, and only lines it answers are counted.
+        for (input, want, lines) in [
+            (&b"\xef\xbb\xbf\n{}\n"[..], &b"\n{}\n"[..], 1),
+            (b"\xef\xbb\xbf \t\n{}\n", b"\n{}\n", 1),
+            (b"\xef\xbb\xbf{\"a\":1}\n", b"\xef\xbb\xbf{\"a\":1}\n", 1),
+            // A second mark is the line's text (`err invalid` at the server).
+            (
+                b"\xef\xbb\xbf\xef\xbb\xbf\n{}\n",
+                b"\xef\xbb\xbf\xef\xbb\xbf\n{}\n",
+                2,
+            ),
+            // Not first: a mark is text.
+            (b"\n\xef\xbb\xbf{}\n", b"\n\xef\xbb\xbf{}\n", 1),
+            (b" \r\n\xef\xbb\xbf\n", b"\n\xef\xbb\xbf\n", 1),
+            // Part of a mark is text too.
+            (b"\xef\xbb{}\n", b"\xef\xbb{}\n", 1),
+            (b"\xef\xbb\n{}\n", b"\xef\xbb\n{}\n", 2),
+            (b"\xef\xbb", b"\xef\xbb\n", 1),
+            (b"\xef", b"\xef\n", 1),
+        ] {
+            for step in [1, 2, 3, 1000] {
+                let (writes, sent) = pumped(input, step);
+                assert_eq!(
+                    (writes.concat(), sent),
+                    (want.to_vec(), lines),
+                    "{input:?}, step {step}"
+                );
+            }
         }
-        let (writes, sent) = pumped(b"\xef\xbb", 1);
-        assert_eq!((writes.concat(), sent), (b"\xef\xbb\n".to_vec(), 1));
+    }
+
+    #[test]
+    fn long_whitespace_goes_out_in_pieces_too() {
+        // 3 MiB of it: blank (no answer, not counted), then leading an event.
+        let ws = vec![b' '; 3 << 20];
+        for (tail, lines) in [(&b"\n{}\n"[..], 1), (b"{}\n", 1)] {
+            let mut input = b"{}\n".to_vec();
+            input.extend_from_slice(&ws);
+            input.extend_from_slice(tail);
+            let (writes, sent) = pumped(&input, usize::MAX);
+            assert_eq!(writes.concat(), input, "{tail:?}");
+            assert_eq!(sent, 1 + lines);
+            let largest = writes.iter().map(Vec::len).max().unwrap();
+            assert!(largest <= 2 * CHUNK + 1, "a write of {largest} bytes");
+        }
     }
 
     #[test]

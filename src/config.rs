@@ -803,10 +803,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => n.checked_mul(60_000),
         "h" => n.checked_mul(3_600_000),
         "d" => n.checked_mul(86_400_000),
-        // `1.5s`, `1h30m`: the unit is fine, the form is not.
+        // `1.5s`, `1h30m`: the unit is fine, the form is not; said with what to write.
         _ if unit.starts_with('.') => {
             return Err(format!(
-                "duration {s:?} has a fraction: write it in a smaller unit (1.5s is 1500ms)"
+                "duration {s:?} has a fraction: write it in a smaller unit{}",
+                one_unit(s).map_or(String::new(), |w| format!(" ({w:?})"))
             ))
         }
         _ if ["ms", "s", "m", "h", "d"].iter().any(|u| {
@@ -814,7 +815,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         }) =>
         {
             return Err(format!(
-                "duration {s:?} has two units: write it in one (1h30m is 90m)"
+                "duration {s:?} has two units: write it in one{}",
+                one_unit(s).map_or(String::new(), |w| format!(" ({w:?})"))
             ))
         }
         _ => {
@@ -826,6 +828,31 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     ms.filter(|&ms| ms <= MAX_DURATION_MS)
         .map(Duration::from_millis)
         .ok_or_else(|| format!("duration {s:?} is too large (at most 36500d)"))
+}
+
+/// `2.5m` or `1h30m` written in one unit (`150s`, `90m`), when it is a whole number of
+/// milliseconds.
+fn one_unit(s: &str) -> Option<String> {
+    let mut rest = s;
+    let mut ms = 0f64;
+    while !rest.is_empty() {
+        let num = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let unit = rest[num..]
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .map_or(rest.len(), |u| num + u);
+        let size = match &rest[num..unit] {
+            "ms" => 1.0,
+            "s" => 1e3,
+            "m" => 6e4,
+            "h" => 3.6e6,
+            "d" => 8.64e7,
+            _ => return None,
+        };
+        ms += rest[..num].parse::<f64>().ok()? * size;
+        rest = &rest[unit..];
+    }
+    (ms.fract() == 0.0 && ms > 0.0 && ms <= MAX_DURATION_MS as f64)
+        .then(|| format_duration(Duration::from_millis(ms as u64)))
 }
 
 /// The longest duration any key takes: 100 years. Past it a deadline overflows (a
@@ -1904,11 +1931,26 @@ enabled = true
 
     #[test]
     fn a_fraction_or_two_units_in_a_duration_are_said_as_such() {
-        let e = parse_duration("1.5s").unwrap_err();
-        assert!(e.contains("has a fraction"), "{e}");
-        for two in ["1h30m", "2m30s", "1s500ms"] {
+        for (v, write) in [("1.5s", "1500ms"), ("2.5m", "150s"), ("0.5d", "12h")] {
+            let e = parse_duration(v).unwrap_err();
+            assert_eq!(
+                e,
+                format!("duration {v:?} has a fraction: write it in a smaller unit ({write:?})")
+            );
+        }
+        let e = parse_duration("1.0005s").unwrap_err();
+        assert!(e.ends_with("write it in a smaller unit"), "{e}");
+        for (two, write) in [
+            ("1h30m", "90m"),
+            ("2m30s", "150s"),
+            ("1s500ms", "1500ms"),
+            ("1d12h", "36h"),
+        ] {
             let e = parse_duration(two).unwrap_err();
-            assert!(e.contains("has two units"), "{two}: {e}");
+            assert_eq!(
+                e,
+                format!("duration {two:?} has two units: write it in one ({write:?})")
+            );
         }
         let e = parse_duration("10sec").unwrap_err();
         assert!(e.starts_with("bad duration unit"), "{e}");

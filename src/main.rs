@@ -71,15 +71,19 @@ enum Cmd {
     /// Validate a config and compile every template: every problem, one per line with
     /// its line:column, on stdout (exit 1); warnings too.
     Check {
+        /// The config file.
         #[arg(long)]
         config: PathBuf,
     },
     /// Print the exact HTTP request an endpoint would receive for an event.
     Render {
+        /// The config file that defines the endpoint.
         #[arg(long)]
         config: PathBuf,
+        /// The endpoint's name.
         #[arg(long)]
         endpoint: String,
+        /// One event line as ingest takes it; `-` or none: standard input.
         event_file: Option<PathBuf>,
     },
 }

@@ -791,12 +791,16 @@ fn stop_signals() -> anyhow::Result<signal_hook::iterator::Signals> {
     // patience), as a kill -9 would: nothing acked is lost, attempts in flight are made
     // again at the next start. Not one within `ONE_STOP` of the first: `timeout` and
     // other tools signal the process and then its group, so one stop can arrive twice.
+    // The iterator first: a signal between the two registrations then reaches it (and
+    // a second one is taken as the first stop), where the other order left it noted as
+    // the first stop but never stopping the server.
+    let signals = signal_hook::iterator::Signals::new(&stop_on)?;
     for &sig in &stop_on {
         // SAFETY: the handler only reads the clock, touches an atomic, writes to
         // stderr and ends the process: all async-signal-safe.
         unsafe { signal_hook::low_level::register(sig, move || on_stop_signal(sig)) }?;
     }
-    Ok(signal_hook::iterator::Signals::new(stop_on)?)
+    Ok(signals)
 }
 
 /// Stop signals this close after the first are the same stop, sent twice.

@@ -403,11 +403,16 @@ impl<'a> Compiler<'a> {
             Context::Url if b <= b' ' || b == 0x7f => {
                 return Err(self.error(at, "whitespace or control character in a URL"));
             }
-            // A space or invisible character pasted with the URL (a no-break space, a
-            // zero-width space) would be sent percent-encoded in every request.
-            Context::Url if b >= 0xc2 => {
+            // A space or invisible character pasted with the URL or a header's value (a
+            // no-break space, a zero-width space) would be sent in every request: a
+            // `Bearer\u{a0}token` fails every delivery as a wrong credential.
+            Context::Url | Context::Header if b >= 0xc2 => {
                 if let Some(named) = super::invisible(self.char_at(at)) {
-                    return Err(self.error(at, format!("{named} in a URL")));
+                    let place = match self.ctx {
+                        Context::Url => "a URL",
+                        _ => "a header template",
+                    };
+                    return Err(self.error(at, format!("{named} in {place}")));
                 }
             }
             Context::Body(BodyFormat::Json) => self.json.feed(b),
@@ -962,6 +967,19 @@ mod tests {
         }
         // Other non-ASCII text is sent percent-encoded, as before.
         assert_urls_compile(&["http://h/café?q={Q}&w=€"]);
+        // In a header's value too (pasted into a credential, it fails every delivery).
+        let e = err("Bearer\u{a0}{Token}", Context::Header);
+        assert_eq!(e.message, "U+00A0 (a no-break space) in a header template");
+        assert_eq!(e.column, 7);
+        assert!(Template::compile("Grüße {Name} ❤\u{fe0f}", Context::Header).is_ok());
+        // Named as what they are.
+        for (c, named) in [
+            ('\u{85}', "U+0085 (a control character)"),
+            ('\u{3164}', "U+3164 (a Hangul filler)"),
+            ('\u{e0020}', "U+E0020 (an invisible formatting character)"),
+        ] {
+            assert_eq!(super::super::invisible(c).as_deref(), Some(named));
+        }
     }
 
     #[test]
@@ -1137,6 +1155,7 @@ mod tests {
         );
         assert!(Template::compile("Bearer\t{Token}", Context::Header).is_ok());
         assert_err("é\u{85}x", Context::Header, 1, 2, "control character");
-        assert!(Template::compile("é\u{a0}\u{100}{Token}", Context::Header).is_ok());
+        // `C2 A1` is no C1 control (a no-break space, `C2 A0`, is refused as invisible).
+        assert!(Template::compile("é\u{a1}\u{100}{Token}", Context::Header).is_ok());
     }
 }

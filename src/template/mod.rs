@@ -173,16 +173,21 @@ pub(crate) fn invisible(c: char) -> Option<String> {
         '\u{ad}' => "a soft hyphen",
         '\u{2028}' => "a line separator",
         '\u{2029}' => "a paragraph separator",
+        '\u{115f}' | '\u{1160}' | '\u{3164}' | '\u{ffa0}' => "a Hangul filler",
+        '\u{2800}' => "a blank braille pattern",
+        '\u{34f}' => "a combining grapheme joiner",
         c if c.is_ascii() => return None,
-        c if c.is_whitespace() => "a space",
         c if c.is_control() => "a control character",
+        c if c.is_whitespace() => "a space",
         '\u{61c}'
         | '\u{180e}'
         | '\u{200e}'
         | '\u{200f}'
         | '\u{202a}'..='\u{202e}'
         | '\u{2061}'..='\u{2064}'
-        | '\u{2066}'..='\u{206f}' => "an invisible formatting character",
+        | '\u{2066}'..='\u{206f}'
+        | '\u{1d173}'..='\u{1d17a}'
+        | '\u{e0000}'..='\u{e007f}' => "an invisible formatting character",
         _ => return None,
     };
     Some(format!("U+{:04X} ({what})", c as u32))
