@@ -1057,37 +1057,54 @@ mod tests {
     }
 
     /// A server that acks every line for `open`, then shuts the connection.
-    fn ingest_closing_at(path: PathBuf, open: Duration) -> JoinHandle<()> {
+    /// An ingest server that answers every line and closes once it has answered at
+    /// least `lines` and then read nothing for `quiet`: between two of a lingering
+    /// producer's writes, however late the machine runs them.
+    fn ingest_closing_when_quiet(path: PathBuf, lines: usize, quiet: Duration) -> JoinHandle<()> {
         let l = UnixListener::bind(&path).unwrap();
         std::thread::spawn(move || {
             let (s, _) = l.accept().unwrap();
             let (r, mut w) = (s.try_clone().unwrap(), s.try_clone().unwrap());
-            let acker = std::thread::spawn(move || {
-                // Once the socket is shut down, a read may end inside a line and a write
-                // fail: the acker stops there (it panicked, failing the test by timing).
-                for line in BufReader::new(r).lines() {
-                    let Ok(line) = line else { return };
-                    let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                        return;
-                    };
-                    if writeln!(w, "ok {} 1", v["id"].as_str().unwrap_or_default()).is_err() {
-                        return;
+            let answered = Arc::new(AtomicUsize::new(0));
+            let last = Arc::new(std::sync::Mutex::new(Instant::now()));
+            let acker = {
+                let (answered, last) = (answered.clone(), last.clone());
+                std::thread::spawn(move || {
+                    // Once the socket is shut down, a read may end inside a line and a
+                    // write fail: the acker stops there.
+                    for line in BufReader::new(r).lines() {
+                        let Ok(line) = line else { return };
+                        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                            return;
+                        };
+                        if writeln!(w, "ok {} 1", v["id"].as_str().unwrap_or_default()).is_err() {
+                            return;
+                        }
+                        *last.lock().unwrap() = Instant::now();
+                        answered.fetch_add(1, Ordering::SeqCst);
                     }
-                }
-            });
-            std::thread::sleep(open);
+                })
+            };
+            let began = Instant::now();
+            while answered.load(Ordering::SeqCst) < lines || last.lock().unwrap().elapsed() < quiet
+            {
+                assert!(began.elapsed() < Duration::from_secs(20), "no quiet moment");
+                std::thread::sleep(Duration::from_millis(2));
+            }
             s.shutdown(std::net::Shutdown::Both).unwrap();
             acker.join().unwrap();
         })
     }
 
     /// With a 200 ms linger the writes go out 200 ms apart and the server closes between
-    /// two (at 300 ms), so nothing is in flight then and no ack is missing: the events
-    /// never sent are what fails the run.
+    /// two (after the second, once it has read nothing for 50 ms), so nothing is in
+    /// flight then and no ack is missing: the events never sent are what fails the run.
+    /// (It closed at a fixed 300 ms, which a late second write on a loaded machine
+    /// passed, leaving acks missing.)
     #[test]
     fn a_server_closing_early_is_a_shortfall() {
         let sock = TestSocket::new("closes");
-        let server = ingest_closing_at(sock.path.clone(), Duration::from_millis(300));
+        let server = ingest_closing_when_quiet(sock.path.clone(), 900, Duration::from_millis(50));
         let mut cfg = GenConfig::new(Target::Unix(sock.path.clone()), "tc".into());
         cfg.events = 5_000;
         cfg.rate = 5_000.0;
