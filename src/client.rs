@@ -250,11 +250,10 @@ fn stream(
 /// would make the next line the first (its mark dropped, where the server would have
 /// refused it).
 fn pump(
-    input: Box<dyn Read + Send>,
+    mut input: Box<dyn Read + Send>,
     out: Box<dyn Write + Send>,
     sent: &AtomicU64,
 ) -> std::io::Result<()> {
-    let mut input = input;
     let mut out = Counted::new(out, sent);
     let mut buf = vec![0u8; CHUNK];
     // The current line's leading whitespace (and a first line's mark), held until the

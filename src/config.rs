@@ -803,12 +803,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => n.checked_mul(60_000),
         "h" => n.checked_mul(3_600_000),
         "d" => n.checked_mul(86_400_000),
+        // `1.5`: no unit at all.
+        _ if !unit.bytes().any(|b| b.is_ascii_alphabetic()) => {
+            return Err(format!("duration {s:?} needs a unit (ms, s, m, h, d)"))
+        }
         // `1.5s`, `1h30m`: the unit is fine, the form is not; said with what to write.
         _ if unit.starts_with('.') => {
-            return Err(format!(
-                "duration {s:?} has a fraction: write it in a smaller unit{}",
-                one_unit(s).map_or(String::new(), |w| format!(" ({w:?})"))
-            ))
+            return Err(match one_unit(s) {
+                Some(w) => {
+                    format!("duration {s:?} has a fraction: write it in a smaller unit ({w:?})")
+                }
+                None => format!(
+                    "duration {s:?} has a fraction of a millisecond, the smallest unit: \
+                     write whole milliseconds"
+                ),
+            })
         }
         _ if ["ms", "s", "m", "h", "d"].iter().any(|u| {
             unit.starts_with(u) && unit[u.len()..].starts_with(|c: char| c.is_ascii_digit())
@@ -1525,32 +1534,42 @@ struct BadValue {
 }
 
 /// The log filter for `RICOCHET_LOG`'s value (tracing's env-filter syntax): `info` when
-/// it is unset or empty, and when a directive is a bare word that is no level
-/// (`verbose` would be read as a target's name and silence every log, errors
-/// included), with the reason to warn of.
+/// it is unset or empty, and when it would leave ricochet's own logs off, errors
+/// included (a bare word that is no level names a target, `verbose`; a typo in a target,
+/// `richochet=debug`): then with the reason to warn of. A value sets ricochet's level
+/// when one of its directives is a bare level or names the `ricochet` target.
 pub fn log_filter(value: Option<&str>) -> (String, Option<String>) {
     const DEFAULT: &str = "info";
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
     let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
         return (DEFAULT.into(), None);
     };
-    let bare = v.split(',').map(str::trim).find(|d| {
-        !d.is_empty()
-            && !d.contains(['=', '[', ':'])
-            && !d.starts_with("ricochet")
-            && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d))
-            && d.parse::<u8>().is_err()
-    });
-    match bare {
-        Some(d) => (
-            DEFAULT.into(),
-            Some(format!(
-                "RICOCHET_LOG: `{d}` is no level (off, error, warn, info, debug, trace) and \
-                 no target=level: logging at {DEFAULT}"
-            )),
-        ),
-        None => (v.to_string(), None),
+    let directives: Vec<&str> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    let is_level =
+        |d: &str| LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d)) || d.parse::<u8>().is_ok();
+    // A directive's target: before its span filter or its level.
+    let ours = |d: &str| {
+        let target = d.split(['[', '=']).next().unwrap_or("").trim();
+        target == "ricochet" || target.starts_with("ricochet::")
+    };
+    if directives.iter().any(|&d| is_level(d) || ours(d)) {
+        return (v.to_string(), None);
     }
+    let why = match directives.iter().find(|&&d| !d.contains(['=', '['])) {
+        Some(d) => format!("`{d}` is no level (off, error, warn, info, debug, trace)"),
+        None => format!(
+            "`{v}` sets no level for ricochet's own logs (add one such as `warn`, or \
+             `ricochet=debug`)"
+        ),
+    };
+    (
+        DEFAULT.into(),
+        Some(format!("RICOCHET_LOG: {why}: logging at {DEFAULT}")),
+    )
 }
 
 /// What stands in for a required endpoint key that is missing (or dropped for a bad
@@ -1938,8 +1957,17 @@ enabled = true
                 format!("duration {v:?} has a fraction: write it in a smaller unit ({write:?})")
             );
         }
-        let e = parse_duration("1.0005s").unwrap_err();
-        assert!(e.ends_with("write it in a smaller unit"), "{e}");
+        for v in ["1.0005s", "0.5ms"] {
+            let e = parse_duration(v).unwrap_err();
+            assert!(
+                e.ends_with("the smallest unit: write whole milliseconds"),
+                "{e}"
+            );
+        }
+        assert_eq!(
+            parse_duration("1.5").unwrap_err(),
+            "duration \"1.5\" needs a unit (ms, s, m, h, d)"
+        );
         for (two, write) in [
             ("1h30m", "90m"),
             ("2m30s", "150s"),
@@ -2197,13 +2225,29 @@ disable_after = { "4xx" = "many" }
             "ricochet=debug,warn",
             "info,rocksdb=off",
             "ricochet::deliver=trace",
+            "ricochet[span]=debug",
+            "loud,debug",
+            "5",
         ] {
             assert_eq!(log_filter(Some(ok)), (ok.to_string(), None), "{ok}");
         }
-        for bad in ["verbose", "debug,loud"] {
+        for (bad, why) in [
+            ("verbose", "`verbose` is no level"),
+            ("debug-ish,x=info", "`debug-ish` is no level"),
+            ("richochet=debug", "sets no level for ricochet's own logs"),
+            ("RICOCHET=debug", "sets no level"),
+            ("ricochet_x=info", "sets no level"),
+            ("[{x}]", "sets no level"),
+            ("[{x}]=debug", "sets no level"),
+            (",", "sets no level"),
+            ("monoio=trace,rustls=debug", "sets no level"),
+        ] {
             let (filter, warn) = log_filter(Some(bad));
-            assert_eq!(filter, "info");
-            assert!(warn.unwrap().contains("is no level"), "{bad}");
+            assert_eq!(filter, "info", "{bad}");
+            assert!(
+                warn.as_deref().unwrap_or("").contains(why),
+                "{bad}: {warn:?}"
+            );
         }
     }
 

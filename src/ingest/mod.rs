@@ -445,6 +445,9 @@ async fn read_lines<R: AsyncReadRent>(rd: &mut R, ctx: &ConnCtx, shared: &ConnSh
                 Skip::No | Skip::Blank if is_blank(&buf[bom..]) => Skip::Blank,
                 _ => Skip::TooLarge,
             };
+            // The first line has begun: a mark further on in it is its text, wherever
+            // a read happens to start (it was dropped at the start of the next read).
+            framer.at_start = false;
             buf.clear();
             scanned = 0;
         }

@@ -407,7 +407,8 @@ impl<'a> Compiler<'a> {
             // no-break space, a zero-width space) would be sent in every request: a
             // `Bearer\u{a0}token` fails every delivery as a wrong credential.
             Context::Url | Context::Header if b >= 0xc2 => {
-                if let Some(named) = super::invisible(self.char_at(at)) {
+                let c = self.char_at(at);
+                if let Some(named) = super::invisible(c).filter(|_| super::pasted_blank(c)) {
                     let place = match self.ctx {
                         Context::Url => "a URL",
                         _ => "a header template",
@@ -972,6 +973,12 @@ mod tests {
         assert_eq!(e.message, "U+00A0 (a no-break space) in a header template");
         assert_eq!(e.column, 7);
         assert!(Template::compile("Grüße {Name} ❤\u{fe0f}", Context::Header).is_ok());
+        // Joiners are emoji's and scripts' own text: kept, in a header and in a URL.
+        for text in ["👨\u{200d}👩\u{200d}👧 {Name}", "می\u{200c}خواهم {Name}"] {
+            assert!(Template::compile(text, Context::Header).is_ok(), "{text}");
+            let url = format!("http://h/{text}").replace(' ', "/");
+            assert!(Template::compile(&url, Context::Url).is_ok(), "{url}");
+        }
         // Named as what they are.
         for (c, named) in [
             ('\u{85}', "U+0085 (a control character)"),

@@ -193,6 +193,29 @@ pub(crate) fn invisible(c: char) -> Option<String> {
     Some(format!("U+{:04X} ({what})", c as u32))
 }
 
+/// Whether `c` is refused in a URL's or a header's literal text: one that shows as a
+/// space or as nothing and has no place in any script's text (a no-break or other
+/// Unicode space, a zero-width space, a word joiner, a byte order mark, a filler, a C1
+/// control), so that it is there by a paste. Joiners, direction marks, variation
+/// selectors and tag characters are part of emoji and of scripts' text: kept.
+pub(crate) fn pasted_blank(c: char) -> bool {
+    !c.is_ascii()
+        && (c.is_whitespace()
+            || c.is_control()
+            || matches!(
+                c,
+                '\u{200b}'
+                    | '\u{2060}'
+                    | '\u{feff}'
+                    | '\u{180e}'
+                    | '\u{115f}'
+                    | '\u{1160}'
+                    | '\u{3164}'
+                    | '\u{ffa0}'
+                    | '\u{2800}'
+            ))
+}
+
 /// A compiled template. Cheap to clone (the parts are shared), `Send + Sync`.
 #[derive(Clone, Debug)]
 pub struct Template {

@@ -118,6 +118,28 @@ fn a_long_blank_line_gets_no_answer_however_it_is_split() {
     }
 }
 
+/// A first line dropped for its length is begun: a byte order mark further on in it is
+/// its text, though a read starts there (it was taken for the connection's mark, and a
+/// blank line with a mark in it went unanswered).
+#[test]
+fn a_mark_inside_a_long_first_line_is_its_text() {
+    let srv = TestServer::start_with(ServerOpts::new("").server("max_line_bytes = 100"));
+    let mut s = std::os::unix::net::UnixStream::connect(&srv.socket).unwrap();
+    s.write_all(&[b' '; 300]).unwrap();
+    // The rest comes in a read of its own: the time between the writes is what this
+    // tests (nothing the server does can be awaited: it answers nothing yet).
+    std::thread::sleep(Duration::from_millis(300));
+    let rest = format!("\u{feff}\n{}\n", event("t", "after-mark", "{}"));
+    s.write_all(rest.as_bytes()).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out:?}");
+    assert!(lines[0].starts_with("err too_large"), "{out:?}");
+    assert_eq!(lines[1], "ok after-mark 0");
+}
+
 /// An event whose `time` is further ahead than the retention is refused (it would
 /// expire before its first attempt, unsent), on the socket and over the API alike; so
 /// is an endpoint whose `min_delay` is as long; a retry schedule longer is warned of.
