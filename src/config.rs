@@ -787,6 +787,20 @@ impl Serialize for RetryPolicy {
 /// The shortest `retention`.
 const MIN_RETENTION: Duration = Duration::from_secs(1);
 
+/// The duration units and their milliseconds, largest first.
+const UNITS: [(&str, u64); 5] = [
+    ("d", 86_400_000),
+    ("h", 3_600_000),
+    ("m", 60_000),
+    ("s", 1000),
+    ("ms", 1),
+];
+
+/// The milliseconds of a duration unit.
+fn unit_ms(unit: &str) -> Option<u64> {
+    UNITS.iter().find(|(u, _)| *u == unit).map(|&(_, ms)| ms)
+}
+
 /// Parses `500ms`, `15s`, `3m`, `2h`, `7d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -797,12 +811,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("bad duration {s:?} (expected e.g. 500ms, 15s, 3m, 2h, 7d)"))?;
-    let ms = match unit {
-        "ms" => Some(n),
-        "s" => n.checked_mul(1000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        "d" => n.checked_mul(86_400_000),
+    let ms = match unit_ms(unit) {
+        Some(size) => n.checked_mul(size),
         // `1.5`: no unit at all.
         _ if !unit.bytes().any(|b| b.is_ascii_alphabetic()) => {
             return Err(format!("duration {s:?} needs a unit (ms, s, m, h, d)"))
@@ -819,7 +829,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
                 ),
             })
         }
-        _ if ["ms", "s", "m", "h", "d"].iter().any(|u| {
+        _ if UNITS.iter().any(|(u, _)| {
             unit.starts_with(u) && unit[u.len()..].starts_with(|c: char| c.is_ascii_digit())
         }) =>
         {
@@ -849,15 +859,8 @@ fn one_unit(s: &str) -> Option<String> {
         let unit = rest[num..]
             .find(|c: char| !c.is_ascii_alphabetic())
             .map_or(rest.len(), |u| num + u);
-        let size = match &rest[num..unit] {
-            "ms" => 1.0,
-            "s" => 1e3,
-            "m" => 6e4,
-            "h" => 3.6e6,
-            "d" => 8.64e7,
-            _ => return None,
-        };
-        ms += rest[..num].parse::<f64>().ok()? * size;
+        let size = unit_ms(&rest[num..unit])?;
+        ms += rest[..num].parse::<f64>().ok()? * size as f64;
         rest = &rest[unit..];
     }
     (ms.fract() == 0.0 && ms > 0.0 && ms <= MAX_DURATION_MS as f64)
@@ -872,17 +875,12 @@ const MAX_DURATION_MS: u64 = 36_500 * 86_400_000;
 /// Formats a duration in the largest unit that divides it.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis() as u64;
-    for (unit, size) in [
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1000),
-    ] {
-        if ms != 0 && ms % size == 0 {
-            return format!("{}{unit}", ms / size);
-        }
-    }
-    format!("{ms}ms")
+    // The largest unit it is a whole number of (`0ms` for none).
+    let (unit, size) = UNITS
+        .iter()
+        .find(|&&(_, size)| ms != 0 && ms % size == 0)
+        .unwrap_or(&("ms", 1));
+    format!("{}{unit}", ms / size)
 }
 
 mod duration_str {
@@ -1540,7 +1538,6 @@ struct BadValue {
 /// when one of its directives is a bare level or names the `ricochet` target.
 pub fn log_filter(value: Option<&str>) -> (String, Option<String>) {
     const DEFAULT: &str = "info";
-    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
     let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
         return (DEFAULT.into(), None);
     };
@@ -1549,8 +1546,7 @@ pub fn log_filter(value: Option<&str>) -> (String, Option<String>) {
         .map(str::trim)
         .filter(|d| !d.is_empty())
         .collect();
-    let is_level =
-        |d: &str| LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d)) || d.parse::<u8>().is_ok();
+    let is_level = |d: &str| d.parse::<tracing::level_filters::LevelFilter>().is_ok();
     // A directive's target: before its span filter or its level.
     let ours = |d: &str| {
         let target = d.split(['[', '=']).next().unwrap_or("").trim();

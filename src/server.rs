@@ -572,15 +572,10 @@ fn socket_id(path: &Path) -> Option<(u64, u64)> {
     m.file_type().is_socket().then(|| (m.dev(), m.ino()))
 }
 
-/// Whether `path` itself (not what a link there points to) is a socket.
-fn is_socket(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
-}
-
 /// Gives the ingest socket at `path` the mode the umask `serve` started with gives (its
 /// own umask is 077 by then), if `path` is still that socket (not a link put there).
 fn set_socket_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
-    if !is_socket(path) {
+    if socket_id(path).is_none() {
         bail!("{} is no longer the socket just bound", path.display());
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))

@@ -88,21 +88,11 @@ fn excerpt(body: &[u8], max: usize) -> &[u8] {
         return body;
     }
     let cut = &body[..max];
-    // The last character's first byte is within 3 bytes of the cut.
-    for back in 1..=max.min(3) {
-        let b = cut[max - back];
-        if b & 0xC0 != 0x80 {
-            let len = match b {
-                0xF8.. => 1, // never a first byte: not UTF-8
-                0xF0.. => 4,
-                0xE0.. => 3,
-                0xC0.. => 2,
-                _ => 1,
-            };
-            return if len > back { &cut[..max - back] } else { cut };
-        }
+    match std::str::from_utf8(cut) {
+        // Valid up to a character the cut left incomplete.
+        Err(e) if e.error_len().is_none() => &cut[..e.valid_up_to()],
+        _ => cut,
     }
-    cut
 }
 
 /// One delivery handed to a worker.

@@ -407,8 +407,7 @@ impl<'a> Compiler<'a> {
             // no-break space, a zero-width space) would be sent in every request: a
             // `Bearer\u{a0}token` fails every delivery as a wrong credential.
             Context::Url | Context::Header if b >= 0xc2 => {
-                let c = self.char_at(at);
-                if let Some(named) = super::invisible(c).filter(|_| super::pasted_blank(c)) {
+                if let Some(named) = super::pasted_blank(self.char_at(at)) {
                     let place = match self.ctx {
                         Context::Url => "a URL",
                         _ => "a header template",

@@ -161,59 +161,52 @@ fn excerpt_window(excerpt: &str) -> String {
 /// JSON allows, a zero-width space like nothing), named by its code point: `U+00A0 (a
 /// no-break space)`. `None` for ASCII and for characters that show.
 pub(crate) fn invisible(c: char) -> Option<String> {
-    let what = match c {
-        '\u{a0}' => "a no-break space",
-        '\u{202f}' => "a narrow no-break space",
-        '\u{3000}' => "an ideographic space",
-        '\u{200b}' => "a zero-width space",
-        '\u{200c}' => "a zero-width non-joiner",
-        '\u{200d}' => "a zero-width joiner",
-        '\u{2060}' => "a word joiner",
-        '\u{feff}' => "a byte order mark",
-        '\u{ad}' => "a soft hyphen",
-        '\u{2028}' => "a line separator",
-        '\u{2029}' => "a paragraph separator",
-        '\u{115f}' | '\u{1160}' | '\u{3164}' | '\u{ffa0}' => "a Hangul filler",
-        '\u{2800}' => "a blank braille pattern",
-        '\u{34f}' => "a combining grapheme joiner",
+    unseen(c).map(|(what, _)| format!("U+{:04X} ({what})", c as u32))
+}
+
+/// [`invisible`]'s name for `c` when it is refused in a URL's or a header's literal
+/// text: one that shows as a space or as nothing and has no place in any script's text
+/// (a no-break or other Unicode space, a zero-width space, a word joiner, a byte order
+/// mark, a filler, a C1 control), so that it is there by a paste. Joiners, direction
+/// marks, variation selectors and tag characters are part of emoji and of scripts'
+/// text: kept.
+pub(crate) fn pasted_blank(c: char) -> Option<String> {
+    unseen(c)
+        .filter(|&(_, pasted)| pasted)
+        .and_then(|_| invisible(c))
+}
+
+/// What a character that would not show is, and whether it is only there by a paste.
+fn unseen(c: char) -> Option<(&'static str, bool)> {
+    Some(match c {
+        '\u{a0}' => ("a no-break space", true),
+        '\u{202f}' => ("a narrow no-break space", true),
+        '\u{3000}' => ("an ideographic space", true),
+        '\u{200b}' => ("a zero-width space", true),
+        '\u{200c}' => ("a zero-width non-joiner", false),
+        '\u{200d}' => ("a zero-width joiner", false),
+        '\u{2060}' => ("a word joiner", true),
+        '\u{feff}' => ("a byte order mark", true),
+        '\u{ad}' => ("a soft hyphen", false),
+        '\u{2028}' => ("a line separator", true),
+        '\u{2029}' => ("a paragraph separator", true),
+        '\u{115f}' | '\u{1160}' | '\u{3164}' | '\u{ffa0}' => ("a Hangul filler", true),
+        '\u{2800}' => ("a blank braille pattern", true),
+        '\u{34f}' => ("a combining grapheme joiner", false),
+        '\u{180e}' => ("an invisible formatting character", true),
         c if c.is_ascii() => return None,
-        c if c.is_control() => "a control character",
-        c if c.is_whitespace() => "a space",
+        c if c.is_control() => ("a control character", true),
+        c if c.is_whitespace() => ("a space", true),
         '\u{61c}'
-        | '\u{180e}'
         | '\u{200e}'
         | '\u{200f}'
         | '\u{202a}'..='\u{202e}'
         | '\u{2061}'..='\u{2064}'
         | '\u{2066}'..='\u{206f}'
         | '\u{1d173}'..='\u{1d17a}'
-        | '\u{e0000}'..='\u{e007f}' => "an invisible formatting character",
+        | '\u{e0000}'..='\u{e007f}' => ("an invisible formatting character", false),
         _ => return None,
-    };
-    Some(format!("U+{:04X} ({what})", c as u32))
-}
-
-/// Whether `c` is refused in a URL's or a header's literal text: one that shows as a
-/// space or as nothing and has no place in any script's text (a no-break or other
-/// Unicode space, a zero-width space, a word joiner, a byte order mark, a filler, a C1
-/// control), so that it is there by a paste. Joiners, direction marks, variation
-/// selectors and tag characters are part of emoji and of scripts' text: kept.
-pub(crate) fn pasted_blank(c: char) -> bool {
-    !c.is_ascii()
-        && (c.is_whitespace()
-            || c.is_control()
-            || matches!(
-                c,
-                '\u{200b}'
-                    | '\u{2060}'
-                    | '\u{feff}'
-                    | '\u{180e}'
-                    | '\u{115f}'
-                    | '\u{1160}'
-                    | '\u{3164}'
-                    | '\u{ffa0}'
-                    | '\u{2800}'
-            ))
+    })
 }
 
 /// A compiled template. Cheap to clone (the parts are shared), `Send + Sync`.
