@@ -1157,8 +1157,10 @@ impl Worker {
             // answer. Only when the connection stays open: one the receiver closed (or
             // that failed) takes the next request to a new connection, accepted in turn,
             // and pacing it from a guess at the arrival cost a receiver that closes every
-            // connection, its answer times varying, a quarter of its rate and more.
-            if slot.is_kept() {
+            // connection, its answer times varying, a quarter of its rate and more. So
+            // does one that keeps connections by its answers' headers and closes them
+            // anyway (seen closing the last one kept).
+            if slot.is_kept() && !slot.receiver_closes_kept() {
                 let answers_within = ep.answers_within.get().unwrap_or(0);
                 bucket.restart_at(now.saturating_sub(answers_within), now);
             }

@@ -175,6 +175,13 @@ pub struct ConnSlot {
     quiet_after: Duration,
     /// [`RESEND_WITHIN`]; tests lower it.
     resend_within: Duration,
+    /// The receiver closed a kept connection (seen before its reuse, or under a request:
+    /// a stale connection, sent again on a new one) and no kept connection has answered
+    /// since: it may close every connection after one answer without saying so. Until
+    /// a kept connection answers again, one is looked at before every reuse, not only
+    /// after `quiet_after`, so its close is seen before a request is written on it and
+    /// the request is not sent twice (which a rate limit has to count twice).
+    peer_closes: bool,
     /// The address the last connection was made to: tried first among a name's
     /// addresses next time, so one that refuses is not met on every reconnect.
     last_good: Option<IpAddr>,
@@ -192,6 +199,7 @@ impl Default for ConnSlot {
             quiet_after: QUIET_CHECK_AFTER,
             resend_within: RESEND_WITHIN,
             last_good: None,
+            peer_closes: false,
         }
     }
 }
@@ -271,17 +279,25 @@ impl ConnSlot {
         matches!(&self.conn, Some(c) if c.reusable)
     }
 
+    /// Whether the receiver has closed a kept connection since a kept connection last
+    /// answered: its next request will likely go on a new connection, whatever the last
+    /// answer said.
+    pub fn receiver_closes_kept(&self) -> bool {
+        self.peer_closes
+    }
+
     /// Whether a reusable connection for `target` to one of `ips` is open.
     pub fn is_open(&self, target: &Target, ips: &[IpAddr]) -> bool {
         matches!(&self.conn, Some(c) if c.reusable && c.peer.matches(target, ips))
     }
 
     /// Whether the kept connection's receiver sent something since its last response
-    /// (checked only once it has been idle for `quiet_after`).
+    /// (checked only once it has been idle for `quiet_after`, or at every reuse while
+    /// the receiver is seen closing kept connections: [`Self::peer_closes`]).
     fn spoke_while_idle(&self) -> bool {
-        self.conn
-            .as_ref()
-            .is_some_and(|c| c.idle_since.elapsed() >= self.quiet_after && !c.stream.is_quiet())
+        self.conn.as_ref().is_some_and(|c| {
+            (self.peer_closes || c.idle_since.elapsed() >= self.quiet_after) && !c.stream.is_quiet()
+        })
     }
 
     /// Opens the connection ahead of the request, so a rate-limited request goes out
@@ -397,6 +413,7 @@ impl ConnSlot {
                 // It spoke while idle: whatever it sent answers no request of ours.
                 reused = false;
                 stale = true;
+                self.peer_closes = true;
             }
             if !reused {
                 let reason = stale.then_some(OpenReason::Stale);
@@ -447,9 +464,13 @@ impl ConnSlot {
                 // it): the request may go again on a new one (RFC 9110 §15.5.9).
                 Ok((408, _, false)) if crossed() => {
                     self.conn = None;
+                    self.peer_closes = true;
                     continue;
                 }
                 Ok((status, retry_after, keep_alive)) => {
+                    if reused {
+                        self.peer_closes = false;
+                    }
                     if let Some(c) = self.conn.as_mut() {
                         // The excerpt stays readable; the stream is replaced next time,
                         // and one the receiver will close is shut now (RFC 9112 §9.6),
@@ -472,6 +493,7 @@ impl ConnSlot {
                     self.conn = None;
                     self.failed = true;
                     if nothing_received && crossed() {
+                        self.peer_closes = true;
                         continue; // a stale idle connection: once more on a fresh one
                     }
                     return (Exchange::Failed(msg), req);

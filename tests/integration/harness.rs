@@ -52,6 +52,8 @@ pub struct Reply {
     pub after: Vec<u8>,
     /// Close the connection instead of answering.
     pub hang_up: bool,
+    /// Close the connection right after the answer, without a `Connection: close`.
+    pub close: bool,
 }
 
 impl Reply {
@@ -63,6 +65,7 @@ impl Reply {
             delay: Duration::ZERO,
             after: Vec::new(),
             hang_up: false,
+            close: false,
         }
     }
     /// No answer: the receiver closes the connection once it has read the request.
@@ -71,6 +74,11 @@ impl Reply {
             hang_up: true,
             ..Reply::status(0)
         }
+    }
+    /// Answers, then closes the connection without having said it would.
+    pub fn then_close(mut self) -> Reply {
+        self.close = true;
+        self
     }
     pub fn then_raw(mut self, b: &[u8]) -> Reply {
         self.after = b.to_vec();
@@ -333,7 +341,7 @@ fn serve_conn(
         let mut bytes = out.into_bytes();
         bytes.extend_from_slice(&reply.body);
         bytes.extend_from_slice(&reply.after);
-        if conn.write_all(&bytes).is_err() {
+        if conn.write_all(&bytes).is_err() || reply.close {
             return;
         }
     }
