@@ -833,10 +833,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             unit.starts_with(u) && unit[u.len()..].starts_with(|c: char| c.is_ascii_digit())
         }) =>
         {
-            return Err(format!(
-                "duration {s:?} has two units: write it in one{}",
-                one_unit(s).map_or(String::new(), |w| format!(" ({w:?})"))
-            ))
+            return Err(match one_unit(s) {
+                Some(w) => format!("duration {s:?} has two units: write it in one ({w:?})"),
+                // `1h30`: the second number has no unit to read it by.
+                None if s.ends_with(|c: char| c.is_ascii_digit()) => format!(
+                    "duration {s:?} has a number after its unit: a duration is one number \
+                     and one unit (ms, s, m, h, d)"
+                ),
+                None => format!("duration {s:?} has two units: write it in one"),
+            });
         }
         _ => {
             return Err(format!(
@@ -1976,6 +1981,11 @@ enabled = true
                 format!("duration {two:?} has two units: write it in one ({write:?})")
             );
         }
+        assert_eq!(
+            parse_duration("1h30").unwrap_err(),
+            "duration \"1h30\" has a number after its unit: a duration is one number and one \
+             unit (ms, s, m, h, d)"
+        );
         let e = parse_duration("10sec").unwrap_err();
         assert!(e.starts_with("bad duration unit"), "{e}");
     }

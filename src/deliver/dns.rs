@@ -3,10 +3,14 @@
 //! Owns the resolver threads (the system resolver blocks, so it never runs on a worker)
 //! and each worker's answer cache. Workers ask through [`Resolver::resolve`] for names
 //! only (an IP literal is parsed once, with its URL: `http1::Target::ip`); it answers
-//! cached names at once and otherwise awaits a thread's reply. A few threads share the
-//! queue, and a name asked for again while its look-up runs waits for that one, so one
-//! name whose resolver does not answer holds up only its own look-ups. It must not
-//! decide whether an address may be used: that is the SSRF guard's job.
+//! cached names at once and otherwise awaits a thread's reply. A name is asked for once
+//! at a time: a worker's attempts that want it while its question is out wait for that
+//! answer, and a thread that takes a name another thread is looking up joins that
+//! look-up. The threads share one queue; while none is free a question starts another
+//! (up to [`MAX_THREADS`]; one idle for [`IDLE_EXIT`] ends, down to [`THREADS`]), so
+//! names whose resolver does not answer hold up only their own look-ups. Answers are
+//! reused for [`TTL`], failures for [`NEGATIVE_TTL`], whatever the records' own TTLs.
+//! It must not decide whether an address may be used: that is the SSRF guard's job.
 //!
 //! A failed look-up says whether the name does not exist ([`ResolveFailure::NotFound`]:
 //! SPEC §6 never retries such a delivery), the resolver could not answer now
@@ -19,6 +23,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dns_lookup::{AddrInfoHints, LookupErrorKind, SockType};
@@ -29,9 +35,14 @@ use crate::local::oneshot;
 const TTL: Duration = Duration::from_secs(30);
 /// How long a failed look-up is remembered.
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
-/// Threads asking the system resolver: a slow name's look-ups (the system resolver's own
-/// timeouts are seconds) leave the others free to answer.
+/// Threads asking the system resolver, always running.
 const THREADS: usize = 4;
+/// Threads at most: a name whose resolver does not answer holds one for the system
+/// resolver's own timeouts (5 s, twice, by default), so while every thread is held the
+/// next question starts another, and names that answer are not queued behind them.
+const MAX_THREADS: usize = 32;
+/// A thread beyond [`THREADS`] idle this long ends.
+const IDLE_EXIT: Duration = Duration::from_secs(60);
 
 /// Why a name did not resolve.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -96,37 +107,135 @@ struct Query {
 #[derive(Clone)]
 pub struct ResolverThread {
     tx: crossbeam_channel::Sender<Query>,
+    pool: Arc<Pool>,
+}
+
+/// What the resolver threads share.
+struct Pool {
+    rx: crossbeam_channel::Receiver<Query>,
+    lookup: Box<dyn Fn(&str) -> Answer + Send + Sync>,
+    running: Running,
+    /// Threads running, and of them those waiting for a question.
+    threads: AtomicUsize,
+    idle: AtomicUsize,
+    /// Threads always running, and at most.
+    min: usize,
+    max: usize,
+    /// [`IDLE_EXIT`]; tests shorten it.
+    idle_exit: Duration,
 }
 
 impl ResolverThread {
     /// Starts the resolver threads.
     pub fn start() -> ResolverThread {
-        Self::with_lookup(THREADS, lookup)
+        Self::with_lookup(THREADS, MAX_THREADS, IDLE_EXIT, lookup)
     }
 
-    /// Starts `threads` threads answering with `lookup` (the system resolver, or a test's).
+    /// Starts `min` threads answering with `lookup` (the system resolver, or a test's),
+    /// and more up to `max` while every one is busy, each ending after `idle_exit`
+    /// without a question while more than `min` run.
     fn with_lookup(
-        threads: usize,
+        min: usize,
+        max: usize,
+        idle_exit: Duration,
         lookup: impl Fn(&str) -> Answer + Send + Sync + 'static,
     ) -> ResolverThread {
         let (tx, rx) = crossbeam_channel::unbounded::<Query>();
-        let lookup = std::sync::Arc::new(lookup);
-        let running = std::sync::Arc::new(Running::default());
-        for _ in 0..threads {
-            let (rx, lookup, running) = (rx.clone(), lookup.clone(), running.clone());
-            std::thread::Builder::new()
-                .name("ricochet-dns".into())
-                .spawn(move || {
-                    for q in rx {
-                        if let Some(host) = running.join(q) {
-                            let answer = lookup(&host);
-                            running.finish(&host, answer);
-                        }
-                    }
-                })
-                .expect("spawn resolver thread");
+        let pool = Arc::new(Pool {
+            rx,
+            lookup: Box::new(lookup),
+            running: Running::default(),
+            threads: AtomicUsize::new(0),
+            idle: AtomicUsize::new(0),
+            min,
+            max: max.max(min),
+            idle_exit,
+        });
+        for _ in 0..min {
+            pool.threads.fetch_add(1, Ordering::SeqCst);
+            pool.clone().spawn();
         }
-        ResolverThread { tx }
+        ResolverThread { tx, pool }
+    }
+
+    /// Queues a look-up of `host`, answered on `reply`; starts another thread if none is
+    /// free to take it. False if the threads are gone.
+    fn ask(&self, host: &str, reply: oneshot::Sender<Answer>) -> bool {
+        let q = Query {
+            host: host.to_string(),
+            reply,
+        };
+        if self.tx.send(q).is_err() {
+            return false;
+        }
+        if self.pool.idle.load(Ordering::SeqCst) == 0 {
+            let pool = &self.pool;
+            let more = pool
+                .threads
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n < pool.max).then_some(n + 1)
+                })
+                .is_ok();
+            if more {
+                self.pool.clone().spawn();
+            }
+        }
+        true
+    }
+
+    /// The resolver threads running now.
+    #[cfg(test)]
+    fn threads(&self) -> usize {
+        self.pool.threads.load(Ordering::SeqCst)
+    }
+}
+
+impl Pool {
+    /// Starts a thread, already counted in `threads`.
+    fn spawn(self: Arc<Self>) {
+        let started = std::thread::Builder::new()
+            .name("ricochet-dns".into())
+            .spawn({
+                let pool = self.clone();
+                move || pool.serve()
+            });
+        if started.is_err() {
+            // The threads running take the question in turn.
+            self.threads.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Answers questions until the queue closes, or (a thread beyond `min`) none came
+    /// for `idle_exit`.
+    fn serve(&self) {
+        loop {
+            self.idle.fetch_add(1, Ordering::SeqCst);
+            let next = self.rx.recv_timeout(self.idle_exit);
+            self.idle.fetch_sub(1, Ordering::SeqCst);
+            match next {
+                Ok(q) => {
+                    if let Some(host) = self.running.join(q) {
+                        let answer = (self.lookup)(&host);
+                        self.running.finish(&host, answer);
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    let retired = self
+                        .threads
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                            (n > self.min).then_some(n - 1)
+                        })
+                        .is_ok();
+                    if retired {
+                        return;
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    self.threads.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -212,11 +321,14 @@ fn lookup(host: &str) -> Answer {
 }
 
 type Cache = Rc<RefCell<HashMap<String, (Answer, Instant)>>>;
+/// The names a worker has asked the threads for, each with the attempts waiting for it.
+type Asked = Rc<RefCell<HashMap<String, Vec<oneshot::Sender<Answer>>>>>;
 
-/// A worker's resolver: the thread plus a local cache.
+/// A worker's resolver: the threads plus a local cache.
 pub struct Resolver {
     thread: ResolverThread,
     cache: Cache,
+    asked: Asked,
 }
 
 impl Resolver {
@@ -224,6 +336,7 @@ impl Resolver {
         Resolver {
             thread,
             cache: Cache::default(),
+            asked: Asked::default(),
         }
     }
 
@@ -239,52 +352,62 @@ impl Resolver {
             }
         }
         let (tx, mut rx) = oneshot::channel();
-        let sent = self
-            .thread
-            .tx
-            .send(Query {
-                host: host.to_string(),
-                reply: tx,
-            })
-            .is_ok();
-        let reply = if !sent {
-            None
-        } else {
-            match monoio::time::timeout(within, &mut rx).await {
-                Ok(reply) => reply,
-                Err(_) => return self.too_late(host, within, rx),
+        let first = match self.asked.borrow_mut().entry(host.to_string()) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                e.get_mut().push(tx);
+                false
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(vec![tx]);
+                true
             }
         };
-        let answer = reply.unwrap_or_else(|| {
-            Err(ResolveError {
-                host: host.to_string(),
-                reason: "resolver stopped".into(),
-                failure: ResolveFailure::Transient,
-            })
-        });
-        remember(&self.cache, host.to_string(), answer.clone());
-        answer
+        if first {
+            self.ask(host);
+        }
+        let fail = |reason: String, failure| ResolveError {
+            host: host.to_string(),
+            reason,
+            failure,
+        };
+        match monoio::time::timeout(within, &mut rx).await {
+            Ok(Some(answer)) => answer,
+            Ok(None) => Err(fail("resolver stopped".into(), ResolveFailure::Transient)),
+            // The answer, when it comes, is cached for the next attempt.
+            Err(_) => Err(fail(
+                format!(
+                    "no answer within {}",
+                    crate::config::format_duration(within)
+                ),
+                ResolveFailure::TimedOut,
+            )),
+        }
     }
-}
 
-impl Resolver {
-    /// A look-up that took longer than `within`: its answer, when it comes, is cached by
-    /// a task of its own.
-    fn too_late(&self, host: &str, within: Duration, rx: oneshot::Receiver<Answer>) -> Answer {
-        let (cache, name) = (self.cache.clone(), host.to_string());
+    /// Asks the threads for `host`; a task of its own awaits the answer, caches it and
+    /// hands it to every attempt waiting for it then (some may have given up).
+    fn ask(&self, host: &str) {
+        let (tx, rx) = oneshot::channel();
+        let asked = self.thread.ask(host, tx);
+        let (cache, waiting, name) = (self.cache.clone(), self.asked.clone(), host.to_string());
         monoio::spawn(async move {
-            if let Some(answer) = rx.await {
-                remember(&cache, name, answer);
+            let answer = match asked {
+                true => rx.await,
+                false => None,
+            };
+            let answer = answer.unwrap_or_else(|| {
+                Err(ResolveError {
+                    host: name.clone(),
+                    reason: "resolver stopped".into(),
+                    failure: ResolveFailure::Transient,
+                })
+            });
+            remember(&cache, name.clone(), answer.clone());
+            let waiters = waiting.borrow_mut().remove(&name).unwrap_or_default();
+            for w in waiters {
+                w.send(answer.clone());
             }
         });
-        Err(ResolveError {
-            host: host.to_string(),
-            reason: format!(
-                "no answer within {}",
-                crate::config::format_duration(within)
-            ),
-            failure: ResolveFailure::TimedOut,
-        })
     }
 }
 
@@ -364,7 +487,7 @@ mod tests {
         let asked = Arc::new(AtomicUsize::new(0));
         let counted = asked.clone();
         // Answers once the test opens the gate (dropping `open`), at once after that.
-        let thread = ResolverThread::with_lookup(1, move |_| {
+        let thread = ResolverThread::with_lookup(1, 1, IDLE_EXIT, move |_| {
             counted.fetch_add(1, Ordering::SeqCst);
             let _ = gate.recv();
             Ok(vec![IpAddr::from([192, 0, 2, 7])])
@@ -400,32 +523,111 @@ mod tests {
         .unwrap();
     }
 
-    #[test]
-    fn a_name_that_does_not_answer_holds_up_only_its_own_look_ups() {
-        let (open, gate) = crossbeam_channel::bounded::<()>(0);
-        let thread = ResolverThread::with_lookup(THREADS, move |host| {
-            if host == "stuck.example" {
+    /// A look-up that answers `host` with `ip` once the gate opens (`stuck.*` names), at
+    /// once otherwise, counting the look-ups of each name.
+    type Counts = Arc<std::sync::Mutex<HashMap<String, usize>>>;
+    fn gated_lookup(
+        gate: crossbeam_channel::Receiver<()>,
+    ) -> (Counts, impl Fn(&str) -> Answer + Send + Sync + 'static) {
+        let counts = Counts::default();
+        let counted = counts.clone();
+        let lookup = move |host: &str| {
+            *counted.lock().unwrap().entry(host.to_string()).or_default() += 1;
+            if host.starts_with("stuck") {
                 let _ = gate.recv();
             }
             Ok(vec![IpAddr::from([192, 0, 2, 8])])
-        });
+        };
+        (counts, lookup)
+    }
+
+    #[test]
+    fn names_that_do_not_answer_hold_up_only_their_own_look_ups() {
+        // As many silent names as the threads always running, each asked for by more
+        // attempts than there are threads, then a name that answers. With a fixed pool
+        // of THREADS threads every one sat in a silent look-up, and each attempt queued a
+        // look-up of its own: the name that answers waited behind them all.
+        let (open, gate) = crossbeam_channel::bounded::<()>(0);
+        let (counts, lookup) = gated_lookup(gate);
+        let thread = ResolverThread::with_lookup(THREADS, MAX_THREADS, IDLE_EXIT, lookup);
+        let pool = thread.clone();
         let driver = crate::runtime::choose(crate::config::Driver::Auto).unwrap();
         crate::runtime::block_on(driver, async move {
             let r = Resolver::new(thread);
-            // More attempts than threads ask for the name: they wait for one look-up.
-            for _ in 0..2 * THREADS {
-                let e = r
-                    .resolve("stuck.example", Duration::from_millis(20))
-                    .await
-                    .unwrap_err();
-                assert_eq!(e.failure, ResolveFailure::TimedOut);
+            for n in 0..THREADS {
+                for _ in 0..2 * THREADS {
+                    let e = r
+                        .resolve(&format!("stuck{n}.example"), Duration::from_millis(5))
+                        .await
+                        .unwrap_err();
+                    assert_eq!(e.failure, ResolveFailure::TimedOut);
+                }
             }
             let v = r
                 .resolve("quick.example", Duration::from_secs(10))
                 .await
                 .unwrap();
             assert_eq!(v, [IpAddr::from([192, 0, 2, 8])]);
+            assert!(pool.threads() > THREADS, "{} threads", pool.threads());
+            // Each silent name was asked for once, however many attempts wanted it.
+            let counts = counts.lock().unwrap().clone();
+            assert_eq!(counts.len(), THREADS + 1, "{counts:?}");
+            assert!(counts.values().all(|&n| n == 1), "{counts:?}");
             drop(open);
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn attempts_waiting_for_a_name_share_one_look_up_and_its_answer() {
+        let (open, gate) = crossbeam_channel::bounded::<()>(0);
+        let (counts, lookup) = gated_lookup(gate);
+        let thread = ResolverThread::with_lookup(1, 4, IDLE_EXIT, lookup);
+        let driver = crate::runtime::choose(crate::config::Driver::Auto).unwrap();
+        crate::runtime::block_on(driver, async move {
+            let r = Rc::new(Resolver::new(thread));
+            let waiting: Vec<_> = (0..20)
+                .map(|_| {
+                    let r = r.clone();
+                    monoio::spawn(async move {
+                        r.resolve("stuck.example", Duration::from_secs(10)).await
+                    })
+                })
+                .collect();
+            // Let every task ask before the answer comes.
+            for _ in 0..3 {
+                crate::local::yield_now().await;
+            }
+            drop(open);
+            for w in waiting {
+                assert_eq!(w.await.unwrap(), [IpAddr::from([192, 0, 2, 8])]);
+            }
+            assert_eq!(counts.lock().unwrap()["stuck.example"], 1);
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn threads_started_for_a_busy_spell_end_when_idle() {
+        let (open, gate) = crossbeam_channel::bounded::<()>(0);
+        let (_, lookup) = gated_lookup(gate);
+        let thread = ResolverThread::with_lookup(1, 3, Duration::from_millis(50), lookup);
+        let pool = thread.clone();
+        let driver = crate::runtime::choose(crate::config::Driver::Auto).unwrap();
+        crate::runtime::block_on(driver, async move {
+            let r = Resolver::new(thread);
+            for n in 0..5 {
+                let name = format!("stuck{n}.example");
+                let _ = r.resolve(&name, Duration::from_millis(5)).await;
+            }
+            // Never more than the most.
+            assert_eq!(pool.threads(), 3);
+            drop(open);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while pool.threads() > 1 && Instant::now() < deadline {
+                monoio::time::sleep(Duration::from_millis(10)).await; // a bounded poll
+            }
+            assert_eq!(pool.threads(), 1);
         })
         .unwrap();
     }
