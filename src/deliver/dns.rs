@@ -320,7 +320,20 @@ fn lookup(host: &str) -> Answer {
     }
 }
 
-type Cache = Rc<RefCell<HashMap<String, (Answer, Instant)>>>;
+type Cache = Rc<RefCell<Answers>>;
+
+/// A worker's answers, each with when it expires. Expired ones are swept out as the
+/// map grows (names a template fills in can be new on every delivery), so it holds
+/// about the names of the last [`TTL`], not every name ever asked for.
+#[derive(Default)]
+struct Answers {
+    map: HashMap<String, (Answer, Instant)>,
+    /// The size at which the next insert sweeps.
+    sweep_at: usize,
+}
+
+/// The least size at which a cache is swept.
+const SWEEP_FROM: usize = 1024;
 /// The names a worker has asked the threads for, each with the attempts waiting for it.
 type Asked = Rc<RefCell<HashMap<String, Vec<oneshot::Sender<Answer>>>>>;
 
@@ -346,7 +359,7 @@ impl Resolver {
     /// answer one anyway). Must run on a monoio runtime with timers: a late answer is
     /// awaited by a task of its own, which caches it.
     pub async fn resolve(&self, host: &str, within: Duration) -> Answer {
-        if let Some((answer, until)) = self.cache.borrow().get(host) {
+        if let Some((answer, until)) = self.cache.borrow().map.get(host) {
             if *until > Instant::now() {
                 return answer.clone();
             }
@@ -414,9 +427,14 @@ impl Resolver {
 /// Caches `answer` for its time to live.
 fn remember(cache: &Cache, host: String, answer: Answer) {
     let ttl = if answer.is_ok() { TTL } else { NEGATIVE_TTL };
-    cache
-        .borrow_mut()
-        .insert(host, (answer, Instant::now() + ttl));
+    let now = Instant::now();
+    let mut c = cache.borrow_mut();
+    if c.map.len() >= c.sweep_at.max(SWEEP_FROM) {
+        c.map.retain(|_, (_, until)| *until > now);
+        // Twice what is left: a sweep costs its size, at most once per as many inserts.
+        c.sweep_at = 2 * c.map.len();
+    }
+    c.map.insert(host, (answer, now + ttl));
 }
 
 #[cfg(test)]
@@ -630,6 +648,43 @@ mod tests {
             assert_eq!(pool.threads(), 1);
         })
         .unwrap();
+    }
+
+    #[test]
+    fn expired_answers_are_swept_out_as_the_cache_grows() {
+        let cache = Cache::default();
+        let stale = Instant::now() - Duration::from_secs(1);
+        for n in 0..SWEEP_FROM {
+            let answer = Ok(vec![IpAddr::from([192, 0, 2, 1])]);
+            cache
+                .borrow_mut()
+                .map
+                .insert(format!("old{n}"), (answer, stale));
+        }
+        for n in 0..10 * SWEEP_FROM {
+            remember(
+                &cache,
+                format!("new{n}"),
+                Ok(vec![IpAddr::from([192, 0, 2, 2])]),
+            );
+        }
+        let c = cache.borrow();
+        assert!(c.map.keys().all(|k| k.starts_with("new")));
+        assert_eq!(c.map.len(), 10 * SWEEP_FROM);
+        drop(c);
+        // Once expired, they go too, at the next sweep.
+        for (_, until) in cache.borrow_mut().map.values_mut() {
+            *until = stale;
+        }
+        for n in 0..=10 * SWEEP_FROM {
+            remember(
+                &cache,
+                format!("newer{n}"),
+                Ok(vec![IpAddr::from([192, 0, 2, 3])]),
+            );
+        }
+        assert!(cache.borrow().map.len() <= 10 * SWEEP_FROM + 1);
+        assert!(cache.borrow().map.keys().all(|k| k.starts_with("newer")));
     }
 
     #[test]
