@@ -118,6 +118,30 @@ pub const MAX_IN_MEMORY_BYTES: usize = 128 << 20;
 pub fn in_memory_cap(endpoints: usize) -> usize {
     (endpoints * PER_ENDPOINT_IN_MEMORY).clamp(MIN_IN_MEMORY, MAX_IN_MEMORY)
 }
+
+/// The deliveries one endpoint may hold in worker memory once workers hold half the
+/// cap: an eighth of it. An endpoint that drains slowly (a low `max_rps`, a receiver
+/// down, an `ordered` endpoint held by its head) would otherwise fill the cap with its
+/// backlog, and every other endpoint's deliveries would wait on disk until it drained.
+/// Past its share an endpoint's deliveries are kept back as due keys only
+/// ([`Share::deferred`]) and handed over as it drains.
+fn endpoint_share(cap: usize) -> usize {
+    cap / 8
+}
+
+/// Due keys kept back from endpoints at their share, at most (about 50 bytes each in
+/// memory): past it workers count as full, and the loader waits as it does for the cap.
+pub const MAX_DEFERRED: usize = 1 << 18;
+
+/// One endpoint's part of the in-memory count.
+#[derive(Default)]
+struct Share {
+    /// Its deliveries handed over and not yet reported.
+    held: usize,
+    /// Its deliveries due (below the cursor) but kept back while it holds its share,
+    /// in key order: handed over as it drains, before any later one of it.
+    deferred: BTreeMap<DueKey, DueVal>,
+}
 /// Events in a `sync` round from which its fsync overlaps the next round (the
 /// [syncer](crate::syncer)); smaller rounds are fsynced by the committer itself.
 pub const PIPELINE_MIN_EVENTS: usize = 512;
@@ -502,6 +526,14 @@ struct State {
     in_memory: usize,
     /// The encoded size of their events (an event counted once per delivery).
     in_memory_bytes: usize,
+    /// Per endpoint: what it holds and what is kept back from it ([`endpoint_share`]).
+    shares: HashMap<EndpointId, Share>,
+    /// The loader's deliveries in `out_jobs`, and their events' bytes: counted against
+    /// the cap as it goes, so a page of large events stops where the cap is reached.
+    out_count: usize,
+    out_bytes: usize,
+    /// Keys kept back, of every endpoint.
+    deferred: usize,
     /// Per worker: jobs to hand over at the end of the round.
     out_jobs: Vec<Vec<Job>>,
     last_sync: Instant,
@@ -912,6 +944,10 @@ impl Committer {
             spill: None,
             in_memory: 0,
             in_memory_bytes: 0,
+            shares: HashMap::default(),
+            out_count: 0,
+            out_bytes: 0,
+            deferred: 0,
             out_jobs: (0..n).map(|_| Vec::new()).collect(),
             last_sync: Instant::now(),
             unsynced: false,
@@ -1051,9 +1087,43 @@ impl State {
     }
 
     /// Whether workers hold as many deliveries as they may, `more` about to be handed
-    /// over: [`in_memory_cap`] of them, or [`MAX_IN_MEMORY_BYTES`] of their events.
+    /// over ([`Self::memory_full`]), or [`MAX_DEFERRED`] keys are kept back.
     fn workers_full(&self, more: usize) -> bool {
-        self.in_memory + more >= self.cap() || self.in_memory_bytes >= MAX_IN_MEMORY_BYTES
+        self.memory_full(more) || self.deferred >= MAX_DEFERRED
+    }
+
+    /// Whether workers hold [`in_memory_cap`] deliveries or [`MAX_IN_MEMORY_BYTES`] of
+    /// their events, `more` about to be handed over (and the loader's, counted as it
+    /// goes).
+    fn memory_full(&self, more: usize) -> bool {
+        self.in_memory + self.out_count + more >= self.cap()
+            || self.in_memory_bytes + self.out_bytes >= MAX_IN_MEMORY_BYTES
+    }
+
+    /// Whether `ep`'s delivery under `key`, about to be handed over, is kept back: its
+    /// endpoint holds its share while workers hold half the cap, or a delivery of it
+    /// before this one is kept back already.
+    fn keeps_back(&self, ep: EndpointId, key: DueKey) -> bool {
+        let Some(s) = self.shares.get(&ep) else {
+            return false;
+        };
+        let cap = self.cap();
+        (s.held >= endpoint_share(cap) && 2 * self.in_memory >= cap)
+            || s.deferred.first_key_value().is_some_and(|(k, _)| *k < key)
+    }
+
+    /// Keeps `key` back from its endpoint's worker ([`Self::keeps_back`]).
+    fn keep_back(&mut self, key: DueKey, val: DueVal) {
+        if self
+            .shares
+            .entry(key.ep)
+            .or_default()
+            .deferred
+            .insert(key, val)
+            .is_none()
+        {
+            self.deferred += 1;
+        }
     }
 
     /// An fsync made on the committer's thread: a small `sync` round's, the last one at
@@ -1337,11 +1407,27 @@ impl State {
     }
 
     fn flush_jobs(&mut self) {
-        for (w, jobs) in self.out_jobs.iter_mut().enumerate() {
+        (self.out_count, self.out_bytes) = (0, 0);
+        for w in 0..self.out_jobs.len() {
+            if self.out_jobs[w].is_empty() {
+                continue;
+            }
+            let mut jobs = std::mem::take(&mut self.out_jobs[w]);
+            // Whether any may be kept back: only from half the cap on, or behind one
+            // kept back already.
+            let check = self.deferred > 0 || 2 * (self.in_memory + jobs.len()) >= self.cap();
+            jobs.retain(|job| {
+                if check && self.keeps_back(job.ep, job.due) {
+                    self.keep_back(job.due, job.val);
+                    return false;
+                }
+                self.in_memory += 1;
+                self.in_memory_bytes += job.event.encoded().len();
+                self.shares.entry(job.ep).or_default().held += 1;
+                true
+            });
             if !jobs.is_empty() {
-                self.in_memory += jobs.len();
-                self.in_memory_bytes += jobs.iter().map(|j| j.event.encoded().len()).sum::<usize>();
-                self.workers[w].send(WorkerMsg::Jobs(std::mem::take(jobs)));
+                self.workers[w].send(WorkerMsg::Jobs(jobs));
             }
         }
     }
@@ -1455,6 +1541,9 @@ impl State {
         if o.handed {
             self.in_memory = self.in_memory.saturating_sub(1);
             self.in_memory_bytes = self.in_memory_bytes.saturating_sub(o.event.encoded().len());
+            if let Some(s) = self.shares.get_mut(&o.ep) {
+                s.held = s.held.saturating_sub(1);
+            }
         }
         // Expired by its worker, or a retry whose event passed retention meanwhile: it
         // is no ordered endpoint's head, and expires below.
@@ -1793,6 +1882,11 @@ impl State {
                 in_flight: Some(tx),
             });
             self.pausing.insert(ep, rx);
+            // Its keys kept back are in `due` still: the pause moves them with the rest.
+            if let Some(s) = self.shares.get_mut(&ep) {
+                self.deferred -= s.deferred.len();
+                s.deferred.clear();
+            }
         }
         info.enabled = false;
         match detail {
@@ -2383,6 +2477,11 @@ impl State {
                     reached_cursor = true;
                     break;
                 }
+                if key.seq >= sp.fence && self.workers_full(0) {
+                    // The rest of the page waits: the scan resumes at this key.
+                    reached_cursor = false;
+                    break;
+                }
                 if let Some(s) = self.spill.as_mut() {
                     s.scan = successor(key);
                 }
@@ -2398,6 +2497,62 @@ impl State {
                 self.spill = None;
             }
         }
+    }
+
+    /// Hands over the keys kept back from endpoints that have drained to half their
+    /// share, in key order, up to their share (a page each per tick); those of a
+    /// deleted endpoint fail.
+    fn hand_over_kept_back(&mut self) {
+        let share = endpoint_share(self.cap());
+        let store = self.store.clone();
+        let mut events = PageEvents::new(&store);
+        let mut cleanup = self.store.batch();
+        let mut delta = Delta::default();
+        let mut gone = Vec::new();
+        let eps: Vec<EndpointId> = self
+            .shares
+            .iter()
+            .filter(|(_, s)| !s.deferred.is_empty())
+            .map(|(&ep, _)| ep)
+            .collect();
+        for ep in eps {
+            let exists = self.router.eps.contains_key(&ep);
+            let Some(s) = self.shares.get(&ep) else {
+                continue;
+            };
+            let room = match exists {
+                false => PAGE,
+                true if 2 * s.held <= share => (share - s.held).min(PAGE),
+                true => 0,
+            };
+            let mut taken = 0;
+            // One by one: the cap counts their events as they go.
+            while taken < room && !self.memory_full(0) {
+                let Some((key, val)) = self
+                    .shares
+                    .get_mut(&ep)
+                    .and_then(|s| s.deferred.pop_first())
+                else {
+                    break;
+                };
+                self.deferred -= 1;
+                taken += 1;
+                self.hand_over(key, val, &mut events, &mut cleanup, &mut delta);
+            }
+            if !exists
+                && self
+                    .shares
+                    .get(&ep)
+                    .is_some_and(|s| s.deferred.is_empty() && s.held == 0)
+            {
+                gone.push(ep);
+            }
+        }
+        for ep in gone {
+            self.shares.remove(&ep);
+        }
+        self.commit_cleanup(cleanup, delta);
+        self.flush_jobs();
     }
 
     /// Writes the loader's clean-up (deliveries dropped or paused on the way).
@@ -2449,6 +2604,11 @@ impl State {
             delta.expired += 1;
             return;
         }
+        if info.enabled && self.keeps_back(key.ep, key) {
+            // Not read now: its event is read when it is handed over.
+            self.keep_back(key, val);
+            return;
+        }
         let event = match self
             .waiting
             .take(key.seq)
@@ -2471,6 +2631,8 @@ impl State {
             delta.paused += 1;
             return;
         }
+        self.out_count += 1;
+        self.out_bytes += event.encoded().len();
         self.out_jobs[info.worker].push(Job {
             event,
             ep: key.ep,
@@ -2528,6 +2690,9 @@ impl State {
         if !self.resuming.is_empty() {
             self.resume();
         }
+        if self.deferred > 0 {
+            self.hand_over_kept_back();
+        }
         if self.spill.is_some() {
             self.load_spilled();
             if self.spill.is_some() {
@@ -2545,12 +2710,21 @@ impl State {
             let full = page.len() == PAGE;
             let mut cleanup = self.store.batch();
             let mut delta = Delta::default();
+            let mut stopped = false;
             for (key, val) in page {
+                if self.workers_full(0) {
+                    // The rest of the page waits: the cursor stays at this key.
+                    stopped = true;
+                    break;
+                }
                 self.cursor = successor(key);
                 self.hand_over(key, val, &mut events, &mut cleanup, &mut delta);
             }
             self.commit_cleanup(cleanup, delta);
             self.flush_jobs();
+            if stopped {
+                break;
+            }
             if !full {
                 self.cursor = self.cursor.max(DueKey {
                     due_ms: horizon,
