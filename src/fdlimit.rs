@@ -17,8 +17,9 @@
 //! every other endpoint's deliveries (and a rule by what is still free let a few such
 //! endpoints take it all, each up to what the last had left); with this one, the last
 //! tenth goes at most a hundredth to each endpoint, so at least ten share it, answering
-//! or not. About ten more endpoints hanging at once still fill it, until their attempts
-//! time out. The cost: when every endpoint that wants sockets holds many, the last
+//! or not. About ten more endpoints hanging at once still fill it, and while they keep
+//! getting deliveries each socket a timed-out attempt frees is taken by one of them
+//! again (no queue orders the waiting lanes). The cost: when every endpoint that wants sockets holds many, the last
 //! tenth stays unused.
 //!
 //! Ingest connections have a budget of their own, half the reserve ([`ConnPermit`]):
@@ -29,8 +30,14 @@
 //! store that grew past the limit could not open its next WAL or flush output). When
 //! the limit is reached anyway, every listener (ingest and admin) backs off the same
 //! way ([`after_failed_accept`]).
+//!
+//! A permit dropped on a worker is given back only once the worker's runtime has had
+//! the chance to close its socket ([`release_closed`]): on io_uring a dropped socket is
+//! closed by an operation submitted when the runtime next parks, and permits given back
+//! at once let a churn of refused connects hold hundreds of descriptors past the
+//! budget, until RocksDB could not open a file.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -175,12 +182,47 @@ fn allows(open: usize, max: usize, held: usize) -> bool {
     open < max && (open < max - max / 10 || held < (max / 100).max(1))
 }
 
-/// One delivery socket's share of the budget, given back when dropped (to the budget,
-/// and to its holder's count).
+/// One delivery socket's share of the budget, given back when dropped (to its holder's
+/// count at once; to the budget at once, or on a worker once its socket is closed).
 #[derive(Debug)]
 pub struct Permit {
-    _share: Share,
+    share: Option<Share>,
     holder: Option<Rc<Cell<usize>>>,
+}
+
+thread_local! {
+    /// On a thread running [`release_closed`]: the shares of permits dropped since it
+    /// last ran, with its wake-up.
+    static CLOSING: RefCell<Option<(Vec<Share>, Rc<crate::local::LocalNotify>)>> =
+        const { RefCell::new(None) };
+}
+
+/// How long a dropped permit's share waits: the runtime parks (and submits the
+/// socket's close) before a timer this long fires.
+const CLOSE_WAIT: Duration = Duration::from_millis(2);
+
+/// Gives back, on this worker, the shares of permits dropped here once their sockets'
+/// closes have been submitted: each batch after a timer of [`CLOSE_WAIT`], which fires
+/// only after the runtime has parked. Runs for the worker's life.
+pub async fn release_closed() {
+    let wake = Rc::new(crate::local::LocalNotify::default());
+    CLOSING.with(|c| *c.borrow_mut() = Some((Vec::new(), wake.clone())));
+    loop {
+        wake.wait().await;
+        let n = CLOSING.with(|c| c.borrow().as_ref().map_or(0, |(v, _)| v.len()));
+        monoio::time::sleep(CLOSE_WAIT).await;
+        // Those dropped before the wait; later ones wait for the next round.
+        let done: Vec<Share> = CLOSING.with(|c| {
+            let mut c = c.borrow_mut();
+            let (v, w) = c.as_mut().expect("set above");
+            let done: Vec<Share> = v.drain(..n.min(v.len())).collect();
+            if !v.is_empty() {
+                w.notify();
+            }
+            done
+        });
+        drop(done);
+    }
 }
 
 impl Permit {
@@ -199,7 +241,7 @@ impl Permit {
             h.set(held + 1);
         }
         Some(Permit {
-            _share: share,
+            share: Some(share),
             holder: holder.cloned(),
         })
     }
@@ -222,6 +264,21 @@ impl Drop for Permit {
         if let Some(h) = &self.holder {
             h.set(h.get() - 1);
         }
+        let Some(share) = self.share.take() else {
+            return;
+        };
+        // (A thread being torn down has no `CLOSING`: the share is given back at once.)
+        let share = CLOSING
+            .try_with(|c| match c.borrow_mut().as_mut() {
+                Some((v, wake)) => {
+                    v.push(share);
+                    wake.notify();
+                    None
+                }
+                None => Some(share),
+            })
+            .unwrap_or(None);
+        drop(share);
     }
 }
 

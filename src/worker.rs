@@ -406,6 +406,7 @@ pub async fn run(setup: WorkerSetup) {
         holds: Cell::new(0),
     });
     monoio::spawn(timer_loop(w.clone()));
+    monoio::spawn(crate::fdlimit::release_closed());
     let inbox = setup.inbox;
     while let Some(msg) = inbox.recv().await {
         if let WorkerMsg::Shutdown = msg {
