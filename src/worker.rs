@@ -774,11 +774,11 @@ impl Worker {
     fn enqueue(self: &Rc<Self>, job: WJob) {
         let ep = self.endpoints.borrow().get(&job.ep).cloned();
         let Some(ep) = ep else {
-            // Not ours (any more): nothing here can deliver it.
-            tracing::warn!(
-                endpoint = job.ep,
-                "job for an unknown endpoint dropped from the due index"
-            );
+            // Not ours any more: deleted while the job waited in the timer wheel (a
+            // retry, a `min_delay`) or in the mailbox. Nothing here can deliver it; it
+            // ends as the deletion says. A debug line: one per job was a WARN flood at
+            // every deletion of an endpoint with retries waiting.
+            tracing::debug!(endpoint = job.ep, "job for a deleted endpoint dropped");
             self.report(job, None, Next::Done);
             return;
         };
