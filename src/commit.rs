@@ -1541,8 +1541,16 @@ impl State {
         if o.handed {
             self.in_memory = self.in_memory.saturating_sub(1);
             self.in_memory_bytes = self.in_memory_bytes.saturating_sub(o.event.encoded().len());
-            if let Some(s) = self.shares.get_mut(&o.ep) {
-                s.held = s.held.saturating_sub(1);
+            if let Entry::Occupied(mut s) = self.shares.entry(o.ep) {
+                let share = s.get_mut();
+                share.held = share.held.saturating_sub(1);
+                // A deleted endpoint's, once nothing of it is held or kept back.
+                if share.held == 0
+                    && share.deferred.is_empty()
+                    && !self.router.eps.contains_key(&o.ep)
+                {
+                    s.remove();
+                }
             }
         }
         // Expired by its worker, or a retry whose event passed retention meanwhile: it
@@ -2044,6 +2052,13 @@ impl State {
         self.store.commit(batch, true).map_err(store_err)?;
         self.stats.apply(delta);
         self.router.remove(id);
+        if self
+            .shares
+            .get(&id)
+            .is_some_and(|s| s.held == 0 && s.deferred.is_empty())
+        {
+            self.shares.remove(&id);
+        }
         self.dirty.remove(&id);
         self.resuming.retain(|e| *e != id);
         self.settling.remove(&id);
@@ -2537,6 +2552,14 @@ impl State {
                 };
                 self.deferred -= 1;
                 taken += 1;
+                // Retired meanwhile: an ordered endpoint's head retry, which its worker
+                // kept and made itself (its key kept back here as the loader passed
+                // it). Handed over, it went out again after later deliveries.
+                match self.store.has_due(key) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => tracing::warn!(error = %e, "cannot check a kept-back delivery"),
+                }
                 self.hand_over(key, val, &mut events, &mut cleanup, &mut delta);
             }
             if !exists

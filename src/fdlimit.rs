@@ -197,6 +197,13 @@ thread_local! {
         const { RefCell::new(None) };
 }
 
+/// Ends [`release_closed`]'s work on this thread (a worker whose runtime is about to
+/// drop its tasks): what it holds goes back now, and later drops give back at once.
+pub fn stop_releasing() {
+    let held = CLOSING.try_with(|c| c.borrow_mut().take()).ok().flatten();
+    drop(held);
+}
+
 /// How long a dropped permit's share waits: the runtime parks (and submits the
 /// socket's close) before a timer this long fires.
 const CLOSE_WAIT: Duration = Duration::from_millis(2);
@@ -212,15 +219,19 @@ pub async fn release_closed() {
         let n = CLOSING.with(|c| c.borrow().as_ref().map_or(0, |(v, _)| v.len()));
         monoio::time::sleep(CLOSE_WAIT).await;
         // Those dropped before the wait; later ones wait for the next round.
-        let done: Vec<Share> = CLOSING.with(|c| {
+        let done: Option<Vec<Share>> = CLOSING.with(|c| {
             let mut c = c.borrow_mut();
-            let (v, w) = c.as_mut().expect("set above");
+            // Gone: `stop_releasing` gave everything back.
+            let (v, w) = c.as_mut()?;
             let done: Vec<Share> = v.drain(..n.min(v.len())).collect();
             if !v.is_empty() {
                 w.notify();
             }
-            done
+            Some(done)
         });
+        let Some(done) = done else {
+            return;
+        };
         drop(done);
     }
 }

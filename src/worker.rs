@@ -489,6 +489,9 @@ pub async fn run(setup: WorkerSetup) {
         }
     }
     drop(inbox);
+    // The runtime drops its tasks after this: permits they hold go back at once, with
+    // no wake-up of a task the runtime no longer runs.
+    crate::fdlimit::stop_releasing();
     tracing::debug!(worker = w.idx, unfinished, "worker stopped");
 }
 

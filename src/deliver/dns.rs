@@ -168,7 +168,9 @@ impl ResolverThread {
         if self.tx.send(q).is_err() {
             return false;
         }
-        if self.pool.idle.load(Ordering::SeqCst) == 0 {
+        // Fewer threads free than questions waiting (a burst of new names finds every
+        // thread idle, then all of them held by the first few).
+        if self.tx.len() > self.pool.idle.load(Ordering::SeqCst) {
             let pool = &self.pool;
             let more = pool
                 .threads

@@ -1173,3 +1173,59 @@ fn the_loader_stops_at_the_event_bytes_workers_may_hold() {
     assert!(held <= 200.0, "{held} deliveries of 700 KB in memory");
     gate.open();
 }
+
+#[test]
+fn an_ordered_endpoint_past_its_share_delivers_its_retried_head_once() {
+    // 30,000 events to an ordered endpoint whose receiver answers its head 500 four
+    // times. Its worker holds half the cap, the rest is kept back; the head's retries
+    // made by the worker passed the loader meanwhile and were kept back too, and one,
+    // handed over long after the head was delivered, went out again after later
+    // events.
+    const N: usize = 30_000;
+    let rx = TestReceiver::with_script(|req, _| {
+        let head = req.body == b"{\"n\":0}";
+        let tries = HEAD_TRIES.fetch_add(head as usize, std::sync::atomic::Ordering::SeqCst);
+        Reply::status(if head && tries < 4 { 500 } else { 200 })
+    });
+    static HEAD_TRIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let srv = TestServer::start(&endpoint(
+        "ord",
+        r#"["o"]"#,
+        &rx.url("/"),
+        "ordered = true\nretry = [\"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\"]",
+    ));
+    let mut lines = Vec::new();
+    for i in 0..N {
+        lines
+            .extend_from_slice(event("o", &format!("o-{i}"), &format!("{{\"n\":{i}}}")).as_bytes());
+        lines.push(b'\n');
+    }
+    let mut w = std::os::unix::net::UnixStream::connect(&srv.socket).unwrap();
+    let r = w.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        std::io::Write::write_all(&mut w, &lines).unwrap();
+        w.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let oks = std::io::BufRead::lines(std::io::BufReader::new(r))
+        .map(|l| l.unwrap())
+        .filter(|l| l.starts_with("ok "))
+        .count();
+    writer.join().unwrap();
+    assert_eq!(oks, N);
+    srv.wait_metric(
+        "ricochet_deliveries_pending",
+        Duration::from_secs(120),
+        |v| v == 0.0,
+    );
+    let got = rx.requests();
+    let heads = got.iter().filter(|r| r.body == b"{\"n\":0}").count();
+    assert_eq!(heads, 5, "the head: four 500s and one 200");
+    assert_eq!(got.len(), N + 4);
+    // Delivered in acceptance order: each body's number one more than the last 2xx's.
+    let mut last = None;
+    for r in got.iter().skip(4) {
+        let n: u64 = r.json()["n"].as_u64().unwrap();
+        assert_eq!(n, last.map_or(0, |l| l + 1), "out of order after {last:?}");
+        last = Some(n);
+    }
+}
