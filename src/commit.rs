@@ -120,13 +120,15 @@ pub fn in_memory_cap(endpoints: usize) -> usize {
 }
 
 /// The deliveries one endpoint may hold in worker memory once workers hold half the
-/// cap: an eighth of it. An endpoint that drains slowly (a low `max_rps`, a receiver
+/// cap: a quarter of it (an eighth kept back the deliveries of four endpoints draining
+/// a backlog together, each past it before the cap was reached: `backlog`'s drain ran
+/// 30% slower through the kept-back keys). An endpoint that drains slowly (a low `max_rps`, a receiver
 /// down, an `ordered` endpoint held by its head) would otherwise fill the cap with its
 /// backlog, and every other endpoint's deliveries would wait on disk until it drained.
 /// Past its share an endpoint's deliveries are kept back as due keys only
 /// ([`Share::deferred`]) and handed over as it drains.
 fn endpoint_share(cap: usize) -> usize {
-    cap / 8
+    cap / 4
 }
 
 /// Due keys kept back from endpoints at their share, at most (about 50 bytes each in
@@ -2532,6 +2534,7 @@ impl State {
             .collect();
         for ep in eps {
             let exists = self.router.eps.contains_key(&ep);
+            let holds_retries = self.router.eps.get(&ep).is_none_or(|i| i.holds_retries);
             let Some(s) = self.shares.get(&ep) else {
                 continue;
             };
@@ -2554,11 +2557,17 @@ impl State {
                 taken += 1;
                 // Retired meanwhile: an ordered endpoint's head retry, which its worker
                 // kept and made itself (its key kept back here as the loader passed
-                // it). Handed over, it went out again after later deliveries.
-                match self.store.has_due(key) {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(e) => tracing::warn!(error = %e, "cannot check a kept-back delivery"),
+                // it). Handed over, it went out again after later deliveries. No other
+                // endpoint's kept-back key is retired but through here (or by a pause,
+                // which clears them): only those are looked up.
+                if holds_retries {
+                    match self.store.has_due(key) {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot check a kept-back delivery")
+                        }
+                    }
                 }
                 self.hand_over(key, val, &mut events, &mut cleanup, &mut delta);
             }
