@@ -669,17 +669,7 @@ fn refused_connects_in_a_churn_stay_within_the_socket_budget() {
         lines.extend_from_slice(event("t", &format!("r-{i}"), "{}").as_bytes());
         lines.push(b'\n');
     }
-    let mut w = std::os::unix::net::UnixStream::connect(&srv.socket).unwrap();
-    let r = w.try_clone().unwrap();
-    let writer = std::thread::spawn(move || {
-        std::io::Write::write_all(&mut w, &lines).unwrap();
-        w.shutdown(std::net::Shutdown::Write).unwrap();
-    });
-    let oks = std::io::BufRead::lines(std::io::BufReader::new(r))
-        .map(|l| l.unwrap())
-        .filter(|l| l.starts_with("ok "))
-        .count();
-    writer.join().unwrap();
+    let oks = srv.pipeline(lines);
     assert_eq!(oks, EVENTS);
     // The churn is the behaviour: sample the descriptors through it.
     let mut most = 0;

@@ -597,6 +597,24 @@ impl TestServer {
         c.wait().ok().and_then(|s| s.code())
     }
 
+    /// Writes `lines` in one go (from a thread: the socket cannot hold them all) while
+    /// reading every answer; returns how many were `ok`.
+    pub fn pipeline(&self, lines: Vec<u8>) -> usize {
+        let mut w = std::os::unix::net::UnixStream::connect(&self.socket).unwrap();
+        let r = w.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            w.write_all(&lines).unwrap();
+            w.shutdown(std::net::Shutdown::Write).unwrap();
+        });
+        let oks = BufReader::new(r)
+            .lines()
+            .map(|l| l.unwrap())
+            .filter(|l| l.starts_with("ok "))
+            .count();
+        writer.join().unwrap();
+        oks
+    }
+
     pub fn connect(&self) -> Conn {
         Conn::unix(&self.socket)
     }

@@ -1116,17 +1116,7 @@ fn an_endpoint_with_a_backlog_past_the_in_memory_cap_does_not_hold_up_the_others
         lines.extend_from_slice(event("s", &format!("s-{i}"), "{}").as_bytes());
         lines.push(b'\n');
     }
-    let mut w = std::os::unix::net::UnixStream::connect(&srv.socket).unwrap();
-    let r = w.try_clone().unwrap();
-    let writer = std::thread::spawn(move || {
-        std::io::Write::write_all(&mut w, &lines).unwrap();
-        w.shutdown(std::net::Shutdown::Write).unwrap();
-    });
-    let oks = std::io::BufRead::lines(std::io::BufReader::new(r))
-        .map(|l| l.unwrap())
-        .filter(|l| l.starts_with("ok "))
-        .count();
-    writer.join().unwrap();
+    let oks = srv.pipeline(lines);
     assert_eq!(oks, n);
     srv.connect().send_each_ok("q", "q", 20);
     rx.wait_until(Duration::from_secs(20), "quick's 20 deliveries", |got| {
@@ -1200,17 +1190,7 @@ fn an_ordered_endpoint_past_its_share_delivers_its_retried_head_once() {
             .extend_from_slice(event("o", &format!("o-{i}"), &format!("{{\"n\":{i}}}")).as_bytes());
         lines.push(b'\n');
     }
-    let mut w = std::os::unix::net::UnixStream::connect(&srv.socket).unwrap();
-    let r = w.try_clone().unwrap();
-    let writer = std::thread::spawn(move || {
-        std::io::Write::write_all(&mut w, &lines).unwrap();
-        w.shutdown(std::net::Shutdown::Write).unwrap();
-    });
-    let oks = std::io::BufRead::lines(std::io::BufReader::new(r))
-        .map(|l| l.unwrap())
-        .filter(|l| l.starts_with("ok "))
-        .count();
-    writer.join().unwrap();
+    let oks = srv.pipeline(lines);
     assert_eq!(oks, N);
     srv.wait_metric(
         "ricochet_deliveries_pending",
