@@ -120,13 +120,13 @@ pub fn in_memory_cap(endpoints: usize) -> usize {
 }
 
 /// The deliveries one endpoint may hold in worker memory once workers hold half the
-/// cap: a quarter of it (an eighth kept back the deliveries of four endpoints draining
-/// a backlog together, each past it before the cap was reached: `backlog`'s drain ran
-/// 30% slower through the kept-back keys). An endpoint that drains slowly (a low `max_rps`, a receiver
+/// cap: a quarter of it. An endpoint that drains slowly (a low `max_rps`, a receiver
 /// down, an `ordered` endpoint held by its head) would otherwise fill the cap with its
 /// backlog, and every other endpoint's deliveries would wait on disk until it drained.
 /// Past its share an endpoint's deliveries are kept back as due keys only
-/// ([`Share::deferred`]) and handed over as it drains.
+/// ([`Share::deferred`]) and handed over as it drains. (An eighth kept back the
+/// deliveries of four endpoints draining a backlog together, each past it before the
+/// cap was reached: `backlog`'s drain ran 30% slower through the kept-back keys.)
 fn endpoint_share(cap: usize) -> usize {
     cap / 4
 }
