@@ -2533,8 +2533,9 @@ impl State {
             .map(|(&ep, _)| ep)
             .collect();
         for ep in eps {
-            let exists = self.router.eps.contains_key(&ep);
-            let holds_retries = self.router.eps.get(&ep).is_none_or(|i| i.holds_retries);
+            let info = self.router.eps.get(&ep);
+            let exists = info.is_some();
+            let holds_retries = info.is_none_or(|i| i.holds_retries);
             let Some(s) = self.shares.get(&ep) else {
                 continue;
             };

@@ -387,7 +387,7 @@ impl Resolver {
         };
         match monoio::time::timeout(within, &mut rx).await {
             Ok(Some(answer)) => answer,
-            Ok(None) => Err(fail("resolver stopped".into(), ResolveFailure::Transient)),
+            Ok(None) => Err(stopped(host)),
             // The answer, when it comes, is cached for the next attempt.
             Err(_) => Err(fail(
                 format!(
@@ -410,19 +410,22 @@ impl Resolver {
                 true => rx.await,
                 false => None,
             };
-            let answer = answer.unwrap_or_else(|| {
-                Err(ResolveError {
-                    host: name.clone(),
-                    reason: "resolver stopped".into(),
-                    failure: ResolveFailure::Transient,
-                })
-            });
+            let answer = answer.unwrap_or_else(|| Err(stopped(&name)));
             remember(&cache, name.clone(), answer.clone());
             let waiters = waiting.borrow_mut().remove(&name).unwrap_or_default();
             for w in waiters {
                 w.send(answer.clone());
             }
         });
+    }
+}
+
+/// The answer when the resolver threads are gone (the process is stopping).
+fn stopped(host: &str) -> ResolveError {
+    ResolveError {
+        host: host.to_string(),
+        reason: "resolver stopped".into(),
+        failure: ResolveFailure::Transient,
     }
 }
 
