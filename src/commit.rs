@@ -82,6 +82,15 @@ fn retention_every(retention: Duration) -> Duration {
 /// How long a disable waits for the worker to say which attempts are in flight (it
 /// answers from its mailbox task, within a moment unless the process is stopping).
 const IN_FLIGHT_ANSWER: Duration = Duration::from_secs(2);
+/// Keys of the due index read per page of the shared scan ([`DueScan`]), each page one
+/// write…
+const SCAN_KEYS: usize = 16_384;
+/// …and deliveries moved by it at most (the write costs more than the read: ~1 ms per
+/// 500, measured with a backlog of 800,000).
+const SCAN_MOVES: usize = 2048;
+/// How long a loader tick may spend on the shared scan, and on deletions' paused sets:
+/// a page at least, more while this lasts.
+const SCAN_BUDGET: Duration = Duration::from_millis(5);
 /// With `durability = "batch"`, the longest a write waits for its fsync (SPEC §2).
 const BATCH_SYNC_EVERY: Duration = Duration::from_millis(10);
 
@@ -554,13 +563,13 @@ struct State {
     /// their paused set is empty.
     settling: HashSet<EndpointId>,
     /// Endpoints disabled this round, with their worker's answer to come: which of
-    /// their deliveries are in flight (those keep their due keys; see `pause_all`).
+    /// their deliveries are in flight (those keep their due keys; see `start_pauses`).
     pausing: HashMap<EndpointId, crossbeam_channel::Receiver<Vec<u64>>>,
-    /// Disabled endpoints whose pause the store refused (a full disk), with their
-    /// attempts in flight then: tried again each tick while they stay disabled.
-    pause_again: Vec<(EndpointId, HashSet<u64>)>,
-    /// Those refusals, logged at most every 10 s.
-    pause_failures: Tally,
+    /// Disabled endpoints whose due deliveries are being moved to their paused sets, and
+    /// deleted ones whose due deliveries are being failed.
+    scan: DueScan,
+    /// Scan pages the store refused (a full disk), logged at most every 10 s.
+    scan_failures: Tally,
     /// `ordered` endpoints whose first-attempt bound this round's events moved, with the
     /// bound before: put back if the round is not written.
     first_due_before: Vec<(EndpointId, u64)>,
@@ -747,36 +756,167 @@ impl WriteFailures {
     }
 }
 
-/// A deleted endpoint whose pending deliveries are being failed: its paused ones, then
-/// those waiting in `due` beyond the loader's cursor, no more than [`DROP_SCAN`] keys
-/// read per page, so a deletion with a large backlog neither holds the committer nor
-/// builds one huge write. Persisted as [`Store::deleting`] until done.
+/// A deleted endpoint whose pending deliveries are being failed: its paused ones, no
+/// more than [`DROP_SCAN`] a page, then those waiting in `due` beyond the loader's
+/// cursor, by the shared scan ([`DueScan`]), so a deletion with a large backlog
+/// neither holds the committer nor builds one huge write, and a thousand deletions
+/// read the due index once. Persisted as [`Store::deleting`] until done.
 #[derive(Debug, Clone, Copy)]
 struct Dropping {
     ep: EndpointId,
     /// The paused set from this sequence number on; `None` once it is empty.
     paused_from: Option<Seq>,
-    /// The due index from this key on; `None` once scanned (or, for an endpoint whose
-    /// worker may hold its head's retry, never: the loader fails those as they fall
-    /// due, see [`State::delete_endpoint`]).
-    due_from: Option<DueKey>,
+    /// Whether its due deliveries are failed by the scan (not for an endpoint whose
+    /// worker may hold its head's retry: the loader fails those as they fall due, see
+    /// [`State::delete_endpoint`]).
+    scan_due: bool,
     failed: u64,
 }
 
 impl Dropping {
-    /// From the start of the paused set, and of the due index from `due_from` on.
-    fn new(ep: EndpointId, due_from: Option<DueKey>) -> Dropping {
+    fn new(ep: EndpointId, scan_due: bool) -> Dropping {
         Dropping {
             ep,
             paused_from: Some(0),
-            due_from,
+            scan_due,
             failed: 0,
         }
     }
+}
 
-    fn done(&self) -> bool {
-        self.paused_from.is_none() && self.due_from.is_none()
+/// One scan of the due index, a page at a time, shared by every disabled endpoint whose
+/// due deliveries are being moved to its paused set and every deleted one whose due
+/// deliveries are being failed. The index is ordered by due time, so an endpoint's
+/// deliveries are anywhere in it: a scan per endpoint made a mass disable (a receiver
+/// down for every endpoint of a platform) hold the committer for a scan of the whole
+/// index per endpoint, and a mass deletion read it once per endpoint and tick.
+///
+/// An endpoint joins where the scan is, and is done when the scan comes back there:
+/// past the end, the scan goes on from the start. What it needs moved is in the index
+/// already when it joins (a disabled endpoint's worker dropped its jobs then; attempts
+/// in flight are the outcomes' to move; no new delivery is routed to a disabled or
+/// deleted endpoint).
+struct DueScan {
+    /// The next key to read, while there are members.
+    at: DueKey,
+    members: HashMap<EndpointId, ScanMember>,
+}
+
+/// What the scan does with a member's due deliveries.
+enum Sweep {
+    /// Moves them to the paused set, but those of attempts in flight at the disable
+    /// (by sequence number): their outcomes move them.
+    Pause { running: HashSet<u64> },
+    /// Fails those at or beyond the loader's cursor (those below it are in a worker or
+    /// spilled, and fail as they come back); `failed` from its paused set before.
+    Drop { failed: u64 },
+}
+
+struct ScanMember {
+    sweep: Sweep,
+    /// Where the scan was when it joined.
+    start: DueKey,
+    /// The scan has passed the end of the index since it joined.
+    lapped: bool,
+    /// Deliveries moved or failed so far.
+    moved: u64,
+}
+
+impl Default for DueScan {
+    fn default() -> DueScan {
+        DueScan {
+            at: DueKey::MIN,
+            members: HashMap::default(),
+        }
     }
+}
+
+impl DueScan {
+    /// `ep` joins the scan (it is started if none is under way).
+    fn join(&mut self, ep: EndpointId, sweep: Sweep) {
+        if self.members.is_empty() {
+            self.at = DueKey::MIN;
+        }
+        self.members.insert(
+            ep,
+            ScanMember {
+                sweep,
+                start: self.at,
+                lapped: false,
+                moved: 0,
+            },
+        );
+    }
+
+    fn pausing(&self, ep: EndpointId) -> Option<&HashSet<u64>> {
+        match &self.members.get(&ep)?.sweep {
+            Sweep::Pause { running } => Some(running),
+            Sweep::Drop { .. } => None,
+        }
+    }
+
+    /// Whether the scan takes this key, with the loader's cursor at `cursor`.
+    fn picks(&self, k: &DueKey, cursor: DueKey) -> bool {
+        self.members.get(&k.ep).is_some_and(|m| match &m.sweep {
+            Sweep::Pause { running } => !running.contains(&k.seq),
+            Sweep::Drop { .. } => *k >= cursor,
+        })
+    }
+
+    /// Whether a page read up to `next` (the end: `None`) ends `m`'s part.
+    fn ends(m: &ScanMember, next: Option<DueKey>) -> bool {
+        match next {
+            // Every key from where it joined was read before the end, or since the lap.
+            None => m.start == DueKey::MIN || m.lapped,
+            // Every key below `n` was read since the lap.
+            Some(n) => m.lapped && n >= m.start,
+        }
+    }
+
+    /// The members a page read up to `next` ends.
+    fn ending(&self, next: Option<DueKey>) -> Vec<EndpointId> {
+        self.members
+            .iter()
+            .filter(|(_, m)| DueScan::ends(m, next))
+            .map(|(&ep, _)| ep)
+            .collect()
+    }
+
+    /// After a page read up to `next` and `moved` written: the members now done, taken
+    /// out.
+    fn advance(
+        &mut self,
+        moved: &[(DueKey, DueVal)],
+        next: Option<DueKey>,
+    ) -> Vec<(EndpointId, ScanMember)> {
+        for (k, _) in moved {
+            if let Some(m) = self.members.get_mut(&k.ep) {
+                m.moved += 1;
+            }
+        }
+        let done = self.ending(next);
+        if next.is_none() {
+            for m in self.members.values_mut() {
+                m.lapped = true;
+            }
+        }
+        self.at = next.unwrap_or(DueKey::MIN);
+        done.into_iter()
+            .filter_map(|ep| self.members.remove_entry(&ep))
+            .collect()
+    }
+}
+
+/// Logs a deletion done: every pending delivery it found in the store failed.
+fn deleted_done(ep: EndpointId, failed: u64) {
+    // By id: the name is gone with the endpoint (the `endpoint deleted` line gives
+    // both). Those its worker held fail as it drops them, not counted here.
+    tracing::info!(
+        id = ep,
+        failed_in_store = failed,
+        "a deleted endpoint's deliveries waiting in the store failed (those its worker \
+         held fail as it drops them)"
+    );
 }
 
 /// Keys read per page of a deletion ([`Dropping`]).
@@ -959,8 +1099,8 @@ impl Committer {
             resuming: Vec::new(),
             settling: HashSet::default(),
             pausing: HashMap::default(),
-            pause_again: Vec::new(),
-            pause_failures: Tally::default(),
+            scan: DueScan::default(),
+            scan_failures: Tally::default(),
             first_due_before: Vec::new(),
             registry: self.registry,
             next_ep_id,
@@ -987,7 +1127,7 @@ impl Committer {
             .store
             .deleting()?
             .into_iter()
-            .map(|ep| Dropping::new(ep, Some(DueKey::MIN)))
+            .map(|ep| Dropping::new(ep, true))
             .collect();
         // Retention first: a held head whose event passed retention while the process
         // was down is not sent (its event is gone), like every other such delivery.
@@ -1304,10 +1444,8 @@ impl State {
         // Deliveries of an endpoint paused this round, or disabled, are in the paused
         // set now (or will be, once a running attempt ends): their jobs go nowhere.
         let paused_now: Vec<EndpointId> = self.pausing.keys().copied().collect();
-        for (ep, in_flight) in std::mem::take(&mut self.pausing) {
-            self.pause_all(ep, &in_flight);
-        }
         if !paused_now.is_empty() {
+            self.start_pauses();
             // Also those queued earlier in the round (a replay's, a resume page's): the
             // pause just moved their due entries aside, as none is in flight yet.
             for queued in &mut self.out_jobs {
@@ -1687,66 +1825,130 @@ impl State {
         }
     }
 
-    /// Moves every pending delivery of a disabled endpoint from `due` to `paused`, so
-    /// none waits out an old retry time once the endpoint is enabled again (a first
-    /// attempt still keeps its `min_delay`: see `resume`). Disabling is rare, so this
-    /// scans the whole due index (in pages).
+    /// Starts moving every pending delivery of the endpoints disabled this round from
+    /// `due` to `paused`, so none waits out an old retry time once its endpoint is
+    /// enabled again (a first attempt still keeps its `min_delay`: see `resume`). They
+    /// join the scan of the due index under way ([`DueScan`]), or start one, whose first
+    /// page is read here: a small index is done within the round, a large one goes on
+    /// in the loader's ticks, and a thousand endpoints disabled at once share one scan.
     ///
     /// A delivery whose attempt is in flight keeps its due key: the attempt's outcome
     /// moves it (a retry of a disabled endpoint is paused then), so an enable before
     /// that outcome does not bring back a second copy beside the attempt's own retry.
-    /// `in_flight` is the worker's answer saying which those are; without one in time,
-    /// everything is paused.
-    fn pause_all(&mut self, ep: EndpointId, in_flight: &crossbeam_channel::Receiver<Vec<u64>>) {
-        let running: HashSet<u64> = match in_flight.recv_timeout(IN_FLIGHT_ANSWER) {
-            Ok(seqs) => seqs.into_iter().collect(),
-            Err(e) => {
-                tracing::warn!(endpoint = ep, error = %e, "no answer from the worker on attempts in flight; pausing them too");
-                HashSet::default()
-            }
-        };
-        self.pause_due_of(ep, running);
+    /// Each worker's answer says which those are; without one in time, everything is
+    /// paused.
+    fn start_pauses(&mut self) {
+        let fresh = self.scan.members.is_empty();
+        // One wait for all of the round's answers: a worker that does not answer in
+        // time holds the round once, not once per endpoint it owns.
+        let deadline = Instant::now() + IN_FLIGHT_ANSWER;
+        for (ep, in_flight) in std::mem::take(&mut self.pausing) {
+            let running: HashSet<u64> = match in_flight.recv_deadline(deadline) {
+                Ok(seqs) => seqs.into_iter().collect(),
+                Err(e) => {
+                    tracing::warn!(endpoint = ep, error = %e, "no answer from the worker on attempts in flight; pausing them too");
+                    HashSet::default()
+                }
+            };
+            self.scan.join(ep, Sweep::Pause { running });
+        }
+        // A scan already under way goes on at the next tick: endpoints disabled one
+        // round after another do not each cost a page in their round.
+        if fresh {
+            self.scan_page();
+        }
     }
 
-    /// Moves `ep`'s deliveries from `due` to `paused`, but those in `running`. Refused by
-    /// the store (a full disk: the jobs its worker dropped at the disable would wait in
-    /// `due` below the cursor until a restart), it is tried again each tick while the
-    /// endpoint stays disabled ([`Self::pause_again`]).
-    fn pause_due_of(&mut self, ep: EndpointId, running: HashSet<u64>) {
+    /// One page of the shared scan ([`DueScan`]), in its own write. `false` when the
+    /// store refuses it (a full disk): the scan stays where it was, for the next tick
+    /// (a disabled endpoint's dropped jobs wait in `due` meanwhile).
+    fn scan_page(&mut self) -> bool {
+        let (scan, cursor) = (&self.scan, self.cursor);
+        let mut delta = Delta::default();
+        let page = self
+            .store
+            .due_where(scan.at, SCAN_KEYS, SCAN_MOVES, |k| scan.picks(k, cursor))
+            .and_then(|(page, next)| {
+                let mut batch = self.store.batch();
+                for &(key, val) in &page {
+                    batch.del_due(&self.store, key);
+                    match scan.members.get(&key.ep).map(|m| &m.sweep) {
+                        Some(Sweep::Pause { .. }) => {
+                            batch.pause(&self.store, key.ep, key.seq, val);
+                            delta.paused += 1;
+                        }
+                        _ => {
+                            batch.fail_dropped(&self.store, key.ep, key.seq);
+                            delta.pending -= 1;
+                        }
+                    }
+                }
+                for ep in scan.ending(next) {
+                    if let Some(Sweep::Drop { .. }) = scan.members.get(&ep).map(|m| &m.sweep) {
+                        batch.deleted(&self.store, ep);
+                    }
+                }
+                self.store.commit(batch, false)?;
+                Ok((page, next))
+            });
+        let (page, next) = match page {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some(failures) = self.scan_failures.note(Duration::from_secs(10)) {
+                    tracing::error!(
+                        error = %e,
+                        failures,
+                        endpoints = self.scan.members.len(),
+                        "cannot pause the deliveries of disabled endpoints or fail those of \
+                         deleted ones: tried again each tick"
+                    );
+                }
+                return false;
+            }
+        };
+        self.stats.apply(delta);
+        for (ep, m) in self.scan.advance(&page, next) {
+            match m.sweep {
+                Sweep::Pause { running } => tracing::info!(
+                    endpoint = ep,
+                    moved = m.moved,
+                    in_flight = running.len(),
+                    "paused the deliveries of a disabled endpoint"
+                ),
+                Sweep::Drop { failed } => deleted_done(ep, failed + m.moved),
+            }
+        }
+        true
+    }
+
+    /// Pages of the shared scan for up to [`SCAN_BUDGET`] (a page at least) while one is
+    /// under way.
+    fn scan_pages(&mut self) {
+        let until = Instant::now() + SCAN_BUDGET;
+        while !self.scan.members.is_empty() && self.scan_page() && Instant::now() < until {}
+    }
+
+    /// Ends `ep`'s pause at once, if one is under way, by a scan of its own over the
+    /// whole due index: before an enable (its paused set is about to be resumed) or a
+    /// delete (whose scan starts at the loader's cursor, and the jobs its worker dropped
+    /// at the disable wait below it). Rare: the shared scan is for the mass disable.
+    fn finish_pause(&mut self, ep: EndpointId) -> store::Result<()> {
+        let Some(running) = self.scan.pausing(ep) else {
+            return Ok(());
+        };
         let mut moved = 0;
         let result = self
             .store
             .pause_due(|k| k.ep == ep && !running.contains(&k.seq), &mut moved);
         self.stats.paused += moved;
-        if let Err(e) = result {
-            if let Some(failures) = self.pause_failures.note(Duration::from_secs(10)) {
-                tracing::error!(
-                    endpoint = ep,
-                    error = %e,
-                    failures,
-                    "cannot pause deliveries: tried again each tick while the endpoint stays disabled"
-                );
-            }
-            self.pause_again.push((ep, running));
-            return;
-        }
+        result?;
+        let m = self.scan.members.remove(&ep).expect("looked up above");
         tracing::info!(
             endpoint = ep,
-            moved,
-            in_flight = running.len(),
+            moved = m.moved + moved,
             "paused the deliveries of a disabled endpoint"
         );
-    }
-
-    /// Pauses the store refused before, for endpoints still disabled. One enabled again
-    /// meanwhile is left: what its worker dropped waits for a restart, as the full-disk
-    /// advice says (docs/operations.md).
-    fn pause_again(&mut self) {
-        for (ep, running) in std::mem::take(&mut self.pause_again) {
-            if self.router.eps.get(&ep).is_some_and(|i| !i.enabled) {
-                self.pause_due_of(ep, running);
-            }
-        }
+        Ok(())
     }
 
     /// Moves paused deliveries of resumed endpoints back to `due` (a page per tick), in
@@ -1910,6 +2112,14 @@ impl State {
     /// endpoint changes nothing: telling its worker would drop the retries it holds
     /// (they belong to the old generation) with nothing paused to bring them back.
     fn enable_ep(&mut self, ep: EndpointId) {
+        if self.router.eps.get(&ep).is_some_and(|i| !i.enabled) {
+            if let Err(e) = self.finish_pause(ep) {
+                // As before a restart: the jobs its worker dropped at the disable wait
+                // in `due` for the restart's loader (docs/operations.md, a full disk).
+                tracing::error!(endpoint = ep, error = %e, "cannot end the pause of an endpoint enabled again; deliveries its worker dropped wait for a restart");
+                self.scan.members.remove(&ep);
+            }
+        }
         if let Some(info) = self.router.eps.get_mut(&ep) {
             if info.enabled {
                 return;
@@ -2040,11 +2250,14 @@ impl State {
             return Err(EndpointOpError::NotFound(name.to_string()));
         };
         let store_err = |e: store::StoreError| EndpointOpError::Store(e.to_string());
+        // The jobs its worker dropped at a disable whose pause is under way wait below
+        // the cursor, where the deletion's pages do not look.
+        self.finish_pause(id).map_err(store_err)?;
         // Those on disk only (at or beyond the cursor): no worker holds these. Except
         // where an endpoint ordered at some time since the start keeps its head's retry
         // (which its worker reports when it drops its queue): those wait for the loader.
         let holds_retries = self.router.eps.get(&id).is_some_and(|i| i.holds_retries);
-        let mut dropping = Dropping::new(id, (!holds_retries).then_some(self.cursor));
+        let mut dropping = Dropping::new(id, !holds_retries);
         let mut batch = self.store.batch();
         let mut delta = Delta::default();
         batch.delete_endpoint(&self.store, name, id);
@@ -2070,14 +2283,18 @@ impl State {
         }
         self.workers[worker].send(WorkerMsg::Remove { ep: id });
         tracing::info!(endpoint = %name, id, "endpoint deleted");
+        let fresh = self.scan.members.is_empty();
         self.dropped(dropping);
+        // A small backlog is done within the call.
+        if fresh && !self.scan.members.is_empty() {
+            self.scan_page();
+        }
         Ok(id)
     }
 
-    /// One page of a deletion: fails, in `batch`, up to [`DROP_SCAN`] paused
-    /// deliveries, or those among the next [`DROP_SCAN`] keys of the due index (from
-    /// the loader's cursor on: those below it are in a worker or spilled). Ends the
-    /// deletion in `batch` when nothing is left.
+    /// One page of a deletion's paused set: fails, in `batch`, up to [`DROP_SCAN`] of
+    /// its paused deliveries. Ends the deletion in `batch` when the set is empty and
+    /// the scan has nothing to do for it.
     fn drop_page(
         &self,
         d: &mut Dropping,
@@ -2097,48 +2314,32 @@ impl State {
                 Some(&(seq, _)) if page.len() == DROP_SCAN => Some(seq + 1),
                 _ => None,
             };
-            if d.paused_from.is_some() {
-                return Ok(());
-            }
         }
-        if let Some(from) = d.due_from {
-            let (page, next) = self
-                .store
-                .due_where(from.max(self.cursor), DROP_SCAN, |k| k.ep == d.ep)?;
-            for &(key, _) in &page {
-                batch.del_due(&self.store, key);
-                batch.fail_dropped(&self.store, d.ep, key.seq);
-            }
-            delta.pending -= page.len() as i64;
-            d.failed += page.len() as u64;
-            d.due_from = next;
-        }
-        if d.done() {
+        if d.paused_from.is_none() && !d.scan_due {
             batch.deleted(&self.store, d.ep);
         }
         Ok(())
     }
 
-    /// Keeps a deletion for the next tick if it is not done; logs it if it is.
+    /// Keeps a deletion for the next tick while its paused set is not empty; then hands
+    /// it to the shared scan, or logs it done.
     fn dropped(&mut self, d: Dropping) {
-        if d.done() {
-            // By id: the name is gone with the endpoint (the `endpoint deleted` line
-            // gives both). Those its worker held fail as it drops them, not counted here.
-            tracing::info!(
-                id = d.ep,
-                failed_in_store = d.failed,
-                "a deleted endpoint's deliveries waiting in the store failed (those its \
-                 worker held fail as it drops them)"
-            );
-        } else {
+        if d.paused_from.is_some() {
             self.dropping.push(d);
+        } else if d.scan_due {
+            self.scan.join(d.ep, Sweep::Drop { failed: d.failed });
+        } else {
+            deleted_done(d.ep, d.failed);
         }
     }
 
-    /// A page of every deletion under way ([`Dropping`]), each in its own write; one
-    /// whose write fails stays where it was, for the next tick.
+    /// A page of the paused sets of deletions under way ([`Dropping`]), each in its own
+    /// write, for up to [`SCAN_BUDGET`] (the rest go first at the next tick); one whose
+    /// write fails stays where it was, for the next tick.
     fn drop_deleted(&mut self) {
-        for d in std::mem::take(&mut self.dropping) {
+        let until = Instant::now() + SCAN_BUDGET;
+        let mut queue = std::mem::take(&mut self.dropping).into_iter();
+        for d in queue.by_ref() {
             let mut next = d;
             let mut batch = self.store.batch();
             let mut delta = Delta::default();
@@ -2155,7 +2356,13 @@ impl State {
                     self.dropping.push(d);
                 }
             }
+            if Instant::now() >= until {
+                break;
+            }
         }
+        // Those not reached go first next time.
+        let rest: Vec<Dropping> = queue.collect();
+        self.dropping.splice(0..0, rest);
     }
 
     /// Schedules deliveries again, now. A done one (delivered, failed or expired) gets a
@@ -2710,8 +2917,8 @@ impl State {
 
     /// Moves the cursor toward `now + HORIZON_MS`, handing what it passes to workers.
     fn load(&mut self) {
-        if !self.pause_again.is_empty() {
-            self.pause_again();
+        if !self.scan.members.is_empty() {
+            self.scan_pages();
         }
         if !self.holds_sent.is_empty() {
             self.holds_sent = self.holds_sent.split_off(&self.cursor);
@@ -3178,6 +3385,105 @@ mod tests {
         // A second retry of a kept event is still counted.
         w.keep(ev(seq), 10, 0);
         assert!(w.take(seq).is_some() && w.take(seq).is_some());
+    }
+
+    fn key(due_ms: u64, ep: EndpointId) -> DueKey {
+        DueKey {
+            due_ms,
+            seq: due_ms,
+            ep,
+        }
+    }
+
+    /// The endpoints a scan of `index` (sorted) moves and finishes, `per_page` keys read
+    /// a page, with `ep` joining before the page its number in `joins` gives.
+    fn scan(
+        index: &[DueKey],
+        per_page: usize,
+        joins: &[(usize, EndpointId)],
+        pages: usize,
+    ) -> (Vec<DueKey>, Vec<(usize, EndpointId, u64)>) {
+        let mut p = DueScan::default();
+        let (mut moved, mut done) = (Vec::new(), Vec::new());
+        for page in 0..pages {
+            for &(_, ep) in joins.iter().filter(|(at, _)| *at == page) {
+                p.join(
+                    ep,
+                    Sweep::Pause {
+                        running: HashSet::default(),
+                    },
+                );
+            }
+            if p.members.is_empty() {
+                continue;
+            }
+            let from = index.partition_point(|k| *k < p.at);
+            let read = &index[from..(from + per_page).min(index.len())];
+            let next = index.get(from + per_page).copied();
+            let picked: Vec<(DueKey, DueVal)> = read
+                .iter()
+                .filter(|k| p.picks(k, DueKey::MIN))
+                .map(|&k| {
+                    (
+                        k,
+                        DueVal {
+                            attempts: 0,
+                            first: 0,
+                        },
+                    )
+                })
+                .collect();
+            moved.extend(picked.iter().map(|(k, _)| *k));
+            for (ep, m) in p.advance(&picked, next) {
+                done.push((page, ep, m.moved));
+            }
+        }
+        (moved, done)
+    }
+
+    #[test]
+    fn the_due_scan_finds_every_key_of_endpoints_that_join_it_under_way() {
+        // Endpoints 1..=3's keys spread over 30 keys; 3 keys a page.
+        let index: Vec<DueKey> = (0..30).map(|i| key(i, 1 + (i % 3) as u32)).collect();
+        // 1 starts the scan: done at the end, 10 pages. 2 joins at page 4 (key 12): the
+        // scan goes round to it, done at page 14 (the first page whose end passes 12).
+        // 3 joins at page 10, after the lap started (the scan is at the start again).
+        let (moved, done) = scan(&index, 3, &[(0, 1), (4, 2), (10, 3)], 40);
+        assert_eq!(done, vec![(9, 1, 10), (13, 2, 10), (19, 3, 10)]);
+        let mut moved = moved;
+        moved.sort();
+        assert_eq!(moved, index, "every key moved once");
+        // Alone at the start, an index read in one page is done in it.
+        assert_eq!(scan(&index, 64, &[(0, 2)], 1).1, vec![(0, 2, 10)]);
+        // An empty index ends a pause at once.
+        assert_eq!(scan(&[], 8, &[(0, 1)], 1).1, vec![(0, 1, 0)]);
+    }
+
+    #[test]
+    fn the_due_scan_leaves_attempts_in_flight_and_a_deleted_endpoint_s_keys_below_the_cursor() {
+        let index: Vec<DueKey> = (0..6).map(|i| key(i, 1)).collect();
+        let mut p = DueScan::default();
+        p.join(
+            1,
+            Sweep::Pause {
+                running: [2, 4].into_iter().collect(),
+            },
+        );
+        p.join(2, Sweep::Drop { failed: 0 });
+        let cursor = key(3, 0);
+        let picked: Vec<DueKey> = index
+            .iter()
+            .copied()
+            .filter(|k| p.picks(k, cursor))
+            .collect();
+        assert_eq!(
+            picked.iter().map(|k| k.seq).collect::<Vec<_>>(),
+            vec![0, 1, 3, 5]
+        );
+        assert!(!p.picks(&key(3, 3), cursor), "another endpoint's key");
+        // A deleted endpoint's keys below the loader's cursor are in a worker or spilled.
+        assert!(!p.picks(&key(2, 2), cursor));
+        assert!(p.picks(&key(3, 2), cursor));
     }
 
     #[test]

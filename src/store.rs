@@ -1719,12 +1719,14 @@ impl Store {
     }
 
     /// The due entries `mine` picks among the first `scan` keys ≥ `from`, in key order,
-    /// and the key to go on from (`None` at the end of the index): the index is ordered
-    /// by time, so moving all of some endpoints' deliveries scans it in pages this way.
+    /// at most `most` of them, and the key to go on from (`None` at the end of the
+    /// index): the index is ordered by time, so moving all of some endpoints'
+    /// deliveries scans it in pages this way.
     pub fn due_where(
         &self,
         from: DueKey,
         scan: usize,
+        most: usize,
         mut mine: impl FnMut(&DueKey) -> bool,
     ) -> Result<DuePage> {
         let mut it = self.db.raw_iterator_cf(self.cf(CF_DUE));
@@ -1733,7 +1735,7 @@ impl Store {
         let mut scanned = 0;
         while it.valid() {
             let (k, v) = due_entry(&it)?;
-            if scanned == scan {
+            if scanned == scan || out.len() == most {
                 return Ok((out, Some(k)));
             }
             scanned += 1;
@@ -1753,7 +1755,7 @@ impl Store {
     pub fn pause_due(&self, mut pick: impl FnMut(&DueKey) -> bool, moved: &mut u64) -> Result<()> {
         let mut from = Some(DueKey::MIN);
         while let Some(at) = from {
-            let (page, next) = self.due_where(at, PAUSE_SCAN, &mut pick)?;
+            let (page, next) = self.due_where(at, PAUSE_SCAN, usize::MAX, &mut pick)?;
             let mut batch = self.batch();
             for &(key, val) in &page {
                 batch.del_due(self, key);

@@ -664,12 +664,7 @@ fn refused_connects_in_a_churn_stay_within_the_socket_budget() {
     opts.open_files_limit = Some(512);
     let srv = TestServer::start_with(opts);
     let idle = srv.open_fds();
-    let mut lines = Vec::new();
-    for i in 0..EVENTS {
-        lines.extend_from_slice(event("t", &format!("r-{i}"), "{}").as_bytes());
-        lines.push(b'\n');
-    }
-    let oks = srv.pipeline(lines);
+    let oks = srv.pipeline(event_lines("t", "r", EVENTS));
     assert_eq!(oks, EVENTS);
     // The churn is the behaviour: sample the descriptors through it.
     let mut most = 0;

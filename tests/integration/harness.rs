@@ -816,6 +816,17 @@ pub fn event(etype: &str, id: &str, data: &str) -> String {
     format!(r#"{{"type":"{etype}","id":"{id}","data":{data}}}"#)
 }
 
+/// `n` event lines of type `etype` with ids `<prefix>-0` …, each with `{}` as data, for
+/// [`TestServer::pipeline`].
+pub fn event_lines(etype: &str, prefix: &str, n: usize) -> Vec<u8> {
+    let mut lines = Vec::new();
+    for i in 0..n {
+        lines.extend_from_slice(event(etype, &format!("{prefix}-{i}"), "{}").as_bytes());
+        lines.push(b'\n');
+    }
+    lines
+}
+
 /// The wall clock in Unix milliseconds (what an event's `time` is written in).
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()

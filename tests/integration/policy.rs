@@ -825,6 +825,81 @@ fn first_held_then_500(gate: &Gate) -> TestReceiver {
 }
 
 #[test]
+fn endpoints_disabled_together_share_one_paged_pause_while_ingest_goes_on() {
+    // Eight endpoints with 15,000 deliveries each due in an hour, and `held`, whose
+    // worker queues 19 of its 20 deliveries behind one attempt a gated receiver holds.
+    // Each disable used to scan the whole due index within a committer round, ingest
+    // waiting: 100 endpoints disabled at once over 800,000 keys held every ack for
+    // 13 s. Endpoints disabled together now share one scan, in pages between rounds:
+    // an event sent after the disables is answered while the pause is under way, and
+    // the pause still ends with every delivery where it belongs. Deletions meanwhile
+    // join the same scan.
+    let (rx, gate) = TestReceiver::gated();
+    let mut eps = String::new();
+    for name in ["e0", "e1", "e2", "e3", "e4", "e5", "x0", "x1"] {
+        eps += &endpoint(name, r#"["t"]"#, &rx.url("/later"), "min_delay = \"1h\"");
+    }
+    eps += &endpoint(
+        "held",
+        r#"["h"]"#,
+        &rx.url("/held"),
+        "max_in_flight = 1\ntimeout = \"300s\"",
+    );
+    let srv = TestServer::start(&eps);
+    const N: usize = 15_000;
+    assert_eq!(srv.pipeline(event_lines("t", "t", N)), N);
+    srv.connect().send_each_ok("h", "h", 20);
+    rx.wait_for(1, Duration::from_secs(20));
+    for name in ["e0", "e1", "e2", "e3", "e4", "e5", "held"] {
+        assert_eq!(srv.post(&format!("/v1/endpoints/{name}/disable")).0, 200);
+    }
+    assert_eq!(srv.connect().send(&event("o", "after", "{}")), "ok after 0");
+    let all = (6 * N + 19) as f64;
+    let paused = srv
+        .metrics()
+        .value("ricochet_deliveries_paused", &[])
+        .unwrap();
+    assert!(
+        paused < all,
+        "answered while the pause is under way: {paused} of {all} paused"
+    );
+    // While it is: `e0` enabled again (its deliveries pending again), `e1` and the
+    // enabled `x0` and `x1` deleted (their deliveries failed).
+    assert_eq!(srv.post("/v1/endpoints/e0/enable").0, 200);
+    for name in ["e1", "x0", "x1"] {
+        let path = format!("/v1/endpoints/{name}");
+        assert_eq!(srv.call("DELETE", &path, &serde_json::Value::Null).0, 200);
+    }
+    let paused = (4 * N + 19) as f64;
+    srv.wait_metric("ricochet_deliveries_paused", Duration::from_secs(60), |v| {
+        v == paused
+    });
+    let pending = (5 * N + 20) as f64;
+    srv.wait_metric(
+        "ricochet_deliveries_pending",
+        Duration::from_secs(60),
+        |v| v == pending,
+    );
+    // `held`'s 19 were dropped from its worker's queue at the disable, below the
+    // loader's cursor: the scan moved them too, and the enable brings them.
+    gate.open();
+    assert_eq!(srv.post("/v1/endpoints/held/enable").0, 200);
+    rx.wait_until(Duration::from_secs(20), "held's 20", |got| {
+        got.iter().filter(|r| r.path == "/held").count() == 20
+    });
+    let m = srv.metrics();
+    assert_eq!(
+        m.value("ricochet_deliveries_paused", &[]),
+        Some((4 * N) as f64)
+    );
+    assert_eq!(
+        m.value("ricochet_deliveries_pending", &[]),
+        Some((5 * N) as f64)
+    );
+    assert_eq!(rx.count(), 20, "nothing of the others went out");
+}
+
+#[test]
 fn an_attempt_running_across_disable_and_enable_stays_one_delivery() {
     // Disabling moves an endpoint's deliveries aside and enabling brings them back; one
     // whose attempt was still running must not come back as a second copy beside the
@@ -1111,12 +1186,7 @@ fn an_endpoint_with_a_backlog_past_the_in_memory_cap_does_not_hold_up_the_others
     );
     let srv = TestServer::start(&eps);
     let n = 52_000;
-    let mut lines = Vec::new();
-    for i in 0..n {
-        lines.extend_from_slice(event("s", &format!("s-{i}"), "{}").as_bytes());
-        lines.push(b'\n');
-    }
-    let oks = srv.pipeline(lines);
+    let oks = srv.pipeline(event_lines("s", "s", n));
     assert_eq!(oks, n);
     srv.connect().send_each_ok("q", "q", 20);
     rx.wait_until(Duration::from_secs(20), "quick's 20 deliveries", |got| {
