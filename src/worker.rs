@@ -1074,13 +1074,18 @@ impl Worker {
                         match answer {
                             Err(_) => {
                                 let in_body = slot.in_body();
+                                let stage = slot.stage();
                                 slot.reset();
                                 rec.timed_out = true;
-                                // The answer had begun: say how far it came.
+                                // Say how far it came: the answer's body if it had
+                                // begun, else the stage.
                                 rec.error = format!(
-                                    "timed out after {}{}",
+                                    "timed out after {} {}",
                                     crate::config::format_duration(cfg.timeout),
-                                    in_body.map(|b| format!(" {b}")).unwrap_or_default()
+                                    match in_body {
+                                        Some(b) => b.to_string(),
+                                        None => stage.describe().to_string(),
+                                    }
                                 );
                                 Verdict::Failed {
                                     class: FailClass::C5xx,

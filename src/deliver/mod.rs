@@ -185,6 +185,33 @@ pub struct ConnSlot {
     /// The address the last connection was made to: tried first among a name's
     /// addresses next time, so one that refuses is not met on every reconnect.
     last_good: Option<IpAddr>,
+    /// How far the last exchange came: what a timeout interrupted ([`Self::stage`]). A
+    /// cell: the connect future sets it while it holds the slot's other fields.
+    stage: Cell<Stage>,
+}
+
+/// How far an exchange came, for a timeout's message: a receiver out of reach (a
+/// firewall that drops the connect, a full accept queue), one that stalls in the TLS
+/// handshake, one that stopped reading, and one that took the request and never
+/// answered are told apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Connecting,
+    Handshake,
+    Sending,
+    Waiting,
+}
+
+impl Stage {
+    /// The words after "timed out after 10s".
+    pub fn describe(self) -> &'static str {
+        match self {
+            Stage::Connecting => "connecting (no connection made)",
+            Stage::Handshake => "in the TLS handshake",
+            Stage::Sending => "sending the request (the receiver stopped reading it)",
+            Stage::Waiting => "waiting for the answer (the request was sent)",
+        }
+    }
 }
 
 impl Default for ConnSlot {
@@ -200,6 +227,7 @@ impl Default for ConnSlot {
             resend_within: RESEND_WITHIN,
             last_good: None,
             peer_closes: false,
+            stage: Cell::new(Stage::Connecting),
         }
     }
 }
@@ -221,6 +249,11 @@ impl ConnSlot {
             held: Some(held),
             ..ConnSlot::default()
         }
+    }
+
+    /// How far the last exchange came. Read before [`Self::reset`].
+    pub fn stage(&self) -> Stage {
+        self.stage.get()
     }
 
     /// Forgets the connection (after a timeout or an error).
@@ -341,6 +374,8 @@ impl ConnSlot {
             });
         };
         let order = connect_order(self.last_good, ips);
+        let stage = &self.stage;
+        stage.set(Stage::Connecting);
         // Boxed: the connect and TLS handshake futures are large, and a future held
         // inline makes every request's future as large (moved on each attempt).
         let connected = Box::pin(async {
@@ -351,10 +386,13 @@ impl ConnSlot {
                 let addr = SocketAddr::new(ip, target.port);
                 match Stream::connect_tcp(addr).await {
                     Ok(tcp) => {
+                        if target.scheme == Scheme::Https {
+                            stage.set(Stage::Handshake);
+                        }
                         return Stream::over(target, tcp)
                             .await
                             .map(|s| (s, addr))
-                            .map_err(OpenError::remote)
+                            .map_err(OpenError::remote);
                     }
                     // No socket to be had: the next address would fare no better.
                     Err(e) if e.local => return Err(e),
@@ -434,8 +472,11 @@ impl ConnSlot {
             conn.sent += 1;
             // (Only a kept connection's first try may go again: only it reads the clock.)
             let sent_at = (reused && try_no == 0).then(Instant::now);
+            self.stage.set(Stage::Sending);
             let (res, b) = conn.stream.write_all(req).await;
             req = b;
+            // (A broken write may still have an answer to read, below.)
+            self.stage.set(Stage::Waiting);
             let result = match res {
                 // A receiver may answer before it has read the whole request (a `413`
                 // to a large body) and close: the answer is in the socket even though

@@ -152,6 +152,93 @@ fn timeout_is_recorded_as_timed_out() {
     assert_eq!(a[1]["timed_out"], false);
 }
 
+/// A listener on loopback whose receiver never answers, in one of four ways: its accept
+/// queue full (a connect never completes, as behind a firewall that drops it), it
+/// accepts and reads but never speaks (a TLS handshake stalls; a plain request waits for
+/// its answer), or it accepts and never reads (a large request stops part-way).
+fn silent_listener(how: &'static str) -> std::net::SocketAddr {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    if how == "full" {
+        // Listening again with a backlog of 0: one connection not accepted fills it.
+        assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 0) }, 0);
+        let filler = std::net::TcpStream::connect(addr).unwrap();
+        std::thread::spawn(move || {
+            let _held = (l, filler);
+            std::thread::sleep(Duration::from_secs(60)); // held for the test's length
+        });
+        return addr;
+    }
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming() {
+            let mut s = s.unwrap();
+            if how == "reads" {
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65536];
+                    while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+                });
+            } else {
+                held.push(s);
+            }
+        }
+    });
+    addr
+}
+
+/// A timeout used to say only `timed out after 500ms`: a receiver out of reach, one that
+/// stalls the TLS handshake, one that stopped reading the request and one that never
+/// answered it looked alike in the log.
+#[test]
+fn a_timeout_says_how_far_the_attempt_came() {
+    let cases = [
+        ("syn", "full", "http", "connecting (no connection made)"),
+        ("tls", "reads", "https", "in the TLS handshake"),
+        (
+            "mute",
+            "reads",
+            "http",
+            "waiting for the answer (the request was sent)",
+        ),
+        (
+            "deaf",
+            "never-reads",
+            "http",
+            "sending the request (the receiver stopped reading it)",
+        ),
+    ];
+    let mut eps = String::new();
+    for (name, how, scheme, _) in cases {
+        let url = format!("{scheme}://{}/", silent_listener(how));
+        let opts = "timeout = \"500ms\"\nretry = \"none\"";
+        eps += &endpoint(name, &format!("[\"{name}\"]"), &url, opts);
+    }
+    let mut opts = ServerOpts::new(&eps);
+    opts.server_extra = "max_line_bytes = 16777216\n".into();
+    let srv = TestServer::start_with(opts);
+    let mut c = srv.connect();
+    for (name, ..) in cases {
+        // More than the socket buffers hold (4 MiB to send, 128 KiB to receive here).
+        let data = match name {
+            "deaf" => format!(r#"{{"blob":"{}"}}"#, "x".repeat(12 << 20)),
+            _ => "{}".into(),
+        };
+        assert_eq!(c.send(&event(name, name, &data)), format!("ok {name} 1"));
+    }
+    for (name, _, _, stage) in cases {
+        let v = srv.wait_event(name, Duration::from_secs(20), |v| states(v) == ["failed"]);
+        let a = &v["deliveries"][0]["attempts"][0];
+        assert_eq!(a["timed_out"], true, "{a}");
+        assert_eq!(
+            a["error"],
+            format!("timed out after 500ms {stage}"),
+            "{name}: {a}"
+        );
+    }
+}
+
 #[test]
 fn unresolvable_host_fails_at_once_and_is_never_retried() {
     let srv = TestServer::start(&endpoint(
