@@ -814,6 +814,8 @@ enum Sweep {
 
 struct ScanMember {
     sweep: Sweep,
+    /// A pause's `~pausing/<id>` marker is in the store ([`store::Batch::pausing`]).
+    marked: bool,
     /// Where the scan was when it joined.
     start: DueKey,
     /// The scan has passed the end of the index since it joined.
@@ -841,6 +843,7 @@ impl DueScan {
             ep,
             ScanMember {
                 sweep,
+                marked: false,
                 start: self.at,
                 lapped: false,
                 moved: 0,
@@ -918,6 +921,10 @@ fn deleted_done(ep: EndpointId, failed: u64) {
          held fail as it drops them)"
     );
 }
+
+/// The smallest page an endpoint's paused deliveries resume in while workers have
+/// room ([`State::resume`] shares the room out among the endpoints resuming).
+const RESUME_PAGE_MIN: usize = 64;
 
 /// Keys read per page of a deletion ([`Dropping`]).
 const DROP_SCAN: usize = PAGE * 2;
@@ -1129,6 +1136,36 @@ impl Committer {
             .into_iter()
             .map(|ep| Dropping::new(ep, true))
             .collect();
+        // Pauses not finished before the stop: nothing is in flight now. One whose
+        // endpoint was enabled again at this start (the config file) ends before its
+        // paused deliveries resume, as an enable's does; a deleted one's deliveries are
+        // the deletion's.
+        for ep in st.store.pausing()? {
+            st.scan.join(
+                ep,
+                Sweep::Pause {
+                    running: HashSet::default(),
+                },
+            );
+            if let Some(m) = st.scan.members.get_mut(&ep) {
+                m.marked = true;
+            }
+            match st.router.eps.get(&ep).map(|i| i.enabled) {
+                Some(false) => {}
+                Some(true) => {
+                    if let Err(e) = st.finish_pause(ep) {
+                        tracing::error!(endpoint = ep, error = %e, "cannot end the pause of an endpoint enabled at this start; its deliveries still in `due` keep their times");
+                        st.scan.members.remove(&ep);
+                    }
+                }
+                None => {
+                    st.scan.members.remove(&ep);
+                    let mut batch = st.store.batch();
+                    batch.paused_all(&st.store, ep);
+                    st.store.commit(batch, false)?;
+                }
+            }
+        }
         // Retention first: a held head whose event passed retention while the process
         // was down is not sent (its event is gone), like every other such delivery.
         st.retention();
@@ -1371,7 +1408,8 @@ impl State {
                     } else {
                         self.disable_ep(ep, DisabledBy::Admin, None);
                     }
-                    // Answered once the round is done: a disable's deliveries are paused.
+                    // Answered once the round is done: a disable's worker has dropped its
+                    // jobs, and its deliveries are paused or being paused (`start_pauses`).
                     enable_replies.push(reply);
                 }
                 CommitMsg::Shutdown(reply) => *shutdown = Some(reply),
@@ -1447,7 +1485,7 @@ impl State {
         if !paused_now.is_empty() {
             self.start_pauses();
             // Also those queued earlier in the round (a replay's, a resume page's): the
-            // pause just moved their due entries aside, as none is in flight yet.
+            // pause moves their due entries aside (none is in flight yet).
             for queued in &mut self.out_jobs {
                 queued.retain(|job| !paused_now.contains(&job.ep));
             }
@@ -1851,6 +1889,14 @@ impl State {
                 }
             };
             self.scan.join(ep, Sweep::Pause { running });
+            // Enabled again later in the round: its pause ends before its resume (at
+            // the next tick) reads the paused set, as an enable's does.
+            if self.router.eps.get(&ep).is_some_and(|i| i.enabled) {
+                if let Err(e) = self.finish_pause(ep) {
+                    tracing::error!(endpoint = ep, error = %e, "cannot end the pause of an endpoint enabled again; deliveries its worker dropped wait for a restart");
+                    self.scan.members.remove(&ep);
+                }
+            }
         }
         // A scan already under way goes on at the next tick: endpoints disabled one
         // round after another do not each cost a page in their round.
@@ -1883,9 +1929,16 @@ impl State {
                         }
                     }
                 }
+                // A pause's marker with its first page, so a restart goes on with it.
+                for (&ep, m) in &scan.members {
+                    if !m.marked && matches!(m.sweep, Sweep::Pause { .. }) {
+                        batch.pausing(&self.store, ep);
+                    }
+                }
                 for ep in scan.ending(next) {
-                    if let Some(Sweep::Drop { .. }) = scan.members.get(&ep).map(|m| &m.sweep) {
-                        batch.deleted(&self.store, ep);
+                    match scan.members.get(&ep).map(|m| &m.sweep) {
+                        Some(Sweep::Drop { .. }) => batch.deleted(&self.store, ep),
+                        _ => batch.paused_all(&self.store, ep),
                     }
                 }
                 self.store.commit(batch, false)?;
@@ -1907,6 +1960,9 @@ impl State {
             }
         };
         self.stats.apply(delta);
+        for m in self.scan.members.values_mut() {
+            m.marked = true;
+        }
         for (ep, m) in self.scan.advance(&page, next) {
             match m.sweep {
                 Sweep::Pause { running } => tracing::info!(
@@ -1942,6 +1998,9 @@ impl State {
             .pause_due(|k| k.ep == ep && !running.contains(&k.seq), &mut moved);
         self.stats.paused += moved;
         result?;
+        let mut batch = self.store.batch();
+        batch.paused_all(&self.store, ep);
+        self.store.commit(batch, false)?;
         let m = self.scan.members.remove(&ep).expect("looked up above");
         tracing::info!(
             endpoint = ep,
@@ -1957,6 +2016,12 @@ impl State {
     fn resume(&mut self) {
         let now = now_ms();
         let mut still = Vec::new();
+        // Endpoints not reached for want of room: first at the next tick.
+        let mut not_reached = Vec::new();
+        // The room workers have, shared out: the first endpoints' pages must not take
+        // it all while the others (each draining at its own pace) get nothing.
+        let fair = (self.cap().saturating_sub(self.in_memory) / self.resuming.len().max(1))
+            .max(RESUME_PAGE_MIN);
         for ep in std::mem::take(&mut self.resuming) {
             let Some(worker) = self
                 .router
@@ -1968,7 +2033,21 @@ impl State {
                 self.settling.remove(&ep);
                 continue;
             };
-            let page = match self.store.paused_of(ep, 0, PAGE) {
+            // A page's retries are due now and go to the worker at once: only while
+            // workers have room for it. Enabling many endpoints with large paused sets
+            // took worker memory far past the cap (100 endpoints at `max_rps = 5` with
+            // 5,000 paused each: 177,620 deliveries in memory against 50,000, within
+            // 10 s). The rest wait paused, on disk.
+            let room = self
+                .cap()
+                .saturating_sub(self.in_memory + self.out_count)
+                .min(fair)
+                .min(PAGE);
+            if room == 0 || self.workers_full(0) {
+                not_reached.push(ep);
+                continue;
+            }
+            let page = match self.store.paused_of(ep, 0, room) {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read paused deliveries");
@@ -2027,8 +2106,14 @@ impl State {
                 paused: -(page.len() as i64),
                 ..Delta::default()
             });
-            // Keys below the cursor are never loaded: hand them over now.
+            // Keys below the cursor are never loaded: hand them over now, or keep them
+            // back (their events are read when handed over) once workers hold as much
+            // as they may: large events fill the byte bound before the count.
             for (due, val, event) in below_cursor {
+                if self.memory_full(0) {
+                    self.keep_back(due, val);
+                    continue;
+                }
                 let event = match event {
                     Some(e) => Ok(Some(e)),
                     None => self.store.event(due.seq),
@@ -2045,13 +2130,14 @@ impl State {
                 }
             }
             self.flush_jobs();
-            if page.len() == PAGE {
+            if page.len() == room {
                 still.push(ep);
             } else {
                 self.resumed(ep);
             }
         }
-        self.resuming = still;
+        not_reached.extend(still);
+        self.resuming = not_reached;
     }
 
     /// Every paused delivery of `ep` is handed over (or due in the store): an ordered

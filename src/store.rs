@@ -101,6 +101,8 @@ const CONFIG_PREFIX: &str = "~config/";
 const NAME_PREFIX: &str = "~name/";
 /// `~deleting/<id>`: an endpoint deleted whose pending deliveries are not all failed yet.
 const DELETING_PREFIX: &str = "~deleting/";
+/// `~pausing/<id>`: an endpoint disabled whose due deliveries are not all paused yet.
+const PAUSING_PREFIX: &str = "~pausing/";
 
 /// Bits of a [`Seq`] below the millisecond timestamp.
 pub const SEQ_COUNTER_BITS: u32 = 10;
@@ -1768,6 +1770,16 @@ impl Store {
         Ok(())
     }
 
+    /// Endpoints disabled whose due deliveries were still being paused, by id
+    /// ([`Batch::pausing`]).
+    pub fn pausing(&self) -> Result<Vec<EndpointId>> {
+        Ok(self
+            .by_id(PAUSING_PREFIX)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+
     /// Endpoints deleted whose pending deliveries are still being failed, by id
     /// ([`Batch::delete_endpoint`]).
     pub fn deleting(&self) -> Result<Vec<EndpointId>> {
@@ -2453,6 +2465,20 @@ impl Batch {
         self.wb.delete_cf(store.cf(CF_ENDPOINTS), deleting_key(id));
     }
 
+    /// Records that disabled endpoint `id`'s due deliveries are being moved to its
+    /// paused set ([`Store::pausing`]): a restart goes on with it. [`Batch::paused_all`]
+    /// ends it.
+    pub fn pausing(&mut self, store: &Store, id: EndpointId) {
+        self.wb
+            .put_cf(store.cf(CF_ENDPOINTS), id_key(PAUSING_PREFIX, id), []);
+    }
+
+    /// Every due delivery of disabled endpoint `id` is paused.
+    pub fn paused_all(&mut self, store: &Store, id: EndpointId) {
+        self.wb
+            .delete_cf(store.cf(CF_ENDPOINTS), id_key(PAUSING_PREFIX, id));
+    }
+
     /// Range-deletes every event and attempt below `floor` (retention).
     pub fn delete_before(&mut self, store: &Store, floor: Seq) {
         self.wb
@@ -2466,7 +2492,12 @@ impl Batch {
 }
 
 fn deleting_key(id: EndpointId) -> Vec<u8> {
-    let mut k = DELETING_PREFIX.as_bytes().to_vec();
+    id_key(DELETING_PREFIX, id)
+}
+
+/// `<prefix><id>` in `endpoints`, the id big-endian ([`Store::by_id`] reads them).
+fn id_key(prefix: &str, id: EndpointId) -> Vec<u8> {
+    let mut k = prefix.as_bytes().to_vec();
     k.extend_from_slice(&id.to_be_bytes());
     k
 }

@@ -828,6 +828,65 @@ fn api_endpoint_changes_and_replays_survive_kill9() {
     assert_eq!(old.count(), before_old);
 }
 
+/// A disable's pause goes on in pages after the answer; killed half-way, it used to
+/// stop there: the rest of the endpoint's retries stayed in `due` under their old
+/// times, and an enable sent them an hour late (an `ordered` endpoint's could then go
+/// out after later ones). A marker in the store says a pause is under way, and the
+/// restart finishes it.
+#[test]
+fn a_pause_killed_half_way_is_finished_after_the_restart() {
+    const N: usize = 20_000;
+    let rx = TestReceiver::with_script(|_, n| Reply::status(if n < N { 500 } else { 200 }));
+    let opts = ServerOpts::new(&format!(
+        "{}{}",
+        // A backlog ahead of `late`'s retries in the due index: the pause's pages read
+        // through it first.
+        endpoint("hold", r#"["h"]"#, &rx.url("/hold"), "min_delay = \"1h\""),
+        endpoint(
+            "late",
+            r#"["t"]"#,
+            &rx.url("/late"),
+            "retry = [\"1h\"]\ndisable_after = { \"5xx\" = 1000000 }"
+        )
+    ));
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut srv = TestServer::start_in(dir.clone(), &opts);
+    assert_eq!(srv.pipeline(event_lines("h", "h", 100_000)), 100_000);
+    assert_eq!(srv.pipeline(event_lines("t", "t", N)), N);
+    // Every first attempt failed: each delivery waits an hour for its retry.
+    rx.wait_for(N, Duration::from_secs(60));
+    srv.wait_metric(
+        "ricochet_deliveries_in_memory",
+        Duration::from_secs(30),
+        |v| v == 0.0,
+    );
+    assert_eq!(srv.post("/v1/endpoints/late/disable").0, 200);
+    let paused = srv
+        .metrics()
+        .value("ricochet_deliveries_paused", &[])
+        .unwrap();
+    assert!(
+        paused < N as f64,
+        "killed while the pause is under way: {paused} paused"
+    );
+    srv.kill9();
+
+    let srv = TestServer::start_in(dir.clone(), &opts);
+    srv.wait_metric("ricochet_deliveries_paused", Duration::from_secs(60), |v| {
+        v == N as f64
+    });
+    assert_eq!(srv.post("/v1/endpoints/late/enable").0, 200);
+    // Every retry goes out now, not in an hour.
+    rx.wait_until(Duration::from_secs(60), "the retries", |got| {
+        got.iter().filter(|r| r.path == "/late").count() == 2 * N
+    });
+    srv.wait_metric(
+        "ricochet_deliveries_pending",
+        Duration::from_secs(30),
+        |v| v == 100_000.0,
+    );
+}
+
 /// Deleting an endpoint fails its pending deliveries in pages after the DELETE is
 /// answered (a large backlog neither holds the server nor builds one huge write). A
 /// kill -9 half-way loses none of that: after the restart the rest are failed too, the

@@ -900,6 +900,62 @@ fn endpoints_disabled_together_share_one_paged_pause_while_ingest_goes_on() {
 }
 
 #[test]
+fn endpoints_enabled_together_resume_within_the_workers_memory_cap() {
+    // Eight endpoints at `max_rps = 1` with 8,000 paused deliveries each (64,000, past
+    // the 50,000 deliveries workers may hold). Their retries and first attempts resume
+    // due now and went to the workers at once, a page per endpoint and tick, whatever
+    // the workers held: all 64,000 in memory within a second (100 such endpoints with
+    // 5,000 each: 211,974 and 480 MiB). They resume as workers have room now, the rest
+    // waiting paused.
+    let rx = TestReceiver::start();
+    let names = ["r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7"];
+    let mut eps = String::new();
+    for name in names {
+        eps += &endpoint(name, r#"["t"]"#, &rx.url("/"), "max_rps = 1");
+    }
+    let srv = TestServer::start(&eps);
+    const N: usize = 8_000;
+    assert_eq!(srv.pipeline(event_lines("t", "t", N)), N);
+    for name in names {
+        assert_eq!(srv.post(&format!("/v1/endpoints/{name}/disable")).0, 200);
+    }
+    // What the workers held came back as they dropped it, and is paused.
+    let held = |v: f64| v == 0.0;
+    srv.wait_metric(
+        "ricochet_deliveries_in_memory",
+        Duration::from_secs(30),
+        held,
+    );
+    let paused = srv.wait_metric("ricochet_deliveries_paused", Duration::from_secs(30), |v| {
+        v >= (8 * N - 100) as f64
+    });
+    for name in names {
+        assert_eq!(srv.post(&format!("/v1/endpoints/{name}/enable")).0, 200);
+    }
+    let cap = 50_000.0;
+    srv.wait_metric(
+        "ricochet_deliveries_in_memory",
+        Duration::from_secs(30),
+        |v| v >= cap - 8.0 * 64.0,
+    );
+    // Twenty loader ticks more: no page goes past the cap, and the rest stay paused.
+    let until = std::time::Instant::now() + Duration::from_secs(1);
+    while std::time::Instant::now() < until {
+        let m = srv.metrics();
+        let in_memory = m.value("ricochet_deliveries_in_memory", &[]).unwrap();
+        assert!(
+            in_memory <= cap,
+            "{in_memory} deliveries in workers' memory"
+        );
+        let still = m.value("ricochet_deliveries_paused", &[]).unwrap();
+        assert!(
+            still >= paused - cap - 100.0,
+            "{still} of {paused} still paused"
+        );
+    }
+}
+
+#[test]
 fn an_attempt_running_across_disable_and_enable_stays_one_delivery() {
     // Disabling moves an endpoint's deliveries aside and enabling brings them back; one
     // whose attempt was still running must not come back as a second copy beside the
