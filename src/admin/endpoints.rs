@@ -49,6 +49,7 @@ impl Admin {
 
     /// `GET /v1/endpoints`: every running endpoint, by name.
     pub(super) fn list_endpoints(&self) -> Response {
+        let _one = super::one_list_at_a_time();
         let metas = match self.store.endpoints() {
             Ok(m) => m,
             Err(e) => return error(500, e.to_string()),

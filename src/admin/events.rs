@@ -201,6 +201,7 @@ impl Admin {
             limit,
             budget: SCAN_BUDGET,
         };
+        let _one = super::one_list_at_a_time();
         let page = match self.store.query(&q) {
             Ok(p) => p,
             Err(e) => return error(500, e.to_string()),
