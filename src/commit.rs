@@ -2022,6 +2022,9 @@ impl State {
         // it all while the others (each draining at its own pace) get nothing.
         let fair = (self.cap().saturating_sub(self.in_memory) / self.resuming.len().max(1))
             .max(RESUME_PAGE_MIN);
+        // A page or more a tick, while [`SCAN_BUDGET`] lasts: a hundred endpoints
+        // enabled at once with 3,000 paused each held a tick ~100 ms.
+        let until = Instant::now() + SCAN_BUDGET;
         for ep in std::mem::take(&mut self.resuming) {
             let Some(worker) = self
                 .router
@@ -2043,7 +2046,7 @@ impl State {
                 .saturating_sub(self.in_memory + self.out_count)
                 .min(fair)
                 .min(PAGE);
-            if room == 0 || self.workers_full(0) {
+            if room == 0 || self.workers_full(0) || Instant::now() >= until {
                 not_reached.push(ep);
                 continue;
             }
