@@ -1431,6 +1431,11 @@ impl State {
                 batch.put_endpoint(&self.store, &info.name, &info.meta);
             }
         }
+        // A pause starts with the disable's record, so a restart goes on with it (a
+        // scan under way reaches an endpoint disabled now only at a later tick).
+        for &ep in self.pausing.keys() {
+            batch.pausing(&self.store, ep);
+        }
         let mut written = true;
         let mut fsync = false;
         let events = batch.event_count();
@@ -1929,7 +1934,8 @@ impl State {
                         }
                     }
                 }
-                // A pause's marker with its first page, so a restart goes on with it.
+                // A pause's marker is written with the disable's record; here too, for
+                // one whose round's write failed.
                 for (&ep, m) in &scan.members {
                     if !m.marked && matches!(m.sweep, Sweep::Pause { .. }) {
                         batch.pausing(&self.store, ep);
@@ -2010,8 +2016,9 @@ impl State {
         Ok(())
     }
 
-    /// Moves paused deliveries of resumed endpoints back to `due` (a page per tick), in
-    /// acceptance order: a retry is due now, a delivery not yet attempted when it would
+    /// Moves paused deliveries of resumed endpoints back to `due` (a page per endpoint
+    /// and tick at most, as workers have room and for [`SCAN_BUDGET`]), in acceptance
+    /// order: a retry is due now, a delivery not yet attempted when it would
     /// have been (event time + `min_delay`, SPEC §2: no attempt before it).
     fn resume(&mut self) {
         let now = now_ms();
@@ -2165,6 +2172,10 @@ impl State {
         }
         let mut batch = self.store.batch();
         batch.put_endpoint(&self.store, &info.name, &meta);
+        if !enabled && info.enabled {
+            // Its pause starts with the answer: a restart right after it goes on with it.
+            batch.pausing(&self.store, ep);
+        }
         self.store.commit(batch, true).map_err(|e| e.to_string())
     }
 
