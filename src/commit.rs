@@ -1152,12 +1152,7 @@ impl Committer {
             }
             match st.router.eps.get(&ep).map(|i| i.enabled) {
                 Some(false) => {}
-                Some(true) => {
-                    if let Err(e) = st.finish_pause(ep) {
-                        tracing::error!(endpoint = ep, error = %e, "cannot end the pause of an endpoint enabled at this start; its deliveries still in `due` keep their times");
-                        st.scan.members.remove(&ep);
-                    }
-                }
+                Some(true) => st.finish_pause_to_resume(ep),
                 None => {
                     st.scan.members.remove(&ep);
                     let mut batch = st.store.batch();
@@ -1897,10 +1892,7 @@ impl State {
             // Enabled again later in the round: its pause ends before its resume (at
             // the next tick) reads the paused set, as an enable's does.
             if self.router.eps.get(&ep).is_some_and(|i| i.enabled) {
-                if let Err(e) = self.finish_pause(ep) {
-                    tracing::error!(endpoint = ep, error = %e, "cannot end the pause of an endpoint enabled again; deliveries its worker dropped wait for a restart");
-                    self.scan.members.remove(&ep);
-                }
+                self.finish_pause_to_resume(ep);
             }
         }
         // A scan already under way goes on at the next tick: endpoints disabled one
@@ -2016,6 +2008,17 @@ impl State {
         Ok(())
     }
 
+    /// [`Self::finish_pause`] before an endpoint resumes (enabled over the API, by a
+    /// `PUT`, later in the round that disabled it, or by the config file at a start).
+    /// Refused by the store (a full disk), the pause is left: what its worker dropped
+    /// waits in `due` for a restart's loader, and the rest keep their times.
+    fn finish_pause_to_resume(&mut self, ep: EndpointId) {
+        if let Err(e) = self.finish_pause(ep) {
+            tracing::error!(endpoint = ep, error = %e, "cannot end the pause of an endpoint enabled again: its deliveries still in `due` keep their times (those its worker dropped wait for a restart)");
+            self.scan.members.remove(&ep);
+        }
+    }
+
     /// Moves paused deliveries of resumed endpoints back to `due` (a page per endpoint
     /// and tick at most, as workers have room and for [`SCAN_BUDGET`]), in acceptance
     /// order: a retry is due now, a delivery not yet attempted when it would
@@ -2053,7 +2056,8 @@ impl State {
                 .saturating_sub(self.in_memory + self.out_count)
                 .min(fair)
                 .min(PAGE);
-            if room == 0 || self.workers_full(0) || Instant::now() >= until {
+            // (No room is `workers_full`'s count; it also counts bytes and kept-back keys.)
+            if self.workers_full(0) || Instant::now() >= until {
                 not_reached.push(ep);
                 continue;
             }
@@ -2213,12 +2217,7 @@ impl State {
     /// (they belong to the old generation) with nothing paused to bring them back.
     fn enable_ep(&mut self, ep: EndpointId) {
         if self.router.eps.get(&ep).is_some_and(|i| !i.enabled) {
-            if let Err(e) = self.finish_pause(ep) {
-                // As before a restart: the jobs its worker dropped at the disable wait
-                // in `due` for the restart's loader (docs/operations.md, a full disk).
-                tracing::error!(endpoint = ep, error = %e, "cannot end the pause of an endpoint enabled again; deliveries its worker dropped wait for a restart");
-                self.scan.members.remove(&ep);
-            }
+            self.finish_pause_to_resume(ep);
         }
         if let Some(info) = self.router.eps.get_mut(&ep) {
             if info.enabled {

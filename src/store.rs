@@ -1788,21 +1788,18 @@ impl Store {
     /// Endpoints disabled whose due deliveries were still being paused, by id
     /// ([`Batch::pausing`]).
     pub fn pausing(&self) -> Result<Vec<EndpointId>> {
-        Ok(self
-            .by_id(PAUSING_PREFIX)?
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect())
+        self.ids_under(PAUSING_PREFIX)
     }
 
     /// Endpoints deleted whose pending deliveries are still being failed, by id
     /// ([`Batch::delete_endpoint`]).
     pub fn deleting(&self) -> Result<Vec<EndpointId>> {
-        Ok(self
-            .by_id(DELETING_PREFIX)?
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect())
+        self.ids_under(DELETING_PREFIX)
+    }
+
+    /// The ids of every `<prefix><id>` marker in `endpoints`.
+    fn ids_under(&self, prefix: &str) -> Result<Vec<EndpointId>> {
+        Ok(self.by_id(prefix)?.into_iter().map(|(id, _)| id).collect())
     }
 
     /// Every `<prefix><id>` entry of `endpoints` (the id big-endian), with its value.
