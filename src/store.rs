@@ -1450,6 +1450,11 @@ impl Store {
         self.is_paused_at(ep, seq, None)
     }
 
+    /// Whether the delivery of `seq` to `ep` is `failed`.
+    pub fn is_failed(&self, ep: EndpointId, seq: Seq) -> Result<bool> {
+        self.has_index(IndexKey::State(DeliveryState::Failed, ep), seq, ep, None)
+    }
+
     fn is_paused_at(&self, ep: EndpointId, seq: Seq, snap: Option<&Snapshot<'_>>) -> Result<bool> {
         Ok(self
             .db

@@ -900,6 +900,85 @@ fn endpoints_disabled_together_share_one_paged_pause_while_ingest_goes_on() {
 }
 
 #[test]
+fn an_endpoint_enabled_while_its_pause_is_under_way_resumes_once_it_is_done() {
+    // Six endpoints with 15,000 deliveries each due in an hour make the shared scan
+    // long; `ord` (ordered) has one attempt a gated receiver holds and 19 queued
+    // behind it. All are disabled, and `ord` enabled again at once. The enable used to
+    // finish `ord`'s part of the scan with a scan of its own over the whole index, in
+    // the call, ingest waiting (0.2–1 s per call over 300,000–1,000,000 keys). It is
+    // held now: routed again, its deliveries paused with those of events accepted
+    // meanwhile, until the shared scan is done with it; then it resumes, each delivery
+    // once and in acceptance order.
+    let (rx, gate) = TestReceiver::gated();
+    let mut eps = String::new();
+    for name in ["f0", "f1", "f2", "f3", "f4", "f5"] {
+        eps += &endpoint(name, r#"["t"]"#, &rx.url("/later"), "min_delay = \"1h\"");
+    }
+    eps += &endpoint(
+        "ord",
+        r#"["o"]"#,
+        &rx.url("/ord"),
+        "ordered = true\ntimeout = \"300s\"",
+    );
+    let srv = TestServer::start(&eps);
+    const N: usize = 15_000;
+    assert_eq!(srv.pipeline(event_lines("t", "t", N)), N);
+    let mut conn = srv.connect();
+    for i in 0..20 {
+        let line = event("o", &format!("a-{i}"), &format!(r#"{{"n":{i}}}"#));
+        assert_eq!(conn.send(&line), format!("ok a-{i} 1"));
+    }
+    rx.wait_for(1, Duration::from_secs(20));
+    for name in ["f0", "f1", "f2", "f3", "f4", "f5", "ord"] {
+        assert_eq!(srv.post(&format!("/v1/endpoints/{name}/disable")).0, 200);
+    }
+    assert_eq!(srv.post("/v1/endpoints/ord/enable").0, 200);
+    // Accepted while it is held: routed to it, and delivered after the others.
+    for i in 20..25 {
+        let line = event("o", &format!("b-{i}"), &format!(r#"{{"n":{i}}}"#));
+        assert_eq!(conn.send(&line), format!("ok b-{i} 1"));
+    }
+    let all = (6 * N) as f64;
+    let paused = srv
+        .metrics()
+        .value("ricochet_deliveries_paused", &[])
+        .unwrap();
+    assert!(
+        paused < all + 24.0,
+        "answered while the pause is under way: {paused} paused"
+    );
+    gate.open();
+    let got = rx.wait_until(Duration::from_secs(60), "ord's 25", |got| {
+        got.iter().filter(|r| r.path == "/ord").count() >= 25
+    });
+    srv.wait_metric("ricochet_deliveries_paused", Duration::from_secs(60), |v| {
+        v == all
+    });
+    srv.wait_metric(
+        "ricochet_deliveries_pending",
+        Duration::from_secs(60),
+        |v| v == all,
+    );
+    let ns: Vec<u64> = got
+        .iter()
+        .filter(|r| r.path == "/ord")
+        .map(|r| r.json()["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ns, (0..25).collect::<Vec<u64>>(), "each once, in order");
+    assert_eq!(rx.count(), 25, "nothing of the others went out");
+    // It was held, and resumed once the scan was done with it.
+    let log = srv.log();
+    let held = log
+        .find("endpoint enabled while its pause is under way")
+        .expect("held");
+    let resumed = log
+        .find("the pause of an endpoint enabled meanwhile is done")
+        .expect("resumed");
+    assert!(held < resumed);
+    assert!(log[held..].lines().next().unwrap().contains("ord"));
+}
+
+#[test]
 fn endpoints_enabled_together_resume_within_the_workers_memory_cap() {
     // Eight endpoints at `max_rps = 1` with 8,000 paused deliveries each (64,000, past
     // the 50,000 deliveries workers may hold). Their retries and first attempts resume
