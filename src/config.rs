@@ -279,6 +279,17 @@ pub enum Durability {
     None,
 }
 
+impl Durability {
+    /// As the config names it (`durability = "sync"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Durability::Sync => "sync",
+            Durability::Batch => "batch",
+            Durability::None => "none",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Method {
@@ -878,6 +889,24 @@ fn one_unit(s: &str) -> Option<String> {
 const MAX_DURATION_MS: u64 = 36_500 * 86_400_000;
 
 /// Formats a duration in the largest unit that divides it.
+/// `d` in hours, minutes and seconds, for a reader (`30 h 51 min 45 s`), where
+/// [`format_duration`] gives the one unit a config takes (`111105s`).
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    let (h, m, sec) = (s / 3600, s / 60 % 60, s % 60);
+    let mut parts = Vec::new();
+    if h > 0 {
+        parts.push(format!("{h} h"));
+    }
+    if m > 0 {
+        parts.push(format!("{m} min"));
+    }
+    if sec > 0 || parts.is_empty() {
+        parts.push(format!("{sec} s"));
+    }
+    parts.join(" ")
+}
+
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis() as u64;
     // The largest unit it is a whole number of (`0ms` for none).
@@ -1282,10 +1311,11 @@ impl ConfigFile {
                 Some(self.locate(
                     i,
                     format!(
-                        "warning: endpoint {}: its min_delay and retry schedule ({}) run past \
-                         `retention` ({}): retries due after it expire unsent",
+                        "warning: endpoint {}: its min_delay and retry schedule ({}, {}) run \
+                         past `retention` ({}): retries due after it expire unsent",
                         e.name,
                         format_duration(lasts),
+                        human_duration(lasts),
                         format_duration(retention)
                     ),
                 ))

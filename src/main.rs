@@ -248,11 +248,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     for w in file.warnings() {
                         say(w);
                     }
-                    say(format_args!(
-                        "{}: ok ({} endpoints)",
-                        config.display(),
-                        specs.len()
-                    ));
+                    let n = specs.len();
+                    let s = if n == 1 { "" } else { "s" };
+                    say(format_args!("{}: ok ({n} endpoint{s})", config.display()));
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(problems) => {

@@ -14,6 +14,16 @@ pub enum Effective {
     Legacy,
 }
 
+impl Effective {
+    /// As the config names it (`driver = "uring"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Effective::Uring => "uring",
+            Effective::Legacy => "legacy",
+        }
+    }
+}
+
 /// Errors choosing or building a runtime.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

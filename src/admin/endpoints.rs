@@ -551,8 +551,8 @@ impl<'de, A: serde::de::MapAccess<'de>> serde::de::MapAccess<'de> for Entries<A>
 /// Puts the stored secrets back where a definition carries the redaction marker `GET`
 /// shows in their place: a secret header's value (matched by name in any case) or
 /// `signing_secret`, exactly `[redacted]`. So an endpoint read, edited and written back
-/// keeps its secrets. `Err` names a marker with no stored value behind it, or one whose
-/// secret would go somewhere else: a `url` with another scheme, host or port than the
+/// keeps its secrets. `Err` names each marker with no stored value behind it, or whose
+/// secret would go somewhere else, one per line: a `url` with another scheme, host or port than the
 /// stored one's must come with its secrets given again (else whoever may change an
 /// endpoint could send them, and signatures made with them, to a host of their own).
 fn keep_redacted(cfg: &mut EndpointConfig, stored: Option<&EndpointConfig>) -> Result<(), String> {
@@ -567,6 +567,7 @@ fn keep_redacted(cfg: &mut EndpointConfig, stored: Option<&EndpointConfig>) -> R
         format!("endpoint {name}: field `{field}`: {REDACTED:?} {why} (give the value itself)")
     };
     let stored = stored.filter(|_| !moved);
+    let mut problems = Vec::new();
     for (k, v) in cfg.headers.iter_mut() {
         if v != REDACTED || !is_secret_header(k) {
             continue;
@@ -579,7 +580,7 @@ fn keep_redacted(cfg: &mut EndpointConfig, stored: Option<&EndpointConfig>) -> R
         });
         match kept {
             Some(value) => *v = value,
-            None => return Err(missing(&format!("headers.{k}"))),
+            None => problems.push(missing(&format!("headers.{k}"))),
         }
     }
     // The secrets are a list separated by spaces, and the marker stands for the stored
@@ -588,7 +589,8 @@ fn keep_redacted(cfg: &mut EndpointConfig, stored: Option<&EndpointConfig>) -> R
     if let Some(secrets) = &cfg.signing_secret {
         if secrets.split_whitespace().any(|w| w == REDACTED) {
             let Some(kept) = stored.and_then(|s| s.signing_secret.as_deref()) else {
-                return Err(missing("signing_secret"));
+                problems.push(missing("signing_secret"));
+                return Err(problems.join("\n"));
             };
             let mut out: Vec<&str> = Vec::new();
             for given in secrets.split_whitespace() {
@@ -602,7 +604,10 @@ fn keep_redacted(cfg: &mut EndpointConfig, stored: Option<&EndpointConfig>) -> R
             cfg.signing_secret = Some(out.join(" "));
         }
     }
-    Ok(())
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(problems.join("\n")),
+    }
 }
 
 /// Whether two URL templates send to the same scheme, host and port: the text before
@@ -929,6 +934,17 @@ mod tests {
         .unwrap();
         let err = keep_redacted(&mut cfg, Some(&no_auth)).unwrap_err();
         assert!(err.contains("field `headers.Proxy-Authorization`"), "{err}");
+        // Moved to another host with two markers: both named, one per line.
+        let mut moved = parse_definition(
+            br#"{"name":"p","events":["t"],"url":"http://elsewhere/","headers":{"Authorization":"[redacted]"},"signing_secret":"[redacted]"}"#,
+            None,
+        )
+        .unwrap();
+        let err = keep_redacted(&mut moved, Some(&stored)).unwrap_err();
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 2, "{err}");
+        assert!(lines[0].contains("field `headers.Authorization`"), "{err}");
+        assert!(lines[1].contains("field `signing_secret`"), "{err}");
     }
 
     #[test]

@@ -147,6 +147,22 @@ fn json_error(e: &simd_json::Error, line: &[u8]) -> String {
             );
         }
     }
+    // serde_json's reading where simd-json's is vague: a line cut short inside a
+    // value (simd-json: a syntax error), and one whose value cannot start where it
+    // does (`bad1`; simd-json: something follows it).
+    if let Err(se) = serde_json::from_slice::<serde::de::IgnoredAny>(line) {
+        if se.is_eof() {
+            return at_char("the line ends inside a value", line.len(), line);
+        }
+        let msg = se.to_string();
+        if msg.starts_with("expected value") {
+            let at = se.column().saturating_sub(1);
+            return at_char("no JSON value starts like this", at, line);
+        }
+        if msg.starts_with("expected ident") {
+            return at_char("not true, false or null", e.index(), line);
+        }
+    }
     let what = match e.error() {
         E::Eof => "the text ends inside a value",
         E::TrailingData | E::InternalError => {
@@ -810,6 +826,28 @@ mod tests {
         assert!(err.ends_with("(at byte 0, '\\u{a0}')"), "{err}");
         let err = p("{\"type\":\"t\",\"data\":{}}é").unwrap_err().0;
         assert!(err.ends_with("(at byte 22, 'é')"), "{err}");
+        // Cut short inside a value (simd-json: "a syntax error"); a value that cannot
+        // start where it does (simd-json: "something follows it, or it is cut").
+        for (line, want) in [
+            (
+                r#"{"type":"t","data":{"#,
+                "not JSON: the line ends inside a value (at byte 20)",
+            ),
+            (
+                r#"{"type":"t","data":{"a":[1,"#,
+                "not JSON: the line ends inside a value (at byte 27)",
+            ),
+            (
+                "bad1",
+                "not JSON: no JSON value starts like this (at byte 0, 'b')",
+            ),
+            (
+                r#"{"type":"t","data":nope}"#,
+                "not JSON: not true, false or null (at byte 19, 'n')",
+            ),
+        ] {
+            assert_eq!(p(line).unwrap_err().0, want, "{line}");
+        }
         // What follows opens a string (simd-json put it at byte 0, "a syntax error").
         for (line, at) in [
             ("{\"type\":\"t\",\"data\":{}}\"", 22),

@@ -1355,6 +1355,9 @@ signing_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw""#,
         .iter()
         .find(|d| d["endpoint"] == "good")
         .unwrap();
+    // Its members in the order api.md shows (and the log's pages give).
+    let keys: Vec<&str> = gd.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["endpoint", "state", "attempts"]);
     let req = &gd["attempts"][0]["request"];
     assert_eq!(req["method"], "POST");
     assert_eq!(req["url"], good.url("/good?src=log&token=[redacted]"));
@@ -2629,4 +2632,32 @@ fn deleting_an_endpoint_with_deliveries_in_its_timers_logs_no_warning_per_delive
     let warnings = srv.log().lines().filter(|l| l.contains(" WARN ")).count();
     assert!(warnings < 5, "{warnings} WARN lines:\n{}", srv.log());
     assert_eq!(rx.count(), 0);
+}
+
+#[test]
+fn a_start_names_a_few_endpoints_that_left_the_file_and_counts_the_rest() {
+    // A file cut from 10,000 endpoints to 100 wrote 9,900 warnings at the start.
+    let rx = TestReceiver::start();
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let text: String = (0..25)
+        .map(|i| endpoint(&format!("f{i}"), r#"["t"]"#, &rx.url("/"), ""))
+        .collect();
+    let mut srv = TestServer::start_in(dir.clone(), &ServerOpts::new(&text));
+    assert_eq!(srv.stop(), Some(0));
+    drop(srv);
+    let mut srv = TestServer::start_in(dir.clone(), &ServerOpts::new(""));
+    for i in 0..25 {
+        assert_eq!(srv.get(&format!("/v1/endpoints/f{i}")).0, 404);
+    }
+    let log = srv.log();
+    let named = log.matches("endpoint left the config file").count();
+    assert_eq!(named, 10, "{log}");
+    assert!(
+        log.lines().any(|l| l
+            .contains("more endpoints left the config file, deleted as those named above")
+            && l.contains("more=15")
+            && l.contains("deleted=25")),
+        "{log}"
+    );
+    assert_eq!(srv.stop(), Some(0));
 }

@@ -233,8 +233,8 @@ fn check_warns_of_a_schedule_that_runs_past_the_retention() {
         said.lines().collect::<Vec<_>>(),
         [
             format!(
-                "{}:4:1: warning: endpoint a: its min_delay and retry schedule (111105s) run \
-                 past `retention` (1d): retries due after it expire unsent",
+                "{}:4:1: warning: endpoint a: its min_delay and retry schedule (111105s, 30 h \
+                 51 min 45 s) run past `retention` (1d): retries due after it expire unsent",
                 path.display()
             ),
             format!("{}: ok (2 endpoints)", path.display()),
@@ -264,7 +264,9 @@ fn serve_flags_win_over_the_config_file() {
     );
     for want in [
         "workers=1",
-        "driver=Legacy",
+        "driver=legacy",
+        "durability=sync",
+        "tcp=127.0.0.1:",
         &format!("socket={}", socket.display()),
     ] {
         assert!(srv.ready.contains(want), "{want} in {}", srv.ready);

@@ -530,11 +530,8 @@ impl TestServer {
             Some(rest.split_whitespace().next()?.to_string())
         };
         let admin: SocketAddr = field("admin").unwrap().parse().unwrap();
-        let tcp = field("tcp").and_then(|t| {
-            t.strip_prefix("Some(")
-                .and_then(|t| t.strip_suffix(')'))
-                .and_then(|t| t.parse().ok())
-        });
+        // `off` without a TCP listener.
+        let tcp = field("tcp").and_then(|t| t.parse().ok());
         // A `--socket` flag wins over the file.
         let socket = field("socket").map(PathBuf::from).unwrap_or(socket);
         TestServer {
