@@ -552,9 +552,10 @@ impl<'de, A: serde::de::MapAccess<'de>> serde::de::MapAccess<'de> for Entries<A>
 /// shows in their place: a secret header's value (matched by name in any case) or
 /// `signing_secret`, exactly `[redacted]`. So an endpoint read, edited and written back
 /// keeps its secrets. `Err` names each marker with no stored value behind it, or whose
-/// secret would go somewhere else, one per line: a `url` with another scheme, host or port than the
-/// stored one's must come with its secrets given again (else whoever may change an
-/// endpoint could send them, and signatures made with them, to a host of their own).
+/// secret would go somewhere else, one per line: a `url` with another scheme, host or
+/// port than the stored one's must come with its secrets given again (else whoever may
+/// change an endpoint could send them, and signatures made with them, to a host of
+/// their own).
 fn keep_redacted(cfg: &mut EndpointConfig, stored: Option<&EndpointConfig>) -> Result<(), String> {
     let name = cfg.name.clone();
     let moved = stored.is_some_and(|s| !same_origin(&s.url, &cfg.url));

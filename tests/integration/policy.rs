@@ -824,6 +824,33 @@ fn first_held_then_500(gate: &Gate) -> TestReceiver {
     })
 }
 
+/// Deliveries of type `t` each filler endpoint has waiting, due in an hour
+/// ([`a_long_scan_ahead`]).
+const SCAN_FILL: usize = 15_000;
+
+/// A server whose due index makes a pause's scan take many pages: `fillers` get
+/// [`SCAN_FILL`] deliveries each, due in an hour, and `(name, type, extra)` is an
+/// endpoint at a gated receiver's `/{name}` (a 300 s timeout: it waits for the gate).
+fn a_long_scan_ahead(
+    fillers: &[&str],
+    (name, etype, extra): (&str, &str, &str),
+) -> (TestReceiver, Gate, TestServer) {
+    let (rx, gate) = TestReceiver::gated();
+    let mut eps = String::new();
+    for f in fillers {
+        eps += &endpoint(f, r#"["t"]"#, &rx.url("/later"), "min_delay = \"1h\"");
+    }
+    eps += &endpoint(
+        name,
+        &format!(r#"["{etype}"]"#),
+        &rx.url(&format!("/{name}")),
+        &format!("{extra}\ntimeout = \"300s\""),
+    );
+    let srv = TestServer::start(&eps);
+    assert_eq!(srv.pipeline(event_lines("t", "t", SCAN_FILL)), SCAN_FILL);
+    (rx, gate, srv)
+}
+
 #[test]
 fn endpoints_disabled_together_share_one_paged_pause_while_ingest_goes_on() {
     // Eight endpoints with 15,000 deliveries each due in an hour, and `held`, whose
@@ -834,20 +861,11 @@ fn endpoints_disabled_together_share_one_paged_pause_while_ingest_goes_on() {
     // an event sent after the disables is answered while the pause is under way, and
     // the pause still ends with every delivery where it belongs. Deletions meanwhile
     // join the same scan.
-    let (rx, gate) = TestReceiver::gated();
-    let mut eps = String::new();
-    for name in ["e0", "e1", "e2", "e3", "e4", "e5", "x0", "x1"] {
-        eps += &endpoint(name, r#"["t"]"#, &rx.url("/later"), "min_delay = \"1h\"");
-    }
-    eps += &endpoint(
-        "held",
-        r#"["h"]"#,
-        &rx.url("/held"),
-        "max_in_flight = 1\ntimeout = \"300s\"",
+    let (rx, gate, srv) = a_long_scan_ahead(
+        &["e0", "e1", "e2", "e3", "e4", "e5", "x0", "x1"],
+        ("held", "h", "max_in_flight = 1"),
     );
-    let srv = TestServer::start(&eps);
-    const N: usize = 15_000;
-    assert_eq!(srv.pipeline(event_lines("t", "t", N)), N);
+    const N: usize = SCAN_FILL;
     srv.connect().send_each_ok("h", "h", 20);
     rx.wait_for(1, Duration::from_secs(20));
     for name in ["e0", "e1", "e2", "e3", "e4", "e5", "held"] {
@@ -909,20 +927,11 @@ fn an_endpoint_enabled_while_its_pause_is_under_way_resumes_once_it_is_done() {
     // held now: routed again, its deliveries paused with those of events accepted
     // meanwhile, until the shared scan is done with it; then it resumes, each delivery
     // once and in acceptance order.
-    let (rx, gate) = TestReceiver::gated();
-    let mut eps = String::new();
-    for name in ["f0", "f1", "f2", "f3", "f4", "f5"] {
-        eps += &endpoint(name, r#"["t"]"#, &rx.url("/later"), "min_delay = \"1h\"");
-    }
-    eps += &endpoint(
-        "ord",
-        r#"["o"]"#,
-        &rx.url("/ord"),
-        "ordered = true\ntimeout = \"300s\"",
+    let (rx, gate, srv) = a_long_scan_ahead(
+        &["f0", "f1", "f2", "f3", "f4", "f5"],
+        ("ord", "o", "ordered = true"),
     );
-    let srv = TestServer::start(&eps);
-    const N: usize = 15_000;
-    assert_eq!(srv.pipeline(event_lines("t", "t", N)), N);
+    const N: usize = SCAN_FILL;
     let mut conn = srv.connect();
     for i in 0..20 {
         let line = event("o", &format!("a-{i}"), &format!(r#"{{"n":{i}}}"#));
