@@ -1151,31 +1151,33 @@ impl Committer {
             .into_iter()
             .map(|ep| Dropping::new(ep, true))
             .collect();
-        // Pauses not finished before the stop: nothing is in flight now. One whose
-        // endpoint was enabled again at this start (the config file) ends before its
-        // paused deliveries resume, as an enable's does; a deleted one's deliveries are
-        // the deletion's.
+        // Pauses not finished before the stop: nothing is in flight now. A disabled
+        // endpoint's goes on in the shared scan. Those of endpoints enabled again (held
+        // at the stop, or by the config file at this start) end before their paused
+        // deliveries resume, all in one scan of the due index: one scan each held the
+        // first ack a full scan per endpoint after a mass enable. A deleted one's
+        // deliveries are the deletion's.
+        let mut enabled = HashSet::default();
         for ep in st.store.pausing()? {
-            st.scan.join(
-                ep,
-                Sweep::Pause {
-                    running: HashSet::default(),
-                },
-            );
-            if let Some(m) = st.scan.members.get_mut(&ep) {
-                m.marked = true;
-            }
             match st.router.eps.get(&ep).map(|i| i.enabled) {
-                Some(false) => {}
-                Some(true) => st.finish_pause_to_resume(ep),
+                Some(false) => {
+                    let running = HashSet::default();
+                    st.scan.join(ep, Sweep::Pause { running });
+                    if let Some(m) = st.scan.members.get_mut(&ep) {
+                        m.marked = true;
+                    }
+                }
+                Some(true) => {
+                    enabled.insert(ep);
+                }
                 None => {
-                    st.scan.members.remove(&ep);
                     let mut batch = st.store.batch();
                     batch.paused_all(&st.store, ep);
                     st.store.commit(batch, false)?;
                 }
             }
         }
+        st.finish_pauses_at_start(&enabled);
         // Retention first: a held head whose event passed retention while the process
         // was down is not sent (its event is gone), like every other such delivery.
         st.retention();
@@ -1763,8 +1765,11 @@ impl State {
         // the outcome that kept it was on its way). Nothing is left to retire or count.
         let retired =
             expires && !batch.puts_due(o.due) && !self.store.has_due(o.due).unwrap_or(true);
+        // Held, the endpoint's worker is not yet told of the enable that reset its
+        // counts: those it reports meanwhile are the disabled run's.
+        let held = self.scan.holds(o.ep);
         if let Some(info) = self.router.eps.get_mut(&o.ep) {
-            if info.meta.fails != o.fails {
+            if info.meta.fails != o.fails && !held {
                 info.meta.fails = o.fails;
                 self.dirty.insert(o.ep);
             }
@@ -2025,42 +2030,42 @@ impl State {
         while !self.scan.members.is_empty() && self.scan_page() && Instant::now() < until {}
     }
 
-    /// Ends `ep`'s pause at once, if one is under way, by a scan of its own over the
-    /// whole due index: at a start whose config file enabled the endpoint again, before
-    /// its paused set resumes (nothing is in flight, and nothing waits on the start
-    /// but the first ack). While running, an enable or a delete waits for the shared
-    /// scan instead ([`Self::enable_ep`], [`Self::delete_endpoint`]): a scan of its own
-    /// held ingest 0.2–1 s per call in a mass pause.
-    fn finish_pause(&mut self, ep: EndpointId) -> store::Result<()> {
-        let Some(running) = self.scan.pausing(ep) else {
-            return Ok(());
-        };
+    /// Ends at a start the pauses of endpoints enabled again (`eps`) with one scan of
+    /// the whole due index, before their paused sets resume (nothing is in flight, and
+    /// nothing waits on the start but the first ack). While running, an enabled
+    /// endpoint is held until the shared scan is done with it instead
+    /// ([`Self::enable_ep`]), and a deletion waits for it ([`Self::delete_endpoint`]): a
+    /// scan of its own in the call held ingest 0.2–1 s per call in a mass pause.
+    /// Refused by the store (a full disk), the pauses are left: the deliveries still in
+    /// `due` keep their times, and the markers stay for the next start.
+    fn finish_pauses_at_start(&mut self, eps: &HashSet<EndpointId>) {
+        if eps.is_empty() {
+            return;
+        }
         let mut moved = 0;
         let result = self
             .store
-            .pause_due(|k| k.ep == ep && !running.contains(&k.seq), &mut moved);
+            .pause_due(|k| eps.contains(&k.ep), &mut moved)
+            .and_then(|()| {
+                let mut batch = self.store.batch();
+                for &ep in eps {
+                    batch.paused_all(&self.store, ep);
+                }
+                self.store.commit(batch, false)
+            });
         self.stats.paused += moved;
-        result?;
-        let mut batch = self.store.batch();
-        batch.paused_all(&self.store, ep);
-        self.store.commit(batch, false)?;
-        let m = self.scan.members.remove(&ep).expect("looked up above");
-        tracing::info!(
-            endpoint = %self.router.name_of(ep),
-            id = ep,
-            moved = m.moved + moved,
-            "paused the deliveries of a disabled endpoint"
-        );
-        Ok(())
-    }
-
-    /// [`Self::finish_pause`] before an endpoint resumes at a start (enabled again by
-    /// the config file). Refused by the store (a full disk), the pause is left: the
-    /// deliveries still in `due` keep their times.
-    fn finish_pause_to_resume(&mut self, ep: EndpointId) {
-        if let Err(e) = self.finish_pause(ep) {
-            tracing::error!(endpoint = ep, error = %e, "cannot end the pause of an endpoint enabled again: its deliveries still in `due` keep their times (those its worker dropped wait for a restart)");
-            self.scan.members.remove(&ep);
+        match result {
+            Ok(()) => tracing::info!(
+                endpoints = eps.len(),
+                moved,
+                "paused the deliveries of endpoints enabled again before their pause was done"
+            ),
+            Err(e) => tracing::error!(
+                endpoints = eps.len(),
+                error = %e,
+                "cannot end the pauses of endpoints enabled again: their deliveries still in \
+                 `due` keep their times"
+            ),
         }
     }
 

@@ -888,7 +888,6 @@ fn one_unit(s: &str) -> Option<String> {
 /// round to 1 ms), and no wait that long means anything for a delivery.
 const MAX_DURATION_MS: u64 = 36_500 * 86_400_000;
 
-/// Formats a duration in the largest unit that divides it.
 /// `d` in hours, minutes and seconds, for a reader (`30 h 51 min 45 s`), where
 /// [`format_duration`] gives the one unit a config takes (`111105s`).
 pub fn human_duration(d: Duration) -> String {
@@ -907,6 +906,7 @@ pub fn human_duration(d: Duration) -> String {
     parts.join(" ")
 }
 
+/// Formats a duration in the largest unit that divides it.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis() as u64;
     // The largest unit it is a whole number of (`0ms` for none).

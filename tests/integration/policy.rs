@@ -831,10 +831,11 @@ const SCAN_FILL: usize = 15_000;
 /// A server whose due index makes a pause's scan take many pages: `fillers` get
 /// [`SCAN_FILL`] deliveries each, due in an hour, and `(name, type, extra)` is an
 /// endpoint at a gated receiver's `/{name}` (a 300 s timeout: it waits for the gate).
+/// Also returns the endpoints' definitions, for a restart.
 fn a_long_scan_ahead(
     fillers: &[&str],
     (name, etype, extra): (&str, &str, &str),
-) -> (TestReceiver, Gate, TestServer) {
+) -> (TestReceiver, Gate, TestServer, String) {
     let (rx, gate) = TestReceiver::gated();
     let mut eps = String::new();
     for f in fillers {
@@ -848,7 +849,7 @@ fn a_long_scan_ahead(
     );
     let srv = TestServer::start(&eps);
     assert_eq!(srv.pipeline(event_lines("t", "t", SCAN_FILL)), SCAN_FILL);
-    (rx, gate, srv)
+    (rx, gate, srv, eps)
 }
 
 #[test]
@@ -861,7 +862,7 @@ fn endpoints_disabled_together_share_one_paged_pause_while_ingest_goes_on() {
     // an event sent after the disables is answered while the pause is under way, and
     // the pause still ends with every delivery where it belongs. Deletions meanwhile
     // join the same scan.
-    let (rx, gate, srv) = a_long_scan_ahead(
+    let (rx, gate, srv, _) = a_long_scan_ahead(
         &["e0", "e1", "e2", "e3", "e4", "e5", "x0", "x1"],
         ("held", "h", "max_in_flight = 1"),
     );
@@ -927,7 +928,7 @@ fn an_endpoint_enabled_while_its_pause_is_under_way_resumes_once_it_is_done() {
     // held now: routed again, its deliveries paused with those of events accepted
     // meanwhile, until the shared scan is done with it; then it resumes, each delivery
     // once and in acceptance order.
-    let (rx, gate, srv) = a_long_scan_ahead(
+    let (rx, gate, srv, _) = a_long_scan_ahead(
         &["f0", "f1", "f2", "f3", "f4", "f5"],
         ("ord", "o", "ordered = true"),
     );
@@ -985,6 +986,83 @@ fn an_endpoint_enabled_while_its_pause_is_under_way_resumes_once_it_is_done() {
         .expect("resumed");
     assert!(held < resumed);
     assert!(log[held..].lines().next().unwrap().contains("ord"));
+}
+
+#[test]
+fn an_endpoint_held_at_a_kill9_resumes_after_the_restart() {
+    // Held (enabled while its pause was under way) when the process dies: the start
+    // finds its pause's marker with the endpoint enabled, ends the pause (one scan of
+    // the due index for every such endpoint) and resumes it. Every delivery arrives,
+    // in acceptance order; the one in flight at the kill again.
+    let fillers = ["f0", "f1", "f2", "f3", "f4", "f5"];
+    let (rx, gate, srv, eps) = a_long_scan_ahead(&fillers, ("ord", "o", "ordered = true"));
+    let mut conn = srv.connect();
+    for i in 0..20 {
+        let line = event("o", &format!("a-{i}"), &format!(r#"{{"n":{i}}}"#));
+        assert_eq!(conn.send(&line), format!("ok a-{i} 1"));
+    }
+    rx.wait_for(1, Duration::from_secs(20));
+    for name in fillers.iter().chain(&["ord"]) {
+        assert_eq!(srv.post(&format!("/v1/endpoints/{name}/disable")).0, 200);
+    }
+    assert_eq!(srv.post("/v1/endpoints/ord/enable").0, 200);
+    for i in 20..25 {
+        let line = event("o", &format!("b-{i}"), &format!(r#"{{"n":{i}}}"#));
+        assert_eq!(conn.send(&line), format!("ok b-{i} 1"));
+    }
+    assert!(srv
+        .log()
+        .contains("endpoint enabled while its pause is under way"));
+    let mut srv = srv;
+    srv.kill9();
+    let dir = srv.dir.clone();
+    drop(srv);
+    gate.open();
+    let srv = TestServer::start_in(dir, &ServerOpts::new(&eps));
+    let got = rx.wait_until(Duration::from_secs(60), "ord's 25", |got| {
+        let mut seen: Vec<u64> = got
+            .iter()
+            .filter(|r| r.path == "/ord")
+            .map(|r| r.json()["n"].as_u64().unwrap())
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        seen.len() == 25
+    });
+    let all = (fillers.len() * SCAN_FILL) as f64;
+    srv.wait_metric(
+        "ricochet_deliveries_pending",
+        Duration::from_secs(60),
+        |v| v == all,
+    );
+    // The fillers' pause goes on in the shared scan.
+    srv.wait_metric("ricochet_deliveries_paused", Duration::from_secs(60), |v| {
+        v == all
+    });
+    // First arrivals in acceptance order; only the one in flight at the kill twice.
+    let ns: Vec<u64> = rx
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/ord")
+        .map(|r| r.json()["n"].as_u64().unwrap())
+        .collect();
+    let mut first = Vec::new();
+    for &n in &ns {
+        if !first.contains(&n) {
+            first.push(n);
+        }
+    }
+    assert_eq!(first, (0..25).collect::<Vec<u64>>(), "{ns:?}");
+    let twice: Vec<u64> = first
+        .iter()
+        .copied()
+        .filter(|&n| ns.iter().filter(|&&m| m == n).count() > 1)
+        .collect();
+    assert!(twice.is_empty() || twice == [0], "{ns:?}");
+    assert!(got.len() >= 25);
+    assert!(srv
+        .log()
+        .contains("paused the deliveries of endpoints enabled again before their pause was done"));
 }
 
 #[test]
