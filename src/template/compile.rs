@@ -111,12 +111,16 @@ pub(super) fn compile(src: &str, ctx: Context) -> Result<(Vec<Part>, usize), Tem
         let mut shape = Vec::new();
         url_shape(&ir, &c.lits, &c.lit_at, &mut shape);
         if let Some(at) = placeholder_in_fragment(&shape) {
-            return Err(c.error(
-                at,
-                "a `#` before a placeholder: it starts the URL's fragment, which is never \
-                 sent, so what follows would never reach the receiver; write `%23` for a \
-                 `#` the receiver should get",
-            ));
+            // In a join's separator, the placeholder it comes before is the next
+            // element's: said as for any `#` in a join's text.
+            if hash_in_join_at(&ir, &c.lits, &c.lit_at, false) != Some((at, true)) {
+                return Err(c.error(
+                    at,
+                    "a `#` before a placeholder: it starts the URL's fragment, which is never \
+                     sent, so what follows would never reach the receiver; write `%23` for a \
+                     `#` the receiver should get",
+                ));
+            }
         }
         if let Some(at) = hash_in_join(&ir, &c.lits, &c.lit_at, false) {
             return Err(c.error(
@@ -251,10 +255,22 @@ fn placeholder_in_fragment(shape: &Shape) -> Option<usize> {
 /// already refused those with a placeholder after the `#`, this the rest
 /// (`{join(a, i, "x", "#")}`).
 fn hash_in_join(ir: &[Ir], lits: &[u8], lit_at: &[usize], inside: bool) -> Option<usize> {
+    hash_in_join_at(ir, lits, lit_at, inside).map(|(at, _)| at)
+}
+
+/// [`hash_in_join`], and whether that `#` is in a separator.
+fn hash_in_join_at(
+    ir: &[Ir],
+    lits: &[u8],
+    lit_at: &[usize],
+    inside: bool,
+) -> Option<(usize, bool)> {
     let hash = |r: &Range<usize>| r.clone().find(|&i| lits[i] == b'#').map(|i| lit_at[i]);
     ir.iter().find_map(|p| match p {
-        Ir::Lit(r) if inside => hash(r),
-        Ir::Join { body, sep, .. } => hash_in_join(body, lits, lit_at, true).or_else(|| hash(sep)),
+        Ir::Lit(r) if inside => hash(r).map(|at| (at, false)),
+        Ir::Join { body, sep, .. } => {
+            hash_in_join_at(body, lits, lit_at, true).or_else(|| hash(sep).map(|at| (at, true)))
+        }
         _ => None,
     })
 }
@@ -909,13 +925,15 @@ mod tests {
         let msg = "a `#` before a placeholder";
         assert_err("http://h/pb#{Oid}", URL, 1, 12, msg);
         assert_err("http://h/pb?a={A}#x&b={B}", URL, 1, 18, msg);
-        // A join's separator: the second element would be cut off, and all after it.
+        // A join's separator: the second element would be cut off, and all after it
+        // (said as for any `#` in a join's text: the placeholder it comes before is the
+        // next element's).
         assert_err(
             "http://h/pb?skus={join(items, i, \"{i}\", \"#\")}&oid={Oid}",
             URL,
             1,
             42,
-            msg,
+            "a `#` in a join's text",
         );
         assert_err("http://h/{join(a, i, \"#{i}\")}", URL, 1, 23, msg);
         // A `#` in a join's text with no placeholder after it: the elements after the
