@@ -4,7 +4,7 @@
 //! receiver sees (the `webhook-timestamp` and signature are those of "now"). It must not
 //! start a server or touch a data dir.
 
-use anyhow::anyhow;
+use anyhow::{anyhow, bail};
 use bytes::Bytes;
 
 use crate::config::Config;
@@ -33,6 +33,10 @@ pub fn render_request(cfg: &Config, endpoint: &str, input: &[u8]) -> anyhow::Res
         .ok_or_else(|| anyhow!("no endpoint named {endpoint:?} in the config"))?;
     let spec = EndpointSpec::compile(0, ep.clone())?;
     let line = input.trim_ascii();
+    if line.is_empty() {
+        // As `POST /v1/events` says it.
+        bail!("empty input: give one event as a JSON object");
+    }
     let ev = LineParser::default()
         .parse(line)
         .map_err(|e| anyhow!("invalid event: {e}"))?;
@@ -129,6 +133,10 @@ url = "http://partner.example/hook"
             .to_string();
         assert!(err.starts_with("invalid event: not JSON"), "{err}");
         assert!(render_request(&cfg, "nobody", pretty).is_err());
+        let err = render_request(&cfg, "partner", b" \n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "empty input: give one event as a JSON object");
     }
 
     #[test]
