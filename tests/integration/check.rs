@@ -367,7 +367,7 @@ fn render_reads_the_event_from_standard_input() {
     let out = run_with_input(&args, Some(b""), Duration::from_secs(30));
     assert!(!out.status.success());
     assert!(
-        text(&out.stderr).contains("invalid event"),
+        text(&out.stderr).contains("empty input: give one event as a JSON object"),
         "{}",
         text(&out.stderr)
     );
