@@ -860,17 +860,16 @@ impl DueScan {
         );
     }
 
-    fn pausing(&self, ep: EndpointId) -> Option<&HashSet<u64>> {
-        match &self.members.get(&ep)?.sweep {
-            Sweep::Pause { running } => Some(running),
-            Sweep::Drop { .. } => None,
-        }
-    }
-
     /// Whether `ep`'s pause is under way: an enabled endpoint ([`State::enable_ep`]) is
-    /// held, its deliveries paused as a disabled one's, until the scan is done with it.
-    fn holds(&self, ep: EndpointId) -> bool {
-        !self.members.is_empty() && self.pausing(ep).is_some()
+    /// held, its deliveries paused as a disabled one's, until the scan is done with it,
+    /// and a deletion waits for it ([`State::drop_deleted`]). (No scan, no look-up: it
+    /// is asked per delivery routed.)
+    fn pausing(&self, ep: EndpointId) -> bool {
+        !self.members.is_empty()
+            && self
+                .members
+                .get(&ep)
+                .is_some_and(|m| matches!(m.sweep, Sweep::Pause { .. }))
     }
 
     /// Whether the scan takes this key, with the loader's cursor at `cursor`.
@@ -1680,7 +1679,7 @@ impl State {
                 .get_mut(&ep)
                 .expect("the router routes to known endpoints");
             let worker = info.worker;
-            if (info.ordered && self.resuming.contains(&ep)) || self.scan.holds(ep) {
+            if (info.ordered && self.resuming.contains(&ep)) || self.scan.pausing(ep) {
                 // Its paused deliveries are being given due times in acceptance order
                 // (`resume`), a page a tick: this one joins them, behind, and is given
                 // its time in the same pass. Due now, it would overtake those that fall
@@ -1767,7 +1766,7 @@ impl State {
             expires && !batch.puts_due(o.due) && !self.store.has_due(o.due).unwrap_or(true);
         // Held, the endpoint's worker is not yet told of the enable that reset its
         // counts: those it reports meanwhile are the disabled run's.
-        let held = self.scan.holds(o.ep);
+        let held = self.scan.pausing(o.ep);
         if let Some(info) = self.router.eps.get_mut(&o.ep) {
             if info.meta.fails != o.fails && !held {
                 info.meta.fails = o.fails;
@@ -2282,7 +2281,7 @@ impl State {
         info.enabled = true;
         enabled_afresh(&mut info.meta);
         self.dirty.insert(ep);
-        if self.scan.pausing(ep).is_some() || self.pausing.contains_key(&ep) {
+        if self.scan.pausing(ep) || self.pausing.contains_key(&ep) {
             tracing::info!(
                 endpoint = %info.name,
                 id = ep,
@@ -2313,7 +2312,7 @@ impl State {
     /// Whether `info`'s deliveries go to its worker: it is enabled, and not held
     /// ([`Self::enable_ep`]).
     fn delivers(&self, info: &RouteInfo) -> bool {
-        info.enabled && !self.scan.holds(info.id)
+        info.enabled && !self.scan.pausing(info.id)
     }
 
     /// Creates or replaces an endpoint: persisted (synced), then the router, the
@@ -2429,7 +2428,7 @@ impl State {
         // A pause under way goes on first: the jobs its worker dropped at the disable
         // wait below the cursor, where the deletion's scan does not look, and the pause
         // moves them to the paused set the deletion then fails ([`Self::drop_deleted`]).
-        let pausing = self.scan.pausing(id).is_some();
+        let pausing = self.scan.pausing(id);
         // Those on disk only (at or beyond the cursor): no worker holds these. Except
         // where an endpoint ordered at some time since the start keeps its head's retry
         // (which its worker reports when it drops its queue): those wait for the loader.
@@ -2520,7 +2519,7 @@ impl State {
         let mut queue = std::mem::take(&mut self.dropping).into_iter();
         let mut waiting = Vec::new();
         for d in queue.by_ref() {
-            if self.scan.pausing(d.ep).is_some() {
+            if self.scan.pausing(d.ep) {
                 // Deleted while its pause was under way: that goes on first.
                 waiting.push(d);
                 continue;

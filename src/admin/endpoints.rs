@@ -589,26 +589,31 @@ fn keep_redacted(cfg: &mut EndpointConfig, stored: Option<&EndpointConfig>) -> R
     // without sending the old ones again.
     if let Some(secrets) = &cfg.signing_secret {
         if secrets.split_whitespace().any(|w| w == REDACTED) {
-            let Some(kept) = stored.and_then(|s| s.signing_secret.as_deref()) else {
-                problems.push(missing("signing_secret"));
-                return Err(problems.join("\n"));
-            };
-            let mut out: Vec<&str> = Vec::new();
-            for given in secrets.split_whitespace() {
-                let given = if given == REDACTED { kept } else { given };
-                for w in given.split_whitespace() {
-                    if !out.contains(&w) {
-                        out.push(w);
-                    }
-                }
+            match stored.and_then(|s| s.signing_secret.as_deref()) {
+                None => problems.push(missing("signing_secret")),
+                Some(kept) => cfg.signing_secret = Some(with_kept(secrets, kept)),
             }
-            cfg.signing_secret = Some(out.join(" "));
         }
     }
     match problems.is_empty() {
         true => Ok(()),
         false => Err(problems.join("\n")),
     }
+}
+
+/// `secrets` (separated by spaces) with the redaction marker standing for `kept`, each
+/// secret once.
+fn with_kept(secrets: &str, kept: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for given in secrets.split_whitespace() {
+        let given = if given == REDACTED { kept } else { given };
+        for w in given.split_whitespace() {
+            if !out.contains(&w) {
+                out.push(w);
+            }
+        }
+    }
+    out.join(" ")
 }
 
 /// Whether two URL templates send to the same scheme, host and port: the text before

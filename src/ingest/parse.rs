@@ -129,39 +129,41 @@ fn json_error(e: &simd_json::Error, line: &[u8]) -> String {
             return found;
         }
     }
-    // A whole value with something after it, said at the first byte that follows:
-    // simd-json places it at the value's last byte, or at byte 0 when what follows
-    // opens a string.
+    // serde_json's reading of the line, where simd-json's is vague. A whole value with
+    // something after it is said at the first byte that follows (simd-json places it
+    // at the value's last byte, or at byte 0 when what follows opens a string); a line
+    // cut short inside a value (simd-json: a syntax error), and one whose value cannot
+    // start where it does (`bad1`; simd-json: something follows it), are said so.
     let mut values =
         serde_json::Deserializer::from_slice(line).into_iter::<serde::de::IgnoredAny>();
-    if let Some(Ok(_)) = values.next() {
-        let end = values.byte_offset();
-        if let Some(n) = line[end..]
-            .iter()
-            .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-        {
-            return at_char(
-                "not one JSON value (something follows it, or it is cut)",
-                end + n,
-                line,
-            );
+    match values.next() {
+        Some(Ok(_)) => {
+            let end = values.byte_offset();
+            if let Some(n) = line[end..]
+                .iter()
+                .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+            {
+                return at_char(
+                    "not one JSON value (something follows it, or it is cut)",
+                    end + n,
+                    line,
+                );
+            }
         }
-    }
-    // serde_json's reading where simd-json's is vague: a line cut short inside a
-    // value (simd-json: a syntax error), and one whose value cannot start where it
-    // does (`bad1`; simd-json: something follows it).
-    if let Err(se) = serde_json::from_slice::<serde::de::IgnoredAny>(line) {
-        if se.is_eof() {
+        Some(Err(se)) if se.is_eof() => {
             return at_char("the line ends inside a value", line.len(), line);
         }
-        let msg = se.to_string();
-        if msg.starts_with("expected value") {
-            let at = se.column().saturating_sub(1);
-            return at_char("no JSON value starts like this", at, line);
+        Some(Err(se)) => {
+            let msg = se.to_string();
+            if msg.starts_with("expected value") {
+                let at = se.column().saturating_sub(1);
+                return at_char("no JSON value starts like this", at, line);
+            }
+            if msg.starts_with("expected ident") {
+                return at_char("not true, false or null", e.index(), line);
+            }
         }
-        if msg.starts_with("expected ident") {
-            return at_char("not true, false or null", e.index(), line);
-        }
+        None => {}
     }
     let what = match e.error() {
         E::Eof => "the text ends inside a value",

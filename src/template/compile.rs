@@ -110,10 +110,11 @@ pub(super) fn compile(src: &str, ctx: Context) -> Result<(Vec<Part>, usize), Tem
     if ctx == Context::Url && templated {
         let mut shape = Vec::new();
         url_shape(&ir, &c.lits, &c.lit_at, &mut shape);
+        let join_hash = hash_in_join(&ir, &c.lits, &c.lit_at, false);
         if let Some(at) = placeholder_in_fragment(&shape) {
             // In a join's separator, the placeholder it comes before is the next
             // element's: said as for any `#` in a join's text.
-            if hash_in_join_at(&ir, &c.lits, &c.lit_at, false) != Some((at, true)) {
+            if join_hash != Some((at, true)) {
                 return Err(c.error(
                     at,
                     "a `#` before a placeholder: it starts the URL's fragment, which is never \
@@ -122,7 +123,7 @@ pub(super) fn compile(src: &str, ctx: Context) -> Result<(Vec<Part>, usize), Tem
                 ));
             }
         }
-        if let Some(at) = hash_in_join(&ir, &c.lits, &c.lit_at, false) {
+        if let Some((at, _)) = join_hash {
             return Err(c.error(
                 at,
                 "a `#` in a join's text: it starts the URL's fragment, which is never \
@@ -252,24 +253,14 @@ fn placeholder_in_fragment(shape: &Shape) -> Option<usize> {
 /// The source offset of the first literal `#` in a join's sub-template or separator
 /// (`inside`: `ir` is a join's sub-template). Rendered for two elements, the second comes
 /// after it, in the fragment, which is never sent; [`placeholder_in_fragment`] has
-/// already refused those with a placeholder after the `#`, this the rest
-/// (`{join(a, i, "x", "#")}`).
-fn hash_in_join(ir: &[Ir], lits: &[u8], lit_at: &[usize], inside: bool) -> Option<usize> {
-    hash_in_join_at(ir, lits, lit_at, inside).map(|(at, _)| at)
-}
-
-/// [`hash_in_join`], and whether that `#` is in a separator.
-fn hash_in_join_at(
-    ir: &[Ir],
-    lits: &[u8],
-    lit_at: &[usize],
-    inside: bool,
-) -> Option<(usize, bool)> {
+/// already refused those with a placeholder after the `#` (but in a separator), this
+/// the rest (`{join(a, i, "x", "#")}`). With it, whether it is in a separator.
+fn hash_in_join(ir: &[Ir], lits: &[u8], lit_at: &[usize], inside: bool) -> Option<(usize, bool)> {
     let hash = |r: &Range<usize>| r.clone().find(|&i| lits[i] == b'#').map(|i| lit_at[i]);
     ir.iter().find_map(|p| match p {
         Ir::Lit(r) if inside => hash(r).map(|at| (at, false)),
         Ir::Join { body, sep, .. } => {
-            hash_in_join_at(body, lits, lit_at, true).or_else(|| hash(sep).map(|at| (at, true)))
+            hash_in_join(body, lits, lit_at, true).or_else(|| hash(sep).map(|at| (at, true)))
         }
         _ => None,
     })

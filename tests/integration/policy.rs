@@ -918,6 +918,33 @@ fn endpoints_disabled_together_share_one_paged_pause_while_ingest_goes_on() {
     assert_eq!(rx.count(), 20, "nothing of the others went out");
 }
 
+/// The fillers of [`ord_enabled_during_a_long_pause`].
+const FILLERS: [&str; 6] = ["f0", "f1", "f2", "f3", "f4", "f5"];
+
+/// [`a_long_scan_ahead`] with [`FILLERS`] and an ordered `ord` at `/ord`: events `a-0`
+/// .. `a-19` sent to `ord` (`{"n": i}`), the first held at the gate, every endpoint
+/// disabled, `ord` enabled again at once, and `b-20` .. `b-24` sent while the pause is
+/// under way.
+fn ord_enabled_during_a_long_pause() -> (TestReceiver, Gate, TestServer, String) {
+    let (rx, gate, srv, eps) = a_long_scan_ahead(&FILLERS, ("ord", "o", "ordered = true"));
+    let mut conn = srv.connect();
+    for i in 0..20 {
+        let line = event("o", &format!("a-{i}"), &format!(r#"{{"n":{i}}}"#));
+        assert_eq!(conn.send(&line), format!("ok a-{i} 1"));
+    }
+    rx.wait_for(1, Duration::from_secs(20));
+    for name in FILLERS.iter().chain(&["ord"]) {
+        assert_eq!(srv.post(&format!("/v1/endpoints/{name}/disable")).0, 200);
+    }
+    assert_eq!(srv.post("/v1/endpoints/ord/enable").0, 200);
+    // Accepted while it is held: routed to it, and delivered after the others.
+    for i in 20..25 {
+        let line = event("o", &format!("b-{i}"), &format!(r#"{{"n":{i}}}"#));
+        assert_eq!(conn.send(&line), format!("ok b-{i} 1"));
+    }
+    (rx, gate, srv, eps)
+}
+
 #[test]
 fn an_endpoint_enabled_while_its_pause_is_under_way_resumes_once_it_is_done() {
     // Six endpoints with 15,000 deliveries each due in an hour make the shared scan
@@ -928,27 +955,9 @@ fn an_endpoint_enabled_while_its_pause_is_under_way_resumes_once_it_is_done() {
     // held now: routed again, its deliveries paused with those of events accepted
     // meanwhile, until the shared scan is done with it; then it resumes, each delivery
     // once and in acceptance order.
-    let (rx, gate, srv, _) = a_long_scan_ahead(
-        &["f0", "f1", "f2", "f3", "f4", "f5"],
-        ("ord", "o", "ordered = true"),
-    );
+    let (rx, gate, srv, _) = ord_enabled_during_a_long_pause();
     const N: usize = SCAN_FILL;
-    let mut conn = srv.connect();
-    for i in 0..20 {
-        let line = event("o", &format!("a-{i}"), &format!(r#"{{"n":{i}}}"#));
-        assert_eq!(conn.send(&line), format!("ok a-{i} 1"));
-    }
-    rx.wait_for(1, Duration::from_secs(20));
-    for name in ["f0", "f1", "f2", "f3", "f4", "f5", "ord"] {
-        assert_eq!(srv.post(&format!("/v1/endpoints/{name}/disable")).0, 200);
-    }
-    assert_eq!(srv.post("/v1/endpoints/ord/enable").0, 200);
-    // Accepted while it is held: routed to it, and delivered after the others.
-    for i in 20..25 {
-        let line = event("o", &format!("b-{i}"), &format!(r#"{{"n":{i}}}"#));
-        assert_eq!(conn.send(&line), format!("ok b-{i} 1"));
-    }
-    let all = (6 * N) as f64;
+    let all = (FILLERS.len() * N) as f64;
     let paused = srv
         .metrics()
         .value("ricochet_deliveries_paused", &[])
@@ -994,22 +1003,7 @@ fn an_endpoint_held_at_a_kill9_resumes_after_the_restart() {
     // finds its pause's marker with the endpoint enabled, ends the pause (one scan of
     // the due index for every such endpoint) and resumes it. Every delivery arrives,
     // in acceptance order; the one in flight at the kill again.
-    let fillers = ["f0", "f1", "f2", "f3", "f4", "f5"];
-    let (rx, gate, srv, eps) = a_long_scan_ahead(&fillers, ("ord", "o", "ordered = true"));
-    let mut conn = srv.connect();
-    for i in 0..20 {
-        let line = event("o", &format!("a-{i}"), &format!(r#"{{"n":{i}}}"#));
-        assert_eq!(conn.send(&line), format!("ok a-{i} 1"));
-    }
-    rx.wait_for(1, Duration::from_secs(20));
-    for name in fillers.iter().chain(&["ord"]) {
-        assert_eq!(srv.post(&format!("/v1/endpoints/{name}/disable")).0, 200);
-    }
-    assert_eq!(srv.post("/v1/endpoints/ord/enable").0, 200);
-    for i in 20..25 {
-        let line = event("o", &format!("b-{i}"), &format!(r#"{{"n":{i}}}"#));
-        assert_eq!(conn.send(&line), format!("ok b-{i} 1"));
-    }
+    let (rx, gate, srv, eps) = ord_enabled_during_a_long_pause();
     assert!(srv
         .log()
         .contains("endpoint enabled while its pause is under way"));
@@ -1029,7 +1023,7 @@ fn an_endpoint_held_at_a_kill9_resumes_after_the_restart() {
         seen.dedup();
         seen.len() == 25
     });
-    let all = (fillers.len() * SCAN_FILL) as f64;
+    let all = (FILLERS.len() * SCAN_FILL) as f64;
     srv.wait_metric(
         "ricochet_deliveries_pending",
         Duration::from_secs(60),
