@@ -141,8 +141,15 @@ fn endpoint_share(cap: usize) -> usize {
 }
 
 /// Due keys kept back from endpoints at their share, at most (about 50 bytes each in
-/// memory): past it workers count as full, and the loader waits as it does for the cap.
-pub const MAX_DEFERRED: usize = 1 << 18;
+/// memory: 3 MiB). When they reach it, the endpoint with the most, if it has half of them,
+/// leaves the end of its own on disk ([`Share::on_disk_from`]); when no endpoint has
+/// so many (several draining a backlog together), workers count as full, and the
+/// loader waits as it does for the cap.
+pub const MAX_DEFERRED: usize = 1 << 16;
+
+/// Due keys read per tick from an endpoint's backlog left on disk (the index is
+/// ordered by time: the keys of other endpoints are read past).
+const REFILL_SCAN: usize = 8192;
 
 /// One endpoint's part of the in-memory count.
 #[derive(Default)]
@@ -152,6 +159,24 @@ struct Share {
     /// Its deliveries due (below the cursor) but kept back while it holds its share,
     /// in key order: handed over as it drains, before any later one of it.
     deferred: BTreeMap<DueKey, DueVal>,
+    /// Its kept-back backlog from this key on is on disk only: every key of it here
+    /// or above and below the cursor is neither in `deferred` nor in a worker. Read
+    /// back into `deferred` a page at a time as it drains ([`State::read_back`]).
+    /// Without it, one endpoint's backlog past [`MAX_DEFERRED`] (a receiver slow for
+    /// an hour at 80 events/s) made the workers count as full, and every other
+    /// endpoint's deliveries waited on disk until it drained.
+    on_disk_from: Option<DueKey>,
+    /// The highest key handed over to its worker since this entry was made: a key
+    /// left on disk is always above it (a FIFO queue takes a second copy as a second
+    /// delivery).
+    handed_max: DueKey,
+}
+
+impl Share {
+    /// Nothing of it held, kept back, or left on disk.
+    fn idle(&self) -> bool {
+        self.held == 0 && self.deferred.is_empty() && self.on_disk_from.is_none()
+    }
 }
 /// Events in a `sync` round from which its fsync overlaps the next round (the
 /// [syncer](crate::syncer)); smaller rounds are fsynced by the committer itself.
@@ -553,6 +578,8 @@ struct State {
     out_bytes: usize,
     /// Keys kept back, of every endpoint.
     deferred: usize,
+    /// Endpoints whose kept-back backlog is partly on disk ([`Share::on_disk_from`]).
+    on_disk: usize,
     /// Per worker: jobs to hand over at the end of the round.
     out_jobs: Vec<Vec<Job>>,
     last_sync: Instant,
@@ -1111,6 +1138,7 @@ impl Committer {
             out_count: 0,
             out_bytes: 0,
             deferred: 0,
+            on_disk: 0,
             out_jobs: (0..n).map(|_| Vec::new()).collect(),
             last_sync: Instant::now(),
             unsynced: false,
@@ -1300,19 +1328,62 @@ impl State {
         let cap = self.cap();
         (s.held >= endpoint_share(cap) && 2 * self.in_memory >= cap)
             || s.deferred.first_key_value().is_some_and(|(k, _)| *k < key)
+            || s.on_disk_from.is_some_and(|from| key >= from)
     }
 
-    /// Keeps `key` back from its endpoint's worker ([`Self::keeps_back`]).
+    /// Keeps `key` back from its endpoint's worker ([`Self::keeps_back`]): in memory,
+    /// or on disk where the endpoint's backlog is ([`Share::on_disk_from`]).
     fn keep_back(&mut self, key: DueKey, val: DueVal) {
-        if self
-            .shares
-            .entry(key.ep)
-            .or_default()
-            .deferred
-            .insert(key, val)
-            .is_none()
-        {
+        let s = self.shares.entry(key.ep).or_default();
+        if s.on_disk_from.is_some_and(|from| key >= from) {
+            // Its `due` key is written: the read-back reaches it.
+            return;
+        }
+        if s.deferred.insert(key, val).is_none() {
             self.deferred += 1;
+            // At the bound, and every page past it while no endpoint has half (a look
+            // at every endpoint's count each time would cost thousands per key).
+            if self.deferred >= MAX_DEFERRED && (self.deferred - MAX_DEFERRED) % PAGE == 0 {
+                self.leave_on_disk();
+            }
+        }
+    }
+
+    /// The kept-back keys have reached [`MAX_DEFERRED`]: the endpoint with the most,
+    /// if it has half of them, keeps the first [`PAGE`] in memory and leaves the rest
+    /// on disk, where they are already. Keys at or below what it has handed over stay
+    /// (a worker may hold a key above one kept back: a fresh delivery due before a
+    /// loaded one). With no such endpoint nothing moves, and workers count as full
+    /// ([`Self::workers_full`]): several endpoints draining a backlog together each
+    /// read theirs back from the index, which the loader has passed once already.
+    fn leave_on_disk(&mut self) {
+        let Some((&ep, s)) = self.shares.iter_mut().max_by_key(|(_, s)| s.deferred.len()) else {
+            return;
+        };
+        if 2 * s.deferred.len() < MAX_DEFERRED {
+            return;
+        }
+        let was_on_disk = s.on_disk_from.is_some();
+        let mut left = 0usize;
+        while s.deferred.len() > PAGE {
+            let Some(entry) = s.deferred.last_entry() else {
+                break;
+            };
+            if *entry.key() <= s.handed_max {
+                break;
+            }
+            s.on_disk_from = Some(*entry.key());
+            entry.remove();
+            left += 1;
+        }
+        self.deferred -= left;
+        if left > 0 && !was_on_disk {
+            self.on_disk += 1;
+            tracing::info!(
+                endpoint = %self.router.name_of(ep),
+                on_disk = left,
+                "an endpoint's backlog past the deliveries kept back in memory waits on disk; it is read back as it drains"
+            );
         }
     }
 
@@ -1595,6 +1666,8 @@ impl State {
             paused: st.paused,
             expired: st.expired,
             endpoints_disabled: self.router.eps.values().filter(|i| !i.enabled).count() as u64,
+            kept_back: self.deferred as u64,
+            backlogs_on_disk: self.on_disk as u64,
             ..CommitSnapshot::default()
         };
         st.acks.add_to(&mut s);
@@ -1613,7 +1686,9 @@ impl State {
             let mut jobs = std::mem::take(&mut self.out_jobs[w]);
             // Whether any may be kept back: only from half the cap on, or behind one
             // kept back already.
-            let check = self.deferred > 0 || 2 * (self.in_memory + jobs.len()) >= self.cap();
+            let check = self.deferred > 0
+                || self.on_disk > 0
+                || 2 * (self.in_memory + jobs.len()) >= self.cap();
             jobs.retain(|job| {
                 if check && self.keeps_back(job.ep, job.due) {
                     self.keep_back(job.due, job.val);
@@ -1621,7 +1696,9 @@ impl State {
                 }
                 self.in_memory += 1;
                 self.in_memory_bytes += job.event.encoded().len();
-                self.shares.entry(job.ep).or_default().held += 1;
+                let s = self.shares.entry(job.ep).or_default();
+                s.held += 1;
+                s.handed_max = s.handed_max.max(job.due);
                 true
             });
             if !jobs.is_empty() {
@@ -1744,10 +1821,7 @@ impl State {
                 let share = s.get_mut();
                 share.held = share.held.saturating_sub(1);
                 // A deleted endpoint's, once nothing of it is held or kept back.
-                if share.held == 0
-                    && share.deferred.is_empty()
-                    && !self.router.eps.contains_key(&o.ep)
-                {
+                if share.idle() && !self.router.eps.contains_key(&o.ep) {
                     s.remove();
                 }
             }
@@ -2251,6 +2325,9 @@ impl State {
             if let Some(s) = self.shares.get_mut(&ep) {
                 self.deferred -= s.deferred.len();
                 s.deferred.clear();
+                if s.on_disk_from.take().is_some() {
+                    self.on_disk -= 1;
+                }
             }
         }
         info.enabled = false;
@@ -2445,11 +2522,7 @@ impl State {
         self.store.commit(batch, true).map_err(store_err)?;
         self.stats.apply(delta);
         self.router.remove(id);
-        if self
-            .shares
-            .get(&id)
-            .is_some_and(|s| s.held == 0 && s.deferred.is_empty())
-        {
+        if self.shares.get(&id).is_some_and(Share::idle) {
             self.shares.remove(&id);
         }
         self.dirty.remove(&id);
@@ -2920,7 +2993,7 @@ impl State {
         let eps: Vec<EndpointId> = self
             .shares
             .iter()
-            .filter(|(_, s)| !s.deferred.is_empty())
+            .filter(|(_, s)| !s.deferred.is_empty() || s.on_disk_from.is_some())
             .map(|(&ep, _)| ep)
             .collect();
         for ep in eps {
@@ -2935,6 +3008,13 @@ impl State {
                 true if 2 * s.held <= share => (share - s.held).min(PAGE),
                 true => 0,
             };
+            if room > 0
+                && s.deferred.len() < PAGE
+                && s.on_disk_from.is_some()
+                && self.spill.is_none()
+            {
+                self.read_back(ep);
+            }
             let mut taken = 0;
             // One by one: the cap counts their events as they go.
             while taken < room && !self.memory_full(0) {
@@ -2963,12 +3043,7 @@ impl State {
                 }
                 self.hand_over(key, val, &mut events, &mut cleanup, &mut delta);
             }
-            if !exists
-                && self
-                    .shares
-                    .get(&ep)
-                    .is_some_and(|s| s.deferred.is_empty() && s.held == 0)
-            {
+            if !exists && self.shares.get(&ep).is_some_and(Share::idle) {
                 gone.push(ep);
             }
         }
@@ -2977,6 +3052,56 @@ impl State {
         }
         self.commit_cleanup(cleanup, delta);
         self.flush_jobs();
+    }
+
+    /// Reads the next keys of `ep`'s backlog left on disk ([`Share::on_disk_from`])
+    /// back into its kept-back keys, up to [`PAGE`] of them: the keys of the index from
+    /// there up to the cursor, [`REFILL_SCAN`] at most per call. Not while fresh
+    /// deliveries spill (those above the fence are the spill's to load: read back too,
+    /// one would go out twice).
+    fn read_back(&mut self, ep: EndpointId) {
+        let Some(s) = self.shares.get(&ep) else {
+            return;
+        };
+        let Some(from) = s.on_disk_from else {
+            return;
+        };
+        let most = (2 * PAGE).saturating_sub(s.deferred.len());
+        let cursor = self.cursor;
+        let (page, next) = match self
+            .store
+            .due_where(from, REFILL_SCAN, most, |k| k.ep == ep && *k < cursor)
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read back a backlog left on disk; trying again");
+                return;
+            }
+        };
+        let Some(s) = self.shares.get_mut(&ep) else {
+            return;
+        };
+        for (key, val) in page {
+            if s.deferred.insert(key, val).is_none() {
+                self.deferred += 1;
+            }
+        }
+        match next {
+            Some(n) if n < cursor => s.on_disk_from = Some(n),
+            _ => {
+                s.on_disk_from = None;
+                self.on_disk -= 1;
+                tracing::info!(
+                    endpoint = %self.router.name_of(ep),
+                    "an endpoint's backlog left on disk is all read back"
+                );
+            }
+        }
+        // Another endpoint's keys kept back may be near the bound: the largest then
+        // leaves its end on disk in turn, so neither waits for the other to drain.
+        if self.deferred >= MAX_DEFERRED {
+            self.leave_on_disk();
+        }
     }
 
     /// Writes the loader's clean-up (deliveries dropped or paused on the way).
@@ -3115,7 +3240,7 @@ impl State {
         if !self.resuming.is_empty() {
             self.resume();
         }
-        if self.deferred > 0 {
+        if self.deferred > 0 || self.on_disk > 0 {
             self.hand_over_kept_back();
         }
         if self.spill.is_some() {

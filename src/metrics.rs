@@ -274,6 +274,12 @@ pub struct CommitSnapshot {
     /// Deliveries that outlived retention undelivered, since start.
     pub expired: u64,
     pub endpoints_disabled: u64,
+    /// Of the pending deliveries workers do not hold, those kept back from endpoints
+    /// at their share of workers' memory, as keys in the committer's memory.
+    pub kept_back: u64,
+    /// Endpoints at their share whose kept-back backlog waits partly on disk, read
+    /// back as they drain.
+    pub backlogs_on_disk: u64,
 }
 
 impl Default for CommitSnapshot {
@@ -289,6 +295,8 @@ impl Default for CommitSnapshot {
             paused: 0,
             expired: 0,
             endpoints_disabled: 0,
+            kept_back: 0,
+            backlogs_on_disk: 0,
         }
     }
 }
@@ -573,6 +581,32 @@ pub fn encode(s: &Scrape) -> String {
         "Pending deliveries set aside because their endpoint is disabled.",
     );
     sample(&mut out, "ricochet_deliveries_paused", &[], c.paused as f64);
+    family(
+        &mut out,
+        "ricochet_deliveries_kept_back",
+        "gauge",
+        "Pending deliveries kept back from endpoints holding their share of workers' \
+         memory, as keys in the committer's memory; handed over as they drain.",
+    );
+    sample(
+        &mut out,
+        "ricochet_deliveries_kept_back",
+        &[],
+        c.kept_back as f64,
+    );
+    family(
+        &mut out,
+        "ricochet_endpoints_backlog_on_disk",
+        "gauge",
+        "Endpoints past their share whose kept-back backlog waits partly on disk, read \
+         back as they drain.",
+    );
+    sample(
+        &mut out,
+        "ricochet_endpoints_backlog_on_disk",
+        &[],
+        c.backlogs_on_disk as f64,
+    );
     family(
         &mut out,
         "ricochet_deliveries_expired_total",
@@ -923,6 +957,8 @@ mod tests {
                 paused: 2,
                 expired: 4,
                 endpoints_disabled: 1,
+                kept_back: 9,
+                backlogs_on_disk: 1,
             }),
             admin: AdminCounts {
                 invalid: 1,
@@ -971,6 +1007,11 @@ mod tests {
         );
         assert_eq!(exp.value("ricochet_deliveries_in_memory", &[]), Some(10.0));
         assert_eq!(exp.value("ricochet_deliveries_pending", &[]), Some(7.0));
+        assert_eq!(exp.value("ricochet_deliveries_kept_back", &[]), Some(9.0));
+        assert_eq!(
+            exp.value("ricochet_endpoints_backlog_on_disk", &[]),
+            Some(1.0)
+        );
         assert_eq!(
             exp.value("ricochet_deliveries_expired_total", &[]),
             Some(4.0)

@@ -894,7 +894,7 @@ impl EndpointMeta {
 }
 
 /// A key of the `due` column family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DueKey {
     pub due_ms: u64,
     pub seq: Seq,

@@ -1411,6 +1411,55 @@ fn an_endpoint_with_a_backlog_past_the_in_memory_cap_does_not_hold_up_the_others
 }
 
 #[test]
+fn a_backlog_past_the_keys_kept_back_waits_on_disk_and_is_read_back_once() {
+    // `slow`'s receiver holds its attempts while 100,000 deliveries of it are accepted:
+    // workers hold 25,000 (half the cap), and the rest are kept back, past the 65,536
+    // keys the committer keeps in memory. Those made the workers count as full, so
+    // `quick`'s 20 waited on disk until `slow` drained (an hour at 80 events/s to a
+    // receiver that hangs, with the bound of 262,144 before). The end of `slow`'s
+    // backlog now waits on disk and is read back as it drains: `quick`'s 20 arrive at
+    // once, and every one of `slow`'s arrives once when its receiver answers.
+    const N: usize = 100_000;
+    let (slow, gate) = TestReceiver::gated();
+    let quick = TestReceiver::start();
+    let eps = format!(
+        "{}{}",
+        endpoint("slow", r#"["s"]"#, &slow.url("/"), "timeout = \"300s\""),
+        endpoint("quick", r#"["q"]"#, &quick.url("/"), "")
+    );
+    let srv = TestServer::start(&eps);
+    let oks = srv.pipeline(event_lines("s", "s", N));
+    assert_eq!(oks, N);
+    srv.wait_metric(
+        "ricochet_endpoints_backlog_on_disk",
+        Duration::from_secs(20),
+        |v| v == 1.0,
+    );
+    let kept = srv.metrics().value("ricochet_deliveries_kept_back", &[]);
+    assert!(kept.is_some_and(|k| k < 65_536.0), "kept back: {kept:?}");
+    srv.wait_log("waits on disk", Duration::from_secs(5));
+    srv.connect().send_each_ok("q", "q", 20);
+    quick.wait_for(20, Duration::from_secs(20));
+    gate.open();
+    srv.wait_metric(
+        "ricochet_deliveries_pending",
+        Duration::from_secs(120),
+        |v| v == 0.0,
+    );
+    srv.wait_log("all read back", Duration::from_secs(5));
+    let m = srv.metrics();
+    assert_eq!(
+        m.value("ricochet_endpoints_backlog_on_disk", &[]),
+        Some(0.0)
+    );
+    assert_eq!(m.value("ricochet_deliveries_kept_back", &[]), Some(0.0));
+    let ids = slow.ids();
+    assert_eq!(ids.len(), N, "every delivery of `slow` arrived");
+    let twice: Vec<_> = ids.iter().filter(|(_, &n)| n > 1).take(5).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+}
+
+#[test]
 fn the_loader_stops_at_the_event_bytes_workers_may_hold() {
     // 250 events of 700 KB (175 MB) wait for a receiver that never answers. After a
     // restart the loader handed over a whole page of them: all 250 in memory against
@@ -1452,12 +1501,13 @@ fn the_loader_stops_at_the_event_bytes_workers_may_hold() {
 
 #[test]
 fn an_ordered_endpoint_past_its_share_delivers_its_retried_head_once() {
-    // 30,000 events to an ordered endpoint whose receiver answers its head 500 four
+    // 100,000 events to an ordered endpoint whose receiver answers its head 500 four
     // times. Its worker holds half the cap, the rest is kept back; the head's retries
     // made by the worker passed the loader meanwhile and were kept back too, and one,
     // handed over long after the head was delivered, went out again after later
-    // events.
-    const N: usize = 30_000;
+    // events. Past the keys kept back in memory (65,536) the end of the backlog waits
+    // on disk, and is read back in acceptance order as the endpoint drains.
+    const N: usize = 100_000;
     let rx = TestReceiver::with_script(|req, _| {
         let head = req.body == b"{\"n\":0}";
         let tries = HEAD_TRIES.fetch_add(head as usize, std::sync::atomic::Ordering::SeqCst);
@@ -1468,7 +1518,7 @@ fn an_ordered_endpoint_past_its_share_delivers_its_retried_head_once() {
         "ord",
         r#"["o"]"#,
         &rx.url("/"),
-        "ordered = true\nretry = [\"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\"]",
+        "ordered = true\nretry = [\"2s\", \"2s\", \"2s\", \"2s\", \"2s\", \"2s\"]",
     ));
     let mut lines = Vec::new();
     for i in 0..N {
@@ -1483,6 +1533,8 @@ fn an_ordered_endpoint_past_its_share_delivers_its_retried_head_once() {
         Duration::from_secs(120),
         |v| v == 0.0,
     );
+    // (Its head held the rest for 8 s, longer than the 100,000 took to be accepted.)
+    srv.wait_log("all read back", Duration::from_secs(5));
     let got = rx.requests();
     let heads = got.iter().filter(|r| r.body == b"{\"n\":0}").count();
     assert_eq!(heads, 5, "the head: four 500s and one 200");
