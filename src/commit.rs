@@ -140,6 +140,18 @@ fn endpoint_share(cap: usize) -> usize {
     cap / 4
 }
 
+/// The deliveries a slow endpoint may hold in worker memory once workers hold half the
+/// cap, at most: one that at its last second's rate takes more than [`SLOW_SECS`] to
+/// drain what it holds (a receiver that hangs until the timeout, a low `max_rps`, an
+/// `ordered` head waiting for its retry). With a quarter each, three such endpoints
+/// filled the cap, and every other endpoint's deliveries waited on disk; with this,
+/// it takes about a dozen (the first still takes half the cap before anyone is limited).
+const SLOW_HELD: usize = 2048;
+/// See [`SLOW_HELD`].
+const SLOW_SECS: usize = 10;
+/// How often each endpoint's drain rate is taken ([`Share::rate`]).
+const RATE_EVERY: Duration = Duration::from_secs(1);
+
 /// Due keys kept back from endpoints at their share, at most (about 50 bytes each in
 /// memory: 3 MiB). When they reach it, the endpoint with the most, if it has half of them,
 /// leaves the end of its own on disk ([`Share::on_disk_from`]); when no endpoint has
@@ -170,12 +182,41 @@ struct Share {
     /// left on disk is always above it (a FIFO queue takes a second copy as a second
     /// delivery).
     handed_max: DueKey,
+    /// Its deliveries reported since the rate was last taken.
+    drained: usize,
+    /// Its deliveries reported in the last [`RATE_EVERY`]; `None` unless it held some
+    /// all through it (a backlog's first moments say nothing yet).
+    rate: Option<usize>,
+    /// Whether it held some when the current window began.
+    busy: bool,
 }
 
 impl Share {
     /// Nothing of it held, kept back, or left on disk.
     fn idle(&self) -> bool {
         self.held == 0 && self.deferred.is_empty() && self.on_disk_from.is_none()
+    }
+
+    /// Whether at its last second's rate it takes more than [`SLOW_SECS`] to drain
+    /// what it holds.
+    fn slow(&self) -> bool {
+        self.rate.is_some_and(|rate| rate * SLOW_SECS < self.held)
+    }
+
+    /// What it may hold in worker memory once workers hold half the cap `cap`: a
+    /// quarter of it, or [`SLOW_HELD`] when it drains slowly.
+    fn limit(&self, cap: usize) -> usize {
+        match self.slow() {
+            true => endpoint_share(cap).min(SLOW_HELD),
+            false => endpoint_share(cap),
+        }
+    }
+
+    /// Takes the rate of the window that ends now.
+    fn take_rate(&mut self) {
+        self.rate = (self.busy && self.held > 0).then_some(self.drained);
+        self.busy = self.held > 0;
+        self.drained = 0;
     }
 }
 /// Events in a `sync` round from which its fsync overlaps the next round (the
@@ -1223,6 +1264,7 @@ impl Committer {
         let inbox = self.inbox;
         let mut msgs = Vec::with_capacity(1024);
         let mut last_load = Instant::now() - TICK;
+        let mut last_rates = Instant::now();
         loop {
             let unsynced_for =
                 (st.durability == Durability::Batch && st.unsynced).then(|| st.last_sync.elapsed());
@@ -1245,6 +1287,12 @@ impl Committer {
             if last_retention.elapsed() >= retention_every {
                 st.retention();
                 last_retention = Instant::now();
+            }
+            if last_rates.elapsed() >= RATE_EVERY {
+                for s in st.shares.values_mut() {
+                    s.take_rate();
+                }
+                last_rates = Instant::now();
             }
             if last_load.elapsed() >= TICK {
                 st.load();
@@ -1326,7 +1374,7 @@ impl State {
             return false;
         };
         let cap = self.cap();
-        (s.held >= endpoint_share(cap) && 2 * self.in_memory >= cap)
+        (s.held >= s.limit(cap) && 2 * self.in_memory >= cap)
             || s.deferred.first_key_value().is_some_and(|(k, _)| *k < key)
             || s.on_disk_from.is_some_and(|from| key >= from)
     }
@@ -1349,20 +1397,25 @@ impl State {
         }
     }
 
-    /// The kept-back keys have reached [`MAX_DEFERRED`]: the endpoint with the most,
-    /// if it has half of them, keeps the first [`PAGE`] in memory and leaves the rest
-    /// on disk, where they are already. Keys at or below what it has handed over stay
-    /// (a worker may hold a key above one kept back: a fresh delivery due before a
-    /// loaded one). With no such endpoint nothing moves, and workers count as full
-    /// ([`Self::workers_full`]): several endpoints draining a backlog together each
-    /// read theirs back from the index, which the loader has passed once already.
+    /// The kept-back keys have reached [`MAX_DEFERRED`]: of the endpoints that drain
+    /// slowly ([`Share::slow`]) or have half of them, the one with the most keeps its
+    /// first [`PAGE`] in memory and leaves the rest on disk, where they are already.
+    /// Keys at or below what it has handed over stay (a worker may hold a key above
+    /// one kept back: a fresh delivery due before a loaded one). With no such endpoint
+    /// nothing moves, and workers count as full ([`Self::workers_full`]): several
+    /// endpoints draining a backlog fast, together, would each read theirs back from
+    /// the index, which the loader has passed once already.
     fn leave_on_disk(&mut self) {
-        let Some((&ep, s)) = self.shares.iter_mut().max_by_key(|(_, s)| s.deferred.len()) else {
+        let Some((&ep, s)) = self
+            .shares
+            .iter_mut()
+            .filter(|(_, s)| {
+                s.deferred.len() > PAGE && (s.slow() || 2 * s.deferred.len() >= MAX_DEFERRED)
+            })
+            .max_by_key(|(_, s)| s.deferred.len())
+        else {
             return;
         };
-        if 2 * s.deferred.len() < MAX_DEFERRED {
-            return;
-        }
         let was_on_disk = s.on_disk_from.is_some();
         let mut left = 0usize;
         while s.deferred.len() > PAGE {
@@ -1667,6 +1720,7 @@ impl State {
             expired: st.expired,
             endpoints_disabled: self.router.eps.values().filter(|i| !i.enabled).count() as u64,
             kept_back: self.deferred as u64,
+            endpoints_slow: self.shares.values().filter(|s| s.slow()).count() as u64,
             backlogs_on_disk: self.on_disk as u64,
             ..CommitSnapshot::default()
         };
@@ -1820,6 +1874,7 @@ impl State {
             if let Entry::Occupied(mut s) = self.shares.entry(o.ep) {
                 let share = s.get_mut();
                 share.held = share.held.saturating_sub(1);
+                share.drained += 1;
                 // A deleted endpoint's, once nothing of it is held or kept back.
                 if share.idle() && !self.router.eps.contains_key(&o.ep) {
                     s.remove();
@@ -2984,7 +3039,7 @@ impl State {
     /// share, in key order, up to their share (a page each per tick); those of a
     /// deleted endpoint fail.
     fn hand_over_kept_back(&mut self) {
-        let share = endpoint_share(self.cap());
+        let cap = self.cap();
         let store = self.store.clone();
         let mut events = PageEvents::new(&store);
         let mut cleanup = self.store.batch();
@@ -3003,9 +3058,10 @@ impl State {
             let Some(s) = self.shares.get(&ep) else {
                 continue;
             };
+            let limit = s.limit(cap);
             let room = match exists {
                 false => PAGE,
-                true if 2 * s.held <= share => (share - s.held).min(PAGE),
+                true if 2 * s.held <= limit => (limit - s.held).min(PAGE),
                 true => 0,
             };
             if room > 0

@@ -280,6 +280,9 @@ pub struct CommitSnapshot {
     /// Endpoints at their share whose kept-back backlog waits partly on disk, read
     /// back as they drain.
     pub backlogs_on_disk: u64,
+    /// Endpoints that at their last second's rate take more than 10 s to drain the
+    /// deliveries their workers hold.
+    pub endpoints_slow: u64,
 }
 
 impl Default for CommitSnapshot {
@@ -297,6 +300,7 @@ impl Default for CommitSnapshot {
             endpoints_disabled: 0,
             kept_back: 0,
             backlogs_on_disk: 0,
+            endpoints_slow: 0,
         }
     }
 }
@@ -606,6 +610,20 @@ pub fn encode(s: &Scrape) -> String {
         "ricochet_endpoints_backlog_on_disk",
         &[],
         c.backlogs_on_disk as f64,
+    );
+    family(
+        &mut out,
+        "ricochet_endpoints_slow",
+        "gauge",
+        "Endpoints that at their last second's rate take more than 10 s to drain the \
+         deliveries workers hold for them; past half the in-memory cap each holds at \
+         most 2,048.",
+    );
+    sample(
+        &mut out,
+        "ricochet_endpoints_slow",
+        &[],
+        c.endpoints_slow as f64,
     );
     family(
         &mut out,
@@ -959,6 +977,7 @@ mod tests {
                 endpoints_disabled: 1,
                 kept_back: 9,
                 backlogs_on_disk: 1,
+                endpoints_slow: 2,
             }),
             admin: AdminCounts {
                 invalid: 1,
@@ -1012,6 +1031,7 @@ mod tests {
             exp.value("ricochet_endpoints_backlog_on_disk", &[]),
             Some(1.0)
         );
+        assert_eq!(exp.value("ricochet_endpoints_slow", &[]), Some(2.0));
         assert_eq!(
             exp.value("ricochet_deliveries_expired_total", &[]),
             Some(4.0)
