@@ -49,6 +49,11 @@ pub const MAX_BYTES_IN_FLIGHT: usize = 64 << 20;
 /// connection with none in flight always reads, so a line of `max_line_bytes` goes.
 pub const MIN_BYTES_PER_CONNECTION: usize = 1 << 20;
 const READ_CHUNK: usize = 64 * 1024;
+/// What a connection reads at most at a time until a read fills its window, and again
+/// once a read brings less than half of it with nothing left unframed: an idle
+/// connection (a read waiting) holds this much, not [`READ_CHUNK`] (see
+/// [`parse::LineParser`]'s `Default` for the figures).
+const FIRST_READ: usize = 4 * 1024;
 /// Longest a stopped TCP connection waits for its answers to reach the peer ([`linger`]).
 const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
 /// How often [`linger`] looks at the socket while nothing arrives.
@@ -388,7 +393,9 @@ async fn read_lines<R: AsyncReadRent>(rd: &mut R, ctx: &ConnCtx, shared: &ConnSh
         bytes: 0,
         events: Vec::new(),
     };
-    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut buf: Vec<u8> = Vec::with_capacity(FIRST_READ);
+    // How much one read may bring: [`FIRST_READ`] or [`READ_CHUNK`].
+    let mut chunk = FIRST_READ;
     // Bytes of `buf` already searched for a newline.
     let mut scanned = 0usize;
     let halted = || shared.writer_failed.get() || shared.stopped.get();
@@ -399,7 +406,8 @@ async fn read_lines<R: AsyncReadRent>(rd: &mut R, ctx: &ConnCtx, shared: &ConnSh
         if halted() {
             return;
         }
-        let window = read_window(&mut buf);
+        let window = read_window(&mut buf, chunk);
+        let filled = window.len();
         let (res, b) = monoio::select! {
             biased;
             read = rd.read(buf.slice_mut(window)) => read,
@@ -430,6 +438,13 @@ async fn read_lines<R: AsyncReadRent>(rd: &mut R, ctx: &ConnCtx, shared: &ConnSh
         scanned = buf.len();
         if buf.is_empty() {
             framer.parser.trim();
+        }
+        if n == filled {
+            chunk = READ_CHUNK;
+        } else if n < FIRST_READ / 2 && buf.is_empty() && buf.capacity() > FIRST_READ {
+            // A producer that sends a line now and then: back to a small buffer.
+            chunk = FIRST_READ;
+            buf = Vec::with_capacity(FIRST_READ);
         }
         settle(&mut buf);
         // (A byte order mark before the first line does not count: it is dropped.)
@@ -477,15 +492,16 @@ pub fn is_blank_byte(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r')
 }
 
-/// Where the next read goes in `buf`, its unfinished rest kept: at most [`READ_CHUNK`]
-/// after it, however far a long line grew the buffer. The line budget is checked
-/// between reads, so what one read brings is what a connection may run past its share
-/// (a read filling a 2 MiB buffer could bring 100,000 short lines at once).
-fn read_window(buf: &mut Vec<u8>) -> std::ops::Range<usize> {
-    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-        buf.reserve(READ_CHUNK);
+/// Where the next read goes in `buf`, its unfinished rest kept: at most `chunk` (at
+/// most [`READ_CHUNK`]) after it, however far a long line grew the buffer. The line
+/// budget is checked between reads, so what one read brings is what a connection may
+/// run past its share (a read filling a 2 MiB buffer could bring 100,000 short lines
+/// at once).
+fn read_window(buf: &mut Vec<u8>, chunk: usize) -> std::ops::Range<usize> {
+    if buf.capacity() - buf.len() < chunk / 4 {
+        buf.reserve(chunk);
     }
-    buf.len()..buf.capacity().min(buf.len() + READ_CHUNK)
+    buf.len()..buf.capacity().min(buf.len() + chunk)
 }
 
 /// After framing: a buffer a large line grew past [`parse::KEEP_BYTES`] goes back once
@@ -533,7 +549,7 @@ pub fn split_lines(buf: &[u8], scanned: usize, mut f: impl FnMut(&[u8])) -> usiz
 }
 
 async fn write_acks<W: monoio::io::AsyncWriteRent>(mut wr: W, shared: Rc<ConnShared>) {
-    let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut out: Vec<u8> = Vec::new();
     loop {
         let mut answered = 0usize;
         let mut answered_bytes = 0usize;
@@ -684,15 +700,19 @@ mod tests {
     #[test]
     fn a_read_brings_at_most_a_chunk_however_large_the_buffer_grew() {
         let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
-        assert_eq!(read_window(&mut buf), 0..READ_CHUNK);
+        assert_eq!(read_window(&mut buf, READ_CHUNK), 0..READ_CHUNK);
+        // A connection's first reads: a small window in a small buffer.
+        let mut buf: Vec<u8> = Vec::with_capacity(FIRST_READ);
+        assert_eq!(read_window(&mut buf, FIRST_READ), 0..FIRST_READ);
+        assert_eq!(buf.capacity(), FIRST_READ);
         // A long line grew it to 2 MiB; framed, 10 bytes of the next line are left.
         let mut buf: Vec<u8> = Vec::with_capacity(2 << 20);
         buf.extend_from_slice(b"0123456789");
-        let w = read_window(&mut buf);
+        let w = read_window(&mut buf, READ_CHUNK);
         assert_eq!(w, 10..10 + READ_CHUNK);
         // Still growing for a line longer than what is free.
         let mut buf = vec![b'x'; READ_CHUNK - 100];
-        let w = read_window(&mut buf);
+        let w = read_window(&mut buf, READ_CHUNK);
         assert_eq!(w.start, READ_CHUNK - 100);
         assert!(w.len() >= READ_CHUNK / 4 && w.len() <= READ_CHUNK, "{w:?}");
         assert!(buf.capacity() >= w.end);
