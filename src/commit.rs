@@ -621,6 +621,8 @@ struct State {
     deferred: usize,
     /// Endpoints whose kept-back backlog is partly on disk ([`Share::on_disk_from`]).
     on_disk: usize,
+    /// [`State::leave_on_disk`] found no endpoint to leave keys on disk this tick.
+    none_to_leave: bool,
     /// Per worker: jobs to hand over at the end of the round.
     out_jobs: Vec<Vec<Job>>,
     last_sync: Instant,
@@ -1180,6 +1182,7 @@ impl Committer {
             out_bytes: 0,
             deferred: 0,
             on_disk: 0,
+            none_to_leave: false,
             out_jobs: (0..n).map(|_| Vec::new()).collect(),
             last_sync: Instant::now(),
             unsynced: false,
@@ -1389,9 +1392,10 @@ impl State {
         }
         if s.deferred.insert(key, val).is_none() {
             self.deferred += 1;
-            // At the bound, and every page past it while no endpoint has half (a look
-            // at every endpoint's count each time would cost thousands per key).
-            if self.deferred >= MAX_DEFERRED && (self.deferred - MAX_DEFERRED) % PAGE == 0 {
+            // At the bound; when no endpoint could leave its keys on disk, not again
+            // before the next tick (a look at every endpoint for each key would cost
+            // thousands per key).
+            if self.deferred >= MAX_DEFERRED && !self.none_to_leave {
                 self.leave_on_disk();
             }
         }
@@ -1414,6 +1418,7 @@ impl State {
             })
             .max_by_key(|(_, s)| s.deferred.len())
         else {
+            self.none_to_leave = true;
             return;
         };
         let was_on_disk = s.on_disk_from.is_some();
@@ -3147,10 +3152,16 @@ impl State {
             _ => {
                 s.on_disk_from = None;
                 self.on_disk -= 1;
-                tracing::info!(
-                    endpoint = %self.router.name_of(ep),
-                    "an endpoint's backlog left on disk is all read back"
-                );
+                match self.router.eps.get(&ep) {
+                    Some(info) => tracing::info!(
+                        endpoint = %info.name,
+                        "an endpoint's backlog left on disk is all read back"
+                    ),
+                    None => tracing::info!(
+                        id = ep,
+                        "a deleted endpoint's backlog left on disk is all read back and failed"
+                    ),
+                }
             }
         }
         // Another endpoint's keys kept back may be near the bound: the largest then
@@ -3295,6 +3306,14 @@ impl State {
         }
         if !self.resuming.is_empty() {
             self.resume();
+        }
+        // At the bound with no endpoint able to leave its keys on disk, the loader
+        // waits: look again each tick, since a rate taken meanwhile may show one slow
+        // (hung endpoints whose backlogs came before their first second was out; no key
+        // kept back after the bound would ever look again).
+        self.none_to_leave = false;
+        if self.deferred >= MAX_DEFERRED {
+            self.leave_on_disk();
         }
         if self.deferred > 0 || self.on_disk > 0 {
             self.hand_over_kept_back();
