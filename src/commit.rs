@@ -187,8 +187,10 @@ struct Share {
     /// Its deliveries reported in the last [`RATE_EVERY`]; `None` unless it held some
     /// all through it (a backlog's first moments say nothing yet).
     rate: Option<usize>,
-    /// Whether it held some when the current window began.
-    busy: bool,
+    /// What it held when that window began ([`Share::slow`]).
+    rate_held: usize,
+    /// What it held when the current window began.
+    start_held: usize,
 }
 
 impl Share {
@@ -198,9 +200,12 @@ impl Share {
     }
 
     /// Whether at its last second's rate it takes more than [`SLOW_SECS`] to drain
-    /// what it holds.
+    /// what it holds, and took as long for what it held when that second began: an
+    /// endpoint fed a trickle that a burst fills at once is not slow before a whole
+    /// second shows what it drains with work to do.
     fn slow(&self) -> bool {
-        self.rate.is_some_and(|rate| rate * SLOW_SECS < self.held)
+        self.rate
+            .is_some_and(|rate| rate * SLOW_SECS < self.held.min(self.rate_held))
     }
 
     /// What it may hold in worker memory once workers hold half the cap `cap`: a
@@ -214,8 +219,9 @@ impl Share {
 
     /// Takes the rate of the window that ends now.
     fn take_rate(&mut self) {
-        self.rate = (self.busy && self.held > 0).then_some(self.drained);
-        self.busy = self.held > 0;
+        self.rate = (self.start_held > 0 && self.held > 0).then_some(self.drained);
+        self.rate_held = self.start_held;
+        self.start_held = self.held;
         self.drained = 0;
     }
 }
@@ -1410,39 +1416,52 @@ impl State {
     /// endpoints draining a backlog fast, together, would each read theirs back from
     /// the index, which the loader has passed once already.
     fn leave_on_disk(&mut self) {
-        let Some((&ep, s)) = self
+        // At most MAX_DEFERRED / PAGE of them have more than a page.
+        let mut candidates: Vec<(usize, EndpointId)> = self
             .shares
-            .iter_mut()
+            .iter()
             .filter(|(_, s)| {
                 s.deferred.len() > PAGE && (s.slow() || 2 * s.deferred.len() >= MAX_DEFERRED)
             })
-            .max_by_key(|(_, s)| s.deferred.len())
-        else {
-            self.none_to_leave = true;
-            return;
-        };
-        let was_on_disk = s.on_disk_from.is_some();
-        let mut left = 0usize;
-        while s.deferred.len() > PAGE {
-            let Some(entry) = s.deferred.last_entry() else {
-                break;
+            .map(|(&ep, s)| (s.deferred.len(), ep))
+            .collect();
+        candidates.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, ep) in candidates {
+            // An ordered queue takes a second copy of a delivery as the same one (a
+            // held head handed over at start lies above everything kept back): only a
+            // FIFO one needs the bound.
+            let ordered = self.router.eps.get(&ep).is_some_and(|i| i.ordered);
+            let Some(s) = self.shares.get_mut(&ep) else {
+                continue;
             };
-            if *entry.key() <= s.handed_max {
-                break;
+            let was_on_disk = s.on_disk_from.is_some();
+            let mut left = 0usize;
+            while s.deferred.len() > PAGE {
+                let Some(entry) = s.deferred.last_entry() else {
+                    break;
+                };
+                if !ordered && *entry.key() <= s.handed_max {
+                    break;
+                }
+                s.on_disk_from = Some(*entry.key());
+                entry.remove();
+                left += 1;
             }
-            s.on_disk_from = Some(*entry.key());
-            entry.remove();
-            left += 1;
+            if left == 0 {
+                continue;
+            }
+            self.deferred -= left;
+            if !was_on_disk {
+                self.on_disk += 1;
+                tracing::info!(
+                    endpoint = %self.router.name_of(ep),
+                    on_disk = left,
+                    "an endpoint's backlog past the deliveries kept back in memory waits on disk; it is read back as it drains"
+                );
+            }
+            return;
         }
-        self.deferred -= left;
-        if left > 0 && !was_on_disk {
-            self.on_disk += 1;
-            tracing::info!(
-                endpoint = %self.router.name_of(ep),
-                on_disk = left,
-                "an endpoint's backlog past the deliveries kept back in memory waits on disk; it is read back as it drains"
-            );
-        }
+        self.none_to_leave = true;
     }
 
     /// An fsync made on the committer's thread: a small `sync` round's, the last one at
@@ -3050,6 +3069,9 @@ impl State {
         let mut cleanup = self.store.batch();
         let mut delta = Delta::default();
         let mut gone = Vec::new();
+        // Backlogs read back from disk for this long a tick at most, whatever their
+        // number: after an outage shared by many endpoints each has one.
+        let read_until = Instant::now() + SCAN_BUDGET;
         let eps: Vec<EndpointId> = self
             .shares
             .iter()
@@ -3073,6 +3095,7 @@ impl State {
                 && s.deferred.len() < PAGE
                 && s.on_disk_from.is_some()
                 && self.spill.is_none()
+                && Instant::now() < read_until
             {
                 self.read_back(ep);
             }
@@ -3131,7 +3154,7 @@ impl State {
         let cursor = self.cursor;
         let (page, next) = match self
             .store
-            .due_where(from, REFILL_SCAN, most, |k| k.ep == ep && *k < cursor)
+            .due_where_below(from, cursor, REFILL_SCAN, most, |k| k.ep == ep)
         {
             Ok(p) => p,
             Err(e) => {
@@ -3159,7 +3182,7 @@ impl State {
                     ),
                     None => tracing::info!(
                         id = ep,
-                        "a deleted endpoint's backlog left on disk is all read back and failed"
+                        "a deleted endpoint's backlog left on disk is all read back, to be failed"
                     ),
                 }
             }
@@ -3869,6 +3892,41 @@ mod tests {
         // A deleted endpoint's keys below the loader's cursor are in a worker or spilled.
         assert!(!p.picks(&key(2, 2), cursor));
         assert!(p.picks(&key(3, 2), cursor));
+    }
+
+    #[test]
+    fn an_endpoint_is_slow_only_after_a_whole_second_with_work_to_drain() {
+        let window = |s: &mut Share, held: usize, drained: usize| {
+            s.held = held;
+            s.drained = drained;
+            s.take_rate();
+        };
+        // Hung: 100 held a whole second, none done.
+        let mut hung = Share::default();
+        window(&mut hung, 100, 0);
+        assert!(!hung.slow(), "nothing known before a whole second");
+        window(&mut hung, 100, 0);
+        assert!(hung.slow());
+        assert_eq!(hung.limit(50_000), SLOW_HELD);
+        // A trickle of 500 a second, then a burst to 12,500 late in a window: what it
+        // drained was all it had, so it is not slow until a whole second says so.
+        let mut fast = Share::default();
+        window(&mut fast, 20, 500);
+        window(&mut fast, 20, 500);
+        window(&mut fast, 12_500, 500);
+        assert!(!fast.slow(), "judged by a second it had little to do");
+        assert_eq!(fast.limit(50_000), 12_500);
+        window(&mut fast, 9_000, 5_000);
+        assert!(!fast.slow(), "5,000 a second drains 12,500 in under 10 s");
+        // One that drains 500 a second with 12,500 to do is slow.
+        let mut slow = Share::default();
+        window(&mut slow, 12_500, 0);
+        window(&mut slow, 12_500, 500);
+        assert!(slow.slow());
+        // Idle a whole second: nothing known again.
+        window(&mut slow, 0, 12_500);
+        window(&mut slow, 0, 0);
+        assert!(!slow.slow());
     }
 
     #[test]

@@ -1749,9 +1749,37 @@ impl Store {
         from: DueKey,
         scan: usize,
         most: usize,
+        mine: impl FnMut(&DueKey) -> bool,
+    ) -> Result<DuePage> {
+        self.due_where_in(from, None, scan, most, mine)
+    }
+
+    /// [`Self::due_where`] over the keys below `below` only (`None` for the next key
+    /// once they are all read).
+    pub fn due_where_below(
+        &self,
+        from: DueKey,
+        below: DueKey,
+        scan: usize,
+        most: usize,
+        mine: impl FnMut(&DueKey) -> bool,
+    ) -> Result<DuePage> {
+        self.due_where_in(from, Some(below), scan, most, mine)
+    }
+
+    fn due_where_in(
+        &self,
+        from: DueKey,
+        below: Option<DueKey>,
+        scan: usize,
+        most: usize,
         mut mine: impl FnMut(&DueKey) -> bool,
     ) -> Result<DuePage> {
-        let mut it = self.db.raw_iterator_cf(self.cf(CF_DUE));
+        let mut ro = ReadOptions::default();
+        if let Some(b) = below {
+            ro.set_iterate_upper_bound(b.encode().to_vec());
+        }
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_DUE), ro);
         it.seek(from.encode());
         let mut out = Vec::new();
         let mut scanned = 0;

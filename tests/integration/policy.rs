@@ -1508,6 +1508,53 @@ fn hung_endpoints_given_their_backlogs_at_once_leave_them_on_disk_once_measured_
 }
 
 #[test]
+fn an_ordered_endpoint_held_by_its_head_after_a_restart_leaves_its_backlog_on_disk() {
+    // An ordered endpoint's head waits an hour for its retry, 100,000 deliveries behind
+    // it, and the process is killed. At the start its held head is handed over first,
+    // its key an hour ahead; every other key of it is below that, and none was left on
+    // disk (a worker might hold a key above one kept back, so no key at or below one
+    // handed over was), so the loader waited at the kept-back bound and `quick`'s 20
+    // with it for the hour. An ordered queue takes a second copy as the same delivery:
+    // its backlog is left on disk whatever it was handed.
+    const N: usize = 100_000;
+    let rx = TestReceiver::with_script(|req, _| {
+        Reply::status(if req.body == b"{\"n\":0}" { 500 } else { 200 })
+    });
+    let quick = TestReceiver::start();
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let eps = format!(
+        "{}{}",
+        endpoint(
+            "ord",
+            r#"["o"]"#,
+            &rx.url("/"),
+            "ordered = true\nretry = [\"1h\"]"
+        ),
+        endpoint("quick", r#"["q"]"#, &quick.url("/"), "")
+    );
+    let opts = ServerOpts::new(&eps);
+    let mut srv = TestServer::start_in(dir.clone(), &opts);
+    let mut lines = Vec::new();
+    for i in 0..N {
+        lines
+            .extend_from_slice(event("o", &format!("o-{i}"), &format!("{{\"n\":{i}}}")).as_bytes());
+        lines.push(b'\n');
+    }
+    assert_eq!(srv.pipeline(lines), N);
+    rx.wait_for(1, Duration::from_secs(20));
+    srv.kill9();
+    let srv = TestServer::start_in(dir.clone(), &opts);
+    srv.wait_metric(
+        "ricochet_endpoints_backlog_on_disk",
+        Duration::from_secs(30),
+        |v| v == 1.0,
+    );
+    srv.connect().send_each_ok("q", "q", 20);
+    quick.wait_for(20, Duration::from_secs(20));
+    assert_eq!(rx.count(), 1, "only the head's first attempt");
+}
+
+#[test]
 fn a_backlog_past_the_keys_kept_back_waits_on_disk_and_is_read_back_once() {
     // `slow`'s receiver holds its attempts while 100,000 deliveries of it are accepted:
     // workers hold 25,000 (half the cap), and the rest are kept back, past the 65,536
