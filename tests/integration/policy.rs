@@ -1415,6 +1415,47 @@ fn an_endpoint_with_a_backlog_past_the_in_memory_cap_does_not_hold_up_the_others
     });
 }
 
+/// Endpoints `names` (each taking its own name as event type) at one receiver that
+/// holds every request until its gate opens (an attempt times out after 300 s), and
+/// `quick` (type `q`) at one that answers at once.
+fn hung_endpoints_and_quick(names: &[&str]) -> (TestServer, TestReceiver, Gate, TestReceiver) {
+    let (hung, gate) = TestReceiver::gated();
+    let quick = TestReceiver::start();
+    let mut eps = String::new();
+    for name in names {
+        let t = format!(r#"["{name}"]"#);
+        eps += &endpoint(name, &t, &hung.url("/"), "timeout = \"300s\"");
+    }
+    eps += &endpoint("quick", r#"["q"]"#, &quick.url("/"), "");
+    (TestServer::start(&eps), hung, gate, quick)
+}
+
+/// `quick`'s 20 arrive while the hung endpoints' backlogs wait, the ends of those on
+/// disk; once the gate opens, each of their `expected` deliveries arrives once.
+fn quick_first_then_every_hung_delivery_once(
+    srv: &TestServer,
+    (hung, gate, quick): (&TestReceiver, &Gate, &TestReceiver),
+    expected: usize,
+) {
+    srv.connect().send_each_ok("q", "q", 20);
+    quick.wait_for(20, Duration::from_secs(20));
+    assert!(srv.log().contains("waits on disk"));
+    gate.open();
+    srv.wait_metric(
+        "ricochet_deliveries_pending",
+        Duration::from_secs(120),
+        |v| v == 0.0,
+    );
+    let ids = hung.ids();
+    assert_eq!(
+        ids.len(),
+        expected,
+        "every hung endpoint's delivery arrived"
+    );
+    let twice: Vec<_> = ids.iter().filter(|(_, &n)| n > 1).take(5).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+}
+
 #[test]
 fn slow_endpoints_hold_a_little_each_so_four_leave_the_others_room() {
     // Four endpoints whose receivers hang, each then given 30,000 deliveries. The
@@ -1423,15 +1464,7 @@ fn slow_endpoints_hold_a_little_each_so_four_leave_the_others_room() {
     // until they drained. An endpoint that at its last second's rate takes more than
     // 10 s to drain what it holds now gets at most 2,048 once workers hold half the cap.
     const SLOW: [&str; 4] = ["slow1", "slow2", "slow3", "slow4"];
-    let (hung, gate) = TestReceiver::gated();
-    let quick = TestReceiver::start();
-    let mut eps = String::new();
-    for name in SLOW {
-        let t = format!(r#"["{name}"]"#);
-        eps += &endpoint(name, &t, &hung.url("/"), "timeout = \"300s\"");
-    }
-    eps += &endpoint("quick", r#"["q"]"#, &quick.url("/"), "");
-    let srv = TestServer::start(&eps);
+    let (srv, hung, gate, quick) = hung_endpoints_and_quick(&SLOW);
     for name in SLOW {
         srv.connect()
             .send_each_ok(name, &format!("{name}-first"), 100);
@@ -1448,21 +1481,8 @@ fn slow_endpoints_hold_a_little_each_so_four_leave_the_others_room() {
         held.is_some_and(|h| h < 50_000.0),
         "workers hold {held:?}, the whole cap"
     );
-    srv.connect().send_each_ok("q", "q", 20);
-    quick.wait_for(20, Duration::from_secs(20));
-    // Their kept-back keys passed the bound too, with none of the four holding half
-    // of them: the slow ones' ends wait on disk, and come back once each.
-    assert!(srv.log().contains("waits on disk"));
-    gate.open();
-    srv.wait_metric(
-        "ricochet_deliveries_pending",
-        Duration::from_secs(120),
-        |v| v == 0.0,
-    );
-    let ids = hung.ids();
-    assert_eq!(ids.len(), 4 * 30_100, "every slow delivery arrived");
-    let twice: Vec<_> = ids.iter().filter(|(_, &n)| n > 1).take(5).collect();
-    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    // Their kept-back keys passed the bound too: the slow ones' ends wait on disk.
+    quick_first_then_every_hung_delivery_once(&srv, (&hung, &gate, &quick), 4 * 30_100);
 }
 
 #[test]
@@ -1475,15 +1495,7 @@ fn hung_endpoints_given_their_backlogs_at_once_leave_them_on_disk_once_measured_
     // they drained. Each tick now looks again, and once the rates show them slow the
     // ends of their backlogs wait on disk.
     const N: usize = 50_000;
-    let (hung, gate) = TestReceiver::gated();
-    let quick = TestReceiver::start();
-    let mut eps = String::new();
-    for name in ["slow1", "slow2", "slow3"] {
-        let t = format!(r#"["{name}"]"#);
-        eps += &endpoint(name, &t, &hung.url("/"), "timeout = \"300s\"");
-    }
-    eps += &endpoint("quick", r#"["q"]"#, &quick.url("/"), "");
-    let srv = TestServer::start(&eps);
+    let (srv, hung, gate, quick) = hung_endpoints_and_quick(&["slow1", "slow2", "slow3"]);
     let mut lines = Vec::new();
     for i in 0..N {
         for name in ["slow1", "slow2", "slow3"] {
@@ -1492,19 +1504,7 @@ fn hung_endpoints_given_their_backlogs_at_once_leave_them_on_disk_once_measured_
         }
     }
     assert_eq!(srv.pipeline(lines), 3 * N);
-    srv.connect().send_each_ok("q", "q", 20);
-    quick.wait_for(20, Duration::from_secs(20));
-    assert!(srv.log().contains("waits on disk"));
-    gate.open();
-    srv.wait_metric(
-        "ricochet_deliveries_pending",
-        Duration::from_secs(120),
-        |v| v == 0.0,
-    );
-    let ids = hung.ids();
-    assert_eq!(ids.len(), 3 * N, "every slow delivery arrived");
-    let twice: Vec<_> = ids.iter().filter(|(_, &n)| n > 1).take(5).collect();
-    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    quick_first_then_every_hung_delivery_once(&srv, (&hung, &gate, &quick), 3 * N);
 }
 
 #[test]
@@ -1564,16 +1564,8 @@ fn a_backlog_past_the_keys_kept_back_waits_on_disk_and_is_read_back_once() {
     // backlog now waits on disk and is read back as it drains: `quick`'s 20 arrive at
     // once, and every one of `slow`'s arrives once when its receiver answers.
     const N: usize = 100_000;
-    let (slow, gate) = TestReceiver::gated();
-    let quick = TestReceiver::start();
-    let eps = format!(
-        "{}{}",
-        endpoint("slow", r#"["s"]"#, &slow.url("/"), "timeout = \"300s\""),
-        endpoint("quick", r#"["q"]"#, &quick.url("/"), "")
-    );
-    let srv = TestServer::start(&eps);
-    let oks = srv.pipeline(event_lines("s", "s", N));
-    assert_eq!(oks, N);
+    let (srv, slow, gate, quick) = hung_endpoints_and_quick(&["slow"]);
+    assert_eq!(srv.pipeline(event_lines("slow", "s", N)), N);
     srv.wait_metric(
         "ricochet_endpoints_backlog_on_disk",
         Duration::from_secs(20),
@@ -1581,15 +1573,7 @@ fn a_backlog_past_the_keys_kept_back_waits_on_disk_and_is_read_back_once() {
     );
     let kept = srv.metrics().value("ricochet_deliveries_kept_back", &[]);
     assert!(kept.is_some_and(|k| k < 65_536.0), "kept back: {kept:?}");
-    srv.wait_log("waits on disk", Duration::from_secs(5));
-    srv.connect().send_each_ok("q", "q", 20);
-    quick.wait_for(20, Duration::from_secs(20));
-    gate.open();
-    srv.wait_metric(
-        "ricochet_deliveries_pending",
-        Duration::from_secs(120),
-        |v| v == 0.0,
-    );
+    quick_first_then_every_hung_delivery_once(&srv, (&slow, &gate, &quick), N);
     srv.wait_log("all read back", Duration::from_secs(5));
     let m = srv.metrics();
     assert_eq!(
@@ -1597,10 +1581,6 @@ fn a_backlog_past_the_keys_kept_back_waits_on_disk_and_is_read_back_once() {
         Some(0.0)
     );
     assert_eq!(m.value("ricochet_deliveries_kept_back", &[]), Some(0.0));
-    let ids = slow.ids();
-    assert_eq!(ids.len(), N, "every delivery of `slow` arrived");
-    let twice: Vec<_> = ids.iter().filter(|(_, &n)| n > 1).take(5).collect();
-    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
 }
 
 #[test]
