@@ -172,15 +172,16 @@ struct Share {
     /// in key order: handed over as it drains, before any later one of it.
     deferred: BTreeMap<DueKey, DueVal>,
     /// Its kept-back backlog from this key on is on disk only: every key of it here
-    /// or above and below the cursor is neither in `deferred` nor in a worker. Read
-    /// back into `deferred` a page at a time as it drains ([`State::read_back`]).
-    /// Without it, one endpoint's backlog past [`MAX_DEFERRED`] (a receiver slow for
-    /// an hour at 80 events/s) made the workers count as full, and every other
-    /// endpoint's deliveries waited on disk until it drained.
+    /// or above and below the cursor is neither in `deferred` nor in a worker (but an
+    /// ordered endpoint's, whose queue takes a copy as the same delivery). Read back
+    /// into `deferred` a page at a time as it drains ([`State::read_back`]). Without
+    /// it, one endpoint's backlog past [`MAX_DEFERRED`] (a receiver slow for an hour at
+    /// 80 events/s) made the workers count as full, and every other endpoint's
+    /// deliveries waited on disk until it drained.
     on_disk_from: Option<DueKey>,
-    /// The highest key handed over to its worker since this entry was made: a key
-    /// left on disk is always above it (a FIFO queue takes a second copy as a second
-    /// delivery).
+    /// The highest key handed over to its worker since this entry was made: a FIFO
+    /// endpoint's key left on disk is always above it (its queue takes a second copy
+    /// as a second delivery; an ordered queue takes it as the same one).
     handed_max: DueKey,
     /// Its deliveries reported since the rate was last taken.
     drained: usize,
@@ -3186,8 +3187,8 @@ impl State {
                 }
             }
         }
-        // Another endpoint's keys kept back may be near the bound: the largest then
-        // leaves its end on disk in turn, so neither waits for the other to drain.
+        // Other endpoints' keys kept back may be near the bound: the slow one with the
+        // most then leaves its end on disk in turn, so neither waits for the other.
         if self.deferred >= MAX_DEFERRED {
             self.leave_on_disk();
         }
