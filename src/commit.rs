@@ -212,9 +212,10 @@ impl Share {
     /// What it may hold in worker memory once workers hold half the cap `cap`: a
     /// quarter of it, or [`SLOW_HELD`] when it drains slowly.
     fn limit(&self, cap: usize) -> usize {
-        match self.slow() {
-            true => endpoint_share(cap).min(SLOW_HELD),
-            false => endpoint_share(cap),
+        if self.slow() {
+            endpoint_share(cap).min(SLOW_HELD)
+        } else {
+            endpoint_share(cap)
         }
     }
 
@@ -2098,7 +2099,9 @@ impl State {
         let mut delta = Delta::default();
         let page = self
             .store
-            .due_where(scan.at, SCAN_KEYS, SCAN_MOVES, |k| scan.picks(k, cursor))
+            .due_where(scan.at, None, SCAN_KEYS, SCAN_MOVES, |k| {
+                scan.picks(k, cursor)
+            })
             .and_then(|(page, next)| {
                 let mut batch = self.store.batch();
                 for &(key, val) in &page {
@@ -3154,7 +3157,7 @@ impl State {
         let cursor = self.cursor;
         let (page, next) = match self
             .store
-            .due_where_below(from, cursor, REFILL_SCAN, most, |k| k.ep == ep)
+            .due_where(from, Some(cursor), REFILL_SCAN, most, |k| k.ep == ep)
         {
             Ok(p) => p,
             Err(e) => {
@@ -3186,11 +3189,6 @@ impl State {
                     ),
                 }
             }
-        }
-        // Other endpoints' keys kept back may be near the bound: the slow one with the
-        // most then leaves its end on disk in turn, so neither waits for the other.
-        if self.deferred >= MAX_DEFERRED {
-            self.leave_on_disk();
         }
     }
 

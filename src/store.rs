@@ -1740,34 +1740,11 @@ impl Store {
         Ok(out)
     }
 
-    /// The due entries `mine` picks among the first `scan` keys ≥ `from`, in key order,
-    /// at most `most` of them, and the key to go on from (`None` at the end of the
-    /// index): the index is ordered by time, so moving all of some endpoints'
-    /// deliveries scans it in pages this way.
+    /// The due entries `mine` picks among the first `scan` keys ≥ `from` (and below
+    /// `below`, if given), in key order, at most `most` of them, and the key to go on
+    /// from (`None` at the end of the index, or at `below`): the index is ordered by
+    /// time, so moving all of some endpoints' deliveries scans it in pages this way.
     pub fn due_where(
-        &self,
-        from: DueKey,
-        scan: usize,
-        most: usize,
-        mine: impl FnMut(&DueKey) -> bool,
-    ) -> Result<DuePage> {
-        self.due_where_in(from, None, scan, most, mine)
-    }
-
-    /// [`Self::due_where`] over the keys below `below` only (`None` for the next key
-    /// once they are all read).
-    pub fn due_where_below(
-        &self,
-        from: DueKey,
-        below: DueKey,
-        scan: usize,
-        most: usize,
-        mine: impl FnMut(&DueKey) -> bool,
-    ) -> Result<DuePage> {
-        self.due_where_in(from, Some(below), scan, most, mine)
-    }
-
-    fn due_where_in(
         &self,
         from: DueKey,
         below: Option<DueKey>,
@@ -1805,7 +1782,7 @@ impl Store {
     pub fn pause_due(&self, mut pick: impl FnMut(&DueKey) -> bool, moved: &mut u64) -> Result<()> {
         let mut from = Some(DueKey::MIN);
         while let Some(at) = from {
-            let (page, next) = self.due_where(at, PAUSE_SCAN, usize::MAX, &mut pick)?;
+            let (page, next) = self.due_where(at, None, PAUSE_SCAN, usize::MAX, &mut pick)?;
             let mut batch = self.batch();
             for &(key, val) in &page {
                 batch.del_due(self, key);
