@@ -192,12 +192,19 @@ struct Share {
     rate_held: usize,
     /// What it held when the current window began.
     start_held: usize,
+    /// The give-back asked of its worker and not yet answered ([`State::ask_give_back`]):
+    /// meanwhile nothing more of it is handed over, so that what the worker gives back
+    /// is every key it holds from some key on.
+    giving_back: Option<u64>,
 }
 
 impl Share {
     /// Nothing of it held, kept back, or left on disk.
     fn idle(&self) -> bool {
-        self.held == 0 && self.deferred.is_empty() && self.on_disk_from.is_none()
+        self.held == 0
+            && self.deferred.is_empty()
+            && self.on_disk_from.is_none()
+            && self.giving_back.is_none()
     }
 
     /// Whether at its last second's rate it takes more than [`SLOW_SECS`] to drain
@@ -382,6 +389,16 @@ pub enum CommitMsg {
     Replay {
         targets: Vec<(Seq, Option<EndpointId>)>,
         reply: crossbeam_channel::Sender<Vec<ReplayResult>>,
+    },
+    /// A worker's answer to [`WorkerMsg::GiveBack`] `request`: it dropped `count` of
+    /// `ep`'s deliveries, with `bytes` of events, every one it held from key `from` on
+    /// (`None`: it gave none back).
+    GivenBack {
+        ep: EndpointId,
+        request: u64,
+        from: Option<DueKey>,
+        count: usize,
+        bytes: usize,
     },
 }
 
@@ -631,6 +648,10 @@ struct State {
     on_disk: usize,
     /// [`State::leave_on_disk`] found no endpoint to leave keys on disk this tick.
     none_to_leave: bool,
+    /// Give-backs asked of workers and not yet answered ([`Share::giving_back`]), and
+    /// the number of the last one asked.
+    giving_back: usize,
+    last_give_back: u64,
     /// Per worker: jobs to hand over at the end of the round.
     out_jobs: Vec<Vec<Job>>,
     last_sync: Instant,
@@ -1191,6 +1212,8 @@ impl Committer {
             deferred: 0,
             on_disk: 0,
             none_to_leave: false,
+            giving_back: 0,
+            last_give_back: 0,
             out_jobs: (0..n).map(|_| Vec::new()).collect(),
             last_sync: Instant::now(),
             unsynced: false,
@@ -1303,6 +1326,7 @@ impl Committer {
                 for s in st.shares.values_mut() {
                     s.take_rate();
                 }
+                st.ask_give_back();
                 last_rates = Instant::now();
             }
             if last_load.elapsed() >= TICK {
@@ -1388,6 +1412,7 @@ impl State {
         (s.held >= s.limit(cap) && 2 * self.in_memory >= cap)
             || s.deferred.first_key_value().is_some_and(|(k, _)| *k < key)
             || s.on_disk_from.is_some_and(|from| key >= from)
+            || s.giving_back.is_some()
     }
 
     /// Keeps `key` back from its endpoint's worker ([`Self::keeps_back`]): in memory,
@@ -1463,6 +1488,90 @@ impl State {
             return;
         }
         self.none_to_leave = true;
+    }
+
+    /// Once workers hold half the cap, asks the worker of each FIFO endpoint that drains
+    /// slowly and holds more than a page past what it may ([`Share::limit`]) to give the
+    /// rest back ([`WorkerMsg::GiveBack`]): the limit applies to what is handed over
+    /// from then on, so hung endpoints whose backlogs all came within their first
+    /// second, before any was measured slow, filled the cap between them and held it
+    /// until their receivers answered (six × 40,000: a healthy endpoint waited 120 s).
+    /// Until the worker answers, nothing more of the endpoint is handed over
+    /// ([`Share::giving_back`]). Asked once per rate window at most.
+    fn ask_give_back(&mut self) {
+        let cap = self.cap();
+        if 2 * self.in_memory < cap {
+            return;
+        }
+        let most = endpoint_share(cap).min(SLOW_HELD);
+        let asks: Vec<EndpointId> = self
+            .shares
+            .iter()
+            .filter(|(_, s)| s.giving_back.is_none() && s.slow() && s.held > most + PAGE)
+            .map(|(&ep, _)| ep)
+            .collect();
+        for ep in asks {
+            let Some(info) = self.router.eps.get(&ep) else {
+                continue;
+            };
+            if info.ordered || !self.delivers(info) {
+                continue;
+            }
+            let worker = info.worker;
+            let Some(s) = self.shares.get_mut(&ep) else {
+                continue;
+            };
+            self.last_give_back += 1;
+            s.giving_back = Some(self.last_give_back);
+            self.giving_back += 1;
+            self.workers[worker].send(WorkerMsg::GiveBack {
+                ep,
+                keep: most,
+                request: self.last_give_back,
+            });
+        }
+    }
+
+    /// A worker gave back `count` of `ep`'s deliveries, every one it held from `from`
+    /// on ([`Self::ask_give_back`]): their keys are in `due` still, and from `from` on
+    /// the endpoint's backlog waits on disk, read back as it drains
+    /// ([`Share::on_disk_from`]); keys kept back meanwhile from there on join it. An
+    /// answer to a request a disable cancelled only counts them: the pause moves them.
+    fn given_back(
+        &mut self,
+        ep: EndpointId,
+        request: u64,
+        from: Option<DueKey>,
+        count: usize,
+        bytes: usize,
+    ) {
+        self.in_memory = self.in_memory.saturating_sub(count);
+        self.in_memory_bytes = self.in_memory_bytes.saturating_sub(bytes);
+        let Some(s) = self.shares.get_mut(&ep) else {
+            return;
+        };
+        s.held = s.held.saturating_sub(count);
+        if s.giving_back != Some(request) {
+            return;
+        }
+        s.giving_back = None;
+        self.giving_back -= 1;
+        let Some(from) = from else {
+            return;
+        };
+        let was_on_disk = s.on_disk_from.is_some();
+        let from = s.on_disk_from.map_or(from, |f| f.min(from));
+        s.on_disk_from = Some(from);
+        let joined = s.deferred.split_off(&from).len();
+        self.deferred -= joined;
+        if !was_on_disk {
+            self.on_disk += 1;
+        }
+        tracing::info!(
+            endpoint = %self.router.name_of(ep),
+            given_back = count,
+            "a slow endpoint gave back its deliveries in memory past what it may hold: its backlog from there waits on disk; it is read back as it drains"
+        );
     }
 
     /// An fsync made on the committer's thread: a small `sync` round's, the last one at
@@ -1583,6 +1692,13 @@ impl State {
                 CommitMsg::Replay { targets, reply } => {
                     let _ = reply.send(self.replay(targets, now));
                 }
+                CommitMsg::GivenBack {
+                    ep,
+                    request,
+                    from,
+                    count,
+                    bytes,
+                } => self.given_back(ep, request, from, count, bytes),
             }
         }
         let dirtied: Vec<EndpointId> = self.dirty.drain().collect();
@@ -1767,6 +1883,7 @@ impl State {
             // kept back already.
             let check = self.deferred > 0
                 || self.on_disk > 0
+                || self.giving_back > 0
                 || 2 * (self.in_memory + jobs.len()) >= self.cap();
             jobs.retain(|job| {
                 if check && self.keeps_back(job.ep, job.due) {
@@ -2403,12 +2520,16 @@ impl State {
                 in_flight: Some(tx),
             });
             self.pausing.insert(ep, rx);
-            // Its keys kept back are in `due` still: the pause moves them with the rest.
+            // Its keys kept back are in `due` still: the pause moves them with the rest,
+            // and those its worker gives back (the answer then only counts them).
             if let Some(s) = self.shares.get_mut(&ep) {
                 self.deferred -= s.deferred.len();
                 s.deferred.clear();
                 if s.on_disk_from.take().is_some() {
                     self.on_disk -= 1;
+                }
+                if s.giving_back.take().is_some() {
+                    self.giving_back -= 1;
                 }
             }
         }
@@ -3046,7 +3167,7 @@ impl State {
                     break;
                 }
                 if let Some(s) = self.spill.as_mut() {
-                    s.scan = successor(key);
+                    s.scan = key.successor();
                 }
                 if key.seq >= sp.fence {
                     self.hand_over(key, val, &mut events, &mut cleanup, &mut delta);
@@ -3090,6 +3211,7 @@ impl State {
             };
             let limit = s.limit(cap);
             let room = match exists {
+                _ if s.giving_back.is_some() => 0,
                 false => PAGE,
                 true if 2 * s.held <= limit => (limit - s.held).min(PAGE),
                 true => 0,
@@ -3301,7 +3423,7 @@ impl State {
             }
         }
         self.sweep = match page.last() {
-            Some(&(last, _)) if page.len() == PAGE => Some(successor(last)),
+            Some(&(last, _)) if page.len() == PAGE => Some(last.successor()),
             _ => None,
         };
         if delta.expired > 0 {
@@ -3363,7 +3485,7 @@ impl State {
                     stopped = true;
                     break;
                 }
-                self.cursor = successor(key);
+                self.cursor = key.successor();
                 self.hand_over(key, val, &mut events, &mut cleanup, &mut delta);
             }
             self.commit_cleanup(cleanup, delta);
@@ -3417,24 +3539,6 @@ impl<'a> PageEvents<'a> {
 }
 
 /// The smallest key greater than `k`.
-fn successor(k: DueKey) -> DueKey {
-    if k.ep < u32::MAX {
-        DueKey { ep: k.ep + 1, ..k }
-    } else if k.seq < u64::MAX {
-        DueKey {
-            seq: k.seq + 1,
-            ep: 0,
-            ..k
-        }
-    } else {
-        DueKey {
-            due_ms: k.due_ms + 1,
-            seq: 0,
-            ep: 0,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -3925,26 +4029,5 @@ mod tests {
         window(&mut slow, 0, 12_500);
         window(&mut slow, 0, 0);
         assert!(!slow.slow());
-    }
-
-    #[test]
-    fn successor_orders_after() {
-        let k = DueKey {
-            due_ms: 5,
-            seq: 7,
-            ep: u32::MAX,
-        };
-        assert!(successor(k) > k);
-        assert!(
-            successor(DueKey {
-                due_ms: 5,
-                seq: 7,
-                ep: 3
-            }) < DueKey {
-                due_ms: 5,
-                seq: 8,
-                ep: 0
-            }
-        );
     }
 }

@@ -178,6 +178,34 @@ impl<T: Queued> JobQueue<T> {
         self.len() == 0
     }
 
+    /// Every item, in queue order.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = &T> + '_> {
+        match self {
+            JobQueue::Fifo(q) => Box::new(q.iter()),
+            JobQueue::Ordered { items, .. } => Box::new(items.values()),
+        }
+    }
+
+    /// Takes out a FIFO queue's items for which `give` holds, the others keeping their
+    /// order; an ordered queue gives none (its worker keeps every delivery of its
+    /// endpoint it knows of: a copy handed over again is taken as the same one).
+    pub fn take_fifo_where(&mut self, mut give: impl FnMut(&T) -> bool) -> Vec<T> {
+        let JobQueue::Fifo(q) = self else {
+            return Vec::new();
+        };
+        let mut given = Vec::new();
+        let mut kept = VecDeque::with_capacity(q.len());
+        for item in q.drain(..) {
+            if give(&item) {
+                given.push(item);
+            } else {
+                kept.push_back(item);
+            }
+        }
+        *q = kept;
+        given
+    }
+
     /// Removes everything, in queue order.
     pub fn drain(&mut self) -> Vec<T> {
         match self {
@@ -211,6 +239,20 @@ mod tests {
         assert_eq!(q.pop(), Some(J(3, 0)));
         assert_eq!(q.pop(), Some(J(1, 0)));
         assert_eq!(q.ready(0), Ready::Empty);
+    }
+
+    #[test]
+    fn a_fifo_queue_gives_out_what_is_asked_and_keeps_the_rest_in_order() {
+        let mut q = JobQueue::new(false);
+        for (seq, due) in [(1, 10), (2, 30), (3, 20), (4, 40)] {
+            q.push(J(seq, due)).unwrap();
+        }
+        assert_eq!(q.take_fifo_where(|j| j.1 >= 30), [J(2, 30), J(4, 40)]);
+        assert_eq!(q.iter().collect::<Vec<_>>(), [&J(1, 10), &J(3, 20)]);
+        let mut ordered = JobQueue::new(true);
+        ordered.push(J(1, 10)).unwrap();
+        assert!(ordered.take_fifo_where(|_| true).is_empty());
+        assert_eq!(ordered.len(), 1);
     }
 
     #[test]

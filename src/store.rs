@@ -908,6 +908,28 @@ impl DueKey {
         ep: 0,
     };
 
+    /// The least key above this one.
+    pub fn successor(self) -> DueKey {
+        if self.ep < u32::MAX {
+            DueKey {
+                ep: self.ep + 1,
+                ..self
+            }
+        } else if self.seq < u64::MAX {
+            DueKey {
+                seq: self.seq + 1,
+                ep: 0,
+                ..self
+            }
+        } else {
+            DueKey {
+                due_ms: self.due_ms + 1,
+                seq: 0,
+                ep: 0,
+            }
+        }
+    }
+
     pub fn encode(&self) -> [u8; 20] {
         let mut k = [0u8; 20];
         k[..8].copy_from_slice(&self.due_ms.to_be_bytes());
@@ -2591,6 +2613,30 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_due_key_s_successor_orders_after_it_and_before_any_greater_key() {
+        let k = DueKey {
+            due_ms: 5,
+            seq: 7,
+            ep: u32::MAX,
+        };
+        assert!(k.successor() > k);
+        let k = DueKey {
+            due_ms: 5,
+            seq: 7,
+            ep: 3,
+        };
+        assert!(k.successor() > k);
+        assert!(
+            k.successor()
+                < DueKey {
+                    due_ms: 5,
+                    seq: 7,
+                    ep: 5,
+                }
+        );
+    }
 
     #[test]
     fn an_endpoints_disabled_cause_is_stored_and_old_records_are_read_by_their_words() {

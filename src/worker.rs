@@ -147,6 +147,15 @@ pub enum WorkerMsg {
         event: Arc<EventRecord>,
         reply: crossbeam_channel::Sender<AttemptRecord>,
     },
+    /// A slow endpoint holds more than it may ([`crate::commit`]'s give-back): keep its
+    /// first `keep` deliveries (those in flight among them) and give the rest back to
+    /// the store, where they are due still; answered with [`CommitMsg::GivenBack`]
+    /// carrying `request`.
+    GiveBack {
+        ep: EndpointId,
+        keep: usize,
+        request: u64,
+    },
     /// Copy this worker's metrics out.
     Snapshot(crossbeam_channel::Sender<WorkerSnapshot>),
     /// Copy one endpoint's counters out (`None`: this worker has no such endpoint), for
@@ -252,8 +261,8 @@ struct Ep {
     answers_within: Cell<Option<u64>>,
     /// Bumped on every enable/disable.
     gen: Cell<u32>,
-    /// Per lane, the sequence number of the delivery it is attempting.
-    attempting: RefCell<Vec<Rc<Cell<Option<u64>>>>>,
+    /// Per lane, the due key of the delivery it is attempting.
+    attempting: RefCell<Vec<Rc<Cell<Option<DueKey>>>>>,
     /// Delivery outcomes and attempts since start.
     counts: RefCell<EndpointCounts>,
     /// Delivery sockets its lanes hold (their share of the budget: [`crate::fdlimit`]).
@@ -298,7 +307,7 @@ impl Ep {
         self.attempting
             .borrow()
             .iter()
-            .filter_map(|c| c.get())
+            .filter_map(|c| c.get().map(|k| k.seq))
             .collect()
     }
 
@@ -628,6 +637,7 @@ impl Worker {
                     let _ = reply.send(w.test_attempt(&spec, event).await);
                 });
             }
+            WorkerMsg::GiveBack { ep, keep, request } => self.give_back(ep, keep, request),
             WorkerMsg::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
             }
@@ -759,6 +769,54 @@ impl Worker {
                 self.spawn_lane(ep.clone());
             }
         }
+    }
+
+    /// Gives a FIFO endpoint's queued deliveries past the first `keep` (less those in
+    /// flight) back to the store ([`WorkerMsg::GiveBack`]): every one from a key `from`
+    /// on, `from` above each key this worker keeps of the endpoint (queued, in flight,
+    /// or waiting in the timer wheel), so the committer can read them back from `from`
+    /// without handing over a second copy of one still here. Dropped here unreported:
+    /// their due keys stay in the store. An ordered endpoint gives nothing back (its
+    /// queue takes every copy as the same delivery, and its head holds the rest).
+    fn give_back(&self, id: EndpointId, keep: usize, request: u64) {
+        let ep = self.endpoints.borrow().get(&id).cloned();
+        let mut given = Vec::new();
+        let mut from = None;
+        if let Some(ep) = ep {
+            let mut queue = ep.queue.borrow_mut();
+            let flying: Vec<DueKey> = ep
+                .attempting
+                .borrow()
+                .iter()
+                .filter_map(|c| c.get())
+                .collect();
+            let keep = keep.saturating_sub(flying.len());
+            let mut keys: Vec<DueKey> = queue.iter().map(|j| j.due).collect();
+            if !ep.spec.borrow().cfg.ordered && keys.len() > keep {
+                let (_, &mut cut, _) = keys.select_nth_unstable(keep);
+                let above = flying
+                    .into_iter()
+                    .chain(
+                        self.wheel
+                            .borrow()
+                            .iter()
+                            .filter(|j| j.ep == id)
+                            .map(|j| j.due),
+                    )
+                    .max();
+                let cut = above.map_or(cut, |k| cut.max(k.successor()));
+                given = queue.take_fifo_where(|j| j.due >= cut);
+                from = (!given.is_empty()).then_some(cut);
+            }
+        }
+        let bytes = given.iter().map(|j| j.ev.rec.encoded().len()).sum();
+        self.commit.send(CommitMsg::GivenBack {
+            ep: id,
+            request,
+            from,
+            count: given.len(),
+            bytes,
+        });
     }
 
     /// Deletes an endpoint: queued jobs are retired, lanes exit after their attempt.
@@ -1508,7 +1566,7 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
             }
         }
         w.active.set(w.active.get() + 1);
-        attempting.set(Some(job.due.seq));
+        attempting.set(Some(job.due));
         let not_sent = w
             .attempt(&ep, job, &mut slot, &mut wbuf, &mut scratch)
             .await;

@@ -78,6 +78,15 @@ impl<T> TimerWheel<T> {
         self.len == 0
     }
 
+    /// Every waiting item, in no particular order. O(n) over the items and the slots.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.past
+            .iter()
+            .chain(self.slots.iter().flatten())
+            .chain(self.overflow.iter())
+            .map(|(_, item)| item)
+    }
+
     /// Schedules `item` for `due_ms`. A due time already past fires at the next
     /// [`expire`](Self::expire). O(1).
     pub fn insert(&mut self, due_ms: u64, item: T) {
@@ -310,6 +319,22 @@ mod tests {
         assert_eq!(expire(&mut w, 5000), ["e"]);
         assert!(w.is_empty());
         assert_eq!(w.next_due(), None);
+    }
+
+    #[test]
+    fn iter_sees_every_waiting_item_past_placed_and_beyond_reach() {
+        let mut w = TimerWheel::new(1000);
+        w.insert(500, 1); // already past
+        w.insert(1001, 2);
+        w.insert(1000 + 64 * 64 * 3, 3);
+        w.insert(1000 + (1 << 40), 4); // beyond the wheel's reach
+        let mut seen: Vec<i32> = w.iter().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, [1, 2, 3, 4]);
+        expire(&mut w, 1001);
+        let mut seen: Vec<i32> = w.iter().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, [3, 4]);
     }
 
     #[test]

@@ -1508,6 +1508,28 @@ fn hung_endpoints_given_their_backlogs_at_once_leave_them_on_disk_once_measured_
 }
 
 #[test]
+fn hung_endpoints_that_filled_the_cap_before_they_were_measured_slow_give_it_back() {
+    // Six endpoints whose receivers hang get 9,000 deliveries each, interleaved, at
+    // once: before a second has passed to show them slow, and none near its share
+    // (12,500), so workers take them up to the cap (50,000). The limit for slow
+    // endpoints applied only to what was handed over later, so the cap stayed full
+    // and `quick`'s 20 waited on disk until the receivers answered. Their workers now
+    // give back what each holds past 2,048, to wait on disk.
+    const N: usize = 9_000;
+    const SLOW: [&str; 6] = ["slow1", "slow2", "slow3", "slow4", "slow5", "slow6"];
+    let (srv, hung, gate, quick) = hung_endpoints_and_quick(&SLOW);
+    let mut lines = Vec::new();
+    for i in 0..N {
+        for name in SLOW {
+            lines.extend_from_slice(event(name, &format!("{name}-{i}"), "{}").as_bytes());
+            lines.push(b'\n');
+        }
+    }
+    assert_eq!(srv.pipeline(lines), 6 * N);
+    quick_first_then_every_hung_delivery_once(&srv, (&hung, &gate, &quick), 6 * N);
+}
+
+#[test]
 fn an_ordered_endpoint_held_by_its_head_after_a_restart_leaves_its_backlog_on_disk() {
     // An ordered endpoint's head waits an hour for its retry, 100,000 deliveries behind
     // it, and the process is killed. At the start its held head is handed over first,
