@@ -677,6 +677,9 @@ struct State {
     scan: DueScan,
     /// Scan pages the store refused (a full disk), logged at most every 10 s.
     scan_failures: Tally,
+    /// Reads and writes of the loader's ticks (and of resumes) the store refused
+    /// ([`loader_failed`]).
+    loader_failures: std::cell::Cell<Tally>,
     /// `ordered` endpoints whose first-attempt bound this round's events moved, with the
     /// bound before: put back if the round is not written.
     first_due_before: Vec<(EndpointId, u64)>,
@@ -1023,6 +1026,19 @@ impl DueScan {
     }
 }
 
+/// Logs a store operation of the loader's (or a resume's) that failed, at most once per
+/// [`WRITE_FAILURE_LOG_EVERY`] with the count since the last line: each is tried again
+/// every tick, some for every key, so a failing store logged thousands of lines a
+/// second. The line names the operation that failed when it was due.
+fn loader_failed(tally: &std::cell::Cell<Tally>, what: &str, e: &store::StoreError) {
+    let mut t = tally.get();
+    let due = t.note(WRITE_FAILURE_LOG_EVERY);
+    tally.set(t);
+    if let Some(failures) = due {
+        tracing::error!(error = %e, failures, "{what} (failures: the count since the last such line; tried again each tick)");
+    }
+}
+
 /// Logs a deletion done: every pending delivery it found in the store failed.
 fn deleted_done(ep: EndpointId, failed: u64) {
     // By id: the name is gone with the endpoint (the `endpoint deleted` line gives
@@ -1225,6 +1241,7 @@ impl Committer {
             pausing: HashMap::default(),
             scan: DueScan::default(),
             scan_failures: Tally::default(),
+            loader_failures: Default::default(),
             first_due_before: Vec::new(),
             registry: self.registry,
             next_ep_id,
@@ -2386,7 +2403,7 @@ impl State {
             let page = match self.store.paused_of(ep, 0, room) {
                 Ok(p) => p,
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot read paused deliveries");
+                    loader_failed(&self.loader_failures, "cannot read paused deliveries", &e);
                     still.push(ep);
                     continue;
                 }
@@ -2415,7 +2432,9 @@ impl State {
                             event = Some(e);
                         }
                         Ok(None) => {}
-                        Err(e) => tracing::error!(error = %e, "cannot read a paused event"),
+                        Err(e) => {
+                            loader_failed(&self.loader_failures, "cannot read a paused event", &e)
+                        }
                     }
                 }
                 let due = DueKey { due_ms, seq, ep };
@@ -2431,7 +2450,7 @@ impl State {
                 batch.put_endpoint(&self.store, &info.name, &info.meta);
             }
             if let Err(e) = self.store.commit(batch, false) {
-                tracing::error!(error = %e, "cannot resume paused deliveries");
+                loader_failed(&self.loader_failures, "cannot resume paused deliveries", &e);
                 if let Some(before) = first_due_before {
                     info.meta.first_due_ms = before;
                 }
@@ -2462,7 +2481,9 @@ impl State {
                         val,
                     }),
                     Ok(None) => {}
-                    Err(e) => tracing::error!(error = %e, "cannot read a resumed event"),
+                    Err(e) => {
+                        loader_failed(&self.loader_failures, "cannot read a resumed event", &e)
+                    }
                 }
             }
             self.flush_jobs();
@@ -3245,9 +3266,11 @@ impl State {
                     match self.store.has_due(key) {
                         Ok(true) => {}
                         Ok(false) => continue,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot check a kept-back delivery")
-                        }
+                        Err(e) => loader_failed(
+                            &self.loader_failures,
+                            "cannot check a kept-back delivery",
+                            &e,
+                        ),
                     }
                 }
                 self.hand_over(key, val, &mut events, &mut cleanup, &mut delta);
@@ -3283,7 +3306,11 @@ impl State {
         {
             Ok(p) => p,
             Err(e) => {
-                tracing::error!(error = %e, "cannot read back a backlog left on disk; trying again");
+                loader_failed(
+                    &self.loader_failures,
+                    "cannot read back a backlog left on disk; trying again",
+                    &e,
+                );
                 return;
             }
         };
@@ -3321,7 +3348,7 @@ impl State {
         }
         match self.store.commit(cleanup, false) {
             Ok(()) => self.stats.apply(delta),
-            Err(e) => tracing::warn!(error = %e, "loader clean-up write failed"),
+            Err(e) => loader_failed(&self.loader_failures, "loader clean-up write failed", &e),
         }
     }
 
@@ -3330,7 +3357,11 @@ impl State {
         match self.store.due_range(from, until_ms, PAGE) {
             Ok(p) => Some(p),
             Err(e) => {
-                tracing::error!(error = %e, "loader cannot read the due index");
+                loader_failed(
+                    &self.loader_failures,
+                    "loader cannot read the due index",
+                    &e,
+                );
                 None
             }
         }
@@ -3381,7 +3412,11 @@ impl State {
                 return;
             }
             Err(e) => {
-                tracing::error!(error = %e, seq = key.seq, "cannot read event");
+                loader_failed(
+                    &self.loader_failures,
+                    "cannot read an event to hand over",
+                    &e,
+                );
                 return;
             }
         };
