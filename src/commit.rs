@@ -1042,12 +1042,14 @@ fn loader_failed(tally: &std::cell::Cell<Tally>, what: &str, e: &store::StoreErr
 /// Logs a deletion done: every pending delivery it found in the store failed.
 fn deleted_done(ep: EndpointId, failed: u64) {
     // By id: the name is gone with the endpoint (the `endpoint deleted` line gives
-    // both). Those its worker held fail as it drops them, not counted here.
+    // both). Those its worker held fail as it drops them, and its keys kept back or
+    // left on disk below the cursor as they are read back, not counted here.
     tracing::info!(
         id = ep,
         failed_in_store = failed,
         "a deleted endpoint's deliveries waiting in the store failed (those its worker \
-         held fail as it drops them)"
+         held fail as it drops them; below the loader's cursor, a backlog kept back or \
+         left on disk fails as it is read back, its own line when all is)"
     );
 }
 
