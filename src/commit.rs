@@ -217,12 +217,18 @@ impl Share {
     }
 
     /// What it may hold in worker memory once workers hold half the cap `cap`: a
-    /// quarter of it, or [`SLOW_HELD`] when it drains slowly.
+    /// quarter of it, or [`SLOW_HELD`] when it drains slowly; and when its last second
+    /// had more to do than it drained (its rate is what it can do, not what it was
+    /// given), no more than [`SLOW_SECS`] of its work at that rate, [`SLOW_HELD`] at
+    /// least. Refilled to its share, an endpoint draining a steady 1,000 a second
+    /// counted as slow a second later, gave the rest back, drained, and was refilled
+    /// again, every few seconds (helper G, session 40).
     fn limit(&self, cap: usize) -> usize {
-        if self.slow() {
-            endpoint_share(cap).min(SLOW_HELD)
-        } else {
-            endpoint_share(cap)
+        let share = endpoint_share(cap);
+        match self.rate {
+            _ if self.slow() => share.min(SLOW_HELD),
+            Some(rate) if self.rate_held > rate => share.min((rate * SLOW_SECS).max(SLOW_HELD)),
+            _ => share,
         }
     }
 
@@ -4057,6 +4063,24 @@ mod tests {
         assert_eq!(fast.limit(50_000), 12_500);
         window(&mut fast, 9_000, 5_000);
         assert!(!fast.slow(), "5,000 a second drains 12,500 in under 10 s");
+        assert_eq!(fast.limit(50_000), 12_500);
+        // 1,000 a second with more to do: ten seconds of it, not a share it would then
+        // be slow with (and give back).
+        let mut steady = Share::default();
+        window(&mut steady, 10_000, 1_000);
+        window(&mut steady, 10_000, 1_000);
+        assert!(!steady.slow());
+        assert_eq!(steady.limit(50_000), 10_000);
+        window(&mut steady, 10_000, 100);
+        assert!(steady.slow());
+        assert_eq!(steady.limit(50_000), SLOW_HELD);
+        window(&mut steady, 1_000, 150);
+        assert!(!steady.slow());
+        assert_eq!(
+            steady.limit(50_000),
+            SLOW_HELD,
+            "ten seconds of 150 a second is less"
+        );
         // One that drains 500 a second with 12,500 to do is slow.
         let mut slow = Share::default();
         window(&mut slow, 12_500, 0);
