@@ -3581,7 +3581,6 @@ impl<'a> PageEvents<'a> {
     }
 }
 
-/// The smallest key greater than `k`.
 #[cfg(test)]
 mod tests {
     use super::*;
