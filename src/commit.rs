@@ -1516,8 +1516,8 @@ impl State {
     }
 
     /// Once workers hold half the cap, asks the worker of each FIFO endpoint that drains
-    /// slowly and holds more than a page past what it may ([`Share::limit`]) to give the
-    /// rest back ([`WorkerMsg::GiveBack`]): the limit applies to what is handed over
+    /// slowly and holds more than a page past 10 s of its work (at least [`SLOW_HELD`])
+    /// to give the rest back ([`WorkerMsg::GiveBack`]): the limit applies to what is handed over
     /// from then on, so hung endpoints whose backlogs all came within their first
     /// second, before any was measured slow, filled the cap between them and held it
     /// until their receivers answered (six × 40,000: a healthy endpoint waited 120 s).
@@ -1528,14 +1528,22 @@ impl State {
         if 2 * self.in_memory < cap {
             return;
         }
-        let most = endpoint_share(cap).min(SLOW_HELD);
-        let asks: Vec<EndpointId> = self
+        // What it keeps: what it would be allowed once no longer slow, 10 s of its work
+        // at its rate ([`Share::limit`]); keeping less, it would read the difference
+        // straight back.
+        let asks: Vec<(EndpointId, usize)> = self
             .shares
             .iter()
-            .filter(|(_, s)| s.giving_back.is_none() && s.slow() && s.held > most + PAGE)
-            .map(|(&ep, _)| ep)
+            .filter(|(_, s)| s.giving_back.is_none() && s.slow())
+            .map(|(&ep, s)| {
+                let rate = s.rate.unwrap_or(0);
+                let keep = endpoint_share(cap).min((rate * SLOW_SECS).max(SLOW_HELD));
+                (ep, s.held, keep)
+            })
+            .filter(|&(_, held, keep)| held > keep + PAGE)
+            .map(|(ep, _, keep)| (ep, keep))
             .collect();
-        for ep in asks {
+        for (ep, keep) in asks {
             let Some(info) = self.router.eps.get(&ep) else {
                 continue;
             };
@@ -1551,7 +1559,7 @@ impl State {
             self.giving_back += 1;
             self.workers[worker].send(WorkerMsg::GiveBack {
                 ep,
-                keep: most,
+                keep,
                 request: self.last_give_back,
             });
         }

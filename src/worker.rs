@@ -810,6 +810,11 @@ impl Worker {
             }
         }
         let bytes = given.iter().map(|j| j.ev.rec.encoded().len()).sum();
+        // Outcomes reported so far go first: a delivery done here but not yet recorded
+        // is in none of the places above, its due key still in the store, and read back
+        // from `from` before its outcome retired the key it would go out again (helper
+        // F's review).
+        self.flush_outbox();
         self.commit.send(CommitMsg::GivenBack {
             ep: id,
             request,
