@@ -42,6 +42,7 @@
 //! It must not do network I/O, and nothing else may write the store.
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::cell::Cell;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -224,12 +225,18 @@ impl Share {
     /// counted as slow a second later, gave the rest back, drained, and was refilled
     /// again, every few seconds (helper G, session 40).
     fn limit(&self, cap: usize) -> usize {
-        let share = endpoint_share(cap);
         match self.rate {
-            _ if self.slow() => share.min(SLOW_HELD),
-            Some(rate) if self.rate_held > rate => share.min((rate * SLOW_SECS).max(SLOW_HELD)),
-            _ => share,
+            _ if self.slow() => endpoint_share(cap).min(SLOW_HELD),
+            Some(rate) if self.rate_held > rate => self.work_limit(cap),
+            _ => endpoint_share(cap),
         }
+    }
+
+    /// [`SLOW_SECS`] of its work at its last second's rate, at least [`SLOW_HELD`] and
+    /// at most its share of `cap`: what it holds once it drains at that rate.
+    fn work_limit(&self, cap: usize) -> usize {
+        let work = self.rate.unwrap_or(0) * SLOW_SECS;
+        endpoint_share(cap).min(work.max(SLOW_HELD))
     }
 
     /// Takes the rate of the window that ends now.
@@ -685,7 +692,7 @@ struct State {
     scan_failures: Tally,
     /// Reads and writes of the loader's ticks (and of resumes) the store refused
     /// ([`loader_failed`]).
-    loader_failures: std::cell::Cell<Tally>,
+    loader_failures: Cell<Tally>,
     /// `ordered` endpoints whose first-attempt bound this round's events moved, with the
     /// bound before: put back if the round is not written.
     first_due_before: Vec<(EndpointId, u64)>,
@@ -1036,7 +1043,7 @@ impl DueScan {
 /// [`WRITE_FAILURE_LOG_EVERY`] with the count since the last line: each is tried again
 /// every tick, some for every key, so a failing store logged thousands of lines a
 /// second. The line names the operation that failed when it was due.
-fn loader_failed(tally: &std::cell::Cell<Tally>, what: &str, e: &store::StoreError) {
+fn loader_failed(tally: &Cell<Tally>, what: &str, e: &store::StoreError) {
     let mut t = tally.get();
     let due = t.note(WRITE_FAILURE_LOG_EVERY);
     tally.set(t);
@@ -1528,18 +1535,13 @@ impl State {
         if 2 * self.in_memory < cap {
             return;
         }
-        // What it keeps: what it would be allowed once no longer slow, 10 s of its work
-        // at its rate ([`Share::limit`]); keeping less, it would read the difference
-        // straight back.
+        // What it keeps: what it may hold once no longer slow ([`Share::work_limit`]);
+        // keeping less, it would read the difference straight back.
         let asks: Vec<(EndpointId, usize)> = self
             .shares
             .iter()
             .filter(|(_, s)| s.giving_back.is_none() && s.slow())
-            .map(|(&ep, s)| {
-                let rate = s.rate.unwrap_or(0);
-                let keep = endpoint_share(cap).min((rate * SLOW_SECS).max(SLOW_HELD));
-                (ep, s.held, keep)
-            })
+            .map(|(&ep, s)| (ep, s.held, s.work_limit(cap)))
             .filter(|&(_, held, keep)| held > keep + PAGE)
             .map(|(ep, _, keep)| (ep, keep))
             .collect();

@@ -178,32 +178,37 @@ impl<T: Queued> JobQueue<T> {
         self.len() == 0
     }
 
-    /// Every item, in queue order.
-    pub fn iter(&self) -> Box<dyn Iterator<Item = &T> + '_> {
-        match self {
-            JobQueue::Fifo(q) => Box::new(q.iter()),
-            JobQueue::Ordered { items, .. } => Box::new(items.values()),
-        }
-    }
-
-    /// Takes out a FIFO queue's items for which `give` holds, the others keeping their
-    /// order; an ordered queue gives none (its worker keeps every delivery of its
-    /// endpoint it knows of: a copy handed over again is taken as the same one).
-    pub fn take_fifo_where(&mut self, mut give: impl FnMut(&T) -> bool) -> Vec<T> {
+    /// A FIFO queue's items from a key `from` on, taken out (the others keep their
+    /// order), with `from`: the key of its `keep`-th lowest item (counting from 0),
+    /// raised to `floor` when that is higher. `None` when it gives none: an ordered
+    /// queue never does (its worker keeps every delivery of its endpoint it knows of,
+    /// and takes a copy handed over again as the same one).
+    pub fn split_off_fifo<K: Ord + Copy>(
+        &mut self,
+        keep: usize,
+        floor: Option<K>,
+        key: impl Fn(&T) -> K,
+    ) -> Option<(K, Vec<T>)> {
         let JobQueue::Fifo(q) = self else {
-            return Vec::new();
+            return None;
         };
+        if q.len() <= keep {
+            return None;
+        }
+        let mut keys: Vec<K> = q.iter().map(&key).collect();
+        let (_, &mut cut, _) = keys.select_nth_unstable(keep);
+        let from = floor.map_or(cut, |f| cut.max(f));
         let mut given = Vec::new();
         let mut kept = VecDeque::with_capacity(q.len());
         for item in q.drain(..) {
-            if give(&item) {
+            if key(&item) >= from {
                 given.push(item);
             } else {
                 kept.push_back(item);
             }
         }
         *q = kept;
-        given
+        (!given.is_empty()).then_some((from, given))
     }
 
     /// Removes everything, in queue order.
@@ -243,15 +248,31 @@ mod tests {
 
     #[test]
     fn a_fifo_queue_gives_out_what_is_asked_and_keeps_the_rest_in_order() {
-        let mut q = JobQueue::new(false);
-        for (seq, due) in [(1, 10), (2, 30), (3, 20), (4, 40)] {
-            q.push(J(seq, due)).unwrap();
-        }
-        assert_eq!(q.take_fifo_where(|j| j.1 >= 30), [J(2, 30), J(4, 40)]);
-        assert_eq!(q.iter().collect::<Vec<_>>(), [&J(1, 10), &J(3, 20)]);
+        let fifo = || {
+            let mut q = JobQueue::new(false);
+            for (seq, due) in [(1, 10), (2, 30), (3, 20), (4, 40)] {
+                q.push(J(seq, due)).unwrap();
+            }
+            q
+        };
+        // The two lowest stay; from the third lowest key on, out.
+        let mut q = fifo();
+        let given = q.split_off_fifo(2, None, |j| j.1);
+        assert_eq!(given, Some((30, vec![J(2, 30), J(4, 40)])));
+        assert_eq!(q.drain(), [J(1, 10), J(3, 20)]);
+        // Raised to a floor above a key kept elsewhere.
+        let mut q = fifo();
+        assert_eq!(
+            q.split_off_fifo(1, Some(35), |j| j.1),
+            Some((35, vec![J(4, 40)]))
+        );
+        assert_eq!(q.len(), 3);
+        // Nothing past what it may keep, or nothing at or above the floor.
+        assert_eq!(fifo().split_off_fifo(4, None, |j| j.1), None);
+        assert_eq!(fifo().split_off_fifo(0, Some(41), |j| j.1), None);
         let mut ordered = JobQueue::new(true);
         ordered.push(J(1, 10)).unwrap();
-        assert!(ordered.take_fifo_where(|_| true).is_empty());
+        assert_eq!(ordered.split_off_fifo(0, None, |j| j.1), None);
         assert_eq!(ordered.len(), 1);
     }
 

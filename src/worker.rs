@@ -780,35 +780,24 @@ impl Worker {
     /// queue takes every copy as the same delivery, and its head holds the rest).
     fn give_back(&self, id: EndpointId, keep: usize, request: u64) {
         let ep = self.endpoints.borrow().get(&id).cloned();
-        let mut given = Vec::new();
-        let mut from = None;
-        if let Some(ep) = ep {
-            let mut queue = ep.queue.borrow_mut();
-            let flying: Vec<DueKey> = ep
-                .attempting
-                .borrow()
-                .iter()
-                .filter_map(|c| c.get())
-                .collect();
-            let keep = keep.saturating_sub(flying.len());
-            let mut keys: Vec<DueKey> = queue.iter().map(|j| j.due).collect();
-            if !ep.spec.borrow().cfg.ordered && keys.len() > keep {
-                let (_, &mut cut, _) = keys.select_nth_unstable(keep);
-                let above = flying
-                    .into_iter()
-                    .chain(
-                        self.wheel
-                            .borrow()
-                            .iter()
-                            .filter(|j| j.ep == id)
-                            .map(|j| j.due),
-                    )
-                    .max();
-                let cut = above.map_or(cut, |k| cut.max(k.successor()));
-                given = queue.take_fifo_where(|j| j.due >= cut);
-                from = (!given.is_empty()).then_some(cut);
-            }
-        }
+        let (from, given) = ep
+            .and_then(|ep| {
+                let flying: Vec<DueKey> = ep
+                    .attempting
+                    .borrow()
+                    .iter()
+                    .filter_map(|c| c.get())
+                    .collect();
+                let wheel = self.wheel.borrow();
+                let timed = wheel.iter().filter(|j| j.ep == id).map(|j| j.due);
+                let floor = flying.iter().copied().chain(timed).max();
+                let keep = keep.saturating_sub(flying.len());
+                ep.queue
+                    .borrow_mut()
+                    .split_off_fifo(keep, floor.map(DueKey::successor), |j| j.due)
+            })
+            .unzip();
+        let given = given.unwrap_or_default();
         let bytes = given.iter().map(|j| j.ev.rec.encoded().len()).sum();
         // Outcomes reported so far go first: a delivery done here but not yet recorded
         // is in none of the places above, its due key still in the store, and read back

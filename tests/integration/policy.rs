@@ -1456,6 +1456,23 @@ fn quick_first_then_every_hung_delivery_once(
     assert!(twice.is_empty(), "delivered more than once: {twice:?}");
 }
 
+/// Endpoints `names` whose receivers hang get `n` deliveries each, interleaved, at
+/// once (before a second has passed to show any of them slow); then as
+/// [`quick_first_then_every_hung_delivery_once`].
+fn hung_endpoints_given_their_backlogs_at_once(names: &[&str], n: usize) {
+    let (srv, hung, gate, quick) = hung_endpoints_and_quick(names);
+    let mut lines = Vec::new();
+    for i in 0..n {
+        for name in names {
+            lines.extend_from_slice(event(name, &format!("{name}-{i}"), "{}").as_bytes());
+            lines.push(b'\n');
+        }
+    }
+    let all = names.len() * n;
+    assert_eq!(srv.pipeline(lines), all);
+    quick_first_then_every_hung_delivery_once(&srv, (&hung, &gate, &quick), all);
+}
+
 #[test]
 fn slow_endpoints_hold_a_little_each_so_four_leave_the_others_room() {
     // Four endpoints whose receivers hang, each then given 30,000 deliveries. The
@@ -1494,17 +1511,7 @@ fn hung_endpoints_given_their_backlogs_at_once_leave_them_on_disk_once_measured_
     // after that key: the loader waited at the bound, and `quick`'s 20 with it, until
     // they drained. Each tick now looks again, and once the rates show them slow the
     // ends of their backlogs wait on disk.
-    const N: usize = 50_000;
-    let (srv, hung, gate, quick) = hung_endpoints_and_quick(&["slow1", "slow2", "slow3"]);
-    let mut lines = Vec::new();
-    for i in 0..N {
-        for name in ["slow1", "slow2", "slow3"] {
-            lines.extend_from_slice(event(name, &format!("{name}-{i}"), "{}").as_bytes());
-            lines.push(b'\n');
-        }
-    }
-    assert_eq!(srv.pipeline(lines), 3 * N);
-    quick_first_then_every_hung_delivery_once(&srv, (&hung, &gate, &quick), 3 * N);
+    hung_endpoints_given_their_backlogs_at_once(&["slow1", "slow2", "slow3"], 50_000);
 }
 
 #[test]
@@ -1515,18 +1522,8 @@ fn hung_endpoints_that_filled_the_cap_before_they_were_measured_slow_give_it_bac
     // endpoints applied only to what was handed over later, so the cap stayed full
     // and `quick`'s 20 waited on disk until the receivers answered. Their workers now
     // give back what each holds past 2,048, to wait on disk.
-    const N: usize = 9_000;
     const SLOW: [&str; 6] = ["slow1", "slow2", "slow3", "slow4", "slow5", "slow6"];
-    let (srv, hung, gate, quick) = hung_endpoints_and_quick(&SLOW);
-    let mut lines = Vec::new();
-    for i in 0..N {
-        for name in SLOW {
-            lines.extend_from_slice(event(name, &format!("{name}-{i}"), "{}").as_bytes());
-            lines.push(b'\n');
-        }
-    }
-    assert_eq!(srv.pipeline(lines), 6 * N);
-    quick_first_then_every_hung_delivery_once(&srv, (&hung, &gate, &quick), 6 * N);
+    hung_endpoints_given_their_backlogs_at_once(&SLOW, 9_000);
 }
 
 #[test]
