@@ -1522,7 +1522,7 @@ impl State {
         self.none_to_leave = true;
     }
 
-    /// Once workers hold half the cap, asks the worker of each FIFO endpoint that drains
+    /// Once workers hold half the cap, asks the worker of each endpoint that drains
     /// slowly and holds more than a page past 10 s of its work (at least [`SLOW_HELD`])
     /// to give the rest back ([`WorkerMsg::GiveBack`]): the limit applies to what is handed over
     /// from then on, so hung endpoints whose backlogs all came within their first
@@ -1549,7 +1549,7 @@ impl State {
             let Some(info) = self.router.eps.get(&ep) else {
                 continue;
             };
-            if info.ordered || !self.delivers(info) {
+            if !self.delivers(info) {
                 continue;
             }
             let worker = info.worker;

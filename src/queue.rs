@@ -178,37 +178,81 @@ impl<T: Queued> JobQueue<T> {
         self.len() == 0
     }
 
-    /// A FIFO queue's items from a key `from` on, taken out (the others keep their
-    /// order), with `from`: the key of its `keep`-th lowest item (counting from 0),
-    /// raised to `floor` when that is higher. `None` when it gives none: an ordered
-    /// queue never does (its worker keeps every delivery of its endpoint it knows of,
-    /// and takes a copy handed over again as the same one).
-    pub fn split_off_fifo<K: Ord + Copy>(
+    /// The items from a key `from` on, taken out, with `from`: every item left has a
+    /// lower key, and `from` is at least `floor` (the worker keeps keys of the endpoint
+    /// elsewhere: in flight, in its timer wheel). `None` when it gives none.
+    ///
+    /// A FIFO queue keeps its `keep` lowest keys (counting from 0, `from` is the key of
+    /// its `keep`-th lowest item, raised to `floor` when that is higher), the others in
+    /// their order. An ordered queue keeps its `keep` oldest deliveries (by sequence
+    /// number) and gives out only a tail of the rest, so that nothing behind a
+    /// delivery given out is left to go before it: the shortest tail whose keys all lie
+    /// above those of every delivery before it, and at or above `floor`. An
+    /// endpoint's first attempts fall due in acceptance order, so that is every
+    /// delivery past the `keep` oldest, but for the head's retry (due later): while
+    /// it is queued, nothing below its key is given out. A retry the worker kept
+    /// ([`Queued::kept`]) is never given out: nothing counted it, and the store's copy
+    /// comes in its time; nothing behind it is given out either.
+    pub fn split_off<K: Ord + Copy>(
         &mut self,
         keep: usize,
         floor: Option<K>,
         key: impl Fn(&T) -> K,
     ) -> Option<(K, Vec<T>)> {
-        let JobQueue::Fifo(q) = self else {
-            return None;
-        };
-        if q.len() <= keep {
-            return None;
-        }
-        let mut keys: Vec<K> = q.iter().map(&key).collect();
-        let (_, &mut cut, _) = keys.select_nth_unstable(keep);
-        let from = floor.map_or(cut, |f| cut.max(f));
-        let mut given = Vec::new();
-        let mut kept = VecDeque::with_capacity(q.len());
-        for item in q.drain(..) {
-            if key(&item) >= from {
-                given.push(item);
-            } else {
-                kept.push_back(item);
+        match self {
+            JobQueue::Fifo(q) => {
+                if q.len() <= keep {
+                    return None;
+                }
+                let mut keys: Vec<K> = q.iter().map(&key).collect();
+                let (_, &mut cut, _) = keys.select_nth_unstable(keep);
+                let from = floor.map_or(cut, |f| cut.max(f));
+                let mut given = Vec::new();
+                let mut kept = VecDeque::with_capacity(q.len());
+                for item in q.drain(..) {
+                    if key(&item) >= from {
+                        given.push(item);
+                    } else {
+                        kept.push_back(item);
+                    }
+                }
+                *q = kept;
+                (!given.is_empty()).then_some((from, given))
+            }
+            JobQueue::Ordered { items, .. } => {
+                let order: Vec<(u64, K)> = items
+                    .values()
+                    .filter(|t| !t.kept())
+                    .map(|t| (t.seq(), key(t)))
+                    .collect();
+                if order.len() <= keep {
+                    return None;
+                }
+                // The lowest key from each position to the end.
+                let mut tail_min = order.iter().map(|&(_, k)| k).collect::<Vec<K>>();
+                for i in (0..tail_min.len() - 1).rev() {
+                    tail_min[i] = tail_min[i].min(tail_min[i + 1]);
+                }
+                // A kept retry is the head's: nothing before it may go.
+                let last_kept = items.values().filter(|t| t.kept()).map(|t| t.seq()).max();
+                let mut before: Option<K> = None;
+                let mut cut = None;
+                for (i, &(seq, k)) in order.iter().enumerate() {
+                    if i >= keep
+                        && last_kept.is_none_or(|s| s < seq)
+                        && before.is_none_or(|b| b < tail_min[i])
+                        && floor.is_none_or(|f| f <= tail_min[i])
+                    {
+                        cut = Some((seq, tail_min[i]));
+                        break;
+                    }
+                    before = Some(before.map_or(k, |b| b.max(k)));
+                }
+                let (seq, from) = cut?;
+                let given = items.split_off(&seq).into_values().collect();
+                Some((from, given))
             }
         }
-        *q = kept;
-        (!given.is_empty()).then_some((from, given))
     }
 
     /// Removes everything, in queue order.
@@ -257,23 +301,85 @@ mod tests {
         };
         // The two lowest stay; from the third lowest key on, out.
         let mut q = fifo();
-        let given = q.split_off_fifo(2, None, |j| j.1);
+        let given = q.split_off(2, None, |j| j.1);
         assert_eq!(given, Some((30, vec![J(2, 30), J(4, 40)])));
         assert_eq!(q.drain(), [J(1, 10), J(3, 20)]);
         // Raised to a floor above a key kept elsewhere.
         let mut q = fifo();
         assert_eq!(
-            q.split_off_fifo(1, Some(35), |j| j.1),
+            q.split_off(1, Some(35), |j| j.1),
             Some((35, vec![J(4, 40)]))
         );
         assert_eq!(q.len(), 3);
         // Nothing past what it may keep, or nothing at or above the floor.
-        assert_eq!(fifo().split_off_fifo(4, None, |j| j.1), None);
-        assert_eq!(fifo().split_off_fifo(0, Some(41), |j| j.1), None);
-        let mut ordered = JobQueue::new(true);
-        ordered.push(J(1, 10)).unwrap();
-        assert_eq!(ordered.split_off_fifo(0, None, |j| j.1), None);
-        assert_eq!(ordered.len(), 1);
+        assert_eq!(fifo().split_off(4, None, |j| j.1), None);
+        assert_eq!(fifo().split_off(0, Some(41), |j| j.1), None);
+    }
+
+    #[test]
+    fn an_ordered_queue_gives_out_only_a_tail_keyed_above_what_it_keeps() {
+        let ordered = |items: &[(u64, u64)]| {
+            let mut q = JobQueue::new(true);
+            for &(seq, due) in items {
+                q.push(J(seq, due)).unwrap();
+            }
+            q
+        };
+        // First attempts fall due in acceptance order: past the two oldest, all.
+        let mut q = ordered(&[(1, 10), (2, 20), (3, 30), (4, 40)]);
+        let given = q.split_off(2, None, |j| j.1);
+        assert_eq!(given, Some((30, vec![J(3, 30), J(4, 40)])));
+        assert_eq!(q.drain(), [J(1, 10), J(2, 20)]);
+        // The head's retry falls due later: nothing keyed below it goes.
+        let mut q = ordered(&[(1, 35), (2, 20), (3, 30), (4, 40)]);
+        assert_eq!(q.split_off(1, None, |j| j.1), Some((40, vec![J(4, 40)])));
+        assert_eq!(q.len(), 3);
+        // The tail may hold keys out of order, all above what stays.
+        let mut q = ordered(&[(1, 10), (2, 20), (3, 50), (4, 40)]);
+        let given = q.split_off(1, None, |j| j.1);
+        assert_eq!(given, Some((20, vec![J(2, 20), J(3, 50), J(4, 40)])));
+        // Raised to the floor; nothing past what it may keep; nothing above the floor.
+        let mut q = ordered(&[(1, 10), (2, 20), (3, 30)]);
+        assert_eq!(
+            q.split_off(0, Some(25), |j| j.1),
+            Some((30, vec![J(3, 30)]))
+        );
+        assert_eq!(ordered(&[(1, 10)]).split_off(1, None, |j| j.1), None);
+        assert_eq!(ordered(&[(1, 10)]).split_off(0, Some(11), |j| j.1), None);
+        assert_eq!(
+            ordered(&[(1, 10)]).split_off(0, None, |j| j.1),
+            Some((10, vec![J(1, 10)]))
+        );
+    }
+
+    #[test]
+    fn an_ordered_queue_gives_out_nothing_before_a_kept_retry() {
+        let job = |seq, due, kept| K {
+            seq,
+            due,
+            kept,
+            attempts: 0,
+        };
+        let queue = |kept_seq| {
+            let mut q = JobQueue::new(true);
+            for seq in 1..=4 {
+                q.push(job(seq, seq * 10, seq == kept_seq)).unwrap();
+            }
+            q
+        };
+        // The head's kept retry is neither given out nor counted in what stays.
+        let mut q = queue(1);
+        let given = q.split_off(1, None, |j| j.due);
+        assert_eq!(
+            given,
+            Some((30, vec![job(3, 30, false), job(4, 40, false)]))
+        );
+        assert_eq!(q.drain(), [job(1, 10, true), job(2, 20, false)]);
+        // Nothing at or before a kept one goes.
+        let mut q = queue(3);
+        let given = q.split_off(0, None, |j| j.due);
+        assert_eq!(given, Some((40, vec![job(4, 40, false)])));
+        assert_eq!(queue(4).split_off(0, None, |j| j.due), None);
     }
 
     #[test]

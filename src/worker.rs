@@ -771,13 +771,14 @@ impl Worker {
         }
     }
 
-    /// Gives a FIFO endpoint's queued deliveries past the first `keep` (less those in
+    /// Gives an endpoint's queued deliveries past the first `keep` (less those in
     /// flight) back to the store ([`WorkerMsg::GiveBack`]): every one from a key `from`
     /// on, `from` above each key this worker keeps of the endpoint (queued, in flight,
     /// or waiting in the timer wheel), so the committer can read them back from `from`
     /// without handing over a second copy of one still here. Dropped here unreported:
-    /// their due keys stay in the store. An ordered endpoint gives nothing back (its
-    /// queue takes every copy as the same delivery, and its head holds the rest).
+    /// their due keys stay in the store. An ordered queue gives out only a tail of its
+    /// oldest-first order ([`JobQueue::split_off`]): nothing behind a delivery given
+    /// back goes before it.
     fn give_back(&self, id: EndpointId, keep: usize, request: u64) {
         let ep = self.endpoints.borrow().get(&id).cloned();
         let (from, given) = ep
@@ -794,7 +795,7 @@ impl Worker {
                 let keep = keep.saturating_sub(flying.len());
                 ep.queue
                     .borrow_mut()
-                    .split_off_fifo(keep, floor.map(DueKey::successor), |j| j.due)
+                    .split_off(keep, floor.map(DueKey::successor), |j| j.due)
             })
             .unzip();
         let given = given.unwrap_or_default();

@@ -1415,16 +1415,21 @@ fn an_endpoint_with_a_backlog_past_the_in_memory_cap_does_not_hold_up_the_others
     });
 }
 
-/// Endpoints `names` (each taking its own name as event type) at one receiver that
-/// holds every request until its gate opens (an attempt times out after 300 s), and
-/// `quick` (type `q`) at one that answers at once.
-fn hung_endpoints_and_quick(names: &[&str]) -> (TestServer, TestReceiver, Gate, TestReceiver) {
+/// Endpoints `names` (each taking its own name as event type and URL path, with
+/// `extra` in its definition) at one receiver that holds every request until its gate
+/// opens (an attempt times out after 300 s), and `quick` (type `q`) at one that
+/// answers at once.
+fn hung_endpoints_and_quick(
+    names: &[&str],
+    extra: &str,
+) -> (TestServer, TestReceiver, Gate, TestReceiver) {
     let (hung, gate) = TestReceiver::gated();
     let quick = TestReceiver::start();
     let mut eps = String::new();
     for name in names {
         let t = format!(r#"["{name}"]"#);
-        eps += &endpoint(name, &t, &hung.url("/"), "timeout = \"300s\"");
+        let url = hung.url(&format!("/{name}"));
+        eps += &endpoint(name, &t, &url, &format!("timeout = \"300s\"\n{extra}"));
     }
     eps += &endpoint("quick", r#"["q"]"#, &quick.url("/"), "");
     (TestServer::start(&eps), hung, gate, quick)
@@ -1456,21 +1461,28 @@ fn quick_first_then_every_hung_delivery_once(
     assert!(twice.is_empty(), "delivered more than once: {twice:?}");
 }
 
-/// Endpoints `names` whose receivers hang get `n` deliveries each, interleaved, at
-/// once (before a second has passed to show any of them slow); then as
-/// [`quick_first_then_every_hung_delivery_once`].
-fn hung_endpoints_given_their_backlogs_at_once(names: &[&str], n: usize) {
-    let (srv, hung, gate, quick) = hung_endpoints_and_quick(names);
+/// Endpoints `names` (with `extra` in their definitions) whose receivers hang get `n`
+/// deliveries each, `{"n":i}` for the `i`th, interleaved, at once (before a second
+/// has passed to show any of them slow); then as
+/// [`quick_first_then_every_hung_delivery_once`]. Returns what the hung receiver got.
+fn hung_endpoints_given_their_backlogs_at_once(
+    names: &[&str],
+    extra: &str,
+    n: usize,
+) -> Vec<Received> {
+    let (srv, hung, gate, quick) = hung_endpoints_and_quick(names, extra);
     let mut lines = Vec::new();
     for i in 0..n {
         for name in names {
-            lines.extend_from_slice(event(name, &format!("{name}-{i}"), "{}").as_bytes());
+            let data = format!("{{\"n\":{i}}}");
+            lines.extend_from_slice(event(name, &format!("{name}-{i}"), &data).as_bytes());
             lines.push(b'\n');
         }
     }
     let all = names.len() * n;
     assert_eq!(srv.pipeline(lines), all);
     quick_first_then_every_hung_delivery_once(&srv, (&hung, &gate, &quick), all);
+    hung.requests()
 }
 
 #[test]
@@ -1481,7 +1493,7 @@ fn slow_endpoints_hold_a_little_each_so_four_leave_the_others_room() {
     // until they drained. An endpoint that at its last second's rate takes more than
     // 10 s to drain what it holds now gets at most 2,048 once workers hold half the cap.
     const SLOW: [&str; 4] = ["slow1", "slow2", "slow3", "slow4"];
-    let (srv, hung, gate, quick) = hung_endpoints_and_quick(&SLOW);
+    let (srv, hung, gate, quick) = hung_endpoints_and_quick(&SLOW, "");
     for name in SLOW {
         srv.connect()
             .send_each_ok(name, &format!("{name}-first"), 100);
@@ -1511,7 +1523,7 @@ fn hung_endpoints_given_their_backlogs_at_once_leave_them_on_disk_once_measured_
     // after that key: the loader waited at the bound, and `quick`'s 20 with it, until
     // they drained. Each tick now looks again, and once the rates show them slow the
     // ends of their backlogs wait on disk.
-    hung_endpoints_given_their_backlogs_at_once(&["slow1", "slow2", "slow3"], 50_000);
+    hung_endpoints_given_their_backlogs_at_once(&["slow1", "slow2", "slow3"], "", 50_000);
 }
 
 #[test]
@@ -1523,7 +1535,28 @@ fn hung_endpoints_that_filled_the_cap_before_they_were_measured_slow_give_it_bac
     // and `quick`'s 20 waited on disk until the receivers answered. Their workers now
     // give back what each holds past 2,048, to wait on disk.
     const SLOW: [&str; 6] = ["slow1", "slow2", "slow3", "slow4", "slow5", "slow6"];
-    hung_endpoints_given_their_backlogs_at_once(&SLOW, 9_000);
+    hung_endpoints_given_their_backlogs_at_once(&SLOW, "", 9_000);
+}
+
+#[test]
+fn hung_ordered_endpoints_that_filled_the_cap_give_back_their_tails_and_keep_their_order() {
+    // As above, the six endpoints `ordered`. An ordered endpoint gave nothing back (its
+    // queue holds every delivery it knows of), so the cap stayed full and `quick`'s 20
+    // waited on disk until the receivers answered. Its worker now gives back the tail
+    // of its queue past the 2,048 oldest, read back in acceptance order after them.
+    const SLOW: [&str; 6] = ["ord1", "ord2", "ord3", "ord4", "ord5", "ord6"];
+    const N: usize = 9_000;
+    let got = hung_endpoints_given_their_backlogs_at_once(&SLOW, "ordered = true", N);
+    for name in SLOW {
+        let path = format!("/{name}");
+        let order: Vec<u64> = got
+            .iter()
+            .filter(|r| r.path == path)
+            .map(|r| r.json()["n"].as_u64().unwrap())
+            .collect();
+        let expected: Vec<u64> = (0..N as u64).collect();
+        assert!(order == expected, "{name} out of order");
+    }
 }
 
 #[test]
@@ -1583,7 +1616,7 @@ fn a_backlog_past_the_keys_kept_back_waits_on_disk_and_is_read_back_once() {
     // backlog now waits on disk and is read back as it drains: `quick`'s 20 arrive at
     // once, and every one of `slow`'s arrives once when its receiver answers.
     const N: usize = 100_000;
-    let (srv, slow, gate, quick) = hung_endpoints_and_quick(&["slow"]);
+    let (srv, slow, gate, quick) = hung_endpoints_and_quick(&["slow"], "");
     assert_eq!(srv.pipeline(event_lines("slow", "s", N)), N);
     srv.wait_metric(
         "ricochet_endpoints_backlog_on_disk",
