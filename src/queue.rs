@@ -190,7 +190,8 @@ impl<T: Queued> JobQueue<T> {
     /// above those of every delivery before it, and at or above `floor`. An
     /// endpoint's first attempts fall due in acceptance order, so that is every
     /// delivery past the `keep` oldest, but for the head's retry (due later): while
-    /// it is queued, nothing below its key is given out. A retry the worker kept
+    /// the store's copy of it is queued, nothing below its key is given out (nor, at
+    /// the worker, while either copy is in flight: `floor`). A retry the worker kept
     /// ([`Queued::kept`]) is never given out: nothing counted it, and the store's copy
     /// comes in its time; nothing behind it is given out either.
     pub fn split_off<K: Ord + Copy>(
@@ -330,7 +331,8 @@ mod tests {
         let given = q.split_off(2, None, |j| j.1);
         assert_eq!(given, Some((30, vec![J(3, 30), J(4, 40)])));
         assert_eq!(q.drain(), [J(1, 10), J(2, 20)]);
-        // The head's retry falls due later: nothing keyed below it goes.
+        // The store's copy of the head's retry falls due later: nothing keyed below it
+        // goes.
         let mut q = ordered(&[(1, 35), (2, 20), (3, 30), (4, 40)]);
         assert_eq!(q.split_off(1, None, |j| j.1), Some((40, vec![J(4, 40)])));
         assert_eq!(q.len(), 3);

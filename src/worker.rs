@@ -20,6 +20,7 @@
 //! It must not block: no store access, no blocking DNS, no fsync.
 
 use std::cell::{Cell, OnceCell, RefCell};
+use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap as HashMap;
 
@@ -77,6 +78,9 @@ enum Tried {
     NotSent(String),
 }
 
+/// Retries attempted from the worker's own copy remembered per endpoint
+/// ([`Ep::kept_attempts`]): an ordered endpoint attempts one at a time.
+const KEPT_ATTEMPTS: usize = 4;
 /// Response bytes kept in the attempt log.
 const LOG_EXCERPT: usize = 1024;
 
@@ -263,6 +267,13 @@ struct Ep {
     gen: Cell<u32>,
     /// Per lane, the due key of the delivery it is attempting.
     attempting: RefCell<Vec<Rc<Cell<Option<DueKey>>>>>,
+    /// The last few retries of an ordered head attempted from the worker's own copy
+    /// ([`WJob::kept`]): (sequence number, attempts made with it). The store's copy of
+    /// such a retry is handed over only if the loader reaches it first, or later (kept
+    /// back, or read back from disk) while the attempt runs or its outcome is on its
+    /// way. An ordered queue drops that copy; once a `PUT` has made the endpoint FIFO,
+    /// [`Ep::attempted_from_kept`] does (helper H, session 41: the head went twice).
+    kept_attempts: RefCell<VecDeque<(u64, u16)>>,
     /// Delivery outcomes and attempts since start.
     counts: RefCell<EndpointCounts>,
     /// Delivery sockets its lanes hold (their share of the budget: [`crate::fdlimit`]).
@@ -284,6 +295,7 @@ impl Ep {
             answers_within: Cell::new(None),
             gen: Cell::new(0),
             attempting: RefCell::new(Vec::new()),
+            kept_attempts: RefCell::new(VecDeque::new()),
             counts: RefCell::new(EndpointCounts::default()),
             sockets: Rc::new(Cell::new(0)),
         }
@@ -309,6 +321,27 @@ impl Ep {
             .iter()
             .filter_map(|c| c.get().map(|k| k.seq))
             .collect()
+    }
+
+    /// Notes that a retry kept by the worker is being attempted ([`Ep::kept_attempts`]).
+    fn attempting_kept(&self, job: &WJob) {
+        let mut kept = self.kept_attempts.borrow_mut();
+        if kept.len() == KEPT_ATTEMPTS {
+            kept.pop_front();
+        }
+        kept.push_back((job.due.seq, job.attempts.saturating_add(1)));
+    }
+
+    /// Whether `job`, handed over by the store, is a copy of a retry attempted from the
+    /// worker's own copy: made before that attempt (fewer attempts than it made; a
+    /// replay starts a new round with as many). A FIFO queue would send it again.
+    fn attempted_from_kept(&self, job: &WJob) -> bool {
+        !job.kept
+            && self
+                .kept_attempts
+                .borrow()
+                .iter()
+                .any(|&(seq, made)| seq == job.due.seq && job.attempts < made)
     }
 
     /// Wakes every idle lane (to exit, or to re-read the spec).
@@ -845,6 +878,11 @@ impl Worker {
         if ep.disabled.get() {
             let attempts = job.attempts;
             self.report_n(job, None, Next::Paused, attempts);
+            return;
+        }
+        // (An ordered queue tells such a copy itself.)
+        if !ep.spec.borrow().cfg.ordered && ep.attempted_from_kept(&job) {
+            self.report(job, None, Next::Stale);
             return;
         }
         let pushed = ep.queue.borrow_mut().push(job);
@@ -1562,6 +1600,9 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
         }
         w.active.set(w.active.get() + 1);
         attempting.set(Some(job.due));
+        if job.kept {
+            ep.attempting_kept(&job);
+        }
         let not_sent = w
             .attempt(&ep, job, &mut slot, &mut wbuf, &mut scratch)
             .await;

@@ -1560,6 +1560,88 @@ fn hung_ordered_endpoints_that_filled_the_cap_give_back_their_tails_and_keep_the
 }
 
 #[test]
+fn an_ordered_head_s_retry_in_flight_when_its_endpoint_turns_fifo_goes_once() {
+    // Four ordered endpoints whose receivers hang are given 9,000 deliveries each at
+    // once and give the tails of their queues back to disk. `ord1`'s head is answered
+    // 500; its retry, which the worker keeps and attempts itself, hangs; then a `PUT`
+    // makes `ord1` FIFO. The store's copy of that retry, read back with the tail while
+    // the attempt ran, went out beside it: an ordered queue drops a copy of what it is
+    // attempting, a FIFO one sent it (helper H, session 41).
+    const ORD: [&str; 4] = ["ord1", "ord2", "ord3", "ord4"];
+    const N: usize = 9_000;
+    let (rest, fail, retry) = (Gate::new(), Gate::new(), Gate::new());
+    let is_head = |r: &Received| r.path == "/ord1" && r.json()["n"] == 0;
+    let rx = {
+        let (rest, fail, retry) = (rest.clone(), fail.clone(), retry.clone());
+        let tries = std::sync::atomic::AtomicUsize::new(0);
+        TestReceiver::with_script(move |r, _| {
+            if !is_head(r) {
+                rest.wait();
+                return Reply::status(200);
+            }
+            match tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 => {
+                    fail.wait();
+                    Reply::status(500)
+                }
+                1 => {
+                    retry.wait();
+                    Reply::status(200)
+                }
+                _ => Reply::status(200),
+            }
+        })
+    };
+    let mut eps = String::new();
+    for name in ORD {
+        let (t, url) = (format!(r#"["{name}"]"#), rx.url(&format!("/{name}")));
+        let extra = "ordered = true\ntimeout = \"300s\"\nretry = [\"1s\"]";
+        eps += &endpoint(name, &t, &url, extra);
+    }
+    let srv = TestServer::start(&eps);
+    let mut lines = Vec::new();
+    for i in 0..N {
+        for name in ORD {
+            let data = format!("{{\"n\":{i}}}");
+            lines.extend_from_slice(event(name, &format!("{name}-{i}"), &data).as_bytes());
+            lines.push(b'\n');
+        }
+    }
+    assert_eq!(srv.pipeline(lines), ORD.len() * N);
+    let wait = |name: &str, pred: fn(f64) -> bool| {
+        srv.wait_metric(name, Duration::from_secs(30), pred);
+    };
+    wait("ricochet_endpoints_backlog_on_disk", |v| v == 4.0);
+    fail.open();
+    rx.wait_until(Duration::from_secs(20), "the head's retry", |got| {
+        got.iter().filter(|r| is_head(r)).count() == 2
+    });
+    let mut def = srv.get("/v1/endpoints/ord1").1;
+    def["ordered"] = serde_json::json!(false);
+    let (status, v) = srv.call("PUT", "/v1/endpoints/ord1", &def);
+    assert_eq!(status, 200, "{v}");
+    rest.open();
+    // Everything but the head handed over and sent; then the retry answers.
+    rx.wait_until(Duration::from_secs(60), "the rest", |got| {
+        got.iter().filter(|r| !is_head(r)).count() == ORD.len() * N - 1
+    });
+    wait("ricochet_endpoints_backlog_on_disk", |v| v == 0.0);
+    wait("ricochet_deliveries_kept_back", |v| v == 0.0);
+    retry.open();
+    wait("ricochet_deliveries_pending", |v| v == 0.0);
+    wait("ricochet_deliveries_in_memory", |v| v == 0.0);
+    let got = rx.requests();
+    assert_eq!(
+        got.iter().filter(|r| is_head(r)).count(),
+        2,
+        "the retry went once"
+    );
+    let ids = rx.ids();
+    let twice: Vec<_> = ids.iter().filter(|(_, &n)| n > 1).take(5).collect();
+    assert_eq!(twice, [(&"ord1-0".to_string(), &2)], "delivered twice");
+}
+
+#[test]
 fn an_ordered_endpoint_held_by_its_head_after_a_restart_leaves_its_backlog_on_disk() {
     // An ordered endpoint's head waits an hour for its retry, 100,000 deliveries behind
     // it, and the process is killed. At the start its held head is handed over first,
