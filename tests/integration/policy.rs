@@ -1461,16 +1461,9 @@ fn quick_first_then_every_hung_delivery_once(
     assert!(twice.is_empty(), "delivered more than once: {twice:?}");
 }
 
-/// Endpoints `names` (with `extra` in their definitions) whose receivers hang get `n`
-/// deliveries each, `{"n":i}` for the `i`th, interleaved, at once (before a second
-/// has passed to show any of them slow); then as
-/// [`quick_first_then_every_hung_delivery_once`]. Returns what the hung receiver got.
-fn hung_endpoints_given_their_backlogs_at_once(
-    names: &[&str],
-    extra: &str,
-    n: usize,
-) -> Vec<Received> {
-    let (srv, hung, gate, quick) = hung_endpoints_and_quick(names, extra);
+/// `n` events for each of `names` (each its own event type), interleaved: `{"n":i}`
+/// with id `{name}-{i}` for the `i`th.
+fn interleaved(names: &[&str], n: usize) -> Vec<u8> {
     let mut lines = Vec::new();
     for i in 0..n {
         for name in names {
@@ -1479,8 +1472,21 @@ fn hung_endpoints_given_their_backlogs_at_once(
             lines.push(b'\n');
         }
     }
+    lines
+}
+
+/// Endpoints `names` (with `extra` in their definitions) whose receivers hang get `n`
+/// deliveries each, [`interleaved`], at once (before a second has passed to show any
+/// of them slow); then as
+/// [`quick_first_then_every_hung_delivery_once`]. Returns what the hung receiver got.
+fn hung_endpoints_given_their_backlogs_at_once(
+    names: &[&str],
+    extra: &str,
+    n: usize,
+) -> Vec<Received> {
+    let (srv, hung, gate, quick) = hung_endpoints_and_quick(names, extra);
     let all = names.len() * n;
-    assert_eq!(srv.pipeline(lines), all);
+    assert_eq!(srv.pipeline(interleaved(names, n)), all);
     quick_first_then_every_hung_delivery_once(&srv, (&hung, &gate, &quick), all);
     hung.requests()
 }
@@ -1599,15 +1605,7 @@ fn an_ordered_head_s_retry_in_flight_when_its_endpoint_turns_fifo_goes_once() {
         eps += &endpoint(name, &t, &url, extra);
     }
     let srv = TestServer::start(&eps);
-    let mut lines = Vec::new();
-    for i in 0..N {
-        for name in ORD {
-            let data = format!("{{\"n\":{i}}}");
-            lines.extend_from_slice(event(name, &format!("{name}-{i}"), &data).as_bytes());
-            lines.push(b'\n');
-        }
-    }
-    assert_eq!(srv.pipeline(lines), ORD.len() * N);
+    assert_eq!(srv.pipeline(interleaved(&ORD, N)), ORD.len() * N);
     let wait = |name: &str, pred: fn(f64) -> bool| {
         srv.wait_metric(name, Duration::from_secs(30), pred);
     };
