@@ -243,6 +243,43 @@ impl Queued for WJob {
     }
 }
 
+/// The last few retries of an ordered endpoint's head that its worker attempted from
+/// its own copy ([`WJob::kept`]), as (sequence number, attempts made with that one).
+/// The store's copy of such a retry is handed over only if the loader reaches it first,
+/// or later (kept back, or read back from disk), while the attempt runs or its outcome
+/// is on its way. An ordered queue drops that copy; once a `PUT` has made the endpoint
+/// FIFO, the worker drops it by [`KeptAttempts::covers`] (helper H, session 41: the
+/// head went twice).
+#[derive(Default)]
+struct KeptAttempts(VecDeque<(u64, u16)>);
+
+impl KeptAttempts {
+    /// The kept retry of `seq`, `attempts` made before it, is being attempted.
+    fn started(&mut self, seq: u64, attempts: u16) {
+        if self.0.len() == KEPT_ATTEMPTS {
+            self.0.pop_front();
+        }
+        self.0.push_back((seq, attempts.saturating_add(1)));
+    }
+
+    /// It was not sent after all (no socket to be had): should a `PUT` make the
+    /// endpoint FIFO before it goes, its kept copy is dropped and the store's is the
+    /// only one.
+    fn not_sent(&mut self, seq: u64, attempts: u16) {
+        let noted = (seq, attempts.saturating_add(1));
+        if let Some(i) = self.0.iter().rposition(|&k| k == noted) {
+            self.0.remove(i);
+        }
+    }
+
+    /// Whether a copy of `seq` handed over by the store with `attempts` made is one
+    /// of a retry attempted from a kept copy: made before that attempt (fewer than it
+    /// made; a replay starts a new round with as many).
+    fn covers(&self, seq: u64, attempts: u16) -> bool {
+        self.0.iter().any(|&(s, made)| s == seq && attempts < made)
+    }
+}
+
 /// An endpoint's live state on its worker.
 struct Ep {
     /// Replaced live by [`WorkerMsg::Upsert`]; read afresh for every attempt.
@@ -267,13 +304,8 @@ struct Ep {
     gen: Cell<u32>,
     /// Per lane, the due key of the delivery it is attempting.
     attempting: RefCell<Vec<Rc<Cell<Option<DueKey>>>>>,
-    /// The last few retries of an ordered head attempted from the worker's own copy
-    /// ([`WJob::kept`]): (sequence number, attempts made with it). The store's copy of
-    /// such a retry is handed over only if the loader reaches it first, or later (kept
-    /// back, or read back from disk) while the attempt runs or its outcome is on its
-    /// way. An ordered queue drops that copy; once a `PUT` has made the endpoint FIFO,
-    /// [`Ep::attempted_from_kept`] does (helper H, session 41: the head went twice).
-    kept_attempts: RefCell<VecDeque<(u64, u16)>>,
+    /// Its head's retries attempted from the worker's own copy ([`KeptAttempts`]).
+    kept_attempts: RefCell<KeptAttempts>,
     /// Delivery outcomes and attempts since start.
     counts: RefCell<EndpointCounts>,
     /// Delivery sockets its lanes hold (their share of the budget: [`crate::fdlimit`]).
@@ -295,7 +327,7 @@ impl Ep {
             answers_within: Cell::new(None),
             gen: Cell::new(0),
             attempting: RefCell::new(Vec::new()),
-            kept_attempts: RefCell::new(VecDeque::new()),
+            kept_attempts: RefCell::new(KeptAttempts::default()),
             counts: RefCell::new(EndpointCounts::default()),
             sockets: Rc::new(Cell::new(0)),
         }
@@ -321,27 +353,6 @@ impl Ep {
             .iter()
             .filter_map(|c| c.get().map(|k| k.seq))
             .collect()
-    }
-
-    /// Notes that a retry kept by the worker is being attempted ([`Ep::kept_attempts`]).
-    fn attempting_kept(&self, job: &WJob) {
-        let mut kept = self.kept_attempts.borrow_mut();
-        if kept.len() == KEPT_ATTEMPTS {
-            kept.pop_front();
-        }
-        kept.push_back((job.due.seq, job.attempts.saturating_add(1)));
-    }
-
-    /// Whether `job`, handed over by the store, is a copy of a retry attempted from the
-    /// worker's own copy: made before that attempt (fewer attempts than it made; a
-    /// replay starts a new round with as many). A FIFO queue would send it again.
-    fn attempted_from_kept(&self, job: &WJob) -> bool {
-        !job.kept
-            && self
-                .kept_attempts
-                .borrow()
-                .iter()
-                .any(|&(seq, made)| seq == job.due.seq && job.attempts < made)
     }
 
     /// Wakes every idle lane (to exit, or to re-read the spec).
@@ -881,7 +892,10 @@ impl Worker {
             return;
         }
         // (An ordered queue tells such a copy itself.)
-        if !ep.spec.borrow().cfg.ordered && ep.attempted_from_kept(&job) {
+        if !ep.spec.borrow().cfg.ordered
+            && !job.kept
+            && ep.kept_attempts.borrow().covers(job.due.seq, job.attempts)
+        {
             self.report(job, None, Next::Stale);
             return;
         }
@@ -1601,7 +1615,9 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
         w.active.set(w.active.get() + 1);
         attempting.set(Some(job.due));
         if job.kept {
-            ep.attempting_kept(&job);
+            ep.kept_attempts
+                .borrow_mut()
+                .started(job.due.seq, job.attempts);
         }
         let not_sent = w
             .attempt(&ep, job, &mut slot, &mut wbuf, &mut scratch)
@@ -1614,6 +1630,11 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
             w.idle_wake.notify();
         }
         if let Some(job) = not_sent {
+            if job.kept {
+                ep.kept_attempts
+                    .borrow_mut()
+                    .not_sent(job.due.seq, job.attempts);
+            }
             // No socket to be had: the job keeps its place and this lane waits before
             // it tries again, the token it took unspent (each lane tries once a pause,
             // rather than every queued job once a pause). Its due key stays, so a stop
@@ -1631,7 +1652,29 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
 
 #[cfg(test)]
 mod tests {
-    use super::excerpt;
+    use super::{excerpt, KeptAttempts, KEPT_ATTEMPTS};
+
+    #[test]
+    fn a_store_copy_of_a_retry_attempted_from_a_kept_copy_is_known() {
+        let mut k = KeptAttempts::default();
+        // Seq 7's second attempt (one made before) runs from the worker's copy.
+        k.started(7, 1);
+        assert!(k.covers(7, 1), "the store's copy of that retry");
+        assert!(
+            !k.covers(7, 2),
+            "a later round (a replay, a retry after it)"
+        );
+        assert!(!k.covers(8, 1), "another delivery");
+        // Not sent after all: the store's copy is the one to go.
+        k.not_sent(7, 1);
+        assert!(!k.covers(7, 1));
+        // Only the last few are remembered.
+        for seq in 0..=KEPT_ATTEMPTS as u64 {
+            k.started(seq, 3);
+        }
+        assert!(!k.covers(0, 3));
+        assert!(k.covers(KEPT_ATTEMPTS as u64, 3));
+    }
 
     #[test]
     fn an_excerpt_does_not_split_a_character() {
