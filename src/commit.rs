@@ -239,6 +239,16 @@ impl Share {
         endpoint_share(cap).min(work.max(SLOW_HELD))
     }
 
+    /// Its kept-back backlog from `from` on waits on disk (with any part of it there
+    /// already): whether none did before.
+    fn leave_on_disk_from(&mut self, from: DueKey) -> bool {
+        let before = self.on_disk_from.replace(from);
+        if let Some(f) = before {
+            self.on_disk_from = Some(f.min(from));
+        }
+        before.is_none()
+    }
+
     /// Takes the rate of the window that ends now.
     fn take_rate(&mut self) {
         self.rate = (self.start_held > 0 && self.held > 0).then_some(self.drained);
@@ -1492,8 +1502,8 @@ impl State {
             let Some(s) = self.shares.get_mut(&ep) else {
                 continue;
             };
-            let was_on_disk = s.on_disk_from.is_some();
             let mut left = 0usize;
+            let mut lowest = None;
             while s.deferred.len() > PAGE {
                 let Some(entry) = s.deferred.last_entry() else {
                     break;
@@ -1501,15 +1511,14 @@ impl State {
                 if !ordered && *entry.key() <= s.handed_max {
                     break;
                 }
-                s.on_disk_from = Some(*entry.key());
-                entry.remove();
+                lowest = Some(entry.remove_entry().0);
                 left += 1;
             }
-            if left == 0 {
+            let Some(lowest) = lowest else {
                 continue;
-            }
+            };
             self.deferred -= left;
-            if !was_on_disk {
+            if s.leave_on_disk_from(lowest) {
                 self.on_disk += 1;
                 tracing::info!(
                     endpoint = %self.router.name_of(ep),
@@ -1594,14 +1603,11 @@ impl State {
         let Some(from) = from else {
             return;
         };
-        let was_on_disk = s.on_disk_from.is_some();
-        let from = s.on_disk_from.map_or(from, |f| f.min(from));
-        s.on_disk_from = Some(from);
-        let joined = s.deferred.split_off(&from).len();
-        self.deferred -= joined;
-        if !was_on_disk {
+        if s.leave_on_disk_from(from) {
             self.on_disk += 1;
         }
+        let from = s.on_disk_from.unwrap_or(from);
+        self.deferred -= s.deferred.split_off(&from).len();
         tracing::info!(
             endpoint = %self.router.name_of(ep),
             given_back = count,
