@@ -1687,6 +1687,62 @@ fn an_ordered_endpoint_held_by_its_head_after_a_restart_leaves_its_backlog_on_di
 }
 
 #[test]
+fn a_quiet_endpoint_s_fresh_deliveries_do_not_wait_behind_backlogs_loaded_after_a_restart() {
+    // Eight endpoints' receivers hang while 10,000 deliveries each are accepted; the
+    // process is killed and starts again with them answering, 20 ms each. The loader
+    // starts at the beginning of the due index and hands the backlogs over as they
+    // drain, up to the cap (50,000: 6,250 each, none at its share, so nothing is kept
+    // back and the cursor waits for room). `quick`'s fresh deliveries, due now, lay
+    // behind all of it and waited on disk until the cursor reached them: some 30,000
+    // of the backlogs' deliveries later. A fresh delivery of an endpoint that holds
+    // next to nothing now goes to its worker at once, and the loader skips it when it
+    // passes.
+    const BACK: [&str; 8] = [
+        "back1", "back2", "back3", "back4", "back5", "back6", "back7", "back8",
+    ];
+    const N: usize = 10_000;
+    let (rx, gate) = TestReceiver::gated();
+    let quick = TestReceiver::start();
+    let mut eps = String::new();
+    for name in BACK {
+        let url = rx.url(&format!("/{name}"));
+        eps += &endpoint(name, &format!(r#"["{name}"]"#), &url, "timeout = \"300s\"");
+    }
+    eps += &endpoint("quick", r#"["q"]"#, &quick.url("/"), "");
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let opts = ServerOpts::new(&eps);
+    let mut srv = TestServer::start_in(dir.clone(), &opts);
+    assert_eq!(srv.pipeline(interleaved(&BACK, N)), BACK.len() * N);
+    srv.kill9();
+    rx.set_script(|_, _| Reply::status(200).delay(Duration::from_millis(20)));
+    let before = rx.count();
+    let srv = TestServer::start_in(dir.clone(), &opts);
+    srv.connect().send_each_ok("q", "q", 20);
+    quick.wait_for(20, Duration::from_secs(60));
+    let drained = rx.count() - before;
+    assert!(
+        drained < N,
+        "quick's 20 waited for {drained} of the backlogs' deliveries"
+    );
+    srv.wait_metric(
+        "ricochet_deliveries_pending",
+        Duration::from_secs(120),
+        |v| v == 0.0,
+    );
+    let ids = quick.ids();
+    assert!(
+        ids.len() == 20 && ids.values().all(|&n| n == 1),
+        "quick got {ids:?}"
+    );
+    assert_eq!(
+        rx.ids().len(),
+        BACK.len() * N,
+        "every backlog delivery arrived"
+    );
+    gate.open();
+}
+
+#[test]
 fn a_backlog_past_the_keys_kept_back_waits_on_disk_and_is_read_back_once() {
     // `slow`'s receiver holds its attempts while 100,000 deliveries of it are accepted:
     // workers hold 25,000 (half the cap), and the rest are kept back, past the 65,536
