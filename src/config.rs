@@ -450,7 +450,7 @@ impl EndpointConfig {
             format!(
                 "endpoint {}: field `min_delay`: {} is not shorter than `retention` ({}): \
                  every delivery would expire before its first attempt",
-                self.name,
+                ShownName(&self.name),
                 format_duration(self.min_delay),
                 format_duration(retention)
             )
@@ -1033,6 +1033,20 @@ pub fn valid_endpoint_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
+/// An endpoint's name as messages show it: as it is when valid, quoted when not (a
+/// space or a control character in it would run into the rest of the line).
+pub struct ShownName<'a>(pub &'a str);
+
+impl std::fmt::Display for ShownName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if valid_endpoint_name(self.0) {
+            f.write_str(self.0)
+        } else {
+            write!(f, "{:?}", self.0)
+        }
+    }
+}
+
 /// Whether `s` is a valid event type: `[a-z0-9_.-]{1,64}`.
 pub fn valid_event_type(s: &str) -> bool {
     (1..=64).contains(&s.len())
@@ -1046,12 +1060,12 @@ impl EndpointConfig {
     /// message each, naming the endpoint and the field. The signing secrets are checked
     /// where they are decoded, when the endpoint is compiled.
     pub fn problems(&self) -> Vec<String> {
-        let n = &self.name;
+        let n = ShownName(&self.name);
         let mut out = Vec::new();
-        if !valid_endpoint_name(n) {
-            // The name itself is the problem: quote it.
+        if !valid_endpoint_name(&self.name) {
+            // The name itself is the problem: quoted, here and in every message of it.
             out.push(format!(
-                "endpoint {n:?}: field `name`: must match [A-Za-z0-9_.-]{{1,64}}, and not be \
+                "endpoint {n}: field `name`: must match [A-Za-z0-9_.-]{{1,64}}, and not be \
                  `.` or `..` (HTTP clients drop those from a URL's path)"
             ));
         }
@@ -1256,7 +1270,7 @@ impl ConfigFile {
                             .get("name")
                             .and_then(|n| n.get_ref().as_str())
                         {
-                            Some(name) => format!("endpoint {name}"),
+                            Some(name) => format!("endpoint {}", ShownName(name)),
                             None => format!("endpoint #{}", i + 1),
                         };
                         let keys = Keys::of(&item, &lines);
@@ -1313,7 +1327,7 @@ impl ConfigFile {
                     format!(
                         "warning: endpoint {}: its min_delay and retry schedule ({}, {}) run \
                          past `retention` ({}): retries due after it expire unsent",
-                        e.name,
+                        ShownName(&e.name),
                         format_duration(lasts),
                         human_duration(lasts),
                         format_duration(retention)
@@ -1433,7 +1447,7 @@ impl ConfigFile {
             let message = format!(
                 "endpoint {}: more than {} endpoints, the most there may be (an event routed \
                  to every one must fit its record)",
-                e.name,
+                ShownName(&e.name),
                 crate::store::MAX_ROUTES
             );
             let problem = self.locate(crate::store::MAX_ROUTES, message);
@@ -1445,7 +1459,10 @@ impl ConfigFile {
             if seen.insert(e.name.as_str(), ()).is_some() {
                 dups.push((
                     i,
-                    format!("endpoint {}: field `name`: duplicate name", e.name),
+                    format!(
+                        "endpoint {}: field `name`: duplicate name",
+                        ShownName(&e.name)
+                    ),
                 ));
             }
         }
@@ -1906,6 +1923,28 @@ enabled = true
                 format!("{}:{}: {}", at.line, at.column, p.message)
             })
             .collect()
+    }
+
+    #[test]
+    fn a_bad_name_is_quoted_in_every_message_of_its_endpoint() {
+        // Quoted in the name's message only, the name ran into the rest of the others'.
+        let text = |name: &str, rest: &str| {
+            format!("[[endpoint]]\nname = {name:?}\nevents = [\"t\"]\nurl = \"http://h/\"\n{rest}")
+        };
+        // The checks after reading, and a value that does not read.
+        let file = ConfigFile::parse(&text("a b", "max_in_flight = 0\n"), "f.toml").unwrap();
+        let checked = file.config.endpoints[0].problems();
+        let unread = problems(&text("a b", "method = \"DELETE\"\n"));
+        assert_eq!(checked.len(), 2, "{checked:?}");
+        assert_eq!(unread.len(), 1, "{unread:?}");
+        for m in checked.iter().chain(&unread) {
+            assert!(m.contains("endpoint \"a b\": field `"), "{m}");
+        }
+        let ok = problems(&text("a", "method = \"DELETE\"\n"));
+        assert!(
+            ok.len() == 1 && ok[0].contains("endpoint a: field `method`"),
+            "{ok:?}"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::config::{EndpointConfig, Format, Method};
+use crate::config::{EndpointConfig, Format, Method, ShownName};
 use crate::deliver::http1::{parse_url, Target, UrlError};
 use crate::deliver::request::{is_secret_header, mask_form_secrets, mask_query_secrets};
 use crate::store::EndpointId;
@@ -85,7 +85,7 @@ pub fn guarded_url_problem(cfg: &EndpointConfig) -> Option<String> {
          the SSRF guard refuses while `allow_private_networks` is off: every delivery would \
          fail (for a receiver on this machine or network, set `allow_private_networks = \
          true` under [server])",
-        cfg.name
+        ShownName(&cfg.name)
     ))
 }
 
@@ -177,7 +177,7 @@ impl EndpointSpec {
                 Ok(t) => Some(t),
                 Err(error) => {
                     errors.push(EndpointError::Template {
-                        endpoint: name.clone(),
+                        endpoint: ShownName(&name).to_string(),
                         field: field.to_string(),
                         error: Box::new(match secret {
                             Secret::No => error,
@@ -232,7 +232,7 @@ impl EndpointSpec {
                 Some(keys) if !keys.is_empty() => signing_keys = keys,
                 _ => errors.push(EndpointError::Field(format!(
                     "endpoint {}: field `signing_secret`: each secret must be whsec_<base64> of a non-empty key",
-                    cfg.name
+                    ShownName(&cfg.name)
                 ))),
             }
         }
@@ -247,7 +247,7 @@ impl EndpointSpec {
                 Err(e) => {
                     errors.push(EndpointError::Field(format!(
                         "endpoint {}: field `url`: {e}",
-                        cfg.name
+                        ShownName(&cfg.name)
                     )));
                     None
                 }
@@ -256,7 +256,7 @@ impl EndpointSpec {
             if let Some(problem) = templated_authority_problem(&cfg.url) {
                 errors.push(EndpointError::Field(format!(
                     "endpoint {}: field `url`: {problem}",
-                    cfg.name
+                    ShownName(&cfg.name)
                 )));
             }
             None

@@ -23,7 +23,7 @@ use super::{
     await_reply, error, json_response, method_not_allowed, percent_decode, Admin, Params, Response,
 };
 use crate::commit::{CommitMsg, EndpointOpError, PutMode, ReplayResult};
-use crate::config::{field_message, EndpointConfig};
+use crate::config::{field_message, EndpointConfig, ShownName};
 use crate::endpoint::{EndpointError, EndpointSpec};
 use crate::metrics::{AttemptResult, EndpointCounts};
 use crate::shard::worker_for;
@@ -384,7 +384,7 @@ fn parse_definition(body: &[u8], path_name: Option<&str>) -> Result<EndpointConf
         }
     }
     let scope = match given.and_then(Value::as_str).or(path_name) {
-        Some(name) => format!("endpoint {name}"),
+        Some(name) => format!("endpoint {}", ShownName(name)),
         None => "endpoint".to_string(),
     };
     let name = if given.is_none() { path_name } else { None };
