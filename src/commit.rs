@@ -168,8 +168,8 @@ const REFILL_SCAN: usize = 8192;
 /// only while its endpoint holds fewer than this in worker memory: a quiet endpoint,
 /// not one draining a backlog of its own.
 const AHEAD_HELD: usize = 256;
-/// Deliveries handed over ahead of the cursor and not yet passed by it or reported, at
-/// most ([`State::ahead`]): what workers may hold past the cap for quiet endpoints.
+/// Deliveries handed over ahead of the cursor and not yet reported, at most
+/// ([`State::ahead`]): what workers may hold past the cap for quiet endpoints.
 const MAX_AHEAD: usize = 8192;
 
 /// One endpoint's part of the in-memory count.
@@ -423,13 +423,15 @@ pub enum CommitMsg {
     },
     /// A worker's answer to [`WorkerMsg::GiveBack`] `request`: it dropped `count` of
     /// `ep`'s deliveries, with `bytes` of events, every one it held from key `from` on
-    /// (`None`: it gave none back).
+    /// (`None`: it gave none back) but those in `kept` (in flight or in its wheel,
+    /// handed over ahead of the cursor).
     GivenBack {
         ep: EndpointId,
         request: u64,
         from: Option<DueKey>,
         count: usize,
         bytes: usize,
+        kept: Vec<DueKey>,
     },
 }
 
@@ -729,12 +731,12 @@ struct State {
     /// ([`Self::flush_jobs`]): the ordered endpoints' held heads at start
     /// ([`Self::send_holds`]) and quiet endpoints' fresh deliveries while the cursor
     /// lags ([`Self::hands_ahead`]). Their worker has them: the loader skips them when
-    /// it passes, the expiry sweep and a deletion's scan leave them to the outcome the
-    /// worker reports. Each leaves when it is reported, passed, given back or moved by
-    /// a pause. (A held head's second copy was harmless while its endpoint stayed
-    /// ordered, its queue taking one copy of a delivery, but one made `ordered = false`
-    /// meanwhile sent the head twice; a FIFO queue always takes a second copy as a
-    /// second delivery.)
+    /// it passes or reads them back, the expiry sweep and a deletion's scan leave them
+    /// to the outcome the worker reports. Each leaves when it is reported, given back
+    /// or moved by a pause (its worker dropped it at the disable, and said so). (A held
+    /// head's second copy was harmless while its endpoint stayed ordered, its queue
+    /// taking one copy of a delivery, but one made `ordered = false` meanwhile sent the
+    /// head twice; a FIFO queue always takes a second copy as a second delivery.)
     ahead: BTreeSet<DueKey>,
     stats: Stats,
     write_failures: WriteFailures,
@@ -1582,10 +1584,12 @@ impl State {
             self.last_give_back += 1;
             s.giving_back = Some(self.last_give_back);
             self.giving_back += 1;
+            let ahead = self.ahead.iter().filter(|k| k.ep == ep).copied().collect();
             self.workers[worker].send(WorkerMsg::GiveBack {
                 ep,
                 keep,
                 request: self.last_give_back,
+                ahead,
             });
         }
     }
@@ -1602,6 +1606,7 @@ impl State {
         from: Option<DueKey>,
         count: usize,
         bytes: usize,
+        kept: &[DueKey],
     ) {
         self.in_memory = self.in_memory.saturating_sub(count);
         self.in_memory_bytes = self.in_memory_bytes.saturating_sub(bytes);
@@ -1617,8 +1622,10 @@ impl State {
         let Some(from) = from else {
             return;
         };
-        // The worker dropped them: read back from disk as the rest.
-        self.ahead.retain(|k| k.ep != ep || *k < from);
+        // The worker dropped them: read back from disk as the rest. Those it still has
+        // are skipped when read back, as when the loader passes them.
+        self.ahead
+            .retain(|k| k.ep != ep || *k < from || kept.contains(k));
         if s.leave_on_disk_from(from) {
             self.on_disk += 1;
         }
@@ -1755,7 +1762,8 @@ impl State {
                     from,
                     count,
                     bytes,
-                } => self.given_back(ep, request, from, count, bytes),
+                    kept,
+                } => self.given_back(ep, request, from, count, bytes, &kept),
             }
         }
         let dirtied: Vec<EndpointId> = self.dirty.drain().collect();
@@ -3456,8 +3464,10 @@ impl State {
         cleanup: &mut store::Batch,
         delta: &mut Delta,
     ) {
-        if !self.ahead.is_empty() && self.ahead.remove(&key) {
-            // Handed over before the cursor reached it; its worker reports it.
+        if !self.ahead.is_empty() && self.ahead.contains(&key) {
+            // Handed over before the cursor reached it; its worker reports it. (Kept
+            // until then: an endpoint's backlog given back is read back from disk below
+            // the cursor, this one among it while in flight.)
             return;
         }
         let Some(info) = self.router.eps.get(&key.ep) else {
@@ -3555,9 +3565,6 @@ impl State {
     fn load(&mut self) {
         if !self.scan.members.is_empty() {
             self.scan_pages();
-        }
-        if !self.ahead.is_empty() {
-            self.ahead = self.ahead.split_off(&self.cursor);
         }
         self.sweep_expired();
         if !self.dropping.is_empty() {

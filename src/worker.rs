@@ -154,11 +154,14 @@ pub enum WorkerMsg {
     /// A slow endpoint holds more than it may ([`crate::commit`]'s give-back): keep its
     /// first `keep` deliveries (those in flight among them) and give the rest back to
     /// the store, where they are due still; answered with [`CommitMsg::GivenBack`]
-    /// carrying `request`.
+    /// carrying `request`. `ahead`: the endpoint's deliveries the committer handed over
+    /// ahead of its loader's cursor and has not seen reported (sorted), which it never
+    /// hands over again.
     GiveBack {
         ep: EndpointId,
         keep: usize,
         request: u64,
+        ahead: Vec<DueKey>,
     },
     /// Copy this worker's metrics out.
     Snapshot(crossbeam_channel::Sender<WorkerSnapshot>),
@@ -681,7 +684,12 @@ impl Worker {
                     let _ = reply.send(w.test_attempt(&spec, event).await);
                 });
             }
-            WorkerMsg::GiveBack { ep, keep, request } => self.give_back(ep, keep, request),
+            WorkerMsg::GiveBack {
+                ep,
+                keep,
+                request,
+                ahead,
+            } => self.give_back(ep, keep, request, &ahead),
             WorkerMsg::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
             }
@@ -823,8 +831,16 @@ impl Worker {
     /// their due keys stay in the store. An ordered queue gives out only a tail of its
     /// oldest-first order ([`JobQueue::split_off`]): nothing behind a delivery given
     /// back goes before it.
-    fn give_back(&self, id: EndpointId, keep: usize, request: u64) {
+    ///
+    /// A FIFO endpoint's deliveries in flight or in the wheel that the committer handed
+    /// over ahead of its cursor (`ahead`) do not bound `from`: it never hands those over
+    /// again, and reads them back from disk only to skip them. One fresh delivery
+    /// handed over ahead and hung at its receiver, its key above the whole backlog,
+    /// kept every other one of a slow endpoint in memory (helper A, session 42). Those
+    /// at or above `from` are named in the answer: still here.
+    fn give_back(&self, id: EndpointId, keep: usize, request: u64, ahead: &[DueKey]) {
         let ep = self.endpoints.borrow().get(&id).cloned();
+        let mut kept = Vec::new();
         let (from, given) = ep
             .and_then(|ep| {
                 let flying: Vec<DueKey> = ep
@@ -835,11 +851,21 @@ impl Worker {
                     .collect();
                 let wheel = self.wheel.borrow();
                 let timed = wheel.iter().filter(|j| j.ep == id).map(|j| j.due);
-                let floor = flying.iter().copied().chain(timed).max();
+                let held: Vec<DueKey> = flying.iter().copied().chain(timed).collect();
+                // (An ordered queue's second copy is the same delivery, but its order
+                // rules what may go: as before.)
+                let is_ahead =
+                    |k: &DueKey| !ep.spec.borrow().cfg.ordered && ahead.binary_search(k).is_ok();
+                let floor = held.iter().copied().filter(|k| !is_ahead(k)).max();
                 let keep = keep.saturating_sub(flying.len());
-                ep.queue
-                    .borrow_mut()
-                    .split_off(keep, floor.map(DueKey::successor), |j| j.due)
+                let split =
+                    ep.queue
+                        .borrow_mut()
+                        .split_off(keep, floor.map(DueKey::successor), |j| j.due);
+                if let Some((from, _)) = &split {
+                    kept = held.into_iter().filter(|k| k >= from).collect();
+                }
+                split
             })
             .unzip();
         let given = given.unwrap_or_default();
@@ -855,6 +881,7 @@ impl Worker {
             from,
             count: given.len(),
             bytes,
+            kept,
         });
     }
 

@@ -1743,6 +1743,98 @@ fn a_quiet_endpoint_s_fresh_deliveries_do_not_wait_behind_backlogs_loaded_after_
 }
 
 #[test]
+fn a_fresh_delivery_handed_over_ahead_and_hung_does_not_keep_its_endpoint_from_giving_back() {
+    // After a restart eight endpoints' backlogs fill the cap, their receivers holding
+    // every request. `slow`'s own backlog lies behind them in the due index, so it is
+    // quiet when a fresh delivery of it comes: that goes to its worker at once, ahead
+    // of the cursor, and hangs at the receiver. Then the eight are answered, four at
+    // once and four in 40 ms each (these keep workers past half the cap): the cursor
+    // reaches `slow`'s backlog and hands it over before a second shows it slow (its
+    // receiver answers in 200 ms). Its worker gave back only keys above every one it
+    // kept, the one in flight among them, and the fresh key lies above the whole
+    // backlog: nothing was given back, and `slow` held its share of the cap for as
+    // long as the attempt's timeout (helper A). Now the fresh one does not bound the
+    // give-back, stays with the worker, and is skipped as the backlog given back is
+    // read back past it: it goes out once.
+    const BUSY: [&str; 4] = ["busy1", "busy2", "busy3", "busy4"];
+    const FAST: [&str; 4] = ["fast1", "fast2", "fast3", "fast4"];
+    const SLOW_N: usize = 8_000;
+    let (rx, gate) = TestReceiver::gated();
+    let mut eps = String::new();
+    for name in BUSY.iter().chain(&FAST).chain(&["slow"]) {
+        let url = rx.url(&format!("/{name}"));
+        eps += &endpoint(name, &format!(r#"["{name}"]"#), &url, "timeout = \"300s\"");
+    }
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let opts = ServerOpts::new(&eps);
+    let mut srv = TestServer::start_in(dir.clone(), &opts);
+    // 30,000 and 24,000: the cap (50,000) and 4,000 more before `slow`'s.
+    assert_eq!(srv.pipeline(interleaved(&BUSY, 7_500)), 30_000);
+    assert_eq!(srv.pipeline(interleaved(&FAST, 6_000)), 24_000);
+    assert_eq!(srv.pipeline(interleaved(&["slow"], SLOW_N)), SLOW_N);
+    srv.kill9();
+    let fresh = b"{\"fresh\":true}".as_slice();
+    let (back_gate, fresh_gate) = (Gate::new(), Gate::new());
+    let script = |back: Gate, fresh_held: Gate, slow_ms: u64| {
+        move |req: &Received, _: usize| {
+            if req.body == fresh {
+                fresh_held.wait();
+                return Reply::status(200);
+            }
+            if req.path == "/slow" {
+                return Reply::status(200).delay(Duration::from_millis(slow_ms));
+            }
+            back.wait();
+            let ms = if req.path.starts_with("/busy") { 40 } else { 0 };
+            Reply::status(200).delay(Duration::from_millis(ms))
+        }
+    };
+    rx.set_script(script(back_gate.clone(), fresh_gate.clone(), 200));
+    gate.open();
+    let srv = TestServer::start_in(dir.clone(), &opts);
+    assert_eq!(
+        srv.connect()
+            .send(&event("slow", "fresh", "{\"fresh\":true}")),
+        "ok fresh 1"
+    );
+    // Sent at once, ahead of the backlogs.
+    rx.wait_until(Duration::from_secs(20), "the fresh delivery", |got| {
+        got.iter().any(|r| r.body == fresh)
+    });
+    back_gate.open();
+    srv.wait_log("endpoint=slow given_back=", Duration::from_secs(30));
+    // The rest at once: the backlog given back is read back past the fresh key. (A
+    // second copy of the fresh one would hang too.)
+    rx.set_script(script(back_gate.clone(), fresh_gate.clone(), 0));
+    srv.wait_metric(
+        "ricochet_deliveries_pending",
+        Duration::from_secs(120),
+        |v| v == 1.0,
+    );
+    // What a second copy would show: in memory beside the first.
+    assert_eq!(
+        srv.metrics().value("ricochet_deliveries_in_memory", &[]),
+        Some(1.0)
+    );
+    let old = rx
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/slow" && r.body != fresh)
+        .map(|r| r.body.clone())
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    assert_eq!(old, SLOW_N, "every one of slow's backlog arrived");
+    fresh_gate.open();
+    srv.wait_metric(
+        "ricochet_deliveries_pending",
+        Duration::from_secs(20),
+        |v| v == 0.0,
+    );
+    let copies = rx.requests().iter().filter(|r| r.body == fresh).count();
+    assert_eq!(copies, 1, "the fresh delivery went out {copies} times");
+}
+
+#[test]
 fn a_backlog_past_the_keys_kept_back_waits_on_disk_and_is_read_back_once() {
     // `slow`'s receiver holds its attempts while 100,000 deliveries of it are accepted:
     // workers hold 25,000 (half the cap), and the rest are kept back, past the 65,536
