@@ -192,6 +192,11 @@ struct Share {
     /// endpoint's key left on disk is always above it (its queue takes a second copy
     /// as a second delivery; an ordered queue takes it as the same one).
     handed_max: DueKey,
+    /// The highest key of it written at or above the cursor and not handed over (a
+    /// first attempt or a retry waiting on disk for the loader): while the cursor is
+    /// below it, the endpoint is not quiet ([`State::hands_ahead`]), so its fresh
+    /// deliveries do not go before its own older ones.
+    disk_max: DueKey,
     /// Its deliveries reported since the rate was last taken.
     drained: usize,
     /// Its deliveries reported in the last [`RATE_EVERY`]; `None` unless it held some
@@ -2066,6 +2071,8 @@ impl State {
                         val: DueVal::NEW,
                     },
                 ));
+            } else {
+                self.left_on_disk(due);
             }
         }
         AckResult::Ok {
@@ -2240,9 +2247,13 @@ impl State {
                             },
                         ));
                     }
-                } else if self.spill.is_none() {
-                    // (While spilling, the workers already hold the most memory allowed.)
-                    self.waiting.keep(o.event, due_ms, self.cursor.due_ms);
+                } else {
+                    self.left_on_disk(due);
+                    if self.spill.is_none() {
+                        // (While spilling, the workers already hold the most memory
+                        // allowed.)
+                        self.waiting.keep(o.event, due_ms, self.cursor.due_ms);
+                    }
                 }
             }
         }
@@ -3226,9 +3237,13 @@ impl State {
     /// Whether a fresh delivery written under `due`, at or above the cursor, goes to its
     /// worker now all the same (`round_jobs` already queued this round): it is due
     /// within the loader's horizon, so the cursor lags behind now (workers hold the
-    /// cap: backlogs loaded after a restart, an overload), and its endpoint is quiet —
-    /// it holds fewer than [`AHEAD_HELD`] in worker memory and keeps nothing back, on
-    /// disk or being given back. Left for the cursor, it waited behind every other
+    /// cap: backlogs loaded after a restart, an overload; not while fresh deliveries
+    /// spill), and its endpoint is quiet — it holds fewer than [`AHEAD_HELD`] in worker
+    /// memory, keeps nothing back, on disk or being given back, and has written none
+    /// of its deliveries for the loader to bring since the cursor was at or below it
+    /// ([`Share::disk_max`]: under an overload of many endpoints each holding a few,
+    /// their fresh deliveries went before their own older ones; a backlog from before
+    /// a restart is not known per endpoint). Left for the cursor, it waited behind every other
     /// endpoint's backlog: after a restart with eight endpoints' backlogs of 10,000
     /// draining, a quiet endpoint's fresh deliveries waited for 30,000 of them. Not
     /// for an `ordered` endpoint (older deliveries of it may wait on disk below it),
@@ -3236,16 +3251,28 @@ impl State {
     /// loader skips it when it passes ([`Self::ahead`]).
     fn hands_ahead(&self, due: DueKey, now: u64, round_jobs: usize) -> bool {
         due >= self.cursor
+            && self.spill.is_none()
             && due.due_ms <= now.saturating_add(HORIZON_MS)
             && self.ahead.len() + round_jobs < MAX_AHEAD
             && self.in_memory_bytes + self.out_bytes < MAX_IN_MEMORY_BYTES
             && self.router.eps.get(&due.ep).is_some_and(|i| !i.ordered)
             && self.shares.get(&due.ep).is_none_or(|s| {
                 s.held < AHEAD_HELD
+                    && s.disk_max < self.cursor
                     && s.deferred.is_empty()
                     && s.on_disk_from.is_none()
                     && s.giving_back.is_none()
             })
+    }
+
+    /// A delivery written under `due` and not handed over: one at or above the cursor
+    /// waits for the loader, and its endpoint is not quiet until the cursor passes it
+    /// ([`Share::disk_max`]).
+    fn left_on_disk(&mut self, due: DueKey) {
+        if due >= self.cursor {
+            let s = self.shares.entry(due.ep).or_default();
+            s.disk_max = s.disk_max.max(due);
+        }
     }
 
     /// Loads spilled deliveries (keys below the cursor from the fence on) while workers
