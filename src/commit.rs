@@ -1933,6 +1933,7 @@ impl State {
             kept_back: self.deferred as u64,
             endpoints_slow: self.shares.values().filter(|s| s.slow()).count() as u64,
             backlogs_on_disk: self.on_disk as u64,
+            handed_ahead: self.ahead.len() as u64,
             ..CommitSnapshot::default()
         };
         st.acks.add_to(&mut s);

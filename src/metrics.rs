@@ -280,6 +280,10 @@ pub struct CommitSnapshot {
     /// Endpoints at their share whose kept-back backlog waits partly on disk, read
     /// back as they drain.
     pub backlogs_on_disk: u64,
+    /// Of the deliveries workers hold, those handed over ahead of the loader's cursor
+    /// and not yet reported (quiet endpoints' fresh ones while it lags, ordered
+    /// endpoints' held heads at a start).
+    pub handed_ahead: u64,
     /// Endpoints that at their last second's rate take more than 10 s to drain the
     /// deliveries their workers hold.
     pub endpoints_slow: u64,
@@ -300,6 +304,7 @@ impl Default for CommitSnapshot {
             endpoints_disabled: 0,
             kept_back: 0,
             backlogs_on_disk: 0,
+            handed_ahead: 0,
             endpoints_slow: 0,
         }
     }
@@ -597,6 +602,19 @@ pub fn encode(s: &Scrape) -> String {
         "ricochet_deliveries_kept_back",
         &[],
         c.kept_back as f64,
+    );
+    family(
+        &mut out,
+        "ricochet_deliveries_handed_ahead",
+        "gauge",
+        "Deliveries workers hold that were handed over ahead of the loader's cursor \
+         (quiet endpoints' fresh ones while it lags), not yet reported.",
+    );
+    sample(
+        &mut out,
+        "ricochet_deliveries_handed_ahead",
+        &[],
+        c.handed_ahead as f64,
     );
     family(
         &mut out,
@@ -977,6 +995,7 @@ mod tests {
                 endpoints_disabled: 1,
                 kept_back: 9,
                 backlogs_on_disk: 1,
+                handed_ahead: 3,
                 endpoints_slow: 2,
             }),
             admin: AdminCounts {
@@ -1027,6 +1046,10 @@ mod tests {
         assert_eq!(exp.value("ricochet_deliveries_in_memory", &[]), Some(10.0));
         assert_eq!(exp.value("ricochet_deliveries_pending", &[]), Some(7.0));
         assert_eq!(exp.value("ricochet_deliveries_kept_back", &[]), Some(9.0));
+        assert_eq!(
+            exp.value("ricochet_deliveries_handed_ahead", &[]),
+            Some(3.0)
+        );
         assert_eq!(
             exp.value("ricochet_endpoints_backlog_on_disk", &[]),
             Some(1.0)

@@ -1734,6 +1734,11 @@ fn a_quiet_endpoint_s_fresh_deliveries_do_not_wait_behind_backlogs_loaded_after_
         ids.len() == 20 && ids.values().all(|&n| n == 1),
         "quick got {ids:?}"
     );
+    // Each key handed over ahead was forgotten once reported.
+    assert_eq!(
+        srv.metrics().value("ricochet_deliveries_handed_ahead", &[]),
+        Some(0.0)
+    );
     assert_eq!(
         rx.ids().len(),
         BACK.len() * N,
@@ -1812,10 +1817,9 @@ fn a_fresh_delivery_handed_over_ahead_and_hung_does_not_keep_its_endpoint_from_g
         |v| v == 1.0,
     );
     // What a second copy would show: in memory beside the first.
-    assert_eq!(
-        srv.metrics().value("ricochet_deliveries_in_memory", &[]),
-        Some(1.0)
-    );
+    let m = srv.metrics();
+    assert_eq!(m.value("ricochet_deliveries_in_memory", &[]), Some(1.0));
+    assert_eq!(m.value("ricochet_deliveries_handed_ahead", &[]), Some(1.0));
     let old = rx
         .requests()
         .iter()
@@ -1832,6 +1836,10 @@ fn a_fresh_delivery_handed_over_ahead_and_hung_does_not_keep_its_endpoint_from_g
     );
     let copies = rx.requests().iter().filter(|r| r.body == fresh).count();
     assert_eq!(copies, 1, "the fresh delivery went out {copies} times");
+    assert_eq!(
+        srv.metrics().value("ricochet_deliveries_handed_ahead", &[]),
+        Some(0.0)
+    );
 }
 
 #[test]
