@@ -3236,20 +3236,20 @@ impl State {
     }
 
     /// Whether a fresh delivery written under `due`, at or above the cursor, goes to its
-    /// worker now all the same (`round_jobs` already queued this round): it is due
-    /// within the loader's horizon, so the cursor lags behind now (workers hold the
-    /// cap: backlogs loaded after a restart, an overload; not while fresh deliveries
-    /// spill), and its endpoint is quiet — it holds fewer than [`AHEAD_HELD`] in worker
-    /// memory, keeps nothing back, on disk or being given back, and has written none
-    /// of its deliveries for the loader to bring since the cursor was at or below it
-    /// ([`Share::disk_max`]: under an overload of many endpoints each holding a few,
-    /// their fresh deliveries went before their own older ones; a backlog from before
-    /// a restart is not known per endpoint). Left for the cursor, it waited behind every other
-    /// endpoint's backlog: after a restart with eight endpoints' backlogs of 10,000
-    /// draining, a quiet endpoint's fresh deliveries waited for 30,000 of them. Not
-    /// for an `ordered` endpoint (older deliveries of it may wait on disk below it),
-    /// at most [`MAX_AHEAD`] at a time, and within the bytes workers may hold. The
-    /// loader skips it when it passes ([`Self::ahead`]).
+    /// worker now all the same (`round_jobs` already queued this round): it is due within
+    /// the loader's horizon, so the cursor lags behind now (workers hold the cap: backlogs
+    /// loaded after a restart, an overload; not while fresh deliveries spill), and its
+    /// endpoint is quiet — it holds fewer than [`AHEAD_HELD`] in worker memory, keeps
+    /// nothing back, on disk or being given back, and has written none of its deliveries
+    /// for the loader to bring since the cursor was at or below it ([`Share::disk_max`]:
+    /// under an overload of many endpoints each holding a few, their fresh deliveries would
+    /// go before their own older ones; a backlog from before a restart is not known per
+    /// endpoint). Left for the cursor, it waited behind every other endpoint's backlog:
+    /// after a restart with eight endpoints' backlogs of 10,000 draining, a quiet
+    /// endpoint's fresh deliveries waited for 30,000 of them. Not for an `ordered` endpoint
+    /// (older deliveries of it may wait on disk below it), at most [`MAX_AHEAD`] at a time,
+    /// and within the bytes workers may hold. The loader skips it when it passes
+    /// ([`Self::ahead`]).
     fn hands_ahead(&self, due: DueKey, now: u64, round_jobs: usize) -> bool {
         due >= self.cursor
             && self.spill.is_none()
