@@ -192,10 +192,11 @@ struct Share {
     /// endpoint's key left on disk is always above it (its queue takes a second copy
     /// as a second delivery; an ordered queue takes it as the same one).
     handed_max: DueKey,
-    /// The highest key of it written at or above the cursor and not handed over (a
-    /// first attempt or a retry waiting on disk for the loader): while the cursor is
-    /// below it, the endpoint is not quiet ([`State::hands_ahead`]), so its fresh
-    /// deliveries do not go before its own older ones.
+    /// The highest key of it written at or above the cursor, due within the loader's
+    /// horizon, and not handed over (a first attempt or a retry waiting on disk for the
+    /// loader): while the cursor is below it, the endpoint is not quiet
+    /// ([`State::hands_ahead`]), so its fresh deliveries do not go before its own
+    /// older ones.
     disk_max: DueKey,
     /// Its deliveries reported since the rate was last taken.
     drained: usize,
@@ -2073,7 +2074,7 @@ impl State {
                     },
                 ));
             } else {
-                self.left_on_disk(due);
+                self.left_on_disk(due, now);
             }
         }
         AckResult::Ok {
@@ -2249,7 +2250,7 @@ impl State {
                         ));
                     }
                 } else {
-                    self.left_on_disk(due);
+                    self.left_on_disk(due, now_ms());
                     if self.spill.is_none() {
                         // (While spilling, the workers already hold the most memory
                         // allowed.)
@@ -3267,10 +3268,13 @@ impl State {
     }
 
     /// A delivery written under `due` and not handed over: one at or above the cursor
-    /// waits for the loader, and its endpoint is not quiet until the cursor passes it
-    /// ([`Share::disk_max`]).
-    fn left_on_disk(&mut self, due: DueKey) {
-        if due >= self.cursor {
+    /// and due within the loader's horizon of `now` waits for the loader, and its
+    /// endpoint is not quiet until the cursor passes it ([`Share::disk_max`]). One due
+    /// later (a retry's wait, a `min_delay`) is not overtaken by a fresh delivery due
+    /// now (counted, a single failure's retry would keep an endpoint from being quiet
+    /// until the cursor had caught up and gone past its time).
+    fn left_on_disk(&mut self, due: DueKey, now: u64) {
+        if due >= self.cursor && due.due_ms <= now.saturating_add(HORIZON_MS) {
             let s = self.shares.entry(due.ep).or_default();
             s.disk_max = s.disk_max.max(due);
         }
