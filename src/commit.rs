@@ -197,7 +197,7 @@ struct Share {
     /// loader): while the cursor is below it, the endpoint is not quiet
     /// ([`State::hands_ahead`]), so its fresh deliveries do not go before its own
     /// older ones.
-    disk_max: DueKey,
+    disk_max: Option<DueKey>,
     /// Its deliveries reported since the rate was last taken.
     drained: usize,
     /// Its deliveries reported in the last [`RATE_EVERY`]; `None` unless it held some
@@ -1972,7 +1972,13 @@ impl State {
                 self.in_memory_bytes += job.event.encoded().len();
                 let s = self.shares.entry(job.ep).or_default();
                 s.held += 1;
-                s.handed_max = s.handed_max.max(job.due);
+                if !ahead {
+                    // (One handed ahead is never read back while its worker has it.
+                    // Counted, one fresh delivery after a restart would lift the
+                    // bound above the endpoint's whole backlog, and none of it could
+                    // be left on disk: helper R's review.)
+                    s.handed_max = s.handed_max.max(job.due);
+                }
                 true
             });
             if !jobs.is_empty() {
@@ -3260,7 +3266,7 @@ impl State {
             && self.router.eps.get(&due.ep).is_some_and(|i| !i.ordered)
             && self.shares.get(&due.ep).is_none_or(|s| {
                 s.held < AHEAD_HELD
-                    && s.disk_max < self.cursor
+                    && s.disk_max.is_none_or(|d| d < self.cursor)
                     && s.deferred.is_empty()
                     && s.on_disk_from.is_none()
                     && s.giving_back.is_none()
@@ -3276,7 +3282,7 @@ impl State {
     fn left_on_disk(&mut self, due: DueKey, now: u64) {
         if due >= self.cursor && due.due_ms <= now.saturating_add(HORIZON_MS) {
             let s = self.shares.entry(due.ep).or_default();
-            s.disk_max = s.disk_max.max(due);
+            s.disk_max = s.disk_max.max(Some(due));
         }
     }
 
@@ -3438,6 +3444,12 @@ impl State {
             return;
         };
         for (key, val) in page {
+            // Its worker has it (handed over ahead, kept at a give-back) and reports
+            // it: kept back too, it would be handed over again once that outcome had
+            // retired it (helper R's review).
+            if self.ahead.contains(&key) {
+                continue;
+            }
             if s.deferred.insert(key, val).is_none() {
                 self.deferred += 1;
             }
