@@ -1728,7 +1728,7 @@ impl State {
                 CommitMsg::Outcomes(list) => {
                     outcomes += list.len() as u64;
                     for o in list {
-                        self.record(o, &mut batch, &mut jobs_from_outcomes, &mut delta);
+                        self.record(o, now, &mut batch, &mut jobs_from_outcomes, &mut delta);
                     }
                 }
                 CommitMsg::EndpointDisabled { ep, by, detail } => {
@@ -2035,7 +2035,7 @@ impl State {
                 .eps
                 .get_mut(&ep)
                 .expect("the router routes to known endpoints");
-            let worker = info.worker;
+            let (worker, ordered) = (info.worker, info.ordered);
             if (info.ordered && self.resuming.contains(&ep)) || self.scan.pausing(ep) {
                 // Its paused deliveries are being given due times in acceptance order
                 // (`resume`), a page a tick: this one joins them, behind, and is given
@@ -2069,7 +2069,7 @@ impl State {
                 });
                 tracing::debug!(seq, "workers are full: spilling fresh deliveries to disk");
             }
-            if self.hand_now(due) || self.hands_ahead(due, now, jobs.len()) {
+            if self.hand_now(due) || (!ordered && self.hands_ahead(due, now, jobs.len())) {
                 jobs.push((
                     worker,
                     Job {
@@ -2092,6 +2092,7 @@ impl State {
     fn record(
         &mut self,
         o: Outcome,
+        now: u64,
         batch: &mut store::Batch,
         jobs: &mut Vec<(usize, Job)>,
         delta: &mut Delta,
@@ -2256,7 +2257,7 @@ impl State {
                         ));
                     }
                 } else {
-                    self.left_on_disk(due, now_ms());
+                    self.left_on_disk(due, now);
                     if self.spill.is_none() {
                         // (While spilling, the workers already hold the most memory
                         // allowed.)
@@ -3243,7 +3244,8 @@ impl State {
     }
 
     /// Whether a fresh delivery written under `due`, at or above the cursor, goes to its
-    /// worker now all the same (`round_jobs` already queued this round): it is due within
+    /// worker now all the same (`round_jobs` already queued this round; the caller has
+    /// checked that its endpoint is FIFO, which it looked up anyway): it is due within
     /// the loader's horizon, so the cursor lags behind now (workers hold the cap: backlogs
     /// loaded after a restart, an overload; not while fresh deliveries spill), and its
     /// endpoint is quiet — it holds fewer than [`AHEAD_HELD`] in worker memory, keeps
@@ -3263,7 +3265,6 @@ impl State {
             && due.due_ms <= now.saturating_add(HORIZON_MS)
             && self.ahead.len() + round_jobs < MAX_AHEAD
             && self.in_memory_bytes + self.out_bytes < MAX_IN_MEMORY_BYTES
-            && self.router.eps.get(&due.ep).is_some_and(|i| !i.ordered)
             && self.shares.get(&due.ep).is_none_or(|s| {
                 s.held < AHEAD_HELD
                     && s.disk_max.is_none_or(|d| d < self.cursor)

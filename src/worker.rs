@@ -854,8 +854,8 @@ impl Worker {
                 let held: Vec<DueKey> = flying.iter().copied().chain(timed).collect();
                 // (An ordered queue's second copy is the same delivery, but its order
                 // rules what may go: as before.)
-                let is_ahead =
-                    |k: &DueKey| !ep.spec.borrow().cfg.ordered && ahead.binary_search(k).is_ok();
+                let fifo = !ep.spec.borrow().cfg.ordered;
+                let is_ahead = |k: &DueKey| fifo && ahead.binary_search(k).is_ok();
                 let floor = held.iter().copied().filter(|k| !is_ahead(k)).max();
                 let keep = keep.saturating_sub(flying.len());
                 let split =
