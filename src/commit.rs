@@ -107,10 +107,12 @@ fn idle_wait(since_load: Duration, unsynced_for: Option<Duration>) -> Duration {
 }
 /// Deliveries held in worker memory before the loader stops loading, at least…
 ///
-/// A lower floor saves memory but costs CPU: measured with 20,000, `max` peaked ~40 MiB
-/// lower, while `retry-storm` and `backlog` spent 14–30% more CPU (more fresh
-/// deliveries spilled to disk and read back) — see docs/perf/history.md, sessions 2 and 7.
-pub const MIN_IN_MEMORY: usize = 50_000;
+/// Each costs ~1.2 KiB of resident memory at `max` (its event, and the allocator's
+/// pages it keeps in use). A lower floor saves memory; in sessions 2–7 20,000 and 25,000
+/// cost `retry-storm` and `backlog` 14–30% more CPU (fresh deliveries spilled to disk
+/// and read back). Session 43 measured 30,000 against 50,000: `max` peaked 25 MiB lower
+/// at the same rates, `backlog` and `retry-storm` the same (docs/performance.md, "Session 43").
+pub const MIN_IN_MEMORY: usize = 30_000;
 /// …and at most; in between, [`PER_ENDPOINT_IN_MEMORY`] per endpoint.
 pub const MAX_IN_MEMORY: usize = 100_000;
 /// Deliveries per endpoint the cap allows for, so a rate-limited endpoint with a backlog

@@ -329,6 +329,8 @@ pub struct Scrape {
     pub admin: AdminCounts,
     /// Workers and committer that did not answer in time.
     pub unanswered: usize,
+    /// What the store holds in memory.
+    pub store: crate::store::StoreMemory,
 }
 
 /// Writes one metric family's `# HELP` and `# TYPE` lines.
@@ -550,6 +552,26 @@ pub fn encode(s: &Scrape) -> String {
         &[],
         s.admin.ingest_refused as f64,
     );
+    family(
+        &mut out,
+        "ricochet_store_memory_bytes",
+        "gauge",
+        "Bytes the store (RocksDB) holds in memory, by part: memtables (written, not yet \
+         in table files, and those being flushed), table_readers (index and filter blocks \
+         of open table files), block_cache.",
+    );
+    for (part, v) in [
+        ("memtables", s.store.memtables),
+        ("table_readers", s.store.table_readers),
+        ("block_cache", s.store.block_cache),
+    ] {
+        sample(
+            &mut out,
+            "ricochet_store_memory_bytes",
+            &[("part", part)],
+            v as f64,
+        );
+    }
     family(
         &mut out,
         "ricochet_delivery_holds_total",
@@ -1003,6 +1025,11 @@ mod tests {
                 ..AdminCounts::default()
             },
             unanswered: 0,
+            store: crate::store::StoreMemory {
+                memtables: 40 << 20,
+                table_readers: 1 << 20,
+                block_cache: 8 << 20,
+            },
         }
     }
 
@@ -1055,6 +1082,10 @@ mod tests {
             Some(1.0)
         );
         assert_eq!(exp.value("ricochet_endpoints_slow", &[]), Some(2.0));
+        let store = |part| exp.value("ricochet_store_memory_bytes", &[("part", part)]);
+        assert_eq!(store("memtables"), Some((40 << 20) as f64));
+        assert_eq!(store("table_readers"), Some((1 << 20) as f64));
+        assert_eq!(store("block_cache"), Some((8 << 20) as f64));
         assert_eq!(
             exp.value("ricochet_deliveries_expired_total", &[]),
             Some(4.0)
@@ -1097,6 +1128,7 @@ mod tests {
             commit: None,
             admin: AdminCounts::default(),
             unanswered: 3,
+            store: Default::default(),
         });
         let exp = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(

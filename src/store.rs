@@ -1113,6 +1113,14 @@ fn read_at(snap: Option<&Snapshot<'_>>) -> ReadOptions {
 /// higher at `max` and `backlog`, no faster (docs/perf/history.md#budget, session 12).
 const BLOCK_CACHE_BYTES: usize = 8 << 20;
 
+/// Bytes RocksDB holds in memory by what holds them ([`Store::memory`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreMemory {
+    pub memtables: u64,
+    pub table_readers: u64,
+    pub block_cache: u64,
+}
+
 /// Column family options whose memtable inserts start their search from the last insert
 /// whose key has the same first `prefix` bytes (RocksDB's
 /// `memtable_insert_with_hint_prefix_extractor`, which its C API reaches only through an
@@ -2015,6 +2023,33 @@ impl Store {
                 )
             })
             .collect()
+    }
+
+    /// What RocksDB holds in memory now: its memtables (unflushed and those still being
+    /// flushed or pinned by a reader), its table readers (index and filter blocks of
+    /// open table files) and its block cache. Property reads: cheap, no I/O.
+    pub fn memory(&self) -> StoreMemory {
+        let mut m = StoreMemory::default();
+        for name in ALL_CFS {
+            let cf = self.cf(name);
+            let prop = |p: &str| {
+                self.db
+                    .property_int_value_cf(cf, p)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+            };
+            m.memtables += prop("rocksdb.size-all-mem-tables");
+            m.table_readers += prop("rocksdb.estimate-table-readers-mem");
+        }
+        // One cache shared by every family: read once.
+        m.block_cache = self
+            .db
+            .property_int_value("rocksdb.block-cache-usage")
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        m
     }
 
     /// Flushes every memtable to SST files (benchmarks measure sizes on disk).
@@ -3006,6 +3041,34 @@ mod tests {
     fn generated_ids() {
         assert_eq!(parse_generated_id(&generated_id(0xabc)), Some(0xabc));
         assert_eq!(parse_generated_id("evt_12"), None);
+    }
+
+    #[test]
+    fn memory_counts_memtables_until_a_flush_then_the_table_readers_and_read_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let before = s.memory();
+        let mut b = s.batch();
+        for seq in 0..2_000 {
+            b.put_event(&s, &ev(seq));
+        }
+        s.commit(b, false).unwrap();
+        let written = s.memory();
+        assert!(
+            written.memtables >= before.memtables + 2_000 * 40,
+            "{before:?} then {written:?}"
+        );
+        assert_eq!(written.table_readers, 0, "no table file yet: {written:?}");
+        s.flush().unwrap();
+        let flushed = s.memory();
+        assert!(
+            flushed.memtables < written.memtables,
+            "{written:?} then {flushed:?}"
+        );
+        assert!(flushed.table_readers > 0, "{flushed:?}");
+        // A read from a table file goes through the block cache.
+        assert!(s.event(1_000).unwrap().is_some());
+        assert!(s.memory().block_cache > 0, "{:?}", s.memory());
     }
 
     #[test]

@@ -164,6 +164,11 @@ impl Admin {
                 ingest_refused: crate::fdlimit::ConnPermit::refused(),
             },
             unanswered,
+            store: if committer {
+                self.store.memory()
+            } else {
+                Default::default()
+            },
         }
     }
 }

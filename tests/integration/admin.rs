@@ -519,6 +519,16 @@ fn metrics_count_ingest_deliveries_and_latency() {
     }
     assert!(get("ricochet_attempt_latency_seconds_sum", &[]) > 0.0);
     assert_eq!(get("ricochet_metrics_unanswered", &[]), 0.0);
+    // The store's memory: the events and their outcomes are in its memtables; its block
+    // cache is bounded (8 MiB).
+    let store = |m: &Exposition, part| metric(m, "ricochet_store_memory_bytes", &[("part", part)]);
+    assert!(
+        store(&m, "memtables") > store(&before, "memtables"),
+        "{} after against {} before",
+        store(&m, "memtables"),
+        store(&before, "memtables")
+    );
+    assert!(store(&m, "block_cache") <= (8 << 20) as f64);
 }
 
 #[test]

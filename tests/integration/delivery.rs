@@ -552,13 +552,14 @@ fn large_events_waiting_for_a_slow_receiver_are_held_on_disk_past_a_byte_cap() {
     assert_eq!(ids.len(), EVENTS, "every delivery arrived");
 }
 
-/// Workers hold at most 50,000 deliveries; past that, fresh ones wait on disk for the
-/// loader. The cut falls inside one event's fan-out here (520 endpoints × 100 events):
-/// the routes handed over before it must not be loaded again from disk.
+/// Workers hold at most 30,000 deliveries (`MIN_IN_MEMORY`, with fewer than 6,000
+/// endpoints); past that, fresh ones wait on disk for the loader. The cut falls inside
+/// one event's fan-out here (520 endpoints × 60 events): the routes handed over before
+/// it must not be loaded again from disk.
 #[test]
 fn an_event_whose_fan_out_fills_the_workers_is_delivered_once_per_endpoint() {
     const ENDPOINTS: usize = 520;
-    const EVENTS: usize = 100;
+    const EVENTS: usize = 60;
     let (rx, gate) = TestReceiver::gated();
     let eps: String = (0..ENDPOINTS)
         .map(|i| {
@@ -572,7 +573,7 @@ fn an_event_whose_fan_out_fills_the_workers_is_delivered_once_per_endpoint() {
         .collect();
     let srv = TestServer::start(&eps);
     // Every delivery is accepted while the first of each endpoint is held: the workers
-    // fill up during event 96.
+    // fill up during event 57 (30,000 / 520 = 57.7).
     let mut c = srv.connect();
     for i in 0..EVENTS {
         assert_eq!(

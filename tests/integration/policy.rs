@@ -1061,10 +1061,10 @@ fn an_endpoint_held_at_a_kill9_resumes_after_the_restart() {
 
 #[test]
 fn endpoints_enabled_together_resume_within_the_workers_memory_cap() {
-    // Eight endpoints at `max_rps = 1` with 8,000 paused deliveries each (64,000, past
-    // the 50,000 deliveries workers may hold). Their retries and first attempts resume
+    // Eight endpoints at `max_rps = 1` with 5,000 paused deliveries each (40,000, past
+    // the 30,000 deliveries workers may hold). Their retries and first attempts resume
     // due now and went to the workers at once, a page per endpoint and tick, whatever
-    // the workers held: all 64,000 in memory within a second (100 such endpoints with
+    // the workers held: all of them in memory within a second (100 such endpoints with
     // 5,000 each: 211,974 and 480 MiB). They resume as workers have room now, the rest
     // waiting on disk: paused, or, once an endpoint holds what it may, kept back.
     let rx = TestReceiver::start();
@@ -1074,7 +1074,7 @@ fn endpoints_enabled_together_resume_within_the_workers_memory_cap() {
         eps += &endpoint(name, r#"["t"]"#, &rx.url("/"), "max_rps = 1");
     }
     let srv = TestServer::start(&eps);
-    const N: usize = 8_000;
+    const N: usize = 5_000;
     assert_eq!(srv.pipeline(event_lines("t", "t", N)), N);
     for name in names {
         assert_eq!(srv.post(&format!("/v1/endpoints/{name}/disable")).0, 200);
@@ -1095,7 +1095,7 @@ fn endpoints_enabled_together_resume_within_the_workers_memory_cap() {
     // Below half the cap nothing holds them back. (Past it, each holds a quarter of
     // the cap at most, and 2,048 once measured slow at one a second: how far past half
     // they get depends on how soon that is.)
-    let cap = 50_000.0;
+    let cap = ricochet::commit::MIN_IN_MEMORY as f64;
     srv.wait_metric(
         "ricochet_deliveries_in_memory",
         Duration::from_secs(30),
@@ -1394,7 +1394,7 @@ fn max_rps_counts_a_request_sent_again_after_its_connection_broke() {
 
 #[test]
 fn an_endpoint_with_a_backlog_past_the_in_memory_cap_does_not_hold_up_the_others() {
-    // `slow` gets more deliveries than workers hold in memory (50,000) and drains at
+    // `slow` gets more deliveries than workers hold in memory (30,000) and drains at
     // one a second. Workers used to take its backlog up to the cap, and every other
     // endpoint's deliveries then waited on disk until it drained below: `quick` got
     // none of its 20 in 60 s. An endpoint past its share of the cap keeps the rest of
@@ -1406,7 +1406,7 @@ fn an_endpoint_with_a_backlog_past_the_in_memory_cap_does_not_hold_up_the_others
         endpoint("quick", r#"["q"]"#, &rx.url("/quick"), "")
     );
     let srv = TestServer::start(&eps);
-    let n = 52_000;
+    let n = ricochet::commit::MIN_IN_MEMORY + 2_000;
     let oks = srv.pipeline(event_lines("s", "s", n));
     assert_eq!(oks, n);
     srv.connect().send_each_ok("q", "q", 20);
@@ -1494,8 +1494,8 @@ fn hung_endpoints_given_their_backlogs_at_once(
 #[test]
 fn slow_endpoints_hold_a_little_each_so_four_leave_the_others_room() {
     // Four endpoints whose receivers hang, each then given 30,000 deliveries. The
-    // first takes half the cap (25,000) before anyone is limited; each later one took
-    // a quarter (12,500), so the fourth filled the cap and `quick`'s 20 waited on disk
+    // first takes half the cap (15,000) before anyone is limited; each later one took
+    // a quarter (7,500), so the fourth filled the cap and `quick`'s 20 waited on disk
     // until they drained. An endpoint that at its last second's rate takes more than
     // 10 s to drain what it holds now gets at most 2,048 once workers hold half the cap.
     const SLOW: [&str; 4] = ["slow1", "slow2", "slow3", "slow4"];
@@ -1513,7 +1513,7 @@ fn slow_endpoints_hold_a_little_each_so_four_leave_the_others_room() {
     }
     let held = srv.metrics().value("ricochet_deliveries_in_memory", &[]);
     assert!(
-        held.is_some_and(|h| h < 50_000.0),
+        held.is_some_and(|h| h < ricochet::commit::MIN_IN_MEMORY as f64),
         "workers hold {held:?}, the whole cap"
     );
     // Their kept-back keys passed the bound too: the slow ones' ends wait on disk.
@@ -1522,26 +1522,26 @@ fn slow_endpoints_hold_a_little_each_so_four_leave_the_others_room() {
 
 #[test]
 fn hung_endpoints_given_their_backlogs_at_once_leave_them_on_disk_once_measured_slow() {
-    // Three endpoints whose receivers hang get 50,000 deliveries each, interleaved, at
-    // once: before a second has passed to show them slow. The first two take the
-    // workers to 37,500 and the rest is kept back, about 50,000 each of `slow2` and
-    // `slow3` past the 65,536 kept in memory, none of them half. Nothing looked again
-    // after that key: the loader waited at the bound, and `quick`'s 20 with it, until
-    // they drained. Each tick now looks again, and once the rates show them slow the
-    // ends of their backlogs wait on disk.
-    hung_endpoints_given_their_backlogs_at_once(&["slow1", "slow2", "slow3"], "", 50_000);
+    // Three endpoints whose receivers hang get 45,000 deliveries each, interleaved, at
+    // once: before a second has passed to show them slow. They take the workers to
+    // 22,500 (a quarter of the cap each) and the rest is kept back, some 47,000 past
+    // the 65,536 kept in memory, none of them half. Nothing looked again after that
+    // key: the loader waited at the bound, and `quick`'s 20 with it, until they
+    // drained. Each tick now looks again, and once the rates show them slow the ends
+    // of their backlogs wait on disk.
+    hung_endpoints_given_their_backlogs_at_once(&["slow1", "slow2", "slow3"], "", 45_000);
 }
 
 #[test]
 fn hung_endpoints_that_filled_the_cap_before_they_were_measured_slow_give_it_back() {
-    // Six endpoints whose receivers hang get 9,000 deliveries each, interleaved, at
+    // Six endpoints whose receivers hang get 5,500 deliveries each, interleaved, at
     // once: before a second has passed to show them slow, and none near its share
-    // (12,500), so workers take them up to the cap (50,000). The limit for slow
-    // endpoints applied only to what was handed over later, so the cap stayed full
-    // and `quick`'s 20 waited on disk until the receivers answered. Their workers now
-    // give back what each holds past 2,048, to wait on disk.
+    // (7,500), so workers take them up to the cap (30,000: 5,000 each). The limit for
+    // slow endpoints applied only to what was handed over later, so the cap stayed
+    // full and `quick`'s 20 waited on disk until the receivers answered. Their workers
+    // now give back what each holds past 2,048, to wait on disk.
     const SLOW: [&str; 6] = ["slow1", "slow2", "slow3", "slow4", "slow5", "slow6"];
-    hung_endpoints_given_their_backlogs_at_once(&SLOW, "", 9_000);
+    hung_endpoints_given_their_backlogs_at_once(&SLOW, "", 5_500);
 }
 
 #[test]
@@ -1551,7 +1551,7 @@ fn hung_ordered_endpoints_that_filled_the_cap_give_back_their_tails_and_keep_the
     // waited on disk until the receivers answered. Its worker now gives back the tail
     // of its queue past the 2,048 oldest, read back in acceptance order after them.
     const SLOW: [&str; 6] = ["ord1", "ord2", "ord3", "ord4", "ord5", "ord6"];
-    const N: usize = 9_000;
+    const N: usize = 5_500;
     let got = hung_endpoints_given_their_backlogs_at_once(&SLOW, "ordered = true", N);
     for name in SLOW {
         let path = format!("/{name}");
@@ -1567,14 +1567,15 @@ fn hung_ordered_endpoints_that_filled_the_cap_give_back_their_tails_and_keep_the
 
 #[test]
 fn an_ordered_head_s_retry_in_flight_when_its_endpoint_turns_fifo_goes_once() {
-    // Four ordered endpoints whose receivers hang are given 9,000 deliveries each at
-    // once and give the tails of their queues back to disk. `ord1`'s head is answered
+    // Four ordered endpoints whose receivers hang are given 6,500 deliveries each at
+    // once (below their shares of the cap, 26,000 in all within it) and give the tails
+    // of their queues back to disk. `ord1`'s head is answered
     // 500; its retry, which the worker keeps and attempts itself, hangs; then a `PUT`
     // makes `ord1` FIFO. The store's copy of that retry, read back with the tail while
     // the attempt ran, went out beside it: an ordered queue drops a copy of what it is
     // attempting, a FIFO one sent it (helper H, session 41).
     const ORD: [&str; 4] = ["ord1", "ord2", "ord3", "ord4"];
-    const N: usize = 9_000;
+    const N: usize = 6_500;
     let (rest, fail, retry) = (Gate::new(), Gate::new(), Gate::new());
     let is_head = |r: &Received| r.path == "/ord1" && r.json()["n"] == 0;
     let rx = {
@@ -1688,12 +1689,12 @@ fn an_ordered_endpoint_held_by_its_head_after_a_restart_leaves_its_backlog_on_di
 
 #[test]
 fn a_quiet_endpoint_s_fresh_deliveries_do_not_wait_behind_backlogs_loaded_after_a_restart() {
-    // Eight endpoints' receivers hang while 10,000 deliveries each are accepted; the
+    // Eight endpoints' receivers hang while 8,000 deliveries each are accepted; the
     // process is killed and starts again with them answering, 20 ms each. The loader
     // starts at the beginning of the due index and hands the backlogs over as they
-    // drain, up to the cap (50,000: 6,250 each, none at its share, so nothing is kept
+    // drain, up to the cap (30,000: 3,750 each, none at its share, so nothing is kept
     // back and the cursor waits for room). `quick`'s fresh deliveries, due now, lay
-    // behind all of it and waited on disk until the cursor reached them: some 30,000
+    // behind all of it and waited on disk until the cursor reached them: some 34,000
     // of the backlogs' deliveries later. A fresh delivery of an endpoint that holds
     // next to nothing now goes to its worker at once, and the loader skips it when it
     // passes. `quick`'s first is answered 500: its retry, due in 5 s, waits on disk,
@@ -1701,7 +1702,7 @@ fn a_quiet_endpoint_s_fresh_deliveries_do_not_wait_behind_backlogs_loaded_after_
     const BACK: [&str; 8] = [
         "back1", "back2", "back3", "back4", "back5", "back6", "back7", "back8",
     ];
-    const N: usize = 10_000;
+    const N: usize = 8_000;
     let (rx, gate) = TestReceiver::gated();
     let quick = TestReceiver::with_script(|_, n| Reply::status(if n == 0 { 500 } else { 200 }));
     let mut eps = String::new();
@@ -1780,9 +1781,11 @@ fn a_fresh_delivery_handed_over_ahead_and_hung_does_not_keep_its_endpoint_from_g
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let opts = ServerOpts::new(&eps);
     let mut srv = TestServer::start_in(dir.clone(), &opts);
-    // 30,000 and 24,000: the cap (50,000) and 4,000 more before `slow`'s.
-    assert_eq!(srv.pipeline(interleaved(&BUSY, 7_500)), 30_000);
-    assert_eq!(srv.pipeline(interleaved(&FAST, 6_000)), 24_000);
+    // 20,000 and 14,000: the cap (30,000) and 4,000 more before `slow`'s; the busy
+    // ones' are 5,000 past half the cap, for their drain to keep the workers past it
+    // while `slow` is measured.
+    assert_eq!(srv.pipeline(interleaved(&BUSY, 5_000)), 20_000);
+    assert_eq!(srv.pipeline(interleaved(&FAST, 3_500)), 14_000);
     assert_eq!(srv.pipeline(interleaved(&["slow"], SLOW_N)), SLOW_N);
     srv.kill9();
     let fresh = b"{\"fresh\":true}".as_slice();
@@ -1856,14 +1859,14 @@ fn a_fresh_delivery_handed_over_ahead_and_hung_does_not_keep_its_endpoint_from_g
 
 #[test]
 fn a_backlog_past_the_keys_kept_back_waits_on_disk_and_is_read_back_once() {
-    // `slow`'s receiver holds its attempts while 100,000 deliveries of it are accepted:
-    // workers hold 25,000 (half the cap), and the rest are kept back, past the 65,536
+    // `slow`'s receiver holds its attempts while 90,000 deliveries of it are accepted:
+    // workers hold 15,000 (half the cap), and the rest are kept back, past the 65,536
     // keys the committer keeps in memory. Those made the workers count as full, so
     // `quick`'s 20 waited on disk until `slow` drained (an hour at 80 events/s to a
     // receiver that hangs, with the bound of 262,144 before). The end of `slow`'s
     // backlog now waits on disk and is read back as it drains: `quick`'s 20 arrive at
     // once, and every one of `slow`'s arrives once when its receiver answers.
-    const N: usize = 100_000;
+    const N: usize = 90_000;
     let (srv, slow, gate, quick) = hung_endpoints_and_quick(&["slow"], "");
     assert_eq!(srv.pipeline(event_lines("slow", "s", N)), N);
     srv.wait_metric(
