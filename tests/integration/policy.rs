@@ -1004,9 +1004,11 @@ fn an_endpoint_held_at_a_kill9_resumes_after_the_restart() {
     // the due index for every such endpoint) and resumes it. Every delivery arrives,
     // in acceptance order; the one in flight at the kill again.
     let (rx, gate, srv, eps) = ord_enabled_during_a_long_pause();
-    assert!(srv
-        .log()
-        .contains("endpoint enabled while its pause is under way"));
+    // The log is read from the process's output as it comes: awaited, not read once.
+    srv.wait_log(
+        "endpoint enabled while its pause is under way",
+        Duration::from_secs(10),
+    );
     let mut srv = srv;
     srv.kill9();
     let dir = srv.dir.clone();
