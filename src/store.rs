@@ -2003,23 +2003,24 @@ impl Store {
         Ok(out)
     }
 
+    /// Column family `name`'s integer property `prop` (0 if RocksDB has none).
+    fn cf_property(&self, name: &'static str, prop: &str) -> u64 {
+        self.db
+            .property_int_value_cf(self.cf(name), prop)
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+
     /// Bytes on disk (SST files) and in memtables per column family.
     pub fn sizes(&self) -> Vec<(&'static str, u64, u64)> {
         ALL_CFS
             .iter()
             .map(|&name| {
-                let cf = self.cf(name);
-                let prop = |p: &str| {
-                    self.db
-                        .property_int_value_cf(cf, p)
-                        .ok()
-                        .flatten()
-                        .unwrap_or(0)
-                };
                 (
                     name,
-                    prop("rocksdb.total-sst-files-size"),
-                    prop("rocksdb.cur-size-all-mem-tables"),
+                    self.cf_property(name, "rocksdb.total-sst-files-size"),
+                    self.cf_property(name, "rocksdb.cur-size-all-mem-tables"),
                 )
             })
             .collect()
@@ -2031,16 +2032,8 @@ impl Store {
     pub fn memory(&self) -> StoreMemory {
         let mut m = StoreMemory::default();
         for name in ALL_CFS {
-            let cf = self.cf(name);
-            let prop = |p: &str| {
-                self.db
-                    .property_int_value_cf(cf, p)
-                    .ok()
-                    .flatten()
-                    .unwrap_or(0)
-            };
-            m.memtables += prop("rocksdb.size-all-mem-tables");
-            m.table_readers += prop("rocksdb.estimate-table-readers-mem");
+            m.memtables += self.cf_property(name, "rocksdb.size-all-mem-tables");
+            m.table_readers += self.cf_property(name, "rocksdb.estimate-table-readers-mem");
         }
         // One cache shared by every family: read once.
         m.block_cache = self
