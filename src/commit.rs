@@ -110,8 +110,9 @@ fn idle_wait(since_load: Duration, unsynced_for: Option<Duration>) -> Duration {
 /// Each costs ~1.2 KiB of resident memory at `max` (its event, and the allocator's
 /// pages it keeps in use). A lower floor saves memory; in sessions 2–7 20,000 and 25,000
 /// cost `retry-storm` and `backlog` 14–30% more CPU (fresh deliveries spilled to disk
-/// and read back). Session 43 measured 30,000 against 50,000: `max` peaked 25 MiB lower
-/// at the same rates, `backlog` and `retry-storm` the same (docs/performance.md, "Session 43").
+/// and read back). Session 43 measured 30,000 against 50,000: `max` peaked 25–30 MiB
+/// lower at the same rates (~1.5% more CPU per event), `backlog` and `retry-storm` the
+/// same (docs/performance.md, "Session 43").
 pub const MIN_IN_MEMORY: usize = 30_000;
 /// …and at most; in between, [`PER_ENDPOINT_IN_MEMORY`] per endpoint.
 pub const MAX_IN_MEMORY: usize = 100_000;
