@@ -195,11 +195,11 @@ struct Share {
     /// endpoint's key left on disk is always above it (its queue takes a second copy
     /// as a second delivery; an ordered queue takes it as the same one).
     handed_max: DueKey,
-    /// The highest key of it written at or above the cursor, due within the loader's
-    /// horizon, and not handed over (a first attempt or a retry waiting on disk for the
-    /// loader): while the cursor is below it, the endpoint is not quiet
-    /// ([`State::hands_ahead`]), so its fresh deliveries do not go before its own
-    /// older ones.
+    /// The highest key of it written for a scan to bring (at or above the cursor, or in
+    /// the spilled range), due within the loader's horizon, and not handed over (a
+    /// first attempt or a retry waiting on disk): until that scan has passed it, the
+    /// endpoint is not quiet ([`State::hands_ahead`]), so its fresh deliveries do not
+    /// go before its own older ones.
     disk_max: Option<DueKey>,
     /// Its deliveries reported since the rate was last taken.
     drained: usize,
@@ -736,11 +736,13 @@ struct State {
     dropping: Vec<Dropping>,
     /// Events of retries due soon, kept from their failed attempt for the loader.
     waiting: Waiting,
-    /// Deliveries handed over under keys at or above the loader's cursor
-    /// ([`Self::flush_jobs`]): the ordered endpoints' held heads at start
-    /// ([`Self::send_holds`]) and quiet endpoints' fresh deliveries while the cursor
-    /// lags ([`Self::hands_ahead`]). Their worker has them: the loader skips them when
-    /// it passes or reads them back, the expiry sweep and a deletion's scan leave them
+    /// Deliveries handed over under keys a scan has yet to pass (at or above the
+    /// loader's cursor, or in the spilled range: [`Self::flush_jobs`]): the ordered
+    /// endpoints' held heads at start ([`Self::send_holds`]) and quiet endpoints' fresh
+    /// deliveries while the cursor lags or fresh deliveries spill
+    /// ([`Self::hands_ahead`]). Their worker has them: the loader and the spill's scan
+    /// skip them when they pass, a read-back leaves them out, the expiry sweep and a
+    /// deletion's scan leave them
     /// to the outcome the worker reports. Each leaves when it is reported, given back
     /// or moved by a pause (its worker dropped it at the disable, and said so). (A held
     /// head's second copy was harmless while its endpoint stayed ordered, its queue
@@ -1961,9 +1963,10 @@ impl State {
                 || self.giving_back > 0
                 || 2 * (self.in_memory + jobs.len()) >= self.cap();
             jobs.retain(|job| {
-                // Handed ahead of the cursor: never kept back (the loader would pass
-                // its key again and keep back a second copy).
-                let ahead = job.due >= self.cursor;
+                // Handed ahead of the scan that would bring it (the loader's cursor,
+                // or the spill's): never kept back (the scan would pass its key again
+                // and keep back a second copy). A scan's own keys are behind it by now.
+                let ahead = !self.hand_now(job.due);
                 if check && !ahead && self.keeps_back(job.ep, job.due) {
                     self.keep_back(job.due, job.val);
                     return false;
@@ -3246,31 +3249,36 @@ impl State {
         }
     }
 
-    /// Whether a fresh delivery written under `due`, at or above the cursor, goes to its
-    /// worker now all the same (`round_jobs` already queued this round; the caller has
-    /// checked that its endpoint is FIFO, which it looked up anyway): it is due within
-    /// the loader's horizon, so the cursor lags behind now (workers hold the cap: backlogs
-    /// loaded after a restart, an overload; not while fresh deliveries spill), and its
-    /// endpoint is quiet — it holds fewer than [`AHEAD_HELD`] in worker memory, keeps
-    /// nothing back, on disk or being given back, and has written none of its deliveries
-    /// for the loader to bring since the cursor was at or below it ([`Share::disk_max`]:
-    /// under an overload of many endpoints each holding a few, their fresh deliveries would
-    /// go before their own older ones; a backlog from before a restart is not known per
-    /// endpoint). Left for the cursor, it waited behind every other endpoint's backlog:
-    /// after a restart with eight endpoints' backlogs of 10,000 draining, a quiet
-    /// endpoint's fresh deliveries waited for 30,000 of them. Not for an `ordered` endpoint
-    /// (older deliveries of it may wait on disk below it), at most [`MAX_AHEAD`] at a time,
-    /// and within the bytes workers may hold. The loader skips it when it passes
-    /// ([`Self::ahead`]).
+    /// Whether a fresh delivery written under `due`, which a scan would bring later (at
+    /// or above the loader's cursor, or in the spilled range), goes to its worker now all
+    /// the same (`round_jobs` already queued this round; the caller has checked that its
+    /// endpoint is FIFO, which it looked up anyway): it is due within the loader's
+    /// horizon, so the cursor lags behind now (workers hold the cap: backlogs loaded after
+    /// a restart, an overload) or fresh deliveries spill, and its endpoint is quiet — it
+    /// holds fewer than [`AHEAD_HELD`] in worker memory and no more than it drained in
+    /// its last second (if it held some all through it: many endpoints at a low
+    /// `max_rps`, each holding a few, are not quiet; with the spill, 8,192 of theirs went
+    /// ahead at once), keeps nothing back, on disk or being given back, and has written
+    /// none of its deliveries for a scan to bring that
+    /// the scan has not brought yet ([`Share::disk_max`]: under an overload of many
+    /// endpoints each holding a few, their fresh deliveries would go before their own
+    /// older ones; a backlog from before a restart is not known per endpoint). Left for the
+    /// cursor, it waited behind every other endpoint's backlog: after a restart with eight
+    /// endpoints' backlogs of 10,000 draining, a quiet endpoint's fresh deliveries waited
+    /// for 30,000 of them; left for the spill, behind every delivery spilled before it (a
+    /// burst of 40,000 over ten endpoints held a trickle to others 2.7 s: helper A,
+    /// session 43). Not for an `ordered` endpoint (older deliveries of it may wait on disk
+    /// below it), at most [`MAX_AHEAD`] at a time, and within the bytes workers may hold.
+    /// The scans skip it when they pass ([`Self::ahead`]).
     fn hands_ahead(&self, due: DueKey, now: u64, round_jobs: usize) -> bool {
-        due >= self.cursor
-            && self.spill.is_none()
+        !self.hand_now(due)
             && due.due_ms <= now.saturating_add(HORIZON_MS)
             && self.ahead.len() + round_jobs < MAX_AHEAD
             && self.in_memory_bytes + self.out_bytes < MAX_IN_MEMORY_BYTES
             && self.shares.get(&due.ep).is_none_or(|s| {
                 s.held < AHEAD_HELD
-                    && s.disk_max.is_none_or(|d| d < self.cursor)
+                    && s.rate.is_none_or(|drained| drained >= s.held)
+                    && s.disk_max.is_none_or(|d| self.hand_now(d))
                     && s.deferred.is_empty()
                     && s.on_disk_from.is_none()
                     && s.giving_back.is_none()
@@ -3284,7 +3292,7 @@ impl State {
     /// now (counted, a single failure's retry would keep an endpoint from being quiet
     /// until the cursor had caught up and gone past its time).
     fn left_on_disk(&mut self, due: DueKey, now: u64) {
-        if due >= self.cursor && due.due_ms <= now.saturating_add(HORIZON_MS) {
+        if !self.hand_now(due) && due.due_ms <= now.saturating_add(HORIZON_MS) {
             let s = self.shares.entry(due.ep).or_default();
             s.disk_max = s.disk_max.max(Some(due));
         }
@@ -3513,9 +3521,9 @@ impl State {
         delta: &mut Delta,
     ) {
         if !self.ahead.is_empty() && self.ahead.contains(&key) {
-            // Handed over before the cursor reached it; its worker reports it. (Kept
-            // until then: an endpoint's backlog given back is read back from disk below
-            // the cursor, this one among it while in flight.)
+            // Handed over before the cursor (or the spill's scan) reached it; its worker
+            // reports it. (Kept until then: an endpoint's backlog given back is read
+            // back from disk below the cursor, this one among it while in flight.)
             return;
         }
         let Some(info) = self.router.eps.get(&key.ep) else {

@@ -1758,6 +1758,56 @@ fn a_quiet_endpoint_s_fresh_deliveries_do_not_wait_behind_backlogs_loaded_after_
 }
 
 #[test]
+fn a_quiet_endpoint_s_fresh_deliveries_do_not_wait_behind_a_spilled_burst() {
+    // A burst of 70,000 deliveries over ten endpoints (each below its share of the
+    // cap) comes faster than their receiver drains it (20 ms an answer, 16 lanes each:
+    // 8,000 a second), so past the cap (30,000) fresh deliveries spill: they stay on
+    // disk and a scan loads them in key order as the workers drain. `quick`'s 20,
+    // accepted after the burst, waited behind all of it, some 40,000 of the burst's
+    // deliveries (helper A, session 43: a burst of 40,000 held a trickle to quiet
+    // endpoints 2.7 s). A quiet endpoint's fresh deliveries now go to its worker at
+    // once, and the spill's scan skips them when it passes.
+    const BURST: [&str; 10] = ["b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "b8", "b9"];
+    const N: usize = 7_000;
+    let rx = TestReceiver::with_script(|_, _| Reply::status(200).delay(Duration::from_millis(20)));
+    let quick = TestReceiver::start();
+    let mut eps = String::new();
+    for name in BURST {
+        let url = rx.url(&format!("/{name}"));
+        eps += &endpoint(name, &format!(r#"["{name}"]"#), &url, "max_in_flight = 16");
+    }
+    eps += &endpoint("quick", r#"["q"]"#, &quick.url("/"), "");
+    let srv = TestServer::start(&eps);
+    assert_eq!(srv.pipeline(interleaved(&BURST, N)), BURST.len() * N);
+    srv.connect().send_each_ok("q", "q", 20);
+    quick.wait_for(20, Duration::from_secs(60));
+    let drained = rx.count();
+    assert!(
+        drained < 20_000,
+        "quick's 20 waited for {drained} of the burst's deliveries"
+    );
+    srv.wait_metric(
+        "ricochet_deliveries_pending",
+        Duration::from_secs(120),
+        |v| v == 0.0,
+    );
+    let ids = quick.ids();
+    assert!(
+        ids.len() == 20 && ids.values().all(|&n| n == 1),
+        "quick got {ids:?}"
+    );
+    let ids = rx.ids();
+    assert_eq!(ids.len(), BURST.len() * N, "every burst delivery arrived");
+    let twice: Vec<_> = ids.iter().filter(|(_, &n)| n > 1).take(5).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    // Each key handed over ahead was forgotten once reported.
+    assert_eq!(
+        srv.metrics().value("ricochet_deliveries_handed_ahead", &[]),
+        Some(0.0)
+    );
+}
+
+#[test]
 fn a_fresh_delivery_handed_over_ahead_and_hung_does_not_keep_its_endpoint_from_giving_back() {
     // After a restart eight endpoints' backlogs fill the cap, their receivers holding
     // every request. `slow`'s own backlog lies behind them in the due index, so it is
