@@ -217,6 +217,22 @@ struct Share {
 }
 
 impl Share {
+    /// `due` was left on disk for a scan to bring; `brought`: whether the scan that was
+    /// to bring [`Self::disk_max`] has passed it. The highest key still to be brought
+    /// stands for all of them only while it is: a key the cursor passed (written above
+    /// it before a spill began) says nothing of a spilled key below it that the spill's
+    /// scan has yet to load, and kept as the highest, it let the endpoint's later fresh
+    /// deliveries go ahead of that one (helper R's review, session 43). Once replaced,
+    /// the highest is safe again: the cursor does not move while a spill is under way,
+    /// so a key waiting for it is brought after every spilled one, and a spilled key
+    /// after every smaller one.
+    fn note_left_on_disk(&mut self, due: DueKey, brought: bool) {
+        self.disk_max = Some(match self.disk_max {
+            Some(d) if !brought => d.max(due),
+            _ => due,
+        });
+    }
+
     /// Nothing of it held, kept back, or left on disk.
     fn idle(&self) -> bool {
         self.held == 0
@@ -3285,16 +3301,21 @@ impl State {
             })
     }
 
-    /// A delivery written under `due` and not handed over: one at or above the cursor
-    /// and due within the loader's horizon of `now` waits for the loader, and its
-    /// endpoint is not quiet until the cursor passes it ([`Share::disk_max`]). One due
-    /// later (a retry's wait, a `min_delay`) is not overtaken by a fresh delivery due
-    /// now (counted, a single failure's retry would keep an endpoint from being quiet
-    /// until the cursor had caught up and gone past its time).
+    /// A delivery written under `due` and not handed over: one a scan will bring (at
+    /// or above the cursor, or in the spilled range) and due within the loader's
+    /// horizon of `now` waits for it, and its endpoint is not quiet until that scan
+    /// passes it ([`Share::disk_max`]). One due later (a retry's wait, a `min_delay`) is
+    /// not overtaken by a fresh delivery due now (counted, a single failure's retry
+    /// would keep an endpoint from being quiet until the cursor had caught up and gone
+    /// past its time).
     fn left_on_disk(&mut self, due: DueKey, now: u64) {
         if !self.hand_now(due) && due.due_ms <= now.saturating_add(HORIZON_MS) {
-            let s = self.shares.entry(due.ep).or_default();
-            s.disk_max = s.disk_max.max(Some(due));
+            let last = self.shares.get(&due.ep).and_then(|s| s.disk_max);
+            let brought = last.is_some_and(|d| self.hand_now(d));
+            self.shares
+                .entry(due.ep)
+                .or_default()
+                .note_left_on_disk(due, brought);
         }
     }
 
@@ -4017,6 +4038,41 @@ mod tests {
         r.remove(3);
         r.remove(2);
         assert!(r.by_type.is_empty() && r.wildcard.is_empty() && r.names.is_empty());
+    }
+
+    #[test]
+    fn a_spilled_key_below_one_the_cursor_passed_keeps_its_endpoint_from_being_quiet() {
+        let key = |due_ms, seq| DueKey { due_ms, seq, ep: 3 };
+        // As `State::hand_now` reads a key: brought once the cursor passed it, unless
+        // it lies in the spilled range (from the fence, at or above the spill's scan).
+        let mut spill = None::<(u64, DueKey)>;
+        let brought = |k: DueKey, cursor: DueKey, spill: Option<(u64, DueKey)>| {
+            k < cursor && spill.is_none_or(|(fence, scan)| !(k.seq >= fence && k >= scan))
+        };
+        let mut s = Share::default();
+        // A key written above a lagging cursor (a retry due soon), then passed by it.
+        s.note_left_on_disk(key(600, 1), false);
+        let cursor = key(1_100, 0);
+        assert!(brought(s.disk_max.unwrap(), cursor, spill));
+        // A burst spills; one of the endpoint's fresh deliveries is left for the scan.
+        spill = Some((10, key(100, 0)));
+        let was = brought(s.disk_max.unwrap(), cursor, spill);
+        s.note_left_on_disk(key(120, 11), was);
+        assert_eq!(s.disk_max, Some(key(120, 11)));
+        assert!(
+            !brought(s.disk_max.unwrap(), cursor, spill),
+            "quiet with a spilled delivery of its own not loaded"
+        );
+        // Another: the highest of those still to come stands for both.
+        let was = brought(s.disk_max.unwrap(), cursor, spill);
+        s.note_left_on_disk(key(150, 12), was);
+        assert_eq!(s.disk_max, Some(key(150, 12)));
+        // The scan passes the first only: still not quiet.
+        spill = Some((10, key(130, 0)));
+        assert!(!brought(s.disk_max.unwrap(), cursor, spill));
+        // The spill ends: quiet again.
+        spill = None;
+        assert!(brought(s.disk_max.unwrap(), cursor, spill));
     }
 
     #[test]
