@@ -1692,6 +1692,29 @@ fn an_ordered_endpoint_held_by_its_head_after_a_restart_leaves_its_backlog_on_di
     assert_eq!(rx.count(), 1, "only the head's first attempt");
 }
 
+/// Sends `quick`'s 20 events (type `q`) and waits for them to arrive; fewer than
+/// `most` of `rx`'s requests (counted from `before`), the `what` deliveries, may arrive
+/// meanwhile. Then waits for every pending delivery to be done.
+fn quick_s_20_go_before(
+    srv: &TestServer,
+    (quick, rx, before): (&TestReceiver, &TestReceiver, usize),
+    most: usize,
+    what: &str,
+) {
+    srv.connect().send_each_ok("q", "q", 20);
+    quick.wait_for(20, Duration::from_secs(60));
+    let drained = rx.count() - before;
+    assert!(
+        drained < most,
+        "quick's 20 waited for {drained} of the {what} deliveries"
+    );
+    srv.wait_metric(
+        "ricochet_deliveries_pending",
+        Duration::from_secs(120),
+        |v| v == 0.0,
+    );
+}
+
 #[test]
 fn a_quiet_endpoint_s_fresh_deliveries_do_not_wait_behind_backlogs_loaded_after_a_restart() {
     // Eight endpoints' receivers hang while 8,000 deliveries each are accepted; the
@@ -1724,18 +1747,7 @@ fn a_quiet_endpoint_s_fresh_deliveries_do_not_wait_behind_backlogs_loaded_after_
     rx.set_script(|_, _| Reply::status(200).delay(Duration::from_millis(20)));
     let before = rx.count();
     let srv = TestServer::start_in(dir.clone(), &opts);
-    srv.connect().send_each_ok("q", "q", 20);
-    quick.wait_for(20, Duration::from_secs(60));
-    let drained = rx.count() - before;
-    assert!(
-        drained < N,
-        "quick's 20 waited for {drained} of the backlogs' deliveries"
-    );
-    srv.wait_metric(
-        "ricochet_deliveries_pending",
-        Duration::from_secs(120),
-        |v| v == 0.0,
-    );
+    quick_s_20_go_before(&srv, (&quick, &rx, before), N, "backlogs'");
     // The first twice (its retry), the others once.
     let ids = quick.ids();
     let mut counts: Vec<usize> = ids.values().copied().collect();
@@ -1779,18 +1791,7 @@ fn a_quiet_endpoint_s_fresh_deliveries_do_not_wait_behind_a_spilled_burst() {
     eps += &endpoint("quick", r#"["q"]"#, &quick.url("/"), "");
     let srv = TestServer::start(&eps);
     assert_eq!(srv.pipeline(interleaved(&BURST, N)), BURST.len() * N);
-    srv.connect().send_each_ok("q", "q", 20);
-    quick.wait_for(20, Duration::from_secs(60));
-    let drained = rx.count();
-    assert!(
-        drained < 20_000,
-        "quick's 20 waited for {drained} of the burst's deliveries"
-    );
-    srv.wait_metric(
-        "ricochet_deliveries_pending",
-        Duration::from_secs(120),
-        |v| v == 0.0,
-    );
+    quick_s_20_go_before(&srv, (&quick, &rx, 0), 20_000, "burst's");
     let ids = quick.ids();
     assert!(
         ids.len() == 20 && ids.values().all(|&n| n == 1),
