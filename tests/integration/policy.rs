@@ -906,14 +906,15 @@ fn endpoints_disabled_together_share_one_paged_pause_while_ingest_goes_on() {
     rx.wait_until(Duration::from_secs(20), "held's 20", |got| {
         got.iter().filter(|r| r.path == "/held").count() == 20
     });
-    let m = srv.metrics();
-    assert_eq!(
-        m.value("ricochet_deliveries_paused", &[]),
-        Some((4 * N) as f64)
+    // The receiver sees a request before its outcome is recorded: awaited.
+    srv.wait_metric(
+        "ricochet_deliveries_pending",
+        Duration::from_secs(20),
+        |v| v == (5 * N) as f64,
     );
     assert_eq!(
-        m.value("ricochet_deliveries_pending", &[]),
-        Some((5 * N) as f64)
+        srv.metrics().value("ricochet_deliveries_paused", &[]),
+        Some((4 * N) as f64)
     );
     assert_eq!(rx.count(), 20, "nothing of the others went out");
 }
