@@ -758,12 +758,12 @@ struct State {
     /// deliveries while the cursor lags or fresh deliveries spill
     /// ([`Self::hands_ahead`]). Their worker has them: the loader and the spill's scan
     /// skip them when they pass, a read-back leaves them out, the expiry sweep and a
-    /// deletion's scan leave them
-    /// to the outcome the worker reports. Each leaves when it is reported, given back
-    /// or moved by a pause (its worker dropped it at the disable, and said so). (A held
-    /// head's second copy was harmless while its endpoint stayed ordered, its queue
-    /// taking one copy of a delivery, but one made `ordered = false` meanwhile sent the
-    /// head twice; a FIFO queue always takes a second copy as a second delivery.)
+    /// deletion's scan leave them to the outcome the worker reports. Each leaves when it
+    /// is reported, given back or moved by a pause (its worker dropped it at the
+    /// disable, and said so). (A held head's second copy was harmless while its endpoint
+    /// stayed ordered, its queue taking one copy of a delivery, but one made `ordered =
+    /// false` meanwhile sent the head twice; a FIFO queue always takes a second copy as a
+    /// second delivery.)
     ahead: BTreeSet<DueKey>,
     stats: Stats,
     write_failures: WriteFailures,
@@ -3275,17 +3275,17 @@ impl State {
     /// its last second (if it held some all through it: many endpoints at a low
     /// `max_rps`, each holding a few, are not quiet; with the spill, 8,192 of theirs went
     /// ahead at once), keeps nothing back, on disk or being given back, and has written
-    /// none of its deliveries for a scan to bring that
-    /// the scan has not brought yet ([`Share::disk_max`]: under an overload of many
-    /// endpoints each holding a few, their fresh deliveries would go before their own
-    /// older ones; a backlog from before a restart is not known per endpoint). Left for the
-    /// cursor, it waited behind every other endpoint's backlog: after a restart with eight
-    /// endpoints' backlogs of 10,000 draining, a quiet endpoint's fresh deliveries waited
-    /// for 30,000 of them; left for the spill, behind every delivery spilled before it (a
-    /// burst of 40,000 over ten endpoints held a trickle to others 2.7 s: helper A,
-    /// session 43). Not for an `ordered` endpoint (older deliveries of it may wait on disk
-    /// below it), at most [`MAX_AHEAD`] at a time, and within the bytes workers may hold.
-    /// The scans skip it when they pass ([`Self::ahead`]).
+    /// none of its deliveries for a scan to bring that the scan has not brought yet
+    /// ([`Share::disk_max`]: under an overload of many endpoints each holding a few,
+    /// their fresh deliveries would go before their own older ones; a backlog from before
+    /// a restart is not known per endpoint). Left for the cursor, it waited behind every
+    /// other endpoint's backlog: after a restart with eight endpoints' backlogs of 10,000
+    /// draining, a quiet endpoint's fresh deliveries waited for 30,000 of them; left for
+    /// the spill, behind every delivery spilled before it (a burst of 40,000 over ten
+    /// endpoints held a trickle to others 2.7 s: helper A, session 43). Not for an
+    /// `ordered` endpoint (older deliveries of it may wait on disk below it), at most
+    /// [`MAX_AHEAD`] at a time, and within the bytes workers may hold. The scans skip it
+    /// when they pass ([`Self::ahead`]).
     fn hands_ahead(&self, due: DueKey, now: u64, round_jobs: usize) -> bool {
         !self.hand_now(due)
             && due.due_ms <= now.saturating_add(HORIZON_MS)
