@@ -88,9 +88,13 @@ fn run_two_runs_against_fake_ricochet() {
     for r in runs {
         // Passed: its temp dir is gone.
         assert!(r["run_dir"].is_null(), "{}", r["run_dir"]);
-        // Without failures requests/s and deliveries/s share their start; here 500s
-        // add requests, so requests/s is the larger.
-        assert!(r["requests_per_s"].as_f64().unwrap() >= r["deliveries_per_s"].as_f64().unwrap());
+        // Requests/s and deliveries/s share their start; here 500s add requests. Not
+        // their rates: each runs to its own last arrival, and an undelivered id's
+        // retries may stretch the requests' window past the last delivery (a CI run
+        // read a lower requests/s).
+        assert!(r["requests"].as_u64().unwrap() >= r["delivered"].as_u64().unwrap());
+        assert!(r["requests_per_s"].as_f64().unwrap() > 0.0);
+        assert!(r["deliveries_per_s"].as_f64().unwrap() > 0.0);
         assert_eq!(r["events_sent"], 3000);
         assert_eq!(r["accepted"], 3000);
         assert_eq!(r["lost"], 0);
