@@ -667,6 +667,13 @@ struct Spill {
     scan: DueKey,
 }
 
+/// Whether the scans have passed `k` (the loader's cursor is above it, and it is not in
+/// `spill`'s range still to load): a key written now must then go to its worker at once
+/// ([`State::hand_now`]), and one left on disk earlier has been brought.
+fn scans_passed(k: DueKey, cursor: DueKey, spill: Option<Spill>) -> bool {
+    k < cursor && spill.is_none_or(|sp| !(k.seq >= sp.fence && k >= sp.scan))
+}
+
 /// Handles to start the committer with.
 pub struct Committer {
     pub store: Store,
@@ -3256,13 +3263,7 @@ impl State {
     /// Whether a delivery written under `k` must go to its worker now because no scan
     /// will pick it up: below the cursor, and not in the spilled range.
     fn hand_now(&self, k: DueKey) -> bool {
-        if k >= self.cursor {
-            return false;
-        }
-        match self.spill {
-            Some(sp) => !(k.seq >= sp.fence && k >= sp.scan),
-            None => true,
-        }
+        scans_passed(k, self.cursor, self.spill)
     }
 
     /// Whether a fresh delivery written under `due`, which a scan would bring later (at
@@ -3310,12 +3311,10 @@ impl State {
     /// past its time).
     fn left_on_disk(&mut self, due: DueKey, now: u64) {
         if !self.hand_now(due) && due.due_ms <= now.saturating_add(HORIZON_MS) {
-            let last = self.shares.get(&due.ep).and_then(|s| s.disk_max);
-            let brought = last.is_some_and(|d| self.hand_now(d));
-            self.shares
-                .entry(due.ep)
-                .or_default()
-                .note_left_on_disk(due, brought);
+            let (cursor, spill) = (self.cursor, self.spill);
+            let s = self.shares.entry(due.ep).or_default();
+            let brought = s.disk_max.is_some_and(|d| scans_passed(d, cursor, spill));
+            s.note_left_on_disk(due, brought);
         }
     }
 
@@ -4043,19 +4042,18 @@ mod tests {
     #[test]
     fn a_spilled_key_below_one_the_cursor_passed_keeps_its_endpoint_from_being_quiet() {
         let key = |due_ms, seq| DueKey { due_ms, seq, ep: 3 };
-        // As `State::hand_now` reads a key: brought once the cursor passed it, unless
-        // it lies in the spilled range (from the fence, at or above the spill's scan).
-        let mut spill = None::<(u64, DueKey)>;
-        let brought = |k: DueKey, cursor: DueKey, spill: Option<(u64, DueKey)>| {
-            k < cursor && spill.is_none_or(|(fence, scan)| !(k.seq >= fence && k >= scan))
-        };
+        let mut spill = None;
+        let brought = scans_passed;
         let mut s = Share::default();
         // A key written above a lagging cursor (a retry due soon), then passed by it.
         s.note_left_on_disk(key(600, 1), false);
         let cursor = key(1_100, 0);
         assert!(brought(s.disk_max.unwrap(), cursor, spill));
         // A burst spills; one of the endpoint's fresh deliveries is left for the scan.
-        spill = Some((10, key(100, 0)));
+        spill = Some(Spill {
+            fence: 10,
+            scan: key(100, 0),
+        });
         let was = brought(s.disk_max.unwrap(), cursor, spill);
         s.note_left_on_disk(key(120, 11), was);
         assert_eq!(s.disk_max, Some(key(120, 11)));
@@ -4068,7 +4066,10 @@ mod tests {
         s.note_left_on_disk(key(150, 12), was);
         assert_eq!(s.disk_max, Some(key(150, 12)));
         // The scan passes the first only: still not quiet.
-        spill = Some((10, key(130, 0)));
+        spill = Some(Spill {
+            fence: 10,
+            scan: key(130, 0),
+        });
         assert!(!brought(s.disk_max.unwrap(), cursor, spill));
         // The spill ends: quiet again.
         spill = None;
