@@ -217,16 +217,20 @@ struct Share {
 }
 
 impl Share {
-    /// `due` was left on disk for a scan to bring; `brought`: whether the scan that was
-    /// to bring [`Self::disk_max`] has passed it. The highest key still to be brought
-    /// stands for all of them only while it is: a key the cursor passed (written above
-    /// it before a spill began) says nothing of a spilled key below it that the spill's
-    /// scan has yet to load, and kept as the highest, it let the endpoint's later fresh
-    /// deliveries go ahead of that one (helper R's review, session 43). Once replaced,
+    /// `due` was left on disk for a scan to bring, the scans standing at `cursor` and
+    /// `spill`. The highest key still to be brought ([`Self::disk_max`], replaced once
+    /// the scan that was to bring it has passed it) stands for all of them only while
+    /// it is: a key the cursor passed (written above it before a spill began) says
+    /// nothing of a spilled key below it that the spill's scan has yet to load, and kept
+    /// as the highest, it let the endpoint's later fresh deliveries go ahead of that one
+    /// (helper R's review, session 43). Once replaced,
     /// the highest is safe again: the cursor does not move while a spill is under way,
     /// so a key waiting for it is brought after every spilled one, and a spilled key
     /// after every smaller one.
-    fn note_left_on_disk(&mut self, due: DueKey, brought: bool) {
+    fn note_left_on_disk(&mut self, due: DueKey, cursor: DueKey, spill: Option<Spill>) {
+        let brought = self
+            .disk_max
+            .is_some_and(|d| scans_passed(d, cursor, spill));
         self.disk_max = Some(match self.disk_max {
             Some(d) if !brought => d.max(due),
             _ => due,
@@ -3312,9 +3316,10 @@ impl State {
     fn left_on_disk(&mut self, due: DueKey, now: u64) {
         if !self.hand_now(due) && due.due_ms <= now.saturating_add(HORIZON_MS) {
             let (cursor, spill) = (self.cursor, self.spill);
-            let s = self.shares.entry(due.ep).or_default();
-            let brought = s.disk_max.is_some_and(|d| scans_passed(d, cursor, spill));
-            s.note_left_on_disk(due, brought);
+            self.shares
+                .entry(due.ep)
+                .or_default()
+                .note_left_on_disk(due, cursor, spill);
         }
     }
 
@@ -4046,7 +4051,7 @@ mod tests {
         let brought = scans_passed;
         let mut s = Share::default();
         // A key written above a lagging cursor (a retry due soon), then passed by it.
-        s.note_left_on_disk(key(600, 1), false);
+        s.note_left_on_disk(key(600, 1), key(500, 0), spill);
         let cursor = key(1_100, 0);
         assert!(brought(s.disk_max.unwrap(), cursor, spill));
         // A burst spills; one of the endpoint's fresh deliveries is left for the scan.
@@ -4054,16 +4059,14 @@ mod tests {
             fence: 10,
             scan: key(100, 0),
         });
-        let was = brought(s.disk_max.unwrap(), cursor, spill);
-        s.note_left_on_disk(key(120, 11), was);
+        s.note_left_on_disk(key(120, 11), cursor, spill);
         assert_eq!(s.disk_max, Some(key(120, 11)));
         assert!(
             !brought(s.disk_max.unwrap(), cursor, spill),
             "quiet with a spilled delivery of its own not loaded"
         );
         // Another: the highest of those still to come stands for both.
-        let was = brought(s.disk_max.unwrap(), cursor, spill);
-        s.note_left_on_disk(key(150, 12), was);
+        s.note_left_on_disk(key(150, 12), cursor, spill);
         assert_eq!(s.disk_max, Some(key(150, 12)));
         // The scan passes the first only: still not quiet.
         spill = Some(Spill {
