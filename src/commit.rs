@@ -12,7 +12,7 @@
 //!   to the admin API's `POST /v1/events`. The round is written first and fsynced
 //!   after its deliveries have gone to the workers, so the fsync is not part of the
 //!   delivery lag (delivery is at-least-once; only the `ok` promises durability). A
-//!   large round's fsync and answers go to the [syncer](crate::syncer) thread, and the
+//!   large round's fsync and answers go to the [syncer] thread, and the
 //!   committer builds the next round meanwhile; a small one it fsyncs itself
 //!   (`State::answer_synced` says why).
 //! - **Outcomes.** Workers report every attempt's outcome; the committer appends it to the
@@ -295,7 +295,7 @@ impl Share {
     }
 }
 /// Events in a `sync` round from which its fsync overlaps the next round (the
-/// [syncer](crate::syncer)); smaller rounds are fsynced by the committer itself.
+/// [syncer]); smaller rounds are fsynced by the committer itself.
 pub const PIPELINE_MIN_EVENTS: usize = 512;
 /// Rows read per loader page.
 const PAGE: usize = 2048;
@@ -687,7 +687,7 @@ pub struct Committer {
     pub workers: Vec<MailboxSender<WorkerMsg>>,
     pub routes: Vec<RouteInfo>,
     pub registry: Registry,
-    /// The [syncer](crate::syncer) thread's inbox, and what it shares with the committer.
+    /// The [syncer] thread's inbox, and what it shares with the committer.
     pub syncer: crossbeam_channel::Sender<SyncMsg>,
     pub sync: syncer::Shared,
 }

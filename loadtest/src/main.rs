@@ -18,6 +18,10 @@
 //! Data flow of `run`: gen --NDJSON--> ricochet --HTTP--> sink, with gen reading acks
 //! and the sink stamping lag from the `sent_us` the generator put in each event.
 
+// The options' doc comments are their `--help` text, read in a terminal: `<n>` and
+// `[sink]` there are words, not HTML tags or links.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
+
 mod cost;
 mod fake;
 mod gen;
