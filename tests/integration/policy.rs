@@ -1717,44 +1717,81 @@ fn quick_s_20_go_before(
 }
 
 #[test]
-fn a_quiet_endpoint_s_fresh_deliveries_do_not_wait_behind_backlogs_loaded_after_a_restart() {
+fn a_quiet_endpoint_s_deliveries_and_retries_do_not_wait_behind_backlogs_loaded_after_a_restart() {
     // Eight endpoints' receivers hang while 8,000 deliveries each are accepted; the
-    // process is killed and starts again with them answering, 20 ms each. The loader
-    // starts at the beginning of the due index and hands the backlogs over as they
-    // drain, up to the cap (30,000: 3,750 each, none at its share, so nothing is kept
-    // back and the cursor waits for room). `quick`'s fresh deliveries, due now, lay
-    // behind all of it and waited on disk until the cursor reached them: some 34,000
-    // of the backlogs' deliveries later. A fresh delivery of an endpoint that holds
-    // next to nothing now goes to its worker at once, and the loader skips it when it
-    // passes. `quick`'s first is answered 500: its retry, due in 5 s, waits on disk,
-    // and does not keep the others from going at once.
+    // process is killed and starts again with them answering, 40 ms each (256 lanes:
+    // 6,400 a second at most). The loader starts at the beginning of the due index and
+    // hands the backlogs over as they drain, up to the cap (30,000: 3,750 each, none at
+    // its share, so nothing is kept back and the cursor waits for room). `quick`'s fresh
+    // deliveries, due now, lay behind all of it and waited on disk until the cursor
+    // reached them: some 34,000 of the backlogs' deliveries later. A fresh delivery of
+    // an endpoint that holds next to nothing now goes to its worker at once, and the
+    // loader skips it when it passes. `quick`'s first is answered 500 twice: its
+    // retries, due in 1 s and then 2 s, waited on disk too, until the cursor had passed
+    // every backlog key (at least 64,000 - 30,000 delivered); each now goes to the
+    // worker ahead of the cursor, the first at once (due within the loader's second),
+    // the second remembered until its time.
     const BACK: [&str; 8] = [
         "back1", "back2", "back3", "back4", "back5", "back6", "back7", "back8",
     ];
     const N: usize = 8_000;
     let (rx, gate) = TestReceiver::gated();
-    let quick = TestReceiver::with_script(|_, n| Reply::status(if n == 0 { 500 } else { 200 }));
+    // The first delivery `quick` sees is answered 500 twice, everything else 200.
+    let first = std::sync::Mutex::new((None::<String>, 0));
+    let quick = TestReceiver::with_script(move |r, _| {
+        let id = r.header("webhook-id").unwrap_or_default().to_string();
+        let mut first = first.lock().unwrap();
+        let (first_id, failed) = &mut *first;
+        if first_id.get_or_insert_with(|| id.clone()) == &id && *failed < 2 {
+            *failed += 1;
+            return Reply::status(500);
+        }
+        Reply::status(200)
+    });
     let mut eps = String::new();
     for name in BACK {
         let url = rx.url(&format!("/{name}"));
         eps += &endpoint(name, &format!(r#"["{name}"]"#), &url, "timeout = \"300s\"");
     }
-    eps += &endpoint("quick", r#"["q"]"#, &quick.url("/"), "retry = [\"5s\"]");
+    eps += &endpoint(
+        "quick",
+        r#"["q"]"#,
+        &quick.url("/"),
+        "retry = [\"1s\", \"2s\"]",
+    );
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let opts = ServerOpts::new(&eps);
     let mut srv = TestServer::start_in(dir.clone(), &opts);
     assert_eq!(srv.pipeline(interleaved(&BACK, N)), BACK.len() * N);
     srv.kill9();
-    rx.set_script(|_, _| Reply::status(200).delay(Duration::from_millis(20)));
+    rx.set_script(|_, _| Reply::status(200).delay(Duration::from_millis(40)));
     let before = rx.count();
     let srv = TestServer::start_in(dir.clone(), &opts);
-    quick_s_20_go_before(&srv, (&quick, &rx, before), N, "backlogs'");
-    // The first twice (its retry), the others once.
+    srv.connect().send_each_ok("q", "q", 20);
+    quick.wait_for(20, Duration::from_secs(60));
+    let drained = rx.count() - before;
+    assert!(
+        drained < N,
+        "quick's 20 waited for {drained} of the backlogs' deliveries"
+    );
+    // The first event's two retries.
+    quick.wait_for(22, Duration::from_secs(60));
+    let drained = rx.count() - before;
+    assert!(
+        drained < 30_000,
+        "quick's retries waited for {drained} of the backlogs' deliveries"
+    );
+    srv.wait_metric(
+        "ricochet_deliveries_pending",
+        Duration::from_secs(120),
+        |v| v == 0.0,
+    );
+    // The first three times (its retries), the others once.
     let ids = quick.ids();
     let mut counts: Vec<usize> = ids.values().copied().collect();
     counts.sort_unstable();
     assert!(
-        ids.len() == 20 && counts[..19].iter().all(|&n| n == 1) && counts[19] == 2,
+        ids.len() == 20 && counts[..19].iter().all(|&n| n == 1) && counts[19] == 3,
         "quick got {ids:?}"
     );
     // Each key handed over ahead was forgotten once reported.
