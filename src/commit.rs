@@ -2366,10 +2366,13 @@ impl State {
                     ));
                 } else {
                     self.left_on_disk(due, now);
+                    // (Only while its endpoint is quiet: under an overload of busy ones,
+                    // remembering each retry would be work for nothing.)
                     if fifo.is_some()
                         && self.lags(now)
                         && due_ms > now.saturating_add(HORIZON_MS)
                         && due_ms <= now.saturating_add(SOON_WITHIN_MS)
+                        && self.quiet(o.ep)
                     {
                         self.soon.keep(due, o.event.clone());
                     }
@@ -3435,14 +3438,19 @@ impl State {
             && due.due_ms <= now.saturating_add(HORIZON_MS)
             && self.ahead.len() + round_jobs < MAX_AHEAD
             && self.in_memory_bytes + self.out_bytes < MAX_IN_MEMORY_BYTES
-            && self.shares.get(&due.ep).is_none_or(|s| {
-                s.held < AHEAD_HELD
-                    && s.rate.is_none_or(|drained| drained >= s.held)
-                    && s.disk_max.is_none_or(|d| self.hand_now(d))
-                    && s.deferred.is_empty()
-                    && s.on_disk_from.is_none()
-                    && s.giving_back.is_none()
-            })
+            && self.quiet(due.ep)
+    }
+
+    /// Whether endpoint `ep` is quiet ([`Self::hands_ahead`]).
+    fn quiet(&self, ep: EndpointId) -> bool {
+        self.shares.get(&ep).is_none_or(|s| {
+            s.held < AHEAD_HELD
+                && s.rate.is_none_or(|drained| drained >= s.held)
+                && s.disk_max.is_none_or(|d| self.hand_now(d))
+                && s.deferred.is_empty()
+                && s.on_disk_from.is_none()
+                && s.giving_back.is_none()
+        })
     }
 
     /// A delivery written under `due` and not handed over: one a scan will bring (at
