@@ -36,6 +36,9 @@ use crate::worker::{self, IngestStream, WorkerMsg, WorkerSetup};
 
 /// How long workers may take to finish in-flight attempts at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long past [`DRAIN_TIMEOUT`] a stop waits for a worker thread to end (its runtime
+/// torn down) before it goes on without it.
+const WORKER_EXIT_GRACE: Duration = Duration::from_secs(5);
 /// Endpoints that left the config file named one line each at a start; the rest are
 /// counted in one line.
 const REMOVED_NAMED: usize = 10;
@@ -264,6 +267,9 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
     }
     let line_budget = Arc::new(crate::ingest::LineBudget::default());
     let mut worker_threads = Vec::new();
+    // Each worker thread says when it ends (a panic included): a stop waits for them
+    // within a bound.
+    let (ended_tx, ended_rx) = crossbeam_channel::unbounded::<usize>();
     for (idx, (inbox, endpoints)) in worker_rx.into_iter().zip(per_worker).enumerate() {
         let setup = WorkerSetup {
             idx,
@@ -286,9 +292,16 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
         worker_threads.push(
             std::thread::Builder::new()
                 .name(format!("ricochet-worker-{idx}"))
-                .spawn(move || {
-                    if let Err(e) = runtime::block_on(driver, worker::run(setup)) {
-                        tracing::error!(worker = idx, error = %e, "worker failed to start");
+                .spawn({
+                    let ended = ThreadEnd {
+                        idx,
+                        tx: ended_tx.clone(),
+                    };
+                    move || {
+                        if let Err(e) = runtime::block_on(driver, worker::run(setup)) {
+                            tracing::error!(worker = idx, error = %e, "worker failed to start");
+                        }
+                        drop(ended);
                     }
                 })?,
         );
@@ -371,8 +384,28 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
     for w in &worker_tx {
         w.send(WorkerMsg::Shutdown);
     }
-    for t in worker_threads {
-        let _ = t.join();
+    // Each drains within DRAIN_TIMEOUT; one that does not end soon after (a runtime
+    // that hangs as it is torn down, say) is left behind, as a kill -9 would leave it:
+    // its attempts in flight are made again at the next start. The stop stays bounded.
+    drop(ended_tx);
+    let deadline = std::time::Instant::now() + DRAIN_TIMEOUT + WORKER_EXIT_GRACE;
+    let mut ended = vec![false; worker_threads.len()];
+    while ended.iter().any(|e| !e) {
+        match ended_rx.recv_deadline(deadline) {
+            Ok(idx) => ended[idx] = true,
+            Err(_) => break,
+        }
+    }
+    for (idx, t) in worker_threads.into_iter().enumerate() {
+        if ended[idx] {
+            let _ = t.join();
+        } else {
+            tracing::warn!(
+                worker = idx,
+                bound = ?DRAIN_TIMEOUT + WORKER_EXIT_GRACE,
+                "a worker did not end within the shutdown bound; stopping without it (its attempts in flight are made again at the next start)"
+            );
+        }
     }
     let (tx, rx) = crossbeam_channel::bounded(1);
     commit_tx.send(CommitMsg::Shutdown(tx));
@@ -383,6 +416,19 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
     drop(sync_thread);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Tells the stop that a worker thread ended, when dropped (at the end of the thread, or
+/// as a panic unwinds it).
+struct ThreadEnd {
+    idx: usize,
+    tx: crossbeam_channel::Sender<usize>,
+}
+
+impl Drop for ThreadEnd {
+    fn drop(&mut self) {
+        let _ = self.tx.send(self.idx);
+    }
 }
 
 /// Merges the config file's endpoints with the persisted ones, by name: the file's are
