@@ -15,7 +15,7 @@ use std::net::TcpListener;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -270,6 +270,10 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
     // Each worker thread says when it ends (a panic included): a stop waits for them
     // within a bound.
     let (ended_tx, ended_rx) = crossbeam_channel::unbounded::<usize>();
+    // How far each got, for the warning if one does not end: 0 running, 1 its run
+    // returned (the runtime being torn down), 2 the runtime gone (the thread exiting).
+    let mut stages = Vec::new();
+    let stall = exit_stall();
     for (idx, (inbox, endpoints)) in worker_rx.into_iter().zip(per_worker).enumerate() {
         let setup = WorkerSetup {
             idx,
@@ -297,9 +301,19 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
                         idx,
                         tx: ended_tx.clone(),
                     };
+                    let stage = Arc::new(AtomicU8::new(0));
+                    stages.push(stage.clone());
                     move || {
-                        if let Err(e) = runtime::block_on(driver, worker::run(setup)) {
+                        let run = async {
+                            worker::run(setup).await;
+                            stage.store(1, Ordering::Relaxed);
+                        };
+                        if let Err(e) = runtime::block_on(driver, run) {
                             tracing::error!(worker = idx, error = %e, "worker failed to start");
+                        }
+                        stage.store(2, Ordering::Relaxed);
+                        if let Some(d) = stall.filter(|_| idx == 0) {
+                            std::thread::sleep(d);
                         }
                         drop(ended);
                     }
@@ -400,8 +414,14 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
         if ended[idx] {
             let _ = t.join();
         } else {
+            let stage = match stages[idx].load(Ordering::Relaxed) {
+                0 => "draining",
+                1 => "tearing down its runtime",
+                _ => "exiting its thread",
+            };
             tracing::warn!(
                 worker = idx,
+                stage,
                 bound = ?DRAIN_TIMEOUT + WORKER_EXIT_GRACE,
                 "a worker did not end within the shutdown bound; stopping without it (its attempts in flight are made again at the next start)"
             );
@@ -416,6 +436,14 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
     drop(sync_thread);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Test hook: `RICOCHET_TEST_STALL_WORKER_EXIT=SECS` keeps worker 0's thread from
+/// ending for SECS once its runtime is gone (a thread stuck on its way out), so that a
+/// test can hold the stop to its bound. Unset, nothing changes.
+fn exit_stall() -> Option<Duration> {
+    let secs = std::env::var("RICOCHET_TEST_STALL_WORKER_EXIT").ok()?;
+    secs.parse().ok().map(Duration::from_secs)
 }
 
 /// Tells the stop that a worker thread ended, when dropped (at the end of the thread, or

@@ -377,6 +377,37 @@ fn a_hangup_stops_the_server_politely() {
     );
 }
 
+/// A stop is bounded even when a worker thread does not end: 5 s past the 10-s drain
+/// bound the server goes on without it, logs which worker and how far it got, and exits
+/// 0; what it accepted is delivered after a restart. (The stop joined the workers
+/// without a bound: helper S saw one hang until a kill 30 s later, session 45.) Worker
+/// 0's thread is held by a test hook for 120 s after its runtime is gone.
+#[test]
+fn a_worker_that_does_not_end_does_not_hold_the_stop() {
+    let rx = TestReceiver::start();
+    let eps = endpoint("e", r#"["t"]"#, &rx.url("/"), "");
+    let mut opts = ServerOpts::new(&eps);
+    opts.env = vec![("RICOCHET_TEST_STALL_WORKER_EXIT".into(), "120".into())];
+    let mut srv = TestServer::start_with(opts);
+    srv.connect().send_each_ok("t", "stuck", 3);
+    rx.wait_for(3, Duration::from_secs(10));
+    let started = std::time::Instant::now();
+    srv.terminate();
+    assert_eq!(srv.wait_exit(), Some(0));
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(60), "the stop took {took:?}");
+    srv.wait_log(
+        "a worker did not end within the shutdown bound",
+        Duration::from_secs(10),
+    );
+    srv.wait_log("stage=\"exiting its thread\"", Duration::from_secs(10));
+    srv.wait_log("stopped", Duration::from_secs(10));
+    let again = TestServer::start_in(srv.dir.clone(), &ServerOpts::new(&eps));
+    again.wait_event("stuck-2", Duration::from_secs(10), |v| {
+        states(v) == ["delivered"]
+    });
+}
+
 /// A second stop signal ends the server at once, as a kill -9 would (Ctrl-C twice): the
 /// attempt the drain was waiting for is made again at the next start. (A second signal
 /// was ignored: the drain ran its course.)

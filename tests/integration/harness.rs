@@ -392,6 +392,8 @@ pub struct ServerOpts {
     /// Stop reading the server's stderr once it is ready, closing the pipe (a log
     /// reader gone).
     pub close_stderr: bool,
+    /// Extra environment variables for the server.
+    pub env: Vec<(String, String)>,
 }
 
 impl ServerOpts {
@@ -407,6 +409,7 @@ impl ServerOpts {
             nohup: false,
             args: Vec::new(),
             close_stderr: false,
+            env: Vec::new(),
         }
     }
     pub fn arg(mut self, a: impl Into<String>) -> ServerOpts {
@@ -457,6 +460,7 @@ impl TestServer {
             .arg(&config_path)
             .args(&opts.args)
             .env("RICOCHET_LOG", opts.log_filter.as_deref().unwrap_or("info"))
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
