@@ -1695,8 +1695,8 @@ fn an_ordered_endpoint_held_by_its_head_after_a_restart_leaves_its_backlog_on_di
 
 /// Sends `quick`'s 20 events (type `q`) and waits for them to arrive; fewer than
 /// `most` of `rx`'s requests (counted from `before`), the `what` deliveries, may arrive
-/// meanwhile. Then waits for every pending delivery to be done.
-fn quick_s_20_go_before(
+/// meanwhile.
+fn quick_s_20_arrive_before(
     srv: &TestServer,
     (quick, rx, before): (&TestReceiver, &TestReceiver, usize),
     most: usize,
@@ -1709,6 +1709,16 @@ fn quick_s_20_go_before(
         drained < most,
         "quick's 20 waited for {drained} of the {what} deliveries"
     );
+}
+
+/// [`quick_s_20_arrive_before`], then waits for every pending delivery to be done.
+fn quick_s_20_go_before(
+    srv: &TestServer,
+    receivers: (&TestReceiver, &TestReceiver, usize),
+    most: usize,
+    what: &str,
+) {
+    quick_s_20_arrive_before(srv, receivers, most, what);
     srv.wait_metric(
         "ricochet_deliveries_pending",
         Duration::from_secs(120),
@@ -1767,13 +1777,7 @@ fn a_quiet_endpoint_s_deliveries_and_retries_do_not_wait_behind_backlogs_loaded_
     rx.set_script(|_, _| Reply::status(200).delay(Duration::from_millis(40)));
     let before = rx.count();
     let srv = TestServer::start_in(dir.clone(), &opts);
-    srv.connect().send_each_ok("q", "q", 20);
-    quick.wait_for(20, Duration::from_secs(60));
-    let drained = rx.count() - before;
-    assert!(
-        drained < N,
-        "quick's 20 waited for {drained} of the backlogs' deliveries"
-    );
+    quick_s_20_arrive_before(&srv, (&quick, &rx, before), N, "backlogs'");
     // The first event's two retries.
     quick.wait_for(22, Duration::from_secs(60));
     let drained = rx.count() - before;
