@@ -176,15 +176,11 @@ const AHEAD_HELD: usize = 256;
 const MAX_AHEAD: usize = 8192;
 
 /// A FIFO endpoint's retry written while the cursor lags (workers hold the cap, or fresh
-/// deliveries spill) and due within this of now is remembered with its event
-/// ([`State::soon`]): at its time it goes to its worker ahead of the cursor if its
-/// endpoint is quiet then ([`State::hand_soon`]), instead of waiting on disk behind every
-/// other endpoint's backlog.
-const SOON_WITHIN_MS: u64 = 10_000;
-/// At most this many such retries are remembered ...
-const SOON_MAX: usize = 1024;
-/// ... and this many bytes of their events.
-const SOON_BYTES: usize = 4 << 20;
+/// deliveries spill) and due within this of now goes to its worker at once, ahead of
+/// the cursor, if its endpoint is quiet ([`State::hands_ahead`]); the worker's timer
+/// wheel holds it until its time. Left for the cursor, it waited behind every other
+/// endpoint's backlog.
+const RETRY_AHEAD_MS: u64 = 10_000;
 
 /// One endpoint's part of the in-memory count.
 #[derive(Default)]
@@ -787,9 +783,6 @@ struct State {
     /// false` meanwhile sent the head twice; a FIFO queue always takes a second copy as a
     /// second delivery.)
     ahead: BTreeSet<DueKey>,
-    /// Quiet FIFO endpoints' retries written while the cursor lagged ([`SOON_WITHIN_MS`]),
-    /// to hand ahead of it at their time ([`Self::hand_soon`]).
-    soon: Soon,
     stats: Stats,
     write_failures: WriteFailures,
     /// Retention writes that failed since the last line logged.
@@ -1156,40 +1149,6 @@ const WAITING_WITHIN_MS: u64 = 10_000;
 /// At most this many bytes of events are kept so.
 const WAITING_BYTES: usize = 16 << 20;
 
-/// Retries written above a lagging cursor, with their events ([`State::soon`]). Only a
-/// shortcut: each one's `due` key is written as for any retry, and one not handed over
-/// from here (its endpoint not quiet at its time, or the bounds full) is brought by the
-/// loader as before.
-#[derive(Default)]
-struct Soon {
-    keys: BTreeMap<DueKey, Arc<EventRecord>>,
-    /// The remembered events' encoded size (an event counted once per retry).
-    bytes: usize,
-}
-
-impl Soon {
-    fn keep(&mut self, due: DueKey, event: Arc<EventRecord>) {
-        if self.keys.len() >= SOON_MAX || self.bytes >= SOON_BYTES {
-            return;
-        }
-        self.bytes += event.encoded().len();
-        if let Some(old) = self.keys.insert(due, event) {
-            self.bytes -= old.encoded().len();
-        }
-    }
-
-    /// The first remembered retry due by `until`, forgotten here.
-    fn pop_due(&mut self, until: u64) -> Option<(DueKey, Arc<EventRecord>)> {
-        let entry = self.keys.first_entry()?;
-        if entry.key().due_ms > until {
-            return None;
-        }
-        let (key, event) = entry.remove_entry();
-        self.bytes -= event.encoded().len();
-        Some((key, event))
-    }
-}
-
 /// The events of deliveries whose retry falls due soon, kept from the failed attempt
 /// (which had the event in hand) so the loader hands the retry over without reading the
 /// event back from the store. Only a shortcut: a retry whose event is not here (too far
@@ -1376,7 +1335,6 @@ impl Committer {
             dropping: Vec::new(),
             waiting: Waiting::default(),
             ahead: BTreeSet::new(),
-            soon: Soon::default(),
             write_failures: WriteFailures::default(),
             retention_failures: Tally::default(),
             scrub: Scrub::new(),
@@ -2151,7 +2109,9 @@ impl State {
                 });
                 tracing::debug!(seq, "workers are full: spilling fresh deliveries to disk");
             }
-            if self.hand_now(due) || (!ordered && self.hands_ahead(due, now, jobs.len())) {
+            if self.hand_now(due)
+                || (!ordered && self.hands_ahead(due, now, jobs.len(), HORIZON_MS))
+            {
                 jobs.push((
                     worker,
                     Job {
@@ -2349,12 +2309,13 @@ impl State {
                     .get(&o.ep)
                     .filter(|i| !i.ordered && !i.holds_retries)
                     .map(|i| i.worker);
-                if let Some(worker) =
-                    fifo.filter(|_| self.lags(now) && self.hands_ahead(due, now, jobs.len()))
-                {
-                    // Due within the loader's second while the cursor lags, and its
-                    // endpoint quiet: as a fresh delivery would. (Not while the cursor
-                    // keeps up: the loader brings it within a tick.)
+                if let Some(worker) = fifo.filter(|_| {
+                    self.lags(now) && self.hands_ahead(due, now, jobs.len(), RETRY_AHEAD_MS)
+                }) {
+                    // Due within [`RETRY_AHEAD_MS`] while the cursor lags, and its
+                    // endpoint quiet: as a fresh delivery would, its worker's wheel
+                    // holding it until its time. (Not while the cursor keeps up: the
+                    // loader brings it at its time.)
                     jobs.push((
                         worker,
                         Job {
@@ -2366,16 +2327,6 @@ impl State {
                     ));
                 } else {
                     self.left_on_disk(due, now);
-                    // (Only while its endpoint is quiet: under an overload of busy ones,
-                    // remembering each retry would be work for nothing.)
-                    if fifo.is_some()
-                        && self.lags(now)
-                        && due_ms > now.saturating_add(HORIZON_MS)
-                        && due_ms <= now.saturating_add(SOON_WITHIN_MS)
-                        && self.quiet(o.ep)
-                    {
-                        self.soon.keep(due, o.event.clone());
-                    }
                     if self.spill.is_none() {
                         // (While spilling, the workers already hold the most memory
                         // allowed.)
@@ -3357,55 +3308,6 @@ impl State {
         self.spill.is_some() || self.cursor.due_ms < now
     }
 
-    /// Hands over the retries remembered in [`Self::soon`] that fall due within the
-    /// loader's second, each to its worker ahead of the cursor when its endpoint is
-    /// quiet ([`Self::hands_ahead`]) and its `due` key is still where its attempt wrote
-    /// it (a replay, a pause, a deletion or the expiry sweep may have moved it since).
-    /// The others are forgotten here and wait for the loader, as any retry does.
-    fn hand_soon(&mut self, now: u64) {
-        let mut handed = 0;
-        while let Some((key, event)) = self.soon.pop_due(now.saturating_add(HORIZON_MS)) {
-            let Some(info) = self.router.eps.get(&key.ep) else {
-                continue;
-            };
-            if info.ordered
-                || info.holds_retries
-                || !self.delivers(info)
-                || key.seq < self.store.retention_floor()
-                || !self.hands_ahead(key, now, handed)
-            {
-                continue;
-            }
-            let worker = info.worker;
-            let val = match self.store.due_range(key, key.due_ms.saturating_add(1), 1) {
-                Ok(found) => match found.into_iter().next() {
-                    Some((k, v)) if k == key => v,
-                    _ => continue,
-                },
-                Err(e) => {
-                    loader_failed(
-                        &self.loader_failures,
-                        "cannot look up a retry to hand over; the loader brings it",
-                        &e,
-                    );
-                    continue;
-                }
-            };
-            self.out_count += 1;
-            self.out_bytes += event.encoded().len();
-            self.out_jobs[worker].push(Job {
-                event,
-                ep: key.ep,
-                due: key,
-                val,
-            });
-            handed += 1;
-        }
-        if handed > 0 {
-            self.flush_jobs();
-        }
-    }
-
     /// Whether a delivery written under `k` must go to its worker now because no scan
     /// will pick it up: below the cursor, and not in the spilled range.
     fn hand_now(&self, k: DueKey) -> bool {
@@ -3415,8 +3317,9 @@ impl State {
     /// Whether a fresh delivery written under `due`, which a scan would bring later (at
     /// or above the loader's cursor, or in the spilled range), goes to its worker now all
     /// the same (`round_jobs` already queued this round; the caller has checked that its
-    /// endpoint is FIFO, which it looked up anyway): it is due within the loader's
-    /// horizon, so the cursor lags behind now (workers hold the cap: backlogs loaded after
+    /// endpoint is FIFO, which it looked up anyway): it is due within `within_ms` (the
+    /// loader's horizon for a fresh one, [`RETRY_AHEAD_MS`] for a retry, which the
+    /// caller hands over only while the cursor lags), so the cursor lags behind now (workers hold the cap: backlogs loaded after
     /// a restart, an overload) or fresh deliveries spill, and its endpoint is quiet — it
     /// holds fewer than [`AHEAD_HELD`] in worker memory and no more than it drained in
     /// its last second (if it held some all through it: many endpoints at a low
@@ -3433,24 +3336,19 @@ impl State {
     /// `ordered` endpoint (older deliveries of it may wait on disk below it), at most
     /// [`MAX_AHEAD`] at a time, and within the bytes workers may hold. The scans skip it
     /// when they pass ([`Self::ahead`]).
-    fn hands_ahead(&self, due: DueKey, now: u64, round_jobs: usize) -> bool {
+    fn hands_ahead(&self, due: DueKey, now: u64, round_jobs: usize, within_ms: u64) -> bool {
         !self.hand_now(due)
-            && due.due_ms <= now.saturating_add(HORIZON_MS)
+            && due.due_ms <= now.saturating_add(within_ms)
             && self.ahead.len() + round_jobs < MAX_AHEAD
             && self.in_memory_bytes + self.out_bytes < MAX_IN_MEMORY_BYTES
-            && self.quiet(due.ep)
-    }
-
-    /// Whether endpoint `ep` is quiet ([`Self::hands_ahead`]).
-    fn quiet(&self, ep: EndpointId) -> bool {
-        self.shares.get(&ep).is_none_or(|s| {
-            s.held < AHEAD_HELD
-                && s.rate.is_none_or(|drained| drained >= s.held)
-                && s.disk_max.is_none_or(|d| self.hand_now(d))
-                && s.deferred.is_empty()
-                && s.on_disk_from.is_none()
-                && s.giving_back.is_none()
-        })
+            && self.shares.get(&due.ep).is_none_or(|s| {
+                s.held < AHEAD_HELD
+                    && s.rate.is_none_or(|drained| drained >= s.held)
+                    && s.disk_max.is_none_or(|d| self.hand_now(d))
+                    && s.deferred.is_empty()
+                    && s.on_disk_from.is_none()
+                    && s.giving_back.is_none()
+            })
     }
 
     /// A delivery written under `due` and not handed over: one a scan will bring (at
@@ -3811,9 +3709,6 @@ impl State {
         }
         if self.deferred > 0 || self.on_disk > 0 {
             self.hand_over_kept_back();
-        }
-        if !self.soon.keys.is_empty() {
-            self.hand_soon(now_ms());
         }
         if self.spill.is_some() {
             self.load_spilled();
@@ -4283,53 +4178,6 @@ mod tests {
         // A second retry of a kept event is still counted.
         w.keep(ev(seq), 10, 0);
         assert!(w.take(seq).is_some() && w.take(seq).is_some());
-    }
-
-    #[test]
-    fn soon_gives_its_retries_back_by_due_time_within_its_bounds() {
-        let ev = |seq, len| {
-            Arc::new(EventRecord::new(
-                seq,
-                None,
-                "t",
-                None,
-                0,
-                &[1],
-                &vec![b'x'; len],
-            ))
-        };
-        let mut soon = Soon::default();
-        soon.keep(key(300, 1), ev(300, 10));
-        soon.keep(key(100, 2), ev(100, 10));
-        soon.keep(key(200, 1), ev(200, 10));
-        // Nothing due by 99; then in due order, each once, the bytes going with them.
-        assert!(soon.pop_due(99).is_none());
-        let popped: Vec<u64> = std::iter::from_fn(|| soon.pop_due(250))
-            .map(|(k, e)| {
-                assert_eq!(k.seq, e.seq);
-                k.due_ms
-            })
-            .collect();
-        assert_eq!(popped, [100, 200]);
-        assert_eq!(soon.keys.len(), 1);
-        assert_eq!(soon.bytes, ev(300, 10).encoded().len());
-        assert_eq!(soon.pop_due(u64::MAX).map(|(k, _)| k), Some(key(300, 1)));
-        assert_eq!(soon.bytes, 0);
-        // At most SOON_MAX retries...
-        for i in 0..SOON_MAX as u64 + 5 {
-            soon.keep(key(i, 1), ev(i, 1));
-        }
-        assert_eq!(soon.keys.len(), SOON_MAX);
-        // ... and once SOON_BYTES are held, nothing more.
-        let mut soon = Soon::default();
-        let mut seq = 0;
-        while soon.bytes < SOON_BYTES {
-            seq += 1;
-            soon.keep(key(seq, 1), ev(seq, 1 << 20));
-        }
-        let full = (soon.keys.len(), soon.bytes);
-        soon.keep(key(seq + 1, 1), ev(seq + 1, 10));
-        assert_eq!((soon.keys.len(), soon.bytes), full);
     }
 
     fn key(due_ms: u64, ep: EndpointId) -> DueKey {

@@ -1739,8 +1739,8 @@ fn a_quiet_endpoint_s_deliveries_and_retries_do_not_wait_behind_backlogs_loaded_
     // loader skips it when it passes. `quick`'s first is answered 500 twice: its
     // retries, due in 1 s and then 2 s, waited on disk too, until the cursor had passed
     // every backlog key (at least 64,000 - 30,000 delivered); each now goes to the
-    // worker ahead of the cursor, the first at once (due within the loader's second),
-    // the second remembered until its time.
+    // worker ahead of the cursor as it is scheduled, and waits in the worker's timer
+    // wheel for its time.
     const BACK: [&str; 8] = [
         "back1", "back2", "back3", "back4", "back5", "back6", "back7", "back8",
     ];
