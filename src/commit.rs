@@ -783,6 +783,14 @@ struct State {
     /// false` meanwhile sent the head twice; a FIFO queue always takes a second copy as a
     /// second delivery.)
     ahead: BTreeSet<DueKey>,
+    /// Per endpoint, its highest key in `due` at this start, its held head's and those
+    /// never due left out ([`count_pending`]): the end of a backlog from before the
+    /// start, which the loader brings from the beginning of the index. An `ordered`
+    /// endpoint is not quiet until the scans have passed it ([`Self::goes_ahead`]): its
+    /// fresh deliveries must not go before its own older ones. (A FIFO endpoint's may,
+    /// as FIFO allows; this one's is kept too, for a `PUT` that makes it ordered.)
+    /// Entries leave as the cursor passes them ([`Self::load`]).
+    before_start: HashMap<EndpointId, DueKey>,
     stats: Stats,
     write_failures: WriteFailures,
     /// Retention writes that failed since the last line logged.
@@ -1262,24 +1270,85 @@ impl Stats {
     }
 }
 
+/// A first attempt of event `seq` due at or after this is never made, with `retention_ms`:
+/// the retention floor has passed the event by then (it moves every `retention_every`,
+/// and the loader and the workers check it before an attempt), with a second pass and a
+/// second to spare.
+fn never_due_from(retention_ms: u64, seq: Seq) -> u64 {
+    seq_time_ms(seq).saturating_add(never_due_after(retention_ms))
+}
+
+/// How long after its event's time a first attempt is never made ([`never_due_from`]).
+fn never_due_after(retention_ms: u64) -> u64 {
+    let every = retention_every(Duration::from_millis(retention_ms)).as_millis() as u64;
+    retention_ms.saturating_add(2 * every + 1000)
+}
+
+/// What the store holds pending at a start ([`count_pending`]).
+struct Pending {
+    /// Deliveries pending (`due` and `paused` keys), and of those the paused ones.
+    pending: u64,
+    paused: u64,
+    /// [`State::before_start`].
+    before_start: HashMap<EndpointId, DueKey>,
+    /// Endpoints with paused deliveries.
+    with_paused: HashSet<EndpointId>,
+}
+
 /// Counts the deliveries pending in the store (`due` and `paused` keys) and of those the
-/// paused ones. Scans both column families once, at start.
-fn count_pending(store: &Store) -> Result<(u64, u64), store::StoreError> {
-    let due = store.count_due()? as u64;
+/// paused ones, and takes each endpoint's highest `due` key but its held head's (`routes`)
+/// and those never due ([`State::before_start`]). Scans both column families once, at
+/// start.
+fn count_pending(
+    store: &Store,
+    routes: &[RouteInfo],
+    retention_ms: u64,
+) -> Result<Pending, store::StoreError> {
+    let heads: HashSet<DueKey> = routes
+        .iter()
+        .filter(|i| i.ordered && i.enabled)
+        .filter_map(|i| {
+            let (seq, due_ms, _) = i.meta.hold?;
+            Some(DueKey {
+                due_ms,
+                seq,
+                ep: i.id,
+            })
+        })
+        .collect();
+    let mut before_start = HashMap::default();
+    let never_after = never_due_after(retention_ms);
+    let due = store.each_due(|k| {
+        if k.due_ms < seq_time_ms(k.seq).saturating_add(never_after)
+            && (heads.is_empty() || !heads.contains(&k))
+        {
+            // (In key order: the last one seen is the highest.)
+            before_start.insert(k.ep, k);
+        }
+    })? as u64;
     let mut paused = 0u64;
+    let mut with_paused = HashSet::default();
     let ids = store.endpoints()?.into_iter().map(|(_, meta)| meta.id);
     for id in ids.chain(store.deleting()?) {
         let mut after = 0;
         loop {
             let page = store.paused_of(id, after, PAGE * 8)?;
             paused += page.len() as u64;
+            if !page.is_empty() {
+                with_paused.insert(id);
+            }
             match page.last() {
                 Some(&(seq, _)) if page.len() == PAGE * 8 => after = seq + 1,
                 _ => break,
             }
         }
     }
-    Ok((due + paused, paused))
+    Ok(Pending {
+        pending: due + paused,
+        paused,
+        before_start,
+        with_paused,
+    })
 }
 
 impl Committer {
@@ -1289,7 +1358,13 @@ impl Committer {
         let max = self.store.max_seq()?.unwrap_or(0);
         let next_seq = (max + 1).max(seq_floor(now_ms()));
         let n = self.workers.len();
-        let (pending, paused) = count_pending(&self.store)?;
+        let retention_ms = self.retention.as_millis() as u64;
+        let Pending {
+            pending,
+            paused,
+            before_start,
+            with_paused,
+        } = count_pending(&self.store, &self.routes, retention_ms)?;
         let next_ep_id = self
             .store
             .endpoint_names()?
@@ -1300,7 +1375,7 @@ impl Committer {
         let mut st = State {
             store: self.store,
             durability: self.durability,
-            retention_ms: self.retention.as_millis() as u64,
+            retention_ms,
             workers: self.workers,
             router: Router::new(self.routes),
             next_seq,
@@ -1335,6 +1410,7 @@ impl Committer {
             dropping: Vec::new(),
             waiting: Waiting::default(),
             ahead: BTreeSet::new(),
+            before_start,
             write_failures: WriteFailures::default(),
             retention_failures: Tally::default(),
             scrub: Scrub::new(),
@@ -1389,13 +1465,17 @@ impl Committer {
         let mut last_retention = Instant::now();
         // Ordered endpoints get their held head first, so nothing overtakes it.
         st.send_holds();
-        // Enabled endpoints resume any paused deliveries (enabled again in the config);
-        // an ordered one's new deliveries join them meanwhile (see `accept`).
+        // Enabled endpoints resume any paused deliveries (enabled again in the config,
+        // or their pause ended above); an ordered one's new deliveries join them
+        // meanwhile (see `accept`). Only those with some: the rest have nothing to
+        // resume, and an ordered one's fresh deliveries would be paused until its turn
+        // came (a resume reads a page per endpoint and tick within [`SCAN_BUDGET`], and
+        // waits for room in the workers, which a restart's backlogs fill).
         st.resuming = st
             .router
             .eps
             .values()
-            .filter(|i| i.enabled)
+            .filter(|i| i.enabled && (with_paused.contains(&i.id) || enabled.contains(&i.id)))
             .map(|i| i.id)
             .collect();
         let inbox = self.inbox;
@@ -1475,15 +1555,10 @@ fn split_before_delete(msgs: &mut Vec<CommitMsg>) -> Vec<CommitMsg> {
 }
 
 impl State {
-    /// A first attempt of event `seq` due at or after this is never made: the retention
-    /// floor has passed the event by then (it moves every `retention_every`, and the
-    /// loader and the workers check it before an attempt), with a second pass and a
-    /// second to spare.
+    /// A first attempt of event `seq` due at or after this is never made
+    /// ([`never_due_from`]).
     fn never_due_from(&self, seq: Seq) -> u64 {
-        let every = retention_every(Duration::from_millis(self.retention_ms)).as_millis() as u64;
-        seq_time_ms(seq)
-            .saturating_add(self.retention_ms)
-            .saturating_add(2 * every + 1000)
+        never_due_from(self.retention_ms, seq)
     }
 
     fn cap(&self) -> usize {
@@ -2109,9 +2184,7 @@ impl State {
                 });
                 tracing::debug!(seq, "workers are full: spilling fresh deliveries to disk");
             }
-            if self.hand_now(due)
-                || (!ordered && self.hands_ahead(due, now, jobs.len(), HORIZON_MS))
-            {
+            if self.hand_now(due) || self.goes_ahead(due, ordered, now, jobs.len()) {
                 jobs.push((
                     worker,
                     Job {
@@ -2529,12 +2602,12 @@ impl State {
         // enabled at once with 3,000 paused each held a tick ~100 ms.
         let until = Instant::now() + SCAN_BUDGET;
         for ep in std::mem::take(&mut self.resuming) {
-            let Some(worker) = self
+            let Some((worker, ordered)) = self
                 .router
                 .eps
                 .get(&ep)
                 .filter(|i| self.delivers(i))
-                .map(|i| i.worker)
+                .map(|i| (i.worker, i.ordered))
             else {
                 self.settling.remove(&ep);
                 continue;
@@ -2568,6 +2641,9 @@ impl State {
             }
             let mut batch = self.store.batch();
             let mut below_cursor = Vec::new();
+            // An ordered endpoint's keys a scan is to bring: its fresh deliveries do not
+            // go before them ([`Self::goes_ahead`]).
+            let mut left_for_scan = Vec::new();
             let mut first_due_before = None;
             let mut events = self.store.event_reader();
             for &(seq, val) in &page {
@@ -2596,6 +2672,8 @@ impl State {
                 batch.put_due(&self.store, due, val);
                 if self.hand_now(due) {
                     below_cursor.push((due, val, event));
+                } else if ordered {
+                    left_for_scan.push(due);
                 }
             }
             drop(events);
@@ -2615,6 +2693,9 @@ impl State {
                 paused: -(page.len() as i64),
                 ..Delta::default()
             });
+            for due in left_for_scan {
+                self.left_on_disk(due, now);
+            }
             // Keys below the cursor are never loaded: hand them over now, or keep them
             // back (their events are read when handed over) once workers hold as much
             // as they may: large events fill the byte bound before the count.
@@ -3012,6 +3093,9 @@ impl State {
         let mut delta = Delta::default();
         // Events already rewritten in this batch (a new route), by seq.
         let mut touched: HashMap<Seq, EventRecord> = HashMap::default();
+        // An ordered endpoint's replayed deliveries left for a scan to bring: its fresh
+        // ones do not go before them ([`Self::goes_ahead`]).
+        let mut on_disk = Vec::new();
         for (seq, only) in targets {
             let ev = match touched.remove(&seq) {
                 Some(e) => Some(e),
@@ -3093,7 +3177,11 @@ impl State {
                         seq,
                         ep,
                     };
-                    self.put_due_now(&mut batch, &mut jobs, info.worker, due, val);
+                    if !self.put_due_now(&mut batch, &mut jobs, info.worker, due, val)
+                        && info.ordered
+                    {
+                        on_disk.push(due);
+                    }
                 } else {
                     batch.pause(&self.store, ep, seq, val);
                     delta.paused += 1;
@@ -3121,6 +3209,9 @@ impl State {
                 .collect();
         }
         self.stats.apply(delta);
+        for due in on_disk {
+            self.left_on_disk(due, now);
+        }
         // One shared record per event, however many of its deliveries go out.
         let events: HashMap<Seq, Arc<EventRecord>> =
             touched.into_iter().map(|(s, e)| (s, Arc::new(e))).collect();
@@ -3255,7 +3346,7 @@ impl State {
     }
 
     /// Writes a replayed delivery's `due` entry, and queues it for its worker when no
-    /// scan will pick it up ([`Self::hand_now`]).
+    /// scan will pick it up ([`Self::hand_now`]); whether it did.
     fn put_due_now(
         &self,
         batch: &mut store::Batch,
@@ -3263,11 +3354,13 @@ impl State {
         worker: usize,
         due: DueKey,
         val: DueVal,
-    ) {
+    ) -> bool {
         batch.put_due(&self.store, due, val);
-        if self.hand_now(due) {
+        let now = self.hand_now(due);
+        if now {
             jobs.push((worker, due.ep, due, val));
         }
+        now
     }
 
     /// The due entry of delivery (`seq`, `ep`) waiting for its retry after attempt
@@ -3314,12 +3407,33 @@ impl State {
         scans_passed(k, self.cursor, self.spill)
     }
 
-    /// Whether a fresh delivery written under `due`, which a scan would bring later (at
-    /// or above the loader's cursor, or in the spilled range), goes to its worker now all
-    /// the same (`round_jobs` already queued this round; the caller has checked that its
-    /// endpoint is FIFO, which it looked up anyway): it is due within `within_ms` (the
-    /// loader's horizon for a fresh one, [`RETRY_AHEAD_MS`] for a retry, which the
-    /// caller hands over only while the cursor lags), so the cursor lags behind now (workers hold the cap: backlogs loaded after
+    /// Whether a fresh delivery written under `due` (of an endpoint `ordered` or not),
+    /// which a scan would bring later, goes to its worker now all the same
+    /// ([`Self::hands_ahead`], with the loader's horizon). An `ordered` endpoint's goes
+    /// only once the scans have also passed its backlog from before the start
+    /// ([`Self::before_start`]): its queue takes its deliveries in acceptance order as
+    /// they come, so one handed over ahead of an older one still on disk would go
+    /// first. (Its resumed and replayed deliveries left for a scan count as written for
+    /// it, [`Share::disk_max`]; its head's retry, which its worker holds, holds a fresh
+    /// one back there.) Left for the cursor after a restart with other endpoints'
+    /// backlogs draining, a quiet ordered endpoint's fresh deliveries waited for some
+    /// 34,000 of them (session 46).
+    fn goes_ahead(&self, due: DueKey, ordered: bool, now: u64, round_jobs: usize) -> bool {
+        (!ordered
+            || self
+                .before_start
+                .get(&due.ep)
+                .is_none_or(|&k| self.hand_now(k)))
+            && self.hands_ahead(due, now, round_jobs, HORIZON_MS)
+    }
+
+    /// Whether a delivery written under `due`, which a scan would bring later (at or
+    /// above the loader's cursor, or in the spilled range), goes to its worker now all
+    /// the same (`round_jobs` already queued this round; an `ordered` endpoint's only as
+    /// [`Self::goes_ahead`] says, and a retry only a FIFO one's): it is due within
+    /// `within_ms` (the loader's horizon for a fresh one, [`RETRY_AHEAD_MS`] for a
+    /// retry, which the caller hands over only while the cursor lags), so the cursor
+    /// lags behind now (workers hold the cap: backlogs loaded after
     /// a restart, an overload) or fresh deliveries spill, and its endpoint is quiet — it
     /// holds fewer than [`AHEAD_HELD`] in worker memory and no more than it drained in
     /// its last second (if it held some all through it: many endpoints at a low
@@ -3327,13 +3441,13 @@ impl State {
     /// ahead at once), keeps nothing back, on disk or being given back, and has written
     /// none of its deliveries for a scan to bring that the scan has not brought yet
     /// ([`Share::disk_max`]: under an overload of many endpoints each holding a few,
-    /// their fresh deliveries would go before their own older ones; a backlog from before
-    /// a restart is not known per endpoint). Left for the cursor, it waited behind every
+    /// their fresh deliveries would go before their own older ones; a FIFO endpoint's
+    /// backlog from before a restart does not count, [`Self::before_start`] being for
+    /// ordered ones). Left for the cursor, it waited behind every
     /// other endpoint's backlog: after a restart with eight endpoints' backlogs of 10,000
     /// draining, a quiet endpoint's fresh deliveries waited for 30,000 of them; left for
     /// the spill, behind every delivery spilled before it (a burst of 40,000 over ten
-    /// endpoints held a trickle to others 2.7 s: helper A, session 43). Not for an
-    /// `ordered` endpoint (older deliveries of it may wait on disk below it), at most
+    /// endpoints held a trickle to others 2.7 s: helper A, session 43). At most
     /// [`MAX_AHEAD`] at a time, and within the bytes workers may hold. The scans skip it
     /// when they pass ([`Self::ahead`]).
     fn hands_ahead(&self, due: DueKey, now: u64, round_jobs: usize, within_ms: u64) -> bool {
@@ -3718,6 +3832,11 @@ impl State {
         }
         let horizon = now_ms() + HORIZON_MS;
         self.waiting.purge(self.cursor.due_ms);
+        if !self.before_start.is_empty() {
+            let (cursor, spill) = (self.cursor, self.spill);
+            self.before_start
+                .retain(|_, k| !scans_passed(*k, cursor, spill));
+        }
         let store = self.store.clone();
         let mut events = PageEvents::new(&store);
         while !self.workers_full(0) {
@@ -3963,6 +4082,56 @@ mod tests {
         assert_eq!(out, vec![1, 3, 2]);
         r.route("b", Some("p2"), &mut out);
         assert_eq!(out, vec![2]);
+    }
+
+    #[test]
+    fn the_start_takes_each_endpoint_s_highest_due_key_but_held_heads_and_those_never_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let day = 86_400_000;
+        let t = 1_700_000_000_000;
+        let key = |due_ms: u64, ms: u64, ep: EndpointId| DueKey {
+            due_ms,
+            seq: seq_floor(ms),
+            ep,
+        };
+        // 1: two keys; 2: its held head above its other key; 3: a key due only past
+        // the retention of its event (a week), and one key; 4: only one never due.
+        let keys = [
+            key(t, t, 1),
+            key(t + 5, t + 1, 1),
+            key(t + 2, t, 2),
+            key(t + 3_600_000, t - 10, 2),
+            key(t + 1, t, 3),
+            key(t + 30 * day, t, 3),
+            key(t + 30 * day, t, 4),
+        ];
+        let mut b = store.batch();
+        for k in keys {
+            b.put_due(&store, k, DueVal::NEW);
+        }
+        let mut meta = EndpointMeta {
+            id: 1,
+            ..EndpointMeta::default()
+        };
+        b.put_endpoint(&store, "e1", &meta);
+        b.pause(&store, 1, seq_floor(t + 9), DueVal::NEW);
+        meta.id = 2;
+        b.put_endpoint(&store, "e2", &meta);
+        store.commit(b, false).unwrap();
+        let mut routes: Vec<RouteInfo> = (1..=4).map(|id| info(id, &["a"], None)).collect();
+        routes[1].ordered = true;
+        routes[1].meta.hold = Some((seq_floor(t - 10), t + 3_600_000, 1));
+        let p = count_pending(&store, &routes, 7 * day).unwrap();
+        assert_eq!((p.pending, p.paused), (8, 1));
+        let mut got: Vec<_> = p.before_start.into_iter().collect();
+        got.sort_unstable();
+        assert_eq!(got, [(1, keys[1]), (2, keys[2]), (3, keys[4])]);
+        assert_eq!(p.with_paused.into_iter().collect::<Vec<_>>(), [1]);
+        // A FIFO endpoint's retry is its highest key, held head or not.
+        routes[1].ordered = false;
+        let p = count_pending(&store, &routes, 7 * day).unwrap();
+        assert_eq!(p.before_start.get(&2), Some(&keys[3]));
     }
 
     #[test]

@@ -1863,9 +1863,18 @@ impl Store {
 
     /// Number of keys in `due` (pending deliveries), for tests and diagnostics. Scans.
     pub fn count_due(&self) -> Result<usize> {
+        self.each_due(|_| {})
+    }
+
+    /// Every key in `due`, in order, passed to `each`; returns how many there are.
+    /// Scans the whole index (the committer's census at start).
+    pub fn each_due(&self, mut each: impl FnMut(DueKey)) -> Result<usize> {
         let mut n = 0;
         for item in self.db.iterator_cf(self.cf(CF_DUE), IteratorMode::Start) {
-            item?;
+            let (k, _) = item?;
+            if let Some(k) = DueKey::decode(&k) {
+                each(k);
+            }
             n += 1;
         }
         Ok(n)

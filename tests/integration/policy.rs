@@ -1812,6 +1812,84 @@ fn a_quiet_endpoint_s_deliveries_and_retries_do_not_wait_behind_backlogs_loaded_
 }
 
 #[test]
+fn an_ordered_endpoint_s_fresh_deliveries_go_before_backlogs_loaded_after_a_restart_but_not_before_its_own(
+) {
+    // As above, eight FIFO endpoints' backlogs of 8,000 each wait for the loader after
+    // a restart. `quick` is ordered, with nothing of its own pending: its fresh
+    // deliveries waited for the cursor, some 34,000 of the backlogs' deliveries (an
+    // ordered endpoint's older deliveries might still wait on disk below it, and a
+    // backlog from before the start was not known per endpoint); and before that, at
+    // the start, they were paused behind a resume of its (empty) paused set that waited
+    // for room in the workers. The start now takes each endpoint's highest key in the
+    // due index: `ord`, ordered too, has 20 deliveries accepted after the backlogs, so
+    // its 20 fresh ones must still wait for the cursor to pass those, and all 40
+    // arrive in acceptance order.
+    const BACK: [&str; 8] = [
+        "back1", "back2", "back3", "back4", "back5", "back6", "back7", "back8",
+    ];
+    const N: usize = 8_000;
+    let (rx, gate) = TestReceiver::gated();
+    let quick = TestReceiver::start();
+    let mut eps = String::new();
+    for name in BACK {
+        let url = rx.url(&format!("/{name}"));
+        eps += &endpoint(name, &format!(r#"["{name}"]"#), &url, "timeout = \"300s\"");
+    }
+    eps += &endpoint(
+        "ord",
+        r#"["ord"]"#,
+        &rx.url("/ord"),
+        "ordered = true\ntimeout = \"300s\"",
+    );
+    eps += &endpoint("quick", r#"["q"]"#, &quick.url("/"), "ordered = true");
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let opts = ServerOpts::new(&eps);
+    let mut srv = TestServer::start_in(dir.clone(), &opts);
+    assert_eq!(srv.pipeline(interleaved(&BACK, N)), BACK.len() * N);
+    assert_eq!(srv.pipeline(interleaved(&["ord"], 20)), 20);
+    srv.kill9();
+    rx.set_script(|_, _| Reply::status(200).delay(Duration::from_millis(40)));
+    let before = rx.count();
+    let srv = TestServer::start_in(dir.clone(), &opts);
+    let mut conn = srv.connect();
+    for i in 20..40 {
+        let id = format!("ordf-{i}");
+        let line = event("ord", &id, &format!("{{\"n\":{i}}}"));
+        assert_eq!(conn.send(&line), format!("ok {id} 1"));
+    }
+    quick_s_20_arrive_before(&srv, (&quick, &rx, before), N, "backlogs'");
+    let ids = quick.ids();
+    assert!(
+        ids.len() == 20 && ids.values().all(|&n| n == 1),
+        "quick got {ids:?}"
+    );
+    srv.wait_metric(
+        "ricochet_deliveries_pending",
+        Duration::from_secs(120),
+        |v| v == 0.0,
+    );
+    // `ord`'s first arrivals after the restart in acceptance order (the one in flight at
+    // the kill goes again).
+    let ns: Vec<u64> = rx.requests()[before..]
+        .iter()
+        .filter(|r| r.path == "/ord")
+        .map(|r| r.json()["n"].as_u64().unwrap())
+        .collect();
+    let mut first = Vec::new();
+    for &n in &ns {
+        if !first.contains(&n) {
+            first.push(n);
+        }
+    }
+    assert_eq!(first, (0..40).collect::<Vec<u64>>(), "{ns:?}");
+    assert_eq!(
+        srv.metrics().value("ricochet_deliveries_handed_ahead", &[]),
+        Some(0.0)
+    );
+    gate.open();
+}
+
+#[test]
 fn a_quiet_endpoint_s_fresh_deliveries_do_not_wait_behind_a_spilled_burst() {
     // A burst of 70,000 deliveries over ten endpoints (each below its share of the
     // cap) comes faster than their receiver drains it (20 ms an answer, 16 lanes each:
