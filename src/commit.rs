@@ -3356,11 +3356,11 @@ impl State {
         val: DueVal,
     ) -> bool {
         batch.put_due(&self.store, due, val);
-        let now = self.hand_now(due);
-        if now {
+        let handed = self.hand_now(due);
+        if handed {
             jobs.push((worker, due.ep, due, val));
         }
-        now
+        handed
     }
 
     /// The due entry of delivery (`seq`, `ep`) waiting for its retry after attempt
