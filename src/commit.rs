@@ -204,9 +204,11 @@ struct Share {
     handed_max: DueKey,
     /// The highest key of it written for a scan to bring (at or above the cursor, or in
     /// the spilled range), due within the loader's horizon, and not handed over (a
-    /// first attempt or a retry waiting on disk): until that scan has passed it, the
-    /// endpoint is not quiet ([`State::hands_ahead`]), so its fresh deliveries do not
-    /// go before its own older ones.
+    /// first attempt or a retry waiting on disk; one handed over ahead and given back;
+    /// an ordered endpoint's resumed or replayed; the present, for one made ordered
+    /// while the scans lag): until that scan has passed it, the endpoint is not quiet
+    /// ([`State::hands_ahead`]), so its fresh deliveries do not go before its own older
+    /// ones.
     disk_max: Option<DueKey>,
     /// Its deliveries reported since the rate was last taken.
     drained: usize,
@@ -1744,8 +1746,21 @@ impl State {
         };
         // The worker dropped them: read back from disk as the rest. Those it still has
         // are skipped when read back, as when the loader passes them.
-        self.ahead
-            .retain(|k| k.ep != ep || *k < from || kept.contains(k));
+        let mut dropped_ahead = None;
+        self.ahead.retain(|k| {
+            let keep = k.ep != ep || *k < from || kept.contains(k);
+            if !keep {
+                dropped_ahead = dropped_ahead.max(Some(*k));
+            }
+            keep
+        });
+        if let Some(k) = dropped_ahead {
+            // Those it had been handed ahead of the scans now wait for them: its fresh
+            // deliveries do not go before them. (Helper R's review, session 46: an
+            // ordered endpoint handed 4,630 ahead in one round gave back 2,583 of them,
+            // drained the rest and, quiet again, sent a fresh one before 2,573.)
+            s.note_left_on_disk(k, self.cursor, self.spill);
+        }
         if s.leave_on_disk_from(from) {
             self.on_disk += 1;
         }
@@ -2906,6 +2921,7 @@ impl State {
             .map_err(|e| EndpointOpError::Store(e.to_string()))?;
         let worker = crate::shard::worker_for(&name, self.workers.len());
         let created = !self.router.eps.contains_key(&id);
+        let made_ordered = spec.cfg.ordered && self.router.eps.get(&id).is_some_and(|i| !i.ordered);
         let now_enabled = !meta.is_disabled();
         // A replaced endpoint changes state below, through the usual paths.
         let (enabled, route_meta, held) = if created {
@@ -2938,6 +2954,24 @@ impl State {
             spec,
             meta: meta.clone(),
         });
+        let now = now_ms();
+        if made_ordered && self.lags(now) {
+            // Made ordered while the scans lag: which of its deliveries wait for them is
+            // not known (those resumed or replayed while it was FIFO, or from before the
+            // start are not counted for a FIFO endpoint), so its fresh ones wait for the
+            // scans to reach the present (helper R's review, session 46: a fresh one went
+            // before the replay of an older event scheduled before the `PUT`).
+            let until = DueKey {
+                due_ms: now.saturating_add(HORIZON_MS),
+                seq: Seq::MAX,
+                ep: id,
+            };
+            let (cursor, spill) = (self.cursor, self.spill);
+            self.shares
+                .entry(id)
+                .or_default()
+                .note_left_on_disk(until, cursor, spill);
+        }
         if !created && was_enabled && !now_enabled {
             // Only `enabled = false` disables here, and its words are the whole reason.
             let by = meta.disabled_by().unwrap_or(DisabledBy::Definition);

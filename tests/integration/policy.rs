@@ -1693,6 +1693,11 @@ fn an_ordered_endpoint_held_by_its_head_after_a_restart_leaves_its_backlog_on_di
     assert_eq!(rx.count(), 1, "only the head's first attempt");
 }
 
+/// Endpoints whose backlogs wait for the loader after a restart.
+const BACK: [&str; 8] = [
+    "back1", "back2", "back3", "back4", "back5", "back6", "back7", "back8",
+];
+
 /// Sends `quick`'s 20 events (type `q`) and waits for them to arrive; fewer than
 /// `most` of `rx`'s requests (counted from `before`), the `what` deliveries, may arrive
 /// meanwhile.
@@ -1741,9 +1746,6 @@ fn a_quiet_endpoint_s_deliveries_and_retries_do_not_wait_behind_backlogs_loaded_
     // every backlog key (at least 64,000 - 30,000 delivered); each now goes to the
     // worker ahead of the cursor as it is scheduled, and waits in the worker's timer
     // wheel for its time.
-    const BACK: [&str; 8] = [
-        "back1", "back2", "back3", "back4", "back5", "back6", "back7", "back8",
-    ];
     const N: usize = 8_000;
     let (rx, gate) = TestReceiver::gated();
     // The first delivery `quick` sees is answered 500 twice, everything else 200.
@@ -1824,9 +1826,6 @@ fn an_ordered_endpoint_s_fresh_deliveries_go_before_backlogs_loaded_after_a_rest
     // due index: `ord`, ordered too, has 20 deliveries accepted after the backlogs, so
     // its 20 fresh ones must still wait for the cursor to pass those, and all 40
     // arrive in acceptance order.
-    const BACK: [&str; 8] = [
-        "back1", "back2", "back3", "back4", "back5", "back6", "back7", "back8",
-    ];
     const N: usize = 8_000;
     let (rx, gate) = TestReceiver::gated();
     let quick = TestReceiver::start();
@@ -1886,6 +1885,72 @@ fn an_ordered_endpoint_s_fresh_deliveries_go_before_backlogs_loaded_after_a_rest
         srv.metrics().value("ricochet_deliveries_handed_ahead", &[]),
         Some(0.0)
     );
+    gate.open();
+}
+
+#[test]
+fn an_endpoint_made_ordered_while_the_cursor_lags_sends_no_fresh_delivery_before_its_replay() {
+    // Helper R's review, session 46. After a restart with eight backlogs (the cursor
+    // lags), FIFO `fe`'s delivered `f-0` is replayed: due now, it waits for the cursor,
+    // and as `fe` is FIFO it does not keep `fe`'s fresh deliveries from going ahead. A
+    // `PUT` makes `fe` ordered, and `f-1` is sent: it went ahead, before the replay
+    // scheduled before it. An endpoint made ordered while the cursor lags now waits for
+    // the scans to reach the present. `oe`, ordered from the start, gets the same.
+    const N: usize = 10_000;
+    let (rx, gate) = TestReceiver::gated();
+    let fe = TestReceiver::start();
+    let oe = TestReceiver::start();
+    let mut eps = String::new();
+    for name in BACK {
+        let url = rx.url(&format!("/{name}"));
+        eps += &endpoint(name, &format!(r#"["{name}"]"#), &url, "timeout = \"300s\"");
+    }
+    eps += &endpoint("fe", r#"["f"]"#, &fe.url("/fe"), "");
+    eps += &endpoint("oe", r#"["g"]"#, &oe.url("/oe"), "ordered = true");
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let opts = ServerOpts::new(&eps);
+    let mut srv = TestServer::start_in(dir.clone(), &opts);
+    let mut c = srv.connect();
+    assert_eq!(c.send(&event("f", "f-0", "{}")), "ok f-0 1");
+    assert_eq!(c.send(&event("g", "g-0", "{}")), "ok g-0 1");
+    fe.wait_for(1, Duration::from_secs(20));
+    oe.wait_for(1, Duration::from_secs(20));
+    srv.wait_event("f-0", Duration::from_secs(20), |v| {
+        states(v) == ["delivered"]
+    });
+    srv.wait_event("g-0", Duration::from_secs(20), |v| {
+        states(v) == ["delivered"]
+    });
+    assert_eq!(srv.pipeline(interleaved(&BACK, N)), BACK.len() * N);
+    srv.kill9();
+    rx.set_script(|_, _| Reply::status(200).delay(Duration::from_millis(40)));
+    let before = rx.count();
+    let srv = TestServer::start_in(dir.clone(), &opts);
+    // The loader is handing the backlogs over.
+    rx.wait_for(before + 1, Duration::from_secs(20));
+    for path in [
+        "/v1/events/f-0/replay?endpoint=fe",
+        "/v1/events/g-0/replay?endpoint=oe",
+    ] {
+        let (st, v) = srv.post(path);
+        assert_eq!(st, 202, "{path}: {v}");
+    }
+    let def = serde_json::json!({"events": ["f"], "url": fe.url("/fe"), "ordered": true});
+    let (st, v) = srv.call("PUT", "/v1/endpoints/fe", &def);
+    assert_eq!(st, 200, "{v}");
+    let mut c = srv.connect();
+    assert_eq!(c.send(&event("f", "f-1", "{}")), "ok f-1 1");
+    assert_eq!(c.send(&event("g", "g-1", "{}")), "ok g-1 1");
+    fe.wait_for(3, Duration::from_secs(120));
+    oe.wait_for(3, Duration::from_secs(120));
+    let ids = |r: &TestReceiver| -> Vec<String> {
+        r.requests()
+            .iter()
+            .map(|q| q.header("webhook-id").unwrap_or("?").to_string())
+            .collect()
+    };
+    assert_eq!(ids(&oe), ["g-0", "g-0", "g-1"]);
+    assert_eq!(ids(&fe), ["f-0", "f-0", "f-1"]);
     gate.open();
 }
 
