@@ -998,6 +998,23 @@ fn an_endpoint_enabled_while_its_pause_is_under_way_resumes_once_it_is_done() {
     assert!(log[held..].lines().next().unwrap().contains("ord"));
 }
 
+/// The body's `n` of each request to `path`, as they came, and of those the first
+/// arrivals of each `n`.
+fn first_arrivals(requests: &[Received], path: &str) -> (Vec<u64>, Vec<u64>) {
+    let ns: Vec<u64> = requests
+        .iter()
+        .filter(|r| r.path == path)
+        .map(|r| r.json()["n"].as_u64().unwrap())
+        .collect();
+    let mut first = Vec::new();
+    for &n in &ns {
+        if !first.contains(&n) {
+            first.push(n);
+        }
+    }
+    (ns, first)
+}
+
 #[test]
 fn an_endpoint_held_at_a_kill9_resumes_after_the_restart() {
     // Held (enabled while its pause was under way) when the process dies: the start
@@ -1037,18 +1054,7 @@ fn an_endpoint_held_at_a_kill9_resumes_after_the_restart() {
         v == all
     });
     // First arrivals in acceptance order; only the one in flight at the kill twice.
-    let ns: Vec<u64> = rx
-        .requests()
-        .iter()
-        .filter(|r| r.path == "/ord")
-        .map(|r| r.json()["n"].as_u64().unwrap())
-        .collect();
-    let mut first = Vec::new();
-    for &n in &ns {
-        if !first.contains(&n) {
-            first.push(n);
-        }
-    }
+    let (ns, first) = first_arrivals(&rx.requests(), "/ord");
     assert_eq!(first, (0..25).collect::<Vec<u64>>(), "{ns:?}");
     let twice: Vec<u64> = first
         .iter()
@@ -1698,6 +1704,40 @@ const BACK: [&str; 8] = [
     "back1", "back2", "back3", "back4", "back5", "back6", "back7", "back8",
 ];
 
+/// Starts ricochet on `eps` (with [`back_endpoints`] at `rx`, held), accepts [`BACK`]'s
+/// `n` deliveries each and then 20 each of `after`'s endpoints ([`interleaved`]), kills
+/// it with -9 and starts it again with `rx` answering in 40 ms: the new process, and
+/// what `rx` had got before it.
+fn restarted_with_backlogs(
+    eps: &str,
+    rx: &TestReceiver,
+    n: usize,
+    after: &[&str],
+) -> (TestServer, usize) {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let opts = ServerOpts::new(eps);
+    let mut srv = TestServer::start_in(dir.clone(), &opts);
+    assert_eq!(srv.pipeline(interleaved(&BACK, n)), BACK.len() * n);
+    if !after.is_empty() {
+        assert_eq!(srv.pipeline(interleaved(after, 20)), after.len() * 20);
+    }
+    srv.kill9();
+    rx.set_script(|_, _| Reply::status(200).delay(Duration::from_millis(40)));
+    let before = rx.count();
+    (TestServer::start_in(dir, &opts), before)
+}
+
+/// The [`BACK`] endpoints, each at its path of `rx`, with a timeout long enough for a
+/// receiver held until it is let go.
+fn back_endpoints(rx: &TestReceiver) -> String {
+    let mut eps = String::new();
+    for name in BACK {
+        let url = rx.url(&format!("/{name}"));
+        eps += &endpoint(name, &format!(r#"["{name}"]"#), &url, "timeout = \"300s\"");
+    }
+    eps
+}
+
 /// Sends `quick`'s 20 events (type `q`) and waits for them to arrive; fewer than
 /// `most` of `rx`'s requests (counted from `before`), the `what` deliveries, may arrive
 /// meanwhile.
@@ -1760,25 +1800,14 @@ fn a_quiet_endpoint_s_deliveries_and_retries_do_not_wait_behind_backlogs_loaded_
         }
         Reply::status(200)
     });
-    let mut eps = String::new();
-    for name in BACK {
-        let url = rx.url(&format!("/{name}"));
-        eps += &endpoint(name, &format!(r#"["{name}"]"#), &url, "timeout = \"300s\"");
-    }
+    let mut eps = back_endpoints(&rx);
     eps += &endpoint(
         "quick",
         r#"["q"]"#,
         &quick.url("/"),
         "retry = [\"1s\", \"2s\"]",
     );
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let opts = ServerOpts::new(&eps);
-    let mut srv = TestServer::start_in(dir.clone(), &opts);
-    assert_eq!(srv.pipeline(interleaved(&BACK, N)), BACK.len() * N);
-    srv.kill9();
-    rx.set_script(|_, _| Reply::status(200).delay(Duration::from_millis(40)));
-    let before = rx.count();
-    let srv = TestServer::start_in(dir.clone(), &opts);
+    let (srv, before) = restarted_with_backlogs(&eps, &rx, N, &[]);
     quick_s_20_arrive_before(&srv, (&quick, &rx, before), N, "backlogs'");
     // The first event's two retries.
     quick.wait_for(22, Duration::from_secs(60));
@@ -1829,11 +1858,7 @@ fn an_ordered_endpoint_s_fresh_deliveries_go_before_backlogs_loaded_after_a_rest
     const N: usize = 8_000;
     let (rx, gate) = TestReceiver::gated();
     let quick = TestReceiver::start();
-    let mut eps = String::new();
-    for name in BACK {
-        let url = rx.url(&format!("/{name}"));
-        eps += &endpoint(name, &format!(r#"["{name}"]"#), &url, "timeout = \"300s\"");
-    }
+    let mut eps = back_endpoints(&rx);
     eps += &endpoint(
         "ord",
         r#"["ord"]"#,
@@ -1841,15 +1866,7 @@ fn an_ordered_endpoint_s_fresh_deliveries_go_before_backlogs_loaded_after_a_rest
         "ordered = true\ntimeout = \"300s\"",
     );
     eps += &endpoint("quick", r#"["q"]"#, &quick.url("/"), "ordered = true");
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let opts = ServerOpts::new(&eps);
-    let mut srv = TestServer::start_in(dir.clone(), &opts);
-    assert_eq!(srv.pipeline(interleaved(&BACK, N)), BACK.len() * N);
-    assert_eq!(srv.pipeline(interleaved(&["ord"], 20)), 20);
-    srv.kill9();
-    rx.set_script(|_, _| Reply::status(200).delay(Duration::from_millis(40)));
-    let before = rx.count();
-    let srv = TestServer::start_in(dir.clone(), &opts);
+    let (srv, before) = restarted_with_backlogs(&eps, &rx, N, &["ord"]);
     let mut conn = srv.connect();
     for i in 20..40 {
         let id = format!("ordf-{i}");
@@ -1869,17 +1886,7 @@ fn an_ordered_endpoint_s_fresh_deliveries_go_before_backlogs_loaded_after_a_rest
     );
     // `ord`'s first arrivals after the restart in acceptance order (the one in flight at
     // the kill goes again).
-    let ns: Vec<u64> = rx.requests()[before..]
-        .iter()
-        .filter(|r| r.path == "/ord")
-        .map(|r| r.json()["n"].as_u64().unwrap())
-        .collect();
-    let mut first = Vec::new();
-    for &n in &ns {
-        if !first.contains(&n) {
-            first.push(n);
-        }
-    }
+    let (ns, first) = first_arrivals(&rx.requests()[before..], "/ord");
     assert_eq!(first, (0..40).collect::<Vec<u64>>(), "{ns:?}");
     assert_eq!(
         srv.metrics().value("ricochet_deliveries_handed_ahead", &[]),
@@ -1900,11 +1907,7 @@ fn an_endpoint_made_ordered_while_the_cursor_lags_sends_no_fresh_delivery_before
     let (rx, gate) = TestReceiver::gated();
     let fe = TestReceiver::start();
     let oe = TestReceiver::start();
-    let mut eps = String::new();
-    for name in BACK {
-        let url = rx.url(&format!("/{name}"));
-        eps += &endpoint(name, &format!(r#"["{name}"]"#), &url, "timeout = \"300s\"");
-    }
+    let mut eps = back_endpoints(&rx);
     eps += &endpoint("fe", r#"["f"]"#, &fe.url("/fe"), "");
     eps += &endpoint("oe", r#"["g"]"#, &oe.url("/oe"), "ordered = true");
     let dir = Arc::new(tempfile::tempdir().unwrap());
