@@ -785,14 +785,6 @@ struct State {
     /// false` meanwhile sent the head twice; a FIFO queue always takes a second copy as a
     /// second delivery.)
     ahead: BTreeSet<DueKey>,
-    /// Per endpoint, its highest key in `due` at this start, its held head's and those
-    /// never due left out ([`count_pending`]): the end of a backlog from before the
-    /// start, which the loader brings from the beginning of the index. An `ordered`
-    /// endpoint is not quiet until the scans have passed it ([`Self::goes_ahead`]): its
-    /// fresh deliveries must not go before its own older ones. (A FIFO endpoint's may,
-    /// as FIFO allows; this one's is kept too, for a `PUT` that makes it ordered.)
-    /// Entries leave as the cursor passes them ([`Self::load`]).
-    before_start: HashMap<EndpointId, DueKey>,
     stats: Stats,
     write_failures: WriteFailures,
     /// Retention writes that failed since the last line logged.
@@ -1272,15 +1264,10 @@ impl Stats {
     }
 }
 
-/// A first attempt of event `seq` due at or after this is never made, with `retention_ms`:
+/// How long after its event's time a first attempt is never made, with `retention_ms`:
 /// the retention floor has passed the event by then (it moves every `retention_every`,
 /// and the loader and the workers check it before an attempt), with a second pass and a
 /// second to spare.
-fn never_due_from(retention_ms: u64, seq: Seq) -> u64 {
-    seq_time_ms(seq).saturating_add(never_due_after(retention_ms))
-}
-
-/// How long after its event's time a first attempt is never made ([`never_due_from`]).
 fn never_due_after(retention_ms: u64) -> u64 {
     let every = retention_every(Duration::from_millis(retention_ms)).as_millis() as u64;
     retention_ms.saturating_add(2 * every + 1000)
@@ -1291,21 +1278,27 @@ struct Pending {
     /// Deliveries pending (`due` and `paused` keys), and of those the paused ones.
     pending: u64,
     paused: u64,
-    /// [`State::before_start`].
-    before_start: HashMap<EndpointId, DueKey>,
+    /// Each `ordered` endpoint's highest `due` key, its held head's and those never due
+    /// left out: the end of its backlog from before the start, which the loader brings
+    /// from the beginning of the index. Its [`Share::disk_max`] at the start, so that
+    /// its fresh deliveries do not go ahead of it ([`State::hands_ahead`]). (A FIFO
+    /// endpoint's may, as FIFO allows; one made ordered later waits for the scans to
+    /// reach the present: [`State::put_endpoint`].)
+    ordered_backlog: HashMap<EndpointId, DueKey>,
     /// Endpoints with paused deliveries.
     with_paused: HashSet<EndpointId>,
 }
 
 /// Counts the deliveries pending in the store (`due` and `paused` keys) and of those the
-/// paused ones, and takes each endpoint's highest `due` key but its held head's (`routes`)
-/// and those never due ([`State::before_start`]). Scans both column families once, at
-/// start.
+/// paused ones, and takes each `ordered` endpoint's highest `due` key but its held
+/// head's and those never due ([`Pending::ordered_backlog`]; `routes` say which). Scans
+/// both column families once, at start.
 fn count_pending(
     store: &Store,
     routes: &[RouteInfo],
     retention_ms: u64,
 ) -> Result<Pending, store::StoreError> {
+    let ordered: HashSet<EndpointId> = routes.iter().filter(|i| i.ordered).map(|i| i.id).collect();
     let heads: HashSet<DueKey> = routes
         .iter()
         .filter(|i| i.ordered && i.enabled)
@@ -1318,14 +1311,16 @@ fn count_pending(
             })
         })
         .collect();
-    let mut before_start = HashMap::default();
+    let mut ordered_backlog = HashMap::default();
     let never_after = never_due_after(retention_ms);
     let due = store.each_due(|k| {
-        if k.due_ms < seq_time_ms(k.seq).saturating_add(never_after)
-            && (heads.is_empty() || !heads.contains(&k))
+        if !ordered.is_empty()
+            && ordered.contains(&k.ep)
+            && k.due_ms < seq_time_ms(k.seq).saturating_add(never_after)
+            && !heads.contains(&k)
         {
             // (In key order: the last one seen is the highest.)
-            before_start.insert(k.ep, k);
+            ordered_backlog.insert(k.ep, k);
         }
     })? as u64;
     let mut paused = 0u64;
@@ -1348,7 +1343,7 @@ fn count_pending(
     Ok(Pending {
         pending: due + paused,
         paused,
-        before_start,
+        ordered_backlog,
         with_paused,
     })
 }
@@ -1364,7 +1359,7 @@ impl Committer {
         let Pending {
             pending,
             paused,
-            before_start,
+            ordered_backlog,
             with_paused,
         } = count_pending(&self.store, &self.routes, retention_ms)?;
         let next_ep_id = self
@@ -1412,7 +1407,6 @@ impl Committer {
             dropping: Vec::new(),
             waiting: Waiting::default(),
             ahead: BTreeSet::new(),
-            before_start,
             write_failures: WriteFailures::default(),
             retention_failures: Tally::default(),
             scrub: Scrub::new(),
@@ -1467,6 +1461,9 @@ impl Committer {
         let mut last_retention = Instant::now();
         // Ordered endpoints get their held head first, so nothing overtakes it.
         st.send_holds();
+        for (ep, k) in ordered_backlog {
+            st.shares.entry(ep).or_default().disk_max = Some(k);
+        }
         // Enabled endpoints resume any paused deliveries (enabled again in the config,
         // or their pause ended above); an ordered one's new deliveries join them
         // meanwhile (see `accept`). Only those with some: the rest have nothing to
@@ -1558,9 +1555,9 @@ fn split_before_delete(msgs: &mut Vec<CommitMsg>) -> Vec<CommitMsg> {
 
 impl State {
     /// A first attempt of event `seq` due at or after this is never made
-    /// ([`never_due_from`]).
+    /// ([`never_due_after`]).
     fn never_due_from(&self, seq: Seq) -> u64 {
-        never_due_from(self.retention_ms, seq)
+        seq_time_ms(seq).saturating_add(never_due_after(self.retention_ms))
     }
 
     fn cap(&self) -> usize {
@@ -2165,7 +2162,7 @@ impl State {
                 .eps
                 .get_mut(&ep)
                 .expect("the router routes to known endpoints");
-            let (worker, ordered) = (info.worker, info.ordered);
+            let worker = info.worker;
             if (info.ordered && self.resuming.contains(&ep)) || self.scan.pausing(ep) {
                 // Its paused deliveries are being given due times in acceptance order
                 // (`resume`), a page a tick: this one joins them, behind, and is given
@@ -2199,7 +2196,7 @@ impl State {
                 });
                 tracing::debug!(seq, "workers are full: spilling fresh deliveries to disk");
             }
-            if self.hand_now(due) || self.goes_ahead(due, ordered, now, jobs.len()) {
+            if self.hand_now(due) || self.hands_ahead(due, now, jobs.len(), HORIZON_MS) {
                 jobs.push((
                     worker,
                     Job {
@@ -2657,7 +2654,7 @@ impl State {
             let mut batch = self.store.batch();
             let mut below_cursor = Vec::new();
             // An ordered endpoint's keys a scan is to bring: its fresh deliveries do not
-            // go before them ([`Self::goes_ahead`]).
+            // go before them ([`Share::disk_max`]).
             let mut left_for_scan = Vec::new();
             let mut first_due_before = None;
             let mut events = self.store.event_reader();
@@ -3128,7 +3125,7 @@ impl State {
         // Events already rewritten in this batch (a new route), by seq.
         let mut touched: HashMap<Seq, EventRecord> = HashMap::default();
         // An ordered endpoint's replayed deliveries left for a scan to bring: its fresh
-        // ones do not go before them ([`Self::goes_ahead`]).
+        // ones do not go before them ([`Share::disk_max`]).
         let mut on_disk = Vec::new();
         for (seq, only) in targets {
             let ev = match touched.remove(&seq) {
@@ -3441,30 +3438,10 @@ impl State {
         scans_passed(k, self.cursor, self.spill)
     }
 
-    /// Whether a fresh delivery written under `due` (of an endpoint `ordered` or not),
-    /// which a scan would bring later, goes to its worker now all the same
-    /// ([`Self::hands_ahead`], with the loader's horizon). An `ordered` endpoint's goes
-    /// only once the scans have also passed its backlog from before the start
-    /// ([`Self::before_start`]): its queue takes its deliveries in acceptance order as
-    /// they come, so one handed over ahead of an older one still on disk would go
-    /// first. (Its resumed and replayed deliveries left for a scan count as written for
-    /// it, [`Share::disk_max`]; its head's retry, which its worker holds, holds a fresh
-    /// one back there.) Left for the cursor after a restart with other endpoints'
-    /// backlogs draining, a quiet ordered endpoint's fresh deliveries waited for some
-    /// 34,000 of them (session 46).
-    fn goes_ahead(&self, due: DueKey, ordered: bool, now: u64, round_jobs: usize) -> bool {
-        (!ordered
-            || self
-                .before_start
-                .get(&due.ep)
-                .is_none_or(|&k| self.hand_now(k)))
-            && self.hands_ahead(due, now, round_jobs, HORIZON_MS)
-    }
-
     /// Whether a delivery written under `due`, which a scan would bring later (at or
     /// above the loader's cursor, or in the spilled range), goes to its worker now all
-    /// the same (`round_jobs` already queued this round; an `ordered` endpoint's only as
-    /// [`Self::goes_ahead`] says, and a retry only a FIFO one's): it is due within
+    /// the same (`round_jobs` already queued this round; a retry only a FIFO one's): it
+    /// is due within
     /// `within_ms` (the loader's horizon for a fresh one, [`RETRY_AHEAD_MS`] for a
     /// retry, which the caller hands over only while the cursor lags), so the cursor
     /// lags behind now (workers hold the cap: backlogs loaded after
@@ -3475,9 +3452,12 @@ impl State {
     /// ahead at once), keeps nothing back, on disk or being given back, and has written
     /// none of its deliveries for a scan to bring that the scan has not brought yet
     /// ([`Share::disk_max`]: under an overload of many endpoints each holding a few,
-    /// their fresh deliveries would go before their own older ones; a FIFO endpoint's
-    /// backlog from before a restart does not count, [`Self::before_start`] being for
-    /// ordered ones). Left for the cursor, it waited behind every
+    /// their fresh deliveries would go before their own older ones; of a backlog from
+    /// before a restart, only an `ordered` endpoint's counts, [`Pending::ordered_backlog`]:
+    /// its queue takes its deliveries in acceptance order as they come, so one handed
+    /// over ahead of an older one still on disk would go first; its head's retry, which
+    /// its worker keeps, holds a fresh one back there). Left for the cursor, it waited
+    /// behind every
     /// other endpoint's backlog: after a restart with eight endpoints' backlogs of 10,000
     /// draining, a quiet endpoint's fresh deliveries waited for 30,000 of them; left for
     /// the spill, behind every delivery spilled before it (a burst of 40,000 over ten
@@ -3866,11 +3846,6 @@ impl State {
         }
         let horizon = now_ms() + HORIZON_MS;
         self.waiting.purge(self.cursor.due_ms);
-        if !self.before_start.is_empty() {
-            let (cursor, spill) = (self.cursor, self.spill);
-            self.before_start
-                .retain(|_, k| !scans_passed(*k, cursor, spill));
-        }
         let store = self.store.clone();
         let mut events = PageEvents::new(&store);
         while !self.workers_full(0) {
@@ -4119,7 +4094,8 @@ mod tests {
     }
 
     #[test]
-    fn the_start_takes_each_endpoint_s_highest_due_key_but_held_heads_and_those_never_due() {
+    fn the_start_takes_each_ordered_endpoint_s_highest_due_key_but_held_heads_and_those_never_due()
+    {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let day = 86_400_000;
@@ -4154,18 +4130,21 @@ mod tests {
         b.put_endpoint(&store, "e2", &meta);
         store.commit(b, false).unwrap();
         let mut routes: Vec<RouteInfo> = (1..=4).map(|id| info(id, &["a"], None)).collect();
-        routes[1].ordered = true;
+        for r in &mut routes {
+            r.ordered = true;
+        }
         routes[1].meta.hold = Some((seq_floor(t - 10), t + 3_600_000, 1));
         let p = count_pending(&store, &routes, 7 * day).unwrap();
         assert_eq!((p.pending, p.paused), (8, 1));
-        let mut got: Vec<_> = p.before_start.into_iter().collect();
+        let mut got: Vec<_> = p.ordered_backlog.into_iter().collect();
         got.sort_unstable();
         assert_eq!(got, [(1, keys[1]), (2, keys[2]), (3, keys[4])]);
         assert_eq!(p.with_paused.into_iter().collect::<Vec<_>>(), [1]);
-        // A FIFO endpoint's retry is its highest key, held head or not.
-        routes[1].ordered = false;
+        // A FIFO endpoint's backlog is not taken.
+        routes[0].ordered = false;
         let p = count_pending(&store, &routes, 7 * day).unwrap();
-        assert_eq!(p.before_start.get(&2), Some(&keys[3]));
+        assert_eq!(p.ordered_backlog.get(&1), None);
+        assert_eq!(p.ordered_backlog.len(), 2);
     }
 
     #[test]
