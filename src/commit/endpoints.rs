@@ -1,0 +1,1039 @@
+//! Endpoint changes, made by the committer as the one writer of the store and the
+//! router: creating or replacing ([`State::put_endpoint`]), deleting
+//! ([`State::delete_endpoint`], [`Dropping`]), disabling and enabling
+//! ([`State::disable_ep`], [`State::enable_ep`]). A disable moves the endpoint's due
+//! deliveries to its paused set and a deletion fails them, both through one scan of
+//! the due index shared by every endpoint under way ([`DueScan`]); an enable resumes
+//! the paused ones in acceptance order ([`State::resume`]).
+//!
+//! A change over the API is persisted (synced) before it is made, and the owning worker
+//! is told before any job that depends on it. A change must not hold the committer for a
+//! scan of its own (but at start, [`State::finish_pauses_at_start`]): past a page, the
+//! work goes on in the loader's ticks, within [`SCAN_BUDGET`].
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::endpoint::EndpointSpec;
+use crate::store::{
+    self, DisabledBy, DueKey, DueVal, EndpointId, EndpointMeta, EndpointSource, Seq,
+};
+use crate::worker::{now_ms, Job, WorkerMsg};
+
+use super::loader::loader_failed;
+use super::route::RouteInfo;
+use super::share::Share;
+use super::{Delta, EndpointOpError, PutMode, State, HORIZON_MS, PAGE, SCAN_BUDGET};
+
+/// How long a disable waits for the worker to say which attempts are in flight (it
+/// answers from its mailbox task, within a moment unless the process is stopping).
+const IN_FLIGHT_ANSWER: Duration = Duration::from_secs(2);
+/// Keys of the due index read per page of the shared scan ([`DueScan`]), each page one
+/// write…
+const SCAN_KEYS: usize = 16_384;
+/// …and deliveries moved by it at most (the write costs more than the read: ~1 ms per
+/// 500, measured with a backlog of 800,000).
+const SCAN_MOVES: usize = 2048;
+
+/// An endpoint's record as enabling it makes it: no disable, no failures counted, and
+/// no first-attempt bound (every delivery of it is paused: resuming them in acceptance
+/// order builds the bound afresh, see `State::resume`).
+fn enabled_afresh(meta: &mut EndpointMeta) {
+    meta.first_due_ms = 0;
+    meta.enable();
+    meta.fails = [0; 3];
+}
+
+/// A deleted endpoint whose pending deliveries are being failed: its paused ones, no
+/// more than [`DROP_SCAN`] a page, then those waiting in `due` beyond the loader's
+/// cursor, by the shared scan ([`DueScan`]), so a deletion with a large backlog
+/// neither holds the committer nor builds one huge write, and a thousand deletions
+/// read the due index once. Persisted as [`Store::deleting`] until done.
+///
+/// [`Store::deleting`]: crate::store::Store::deleting
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Dropping {
+    ep: EndpointId,
+    /// The paused set from this sequence number on; `None` once it is empty.
+    paused_from: Option<Seq>,
+    /// Whether its due deliveries are failed by the scan (not for an endpoint whose
+    /// worker may hold its head's retry: the loader fails those as they fall due, see
+    /// [`State::delete_endpoint`]).
+    scan_due: bool,
+    failed: u64,
+}
+
+impl Dropping {
+    pub(super) fn new(ep: EndpointId, scan_due: bool) -> Dropping {
+        Dropping {
+            ep,
+            paused_from: Some(0),
+            scan_due,
+            failed: 0,
+        }
+    }
+}
+
+/// One scan of the due index, a page at a time, shared by every disabled endpoint whose
+/// due deliveries are being moved to its paused set and every deleted one whose due
+/// deliveries are being failed. The index is ordered by due time, so an endpoint's
+/// deliveries are anywhere in it: a scan per endpoint made a mass disable (a receiver
+/// down for every endpoint of a platform) hold the committer for a scan of the whole
+/// index per endpoint, and a mass deletion read it once per endpoint and tick.
+///
+/// An endpoint joins where the scan is, and is done when the scan comes back there:
+/// past the end, the scan goes on from the start. What it needs moved is in the index
+/// already when it joins (a disabled endpoint's worker dropped its jobs then; attempts
+/// in flight are the outcomes' to move; no new delivery is routed to a disabled or
+/// deleted endpoint, and one enabled meanwhile is held, its new deliveries paused:
+/// [`State::enable_ep`]).
+pub(super) struct DueScan {
+    /// The next key to read, while there are members.
+    at: DueKey,
+    pub(super) members: HashMap<EndpointId, ScanMember>,
+}
+
+/// What the scan does with a member's due deliveries.
+pub(super) enum Sweep {
+    /// Moves them to the paused set, but those of attempts in flight at the disable
+    /// (by sequence number): their outcomes move them.
+    Pause { running: HashSet<u64> },
+    /// Fails those at or beyond the loader's cursor (those below it are in a worker or
+    /// spilled, and fail as they come back); `failed` from its paused set before.
+    Drop { failed: u64 },
+}
+
+pub(super) struct ScanMember {
+    sweep: Sweep,
+    /// A pause's `~pausing/<id>` marker is in the store ([`store::Batch::pausing`]).
+    pub(super) marked: bool,
+    /// Where the scan was when it joined.
+    start: DueKey,
+    /// The scan has passed the end of the index since it joined.
+    lapped: bool,
+    /// Deliveries moved or failed so far.
+    moved: u64,
+}
+
+impl Default for DueScan {
+    fn default() -> DueScan {
+        DueScan {
+            at: DueKey::MIN,
+            members: HashMap::default(),
+        }
+    }
+}
+
+impl DueScan {
+    /// `ep` joins the scan (it is started if none is under way).
+    pub(super) fn join(&mut self, ep: EndpointId, sweep: Sweep) {
+        if self.members.is_empty() {
+            self.at = DueKey::MIN;
+        }
+        self.members.insert(
+            ep,
+            ScanMember {
+                sweep,
+                marked: false,
+                start: self.at,
+                lapped: false,
+                moved: 0,
+            },
+        );
+    }
+
+    /// Whether `ep`'s pause is under way: an enabled endpoint ([`State::enable_ep`]) is
+    /// held, its deliveries paused as a disabled one's, until the scan is done with it,
+    /// and a deletion waits for it ([`State::drop_deleted`]). (No scan, no look-up: it
+    /// is asked per delivery routed.)
+    pub(super) fn pausing(&self, ep: EndpointId) -> bool {
+        !self.members.is_empty()
+            && self
+                .members
+                .get(&ep)
+                .is_some_and(|m| matches!(m.sweep, Sweep::Pause { .. }))
+    }
+
+    /// Whether the scan takes this key, with the loader's cursor at `cursor` and the
+    /// keys handed over ahead of it `ahead` (a deleted endpoint's worker reports those).
+    fn picks(&self, k: &DueKey, cursor: DueKey, ahead: &BTreeSet<DueKey>) -> bool {
+        self.members.get(&k.ep).is_some_and(|m| match &m.sweep {
+            Sweep::Pause { running } => !running.contains(&k.seq),
+            Sweep::Drop { .. } => *k >= cursor && !ahead.contains(k),
+        })
+    }
+
+    /// Whether a page read up to `next` (the end: `None`) ends `m`'s part.
+    fn ends(m: &ScanMember, next: Option<DueKey>) -> bool {
+        match next {
+            // Every key from where it joined was read before the end, or since the lap.
+            None => m.start == DueKey::MIN || m.lapped,
+            // Every key below `n` was read since the lap.
+            Some(n) => m.lapped && n >= m.start,
+        }
+    }
+
+    /// The members a page read up to `next` ends.
+    fn ending(&self, next: Option<DueKey>) -> Vec<EndpointId> {
+        self.members
+            .iter()
+            .filter(|(_, m)| DueScan::ends(m, next))
+            .map(|(&ep, _)| ep)
+            .collect()
+    }
+
+    /// After a page read up to `next` and `moved` written: the members now done, taken
+    /// out.
+    fn advance(
+        &mut self,
+        moved: &[(DueKey, DueVal)],
+        next: Option<DueKey>,
+    ) -> Vec<(EndpointId, ScanMember)> {
+        for (k, _) in moved {
+            if let Some(m) = self.members.get_mut(&k.ep) {
+                m.moved += 1;
+            }
+        }
+        let done = self.ending(next);
+        if next.is_none() {
+            for m in self.members.values_mut() {
+                m.lapped = true;
+            }
+        }
+        self.at = next.unwrap_or(DueKey::MIN);
+        done.into_iter()
+            .filter_map(|ep| self.members.remove_entry(&ep))
+            .collect()
+    }
+}
+
+/// Logs a deletion done: every pending delivery it found in the store failed.
+fn deleted_done(ep: EndpointId, failed: u64) {
+    // By id: the name is gone with the endpoint (the `endpoint deleted` line gives
+    // both). Those its worker held fail as it drops them, and its keys kept back or
+    // left on disk below the cursor as they are read back, not counted here.
+    tracing::info!(
+        id = ep,
+        failed_in_store = failed,
+        "a deleted endpoint's deliveries waiting in the store failed (those its worker \
+         held fail as it drops them; below the loader's cursor, a backlog kept back or \
+         left on disk fails as it is read back, its own line when all is)"
+    );
+}
+
+/// The smallest page an endpoint's paused deliveries resume in while workers have
+/// room ([`State::resume`] shares the room out among the endpoints resuming).
+const RESUME_PAGE_MIN: usize = 64;
+
+/// Keys read per page of a deletion ([`Dropping`]).
+const DROP_SCAN: usize = PAGE * 2;
+
+impl State {
+    /// Starts moving every pending delivery of the endpoints disabled this round from
+    /// `due` to `paused`, so none waits out an old retry time once its endpoint is
+    /// enabled again (a first attempt still keeps its `min_delay`: see `resume`). They
+    /// join the scan of the due index under way ([`DueScan`]), or start one, whose first
+    /// page is read here: a small index is done within the round, a large one goes on
+    /// in the loader's ticks, and a thousand endpoints disabled at once share one scan.
+    ///
+    /// A delivery whose attempt is in flight keeps its due key: the attempt's outcome
+    /// moves it (a retry of a disabled endpoint is paused then), so an enable before
+    /// that outcome does not bring back a second copy beside the attempt's own retry.
+    /// Each worker's answer says which those are; without one in time, everything is
+    /// paused.
+    pub(super) fn start_pauses(&mut self) {
+        let fresh = self.scan.members.is_empty();
+        // One wait for all of the round's answers: a worker that does not answer in
+        // time holds the round once, not once per endpoint it owns.
+        let deadline = Instant::now() + IN_FLIGHT_ANSWER;
+        for (ep, in_flight) in std::mem::take(&mut self.pausing) {
+            let running: HashSet<u64> = match in_flight.recv_deadline(deadline) {
+                Ok(seqs) => seqs.into_iter().collect(),
+                Err(e) => {
+                    tracing::warn!(endpoint = ep, error = %e, "no answer from the worker on attempts in flight; pausing them too");
+                    HashSet::default()
+                }
+            };
+            // Enabled again later in the round, it is held until its part of the scan
+            // is done ([`Self::enable_ep`]).
+            self.scan.join(ep, Sweep::Pause { running });
+        }
+        // A scan already under way goes on at the next tick: endpoints disabled one
+        // round after another do not each cost a page in their round.
+        if fresh {
+            self.scan_page();
+        }
+    }
+
+    /// One page of the shared scan ([`DueScan`]), in its own write. `false` when the
+    /// store refuses it (a full disk): the scan stays where it was, for the next tick
+    /// (a disabled endpoint's dropped jobs wait in `due` meanwhile).
+    fn scan_page(&mut self) -> bool {
+        let (scan, cursor, ahead) = (&self.scan, self.cursor, &self.ahead);
+        let mut delta = Delta::default();
+        let page = self
+            .store
+            .due_where(scan.at, None, SCAN_KEYS, SCAN_MOVES, |k| {
+                scan.picks(k, cursor, ahead)
+            })
+            .and_then(|(page, next)| {
+                let mut batch = self.store.batch();
+                for &(key, val) in &page {
+                    batch.del_due(&self.store, key);
+                    match scan.members.get(&key.ep).map(|m| &m.sweep) {
+                        Some(Sweep::Pause { .. }) => {
+                            batch.pause(&self.store, key.ep, key.seq, val);
+                            delta.paused += 1;
+                        }
+                        _ => {
+                            batch.fail_dropped(&self.store, key.ep, key.seq);
+                            delta.pending -= 1;
+                        }
+                    }
+                }
+                // A pause's marker is written with the disable's record; here too, for
+                // one whose round's write failed.
+                for (&ep, m) in &scan.members {
+                    if !m.marked && matches!(m.sweep, Sweep::Pause { .. }) {
+                        batch.pausing(&self.store, ep);
+                    }
+                }
+                for ep in scan.ending(next) {
+                    match scan.members.get(&ep).map(|m| &m.sweep) {
+                        Some(Sweep::Drop { .. }) => batch.deleted(&self.store, ep),
+                        _ => batch.paused_all(&self.store, ep),
+                    }
+                }
+                self.store.commit(batch, false)?;
+                Ok((page, next))
+            });
+        let (page, next) = match page {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some(failures) = self.scan_failures.note(Duration::from_secs(10)) {
+                    tracing::error!(
+                        error = %e,
+                        failures,
+                        endpoints = self.scan.members.len(),
+                        "cannot pause the deliveries of disabled endpoints or fail those of \
+                         deleted ones: tried again each tick"
+                    );
+                }
+                return false;
+            }
+        };
+        self.stats.apply(delta);
+        if !self.ahead.is_empty() {
+            // Paused: their worker dropped them at the disable.
+            for (k, _) in &page {
+                self.ahead.remove(k);
+            }
+        }
+        for m in self.scan.members.values_mut() {
+            m.marked = true;
+        }
+        for (ep, m) in self.scan.advance(&page, next) {
+            match m.sweep {
+                Sweep::Pause { running } => {
+                    tracing::info!(
+                        endpoint = %self.router.name_of(ep),
+                        id = ep,
+                        moved = m.moved,
+                        in_flight = running.len(),
+                        "paused the deliveries of a disabled endpoint"
+                    );
+                    // Enabled while its pause was under way: held until now.
+                    if let Some(info) = self.router.eps.get(&ep).filter(|i| i.enabled) {
+                        tracing::info!(
+                            endpoint = %info.name,
+                            id = ep,
+                            "the pause of an endpoint enabled meanwhile is done: it resumes"
+                        );
+                        self.start_resume(ep);
+                    }
+                }
+                Sweep::Drop { failed } => deleted_done(ep, failed + m.moved),
+            }
+        }
+        true
+    }
+
+    /// Pages of the shared scan for up to [`SCAN_BUDGET`] (a page at least) while one is
+    /// under way.
+    pub(super) fn scan_pages(&mut self) {
+        let until = Instant::now() + SCAN_BUDGET;
+        while !self.scan.members.is_empty() && self.scan_page() && Instant::now() < until {}
+    }
+
+    /// Ends at a start the pauses of endpoints enabled again (`eps`) with one scan of
+    /// the whole due index, before their paused sets resume (nothing is in flight, and
+    /// nothing waits on the start but the first ack). While running, an enabled
+    /// endpoint is held until the shared scan is done with it instead
+    /// ([`Self::enable_ep`]), and a deletion waits for it ([`Self::delete_endpoint`]): a
+    /// scan of its own in the call held ingest 0.2–1 s per call in a mass pause.
+    /// Refused by the store (a full disk), the pauses are left: the deliveries still in
+    /// `due` keep their times, and the markers stay for the next start.
+    pub(super) fn finish_pauses_at_start(&mut self, eps: &HashSet<EndpointId>) {
+        if eps.is_empty() {
+            return;
+        }
+        let mut moved = 0;
+        let result = self
+            .store
+            .pause_due(|k| eps.contains(&k.ep), &mut moved)
+            .and_then(|()| {
+                let mut batch = self.store.batch();
+                for &ep in eps {
+                    batch.paused_all(&self.store, ep);
+                }
+                self.store.commit(batch, false)
+            });
+        self.stats.paused += moved;
+        match result {
+            Ok(()) => tracing::info!(
+                endpoints = eps.len(),
+                moved,
+                "paused the deliveries of endpoints enabled again before their pause was done"
+            ),
+            Err(e) => tracing::error!(
+                endpoints = eps.len(),
+                error = %e,
+                "cannot end the pauses of endpoints enabled again: their deliveries still in \
+                 `due` keep their times"
+            ),
+        }
+    }
+
+    /// Moves paused deliveries of resumed endpoints back to `due` (a page per endpoint
+    /// and tick at most, as workers have room and for [`SCAN_BUDGET`]), in acceptance
+    /// order: a retry is due now, a delivery not yet attempted when it would
+    /// have been (event time + `min_delay`, SPEC §2: no attempt before it).
+    pub(super) fn resume(&mut self) {
+        let now = now_ms();
+        let mut still = Vec::new();
+        // Endpoints not reached for want of room: first at the next tick.
+        let mut not_reached = Vec::new();
+        // The room workers have, shared out: the first endpoints' pages must not take
+        // it all while the others (each draining at its own pace) get nothing.
+        let fair = (self.cap().saturating_sub(self.in_memory) / self.resuming.len().max(1))
+            .max(RESUME_PAGE_MIN);
+        // A page or more a tick, while [`SCAN_BUDGET`] lasts: a hundred endpoints
+        // enabled at once with 3,000 paused each held a tick ~100 ms.
+        let until = Instant::now() + SCAN_BUDGET;
+        for ep in std::mem::take(&mut self.resuming) {
+            let Some((worker, ordered)) = self
+                .router
+                .eps
+                .get(&ep)
+                .filter(|i| self.delivers(i))
+                .map(|i| (i.worker, i.ordered))
+            else {
+                self.settling.remove(&ep);
+                continue;
+            };
+            // A page's retries are due now and go to the worker at once: only while
+            // workers have room for it. Enabling many endpoints with large paused sets
+            // took worker memory far past the cap (100 endpoints at `max_rps = 5` with
+            // 5,000 paused each: 177,620 deliveries in memory against 50,000, within
+            // 10 s). The rest wait paused, on disk.
+            let room = self
+                .cap()
+                .saturating_sub(self.in_memory + self.out_count)
+                .min(fair)
+                .min(PAGE);
+            // (No room is `workers_full`'s count; it also counts bytes and kept-back keys.)
+            if self.workers_full(0) || Instant::now() >= until {
+                not_reached.push(ep);
+                continue;
+            }
+            let page = match self.store.paused_of(ep, 0, room) {
+                Ok(p) => p,
+                Err(e) => {
+                    loader_failed(&self.loader_failures, "cannot read paused deliveries", &e);
+                    still.push(ep);
+                    continue;
+                }
+            };
+            if page.is_empty() {
+                self.resumed(ep);
+                continue;
+            }
+            let mut batch = self.store.batch();
+            let mut below_cursor = Vec::new();
+            // An ordered endpoint's keys a scan is to bring: its fresh deliveries do not
+            // go before them ([`Share::disk_max`]).
+            let mut left_for_scan = Vec::new();
+            let mut first_due_before = None;
+            let mut events = self.store.event_reader();
+            for &(seq, val) in &page {
+                let mut event = None;
+                let mut due_ms = now;
+                if val.attempts == 0 {
+                    match events.get(seq) {
+                        Ok(Some(e)) => {
+                            let never = self.never_due_from(seq);
+                            let info = self.router.eps.get_mut(&ep).expect("looked up above");
+                            let moved;
+                            (due_ms, moved) = info.first_due(e.time_ms(), now, never);
+                            if first_due_before.is_none() {
+                                first_due_before = moved;
+                            }
+                            event = Some(e);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            loader_failed(&self.loader_failures, "cannot read a paused event", &e)
+                        }
+                    }
+                }
+                let due = DueKey { due_ms, seq, ep };
+                batch.unpause(&self.store, ep, seq);
+                batch.put_due(&self.store, due, val);
+                if self.hand_now(due) {
+                    below_cursor.push((due, val, event));
+                } else if ordered {
+                    left_for_scan.push(due);
+                }
+            }
+            drop(events);
+            let info = self.router.eps.get_mut(&ep).expect("looked up above");
+            if first_due_before.is_some() {
+                batch.put_endpoint(&self.store, &info.name, &info.meta);
+            }
+            if let Err(e) = self.store.commit(batch, false) {
+                loader_failed(&self.loader_failures, "cannot resume paused deliveries", &e);
+                if let Some(before) = first_due_before {
+                    info.meta.first_due_ms = before;
+                }
+                still.push(ep);
+                continue;
+            }
+            self.stats.apply(Delta {
+                paused: -(page.len() as i64),
+                ..Delta::default()
+            });
+            for due in left_for_scan {
+                self.left_on_disk(due, now);
+            }
+            // Keys below the cursor are never loaded: hand them over now, or keep them
+            // back (their events are read when handed over) once workers hold as much
+            // as they may: large events fill the byte bound before the count.
+            for (due, val, event) in below_cursor {
+                if self.memory_full(0) {
+                    self.keep_back(due, val);
+                    continue;
+                }
+                let event = match event {
+                    Some(e) => Ok(Some(e)),
+                    None => self.store.event(due.seq),
+                };
+                match event {
+                    Ok(Some(e)) => self.out_jobs[worker].push(Job {
+                        event: Arc::new(e),
+                        ep,
+                        due,
+                        val,
+                    }),
+                    Ok(None) => {}
+                    Err(e) => {
+                        loader_failed(&self.loader_failures, "cannot read a resumed event", &e)
+                    }
+                }
+            }
+            self.flush_jobs();
+            if page.len() == room {
+                still.push(ep);
+            } else {
+                self.resumed(ep);
+            }
+        }
+        not_reached.extend(still);
+        self.resuming = not_reached;
+    }
+
+    /// Every paused delivery of `ep` is handed over (or due in the store): an ordered
+    /// endpoint's new deliveries are given due times as they come again.
+    fn resumed(&mut self, ep: EndpointId) {
+        self.settling.remove(&ep);
+    }
+
+    /// Writes an endpoint's record as an enable or a disable over the API makes it, synced,
+    /// before the change is made ([`Self::enable_ep`], [`Self::disable_ep`] then make the
+    /// same record): an answered change survives a crash, and one the store cannot
+    /// take is not made.
+    pub(super) fn store_enabled(&mut self, ep: EndpointId, enabled: bool) -> Result<(), String> {
+        let Some(info) = self.router.eps.get(&ep) else {
+            return Ok(()); // deleted meanwhile: nothing left to keep
+        };
+        let mut meta = info.meta.clone();
+        match (enabled, info.enabled) {
+            (true, true) => return Ok(()), // enabling an enabled endpoint changes nothing
+            (true, false) => enabled_afresh(&mut meta),
+            (false, _) => meta.disable(DisabledBy::Admin),
+        }
+        let mut batch = self.store.batch();
+        batch.put_endpoint(&self.store, &info.name, &meta);
+        if !enabled && info.enabled {
+            // Its pause starts with the answer: a restart right after it goes on with it.
+            batch.pausing(&self.store, ep);
+        }
+        self.store.commit(batch, true).map_err(|e| e.to_string())
+    }
+
+    /// Disables an endpoint (`detail` as in [`CommitMsg::EndpointDisabled`]). If it was
+    /// enabled, its worker is told, and its deliveries are paused at the end of the
+    /// round. Disabling a disabled endpoint only updates why.
+    ///
+    /// [`CommitMsg::EndpointDisabled`]: super::CommitMsg::EndpointDisabled
+    pub(super) fn disable_ep(&mut self, ep: EndpointId, by: DisabledBy, detail: Option<&str>) {
+        let Some(info) = self.router.eps.get_mut(&ep) else {
+            return;
+        };
+        if info.enabled {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            self.workers[info.worker].send(WorkerMsg::SetEnabled {
+                ep,
+                enabled: false,
+                in_flight: Some(tx),
+            });
+            self.pausing.insert(ep, rx);
+            // Its keys kept back are in `due` still: the pause moves them with the rest,
+            // and those its worker gives back (the answer then only counts them).
+            if let Some(s) = self.shares.get_mut(&ep) {
+                self.deferred -= s.deferred.len();
+                s.deferred.clear();
+                if s.on_disk_from.take().is_some() {
+                    self.on_disk -= 1;
+                }
+                if s.giving_back.take().is_some() {
+                    self.giving_back -= 1;
+                }
+            }
+        }
+        info.enabled = false;
+        match detail {
+            Some(d) => info.meta.disable_because(by, d),
+            None => info.meta.disable(by),
+        }
+        self.dirty.insert(ep);
+    }
+
+    /// Enables an endpoint; its paused deliveries resume in order. Enabling an enabled
+    /// endpoint changes nothing: telling its worker would drop the retries it holds
+    /// (they belong to the old generation) with nothing paused to bring them back.
+    ///
+    /// One whose pause is still under way (disabled in this round, or its part of a
+    /// shared scan not done) is held: routed again, but its deliveries wait paused, the
+    /// new ones with them, as a disabled endpoint's do ([`Self::delivers`]), until the
+    /// scan is done with it and it resumes ([`Self::scan_page`]). Its worker is told
+    /// then: it holds nothing of it meanwhile, so no scan page can move a delivery a
+    /// worker has.
+    pub(super) fn enable_ep(&mut self, ep: EndpointId) {
+        let Some(info) = self.router.eps.get_mut(&ep) else {
+            return;
+        };
+        if info.enabled {
+            return;
+        }
+        info.enabled = true;
+        enabled_afresh(&mut info.meta);
+        self.dirty.insert(ep);
+        if self.scan.pausing(ep) || self.pausing.contains_key(&ep) {
+            tracing::info!(
+                endpoint = %info.name,
+                id = ep,
+                "endpoint enabled while its pause is under way: held, paused, until it is done"
+            );
+            return;
+        }
+        self.start_resume(ep);
+    }
+
+    /// Tells an enabled endpoint's worker, and resumes its paused deliveries.
+    fn start_resume(&mut self, ep: EndpointId) {
+        let Some(info) = self.router.eps.get(&ep) else {
+            return;
+        };
+        self.workers[info.worker].send(WorkerMsg::SetEnabled {
+            ep,
+            enabled: true,
+            in_flight: None,
+        });
+        // Events accepted from now on join the paused ones (see `accept`).
+        if !self.resuming.contains(&ep) {
+            self.resuming.push(ep);
+        }
+        self.settling.insert(ep);
+    }
+
+    /// Whether `info`'s deliveries go to its worker: it is enabled, and not held
+    /// ([`Self::enable_ep`]).
+    pub(super) fn delivers(&self, info: &RouteInfo) -> bool {
+        info.enabled && !self.scan.pausing(info.id)
+    }
+
+    /// Creates or replaces an endpoint: persisted (synced), then the router, the
+    /// registry and the owning worker follow. Queued deliveries stay where they are; the
+    /// worker uses the new spec from the next attempt on.
+    pub(super) fn put_endpoint(
+        &mut self,
+        mut spec: EndpointSpec,
+        mode: PutMode,
+    ) -> Result<(EndpointId, EndpointMeta), EndpointOpError> {
+        let name = spec.cfg.name.clone();
+        let existing = self.router.by_name(&name).map(|i| (i.id, i.meta.clone()));
+        let (id, mut meta) = match (mode, existing) {
+            (PutMode::Create, Some(_)) => return Err(EndpointOpError::Exists(name)),
+            (PutMode::Replace, None) => return Err(EndpointOpError::NotFound(name)),
+            (_, Some(e)) => e,
+            (_, None) if self.router.eps.len() >= store::MAX_ROUTES => {
+                return Err(EndpointOpError::TooMany(store::MAX_ROUTES))
+            }
+            (_, None) => {
+                let id = self.next_ep_id;
+                self.next_ep_id += 1;
+                (
+                    id,
+                    EndpointMeta {
+                        id,
+                        ..EndpointMeta::default()
+                    },
+                )
+            }
+        };
+        spec.id = id;
+        meta.id = id;
+        meta.source = EndpointSource::Api;
+        let was_enabled = !meta.is_disabled();
+        // `enabled = false` disables; `true` lifts only a disable it caused.
+        // A definition that compiles replaces one that did not: it decides alone.
+        if meta.disabled_by() == Some(DisabledBy::NotCompiling) {
+            meta.enable();
+        }
+        match (spec.cfg.enabled, meta.disabled_by()) {
+            (false, None) => meta.disable(DisabledBy::Definition),
+            (true, Some(DisabledBy::Definition | DisabledBy::Config)) => meta.enable(),
+            _ => {}
+        }
+        if !spec.cfg.ordered {
+            meta.hold = None;
+            meta.hold_first = 0;
+        }
+        let mut batch = self.store.batch();
+        batch.put_endpoint(&self.store, &name, &meta);
+        batch.put_endpoint_config(&self.store, id, &name, &spec.cfg);
+        self.store
+            .commit(batch, true)
+            .map_err(|e| EndpointOpError::Store(e.to_string()))?;
+        let worker = crate::shard::worker_for(&name, self.workers.len());
+        let created = !self.router.eps.contains_key(&id);
+        let made_ordered = spec.cfg.ordered && self.router.eps.get(&id).is_some_and(|i| !i.ordered);
+        let now_enabled = !meta.is_disabled();
+        // A replaced endpoint changes state below, through the usual paths.
+        let (enabled, route_meta, held) = if created {
+            (now_enabled, meta.clone(), false)
+        } else {
+            let old = &self.router.eps[&id];
+            (old.enabled, old.meta.clone(), old.holds_retries)
+        };
+        self.router.insert(RouteInfo {
+            id,
+            name: name.clone(),
+            worker,
+            events: spec.cfg.events.clone(),
+            account: spec.cfg.account.clone(),
+            min_delay_ms: spec.cfg.min_delay.as_millis() as u64,
+            enabled,
+            ordered: spec.cfg.ordered,
+            holds_retries: spec.cfg.ordered || held,
+            meta: EndpointMeta {
+                source: EndpointSource::Api,
+                hold: meta.hold,
+                ..route_meta
+            },
+        });
+        let spec = Arc::new(spec);
+        if let Ok(mut reg) = self.registry.write() {
+            reg.insert(name.clone(), spec.clone());
+        }
+        self.workers[worker].send(WorkerMsg::Upsert {
+            spec,
+            meta: meta.clone(),
+        });
+        let now = now_ms();
+        if made_ordered && self.lags(now) {
+            // Made ordered while the scans lag: which of its deliveries wait for them is
+            // not known (those resumed or replayed while it was FIFO, or from before the
+            // start are not counted for a FIFO endpoint), so its fresh ones wait for the
+            // scans to reach the present (helper R's review, session 46: a fresh one went
+            // before the replay of an older event scheduled before the `PUT`).
+            let until = DueKey {
+                due_ms: now.saturating_add(HORIZON_MS),
+                seq: Seq::MAX,
+                ep: id,
+            };
+            let (cursor, spill) = (self.cursor, self.spill);
+            self.shares
+                .entry(id)
+                .or_default()
+                .note_left_on_disk(until, cursor, spill);
+        }
+        if !created && was_enabled && !now_enabled {
+            // Only `enabled = false` disables here, and its words are the whole reason.
+            let by = meta.disabled_by().unwrap_or(DisabledBy::Definition);
+            self.disable_ep(id, by, None);
+        } else if !created && !was_enabled && now_enabled {
+            self.enable_ep(id);
+        }
+        tracing::info!(endpoint = %name, id, created, "endpoint applied");
+        Ok((id, meta))
+    }
+
+    /// Deletes an endpoint: no new deliveries route to it, its worker drops its queue,
+    /// and every delivery still pending ends `failed` (nothing can deliver it): the
+    /// paused ones and those waiting on disk in pages from this write on
+    /// ([`Dropping`]), those a worker holds when it hands them back, and those in
+    /// spilled pages as the loader reaches them (for an endpoint that was `ordered` at
+    /// some time since the start, those on disk too). It runs first in its round
+    /// ([`split_before_delete`]): the store it scans holds everything before.
+    ///
+    /// [`split_before_delete`]: super::split_before_delete
+    pub(super) fn delete_endpoint(&mut self, name: &str) -> Result<EndpointId, EndpointOpError> {
+        let Some((id, worker)) = self.router.by_name(name).map(|i| (i.id, i.worker)) else {
+            return Err(EndpointOpError::NotFound(name.to_string()));
+        };
+        let store_err = |e: store::StoreError| EndpointOpError::Store(e.to_string());
+        // A pause under way goes on first: the jobs its worker dropped at the disable
+        // wait below the cursor, where the deletion's scan does not look, and the pause
+        // moves them to the paused set the deletion then fails ([`Self::drop_deleted`]).
+        let pausing = self.scan.pausing(id);
+        // Those on disk only (at or beyond the cursor): no worker holds these. Except
+        // where an endpoint ordered at some time since the start keeps its head's retry
+        // (which its worker reports when it drops its queue): those wait for the loader.
+        let holds_retries = self.router.eps.get(&id).is_some_and(|i| i.holds_retries);
+        let mut dropping = Dropping::new(id, !holds_retries);
+        let mut batch = self.store.batch();
+        let mut delta = Delta::default();
+        batch.delete_endpoint(&self.store, name, id);
+        // The first page in the deletion's own write: a small backlog is done with it.
+        if !pausing {
+            self.drop_page(&mut dropping, &mut batch, &mut delta)
+                .map_err(store_err)?;
+        }
+        self.store.commit(batch, true).map_err(store_err)?;
+        self.stats.apply(delta);
+        self.router.remove(id);
+        if self.shares.get(&id).is_some_and(Share::idle) {
+            self.shares.remove(&id);
+        }
+        self.dirty.remove(&id);
+        self.resuming.retain(|e| *e != id);
+        self.settling.remove(&id);
+        self.pausing.remove(&id);
+        if let Ok(mut reg) = self.registry.write() {
+            reg.remove(name);
+        }
+        self.workers[worker].send(WorkerMsg::Remove { ep: id });
+        tracing::info!(endpoint = %name, id, "endpoint deleted");
+        let fresh = self.scan.members.is_empty();
+        self.dropped(dropping);
+        // A small backlog is done within the call.
+        if fresh && !self.scan.members.is_empty() {
+            self.scan_page();
+        }
+        Ok(id)
+    }
+
+    /// One page of a deletion's paused set: fails, in `batch`, up to [`DROP_SCAN`] of
+    /// its paused deliveries. Ends the deletion in `batch` when the set is empty and
+    /// the scan has nothing to do for it.
+    fn drop_page(
+        &self,
+        d: &mut Dropping,
+        batch: &mut store::Batch,
+        delta: &mut Delta,
+    ) -> store::Result<()> {
+        if let Some(from) = d.paused_from {
+            let page = self.store.paused_of(d.ep, from, DROP_SCAN)?;
+            for &(seq, _) in &page {
+                batch.unpause(&self.store, d.ep, seq);
+                batch.fail_dropped(&self.store, d.ep, seq);
+            }
+            let n = page.len() as i64;
+            (delta.pending, delta.paused) = (delta.pending - n, delta.paused - n);
+            d.failed += n as u64;
+            d.paused_from = match page.last() {
+                Some(&(seq, _)) if page.len() == DROP_SCAN => Some(seq + 1),
+                _ => None,
+            };
+        }
+        if d.paused_from.is_none() && !d.scan_due {
+            batch.deleted(&self.store, d.ep);
+        }
+        Ok(())
+    }
+
+    /// Keeps a deletion for the next tick while its paused set is not empty; then hands
+    /// it to the shared scan, or logs it done.
+    fn dropped(&mut self, d: Dropping) {
+        if d.paused_from.is_some() {
+            self.dropping.push(d);
+        } else if d.scan_due {
+            self.scan.join(d.ep, Sweep::Drop { failed: d.failed });
+        } else {
+            deleted_done(d.ep, d.failed);
+        }
+    }
+
+    /// A page of the paused sets of deletions under way ([`Dropping`]), each in its own
+    /// write, for up to [`SCAN_BUDGET`] (the rest go first at the next tick); one whose
+    /// write fails stays where it was, for the next tick.
+    pub(super) fn drop_deleted(&mut self) {
+        let until = Instant::now() + SCAN_BUDGET;
+        let mut queue = std::mem::take(&mut self.dropping).into_iter();
+        let mut waiting = Vec::new();
+        for d in queue.by_ref() {
+            if self.scan.pausing(d.ep) {
+                // Deleted while its pause was under way: that goes on first.
+                waiting.push(d);
+                continue;
+            }
+            let mut next = d;
+            let mut batch = self.store.batch();
+            let mut delta = Delta::default();
+            let result = self
+                .drop_page(&mut next, &mut batch, &mut delta)
+                .and_then(|()| self.store.commit(batch, false));
+            match result {
+                Ok(()) => {
+                    self.stats.apply(delta);
+                    self.dropped(next);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, id = d.ep, "cannot fail a deleted endpoint's deliveries; trying again");
+                    self.dropping.push(d);
+                }
+            }
+            if Instant::now() >= until {
+                break;
+            }
+        }
+        // Those not reached go first next time.
+        let rest: Vec<Dropping> = waiting.into_iter().chain(queue).collect();
+        self.dropping.splice(0..0, rest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(due_ms: u64, ep: EndpointId) -> DueKey {
+        DueKey {
+            due_ms,
+            seq: due_ms,
+            ep,
+        }
+    }
+
+    /// The endpoints a scan of `index` (sorted) moves and finishes, `per_page` keys read
+    /// a page, with `ep` joining before the page its number in `joins` gives.
+    fn scan(
+        index: &[DueKey],
+        per_page: usize,
+        joins: &[(usize, EndpointId)],
+        pages: usize,
+    ) -> (Vec<DueKey>, Vec<(usize, EndpointId, u64)>) {
+        let mut p = DueScan::default();
+        let (mut moved, mut done) = (Vec::new(), Vec::new());
+        for page in 0..pages {
+            for &(_, ep) in joins.iter().filter(|(at, _)| *at == page) {
+                p.join(
+                    ep,
+                    Sweep::Pause {
+                        running: HashSet::default(),
+                    },
+                );
+            }
+            if p.members.is_empty() {
+                continue;
+            }
+            let from = index.partition_point(|k| *k < p.at);
+            let read = &index[from..(from + per_page).min(index.len())];
+            let next = index.get(from + per_page).copied();
+            let picked: Vec<(DueKey, DueVal)> = read
+                .iter()
+                .filter(|k| p.picks(k, DueKey::MIN, &BTreeSet::new()))
+                .map(|&k| {
+                    (
+                        k,
+                        DueVal {
+                            attempts: 0,
+                            first: 0,
+                        },
+                    )
+                })
+                .collect();
+            moved.extend(picked.iter().map(|(k, _)| *k));
+            for (ep, m) in p.advance(&picked, next) {
+                done.push((page, ep, m.moved));
+            }
+        }
+        (moved, done)
+    }
+
+    #[test]
+    fn the_due_scan_finds_every_key_of_endpoints_that_join_it_under_way() {
+        // Endpoints 1..=3's keys spread over 30 keys; 3 keys a page.
+        let index: Vec<DueKey> = (0..30).map(|i| key(i, 1 + (i % 3) as u32)).collect();
+        // 1 starts the scan: done at the end, 10 pages. 2 joins at page 4 (key 12): the
+        // scan goes round to it, done at page 14 (the first page whose end passes 12).
+        // 3 joins at page 10, after the lap started (the scan is at the start again).
+        let (moved, done) = scan(&index, 3, &[(0, 1), (4, 2), (10, 3)], 40);
+        assert_eq!(done, vec![(9, 1, 10), (13, 2, 10), (19, 3, 10)]);
+        let mut moved = moved;
+        moved.sort();
+        assert_eq!(moved, index, "every key moved once");
+        // Alone at the start, an index read in one page is done in it.
+        assert_eq!(scan(&index, 64, &[(0, 2)], 1).1, vec![(0, 2, 10)]);
+        // An empty index ends a pause at once.
+        assert_eq!(scan(&[], 8, &[(0, 1)], 1).1, vec![(0, 1, 0)]);
+    }
+
+    #[test]
+    fn the_due_scan_leaves_attempts_in_flight_and_a_deleted_endpoint_s_keys_below_the_cursor() {
+        let index: Vec<DueKey> = (0..6).map(|i| key(i, 1)).collect();
+        let mut p = DueScan::default();
+        p.join(
+            1,
+            Sweep::Pause {
+                running: [2, 4].into_iter().collect(),
+            },
+        );
+        p.join(2, Sweep::Drop { failed: 0 });
+        let cursor = key(3, 0);
+        let picked: Vec<DueKey> = index
+            .iter()
+            .copied()
+            .filter(|k| p.picks(k, cursor, &BTreeSet::new()))
+            .collect();
+        assert_eq!(
+            picked.iter().map(|k| k.seq).collect::<Vec<_>>(),
+            vec![0, 1, 3, 5]
+        );
+        assert!(
+            !p.picks(&key(3, 3), cursor, &BTreeSet::new()),
+            "another endpoint's key"
+        );
+        // A deleted endpoint's keys below the loader's cursor are in a worker or spilled.
+        assert!(!p.picks(&key(2, 2), cursor, &BTreeSet::new()));
+        assert!(p.picks(&key(3, 2), cursor, &BTreeSet::new()));
+        // So are its keys handed over ahead of the cursor; a paused endpoint's move.
+        let ahead: BTreeSet<DueKey> = [key(4, 2), key(5, 1)].into_iter().collect();
+        assert!(!p.picks(&key(4, 2), cursor, &ahead));
+        assert!(p.picks(&key(5, 2), cursor, &ahead));
+        assert!(p.picks(&key(5, 1), cursor, &ahead));
+    }
+}

@@ -1,0 +1,710 @@
+//! The loader: the cursor over the due index, the timer wheel's backing store. Each tick
+//! ([`State::load`]) moves the cursor up to `now + HORIZON_MS`, handing what it passes
+//! to the owning workers while they hold less than the cap (or keeping it back: see
+//! [`share`](super::share)); while workers are full, fresh deliveries spill to disk
+//! ([`Spill`]) and a second scan loads them as workers drain. It also hands a quiet
+//! endpoint's fresh deliveries and soon retries ahead of a lagging cursor
+//! ([`State::hands_ahead`]), reads kept-back backlogs back from disk
+//! ([`State::read_back`]), expires due deliveries past retention
+//! ([`State::sweep_expired`]), and keeps the events of retries due soon ([`Waiting`]).
+//! A tick also drives, a page at a time, the endpoints' scans, deletions and resumes
+//! ([`endpoints`](super::endpoints)).
+//!
+//! A tick's work is bounded (by the cap, by pages, by [`SCAN_BUDGET`]): it must not hold
+//! the committer from its next round for long. Of the store, it writes only its clean-up
+//! (deliveries dropped, expired or paused on the way), never an event or an attempt.
+
+use rustc_hash::FxHashMap as HashMap;
+use std::cell::Cell;
+use std::collections::hash_map::Entry;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::store::{self, DueKey, DueVal, EndpointId, EventRecord, Seq, Store};
+use crate::tally::Tally;
+use crate::worker::{now_ms, Job};
+
+use super::share::{Share, MAX_DEFERRED, MAX_IN_MEMORY_BYTES};
+use super::{Delta, State, HORIZON_MS, PAGE, SCAN_BUDGET, WRITE_FAILURE_LOG_EVERY};
+
+/// Due keys read per tick from an endpoint's backlog left on disk (the index is
+/// ordered by time: the keys of other endpoints are read past).
+const REFILL_SCAN: usize = 8192;
+
+/// A fresh delivery goes to its worker ahead of a lagging cursor ([`State::hands_ahead`])
+/// only while its endpoint holds fewer than this in worker memory: a quiet endpoint,
+/// not one draining a backlog of its own.
+const AHEAD_HELD: usize = 256;
+/// Deliveries handed over ahead of the cursor and not yet reported, at most
+/// ([`State::ahead`]): what workers may hold past the cap for quiet endpoints.
+const MAX_AHEAD: usize = 8192;
+
+/// A FIFO endpoint's retry written while the cursor lags (workers hold the cap, or fresh
+/// deliveries spill) and due within this of now goes to its worker at once, ahead of
+/// the cursor, if its endpoint is quiet ([`State::hands_ahead`]); the worker's timer
+/// wheel holds it until its time. Left for the cursor, it waited behind every other
+/// endpoint's backlog.
+pub(super) const RETRY_AHEAD_MS: u64 = 10_000;
+
+/// Spill mode: deliveries of events from `fence` on, with keys below the cursor, stay
+/// on disk; a second scan from `scan` up to the cursor loads them as workers drain.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Spill {
+    pub(super) fence: Seq,
+    pub(super) scan: DueKey,
+}
+
+/// Whether the scans have passed `k` (the loader's cursor is above it, and it is not in
+/// `spill`'s range still to load): a key written now must then go to its worker at once
+/// ([`State::hand_now`]), and one left on disk earlier has been brought.
+pub(super) fn scans_passed(k: DueKey, cursor: DueKey, spill: Option<Spill>) -> bool {
+    k < cursor && spill.is_none_or(|sp| !(k.seq >= sp.fence && k >= sp.scan))
+}
+
+/// Logs a store operation of the loader's (or a resume's) that failed, at most once per
+/// [`WRITE_FAILURE_LOG_EVERY`] with the count since the last line: each is tried again
+/// every tick, some for every key, so a failing store logged thousands of lines a
+/// second. The line names the operation that failed when it was due.
+pub(super) fn loader_failed(tally: &Cell<Tally>, what: &str, e: &store::StoreError) {
+    let mut t = tally.get();
+    let due = t.note(WRITE_FAILURE_LOG_EVERY);
+    tally.set(t);
+    if let Some(failures) = due {
+        tracing::error!(error = %e, failures, "{what} (failures: the count since the last such line; tried again each tick)");
+    }
+}
+
+/// How far ahead a retry's event is kept in memory for the loader ([`Waiting`]).
+const WAITING_WITHIN_MS: u64 = 10_000;
+/// At most this many bytes of events are kept so.
+const WAITING_BYTES: usize = 16 << 20;
+
+/// The events of deliveries whose retry falls due soon, kept from the failed attempt
+/// (which had the event in hand) so the loader hands the retry over without reading the
+/// event back from the store. Only a shortcut: a retry whose event is not here (too far
+/// out, over the cap, dropped after a restart) is read from the store as before.
+#[derive(Default)]
+pub(super) struct Waiting {
+    events: HashMap<Seq, Kept>,
+    /// The kept events' encoded size.
+    bytes: usize,
+    /// The loader's due time when entries were last purged.
+    purged_ms: u64,
+}
+
+/// An event kept in [`Waiting`].
+struct Kept {
+    event: Arc<EventRecord>,
+    /// Its retries not yet handed over.
+    retries: u32,
+    /// The latest one's due time.
+    last_due_ms: u64,
+}
+
+impl Waiting {
+    pub(super) fn keep(&mut self, event: Arc<EventRecord>, due_ms: u64, cursor_ms: u64) {
+        if due_ms > cursor_ms + WAITING_WITHIN_MS {
+            return;
+        }
+        let full = self.bytes >= WAITING_BYTES;
+        match self.events.entry(event.seq) {
+            Entry::Occupied(mut o) => {
+                let k = o.get_mut();
+                k.retries += 1;
+                k.last_due_ms = k.last_due_ms.max(due_ms);
+            }
+            Entry::Vacant(v) if !full => {
+                self.bytes += event.encoded().len();
+                v.insert(Kept {
+                    event,
+                    retries: 1,
+                    last_due_ms: due_ms,
+                });
+            }
+            Entry::Vacant(_) => {}
+        }
+    }
+
+    /// The event of a retry the loader hands over, if kept.
+    fn take(&mut self, seq: Seq) -> Option<Arc<EventRecord>> {
+        let Entry::Occupied(mut o) = self.events.entry(seq) else {
+            return None;
+        };
+        o.get_mut().retries -= 1;
+        Some(if o.get().retries == 0 {
+            let e = o.remove().event;
+            self.bytes -= e.encoded().len();
+            e
+        } else {
+            o.get().event.clone()
+        })
+    }
+
+    /// Forgets events whose retries the loader has all passed (those left went another
+    /// way: paused, deleted, expired), once a second of due time.
+    fn purge(&mut self, cursor_ms: u64) {
+        if cursor_ms < self.purged_ms + 1000 {
+            return;
+        }
+        self.purged_ms = cursor_ms;
+        let bytes = &mut self.bytes;
+        self.events.retain(|_, k| {
+            let keep = k.last_due_ms >= cursor_ms;
+            if !keep {
+                *bytes -= k.event.encoded().len();
+            }
+            keep
+        });
+    }
+}
+
+impl State {
+    /// Whether the loader's cursor lags behind `now` (workers hold the cap, backlogs
+    /// after a restart) or fresh deliveries spill: a key due now waits behind the rest.
+    pub(super) fn lags(&self, now: u64) -> bool {
+        self.spill.is_some() || self.cursor.due_ms < now
+    }
+
+    /// Whether a delivery written under `k` must go to its worker now because no scan
+    /// will pick it up: below the cursor, and not in the spilled range.
+    pub(super) fn hand_now(&self, k: DueKey) -> bool {
+        scans_passed(k, self.cursor, self.spill)
+    }
+
+    /// Whether a delivery written under `due`, which a scan would bring later (at or
+    /// above the loader's cursor, or in the spilled range), goes to its worker now all
+    /// the same (`round_jobs` already queued this round; a retry only a FIFO one's): it
+    /// is due within
+    /// `within_ms` (the loader's horizon for a fresh one, [`RETRY_AHEAD_MS`] for a
+    /// retry, which the caller hands over only while the cursor lags), so the cursor
+    /// lags behind now (workers hold the cap: backlogs loaded after
+    /// a restart, an overload) or fresh deliveries spill, and its endpoint is quiet — it
+    /// holds fewer than [`AHEAD_HELD`] in worker memory and no more than it drained in
+    /// its last second (if it held some all through it: many endpoints at a low
+    /// `max_rps`, each holding a few, are not quiet; with the spill, 8,192 of theirs went
+    /// ahead at once), keeps nothing back, on disk or being given back, and has written
+    /// none of its deliveries for a scan to bring that the scan has not brought yet
+    /// ([`Share::disk_max`]: under an overload of many endpoints each holding a few,
+    /// their fresh deliveries would go before their own older ones; of a backlog from
+    /// before a restart, only an `ordered` endpoint's counts, [`Pending::ordered_backlog`]:
+    /// its queue takes its deliveries in acceptance order as they come, so one handed
+    /// over ahead of an older one still on disk would go first; its head's retry, which
+    /// its worker keeps, holds a fresh one back there). Left for the cursor, it waited
+    /// behind every
+    /// other endpoint's backlog: after a restart with eight endpoints' backlogs of 10,000
+    /// draining, a quiet endpoint's fresh deliveries waited for 30,000 of them; left for
+    /// the spill, behind every delivery spilled before it (a burst of 40,000 over ten
+    /// endpoints held a trickle to others 2.7 s: helper A, session 43). At most
+    /// [`MAX_AHEAD`] at a time, and within the bytes workers may hold. The scans skip it
+    /// when they pass ([`Self::ahead`]).
+    ///
+    /// [`Pending::ordered_backlog`]: super::start::Pending::ordered_backlog
+    pub(super) fn hands_ahead(
+        &self,
+        due: DueKey,
+        now: u64,
+        round_jobs: usize,
+        within_ms: u64,
+    ) -> bool {
+        !self.hand_now(due)
+            && due.due_ms <= now.saturating_add(within_ms)
+            && self.ahead.len() + round_jobs < MAX_AHEAD
+            && self.in_memory_bytes + self.out_bytes < MAX_IN_MEMORY_BYTES
+            && self.shares.get(&due.ep).is_none_or(|s| {
+                s.held < AHEAD_HELD
+                    && s.rate.is_none_or(|drained| drained >= s.held)
+                    && s.disk_max.is_none_or(|d| self.hand_now(d))
+                    && s.deferred.is_empty()
+                    && s.on_disk_from.is_none()
+                    && s.giving_back.is_none()
+            })
+    }
+
+    /// A delivery written under `due` and not handed over: one a scan will bring (at
+    /// or above the cursor, or in the spilled range) and due within the loader's
+    /// horizon of `now` waits for it, and its endpoint is not quiet until that scan
+    /// passes it ([`Share::disk_max`]). One due later (a retry's wait, a `min_delay`) is
+    /// not overtaken by a fresh delivery due now (counted, a single failure's retry
+    /// would keep an endpoint from being quiet until the cursor had caught up and gone
+    /// past its time).
+    pub(super) fn left_on_disk(&mut self, due: DueKey, now: u64) {
+        if !self.hand_now(due) && due.due_ms <= now.saturating_add(HORIZON_MS) {
+            let (cursor, spill) = (self.cursor, self.spill);
+            self.shares
+                .entry(due.ep)
+                .or_default()
+                .note_left_on_disk(due, cursor, spill);
+        }
+    }
+
+    /// Loads spilled deliveries (keys below the cursor from the fence on) while workers
+    /// have room; leaves spill mode when the scan reaches the cursor.
+    fn load_spilled(&mut self) {
+        let store = self.store.clone();
+        let mut events = PageEvents::new(&store);
+        while let Some(sp) = self.spill {
+            if self.workers_full(0) {
+                return;
+            }
+            let until = self.cursor.due_ms.saturating_add(1);
+            let Some(page) = self.read_due(sp.scan, until) else {
+                return;
+            };
+            let full = page.len() == PAGE;
+            let mut cleanup = self.store.batch();
+            let mut delta = Delta::default();
+            let mut reached_cursor = !full;
+            for (key, val) in page {
+                if key >= self.cursor {
+                    reached_cursor = true;
+                    break;
+                }
+                if key.seq >= sp.fence && self.workers_full(0) {
+                    // The rest of the page waits: the scan resumes at this key.
+                    reached_cursor = false;
+                    break;
+                }
+                if let Some(s) = self.spill.as_mut() {
+                    s.scan = key.successor();
+                }
+                if key.seq >= sp.fence {
+                    self.hand_over(key, val, &mut events, &mut cleanup, &mut delta);
+                }
+            }
+            self.commit_cleanup(cleanup, delta);
+            self.flush_jobs();
+            events.next_page();
+            if reached_cursor {
+                tracing::debug!("spilled deliveries all loaded");
+                self.spill = None;
+            }
+        }
+    }
+
+    /// Hands over the keys kept back from endpoints that have drained to half their
+    /// share, in key order, up to their share (a page each per tick); those of a
+    /// deleted endpoint fail.
+    fn hand_over_kept_back(&mut self) {
+        let cap = self.cap();
+        let store = self.store.clone();
+        let mut events = PageEvents::new(&store);
+        let mut cleanup = self.store.batch();
+        let mut delta = Delta::default();
+        let mut gone = Vec::new();
+        // Backlogs read back from disk for this long a tick at most, whatever their
+        // number: after an outage shared by many endpoints each has one.
+        let read_until = Instant::now() + SCAN_BUDGET;
+        let eps: Vec<EndpointId> = self
+            .shares
+            .iter()
+            .filter(|(_, s)| !s.deferred.is_empty() || s.on_disk_from.is_some())
+            .map(|(&ep, _)| ep)
+            .collect();
+        for ep in eps {
+            let info = self.router.eps.get(&ep);
+            let exists = info.is_some();
+            let holds_retries = info.is_none_or(|i| i.holds_retries);
+            let Some(s) = self.shares.get(&ep) else {
+                continue;
+            };
+            let limit = s.limit(cap);
+            let room = match exists {
+                _ if s.giving_back.is_some() => 0,
+                false => PAGE,
+                true if 2 * s.held <= limit => (limit - s.held).min(PAGE),
+                true => 0,
+            };
+            if room > 0
+                && s.deferred.len() < PAGE
+                && s.on_disk_from.is_some()
+                && self.spill.is_none()
+                && Instant::now() < read_until
+            {
+                self.read_back(ep);
+            }
+            let mut taken = 0;
+            // One by one: the cap counts their events as they go.
+            while taken < room && !self.memory_full(0) {
+                let Some((key, val)) = self
+                    .shares
+                    .get_mut(&ep)
+                    .and_then(|s| s.deferred.pop_first())
+                else {
+                    break;
+                };
+                self.deferred -= 1;
+                taken += 1;
+                // Retired meanwhile: an ordered endpoint's head retry, which its worker
+                // kept and made itself (its key kept back here as the loader passed
+                // it). Handed over, it went out again after later deliveries. No other
+                // endpoint's kept-back key is retired but through here (or by a pause,
+                // which clears them): only those are looked up.
+                if holds_retries {
+                    match self.store.has_due(key) {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(e) => loader_failed(
+                            &self.loader_failures,
+                            "cannot check a kept-back delivery",
+                            &e,
+                        ),
+                    }
+                }
+                self.hand_over(key, val, &mut events, &mut cleanup, &mut delta);
+            }
+            if !exists && self.shares.get(&ep).is_some_and(Share::idle) {
+                gone.push(ep);
+            }
+        }
+        for ep in gone {
+            self.shares.remove(&ep);
+        }
+        self.commit_cleanup(cleanup, delta);
+        self.flush_jobs();
+    }
+
+    /// Reads the next keys of `ep`'s backlog left on disk ([`Share::on_disk_from`])
+    /// back into its kept-back keys, up to [`PAGE`] of them: the keys of the index from
+    /// there up to the cursor, [`REFILL_SCAN`] at most per call. Not while fresh
+    /// deliveries spill (those above the fence are the spill's to load: read back too,
+    /// one would go out twice).
+    fn read_back(&mut self, ep: EndpointId) {
+        let Some(s) = self.shares.get(&ep) else {
+            return;
+        };
+        let Some(from) = s.on_disk_from else {
+            return;
+        };
+        let most = (2 * PAGE).saturating_sub(s.deferred.len());
+        let cursor = self.cursor;
+        let (page, next) = match self
+            .store
+            .due_where(from, Some(cursor), REFILL_SCAN, most, |k| k.ep == ep)
+        {
+            Ok(p) => p,
+            Err(e) => {
+                loader_failed(
+                    &self.loader_failures,
+                    "cannot read back a backlog left on disk; trying again",
+                    &e,
+                );
+                return;
+            }
+        };
+        let Some(s) = self.shares.get_mut(&ep) else {
+            return;
+        };
+        for (key, val) in page {
+            // Its worker has it (handed over ahead, kept at a give-back) and reports
+            // it: kept back too, it would be handed over again once that outcome had
+            // retired it (helper R's review).
+            if self.ahead.contains(&key) {
+                continue;
+            }
+            if s.deferred.insert(key, val).is_none() {
+                self.deferred += 1;
+            }
+        }
+        match next {
+            Some(n) if n < cursor => s.on_disk_from = Some(n),
+            _ => {
+                s.on_disk_from = None;
+                self.on_disk -= 1;
+                match self.router.eps.get(&ep) {
+                    Some(info) => tracing::info!(
+                        endpoint = %info.name,
+                        "an endpoint's backlog left on disk is all read back"
+                    ),
+                    None => tracing::info!(
+                        id = ep,
+                        "a deleted endpoint's backlog left on disk is all read back, to be failed"
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Writes the loader's clean-up (deliveries dropped or paused on the way).
+    fn commit_cleanup(&mut self, cleanup: store::Batch, delta: Delta) {
+        if cleanup.is_empty() {
+            return;
+        }
+        match self.store.commit(cleanup, false) {
+            Ok(()) => self.stats.apply(delta),
+            Err(e) => loader_failed(&self.loader_failures, "loader clean-up write failed", &e),
+        }
+    }
+
+    /// A page of the due index from `from` to `until_ms`; `None` (logged) on a read error.
+    fn read_due(&self, from: DueKey, until_ms: u64) -> Option<Vec<(DueKey, DueVal)>> {
+        match self.store.due_range(from, until_ms, PAGE) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                loader_failed(
+                    &self.loader_failures,
+                    "loader cannot read the due index",
+                    &e,
+                );
+                None
+            }
+        }
+    }
+
+    /// Sends one loaded delivery to its worker (or pauses/drops it).
+    fn hand_over(
+        &mut self,
+        key: DueKey,
+        val: DueVal,
+        events: &mut PageEvents<'_>,
+        cleanup: &mut store::Batch,
+        delta: &mut Delta,
+    ) {
+        if !self.ahead.is_empty() && self.ahead.contains(&key) {
+            // Handed over before the cursor (or the spill's scan) reached it; its worker
+            // reports it. (Kept until then: an endpoint's backlog given back is read
+            // back from disk below the cursor, this one among it while in flight.)
+            return;
+        }
+        let Some(info) = self.router.eps.get(&key.ep) else {
+            // The endpoint no longer exists: nothing can deliver this.
+            cleanup.del_due(&self.store, key);
+            cleanup.fail_dropped(&self.store, key.ep, key.seq);
+            delta.pending -= 1;
+            return;
+        };
+        if key.seq < self.store.retention_floor() {
+            // Past retention (its event is gone or going): expired.
+            cleanup.del_due(&self.store, key);
+            delta.pending -= 1;
+            delta.expired += 1;
+            return;
+        }
+        let delivers = self.delivers(info);
+        if delivers && self.keeps_back(key.ep, key) {
+            // Not read now: its event is read when it is handed over.
+            self.keep_back(key, val);
+            return;
+        }
+        let event = match self
+            .waiting
+            .take(key.seq)
+            .map_or_else(|| events.get(key.seq), |e| Ok(Some(e)))
+        {
+            Ok(Some(e)) => e,
+            Ok(None) => {
+                cleanup.del_due(&self.store, key);
+                delta.pending -= 1;
+                return;
+            }
+            Err(e) => {
+                loader_failed(
+                    &self.loader_failures,
+                    "cannot read an event to hand over",
+                    &e,
+                );
+                return;
+            }
+        };
+        if !delivers {
+            cleanup.del_due(&self.store, key);
+            cleanup.pause(&self.store, key.ep, key.seq, val);
+            delta.paused += 1;
+            return;
+        }
+        self.out_count += 1;
+        self.out_bytes += event.encoded().len();
+        self.out_jobs[info.worker].push(Job {
+            event,
+            ep: key.ep,
+            due: key,
+            val,
+        });
+    }
+
+    /// One page of the expiry sweep: due deliveries above the cursor (so on disk only)
+    /// whose events are past retention expire. Those below the cursor are in a worker
+    /// or spilled, and expire when reported or handed over.
+    fn sweep_expired(&mut self) {
+        let Some(from) = self.sweep else {
+            return;
+        };
+        let from = from.max(self.cursor);
+        let floor = self.store.retention_floor();
+        let Some(page) = self.read_due(from, u64::MAX) else {
+            return;
+        };
+        let mut batch = self.store.batch();
+        let mut delta = Delta::default();
+        for (key, _) in &page {
+            // One handed ahead expires as its worker reports it.
+            if key.seq < floor && !self.ahead.contains(key) {
+                batch.del_due(&self.store, *key);
+                delta.pending -= 1;
+                delta.expired += 1;
+            }
+        }
+        self.sweep = match page.last() {
+            Some(&(last, _)) if page.len() == PAGE => Some(last.successor()),
+            _ => None,
+        };
+        if delta.expired > 0 {
+            tracing::debug!(
+                expired = delta.expired,
+                "due deliveries past retention expired"
+            );
+        }
+        self.commit_cleanup(batch, delta);
+    }
+
+    /// Moves the cursor toward `now + HORIZON_MS`, handing what it passes to workers.
+    pub(super) fn load(&mut self) {
+        if !self.scan.members.is_empty() {
+            self.scan_pages();
+        }
+        self.sweep_expired();
+        if !self.dropping.is_empty() {
+            self.drop_deleted();
+        }
+        if !self.resuming.is_empty() {
+            self.resume();
+        }
+        // At the bound with no endpoint able to leave its keys on disk, the loader
+        // waits: look again each tick, since a rate taken meanwhile may show one slow
+        // (hung endpoints whose backlogs came before their first second was out; no key
+        // kept back after the bound would ever look again).
+        self.none_to_leave = false;
+        if self.deferred >= MAX_DEFERRED {
+            self.leave_on_disk();
+        }
+        if self.deferred > 0 || self.on_disk > 0 {
+            self.hand_over_kept_back();
+        }
+        if self.spill.is_some() {
+            self.load_spilled();
+            if self.spill.is_some() {
+                return;
+            }
+        }
+        let horizon = now_ms() + HORIZON_MS;
+        self.waiting.purge(self.cursor.due_ms);
+        let store = self.store.clone();
+        let mut events = PageEvents::new(&store);
+        while !self.workers_full(0) {
+            let Some(page) = self.read_due(self.cursor, horizon) else {
+                return;
+            };
+            let full = page.len() == PAGE;
+            let mut cleanup = self.store.batch();
+            let mut delta = Delta::default();
+            let mut stopped = false;
+            for (key, val) in page {
+                if self.workers_full(0) {
+                    // The rest of the page waits: the cursor stays at this key.
+                    stopped = true;
+                    break;
+                }
+                self.cursor = key.successor();
+                self.hand_over(key, val, &mut events, &mut cleanup, &mut delta);
+            }
+            self.commit_cleanup(cleanup, delta);
+            self.flush_jobs();
+            if stopped {
+                break;
+            }
+            if !full {
+                self.cursor = self.cursor.max(DueKey {
+                    due_ms: horizon,
+                    seq: 0,
+                    ep: 0,
+                });
+                break;
+            }
+            events.next_page();
+        }
+    }
+}
+
+/// The events of the deliveries the loader hands over: read in order through one
+/// [`store::EventReader`], and shared within a page by the deliveries of one event.
+struct PageEvents<'a> {
+    reader: store::EventReader<'a>,
+    cache: HashMap<Seq, Arc<EventRecord>>,
+}
+
+impl<'a> PageEvents<'a> {
+    fn new(store: &'a Store) -> PageEvents<'a> {
+        PageEvents {
+            reader: store.event_reader(),
+            cache: HashMap::default(),
+        }
+    }
+
+    fn get(&mut self, seq: Seq) -> store::Result<Option<Arc<EventRecord>>> {
+        if let Some(e) = self.cache.get(&seq) {
+            return Ok(Some(e.clone()));
+        }
+        Ok(self.reader.get(seq)?.map(|e| {
+            let e = Arc::new(e);
+            self.cache.insert(seq, e.clone());
+            e
+        }))
+    }
+
+    /// Forgets the page's events (the reader keeps its place).
+    fn next_page(&mut self) {
+        self.cache.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_keeps_soon_retries_events_until_each_retry_is_taken() {
+        let ev = |seq| Arc::new(EventRecord::new(seq, None, "t", None, 0, &[1, 2], b"{}"));
+        let size = ev(1).encoded().len();
+        let mut w = Waiting::default();
+        // Event 1 waits for two retries (two endpoints), event 2 for one; event 3's
+        // retry is too far out to keep.
+        w.keep(ev(1), 2_000, 1_000);
+        w.keep(ev(1), 5_000, 1_000);
+        w.keep(ev(2), 3_000, 1_000);
+        w.keep(ev(3), 1_000 + WAITING_WITHIN_MS + 1, 1_000);
+        assert_eq!(w.bytes, 2 * size);
+        assert!(w.take(3).is_none());
+        assert_eq!(w.take(1).map(|e| e.seq), Some(1));
+        assert_eq!(w.bytes, 2 * size, "event 1 still waits for a retry");
+        assert_eq!(w.take(1).map(|e| e.seq), Some(1));
+        assert!(w.take(1).is_none());
+        assert_eq!(w.bytes, size);
+        // Event 2's retry left another way (its endpoint was deleted): once the loader
+        // has passed its due time by a second's purge, it is forgotten.
+        w.purge(3_000);
+        assert_eq!(w.events.len(), 1, "not past it yet");
+        w.purge(3_500);
+        assert_eq!(w.events.len(), 1, "purged at most once a second");
+        w.purge(4_001);
+        assert!(w.events.is_empty());
+        assert_eq!(w.bytes, 0);
+    }
+
+    #[test]
+    fn waiting_keeps_nothing_new_once_full() {
+        let big = vec![b'x'; 1 << 20];
+        let ev = |seq| Arc::new(EventRecord::new(seq, None, "t", None, 0, &[1], &big));
+        let mut w = Waiting::default();
+        let mut seq = 0;
+        while w.bytes < WAITING_BYTES {
+            seq += 1;
+            w.keep(ev(seq), 10, 0);
+        }
+        let full = w.bytes;
+        w.keep(ev(seq + 1), 10, 0);
+        assert_eq!(w.bytes, full);
+        assert!(w.take(seq + 1).is_none());
+        // A second retry of a kept event is still counted.
+        w.keep(ev(seq), 10, 0);
+        assert!(w.take(seq).is_some() && w.take(seq).is_some());
+    }
+}

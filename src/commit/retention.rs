@@ -1,0 +1,224 @@
+//! Retention: the floor below which events and attempts are range-deleted and paused
+//! deliveries expire ([`State::retention`]; due ones expire as the loader reaches
+//! them), and the scrub of an idle store ([`Scrub`]).
+//!
+//! It must not hold the committer: the scrub runs on a thread of its own, stopped at
+//! shutdown.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::store::{seq_floor, DueKey, EndpointId, Seq, Store};
+use crate::worker::now_ms;
+
+use super::{Delta, State, PAGE, WRITE_FAILURE_LOG_EVERY};
+
+/// How long the store must have had no write before it is scrubbed
+/// ([`Store::scrub_below`]).
+pub(super) const SCRUB_IDLE: Duration = Duration::from_secs(60);
+
+/// When to scrub the store: once per idle spell of [`SCRUB_IDLE`] (no write at all), on
+/// a thread of its own so that the committer answers producers meanwhile.
+pub(super) struct Scrub {
+    /// The store's last write as last seen, and since when.
+    seen: u64,
+    since: Instant,
+    /// Scrubbed (or begun) since that write.
+    done: bool,
+    /// A scrub is running.
+    running: Arc<AtomicBool>,
+    /// The last scrub's thread, joined at [`Scrub::stop`].
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Scrub {
+    pub(super) fn new() -> Scrub {
+        Scrub {
+            seen: 0,
+            since: Instant::now(),
+            done: false,
+            running: Arc::new(AtomicBool::new(false)),
+            thread: None,
+        }
+    }
+
+    /// At shutdown: a scrub still running is cut short (RocksDB's background work
+    /// cancelled; a compaction cut short is dropped, nothing of the log with it) and its
+    /// thread joined, so the process does not exit with it inside RocksDB.
+    pub(super) fn stop(&mut self, store: &Store) {
+        if self.running.load(Ordering::Acquire) {
+            store.cancel_background_work();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Begins a scrub below `floor` if the store has had no write for `idle` and has not
+    /// been scrubbed since its last write. Returns whether it began one.
+    pub(super) fn tick(&mut self, store: &Store, floor: Seq, idle: Duration) -> bool {
+        let last = store.last_write();
+        if last != self.seen {
+            (self.seen, self.since, self.done) = (last, Instant::now(), false);
+            return false;
+        }
+        if self.done || self.since.elapsed() < idle || self.running.load(Ordering::Acquire) {
+            return false;
+        }
+        self.done = true;
+        self.running.store(true, Ordering::Release);
+        let (store, running) = (store.clone(), self.running.clone());
+        let spawned = std::thread::Builder::new()
+            .name("ricochet-scrub".into())
+            .spawn(move || {
+                let began = Instant::now();
+                match store.scrub_below(floor) {
+                    Ok(()) => tracing::debug!(
+                        ms = began.elapsed().as_millis() as u64,
+                        "idle store scrubbed: memtables flushed, what retention deleted compacted away"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "cannot scrub the idle store"),
+                }
+                running.store(false, Ordering::Release);
+            });
+        match spawned {
+            Ok(t) => self.thread = Some(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a thread to scrub the idle store");
+                self.running.store(false, Ordering::Release);
+            }
+        }
+        true
+    }
+}
+
+impl State {
+    /// Moves the retention floor to `now - retention`: events and attempts below it are
+    /// range-deleted, paused deliveries below it expire (due ones expire as the loader
+    /// reaches them), and compactions drop index and idempotency entries below it.
+    pub(super) fn retention(&mut self) {
+        let cutoff = now_ms().saturating_sub(self.retention_ms);
+        let floor = seq_floor(cutoff);
+        if floor <= self.store.retention_floor() {
+            return;
+        }
+        self.store.set_retention_floor(floor);
+        if self.sweep.is_none() {
+            self.sweep = Some(DueKey::MIN);
+        }
+        let mut batch = self.store.batch();
+        match self.store.has_before(floor) {
+            Ok(true) => batch.delete_before(&self.store, floor),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "retention cannot read the log"),
+        }
+        let mut expired = 0u64;
+        let eps: Vec<EndpointId> = self.router.eps.keys().copied().collect();
+        for ep in eps {
+            let mut after = 0;
+            loop {
+                let page = match self.store.paused_of(ep, after, PAGE) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!(error = %e, "retention cannot read paused deliveries");
+                        break;
+                    }
+                };
+                let full = page.len() == PAGE;
+                let mut more = full;
+                for &(seq, _) in &page {
+                    if seq >= floor {
+                        more = false;
+                        break;
+                    }
+                    batch.unpause(&self.store, ep, seq);
+                    expired += 1;
+                    after = seq + 1;
+                }
+                if !more {
+                    break;
+                }
+            }
+        }
+        if let Err(e) = self.store.commit(batch, false) {
+            // At most every interval (under a full disk a short retention failed every
+            // 128 ms), with how many failed since.
+            if let Some(failures) = self.retention_failures.note(WRITE_FAILURE_LOG_EVERY) {
+                tracing::error!(error = %e, failures, "retention delete failed");
+            }
+            return;
+        }
+        if let Err(e) = self.store.drop_files_before(floor) {
+            tracing::warn!(error = %e, "retention cannot drop old files");
+        }
+        self.stats.apply(Delta {
+            pending: -(expired as i64),
+            paused: -(expired as i64),
+            expired,
+        });
+        if expired > 0 {
+            tracing::info!(expired, "paused deliveries past retention expired");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::EventRecord;
+
+    #[test]
+    fn an_idle_store_is_scrubbed_once_per_idle_spell() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let write = |seq: u64| {
+            let mut b = store.batch();
+            let e = EventRecord::new(seq, None, "a", None, 0, &[1], b"{}");
+            b.put_event(&store, &e);
+            store.commit(b, false).unwrap();
+        };
+        let wal_bytes = || -> u64 {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+                .map(|e| e.metadata().unwrap().len())
+                .sum()
+        };
+        let mut scrub = Scrub::new();
+        let idle = Duration::from_millis(20);
+        write(1);
+        // A write seen: the spell starts; not idle long enough yet.
+        assert!(!scrub.tick(&store, 0, idle));
+        assert!(!scrub.tick(&store, 0, idle));
+        std::thread::sleep(idle);
+        assert!(wal_bytes() > 0);
+        assert!(scrub.tick(&store, 0, idle));
+        let ended = |scrub: &Scrub| {
+            let began = Instant::now();
+            while scrub.running.load(Ordering::Acquire) {
+                assert!(began.elapsed() < Duration::from_secs(10), "the scrub ends");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        ended(&scrub);
+        assert_eq!(wal_bytes(), 0, "the memtables were flushed, the WAL let go");
+        assert!(scrub.thread.is_some(), "kept to be joined");
+        // Once per spell: idle on, no second scrub; a write starts a new spell.
+        std::thread::sleep(idle);
+        assert!(!scrub.tick(&store, 0, idle));
+        write(2);
+        assert!(!scrub.tick(&store, 0, idle));
+        std::thread::sleep(idle);
+        assert!(scrub.tick(&store, 0, idle));
+        ended(&scrub);
+        // A scrub under way at shutdown is stopped and its thread joined.
+        write(3);
+        assert!(!scrub.tick(&store, 0, idle));
+        std::thread::sleep(idle);
+        assert!(scrub.tick(&store, 0, idle));
+        scrub.stop(&store);
+        assert!(scrub.thread.is_none() && !scrub.running.load(Ordering::Acquire));
+    }
+}

@@ -1,0 +1,219 @@
+//! What runs once at start, before the first round ([`Committer::run`] builds the state
+//! and calls these): the count of pending and paused deliveries ([`count_pending`]),
+//! each `ordered` endpoint's backlog from before the start
+//! ([`Pending::ordered_backlog`]), and the held heads sent first
+//! ([`State::send_holds`]); and the bound past which a first attempt is never made
+//! ([`never_due_after`]), which [`State::never_due_from`] applies from then on.
+//!
+//! [`count_pending`] reads the whole store in one go, which only the start can afford:
+//! nothing waits on it yet but the first ack.
+//!
+//! [`Committer::run`]: super::Committer::run
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::store::{self, seq_time_ms, DueKey, DueVal, EndpointId, Store};
+use crate::worker::Job;
+
+use super::route::RouteInfo;
+use super::{retention_every, State, PAGE};
+
+/// How long after its event's time a first attempt is never made, with `retention_ms`:
+/// the retention floor has passed the event by then (it moves every `retention_every`,
+/// and the loader and the workers check it before an attempt), with a second pass and a
+/// second to spare.
+pub(super) fn never_due_after(retention_ms: u64) -> u64 {
+    let every = retention_every(Duration::from_millis(retention_ms)).as_millis() as u64;
+    retention_ms.saturating_add(2 * every + 1000)
+}
+
+/// What the store holds pending at a start ([`count_pending`]).
+pub(super) struct Pending {
+    /// Deliveries pending (`due` and `paused` keys), and of those the paused ones.
+    pub(super) pending: u64,
+    pub(super) paused: u64,
+    /// Each `ordered` endpoint's highest `due` key, its held head's and those never due
+    /// left out: the end of its backlog from before the start, which the loader brings
+    /// from the beginning of the index. Its [`Share::disk_max`] at the start, so that
+    /// its fresh deliveries do not go ahead of it ([`State::hands_ahead`]). (A FIFO
+    /// endpoint's may, as FIFO allows; one made ordered later waits for the scans to
+    /// reach the present: [`State::put_endpoint`].)
+    ///
+    /// [`Share::disk_max`]: super::share::Share::disk_max
+    pub(super) ordered_backlog: HashMap<EndpointId, DueKey>,
+    /// Endpoints with paused deliveries.
+    pub(super) with_paused: HashSet<EndpointId>,
+}
+
+/// Counts the deliveries pending in the store (`due` and `paused` keys) and of those the
+/// paused ones, and takes each `ordered` endpoint's highest `due` key but its held
+/// head's and those never due ([`Pending::ordered_backlog`]; `routes` say which). Scans
+/// both column families once, at start.
+pub(super) fn count_pending(
+    store: &Store,
+    routes: &[RouteInfo],
+    retention_ms: u64,
+) -> Result<Pending, store::StoreError> {
+    let ordered: HashSet<EndpointId> = routes.iter().filter(|i| i.ordered).map(|i| i.id).collect();
+    let heads: HashSet<DueKey> = routes
+        .iter()
+        .filter(|i| i.ordered && i.enabled)
+        .filter_map(|i| {
+            let (seq, due_ms, _) = i.meta.hold?;
+            Some(DueKey {
+                due_ms,
+                seq,
+                ep: i.id,
+            })
+        })
+        .collect();
+    let mut ordered_backlog = HashMap::default();
+    let never_after = never_due_after(retention_ms);
+    let due = store.each_due(|k| {
+        if !ordered.is_empty()
+            && ordered.contains(&k.ep)
+            && k.due_ms < seq_time_ms(k.seq).saturating_add(never_after)
+            && !heads.contains(&k)
+        {
+            // (In key order: the last one seen is the highest.)
+            ordered_backlog.insert(k.ep, k);
+        }
+    })? as u64;
+    let mut paused = 0u64;
+    let mut with_paused = HashSet::default();
+    let ids = store.endpoints()?.into_iter().map(|(_, meta)| meta.id);
+    for id in ids.chain(store.deleting()?) {
+        let mut after = 0;
+        loop {
+            let page = store.paused_of(id, after, PAGE * 8)?;
+            paused += page.len() as u64;
+            if !page.is_empty() {
+                with_paused.insert(id);
+            }
+            match page.last() {
+                Some(&(seq, _)) if page.len() == PAGE * 8 => after = seq + 1,
+                _ => break,
+            }
+        }
+    }
+    Ok(Pending {
+        pending: due + paused,
+        paused,
+        ordered_backlog,
+        with_paused,
+    })
+}
+
+impl State {
+    pub(super) fn send_holds(&mut self) {
+        // (worker, due key, value) of every enabled ordered endpoint's held head.
+        let holds: Vec<(usize, DueKey, DueVal)> = self
+            .router
+            .eps
+            .values()
+            .filter(|i| i.ordered && i.enabled)
+            .filter_map(|i| {
+                let (seq, due_ms, attempts) = i.meta.hold?;
+                let first = i.meta.hold_first;
+                Some((
+                    i.worker,
+                    DueKey {
+                        due_ms,
+                        seq,
+                        ep: i.id,
+                    },
+                    DueVal { attempts, first },
+                ))
+            })
+            .collect();
+        for (worker, due, val) in holds {
+            // A head whose due entry is gone is no longer waiting (delivered, failed or
+            // expired since it was recorded): sending it would repeat it.
+            match self.store.has_due(due) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read an ordered endpoint's head");
+                    continue;
+                }
+            }
+            match self.store.event(due.seq) {
+                Ok(Some(e)) => {
+                    // Remembered in `ahead` if at or above the cursor.
+                    self.out_jobs[worker].push(Job {
+                        event: Arc::new(e),
+                        ep: due.ep,
+                        due,
+                        val,
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "cannot read an ordered endpoint's head"),
+            }
+        }
+        self.flush_jobs();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commit::route::tests::info;
+    use crate::store::{seq_floor, EndpointMeta};
+
+    #[test]
+    fn the_start_takes_each_ordered_endpoint_s_highest_due_key_but_held_heads_and_those_never_due()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let day = 86_400_000;
+        let t = 1_700_000_000_000;
+        let key = |due_ms: u64, ms: u64, ep: EndpointId| DueKey {
+            due_ms,
+            seq: seq_floor(ms),
+            ep,
+        };
+        // 1: two keys; 2: its held head above its other key; 3: a key due only past
+        // the retention of its event (a week), and one key; 4: only one never due.
+        let keys = [
+            key(t, t, 1),
+            key(t + 5, t + 1, 1),
+            key(t + 2, t, 2),
+            key(t + 3_600_000, t - 10, 2),
+            key(t + 1, t, 3),
+            key(t + 30 * day, t, 3),
+            key(t + 30 * day, t, 4),
+        ];
+        let mut b = store.batch();
+        for k in keys {
+            b.put_due(&store, k, DueVal::NEW);
+        }
+        let mut meta = EndpointMeta {
+            id: 1,
+            ..EndpointMeta::default()
+        };
+        b.put_endpoint(&store, "e1", &meta);
+        b.pause(&store, 1, seq_floor(t + 9), DueVal::NEW);
+        meta.id = 2;
+        b.put_endpoint(&store, "e2", &meta);
+        store.commit(b, false).unwrap();
+        let mut routes: Vec<RouteInfo> = (1..=4).map(|id| info(id, &["a"], None)).collect();
+        for r in &mut routes {
+            r.ordered = true;
+        }
+        routes[1].meta.hold = Some((seq_floor(t - 10), t + 3_600_000, 1));
+        let p = count_pending(&store, &routes, 7 * day).unwrap();
+        assert_eq!((p.pending, p.paused), (8, 1));
+        let mut got: Vec<_> = p.ordered_backlog.into_iter().collect();
+        got.sort_unstable();
+        assert_eq!(got, [(1, keys[1]), (2, keys[2]), (3, keys[4])]);
+        assert_eq!(p.with_paused.into_iter().collect::<Vec<_>>(), [1]);
+        // A FIFO endpoint's backlog is not taken.
+        routes[0].ordered = false;
+        let p = count_pending(&store, &routes, 7 * day).unwrap();
+        assert_eq!(p.ordered_backlog.get(&1), None);
+        assert_eq!(p.ordered_backlog.len(), 2);
+    }
+}
