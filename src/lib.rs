@@ -24,13 +24,17 @@
 //! ```
 //!
 //! # Layout
-//! - [`config`]: the TOML file, flags and defaults; validation.
+//! - [`config`]: the TOML file, flags and defaults; validation (`server`, `endpoint`,
+//!   `rules`, `duration`, `file`: one file per part).
 //! - [`runtime`]: monoio runtime per worker, io_uring or legacy driver.
 //! - [`server`]: wires everything for `ricochet serve`; shutdown.
 //! - [`ingest`]: listeners, line framing, parsing, ordered acks, backpressure.
 //! - [`commit`]: the single writer: group commit, idempotency, routing, loader,
-//!   endpoint changes, replays, retention.
-//! - [`store`]: the only code that knows RocksDB: column families and keys.
+//!   endpoint changes, replays, retention (one file each; `share`: the in-memory cap;
+//!   `start`: the census at start).
+//! - [`store`]: the only code that knows RocksDB: column families and keys (`keys`,
+//!   `records`, `endpoints`, `batch`: the one way to write; `due`, `query`, `reader`:
+//!   the reads).
 //! - [`syncer`]: under `durability = "sync"`, the fsync of each group of rounds and
 //!   the answers it releases.
 //! - [`shard`]: endpoint → worker, cross-thread mailboxes.
