@@ -423,12 +423,12 @@ impl State {
         // enabled at once with 3,000 paused each held a tick ~100 ms.
         let until = Instant::now() + SCAN_BUDGET;
         for ep in std::mem::take(&mut self.resuming) {
-            let Some((worker, ordered)) = self
+            let Some(worker) = self
                 .router
                 .eps
                 .get(&ep)
                 .filter(|i| self.delivers(i))
-                .map(|i| (i.worker, i.ordered))
+                .map(|i| i.worker)
             else {
                 self.settling.remove(&ep);
                 continue;
@@ -462,8 +462,8 @@ impl State {
             }
             let mut batch = self.store.batch();
             let mut below_cursor = Vec::new();
-            // An ordered endpoint's keys a scan is to bring: its fresh deliveries do not
-            // go before them ([`Share::disk_max`]).
+            // Its keys a scan is to bring: its fresh deliveries do not go before them
+            // ([`Share::disk_max`]).
             let mut left_for_scan = Vec::new();
             let mut first_due_before = None;
             let mut events = self.store.event_reader();
@@ -493,7 +493,7 @@ impl State {
                 batch.put_due(&self.store, due, val);
                 if self.hand_now(due) {
                     below_cursor.push((due, val, event));
-                } else if ordered {
+                } else {
                     left_for_scan.push(due);
                 }
             }

@@ -32,8 +32,8 @@ impl State {
         let mut delta = Delta::default();
         // Events already rewritten in this batch (a new route), by seq.
         let mut touched: HashMap<Seq, EventRecord> = HashMap::default();
-        // An ordered endpoint's replayed deliveries left for a scan to bring: its fresh
-        // ones do not go before them ([`Share::disk_max`]).
+        // Replayed deliveries left for a scan to bring: their endpoints' fresh ones do not
+        // go before them ([`Share::disk_max`]).
         let mut on_disk = Vec::new();
         for (seq, only) in targets {
             let ev = match touched.remove(&seq) {
@@ -84,7 +84,9 @@ impl State {
                                 seq,
                                 ep,
                             };
-                            self.put_due_now(&mut batch, &mut jobs, info.worker, due, val);
+                            if !self.put_due_now(&mut batch, &mut jobs, info.worker, due, val) {
+                                on_disk.push(due);
+                            }
                             scheduled.push(ep);
                             continue;
                         }
@@ -116,9 +118,7 @@ impl State {
                         seq,
                         ep,
                     };
-                    if !self.put_due_now(&mut batch, &mut jobs, info.worker, due, val)
-                        && info.ordered
-                    {
+                    if !self.put_due_now(&mut batch, &mut jobs, info.worker, due, val) {
                         on_disk.push(due);
                     }
                 } else {

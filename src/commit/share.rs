@@ -99,7 +99,7 @@ pub(super) struct Share {
     /// The highest key of it written for a scan to bring (at or above the cursor, or in
     /// the spilled range), due within the loader's horizon, and not handed over (a
     /// first attempt or a retry waiting on disk; one handed over ahead and given back;
-    /// an ordered endpoint's resumed or replayed; the present, for one made ordered
+    /// one resumed or replayed; the present, for one made ordered
     /// while the scans lag): until that scan has passed it, the endpoint is not quiet
     /// ([`State::hands_ahead`]), so its fresh deliveries do not go before its own older
     /// ones.

@@ -72,8 +72,7 @@ pub(super) fn count_pending(
     let mut ordered_backlog = HashMap::default();
     let never_after = never_due_after(retention_ms);
     let due = store.each_due(|k| {
-        if !ordered.is_empty()
-            && ordered.contains(&k.ep)
+        if ordered.contains(&k.ep)
             && k.due_ms < seq_time_ms(k.seq).saturating_add(never_after)
             && !heads.contains(&k)
         {

@@ -1851,7 +1851,7 @@ fn an_ordered_endpoint_s_fresh_deliveries_go_before_backlogs_loaded_after_a_rest
     // ordered endpoint's older deliveries might still wait on disk below it, and a
     // backlog from before the start was not known per endpoint); and before that, at
     // the start, they were paused behind a resume of its (empty) paused set that waited
-    // for room in the workers. The start now takes each endpoint's highest key in the
+    // for room in the workers. The start now takes each ordered endpoint's highest key in the
     // due index: `ord`, ordered too, has 20 deliveries accepted after the backlogs, so
     // its 20 fresh ones must still wait for the cursor to pass those, and all 40
     // arrive in acceptance order.
