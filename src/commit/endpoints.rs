@@ -765,10 +765,11 @@ impl State {
         let now = now_ms();
         if made_ordered && self.lags(now) {
             // Made ordered while the scans lag: which of its deliveries wait for them is
-            // not known (those resumed or replayed while it was FIFO, or from before the
-            // start are not counted for a FIFO endpoint), so its fresh ones wait for the
-            // scans to reach the present (helper R's review, session 46: a fresh one went
-            // before the replay of an older event scheduled before the `PUT`).
+            // not known (those from before the start are not counted for a FIFO
+            // endpoint), so its fresh ones wait for the scans to reach the present
+            // (helper R's review, session 46: a fresh one went before the replay of an
+            // older event scheduled before the `PUT`, when replays of a FIFO endpoint
+            // were not counted).
             let until = DueKey {
                 due_ms: now.saturating_add(HORIZON_MS),
                 seq: Seq::MAX,
