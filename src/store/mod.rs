@@ -8,13 +8,14 @@
 //! | column family | key                                   | value                       |
 //! |---------------|---------------------------------------|-----------------------------|
 //! | `events`      | seq u64 BE                            | [`EventRecord`]             |
-//! | `due`         | due_ms u64 BE ‖ seq u64 BE ‖ ep u32 BE | attempts made so far, u16 LE |
+//! | `due`         | due_ms u64 BE ‖ seq u64 BE ‖ ep u32 BE | [`DueVal`]                  |
 //! | `attempts`    | seq u64 BE ‖ ep u32 BE ‖ n u16 BE      | [`AttemptRecord`]           |
 //! | `paused`      | ep u32 BE ‖ seq u64 BE                 | [`DueVal`]                  |
 //! | `idem`        | producer id bytes                     | seq u64 BE                  |
 //! | `endpoints`   | endpoint name                         | [`EndpointMeta`] (JSON)     |
 //! |               | `~config/` name                       | its config (JSON)           |
 //! |               | `~name/` ep u32 BE                    | name (every id ever given)  |
+//! |               | `~pausing/`, `~deleting/` ep u32 BE   | empty: a pause, a deletion under way |
 //! | `index`       | see [`IndexKey`]                      | a posting group, or empty   |
 //!
 //! A delivery (event, endpoint) is pending exactly while it has a key in `due` (or in
