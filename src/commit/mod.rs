@@ -452,7 +452,8 @@ struct State {
     waiting: Waiting,
     /// Deliveries handed over under keys a scan has yet to pass (at or above the
     /// loader's cursor, or in the spilled range: [`Self::flush_jobs`]): the ordered
-    /// endpoints' held heads at start ([`Self::send_holds`]) and quiet endpoints' fresh
+    /// endpoints' held heads and other retries at start ([`Self::send_holds`]) and quiet
+    /// endpoints' fresh
     /// deliveries while the cursor lags or fresh deliveries spill
     /// ([`Self::hands_ahead`]). Their worker has them: the loader and the spill's scan
     /// skip them when they pass, a read-back leaves them out, the expiry sweep and a
@@ -596,6 +597,7 @@ impl Committer {
             pending,
             paused,
             ordered_backlog,
+            retrying,
             with_paused,
         } = count_pending(&self.store, &self.routes, retention_ms)?;
         let next_ep_id = self
@@ -696,7 +698,7 @@ impl Committer {
         st.retention();
         let mut last_retention = Instant::now();
         // Ordered endpoints get their held head first, so nothing overtakes it.
-        st.send_holds();
+        st.send_holds(retrying);
         for (ep, k) in ordered_backlog {
             st.shares.entry(ep).or_default().disk_max = Some(k);
         }

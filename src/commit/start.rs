@@ -11,10 +11,11 @@
 //! [`Committer::run`]: super::Committer::run
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::store::{self, seq_time_ms, DueKey, DueVal, EndpointId, Store};
+use crate::store::{self, seq_time_ms, DueKey, DueVal, EndpointId, Seq, Store};
 use crate::worker::Job;
 
 use super::route::RouteInfo;
@@ -28,6 +29,17 @@ pub(super) fn never_due_after(retention_ms: u64) -> u64 {
     let every = retention_every(Duration::from_millis(retention_ms)).as_millis() as u64;
     retention_ms.saturating_add(2 * every + 1000)
 }
+
+/// Deliveries waiting for a retry that an `ordered` endpoint's worker is handed at a
+/// start before anything else, besides its held head, at most ([`Pending::retrying`]).
+/// One ordered since the start has one more for each replay of an older event that
+/// failed while another waited for its retry; one made ordered at this start (the
+/// config file) may have thousands, from while it was FIFO (whose order a switch does
+/// not promise), and each handed over counts against what may go ahead of the cursor
+/// until it is reported ([`State::hands_ahead`]), hours later for a long retry.
+///
+/// [`State::hands_ahead`]: super::State::hands_ahead
+const RETRYING_FIRST: usize = 64;
 
 /// What the store holds pending at a start ([`count_pending`]).
 pub(super) struct Pending {
@@ -43,6 +55,14 @@ pub(super) struct Pending {
     ///
     /// [`Share::disk_max`]: super::share::Share::disk_max
     pub(super) ordered_backlog: HashMap<EndpointId, DueKey>,
+    /// Each enabled `ordered` endpoint's other deliveries waiting for a retry (a key
+    /// whose round has had an attempt), the oldest [`RETRYING_FIRST`]: handed over
+    /// first with the held heads ([`State::send_holds`]). The endpoint's record holds
+    /// one head, but a replay of an older event goes before it, and its retry, kept by
+    /// the worker as the head's, took the record's place: after a restart the head's
+    /// retry waited on disk, and the loader handed over later deliveries, due before
+    /// it, that went first (helper O, session 48). Left out of [`Self::ordered_backlog`].
+    pub(super) retrying: Vec<(DueKey, DueVal)>,
     /// Endpoints with paused deliveries.
     pub(super) with_paused: HashSet<EndpointId>,
 }
@@ -69,15 +89,32 @@ pub(super) fn count_pending(
             })
         })
         .collect();
-    let mut ordered_backlog = HashMap::default();
+    let enabled: HashSet<EndpointId> = routes
+        .iter()
+        .filter(|i| i.ordered && i.enabled)
+        .map(|i| i.id)
+        .collect();
+    let mut ordered_backlog: HashMap<EndpointId, DueKey> = HashMap::default();
+    let mut retrying: HashMap<EndpointId, BTreeMap<Seq, (DueKey, DueVal)>> = HashMap::default();
     let never_after = never_due_after(retention_ms);
-    let due = store.each_due(|k| {
-        if ordered.contains(&k.ep)
-            && k.due_ms < seq_time_ms(k.seq).saturating_add(never_after)
-            && !heads.contains(&k)
+    let due = store.each_due(|k, v| {
+        if !ordered.contains(&k.ep) || heads.contains(&k) {
+            return;
+        }
+        let mut left = Some(k);
+        if enabled.contains(&k.ep) && v.in_round() > 0 {
+            let r = retrying.entry(k.ep).or_default();
+            r.insert(k.seq, (k, v));
+            // Past the bound the newest waits for the loader, as every key did.
+            left = (r.len() > RETRYING_FIRST)
+                .then(|| r.pop_last())
+                .flatten()
+                .map(|(_, (k, _))| k);
+        }
+        if let Some(k) = left.filter(|k| k.due_ms < seq_time_ms(k.seq).saturating_add(never_after))
         {
-            // (In key order: the last one seen is the highest.)
-            ordered_backlog.insert(k.ep, k);
+            let highest = ordered_backlog.entry(k.ep).or_insert(k);
+            *highest = (*highest).max(k);
         }
     })? as u64;
     let mut paused = 0u64;
@@ -101,14 +138,20 @@ pub(super) fn count_pending(
         pending: due + paused,
         paused,
         ordered_backlog,
+        retrying: retrying
+            .into_values()
+            .flat_map(BTreeMap::into_values)
+            .collect(),
         with_paused,
     })
 }
 
 impl State {
-    pub(super) fn send_holds(&mut self) {
+    /// Hands over every enabled ordered endpoint's held head, and its other deliveries
+    /// waiting for a retry (`retrying`, [`Pending::retrying`]), before anything else.
+    pub(super) fn send_holds(&mut self, retrying: Vec<(DueKey, DueVal)>) {
         // (worker, due key, value) of every enabled ordered endpoint's held head.
-        let holds: Vec<(usize, DueKey, DueVal)> = self
+        let mut holds: Vec<(usize, DueKey, DueVal)> = self
             .router
             .eps
             .values()
@@ -127,6 +170,10 @@ impl State {
                 ))
             })
             .collect();
+        holds.extend(retrying.into_iter().filter_map(|(due, val)| {
+            let info = self.router.eps.get(&due.ep)?;
+            Some((info.worker, due, val))
+        }));
         for (worker, due, val) in holds {
             // A head whose due entry is gone is no longer waiting (delivered, failed or
             // expired since it was recorded): sending it would repeat it.
@@ -163,8 +210,8 @@ mod tests {
     use crate::store::{seq_floor, EndpointMeta};
 
     #[test]
-    fn the_start_takes_each_ordered_endpoint_s_highest_due_key_but_held_heads_and_those_never_due()
-    {
+    fn the_start_takes_each_ordered_endpoint_s_highest_due_key_but_held_heads_retries_and_those_never_due(
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let day = 86_400_000;
@@ -197,22 +244,47 @@ mod tests {
         b.pause(&store, 1, seq_floor(t + 9), DueVal::NEW);
         meta.id = 2;
         b.put_endpoint(&store, "e2", &meta);
+        // 2: another delivery waiting for a retry (a replay's, after one attempt of its
+        // round), due after everything else; 5: the same, and a replay not attempted
+        // yet, which the loader brings (in the backlog).
+        let retry = DueVal {
+            attempts: 3,
+            first: 2,
+        };
+        let replayed = DueVal {
+            attempts: 2,
+            first: 2,
+        };
+        let (r2, r5, p5) = (
+            key(t + 7_200_000, t - 20, 2),
+            key(t + 7_200_000, t - 20, 5),
+            key(t + 3, t - 30, 5),
+        );
+        b.put_due(&store, r2, retry);
+        b.put_due(&store, r5, retry);
+        b.put_due(&store, p5, replayed);
         store.commit(b, false).unwrap();
-        let mut routes: Vec<RouteInfo> = (1..=4).map(|id| info(id, &["a"], None)).collect();
+        let mut routes: Vec<RouteInfo> = (1..=5).map(|id| info(id, &["a"], None)).collect();
         for r in &mut routes {
             r.ordered = true;
         }
         routes[1].meta.hold = Some((seq_floor(t - 10), t + 3_600_000, 1));
         let p = count_pending(&store, &routes, 7 * day).unwrap();
-        assert_eq!((p.pending, p.paused), (8, 1));
+        assert_eq!((p.pending, p.paused), (11, 1));
         let mut got: Vec<_> = p.ordered_backlog.into_iter().collect();
         got.sort_unstable();
-        assert_eq!(got, [(1, keys[1]), (2, keys[2]), (3, keys[4])]);
+        assert_eq!(got, [(1, keys[1]), (2, keys[2]), (3, keys[4]), (5, p5)]);
+        let mut retrying = p.retrying;
+        retrying.sort_unstable_by_key(|(k, _)| k.ep);
+        assert_eq!(retrying, [(r2, retry), (r5, retry)]);
         assert_eq!(p.with_paused.into_iter().collect::<Vec<_>>(), [1]);
-        // A FIFO endpoint's backlog is not taken.
+        // A FIFO endpoint's backlog is not taken, nor a disabled one's retries.
         routes[0].ordered = false;
+        routes[4].enabled = false;
         let p = count_pending(&store, &routes, 7 * day).unwrap();
         assert_eq!(p.ordered_backlog.get(&1), None);
-        assert_eq!(p.ordered_backlog.len(), 2);
+        assert_eq!(p.ordered_backlog.get(&5), Some(&r5));
+        assert_eq!(p.ordered_backlog.len(), 3);
+        assert_eq!(p.retrying, [(r2, retry)]);
     }
 }

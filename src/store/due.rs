@@ -117,17 +117,17 @@ impl Store {
 
     /// Number of keys in `due` (pending deliveries), for tests and diagnostics. Scans.
     pub fn count_due(&self) -> Result<usize> {
-        self.each_due(|_| {})
+        self.each_due(|_, _| {})
     }
 
-    /// Every key in `due`, in order, passed to `each`; returns how many there are.
-    /// Scans the whole index (the committer's census at start).
-    pub fn each_due(&self, mut each: impl FnMut(DueKey)) -> Result<usize> {
+    /// Every key in `due` with its value, in order, passed to `each`; returns how many
+    /// there are. Scans the whole index (the committer's census at start).
+    pub fn each_due(&self, mut each: impl FnMut(DueKey, DueVal)) -> Result<usize> {
         let mut n = 0;
         for item in self.db.iterator_cf(self.cf(CF_DUE), IteratorMode::Start) {
-            let (k, _) = item?;
+            let (k, v) = item?;
             if let Some(k) = DueKey::decode(&k) {
-                each(k);
+                each(k, DueVal::decode(&v));
             }
             n += 1;
         }

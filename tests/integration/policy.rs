@@ -601,6 +601,70 @@ fn ordered_endpoint_keeps_acceptance_order_against_event_times_across_kill9() {
     );
 }
 
+/// An ordered endpoint's head waits for its retry; a replay of an older event, which
+/// goes before it, fails once and is then delivered. After a restart the head still
+/// holds back what was accepted after it. (Helper O, session 48: the endpoint's record
+/// kept one held head, which the replay's retry replaced, then cleared when it was
+/// delivered; after the restart nothing was handed over first, the loader reached
+/// `after` long before the head's retry, and it went first.)
+#[test]
+fn an_ordered_head_still_holds_the_rest_after_a_restart_once_a_replay_s_retry_is_done() {
+    let tries: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>> = Arc::default();
+    let seen = tries.clone();
+    let rx = TestReceiver::with_script(move |r, _| {
+        let id = r.header("webhook-id").unwrap_or("?").to_string();
+        let mut m = seen.lock().unwrap();
+        let n = m.entry(id.clone()).or_insert(0);
+        *n += 1;
+        match (id.as_str(), *n) {
+            ("head", _) | ("old", 2) => Reply::status(500),
+            _ => Reply::status(200),
+        }
+    });
+    let ep = endpoint(
+        "ord",
+        r#"["t"]"#,
+        &rx.url("/"),
+        "ordered = true\nretry = [\"1s\", \"12s\"]",
+    );
+    let mut srv = TestServer::start(&ep);
+    let mut c = srv.connect();
+    assert_eq!(c.send(&event("t", "old", "{}")), "ok old 1");
+    srv.wait_event("old", Duration::from_secs(10), |v| {
+        states(v) == ["delivered"]
+    });
+    assert_eq!(c.send(&event("t", "head", "{}")), "ok head 1");
+    // Failed twice: its next retry is 12 s out.
+    srv.wait_event("head", Duration::from_secs(10), |v| {
+        v["deliveries"][0]["attempts"].as_array().map(Vec::len) == Some(2)
+    });
+    assert_eq!(c.send(&event("t", "after", "{}")), "ok after 1");
+    let (st, v) = srv.post("/v1/events/old/replay");
+    assert_eq!(st, 202, "{v}");
+    srv.wait_event("old", Duration::from_secs(10), |v| {
+        states(v) == ["delivered"]
+            && v["deliveries"][0]["attempts"].as_array().map(Vec::len) == Some(3)
+    });
+    assert_eq!(
+        ids_in_order(&rx.requests()),
+        ["old", "head", "head", "old", "old"],
+        "`after` waits behind the head"
+    );
+    srv.kill9();
+    let dir = Arc::clone(&srv.dir);
+    drop(srv);
+    let before = rx.count();
+    let _srv = TestServer::start_in(dir, &ServerOpts::new(&ep));
+    let got = rx.wait_until(Duration::from_secs(30), "`after`", |r| {
+        r.iter().any(|q| q.header("webhook-id") == Some("after"))
+    });
+    assert_eq!(
+        ids_in_order(&got[before..]),
+        ["head", "after"],
+        "the head's retry goes before what was accepted after it"
+    );
+}
+
 #[test]
 fn a_success_resets_the_failure_counts_and_4xx_has_its_own_threshold() {
     // 400, 400, 200, 400, 400: never three 4xx in a row, still enabled; one more 400
