@@ -85,16 +85,17 @@ pub(super) struct Share {
     /// in key order: handed over as it drains, before any later one of it.
     pub(super) deferred: BTreeMap<DueKey, DueVal>,
     /// Its kept-back backlog from this key on is on disk only: every key of it here
-    /// or above and below the cursor is neither in `deferred` nor in a worker (but an
-    /// ordered endpoint's, whose queue takes a copy as the same delivery). Read back
+    /// or above and below the cursor is neither in `deferred` nor in a worker (but
+    /// those handed over ahead of the cursor, which a read-back leaves out). Read back
     /// into `deferred` a page at a time as it drains ([`State::read_back`]). Without
     /// it, one endpoint's backlog past [`MAX_DEFERRED`] (a receiver slow for an hour at
     /// 80 events/s) made the workers count as full, and every other endpoint's
     /// deliveries waited on disk until it drained.
     pub(super) on_disk_from: Option<DueKey>,
-    /// The highest key handed over to its worker since this entry was made: a FIFO
-    /// endpoint's key left on disk is always above it (its queue takes a second copy
-    /// as a second delivery; an ordered queue takes it as the same one).
+    /// The highest key handed over to its worker since this entry was made (but
+    /// those handed over ahead of the cursor): a key left on disk is always above it. A
+    /// FIFO queue takes a second copy as a second delivery; an ordered one takes it as
+    /// the same, but a `PUT` may make it FIFO before the copy is read back.
     pub(super) handed_max: DueKey,
     /// The highest key of it written for a scan to bring (at or above the cursor, or in
     /// the spilled range), due within the loader's horizon, and not handed over (a
@@ -253,8 +254,8 @@ impl State {
     /// The kept-back keys have reached [`MAX_DEFERRED`]: of the endpoints that drain
     /// slowly ([`Share::slow`]), the one with the most keeps its first [`PAGE`] in
     /// memory and leaves the rest on disk, where they are already. Keys at or below
-    /// what a FIFO one has handed over stay (a worker may hold a key above one kept
-    /// back: a fresh delivery due before a loaded one). With no such endpoint nothing
+    /// what it has handed over stay (a worker may hold a key above one kept back: a
+    /// fresh delivery due before a loaded one). With no such endpoint nothing
     /// moves, and workers count as full ([`Self::workers_full`]): endpoints draining a
     /// backlog fast read theirs back slower than the loader and the spill bring it
     /// (`backlog`'s drain ran at 34,600 deliveries/s against 101,000 when the endpoint
@@ -269,10 +270,10 @@ impl State {
             .collect();
         candidates.sort_unstable_by(|a, b| b.cmp(a));
         for (_, ep) in candidates {
-            // An ordered queue takes a second copy of a delivery as the same one (a
-            // held head handed over at start lies above everything kept back): only a
-            // FIFO one needs the bound.
-            let ordered = self.router.eps.get(&ep).is_some_and(|i| i.ordered);
+            // An ordered endpoint's too: its queue takes a second copy of a delivery as
+            // the same one, but a `PUT` may make it FIFO before the copy is read back
+            // (session 48: a head's retry in flight went out twice). A held head handed
+            // over at a start went ahead of the cursor and does not raise the bound.
             let Some(s) = self.shares.get_mut(&ep) else {
                 continue;
             };
@@ -282,7 +283,7 @@ impl State {
                 let Some(entry) = s.deferred.last_entry() else {
                     break;
                 };
-                if !ordered && *entry.key() <= s.handed_max {
+                if *entry.key() <= s.handed_max {
                     break;
                 }
                 lowest = Some(entry.remove_entry().0);

@@ -1723,8 +1723,9 @@ fn an_ordered_endpoint_held_by_its_head_after_a_restart_leaves_its_backlog_on_di
     // its key an hour ahead; every other key of it is below that, and none was left on
     // disk (a worker might hold a key above one kept back, so no key at or below one
     // handed over was), so the loader waited at the kept-back bound and `quick`'s 20
-    // with it for the hour. An ordered queue takes a second copy as the same delivery:
-    // its backlog is left on disk whatever it was handed.
+    // with it for the hour. Handed over ahead of the cursor, the head does not raise
+    // the bound (an ordered endpoint had none for it until session 48), and the backlog
+    // is left on disk above what the loader handed over.
     const N: usize = 100_000;
     let rx = TestReceiver::with_script(|req, _| {
         Reply::status(if req.body == b"{\"n\":0}" { 500 } else { 200 })
@@ -2281,4 +2282,115 @@ fn an_ordered_endpoint_past_its_share_delivers_its_retried_head_once() {
         assert_eq!(n, last.map_or(0, |l| l + 1), "out of order after {last:?}");
         last = Some(n);
     }
+}
+
+#[test]
+fn an_ordered_endpoint_s_backlog_left_on_disk_below_a_key_its_worker_holds_is_not_sent_again_once_it_is_fifo(
+) {
+    // Four hung endpoints hold half the cap (3,800 each, too few to be asked to give any
+    // back), so an endpoint past its limit has its deliveries kept back. `o`, ordered,
+    // holds four deliveries behind its head, which was answered 500 and retries in 5 s:
+    // `o` drains nothing, and is slow (limit 2,048). The loader hands the head's retry
+    // over a second before it is due; 8,000 events accepted within that second are due
+    // before it, and past `o`'s limit they are kept back. More follow, the keys kept
+    // back reach their bound, and `o`, the slow endpoint with the most, leaves all but
+    // its first 2,048 on disk: from a key below the retry its worker holds (an ordered
+    // endpoint had no handed-over bound; its queue takes a second copy as the same
+    // delivery). The retry is attempted and hangs; a `PUT` makes `o` FIFO; as `o`
+    // drains, its backlog is read back from disk with the retry's key among it, and a
+    // FIFO queue sent that copy beside the attempt in flight.
+    const HUNG: [&str; 4] = ["h1", "h2", "h3", "h4"];
+    const PER_HUNG: usize = 3_800;
+    const FIRST: usize = 8_000;
+    const THEN: usize = 62_000;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    let rest = Gate::new();
+    // The retry is held for as long as the drain takes (a gate holds a minute at most).
+    let retry = Arc::new(AtomicBool::new(false));
+    let is_head = |r: &Received| r.path == "/o" && r.json()["n"] == 0;
+    let rx = {
+        let (rest, retry) = (rest.clone(), retry.clone());
+        let tries = AtomicUsize::new(0);
+        TestReceiver::with_script(move |r, _| {
+            if !is_head(r) {
+                rest.wait();
+                return Reply::status(200);
+            }
+            match tries.fetch_add(1, SeqCst) {
+                0 => Reply::status(500),
+                1 => {
+                    let until = std::time::Instant::now() + Duration::from_secs(280);
+                    while !retry.load(SeqCst) && std::time::Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Reply::status(200)
+                }
+                _ => Reply::status(200),
+            }
+        })
+    };
+    let mut eps = String::new();
+    for name in HUNG {
+        let (t, url) = (format!(r#"["{name}"]"#), rx.url(&format!("/{name}")));
+        eps += &endpoint(name, &t, &url, "timeout = \"300s\"\nmax_in_flight = 4");
+    }
+    let extra = "ordered = true\ntimeout = \"300s\"\nmax_in_flight = 8\nretry = [\"5s\"]";
+    eps += &endpoint("o", r#"["o"]"#, &rx.url("/o"), extra);
+    let srv = TestServer::start(&eps);
+    let all_hung = HUNG.len() * PER_HUNG;
+    assert_eq!(srv.pipeline(interleaved(&HUNG, PER_HUNG)), all_hung);
+    srv.wait_metric(
+        "ricochet_deliveries_in_memory",
+        Duration::from_secs(30),
+        |v| v >= all_hung as f64,
+    );
+    let o_events = |from: usize, n: usize| {
+        let mut lines = Vec::new();
+        for i in from..from + n {
+            let data = format!("{{\"n\":{i}}}");
+            lines.extend_from_slice(event("o", &format!("o-{i}"), &data).as_bytes());
+            lines.push(b'\n');
+        }
+        lines
+    };
+    assert_eq!(srv.pipeline(o_events(0, 5)), 5);
+    rx.wait_until(Duration::from_secs(20), "the head's first attempt", |got| {
+        got.iter().any(is_head)
+    });
+    let failed = std::time::Instant::now();
+    // The retry is handed over about 4 s after the failure (a second before it is due).
+    std::thread::sleep(Duration::from_millis(4_150));
+    assert_eq!(srv.pipeline(o_events(5, FIRST)), FIRST);
+    let first_took = failed.elapsed();
+    rx.wait_until(Duration::from_secs(20), "the head's retry", |got| {
+        got.iter().filter(|r| is_head(r)).count() == 2
+    });
+    assert_eq!(srv.pipeline(o_events(5 + FIRST, THEN)), THEN);
+    srv.wait_metric(
+        "ricochet_endpoints_backlog_on_disk",
+        Duration::from_secs(30),
+        |v| v == 1.0,
+    );
+    let mut def = srv.get("/v1/endpoints/o").1;
+    def["ordered"] = serde_json::json!(false);
+    let (status, v) = srv.call("PUT", "/v1/endpoints/o", &def);
+    assert_eq!(status, 200, "{v}");
+    rest.open();
+    let others = all_hung + 4 + FIRST + THEN;
+    rx.wait_until(Duration::from_secs(240), "the rest", |got| {
+        got.iter().filter(|r| !is_head(r)).count() >= others
+    });
+    let wait = |name: &str| srv.wait_metric(name, Duration::from_secs(30), |v| v == 0.0);
+    wait("ricochet_endpoints_backlog_on_disk");
+    wait("ricochet_deliveries_kept_back");
+    let heads = rx.requests().iter().filter(|r| is_head(r)).count();
+    retry.store(true, SeqCst);
+    wait("ricochet_deliveries_pending");
+    assert_eq!(
+        heads, 2,
+        "the head's retry, in flight, went out again (the first 8,000 took {first_took:?} from the failure)"
+    );
+    let ids = rx.ids();
+    let twice: Vec<_> = ids.iter().filter(|(_, &n)| n > 1).take(5).collect();
+    assert_eq!(twice, [(&"o-0".to_string(), &2)], "delivered twice");
 }
