@@ -88,12 +88,7 @@ impl<T: Queued> JobQueue<T> {
                     return Err(item);
                 }
                 match items.get(&seq) {
-                    Some(old)
-                        if old.due_ms() > item.due_ms()
-                            || (old.due_ms() == item.due_ms() && !old.kept()) =>
-                    {
-                        Err(item)
-                    }
+                    Some(old) if holds_against(old, &item) => Err(item),
                     _ => Ok(items.insert(seq, item).filter(|old| !old.kept())),
                 }
             }
@@ -121,12 +116,35 @@ impl<T: Queued> JobQueue<T> {
         }
     }
 
-    /// Puts back an item that was taken but not attempted.
-    pub fn unpop(&mut self, item: T) {
+    /// Puts back an item that was taken but not attempted. An ordered queue may have
+    /// taken in a copy of it meanwhile: the two are settled as [`push`](Self::push)
+    /// settles a copy against the one it holds, and the one dropped is returned for the
+    /// worker to report (never a kept one). Put back over the copy unreported, it was
+    /// counted in worker memory for as long as the process ran (helper L, session 48).
+    #[must_use = "a copy dropped is reported"]
+    pub fn unpop(&mut self, item: T) -> Option<T> {
         match self {
-            JobQueue::Fifo(q) => q.push_front(item),
+            JobQueue::Fifo(q) => {
+                q.push_front(item);
+                None
+            }
             JobQueue::Ordered { items, .. } => {
-                items.insert(item.seq(), item);
+                let seq = item.seq();
+                let copy = items.remove(&seq);
+                match copy {
+                    None => {
+                        items.insert(seq, item);
+                        None
+                    }
+                    Some(copy) if holds_against(&item, &copy) => {
+                        items.insert(seq, item);
+                        Some(copy)
+                    }
+                    Some(copy) => {
+                        items.insert(seq, copy);
+                        (!item.kept()).then_some(item)
+                    }
+                }
             }
         }
     }
@@ -263,6 +281,13 @@ impl<T: Queued> JobQueue<T> {
             JobQueue::Ordered { items, .. } => std::mem::take(items).into_values().collect(),
         }
     }
+}
+
+/// Whether an ordered queue holding `old` keeps it against `new`, a copy of the same
+/// delivery: `new` is older (its due time earlier), or as old and `old` is the store's
+/// (a kept retry gives way to the store's copy of it).
+fn holds_against<T: Queued>(old: &T, new: &T) -> bool {
+    old.due_ms() > new.due_ms() || (old.due_ms() == new.due_ms() && !old.kept())
 }
 
 #[cfg(test)]
@@ -414,7 +439,7 @@ mod tests {
         q.push(J(3, 0)).unwrap();
         assert_eq!(q.pop(), Some(J(3, 0)));
         q.push(J(6, 0)).unwrap();
-        q.unpop(J(5, 0));
+        assert_eq!(q.unpop(J(5, 0)), None);
         assert_eq!(q.drain(), vec![J(5, 0), J(6, 0)]);
     }
 
@@ -506,6 +531,44 @@ mod tests {
         // A later kept retry replaces a copy, which is handed back to be reported.
         assert_eq!(q.push(kept(900)), Ok(Some(copy(500))));
         assert_eq!(q.drain(), vec![kept(900)]);
+    }
+
+    #[test]
+    fn an_ordered_queue_settles_an_item_put_back_against_a_copy_taken_in_meanwhile() {
+        let job = |due, kept| K {
+            seq: 3,
+            due,
+            kept,
+            attempts: 1,
+        };
+        let mut q = JobQueue::new(true);
+        // Nothing came in: put back as it was.
+        q.push(job(500, false)).unwrap();
+        let taken = q.pop().unwrap();
+        assert_eq!(q.unpop(taken), None);
+        assert_eq!(q.pop(), Some(job(500, false)));
+        // A copy of the same round came in while it was out: one stays, the other is
+        // handed back to be reported (before, the copy was overwritten unreported).
+        assert_eq!(q.push(job(500, false)), Ok(None));
+        assert_eq!(q.unpop(job(500, false)), Some(job(500, false)));
+        assert_eq!(q.drain(), vec![job(500, false)]);
+        // A kept retry put back gives way to the store's copy of it, unreported.
+        q.push(job(500, false)).unwrap();
+        assert_eq!(q.unpop(job(500, true)), None);
+        assert_eq!(q.drain(), vec![job(500, false)]);
+        // A later copy replaces the one put back, which is handed back.
+        q.push(job(900, false)).unwrap();
+        assert_eq!(q.unpop(job(500, false)), Some(job(500, false)));
+        assert_eq!(q.drain(), vec![job(900, false)]);
+        // An older copy is the one dropped.
+        q.push(job(200, false)).unwrap();
+        assert_eq!(q.unpop(job(500, false)), Some(job(200, false)));
+        assert_eq!(q.drain(), vec![job(500, false)]);
+        // A FIFO queue holds no copies to settle: the item goes back to the front.
+        let mut q = JobQueue::new(false);
+        q.push(J(1, 0)).unwrap();
+        assert_eq!(q.unpop(J(2, 0)), None);
+        assert_eq!(q.drain(), vec![J(2, 0), J(1, 0)]);
     }
 
     #[test]

@@ -1510,12 +1510,21 @@ async fn take_token(ep: &Ep, me: &Rc<LocalNotify>) -> bool {
     }
 }
 
+/// Puts `job`, taken but not attempted, back in its endpoint's queue, and reports the
+/// copy of it the queue drops, if one came in meanwhile ([`JobQueue::unpop`]).
+fn put_back(w: &Rc<Worker>, ep: &Ep, job: WJob) {
+    let dropped = ep.queue.borrow_mut().unpop(job);
+    if let Some(stale) = dropped {
+        w.report(stale, None, Next::Stale);
+    }
+}
+
 /// Holds `job` back until `until` (unix ms): an ordered endpoint's head stays the head
 /// and this lane waits for it, as for a retry; any other waits in the timer wheel and
 /// rejoins the queue then.
 async fn hold(w: &Rc<Worker>, ep: &Rc<Ep>, me: &Rc<LocalNotify>, job: WJob, until: u64) {
     if ep.spec().cfg.ordered {
-        ep.queue.borrow_mut().unpop(job);
+        put_back(w, ep, job);
         ep.idle.borrow_mut().push(me.clone());
         let wait = Duration::from_millis(until.saturating_sub(now_ms()).max(1));
         if monoio::time::timeout(wait, me.wait()).await.is_err() {
@@ -1596,7 +1605,7 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
         };
         if w.stopping.get() {
             // Not started: it stays due in the store and runs after the restart.
-            ep.queue.borrow_mut().unpop(job);
+            put_back(&w, &ep, job);
             break;
         }
         // Not to be attempted: stale, paused, or (its event gone: a delivery held here
@@ -1667,7 +1676,7 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
             // rather than every queued job once a pause). Its due key stays, so a stop
             // meanwhile loses nothing.
             ep.bucket.borrow_mut().give_back();
-            ep.queue.borrow_mut().unpop(job);
+            put_back(&w, &ep, job);
             monoio::time::sleep(NOT_SENT_PAUSE).await;
         }
     }
