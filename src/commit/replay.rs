@@ -84,9 +84,14 @@ impl State {
                                 seq,
                                 ep,
                             };
-                            if !self.put_due_now(&mut batch, &mut jobs, info.worker, due, val) {
-                                on_disk.push(due);
-                            }
+                            self.put_due_now(
+                                &mut batch,
+                                &mut jobs,
+                                &mut on_disk,
+                                info.worker,
+                                due,
+                                val,
+                            );
                             scheduled.push(ep);
                             continue;
                         }
@@ -118,9 +123,7 @@ impl State {
                         seq,
                         ep,
                     };
-                    if !self.put_due_now(&mut batch, &mut jobs, info.worker, due, val) {
-                        on_disk.push(due);
-                    }
+                    self.put_due_now(&mut batch, &mut jobs, &mut on_disk, info.worker, due, val);
                 } else {
                     batch.pause(&self.store, ep, seq, val);
                     delta.paused += 1;
@@ -168,21 +171,23 @@ impl State {
     }
 
     /// Writes a replayed delivery's `due` entry, and queues it for its worker when no
-    /// scan will pick it up ([`Self::hand_now`]); whether it did.
+    /// scan will pick it up ([`Self::hand_now`]), else notes it in `on_disk`, left for
+    /// the scans ([`Self::left_on_disk`] once the batch is committed).
     fn put_due_now(
         &self,
         batch: &mut store::Batch,
         jobs: &mut Vec<(usize, EndpointId, DueKey, DueVal)>,
+        on_disk: &mut Vec<DueKey>,
         worker: usize,
         due: DueKey,
         val: DueVal,
-    ) -> bool {
+    ) {
         batch.put_due(&self.store, due, val);
-        let handed = self.hand_now(due);
-        if handed {
+        if self.hand_now(due) {
             jobs.push((worker, due.ep, due, val));
+        } else {
+            on_disk.push(due);
         }
-        handed
     }
 
     /// The due entry of delivery (`seq`, `ep`) waiting for its retry after attempt

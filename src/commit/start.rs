@@ -68,9 +68,10 @@ pub(super) struct Pending {
 }
 
 /// Counts the deliveries pending in the store (`due` and `paused` keys) and of those the
-/// paused ones, and takes each `ordered` endpoint's highest `due` key but its held
-/// head's and those never due ([`Pending::ordered_backlog`]; `routes` say which). Scans
-/// both column families once, at start.
+/// paused ones, takes each enabled `ordered` endpoint's deliveries waiting for a retry
+/// ([`Pending::retrying`]), and each `ordered` endpoint's highest `due` key but its held
+/// head's, those taken and those never due ([`Pending::ordered_backlog`]; `routes` say
+/// which). Scans both column families once, at start.
 pub(super) fn count_pending(
     store: &Store,
     routes: &[RouteInfo],
@@ -106,10 +107,11 @@ pub(super) fn count_pending(
             let r = retrying.entry(k.ep).or_default();
             r.insert(k.seq, (k, v));
             // Past the bound the newest waits for the loader, as every key did.
-            left = (r.len() > RETRYING_FIRST)
-                .then(|| r.pop_last())
-                .flatten()
-                .map(|(_, (k, _))| k);
+            left = if r.len() > RETRYING_FIRST {
+                r.pop_last().map(|(_, (k, _))| k)
+            } else {
+                None
+            };
         }
         if let Some(k) = left.filter(|k| k.due_ms < seq_time_ms(k.seq).saturating_add(never_after))
         {
