@@ -34,6 +34,8 @@ fn due_entry(it: &rocksdb::DBRawIteratorWithThreadMode<'_, DB>) -> Result<(DueKe
 impl Store {
     /// Whether `key` is in the due index.
     pub fn has_due(&self, key: DueKey) -> Result<bool> {
+        #[cfg(test)]
+        self.faults.due_lookup()?;
         Ok(self
             .db
             .get_pinned_cf(self.cf(CF_DUE), key.encode())?

@@ -64,6 +64,7 @@
 //!   of the log filtered through `index`.
 //! - `reader`: readers handed out to other threads' loops ([`EventReader`],
 //!   [`FloorReader`]).
+//! - `faults` (test builds only): read failures a unit test injects.
 //! - this file: [`Store`] itself (opening RocksDB, the column families and their
 //!   options, the retention floor, point reads of events and idempotency keys, memory,
 //!   sizes and maintenance) and [`StoreError`].
@@ -71,6 +72,8 @@
 mod batch;
 mod due;
 mod endpoints;
+#[cfg(test)]
+mod faults;
 mod keys;
 mod query;
 mod reader;
@@ -86,6 +89,8 @@ use rocksdb::{BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, Options, 
 pub use batch::{event_write_estimate, outcome_write_estimate, Batch};
 pub use due::DuePage;
 pub use endpoints::{DisabledBy, EndpointMeta, EndpointSource, StoredEndpoint};
+#[cfg(test)]
+pub use faults::Fault;
 pub use keys::{
     decode_group, encode_group, generated_id, parse_generated_id, seq_floor, seq_time_ms, DueKey,
     EndpointId, IndexKey, Seq, SEQ_COUNTER_BITS,
@@ -103,6 +108,24 @@ pub enum StoreError {
     Db(#[from] rocksdb::Error),
     #[error("corrupt record in {cf}: {what}")]
     Corrupt { cf: &'static str, what: String },
+    /// A read failure a unit test injected (`faults`).
+    #[cfg(test)]
+    #[error("a read failure injected by a test")]
+    Injected,
+}
+
+impl StoreError {
+    /// Whether the same read, tried again, fails again: a record that does not decode,
+    /// or one RocksDB finds corrupt. Any other failure (an I/O error, a busy or timed-out
+    /// read) may pass at the next try.
+    pub fn lasting(&self) -> bool {
+        match self {
+            StoreError::Corrupt { .. } => true,
+            StoreError::Db(e) => e.kind() == rocksdb::ErrorKind::Corruption,
+            #[cfg(test)]
+            StoreError::Injected => false,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -130,6 +153,9 @@ pub struct Store {
     db: Arc<DB>,
     /// Retention floor: events below this sequence number are gone (or going).
     floor: Arc<AtomicU64>,
+    /// Read failures a unit test injects.
+    #[cfg(test)]
+    faults: Arc<faults::Faults>,
 }
 
 /// One block cache for all column families (RocksDB otherwise gives each its own 32 MiB).
@@ -267,6 +293,8 @@ impl Store {
         Ok(Store {
             db: Arc::new(db),
             floor,
+            #[cfg(test)]
+            faults: Arc::default(),
         })
     }
 
@@ -342,6 +370,8 @@ impl Store {
         if seq < self.retention_floor() {
             return Ok(None);
         }
+        #[cfg(test)]
+        self.faults.event_read()?;
         match self
             .db
             .get_pinned_cf(self.cf(CF_EVENTS), seq.to_be_bytes())?

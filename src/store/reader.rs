@@ -82,6 +82,8 @@ impl EventReader<'_> {
         if seq < self.floor {
             return Ok(None);
         }
+        #[cfg(test)]
+        self.store.faults.event_read()?;
         let last = self.last.replace(seq);
         let target = seq.to_be_bytes();
         let at = self

@@ -1,0 +1,107 @@
+//! Read failures a unit test injects (test builds only): the next reads of an event, or
+//! look-ups of a due key, fail as they would on a failing disk, so the callers' paths
+//! for a failed read can be tested. The store's reads check here first; a build that is
+//! not a test has none of it.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use super::{Result, Store, StoreError};
+
+/// What an injected event read returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// A failure that may pass when read again ([`StoreError::Injected`]).
+    Transient,
+    /// A record that does not decode: read again, it fails again.
+    Corrupt,
+}
+
+/// The reads still to fail.
+#[derive(Default)]
+pub(super) struct Faults {
+    event_reads: AtomicU32,
+    events_corrupt: AtomicBool,
+    due_lookups: AtomicU32,
+}
+
+/// Takes one of the failures counted in `n`: whether there was one.
+fn take(n: &AtomicU32) -> bool {
+    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+impl Faults {
+    /// Before an event is read.
+    pub(super) fn event_read(&self) -> Result<()> {
+        if !take(&self.event_reads) {
+            return Ok(());
+        }
+        Err(if self.events_corrupt.load(Ordering::SeqCst) {
+            StoreError::Corrupt {
+                cf: "events",
+                what: "a corrupt record injected by a test".into(),
+            }
+        } else {
+            StoreError::Injected
+        })
+    }
+
+    /// Before a due key is looked up.
+    pub(super) fn due_lookup(&self) -> Result<()> {
+        match take(&self.due_lookups) {
+            true => Err(StoreError::Injected),
+            false => Ok(()),
+        }
+    }
+}
+
+impl Store {
+    /// The next `n` event reads (a point read, or an [`EventReader`]'s) fail with
+    /// `fault`.
+    ///
+    /// [`EventReader`]: super::EventReader
+    pub fn fail_event_reads(&self, n: u32, fault: Fault) {
+        self.faults
+            .events_corrupt
+            .store(fault == Fault::Corrupt, Ordering::SeqCst);
+        self.faults.event_reads.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` look-ups of a due key ([`Store::has_due`]) fail.
+    pub fn fail_due_lookups(&self, n: u32) {
+        self.faults.due_lookups.store(n, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::ev;
+    use crate::store::{DueKey, DueVal};
+
+    #[test]
+    fn injected_read_failures_fail_the_next_reads_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut b = s.batch();
+        b.put_event(&s, &ev(7));
+        let key = DueKey {
+            due_ms: 1,
+            seq: 7,
+            ep: 1,
+        };
+        b.put_due(&s, key, DueVal::NEW);
+        s.commit(b, false).unwrap();
+        s.fail_event_reads(2, Fault::Transient);
+        assert!(matches!(s.event(7), Err(StoreError::Injected)));
+        let mut r = s.event_reader();
+        assert!(r.get(7).is_err_and(|e| !e.lasting()));
+        assert_eq!(r.get(7).unwrap(), Some(ev(7)));
+        s.fail_event_reads(1, Fault::Corrupt);
+        assert!(s.event(7).is_err_and(|e| e.lasting()));
+        assert_eq!(s.event(7).unwrap(), Some(ev(7)));
+        s.fail_due_lookups(1);
+        assert!(s.has_due(key).is_err());
+        assert!(s.has_due(key).unwrap());
+    }
+}
