@@ -451,7 +451,11 @@ impl State {
             let page = match self.store.paused_of(ep, 0, room) {
                 Ok(p) => p,
                 Err(e) => {
-                    loader_failed(&self.loader_failures, "cannot read paused deliveries", &e);
+                    loader_failed(
+                        &self.loader_failures,
+                        "cannot read paused deliveries: read again at the next tick",
+                        &e,
+                    );
                     still.push(ep);
                     continue;
                 }
@@ -467,7 +471,11 @@ impl State {
             let mut left_for_scan = Vec::new();
             let mut first_due_before = None;
             let mut events = self.store.event_reader();
-            for &(seq, val) in &page {
+            // The deliveries resumed now: up to one whose event cannot be read for now
+            // (its due time, `min_delay` after it, is not known); it and those after it
+            // stay paused, for the next tick.
+            let mut resumed = page.len();
+            for (i, &(seq, val)) in page.iter().enumerate() {
                 let mut event = None;
                 let mut due_ms = now;
                 if val.attempts == 0 {
@@ -483,8 +491,20 @@ impl State {
                             event = Some(e);
                         }
                         Ok(None) => {}
+                        Err(e) if e.lasting() => loader_failed(
+                            &self.loader_failures,
+                            "cannot read a paused event: its delivery resumes due now",
+                            &e,
+                        ),
                         Err(e) => {
-                            loader_failed(&self.loader_failures, "cannot read a paused event", &e)
+                            loader_failed(
+                                &self.loader_failures,
+                                "cannot read a paused event: it and its endpoint's later \
+                                 paused deliveries resume from the next tick",
+                                &e,
+                            );
+                            resumed = i;
+                            break;
                         }
                     }
                 }
@@ -503,7 +523,11 @@ impl State {
                 batch.put_endpoint(&self.store, &info.name, &info.meta);
             }
             if let Err(e) = self.store.commit(batch, false) {
-                loader_failed(&self.loader_failures, "cannot resume paused deliveries", &e);
+                loader_failed(
+                    &self.loader_failures,
+                    "cannot resume paused deliveries: tried again at the next tick",
+                    &e,
+                );
                 if let Some(before) = first_due_before {
                     info.meta.first_due_ms = before;
                 }
@@ -511,7 +535,7 @@ impl State {
                 continue;
             }
             self.stats.apply(Delta {
-                paused: -(page.len() as i64),
+                paused: -(resumed as i64),
                 ..Delta::default()
             });
             for due in left_for_scan {
@@ -537,13 +561,27 @@ impl State {
                         val,
                     }),
                     Ok(None) => {}
+                    Err(e) if e.lasting() => loader_failed(
+                        &self.loader_failures,
+                        "cannot read a resumed event: its delivery is left on disk until the \
+                         next start",
+                        &e,
+                    ),
+                    // Below the cursor, no scan brings it: kept back, it is read again
+                    // when the kept-back keys are handed over.
                     Err(e) => {
-                        loader_failed(&self.loader_failures, "cannot read a resumed event", &e)
+                        loader_failed(
+                            &self.loader_failures,
+                            "cannot read a resumed event: its delivery is kept back, read \
+                             again at the next tick",
+                            &e,
+                        );
+                        self.keep_back(due, val);
                     }
                 }
             }
             self.flush_jobs();
-            if page.len() == room {
+            if resumed < page.len() || page.len() == room {
                 still.push(ep);
             } else {
                 self.resumed(ep);
@@ -930,6 +968,86 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::commit::route::tests::info;
+    use crate::commit::tests::{jobs_sent, state};
+    use crate::store::{seq_floor, EventRecord, Fault, Store};
+
+    const NONE: [DueKey; 0] = [];
+
+    /// A store holding one event of now, its delivery to endpoint 1 paused with
+    /// `val`, and its sequence number.
+    fn one_paused(dir: &std::path::Path, val: DueVal) -> (Store, Seq, u64) {
+        let store = Store::open(dir).unwrap();
+        let now = now_ms();
+        let seq = seq_floor(now);
+        let mut b = store.batch();
+        b.put_event(
+            &store,
+            &EventRecord::new(seq, None, "t", None, now, &[1], b"{}"),
+        );
+        b.pause(&store, 1, seq, val);
+        store.commit(b, false).unwrap();
+        (store, seq, now)
+    }
+
+    #[test]
+    fn a_paused_delivery_whose_event_cannot_be_read_resumes_at_the_next_tick_after_its_min_delay() {
+        // Resumed due now, it went out before its `min_delay` (SPEC §2).
+        let dir = tempfile::tempdir().unwrap();
+        let (store, seq, now) = one_paused(dir.path(), DueVal::NEW);
+        let mut ep = info(1, &["t"], None);
+        ep.min_delay_ms = 60_000;
+        let (mut st, _mb) = state(store.clone(), vec![ep]);
+        st.resuming = vec![1];
+        store.fail_event_reads(1, Fault::Transient);
+        st.resume();
+        assert_eq!(store.paused_of(1, 0, 8).unwrap().len(), 1, "still paused");
+        assert!(store
+            .due_range(DueKey::MIN, u64::MAX, 8)
+            .unwrap()
+            .is_empty());
+        assert_eq!(st.resuming, [1], "resumed again at the next tick");
+        st.resume();
+        assert!(store.paused_of(1, 0, 8).unwrap().is_empty());
+        let due = store.due_range(DueKey::MIN, u64::MAX, 8).unwrap();
+        let key = DueKey {
+            due_ms: now + 60_000,
+            seq,
+            ep: 1,
+        };
+        assert_eq!(due, [(key, DueVal::NEW)]);
+        assert!(st.resuming.is_empty());
+    }
+
+    #[test]
+    fn a_resumed_delivery_below_the_cursor_whose_event_cannot_be_read_is_kept_back() {
+        // A retry resumes due now, below the cursor: no scan brings it.
+        let retry = DueVal {
+            attempts: 1,
+            first: 0,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (store, seq, now) = one_paused(dir.path(), retry);
+        let (mut st, mb) = state(store.clone(), vec![info(1, &["t"], None)]);
+        st.cursor = DueKey {
+            due_ms: now + 60_000,
+            seq: 0,
+            ep: 0,
+        };
+        st.resuming = vec![1];
+        store.fail_event_reads(1, Fault::Transient);
+        st.resume();
+        assert_eq!(jobs_sent(&mb), NONE);
+        assert_eq!(st.deferred, 1);
+        st.load();
+        let sent = jobs_sent(&mb);
+        assert_eq!(
+            sent.iter().map(|k| (k.seq, k.ep)).collect::<Vec<_>>(),
+            [(seq, 1)]
+        );
+        st.load();
+        assert_eq!(jobs_sent(&mb), NONE, "handed over once");
+    }
 
     fn key(due_ms: u64, ep: EndpointId) -> DueKey {
         DueKey {

@@ -1455,6 +1455,76 @@ impl State {
 mod tests {
     use super::*;
 
+    /// A committer's state over `store` with the endpoints `routes` and one worker, as
+    /// at a start with nothing loaded yet (the cursor at the start of the due index), and
+    /// that worker's mailbox.
+    pub(super) fn state(store: Store, routes: Vec<RouteInfo>) -> (State, Mailbox<WorkerMsg>) {
+        let (worker, mb) = crate::shard::mailbox();
+        let (syncer, _) = crossbeam_channel::unbounded();
+        let st = State {
+            store,
+            durability: Durability::None,
+            retention_ms: 86_400_000,
+            workers: vec![worker],
+            router: Router::new(routes),
+            next_seq: seq_floor(now_ms()),
+            cursor: DueKey::MIN,
+            spill: None,
+            in_memory: 0,
+            in_memory_bytes: 0,
+            shares: HashMap::default(),
+            out_count: 0,
+            out_bytes: 0,
+            deferred: 0,
+            on_disk: 0,
+            none_to_leave: false,
+            giving_back: 0,
+            last_give_back: 0,
+            out_jobs: vec![Vec::new()],
+            last_sync: Instant::now(),
+            unsynced: false,
+            syncer,
+            sync: syncer::Shared::default(),
+            dirty: HashSet::default(),
+            resuming: Vec::new(),
+            settling: HashSet::default(),
+            pausing: HashMap::default(),
+            scan: DueScan::default(),
+            scan_failures: Tally::default(),
+            loader_failures: Default::default(),
+            first_due_before: Vec::new(),
+            registry: Registry::default(),
+            next_ep_id: 1,
+            sweep: None,
+            dropping: Vec::new(),
+            waiting: Waiting::default(),
+            ahead: BTreeSet::new(),
+            write_failures: WriteFailures::default(),
+            retention_failures: Tally::default(),
+            scrub: Scrub::new(),
+            stats: Stats {
+                acks: AckStats::default(),
+                commit_time: Hist::micros(),
+                fsync_time: Hist::micros(),
+                pending: 0,
+                paused: 0,
+                expired: 0,
+            },
+        };
+        (st, mb)
+    }
+
+    /// The keys of the jobs sent to the worker since the last call.
+    pub(super) fn jobs_sent(mb: &Mailbox<WorkerMsg>) -> Vec<DueKey> {
+        let mut keys = Vec::new();
+        while let Some(m) = mb.try_recv() {
+            if let WorkerMsg::Jobs(jobs) = m {
+                keys.extend(jobs.iter().map(|j| j.due));
+            }
+        }
+        keys
+    }
+
     #[test]
     fn a_deletion_starts_a_round_of_its_own() {
         let (snap, _) = crossbeam_channel::unbounded();
