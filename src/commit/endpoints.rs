@@ -560,7 +560,10 @@ impl State {
                         due,
                         val,
                     }),
-                    Ok(None) => {}
+                    // Past retention meanwhile: the kept-back keys' hand-over expires it
+                    // (left alone, its key stayed in `due`, counted pending, until the
+                    // next start).
+                    Ok(None) => self.keep_back(due, val),
                     Err(e) if e.lasting() => loader_failed(
                         &self.loader_failures,
                         "cannot read a resumed event: its delivery is left on disk until the \
@@ -1047,6 +1050,33 @@ mod tests {
         );
         st.load();
         assert_eq!(jobs_sent(&mb), NONE, "handed over once");
+    }
+
+    #[test]
+    fn a_resumed_delivery_below_the_cursor_whose_event_is_past_retention_expires() {
+        let retry = DueVal {
+            attempts: 1,
+            first: 0,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (store, seq, now) = one_paused(dir.path(), retry);
+        let (mut st, mb) = state(store.clone(), vec![info(1, &["t"], None)]);
+        st.stats.pending = 1;
+        st.cursor = DueKey {
+            due_ms: now + 60_000,
+            seq: 0,
+            ep: 0,
+        };
+        st.resuming = vec![1];
+        store.set_retention_floor(seq + 1);
+        st.resume();
+        st.load();
+        assert_eq!(jobs_sent(&mb), NONE);
+        assert!(store
+            .due_range(DueKey::MIN, u64::MAX, 8)
+            .unwrap()
+            .is_empty());
+        assert_eq!((st.stats.pending, st.stats.expired), (0, 1));
     }
 
     fn key(due_ms: u64, ep: EndpointId) -> DueKey {
