@@ -356,6 +356,17 @@ impl EndpointConfig {
                     "endpoint {n}: field `headers.{k}`: only `100-continue` may be expected, and only of a request with a body (not GET)"
                 ));
             }
+            // The marker `GET /v1/endpoints/NAME` shows in place of a secret, copied into
+            // a definition with no stored value behind it (the API puts stored values
+            // back before this check, so here it is a file's, or a `POST`'s refused
+            // earlier): sent as written, every request would carry `[redacted]` as its
+            // credential and fail.
+            if v == REDACTED && is_secret_header(k) {
+                out.push(format!(
+                    "endpoint {n}: field `headers.{k}`: {REDACTED:?} is the mark the admin API \
+                     shows in place of a secret, not a secret: give the value itself"
+                ));
+            }
         }
         for (class, v) in [
             ("3xx", self.disable_after.c3xx),
@@ -411,6 +422,26 @@ mod tests {
         assert!(
             ok.len() == 1 && ok[0].contains("endpoint a: field `method`"),
             "{ok:?}"
+        );
+    }
+
+    #[test]
+    fn a_secret_header_given_as_the_redaction_mark_is_refused() {
+        // A definition read over the API and pasted into the file keeps the mark where
+        // its secrets were; sent as written, the receiver would get `[redacted]`.
+        let text = "[[endpoint]]\nname = \"a\"\nevents = [\"t\"]\nurl = \"http://h/\"\n\
+                    headers = { Authorization = \"[redacted]\", \"X-Api-Key\" = \"k\", \
+                    \"X-Note\" = \"[redacted]\" }\n";
+        let file = ConfigFile::parse(text, "f.toml").unwrap();
+        let p = file.config.endpoints[0].problems();
+        assert_eq!(
+            p,
+            vec![
+                "endpoint a: field `headers.Authorization`: \"[redacted]\" is the mark the admin \
+                 API shows in place of a secret, not a secret: give the value itself"
+                    .to_string()
+            ],
+            "a header that is no secret may say anything"
         );
     }
 
