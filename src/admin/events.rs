@@ -161,6 +161,17 @@ impl Admin {
                 }
             },
         };
+        // A type ingest would refuse (`Action_Inquiry`) matches no event: a 400 says so,
+        // where an empty log would read as "nothing arrived".
+        if let Some(t) = p
+            .get("type")
+            .filter(|t| !crate::config::valid_event_type(t))
+        {
+            return error(
+                400,
+                format!("type {t:?} is not an event type ([a-z0-9_.-]{{1,64}}): no event has it"),
+            );
+        }
         let ep = match p.get("endpoint") {
             None => None,
             Some(name) => match self.endpoint_id(name) {

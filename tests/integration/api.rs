@@ -1282,6 +1282,8 @@ signing_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw""#,
         "limit=-1",
         "limit=abc",
         "status=bogus",
+        // No event can have a type ingest refuses: not an empty log.
+        "type=Action_Inquiry",
         "since=yesterday",
         "until=2026-13-45T00:00:00Z",
         // Past the year 9999 (2^54 wrapped to 0: an empty log; nanoseconds).
