@@ -256,6 +256,13 @@ impl Admin {
                 None => return error(404, format!("no endpoint {name:?}")),
             },
         };
+        if only.is_none() && ev.routes().next().is_none() {
+            // Nothing is pending or paused: the event has no delivery to replay.
+            return error(
+                409,
+                "nothing to replay: the event was routed to no endpoint (name one with ?endpoint=NAME)",
+            );
+        }
         let (tx, rx) = crossbeam_channel::bounded(1);
         if !self.commit.send(CommitMsg::Replay {
             targets: vec![(ev.seq, only)],

@@ -1800,6 +1800,21 @@ fn replay_and_recover_redeliver_failed_deliveries() {
         .requests()
         .iter()
         .any(|q| q.path == "/x" && q.header("webhook-id") == Some("r-1")));
+    // An event routed to no endpoint has nothing to replay, and the answer says how to
+    // send it to one.
+    assert_eq!(c.send(&event("n", "n-0", "{}")), "ok n-0 0");
+    let (status, v) = srv.post("/v1/events/n-0/replay");
+    assert_eq!(status, 409, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("?endpoint=NAME"),
+        "{v}"
+    );
+    let (status, v) = srv.post("/v1/events/n-0/replay?endpoint=extra");
+    assert_eq!(
+        (status, v),
+        (202, json!({"id": "n-0", "scheduled": ["extra"]}))
+    );
+    wait_deliveries(&srv, "n-0", &[("extra", "delivered", 1)]);
 
     assert_eq!(srv.post("/v1/events/nope/replay").0, 404);
     assert_eq!(srv.post("/v1/events/r-1/replay?endpoint=nope").0, 404);
