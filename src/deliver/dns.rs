@@ -290,6 +290,20 @@ fn lookup(host: &str) -> Answer {
             ResolveFailure::NotFound,
         );
     }
+    // Checked before the special names: `..localhost` (a placeholder rendered `..` in
+    // the host) is no name under `localhost`, and the system's resolver refuses such a
+    // name elsewhere.
+    if host
+        .strip_suffix('.')
+        .unwrap_or(host)
+        .split('.')
+        .any(str::is_empty)
+    {
+        return fail(
+            "a name with an empty label never resolves".into(),
+            ResolveFailure::NotFound,
+        );
+    }
     if is_special_localhost(host) {
         return Ok(vec![
             IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
@@ -499,6 +513,21 @@ mod tests {
         }
         for h in ["notinvalid", "invalid.example", "x.invalidx", "example.com"] {
             assert!(!is_special_invalid(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn names_with_an_empty_label_fail_at_once_without_the_network() {
+        for h in [
+            "...localhost",
+            ".localhost",
+            "a..localhost",
+            "a..example.com",
+            ".",
+            "localhost..",
+        ] {
+            let e = lookup(h).unwrap_err();
+            assert_eq!(e.failure, ResolveFailure::NotFound, "{h}");
         }
     }
 
