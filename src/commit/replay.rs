@@ -20,7 +20,9 @@ impl State {
     /// new round of attempts with the retry schedule afresh; a retrying one whose retry
     /// waits on disk ([`Self::retry_on_disk`]) has it moved to now, its schedule going
     /// on. Pending and paused ones, a retry a worker holds, and an ordered endpoint's
-    /// retrying head are left as they are. Attempts continue in the same log.
+    /// retrying head are left as they are. One to a disabled endpoint, or to an ordered
+    /// one still resuming its paused deliveries, waits paused. Attempts continue in the
+    /// same log.
     pub(super) fn replay(
         &mut self,
         targets: Vec<(Seq, Option<EndpointId>)>,
@@ -117,7 +119,12 @@ impl State {
                     batch.set_state(&self.store, DeliveryState::Pending, ep, seq);
                 }
                 delta.pending += 1;
-                if self.delivers(info) {
+                // An ordered endpoint whose paused deliveries are being given due times
+                // (`resume`, a page a tick from the enable on) takes it in its paused set,
+                // behind them, as `accept` does a fresh one: due now, it went to the
+                // worker before them, a paused retrying head among them.
+                let behind_resume = info.ordered && self.resuming.contains(&ep);
+                if self.delivers(info) && !behind_resume {
                     let due = DueKey {
                         due_ms: now,
                         seq,

@@ -1676,6 +1676,72 @@ fn replay_and_recover_deliver_again_on_an_ordered_endpoint() {
 }
 
 #[test]
+fn a_replay_to_an_ordered_endpoint_being_resumed_waits_behind_its_paused_head() {
+    // `h`, the ordered endpoint's retrying head, is paused by a disable; at the enable
+    // it is given its due time again by the resume, which runs at the loader's next
+    // tick. A replay meanwhile of a later event (`d`, never routed to it) must not go
+    // before it, as a fresh delivery accepted then does not: it joins the paused set
+    // behind the head.
+    let rx = TestReceiver::with_script(|r, _| {
+        Reply::status(if r.header("webhook-id") == Some("h") {
+            500
+        } else {
+            200
+        })
+    });
+    let eps = [
+        endpoint(
+            "in-order",
+            r#"["o"]"#,
+            &rx.url("/o"),
+            "retry = [\"1h\", \"1h\"]\nordered = true",
+        ),
+        endpoint("side", r#"["s"]"#, &rx.url("/s"), ""),
+    ]
+    .concat();
+    let srv = TestServer::start(&eps);
+    let mut c = srv.connect();
+    assert_eq!(c.send(&event("o", "h", "{}")), "ok h 1");
+    wait_deliveries(&srv, "h", &[("in-order", "retrying", 1)]);
+    assert_eq!(c.send(&event("s", "d", "{}")), "ok d 1");
+    wait_deliveries(&srv, "d", &[("side", "delivered", 1)]);
+    assert_eq!(srv.post("/v1/endpoints/in-order/disable").0, 200);
+    wait_deliveries(&srv, "h", &[("in-order", "paused", 1)]);
+    assert_eq!(srv.post("/v1/endpoints/in-order/enable").0, 200);
+    let (status, v) = srv.post("/v1/events/d/replay?endpoint=in-order");
+    assert_eq!(
+        (status, v),
+        (202, json!({"id": "d", "scheduled": ["in-order"]}))
+    );
+    // The head's retry goes at once, fails, and holds `d` back for an hour.
+    wait_deliveries(&srv, "h", &[("in-order", "retrying", 2)]);
+    wait_deliveries(
+        &srv,
+        "d",
+        &[("in-order", "pending", 0), ("side", "delivered", 1)],
+    );
+    let to_ordered: Vec<String> = rx
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/o")
+        .filter_map(|r| r.header("webhook-id").map(str::to_string))
+        .collect();
+    assert_eq!(
+        to_ordered,
+        ["h", "h"],
+        "nothing went before the head's retry"
+    );
+    let m = srv.metrics();
+    assert_eq!(
+        (
+            metric(&m, "ricochet_deliveries_pending"),
+            metric(&m, "ricochet_deliveries_paused")
+        ),
+        (2.0, 0.0)
+    );
+}
+
+#[test]
 fn replay_leaves_alone_a_retry_of_an_endpoint_no_longer_ordered() {
     let (rx, srv) = ordered_head_retrying("1h");
     // Its place in the order is kept: not replayed.
