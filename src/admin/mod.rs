@@ -899,7 +899,9 @@ impl Params {
     }
 
     /// `since` and `until` ([`Self::time_ms`]), refused when `since` is later than
-    /// `until` (a window that holds nothing is a mistake, not an empty answer).
+    /// `until` (an upside-down window is a mistake, not an empty answer). `since` equal
+    /// to `until` is a window of one instant, empty since `until` is exclusive, and
+    /// answered empty.
     pub(crate) fn window(&self) -> Result<(Option<u64>, Option<u64>), Response> {
         let since = self.time_ms("since")?;
         let until = self.time_ms("until")?;
