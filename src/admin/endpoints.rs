@@ -371,6 +371,8 @@ const READ_ONLY_KEYS: [&str; 4] = [
 /// `headers.X-Partner` ``) and its position in the body. `path_name` (a `PUT`'s) stands in
 /// for a missing `name`, and must equal a given one.
 fn parse_definition(body: &[u8], path_name: Option<&str>) -> Result<EndpointConfig, String> {
+    // A byte-order mark before the JSON is skipped (RFC 8259 §8.1), as ingest skips one.
+    let body = body.strip_prefix(crate::ingest::BOM).unwrap_or(body);
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
     let Some(obj) = v.as_object() else {
         return Err("the body must be a JSON object of endpoint keys".into());
@@ -767,6 +769,12 @@ mod tests {
             text.contains(r#""headers":{"Z-First":"1","A-Second":"2","M-Third":"3","Authorization":"[redacted]"}"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_definition_is_skipped() {
+        let body = "\u{feff}{\"name\":\"p\",\"events\":[\"t\"],\"url\":\"http://h/\"}";
+        assert_eq!(parse_definition(body.as_bytes(), None).unwrap().name, "p");
     }
 
     #[test]

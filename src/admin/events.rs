@@ -18,6 +18,7 @@ use crate::commit::{AckResult, AckTo, CommitMsg, IngestBatch, ReplayResult};
 use crate::config::Format;
 use crate::deliver::request::{is_secret_header, redact_form, redact_query, REDACTED, USER_AGENT};
 use crate::ingest::parse::LineParser;
+use crate::ingest::BOM;
 use crate::store::{
     seq_time_ms, AttemptRecord, DeliveryState, DeliveryView, EndpointId, EventQuery, EventRecord,
     EventView, StoreError, BODY_EXCERPT,
@@ -40,7 +41,9 @@ impl Admin {
     /// `POST /v1/events`: 202 accepted, 200 duplicate, 400 invalid, 413 too large, 503
     /// unavailable.
     pub(super) fn ingest(&self, body: &[u8]) -> Response {
-        let body = body.trim_ascii();
+        // A byte-order mark before the JSON is skipped, as the socket skips one before
+        // its first line (RFC 8259 §8.1 lets a parser ignore it).
+        let body = body.strip_prefix(BOM).unwrap_or(body).trim_ascii();
         if body.len() > self.max_line_bytes {
             self.counts.too_large.fetch_add(1, Ordering::Relaxed);
             return error(

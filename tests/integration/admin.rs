@@ -160,6 +160,10 @@ fn http_ingest_accepts_dedups_and_rejects() {
     let v = srv.wait_event(&id, Duration::from_secs(10), |v| states(v) == ["delivered"]);
     assert_eq!(v["data"]["k"], "v");
 
+    // A byte-order mark before the JSON is skipped, as on the socket.
+    let r = post_event(&srv, &format!("\u{feff}{}", event("other", "h-bom", "{}")));
+    assert_eq!(r.status, 202, "{}", r.text());
+
     // Routed nowhere: accepted with zero deliveries.
     let r = post_event(&srv, &event("other", "h-2", "{}"));
     assert_eq!((r.status, r.json()["deliveries"].clone()), (202, 0.into()));
