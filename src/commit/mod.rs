@@ -591,7 +591,6 @@ impl Committer {
         store::quiet_perf_counters();
         let max = self.store.max_seq()?.unwrap_or(0);
         let next_seq = (max + 1).max(seq_floor(now_ms()));
-        let n = self.workers.len();
         let retention_ms = self.retention.as_millis() as u64;
         let Pending {
             pending,
@@ -607,57 +606,11 @@ impl Committer {
             .map(|id| id + 1)
             .max()
             .unwrap_or(1);
-        let mut st = State {
-            store: self.store,
-            durability: self.durability,
-            retention_ms,
-            workers: self.workers,
-            router: Router::new(self.routes),
-            next_seq,
-            cursor: DueKey::MIN,
-            spill: None,
-            in_memory: 0,
-            in_memory_bytes: 0,
-            shares: HashMap::default(),
-            out_count: 0,
-            out_bytes: 0,
-            deferred: 0,
-            on_disk: 0,
-            none_to_leave: false,
-            giving_back: 0,
-            last_give_back: 0,
-            out_jobs: (0..n).map(|_| Vec::new()).collect(),
-            last_sync: Instant::now(),
-            unsynced: false,
-            syncer: self.syncer,
-            sync: self.sync,
-            dirty: HashSet::default(),
-            resuming: Vec::new(),
-            settling: HashSet::default(),
-            pausing: HashMap::default(),
-            scan: DueScan::default(),
-            scan_failures: Tally::default(),
-            loader_failures: Default::default(),
-            first_due_before: Vec::new(),
-            registry: self.registry,
-            next_ep_id,
-            sweep: None,
-            dropping: Vec::new(),
-            waiting: Waiting::default(),
-            ahead: BTreeSet::new(),
-            write_failures: WriteFailures::default(),
-            retention_failures: Tally::default(),
-            scrub: Scrub::new(),
-            stats: Stats {
-                acks: AckStats::default(),
-                commit_time: Hist::micros(),
-                fsync_time: Hist::micros(),
-                pending,
-                paused,
-                expired: 0,
-            },
-        };
-        let retention_every = retention_every(self.retention);
+        let retention = self.retention;
+        let (mut st, inbox) = self.into_state(next_seq, next_ep_id);
+        st.stats.pending = pending;
+        st.stats.paused = paused;
+        let retention_every = retention_every(retention);
         // Deletions not finished before the stop (or made by the config file): nothing
         // is in a worker yet, so all of the due index is theirs to scan.
         st.dropping = st
@@ -715,7 +668,6 @@ impl Committer {
             .filter(|i| i.enabled && (with_paused.contains(&i.id) || enabled.contains(&i.id)))
             .map(|i| i.id)
             .collect();
-        let inbox = self.inbox;
         let mut msgs = Vec::with_capacity(1024);
         let mut last_load = Instant::now() - TICK;
         let mut last_rates = Instant::now();
@@ -773,6 +725,64 @@ impl Committer {
                 return Ok(());
             }
         }
+    }
+
+    /// The committer's state at a start, before the census of the store: nothing loaded,
+    /// held or counted yet, the loader's cursor at the start of the due index; and the
+    /// inbox, for the loop.
+    fn into_state(self, next_seq: Seq, next_ep_id: EndpointId) -> (State, Mailbox<CommitMsg>) {
+        let n = self.workers.len();
+        let state = State {
+            store: self.store,
+            durability: self.durability,
+            retention_ms: self.retention.as_millis() as u64,
+            workers: self.workers,
+            router: Router::new(self.routes),
+            next_seq,
+            cursor: DueKey::MIN,
+            spill: None,
+            in_memory: 0,
+            in_memory_bytes: 0,
+            shares: HashMap::default(),
+            out_count: 0,
+            out_bytes: 0,
+            deferred: 0,
+            on_disk: 0,
+            none_to_leave: false,
+            giving_back: 0,
+            last_give_back: 0,
+            out_jobs: (0..n).map(|_| Vec::new()).collect(),
+            last_sync: Instant::now(),
+            unsynced: false,
+            syncer: self.syncer,
+            sync: self.sync,
+            dirty: HashSet::default(),
+            resuming: Vec::new(),
+            settling: HashSet::default(),
+            pausing: HashMap::default(),
+            scan: DueScan::default(),
+            scan_failures: Tally::default(),
+            loader_failures: Default::default(),
+            first_due_before: Vec::new(),
+            registry: self.registry,
+            next_ep_id,
+            sweep: None,
+            dropping: Vec::new(),
+            waiting: Waiting::default(),
+            ahead: BTreeSet::new(),
+            write_failures: WriteFailures::default(),
+            retention_failures: Tally::default(),
+            scrub: Scrub::new(),
+            stats: Stats {
+                acks: AckStats::default(),
+                commit_time: Hist::micros(),
+                fsync_time: Hist::micros(),
+                pending: 0,
+                paused: 0,
+                expired: 0,
+            },
+        };
+        (state, self.inbox)
     }
 }
 
@@ -1460,57 +1470,20 @@ mod tests {
     /// that worker's mailbox.
     pub(super) fn state(store: Store, routes: Vec<RouteInfo>) -> (State, Mailbox<WorkerMsg>) {
         let (worker, mb) = crate::shard::mailbox();
+        let (_, inbox) = crate::shard::mailbox();
         let (syncer, _) = crossbeam_channel::unbounded();
-        let st = State {
+        let committer = Committer {
             store,
             durability: Durability::None,
-            retention_ms: 86_400_000,
+            retention: Duration::from_secs(86_400),
+            inbox,
             workers: vec![worker],
-            router: Router::new(routes),
-            next_seq: seq_floor(now_ms()),
-            cursor: DueKey::MIN,
-            spill: None,
-            in_memory: 0,
-            in_memory_bytes: 0,
-            shares: HashMap::default(),
-            out_count: 0,
-            out_bytes: 0,
-            deferred: 0,
-            on_disk: 0,
-            none_to_leave: false,
-            giving_back: 0,
-            last_give_back: 0,
-            out_jobs: vec![Vec::new()],
-            last_sync: Instant::now(),
-            unsynced: false,
+            routes,
+            registry: Registry::default(),
             syncer,
             sync: syncer::Shared::default(),
-            dirty: HashSet::default(),
-            resuming: Vec::new(),
-            settling: HashSet::default(),
-            pausing: HashMap::default(),
-            scan: DueScan::default(),
-            scan_failures: Tally::default(),
-            loader_failures: Default::default(),
-            first_due_before: Vec::new(),
-            registry: Registry::default(),
-            next_ep_id: 1,
-            sweep: None,
-            dropping: Vec::new(),
-            waiting: Waiting::default(),
-            ahead: BTreeSet::new(),
-            write_failures: WriteFailures::default(),
-            retention_failures: Tally::default(),
-            scrub: Scrub::new(),
-            stats: Stats {
-                acks: AckStats::default(),
-                commit_time: Hist::micros(),
-                fsync_time: Hist::micros(),
-                pending: 0,
-                paused: 0,
-                expired: 0,
-            },
         };
+        let (st, _) = committer.into_state(seq_floor(now_ms()), 1);
         (st, mb)
     }
 
