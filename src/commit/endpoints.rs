@@ -1022,15 +1022,21 @@ mod tests {
         assert!(st.resuming.is_empty());
     }
 
-    #[test]
-    fn a_resumed_delivery_below_the_cursor_whose_event_cannot_be_read_is_kept_back() {
-        // A retry resumes due now, below the cursor: no scan brings it.
+    /// A paused retry of endpoint 1 (see [`one_paused`]) being resumed, the loader's
+    /// cursor past now: it resumes due now, below the cursor, where no scan brings it.
+    fn a_retry_resuming_below_the_cursor(
+        dir: &std::path::Path,
+    ) -> (
+        Store,
+        Seq,
+        State,
+        crate::shard::Mailbox<crate::worker::WorkerMsg>,
+    ) {
         let retry = DueVal {
             attempts: 1,
             first: 0,
         };
-        let dir = tempfile::tempdir().unwrap();
-        let (store, seq, now) = one_paused(dir.path(), retry);
+        let (store, seq, now) = one_paused(dir, retry);
         let (mut st, mb) = state(store.clone(), vec![info(1, &["t"], None)]);
         st.cursor = DueKey {
             due_ms: now + 60_000,
@@ -1038,6 +1044,13 @@ mod tests {
             ep: 0,
         };
         st.resuming = vec![1];
+        (store, seq, st, mb)
+    }
+
+    #[test]
+    fn a_resumed_delivery_below_the_cursor_whose_event_cannot_be_read_is_kept_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, seq, mut st, mb) = a_retry_resuming_below_the_cursor(dir.path());
         store.fail_event_reads(1, Fault::Transient);
         st.resume();
         assert_eq!(jobs_sent(&mb), NONE);
@@ -1054,20 +1067,9 @@ mod tests {
 
     #[test]
     fn a_resumed_delivery_below_the_cursor_whose_event_is_past_retention_expires() {
-        let retry = DueVal {
-            attempts: 1,
-            first: 0,
-        };
         let dir = tempfile::tempdir().unwrap();
-        let (store, seq, now) = one_paused(dir.path(), retry);
-        let (mut st, mb) = state(store.clone(), vec![info(1, &["t"], None)]);
+        let (store, seq, mut st, mb) = a_retry_resuming_below_the_cursor(dir.path());
         st.stats.pending = 1;
-        st.cursor = DueKey {
-            due_ms: now + 60_000,
-            seq: 0,
-            ep: 0,
-        };
-        st.resuming = vec![1];
         store.set_retention_floor(seq + 1);
         st.resume();
         st.load();
