@@ -37,7 +37,7 @@ fn acked_events_pending_survive_kill9(durability: &str) {
     let rx = TestReceiver::with_script(|_, _| Reply::status(500));
     let opts =
         || ServerOpts::new(&eps(&rx.url("/"))).server(&format!("durability = {durability:?}"));
-    let mut srv = TestServer::start_with(opts());
+    let srv = TestServer::start_with(opts());
     let mut acked = HashSet::new();
     {
         let mut w = std::os::unix::net::UnixStream::connect(&srv.socket).unwrap();
@@ -67,9 +67,7 @@ fn acked_events_pending_survive_kill9(durability: &str) {
             |n| n >= 1.0,
         );
     }
-    srv.kill9();
-    let dir = srv.dir.clone();
-    drop(srv);
+    let dir = srv.kill9_for_restart();
     restart_healthy_until_all_arrive(&rx, dir, &opts(), &acked);
 }
 
@@ -793,7 +791,7 @@ fn api_endpoint_changes_and_replays_survive_kill9() {
     let old = TestReceiver::with_script(|_, _| Reply::status(500));
     let new = TestReceiver::with_script(|_, _| Reply::status(500));
     let done = TestReceiver::start();
-    let mut srv = TestServer::start("");
+    let srv = TestServer::start("");
     let def = |url: &str| {
         serde_json::json!({
             "name": "api-ep", "events": ["t"], "url": url, "retry": ["2s"],
@@ -829,9 +827,7 @@ fn api_endpoint_changes_and_replays_survive_kill9() {
     assert_eq!(srv.post("/v1/endpoints/once/disable").0, 200);
     let (status, v) = srv.post("/v1/events/rep-1/replay");
     assert_eq!(status, 202, "{v}");
-    srv.kill9();
-    let dir = srv.dir.clone();
-    drop(srv);
+    let dir = srv.kill9_for_restart();
 
     new.set_script(|_, _| Reply::status(200));
     let srv = TestServer::start_in(dir, &ServerOpts::new(""));

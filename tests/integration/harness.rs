@@ -564,6 +564,12 @@ impl TestServer {
         }
     }
 
+    /// kill -9, handing back the data dir for a start in it ([`Self::start_in`]).
+    pub fn kill9_for_restart(mut self) -> Arc<tempfile::TempDir> {
+        self.kill9();
+        Arc::clone(&self.dir)
+    }
+
     /// SIGTERM and wait for exit; returns the exit code.
     pub fn stop(&mut self) -> Option<i32> {
         self.terminate();

@@ -364,7 +364,7 @@ fn failing_ep(url: &str) -> String {
 fn disable_at_threshold_pauses_then_enable_delivers_and_state_survives_kill9() {
     // Slow failures, so all four events are routed before the endpoint is disabled.
     let rx = TestReceiver::with_script(|_, _| Reply::status(500).delay(Duration::from_millis(300)));
-    let mut srv = TestServer::start(&failing_ep(&rx.url("/")));
+    let srv = TestServer::start(&failing_ep(&rx.url("/")));
     let mut c = srv.connect();
     c.send_each_ok("t", "d", 4);
     // Two consecutive 5xx → disabled; every delivery paused, none lost.
@@ -386,9 +386,7 @@ fn disable_at_threshold_pauses_then_enable_delivers_and_state_survives_kill9() {
     assert_eq!(c.send(&event("t", "d-late", "{}")), "ok d-late 0");
 
     // The disabled state and the paused deliveries survive kill -9.
-    srv.kill9();
-    let dir = Arc::clone(&srv.dir);
-    drop(srv);
+    let dir = srv.kill9_for_restart();
     let srv = TestServer::start_in(dir, &ServerOpts::new(&failing_ep(&rx.url("/"))));
     assert_eq!(srv.get("/v1/endpoints/fragile").1["enabled"], false);
     assert_eq!(srv.event("d-3")["deliveries"][0]["state"], "paused");
@@ -581,7 +579,7 @@ fn ordered_endpoint_keeps_its_order_across_kill9() {
         &rx.url("/"),
         "ordered = true\nretry = [\"2s\", \"2s\"]",
     );
-    let mut srv = TestServer::start(&ep);
+    let srv = TestServer::start(&ep);
     let mut c = srv.connect();
     for i in 0..4 {
         c.send(&event("t", &format!("k-{i}"), "{}"));
@@ -591,9 +589,7 @@ fn ordered_endpoint_keeps_its_order_across_kill9() {
         v["deliveries"][0]["state"] == "retrying"
     });
     assert_eq!(ids_in_order(&rx.requests()), ["k-0"]);
-    srv.kill9();
-    let dir = Arc::clone(&srv.dir);
-    drop(srv);
+    let dir = srv.kill9_for_restart();
     rx.set_script(|_, _| Reply::status(200));
     let _srv = TestServer::start_in(dir, &ServerOpts::new(&ep));
     let got = rx.wait_for(5, Duration::from_secs(15));
@@ -606,7 +602,7 @@ fn ordered_endpoint_keeps_acceptance_order_against_event_times_across_kill9() {
     // holds, and the first's due time bounds the second's after a kill -9 between them.
     let rx = TestReceiver::start();
     let ep = ordered_ep(&rx.url("/"));
-    let mut srv = TestServer::start(&ep);
+    let srv = TestServer::start(&ep);
     let now = unix_ms();
     let sent = std::time::Instant::now();
     let line =
@@ -620,9 +616,7 @@ fn ordered_endpoint_keeps_acceptance_order_against_event_times_across_kill9() {
         .connect()
         .send(&line("ahead", format!("{ahead:?}")))
         .starts_with("ok "));
-    srv.kill9();
-    let dir = Arc::clone(&srv.dir);
-    drop(srv);
+    let dir = srv.kill9_for_restart();
     let srv = TestServer::start_in(dir, &ServerOpts::new(&ep));
     assert!(srv
         .connect()
@@ -663,7 +657,7 @@ fn an_ordered_head_still_holds_the_rest_after_a_restart_once_a_replay_s_retry_is
         &rx.url("/"),
         "ordered = true\nretry = [\"1s\", \"12s\"]",
     );
-    let mut srv = TestServer::start(&ep);
+    let srv = TestServer::start(&ep);
     let mut c = srv.connect();
     assert_eq!(c.send(&event("t", "old", "{}")), "ok old 1");
     srv.wait_event("old", Duration::from_secs(10), |v| {
@@ -686,9 +680,7 @@ fn an_ordered_head_still_holds_the_rest_after_a_restart_once_a_replay_s_retry_is
         ["old", "head", "head", "old", "old"],
         "`after` waits behind the head"
     );
-    srv.kill9();
-    let dir = Arc::clone(&srv.dir);
-    drop(srv);
+    let dir = srv.kill9_for_restart();
     let before = rx.count();
     let _srv = TestServer::start_in(dir, &ServerOpts::new(&ep));
     let got = rx.wait_until(Duration::from_secs(30), "`after`", |r| {
@@ -750,17 +742,15 @@ fn an_ordered_head_due_during_downtime_is_attempted_once_after_restart() {
         &rx.url("/"),
         "ordered = true\nretry = [\"1s\", \"1s\"]",
     );
-    let mut srv = TestServer::start(&ep);
+    let srv = TestServer::start(&ep);
     srv.connect().send(&event("t", "once", "{}"));
     srv.wait_event("once", Duration::from_secs(10), |v| {
         v["deliveries"][0]["state"] == "retrying"
     });
-    srv.kill9();
+    let dir = srv.kill9_for_restart();
     // Down for longer than the retry wait: the retry is overdue at the restart.
     std::thread::sleep(Duration::from_millis(1500));
     rx.set_script(|_, _| Reply::status(200).delay(Duration::from_millis(500)));
-    let dir = Arc::clone(&srv.dir);
-    drop(srv);
     let srv = TestServer::start_in(dir, &ServerOpts::new(&ep));
     rx.wait_for(2, Duration::from_secs(10));
     let v = srv.wait_event("once", Duration::from_secs(10), |v| {
@@ -791,15 +781,13 @@ fn an_ordered_head_handed_over_at_start_is_sent_once_after_ordered_is_turned_off
         &rx.url("/"),
         "ordered = true\nretry = [\"4s\"]",
     );
-    let mut srv = TestServer::start(&ep);
+    let srv = TestServer::start(&ep);
     srv.connect().send(&event("t", "head", "{}"));
     srv.wait_event("head", Duration::from_secs(10), |v| {
         v["deliveries"][0]["state"] == "retrying"
     });
-    srv.kill9();
+    let dir = srv.kill9_for_restart();
     rx.set_script(|_, _| Reply::status(200));
-    let dir = Arc::clone(&srv.dir);
-    drop(srv);
     let srv = TestServer::start_in(dir, &ServerOpts::new(&ep));
     let (status, v) = srv.call(
         "PUT",
@@ -1127,10 +1115,7 @@ fn an_endpoint_held_at_a_kill9_resumes_after_the_restart() {
         "endpoint enabled while its pause is under way",
         Duration::from_secs(10),
     );
-    let mut srv = srv;
-    srv.kill9();
-    let dir = srv.dir.clone();
-    drop(srv);
+    let dir = srv.kill9_for_restart();
     gate.open();
     let srv = TestServer::start_in(dir, &ServerOpts::new(&eps));
     let got = rx.wait_until(Duration::from_secs(60), "ord's 25", |got| {
