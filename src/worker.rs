@@ -128,12 +128,11 @@ pub enum WorkerMsg {
     Jobs(Vec<Job>),
     /// An endpoint was enabled (its paused deliveries follow as jobs) or disabled. The
     /// store moved its deliveries meanwhile, so the jobs held for it are dropped; an
-    /// attempt in flight goes on, and its outcome stands. A disable asks which
-    /// deliveries are in flight (`in_flight`): the committer leaves those where they are.
+    /// attempt in flight goes on, and its outcome stands. Both are answered once the
+    /// outcomes reported so far are sent (see [`Switch`]).
     SetEnabled {
         ep: EndpointId,
-        enabled: bool,
-        in_flight: Option<crossbeam_channel::Sender<Vec<u64>>>,
+        switch: Switch,
     },
     /// An endpoint was created or replaced: the next attempt uses this spec. `meta`
     /// gives a new endpoint its persisted state (a replaced one keeps its own).
@@ -174,6 +173,21 @@ pub enum WorkerMsg {
     },
     /// Stop taking work, finish in-flight attempts (bounded), report, exit.
     Shutdown,
+}
+
+/// Which way [`WorkerMsg::SetEnabled`] switches an endpoint, and how it is answered.
+pub enum Switch {
+    /// Enabled: answered with [`CommitMsg::Enabled`] carrying `request`, after every
+    /// outcome reported so far. An attempt in flight at the disable that ended before
+    /// this message was judged under the disable (its retry `paused`); the committer
+    /// resumes no paused delivery until it has that outcome, or it would find the
+    /// ordered head paused only after the ones behind it were sent.
+    Enable { request: u64 },
+    /// Disabled: answered on `in_flight` with the deliveries in flight, after every
+    /// outcome reported so far; the committer leaves those where they are.
+    Disable {
+        in_flight: crossbeam_channel::Sender<Vec<u64>>,
+    },
 }
 
 /// Everything a worker starts with.
@@ -645,11 +659,8 @@ impl Worker {
                     self.timer_wake.notify();
                 }
             }
-            WorkerMsg::SetEnabled {
-                ep,
-                enabled,
-                in_flight,
-            } => {
+            WorkerMsg::SetEnabled { ep, switch } => {
+                let enabled = matches!(switch, Switch::Enable { .. });
                 let e = self.endpoints.borrow().get(&ep).cloned();
                 let mut running = Vec::new();
                 if let Some(e) = e {
@@ -669,11 +680,16 @@ impl Worker {
                     }
                     running = e.in_flight();
                 }
-                if let Some(reply) = in_flight {
-                    // Outcomes reported so far go before the answer, so the committer
-                    // has them before anything it does after this disable.
-                    self.flush_outbox();
-                    let _ = reply.send(running);
+                // Outcomes reported so far go before the answer, so the committer has
+                // them before anything it does after this change.
+                self.flush_outbox();
+                match switch {
+                    Switch::Disable { in_flight } => {
+                        let _ = in_flight.send(running);
+                    }
+                    Switch::Enable { request } => {
+                        self.commit.send(CommitMsg::Enabled { ep, request });
+                    }
                 }
             }
             WorkerMsg::Upsert { spec, meta } => self.upsert(spec, &meta),

@@ -266,6 +266,15 @@ pub enum CommitMsg {
         enabled: bool,
         reply: crossbeam_channel::Sender<Result<(), String>>,
     },
+    /// A worker's answer to the enable `request` of `ep` ([`Switch::Enable`]), sent
+    /// after every outcome it had reported: the endpoint's paused deliveries may
+    /// resume.
+    ///
+    /// [`Switch::Enable`]: crate::worker::Switch::Enable
+    Enabled {
+        ep: EndpointId,
+        request: u64,
+    },
     /// Flush, sync, and stop; the reply says it is done.
     Shutdown(crossbeam_channel::Sender<()>),
     /// Copy the committer's metrics out, at the end of the current round.
@@ -419,6 +428,14 @@ struct State {
     dirty: HashSet<EndpointId>,
     /// Endpoints whose paused deliveries are being moved back to `due`.
     resuming: Vec<EndpointId>,
+    /// Endpoints enabled whose worker has not yet answered the enable (with its
+    /// number): they resume nothing until it has ([`CommitMsg::Enabled`]). Outcomes
+    /// their worker judged under the disable come before the answer: an ordered head
+    /// in flight at the disable whose retry was judged `paused` just before the enable
+    /// reached its worker was found paused after the resume had sent the ones behind
+    /// it. And the last enable's number.
+    enabling: HashMap<EndpointId, u64>,
+    last_enable: u64,
     /// Endpoints enabled while deliveries they paused may still be in the paused set:
     /// an outcome reported before the pause looks there (see `record`). Left once
     /// their paused set is empty.
@@ -758,6 +775,8 @@ impl Committer {
             sync: self.sync,
             dirty: HashSet::default(),
             resuming: Vec::new(),
+            enabling: HashMap::default(),
+            last_enable: 0,
             settling: HashSet::default(),
             pausing: HashMap::default(),
             scan: DueScan::default(),
@@ -914,6 +933,12 @@ impl State {
                     // Answered once the round is done: a disable's worker has dropped its
                     // jobs, and its deliveries are paused or being paused (`start_pauses`).
                     enable_replies.push(reply);
+                }
+                CommitMsg::Enabled { ep, request } => {
+                    // (One from before a later disable or enable: not this one's.)
+                    if self.enabling.get(&ep) == Some(&request) {
+                        self.enabling.remove(&ep);
+                    }
                 }
                 CommitMsg::Shutdown(reply) => *shutdown = Some(reply),
                 CommitMsg::Snapshot(reply) => snapshots.push(reply),
@@ -1397,7 +1422,11 @@ impl State {
                 batch.pause(&self.store, o.ep, seq, val);
                 delta.paused += !was_paused as i64;
                 // Reported while its worker still had the endpoint disabled, recorded
-                // after it was enabled: it goes back with the others.
+                // after it was enabled: it goes back with the others. (Not one judged
+                // under the disable an enable ends: its worker reports those before it
+                // answers the enable, and nothing resumes before the answer, see
+                // `enabling`. One its worker judged as it disabled the endpoint itself,
+                // its notice next in line.)
                 if enabled && !self.resuming.contains(&o.ep) {
                     self.resuming.push(o.ep);
                 }
