@@ -65,6 +65,9 @@ const IDLE: Duration = Duration::from_secs(30);
 const REQUEST_TIME: Duration = Duration::from_secs(10);
 /// How long the remains of a rejected body are read and dropped before closing.
 const DISCARD_WAIT: Duration = Duration::from_secs(2);
+/// How long the accept thread reads a connection it answered 503 (no slot, or no thread
+/// for it), until its client closes, before closing it ([`refuse`]).
+const REFUSE_WAIT: Duration = Duration::from_millis(200);
 
 /// Everything the admin API starts with.
 pub struct AdminSetup {
@@ -213,36 +216,96 @@ pub fn start(setup: AdminSetup) -> std::io::Result<SocketAddr> {
         .name("ricochet-admin".into())
         .spawn(move || {
             let mut failed = crate::tally::Tally::default();
+            let mut no_thread = crate::tally::Tally::default();
             for conn in listener.incoming() {
-                let mut conn = match conn {
+                let conn = match conn {
                     Ok(c) => c,
                     Err(e) => {
                         crate::fdlimit::after_failed_accept(&mut failed, &e, "admin");
                         continue;
                     }
                 };
-                if admin.conns.fetch_add(1, Ordering::AcqRel) >= MAX_CONNS
-                    && !admin.idle.evict_oldest(EVICTABLE_AFTER)
-                {
-                    admin.conns.fetch_sub(1, Ordering::AcqRel);
-                    let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
-                    let busy = error(503, "too many admin connections");
-                    let _ = write_response(&mut conn, &busy, false, true);
-                    continue;
-                }
-                let mine = admin.clone();
-                let spawned = std::thread::Builder::new()
-                    .name(crate::server::ADMIN_CONN_THREAD.into())
-                    .spawn(move || {
-                        let _slot = ConnSlot(&mine.conns);
-                        mine.serve(conn);
-                    });
-                if spawned.is_err() {
-                    admin.conns.fetch_sub(1, Ordering::AcqRel);
-                }
+                admit(conn, &admin.conns, &admin.idle, &mut no_thread, |conn| {
+                    spawn_conn_thread(&admin, conn)
+                });
             }
         })?;
     Ok(local)
+}
+
+/// Takes `conn` in: a slot ([`MAX_CONNS`], the connection idle longest evicted for it if
+/// every slot is taken) and a thread of its own (`spawn`, which gives `conn` back when no
+/// thread could be started). Without either it is answered 503 ([`refuse`]); a failed
+/// spawn is also logged, once each 10 s with the failures since (`no_thread`).
+fn admit(
+    conn: TcpStream,
+    conns: &AtomicUsize,
+    idle: &IdleConns,
+    no_thread: &mut crate::tally::Tally,
+    spawn: impl FnOnce(TcpStream) -> Result<(), (TcpStream, std::io::Error)>,
+) {
+    if conns.fetch_add(1, Ordering::AcqRel) >= MAX_CONNS && !idle.evict_oldest(EVICTABLE_AFTER) {
+        conns.fetch_sub(1, Ordering::AcqRel);
+        refuse(conn, &error(503, "too many admin connections"));
+        return;
+    }
+    if let Err((conn, e)) = spawn(conn) {
+        conns.fetch_sub(1, Ordering::AcqRel);
+        if let Some(failures) = no_thread.note(Duration::from_secs(10)) {
+            tracing::warn!(
+                error = %e,
+                failures,
+                "cannot start a thread for an admin connection: answered 503"
+            );
+        }
+        refuse(
+            conn,
+            &error(503, "cannot serve the connection now (no thread)"),
+        );
+    }
+}
+
+/// Starts the thread that serves `conn` and takes its slot. `conn` goes to the thread
+/// once it runs: a closure that owned it would drop it with a failed spawn, unread and
+/// unanswered (a reset for the client), instead of giving it back to be answered.
+fn spawn_conn_thread(
+    admin: &Arc<Admin>,
+    conn: TcpStream,
+) -> Result<(), (TcpStream, std::io::Error)> {
+    let (handover, take) = std::sync::mpsc::sync_channel::<TcpStream>(1);
+    let mine = admin.clone();
+    let spawned = std::thread::Builder::new()
+        .name(crate::server::ADMIN_CONN_THREAD.into())
+        .spawn(move || {
+            if let Ok(conn) = take.recv() {
+                let _slot = ConnSlot(&mine.conns);
+                mine.serve(conn);
+            }
+        });
+    match spawned {
+        // Fails only if the thread ended before it took the connection (its slot
+        // not taken): the caller answers it as for a failed spawn.
+        Ok(_) => handover.send(conn).map_err(|e| {
+            (
+                e.0,
+                std::io::Error::other("the connection's thread ended at once"),
+            )
+        }),
+        Err(e) => Err((conn, e)),
+    }
+}
+
+/// Answers `resp` on a connection no thread serves, then reads what the client still
+/// sends until it closes, for at most [`REFUSE_WAIT`] (on the accept thread: briefly).
+/// Closed with its request unread, the socket would send a reset, which can reach the
+/// client before it reads the answer (`ECONNRESET` instead of the 503).
+fn refuse(mut conn: TcpStream, resp: &Response) {
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
+    if write_response(&mut conn, resp, false, true).is_ok() {
+        // The answer ends with a FIN: a client reading to the end closes its side then.
+        let _ = conn.shutdown(Shutdown::Write);
+        drain(&mut conn, usize::MAX, REFUSE_WAIT);
+    }
 }
 
 /// One parsed request.
@@ -400,7 +463,7 @@ impl Admin {
                         self.counts.too_large.fetch_add(1, Ordering::Relaxed);
                     }
                     if write_response(&mut conn, &resp, false, true).is_ok() && discard > 0 {
-                        discard_body(&mut conn, discard);
+                        drain(&mut conn, discard, DISCARD_WAIT);
                     }
                     return;
                 }
@@ -703,13 +766,17 @@ fn read_by(
     }
 }
 
-/// Reads and drops up to `n` bytes of a rejected body (bounded in time), so the client
-/// gets to read the answer instead of a connection reset.
-fn discard_body(conn: &mut TcpStream, mut n: usize) {
-    let _ = conn.set_read_timeout(Some(DISCARD_WAIT));
-    let deadline = Instant::now() + DISCARD_WAIT;
+/// Reads and drops up to `n` bytes (a rejected body), for at most `wait`, or until the
+/// client closes, so that it gets to read the answer instead of a connection reset.
+fn drain(conn: &mut TcpStream, mut n: usize, wait: Duration) {
+    let deadline = Instant::now() + wait;
     let mut chunk = [0u8; 16 * 1024];
-    while n > 0 && Instant::now() < deadline {
+    while n > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let _ = conn.set_read_timeout(Some(left));
         match conn.read(&mut chunk) {
             Ok(0) | Err(_) => break,
             Ok(k) => n = n.saturating_sub(k),
@@ -953,6 +1020,7 @@ fn one_big_event_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tally::Tally;
 
     #[test]
     fn unknown_and_repeated_parameters_are_refused() {
@@ -1231,6 +1299,59 @@ mod tests {
         assert!(idle.evict_oldest(Duration::ZERO));
         assert!(!idle.unpark(t3));
         assert!(!idle.evict_oldest(Duration::ZERO), "none idle");
+    }
+
+    /// A client whose request has reached the server, and the server's end of its
+    /// connection, accepted, the request unread (what a close would answer with a reset).
+    fn client_with_request_sent(l: &TcpListener) -> (TcpStream, TcpStream) {
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        c.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let (s, _) = l.accept().unwrap();
+        s.peek(&mut [0u8; 1]).unwrap();
+        (c, s)
+    }
+
+    /// What a client reading to the end gets, on a thread of its own; a reset fails it.
+    fn read_answer(mut c: TcpStream) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut got = Vec::new();
+            c.read_to_end(&mut got).expect("the whole answer, no reset");
+            String::from_utf8_lossy(&got).into_owned()
+        })
+    }
+
+    #[test]
+    fn a_connection_no_thread_could_be_started_for_is_answered_503_not_reset() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (c, s) = client_with_request_sent(&l);
+        let (conns, idle) = (AtomicUsize::new(0), IdleConns::default());
+        let client = read_answer(c);
+        // The spawn fails as out of threads or memory: the connection comes back.
+        admit(s, &conns, &idle, &mut Tally::default(), |conn| {
+            Err((conn, std::io::Error::from_raw_os_error(libc::EAGAIN)))
+        });
+        let got = client.join().unwrap();
+        assert!(got.starts_with("HTTP/1.1 503 "), "{got}");
+        assert!(got.contains("no thread"), "{got}");
+        assert_eq!(conns.load(Ordering::Acquire), 0, "its slot is given back");
+    }
+
+    #[test]
+    fn a_connection_over_the_cap_is_answered_503_not_reset() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (c, s) = client_with_request_sent(&l);
+        // Every slot taken, none idle to evict.
+        let (conns, idle) = (AtomicUsize::new(MAX_CONNS), IdleConns::default());
+        let client = read_answer(c);
+        admit(s, &conns, &idle, &mut Tally::default(), |_| {
+            panic!("no thread for a connection over the cap")
+        });
+        let got = client.join().unwrap();
+        assert!(got.starts_with("HTTP/1.1 503 "), "{got}");
+        assert!(got.contains("too many admin connections"), "{got}");
+        assert_eq!(conns.load(Ordering::Acquire), MAX_CONNS);
     }
 
     #[test]
