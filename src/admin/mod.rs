@@ -3,8 +3,9 @@
 //!
 //! Runs on its own threads with blocking sockets (one per connection, at most
 //! [`MAX_CONNS`]: one more closes the connection idle longest if it has waited a second,
-//! and a request must arrive within 10 s of its first byte) and reads the store
-//! directly, so it never slows a worker. Everything that changes state goes through the committer's mailbox and is
+//! and one that gets no slot or no thread is answered 503, then read until its client
+//! closes, not reset; a request must arrive within 10 s of its first byte) and reads the
+//! store directly, so it never slows a worker. Everything that changes state goes through the committer's mailbox and is
 //! answered over a channel once durable: an ingested event (a one-event batch), an
 //! endpoint created, replaced or deleted, a replay. Metrics are snapshots the workers and
 //! the committer send back when asked; a test delivery is one attempt made by the
