@@ -2,22 +2,23 @@
 //! managed live, the webhook log, replay and recover.
 //!
 //! Runs on its own threads with blocking sockets (one per connection, at most
-//! [`MAX_CONNS`]: one more closes the connection idle longest if it has waited a second,
-//! and one that gets no slot or no thread is answered 503, then read until its client
-//! closes, not reset; a request must arrive within 10 s of its first byte) and reads the
-//! store directly, so it never slows a worker. Everything that changes state goes through the committer's mailbox and is
-//! answered over a channel once durable: an ingested event (a one-event batch), an
-//! endpoint created, replaced or deleted, a replay. Metrics are snapshots the workers and
-//! the committer send back when asked; a test delivery is one attempt made by the
-//! endpoint's worker. The compiled endpoints are read from the [`Registry`] the committer
-//! keeps. Binds loopback by default; with `admin_token` every `/v1` call needs
-//! `Authorization: Bearer <token>` (the scheme in any case, the token compared in
-//! constant time), while `/health` (GET, HEAD) and `/metrics` stay open. Web pages may
-//! not drive it: a request with an `Origin` header (which browsers send with any
-//! cross-site POST) is refused, and on a connection to a loopback address (bound to one, or
-//! to a wildcard address) so is a `Host` that is not a loopback name (a page whose
-//! name was rebound to 127.0.0.1). Request heads are capped
-//! at 16 KiB and bodies at [`MAX_BODY`]; a malformed request is a 4xx, never a panic.
+//! [`MAX_CONNS`]: one more closes the connection idle longest if it has waited a
+//! second, and one that gets no slot or no thread is answered 503, then read until its
+//! client closes, not reset; a request must arrive within 10 s of its first byte) and
+//! reads the store directly, so it never slows a worker. Everything that changes state
+//! goes through the committer's mailbox and is answered over a channel once durable: an
+//! ingested event (a one-event batch), an endpoint created, replaced or deleted, a
+//! replay. Metrics are snapshots the workers and the committer send back when asked; a
+//! test delivery is one attempt made by the endpoint's worker. The compiled endpoints
+//! are read from the [`Registry`] the committer keeps. Binds loopback by default; with
+//! `admin_token` every `/v1` call needs `Authorization: Bearer <token>` (the scheme in
+//! any case, the token compared in constant time), while `/health` (GET, HEAD) and
+//! `/metrics` stay open. Web pages may not drive it: a request with an `Origin` header
+//! (which browsers send with any cross-site POST) is refused, and on a connection to a
+//! loopback address (bound to one, or to a wildcard address) so is a `Host` that is not
+//! a loopback name (a page whose name was rebound to 127.0.0.1). Request heads are
+//! capped at 16 KiB and bodies at [`MAX_BODY`]; a malformed request is a 4xx, never a
+//! panic.
 //! Only the event list, `replay` and `recover` take query parameters; another `/v1`
 //! call given one answers 400 rather than ignore a filter it does not have. From a
 //! shutdown's signal on, every `/v1` call but a `GET` answers 503: no new work.
