@@ -979,11 +979,24 @@ impl State {
     }
 }
 
+/// Whether a delivery made now to `info`'s endpoint (a fresh event's, a replay's) joins
+/// its paused set rather than go due: the endpoint does not deliver
+/// ([`State::delivers`]), or it is `ordered` and its paused deliveries are being given
+/// due times (`resuming`: [`State::resume`], a page a tick from the enable on). Due now,
+/// it would go to the worker before them, a paused retrying head among them, or before
+/// those that fall due later (a future `time`, a `min_delay`); paused, it is given its
+/// time behind them, in the same pass. Takes the state's parts, not the state: `accept`
+/// holds its endpoint's record mutably meanwhile.
+pub(super) fn joins_paused(scan: &DueScan, resuming: &[EndpointId], info: &RouteInfo) -> bool {
+    let delivers = info.enabled && !scan.pausing(info.id);
+    !delivers || (info.ordered && resuming.contains(&info.id))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::commit::route::tests::info;
-    use crate::commit::tests::{jobs_sent, state};
+    use crate::commit::tests::{deliveries, jobs_sent, state};
     use crate::store::{seq_floor, EventRecord, Fault, Store};
 
     const NONE: [DueKey; 0] = [];
@@ -1109,23 +1122,9 @@ mod tests {
         use crate::worker::WorkerMsg;
 
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let now = now_ms();
-        let first = seq_floor(now);
-        let seqs = [first, first + 1];
-        let events =
-            seqs.map(|seq| Arc::new(EventRecord::new(seq, None, "t", None, now, &[1], b"{}")));
-        let due = |seq| DueKey {
-            due_ms: now,
-            seq,
-            ep: 1,
-        };
-        let mut b = store.batch();
-        for ev in &events {
-            b.put_event(&store, ev);
-            b.put_due(&store, due(ev.seq), DueVal::NEW);
-        }
-        store.commit(b, false).unwrap();
+        let (store, keys) = deliveries(dir.path(), 2, 0);
+        let (now, first) = (keys[0].due_ms, keys[0].seq);
+        let seqs = [first, keys[1].seq];
         let mut ep = info(1, &["t"], None);
         ep.ordered = ordered;
         ep.holds_retries = ordered;
@@ -1176,9 +1175,9 @@ mod tests {
         handed.extend(told(&mb).0);
 
         let outcome = Outcome {
-            event: events[0].clone(),
+            event: Arc::new(store.event(first).unwrap().unwrap()),
             ep: 1,
-            due: due(first),
+            due: keys[0],
             attempts: 1,
             first: 0,
             attempt: Some(AttemptRecord {

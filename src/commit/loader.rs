@@ -718,38 +718,11 @@ impl<'a> PageEvents<'a> {
 mod tests {
     use super::*;
     use crate::commit::route::tests::info;
-    use crate::commit::tests::{jobs_sent, state};
+    use crate::commit::tests::{deliveries, jobs_sent, state};
     use crate::commit::HORIZON_MS;
-    use crate::store::{seq_floor, DueVal, Fault};
+    use crate::store::{DueVal, Fault};
 
     const NONE: [DueKey; 0] = [];
-
-    /// A store with `n` events, each delivered to endpoint 1 and due now (the first
-    /// `retired` of them no longer in `due`: done meanwhile), and their keys in order.
-    fn deliveries(dir: &std::path::Path, n: u64, retired: usize) -> (Store, Vec<DueKey>) {
-        let store = Store::open(dir).unwrap();
-        let now = now_ms();
-        let mut b = store.batch();
-        let mut keys = Vec::new();
-        for i in 0..n {
-            let seq = seq_floor(now) + i;
-            b.put_event(
-                &store,
-                &EventRecord::new(seq, None, "t", None, now, &[1], b"{}"),
-            );
-            let key = DueKey {
-                due_ms: now,
-                seq,
-                ep: 1,
-            };
-            if keys.len() >= retired {
-                b.put_due(&store, key, DueVal::NEW);
-            }
-            keys.push(key);
-        }
-        store.commit(b, false).unwrap();
-        (store, keys)
-    }
 
     #[test]
     fn a_delivery_whose_event_cannot_be_read_is_kept_back_and_handed_over_at_the_next_tick() {

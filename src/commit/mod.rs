@@ -1226,12 +1226,10 @@ impl State {
                 .get_mut(&ep)
                 .expect("the router routes to known endpoints");
             let worker = info.worker;
-            if (info.ordered && self.resuming.contains(&ep)) || self.scan.pausing(ep) {
-                // Its paused deliveries are being given due times in acceptance order
-                // (`resume`), a page a tick: this one joins them, behind, and is given
-                // its time in the same pass. Due now, it would overtake those that fall
-                // due later (a future `time`, a `min_delay`). Held (enabled while its
-                // pause is under way, `enable_ep`), it waits with them.
+            if endpoints::joins_paused(&self.scan, &self.resuming, info) {
+                // Routed, so enabled: an ordered endpoint resuming its paused
+                // deliveries, or one held (enabled while its pause is under way,
+                // `enable_ep`).
                 batch.pause(&self.store, ep, seq, DueVal::NEW);
                 delta.paused += 1;
                 continue;
@@ -1514,6 +1512,37 @@ mod tests {
         };
         let (st, _) = committer.into_state(seq_floor(now_ms()), 1);
         (st, mb)
+    }
+
+    /// A store with `n` events, each delivered to endpoint 1 and due now (the first
+    /// `retired` of them no longer in `due`: done meanwhile), and their keys in order.
+    pub(super) fn deliveries(
+        dir: &std::path::Path,
+        n: u64,
+        retired: usize,
+    ) -> (Store, Vec<DueKey>) {
+        let store = Store::open(dir).unwrap();
+        let now = now_ms();
+        let mut b = store.batch();
+        let mut keys = Vec::new();
+        for i in 0..n {
+            let seq = seq_floor(now) + i;
+            b.put_event(
+                &store,
+                &EventRecord::new(seq, None, "t", None, now, &[1], b"{}"),
+            );
+            let key = DueKey {
+                due_ms: now,
+                seq,
+                ep: 1,
+            };
+            if keys.len() >= retired {
+                b.put_due(&store, key, DueVal::NEW);
+            }
+            keys.push(key);
+        }
+        store.commit(b, false).unwrap();
+        (store, keys)
     }
 
     /// The keys of the jobs sent to the worker since the last call.

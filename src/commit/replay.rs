@@ -119,12 +119,9 @@ impl State {
                     batch.set_state(&self.store, DeliveryState::Pending, ep, seq);
                 }
                 delta.pending += 1;
-                // An ordered endpoint whose paused deliveries are being given due times
-                // (`resume`, a page a tick from the enable on) takes it in its paused set,
-                // behind them, as `accept` does a fresh one: due now, it went to the
-                // worker before them, a paused retrying head among them.
-                let behind_resume = info.ordered && self.resuming.contains(&ep);
-                if self.delivers(info) && !behind_resume {
+                // As `accept` takes a fresh one (a replay due now to an ordered endpoint
+                // being resumed went to the worker before its paused retrying head).
+                if !super::endpoints::joins_paused(&self.scan, &self.resuming, info) {
                     let due = DueKey {
                         due_ms: now,
                         seq,

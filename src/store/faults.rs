@@ -48,10 +48,10 @@ impl Faults {
 
     /// Before a due key is looked up.
     pub(super) fn due_lookup(&self) -> Result<()> {
-        match take(&self.due_lookups) {
-            true => Err(StoreError::Injected),
-            false => Ok(()),
+        if take(&self.due_lookups) {
+            return Err(StoreError::Injected);
         }
+        Ok(())
     }
 }
 

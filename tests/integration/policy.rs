@@ -1345,7 +1345,7 @@ fn an_ordered_endpoint_enabled_again_sends_its_paused_deliveries_before_new_ones
 /// Waits until each of `ids` is delivered, then asserts the receiver got exactly
 /// `want` (webhook ids, in arrival order), and that nothing is left pending or paused:
 /// no delivery waits for an enable's answer that never comes.
-fn delivered_exactly(srv: &TestServer, rx: &TestReceiver, ids: &[String], want: &[&str]) {
+fn delivered_exactly(srv: &TestServer, rx: &TestReceiver, ids: &[&str], want: &[&str]) {
     for id in ids {
         srv.wait_event(id, Duration::from_secs(10), |v| states(v) == ["delivered"]);
     }
@@ -1389,9 +1389,17 @@ fn an_ordered_endpoint_disabled_and_enabled_again_and_again_loses_nothing_and_ke
     let want = [
         "h-0", "h-0", "h-1", "h-2", "c0-0", "c0-1", "c1-0", "c1-1", "c2-0", "c2-1",
     ];
-    let ids: Vec<String> = want[1..].iter().map(|s| s.to_string()).collect();
-    delivered_exactly(&srv, &rx, &ids, &want);
+    delivered_exactly(&srv, &rx, &want[1..], &want);
     assert_eq!(attempt_statuses(&srv.event("h-0")), [500, 200]);
+}
+
+/// The definition (`POST /v1/endpoints`) of an ordered endpoint `fifo` at `rx`, retried
+/// after 300 ms twice.
+fn ordered_fifo_def(rx: &TestReceiver) -> serde_json::Value {
+    serde_json::json!({
+        "name": "fifo", "events": ["t"], "url": rx.url("/"),
+        "ordered": true, "retry": ["300ms", "300ms"],
+    })
 }
 
 #[test]
@@ -1402,10 +1410,9 @@ fn an_ordered_endpoint_its_definition_disables_and_enables_again_resumes_in_orde
     let gate = Gate::new();
     let rx = first_held_then_500(&gate);
     let def = |enabled: bool| {
-        serde_json::json!({
-            "name": "fifo", "events": ["t"], "url": rx.url("/"),
-            "ordered": true, "retry": ["300ms", "300ms"], "enabled": enabled,
-        })
+        let mut def = ordered_fifo_def(&rx);
+        def["enabled"] = enabled.into();
+        def
     };
     let srv = TestServer::start("");
     let (status, v) = srv.call("POST", "/v1/endpoints", &def(true));
@@ -1424,8 +1431,7 @@ fn an_ordered_endpoint_its_definition_disables_and_enables_again_resumes_in_orde
     c.send_each_ok("t", "n", 2);
     gate.open();
     let want = ["h-0", "h-0", "h-1", "h-2", "n-0", "n-1"];
-    let ids: Vec<String> = want[1..].iter().map(|s| s.to_string()).collect();
-    delivered_exactly(&srv, &rx, &ids, &want);
+    delivered_exactly(&srv, &rx, &want[1..], &want);
 }
 
 #[test]
@@ -1436,10 +1442,7 @@ fn an_endpoint_deleted_right_after_an_enable_and_made_again_resumes_its_own_deli
     // in acceptance order. The old one's end failed.
     let gate = Gate::new();
     let rx = first_held_then_500(&gate);
-    let def = serde_json::json!({
-        "name": "fifo", "events": ["t"], "url": rx.url("/"),
-        "ordered": true, "retry": ["300ms", "300ms"],
-    });
+    let def = ordered_fifo_def(&rx);
     let srv = TestServer::start("");
     let create = || {
         let (status, v) = srv.call("POST", "/v1/endpoints", &def);
@@ -1466,8 +1469,7 @@ fn an_endpoint_deleted_right_after_an_enable_and_made_again_resumes_its_own_deli
         srv.wait_event(id, Duration::from_secs(10), |v| states(v) == ["failed"]);
     }
     let want = ["a-0", "b-0", "b-1", "c-0", "c-1"];
-    let ids: Vec<String> = want[1..].iter().map(|s| s.to_string()).collect();
-    delivered_exactly(&srv, &rx, &ids, &want);
+    delivered_exactly(&srv, &rx, &want[1..], &want);
 }
 
 #[test]
