@@ -721,6 +721,43 @@ mod tests {
         assert!(cache.borrow().map.keys().all(|k| k.starts_with("newer")));
     }
 
+    /// A host in one of the numeric forms the system resolver reads as an IPv4 address
+    /// (inet_aton's: `127.1`, `2130706433`, hex, octal) is no IP literal to the URL
+    /// parser (today): it reaches the resolver as a name, which answers the address
+    /// (without asking the network) that the SSRF guard then judges and the connect
+    /// uses. So the guard sees what is connected to, however the address was written.
+    #[test]
+    fn numeric_host_forms_resolve_to_the_address_the_guard_judges() {
+        use crate::deliver::{http1::parse_url, ssrf::is_blocked};
+        for (host, ip, blocked) in [
+            ("127.1", "127.0.0.1", true),
+            ("2130706433", "127.0.0.1", true),
+            ("0x7f000001", "127.0.0.1", true),
+            ("0x7f.1", "127.0.0.1", true),
+            ("0177.0.0.1", "127.0.0.1", true),
+            ("127.0.0.01", "127.0.0.1", true),
+            ("0", "0.0.0.0", true),
+            ("0300.0250.1.1", "192.168.1.1", true),
+            ("10.0x1", "10.0.0.1", true),
+            ("0xa9.0xfe.0xa9.0xfe", "169.254.169.254", true),
+            ("2852039166", "169.254.169.254", true),
+            // Octal: 010 is 8, the address connected to and judged alike.
+            ("010.8.8.8", "8.8.8.8", false),
+            ("0x08080808", "8.8.8.8", false),
+        ] {
+            let t = parse_url(format!("http://{host}/").as_bytes()).unwrap();
+            // The worker's choice (`Worker::addresses`): an IP literal as parsed, else
+            // what the name resolves to.
+            let connected = match t.ip {
+                Some(ip) => vec![ip],
+                None => lookup(&t.host).unwrap(),
+            };
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(connected, [ip], "{host}");
+            assert_eq!(is_blocked(ip), blocked, "{host}");
+        }
+    }
+
     #[test]
     fn localhost_resolves_to_loopback() {
         let v = lookup("localhost").unwrap();

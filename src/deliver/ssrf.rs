@@ -74,7 +74,10 @@ fn blocked_v6(ip: Ipv6Addr) -> bool {
         || (s[0] == 0x2001 && (s[1] & 0xfff0) == 0x0010) // ORCHID 2001:10::/28
         || s[..4] == [0x0100, 0, 0, 0] // discard-only 100::/64 (RFC 6666)
         || s[0] == 0x5f00 // SRv6 SIDs 5f00::/16 (RFC 9602)
-        || (s[0] == 0x0064 && s[1] == 0xff9b) // NAT64 well-known prefix (may map to private v4)
+        // NAT64: the well-known 64:ff9b::/96 and the local-use 64:ff9b:1::/48 (RFC 8215,
+        // where the IPv4 address sits at a place the network chooses), as 64:ff9b::/32:
+        // either may carry a private IPv4 address.
+        || (s[0] == 0x0064 && s[1] == 0xff9b)
 }
 
 #[cfg(test)]
@@ -123,6 +126,33 @@ mod tests {
             "2001:10::1",
             "100::1",
             "5f00::1",
+            // Cloud metadata, CGNAT and the reserved IPv4 ranges, and the IPv6 forms
+            // that carry them.
+            "169.254.169.254",
+            "::ffff:169.254.169.254",
+            "::169.254.169.254",
+            "::ffff:0:a9fe:a9fe",
+            "2002:a9fe:a9fe::1",
+            "::ffff:100.64.0.1",
+            "100.127.255.255",
+            "0.1.2.3",
+            "192.0.0.8",
+            "198.18.0.1",
+            "198.19.255.255",
+            "192.0.2.1",
+            "198.51.100.1",
+            "203.0.113.1",
+            "240.0.0.1",
+            "239.255.255.250",
+            "fec0::1",
+            "ff0e::1",
+            "::ffff:0.0.0.0",
+            // NAT64, the well-known prefix and the local-use one (RFC 8215), whatever
+            // IPv4 address they carry.
+            "64:ff9b::a00:1",
+            "64:ff9b::808:808",
+            "64:ff9b:1::a00:1",
+            "64:ff9b:1:ffff::1",
         ] {
             assert!(b(s), "{s} should be blocked");
         }
@@ -140,6 +170,13 @@ mod tests {
             "2001:3::1",
             "100:0:0:1::1",
             "5f01::1",
+            "100.63.255.255",
+            "100.128.0.0",
+            "198.17.255.255",
+            "198.20.0.1",
+            "223.255.255.255",
+            "64:ff9a::a00:1",
+            "64:ff9c::a00:1",
         ] {
             assert!(!b(s), "{s} should be allowed");
         }
