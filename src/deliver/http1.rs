@@ -15,6 +15,8 @@
 
 use std::mem::MaybeUninit;
 use std::net::Ipv6Addr;
+
+use rustls::pki_types::ServerName;
 use std::time::{Duration, SystemTime};
 
 /// Largest response head (status line + headers + blank line) accepted, in bytes.
@@ -221,6 +223,14 @@ pub enum UrlError {
     /// so a value rendered into the path could point the request elsewhere.
     #[error("the path has a `.` or `..` segment")]
     DotSegment,
+    /// An `https://` host that is neither an IP address nor a DNS name TLS can check a
+    /// certificate against (`134744072`, `127.1`: the resolver reads them as addresses,
+    /// rustls has no server name for them), so every handshake would fail.
+    #[error(
+        "invalid host for https: not a DNS name TLS can check the certificate against \
+         (write an address as 1.2.3.4 or [::1])"
+    )]
+    NoServerName,
 }
 
 /// Whether `path` (up to its query) has a segment that is `.` or `..`
@@ -352,6 +362,12 @@ pub fn parse_url(url: &[u8]) -> Result<Target, UrlError> {
         host.pop();
     }
     let ip = ip.or_else(|| host.parse().ok());
+    // The TLS connect names the server by the same test: a host it cannot name is
+    // refused here, so a static URL is refused with its endpoint and a rendered one
+    // fails its delivery at once rather than at every retry's handshake.
+    if scheme == Scheme::Https && ip.is_none() && ServerName::try_from(host.as_str()).is_err() {
+        return Err(UrlError::NoServerName);
+    }
     let mut host_header = String::with_capacity(host.len() + 8);
     if v6 {
         host_header.push('[');
@@ -1476,6 +1492,10 @@ mod tests {
             (b"http://h/\x01", InvalidChar { position: 9 }),
             (b" http://h/", InvalidChar { position: 0 }),
             (b"http://h/#a\tb", InvalidChar { position: 11 }),
+            // The resolver reads these as addresses; TLS cannot name them.
+            (b"https://134744072/", NoServerName),
+            (b"https://127.1/", NoServerName),
+            (b"https://0x7f000001:8443/x", NoServerName),
         ];
         for (url, want) in cases {
             assert_eq!(
@@ -1486,6 +1506,20 @@ mod tests {
             );
         }
         assert!(parse_url("http://bücher.example/".as_bytes()).is_err());
+        // Over plain HTTP they are hosts like any other; over https a name or an
+        // address TLS can check passes.
+        for ok in [
+            &b"http://134744072/"[..],
+            b"http://127.1/",
+            b"https://partner.example/",
+            b"https://localhost./",
+            b"https://a_b.example/",
+            b"https://127.0.0.1/",
+            b"https://127.0.0.1./",
+            b"https://[::1]:8443/",
+        ] {
+            assert!(parse_url(ok).is_ok(), "{}", String::from_utf8_lossy(ok));
+        }
     }
 
     /// What a parser reported about one response.

@@ -704,6 +704,42 @@ mod tests {
         assert_eq!(spec.static_target.unwrap().path_and_query, "/a/../b");
     }
 
+    /// An https host rendered as a number the resolver reads as an address but TLS
+    /// cannot name fails the delivery at once, as a malformed URL; the same host in a
+    /// static URL refuses the endpoint.
+    #[test]
+    fn an_https_host_tls_cannot_name_makes_a_malformed_url() {
+        let cfg = url_endpoint(r#""https://{H}/hook""#);
+        let spec = EndpointSpec::compile(0, cfg).unwrap();
+        let attempt = |data: &'static [u8]| {
+            let event = EventRecord::new(1, Some("e-1"), "t", None, 0, &[0], data);
+            let doc = Doc::parse(bytes::Bytes::from_static(data)).unwrap();
+            build(
+                &spec,
+                &event,
+                &doc,
+                0,
+                &mut Scratch::default(),
+                &mut Vec::new(),
+            )
+        };
+        match attempt(br#"{"H": "134744072"}"#) {
+            Err(BuildError::MalformedUrl { error, .. }) => {
+                assert_eq!(error, UrlError::NoServerName)
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(attempt(br#"{"H": "8.8.8.8"}"#).unwrap().host, "8.8.8.8");
+        let cfg = first_endpoint(
+            "[[endpoint]]\nname = \"p\"\nevents = [\"t\"]\nurl = \"https://134744072/hook\"\n",
+        );
+        let err = EndpointSpec::compile(0, cfg)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("field `url`: invalid host for https"), "{err}");
+    }
+
     /// One small event whose join reads a large field for every element of a long
     /// array would render a body of hundreds of MiB: rendering stops just past the
     /// limit, and the request is not built (never retried: it renders the same again).
