@@ -1,11 +1,12 @@
-//! Pure-CPU hot-path benchmarks: request-head writing, response parsing, the timer wheel
-//! and the token bucket. End-to-end throughput comes from `loadtest/`, not from here.
+//! Pure-CPU hot-path benchmarks: request-head writing, response parsing, the response
+//! rules' body match, the timer wheel and the token bucket. End-to-end throughput comes from `loadtest/`, not from here.
 //!
 //! Run: `cargo bench --bench hot_path` (add `-- --quick` for a fast pass).
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use ricochet::config::{Matcher, ResponseRule};
 use ricochet::deliver::http1::{write_request_head, Progress, ResponseParser};
 use ricochet::ratelimit::TokenBucket;
 use ricochet::schedule::wheel::TimerWheel;
@@ -73,6 +74,25 @@ fn request_head(c: &mut Criterion) {
             black_box(parser.status())
         })
     });
+    group.finish();
+}
+
+/// A body-text rule against a whole 64 KiB excerpt that does not hold it: the worst case,
+/// paid on the worker's thread for every response.
+fn body_rule(c: &mut Criterion) {
+    let mut group = c.benchmark_group("rules");
+    let body: Vec<u8> = (0..64 * 1024).map(|i| b"abcdefgh"[i % 8]).collect();
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    for n in [2usize, 1024] {
+        // All but its last byte matches at every offset of the body's pattern.
+        let mut text: String = (0..n).map(|i| char::from(b"abcdefgh"[i % 8])).collect();
+        text.pop();
+        text.push('Z');
+        let rule = ResponseRule(vec![Matcher::Body(text)]);
+        group.bench_function(format!("body_text_{n}_bytes_in_64k_miss"), |b| {
+            b.iter(|| black_box(rule.matches(200, black_box(&body))))
+        });
+    }
     group.finish();
 }
 
@@ -155,5 +175,5 @@ fn token_bucket(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, request_head, timer_wheel, token_bucket);
+criterion_group!(benches, request_head, body_rule, timer_wheel, token_bucket);
 criterion_main!(benches);
