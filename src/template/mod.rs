@@ -15,6 +15,8 @@
 //!   `Bytes` copied as they are, values are written through the encoder chosen at compile
 //!   time. Rendering never fails and does not allocate when `out` has the capacity.
 //! - [`escape`]: the byte encoders (URL component, form, XML, header, JSON string).
+//! - [`xml_name`]: which characters an XML element name may hold, for the element names
+//!   of a default xml body.
 //!
 //! Data flow: endpoint config → [`Template::compile`] per URL, header value and body;
 //! event → [`Doc::parse`] once per event; each delivery → [`Template::render`] into a
@@ -29,6 +31,7 @@ mod json_check;
 #[cfg(test)]
 mod proptests;
 mod render;
+mod xml_name;
 
 use std::sync::Arc;
 
