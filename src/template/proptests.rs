@@ -2,7 +2,8 @@
 //! as values and its joins as whole arrays or objects) passes the compile-time check and,
 //! for any data, renders valid JSON, exactly the JSON a reference interpreter computes;
 //! any template the check accepts, mutated ones included, renders valid JSON for any
-//! data; the other contexts encode losslessly; `Doc::parse` agrees with serde_json on
+//! data; the other contexts encode losslessly; the default form and xml bodies carry
+//! the top-level scalars under any keys; `Doc::parse` agrees with serde_json on
 //! what is JSON and never panics.
 //!
 //! The data generator builds a model of every value together with one of the many
@@ -812,6 +813,115 @@ proptest! {
                 t.render(&doc, &mut out);
             }
         }
+    }
+}
+
+/// An event's data whose keys are any text (spelled with escapes at random), for the
+/// default bodies, which write keys too.
+fn any_key_data() -> impl Strategy<Value = M> {
+    let key = prop::collection::vec((tricky_char(), any::<u8>()), 0..6).prop_map(|cs| {
+        let k: String = cs.iter().map(|(c, _)| *c).collect();
+        let e: String = cs.iter().map(|(c, h)| spell(*c, *h)).collect();
+        (k, e)
+    });
+    let dup =
+        prop::sample::select(vec!["a", "n"]).prop_map(|k: &str| (k.to_string(), k.to_string()));
+    (
+        prop::collection::vec((prop_oneof![3 => key, 1 => dup], value_model()), 0..8),
+        any::<u8>(),
+    )
+        .prop_map(|(v, w)| M::Obj(v, Ws(w)))
+}
+
+/// The top-level scalar members of `data`, in document order, a key given twice where
+/// it was given last (the last one counts).
+fn scalar_members(data: &M) -> Vec<(&str, &M)> {
+    let M::Obj(members, _) = data else {
+        return Vec::new();
+    };
+    members
+        .iter()
+        .enumerate()
+        .filter(|(i, ((k, _), _))| !members[i + 1..].iter().any(|((k2, _), _)| k2 == k))
+        .filter(|(_, (_, m))| !matches!(m, M::Arr(..) | M::Obj(..)))
+        .map(|(_, ((k, _), m))| (k.as_str(), m))
+        .collect()
+}
+
+/// What XML text keeps of `s` ([`super::escape::xml`] drops what XML cannot carry).
+fn xml_kept(s: &str) -> String {
+    s.chars()
+        .filter(|c| !matches!(c, '\0'..='\u{8}' | '\u{b}' | '\u{c}' | '\u{e}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}'))
+        .collect()
+}
+
+fn xml_unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&#13;", "\r")
+        .replace("&#10;", "\n")
+        .replace("&#9;", "\t")
+        .replace("&amp;", "&")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// A form default body is the top-level scalar members, each key and value
+    /// form-encoded; an xml one an `<event>` element with one element per member, named
+    /// by its key as far as an XML name may hold it, its text the value.
+    #[test]
+    fn default_bodies_carry_the_top_level_scalars(data in any_key_data()) {
+        let doc = Doc::parse(Bytes::from(data.json())).unwrap();
+        let want = scalar_members(&data);
+
+        let mut form = Vec::new();
+        super::render_default_body(BodyFormat::Form, &doc, &mut form);
+        prop_assert!(form.iter().all(|b| b.is_ascii_alphanumeric() || b"*-._%+&=".contains(b)));
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = if want.is_empty() {
+            prop_assert!(form.is_empty());
+            Vec::new()
+        } else {
+            form.split(|&b| b == b'&')
+                .map(|pair| {
+                    let eq = pair.iter().position(|&b| b == b'=').unwrap();
+                    (percent_decode(&pair[..eq], true), percent_decode(&pair[eq + 1..], true))
+                })
+                .collect()
+        };
+        let expected: Vec<(Vec<u8>, Vec<u8>)> = want
+            .iter()
+            .map(|(k, m)| (k.as_bytes().to_vec(), m.text().into_bytes()))
+            .collect();
+        prop_assert_eq!(pairs, expected);
+
+        let mut xml = Vec::new();
+        super::render_default_body(BodyFormat::Xml, &doc, &mut xml);
+        let xml = String::from_utf8(xml).unwrap();
+        let mut rest = xml
+            .strip_prefix("<event>")
+            .and_then(|x| x.strip_suffix("</event>"))
+            .unwrap();
+        for (key, m) in want {
+            let open = rest.strip_prefix('<').unwrap();
+            let (name, after) = open.split_once('>').unwrap();
+            let mut chars = name.chars();
+            let first = chars.next().unwrap();
+            prop_assert!(super::xml_name::is_name_start(first), "{:?} for {:?}", name, key);
+            prop_assert!(chars.all(super::xml_name::is_name_char), "{:?} for {:?}", name, key);
+            // One character of the name for each of the key's, and a `_` before them
+            // when the key may not start a name.
+            let len = key.chars().count();
+            prop_assert!(name.chars().count() == len || name.chars().count() == len + 1 && first == '_');
+            let close = format!("</{name}>");
+            let end = after.find(&close).unwrap();
+            prop_assert!(!after[..end].contains(['<', '>', '"', '\'']));
+            prop_assert_eq!(xml_unescape(&after[..end]), xml_kept(&m.text()));
+            rest = &after[end + close.len()..];
+        }
+        prop_assert_eq!(rest, "");
     }
 }
 
