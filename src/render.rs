@@ -32,6 +32,9 @@ pub fn render_request(cfg: &Config, endpoint: &str, input: &[u8]) -> anyhow::Res
         .find(|e| e.name == endpoint)
         .ok_or_else(|| anyhow!("no endpoint named {endpoint:?} in the config"))?;
     let spec = EndpointSpec::compile(0, ep.clone())?;
+    // A byte order mark (an editor's) is skipped, as the socket and `POST /v1/events`
+    // skip one.
+    let input = input.strip_prefix(crate::ingest::BOM).unwrap_or(input);
     let line = input.trim_ascii();
     if line.is_empty() {
         // As `POST /v1/events` says it.
@@ -137,6 +140,10 @@ url = "http://partner.example/hook"
             .unwrap_err()
             .to_string();
         assert_eq!(err, "empty input: give one event as a JSON object");
+        // A file an editor saved with a byte order mark renders as the socket takes it.
+        let bom = [b"\xEF\xBB\xBF".as_slice(), pretty].concat();
+        let with_bom = render_request(&cfg, "partner", &bom).unwrap().request;
+        assert_eq!(body(&with_bom), body(&many));
     }
 
     #[test]
