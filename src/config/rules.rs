@@ -281,6 +281,11 @@ const STANDARD_WAITS_S: [u64; 15] = [
     15, 15, 15, 180, 180, 900, 900, 900, 7200, 7200, 7200, 21600, 21600, 21600, 21600,
 ];
 
+/// The longest explicit retry list: with the first attempt, one attempt per number a
+/// delivery's attempt counter (`u16`) holds; a longer list would write its last
+/// attempts over the last number.
+pub const MAX_LISTED_RETRIES: usize = u16::MAX as usize - 1;
+
 impl RetryPolicy {
     /// The wait before the next attempt after `attempts_made` attempts (≥ 1) have failed,
     /// or `None` when every retry is spent.
@@ -329,6 +334,13 @@ impl<'de> Deserialize<'de> for RetryPolicy {
                 }
                 let mut waits = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
                 while let Some(Wait(w)) = seq.next_element()? {
+                    if waits.len() == MAX_LISTED_RETRIES {
+                        return Err(de::Error::custom(format!(
+                            "a retry list holds at most {MAX_LISTED_RETRIES} waits (a delivery's \
+                             attempts are numbered up to {})",
+                            u16::MAX
+                        )));
+                    }
                     waits.push(w);
                 }
                 Ok(RetryPolicy::List(waits))
@@ -376,6 +388,14 @@ mod tests {
         );
         let success = err("success = true");
         assert!(success.contains("expected a status"), "{success}");
+        // As many waits as a delivery's attempts can count, and not one more.
+        let list = |n: usize| format!("retry = [{}]", vec!["\"1s\""; n].join(","));
+        assert_eq!(err(&list(MAX_LISTED_RETRIES)), "");
+        let long = err(&list(MAX_LISTED_RETRIES + 1));
+        assert!(
+            long.contains("a retry list holds at most 65534 waits"),
+            "{long}"
+        );
         for e in [retry, success] {
             assert!(!e.contains("untagged"), "{e}");
         }
