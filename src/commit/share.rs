@@ -25,7 +25,7 @@ use super::{State, PAGE};
 /// cost `retry-storm` and `backlog` 14–30% more CPU (fresh deliveries spilled to disk
 /// and read back). Session 43 measured 30,000 against 50,000: `max` peaked 25–30 MiB
 /// lower at the same rates (~1.5% more CPU per event), `backlog` and `retry-storm` the
-/// same (docs/performance.md, "Session 43").
+/// same (docs/perf/history.md, "Session 43").
 pub const MIN_IN_MEMORY: usize = 30_000;
 /// …and at most; in between, [`PER_ENDPOINT_IN_MEMORY`] per endpoint.
 pub const MAX_IN_MEMORY: usize = 100_000;
