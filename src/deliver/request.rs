@@ -670,22 +670,25 @@ mod tests {
         assert!(err.contains("token=[redacted]&oid=o-1"), "{err}");
     }
 
+    /// The request `spec` builds for an event of `data` (the target, or why none).
+    fn build_for(spec: &EndpointSpec, data: &'static [u8]) -> Result<Arc<Target>, BuildError> {
+        let event = EventRecord::new(1, Some("e-1"), "t", None, 0, &[0], data);
+        let doc = Doc::parse(bytes::Bytes::from_static(data)).unwrap();
+        build(
+            spec,
+            &event,
+            &doc,
+            0,
+            &mut Scratch::default(),
+            &mut Vec::new(),
+        )
+    }
+
     #[test]
     fn a_value_rendered_as_a_dot_segment_makes_a_malformed_url() {
         let cfg = url_endpoint(r#""http://h.example/users/{U}/hook""#);
         let spec = EndpointSpec::compile(0, cfg).unwrap();
-        let attempt = |data: &'static [u8]| {
-            let event = EventRecord::new(1, Some("e-1"), "t", None, 0, &[0], data);
-            let doc = Doc::parse(bytes::Bytes::from_static(data)).unwrap();
-            build(
-                &spec,
-                &event,
-                &doc,
-                0,
-                &mut Scratch::default(),
-                &mut Vec::new(),
-            )
-        };
+        let attempt = |data: &'static [u8]| build_for(&spec, data);
         for data in [&br#"{"U": ".."}"#[..], br#"{"U": "."}"#] {
             match attempt(data) {
                 Err(BuildError::MalformedUrl { error, .. }) => {
@@ -711,18 +714,7 @@ mod tests {
     fn an_https_host_tls_cannot_name_makes_a_malformed_url() {
         let cfg = url_endpoint(r#""https://{H}/hook""#);
         let spec = EndpointSpec::compile(0, cfg).unwrap();
-        let attempt = |data: &'static [u8]| {
-            let event = EventRecord::new(1, Some("e-1"), "t", None, 0, &[0], data);
-            let doc = Doc::parse(bytes::Bytes::from_static(data)).unwrap();
-            build(
-                &spec,
-                &event,
-                &doc,
-                0,
-                &mut Scratch::default(),
-                &mut Vec::new(),
-            )
-        };
+        let attempt = |data: &'static [u8]| build_for(&spec, data);
         match attempt(br#"{"H": "134744072"}"#) {
             Err(BuildError::MalformedUrl { error, .. }) => {
                 assert_eq!(error, UrlError::NoServerName)
