@@ -1,5 +1,6 @@
 //! Pure-CPU hot-path benchmarks: request-head writing, response parsing, the response
-//! rules' body match, the timer wheel and the token bucket. End-to-end throughput comes from `loadtest/`, not from here.
+//! rules' body match, the timer wheel and the token bucket. End-to-end throughput comes
+//! from `loadtest/`, not from here.
 //!
 //! Run: `cargo bench --bench hot_path` (add `-- --quick` for a fast pass).
 

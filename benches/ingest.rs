@@ -77,8 +77,8 @@ fn bench(c: &mut Criterion) {
         })
     });
     // Fan-out: one type subscribed by 10,000 endpoints (session 38's event routed to
-    // 10,000). Linear in them: 7 ms an event when each was looked up among those
-    // already taken (session 51).
+    // 10,000). Linear in them: 4 ms an event when each was looked up among those
+    // already taken (before session 51; 82 µs after).
     let fan_out = Router::new(
         (0..10_000u32)
             .map(|i| RouteInfo {

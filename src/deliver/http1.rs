@@ -15,9 +15,9 @@
 
 use std::mem::MaybeUninit;
 use std::net::Ipv6Addr;
+use std::time::{Duration, SystemTime};
 
 use rustls::pki_types::ServerName;
-use std::time::{Duration, SystemTime};
 
 /// Largest response head (status line + headers + blank line) accepted, in bytes.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
