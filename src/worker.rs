@@ -678,7 +678,10 @@ impl Worker {
                     for job in stale {
                         self.report(job, None, Next::Stale);
                     }
-                    running = e.in_flight();
+                    if !enabled {
+                        // Only a disable's answer names them.
+                        running = e.in_flight();
+                    }
                 }
                 // Outcomes reported so far go before the answer, so the committer has
                 // them before anything it does after this change.

@@ -665,6 +665,16 @@ impl TestServer {
         }
     }
 
+    /// Waits until no delivery is pending (within `timeout`), then asserts none is
+    /// paused either: everything accepted has reached an end.
+    pub fn wait_nothing_pending(&self, timeout: Duration) {
+        self.wait_metric("ricochet_deliveries_pending", timeout, |v| v == 0.0);
+        assert_eq!(
+            self.metrics().value("ricochet_deliveries_paused", &[]),
+            Some(0.0)
+        );
+    }
+
     /// Polls the server's log (collected as it writes it) until a line contains `text`;
     /// panics after `timeout`.
     pub fn wait_log(&self, text: &str, timeout: Duration) {

@@ -1094,13 +1094,20 @@ fn first_arrivals(requests: &[Received], path: &str) -> (Vec<u64>, Vec<u64>) {
         .filter(|r| r.path == path)
         .map(|r| r.json()["n"].as_u64().unwrap())
         .collect();
-    let mut first = Vec::new();
-    for &n in &ns {
-        if !first.contains(&n) {
-            first.push(n);
+    let first = firsts(&ns);
+    (ns, first)
+}
+
+/// Each distinct item of `xs` once, where it first stands (first arrivals, a resend
+/// left out).
+fn firsts<T: PartialEq + Clone>(xs: &[T]) -> Vec<T> {
+    let mut first: Vec<T> = Vec::new();
+    for x in xs {
+        if !first.contains(x) {
+            first.push(x.clone());
         }
     }
-    (ns, first)
+    first
 }
 
 #[test]
@@ -1242,6 +1249,17 @@ fn an_attempt_running_across_disable_and_enable_stays_one_delivery() {
     );
 }
 
+/// The config of an ordered endpoint `fifo` of type `t` at `rx`, retried after 300 ms
+/// twice, with `extra` keys ([`ordered_fifo_def`] is the same over the API).
+fn ordered_fifo(rx: &TestReceiver, extra: &str) -> String {
+    endpoint(
+        "fifo",
+        r#"["t"]"#,
+        &rx.url("/"),
+        &format!("ordered = true\nretry = [\"300ms\", \"300ms\"]\n{extra}"),
+    )
+}
+
 /// An ordered endpoint whose head `h-0` fails once while `h-1` waits behind it; `act`
 /// disables and enables it around that failure. The head must go again first.
 fn ordered_head_goes_first_after(
@@ -1249,12 +1267,7 @@ fn ordered_head_goes_first_after(
     extra: &str,
     act: impl FnOnce(&TestServer),
 ) -> TestServer {
-    let srv = TestServer::start(&endpoint(
-        "fifo",
-        r#"["t"]"#,
-        &rx.url("/"),
-        &format!("ordered = true\nretry = [\"300ms\", \"300ms\"]\n{extra}"),
-    ));
+    let srv = TestServer::start(&ordered_fifo(rx, extra));
     srv.connect().send_each_ok("t", "h", 2);
     act(&srv);
     let got = rx.wait_for(3, Duration::from_secs(10));
@@ -1349,15 +1362,7 @@ fn delivered_exactly(srv: &TestServer, rx: &TestReceiver, ids: &[&str], want: &[
     for id in ids {
         srv.wait_event(id, Duration::from_secs(10), |v| states(v) == ["delivered"]);
     }
-    srv.wait_metric(
-        "ricochet_deliveries_pending",
-        Duration::from_secs(10),
-        |v| v == 0.0,
-    );
-    assert_eq!(
-        srv.metrics().value("ricochet_deliveries_paused", &[]),
-        Some(0.0)
-    );
+    srv.wait_nothing_pending(Duration::from_secs(10));
     assert_eq!(ids_in_order(&rx.requests()), want);
 }
 
@@ -1371,12 +1376,7 @@ fn an_ordered_endpoint_disabled_and_enabled_again_and_again_loses_nothing_and_ke
     // then its retry).
     let gate = Gate::new();
     let rx = first_held_then_500(&gate);
-    let srv = TestServer::start(&endpoint(
-        "fifo",
-        r#"["t"]"#,
-        &rx.url("/"),
-        "ordered = true\nretry = [\"300ms\", \"300ms\"]",
-    ));
+    let srv = TestServer::start(&ordered_fifo(&rx, ""));
     let mut c = srv.connect();
     c.send_each_ok("t", "h", 3);
     rx.wait_for(1, Duration::from_secs(10));
@@ -1394,7 +1394,7 @@ fn an_ordered_endpoint_disabled_and_enabled_again_and_again_loses_nothing_and_ke
 }
 
 /// The definition (`POST /v1/endpoints`) of an ordered endpoint `fifo` at `rx`, retried
-/// after 300 ms twice.
+/// after 300 ms twice (what [`ordered_fifo`] writes in a config).
 fn ordered_fifo_def(rx: &TestReceiver) -> serde_json::Value {
     serde_json::json!({
         "name": "fifo", "events": ["t"], "url": rx.url("/"),
@@ -1500,14 +1500,8 @@ fn an_ordered_endpoint_enabled_as_the_server_stops_resumes_after_the_restart() {
     }
     // First arrivals in acceptance order, the head's 500 first; none lost.
     let got = ids_in_order(&rx.requests());
-    let mut first: Vec<String> = Vec::new();
-    for id in &got[1..] {
-        if !first.contains(id) {
-            first.push(id.clone());
-        }
-    }
     assert_eq!(got[0], "h-0");
-    assert_eq!(first, ids, "{got:?}");
+    assert_eq!(firsts(&got[1..]), ids, "{got:?}");
 }
 
 #[test]
