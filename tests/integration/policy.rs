@@ -1284,17 +1284,23 @@ fn ordered_head_goes_first_after(
     srv
 }
 
+/// With `fifo`'s head `h-0` held at `gate` ([`first_held_then_500`]): disables the
+/// endpoint, lets the head fail, and waits until its retry is paused.
+fn fail_head_while_disabled(srv: &TestServer, rx: &TestReceiver, gate: &Gate) {
+    rx.wait_for(1, Duration::from_secs(10));
+    assert_eq!(srv.post("/v1/endpoints/fifo/disable").0, 200);
+    gate.open();
+    srv.wait_event("h-0", Duration::from_secs(10), |v| {
+        states(v) == ["paused"] && attempt_statuses(v) == [500]
+    });
+}
+
 #[test]
 fn an_ordered_head_that_failed_while_disabled_goes_first_once_enabled() {
     let gate = Gate::new();
     let rx = first_held_then_500(&gate);
     ordered_head_goes_first_after(&rx, "", |srv| {
-        rx.wait_for(1, Duration::from_secs(10));
-        assert_eq!(srv.post("/v1/endpoints/fifo/disable").0, 200);
-        gate.open();
-        srv.wait_event("h-0", Duration::from_secs(10), |v| {
-            states(v) == ["paused"] && attempt_statuses(v) == [500]
-        });
+        fail_head_while_disabled(srv, &rx, &gate);
         assert_eq!(srv.post("/v1/endpoints/fifo/enable").0, 200);
     });
 }
@@ -1485,12 +1491,7 @@ fn an_ordered_endpoint_enabled_as_the_server_stops_resumes_after_the_restart() {
     let opts = ServerOpts::new(&eps);
     let mut srv = TestServer::start_with(opts.clone());
     srv.connect().send_each_ok("t", "h", 4);
-    rx.wait_for(1, Duration::from_secs(10));
-    assert_eq!(srv.post("/v1/endpoints/fifo/disable").0, 200);
-    gate.open();
-    srv.wait_event("h-0", Duration::from_secs(10), |v| {
-        states(v) == ["paused"] && attempt_statuses(v) == [500]
-    });
+    fail_head_while_disabled(&srv, &rx, &gate);
     assert_eq!(srv.post("/v1/endpoints/fifo/enable").0, 200);
     assert_eq!(srv.stop(), Some(0));
     let srv = TestServer::start_in(Arc::clone(&srv.dir), &opts);
