@@ -75,11 +75,7 @@ fn literal_authority(src: &str) -> Option<Result<Target, UrlError>> {
 /// is a name (`localhost` too) or a placeholder is judged at each delivery, once
 /// resolved, as the guard must (a name may resolve elsewhere tomorrow).
 pub fn guarded_url_problem(cfg: &EndpointConfig) -> Option<String> {
-    let target = literal_authority(&cfg.url)?.ok()?;
-    let ip = target
-        .ip
-        .or_else(|| inet_aton(&target.host).map(std::net::IpAddr::V4))
-        .filter(|ip| crate::deliver::ssrf::is_blocked(*ip))?;
+    let ip = guarded_address(&literal_authority(&cfg.url)?.ok()?)?;
     Some(format!(
         "endpoint {}: field `url`: {ip} is a loopback, private or reserved address, which \
          the SSRF guard refuses while `allow_private_networks` is off: every delivery would \
@@ -87,6 +83,15 @@ pub fn guarded_url_problem(cfg: &EndpointConfig) -> Option<String> {
          true` under [server])",
         ShownName(&cfg.name)
     ))
+}
+
+/// The address `target`'s host is written as, when the SSRF guard refuses it (a name is
+/// judged once resolved, at each delivery).
+pub fn guarded_address(target: &Target) -> Option<std::net::IpAddr> {
+    target
+        .ip
+        .or_else(|| inet_aton(&target.host).map(std::net::IpAddr::V4))
+        .filter(|ip| crate::deliver::ssrf::is_blocked(*ip))
 }
 
 /// A host in one of the IPv4 forms the resolver takes as an address without asking DNS

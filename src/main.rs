@@ -278,7 +278,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             let out = ricochet::render::render_request(&cfg, &endpoint, &line)?;
-            if let Some(why) = &out.not_routed {
+            for why in out.not_routed.iter().chain(&out.refused) {
                 let _ = writeln!(std::io::stderr(), "note: {why}");
             }
             std::io::stdout().write_all(&out.request)?;

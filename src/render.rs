@@ -9,17 +9,19 @@ use bytes::Bytes;
 
 use crate::config::Config;
 use crate::deliver::request::{build, Scratch};
-use crate::endpoint::EndpointSpec;
+use crate::endpoint::{guarded_address, EndpointSpec};
 use crate::ingest::parse::LineParser;
 use crate::store::{seq_floor, EventRecord};
 use crate::template::Doc;
 
 /// The request, and why the endpoint would not get this event at all, if it would not
-/// (its type or account is not the endpoint's).
+/// (its type or account is not the endpoint's), or why it would never be sent (the SSRF
+/// guard refuses the address its URL names).
 #[derive(Debug)]
 pub struct Rendered {
     pub request: Vec<u8>,
     pub not_routed: Option<String>,
+    pub refused: Option<String>,
 }
 
 /// Renders the request `endpoint` of `cfg` would receive for the event in `input`: one
@@ -81,7 +83,7 @@ pub fn render_request(cfg: &Config, endpoint: &str, input: &[u8]) -> anyhow::Res
     let doc = Doc::parse(rec.data_bytes())
         .unwrap_or_else(|_| Doc::parse(Bytes::from_static(b"{}")).expect("empty object parses"));
     let mut out = Vec::new();
-    build(
+    let target = build(
         &spec,
         &rec,
         &doc,
@@ -89,9 +91,25 @@ pub fn render_request(cfg: &Config, endpoint: &str, input: &[u8]) -> anyhow::Res
         &mut Scratch::default(),
         &mut out,
     )?;
+    // As a worker judges it before connecting; a name is judged once resolved there.
+    let refused = (!cfg.server.allow_private_networks)
+        .then(|| guarded_address(&target))
+        .flatten()
+        .map(|ip| {
+            let fate = if spec.static_target.is_some() {
+                "`serve` refuses the endpoint"
+            } else {
+                "this delivery would fail at once"
+            };
+            format!(
+                "{endpoint}'s URL names {ip}, a loopback, private or reserved address, which \
+                 the SSRF guard refuses while `allow_private_networks` is off: {fate}"
+            )
+        });
     Ok(Rendered {
         request: out,
         not_routed,
+        refused,
     })
 }
 
@@ -144,6 +162,45 @@ url = "http://partner.example/hook"
         let bom = [b"\xEF\xBB\xBF".as_slice(), pretty].concat();
         let with_bom = render_request(&cfg, "partner", &bom).unwrap().request;
         assert_eq!(body(&with_bom), body(&many));
+    }
+
+    #[test]
+    fn a_url_naming_an_address_the_ssrf_guard_refuses_says_so() {
+        let cfg = |url: &str, server: &str| {
+            let text = format!(
+                "{server}[[endpoint]]\nname = \"a\"\nevents = [\"sale\"]\nurl = \"{url}\"\n"
+            );
+            Config::parse(&text, "test").unwrap()
+        };
+        let refused = |cfg: &Config, host: &str| {
+            let event = format!(r#"{{"type":"sale","data":{{"host":"{host}"}}}}"#);
+            render_request(cfg, "a", event.as_bytes()).unwrap().refused
+        };
+        let templated = cfg("http://{host}/pb", "");
+        assert_eq!(
+            refused(&templated, "10.0.0.5").as_deref(),
+            Some(
+                "a's URL names 10.0.0.5, a loopback, private or reserved address, which the \
+                 SSRF guard refuses while `allow_private_networks` is off: this delivery \
+                 would fail at once"
+            )
+        );
+        // The forms the resolver reads as an address without asking DNS.
+        assert!(refused(&templated, "127.1").is_some());
+        assert!(refused(&templated, "2130706433").is_some());
+        // A public address, and a name (judged once resolved).
+        assert_eq!(refused(&templated, "93.184.216.34"), None);
+        assert_eq!(refused(&templated, "partner.example"), None);
+        let allowed = cfg(
+            "http://{host}/pb",
+            "[server]\nallow_private_networks = true\n",
+        );
+        assert_eq!(refused(&allowed, "10.0.0.5"), None);
+        // A static URL: `check` and `serve` refuse the endpoint.
+        let fixed = cfg("http://192.168.1.20/pb", "");
+        assert!(refused(&fixed, "")
+            .unwrap()
+            .ends_with("`serve` refuses the endpoint"));
     }
 
     #[test]

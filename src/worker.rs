@@ -1647,11 +1647,12 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
             }
             continue;
         }
-        // A first attempt waits for `min_delay` as it is now: one a `PUT` made longer
-        // holds what was scheduled under the shorter one (SPEC §2: no attempt before the
-        // event's time plus `min_delay`). Its due key stays; after a restart it is
-        // loaded at that time and waits here again.
-        if job.attempts == 0 {
+        // Every attempt waits for `min_delay` as it is now (SPEC §2: no attempt before
+        // the event's time plus `min_delay`): one a `PUT` made longer holds a first
+        // attempt scheduled under the shorter one, and a retry falling due before it.
+        // Its due key stays; after a restart it is loaded at that time and waits here
+        // again.
+        {
             let min_delay = ep.spec.borrow().cfg.min_delay.as_millis() as u64;
             let not_before = job.ev.rec.time_ms().saturating_add(min_delay);
             // (Due by its own time, it is due by the delay's: the usual case.)

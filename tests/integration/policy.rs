@@ -317,6 +317,50 @@ fn a_min_delay_made_longer_holds_deliveries_already_scheduled() {
 }
 
 #[test]
+fn a_min_delay_made_longer_holds_a_retry_falling_due_before_it() {
+    // First attempted under 0 s and answered 500, its retry (1 s later) falls before
+    // the 4 s a PUT set meanwhile: no attempt before the event's time plus `min_delay`
+    // (SPEC §2), a retry's included.
+    for ordered in [false, true] {
+        let rx = TestReceiver::with_script(|_, n| Reply::status(if n == 0 { 500 } else { 200 }));
+        let srv = TestServer::start(&endpoint(
+            "later",
+            r#"["t"]"#,
+            &rx.url("/"),
+            &format!("retry = [\"1s\"]\nordered = {ordered}"),
+        ));
+        let mut c = srv.connect();
+        let sent = std::time::Instant::now();
+        c.send_each_ok("t", "md", 1);
+        let first = rx.wait_for(1, Duration::from_secs(10))[0].at;
+        let (status, v) = srv.call(
+            "PUT",
+            "/v1/endpoints/later",
+            &serde_json::json!({
+                "name": "later", "events": ["t"], "url": rx.url("/"),
+                "min_delay": "4s", "retry": ["1s"], "ordered": ordered,
+            }),
+        );
+        assert_eq!(status, 200, "{v}");
+        assert!(
+            first.elapsed() < Duration::from_millis(900),
+            "too slow to tell: the PUT answered {:?} after the first attempt",
+            first.elapsed()
+        );
+        let got = rx.wait_for(2, Duration::from_secs(10));
+        let waited = got[1].at - sent;
+        assert!(
+            waited >= Duration::from_millis(3950),
+            "ordered = {ordered}: retried {waited:?} after the event, min_delay 4s"
+        );
+        let v = srv.wait_event("md-0", Duration::from_secs(5), |v| {
+            states(v) == ["delivered"]
+        });
+        assert_eq!(v["deliveries"][0]["attempts"].as_array().unwrap().len(), 2);
+    }
+}
+
+#[test]
 fn an_endpoint_enabled_again_still_keeps_min_delay() {
     // Paused before its first attempt was due, a delivery keeps its event time +
     // min_delay when the endpoint is enabled again (only retries resume at once).
