@@ -331,6 +331,8 @@ pub struct Scrape {
     pub unanswered: usize,
     /// What the store holds in memory.
     pub store: crate::store::StoreMemory,
+    /// What the store takes on disk.
+    pub disk: crate::store::StoreDisk,
 }
 
 /// Writes one metric family's `# HELP` and `# TYPE` lines.
@@ -568,6 +570,22 @@ pub fn encode(s: &Scrape) -> String {
         sample(
             &mut out,
             "ricochet_store_memory_bytes",
+            &[("part", part)],
+            v as f64,
+        );
+    }
+    family(
+        &mut out,
+        "ricochet_store_disk_bytes",
+        "gauge",
+        "Bytes the store (RocksDB) takes on disk, by part: each column family's table \
+         files (events, attempts, index, idem, due, paused, endpoints), and wal (written, \
+         not yet in table files).",
+    );
+    for (part, v) in s.disk.tables.iter().copied().chain([("wal", s.disk.wal)]) {
+        sample(
+            &mut out,
+            "ricochet_store_disk_bytes",
             &[("part", part)],
             v as f64,
         );
@@ -1030,6 +1048,10 @@ mod tests {
                 table_readers: 1 << 20,
                 block_cache: 8 << 20,
             },
+            disk: crate::store::StoreDisk {
+                tables: vec![("events", 900 << 20), ("index", 70 << 20)],
+                wal: 30 << 20,
+            },
         }
     }
 
@@ -1086,6 +1108,10 @@ mod tests {
         assert_eq!(store("memtables"), Some((40 << 20) as f64));
         assert_eq!(store("table_readers"), Some((1 << 20) as f64));
         assert_eq!(store("block_cache"), Some((8 << 20) as f64));
+        let disk = |part| exp.value("ricochet_store_disk_bytes", &[("part", part)]);
+        assert_eq!(disk("events"), Some((900 << 20) as f64));
+        assert_eq!(disk("index"), Some((70 << 20) as f64));
+        assert_eq!(disk("wal"), Some((30 << 20) as f64));
         assert_eq!(
             exp.value("ricochet_deliveries_expired_total", &[]),
             Some(4.0)
@@ -1129,6 +1155,7 @@ mod tests {
             admin: AdminCounts::default(),
             unanswered: 3,
             store: Default::default(),
+            disk: Default::default(),
         });
         let exp = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(

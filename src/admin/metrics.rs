@@ -169,6 +169,11 @@ impl Admin {
             } else {
                 Default::default()
             },
+            disk: if committer {
+                self.store.disk()
+            } else {
+                Default::default()
+            },
         }
     }
 }

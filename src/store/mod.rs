@@ -173,6 +173,14 @@ pub struct StoreMemory {
     pub block_cache: u64,
 }
 
+/// Bytes the store takes on disk ([`Store::disk`]): each column family's table files,
+/// and the write-ahead log's files (what is not yet in table files).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreDisk {
+    pub tables: Vec<(&'static str, u64)>,
+    pub wal: u64,
+}
+
 /// Column family options whose memtable inserts start their search from the last insert
 /// whose key has the same first `prefix` bytes (RocksDB's
 /// `memtable_insert_with_hint_prefix_extractor`, which its C API reaches only through an
@@ -436,6 +444,28 @@ impl Store {
         m
     }
 
+    /// What the store takes on disk now: each family's table files (every version's,
+    /// so a file a compaction replaced counts until no reader holds it and it is
+    /// deleted) and the WAL files in the data dir. Property reads and one read of the
+    /// data dir's listing: for the admin thread, not for a worker's.
+    pub fn disk(&self) -> StoreDisk {
+        let tables = ALL_CFS
+            .iter()
+            .map(|&name| (name, self.cf_property(name, "rocksdb.total-sst-files-size")))
+            .collect();
+        // RocksDB names its WAL files `NNNNNN.log` (its own text log is `LOG`). A file
+        // deleted between the listing and its size counts as empty.
+        let wal = std::fs::read_dir(self.db.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().as_encoded_bytes().ends_with(b".log"))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        StoreDisk { tables, wal }
+    }
+
     /// Flushes every memtable to SST files (benchmarks measure sizes on disk).
     pub fn flush(&self) -> Result<()> {
         for name in ALL_CFS {
@@ -638,6 +668,33 @@ mod tests {
         // A read from a table file goes through the block cache.
         assert!(s.event(1_000).unwrap().is_some());
         assert!(s.memory().block_cache > 0, "{:?}", s.memory());
+    }
+
+    #[test]
+    fn disk_counts_the_wal_until_a_flush_then_the_families_table_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let family =
+            |d: &StoreDisk, name: &str| d.tables.iter().find(|(n, _)| *n == name).unwrap().1;
+        let mut b = s.batch();
+        for seq in 0..2_000 {
+            b.put_event(&s, &ev(seq));
+        }
+        s.commit(b, true).unwrap();
+        let written = s.disk();
+        assert_eq!(
+            written.tables.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            ALL_CFS
+        );
+        assert!(written.wal >= 2_000 * 40, "{written:?}");
+        assert_eq!(family(&written, CF_EVENTS), 0, "{written:?}");
+        s.flush().unwrap();
+        let flushed = s.disk();
+        assert!(family(&flushed, CF_EVENTS) > 0, "{flushed:?}");
+        assert!(family(&flushed, CF_IDEM) > 0, "{flushed:?}");
+        assert_eq!(family(&flushed, CF_ATTEMPTS), 0, "{flushed:?}");
+        // The flushed memtables' WAL files are deleted.
+        assert!(flushed.wal < written.wal, "{written:?} then {flushed:?}");
     }
 
     #[test]

@@ -533,6 +533,26 @@ fn metrics_count_ingest_deliveries_and_latency() {
         store(&before, "memtables")
     );
     assert!(store(&m, "block_cache") <= (8 << 20) as f64);
+    // And on disk: the WAL holds them (no memtable flushed yet), every family is named.
+    let disk = |m: &Exposition, part| metric(m, "ricochet_store_disk_bytes", &[("part", part)]);
+    assert!(
+        disk(&m, "wal") > disk(&before, "wal"),
+        "{} after against {} before",
+        disk(&m, "wal"),
+        disk(&before, "wal")
+    );
+    // (`metric` fails the test on a family without its sample.)
+    for part in [
+        "events",
+        "attempts",
+        "index",
+        "idem",
+        "due",
+        "paused",
+        "endpoints",
+    ] {
+        disk(&m, part);
+    }
 }
 
 #[test]
