@@ -17,6 +17,7 @@
 //! |               | `~name/` ep u32 BE                    | name (every id ever given)  |
 //! |               | `~pausing/`, `~deleting/` ep u32 BE   | empty: a pause, a deletion under way |
 //! | `index`       | see [`IndexKey`]                      | a posting group, or empty   |
+//! | `default`     | `format`                              | u32 BE: [`FORMAT`]          |
 //!
 //! A delivery (event, endpoint) is pending exactly while it has a key in `due` (or in
 //! `paused` while its endpoint is disabled); each `due` key is written once and removed
@@ -84,7 +85,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rocksdb::compaction_filter::Decision;
-use rocksdb::{BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, Options, ReadOptions, DB};
+use rocksdb::{
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, Options, ReadOptions, WriteOptions, DB,
+};
 
 pub use batch::{event_write_estimate, outcome_write_estimate, Batch};
 pub use due::DuePage;
@@ -108,6 +111,12 @@ pub enum StoreError {
     Db(#[from] rocksdb::Error),
     #[error("corrupt record in {cf}: {what}")]
     Corrupt { cf: &'static str, what: String },
+    /// The store's layout is newer than this binary reads: a newer ricochet wrote it.
+    #[error(
+        "its store format is {found}, written by a newer ricochet; this one reads format \
+         {FORMAT} and older: run the newer version on it, or start on another data dir"
+    )]
+    NewerFormat { found: u32 },
     /// A read failure a unit test injected (`faults`).
     #[cfg(test)]
     #[error("a read failure injected by a test")]
@@ -120,7 +129,7 @@ impl StoreError {
     /// read) may pass at the next try.
     pub fn lasting(&self) -> bool {
         match self {
-            StoreError::Corrupt { .. } => true,
+            StoreError::Corrupt { .. } | StoreError::NewerFormat { .. } => true,
             StoreError::Db(e) => e.kind() == rocksdb::ErrorKind::Corruption,
             #[cfg(test)]
             StoreError::Injected => false,
@@ -129,6 +138,15 @@ impl StoreError {
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The layout of the store's keys and values this binary writes and reads, recorded in
+/// the store at its first open (one opened before the record existed has this layout).
+/// A change that an older binary would misread raises it, and the newer binary then
+/// converts a store of the older format as it opens it; an older binary refuses a store
+/// of a newer format instead of misreading it.
+pub const FORMAT: u32 = 1;
+/// Key of the store's format in the default column family.
+const FORMAT_KEY: &[u8] = b"format";
 
 const CF_EVENTS: &str = "events";
 const CF_DUE: &str = "due";
@@ -298,12 +316,43 @@ impl Store {
             cfs.push(ColumnFamilyDescriptor::new(name, o));
         }
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
-        Ok(Store {
+        let store = Store {
             db: Arc::new(db),
             floor,
             #[cfg(test)]
             faults: Arc::default(),
-        })
+        };
+        store.check_format()?;
+        Ok(store)
+    }
+
+    /// Refuses a store of a newer [`FORMAT`] than this binary's; records the format in
+    /// one that has none (a new store, or one made before the record existed: both have
+    /// this layout).
+    fn check_format(&self) -> Result<()> {
+        match self.db.get(FORMAT_KEY)? {
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(v.as_slice())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt {
+                        cf: "default",
+                        what: format!("store format of {} bytes", v.len()),
+                    })?;
+                if found > FORMAT {
+                    return Err(StoreError::NewerFormat { found });
+                }
+                Ok(())
+            }
+            None => {
+                let mut wo = WriteOptions::default();
+                wo.set_sync(true);
+                self.db.put_opt(FORMAT_KEY, FORMAT.to_be_bytes(), &wo)?;
+                // Into a table file at once: nothing else writes the default family, so
+                // its memtable would keep every WAL file from this one on (and the
+                // events in them, past retention) until the next start.
+                Ok(self.db.flush()?)
+            }
+        }
     }
 
     fn cf(&self, name: &'static str) -> &ColumnFamily {
@@ -695,6 +744,52 @@ mod tests {
         assert_eq!(family(&flushed, CF_ATTEMPTS), 0, "{flushed:?}");
         // The flushed memtables' WAL files are deleted.
         assert!(flushed.wal < written.wal, "{written:?} then {flushed:?}");
+    }
+
+    #[test]
+    fn a_store_records_its_format_and_one_of_a_newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let format = |s: &Store| s.db.get(FORMAT_KEY).unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(format(&s), Some(FORMAT.to_be_bytes().to_vec()));
+        // Made before the record existed: the same layout, recorded at the next open.
+        s.db.delete(FORMAT_KEY).unwrap();
+        let mut b = s.batch();
+        b.put_event(&s, &ev(5));
+        s.commit(b, true).unwrap();
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(format(&s), Some(FORMAT.to_be_bytes().to_vec()));
+        assert!(s.event(5).unwrap().is_some());
+        drop(s);
+        // Written as another binary would have: through RocksDB itself.
+        let put = |value: &[u8]| {
+            let db = DB::open_cf(&Options::default(), dir.path(), ALL_CFS).unwrap();
+            db.put(FORMAT_KEY, value).unwrap();
+        };
+        // Written by a newer ricochet: refused.
+        put(&(FORMAT + 1).to_be_bytes());
+        let err = Store::open(dir.path())
+            .err()
+            .expect("a newer format is refused");
+        assert!(matches!(err, StoreError::NewerFormat { found } if found == FORMAT + 1));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "its store format is {}, written by a newer ricochet; this one reads format \
+                 {FORMAT} and older: run the newer version on it, or start on another data dir",
+                FORMAT + 1
+            )
+        );
+        // Not a format at all.
+        put(b"v1");
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::Corrupt { cf: "default", .. })
+        ));
+        // This one's again: opens.
+        put(&FORMAT.to_be_bytes());
+        assert!(Store::open(dir.path()).unwrap().event(5).unwrap().is_some());
     }
 
     #[test]

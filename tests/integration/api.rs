@@ -816,6 +816,49 @@ fn a_data_dir_in_use_is_refused_and_an_empty_store_is_announced() {
     assert!(!srv.log().contains(empty), "{}", srv.log());
 }
 
+/// A data dir whose store a newer ricochet wrote (a newer store format) is refused at
+/// the start with that said, and left as it was: this binary's format back, it runs.
+#[test]
+fn a_store_of_a_newer_format_is_refused_at_the_start() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let data = dir.path().join("data");
+    let opts = ServerOpts::new("");
+    let mut srv = TestServer::start_in(dir.clone(), &opts);
+    assert_eq!(srv.connect().send(&event("t", "nf-1", "{}")), "ok nf-1 0");
+    assert_eq!(srv.stop(), Some(0));
+    // What a newer binary would leave: its format in the default column family.
+    let set_format = |format: u32| {
+        let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &data).unwrap();
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &data, cfs).unwrap();
+        db.put(b"format", format.to_be_bytes()).unwrap();
+    };
+    let newer = ricochet::store::FORMAT + 1;
+    set_format(newer);
+    let cfg = dir.path().join("newer.toml");
+    let text = format!(
+        "[server]\ndata_dir = {data:?}\nsocket = {:?}\nadmin = \"127.0.0.1:0\"\n",
+        dir.path().join("newer.sock"),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let out = run(
+        &["serve", "--config", cfg.to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot open the store in {}: its store format is {newer}, written by a newer \
+             ricochet",
+            data.display()
+        )),
+        "{stderr}"
+    );
+    set_format(ricochet::store::FORMAT);
+    let srv = TestServer::start_in(dir, &opts);
+    assert_eq!(srv.event("nf-1")["id"], "nf-1");
+}
+
 /// A file endpoint replaced over the API is still the file's: a start whose file no
 /// longer lists it deletes it (it ran on as an API endpoint, its deliveries still going
 /// to the API's URL). An endpoint created over the API that the file comes to name is
