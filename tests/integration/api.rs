@@ -204,15 +204,6 @@ fn wait_deliveries(srv: &TestServer, id: &str, want: &[(&str, &str, usize)]) -> 
     srv.wait_event(id, WAIT, |v| deliveries(v) == want)
 }
 
-/// A JSON endpoint definition.
-fn ep(name: &str, events: &[&str], url: &str, extra: Value) -> Value {
-    let mut v = json!({ "name": name, "events": events, "url": url });
-    for (k, x) in extra.as_object().unwrap() {
-        v[k] = x.clone();
-    }
-    v
-}
-
 /// The endpoint object without its counters (which change as deliveries happen).
 fn without_counters(v: &Value) -> Value {
     let mut v = v.clone();

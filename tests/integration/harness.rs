@@ -828,6 +828,15 @@ pub fn owned_headers(hs: &[httparse::Header]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A JSON endpoint definition.
+pub fn ep(name: &str, events: &[&str], url: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut v = serde_json::json!({ "name": name, "events": events, "url": url });
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    v
+}
+
 /// An event line.
 pub fn event(etype: &str, id: &str, data: &str) -> String {
     format!(r#"{{"type":"{etype}","id":"{id}","data":{data}}}"#)

@@ -293,10 +293,12 @@ fn a_min_delay_made_longer_holds_deliveries_already_scheduled() {
         let (status, v) = srv.call(
             "PUT",
             "/v1/endpoints/later",
-            &serde_json::json!({
-                "name": "later", "events": ["t"], "url": rx.url("/"),
-                "min_delay": "3s", "ordered": ordered,
-            }),
+            &ep(
+                "later",
+                &["t"],
+                &rx.url("/"),
+                serde_json::json!({"min_delay": "3s", "ordered": ordered}),
+            ),
         );
         assert_eq!(status, 200, "{v}");
         assert!(
@@ -336,10 +338,12 @@ fn a_min_delay_made_longer_holds_a_retry_falling_due_before_it() {
         let (status, v) = srv.call(
             "PUT",
             "/v1/endpoints/later",
-            &serde_json::json!({
-                "name": "later", "events": ["t"], "url": rx.url("/"),
-                "min_delay": "4s", "retry": ["1s"], "ordered": ordered,
-            }),
+            &ep(
+                "later",
+                &["t"],
+                &rx.url("/"),
+                serde_json::json!({"min_delay": "4s", "retry": ["1s"], "ordered": ordered}),
+            ),
         );
         assert_eq!(status, 200, "{v}");
         assert!(
@@ -517,9 +521,12 @@ fn a_stored_endpoint_the_ssrf_guard_refuses_waits_disabled_until_it_passes() {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let open = ServerOpts::new("");
     let mut srv = TestServer::start_in(dir.clone(), &open);
-    let def = serde_json::json!({
-        "name": "loop", "events": ["t"], "url": rx.url("/"), "retry": ["1s", "1s", "1s"]
-    });
+    let def = ep(
+        "loop",
+        &["t"],
+        &rx.url("/"),
+        serde_json::json!({"retry": ["1s", "1s", "1s"]}),
+    );
     let (status, v) = srv.call("POST", "/v1/endpoints", &def);
     assert_eq!(status, 201, "{v}");
     srv.connect().send(&event("t", "g-1", "{}"));
@@ -1446,10 +1453,12 @@ fn an_ordered_endpoint_disabled_and_enabled_again_and_again_loses_nothing_and_ke
 /// The definition (`POST /v1/endpoints`) of an ordered endpoint `fifo` at `rx`, retried
 /// after 300 ms twice (what [`ordered_fifo`] writes in a config).
 fn ordered_fifo_def(rx: &TestReceiver) -> serde_json::Value {
-    serde_json::json!({
-        "name": "fifo", "events": ["t"], "url": rx.url("/"),
-        "ordered": true, "retry": ["300ms", "300ms"],
-    })
+    ep(
+        "fifo",
+        &["t"],
+        &rx.url("/"),
+        serde_json::json!({"ordered": true, "retry": ["300ms", "300ms"]}),
+    )
 }
 
 #[test]
@@ -1583,10 +1592,12 @@ fn an_ordered_endpoint_enabled_again_forgets_a_first_attempt_time_it_no_longer_h
     // events after it, instead of waiting out the hour that no delivery has any more.
     let rx = TestReceiver::start();
     let def = |delay: &str| {
-        serde_json::json!({
-            "name": "fifo", "events": ["t"], "url": rx.url("/"),
-            "ordered": true, "min_delay": delay,
-        })
+        ep(
+            "fifo",
+            &["t"],
+            &rx.url("/"),
+            serde_json::json!({"ordered": true, "min_delay": delay}),
+        )
     };
     let srv = TestServer::start("");
     let (status, v) = srv.call("POST", "/v1/endpoints", &def("1h"));
