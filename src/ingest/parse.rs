@@ -892,6 +892,7 @@ mod tests {
             "evt_abc",
             "evt_00000000000000abc",
             "x_00000000000000ab",
+            "evt_+00000000000000a",
         ] {
             let line = format!(r#"{{"type":"t","data":{{}},"id":"{id}"}}"#);
             let e = p(&line).unwrap_or_else(|err| panic!("{id}: {err}"));

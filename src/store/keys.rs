@@ -43,7 +43,9 @@ pub fn generated_id(seq: Seq) -> String {
 /// Parses an id of the form [`generated_id`] produces.
 pub fn parse_generated_id(id: &str) -> Option<Seq> {
     let hex = id.strip_prefix("evt_")?;
-    if hex.len() != 16 {
+    // Digits only: `from_str_radix` also takes a leading `+`, which made
+    // `evt_+00000000000000a` another name of event 10 (and refused it as a producer's id).
+    if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     u64::from_str_radix(hex, 16).ok()
@@ -312,6 +314,7 @@ mod tests {
     fn generated_ids() {
         assert_eq!(parse_generated_id(&generated_id(0xabc)), Some(0xabc));
         assert_eq!(parse_generated_id("evt_12"), None);
+        assert_eq!(parse_generated_id("evt_+00000000000000a"), None);
     }
 
     #[test]
