@@ -18,6 +18,8 @@
 //! This module must not write the store or route events: that is the committer's job.
 
 pub mod parse;
+#[cfg(test)]
+mod proptests;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;

@@ -995,3 +995,76 @@ proptest! {
         accepted_renders_json(&src, &data)?;
     }
 }
+
+/// An object of up to 48 members (past the 16 beyond which duplicates are found by
+/// hashing) whose keys are few and spelled with escapes at random, so most are given
+/// more than once, under spellings that differ.
+fn wide_data() -> impl Strategy<Value = M> {
+    let key = (
+        prop::sample::select(WIDE_KEYS.to_vec()),
+        prop::collection::vec(any::<u8>(), 4),
+    )
+        .prop_map(|(k, hows)| {
+            let e = k
+                .chars()
+                .zip(hows.iter().cycle())
+                .map(|(c, h)| spell(c, *h))
+                .collect();
+            (k.to_string(), e)
+        });
+    (
+        prop::collection::vec((key, value_model()), 0..48),
+        any::<u8>(),
+    )
+        .prop_map(|(v, w)| M::Obj(v, Ws(w)))
+}
+
+const WIDE_KEYS: [&str; 10] = ["a", "b", "é", "k0", "k1", "\"", "\\", "😀", "", "0"];
+
+/// The text [`Doc`] keeps for a value: a string's escaped content, any other value's
+/// JSON text.
+fn kept_text(m: &M) -> String {
+    match m {
+        M::Str(_, e) => e.clone(),
+        other => other.json(),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// A member looked up by its decoded key, in any order, is the last one given with
+    /// that key, its text as written; an object's members are its distinct keys; an
+    /// array's elements are found by index.
+    #[test]
+    fn lookups_find_the_last_member_given_under_a_key(
+        data in prop_oneof![data_model(), wide_data()],
+        probes in prop::collection::vec(
+            (prop::sample::select([&WIDE_KEYS[..], &KEYS[..], &["x", "k2", "1"]].concat()),
+             prop::option::of(prop::sample::select([&WIDE_KEYS[..], &KEYS[..], &["2", "5"]].concat()))),
+            1..16,
+        ),
+    ) {
+        use super::doc::{Kind, Seg, NO_HINTS};
+        let doc = Doc::parse(Bytes::from(data.json())).unwrap();
+        let mut hints = NO_HINTS;
+        for (first, second) in probes {
+            let mut got = doc.member(Doc::ROOT, &Seg::new(first), &mut hints, &mut 0);
+            let mut want = data.get(first);
+            if let (Some(second), Some(at)) = (second, got) {
+                let seg = Seg::new(second);
+                got = match doc.node(at).kind {
+                    Kind::Object => doc.member(at, &seg, &mut hints, &mut 0),
+                    Kind::Array => seg.index.and_then(|i| doc.nth(at, i, &mut 0)),
+                    _ => None,
+                };
+                want = want.and_then(|m| m.get(second));
+            }
+            let got = got.map(|i| String::from_utf8(doc.text(doc.node(i)).to_vec()).unwrap());
+            prop_assert_eq!(got, want.map(kept_text), "{:?} {:?} in {}", first, second, data.json());
+        }
+        let M::Obj(members, _) = &data else { unreachable!() };
+        let distinct: std::collections::HashSet<&str> = members.iter().map(|((k, _), _)| k.as_str()).collect();
+        prop_assert_eq!(doc.children(Doc::ROOT).count(), distinct.len());
+    }
+}
