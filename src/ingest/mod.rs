@@ -19,7 +19,7 @@
 
 pub mod parse;
 #[cfg(test)]
-mod proptests;
+pub(crate) mod proptests;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;

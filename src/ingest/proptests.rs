@@ -386,12 +386,20 @@ fn string_text() -> impl Strategy<Value = String> {
     prop::collection::vec(part, 0..8).prop_map(|v| v.concat())
 }
 
-fn number_text() -> impl Strategy<Value = String> {
-    let formed = (
+/// A JSON number as text, in every form the grammar has: a sign or none, an integer
+/// part of up to `int` digits, a fraction of up to `frac` digits or none, an exponent
+/// of up to `exp` digits (either case, either sign) or none. Shared with the template
+/// engine's property tests.
+pub(crate) fn json_number(int: usize, frac: usize, exp: usize) -> impl Strategy<Value = String> {
+    let re = |pattern: String| prop::string::string_regex(&pattern).expect("a valid regex");
+    (
         any::<bool>(),
-        prop_oneof![Just("0".to_string()), "[1-9][0-9]{0,25}"],
-        prop::option::of("[0-9]{1,5}"),
-        prop::option::of(("[eE]", "[+-]?", "[0-9]{1,3}")),
+        prop_oneof![
+            Just("0".to_string()),
+            re(format!("[1-9][0-9]{{0,{}}}", int - 1))
+        ],
+        prop::option::of(re(format!("[0-9]{{1,{frac}}}"))),
+        prop::option::of(("[eE]", "[+-]?", re(format!("[0-9]{{1,{exp}}}")))),
     )
         .prop_map(|(neg, int, frac, exp)| {
             let mut t = String::new();
@@ -409,7 +417,11 @@ fn number_text() -> impl Strategy<Value = String> {
                 t.push_str(&d);
             }
             t
-        });
+        })
+}
+
+fn number_text() -> impl Strategy<Value = String> {
+    let formed = json_number(26, 5, 3);
     prop_oneof![
         6 => formed,
         1 => prop::sample::select(vec![

@@ -165,29 +165,7 @@ fn string_model() -> impl Strategy<Value = M> {
 }
 
 fn number_model() -> impl Strategy<Value = M> {
-    (
-        any::<bool>(),
-        prop_oneof![Just("0".to_string()), "[1-9][0-9]{0,12}"],
-        prop::option::of("[0-9]{1,4}"),
-        prop::option::of(("[eE]", "[+-]?", "[0-9]{1,2}")),
-    )
-        .prop_map(|(neg, int, frac, exp)| {
-            let mut t = String::new();
-            if neg {
-                t.push('-');
-            }
-            t.push_str(&int);
-            if let Some(f) = frac {
-                t.push('.');
-                t.push_str(&f);
-            }
-            if let Some((e, s, d)) = exp {
-                t.push_str(&e);
-                t.push_str(&s);
-                t.push_str(&d);
-            }
-            M::Num(t)
-        })
+    crate::ingest::proptests::json_number(13, 4, 2).prop_map(M::Num)
 }
 
 const KEYS: [&str; 8] = ["s", "n", "z", "o", "items", "e", "v", "0"];
