@@ -334,6 +334,22 @@ fn ws() -> impl Strategy<Value = String> {
     ]
 }
 
+/// `c` as JSON's `\u` escapes: one, or a surrogate pair beyond the BMP; hex digits in
+/// upper or lower case. Shared with the template engine's property tests.
+pub(crate) fn u_escape(c: char, upper: bool) -> String {
+    let mut buf = [0u16; 2];
+    c.encode_utf16(&mut buf)
+        .iter()
+        .map(|u| {
+            if upper {
+                format!("\\u{u:04X}")
+            } else {
+                format!("\\u{u:04x}")
+            }
+        })
+        .collect()
+}
+
 /// One character spelled inside a JSON string: as itself where allowed, or escaped.
 fn spelled_char() -> impl Strategy<Value = String> {
     let c = prop_oneof![
@@ -346,19 +362,7 @@ fn spelled_char() -> impl Strategy<Value = String> {
         1 => any::<char>(),
     ];
     (c, 0u8..8).prop_map(|(c, how)| {
-        let esc = |c: char, upper: bool| -> String {
-            let mut buf = [0u16; 2];
-            c.encode_utf16(&mut buf)
-                .iter()
-                .map(|u| {
-                    if upper {
-                        format!("\\u{u:04X}")
-                    } else {
-                        format!("\\u{u:04x}")
-                    }
-                })
-                .collect()
-        };
+        let esc = u_escape;
         match c {
             '"' if how < 4 => "\\\"".into(),
             '\\' if how < 4 => "\\\\".into(),

@@ -111,19 +111,7 @@ impl M {
 
 /// One character and a random spelling of it inside a JSON string.
 fn spell(c: char, how: u8) -> String {
-    let u = |c: char, upper: bool| -> String {
-        let mut buf = [0u16; 2];
-        c.encode_utf16(&mut buf)
-            .iter()
-            .map(|u| {
-                if upper {
-                    format!("\\u{u:04X}")
-                } else {
-                    format!("\\u{u:04x}")
-                }
-            })
-            .collect()
-    };
+    let u = crate::ingest::proptests::u_escape;
     match c {
         '"' if how % 2 == 0 => "\\\"".into(),
         '\\' if how % 2 == 0 => "\\\\".into(),
@@ -171,9 +159,18 @@ fn number_model() -> impl Strategy<Value = M> {
 const KEYS: [&str; 8] = ["s", "n", "z", "o", "items", "e", "v", "0"];
 
 fn key_model() -> impl Strategy<Value = (String, String)> {
+    spelled_key(&KEYS, 3)
+}
+
+/// One of `keys`, and a spelling of it that escapes its characters at random (the
+/// spellings of `hows` characters repeat along a longer key).
+fn spelled_key(
+    keys: &'static [&'static str],
+    hows: usize,
+) -> impl Strategy<Value = (String, String)> {
     (
-        prop::sample::select(KEYS.to_vec()),
-        prop::collection::vec(any::<u8>(), 3),
+        prop::sample::select(keys),
+        prop::collection::vec(any::<u8>(), hows),
     )
         .prop_map(|(k, hows)| {
             let e = k
@@ -978,18 +975,7 @@ proptest! {
 /// hashing) whose keys are few and spelled with escapes at random, so most are given
 /// more than once, under spellings that differ.
 fn wide_data() -> impl Strategy<Value = M> {
-    let key = (
-        prop::sample::select(WIDE_KEYS.to_vec()),
-        prop::collection::vec(any::<u8>(), 4),
-    )
-        .prop_map(|(k, hows)| {
-            let e = k
-                .chars()
-                .zip(hows.iter().cycle())
-                .map(|(c, h)| spell(c, *h))
-                .collect();
-            (k.to_string(), e)
-        });
+    let key = spelled_key(&WIDE_KEYS, 4);
     (
         prop::collection::vec((key, value_model()), 0..48),
         any::<u8>(),
