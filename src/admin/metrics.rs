@@ -154,6 +154,12 @@ impl Admin {
                 |i| self.final_snapshot(i),
             );
         workers.sort_by_key(|w| w.worker);
+        // The store's figures go with a scrape, as the committer's do.
+        let (store, disk) = if committer {
+            (self.store.memory(), self.store.disk())
+        } else {
+            Default::default()
+        };
         Scrape {
             workers,
             commit,
@@ -164,16 +170,8 @@ impl Admin {
                 ingest_refused: crate::fdlimit::ConnPermit::refused(),
             },
             unanswered,
-            store: if committer {
-                self.store.memory()
-            } else {
-                Default::default()
-            },
-            disk: if committer {
-                self.store.disk()
-            } else {
-                Default::default()
-            },
+            store,
+            disk,
         }
     }
 }

@@ -460,16 +460,15 @@ impl Store {
             .unwrap_or(0)
     }
 
-    /// Bytes on disk (SST files) and in memtables per column family.
+    /// Bytes on disk (table files, as [`Store::disk`] counts them) and in memtables per
+    /// column family.
     pub fn sizes(&self) -> Vec<(&'static str, u64, u64)> {
-        ALL_CFS
-            .iter()
-            .map(|&name| {
-                (
-                    name,
-                    self.cf_property(name, "rocksdb.total-sst-files-size"),
-                    self.cf_property(name, "rocksdb.cur-size-all-mem-tables"),
-                )
+        self.disk()
+            .tables
+            .into_iter()
+            .map(|(name, sst)| {
+                let mem = self.cf_property(name, "rocksdb.cur-size-all-mem-tables");
+                (name, sst, mem)
             })
             .collect()
     }
