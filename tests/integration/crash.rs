@@ -304,6 +304,8 @@ fn counters_of_a_stopped_worker_stay_in_the_metrics_while_the_other_drains() {
             + &endpoint(&quick, r#"["quick"]"#, &fine.url("/"), "")),
     );
     opts.log_filter = Some("info,ricochet::worker=debug".into());
+    // Two workers whatever `RICOCHET_TEST_WORKERS` says: the test is about the pair.
+    let opts = opts.arg("--workers").arg("2");
     let mut srv = TestServer::start_with(opts);
     let mut c = srv.connect();
     c.send_each_ok("quick", "q", 20);

@@ -360,6 +360,16 @@ pub struct TestServer {
     log: Arc<Mutex<Vec<String>>>,
 }
 
+/// Workers each test server runs: 2, the machine's cores; `RICOCHET_TEST_WORKERS=N` runs
+/// the suite with another count, for sharding that only one count would show (one worker
+/// owning every endpoint, or more workers than cores). A test's own `--workers` wins.
+fn test_workers() -> usize {
+    std::env::var("RICOCHET_TEST_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2)
+}
+
 /// Raises this test process's soft open-file limit to its hard one, once (as `serve`
 /// does for itself): tests that run side by side hold hundreds of sockets each
 /// (receivers holding delivery connections, producers' connections), over a usual soft
@@ -439,9 +449,10 @@ impl TestServer {
         let socket = dir.path().join("ricochet.sock");
         let config_path = dir.path().join("ricochet.toml");
         let mut cfg = format!(
-            "[server]\ndata_dir = {:?}\nsocket = {:?}\nadmin = \"127.0.0.1:0\"\nworkers = 2\n{}",
+            "[server]\ndata_dir = {:?}\nsocket = {:?}\nadmin = \"127.0.0.1:0\"\nworkers = {}\n{}",
             dir.path().join("data"),
             socket,
+            test_workers(),
             opts.server_extra
         );
         if !opts.server_extra.contains("allow_private_networks") {
