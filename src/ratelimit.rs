@@ -138,26 +138,6 @@ impl TokenBucket {
         self.tokens = (self.tokens + UNIT).min(burst(self.rate));
     }
 
-    /// Counts a request that went out without a token (sent again on a new connection
-    /// after the kept one broke under it): it is paid from the fill at `now_ms`, and
-    /// what the fill lacks moves the next token later, as if it had been taken.
-    pub fn charge(&mut self, now_ms: u64) {
-        if self.rate == 0 {
-            return;
-        }
-        self.refill(ms_to_us(now_ms));
-        match self.tokens.checked_sub(UNIT) {
-            Some(left) => self.tokens = left,
-            None => {
-                let short = UNIT - self.tokens;
-                self.tokens = 0;
-                self.last_us = self
-                    .last_us
-                    .saturating_add(short.div_ceil(u64::from(self.rate)));
-            }
-        }
-    }
-
     /// Changes the rate from `now_ms` on. Time before `now_ms` is credited at the old
     /// rate; the fill is capped at the new capacity. Leaving "unlimited" starts full.
     pub fn set_rate(&mut self, rate_per_sec: u32, now_ms: u64) {
@@ -257,24 +237,6 @@ mod tests {
         // Empty as of 80: 0.2 token since; the next is a whole interval after 80.
         b.restart_at(80, 90);
         assert_eq!(b.next_token_at(90), 130);
-    }
-
-    #[test]
-    fn a_charge_is_paid_from_the_fill_or_delays_the_next_token() {
-        // 4/s: a token every 250 ms.
-        let mut b = TokenBucket::new(4, 0);
-        assert_eq!((0..4).filter(|_| b.try_take(0)).count(), 2);
-        b.restart_at(100, 100);
-        b.charge(100);
-        // Owed one token: the next comes two intervals after the restart.
-        assert_eq!(b.next_token_at(100), 600);
-        assert!(!b.try_take(599));
-        assert!(b.try_take(600));
-        // With a token in hand, the charge takes it.
-        let mut full = TokenBucket::new(4, 0);
-        full.charge(0);
-        assert_eq!((0..4).filter(|_| full.try_take(0)).count(), 1);
-        TokenBucket::new(0, 0).charge(5);
     }
 
     #[test]

@@ -1006,6 +1006,8 @@ impl Worker {
                 &mut ConnSlot::default(),
                 &mut Vec::new(),
                 &mut Scratch::default(),
+                // A fresh connection: never sent twice.
+                None,
             )
             .await;
         let (mut rec, verdict) = match tried {
@@ -1152,6 +1154,7 @@ impl Worker {
         slot: &mut ConnSlot,
         wbuf: &mut Vec<u8>,
         scratch: &mut Scratch,
+        bucket: Option<&RefCell<TokenBucket>>,
     ) -> Tried {
         let cfg = &spec.cfg;
         // An attempt that ends before a request is written (a template, a look-up or the
@@ -1218,8 +1221,12 @@ impl Worker {
                         // Pinned where it is made: the timeout holds a pointer
                         // to it instead of a copy.
                         let answer = {
-                            let exchange =
-                                std::pin::pin!(slot.exchange(&target, addrs.as_slice(), req));
+                            let exchange = std::pin::pin!(slot.exchange(
+                                &target,
+                                addrs.as_slice(),
+                                req,
+                                async || resend_token(bucket).await
+                            ));
                             monoio::time::timeout(left, exchange).await
                         };
                         match answer {
@@ -1299,7 +1306,10 @@ impl Worker {
     ) -> Option<WJob> {
         let spec = ep.spec();
         let cfg = &spec.cfg;
-        let (mut rec, verdict) = match self.try_once(&spec, &job.ev, slot, wbuf, scratch).await {
+        let (mut rec, verdict) = match self
+            .try_once(&spec, &job.ev, slot, wbuf, scratch, Some(&ep.bucket))
+            .await
+        {
             Tried::Made(rec, verdict) => (rec, verdict),
             Tried::NotSent(why) => {
                 self.not_sent(&why);
@@ -1323,10 +1333,6 @@ impl Worker {
             if slot.is_kept() && !slot.receiver_closes_kept() {
                 let answers_within = ep.answers_within.get().unwrap_or(0);
                 bucket.restart_at(now.saturating_sub(answers_within), now);
-            }
-            if slot.last_was_resent() {
-                // The receiver may have counted the first send too: it owes a token.
-                bucket.charge(now);
             }
         }
         if let Some(ms) = answered_ms {
@@ -1526,6 +1532,26 @@ async fn take_token(ep: &Ep, me: &Rc<LocalNotify>) -> bool {
             }
             return true;
         }
+    }
+}
+
+/// Waits for a `max_rps` token for a request sent again on a new connection within an
+/// attempt (its kept connection closed under the first send, which the receiver may
+/// have counted): the second request leaves as the bucket allows, like any other, so
+/// the receiver never sees more than the bucket's bound in a second. It competes with
+/// the endpoint's pacer for the next token, without taking over its role; the
+/// attempt's `timeout` bounds the wait. `None` (a test attempt) and an unlimited
+/// bucket do not wait.
+async fn resend_token(bucket: Option<&RefCell<TokenBucket>>) {
+    let Some(bucket) = bucket else { return };
+    loop {
+        let now = mono_ms();
+        if bucket.borrow_mut().try_take(now) {
+            return;
+        }
+        // Read again each time: a `PUT` changing `max_rps` replaces the bucket.
+        let at = bucket.borrow().next_token_at(now);
+        monoio::time::sleep(Duration::from_millis(at.saturating_sub(now).max(1))).await;
     }
 }
 

@@ -434,12 +434,16 @@ impl ConnSlot {
     }
 
     /// Sends `req` to one of `ips` (at `target`'s port) and reads the response. `req`
-    /// is handed back for reuse.
+    /// is handed back for reuse. A request sent again on a new connection (the kept one
+    /// closed under it) first awaits `before_resend`: a second request at the receiver,
+    /// which a rate limit must pace as any other (the worker waits for a `max_rps`
+    /// token there).
     pub async fn exchange(
         &mut self,
         target: &Target,
         ips: &[IpAddr],
         req: Vec<u8>,
+        mut before_resend: impl AsyncFnMut(),
     ) -> (Exchange, Vec<u8>) {
         let mut req = req;
         self.first = false;
@@ -463,6 +467,10 @@ impl ConnSlot {
                     };
                     return (ex, req);
                 }
+            }
+            if try_no > 0 {
+                // Connected first, so the request leaves as the token allows.
+                before_resend().await;
             }
             let Some(conn) = self.conn.as_mut() else {
                 unreachable!("connection set above")
@@ -913,7 +921,7 @@ mod reconnect_tests {
             for _ in 0..5 {
                 req.clear();
                 req.extend_from_slice(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n");
-                let (ex, b) = slot.exchange(&target, &[addr.ip()], req).await;
+                let (ex, b) = slot.exchange(&target, &[addr.ip()], req, async || {}).await;
                 req = b;
                 assert!(
                     matches!(ex, Exchange::Response { status: 200, .. }),
@@ -962,7 +970,7 @@ mod reconnect_tests {
                 }
                 req.clear();
                 req.extend_from_slice(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n");
-                let (ex, b) = slot.exchange(&target, &[addr.ip()], req).await;
+                let (ex, b) = slot.exchange(&target, &[addr.ip()], req, async || {}).await;
                 req = b;
                 match ex {
                     Exchange::Response { status, .. } => statuses.push(status),
@@ -1019,7 +1027,7 @@ mod reconnect_tests {
         let driver = crate::runtime::choose(crate::config::Driver::Auto).unwrap();
         let slot = crate::runtime::block_on(driver, async move {
             let req = b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n".to_vec();
-            let (ex, _) = slot.exchange(&target, &[addr.ip()], req).await;
+            let (ex, _) = slot.exchange(&target, &[addr.ip()], req, async || {}).await;
             assert!(
                 matches!(ex, Exchange::Response { status: 200, .. }),
                 "{ex:?}"
@@ -1066,7 +1074,9 @@ mod reconnect_tests {
             )
             .into_bytes();
             req.extend_from_slice(&body);
-            slot.exchange(&target, &[addr.ip()], req).await.0
+            slot.exchange(&target, &[addr.ip()], req, async || {})
+                .await
+                .0
         })
         .unwrap();
         assert!(
@@ -1090,7 +1100,7 @@ mod reconnect_tests {
         let driver = crate::runtime::choose(crate::config::Driver::Auto).unwrap();
         let (ex, resent) = crate::runtime::block_on(driver, async move {
             let req = b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n".to_vec();
-            let (ex, _) = slot.exchange(&target, &[addr.ip()], req).await;
+            let (ex, _) = slot.exchange(&target, &[addr.ip()], req, async || {}).await;
             assert!(
                 matches!(ex, Exchange::Response { status: 200, .. }),
                 "{ex:?}"
@@ -1098,7 +1108,7 @@ mod reconnect_tests {
             let mut req = format!("POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: {body}\r\n\r\n")
                 .into_bytes();
             req.resize(req.len() + body, b'x');
-            let (ex, _) = slot.exchange(&target, &[addr.ip()], req).await;
+            let (ex, _) = slot.exchange(&target, &[addr.ip()], req, async || {}).await;
             (ex, slot.last_was_resent())
         })
         .unwrap();
@@ -1173,13 +1183,16 @@ mod reconnect_tests {
             let mut statuses = Vec::new();
             for _ in 0..3 {
                 let req = b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n".to_vec();
-                match slot.exchange(&target, &ips, req).await.0 {
+                match slot.exchange(&target, &ips, req, async || {}).await.0 {
                     Exchange::Response { status, .. } => statuses.push(status),
                     other => panic!("{other:?}"),
                 }
             }
             let req = b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n".to_vec();
-            let failed = slot.exchange(&target, &[refusing], req).await.0;
+            let failed = slot
+                .exchange(&target, &[refusing], req, async || {})
+                .await
+                .0;
             (statuses, failed)
         })
         .unwrap();

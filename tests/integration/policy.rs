@@ -1676,7 +1676,7 @@ fn max_rps_sends_no_burst_after_an_idle_second() {
 fn max_rps_counts_a_request_sent_again_after_its_connection_broke() {
     // Every request on a kept connection is read and then hung up on, so it goes again
     // on a new connection: two requests at the receiver per token, unless the second
-    // one is paid for.
+    // one waits for a token of its own.
     let rx = TestReceiver::with_script(|_, n| {
         if n % 2 == 1 {
             Reply::hang_up()
@@ -1703,6 +1703,41 @@ fn max_rps_counts_a_request_sent_again_after_its_connection_broke() {
         got.len()
     );
     at_most_per_second(&got, 6);
+}
+
+#[test]
+fn a_request_sent_again_after_its_connection_broke_waits_for_a_token() {
+    // After an idle spell the bucket holds its burst of two; six deliveries then go at
+    // 0, 0, 200, 400, 600 and 800 ms on the kept connection, and the receiver hangs up
+    // on the sixth. Sent again at once and paid for afterwards, it made a seventh
+    // request within 800 ms (max_rps + 2); it waits for the token due at 1,000 ms.
+    let rx = TestReceiver::with_script(|_, n| {
+        if n == 6 {
+            Reply::hang_up()
+        } else {
+            Reply::status(200)
+        }
+    });
+    let srv = TestServer::start(&endpoint(
+        "paced",
+        r#"["t"]"#,
+        &rx.url("/"),
+        "max_rps = 5\nmax_in_flight = 1",
+    ));
+    let mut c = srv.connect();
+    c.send_each_ok("t", "warm", 1);
+    rx.wait_for(1, Duration::from_secs(10));
+    // The idle spell that fills the bucket (two tokens take 400 ms at 5/s).
+    std::thread::sleep(Duration::from_millis(700));
+    c.send_each_ok("t", "r", 6);
+    for i in 0..6 {
+        srv.wait_event(&format!("r-{i}"), Duration::from_secs(20), |v| {
+            states(v) == ["delivered"]
+        });
+    }
+    let got = rx.requests();
+    assert_eq!(got.len(), 8, "the warm-up, six, and the sixth again");
+    at_most_per_second(&got[1..], 6);
 }
 
 #[test]
