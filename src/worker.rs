@@ -140,9 +140,11 @@ pub enum WorkerMsg {
         spec: Arc<EndpointSpec>,
         meta: EndpointMeta,
     },
-    /// An endpoint was deleted: its queued jobs are dropped (retired in the store).
+    /// An endpoint was deleted: its queued jobs are dropped (retired in the store), its
+    /// lanes start no more attempts; answered on `done` then (its `DELETE` waits for it).
     Remove {
         ep: EndpointId,
+        done: crossbeam_channel::Sender<()>,
     },
     /// Make one attempt of `event` with `spec` (no retries, no log) and answer with it.
     Test {
@@ -696,7 +698,10 @@ impl Worker {
                 }
             }
             WorkerMsg::Upsert { spec, meta } => self.upsert(spec, &meta),
-            WorkerMsg::Remove { ep } => self.remove(ep),
+            WorkerMsg::Remove { ep, done } => {
+                self.remove(ep);
+                let _ = done.send(());
+            }
             WorkerMsg::Test { spec, event, reply } => {
                 let w = self.clone();
                 monoio::spawn(async move {
