@@ -1677,25 +1677,9 @@ fn max_rps_counts_a_request_sent_again_after_its_connection_broke() {
     // Every request on a kept connection is read and then hung up on, so it goes again
     // on a new connection: two requests at the receiver per token, unless the second
     // one waits for a token of its own.
-    let rx = TestReceiver::with_script(|_, n| {
-        if n % 2 == 1 {
-            Reply::hang_up()
-        } else {
-            Reply::status(200)
-        }
-    });
-    let srv = TestServer::start(&endpoint(
-        "paced",
-        r#"["t"]"#,
-        &rx.url("/"),
-        "max_rps = 5\nmax_in_flight = 1",
-    ));
+    let (rx, srv) = paced_at_five(|n| n % 2 == 1);
     srv.connect().send_each_ok("t", "r", 12);
-    for i in 0..12 {
-        srv.wait_event(&format!("r-{i}"), Duration::from_secs(20), |v| {
-            states(v) == ["delivered"]
-        });
-    }
+    wait_delivered(&srv, "r", 12);
     let got = rx.requests();
     assert!(
         got.len() >= 20,
@@ -1711,8 +1695,25 @@ fn a_request_sent_again_after_its_connection_broke_waits_for_a_token() {
     // 0, 0, 200, 400, 600 and 800 ms on the kept connection, and the receiver hangs up
     // on the sixth. Sent again at once and paid for afterwards, it made a seventh
     // request within 800 ms (max_rps + 2); it waits for the token due at 1,000 ms.
-    let rx = TestReceiver::with_script(|_, n| {
-        if n == 6 {
+    let (rx, srv) = paced_at_five(|n| n == 6);
+    let mut c = srv.connect();
+    c.send_each_ok("t", "warm", 1);
+    rx.wait_for(1, Duration::from_secs(10));
+    // The idle spell that fills the bucket (two tokens take 400 ms at 5/s).
+    std::thread::sleep(Duration::from_millis(700));
+    c.send_each_ok("t", "r", 6);
+    wait_delivered(&srv, "r", 6);
+    let got = rx.requests();
+    assert_eq!(got.len(), 8, "the warm-up, six, and the sixth again");
+    at_most_per_second(&got[1..], 6);
+}
+
+/// A receiver that reads every request and hangs up on the `n`th ones (counted from 0)
+/// for which `hang_up(n)`, answering 200 to the others, and a server with one endpoint,
+/// `paced`, of events `t` at `max_rps = 5`, one request at a time.
+fn paced_at_five(hang_up: fn(usize) -> bool) -> (TestReceiver, TestServer) {
+    let rx = TestReceiver::with_script(move |_, n| {
+        if hang_up(n) {
             Reply::hang_up()
         } else {
             Reply::status(200)
@@ -1724,20 +1725,17 @@ fn a_request_sent_again_after_its_connection_broke_waits_for_a_token() {
         &rx.url("/"),
         "max_rps = 5\nmax_in_flight = 1",
     ));
-    let mut c = srv.connect();
-    c.send_each_ok("t", "warm", 1);
-    rx.wait_for(1, Duration::from_secs(10));
-    // The idle spell that fills the bucket (two tokens take 400 ms at 5/s).
-    std::thread::sleep(Duration::from_millis(700));
-    c.send_each_ok("t", "r", 6);
-    for i in 0..6 {
-        srv.wait_event(&format!("r-{i}"), Duration::from_secs(20), |v| {
+    (rx, srv)
+}
+
+/// Waits until events `{prefix}-0` .. `{prefix}-{n-1}` each have their one delivery
+/// `delivered`.
+fn wait_delivered(srv: &TestServer, prefix: &str, n: usize) {
+    for i in 0..n {
+        srv.wait_event(&format!("{prefix}-{i}"), Duration::from_secs(20), |v| {
             states(v) == ["delivered"]
         });
     }
-    let got = rx.requests();
-    assert_eq!(got.len(), 8, "the warm-up, six, and the sixth again");
-    at_most_per_second(&got[1..], 6);
 }
 
 #[test]
