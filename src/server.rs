@@ -430,6 +430,13 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
     let (tx, rx) = crossbeam_channel::bounded(1);
     commit_tx.send(CommitMsg::Shutdown(tx));
     let _ = rx.recv_timeout(Duration::from_secs(10));
+    // RocksDB's background work is stopped, and waited for: a compaction under way is
+    // cut short (dropped, and made again after the next start; what was written is in
+    // the WAL). Else the process's exit joins RocksDB's threads once each has finished
+    // its job, and a compaction under way held the exit, after `stopped`, for as long
+    // as it ran: a second with a store of a few hundred MB, past the stop's bound with
+    // a bigger one.
+    store.cancel_background_work();
     drop(commit_tx);
     drop(_socket_file);
     drop(commit_thread);

@@ -220,6 +220,14 @@ pub fn quiet_perf_counters() {
     rocksdb::perf::set_perf_stats(rocksdb::perf::PerfStatsLevel::Disable);
 }
 
+/// Test hook: `RICOCHET_TEST_SLOW_COMPACTION_MS=MS` makes the event index's compaction
+/// filter take MS per key, so that a test can stop the server while a
+/// compaction is under way (one that outlasts the stop). Unset, nothing changes.
+fn slow_compaction() -> Option<std::time::Duration> {
+    let ms = std::env::var("RICOCHET_TEST_SLOW_COMPACTION_MS").ok()?;
+    ms.parse().ok().map(std::time::Duration::from_millis)
+}
+
 /// Shard bits of a table cache for `max_open_files` of `n`: shards of 16 files or more,
 /// at most RocksDB's default 64 shards.
 fn table_cache_shard_bits(n: usize) -> i32 {
@@ -300,11 +308,17 @@ impl Store {
                 CF_INDEX => {
                     o.set_write_buffer_size(16 << 20);
                     let f = floor.clone();
+                    let slow = slow_compaction();
                     o.set_compaction_filter(
                         "ricochet-index-retention",
-                        move |_, k: &[u8], _: &[u8]| match IndexKey::seq_of(k) {
-                            Some(seq) if seq < f.load(Ordering::Relaxed) => Decision::Remove,
-                            _ => Decision::Keep,
+                        move |_, k: &[u8], _: &[u8]| {
+                            if let Some(d) = slow {
+                                std::thread::sleep(d);
+                            }
+                            match IndexKey::seq_of(k) {
+                                Some(seq) if seq < f.load(Ordering::Relaxed) => Decision::Remove,
+                                _ => Decision::Keep,
+                            }
                         },
                     );
                 }
