@@ -144,6 +144,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             workers,
             driver,
         } => {
+            // First: a stop while the config file is read and compiled waits for the
+            // server to be ready, as one later does.
+            let signals = ricochet::server::StopSignals::catch()?;
             let (mut cfg, specs) = match config {
                 Some(p) => ricochet::server::load(&p)?,
                 None => (Config::default(), Vec::new()),
@@ -167,7 +170,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(v) = driver {
                 s.driver = v;
             }
-            ricochet::server::serve(cfg, specs)?;
+            ricochet::server::serve(cfg, specs, signals)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Send {

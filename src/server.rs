@@ -101,9 +101,8 @@ fn invalid(problems: impl Iterator<Item = String>) -> anyhow::Error {
 
 /// Runs the dispatcher until SIGINT/SIGTERM (or SIGHUP, unless ignored); a second one
 /// ends the process at once. `specs` are `cfg`'s endpoints, compiled
-/// ([`load`]).
-pub fn serve(cfg: Config, specs: Vec<EndpointSpec>) -> anyhow::Result<()> {
-    let signals = stop_signals()?;
+/// ([`load`]); `signals` were caught before it was read ([`StopSignals::catch`]).
+pub fn serve(cfg: Config, specs: Vec<EndpointSpec>, signals: StopSignals) -> anyhow::Result<()> {
     end_on_panic();
     let s = &cfg.server;
     // Checked here, after the flags (`--data-dir` may fill in an empty `data_dir`).
@@ -868,9 +867,20 @@ fn end_on_panic() {
     }));
 }
 
-/// The signals that stop the server, caught from the start of `serve` on: one that
-/// came before it was ready (a supervisor's stop right after the start) then waits for
-/// it, instead of killing it on the spot.
+/// The signals that stop the server, caught from [`StopSignals::catch`] on.
+pub struct StopSignals(signal_hook::iterator::Signals);
+
+impl StopSignals {
+    /// Catches the stop signals: one that comes before the server is ready (a
+    /// supervisor's stop right after the start) then waits for it, instead of killing
+    /// it on the spot. Called first, before the config file is read: compiling one of
+    /// 20,000 endpoints takes most of a second, and a stop then killed the process
+    /// (helper term, session 53).
+    pub fn catch() -> anyhow::Result<StopSignals> {
+        stop_signals().map(StopSignals)
+    }
+}
+
 fn stop_signals() -> anyhow::Result<signal_hook::iterator::Signals> {
     // SIGHUP too: a closed terminal (or ssh session) stops the server as politely as
     // Ctrl-C; by default it killed it on the spot, leaving the socket file behind. Not
@@ -936,7 +946,7 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn wait_for_signal(mut signals: signal_hook::iterator::Signals) {
+fn wait_for_signal(StopSignals(mut signals): StopSignals) {
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "signal received");
     }

@@ -460,6 +460,60 @@ fn a_compaction_under_way_does_not_hold_the_stop() {
     }
 }
 
+/// A stop that comes while `serve` reads and compiles its config file waits for the
+/// server to be ready, as one later does, and it exits 0. The handlers were set up only
+/// once the file was compiled (20,000 endpoints take most of a second): such a stop
+/// killed the process on the spot (helper term, session 53). The file is a FIFO here,
+/// so that the stop comes while the server is reading it.
+#[test]
+fn a_stop_while_the_config_file_is_read_waits_for_the_start() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ricochet.toml");
+    let fifo_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid C string; makes a FIFO in the test's own directory.
+    assert_eq!(unsafe { libc::mkfifo(fifo_path.as_ptr(), 0o600) }, 0);
+    let log_path = dir.path().join("stderr");
+    let mut child = std::process::Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .env("RICOCHET_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    // Opened once the server opens it to read it.
+    let mut fifo = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let cfg = format!(
+        "[server]\ndata_dir = {:?}\nsocket = {:?}\nadmin = \"127.0.0.1:0\"\nworkers = 1\n",
+        dir.path().join("data"),
+        dir.path().join("ricochet.sock"),
+    );
+    // (Fails if the server is gone: nothing reads the FIFO then.)
+    let _ = fifo.write_all(cfg.as_bytes());
+    drop(fifo);
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let Ok(status) = rx.recv_timeout(Duration::from_secs(60)) else {
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        panic!("the server did not stop");
+    };
+    let status = status.unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}\n{log}");
+    assert!(log.contains("ricochet ready"), "{log}");
+    assert!(log.contains("signal received signal=15"), "{log}");
+    assert!(!dir.path().join("ricochet.sock").exists());
+}
+
 /// A second stop signal ends the server at once, as a kill -9 would (Ctrl-C twice): the
 /// attempt the drain was waiting for is made again at the next start. (A second signal
 /// was ignored: the drain ran its course.)
