@@ -254,12 +254,15 @@ fn ricochet_exiting_during_ingest_is_a_cut_short_run() {
         .unwrap_or_else(|| panic!("not cut short: {r}\nstderr:\n{stderr}"));
     assert!(cut.contains("of 100,000 events"), "{cut}");
     assert_eq!(r["interrupted"], false);
+    // Said as ricochet's exit during ingest, or at the run's end when the generator,
+    // cut short by the closed socket, finished before the next look at the process (a
+    // tenth of a second apart; the wrapper exits just after its server dies): CI saw
+    // the second once.
+    let notes = r["notes"].to_string();
     assert!(
-        r["notes"]
-            .to_string()
-            .contains("ricochet exited during ingest"),
-        "{}",
-        r["notes"]
+        notes.contains("ricochet exited during ingest")
+            || notes.contains("ricochet had exited: exit status: 3"),
+        "{notes}"
     );
     assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
     if let Some(kept) = r["run_dir"].as_str() {
