@@ -877,33 +877,29 @@ impl StopSignals {
     /// 20,000 endpoints takes most of a second, and a stop then killed the process
     /// (helper term, session 53).
     pub fn catch() -> anyhow::Result<StopSignals> {
-        stop_signals().map(StopSignals)
+        // SIGHUP too: a closed terminal (or ssh session) stops the server as politely as
+        // Ctrl-C; by default it killed it on the spot, leaving the socket file behind. Not
+        // when it is ignored (`nohup`): then the server is meant to outlive the terminal.
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut stop_on = vec![SIGINT, SIGTERM];
+        if !ignored(SIGHUP) {
+            stop_on.push(SIGHUP);
+        }
+        // A second one ends the process at once (Ctrl-C twice, a supervisor out of
+        // patience), as a kill -9 would: nothing acked is lost, attempts in flight are made
+        // again at the next start. Not one within `ONE_STOP` of the first: `timeout` and
+        // other tools signal the process and then its group, so one stop can arrive twice.
+        // The iterator first: a signal between the two registrations then reaches it (and
+        // a second one is taken as the first stop), where the other order left it noted as
+        // the first stop but never stopping the server.
+        let signals = signal_hook::iterator::Signals::new(&stop_on)?;
+        for &sig in &stop_on {
+            // SAFETY: the handler only reads the clock, touches an atomic, writes to
+            // stderr and ends the process: all async-signal-safe.
+            unsafe { signal_hook::low_level::register(sig, move || on_stop_signal(sig)) }?;
+        }
+        Ok(StopSignals(signals))
     }
-}
-
-fn stop_signals() -> anyhow::Result<signal_hook::iterator::Signals> {
-    // SIGHUP too: a closed terminal (or ssh session) stops the server as politely as
-    // Ctrl-C; by default it killed it on the spot, leaving the socket file behind. Not
-    // when it is ignored (`nohup`): then the server is meant to outlive the terminal.
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut stop_on = vec![SIGINT, SIGTERM];
-    if !ignored(SIGHUP) {
-        stop_on.push(SIGHUP);
-    }
-    // A second one ends the process at once (Ctrl-C twice, a supervisor out of
-    // patience), as a kill -9 would: nothing acked is lost, attempts in flight are made
-    // again at the next start. Not one within `ONE_STOP` of the first: `timeout` and
-    // other tools signal the process and then its group, so one stop can arrive twice.
-    // The iterator first: a signal between the two registrations then reaches it (and
-    // a second one is taken as the first stop), where the other order left it noted as
-    // the first stop but never stopping the server.
-    let signals = signal_hook::iterator::Signals::new(&stop_on)?;
-    for &sig in &stop_on {
-        // SAFETY: the handler only reads the clock, touches an atomic, writes to
-        // stderr and ends the process: all async-signal-safe.
-        unsafe { signal_hook::low_level::register(sig, move || on_stop_signal(sig)) }?;
-    }
-    Ok(signals)
 }
 
 /// Stop signals this close after the first are the same stop, sent twice.

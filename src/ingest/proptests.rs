@@ -499,31 +499,27 @@ fn value_text() -> impl Strategy<Value = String> {
                         .collect();
                     format!("[{w}{}]", items.join(","))
                 }),
-            (
-                prop::collection::vec((ws(), key_text(), ws(), inner, ws()), 0..6),
-                ws()
-            )
-                .prop_map(|(v, w)| {
-                    let items: Vec<String> = v
-                        .into_iter()
-                        .map(|(a, k, b, x, c)| format!("{a}\"{k}\"{b}:{c}{x}{a}"))
-                        .collect();
-                    format!("{{{w}{}}}", items.join(","))
-                }),
+            object_of(inner),
         ]
     })
 }
 
 /// An object value (the `data` of most lines).
 fn object_text() -> impl Strategy<Value = String> {
+    object_of(value_text())
+}
+
+/// An object of up to five members whose values are `values`, whitespace around
+/// every token.
+fn object_of(values: impl Strategy<Value = String>) -> impl Strategy<Value = String> {
     (
-        prop::collection::vec((key_text(), value_text(), ws()), 0..6),
+        prop::collection::vec((ws(), key_text(), ws(), values, ws()), 0..6),
         ws(),
     )
         .prop_map(|(v, w)| {
             let items: Vec<String> = v
                 .into_iter()
-                .map(|(k, x, a)| format!("{a}\"{k}\"{a}:{a}{x}{a}"))
+                .map(|(a, k, b, x, c)| format!("{a}\"{k}\"{b}:{c}{x}{a}"))
                 .collect();
             format!("{{{w}{}}}", items.join(","))
         })
