@@ -1561,8 +1561,15 @@ async fn resend_token(bucket: Option<&RefCell<TokenBucket>>) {
 }
 
 /// Puts `job`, taken but not attempted, back in its endpoint's queue, and reports the
-/// copy of it the queue drops, if one came in meanwhile ([`JobQueue::unpop`]).
+/// copy of it the queue drops, if one came in meanwhile ([`JobQueue::unpop`]). A job
+/// whose endpoint was deleted while it was out (a lane awaiting its host's addresses,
+/// then finding no socket) ends as the deletion's queued jobs did: the deletion has
+/// emptied that queue, and nothing would ever take it out again.
 fn put_back(w: &Rc<Worker>, ep: &Ep, job: WJob) {
+    if ep.removed.get() {
+        w.report(job, None, Next::Done);
+        return;
+    }
     let dropped = ep.queue.borrow_mut().unpop(job);
     if let Some(stale) = dropped {
         w.report(stale, None, Next::Stale);

@@ -128,7 +128,13 @@ struct Pool {
 impl ResolverThread {
     /// Starts the resolver threads.
     pub fn start() -> ResolverThread {
-        Self::with_lookup(THREADS, MAX_THREADS, IDLE_EXIT, lookup)
+        match held_lookups() {
+            None => Self::with_lookup(THREADS, MAX_THREADS, IDLE_EXIT, lookup),
+            Some(gate) => Self::with_lookup(THREADS, MAX_THREADS, IDLE_EXIT, move |host| {
+                hold_lookup(&gate, host);
+                lookup(host)
+            }),
+        }
     }
 
     /// Starts `min` threads answering with `lookup` (the system resolver, or a test's),
@@ -273,6 +279,22 @@ impl Running {
         for reply in waiters {
             reply.send(answer.clone());
         }
+    }
+}
+
+/// Test hook: `RICOCHET_TEST_HOLD_LOOKUPS=PATH` holds every look-up on its thread until
+/// a file at PATH exists (at most a minute), so that a test can act while a delivery
+/// waits for its host's addresses. Unset, nothing changes.
+fn held_lookups() -> Option<std::path::PathBuf> {
+    std::env::var_os("RICOCHET_TEST_HOLD_LOOKUPS").map(Into::into)
+}
+
+/// Waits, on a resolver thread, for the test's gate at `gate` ([`held_lookups`]).
+fn hold_lookup(gate: &std::path::Path, host: &str) {
+    tracing::info!(host, "test hook: look-up held");
+    let until = Instant::now() + Duration::from_secs(60);
+    while !gate.exists() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -2671,6 +2671,67 @@ fn a_deleted_endpoint_s_pending_deliveries_end_failed() {
     }
 }
 
+/// A delivery whose lane was waiting for its host's addresses when its endpoint was
+/// deleted, and then found no delivery socket free, ends `failed` as the deletion's
+/// queued ones did. It was put back in the deleted endpoint's queue, which nothing reads
+/// again: pending until the next restart, and counted so (helper churn, session 53, by
+/// reading; found here with the look-up held by a test hook).
+#[test]
+fn a_delivery_waiting_for_addresses_when_its_endpoint_is_deleted_is_not_left_pending() {
+    let (stuck, _gate) = TestReceiver::gated();
+    // 300 open files leave 44 delivery sockets: nine tenths (40) for one endpoint, then
+    // one more for each of four others, and none for anyone after them.
+    let mut eps = endpoint(
+        "hog",
+        r#"["h"]"#,
+        &stuck.url("/"),
+        "max_in_flight = 40\ntimeout = \"300s\"",
+    );
+    for i in 1..=4 {
+        eps += &endpoint(
+            &format!("hog{i}"),
+            &format!(r#"["h{i}"]"#),
+            &stuck.url("/"),
+            "timeout = \"300s\"",
+        );
+    }
+    let by_name = stuck.url("/").replace("127.0.0.1", "localhost");
+    eps += &endpoint("named", r#"["n"]"#, &by_name, "");
+    let lookups = tempfile::tempdir().unwrap();
+    let go = lookups.path().join("go");
+    let mut opts = ServerOpts::new(&eps);
+    opts.open_files_limit = Some(300);
+    opts.env.push((
+        "RICOCHET_TEST_HOLD_LOOKUPS".into(),
+        go.to_str().unwrap().into(),
+    ));
+    let srv = TestServer::start_with(opts);
+    let mut c = srv.connect();
+    c.send_each_ok("h", "hog", 40);
+    stuck.wait_for(40, WAIT);
+    for i in 1..=4 {
+        c.send_each_ok(&format!("h{i}"), &format!("hog{i}"), 1);
+    }
+    stuck.wait_for(44, WAIT);
+    c.send_each_ok("n", "named", 1);
+    srv.wait_log("test hook: look-up held", WAIT);
+    let (status, v) = srv.call("DELETE", "/v1/endpoints/named", &Value::Null);
+    assert_eq!(status, 200, "{v}");
+    std::fs::write(&go, b"").unwrap();
+    // The look-up answers, and the attempt finds every socket taken.
+    srv.wait_event("named-0", WAIT, |v| states(v) == ["failed"]);
+    let v = srv.event("named-0");
+    assert!(
+        v["deliveries"][0]["attempts"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "no request left: {v}"
+    );
+    srv.wait_metric("ricochet_deliveries_pending", WAIT, |v| v == 44.0);
+    assert_eq!(stuck.count(), 44);
+}
+
 /// The config file deletes the endpoints it no longer has and disables those it sets
 /// `enabled = false`, at start. Their deliveries waiting on disk end `failed` and
 /// `paused` right after, as a delete or a disable over the API does: not as each falls
