@@ -198,6 +198,9 @@ pub struct ConnSlot {
 pub enum Stage {
     Connecting,
     Handshake,
+    /// Connected again after the kept connection closed under the first send, and
+    /// waiting for leave to send the request a second time (`before_resend`).
+    Resending,
     Sending,
     Waiting,
 }
@@ -208,6 +211,9 @@ impl Stage {
         match self {
             Stage::Connecting => "connecting (no connection made)",
             Stage::Handshake => "in the TLS handshake",
+            Stage::Resending => {
+                "waiting to send the request again (the kept connection closed under it, and max_rps paces the second send)"
+            }
             Stage::Sending => "sending the request (the receiver stopped reading it)",
             Stage::Waiting => "waiting for the answer (the request was sent)",
         }
@@ -470,6 +476,7 @@ impl ConnSlot {
             }
             if try_no > 0 {
                 // Connected first, so the request leaves as the token allows.
+                self.stage.set(Stage::Resending);
                 before_resend().await;
             }
             let Some(conn) = self.conn.as_mut() else {

@@ -1708,6 +1708,45 @@ fn a_request_sent_again_after_its_connection_broke_waits_for_a_token() {
     at_most_per_second(&got[1..], 6);
 }
 
+#[test]
+fn an_attempt_that_times_out_waiting_to_send_again_says_so() {
+    // At `max_rps = 2` with a 300 ms `timeout`: after an idle spell, six deliveries go at
+    // 0, 0, 500, 1,000, 1,500 and 2,000 ms on the kept connection, and the receiver hangs
+    // up on the sixth. Sent again on a new connection, it waits for the token due at
+    // 2,500 ms, and the attempt's time runs out first. The log said "connecting (no
+    // connection made)": a connection was made, and the request had gone once.
+    let rx = TestReceiver::with_script(|_, n| match n {
+        6 => Reply::hang_up(),
+        _ => Reply::status(200),
+    });
+    let srv = TestServer::start(&endpoint(
+        "paced",
+        r#"["t"]"#,
+        &rx.url("/"),
+        "max_rps = 2\nmax_in_flight = 1\ntimeout = \"300ms\"\nretry = \"none\"",
+    ));
+    let mut c = srv.connect();
+    c.send_each_ok("t", "warm", 1);
+    rx.wait_for(1, Duration::from_secs(10));
+    // The idle spell that fills the bucket (two tokens take 1 s at 2/s).
+    std::thread::sleep(Duration::from_millis(1200));
+    c.send_each_ok("t", "r", 6);
+    wait_delivered(&srv, "r", 5);
+    let v = srv.wait_event("r-5", Duration::from_secs(20), |v| states(v) == ["failed"]);
+    let attempt = &v["deliveries"][0]["attempts"][0];
+    assert_eq!(attempt["timed_out"], true, "{v}");
+    let error = attempt["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("timed out after 300ms waiting to send the request again"),
+        "{error}"
+    );
+    assert_eq!(
+        rx.count(),
+        7,
+        "the warm-up and six, the sixth not sent again"
+    );
+}
+
 /// A receiver that reads every request and hangs up on the `n`th ones (counted from 0)
 /// for which `hang_up(n)`, answering 200 to the others, and a server with one endpoint,
 /// `paced`, of events `t` at `max_rps = 5`, one request at a time.
