@@ -1723,7 +1723,7 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
         if w.stopping.get() && w.active.get() == 0 {
             w.idle_wake.notify();
         }
-        if let Some(job) = not_sent {
+        if let Some(mut job) = not_sent {
             if job.kept {
                 ep.kept_attempts
                     .borrow_mut()
@@ -1734,6 +1734,24 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
             // rather than every queued job once a pause). Its due key stays, so a stop
             // meanwhile loses nothing.
             ep.bucket.borrow_mut().give_back();
+            if job.gen != ep.gen.get() && !ep.removed.get() {
+                // In flight at a disable or an enable, it is no stale copy: the store
+                // left its delivery where it was for this attempt's outcome to move
+                // (a disable's answer named it), and none came. Disabled, it waits
+                // paused, as its retry would have; enabled again, it goes as one of
+                // the new generation. Put back as of the old one, it was dropped as
+                // stale: in `due` below the loader's cursor, neither paused nor handed
+                // over again, it stayed pending until the next start (helper jobs,
+                // session 54).
+                if ep.disabled.get() {
+                    if ep.spec().cfg.ordered {
+                        w.leave_ordered(&ep, job.due.seq, Next::Paused, job.attempts);
+                    }
+                    w.report(job, None, Next::Paused);
+                    continue;
+                }
+                job.gen = ep.gen.get();
+            }
             put_back(&w, &ep, job);
             monoio::time::sleep(NOT_SENT_PAUSE).await;
         }

@@ -2671,6 +2671,72 @@ fn a_deleted_endpoint_s_pending_deliveries_end_failed() {
     }
 }
 
+/// A server whose 44 delivery sockets (300 open files) hung deliveries all hold, with an
+/// endpoint `named` whose URL names its host: `named-0` accepted, its lane waits for
+/// the host's addresses, every look-up held ([`Self::release`]) by a test hook.
+struct SocketsTakenLookupHeld {
+    srv: TestServer,
+    stuck: TestReceiver,
+    /// Answers the hung deliveries once opened.
+    gate: Gate,
+    go: std::path::PathBuf,
+    _lookups: tempfile::TempDir,
+}
+
+impl SocketsTakenLookupHeld {
+    fn start() -> SocketsTakenLookupHeld {
+        let (stuck, gate) = TestReceiver::gated();
+        // 300 open files leave 44 delivery sockets: nine tenths (40) for one endpoint,
+        // then one more for each of four others, and none for anyone after them.
+        let mut eps = endpoint(
+            "hog",
+            r#"["h"]"#,
+            &stuck.url("/"),
+            "max_in_flight = 40\ntimeout = \"300s\"",
+        );
+        for i in 1..=4 {
+            eps += &endpoint(
+                &format!("hog{i}"),
+                &format!(r#"["h{i}"]"#),
+                &stuck.url("/"),
+                "timeout = \"300s\"",
+            );
+        }
+        let by_name = stuck.url("/").replace("127.0.0.1", "localhost");
+        eps += &endpoint("named", r#"["n"]"#, &by_name, "");
+        let lookups = tempfile::tempdir().unwrap();
+        let go = lookups.path().join("go");
+        let mut opts = ServerOpts::new(&eps);
+        opts.open_files_limit = Some(300);
+        opts.env.push((
+            "RICOCHET_TEST_HOLD_LOOKUPS".into(),
+            go.to_str().unwrap().into(),
+        ));
+        let srv = TestServer::start_with(opts);
+        let mut c = srv.connect();
+        c.send_each_ok("h", "hog", 40);
+        stuck.wait_for(40, WAIT);
+        for i in 1..=4 {
+            c.send_each_ok(&format!("h{i}"), &format!("hog{i}"), 1);
+        }
+        stuck.wait_for(44, WAIT);
+        c.send_each_ok("n", "named", 1);
+        srv.wait_log("test hook: look-up held", WAIT);
+        SocketsTakenLookupHeld {
+            srv,
+            stuck,
+            gate,
+            go,
+            _lookups: lookups,
+        }
+    }
+
+    /// Lets the look-ups answer: `named-0`'s attempt finds every socket taken.
+    fn release(&self) {
+        std::fs::write(&self.go, b"").unwrap();
+    }
+}
+
 /// A delivery whose lane was waiting for its host's addresses when its endpoint was
 /// deleted, and then found no delivery socket free, ends `failed` as the deletion's
 /// queued ones did. It was put back in the deleted endpoint's queue, which nothing reads
@@ -2678,47 +2744,11 @@ fn a_deleted_endpoint_s_pending_deliveries_end_failed() {
 /// reading; found here with the look-up held by a test hook).
 #[test]
 fn a_delivery_waiting_for_addresses_when_its_endpoint_is_deleted_is_not_left_pending() {
-    let (stuck, _gate) = TestReceiver::gated();
-    // 300 open files leave 44 delivery sockets: nine tenths (40) for one endpoint, then
-    // one more for each of four others, and none for anyone after them.
-    let mut eps = endpoint(
-        "hog",
-        r#"["h"]"#,
-        &stuck.url("/"),
-        "max_in_flight = 40\ntimeout = \"300s\"",
-    );
-    for i in 1..=4 {
-        eps += &endpoint(
-            &format!("hog{i}"),
-            &format!(r#"["h{i}"]"#),
-            &stuck.url("/"),
-            "timeout = \"300s\"",
-        );
-    }
-    let by_name = stuck.url("/").replace("127.0.0.1", "localhost");
-    eps += &endpoint("named", r#"["n"]"#, &by_name, "");
-    let lookups = tempfile::tempdir().unwrap();
-    let go = lookups.path().join("go");
-    let mut opts = ServerOpts::new(&eps);
-    opts.open_files_limit = Some(300);
-    opts.env.push((
-        "RICOCHET_TEST_HOLD_LOOKUPS".into(),
-        go.to_str().unwrap().into(),
-    ));
-    let srv = TestServer::start_with(opts);
-    let mut c = srv.connect();
-    c.send_each_ok("h", "hog", 40);
-    stuck.wait_for(40, WAIT);
-    for i in 1..=4 {
-        c.send_each_ok(&format!("h{i}"), &format!("hog{i}"), 1);
-    }
-    stuck.wait_for(44, WAIT);
-    c.send_each_ok("n", "named", 1);
-    srv.wait_log("test hook: look-up held", WAIT);
+    let held = SocketsTakenLookupHeld::start();
+    let srv = &held.srv;
     let (status, v) = srv.call("DELETE", "/v1/endpoints/named", &Value::Null);
     assert_eq!(status, 200, "{v}");
-    std::fs::write(&go, b"").unwrap();
-    // The look-up answers, and the attempt finds every socket taken.
+    held.release();
     srv.wait_event("named-0", WAIT, |v| states(v) == ["failed"]);
     let v = srv.event("named-0");
     assert!(
@@ -2729,7 +2759,50 @@ fn a_delivery_waiting_for_addresses_when_its_endpoint_is_deleted_is_not_left_pen
         "no request left: {v}"
     );
     srv.wait_metric("ricochet_deliveries_pending", WAIT, |v| v == 44.0);
-    assert_eq!(stuck.count(), 44);
+    assert_eq!(held.stuck.count(), 44);
+}
+
+/// A delivery whose lane was waiting for its host's addresses when its endpoint was
+/// disabled, and then found no delivery socket free, waits paused with the endpoint's
+/// others and goes once it is enabled. The disable's answer named it in flight, so the
+/// store left it where it was for the attempt's outcome to move; put back in the queue
+/// under the generation before the disable, the lane dropped it as a stale copy: below
+/// the loader's cursor and not paused, pending until the next restart (helper jobs,
+/// session 54).
+#[test]
+fn a_delivery_waiting_for_addresses_when_its_endpoint_is_disabled_waits_paused() {
+    let held = SocketsTakenLookupHeld::start();
+    let srv = &held.srv;
+    assert_eq!(srv.post("/v1/endpoints/named/disable").0, 200);
+    held.release();
+    let v = srv.wait_event("named-0", WAIT, |v| states(v) == ["paused"]);
+    assert!(
+        v["deliveries"][0]["attempts"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "no request left: {v}"
+    );
+    srv.wait_metric("ricochet_deliveries_paused", WAIT, |v| v == 1.0);
+    held.gate.open();
+    assert_eq!(srv.post("/v1/endpoints/named/enable").0, 200);
+    srv.wait_event("named-0", WAIT, |v| states(v) == ["delivered"]);
+    srv.wait_nothing_pending(WAIT);
+}
+
+/// As above, the endpoint disabled and enabled again while the look-up was held: the
+/// delivery goes once a socket is free, as one that was never disabled would.
+#[test]
+fn a_delivery_waiting_for_addresses_across_a_disable_and_an_enable_goes() {
+    let held = SocketsTakenLookupHeld::start();
+    let srv = &held.srv;
+    assert_eq!(srv.post("/v1/endpoints/named/disable").0, 200);
+    assert_eq!(srv.post("/v1/endpoints/named/enable").0, 200);
+    held.release();
+    srv.wait_metric("ricochet_delivery_holds_total", WAIT, |v| v >= 1.0);
+    held.gate.open();
+    srv.wait_event("named-0", WAIT, |v| states(v) == ["delivered"]);
+    srv.wait_nothing_pending(WAIT);
 }
 
 /// The config file deletes the endpoints it no longer has and disables those it sets
