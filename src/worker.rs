@@ -822,6 +822,16 @@ impl Worker {
                     if j.kept {
                         continue;
                     }
+                    // The store's copy of a kept retry being attempted, handed over
+                    // during the attempt: the ordered queue would drop it as the
+                    // attempt ends (`leave_ordered`), and one that comes from now on
+                    // is dropped at `enqueue`. Kept in the FIFO queue, it went again
+                    // after the attempt and its outcome was recorded twice (helper
+                    // jobs, session 54).
+                    if ep.kept_attempts.borrow().covers(j.due.seq, j.attempts) {
+                        self.report(j, None, Next::Stale);
+                        continue;
+                    }
                     if j.due.due_ms > now {
                         self.wheel.borrow_mut().insert(j.due.due_ms, j);
                         timed = true;

@@ -2709,3 +2709,84 @@ fn an_ordered_endpoint_s_backlog_left_on_disk_below_a_key_its_worker_holds_is_no
     let twice: Vec<_> = ids.iter().filter(|(_, &n)| n > 1).take(5).collect();
     assert_eq!(twice, [(&"o-0".to_string(), &2)], "delivered twice");
 }
+
+#[test]
+fn an_ordered_head_s_retry_whose_store_copy_came_during_it_goes_once_when_fifo() {
+    // An ordered endpoint's head is answered 500 and retried at once: its worker keeps
+    // the retry and attempts it before the committer has the outcome, so the store's
+    // copy of it is handed over during that attempt (which hangs) and waits in the
+    // ordered queue. Then a `PUT` makes the endpoint FIFO. The ordered queue would
+    // have dropped that copy when the attempt ended; rebuilt as a FIFO queue it kept
+    // it, and the retry went again after the attempt, its outcome recorded twice: the
+    // pending count one lower than the deliveries pending (helper jobs, session 54).
+    let (retry, hung) = (Gate::new(), Gate::new());
+    let rx = {
+        let (retry, hung) = (retry.clone(), hung.clone());
+        let head_tries = std::sync::atomic::AtomicUsize::new(0);
+        TestReceiver::with_script(move |r, _| {
+            if r.path == "/hung" {
+                hung.wait();
+                return Reply::status(200);
+            }
+            if r.header("webhook-id") != Some("ord-0") {
+                return Reply::status(200);
+            }
+            match head_tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 => Reply::status(500),
+                1 => {
+                    retry.wait();
+                    Reply::status(200)
+                }
+                _ => Reply::status(200),
+            }
+        })
+    };
+    let mut eps = endpoint(
+        "ord",
+        r#"["o"]"#,
+        &rx.url("/ord"),
+        "ordered = true\ntimeout = \"300s\"\nretry = [\"0s\"]",
+    );
+    eps += &endpoint("hung", r#"["h"]"#, &rx.url("/hung"), "timeout = \"300s\"");
+    let srv = TestServer::start(&eps);
+    let mut c = srv.connect();
+    // One delivery that stays pending throughout.
+    c.send_each_ok("h", "hung", 1);
+    rx.wait_for(1, Duration::from_secs(10));
+    c.send_each_ok("o", "ord", 1);
+    let head = |got: &[Received]| {
+        got.iter()
+            .filter(|r| r.header("webhook-id") == Some("ord-0"))
+            .count()
+    };
+    rx.wait_until(Duration::from_secs(10), "the head's retry", |got| {
+        head(got) == 2
+    });
+    // The failed attempt recorded: the store's copy of its retry went to the worker in
+    // that round, ahead of anything the `PUT` below tells it.
+    srv.wait_event("ord-0", Duration::from_secs(10), |v| {
+        v["deliveries"][0]["attempts"].as_array().unwrap().len() == 1
+    });
+    let mut def = srv.get("/v1/endpoints/ord").1;
+    def["ordered"] = serde_json::json!(false);
+    def["max_in_flight"] = serde_json::json!(1);
+    let (status, v) = srv.call("PUT", "/v1/endpoints/ord", &def);
+    assert_eq!(status, 200, "{v}");
+    // Behind whatever the endpoint's one lane has queued.
+    assert_eq!(c.send(&event("o", "ord-1", "{}")), "ok ord-1 1");
+    retry.open();
+    rx.wait_until(Duration::from_secs(10), "the one after the head", |got| {
+        got.iter().any(|r| r.header("webhook-id") == Some("ord-1"))
+    });
+    assert_eq!(head(&rx.requests()), 2, "the retry went once");
+    srv.wait_event("ord-1", Duration::from_secs(10), |v| {
+        states(v) == ["delivered"]
+    });
+    assert_eq!(
+        srv.metrics().value("ricochet_deliveries_pending", &[]),
+        Some(1.0),
+        "only `hung-0` pending"
+    );
+    hung.open();
+    srv.wait_nothing_pending(Duration::from_secs(10));
+}
