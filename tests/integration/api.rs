@@ -2735,6 +2735,16 @@ impl SocketsTakenLookupHeld {
     fn release(&self) {
         std::fs::write(&self.go, b"").unwrap();
     }
+
+    /// Waits until `named-0`'s delivery is `state` with no attempt made: no request
+    /// left for it.
+    fn ends_unsent(&self, state: &str) {
+        let v = self
+            .srv
+            .wait_event("named-0", WAIT, |v| states(v) == [state]);
+        let attempts = v["deliveries"][0]["attempts"].as_array().unwrap();
+        assert!(attempts.is_empty(), "no request left: {v}");
+    }
 }
 
 /// A delivery whose lane was waiting for its host's addresses when its endpoint was
@@ -2749,15 +2759,7 @@ fn a_delivery_waiting_for_addresses_when_its_endpoint_is_deleted_is_not_left_pen
     let (status, v) = srv.call("DELETE", "/v1/endpoints/named", &Value::Null);
     assert_eq!(status, 200, "{v}");
     held.release();
-    srv.wait_event("named-0", WAIT, |v| states(v) == ["failed"]);
-    let v = srv.event("named-0");
-    assert!(
-        v["deliveries"][0]["attempts"]
-            .as_array()
-            .unwrap()
-            .is_empty(),
-        "no request left: {v}"
-    );
+    held.ends_unsent("failed");
     srv.wait_metric("ricochet_deliveries_pending", WAIT, |v| v == 44.0);
     assert_eq!(held.stuck.count(), 44);
 }
@@ -2775,14 +2777,7 @@ fn a_delivery_waiting_for_addresses_when_its_endpoint_is_disabled_waits_paused()
     let srv = &held.srv;
     assert_eq!(srv.post("/v1/endpoints/named/disable").0, 200);
     held.release();
-    let v = srv.wait_event("named-0", WAIT, |v| states(v) == ["paused"]);
-    assert!(
-        v["deliveries"][0]["attempts"]
-            .as_array()
-            .unwrap()
-            .is_empty(),
-        "no request left: {v}"
-    );
+    held.ends_unsent("paused");
     srv.wait_metric("ricochet_deliveries_paused", WAIT, |v| v == 1.0);
     held.gate.open();
     assert_eq!(srv.post("/v1/endpoints/named/enable").0, 200);

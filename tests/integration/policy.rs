@@ -1696,12 +1696,8 @@ fn a_request_sent_again_after_its_connection_broke_waits_for_a_token() {
     // on the sixth. Sent again at once and paid for afterwards, it made a seventh
     // request within 800 ms (max_rps + 2); it waits for the token due at 1,000 ms.
     let (rx, srv) = paced_at_five(|n| n == 6);
-    let mut c = srv.connect();
-    c.send_each_ok("t", "warm", 1);
-    rx.wait_for(1, Duration::from_secs(10));
-    // The idle spell that fills the bucket (two tokens take 400 ms at 5/s).
-    std::thread::sleep(Duration::from_millis(700));
-    c.send_each_ok("t", "r", 6);
+    // Two tokens take 400 ms at 5/s.
+    six_after_an_idle_spell(&rx, &srv, Duration::from_millis(700));
     wait_delivered(&srv, "r", 6);
     let got = rx.requests();
     assert_eq!(got.len(), 8, "the warm-up, six, and the sixth again");
@@ -1715,22 +1711,9 @@ fn an_attempt_that_times_out_waiting_to_send_again_says_so() {
     // up on the sixth. Sent again on a new connection, it waits for the token due at
     // 2,500 ms, and the attempt's time runs out first. The log said "connecting (no
     // connection made)": a connection was made, and the request had gone once.
-    let rx = TestReceiver::with_script(|_, n| match n {
-        6 => Reply::hang_up(),
-        _ => Reply::status(200),
-    });
-    let srv = TestServer::start(&endpoint(
-        "paced",
-        r#"["t"]"#,
-        &rx.url("/"),
-        "max_rps = 2\nmax_in_flight = 1\ntimeout = \"300ms\"\nretry = \"none\"",
-    ));
-    let mut c = srv.connect();
-    c.send_each_ok("t", "warm", 1);
-    rx.wait_for(1, Duration::from_secs(10));
-    // The idle spell that fills the bucket (two tokens take 1 s at 2/s).
-    std::thread::sleep(Duration::from_millis(1200));
-    c.send_each_ok("t", "r", 6);
+    let (rx, srv) = paced(2, "timeout = \"300ms\"\nretry = \"none\"", |n| n == 6);
+    // Two tokens take 1 s at 2/s.
+    six_after_an_idle_spell(&rx, &srv, Duration::from_millis(1200));
     wait_delivered(&srv, "r", 5);
     let v = srv.wait_event("r-5", Duration::from_secs(20), |v| states(v) == ["failed"]);
     let attempt = &v["deliveries"][0]["attempts"][0];
@@ -1747,10 +1730,25 @@ fn an_attempt_that_times_out_waiting_to_send_again_says_so() {
     );
 }
 
+/// Sends `warm-0`, then after `idle` (a spell that fills the bucket with its burst of
+/// two), `r-0` .. `r-5`, to `paced`.
+fn six_after_an_idle_spell(rx: &TestReceiver, srv: &TestServer, idle: Duration) {
+    let mut c = srv.connect();
+    c.send_each_ok("t", "warm", 1);
+    rx.wait_for(1, Duration::from_secs(10));
+    std::thread::sleep(idle);
+    c.send_each_ok("t", "r", 6);
+}
+
 /// A receiver that reads every request and hangs up on the `n`th ones (counted from 0)
 /// for which `hang_up(n)`, answering 200 to the others, and a server with one endpoint,
 /// `paced`, of events `t` at `max_rps = 5`, one request at a time.
 fn paced_at_five(hang_up: fn(usize) -> bool) -> (TestReceiver, TestServer) {
+    paced(5, "", hang_up)
+}
+
+/// As [`paced_at_five`], at `max_rps = rps`, with the endpoint's `extra` keys.
+fn paced(rps: u32, extra: &str, hang_up: fn(usize) -> bool) -> (TestReceiver, TestServer) {
     let rx = TestReceiver::with_script(move |_, n| {
         if hang_up(n) {
             Reply::hang_up()
@@ -1762,7 +1760,7 @@ fn paced_at_five(hang_up: fn(usize) -> bool) -> (TestReceiver, TestServer) {
         "paced",
         r#"["t"]"#,
         &rx.url("/"),
-        "max_rps = 5\nmax_in_flight = 1",
+        &format!("max_rps = {rps}\nmax_in_flight = 1\n{extra}"),
     ));
     (rx, srv)
 }
