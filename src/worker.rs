@@ -1571,19 +1571,40 @@ async fn resend_token(bucket: Option<&RefCell<TokenBucket>>) {
 }
 
 /// Puts `job`, taken but not attempted, back in its endpoint's queue, and reports the
-/// copy of it the queue drops, if one came in meanwhile ([`JobQueue::unpop`]). A job
-/// whose endpoint was deleted while it was out (a lane awaiting its host's addresses,
-/// then finding no socket) ends as the deletion's queued jobs did: the deletion has
-/// emptied that queue, and nothing would ever take it out again.
+/// copy of it the queue drops, if one came in meanwhile ([`JobQueue::unpop`]).
 fn put_back(w: &Rc<Worker>, ep: &Ep, job: WJob) {
-    if ep.removed.get() {
-        w.report(job, None, Next::Done);
-        return;
-    }
     let dropped = ep.queue.borrow_mut().unpop(job);
     if let Some(stale) = dropped {
         w.report(stale, None, Next::Stale);
     }
+}
+
+/// Settles `job`, whose attempt sent nothing for want of a socket after awaiting its
+/// host's addresses or a connect, by what became of its endpoint meanwhile; hands it
+/// back when it is to be tried again. The endpoint deleted: it ends as the deletion's
+/// queued jobs did (that queue is emptied for good, and a job put back there stayed
+/// pending until the next start). Disabled, or disabled and enabled again: it is no
+/// stale copy, since the store left its delivery where it was for this attempt's
+/// outcome to move (a disable's answer named it); it waits paused, as its retry would
+/// have, or goes as one of the new generation. Put back as of the old one, it was
+/// dropped as stale: in `due` below the loader's cursor, neither paused nor handed over
+/// again, it stayed pending until the next start (helper jobs, session 54).
+fn settle_not_sent(w: &Rc<Worker>, ep: &Ep, mut job: WJob) -> Option<WJob> {
+    if ep.removed.get() {
+        w.report(job, None, Next::Done);
+        return None;
+    }
+    if job.gen != ep.gen.get() {
+        if ep.disabled.get() {
+            if ep.spec().cfg.ordered {
+                w.leave_ordered(ep, job.due.seq, Next::Paused, job.attempts);
+            }
+            w.report(job, None, Next::Paused);
+            return None;
+        }
+        job.gen = ep.gen.get();
+    }
+    Some(job)
 }
 
 /// Holds `job` back until `until` (unix ms): an ordered endpoint's head stays the head
@@ -1733,7 +1754,7 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
         if w.stopping.get() && w.active.get() == 0 {
             w.idle_wake.notify();
         }
-        if let Some(mut job) = not_sent {
+        if let Some(job) = not_sent {
             if job.kept {
                 ep.kept_attempts
                     .borrow_mut()
@@ -1744,26 +1765,10 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
             // rather than every queued job once a pause). Its due key stays, so a stop
             // meanwhile loses nothing.
             ep.bucket.borrow_mut().give_back();
-            if job.gen != ep.gen.get() && !ep.removed.get() {
-                // In flight at a disable or an enable, it is no stale copy: the store
-                // left its delivery where it was for this attempt's outcome to move
-                // (a disable's answer named it), and none came. Disabled, it waits
-                // paused, as its retry would have; enabled again, it goes as one of
-                // the new generation. Put back as of the old one, it was dropped as
-                // stale: in `due` below the loader's cursor, neither paused nor handed
-                // over again, it stayed pending until the next start (helper jobs,
-                // session 54).
-                if ep.disabled.get() {
-                    if ep.spec().cfg.ordered {
-                        w.leave_ordered(&ep, job.due.seq, Next::Paused, job.attempts);
-                    }
-                    w.report(job, None, Next::Paused);
-                    continue;
-                }
-                job.gen = ep.gen.get();
+            if let Some(job) = settle_not_sent(&w, &ep, job) {
+                put_back(&w, &ep, job);
+                monoio::time::sleep(NOT_SENT_PAUSE).await;
             }
-            put_back(&w, &ep, job);
-            monoio::time::sleep(NOT_SENT_PAUSE).await;
         }
     }
     ep.lanes.set(ep.lanes.get() - 1);
