@@ -109,6 +109,9 @@ pub(super) enum Sweep {
 
 pub(super) struct ScanMember {
     sweep: Sweep,
+    /// A pause's worker has yet to say which attempts are in flight: until it does, the
+    /// scan moves none of the endpoint's keys, and its part is not done.
+    answer: Option<crossbeam_channel::Receiver<Vec<u64>>>,
     /// A pause's `~pausing/<id>` marker is in the store ([`store::Batch::pausing`]).
     pub(super) marked: bool,
     /// Where the scan was when it joined.
@@ -131,6 +134,17 @@ impl Default for DueScan {
 impl DueScan {
     /// `ep` joins the scan (it is started if none is under way).
     pub(super) fn join(&mut self, ep: EndpointId, sweep: Sweep) {
+        self.join_answered(ep, sweep, None);
+    }
+
+    /// `ep` joins the scan, its pause waiting for its worker's `answer` if there is one
+    /// ([`Self::answers`]).
+    fn join_answered(
+        &mut self,
+        ep: EndpointId,
+        sweep: Sweep,
+        answer: Option<crossbeam_channel::Receiver<Vec<u64>>>,
+    ) {
         if self.members.is_empty() {
             self.at = DueKey::MIN;
         }
@@ -138,6 +152,7 @@ impl DueScan {
             ep,
             ScanMember {
                 sweep,
+                answer,
                 marked: false,
                 start: self.at,
                 lapped: false,
@@ -158,10 +173,35 @@ impl DueScan {
                 .is_some_and(|m| matches!(m.sweep, Sweep::Pause { .. }))
     }
 
+    /// Takes the answers workers gave late on which attempts were in flight at their
+    /// endpoints' disables: each such pause starts its part of the scan from here, as
+    /// if it joined now. A worker gone (stopping) has nothing in flight. Whether a
+    /// member can move anything yet.
+    fn answers(&mut self) -> bool {
+        let at = self.at;
+        let mut any = false;
+        for m in self.members.values_mut() {
+            if let Some(answer) = &m.answer {
+                let seqs = match answer.try_recv() {
+                    Ok(seqs) => seqs,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => Vec::new(),
+                    Err(crossbeam_channel::TryRecvError::Empty) => continue,
+                };
+                if let Sweep::Pause { running } = &mut m.sweep {
+                    running.extend(seqs);
+                }
+                (m.answer, m.start, m.lapped) = (None, at, false);
+            }
+            any |= m.answer.is_none();
+        }
+        any
+    }
+
     /// Whether the scan takes this key, with the loader's cursor at `cursor` and the
     /// keys handed over ahead of it `ahead` (a deleted endpoint's worker reports those).
     fn picks(&self, k: &DueKey, cursor: DueKey, ahead: &BTreeSet<DueKey>) -> bool {
         self.members.get(&k.ep).is_some_and(|m| match &m.sweep {
+            Sweep::Pause { .. } if m.answer.is_some() => false,
             Sweep::Pause { running } => !running.contains(&k.seq),
             Sweep::Drop { .. } => *k >= cursor && !ahead.contains(k),
         })
@@ -169,6 +209,9 @@ impl DueScan {
 
     /// Whether a page read up to `next` (the end: `None`) ends `m`'s part.
     fn ends(m: &ScanMember, next: Option<DueKey>) -> bool {
+        if m.answer.is_some() {
+            return false;
+        }
         match next {
             // Every key from where it joined was read before the end, or since the lap.
             None => m.start == DueKey::MIN || m.lapped,
@@ -200,7 +243,7 @@ impl DueScan {
         }
         let done = self.ending(next);
         if next.is_none() {
-            for m in self.members.values_mut() {
+            for m in self.members.values_mut().filter(|m| m.answer.is_none()) {
                 m.lapped = true;
             }
         }
@@ -243,24 +286,35 @@ impl State {
     /// A delivery whose attempt is in flight keeps its due key: the attempt's outcome
     /// moves it (a retry of a disabled endpoint is paused then), so an enable before
     /// that outcome does not bring back a second copy beside the attempt's own retry.
-    /// Each worker's answer says which those are; without one in time, everything is
-    /// paused.
+    /// Each worker's answer says which those are. Without one in time, the endpoint's
+    /// part of the scan waits for it ([`DueScan::answers`]), the endpoint paused and,
+    /// enabled meanwhile, held: everything was paused then, the attempts in flight too,
+    /// and an enable before their outcomes brought back a second copy of each beside
+    /// the attempt, which went out again, and both outcomes counted the delivery done.
     pub(super) fn start_pauses(&mut self) {
         let fresh = self.scan.members.is_empty();
         // One wait for all of the round's answers: a worker that does not answer in
         // time holds the round once, not once per endpoint it owns.
         let deadline = Instant::now() + IN_FLIGHT_ANSWER;
         for (ep, in_flight) in std::mem::take(&mut self.pausing) {
-            let running: HashSet<u64> = match in_flight.recv_deadline(deadline) {
-                Ok(seqs) => seqs.into_iter().collect(),
-                Err(e) => {
-                    tracing::warn!(endpoint = ep, error = %e, "no answer from the worker on attempts in flight; pausing them too");
-                    HashSet::default()
+            let (running, late): (HashSet<u64>, _) = match in_flight.recv_deadline(deadline) {
+                Ok(seqs) => (seqs.into_iter().collect(), None),
+                // A worker gone (stopping) has nothing in flight.
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    (HashSet::default(), None)
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    tracing::warn!(
+                        endpoint = ep,
+                        "no answer from the worker on attempts in flight in time: the \
+                         endpoint's deliveries are paused once it answers"
+                    );
+                    (HashSet::default(), Some(in_flight))
                 }
             };
             // Enabled again later in the round, it is held until its part of the scan
             // is done ([`Self::enable_ep`]).
-            self.scan.join(ep, Sweep::Pause { running });
+            self.scan.join_answered(ep, Sweep::Pause { running }, late);
         }
         // A scan already under way goes on at the next tick: endpoints disabled one
         // round after another do not each cost a page in their round.
@@ -271,8 +325,12 @@ impl State {
 
     /// One page of the shared scan ([`DueScan`]), in its own write. `false` when the
     /// store refuses it (a full disk): the scan stays where it was, for the next tick
-    /// (a disabled endpoint's dropped jobs wait in `due` meanwhile).
+    /// (a disabled endpoint's dropped jobs wait in `due` meanwhile); and when every
+    /// member waits for its worker's answer.
     fn scan_page(&mut self) -> bool {
+        if !self.scan.answers() {
+            return false;
+        }
         let (scan, cursor, ahead) = (&self.scan, self.cursor, &self.ahead);
         let mut delta = Delta::default();
         let page = self
@@ -1240,6 +1298,83 @@ mod tests {
         sorted.sort();
         assert_eq!(sorted, [head, next], "each once: {handed:?}");
         assert_eq!(paused, NONE_SEQ);
+    }
+
+    #[test]
+    fn an_attempt_in_flight_at_a_disable_answered_late_is_settled_once_by_its_outcome() {
+        // Found by reading (session 54): a worker that did not say within
+        // `IN_FLIGHT_ANSWER` which attempts were in flight had them paused with the
+        // rest. Enabled and resumed before its outcome came, the delivery went out
+        // again beside the attempt, and its outcome and the copy's each counted it done.
+        use crate::commit::tests::outcome;
+        use crate::commit::{CommitMsg, Next};
+        use crate::store::DeliveryState;
+        use crate::worker::WorkerMsg;
+
+        let dir = tempfile::tempdir().unwrap();
+        let (store, keys) = deliveries(dir.path(), 2, 0);
+        let (mut st, mb) = state(store.clone(), vec![info(1, &["t"], None)]);
+        st.stats.pending = 2;
+        // Both were handed to the worker: the loader's cursor is past them.
+        st.cursor = DueKey {
+            due_ms: keys[0].due_ms + 60_000,
+            seq: 0,
+            ep: 0,
+        };
+        st.disable_ep(1, DisabledBy::Admin, None);
+        let answer = match mb.try_recv() {
+            Some(WorkerMsg::SetEnabled {
+                switch: Switch::Disable { in_flight },
+                ..
+            }) => in_flight,
+            _ => panic!("the worker is told of the disable"),
+        };
+        // No answer in time (the worker busy, the machine loaded).
+        st.start_pauses();
+        let (reply, enabled) = crossbeam_channel::bounded(1);
+        let mut msgs = vec![CommitMsg::SetEnabled {
+            ep: 1,
+            enabled: true,
+            reply,
+        }];
+        st.round(&mut msgs, &mut None);
+        assert_eq!(enabled.try_recv(), Ok(Ok(())));
+        // The worker answers late: the first delivery's attempt is in flight. Then
+        // it answers what it is told at once, and the committer's ticks go on; the
+        // attempt's outcome comes after them. (A committer that gave up on the answer
+        // no longer takes it.)
+        let _ = answer.send(vec![keys[0].seq]);
+        let mut handed = Vec::new();
+        for _ in 0..4 {
+            let mut msgs = Vec::new();
+            while let Some(m) = mb.try_recv() {
+                match m {
+                    WorkerMsg::Jobs(list) => handed.extend(list.iter().map(|j| j.due.seq)),
+                    WorkerMsg::SetEnabled { switch, .. } => match switch {
+                        Switch::Enable { request } => {
+                            msgs.push(CommitMsg::Enabled { ep: 1, request })
+                        }
+                        Switch::Disable { in_flight } => in_flight.send(vec![keys[0].seq]).unwrap(),
+                    },
+                    _ => {}
+                }
+            }
+            st.round(&mut msgs, &mut None);
+            st.load();
+        }
+        assert_eq!(handed, [keys[1].seq], "only the one paused goes again");
+        assert_eq!((st.stats.pending, st.stats.paused), (2, 0));
+        let done = outcome(&store, keys[0], Next::Done, DeliveryState::Delivered);
+        st.round(&mut vec![CommitMsg::Outcomes(vec![done])], &mut None);
+        assert_eq!(st.stats.pending, 1, "the other is in its worker");
+        assert!(store.paused_of(1, 0, 8).unwrap().is_empty());
+        let due: Vec<Seq> = store
+            .due_range(DueKey::MIN, u64::MAX, 8)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k.seq)
+            .collect();
+        assert_eq!(due, [keys[1].seq]);
     }
 
     const NONE_SEQ: [Seq; 0] = [];

@@ -1357,10 +1357,11 @@ impl State {
         batch.del_due(&self.store, o.due);
         let known = self.router.eps.get(&o.ep);
         let enabled = known.is_some_and(|i| self.delivers(i));
-        // The endpoint was deleted while this attempt ran, and its deletion failed the
-        // delivery already (counted there): an attempt in flight at a disable whose
-        // worker did not answer in time is paused too ([`Self::start_pauses`]), and
-        // the deletion fails what is paused.
+        // The endpoint was deleted while this outcome was on its way, and its deletion
+        // failed the delivery already (counted there): an attempt that ended just
+        // before its worker took a disable is reported before the answer, and the
+        // pause can move its key before the outcome is recorded
+        // ([`Self::start_pauses`]); the deletion fails what is paused.
         let failed_by_deletion =
             known.is_none() && self.store.is_failed(o.ep, seq).unwrap_or(false);
         let next = match o.next {
@@ -1543,6 +1544,32 @@ mod tests {
         }
         store.commit(b, false).unwrap();
         (store, keys)
+    }
+
+    /// The outcome of an attempt of the delivery under `due` (its first attempt, handed
+    /// over by the loader), its event read from `store`: `next`, the attempt leaving
+    /// the delivery `state`.
+    pub(super) fn outcome(store: &Store, due: DueKey, next: Next, state: DeliveryState) -> Outcome {
+        Outcome {
+            event: Arc::new(store.event(due.seq).unwrap().unwrap()),
+            ep: due.ep,
+            due,
+            attempts: 1,
+            first: 0,
+            attempt: Some(AttemptRecord {
+                at_ms: due.due_ms,
+                status: if state == DeliveryState::Delivered {
+                    200
+                } else {
+                    500
+                },
+                state_after: Some(state),
+                ..AttemptRecord::default()
+            }),
+            next,
+            fails: [0; 3],
+            handed: true,
+        }
     }
 
     /// The keys of the jobs sent to the worker since the last call.
