@@ -1310,11 +1310,19 @@ impl State {
             Next::Retry { .. } => o.event.seq < self.store.retention_floor(),
             _ => false,
         };
-        // A retry an ordered endpoint's worker kept may have expired already: its key
-        // retired by the loader or the sweep, or never written (the floor passed while
-        // the outcome that kept it was on its way). Nothing is left to retire or count.
-        let retired =
-            expires && !batch.puts_due(o.due) && !self.store.has_due(o.due).unwrap_or(true);
+        // Retired already, nothing left to record or count. A retry an ordered
+        // endpoint's worker kept may have expired: its key retired by the loader or the
+        // sweep, or never written (the floor passed while the outcome that kept it was on
+        // its way). And any outcome of a delivery whose event passed retention while the
+        // outcome was on its way, its key moved to the paused set meanwhile (an attempt
+        // that ended just before its worker took a disable is reported before the
+        // answer, and the pause moves its key) and expired there by retention: recorded,
+        // a `Done` counted it done a second time, and a `paused` retry paused it again.
+        let past = expires || o.event.seq < self.store.retention_floor();
+        let retired = past
+            && !batch.puts_due(o.due)
+            && !self.store.has_due(o.due).unwrap_or(true)
+            && (expires || !self.store.is_paused(o.ep, o.event.seq).unwrap_or(true));
         // Held, the endpoint's worker is not yet told of the enable that reset its
         // counts: those it reports meanwhile are the disabled run's.
         let held = self.scan.pausing(o.ep);

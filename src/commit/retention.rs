@@ -166,7 +166,99 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::EventRecord;
+    use crate::commit::route::tests::info;
+    use crate::commit::tests::{outcome, state};
+    use crate::commit::{CommitMsg, Next};
+    use crate::store::{DeliveryState, DisabledBy, DueVal, EventRecord};
+    use crate::worker::{Switch, WorkerMsg};
+
+    /// Endpoint 1 with two deliveries in its worker, of an event 10 s old and one of
+    /// now, disabled as the first one's attempt ends: its worker reports the outcome
+    /// (`next`, leaving the delivery `state`), then answers that nothing is in flight,
+    /// and the pause moves both keys before the outcome is recorded. Retention at 5 s
+    /// runs in between. Returns the store (what stays paused) and the committer.
+    fn an_outcome_recorded_after_its_delivery_paused_and_expired(
+        dir: &std::path::Path,
+        next: Next,
+        state_after: DeliveryState,
+    ) -> (Store, State) {
+        let store = Store::open(dir).unwrap();
+        let now = now_ms();
+        let mut b = store.batch();
+        let mut keys = Vec::new();
+        for time in [now - 10_000, now] {
+            let seq = seq_floor(time);
+            b.put_event(
+                &store,
+                &EventRecord::new(seq, None, "t", None, time, &[1], b"{}"),
+            );
+            let key = DueKey {
+                due_ms: time,
+                seq,
+                ep: 1,
+            };
+            b.put_due(&store, key, DueVal::NEW);
+            keys.push(key);
+        }
+        store.commit(b, false).unwrap();
+        let (mut st, mb) = state(store.clone(), vec![info(1, &["t"], None)]);
+        st.stats.pending = 2;
+        st.cursor = DueKey {
+            due_ms: now + 60_000,
+            seq: 0,
+            ep: 0,
+        };
+        st.disable_ep(1, DisabledBy::Admin, None);
+        match mb.try_recv() {
+            Some(WorkerMsg::SetEnabled {
+                switch: Switch::Disable { in_flight },
+                ..
+            }) => in_flight.send(Vec::new()).unwrap(),
+            _ => panic!("the worker is told of the disable"),
+        }
+        st.start_pauses();
+        assert_eq!((st.stats.pending, st.stats.paused), (2, 2));
+        // (Its event was in hand when the attempt ended.)
+        let o = outcome(&store, keys[0], next, state_after);
+        st.retention_ms = 5_000;
+        st.retention();
+        assert_eq!(
+            (st.stats.pending, st.stats.paused, st.stats.expired),
+            (1, 1, 1),
+            "the old one expired"
+        );
+        st.round(&mut vec![CommitMsg::Outcomes(vec![o])], &mut None);
+        (store, st)
+    }
+
+    #[test]
+    fn an_outcome_of_a_delivery_paused_and_expired_meanwhile_counts_it_no_more() {
+        // Found by reading (session 54): retention expired the paused delivery (and
+        // counted it), then its outcome was recorded as if it were still pending: a
+        // `Done` counted it done again, a `paused` retry paused it again.
+        for (next, state_after) in [
+            (Next::Done, DeliveryState::Delivered),
+            (Next::Done, DeliveryState::Failed),
+            (Next::Paused, DeliveryState::Paused),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, st) = an_outcome_recorded_after_its_delivery_paused_and_expired(
+                dir.path(),
+                next,
+                state_after,
+            );
+            assert_eq!(
+                (st.stats.pending, st.stats.paused, st.stats.expired),
+                (1, 1, 1),
+                "{state_after:?}: counted once"
+            );
+            assert_eq!(
+                store.paused_of(1, 0, 8).unwrap().len(),
+                1,
+                "{state_after:?}: only the other one paused"
+            );
+        }
+    }
 
     #[test]
     fn an_idle_store_is_scrubbed_once_per_idle_spell() {
