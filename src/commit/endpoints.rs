@@ -1184,9 +1184,11 @@ mod tests {
     /// before it answers the enable). Returns the sequence numbers of the two events,
     /// the deliveries handed to the worker in turn (after the enable's round and the
     /// loader's tick, then after the outcome's round and the next tick), and those
-    /// left paused.
+    /// left paused. With `look_up_fails`, the store refuses the outcome's first look-up
+    /// (of the paused set), and the rounds and ticks go on until nothing waits.
     fn an_attempt_judged_paused_reported_after_the_enable(
         ordered: bool,
+        look_up_fails: bool,
     ) -> ([Seq; 2], Vec<Seq>, Vec<Seq>) {
         use crate::commit::{CommitMsg, Next, Outcome};
         use crate::store::{AttemptRecord, DeliveryState};
@@ -1265,9 +1267,19 @@ mod tests {
             CommitMsg::Outcomes(vec![outcome]),
             CommitMsg::Enabled { ep: 1, request },
         ];
+        if look_up_fails {
+            store.fail_paused_lookups(1, Fault::Transient);
+        }
         st.round(&mut msgs, &mut None);
         st.load();
         handed.extend(told(&mb).0);
+        if look_up_fails {
+            assert!(!st.unrecorded.is_empty(), "the outcome waits");
+            st.round(&mut Vec::new(), &mut None);
+            st.load();
+            handed.extend(told(&mb).0);
+            assert!(st.unrecorded.is_empty());
+        }
         let paused = store
             .paused_of(1, 0, 8)
             .unwrap()
@@ -1283,7 +1295,7 @@ mod tests {
         // resume read the paused set before the head was in it, so the one behind it
         // went to the worker first, and the head only at the next tick.
         let ([head, next], handed, paused) =
-            an_attempt_judged_paused_reported_after_the_enable(true);
+            an_attempt_judged_paused_reported_after_the_enable(true, false);
         assert_eq!(handed, [head, next], "the head first");
         assert_eq!(paused, NONE_SEQ);
     }
@@ -1293,7 +1305,7 @@ mod tests {
         // Not left paused until a restart (as a paused outcome of an enabled endpoint
         // was before its record resumed the endpoint again).
         let ([head, next], handed, paused) =
-            an_attempt_judged_paused_reported_after_the_enable(false);
+            an_attempt_judged_paused_reported_after_the_enable(false, false);
         let mut sorted = handed.clone();
         sorted.sort();
         assert_eq!(sorted, [head, next], "each once: {handed:?}");
@@ -1375,6 +1387,16 @@ mod tests {
             .map(|(k, _)| k.seq)
             .collect();
         assert_eq!(due, [keys[1].seq]);
+    }
+
+    #[test]
+    fn an_enable_s_answer_waits_behind_an_outcome_left_for_the_next_round() {
+        // Its worker answered the enable after the outcome: resumed before the outcome
+        // was recorded (its look-up refused), the one behind the head went first.
+        let ([head, next], handed, paused) =
+            an_attempt_judged_paused_reported_after_the_enable(true, true);
+        assert_eq!(handed, [head, next], "the head first");
+        assert_eq!(paused, NONE_SEQ);
     }
 
     const NONE_SEQ: [Seq; 0] = [];

@@ -220,6 +220,18 @@ pub struct Outcome {
     pub handed: bool,
 }
 
+/// What [`State::record`] reads of the store about an outcome's delivery
+/// ([`State::look_up`]).
+#[derive(Debug, Default, Clone, Copy)]
+struct Found {
+    /// Retired already: nothing left to record or count.
+    retired: bool,
+    /// Its endpoint was deleted meanwhile, and the deletion failed it (counted there).
+    failed_by_deletion: bool,
+    /// A pause moved it to the paused set after its outcome was reported.
+    was_paused: bool,
+}
+
 /// About what a round's messages write ([`store::event_write_estimate`],
 /// [`store::outcome_write_estimate`]): the round's write batch starts this large instead
 /// of doubling its way there, a copy of all it holds each time.
@@ -485,6 +497,13 @@ struct State {
     write_failures: WriteFailures,
     /// Retention writes that failed since the last line logged.
     retention_failures: Tally,
+    /// Outcomes whose look-ups the store refused ([`State::look_up`]), to be recorded
+    /// at the next round, before its messages; and behind them, their workers' answers
+    /// to an enable or a give-back, which the committer takes to come after every
+    /// outcome reported before them.
+    unrecorded: Vec<CommitMsg>,
+    /// Those look-ups refused since the last line logged.
+    lookup_failures: Tally,
     scrub: Scrub,
 }
 
@@ -791,6 +810,8 @@ impl Committer {
             ahead: BTreeSet::new(),
             write_failures: WriteFailures::default(),
             retention_failures: Tally::default(),
+            unrecorded: Vec::new(),
+            lookup_failures: Tally::default(),
             scrub: Scrub::new(),
             stats: Stats {
                 acks: AckStats::default(),
@@ -850,6 +871,13 @@ impl State {
         shutdown: &mut Option<crossbeam_channel::Sender<()>>,
     ) {
         let now = now_ms();
+        // What earlier rounds could not record goes first (not before a deletion, which
+        // opens a round of its own: see `split_before_delete`).
+        if !self.unrecorded.is_empty()
+            && !matches!(msgs.first(), Some(CommitMsg::DeleteEndpoint { .. }))
+        {
+            msgs.splice(0..0, std::mem::take(&mut self.unrecorded));
+        }
         let mut batch = self.store.batch_sized(round_bytes(msgs));
         let mut acks: Vec<Answer> = Vec::new();
         let mut delta = Delta::default();
@@ -933,6 +961,15 @@ impl State {
                     // Answered once the round is done: a disable's worker has dropped its
                     // jobs, and its deliveries are paused or being paused (`start_pauses`).
                     enable_replies.push(reply);
+                }
+                // Its worker answered after an outcome that waits for a later round
+                // (`record`): so does the answer. (An enable's resume would read the
+                // paused set without an ordered head judged paused; a give-back's read-back
+                // would bring a delivery done, its key still in `due`, and send it again.)
+                msg @ (CommitMsg::Enabled { ep, .. } | CommitMsg::GivenBack { ep, .. })
+                    if self.keeps(ep, None) =>
+                {
+                    self.unrecorded.push(msg);
                 }
                 CommitMsg::Enabled { ep, request } => {
                     // (One from before a later disable or enable: not this one's.)
@@ -1277,17 +1314,96 @@ impl State {
         }
     }
 
-    fn record(
-        &mut self,
-        o: Outcome,
-        now: u64,
-        batch: &mut store::Batch,
-        jobs: &mut Vec<(usize, Job)>,
-        delta: &mut Delta,
-    ) {
+    /// Whether an outcome of `ep`'s (of its delivery of `seq`, if given) waits for a
+    /// later round in [`Self::unrecorded`].
+    fn keeps(&self, ep: EndpointId, seq: Option<Seq>) -> bool {
+        !self.unrecorded.is_empty()
+            && self.unrecorded.iter().any(|m| match m {
+                CommitMsg::Outcomes(list) => list
+                    .iter()
+                    .any(|o| o.ep == ep && seq.is_none_or(|s| s == o.event.seq)),
+                _ => false,
+            })
+    }
+
+    /// What recording `o` needs to know of the store, read before anything is
+    /// changed, so that a read the store refuses leaves the outcome whole for a later
+    /// round ([`Self::not_recorded`]). (A default taken for a failed read counted the
+    /// delivery done twice, or left it paused or in `due` beside its retry.)
+    fn look_up(&self, o: &Outcome, expires: bool, batch: &store::Batch) -> store::Result<Found> {
+        if o.next == Next::Stale {
+            return Ok(Found::default());
+        }
+        let seq = o.event.seq;
+        // Retired already, nothing left to record or count. A retry an ordered
+        // endpoint's worker kept may have expired: its key retired by the loader or the
+        // sweep, or never written (the floor passed while the outcome that kept it was on
+        // its way). And any outcome of a delivery whose event passed retention while the
+        // outcome was on its way, its key moved to the paused set meanwhile (an attempt
+        // that ended just before its worker took a disable is reported before the
+        // answer, and the pause moves its key) and expired there by retention: recorded,
+        // a `Done` counted it done a second time, and a `paused` retry paused it again.
+        let past = expires || seq < self.store.retention_floor();
+        let retired = past
+            && !batch.puts_due(o.due)
+            && !self.store.has_due(o.due)?
+            && (expires || !self.store.is_paused(o.ep, seq)?);
+        if retired {
+            return Ok(Found {
+                retired,
+                ..Found::default()
+            });
+        }
+        let known = self.router.eps.get(&o.ep);
+        let enabled = known.is_some_and(|i| self.delivers(i));
+        // The endpoint was deleted while this outcome was on its way, and its deletion
+        // failed the delivery already (counted there): an attempt that ended just
+        // before its worker took a disable is reported before the answer, and the
+        // pause can move its key before the outcome is recorded
+        // ([`Self::start_pauses`]); the deletion fails what is paused.
+        let failed_by_deletion = known.is_none() && self.store.is_failed(o.ep, seq)?;
+        // Only around a disable (rare): whether pausing moved this delivery aside after
+        // its outcome was reported, so the paused set and count move exactly. (A retry
+        // is paused when its endpoint does not deliver.)
+        let was_paused = !failed_by_deletion
+            && (!enabled || o.next == Next::Paused || self.settling.contains(&o.ep))
+            && self.store.is_paused(o.ep, seq)?;
+        Ok(Found {
+            retired,
+            failed_by_deletion,
+            was_paused,
+        })
+    }
+
+    /// An outcome whose look-ups the store refused ([`Self::look_up`]). One that may
+    /// pass is recorded again at the next round, whole, before that round's messages
+    /// (its worker's answers behind it wait with it: see `round`), as if it came then:
+    /// the loader's event reads that fail wait for the next tick the same way. One that
+    /// lasts (a corrupt record) is not recorded, as in a round whose write fails: its
+    /// delivery stays where the store has it (counted pending; made again after the
+    /// next start), and it is only counted out of its worker's memory. Tried again, it
+    /// would hold its endpoint's enables and give-backs for good.
+    fn not_recorded(&mut self, o: Outcome, e: &store::StoreError) {
+        let lasting = e.lasting();
+        if let Some(failures) = self.lookup_failures.note(WRITE_FAILURE_LOG_EVERY) {
+            let what = match lasting {
+                true => "not recorded: its delivery is made again after the next start",
+                false => "recorded again at the next round",
+            };
+            tracing::error!(error = %e, failures, "cannot look up a delivery to record its outcome: {what} (failures: since the last such line)");
+        }
+        if lasting {
+            self.reported(&o);
+        } else {
+            self.unrecorded.push(CommitMsg::Outcomes(vec![o]));
+        }
+    }
+
+    /// Counts `o`'s delivery out of its worker's memory, and out of the keys handed
+    /// ahead of the loader's cursor (its key no longer skipped: a round not written
+    /// leaves it in `due`, to be made again).
+    fn reported(&mut self, o: &Outcome) {
         if !self.ahead.is_empty() {
-            // Reported: the loader no longer skips its key (a round not written leaves
-            // it in `due`, to be made again).
             self.ahead.remove(&o.due);
         }
         if o.handed {
@@ -1303,6 +1419,21 @@ impl State {
                 }
             }
         }
+    }
+
+    fn record(
+        &mut self,
+        o: Outcome,
+        now: u64,
+        batch: &mut store::Batch,
+        jobs: &mut Vec<(usize, Job)>,
+        delta: &mut Delta,
+    ) {
+        // Behind an outcome of the same delivery left for a later round: after it.
+        if self.keeps(o.ep, Some(o.event.seq)) {
+            self.unrecorded.push(CommitMsg::Outcomes(vec![o]));
+            return;
+        }
         // Expired by its worker, or a retry whose event passed retention meanwhile: it
         // is no ordered endpoint's head, and expires below.
         let expires = match o.next {
@@ -1310,19 +1441,11 @@ impl State {
             Next::Retry { .. } => o.event.seq < self.store.retention_floor(),
             _ => false,
         };
-        // Retired already, nothing left to record or count. A retry an ordered
-        // endpoint's worker kept may have expired: its key retired by the loader or the
-        // sweep, or never written (the floor passed while the outcome that kept it was on
-        // its way). And any outcome of a delivery whose event passed retention while the
-        // outcome was on its way, its key moved to the paused set meanwhile (an attempt
-        // that ended just before its worker took a disable is reported before the
-        // answer, and the pause moves its key) and expired there by retention: recorded,
-        // a `Done` counted it done a second time, and a `paused` retry paused it again.
-        let past = expires || o.event.seq < self.store.retention_floor();
-        let retired = past
-            && !batch.puts_due(o.due)
-            && !self.store.has_due(o.due).unwrap_or(true)
-            && (expires || !self.store.is_paused(o.ep, o.event.seq).unwrap_or(true));
+        let found = match self.look_up(&o, expires, batch) {
+            Ok(f) => f,
+            Err(e) => return self.not_recorded(o, &e),
+        };
+        self.reported(&o);
         // Held, the endpoint's worker is not yet told of the enable that reset its
         // counts: those it reports meanwhile are the disabled run's.
         let held = self.scan.pausing(o.ep);
@@ -1347,7 +1470,7 @@ impl State {
             }
         }
         let seq = o.event.seq;
-        if o.next == Next::Stale || retired {
+        if o.next == Next::Stale || found.retired {
             return;
         }
         let in_round = o.attempts.saturating_sub(o.first);
@@ -1365,13 +1488,11 @@ impl State {
         batch.del_due(&self.store, o.due);
         let known = self.router.eps.get(&o.ep);
         let enabled = known.is_some_and(|i| self.delivers(i));
-        // The endpoint was deleted while this outcome was on its way, and its deletion
-        // failed the delivery already (counted there): an attempt that ended just
-        // before its worker took a disable is reported before the answer, and the
-        // pause can move its key before the outcome is recorded
-        // ([`Self::start_pauses`]); the deletion fails what is paused.
-        let failed_by_deletion =
-            known.is_none() && self.store.is_failed(o.ep, seq).unwrap_or(false);
+        let Found {
+            failed_by_deletion,
+            was_paused,
+            ..
+        } = found;
         let next = match o.next {
             _ if failed_by_deletion => Next::Stale,
             // The endpoint was deleted while this attempt ran: nothing more to do.
@@ -1389,10 +1510,6 @@ impl State {
             attempts: o.attempts,
             first: o.first,
         };
-        // Only around a disable (rare): whether pausing moved this delivery aside after
-        // its outcome was reported, so the paused set and count move exactly.
-        let was_paused = (!enabled || next == Next::Paused || self.settling.contains(&o.ep))
-            && self.store.is_paused(o.ep, seq).unwrap_or(false);
         // Enabled again before its paused copy was resumed: it is resumed with this
         // attempt counted.
         let next = match next {
@@ -1589,6 +1706,114 @@ mod tests {
             }
         }
         keys
+    }
+
+    /// Which of `record`'s look-ups fails.
+    #[derive(Debug, Clone, Copy)]
+    enum LookUp {
+        Due,
+        Failed,
+        Paused,
+    }
+
+    /// An outcome whose look-up `fails` once (reported in a round, then a round with
+    /// nothing new): each time, the pending, paused and expired counts, and whether it
+    /// waits for a later round. Endpoint 1's first delivery is out of `due`, the second
+    /// pending. `Due`: a kept retry of an ordered endpoint's head whose event passed
+    /// retention, its key expired by the sweep meanwhile (and counted there). `Failed`:
+    /// a retry of a deleted endpoint, failed by the deletion. `Paused`: a delivery of a
+    /// disabled endpoint, delivered, and paused by the disable meanwhile.
+    fn an_outcome_whose_look_up_fails(
+        fails: LookUp,
+        fault: store::Fault,
+    ) -> [(u64, u64, u64, bool); 2] {
+        use crate::commit::route::tests::info;
+
+        let dir = tempfile::tempdir().unwrap();
+        let (store, keys) = deliveries(dir.path(), 2, 1);
+        let mut ep = info(1, &["t"], None);
+        let retry = Next::Retry {
+            due_ms: keys[0].due_ms + 15_000,
+        };
+        let (routes, o) = match fails {
+            LookUp::Due => {
+                (ep.ordered, ep.holds_retries) = (true, true);
+                let o = outcome(&store, keys[0], retry, DeliveryState::Retrying);
+                store.set_retention_floor(keys[0].seq + 1);
+                (vec![ep], o)
+            }
+            LookUp::Failed => {
+                let mut b = store.batch();
+                b.fail_dropped(&store, 1, keys[0].seq);
+                store.commit(b, false).unwrap();
+                let o = outcome(&store, keys[0], retry, DeliveryState::Retrying);
+                (Vec::new(), o)
+            }
+            LookUp::Paused => {
+                ep.enabled = false;
+                let mut b = store.batch();
+                b.pause(&store, 1, keys[0].seq, DueVal::NEW);
+                store.commit(b, false).unwrap();
+                let o = outcome(&store, keys[0], Next::Done, DeliveryState::Delivered);
+                (vec![ep], o)
+            }
+        };
+        let (mut st, _mb) = state(store.clone(), routes);
+        st.stats.pending = 1;
+        if let LookUp::Paused = fails {
+            (st.stats.pending, st.stats.paused) = (2, 1);
+        }
+        match fails {
+            LookUp::Due => store.fail_due_lookups(1),
+            LookUp::Failed => store.fail_failed_lookups(1, fault),
+            LookUp::Paused => store.fail_paused_lookups(1, fault),
+        }
+        let mut msgs = vec![CommitMsg::Outcomes(vec![o])];
+        let mut counts = Vec::new();
+        for _ in 0..2 {
+            st.round(&mut msgs, &mut None);
+            let s = &st.stats;
+            counts.push((s.pending, s.paused, s.expired, !st.unrecorded.is_empty()));
+        }
+        counts.try_into().unwrap()
+    }
+
+    #[test]
+    fn an_outcome_whose_look_ups_fail_is_recorded_at_the_next_round_once() {
+        // Each failed look-up took a default (found by reading, session 54): a retired
+        // key taken for one still due, a delivery failed by its endpoint's deletion or
+        // one paused meanwhile taken for neither, and each counted done again; the
+        // paused one also stayed paused, to be sent again at the enable.
+        assert_eq!(
+            an_outcome_whose_look_up_fails(LookUp::Due, store::Fault::Transient),
+            [(1, 0, 0, true), (1, 0, 0, false)],
+            "retired already: nothing more to count"
+        );
+        assert_eq!(
+            an_outcome_whose_look_up_fails(LookUp::Failed, store::Fault::Transient),
+            [(1, 0, 0, true), (1, 0, 0, false)],
+            "failed by the deletion already"
+        );
+        assert_eq!(
+            an_outcome_whose_look_up_fails(LookUp::Paused, store::Fault::Transient),
+            [(2, 1, 0, true), (1, 0, 0, false)],
+            "delivered, out of the paused set"
+        );
+    }
+
+    #[test]
+    fn an_outcome_whose_look_up_fails_for_good_leaves_its_delivery_where_it_is() {
+        // Tried again every round, it would hold its endpoint's enables and give-backs
+        // for good: the delivery stays paused (counted so), as after a round whose
+        // write fails.
+        assert_eq!(
+            an_outcome_whose_look_up_fails(LookUp::Paused, store::Fault::Corrupt),
+            [(2, 1, 0, false), (2, 1, 0, false)]
+        );
+        assert_eq!(
+            an_outcome_whose_look_up_fails(LookUp::Failed, store::Fault::Corrupt),
+            [(1, 0, 0, false), (1, 0, 0, false)]
+        );
     }
 
     #[test]

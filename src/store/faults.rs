@@ -1,5 +1,6 @@
 //! Read failures a unit test injects (test builds only): the next reads of an event, or
-//! look-ups of a due key, fail as they would on a failing disk, so the callers' paths
+//! look-ups of a due key, a paused delivery or a failed one, fail as they would on a
+//! failing disk, so the callers' paths
 //! for a failed read can be tested. The store's reads check here first; a build that is
 //! not a test has none of it.
 
@@ -22,6 +23,23 @@ pub(super) struct Faults {
     event_reads: AtomicU32,
     events_corrupt: AtomicBool,
     due_lookups: AtomicU32,
+    paused_lookups: AtomicU32,
+    failed_lookups: AtomicU32,
+    /// Those two fail as a corrupt record would, for good.
+    lookups_corrupt: AtomicBool,
+}
+
+/// Takes one of the failures counted in `n`, as the error it makes: `corrupt`, one
+/// that lasts.
+fn fail_if(n: &AtomicU32, corrupt: bool) -> Result<()> {
+    match (take(n), corrupt) {
+        (false, _) => Ok(()),
+        (true, false) => Err(StoreError::Injected),
+        (true, true) => Err(StoreError::Corrupt {
+            cf: "paused",
+            what: "a corrupt record injected by a test".into(),
+        }),
+    }
 }
 
 /// Takes one of the failures counted in `n`: whether there was one.
@@ -48,10 +66,23 @@ impl Faults {
 
     /// Before a due key is looked up.
     pub(super) fn due_lookup(&self) -> Result<()> {
-        if take(&self.due_lookups) {
-            return Err(StoreError::Injected);
-        }
-        Ok(())
+        fail_if(&self.due_lookups, false)
+    }
+
+    /// Before a paused delivery is looked up ([`Store::is_paused`]).
+    pub(super) fn paused_lookup(&self) -> Result<()> {
+        fail_if(
+            &self.paused_lookups,
+            self.lookups_corrupt.load(Ordering::SeqCst),
+        )
+    }
+
+    /// Before a failed delivery is looked up ([`Store::is_failed`]).
+    pub(super) fn failed_lookup(&self) -> Result<()> {
+        fail_if(
+            &self.failed_lookups,
+            self.lookups_corrupt.load(Ordering::SeqCst),
+        )
     }
 }
 
@@ -70,6 +101,24 @@ impl Store {
     /// The next `n` look-ups of a due key ([`Store::has_due`]) fail.
     pub fn fail_due_lookups(&self, n: u32) {
         self.faults.due_lookups.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` look-ups of a paused delivery ([`Store::is_paused`]) fail with
+    /// `fault`.
+    pub fn fail_paused_lookups(&self, n: u32, fault: Fault) {
+        self.faults
+            .lookups_corrupt
+            .store(fault == Fault::Corrupt, Ordering::SeqCst);
+        self.faults.paused_lookups.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` look-ups of a failed delivery ([`Store::is_failed`]) fail with
+    /// `fault`.
+    pub fn fail_failed_lookups(&self, n: u32, fault: Fault) {
+        self.faults
+            .lookups_corrupt
+            .store(fault == Fault::Corrupt, Ordering::SeqCst);
+        self.faults.failed_lookups.store(n, Ordering::SeqCst);
     }
 }
 
@@ -103,5 +152,11 @@ mod tests {
         s.fail_due_lookups(1);
         assert!(s.has_due(key).is_err());
         assert!(s.has_due(key).unwrap());
+        s.fail_paused_lookups(1, Fault::Transient);
+        assert!(s.is_paused(1, 7).is_err_and(|e| !e.lasting()));
+        assert!(!s.is_paused(1, 7).unwrap());
+        s.fail_failed_lookups(1, Fault::Corrupt);
+        assert!(s.is_failed(1, 7).is_err_and(|e| e.lasting()));
+        assert!(!s.is_failed(1, 7).unwrap());
     }
 }

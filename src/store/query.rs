@@ -185,11 +185,15 @@ impl Store {
     }
 
     pub fn is_paused(&self, ep: EndpointId, seq: Seq) -> Result<bool> {
+        #[cfg(test)]
+        self.faults.paused_lookup()?;
         self.is_paused_at(ep, seq, None)
     }
 
     /// Whether the delivery of `seq` to `ep` is `failed`.
     pub fn is_failed(&self, ep: EndpointId, seq: Seq) -> Result<bool> {
+        #[cfg(test)]
+        self.faults.failed_lookup()?;
         self.has_index(IndexKey::State(DeliveryState::Failed, ep), seq, ep, None)
     }
 
