@@ -286,7 +286,7 @@ impl State {
 
     /// Hands over the keys kept back from endpoints that have drained to half their
     /// share, in key order, up to their share (a page each per tick); those of a
-    /// deleted endpoint fail.
+    /// deleted endpoint fail, a page a tick, whatever room workers have.
     fn hand_over_kept_back(&mut self) {
         let cap = self.cap();
         let store = self.store.clone();
@@ -326,8 +326,10 @@ impl State {
                 self.read_back(ep);
             }
             let mut taken = 0;
-            // One by one: the cap counts their events as they go.
-            while taken < room && !self.memory_full(0) {
+            // One by one: the cap counts their events as they go. A deleted endpoint's
+            // fail, which takes no worker memory: waiting for room, they waited on other
+            // endpoints' traffic to drain (helper lanes, session 55).
+            while taken < room && (!exists || !self.memory_full(0)) {
                 let Some((key, val)) = self
                     .shares
                     .get_mut(&ep)
@@ -804,6 +806,40 @@ mod tests {
         st.load();
         assert_eq!(jobs_sent(&mb), NONE);
         assert_eq!(st.deferred, 0);
+    }
+
+    #[test]
+    fn a_deleted_endpoint_s_kept_back_keys_fail_while_workers_are_full() {
+        // Its share was full: its keys were kept back. Then it was deleted, and other
+        // endpoints' deliveries fill worker memory. Failing them takes no memory, so
+        // they fail at the next tick, not once others' traffic has drained.
+        let dir = tempfile::tempdir().unwrap();
+        let (store, keys) = deliveries(dir.path(), 2, 0);
+        let (mut st, mb) = state(
+            store.clone(),
+            vec![info(1, &["t"], None), info(2, &["t"], None)],
+        );
+        st.cursor = DueKey {
+            due_ms: keys[0].due_ms + HORIZON_MS,
+            seq: 0,
+            ep: 0,
+        };
+        for &k in &keys {
+            st.keep_back(k, DueVal::NEW);
+        }
+        st.router.remove(1);
+        st.in_memory = st.cap();
+        assert!(st.memory_full(0));
+        st.stats.pending = 2;
+        st.load();
+        assert_eq!(jobs_sent(&mb), NONE);
+        assert_eq!(st.deferred, 0, "failed, not kept back");
+        for &k in &keys {
+            assert!(!store.has_due(k).unwrap());
+            assert!(store.is_failed(1, k.seq).unwrap());
+        }
+        assert_eq!(st.stats.pending, 0);
+        assert!(!st.shares.contains_key(&1), "its share is gone with it");
     }
 
     #[test]
