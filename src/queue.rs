@@ -149,6 +149,24 @@ impl<T: Queued> JobQueue<T> {
         }
     }
 
+    /// Puts `item`, the store's copy of a kept item a FIFO queue holds (the same
+    /// delivery, as many attempts made), in its place; the kept one is dropped unreported
+    /// (nothing counted it). `item` comes back when no such kept item is queued, and
+    /// always from an ordered queue (its [`push`](Self::push) settles copies itself).
+    pub fn replace_kept(&mut self, item: T) -> Result<(), T> {
+        let JobQueue::Fifo(q) = self else {
+            return Err(item);
+        };
+        let same = |t: &T| t.kept() && t.seq() == item.seq() && t.attempts() == item.attempts();
+        match q.iter_mut().find(|t| same(t)) {
+            Some(kept) => {
+                *kept = item;
+                Ok(())
+            }
+            None => Err(item),
+        }
+    }
+
     /// Records that the delivery of `seq` is finished after `attempts` attempts (ordered
     /// queues drop later copies with fewer; `u16::MAX`: every copy); returns a copy of
     /// it that came in while it was being attempted (stale now).
@@ -569,6 +587,31 @@ mod tests {
         q.push(J(1, 0)).unwrap();
         assert_eq!(q.unpop(J(2, 0)), None);
         assert_eq!(q.drain(), vec![J(2, 0), J(1, 0)]);
+    }
+
+    #[test]
+    fn a_fifo_queue_puts_the_store_s_copy_in_the_place_of_a_kept_item() {
+        let job = |seq, kept, attempts| K {
+            seq,
+            due: 500,
+            kept,
+            attempts,
+        };
+        let mut q = JobQueue::new(false);
+        q.push(job(3, true, 1)).unwrap();
+        q.push(job(4, false, 0)).unwrap();
+        // Another delivery's, or another round's: none to replace.
+        assert_eq!(q.replace_kept(job(4, false, 1)), Err(job(4, false, 1)));
+        assert_eq!(q.replace_kept(job(3, false, 0)), Err(job(3, false, 0)));
+        // The same: in its place, the kept one gone (unreported).
+        assert_eq!(q.replace_kept(job(3, false, 1)), Ok(()));
+        assert_eq!(q.drain(), vec![job(3, false, 1), job(4, false, 0)]);
+        // Only a kept one gives way; an ordered queue settles copies as it takes them.
+        q.push(job(3, false, 1)).unwrap();
+        assert_eq!(q.replace_kept(job(3, false, 1)), Err(job(3, false, 1)));
+        let mut o = JobQueue::new(true);
+        o.push(job(3, true, 1)).unwrap();
+        assert_eq!(o.replace_kept(job(3, false, 1)), Err(job(3, false, 1)));
     }
 
     #[test]

@@ -263,39 +263,56 @@ impl Queued for WJob {
 }
 
 /// The last few retries of an ordered endpoint's head that its worker attempted from
-/// its own copy ([`WJob::kept`]), as (sequence number, attempts made with that one).
-/// The store's copy of such a retry is handed over only if the loader reaches it first,
-/// or later (kept back, or read back from disk), while the attempt runs or its outcome
-/// is on its way. An ordered queue drops that copy; once a `PUT` has made the endpoint
-/// FIFO, the worker drops it by [`KeptAttempts::covers`] (helper H, session 41: the
-/// head went twice).
+/// its own copy ([`WJob::kept`]), as (sequence number, attempts made with that one,
+/// whether that attempt sent nothing). The store's copy of such a retry is handed over
+/// only if the loader reaches it first, or later (kept back, or read back from disk),
+/// while the attempt runs or its outcome is on its way. An ordered queue drops that
+/// copy; once a `PUT` has made the endpoint FIFO, the worker drops it by
+/// [`KeptAttempts::covers`] (helper H, session 41: the head went twice). An attempt
+/// that sent nothing (no socket) puts its kept copy back: the store's copy, when it
+/// comes, takes its place ([`KeptAttempts::put_back`]).
 #[derive(Default)]
-struct KeptAttempts(VecDeque<(u64, u16)>);
+struct KeptAttempts(VecDeque<(u64, u16, bool)>);
 
 impl KeptAttempts {
-    /// The kept retry of `seq`, `attempts` made before it, is being attempted.
+    /// The kept retry of `seq`, `attempts` made before it, is being attempted (again,
+    /// after an attempt that sent nothing: one entry for both).
     fn started(&mut self, seq: u64, attempts: u16) {
-        if self.0.len() == KEPT_ATTEMPTS {
+        let made = attempts.saturating_add(1);
+        if let Some(i) = self.0.iter().rposition(|&(s, m, _)| (s, m) == (seq, made)) {
+            self.0.remove(i);
+        } else if self.0.len() == KEPT_ATTEMPTS {
             self.0.pop_front();
         }
-        self.0.push_back((seq, attempts.saturating_add(1)));
+        self.0.push_back((seq, made, false));
     }
 
-    /// It was not sent after all (no socket to be had): should a `PUT` make the
-    /// endpoint FIFO before it goes, its kept copy is dropped and the store's is the
-    /// only one.
+    /// It was not sent after all (no socket to be had), and its kept copy is put back:
+    /// should a `PUT` make the endpoint FIFO before it goes, the store's copy of it is
+    /// no stale one but the delivery itself ([`Self::put_back`]).
     fn not_sent(&mut self, seq: u64, attempts: u16) {
-        let noted = (seq, attempts.saturating_add(1));
-        if let Some(i) = self.0.iter().rposition(|&k| k == noted) {
-            self.0.remove(i);
+        let made = attempts.saturating_add(1);
+        if let Some(e) = self.0.iter_mut().rev().find(|e| (e.0, e.1) == (seq, made)) {
+            e.2 = true;
         }
     }
 
     /// Whether a copy of `seq` handed over by the store with `attempts` made is one
     /// of a retry attempted from a kept copy: made before that attempt (fewer than it
-    /// made; a replay starts a new round with as many).
+    /// made; a replay starts a new round with as many), which sent its request.
     fn covers(&self, seq: u64, attempts: u16) -> bool {
-        self.0.iter().any(|&(s, made)| s == seq && attempts < made)
+        self.0
+            .iter()
+            .any(|&(s, made, unsent)| s == seq && attempts < made && !unsent)
+    }
+
+    /// Whether a copy of `seq` handed over by the store with `attempts` made is the
+    /// store's copy of a kept retry whose attempt sent nothing: the kept copy was put
+    /// back in the queue, unless something took it out since (a disable, an enable).
+    fn put_back(&self, seq: u64, attempts: u16) -> bool {
+        self.0
+            .iter()
+            .any(|&(s, made, unsent)| s == seq && attempts.saturating_add(1) == made && unsent)
     }
 }
 
@@ -932,7 +949,7 @@ impl Worker {
         ep.wake_lanes();
     }
 
-    fn enqueue(self: &Rc<Self>, job: WJob) {
+    fn enqueue(self: &Rc<Self>, mut job: WJob) {
         let ep = self.endpoints.borrow().get(&job.ep).cloned();
         let Some(ep) = ep else {
             // Not ours any more: deleted while the job waited in the timer wheel (a
@@ -953,12 +970,30 @@ impl Worker {
             return;
         }
         // (An ordered queue tells such a copy itself.)
-        if !ep.spec.borrow().cfg.ordered
-            && !job.kept
-            && ep.kept_attempts.borrow().covers(job.due.seq, job.attempts)
-        {
-            self.report(job, None, Next::Stale);
-            return;
+        if !ep.spec.borrow().cfg.ordered && !job.kept {
+            let kept = ep.kept_attempts.borrow();
+            if kept.covers(job.due.seq, job.attempts) {
+                drop(kept);
+                self.report(job, None, Next::Stale);
+                return;
+            }
+            if kept.put_back(job.due.seq, job.attempts) {
+                drop(kept);
+                // The store's copy of a kept retry that found no socket after a `PUT`
+                // made the endpoint FIFO: it takes the kept copy's place (as in an
+                // ordered queue). Queued beside it, both went: the retry twice at the
+                // receiver, its outcome recorded twice (helper lanes, session 55).
+                // Neither copy is dropped as stale: the kept one may be gone (a disable
+                // drops it, and the store resumes this one on enable).
+                let replaced = ep.queue.borrow_mut().replace_kept(job);
+                match replaced {
+                    Ok(()) => {
+                        self.kick(ep);
+                        return;
+                    }
+                    Err(copy) => job = copy,
+                }
+            }
         }
         let pushed = ep.queue.borrow_mut().push(job);
         match pushed {
@@ -1792,9 +1827,16 @@ mod tests {
             "a later round (a replay, a retry after it)"
         );
         assert!(!k.covers(8, 1), "another delivery");
-        // Not sent after all: the store's copy is the one to go.
+        // Not sent after all, its kept copy put back: the store's copy is no stale one,
+        // but takes that copy's place (not an older round's).
         k.not_sent(7, 1);
         assert!(!k.covers(7, 1));
+        assert!(k.put_back(7, 1));
+        assert!(!k.put_back(7, 0) && !k.put_back(8, 1));
+        // Attempted again: covered again, with no second entry.
+        k.started(7, 1);
+        assert!(k.covers(7, 1) && !k.put_back(7, 1));
+        assert_eq!(k.0.len(), 1);
         // Only the last few are remembered.
         for seq in 0..=KEPT_ATTEMPTS as u64 {
             k.started(seq, 3);

@@ -2800,6 +2800,178 @@ fn a_delivery_waiting_for_addresses_across_a_disable_and_an_enable_goes() {
     srv.wait_nothing_pending(WAIT);
 }
 
+/// A server where `named`, an ordered endpoint made FIFO by a `PUT`, holds the retry of
+/// its head `named-0` put back in its queue: the retry, attempted from the worker's own
+/// copy (`retry = ["0s"]`), waited for its host's addresses (held by a test hook) while
+/// the `PUT` came, then found no delivery socket (300 open files: 44 sockets, 40 held by
+/// `big`, one each by `hog1`-`hog4`, their receiver hung). The store's copy of that
+/// retry has not come: the loader's cursor stands still while workers hold all the event
+/// bytes they may (`big`'s backlog of 700 KB events).
+struct HeadRetryPutBack {
+    srv: TestServer,
+    c: Conn,
+    /// `named`'s receiver (answers 200).
+    rx: TestReceiver,
+    /// Answers the hung deliveries once opened.
+    gate: Gate,
+    _stuck: TestReceiver,
+    _lookups: tempfile::TempDir,
+}
+
+impl HeadRetryPutBack {
+    fn start() -> HeadRetryPutBack {
+        let (stuck, gate) = TestReceiver::gated();
+        let rx = TestReceiver::start();
+        let mut eps = endpoint(
+            "big",
+            r#"["b"]"#,
+            &stuck.url("/"),
+            "max_in_flight = 40\ntimeout = \"300s\"",
+        );
+        for i in 1..=4 {
+            eps += &endpoint(
+                &format!("hog{i}"),
+                &format!(r#"["h{i}"]"#),
+                &stuck.url("/"),
+                "timeout = \"300s\"",
+            );
+        }
+        let by_name = rx.url("/").replace("127.0.0.1", "localhost");
+        eps += &endpoint(
+            "named",
+            r#"["n"]"#,
+            &by_name,
+            "ordered = true\ntimeout = \"10s\"\nretry = [\"0s\"]",
+        );
+        // Its delivery fails at once, with no socket: once it has, the loader's cursor
+        // has passed every key before it (`min_delay` keeps it from going ahead of the
+        // cursor).
+        eps += &endpoint(
+            "probe",
+            r#"["p"]"#,
+            "http://probe.invalid/",
+            "min_delay = \"2s\"",
+        );
+        let lookups = tempfile::tempdir().unwrap();
+        let go = lookups.path().join("go");
+        // One worker: what the loader hands over reaches it in the loader's order.
+        let mut opts = ServerOpts::new(&eps).arg("--workers").arg("1");
+        opts.open_files_limit = Some(300);
+        opts.env.push((
+            "RICOCHET_TEST_HOLD_LOOKUPS".into(),
+            go.to_str().unwrap().into(),
+        ));
+        let srv = TestServer::start_with(opts);
+        let mut c = srv.connect();
+        let data = format!(r#"{{"blob":"{}"}}"#, "x".repeat(700_000));
+        let big = |c: &mut Conn, from: usize, to: usize| {
+            for i in from..to {
+                let id = format!("big-{i}");
+                assert_eq!(c.send(&event("b", &id, &data)), format!("ok {id} 1"));
+            }
+        };
+        big(&mut c, 0, 40);
+        stuck.wait_for(40, WAIT);
+        for i in 1..=4 {
+            c.send_each_ok(&format!("h{i}"), &format!("hog{i}"), 1);
+        }
+        stuck.wait_for(44, WAIT);
+        c.send_each_ok("n", "named", 1);
+        srv.wait_log("test hook: look-up held", WAIT);
+        let mut def = srv.get("/v1/endpoints/named").1;
+        def["timeout"] = json!("300s");
+        let (status, v) = srv.call("PUT", "/v1/endpoints/named", &def);
+        assert_eq!(status, 200, "{v}");
+        // 160 more while the first attempt waits: workers take 152 of them (with the 40
+        // in flight, 128 MiB), and the loader's cursor stops there.
+        big(&mut c, 40, 200);
+        srv.wait_metric("ricochet_deliveries_in_memory", WAIT, |v| v >= 197.0);
+        let v = srv.event("named-0");
+        assert_eq!(
+            v["deliveries"][0]["attempts"].as_array().unwrap().len(),
+            0,
+            "workers were full before the first attempt ended: {v}"
+        );
+        // The first attempt times out waiting (10 s); its retry, the worker's own copy,
+        // is attempted at once under the new timeout and waits for the same look-up.
+        // The store's copy of the retry waits behind the cursor.
+        srv.wait_event("named-0", Duration::from_secs(20), |v| {
+            v["deliveries"][0]["attempts"].as_array().unwrap().len() == 1
+        });
+        def["ordered"] = json!(false);
+        def["max_in_flight"] = json!(1);
+        let (status, v) = srv.call("PUT", "/v1/endpoints/named", &def);
+        assert_eq!(status, 200, "{v}");
+        // The worker has the `PUT` before this scrape (its mailbox answers in order).
+        srv.metrics();
+        std::fs::write(&go, b"").unwrap();
+        // No socket: the retry's kept copy is put back in the FIFO queue.
+        srv.wait_metric("ricochet_delivery_holds_total", WAIT, |v| v >= 1.0);
+        HeadRetryPutBack {
+            srv,
+            c,
+            rx,
+            gate,
+            _stuck: stuck,
+            _lookups: lookups,
+        }
+    }
+
+    /// Room in worker memory: `big` deleted, the loader's cursor goes on, and once
+    /// `probe-0` has failed, it has handed over every key due before it.
+    fn make_room(&mut self) {
+        self.c.send_each_ok("p", "probe", 1);
+        let (status, v) = self.srv.call("DELETE", "/v1/endpoints/big", &Value::Null);
+        assert_eq!(status, 200, "{v}");
+        self.srv
+            .wait_event("probe-0", WAIT, |v| states(v) == ["failed"]);
+    }
+
+    /// Sockets free: `named-0` is delivered, then `named-1` goes behind whatever is left
+    /// in `named`'s queue (one lane); how many times `named-0` reached the receiver.
+    fn head_sent(&mut self) -> usize {
+        self.gate.open();
+        self.srv
+            .wait_event("named-0", WAIT, |v| states(v) == ["delivered"]);
+        assert_eq!(self.c.send(&event("n", "named-1", "{}")), "ok named-1 1");
+        self.rx.wait_until(WAIT, "the one after the head", |got| {
+            got.iter()
+                .any(|r| r.header("webhook-id") == Some("named-1"))
+        });
+        self.srv.wait_nothing_pending(WAIT);
+        self.rx
+            .requests()
+            .iter()
+            .filter(|r| r.header("webhook-id") == Some("named-0"))
+            .count()
+    }
+}
+
+/// The store's copy of an ordered head's retry, come after the worker put its own copy
+/// back ([`HeadRetryPutBack`]). Queued beside the kept copy, both went: the head twice at
+/// the receiver, its outcome recorded twice (helper lanes, session 55). The store's copy
+/// now takes the kept one's place.
+#[test]
+fn an_ordered_head_s_retry_that_found_no_socket_after_a_put_to_fifo_goes_once() {
+    let mut h = HeadRetryPutBack::start();
+    h.make_room();
+    assert_eq!(h.head_sent(), 1, "the head's retry went once");
+}
+
+/// As above, the endpoint disabled and enabled before the store's copy comes: the
+/// disable drops the kept copy, and the copy the store resumes at the enable is the
+/// delivery, not one to drop as the kept copy's.
+#[test]
+fn an_ordered_head_s_retry_put_back_then_paused_goes_once_enabled() {
+    let mut h = HeadRetryPutBack::start();
+    assert_eq!(h.srv.post("/v1/endpoints/named/disable").0, 200);
+    h.srv
+        .wait_event("named-0", WAIT, |v| states(v) == ["paused"]);
+    h.make_room();
+    assert_eq!(h.srv.post("/v1/endpoints/named/enable").0, 200);
+    assert_eq!(h.head_sent(), 1, "the resumed head went once");
+}
+
 /// The config file deletes the endpoints it no longer has and disables those it sets
 /// `enabled = false`, at start. Their deliveries waiting on disk end `failed` and
 /// `paused` right after, as a delete or a disable over the API does: not as each falls
