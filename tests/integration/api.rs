@@ -2841,7 +2841,7 @@ impl HeadRetryPutBack {
             "named",
             r#"["n"]"#,
             &by_name,
-            "ordered = true\ntimeout = \"10s\"\nretry = [\"0s\"]",
+            "ordered = true\ntimeout = \"15s\"\nretry = [\"0s\"]",
         );
         // Its delivery fails at once, with no socket: once it has, the loader's cursor
         // has passed every key before it (`min_delay` keeps it from going ahead of the
@@ -2892,10 +2892,11 @@ impl HeadRetryPutBack {
             0,
             "workers were full before the first attempt ended: {v}"
         );
-        // The first attempt times out waiting (10 s); its retry, the worker's own copy,
-        // is attempted at once under the new timeout and waits for the same look-up.
-        // The store's copy of the retry waits behind the cursor.
-        srv.wait_event("named-0", Duration::from_secs(20), |v| {
+        // The first attempt times out waiting (15 s: the 112 MB above, which must be in
+        // before it ends, take seconds on a loaded machine); its retry, the worker's own
+        // copy, is attempted at once under the new timeout and waits for the same
+        // look-up. The store's copy of the retry waits behind the cursor.
+        srv.wait_event("named-0", Duration::from_secs(30), |v| {
             v["deliveries"][0]["attempts"].as_array().unwrap().len() == 1
         });
         def["ordered"] = json!(false);
