@@ -127,6 +127,79 @@ fn body_text_success_rule_and_error_rule() {
     assert_eq!(errors["err-rule"], "the error rule \"ERROR\" matched");
 }
 
+/// A text rule is a substring of the first 64 KiB of the body (SPEC §6), for `success`
+/// and `error` alike: a match ending on the window's last byte counts, one ending a byte
+/// later does not, however much of the body the receiver sends.
+#[test]
+fn a_body_text_rule_reads_the_first_64_kib_only() {
+    const WINDOW: usize = 64 * 1024;
+    let rx = TestReceiver::with_script(|r, _| {
+        let (word, end) = match r.path.as_str() {
+            "/ok-in" => ("OK", WINDOW),
+            "/ok-out" => ("OK", WINDOW + 1),
+            "/err-in" => ("ERROR", WINDOW),
+            _ => ("ERROR", WINDOW + 1),
+        };
+        Reply::status(200).body(&format!("{}{word}", "x".repeat(end - word.len())))
+    });
+    let eps = [
+        ("ok-in", "success = \"OK\""),
+        ("ok-out", "success = \"OK\""),
+        ("err-in", "error = \"ERROR\""),
+        ("err-out", "error = \"ERROR\""),
+    ]
+    .iter()
+    .map(|(name, rule)| {
+        endpoint(
+            name,
+            r#"["t"]"#,
+            &rx.url(&format!("/{name}")),
+            &format!("{rule}\nretry = \"none\""),
+        )
+    })
+    .collect::<Vec<_>>()
+    .join("\n");
+    let srv = TestServer::start(&eps);
+    assert_eq!(
+        srv.connect().send(&event("t", "window-1", "{}")),
+        "ok window-1 4"
+    );
+    let v = srv.wait_event("window-1", Duration::from_secs(10), |v| {
+        states(v).iter().all(|s| s == "delivered" || s == "failed")
+    });
+    let by_ep: std::collections::HashMap<String, (String, serde_json::Value)> = v["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["endpoint"].as_str().unwrap().to_string(),
+                (
+                    d["state"].as_str().unwrap().to_string(),
+                    d["attempts"][0]["error"].clone(),
+                ),
+            )
+        })
+        .collect();
+    let null = serde_json::Value::Null;
+    assert_eq!(by_ep["ok-in"], ("delivered".to_string(), null.clone()));
+    assert_eq!(
+        by_ep["ok-out"],
+        (
+            "failed".to_string(),
+            "the success rule \"OK\" did not match".into()
+        )
+    );
+    assert_eq!(
+        by_ep["err-in"],
+        (
+            "failed".to_string(),
+            "the error rule \"ERROR\" matched".into()
+        )
+    );
+    assert_eq!(by_ep["err-out"], ("delivered".to_string(), null));
+}
+
 #[test]
 fn timeout_is_recorded_as_timed_out() {
     let rx = TestReceiver::with_script(|_, n| {
