@@ -184,14 +184,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (Some(p), None) => ricochet::client::Target::Unix(p),
                 (None, None) => ricochet::client::Target::Unix(PathBuf::from("ricochet.sock")),
             };
+            let stdin = || ricochet::client::Named::new(std::io::stdin(), "standard input");
             let input: Box<dyn Read + Send> = match file {
                 // `-` is stdin, as for most tools.
-                Some(p) if p.as_os_str() == "-" => Box::new(std::io::stdin()),
-                Some(p) => Box::new(
+                Some(p) if p.as_os_str() == "-" => Box::new(stdin()),
+                Some(p) => Box::new(ricochet::client::Named::new(
                     std::fs::File::open(&p)
                         .with_context(|| format!("cannot open {}", p.display()))?,
-                ),
-                None => Box::new(std::io::stdin()),
+                    p.display().to_string(),
+                )),
+                None => Box::new(stdin()),
             };
             // Without `-v`, the first `err` answers go to stderr with their line's
             // number among the non-blank lines (the answers come in their order).
