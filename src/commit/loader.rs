@@ -317,10 +317,14 @@ impl State {
                 true if 2 * s.held <= limit => (limit - s.held).min(PAGE),
                 true => 0,
             };
+            // Not while fresh deliveries spill (the spill's to load: read back too, one
+            // would go out twice), but for a deleted endpoint's backlog, read back past
+            // the spill's range ([`Self::read_back`]) to be failed: its keys waited on
+            // disk, pending, for as long as others' traffic kept workers full.
             if room > 0
                 && s.deferred.len() < PAGE
                 && s.on_disk_from.is_some()
-                && self.spill.is_none()
+                && (self.spill.is_none() || !exists)
                 && Instant::now() < read_until
             {
                 self.read_back(ep);
@@ -387,9 +391,12 @@ impl State {
 
     /// Reads the next keys of `ep`'s backlog left on disk ([`Share::on_disk_from`])
     /// back into its kept-back keys, up to [`PAGE`] of them: the keys of the index from
-    /// there up to the cursor, [`REFILL_SCAN`] at most per call. Not while fresh
-    /// deliveries spill (those above the fence are the spill's to load: read back too,
-    /// one would go out twice).
+    /// there up to the cursor, [`REFILL_SCAN`] at most per call. Those the spill's scan
+    /// has yet to load are its own, and left to it ([`scans_passed`]): read back too,
+    /// one went out twice, or a deleted endpoint's was failed twice and pending counted
+    /// down twice. (Only a deleted endpoint's backlog is read back while fresh
+    /// deliveries spill: the spill's scan fails its keys as it meets them, but leaves a
+    /// live endpoint's on disk for the read-back, which must not have passed them.)
     fn read_back(&mut self, ep: EndpointId) {
         let Some(s) = self.shares.get(&ep) else {
             return;
@@ -398,11 +405,12 @@ impl State {
             return;
         };
         let most = (2 * PAGE).saturating_sub(s.deferred.len());
-        let cursor = self.cursor;
+        let (cursor, spill) = (self.cursor, self.spill);
         let (page, next) = match self
             .store
-            .due_where(from, Some(cursor), REFILL_SCAN, most, |k| k.ep == ep)
-        {
+            .due_where(from, Some(cursor), REFILL_SCAN, most, |k| {
+                k.ep == ep && scans_passed(*k, cursor, spill)
+            }) {
             Ok(p) => p,
             Err(e) => {
                 loader_failed(
@@ -840,6 +848,62 @@ mod tests {
         }
         assert_eq!(st.stats.pending, 0);
         assert!(!st.shares.contains_key(&1), "its share is gone with it");
+    }
+
+    #[test]
+    fn a_deleted_endpoint_s_backlog_on_disk_fails_while_fresh_deliveries_spill() {
+        // Its backlog past the keys kept back waits on disk: two keys the cursor passed,
+        // and two the spill's scan has yet to load. Then it was deleted, and workers are
+        // full: fresh deliveries spill. Read back only while nothing spilled, its keys
+        // stayed pending for as long as others' traffic kept workers full; read back
+        // with the spilled ones, those were failed twice (again by the spill's scan),
+        // pending counted down twice.
+        let dir = tempfile::tempdir().unwrap();
+        let (store, keys) = deliveries(dir.path(), 4, 0);
+        let (mut st, mb) = state(
+            store.clone(),
+            vec![info(1, &["t"], None), info(2, &["t"], None)],
+        );
+        st.cursor = DueKey {
+            due_ms: keys[0].due_ms + HORIZON_MS,
+            seq: 0,
+            ep: 0,
+        };
+        st.spill = Some(Spill {
+            fence: keys[2].seq,
+            scan: DueKey::MIN,
+        });
+        st.shares.entry(1).or_default().on_disk_from = Some(keys[0]);
+        st.on_disk += 1;
+        st.router.remove(1);
+        st.in_memory = st.cap();
+        // Others' deliveries pending too: none counted down for the deletion's.
+        st.stats.pending = 4 + 5;
+        st.load();
+        assert!(
+            st.spill.is_some(),
+            "workers are full: nothing spilled loads"
+        );
+        for &k in &keys[..2] {
+            assert!(!store.has_due(k).unwrap(), "read back and failed");
+            assert!(store.is_failed(1, k.seq).unwrap());
+        }
+        for &k in &keys[2..] {
+            assert!(store.has_due(k).unwrap(), "the spill's, left to it");
+        }
+        assert_eq!(st.stats.pending, 2 + 5);
+        assert_eq!((st.on_disk, st.deferred), (0, 0));
+        assert!(!st.shares.contains_key(&1), "its share is gone with it");
+        // Room: the spill's scan fails the rest, once.
+        st.in_memory = 0;
+        st.load();
+        assert!(st.spill.is_none());
+        assert_eq!(jobs_sent(&mb), NONE);
+        for &k in &keys[2..] {
+            assert!(!store.has_due(k).unwrap());
+            assert!(store.is_failed(1, k.seq).unwrap());
+        }
+        assert_eq!(st.stats.pending, 5);
     }
 
     #[test]
