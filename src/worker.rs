@@ -813,7 +813,8 @@ impl Worker {
     /// next attempt renders with the new spec. A changed rate limit gets a fresh bucket,
     /// a changed `ordered` a queue of the other kind: holding the same jobs, except that
     /// a FIFO queue holds due ones only (the rest wait in the timer wheel) and no kept
-    /// retry (its copy in the store keeps its time).
+    /// retry (its copy in the store keeps its time) but one whose attempt sent nothing
+    /// ([`KeptAttempts::put_back`]).
     fn upsert(self: &Rc<Self>, spec: Arc<EndpointSpec>, meta: &EndpointMeta) {
         let existing = self.endpoints.borrow().get(&spec.id).cloned();
         let Some(ep) = existing else {
@@ -835,8 +836,14 @@ impl Worker {
             for j in jobs {
                 if !spec.cfg.ordered {
                     // A FIFO queue holds due jobs only. A kept retry goes: the store's
-                    // copy of it comes in its time, as every retry's does.
-                    if j.kept {
+                    // copy of it comes in its time, as every retry's does. But not one
+                    // whose attempt sent nothing (no socket), put back: the store's copy
+                    // may have come during that attempt and been dropped as stale (the
+                    // endpoint FIFO then, since a `PUT`), and it is the delivery now.
+                    // Dropped at a `PUT` to ordered and back, nothing was left of it,
+                    // pending until the next start (helper lanes2, session 55). The
+                    // store's copy, if it comes, takes its place (`enqueue`).
+                    if j.kept && !ep.kept_attempts.borrow().put_back(j.due.seq, j.attempts) {
                         continue;
                     }
                     // The store's copy of a kept retry being attempted, handed over

@@ -2815,11 +2815,21 @@ struct HeadRetryPutBack {
     /// Answers the hung deliveries once opened.
     gate: Gate,
     _stuck: TestReceiver,
+    /// Its look-ups go on once this file exists.
+    go: std::path::PathBuf,
     _lookups: tempfile::TempDir,
 }
 
 impl HeadRetryPutBack {
     fn start() -> HeadRetryPutBack {
+        let h = HeadRetryPutBack::start_held();
+        h.release();
+        h
+    }
+
+    /// As [`Self::start`], but the retry's attempt still waits for its look-up: the
+    /// store's copy of the retry, handed over now, comes during the attempt.
+    fn start_held() -> HeadRetryPutBack {
         let (stuck, gate) = TestReceiver::gated();
         let rx = TestReceiver::start();
         let mut eps = endpoint(
@@ -2843,13 +2853,13 @@ impl HeadRetryPutBack {
             &by_name,
             "ordered = true\ntimeout = \"15s\"\nretry = [\"0s\"]",
         );
-        // Its delivery fails at once, with no socket: once it has, the loader's cursor
-        // has passed every key before it (`min_delay` keeps it from going ahead of the
-        // cursor).
+        // Its delivery fails at once, with no socket and no look-up (its URL renders
+        // with no host): once it has, the loader's cursor has passed every key before it
+        // (`min_delay` keeps it from going ahead of the cursor).
         eps += &endpoint(
             "probe",
             r#"["p"]"#,
-            "http://probe.invalid/",
+            "http://{no_such_field}/",
             "min_delay = \"2s\"",
         );
         let lookups = tempfile::tempdir().unwrap();
@@ -2905,17 +2915,31 @@ impl HeadRetryPutBack {
         assert_eq!(status, 200, "{v}");
         // The worker has the `PUT` before this scrape (its mailbox answers in order).
         srv.metrics();
-        std::fs::write(&go, b"").unwrap();
-        // No socket: the retry's kept copy is put back in the FIFO queue.
-        srv.wait_metric("ricochet_delivery_holds_total", WAIT, |v| v >= 1.0);
         HeadRetryPutBack {
             srv,
             c,
             rx,
             gate,
             _stuck: stuck,
+            go,
             _lookups: lookups,
         }
+    }
+
+    /// The look-up answers: no socket, and the retry's kept copy is put back in the
+    /// FIFO queue.
+    fn release(&self) {
+        std::fs::write(&self.go, b"").unwrap();
+        self.srv
+            .wait_metric("ricochet_delivery_holds_total", WAIT, |v| v >= 1.0);
+    }
+
+    /// `PUT`s `named` with `change` made to its definition.
+    fn put(&self, change: impl FnOnce(&mut Value)) {
+        let mut def = self.srv.get("/v1/endpoints/named").1;
+        change(&mut def);
+        let (status, v) = self.srv.call("PUT", "/v1/endpoints/named", &def);
+        assert_eq!(status, 200, "{v}");
     }
 
     /// Room in worker memory: `big` deleted, the loader's cursor goes on, and once
@@ -2971,6 +2995,23 @@ fn an_ordered_head_s_retry_put_back_then_paused_goes_once_enabled() {
     h.make_room();
     assert_eq!(h.srv.post("/v1/endpoints/named/enable").0, 200);
     assert_eq!(h.head_sent(), 1, "the resumed head went once");
+}
+
+/// As above, but the store's copy comes while the retry's attempt still waits for its
+/// look-up, and is dropped as the kept copy's (the endpoint FIFO by then); the attempt
+/// then finds no socket and puts the kept copy back. A `PUT` to `ordered` and back to
+/// FIFO dropped that kept copy as one whose store copy comes in its time, and nothing
+/// was left of the delivery: pending, never sent, until the next start (helper lanes2,
+/// session 55). The kept copy whose attempt sent nothing now stays.
+#[test]
+fn an_ordered_head_s_retry_put_back_goes_once_after_a_put_to_ordered_and_back() {
+    let mut h = HeadRetryPutBack::start_held();
+    h.make_room();
+    h.release();
+    // Both while the lane waits a second before it tries the kept copy again.
+    h.put(|d| d["ordered"] = json!(true));
+    h.put(|d| d["ordered"] = json!(false));
+    assert_eq!(h.head_sent(), 1, "the head's retry went once");
 }
 
 /// The config file deletes the endpoints it no longer has and disables those it sets
