@@ -1000,6 +1000,23 @@ impl Worker {
                     }
                     Err(copy) => job = copy,
                 }
+                // The kept copy may wait in the timer wheel instead, held there by a
+                // `min_delay` a `PUT` raised: it takes its place there, and its time.
+                // Queued, the store's copy went as soon as the `min_delay` was lowered
+                // again, and the kept one after it when it came out (helper lanes2,
+                // session 55).
+                let mut wheel = self.wheel.borrow_mut();
+                let parked = wheel.iter_mut().find(|t| {
+                    t.kept
+                        && t.ep == job.ep
+                        && t.gen == job.gen
+                        && t.due.seq == job.due.seq
+                        && t.attempts == job.attempts
+                });
+                if let Some(kept) = parked {
+                    *kept = job;
+                    return;
+                }
             }
         }
         let pushed = ep.queue.borrow_mut().push(job);

@@ -87,6 +87,16 @@ impl<T> TimerWheel<T> {
             .map(|(_, item)| item)
     }
 
+    /// Every waiting item, to change in place (its due time stays), in no particular
+    /// order. O(n) over the items and the slots.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.past
+            .iter_mut()
+            .chain(self.slots.iter_mut().flatten())
+            .chain(self.overflow.iter_mut())
+            .map(|(_, item)| item)
+    }
+
     /// Schedules `item` for `due_ms`. A due time already past fires at the next
     /// [`expire`](Self::expire). O(1).
     pub fn insert(&mut self, due_ms: u64, item: T) {
@@ -300,6 +310,22 @@ mod tests {
         let mut out = Vec::new();
         w.expire(now, &mut out);
         out
+    }
+
+    #[test]
+    fn items_changed_in_place_keep_their_time() {
+        let mut w = TimerWheel::new(1_000);
+        w.insert(500, 1); // past
+        w.insert(1_100, 2);
+        w.insert(1_000 + (1 << 40), 3); // overflow
+        for item in w.iter_mut() {
+            *item *= 10;
+        }
+        let mut out = Vec::new();
+        w.expire(1_100, &mut out);
+        assert_eq!(out, vec![10, 20]);
+        w.expire(1_000 + (1 << 40), &mut out);
+        assert_eq!(out, vec![10, 20, 30]);
     }
 
     #[test]

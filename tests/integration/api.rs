@@ -2817,6 +2817,8 @@ struct HeadRetryPutBack {
     _stuck: TestReceiver,
     /// Its look-ups go on once this file exists.
     go: std::path::PathBuf,
+    /// About when `named-0` was accepted (its event's time).
+    head_at: Instant,
     _lookups: tempfile::TempDir,
 }
 
@@ -2886,6 +2888,7 @@ impl HeadRetryPutBack {
             c.send_each_ok(&format!("h{i}"), &format!("hog{i}"), 1);
         }
         stuck.wait_for(44, WAIT);
+        let head_at = Instant::now();
         c.send_each_ok("n", "named", 1);
         srv.wait_log("test hook: look-up held", WAIT);
         let mut def = srv.get("/v1/endpoints/named").1;
@@ -2922,6 +2925,7 @@ impl HeadRetryPutBack {
             gate,
             _stuck: stuck,
             go,
+            head_at,
             _lookups: lookups,
         }
     }
@@ -3011,6 +3015,36 @@ fn an_ordered_head_s_retry_put_back_goes_once_after_a_put_to_ordered_and_back() 
     // Both while the lane waits a second before it tries the kept copy again.
     h.put(|d| d["ordered"] = json!(true));
     h.put(|d| d["ordered"] = json!(false));
+    assert_eq!(h.head_sent(), 1, "the head's retry went once");
+}
+
+/// As [`an_ordered_head_s_retry_that_found_no_socket_after_a_put_to_fifo_goes_once`],
+/// but a `PUT` raises `min_delay` past the head's event time plus what has passed: the
+/// lane parks the kept copy in the timer wheel until then. Another `PUT` takes the
+/// `min_delay` back; the store's copy comes. Queued, it went at once, and the kept copy
+/// again when it came out of the wheel (helper lanes2, session 55); it now takes the
+/// kept copy's place in the wheel.
+#[test]
+fn an_ordered_head_s_retry_parked_for_a_min_delay_goes_once() {
+    let mut h = HeadRetryPutBack::start();
+    let exits = h
+        .srv
+        .metrics()
+        .value("ricochet_lanes_idle_exits_total", &[]);
+    let exits = exits.unwrap_or(0.0);
+    // Out of the wheel then (the event's time is a moment after `head_at`).
+    let delay = h.head_at.elapsed().as_secs() + 15;
+    h.put(|d| d["min_delay"] = json!(format!("{delay}s")));
+    // Parked, its lane has nothing left and, sockets scarce, ends after a second idle
+    // (`named`'s is the only lane not in flight).
+    h.srv
+        .wait_metric("ricochet_lanes_idle_exits_total", WAIT, |v| v > exits);
+    h.put(|d| d["min_delay"] = json!("0s"));
+    h.make_room();
+    // Nothing shows the kept copy leave the wheel when it is no longer there: wait for
+    // its time.
+    let parked_until = h.head_at + Duration::from_secs(delay + 2);
+    std::thread::sleep(parked_until.saturating_duration_since(Instant::now()));
     assert_eq!(h.head_sent(), 1, "the head's retry went once");
 }
 
