@@ -478,23 +478,29 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
 
-    /// Sends `lines` to a fake server that reads everything (so its close is no reset)
-    /// and then answers `answers`; returns the error and the answers seen.
-    fn against(lines: &[u8], answers: &'static [u8]) -> (SendError, Vec<String>) {
+    /// A fake server for one connection: it reads everything (so its close is no
+    /// reset), then writes what `answer` makes of it, and closes.
+    fn fake_server(
+        answer: impl FnOnce(&[u8]) -> Vec<u8> + Send + 'static,
+    ) -> (Target, std::thread::JoinHandle<()>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let server = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
             let mut all = Vec::new();
             s.read_to_end(&mut all).unwrap();
-            s.write_all(answers).unwrap();
+            s.write_all(&answer(&all)).unwrap();
         });
+        (Target::Tcp(addr.to_string()), server)
+    }
+
+    /// Sends `lines` to a fake server that answers `answers`; returns the error and the
+    /// answers seen.
+    fn against(lines: &[u8], answers: &'static [u8]) -> (SendError, Vec<String>) {
+        let (target, server) = fake_server(|_| answers.to_vec());
         let input = Box::new(std::io::Cursor::new(lines.to_vec()));
         let mut seen = Vec::new();
-        let err = send(&Target::Tcp(addr.to_string()), input, |a| {
-            seen.push(a.to_string())
-        })
-        .unwrap_err();
+        let err = send(&target, input, |a| seen.push(a.to_string())).unwrap_err();
         server.join().unwrap();
         (err, seen)
     }
@@ -674,20 +680,15 @@ mod tests {
         // (`the server closed the connection before every line was sent`) 1 time in 5
         // to 20.
         for _ in 0..200 {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = l.local_addr().unwrap();
-            let server = std::thread::spawn(move || {
-                let (mut s, _) = l.accept().unwrap();
-                let mut all = Vec::new();
-                s.read_to_end(&mut all).unwrap();
-                let lines = all.iter().filter(|&&b| b == b'\n').count();
-                for i in 0..lines {
-                    s.write_all(format!("ok e{i} 0\n").as_bytes()).unwrap();
-                }
+            let (target, server) = fake_server(|got| {
+                let lines = got.iter().filter(|&&b| b == b'\n').count();
+                (0..lines)
+                    .flat_map(|i| format!("ok e{i} 0\n").into_bytes())
+                    .collect()
             });
             let lines = std::io::Cursor::new(b"{}\n{}\n".to_vec());
             let input = Box::new(Named::new(Failing(lines), "events.ndjson"));
-            let err = send(&Target::Tcp(addr.to_string()), input, |_| {}).unwrap_err();
+            let err = send(&target, input, |_| {}).unwrap_err();
             server.join().unwrap();
             assert_eq!(
                 err.error.to_string(),

@@ -734,6 +734,23 @@ mod tests {
 
     const NONE: [DueKey; 0] = [];
 
+    /// A cursor past `keys` (and the loader's horizon beyond the first).
+    fn passed(keys: &[DueKey]) -> DueKey {
+        DueKey {
+            due_ms: keys[0].due_ms + HORIZON_MS,
+            seq: 0,
+            ep: 0,
+        }
+    }
+
+    /// `keys` kept back, the loader's cursor past them.
+    fn kept_back(st: &mut State, keys: &[DueKey]) {
+        st.cursor = passed(keys);
+        for &k in keys {
+            st.keep_back(k, DueVal::NEW);
+        }
+    }
+
     #[test]
     fn a_delivery_whose_event_cannot_be_read_is_kept_back_and_handed_over_at_the_next_tick() {
         // Loaded by the cursor, by the spill's scan, or from the kept-back keys: the
@@ -742,11 +759,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let (store, keys) = deliveries(dir.path(), 2, 0);
             let (mut st, mb) = state(store.clone(), vec![info(1, &["t"], None)]);
-            let past = DueKey {
-                due_ms: keys[0].due_ms + HORIZON_MS,
-                seq: 0,
-                ep: 0,
-            };
+            let past = passed(&keys);
             match from {
                 "spill" => {
                     st.cursor = past;
@@ -755,12 +768,7 @@ mod tests {
                         scan: DueKey::MIN,
                     });
                 }
-                "kept back" => {
-                    st.cursor = past;
-                    for &k in &keys {
-                        st.keep_back(k, DueVal::NEW);
-                    }
-                }
+                "kept back" => kept_back(&mut st, &keys),
                 _ => {}
             }
             store.fail_event_reads(1, Fault::Transient);
@@ -793,14 +801,7 @@ mod tests {
         let mut ordered = info(1, &["t"], None);
         (ordered.ordered, ordered.holds_retries) = (true, true);
         let (mut st, mb) = state(store.clone(), vec![ordered]);
-        st.cursor = DueKey {
-            due_ms: keys[0].due_ms + HORIZON_MS,
-            seq: 0,
-            ep: 0,
-        };
-        for &k in &keys {
-            st.keep_back(k, DueVal::NEW);
-        }
+        kept_back(&mut st, &keys);
         store.fail_due_lookups(1);
         st.load();
         assert_eq!(jobs_sent(&mb), NONE);
@@ -827,14 +828,7 @@ mod tests {
             store.clone(),
             vec![info(1, &["t"], None), info(2, &["t"], None)],
         );
-        st.cursor = DueKey {
-            due_ms: keys[0].due_ms + HORIZON_MS,
-            seq: 0,
-            ep: 0,
-        };
-        for &k in &keys {
-            st.keep_back(k, DueVal::NEW);
-        }
+        kept_back(&mut st, &keys);
         st.router.remove(1);
         st.in_memory = st.cap();
         assert!(st.memory_full(0));
@@ -864,11 +858,7 @@ mod tests {
             store.clone(),
             vec![info(1, &["t"], None), info(2, &["t"], None)],
         );
-        st.cursor = DueKey {
-            due_ms: keys[0].due_ms + HORIZON_MS,
-            seq: 0,
-            ep: 0,
-        };
+        st.cursor = passed(&keys);
         st.spill = Some(Spill {
             fence: keys[2].seq,
             scan: DueKey::MIN,

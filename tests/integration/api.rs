@@ -2671,6 +2671,39 @@ fn a_deleted_endpoint_s_pending_deliveries_end_failed() {
     }
 }
 
+/// Endpoints that take every delivery socket of a server started with
+/// [`few_sockets_lookups_held`] (44) when their deliveries hang at `stuck`: `first`
+/// (events of type `etype`) nine tenths of them (40), then `hog1`-`hog4` (types
+/// `h1`-`h4`) one each.
+fn socket_takers(first: &str, etype: &str, stuck: &TestReceiver) -> String {
+    let mut eps = endpoint(
+        first,
+        &format!(r#"["{etype}"]"#),
+        &stuck.url("/"),
+        "max_in_flight = 40\ntimeout = \"300s\"",
+    );
+    for i in 1..=4 {
+        eps += &endpoint(
+            &format!("hog{i}"),
+            &format!(r#"["h{i}"]"#),
+            &stuck.url("/"),
+            "timeout = \"300s\"",
+        );
+    }
+    eps
+}
+
+/// `opts` with 300 open files (44 delivery sockets) and every host-name look-up held
+/// until a file exists at `go` (the `RICOCHET_TEST_HOLD_LOOKUPS` hook).
+fn few_sockets_lookups_held(mut opts: ServerOpts, go: &std::path::Path) -> ServerOpts {
+    opts.open_files_limit = Some(300);
+    opts.env.push((
+        "RICOCHET_TEST_HOLD_LOOKUPS".into(),
+        go.to_str().unwrap().into(),
+    ));
+    opts
+}
+
 /// A server whose 44 delivery sockets (300 open files) hung deliveries all hold, with an
 /// endpoint `named` whose URL names its host: `named-0` accepted, its lane waits for
 /// the host's addresses, every look-up held ([`Self::release`]) by a test hook.
@@ -2688,31 +2721,12 @@ impl SocketsTakenLookupHeld {
         let (stuck, gate) = TestReceiver::gated();
         // 300 open files leave 44 delivery sockets: nine tenths (40) for one endpoint,
         // then one more for each of four others, and none for anyone after them.
-        let mut eps = endpoint(
-            "hog",
-            r#"["h"]"#,
-            &stuck.url("/"),
-            "max_in_flight = 40\ntimeout = \"300s\"",
-        );
-        for i in 1..=4 {
-            eps += &endpoint(
-                &format!("hog{i}"),
-                &format!(r#"["h{i}"]"#),
-                &stuck.url("/"),
-                "timeout = \"300s\"",
-            );
-        }
+        let mut eps = socket_takers("hog", "h", &stuck);
         let by_name = stuck.url("/").replace("127.0.0.1", "localhost");
         eps += &endpoint("named", r#"["n"]"#, &by_name, "");
         let lookups = tempfile::tempdir().unwrap();
         let go = lookups.path().join("go");
-        let mut opts = ServerOpts::new(&eps);
-        opts.open_files_limit = Some(300);
-        opts.env.push((
-            "RICOCHET_TEST_HOLD_LOOKUPS".into(),
-            go.to_str().unwrap().into(),
-        ));
-        let srv = TestServer::start_with(opts);
+        let srv = TestServer::start_with(few_sockets_lookups_held(ServerOpts::new(&eps), &go));
         let mut c = srv.connect();
         c.send_each_ok("h", "hog", 40);
         stuck.wait_for(40, WAIT);
@@ -2834,20 +2848,7 @@ impl HeadRetryPutBack {
     fn start_held() -> HeadRetryPutBack {
         let (stuck, gate) = TestReceiver::gated();
         let rx = TestReceiver::start();
-        let mut eps = endpoint(
-            "big",
-            r#"["b"]"#,
-            &stuck.url("/"),
-            "max_in_flight = 40\ntimeout = \"300s\"",
-        );
-        for i in 1..=4 {
-            eps += &endpoint(
-                &format!("hog{i}"),
-                &format!(r#"["h{i}"]"#),
-                &stuck.url("/"),
-                "timeout = \"300s\"",
-            );
-        }
+        let mut eps = socket_takers("big", "b", &stuck);
         let by_name = rx.url("/").replace("127.0.0.1", "localhost");
         eps += &endpoint(
             "named",
@@ -2867,13 +2868,8 @@ impl HeadRetryPutBack {
         let lookups = tempfile::tempdir().unwrap();
         let go = lookups.path().join("go");
         // One worker: what the loader hands over reaches it in the loader's order.
-        let mut opts = ServerOpts::new(&eps).arg("--workers").arg("1");
-        opts.open_files_limit = Some(300);
-        opts.env.push((
-            "RICOCHET_TEST_HOLD_LOOKUPS".into(),
-            go.to_str().unwrap().into(),
-        ));
-        let srv = TestServer::start_with(opts);
+        let opts = ServerOpts::new(&eps).arg("--workers").arg("1");
+        let srv = TestServer::start_with(few_sockets_lookups_held(opts, &go));
         let mut c = srv.connect();
         let data = format!(r#"{{"blob":"{}"}}"#, "x".repeat(700_000));
         let big = |c: &mut Conn, from: usize, to: usize| {

@@ -98,30 +98,12 @@ fn body_text_success_rule_and_error_rule() {
     let v = srv.wait_event("rules-1", Duration::from_secs(10), |v| {
         states(v).iter().all(|s| s != "pending")
     });
-    let by_ep: std::collections::HashMap<String, String> = v["deliveries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            (
-                d["endpoint"].as_str().unwrap().to_string(),
-                d["state"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let by_ep = by_endpoint(&v, |d| d["state"].as_str().unwrap().to_string());
     assert_eq!(by_ep["text-ok"], "delivered");
     assert_eq!(by_ep["text-no"], "failed");
     assert_eq!(by_ep["err-rule"], "failed");
     // A 200 refused says which rule refused it.
-    let errors: std::collections::HashMap<String, serde_json::Value> = v["deliveries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            let name = d["endpoint"].as_str().unwrap().to_string();
-            (name, d["attempts"][0]["error"].clone())
-        })
-        .collect();
+    let errors = by_endpoint(&v, |d| d["attempts"][0]["error"].clone());
     assert_eq!(errors["text-ok"], serde_json::Value::Null);
     assert_eq!(errors["text-no"], "the success rule \"OK\" did not match");
     assert_eq!(errors["err-rule"], "the error rule \"ERROR\" matched");
@@ -167,20 +149,12 @@ fn a_body_text_rule_reads_the_first_64_kib_only() {
     let v = srv.wait_event("window-1", Duration::from_secs(10), |v| {
         states(v).iter().all(|s| s == "delivered" || s == "failed")
     });
-    let by_ep: std::collections::HashMap<String, (String, serde_json::Value)> = v["deliveries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            (
-                d["endpoint"].as_str().unwrap().to_string(),
-                (
-                    d["state"].as_str().unwrap().to_string(),
-                    d["attempts"][0]["error"].clone(),
-                ),
-            )
-        })
-        .collect();
+    let by_ep = by_endpoint(&v, |d| {
+        (
+            d["state"].as_str().unwrap().to_string(),
+            d["attempts"][0]["error"].clone(),
+        )
+    });
     let null = serde_json::Value::Null;
     assert_eq!(by_ep["ok-in"], ("delivered".to_string(), null.clone()));
     assert_eq!(

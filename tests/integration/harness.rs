@@ -827,6 +827,20 @@ pub fn states(v: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// Each delivery in a `GET /v1/events/{id}` answer by its endpoint's name, as `f` reads
+/// it.
+pub fn by_endpoint<T>(
+    v: &serde_json::Value,
+    f: impl Fn(&serde_json::Value) -> T,
+) -> std::collections::HashMap<String, T> {
+    v["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["endpoint"].as_str().unwrap().to_string(), f(d)))
+        .collect()
+}
+
 /// Header pairs of a parsed head as owned strings.
 pub fn owned_headers(hs: &[httparse::Header]) -> Vec<(String, String)> {
     hs.iter()
