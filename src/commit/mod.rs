@@ -1330,7 +1330,14 @@ impl State {
     /// changed, so that a read the store refuses leaves the outcome whole for a later
     /// round ([`Self::not_recorded`]). (A default taken for a failed read counted the
     /// delivery done twice, or left it paused or in `due` beside its retry.)
-    fn look_up(&self, o: &Outcome, expires: bool, batch: &store::Batch) -> store::Result<Found> {
+    /// `known` and `enabled`: whether `o`'s endpoint is still there, and delivers.
+    fn look_up(
+        &self,
+        o: &Outcome,
+        expires: bool,
+        (known, enabled): (bool, bool),
+        batch: &store::Batch,
+    ) -> store::Result<Found> {
         if o.next == Next::Stale {
             return Ok(Found::default());
         }
@@ -1354,14 +1361,12 @@ impl State {
                 ..Found::default()
             });
         }
-        let known = self.router.eps.get(&o.ep);
-        let enabled = known.is_some_and(|i| self.delivers(i));
         // The endpoint was deleted while this outcome was on its way, and its deletion
         // failed the delivery already (counted there): an attempt that ended just
         // before its worker took a disable is reported before the answer, and the
         // pause can move its key before the outcome is recorded
         // ([`Self::start_pauses`]); the deletion fails what is paused.
-        let failed_by_deletion = known.is_none() && self.store.is_failed(o.ep, seq)?;
+        let failed_by_deletion = !known && self.store.is_failed(o.ep, seq)?;
         // Only around a disable (rare): whether pausing moved this delivery aside after
         // its outcome was reported, so the paused set and count move exactly. (A retry
         // is paused when its endpoint does not deliver.)
@@ -1441,7 +1446,13 @@ impl State {
             Next::Retry { .. } => o.event.seq < self.store.retention_floor(),
             _ => false,
         };
-        let found = match self.look_up(&o, expires, batch) {
+        // Whether its endpoint is still there, and delivers (nothing below changes
+        // either: the record's counts and hold only).
+        let (known, enabled) = match self.router.eps.get(&o.ep) {
+            Some(i) => (true, self.delivers(i)),
+            None => (false, false),
+        };
+        let found = match self.look_up(&o, expires, (known, enabled), batch) {
             Ok(f) => f,
             Err(e) => return self.not_recorded(o, &e),
         };
@@ -1486,8 +1497,6 @@ impl State {
             }
         }
         batch.del_due(&self.store, o.due);
-        let known = self.router.eps.get(&o.ep);
-        let enabled = known.is_some_and(|i| self.delivers(i));
         let Found {
             failed_by_deletion,
             was_paused,
@@ -1496,7 +1505,7 @@ impl State {
         let next = match o.next {
             _ if failed_by_deletion => Next::Stale,
             // The endpoint was deleted while this attempt ran: nothing more to do.
-            _ if known.is_none() => Next::Done,
+            _ if !known => Next::Done,
             // Past retention: it expires instead of waiting for another attempt.
             Next::Retry { .. } | Next::Expired if expires => {
                 delta.expired += 1;
@@ -1523,7 +1532,7 @@ impl State {
                 Some(DeliveryState::Delivered | DeliveryState::Failed)
             )
         });
-        if known.is_none() && !settled {
+        if !known && !settled {
             batch.fail_dropped(&self.store, o.ep, seq);
         }
         // Delivered after all: not failed.
