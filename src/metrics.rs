@@ -741,7 +741,7 @@ pub fn encode(s: &Scrape) -> String {
         &mut out,
         "ricochet_metrics_unanswered",
         "gauge",
-        "Workers and committer that did not answer this scrape in time (their numbers are missing).",
+        "Workers and committer that did not answer this scrape in time (their numbers are read from the last snapshot each gave).",
     );
     sample(
         &mut out,

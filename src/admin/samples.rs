@@ -22,8 +22,8 @@ pub struct Sample {
     pub data: Bytes,
 }
 
-/// The catalogue's sample of `etype`, or a generic event of that type (`*` and unknown
-/// types get `ricochet.test`).
+/// The catalogue's sample of `etype`, or a generic event of that type (`*` and an
+/// empty type get `ricochet.test`; an unknown type keeps its own name).
 pub fn sample(etype: &str) -> Sample {
     for line in CATALOGUE {
         // The socket's own parser keeps `data` byte for byte.
