@@ -316,6 +316,20 @@ impl KeptAttempts {
     }
 }
 
+/// What a worker gives back of an endpoint ([`Ep::give_back`]): what
+/// [`CommitMsg::GivenBack`] says.
+#[derive(Default)]
+struct Given {
+    /// Every delivery it held from this key on is given back but those in `kept`
+    /// (`None`: none).
+    from: Option<DueKey>,
+    /// How many, and the bytes of their events.
+    count: usize,
+    bytes: usize,
+    /// Its keys at or above `from` still here: in flight, or in the timer wheel.
+    kept: Vec<DueKey>,
+}
+
 /// An endpoint's live state on its worker.
 struct Ep {
     /// Replaced live by [`WorkerMsg::Upsert`]; read afresh for every attempt.
@@ -395,6 +409,54 @@ impl Ep {
     fn wake_lanes(&self) {
         for n in self.idle.borrow_mut().drain(..) {
             n.notify();
+        }
+    }
+
+    /// Takes its queued deliveries past the first `keep` (less those in flight) out, to
+    /// give back to the store ([`Worker::give_back`]): every one from a key `from` on,
+    /// `from` above each key the worker keeps of it (queued, in flight, or waiting in
+    /// the timer wheel: `timed`), so the committer can read them back from `from`
+    /// without handing over a second copy of one still here. An ordered queue gives
+    /// out only a tail of its oldest-first order ([`JobQueue::split_off`]): nothing
+    /// behind a delivery given back goes before it.
+    ///
+    /// A FIFO endpoint's deliveries in flight or in the wheel that the committer handed
+    /// over ahead of its cursor (`ahead`) do not bound `from`: it never hands those over
+    /// again, and reads them back from disk only to skip them. One fresh delivery
+    /// handed over ahead and hung at its receiver, its key above the whole backlog,
+    /// kept every other one of a slow endpoint in memory (helper A, session 42). Those
+    /// at or above `from` are named in the answer: still here.
+    fn give_back(
+        &self,
+        keep: usize,
+        timed: impl Iterator<Item = DueKey>,
+        ahead: &[DueKey],
+    ) -> Given {
+        let flying: Vec<DueKey> = self
+            .attempting
+            .borrow()
+            .iter()
+            .filter_map(|c| c.get())
+            .collect();
+        let held: Vec<DueKey> = flying.iter().copied().chain(timed).collect();
+        // (An ordered queue's second copy is the same delivery, but its order rules
+        // what may go: as before.)
+        let fifo = !self.spec.borrow().cfg.ordered;
+        let is_ahead = |k: &DueKey| fifo && ahead.binary_search(k).is_ok();
+        let floor = held.iter().copied().filter(|k| !is_ahead(k)).max();
+        let keep = keep.saturating_sub(flying.len());
+        let split = self
+            .queue
+            .borrow_mut()
+            .split_off(keep, floor.map(DueKey::successor), |j| j.due);
+        let Some((from, given)) = split else {
+            return Given::default();
+        };
+        Given {
+            from: Some(from),
+            count: given.len(),
+            bytes: given.iter().map(|j| j.ev.rec.encoded().len()).sum(),
+            kept: held.into_iter().filter(|k| *k >= from).collect(),
         }
     }
 }
@@ -882,64 +944,29 @@ impl Worker {
     }
 
     /// Gives an endpoint's queued deliveries past the first `keep` (less those in
-    /// flight) back to the store ([`WorkerMsg::GiveBack`]): every one from a key `from`
-    /// on, `from` above each key this worker keeps of the endpoint (queued, in flight,
-    /// or waiting in the timer wheel), so the committer can read them back from `from`
-    /// without handing over a second copy of one still here. Dropped here unreported:
-    /// their due keys stay in the store. An ordered queue gives out only a tail of its
-    /// oldest-first order ([`JobQueue::split_off`]): nothing behind a delivery given
-    /// back goes before it.
-    ///
-    /// A FIFO endpoint's deliveries in flight or in the wheel that the committer handed
-    /// over ahead of its cursor (`ahead`) do not bound `from`: it never hands those over
-    /// again, and reads them back from disk only to skip them. One fresh delivery
-    /// handed over ahead and hung at its receiver, its key above the whole backlog,
-    /// kept every other one of a slow endpoint in memory (helper A, session 42). Those
-    /// at or above `from` are named in the answer: still here.
+    /// flight) back to the store ([`WorkerMsg::GiveBack`], chosen by [`Ep::give_back`]).
+    /// Dropped here unreported: their due keys stay in the store.
     fn give_back(&self, id: EndpointId, keep: usize, request: u64, ahead: &[DueKey]) {
         let ep = self.endpoints.borrow().get(&id).cloned();
-        let mut kept = Vec::new();
-        let (from, given) = ep
-            .and_then(|ep| {
-                let flying: Vec<DueKey> = ep
-                    .attempting
-                    .borrow()
-                    .iter()
-                    .filter_map(|c| c.get())
-                    .collect();
+        let given = ep
+            .map(|ep| {
                 let wheel = self.wheel.borrow();
                 let timed = wheel.iter().filter(|j| j.ep == id).map(|j| j.due);
-                let held: Vec<DueKey> = flying.iter().copied().chain(timed).collect();
-                // (An ordered queue's second copy is the same delivery, but its order
-                // rules what may go: as before.)
-                let fifo = !ep.spec.borrow().cfg.ordered;
-                let is_ahead = |k: &DueKey| fifo && ahead.binary_search(k).is_ok();
-                let floor = held.iter().copied().filter(|k| !is_ahead(k)).max();
-                let keep = keep.saturating_sub(flying.len());
-                let split =
-                    ep.queue
-                        .borrow_mut()
-                        .split_off(keep, floor.map(DueKey::successor), |j| j.due);
-                if let Some((from, _)) = &split {
-                    kept = held.into_iter().filter(|k| k >= from).collect();
-                }
-                split
+                ep.give_back(keep, timed, ahead)
             })
-            .unzip();
-        let given = given.unwrap_or_default();
-        let bytes = given.iter().map(|j| j.ev.rec.encoded().len()).sum();
+            .unwrap_or_default();
         // Outcomes reported so far go first: a delivery done here but not yet recorded
-        // is in none of the places above, its due key still in the store, and read back
-        // from `from` before its outcome retired the key it would go out again (helper
-        // F's review).
+        // is in none of the places `Ep::give_back` looks, its due key still in the
+        // store, and read back from `from` before its outcome retired the key it would
+        // go out again (helper F's review).
         self.flush_outbox();
         self.commit.send(CommitMsg::GivenBack {
             ep: id,
             request,
-            from,
-            count: given.len(),
-            bytes,
-            kept,
+            from: given.from,
+            count: given.count,
+            bytes: given.bytes,
+            kept: given.kept,
         });
     }
 
