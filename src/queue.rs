@@ -220,10 +220,12 @@ impl<T: Queued> JobQueue<T> {
     ///
     /// A FIFO queue keeps its `keep` lowest keys (counting from 0, `from` is the key of
     /// its `keep`-th lowest item, raised to `floor` when that is higher), the others in
-    /// their order. An ordered queue keeps its `keep` oldest deliveries (by sequence
-    /// number) and gives out only a tail of the rest, so that nothing behind a
-    /// delivery given out is left to go before it: the shortest tail whose keys all lie
-    /// above those of every delivery before it, and at or above `floor`. An
+    /// their order; a kept item among those given out goes like the others (the store
+    /// has its key), and whoever counts what was handed over leaves it out. An ordered
+    /// queue keeps its `keep` oldest deliveries (by sequence number) and gives out only
+    /// a tail of the rest, so that nothing behind a delivery given out is left to go
+    /// before it: the shortest tail whose keys all lie above those of every delivery
+    /// before it, and at or above `floor`. An
     /// endpoint's first attempts fall due in acceptance order, so that is every
     /// delivery past the `keep` oldest, but for the head's retry (due later): while
     /// the store's copy of it is queued, nothing below its key is given out (nor, at

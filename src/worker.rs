@@ -323,7 +323,8 @@ struct Given {
     /// Every delivery it held from this key on is given back but those in `kept`
     /// (`None`: none).
     from: Option<DueKey>,
-    /// How many, and the bytes of their events.
+    /// How many of them the committer handed over (not a retry the worker kept,
+    /// [`WJob::kept`], which it never counted), and the bytes of their events.
     count: usize,
     bytes: usize,
     /// Its keys at or above `from` still here: in flight, or in the timer wheel.
@@ -452,10 +453,17 @@ impl Ep {
         let Some((from, given)) = split else {
             return Given::default();
         };
+        // A FIFO queue gives out a kept retry too (one put back after an attempt that
+        // sent nothing stays when a `PUT` makes the endpoint FIFO: `upsert`); the
+        // store's copy of it is read back from `from` with the rest. The committer never
+        // counted it as handed over (its outcomes say so: `Outcome::handed`): counted
+        // here, its count of what the endpoint's worker holds, and of their bytes, ran
+        // one low for each (helper giveback, session 56).
+        let handed = || given.iter().filter(|j| !j.kept);
         Given {
             from: Some(from),
-            count: given.len(),
-            bytes: given.iter().map(|j| j.ev.rec.encoded().len()).sum(),
+            count: handed().count(),
+            bytes: handed().map(|j| j.ev.rec.encoded().len()).sum(),
             kept: held.into_iter().filter(|k| *k >= from).collect(),
         }
     }
@@ -1865,7 +1873,81 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
 
 #[cfg(test)]
 mod tests {
-    use super::{excerpt, KeptAttempts, KEPT_ATTEMPTS};
+    use std::cell::OnceCell;
+    use std::rc::Rc;
+    use std::sync::Arc;
+
+    use super::{excerpt, Ep, KeptAttempts, WJob, WorkEvent, KEPT_ATTEMPTS};
+    use crate::endpoint::{url_endpoint, EndpointSpec};
+    use crate::store::{DueKey, EndpointMeta, EventRecord};
+
+    #[test]
+    fn a_kept_retry_given_back_is_not_counted_as_handed_over() {
+        // A FIFO endpoint (an ordered one until a `PUT`) holds four deliveries the
+        // committer handed over and its former head's retry, kept by the worker and put
+        // back after an attempt that found no socket: the committer never counted that
+        // one (its outcome says `handed: false`). The give-back counted it with the
+        // others, and the committer's count of what the endpoint's worker holds, and of
+        // their bytes, ran one low (helper giveback, session 56).
+        let spec = EndpointSpec::compile(1, url_endpoint(r#""http://127.0.0.1:9/""#)).unwrap();
+        assert!(!spec.cfg.ordered);
+        let ep = Ep::new(Arc::new(spec), &EndpointMeta::default());
+        let job = |seq: u64, due_ms: u64, kept: bool, data: &[u8]| WJob {
+            ev: Rc::new(WorkEvent {
+                rec: Arc::new(EventRecord::new(seq, None, "t", None, 0, &[1], data)),
+                doc: OnceCell::new(),
+            }),
+            ep: 1,
+            due: DueKey { due_ms, seq, ep: 1 },
+            attempts: u16::from(kept),
+            first: 0,
+            gen: 0,
+            kept,
+        };
+        let data = |seq: u64| format!(r#"{{"n":{seq}}}"#).into_bytes();
+        {
+            let mut q = ep.queue.borrow_mut();
+            for seq in 2..=5 {
+                assert!(matches!(
+                    q.push(job(seq, 1_000 + seq, false, &data(seq))),
+                    Ok(None)
+                ));
+            }
+            // The head's retry: due after the backlog, its event larger.
+            let retry = job(1, 9_000, true, &[b'x'; 500]);
+            assert!(matches!(q.push(retry), Ok(None)));
+        }
+        // Its attempt sent nothing: put back, it stayed at the `PUT` (`upsert`).
+        ep.kept_attempts.borrow_mut().started(1, 0);
+        ep.kept_attempts.borrow_mut().not_sent(1, 0);
+        let given = ep.give_back(2, std::iter::empty(), &[]);
+        // Seq 4, 5 and the kept retry go; the store has each one's key, and the retry's
+        // copy is read back from disk with the others.
+        let from = given.from.expect("some given back");
+        assert_eq!(
+            from,
+            DueKey {
+                due_ms: 1_004,
+                seq: 4,
+                ep: 1
+            }
+        );
+        assert_eq!(ep.queue.borrow().len(), 2);
+        let handed_bytes: usize = [4, 5]
+            .iter()
+            .map(|&seq| {
+                EventRecord::new(seq, None, "t", None, 0, &[1], &data(seq))
+                    .encoded()
+                    .len()
+            })
+            .sum();
+        assert_eq!(
+            (given.count, given.bytes),
+            (2, handed_bytes),
+            "only what the committer counted as handed over"
+        );
+        assert!(given.kept.is_empty(), "nothing of it in flight or waiting");
+    }
 
     #[test]
     fn a_store_copy_of_a_retry_attempted_from_a_kept_copy_is_known() {

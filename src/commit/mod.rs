@@ -310,9 +310,11 @@ pub enum CommitMsg {
         reply: crossbeam_channel::Sender<Vec<ReplayResult>>,
     },
     /// A worker's answer to [`WorkerMsg::GiveBack`] `request`: it dropped `count` of
-    /// `ep`'s deliveries, with `bytes` of events, every one it held from key `from` on
-    /// (`None`: it gave none back) but those in `kept` (in flight or in its wheel,
-    /// handed over ahead of the cursor).
+    /// `ep`'s deliveries handed over, with `bytes` of events, every one it held from key
+    /// `from` on (`None`: it gave none back) but those in `kept` (in flight or in its
+    /// wheel, handed over ahead of the cursor). A retry its worker kept, given back
+    /// too, is not in `count` or `bytes`: nothing counted it as handed over
+    /// ([`Outcome::handed`]).
     GivenBack {
         ep: EndpointId,
         request: u64,
