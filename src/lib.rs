@@ -17,8 +17,9 @@
 //!                            due index, attempt log, idempotency keys ◀────┘
 //!  admin (own threads): GET /health, /v1/events[/{id}], /v1/endpoints read the store
 //!      (the log's secondary indexes) and the endpoint registry;
-//!      POST /v1/events, endpoint create/replace/delete, replay → commit (answered over
-//!      a channel once durable) → Upsert/Remove to the owning worker;
+//!      POST /v1/events, endpoint create/replace/delete/enable/disable, replay and
+//!      recover → commit (answered over a channel once durable) → Upsert/Remove/
+//!      SetEnabled to the owning worker;
 //!      POST …/test → the owning worker (one attempt, answered over a channel);
 //!      GET /metrics → Snapshot to every worker and the committer, summed, encoded
 //! ```
@@ -40,7 +41,8 @@
 //! - [`shard`]: endpoint → worker, cross-thread mailboxes.
 //! - [`worker`]: a core's endpoints, queues, lanes, timer wheel.
 //! - [`schedule`]: retry decisions and the timer wheel.
-//! - [`deliver`]: HTTP/1.1 exchange, request building, DNS, SSRF guard.
+//! - [`deliver`]: HTTP/1.1 exchange on a kept connection, TLS, request building, DNS,
+//!   SSRF guard.
 //! - [`fdlimit`]: the open-file limit, raised at start, and the delivery sockets' and
 //!   ingest connections' shares of it.
 //! - [`endpoint`]: an endpoint's compiled templates.
@@ -53,6 +55,8 @@
 //! - [`render`]: `ricochet render`.
 //! - [`local`]: single-thread async primitives.
 //! - [`tally`]: counts for warnings logged at most once an interval.
+//!
+//! The binary (`main.rs`) is command-line parsing and wiring only.
 
 // These docs are the developers' map of the internals (`cargo doc --document-private-items`,
 // as CI builds them): a module's doc naming the private constant or function that holds

@@ -19,7 +19,7 @@
 //!   attempt log and retires or reschedules the delivery's `due` key in the same rounds.
 //! - **The loader.** The `due` column family is the timer wheel's backing store. A cursor
 //!   splits it: deliveries with a key below the cursor are in some worker's memory, the
-//!   rest only on disk. Every tick the loader moves the cursor up to `now + HORIZON`,
+//!   rest only on disk. Every tick the loader moves the cursor up to `now + HORIZON_MS`,
 //!   sending what it passes to the owning workers, but only while fewer than
 //!   a cap of deliveries are in memory ([`in_memory_cap`], and [`MAX_IN_MEMORY_BYTES`]
 //!   of their events) — so a million pending retries cost disk,
