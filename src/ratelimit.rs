@@ -63,11 +63,6 @@ impl TokenBucket {
         }
     }
 
-    /// The configured rate (tokens per second; 0 = unlimited).
-    pub fn rate(&self) -> u32 {
-        self.rate
-    }
-
     /// Whether the bucket never limits.
     pub fn is_unlimited(&self) -> bool {
         self.rate == 0
@@ -136,20 +131,6 @@ impl TokenBucket {
             return;
         }
         self.tokens = (self.tokens + UNIT).min(burst(self.rate));
-    }
-
-    /// Changes the rate from `now_ms` on. Time before `now_ms` is credited at the old
-    /// rate; the fill is capped at the new capacity. Leaving "unlimited" starts full.
-    pub fn set_rate(&mut self, rate_per_sec: u32, now_ms: u64) {
-        let now_us = ms_to_us(now_ms);
-        if self.rate == 0 {
-            self.tokens = burst(rate_per_sec);
-        } else {
-            self.refill(now_us);
-            self.tokens = self.tokens.min(burst(rate_per_sec));
-        }
-        self.last_us = self.last_us.max(now_us);
-        self.rate = rate_per_sec;
     }
 
     /// Fill at `now_us` without changing the bucket.
@@ -351,22 +332,6 @@ mod tests {
         assert_eq!(b.next_token_at(5_000), 11_000);
         assert!(!b.try_take(10_999));
         assert!(b.try_take(11_000));
-    }
-
-    #[test]
-    fn set_rate() {
-        let mut b = TokenBucket::new(1_000, 0);
-        assert_eq!((0..100).filter(|_| b.try_take(0)).count(), 10);
-        b.set_rate(10, 500); // 500 tokens earned at 1,000/s, capped to the new burst of 2
-        assert_eq!(b.rate(), 10);
-        assert_eq!((0..20).filter(|_| b.try_take(500)).count(), 2);
-        b.set_rate(0, 600);
-        assert!((0..1000).all(|_| b.try_take(600)));
-        b.set_rate(5, 700);
-        assert_eq!((0..20).filter(|_| b.try_take(700)).count(), 2);
-        b.set_rate(1000, 700);
-        assert!(!b.try_take(700));
-        assert!(b.try_take(701));
     }
 
     #[test]

@@ -43,15 +43,11 @@ const WORKER_EXIT_GRACE: Duration = Duration::from_secs(5);
 /// counted in one line.
 const REMOVED_NAMED: usize = 10;
 
-/// Compiles every endpoint of a configuration file: the problems found reading it and
-/// every endpoint's own (its checks and templates, which compilation runs once), each
-/// located in the file, each once.
-pub fn compile_endpoints(file: &ConfigFile) -> Result<Vec<EndpointSpec>, Vec<Problem>> {
-    compile_with(file, Vec::new())
-}
-
-/// `ricochet check`: [`compile_endpoints`], and what `serve` would also refuse on this
-/// machine ([`ConfigFile::startup_problems`]: a missing `extra_ca_file`…).
+/// `ricochet check`: compiles every endpoint of a configuration file, with the problems
+/// found reading it and every endpoint's own (its checks and templates, which
+/// compilation runs once), each located in the file, each once; and what `serve` would
+/// also refuse on this machine ([`ConfigFile::startup_problems`]: a missing
+/// `extra_ca_file`…).
 pub fn check(file: &ConfigFile) -> Result<Vec<EndpointSpec>, Vec<Problem>> {
     compile_with(file, file.startup_problems())
 }

@@ -96,11 +96,6 @@ impl<T> Mailbox<T> {
         Recv { mb: self }
     }
 
-    /// Blocks the calling (non-monoio) thread for the next message.
-    pub fn recv_blocking(&self) -> Option<T> {
-        self.rx.recv().ok()
-    }
-
     /// Blocks up to `timeout` for the next message.
     pub fn recv_timeout(&self, timeout: std::time::Duration) -> Result<T, bool> {
         self.rx

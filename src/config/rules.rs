@@ -192,11 +192,6 @@ impl ResponseRule {
     pub fn describe(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
-
-    /// Whether any clause looks at the body (so the body excerpt must be kept).
-    pub fn reads_body(&self) -> bool {
-        self.0.iter().any(|m| matches!(m, Matcher::Body(_)))
-    }
 }
 
 /// A substring search in time linear in the body, whatever the rule's length (a

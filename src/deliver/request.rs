@@ -358,10 +358,7 @@ pub fn request_line(spec: &EndpointSpec, target: &Target) -> std::sync::Arc<str>
 /// `METHOD scheme://host/path?query`, the values of the query's credentials
 /// ([`is_secret_name`]: `?token=…`, `?api_key=…`) replaced by [`REDACTED`].
 pub fn request_line_of(method: Method, target: &Target) -> String {
-    let scheme = match target.scheme {
-        crate::deliver::http1::Scheme::Http => "http",
-        crate::deliver::http1::Scheme::Https => "https",
-    };
+    let scheme = target.scheme.as_str();
     let mut line = format!("{} {scheme}://{}", method.as_str(), target.host_header);
     push_redacted_target(&mut line, &target.path_and_query);
     line
