@@ -4,8 +4,6 @@
 //! Waiting is always on an event (a log line, a request arriving, a condition variable),
 //! with a deadline only as a failure bound.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
