@@ -93,6 +93,7 @@ impl Hist {
     }
 
     /// The value at quantile `q`, in seconds; `None` while empty.
+    #[cfg(test)]
     pub fn quantile_s(&self, q: f64) -> Option<f64> {
         (!self.h.is_empty()).then(|| self.h.value_at_quantile(q) as f64 / self.per_s)
     }

@@ -64,6 +64,7 @@ impl TokenBucket {
     }
 
     /// Whether the bucket never limits.
+    #[cfg(test)]
     pub fn is_unlimited(&self) -> bool {
         self.rate == 0
     }

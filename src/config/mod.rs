@@ -180,6 +180,8 @@ impl Config {
         ConfigFile::read(path)?.into_config()
     }
 
+    /// [`Config::load`] of a file's text; `origin` names it in messages (for tests).
+    #[cfg(test)]
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         ConfigFile::parse(text, origin)?.into_config()
     }

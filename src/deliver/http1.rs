@@ -462,6 +462,7 @@ pub enum RetryAfter {
 
 impl RetryAfter {
     /// How long to wait from `now`; zero for a date already past.
+    #[cfg(test)]
     pub fn delay_from(self, now: SystemTime) -> Duration {
         match self {
             RetryAfter::Delay(d) => d,
@@ -718,6 +719,7 @@ impl ResponseParser {
     }
 
     /// Whether the current response is complete.
+    #[cfg(test)]
     pub fn is_done(&self) -> bool {
         self.state == State::Done
     }
@@ -746,6 +748,7 @@ impl ResponseParser {
     }
 
     /// Decoded body length seen so far (all of it, not only the excerpt).
+    #[cfg(test)]
     pub fn body_len(&self) -> u64 {
         self.body_len
     }

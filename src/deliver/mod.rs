@@ -240,6 +240,7 @@ impl Default for ConnSlot {
 
 impl ConnSlot {
     /// A slot whose connects are counted in `counts`.
+    #[cfg(test)]
     pub fn counted(counts: Rc<OpenCounts>) -> ConnSlot {
         ConnSlot {
             counts: Some(counts),

@@ -233,6 +233,7 @@ impl TlsStream {
     }
 
     /// The protocol the server chose by ALPN.
+    #[cfg(test)]
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
         self.tls.alpn_protocol()
     }

@@ -117,7 +117,8 @@ impl Store {
         Ok(())
     }
 
-    /// Number of keys in `due` (pending deliveries), for tests and diagnostics. Scans.
+    /// Number of keys in `due` (pending deliveries), for tests. Scans.
+    #[cfg(test)]
     pub fn count_due(&self) -> Result<usize> {
         self.each_due(|_, _| {})
     }

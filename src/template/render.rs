@@ -53,6 +53,7 @@ impl RenderBudget {
     }
 
     /// The steps left, a part of one counting whole.
+    #[cfg(test)]
     pub fn steps_left(&self) -> usize {
         self.0.div_ceil(PART)
     }
