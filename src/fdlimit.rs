@@ -120,14 +120,14 @@ fn reserve_for(limit: usize) -> usize {
 
 /// The delivery sockets a limit of `limit` open files leaves: everything but the
 /// reserve.
-pub fn budget_for(limit: u64) -> usize {
+fn budget_for(limit: u64) -> usize {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     limit.saturating_sub(reserve_for(limit)).max(1)
 }
 
 /// The ingest connections a limit of `limit` open files allows: half the reserve (the
 /// other half is the store's, the admin API's and the process's own).
-pub fn ingest_budget_for(limit: u64) -> usize {
+fn ingest_budget_for(limit: u64) -> usize {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     reserve_for(limit).min(limit) / 2
 }
@@ -137,7 +137,7 @@ pub fn ingest_budget_for(limit: u64) -> usize {
 /// (its WAL, manifest, info log), so 32 leaves 22 table files open, the rest reopened
 /// as needed: a store with more table files reads a little slower, instead of running
 /// out of descriptors.
-pub fn store_files_for(limit: u64) -> usize {
+pub(crate) fn store_files_for(limit: u64) -> usize {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     (reserve_for(limit).min(limit) / 2)
         .saturating_sub(NOT_TABLE_FILES)

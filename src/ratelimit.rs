@@ -27,7 +27,7 @@
 //! creation at most `floor(r * T)` takes have succeeded.
 
 /// Micro-tokens per token.
-pub const UNIT: u64 = 1_000_000;
+const UNIT: u64 = 1_000_000;
 /// Microseconds per second; with `UNIT` micro-tokens per token, a rate of `r` tokens per
 /// second adds exactly `r` micro-tokens per microsecond.
 const MICROS_PER_SEC: u64 = 1_000_000;

@@ -41,7 +41,7 @@ pub enum RuntimeError {
 }
 
 /// Whether `MONOIO_FORCE_LEGACY_DRIVER` asks for the legacy driver.
-pub fn legacy_forced() -> bool {
+fn legacy_forced() -> bool {
     std::env::var("MONOIO_FORCE_LEGACY_DRIVER")
         .map(|v| !v.is_empty() && v != "0")
         .unwrap_or(false)

@@ -17,7 +17,7 @@ use crate::store::EndpointId;
 use crate::worker::WorkerMsg;
 
 /// The longest a scrape waits for the workers and the committer.
-pub const SCRAPE_WAIT: Duration = Duration::from_secs(1);
+const SCRAPE_WAIT: Duration = Duration::from_secs(1);
 
 /// The last snapshot each part gave a scrape, for one that is late.
 #[derive(Default)]

@@ -55,7 +55,7 @@ use crate::worker::WorkerMsg;
 /// Largest request head.
 const MAX_HEAD: usize = 16 * 1024;
 /// Largest request body (1 MiB).
-pub const MAX_BODY: usize = 1 << 20;
+const MAX_BODY: usize = 1 << 20;
 /// Connections served at once. One more closes the connection idle longest (waiting for
 /// its first or next request for at least `EVICTABLE_AFTER`) to take its place; with
 /// none such it is answered 503.

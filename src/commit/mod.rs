@@ -143,7 +143,7 @@ fn idle_wait(since_load: Duration, unsynced_for: Option<Duration>) -> Duration {
 
 /// Events in a `sync` round from which its fsync overlaps the next round (the
 /// [syncer]); smaller rounds are fsynced by the committer itself.
-pub const PIPELINE_MIN_EVENTS: usize = 512;
+const PIPELINE_MIN_EVENTS: usize = 512;
 /// Rows read per loader page.
 const PAGE: usize = 2048;
 

@@ -279,7 +279,7 @@ const STANDARD_WAITS_S: [u64; 15] = [
 /// The longest explicit retry list: with the first attempt, one attempt per number a
 /// delivery's attempt counter (`u16`) holds; a longer list would write its last
 /// attempts over the last number.
-pub const MAX_LISTED_RETRIES: usize = u16::MAX as usize - 1;
+const MAX_LISTED_RETRIES: usize = u16::MAX as usize - 1;
 
 impl RetryPolicy {
     /// The wait before the next attempt after `attempts_made` attempts (≥ 1) have failed,

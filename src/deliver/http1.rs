@@ -20,10 +20,10 @@ use std::time::{Duration, SystemTime};
 use rustls::pki_types::ServerName;
 
 /// Largest response head (status line + headers + blank line) accepted, in bytes.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Response headers read into a stack array; a head with more is parsed again into a
 /// heap one (its size limit bounds how many it can have).
-pub const MAX_HEADERS: usize = 64;
+const MAX_HEADERS: usize = 64;
 /// Longest chunk-size line (digits + extensions) accepted, in bytes.
 const MAX_CHUNK_LINE: u32 = 4 * 1024;
 
@@ -103,7 +103,7 @@ pub fn write_request_head_iter<'h, I>(
 
 /// Whether `s` is an HTTP token (RFC 9110 §5.6.2): a valid method or header name.
 /// For validating configured names once, before they reach the writer.
-pub fn is_token(s: &[u8]) -> bool {
+fn is_token(s: &[u8]) -> bool {
     !s.is_empty()
         && s.iter().all(|&b| {
             b.is_ascii_alphanumeric()
@@ -1140,7 +1140,7 @@ fn parse_decimal(s: &[u8]) -> Option<u64> {
 
 /// `Retry-After: <delay-seconds> | <HTTP-date>` (RFC 9110 §10.2.3). Huge second counts
 /// saturate; anything unparseable is ignored.
-pub fn parse_retry_after(value: &[u8]) -> Option<RetryAfter> {
+fn parse_retry_after(value: &[u8]) -> Option<RetryAfter> {
     let v = trim(value);
     if !v.is_empty() && v.iter().all(u8::is_ascii_digit) {
         let secs = parse_decimal(v).unwrap_or(u64::MAX);

@@ -56,7 +56,7 @@ const QUIET_CHECK_AFTER: Duration = Duration::from_millis(50);
 const RESEND_WITHIN: Duration = Duration::from_secs(1);
 
 /// Bytes of the response body kept for `success`/`error` matching.
-pub const MATCH_LIMIT: usize = 64 * 1024;
+const MATCH_LIMIT: usize = 64 * 1024;
 
 /// A kept-alive connection and its reusable buffers.
 pub struct Conn {

@@ -37,14 +37,14 @@ pub struct Scratch {
 }
 
 /// The longest rendered URL sent (receivers commonly refuse 8 KiB and more).
-pub const MAX_URL_BYTES: usize = 64 << 10;
+const MAX_URL_BYTES: usize = 64 << 10;
 /// The most bytes all of an endpoint's rendered header values may take together.
-pub const MAX_HEADER_BYTES: usize = 64 << 10;
+const MAX_HEADER_BYTES: usize = 64 << 10;
 /// The largest rendered body sent. A body passed through as received is the event's
 /// `data` (at most `max_line_bytes`); a template can make a body far larger than its
 /// event (a `join` whose elements each read a large field), and such a one stops here
 /// instead of taking the process's memory.
-pub const MAX_BODY_BYTES: usize = 8 << 20;
+const MAX_BODY_BYTES: usize = 8 << 20;
 
 impl Scratch {
     /// Gives back what an unusually large request made the buffers grow to, so a lane
@@ -204,7 +204,7 @@ fn body_format(spec: &EndpointSpec) -> crate::template::BodyFormat {
 
 /// Standard Webhooks signature: `v1,<base64 HMAC-SHA256("<id>.<ts>.<body>")>` per key,
 /// space-separated.
-pub fn sign(keys: &[Vec<u8>], id: &str, ts: &str, body: &[u8], out: &mut String) {
+fn sign(keys: &[Vec<u8>], id: &str, ts: &str, body: &[u8], out: &mut String) {
     use base64::Engine as _;
     out.clear();
     for key in keys {
@@ -271,7 +271,7 @@ const SECRET_PARTS: [&str; 4] = ["token", "secret", "passw", "apikey"];
 
 /// Whether `name` (a header's or a query parameter's) names a credential: one of its
 /// words is in [`SECRET_WORDS`] or holds one of [`SECRET_PARTS`].
-pub fn is_secret_name(name: &str) -> bool {
+fn is_secret_name(name: &str) -> bool {
     let b = name.as_bytes();
     let mut start = 0;
     for i in 0..=b.len() {

@@ -72,7 +72,7 @@ pub fn config() -> &'static Arc<ClientConfig> {
 }
 
 /// A client configuration trusting the system roots plus `extra_ca_file`.
-pub fn client_config(extra_ca_file: Option<&Path>) -> Result<ClientConfig, TlsInitError> {
+fn client_config(extra_ca_file: Option<&Path>) -> Result<ClientConfig, TlsInitError> {
     let mut roots = RootCertStore::empty();
     let system = rustls_native_certs::load_native_certs();
     for e in &system.errors {
@@ -96,7 +96,7 @@ pub fn client_config(extra_ca_file: Option<&Path>) -> Result<ClientConfig, TlsIn
 }
 
 /// A client configuration trusting exactly `roots`.
-pub fn with_roots(roots: RootCertStore) -> Result<ClientConfig, TlsInitError> {
+fn with_roots(roots: RootCertStore) -> Result<ClientConfig, TlsInitError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -39,17 +39,17 @@ use parse::LineParser;
 
 /// Unanswered lines all ingest connections together may hold before readers pause: one
 /// busy producer may use all of them, two get half each, and so on.
-pub const MAX_LINES_IN_FLIGHT: usize = 8192;
+const MAX_LINES_IN_FLIGHT: usize = 8192;
 /// Unanswered lines a connection may hold however many others are busy (so many
 /// producers are bounded by this times their number).
-pub const MIN_LINES_PER_CONNECTION: usize = 512;
+const MIN_LINES_PER_CONNECTION: usize = 512;
 /// Bytes of unanswered lines all ingest connections together may hold before readers
 /// pause, split as the lines are: with large events the lines alone would let memory
 /// grow with their size (8,192 lines of 1 MiB).
-pub const MAX_BYTES_IN_FLIGHT: usize = 64 << 20;
+const MAX_BYTES_IN_FLIGHT: usize = 64 << 20;
 /// Bytes of unanswered lines a connection may hold however many others are busy. A
 /// connection with none in flight always reads, so a line of `max_line_bytes` goes.
-pub const MIN_BYTES_PER_CONNECTION: usize = 1 << 20;
+const MIN_BYTES_PER_CONNECTION: usize = 1 << 20;
 const READ_CHUNK: usize = 64 * 1024;
 /// What a connection reads at most at a time until a read fills its window, and again
 /// once a read brings less than half of it with nothing left unframed: an idle

@@ -625,7 +625,7 @@ fn skip_value(b: &[u8], i: usize) -> Option<usize> {
 /// known to be valid. The first occurrence wins, as in simd-json's object lookup.
 /// `key_is_last`: the caller knows `key` occurs once, as the object's last member, so its
 /// value ends where the object does and is not scanned.
-pub fn top_level_value_span(b: &[u8], key: &[u8], key_is_last: bool) -> Option<(usize, usize)> {
+fn top_level_value_span(b: &[u8], key: &[u8], key_is_last: bool) -> Option<(usize, usize)> {
     let mut i = skip_ws(b, 0);
     if b.get(i) != Some(&b'{') {
         return None;

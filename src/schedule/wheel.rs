@@ -24,12 +24,12 @@ const BITS: u32 = 6;
 /// Slots per level.
 const SLOTS: usize = 1 << BITS;
 /// Levels in the wheel; beyond `64^LEVELS` ms ahead, items wait in the overflow list.
-pub const LEVELS: usize = 6;
+const LEVELS: usize = 6;
 /// An emptied slot keeping more capacity than this (in items) gives it back.
 const KEEP_CAPACITY: usize = 1024;
 /// A clock this far (ms) or less behind the wheel's is taken as the same time; further
 /// behind, the wheel [rewinds](TimerWheel::rewind).
-pub const STEP_BACK_MS: u64 = 100;
+const STEP_BACK_MS: u64 = 100;
 
 /// A hierarchical timer wheel keyed by due time in milliseconds.
 #[derive(Debug)]
