@@ -11,8 +11,9 @@
 //! reports every problem of every endpoint, each with the endpoint, the field and its
 //! line:column. Only a TOML syntax error ends the reading at once.
 //!
-//! It must not compile templates or touch the network or disk beyond reading the file:
-//! the endpoint module turns an [`EndpointConfig`] into a runnable endpoint (and calls
+//! It must not compile templates or touch the network or disk beyond reading the file
+//! (and `extra_ca_file`, which [`ServerConfig::startup_problems`] reads to check it): the
+//! endpoint module turns an [`EndpointConfig`] into a runnable endpoint (and calls
 //! `problems` itself, so the checks run once).
 //!
 //! # Submodules

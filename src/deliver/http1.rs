@@ -38,9 +38,11 @@ const MAX_CHUNK_LINE: u32 = 4 * 1024;
 /// Writes nothing else: no implicit headers. `host` is the `Host` header value, port
 /// included when it is not the scheme's default ([`Target::host_header`]).
 ///
-/// The caller validates `method`, `target` and header names once (config load,
-/// [`parse_url`], [`is_token`]). Header values usually come from templates, so a CR, LF or
-/// NUL in a value is written as a space: no data can split the request (RFC 9110 §5.5).
+/// The caller validates `method`, `target` and header names once (config load checks
+/// header names, [`parse_url`] the target); a debug build asserts that the method and
+/// header names are tokens ([`is_token`]). Header values usually come from templates,
+/// so a CR, LF or NUL in a value is written as a space: no data can split the request
+/// (RFC 9110 §5.5).
 /// An empty `target` is written as `/`.
 pub fn write_request_head(
     buf: &mut Vec<u8>,
@@ -101,8 +103,9 @@ pub fn write_request_head_iter<'h, I>(
     buf.extend_from_slice(b"\r\n");
 }
 
-/// Whether `s` is an HTTP token (RFC 9110 §5.6.2): a valid method or header name.
-/// For validating configured names once, before they reach the writer.
+/// Whether `s` is an HTTP token (RFC 9110 §5.6.2): a valid method or header name. What
+/// the writer's debug assertions check; config load checks header names against the
+/// same bytes (`config::endpoint`).
 fn is_token(s: &[u8]) -> bool {
     !s.is_empty()
         && s.iter().all(|&b| {
