@@ -28,8 +28,10 @@
 //! - [`config`]: the TOML file, flags and defaults; validation (`server`, `endpoint`,
 //!   `rules`, `duration`, `file`: one file per part).
 //! - [`runtime`]: monoio runtime per worker, io_uring or legacy driver.
-//! - [`server`]: wires everything for `ricochet serve`; shutdown.
-//! - [`ingest`]: listeners, line framing, parsing, ordered acks, backpressure.
+//! - [`server`]: wires everything for `ricochet serve` (binds the listeners, runs their
+//!   acceptor threads); shutdown.
+//! - [`ingest`]: an ingest connection's line framing, parsing, ordered acks,
+//!   backpressure.
 //! - [`commit`]: the single writer: group commit, idempotency, routing, loader,
 //!   endpoint changes, replays, retention (one file each; `share`: the in-memory cap;
 //!   `start`: the census at start).

@@ -1,19 +1,20 @@
-//! Ingest: the Unix-socket and TCP listeners and the line protocol of SPEC §3.
+//! Ingest: the line protocol of SPEC §3 on the Unix-socket and TCP connections.
 //!
-//! Acceptor threads hand each new connection to a worker, round-robin. On its worker a
-//! connection is two tasks: the **reader** frames lines, parses them, and sends each
-//! read's events to the committer as one batch; the **writer** answers every non-blank
-//! line in order once its batch is durable. All connections together share
-//! [`MAX_LINES_IN_FLIGHT`] unanswered lines and [`MAX_BYTES_IN_FLIGHT`] bytes of them,
-//! split evenly among the connections that have any ([`LineBudget`]), with at least
-//! [`MIN_LINES_PER_CONNECTION`] and [`MIN_BYTES_PER_CONNECTION`] each; past either share a
-//! connection's reader stops reading (backpressure), so accepted input is never dropped.
-//! An oversize line is skipped to its end and answered `err too_large`; the connection
-//! lives on. At shutdown ([`ConnShared::stop`]) a reader stops reading at once (a line
-//! still arriving is left unanswered, so it was not accepted), and the writer answers
-//! every line read before it shuts the connection's write side; over TCP what the peer
-//! still sends is then read and dropped until the answers have reached it (bounded), so
-//! the close is no reset that would drop answers still queued.
+//! The listeners and their acceptor threads are [`crate::server`]'s: they hand each new
+//! connection to a worker, round-robin. On its worker a connection is two tasks: the
+//! **reader** frames lines, parses them, and sends each read's events to the committer
+//! as one batch; the **writer** answers every non-blank line in order once its batch is
+//! durable. All connections together share [`MAX_LINES_IN_FLIGHT`] unanswered lines and
+//! [`MAX_BYTES_IN_FLIGHT`] bytes of them, split evenly among the connections that have
+//! any ([`LineBudget`]), with at least [`MIN_LINES_PER_CONNECTION`] and
+//! [`MIN_BYTES_PER_CONNECTION`] each; past either share a connection's reader stops
+//! reading (backpressure), so accepted input is never dropped. An oversize line is
+//! skipped to its end and answered `err too_large`; the connection lives on. At
+//! shutdown ([`ConnShared::stop`]) a reader stops reading at once (a line still
+//! arriving is left unanswered, so it was not accepted), and the writer answers every
+//! line read before it shuts the connection's write side; over TCP what the peer still
+//! sends is then read and dropped until the answers have reached it (bounded), so the
+//! close is no reset that would drop answers still queued.
 //!
 //! This module must not write the store or route events: that is the committer's job.
 
