@@ -232,7 +232,7 @@ const CONNECTION_HEADERS: [&str; 6] = [
 /// Whether `s` is a valid endpoint name: `[A-Za-z0-9_.-]{1,64}`, but not `.` or `..`,
 /// which HTTP clients drop from a URL's path (RFC 3986 §5.2.4): the admin API's
 /// `/v1/endpoints/..` would be out of their reach.
-pub fn valid_endpoint_name(s: &str) -> bool {
+fn valid_endpoint_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s != "."
         && s != ".."

@@ -48,12 +48,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use duration::{format_duration, human_duration, parse_duration};
-pub use endpoint::{
-    valid_endpoint_name, valid_event_type, EndpointConfig, Format, Method, ShownName,
-};
+pub use endpoint::{valid_event_type, EndpointConfig, Format, Method, ShownName};
 pub use file::{log_filter, stand_in, ConfigFile};
 pub use rules::{DisableAfter, Matcher, ResponseRule, RetryPolicy};
-pub use server::{addresses_clash, Driver, Durability, ServerConfig, MAX_WORKERS};
+pub use server::{Driver, Durability, ServerConfig, MAX_WORKERS};
 
 /// Errors while loading or validating a configuration.
 #[derive(Debug, thiserror::Error)]

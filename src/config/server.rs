@@ -23,7 +23,7 @@ use crate::deliver::request::REDACTED;
 
 /// Whether two listeners would bind the same address: one port (not 0, which picks a
 /// free one) on one IP, or on any IP where one of them is the wildcard.
-pub fn addresses_clash(a: SocketAddr, b: SocketAddr) -> bool {
+fn addresses_clash(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port()
         && a.port() != 0
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())

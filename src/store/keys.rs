@@ -23,7 +23,7 @@ pub(super) const DELETING_PREFIX: &str = "~deleting/";
 pub(super) const PAUSING_PREFIX: &str = "~pausing/";
 
 /// Bits of a [`Seq`] below the millisecond timestamp.
-pub const SEQ_COUNTER_BITS: u32 = 10;
+const SEQ_COUNTER_BITS: u32 = 10;
 
 /// The millisecond timestamp a sequence number was derived from.
 pub fn seq_time_ms(seq: Seq) -> u64 {

@@ -96,7 +96,7 @@ pub use endpoints::{DisabledBy, EndpointMeta, EndpointSource, StoredEndpoint};
 pub use faults::Fault;
 pub use keys::{
     decode_group, encode_group, generated_id, parse_generated_id, seq_floor, seq_time_ms, DueKey,
-    EndpointId, IndexKey, Seq, SEQ_COUNTER_BITS,
+    EndpointId, IndexKey, Seq,
 };
 pub use query::{DeliveryView, EventPage, EventQuery, EventView, PAGE_DELIVERIES};
 pub use reader::{EventReader, FloorReader};
