@@ -62,7 +62,8 @@
 //! - [`replay`]: scheduling deliveries again;
 //! - [`retention`]: the retention floor, and scrubbing an idle store;
 //! - [`start`]: what runs once at start: the pending count, ordered endpoints'
-//!   backlogs, their held heads.
+//!   backlogs, their held heads, and the bound past which a first attempt is never
+//!   made.
 
 mod endpoints;
 mod loader;

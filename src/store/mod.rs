@@ -60,7 +60,8 @@
 //! - `endpoints`: the endpoint records of `endpoints` ([`EndpointMeta`] and its kin) and
 //!   the reads of that family.
 //! - `batch`: [`Batch`], the one way to write, and [`Store::commit`].
-//! - `due`: the delivery queue's reads (`due` and `paused`, in pages).
+//! - `due`: the delivery queue's reads (`due` and `paused`, in pages), and
+//!   [`Store::pause_due`], a disable's move from the one to the other.
 //! - `query`: the webhook log's reads: an event's attempts and delivery states, pages
 //!   of the log filtered through `index`.
 //! - `reader`: readers handed out to other threads' loops ([`EventReader`],
