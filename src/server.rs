@@ -4,11 +4,10 @@
 //! Start: lock the data dir (`ricochet.lock`), open the store, bind the listeners (a
 //! start refused there changes nothing in the store), give every configured endpoint
 //! its stable id, start the committer and one worker per core, then accept on the
-//! listeners. Stop (SIGINT/SIGTERM, and
-//! SIGHUP unless it is ignored):
-//! workers stop reading ingest connections, answer every line already read and finish
-//! in-flight attempts (bounded), the committer writes their outcomes and syncs, and the
-//! process exits 0. It must not contain delivery or storage logic.
+//! listeners. Stop (SIGINT/SIGTERM, and SIGHUP unless it is ignored): workers stop
+//! reading ingest connections, answer every line already read and finish in-flight
+//! attempts (bounded), the committer writes their outcomes and syncs, and the process
+//! exits 0. It must not contain delivery or storage logic.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::TcpListener;

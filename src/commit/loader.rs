@@ -176,29 +176,28 @@ impl State {
     /// Whether a delivery written under `due`, which a scan would bring later (at or
     /// above the loader's cursor, or in the spilled range), goes to its worker now all
     /// the same (`round_jobs` already queued this round; a retry only a FIFO one's): it
-    /// is due within
-    /// `within_ms` (the loader's horizon for a fresh one, [`RETRY_AHEAD_MS`] for a
-    /// retry, which the caller hands over only while the cursor lags), so the cursor
-    /// lags behind now (workers hold the cap: backlogs loaded after
-    /// a restart, an overload) or fresh deliveries spill, and its endpoint is quiet — it
-    /// holds fewer than [`AHEAD_HELD`] in worker memory and no more than it drained in
-    /// its last second (if it held some all through it: many endpoints at a low
-    /// `max_rps`, each holding a few, are not quiet; with the spill, 8,192 of theirs went
-    /// ahead at once), keeps nothing back, on disk or being given back, and has written
-    /// none of its deliveries for a scan to bring that the scan has not brought yet
-    /// ([`Share::disk_max`]: under an overload of many endpoints each holding a few,
-    /// their fresh deliveries would go before their own older ones; of a backlog from
-    /// before a restart, only an `ordered` endpoint's counts, [`Pending::ordered_backlog`]:
-    /// its queue takes its deliveries in acceptance order as they come, so one handed
-    /// over ahead of an older one still on disk would go first; its head's retry, which
-    /// its worker keeps, holds a fresh one back there). Left for the cursor, it waited
-    /// behind every
-    /// other endpoint's backlog: after a restart with eight endpoints' backlogs of 10,000
-    /// draining, a quiet endpoint's fresh deliveries waited for 30,000 of them; left for
-    /// the spill, behind every delivery spilled before it (a burst of 40,000 over ten
-    /// endpoints held a trickle to others 2.7 s: helper A, session 43). At most
-    /// [`MAX_AHEAD`] at a time, and within the bytes workers may hold. The scans skip it
-    /// when they pass ([`Self::ahead`]).
+    /// is due within `within_ms` (the loader's horizon for a fresh one,
+    /// [`RETRY_AHEAD_MS`] for a retry, which the caller hands over only while the
+    /// cursor lags), so the cursor lags behind now (workers hold the cap: backlogs
+    /// loaded after a restart, an overload) or fresh deliveries spill, and its endpoint
+    /// is quiet — it holds fewer than [`AHEAD_HELD`] in worker memory and no more than
+    /// it drained in its last second (if it held some all through it: many endpoints at
+    /// a low `max_rps`, each holding a few, are not quiet; with the spill, 8,192 of
+    /// theirs went ahead at once), keeps nothing back, on disk or being given back, and
+    /// has written none of its deliveries for a scan to bring that the scan has not
+    /// brought yet ([`Share::disk_max`]: under an overload of many endpoints each
+    /// holding a few, their fresh deliveries would go before their own older ones; of a
+    /// backlog from before a restart, only an `ordered` endpoint's counts,
+    /// [`Pending::ordered_backlog`]: its queue takes its deliveries in acceptance order
+    /// as they come, so one handed over ahead of an older one still on disk would go
+    /// first; its head's retry, which its worker keeps, holds a fresh one back there).
+    /// Left for the cursor, it waited behind every other endpoint's backlog: after a
+    /// restart with eight endpoints' backlogs of 10,000 draining, a quiet endpoint's
+    /// fresh deliveries waited for 30,000 of them; left for the spill, behind every
+    /// delivery spilled before it (a burst of 40,000 over ten endpoints held a trickle
+    /// to others 2.7 s: helper A, session 43). At most [`MAX_AHEAD`] at a time, and
+    /// within the bytes workers may hold. The scans skip it when they pass
+    /// ([`Self::ahead`]).
     ///
     /// [`Pending::ordered_backlog`]: super::start::Pending::ordered_backlog
     pub(super) fn hands_ahead(

@@ -485,16 +485,15 @@ struct State {
     /// Deliveries handed over under keys a scan has yet to pass (at or above the
     /// loader's cursor, or in the spilled range: [`Self::flush_jobs`]): the ordered
     /// endpoints' held heads and other retries at start ([`Self::send_holds`]) and quiet
-    /// endpoints' fresh
-    /// deliveries while the cursor lags or fresh deliveries spill
+    /// endpoints' fresh deliveries while the cursor lags or fresh deliveries spill
     /// ([`Self::hands_ahead`]). Their worker has them: the loader and the spill's scan
     /// skip them when they pass, a read-back leaves them out, the expiry sweep and a
-    /// deletion's scan leave them to the outcome the worker reports. Each leaves when it
-    /// is reported, given back or moved by a pause (its worker dropped it at the
-    /// disable, and said so). (A held head's second copy was harmless while its endpoint
-    /// stayed ordered, its queue taking one copy of a delivery, but one made `ordered =
-    /// false` meanwhile sent the head twice; a FIFO queue always takes a second copy as a
-    /// second delivery.)
+    /// deletion's scan leave them to the outcome the worker reports. Each leaves when
+    /// it is reported, given back or moved by a pause (its worker dropped it at the
+    /// disable, and said so). (A held head's second copy was harmless while its
+    /// endpoint stayed ordered, its queue taking one copy of a delivery, but one made
+    /// `ordered = false` meanwhile sent the head twice; a FIFO queue always takes a
+    /// second copy as a second delivery.)
     ahead: BTreeSet<DueKey>,
     stats: Stats,
     write_failures: WriteFailures,

@@ -127,10 +127,9 @@ impl Share {
     /// it is: a key the cursor passed (written above it before a spill began) says
     /// nothing of a spilled key below it that the spill's scan has yet to load, and kept
     /// as the highest, it let the endpoint's later fresh deliveries go ahead of that one
-    /// (helper R's review, session 43). Once replaced,
-    /// the highest is safe again: the cursor does not move while a spill is under way,
-    /// so a key waiting for it is brought after every spilled one, and a spilled key
-    /// after every smaller one.
+    /// (helper R's review, session 43). Once replaced, the highest is safe again: the
+    /// cursor does not move while a spill is under way, so a key waiting for it is
+    /// brought after every spilled one, and a spilled key after every smaller one.
     pub(super) fn note_left_on_disk(&mut self, due: DueKey, cursor: DueKey, spill: Option<Spill>) {
         let brought = self
             .disk_max

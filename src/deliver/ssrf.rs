@@ -9,9 +9,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// Whether connecting to `ip` is refused while `allow_private_networks` is off:
 /// loopback, private, link-local, CGNAT, multicast, broadcast, unspecified, documentation
 /// and benchmarking ranges, IPv6 ULA and link-local, IPv6 discard-only, ORCHID and SRv6
-/// ranges, and the IPv6 forms that carry an
-/// IPv4 address (mapped, compatible, translated, 6to4, Teredo, NAT64) by the address they
-/// carry.
+/// ranges, and the IPv6 forms that carry an IPv4 address (mapped, compatible,
+/// translated, 6to4, Teredo, NAT64) by the address they carry.
 pub fn is_blocked(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => blocked_v4(v4),

@@ -1,8 +1,7 @@
 //! Read failures a unit test injects (test builds only): the next reads of an event, or
 //! look-ups of a due key, a paused delivery or a failed one, fail as they would on a
-//! failing disk, so the callers' paths
-//! for a failed read can be tested. The store's reads check here first; a build that is
-//! not a test has none of it.
+//! failing disk, so the callers' paths for a failed read can be tested. The store's
+//! reads check here first; a build that is not a test has none of it.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 

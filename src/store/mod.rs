@@ -47,8 +47,8 @@
 //! and across a wiped data dir, and sort events by acceptance time.
 //!
 //! This module must not block a worker's I/O thread: only the committer thread writes
-//! (the syncer thread fsyncs the WAL the committer wrote),
-//! and only the committer and admin threads read.
+//! (the syncer thread fsyncs the WAL the committer wrote), and only the committer and
+//! admin threads read.
 //!
 //! # Submodules
 //!

@@ -23,14 +23,14 @@ struct Cx {
 /// The most steps one request's renders may take, its URL, headers and body together:
 /// a step is a part a join's element renders, or eight members or elements passed while
 /// data points are looked up (a comparison costs about an eighth of a part). About
-/// 50 ms of a worker at worst. The output's length
-/// bounds the work of parts that write; this bounds the rest. Joins nested over one
-/// array (`{join(items, i, "{join(items, j, …)}", …)}`) render n² (up to n⁸) parts,
-/// most writing nothing when a data point is missing: 30,000 elements took 11 s with an
+/// 50 ms of a worker at worst. The output's length bounds the work of parts that write;
+/// this bounds the rest. Joins nested over one array
+/// (`{join(items, i, "{join(items, j, …)}", …)}`) render n² (up to n⁸) parts, most
+/// writing nothing when a data point is missing: 30,000 elements took 11 s with an
 /// empty body, the worker's ingest and deliveries stopped meanwhile; and a look-up
 /// passes every member of a large object when the key is missing. A join over every
-/// element of the largest event (a 1 MiB line holds at most ~500,000) with 8 parts
-/// each stays within it.
+/// element of the largest event (a 1 MiB line holds at most ~500,000) with 8 parts each
+/// stays within it.
 pub const MAX_RENDER_STEPS: usize = 1 << 22;
 
 /// What one request's renders may still take ([`MAX_RENDER_STEPS`] to begin with):
