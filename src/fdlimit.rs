@@ -19,8 +19,8 @@
 //! tenth goes at most a hundredth to each endpoint, so at least ten share it, answering
 //! or not. About ten more endpoints hanging at once still fill it, and while they keep
 //! getting deliveries each socket a timed-out attempt frees is taken by one of them
-//! again (no queue orders the waiting lanes). The cost: when every endpoint that wants sockets holds many, the last
-//! tenth stays unused.
+//! again (no queue orders the waiting lanes). The cost: when every endpoint that wants
+//! sockets holds many, the last tenth stays unused.
 //!
 //! Ingest connections have a budget of their own, half the reserve ([`ConnPermit`]):
 //! producers that leave hundreds of connections open would otherwise take the store's

@@ -307,11 +307,11 @@ impl State {
 
     /// Once workers hold half the cap, asks the worker of each endpoint that drains
     /// slowly and holds more than a page past 10 s of its work (at least [`SLOW_HELD`])
-    /// to give the rest back ([`WorkerMsg::GiveBack`]): the limit applies to what is handed over
-    /// from then on, so hung endpoints whose backlogs all came within their first
-    /// second, before any was measured slow, filled the cap between them and held it
-    /// until their receivers answered (six × 40,000: a healthy endpoint waited 120 s).
-    /// Until the worker answers, nothing more of the endpoint is handed over
+    /// to give the rest back ([`WorkerMsg::GiveBack`]): the limit applies to what is
+    /// handed over from then on, so hung endpoints whose backlogs all came within their
+    /// first second, before any was measured slow, filled the cap between them and held
+    /// it until their receivers answered (six × 40,000: a healthy endpoint waited
+    /// 120 s). Until the worker answers, nothing more of the endpoint is handed over
     /// ([`Share::giving_back`]). Asked once per rate window at most.
     pub(super) fn ask_give_back(&mut self) {
         let cap = self.cap();

@@ -10,10 +10,10 @@
 //! reused idle connection before any response byte arrived, or is answered `408` and
 //! closed there, is sent once more on a fresh connection; one on which the receiver sent
 //! anything while it was idle is not reused, and one it said it would close is shut as
-//! soon as its response is read. Every connect is counted by why it happened ([`OpenReason`]),
-//! and the slot remembers whether the last request was the first on its connection (the
-//! worker's rate limiter paces the next from that request's estimated arrival). It must
-//! not decide retries or touch the store.
+//! soon as its response is read. Every connect is counted by why it happened
+//! ([`OpenReason`]), and the slot remembers whether the last request was the first on
+//! its connection (the worker's rate limiter paces the next from that request's
+//! estimated arrival). It must not decide retries or touch the store.
 
 pub mod dns;
 pub mod http1;
@@ -49,10 +49,10 @@ const QUIET_CHECK_AFTER: Duration = Duration::from_millis(50);
 
 /// A kept connection that fails with no answer (a broken write, a close or a reset), or
 /// answers `408` and closes, at most this long after the request was begun was closed
-/// by the receiver for idleness as the request crossed it: the request goes again at once on a new connection, as the same
-/// attempt. Later than that, the receiver had the request (it may have acted on it) and
-/// the failure is the attempt's outcome, retried only by the schedule. A round trip on
-/// any real path is well inside it.
+/// by the receiver for idleness as the request crossed it: the request goes again at
+/// once on a new connection, as the same attempt. Later than that, the receiver had the
+/// request (it may have acted on it) and the failure is the attempt's outcome, retried
+/// only by the schedule. A round trip on any real path is well inside it.
 const RESEND_WITHIN: Duration = Duration::from_secs(1);
 
 /// Bytes of the response body kept for `success`/`error` matching.

@@ -37,7 +37,8 @@ pub struct EndpointMeta {
     /// (seq, due_ms, attempts), so a restart puts it back in front.
     #[serde(default)]
     pub hold: Option<(Seq, u64, u16)>,
-    /// The held delivery's round start (see [`DueVal`](super::DueVal)): nonzero after a replay.
+    /// The held delivery's round start (see [`DueVal`](super::DueVal)): nonzero after a
+    /// replay.
     #[serde(default)]
     pub hold_first: u16,
     /// `ordered` endpoints: the latest first-attempt due time given to a delivery while

@@ -259,7 +259,8 @@ pub(super) fn deleting_key(id: EndpointId) -> Vec<u8> {
     id_key(DELETING_PREFIX, id)
 }
 
-/// `<prefix><id>` in `endpoints`, the id big-endian ([`Store::by_id`](super::Store::by_id) reads them).
+/// `<prefix><id>` in `endpoints`, the id big-endian
+/// ([`Store::by_id`](super::Store::by_id) reads them).
 pub(super) fn id_key(prefix: &str, id: EndpointId) -> Vec<u8> {
     let mut k = prefix.as_bytes().to_vec();
     k.extend_from_slice(&id.to_be_bytes());
