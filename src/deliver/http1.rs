@@ -4,8 +4,9 @@
 //! Owns: the exact bytes ricochet writes for a request head, the decision where a response
 //! ends (status line and headers via `httparse`; body framed by `Content-Length`,
 //! `Transfer-Encoding: chunked` or connection close; `1xx` skipped; no body for `HEAD`,
-//! `204` and `304`), whether the connection may be reused, `Retry-After`, and the body
-//! excerpt (the first `excerpt_limit` decoded bytes; the rest is counted and dropped).
+//! `204` and `304`, and no reuse after a `204` or `304` that announces one), whether the
+//! connection may be reused, `Retry-After`, and the body excerpt (the first
+//! `excerpt_limit` decoded bytes; the rest is counted and dropped).
 //!
 //! Must not: do I/O, look at the clock, allocate per request once its buffers have grown
 //! (the writer appends to the caller's buffer; the parser keeps its head and excerpt
@@ -739,8 +740,10 @@ impl ResponseParser {
 
     /// Whether the connection may carry another request after this response:
     /// HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`;
-    /// never after a close-delimited body or a response with both `Transfer-Encoding`
-    /// and `Content-Length`. Meaningful once the response is done.
+    /// never after a close-delimited body, a response with both `Transfer-Encoding`
+    /// and `Content-Length`, or a `204` or `304` that announces a body it may not have
+    /// (a `Content-Length` above 0 or a `Transfer-Encoding`). Meaningful once the
+    /// response is done.
     pub fn keep_alive(&self) -> bool {
         self.keep_alive
     }
@@ -860,6 +863,16 @@ impl ResponseParser {
             info.keep_alive_token && !info.close && info.chunked.is_none()
         };
         self.state = if request_was_head || code == 204 || code == 304 {
+            // No body, whatever the head says (RFC 9112 §6.3). But a `204` may not
+            // announce one (RFC 9110 §8.6, RFC 9112 §6.1), and a `304` answers only a
+            // conditional GET, which ricochet never sends: one that announces a body
+            // anyway may well send it, in a later read than its head, where the next
+            // request on the connection would read it as its answer (its own answer
+            // recorded as a malformed one). Not reused.
+            let announced = info.chunked.is_some() || info.content_length.is_some_and(|n| n > 0);
+            if announced && !request_was_head {
+                self.keep_alive = false;
+            }
             State::Done
         } else {
             match (info.chunked, info.content_length) {
@@ -1743,18 +1756,47 @@ mod tests {
 
     #[test]
     fn bodiless_responses() {
-        for r in [
-            &b"HTTP/1.1 204 No Content\r\nContent-Length: 10\r\n\r\n"[..],
-            b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+        for (r, keep_alive) in [
+            (&b"HTTP/1.1 204 No Content\r\n\r\n"[..], true),
+            (
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+                true,
+            ),
+            (
+                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 0\r\n\r\n",
+                true,
+            ),
+            // A body announced where none may be: read as none, and the connection is
+            // not reused (the body may come after the head, read as the next answer).
+            (
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 10\r\n\r\n",
+                false,
+            ),
+            (
+                b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false,
+            ),
+            (
+                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
+                false,
+            ),
+            (
+                b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false,
+            ),
         ] {
             let o = one(r).unwrap();
             assert_eq!((o.consumed, o.body_len), (r.len(), 0));
-            assert!(o.keep_alive);
+            assert_eq!(o.keep_alive, keep_alive, "{}", String::from_utf8_lossy(r));
         }
         let r = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n";
         let mut p = ResponseParser::new(10);
         let o = run(&mut p, r, &[], true, false).unwrap();
         assert_eq!((o.status, o.body_len, o.consumed), (200, 0, r.len()));
+        assert!(o.keep_alive);
+        // To a HEAD, a 304's length is the representation's (RFC 9110 §8.6).
+        let r = b"HTTP/1.1 304 Not Modified\r\nContent-Length: 1000\r\n\r\n";
+        assert!(run(&mut p, r, &[], true, false).unwrap().keep_alive);
     }
 
     #[test]
@@ -2021,6 +2063,12 @@ mod tests {
                 }
                 let has_body = status != 204 && status != 304;
                 let delimited_by_close = matches!(framing, Framing::Close) && has_body;
+                // A 204 or 304 announcing a body it may not have is not reused.
+                let announces_body = !has_body && match &framing {
+                    Framing::Length => !body.is_empty(),
+                    Framing::Chunked(..) => true,
+                    Framing::Close => false,
+                };
                 match &framing {
                     Framing::Length => {
                         r.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
@@ -2050,7 +2098,7 @@ mod tests {
                     }
                 }
                 let expected_body = if has_body { body.clone() } else { Vec::new() };
-                let ka = !close && minor == 1 && !delimited_by_close;
+                let ka = !close && minor == 1 && !delimited_by_close && !announces_body;
                 if !delimited_by_close {
                     r.extend_from_slice(&trailing);
                 }

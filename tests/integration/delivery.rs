@@ -368,6 +368,112 @@ fn bytes_after_a_response_are_never_the_next_requests_answer() {
     assert_eq!(rx.count(), 4);
 }
 
+/// Reads one request (head and `Content-Length` body) from `r`; its path, or `None` at
+/// the end of the connection.
+fn read_request(r: &mut impl std::io::BufRead) -> Option<String> {
+    let (mut path, mut len, mut line) = (None, 0, String::new());
+    loop {
+        line.clear();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        match path {
+            None => path = line.split(' ').nth(1).map(str::to_string),
+            Some(_) => {
+                if let Some((k, v)) = line.split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        len = v.trim().parse().ok()?;
+                    }
+                }
+            }
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    path
+}
+
+/// A `204` that announces a body (which it may not have) and a `304` (which answers a
+/// conditional GET ricochet never sends) that announces one too, each sending it after
+/// its head: the connection used to be kept, and the next request on it read that body
+/// as the start of its answer (`bad response: malformed response head`), recorded as a
+/// failure whatever the receiver answered it. The connection is now not reused.
+#[test]
+fn a_body_sent_after_a_bodiless_answer_is_never_the_next_requests_answer() {
+    use std::io::{BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let answered = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { return };
+            let answered = answered.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut w = s;
+                let mut stray: &[u8] = b"";
+                while let Some(path) = read_request(&mut r) {
+                    // The body the last answer announced comes only now, as a request
+                    // on the same connection shows it was kept: ahead of that request's
+                    // own answer.
+                    let _ = w.write_all(std::mem::take(&mut stray));
+                    if !answered.lock().unwrap().insert(path.clone()) {
+                        let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK");
+                        continue;
+                    }
+                    let (head, body): (&[u8], &[u8]) = match path.as_str() {
+                        "/no-content" => (
+                            b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+                            b"hello",
+                        ),
+                        _ => (
+                            b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+                            b"5\r\nhello\r\n0\r\n\r\n",
+                        ),
+                    };
+                    let _ = w.write_all(head);
+                    stray = body;
+                }
+            });
+        }
+    });
+    let eps: String = ["no-content", "not-modified"]
+        .iter()
+        .map(|name| {
+            endpoint(
+                name,
+                r#"["t"]"#,
+                &format!("http://{addr}/{name}"),
+                "max_in_flight = 1\nretry = \"none\"",
+            )
+        })
+        .collect();
+    let srv = TestServer::start(&eps);
+    let mut c = srv.connect();
+    assert_eq!(c.send(&event("t", "bl-1", "{}")), "ok bl-1 2");
+    let v = srv.wait_event("bl-1", Duration::from_secs(10), |v| {
+        states(v).iter().all(|s| s == "delivered" || s == "failed")
+    });
+    let status = by_endpoint(&v, |d| d["attempts"][0]["status_code"].clone());
+    assert_eq!(status["no-content"], 204, "{v}");
+    assert_eq!(status["not-modified"], 304, "{v}");
+    assert_eq!(c.send(&event("t", "bl-2", "{}")), "ok bl-2 2");
+    let v = srv.wait_event("bl-2", Duration::from_secs(10), |v| {
+        states(v).iter().all(|s| s == "delivered" || s == "failed")
+    });
+    // Each answered by its own answer, on a new connection.
+    let attempts = by_endpoint(&v, |d| d["attempts"][0].clone());
+    for name in ["no-content", "not-modified"] {
+        let a = &attempts[name];
+        assert_eq!(a["status_code"], 200, "{name}: {a}");
+        assert_eq!(a["response_excerpt"], "OK", "{name}: {a}");
+        assert!(a["error"].is_null(), "{name}: {a}");
+    }
+}
+
 #[test]
 fn an_upper_case_scheme_is_a_scheme() {
     let rx = TestReceiver::start();
