@@ -642,6 +642,16 @@ impl Stream {
         n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
     }
 
+    /// Whether bytes the receiver sent are read from the socket and not yet given as
+    /// plaintext (TLS records not yet decrypted, or the end of the stream): never for
+    /// plain TCP, whose reads hand over all they take.
+    fn has_unread(&self) -> bool {
+        match self {
+            Stream::Plain(_) => false,
+            Stream::Tls(s) => s.has_unread(),
+        }
+    }
+
     /// Ends the connection both ways (a FIN to the receiver); the socket itself is
     /// closed when the stream is dropped.
     fn shutdown(&self) {
@@ -705,8 +715,12 @@ async fn read_response(conn: &mut Conn) -> Result<(u16, Option<Duration>, bool),
                         let (status, retry_after, keep_alive) = finish(&conn.parser);
                         // Bytes past the end of the response answer no request of ours:
                         // the connection is out of step with the receiver, and reusing
-                        // it would read them as the next request's answer.
-                        return Ok((status, retry_after, keep_alive && conn.rbuf.is_empty()));
+                        // it would read them as the next request's answer. Over TLS they
+                        // may still be ciphertext: rustls takes 4 KiB at a time, so a
+                        // record after the response's can be in the socket read and not
+                        // yet decrypted.
+                        let after = !conn.rbuf.is_empty() || conn.stream.has_unread();
+                        return Ok((status, retry_after, keep_alive && !after));
                     }
                 }
                 Err(e) => return Err((format!("bad response: {e}"), false)),

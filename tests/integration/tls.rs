@@ -48,6 +48,20 @@ fn pki(ca_name: &str) -> Pki {
     }
 }
 
+/// A TLS server configuration with `pki`'s server certificate, offering HTTP/1.1 by ALPN.
+fn server_config(pki: &Pki) -> Arc<ServerConfig> {
+    let key = PrivateKeyDer::Pkcs8(pki.leaf_key.clone().into());
+    let mut cfg =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![pki.leaf.clone()], key)
+            .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
 /// A request the TLS receiver got, with what it saw of the connection.
 #[derive(Debug, Clone)]
 struct Got {
@@ -74,16 +88,7 @@ struct TlsReceiver {
 
 impl TlsReceiver {
     fn start(pki: &Pki, close_first: bool) -> TlsReceiver {
-        let key = PrivateKeyDer::Pkcs8(pki.leaf_key.clone().into());
-        let mut cfg =
-            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(vec![pki.leaf.clone()], key)
-                .unwrap();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let cfg = Arc::new(cfg);
+        let cfg = server_config(pki);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new((Mutex::new(State::default()), Condvar::new()));
@@ -326,5 +331,115 @@ fn an_unusable_extra_ca_file_stops_the_start_naming_the_file() {
         // Located in the file, as `check` says it.
         let at = format!("{}:5:17: server: field `extra_ca_file`", config.display());
         assert!(stderr.contains(&at), "{stderr}");
+    }
+}
+
+/// Reads one request (head and `Content-Length` body) from `s` into `buf`, dropping it;
+/// false at the end of the connection.
+fn read_request(s: &mut impl Read, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let mut hs = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut hs);
+        if let Ok(httparse::Status::Complete(n)) = req.parse(buf) {
+            let len: usize = req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= n + len {
+                buf.drain(..n + len);
+                return true;
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// A receiver that answers its second request twice, both answers in one TCP write of
+/// two TLS records, the first just short of 4 KiB. rustls takes ciphertext 4 KiB at a
+/// time, so once the first answer was decrypted and parsed the second's record was
+/// still in the connection's read buffer, not counted as bytes after the response: the
+/// connection was kept, and the next request, sent at once, read the stray answer as
+/// its own (recorded `200`, `STRAY`, delivered, whatever the receiver answered it).
+/// Plain HTTP saw such bytes already; over TLS they now count too.
+#[test]
+fn a_second_answer_in_the_same_tls_read_is_never_the_next_requests_answer() {
+    let pki = pki("ricochet test ca");
+    let cfg = server_config(&pki);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for (conn_no, tcp) in listener.incoming().enumerate() {
+            let Ok(tcp) = tcp else { return };
+            let cfg = cfg.clone();
+            std::thread::spawn(move || {
+                let mut s = StreamOwned::new(ServerConnection::new(cfg).unwrap(), tcp);
+                let mut buf = Vec::new();
+                let mut served = 0;
+                while read_request(&mut s, &mut buf) {
+                    served += 1;
+                    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK";
+                    if conn_no > 0 || served != 2 {
+                        // (A third request on the first connection reads the stray.)
+                        if s.write_all(ok).and_then(|()| s.flush()).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    // A record of 3,963 bytes (3,941 of plaintext), then one of 1,062.
+                    let body = "x".repeat(3900);
+                    let first = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let stray = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nSTRAY{}",
+                        " ".repeat(995)
+                    );
+                    s.conn.writer().write_all(first.as_bytes()).unwrap();
+                    s.conn.writer().write_all(stray.as_bytes()).unwrap();
+                    let mut out = Vec::new();
+                    while s.conn.wants_write() {
+                        s.conn.write_tls(&mut out).unwrap();
+                    }
+                    if s.sock.write_all(&out).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let ca_dir = tempfile::tempdir().unwrap();
+    let url = format!("https://localhost:{}/twice", addr.port());
+    let opts = ServerOpts::new(&endpoint(
+        "twice",
+        r#"["t"]"#,
+        &url,
+        "max_in_flight = 1\nretry = \"none\"",
+    ))
+    .server(&write_ca(ca_dir.path(), &pki));
+    let srv = TestServer::start_with(opts);
+    let mut c = srv.connect();
+    // The first request takes the handshake and its session tickets out of the way.
+    assert_eq!(c.send(&event("t", "tw-1", "{}")), "ok tw-1 1");
+    srv.wait_event("tw-1", Duration::from_secs(15), |v| {
+        states(v) == ["delivered"]
+    });
+    // The third goes right behind the second, on the kept connection if it is kept.
+    assert_eq!(c.send(&event("t", "tw-2", "{}")), "ok tw-2 1");
+    assert_eq!(c.send(&event("t", "tw-3", "{}")), "ok tw-3 1");
+    for (id, excerpt) in [("tw-2", "xxxx"), ("tw-3", "OK")] {
+        let v = srv.wait_event(id, Duration::from_secs(15), |v| {
+            states(v) == ["delivered"] || states(v) == ["failed"]
+        });
+        let a = &v["deliveries"][0]["attempts"][0];
+        assert_eq!(a["status_code"], 200, "{id}: {a}");
+        let got = a["response_excerpt"].as_str().unwrap_or_default();
+        assert!(got.starts_with(excerpt), "{id}: {a}");
     }
 }
