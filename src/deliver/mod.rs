@@ -705,6 +705,8 @@ fn closed_under(e: &io::Error) -> bool {
 async fn read_response(conn: &mut Conn) -> Result<(u16, Option<Duration>, bool), (String, bool)> {
     conn.parser.reset();
     let mut received = false;
+    // Whether the last read took all the room it had: the socket may hold more.
+    let mut filled = false;
     loop {
         if !conn.rbuf.is_empty() {
             received = true;
@@ -719,7 +721,12 @@ async fn read_response(conn: &mut Conn) -> Result<(u16, Option<Duration>, bool),
                         // may still be ciphertext: rustls takes 4 KiB at a time, so a
                         // record after the response's can be in the socket read and not
                         // yet decrypted.
-                        let after = !conn.rbuf.is_empty() || conn.stream.has_unread();
+                        // And a read that filled its room may have left more in the
+                        // socket (a response ending exactly where a read did, as rare
+                        // as that is): one peek, only then.
+                        let after = !conn.rbuf.is_empty()
+                            || conn.stream.has_unread()
+                            || (keep_alive && filled && !conn.stream.is_quiet());
                         return Ok((status, retry_after, keep_alive && !after));
                     }
                 }
@@ -727,6 +734,7 @@ async fn read_response(conn: &mut Conn) -> Result<(u16, Option<Duration>, bool),
             }
         }
         let buf = reserve(std::mem::take(&mut conn.rbuf));
+        let room = buf.capacity() - buf.len();
         let (res, mut b) = conn.stream.read_append(buf).await;
         match res {
             Ok(0) => {
@@ -742,7 +750,10 @@ async fn read_response(conn: &mut Conn) -> Result<(u16, Option<Duration>, bool),
                     )),
                 };
             }
-            Ok(_) => conn.rbuf = b,
+            Ok(n) => {
+                filled = n >= room;
+                conn.rbuf = b;
+            }
             Err(e) => {
                 b.clear();
                 conn.rbuf = b;

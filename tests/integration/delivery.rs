@@ -368,6 +368,44 @@ fn bytes_after_a_response_are_never_the_next_requests_answer() {
     assert_eq!(rx.count(), 4);
 }
 
+/// As above, the stray answer in the same write, but the first answer exactly 4 KiB: all
+/// that the first read of a new connection takes (its buffer starts at 4 KiB,
+/// `RBUF_MIN`). The answer ended where the read did, nothing was left in the buffer, the
+/// stray one stayed in the socket, and the next request, sent at once, read it as its
+/// own (recorded `200`, `STRAY`, delivered, where the receiver answered `503`). A read
+/// that fills its room is now followed by a look at the socket.
+#[test]
+fn a_stray_answer_left_in_the_socket_by_a_full_read_is_never_the_next_requests_answer() {
+    // `HTTP/1.1 200 X\r\nContent-Length: 4056\r\n\r\n` is 40 bytes.
+    let body = "x".repeat(4096 - 40);
+    let rx = TestReceiver::with_script(move |_, n| match n {
+        0 => Reply::status(200)
+            .body(&body)
+            .then_raw(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nSTRAY"),
+        _ => Reply::status(503),
+    });
+    let srv = TestServer::start(&endpoint(
+        "full",
+        r#"["t"]"#,
+        &rx.url("/"),
+        "max_in_flight = 1\nretry = \"none\"",
+    ));
+    let mut c = srv.connect();
+    // Together: the second goes right behind the first, within the idle peek's 50 ms.
+    assert_eq!(c.send(&event("t", "fr-1", "{}")), "ok fr-1 1");
+    assert_eq!(c.send(&event("t", "fr-2", "{}")), "ok fr-2 1");
+    let v = srv.wait_event("fr-1", Duration::from_secs(10), |v| {
+        states(v) == ["delivered"]
+    });
+    assert_eq!(v["deliveries"][0]["attempts"][0]["status_code"], 200, "{v}");
+    let v = srv.wait_event("fr-2", Duration::from_secs(10), |v| {
+        states(v) == ["delivered"] || states(v) == ["failed"]
+    });
+    let a = &v["deliveries"][0]["attempts"][0];
+    assert_eq!(a["status_code"], 503, "{a}");
+    assert_eq!(rx.count(), 2);
+}
+
 /// Reads one request (head and `Content-Length` body) from `r`; its path, or `None` at
 /// the end of the connection.
 fn read_request(r: &mut impl std::io::BufRead) -> Option<String> {
