@@ -4,7 +4,8 @@
 //! [`share`](super::share)); while workers are full, fresh deliveries spill to disk
 //! ([`Spill`]) and a second scan loads them as workers drain. It also hands a quiet
 //! endpoint's fresh deliveries and soon retries ahead of a lagging cursor
-//! ([`State::hands_ahead`]), reads kept-back backlogs back from disk
+//! ([`State::hands_ahead`]; later retries once they are soon,
+//! [`State::hand_far_retries`]), reads kept-back backlogs back from disk
 //! ([`State::read_back`]), expires due deliveries past retention
 //! ([`State::sweep_expired`]), and keeps the events of retries due soon ([`Waiting`]).
 //! A tick also drives, a page at a time, the endpoints' scans, deletions and resumes
@@ -45,6 +46,14 @@ const MAX_AHEAD: usize = 8192;
 /// wheel holds it until its time. Left for the cursor, it waited behind every other
 /// endpoint's backlog.
 pub(super) const RETRY_AHEAD_MS: u64 = 10_000;
+
+/// Such a retry due further out than [`RETRY_AHEAD_MS`] is remembered by its key, at
+/// most this many (the soonest due), and handed over once within it while the cursor
+/// still lags ([`State::hand_far_retries`]); past the bound the loader brings it, as
+/// before. (Keys and values only, not events: some 400 KB at the bound. Handed over
+/// at once instead, each would wait in its worker's wheel for up to the whole
+/// schedule's step, minutes or hours, a second timer beside the loader's.)
+pub(super) const MAX_FAR_RETRIES: usize = 8192;
 
 /// Spill mode: deliveries of events from `fence` on, with keys below the cursor, stay
 /// on disk; a second scan from `scan` up to the cursor loads them as workers drain.
@@ -211,14 +220,101 @@ impl State {
             && due.due_ms <= now.saturating_add(within_ms)
             && self.ahead.len() + round_jobs < MAX_AHEAD
             && self.in_memory_bytes + self.out_bytes < MAX_IN_MEMORY_BYTES
-            && self.shares.get(&due.ep).is_none_or(|s| {
-                s.held < AHEAD_HELD
-                    && s.rate.is_none_or(|drained| drained >= s.held)
-                    && s.disk_max.is_none_or(|d| self.hand_now(d))
-                    && s.deferred.is_empty()
-                    && s.on_disk_from.is_none()
-                    && s.giving_back.is_none()
-            })
+            && self.quiet(due.ep)
+    }
+
+    /// Whether `ep` is quiet, as [`Self::hands_ahead`] says.
+    fn quiet(&self, ep: EndpointId) -> bool {
+        self.shares.get(&ep).is_none_or(|s| {
+            s.held < AHEAD_HELD
+                && s.rate.is_none_or(|drained| drained >= s.held)
+                && s.disk_max.is_none_or(|d| self.hand_now(d))
+                && s.deferred.is_empty()
+                && s.on_disk_from.is_none()
+                && s.giving_back.is_none()
+        })
+    }
+
+    /// A FIFO endpoint's retry written under `due` while the cursor lags (the caller
+    /// asks only then) and not handed over ahead: remembered
+    /// ([`State::far_retries`]) if due more than [`RETRY_AHEAD_MS`] out and its
+    /// endpoint quiet now (an endpoint draining a backlog of its own, failing, would
+    /// fill the bound with retries that wait for the cursor anyway), keeping the
+    /// [`MAX_FAR_RETRIES`] soonest. Nothing else: its key is in `due`, and one forgotten
+    /// is brought by the loader.
+    pub(super) fn remember_far_retry(&mut self, due: DueKey, val: DueVal, now: u64) {
+        if self.hand_now(due)
+            || due.due_ms <= now.saturating_add(RETRY_AHEAD_MS)
+            || !self.quiet(due.ep)
+        {
+            return;
+        }
+        self.far_retries.insert(due, val);
+        if self.far_retries.len() > MAX_FAR_RETRIES {
+            self.far_retries.pop_last();
+        }
+    }
+
+    /// Hands over the remembered retries ([`State::far_retries`]) now due within
+    /// [`RETRY_AHEAD_MS`] of `now`, as [`Self::hands_ahead`] would have as they were
+    /// written: each is forgotten here, and goes to its worker (its key joining
+    /// `ahead`) only if the cursor still lags, the scans have not passed it, its
+    /// endpoint is still FIFO, delivering and quiet, within the bounds, and its key
+    /// still in `due` (a pause, a deletion's scan, the expiry sweep or a replay may
+    /// have moved it meanwhile, and each of those reads `due`, not this set: it is looked
+    /// up there), and its event read. Any other is left to the loader, as it would have
+    /// been. Bounded by [`SCAN_BUDGET`] a tick; the rest wait for the next.
+    pub(super) fn hand_far_retries(&mut self, now: u64) {
+        let within = now.saturating_add(RETRY_AHEAD_MS);
+        if self
+            .far_retries
+            .first_key_value()
+            .is_none_or(|(k, _)| k.due_ms > within)
+        {
+            return;
+        }
+        let lags = self.lags(now);
+        let store = self.store.clone();
+        let mut events = PageEvents::new(&store);
+        let until = Instant::now() + SCAN_BUDGET;
+        while let Some((&key, &val)) = self.far_retries.first_key_value() {
+            if key.due_ms > within || Instant::now() >= until {
+                break;
+            }
+            self.far_retries.pop_first();
+            let Some(worker) = self
+                .router
+                .eps
+                .get(&key.ep)
+                .filter(|i| !i.ordered && !i.holds_retries && self.delivers(i))
+                .map(|i| i.worker)
+            else {
+                continue;
+            };
+            if !lags
+                || self.ahead.contains(&key)
+                || key.seq < store.retention_floor()
+                || !self.hands_ahead(key, now, self.out_count, RETRY_AHEAD_MS)
+            {
+                continue;
+            }
+            // Any read failing leaves it to the loader, which meets it again.
+            if !matches!(store.has_due(key), Ok(true)) {
+                continue;
+            }
+            let Ok(Some(event)) = events.get(key.seq) else {
+                continue;
+            };
+            self.out_count += 1;
+            self.out_bytes += event.encoded().len();
+            self.out_jobs[worker].push(Job {
+                event,
+                ep: key.ep,
+                due: key,
+                val,
+            });
+        }
+        self.flush_jobs();
     }
 
     /// A delivery written under `due` and not handed over: one a scan will bring (at
@@ -644,6 +740,9 @@ impl State {
         if self.deferred > 0 || self.on_disk > 0 {
             self.hand_over_kept_back();
         }
+        if !self.far_retries.is_empty() {
+            self.hand_far_retries(now_ms());
+        }
         if self.spill.is_some() {
             self.load_spilled();
             if self.spill.is_some() {
@@ -932,6 +1031,176 @@ mod tests {
         let (mut st, mb) = state(store.clone(), vec![info(1, &["t"], None)]);
         st.load();
         assert_eq!(jobs_sent(&mb), keys);
+    }
+
+    /// A worker's mailbox.
+    type Mailbox = crate::shard::Mailbox<crate::worker::WorkerMsg>;
+
+    /// Endpoint 1's first delivery (due now, the cursor at the start of the index: it
+    /// lags) failed, its retry due `after_ms` later, reported in a round (`set_up` on
+    /// the state first): the state, its worker's mailbox (what the round sent taken
+    /// out), the store, the retry's key, and the delivery's time.
+    fn failed_once(
+        dir: &std::path::Path,
+        after_ms: u64,
+        set_up: impl FnOnce(&mut State),
+    ) -> (State, Mailbox, Store, DueKey, u64) {
+        use crate::commit::tests::outcome;
+        use crate::commit::{CommitMsg, Next};
+        use crate::store::DeliveryState;
+
+        let (store, keys) = deliveries(dir, 1, 0);
+        let (mut st, mb) = state(store.clone(), vec![info(1, &["t"], None)]);
+        st.stats.pending = 1;
+        set_up(&mut st);
+        let at = keys[0].due_ms;
+        let retry = Next::Retry {
+            due_ms: at + after_ms,
+        };
+        let o = outcome(&store, keys[0], retry, DeliveryState::Retrying);
+        st.round(&mut vec![CommitMsg::Outcomes(vec![o])], &mut None);
+        let key = DueKey {
+            due_ms: at + after_ms,
+            ..keys[0]
+        };
+        assert!(store.has_due(key).unwrap());
+        let _ = jobs_sent(&mb);
+        (st, mb, store, key, at)
+    }
+
+    #[test]
+    fn a_quiet_endpoint_s_far_retry_goes_ahead_of_a_lagging_cursor_once_within_ten_seconds() {
+        // Due 15 s out while the cursor lags: not handed over as it is written (its
+        // worker's wheel would hold it 15 s), but remembered; 5 s later, within 10 s of
+        // its time, it goes to its worker ahead of the cursor, once. Before, it waited
+        // for the cursor to pass every key below it.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut st, mb, _store, key, at) = failed_once(dir.path(), 15_000, |_| {});
+        assert_eq!(st.far_retries.keys().copied().collect::<Vec<_>>(), [key]);
+        st.hand_far_retries(at + 4_000);
+        assert_eq!(jobs_sent(&mb), NONE, "not yet within 10 s");
+        st.hand_far_retries(at + 5_000);
+        assert_eq!(jobs_sent(&mb), [key]);
+        assert!(st.ahead.contains(&key), "the scans skip it");
+        assert!(st.far_retries.is_empty());
+        st.hand_far_retries(at + 6_000);
+        assert_eq!(jobs_sent(&mb), NONE, "once");
+        // One due within 10 s goes at once, as before: nothing remembered.
+        let dir = tempfile::tempdir().unwrap();
+        let (st, _mb, _store, _key, _) = failed_once(dir.path(), 9_000, |_| {});
+        assert!(st.far_retries.is_empty());
+    }
+
+    #[test]
+    fn a_far_retry_is_remembered_only_of_a_quiet_fifo_endpoint_while_the_cursor_lags() {
+        type SetUp = fn(&mut State);
+        let set_ups: [(&str, SetUp); 3] = [
+            ("not lagging", |st| {
+                st.cursor = DueKey {
+                    due_ms: now_ms() + HORIZON_MS,
+                    seq: 0,
+                    ep: 0,
+                };
+            }),
+            ("busy", |st| {
+                st.shares.entry(1).or_default().held = AHEAD_HELD + 1;
+            }),
+            ("ordered", |st| {
+                let i = st.router.eps.get_mut(&1).unwrap();
+                (i.ordered, i.holds_retries) = (true, true);
+            }),
+        ];
+        for (what, set_up) in set_ups {
+            let dir = tempfile::tempdir().unwrap();
+            let (st, _mb, _store, _key, _) = failed_once(dir.path(), 15_000, set_up);
+            assert!(st.far_retries.is_empty(), "{what}");
+        }
+    }
+
+    #[test]
+    fn a_remembered_retry_is_left_to_the_loader_unless_all_still_holds_within_ten_seconds() {
+        // Each reads `due`, not the reminder: moved by a pause, a replay or the sweep,
+        // it is not handed over from memory; nor once the cursor has caught up (the
+        // loader brings it at its time), its endpoint disabled, deleted, made ordered or
+        // busy, or its event past retention (checked before its event is read, which
+        // the reader would hide too). Forgotten, its key stays for the loader.
+        type Change = fn(&mut State, &Store, DueKey);
+        let changes: [(&str, Change); 7] = [
+            ("moved", |_, store, key| {
+                let mut b = store.batch();
+                b.del_due(store, key);
+                store.commit(b, false).unwrap();
+            }),
+            ("caught up", |st, _, key| {
+                st.cursor = DueKey {
+                    due_ms: key.due_ms - 5_000 + HORIZON_MS,
+                    seq: 0,
+                    ep: 0,
+                };
+            }),
+            ("disabled", |st, _, _| {
+                st.router.eps.get_mut(&1).unwrap().enabled = false;
+            }),
+            ("deleted", |st, _, _| {
+                st.router.remove(1);
+            }),
+            ("ordered", |st, _, _| {
+                st.router.eps.get_mut(&1).unwrap().ordered = true;
+            }),
+            ("busy", |st, _, _| {
+                st.shares.entry(1).or_default().held = AHEAD_HELD;
+            }),
+            ("expired", |_, store, key| {
+                store.set_retention_floor(key.seq + 1)
+            }),
+        ];
+        for (what, change) in changes {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut st, mb, store, key, at) = failed_once(dir.path(), 15_000, |_| {});
+            change(&mut st, &store, key);
+            st.hand_far_retries(at + 5_000);
+            assert_eq!(jobs_sent(&mb), NONE, "{what}");
+            assert!(st.far_retries.is_empty() && st.ahead.is_empty(), "{what}");
+            if what != "moved" {
+                assert!(store.has_due(key).unwrap(), "{what}: left in `due`");
+            }
+        }
+        // A read failing leaves it to the loader too.
+        for fault in ["due", "event"] {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut st, mb, store, key, at) = failed_once(dir.path(), 15_000, |_| {});
+            match fault {
+                "due" => store.fail_due_lookups(1),
+                _ => store.fail_event_reads(1, Fault::Transient),
+            }
+            st.hand_far_retries(at + 5_000);
+            assert_eq!(jobs_sent(&mb), NONE, "{fault}");
+            assert!(st.far_retries.is_empty() && st.ahead.is_empty());
+            assert!(store.has_due(key).unwrap());
+        }
+    }
+
+    #[test]
+    fn far_retries_keep_the_soonest_at_their_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = deliveries(dir.path(), 0, 0);
+        let (mut st, _mb) = state(store, vec![info(1, &["t"], None)]);
+        let now = now_ms();
+        let at = |i: usize| DueKey {
+            due_ms: now + RETRY_AHEAD_MS + 1_000 + i as u64,
+            seq: i as u64,
+            ep: 1,
+        };
+        for i in 1..=MAX_FAR_RETRIES {
+            st.remember_far_retry(at(i), DueVal::NEW, now);
+        }
+        assert_eq!(st.far_retries.len(), MAX_FAR_RETRIES);
+        // Past the bound: the latest is left to the loader, whichever it is.
+        st.remember_far_retry(at(MAX_FAR_RETRIES + 1), DueVal::NEW, now);
+        st.remember_far_retry(at(0), DueVal::NEW, now);
+        assert_eq!(st.far_retries.len(), MAX_FAR_RETRIES);
+        assert_eq!(st.far_retries.keys().next(), Some(&at(0)));
+        assert_eq!(st.far_retries.keys().last(), Some(&at(MAX_FAR_RETRIES - 1)));
     }
 
     #[test]

@@ -495,6 +495,14 @@ struct State {
     /// `ordered = false` meanwhile sent the head twice; a FIFO queue always takes a
     /// second copy as a second delivery.)
     ahead: BTreeSet<DueKey>,
+    /// Keys (and values) of quiet FIFO endpoints' retries written while the cursor
+    /// lagged and due more than [`RETRY_AHEAD_MS`] out, at most
+    /// [`loader::MAX_FAR_RETRIES`]: handed over ahead once within it if the cursor
+    /// still lags ([`Self::hand_far_retries`]), or left to the loader. Only a reminder:
+    /// each key is in `due` as any other, and whatever moves it meanwhile (a pause, a
+    /// deletion's scan, the expiry sweep, a replay) moves it there, so it is looked up
+    /// there before it goes.
+    far_retries: BTreeMap<DueKey, DueVal>,
     stats: Stats,
     write_failures: WriteFailures,
     /// Retention writes that failed since the last line logged.
@@ -810,6 +818,7 @@ impl Committer {
             dropping: Vec::new(),
             waiting: Waiting::default(),
             ahead: BTreeSet::new(),
+            far_retries: BTreeMap::new(),
             write_failures: WriteFailures::default(),
             retention_failures: Tally::default(),
             unrecorded: Vec::new(),
@@ -1614,6 +1623,12 @@ impl State {
                     ));
                 } else {
                     self.left_on_disk(due, now);
+                    if fifo.is_some() && self.lags(now) {
+                        // Due further out: remembered, and handed over ahead once
+                        // within [`RETRY_AHEAD_MS`] if the cursor lags still (left to
+                        // it, it waited behind every other endpoint's backlog).
+                        self.remember_far_retry(due, val, now);
+                    }
                     if self.spill.is_none() {
                         // (While spilling, the workers already hold the most memory
                         // allowed.)

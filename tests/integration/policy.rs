@@ -2227,6 +2227,64 @@ fn a_quiet_endpoint_s_deliveries_and_retries_do_not_wait_behind_backlogs_loaded_
 }
 
 #[test]
+fn a_quiet_endpoint_s_retry_due_past_ten_seconds_does_not_wait_behind_backlogs_loaded_after_a_restart(
+) {
+    // As above, eight endpoints' backlogs wait for the loader after a restart, here
+    // 16,000 each: the cursor passes the last of them only once 128,000 - 30,000 (the
+    // cap) have been delivered, 15 s at the most the 256 lanes deliver (6,400 a second
+    // at 40 ms each). `quick`'s first delivery is answered 500 once, its retry due 12 s
+    // later: more than 10 s out, it was not handed over ahead as it was scheduled, and
+    // waited on disk until the cursor had passed every backlog key (some 98,000
+    // delivered, at whatever rate). It is now remembered, and handed over ahead of the
+    // cursor once within 10 s of its time; the worker's wheel holds it until then.
+    const N: usize = 16_000;
+    let (rx, gate) = TestReceiver::gated();
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let quick = TestReceiver::with_script(move |_, _| {
+        if failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            Reply::status(200)
+        } else {
+            Reply::status(500)
+        }
+    });
+    let mut eps = back_endpoints(&rx);
+    eps += &endpoint("quick", r#"["q"]"#, &quick.url("/"), "retry = [\"12s\"]");
+    let (srv, before) = restarted_with_backlogs(&eps, &rx, N, &[]);
+    // The loader is handing the backlogs over.
+    rx.wait_for(before + 1, Duration::from_secs(20));
+    assert_eq!(srv.connect().send(&event("q", "q-0", "{}")), "ok q-0 1");
+    let got = quick.wait_for(2, Duration::from_secs(60));
+    let drained = rx.count() - before;
+    assert!(
+        drained < BACK.len() * N - 30_000 - 8_000,
+        "quick's retry waited for {drained} of the backlogs' deliveries"
+    );
+    assert!(
+        got.iter()
+            .all(|r| r.header("webhook-id") == got[0].header("webhook-id")),
+        "one event, twice"
+    );
+    let waited = got[1].at - got[0].at;
+    assert!(
+        waited >= Duration::from_millis(11_900),
+        "the retry went {waited:?} after the attempt, before its time"
+    );
+    // It was handed over ahead, and forgotten once reported; the rest of the backlogs
+    // is not waited for.
+    srv.wait_metric(
+        "ricochet_deliveries_handed_ahead",
+        Duration::from_secs(10),
+        |v| v == 0.0,
+    );
+    srv.wait_event("q-0", Duration::from_secs(10), |v| {
+        states(v) == ["delivered"]
+    });
+    assert_eq!(quick.count(), 2);
+    drop(srv);
+    gate.open();
+}
+
+#[test]
 fn an_ordered_endpoint_s_fresh_deliveries_go_before_backlogs_loaded_after_a_restart_but_not_before_its_own(
 ) {
     // As above, eight FIFO endpoints' backlogs of 8,000 each wait for the loader after
