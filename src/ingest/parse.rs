@@ -383,6 +383,7 @@ impl LineParser {
     /// Parses one line (without its line terminator).
     pub fn parse(&mut self, line: &[u8]) -> Result<NewEvent, Invalid> {
         let max_ahead_ms = self.max_ahead_ms;
+        let given = line;
         self.scratch.clear();
         self.scratch.extend_from_slice(line);
         let e = match simd_json::to_tape_with_buffers(&mut self.scratch, &mut self.buffers) {
@@ -399,7 +400,10 @@ impl LineParser {
             self.scratch.clear();
             self.scratch.extend_from_slice(&self.paired);
             match simd_json::to_tape_with_buffers(&mut self.scratch, &mut self.buffers) {
-                Ok(tape) => return event(tape, &self.paired, max_ahead_ms),
+                Ok(tape) => {
+                    let ev = event(tape, &self.paired, max_ahead_ms)?;
+                    return keys_kept_whole(ev, given, &self.paired);
+                }
                 Err(e) => (&self.paired[..], e),
             }
         } else {
@@ -420,7 +424,77 @@ impl LineParser {
         }
         let tape = simd_json::to_tape_with_buffers(&mut self.in_range, &mut self.buffers)
             .map_err(|e| not_json(&e, line))?;
-        event(tape, line, max_ahead_ms)
+        let ev = event(tape, line, max_ahead_ms)?;
+        keys_kept_whole(ev, given, line)
+    }
+}
+
+/// `ev`, read from `paired` (`line` with its unpaired surrogates written as U+FFFD), unless
+/// one of them was in its `id` or `account`: read as U+FFFD, `"x\ud800"` and `"x\udbff"`
+/// would be one id, and the second event would be answered `dup` and never delivered
+/// (an `account` would route as another one). Such a key is no Unicode text (it has no
+/// UTF-8 bytes), so it is refused. (Its `type` is refused by its pattern already.)
+fn keys_kept_whole(ev: NewEvent, line: &[u8], paired: &[u8]) -> Result<NewEvent, Invalid> {
+    for (key, value) in [("id", &ev.ext_id), ("account", &ev.account)] {
+        if !value.as_deref().is_some_and(|v| v.contains('\u{fffd}')) {
+            continue;
+        }
+        if line == paired {
+            // Nothing was rewritten (only numbers beyond the f64 range were).
+            break;
+        }
+        // The rewrite kept every length, so the value's span is the same in both.
+        let rewritten = match member_span(paired, key) {
+            Some((s, e)) => line[s..e] != paired[s..e],
+            None => true,
+        };
+        if rewritten {
+            return Err(invalid(format!(
+                "field `{key}` has half of a surrogate pair (\\uD800-\\uDFFF) without its \
+                 other half: not Unicode text"
+            )));
+        }
+    }
+    Ok(ev)
+}
+
+/// The byte span of the value of top-level member `key` of `b` (a JSON object already
+/// parsed), its key written plain or with escapes: [`top_level_value_span`] compares
+/// keys as written, which is enough for `data` (refused otherwise) but not for the
+/// other fields. For lines on the error path only: it decodes every escaped key.
+fn member_span(b: &[u8], key: &str) -> Option<(usize, usize)> {
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    loop {
+        i = skip_ws(b, i);
+        match b.get(i)? {
+            b',' => {
+                i += 1;
+                continue;
+            }
+            b'"' => {}
+            _ => return None,
+        }
+        let kend = skip_string(b, i)?;
+        let raw = &b[i..kend];
+        let same = if raw.contains(&b'\\') {
+            serde_json::from_slice::<String>(raw).is_ok_and(|k| k == key)
+        } else {
+            &raw[1..raw.len() - 1] == key.as_bytes()
+        };
+        i = skip_ws(b, kend);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(b, i + 1);
+        let vend = skip_value(b, i)?;
+        if same {
+            return Some((i, vend));
+        }
+        i = vend;
     }
 }
 
@@ -739,6 +813,42 @@ mod tests {
             .unwrap_err()
             .0;
         assert!(err.starts_with("not JSON: "), "{err}");
+    }
+
+    #[test]
+    fn an_id_or_account_with_half_a_surrogate_pair_is_refused() {
+        // Read as U+FFFD these two ids were one: the second event was answered `dup`
+        // and never delivered.
+        for line in [
+            r#"{"type":"t","id":"x\ud800","data":{}}"#,
+            r#"{"type":"t","id":"x\udbff","data":{"s":"\udc00"}}"#,
+            r#"{"type":"t","id":"x\uDC00y","data":{"n":1e400}}"#,
+            r#"{"type":"t","\u0069d":"x\ud83d","data":{}}"#,
+        ] {
+            let err = p(line).unwrap_err().0;
+            assert!(
+                err.starts_with("field `id` has half of a surrogate pair"),
+                "{line}: {err}"
+            );
+        }
+        let err = p(r#"{"type":"t","account":"a\ud83d","id":"a","data":{}}"#)
+            .unwrap_err()
+            .0;
+        assert!(err.starts_with("field `account` has half"), "{err}");
+        // U+FFFD sent as such is an id like any other, also beside a surrogate in `data`
+        // or in a key ricochet does not read.
+        for line in [
+            r#"{"type":"t","id":"x\ufffd","account":"\ufffd","data":{"s":"\ud800"}}"#,
+            "{\"type\":\"t\",\"id\":\"x\u{fffd}\",\"data\":{\"n\":1e400,\"s\":\"\\ud800\"}}",
+            r#"{"type":"t","other":"\ud800","id":"x\ufffd","data":{}}"#,
+            r#"{"type":"t","\u0069d":"x\ufffd","\u0061ccount":"\ufffd","data":{"s":"\ud800"}}"#,
+        ] {
+            let ev = p(line).unwrap_or_else(|e| panic!("{line}: {}", e.0));
+            assert_eq!(ev.ext_id.as_deref(), Some("x\u{fffd}"), "{line}");
+        }
+        // A whole pair is one character.
+        let ev = p(r#"{"type":"t","id":"x\ud83d\ude00","data":{"s":"\ud800"}}"#).unwrap();
+        assert_eq!(ev.ext_id.as_deref(), Some("x\u{1f600}"));
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //!
 //! The reference encodes what ricochet does on purpose where serde_json differs: a
 //! `\u` escape that is half a surrogate pair without its other half is read as U+FFFD
-//! (and so kept in `data`); a number beyond the f64 range is JSON (RFC 8259 allows it;
+//! (and so kept in `data`; in `id` or `account` it is refused); a number beyond the f64 range is JSON (RFC 8259 allows it;
 //! serde_json refuses it), kept in `data` as it came, and the wrong type for an envelope
 //! field; and an envelope field given twice, or `data` written with an escaped key, is
 //! refused.
@@ -233,18 +233,25 @@ fn reference(line: &[u8]) -> Verdict {
         }
     }
     let value = |n: usize| fields[n].map(|v| serde_json::from_str::<Value>(v.get()).unwrap());
+    // Whether field `n` had half a surrogate pair (the replaced text has the same offsets).
+    let replaced = |n: usize| {
+        fields[n].is_some_and(|v| {
+            let at = v.get().as_ptr() as usize - text.as_ptr() as usize;
+            line[at..at + v.get().len()] != kept.as_bytes()[at..at + v.get().len()]
+        })
+    };
     let etype = match value(0) {
         Some(Value::String(s)) if crate::config::valid_event_type(&s) => s,
         _ => return refuse("type"),
     };
     let ext_id = match value(1) {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if id_ok(&s) => Some(s),
+        Some(Value::String(s)) if id_ok(&s) && !replaced(1) => Some(s),
         _ => return refuse("id"),
     };
     let account = match value(2) {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s),
+        Some(Value::String(s)) if !replaced(2) => Some(s),
         _ => return refuse("account"),
     };
     let time_ms = match value(3) {
