@@ -628,11 +628,13 @@ pub enum TimeError {
     BeforeEpoch,
 }
 
-/// RFC 3339 → unix milliseconds.
+/// RFC 3339 → unix milliseconds, a fraction of one dropped (rounded down: a time less than
+/// a millisecond before 1970, `1969-12-31T23:59:59.9999Z`, is before 1970, not 1970's
+/// first instant, as `/` rounding towards zero made it).
 pub fn parse_rfc3339_ms(s: &str) -> Result<u64, TimeError> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .map_err(|_| TimeError::Syntax)?;
-    let ms = t.unix_timestamp_nanos() / 1_000_000;
+    let ms = t.unix_timestamp_nanos().div_euclid(1_000_000);
     u64::try_from(ms).map_err(|_| TimeError::BeforeEpoch)
 }
 
@@ -1031,7 +1033,17 @@ mod tests {
     fn times_before_1970_are_refused_as_such() {
         let at = |t: &str| p(&format!(r#"{{"type":"t","data":{{}},"time":{t}}}"#));
         assert_eq!(at(r#""1970-01-01T00:00:00Z""#).unwrap().time_ms, Some(0));
-        for t in [r#""1969-12-31T23:59:59Z""#, r#""0001-01-01T00:00:00Z""#] {
+        assert_eq!(
+            at(r#""1970-01-01T00:00:00.0009Z""#).unwrap().time_ms,
+            Some(0)
+        );
+        for t in [
+            r#""1969-12-31T23:59:59Z""#,
+            r#""0001-01-01T00:00:00Z""#,
+            // Less than a millisecond before: not rounded up to 1970.
+            r#""1969-12-31T23:59:59.9999Z""#,
+            r#""1970-01-01T00:59:59.999999999+01:00""#,
+        ] {
             assert_eq!(
                 at(t).unwrap_err().0,
                 "field `time` is before 1970-01-01T00:00:00Z",

@@ -258,7 +258,7 @@ fn reference(line: &[u8]) -> Verdict {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => {
             match time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339) {
-                Ok(t) => match u64::try_from(t.unix_timestamp_nanos() / 1_000_000) {
+                Ok(t) => match u64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)) {
                     Ok(ms) => Some(ms),
                     Err(_) => return refuse("time before 1970"),
                 },
