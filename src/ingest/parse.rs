@@ -463,39 +463,17 @@ fn keys_kept_whole(ev: NewEvent, line: &[u8], paired: &[u8]) -> Result<NewEvent,
 /// keys as written, which is enough for `data` (refused otherwise) but not for the
 /// other fields. For lines on the error path only: it decodes every escaped key.
 fn member_span(b: &[u8], key: &str) -> Option<(usize, usize)> {
-    let mut i = skip_ws(b, 0);
-    if b.get(i) != Some(&b'{') {
-        return None;
-    }
-    i += 1;
-    loop {
-        i = skip_ws(b, i);
-        match b.get(i)? {
-            b',' => {
-                i += 1;
-                continue;
+    value_span_where(
+        b,
+        |raw| {
+            if raw.contains(&b'\\') {
+                serde_json::from_slice::<String>(raw).is_ok_and(|k| k == key)
+            } else {
+                &raw[1..raw.len() - 1] == key.as_bytes()
             }
-            b'"' => {}
-            _ => return None,
-        }
-        let kend = skip_string(b, i)?;
-        let raw = &b[i..kend];
-        let same = if raw.contains(&b'\\') {
-            serde_json::from_slice::<String>(raw).is_ok_and(|k| k == key)
-        } else {
-            &raw[1..raw.len() - 1] == key.as_bytes()
-        };
-        i = skip_ws(b, kend);
-        if b.get(i) != Some(&b':') {
-            return None;
-        }
-        i = skip_ws(b, i + 1);
-        let vend = skip_value(b, i)?;
-        if same {
-            return Some((i, vend));
-        }
-        i = vend;
-    }
+        },
+        false,
+    )
 }
 
 /// The event of a parsed line: the envelope checked, `data` taken from `line`'s bytes.
@@ -702,6 +680,17 @@ fn skip_value(b: &[u8], i: usize) -> Option<usize> {
 /// `key_is_last`: the caller knows `key` occurs once, as the object's last member, so its
 /// value ends where the object does and is not scanned.
 fn top_level_value_span(b: &[u8], key: &[u8], key_is_last: bool) -> Option<(usize, usize)> {
+    value_span_where(b, |raw| &raw[1..raw.len() - 1] == key, key_is_last)
+}
+
+/// The byte span of the value of the first top-level member of `b` (a JSON object
+/// already known to be valid) whose key, as written with its quotes, `is_key` takes.
+/// `key_is_last` as for [`top_level_value_span`].
+fn value_span_where(
+    b: &[u8],
+    is_key: impl Fn(&[u8]) -> bool,
+    key_is_last: bool,
+) -> Option<(usize, usize)> {
     let mut i = skip_ws(b, 0);
     if b.get(i) != Some(&b'{') {
         return None;
@@ -719,13 +708,13 @@ fn top_level_value_span(b: &[u8], key: &[u8], key_is_last: bool) -> Option<(usiz
             _ => return None,
         }
         let kend = skip_string(b, i)?;
-        let k = &b[i + 1..kend - 1];
+        let same = is_key(&b[i..kend]);
         i = skip_ws(b, kend);
         if b.get(i) != Some(&b':') {
             return None;
         }
         i = skip_ws(b, i + 1);
-        if k == key && key_is_last {
+        if same && key_is_last {
             let close = b.iter().rposition(|&c| c == b'}')?;
             let end = b[..close]
                 .iter()
@@ -734,7 +723,7 @@ fn top_level_value_span(b: &[u8], key: &[u8], key_is_last: bool) -> Option<(usiz
             return (end > i).then_some((i, end));
         }
         let vend = skip_value(b, i)?;
-        if k == key {
+        if same {
             return Some((i, vend));
         }
         i = vend;
