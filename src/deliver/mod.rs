@@ -739,13 +739,19 @@ async fn read_response(conn: &mut Conn) -> Result<(u16, Option<Duration>, bool),
         match res {
             Ok(0) => {
                 conn.rbuf = b;
+                // Read before `eof` ends a close-delimited body: a body cut short says
+                // how far it came, as a timeout there does.
+                let in_body = conn.parser.in_body();
                 return match conn.parser.eof() {
                     Ok(Progress::Done) => {
                         let (s, ra, _) = finish(&conn.parser);
                         Ok((s, ra, false))
                     }
                     Ok(Progress::NeedMore) | Err(_) => Err((
-                        "connection closed before a complete response".into(),
+                        match in_body {
+                            Some(at) => format!("connection closed {at}"),
+                            None => "connection closed before a complete response".into(),
+                        },
                         !received,
                     )),
                 };

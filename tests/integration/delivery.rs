@@ -1033,6 +1033,52 @@ retry = ["1s"]"#;
     assert_eq!(got[0].path, "/plain");
 }
 
+/// An answer whose body the receiver cuts short by closing the connection: the
+/// attempt's error says the head came and how much of the body, as a timeout there
+/// does, where it said only that the connection closed before a complete response.
+#[test]
+fn a_body_cut_short_by_a_close_says_how_far_it_came() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for body in [
+            &b"Content-Length: 100\r\n\r\nok"[..],
+            &b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\nde"[..],
+        ] {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n");
+            let _ = s.write_all(body);
+            // Dropped: closed with the body short.
+        }
+    });
+    let srv = TestServer::start(&endpoint(
+        "short",
+        r#"["t"]"#,
+        &format!("http://{addr}/"),
+        "retry = \"none\"",
+    ));
+    let mut c = srv.connect();
+    for (id, want) in [
+        (
+            "c-1",
+            "connection closed in the body of a 200 response (2 of its 100 bytes read)",
+        ),
+        (
+            "c-2",
+            "connection closed in the body of a 200 response (5 bytes read)",
+        ),
+    ] {
+        c.send(&event("t", id, "{}"));
+        let v = srv.wait_event(id, Duration::from_secs(10), |v| states(v) == ["failed"]);
+        let a = &v["deliveries"][0]["attempts"][0];
+        assert_eq!(a["timed_out"], false, "{a}");
+        assert_eq!(a["error"], want, "{a}");
+    }
+}
+
 /// An answer whose body stops short of its `Content-Length` (a length counted in
 /// characters, say) times out; the attempt's error says the head came and how much of
 /// the body, where it said only that time ran out.
