@@ -938,7 +938,9 @@ impl Params {
             Err(_) => {
                 time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
                     .ok()
-                    .and_then(|t| u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok())
+                    .and_then(|t| {
+                        u64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)).ok()
+                    })
                     .ok_or_else(|| {
                         // A `+02:00` offset unencoded in the query reads as a space.
                         let hint = if v.contains(' ') {
@@ -1075,6 +1077,10 @@ mod tests {
             window("since=1970-01-01T00:00:00.001Z").unwrap(),
             (Some(1), None)
         );
+        // And one before 1970 is refused, however little before (rounded towards zero
+        // it was read as 0, the beginning, as ingest's `time` was: helper ingestaudit).
+        assert!(window("since=1969-12-31T23:59:59.9999Z").is_err());
+        assert!(window("since=1969-12-31T23:59:59.999Z").is_err());
         assert_eq!(
             window("since=1796465842111&until=2026-12-31T00:00:00Z").unwrap(),
             (Some(1_796_465_842_111), Some(1_798_675_200_000))
