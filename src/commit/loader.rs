@@ -305,16 +305,22 @@ impl State {
             let Ok(Some(event)) = events.get(key.seq) else {
                 continue;
             };
-            self.out_count += 1;
-            self.out_bytes += event.encoded().len();
-            self.out_jobs[worker].push(Job {
-                event,
-                ep: key.ep,
-                due: key,
-                val,
-            });
+            self.load_job(worker, key, val, event);
         }
         self.flush_jobs();
+    }
+
+    /// Queues a delivery the loader brings for `worker`, counted in this tick's
+    /// `out_count` and `out_bytes` (which the bounds read before the jobs are flushed).
+    fn load_job(&mut self, worker: usize, due: DueKey, val: DueVal, event: Arc<EventRecord>) {
+        self.out_count += 1;
+        self.out_bytes += event.encoded().len();
+        self.out_jobs[worker].push(Job {
+            event,
+            ep: due.ep,
+            due,
+            val,
+        });
     }
 
     /// A delivery written under `due` and not handed over: one a scan will bring (at
@@ -671,14 +677,7 @@ impl State {
             delta.paused += 1;
             return true;
         }
-        self.out_count += 1;
-        self.out_bytes += event.encoded().len();
-        self.out_jobs[info.worker].push(Job {
-            event,
-            ep: key.ep,
-            due: key,
-            val,
-        });
+        self.load_job(info.worker, key, val, event);
         true
     }
 
