@@ -1185,11 +1185,13 @@ mod tests {
     /// the deliveries handed to the worker in turn (after the enable's round and the
     /// loader's tick, then after the outcome's round and the next tick), and those
     /// left paused. With `look_up_fails`, the store refuses the outcome's first look-up
-    /// (of the paused set), and the rounds and ticks go on until nothing waits.
+    /// (of the paused set), and the rounds and ticks go on until nothing waits. The
+    /// outcome carries the disabled run's failure counts: last, the endpoint's counts
+    /// after it all, as the committer holds them and as its stored record has them.
     fn an_attempt_judged_paused_reported_after_the_enable(
         ordered: bool,
         look_up_fails: bool,
-    ) -> ([Seq; 2], Vec<Seq>, Vec<Seq>) {
+    ) -> ([Seq; 2], Vec<Seq>, Vec<Seq>, [[u32; 3]; 2]) {
         use crate::commit::{CommitMsg, Next, Outcome};
         use crate::store::{AttemptRecord, DeliveryState};
         use crate::worker::WorkerMsg;
@@ -1286,7 +1288,9 @@ mod tests {
             .into_iter()
             .map(|(seq, _)| seq)
             .collect();
-        (seqs, handed, paused)
+        let info = &st.router.eps[&1];
+        let stored = store.endpoint_meta(&info.name).unwrap().expect("stored");
+        (seqs, handed, paused, [info.meta.fails, stored.fails])
     }
 
     #[test]
@@ -1294,7 +1298,7 @@ mod tests {
         // Found by reading (helper O; the window is about one synced write): the
         // resume read the paused set before the head was in it, so the one behind it
         // went to the worker first, and the head only at the next tick.
-        let ([head, next], handed, paused) =
+        let ([head, next], handed, paused, _) =
             an_attempt_judged_paused_reported_after_the_enable(true, false);
         assert_eq!(handed, [head, next], "the head first");
         assert_eq!(paused, NONE_SEQ);
@@ -1304,7 +1308,7 @@ mod tests {
     fn a_fifo_delivery_judged_paused_but_reported_after_the_enable_resumes_too() {
         // Not left paused until a restart (as a paused outcome of an enabled endpoint
         // was before its record resumed the endpoint again).
-        let ([head, next], handed, paused) =
+        let ([head, next], handed, paused, _) =
             an_attempt_judged_paused_reported_after_the_enable(false, false);
         let mut sorted = handed.clone();
         sorted.sort();
@@ -1393,10 +1397,29 @@ mod tests {
     fn an_enable_s_answer_waits_behind_an_outcome_left_for_the_next_round() {
         // Its worker answered the enable after the outcome: resumed before the outcome
         // was recorded (its look-up refused), the one behind the head went first.
-        let ([head, next], handed, paused) =
+        let ([head, next], handed, paused, _) =
             an_attempt_judged_paused_reported_after_the_enable(true, true);
         assert_eq!(handed, [head, next], "the head first");
         assert_eq!(paused, NONE_SEQ);
+    }
+
+    #[test]
+    fn counts_of_the_disabled_run_reported_after_an_enable_do_not_undo_its_reset() {
+        // Found by reading (helper rulesaudit, session 57): an enable resets the
+        // endpoint's failure counts (SPEC §6: the counts start afresh), in the committer
+        // at once and in its worker when the worker takes the enable in. An outcome the
+        // worker reported in between carries the disabled run's counts: recorded, it
+        // wrote them back over the reset, and with nothing reported after it they
+        // stayed, shown by `GET /v1/endpoints/{name}` and loaded by the next start, where
+        // the endpoint was disabled again by as few failures as the threshold less them.
+        for (ordered, look_up_fails) in [(false, false), (true, false), (true, true)] {
+            let (_, _, _, fails) =
+                an_attempt_judged_paused_reported_after_the_enable(ordered, look_up_fails);
+            assert_eq!(
+                fails, [[0; 3]; 2],
+                "ordered {ordered}, look-up fails {look_up_fails}: [committer, store]"
+            );
+        }
     }
 
     const NONE_SEQ: [Seq; 0] = [];

@@ -1468,9 +1468,12 @@ impl State {
             Err(e) => return self.not_recorded(o, &e),
         };
         self.reported(&o);
-        // Held, the endpoint's worker is not yet told of the enable that reset its
-        // counts: those it reports meanwhile are the disabled run's.
-        let held = self.scan.pausing(o.ep);
+        // The endpoint's worker has not yet taken in the enable that reset its counts
+        // (held, it is not yet told of it; or told, it has not answered): those it
+        // reports meanwhile are the disabled run's, and written back they undid the
+        // reset, for good when nothing came after them (shown by the API, and loaded
+        // by the next start). It answers after every outcome it judged before it.
+        let held = self.scan.pausing(o.ep) || self.enabling.contains_key(&o.ep);
         if let Some(info) = self.router.eps.get_mut(&o.ep) {
             if info.meta.fails != o.fails && !held {
                 info.meta.fails = o.fails;
