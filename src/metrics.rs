@@ -208,6 +208,8 @@ impl EndpointCounts {
 pub struct IngestCounters {
     pub invalid: Cell<u64>,
     pub too_large: Cell<u64>,
+    /// Lines refused for the memory of unfinished lines (`err unavailable`).
+    pub unavailable: Cell<u64>,
 }
 
 impl IngestCounters {
@@ -220,6 +222,11 @@ impl IngestCounters {
     pub fn count_too_large(&self) {
         self.too_large.set(self.too_large.get() + 1);
     }
+
+    #[inline]
+    pub fn count_unavailable(&self) {
+        self.unavailable.set(self.unavailable.get() + 1);
+    }
 }
 
 /// A worker's metrics at one moment.
@@ -230,6 +237,8 @@ pub struct WorkerSnapshot {
     pub endpoints: Vec<(String, EndpointCounts)>,
     pub rejected_invalid: u64,
     pub rejected_too_large: u64,
+    /// Lines its connections answered `err unavailable` (the memory of unfinished lines).
+    pub rejected_unavailable: u64,
     /// Deliveries in the worker's memory: timer wheel, ready queues and in flight.
     pub in_memory: u64,
     /// Attempt latency, µs.
@@ -392,6 +401,7 @@ pub fn encode(s: &Scrape) -> String {
     let mut out = String::with_capacity(4096);
     let c = s.commit.clone().unwrap_or_default();
     let (mut invalid, mut too_large) = (s.admin.invalid, s.admin.too_large);
+    let mut unavailable = c.acks_unavailable + s.admin.unavailable;
     let mut in_memory = 0u64;
     let mut attempt_latency = Hist::micros();
     let mut delivery_lag = Hist::millis();
@@ -407,6 +417,7 @@ pub fn encode(s: &Scrape) -> String {
         holds += w.holds;
         invalid += w.rejected_invalid;
         too_large += w.rejected_too_large;
+        unavailable += w.rejected_unavailable;
         in_memory += w.in_memory;
         attempt_latency.merge(&w.attempt_latency);
         delivery_lag.merge(&w.delivery_lag);
@@ -450,11 +461,7 @@ pub fn encode(s: &Scrape) -> String {
         ("dup", "", c.acks_dup),
         ("err", "invalid", invalid),
         ("err", "too_large", too_large),
-        (
-            "err",
-            "unavailable",
-            c.acks_unavailable + s.admin.unavailable,
-        ),
+        ("err", "unavailable", unavailable),
     ] {
         if code.is_empty() {
             sample(&mut out, "ricochet_acks_total", &[("kind", kind)], n as f64);
@@ -1011,6 +1018,7 @@ mod tests {
             endpoints: vec![("a\"b\\c".to_string(), counts), ("plain".into(), counts)],
             rejected_invalid: 1,
             rejected_too_large: 2,
+            rejected_unavailable: 0,
             in_memory: 5,
             attempt_latency: lat.clone(),
             delivery_lag: lag.clone(),

@@ -259,7 +259,7 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>, signals: StopSignals) -> any
     for spec in &specs {
         per_worker[worker_for(&spec.cfg.name, n)].push(spec.clone());
     }
-    let line_budget = Arc::new(crate::ingest::LineBudget::default());
+    let line_budget = Arc::new(crate::ingest::LineBudget::for_server(s.max_line_bytes));
     let mut worker_threads = Vec::new();
     // Each worker thread says when it ends (a panic included): a stop waits for them
     // within a bound.

@@ -823,6 +823,7 @@ impl Worker {
                 .collect(),
             rejected_invalid: self.ingest_counters.invalid.get(),
             rejected_too_large: self.ingest_counters.too_large.get(),
+            rejected_unavailable: self.ingest_counters.unavailable.get(),
             in_memory: (self.wheel.borrow().len() + queued + self.active.get()) as u64,
             attempt_latency: self.attempt_latency.borrow().clone(),
             delivery_lag: self.delivery_lag.borrow().clone(),

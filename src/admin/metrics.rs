@@ -187,6 +187,7 @@ mod tests {
             endpoints: Vec::new(),
             rejected_invalid: 0,
             rejected_too_large: 0,
+            rejected_unavailable: 0,
             in_memory,
             attempt_latency: crate::metrics::Hist::micros(),
             delivery_lag: crate::metrics::Hist::millis(),

@@ -9,7 +9,12 @@
 //! any ([`LineBudget`]), with at least [`MIN_LINES_PER_CONNECTION`] and
 //! [`MIN_BYTES_PER_CONNECTION`] each; past either share a connection's reader stops
 //! reading (backpressure), so accepted input is never dropped. An oversize line is
-//! skipped to its end and answered `err too_large`; the connection lives on. At
+//! skipped to its end and answered `err too_large`; the connection lives on. A line
+//! still arriving is held whole until its end: past [`FREE_TAIL`] its bytes count in
+//! [`MAX_UNFINISHED_BYTES`], shared by all connections ([`TailHold`]), and a line that
+//! would take the total past it is refused like an oversize one, answered
+//! `err unavailable` (refused, not waited for: connections each holding half a line and
+//! waiting for one another's to end would never read again). At
 //! shutdown ([`ConnShared::stop`]) a reader stops reading at once (a line still
 //! arriving is left unanswered, so it was not accepted), and the writer answers every
 //! line read before it shuts the connection's write side; over TCP what the peer still
@@ -51,6 +56,15 @@ const MAX_BYTES_IN_FLIGHT: usize = 64 << 20;
 /// Bytes of unanswered lines a connection may hold however many others are busy. A
 /// connection with none in flight always reads, so a line of `max_line_bytes` goes.
 const MIN_BYTES_PER_CONNECTION: usize = 1 << 20;
+/// Bytes of unfinished lines (read, their end not yet) all ingest connections together
+/// may hold past [`FREE_TAIL`] each. Without it each could hold up to `max_line_bytes`
+/// while its producer takes its time: 300 connections with 900 KB each held +372 MiB.
+/// Never less than one line of `max_line_bytes` ([`LineBudget::for_server`]).
+pub const MAX_UNFINISHED_BYTES: usize = 64 << 20;
+/// An unfinished line up to this long counts in no budget (a read's worth: connections
+/// with small lines never touch the shared count); a longer one holds all its bytes
+/// from [`MAX_UNFINISHED_BYTES`] until it ends.
+const FREE_TAIL: usize = READ_CHUNK;
 const READ_CHUNK: usize = 64 * 1024;
 /// What a connection reads at most at a time until a read fills its window, and again
 /// once a read brings less than half of it with nothing left unframed: an idle
@@ -84,13 +98,55 @@ struct PendingBatch {
 /// The process-wide split of [`MAX_LINES_IN_FLIGHT`]: how many connections, on every
 /// worker, have unanswered lines. A connection touches it when it becomes busy or idle,
 /// not per line. A reader paused at its share always has lines of its own in flight, so
-/// its own acks wake it to look again; no connection waits on another worker.
-#[derive(Debug, Default)]
+/// its own acks wake it to look again; no connection waits on another worker. And the
+/// bytes of unfinished lines past [`FREE_TAIL`] ([`TailHold`]), never waited for.
+#[derive(Debug)]
 pub struct LineBudget {
     busy: AtomicUsize,
+    /// Bytes the connections' [`TailHold`]s hold.
+    unfinished: AtomicUsize,
+    /// What they may hold together.
+    unfinished_limit: usize,
+}
+
+impl Default for LineBudget {
+    fn default() -> Self {
+        LineBudget::with_unfinished_limit(MAX_UNFINISHED_BYTES)
+    }
+}
+
+/// Test hook: `RICOCHET_TEST_UNFINISHED_BYTES=N` puts the budget of unfinished lines at
+/// N bytes instead of [`MAX_UNFINISHED_BYTES`] (still at least one longest line), so a
+/// test reaches it with a few lines. Read once at start-up; unset, nothing changes.
+fn test_unfinished_limit() -> Option<usize> {
+    std::env::var("RICOCHET_TEST_UNFINISHED_BYTES")
+        .ok()?
+        .parse()
+        .ok()
 }
 
 impl LineBudget {
+    fn with_unfinished_limit(unfinished_limit: usize) -> Self {
+        LineBudget {
+            busy: AtomicUsize::new(0),
+            unfinished: AtomicUsize::new(0),
+            unfinished_limit,
+        }
+    }
+
+    /// The server's budget. A line of `max_line_bytes` (its `\r` and a byte order mark
+    /// before it too) always fits in an empty one: a budget smaller than a line allowed
+    /// would refuse that line however long its producer retried.
+    pub fn for_server(max_line_bytes: usize) -> Self {
+        let limit = test_unfinished_limit().unwrap_or(MAX_UNFINISHED_BYTES);
+        LineBudget::with_unfinished_limit(limit.max(max_line_bytes + 1 + BOM.len()))
+    }
+
+    /// Bytes of unfinished lines held past [`FREE_TAIL`] now.
+    pub fn unfinished_bytes(&self) -> usize {
+        self.unfinished.load(Ordering::Relaxed)
+    }
+
     /// Unanswered lines one busy connection may hold now.
     pub fn per_connection(&self) -> usize {
         (MAX_LINES_IN_FLIGHT / self.busy()).max(MIN_LINES_PER_CONNECTION)
@@ -276,6 +332,62 @@ pub fn new_connection(budget: Arc<LineBudget>) -> Rc<ConnShared> {
     Rc::new(ConnShared::new(budget))
 }
 
+/// What a connection's unfinished line holds of [`MAX_UNFINISHED_BYTES`]: nothing while
+/// it is at most [`FREE_TAIL`] long (no shared count touched), all its bytes past that,
+/// given back when the line ends, is refused, or the connection ends.
+struct TailHold<'a> {
+    budget: &'a LineBudget,
+    held: usize,
+}
+
+impl TailHold<'_> {
+    /// Holds the `tail` bytes of the line now unfinished; false if the budget cannot
+    /// (then nothing is held, and the line must be dropped).
+    fn cover(&mut self, tail: usize) -> bool {
+        if tail <= FREE_TAIL {
+            self.release();
+            return true;
+        }
+        if tail <= self.held {
+            // A large line ended and the next began in the same read.
+            self.budget
+                .unfinished
+                .fetch_sub(self.held - tail, Ordering::Relaxed);
+            self.held = tail;
+            return true;
+        }
+        let more = tail - self.held;
+        let limit = self.budget.unfinished_limit;
+        let taken =
+            self.budget
+                .unfinished
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |total| {
+                    total.checked_add(more).filter(|&t| t <= limit)
+                });
+        if taken.is_ok() {
+            self.held = tail;
+            true
+        } else {
+            self.release();
+            false
+        }
+    }
+
+    fn release(&mut self) {
+        if self.held > 0 {
+            self.budget
+                .unfinished
+                .fetch_sub(std::mem::take(&mut self.held), Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for TailHold<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 struct Framer<'a> {
     ctx: &'a ConnCtx,
     parser: LineParser,
@@ -290,6 +402,8 @@ struct Framer<'a> {
     /// `err` answers made here (a read of short bad lines is mostly answers).
     bytes: usize,
     events: Vec<crate::commit::NewEvent>,
+    /// [`LineBudget`]'s, for the `err unavailable` answer.
+    unfinished_limit: usize,
 }
 
 impl Framer<'_> {
@@ -299,9 +413,13 @@ impl Framer<'_> {
         }
         match std::mem::take(&mut self.skipping) {
             Skip::No => {}
-            Skip::Blank if is_blank(line) => return,
-            Skip::Blank | Skip::TooLarge => {
+            Skip::Blank(_) if is_blank(line) => return,
+            Skip::Blank(Refusal::TooLarge) | Skip::Line(Refusal::TooLarge) => {
                 self.too_large();
+                return;
+            }
+            Skip::Blank(Refusal::Unavailable) | Skip::Line(Refusal::Unavailable) => {
+                self.unavailable();
                 return;
             }
         }
@@ -338,6 +456,19 @@ impl Framer<'_> {
         let msg = format!(
             "err too_large line exceeds max_line_bytes ({})\n",
             self.ctx.max_line_bytes
+        );
+        self.bytes += msg.len();
+        self.slots.push(Slot::Ready(msg.into_bytes()));
+    }
+
+    /// A line refused for the memory of unfinished lines ([`TailHold`]): SPEC §3's
+    /// "cannot persist now; retry later".
+    fn unavailable(&mut self) {
+        self.ctx.counters.count_unavailable();
+        let msg = format!(
+            "err unavailable too many long lines arriving at once (unfinished lines hold \
+             their budget of {} bytes); retry later\n",
+            self.unfinished_limit
         );
         self.bytes += msg.len();
         self.slots.push(Slot::Ready(msg.into_bytes()));
@@ -395,6 +526,11 @@ async fn read_lines<R: AsyncReadRent>(rd: &mut R, ctx: &ConnCtx, shared: &ConnSh
         slots: Vec::new(),
         bytes: 0,
         events: Vec::new(),
+        unfinished_limit: shared.budget.unfinished_limit,
+    };
+    let mut tail = TailHold {
+        budget: &shared.budget,
+        held: 0,
     };
     let mut buf: Vec<u8> = Vec::with_capacity(FIRST_READ);
     // How much one read may bring: [`FIRST_READ`] or [`READ_CHUNK`].
@@ -456,32 +592,62 @@ async fn read_lines<R: AsyncReadRent>(rd: &mut R, ctx: &ConnCtx, shared: &ConnSh
         } else {
             0
         };
-        if unfinished_too_long(&buf, ctx.max_line_bytes + bom) {
-            // The current line is already too long: drop what we have, skip to its end
-            // (a blank one stays blank until a byte of its rest is not).
+        let refused = if unfinished_too_long(&buf, ctx.max_line_bytes + bom)
+            // (A line already refused keeps no more than a read's worth of its rest.)
+            || (framer.skipping != Skip::No && buf.len() > FREE_TAIL)
+        {
+            Some(Refusal::TooLarge)
+        } else if tail.cover(buf.len()) {
+            None
+        } else {
+            Some(Refusal::Unavailable)
+        };
+        if let Some(why) = refused {
+            // The current line is already too long, or cannot be held: drop what we
+            // have, skip to its end (a blank one stays blank until a byte of its rest is
+            // not; one already refused keeps its answer).
+            let blank = is_blank(&buf[bom..]);
             framer.skipping = match framer.skipping {
-                Skip::No | Skip::Blank if is_blank(&buf[bom..]) => Skip::Blank,
-                _ => Skip::TooLarge,
+                Skip::No if blank => Skip::Blank(why),
+                Skip::No => Skip::Line(why),
+                Skip::Blank(was) if blank => Skip::Blank(was),
+                Skip::Blank(was) | Skip::Line(was) => Skip::Line(was),
             };
             // The first line has begun: a mark further on in it is its text, wherever
             // a read happens to start (it was dropped at the start of the next read).
             framer.at_start = false;
-            buf.clear();
+            tail.release();
+            if buf.capacity() > parse::KEEP_BYTES {
+                // Given back now, not after the next read (the producer may be slow to
+                // send the rest).
+                buf = Vec::with_capacity(READ_CHUNK);
+            } else {
+                buf.clear();
+            }
             scanned = 0;
         }
     }
 }
 
-/// What the rest of a line dropped for its length (its end not read yet) gets.
+/// What the rest of a line dropped unfinished (its end not read yet) gets.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum Skip {
     #[default]
     No,
     /// Whitespace so far: no answer if the rest is whitespace too, as for any blank
     /// line, whatever its length (the answer must not depend on how reads split it).
-    Blank,
-    /// `err too_large`.
+    Blank(Refusal),
+    /// The refusal's answer.
+    Line(Refusal),
+}
+
+/// Why a line was dropped before its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    /// Over `max_line_bytes`: `err too_large`.
     TooLarge,
+    /// The budget of unfinished lines is taken ([`TailHold`]): `err unavailable`.
+    Unavailable,
 }
 
 /// A line of whitespace only (blank lines get no answer).
@@ -677,6 +843,135 @@ mod tests {
         assert!(!many[0].over_share());
         many[0].set_in_flight(MIN_LINES_PER_CONNECTION);
         assert!(many[0].over_share());
+    }
+
+    /// A valid line of `len` bytes with id `id`.
+    fn line_of(id: &str, len: usize) -> Vec<u8> {
+        let head = format!(r#"{{"type":"t","id":"{id}","data":{{"p":""#);
+        let mut l = head.into_bytes();
+        l.resize(len - 3, b'a');
+        l.extend_from_slice(b"\"}}");
+        assert_eq!(l.len(), len);
+        l
+    }
+
+    /// `lines`, each ended by `\n`, read 64 KiB at a time by a connection drawing on
+    /// `budget` (max_line_bytes 1 MiB).
+    fn frame(lines: &[Vec<u8>], budget: &Arc<LineBudget>) -> Vec<String> {
+        let stream: Vec<u8> = lines
+            .iter()
+            .flat_map(|l| [&l[..], b"\n"].concat())
+            .collect();
+        let sizes = vec![READ_CHUNK; stream.len() / READ_CHUNK + 1];
+        proptests::framed_in(&stream, &sizes, 1 << 20, budget.clone())
+    }
+
+    #[test]
+    fn a_long_line_past_the_budget_of_unfinished_lines_is_refused_and_the_next_taken() {
+        let budget = Arc::new(LineBudget::with_unfinished_limit(300_000));
+        // Other connections' unfinished lines hold 250,000 bytes.
+        budget.unfinished.store(250_000, Ordering::Relaxed);
+        let answers = frame(&[line_of("big", 100_000), line_of("next", 200)], &budget);
+        assert_eq!(answers.len(), 2, "{answers:?}");
+        assert!(
+            answers[0].starts_with("err unavailable ") && answers[0].ends_with("retry later\n"),
+            "{}",
+            answers[0]
+        );
+        assert!(
+            answers[1].starts_with("event t Some(\"next\")"),
+            "{}",
+            answers[1]
+        );
+        // It holds nothing once refused (nor did the short line).
+        assert_eq!(budget.unfinished_bytes(), 250_000);
+        // With room for it, the same line is taken, and what it held given back.
+        budget.unfinished.store(200_000, Ordering::Relaxed);
+        let answers = frame(&[line_of("big", 100_000), line_of("next", 200)], &budget);
+        assert!(
+            answers[0].starts_with("event t Some(\"big\")"),
+            "{answers:?}"
+        );
+        assert!(
+            answers[1].starts_with("event t Some(\"next\")"),
+            "{answers:?}"
+        );
+        assert_eq!(budget.unfinished_bytes(), 200_000);
+    }
+
+    #[test]
+    fn lines_no_longer_than_a_read_never_ask_the_budget_of_unfinished_lines() {
+        // The budget all taken: lines of up to 64 KiB go as ever, however reads split
+        // them.
+        let budget = Arc::new(LineBudget::with_unfinished_limit(1 << 20));
+        budget.unfinished.store(1 << 20, Ordering::Relaxed);
+        let lines: Vec<_> = (0..20)
+            .map(|i| line_of(&format!("l{i}"), FREE_TAIL - i * 1000))
+            .collect();
+        let answers = frame(&lines, &budget);
+        assert_eq!(answers.len(), 20);
+        assert!(
+            answers.iter().all(|a| a.starts_with("event ")),
+            "{answers:?}"
+        );
+        assert_eq!(budget.unfinished_bytes(), 1 << 20);
+    }
+
+    #[test]
+    fn a_refused_blank_line_stays_unanswered_unless_its_rest_is_not_blank() {
+        let budget = Arc::new(LineBudget::with_unfinished_limit(100_000));
+        budget.unfinished.store(100_000, Ordering::Relaxed);
+        let blank = vec![b' '; 200_000];
+        let answers = frame(&[blank.clone(), line_of("a", 100)], &budget);
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        assert!(answers[0].starts_with("event t Some(\"a\")"), "{answers:?}");
+        let mut then_text = blank;
+        then_text.extend_from_slice(&line_of("b", 200_000));
+        let answers = frame(&[then_text, line_of("a", 100)], &budget);
+        assert_eq!(answers.len(), 2, "{answers:?}");
+        assert!(answers[0].starts_with("err unavailable "), "{answers:?}");
+        assert!(answers[1].starts_with("event t Some(\"a\")"), "{answers:?}");
+    }
+
+    #[test]
+    fn a_tail_hold_takes_past_the_free_tail_and_gives_all_back() {
+        let budget = LineBudget::with_unfinished_limit(1 << 20);
+        let mut a = TailHold {
+            budget: &budget,
+            held: 0,
+        };
+        assert!(a.cover(FREE_TAIL));
+        assert_eq!(budget.unfinished_bytes(), 0);
+        assert!(a.cover(FREE_TAIL + 1));
+        assert!(a.cover(700_000));
+        assert_eq!(budget.unfinished_bytes(), 700_000);
+        let mut b = TailHold {
+            budget: &budget,
+            held: 0,
+        };
+        // No room for b's line: it holds nothing, a keeps its own.
+        assert!(b.cover(300_000));
+        assert!(!b.cover(400_000));
+        assert_eq!((b.held, budget.unfinished_bytes()), (0, 700_000));
+        // a's line ended and a long one began in the same read.
+        assert!(a.cover(100_000));
+        assert_eq!(budget.unfinished_bytes(), 100_000);
+        assert!(b.cover(400_000));
+        // A connection ending mid-line gives back what it held.
+        drop(a);
+        assert_eq!(budget.unfinished_bytes(), 400_000);
+        assert!(b.cover(10));
+        assert_eq!(budget.unfinished_bytes(), 0);
+    }
+
+    #[test]
+    fn the_server_s_budget_of_unfinished_lines_fits_its_longest_line() {
+        assert_eq!(
+            LineBudget::for_server(1 << 20).unfinished_limit,
+            MAX_UNFINISHED_BYTES
+        );
+        let huge = 100 << 20;
+        assert!(LineBudget::for_server(huge).unfinished_limit >= huge + 1 + BOM.len());
     }
 
     #[test]

@@ -821,7 +821,17 @@ const RETENTION: std::time::Duration = std::time::Duration::from_secs(86_400);
 
 /// The answers a connection's reader gives `stream` read in reads of `sizes`.
 fn framed(stream: &[u8], sizes: &[usize], max_line_bytes: usize) -> Vec<String> {
-    use super::{read_lines, ConnCtx, ConnShared, LineBudget, Slot};
+    framed_in(stream, sizes, max_line_bytes, Default::default())
+}
+
+/// [`framed`], the connection drawing on `budget` (shared with others).
+pub(crate) fn framed_in(
+    stream: &[u8],
+    sizes: &[usize],
+    max_line_bytes: usize,
+    budget: std::sync::Arc<super::LineBudget>,
+) -> Vec<String> {
+    use super::{read_lines, ConnCtx, ConnShared, Slot};
     use crate::commit::{AckTo, CommitMsg};
     let (commit, mailbox) = crate::shard::mailbox::<CommitMsg>();
     let ctx = ConnCtx {
@@ -833,7 +843,7 @@ fn framed(stream: &[u8], sizes: &[usize], max_line_bytes: usize) -> Vec<String> 
         counters: Default::default(),
         tcp_fd: None,
     };
-    let shared = ConnShared::new(std::sync::Arc::new(LineBudget::default()));
+    let shared = ConnShared::new(budget);
     let mut rd = Reads {
         data: stream.to_vec(),
         sizes: sizes.iter().copied().collect(),

@@ -85,6 +85,100 @@ fn oversize_line_is_skipped_and_answered_too_large() {
     assert_eq!(c.send(&event("t", "after-2", "{}")), "ok after-2 0");
 }
 
+/// Unfinished lines share a memory budget (at least one longest line; 600,004 bytes
+/// here, by the `RICOCHET_TEST_UNFINISHED_BYTES` hook): two producers each half-way
+/// through a line of 600,000 bytes cannot both be held, so one line is refused with
+/// `err unavailable` (skipped to its end), the other taken. Each connection's next line
+/// is accepted and delivered, a third producer of small lines is never held up, and
+/// the refused line, sent again, is taken.
+#[test]
+fn a_long_line_past_the_budget_of_unfinished_lines_is_refused_unavailable() {
+    use std::os::fd::AsRawFd;
+    let rx = TestReceiver::start();
+    let mut opts = ServerOpts::new(&endpoint("e1", r#"["t"]"#, &rx.url("/"), ""))
+        .server("max_line_bytes = 600000");
+    opts.env
+        .push(("RICOCHET_TEST_UNFINISHED_BYTES".into(), "1".into()));
+    let srv = TestServer::start_with(opts);
+    // Small send buffers: `write_all` returns once ricochet has read all of a line's
+    // start but a few KiB, so both starts are held at once when the second returns.
+    let conn = || {
+        let s = std::os::unix::net::UnixStream::connect(&srv.socket).unwrap();
+        let size: libc::c_int = 8192;
+        // SAFETY: SO_SNDBUF takes one int; `s` is an open socket.
+        let r = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                &size as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Conn {
+            w: Box::new(s.try_clone().unwrap()),
+            r: std::io::BufReader::new(Box::new(s)),
+        }
+    };
+    let big = |id: &str| {
+        let head = format!(r#"{{"type":"t","id":"{id}","data":{{"p":""#);
+        let mut l = head.into_bytes();
+        l.resize(600_000 - 3, b'z');
+        l.extend_from_slice(b"\"}}");
+        l
+    };
+    let (mut a, mut b, mut c) = (conn(), conn(), conn());
+    c.send_each_ok("t", "c-before", 3);
+    let (big_a, big_b) = (big("big-a"), big("big-b"));
+    a.send_raw(&big_a);
+    c.send_each_ok("t", "c-between", 3);
+    b.send_raw(&big_b);
+    c.send_each_ok("t", "c-during", 3);
+    for x in [&mut a, &mut b] {
+        x.send_raw(b"\n");
+    }
+    let answers = [a.ack(), b.ack()];
+    let refused: Vec<usize> = (0..2)
+        .filter(|&i| answers[i].starts_with("err unavailable "))
+        .collect();
+    assert_eq!(refused.len(), 1, "exactly one refused: {answers:?}");
+    let (r, taken) = (refused[0], 1 - refused[0]);
+    let names = ["big-a", "big-b"];
+    assert_eq!(
+        answers[taken],
+        format!("ok {} 1", names[taken]),
+        "{answers:?}"
+    );
+    assert!(answers[r].ends_with("retry later"), "{answers:?}");
+    // Both connections live on: their next lines are taken.
+    assert_eq!(a.send(&event("t", "a-after", "{}")), "ok a-after 1");
+    assert_eq!(b.send(&event("t", "b-after", "{}")), "ok b-after 1");
+    c.send_each_ok("t", "c-after", 3);
+    // Retried, the refused line is taken.
+    let conns = [&mut a, &mut b];
+    let retry = [&big_a, &big_b][r];
+    conns[r].send_raw(retry);
+    assert_eq!(conns[r].send(""), format!("ok {} 1", names[r]));
+    let got = rx.wait_for(16, Duration::from_secs(20));
+    let ids: std::collections::HashSet<_> = got
+        .iter()
+        .filter_map(|x| x.header("webhook-id").map(str::to_string))
+        .collect();
+    for id in ["big-a", "big-b", "a-after", "b-after", "c-during-2"] {
+        assert!(ids.contains(id), "{id} not delivered: {ids:?}");
+    }
+    let m = srv.metrics();
+    assert_eq!(
+        m.value(
+            "ricochet_acks_total",
+            &[("kind", "err"), ("code", "unavailable")]
+        ),
+        Some(1.0)
+    );
+}
+
 /// A line of whitespace only is blank however long it is and however the reads split
 /// it: no answer (it was answered `too_large` when a read ended past `max_line_bytes`
 /// inside it). One with a non-blank byte past the limit is too large, also at the end.
