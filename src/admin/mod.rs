@@ -4,7 +4,8 @@
 //! Runs on its own threads with blocking sockets (one per connection, at most
 //! [`MAX_CONNS`]: one more closes the connection idle longest if it has waited a
 //! second, and one that gets no slot or no thread is answered 503, then read until its
-//! client closes, not reset; a request must arrive within 10 s of its first byte) and
+//! client closes, not reset; a request must arrive within 10 s of its first byte, and
+//! its answer be read within 30 s) and
 //! reads the store directly, so it never slows a worker. Everything that changes state
 //! goes through the committer's mailbox and is answered over a channel once durable: an
 //! ingested event (a one-event batch), an endpoint created, replaced or deleted, a
@@ -65,6 +66,12 @@ const IDLE: Duration = Duration::from_secs(30);
 /// How long one request may take to arrive, from its first byte to its last: a request
 /// trickled in slower (slowloris) is answered 408 and its connection closed.
 const REQUEST_TIME: Duration = Duration::from_secs(10);
+/// How long one answer may take to be written, from its first byte to its last: a
+/// client that reads it slower (a slow read: a few bytes now and then, each in time for
+/// a per-write timeout) is cut off and its connection closed, or it could hold its slot
+/// and thread for as long as it likes, and 64 such clients every slot, without a token
+/// (`/metrics` is open). A 6.5 MB list takes milliseconds over the loopback.
+const ANSWER_TIME: Duration = Duration::from_secs(30);
 /// How long the remains of a rejected body are read and dropped before closing.
 const DISCARD_WAIT: Duration = Duration::from_secs(2);
 /// How long the accept thread reads a connection it answered 503 (no slot, or no thread
@@ -302,8 +309,8 @@ fn spawn_conn_thread(
 /// Closed with its request unread, the socket would send a reset, which can reach the
 /// client before it reads the answer (`ECONNRESET` instead of the 503).
 fn refuse(mut conn: TcpStream, resp: &Response) {
-    let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
-    if write_response(&mut conn, resp, false, true).is_ok() {
+    let by = Instant::now() + Duration::from_secs(1);
+    if write_response(&mut conn, resp, false, true, by).is_ok() {
         // The answer ends with a FIN: a client reading to the end closes its side then.
         let _ = conn.shutdown(Shutdown::Write);
         drain(&mut conn, usize::MAX, REFUSE_WAIT);
@@ -429,7 +436,6 @@ fn bearer_token(auth: &str) -> Option<&str> {
 
 impl Admin {
     fn serve(&self, mut conn: TcpStream) {
-        let _ = conn.set_write_timeout(Some(IDLE));
         // Reached through a loopback address (also when bound to a wildcard one):
         // `Host` must name this machine's loopback.
         // (`to_canonical`: on a dual-stack `[::]` bind, 127.0.0.1 is `::ffff:127.0.0.1`.)
@@ -464,7 +470,8 @@ impl Admin {
                     if event_too_large {
                         self.counts.too_large.fetch_add(1, Ordering::Relaxed);
                     }
-                    if write_response(&mut conn, &resp, false, true).is_ok() && discard > 0 {
+                    let by = Instant::now() + ANSWER_TIME;
+                    if write_response(&mut conn, &resp, false, true, by).is_ok() && discard > 0 {
                         drain(&mut conn, discard, DISCARD_WAIT);
                     }
                     return;
@@ -473,7 +480,8 @@ impl Admin {
             let resp = self.route(&req, loopback);
             let body = req.method != "HEAD";
             let close = req.close || last;
-            if write_response(&mut conn, &resp, !close, body).is_err() || close {
+            let by = Instant::now() + ANSWER_TIME;
+            if write_response(&mut conn, &resp, !close, body, by).is_err() || close {
                 return;
             }
         }
@@ -702,7 +710,7 @@ fn read_request(
     let total = head_len + content_length;
     if buf.len() < total && expect_continue {
         let cont = b"HTTP/1.1 100 Continue\r\n\r\n";
-        if conn.write_all(cont).is_err() {
+        if write_by(conn, cont, deadline).is_err() {
             return Ok(None);
         }
     }
@@ -787,13 +795,14 @@ fn drain(conn: &mut TcpStream, mut n: usize, wait: Duration) {
     let _ = conn.shutdown(Shutdown::Both);
 }
 
-/// Writes `r`; without `body` (an answer to `HEAD`) only its head, whose
-/// `Content-Length` is still the body's.
+/// Writes `r` by `deadline` ([`write_by`]); without `body` (an answer to `HEAD`) only
+/// its head, whose `Content-Length` is still the body's.
 fn write_response(
     conn: &mut TcpStream,
     r: &Response,
     keep_alive: bool,
     body: bool,
+    deadline: Instant,
 ) -> std::io::Result<()> {
     let mut head = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n",
@@ -814,7 +823,27 @@ fn write_response(
     if body {
         out.extend_from_slice(&r.body);
     }
-    conn.write_all(&out)
+    write_by(conn, &out, deadline)
+}
+
+/// Writes all of `bytes` by `deadline`, or fails (`TimedOut`): a write timeout alone
+/// bounds each write, and a client that reads a little before each runs out would keep
+/// the writer for as long as it pleases.
+fn write_by(conn: &mut TcpStream, mut bytes: &[u8], deadline: Instant) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        let _ = conn.set_write_timeout(Some(left));
+        match conn.write(bytes) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// RFC 3339 UTC with exactly three digits of milliseconds, so that times of one width
@@ -1272,6 +1301,75 @@ mod tests {
         assert_eq!(r.err().map(|r| r.resp.status), Some(408));
         assert!(waited >= Duration::from_millis(300), "{waited:?}");
         assert!(buf.len() > 1, "the bytes trickled in: {}", buf.len());
+    }
+
+    /// Sets a socket buffer's size (`SO_RCVBUF`, `SO_SNDBUF`), which also stops the
+    /// kernel from growing it.
+    fn buffer_size(s: &TcpStream, opt: libc::c_int, bytes: libc::c_int) {
+        // SAFETY: a valid socket and an int option of the right size.
+        let r = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&bytes as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+    }
+
+    #[test]
+    fn an_answer_read_too_slowly_is_cut_off_at_its_deadline() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (done, stop) = std::sync::mpsc::channel::<()>();
+        // A slow reader (1 MB/s: 16 KiB every 15 ms, through 64 KiB buffers), so that
+        // each write of the answer makes some progress well within any per-write
+        // timeout; it gives up after 3 s (the answer would take 16 s at that pace).
+        let client = std::thread::spawn(move || {
+            let mut c = TcpStream::connect(addr).unwrap();
+            buffer_size(&c, libc::SO_RCVBUF, 64 << 10);
+            let started = Instant::now();
+            let mut chunk = vec![0u8; 16 << 10];
+            let mut got = 0;
+            while started.elapsed() < Duration::from_secs(3) {
+                match c.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n,
+                }
+                if stop.recv_timeout(Duration::from_millis(15)).is_ok() {
+                    break;
+                }
+            }
+            got
+        });
+        let (mut s, _) = l.accept().unwrap();
+        buffer_size(&s, libc::SO_SNDBUF, 64 << 10);
+        let big = Response {
+            status: 200,
+            content_type: "application/json",
+            headers: Vec::new(),
+            body: vec![b' '; 16 << 20],
+        };
+        let start = Instant::now();
+        let r = write_response(
+            &mut s,
+            &big,
+            false,
+            true,
+            start + Duration::from_millis(300),
+        );
+        let took = start.elapsed();
+        let _ = done.send(());
+        drop(s);
+        let read = client.join().unwrap();
+        assert!(r.is_err(), "a 16 MiB answer cannot have been read");
+        assert!(read > 0, "the client read some of it");
+        assert!(
+            took < Duration::from_millis(1500),
+            "cut off at its deadline (300 ms), not when the client gave up (3 s): {took:?}"
+        );
     }
 
     #[test]
