@@ -1203,6 +1203,10 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"ab"));
         assert_eq!(percent_decode("a%20b%2"), "a b%2");
         assert_eq!(percent_decode("%é%"), "%é%");
+        // Two hex digits, no sign: `from_str_radix` takes a leading `+`, which made
+        // `%+1` a name of the byte 1 (`/v1/events/%+41` read event `A`).
+        assert_eq!(percent_decode("%+1%+41%-1"), "%+1%+41%-1");
+        assert_eq!(percent_decode("%41%7e"), "A~");
     }
 
     #[test]
