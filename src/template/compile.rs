@@ -108,8 +108,7 @@ pub(super) fn compile(src: &str, ctx: Context) -> Result<(Vec<Part>, usize), Tem
         }
     }
     if ctx == Context::Url && templated {
-        let mut shape = Vec::new();
-        url_shape(&ir, &c.lits, &c.lit_at, &mut shape);
+        let shape = url_shape_of(&ir, &c.lits, &c.lit_at);
         let join_hash = hash_in_join(&ir, &c.lits, &c.lit_at, false);
         if let Some(at) = placeholder_in_fragment(&shape) {
             // In a join's separator, the placeholder it comes before is the next
@@ -170,16 +169,50 @@ fn finish(ir: Vec<Ir>, lits: &Bytes) -> Vec<Part> {
 /// as two elements and its separator (its literal text is the template's too).
 type Shape = Vec<Option<(u8, usize)>>;
 
-fn url_shape(ir: &[Ir], lits: &[u8], lit_at: &[usize], out: &mut Shape) {
+/// The most entries a shape with every join as two elements may have; a template whose
+/// shape would be longer is read with every join as one element. Each nesting level
+/// doubles a join's text (eight levels write the innermost 256 times): a 200 KB URL
+/// template took 1.8 GB and 5 s to compile, and the 1 MiB the admin API takes would
+/// have taken some 12 GB. A URL of ordinary size is far below it.
+const MAX_SHAPE: usize = 1 << 20;
+
+/// The shape of a URL template (`ir`): its joins as two elements each, or as one when
+/// that shape would be over [`MAX_SHAPE`]. What the compile-time URL checks read; the
+/// rendered URL is judged again at each delivery.
+fn url_shape_of(ir: &[Ir], lits: &[u8], lit_at: &[usize]) -> Shape {
+    let twice = shape_len(ir) <= MAX_SHAPE;
+    let mut shape = Vec::new();
+    url_shape(ir, lits, lit_at, twice, &mut shape);
+    shape
+}
+
+/// The length of the shape of `ir` with its joins as two elements (saturating).
+fn shape_len(ir: &[Ir]) -> usize {
+    ir.iter().fold(0usize, |n, p| {
+        n.saturating_add(match p {
+            Ir::Lit(r) => r.len(),
+            Ir::Value { .. } => 1,
+            Ir::Join { body, sep, .. } => {
+                shape_len(body).saturating_mul(2).saturating_add(sep.len())
+            }
+        })
+    })
+}
+
+/// Appends the shape of `ir` to `out`, every join as two elements and its separator
+/// (`twice`), or as one.
+fn url_shape(ir: &[Ir], lits: &[u8], lit_at: &[usize], twice: bool, out: &mut Shape) {
     let lit = |r: &Range<usize>| r.clone().map(|i| Some((lits[i], lit_at[i])));
     for p in ir {
         match p {
             Ir::Lit(r) => out.extend(lit(r)),
             Ir::Value { .. } => out.push(None),
             Ir::Join { body, sep, .. } => {
-                url_shape(body, lits, lit_at, out);
-                out.extend(lit(sep));
-                url_shape(body, lits, lit_at, out);
+                url_shape(body, lits, lit_at, twice, out);
+                if twice {
+                    out.extend(lit(sep));
+                    url_shape(body, lits, lit_at, twice, out);
+                }
             }
         }
     }
@@ -212,7 +245,8 @@ fn stray_percent(ir: &[Ir], lits: &[u8], lit_at: &[usize]) -> Option<usize> {
 /// segment's text of unknown content, so a segment holding one is not judged here (the
 /// rendered URL is, at each delivery). A join's literal text counts as the template's,
 /// as rendered for two elements (`{join(a, i, "{i}/../")}` is refused; one that renders
-/// such a segment only for some other count of elements is judged per delivery).
+/// such a segment only for some other count of elements is judged per delivery), or
+/// for one in a template too large for that ([`MAX_SHAPE`]).
 fn literal_dot_segment(shape: &Shape) -> Option<usize> {
     let byte = |i: usize| shape.get(i).copied().flatten().map(|(b, _)| b);
     let scheme_end = (0..shape.len()).find(|&i| {
@@ -868,6 +902,48 @@ mod tests {
             "http://h/p/..{A};x",
             "http://h/p/;..{A}",
         ]);
+    }
+
+    /// The shape the URL checks walk for `src`, a URL template.
+    fn shape_of(src: &str) -> super::Shape {
+        let mut c = super::Compiler {
+            src,
+            b: src.as_bytes(),
+            pos: 0,
+            ctx: Context::Url,
+            lits: Vec::new(),
+            lit_at: Vec::new(),
+            json: super::Json::default(),
+            vars: Vec::new(),
+        };
+        let ir = c.seq(None).unwrap();
+        super::url_shape_of(&ir, &c.lits, &c.lit_at)
+    }
+
+    #[test]
+    fn nested_joins_in_a_url_do_not_multiply_what_compiling_takes() {
+        // Each join's text is written twice into the shape the URL checks walk, so
+        // eight nested joins wrote the innermost text 256 times: a 200 KB URL template
+        // took 1.8 GB and 5 s to compile, the 1 MiB the admin API takes some 12 GB.
+        let nested = |inner: &str| {
+            let mut src = inner.to_string();
+            for d in 0..8 {
+                src = format!("{{join(a, v{d}, \"{src}\")}}");
+            }
+            format!("http://h/p/{src}")
+        };
+        let big = nested(&format!("{{x}}{}", "a".repeat(20_000)));
+        assert!(shape_of(&big).len() <= super::MAX_SHAPE);
+        // Its literal dot segments are still refused, as rendered for one element.
+        let pad = "a".repeat(20_000);
+        let dots = nested(&format!("{pad}/../{{x}}"));
+        let col = dots.find("/../").unwrap() + 2;
+        assert_err(&dots, Context::Url, 1, col, "a `.` or `..` path segment");
+        // A template of ordinary size keeps the two-element reading: `x`, `/`, `x`.
+        assert_eq!(
+            shape_of("http://h/{join(a, i, \"x\", \"/\")}").len(),
+            "http://h/x/x".len()
+        );
     }
 
     #[test]
