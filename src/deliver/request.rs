@@ -913,3 +913,116 @@ body = '{join(items, i, "{i}:{Oid}")}'"#;
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
     }
 }
+
+/// Whole requests built for arbitrary data: whatever the values hold, the head parses
+/// as the endpoint's own (its host, its path's segments, its headers, one each), and a
+/// json body is JSON (SPEC §5: no data can break the request).
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use crate::endpoint::first_endpoint;
+    use proptest::prelude::*;
+
+    fn tricky() -> impl Strategy<Value = String> {
+        let c = prop_oneof![
+            4 => prop::sample::select(vec![
+                '\r', '\n', '\0', '\t', ' ', '\u{1}', '\u{7f}', '\u{85}', '\u{9f}', '\u{a0}',
+                '\u{2028}', '\u{feff}', '\u{fffe}', '"', '\\', '/', '?', '#', '@', ':', '%',
+                '&', '=', '+', ';', '.', '[', ']', '{', '}', '<', '>', 'é', '😀', 'a', 'Z', '0',
+            ]),
+            1 => any::<char>(),
+        ];
+        prop::collection::vec(c, 0..12).prop_map(|v| v.into_iter().collect())
+    }
+
+    fn value() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        prop_oneof![
+            4 => tricky().prop_map(Value::String),
+            1 => Just(Value::Null),
+            1 => any::<i64>().prop_map(Value::from),
+            1 => tricky().prop_map(|s| serde_json::json!({ "k": s, "l": [s] })),
+        ]
+    }
+
+    const TOML: &str = r#"[[endpoint]]
+name = "p"
+events = ["t"]
+url = 'http://x-{H}.example:8080/p/{A}/q?b={B}&o={O}'
+format = "FORMAT"
+headers = { "X-A" = 'pre {A} post', "X-B" = '{B}', "X-O" = '{O}' }
+body = 'BODY'
+"#;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn no_data_breaks_the_request(
+            h in prop_oneof![3 => "[a-z0-9-]{1,10}".prop_map(serde_json::Value::from), 1 => value()],
+            a in value(), b in value(), o in value(), fmt in 0usize..4,
+        ) {
+            let (format, body) = [
+                ("json", r#"{"a": "{A}", "b": {B}, "o": {O}, "h": ["{H}", {H}]}"#),
+                ("xml", r#"<r a="{A}">{B}<o>{O}</o></r>"#),
+                ("form", "a={A}&b={B}&o={O}"),
+                ("text", "{A}|{B}|{O}"),
+            ][fmt];
+            let toml = TOML.replace("FORMAT", format).replace("BODY", body);
+            let spec = EndpointSpec::compile(0, first_endpoint(&toml)).unwrap();
+            let data = serde_json::json!({ "H": h, "A": a, "B": b, "O": o }).to_string();
+            let event = EventRecord::new(1, Some("e-1"), "t", None, 0, &[0], data.as_bytes());
+            let doc = Doc::parse(bytes::Bytes::from(data.clone())).unwrap();
+            let mut out = Vec::new();
+            let target = match build(&spec, &event, &doc, 0, &mut Scratch::default(), &mut out) {
+                Ok(t) => t,
+                // Only the host may make a URL that cannot be sent, or a whole path
+                // segment of `.` or `..` (docs/templates.md).
+                Err(BuildError::MalformedUrl { error: UrlError::DotSegment, .. }) => {
+                    prop_assert!(a == "." || a == "..", "{data}");
+                    return Ok(());
+                }
+                Err(BuildError::MalformedUrl { .. }) => {
+                    prop_assert!(!h.is_string() || !h.as_str().unwrap().bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'), "{data}");
+                    return Ok(());
+                }
+                Err(e) => return Err(TestCaseError::fail(format!("{e}: {data}"))),
+            };
+            // The host is the template's, the value in its place.
+            if let Some(h) = h.as_str() {
+                prop_assert_eq!(&target.host, &format!("x-{}.example", h.to_ascii_lowercase()));
+            }
+            prop_assert!(target.host.starts_with("x-") && target.host.ends_with(".example"), "{}", target.host);
+            prop_assert_eq!(target.port, 8080);
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut req = httparse::Request::new(&mut headers);
+            let head = match req.parse(&out) {
+                Ok(httparse::Status::Complete(n)) => n,
+                other => return Err(TestCaseError::fail(format!("{other:?}: {:?}", String::from_utf8_lossy(&out)))),
+            };
+            prop_assert_eq!(req.method, Some("POST"));
+            // The path keeps its literal segments; each value is one segment or value.
+            let path = req.path.unwrap();
+            let segs: Vec<&str> = path.split(['/', '?', '&']).collect();
+            prop_assert_eq!(segs.len(), 6, "{}", path);
+            prop_assert!(segs[0].is_empty() && segs[1] == "p" && segs[3] == "q", "{}", path);
+            prop_assert!(segs[4].starts_with("b=") && segs[5].starts_with("o="), "{}", path);
+            let names: Vec<&str> = req.headers.iter().map(|h| h.name).collect();
+            prop_assert_eq!(
+                names,
+                ["Host", "User-Agent", "Content-Type", "webhook-id", "webhook-timestamp", "X-A", "X-B", "X-O", "Content-Length"]
+            );
+            let host = std::str::from_utf8(req.headers[0].value).unwrap();
+            prop_assert_eq!(host, format!("{}:8080", target.host));
+            let len: usize = std::str::from_utf8(req.headers[8].value).unwrap().parse().unwrap();
+            prop_assert_eq!(len, out.len() - head);
+            for h in &req.headers[5..8] {
+                prop_assert!(!String::from_utf8_lossy(h.value).chars().any(char::is_control), "{:?}", h);
+            }
+            if format == "json" {
+                let parsed: Result<serde_json::Value, _> = serde_json::from_slice(&out[head..]);
+                prop_assert!(parsed.is_ok(), "{:?}", String::from_utf8_lossy(&out[head..]));
+            }
+        }
+    }
+}
