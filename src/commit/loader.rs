@@ -18,6 +18,7 @@
 use rustc_hash::FxHashMap as HashMap;
 use std::cell::Cell;
 use std::collections::hash_map::Entry;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -47,13 +48,30 @@ const MAX_AHEAD: usize = 8192;
 /// endpoint's backlog.
 pub(super) const RETRY_AHEAD_MS: u64 = 10_000;
 
-/// Such a retry due further out than [`RETRY_AHEAD_MS`] is remembered by its key, at
-/// most this many (the soonest due), and handed over once within it while the cursor
-/// still lags ([`State::hand_far_retries`]); past the bound the loader brings it, as
-/// before. (Keys and values only, not events: some 400 KB at the bound. Handed over
+/// Such a retry due further out than [`RETRY_AHEAD_MS`] is remembered by its key, as
+/// is each enabled FIFO endpoint's retry in `due` at a start
+/// ([`Pending::far_retries`](super::start::Pending::far_retries)), at most this many
+/// (the soonest due), and handed over once within it while the cursor still lags
+/// ([`State::hand_far_retries`]); past the bound the loader brings it, as before. (Keys and values only, not events: some 400 KB at the bound. Handed over
 /// at once instead, each would wait in its worker's wheel for up to the whole
 /// schedule's step, minutes or hours, a second timer beside the loader's.)
 pub(super) const MAX_FAR_RETRIES: usize = 8192;
+
+/// Remembers the retry under `due` in `far` ([`State::far_retries`]), keeping the
+/// [`MAX_FAR_RETRIES`] soonest due.
+///
+/// [`State::far_retries`]: super::State::far_retries
+pub(super) fn remember_soonest(far: &mut BTreeMap<DueKey, DueVal>, due: DueKey, val: DueVal) {
+    // (Past the bound and later than all of it: nothing to do. The start's census
+    // meets most keys so, in key order.)
+    if far.len() >= MAX_FAR_RETRIES && far.last_key_value().is_some_and(|(l, _)| *l < due) {
+        return;
+    }
+    far.insert(due, val);
+    if far.len() > MAX_FAR_RETRIES {
+        far.pop_last();
+    }
+}
 
 /// Spill mode: deliveries of events from `fence` on, with keys below the cursor, stay
 /// on disk; a second scan from `scan` up to the cursor loads them as workers drain.
@@ -249,10 +267,7 @@ impl State {
         {
             return;
         }
-        self.far_retries.insert(due, val);
-        if self.far_retries.len() > MAX_FAR_RETRIES {
-            self.far_retries.pop_last();
-        }
+        remember_soonest(&mut self.far_retries, due, val);
     }
 
     /// Hands over the remembered retries ([`State::far_retries`]) now due within
@@ -739,7 +754,12 @@ impl State {
         if self.deferred > 0 || self.on_disk > 0 {
             self.hand_over_kept_back();
         }
-        if !self.far_retries.is_empty() {
+        // Not before the loader's first load (its cursor still at the start of the
+        // index): until then no endpoint holds anything and each looks quiet, one about
+        // to drain a backlog from before the start too, and the start's census
+        // remembered every FIFO endpoint's retries (those of a busy one would all have
+        // gone ahead, within MAX_AHEAD, at the first tick).
+        if !self.far_retries.is_empty() && self.cursor != DueKey::MIN {
             self.hand_far_retries(now_ms());
         }
         if self.spill.is_some() {
@@ -1177,6 +1197,61 @@ mod tests {
             assert!(st.far_retries.is_empty() && st.ahead.is_empty());
             assert!(store.has_due(key).unwrap());
         }
+    }
+
+    #[test]
+    fn retries_in_due_at_a_start_go_ahead_of_the_lagging_cursor_after_its_first_load_if_quiet() {
+        // At a start, endpoint 2 has a backlog of its own (AHEAD_HELD + 1 deliveries
+        // due now) and a retry due in 5 s; endpoint 1 only retries, due in 5 s and in
+        // 15 s; all above the backlog in the index, and workers have room for all but
+        // the backlog's last key: the cursor lags once it has loaded the rest. The
+        // start's census remembers the three retries. At the first tick nothing but the
+        // backlog goes (before its load, endpoint 2 held nothing and looked quiet: its
+        // retry went ahead too); at the next, 1's retry due in 5 s goes ahead, 2's is
+        // forgotten (2 is busy) and left to the loader, 1's later one is still
+        // remembered. Before, all three waited for the cursor.
+        use crate::commit::start::count_pending;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let now = now_ms();
+        let seq0 = crate::store::seq_floor(now);
+        let retry = DueVal {
+            attempts: 1,
+            first: 0,
+        };
+        let mut b = store.batch();
+        let mut put = |i: u64, due_ms: u64, ep: EndpointId, val: DueVal| {
+            let seq = seq0 + i;
+            b.put_event(
+                &store,
+                &EventRecord::new(seq, None, "t", None, now, &[ep], b"{}"),
+            );
+            let key = DueKey { due_ms, seq, ep };
+            b.put_due(&store, key, val);
+            key
+        };
+        let backlog: Vec<DueKey> = (0..AHEAD_HELD as u64 + 1)
+            .map(|i| put(i, now - 1_000, 2, DueVal::NEW))
+            .collect();
+        let n = backlog.len() as u64;
+        let soon = put(n, now + 5_000, 1, retry);
+        let busy = put(n + 1, now + 5_000, 2, retry);
+        let later = put(n + 2, now + 15_000, 1, retry);
+        store.commit(b, false).unwrap();
+        let routes = vec![info(1, &["t"], None), info(2, &["t"], None)];
+        let p = count_pending(&store, &routes, 7 * 86_400_000).unwrap();
+        let (mut st, mb) = state(store.clone(), routes);
+        st.far_retries = p.far_retries;
+        assert_eq!(st.far_retries.len(), 3);
+        st.in_memory = st.cap() - AHEAD_HELD;
+        st.load();
+        assert_eq!(jobs_sent(&mb), backlog[..AHEAD_HELD]);
+        assert!(st.lags(now_ms()) && st.far_retries.len() == 3);
+        st.load();
+        assert_eq!(jobs_sent(&mb), [soon]);
+        assert!(st.ahead.contains(&soon));
+        assert_eq!(st.far_retries.keys().copied().collect::<Vec<_>>(), [later]);
+        assert!(store.has_due(busy).unwrap(), "left to the loader");
     }
 
     #[test]

@@ -496,8 +496,9 @@ struct State {
     /// second copy as a second delivery.)
     ahead: BTreeSet<DueKey>,
     /// Keys (and values) of quiet FIFO endpoints' retries written while the cursor
-    /// lagged and due more than [`RETRY_AHEAD_MS`] out, at most
-    /// [`loader::MAX_FAR_RETRIES`]: handed over ahead once within it if the cursor
+    /// lagged and due more than [`RETRY_AHEAD_MS`] out, and of enabled FIFO endpoints'
+    /// retries in `due` at the start (whatever their time: [`Pending::far_retries`]), at
+    /// most [`loader::MAX_FAR_RETRIES`]: handed over ahead once within it if the cursor
     /// still lags ([`Self::hand_far_retries`]), or left to the loader. Only a reminder:
     /// each key is in `due` as any other, and whatever moves it meanwhile (a pause, a
     /// deletion's scan, the expiry sweep, a replay) moves it there, so it is looked up
@@ -644,6 +645,7 @@ impl Committer {
             ordered_backlog,
             retrying,
             with_paused,
+            far_retries,
         } = count_pending(&self.store, &self.routes, retention_ms)?;
         let next_ep_id = self
             .store
@@ -656,6 +658,7 @@ impl Committer {
         let (mut st, inbox) = self.into_state(next_seq, next_ep_id);
         st.stats.pending = pending;
         st.stats.paused = paused;
+        st.far_retries = far_retries;
         let retention_every = retention_every(retention);
         // Deletions not finished before the stop (or made by the config file): nothing
         // is in a worker yet, so all of the due index is theirs to scan.

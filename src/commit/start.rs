@@ -1,8 +1,9 @@
 //! What runs once at start, before the first round ([`Committer::run`] builds the state
 //! and calls these): the count of pending and paused deliveries ([`count_pending`]),
 //! each `ordered` endpoint's backlog from before the start
-//! ([`Pending::ordered_backlog`]), and the held heads sent first
-//! ([`State::send_holds`]); and the bound past which a first attempt is never made
+//! ([`Pending::ordered_backlog`]), the held heads sent first
+//! ([`State::send_holds`]), and the FIFO endpoints' retries to remember
+//! ([`Pending::far_retries`]); and the bound past which a first attempt is never made
 //! ([`never_due_after`]), which [`State::never_due_from`] applies from then on.
 //!
 //! [`count_pending`] reads the whole store in one go, which only the start can afford:
@@ -18,6 +19,7 @@ use std::time::Duration;
 use crate::store::{self, seq_time_ms, DueKey, DueVal, EndpointId, Seq, Store};
 use crate::worker::Job;
 
+use super::loader::remember_soonest;
 use super::route::RouteInfo;
 use super::{retention_every, State, PAGE};
 
@@ -65,13 +67,28 @@ pub(super) struct Pending {
     pub(super) retrying: Vec<(DueKey, DueVal)>,
     /// Endpoints with paused deliveries.
     pub(super) with_paused: HashSet<EndpointId>,
+    /// Each enabled FIFO endpoint's deliveries waiting for a retry (a key whose round
+    /// has had an attempt), the [`MAX_FAR_RETRIES`] soonest due: the committer's
+    /// reminders of them ([`State::far_retries`]), handed over ahead of the cursor once
+    /// due within [`RETRY_AHEAD_MS`] if their endpoint is quiet then
+    /// ([`State::hand_far_retries`]). Written before the start, they were part of the
+    /// backlog the loader reads from the beginning of the index, and waited behind every
+    /// other endpoint's keys due before them, however quiet theirs (whether it is quiet
+    /// is not known at the start: it is judged as each is handed over).
+    ///
+    /// [`MAX_FAR_RETRIES`]: super::loader::MAX_FAR_RETRIES
+    /// [`RETRY_AHEAD_MS`]: super::loader::RETRY_AHEAD_MS
+    /// [`State::far_retries`]: super::State::far_retries
+    /// [`State::hand_far_retries`]: super::State::hand_far_retries
+    pub(super) far_retries: BTreeMap<DueKey, DueVal>,
 }
 
 /// Counts the deliveries pending in the store (`due` and `paused` keys) and of those the
 /// paused ones, takes each enabled `ordered` endpoint's deliveries waiting for a retry
 /// ([`Pending::retrying`]), and each `ordered` endpoint's highest `due` key but its held
 /// head's, those taken and those never due ([`Pending::ordered_backlog`]; `routes` say
-/// which). Scans both column families once, at start.
+/// which), and the soonest of each enabled FIFO endpoint's retries
+/// ([`Pending::far_retries`]). Scans both column families once, at start.
 pub(super) fn count_pending(
     store: &Store,
     routes: &[RouteInfo],
@@ -95,11 +112,24 @@ pub(super) fn count_pending(
         .filter(|i| i.ordered && i.enabled)
         .map(|i| i.id)
         .collect();
+    let fifo: HashSet<EndpointId> = routes
+        .iter()
+        .filter(|i| !i.ordered && i.enabled)
+        .map(|i| i.id)
+        .collect();
+    let mut far_retries = BTreeMap::new();
     let mut ordered_backlog: HashMap<EndpointId, DueKey> = HashMap::default();
     let mut retrying: HashMap<EndpointId, BTreeMap<Seq, (DueKey, DueVal)>> = HashMap::default();
     let never_after = never_due_after(retention_ms);
     let due = store.each_due(|k, v| {
-        if !ordered.contains(&k.ep) || heads.contains(&k) {
+        if !ordered.contains(&k.ep) {
+            // (Looked up only for a retry: most keys are first attempts.)
+            if v.in_round() > 0 && fifo.contains(&k.ep) {
+                remember_soonest(&mut far_retries, k, v);
+            }
+            return;
+        }
+        if heads.contains(&k) {
             return;
         }
         let mut left = Some(k);
@@ -145,6 +175,7 @@ pub(super) fn count_pending(
             .flat_map(BTreeMap::into_values)
             .collect(),
         with_paused,
+        far_retries,
     })
 }
 
@@ -208,6 +239,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::commit::loader::MAX_FAR_RETRIES;
     use crate::commit::route::tests::info;
     use crate::store::{seq_floor, EndpointMeta};
 
@@ -288,5 +320,56 @@ mod tests {
         assert_eq!(p.ordered_backlog.get(&5), Some(&r5));
         assert_eq!(p.ordered_backlog.len(), 3);
         assert_eq!(p.retrying, [(r2, retry)]);
+    }
+
+    #[test]
+    fn the_start_remembers_each_enabled_fifo_endpoint_s_retries_the_soonest_at_their_bound() {
+        // Endpoint 1 (FIFO): a retry due in an hour, one due an hour ago, a first
+        // attempt and a replay not attempted yet; 2: FIFO, disabled; 3: ordered (its
+        // retry is among those handed over first instead). Only 1's two retries are
+        // remembered, whatever their time: whether 1 is quiet is judged as each is
+        // handed over.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let t = 1_700_000_000_000;
+        let key = |due_ms: u64, i: u64, ep: EndpointId| DueKey {
+            due_ms,
+            seq: seq_floor(t) + i,
+            ep,
+        };
+        let retry = DueVal {
+            attempts: 1,
+            first: 0,
+        };
+        let replayed = DueVal {
+            attempts: 2,
+            first: 2,
+        };
+        let (later, past) = (key(t + 3_600_000, 0, 1), key(t - 3_600_000, 1, 1));
+        let mut b = store.batch();
+        b.put_due(&store, later, retry);
+        b.put_due(&store, past, retry);
+        b.put_due(&store, key(t, 2, 1), DueVal::NEW);
+        b.put_due(&store, key(t, 3, 1), replayed);
+        b.put_due(&store, key(t + 1, 4, 2), retry);
+        b.put_due(&store, key(t + 2, 5, 3), retry);
+        store.commit(b, false).unwrap();
+        let mut routes: Vec<RouteInfo> = (1..=3).map(|id| info(id, &["a"], None)).collect();
+        routes[1].enabled = false;
+        routes[2].ordered = true;
+        let p = count_pending(&store, &routes, 7 * 86_400_000).unwrap();
+        let got: Vec<_> = p.far_retries.into_iter().collect();
+        assert_eq!(got, [(past, retry), (later, retry)]);
+        // Past the bound, the soonest are kept.
+        let mut b = store.batch();
+        for i in 0..MAX_FAR_RETRIES as u64 {
+            b.put_due(&store, key(t + 10 + i, 10 + i, 1), retry);
+        }
+        store.commit(b, false).unwrap();
+        let p = count_pending(&store, &routes, 7 * 86_400_000).unwrap();
+        assert_eq!(p.far_retries.len(), MAX_FAR_RETRIES);
+        assert_eq!(p.far_retries.keys().next(), Some(&past));
+        assert!(!p.far_retries.contains_key(&later));
+        assert!(p.far_retries.contains_key(&key(t + 10, 10, 1)));
     }
 }

@@ -2284,6 +2284,82 @@ fn a_quiet_endpoint_s_retry_due_past_ten_seconds_does_not_wait_behind_backlogs_l
     gate.open();
 }
 
+/// A receiver that answers its first request 500 and every later one 200.
+fn fails_once() -> TestReceiver {
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    TestReceiver::with_script(move |_, _| {
+        if failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            Reply::status(200)
+        } else {
+            Reply::status(500)
+        }
+    })
+}
+
+#[test]
+fn a_quiet_endpoint_s_retries_waiting_at_a_restart_do_not_wait_behind_backlogs_loaded_after_it() {
+    // `soon` (retry = ["4s"]) and `far` (retry = ["14s"]) each fail their first delivery;
+    // then eight endpoints' backlogs of 16,000 each are accepted, their receivers held,
+    // and the process is killed with -9 and started again with them answering in 40 ms
+    // (as above: the cursor passes the last backlog key only once 128,000 - 30,000 have
+    // been delivered, 15 s at the most). The two retries wait in `due` above every
+    // backlog key, `soon`'s due within 10 s of the start, `far`'s further out. Written
+    // before the start, neither was handed ahead nor remembered (whether its endpoint
+    // was quiet was not known), and both waited for the cursor: some 98,000 of the
+    // backlogs' deliveries. The start's census now remembers them, and each goes to its
+    // worker ahead of the cursor once within 10 s of its time, its endpoint quiet.
+    const N: usize = 16_000;
+    let (rx, gate) = TestReceiver::gated();
+    let (soon, far) = (fails_once(), fails_once());
+    let mut eps = back_endpoints(&rx);
+    eps += &endpoint("soon", r#"["s"]"#, &soon.url("/"), "retry = [\"4s\"]");
+    eps += &endpoint("far", r#"["f"]"#, &far.url("/"), "retry = [\"14s\"]");
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let opts = ServerOpts::new(&eps);
+    let mut srv = TestServer::start_in(dir.clone(), &opts);
+    assert_eq!(srv.connect().send(&event("s", "s-0", "{}")), "ok s-0 1");
+    assert_eq!(srv.connect().send(&event("f", "f-0", "{}")), "ok f-0 1");
+    for id in ["s-0", "f-0"] {
+        srv.wait_event(id, Duration::from_secs(10), |v| states(v) == ["retrying"]);
+    }
+    assert_eq!(srv.pipeline(interleaved(&BACK, N)), BACK.len() * N);
+    srv.kill9();
+    rx.set_script(|_, _| Reply::status(200).delay(Duration::from_millis(40)));
+    let before = rx.count();
+    let srv = TestServer::start_in(dir, &opts);
+    for (name, rcv, after) in [("soon", &soon, 3_900), ("far", &far, 13_900)] {
+        let got = rcv.wait_for(2, Duration::from_secs(60));
+        let drained = rx.count() - before;
+        eprintln!("{name}'s retry after {drained} of the backlogs' deliveries");
+        assert!(
+            drained < BACK.len() * N - 30_000 - 8_000,
+            "{name}'s retry waited for {drained} of the backlogs' deliveries"
+        );
+        assert!(
+            got.iter()
+                .all(|r| r.header("webhook-id") == got[0].header("webhook-id")),
+            "one event, twice"
+        );
+        let waited = got[1].at - got[0].at;
+        assert!(
+            waited >= Duration::from_millis(after),
+            "{name}'s retry went {waited:?} after the attempt, before its time"
+        );
+    }
+    // Both were handed over ahead, and forgotten once reported.
+    srv.wait_metric(
+        "ricochet_deliveries_handed_ahead",
+        Duration::from_secs(10),
+        |v| v == 0.0,
+    );
+    for id in ["s-0", "f-0"] {
+        srv.wait_event(id, Duration::from_secs(10), |v| states(v) == ["delivered"]);
+    }
+    assert_eq!((soon.count(), far.count()), (2, 2));
+    drop(srv);
+    gate.open();
+}
+
 #[test]
 fn an_ordered_endpoint_s_fresh_deliveries_go_before_backlogs_loaded_after_a_restart_but_not_before_its_own(
 ) {
