@@ -1185,12 +1185,14 @@ mod tests {
     /// the deliveries handed to the worker in turn (after the enable's round and the
     /// loader's tick, then after the outcome's round and the next tick), and those
     /// left paused. With `look_up_fails`, the store refuses the outcome's first look-up
-    /// (of the paused set), and the rounds and ticks go on until nothing waits. The
+    /// (of the paused set), with `write_fails` its round's write, and the rounds and
+    /// ticks go on until nothing waits. The
     /// outcome carries the disabled run's failure counts: last, the endpoint's counts
     /// after it all, as the committer holds them and as its stored record has them.
     fn an_attempt_judged_paused_reported_after_the_enable(
         ordered: bool,
         look_up_fails: bool,
+        write_fails: bool,
     ) -> ([Seq; 2], Vec<Seq>, Vec<Seq>, [[u32; 3]; 2]) {
         use crate::commit::{CommitMsg, Next, Outcome};
         use crate::store::{AttemptRecord, DeliveryState};
@@ -1272,15 +1274,22 @@ mod tests {
         if look_up_fails {
             store.fail_paused_lookups(1, Fault::Transient);
         }
+        if write_fails {
+            store.fail_writes(1);
+        }
         st.round(&mut msgs, &mut None);
         st.load();
         handed.extend(told(&mb).0);
-        if look_up_fails {
+        if look_up_fails || write_fails {
             assert!(!st.unrecorded.is_empty(), "the outcome waits");
-            st.round(&mut Vec::new(), &mut None);
+        }
+        // The worker's answer, after an outcome, opens the next round (carried over by
+        // the committer's loop).
+        assert!(matches!(msgs[..], [CommitMsg::Enabled { .. }]));
+        while !msgs.is_empty() || !st.unrecorded.is_empty() {
+            st.round(&mut msgs, &mut None);
             st.load();
             handed.extend(told(&mb).0);
-            assert!(st.unrecorded.is_empty());
         }
         let paused = store
             .paused_of(1, 0, 8)
@@ -1299,7 +1308,7 @@ mod tests {
         // resume read the paused set before the head was in it, so the one behind it
         // went to the worker first, and the head only at the next tick.
         let ([head, next], handed, paused, _) =
-            an_attempt_judged_paused_reported_after_the_enable(true, false);
+            an_attempt_judged_paused_reported_after_the_enable(true, false, false);
         assert_eq!(handed, [head, next], "the head first");
         assert_eq!(paused, NONE_SEQ);
     }
@@ -1309,7 +1318,7 @@ mod tests {
         // Not left paused until a restart (as a paused outcome of an enabled endpoint
         // was before its record resumed the endpoint again).
         let ([head, next], handed, paused, _) =
-            an_attempt_judged_paused_reported_after_the_enable(false, false);
+            an_attempt_judged_paused_reported_after_the_enable(false, false, false);
         let mut sorted = handed.clone();
         sorted.sort();
         assert_eq!(sorted, [head, next], "each once: {handed:?}");
@@ -1398,7 +1407,18 @@ mod tests {
         // Its worker answered the enable after the outcome: resumed before the outcome
         // was recorded (its look-up refused), the one behind the head went first.
         let ([head, next], handed, paused, _) =
-            an_attempt_judged_paused_reported_after_the_enable(true, true);
+            an_attempt_judged_paused_reported_after_the_enable(true, true, false);
+        assert_eq!(handed, [head, next], "the head first");
+        assert_eq!(paused, NONE_SEQ);
+    }
+
+    #[test]
+    fn an_enable_s_answer_waits_behind_an_outcome_whose_write_failed() {
+        // Its worker answered the enable after the outcome, in the same round, whose
+        // write failed (a full disk): the outcome was recorded after the next restart
+        // only, the resume went on before it, and the one behind the head went first.
+        let ([head, next], handed, paused, _) =
+            an_attempt_judged_paused_reported_after_the_enable(true, false, true);
         assert_eq!(handed, [head, next], "the head first");
         assert_eq!(paused, NONE_SEQ);
     }
@@ -1412,12 +1432,23 @@ mod tests {
         // wrote them back over the reset, and with nothing reported after it they
         // stayed, shown by `GET /v1/endpoints/{name}` and loaded by the next start, where
         // the endpoint was disabled again by as few failures as the threshold less them.
-        for (ordered, look_up_fails) in [(false, false), (true, false), (true, true)] {
-            let (_, _, _, fails) =
-                an_attempt_judged_paused_reported_after_the_enable(ordered, look_up_fails);
+        // (And one whose round's write failed, recorded again: it changes the counts
+        // no more than it did the first time.)
+        for (ordered, look_up_fails, write_fails) in [
+            (false, false, false),
+            (true, false, false),
+            (true, true, false),
+            (true, false, true),
+        ] {
+            let (_, _, _, fails) = an_attempt_judged_paused_reported_after_the_enable(
+                ordered,
+                look_up_fails,
+                write_fails,
+            );
             assert_eq!(
                 fails, [[0; 3]; 2],
-                "ordered {ordered}, look-up fails {look_up_fails}: [committer, store]"
+                "ordered {ordered}, look-up fails {look_up_fails}, write fails {write_fails}: \
+                 [committer, store]"
             );
         }
     }

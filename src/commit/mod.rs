@@ -17,6 +17,8 @@
 //!   (`State::answer_synced` says why).
 //! - **Outcomes.** Workers report every attempt's outcome; the committer appends it to the
 //!   attempt log and retires or reschedules the delivery's `due` key in the same rounds.
+//!   Those of a round whose write fails (a full disk) wait in memory, up to a cap, and
+//!   are recorded by the first round whose write succeeds (`State::keep_unwritten`).
 //! - **The loader.** The `due` column family is the timer wheel's backing store. A cursor
 //!   splits it: deliveries with a key below the cursor are in some worker's memory, the
 //!   rest only on disk. Every tick the loader moves the cursor up to `now + HORIZON_MS`,
@@ -203,6 +205,7 @@ pub enum Next {
 }
 
 /// A worker's report on one delivery.
+#[derive(Clone)]
 pub struct Outcome {
     pub event: Arc<EventRecord>,
     pub ep: EndpointId,
@@ -251,7 +254,7 @@ fn round_bytes(msgs: &[CommitMsg]) -> usize {
                     )
                 })
                 .sum(),
-            CommitMsg::Outcomes(list) => list
+            CommitMsg::Outcomes(list) | CommitMsg::Unwritten(list) => list
                 .iter()
                 .map(|o| store::outcome_write_estimate(o.attempt.as_ref()))
                 .sum(),
@@ -264,6 +267,13 @@ fn round_bytes(msgs: &[CommitMsg]) -> usize {
 pub enum CommitMsg {
     Ingest(IngestBatch),
     Outcomes(Vec<Outcome>),
+    /// Never sent: outcomes the committer recorded in a round whose write failed (a
+    /// full disk), waiting in [`State::unrecorded`] to be recorded again once writes
+    /// succeed. What recording them changed in memory of their endpoint's record (its
+    /// failure counts, an ordered one's held head) stands, to be written with the next
+    /// round that succeeds; what it changed of worker memory and of the keys handed
+    /// over ahead was undone (`State::keep_unwritten`), as the rest was never applied.
+    Unwritten(Vec<Outcome>),
     /// Disable an endpoint: `detail` is the receiver's answer for
     /// [`DisabledBy::Receiver`], `None` for a cause whose words are fixed.
     EndpointDisabled {
@@ -331,7 +341,7 @@ impl CommitMsg {
     fn items(&self) -> usize {
         match self {
             CommitMsg::Ingest(b) => b.events.len(),
-            CommitMsg::Outcomes(list) => list.len(),
+            CommitMsg::Outcomes(list) | CommitMsg::Unwritten(list) => list.len(),
             _ => 1,
         }
     }
@@ -508,14 +518,110 @@ struct State {
     write_failures: WriteFailures,
     /// Retention writes that failed since the last line logged.
     retention_failures: Tally,
-    /// Outcomes whose look-ups the store refused ([`State::look_up`]), to be recorded
-    /// at the next round, before its messages; and behind them, their workers' answers
-    /// to an enable or a give-back, which the committer takes to come after every
-    /// outcome reported before them.
-    unrecorded: Vec<CommitMsg>,
+    /// Outcomes whose look-ups the store refused ([`State::look_up`]) or whose round's
+    /// write failed ([`CommitMsg::Unwritten`]), to be recorded at the next round, before
+    /// its messages; and behind them, their workers' answers to an enable or a
+    /// give-back, which the committer takes to come after every outcome reported before
+    /// them.
+    unrecorded: Unrecorded,
+    /// The outcomes recorded in the current round, by message, kept until its write is
+    /// done: should it fail, they wait in `unrecorded` ([`Self::keep_unwritten`]).
+    round_outcomes: Vec<Vec<Outcome>>,
     /// Those look-ups refused since the last line logged.
     lookup_failures: Tally,
     scrub: Scrub,
+}
+
+/// Outcomes of attempts made while writes fail wait in memory for a write that
+/// succeeds, up to this many ([`State::keep_unwritten`])…
+const MAX_UNWRITTEN: usize = MAX_IN_MEMORY;
+/// …and this much of their attempt records (those of deliveries handed over hold their
+/// events in worker memory's count meanwhile; a retry an ordered endpoint's worker kept,
+/// not counted there, holds its event here too). Past either, an outcome is dropped, as
+/// all were before (its delivery stays where the store has it: made again after the
+/// next restart), and counted in the log's line.
+const MAX_UNWRITTEN_BYTES: usize = 64 << 20;
+
+/// [`State::unrecorded`]: the messages, and which endpoints and deliveries have outcomes
+/// among them, so that [`Unrecorded::keeps`] need not walk them (during a full disk they
+/// can be [`MAX_UNWRITTEN`], and every outcome reported asks).
+#[derive(Default)]
+struct Unrecorded {
+    msgs: Vec<CommitMsg>,
+    eps: HashSet<EndpointId>,
+    deliveries: HashSet<(EndpointId, Seq)>,
+    /// Outcomes among them of rounds whose write failed, and what they count against
+    /// [`MAX_UNWRITTEN_BYTES`] ([`unwritten_bytes`]).
+    unwritten: usize,
+    unwritten_bytes: usize,
+}
+
+/// What an outcome waiting for a write counts against [`MAX_UNWRITTEN_BYTES`].
+fn unwritten_bytes(o: &Outcome) -> usize {
+    store::outcome_write_estimate(o.attempt.as_ref())
+        + if o.handed { 0 } else { o.event.encoded().len() }
+}
+
+impl Unrecorded {
+    fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
+    }
+
+    /// Whether an outcome of `ep`'s (of its delivery of `seq`, if given) waits here.
+    fn keeps(&self, ep: EndpointId, seq: Option<Seq>) -> bool {
+        !self.msgs.is_empty()
+            && match seq {
+                Some(seq) => self.deliveries.contains(&(ep, seq)),
+                None => self.eps.contains(&ep),
+            }
+    }
+
+    fn index(&mut self, msg: &CommitMsg) {
+        if let CommitMsg::Outcomes(list) | CommitMsg::Unwritten(list) = msg {
+            for o in list {
+                self.eps.insert(o.ep);
+                self.deliveries.insert((o.ep, o.event.seq));
+            }
+        }
+        if let CommitMsg::Unwritten(list) = msg {
+            self.unwritten += list.len();
+            self.unwritten_bytes += list.iter().map(unwritten_bytes).sum::<usize>();
+        }
+    }
+
+    fn push(&mut self, msg: CommitMsg) {
+        self.index(&msg);
+        self.msgs.push(msg);
+    }
+
+    /// `o` waits: as reported by its worker, or (`again`) recorded once in a round
+    /// whose write failed.
+    fn push_outcome(&mut self, o: Outcome, again: bool) {
+        self.push(match again {
+            true => CommitMsg::Unwritten(vec![o]),
+            false => CommitMsg::Outcomes(vec![o]),
+        });
+    }
+
+    /// Outcomes of a round whose write failed, before what that round added here at
+    /// `at` and after.
+    fn insert_unwritten(&mut self, at: usize, list: Vec<Outcome>) {
+        let msg = CommitMsg::Unwritten(list);
+        self.index(&msg);
+        self.msgs.insert(at, msg);
+    }
+
+    fn len(&self) -> usize {
+        self.msgs.len()
+    }
+
+    /// All of it, for a round to record first.
+    fn take(&mut self) -> Vec<CommitMsg> {
+        self.eps.clear();
+        self.deliveries.clear();
+        (self.unwritten, self.unwritten_bytes) = (0, 0);
+        std::mem::take(&mut self.msgs)
+    }
 }
 
 /// Writes the store refused (a full disk), logged at most every
@@ -526,6 +632,8 @@ struct WriteFailures {
     /// Since the last line logged.
     rounds: u64,
     lines: u64,
+    /// Attempt outcomes dropped past [`MAX_UNWRITTEN`] (the rest wait for a write
+    /// that succeeds).
     outcomes: u64,
     last_logged: Option<Instant>,
     /// A failure was logged and no success since.
@@ -535,7 +643,7 @@ struct WriteFailures {
 const WRITE_FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl WriteFailures {
-    fn failed(&mut self, e: &store::StoreError, lines: u64, outcomes: u64) {
+    fn failed(&mut self, e: &store::StoreError, lines: u64, outcomes: u64, waiting: usize) {
         self.rounds += 1;
         self.lines += lines;
         self.outcomes += outcomes;
@@ -549,10 +657,12 @@ impl WriteFailures {
             error = %e,
             rounds = self.rounds,
             lines_refused = self.lines,
-            outcomes_unrecorded = self.outcomes,
+            outcomes_waiting = waiting,
+            outcomes_dropped = self.outcomes,
             "store write failed (counts since the last such line): the lines are answered \
-             `unavailable`; deliveries whose attempt outcome was not recorded are made again \
-             after a restart"
+             `unavailable`; attempt outcomes wait in memory and are recorded once writes \
+             succeed, but past as many as workers may hold: deliveries whose outcome was \
+             dropped are made again after a restart"
         );
         *self = WriteFailures {
             last_logged: Some(Instant::now()),
@@ -573,7 +683,7 @@ impl WriteFailures {
                 tracing::warn!(
                     rounds = self.rounds,
                     lines_refused = self.lines,
-                    outcomes_unrecorded = self.outcomes,
+                    outcomes_dropped = self.outcomes,
                     "store writes failed for a moment and succeed again"
                 );
                 *self = WriteFailures {
@@ -586,8 +696,9 @@ impl WriteFailures {
         tracing::warn!(
             rounds = self.rounds,
             lines_refused = self.lines,
-            outcomes_unrecorded = self.outcomes,
-            "store writes succeed again (the counts are those since the last failure logged)"
+            outcomes_dropped = self.outcomes,
+            "store writes succeed again (the counts are those since the last failure \
+             logged); the attempt outcomes that waited are recorded"
         );
         // The rate limit holds across a success: writes that fail and succeed by turns
         // log a pair of lines per interval at most.
@@ -824,7 +935,8 @@ impl Committer {
             far_retries: BTreeMap::new(),
             write_failures: WriteFailures::default(),
             retention_failures: Tally::default(),
-            unrecorded: Vec::new(),
+            unrecorded: Unrecorded::default(),
+            round_outcomes: Vec::new(),
             lookup_failures: Tally::default(),
             scrub: Scrub::new(),
             stats: Stats {
@@ -885,13 +997,19 @@ impl State {
         shutdown: &mut Option<crossbeam_channel::Sender<()>>,
     ) {
         let now = now_ms();
+        let mut kept_retries = HashSet::default();
         // What earlier rounds could not record goes first (not before a deletion, which
         // opens a round of its own: see `split_before_delete`).
         if !self.unrecorded.is_empty()
             && !matches!(msgs.first(), Some(CommitMsg::DeleteEndpoint { .. }))
         {
-            msgs.splice(0..0, std::mem::take(&mut self.unrecorded));
+            msgs.splice(0..0, self.unrecorded.take());
+            kept_retries = kept_retries_in(msgs);
         }
+        // What waits from before is ahead of anything this round adds (not spliced in a
+        // deletion's round): this round's outcomes go before what it adds, should its
+        // write fail.
+        let waited = self.unrecorded.len();
         let mut batch = self.store.batch_sized(round_bytes(msgs));
         let mut acks: Vec<Answer> = Vec::new();
         let mut delta = Delta::default();
@@ -905,7 +1023,10 @@ impl State {
         // worker had reported before it paused.
         let mut enable_replies = Vec::new();
         let mut put_replies = Vec::new();
+        // Outcomes in this round so far (recorded, or left for a later round).
         let mut outcomes = 0u64;
+        // Messages from a worker's answer on, cut off for the next round (see below).
+        let mut rest = Vec::new();
         // Every producer id of the round looked up at once, in message order.
         let known_ids = {
             let ids: Vec<&[u8]> = msgs
@@ -920,7 +1041,8 @@ impl State {
             self.store.idem_get_many(&ids)
         };
         let mut known_ids = known_ids.into_iter();
-        for msg in msgs.drain(..) {
+        let mut drain = msgs.drain(..);
+        while let Some(msg) = drain.next() {
             match msg {
                 CommitMsg::Ingest(b) => {
                     let mut results = Vec::with_capacity(b.events.len());
@@ -952,9 +1074,13 @@ impl State {
                 }
                 CommitMsg::Outcomes(list) => {
                     outcomes += list.len() as u64;
-                    for o in list {
-                        self.record(o, now, &mut batch, &mut jobs_from_outcomes, &mut delta);
-                    }
+                    let jobs = &mut jobs_from_outcomes;
+                    self.record_all(list, false, now, &mut batch, jobs, &mut delta);
+                }
+                CommitMsg::Unwritten(list) => {
+                    outcomes += list.len() as u64;
+                    let jobs = &mut jobs_from_outcomes;
+                    self.record_all(list, true, now, &mut batch, jobs, &mut delta);
                 }
                 CommitMsg::EndpointDisabled { ep, by, detail } => {
                     self.disable_ep(ep, by, detail.as_deref());
@@ -975,6 +1101,17 @@ impl State {
                     // Answered once the round is done: a disable's worker has dropped its
                     // jobs, and its deliveries are paused or being paused (`start_pauses`).
                     enable_replies.push(reply);
+                }
+                // Its worker's answer, in a round with outcomes: it opens the next round
+                // (with all after it). Should this round's write fail, its outcomes
+                // wait for a later one ([`Self::keep_unwritten`]): so does the answer,
+                // behind them, as below. Applied here, an enable's resume went on
+                // before an ordered head judged `paused` was in the paused set, and a
+                // give-back read back a delivery its worker had reported (to be sent
+                // again, its key still in `due`).
+                msg @ (CommitMsg::Enabled { .. } | CommitMsg::GivenBack { .. }) if outcomes > 0 => {
+                    rest.push(msg);
+                    rest.extend(drain.by_ref());
                 }
                 // Its worker answered after an outcome that waits for a later round
                 // (`record`): so does the answer. (An enable's resume would read the
@@ -1012,6 +1149,15 @@ impl State {
                 } => self.given_back(ep, request, from, count, bytes, &kept),
             }
         }
+        drop(drain);
+        msgs.append(&mut rest);
+        if !kept_retries.is_empty() {
+            // A retry recorded again whose worker kept it and made it since (its
+            // outcome recorded after it in this round): the store's copy is not handed
+            // over. (Its worker, done with that delivery long since, no longer knew the
+            // copy for one: it went again, and was counted done twice.)
+            jobs_from_outcomes.retain(|(_, j)| !kept_retries.contains(&j.due));
+        }
         let dirtied: Vec<EndpointId> = self.dirty.drain().collect();
         for ep in &dirtied {
             if let Some(info) = self.router.eps.get(ep) {
@@ -1040,7 +1186,9 @@ impl State {
             if let Err(e) = result {
                 written = false;
                 let lines = acks.iter().map(|(_, _, r)| r.len() as u64).sum();
-                self.write_failures.failed(&e, lines, outcomes);
+                let dropped = self.keep_unwritten(waited);
+                self.write_failures
+                    .failed(&e, lines, dropped, self.unrecorded.unwritten);
                 for (ep, before) in self.first_due_before.drain(..) {
                     if let Some(info) = self.router.eps.get_mut(&ep) {
                         info.meta.first_due_ms = before;
@@ -1050,9 +1198,10 @@ impl State {
                 // seen in this round names an event that was not written.
                 syncer::refuse(&mut acks, &format!("cannot persist: {e}"), true);
                 jobs_from_ingest.clear();
-                // Retries under keys never written: the delivery keeps its old key, and
-                // is made again after a restart (as the failure's log line says). Handed
-                // on, its retry chain would run beside that key, and leave it pending.
+                // Retries under keys never written: the delivery keeps its old key until
+                // its outcome is recorded again (`keep_unwritten`), which hands its retry
+                // over then. Handed on now, its retry chain would run beside that key,
+                // and leave it pending.
                 jobs_from_outcomes.clear();
                 // The endpoint records (a disable and its reason, failure counts) are
                 // written with the next round that succeeds.
@@ -1068,6 +1217,9 @@ impl State {
             }
         }
         self.first_due_before.clear();
+        if !self.round_outcomes.is_empty() {
+            self.round_outcomes.clear();
+        }
         if written {
             self.stats.apply(delta);
         }
@@ -1331,13 +1483,75 @@ impl State {
     /// Whether an outcome of `ep`'s (of its delivery of `seq`, if given) waits for a
     /// later round in [`Self::unrecorded`].
     fn keeps(&self, ep: EndpointId, seq: Option<Seq>) -> bool {
-        !self.unrecorded.is_empty()
-            && self.unrecorded.iter().any(|m| match m {
-                CommitMsg::Outcomes(list) => list
-                    .iter()
-                    .any(|o| o.ep == ep && seq.is_none_or(|s| s == o.event.seq)),
-                _ => false,
-            })
+        self.unrecorded.keeps(ep, seq)
+    }
+
+    /// Records a message's outcomes (`again`: recorded before in a round whose write
+    /// failed), in order. Those recorded are kept until the round's write is done
+    /// ([`Self::round_outcomes`]); those left for a later round are in `unrecorded`.
+    fn record_all(
+        &mut self,
+        mut list: Vec<Outcome>,
+        again: bool,
+        now: u64,
+        batch: &mut store::Batch,
+        jobs: &mut Vec<(usize, Job)>,
+        delta: &mut Delta,
+    ) {
+        list.retain_mut(|o| self.record(o, again, now, batch, jobs, delta));
+        if !list.is_empty() {
+            self.round_outcomes.push(list);
+        }
+    }
+
+    /// The write of a round failed: its outcomes recorded ([`Self::round_outcomes`])
+    /// wait in `unrecorded` for a round whose write succeeds, before what the round
+    /// left there itself (from `at` on: outcomes of the same deliveries behind them),
+    /// and as if their workers had not reported them yet: counted in worker memory, and
+    /// a key handed over ahead of the scans skipped by them ([`Self::unreport`]). Then
+    /// they are recorded as they would have been ([`CommitMsg::Unwritten`]): a retry is
+    /// handed over in its time, a delivery done is retired. Past [`MAX_UNWRITTEN`] or
+    /// [`MAX_UNWRITTEN_BYTES`] the rest of the round's are dropped, as all were before:
+    /// their deliveries keep their keys and are made again after a restart (a handed
+    /// over ahead one when the loader reaches it). Returns how many were dropped.
+    fn keep_unwritten(&mut self, at: usize) -> u64 {
+        let lists = std::mem::take(&mut self.round_outcomes);
+        let (mut count, mut bytes) = (self.unrecorded.unwritten, self.unrecorded.unwritten_bytes);
+        let mut kept = Vec::new();
+        let mut dropped = 0;
+        for o in lists.into_iter().flatten() {
+            // Once one is dropped, so are the rest: a later outcome of its delivery
+            // recorded without it would retire a key never written.
+            let size = unwritten_bytes(&o);
+            if dropped > 0 || count >= MAX_UNWRITTEN || bytes + size > MAX_UNWRITTEN_BYTES {
+                dropped += 1;
+                continue;
+            }
+            (count, bytes) = (count + 1, bytes + size);
+            self.unreport(&o);
+            kept.push(o);
+        }
+        if !kept.is_empty() {
+            self.unrecorded.insert_unwritten(at, kept);
+        }
+        dropped
+    }
+
+    /// Undoes [`Self::reported`] for `o`, whose round's write failed: its worker's
+    /// memory counts it again, and a key the scans have yet to pass is skipped by them
+    /// (the loader brought a second copy, the expiry sweep or a deletion's scan retired
+    /// it under the outcome) until it is recorded.
+    fn unreport(&mut self, o: &Outcome) {
+        if !self.hand_now(o.due) {
+            self.ahead.insert(o.due);
+        }
+        if o.handed {
+            self.in_memory += 1;
+            self.in_memory_bytes += o.event.encoded().len();
+            let share = self.shares.entry(o.ep).or_default();
+            share.held += 1;
+            share.drained = share.drained.saturating_sub(1);
+        }
     }
 
     /// What recording `o` needs to know of the store, read before anything is
@@ -1402,7 +1616,7 @@ impl State {
     /// delivery stays where the store has it (counted pending; made again after the
     /// next start), and it is only counted out of its worker's memory. Tried again, it
     /// would hold its endpoint's enables and give-backs for good.
-    fn not_recorded(&mut self, o: Outcome, e: &store::StoreError) {
+    fn not_recorded(&mut self, o: Outcome, again: bool, e: &store::StoreError) {
         let lasting = e.lasting();
         if let Some(failures) = self.lookup_failures.note(WRITE_FAILURE_LOG_EVERY) {
             let what = match lasting {
@@ -1414,7 +1628,7 @@ impl State {
         if lasting {
             self.reported(&o);
         } else {
-            self.unrecorded.push(CommitMsg::Outcomes(vec![o]));
+            self.unrecorded.push_outcome(o, again);
         }
     }
 
@@ -1440,18 +1654,21 @@ impl State {
         }
     }
 
+    /// Records `o` in `batch` (`again`: once more, its round's write having failed,
+    /// [`CommitMsg::Unwritten`]). `false` if it was left for a later round.
     fn record(
         &mut self,
-        o: Outcome,
+        o: &mut Outcome,
+        again: bool,
         now: u64,
         batch: &mut store::Batch,
         jobs: &mut Vec<(usize, Job)>,
         delta: &mut Delta,
-    ) {
+    ) -> bool {
         // Behind an outcome of the same delivery left for a later round: after it.
         if self.keeps(o.ep, Some(o.event.seq)) {
-            self.unrecorded.push(CommitMsg::Outcomes(vec![o]));
-            return;
+            self.unrecorded.push_outcome(o.clone(), again);
+            return false;
         }
         // Expired by its worker, or a retry whose event passed retention meanwhile: it
         // is no ordered endpoint's head, and expires below.
@@ -1466,18 +1683,23 @@ impl State {
             Some(i) => (true, self.delivers(i)),
             None => (false, false),
         };
-        let found = match self.look_up(&o, expires, (known, enabled), batch) {
+        let found = match self.look_up(o, expires, (known, enabled), batch) {
             Ok(f) => f,
-            Err(e) => return self.not_recorded(o, &e),
+            Err(e) => {
+                self.not_recorded(o.clone(), again, &e);
+                return false;
+            }
         };
-        self.reported(&o);
+        self.reported(o);
         // The endpoint's worker has not yet taken in the enable that reset its counts
         // (held, it is not yet told of it; or told, it has not answered): those it
         // reports meanwhile are the disabled run's, and written back they undid the
         // reset, for good when nothing came after them (shown by the API, and loaded
         // by the next start). It answers after every outcome it judged before it.
+        // Recorded again (`again`), its record changed already (and later outcomes may
+        // have changed it since).
         let held = self.scan.pausing(o.ep) || self.enabling.contains_key(&o.ep);
-        if let Some(info) = self.router.eps.get_mut(&o.ep) {
+        if let Some(info) = self.router.eps.get_mut(&o.ep).filter(|_| !again) {
             if info.meta.fails != o.fails && !held {
                 info.meta.fails = o.fails;
                 self.dirty.insert(o.ep);
@@ -1499,7 +1721,7 @@ impl State {
         }
         let seq = o.event.seq;
         if o.next == Next::Stale || found.retired {
-            return;
+            return true;
         }
         let in_round = o.attempts.saturating_sub(o.first);
         if let Some(a) = &o.attempt {
@@ -1593,14 +1815,14 @@ impl State {
                         jobs.push((
                             info.worker,
                             Job {
-                                event: o.event,
+                                event: o.event.clone(),
                                 ep: o.ep,
                                 due,
                                 val,
                             },
                         ));
                     }
-                    return;
+                    return true;
                 }
                 // A scan would bring it later. A FIFO endpoint's worker may have it
                 // ahead of the scans (an ordered one keeps its head's retry itself; one
@@ -1621,7 +1843,7 @@ impl State {
                     jobs.push((
                         worker,
                         Job {
-                            event: o.event,
+                            event: o.event.clone(),
                             ep: o.ep,
                             due,
                             val,
@@ -1638,12 +1860,28 @@ impl State {
                     if self.spill.is_none() {
                         // (While spilling, the workers already hold the most memory
                         // allowed.)
-                        self.waiting.keep(o.event, due_ms, self.cursor.due_ms);
+                        self.waiting
+                            .keep(o.event.clone(), due_ms, self.cursor.due_ms);
                     }
                 }
             }
         }
+        true
     }
+}
+
+/// The keys of retries ordered endpoints' workers kept and made, among the outcomes of
+/// `msgs` ([`Outcome::handed`]).
+fn kept_retries_in(msgs: &[CommitMsg]) -> HashSet<DueKey> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            CommitMsg::Outcomes(list) | CommitMsg::Unwritten(list) => Some(list),
+            _ => None,
+        })
+        .flatten()
+        .filter(|o| !o.handed)
+        .map(|o| o.due)
+        .collect()
 }
 
 #[cfg(test)]
@@ -1848,6 +2086,178 @@ mod tests {
         );
     }
 
+    /// A delivery of endpoint 1 (FIFO) handed over by the loader, and its attempt's
+    /// outcome (`next`, leaving it `state`) reported in a round whose write fails (a full
+    /// disk); then a round with nothing new, which writes. The state, its worker's
+    /// mailbox, the delivery's key and the store.
+    fn an_outcome_in_a_round_whose_write_fails(
+        next: impl FnOnce(DueKey) -> Next,
+        state_after: DeliveryState,
+    ) -> (State, Mailbox<WorkerMsg>, DueKey, Store, tempfile::TempDir) {
+        use crate::commit::route::tests::info;
+
+        let dir = tempfile::tempdir().unwrap();
+        let (store, keys) = deliveries(dir.path(), 1, 0);
+        let (mut st, mb) = state(store.clone(), vec![info(1, &["t"], None)]);
+        st.stats.pending = 1;
+        st.load();
+        assert_eq!(jobs_sent(&mb), keys, "handed over");
+        assert_eq!(st.in_memory, 1);
+        let o = outcome(&store, keys[0], next(keys[0]), state_after);
+        store.fail_writes(1);
+        st.round(&mut vec![CommitMsg::Outcomes(vec![o])], &mut None);
+        assert!(store.has_due(keys[0]).unwrap(), "not written");
+        assert_eq!(
+            jobs_sent(&mb),
+            [],
+            "a retry under a key not written is not handed over"
+        );
+        st.round(&mut Vec::new(), &mut None);
+        (st, mb, keys[0], store, dir)
+    }
+
+    #[test]
+    fn a_retry_whose_outcome_a_full_disk_refused_is_made_once_writes_succeed() {
+        // The outcome was dropped: the delivery kept its key in `due`, below the loader's
+        // cursor, and its retry was made only after the next restart (docs/operations.md,
+        // "Full disk"), however long the server ran on.
+        let (st, mb, key, store, _dir) = an_outcome_in_a_round_whose_write_fails(
+            |k| Next::Retry {
+                due_ms: k.due_ms + 10,
+            },
+            DeliveryState::Retrying,
+        );
+        let retry = DueKey {
+            due_ms: key.due_ms + 10,
+            ..key
+        };
+        assert_eq!(jobs_sent(&mb), [retry], "its retry is handed over");
+        assert!(!store.has_due(key).unwrap() && store.has_due(retry).unwrap());
+        assert_eq!(
+            store.attempts(key.seq).unwrap().len(),
+            1,
+            "its attempt is in the log"
+        );
+        assert_eq!((st.stats.pending, st.in_memory), (1, 1));
+        assert!(st.unrecorded.is_empty());
+    }
+
+    #[test]
+    fn a_delivery_whose_outcome_a_full_disk_refused_is_recorded_delivered_once_writes_succeed() {
+        // Dropped, it stayed pending, and was sent again at the next restart.
+        let (mut st, mb, key, store, _dir) =
+            an_outcome_in_a_round_whose_write_fails(|_| Next::Done, DeliveryState::Delivered);
+        assert!(!store.has_due(key).unwrap(), "done");
+        assert_eq!(store.attempts(key.seq).unwrap().len(), 1);
+        assert_eq!((st.stats.pending, st.in_memory), (0, 0));
+        assert!(st.unrecorded.is_empty());
+        st.load();
+        st.round(&mut Vec::new(), &mut None);
+        assert_eq!(jobs_sent(&mb), [], "not sent again");
+    }
+
+    #[test]
+    fn an_ordered_head_s_retries_made_while_writes_fail_are_recorded_in_order_once() {
+        // Its worker keeps the head's retry and makes it: both outcomes wait, and are
+        // recorded in order. The store's copy of the retry, written and retired in the
+        // same round, is not handed over: its worker, done with the delivery, would
+        // send it again.
+        use crate::commit::route::tests::info;
+
+        let dir = tempfile::tempdir().unwrap();
+        let (store, keys) = deliveries(dir.path(), 1, 0);
+        let mut ep = info(1, &["t"], None);
+        (ep.ordered, ep.holds_retries) = (true, true);
+        let (mut st, mb) = state(store.clone(), vec![ep]);
+        st.stats.pending = 1;
+        st.load();
+        assert_eq!(jobs_sent(&mb), keys);
+        let retry = DueKey {
+            due_ms: keys[0].due_ms + 10,
+            ..keys[0]
+        };
+        let first = outcome(
+            &store,
+            keys[0],
+            Next::Retry {
+                due_ms: retry.due_ms,
+            },
+            DeliveryState::Retrying,
+        );
+        let mut second = outcome(&store, retry, Next::Done, DeliveryState::Delivered);
+        (second.attempts, second.handed) = (2, false);
+        store.fail_writes(2);
+        st.round(&mut vec![CommitMsg::Outcomes(vec![first])], &mut None);
+        st.round(&mut vec![CommitMsg::Outcomes(vec![second])], &mut None);
+        assert_eq!(st.unrecorded.unwritten, 2, "both wait");
+        assert_eq!(
+            st.in_memory, 1,
+            "the head is counted in memory until recorded"
+        );
+        st.round(&mut Vec::new(), &mut None);
+        assert_eq!(jobs_sent(&mb), [], "nothing handed over");
+        assert!(!store.has_due(keys[0]).unwrap() && !store.has_due(retry).unwrap());
+        assert_eq!(store.attempts(keys[0].seq).unwrap().len(), 2);
+        assert_eq!((st.stats.pending, st.in_memory), (0, 0));
+        assert_eq!(st.router.eps[&1].meta.hold, None, "no head held");
+        assert!(st.unrecorded.is_empty());
+    }
+
+    #[test]
+    fn a_delivery_handed_over_ahead_whose_outcome_waits_is_not_loaded_again() {
+        // Handed over ahead of the loader's cursor (a quiet endpoint's fresh delivery
+        // while the cursor lags): its key, still in `due` while its outcome waits, is
+        // skipped by the loader as while its worker had it.
+        use crate::commit::route::tests::info;
+
+        let dir = tempfile::tempdir().unwrap();
+        let (store, keys) = deliveries(dir.path(), 1, 0);
+        let (mut st, mb) = state(store.clone(), vec![info(1, &["t"], None)]);
+        st.stats.pending = 1;
+        let o = outcome(&store, keys[0], Next::Done, DeliveryState::Delivered);
+        st.ahead.insert(keys[0]);
+        st.in_memory = 1;
+        st.in_memory_bytes = o.event.encoded().len();
+        st.shares.entry(1).or_default().held = 1;
+        store.fail_writes(1);
+        st.round(&mut vec![CommitMsg::Outcomes(vec![o])], &mut None);
+        assert!(st.ahead.contains(&keys[0]));
+        st.load();
+        assert_eq!(jobs_sent(&mb), [], "not loaded again");
+        st.round(&mut Vec::new(), &mut None);
+        assert!(!store.has_due(keys[0]).unwrap());
+        assert!(st.ahead.is_empty());
+        assert_eq!(
+            (st.stats.pending, st.in_memory, st.in_memory_bytes),
+            (0, 0, 0)
+        );
+        st.load();
+        assert_eq!(jobs_sent(&mb), []);
+    }
+
+    #[test]
+    fn outcomes_past_the_cap_of_those_waiting_for_a_write_are_dropped() {
+        // As all were before: the delivery stays in `due` (made again after a restart),
+        // counted out of worker memory.
+        use crate::commit::route::tests::info;
+
+        let dir = tempfile::tempdir().unwrap();
+        let (store, keys) = deliveries(dir.path(), 1, 0);
+        let (mut st, mb) = state(store.clone(), vec![info(1, &["t"], None)]);
+        st.stats.pending = 1;
+        st.load();
+        assert_eq!(jobs_sent(&mb), keys);
+        let o = outcome(&store, keys[0], Next::Done, DeliveryState::Delivered);
+        st.unrecorded.unwritten_bytes = MAX_UNWRITTEN_BYTES;
+        store.fail_writes(1);
+        st.round(&mut vec![CommitMsg::Outcomes(vec![o])], &mut None);
+        assert!(st.unrecorded.is_empty());
+        assert_eq!(st.write_failures.outcomes, 0, "counted, and logged");
+        st.round(&mut Vec::new(), &mut None);
+        assert!(store.has_due(keys[0]).unwrap());
+        assert_eq!((st.stats.pending, st.in_memory), (1, 0));
+    }
+
     #[test]
     fn a_deletion_starts_a_round_of_its_own() {
         let (snap, _) = crossbeam_channel::unbounded();
@@ -1949,14 +2359,14 @@ mod tests {
             what: "a stand-in for a full disk".into(),
         };
         let mut w = WriteFailures::default();
-        w.failed(&e, 3, 1);
+        w.failed(&e, 3, 1, 0);
         assert!(w.announced && w.last_logged.is_some());
         assert_eq!(
             (w.rounds, w.lines, w.outcomes),
             (0, 0, 0),
             "logged: counted afresh"
         );
-        w.failed(&e, 2, 0);
+        w.failed(&e, 2, 0, 0);
         assert_eq!(
             (w.rounds, w.lines),
             (1, 2),
@@ -1969,7 +2379,7 @@ mod tests {
         );
         // Failing again at once is counted, not logged, and the next success says
         // nothing either, until the interval has passed: then it reports the count.
-        w.failed(&e, 1, 0);
+        w.failed(&e, 1, 0, 0);
         assert!(!w.announced);
         w.succeeded();
         assert_eq!(w.rounds, 1);
@@ -1981,7 +2391,7 @@ mod tests {
         assert_eq!(w.rounds, 0, "reported");
         // And a failure an interval later is logged again.
         w.last_logged = Some(interval_ago);
-        w.failed(&e, 1, 0);
+        w.failed(&e, 1, 0, 0);
         assert!(w.announced && w.rounds == 0);
     }
 }

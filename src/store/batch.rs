@@ -90,6 +90,8 @@ impl Store {
 
     /// Writes a batch atomically; `sync` fsyncs the WAL before returning.
     pub fn commit(&self, mut batch: Batch, sync: bool) -> Result<()> {
+        #[cfg(test)]
+        self.faults.write()?;
         batch.write_postings(self);
         batch.write_sorted(self);
         let mut wo = WriteOptions::default();

@@ -1,7 +1,8 @@
-//! Read failures a unit test injects (test builds only): the next reads of an event, or
-//! look-ups of a due key, a paused delivery or a failed one, fail as they would on a
-//! failing disk, so the callers' paths for a failed read can be tested. The store's
-//! reads check here first; a build that is not a test has none of it.
+//! Read and write failures a unit test injects (test builds only): the next reads of an
+//! event, look-ups of a due key, a paused delivery or a failed one, or writes of a
+//! batch, fail as they would on a failing (or full) disk, so the callers' paths for a
+//! failed read or write can be tested. The store's reads and [`Store::commit`] check
+//! here first; a build that is not a test has none of it.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
@@ -26,6 +27,7 @@ pub(super) struct Faults {
     failed_lookups: AtomicU32,
     /// Those two fail as a corrupt record would, for good.
     lookups_corrupt: AtomicBool,
+    writes: AtomicU32,
 }
 
 /// Takes one of the failures counted in `n`, as the error it makes: `corrupt`, one
@@ -83,6 +85,11 @@ impl Faults {
             self.lookups_corrupt.load(Ordering::SeqCst),
         )
     }
+
+    /// Before a batch is written ([`Store::commit`]): nothing of it is.
+    pub(super) fn write(&self) -> Result<()> {
+        fail_if(&self.writes, false)
+    }
 }
 
 impl Store {
@@ -118,6 +125,12 @@ impl Store {
             .lookups_corrupt
             .store(fault == Fault::Corrupt, Ordering::SeqCst);
         self.faults.failed_lookups.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` writes of a batch ([`Store::commit`]) fail, as on a full disk:
+    /// nothing of the batch is written.
+    pub fn fail_writes(&self, n: u32) {
+        self.faults.writes.store(n, Ordering::SeqCst);
     }
 }
 
@@ -157,5 +170,14 @@ mod tests {
         s.fail_failed_lookups(1, Fault::Corrupt);
         assert!(s.is_failed(1, 7).is_err_and(|e| e.lasting()));
         assert!(!s.is_failed(1, 7).unwrap());
+        s.fail_writes(1);
+        let mut b = s.batch();
+        b.del_due(&s, key);
+        assert!(s.commit(b, false).is_err_and(|e| !e.lasting()));
+        assert!(s.has_due(key).unwrap(), "nothing of it written");
+        let mut b = s.batch();
+        b.del_due(&s, key);
+        s.commit(b, false).unwrap();
+        assert!(!s.has_due(key).unwrap());
     }
 }

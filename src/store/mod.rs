@@ -66,7 +66,7 @@
 //!   of the log filtered through `index`.
 //! - `reader`: readers handed out to other threads' loops ([`EventReader`],
 //!   [`FloorReader`]).
-//! - `faults` (test builds only): read failures a unit test injects.
+//! - `faults` (test builds only): read and write failures a unit test injects.
 //! - this file: [`Store`] itself (opening RocksDB, the column families and their
 //!   options, the retention floor, point reads of events and idempotency keys, memory,
 //!   sizes and maintenance) and [`StoreError`].
@@ -118,9 +118,9 @@ pub enum StoreError {
          {FORMAT} and older: run the newer version on it, or start on another data dir"
     )]
     NewerFormat { found: u32 },
-    /// A read failure a unit test injected (`faults`).
+    /// A read or write failure a unit test injected (`faults`).
     #[cfg(test)]
-    #[error("a read failure injected by a test")]
+    #[error("a failure injected by a test")]
     Injected,
 }
 
