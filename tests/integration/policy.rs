@@ -2253,22 +2253,7 @@ fn a_quiet_endpoint_s_retry_due_past_ten_seconds_does_not_wait_behind_backlogs_l
     // The loader is handing the backlogs over.
     rx.wait_for(before + 1, Duration::from_secs(20));
     assert_eq!(srv.connect().send(&event("q", "q-0", "{}")), "ok q-0 1");
-    let got = quick.wait_for(2, Duration::from_secs(60));
-    let drained = rx.count() - before;
-    assert!(
-        drained < BACK.len() * N - 30_000 - 8_000,
-        "quick's retry waited for {drained} of the backlogs' deliveries"
-    );
-    assert!(
-        got.iter()
-            .all(|r| r.header("webhook-id") == got[0].header("webhook-id")),
-        "one event, twice"
-    );
-    let waited = got[1].at - got[0].at;
-    assert!(
-        waited >= Duration::from_millis(11_900),
-        "the retry went {waited:?} after the attempt, before its time"
-    );
+    retry_went_ahead("quick", &quick, &rx, before, N, 11_900);
     // It was handed over ahead, and forgotten once reported; the rest of the backlogs
     // is not waited for.
     srv.wait_metric(
@@ -2285,6 +2270,37 @@ fn a_quiet_endpoint_s_retry_due_past_ten_seconds_does_not_wait_behind_backlogs_l
 }
 
 /// A receiver that answers its first request 500 and every later one 200.
+/// `name`'s receiver `rcv` got an event's attempt and its retry, at least `after_ms`
+/// apart, before the loader brought the backlogs' deliveries (`rx`'s, `before` of them
+/// from before the restart; `n` an endpoint) past the cap and the bound ahead: the retry
+/// went ahead of the lagging cursor.
+fn retry_went_ahead(
+    name: &str,
+    rcv: &TestReceiver,
+    rx: &TestReceiver,
+    before: usize,
+    n: usize,
+    after_ms: u64,
+) {
+    let got = rcv.wait_for(2, Duration::from_secs(60));
+    let drained = rx.count() - before;
+    eprintln!("{name}'s retry after {drained} of the backlogs' deliveries");
+    assert!(
+        drained < BACK.len() * n - 30_000 - 8_000,
+        "{name}'s retry waited for {drained} of the backlogs' deliveries"
+    );
+    assert!(
+        got.iter()
+            .all(|r| r.header("webhook-id") == got[0].header("webhook-id")),
+        "one event, twice"
+    );
+    let waited = got[1].at - got[0].at;
+    assert!(
+        waited >= Duration::from_millis(after_ms),
+        "{name}'s retry went {waited:?} after the attempt, before its time"
+    );
+}
+
 fn fails_once() -> TestReceiver {
     let failed = std::sync::atomic::AtomicBool::new(false);
     TestReceiver::with_script(move |_, _| {
@@ -2328,23 +2344,7 @@ fn a_quiet_endpoint_s_retries_waiting_at_a_restart_do_not_wait_behind_backlogs_l
     let before = rx.count();
     let srv = TestServer::start_in(dir, &opts);
     for (name, rcv, after) in [("soon", &soon, 3_900), ("far", &far, 13_900)] {
-        let got = rcv.wait_for(2, Duration::from_secs(60));
-        let drained = rx.count() - before;
-        eprintln!("{name}'s retry after {drained} of the backlogs' deliveries");
-        assert!(
-            drained < BACK.len() * N - 30_000 - 8_000,
-            "{name}'s retry waited for {drained} of the backlogs' deliveries"
-        );
-        assert!(
-            got.iter()
-                .all(|r| r.header("webhook-id") == got[0].header("webhook-id")),
-            "one event, twice"
-        );
-        let waited = got[1].at - got[0].at;
-        assert!(
-            waited >= Duration::from_millis(after),
-            "{name}'s retry went {waited:?} after the attempt, before its time"
-        );
+        retry_went_ahead(name, rcv, &rx, before, N, after);
     }
     // Both were handed over ahead, and forgotten once reported.
     srv.wait_metric(
