@@ -1118,7 +1118,7 @@ impl State {
                 // paused set without an ordered head judged paused; a give-back's read-back
                 // would bring a delivery done, its key still in `due`, and send it again.)
                 msg @ (CommitMsg::Enabled { ep, .. } | CommitMsg::GivenBack { ep, .. })
-                    if self.keeps(ep, None) =>
+                    if self.unrecorded.keeps(ep, None) =>
                 {
                     self.unrecorded.push(msg);
                 }
@@ -1217,9 +1217,7 @@ impl State {
             }
         }
         self.first_due_before.clear();
-        if !self.round_outcomes.is_empty() {
-            self.round_outcomes.clear();
-        }
+        self.round_outcomes.clear();
         if written {
             self.stats.apply(delta);
         }
@@ -1480,12 +1478,6 @@ impl State {
         }
     }
 
-    /// Whether an outcome of `ep`'s (of its delivery of `seq`, if given) waits for a
-    /// later round in [`Self::unrecorded`].
-    fn keeps(&self, ep: EndpointId, seq: Option<Seq>) -> bool {
-        self.unrecorded.keeps(ep, seq)
-    }
-
     /// Records a message's outcomes (`again`: recorded before in a round whose write
     /// failed), in order. Those recorded are kept until the round's write is done
     /// ([`Self::round_outcomes`]); those left for a later round are in `unrecorded`.
@@ -1498,7 +1490,7 @@ impl State {
         jobs: &mut Vec<(usize, Job)>,
         delta: &mut Delta,
     ) {
-        list.retain_mut(|o| self.record(o, again, now, batch, jobs, delta));
+        list.retain(|o| self.record(o, again, now, batch, jobs, delta));
         if !list.is_empty() {
             self.round_outcomes.push(list);
         }
@@ -1658,7 +1650,7 @@ impl State {
     /// [`CommitMsg::Unwritten`]). `false` if it was left for a later round.
     fn record(
         &mut self,
-        o: &mut Outcome,
+        o: &Outcome,
         again: bool,
         now: u64,
         batch: &mut store::Batch,
@@ -1666,7 +1658,7 @@ impl State {
         delta: &mut Delta,
     ) -> bool {
         // Behind an outcome of the same delivery left for a later round: after it.
-        if self.keeps(o.ep, Some(o.event.seq)) {
+        if self.unrecorded.keeps(o.ep, Some(o.event.seq)) {
             self.unrecorded.push_outcome(o.clone(), again);
             return false;
         }

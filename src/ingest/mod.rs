@@ -109,6 +109,8 @@ pub struct LineBudget {
     unfinished_limit: usize,
 }
 
+/// (Tests': the server's is [`LineBudget::for_server`].)
+#[cfg(test)]
 impl Default for LineBudget {
     fn default() -> Self {
         LineBudget::with_unfinished_limit(MAX_UNFINISHED_BYTES)
@@ -143,7 +145,8 @@ impl LineBudget {
     }
 
     /// Bytes of unfinished lines held past [`FREE_TAIL`] now.
-    pub fn unfinished_bytes(&self) -> usize {
+    #[cfg(test)]
+    fn unfinished_bytes(&self) -> usize {
         self.unfinished.load(Ordering::Relaxed)
     }
 
