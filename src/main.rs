@@ -26,7 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the dispatcher in the foreground (SIGTERM or Ctrl-C stops it politely).
+    /// Run the dispatcher in the foreground; logs go to stderr. SIGTERM, SIGINT (Ctrl-C) or
+    /// SIGHUP stops it: in-flight attempts finish (10 s at most), then it exits 0.
     Serve {
         /// The config file: `[server]` and the `[[endpoint]]`s. Without it, the defaults
         /// and no file endpoints (a start without it deletes the endpoints an earlier
@@ -48,13 +49,14 @@ enum Cmd {
         /// Worker threads (0 = one per core) [default: 0, or the file's `workers`].
         #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=ricochet::config::MAX_WORKERS as u64))]
         workers: Option<usize>,
-        /// The I/O driver [default: auto: io_uring where the kernel allows].
+        /// The I/O driver [default: auto (io_uring where the kernel allows, else epoll), or
+        /// the file's `driver`; MONOIO_FORCE_LEGACY_DRIVER=1 forces legacy].
         #[arg(long, value_enum)]
         driver: Option<Driver>,
     },
     /// Stream NDJSON events from FILE (or stdin) and print a summary
     /// (`sent N ok N dup N err N`). Exit 0 when every line was answered `ok` or `dup`,
-    /// 1 otherwise (the first `err` answers are said on stderr).
+    /// 1 otherwise. Without -v the first ten `err` answers go to stderr.
     Send {
         /// The server's Unix socket [default: ./ricochet.sock].
         #[arg(long, conflicts_with = "connect")]
