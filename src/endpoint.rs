@@ -85,6 +85,29 @@ pub fn guarded_url_problem(cfg: &EndpointConfig) -> Option<String> {
     ))
 }
 
+/// With the SSRF guard on, a URL whose host is written as `localhost` or a name under it
+/// (`api.localhost`): such names are the loopback (RFC 6761), so every delivery would be
+/// refused once resolved. A warning, not a refusal, as for every name (judged at each
+/// delivery): what `check` and `serve` say of it.
+pub fn loopback_name_warning(cfg: &EndpointConfig) -> Option<String> {
+    let target = literal_authority(&cfg.url)?.ok()?;
+    let host = target.host.strip_suffix('.').unwrap_or(&target.host);
+    let loopback = target.ip.is_none()
+        && host
+            .rsplit('.')
+            .next()
+            .is_some_and(|label| label.eq_ignore_ascii_case("localhost"));
+    loopback.then(|| {
+        format!(
+            "warning: endpoint {}: field `url`: {host} is this machine's loopback, which the \
+             SSRF guard refuses while `allow_private_networks` is off: every delivery would \
+             fail (for a receiver on this machine, set `allow_private_networks = true` under \
+             [server])",
+            ShownName(&cfg.name)
+        )
+    })
+}
+
 /// The address `target`'s host is written as, when the SSRF guard refuses it (a name is
 /// judged once resolved, at each delivery).
 pub fn guarded_address(target: &Target) -> Option<std::net::IpAddr> {
@@ -363,6 +386,38 @@ mod tests {
             "http://1e100.net/",
         ] {
             assert_eq!(problem(url), None, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_url_naming_localhost_is_warned_of() {
+        let warning = |url: &str| {
+            loopback_name_warning(&first_endpoint(&format!(
+                "[[endpoint]]\nname = \"p\"\nevents = [\"t\"]\nurl = {url:?}\n"
+            )))
+        };
+        for (url, host) in [
+            ("http://localhost/pb", "localhost"),
+            ("https://LocalHost:8443/pb?x={X}", "localhost"),
+            ("http://localhost./", "localhost"),
+            ("http://api.localhost/", "api.localhost"),
+        ] {
+            let w = warning(url).unwrap_or_else(|| panic!("{url} passed"));
+            assert!(
+                w.starts_with(&format!(
+                    "warning: endpoint p: field `url`: {host} is this machine's loopback"
+                )),
+                "{url}: {w}"
+            );
+        }
+        for url in [
+            "http://localhost.example/pb",
+            "http://notlocalhost/",
+            "http://{Host}/pb",
+            "http://127.0.0.1/pb",
+            "http://partner.example/?h=localhost",
+        ] {
+            assert_eq!(warning(url), None, "{url}");
         }
     }
 

@@ -175,6 +175,7 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>, signals: StopSignals) -> any
         .with_context(|| format!("cannot start the admin API on {}", s.admin))?;
 
     let specs = apply_endpoints(&store, specs, !s.allow_private_networks)?;
+    let guarded_names = !s.allow_private_networks;
     for spec in &specs {
         if let Some(problem) = spec.cfg.min_delay_problem(s.retention) {
             // An endpoint created over the API before the retention was shortened (the
@@ -193,6 +194,12 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>, signals: StopSignals) -> any
                 "the endpoint's min_delay and retry schedule run past the retention: retries \
                  due after it expire unsent"
             );
+        }
+        if let Some(w) = guarded_names
+            .then(|| crate::endpoint::loopback_name_warning(&spec.cfg))
+            .flatten()
+        {
+            tracing::warn!("{}", w.trim_start_matches("warning: "));
         }
     }
     let known: HashMap<String, EndpointMeta> = store.endpoints()?.into_iter().collect();

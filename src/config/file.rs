@@ -143,14 +143,15 @@ impl ConfigFile {
     }
 
     /// What `check` warns of but does not refuse: endpoints whose retry schedule runs
-    /// past the retention (`serve` warns of them too, as it starts).
+    /// past the retention, and, with the SSRF guard on, URLs naming `localhost` (`serve`
+    /// warns of both too, as it starts).
     pub fn warnings(&self) -> Vec<Problem> {
         let retention = self.config.server.retention;
-        (0..self.config.endpoints.len())
-            .filter_map(|i| {
-                let e = &self.config.endpoints[i];
-                let lasts = e.outlasts(retention)?;
-                Some(self.locate(
+        let guarded = !self.config.server.allow_private_networks;
+        let mut warnings = Vec::new();
+        for (i, e) in self.config.endpoints.iter().enumerate() {
+            if let Some(lasts) = e.outlasts(retention) {
+                warnings.push(self.locate(
                     i,
                     format!(
                         "warning: endpoint {}: its min_delay and retry schedule ({}, {}) run \
@@ -160,9 +161,16 @@ impl ConfigFile {
                         human_duration(lasts),
                         format_duration(retention)
                     ),
-                ))
-            })
-            .collect()
+                ));
+            }
+            if let Some(w) = guarded
+                .then(|| crate::endpoint::loopback_name_warning(e))
+                .flatten()
+            {
+                warnings.push(self.locate(i, w));
+            }
+        }
+        warnings
     }
 
     /// Locates a message about `config.endpoints[index]`: at the field it names

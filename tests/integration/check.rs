@@ -242,6 +242,53 @@ fn check_warns_of_a_schedule_that_runs_past_the_retention() {
     );
 }
 
+/// With the SSRF guard on, `check` warns of a URL naming `localhost` (or a name under it:
+/// RFC 6761's loopback), at its `url`, and still passes the file: a name is judged at each
+/// delivery, but this one can only be refused. With the guard off it says nothing.
+#[test]
+fn check_warns_of_a_url_naming_localhost_while_the_guard_is_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let endpoints = "[[endpoint]]\nname = \"a\"\nevents = [\"t\"]\nurl = \"http://localhost:9000/pb\"\n\n\
+                     [[endpoint]]\nname = \"b\"\nevents = [\"t\"]\nurl = \"http://API.localhost./pb?x={X}\"\n\n\
+                     [[endpoint]]\nname = \"c\"\nevents = [\"t\"]\nurl = \"http://localhost.example/pb\"\n";
+    let check = |server: &str| {
+        let config = format!("{server}{endpoints}");
+        std::fs::write(&path, &config).unwrap();
+        let out = run(
+            &["check", "--config", path.to_str().unwrap()],
+            Duration::from_secs(30),
+        );
+        let said = text(&out.stdout);
+        assert!(out.status.success(), "{said}");
+        (config, said)
+    };
+    let (config, said) = check("");
+    let warning = |name: &str, host: &str, url: &str| {
+        format!(
+            "{}:{}: warning: endpoint {name}: field `url`: {host} is this machine's loopback, \
+             which the SSRF guard refuses while `allow_private_networks` is off: every \
+             delivery would fail (for a receiver on this machine, set \
+             `allow_private_networks = true` under [server])",
+            path.display(),
+            pos(&config, &format!("url = \"{url}"), "url = ")
+        )
+    };
+    assert_eq!(
+        said.lines().collect::<Vec<_>>(),
+        [
+            warning("a", "localhost", "http://localhost:9000"),
+            warning("b", "api.localhost", "http://API.localhost."),
+            format!("{}: ok (3 endpoints)", path.display()),
+        ],
+    );
+    let (_, said) = check("[server]\nallow_private_networks = true\n\n");
+    assert_eq!(
+        said.lines().collect::<Vec<_>>(),
+        [format!("{}: ok (3 endpoints)", path.display())],
+    );
+}
+
 #[test]
 fn serve_flags_win_over_the_config_file() {
     let rx = TestReceiver::start();
