@@ -2,10 +2,12 @@
 //! managed live, the webhook log, replay and recover.
 //!
 //! Runs on its own threads with blocking sockets (one per connection, at most
-//! [`MAX_CONNS`]: one more closes the connection idle longest if it has waited a
-//! second, and one that gets no slot or no thread is answered 503, then read until its
-//! client closes, not reset; a request must arrive within 10 s of its first byte, and
-//! its answer be read within 30 s) and
+//! [`MAX_CONNS`]: one more closes a connection that has waited a second for a request,
+//! the one idle longest, else the one whose request has been arriving longest, and one
+//! that gets no slot or no thread is answered 503 without the accept loop waiting; a
+//! request must arrive within 10 s of its first byte, and its answer be read within
+//! 30 s; a connection that closes after its answer lingers, read until its client
+//! closes, so that the client reads the answer instead of a reset: [`linger`]) and
 //! reads the store directly, so it never slows a worker. Everything that changes state
 //! goes through the committer's mailbox and is answered over a channel once durable: an
 //! ingested event (a one-event batch), an endpoint created, replaced or deleted, a
@@ -29,16 +31,18 @@
 //!
 //! One file per resource: `events.rs` (`/v1/events…`), `endpoints.rs`
 //! (`/v1/endpoints…`), `metrics.rs` (`/metrics`); `samples.rs` holds the sample events
-//! of test deliveries.
+//! of test deliveries, `linger.rs` the closing of connections.
 
 mod endpoints;
 mod events;
+mod linger;
 mod metrics;
 mod samples;
 
-use std::collections::VecDeque;
+pub use linger::LINGER_MAX;
+
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -57,9 +61,9 @@ use crate::worker::WorkerMsg;
 const MAX_HEAD: usize = 16 * 1024;
 /// Largest request body (1 MiB).
 const MAX_BODY: usize = 1 << 20;
-/// Connections served at once. One more closes the connection idle longest (waiting for
-/// its first or next request for at least `EVICTABLE_AFTER`) to take its place; with
-/// none such it is answered 503.
+/// Connections served at once. One more closes a connection waiting for a request (for
+/// at least `EVICTABLE_AFTER`: [`Waiting::evict`]) to take its place; with none such it
+/// is answered 503.
 pub const MAX_CONNS: usize = 64;
 /// How long a connection waits for its first or next request.
 const IDLE: Duration = Duration::from_secs(30);
@@ -72,11 +76,6 @@ const REQUEST_TIME: Duration = Duration::from_secs(10);
 /// and thread for as long as it likes, and 64 such clients every slot, without a token
 /// (`/metrics` is open). A 6.5 MB list takes milliseconds over the loopback.
 const ANSWER_TIME: Duration = Duration::from_secs(30);
-/// How long the remains of a rejected body are read and dropped before closing.
-const DISCARD_WAIT: Duration = Duration::from_secs(2);
-/// How long the accept thread reads a connection it answered 503 (no slot, or no thread
-/// for it), until its client closes, before closing it ([`refuse`]).
-const REFUSE_WAIT: Duration = Duration::from_millis(200);
 
 /// Everything the admin API starts with.
 pub struct AdminSetup {
@@ -123,71 +122,105 @@ struct Admin {
     stopping: Arc<AtomicBool>,
     counts: HttpCounts,
     conns: AtomicUsize,
-    idle: IdleConns,
+    waiting: Waiting,
+    /// Closes connections after their last answer ([`linger`]).
+    linger: linger::Linger,
     /// What each worker and the committer last answered a scrape (`metrics.rs`).
     last_seen: Mutex<metrics::LastSeen>,
 }
 
-/// How long a connection must have waited for a request before a new connection may
-/// take its slot: one that just connected, or just got its answer, is about to send.
+/// How long a connection must have waited for a request, or its request have been
+/// arriving, before a new connection may take its slot: one that just connected, or
+/// just got its answer, is about to send, and a request of a client that is not
+/// trickling it arrives within milliseconds.
 const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
 
-/// One idle connection: its ticket, since when it waits, its socket's descriptor (not a
-/// second handle: that would be a second descriptor for every idle connection, beyond
-/// the reserve counted for the API). The descriptor stays the connection's while it is
-/// listed: its thread takes it out of the list before it closes the socket, and an
-/// eviction shuts it down under the list's lock.
-type Parked = (u64, Instant, RawFd);
-
-/// The connections waiting for their first or next request, oldest first: a new
-/// connection that finds every slot taken shuts the reading side of the oldest down (its
-/// thread's read then ends) and takes its place.
-#[derive(Default)]
-struct IdleConns {
-    inner: Mutex<(u64, VecDeque<Parked>)>,
+/// One connection waiting for a request. Its socket is held as its descriptor (not a
+/// second handle: that would be a second descriptor for every connection, beyond the
+/// reserve counted for the API), which stays the connection's while it is listed: its
+/// thread takes it out of the list before it closes the socket, and an eviction shuts
+/// it down under the list's lock.
+struct Wait {
+    ticket: u64,
+    /// Since when it waits for a request; once it is `arriving`, since its first byte.
+    since: Instant,
+    fd: RawFd,
+    /// Whether bytes of the request have come.
+    arriving: bool,
 }
 
-impl IdleConns {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, VecDeque<Parked>)> {
+/// The connections waiting for a request, from the end of the last answer (or the
+/// connection's start) until the request has arrived whole: a new connection that finds
+/// every slot taken closes one of them for its place ([`Self::evict`]). Requests still
+/// arriving are listed too: 64 clients that each trickle a request, reconnecting once
+/// it times out, otherwise held every slot, and `/health` answered 503.
+#[derive(Default)]
+struct Waiting {
+    inner: Mutex<(u64, Vec<Wait>)>,
+}
+
+impl Waiting {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, Vec<Wait>)> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Enters `conn` as idle; its ticket. The caller takes it out ([`Self::unpark`])
-    /// before `conn` is closed.
+    /// Enters `conn` as waiting for a request from now; its ticket. The caller takes it
+    /// out ([`Self::unpark`]) before `conn` is closed.
     fn park(&self, conn: &TcpStream) -> u64 {
         let mut g = self.lock();
         g.0 += 1;
         let ticket = g.0;
-        g.1.push_back((ticket, Instant::now(), conn.as_raw_fd()));
+        g.1.push(Wait {
+            ticket,
+            since: Instant::now(),
+            fd: conn.as_raw_fd(),
+            arriving: false,
+        });
         ticket
     }
 
-    /// Takes the connection out of the idle list; false if it was evicted meanwhile.
+    /// Notes that the request's first bytes came: from now it is timed as arriving.
+    fn arriving(&self, ticket: u64) {
+        if let Some(w) = self.lock().1.iter_mut().find(|w| w.ticket == ticket) {
+            w.since = Instant::now();
+            w.arriving = true;
+        }
+    }
+
+    /// Takes the connection out of the list; false if it was evicted meanwhile.
     fn unpark(&self, ticket: u64) -> bool {
         let mut g = self.lock();
-        let Some(i) = g.1.iter().position(|(t, _, _)| *t == ticket) else {
+        let Some(i) = g.1.iter().position(|w| w.ticket == ticket) else {
             return false;
         };
-        g.1.remove(i);
+        g.1.swap_remove(i);
         true
     }
 
-    /// Ends the wait of the connection idle longest, if it has waited `min_idle`; false
-    /// if none has. Only reading is shut: a request that arrived at that moment (its
-    /// thread read it) is still answered, on a connection that then closes.
-    fn evict_oldest(&self, min_idle: Duration) -> bool {
+    /// Ends the wait of one connection that has waited `min_wait`, if any; false if none
+    /// has. The one idle longest (no byte of a request yet: closing it costs its client
+    /// nothing but a new connection), else the one whose request has been arriving
+    /// longest (a client trickling it; one that is merely slow gets 408). Only reading
+    /// is shut: a request that arrived whole at that moment (its thread read it) is
+    /// still answered, on a connection that then closes.
+    fn evict(&self, min_wait: Duration) -> bool {
         let mut g = self.lock();
-        let oldest = match g.1.front() {
-            Some((_, since, _)) if since.elapsed() >= min_idle => g.1.pop_front(),
-            _ => None,
+        let longest = |arriving: bool| {
+            g.1.iter()
+                .enumerate()
+                .filter(|(_, w)| w.arriving == arriving && w.since.elapsed() >= min_wait)
+                .min_by_key(|(_, w)| w.since)
+                .map(|(i, _)| i)
         };
-        oldest.is_some_and(|(_, _, fd)| {
-            // SAFETY: `fd` is still the idle connection's open socket: it was listed
-            // until just now, under the lock still held, and its thread closes it only
-            // after taking it out of the list under the same lock.
-            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
-            true
-        })
+        let Some(i) = longest(false).or_else(|| longest(true)) else {
+            return false;
+        };
+        let fd = g.1.swap_remove(i).fd;
+        // SAFETY: `fd` is still the connection's open socket: it was listed until just
+        // now, under the lock still held, and its thread closes it only after taking it
+        // out of the list under the same lock.
+        unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+        true
     }
 }
 
@@ -218,7 +251,8 @@ pub fn start(setup: AdminSetup) -> std::io::Result<SocketAddr> {
         stopping: setup.stopping,
         counts: HttpCounts::default(),
         conns: AtomicUsize::new(0),
-        idle: IdleConns::default(),
+        waiting: Waiting::default(),
+        linger: linger::Linger::start()?,
         last_seen: Mutex::default(),
     });
     std::thread::Builder::new()
@@ -234,7 +268,8 @@ pub fn start(setup: AdminSetup) -> std::io::Result<SocketAddr> {
                         continue;
                     }
                 };
-                admit(conn, &admin.conns, &admin.idle, &mut no_thread, |conn| {
+                let (conns, waiting, linger) = (&admin.conns, &admin.waiting, &admin.linger);
+                admit(conn, conns, waiting, linger, &mut no_thread, |conn| {
                     spawn_conn_thread(&admin, conn)
                 });
             }
@@ -242,20 +277,22 @@ pub fn start(setup: AdminSetup) -> std::io::Result<SocketAddr> {
     Ok(local)
 }
 
-/// Takes `conn` in: a slot ([`MAX_CONNS`], the connection idle longest evicted for it if
-/// every slot is taken) and a thread of its own (`spawn`, which gives `conn` back when no
-/// thread could be started). Without either it is answered 503 ([`refuse`]); a failed
-/// spawn is also logged, once each 10 s with the failures since (`no_thread`).
+/// Takes `conn` in: a slot ([`MAX_CONNS`], a waiting connection evicted for it if every
+/// slot is taken: [`Waiting::evict`]) and a thread of its own (`spawn`, which gives
+/// `conn` back when no thread could be started). Without either it is answered 503
+/// ([`refuse`]); a failed spawn is also logged, once each 10 s with the failures since
+/// (`no_thread`).
 fn admit(
     conn: TcpStream,
     conns: &AtomicUsize,
-    idle: &IdleConns,
+    waiting: &Waiting,
+    linger: &linger::Linger,
     no_thread: &mut crate::tally::Tally,
     spawn: impl FnOnce(TcpStream) -> Result<(), (TcpStream, std::io::Error)>,
 ) {
-    if conns.fetch_add(1, Ordering::AcqRel) >= MAX_CONNS && !idle.evict_oldest(EVICTABLE_AFTER) {
+    if conns.fetch_add(1, Ordering::AcqRel) >= MAX_CONNS && !waiting.evict(EVICTABLE_AFTER) {
         conns.fetch_sub(1, Ordering::AcqRel);
-        refuse(conn, &error(503, "too many admin connections"));
+        refuse(conn, &error(503, "too many admin connections"), linger);
         return;
     }
     if let Err((conn, e)) = spawn(conn) {
@@ -270,6 +307,7 @@ fn admit(
         refuse(
             conn,
             &error(503, "cannot serve the connection now (no thread)"),
+            linger,
         );
     }
 }
@@ -304,16 +342,17 @@ fn spawn_conn_thread(
     }
 }
 
-/// Answers `resp` on a connection no thread serves, then reads what the client still
-/// sends until it closes, for at most [`REFUSE_WAIT`] (on the accept thread: briefly).
-/// Closed with its request unread, the socket would send a reset, which can reach the
-/// client before it reads the answer (`ECONNRESET` instead of the 503).
-fn refuse(mut conn: TcpStream, resp: &Response) {
-    let by = Instant::now() + Duration::from_secs(1);
-    if write_response(&mut conn, resp, false, true, by).is_ok() {
-        // The answer ends with a FIN: a client reading to the end closes its side then.
-        let _ = conn.shutdown(Shutdown::Write);
-        drain(&mut conn, usize::MAX, REFUSE_WAIT);
+/// Answers `resp` on a connection no thread serves, on the accept thread without
+/// waiting: one write that does not block (a new connection's send buffer takes a short
+/// answer whole), then it lingers ([`linger`]) for the client to read it. Closed with its
+/// request unread, the socket would send a reset, which can reach the client before it
+/// reads the answer (`ECONNRESET` instead of the 503); read on the accept thread, until
+/// the client closed or for 200 ms, a flood of connections that never close held each
+/// new one back 200 ms per refusal queued before it (4.1 s behind 20).
+fn refuse(conn: TcpStream, resp: &Response, linger: &linger::Linger) {
+    let out = response_bytes(resp, false, true);
+    if conn.set_nonblocking(true).is_ok() && (&conn).write(&out).is_ok_and(|n| n == out.len()) {
+        linger.close(conn, 0);
     }
 }
 
@@ -444,23 +483,40 @@ impl Admin {
             .is_ok_and(|a| a.ip().to_canonical().is_loopback());
         let mut buf = Vec::with_capacity(4096);
         let mut chunk = [0u8; 8192];
-        // Evicted for a new connection: the request read as it happened is the last.
-        let mut last = false;
         loop {
+            // From here until the request has arrived whole, a new connection may take
+            // this one's slot (`Waiting::evict`).
+            let ticket = self.waiting.park(&conn);
             if buf.is_empty() {
-                // Idle until the next request's first bytes: evictable meanwhile.
-                let ticket = self.idle.park(&conn);
                 let _ = conn.set_read_timeout(Some(IDLE));
-                let read = conn.read(&mut chunk);
-                last = !self.idle.unpark(ticket);
-                match read {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                match conn.read(&mut chunk) {
+                    Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                    // Closed by its client, idle too long, or evicted: nothing to answer.
+                    _ => {
+                        self.waiting.unpark(ticket);
+                        return;
+                    }
                 }
             }
-            let deadline = Instant::now() + REQUEST_TIME;
-            let req = match read_request(&mut conn, &mut buf, deadline) {
-                Ok(Some(r)) => r,
+            self.waiting.arriving(ticket);
+            let read = read_request(&mut conn, &mut buf, Instant::now() + REQUEST_TIME);
+            // Evicted meanwhile: a request that came whole is answered, and is the last.
+            let evicted = !self.waiting.unpark(ticket);
+            let (resp, keep_alive, body, discard) = match read {
+                Ok(Some(req)) => {
+                    let resp = self.route(&req, loopback);
+                    (resp, !(req.close || evicted), req.method != "HEAD", 0)
+                }
+                Ok(None) if evicted => (
+                    error(
+                        408,
+                        "request not complete when a new connection needed its slot (every \
+                         admin connection was taken)",
+                    ),
+                    false,
+                    true,
+                    0,
+                ),
                 Ok(None) => return,
                 Err(Reject {
                     resp,
@@ -470,18 +526,18 @@ impl Admin {
                     if event_too_large {
                         self.counts.too_large.fetch_add(1, Ordering::Relaxed);
                     }
-                    let by = Instant::now() + ANSWER_TIME;
-                    if write_response(&mut conn, &resp, false, true, by).is_ok() && discard > 0 {
-                        drain(&mut conn, discard, DISCARD_WAIT);
-                    }
-                    return;
+                    (resp, false, true, discard)
                 }
             };
-            let resp = self.route(&req, loopback);
-            let body = req.method != "HEAD";
-            let close = req.close || last;
             let by = Instant::now() + ANSWER_TIME;
-            if write_response(&mut conn, &resp, !close, body, by).is_err() || close {
+            if write_response(&mut conn, &resp, keep_alive, body, by).is_err() {
+                return;
+            }
+            if !keep_alive {
+                // What the client still sends (the rest of a refused request, requests
+                // pipelined after the last) is read and dropped, or the close would
+                // reset the connection, and the answer be lost with it.
+                self.linger.close(conn, discard);
                 return;
             }
         }
@@ -776,25 +832,6 @@ fn read_by(
     }
 }
 
-/// Reads and drops up to `n` bytes (a rejected body), for at most `wait`, or until the
-/// client closes, so that it gets to read the answer instead of a connection reset.
-fn drain(conn: &mut TcpStream, mut n: usize, wait: Duration) {
-    let deadline = Instant::now() + wait;
-    let mut chunk = [0u8; 16 * 1024];
-    while n > 0 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        let _ = conn.set_read_timeout(Some(left));
-        match conn.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(k) => n = n.saturating_sub(k),
-        }
-    }
-    let _ = conn.shutdown(Shutdown::Both);
-}
-
 /// Writes `r` by `deadline` ([`write_by`]); without `body` (an answer to `HEAD`) only
 /// its head, whose `Content-Length` is still the body's.
 fn write_response(
@@ -804,6 +841,11 @@ fn write_response(
     body: bool,
     deadline: Instant,
 ) -> std::io::Result<()> {
+    write_by(conn, &response_bytes(r, keep_alive, body), deadline)
+}
+
+/// `r` as it goes on the wire ([`write_response`]).
+fn response_bytes(r: &Response, keep_alive: bool, body: bool) -> Vec<u8> {
     let mut head = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n",
         r.status,
@@ -823,7 +865,7 @@ fn write_response(
     if body {
         out.extend_from_slice(&r.body);
     }
-    write_by(conn, &out, deadline)
+    out
 }
 
 /// Writes all of `bytes` by `deadline`, or fails (`TimedOut`): a write timeout alone
@@ -1054,6 +1096,7 @@ fn one_big_event_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 mod tests {
     use super::*;
     use crate::tally::Tally;
+    use std::net::Shutdown;
 
     #[test]
     fn unknown_and_repeated_parameters_are_refused() {
@@ -1377,27 +1420,35 @@ mod tests {
     }
 
     #[test]
-    fn the_connection_idle_longest_is_evicted_first() {
+    fn the_connection_idle_longest_is_evicted_first_then_the_request_arriving_longest() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let pair = || {
             let c = TcpStream::connect(addr).unwrap();
             (c, l.accept().unwrap().0)
         };
-        let idle = IdleConns::default();
+        let waiting = Waiting::default();
         let (mut c1, mut s1) = pair();
         let (_c2, s2) = pair();
         let (_c3, s3) = pair();
-        let t1 = idle.park(&s1);
-        let t2 = idle.park(&s2);
-        let t3 = idle.park(&s3);
-        assert!(idle.unpark(t2), "a request came on the second");
+        let (_c4, s4) = pair();
+        let (_c5, s5) = pair();
+        let t1 = waiting.park(&s1);
+        let t2 = waiting.park(&s2);
+        let t3 = waiting.park(&s3);
+        let t4 = waiting.park(&s4);
+        let t5 = waiting.park(&s5);
+        assert!(waiting.unpark(t2), "a request came whole on the second");
+        // The fourth's request begins to arrive, then the fifth's: both are younger
+        // as arriving requests than the first and third are as idle connections.
+        waiting.arriving(t4);
+        waiting.arriving(t5);
         assert!(
-            !idle.evict_oldest(Duration::from_secs(3600)),
+            !waiting.evict(Duration::from_secs(3600)),
             "none has waited an hour"
         );
-        assert!(idle.evict_oldest(Duration::ZERO));
-        assert!(!idle.unpark(t1), "the first was evicted");
+        assert!(waiting.evict(Duration::ZERO));
+        assert!(!waiting.unpark(t1), "the first was evicted");
         // Its reading side is shut: its thread's read ends; it could still answer.
         let mut b = [0u8; 1];
         assert_eq!(s1.read(&mut b).unwrap(), 0);
@@ -1406,9 +1457,15 @@ mod tests {
         let mut got = Vec::new();
         c1.read_to_end(&mut got).unwrap();
         assert!(got.starts_with(b"HTTP/1.1 503"), "{got:?}");
-        assert!(idle.evict_oldest(Duration::ZERO));
-        assert!(!idle.unpark(t3));
-        assert!(!idle.evict_oldest(Duration::ZERO), "none idle");
+        // The idle ones go first, whatever the age of the arriving ones.
+        assert!(waiting.evict(Duration::ZERO));
+        assert!(!waiting.unpark(t3));
+        // Then the request arriving longest: the fourth.
+        assert!(waiting.evict(Duration::ZERO));
+        assert!(!waiting.unpark(t4));
+        assert!((&s4).read(&mut b).is_ok_and(|n| n == 0));
+        assert!(waiting.unpark(t5), "the fifth still waits");
+        assert!(!waiting.evict(Duration::ZERO), "none waits");
     }
 
     /// A client whose request has reached the server, and the server's end of its
@@ -1436,12 +1493,18 @@ mod tests {
     fn a_connection_no_thread_could_be_started_for_is_answered_503_not_reset() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let (c, s) = client_with_request_sent(&l);
-        let (conns, idle) = (AtomicUsize::new(0), IdleConns::default());
+        let (conns, waiting) = (AtomicUsize::new(0), Waiting::default());
+        let linger = linger::Linger::start().unwrap();
         let client = read_answer(c);
         // The spawn fails as out of threads or memory: the connection comes back.
-        admit(s, &conns, &idle, &mut Tally::default(), |conn| {
-            Err((conn, std::io::Error::from_raw_os_error(libc::EAGAIN)))
-        });
+        admit(
+            s,
+            &conns,
+            &waiting,
+            &linger,
+            &mut Tally::default(),
+            |conn| Err((conn, std::io::Error::from_raw_os_error(libc::EAGAIN))),
+        );
         let got = client.join().unwrap();
         assert!(got.starts_with("HTTP/1.1 503 "), "{got}");
         assert!(got.contains("no thread"), "{got}");
@@ -1453,9 +1516,10 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let (c, s) = client_with_request_sent(&l);
         // Every slot taken, none idle to evict.
-        let (conns, idle) = (AtomicUsize::new(MAX_CONNS), IdleConns::default());
+        let (conns, waiting) = (AtomicUsize::new(MAX_CONNS), Waiting::default());
+        let linger = linger::Linger::start().unwrap();
         let client = read_answer(c);
-        admit(s, &conns, &idle, &mut Tally::default(), |_| {
+        admit(s, &conns, &waiting, &linger, &mut Tally::default(), |_| {
             panic!("no thread for a connection over the cap")
         });
         let got = client.join().unwrap();
