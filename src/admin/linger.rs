@@ -74,7 +74,7 @@ impl Linger {
         let shared = Arc::new(Shared::default());
         let mine = shared.clone();
         std::thread::Builder::new()
-            .name("ricochet-admin-linger".into())
+            .name("ricochet-linger".into())
             .spawn(move || run(&mine))?;
         Ok(Linger(shared))
     }
