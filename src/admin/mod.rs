@@ -986,7 +986,11 @@ impl Params {
         }
     }
 
-    /// A time given as RFC 3339 or unix milliseconds, as unix ms.
+    /// A time given as RFC 3339 or unix milliseconds, as unix ms. An RFC 3339 time
+    /// between two milliseconds counts as the next one: the log keeps acceptance times to
+    /// the millisecond (`created`), and `created >= since`, `created < until` with a
+    /// `since` or `until` of `…41.3505Z` hold for `created` `…41.351Z` and on, and
+    /// `…41.350Z` and before, as a window read down to the millisecond would have them.
     fn time_ms(&self, key: &str) -> Result<Option<u64>, Response> {
         let Some(v) = self.get(key) else {
             return Ok(None);
@@ -1010,7 +1014,16 @@ impl Params {
                 time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
                     .ok()
                     .and_then(|t| {
-                        u64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)).ok()
+                        // Before 1970 (however little) is refused, not rounded to 0;
+                        // the last millisecond of 9999 is not rounded past the bound.
+                        let ns = u128::try_from(t.unix_timestamp_nanos()).ok()?;
+                        let ms = u64::try_from(ns.div_ceil(1_000_000)).ok()?;
+                        Some(match ns / 1_000_000 {
+                            floor if floor <= u128::from(crate::ingest::parse::MAX_TIME_MS) => {
+                                ms.min(crate::ingest::parse::MAX_TIME_MS)
+                            }
+                            _ => ms,
+                        })
                     })
                     .ok_or_else(|| {
                         // A `+02:00` offset unencoded in the query reads as a space.
@@ -1175,6 +1188,30 @@ mod tests {
             window("since=2026-12-05T22:00:00%2B02:00").unwrap(),
             (Some(1_796_500_800_000), None)
         );
+    }
+
+    /// The log shows acceptance times to the millisecond (`created`). A window bound
+    /// between two milliseconds was cut down to the one before: `until=…58.7385Z` left out
+    /// the event `created` at `…58.738Z` (before it), and `since=…58.7385Z` took it in.
+    #[test]
+    fn a_window_bound_between_milliseconds_counts_as_the_next_one() {
+        let window = |q: &str| Params::parse(q).window().map_err(|r| r.status);
+        let created = 1_796_677_618_738; // 2026-12-07T21:06:58.738Z
+        assert_eq!(
+            window("since=2026-12-07T21:06:58.7385Z&until=2026-12-07T21:06:58.738000001Z"),
+            Ok((Some(created + 1), Some(created + 1)))
+        );
+        // A whole millisecond stays as it is, however many zeros follow it.
+        assert_eq!(
+            window("since=2026-12-07T21:06:58.738Z&until=2026-12-07T21:06:58.738000000Z"),
+            Ok((Some(created), Some(created)))
+        );
+        // The last instant of 9999 is not rounded past the largest time taken.
+        assert_eq!(
+            window("until=9999-12-31T23:59:59.9999Z"),
+            Ok((None, Some(crate::ingest::parse::MAX_TIME_MS)))
+        );
+        assert!(window("since=1969-12-31T23:59:59.9999999Z").is_err());
     }
 
     #[test]
