@@ -383,8 +383,15 @@ fn encode_cursor(seq: u64) -> String {
     format!("c{seq:x}")
 }
 
+/// The sequence number of a cursor [`encode_cursor`] wrote: hex digits only, as
+/// [`parse_generated_id`](crate::store::parse_generated_id) reads an id
+/// (`from_str_radix` also takes a leading `+`, so `c+1f` was taken as `c1f`).
 fn decode_cursor(c: &str) -> Option<u64> {
-    u64::from_str_radix(c.strip_prefix('c')?, 16).ok()
+    let hex = c.strip_prefix('c')?;
+    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
 }
 
 /// One attempt as the log shows it, with the request it sent rebuilt from the record:
@@ -468,6 +475,24 @@ pub(super) fn attempt_json(event_id: &str, n: u16, a: &AttemptRecord, data: &[u8
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cursor_is_read_back_as_written_and_nothing_else() {
+        for seq in [0, 1, 0x0006_8949_3fd1_9802, u64::MAX] {
+            assert_eq!(decode_cursor(&encode_cursor(seq)), Some(seq));
+        }
+        for forged in [
+            "c+1f",
+            "c-1",
+            "c",
+            "c 1",
+            "c1_0",
+            "1f",
+            "c1ffffffffffffffff",
+        ] {
+            assert_eq!(decode_cursor(forged), None, "{forged}");
+        }
+    }
 
     #[test]
     fn an_attempt_s_host_is_the_one_sent() {
