@@ -340,7 +340,25 @@ impl Admin {
                     scheduled += results
                         .iter()
                         .filter(|r| matches!(r, ReplayResult::Scheduled(_)))
-                        .count()
+                        .count();
+                    // Not stored (a full disk), or an event not read: those deliveries
+                    // are still failed. A 202 counting only the others read as "nothing
+                    // more to recover", and the pages after it were sent to the same
+                    // refusing store.
+                    if let Some(why) = results.iter().find_map(|r| match r {
+                        ReplayResult::Failed(why) => Some(why),
+                        _ => None,
+                    }) {
+                        return error(
+                            503,
+                            format!(
+                                "cannot store the replay of every failed delivery: {why} \
+                                 ({scheduled} scheduled before it stand; call again once the \
+                                 store takes writes: those are not failed any more, so they \
+                                 are not scheduled twice)"
+                            ),
+                        );
+                    }
                 }
                 Err(r) => return r,
             }

@@ -1987,6 +1987,51 @@ fn replay_and_recover_redeliver_failed_deliveries() {
     }
 }
 
+/// A `recover` the store cannot take (a full disk) is a 503, as a `replay` is: it
+/// answered 202 `"scheduled": 0`, which reads as nothing left to recover, while every
+/// failed delivery stayed failed (and each further page went to the refusing store).
+#[test]
+fn a_recover_the_full_disk_cannot_store_is_a_503() {
+    let rx = TestReceiver::with_script(|_, _| Reply::status(500));
+    let mut opts = ServerOpts::new(&endpoint(
+        "down",
+        r#"["t"]"#,
+        &rx.url("/down"),
+        "retry = \"none\"\n",
+    ));
+    opts.file_size_limit = Some(4 << 20);
+    let srv = TestServer::start_with(opts);
+    let mut c = srv.connect();
+    let ids: Vec<String> = (0..3).map(|i| format!("lost-{i}")).collect();
+    for id in &ids {
+        assert_eq!(c.send(&event("t", id, "{}")), format!("ok {id} 1"));
+        wait_deliveries(&srv, id, &[("down", "failed", 1)]);
+    }
+    // Events routed nowhere, until the store refuses them.
+    let pad = "z".repeat(200_000);
+    let full = (0..200).any(|i| {
+        c.send(&event(
+            "u",
+            &format!("fill-{i}"),
+            &format!(r#"{{"p":"{pad}"}}"#),
+        ))
+        .starts_with("err unavailable")
+    });
+    assert!(full, "the disk never filled up");
+    let (status, body) = srv.post("/v1/endpoints/down/recover");
+    assert_eq!(status, 503, "{body}");
+    let msg = err_msg(&body);
+    assert!(msg.contains("0 scheduled before it stand"), "{msg}");
+    // As the replay of one of them says.
+    let (status, body) = srv.post("/v1/events/lost-0/replay");
+    assert_eq!(status, 503, "{body}");
+    // Nothing changed: each still failed, nothing sent again.
+    let mut want = ids.clone();
+    want.reverse();
+    assert_eq!(list_ids(&srv, "endpoint=down&status=failed"), want);
+    assert_eq!(rx.count(), 3);
+}
+
 #[test]
 fn retention_removes_old_events_and_expires_pending_deliveries() {
     let down = TestReceiver::with_script(|_, _| Reply::status(500));
