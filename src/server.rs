@@ -81,8 +81,32 @@ pub fn load(path: &Path) -> anyhow::Result<(Config, Vec<EndpointSpec>)> {
     // flags are applied (`serve`).
     match compile_with(&file, file.file_only_startup_problems()) {
         Ok(specs) => Ok((file.config, specs)),
-        Err(problems) => Err(invalid(problems.iter().map(Problem::to_string))),
+        Err(problems) => {
+            // The log gets each problem's first line: a template error's source line,
+            // below it, may hold a secret that the name rule does not mask (a custom
+            // header's credential, a URL's `?t=…`, a body's text). `check` shows it.
+            let cut = problems.iter().any(|p| p.message.contains('\n'));
+            let mut lines: Vec<String> = problems
+                .iter()
+                .map(|p| without_source(&p.to_string()).to_string())
+                .collect();
+            if cut {
+                lines.push(format!(
+                    "(the template lines are left out of the log: `ricochet check --config {}` shows them)",
+                    path.display()
+                ));
+            }
+            Err(invalid(lines.into_iter()))
+        }
     }
+}
+
+/// A message as the log shows it: its first line, without the template source line and
+/// caret a template error carries below it (see [`crate::template::TemplateError`]):
+/// a template may hold a credential in text no rule recognises as one, and the log
+/// goes where the config file does not (a journal, a log shipper).
+fn without_source(message: &str) -> &str {
+    message.split('\n').next().unwrap_or_default()
 }
 
 /// The error of a configuration with `problems`, one per line.
@@ -533,7 +557,7 @@ fn apply_endpoints(
             (true, Some(DisabledBy::Config | DisabledBy::Definition)) => meta.enable(),
             (true, Some(_)) => tracing::warn!(
                 endpoint = %spec.cfg.name,
-                reason = meta.disabled_reason.as_deref().unwrap_or_default(),
+                reason = without_source(meta.disabled_reason.as_deref().unwrap_or_default()),
                 "endpoint stays disabled until it is enabled over the admin API"
             ),
             _ => {}
@@ -577,7 +601,7 @@ fn apply_endpoints(
                 // replaces it, or a start where this one passes.
                 tracing::error!(
                     endpoint = %e.name,
-                    error = %refused,
+                    error = without_source(&refused),
                     "a stored endpoint no longer compiles or passes the checks: it is \
                      disabled and its deliveries wait; PUT a definition that passes to run \
                      it again (a start where this one passes runs it again too)"

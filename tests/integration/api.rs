@@ -2558,6 +2558,51 @@ fn a_stored_endpoint_that_no_longer_compiles_waits_for_a_fixed_definition() {
     assert_eq!(srv.get("/v1/endpoints/legacy").1["enabled"], true);
 }
 
+/// The error line of a stored endpoint that no longer compiles, logged at each start,
+/// leaves out the template's source line: a custom header's value may be a credential
+/// no name rule recognises (the API's `disabled_reason` still has the whole message).
+#[test]
+fn a_stored_endpoint_that_no_longer_compiles_is_logged_without_its_template() {
+    let rx = TestReceiver::start();
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let opts = ServerOpts::new("");
+    let mut srv = TestServer::start_in(dir.clone(), &opts);
+    let (status, v) = srv.call(
+        "POST",
+        "/v1/endpoints",
+        &ep(
+            "legacy",
+            &["t"],
+            &rx.url("/legacy"),
+            json!({"headers": {"X-Partner-Ref": "HEADERSECRET {Id}"}}),
+        ),
+    );
+    assert_eq!(status, 201, "{v}");
+    srv.kill9();
+    drop(srv);
+    // What an older version could have stored: a header template that does not compile.
+    {
+        let store = ricochet::store::Store::open(&dir.path().join("data")).unwrap();
+        let stored = store.stored_endpoints().unwrap();
+        let legacy = stored.iter().find(|e| e.name == "legacy").unwrap();
+        let mut cfg = legacy.config.clone().unwrap();
+        cfg.headers = vec![("X-Partner-Ref".into(), "HEADERSECRET {zz(".into())];
+        let mut batch = store.batch();
+        batch.put_endpoint_config(&store, legacy.meta.id, "legacy", &cfg);
+        store.commit(batch, true).unwrap();
+    }
+    let srv = TestServer::start_in(dir.clone(), &opts);
+    srv.wait_log("no longer compiles", Duration::from_secs(10));
+    let log = srv.log();
+    assert!(
+        log.contains("field `headers.X-Partner-Ref`: line 1, column 15: unknown function `zz`"),
+        "{log}"
+    );
+    assert!(!log.contains("HEADERSECRET"), "{log}");
+    let (_, v) = srv.get("/v1/endpoints/legacy");
+    assert_eq!(v["enabled"], false, "{v}");
+}
+
 /// No attempt of a deleted endpoint begins after its `DELETE` is answered: the answer
 /// waits for its worker to have dropped what it held, as a `disable`'s does (an attempt
 /// in flight goes on). Answered once stored, the worker went on starting attempts of its

@@ -171,6 +171,52 @@ fn serve_refuses_a_bad_config_with_the_same_messages() {
     );
 }
 
+/// A template error's source line may hold a credential that no name rule recognises
+/// (a custom header's, a URL's `?t=`, a body's): `check` shows it to whoever runs it on
+/// the file, `serve`'s refusal, which goes to the log, gives the position without it.
+#[test]
+fn serve_refuses_a_template_error_without_its_source_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("leaky.toml");
+    let config = format!(
+        "[server]\ndata_dir = {:?}\nsocket = {:?}\nadmin = \"127.0.0.1:0\"\n\n\
+         [[endpoint]]\nname = \"a\"\nevents = [\"t\"]\n\
+         url = \"http://partner.example/pb?t=QUERYSECRET&o={{Id\"\n\
+         headers = {{ X-Partner-Ref = \"HEADERSECRET {{zz(\" }}\n\
+         body = \"{{\\\"k\\\": \\\"BODYSECRET\\\", {{Id\"\n",
+        dir.path().join("data"),
+        dir.path().join("s.sock")
+    );
+    std::fs::write(&path, &config).unwrap();
+    let p = path.to_str().unwrap();
+    let check = run(&["check", "--config", p], Duration::from_secs(30));
+    let stdout = text(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "{stdout}");
+    for secret in ["QUERYSECRET", "HEADERSECRET", "BODYSECRET"] {
+        assert!(stdout.contains(secret), "check shows the line: {stdout}");
+    }
+
+    let serve = run(&["serve", "--config", p], Duration::from_secs(30));
+    let stderr = text(&serve.stderr);
+    assert_eq!(serve.status.code(), Some(1), "{stderr}");
+    for secret in ["QUERYSECRET", "HEADERSECRET", "BODYSECRET"] {
+        assert!(!stderr.contains(secret), "{secret} in the log:\n{stderr}");
+    }
+    // Each problem still says where it is, and how to see the line.
+    for field in ["url", "headers.X-Partner-Ref", "body"] {
+        let prefix = format!("endpoint a: field `{field}`: line 1, column ");
+        assert_eq!(
+            stderr.matches(&prefix).count(),
+            1,
+            "{prefix:?} in:\n{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains(&format!("`ricochet check --config {p}` shows them")),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn check_accepts_a_good_config_and_stops_at_a_syntax_error() {
     let dir = tempfile::tempdir().unwrap();
