@@ -26,7 +26,9 @@ use crate::worker::{now_ms, Job, Switch, WorkerMsg};
 use super::loader::loader_failed;
 use super::route::RouteInfo;
 use super::share::Share;
-use super::{Delta, EndpointOpError, PutMode, State, HORIZON_MS, PAGE, SCAN_BUDGET};
+use super::{
+    Delta, EndpointOpError, PutMode, State, HORIZON_MS, PAGE, SCAN_BUDGET, WRITE_FAILURE_LOG_EVERY,
+};
 
 /// How long a disable waits for the worker to say which attempts are in flight, and a
 /// deletion for it to drop the endpoint (it answers from its mailbox task, within a
@@ -1036,7 +1038,18 @@ impl State {
                     self.dropped(next);
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, id = d.ep, "cannot fail a deleted endpoint's deliveries; trying again");
+                    // Tried again each tick (and for each deletion under way): a line
+                    // each time filled the log while a disk stayed full.
+                    if let Some(failures) = self.drop_failures.note(WRITE_FAILURE_LOG_EVERY) {
+                        tracing::error!(
+                            error = %e,
+                            id = d.ep,
+                            failures,
+                            "cannot fail a deleted endpoint's deliveries: a store write \
+                             failed (a full or failing disk: free space, or check the disk); \
+                             tried again each tick (failures: since the last such line)"
+                        );
+                    }
                     self.dropping.push(d);
                 }
             }
@@ -1067,6 +1080,41 @@ pub(super) fn joins_paused(scan: &DueScan, resuming: &[EndpointId], info: &Route
 mod tests {
     use super::*;
     use crate::commit::route::tests::info;
+
+    #[test]
+    fn a_deletion_whose_writes_fail_is_logged_once_an_interval_not_each_tick() {
+        // A full disk: each tick tries the deletions under way again, and each failed
+        // write was an ERROR line, 20 a second per deletion for as long as it lasted.
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = deliveries(dir.path(), 2, 0);
+        let (mut st, _mb) = state(
+            store.clone(),
+            vec![info(1, &["t"], None), info(2, &["t"], None)],
+        );
+        st.dropping = vec![Dropping::new(1, false), Dropping::new(2, false)];
+        let ticks = 50;
+        store.fail_writes(2 * ticks);
+        let ((), lines) = crate::tally::logged(|| {
+            for _ in 0..ticks {
+                st.drop_deleted();
+            }
+        });
+        assert_eq!(st.dropping.len(), 2, "both wait for the next tick");
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert!(
+            lines[0].contains("cannot fail a deleted endpoint's deliveries")
+                && lines[0].contains("failures=1"),
+            "{}",
+            lines[0]
+        );
+        // Writes succeed again: both are done, nothing more is said of the failures.
+        let ((), lines) = crate::tally::logged(|| st.drop_deleted());
+        assert!(st.dropping.is_empty());
+        assert!(
+            lines.iter().all(|l| !l.contains("cannot fail")),
+            "{lines:#?}"
+        );
+    }
     use crate::commit::tests::{deliveries, jobs_sent, state};
     use crate::store::{seq_floor, EventRecord, Fault, Store};
 

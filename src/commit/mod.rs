@@ -516,8 +516,11 @@ struct State {
     far_retries: BTreeMap<DueKey, DueVal>,
     stats: Stats,
     write_failures: WriteFailures,
-    /// Retention writes that failed since the last line logged.
+    /// Retention's store reads and writes that failed since the last line logged.
     retention_failures: Tally,
+    /// Deleted endpoints' pages of deliveries the store refused to fail (a full disk,
+    /// tried again each tick), since the last line logged.
+    drop_failures: Tally,
     /// Outcomes whose look-ups the store refused ([`State::look_up`]) or whose round's
     /// write failed ([`CommitMsg::Unwritten`]), to be recorded at the next round, before
     /// its messages; and behind them, their workers' answers to an enable or a
@@ -935,6 +938,7 @@ impl Committer {
             far_retries: BTreeMap::new(),
             write_failures: WriteFailures::default(),
             retention_failures: Tally::default(),
+            drop_failures: Tally::default(),
             unrecorded: Unrecorded::default(),
             round_outcomes: Vec::new(),
             lookup_failures: Tally::default(),
