@@ -111,9 +111,12 @@ impl State {
         match self.store.has_before(floor) {
             Ok(true) => batch.delete_before(&self.store, floor),
             Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "retention cannot read the log"),
+            Err(e) => self.retention_failed("cannot read the log", &e),
         }
         let mut expired = 0u64;
+        // Endpoints whose paused set could not be read, and the first error: one line
+        // for the run, not one per endpoint (thousands on a failing disk, each run).
+        let (mut unread, mut first_error) = (0u64, None);
         let eps: Vec<EndpointId> = self.router.eps.keys().copied().collect();
         for ep in eps {
             let mut after = 0;
@@ -121,7 +124,8 @@ impl State {
                 let page = match self.store.paused_of(ep, after, PAGE) {
                     Ok(p) => p,
                     Err(e) => {
-                        tracing::error!(error = %e, "retention cannot read paused deliveries");
+                        unread += 1;
+                        first_error.get_or_insert(e);
                         break;
                     }
                 };
@@ -141,16 +145,22 @@ impl State {
                 }
             }
         }
+        if let Some(e) = first_error {
+            let what = format!(
+                "cannot read the paused deliveries of {unread} endpoints (those past it \
+                 expire at a later run)"
+            );
+            self.retention_failed(&what, &e);
+        }
         if let Err(e) = self.store.commit(batch, false) {
-            // At most every interval (under a full disk a short retention failed every
-            // 128 ms), with how many failed since.
-            if let Some(failures) = self.retention_failures.note(WRITE_FAILURE_LOG_EVERY) {
-                tracing::error!(error = %e, failures, "retention delete failed");
-            }
+            self.retention_failed("delete failed (tried again at the next run)", &e);
             return;
         }
         if let Err(e) = self.store.drop_files_before(floor) {
-            tracing::warn!(error = %e, "retention cannot drop old files");
+            self.retention_failed(
+                "cannot drop old files (their space is freed later, by compaction)",
+                &e,
+            );
         }
         self.stats.apply(Delta {
             pending: -(expired as i64),
@@ -159,6 +169,20 @@ impl State {
         });
         if expired > 0 {
             tracing::info!(expired, "paused deliveries past retention expired");
+        }
+    }
+
+    /// Logs a store failure of retention's, at most once each [`WRITE_FAILURE_LOG_EVERY`]
+    /// with the failures since: retention runs up to ten times a second (a short
+    /// `retention`), and under a full or failing disk each run failed again.
+    fn retention_failed(&mut self, what: &str, e: &crate::store::StoreError) {
+        if let Some(failures) = self.retention_failures.note(WRITE_FAILURE_LOG_EVERY) {
+            tracing::error!(
+                error = %e,
+                failures,
+                "retention: {what}; a full or failing disk: free space, or check the disk \
+                 (failures: retention's store failures since the last such line)"
+            );
         }
     }
 }
@@ -229,6 +253,32 @@ mod tests {
         );
         st.round(&mut vec![CommitMsg::Outcomes(vec![o])], &mut None);
         (store, st)
+    }
+
+    #[test]
+    fn retention_that_cannot_read_logs_one_line_an_interval_not_one_per_endpoint() {
+        // A failing disk: each run (ten a second with a short retention) logged an
+        // ERROR line for every endpoint whose paused set it could not read.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let eps = (1..=100).map(|i| info(i, &["t"], None)).collect();
+        let (mut st, _mb) = state(store.clone(), eps);
+        store.fail_paused_pages(u32::MAX);
+        let runs = 50;
+        let ((), lines) = crate::tally::logged(|| {
+            for i in 0..runs {
+                // A floor that moves at each run, as the clock would.
+                st.retention_ms = 5_000 - i;
+                st.retention();
+            }
+        });
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert!(
+            lines[0].contains("cannot read the paused deliveries of 100 endpoints")
+                && lines[0].contains("failures=1"),
+            "{}",
+            lines[0]
+        );
     }
 
     #[test]

@@ -144,6 +144,8 @@ impl Store {
         after_seq: Seq,
         limit: usize,
     ) -> Result<Vec<(Seq, DueVal)>> {
+        #[cfg(test)]
+        self.faults.paused_page()?;
         let mut out = Vec::new();
         let it = self.db.iterator_cf(
             self.cf(CF_PAUSED),

@@ -1,6 +1,7 @@
 //! Read and write failures a unit test injects (test builds only): the next reads of an
-//! event, look-ups of a due key, a paused delivery or a failed one, or writes of a
-//! batch, fail as they would on a failing (or full) disk, so the callers' paths for a
+//! event, look-ups of a due key, a paused delivery or a failed one, reads of a page of
+//! a paused set, or writes of a batch, fail as they would on a failing (or full) disk,
+//! so the callers' paths for a
 //! failed read or write can be tested. The store's reads and [`Store::commit`] check
 //! here first; a build that is not a test has none of it.
 
@@ -25,6 +26,8 @@ pub(super) struct Faults {
     due_lookups: AtomicU32,
     paused_lookups: AtomicU32,
     failed_lookups: AtomicU32,
+    /// Reads of a page of an endpoint's paused set ([`Store::paused_of`]).
+    paused_pages: AtomicU32,
     /// Those two fail as a corrupt record would, for good.
     lookups_corrupt: AtomicBool,
     writes: AtomicU32,
@@ -68,6 +71,11 @@ impl Faults {
     /// Before a due key is looked up.
     pub(super) fn due_lookup(&self) -> Result<()> {
         fail_if(&self.due_lookups, false)
+    }
+
+    /// Before a page of a paused set is read ([`Store::paused_of`]).
+    pub(super) fn paused_page(&self) -> Result<()> {
+        fail_if(&self.paused_pages, false)
     }
 
     /// Before a paused delivery is looked up ([`Store::is_paused`]).
@@ -125,6 +133,11 @@ impl Store {
             .lookups_corrupt
             .store(fault == Fault::Corrupt, Ordering::SeqCst);
         self.faults.failed_lookups.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` reads of a page of a paused set ([`Store::paused_of`]) fail.
+    pub fn fail_paused_pages(&self, n: u32) {
+        self.faults.paused_pages.store(n, Ordering::SeqCst);
     }
 
     /// The next `n` writes of a batch ([`Store::commit`]) fail, as on a full disk:
