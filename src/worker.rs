@@ -474,6 +474,8 @@ struct Worker {
     /// Deliveries held back for want of a socket since the last warning
     /// ([`Worker::not_sent`]).
     not_sent: Cell<Tally>,
+    /// Ingest connections this worker could not take over ([`adopt_failed`]).
+    adopt_failures: Cell<Tally>,
     commit: MailboxSender<CommitMsg>,
     conns: RefCell<HashMap<u64, Rc<ConnShared>>>,
     next_conn: Cell<u64>,
@@ -553,6 +555,7 @@ pub async fn run(setup: WorkerSetup) {
         retention: setup.retention,
         stopping: Cell::new(false),
         not_sent: Cell::new(Tally::default()),
+        adopt_failures: Cell::new(Tally::default()),
         active: Cell::new(0),
         idle_wake: LocalNotify::default(),
         ingest_counters: Rc::new(IngestCounters::default()),
@@ -679,13 +682,34 @@ async fn timer_loop(w: Rc<Worker>) {
     }
 }
 
+/// Logs an ingest connection the worker could not take over (its runtime could not
+/// register the socket: kernel memory, epoll's `max_user_watches`), which is closed, at
+/// most once each [`NOT_SENT_WARN_EVERY`] with the count since: under such a shortage
+/// every connection fails, and a line each flooded the log as producers reconnected.
+fn adopt_failed(tally: &Cell<Tally>, kind: &str, e: &std::io::Error) {
+    let mut t = tally.get();
+    let due = t.note(NOT_SENT_WARN_EVERY);
+    tally.set(t);
+    if let Some(failures) = due {
+        tracing::warn!(
+            error = %e,
+            kind,
+            failures,
+            "cannot take over an ingest connection: it is closed unanswered (the producer \
+             reconnects); the runtime could not register its socket: the kernel is short \
+             of memory or, with the legacy driver, of epoll watches \
+             (fs.epoll.max_user_watches) (failures: since the last such line)"
+        );
+    }
+}
+
 impl Worker {
     fn handle(self: &Rc<Self>, msg: WorkerMsg) {
         match msg {
             WorkerMsg::Conn(IngestStream::Unix(s), permit) => {
                 match monoio::net::UnixStream::from_std(s) {
                     Ok(s) => self.spawn_conn(s, None, permit),
-                    Err(e) => tracing::warn!(error = %e, "cannot adopt unix connection"),
+                    Err(e) => adopt_failed(&self.adopt_failures, "unix", &e),
                 }
             }
             WorkerMsg::Conn(IngestStream::Tcp(s), permit) => {
@@ -694,7 +718,7 @@ impl Worker {
                         let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
                         self.spawn_conn(s, Some(fd), permit)
                     }
-                    Err(e) => tracing::warn!(error = %e, "cannot adopt tcp connection"),
+                    Err(e) => adopt_failed(&self.adopt_failures, "tcp", &e),
                 }
             }
             WorkerMsg::Acks {
@@ -1874,13 +1898,28 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
 
 #[cfg(test)]
 mod tests {
-    use std::cell::OnceCell;
+    use std::cell::{Cell, OnceCell};
     use std::rc::Rc;
     use std::sync::Arc;
 
-    use super::{excerpt, Ep, KeptAttempts, WJob, WorkEvent, KEPT_ATTEMPTS};
+    use super::{adopt_failed, excerpt, Ep, KeptAttempts, WJob, WorkEvent, KEPT_ATTEMPTS};
     use crate::endpoint::{url_endpoint, EndpointSpec};
     use crate::store::{DueKey, EndpointMeta, EventRecord};
+    use crate::tally::Tally;
+
+    #[test]
+    fn connections_not_taken_over_are_logged_once_an_interval() {
+        // Under a shortage every connection fails, each reconnect again.
+        let tally = Cell::new(Tally::default());
+        let e = std::io::Error::from_raw_os_error(libc::ENOMEM);
+        let ((), lines) = crate::tally::logged(|| {
+            for _ in 0..1000 {
+                adopt_failed(&tally, "tcp", &e);
+            }
+        });
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert!(lines[0].contains("failures=1"), "{}", lines[0]);
+    }
 
     #[test]
     fn a_kept_retry_given_back_is_not_counted_as_handed_over() {
