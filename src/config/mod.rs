@@ -136,7 +136,8 @@ fn is_secret_path(path: &str) -> bool {
 
 /// A deserialiser's message with the offending value left out: `invalid type: string
 /// "Bearer x", expected a table` becomes `invalid type: string, expected a table`.
-fn without_value(message: &str) -> std::borrow::Cow<'_, str> {
+/// (Also for a stored endpoint's record that does not decode: its message is logged.)
+pub(crate) fn without_value(message: &str) -> std::borrow::Cow<'_, str> {
     for prefix in ["invalid type: ", "invalid value: "] {
         let Some(rest) = message.strip_prefix(prefix) else {
             continue;

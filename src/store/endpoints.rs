@@ -251,7 +251,7 @@ impl Store {
             .map(Some)
             .map_err(|e| StoreError::Corrupt {
                 cf: CF_ENDPOINTS,
-                what: format!("{name}: {e}"),
+                what: format!("{name}: {}", crate::config::without_value(&e.to_string())),
             })
     }
 
@@ -265,9 +265,11 @@ impl Store {
         {
             let (k, v) = item?;
             let key = String::from_utf8_lossy(&k).into_owned();
+            // The message is logged as the start fails: it must not quote the value,
+            // which may be a header's credential (`invalid type: string "Bearer …"`).
             let corrupt = |e: serde_json::Error| StoreError::Corrupt {
                 cf: CF_ENDPOINTS,
-                what: format!("{key}: {e}"),
+                what: format!("{key}: {}", crate::config::without_value(&e.to_string())),
             };
             if let Some(name) = key.strip_prefix(CONFIG_PREFIX) {
                 let cfg: EndpointConfig = serde_json::from_slice(&v).map_err(corrupt)?;
@@ -307,6 +309,34 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_endpoint_that_does_not_decode_is_reported_without_its_values() {
+        // A record of another version's shape: the error, which the failed start logs,
+        // quoted the value it could not read, a header's credential here.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let cf = store.cf(CF_ENDPOINTS);
+        store.db.put_cf(cf, "a", br#"{"id": 1}"#).unwrap();
+        store
+            .db
+            .put_cf(
+                cf,
+                format!("{CONFIG_PREFIX}a"),
+                br#"{"name": "a", "events": ["t"], "url": "http://h/", "headers": "Bearer CFG-SECRET"}"#,
+            )
+            .unwrap();
+        let e = store.stored_endpoints().unwrap_err().to_string();
+        assert!(!e.contains("SECRET"), "{e}");
+        assert!(e.contains("invalid type: string, expected"), "{e}");
+        store
+            .db
+            .put_cf(cf, "a", br#"{"id": "Bearer META-SECRET"}"#)
+            .unwrap();
+        let e = store.endpoint_meta("a").unwrap_err().to_string();
+        assert!(!e.contains("SECRET"), "{e}");
+        assert!(e.contains("invalid type: string, expected"), "{e}");
+    }
 
     #[test]
     fn an_endpoints_disabled_cause_is_stored_and_old_records_are_read_by_their_words() {
