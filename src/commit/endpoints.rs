@@ -1080,6 +1080,8 @@ pub(super) fn joins_paused(scan: &DueScan, resuming: &[EndpointId], info: &Route
 mod tests {
     use super::*;
     use crate::commit::route::tests::info;
+    use crate::commit::tests::{deliveries, jobs_sent, state};
+    use crate::store::{seq_floor, EventRecord, Fault, Store};
 
     #[test]
     fn a_deletion_whose_writes_fail_is_logged_once_an_interval_not_each_tick() {
@@ -1115,8 +1117,6 @@ mod tests {
             "{lines:#?}"
         );
     }
-    use crate::commit::tests::{deliveries, jobs_sent, state};
-    use crate::store::{seq_floor, EventRecord, Fault, Store};
 
     const NONE: [DueKey; 0] = [];
 
