@@ -18,7 +18,8 @@
 //! - **Outcomes.** Workers report every attempt's outcome; the committer appends it to the
 //!   attempt log and retires or reschedules the delivery's `due` key in the same rounds.
 //!   Those of a round whose write fails (a full disk) wait in memory, up to a cap, and
-//!   are recorded by the first round whose write succeeds (`State::keep_unwritten`).
+//!   are recorded by the first round whose write succeeds (`State::keep_unwritten`);
+//!   a stop waits a few seconds for one (`State::record_waiting_at_stop`).
 //! - **The loader.** The `due` column family is the timer wheel's backing store. A cursor
 //!   splits it: deliveries with a key below the cursor are in some worker's memory, the
 //!   rest only on disk. Every tick the loader moves the cursor up to `now + HORIZON_MS`,
@@ -559,6 +560,15 @@ struct Unrecorded {
     unwritten_bytes: usize,
 }
 
+/// How long a stop keeps trying to write the outcomes still waiting for a write
+/// ([`State::record_waiting_at_stop`]). RocksDB refuses writes after a full disk until it
+/// has seen the disk has room again, which it checks every 5 s
+/// (`SstFileManagerImpl::ClearError`): a disk freed just before the stop takes up to
+/// that long to be written again. Within the 10 s the stop gives the committer.
+const STOP_WRITE_WAIT: Duration = Duration::from_secs(6);
+/// How often a stop tries those writes again.
+const STOP_WRITE_RETRY: Duration = Duration::from_millis(200);
+
 /// What an outcome waiting for a write counts against [`MAX_UNWRITTEN_BYTES`].
 fn unwritten_bytes(o: &Outcome) -> usize {
     store::outcome_write_estimate(o.attempt.as_ref())
@@ -616,6 +626,17 @@ impl Unrecorded {
 
     fn len(&self) -> usize {
         self.msgs.len()
+    }
+
+    /// The attempt outcomes among the messages.
+    fn outcomes(&self) -> usize {
+        self.msgs
+            .iter()
+            .map(|m| match m {
+                CommitMsg::Outcomes(list) | CommitMsg::Unwritten(list) => list.len(),
+                _ => 0,
+            })
+            .sum()
     }
 
     /// All of it, for a round to record first.
@@ -877,6 +898,7 @@ impl Committer {
                 st.sync_in_background();
             }
             if let Some(reply) = shutdown {
+                st.record_waiting_at_stop(&mut msgs, STOP_WRITE_WAIT);
                 if st.unsynced {
                     st.sync();
                 }
@@ -985,6 +1007,32 @@ impl State {
         self.stats.fsync_time.record(us);
         self.unsynced = false;
         self.last_sync = Instant::now();
+    }
+
+    /// At the stop: outcomes still waiting for a write (a full disk refused their
+    /// rounds, the last one included) are written as soon as the store takes writes
+    /// again, tried every [`STOP_WRITE_RETRY`] for up to `wait`. Those that still cannot
+    /// be written are said (their deliveries are made again after the next start).
+    /// Without it they were given up at the first refusal, silently: a disk freed just
+    /// before a stop (a restart to recover from a full disk) is refused until RocksDB
+    /// has seen it has room ([`STOP_WRITE_WAIT`]), so every attempt made while it was
+    /// full was made again after the restart.
+    fn record_waiting_at_stop(&mut self, msgs: &mut Vec<CommitMsg>, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        while !self.unrecorded.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(STOP_WRITE_RETRY.min(deadline - Instant::now()));
+            self.round(msgs, &mut None);
+        }
+        let lost = self.unrecorded.outcomes();
+        if lost > 0 {
+            tracing::warn!(
+                outcomes = lost,
+                waited = ?wait,
+                "attempt outcomes the store still refused to write at the stop (a full \
+                 disk) are not recorded: their deliveries are made again after the next \
+                 start, so their receivers may get them twice"
+            );
+        }
     }
 
     /// `batch`'s periodic fsync, on the syncer's thread: the committer does not wait.
@@ -2229,6 +2277,56 @@ mod tests {
         );
         st.load();
         assert_eq!(jobs_sent(&mb), []);
+    }
+
+    #[test]
+    fn outcomes_a_full_disk_refused_are_written_at_the_stop_once_it_takes_writes() {
+        // A stop whose own round the disk still refused (freed just before it: RocksDB
+        // refuses writes until it sees the room, up to 5 s later) gave them up: their
+        // deliveries, delivered, were all sent again after the restart.
+        use crate::commit::route::tests::info;
+
+        let dir = tempfile::tempdir().unwrap();
+        let (store, keys) = deliveries(dir.path(), 1, 0);
+        let (worker, mb) = crate::shard::mailbox();
+        let (inbox_tx, inbox) = crate::shard::mailbox();
+        // No syncer: the stop is answered by the committer itself.
+        let (syncer, _) = crossbeam_channel::unbounded();
+        let committer = Committer {
+            store: store.clone(),
+            durability: Durability::None,
+            retention: Duration::from_secs(86_400),
+            inbox,
+            workers: vec![worker],
+            routes: vec![info(1, &["t"], None)],
+            registry: Registry::default(),
+            syncer,
+            sync: syncer::Shared::default(),
+        };
+        let run = std::thread::spawn(move || committer.run());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut handed = Vec::new();
+        while handed.is_empty() {
+            assert!(Instant::now() < deadline, "never handed over");
+            std::thread::sleep(Duration::from_millis(5));
+            handed = jobs_sent(&mb);
+        }
+        assert_eq!(handed, keys);
+        // The outcome's round, the stop's, and one more try at the stop.
+        store.fail_writes(3);
+        let o = outcome(&store, keys[0], Next::Done, DeliveryState::Delivered);
+        inbox_tx.send(CommitMsg::Outcomes(vec![o]));
+        let (reply, stopped) = crossbeam_channel::bounded(1);
+        inbox_tx.send(CommitMsg::Shutdown(reply));
+        stopped
+            .recv_timeout(STOP_WRITE_WAIT + Duration::from_secs(5))
+            .unwrap();
+        run.join().unwrap().unwrap();
+        assert!(
+            !store.has_due(keys[0]).unwrap(),
+            "recorded done at the stop"
+        );
+        assert_eq!(store.attempts(keys[0].seq).unwrap().len(), 1);
     }
 
     #[test]
