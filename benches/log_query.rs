@@ -867,6 +867,7 @@ fn run_http(store: &Store, queries: &[Query], reps: usize) -> Vec<Vec<f64>> {
         retention: std::time::Duration::from_secs(7 * 86_400),
         allow_private_networks: false,
         stopping: Arc::new(AtomicBool::new(false)),
+        answering: Arc::default(),
     })
     .expect("start admin API");
     let mut conn = TcpStream::connect(addr).expect("connect admin API");

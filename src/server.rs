@@ -38,6 +38,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long past [`DRAIN_TIMEOUT`] a stop waits for a worker thread to end (its runtime
 /// torn down) before it goes on without it.
 const WORKER_EXIT_GRACE: Duration = Duration::from_secs(5);
+/// How long a stop waits, once the committer is done, for the admin requests being
+/// answered (a client reading a large answer slowly is cut off past it).
+const ADMIN_ANSWER_WAIT: Duration = Duration::from_secs(5);
 /// Endpoints that left the config file named one line each at a start; the rest are
 /// counted in one line.
 const REMOVED_NAMED: usize = 10;
@@ -386,6 +389,7 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>, signals: StopSignals) -> any
             },
         )?;
     }
+    let answering = Arc::new(crate::admin::Answering::default());
     let admin_addr = crate::admin::start(AdminSetup {
         listener: admin_listener,
         store: store.clone(),
@@ -398,6 +402,7 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>, signals: StopSignals) -> any
         retention: s.retention,
         allow_private_networks: s.allow_private_networks,
         stopping: stopping.clone(),
+        answering: answering.clone(),
     })
     .with_context(|| format!("cannot start the admin API on {}", s.admin))?;
     if !admin_addr.ip().to_canonical().is_loopback() && s.admin_token.is_none() {
@@ -455,6 +460,21 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>, signals: StopSignals) -> any
     let (tx, rx) = crossbeam_channel::bounded(1);
     commit_tx.send(CommitMsg::Shutdown(tx));
     let _ = rx.recv_timeout(Duration::from_secs(10));
+    // Admin requests being answered get their answers (a `POST /v1/events` the
+    // committer has just answered, a page being written): the exit cut them off. No
+    // new connection is taken from here on.
+    let requests = answering.count();
+    if requests > 0 {
+        tracing::info!(requests, "answering the admin requests in flight");
+    }
+    let left = answering.close(ADMIN_ANSWER_WAIT);
+    if left > 0 {
+        tracing::warn!(
+            requests = left,
+            bound = ?ADMIN_ANSWER_WAIT,
+            "admin requests still unanswered at the shutdown bound are cut off"
+        );
+    }
     // RocksDB's background work is stopped, and waited for: a compaction under way is
     // cut short (dropped, and made again after the next start; what was written is in
     // the WAL). Else the process's exit joins RocksDB's threads once each has finished

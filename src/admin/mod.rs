@@ -99,6 +99,77 @@ pub struct AdminSetup {
     /// answers 503, as the ingest sockets stop taking lines (reads still answer while
     /// in-flight attempts drain).
     pub stopping: Arc<AtomicBool>,
+    /// The requests being answered, which a stop waits for before the process exits.
+    pub answering: Arc<Answering>,
+}
+
+/// The admin requests being answered: each from its first byte read to its answer's
+/// last written. A stop closes the API and waits for them ([`Answering::close`]): the
+/// process's exit cut them off (a `POST /v1/events` accepted but never answered, a page
+/// half sent).
+pub struct Answering {
+    count: AtomicUsize,
+    /// Set by [`Answering::close`]: no connection is taken any more, and each answer
+    /// closes its connection.
+    closed: AtomicBool,
+    /// The listener's descriptor (-1 until the API starts).
+    listener: std::sync::atomic::AtomicI32,
+}
+
+impl Default for Answering {
+    fn default() -> Answering {
+        Answering {
+            count: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            listener: std::sync::atomic::AtomicI32::new(-1),
+        }
+    }
+}
+
+impl Answering {
+    /// How many are being answered.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Closes the API (the listener, so new connections are refused; each answer from
+    /// here on closes its connection, so no client sends another request on it), then
+    /// waits until no request is being answered, or `bound` has passed: how many still
+    /// are. Without the close, clients that kept calling (a dashboard) held the wait.
+    pub fn close(&self, bound: Duration) -> usize {
+        self.closed.store(true, Ordering::SeqCst);
+        let fd = self.listener.load(Ordering::SeqCst);
+        if fd >= 0 {
+            // SAFETY: the listener's socket, open as long as the admin thread runs: it
+            // ends (dropping the listener) only once `closed` is set and this shutdown
+            // has made its `accept` fail. Shut, it refuses connections, and the accept
+            // the thread waits in fails at once.
+            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+        }
+        let until = Instant::now() + bound;
+        while self.count() > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.count()
+    }
+
+    fn closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    fn start(&self) -> AnswerGuard<'_> {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        AnswerGuard(&self.count)
+    }
+}
+
+/// One request being answered ([`Answering`]), until dropped.
+struct AnswerGuard<'a>(&'a AtomicUsize);
+
+impl Drop for AnswerGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Rejects the admin API answers itself (HTTP ingest), for `/metrics`.
@@ -120,6 +191,7 @@ struct Admin {
     retention: Duration,
     allow_private_networks: bool,
     stopping: Arc<AtomicBool>,
+    answering: Arc<Answering>,
     counts: HttpCounts,
     conns: AtomicUsize,
     waiting: Waiting,
@@ -238,6 +310,10 @@ impl Drop for ConnSlot<'_> {
 pub fn start(setup: AdminSetup) -> std::io::Result<SocketAddr> {
     let listener = setup.listener;
     let local = listener.local_addr()?;
+    setup
+        .answering
+        .listener
+        .store(listener.as_raw_fd(), Ordering::SeqCst);
     let admin = Arc::new(Admin {
         store: setup.store,
         token: setup.token,
@@ -249,6 +325,7 @@ pub fn start(setup: AdminSetup) -> std::io::Result<SocketAddr> {
         retention: setup.retention,
         allow_private_networks: setup.allow_private_networks,
         stopping: setup.stopping,
+        answering: setup.answering,
         counts: HttpCounts::default(),
         conns: AtomicUsize::new(0),
         waiting: Waiting::default(),
@@ -263,6 +340,8 @@ pub fn start(setup: AdminSetup) -> std::io::Result<SocketAddr> {
             for conn in listener.incoming() {
                 let conn = match conn {
                     Ok(c) => c,
+                    // Closed by a stop ([`Answering::close`]).
+                    Err(_) if admin.answering.closed() => return,
                     Err(e) => {
                         crate::fdlimit::after_failed_accept(&mut failed, &e, "admin");
                         continue;
@@ -499,13 +578,20 @@ impl Admin {
                 }
             }
             self.waiting.arriving(ticket);
+            // Until its answer is written (this iteration's end, or a return).
+            let _answering = self.answering.start();
             let read = read_request(&mut conn, &mut buf, Instant::now() + REQUEST_TIME);
             // Evicted meanwhile: a request that came whole is answered, and is the last.
             let evicted = !self.waiting.unpark(ticket);
             let (resp, keep_alive, body, discard) = match read {
                 Ok(Some(req)) => {
                     let resp = self.route(&req, loopback);
-                    (resp, !(req.close || evicted), req.method != "HEAD", 0)
+                    (
+                        resp,
+                        !(req.close || evicted || self.answering.closed()),
+                        req.method != "HEAD",
+                        0,
+                    )
                 }
                 Ok(None) if evicted => (
                     error(
