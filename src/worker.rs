@@ -492,6 +492,10 @@ struct Worker {
     retention: FloorReader,
     stopping: Cell<bool>,
     active: Cell<usize>,
+    /// Test attempts (`POST /v1/endpoints/{name}/test`) under way: a stop waits for them
+    /// as for attempts in flight (bounded); it stopped without them, and their callers
+    /// got no answer.
+    testing: Cell<usize>,
     idle_wake: LocalNotify,
     ingest_counters: Rc<IngestCounters>,
     line_budget: Arc<ingest::LineBudget>,
@@ -557,6 +561,7 @@ pub async fn run(setup: WorkerSetup) {
         not_sent: Cell::new(Tally::default()),
         adopt_failures: Cell::new(Tally::default()),
         active: Cell::new(0),
+        testing: Cell::new(0),
         idle_wake: LocalNotify::default(),
         ingest_counters: Rc::new(IngestCounters::default()),
         line_budget: setup.line_budget,
@@ -588,7 +593,7 @@ pub async fn run(setup: WorkerSetup) {
     }
     let deadline = Instant::now() + setup.drain_timeout;
     let mut inbox_open = true;
-    while w.active.get() > 0 || !w.conns.borrow().is_empty() {
+    while w.active.get() > 0 || w.testing.get() > 0 || !w.conns.borrow().is_empty() {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break;
@@ -815,8 +820,13 @@ impl Worker {
             }
             WorkerMsg::Test { spec, event, reply } => {
                 let w = self.clone();
+                w.testing.set(w.testing.get() + 1);
                 monoio::spawn(async move {
                     let _ = reply.send(w.test_attempt(&spec, event).await);
+                    w.testing.set(w.testing.get() - 1);
+                    if w.stopping.get() {
+                        w.idle_wake.notify();
+                    }
                 });
             }
             WorkerMsg::GiveBack {

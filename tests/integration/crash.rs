@@ -589,6 +589,29 @@ fn a_stop_answers_the_admin_requests_in_flight_within_a_bound() {
     drop(never);
 }
 
+/// A test attempt (`POST /v1/endpoints/{name}/test`) under way at a stop is waited for
+/// as attempts in flight are: its caller gets its result. The worker stopped without
+/// it, and the call got no answer (the connection closed by the exit).
+#[test]
+fn a_stop_lets_a_test_attempt_under_way_finish() {
+    let (rx, gate) = TestReceiver::gated();
+    let mut srv = TestServer::start(&endpoint("e", r#"["t"]"#, &rx.url("/"), ""));
+    let admin = srv.admin;
+    let call =
+        std::thread::spawn(move || http_json(admin, "POST", "/v1/endpoints/e/test", "", None));
+    rx.wait_for(1, Duration::from_secs(10));
+    srv.terminate();
+    srv.wait_log("shutting down", Duration::from_secs(10));
+    gate.open();
+    let (status, v) = call.join().unwrap();
+    assert_eq!(
+        (status, &v["success"]),
+        (200, &serde_json::json!(true)),
+        "{v}"
+    );
+    assert_eq!(srv.wait_exit(), Some(0));
+}
+
 /// Under `nohup` (SIGHUP ignored) a hangup leaves the server running: the first signal
 /// it takes is the SIGTERM after it.
 #[test]
