@@ -7,7 +7,8 @@
 //! listeners. Stop (SIGINT/SIGTERM, and SIGHUP unless it is ignored): workers stop
 //! reading ingest connections, answer every line already read and finish in-flight
 //! attempts (bounded), the committer writes their outcomes and syncs, the admin API
-//! closes and finishes the answers it is writing (bounded), and the process exits 0. It must not contain delivery or storage logic.
+//! closes and finishes the answers it is writing (bounded), and the process exits 0.
+//! It must not contain delivery or storage logic.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::TcpListener;
