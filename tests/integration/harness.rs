@@ -805,6 +805,22 @@ impl Conn {
         self.ack()
     }
 
+    /// Fills a server started with `file_size_limit`: events of `etype` (routed to no
+    /// endpoint: each answered `ok <id> 0`) with 200 KB of data, until one is answered
+    /// `err unavailable`.
+    pub fn fill_store(&mut self, etype: &str) {
+        let pad = "z".repeat(200_000);
+        for i in 0..200 {
+            let id = format!("fill-{i}");
+            let a = self.send(&event(etype, &id, &format!(r#"{{"p":"{pad}"}}"#)));
+            if a.starts_with("err unavailable") {
+                return;
+            }
+            assert_eq!(a, format!("ok {id} 0"));
+        }
+        panic!("the disk never filled up");
+    }
+
     /// Sends events `{prefix}-0` .. `{prefix}-{n-1}` of type `etype` with empty data,
     /// each answered `ok <id> 1` (one subscribed endpoint).
     pub fn send_each_ok(&mut self, etype: &str, prefix: &str, n: usize) {

@@ -611,21 +611,7 @@ fn full_disk_answers_unavailable_and_keeps_the_connection() {
     opts.file_size_limit = Some(4 << 20);
     let srv = TestServer::start_with(opts);
     let mut c = srv.connect();
-    let pad = "z".repeat(200_000);
-    let mut saw_unavailable = false;
-    for i in 0..200 {
-        let a = c.send(&event(
-            "t",
-            &format!("fill-{i}"),
-            &format!(r#"{{"p":"{pad}"}}"#),
-        ));
-        if a.starts_with("err unavailable") {
-            saw_unavailable = true;
-            break;
-        }
-        assert_eq!(a, format!("ok fill-{i} 0"));
-    }
-    assert!(saw_unavailable, "the disk never filled up");
+    c.fill_store("t");
     // The connection is still answered.
     for i in 0..20 {
         let a = c.send(&event("t", &format!("after-full-{i}"), "{}"));
@@ -661,16 +647,7 @@ fn a_disable_the_full_disk_cannot_store_is_not_made() {
     let (_, b_before) = srv.get("/v1/endpoints/b");
     assert_eq!(b_before["enabled"], false, "{b_before}");
     let mut c = srv.connect();
-    let pad = "z".repeat(200_000);
-    let full = (0..200).any(|i| {
-        c.send(&event(
-            "u",
-            &format!("fill-{i}"),
-            &format!(r#"{{"p":"{pad}"}}"#),
-        ))
-        .starts_with("err unavailable")
-    });
-    assert!(full, "the disk never filled up");
+    c.fill_store("u");
     let (status, body) = srv.post("/v1/endpoints/a/disable");
     assert_eq!(status, 503, "{body}");
     let msg = body["error"].as_str().unwrap_or_default();
