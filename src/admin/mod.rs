@@ -140,10 +140,10 @@ impl Answering {
         self.closed.store(true, Ordering::SeqCst);
         let fd = self.listener.load(Ordering::SeqCst);
         if fd >= 0 {
-            // SAFETY: the listener's socket, open as long as the admin thread runs: it
-            // ends (dropping the listener) only once `closed` is set and this shutdown
-            // has made its `accept` fail. Shut, it refuses connections, and the accept
-            // the thread waits in fails at once.
+            // SAFETY: the listener's socket, open until the process exits: the admin
+            // thread never drops it (once `closed` is set and this shutdown has made its
+            // `accept` fail, it parks). Shut, it refuses connections, and the accept the
+            // thread waits in fails at once.
             unsafe { libc::shutdown(fd, libc::SHUT_RD) };
         }
         let until = Instant::now() + bound;
@@ -340,8 +340,15 @@ pub fn start(setup: AdminSetup) -> std::io::Result<SocketAddr> {
             for conn in listener.incoming() {
                 let conn = match conn {
                     Ok(c) => c,
-                    // Closed by a stop ([`Answering::close`]).
-                    Err(_) if admin.answering.closed() => return,
+                    // Closed by a stop ([`Answering::close`]): the thread waits for the
+                    // process's exit still holding the API, and with it a handle on the
+                    // store, as it did when it accepted until the exit. Returning dropped
+                    // what could be the store's last handle, and RocksDB then closed on
+                    // this thread while the process exited under it: the stop ended by
+                    // a signal instead of exit 0 (once in an integration run).
+                    Err(_) if admin.answering.closed() => loop {
+                        std::thread::park();
+                    },
                     Err(e) => {
                         crate::fdlimit::after_failed_accept(&mut failed, &e, "admin");
                         continue;
