@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use crate::config::{EndpointConfig, Format, Method, ShownName};
+use crate::deliver::dns::is_special_localhost;
 use crate::deliver::http1::{parse_url, Target, UrlError};
 use crate::deliver::request::{is_secret_header, mask_form_secrets, mask_query_secrets};
 use crate::store::EndpointId;
@@ -86,18 +87,14 @@ pub fn guarded_url_problem(cfg: &EndpointConfig) -> Option<String> {
 }
 
 /// With the SSRF guard on, a URL whose host is written as `localhost` or a name under it
-/// (`api.localhost`): such names are the loopback (RFC 6761), so every delivery would be
-/// refused once resolved. A warning, not a refusal, as for every name (judged at each
-/// delivery): what `check` and `serve` say of it.
+/// (`api.localhost`): the resolver answers such names with the loopback without asking
+/// the network ([`is_special_localhost`]), so every delivery would be refused. A
+/// warning, not a refusal, as for every name (judged at each delivery): what `check` and
+/// `serve` say of it.
 pub fn loopback_name_warning(cfg: &EndpointConfig) -> Option<String> {
     let target = literal_authority(&cfg.url)?.ok()?;
     let host = target.host.strip_suffix('.').unwrap_or(&target.host);
-    let loopback = target.ip.is_none()
-        && host
-            .rsplit('.')
-            .next()
-            .is_some_and(|label| label.eq_ignore_ascii_case("localhost"));
-    loopback.then(|| {
+    (target.ip.is_none() && is_special_localhost(host)).then(|| {
         format!(
             "warning: endpoint {}: field `url`: {host} is this machine's loopback, which the \
              SSRF guard refuses while `allow_private_networks` is off: every delivery would \

@@ -52,10 +52,10 @@ static INGEST: Budget = Budget::new(usize::MAX);
 static INGEST_REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Descriptors of the store's half of the reserve that are not RocksDB's: the admin
-/// API's connections (at most 64, and 8 it lingers over closing: `admin::LINGER_MAX`)
-/// and the process's own (standard streams, listeners, io_uring and event descriptors,
-/// the resolver's sockets).
-const NOT_TABLE_FILES: usize = 104;
+/// API's connections (those it serves and those it lingers over closing) and 32 of the
+/// process's own (standard streams, listeners, io_uring and event descriptors, the
+/// resolver's sockets).
+const NOT_TABLE_FILES: usize = crate::admin::MAX_CONNS + crate::admin::LINGER_MAX + 32;
 
 /// Sockets open against how many may be.
 #[derive(Debug)]

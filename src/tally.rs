@@ -34,6 +34,14 @@ impl Tally {
         self.last = Some(Instant::now());
         Some(std::mem::take(&mut self.count))
     }
+
+    /// [`Tally::note`] on a tally kept in a `Cell` (a worker's, shared by its tasks).
+    pub fn note_in(cell: &std::cell::Cell<Tally>, every: Duration) -> Option<u64> {
+        let mut t = cell.get();
+        let due = t.note(every);
+        cell.set(t);
+        due
+    }
 }
 
 impl Default for Tally {

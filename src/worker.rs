@@ -692,10 +692,7 @@ async fn timer_loop(w: Rc<Worker>) {
 /// most once each [`NOT_SENT_WARN_EVERY`] with the count since: under such a shortage
 /// every connection fails, and a line each flooded the log as producers reconnected.
 fn adopt_failed(tally: &Cell<Tally>, kind: &str, e: &std::io::Error) {
-    let mut t = tally.get();
-    let due = t.note(NOT_SENT_WARN_EVERY);
-    tally.set(t);
-    if let Some(failures) = due {
+    if let Some(failures) = Tally::note_in(tally, NOT_SENT_WARN_EVERY) {
         tracing::warn!(
             error = %e,
             kind,
@@ -1582,10 +1579,9 @@ impl Worker {
     /// [`NOT_SENT_WARN_EVERY`] (under exhaustion it happens for every job).
     fn not_sent(&self, why: &str) {
         self.holds.set(self.holds.get() + 1);
-        let mut tally = self.not_sent.get();
-        let due = tally.note(NOT_SENT_WARN_EVERY);
-        self.not_sent.set(tally);
-        let Some(count) = due else { return };
+        let Some(count) = Tally::note_in(&self.not_sent, NOT_SENT_WARN_EVERY) else {
+            return;
+        };
         // The count is the worker's, over every endpoint: none is named. It counts
         // holds, not deliveries: one held again a second later counts again.
         tracing::warn!(

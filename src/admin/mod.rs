@@ -108,7 +108,9 @@ pub struct AdminSetup {
 /// process's exit cut them off (a `POST /v1/events` accepted but never answered, a page
 /// half sent).
 pub struct Answering {
-    count: AtomicUsize,
+    /// How many are being answered; signalled (`done`) when it falls to 0.
+    count: Mutex<usize>,
+    done: std::sync::Condvar,
     /// Set by [`Answering::close`]: no connection is taken any more, and each answer
     /// closes its connection.
     closed: AtomicBool,
@@ -119,7 +121,8 @@ pub struct Answering {
 impl Default for Answering {
     fn default() -> Answering {
         Answering {
-            count: AtomicUsize::new(0),
+            count: Mutex::new(0),
+            done: std::sync::Condvar::new(),
             closed: AtomicBool::new(false),
             listener: std::sync::atomic::AtomicI32::new(-1),
         }
@@ -127,9 +130,13 @@ impl Default for Answering {
 }
 
 impl Answering {
+    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.count.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// How many are being answered.
     pub fn count(&self) -> usize {
-        self.count.load(Ordering::Acquire)
+        *self.lock()
     }
 
     /// Closes the API (the listener, so new connections are refused; each answer from
@@ -146,11 +153,11 @@ impl Answering {
             // thread waits in fails at once.
             unsafe { libc::shutdown(fd, libc::SHUT_RD) };
         }
-        let until = Instant::now() + bound;
-        while self.count() > 0 && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        self.count()
+        let (left, _) = self
+            .done
+            .wait_timeout_while(self.lock(), bound, |n| *n > 0)
+            .unwrap_or_else(|e| e.into_inner());
+        *left
     }
 
     fn closed(&self) -> bool {
@@ -158,17 +165,21 @@ impl Answering {
     }
 
     fn start(&self) -> AnswerGuard<'_> {
-        self.count.fetch_add(1, Ordering::AcqRel);
-        AnswerGuard(&self.count)
+        *self.lock() += 1;
+        AnswerGuard(self)
     }
 }
 
 /// One request being answered ([`Answering`]), until dropped.
-struct AnswerGuard<'a>(&'a AtomicUsize);
+struct AnswerGuard<'a>(&'a Answering);
 
 impl Drop for AnswerGuard<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut n = self.0.lock();
+        *n -= 1;
+        if *n == 0 {
+            self.0.done.notify_all();
+        }
     }
 }
 
@@ -1111,11 +1122,11 @@ impl Params {
                         // the last millisecond of 9999 is not rounded past the bound.
                         let ns = u128::try_from(t.unix_timestamp_nanos()).ok()?;
                         let ms = u64::try_from(ns.div_ceil(1_000_000)).ok()?;
-                        Some(match ns / 1_000_000 {
-                            floor if floor <= u128::from(crate::ingest::parse::MAX_TIME_MS) => {
-                                ms.min(crate::ingest::parse::MAX_TIME_MS)
-                            }
-                            _ => ms,
+                        let max = crate::ingest::parse::MAX_TIME_MS;
+                        Some(if ns / 1_000_000 == u128::from(max) {
+                            max
+                        } else {
+                            ms
                         })
                     })
                     .ok_or_else(|| {

@@ -92,7 +92,7 @@ fn is_or_under(host: &str, tail: &[u8]) -> bool {
 
 /// RFC 6761 §6.3: `localhost` and names under it are the loopback addresses, answered
 /// without asking the network (a trailing dot or not).
-fn is_special_localhost(host: &str) -> bool {
+pub(crate) fn is_special_localhost(host: &str) -> bool {
     is_or_under(host, b"localhost")
 }
 

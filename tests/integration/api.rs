@@ -2468,6 +2468,24 @@ fn a_definition_read_edited_and_written_back_keeps_its_secrets() {
     assert_eq!(srv.get("/v1/endpoints/rt").1["url"], rx.url("/v2"));
 }
 
+/// Rewrites the stored definition of endpoint `name` in the stopped server's data dir
+/// as `edit` changes it: what an older version, checking templates less strictly, could
+/// have stored.
+fn rewrite_stored_definition(
+    dir: &tempfile::TempDir,
+    name: &str,
+    edit: impl FnOnce(&mut ricochet::config::EndpointConfig),
+) {
+    let store = ricochet::store::Store::open(&dir.path().join("data")).unwrap();
+    let stored = store.stored_endpoints().unwrap();
+    let e = stored.iter().find(|e| e.name == name).unwrap();
+    let mut cfg = e.config.clone().unwrap();
+    edit(&mut cfg);
+    let mut batch = store.batch();
+    batch.put_endpoint_config(&store, e.meta.id, name, &cfg);
+    store.commit(batch, true).unwrap();
+}
+
 /// A newer version may check templates more strictly than the one that stored an
 /// endpoint. Such an endpoint is kept, disabled with the reason, its deliveries waiting
 /// paused; a `PUT` of a definition that compiles runs it again, deliveries included.
@@ -2498,16 +2516,7 @@ fn a_stored_endpoint_that_no_longer_compiles_waits_for_a_fixed_definition() {
     drop(srv);
 
     // What an older version could have stored: a json body that is not JSON.
-    {
-        let store = ricochet::store::Store::open(&dir.path().join("data")).unwrap();
-        let stored = store.stored_endpoints().unwrap();
-        let legacy = stored.iter().find(|e| e.name == "legacy").unwrap();
-        let mut cfg = legacy.config.clone().unwrap();
-        cfg.body = Some("hello {Id}".into());
-        let mut batch = store.batch();
-        batch.put_endpoint_config(&store, legacy.meta.id, "legacy", &cfg);
-        store.commit(batch, true).unwrap();
-    }
+    rewrite_stored_definition(&dir, "legacy", |cfg| cfg.body = Some("hello {Id}".into()));
 
     let srv = TestServer::start_in(dir.clone(), &opts);
     let (status, v) = srv.get("/v1/endpoints/legacy");
@@ -2572,16 +2581,9 @@ fn a_stored_endpoint_that_no_longer_compiles_is_logged_without_its_template() {
     srv.kill9();
     drop(srv);
     // What an older version could have stored: a header template that does not compile.
-    {
-        let store = ricochet::store::Store::open(&dir.path().join("data")).unwrap();
-        let stored = store.stored_endpoints().unwrap();
-        let legacy = stored.iter().find(|e| e.name == "legacy").unwrap();
-        let mut cfg = legacy.config.clone().unwrap();
+    rewrite_stored_definition(&dir, "legacy", |cfg| {
         cfg.headers = vec![("X-Partner-Ref".into(), "HEADERSECRET {zz(".into())];
-        let mut batch = store.batch();
-        batch.put_endpoint_config(&store, legacy.meta.id, "legacy", &cfg);
-        store.commit(batch, true).unwrap();
-    }
+    });
     let srv = TestServer::start_in(dir.clone(), &opts);
     srv.wait_log("no longer compiles", Duration::from_secs(10));
     let log = srv.log();
