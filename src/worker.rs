@@ -361,6 +361,15 @@ struct Ep {
     counts: RefCell<EndpointCounts>,
     /// Delivery sockets its lanes hold (their share of the budget: [`crate::fdlimit`]).
     sockets: Rc<Cell<usize>>,
+    /// Test attempts (`POST /v1/endpoints/{name}/test`) with a place under
+    /// `max_in_flight`, and those waiting for one: the lanes leave them their places
+    /// (and one for those waiting), so a test's request, on a connection of its own,
+    /// does not make the endpoint's requests in flight pass `max_in_flight`
+    /// ([`Worker::test_attempt`]).
+    tests_placed: Cell<u32>,
+    tests_waiting: Cell<u32>,
+    /// Test attempts waiting for a place, woken as a lane exits or a test ends.
+    room_waiters: RefCell<Vec<Rc<LocalNotify>>>,
 }
 
 impl Ep {
@@ -381,6 +390,9 @@ impl Ep {
             kept_attempts: RefCell::new(KeptAttempts::default()),
             counts: RefCell::new(EndpointCounts::default()),
             sockets: Rc::new(Cell::new(0)),
+            tests_placed: Cell::new(0),
+            tests_waiting: Cell::new(0),
+            room_waiters: RefCell::new(Vec::new()),
         }
     }
 
@@ -388,12 +400,31 @@ impl Ep {
         self.spec.borrow().clone()
     }
 
+    /// How many lanes the endpoint may have: `max_in_flight` less the places test
+    /// attempts hold, and one while any waits for a place (one for an ordered endpoint,
+    /// if that leaves one).
     fn max_lanes(&self) -> u32 {
         let spec = self.spec.borrow();
+        let tests = self.tests_placed.get() + u32::from(self.tests_waiting.get() > 0);
+        let room = spec.cfg.max_in_flight.saturating_sub(tests);
         if spec.cfg.ordered {
-            1
+            room.min(1)
         } else {
-            spec.cfg.max_in_flight
+            room
+        }
+    }
+
+    /// Whether a test attempt may send now: its request, with every lane's and the
+    /// other tests', keeps within `max_in_flight` (a lane counts as in flight whether
+    /// or not it is attempting: it may take a job at any moment).
+    fn room_for_a_test(&self) -> bool {
+        self.lanes.get() + self.tests_placed.get() < self.spec.borrow().cfg.max_in_flight
+    }
+
+    /// A lane exited or a test ended: test attempts waiting for a place look again.
+    fn room_freed(&self) {
+        for n in self.room_waiters.borrow_mut().drain(..) {
+            n.notify();
         }
     }
 
@@ -975,11 +1006,13 @@ impl Worker {
         }
         // Idle lanes re-read the spec; lanes over a lowered max_in_flight exit.
         ep.wake_lanes();
-        if !ep.queue.borrow().is_empty() {
-            while ep.lanes.get() < ep.max_lanes() && ep.lanes.get() < ep.queue.borrow().len() as u32
-            {
-                self.spawn_lane(ep.clone());
-            }
+        self.fill_lanes(&ep);
+    }
+
+    /// Starts lanes for `ep`'s queued jobs, one a job, up to `max_lanes`.
+    fn fill_lanes(self: &Rc<Self>, ep: &Rc<Ep>) {
+        while ep.lanes.get() < ep.max_lanes() && ep.lanes.get() < ep.queue.borrow().len() as u32 {
+            self.spawn_lane(ep.clone());
         }
     }
 
@@ -1134,8 +1167,77 @@ impl Worker {
     }
 
     /// `POST /v1/endpoints/{name}/test`: one attempt on a fresh connection, its state
-    /// `delivered` or `failed`; nothing is counted or reported to the committer.
-    async fn test_attempt(&self, spec: &EndpointSpec, event: Arc<EventRecord>) -> AttemptRecord {
+    /// `delivered` or `failed`; nothing is counted or reported to the committer. It
+    /// keeps to the endpoint's limits as deliveries do: it waits for a place under
+    /// `max_in_flight` (the lanes leave it one as they finish their attempts) and for a
+    /// `max_rps` token, at most the endpoint's `timeout` together, then makes its attempt
+    /// (another `timeout` at most). A test beside a busy endpoint's deliveries made
+    /// their requests in flight pass `max_in_flight`, and tests one after another passed
+    /// `max_rps`: a receiver that enforces its limits answers them 429, or refuses the
+    /// connection.
+    async fn test_attempt(
+        self: &Rc<Self>,
+        spec: &EndpointSpec,
+        event: Arc<EventRecord>,
+    ) -> AttemptRecord {
+        let ep = self.endpoints.borrow().get(&spec.id).cloned();
+        let Some(ep) = ep else {
+            return self.test_attempt_now(spec, event).await;
+        };
+        ep.tests_waiting.set(ep.tests_waiting.get() + 1);
+        // Idle lanes over the bound the waiting test sets exit now, not after
+        // `LANE_IDLE`.
+        ep.wake_lanes();
+        let placed = Cell::new(false);
+        let wait = async {
+            while !ep.room_for_a_test() {
+                let me = Rc::new(LocalNotify::default());
+                ep.room_waiters.borrow_mut().push(me.clone());
+                me.wait().await;
+            }
+            ep.tests_waiting.set(ep.tests_waiting.get() - 1);
+            ep.tests_placed.set(ep.tests_placed.get() + 1);
+            placed.set(true);
+            resend_token(Some(&ep.bucket)).await;
+        };
+        let waited = monoio::time::timeout(spec.cfg.timeout, wait).await;
+        let rec = match waited {
+            Ok(()) => self.test_attempt_now(spec, event).await,
+            Err(_) => AttemptRecord {
+                at_ms: now_ms(),
+                timed_out: true,
+                error: format!(
+                    "timed out after {} waiting for {} (not sent)",
+                    crate::config::format_duration(spec.cfg.timeout),
+                    if placed.get() {
+                        "a max_rps token"
+                    } else {
+                        "a place under max_in_flight, which the endpoint's requests took"
+                    }
+                ),
+                state_after: Some(DeliveryState::Failed),
+                ..AttemptRecord::default()
+            },
+        };
+        if placed.get() {
+            ep.tests_placed.set(ep.tests_placed.get() - 1);
+        } else {
+            ep.tests_waiting.set(ep.tests_waiting.get() - 1);
+        }
+        ep.room_freed();
+        // The places it held go back to the lanes.
+        if !ep.disabled.get() && !ep.removed.get() {
+            self.fill_lanes(&ep);
+        }
+        rec
+    }
+
+    /// The attempt of [`test_attempt`](Self::test_attempt), made now.
+    async fn test_attempt_now(
+        &self,
+        spec: &EndpointSpec,
+        event: Arc<EventRecord>,
+    ) -> AttemptRecord {
         let ev = WorkEvent {
             rec: event,
             doc: OnceCell::new(),
@@ -1900,6 +2002,7 @@ async fn lane(w: Rc<Worker>, ep: Rc<Ep>) {
     ep.attempting
         .borrow_mut()
         .retain(|c| !Rc::ptr_eq(c, &attempting));
+    ep.room_freed();
 }
 
 #[cfg(test)]

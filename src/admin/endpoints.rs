@@ -266,7 +266,9 @@ impl Admin {
         }) {
             return error(503, "server is shutting down");
         }
-        let Ok(attempt) = rx.recv_timeout(spec.cfg.timeout + Duration::from_secs(5)) else {
+        // Up to one `timeout` waiting for a place under `max_in_flight` and a `max_rps`
+        // token, one for the attempt.
+        let Ok(attempt) = rx.recv_timeout(spec.cfg.timeout * 2 + Duration::from_secs(5)) else {
             return error(504, "the test attempt did not finish in time");
         };
         let id = event.display_id();

@@ -2931,3 +2931,114 @@ fn an_ordered_head_s_retry_whose_store_copy_came_during_it_goes_once_when_fifo()
     hung.open();
     srv.wait_nothing_pending(Duration::from_secs(10));
 }
+
+/// `n` test calls (`POST /v1/endpoints/{name}/test`) made at once; their answers.
+fn tests_at_once(srv: &TestServer, name: &str, n: usize) -> Vec<serde_json::Value> {
+    let admin = srv.admin;
+    let path = format!("/v1/endpoints/{name}/test");
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || http_call(admin, "POST", &path))
+        })
+        .collect();
+    calls
+        .into_iter()
+        .map(|c| {
+            let (status, v) = c.join().unwrap();
+            assert_eq!(status, 200, "{v}");
+            assert_eq!(v["success"], true, "{v}");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn test_calls_beside_deliveries_stay_within_max_in_flight() {
+    // The receiver holds every request 300 ms and counts how many it holds at once. A
+    // test call made its request on a connection of its own, beside the endpoint's
+    // lanes: three of them while two deliveries were in flight made five requests at
+    // once to an endpoint of `max_in_flight = 2`.
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let holding = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (h, m) = (holding.clone(), most.clone());
+    let rx = TestReceiver::with_script(move |_, _| {
+        m.fetch_max(h.fetch_add(1, SeqCst) + 1, SeqCst);
+        std::thread::sleep(Duration::from_millis(300)); // requests held in flight are the behaviour under test
+        h.fetch_sub(1, SeqCst);
+        Reply::status(200)
+    });
+    let srv = TestServer::start(&endpoint(
+        "two",
+        r#"["t"]"#,
+        &rx.url("/"),
+        "max_in_flight = 2\nretry = \"none\"",
+    ));
+    srv.connect().send_each_ok("t", "d", 8);
+    rx.wait_for(2, Duration::from_secs(10));
+    tests_at_once(&srv, "two", 3);
+    rx.wait_for(11, Duration::from_secs(20));
+    srv.wait_nothing_pending(Duration::from_secs(20));
+    assert_eq!(
+        rx.count(),
+        11,
+        "eight deliveries and three tests, once each"
+    );
+    let most = most.load(SeqCst);
+    assert!(most <= 2, "{most} requests at once at max_in_flight = 2");
+}
+
+#[test]
+fn test_calls_are_paced_by_max_rps() {
+    // Five test calls at once to an endpoint of `max_rps = 2` (a burst of two): their
+    // requests go as the bucket allows, at most three within any second (as
+    // deliveries' do), not all five at once.
+    let rx = TestReceiver::start();
+    let srv = TestServer::start(&endpoint("paced", r#"["t"]"#, &rx.url("/"), "max_rps = 2"));
+    let mut at: Vec<u64> = tests_at_once(&srv, "paced", 5)
+        .iter()
+        .map(|v| {
+            let t = v["attempt"]["at"].as_str().unwrap();
+            ricochet::ingest::parse::parse_rfc3339_ms(t).unwrap()
+        })
+        .collect();
+    at.sort_unstable();
+    for (i, t) in at.iter().enumerate() {
+        let in_window = at[i..].iter().take_while(|u| **u - t < 1000).count();
+        assert!(
+            in_window <= 3,
+            "{in_window} test requests within a second: {at:?}"
+        );
+    }
+}
+
+#[test]
+fn a_test_call_that_finds_no_max_rps_token_within_its_timeout_is_not_sent() {
+    // At `max_rps = 1` a test takes the token a second's idling accrued; a second test
+    // right after it waits for the next, a second away, longer than its `timeout`
+    // (300 ms): it answers unsent, timed out, and says what it waited for.
+    let rx = TestReceiver::start();
+    let srv = TestServer::start(&endpoint(
+        "slow",
+        r#"["t"]"#,
+        &rx.url("/"),
+        "max_rps = 1\ntimeout = \"300ms\"",
+    ));
+    // The bucket starts empty: a second fills it with its one token.
+    std::thread::sleep(Duration::from_millis(1200));
+    let (status, first) = srv.post("/v1/endpoints/slow/test");
+    assert_eq!((status, &first["success"]), (200, &true.into()), "{first}");
+    let (status, v) = srv.post("/v1/endpoints/slow/test");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["success"], false, "{v}");
+    let attempt = &v["attempt"];
+    assert_eq!(attempt["timed_out"], true, "{v}");
+    assert_eq!(attempt["status_code"], serde_json::Value::Null, "{v}");
+    let error = attempt["error"].as_str().unwrap();
+    assert_eq!(
+        error, "timed out after 300ms waiting for a max_rps token (not sent)",
+        "{v}"
+    );
+    assert_eq!(rx.count(), 1, "the second test's request was not sent");
+}
