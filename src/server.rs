@@ -216,7 +216,8 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>, signals: StopSignals) -> any
         } else if let Some(lasts) = spec.cfg.outlasts(s.retention) {
             tracing::warn!(
                 endpoint = %spec.cfg.name,
-                schedule = %crate::config::format_duration(lasts),
+                // min_delay + every retry's wait, in config syntax and for a reader.
+                runs_for = %crate::config::format_duration(lasts),
                 lasts = %crate::config::human_duration(lasts),
                 retention = %crate::config::format_duration(s.retention),
                 "the endpoint's min_delay and retry schedule run past the retention: retries \

@@ -244,7 +244,7 @@ fn an_event_or_endpoint_that_would_expire_unsent_is_refused() {
     let srv = TestServer::start_with(ServerOpts::new(&ep).server("retention = \"1h\""));
     let log = srv.log();
     assert!(
-        log.contains("run past the retention") && log.contains("schedule=111105s"),
+        log.contains("run past the retention") && log.contains("runs_for=111105s"),
         "{log}"
     );
     let mut c = srv.connect();
