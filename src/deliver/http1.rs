@@ -420,7 +420,7 @@ pub fn parse_url(url: &[u8]) -> Result<Target, UrlError> {
 
 /// A port's digits (RFC 3986 allows leading zeros, and browsers and curl read `:08080`
 /// as 8080; `Host` then carries the number).
-fn parse_port(digits: &[u8]) -> Result<u16, UrlError> {
+pub(crate) fn parse_port(digits: &[u8]) -> Result<u16, UrlError> {
     let first = digits
         .iter()
         .position(|&d| d != b'0')

@@ -28,7 +28,7 @@ use bytes::Bytes;
 
 use super::doc::Seg;
 use super::{BodyFormat, Context, TemplateError};
-use crate::deliver::http1::is_dot_segment;
+use crate::deliver::http1::{is_dot_segment, parse_port};
 
 /// How a placeholder's value is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,6 +129,37 @@ pub(super) fn compile(src: &str, ctx: Context) -> Result<(Vec<Part>, usize), Tem
                  sent, so the elements after the first would never reach the receiver; \
                  write `%23` for a `#` the receiver should get",
             ));
+        }
+        if let Some((at, bad)) = literal_authority_fault(&shape) {
+            let ch = c.char_at(at).to_string();
+            return Err(match bad {
+                AuthorityFault::NonAscii => c.error_quoting(
+                    at,
+                    "",
+                    &ch,
+                    " in the URL's host: a host name beyond ASCII is refused at every \
+                     delivery; write an internationalized host name in its ASCII form \
+                     (IDNA, `xn--…`)",
+                ),
+                AuthorityFault::Host => c.error_quoting(
+                    at,
+                    "",
+                    &ch,
+                    " in the URL's host: no host name or address holds it, so every \
+                     delivery would fail as a malformed URL",
+                ),
+                AuthorityFault::PortRange => c.error(
+                    at,
+                    "a port outside 1 to 65535: every delivery would fail as a malformed URL",
+                ),
+                AuthorityFault::Port => c.error_quoting(
+                    at,
+                    "",
+                    &ch,
+                    " in the URL's port: a port is digits, so every delivery would fail as \
+                     a malformed URL",
+                ),
+            });
         }
         if let Some(at) = literal_dot_segment(&shape) {
             return Err(c.error(
@@ -270,6 +301,87 @@ fn literal_dot_segment(shape: &Shape) -> Option<usize> {
             let text = text?;
             is_dot_segment(&text).then(|| seg[0].map(|(_, at)| at))?
         })
+}
+
+/// What is wrong with a character of a URL template's literal authority
+/// ([`literal_authority_fault`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AuthorityFault {
+    /// A character beyond ASCII in the host (an internationalized name's).
+    NonAscii,
+    /// A character no host name or address holds (`~`, `%`, `$` …).
+    Host,
+    /// A character other than a digit in the port.
+    Port,
+    /// A port of literal digits only that is not one of 1 to 65535.
+    PortRange,
+}
+
+/// The source offset of the first literal character of the authority (after `://`, up
+/// to the first literal `/`, `?` or `#`) of a URL template whose authority holds a
+/// placeholder that no rendered URL could send: every delivery would fail as a
+/// malformed URL (`https://{Shop}.bücher.example/`, `http://{H}~/`, `http://{H}:80a/`).
+/// A value never renders a `/`, `?` or `#` (they are percent-encoded), so the literal
+/// ones end the authority whatever the values are. A host holds `A-Z a-z 0-9 . - _`
+/// (an address in brackets, hex digits, `:` and `.`), a port digits (and all literal,
+/// a number from 1 to 65535). An authority
+/// without a placeholder is judged whole when the endpoint is compiled (`parse_url`),
+/// and one with a literal `@` is refused there as credentials.
+fn literal_authority_fault(shape: &Shape) -> Option<(usize, AuthorityFault)> {
+    let byte = |i: usize| shape.get(i).copied().flatten().map(|(b, _)| b);
+    let start = (0..shape.len()).find(|&i| {
+        byte(i) == Some(b':') && byte(i + 1) == Some(b'/') && byte(i + 2) == Some(b'/')
+    })? + 3;
+    let end = (start..shape.len())
+        .find(|&i| matches!(byte(i), Some(b'/' | b'?' | b'#')))
+        .unwrap_or(shape.len());
+    let authority = &shape[start..end];
+    if !authority.contains(&None) || authority.iter().any(|x| matches!(x, Some((b'@', _)))) {
+        return None;
+    }
+    // The port starts at the first `:` after the host: after the `]` of an address in
+    // brackets, else anywhere.
+    let bracketed = matches!(authority.first(), Some(Some((b'[', _))));
+    let host_end = if bracketed {
+        authority
+            .iter()
+            .position(|x| matches!(x, Some((b']', _))))
+            .map_or(authority.len(), |i| i + 1)
+    } else {
+        0
+    };
+    let port_at = (host_end..authority.len())
+        .find(|&i| matches!(authority[i], Some((b':', _))))
+        .unwrap_or(authority.len());
+    let fault = authority.iter().enumerate().find_map(|(i, x)| {
+        let (b, at) = (*x)?;
+        let fault = if i > port_at {
+            (!b.is_ascii_digit()).then_some(AuthorityFault::Port)?
+        } else if !b.is_ascii() {
+            AuthorityFault::NonAscii
+        } else if b.is_ascii_alphanumeric()
+            || matches!(b, b'.' | b'-' | b'_')
+            || i == port_at
+            || (bracketed && i < host_end && matches!(b, b':' | b'[' | b']'))
+        {
+            return None;
+        } else {
+            AuthorityFault::Host
+        };
+        Some((at, fault))
+    });
+    if fault.is_some() {
+        return fault;
+    }
+    // A port all literal digits (the placeholder is in the host) must be one.
+    let port = authority.get(port_at + 1..).unwrap_or_default();
+    let digits: Option<Vec<u8>> = port.iter().map(|x| x.map(|(b, _)| b)).collect();
+    match (digits, port.first()) {
+        (Some(digits), Some(&Some((_, at)))) if parse_port(&digits).is_err() => {
+            Some((at, AuthorityFault::PortRange))
+        }
+        _ => None,
+    }
 }
 
 /// The source offset of a URL template's first literal `#` when a placeholder follows
@@ -1020,6 +1132,65 @@ mod tests {
             "http://h/pb?a={A}#top",
             "http://h/pb?a={A}%23{B}",
             "http://h/pb#frag",
+        ]);
+    }
+
+    /// Literal text in the host or port of a URL whose authority has a placeholder that
+    /// no host or port holds: every delivery failed at once as a malformed URL while
+    /// `check` said ok (an internationalized name's letters beside a placeholder,
+    /// `https://{S}.bücher.example/`, among them), where the same authority without a
+    /// placeholder is refused.
+    #[test]
+    fn a_templated_authority_no_host_or_port_could_hold_is_refused() {
+        const URL: Context = Context::Url;
+        let host = "in the URL's host: no host name or address holds it, so every delivery \
+                    would fail as a malformed URL";
+        let port =
+            "in the URL's port: a port is digits, so every delivery would fail as a malformed URL";
+        for (url, column, msg) in [
+            (
+                "https://{S}.bücher.example/hook",
+                14,
+                "`ü` in the URL's host: a host name beyond ASCII is refused at every \
+                 delivery; write an internationalized host name in its ASCII form (IDNA, \
+                 `xn--…`)"
+                    .to_string(),
+            ),
+            ("http://{S}.example~/x", 19, format!("`~` {host}")),
+            ("http://{S}$.example/x", 11, format!("`$` {host}")),
+            ("http://{S}%41.example/x", 11, format!("`%` {host}")),
+            ("http://x{S}[::1]/", 12, format!("`[` {host}")),
+            ("http://{S}.example:80a/?q={Q}", 22, format!("`a` {port}")),
+            ("http://{S}:80:81/", 14, format!("`:` {port}")),
+            ("http://[fd00::{N}]:8x/", 21, format!("`x` {port}")),
+            ("http://h:{P}x/{A}", 13, format!("`x` {port}")),
+            (
+                "http://{H}.example:99999/",
+                20,
+                "a port outside 1 to 65535".to_string(),
+            ),
+            ("http://{H}:0/", 12, "a port outside 1 to 65535".to_string()),
+        ] {
+            assert_err(url, URL, 1, column, &msg);
+        }
+        assert_urls_compile(&[
+            "http://{S}.example.com:8080/x",
+            "http://{S}-1_a.example.com.:/x",
+            "http://{H}:{P}0/x",
+            "http://{H}:00080/x",
+            "http://{H}:65535/x",
+            "http://h:{P}/x",
+            "http://[fd00::{N}]:8080/x",
+            "http://{H}",
+            "http://{H}?q=~$",
+            "http://{H}#~",
+            "http://{join(hs, h, \"{h}\", \".\")}.example/",
+            // Without a placeholder in the authority: judged whole by `parse_url` when
+            // the endpoint compiles, with its own words.
+            "http://bücher.example/{P}",
+            "http://h:80a/{P}",
+            // Credentials: refused by the endpoint's check, as such.
+            "http://{U}:{P}@h/",
         ]);
     }
 
