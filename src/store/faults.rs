@@ -31,6 +31,8 @@ pub(super) struct Faults {
     /// Those two fail as a corrupt record would, for good.
     lookups_corrupt: AtomicBool,
     writes: AtomicU32,
+    /// Writes that pass before those counted in `writes` fail.
+    writes_passing: AtomicU32,
 }
 
 /// Takes one of the failures counted in `n`, as the error it makes: `corrupt`, one
@@ -96,6 +98,9 @@ impl Faults {
 
     /// Before a batch is written ([`Store::commit`]): nothing of it is.
     pub(super) fn write(&self) -> Result<()> {
+        if take(&self.writes_passing) {
+            return Ok(());
+        }
         fail_if(&self.writes, false)
     }
 }
@@ -143,6 +148,13 @@ impl Store {
     /// The next `n` writes of a batch ([`Store::commit`]) fail, as on a full disk:
     /// nothing of the batch is written.
     pub fn fail_writes(&self, n: u32) {
+        self.fail_writes_after(0, n);
+    }
+
+    /// The next `pass` writes of a batch succeed, and the `n` after them fail (a disk
+    /// that fills, or a process that stops, part-way through a sequence of writes).
+    pub fn fail_writes_after(&self, pass: u32, n: u32) {
+        self.faults.writes_passing.store(pass, Ordering::SeqCst);
         self.faults.writes.store(n, Ordering::SeqCst);
     }
 }
@@ -192,5 +204,9 @@ mod tests {
         b.del_due(&s, key);
         s.commit(b, false).unwrap();
         assert!(!s.has_due(key).unwrap());
+        s.fail_writes_after(1, 1);
+        s.commit(s.batch(), false).unwrap();
+        assert!(s.commit(s.batch(), false).is_err());
+        s.commit(s.batch(), false).unwrap();
     }
 }
