@@ -29,7 +29,7 @@ use crate::endpoint::{guarded_url_problem, EndpointSpec};
 use crate::fdlimit::{self, ConnPermit};
 use crate::runtime;
 use crate::shard::{mailbox, worker_for, MailboxSender};
-use crate::store::{DisabledBy, EndpointId, EndpointMeta, EndpointSource, Store};
+use crate::store::{seq_time_ms, DisabledBy, EndpointId, EndpointMeta, EndpointSource, Store};
 use crate::syncer::{self, Syncer};
 use crate::tally::Tally;
 use crate::worker::{self, IngestStream, WorkerMsg, WorkerSetup};
@@ -181,8 +181,23 @@ pub fn serve(cfg: Config, specs: Vec<EndpointSpec>, signals: StopSignals) -> any
     // Said, because a mistyped `--data-dir` starts on an empty store as well: no API
     // endpoints, nothing pending. (By what it holds, not whether it existed: a refused
     // start may have created it.)
-    if store.max_seq()?.is_none() && store.endpoint_names()?.is_empty() {
+    let newest = store.max_seq()?;
+    if newest.is_none() && store.endpoint_names()?.is_empty() {
         tracing::info!(data_dir = %s.data_dir.display(), "the store is empty: a new data dir");
+    }
+    let now = worker::now_ms();
+    let newest_ms = newest.map(seq_time_ms).unwrap_or(0);
+    if let Some(behind) = clock_behind(newest_ms, now) {
+        tracing::warn!(
+            now = %crate::admin::rfc3339(now),
+            newest_event = %crate::admin::rfc3339(newest_ms),
+            behind = %crate::config::human_duration(behind),
+            "the clock reads earlier than the newest event in the store was accepted: it was \
+             set back since, or was ahead then. Delivery times are the clock's: a retry or a \
+             min_delay due after now waits until the clock reaches it (as much as `behind` \
+             longer), and new events show `created` at the newest event's time until then; \
+             check the system clock (NTP)"
+        );
     }
 
     // Every listener is bound before the config file's endpoints are applied: a start
@@ -698,6 +713,24 @@ fn apply_endpoints(
     Ok(specs)
 }
 
+/// How far the clock may read behind the newest event in the store before a start says
+/// so ([`clock_behind`]): sequence numbers run ahead of the clock only past 1,024 events
+/// in one millisecond, never by seconds.
+const CLOCK_BEHIND_WARN: Duration = Duration::from_secs(2);
+
+/// How far the clock (`now_ms`) reads behind the acceptance time of the newest event in
+/// the store (`newest_ms`), when by more than [`CLOCK_BEHIND_WARN`]. Due times are the
+/// wall clock's and survive a restart as they are, so after a clock set back across a
+/// restart (by hand, or NTP stepping back a clock that ran ahead) every retry and
+/// `min_delay` waits that much longer, and new events' sequence numbers continue from
+/// the newest one (`created` stays there) until the clock catches up: measured with the
+/// clock 10 minutes back, a retry due 3 s after the kill and a delivery 5 s after its
+/// event went 10 minutes late, and nothing said why.
+fn clock_behind(newest_ms: u64, now_ms: u64) -> Option<Duration> {
+    let behind = Duration::from_millis(newest_ms.saturating_sub(now_ms));
+    (behind > CLOCK_BEHIND_WARN).then_some(behind)
+}
+
 /// The ingest socket's file, removed when dropped if it is still the one bound.
 struct SocketFile {
     path: std::path::PathBuf,
@@ -1012,6 +1045,8 @@ fn wait_for_signal(StopSignals(mut signals): StopSignals) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     #[test]
     fn one_stop_sent_twice_is_not_a_second_stop() {
         let first = std::sync::atomic::AtomicU64::new(0);
@@ -1022,6 +1057,20 @@ mod tests {
         assert!(!super::is_second_stop(&first, 5_099 * ms));
         assert!(super::is_second_stop(&first, 5_100 * ms));
         assert!(super::is_second_stop(&first, 9_000 * ms));
+    }
+
+    /// A start whose clock reads more than 2 s before the newest event was accepted says
+    /// so; a clock ahead of it, or within the 2 s, says nothing.
+    #[test]
+    fn a_clock_behind_the_newest_event_is_told_past_two_seconds() {
+        let newest = 1_800_000_000_000;
+        assert_eq!(super::clock_behind(newest, newest + 60_000), None);
+        assert_eq!(super::clock_behind(newest, newest), None);
+        assert_eq!(super::clock_behind(newest, newest - 2_000), None);
+        assert_eq!(
+            super::clock_behind(newest, newest - 600_000),
+            Some(Duration::from_secs(600))
+        );
     }
 
     /// The config file's `enabled = false` pauses the endpoint's waiting deliveries at
