@@ -41,10 +41,10 @@ enum Cmd {
         #[arg(long)]
         socket: Option<PathBuf>,
         /// TCP ingest address, IP:PORT (same line protocol) [default: none, or the file's `listen`].
-        #[arg(long)]
+        #[arg(long, value_parser = ricochet::config::parse_socket_addr)]
         listen: Option<SocketAddr>,
         /// Admin API address, IP:PORT [default: 127.0.0.1:7878, or the file's `admin`].
-        #[arg(long)]
+        #[arg(long, value_parser = ricochet::config::parse_socket_addr)]
         admin: Option<SocketAddr>,
         /// Worker threads (0 = one per core) [default: 0, or the file's `workers`].
         #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=ricochet::config::MAX_WORKERS as u64))]

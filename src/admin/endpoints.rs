@@ -806,7 +806,11 @@ mod tests {
             ),
             (
                 r#"{"name":"p","events":["t"],"url":"http://h/","max_rps":-1}"#,
-                "endpoint p: field `max_rps`: invalid value: integer `-1`, expected u32",
+                "endpoint p: field `max_rps`: invalid value: integer `-1`, expected a whole number of requests per second, 0 (unlimited) to 4294967295",
+            ),
+            (
+                r#"{"name":"p","events":["t"],"url":"http://h/","method":3}"#,
+                "endpoint p: field `method`: invalid type: integer `3`, expected one of `GET`, `POST`, `PUT`, `PATCH`",
             ),
             (
                 r#"{"name":"p","events":["t"],"url":"http://h/","headers":{"X":1}}"#,

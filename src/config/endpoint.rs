@@ -17,9 +17,10 @@ use serde::{Deserialize, Serialize};
 use super::debug_as_json;
 use super::duration::{duration_str, format_duration};
 use super::rules::{DisableAfter, Matcher, ResponseRule, RetryPolicy};
+use super::value;
 use crate::deliver::request::{is_secret_header, REDACTED};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Method {
     Get,
@@ -39,13 +40,35 @@ impl Method {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+impl<'de> Deserialize<'de> for Method {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use Method::*;
+        value::word(
+            d,
+            &["GET", "POST", "PUT", "PATCH"],
+            &[Get, Post, Put, Patch],
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     Json,
     Xml,
     Form,
     Text,
+}
+
+impl<'de> Deserialize<'de> for Format {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use Format::*;
+        value::word(
+            d,
+            &["json", "xml", "form", "text"],
+            &[Json, Xml, Form, Text],
+        )
+    }
 }
 
 impl Format {
@@ -64,6 +87,7 @@ impl Format {
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     pub name: String,
+    #[serde(deserialize_with = "events")]
     pub events: Vec<String>,
     #[serde(default)]
     pub account: Option<String>,
@@ -79,9 +103,9 @@ pub struct EndpointConfig {
     pub headers: Vec<(String, String)>,
     #[serde(default, with = "duration_str")]
     pub min_delay: Duration,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "max_rps")]
     pub max_rps: u32,
-    #[serde(default = "default_max_in_flight")]
+    #[serde(default = "default_max_in_flight", deserialize_with = "max_in_flight")]
     pub max_in_flight: u32,
     #[serde(default = "default_timeout", with = "duration_str")]
     pub timeout: Duration,
@@ -122,6 +146,38 @@ impl fmt::Debug for EndpointConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         debug_as_json(f, "EndpointConfig", &self.redacted())
     }
+}
+
+fn events<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(r#"a list of event types, such as ["sale"] or ["*"]"#)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(t) = seq.next_element::<String>()? {
+                out.push(t);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(V)
+}
+
+fn max_rps<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    value::whole(
+        d,
+        "a whole number of requests per second, 0 (unlimited) to 4294967295",
+    )
+}
+
+fn max_in_flight<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    value::whole(d, "a whole number of concurrent requests, 1 to 4294967295")
 }
 
 fn default_method() -> Method {
@@ -183,6 +239,13 @@ mod ordered_headers {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut out = Vec::new();
                 while let Some((k, v)) = map.next_entry::<String, String>()? {
+                    if k == value::TOML_DATETIME_KEY {
+                        // A date-time, as the TOML reader hands one over.
+                        return Err(serde::de::Error::invalid_type(
+                            serde::de::Unexpected::Other("date-time"),
+                            &self,
+                        ));
+                    }
                     out.push((k, v));
                 }
                 Ok(out)

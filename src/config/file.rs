@@ -676,13 +676,13 @@ disable_after = { "4xx" = "many" }
             [
                 r#"2:13: server: field `retention`: bad duration unit in "7 days" (expected ms, s, m, h or d)"#,
                 r#"9:11: endpoint a: field `timeout`: bad duration unit in "10sec" (expected ms, s, m, h or d)"#,
-                "10:11: endpoint a: field `max_rps`: invalid value: integer `-1`, expected u32",
+                "10:11: endpoint a: field `max_rps`: invalid value: integer `-1`, expected a whole number of requests per second, 0 (unlimited) to 4294967295",
                 "16:10: endpoint b: field `method`: unknown variant `DELETE`, expected one of `GET`, `POST`, `PUT`, `PATCH`",
                 "17:1: endpoint b: unknown field `retries`, expected one of `name`, `events`, `account`, `url`, `method`, `format`, `body`, `headers`, `min_delay`, `max_rps`, `max_in_flight`, `timeout`, `success`, `error`, `retry`, `disable_after`, `signing_secret`, `ordered`, `enabled`",
-                "21:10: endpoint c: field `events`: invalid type: string \"t\", expected a sequence",
+                r#"21:10: endpoint c: field `events`: invalid type: string "t", expected a list of event types, such as ["sale"] or ["*"]"#,
                 "22:33: endpoint c: field `headers.X-Bad`: invalid type: integer, expected a string",
                 "24:1: endpoint d: missing field `url`",
-                "32:27: endpoint ok: field `disable_after.4xx`: invalid type: string \"many\", expected u32",
+                "32:27: endpoint ok: field `disable_after.4xx`: invalid type: string \"many\", expected a whole number of consecutive failures, 1 to 4294967295",
             ],
             "{got:#?}"
         );

@@ -26,6 +26,8 @@
 //!   [`EndpointConfig::problems`].
 //! - `rules`: the grammars of what an answer means and what follows a failure:
 //!   [`ResponseRule`] and its [`Matcher`]s, [`RetryPolicy`], [`DisableAfter`].
+//! - `value`: the whole numbers, words and paths several keys take, read with
+//!   messages that say what the key takes (not `expected usize`).
 //! - `duration`: durations as a config writes them ([`parse_duration`],
 //!   [`format_duration`], [`human_duration`]) and the serde helper every duration field
 //!   reads through.
@@ -41,6 +43,7 @@ mod endpoint;
 mod file;
 mod rules;
 mod server;
+mod value;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -51,7 +54,7 @@ pub use duration::{format_duration, human_duration, parse_duration};
 pub use endpoint::{valid_event_type, EndpointConfig, Format, Method, ShownName};
 pub use file::{log_filter, stand_in, ConfigFile};
 pub use rules::{DisableAfter, Matcher, ResponseRule, RetryPolicy};
-pub use server::{Driver, Durability, ServerConfig, MAX_WORKERS};
+pub use server::{parse_socket_addr, Driver, Durability, ServerConfig, MAX_WORKERS};
 
 /// Errors while loading or validating a configuration.
 #[derive(Debug, thiserror::Error)]

@@ -21,12 +21,16 @@ use super::duration::{duration_str, format_duration};
     expecting = "a table of consecutive failures per class, such as { 4xx = 20, 5xx = 50 }"
 )]
 pub struct DisableAfter {
-    #[serde(rename = "3xx")]
+    #[serde(rename = "3xx", deserialize_with = "failures")]
     pub c3xx: u32,
-    #[serde(rename = "4xx")]
+    #[serde(rename = "4xx", deserialize_with = "failures")]
     pub c4xx: u32,
-    #[serde(rename = "5xx")]
+    #[serde(rename = "5xx", deserialize_with = "failures")]
     pub c5xx: u32,
+}
+
+fn failures<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    super::value::whole(d, "a whole number of consecutive failures, 1 to 4294967295")
 }
 
 impl Default for DisableAfter {

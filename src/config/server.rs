@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::debug_as_json;
 use super::duration::duration_str;
+use super::value;
 use crate::deliver::request::REDACTED;
 
 /// Whether two listeners would bind the same address: one port (not 0, which picks a
@@ -37,7 +38,9 @@ pub const MAX_WORKERS: usize = 1024;
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
+    #[serde(deserialize_with = "value::path")]
     pub data_dir: PathBuf,
+    #[serde(deserialize_with = "value::path")]
     pub socket: PathBuf,
     #[serde(deserialize_with = "socket_addr_opt")]
     pub listen: Option<SocketAddr>,
@@ -45,19 +48,40 @@ pub struct ServerConfig {
     pub admin: SocketAddr,
     pub admin_token: Option<String>,
     /// 0 = one per available core.
+    #[serde(deserialize_with = "workers")]
     pub workers: usize,
     pub driver: Driver,
     pub durability: Durability,
+    #[serde(deserialize_with = "max_line_bytes")]
     pub max_line_bytes: usize,
     #[serde(with = "duration_str")]
     pub retention: Duration,
     pub allow_private_networks: bool,
+    #[serde(deserialize_with = "value::path_opt")]
     pub extra_ca_file: Option<PathBuf>,
+}
+
+fn workers<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    value::whole(d, "a whole number of worker threads (0 = one per core)")
+}
+
+fn max_line_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    value::whole(d, "a whole number of bytes, at least 64")
 }
 
 /// An IP address and port; a host name is said to be one (it is not resolved).
 fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
-    let s = String::deserialize(d)?;
+    let s = value::string(
+        d,
+        "an IP address and port as a string, such as \"127.0.0.1:7878\"",
+    )?;
+    parse_socket_addr(&s).map_err(de::Error::custom)
+}
+
+/// An address as `listen` and `admin` (and `serve`'s `--listen` and `--admin`) take it:
+/// an IP address and port; a host name is said to be one (it is not resolved), where
+/// the standard parser says only `invalid socket address syntax`.
+pub fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse().map_err(|_| {
         let hint = if s
             .rsplit_once(':')
@@ -68,7 +92,7 @@ fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> 
         } else {
             ": an IP address and port, such as 127.0.0.1:7878 or [::1]:7878"
         };
-        de::Error::custom(format!("{s:?} is no socket address{hint}"))
+        format!("{s:?} is no socket address{hint}")
     })
 }
 
@@ -144,7 +168,7 @@ impl ServerConfig {
 }
 
 /// monoio driver selection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Driver {
     Auto,
@@ -152,8 +176,15 @@ pub enum Driver {
     Legacy,
 }
 
+impl<'de> Deserialize<'de> for Driver {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use Driver::*;
+        value::word(d, &["auto", "uring", "legacy"], &[Auto, Uring, Legacy])
+    }
+}
+
 /// When an `ok` may be sent (SPEC §2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// Ack after fsync; one fsync covers every event that arrived meanwhile (group commit).
@@ -162,6 +193,13 @@ pub enum Durability {
     Batch,
     /// Ack after the write; never fsync explicitly.
     None,
+}
+
+impl<'de> Deserialize<'de> for Durability {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use Durability::*;
+        value::word(d, &["sync", "batch", "none"], &[Sync, Batch, None])
+    }
 }
 
 impl Durability {

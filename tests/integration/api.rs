@@ -2253,7 +2253,7 @@ fn bad_values_are_400s_naming_the_field_each_once() {
         ),
         (
             r#","max_rps":-1"#,
-            "endpoint f: field `max_rps`: invalid value: integer `-1`, expected u32",
+            "endpoint f: field `max_rps`: invalid value: integer `-1`, expected a whole number of requests per second, 0 (unlimited) to 4294967295",
         ),
         (
             r#","headers":{"X-Ok":"1","X":1}"#,

@@ -383,6 +383,25 @@ fn serve_flags_win_over_the_config_file() {
     );
 }
 
+/// `--admin` and `--listen` say what they take as the file's `admin` and `listen` do: a
+/// host name is no address (it is not resolved), where the standard parser said only
+/// `invalid socket address syntax`.
+#[test]
+fn serve_address_flags_say_what_they_take() {
+    for flag in ["--admin", "--listen"] {
+        let out = run(&["serve", flag, "localhost:7878"], Duration::from_secs(30));
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(
+                "\"localhost:7878\" is no socket address: an IP address and port, such as \
+                 127.0.0.1:7878 or [::1]:7878 (a host name is not resolved)"
+            ),
+            "{flag}: {stderr}"
+        );
+    }
+}
+
 /// A data dir that already exists open to others keeps its mode, but the files the
 /// store makes in it are owner-only (they hold the endpoints' secrets) and the start
 /// warns; the socket's mode still follows the umask the server started with.
