@@ -42,7 +42,14 @@ pub fn render_request(cfg: &Config, endpoint: &str, input: &[u8]) -> anyhow::Res
         // As `POST /v1/events` says it.
         bail!("empty input: give one event as a JSON object");
     }
-    let ev = LineParser::default()
+    // Refused as ingest refuses it (the socket and `POST /v1/events`): no endpoint
+    // would receive it. (Its length as given, as `POST /v1/events` counts it: a
+    // pretty-printed event is longer than its line.)
+    let max = cfg.server.max_line_bytes;
+    if line.len() > max {
+        bail!("the event exceeds max_line_bytes ({max}): the server refuses it (too_large)");
+    }
+    let ev = LineParser::for_ingest(cfg.server.retention)
         .parse(line)
         .map_err(|e| anyhow!("invalid event: {e}"))?;
     let not_routed = if !ep.enabled {
@@ -162,6 +169,45 @@ url = "http://partner.example/hook"
         let bom = [b"\xEF\xBB\xBF".as_slice(), pretty].concat();
         let with_bom = render_request(&cfg, "partner", &bom).unwrap().request;
         assert_eq!(body(&with_bom), body(&many));
+    }
+
+    #[test]
+    fn an_event_ingest_refuses_is_refused() {
+        // An event further ahead than the retention, which the socket and `POST
+        // /v1/events` answer `err invalid`, was rendered as if it would be sent.
+        let cfg =
+            Config::parse(&format!("[server]\nretention = \"1h\"\n{CONFIG}"), "test").unwrap();
+        let err = render_request(
+            &cfg,
+            "partner",
+            br#"{"type":"sale","time":"2999-01-01T00:00:00Z","data":{}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "invalid event: field `time` is more than the retention (1h) ahead: its \
+             deliveries would expire before their first attempt"
+        );
+        // One longer than `max_line_bytes` is refused as too large.
+        let cfg =
+            Config::parse(&format!("[server]\nmax_line_bytes = 64\n{CONFIG}"), "test").unwrap();
+        let event = format!(r#"{{"type":"sale","data":{{"pad":"{}"}}}}"#, "x".repeat(40));
+        assert!(event.len() > 64);
+        let err = render_request(&cfg, "partner", event.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "the event exceeds max_line_bytes (64): the server refuses it (too_large)"
+        );
+        // The same at the limit renders.
+        let fits = format!(
+            r#"{{"type":"sale","data":{{"pad":"{}"}}}}"#,
+            "x".repeat(64 - 33)
+        );
+        assert_eq!(fits.len(), 64);
+        assert!(render_request(&cfg, "partner", fits.as_bytes()).is_ok());
     }
 
     #[test]
