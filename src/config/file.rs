@@ -40,11 +40,16 @@ pub struct ConfigFile {
 impl ConfigFile {
     /// Reads and parses a file. `Err` only when it cannot be read or is not TOML.
     pub fn read(path: &Path) -> Result<ConfigFile, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        let bytes = std::fs::read(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
             error,
         })?;
-        ConfigFile::parse(&text, &path.display().to_string())
+        let origin = path.display().to_string();
+        let text = String::from_utf8(bytes).map_err(|e| ConfigError::Parse {
+            path: origin.clone(),
+            message: not_utf8(e.as_bytes(), e.utf8_error()),
+        })?;
+        ConfigFile::parse(&text, &origin)
     }
 
     /// Parses `text` (`origin` names it in messages). `Err` only when it is not TOML.
@@ -397,6 +402,20 @@ impl<'t> LineIndex<'t> {
             + 1;
         Position { line, column }
     }
+}
+
+/// Where a file stops being UTF-8, which TOML is: said like a syntax error, at its
+/// line:column, where reading it as a string said only `stream did not contain valid
+/// UTF-8` (a Latin-1 `é` in a comment, a file an editor saved as UTF-16).
+fn not_utf8(bytes: &[u8], e: std::str::Utf8Error) -> String {
+    let valid = std::str::from_utf8(&bytes[..e.valid_up_to()]).expect("valid up to there");
+    let Position { line, column } = LineIndex::new(valid).position(valid.len());
+    let utf16 = if bytes.starts_with(b"\xff\xfe") || bytes.starts_with(b"\xfe\xff") {
+        " (it begins as UTF-16 does: save it as UTF-8)"
+    } else {
+        ""
+    };
+    format!("not UTF-8 at {line}:{column}: a TOML file is UTF-8 text{utf16}")
 }
 
 /// A TOML syntax error as `line:column: what`, like every other problem of a file. The
@@ -756,6 +775,30 @@ disable_after = { "4xx" = "many" }
         assert!(!message.contains("s3cret"), "{message}");
         assert!(problems("[servre]\nx = 1\n")[0].starts_with("1:2: unknown key `servre`"));
         assert!(problems("endpoint = 3\n")[0].starts_with("1:12: `endpoint` must be an array"));
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_says_where() {
+        let dir = tempfile::tempdir().unwrap();
+        let read = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            match ConfigFile::read(&path) {
+                Err(ConfigError::Parse { message, .. }) => message,
+                Err(e) => panic!("{name}: {e}"),
+                Ok(_) => panic!("{name}: read"),
+            }
+        };
+        // A Latin-1 é after a UTF-8 one: the column counts characters.
+        assert_eq!(
+            read("latin1.toml", b"[server]\nworkers = 2 # \xc3\xa9t\xe9\n"),
+            "not UTF-8 at 2:17: a TOML file is UTF-8 text"
+        );
+        assert_eq!(
+            read("utf16.toml", b"\xff\xfe[\x00s\x00"),
+            "not UTF-8 at 1:1: a TOML file is UTF-8 text (it begins as UTF-16 does: save \
+             it as UTF-8)"
+        );
     }
 
     #[test]
