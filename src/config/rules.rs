@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
-use super::duration::{duration_str, format_duration};
+use super::duration::{duration_str, format_duration, parse_duration};
 
 /// Consecutive-failure thresholds per status class (SPEC §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -304,6 +304,30 @@ impl RetryPolicy {
     }
 }
 
+/// The message for a `retry` string that names no schedule, with what to write where
+/// it reads as one written wrongly: a wait or waits written as one string (`"1s"`,
+/// `"1s, 5s, 30s"`, which a user may take for a schedule) are a list, a name in
+/// capitals (`"None"`) is the name.
+fn unknown_schedule(s: &str) -> String {
+    let expected = "expected standard, hourly, none or a list of durations";
+    let waits: Vec<&str> = s
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let hint = if !waits.is_empty() && waits.iter().all(|w| parse_duration(w).is_ok()) {
+        let list: Vec<String> = waits.iter().map(|w| format!("{w:?}")).collect();
+        format!(": waits are a list, write [{}]", list.join(", "))
+    } else if let Some(name) = ["standard", "hourly", "none"]
+        .into_iter()
+        .find(|n| s.trim().eq_ignore_ascii_case(n))
+    {
+        format!(": write {name:?}")
+    } else {
+        String::new()
+    };
+    format!("unknown retry schedule {s:?} ({expected}){hint}")
+}
+
 impl<'de> Deserialize<'de> for RetryPolicy {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -317,9 +341,7 @@ impl<'de> Deserialize<'de> for RetryPolicy {
                     "standard" => Ok(RetryPolicy::Standard),
                     "hourly" => Ok(RetryPolicy::Hourly),
                     "none" => Ok(RetryPolicy::None),
-                    other => Err(E::custom(format!(
-                        "unknown retry schedule {other:?} (expected standard, hourly, none or a list of durations)"
-                    ))),
+                    other => Err(E::custom(unknown_schedule(other))),
                 }
             }
             // Each wait read as any duration field is, so `retry = [30, 60]` gets the
@@ -495,6 +517,37 @@ mod tests {
                 "{v}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn a_schedule_written_wrongly_says_what_to_write() {
+        let err = |v: &str| {
+            serde_json::from_value::<RetryPolicy>(serde_json::json!(v))
+                .unwrap_err()
+                .to_string()
+        };
+        let unknown = |v: &str, hint: &str| {
+            format!(
+                "unknown retry schedule {v:?} (expected standard, hourly, none or a list of \
+                 durations){hint}"
+            )
+        };
+        // A wait written alone was taken for no schedule at all.
+        assert_eq!(
+            err("1s"),
+            unknown("1s", r#": waits are a list, write ["1s"]"#)
+        );
+        assert_eq!(
+            err("1s, 5m 30m"),
+            unknown(
+                "1s, 5m 30m",
+                r#": waits are a list, write ["1s", "5m", "30m"]"#
+            )
+        );
+        assert_eq!(err("None"), unknown("None", r#": write "none""#));
+        assert_eq!(err(" Hourly "), unknown(" Hourly ", r#": write "hourly""#));
+        assert_eq!(err("daily"), unknown("daily", ""));
+        assert_eq!(err("1s, soon"), unknown("1s, soon", ""));
     }
 
     #[test]
