@@ -487,8 +487,9 @@ pub fn stand_in(key: &str) -> Option<&'static str> {
     }
 }
 
-/// Deserialises a table; on an error, drops the offending top-level key and tries again,
-/// so every bad value is reported, not only the first. Returns the value when what
+/// Deserialises a table; on an error, drops the offending top-level key (or, one table
+/// down, the offending key of that table alone) and tries again, so every bad value is
+/// reported, not only the first. Returns the value when what
 /// remains deserialises (the dropped keys take their defaults) and every bad value.
 /// A required key dropped ends it: its "missing field" error would only repeat the
 /// problem already reported. A required key missing from the start is reported and,
@@ -510,6 +511,14 @@ fn lenient<T: serde::de::DeserializeOwned>(
         let path = err.path().to_string();
         let top = match err.path().iter().next() {
             Some(serde_path_to_error::Segment::Map { key }) => Some(key.clone()),
+            _ => None,
+        };
+        // A bad value one table down (`disable_after.4xx`, `headers.X-A`, an unknown key
+        // there): only it is dropped, so that the table's other values are checked too.
+        let nested = match err.path().iter().collect::<Vec<_>>()[..] {
+            [serde_path_to_error::Segment::Map { .. }, serde_path_to_error::Segment::Map { key }] => {
+                Some(key.clone())
+            }
             _ => None,
         };
         let inner = err.into_inner();
@@ -539,6 +548,14 @@ fn lenient<T: serde::de::DeserializeOwned>(
         let (Some(key), toml::de::DeValue::Table(table)) = (top, value.get_mut()) else {
             return (None, bad);
         };
+        if let (Some(nested), Some(toml::de::DeValue::Table(t))) = (
+            &nested,
+            table.get_mut(key.as_str()).map(toml::Spanned::get_mut),
+        ) {
+            if t.remove(nested.as_str()).is_some() {
+                continue;
+            }
+        }
         if table.remove(key.as_str()).is_none() {
             return (None, bad);
         }
@@ -775,6 +792,33 @@ disable_after = { "4xx" = "many" }
         assert!(!message.contains("s3cret"), "{message}");
         assert!(problems("[servre]\nx = 1\n")[0].starts_with("1:2: unknown key `servre`"));
         assert!(problems("endpoint = 3\n")[0].starts_with("1:12: `endpoint` must be an array"));
+    }
+
+    #[test]
+    fn every_bad_value_of_a_table_is_reported() {
+        // Each bad value one table down is dropped alone: the table's others are checked
+        // too (the first ended the table's checks).
+        let text = "[[endpoint]]\nname = \"a\"\nevents = [\"t\"]\nurl = \"http://h/\"\n\
+                    disable_after = { \"4xx\" = -1, \"2xx\" = 3, \"5xx\" = \"x\" }\n\
+                    headers = { X-A = 1, X-B = \"ok\", X-C = [] }\n";
+        assert_eq!(
+            problems(text),
+            [
+                "5:27: endpoint a: field `disable_after.4xx`: invalid value: integer `-1`, \
+                 expected a whole number of consecutive failures, 1 to 4294967295",
+                "5:31: endpoint a: field `disable_after`: unknown field `2xx`, expected one of \
+                 `3xx`, `4xx`, `5xx`",
+                "5:50: endpoint a: field `disable_after.5xx`: invalid type: string \"x\", \
+                 expected a whole number of consecutive failures, 1 to 4294967295",
+                "6:19: endpoint a: field `headers.X-A`: invalid type: integer, expected a string",
+                "6:40: endpoint a: field `headers.X-C`: invalid type: sequence, expected a string",
+            ]
+        );
+        // What is left is kept: the good header, the defaults for the bad classes.
+        let file = ConfigFile::parse(text, "f.toml").unwrap();
+        let e = &file.config.endpoints[0];
+        assert_eq!(e.headers, [("X-B".to_string(), "ok".to_string())]);
+        assert_eq!(e.disable_after, crate::config::DisableAfter::default());
     }
 
     #[test]
