@@ -9,8 +9,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// Whether connecting to `ip` is refused while `allow_private_networks` is off:
 /// loopback, private, link-local, CGNAT, multicast, broadcast, unspecified, documentation
 /// and benchmarking ranges, IPv6 ULA and link-local, IPv6 discard-only, ORCHID and SRv6
-/// ranges, and the IPv6 forms that carry an IPv4 address (mapped, compatible,
-/// translated, 6to4, Teredo, NAT64) by the address they carry.
+/// ranges, NAT64's local-use prefix, and the IPv6 forms that carry an IPv4 address
+/// (mapped, compatible, translated, 6to4, Teredo, NAT64's well-known prefix) by the
+/// address they carry.
 pub fn is_blocked(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => blocked_v4(v4),
@@ -57,6 +58,13 @@ fn blocked_v6(ip: Ipv6Addr) -> bool {
     if s[0] == 0x2001 && s[1] == 0 {
         return blocked_v4(v4_of(!s[6], !s[7])) || blocked_v4(v4_of(s[2], s[3]));
     }
+    // NAT64's well-known prefix (RFC 6052) 64:ff9b::/96: a translator reaches a.b.c.d in
+    // the last 32 bits. IANA lists it as globally reachable, and RFC 6052 §3.1 forbids it
+    // for a non-global IPv4 address: judged by the address it carries, as the forms above.
+    // On an IPv6-only network with DNS64 every IPv4-only receiver's name resolves to one.
+    if s[..6] == [0x0064, 0xff9b, 0, 0, 0, 0] {
+        return blocked_v4(v4_of(s[6], s[7]));
+    }
     // IPv4-compatible (deprecated) ::a.b.c.d
     if s[..6] == [0; 6] && !ip.is_loopback() && !ip.is_unspecified() {
         return blocked_v4(v4_of(s[6], s[7]));
@@ -73,9 +81,9 @@ fn blocked_v6(ip: Ipv6Addr) -> bool {
         || (s[0] == 0x2001 && (s[1] & 0xfff0) == 0x0010) // ORCHID 2001:10::/28
         || s[..4] == [0x0100, 0, 0, 0] // discard-only 100::/64 (RFC 6666)
         || s[0] == 0x5f00 // SRv6 SIDs 5f00::/16 (RFC 9602)
-        // NAT64: the well-known 64:ff9b::/96 and the local-use 64:ff9b:1::/48 (RFC 8215,
-        // where the IPv4 address sits at a place the network chooses), as 64:ff9b::/32:
-        // either may carry a private IPv4 address.
+        // The rest of 64:ff9b::/32: NAT64's local-use 64:ff9b:1::/48 (RFC 8215, where
+        // the IPv4 address sits at a place the network chooses, and which IANA lists as
+        // not globally reachable) and what is not yet assigned.
         || (s[0] == 0x0064 && s[1] == 0xff9b)
 }
 
@@ -146,12 +154,18 @@ mod tests {
             "fec0::1",
             "ff0e::1",
             "::ffff:0.0.0.0",
-            // NAT64, the well-known prefix and the local-use one (RFC 8215), whatever
-            // IPv4 address they carry.
+            // NAT64's well-known prefix carrying a private, loopback, link-local or
+            // reserved IPv4 address; the local-use prefix (RFC 8215) whatever it carries,
+            // and the rest of 64:ff9b::/32.
             "64:ff9b::a00:1",
-            "64:ff9b::808:808",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::6440:1",
+            "64:ff9b::",
             "64:ff9b:1::a00:1",
+            "64:ff9b:1::808:808",
             "64:ff9b:1:ffff::1",
+            "64:ff9b:0:0:1::808:808",
         ] {
             assert!(b(s), "{s} should be blocked");
         }
@@ -176,6 +190,10 @@ mod tests {
             "223.255.255.255",
             "64:ff9a::a00:1",
             "64:ff9c::a00:1",
+            // NAT64's well-known prefix carrying a public IPv4 address: what DNS64 answers
+            // for an IPv4-only receiver on an IPv6-only network.
+            "64:ff9b::808:808",
+            "64:ff9b::8.8.4.4",
         ] {
             assert!(!b(s), "{s} should be allowed");
         }

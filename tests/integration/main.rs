@@ -10,6 +10,7 @@ mod api;
 mod check;
 mod crash;
 mod delivery;
+mod network;
 mod policy;
 mod protocol;
 mod routing;
