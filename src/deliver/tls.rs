@@ -174,6 +174,10 @@ pub struct TlsStream {
     wbuf: Vec<u8>,
     /// The socket reached end of file (rustls has been told).
     eof: bool,
+    /// The server sent close_notify: it sends nothing more on this session. In TLS 1.3
+    /// it may still read (a half close, RFC 8446 §6.1), so a request written now could
+    /// be taken while its answer, if any, is ignored: the connection is done.
+    peer_closed: bool,
 }
 
 /// A plain-words hint after a handshake error whose own text is terse.
@@ -221,6 +225,7 @@ impl TlsStream {
             rpos: 0,
             wbuf: Vec::with_capacity(4 * 1024),
             eof: false,
+            peer_closed: false,
         };
         match s.handshake().await {
             Ok(()) => Ok(s),
@@ -243,10 +248,12 @@ impl TlsStream {
         &self.tcp
     }
 
-    /// Whether the server sent more than the session has consumed: ciphertext read but
-    /// not yet handed to rustls, or the socket's end.
+    /// Whether the server sent more than the session has consumed, or ended it:
+    /// ciphertext read but not yet handed to rustls, the socket's end, or a close_notify
+    /// (which may come with a response's last record and no TCP close behind it, so
+    /// nothing is left in the socket to see).
     pub fn has_unread(&self) -> bool {
-        self.rpos < self.rbuf.len() || self.eof
+        self.rpos < self.rbuf.len() || self.eof || self.peer_closed
     }
 
     async fn handshake(&mut self) -> io::Result<()> {
@@ -349,10 +356,12 @@ impl TlsStream {
     }
 
     fn process(&mut self) -> io::Result<()> {
-        self.tls
+        let state = self
+            .tls
             .process_new_packets()
-            .map(drop)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        self.peer_closed |= state.peer_has_closed();
+        Ok(())
     }
 
     /// Sends every TLS record rustls has queued.
@@ -537,6 +546,42 @@ mod tests {
             got
         });
         assert_eq!(got, b"pong");
+    }
+
+    /// A close_notify with the answer's last record and the TCP connection left open (a
+    /// half close): nothing is left in the socket to see, yet the session is over, so the
+    /// connection is not reused (a request written on it could be read by the server,
+    /// then never answered, and sent again on a new connection).
+    #[test]
+    fn a_close_notify_with_the_answer_ends_the_session_though_tcp_stays_open() {
+        let pki = pki("test ca");
+        let addr = server(&pki, |mut s| {
+            let mut ping = [0u8; 4];
+            std::io::Read::read_exact(&mut s, &mut ping).unwrap();
+            // The answer and the close_notify in one TCP write.
+            s.conn.writer().write_all(b"pong").unwrap();
+            s.conn.send_close_notify();
+            let mut out = Vec::new();
+            while s.conn.wants_write() {
+                s.conn.write_tls(&mut out).unwrap();
+            }
+            s.sock.write_all(&out).unwrap();
+            // The TCP connection stays open until the client goes.
+            let _ = std::io::Read::read(&mut s.sock, &mut [0u8; 1]);
+        });
+        let config = trusting(&pki.ca);
+        let (got, ended) = block_on(async move {
+            let tcp = TcpStream::connect_addr(addr).await.unwrap();
+            let mut s = TlsStream::connect(config, tcp, "localhost").await.unwrap();
+            s.write_all(b"ping".to_vec()).await.0.unwrap();
+            let mut got = Vec::new();
+            while got.len() < 4 {
+                assert!(s.read_append(&mut got).await.unwrap() > 0, "{got:?}");
+            }
+            (got, s.has_unread())
+        });
+        assert_eq!(got, b"pong");
+        assert!(ended, "the session ended with the answer");
     }
 
     /// The error of a handshake with `host` against a server presenting `served`'s

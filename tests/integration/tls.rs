@@ -79,15 +79,28 @@ struct State {
     requests: Vec<Got>,
 }
 
-/// An HTTPS/1.1 receiver answering 200; with `close_first`, the answer to the very first
-/// request carries `Connection: close` and the connection is closed after it.
+/// How a [`TlsReceiver`] ends its connections.
+#[derive(Clone, Copy)]
+enum Closing {
+    /// Never: every connection is kept alive.
+    Never,
+    /// The answer to the very first request carries `Connection: close`, and the
+    /// connection is closed after it.
+    First,
+    /// Every answer ends the TLS session: a close_notify in the same TCP write, no
+    /// `Connection: close`, and the TCP connection stays open, still read (a TLS 1.3
+    /// half close, RFC 8446 §6.1).
+    HalfCloseEach,
+}
+
+/// An HTTPS/1.1 receiver answering 200, closing as `closing` says.
 struct TlsReceiver {
     addr: SocketAddr,
     state: Arc<(Mutex<State>, Condvar)>,
 }
 
 impl TlsReceiver {
-    fn start(pki: &Pki, close_first: bool) -> TlsReceiver {
+    fn start(pki: &Pki, closing: Closing) -> TlsReceiver {
         let cfg = server_config(pki);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
@@ -104,7 +117,7 @@ impl TlsReceiver {
                 let (cfg, st) = (cfg.clone(), st.clone());
                 std::thread::spawn(move || {
                     let conn = ServerConnection::new(cfg).unwrap();
-                    serve_conn(StreamOwned::new(conn, tcp), conn_no, close_first, st);
+                    serve_conn(StreamOwned::new(conn, tcp), conn_no, closing, st);
                 });
             }
         });
@@ -144,7 +157,7 @@ impl TlsReceiver {
 fn serve_conn(
     mut s: StreamOwned<ServerConnection, TcpStream>,
     conn_no: usize,
-    close_first: bool,
+    closing: Closing,
     state: Arc<(Mutex<State>, Condvar)>,
 ) {
     let mut buf = Vec::new();
@@ -195,12 +208,26 @@ fn serve_conn(
             cv.notify_all();
             g.requests.len() == 1
         };
-        let close = close_first && first;
+        let close = matches!(closing, Closing::First) && first;
         let answer: &[u8] = if close {
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nOK"
         } else {
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK"
         };
+        if let Closing::HalfCloseEach = closing {
+            let _ = s.conn.writer().write_all(answer);
+            s.conn.send_close_notify();
+            let mut out = Vec::new();
+            while s.conn.wants_write() {
+                if s.conn.write_tls(&mut out).is_err() {
+                    return;
+                }
+            }
+            if s.sock.write_all(&out).is_err() {
+                return;
+            }
+            continue;
+        }
         if s.write_all(answer).and_then(|()| s.flush()).is_err() {
             return;
         }
@@ -223,8 +250,8 @@ fn https_with_extra_ca_keep_alive_resumption_and_an_untrusted_partner() {
     let trusted = pki("ricochet test ca");
     let stranger = pki("stranger ca");
     let ca_dir = tempfile::tempdir().unwrap();
-    let rx = TlsReceiver::start(&trusted, true);
-    let bad = TlsReceiver::start(&stranger, false);
+    let rx = TlsReceiver::start(&trusted, Closing::First);
+    let bad = TlsReceiver::start(&stranger, Closing::Never);
     let eps = [
         endpoint("secure", r#"["t"]"#, &rx.url("/hook"), "max_in_flight = 1"),
         endpoint(
@@ -294,6 +321,44 @@ fn https_with_extra_ca_keep_alive_resumption_and_an_untrusted_partner() {
         "no request crosses a failed handshake"
     );
     assert_eq!(bad.connections(), 2);
+}
+
+/// A receiver that ends the TLS session with each answer (a close_notify in the answer's
+/// TCP write, no `Connection: close`) and leaves the TCP connection open, still reading.
+/// Nothing was left in the socket to see, so the connection was kept and the next
+/// request written on it: the receiver read it, while the client, which ignores what
+/// follows a close_notify, met the end of the stream unanswered and sent the request
+/// again on a new connection. Each request after the first reached the receiver twice.
+#[test]
+fn a_session_the_receiver_ended_with_its_answer_is_not_reused() {
+    let trusted = pki("ricochet test ca");
+    let ca_dir = tempfile::tempdir().unwrap();
+    let rx = TlsReceiver::start(&trusted, Closing::HalfCloseEach);
+    let opts = ServerOpts::new(&endpoint(
+        "half",
+        r#"["t"]"#,
+        &rx.url("/hook"),
+        "max_in_flight = 1",
+    ))
+    .server(&write_ca(ca_dir.path(), &trusted));
+    let srv = TestServer::start_with(opts);
+    let mut c = srv.connect();
+    for i in 0..3 {
+        let id = format!("half-{i}");
+        assert_eq!(c.send(&event("t", &id, "{}")), format!("ok {id} 1"));
+        srv.wait_event(&id, Duration::from_secs(15), |v| states(v) == ["delivered"]);
+    }
+    // Each request is recorded before it is answered, so all of them are in by now.
+    let got = rx.requests();
+    let seen: Vec<(&str, usize)> = got
+        .iter()
+        .map(|g| (g.webhook_id.as_str(), g.conn))
+        .collect();
+    assert_eq!(
+        seen,
+        [("half-0", 1), ("half-1", 2), ("half-2", 3)],
+        "{got:?}"
+    );
 }
 
 #[test]
