@@ -148,6 +148,9 @@ enum CaPemError {
 }
 
 fn add_ca_pem(roots: &mut RootCertStore, pem: &[u8]) -> Result<usize, CaPemError> {
+    // A UTF-8 byte order mark, as some Windows editors save a file, hides the first
+    // `-----BEGIN` line from the PEM reader (OpenSSL reads past it).
+    let pem = pem.strip_prefix(b"\xef\xbb\xbf").unwrap_or(pem);
     let mut n = 0;
     for cert in CertificateDer::pem_slice_iter(pem) {
         let cert = cert.map_err(|e| CaPemError::Pem(e.to_string()))?;
@@ -404,6 +407,14 @@ mod tests {
         let mut roots = RootCertStore::empty();
         assert_eq!(add_ca_pem(&mut roots, pem.as_bytes()), Ok(2));
         assert_eq!(roots.len(), 2);
+    }
+
+    #[test]
+    fn ca_pem_saved_with_a_byte_order_mark_is_read() {
+        let pem = format!("\u{feff}{}", ca_pem("one"));
+        let mut roots = RootCertStore::empty();
+        assert_eq!(add_ca_pem(&mut roots, pem.as_bytes()), Ok(1));
+        assert_eq!(roots.len(), 1);
     }
 
     #[test]
