@@ -1448,7 +1448,7 @@ impl Worker {
                     }
                     Ok(None) => {
                         rec.error = format!(
-                                "blocked: {} resolves only to private or reserved addresses (allow_private_networks is off)",
+                                "blocked: {} resolves only to private or reserved addresses or this machine's own (allow_private_networks is off)",
                                 target.host
                             );
                         Verdict::Permanent { class: None }
@@ -1709,14 +1709,15 @@ impl Worker {
     }
 
     /// Where to connect for `target`: its IP literal, else the addresses its name
-    /// resolves to (`within` this long) that the SSRF guard allows, in the resolver's
-    /// order; `Ok(None)` when the guard blocks them all.
+    /// resolves to (`within` this long) that the SSRF guard allows (neither in a range it
+    /// refuses nor one of this machine's own), in the resolver's order; `Ok(None)` when
+    /// the guard blocks them all.
     async fn addresses(
         &self,
         target: &Target,
         within: Duration,
     ) -> Result<Option<Addrs>, ResolveError> {
-        let allowed = |ip: &IpAddr| self.allow_private || !ssrf::is_blocked(*ip);
+        let allowed = |ip: &IpAddr| self.allow_private || !ssrf::refuses(*ip);
         match target.ip {
             Some(ip) => Ok(Some(ip).filter(allowed).map(Addrs::One)),
             None => {

@@ -1,10 +1,104 @@
 //! SSRF guard: which addresses a postback may connect to.
 //!
-//! Owns the classification of an IP address as public or not. It is applied to the
-//! address actually connected to, after resolution, so DNS rebinding cannot pass. It must
-//! not resolve names.
+//! Owns the classification of an IP address as public or not, and the list of this
+//! machine's own addresses (a public address on one of its interfaces reaches this
+//! machine as the loopback does). It is applied to the address actually connected to,
+//! after resolution, so DNS rebinding cannot pass. It must not resolve names.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{OnceLock, RwLock};
+use std::time::Duration;
+
+/// How often the list of this machine's own addresses is read again (an interface can
+/// gain an address at any time: DHCP, a new VPN tunnel).
+const LOCAL_REFRESH: Duration = Duration::from_secs(2);
+
+/// Whether the guard refuses `ip` while `allow_private_networks` is off: a range
+/// [`is_blocked`] refuses, or an address of one of this machine's interfaces (in any
+/// range: a public one too) or its IPv4-mapped form. A connection to one of those never
+/// leaves the machine (the kernel routes it through the loopback), so it reaches
+/// whatever listens on all addresses here, past a firewall that only filters traffic from
+/// outside. The machine's addresses are read at the first call and then every
+/// [`LOCAL_REFRESH`] by a thread of its own, so a worker only reads a list.
+pub fn refuses(ip: IpAddr) -> bool {
+    is_blocked(ip)
+        || is_own(
+            ip,
+            &local_addresses().read().unwrap_or_else(|e| e.into_inner()),
+        )
+}
+
+/// [`refuses`] with `local` as this machine's addresses.
+#[cfg(test)]
+fn refuses_given(ip: IpAddr, local: &[IpAddr]) -> bool {
+    is_blocked(ip) || is_own(ip, local)
+}
+
+/// Whether `ip` (or the IPv4 address it maps) is among `local`.
+fn is_own(ip: IpAddr, local: &[IpAddr]) -> bool {
+    local.contains(&ip.to_canonical())
+}
+
+/// This machine's own addresses; the first call reads them and starts the thread that
+/// keeps them current.
+fn local_addresses() -> &'static RwLock<Vec<IpAddr>> {
+    static LOCAL: OnceLock<RwLock<Vec<IpAddr>>> = OnceLock::new();
+    LOCAL.get_or_init(|| {
+        let started = std::thread::Builder::new()
+            .name("ricochet-ifaddr".into())
+            .spawn(|| loop {
+                std::thread::sleep(LOCAL_REFRESH);
+                if let Some(v) = interface_addresses() {
+                    *local_addresses().write().unwrap_or_else(|e| e.into_inner()) = v;
+                }
+            });
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "cannot start the thread that follows this machine's addresses");
+        }
+        RwLock::new(interface_addresses().unwrap_or_default())
+    })
+}
+
+/// The addresses of this machine's interfaces (`getifaddrs`); `None` when they cannot be
+/// read now.
+fn interface_addresses() -> Option<Vec<IpAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: `head` receives a list that is freed below, once read.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return None;
+    }
+    let mut v = Vec::new();
+    let mut at = head;
+    while !at.is_null() {
+        // SAFETY: a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*at };
+        at = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: `ifa_addr` points to a socket address of the family it names, as large
+        // as that family's structure.
+        let ip = unsafe {
+            match i32::from((*ifa.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let a = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
+                    IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)))
+                }
+                libc::AF_INET6 => {
+                    let a = &*ifa.ifa_addr.cast::<libc::sockaddr_in6>();
+                    IpAddr::V6(Ipv6Addr::from(a.sin6_addr.s6_addr))
+                }
+                _ => continue,
+            }
+        };
+        if !v.contains(&ip) {
+            v.push(ip);
+        }
+    }
+    // SAFETY: the list getifaddrs returned, freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Some(v)
+}
 
 /// Whether connecting to `ip` is refused while `allow_private_networks` is off:
 /// loopback, private, link-local, CGNAT, multicast, broadcast, unspecified, documentation
@@ -93,6 +187,30 @@ mod tests {
 
     fn b(s: &str) -> bool {
         is_blocked(s.parse().unwrap())
+    }
+
+    /// A public address on one of this machine's interfaces reaches this machine: it is
+    /// refused as the loopback is (in its IPv4-mapped form too), and passes elsewhere.
+    #[test]
+    fn this_machine_s_own_addresses_are_refused_whatever_their_range() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let local = [
+            ip("127.0.0.1"),
+            ip("203.0.113.9"),
+            ip("8.8.8.8"),
+            ip("2606:4700::1111"),
+        ];
+        for s in ["8.8.8.8", "::ffff:8.8.8.8", "2606:4700::1111"] {
+            assert!(refuses_given(ip(s), &local), "{s}");
+            assert!(!refuses_given(ip(s), &[]), "{s}");
+        }
+        assert!(!refuses_given(ip("1.1.1.1"), &local));
+        // What the machine has is read: the loopback at least, each address refused.
+        let own = interface_addresses().expect("getifaddrs");
+        assert!(own.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)), "{own:?}");
+        for a in &own {
+            assert!(refuses(*a), "{a}");
+        }
     }
 
     #[test]
