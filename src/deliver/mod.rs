@@ -763,7 +763,8 @@ async fn read_response(conn: &mut Conn) -> Result<(u16, Option<Duration>, bool),
             Err(e) => {
                 b.clear();
                 conn.rbuf = b;
-                return Err((format!("read: {e}"), !received));
+                // (A TLS 1.3 receiver refuses a missing client certificate here.)
+                return Err((format!("read: {e}{}", tls::hint(&e)), !received));
             }
         }
     }

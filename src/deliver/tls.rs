@@ -183,9 +183,10 @@ pub struct TlsStream {
     peer_closed: bool,
 }
 
-/// A plain-words hint after a handshake error whose own text is terse.
-fn hint(e: &io::Error) -> &'static str {
-    use rustls::{CertificateError, Error};
+/// A plain-words hint after a TLS error whose own text is terse: a handshake's, or a
+/// read's (a TLS 1.3 receiver refuses the client's certificate after the handshake).
+pub(super) fn hint(e: &io::Error) -> &'static str {
+    use rustls::{AlertDescription, CertificateError, Error};
     match e.get_ref().and_then(|e| e.downcast_ref::<Error>()) {
         Some(Error::InvalidCertificate(CertificateError::UnknownIssuer)) => {
             " (no trusted root issued it: for a private CA, add it to extra_ca_file)"
@@ -198,6 +199,19 @@ fn hint(e: &io::Error) -> &'static str {
             " (the server presents a CA certificate as its own: it needs a leaf certificate \
              (CA:FALSE) issued by a CA, and that CA in extra_ca_file, or a self-signed \
              leaf in extra_ca_file itself)"
+        }
+        Some(Error::AlertReceived(AlertDescription::CertificateRequired)) => {
+            " (the receiver wants a client certificate, mutual TLS, which ricochet does not \
+             send)"
+        }
+        Some(Error::AlertReceived(
+            AlertDescription::HandshakeFailure
+            | AlertDescription::ProtocolVersion
+            | AlertDescription::InsufficientSecurity,
+        )) => {
+            " (the receiver refused the handshake: it may speak only TLS versions or cipher \
+             suites ricochet does not, which are TLS 1.2 and 1.3 with forward-secret suites, \
+             or want a client certificate)"
         }
         // What came back is no TLS record: a plain-HTTP answer, say.
         Some(Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) => {
@@ -665,6 +679,50 @@ mod tests {
             err.ends_with("plain HTTP? check the URL's scheme and port)"),
             "{err}"
         );
+    }
+
+    /// A receiver that answers the ClientHello with a fatal alert: the error says what
+    /// the terse alert names likely mean.
+    #[test]
+    fn refusing_alerts_are_explained() {
+        use std::io::Read;
+        for (alert, name, says) in [
+            (
+                40u8,
+                "HandshakeFailure",
+                "TLS 1.2 and 1.3 with forward-secret suites",
+            ),
+            (
+                70,
+                "ProtocolVersion",
+                "TLS 1.2 and 1.3 with forward-secret suites",
+            ),
+            (
+                116,
+                "CertificateRequired",
+                "wants a client certificate, mutual TLS",
+            ),
+        ] {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            std::thread::spawn(move || {
+                let (mut s, _) = l.accept().unwrap();
+                let _ = s.read(&mut [0u8; 4096]);
+                let _ = s.write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, alert]);
+                let _ = s.read(&mut [0u8; 64]);
+            });
+            let config = trusting(&pki("test ca").ca);
+            let err = block_on(async move {
+                let tcp = TcpStream::connect_addr(addr).await.unwrap();
+                TlsStream::connect(config, tcp, "localhost").await.err()
+            })
+            .expect("the handshake fails");
+            assert!(
+                err.contains(&format!("received fatal alert: {name} (")),
+                "{err}"
+            );
+            assert!(err.contains(says), "{err}");
+        }
     }
 
     #[test]
