@@ -5,7 +5,9 @@
 //! machine as the loopback does). It is applied to the address actually connected to,
 //! after resolution, so DNS rebinding cannot pass. It must not resolve names.
 
+use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
@@ -19,14 +21,39 @@ const LOCAL_REFRESH: Duration = Duration::from_secs(2);
 /// leaves the machine (the kernel routes it through the loopback), so it reaches
 /// whatever listens on all addresses here, past a firewall that only filters traffic from
 /// outside. The machine's addresses are read at the first call and then every
-/// [`LOCAL_REFRESH`] by a thread of its own, so a worker only reads a list.
+/// [`LOCAL_REFRESH`] by a thread of its own, so a worker only reads a list: its own copy,
+/// taken again when [`LOCAL_GENERATION`] says the list changed.
 pub fn refuses(ip: IpAddr) -> bool {
+    thread_local! {
+        /// This thread's copy of the list, with the generation it was taken at.
+        static SEEN: RefCell<(u64, Vec<IpAddr>)> = const { RefCell::new((u64::MAX, Vec::new())) };
+    }
     is_blocked(ip)
-        || is_own(
-            ip,
-            &local_addresses().read().unwrap_or_else(|e| e.into_inner()),
-        )
+        || SEEN.with(|seen| {
+            let list = local_addresses();
+            let mut seen = seen.borrow_mut();
+            follow(&mut seen, &LOCAL_GENERATION, list);
+            is_own(ip, &seen.1)
+        })
 }
+
+/// Brings `seen`, a thread's copy of `list` with the generation it was taken at, up to
+/// date: copied again only when `generation` moved.
+fn follow(seen: &mut (u64, Vec<IpAddr>), generation: &AtomicU64, list: &RwLock<Vec<IpAddr>>) {
+    let now = generation.load(Ordering::Acquire);
+    if seen.0 != now {
+        // Read after the generation: at least as new as it (a newer list is copied
+        // again at the next change of generation).
+        seen.1 = list.read().unwrap_or_else(|e| e.into_inner()).clone();
+        seen.0 = now;
+    }
+}
+
+/// Changes each time the refresh thread finds the list changed. A guarded attempt
+/// (every one, with `allow_private_networks` off) reads this word, which stays in each
+/// core's cache while the list holds, where taking the list's lock writes its count of
+/// readers, a line the workers' cores would pass between them at every attempt.
+static LOCAL_GENERATION: AtomicU64 = AtomicU64::new(0);
 
 /// [`refuses`] with `local` as this machine's addresses.
 #[cfg(test)]
@@ -48,8 +75,13 @@ fn local_addresses() -> &'static RwLock<Vec<IpAddr>> {
             .name("ricochet-ifaddr".into())
             .spawn(|| loop {
                 std::thread::sleep(LOCAL_REFRESH);
-                if let Some(v) = interface_addresses() {
-                    *local_addresses().write().unwrap_or_else(|e| e.into_inner()) = v;
+                let Some(v) = interface_addresses() else {
+                    continue;
+                };
+                let mut list = local_addresses().write().unwrap_or_else(|e| e.into_inner());
+                if *list != v {
+                    *list = v;
+                    LOCAL_GENERATION.fetch_add(1, Ordering::Release);
                 }
             });
         if let Err(e) = started {
@@ -211,6 +243,28 @@ mod tests {
         for a in &own {
             assert!(refuses(*a), "{a}");
         }
+    }
+
+    /// A thread's copy of the machine's addresses follows the list when its generation
+    /// moves, and reads no lock while it does not.
+    #[test]
+    fn a_thread_s_copy_follows_the_list_by_its_generation() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let generation = AtomicU64::new(0);
+        let list = RwLock::new(vec![ip("127.0.0.1")]);
+        let mut seen = (u64::MAX, Vec::new());
+        follow(&mut seen, &generation, &list);
+        assert_eq!(seen, (0, vec![ip("127.0.0.1")]));
+        // The list changes, the generation with it: copied again.
+        list.write().unwrap().push(ip("8.8.8.8"));
+        generation.fetch_add(1, Ordering::Release);
+        follow(&mut seen, &generation, &list);
+        assert_eq!(seen, (1, vec![ip("127.0.0.1"), ip("8.8.8.8")]));
+        // While the generation holds, the lock is not taken (held for writing here, a
+        // read would wait for ever).
+        let _held = list.write().unwrap();
+        follow(&mut seen, &generation, &list);
+        assert_eq!(seen.0, 1);
     }
 
     #[test]
