@@ -9,6 +9,7 @@
 //! It must not interpret messages; workers and the committer do.
 
 use std::future::Future;
+use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,14 +34,16 @@ struct WakeSlot {
 
 /// The sending side of a mailbox; clone freely.
 pub struct MailboxSender<T> {
-    tx: Sender<T>,
+    /// Dropped by hand, before the wake-up of [`Drop`], so the woken receiver finds the
+    /// channel closed when this was its last sender.
+    tx: ManuallyDrop<Sender<T>>,
     slot: Arc<WakeSlot>,
 }
 
 impl<T> Clone for MailboxSender<T> {
     fn clone(&self) -> Self {
         MailboxSender {
-            tx: self.tx.clone(),
+            tx: ManuallyDrop::new((*self.tx).clone()),
             slot: self.slot.clone(),
         }
     }
@@ -62,7 +65,7 @@ pub fn mailbox<T>() -> (MailboxSender<T>, Mailbox<T>) {
     });
     (
         MailboxSender {
-            tx,
+            tx: ManuallyDrop::new(tx),
             slot: slot.clone(),
         },
         Mailbox { rx, slot },
@@ -75,13 +78,31 @@ impl<T> MailboxSender<T> {
         if self.tx.send(msg).is_err() {
             return false;
         }
+        self.wake();
+        true
+    }
+
+    /// Wakes the receiving task if it is parked.
+    fn wake(&self) {
         if self.slot.parked.swap(false, Ordering::AcqRel) {
             let waker = self.slot.waker.lock().map(|mut w| w.take()).ok().flatten();
             if let Some(w) = waker {
                 w.wake();
             }
         }
-        true
+    }
+}
+
+/// A sender going away wakes a parked receiver: were it the last, the receiver's wait
+/// ends with `None` ("every sender is gone"), where it slept on, for ever with no timer
+/// of its own to wake it (a test's runtime hung so, the sender thread done). Senders go
+/// seldom (a connection's end, a stop), and a wake-up that finds others left costs one
+/// look at the channel.
+impl<T> Drop for MailboxSender<T> {
+    fn drop(&mut self) {
+        // SAFETY: `tx` is dropped once, here, and not used after.
+        unsafe { ManuallyDrop::drop(&mut self.tx) };
+        self.wake();
     }
 }
 
@@ -123,7 +144,13 @@ impl<T> Future for Recv<'_, T> {
                 _ => *w = Some(cx.waker().clone()),
             }
         }
-        self.mb.slot.parked.store(true, Ordering::Release);
+        // A read-modify-write, as the sender's `swap` is, not a store: the two are then
+        // ordered, and whichever comes second sees the other's side. A plain store could
+        // wait in this core's store buffer while the look below found the channel empty
+        // and the sender, pushing meanwhile, read `parked` still false: the wake-up lost,
+        // the task parked with a message queued until something else woke the thread
+        // (a worker's next timer; a runtime with none, for ever).
+        self.mb.slot.parked.swap(true, Ordering::AcqRel);
         // A message sent between the first check and `parked` would find nobody to wake.
         match self.mb.rx.try_recv() {
             Ok(m) => {
@@ -149,6 +176,35 @@ mod tests {
         }
         assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
         assert_eq!(worker_for("x", 0), 0);
+    }
+
+    /// The last sender dropped while the receiver is parked: its wait ends with `None`.
+    #[test]
+    fn the_last_sender_going_wakes_a_parked_receiver() {
+        let (tx, rx) = mailbox::<u32>();
+        let slot = tx.slot.clone();
+        let t = std::thread::spawn(move || {
+            while !slot.parked.load(Ordering::Acquire) {
+                std::hint::spin_loop();
+            }
+            drop(tx);
+        });
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        let (got, waited) = rt.block_on(async move {
+            let start = std::time::Instant::now();
+            // Without a wake-up only the timeout's timer would poll the wait again.
+            let got = monoio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await;
+            (got, start.elapsed())
+        });
+        t.join().unwrap();
+        assert_eq!(got, Ok(None));
+        assert!(
+            waited < std::time::Duration::from_secs(4),
+            "woken only by the timer: {waited:?}"
+        );
     }
 
     #[test]
