@@ -102,17 +102,7 @@ pub(super) fn string<'de, D: Deserializer<'de>>(
 
 /// A path, written as a string.
 pub(super) fn path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
-    struct V;
-    impl Visitor<'_> for V {
-        type Value = PathBuf;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a path (a string)")
-        }
-        fn visit_str<E: de::Error>(self, s: &str) -> Result<PathBuf, E> {
-            Ok(PathBuf::from(s))
-        }
-    }
-    d.deserialize_str(V)
+    string(d, "a path (a string)").map(PathBuf::from)
 }
 
 /// [`path`], for a key that may be left out.
